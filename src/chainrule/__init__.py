@@ -1,0 +1,32 @@
+"""chainrule: neural networks trained by backpropagation, written out in NumPy.
+
+The public API. A network is a `Sequential` stack of layers; `fit` trains it with a loss and an
+optimizer; `gradcheck` verifies the backward pass against finite differences.
+"""
+
+from chainrule.gradcheck import gradcheck
+from chainrule.layers import (
+    Dropout,
+    Flatten,
+    Layer,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from chainrule.losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError
+from chainrule.network import ModelFileError, Sequential, load_model
+from chainrule.optim import SGD, Adam, AdamW, Optimizer, cosine, step_decay
+from chainrule.parameter import Parameter
+from chainrule.training import Callback, EarlyStopping, History, TrainingDiverged, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam", "AdamW", "BinaryCrossEntropy", "Callback", "CrossEntropy", "Dropout", "EarlyStopping",
+    "Flatten", "History", "Layer", "LeakyReLU", "Linear", "Loss", "MeanSquaredError", "ModelFileError",
+    "Optimizer", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax", "Tanh",
+    "TrainingDiverged", "cosine", "evaluate", "fit", "gradcheck", "load_model", "step_decay",
+]

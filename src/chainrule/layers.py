@@ -1,0 +1,297 @@
+"""Layers: the building blocks of a network, each with its own forward and backward pass.
+
+Every layer follows one contract:
+
+* ``forward(x, training=False)`` computes the layer's output and *caches* what backward will need;
+* ``backward(grad_out)`` receives dLoss/dOutput, stores dLoss/dParameter in each parameter's
+  ``grad`` and returns dLoss/dInput, which becomes the ``grad_out`` of the layer below.
+
+That second step is the chain rule: if ``y = f(x; W)`` then ``dL/dx = dL/dy · dy/dx`` and
+``dL/dW = dL/dy · dy/dW``. Arrays are batch-first: ``x`` has shape ``(batch, features)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chainrule.parameter import Parameter
+
+
+class Layer:
+    """Base class. A layer without parameters only needs `forward` and `backward`."""
+
+    def __init__(self):
+        self.params: dict[str, Parameter] = {}
+        # Non-trainable state saved with the model (e.g. batch-norm running statistics).
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        """(Re)draw initial parameter values and set the layer's random generator."""
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one example's output, given one example's input shape (no batch axis)."""
+        return input_shape
+
+    def config(self) -> dict:
+        """Constructor arguments, so a saved model can be rebuilt from JSON."""
+        return {}
+
+    def parameters(self) -> list[Parameter]:
+        return list(self.params.values())
+
+    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return self.forward(x, training)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _positive_int(layer: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class Linear(Layer):
+    """Fully connected layer: every input feature feeds every output neuron.
+
+    y = x · W + b
+
+    Args:
+        in_features: size of each input example.
+        out_features: number of neurons (size of each output example).
+        bias: whether to learn an additive bias `b`.
+        init: "he" (for ReLU-family activations, Var(W) = 2/in) or "glorot"
+            (for sigmoid/tanh, Var(W) = 2/(in+out)); both keep the signal's variance roughly
+            constant from layer to layer, so deep stacks neither blow up nor fade out.
+
+    Shape: x (batch, in_features) -> y (batch, out_features); W is (in_features, out_features).
+    `x` may also be a SciPy sparse CSR matrix (e.g. hashed text features); then the products
+    below are sparse-times-dense, and dL/dx is not computed (sparse input is always the first layer).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he"):
+        super().__init__()
+        self.in_features = _positive_int("Linear", "in_features", in_features)
+        self.out_features = _positive_int("Linear", "out_features", out_features)
+        if init not in ("he", "glorot"):
+            raise ValueError(f"Linear: init must be 'he' or 'glorot', got {init!r}")
+        self.init = init
+        self.weight = Parameter(np.zeros((self.in_features, self.out_features), np.float32))
+        self.params["weight"] = self.weight
+        self.bias = None
+        if bias:
+            self.bias = Parameter(np.zeros(self.out_features, np.float32))
+            self.params["bias"] = self.bias
+        self.initialize(np.random.default_rng())
+        self._x = None
+
+    def initialize(self, rng):
+        fan_in, fan_out = self.in_features, self.out_features
+        var = 2.0 / fan_in if self.init == "he" else 2.0 / (fan_in + fan_out)
+        self.weight.data[...] = rng.normal(0.0, np.sqrt(var), self.weight.shape)
+        if self.bias is not None:
+            self.bias.data[...] = 0.0
+
+    def forward(self, x, training=False):
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Linear: expected inputs with {self.in_features} features, got shape {x.shape}"
+            )
+        self._x = x
+        y = x @ self.weight.data
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, grad_out):
+        # y = x·W + b, so with g = dL/dy:
+        #   dL/dW = xᵀ · g      (each weight's gradient: its input times its neuron's error)
+        #   dL/db = Σ_batch g
+        #   dL/dx = g · Wᵀ      (the error handed down to the layer below)
+        x = self._x
+        if hasattr(x, "tocsr"):  # SciPy sparse input: first layer, no dL/dx needed
+            self.weight.grad[...] = (x.T @ grad_out).astype(self.weight.grad.dtype, copy=False)
+            grad_in = None
+        else:
+            np.matmul(x.T, grad_out, out=self.weight.grad)
+            grad_in = grad_out @ self.weight.data.T
+        if self.bias is not None:
+            grad_out.sum(axis=0, out=self.bias.grad)
+        return grad_in
+
+    def output_shape(self, input_shape):
+        return (self.out_features,)
+
+    def config(self):
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "init": self.init,
+        }
+
+
+class _Activation(Layer):
+    """An element-wise function; no parameters, output shape equals input shape."""
+
+
+class ReLU(_Activation):
+    """Rectified linear unit: y = max(0, x). Its derivative is 1 where the output is positive.
+
+    A unit whose output is 0 for every example passes no gradient back and stops learning
+    ("dead"); `fit` records the fraction of such units per epoch via `max_output`.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._out = None
+        self.max_output = None  # running max of each unit's output, reset by `fit` every epoch
+
+    def forward(self, x, training=False):
+        out = np.maximum(x, 0)
+        self._out = out
+        if training:
+            self._track(out)
+        return out
+
+    def _track(self, out):
+        m = out.reshape(out.shape[0], -1).max(axis=0)
+        if self.max_output is None or self.max_output.shape != m.shape:
+            self.max_output = m
+        else:
+            np.maximum(self.max_output, m, out=self.max_output)
+
+    def backward(self, grad_out):
+        # dy/dx = 1 where y > 0, else 0
+        return grad_out * (self._out > 0)
+
+
+class LeakyReLU(ReLU):
+    """Leaky ReLU: y = x for x > 0, else `negative_slope` · x. Never fully dead, since the slope
+    below zero still lets a little gradient through."""
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        if not 0 <= negative_slope < 1:
+            raise ValueError(f"LeakyReLU: negative_slope must be in [0, 1), got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x, training=False):
+        out = np.where(x > 0, x, x * np.asarray(self.negative_slope, x.dtype))
+        self._out = out
+        if training:
+            self._track(out)
+        return out
+
+    def backward(self, grad_out):
+        # the output has the sign of the input, so the cached output tells which slope applies
+        slope = np.where(self._out > 0, 1, self.negative_slope).astype(grad_out.dtype)
+        return grad_out * slope
+
+    def config(self):
+        return {"negative_slope": self.negative_slope}
+
+
+class Sigmoid(_Activation):
+    """Logistic sigmoid: y = 1 / (1 + e^(-x)), squashing to (0, 1). Derivative: y · (1 - y)."""
+
+    def forward(self, x, training=False):
+        # Written via tanh, which never overflows: σ(x) = (1 + tanh(x/2)) / 2.
+        out = 0.5 * (1.0 + np.tanh(0.5 * x))
+        self._out = out
+        return out
+
+    def backward(self, grad_out):
+        y = self._out
+        return grad_out * y * (1 - y)
+
+
+class Tanh(_Activation):
+    """Hyperbolic tangent: y = tanh(x), squashing to (-1, 1). Derivative: 1 - y²."""
+
+    def forward(self, x, training=False):
+        out = np.tanh(x)
+        self._out = out
+        return out
+
+    def backward(self, grad_out):
+        return grad_out * (1 - self._out**2)
+
+
+class Softmax(_Activation):
+    """Softmax over the last axis: y_i = e^(x_i) / Σ_j e^(x_j), a probability distribution.
+
+    For training a classifier prefer `CrossEntropy` on the raw scores (it fuses softmax with the
+    loss); this layer is for networks whose output must be probabilities, e.g. with MSE.
+    """
+
+    def forward(self, x, training=False):
+        z = x - x.max(axis=-1, keepdims=True)  # shifting by the max avoids overflow in exp
+        e = np.exp(z)
+        out = e / e.sum(axis=-1, keepdims=True)
+        self._out = out
+        return out
+
+    def backward(self, grad_out):
+        # Jacobian dy_i/dx_j = y_i (δ_ij - y_j), so dL/dx = y ⊙ (g - Σ_j g_j y_j)
+        y = self._out
+        return y * (grad_out - (grad_out * y).sum(axis=-1, keepdims=True))
+
+
+class Dropout(Layer):
+    """Inverted dropout: during training, zero each value with probability `p` and scale the
+    survivors by 1/(1-p), so the expected output is unchanged and evaluation needs no rescaling.
+
+    A different random subset of neurons is switched off on every batch, which stops neurons from
+    relying on each other (co-adaptation) and acts as a strong regulariser. Off in evaluation.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.rng = np.random.default_rng()
+        self._mask = None
+
+    def initialize(self, rng):
+        self.rng = rng
+
+    def forward(self, x, training=False):
+        if not training or self.p == 0:
+            self._mask = None
+            return x
+        keep = 1.0 - self.p
+        # mask holds 0 or 1/keep, so forward and backward are one multiply each
+        u = self.rng.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64)
+        self._mask = (u < keep).astype(x.dtype) / np.asarray(keep, x.dtype)
+        return x * self._mask
+
+    def backward(self, grad_out):
+        return grad_out if self._mask is None else grad_out * self._mask
+
+    def config(self):
+        return {"p": self.p}
+
+
+class Flatten(Layer):
+    """Reshape (batch, d1, d2, ...) to (batch, d1·d2·...), e.g. between convolutional and dense
+    layers. Backward reshapes the gradient back."""
+
+    def forward(self, x, training=False):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_out):
+        return grad_out.reshape(self._shape)
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)

@@ -1,0 +1,146 @@
+"""Losses: one number that says how wrong the network's output is, and its gradient.
+
+Calling a loss, ``loss(output, target)``, returns ``(value, grad)`` where ``grad`` is
+dLoss/dOutput — the starting point of the backward pass. All losses average over the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Loss:
+    """Base class: subclasses implement `__call__(output, target) -> (loss, dloss/doutput)`."""
+
+    def __call__(self, output: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _check_batch(name: str, output: np.ndarray, target: np.ndarray) -> None:
+    if len(output) != len(target):
+        raise ValueError(
+            f"{name}: output has {len(output)} examples but target has {len(target)}"
+        )
+
+
+class MeanSquaredError(Loss):
+    """L = mean over all elements of (output - target)².   dL/doutput = 2 (output - target) / N.
+
+    `target` may be integer class labels for a multi-output network; they are one-hot encoded,
+    which is how the textbook sigmoid network (Nielsen's `network.py`) learns digits.
+    """
+
+    def __call__(self, output, target):
+        _check_batch("MeanSquaredError", output, target)
+        target = np.asarray(target)
+        if target.ndim == 1 and output.ndim == 2 and output.shape[1] > 1:
+            target = _one_hot(target, output.shape[1], output.dtype)
+        target = target.reshape(output.shape).astype(output.dtype, copy=False)
+        diff = output - target
+        loss = float(np.mean(diff * diff))
+        return loss, diff * np.asarray(2.0 / diff.size, output.dtype)
+
+
+def _one_hot(labels: np.ndarray, classes: int, dtype) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"labels must be in [0, {classes}), got values {labels.min()}..{labels.max()}")
+    out = np.zeros((len(labels), classes), dtype)
+    out[np.arange(len(labels)), labels] = 1
+    return out
+
+
+class CrossEntropy(Loss):
+    """Softmax followed by negative log-likelihood, fused: the network outputs raw scores (logits).
+
+    L = -mean_n log softmax(z_n)[y_n]  with  log softmax(z)_k = z_k - max(z) - log Σ_j e^(z_j - max(z))
+
+    Why fuse: computing softmax and then log(p) loses everything once p underflows to 0 (log 0 =
+    -inf); the log-sum-exp form above never exponentiates a positive number. And the gradient of
+    the pair collapses to ``(softmax(z) - onehot(y)) / N``, cheaper and exact. This pairing is
+    only valid because the last layer feeds raw scores: do not put a `Softmax` layer before it.
+
+    Args:
+        class_weight: optional weight per class (length = number of classes), to make rare classes
+            count more. The loss is then Σ w_y · nll / Σ w_y, like PyTorch's `weight=`.
+
+    Shape: output (batch, classes) float; target (batch,) integer labels in [0, classes).
+    """
+
+    def __init__(self, class_weight=None):
+        self.class_weight = None if class_weight is None else np.asarray(class_weight, np.float64)
+
+    def __call__(self, output, target):
+        _check_batch("CrossEntropy", output, target)
+        target = np.asarray(target)
+        if target.ndim != 1 or not np.issubdtype(target.dtype, np.integer):
+            raise ValueError(
+                f"CrossEntropy: target must be a 1-D array of integer class labels, "
+                f"got dtype {target.dtype} and shape {target.shape}"
+            )
+        n, classes = output.shape
+        if n and (target.min() < 0 or target.max() >= classes):
+            raise ValueError(
+                f"CrossEntropy: labels must be in [0, {classes}), got {target.min()}..{target.max()}"
+            )
+        rows = np.arange(n)
+        z = output - output.max(axis=1, keepdims=True)
+        exp = np.exp(z)
+        sum_exp = exp.sum(axis=1, keepdims=True)
+        nll = np.log(sum_exp[:, 0]) - z[rows, target]  # -log softmax(z)[y]
+        grad = exp / sum_exp  # softmax(z)
+        grad[rows, target] -= 1
+        if self.class_weight is None:
+            grad /= n
+            return float(nll.mean()), grad
+        w = self.class_weight[target]
+        grad *= (w / w.sum())[:, None].astype(grad.dtype)
+        return float((w * nll).sum() / w.sum()), grad
+
+    def config(self):
+        return {} if self.class_weight is None else {"class_weight": self.class_weight.tolist()}
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy on logits: the network outputs one raw score z per example, and
+    p = σ(z) is the probability of the positive class.
+
+    L = mean_n [ pos_weight · y · softplus(-z) + (1 - y) · softplus(z) ]   (softplus(t) = log(1 + e^t))
+
+    Written with softplus rather than log σ(z) because σ(z) rounds to exactly 0 or 1 for large |z|
+    and its log is then infinite; softplus(t) = max(t, 0) + log1p(e^(-|t|)) never overflows.
+    With pos_weight = 1 the gradient is simply (σ(z) - y) / N.
+
+    Args:
+        pos_weight: how much a positive example counts relative to a negative one (class
+            imbalance), as in PyTorch's `BCEWithLogitsLoss(pos_weight=...)`.
+
+    Shape: output (batch,) or (batch, 1); target of the same number of elements, 0 or 1.
+    """
+
+    def __init__(self, pos_weight: float = 1.0):
+        if not pos_weight > 0:
+            raise ValueError(f"BinaryCrossEntropy: pos_weight must be positive, got {pos_weight!r}")
+        self.pos_weight = float(pos_weight)
+
+    def __call__(self, output, target):
+        _check_batch("BinaryCrossEntropy", output, target)
+        z = output.reshape(len(output), -1)
+        y = np.asarray(target, dtype=output.dtype).reshape(z.shape)
+        softplus_neg = np.logaddexp(0, -z)  # -log σ(z)
+        softplus_pos = np.logaddexp(0, z)  # -log(1 - σ(z))
+        loss = float(np.mean(self.pos_weight * y * softplus_neg + (1 - y) * softplus_pos))
+        p = 0.5 * (1 + np.tanh(0.5 * z))  # σ(z), overflow-free
+        # d/dz [w y softplus(-z) + (1-y) softplus(z)] = -w y (1-p) + (1-y) p
+        grad = (1 - y) * p - self.pos_weight * y * (1 - p)
+        grad /= z.size
+        return loss, grad.reshape(output.shape).astype(output.dtype, copy=False)
+
+    def config(self):
+        return {"pos_weight": self.pos_weight}

@@ -1,0 +1,264 @@
+"""`Sequential`: a network as a stack of layers, with its parameters in one flat buffer.
+
+The forward pass runs the layers first to last; the backward pass runs them last to first,
+each turning dLoss/dOutput into dLoss/dInput (the chain rule, one layer at a time).
+A model is saved as two files in a directory: `model.npz` (arrays only, loaded with
+``allow_pickle=False``, so opening a model file can never run code) and `model.json`
+(architecture and metadata), both validated on load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from chainrule import layers as L
+from chainrule.files import atomic_write_bytes, atomic_write_npz
+from chainrule.parameter import Parameter, pack
+
+FORMAT_VERSION = 1
+
+# Names a saved model may use for its layers. Loading refuses anything else.
+LAYER_TYPES: dict[str, type[L.Layer]] = {
+    cls.__name__: cls
+    for cls in (L.Linear, L.ReLU, L.LeakyReLU, L.Sigmoid, L.Tanh, L.Softmax, L.Dropout, L.Flatten)
+}
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt or not a chainrule model."""
+
+
+class Sequential:
+    """A feed-forward network: output = layer_n( ... layer_2(layer_1(x)) ).
+
+    Args:
+        layers: the layers, input side first.
+        input_shape: shape of one example (no batch axis); inferred from a first `Linear`.
+        seed: fixes the initial weights and every later random draw (dropout masks), so the
+            same seed gives the same network on the same machine.
+        dtype: float32 (fast, the default) or float64 (for gradient checks).
+    """
+
+    def __init__(self, layers, input_shape=None, seed: int | None = None, dtype=np.float32):
+        self.layers: list[L.Layer] = list(layers)
+        if not self.layers:
+            raise ValueError("Sequential: needs at least one layer")
+        for layer in self.layers:
+            if not isinstance(layer, L.Layer):
+                raise TypeError(f"Sequential: expected Layer instances, got {layer!r}")
+        if input_shape is None:
+            first = self.layers[0]
+            if not hasattr(first, "in_features"):
+                raise ValueError("Sequential: input_shape is required when the first layer is not Linear")
+            input_shape = (first.in_features,)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        for layer in self.layers:
+            layer.initialize(self.rng)
+        self._check_shapes()
+        self.dtype = np.dtype(dtype)
+        self._pack()
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def _pack(self):
+        self.flat_params, self.flat_grads = pack(self.parameters(), dtype=self.dtype)
+        for layer in self.layers:
+            for name, buf in layer.buffers.items():
+                layer.buffers[name] = buf.astype(self.dtype)
+
+    def parameters(self) -> list[Parameter]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def num_parameters(self) -> int:
+        return int(self.flat_params.size)
+
+    def to(self, dtype) -> Sequential:
+        """Convert parameters (and buffers) to `dtype` in place, e.g. float64 for gradcheck."""
+        self.dtype = np.dtype(dtype)
+        self._pack()
+        return self
+
+    def _check_shapes(self):
+        """Walk an example's shape through the layers so a mismatch fails now, not mid-training."""
+        shape = self.input_shape
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, L.Linear) and shape != (layer.in_features,):
+                raise ValueError(
+                    f"Sequential: layer {i} Linear expects {layer.in_features} input features, "
+                    f"but receives shape {shape}"
+                )
+            shape = layer.output_shape(shape)
+        self.output_shape = shape
+
+    # -- passes -------------------------------------------------------------------------------
+
+    def forward(self, x, training: bool = False):
+        """Run every layer in order. `training=True` enables dropout and caches for backward."""
+        if isinstance(x, np.ndarray) or not hasattr(x, "tocsr"):
+            x = np.asarray(x, dtype=self.dtype)
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, grad):
+        """Backpropagate dLoss/dOutput through every layer, last to first; fills every `.grad`."""
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    __call__ = forward
+
+    def predict_proba(self, x, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities, in batches. Raw scores go through softmax (several outputs) or
+        sigmoid (one output) unless the last layer already produces probabilities."""
+        outputs = [self.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        out = np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
+        if isinstance(self.layers[-1], (L.Softmax, L.Sigmoid)):
+            return out
+        if out.shape[-1] == 1:
+            return 0.5 * (1 + np.tanh(0.5 * out))
+        z = out - out.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def predict(self, x, batch_size: int = 1024) -> np.ndarray:
+        """Predicted class: the most probable one, or probability > 0.5 for a single output."""
+        p = self.predict_proba(x, batch_size)
+        if p.shape[-1] == 1:
+            return (p[:, 0] > 0.5).astype(np.int64)
+        return p.argmax(axis=-1)
+
+    # -- description --------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """A table of layers, output shapes and parameter counts, like Keras' `model.summary()`."""
+        rows = [("Layer", "Output shape", "Params")]
+        shape = self.input_shape
+        rows.append(("Input", str((None,) + shape), "0"))
+        for i, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape)
+            n = sum(p.size for p in layer.parameters())
+            rows.append((f"{i}: {type(layer).__name__}", str((None,) + shape), f"{n:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(3)]
+        line = "-" * (sum(widths) + 4)
+        out = [line]
+        for j, r in enumerate(rows):
+            out.append(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}")
+            if j == 0:
+                out.append(line)
+        out += [line, f"Total parameters: {self.num_parameters():,} ({self.dtype.name})", line]
+        return "\n".join(out)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential(\n  {inner}\n)"
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of all arrays that define the model: the flat parameters and layer buffers."""
+        state = {"params": self.flat_params.copy()}
+        for i, layer in enumerate(self.layers):
+            for name, buf in layer.buffers.items():
+                state[f"layer{i}.{name}"] = buf.copy()
+        return state
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore arrays from `state()`, checking every shape."""
+        params = state.get("params")
+        if params is None or params.shape != self.flat_params.shape:
+            got = None if params is None else params.shape
+            raise ModelFileError(f"expected {self.flat_params.size} parameters, got {got}")
+        self.flat_params[...] = params
+        for i, layer in enumerate(self.layers):
+            for name, buf in layer.buffers.items():
+                key = f"layer{i}.{name}"
+                if key not in state or state[key].shape != buf.shape:
+                    raise ModelFileError(f"buffer {key} is missing or has the wrong shape")
+                buf[...] = state[key]
+
+    def config(self) -> dict:
+        return {
+            "input_shape": list(self.input_shape),
+            "dtype": self.dtype.name,
+            "layers": [{"type": type(layer).__name__, "args": layer.config()} for layer in self.layers],
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Sequential:
+        try:
+            built = []
+            for spec in config["layers"]:
+                kind = spec["type"]
+                if kind not in LAYER_TYPES:
+                    raise ModelFileError(f"unknown layer type {kind!r}")
+                args = spec.get("args", {})
+                if not isinstance(args, dict):
+                    raise ModelFileError(f"layer {kind} has args {args!r}, expected an object")
+                built.append(LAYER_TYPES[kind](**args))
+            dtype = DTYPES[config.get("dtype", "float32")]
+            return cls(built, input_shape=tuple(config["input_shape"]), dtype=dtype)
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"invalid architecture: {exc}") from exc
+
+    def save(self, directory, metadata: dict | None = None) -> None:
+        """Write `model.npz` and `model.json` into `directory`, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_npz(directory / "model.npz", self.state())
+        doc = {"format": "chainrule-model", "format_version": FORMAT_VERSION, **self.config()}
+        doc["metadata"] = metadata or {}
+        atomic_write_bytes(directory / "model.json", json.dumps(doc, indent=2).encode())
+
+    @classmethod
+    def load(cls, directory) -> Sequential:
+        """Load a model saved by `save`; raises `ModelFileError` with a one-line reason."""
+        model, _ = load_model(directory)
+        return model
+
+
+def load_model(directory) -> tuple[Sequential, dict]:
+    """Load `directory/model.json` + `model.npz`; returns (model, metadata). Never unpickles."""
+    directory = Path(directory)
+    if directory.is_file() and directory.name in ("model.json", "model.npz"):
+        directory = directory.parent
+    meta_path, weights_path = directory / "model.json", directory / "model.npz"
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise ModelFileError(f"{p}: not found (a model directory holds model.json and model.npz)")
+    try:
+        doc = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != "chainrule-model":
+        raise ModelFileError(f"{meta_path}: not a chainrule model description")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(f"{meta_path}: format version {version!r}, this chainrule reads {FORMAT_VERSION}")
+    model = Sequential.from_config(doc)
+    try:
+        with np.load(weights_path, allow_pickle=False) as npz:
+            state = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # zipfile/ValueError/OSError: all mean "not a readable npz"
+        raise ModelFileError(f"{weights_path}: not a readable .npz file ({exc})") from exc
+    for key, arr in state.items():
+        if arr.dtype.kind != "f":
+            raise ModelFileError(f"{weights_path}: array {key} has dtype {arr.dtype}, expected floats")
+        if not np.all(np.isfinite(arr)):
+            raise ModelFileError(f"{weights_path}: array {key} contains NaN or infinity")
+    try:
+        model.load_state(state)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{weights_path}: {exc}") from exc
+    metadata = doc.get("metadata", {})
+    return model, metadata if isinstance(metadata, dict) else {}
+

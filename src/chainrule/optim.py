@@ -1,0 +1,167 @@
+"""Optimizers: move every parameter a small step against its gradient.
+
+Each optimizer works on the *flat* parameter and gradient buffers (see `parameter.py`), so one
+`step()` is a few whole-array NumPy operations however many layers the network has. The update
+rules follow `torch.optim` exactly (the tests compare them step for step).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from chainrule.parameter import flat_buffers
+
+
+class Optimizer:
+    """Base class: holds the flat buffers and the learning rate `lr` (which schedules change)."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0):
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr!r}")
+        if weight_decay < 0:
+            raise ValueError(f"{type(self).__name__}: weight_decay must be >= 0, got {weight_decay!r}")
+        self.params, self.grads = flat_buffers(params)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.steps = 0
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        self.grads[...] = 0
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays to checkpoint so training can resume exactly where it stopped."""
+        return {"steps": np.array(self.steps), "lr": np.array(self.lr)}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.steps = int(state["steps"])
+        self.lr = float(state["lr"])
+        for name, value in state.items():
+            if name not in ("steps", "lr"):
+                getattr(self, name)[...] = value
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with momentum.
+
+    plain:     w ← w - lr · g
+    momentum:  v ← μ v + g ;  w ← w - lr · v          (a ball rolling downhill keeps its speed)
+    Nesterov:  v ← μ v + g ;  w ← w - lr · (g + μ v)   (looks ahead along the velocity)
+    weight_decay adds λ·w to g first (L2 regularisation).
+    """
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr, weight_decay)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
+        if nesterov and momentum == 0:
+            raise ValueError("SGD: nesterov=True needs a momentum > 0")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.velocity = np.zeros_like(self.params)
+
+    def step(self):
+        g = self.grads
+        if self.weight_decay:
+            g = g + self.weight_decay * self.params
+        if self.momentum:
+            if self.steps == 0:
+                self.velocity[...] = g
+            else:
+                self.velocity *= self.momentum
+                self.velocity += g
+            g = g + self.momentum * self.velocity if self.nesterov else self.velocity
+        self.params -= self.lr * g
+        self.steps += 1
+
+    def state(self):
+        return {**super().state(), "velocity": self.velocity.copy()}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015): per-parameter step sizes from running gradient moments.
+
+    m ← β1 m + (1-β1) g            (mean of recent gradients: direction)
+    v ← β2 v + (1-β2) g²           (mean of recent squared gradients: scale)
+    w ← w - lr · m̂ / (√v̂ + ε)      with m̂ = m/(1-β1^t), v̂ = v/(1-β2^t) correcting the zero start.
+    weight_decay is L2: λ·w is added to g (the original Adam); see `AdamW` for the decoupled kind.
+    """
+
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr, weight_decay)
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas!r}")
+        self.beta1, self.beta2, self.eps = float(b1), float(b2), float(eps)
+        self.m = np.zeros_like(self.params)
+        self.v = np.zeros_like(self.params)
+        self._tmp = np.empty_like(self.params)  # scratch space, so a step allocates nothing
+
+    def step(self):
+        w, g, m, v, tmp = self.params, self.grads, self.m, self.v, self._tmp
+        self.steps += 1
+        if self.weight_decay:
+            if self.decoupled:
+                w *= 1 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * w
+        b1, b2 = self.beta1, self.beta2
+        # m = b1 m + (1 - b1) g, rearranged as m += (1 - b1)(g - m): no temporary array
+        np.subtract(g, m, out=tmp)
+        tmp *= 1 - b1
+        m += tmp
+        np.multiply(g, g, out=tmp)
+        tmp -= v
+        tmp *= 1 - b2
+        v += tmp
+        bias1 = 1 - b1**self.steps
+        bias2 = 1 - b2**self.steps
+        # denominator √v / √(1-β2^t) + ε, exactly as torch.optim.Adam computes it
+        np.sqrt(v, out=tmp)
+        tmp *= 1 / math.sqrt(bias2)
+        tmp += self.eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= self.lr / bias1
+        w -= tmp
+
+    def state(self):
+        return {**super().state(), "m": self.m.copy(), "v": self.v.copy()}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019): w ← w (1 - lr·λ) before the
+    Adam step, so decay is not rescaled by the adaptive step sizes. Default λ = 0.01."""
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def step_decay(lr: float, step_size: int, gamma: float = 0.1):
+    """Schedule: multiply the learning rate by `gamma` every `step_size` epochs.
+
+    Returns a callable `epoch -> lr` (epochs count from 0), which `fit(lr_schedule=...)` calls
+    at the start of every epoch.
+    """
+    if step_size <= 0:
+        raise ValueError(f"step_decay: step_size must be positive, got {step_size!r}")
+    return lambda epoch: lr * gamma ** (epoch // step_size)
+
+
+def cosine(lr: float, epochs: int, min_lr: float = 0.0):
+    """Schedule: cosine annealing from `lr` at epoch 0 down to `min_lr` at epoch `epochs`.
+
+    lr(e) = min_lr + (lr - min_lr) · (1 + cos(π e / epochs)) / 2
+    """
+    if epochs <= 0:
+        raise ValueError(f"cosine: epochs must be positive, got {epochs!r}")
+    return lambda epoch: min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))

@@ -1,0 +1,77 @@
+"""Trainable parameters, and the one flat buffer they all live in.
+
+A network with a million weights could store them as a few dozen separate arrays, and an optimizer
+would then loop over them in Python. Instead we copy every parameter into *one* contiguous array and
+let each layer keep a view (a window) into it. The same is done for the gradients. An optimizer step
+is then a handful of whole-array NumPy operations, however many layers there are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array (`data`) and the gradient of the loss with respect to it (`grad`).
+
+    Both are NumPy arrays of the same shape. After `pack`, they are views into flat buffers.
+    """
+
+    def __init__(self, data: np.ndarray):
+        self.data = np.asarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
+
+
+def pack(params: Sequence[Parameter], dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Copy `params` into one flat data buffer and one flat gradient buffer; rebind them as views.
+
+    Returns `(flat_data, flat_grad)`. Writing into `flat_data` changes every parameter at once,
+    which is what lets an optimizer update the whole network with a few vector operations.
+    """
+    total = sum(p.size for p in params)
+    flat_data = np.empty(total, dtype=dtype)
+    flat_grad = np.zeros(total, dtype=dtype)
+    offset = 0
+    for p in params:
+        n = p.size
+        flat_data[offset : offset + n] = p.data.ravel()
+        p.data = flat_data[offset : offset + n].reshape(p.shape)
+        p.grad = flat_grad[offset : offset + n].reshape(p.shape)
+        offset += n
+    return flat_data, flat_grad
+
+
+def flat_buffers(params: Sequence[Parameter]) -> tuple[np.ndarray, np.ndarray]:
+    """The flat (data, grad) buffers behind `params`, packing them first if they are not packed yet.
+
+    Parameters that a `Sequential` packed are views of one buffer, in order; we recover it from
+    the first view's base. Anything else (a loose layer, a user's own list) gets packed here.
+    """
+    params = list(params)
+    if not params:
+        raise ValueError("optimizer got an empty parameter list")
+    base, grad_base = params[0].data.base, params[0].grad.base
+    total = sum(p.size for p in params)
+    if (
+        base is not None
+        and grad_base is not None
+        and base.ndim == 1
+        and base.size == total
+        and grad_base.size == total
+        and all(p.data.base is base and p.grad.base is grad_base for p in params)
+    ):
+        return base, grad_base
+    return pack(params, dtype=params[0].data.dtype)
