@@ -20,6 +20,11 @@ from chainrule.parameter import Parameter
 class Layer:
     """Base class. A layer without parameters only needs `forward` and `backward`."""
 
+    # Whether `backward` must return dLoss/dInput. `Sequential.backward(grad, input_grad=False)`
+    # turns it off for the layer that reads the data, since nothing needs the data's gradient; a
+    # layer for which dL/dx is costly (`Linear`: a matrix product) then skips it and returns None.
+    needs_input_grad = True
+
     def __init__(self):
         self.params: dict[str, Parameter] = {}
         # Non-trainable state saved with the model (e.g. batch-norm running statistics).
@@ -122,7 +127,8 @@ class Linear(Layer):
             grad_in = None
         else:
             np.matmul(x.T, grad_out, out=self.weight.grad)
-            grad_in = grad_out @ self.weight.data.T
+            # As costly as the forward product, so skipped when the input is the data.
+            grad_in = grad_out @ self.weight.data.T if self.needs_input_grad else None
         if self.bias is not None:
             grad_out.sum(axis=0, out=self.bias.grad)
         return grad_in
@@ -270,9 +276,13 @@ class Dropout(Layer):
             self._mask = None
             return x
         keep = 1.0 - self.p
+        # Keep a value when a uniform 32-bit random integer falls below keep·2³², i.e. with
+        # probability `keep` (to within 2⁻³²). Raw integers straight from the bit generator cost
+        # half as much as uniform floats, and a float32 uniform is coarser anyway (2⁻²⁴ steps).
+        bits = self.rng.bit_generator.random_raw((x.size + 1) // 2).view(np.uint32)[: x.size]
+        threshold = np.uint32(min(round(keep * 2.0**32), 2**32 - 1))
         # mask holds 0 or 1/keep, so forward and backward are one multiply each
-        u = self.rng.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64)
-        self._mask = (u < keep).astype(x.dtype) / np.asarray(keep, x.dtype)
+        self._mask = (bits.reshape(x.shape) < threshold) * np.asarray(1.0 / keep, x.dtype)
         return x * self._mask
 
     def backward(self, grad_out):
