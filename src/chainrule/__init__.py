@@ -4,6 +4,7 @@ The public API. A network is a `Sequential` stack of layers; `fit` trains it wit
 optimizer; `gradcheck` verifies the backward pass against finite differences.
 """
 
+from chainrule.conv import AvgPool2D, BatchNorm, Conv2D, MaxPool2D
 from chainrule.gradcheck import gradcheck
 from chainrule.layers import (
     Dropout,
@@ -25,8 +26,9 @@ from chainrule.training import Callback, EarlyStopping, History, TrainingDiverge
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "BinaryCrossEntropy", "Callback", "CrossEntropy", "Dropout", "EarlyStopping",
-    "Flatten", "History", "Layer", "LeakyReLU", "Linear", "Loss", "MeanSquaredError", "ModelFileError",
+    "Adam", "AdamW", "AvgPool2D", "BatchNorm", "BinaryCrossEntropy", "Callback", "Conv2D", "CrossEntropy",
+    "Dropout", "EarlyStopping", "Flatten", "History", "Layer", "LeakyReLU", "Linear", "Loss", "MaxPool2D",
+    "MeanSquaredError", "ModelFileError",
     "Optimizer", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax", "Tanh",
     "TrainingDiverged", "cosine", "evaluate", "fit", "gradcheck", "load_model", "step_decay",
 ]

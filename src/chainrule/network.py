@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chainrule import conv as C
 from chainrule import layers as L
 from chainrule.files import atomic_write_bytes, atomic_write_npz
 from chainrule.parameter import Parameter, pack
@@ -23,7 +24,8 @@ FORMAT_VERSION = 1
 # Names a saved model may use for its layers. Loading refuses anything else.
 LAYER_TYPES: dict[str, type[L.Layer]] = {
     cls.__name__: cls
-    for cls in (L.Linear, L.ReLU, L.LeakyReLU, L.Sigmoid, L.Tanh, L.Softmax, L.Dropout, L.Flatten)
+    for cls in (L.Linear, L.ReLU, L.LeakyReLU, L.Sigmoid, L.Tanh, L.Softmax, L.Dropout, L.Flatten,
+                C.Conv2D, C.MaxPool2D, C.AvgPool2D, C.BatchNorm)
 }
 
 DTYPES = {"float32": np.float32, "float64": np.float64}

@@ -1,0 +1,427 @@
+"""Convolutional layers: Conv2D, max and average pooling, and batch normalisation.
+
+Images are batches in NCHW order: (batch, channels, height, width), as in PyTorch.
+
+Why im2col. A convolution slides a small filter over the image and takes a dot product at every
+position. Written as loops that is six nested loops; written as linear algebra it is *one* matrix
+product. "im2col" copies every receptive field (the C·kh·kw input values a filter sees at one
+output position) into a column of a matrix X_col, of shape (C·kh·kw, N·Ho·Wo). The filters, each
+flattened to a row, form W_mat of shape (O, C·kh·kw). Then
+
+    Y_mat = W_mat · X_col + b        (O, N·Ho·Wo): every filter at every position of every image
+
+and the backward pass is the matrix calculus of that product, exactly as for `Linear`:
+
+    dL/dW_mat = dY_mat · X_colᵀ      (each filter weight: its input values times the errors)
+    dL/db     = Σ_positions dY_mat
+    dL/dX_col = W_matᵀ · dY_mat      (then "col2im" adds each column back to where it came from)
+
+One big matrix product is what BLAS does best; the copying costs far less than the arithmetic.
+We build X_col with one strided copy per kernel offset (i, j) — kh·kw copies of whole
+(C, N, Ho, Wo) blocks — and col2im is the same loop with `+=`, which is much faster than
+scattering with `np.add.at`. Internally the channel axis comes first, (C, N, H, W), so that the
+product's output (O, N·Ho·Wo) is already an NCHW array in (C, N, H, W) memory order: the layer
+returns that transposed view without a copy, and the next convolution's own transpose undoes it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chainrule.layers import Layer, _positive_int
+from chainrule.parameter import Parameter
+
+
+def _pair(layer: str, name: str, value, minimum: int = 1) -> tuple[int, int]:
+    """An int or a pair of ints -> (height, width), each checked to be >= `minimum`."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(values) != 2:
+        raise ValueError(f"{layer}: {name} must be an integer or a pair of integers, got {value!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+            raise ValueError(f"{layer}: {name} must be an integer >= {minimum} (or a pair), got {value!r}")
+    return int(values[0]), int(values[1])
+
+
+def _plain(pair: tuple[int, int]):
+    """A pair written back for `config()`: an int when both sides agree, else a list (JSON-able)."""
+    return pair[0] if pair[0] == pair[1] else list(pair)
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int, layer: str) -> int:
+    out = (size + 2 * padding - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"{layer}: a {kernel}-wide kernel does not fit an input of size {size} "
+                         f"(padding {padding})")
+    return out
+
+
+def _window(a: np.ndarray, i: int, j: int, n_h: int, n_w: int, sh: int, sw: int) -> np.ndarray:
+    """The view a[..., i + sh·r, j + sw·c] for r < n_h, c < n_w: what kernel offset (i, j) sees
+    at every output position (a strided view, no copy)."""
+    return a[..., i : i + sh * (n_h - 1) + 1 : sh, j : j + sw * (n_w - 1) + 1 : sw]
+
+
+def _check_images(layer: str, x: np.ndarray, channels: int | None = None) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{layer}: expected a 4-D batch (N, C, H, W), got shape {x.shape}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{layer}: expected {channels} input channels, got shape {x.shape}")
+
+
+class Conv2D(Layer):
+    """2-D convolution (strictly, cross-correlation, as in every deep-learning library).
+
+    y[n, o, r, c] = b[o] + Σ_{ch, i, j} W[o, ch, i, j] · x_pad[n, ch, r·s + i, c·s + j]
+
+    Each of the `out_channels` filters is a small (in_channels, kh, kw) pattern detector applied at
+    every position; its output channel is a map of where the pattern occurs. Sharing one filter
+    over the whole image is what makes the layer cheap in parameters and tolerant to shifts.
+
+    Args:
+        in_channels: channels of the input (1 for grey-scale digits).
+        out_channels: number of filters.
+        kernel_size: filter height and width (an int, or a pair).
+        stride: step between output positions (an int or a pair).
+        padding: zeros added on every side (an int or a pair); kernel_size // 2 with stride 1
+            keeps the height and width ("same" padding for odd kernels).
+        bias: learn one additive bias per filter.
+        init: "he" (Var(W) = 2 / fan_in, for ReLU networks) or "glorot" (2 / (fan_in + fan_out)),
+            with fan_in = in_channels·kh·kw and fan_out = out_channels·kh·kw.
+
+    Shape: x (N, in_channels, H, W) -> y (N, out_channels, Ho, Wo), with
+    Ho = (H + 2·padding - kh) // stride + 1 (likewise Wo). The weight has PyTorch's layout
+    (out_channels, in_channels, kh, kw), so `weight.data[:, 0]` are the first-layer filters as images.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = True, init: str = "he"):
+        super().__init__()
+        self.in_channels = _positive_int("Conv2D", "in_channels", in_channels)
+        self.out_channels = _positive_int("Conv2D", "out_channels", out_channels)
+        self.kernel_size = _pair("Conv2D", "kernel_size", kernel_size)
+        self.stride = _pair("Conv2D", "stride", stride)
+        self.padding = _pair("Conv2D", "padding", padding, minimum=0)
+        if init not in ("he", "glorot"):
+            raise ValueError(f"Conv2D: init must be 'he' or 'glorot', got {init!r}")
+        self.init = init
+        kh, kw = self.kernel_size
+        self.weight = Parameter(np.zeros((self.out_channels, self.in_channels, kh, kw), np.float32))
+        self.params["weight"] = self.weight
+        self.bias = None
+        if bias:
+            self.bias = Parameter(np.zeros(self.out_channels, np.float32))
+            self.params["bias"] = self.bias
+        self.initialize(np.random.default_rng())
+        self._scratch: dict[str, np.ndarray] = {}
+        self._cols = self._x_shape = None
+
+    def initialize(self, rng):
+        kh, kw = self.kernel_size
+        fan_in, fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
+        var = 2.0 / fan_in if self.init == "he" else 2.0 / (fan_in + fan_out)
+        self.weight.data[...] = rng.normal(0.0, np.sqrt(var), self.weight.shape)
+        if self.bias is not None:
+            self.bias.data[...] = 0.0
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype, zero: bool = False) -> np.ndarray:
+        """A scratch array reused from batch to batch (allocating and page-faulting a fresh
+        multi-megabyte array every call costs about as much as filling it)."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+            self._scratch[name] = buf
+        return buf
+
+    def forward(self, x, training=False):
+        _check_images("Conv2D", x, self.in_channels)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        ho, wo = _out_size(h, kh, sh, ph, "Conv2D"), _out_size(w, kw, sw, pw, "Conv2D")
+        xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W): see the module docstring
+        if ph or pw:
+            # The border of this buffer is zeroed once and never written: only the middle changes.
+            xp = self._buffer("padded", (c, n, h + 2 * ph, w + 2 * pw), x.dtype, zero=True)
+            xp[:, :, ph : ph + h, pw : pw + w] = xt
+        else:
+            xp = xt
+        # im2col: cols[ch, i, j, n, r, c] = x_pad[n, ch, r·sh + i, c·sw + j]
+        cols = self._buffer("cols", (c, kh, kw, n, ho, wo), x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                cols[:, i, j] = _window(xp, i, j, ho, wo, sh, sw)
+        cols = cols.reshape(c * kh * kw, n * ho * wo)
+        y = self.weight.data.reshape(self.out_channels, -1) @ cols  # (O, N·Ho·Wo): the one product
+        if self.bias is not None:
+            y += self.bias.data[:, None]
+        self._cols, self._x_shape = cols, x.shape
+        return y.reshape(self.out_channels, n, ho, wo).transpose(1, 0, 2, 3)
+
+    def backward(self, grad_out):
+        n, c, h, w = self._x_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        _, o, ho, wo = grad_out.shape
+        # dY_mat (O, N·Ho·Wo); a free view when grad_out has this layer's own memory order
+        g = grad_out.transpose(1, 0, 2, 3).reshape(o, n * ho * wo)
+        # dL/dW = dY_mat · X_colᵀ ; dL/db = Σ_positions dY_mat
+        np.matmul(g, self._cols.T, out=self.weight.grad.reshape(o, -1))
+        if self.bias is not None:
+            g.sum(axis=1, out=self.bias.grad)
+        if not self.needs_input_grad:
+            return None
+        # dL/dX_col = W_matᵀ · dY_mat, then col2im: every column entry is added back onto the
+        # input pixel it was copied from (pixels seen by several offsets collect several terms).
+        dcols = (self.weight.data.reshape(o, -1).T @ g).reshape(c, kh, kw, n, ho, wo)
+        dxp = np.zeros((c, n, h + 2 * ph, w + 2 * pw), grad_out.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                _window(dxp, i, j, ho, wo, sh, sw)[...] += dcols[:, i, j]
+        return dxp[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3 or input_shape[0] != self.in_channels:
+            raise ValueError(f"Conv2D: expects examples of shape ({self.in_channels}, H, W), "
+                             f"but receives shape {tuple(input_shape)}")
+        _, h, w = input_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (self.out_channels, _out_size(h, kh, sh, ph, "Conv2D"), _out_size(w, kw, sw, pw, "Conv2D"))
+
+    def config(self):
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": _plain(self.kernel_size),
+            "stride": _plain(self.stride),
+            "padding": _plain(self.padding),
+            "bias": self.bias is not None,
+            "init": self.init,
+        }
+
+    def __getstate__(self):
+        # deepcopy/pickle need not carry the scratch buffers (megabytes of stale data)
+        state = self.__dict__.copy()
+        state["_scratch"], state["_cols"] = {}, None
+        return state
+
+
+class _Pool2D(Layer):
+    """Shared by the pooling layers: a kernel_size window moved by `stride`, no padding.
+
+    Both pools loop over the kh·kw offsets inside the window, each a whole-batch strided view,
+    instead of materialising the (N, C, Ho, Wo, kh, kw) windows.
+    """
+
+    name = "Pool2D"
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = _pair(self.name, "kernel_size", kernel_size)
+        self.stride = self.kernel_size if stride is None else _pair(self.name, "stride", stride)
+        self._x_shape = None
+
+    def _sizes(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return _out_size(h, kh, sh, 0, self.name), _out_size(w, kw, sw, 0, self.name)
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: expects examples of shape (C, H, W), "
+                             f"but receives shape {tuple(input_shape)}")
+        c, h, w = input_shape
+        return (c, *self._sizes(h, w))
+
+    def config(self):
+        return {"kernel_size": _plain(self.kernel_size), "stride": _plain(self.stride)}
+
+
+class MaxPool2D(_Pool2D):
+    """Max pooling: each output is the largest value in its kh×kw window.
+
+    y[n, c, r, q] = max_{i, j} x[n, c, r·s + i, q·s + j]
+
+    It shrinks the feature maps and keeps only whether a feature occurred nearby, not exactly where.
+    The max passes its gradient to the one input that won (the first, on ties, as PyTorch does);
+    every other input of the window gets zero.
+
+    Args:
+        kernel_size: window height and width (an int or a pair).
+        stride: step between windows; defaults to kernel_size (non-overlapping windows).
+
+    Shape: (N, C, H, W) -> (N, C, (H - kh) // s + 1, (W - kw) // s + 1).
+    """
+
+    name = "MaxPool2D"
+
+    def forward(self, x, training=False):
+        _check_images(self.name, x)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        ho, wo = self._sizes(x.shape[2], x.shape[3])
+        out = _window(x, 0, 0, ho, wo, sh, sw).copy(order="K")
+        arg = np.zeros(out.shape, np.uint8) if kh * kw < 256 else np.zeros(out.shape, np.int32)
+        for k in range(1, kh * kw):
+            view = _window(x, k // kw, k % kw, ho, wo, sh, sw)
+            better = view > out  # strict: an earlier offset keeps a tie
+            np.copyto(out, view, where=better)
+            arg[better] = k
+        self._arg, self._x_shape, self._x_dtype = arg, x.shape, x.dtype
+        return out
+
+    def backward(self, grad_out):
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        _, _, ho, wo = grad_out.shape
+        dx = np.zeros(self._x_shape, grad_out.dtype)
+        overlapping = sh < kh or sw < kw
+        for k in range(kh * kw):
+            view = _window(dx, k // kw, k % kw, ho, wo, sh, sw)
+            hit = self._arg == k
+            if overlapping:  # windows share inputs, which then collect several gradients
+                view += np.where(hit, grad_out, 0)
+            else:
+                np.copyto(view, grad_out, where=hit)
+        return dx
+
+
+class AvgPool2D(_Pool2D):
+    """Average pooling: each output is the mean of its kh×kw window.
+
+    y[n, c, r, q] = (1 / (kh·kw)) Σ_{i, j} x[n, c, r·s + i, q·s + j]
+
+    Its gradient is shared equally: every input of a window receives dL/dy / (kh·kw).
+
+    Args:
+        kernel_size: window height and width (an int or a pair).
+        stride: step between windows; defaults to kernel_size.
+
+    Shape: (N, C, H, W) -> (N, C, (H - kh) // s + 1, (W - kw) // s + 1).
+    """
+
+    name = "AvgPool2D"
+
+    def forward(self, x, training=False):
+        _check_images(self.name, x)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        ho, wo = self._sizes(x.shape[2], x.shape[3])
+        out = _window(x, 0, 0, ho, wo, sh, sw).copy(order="K")
+        for k in range(1, kh * kw):
+            out += _window(x, k // kw, k % kw, ho, wo, sh, sw)
+        out *= np.asarray(1.0 / (kh * kw), out.dtype)
+        self._x_shape = x.shape
+        return out
+
+    def backward(self, grad_out):
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        _, _, ho, wo = grad_out.shape
+        share = grad_out * np.asarray(1.0 / (kh * kw), grad_out.dtype)
+        dx = np.zeros(self._x_shape, grad_out.dtype)
+        for k in range(kh * kw):
+            _window(dx, k // kw, k % kw, ho, wo, sh, sw)[...] += share
+        return dx
+
+
+class BatchNorm(Layer):
+    """Batch normalisation (Ioffe & Szegedy, 2015), for (N, C) and (N, C, H, W) inputs.
+
+    Training:    x̂ = (x - μ_B) / √(σ²_B + ε),   y = γ · x̂ + β
+
+    with μ_B, σ²_B the mean and (biased) variance of each feature over the batch — and, for images,
+    over every position too, so a channel is normalised as a whole. Keeping every layer's inputs
+    centred and scaled lets a network train fast at high learning rates. Evaluation cannot depend
+    on the batch, so it uses running averages kept during training (PyTorch's conventions):
+
+        running_mean ← (1 - momentum) · running_mean + momentum · μ_B
+        running_var  ← (1 - momentum) · running_var  + momentum · σ²_B · m / (m - 1)
+
+    (the unbiased variance, m values per feature). They live in `buffers`, so they are saved with
+    the model. Backward, in training mode, differentiates through μ_B and σ²_B as well:
+
+        dL/dx = (1 / (m·σ)) · (m · ĝ - Σ ĝ - x̂ · Σ ĝ·x̂),  with ĝ = γ · dL/dy and σ = √(σ²_B + ε)
+        dL/dγ = Σ dL/dy · x̂,   dL/dβ = Σ dL/dy
+
+    Args:
+        num_features: C, the number of features or channels.
+        momentum: weight of each new batch in the running statistics.
+        eps: added to the variance so a constant feature does not divide by zero.
+
+    Shape: (N, C) -> (N, C), or (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.num_features = _positive_int("BatchNorm", "num_features", num_features)
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}")
+        if not eps > 0:
+            raise ValueError(f"BatchNorm: eps must be positive, got {eps!r}")
+        self.momentum, self.eps = float(momentum), float(eps)
+        self.weight = Parameter(np.ones(self.num_features, np.float32))  # γ
+        self.bias = Parameter(np.zeros(self.num_features, np.float32))  # β
+        self.params.update(weight=self.weight, bias=self.bias)
+        # Sequential may replace these arrays (to change dtype), so they are always looked up here.
+        self.buffers["running_mean"] = np.zeros(self.num_features, np.float32)
+        self.buffers["running_var"] = np.ones(self.num_features, np.float32)
+        self._xhat = self._x = self._inv_std = None
+
+    def initialize(self, rng):
+        self.weight.data[...] = 1.0
+        self.bias.data[...] = 0.0
+        self.buffers["running_mean"][...] = 0.0
+        self.buffers["running_var"][...] = 1.0
+
+    def _shape(self, x) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(axes to reduce over, shape that broadcasts a per-feature vector against x)."""
+        if x.ndim == 2:
+            axes, bshape = (0,), (1, -1)
+        elif x.ndim == 4:
+            axes, bshape = (0, 2, 3), (1, -1, 1, 1)
+        else:
+            raise ValueError(f"BatchNorm: expected a batch of shape (N, C) or (N, C, H, W), got {x.shape}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm: expected {self.num_features} features, got shape {x.shape}")
+        return axes, bshape
+
+    def forward(self, x, training=False):
+        axes, bshape = self._shape(x)
+        if training:
+            m = x.size // self.num_features
+            mean = x.mean(axis=axes)
+            centred = x - mean.reshape(bshape)
+            var = np.mean(np.square(centred), axis=axes)
+            inv_std = 1.0 / np.sqrt(var + self.eps)
+            xhat = centred
+            xhat *= inv_std.reshape(bshape)
+            mom = self.momentum
+            running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
+            running_mean *= 1 - mom
+            running_mean += mom * mean
+            running_var *= 1 - mom
+            running_var += mom * var * (m / max(m - 1, 1))
+            self._xhat, self._x, self._inv_std, self._training = xhat, None, inv_std, True
+            return xhat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape)
+        # evaluation: a fixed affine map per feature, folded into one scale and one shift
+        inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
+        scale = self.weight.data * inv_std
+        shift = self.bias.data - self.buffers["running_mean"] * scale
+        # x̂ is only needed if someone backpropagates through evaluation mode (gradcheck does)
+        self._xhat, self._x, self._inv_std, self._training = None, x, inv_std, False
+        return (x * scale.reshape(bshape) + shift.reshape(bshape)).astype(x.dtype, copy=False)
+
+    def backward(self, grad_out):
+        axes, bshape = self._shape(grad_out)
+        xhat = self._xhat
+        if xhat is None:
+            xhat = (self._x - self.buffers["running_mean"].reshape(bshape)) * self._inv_std.reshape(bshape)
+        self.bias.grad[...] = grad_out.sum(axis=axes)
+        self.weight.grad[...] = np.sum(grad_out * xhat, axis=axes)
+        if not self.needs_input_grad:
+            return None
+        scale = (self.weight.data * self._inv_std).reshape(bshape)
+        if not self._training:  # running statistics are constants: y is affine in x
+            return grad_out * scale
+        m = grad_out.size // self.num_features
+        # dL/dx = γσ⁻¹ · (g - mean(g) - x̂ · mean(g·x̂)); the two means are dβ/m and dγ/m
+        mean_g = (self.bias.grad / m).reshape(bshape)
+        mean_gx = (self.weight.grad / m).reshape(bshape)
+        return scale * (grad_out - mean_g - xhat * mean_gx)
+
+    def config(self):
+        return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
