@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 
+from chainrule import web
 from chainrule.network import ModelFileError
 
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entries checked per parameter array of a saved model (default 30)")
     p.set_defaults(func=_cmd_gradcheck)
 
+    web.add_commands(sub)
     return parser
 
 

@@ -1,0 +1,409 @@
+// chainrule web page: draws on a canvas, asks the JSON API, renders what comes back.
+// Plain browser JavaScript, no dependencies and no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+// -- colour maps -------------------------------------------------------------------------------
+// Non-negative activations (after ReLU, pooling) use a sequential map, black -> yellow; signed
+// values (raw scores, weights) a diverging one, blue < 0 < red, with white at zero.
+const SEQUENTIAL = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
+const DIVERGING = [[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130], [178, 24, 43]];
+
+function colour(stops, t) {
+  t = Math.min(1, Math.max(0, t)) * (stops.length - 1);
+  const i = Math.min(stops.length - 2, Math.floor(t));
+  const f = t - i;
+  const a = stops[i], b = stops[i + 1];
+  return [a[0] + f * (b[0] - a[0]), a[1] + f * (b[1] - a[1]), a[2] + f * (b[2] - a[2])];
+}
+
+// Paint `values` (row-major, `rows` x `cols`) into a canvas of that many pixels; CSS scales it up.
+// `scale` is the value mapped to the end of the colour map; signed data is centred on zero.
+function paint(canvas, values, rows, cols, signed, scale) {
+  canvas.width = cols;
+  canvas.height = rows;
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(cols, rows);
+  const s = scale > 0 ? scale : 1;
+  for (let k = 0; k < rows * cols; k++) {
+    let rgb = [236, 236, 234]; // padding cells beyond the last unit
+    if (k < values.length) {
+      rgb = signed ? colour(DIVERGING, 0.5 + values[k] / (2 * s)) : colour(SEQUENTIAL, values[k] / s);
+    }
+    img.data[4 * k] = rgb[0];
+    img.data[4 * k + 1] = rgb[1];
+    img.data[4 * k + 2] = rgb[2];
+    img.data[4 * k + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function maxAbs(values) {
+  let m = 0;
+  for (const v of values) m = Math.max(m, Math.abs(v));
+  return m;
+}
+
+const percent = (p) => `${(100 * p).toFixed(p > 0.999 || p < 0.001 ? 2 : 1)}%`;
+
+function el(tag, attrs = {}, text = null) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+async function postJSON(url, body, contentType) {
+  const response = await fetch(url, { method: "POST", headers: { "Content-Type": contentType }, body });
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (err) {
+    throw new Error(`the server answered ${response.status} without JSON`);
+  }
+  if (!response.ok) throw new Error(data && data.error ? data.error : `the server answered ${response.status}`);
+  return data;
+}
+
+// -- models ------------------------------------------------------------------------------------
+
+function describeModel(kind, info) {
+  const parts = [];
+  const metrics = info.metrics || {};
+  for (const [name, value] of Object.entries(metrics)) {
+    if (typeof value !== "number" || parts.length >= 2) continue;
+    parts.push(`${name.replace(/_/g, " ")} ${value >= 0 && value <= 1 ? percent(value) : value.toPrecision(4)}`);
+  }
+  const size = `${info.num_parameters.toLocaleString()} parameters`;
+  return `${kind}: ${info.path} (${[size, ...parts].join(", ")})`;
+}
+
+function showMissing(kind, hint) {
+  const box = $(`${kind}-missing`);
+  box.hidden = false;
+  box.textContent = `No ${kind} model is loaded: ${hint}.`;
+}
+
+async function loadModels() {
+  try {
+    const response = await fetch("/api/models");
+    const models = await response.json();
+    const lines = [];
+    for (const kind of ["digits", "spam"]) {
+      if (models[kind]) lines.push(describeModel(kind === "digits" ? "Digits" : "Spam", models[kind]));
+      else showMissing(kind, models.hints[kind]);
+    }
+    $("models").textContent = lines.length ? lines.join(" · ") : "No models loaded.";
+    if (!models.digits) {
+      $("clear").disabled = true;
+      $("upload").disabled = true;
+    }
+    if (!models.spam) $("check").disabled = true;
+  } catch (err) {
+    $("models").textContent = `Could not ask the server which models are loaded: ${err.message}`;
+  }
+}
+
+// -- draw a digit ------------------------------------------------------------------------------
+
+const pad = $("pad");
+const padCtx = pad.getContext("2d");
+let drawing = false;
+let last = null;
+let hasInk = false;
+let inFlight = false;
+let again = false;
+
+function clearPad() {
+  padCtx.fillStyle = "#fff";
+  padCtx.fillRect(0, 0, pad.width, pad.height);
+  hasInk = false;
+}
+
+function padPoint(event) {
+  // The canvas is 280x280 pixels but may be shown smaller (phones): map CSS pixels to canvas ones.
+  const rect = pad.getBoundingClientRect();
+  return [(event.clientX - rect.left) * (pad.width / rect.width), (event.clientY - rect.top) * (pad.height / rect.height)];
+}
+
+function strokeTo(point) {
+  // About a tenth of the pad: the thickness of an MNIST pen stroke once the digit is scaled to 20 px.
+  padCtx.lineWidth = pad.width * 0.075;
+  padCtx.lineCap = "round";
+  padCtx.lineJoin = "round";
+  padCtx.strokeStyle = "#000";
+  padCtx.beginPath();
+  padCtx.moveTo(last[0], last[1]);
+  padCtx.lineTo(point[0], point[1]);
+  padCtx.stroke();
+  last = point;
+  hasInk = true;
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  if (event.pointerType === "mouse" && event.button !== 0) return;
+  event.preventDefault();
+  pad.setPointerCapture(event.pointerId);
+  drawing = true;
+  last = padPoint(event);
+  strokeTo(last); // a tap leaves a dot
+});
+
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+  for (const e of events.length ? events : [event]) strokeTo(padPoint(e));
+  predict();
+});
+
+function endStroke() {
+  if (!drawing) return;
+  drawing = false;
+  predict();
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+// Live updates without flooding the server: one request at a time; strokes drawn while it runs
+// are sent as one more request when it returns.
+function predict() {
+  if (!hasInk) return;
+  if (inFlight) {
+    again = true;
+    return;
+  }
+  inFlight = true;
+  again = false;
+  pad.toBlob((blob) => sendDigit(blob, "image/png"), "image/png");
+}
+
+async function sendDigit(blob, type) {
+  try {
+    const result = await postJSON("/api/digits/predict?explain=true", blob, type);
+    $("digits-error").hidden = true;
+    showDigit(result);
+  } catch (err) {
+    $("digits-error").hidden = false;
+    $("digits-error").textContent = err.message;
+  } finally {
+    inFlight = false;
+    if (again) predict();
+  }
+}
+
+function buildBars() {
+  const list = $("probs");
+  for (let d = 0; d < 10; d++) {
+    const item = el("li", { id: `prob-${d}` });
+    item.append(el("span", { class: "label" }, String(d)));
+    const track = el("span", { class: "track", "aria-hidden": "true" });
+    track.append(el("span", { class: "fill" }));
+    item.append(track);
+    item.append(el("span", { class: "value" }, "–"));
+    list.append(item);
+  }
+}
+
+function resetDigit() {
+  $("digit").textContent = "–";
+  $("confidence").textContent = "";
+  for (let d = 0; d < 10; d++) {
+    const item = $(`prob-${d}`);
+    item.classList.remove("top");
+    item.querySelector(".fill").style.width = "0";
+    item.querySelector(".value").textContent = "–";
+    item.setAttribute("aria-label", `${d}: no prediction yet`);
+  }
+  const seen = $("seen").getContext("2d");
+  seen.clearRect(0, 0, 28, 28);
+  $("layers").replaceChildren(el("p", { class: "empty" }, "Draw a digit to see the activations."));
+  $("units").replaceChildren(el("p", { class: "empty" }, "Draw a digit to see them."));
+  $("digits-error").hidden = true;
+}
+
+function showDigit(result) {
+  $("digit").textContent = String(result.digit);
+  $("confidence").textContent = percent(result.probabilities[result.digit]);
+  result.probabilities.forEach((p, d) => {
+    const item = $(`prob-${d}`);
+    item.classList.toggle("top", d === result.digit);
+    item.querySelector(".fill").style.width = `${(100 * p).toFixed(1)}%`;
+    item.querySelector(".value").textContent = percent(p);
+    item.setAttribute("aria-label", `${d}: ${percent(p)}`);
+  });
+  // The network's input is MNIST-style: ink 1 (white), background 0 (black).
+  const seen = $("seen").getContext("2d");
+  const img = seen.createImageData(28, 28);
+  result.input.flat().forEach((v, k) => {
+    const g = Math.round(255 * v);
+    img.data.set([g, g, g, 255], 4 * k);
+  });
+  seen.putImageData(img, 0, 0);
+  if (result.layers) showLayers(result.layers);
+  if (result.top_units) showUnits(result.top_units);
+}
+
+function showLayers(layers) {
+  const figures = layers.map((layer) => {
+    const figure = el("figure", { class: "layer" });
+    const signed = layer.values.some((v) => v < 0);
+    const scale = maxAbs(layer.values);
+    if (layer.shape.length === 3) {
+      const [channels, h, w] = layer.shape;
+      const more = channels > layer.shown ? ` (first ${layer.shown} shown)` : "";
+      figure.append(el("figcaption", {}, `${layer.index}: ${layer.type} · ${channels} feature maps of ${h}×${w}${more}`));
+      const maps = el("div", { class: "maps" });
+      for (let c = 0; c < layer.shown; c++) {
+        const canvas = el("canvas", { role: "img", "aria-label": `feature map ${c}` });
+        paint(canvas, layer.values.slice(c * h * w, (c + 1) * h * w), h, w, signed, scale);
+        maps.append(canvas);
+      }
+      figure.append(maps);
+    } else {
+      const n = layer.values.length;
+      const cols = Math.min(n, 64);
+      const rows = Math.ceil(n / cols);
+      const cell = n <= 16 ? 22 : 8;
+      figure.append(el("figcaption", {}, `${layer.index}: ${layer.type} · ${n} units${signed ? " (signed)" : ""}`));
+      const canvas = el("canvas", { role: "img", "aria-label": `${layer.type} activations, ${n} units` });
+      paint(canvas, layer.values, rows, cols, signed, scale);
+      canvas.style.width = `${cols * cell}px`;
+      figure.append(canvas);
+    }
+    return figure;
+  });
+  $("layers").replaceChildren(...figures);
+}
+
+function showUnits(units) {
+  const figures = units.map((unit) => {
+    const figure = el("figure", { class: "unit" });
+    const values = unit.weights.flat();
+    const canvas = el("canvas", { role: "img", "aria-label": `incoming weights of unit ${unit.unit}` });
+    paint(canvas, values, unit.weights.length, unit.weights[0].length, true, maxAbs(values));
+    figure.append(canvas);
+    figure.append(el("figcaption", {}, `unit ${unit.unit} · ${unit.activation.toFixed(2)}`));
+    return figure;
+  });
+  $("units").replaceChildren(...(figures.length ? figures : [el("p", { class: "empty" }, "This model has no hidden units to show.")]));
+}
+
+$("clear").addEventListener("click", () => {
+  clearPad();
+  resetDigit();
+});
+
+$("upload").addEventListener("change", () => {
+  const file = $("upload").files[0];
+  if (!file) return;
+  // Show the picture on the pad (fitted, on white) and send the file itself, unchanged.
+  const url = URL.createObjectURL(file);
+  const picture = new Image();
+  picture.onload = () => {
+    clearPad();
+    const s = Math.min(pad.width / picture.width, pad.height / picture.height);
+    const w = picture.width * s, h = picture.height * s;
+    padCtx.drawImage(picture, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    URL.revokeObjectURL(url);
+  };
+  picture.src = url;
+  sendDigit(file, file.type || "application/octet-stream");
+  $("upload").value = "";
+});
+
+// -- check a message ---------------------------------------------------------------------------
+
+// The classifier's tokens may carry a header tag ("subject:free"); the text shows only the word.
+function surface(token) {
+  const m = /^[a-z-]{2,20}:(.+)$/i.exec(token);
+  return m ? m[1] : token;
+}
+
+const escapeRegExp = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+// Wrap each occurrence of a top token in <mark>, built as DOM nodes (never as HTML text).
+function highlight(text, tokens) {
+  const weights = new Map();
+  for (const t of tokens) {
+    const key = surface(t.token).toLowerCase();
+    if (key.trim().length < 2) continue;
+    if (!weights.has(key) || Math.abs(t.weight) > Math.abs(weights.get(key))) weights.set(key, t.weight);
+  }
+  const target = $("highlighted");
+  if (!weights.size) {
+    target.replaceChildren(document.createTextNode(text));
+    return;
+  }
+  const alternatives = [...weights.keys()]
+    .sort((a, b) => b.length - a.length)
+    .map((k) => {
+      let pattern = escapeRegExp(k).replace(/\s+/g, "\\s+");
+      if (/^[\p{L}\p{N}_]/u.test(k)) pattern = `(?<![\\p{L}\\p{N}_])${pattern}`;
+      if (/[\p{L}\p{N}_]$/u.test(k)) pattern = `${pattern}(?![\\p{L}\\p{N}_])`;
+      return pattern;
+    });
+  const re = new RegExp(alternatives.join("|"), "giu");
+  const nodes = [];
+  let at = 0;
+  for (const m of text.matchAll(re)) {
+    if (m.index > at) nodes.push(document.createTextNode(text.slice(at, m.index)));
+    const key = m[0].toLowerCase().replace(/\s+/g, " ");
+    const w = weights.get(key) ?? weights.get(m[0].toLowerCase()) ?? 0;
+    const mark = el("mark", { class: w > 0 ? "spam" : "ham", title: `${w > 0 ? "+" : ""}${w.toFixed(3)} towards ${w > 0 ? "spam" : "ham"}` }, m[0]);
+    nodes.push(mark);
+    at = m.index + m[0].length;
+  }
+  nodes.push(document.createTextNode(text.slice(at)));
+  target.replaceChildren(...nodes);
+}
+
+function chip(t) {
+  const item = el("li", {}, surface(t.token));
+  item.title = t.token;
+  item.append(el("small", {}, `${t.weight > 0 ? "+" : ""}${t.weight.toFixed(2)}`));
+  return item;
+}
+
+async function checkMessage(event) {
+  event.preventDefault();
+  const text = $("message").value;
+  const error = $("spam-error");
+  if (!text.trim()) {
+    error.hidden = false;
+    error.textContent = "Paste a message first.";
+    $("message").focus();
+    return;
+  }
+  $("check").disabled = true;
+  try {
+    const result = await postJSON("/api/spam/classify", text, "text/plain; charset=utf-8");
+    error.hidden = true;
+    $("spam-result").hidden = false;
+    const verdict = $("verdict");
+    verdict.textContent = result.label;
+    verdict.className = `verdict ${result.label}`;
+    $("spam-probability").textContent = `probability of spam ${percent(result.probability)}`;
+    $("spam-meter").value = result.probability;
+    const spammy = result.top_tokens.filter((t) => t.weight > 0).sort((a, b) => b.weight - a.weight);
+    const hammy = result.top_tokens.filter((t) => t.weight < 0).sort((a, b) => a.weight - b.weight);
+    $("tokens-spam").replaceChildren(...spammy.map(chip));
+    $("tokens-ham").replaceChildren(...hammy.map(chip));
+    highlight(text, result.top_tokens);
+  } catch (err) {
+    error.hidden = false;
+    error.textContent = err.message;
+  } finally {
+    $("check").disabled = false;
+  }
+}
+
+$("spam-form").addEventListener("submit", checkMessage);
+$("message").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("spam-form").requestSubmit();
+});
+
+buildBars();
+clearPad();
+resetDigit();
+loadModels();
