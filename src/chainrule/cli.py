@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from chainrule import web
+from chainrule.apps import digits
 from chainrule.network import ModelFileError
 
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entries checked per parameter array of a saved model (default 30)")
     p.set_defaults(func=_cmd_gradcheck)
 
+    digits.add_commands(sub)
     web.add_commands(sub)
     return parser
 

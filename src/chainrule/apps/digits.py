@@ -1,0 +1,535 @@
+"""Handwritten digit recognition on MNIST: model presets, training, evaluation, prediction.
+
+`chainrule digits train|evaluate|predict|show` are thin wrappers over the functions here, which
+use only the public API (`Sequential`, layers, losses, optimizers, `fit`), the data loaders and
+the plots. A preset is everything needed to reproduce a training run: the architecture, the
+optimizer, the loss, the epochs, batch size, learning-rate schedule, optional augmentation and
+the input layout the first layer expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chainrule import (
+    SGD,
+    Adam,
+    CrossEntropy,
+    Dropout,
+    EarlyStopping,
+    Linear,
+    MeanSquaredError,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    TrainingDiverged,
+    cosine,
+    fit,
+    load_model,
+)
+from chainrule import metrics as M
+from chainrule.data.mnist import DataError, load_mnist
+from chainrule.files import atomic_write_bytes
+
+TASK = "digits"
+CLASSES = 10
+PIXELS = 28 * 28
+# Held out from the 60,000 training images to choose the epoch (early stopping); the official
+# 10,000 test images are only ever used for the final figure.
+VALIDATION_IMAGES = 5000
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A reproducible recipe for one digits model.
+
+    Attributes:
+        build: `() -> list of layers`, input side first.
+        input_layout: "flat" feeds (n, 784) vectors; "image" feeds (n, 1, 28, 28) for conv layers.
+        loss: `() -> Loss`.
+        optimizer: `(parameters, lr) -> Optimizer`.
+        lr, epochs, batch_size: the defaults `chainrule digits train` uses.
+        lr_schedule: `(lr, epochs) -> (epoch -> lr)`, or None for a constant rate.
+        augment: `(x_batch, rng) -> x_batch` on model inputs during training, or None.
+        monitor, patience: early stopping on this validation metric.
+        description: one line for `--help`.
+    """
+
+    build: Callable[[], list]
+    loss: Callable[[], object]
+    optimizer: Callable[[list, float], object]
+    lr: float
+    epochs: int
+    batch_size: int
+    input_layout: str = "flat"
+    lr_schedule: Callable[[float, int], Callable[[int], float]] | None = None
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+    monitor: str = "val_loss"
+    patience: int = 5
+    description: str = ""
+
+
+def _mlp_layers() -> list:
+    # 784-512-512-10 as in the Keras mnist_mlp example; dropout between the wide layers stops the
+    # 670k weights from memorising the 55k training images.
+    return [Linear(PIXELS, 512), ReLU(), Dropout(0.2), Linear(512, 512), ReLU(), Dropout(0.2), Linear(512, CLASSES)]
+
+
+def _small_layers() -> list:
+    # Nielsen's network.py: 784-100-10, sigmoid everywhere (including the output, which the
+    # squared error compares with the one-hot label).
+    return [Linear(PIXELS, 100, init="glorot"), Sigmoid(), Linear(100, CLASSES, init="glorot"), Sigmoid()]
+
+
+PRESETS: dict[str, Preset] = {
+    "mlp": Preset(
+        build=_mlp_layers,
+        loss=CrossEntropy,
+        optimizer=lambda params, lr: Adam(params, lr=lr),
+        lr=1e-3,
+        epochs=30,
+        batch_size=128,
+        lr_schedule=lambda lr, epochs: cosine(lr, epochs, min_lr=lr / 100),
+        # with dropout the validation loss creeps up while accuracy still improves, so choose the
+        # epoch by accuracy; the patience lets the decaying learning rate finish its work
+        monitor="val_accuracy",
+        patience=30,
+        description="784-512-512-10 ReLU with dropout, Adam, cosine-decayed learning rate",
+    ),
+    "small": Preset(
+        build=_small_layers,
+        loss=MeanSquaredError,
+        optimizer=lambda params, lr: SGD(params, lr=lr),
+        # Nielsen uses η = 3 with C = Σ‖a - y‖² / 2n; our MSE averages over the 10 outputs too
+        # and has no 1/2, so the same steps need η·10/2 = 15.
+        lr=15.0,
+        epochs=30,
+        batch_size=10,
+        patience=30,
+        description="784-100-10 sigmoid, plain SGD on mean squared error (the textbook network)",
+    ),
+}
+
+
+def preprocessing_metadata(preset: Preset) -> dict:
+    """How raw 28x28 images become model inputs; saved with the model and applied by `model_inputs`."""
+    return {
+        "image_size": [28, 28],
+        "ink": "high",  # MNIST stores ink as 255 on a 0 background
+        "scale": 255.0,  # uint8 pixels are divided by this
+        "mean": 0.0,
+        "std": 1.0,
+        "layout": preset.input_layout,
+        "digit_box": 20,  # for photos: fit to 20x20, centre of mass at the centre of 28x28
+    }
+
+
+def model_inputs(images, metadata: dict) -> np.ndarray:
+    """Images -> the array the model expects, using the preprocessing saved in `metadata`.
+
+    Args:
+        images: uint8 (n, 28, 28) as stored in MNIST (0..255), or floats already in [0, 1]
+            (from `chainrule.data.images.preprocess_image`); a single (28, 28) image is fine too.
+    Returns:
+        float32 (n, 784) for a "flat" model or (n, 1, 28, 28) for an "image" model.
+    """
+    prep = metadata.get("preprocessing", metadata)
+    x = np.asarray(images)
+    if x.ndim == 2 and x.shape == (28, 28):
+        x = x[None]
+    if x.ndim < 2 or x[0].size != PIXELS:
+        raise ValueError(f"model_inputs: expected 28x28 images, got an array of shape {x.shape}")
+    x = x.astype(np.float32) / np.float32(prep.get("scale", 255.0)) if x.dtype == np.uint8 else x.astype(np.float32)
+    mean, std = float(prep.get("mean", 0.0)), float(prep.get("std", 1.0))
+    if mean != 0.0 or std != 1.0:
+        x = (x - np.float32(mean)) / np.float32(std)
+    if prep.get("layout", "flat") == "image":
+        return x.reshape(len(x), 1, 28, 28)
+    return x.reshape(len(x), PIXELS)
+
+
+def build_model(preset_name: str, seed: int | None = 0) -> Sequential:
+    """A fresh, initialised model of the named preset."""
+    preset = PRESETS[preset_name]
+    shape = (PIXELS,) if preset.input_layout == "flat" else (1, 28, 28)
+    return Sequential(preset.build(), input_shape=shape, seed=seed)
+
+
+def _load(split: str, data_dir):
+    """MNIST split, with data problems turned into one-line user errors."""
+    from chainrule.cli import UserError
+
+    try:
+        return load_mnist(split, data_dir)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+def evaluate_digits(model: Sequential, metadata: dict, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on `(images, labels)`."""
+    proba = model.predict_proba(model_inputs(images, metadata))
+    pred = proba.argmax(axis=1)
+    cm = M.confusion_matrix(labels, pred, CLASSES)
+    precision, recall, f1 = M.precision_recall_f1(cm)
+    return {
+        "accuracy": M.accuracy(labels, pred),
+        "n": int(len(labels)),
+        "errors": int((pred != labels).sum()),
+        "per_class": {
+            str(k): {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+                     "support": int(cm[k].sum())}
+            for k in range(CLASSES)
+        },
+        "confusion_matrix": cm.tolist(),
+        "_proba": proba,
+        "_pred": pred,
+    }
+
+
+def _public(report: dict) -> dict:
+    return {k: v for k, v in report.items() if not k.startswith("_")}
+
+
+def report_text(report: dict) -> str:
+    """Accuracy, a per-class table and the confusion matrix as plain text."""
+    lines = [f"test accuracy: {100 * report['accuracy']:.2f}% ({report['n'] - report['errors']}/{report['n']})",
+             "", "digit  precision  recall     f1  support"]
+    for k, s in report["per_class"].items():
+        lines.append(f"{k:>5}  {100 * s['precision']:8.2f}%  {100 * s['recall']:5.2f}%  "
+                     f"{100 * s['f1']:5.2f}  {s['support']:7d}")
+    lines += ["", "confusion matrix (rows: true digit, columns: predicted)",
+              "      " + "".join(f"{j:>6}" for j in range(CLASSES))]
+    for i, row in enumerate(report["confusion_matrix"]):
+        lines.append(f"{i:>6}" + "".join(f"{v:>6}" for v in row))
+    return "\n".join(lines)
+
+
+def confident_mistakes(report: dict, labels: np.ndarray, n: int = 25) -> np.ndarray:
+    """Indices of the `n` wrong predictions made with the highest probability, most confident first."""
+    proba, pred = report["_proba"], report["_pred"]
+    wrong = np.nonzero(pred != labels)[0]
+    confidence = proba[wrong, pred[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")[:n]]
+
+
+def save_mistakes_grid(report: dict, images: np.ndarray, labels: np.ndarray, path, n: int = 25) -> int:
+    """The most confidently wrong test images as a PNG grid; returns how many are shown."""
+    from chainrule import plots
+
+    idx = confident_mistakes(report, labels, n)
+    proba, pred = report["_proba"], report["_pred"]
+    titles = [f"#{i}: {labels[i]} -> {pred[i]} ({100 * proba[i, pred[i]]:.0f}%)" for i in idx]
+    plots.image_grid(images[idx] if len(idx) else np.zeros((0, 28, 28)), path, titles=titles,
+                     cols=min(max(len(idx), 1), 5),
+                     title=f"{len(idx)} most confidently wrong test images (true -> predicted)")
+    return len(idx)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+RUN_OPTIONS = ("model", "epochs", "batch_size", "lr", "seed", "train_size")
+
+
+def _resolve_options(args) -> dict:
+    """The run's options: explicit ones, else (on --resume) those the run started with, else defaults."""
+    from chainrule.cli import UserError
+
+    out = Path(args.out or f"runs/digits-{args.model or 'mlp'}")
+    run_file = out / "run.json"
+    given = {k: getattr(args, k) for k in RUN_OPTIONS}
+    stored = {}
+    if args.resume and run_file.is_file():
+        try:
+            stored = json.loads(run_file.read_text())["options"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{run_file}: not a readable run description ({exc})") from None
+        for k, v in given.items():
+            if v is not None and k in stored and stored[k] != v:
+                raise UserError(f"--resume: the run in {out} used {k}={stored[k]!r}, not {v!r}; "
+                                "leave the option out or start a new run with another --out")
+    opts = {k: given[k] if given[k] is not None else stored.get(k) for k in RUN_OPTIONS}
+    opts["model"] = opts["model"] or "mlp"
+    if opts["model"] not in PRESETS:
+        raise UserError(f"unknown model {opts['model']!r}; choose from {', '.join(PRESETS)}")
+    preset = PRESETS[opts["model"]]
+    opts["epochs"] = opts["epochs"] or preset.epochs
+    opts["batch_size"] = opts["batch_size"] or preset.batch_size
+    opts["lr"] = opts["lr"] or preset.lr
+    opts["seed"] = 0 if opts["seed"] is None else opts["seed"]
+    for k in ("epochs", "batch_size"):
+        if opts[k] < 1:
+            raise UserError(f"--{k.replace('_', '-')} must be a positive integer, got {opts[k]}")
+    if not opts["lr"] > 0:
+        raise UserError(f"--lr must be positive, got {opts['lr']}")
+    if opts["train_size"] is not None and opts["train_size"] <= VALIDATION_IMAGES // 10:
+        raise UserError(f"--train-size must be above {VALIDATION_IMAGES // 10}, got {opts['train_size']}")
+    opts["out"] = str(out)
+    return opts
+
+
+def train(
+    model_name: str = "mlp",
+    out="runs/digits-mlp",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    data_dir=None,
+    train_size: int | None = None,
+    resume: bool = False,
+    verbose: bool = True,
+    figures: bool = True,
+) -> tuple[Sequential, dict]:
+    """Train a preset on MNIST, evaluate it on the test set and write everything to `out`.
+
+    Writes `model.npz` + `model.json` (with preprocessing metadata), `metrics.json`,
+    `history.csv`, `learning_curves.png`, `confusion_matrix.png`, `gradient_flow.png`, and after
+    every epoch `checkpoint.npz`, from which `resume=True` continues an interrupted run exactly.
+
+    Args:
+        train_size: use only the first this many training images (quick experiments, tests);
+            a twelfth of them (at most 5,000) is held out for validation.
+    Returns:
+        (model, metrics) — the metrics dict that is also written to `metrics.json`.
+    """
+    from chainrule import plots
+    from chainrule.training import save_history_csv
+
+    preset = PRESETS[model_name]
+    epochs = epochs or preset.epochs
+    batch_size = batch_size or preset.batch_size
+    lr = lr or preset.lr
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {"model": model_name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+               "train_size": train_size}
+    atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
+
+    images, labels = load_mnist("train", data_dir)
+    if train_size is not None:
+        images, labels = images[:train_size], labels[:train_size]
+    test_images, test_labels = load_mnist("test", data_dir)
+    metadata = {"task": TASK, "preset": model_name, "preprocessing": preprocessing_metadata(preset),
+                "classes": [str(k) for k in range(CLASSES)]}
+    x, y = model_inputs(images, metadata), labels.astype(np.int64)
+    n_val = min(VALIDATION_IMAGES, len(y) // 12)
+
+    model = build_model(model_name, seed)
+    optimizer = preset.optimizer(model.parameters(), lr)
+    schedule = preset.lr_schedule(lr, epochs) if preset.lr_schedule is not None else None
+    early = EarlyStopping(monitor=preset.monitor, patience=preset.patience, restore_best_weights=True)
+    checkpoint = out / "checkpoint.npz"
+    if verbose:
+        print(f"digits: training {model_name} ({preset.description}) on {len(y) - n_val} "
+              f"images, validating on {n_val}; up to {epochs} epochs, batch {batch_size}, "
+              f"lr {lr:g}; output in {out}", flush=True)
+    t0 = time.perf_counter()
+    history = fit(model, x, y, preset.loss(), optimizer, epochs=epochs, batch_size=batch_size,
+                  validation_split=n_val / len(y), early_stopping=early, lr_schedule=schedule,
+                  augment=preset.augment, verbose=verbose, seed=seed, checkpoint=checkpoint, resume=resume)
+    wall = time.perf_counter() - t0
+
+    report = evaluate_digits(model, metadata, test_images, test_labels)
+    metadata.update({"trained_epochs": len(history), "best_epoch": None if history.best_epoch is None
+                     else history.best_epoch + 1, "test_accuracy": report["accuracy"], "seed": seed})
+    model.save(out, metadata)
+    best = history.best_epoch
+    metrics = {
+        "task": TASK, "model": model_name, "options": options,
+        "train_images": len(y) - n_val, "validation_images": n_val,
+        "epochs_run": len(history), "best_epoch": None if best is None else best + 1,
+        "stop_reason": history.stop_reason, "wall_seconds_this_session": round(wall, 2),
+        "train_seconds_total": round(sum(e["seconds"] for e in history.epochs), 2),
+        "val_accuracy": None if best is None else history.epochs[best].get("val_accuracy"),
+        "test": _public(report),
+    }
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+    save_history_csv(history, out / "history.csv")
+    if figures:
+        plots.learning_curves(history, out / "learning_curves.png", title=f"digits {model_name}: learning curves")
+        plots.confusion_matrix(np.array(report["confusion_matrix"]), out / "confusion_matrix.png",
+                               title=f"digits {model_name}, MNIST test set")
+        plots.gradient_flow(history, out / "gradient_flow.png", title=f"digits {model_name}: gradient flow")
+    return model, metrics
+
+
+def _cmd_train(args) -> int:
+    from chainrule.cli import UserError
+
+    opts = _resolve_options(args)
+    out = Path(opts["out"])
+    if not args.resume and (out / "checkpoint.npz").exists():
+        print(f"digits: {out} holds a checkpoint from an earlier run; starting afresh "
+              "(use --resume to continue it)", file=sys.stderr)
+        (out / "checkpoint.npz").unlink()
+    try:
+        model, metrics = train(opts["model"], out, opts["epochs"], opts["batch_size"], opts["lr"], opts["seed"],
+                               args.data, opts["train_size"], resume=args.resume, verbose=not args.quiet)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    except TrainingDiverged as exc:
+        raise UserError(f"training diverged: {exc}") from None
+    except KeyboardInterrupt:
+        ck = out / "checkpoint.npz"
+        where = f"the last completed epoch is saved in {ck}" if ck.exists() else "no epoch had completed"
+        print(f"chainrule: interrupted; {where}; continue with: chainrule digits train --out {out} --resume",
+              file=sys.stderr)
+        return 130
+    test = metrics["test"]
+    print(f"{opts['model']}: {metrics['epochs_run']} epochs (best {metrics['best_epoch']}), "
+          f"{metrics['train_seconds_total']:.1f} s training; "
+          f"test accuracy {100 * test['accuracy']:.2f}% ({test['n'] - test['errors']}/{test['n']})")
+    print(f"wrote {out}/: model.npz model.json metrics.json history.csv learning_curves.png "
+          "confusion_matrix.png gradient_flow.png")
+    return 0
+
+
+# -- evaluate / predict / show --------------------------------------------------------------------
+
+
+def _load_digits_model(path) -> tuple[Sequential, dict]:
+    from chainrule.cli import UserError
+
+    model, metadata = load_model(path)
+    if metadata.get("task") != TASK:
+        raise UserError(f"{path}: not a digits model (its task is {metadata.get('task')!r})")
+    return model, metadata
+
+
+def _cmd_evaluate(args) -> int:
+    model, metadata = _load_digits_model(args.model)
+    images, labels = _load("test", args.data)
+    report = evaluate_digits(model, metadata, images, labels)
+    print(report_text(report))
+    out = Path(args.out or args.model)
+    from chainrule import plots
+
+    plots.confusion_matrix(np.array(report["confusion_matrix"]), out / "eval_confusion_matrix.png",
+                           title="digits, MNIST test set")
+    shown = save_mistakes_grid(report, images, labels, out / "mistakes.png", args.top)
+    atomic_write_bytes(out / "eval_metrics.json", json.dumps(_public(report), indent=2).encode())
+    print(f"\nwrote {out}/eval_metrics.json, eval_confusion_matrix.png and mistakes.png "
+          f"({shown} most confidently wrong)")
+    return 0
+
+
+def predict_images(model: Sequential, metadata: dict, sources) -> list[dict]:
+    """Predict the digit in each image; a bad image gives {"file", "error"} instead of stopping the rest."""
+    from chainrule.data.images import ImageError, preprocess_image
+
+    results = []
+    for src in sources:
+        try:
+            img = preprocess_image(src)
+        except ImageError as exc:
+            results.append({"file": str(src), "error": str(exc)})
+            continue
+        p = model.predict_proba(model_inputs(img, metadata))[0]
+        results.append({"file": str(src), "digit": int(p.argmax()), "probabilities": [float(v) for v in p]})
+    return results
+
+
+def _cmd_predict(args) -> int:
+    model, metadata = _load_digits_model(args.model)
+    results = predict_images(model, metadata, args.images)
+    failed = 0
+    for r in results:
+        if "error" in r:
+            failed += 1
+            print(f"chainrule: error: {r['error']}", file=sys.stderr)
+        elif not args.json:
+            probs = " ".join(f"{k}:{v:.3f}" for k, v in enumerate(r["probabilities"]))
+            print(f"{r['file']}: {r['digit']} ({100 * r['probabilities'][r['digit']]:.1f}%)  [{probs}]")
+    if args.json:
+        print(json.dumps([r for r in results if "error" not in r], indent=2))
+    return 1 if failed else 0
+
+
+def _cmd_show(args) -> int:
+    from chainrule import plots
+    from chainrule.cli import UserError
+
+    model, metadata = _load_digits_model(args.model)
+    first = next((layer for layer in model.layers if "weight" in layer.params), None)
+    if first is None:
+        raise UserError(f"{args.model}: the model has no layer with weights")
+    w = first.params["weight"].data
+    out = Path(args.out) if args.out else Path(args.model) / "first_layer.png"
+    if w.ndim == 2 and w.shape[0] == PIXELS:  # Linear: column j is what hidden unit j looks for
+        plots.weight_grid(w, out, max_units=args.units)
+        what = f"{min(args.units, w.shape[1])} of {w.shape[1]} hidden units"
+    elif w.ndim == 4:  # convolution kernels (out, in, kh, kw): one tile per output channel
+        tiles = w[: args.units, 0]
+        plots.image_grid(tiles, out, titles=[str(i) for i in range(len(tiles))], cols=min(len(tiles), 8),
+                         title=f"First-layer kernels ({len(tiles)} of {w.shape[0]})", symmetric=True)
+        what = f"{len(tiles)} of {w.shape[0]} kernels"
+    else:
+        raise UserError(f"{args.model}: first weights have shape {w.shape}; cannot draw them as images")
+    print(f"wrote {out} ({what})")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_commands(subparsers) -> None:
+    """Add `chainrule digits train|evaluate|predict|show`."""
+    digits = subparsers.add_parser("digits", help="handwritten digit recognition on MNIST",
+                                   description="Train, evaluate and use networks that read handwritten digits.")
+    sub = digits.add_subparsers(dest="digits_command", required=True, metavar="ACTION")
+
+    presets = ", ".join(f"{name} ({p.description})" for name, p in PRESETS.items())
+    p = sub.add_parser("train", help="train a model on MNIST and report its test accuracy",
+                       description=f"Presets: {presets}. Unset options take the preset's values.")
+    p.add_argument("--model", choices=list(PRESETS), default=None, help="preset (default mlp)")
+    p.add_argument("--epochs", type=_positive_int, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--batch-size", type=_positive_int, help="examples per gradient step")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int, help="seed for initial weights, validation split, shuffling (default 0)")
+    p.add_argument("--train-size", type=_positive_int, metavar="N",
+                   help="train on only the first N training images (quick experiments)")
+    p.add_argument("--data", metavar="DIR", help="folder with the four MNIST files (or its parent)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/digits-<model>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="test-set accuracy, per-class precision/recall, confusion matrix")
+    p.add_argument("model", metavar="MODEL", help="model directory (from digits train)")
+    p.add_argument("--data", metavar="DIR", help="folder with the MNIST files (or its parent)")
+    p.add_argument("--top", type=_positive_int, default=25, metavar="N",
+                   help="how many confidently wrong images to draw (default 25)")
+    p.add_argument("--out", metavar="DIR", help="where to write figures (default: the model directory)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="read the digit in image files (PNG, JPEG, ...)")
+    p.add_argument("model", metavar="MODEL", help="model directory (from digits train)")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, each showing one digit")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("show", help="draw the first-layer weights: what each hidden unit looks for")
+    p.add_argument("model", metavar="MODEL", help="model directory (from digits train)")
+    p.add_argument("--units", type=_positive_int, default=100, help="how many units to draw (default 100)")
+    p.add_argument("--out", metavar="FILE", help="PNG file (default MODEL/first_layer.png)")
+    p.set_defaults(func=_cmd_show)
+

@@ -1,0 +1,172 @@
+"""Any picture of a digit -> a 28x28 MNIST-style image, preprocessed the way MNIST itself was made.
+
+MNIST's digits (LeCun et al.) were size-normalised "to fit in a 20x20 pixel box while preserving
+their aspect ratio", anti-aliased (hence grey levels), then "centered in a 28x28 image by computing
+the center of mass of the pixels, and translating the image so as to position this point at the
+center of the 28x28 field". A network trained on MNIST has only ever seen digits prepared that way,
+so a photo or a drawing must go through the same steps before it can be recognised:
+
+1. grey levels, with the ink as high values (whatever the paper and ink colours were);
+2. crop to the bounding box of the ink;
+3. scale to fit 20x20, keeping the aspect ratio (area averaging when shrinking = anti-aliasing);
+4. paste into 28x28 with the centre of mass at the centre.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Refuse images larger than this many pixels before decoding them: a small compressed file can
+# claim an enormous canvas (a "decompression bomb") and exhaust memory when decoded. 50 megapixels
+# is above any phone camera in common use.
+MAX_PIXELS = 50_000_000
+# Work at no more than this many pixels on the longer side: far more detail than a 20x20 box needs,
+# and it bounds the memory and time of everything that follows.
+WORKING_SIZE = 1024
+# Ink fainter than this fraction of the strongest ink is paper texture, shadow or JPEG noise.
+NOISE_FLOOR = 0.2
+
+BOX, SIZE = 20, 28
+
+
+class ImageError(ValueError):
+    """The input is not a usable image of a digit (empty, unreadable, too large, blank)."""
+
+
+def _open(source) -> tuple[Image.Image, str]:
+    """Open `source` (path, bytes or PIL image) as a decoded PIL image; returns (image, name for errors)."""
+    if isinstance(source, Image.Image):
+        return source, "image"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, data = "image", bytes(source)
+        if not data:
+            raise ImageError("empty file")
+        fp = io.BytesIO(data)
+    else:
+        path = Path(source)
+        name = str(path)
+        if path.is_dir():
+            raise ImageError(f"{name}: is a directory, not an image")
+        if not path.is_file():
+            raise ImageError(f"{name}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{name}: empty file")
+        fp = path
+    prefix = "" if name == "image" else f"{name}: "
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(f"{prefix}{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
+            # JPEG can decode straight to a reduced size, cheaper than decoding then shrinking.
+            img.draft("L", (WORKING_SIZE, WORKING_SIZE))
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{prefix}image too large (decompression bomb guard: {exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{prefix}not an image (or not a format Pillow can read)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{prefix}corrupt or truncated image ({exc})") from exc
+    return img, name
+
+
+def _grey(img: Image.Image) -> np.ndarray:
+    """Grey levels in [0, 1] (1 = white). Transparent pixels take whichever background gives contrast."""
+    img = ImageOps.exif_transpose(img)  # phone photos are often stored sideways with an EXIF flag
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grey: scale by the range
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        # A drawing exported from a canvas is often ink on a transparent background: composite it
+        # onto white, and if that leaves nothing to see (white ink), onto black instead.
+        for background in ((255, 255, 255, 255), (0, 0, 0, 255)):
+            flat = Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba).convert("L")
+            a = np.asarray(flat, dtype=np.float32) / 255
+            if a.max() - a.min() > 0.1:
+                return a
+        return a
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255
+
+
+def _ink(grey: np.ndarray) -> np.ndarray:
+    """Ink strength in [0, 1] with the paper at 0, for dark-on-light and light-on-dark alike.
+
+    The paper is whatever fills the image's border (a digit rarely touches all four edges); if the
+    border is lighter than mid-grey the ink is dark, so the image is inverted.
+    """
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    paper = float(np.median(border))
+    ink = (paper - grey) if paper > 0.5 else (grey - paper)
+    strongest = float(ink.max())
+    if strongest <= 0.05:
+        return np.zeros_like(grey)
+    ink = np.clip(ink / strongest, 0.0, 1.0)
+    ink[ink < NOISE_FLOOR] = 0.0
+    return ink
+
+
+def to_mnist(ink: np.ndarray) -> np.ndarray:
+    """Crop, fit to 20x20 keeping the aspect ratio, centre by centre of mass in 28x28.
+
+    Args:
+        ink: (h, w) array in [0, 1], ink high. Returns float32 (28, 28) in [0, 1].
+    """
+    rows, cols = np.nonzero(ink)
+    if rows.size == 0:
+        raise ImageError("no ink found (a blank image)")
+    crop = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    # BOX (area averaging) when shrinking is the anti-aliasing MNIST describes; bilinear when growing.
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    small = np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize((nw, nh), resample))
+    small = np.clip(small, 0.0, None)
+    peak = float(small.max())
+    if peak <= 0:
+        raise ImageError("no ink found (a blank image)")
+    small = small / peak  # a thin pen line shrunk from a big photo is faint; MNIST strokes reach 1
+    # centre of mass: (Σ y·m, Σ x·m) / Σ m, in the small image's coordinates
+    mass = small.sum()
+    cy = float((small.sum(axis=1) * np.arange(nh)).sum() / mass)
+    cx = float((small.sum(axis=0) * np.arange(nw)).sum() / mass)
+    # put that point at the centre (13.5, 13.5 in pixel coordinates) of the 28x28 field, keeping
+    # the whole digit inside it
+    top = min(max(round((SIZE - 1) / 2 - cy), 0), SIZE - nh)
+    left = min(max(round((SIZE - 1) / 2 - cx), 0), SIZE - nw)
+    out = np.zeros((SIZE, SIZE), np.float32)
+    out[top : top + nh, left : left + nw] = small
+    return out
+
+
+def preprocess_image(source) -> np.ndarray:
+    """Any image of one digit (path, bytes or PIL image) -> MNIST-style (28, 28) float32 in [0, 1].
+
+    Works for any size, colour or grey, dark ink on light paper or the reverse, with or without
+    transparency. Raises `ImageError` with a one-line reason for empty, unreadable, oversized or
+    blank input.
+    """
+    img, name = _open(source)
+    if max(img.size) > WORKING_SIZE:
+        img = img.copy()
+        img.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
+    try:
+        return to_mnist(_ink(_grey(img)))
+    except ImageError as exc:
+        raise ImageError(f"{name}: {exc}" if name != "image" else str(exc)) from None
+
+
+def load_digit_image(path) -> np.ndarray:
+    """Read an image file and preprocess it like MNIST; see `preprocess_image`."""
+    return preprocess_image(Path(path))

@@ -1,0 +1,160 @@
+"""Figures: learning curves, confusion matrices, gradient flow, weight and image grids.
+
+Every function draws with matplotlib's Agg backend (no display needed, safe in servers and CI)
+and writes the PNG atomically, so a crash never leaves a half-drawn file behind.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from chainrule.files import atomic_write_bytes  # noqa: E402
+
+
+def save_figure(fig: Figure, path, dpi: int = 110) -> None:
+    """Render `fig` to PNG bytes, write them atomically to `path`, and free the figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def learning_curves(history, path, title: str = "Learning curves") -> None:
+    """Loss and accuracy per epoch, training vs validation, side by side.
+
+    `history` is a `chainrule.History` (or anything with `.epochs`, a list of per-epoch dicts).
+    """
+    epochs = [e["epoch"] for e in history.epochs]
+    has_acc = any("accuracy" in e for e in history.epochs)
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4), squeeze=False)
+    for ax, metric in zip(axes[0], ("loss", "accuracy"), strict=False):
+        for key, label, style in ((metric, "training", "-o"), (f"val_{metric}", "validation", "-s")):
+            values = [e.get(key) for e in history.epochs]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, ms=3, label=label)
+        best = getattr(history, "best_epoch", None)
+        if best is not None:
+            ax.axvline(best + 1, color="grey", ls=":", lw=1, label=f"best epoch ({best + 1})")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        if metric == "loss" and all(e.get("loss", 0) > 0 for e in history.epochs):
+            ax.set_yscale("log")
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion matrix") -> None:
+    """A confusion matrix as a heat map with the count in every cell (rows: true, columns: predicted).
+
+    The colour scale is logarithmic so the few mistakes stay visible next to the large diagonal.
+    """
+    cm = np.asarray(cm)
+    k = cm.shape[0]
+    labels = [str(i) for i in range(k)] if labels is None else [str(x) for x in labels]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    shown = np.log1p(cm.astype(float))
+    ax.imshow(shown, cmap="Blues")
+    threshold = shown.max() / 2 if shown.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if shown[i, j] > threshold else "black")
+    ax.set_xticks(range(k), labels)
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    total = cm.sum()
+    acc = np.trace(cm) / total if total else float("nan")
+    ax.set_title(f"{title} (accuracy {100 * acc:.2f}%, n={total})")
+    save_figure(fig, path)
+
+
+def gradient_flow(history, path, title: str = "Gradient flow") -> None:
+    """Per-layer gradient norm and update/weight ratio per epoch, from `History.gradient_flow`.
+
+    A healthy network keeps every layer's update/weight ratio near 1e-3 (the shaded band, 1e-4 to
+    1e-2); a layer far below has stopped learning, far above is stepping wildly. Dead ReLU
+    fractions get a third panel when the network has ReLUs.
+    """
+    flow = history.gradient_flow
+    epochs = np.arange(1, len(flow) + 1)
+    layers = list(dict.fromkeys(name for stats in flow for name in stats))
+    weighted = [n for n in layers if any("grad_norm" in s.get(n, {}) for s in flow)]
+    relus = [n for n in layers if any("dead_fraction" in s.get(n, {}) for s in flow)]
+    panels = [("grad_norm", "mean gradient norm", weighted), ("update_ratio", "update / weight", weighted)]
+    if relus:
+        panels.append(("dead_fraction", "dead ReLU units (fraction)", relus))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False, layout="constrained")
+    for ax, (key, label, names) in zip(axes[0], panels, strict=True):
+        for name in names:
+            values = [s.get(name, {}).get(key, np.nan) for s in flow]
+            ax.plot(epochs, values, "-o", ms=3, label=name)
+        if key != "dead_fraction":
+            ax.set_yscale("log")
+        if key == "update_ratio":
+            ax.axhspan(1e-4, 1e-2, color="green", alpha=0.08, label="healthy range")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def image_grid(images, path, titles=None, cols: int | None = None, title: str | None = None,
+               cmap: str = "gray_r", symmetric: bool = False, title_colors=None) -> None:
+    """Small images in a grid, each with an optional caption.
+
+    Args:
+        images: array (n, h, w).
+        titles: one caption per image, or None.
+        cmap: "gray_r" draws ink (high values) dark on white, like a digit on paper.
+        symmetric: colour scale centred on zero with a diverging map, for weights (red +, blue -).
+        title_colors: one colour per caption (e.g. red for a wrong prediction), or None.
+    """
+    images = np.asarray(images)
+    n = len(images)
+    cols = cols or min(n, 10) or 1
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.35 * rows + (0.4 if title else 0)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = images[i]
+        if symmetric:
+            m = float(np.abs(img).max()) or 1.0
+            ax.imshow(img, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
+        else:
+            ax.imshow(img, cmap=cmap, interpolation="nearest")
+        if titles is not None:
+            color = title_colors[i] if title_colors is not None else "black"
+            ax.set_title(str(titles[i]), fontsize=7, color=color)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def weight_grid(weights: np.ndarray, path, image_shape=(28, 28), max_units: int = 100,
+                title: str = "First-layer weights") -> None:
+    """First-layer weights as images: column j of `weights` (in_features, units) is what hidden
+    unit j responds to, drawn in the input's own shape (red: positive weight, blue: negative)."""
+    w = np.asarray(weights)
+    units = min(w.shape[1], max_units)
+    tiles = w[:, :units].T.reshape((units, *image_shape))
+    image_grid(tiles, path, titles=[str(j) for j in range(units)], cols=min(units, 10),
+               title=f"{title} ({units} of {w.shape[1]} units)", symmetric=True)
