@@ -80,23 +80,28 @@ def _open(source) -> tuple[Image.Image, str]:
 
 
 def _grey(img: Image.Image) -> np.ndarray:
-    """Grey levels in [0, 1] (1 = white). Transparent pixels take whichever background gives contrast."""
+    """Grey levels 0..255 as float64 (255 = white). Transparent pixels take whichever background
+    gives contrast.
+
+    8-bit levels stay whole numbers, so the ink computed from an image and from its negative is
+    exactly the same (the arithmetic in `_ink` is then exact).
+    """
     img = ImageOps.exif_transpose(img)  # phone photos are often stored sideways with an EXIF flag
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grey: scale by the range
         a = np.asarray(img, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
-        return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
+        return 255 * (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         # A drawing exported from a canvas is often ink on a transparent background: composite it
         # onto white, and if that leaves nothing to see (white ink), onto black instead.
         for background in ((255, 255, 255, 255), (0, 0, 0, 255)):
             flat = Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba).convert("L")
-            a = np.asarray(flat, dtype=np.float32) / 255
-            if a.max() - a.min() > 0.1:
+            a = np.asarray(flat, dtype=np.float64)
+            if a.max() - a.min() > 25:
                 return a
         return a
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255
+    return np.asarray(img.convert("L"), dtype=np.float64)
 
 
 def _ink(grey: np.ndarray) -> np.ndarray:
@@ -107,9 +112,9 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     """
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     paper = float(np.median(border))
-    ink = (paper - grey) if paper > 0.5 else (grey - paper)
+    ink = (paper - grey) if paper > 127.5 else (grey - paper)
     strongest = float(ink.max())
-    if strongest <= 0.05:
+    if strongest <= 12:  # under 5% contrast: a blank page
         return np.zeros_like(grey)
     ink = np.clip(ink / strongest, 0.0, 1.0)
     ink[ink < NOISE_FLOOR] = 0.0
@@ -141,10 +146,10 @@ def to_mnist(ink: np.ndarray) -> np.ndarray:
     mass = small.sum()
     cy = float((small.sum(axis=1) * np.arange(nh)).sum() / mass)
     cx = float((small.sum(axis=0) * np.arange(nw)).sum() / mass)
-    # put that point at the centre (13.5, 13.5 in pixel coordinates) of the 28x28 field, keeping
-    # the whole digit inside it
-    top = min(max(round((SIZE - 1) / 2 - cy), 0), SIZE - nh)
-    left = min(max(round((SIZE - 1) / 2 - cx), 0), SIZE - nw)
+    # put that point at pixel (14, 14) of the 28x28 field, where MNIST's digits have theirs (their
+    # mean centre of mass is 14.0 in both axes), keeping the whole digit inside the field
+    top = min(max(round(SIZE / 2 - cy), 0), SIZE - nh)
+    left = min(max(round(SIZE / 2 - cx), 0), SIZE - nw)
     out = np.zeros((SIZE, SIZE), np.float32)
     out[top : top + nh, left : left + nw] = small
     return out

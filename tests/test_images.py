@@ -1,0 +1,159 @@
+"""Image preprocessing: any picture of a digit -> MNIST-style 28x28, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from chainrule.data.images import ImageError, load_digit_image, preprocess_image
+
+DATA = os.environ.get("CHAINRULE_DATA")
+needs_data = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from chainrule.data.mnist import load_mnist
+
+    images, labels = load_mnist("test", DATA)
+    return images[:40], labels[:40]
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def on_paper(digit: np.ndarray, scale: int = 1, offset=(0, 0), canvas=(100, 80), invert: bool = True) -> Image.Image:
+    """An MNIST digit redrawn: optionally dark on white, enlarged, placed off-centre on a larger page."""
+    img = Image.fromarray(255 - digit if invert else digit)
+    if scale != 1:
+        img = img.resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)
+    page = Image.new("L", canvas, 255 if invert else 0)
+    page.paste(img, offset)
+    return page
+
+
+def check_mnist_like(x: np.ndarray) -> None:
+    assert x.shape == (28, 28) and x.dtype == np.float32
+    assert x.min() >= 0 and x.max() == pytest.approx(1.0)
+    rows, cols = np.nonzero(x)
+    assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= 20  # fits the 20x20 box
+    cy = (x.sum(1) * np.arange(28)).sum() / x.sum()
+    cx = (x.sum(0) * np.arange(28)).sum() / x.sum()
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5  # centre of mass where MNIST has it
+
+
+@needs_data
+def test_polarity_and_position_do_not_matter(digits):
+    for digit in digits[0][:10]:
+        light_on_dark = preprocess_image(png(on_paper(digit, invert=False, offset=(5, 7))))
+        dark_on_light = preprocess_image(png(on_paper(digit, invert=True, offset=(60, 40))))
+        np.testing.assert_allclose(dark_on_light, light_on_dark, atol=1e-6)
+        check_mnist_like(dark_on_light)
+
+
+@needs_data
+def test_preprocessing_reproduces_mnist_closely(digits):
+    """An MNIST digit, redrawn x3 larger, off-centre, dark on light, in colour, comes back close to itself.
+
+    Pixel correlation punishes a half-pixel shift of a thin stroke hard, so single digits may sit
+    well below the average; the average shows the pipeline matches how MNIST was made.
+    """
+    corrs = []
+    for digit in digits[0]:
+        page = on_paper(digit, scale=3, offset=(17, 5), canvas=(160, 120)).convert("RGB")
+        x = preprocess_image(page)
+        check_mnist_like(x)
+        original = digit.astype(np.float32) / 255
+        corrs.append(np.corrcoef(x.ravel(), original.ravel())[0, 1])
+    assert min(corrs) > 0.5 and np.mean(corrs) > 0.85, corrs
+
+
+def test_transparent_canvas_drawing_and_coloured_ink():
+    # black strokes on a fully transparent background, as a browser canvas exports them
+    rgba = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    ink = Image.new("RGBA", (20, 120), (0, 0, 0, 255))
+    rgba.paste(ink, (90, 40))
+    x = preprocess_image(png(rgba))
+    check_mnist_like(x)
+    # a vertical bar: 20 tall, narrower than wide-open
+    rows, cols = np.nonzero(x > 0.5)
+    assert rows.max() - rows.min() + 1 == 20 and cols.max() - cols.min() + 1 < 8
+    # white ink on transparent works too, and so does blue ink on yellow paper
+    white = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    white.paste(Image.new("RGBA", (20, 120), (255, 255, 255, 255)), (90, 40))
+    np.testing.assert_allclose(preprocess_image(png(white)), x, atol=1e-6)
+    paper = Image.new("RGB", (200, 200), (250, 240, 160))
+    paper.paste(Image.new("RGB", (20, 120), (20, 30, 150)), (90, 40))
+    np.testing.assert_allclose(preprocess_image(paper), x, atol=1e-6)
+
+
+def test_sixteen_bit_grey_and_jpeg(tmp_path):
+    a = np.zeros((60, 60), np.uint16)
+    a[10:50, 25:35] = 60000
+    x16 = preprocess_image(Image.fromarray(a))
+    check_mnist_like(x16)
+    jpeg = tmp_path / "bar.jpg"
+    Image.fromarray((255 - (a > 0) * 255).astype(np.uint8)).save(jpeg, quality=90)
+    xj = load_digit_image(jpeg)
+    check_mnist_like(xj)
+    assert np.abs(xj - x16).mean() < 0.05
+
+
+def test_large_photo_is_reduced_not_refused(tmp_path):
+    big = Image.new("L", (4000, 3000), 230)
+    big.paste(Image.new("L", (200, 1500), 20), (1900, 700))
+    x = preprocess_image(big)
+    check_mnist_like(x)
+
+
+def fake_png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge canvas: a few dozen bytes that would decode to gigabytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty file"),
+        (b"hello, this is not a picture\n", "not an image"),
+        (fake_png_header(100_000, 100_000), "too large"),
+        (fake_png_header(9000, 9000), "too large"),
+        (None, "corrupt or truncated"),  # a real PNG cut in half
+        (png(Image.new("L", (50, 50), 255)), "no ink"),
+        (png(Image.new("RGB", (50, 50), (10, 200, 10))), "no ink"),
+    ],
+)
+def test_bad_images_get_one_line_errors(tmp_path, content, expected):
+    if content is None:
+        noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8))
+        content = png(noisy)[:3000]
+    path = tmp_path / "input.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageError) as exc_info:
+        load_digit_image(path)
+    msg = str(exc_info.value)
+    assert expected in msg and str(path) in msg and "\n" not in msg
+    if content:
+        with pytest.raises(ImageError, match=expected):
+            preprocess_image(content)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_digit_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="is a directory"):
+        load_digit_image(tmp_path)
