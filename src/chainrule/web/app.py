@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,13 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import chainrule
+from chainrule.data.images import ImageError, preprocess_image
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 from chainrule.network import ModelFileError
 
@@ -56,7 +59,7 @@ TRAIN_HINTS = {
     "digits": "train one with `chainrule digits train`, or pass --digits MODEL_DIR",
     "spam": "train one with `chainrule spam train`, or pass --spam MODEL_DIR",
 }
-IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg")
+METRIC_WORDS = ("accuracy", "precision", "recall", "f1", "auc", "mcc", "loss", "error")
 
 
 class ApiError(Exception):
@@ -141,14 +144,19 @@ def _model_info(path: Path, model, metadata: dict) -> ModelInfo:
     except (OSError, ValueError):
         version = None
     scalars = {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool)) and k != "task"}
-    metrics = metadata.get("metrics")
+    # Apps record their headline figures either in a "metrics" object or as top-level numbers
+    # ("test_accuracy"); both are shown as metrics.
+    metrics = dict(metadata["metrics"]) if isinstance(metadata.get("metrics"), dict) else {}
+    for k, v in scalars.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and any(w in k for w in METRIC_WORDS):
+            metrics.setdefault(k, v)
     return ModelInfo(
         path=str(path),
         task=str(metadata.get("task", "")),
         format_version=version if isinstance(version, int) else None,
         num_parameters=model.num_parameters(),
         layers=[type(layer).__name__ for layer in model.layers],
-        metrics=metrics if isinstance(metrics, dict) else {},
+        metrics=metrics,
         metadata=scalars,
     )
 
@@ -182,25 +190,21 @@ class DigitsService:
 
     def image_from_bytes(self, data: bytes) -> np.ndarray:
         """Decode an uploaded image and preprocess it exactly as `chainrule digits predict` does."""
-        from PIL import Image, UnidentifiedImageError
-
-        from chainrule.data.images import preprocess_image
-
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise ApiError(422, f"image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS:,} are accepted")
-                img.load()
-                return preprocess_image(img)
-        except ApiError:
-            raise
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                    width, height = img.size
         except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            raise ApiError(422, f"not an image Pillow can read (send PNG or JPEG): {exc}") from exc
-        except (OSError, ValueError, SyntaxError) as exc:
-            # OSError: truncated or corrupt file; ValueError: an image preprocessing cannot use
-            # (e.g. blank); SyntaxError: how some Pillow decoders report a malformed header.
-            raise ApiError(422, f"cannot use this image: {exc}") from exc
+            raise ApiError(422, "not an image Pillow can read (send a PNG or JPEG)") from exc
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ApiError(422, f"corrupt or truncated image ({exc})") from exc
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ApiError(422, f"image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS:,} are accepted")
+        try:
+            return preprocess_image(data)
+        except ImageError as exc:  # unreadable after all, or blank
+            raise ApiError(422, str(exc)) from exc
 
     def predict(self, image: np.ndarray, explain: bool) -> DigitPrediction:
         """Classify one preprocessed 28x28 image; with `explain`, also return what every layer did."""

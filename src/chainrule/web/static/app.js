@@ -262,14 +262,20 @@ function showLayers(layers) {
       figure.append(maps);
     } else {
       const n = layer.values.length;
-      const cols = Math.min(n, 64);
+      const cols = Math.min(n, n <= 256 ? 32 : 64);
       const rows = Math.ceil(n / cols);
-      const cell = n <= 16 ? 22 : 8;
+      const cell = n <= 16 ? 28 : n <= 256 ? 12 : 8;
       figure.append(el("figcaption", {}, `${layer.index}: ${layer.type} · ${n} units${signed ? " (signed)" : ""}`));
       const canvas = el("canvas", { role: "img", "aria-label": `${layer.type} activations, ${n} units` });
       paint(canvas, layer.values, rows, cols, signed, scale);
       canvas.style.width = `${cols * cell}px`;
       figure.append(canvas);
+      if (layer === layers[layers.length - 1] && n === 10) {
+        // The output layer: one cell per digit, labelled.
+        const labels = el("div", { class: "cell-labels", "aria-hidden": "true" });
+        for (let d = 0; d < 10; d++) labels.append(el("span", { style: `width:${cell}px` }, String(d)));
+        figure.append(labels);
+      }
     }
     return figure;
   });
