@@ -171,7 +171,9 @@ class Conv2D(Layer):
             return None
         # dL/dX_col = W_matᵀ · dY_mat, then col2im: every column entry is added back onto the
         # input pixel it was copied from (pixels seen by several offsets collect several terms).
-        dcols = (self.weight.data.reshape(o, -1).T @ g).reshape(c, kh, kw, n, ho, wo)
+        dcols = self._buffer("dcols", (c * kh * kw, n * ho * wo), grad_out.dtype)
+        np.matmul(self.weight.data.reshape(o, -1).T, g, out=dcols)
+        dcols = dcols.reshape(c, kh, kw, n, ho, wo)
         dxp = np.zeros((c, n, h + 2 * ph, w + 2 * pw), grad_out.dtype)
         for i in range(kh):
             for j in range(kw):
@@ -200,7 +202,7 @@ class Conv2D(Layer):
     def __getstate__(self):
         # deepcopy/pickle need not carry the scratch buffers (megabytes of stale data)
         state = self.__dict__.copy()
-        state["_scratch"], state["_cols"] = {}, None
+        state["_scratch"], state["_cols"] = {}, None  # _cols is a view of a scratch buffer
         return state
 
 
@@ -254,30 +256,68 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x, training=False):
         _check_images(self.name, x)
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
         ho, wo = self._sizes(x.shape[2], x.shape[3])
+        self._x_shape, self._x = x.shape, x
+        if self.stride == self.kernel_size:
+            return self._forward_separable(x, ho, wo)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
         out = _window(x, 0, 0, ho, wo, sh, sw).copy(order="K")
-        arg = np.zeros(out.shape, np.uint8) if kh * kw < 256 else np.zeros(out.shape, np.int32)
+        arg = np.zeros_like(out, np.uint8 if kh * kw < 256 else np.int32)
+        better = np.empty_like(out, bool)
         for k in range(1, kh * kw):
             view = _window(x, k // kw, k % kw, ho, wo, sh, sw)
-            better = view > out  # strict: an earlier offset keeps a tie
-            np.copyto(out, view, where=better)
-            arg[better] = k
-        self._arg, self._x_shape, self._x_dtype = arg, x.shape, x.dtype
+            np.greater(view, out, out=better)  # strict: an earlier offset keeps a tie
+            np.maximum(out, view, out=out)
+            # arg ← k where better: as k exceeds every earlier index, that is max(arg, k·better),
+            # and arithmetic on the mask runs many times faster than a masked assignment
+            np.maximum(arg, better * arg.dtype.type(k), out=arg)
+        self._arg = arg
+        return out
+
+    def _forward_separable(self, x, ho, wo):
+        """Non-overlapping windows: the max over a kh×kw block is the max over its rows of the
+        max within each row, so take the max across each row's kw columns first, then across the
+        kh rows: kh + kw whole-array passes instead of kh·kw, the second of them on contiguous rows.
+        Remembering the winning column of every row and the winning row of every window, each the
+        first on ties, picks the same input as PyTorch's row-major scan."""
+        (kh, kw) = self.kernel_size
+        x = x[:, :, : ho * kh, : wo * kw]
+        rows = x[..., 0::kw].copy(order="K")  # (N, C, ho·kh, wo): max of each row's window part
+        col = np.zeros_like(rows, np.uint8)
+        better = np.empty_like(rows, bool)
+        for j in range(1, kw):
+            view = x[..., j::kw]
+            np.greater(view, rows, out=better)
+            np.maximum(rows, view, out=rows)
+            np.maximum(col, better * np.uint8(j), out=col)  # col ← j where better (see forward)
+        out = rows[:, :, 0::kh].copy(order="K")
+        row = np.zeros_like(out, np.uint8)
+        better = np.empty_like(out, bool)
+        for i in range(1, kh):
+            view = rows[:, :, i::kh]
+            np.greater(view, out, out=better)
+            np.maximum(out, view, out=out)
+            np.maximum(row, better * np.uint8(i), out=row)
+        self._col, self._row = col, row
         return out
 
     def backward(self, grad_out):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         _, _, ho, wo = grad_out.shape
-        dx = np.zeros(self._x_shape, grad_out.dtype)
-        overlapping = sh < kh or sw < kw
+        dx = np.zeros_like(self._x, grad_out.dtype)  # zeros_like keeps the input's memory order
+        if self.stride == self.kernel_size:
+            # route each window's gradient to its winning row, then within it to the winning column
+            # (multiplying by a mask is much faster than a masked copy)
+            drows = np.empty_like(self._col, grad_out.dtype)
+            for i in range(kh):
+                np.multiply(grad_out, self._row == i, out=drows[:, :, i::kh])
+            for j in range(kw):
+                np.multiply(drows, self._col == j, out=dx[:, :, : ho * kh, j : wo * kw : kw])
+            return dx
         for k in range(kh * kw):
             view = _window(dx, k // kw, k % kw, ho, wo, sh, sw)
-            hit = self._arg == k
-            if overlapping:  # windows share inputs, which then collect several gradients
-                view += np.where(hit, grad_out, 0)
-            else:
-                np.copyto(view, grad_out, where=hit)
+            # overlapping windows share inputs, which then collect several gradients
+            view += grad_out * (self._arg == k)
         return dx
 
 
