@@ -1,0 +1,357 @@
+"""Conv2D, MaxPool2D, AvgPool2D and BatchNorm: outputs and gradients against PyTorch autograd and
+against central finite differences, over random shapes, strides and paddings (float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chainrule as cr
+from chainrule.data.augment import random_affine
+from chainrule.network import LAYER_TYPES
+
+FEW = settings(max_examples=25, deadline=None)
+GRADCHECK_TOL = 1e-6  # float64 central differences agree with a correct backward pass to ~1e-8
+
+
+def float64(layer):
+    """Move a loose layer's parameters and buffers to float64 (as Sequential.to does)."""
+    for p in layer.parameters():
+        p.data = p.data.astype(np.float64)
+        p.grad = np.zeros_like(p.data)
+    for name, buf in layer.buffers.items():
+        layer.buffers[name] = buf.astype(np.float64)
+    return layer
+
+
+def tensor(a, grad=False):
+    return torch.tensor(np.ascontiguousarray(a), dtype=torch.float64, requires_grad=grad)
+
+
+def close(ours, theirs, tol=1e-10):
+    theirs = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else theirs
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=tol, atol=tol)
+
+
+@st.composite
+def conv_case(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 9))
+    w = draw(st.integers(max(1, kw - 2 * pw), 9))
+    return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 3)), o=draw(st.integers(1, 4)), h=h, w=w,
+                kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), bias=draw(st.booleans()),
+                seed=draw(st.integers(0, 2**16)))
+
+
+@st.composite
+def pool_case(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 3)), h=draw(st.integers(kh, 9)),
+                w=draw(st.integers(kw, 9)), kernel=(kh, kw), stride=stride, seed=draw(st.integers(0, 2**16)))
+
+
+# -- Conv2D --------------------------------------------------------------------------------------
+
+
+@FEW
+@given(conv_case())
+def test_conv2d_matches_torch(case):
+    rng = np.random.default_rng(case["seed"])
+    conv = float64(cr.Conv2D(case["c"], case["o"], case["kernel"], case["stride"], case["padding"], case["bias"]))
+    conv.initialize(rng)
+    if conv.bias is not None:
+        conv.bias.data[...] = rng.normal(size=case["o"])
+    x = rng.normal(size=(case["n"], case["c"], case["h"], case["w"]))
+    y = conv.forward(x, training=True)
+    g = rng.normal(size=y.shape)
+    dx = conv.backward(g)
+
+    xt, wt = tensor(x, True), tensor(conv.weight.data, True)
+    bt = tensor(conv.bias.data, True) if conv.bias is not None else None
+    yt = F.conv2d(xt, wt, bt, stride=case["stride"], padding=case["padding"])
+    yt.backward(tensor(g))
+    close(y, yt)
+    close(dx, xt.grad)
+    close(conv.weight.grad, wt.grad)
+    if bt is not None:
+        close(conv.bias.grad, bt.grad)
+
+
+def test_conv2d_same_weights_as_torch_module():
+    """nn.Conv2d holds weights in the same (out, in, kh, kw) layout, so they copy across as is."""
+    rng = np.random.default_rng(0)
+    conv = float64(cr.Conv2D(3, 5, 3, stride=2, padding=1))
+    module = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(conv.weight.data))
+        module.bias.copy_(torch.from_numpy(rng.normal(size=5)))
+    conv.bias.data[...] = module.bias.detach().numpy()
+    x = rng.normal(size=(2, 3, 11, 10))
+    close(conv.forward(x), module(tensor(x)))
+
+
+@settings(max_examples=10, deadline=None)
+@given(conv_case())
+def test_conv2d_gradcheck(case):
+    rng = np.random.default_rng(case["seed"])
+    conv = cr.Conv2D(case["c"], case["o"], case["kernel"], case["stride"], case["padding"], case["bias"])
+    model = cr.Sequential([conv, cr.Tanh(), cr.Flatten()], input_shape=(case["c"], case["h"], case["w"]),
+                          seed=case["seed"])
+    x = rng.normal(size=(case["n"], case["c"], case["h"], case["w"]))
+    y = rng.normal(size=(case["n"],) + model.output_shape)
+    errors = cr.gradcheck(model, x, y, loss=cr.MeanSquaredError())
+    assert max(errors.values()) < GRADCHECK_TOL, errors
+
+
+def test_conv2d_output_is_nchw_and_float32():
+    model = cr.Sequential([cr.Conv2D(1, 4, 5, padding=2), cr.ReLU(), cr.Conv2D(4, 3, 3, stride=2)],
+                          input_shape=(1, 28, 28), seed=0)
+    out = model.forward(np.random.default_rng(0).random((7, 1, 28, 28), np.float32))
+    assert out.shape == (7, 3, 13, 13) == (7,) + model.output_shape
+    assert out.dtype == np.float32
+
+
+def test_conv2d_rejects_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="kernel_size must be an integer >= 1"):
+        cr.Conv2D(1, 4, 0)
+    with pytest.raises(ValueError, match="out_channels must be a positive integer, got -2"):
+        cr.Conv2D(1, -2, 3)
+    with pytest.raises(ValueError, match="padding must be an integer >= 0"):
+        cr.Conv2D(1, 2, 3, padding=-1)
+    conv = cr.Conv2D(3, 4, 3)
+    with pytest.raises(ValueError, match="expected 3 input channels, got shape"):
+        conv.forward(np.zeros((2, 1, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="4-D batch"):
+        conv.forward(np.zeros((2, 64), np.float32))
+    with pytest.raises(ValueError, match="does not fit"):
+        conv.forward(np.zeros((2, 3, 2, 8), np.float32))
+    with pytest.raises(ValueError, match=r"expects examples of shape \(3, H, W\)"):
+        cr.Sequential([conv], input_shape=(1, 28, 28))
+
+
+# -- pooling ---------------------------------------------------------------------------------------
+
+
+@FEW
+@given(pool_case(), st.booleans())
+def test_max_pool_matches_torch(case, ties):
+    rng = np.random.default_rng(case["seed"])
+    shape = (case["n"], case["c"], case["h"], case["w"])
+    # small integers make ties common: the gradient must go to the first maximum, as in PyTorch
+    x = rng.integers(0, 3, shape).astype(np.float64) if ties else rng.normal(size=shape)
+    pool = cr.MaxPool2D(case["kernel"], case["stride"])
+    y = pool.forward(x, training=True)
+    g = rng.normal(size=y.shape)
+    xt = tensor(x, True)
+    stride = case["stride"] or case["kernel"]
+    yt = F.max_pool2d(xt, case["kernel"], stride)
+    yt.backward(tensor(g))
+    close(y, yt)
+    close(pool.backward(g), xt.grad)
+
+
+@FEW
+@given(pool_case())
+def test_avg_pool_matches_torch(case):
+    rng = np.random.default_rng(case["seed"])
+    x = rng.normal(size=(case["n"], case["c"], case["h"], case["w"]))
+    pool = cr.AvgPool2D(case["kernel"], case["stride"])
+    y = pool.forward(x, training=True)
+    g = rng.normal(size=y.shape)
+    xt = tensor(x, True)
+    yt = F.avg_pool2d(xt, case["kernel"], case["stride"] or case["kernel"])
+    yt.backward(tensor(g))
+    close(y, yt)
+    close(pool.backward(g), xt.grad)
+
+
+@settings(max_examples=10, deadline=None)
+@given(pool_case(), st.sampled_from(["max", "avg"]))
+def test_pool_gradcheck(case, kind):
+    rng = np.random.default_rng(case["seed"])
+    layer = (cr.MaxPool2D if kind == "max" else cr.AvgPool2D)(case["kernel"], case["stride"])
+    model = cr.Sequential([layer, cr.Flatten()], input_shape=(case["c"], case["h"], case["w"]))
+    x = rng.normal(size=(case["n"], case["c"], case["h"], case["w"]))
+    y = rng.normal(size=(case["n"],) + model.output_shape)
+    errors = cr.gradcheck(model, x, y, loss=cr.MeanSquaredError())
+    assert errors["input"] < GRADCHECK_TOL, errors
+
+
+def test_pool_output_shapes_and_errors():
+    assert cr.MaxPool2D(2).output_shape((6, 28, 28)) == (6, 14, 14)
+    assert cr.AvgPool2D(3, stride=2).output_shape((2, 7, 8)) == (2, 3, 3)
+    assert cr.MaxPool2D(2).output_shape((16, 5, 5)) == (16, 2, 2)  # the last row and column drop out
+    with pytest.raises(ValueError, match="does not fit"):
+        cr.MaxPool2D(3).output_shape((1, 2, 8))
+    with pytest.raises(ValueError, match="stride must be an integer >= 1"):
+        cr.AvgPool2D(2, stride=0)
+
+
+# -- BatchNorm -------------------------------------------------------------------------------------
+
+
+@FEW
+@given(st.integers(0, 2**16), st.booleans(), st.integers(1, 4), st.integers(2, 5),
+       st.sampled_from([0.1, 0.3, 1.0]))
+def test_batch_norm_matches_torch_in_training_and_evaluation(seed, images, c, n, momentum):
+    rng = np.random.default_rng(seed)
+    shape = (n, c, 3, 4) if images else (n, c)
+    bn = float64(cr.BatchNorm(c, momentum=momentum))
+    bn.weight.data[...] = rng.normal(size=c)
+    bn.bias.data[...] = rng.normal(size=c)
+    wt, bt = tensor(bn.weight.data, True), tensor(bn.bias.data, True)
+    running_mean, running_var = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    for _ in range(2):  # two training steps, so the running statistics are compared after updates
+        x = rng.normal(2.0, 3.0, size=shape)
+        g = rng.normal(size=shape)
+        y = bn.forward(x, training=True)
+        dx = bn.backward(g)
+        xt = tensor(x, True)
+        wt.grad = bt.grad = None
+        yt = F.batch_norm(xt, running_mean, running_var, wt, bt, training=True, momentum=momentum, eps=bn.eps)
+        yt.backward(tensor(g))
+        close(y, yt)
+        close(dx, xt.grad, 1e-9)
+        close(bn.weight.grad, wt.grad)
+        close(bn.bias.grad, bt.grad)
+        close(bn.buffers["running_mean"], running_mean)
+        close(bn.buffers["running_var"], running_var)  # unbiased variance, as PyTorch keeps
+    x, g = rng.normal(size=shape), rng.normal(size=shape)
+    y = bn.forward(x, training=False)
+    dx = bn.backward(g)
+    xt = tensor(x, True)
+    wt.grad = bt.grad = None
+    yt = F.batch_norm(xt, running_mean, running_var, wt, bt, training=False, eps=bn.eps)
+    yt.backward(tensor(g))
+    close(y, yt)
+    close(dx, xt.grad)
+    close(bn.weight.grad, wt.grad)
+    close(bn.bias.grad, bt.grad)
+
+
+@pytest.mark.parametrize("images", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_gradcheck(images, training):
+    rng = np.random.default_rng(3)
+    shape = (3, 2, 4) if images else (3,)
+    model = cr.Sequential([cr.BatchNorm(3), cr.Tanh(), cr.Flatten()], input_shape=shape, seed=0)
+    model.layers[0].weight.data[...] = rng.normal(size=3)
+    model.layers[0].bias.data[...] = rng.normal(size=3)
+    model.forward(rng.normal(1.0, 2.0, size=(6,) + shape), training=True)  # non-trivial running stats
+    x = rng.normal(size=(5,) + shape)
+    y = rng.normal(size=(5, int(np.prod(shape))))
+    errors = cr.gradcheck(model, x, y, loss=cr.MeanSquaredError(), training=training)
+    assert max(errors.values()) < GRADCHECK_TOL, errors
+
+
+def test_batch_norm_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match="expected 4 features"):
+        cr.BatchNorm(4).forward(np.zeros((2, 3)), training=True)
+    with pytest.raises(ValueError, match=r"\(N, C\) or \(N, C, H, W\)"):
+        cr.BatchNorm(4).forward(np.zeros((2, 4, 5)))
+    with pytest.raises(ValueError, match="momentum must be in"):
+        cr.BatchNorm(4, momentum=1.5)
+
+
+# -- whole networks ----------------------------------------------------------------------------------
+
+
+def small_cnn(seed=0):
+    return cr.Sequential(
+        [cr.Conv2D(1, 4, 3, padding=1, bias=False), cr.BatchNorm(4), cr.ReLU(), cr.MaxPool2D(2),
+         cr.Conv2D(4, 6, 3), cr.ReLU(), cr.AvgPool2D(2), cr.Flatten(), cr.Linear(24, 10)],
+        input_shape=(1, 12, 12), seed=seed,
+    )
+
+
+def test_every_layer_type_is_registered_and_in_the_gradcheck_demo():
+    from chainrule.gradcheck import demo_networks
+
+    for cls in (cr.Conv2D, cr.MaxPool2D, cr.AvgPool2D, cr.BatchNorm):
+        assert LAYER_TYPES[cls.__name__] is cls
+    used = {type(layer) for _, model, _, _ in demo_networks() for layer in model.layers}
+    assert set(LAYER_TYPES.values()) <= used
+
+
+def test_conv_network_gradcheck_and_save_load(tmp_path):
+    rng = np.random.default_rng(1)
+    model = small_cnn()
+    x = rng.random((4, 1, 12, 12))
+    y = rng.integers(0, 10, 4)
+    errors = cr.gradcheck(model, x, y)
+    assert max(errors.values()) < GRADCHECK_TOL, errors
+
+    # train a little so the batch-norm running statistics move away from (0, 1), then round-trip
+    xs = rng.random((64, 1, 12, 12)).astype(np.float32)
+    ys = rng.integers(0, 10, 64)
+    cr.fit(model, xs, ys, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=1e-2), epochs=2, batch_size=16,
+           verbose=False)
+    assert not np.allclose(model.layers[1].buffers["running_mean"], 0)
+    model.save(tmp_path / "m")
+    loaded, _ = cr.load_model(tmp_path / "m")
+    assert [type(a) for a in loaded.layers] == [type(b) for b in model.layers]
+    np.testing.assert_array_equal(loaded.layers[1].buffers["running_var"], model.layers[1].buffers["running_var"])
+    np.testing.assert_array_equal(loaded.predict_proba(xs), model.predict_proba(xs))
+
+
+def test_conv_network_learns_a_real_digit_slice():
+    """A few epochs on 1,000 real MNIST images must beat chance by far on 500 held-out ones."""
+    import os
+
+    if not os.environ.get("CHAINRULE_DATA"):
+        pytest.skip("CHAINRULE_DATA is not set")
+    from chainrule.data.mnist import load_mnist
+
+    images, labels = load_mnist("train", None)
+    x = np.asarray(images[:1500])
+    x = (x.astype(np.float32) / 255 if x.dtype == np.uint8 else x.astype(np.float32)).reshape(-1, 1, 28, 28)
+    y = np.asarray(labels[:1500], np.int64)
+    model = cr.Sequential(
+        [cr.Conv2D(1, 8, 5, padding=2, bias=False), cr.MaxPool2D(2), cr.BatchNorm(8), cr.ReLU(),
+         cr.Conv2D(8, 16, 3, padding=1), cr.ReLU(), cr.MaxPool2D(2), cr.Flatten(), cr.Linear(784, 10)],
+        input_shape=(1, 28, 28), seed=0,
+    )
+    cr.fit(model, x[:1000], y[:1000], cr.CrossEntropy(), cr.Adam(model.parameters(), lr=3e-3), epochs=4,
+           batch_size=50, verbose=False)
+    assert np.mean(model.predict(x[1000:]) == y[1000:]) > 0.85
+
+
+# -- augmentation ------------------------------------------------------------------------------------
+
+
+def test_random_affine_matches_scipy_affine_transform():
+    """Same random draws, same maps: each image equals scipy's bilinear affine_transform of it."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    x = rng.random((6, 1, 28, 28))
+    out = random_affine(x, np.random.default_rng(9), max_rotation=20, max_scale=0.2, max_shift=3)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    draws = np.random.default_rng(9)
+    angle = np.deg2rad(draws.uniform(-20, 20, 6))
+    scale = draws.uniform(0.8, 1.2, 6)
+    shift = draws.uniform(-3, 3, (6, 2))
+    c = np.full(2, 13.5)
+    for k in range(6):
+        cos, sin = np.cos(angle[k]) / scale[k], np.sin(angle[k]) / scale[k]
+        matrix = np.array([[cos, -sin], [sin, cos]])  # (row, column) coordinates
+        offset = c - matrix @ (c + shift[k])
+        want = ndimage.affine_transform(x[k, 0], matrix, offset, order=1, mode="grid-constant", cval=0.0)
+        np.testing.assert_allclose(out[k, 0], want, atol=1e-9)
+
+
+def test_random_affine_identity_and_flat_batches():
+    x = np.random.default_rng(0).random((3, 784), np.float32)
+    out = random_affine(x, np.random.default_rng(0), max_rotation=0, max_scale=0, max_shift=0)
+    assert out.shape == (3, 784) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, x)
+    with pytest.raises(ValueError, match="28x28"):
+        random_affine(np.zeros((2, 100)), np.random.default_rng(0))
