@@ -28,8 +28,9 @@ How, so that the numbers are honest on a shared machine:
 
 A workload is a `Workload` entry in `WORKLOADS`: how to build the model for each framework (a
 framework without a builder is skipped, e.g. scikit-learn for convolutions), its input shape and
-its matrix-product shapes. LeNet-5 joins the same way once `chainrule.conv` has landed: its
-builders, `input_shape=(1, 28, 28)`, and its convolutions' im2col products as `train_gemms`.
+its matrix-product shapes. `lenet5` (LeNet-5: conv 6@5x5 pad 2 - max pool - conv 16@5x5 - max pool -
+120 - 84 - 10, ReLU, same Adam, batch and initialisation) is such an entry; its `train_gemms` are
+its convolutions' im2col products.
 """
 
 from __future__ import annotations
@@ -122,6 +123,51 @@ def _dense_gemms(sizes, batch, training):
     return out
 
 
+def _lenet5_chainrule(seed):
+    import chainrule as cr
+
+    return cr.Sequential(
+        [cr.Conv2D(1, 6, 5, padding=2), cr.ReLU(), cr.MaxPool2D(2), cr.Conv2D(6, 16, 5), cr.ReLU(), cr.MaxPool2D(2),
+         cr.Flatten(), cr.Linear(400, 120), cr.ReLU(), cr.Linear(120, 84), cr.ReLU(), cr.Linear(84, 10)],
+        input_shape=(1, 28, 28), seed=seed,
+    )
+
+
+def _lenet5_pytorch(seed):
+    import torch
+
+    torch.manual_seed(seed)
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )
+    for layer in model:  # chainrule's init="he" for every conv and dense layer, zero biases
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return model
+
+
+# LeNet-5's convolutions as im2col products: (out channels, in·kh·kw, output pixels per image)
+LENET5_CONVS = [(6, 1 * 5 * 5, 28 * 28), (16, 6 * 5 * 5, 10 * 10)]
+LENET5_DENSE = [(400, 120), (120, 84), (84, 10)]
+
+
+def _lenet5_gemms(batch, training):
+    """Forward W·X_col per conv (m=out, k=in·kh·kw, n=batch·pixels), then the dense layers; in
+    training also dW = dY·X_colᵀ for both convs and dX_col = Wᵀ·dY for the second (the first
+    conv's input is the data), and the dense layers' products, all of whose dx are needed."""
+    out = [(o, k, batch * p, "nn") for o, k, p in LENET5_CONVS]
+    out += [(batch, n_in, n_out, "nn") for n_in, n_out in LENET5_DENSE]
+    if training:
+        out += [(o, batch * p, k, "nt") for o, k, p in LENET5_CONVS]
+        out += [(k, o, batch * p, "tn") for o, k, p in LENET5_CONVS[1:]]
+        out += [(n_in, batch, n_out, "tn") for n_in, n_out in LENET5_DENSE]
+        out += [(batch, n_out, n_in, "nt") for n_in, n_out in LENET5_DENSE]
+    return out
+
+
 WORKLOADS: dict[str, Workload] = {
     "mlp": Workload(
         name="mlp",
@@ -129,6 +175,13 @@ WORKLOADS: dict[str, Workload] = {
         build={"chainrule": _mlp_chainrule, "pytorch": _mlp_pytorch, "sklearn": _mlp_sklearn},
         train_gemms=_dense_gemms(MLP_SIZES, BATCH, training=True),
         infer_gemms=lambda b: _dense_gemms(MLP_SIZES, b, training=False),
+    ),
+    "lenet5": Workload(
+        name="lenet5",
+        input_shape=(1, 28, 28),
+        build={"chainrule": _lenet5_chainrule, "pytorch": _lenet5_pytorch},
+        train_gemms=_lenet5_gemms(BATCH, training=True),
+        infer_gemms=lambda b: _lenet5_gemms(b, training=False),
     ),
 }
 
