@@ -175,10 +175,13 @@ function predict() {
   }
   inFlight = true;
   again = false;
+  $("answer").setAttribute("aria-busy", "true");
   pad.toBlob((blob) => sendDigit(blob, "image/png"), "image/png");
 }
 
 async function sendDigit(blob, type) {
+  // aria-busy tells assistive technology (and the browser test) that an answer is on its way.
+  $("answer").setAttribute("aria-busy", "true");
   try {
     const result = await postJSON("/api/digits/predict?explain=true", blob, type);
     $("digits-error").hidden = true;
@@ -189,6 +192,7 @@ async function sendDigit(blob, type) {
   } finally {
     inFlight = false;
     if (again) predict();
+    else $("answer").setAttribute("aria-busy", "false");
   }
 }
 
@@ -382,6 +386,7 @@ async function checkMessage(event) {
     return;
   }
   $("check").disabled = true;
+  $("spam").setAttribute("aria-busy", "true");
   try {
     const result = await postJSON("/api/spam/classify", text, "text/plain; charset=utf-8");
     error.hidden = true;
@@ -401,6 +406,7 @@ async function checkMessage(event) {
     error.textContent = err.message;
   } finally {
     $("check").disabled = false;
+    $("spam").setAttribute("aria-busy", "false");
   }
 }
 
