@@ -44,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import chainrule
+from chainrule.apps.digits import model_inputs
 from chainrule.data.images import ImageError, preprocess_image
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 from chainrule.network import ModelFileError
@@ -208,8 +209,6 @@ class DigitsService:
 
     def predict(self, image: np.ndarray, explain: bool) -> DigitPrediction:
         """Classify one preprocessed 28x28 image; with `explain`, also return what every layer did."""
-        from chainrule.apps.digits import model_inputs
-
         x = model_inputs(image[None], self.metadata)
         with self.lock:
             proba = self.model.predict_proba(x)[0]
