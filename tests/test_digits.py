@@ -1,0 +1,290 @@
+"""`chainrule digits`: train -> save -> load round trip, predict on real image files, resume after
+SIGKILL, Ctrl-C, and one-line errors for every kind of bad input.
+
+Training here is deliberately tiny (a few thousand images, 1-2 epochs); the accuracy figures are
+checked by bench/digits_accuracy.py on the full data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from chainrule import load_model
+from chainrule.apps import digits
+from chainrule.cli import main
+
+DATA = os.environ.get("CHAINRULE_DATA")
+pytestmark = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")
+# `python -m chainrule.cli` would run the module as __main__, a second copy whose UserError class
+# is not the one the apps raise; this runs the real entry point, like the `chainrule` script does.
+CLI = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())"]
+
+
+@pytest.fixture(scope="module")
+def mnist_test():
+    from chainrule.data.mnist import load_mnist
+
+    return load_mnist("test", DATA)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An mlp trained on 6,000 images for 2 epochs: (output dir, in-memory model, metrics)."""
+    out = tmp_path_factory.mktemp("run") / "mlp"
+    model, metrics = digits.train("mlp", out, epochs=2, seed=3, data_dir=DATA, train_size=6000, verbose=False)
+    return out, model, metrics
+
+
+def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CHAINRULE_DATA": DATA}
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=120, **kwargs)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess | tuple, code: int = 2) -> str:
+    rc, err = (proc.returncode, proc.stderr) if hasattr(proc, "returncode") else proc
+    assert rc == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chainrule: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# -- training outputs and the round trip ------------------------------------------------------------
+
+
+def test_train_writes_model_metrics_history_and_figures(trained):
+    out, model, metrics = trained
+    for name in ("model.npz", "model.json", "metrics.json", "history.csv", "checkpoint.npz", "run.json",
+                 "learning_curves.png", "confusion_matrix.png", "gradient_flow.png"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["format"] == "chainrule-model" and doc["format_version"] == 1
+    meta = doc["metadata"]
+    assert meta["task"] == "digits" and meta["preset"] == "mlp"
+    assert meta["preprocessing"]["layout"] == "flat" and meta["preprocessing"]["scale"] == 255.0
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["test"]["n"] == 10000 and written["epochs_run"] == 2
+    assert written["train_images"] + written["validation_images"] == 6000
+    assert len(written["test"]["confusion_matrix"]) == 10
+    rows = (out / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 and "val_accuracy" in rows[0] and "0:Linear/grad_norm" in rows[0]
+    for png in out.glob("*.png"):
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+
+
+def test_saved_model_gives_identical_predictions(trained, mnist_test, capsys):
+    out, model, metrics = trained
+    loaded, metadata = load_model(out)
+    x = digits.model_inputs(mnist_test[0], metadata)
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
+    report = digits.evaluate_digits(loaded, metadata, *mnist_test)
+    assert report["accuracy"] == metrics["test"]["accuracy"]
+    assert report["confusion_matrix"] == metrics["test"]["confusion_matrix"]
+    # and the command line reports the same figure
+    code, stdout, _ = cli(capsys, "digits", "evaluate", out, "--data", DATA, "--out", out / "eval")
+    assert code == 0
+    assert f"test accuracy: {100 * metrics['test']['accuracy']:.2f}%" in stdout
+    assert "precision" in stdout and "confusion matrix" in stdout
+    for name in ("mistakes.png", "eval_confusion_matrix.png", "eval_metrics.json"):
+        assert (out / "eval" / name).is_file()
+
+
+def test_model_inputs_layouts():
+    images = np.full((3, 28, 28), 255, np.uint8)
+    flat = digits.model_inputs(images, {"preprocessing": {"layout": "flat", "scale": 255.0}})
+    assert flat.shape == (3, 784) and flat.dtype == np.float32 and flat.max() == 1.0
+    img = digits.model_inputs(images[0].astype(np.float32) / 255, {"preprocessing": {"layout": "image"}})
+    assert img.shape == (1, 1, 28, 28)
+    with pytest.raises(ValueError, match="28x28"):
+        digits.model_inputs(np.zeros((2, 20, 20)), {})
+
+
+# -- predicting from image files -------------------------------------------------------------------
+
+
+def test_predict_on_redrawn_test_digits_keeps_the_accuracy(trained, mnist_test, tmp_path, capsys):
+    """MNIST test digits saved as PNGs the way a person might: dark on white, 3x larger, off-centre."""
+    out, model, metrics = trained
+    images, labels = mnist_test[0][:150], mnist_test[1][:150]
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, digit in enumerate(images):
+        big = Image.fromarray(255 - digit).resize((84, 84), Image.Resampling.BICUBIC)
+        page = Image.new("L", (200, 160), 255)
+        page.paste(big, (int(rng.integers(0, 116)), int(rng.integers(0, 76))))
+        path = tmp_path / f"digit{i:03d}.png"
+        page.save(path)
+        paths.append(path)
+    code, stdout, stderr = cli(capsys, "digits", "predict", out, *paths, "--json")
+    assert code == 0, stderr
+    results = json.loads(stdout)
+    assert [r["file"] for r in results] == [str(p) for p in paths]
+    for r in results:
+        assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
+        assert r["digit"] == int(np.argmax(r["probabilities"]))
+    png_accuracy = np.mean([r["digit"] == y for r, y in zip(results, labels, strict=True)])
+    raw_accuracy = np.mean(model.predict(digits.model_inputs(images, {"preprocessing": {}})) == labels)
+    assert png_accuracy >= raw_accuracy - 0.04, (png_accuracy, raw_accuracy)
+
+
+def test_predict_reports_bad_files_and_still_does_the_rest(trained, mnist_test, tmp_path, capsys):
+    out = trained[0]
+    good = tmp_path / "seven.png"
+    Image.fromarray(255 - mnist_test[0][0]).save(good)  # test image 0 is a 7
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    code, stdout, stderr = cli(capsys, "digits", "predict", out, empty, good, text, tmp_path / "missing.png")
+    assert code == 1
+    errors = stderr.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("chainrule: error: ") for e in errors)
+    assert "empty file" in errors[0] and "not an image" in errors[1] and "no such file" in errors[2]
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{good}: ")
+    assert "[0:" in lines[0] and "9:" in lines[0]
+
+
+def test_show_draws_first_layer_weights(trained, tmp_path, capsys):
+    target = tmp_path / "w.png"
+    code, stdout, _ = cli(capsys, "digits", "show", trained[0], "--units", "30", "--out", target)
+    assert code == 0 and "30 of 512" in stdout
+    with Image.open(target) as im:
+        assert im.format == "PNG"
+
+
+# -- checkpoints: SIGKILL and Ctrl-C --------------------------------------------------------------
+
+
+TINY = ("--model", "mlp", "--train-size", "3000", "--epochs", "4", "--seed", "7", "--quiet")
+
+
+def _epochs_done(checkpoint: Path) -> int:
+    with np.load(checkpoint, allow_pickle=False) as npz:
+        return json.loads(npz["json"].tobytes())["epochs_done"]
+
+
+def _start_and_wait_for_checkpoint(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "CHAINRULE_DATA": DATA}
+    proc = subprocess.Popen([*CLI, "digits", "train", *TINY, "--out", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.npz").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    return proc
+
+
+def _arrays(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    full = run_cli("digits", "train", *TINY, "--out", tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+
+    killed = tmp_path / "killed"
+    proc = _start_and_wait_for_checkpoint(killed)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    done = _epochs_done(killed / "checkpoint.npz")
+    assert 1 <= done < 4  # killed mid-run: after a checkpoint, before the end
+    assert not (killed / "model.npz").exists()
+
+    resumed = run_cli("digits", "train", "--out", killed, "--resume", "--quiet")  # options come from run.json
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _arrays(tmp_path / "full" / "model.npz"), _arrays(killed / "model.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    ma = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    mb = json.loads((killed / "metrics.json").read_text())
+    assert ma["test"] == mb["test"] and ma["epochs_run"] == mb["epochs_run"] == 4
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = _start_and_wait_for_checkpoint(out)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("training finished before the interrupt arrived")
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "interrupted" in last and "--resume" in last
+    assert _epochs_done(out / "checkpoint.npz") >= 1
+    resumed = run_cli("digits", "train", "--out", out, "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 4
+
+
+# -- bad input: one line on stderr, non-zero exit, no traceback ---------------------------------------
+
+
+def test_bad_inputs_exit_nonzero_with_one_line(trained, tmp_path, mnist_test):
+    out = trained[0]
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (corrupt / f"{name}.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    broken_model = tmp_path / "broken"
+    broken_model.mkdir()
+    (broken_model / "model.json").write_text((out / "model.json").read_text())
+    (broken_model / "model.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    other_task = tmp_path / "other"
+    other_task.mkdir()
+    doc = json.loads((out / "model.json").read_text())
+    doc["metadata"]["task"] = "spam"
+    (other_task / "model.json").write_text(json.dumps(doc))
+    (other_task / "model.npz").write_bytes((out / "model.npz").read_bytes())
+    bomb = tmp_path / "bomb.png"  # a PNG header claiming 60,000 x 60,000 pixels
+    ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)
+    chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(bytes(64))), (b"IEND", b"")]
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        for kind, data in chunks))
+
+    cases = [
+        (["digits", "evaluate", tmp_path / "no-such-model"], 2, "not found"),
+        (["digits", "evaluate", broken_model], 2, "not a readable .npz"),
+        (["digits", "evaluate", other_task], 2, "not a digits model"),
+        (["digits", "evaluate", out, "--data", empty_dir], 2, "put train-images"),
+        (["digits", "evaluate", out, "--data", corrupt], 2, "corrupt gzip"),
+        (["digits", "train", "--data", corrupt, "--out", tmp_path / "r1", "--quiet"], 2, "corrupt gzip"),
+        (["digits", "train", "--out", out, "--resume", "--seed", "99"], 2, "used seed=3"),
+        (["digits", "train", "--lr", "-1", "--out", tmp_path / "r2"], 2, "--lr must be positive"),
+        (["digits", "predict", out, bomb], 1, "too large"),
+        (["digits", "predict", broken_model, bomb], 2, "not a readable .npz"),
+        (["digits", "show", tmp_path / "no-such-model"], 2, "not found"),
+    ]
+    for args, code, expected in cases:
+        proc = run_cli(*args, cwd=Path(__file__).parent)
+        line = assert_one_line_error(proc, code)
+        assert expected in line, (args, line)
+        assert not (tmp_path / "r1" / "model.npz").exists()
