@@ -130,7 +130,9 @@ def image_grid(images, path, titles=None, cols: int | None = None, title: str | 
     n = len(images)
     cols = cols or min(n, 10) or 1
     rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.35 * rows + (0.4 if title else 0)), squeeze=False)
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, (1.2 + 0.15 * lines) * rows + (0.4 if title else 0)),
+                             squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:

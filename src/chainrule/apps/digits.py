@@ -282,7 +282,7 @@ def save_mistakes_grid(report: dict, images: np.ndarray, labels: np.ndarray, pat
 
     idx = confident_mistakes(report, labels, n)
     proba, pred = report["_proba"], report["_pred"]
-    titles = [f"#{i}: {labels[i]} -> {pred[i]} ({100 * proba[i, pred[i]]:.0f}%)" for i in idx]
+    titles = [f"test #{i}\n{labels[i]} -> {pred[i]} ({100 * proba[i, pred[i]]:.0f}%)" for i in idx]
     plots.image_grid(images[idx] if len(idx) else np.zeros((0, 28, 28)), path, titles=titles,
                      cols=min(max(len(idx), 1), 5),
                      title=f"{len(idx)} most confidently wrong test images (true -> predicted)")
