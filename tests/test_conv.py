@@ -3,6 +3,8 @@ against central finite differences, over random shapes, strides and paddings (fl
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -355,3 +357,48 @@ def test_random_affine_identity_and_flat_batches():
     np.testing.assert_array_equal(out, x)
     with pytest.raises(ValueError, match="28x28"):
         random_affine(np.zeros((2, 100)), np.random.default_rng(0))
+
+
+# -- the digits presets ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["lenet5", "cnn"])
+def test_conv_presets_train_evaluate_predict_show_and_gradcheck(preset, tmp_path, capsys):
+    """The conv presets go through the same `digits` commands as the dense ones: train (a tiny
+    run), evaluate, predict a PNG, draw the first conv layer's filters; then gradcheck the saved model."""
+    import os
+
+    if not os.environ.get("CHAINRULE_DATA"):
+        pytest.skip("CHAINRULE_DATA is not set")
+    from PIL import Image
+
+    from chainrule.apps import digits
+    from chainrule.cli import main
+    from chainrule.data.mnist import load_mnist
+
+    out = tmp_path / preset
+    assert main(["digits", "train", "--model", preset, "--train-size", "1500", "--epochs", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    model, metadata = cr.load_model(out)
+    assert isinstance(model.layers[0], cr.Conv2D) and metadata["preprocessing"]["layout"] == "image"
+    assert main(["digits", "evaluate", str(out), "--top", "3"]) == 0
+    assert "test accuracy:" in capsys.readouterr().out
+
+    images, labels = load_mnist("test", None)
+    png = tmp_path / "digit.png"
+    Image.fromarray(255 - np.asarray(images[0])).save(png)  # dark ink on white, as people draw
+    assert main(["digits", "predict", str(out), str(png), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert len(result["probabilities"]) == 10 and result["digit"] == int(np.argmax(result["probabilities"]))
+
+    assert main(["digits", "show", str(out), "--out", str(tmp_path / "filters.png")]) == 0
+    assert "kernels" in capsys.readouterr().out
+    with Image.open(tmp_path / "filters.png") as im:
+        assert im.format == "PNG"
+    # Every parameter of the trained model on real images. Not the input row: on the blank
+    # background of a real digit, max-pooling windows hold exactly tied values, where the loss is
+    # not differentiable in those pixels (input gradients are checked on random inputs above).
+    x = digits.model_inputs(images[:3], metadata)
+    errors = cr.gradcheck(model, x, np.asarray(labels[:3], np.int64), samples_per_param=10)
+    errors.pop("input")
+    assert max(errors.values()) < GRADCHECK_TOL, errors
