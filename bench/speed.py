@@ -638,6 +638,7 @@ def main(argv=None) -> int:
                       f"train, acc {100 * result['accuracy']:.2f}%, {result['infer_samples_per_s']:9,.0f} ex/s "
                       f"infer, {result['latency_ms']:.3f} ms, {result['peak_rss_mb']:.0f} MB", flush=True)
         report["workloads"][name] = summarise(work, runs, gemm)
+        report["workloads"][name].update({"date": report["date"], "repeats": args.repeats})
         print(format_table(name, report["workloads"][name]), flush=True)
         if "chainrule" in frameworks:
             profile = spawn(["--profile-child", name] + common)
@@ -646,6 +647,15 @@ def main(argv=None) -> int:
     report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # `--workloads mlp` refreshes mlp and keeps the other workloads' last results (each entry
+    # carries its own date), so one workload can be re-measured without re-running them all.
+    try:
+        earlier = json.loads(out.read_text()).get("workloads", {})
+    except (OSError, ValueError, AttributeError):
+        earlier = {}
+    for name, entry in earlier.items():
+        if name not in report["workloads"] and name in WORKLOADS and isinstance(entry, dict):
+            report["workloads"][name] = entry
     atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
     print(f"wrote {out} ({report['wall_seconds']:.0f} s)")
     return 0
