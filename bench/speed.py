@@ -513,14 +513,16 @@ def format_table(name: str, summary: dict) -> str:
     head = ("framework", "train ex/s", "vs torch", "of bound", "steady ex/s", "vs torch", "test acc",
             "infer ex/s", "vs torch", "latency ms", "peak RSS MB")
     rows = [head]
-    nan = float("nan")
+    def cell(value, spec, unit=""):
+        return "-" if value is None or value != value else format(value, spec) + unit  # NaN: not measured
+
     for fw, r in t.items():
         rows.append((
-            fw, f"{r['train_samples_per_s']:,.0f}", f"{r.get('train_vs_pytorch', nan):.2f}x",
-            f"{100 * r['train_fraction_of_bound']:.0f}%", f"{r['steady_samples_per_s']:,.0f}",
-            f"{r.get('steady_vs_pytorch', nan):.2f}x", f"{100 * r['accuracy']:.2f}%",
-            f"{r['infer_samples_per_s']:,.0f}", f"{r.get('infer_vs_pytorch', nan):.2f}x",
-            f"{r['latency_ms']:.3f}", f"{r['peak_rss_mb']:,.0f}",
+            fw, cell(r["train_samples_per_s"], ",.0f"), cell(r.get("train_vs_pytorch"), ".2f", "x"),
+            cell(100 * r["train_fraction_of_bound"], ".0f", "%"), cell(r["steady_samples_per_s"], ",.0f"),
+            cell(r.get("steady_vs_pytorch"), ".2f", "x"), cell(100 * r["accuracy"], ".2f", "%"),
+            cell(r["infer_samples_per_s"], ",.0f"), cell(r.get("infer_vs_pytorch"), ".2f", "x"),
+            cell(r["latency_ms"], ".3f"), cell(r["peak_rss_mb"], ",.0f"),
         ))
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines = [f"workload {name}:"]
@@ -536,7 +538,28 @@ def format_table(name: str, summary: dict) -> str:
         f"(torch/MKL) -> at most {tr['bound_samples_per_s']:,.0f} ex/s; inference at most "
         f"{roof['infer']['bound_samples_per_s']:,.0f} ex/s"
     )
+    for goal, met in summary.get("goals", {}).items():
+        lines.append(f"goal {'met    ' if met else 'NOT MET'}  {goal}")
     return "\n".join(lines)
+
+
+def goals(summary: dict) -> dict[str, bool]:
+    """Issue 6's targets for chainrule against PyTorch, each with whether the medians meet it."""
+    t = summary["frameworks"]
+    if "chainrule" not in t or "pytorch" not in t:
+        return {}
+    c, p = t["chainrule"], t["pytorch"]
+    return {
+        f"training >= 1.25x PyTorch: {c['train_vs_pytorch']:.2f}x": c["train_vs_pytorch"] >= 1.25,
+        f"(steady rate) >= 1.25x PyTorch: {c['steady_vs_pytorch']:.2f}x": c["steady_vs_pytorch"] >= 1.25,
+        f"test accuracy within 0.3 points: {c['accuracy_minus_pytorch_points']:+.2f}":
+            abs(c["accuracy_minus_pytorch_points"]) <= 0.3,
+        f"inference >= 1.0x PyTorch: {c['infer_vs_pytorch']:.2f}x": c["infer_vs_pytorch"] >= 1.0,
+        f"latency <= PyTorch's: {c['latency_ms']:.3f} vs {p['latency_ms']:.3f} ms":
+            c["latency_ms"] <= p["latency_ms"],
+        f"peak RSS <= PyTorch's: {c['peak_rss_mb']:.0f} vs {p['peak_rss_mb']:.0f} MB":
+            c["peak_rss_mb"] <= p["peak_rss_mb"],
+    }
 
 
 def format_profile(name: str, parts: list[tuple[str, float]]) -> str:
@@ -638,6 +661,7 @@ def main(argv=None) -> int:
                       f"train, acc {100 * result['accuracy']:.2f}%, {result['infer_samples_per_s']:9,.0f} ex/s "
                       f"infer, {result['latency_ms']:.3f} ms, {result['peak_rss_mb']:.0f} MB", flush=True)
         report["workloads"][name] = summarise(work, runs, gemm)
+        report["workloads"][name]["goals"] = goals(report["workloads"][name])
         report["workloads"][name].update({"date": report["date"], "repeats": args.repeats})
         print(format_table(name, report["workloads"][name]), flush=True)
         if "chainrule" in frameworks:
