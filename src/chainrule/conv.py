@@ -124,12 +124,9 @@ class Conv2D(Layer):
         if self.bias is not None:
             self.bias.data[...] = 0.0
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype, zero: bool = False, reuse: bool = True) -> np.ndarray:
-        """A scratch array reused from batch to batch in training (allocating and page-faulting a
-        fresh multi-megabyte array every call costs about as much as filling it). Evaluation gets
-        fresh arrays, so a model that has predicted a big batch does not keep its im2col memory."""
-        if not reuse:
-            return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype, zero: bool = False) -> np.ndarray:
+        """A scratch array reused from batch to batch (allocating and page-faulting a fresh
+        multi-megabyte array every call costs about as much as filling it)."""
         buf = self._scratch.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
@@ -144,12 +141,12 @@ class Conv2D(Layer):
         xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W): see the module docstring
         if ph or pw:
             # The border of this buffer is zeroed once and never written: only the middle changes.
-            xp = self._buffer("padded", (c, n, h + 2 * ph, w + 2 * pw), x.dtype, zero=True, reuse=training)
+            xp = self._buffer("padded", (c, n, h + 2 * ph, w + 2 * pw), x.dtype, zero=True)
             xp[:, :, ph : ph + h, pw : pw + w] = xt
         else:
             xp = xt
         # im2col: cols[ch, i, j, n, r, c] = x_pad[n, ch, r·sh + i, c·sw + j]
-        cols = self._buffer("cols", (c, kh, kw, n, ho, wo), x.dtype, reuse=training)
+        cols = self._buffer("cols", (c, kh, kw, n, ho, wo), x.dtype)
         for i in range(kh):
             for j in range(kw):
                 cols[:, i, j] = _window(xp, i, j, ho, wo, sh, sw)
