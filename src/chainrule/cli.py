@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from chainrule import web
-from chainrule.apps import digits
+from chainrule.apps import digits, spam
 from chainrule.network import ModelFileError
 
 
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_gradcheck)
 
     digits.add_commands(sub)
+    spam.add_commands(sub)
     web.add_commands(sub)
     return parser
 

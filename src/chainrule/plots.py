@@ -160,3 +160,37 @@ def weight_grid(weights: np.ndarray, path, image_shape=(28, 28), max_units: int 
     tiles = w[:, :units].T.reshape((units, *image_shape))
     image_grid(tiles, path, titles=[str(j) for j in range(units)], cols=min(units, 10),
                title=f"{title} ({units} of {w.shape[1]} units)", symmetric=True)
+
+
+def pr_roc_curves(y_true, scores, path, cutoff: float | None = None,
+                  title: str = "Precision–recall and ROC") -> None:
+    """Precision–recall and ROC curves of a binary scorer side by side (positive class = 1), with
+    the operating point at `cutoff` marked on both. The ROC's x axis is logarithmic: for a spam
+    filter the interesting part is a false-positive rate (blocked ham) well under 1%."""
+    from chainrule import metrics
+
+    y_true, scores = np.asarray(y_true), np.asarray(scores, np.float64)
+    fpr, tpr, _ = metrics.roc_curve(y_true, scores)
+    precision, recall, _ = metrics.precision_recall_curve(y_true, scores)
+    auc = metrics.roc_auc(y_true, scores)
+    fig, (ax_pr, ax_roc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_pr.plot(recall, precision, lw=1.5)
+    ax_pr.set_xlabel("recall (spam caught)")
+    ax_pr.set_ylabel("precision")
+    ax_roc.plot(np.maximum(fpr, 1e-4), tpr, lw=1.5, label=f"AUC {auc:.4f}")
+    ax_roc.set_xscale("log")
+    ax_roc.set_xlabel("false-positive rate (blocked ham), log scale")
+    ax_roc.set_ylabel("true-positive rate (spam caught)")
+    if cutoff is not None:
+        pred = scores >= cutoff
+        pos, neg = max(int(y_true.sum()), 1), max(int((1 - y_true).sum()), 1)
+        tp, fp = int((pred & (y_true == 1)).sum()), int((pred & (y_true == 0)).sum())
+        rec, prec = tp / pos, tp / max(tp + fp, 1)
+        ax_pr.plot([rec], [prec], "o", color="C3", label=f"cut-off {cutoff:.3f}")
+        ax_roc.plot([max(fp / neg, 1e-4)], [rec], "o", color="C3", label=f"cut-off {cutoff:.3f}")
+        ax_pr.legend(loc="lower left")
+    for ax in (ax_pr, ax_roc):
+        ax.grid(alpha=0.3)
+    ax_roc.legend(loc="lower right")
+    fig.suptitle(title)
+    save_figure(fig, path)

@@ -1,0 +1,240 @@
+"""Tokens and hashed features for the spam filter.
+
+A message becomes a bag of tokens — body words, header words prefixed with their header
+(`subject:free`), URL domains (`url:example.com`), money and number *shapes* (`money:$dd`,
+`num:d11`), runs of capitals (`upper:free`), attachment types — and the tokens become a sparse
+vector by **signed feature hashing** (Weinberger et al. 2009):
+
+    x[h(t) mod 2^18] += s(t) · (1 + log count(t))        s(t) = ±1 from another bit of the hash
+
+then the row is scaled to unit length. Hashing needs no vocabulary, so a model can learn from new
+mail (`spam learn`) without refitting anything, and the sign makes colliding tokens cancel on
+average instead of adding up. The hash is CRC-32 (zlib, stable across processes and Python runs —
+Python's own `hash` of a str is salted per process). `token_features` maps tokens back to their
+bucket and sign, which is how `spam explain` turns weights on buckets back into words.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from chainrule.data.mail import ParsedMessage, url_domain
+
+
+@dataclass(frozen=True)
+class HashingConfig:
+    """How text becomes features; stored in a model's metadata so classification matches training.
+
+    Args:
+        n_features: number of hash buckets (a power of two).
+        bigrams: also hash adjacent body-word pairs ("click here").
+        char_ngrams: also hash character n-grams of each word of up to this length (0: off);
+            helps on SMS, where words are abbreviated and misspelled on purpose.
+    """
+
+    n_features: int = 1 << 18
+    bigrams: bool = True
+    char_ngrams: int = 0
+    version: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HashingConfig:
+        cfg = cls(**{k: d[k] for k in ("n_features", "bigrams", "char_ngrams", "version") if k in d})
+        n = cfg.n_features
+        if not isinstance(n, int) or n < 2 or n & (n - 1):
+            raise ValueError(f"hashing: n_features must be a power of two, got {n!r}")
+        if cfg.version != 1:
+            raise ValueError(f"hashing: version {cfg.version!r} is not understood (expected 1)")
+        return cfg
+
+
+# Words start with a letter and may hold digits, apostrophes, hyphens ("don't", "e-mail", "mp3").
+_WORD_RE = re.compile(r"[^\W\d_][\w'’&-]*")
+_NUMBER_RE = re.compile(r"[$£€]?\d[\d.,:/-]*")
+_CAPS_RE = re.compile(r"\b[A-Z]{3,}\b")
+_PUNCT_RE = re.compile(r"[!?]+")
+_EMAIL_RE = re.compile(r"[\w.+-]+@([\w-]+\.[\w.-]+)")
+_HOST_RE = re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}\b")
+_IP_RE = re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
+_DIGITS = str.maketrans("0123456789", "dddddddddd")
+_MAX_CHARS = 30_000  # per text; a long message says all it will say in its first pages
+
+
+def _shape(token: str) -> str:
+    """Digits -> 'd', and a plain run of more than 4 digits -> 'd' + its length: '£1,500' -> '£d,ddd',
+    '07781482378' -> 'd11' (the length of a phone number is a feature; its digits are not)."""
+    if len(token) > 4 and token.isdigit():
+        return f"d{len(token)}"
+    return token.translate(_DIGITS)
+
+
+def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams: int = 0) -> list[str]:
+    """Tokens of free text: lower-cased words, number and money shapes, words in capitals, !/? runs.
+
+    With a `prefix` ("subject:") every token is prefixed, so the same word in a subject and in a
+    body are different features. Written as a few whole-string regex passes rather than a loop
+    over words, since this runs for every message the filter sees.
+    """
+    text = text[:_MAX_CHARS]
+    words = _WORD_RE.findall(text.lower())
+    words = [w if len(w) <= 30 else f"long:{len(w) // 10}" for w in words]
+    # (number shapes drop the trailing punctuation the pattern picks up at a sentence's end)
+    out = list(words)
+    for n in _NUMBER_RE.findall(text):
+        n = n.rstrip(".,:/-")
+        out.append(f"money:{_shape(n)}" if (n[0] in "$£€") else f"num:{_shape(n)}")
+    caps = _CAPS_RE.findall(text)
+    if caps:
+        out.extend([f"upper:{c.lower()}" for c in caps])
+        out.append(f"caps:{min(len(caps), 20) // 4}")  # how much of the text shouts, coarsely
+    out.extend([f"punct:{p[:3]}" for p in _PUNCT_RE.findall(text)])
+    if bigrams and len(words) > 1:
+        out.extend([f"{a} {b}" for a, b in zip(words, words[1:], strict=False)])
+    if char_ngrams:
+        for w in words:
+            padded = f"<{w}>"
+            for n in range(3, char_ngrams + 1):
+                out.extend([f"c:{padded[i:i + n]}" for i in range(len(padded) - n + 1)])
+    if prefix:
+        out = [prefix + t for t in out]
+    return out
+
+
+def _address_tokens(name: str, value: str) -> list[str]:
+    out = []
+    for m in _EMAIL_RE.finditer(value.lower()):
+        out.append(f"{name}:@{m.group(1)}")
+        out.append(f"{name}:{m.group()}")
+    out.extend(f"{name}:{w}" for w in word_tokens(re.sub(r"<[^>]*>|\S+@\S+", " ", value))[:20])
+    return out
+
+
+def _domain_tokens(prefix: str, domain: str) -> list[str]:
+    """The domain and its parent domains: 'a.b.example.com' -> itself, 'example.com', '.com'."""
+    if not domain:
+        return []
+    labels = domain.split(".")
+    out = [f"{prefix}{domain}"]
+    if len(labels) > 2:
+        out.append(f"{prefix}{'.'.join(labels[-2:])}")
+    out.append(f"{prefix}.{labels[-1]}")
+    if _IP_RE.fullmatch(domain):
+        out.append(f"{prefix}ip-address")
+    return out
+
+
+def message_tokens(msg: ParsedMessage, config: HashingConfig = HashingConfig()) -> list[str]:
+    """Every token of a parsed email: headers (prefixed), body words, URLs, attachments."""
+    toks = word_tokens(msg.subject, "subject:", bigrams=config.bigrams)
+    toks += _address_tokens("from", msg.from_)
+    toks += _address_tokens("to", msg.to)[:20]
+    if msg.reply_to:
+        toks += _address_tokens("reply-to", msg.reply_to)
+    for i, line in enumerate(msg.received[:3]):
+        low = line.lower()
+        toks += [f"received:{h}" for h in _HOST_RE.findall(low)[:6]]
+        toks += [f"received{i}:ip" for _ in _IP_RE.findall(low)[:1]]
+    for name, value in msg.headers.items():
+        if name == "message-id":
+            toks += [f"message-id:@{m}" for m in re.findall(r"@([\w.-]+)", value.lower())[:1]]
+        elif name == "content-type":
+            toks.append(f"content-type:{value.split(';', 1)[0].strip().lower()}")
+            toks += [f"charset:{c.lower()}" for c in re.findall(r'charset="?([\w-]+)', value, re.I)[:1]]
+        else:
+            toks += [f"{name}:{w}" for w in word_tokens(value)[:8]]
+    toks += word_tokens(msg.text, bigrams=config.bigrams, char_ngrams=config.char_ngrams)
+    if msg.html_text:
+        toks.append("has:html")
+        if not msg.text.strip():
+            toks.append("has:html-only")
+        toks += word_tokens(msg.html_text, bigrams=config.bigrams, char_ngrams=config.char_ngrams)
+    for url in msg.urls[:100]:
+        toks += _domain_tokens("url:", url_domain(url))
+    toks += [f"attach:{t}" for t, n in msg.attachments.items() for _ in range(min(n, 3))]
+    toks.append(f"parts:{min(msg.parts, 10)}")
+    if msg.problem:
+        toks.append("problem:unparsed")
+    if msg.defects:
+        toks.append("problem:defects")
+    return toks
+
+
+def sms_tokens(text: str, config: HashingConfig = HashingConfig()) -> list[str]:
+    """Tokens of one SMS: its words, shapes and capitals, and the domains of any URLs."""
+    toks = word_tokens(text, bigrams=config.bigrams, char_ngrams=config.char_ngrams)
+    for url in re.findall(r"(?i)\b(?:https?://|www\.)\S+", text)[:20]:
+        toks += _domain_tokens("url:", url_domain(url))
+    toks.append(f"length:{min(len(text) // 20, 10)}")
+    return toks
+
+
+class Hasher:
+    """Tokens -> signed hashed feature rows, with a cache of token -> (bucket, sign).
+
+    The cache only saves recomputing CRC-32 for frequent tokens; it is bounded and holds nothing
+    a model depends on.
+    """
+
+    def __init__(self, config: HashingConfig = HashingConfig(), cache_size: int = 500_000):
+        self.config = config
+        self._mask = config.n_features - 1
+        self._cache: dict[str, int] = {}
+        self._cache_size = cache_size
+
+    def signed_index(self, token: str) -> int:
+        """bucket + 1, negated when the token's sign is -1 (so 0 never occurs)."""
+        v = self._cache.get(token)
+        if v is None:
+            h = zlib.crc32(token.encode("utf-8", "surrogatepass"))
+            # low bits pick the bucket, the top bit the sign: independent bits of one hash
+            v = (h & self._mask) + 1
+            if h >> 31:
+                v = -v
+            if len(self._cache) < self._cache_size:
+                self._cache[token] = v
+        return v
+
+    def row(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(bucket indices, values) of one message's feature row, L2-normalised, duplicates summed."""
+        counts = Counter(tokens)
+        if not counts:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+        get, miss = self._cache.get, self.signed_index
+        signed = np.array([get(t) or miss(t) for t in counts], np.int64)
+        weight = 1.0 + np.log(np.fromiter(counts.values(), np.float64, len(counts)))
+        weight[signed < 0] *= -1
+        # tokens that share a bucket add up (with their signs: that is what makes collisions cancel)
+        buckets, inverse = np.unique(np.abs(signed) - 1, return_inverse=True)
+        val = np.bincount(inverse, weights=weight).astype(np.float32)
+        norm = float(np.sqrt(np.dot(val, val)))
+        if norm > 0:
+            val /= norm
+        return buckets.astype(np.int32), val
+
+    def token_features(self, tokens: list[str]) -> dict[str, tuple[int, int]]:
+        """token -> (bucket, sign) for every distinct token: hashed features back to words."""
+        out = {}
+        for tok in dict.fromkeys(tokens):
+            v = self.signed_index(tok)
+            out[tok] = (abs(v) - 1, 1 if v > 0 else -1)
+        return out
+
+
+def rows_to_csr(rows: list[tuple[np.ndarray, np.ndarray]], n_features: int) -> sp.csr_matrix:
+    """Stack (indices, values) rows into one float32 CSR matrix of shape (len(rows), n_features)."""
+    indptr = np.zeros(len(rows) + 1, np.int64)
+    if rows:
+        indptr[1:] = np.cumsum([len(i) for i, _ in rows])
+    indices = np.concatenate([i for i, _ in rows]) if rows else np.zeros(0, np.int32)
+    data = np.concatenate([v for _, v in rows]) if rows else np.zeros(0, np.float32)
+    return sp.csr_matrix((data.astype(np.float32), indices.astype(np.int32), indptr),
+                         shape=(len(rows), n_features))
