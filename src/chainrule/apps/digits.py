@@ -109,7 +109,7 @@ def _cnn_layers() -> list:
     layers = []
     for c_in, c_out, k in ((1, 32, 5), (32, 64, 3), (64, 128, 3)):
         layers += [Conv2D(c_in, c_out, k, padding=k // 2, bias=False), MaxPool2D(2), BatchNorm(c_out), ReLU()]
-    return layers + [Flatten(), Linear(128 * 3 * 3, 128, bias=False), BatchNorm(128), ReLU(), Dropout(0.3),
+    return layers + [Flatten(), Linear(128 * 3 * 3, 128, bias=False), BatchNorm(128), ReLU(), Dropout(0.2),
                      Linear(128, CLASSES)]
 
 
@@ -160,13 +160,15 @@ PRESETS: dict[str, Preset] = {
         loss=CrossEntropy,
         optimizer=lambda params, lr: Adam(params, lr=lr),
         lr=2e-3,
-        epochs=10,
+        # 10 epochs of dropout 0.3 gave 99.48% and a training loss still above the validation
+        # loss (under-fitting the augmented data): so a little less dropout, two epochs more
+        epochs=12,
         batch_size=128,
         input_layout="image",
         lr_schedule=lambda lr, epochs: cosine(lr, epochs, min_lr=lr / 100),
         augment=digit_augmenter(),
         monitor="val_accuracy",
-        patience=10,
+        patience=12,
         description="conv 32-64-128 with batch norm, dropout, augmentation, cosine-decayed Adam",
     ),
 }
@@ -427,6 +429,8 @@ def _cmd_train(args) -> int:
         print(f"digits: {out} holds a checkpoint from an earlier run; starting afresh "
               "(use --resume to continue it)", file=sys.stderr)
         (out / "checkpoint.npz").unlink()
+    if args.resume and not (out / "checkpoint.npz").exists():
+        print(f"digits: no checkpoint in {out}; starting a new run", file=sys.stderr)
     try:
         model, metrics = train(opts["model"], out, opts["epochs"], opts["batch_size"], opts["lr"], opts["seed"],
                                args.data, opts["train_size"], resume=args.resume, verbose=not args.quiet)
