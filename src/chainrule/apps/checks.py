@@ -29,6 +29,26 @@ def sample_inputs(metadata: dict, data_dir, n: int = 4):
 
         images, labels = load_mnist("test", data_dir)
         return model_inputs(images[:n], metadata), labels[:n].astype(np.int64)
+    if task == "spam":
+        # the first n messages of each SpamAssassin tarball (spam and ham), hashed as the model hashes
+        from chainrule.apps.spam import featurize
+        from chainrule.data.locate import candidate_dirs
+        from chainrule.data.mail import read_messages
+        from chainrule.data.text import HashingConfig
+
+        tarballs = next((sorted(d.glob("*.tar*")) for d in candidate_dirs("spamassassin", data_dir)
+                         if d.is_dir() and any(d.glob("*.tar*"))), None)
+        if not tarballs:
+            raise FileNotFoundError("no SpamAssassin tarballs found (give --data DIR or set CHAINRULE_DATA)")
+        items, labels = [], []
+        for tarball in tarballs:
+            for i, msg in enumerate(read_messages([tarball])):
+                if i >= n // 2 or msg.label is None:
+                    break
+                items.append(("mail", msg.data))
+                labels.append(msg.label)
+        x, _ = featurize(items, HashingConfig.from_dict(metadata["hashing"]), processes=1)
+        return x, np.asarray(labels, np.int64)
     raise ValueError(f"model task {task!r} has no sample inputs for gradcheck")
 
 

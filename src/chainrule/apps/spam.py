@@ -277,7 +277,7 @@ class TrainResult:
 
 
 def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden: tuple[int, ...] = (32,),
-                 dropout: float = 0.2, epochs: int = 30, batch_size: int = 64, lr: float = 1e-3,
+                 dropout: float = 0.2, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
                  weight_decay: float = 0.0, validation: float = 0.2, patience: int = 3,
                  target_blocked_ham: float = 0.005, seed: int = 0, verbose: bool = False,
                  inputs: tuple[str, ...] = ("mail",)) -> TrainResult:
@@ -635,8 +635,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[32], help="hidden layer widths (default 32)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--epochs", type=int, default=30, help="at most this many epochs (early stopping)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (default 0)")
     p.add_argument("--validation", type=float, default=0.2, help="held-out fraction for early stopping and "
                    "the cut-offs (default 0.2)")

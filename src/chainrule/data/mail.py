@@ -241,12 +241,17 @@ def _read_maildir(path: Path, max_bytes: int, label: int | None) -> Iterator[Raw
             yield RawMessage(str(p), data, lab, truncated)
 
 
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _read_tar(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
     archive_label = label_from_path(path.name)
     try:
         tar = tarfile.open(path, "r:*")
     except (OSError, tarfile.TarError, EOFError) as exc:
-        yield RawMessage(str(path), b"", label, error=f"not a readable tar archive ({exc})")
+        yield RawMessage(str(path), b"", label, error=f"not a readable tar archive ({_one_line(exc)})")
         return
     with tar:
         try:
@@ -263,11 +268,11 @@ def _read_tar(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMess
                     f = tar.extractfile(member)
                     data, truncated = _read_capped(f, max_bytes)
                 except (OSError, tarfile.TarError, EOFError) as exc:
-                    yield RawMessage(source, b"", lab, error=f"unreadable archive member ({exc})")
+                    yield RawMessage(source, b"", lab, error=f"unreadable archive member ({_one_line(exc)})")
                     continue
                 yield RawMessage(source, data, lab, truncated)
         except (OSError, tarfile.TarError, EOFError) as exc:
-            yield RawMessage(str(path), b"", label, error=f"archive is damaged ({exc})")
+            yield RawMessage(str(path), b"", label, error=f"archive is damaged ({_one_line(exc)})")
 
 
 def read_sms(path: str | os.PathLike) -> tuple[list[str], list[int]]:

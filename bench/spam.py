@@ -1,0 +1,264 @@
+"""Spam filter accuracy and speed: chainrule against bogofilter, spamprobe and scikit-learn, same splits.
+
+Splits (fixed, documented, the same for every filter):
+
+* ``sms-paper``: the UCI SMS Spam Collection in file order, the first 1,674 lines train and the
+  other 3,900 test (Almeida et al. 2011, "Contributions to the study of SMS spam filtering").
+* ``sms-8020``: the same collection, stratified 80/20 (each class shuffled with seed 0, 20% of each
+  to the test set).
+* ``spamassassin``: the three 20030228 tarballs (easy_ham, hard_ham, spam), stratified 80/20 with
+  seed 0; the test messages are listed in ``bench/spamassassin_test_files.txt``.
+
+Peers: bogofilter (its own word lists in a temporary directory; default cut-offs; `unsure` counted
+as ham), spamprobe (`spam`/`good` to train, `score` to classify), scikit-learn MultinomialNB and
+LogisticRegression on word counts (CountVectorizer over the raw message text). chainrule calls a
+message spam at P(spam) >= its calibrated spam cut-off (again `unsure` counts as ham).
+
+messages/s: classifying the test split, parsing included. chainrule: from the raw bytes in memory
+to verdicts, both cores (`featurize` with worker processes + one batched forward pass); bogofilter
+and spamprobe: one process over the test files extracted to a temporary directory (`-B` / `score`
+with every file on the command line); scikit-learn: vectorise + predict, one core.
+
+Run:  flock /tmp/chainrule-cpu.lock python bench/spam.py [--data DIR] [--splits ...]
+Writes bench/results/spam.json and prints one table per split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from chainrule.apps.spam import binary_report, featurize, stratified_split, train_filter
+from chainrule.data.locate import candidate_dirs
+from chainrule.data.mail import read_messages, read_sms
+from chainrule.data.text import HashingConfig
+
+HERE = Path(__file__).resolve().parent
+SPLITS = ("sms-paper", "sms-8020", "spamassassin")
+
+# chainrule's settings per data set (chosen on the validation split inside the training part:
+# the test split is never looked at while choosing).
+SETTINGS = {
+    "sms": {"config": HashingConfig(bigrams=True, char_ngrams=5), "hidden": (32,), "epochs": 40,
+            "batch_size": 128, "lr": 3e-3, "target_blocked_ham": 0.003},
+    "mail": {"config": HashingConfig(bigrams=True), "hidden": (32,), "epochs": 30, "batch_size": 256,
+             "lr": 3e-3, "target_blocked_ham": 0.005},
+}
+
+
+def _find(name: str, data_dir) -> Path:
+    for d in candidate_dirs(name, data_dir):
+        if d.is_dir():
+            return d
+    sys.exit(f"bench/spam.py: no {name} data found (give --data DIR or set CHAINRULE_DATA)")
+
+
+def load_split(split: str, data_dir):
+    """(kind, train texts/bytes, train labels, test texts/bytes, test labels, test names)."""
+    if split.startswith("sms"):
+        texts, labels = read_sms(_find("sms-spam", data_dir) / "SMSSpamCollection")
+        y = np.asarray(labels, np.int64)
+        if split == "sms-paper":
+            tr, te = np.arange(1674), np.arange(1674, len(texts))
+        else:
+            tr, te = stratified_split(y, 0.2, seed=0)
+        return ("sms", [texts[i] for i in tr], y[tr], [texts[i] for i in te], y[te],
+                [f"SMSSpamCollection:{i + 1}" for i in te])
+    tarballs = sorted(_find("spamassassin", data_dir).glob("*.tar*"))
+    msgs = [m for m in read_messages(tarballs) if not m.error]
+    y = np.asarray([m.label for m in msgs], np.int64)
+    tr, te = stratified_split(y, 0.2, seed=0)
+    names = [m.source.split(":", 1)[1] for m in msgs]
+    return ("mail", [msgs[i].data for i in tr], y[tr], [msgs[i].data for i in te], y[te], [names[i] for i in te])
+
+
+def as_bytes(kind: str, item) -> bytes:
+    return item.encode("utf-8") if kind == "sms" else item
+
+
+def as_text(kind: str, item) -> str:
+    return item if kind == "sms" else item.decode("latin-1")
+
+
+def run_chainrule(kind, x_tr, y_tr, x_te, y_te):
+    s = SETTINGS[kind]
+    config = s["config"]
+    t0 = time.perf_counter()
+    x, _ = featurize([(kind, m) for m in x_tr], config)
+    result = train_filter(x, y_tr, config, hidden=s["hidden"], epochs=s["epochs"], batch_size=s["batch_size"],
+                          lr=s["lr"], target_blocked_ham=s["target_blocked_ham"], seed=0, inputs=(kind,))
+    train_s = time.perf_counter() - t0
+    bundle = result.bundle
+    featurize([(kind, m) for m in x_te[:300]], config)  # warm-up: imports, page cache
+    t0 = time.perf_counter()
+    xt, _ = featurize([(kind, m) for m in x_te], config)
+    p = bundle.probabilities(xt)
+    seconds = time.perf_counter() - t0
+    r = binary_report(y_te, p, bundle.spam_cutoff)
+    r.update(messages_per_s=len(y_te) / seconds, train_seconds=train_s, spam_cutoff=bundle.spam_cutoff,
+             ham_cutoff=bundle.ham_cutoff, epochs_run=len(result.history))
+    return r
+
+
+def _write_files(directory: Path, kind: str, items) -> list[str]:
+    directory.mkdir(parents=True)
+    paths = []
+    for i, m in enumerate(items):
+        p = directory / f"{i:05d}"
+        p.write_bytes(as_bytes(kind, m))
+        paths.append(str(p))
+    return paths
+
+
+def _run(cmd: list[str], stdin=None) -> str:
+    res = subprocess.run(cmd, capture_output=True, input=stdin, check=False)
+    if res.returncode not in (0, 1, 2):
+        raise RuntimeError(f"{cmd[0]} failed ({res.returncode}): {res.stderr.decode(errors='replace')[:200]}")
+    return res.stdout.decode(errors="replace")
+
+
+def _chunks(paths: list[str], n: int = 500):
+    for i in range(0, len(paths), n):
+        yield paths[i:i + n]
+
+
+def run_bogofilter(kind, x_tr, y_tr, x_te, y_te):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        spam = _write_files(tmp / "train-spam", kind, [m for m, y in zip(x_tr, y_tr, strict=True) if y])
+        ham = _write_files(tmp / "train-ham", kind, [m for m, y in zip(x_tr, y_tr, strict=True) if not y])
+        test = _write_files(tmp / "test", kind, x_te)
+        db = tmp / "db"
+        db.mkdir()
+        t0 = time.perf_counter()
+        for flag, paths in (("-s", spam), ("-n", ham)):
+            for chunk in _chunks(paths):
+                _run(["bogofilter", "-d", str(db), flag, "-B", *chunk])
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = "".join(_run(["bogofilter", "-d", str(db), "-T", "-B", *chunk]) for chunk in _chunks(test, 4000))
+        seconds = time.perf_counter() - t0
+    scores, verdicts = {}, {}
+    for line in out.splitlines():
+        parts = line.split()  # "<file> S 0.999999"
+        if len(parts) >= 3:
+            verdicts[parts[0]], scores[parts[0]] = parts[-2], float(parts[-1])
+    p = np.array([scores.get(t, 0.0) for t in test])
+    pred_spam = np.array([verdicts.get(t) == "S" for t in test])
+    r = binary_report(y_te, pred_spam.astype(float), 0.5)  # unsure counted as ham
+    r["roc_auc"] = binary_report(y_te, p, 0.5)["roc_auc"]
+    r.update(messages_per_s=len(test) / seconds, train_seconds=train_s)
+    return r
+
+
+def run_spamprobe(kind, x_tr, y_tr, x_te, y_te):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        spam = _write_files(tmp / "train-spam", kind, [m for m, y in zip(x_tr, y_tr, strict=True) if y])
+        ham = _write_files(tmp / "train-ham", kind, [m for m, y in zip(x_tr, y_tr, strict=True) if not y])
+        test = _write_files(tmp / "test", kind, x_te)
+        db = tmp / "db"
+        db.mkdir()
+        t0 = time.perf_counter()
+        for cmd, paths in (("spam", spam), ("good", ham)):
+            for chunk in _chunks(paths):
+                _run(["spamprobe", "-d", str(db), cmd, *chunk])
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = "".join(_run(["spamprobe", "-d", str(db), "score", *chunk]) for chunk in _chunks(test, 4000))
+        seconds = time.perf_counter() - t0
+    lines = [ln.split() for ln in out.splitlines() if ln.strip()]
+    if len(lines) != len(test):
+        raise RuntimeError(f"spamprobe scored {len(lines)} of {len(test)} messages")
+    p = np.array([float(ln[1]) for ln in lines])
+    pred = np.array([ln[0] == "SPAM" for ln in lines], float)
+    r = binary_report(y_te, pred, 0.5)
+    r["roc_auc"] = binary_report(y_te, p, 0.5)["roc_auc"]
+    r.update(messages_per_s=len(test) / seconds, train_seconds=train_s)
+    return r
+
+
+def run_sklearn(kind, x_tr, y_tr, x_te, y_te, which: str):
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import MultinomialNB
+
+    t0 = time.perf_counter()
+    vec = CountVectorizer()
+    xtr = vec.fit_transform([as_text(kind, m) for m in x_tr])
+    clf = MultinomialNB() if which == "nb" else LogisticRegression(max_iter=2000)
+    clf.fit(xtr, y_tr)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    p = clf.predict_proba(vec.transform([as_text(kind, m) for m in x_te]))[:, 1]
+    seconds = time.perf_counter() - t0
+    r = binary_report(y_te, p, 0.5)
+    r.update(messages_per_s=len(y_te) / seconds, train_seconds=train_s)
+    return r
+
+
+PEERS = {
+    "chainrule": run_chainrule,
+    "bogofilter": run_bogofilter,
+    "spamprobe": run_spamprobe,
+    "sklearn MultinomialNB": lambda *a: run_sklearn(*a, which="nb"),
+    "sklearn LogisticRegression": lambda *a: run_sklearn(*a, which="lr"),
+}
+BINARIES = {"bogofilter": "bogofilter", "spamprobe": "spamprobe"}
+
+
+def table(split: str, rows: dict) -> str:
+    head = (f"{'filter':<28}{'accuracy':>9}{'caught':>8}{'blocked':>9}{'precision':>10}{'F1':>8}{'MCC':>8}"
+            f"{'ROC AUC':>9}{'msgs/s':>9}")
+    lines = [f"== {split} ==", head]
+    for name, r in rows.items():
+        if "skipped" in r:
+            lines.append(f"{name:<28}skipped: {r['skipped']}")
+            continue
+        lines.append(f"{name:<28}{100 * r['accuracy']:8.2f}%{100 * r['spam_caught']:7.2f}%"
+                     f"{100 * r['blocked_ham']:8.2f}%{r['precision']:10.4f}{r['f1']:8.4f}{r['mcc']:8.4f}"
+                     f"{r['roc_auc']:9.4f}{r['messages_per_s']:9,.0f}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", help="data directory (default: $CHAINRULE_DATA, then the user cache)")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
+    parser.add_argument("--out", default=str(HERE / "results" / "spam.json"))
+    args = parser.parse_args()
+    results = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                           "platform": platform.platform()}, "splits": {}}
+    for split in args.splits:
+        kind, x_tr, y_tr, x_te, y_te, names = load_split(split, args.data)
+        if split == "spamassassin":
+            (HERE / "spamassassin_test_files.txt").write_text("\n".join(names) + "\n")
+        rows = {}
+        for name, fn in PEERS.items():
+            binary = BINARIES.get(name)
+            if binary and shutil.which(binary) is None:
+                rows[name] = {"skipped": f"{binary} not installed (apt-get install {binary})"}
+                continue
+            rows[name] = fn(kind, x_tr, y_tr, x_te, y_te)
+        results["splits"][split] = {"train": len(y_tr), "test": len(y_te), "test_spam": int(y_te.sum()),
+                                    "results": rows}
+        print(table(split, rows), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

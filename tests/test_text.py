@@ -1,0 +1,86 @@
+"""Tokeniser and signed feature hashing (chainrule.data.text)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+
+from chainrule.data.mail import parse_message
+from chainrule.data.text import Hasher, HashingConfig, message_tokens, rows_to_csr, sms_tokens, word_tokens
+
+
+def test_words_shapes_capitals_and_bigrams():
+    toks = word_tokens("FREE entry!!! Call 07781482378 now to win £1,500 cash", bigrams=True)
+    for t in ("free", "entry", "upper:free", "punct:!!!", "num:d11", "money:£d,ddd", "call now", "win cash"):
+        assert t in toks, t
+    assert "FREE" not in toks  # lower-cased
+
+
+def test_header_prefixes_urls_and_attachments():
+    raw = (b"From: Bob <bob@mail.example.com>\nTo: alice@example.org\nSubject: Cheap MEDS\n"
+           b"Content-Type: multipart/mixed; boundary=XX\n\n--XX\nContent-Type: text/plain\n\n"
+           b"visit http://www.pills.example.net/buy now\n--XX\nContent-Type: application/pdf\n"
+           b"Content-Transfer-Encoding: base64\n\nJVBERi0=\n--XX--\n")
+    toks = message_tokens(parse_message(raw))
+    for t in ("subject:cheap", "subject:upper:meds", "from:@mail.example.com", "to:@example.org",
+              "url:www.pills.example.net", "url:example.net", "url:.net", "attach:application/pdf", "visit"):
+        assert t in toks, t
+
+
+def test_sms_tokens_and_char_ngrams():
+    toks = sms_tokens("Txt WIN to 80086 now", HashingConfig(char_ngrams=4))
+    assert "txt" in toks and "num:d5" in toks and "c:<tx" in toks and "c:<txt" in toks
+
+
+def test_hash_rows_are_signed_normalised_and_mappable():
+    h = Hasher(HashingConfig(n_features=1 << 10))
+    tokens = ["spam", "spam", "ham", "eggs", "spam eggs"]
+    idx, val = h.row(tokens)
+    assert idx.dtype == np.int32 and val.dtype == np.float32
+    assert np.all(np.diff(idx) > 0) and np.all((idx >= 0) & (idx < 1 << 10))
+    np.testing.assert_allclose(np.linalg.norm(val), 1.0, rtol=1e-6)
+    feats = h.token_features(tokens)
+    assert set(feats) == {"spam", "ham", "eggs", "spam eggs"}
+    buckets = {b for b, _ in feats.values()}
+    assert buckets == set(idx.tolist())
+    # "spam" appears twice: weight 1 + log 2 relative to a single token, with its own sign
+    # (when nothing collides with it)
+    b, s = feats["spam"]
+    others = [t for t, (bb, _) in feats.items() if bb == b and t != "spam"]
+    if not others:
+        b_eggs, s_eggs = feats["eggs"]
+        ratio = val[idx == b][0] / val[idx == b_eggs][0]
+        np.testing.assert_allclose(ratio, s * s_eggs * (1 + np.log(2)), rtol=1e-5)
+
+
+def test_empty_row_and_csr_stacking():
+    h = Hasher(HashingConfig(n_features=64))
+    rows = [h.row(["a", "b"]), h.row([]), h.row(["c"])]
+    x = rows_to_csr(rows, 64)
+    assert sp.issparse(x) and x.shape == (3, 64) and x.dtype == np.float32
+    assert x[1].nnz == 0 and x[0].nnz in (1, 2)
+
+
+def test_hashing_is_stable_across_processes():
+    """The bucket of a token must not depend on Python's per-process string hash salt."""
+    code = ("from chainrule.data.text import Hasher; h = Hasher();"
+            "print([h.signed_index(t) for t in ('viagra', 'subject:free', 'url:example.com')])")
+    outs = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outs.add(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                check=True).stdout)
+    assert len(outs) == 1
+    h = Hasher()
+    assert str([h.signed_index(t) for t in ("viagra", "subject:free", "url:example.com")]) == outs.pop().strip()
+
+
+def test_config_round_trip_and_validation():
+    cfg = HashingConfig(n_features=1 << 12, bigrams=False, char_ngrams=4)
+    assert HashingConfig.from_dict(cfg.to_dict()) == cfg
+    import pytest
+
+    with pytest.raises(ValueError, match="power of two"):
+        HashingConfig.from_dict({"n_features": 1000})
