@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import chainrule
 from chainrule.apps.digits import model_inputs
+from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data.images import ImageError, preprocess_image
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 from chainrule.network import ModelFileError
@@ -56,9 +57,10 @@ DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_FEATURE_MAPS = 16  # per convolutional layer, in the "inside the network" view
 TOP_UNITS = 8  # hidden units whose first-layer weights the page shows
+TOP_TOKENS = 10  # tokens behind a spam verdict, both directions together
 TRAIN_HINTS = {
     "digits": "train one with `chainrule digits train`, or pass --digits MODEL_DIR",
-    "spam": "train one with `chainrule spam train`, or pass --spam MODEL_DIR",
+    "spam": "train one with `chainrule spam train CORPUS... --sms FILE --out runs/spam`, or pass --spam MODEL_DIR",
 }
 METRIC_WORDS = ("accuracy", "precision", "recall", "f1", "auc", "mcc", "loss", "error")
 
@@ -109,9 +111,10 @@ class TokenWeight(BaseModel):
 
 
 class SpamVerdict(BaseModel):
-    label: str = Field(description="'spam' or 'ham'")
+    label: str = Field(description="'spam', 'ham', or 'unsure' (between the model's two calibrated cut-offs)")
     probability: float = Field(description="probability that the message is spam")
     top_tokens: list[TokenWeight] = Field(description="the tokens that pushed the decision most, either way")
+    problem: str | None = Field(None, description="how the message was read when it was not a well-formed email")
 
 
 class ModelInfo(BaseModel):
@@ -145,12 +148,13 @@ def _model_info(path: Path, model, metadata: dict) -> ModelInfo:
     except (OSError, ValueError):
         version = None
     scalars = {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool)) and k != "task"}
-    # Apps record their headline figures either in a "metrics" object or as top-level numbers
-    # ("test_accuracy"); both are shown as metrics.
-    metrics = dict(metadata["metrics"]) if isinstance(metadata.get("metrics"), dict) else {}
-    for k, v in scalars.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and any(w in k for w in METRIC_WORDS):
-            metrics.setdefault(k, v)
+    # Apps record their headline figures as top-level numbers (digits: "test_accuracy") or in an
+    # object named for the data they were measured on (spam: "validation"); all are listed.
+    metrics = {k: v for k, v in scalars.items() if _is_number(v) and any(w in k for w in METRIC_WORDS)}
+    for group in ("metrics", "test", "validation"):
+        if isinstance(metadata.get(group), dict):
+            prefix = "" if group == "metrics" else f"{group}_"
+            metrics.update({prefix + k: v for k, v in metadata[group].items() if _is_number(v)})
     return ModelInfo(
         path=str(path),
         task=str(metadata.get("task", "")),
@@ -160,6 +164,10 @@ def _model_info(path: Path, model, metadata: dict) -> ModelInfo:
         metrics=metrics,
         metadata=scalars,
     )
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _round(a: np.ndarray, digits: int = 4) -> list:
@@ -295,25 +303,22 @@ class SpamService:
     """A loaded spam classifier; `lock` serialises its passes for the same reason as digits'."""
 
     path: Path
-    bundle: Any
+    bundle: SpamModel
     info: ModelInfo
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def load(cls, path) -> SpamService:
-        from chainrule.apps.spam import load_spam_model
-
         path = Path(path)
         bundle = load_spam_model(path)
         return cls(path, bundle, _model_info(path, bundle.model, bundle.metadata))
 
     def classify(self, raw: bytes) -> SpamVerdict:
-        from chainrule.apps.spam import classify_message
-
         with self.lock:
-            result = classify_message(self.bundle, raw)
+            result = classify_message(self.bundle, raw, top=TOP_TOKENS)
         tokens = [TokenWeight(token=str(t["token"]), weight=float(t["weight"])) for t in result["top_tokens"]]
-        return SpamVerdict(label=result["label"], probability=float(result["probability"]), top_tokens=tokens)
+        return SpamVerdict(label=result["label"], probability=float(result["probability"]), top_tokens=tokens,
+                           problem=result.get("problem"))
 
 
 # -- request bodies -----------------------------------------------------------------------------------
@@ -677,15 +682,14 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
     if chosen["digits"] is None and chosen["spam"] is None:
         raise UserError(
             f"no models to serve: none under {runs}/ and no --digits/--spam given. Train them first: "
-            "`chainrule digits train` and `chainrule spam train`"
+            "`chainrule digits train` and `chainrule spam train CORPUS... --sms FILE --out runs/spam`"
         )
+    app = create_app(chosen["digits"], chosen["spam"], max_body_bytes=int(max_body_mb * 1024 * 1024))
     for kind, path in chosen.items():
         if path is None:
             print(f"chainrule serve: no {kind} model under {runs}/ (that part of the page is off); "
                   f"{TRAIN_HINTS[kind]}", file=sys.stderr)
-    app = create_app(chosen["digits"], chosen["spam"], max_body_bytes=int(max_body_mb * 1024 * 1024))
-    for kind, path in chosen.items():
-        if path is not None:
+        else:
             print(f"chainrule serve: {kind} model {path}", file=sys.stderr)
     sock = _listening_socket(host, port)
     bound = sock.getsockname()[1]

@@ -1,0 +1,454 @@
+"""The web app's JSON API, through FastAPI's test client: every route and every error case.
+
+The models are real (trained on slices of MNIST and the SMS collection, see web_models.py), so the
+checks compare the API with the library itself: the digit the server returns for an upload must be
+the one `chainrule digits predict` gives for the same file, the activations must be the real
+forward pass, and the spam verdict the one `classify_message` gives.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import chainrule
+from chainrule.apps import digits as digits_app
+from chainrule.apps import spam as spam_app
+from chainrule.cli import main
+from chainrule.data.images import preprocess_image
+from chainrule.network import FORMAT_VERSION
+from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, TOP_TOKENS, TOP_UNITS, create_app, find_latest_model
+from web_models import as_upload, mnist_test, sms_messages, trained_models
+
+
+def _test_client_class():
+    # Starlette warns, on import, that its test client will move to the httpx2 package; that is
+    # about Starlette's future, not about this code.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*httpx2.*")
+        from fastapi.testclient import TestClient
+    return TestClient
+
+
+TestClient = _test_client_class()
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    return trained_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def app(models):
+    return create_app(models["digits"], models["spam"])
+
+
+@pytest.fixture(scope="session")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def digit_model(models):
+    return chainrule.load_model(models["digits"])
+
+
+@pytest.fixture(scope="session")
+def samples():
+    return mnist_test(12)
+
+
+def assert_error(response, status: int, *words: str) -> str:
+    """The response has `status` and a JSON body {"error": one line} mentioning `words`."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    message = body["error"]
+    assert message and "\n" not in message
+    for w in words:
+        assert w.lower() in message.lower(), message
+    return message
+
+
+# -- page, health, models, schema -------------------------------------------------------------------
+
+
+def test_page_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for needle in ('id="pad"', 'id="clear"', 'id="probs"', 'id="seen"', 'id="layers"', 'id="units"',
+                   'id="message"', 'for="message"', "/static/app.js", "/static/style.css", 'name="viewport"'):
+        assert needle in page.text
+    js = client.get("/static/app.js")
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    assert "/api/digits/predict" in js.text and "/api/spam/classify" in js.text and "pointerdown" in js.text
+    assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+    assert_error(client.get("/static/nothing.js"), 404)
+
+
+def test_healthz(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "digits": True, "spam": True}
+
+
+def test_models_describes_what_is_loaded(client, models, digit_model):
+    r = client.get("/api/models")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["hints"] == {}
+    model, metadata = digit_model
+    d = body["digits"]
+    assert d["path"] == str(models["digits"]) and d["task"] == "digits"
+    assert d["format_version"] == FORMAT_VERSION
+    assert d["num_parameters"] == model.num_parameters()
+    assert d["layers"] == [type(layer).__name__ for layer in model.layers]
+    assert d["metrics"]["test_accuracy"] == metadata["test_accuracy"]
+    s = body["spam"]
+    assert s["path"] == str(models["spam"]) and s["task"] == "spam"
+    assert s["format_version"] == FORMAT_VERSION
+    assert s["metrics"], "the spam model's metrics should be listed"
+
+
+def test_without_models_routes_say_how_to_train(models):
+    with TestClient(create_app()) as c:
+        assert c.get("/healthz").json() == {"status": "ok", "digits": False, "spam": False}
+        body = c.get("/api/models").json()
+        assert body["digits"] is None and body["spam"] is None
+        assert "chainrule digits train" in body["hints"]["digits"]
+        assert "chainrule spam train" in body["hints"]["spam"]
+        png = as_upload(mnist_test(1)[0][0])
+        assert_error(c.post("/api/digits/predict", content=png, headers={"Content-Type": "image/png"}), 503,
+                     "chainrule digits train")
+        assert_error(c.post("/api/spam/classify", content=b"hello"), 503, "chainrule spam train")
+        assert c.get("/").status_code == 200
+
+
+def test_openapi_schema_documents_every_route(client):
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    assert set(paths) >= {"/healthz", "/api/models", "/api/digits/predict", "/api/spam/classify"}
+    predict = paths["/api/digits/predict"]["post"]
+    assert set(predict["requestBody"]["content"]) >= {"image/png", "image/jpeg", "multipart/form-data",
+                                                      "application/json"}
+    assert {"413", "422"} <= set(predict["responses"])
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("DigitPrediction")
+    classify = paths["/api/spam/classify"]["post"]
+    assert {"text/plain", "message/rfc822", "application/json"} <= set(classify["requestBody"]["content"])
+    assert classify["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("SpamVerdict")
+    components = schema["components"]["schemas"]
+    for name in ("DigitPrediction", "SpamVerdict", "ModelsResponse", "ErrorResponse", "Pixels"):
+        assert name in components
+    assert client.get("/docs").status_code == 200
+
+
+# -- POST /api/digits/predict -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, media", [("PNG", "image/png"), ("JPEG", "image/jpeg")])
+def test_predict_upload_matches_digits_predict(client, digit_model, samples, fmt, media):
+    model, metadata = digit_model
+    images, _ = samples
+    for digit in images[:4]:
+        data = as_upload(digit, fmt)
+        r = client.post("/api/digits/predict", content=data, headers={"Content-Type": media})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        # the library's own path for `chainrule digits predict FILE`
+        expected = digits_app.predict_images(model, metadata, [data])[0]
+        assert body["digit"] == expected["digit"]
+        np.testing.assert_allclose(body["probabilities"], expected["probabilities"], atol=1e-5)
+        assert abs(sum(body["probabilities"]) - 1) < 1e-4
+        np.testing.assert_allclose(body["input"], preprocess_image(data), atol=6e-4)
+        assert "layers" not in body and "top_units" not in body
+
+
+def test_predict_multipart_upload(client, digit_model, samples):
+    model, metadata = digit_model
+    data = as_upload(samples[0][1])
+    r = client.post("/api/digits/predict", files={"file": ("seven.png", data, "image/png")})
+    assert r.status_code == 200, r.text
+    assert r.json()["digit"] == digits_app.predict_images(model, metadata, [data])[0]["digit"]
+
+
+def test_predict_json_array(client, digit_model, samples):
+    model, metadata = digit_model
+    images, _ = samples
+    for digit in images[:3]:
+        pixels = (digit / 255.0).round(4)
+        proba = model.predict_proba(digits_app.model_inputs(pixels.astype(np.float32), metadata))[0]
+        for body in (pixels.tolist(), {"pixels": pixels.tolist()}):
+            r = client.post("/api/digits/predict", json=body)
+            assert r.status_code == 200, r.text
+            out = r.json()
+            assert out["digit"] == int(proba.argmax())
+            np.testing.assert_allclose(out["probabilities"], proba, atol=1e-5)
+            np.testing.assert_allclose(out["input"], pixels, atol=6e-4)
+
+
+def test_predict_explain_is_the_real_forward_pass(client, digit_model, samples):
+    model, _ = digit_model
+    r = client.post("/api/digits/predict?explain=true", content=as_upload(samples[0][2]),
+                    headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    layers = body["layers"]
+    # every layer except the identities of inference (Dropout) and pure reshapes (Flatten)
+    expected_idx = [i for i, layer in enumerate(model.layers) if not isinstance(layer, chainrule.Dropout)]
+    assert [entry["index"] for entry in layers] == expected_idx
+    for entry in layers:
+        layer = model.layers[entry["index"]]
+        assert entry["type"] == type(layer).__name__
+        assert len(entry["values"]) == int(np.prod(entry["shape"])) == entry["shown"]
+    # The last layer gives raw scores: their softmax is the returned probability vector.
+    logits = np.array(layers[-1]["values"])
+    soft = np.exp(logits - logits.max())
+    np.testing.assert_allclose(soft / soft.sum(), body["probabilities"], atol=2e-3)
+    # Each ReLU's output is max(0, its input), the previous layer's output.
+    for before, after in zip(layers, layers[1:], strict=False):
+        if after["type"] == "ReLU":
+            np.testing.assert_allclose(after["values"], np.maximum(before["values"], 0), atol=1e-4)
+    # The top units are the most active units after the first ReLU, with their first-layer weights.
+    hidden = np.array(next(e["values"] for e in layers if e["type"] == "ReLU"))
+    units = body["top_units"]
+    assert len(units) == TOP_UNITS
+    acts = [u["activation"] for u in units]
+    assert acts == sorted(acts, reverse=True)
+    np.testing.assert_allclose(acts, np.sort(hidden)[::-1][:TOP_UNITS], atol=1e-3)
+    w = model.layers[0].weight.data
+    for u in units:
+        assert hidden[u["unit"]] == pytest.approx(u["activation"], abs=1e-3)
+        np.testing.assert_allclose(u["weights"], w[:, u["unit"]].reshape(28, 28), atol=1e-4)
+
+
+def test_predict_explain_on_a_conv_model(tmp_path, samples):
+    """Feature maps come back as [channels, height, width]; the top units are the conv filters."""
+    from chainrule.conv import Conv2D, MaxPool2D
+
+    layers = [Conv2D(1, 4, 3, padding=1), chainrule.ReLU(), MaxPool2D(2), chainrule.Flatten(),
+              chainrule.Linear(4 * 14 * 14, 10)]
+    model = chainrule.Sequential(layers, input_shape=(1, 28, 28), seed=0)
+    metadata = {"task": "digits", "preprocessing": {"layout": "image", "scale": 255.0}}
+    model.save(tmp_path / "conv", metadata)
+    with TestClient(create_app(digits=tmp_path / "conv")) as c:
+        r = c.post("/api/digits/predict?explain=1", content=as_upload(samples[0][0]),
+                   headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    by_type = {e["type"]: e for e in body["layers"]}
+    assert "Flatten" not in by_type
+    assert by_type["Conv2D"]["shape"] == [4, 28, 28] and len(by_type["Conv2D"]["values"]) == 4 * 28 * 28
+    assert by_type["MaxPool2D"]["shape"] == [4, 14, 14]
+    units = body["top_units"]
+    assert len(units) == 4
+    maps = np.array(by_type["ReLU"]["values"]).reshape(4, 28, 28)
+    for u in units:
+        assert u["activation"] == pytest.approx(maps[u["unit"]].mean(), abs=1e-3)
+        np.testing.assert_allclose(u["weights"], model.layers[0].weight.data[u["unit"], 0], atol=1e-4)
+
+
+def test_predict_rejects_what_is_not_an_image(client, samples):
+    png = as_upload(samples[0][0])
+    post = lambda data, media="image/png": client.post(  # noqa: E731
+        "/api/digits/predict", content=data, headers={"Content-Type": media})
+    assert_error(post(b"this is not an image"), 422, "not an image")
+    assert_error(post(b"this is not an image", "application/octet-stream"), 422, "not an image")
+    assert_error(post(png[: len(png) // 2]), 422)
+    assert_error(post(b""), 422, "empty")
+    blank = io.BytesIO()
+    Image.new("L", (64, 64), 255).save(blank, "PNG")
+    assert_error(post(blank.getvalue()), 422, "no ink")
+    # A few kilobytes of PNG that would decode to 25 million pixels
+    huge = io.BytesIO()
+    Image.new("1", (5000, 5000), 1).save(huge, "PNG")
+    assert len(huge.getvalue()) < DEFAULT_MAX_BODY_BYTES
+    assert_error(post(huge.getvalue()), 422, "5000x5000")
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"{not json", ["not valid json"]),
+    (json.dumps([[0.0] * 28] * 27).encode(), ["28x28", "[27, 28]"]),
+    (json.dumps([[0.0] * 27] * 28).encode(), ["28x28"]),
+    (json.dumps([[0.0] * 28] * 27 + [[0.0] * 27]).encode(), ["28x28"]),
+    (json.dumps([[2.0] * 28] * 28).encode(), ["[0, 1]"]),
+    (json.dumps([[-0.5] * 28] * 28).encode(), ["[0, 1]"]),
+    (json.dumps([["a"] * 28] * 28).encode(), ["numbers"]),
+    (b"[" + b",".join([b"[" + b",".join([b"NaN"] * 28) + b"]"] * 28) + b"]", ["[0, 1]"]),
+    (json.dumps({"image": []}).encode(), ["pixels"]),
+    (json.dumps("seven").encode(), ["28x28"]),
+])
+def test_predict_rejects_bad_json(client, body, words):
+    r = client.post("/api/digits/predict", content=body, headers={"Content-Type": "application/json"})
+    assert_error(r, 422, *words)
+
+
+def test_predict_rejects_bad_forms_and_parameters(client, samples):
+    assert_error(client.post("/api/digits/predict", files={"other": ("x.png", b"abc", "image/png")}), 422, "file")
+    assert_error(client.post("/api/digits/predict", files={"other": ("x.png", b"abc", "image/png")},
+                             data={"file": "not a file"}), 422, "file")
+    assert_error(client.post("/api/digits/predict", content=b"--x\r\nbroken",
+                             headers={"Content-Type": "multipart/form-data"}), 422)
+    assert_error(client.post("/api/digits/predict?explain=maybe", content=as_upload(samples[0][0]),
+                             headers={"Content-Type": "image/png"}), 422, "explain")
+    assert_error(client.get("/api/digits/predict"), 405)
+    assert_error(client.get("/api/nothing"), 404)
+
+
+def test_bodies_over_the_limit_get_413(client, models, samples):
+    big = b"\x89PNG" + b"0" * (DEFAULT_MAX_BODY_BYTES + 1)
+    for route in ("/api/digits/predict", "/api/spam/classify"):
+        assert_error(client.post(route, content=big, headers={"Content-Type": "image/png"}), 413, "limit")
+
+    def chunks():  # no Content-Length: the size is only known while reading
+        for _ in range(6):
+            yield b"x" * (1024 * 1024)
+
+    for route in ("/api/digits/predict", "/api/spam/classify"):
+        assert_error(client.post(route, content=chunks(), headers={"Content-Type": "text/plain"}), 413, "limit")
+    # the limit is a setting
+    small = create_app(models["digits"], models["spam"], max_body_bytes=1000)
+    png = as_upload(samples[0][0])
+    assert len(png) > 1000
+    with TestClient(small) as c:
+        assert_error(c.post("/api/digits/predict", content=png, headers={"Content-Type": "image/png"}), 413, "1,000")
+        assert_error(c.post("/api/spam/classify", content=b"a" * 1001), 413)
+        assert c.post("/api/spam/classify", content=b"Are we still on for lunch?").status_code == 200
+
+
+# -- POST /api/spam/classify --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def spam_bundle(models):
+    return spam_app.load_spam_model(models["spam"])
+
+
+def test_classify_matches_the_library(client, spam_bundle):
+    messages = sms_messages()
+    picked = [m for m in messages if m[0] == "spam"][:3] + [m for m in messages if m[0] == "ham"][:3]
+    for _, text in picked:
+        expected = spam_app.classify_message(spam_bundle, text.encode(), top=TOP_TOKENS)
+        r = client.post("/api/spam/classify", content=text.encode(), headers={"Content-Type": "text/plain"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["label"] == expected["label"] and body["label"] in ("spam", "ham", "unsure")
+        assert body["probability"] == pytest.approx(expected["probability"], abs=1e-6)
+        assert (body["label"] == "spam") == (body["probability"] >= spam_bundle.spam_cutoff)
+        assert (body["label"] == "ham") == (body["probability"] < spam_bundle.ham_cutoff)
+        assert [t["token"] for t in body["top_tokens"]] == [t["token"] for t in expected["top_tokens"]]
+        assert body["top_tokens"], "the tokens behind the decision should be listed"
+        for t in body["top_tokens"]:
+            assert isinstance(t["token"], str) and t["token"] and isinstance(t["weight"], float)
+
+
+def test_classify_raw_email_json_and_multipart(client, spam_bundle):
+    email = (b"From: Prize Centre <win@prizes.example>\r\nTo: you@example.com\r\nSubject: You have WON\r\n"
+             b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nCongratulations! You have won a \xa3500 prize."
+             b" Call 09061701461 now to claim. Txt STOP to opt out.\r\n")
+    expected = spam_app.classify_message(spam_bundle, email)
+    for kwargs in (
+        {"content": email, "headers": {"Content-Type": "message/rfc822"}},
+        {"content": email},
+        {"files": {"file": ("mail.eml", email, "message/rfc822")}},
+    ):
+        r = client.post("/api/spam/classify", **kwargs)
+        assert r.status_code == 200, r.text
+        assert r.json()["probability"] == pytest.approx(expected["probability"], abs=1e-6)
+    text = "Hey, are we still meeting at 6? I'll bring the notes."
+    r = client.post("/api/spam/classify", json={"message": text})
+    assert r.status_code == 200
+    assert r.json()["probability"] == pytest.approx(
+        spam_app.classify_message(spam_bundle, text.encode())["probability"], abs=1e-6)
+
+
+def test_classify_rejects_what_is_not_text(client, samples):
+    post = lambda data, media="text/plain": client.post(  # noqa: E731
+        "/api/spam/classify", content=data, headers={"Content-Type": media})
+    assert_error(post(b""), 422, "empty")
+    assert_error(post(b"  \r\n\t "), 422, "empty")
+    assert_error(post(as_upload(samples[0][0])), 422, "not text")
+    assert_error(post(as_upload(samples[0][0]), "image/png"), 422, "not text")
+    assert_error(post(bytes(range(256)) * 4, "application/octet-stream"), 422, "not text")
+    assert_error(post(b"\x01\x02\x03\x04\x05\x06hello", "text/plain"), 422, "not text")
+    assert_error(post(b'{"text": "hi"}', "application/json"), 422, "message")
+    assert_error(post(b'{"message": 5}', "application/json"), 422, "message")
+    assert_error(post(b"{oops", "application/json"), 422, "json")
+    assert_error(client.post("/api/spam/classify", files={"attachment": ("a.txt", b"hi", "text/plain")}), 422, "file")
+
+
+# -- never a 500 --------------------------------------------------------------------------------------
+
+MEDIA = st.sampled_from([None, "image/png", "image/jpeg", "application/json", "text/plain", "message/rfc822",
+                         "multipart/form-data", "multipart/form-data; boundary=xyz", "application/octet-stream"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(st.binary(max_size=600), st.text(max_size=300).map(str.encode),
+                      st.builds(lambda v: json.dumps(v).encode(),
+                                st.recursive(st.none() | st.floats() | st.integers() | st.text(max_size=5),
+                                             lambda c: st.lists(c, max_size=30), max_leaves=60))),
+       media=MEDIA, route=st.sampled_from(["/api/digits/predict", "/api/digits/predict?explain=true",
+                                           "/api/spam/classify"]))
+def test_arbitrary_bodies_never_give_a_server_error(client, body, media, route):
+    headers = {"Content-Type": media} if media else {}
+    r = client.post(route, content=body, headers=headers)
+    assert r.status_code in (200, 422), (r.status_code, r.text)
+    if r.status_code == 422:
+        assert_error(r, 422)
+
+
+# -- chainrule serve ----------------------------------------------------------------------------------
+
+
+def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models):
+    runs = tmp_path / "runs"
+    for name, src, when in (("old-digits", "digits", 1_000_000), ("new-digits", "digits", 2_000_000),
+                            ("nested/spam-a", "spam", 1_500_000)):
+        shutil.copytree(models[src], runs / name)
+        os.utime(runs / name / "model.json", (when, when))
+    (runs / "broken").mkdir()
+    (runs / "broken" / "model.json").write_text("{not json")
+    assert find_latest_model("digits", runs) == runs / "new-digits"
+    assert find_latest_model("spam", runs) == runs / "nested" / "spam-a"
+    assert find_latest_model("digits", tmp_path / "nowhere") is None
+    assert find_latest_model("other", runs) is None
+
+
+def test_serve_without_models_says_how_to_train(tmp_path, capsys):
+    assert main(["serve", "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chainrule: error:") and err.count("\n") == 1
+    assert "chainrule digits train" in err and "chainrule spam train" in err
+
+
+def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys):
+    cases = [
+        ["--digits", str(tmp_path / "missing")],
+        ["--digits", str(models["spam"])],
+        ["--spam", str(models["digits"])],
+        ["--digits", str(models["digits"]), "--max-body-mb", "0"],
+        ["--digits", str(models["digits"]), "--port", "70000"],
+    ]
+    for args in cases:
+        assert main(["serve", "--runs", str(tmp_path / "no-runs"), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("chainrule: error:") and err.count("\n") == 1, err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--digits", str(models["digits"]), "--spam", str(models["spam"]),
+                     "--port", str(port)]) == 2
+        assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err

@@ -1,0 +1,68 @@
+"""Real models for the web tests, trained once per test session on slices of the real data.
+
+Both web test files use them; the first to ask trains them (a few seconds), later ones reuse them.
+The digits model must read strokes drawn in a real browser, so it is the `mlp` preset trained for
+a few epochs on 15,000 MNIST images rather than a toy; the spam filter learns the SMS Spam
+Collection.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+DATA = os.environ.get("CHAINRULE_DATA")
+_cache: dict[str, Path] = {}
+
+
+def trained_models(tmp_path_factory) -> dict[str, Path]:
+    """{"digits": model dir, "spam": model dir}, trained on first use."""
+    if not DATA:
+        pytest.skip("CHAINRULE_DATA is not set")
+    if not _cache:
+        from chainrule.apps import digits, spam
+
+        root = tmp_path_factory.mktemp("web-models")
+        digits.train("mlp", out=root / "digits", epochs=3, train_size=15000, data_dir=DATA, verbose=False,
+                     figures=False)
+        # the spam filter as `chainrule spam train --sms SMSSpamCollection` builds it, fewer epochs
+        from chainrule.data.text import HashingConfig
+
+        items, _, labels = spam.collect([], sms=[str(Path(DATA) / "sms-spam" / "SMSSpamCollection")])
+        config = HashingConfig()
+        x, _ = spam.featurize(items, config)
+        result = spam.train_filter(x, labels, config, epochs=4, seed=0, inputs=("sms",))
+        spam.save_model(result.bundle, root / "spam")
+        _cache.update(digits=root / "digits", spam=root / "spam")
+    return dict(_cache)
+
+
+def mnist_test(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` MNIST test images (uint8, ink high) and labels."""
+    from chainrule.data.mnist import load_mnist
+
+    images, labels = load_mnist("test", DATA)
+    return images[:n], labels[:n]
+
+
+def as_upload(digit: np.ndarray, fmt: str = "PNG", size: int = 112) -> bytes:
+    """An MNIST digit as a user would upload it: dark ink on white, enlarged, PNG or JPEG."""
+    img = Image.fromarray(255 - digit).resize((size, size), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def sms_messages() -> list[tuple[str, str]]:
+    """(label, text) for every message of the SMS Spam Collection."""
+    path = Path(DATA) / "sms-spam" / "SMSSpamCollection"
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        label, _, text = line.partition("\t")
+        rows.append((label, text))
+    return rows
