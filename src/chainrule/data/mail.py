@@ -187,28 +187,39 @@ def _read_mbox(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMes
     """Messages of an mbox file, split at "From " lines that follow a blank line (or start the file).
 
     Read as a stream, so a huge mbox is never held in memory; each message is capped separately.
+    Sources are "path:N" (from 1); a file holding a single message (such as each file of the
+    SpamAssassin corpus, which starts with a "From " line) is just "path".
     """
-    index = 0
+    pending = None
+    for index, item in enumerate(_mbox_messages(path, max_bytes, label), 1):
+        if pending is not None:
+            yield pending
+        item.source = f"{path}:{index}"
+        pending = item
+    if pending is not None:
+        if pending.source == f"{path}:1":
+            pending.source = str(path)
+        yield pending
+
+
+def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
     buf: list[bytes] = []
-    size = 0
-    truncated = False
-    prev_blank = True
+    size, started, truncated, prev_blank = 0, False, False, True
 
     def flush():
         data = b"".join(buf)
         # mboxrd/mboxo quoting: ">From " at a line start was "From " in the message
         data = re.sub(rb"(?m)^>(>*From )", rb"\1", data)
-        return RawMessage(f"{path}:{index}", data, label, truncated)
+        return RawMessage(str(path), data, label, truncated)
 
     try:
         with open(path, "rb") as f:
             for line in f:
                 if line.startswith(b"From ") and prev_blank:
-                    if buf or index:
+                    if started:
                         yield flush()
-                    index += 1
-                    buf, size, truncated = [], 0, False
-                    prev_blank = False
+                    started = True
+                    buf, size, truncated, prev_blank = [], 0, False, False
                     continue
                 prev_blank = line in (b"\n", b"\r\n")
                 if size + len(line) <= max_bytes:
@@ -216,10 +227,10 @@ def _read_mbox(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMes
                     size += len(line)
                 else:
                     truncated = True
-            if index:
+            if started:
                 yield flush()
     except OSError as exc:
-        yield RawMessage(f"{path}:{index}", b"", label, error=exc.strerror or str(exc))
+        yield RawMessage(str(path), b"", label, error=exc.strerror or str(exc))
 
 
 def _read_maildir(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
