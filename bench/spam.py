@@ -83,7 +83,9 @@ def load_split(split: str, data_dir):
 
 
 def as_bytes(kind: str, item) -> bytes:
-    return item.encode("utf-8") if kind == "sms" else item
+    # An SMS becomes a message with an empty header block (a leading blank line); without it the
+    # mail filters read the text as headers and see an empty body.
+    return b"\n" + item.encode("utf-8") + b"\n" if kind == "sms" else item
 
 
 def as_text(kind: str, item) -> str:
