@@ -51,7 +51,7 @@ SPLITS = ("sms-paper", "sms-8020", "spamassassin")
 SETTINGS = {
     "sms": {"config": HashingConfig(bigrams=True, char_ngrams=5), "hidden": (32,), "epochs": 40,
             "batch_size": 128, "lr": 3e-3, "target_blocked_ham": 0.003},
-    "mail": {"config": HashingConfig(bigrams=True), "hidden": (32,), "epochs": 30, "batch_size": 256,
+    "mail": {"config": HashingConfig(bigrams=False), "hidden": (32,), "epochs": 30, "batch_size": 256,
              "lr": 3e-3, "target_blocked_ham": 0.005},
 }
 

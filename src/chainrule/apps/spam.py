@@ -439,7 +439,7 @@ def _cmd_train(args) -> int:
     items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes)
     if len(np.unique(y)) < 2:
         raise UserError(f"training needs both spam and ham; found {int(y.sum())} spam, {int((y == 0).sum())} ham")
-    config = HashingConfig(n_features=1 << args.hash_bits, bigrams=not args.no_bigrams, char_ngrams=args.char_ngrams)
+    config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams)
     x, problems = featurize(items, config)
     t_feat = time.perf_counter() - t0
     print(f"{len(y)} messages ({int(y.sum())} spam, {int((y == 0).sum())} ham), "
@@ -643,7 +643,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--target-blocked-ham", type=float, default=0.005,
                    help="largest share of validation ham the spam cut-off may block (default 0.005)")
     p.add_argument("--hash-bits", type=int, default=18, help="2^bits hash buckets (default 18)")
-    p.add_argument("--no-bigrams", action="store_true", help="hash single words only")
+    p.add_argument("--bigrams", action="store_true", help="also hash adjacent word pairs (helps on SMS)")
     p.add_argument("--char-ngrams", type=int, default=0, help="also hash character 3..N-grams (default off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-bytes", **max_bytes)
