@@ -38,7 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-from chainrule.apps.spam import binary_report, featurize, stratified_split, train_filter
+from chainrule.apps.spam import (
+    binary_report,
+    featurize,
+    load_spam_model,
+    save_model,
+    stratified_split,
+    train_filter,
+)
 from chainrule.data.locate import candidate_dirs
 from chainrule.data.mail import read_messages, read_sms
 from chainrule.data.text import HashingConfig
@@ -107,6 +114,12 @@ def run_chainrule(kind, x_tr, y_tr, x_te, y_te):
     p = bundle.probabilities(xt)
     seconds = time.perf_counter() - t0
     r = binary_report(y_te, p, bundle.spam_cutoff)
+    with tempfile.TemporaryDirectory() as tmp:  # how long `spam classify` takes to get going
+        save_model(bundle, tmp)
+        t0 = time.perf_counter()
+        load_spam_model(tmp)
+        r["model_load_seconds"] = time.perf_counter() - t0
+        r["model_bytes"] = (Path(tmp) / "model.npz").stat().st_size
     r.update(messages_per_s=len(y_te) / seconds, train_seconds=train_s, spam_cutoff=bundle.spam_cutoff,
              ham_cutoff=bundle.ham_cutoff, epochs_run=len(result.history))
     return r
@@ -255,6 +268,10 @@ def main() -> int:
         results["splits"][split] = {"train": len(y_tr), "test": len(y_te), "test_spam": int(y_te.sum()),
                                     "results": rows}
         print(table(split, rows), flush=True)
+        c = rows["chainrule"]
+        print(f"chainrule: trained in {c['train_seconds']:.1f}s ({c['epochs_run']} epochs), model "
+              f"{c['model_bytes'] / 1e6:.1f} MB loads in {c['model_load_seconds']:.2f}s, cut-offs "
+              f"spam >= {c['spam_cutoff']:.4f}, ham < {c['ham_cutoff']:.4f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
