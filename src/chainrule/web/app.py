@@ -62,7 +62,7 @@ TRAIN_HINTS = {
     "digits": "train one with `chainrule digits train`, or pass --digits MODEL_DIR",
     "spam": "train one with `chainrule spam train CORPUS... --sms FILE --out runs/spam`, or pass --spam MODEL_DIR",
 }
-METRIC_WORDS = ("accuracy", "precision", "recall", "f1", "auc", "mcc", "loss", "error")
+METRIC_WORDS = ("accuracy", "precision", "recall", "f1", "auc", "mcc", "loss", "error", "caught", "blocked")
 
 
 class ApiError(Exception):
@@ -154,7 +154,8 @@ def _model_info(path: Path, model, metadata: dict) -> ModelInfo:
     for group in ("metrics", "test", "validation"):
         if isinstance(metadata.get(group), dict):
             prefix = "" if group == "metrics" else f"{group}_"
-            metrics.update({prefix + k: v for k, v in metadata[group].items() if _is_number(v)})
+            metrics.update({prefix + k: v for k, v in metadata[group].items()
+                            if _is_number(v) and (group == "metrics" or any(w in k for w in METRIC_WORDS))})
     return ModelInfo(
         path=str(path),
         task=str(metadata.get("task", "")),

@@ -369,8 +369,8 @@ function highlight(text, tokens) {
 }
 
 function chip(t) {
-  const item = el("li", {}, surface(t.token));
-  item.title = t.token;
+  // The whole token, tag included: "num:d11" (an 11-digit number) says more than "d11".
+  const item = el("li", {}, t.token);
   item.append(el("small", {}, `${t.weight > 0 ? "+" : ""}${t.weight.toFixed(2)}`));
   return item;
 }

@@ -1,0 +1,184 @@
+"""The web page in a real browser: Debian's chromium, driven by Playwright, against `chainrule serve`.
+
+The server is the real command (`python -m chainrule.cli serve --port 0`) in its own process, with
+models trained on real data (web_models.py). The test draws digits with mouse strokes on the
+canvas, as a user would, and checks the prediction the page shows; pastes messages and checks the
+verdicts; and checks the page works from the keyboard and at phone width. Screenshots are saved
+in the test's temporary directory.
+
+Skipped only when chromium or Playwright is missing and $CI is not set; in CI (`.ci/run` installs
+both) a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from web_models import trained_models
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _browser_available() -> bool:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False
+    return Path(CHROMIUM).exists()
+
+
+pytestmark = pytest.mark.skipif(
+    not _browser_available() and not os.environ.get("CI"),
+    reason=f"needs {CHROMIUM} (apt-get install chromium) and Playwright (pip install playwright)",
+)
+
+# Strokes in the drawing pad's own pixels (it is 280x280): lists of points joined by straight moves.
+ONE = [[(142, 40), (138, 240)]]
+SEVEN = [[(70, 52), (212, 52), (122, 242)]]
+
+# Messages written for this test (not in any training set), one obviously each way.
+SPAM_SMS = ("Congratulations! You have been selected to receive a FREE £1000 cash prize. Call 09061743386 now "
+            "to claim your reward. T&Cs apply, txt STOP to opt out")
+HAM_SMS = "Hi mum, I'll be home a bit late tonight, can you save me some dinner? See you around 8"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`chainrule serve` on a free port of 127.0.0.1; yields its base URL."""
+    models = trained_models(tmp_path_factory)
+    cmd = [sys.executable, "-m", "chainrule.cli", "serve", "--digits", str(models["digits"]),
+           "--spam", str(models["spam"]), "--port", "0"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    lines = []
+    url = None
+    for line in proc.stderr:
+        lines.append(line)
+        m = re.search(r"open (http://127\.0\.0\.1:\d+)/", line)
+        if m:
+            url = m.group(1)
+            break
+    if url is None:
+        proc.wait(timeout=10)
+        pytest.fail("chainrule serve did not start:\n" + "".join(lines))
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    errors = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    pg.goto(server + "/")
+    pg.wait_for_function("document.getElementById('models').textContent.includes('Digits:')")
+    yield pg
+    context.close()
+    assert errors == [], f"the page logged errors: {errors}"
+
+
+def draw(page, strokes) -> None:
+    """Draw with the mouse: press, move in small steps along each stroke, release."""
+    page.locator("#pad").scroll_into_view_if_needed()
+    box = page.locator("#pad").bounding_box()  # in viewport coordinates, as the mouse moves
+    sx, sy = box["width"] / 280, box["height"] / 280
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * sx, box["y"] + y * sy)
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * sx, box["y"] + y * sy, steps=15)
+        page.mouse.up()
+    # the last request was sent at mouse-up; wait for its answer
+    page.wait_for_selector("#answer[aria-busy='false']")
+
+
+def test_drawn_digits_are_recognised(page, tmp_path):
+    for name, strokes in (("1", ONE), ("7", SEVEN)):
+        page.click("#clear")
+        assert page.inner_text("#digit") == "–"
+        draw(page, strokes)
+        page.screenshot(path=tmp_path / f"digit-{name}.png", full_page=True)
+        assert page.inner_text("#digit") == name, f"drew a {name}, the page says {page.inner_text('#digit')}"
+        assert page.locator("#prob-" + name).get_attribute("class") == "top"
+        # the 28x28 image the network saw is drawn, with ink in it
+        ink = page.evaluate("""() => {
+            const d = document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data;
+            let lit = 0; for (let k = 0; k < d.length; k += 4) if (d[k] > 128) lit++; return lit; }""")
+        assert 20 < ink < 28 * 28 / 2
+        # inside the network: one figure per shown layer, eight first-layer weight images
+        assert page.locator("#layers figure").count() == 5  # Linear ReLU Linear ReLU Linear (no Dropout)
+        assert page.locator("#units canvas").count() == 8
+    page.click("#clear")
+    assert page.inner_text("#digit") == "–"
+    assert page.locator("#layers figure").count() == 0
+
+
+def test_messages_get_verdicts(page, tmp_path):
+    for text, expected in ((SPAM_SMS, "spam"), (HAM_SMS, "ham")):
+        page.fill("#message", text)
+        page.click("#check")
+        page.wait_for_selector("#spam[aria-busy='false'] #spam-result:not([hidden])")
+        page.wait_for_function(f"document.getElementById('verdict').textContent === '{expected}'", timeout=5000)
+        page.screenshot(path=tmp_path / f"message-{expected}.png", full_page=True)
+        prob = float(page.inner_text("#spam-probability").split()[-1].rstrip("%")) / 100
+        assert (prob > 0.5) == (expected == "spam")
+        marks = page.locator(f"#highlighted mark.{expected}").count()
+        assert marks > 0, f"no token of the {expected} message is highlighted"
+    # Ctrl+Enter submits from the text box too
+    page.fill("#message", SPAM_SMS)
+    page.press("#message", "Control+Enter")
+    page.wait_for_function("document.getElementById('verdict').textContent === 'spam'", timeout=5000)
+
+
+def test_keyboard_and_phone_width(page, tmp_path):
+    page.set_viewport_size({"width": 375, "height": 740})
+    page.wait_for_timeout(100)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375, "the page scrolls sideways on a phone"
+    focused = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    for control in ("clear", "upload", "message", "check"):
+        assert control in focused, f"{control} is not reachable with Tab: {focused}"
+    # a keyboard user can check a message without the mouse
+    page.focus("#message")
+    page.keyboard.insert_text(HAM_SMS)
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.getElementById('verdict').textContent === 'ham'", timeout=5000)
+    draw(page, SEVEN)
+    page.screenshot(path=tmp_path / "phone.png", full_page=True)
+    assert page.inner_text("#digit") == "7"
