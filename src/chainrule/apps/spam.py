@@ -510,49 +510,64 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+CLASSIFY_BATCH = 4096  # messages held in memory at once by `spam classify` (each at most --max-bytes)
+
+
+def _classify_batches(args):
+    """Batches of (sources, items, raw messages or None) to classify, read lazily."""
+    paths = args.paths or ["-"]
+    if args.sms:
+        for path in paths:
+            stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+            with stream:
+                texts = [(f"{path}:{i + 1}", line.decode("utf-8", "replace").rstrip("\r\n"))
+                         for i, line in enumerate(stream) if line.strip()]
+            for i in range(0, len(texts), CLASSIFY_BATCH):
+                chunk = texts[i:i + CLASSIFY_BATCH]
+                yield [s for s, _ in chunk], [("sms", t) for _, t in chunk], None
+        return
+    batch: list[RawMessage] = []
+    for m in read_messages(paths, max_bytes=args.max_bytes):
+        if m.error:
+            _report_problem(m.source, m.error)
+            continue
+        batch.append(m)
+        if len(batch) == CLASSIFY_BATCH:
+            yield [m.source for m in batch], [("mail", m.data) for m in batch], batch
+            batch = []
+    if batch:
+        yield [m.source for m in batch], [("mail", m.data) for m in batch], batch
+
+
 def _classify(args) -> int:
     from chainrule.cli import UserError
 
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
-    paths = args.paths or ["-"]
-    if args.sms:
-        texts = []
-        for path in paths:
-            stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-            with stream:
-                texts += [(f"{path}:{i + 1}", line.decode("utf-8", "replace").rstrip("\r\n"))
-                          for i, line in enumerate(stream) if line.strip()]
-        sources = [s for s, _ in texts]
-        items = [("sms", t) for _, t in texts]
-        raws = None
-    else:
-        msgs: list[RawMessage] = list(read_messages(paths, max_bytes=args.max_bytes))
-        for m in msgs:
-            if m.error:
-                _report_problem(m.source, m.error)
-        msgs = [m for m in msgs if not m.error]
-        sources = [m.source for m in msgs]
-        items = [("mail", m.data) for m in msgs]
-        raws = msgs
-    single_stdin = paths == ["-"] and len(items) == 1
-    if args.annotate and not (len(items) == 1 and raws is not None):
-        raise UserError("--annotate needs exactly one email message (a file or standard input)")
-    x, _ = featurize(items, bundle.config)
-    p = bundle.probabilities(x)
-    verdicts = bundle.verdicts(p)
-    if args.annotate:
-        if raws[0].truncated:
-            raise UserError(f"{sources[0]}: larger than --max-bytes; not annotated (the body must stay whole)")
-        sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
-        sys.stdout.buffer.flush()
-    else:
+    single_stdin = (args.paths or ["-"]) == ["-"]
+    seen, last = 0, None
+    for sources, items, raws in _classify_batches(args):
+        seen += len(items)
+        if args.annotate and (seen != 1 or raws is None):
+            raise UserError("--annotate needs exactly one email message (a file or standard input)")
+        x, _ = featurize(items, bundle.config)
+        p = bundle.probabilities(x)
+        verdicts = bundle.verdicts(p)
+        last = verdicts[-1]
+        if args.annotate:
+            if raws[0].truncated:
+                raise UserError(f"{sources[0]}: larger than --max-bytes; not annotated (the body must stay whole)")
+            sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
+            sys.stdout.buffer.flush()
+            continue
         for src, v, q in zip(sources, verdicts, p, strict=True):
             if args.json:
                 print(json.dumps({"source": src, "verdict": v, "probability": round(float(q), 6)}))
             else:
                 print(f"{src}\t{v}\t{q:.6f}")
-    if single_stdin or (args.annotate and len(items) == 1):
-        return VERDICT_EXIT[verdicts[0]]
+    if args.annotate and seen != 1:
+        raise UserError("--annotate needs exactly one email message (a file or standard input)")
+    if seen == 1 and (single_stdin or args.annotate):
+        return VERDICT_EXIT[last]
     return 0
 
 
