@@ -400,15 +400,15 @@ async def _upload_or_body(request: Request) -> bytes:
     """The request's payload: the multipart field `file` if the body is a form, else the body."""
     if _media_type(request) == "multipart/form-data":
         try:
-            form = await request.form()
-        except _BodyTooLarge:
+            async with request.form() as form:  # closing the form deletes its spooled files
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ApiError(422, "the multipart form needs a file field named 'file'")
+                return await upload.read()
+        except (_BodyTooLarge, ApiError):
             raise
         except Exception as exc:  # python-multipart's parse errors have no common base class
             raise ApiError(422, f"cannot parse the multipart form: {exc}") from exc
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise ApiError(422, "the multipart form needs a file field named 'file'")
-        return await upload.read()
     return await request.body()
 
 
