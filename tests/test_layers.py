@@ -1,0 +1,201 @@
+"""Every layer against central finite differences (float64) and against PyTorch autograd.
+
+For each layer we draw random shapes and values (hypothesis picks the shapes and a seed), run
+forward and backward with a random upstream gradient g, and compare the output, dL/dx and every
+parameter gradient with the same layer in PyTorch holding the same weights; dL/d· of L = Σ out·g.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chainrule as cr
+
+SETTINGS = settings(max_examples=12, deadline=None)
+TOL = 1e-6  # relative error, float64
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.tensor(a, dtype=torch.float64, requires_grad=True)
+
+
+def _run(layer, x, g, training=False):
+    out = layer.forward(x, training=training)
+    grad_in = layer.backward(g.copy())
+    return out, grad_in
+
+
+def _fd_check(layer, x, training=False):
+    """cr.gradcheck on a one-layer float64 network: every parameter and the input."""
+    net = cr.Sequential([layer], input_shape=x.shape[1:], seed=0, dtype=np.float64)
+    out = net.forward(x)
+    target = np.random.default_rng(1).normal(size=out.shape)
+    errors = cr.gradcheck(net, x, target, loss=cr.MeanSquaredError(), training=training)
+    assert errors, "gradcheck checked nothing"
+    for name, err in errors.items():
+        assert err < TOL, f"{name}: relative error {err:.2e}"
+    return errors
+
+
+shapes = st.tuples(st.integers(1, 6), st.integers(1, 7), st.integers(1, 7), st.integers(0, 2**31 - 1))
+
+
+@SETTINGS
+@given(shapes, st.booleans(), st.sampled_from(["he", "glorot"]))
+def test_linear_matches_torch_and_finite_differences(shape, bias, init):
+    n, fin, fout, seed = shape
+    rng = np.random.default_rng(seed)
+    layer = cr.Linear(fin, fout, bias=bias, init=init)
+    net = cr.Sequential([layer], seed=seed, dtype=np.float64)
+    if bias:
+        layer.bias.data[...] = rng.normal(size=fout)  # zero-initialised; make it count
+    x, g = rng.normal(size=(n, fin)), rng.normal(size=(n, fout))
+    out, grad_in = _run(layer, x, g)
+
+    t = torch.nn.Linear(fin, fout, bias=bias, dtype=torch.float64)
+    with torch.no_grad():
+        t.weight.copy_(torch.tensor(layer.weight.data.T))
+        if bias:
+            t.bias.copy_(torch.tensor(layer.bias.data))
+    tx = _tensor(x)
+    tout = t(tx)
+    tout.backward(torch.tensor(g))
+    np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad_in, tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, t.weight.grad.numpy().T, rtol=1e-12, atol=1e-12)
+    if bias:
+        np.testing.assert_allclose(layer.bias.grad, t.bias.grad.numpy(), rtol=1e-12, atol=1e-12)
+    _fd_check(net.layers[0], x)
+
+
+ACTIVATIONS = [
+    (cr.ReLU, lambda: cr.ReLU(), torch.relu),
+    (cr.LeakyReLU, lambda: cr.LeakyReLU(0.1), lambda t: torch.nn.functional.leaky_relu(t, 0.1)),
+    (cr.Sigmoid, lambda: cr.Sigmoid(), torch.sigmoid),
+    (cr.Tanh, lambda: cr.Tanh(), torch.tanh),
+    (cr.Softmax, lambda: cr.Softmax(), lambda t: torch.softmax(t, dim=-1)),
+    (cr.Flatten, lambda: cr.Flatten(), lambda t: torch.flatten(t, 1)),
+]
+
+
+@pytest.mark.parametrize("cls,make,torch_fn", ACTIVATIONS, ids=[a[0].__name__ for a in ACTIVATIONS])
+@SETTINGS
+@given(st.tuples(st.integers(1, 5), st.integers(1, 4), st.integers(1, 5)), st.integers(0, 2**31 - 1),
+       st.sampled_from([1.0, 5.0]))
+def test_activation_matches_torch_and_finite_differences(cls, make, torch_fn, shape, seed, scale):
+    rng = np.random.default_rng(seed)
+    # Flatten takes (batch, d1, d2); the element-wise layers take (batch, features)
+    x = rng.normal(scale=scale, size=shape if cls is cr.Flatten else shape[:2])
+    layer = make()
+    out = layer.forward(x, training=True)
+    g = rng.normal(size=out.shape)
+    grad_in = layer.backward(g.copy())
+    tx = _tensor(x)
+    tout = torch_fn(tx)
+    tout.backward(torch.tensor(g))
+    np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad_in, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    _fd_check(make(), x)
+
+
+def test_sigmoid_and_softmax_do_not_overflow():
+    x = np.array([[-1000.0, 0.0, 1000.0]])
+    s = cr.Sigmoid().forward(x)
+    np.testing.assert_allclose(s, [[0.0, 0.5, 1.0]])
+    p = cr.Softmax().forward(x)
+    assert np.all(np.isfinite(p)) and p[0, 2] == pytest.approx(1.0)
+
+
+def test_relu_records_dead_units_only_in_training():
+    relu = cr.ReLU()
+    relu.forward(np.array([[-1.0, 2.0], [-3.0, 0.5]]), training=False)
+    assert relu.max_output is None
+    relu.forward(np.array([[-1.0, 2.0], [-3.0, 0.5]]), training=True)
+    np.testing.assert_array_equal(relu.max_output, [0.0, 2.0])
+
+
+@SETTINGS
+@given(st.integers(1, 8), st.integers(1, 9), st.sampled_from([0.0, 0.1, 0.5, 0.9]), st.integers(0, 2**31 - 1))
+def test_dropout_is_inverted_and_its_gradient_uses_the_same_mask(n, d, p, seed):
+    rng = np.random.default_rng(seed)
+    layer = cr.Dropout(p)
+    layer.initialize(np.random.default_rng(seed))
+    x, g = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    np.testing.assert_array_equal(layer.forward(x, training=False), x)  # off in evaluation
+    out = layer.forward(x, training=True)
+    kept = out != 0
+    # survivors are scaled by 1/(1-p), dropped values are 0
+    np.testing.assert_allclose(out[kept], x[kept] / (1 - p))
+    grad_in = layer.backward(g)
+    np.testing.assert_allclose(grad_in, np.where(kept, g / (1 - p), 0.0))
+    # PyTorch: the same masked product, differentiated by autograd
+    tx = _tensor(x)
+    mask = np.ones_like(x) if layer._mask is None else layer._mask  # p = 0: no mask at all
+    tout = tx * torch.tensor(mask)
+    tout.backward(torch.tensor(g))
+    np.testing.assert_allclose(grad_in, tx.grad.numpy())
+    _fd_check(cr.Dropout(p), x, training=True)
+
+
+def test_dropout_keeps_the_expected_fraction_and_mean():
+    layer = cr.Dropout(0.3)
+    layer.initialize(np.random.default_rng(0))
+    x = np.ones((200, 500))
+    out = layer.forward(x, training=True)
+    assert abs((out != 0).mean() - 0.7) < 0.01
+    assert abs(out.mean() - 1.0) < 0.02
+
+
+def test_dropout_same_seed_same_mask_different_seed_different_mask():
+    masks = []
+    for seed in (3, 3, 4):
+        layer = cr.Dropout(0.5)
+        layer.initialize(np.random.default_rng(seed))
+        masks.append(layer.forward(np.ones((10, 10)), training=True))
+    np.testing.assert_array_equal(masks[0], masks[1])
+    assert not np.array_equal(masks[0], masks[2])
+
+
+def test_linear_initialisation_has_the_right_scale():
+    he = cr.Linear(400, 300)
+    he.initialize(np.random.default_rng(0))
+    assert he.weight.data.std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)
+    glorot = cr.Linear(400, 300, init="glorot")
+    glorot.initialize(np.random.default_rng(0))
+    assert glorot.weight.data.std() == pytest.approx(np.sqrt(2 / 700), rel=0.02)
+    assert np.all(he.bias.data == 0)
+
+
+def test_linear_accepts_sparse_input():
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(4, 6)) * (rng.random((4, 6)) < 0.4)
+    layer = cr.Linear(6, 3)
+    cr.Sequential([layer], seed=0, dtype=np.float64)
+    g = rng.normal(size=(4, 3))
+    out_dense, _ = _run(layer, dense, g)
+    grad_dense = layer.weight.grad.copy()
+    out_sparse = layer.forward(scipy_sparse.csr_matrix(dense))
+    assert layer.backward(g.copy()) is None
+    np.testing.assert_allclose(out_sparse, out_dense)
+    np.testing.assert_allclose(layer.weight.grad, grad_dense)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: cr.Linear(0, 3), "in_features must be a positive integer, got 0"),
+    (lambda: cr.Linear(2, 3, init="xavier"), "init must be"),
+    (lambda: cr.Dropout(1.0), "p must be in"),
+    (lambda: cr.LeakyReLU(-0.1), "negative_slope"),
+])
+def test_bad_layer_arguments_quote_the_value(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_linear_rejects_wrong_feature_count():
+    with pytest.raises(ValueError, match="expected inputs with 3 features"):
+        cr.Linear(3, 2).forward(np.zeros((2, 4)))
