@@ -1,0 +1,137 @@
+"""Optimizers step for step against torch.optim (float64, 1e-6), and the learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import chainrule as cr
+
+CASES = [
+    ("SGD", dict(lr=0.1), torch.optim.SGD),
+    ("SGD", dict(lr=0.1, weight_decay=0.05), torch.optim.SGD),
+    ("SGD", dict(lr=0.05, momentum=0.9), torch.optim.SGD),
+    ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01), torch.optim.SGD),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True), torch.optim.SGD),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.02), torch.optim.SGD),
+    ("Adam", dict(lr=0.01), torch.optim.Adam),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6), torch.optim.Adam),
+    ("Adam", dict(lr=0.01, weight_decay=0.1), torch.optim.Adam),
+    ("AdamW", dict(lr=0.01), torch.optim.AdamW),
+    ("AdamW", dict(lr=0.01, weight_decay=0.3), torch.optim.AdamW),
+]
+
+
+def _pair(seed=0):
+    """A chainrule MLP and a PyTorch copy with the same weights, both float64."""
+    model = cr.Sequential([cr.Linear(5, 8), cr.Tanh(), cr.Linear(8, 4), cr.ReLU(), cr.Linear(4, 3)],
+                          seed=seed, dtype=np.float64)
+    rng = np.random.default_rng(seed + 1)
+    for layer in model.layers:
+        if isinstance(layer, cr.Linear):
+            layer.bias.data[...] = rng.normal(scale=0.1, size=layer.bias.shape)
+    tmodel = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4), torch.nn.ReLU(),
+                                 torch.nn.Linear(4, 3)).double()
+    with torch.no_grad():
+        for ours, theirs in zip(model.layers[::2], tmodel[::2], strict=True):
+            theirs.weight.copy_(torch.tensor(ours.weight.data.T))
+            theirs.bias.copy_(torch.tensor(ours.bias.data))
+    return model, tmodel
+
+
+@pytest.mark.parametrize("name,kwargs,torch_cls", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_training_steps_match_torch_optim(name, kwargs, torch_cls):
+    model, tmodel = _pair()
+    opt = getattr(cr, name)(model.parameters(), **kwargs)
+    topt = torch_cls(tmodel.parameters(), **kwargs)
+    loss = cr.CrossEntropy()
+    rng = np.random.default_rng(7)
+    for _ in range(5):  # several steps, so momentum and Adam's moments matter
+        x, y = rng.normal(size=(6, 5)), rng.integers(0, 3, 6)
+        value, grad = loss(model.forward(x, training=True), y)
+        opt.zero_grad()
+        model.backward(grad)
+        opt.step()
+        topt.zero_grad()
+        tloss = torch.nn.functional.cross_entropy(tmodel(torch.tensor(x)), torch.tensor(y))
+        tloss.backward()
+        topt.step()
+        assert value == pytest.approx(tloss.item(), rel=1e-9)
+    for ours, theirs in zip(model.layers[::2], tmodel[::2], strict=True):
+        np.testing.assert_allclose(ours.weight.data, theirs.weight.detach().numpy().T, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(ours.bias.data, theirs.bias.detach().numpy(), rtol=0, atol=1e-6)
+    # and they did move: the comparison is not between two untouched networks
+    assert not np.allclose(model.flat_params, _pair()[0].flat_params)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_optimizer_state_round_trip_continues_identically(name):
+    kwargs = {"lr": 0.05, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(size=(4, 5)), rng.integers(0, 3, 4)) for _ in range(6)]
+
+    def run(model, opt, part):
+        for x, y in part:
+            _, grad = cr.CrossEntropy()(model.forward(x, training=True), y)
+            model.backward(grad)
+            opt.step()
+
+    a, _ = _pair()
+    opt_a = getattr(cr, name)(a.parameters(), **kwargs)
+    run(a, opt_a, batches)
+    b, _ = _pair()
+    opt_b = getattr(cr, name)(b.parameters(), **kwargs)
+    run(b, opt_b, batches[:3])
+    c, _ = _pair()
+    c.load_state(b.state())
+    opt_c = getattr(cr, name)(c.parameters(), **kwargs)
+    opt_c.load_state(opt_b.state())
+    run(c, opt_c, batches[3:])
+    np.testing.assert_array_equal(a.flat_params, c.flat_params)
+
+
+def test_step_decay_and_cosine_match_torch_schedulers():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    ours = cr.step_decay(0.2, 3, 0.5)
+    for epoch in range(10):
+        assert ours(epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+        opt.step()
+        sched.step()
+    opt = torch.optim.SGD([p], lr=0.2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8, eta_min=0.01)
+    ours = cr.cosine(0.2, 8, 0.01)
+    for epoch in range(9):
+        assert ours(epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
+        opt.step()
+        sched.step()
+    assert ours(100) == pytest.approx(0.01)
+    assert cr.cosine(1.0, 4)(2) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_optimizer_updates_every_layer_through_the_flat_buffer():
+    model, _ = _pair()
+    opt = cr.SGD(model.parameters(), lr=0.1)
+    assert opt.params is model.flat_params
+    model.flat_grads[...] = 1.0
+    before = model.flat_params.copy()
+    opt.step()
+    np.testing.assert_allclose(model.flat_params, before - 0.1)
+    for p in model.parameters():
+        assert np.shares_memory(p.data, model.flat_params)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda ps: cr.SGD(ps, lr=0), "lr must be positive, got 0"),
+    (lambda ps: cr.SGD(ps, lr=0.1, momentum=1.0), "momentum must be in"),
+    (lambda ps: cr.SGD(ps, lr=0.1, nesterov=True), "nesterov=True needs a momentum"),
+    (lambda ps: cr.Adam(ps, betas=(1.0, 0.9)), "betas must be in"),
+    (lambda ps: cr.AdamW(ps, weight_decay=-1), "weight_decay must be >= 0"),
+])
+def test_bad_optimizer_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make(_pair()[0].parameters())
