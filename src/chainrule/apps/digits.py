@@ -122,11 +122,14 @@ PRESETS: dict[str, Preset] = {
         epochs=30,
         batch_size=128,
         lr_schedule=lambda lr, epochs: cosine(lr, epochs, min_lr=lr / 100),
-        # with dropout the validation loss creeps up while accuracy still improves, so choose the
-        # epoch by accuracy; the patience lets the decaying learning rate finish its work
+        # Small random rotations, scalings and shifts: without them the network reaches 99.99%
+        # training accuracy and 98.5% on the test set (bench, seed 0); with them 99.1%.
+        augment=digit_augmenter(),
+        # the validation loss can creep up while accuracy still improves, so choose the epoch by
+        # accuracy; the patience lets the decaying learning rate finish its work
         monitor="val_accuracy",
         patience=30,
-        description="784-512-512-10 ReLU with dropout, Adam, cosine-decayed learning rate",
+        description="784-512-512-10 ReLU with dropout, augmented, Adam, cosine-decayed learning rate",
     ),
     "small": Preset(
         build=_small_layers,
