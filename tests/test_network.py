@@ -1,0 +1,169 @@
+"""Sequential: passes, prediction, summary, dtype, and safe save/load with validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import chainrule as cr
+from chainrule.network import FORMAT_VERSION
+
+
+def _model(dtype=np.float32):
+    return cr.Sequential([cr.Flatten(), cr.Linear(12, 8), cr.ReLU(), cr.Dropout(0.2), cr.Linear(8, 3)],
+                         input_shape=(3, 4), seed=0, dtype=dtype)
+
+
+def test_parameters_are_views_into_one_flat_buffer():
+    model = _model()
+    assert model.num_parameters() == 12 * 8 + 8 + 8 * 3 + 3
+    assert model.flat_params.dtype == np.float32 and model.flat_params.flags.c_contiguous
+    for p in model.parameters():
+        assert np.shares_memory(p.data, model.flat_params) and np.shares_memory(p.grad, model.flat_grads)
+    model.flat_params[...] = 0.5
+    assert np.all(model.layers[1].weight.data == 0.5)
+
+
+def test_backward_fills_every_gradient_and_returns_the_input_gradient():
+    model = _model(np.float64)
+    x = np.random.default_rng(0).normal(size=(5, 3, 4))
+    out = model.forward(x, training=True)
+    _, grad = cr.CrossEntropy()(out, np.array([0, 1, 2, 0, 1]))
+    dx = model.backward(grad)
+    assert dx.shape == x.shape
+    assert np.all(model.flat_grads != 0)
+    assert model.backward(grad, input_grad=False) is None
+
+
+def test_predict_and_predict_proba():
+    model = _model()
+    x = np.random.default_rng(0).normal(size=(7, 3, 4)).astype(np.float32)
+    p = model.predict_proba(x, batch_size=3)
+    assert p.shape == (7, 3)
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_array_equal(model.predict(x), p.argmax(axis=1))
+    binary = cr.Sequential([cr.Linear(2, 1)], seed=0)
+    xb = np.array([[1.0, 2.0], [-3.0, 0.5]], np.float32)
+    z = binary.forward(xb)[:, 0]
+    np.testing.assert_allclose(binary.predict_proba(xb)[:, 0], 1 / (1 + np.exp(-z)), rtol=1e-6)
+    np.testing.assert_array_equal(binary.predict(xb), (z > 0).astype(int))
+
+
+def test_summary_lists_layers_shapes_and_parameter_counts():
+    text = _model().summary()
+    assert "Output shape" in text and "Params" in text
+    assert "1: Linear" in text and "(None, 8)" in text and "104" in text
+    assert "(None, 12)" in text  # Flatten's output
+    assert f"Total parameters: {_model().num_parameters():,} (float32)" in text
+
+
+def test_float64_mode_and_conversion():
+    model = _model(np.float64)
+    assert model.flat_params.dtype == np.float64
+    assert model.forward(np.zeros((2, 3, 4))).dtype == np.float64
+    m32 = _model()
+    before = m32.flat_params.astype(np.float64)
+    m32.to(np.float64)
+    np.testing.assert_array_equal(m32.flat_params, before)
+    assert all(np.shares_memory(p.data, m32.flat_params) for p in m32.parameters())
+
+
+def test_shape_mismatch_fails_at_construction():
+    with pytest.raises(ValueError, match="layer 2 Linear expects 5 input features"):
+        cr.Sequential([cr.Linear(4, 6), cr.ReLU(), cr.Linear(5, 2)])
+    with pytest.raises(ValueError, match="input_shape is required"):
+        cr.Sequential([cr.ReLU()])
+    with pytest.raises(TypeError, match="expected Layer instances"):
+        cr.Sequential([cr.Linear(2, 2), "relu"])
+
+
+def test_same_seed_same_initial_weights():
+    np.testing.assert_array_equal(_model().flat_params, _model().flat_params)
+    other = cr.Sequential([cr.Flatten(), cr.Linear(12, 8), cr.ReLU(), cr.Dropout(0.2), cr.Linear(8, 3)],
+                          input_shape=(3, 4), seed=1)
+    assert not np.array_equal(_model().flat_params, other.flat_params)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_save_load_round_trip(tmp_path, dtype):
+    model = _model(dtype)
+    model.save(tmp_path / "m", metadata={"task": "test", "classes": [0, 1, 2]})
+    loaded, meta = cr.load_model(tmp_path / "m")
+    assert meta == {"task": "test", "classes": [0, 1, 2]}
+    assert loaded.flat_params.dtype == dtype
+    np.testing.assert_array_equal(loaded.flat_params, model.flat_params)
+    x = np.random.default_rng(0).normal(size=(4, 3, 4))
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
+    assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
+    assert loaded.layers[3].p == 0.2
+    # a path to one of the two files works as well as the directory
+    again, _ = cr.load_model(tmp_path / "m" / "model.json")
+    np.testing.assert_array_equal(again.flat_params, model.flat_params)
+    np.load(tmp_path / "m" / "model.npz", allow_pickle=False)  # plain arrays, no pickles
+
+
+def _saved(tmp_path):
+    d = tmp_path / "m"
+    _model().save(d)
+    return d
+
+
+def _edit_json(d, change):
+    doc = json.loads((d / "model.json").read_text())
+    change(doc)
+    (d / "model.json").write_text(json.dumps(doc))
+
+
+def _set(key, value):
+    return lambda doc: doc.__setitem__(key, value)
+
+
+def _first_layer(key, value):
+    return lambda doc: doc["layers"][1].__setitem__(key, value)
+
+
+def _write_npz(d, **arrays):
+    np.savez(d / "model.npz", **arrays)
+
+
+@pytest.mark.parametrize("corrupt,match", [
+    (lambda d: (d / "model.npz").write_bytes(b"not a zip file"), "not a readable .npz"),
+    (lambda d: (d / "model.npz").write_bytes((d / "model.npz").read_bytes()[:100]), "not a readable .npz"),
+    (lambda d: (d / "model.npz").unlink(), "not found"),
+    (lambda d: (d / "model.json").write_text("{not json"), "not valid JSON"),
+    (lambda d: (d / "model.json").write_bytes(b"\xff\xfe\x00"), "not valid JSON"),
+    (lambda d: (d / "model.json").write_text("[1, 2]"), "not a chainrule model"),
+    (lambda d: _edit_json(d, _set("format_version", FORMAT_VERSION + 1)), "format version"),
+    (lambda d: _edit_json(d, _first_layer("type", "Pickle")), "unknown layer type 'Pickle'"),
+    (lambda d: _edit_json(d, _first_layer("args", [1, 2])), "expected an object"),
+    (lambda d: _edit_json(d, _first_layer("args", {"in_features": 12, "out_features": 0})), "invalid architecture"),
+    (lambda d: _edit_json(d, _first_layer("args", {"bogus": 1})), "invalid architecture"),
+    (lambda d: _edit_json(d, _set("dtype", "float16")), "invalid architecture"),
+    (lambda d: _write_npz(d, params=np.zeros(5, np.float32)), "expected 131 parameters"),
+    (lambda d: _write_npz(d, params=np.full(131, np.nan, np.float32)), "NaN or infinity"),
+    (lambda d: _write_npz(d, params=np.zeros(131, np.int32)), "expected floats"),
+    (lambda d: _write_npz(d, other=np.zeros(131, np.float32)), "expected 131 parameters"),
+])
+def test_load_rejects_broken_model_files(tmp_path, corrupt, match):
+    d = _saved(tmp_path)
+    corrupt(d)
+    with pytest.raises(cr.ModelFileError, match=match):
+        cr.load_model(d)
+
+
+def test_load_never_unpickles(tmp_path):
+    d = _saved(tmp_path)
+    np.savez(d / "model.npz", params=np.array([object()], dtype=object))
+    with pytest.raises(cr.ModelFileError, match="not a readable .npz"):
+        cr.load_model(d)
+
+
+def test_state_round_trip_and_validation():
+    a, b = _model(), cr.Sequential([cr.Flatten(), cr.Linear(12, 8), cr.ReLU(), cr.Dropout(0.2), cr.Linear(8, 3)],
+                                   input_shape=(3, 4), seed=9)
+    b.load_state(a.state())
+    np.testing.assert_array_equal(a.flat_params, b.flat_params)
+    with pytest.raises(cr.ModelFileError, match="expected 131 parameters"):
+        b.load_state({"params": np.zeros(3)})
