@@ -52,6 +52,18 @@ def sample_inputs(metadata: dict, data_dir, n: int = 4):
     raise ValueError(f"model task {task!r} has no sample inputs for gradcheck")
 
 
+def _random_inputs(model, n: int = 4):
+    """Standard-normal inputs of the model's input shape, and labels its output can be scored on."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, *model.input_shape))
+    out = model.forward(x)
+    if out.ndim == 2 and out.shape[1] > 1:
+        return x, rng.integers(0, out.shape[1], n)
+    if out.ndim == 2 and out.shape[1] == 1:
+        return x, np.array([0, 1] * (n // 2), np.int64)
+    return x, rng.normal(size=out.shape)
+
+
 def gradcheck_report(model_dir=None, data=None, samples: int = 30) -> int:
     """Print gradcheck tables; return 0 if every layer passes, 1 otherwise."""
     all_ok = True
@@ -59,8 +71,12 @@ def gradcheck_report(model_dir=None, data=None, samples: int = 30) -> int:
         checks = [(title, model, x, y, None) for title, model, x, y in demo_networks()]
     else:
         model, metadata = load_model(model_dir)
-        x, y = sample_inputs(metadata, data)
-        checks = [(f"{model_dir} on {len(y)} real inputs", model, x, y, samples)]
+        if metadata.get("task") in ("digits", "spam"):
+            x, y = sample_inputs(metadata, data)
+            checks = [(f"{model_dir} on {len(y)} real inputs", model, x, y, samples)]
+        else:  # a model saved from Python with no task: its data is unknown, so random inputs
+            x, y = _random_inputs(model)
+            checks = [(f"{model_dir} on {len(y)} random inputs (no task in its metadata)", model, x, y, samples)]
     for title, model, x, y, per_param in checks:
         errors = gradcheck(model, x, y, samples_per_param=per_param)
         text, ok = _table(title, errors)
