@@ -1,0 +1,43 @@
+"""The engine's command-line tools: `chainrule gradcheck` and `chainrule explain`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+import chainrule as cr
+from chainrule.cli import main
+
+
+def test_gradcheck_command_passes_on_every_layer_type():
+    proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "gradcheck"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "gradcheck: PASS" in proc.stdout
+    for layer in ("Linear", "Conv2D", "BatchNorm", "input"):
+        assert layer in proc.stdout
+
+
+def test_gradcheck_command_on_a_saved_model(tmp_path, capsys):
+    model = cr.Sequential([cr.Linear(6, 5), cr.Tanh(), cr.Linear(5, 3)], seed=0)
+    model.save(tmp_path / "m")
+    code = main(["gradcheck", str(tmp_path / "m")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "PASS" in out.out and "random inputs" in out.out
+
+
+def test_gradcheck_command_reports_a_missing_model_in_one_line(tmp_path, capsys):
+    code = main(["gradcheck", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("chainrule: error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_explain_command_runs(capsys):
+    assert main(["explain", "--epochs", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "Step 6." in out and "Final predictions" in out
+    assert np.isfinite(float(out.split("    L = ")[1].split()[0]))
