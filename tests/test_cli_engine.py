@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -41,3 +42,16 @@ def test_explain_command_runs(capsys):
     out = capsys.readouterr().out
     assert "Step 6." in out and "Final predictions" in out
     assert np.isfinite(float(out.split("    L = ")[1].split()[0]))
+
+
+def test_readme_python_example_runs(capsys):
+    """The README's build-fit-evaluate example, run exactly as written."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "```python" in readme, "the README lost its Python example"
+    code = readme.split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "Total parameters" in out and "'accuracy'" in out
+    model, history = namespace["model"], namespace["history"]
+    assert len(history) >= 1 and model.num_parameters() == 82
