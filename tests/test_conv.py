@@ -372,7 +372,6 @@ def test_conv_presets_train_evaluate_predict_show_and_gradcheck(preset, tmp_path
         pytest.skip("CHAINRULE_DATA is not set")
     from PIL import Image
 
-    from chainrule.apps import digits
     from chainrule.cli import main
     from chainrule.data.mnist import load_mnist
 
@@ -395,10 +394,7 @@ def test_conv_presets_train_evaluate_predict_show_and_gradcheck(preset, tmp_path
     assert "kernels" in capsys.readouterr().out
     with Image.open(tmp_path / "filters.png") as im:
         assert im.format == "PNG"
-    # Every parameter of the trained model on real images. Not the input row: on the blank
-    # background of a real digit, max-pooling windows hold exactly tied values, where the loss is
-    # not differentiable in those pixels (input gradients are checked on random inputs above).
-    x = digits.model_inputs(images[:3], metadata)
-    errors = cr.gradcheck(model, x, np.asarray(labels[:3], np.int64), samples_per_param=10)
-    errors.pop("input")
-    assert max(errors.values()) < GRADCHECK_TOL, errors
+    # Every parameter, and the input, of the trained model on real images: `chainrule gradcheck`
+    # nudges the inputs off the max-pool ties of blank paper, where there is no derivative.
+    assert main(["gradcheck", str(out), "--samples", "10"]) == 0
+    assert "gradcheck: PASS" in capsys.readouterr().out
