@@ -37,6 +37,16 @@ def test_gradcheck_command_reports_a_missing_model_in_one_line(tmp_path, capsys)
     assert err.startswith("chainrule: error:") and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_gradcheck_command_reports_missing_data_in_one_line(tmp_path, capsys):
+    """A digits model checked against a --data folder without MNIST: one line naming what to put where."""
+    model = cr.Sequential([cr.Flatten(), cr.Linear(784, 10)], input_shape=(28, 28), seed=0)
+    model.save(tmp_path / "m", metadata={"task": "digits"})
+    code = main(["gradcheck", str(tmp_path / "m"), "--data", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("chainrule: error: MNIST") and err.count("\n") == 1, err
+
+
 def test_explain_command_runs(capsys):
     assert main(["explain", "--epochs", "300"]) == 0
     out = capsys.readouterr().out

@@ -13,6 +13,7 @@ import numpy as np
 
 from chainrule import web
 from chainrule.apps import digits, spam
+from chainrule.data.mnist import DataError
 from chainrule.network import ModelFileError
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with np.errstate(over="ignore"):
             return int(args.func(args) or 0)
-    except (UserError, ModelFileError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (UserError, ModelFileError, DataError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         msg = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.filename}: {exc.strerror}"
         print(f"chainrule: error: {msg}", file=sys.stderr)
         return 2
