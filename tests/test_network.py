@@ -37,6 +37,31 @@ def test_backward_fills_every_gradient_and_returns_the_input_gradient():
     assert model.backward(grad, input_grad=False) is None
 
 
+@pytest.mark.parametrize("first", ["dense", "conv"])
+def test_backward_without_input_gradient_gives_the_same_parameter_gradients(first):
+    """Training skips dL/dx below the first layer with parameters; the weights' gradients must not change,
+    and the next full backward must compute dL/dx again."""
+    if first == "dense":
+        head, shape = [cr.Flatten(), cr.Linear(12, 8)], (3, 4)
+    else:
+        head, shape = [cr.Conv2D(3, 2, 2), cr.Flatten(), cr.Linear(18, 8)], (3, 4, 4)
+    model = cr.Sequential([*head, cr.ReLU(), cr.Dropout(0.2), cr.Linear(8, 3)], input_shape=shape, seed=0,
+                          dtype=np.float64)
+    x = np.random.default_rng(1).normal(size=(5, *model.input_shape))
+    y = np.array([0, 1, 2, 0, 1])
+    grads, state = [], model.rng.bit_generator.state
+    for input_grad in (True, False, True):
+        model.rng.bit_generator.state = state  # the same dropout mask every pass
+        _, grad = cr.CrossEntropy()(model.forward(x, training=True), y)
+        model.flat_grads[...] = 0
+        dx = model.backward(grad, input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append(model.flat_grads.copy())
+    np.testing.assert_array_equal(grads[0], grads[1])
+    np.testing.assert_array_equal(grads[0], grads[2])
+    assert dx.shape == x.shape
+
+
 def test_predict_and_predict_proba():
     model = _model()
     x = np.random.default_rng(0).normal(size=(7, 3, 4)).astype(np.float32)
