@@ -263,3 +263,23 @@ def _mime(draw):
 def test_property_classifier_never_raises(raw):
     r = classify_message(_TINY, raw)
     assert r["label"] in ("spam", "ham", "unsure") and 0.0 <= r["probability"] <= 1.0
+
+
+def test_classify_message_tokenises_an_sms_as_training_saw_it():
+    """Pasted text with no email headers is an SMS: it must reach the same hashed features as the
+    SMS lines the model was trained on, not the features of a header-less email."""
+    from chainrule.apps.spam import explain_row, looks_like_email
+    from chainrule.data.mail import parse_message
+    from chainrule.data.text import message_tokens, sms_tokens
+
+    sms = "URGENT: You have won a £900 prize! Call 09061701461 or visit www.win.example now"
+    assert not looks_like_email(sms.encode())
+    assert sms_tokens(sms, _TINY.config) != message_tokens(parse_message(sms.encode()), _TINY.config)
+    assert classify_message(_TINY, sms.encode())["probability"] == pytest.approx(
+        explain_row(_TINY, sms_tokens(sms, _TINY.config))[0], abs=1e-7)
+
+    email = b"Received: from mx.example\nFrom: a@example.com\nSubject: URGENT: call now\n\nhello"
+    for raw in (email, b"From a@example.com Mon Jan  1 00:00:00 2024\n" + email, b"X-Spam: no\n\nhi"):
+        assert looks_like_email(raw), raw
+        assert classify_message(_TINY, raw)["probability"] == pytest.approx(
+            explain_row(_TINY, message_tokens(parse_message(raw), _TINY.config))[0], abs=1e-7)

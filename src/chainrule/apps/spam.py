@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -193,19 +194,35 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[fl
     return p, towards_spam, towards_ham
 
 
+# The first line of an email: a header that mail software writes (or an mbox "From " line). A bare
+# "Name: text" is not enough — an SMS such as "URGENT: call now" has that shape too.
+_EMAIL_START = re.compile(
+    rb"(?i)\A\s*(?:from \S|(?:from|to|cc|subject|date|received|return-path|delivered-to|message-id|"
+    rb"mime-version|content-type|reply-to|sender|envelope-to|x-[\w-]+)[ \t]*:)")
+
+
+def looks_like_email(raw: bytes) -> bool:
+    """Whether pasted text is an email with headers (else it is treated as an SMS or a bare note)."""
+    return bool(_EMAIL_START.match(raw[:1024]))
+
+
 def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
-    """Classify one raw message (bytes of an email) for programs such as the web app.
+    """Classify one message for programs such as the web app: an email with its headers, or the
+    text of an SMS (anything that does not start like an email), tokenised as training saw each.
 
     Returns {"label": "spam"|"ham"|"unsure", "probability": P(spam), "top_tokens":
     [{"token", "weight"}...] (the strongest in either direction), "problem": str|None}.
     """
-    parsed = parse_message(raw[:MAX_BYTES])
-    tokens = message_tokens(parsed, bundle.config)
+    if looks_like_email(raw):
+        parsed = parse_message(raw[:MAX_BYTES])
+        tokens, problem = message_tokens(parsed, bundle.config), parsed.problem
+    else:
+        tokens, problem = sms_tokens(raw[:MAX_BYTES].decode("utf-8", "replace"), bundle.config), None
     p, to_spam, to_ham = explain_row(bundle, tokens, top)
     strongest = sorted(to_spam + to_ham, key=lambda t: -abs(t[1]))[:top]
     return {"label": verdict(p, bundle.spam_cutoff, bundle.ham_cutoff), "probability": p,
             "top_tokens": [{"token": t, "weight": round(w, 6)} for t, w in strongest],
-            "problem": parsed.problem}
+            "problem": problem}
 
 
 # ---------------------------------------------------------------------------------------------
