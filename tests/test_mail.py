@@ -2,6 +2,8 @@
 
 import base64
 import email
+import email.parser
+import email.policy
 import io
 import mailbox
 import os
@@ -285,3 +287,61 @@ def test_roundtrip_email_message_object():
     m.add_alternative("<p>Hallo <b>Welt</b></p>", subtype="html")
     p = parse_message(m.as_bytes())
     assert p.subject == "Grüße" and "Jörg" in p.from_ and "schöne" in p.text and "Welt" in p.html_text
+
+
+# --- the header-block fast path -----------------------------------------------------------------
+
+_SPLIT_CASES = {
+    "lf": b"Subject: a\nX-A: b\n\tfolded\n\nbody\n\nmore\n",
+    "crlf": b"Subject: a\r\nX-A: b\r\n\r\nbody\r\n\r\nmore\r\n",
+    "unixfrom": b"From a@b Mon Jan  1 00:00:00 2001\nSubject: a\n\nbody\n",
+    "no_blank_line": b"Subject: a\nX-A: b\n",
+    "body_line_before_blank": b"Subject: a\nnot a header\nstill body\n\nrest\n",
+    "lone_cr_blank": b"Subject: a\r\rbody\n\nrest\n",
+    "mixed_endings": b"Subject: a\n\r\nbody\r\n",
+    "empty_headers": b"\nbody only\n",
+    "eight_bit_body": b"Subject: a\nContent-Transfer-Encoding: 8bit\n\ncaf\xe9 \xff\xfe\n",
+    "base64_body": b"Subject: a\nContent-Transfer-Encoding: base64\n\n" + base64.encodebytes(b"hello world" * 20),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SPLIT_CASES))
+def test_header_block_fast_path_matches_full_headers_only_parse(name):
+    from chainrule.data.mail import _compat32_headers
+
+    raw = _SPLIT_CASES[name]
+    full = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
+    fast = _compat32_headers(raw)
+    assert fast.items() == full.items() and fast.get_unixfrom() == full.get_unixfrom()
+    assert fast.get_payload() == full.get_payload()
+    assert fast.get_payload(decode=True) == full.get_payload(decode=True)
+    assert [type(d) for d in fast.defects] == [type(d) for d in full.defects]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"Subject: x", b"X-H: y", b"\tcont", b"no colon", b"", b"From a", b":bad",
+                                 b"body \xe9", b"\r"]), max_size=12),
+       st.sampled_from([b"\n", b"\r\n", b"\r"]))
+def test_property_header_block_fast_path_is_exact(lines, nl):
+    from chainrule.data.mail import _compat32_headers
+
+    raw = nl.join(lines) + nl
+    if not raw.partition(b"\n\n")[0].isascii():
+        return  # 8-bit header blocks are decoded as text on purpose (next test)
+    full = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
+    fast = _compat32_headers(raw)
+    assert fast.items() == full.items() and fast.get_payload() == full.get_payload()
+
+
+def test_eight_bit_headers_are_decoded_not_replaced():
+    utf8 = "Subject: Grüße aus Köln\nFrom: Jörg <j@example.de>\n\nHallo\n".encode()
+    p = parse_message(utf8)
+    assert p.subject == "Grüße aus Köln" and p.from_ == "Jörg <j@example.de>" and "Hallo" in p.text
+    latin1 = "Subject: Robbie signs \xa380m deal\nContent-Type: text/plain; charset=iso-8859-1\n\ncaf\xe9\n"
+    p = parse_message(latin1.encode("latin-1"))
+    assert p.subject == "Robbie signs £80m deal" and "café" in p.text
+    assert "subject:money:£dd" in message_tokens(p)
+    multipart = ("Subject: Grüße\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\n"
+                 "hi\n--b--\n").encode()
+    p = parse_message(multipart)
+    assert p.subject == "Grüße" and "hi" in p.text and p.parts == 2

@@ -408,8 +408,12 @@ def html_to_text(html: str) -> tuple[str, list[str]]:
     return " ".join(parser.chunks), parser.links
 
 
-# Literal prefixes (not (?i)) let the regex engine skip ahead quickly: this runs on every message.
-URL_RE = re.compile(r"""(?:[hH][tT][tT][pP][sS]?://|[fF][tT][pP]://|[wW][wW][wW]\.)[^\s<>"'()\[\]{}]+""")
+# "http://", "https://", "ftp://" or "www." in any case. Written to start with one character class
+# (the lookbehinds then pick the branch) because `re` skips ahead to a possible first character
+# only when a pattern starts with a single literal or class, not with an alternation: 3x faster
+# on mail bodies than the plain `(?:http...|ftp...|www...)`, same matches.
+URL_RE = re.compile(r"""[hHfFwW](?:(?<=[hH])[tT][tT][pP][sS]?://|(?<=[fF])[tT][pP]://|(?<=[wW])[wW][wW]\.)"""
+                    r"""[^\s<>"'()\[\]{}]+""")
 
 
 def find_urls(text: str) -> list[str]:
@@ -493,6 +497,60 @@ def _fill_headers(msg, out: ParsedMessage) -> None:
 
 
 _HEADERS_ONLY = email.parser.BytesParser(policy=email.policy.compat32)
+# The first blank line: a line ending ("\n", or the "\n" of "\r\n") followed by an empty line.
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def _compat32_headers(raw: bytes):
+    """A compat32 `Message` whose headers are parsed and whose payload is the rest of `raw`, as
+    `BytesParser(policy=compat32).parsebytes(raw, headersonly=True)` would make it — but only the
+    header block goes through the feed parser, which otherwise splits the whole body into lines
+    one `readline` at a time (half the parsing time of a typical message).
+
+    Cutting right after the first blank line is exact: the cut falls just after a "\n", which ends
+    a line however the parser splits lines ("\r\n", "\r" or "\n"), and the parser's header block
+    ends at or before that blank line; whatever it already put in the payload (after a line that
+    was not a header) comes first, and the bytes after the cut follow it unchanged.
+    """
+    m = _BLANK_LINE.search(raw)
+    if m is None:
+        return _HEADERS_ONLY.parsebytes(raw, headersonly=True)
+    head = raw[:m.end()]
+    if not head.isascii():
+        msg = _HEADERS_ONLY_TEXT.parsestr(_decode_header_block(head), headersonly=True)
+        if msg.get_payload():  # a non-header line before the blank line: keep the bytes path
+            msg = _HEADERS_ONLY.parsebytes(head, headersonly=True)
+    else:
+        msg = _HEADERS_ONLY.parsebytes(head, headersonly=True)
+    head_payload = msg.get_payload()
+    body = raw[m.end():].decode("ascii", "surrogateescape")  # what BytesParser does to all of raw
+    msg.set_payload(head_payload + body if head_payload else body)
+    return msg
+
+
+_HEADERS_ONLY_TEXT = email.parser.Parser(policy=email.policy.compat32)
+_CHARSET_PARAM = re.compile(rb"""charset\s*=\s*["']?([\w.:-]+)""", re.IGNORECASE)
+
+
+def _decode_header_block(head: bytes) -> str:
+    """A header block with raw 8-bit bytes (RFC 6532 UTF-8 headers, or spam's raw Latin-1/GB2312
+    subjects) as text, line by line: UTF-8 if the line is valid UTF-8, else the message's declared
+    charset, else Windows-1252/Latin-1 (`decode_text`). compat32 alone would turn those bytes into
+    U+FFFD, and `policy.default` decodes them as UTF-8 only, so "£80m" in Latin-1 loses its £ either
+    way; here it stays a money token.
+    """
+    m = _CHARSET_PARAM.search(head)
+    declared = m.group(1).decode("ascii") if m else None
+    lines = head.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.isascii():
+            lines[i] = line.decode("ascii")
+            continue
+        try:
+            lines[i] = line.decode("utf-8")
+        except UnicodeDecodeError:
+            lines[i] = decode_text(line, declared)
+    return "".join(lines)
 
 
 def _parse_with(raw: bytes, policy) -> ParsedMessage:
@@ -500,13 +558,13 @@ def _parse_with(raw: bytes, policy) -> ParsedMessage:
         # Fast path: parse the header block only; for a single-part message (most mail) the
         # remaining bytes are the body and `get_payload(decode=True)` decodes them the same way
         # a full parse would. Only a multipart message pays for the full MIME parse.
-        msg = _HEADERS_ONLY.parsebytes(raw, headersonly=True)
+        msg = top = _compat32_headers(raw)
         if msg.get_content_maintype() == "multipart":
-            msg = email.message_from_bytes(raw, policy=policy)
+            msg = email.message_from_bytes(raw, policy=policy)  # (its headers are top's, but 8-bit ones undecoded)
     else:
-        msg = email.message_from_bytes(raw, policy=policy)
+        msg = top = email.message_from_bytes(raw, policy=policy)
     out = ParsedMessage()
-    _fill_headers(msg, out)
+    _fill_headers(top, out)
     _walk(msg, out)
     return out
 
