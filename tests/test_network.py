@@ -74,6 +74,14 @@ def test_predict_and_predict_proba():
     z = binary.forward(xb)[:, 0]
     np.testing.assert_allclose(binary.predict_proba(xb)[:, 0], 1 / (1 + np.exp(-z)), rtol=1e-6)
     np.testing.assert_array_equal(binary.predict(xb), (z > 0).astype(int))
+    # predict decides on raw scores; with a probability layer on top it must agree with predict_proba
+    for head in ([cr.Linear(2, 1), cr.Sigmoid()], [cr.Linear(2, 4), cr.Softmax()]):
+        net = cr.Sequential(head, seed=1)
+        xs = np.random.default_rng(2).normal(size=(50, 2)).astype(np.float32)
+        p = net.predict_proba(xs)
+        expected = (p[:, 0] > 0.5).astype(int) if p.shape[1] == 1 else p.argmax(axis=1)
+        np.testing.assert_array_equal(net.predict(xs, batch_size=7), expected)
+    assert model.predict(np.zeros((0, 3, 4), np.float32)).shape == (0,)
 
 
 def test_summary_lists_layers_shapes_and_parameter_counts():

@@ -142,11 +142,18 @@ class Sequential:
         return e / e.sum(axis=-1, keepdims=True)
 
     def predict(self, x, batch_size: int = 1024) -> np.ndarray:
-        """Predicted class: the most probable one, or probability > 0.5 for a single output."""
-        p = self.predict_proba(x, batch_size)
-        if p.shape[-1] == 1:
-            return (p[:, 0] > 0.5).astype(np.int64)
-        return p.argmax(axis=-1)
+        """Predicted class: the most probable one, or probability > 0.5 for a single output.
+
+        Decided on the raw scores: softmax keeps the order of the scores and σ(z) > 0.5 ⇔ z > 0,
+        so turning them into probabilities first would only cost time.
+        """
+        outputs = [self.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        if not outputs:
+            return np.zeros(0, np.int64)
+        if self.output_shape[-1] == 1:
+            cut = 0.5 if isinstance(self.layers[-1], (L.Softmax, L.Sigmoid)) else 0.0
+            return np.concatenate([(out[:, 0] > cut) for out in outputs]).astype(np.int64)
+        return np.concatenate([out.argmax(axis=-1) for out in outputs])
 
     # -- description --------------------------------------------------------------------------
 
