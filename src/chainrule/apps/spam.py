@@ -663,7 +663,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("corpus", nargs="*", help="files, directories, mbox, Maildir or .tar[.gz|.bz2]; labels from "
                    "folder names containing 'spam' or 'ham'")
     p.add_argument("--sms", action="append", help="an SMS collection (label<TAB>text lines); repeatable")
-    p.add_argument("--out", default="spam-model", help="model directory to write (default spam-model)")
+    p.add_argument("--out", default="runs/spam", help="model directory to write (default runs/spam)")
     p.add_argument("--hidden", type=int, nargs="+", default=[32], help="hidden layer widths (default 32)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--epochs", type=int, default=30, help="at most this many epochs (early stopping)")
