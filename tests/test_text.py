@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chainrule.data.mail import parse_message
 from chainrule.data.text import Hasher, HashingConfig, message_tokens, rows_to_csr, sms_tokens, word_tokens
@@ -84,3 +86,50 @@ def test_config_round_trip_and_validation():
 
     with pytest.raises(ValueError, match="power of two"):
         HashingConfig.from_dict({"n_features": 1000})
+
+
+def test_matrix_equals_the_formula_row_by_row():
+    """Hasher.matrix: x[b] = Σ_{t in bucket b} s(t)(1 + log count(t)), then x / ||x||, per message."""
+    h = Hasher(HashingConfig(n_features=16))  # few buckets, so tokens collide and signs cancel
+    lists = [["a", "b", "a", "c", "d", "e", "f", "g", "h"], [], ["x"] * 5, list("abcdefghijklmnopqrstuvwxyz")]
+    x = h.matrix(lists)
+    assert x.shape == (4, 16) and x.dtype == np.float32 and x.indices.dtype == np.int32
+    for i, tokens in enumerate(lists):
+        expected = np.zeros(16)
+        for tok, (b, s) in h.token_features(tokens).items():
+            expected[b] += s * (1 + np.log(tokens.count(tok)))
+        if expected.any():
+            expected /= np.linalg.norm(expected)
+        np.testing.assert_allclose(x[i].toarray()[0], expected, rtol=1e-6, atol=1e-7)
+        idx, val = h.row(tokens)
+        np.testing.assert_array_equal(idx, x[i].indices)
+        np.testing.assert_array_equal(val, x[i].data)
+
+
+_TEXTS = st.text(alphabet=st.sampled_from(list("aZQx09_$£€!? .,:/-'’&\néÉ٣B")), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXTS)
+def test_fast_patterns_match_the_plain_ones(text):
+    """The scan-friendly regexes find exactly what the plain forms find, on ASCII and other text."""
+    import re
+
+    from chainrule.data import text as t
+
+    assert t._NUMBER_RE.findall(text) == re.findall(r"[$£€]?\d[\d.,:/-]*", text)
+    assert t._CAPS_RE.findall(text) == re.findall(r"\b[A-Z]{3,}\b", text)
+    if text.isascii():
+        assert t._WORD_ASCII_RE.findall(text.lower()) == t._WORD_RE.findall(text.lower())
+        assert t._NUMBER_ASCII_RE.findall(text) == t._NUMBER_RE.findall(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("hHtTpPsSfFwW:/.x <")), max_size=40))
+def test_url_pattern_matches_the_plain_one(text):
+    import re
+
+    from chainrule.data.mail import URL_RE
+
+    plain = r"""(?:[hH][tT][tT][pP][sS]?://|[fF][tT][pP]://|[wW][wW][wW]\.)[^\s<>"'()\[\]{}]+"""
+    assert URL_RE.findall(text) == re.findall(plain, text)

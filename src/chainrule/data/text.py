@@ -20,6 +20,7 @@ import re
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
+from itertools import chain
 
 import numpy as np
 import scipy.sparse as sp
@@ -60,8 +61,16 @@ class HashingConfig:
 
 # Words start with a letter and may hold digits, apostrophes, hyphens ("don't", "e-mail", "mp3").
 _WORD_RE = re.compile(r"[^\W\d_][\w'’&-]*")
-_NUMBER_RE = re.compile(r"[$£€]?\d[\d.,:/-]*")
-_CAPS_RE = re.compile(r"\b[A-Z]{3,}\b")
+# Numbers with an optional currency sign, and whole words of 3+ capitals. Both are written to start
+# with a single character class because only then does `re` skip quickly to a possible first
+# character; the lookarounds keep the matches exactly those of the plain forms
+# `[$£€]?\d[\d.,:/-]*` and `\b[A-Z]{3,}\b`, at 2-3x the speed.
+_NUMBER_RE = re.compile(r"[$£€\d](?:(?<=[$£€])(?=\d)|(?<=\d))[\d.,:/-]*")
+_CAPS_RE = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z]{2,}(?!\w)")
+# The same two patterns for ASCII text (most mail), where \w and \d are these ASCII classes: a class
+# made only of ASCII characters is a bitmap test for `re`, twice as fast as Unicode categories.
+_WORD_ASCII_RE = re.compile(r"[a-z][a-z0-9_'&-]*")  # (applied to lower-cased text)
+_NUMBER_ASCII_RE = re.compile(r"[$0-9](?:(?<=\$)(?=[0-9])|(?<=[0-9]))[0-9.,:/-]*")
 _PUNCT_RE = re.compile(r"[!?]+")
 _EMAIL_RE = re.compile(r"[\w.+-]+@([\w-]+\.[\w.-]+)")
 _HOST_RE = re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}\b")
@@ -86,18 +95,21 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
     over words, since this runs for every message the filter sees.
     """
     text = text[:_MAX_CHARS]
-    words = _WORD_RE.findall(text.lower())
-    words = [w if len(w) <= 30 else f"long:{len(w) // 10}" for w in words]
+    ascii_only = text.isascii()  # (O(1): CPython records it in the string)
+    words = (_WORD_ASCII_RE if ascii_only else _WORD_RE).findall(text.lower())
+    if words and max(map(len, words)) > 30:
+        words = [w if len(w) <= 30 else f"long:{len(w) // 10}" for w in words]
     # (number shapes drop the trailing punctuation the pattern picks up at a sentence's end)
     out = list(words)
-    for n in _NUMBER_RE.findall(text):
+    for n in (_NUMBER_ASCII_RE if ascii_only else _NUMBER_RE).findall(text):
         n = n.rstrip(".,:/-")
         out.append(f"money:{_shape(n)}" if (n[0] in "$£€") else f"num:{_shape(n)}")
     caps = _CAPS_RE.findall(text)
     if caps:
         out.extend([f"upper:{c.lower()}" for c in caps])
         out.append(f"caps:{min(len(caps), 20) // 4}")  # how much of the text shouts, coarsely
-    out.extend([f"punct:{p[:3]}" for p in _PUNCT_RE.findall(text)])
+    if "!" in text or "?" in text:  # (a substring test is ~50x faster than the regex's scan)
+        out.extend([f"punct:{p[:3]}" for p in _PUNCT_RE.findall(text)])
     if bigrams and len(words) > 1:
         out.extend([f"{a} {b}" for a, b in zip(words, words[1:], strict=False)])
     if char_ngrams:
@@ -206,20 +218,42 @@ class Hasher:
 
     def row(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(bucket indices, values) of one message's feature row, L2-normalised, duplicates summed."""
-        counts = Counter(tokens)
-        if not counts:
-            return np.zeros(0, np.int32), np.zeros(0, np.float32)
-        get, miss = self._cache.get, self.signed_index
-        signed = np.array([get(t) or miss(t) for t in counts], np.int64)
-        weight = 1.0 + np.log(np.fromiter(counts.values(), np.float64, len(counts)))
+        x = self.matrix([tokens])
+        return x.indices, x.data
+
+    def matrix(self, token_lists: list[list[str]]) -> sp.csr_matrix:
+        """The feature rows of many messages as one float32 CSR matrix of shape (n, n_features).
+
+        Each row: every distinct token t adds s(t) · (1 + log count(t)) to its bucket (tokens that
+        share a bucket add up, with their signs: that is what makes collisions cancel), then the
+        row is divided by its L2 norm. The NumPy work runs once for all rows, on keys
+        row · n_features + bucket, because per message its fixed cost exceeded the hashing itself.
+        """
+        n = len(token_lists)
+        counts = [Counter(t) for t in token_lists]
+        lengths = np.fromiter(map(len, counts), np.int64, n)
+        tokens = list(chain.from_iterable(counts))
+        if not tokens:
+            return sp.csr_matrix((n, self.config.n_features), dtype=np.float32)
+        signed = list(map(self._cache.get, tokens))  # a cache hit costs no Python bytecode
+        if None in signed:
+            miss = self.signed_index
+            signed = [v if v is not None else miss(t) for v, t in zip(signed, tokens, strict=True)]
+        signed = np.array(signed, np.int64)
+        weight = 1.0 + np.log(np.fromiter(chain.from_iterable(c.values() for c in counts), np.float64,
+                                          len(tokens)))
         weight[signed < 0] *= -1
-        # tokens that share a bucket add up (with their signs: that is what makes collisions cancel)
-        buckets, inverse = np.unique(np.abs(signed) - 1, return_inverse=True)
-        val = np.bincount(inverse, weights=weight).astype(np.float32)
-        norm = float(np.sqrt(np.dot(val, val)))
-        if norm > 0:
-            val /= norm
-        return buckets.astype(np.int32), val
+        bits = self.config.n_features.bit_length() - 1
+        keys = (np.repeat(np.arange(n, dtype=np.int64), lengths) << bits) | (np.abs(signed) - 1)
+        keys, inverse = np.unique(keys, return_inverse=True)  # sorted: by row, then by bucket
+        val = np.bincount(inverse, weights=weight)
+        row = keys >> bits
+        norm = np.sqrt(np.bincount(row, weights=val * val, minlength=n))
+        val /= np.where(norm > 0, norm, 1.0)[row]
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(row, minlength=n), out=indptr[1:])
+        return sp.csr_matrix((val.astype(np.float32), (keys & self._mask).astype(np.int32), indptr),
+                             shape=(n, self.config.n_features))
 
     def token_features(self, tokens: list[str]) -> dict[str, tuple[int, int]]:
         """token -> (bucket, sign) for every distinct token: hashed features back to words."""
