@@ -9,19 +9,27 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is never left half-written."""
+@contextmanager
+def atomic_open(path) -> Iterator[BinaryIO]:
+    """A binary file to write that appears at `path` only when the `with` block completes.
+
+    It is a temporary file beside `path`; on success it is flushed to disk and renamed into
+    place, and on any exception (a failed checksum, Ctrl-C) it is deleted and `path` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -31,6 +39,12 @@ def atomic_write_bytes(path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is never left half-written."""
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def atomic_write_npz(path, arrays: dict[str, np.ndarray]) -> None:

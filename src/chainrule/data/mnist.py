@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.data.locate import cache_dir, candidate_dirs
+from chainrule.files import atomic_open
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -145,26 +144,18 @@ def download(directory=None, progress: bool = True) -> Path:
         if target.is_file():
             continue
         url = MIRROR + name
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
-        try:
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress,
-                          leave=False) as bar:
-                    while chunk := resp.read(1 << 16):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
+        digest = hashlib.sha256()
+        # written beside the target and renamed into place only if the checksum matches
+        with atomic_open(target) as out, urllib.request.urlopen(url, timeout=30) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress,
+                      leave=False) as bar:
+                while chunk := resp.read(1 << 16):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
             if digest.hexdigest() != expected:
                 raise DataError(f"{url}: SHA-256 {digest.hexdigest()} does not match the expected {expected}")
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
     return directory
 
 
