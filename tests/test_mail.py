@@ -318,19 +318,40 @@ def test_header_block_fast_path_matches_full_headers_only_parse(name):
     assert [type(d) for d in fast.defects] == [type(d) for d in full.defects]
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from([b"Subject: x", b"X-H: y", b"\tcont", b"no colon", b"", b"From a", b":bad",
-                                 b"body \xe9", b"\r"]), max_size=12),
-       st.sampled_from([b"\n", b"\r\n", b"\r"]))
-def test_property_header_block_fast_path_is_exact(lines, nl):
+def test_header_block_fast_path_on_every_corpus_message(corpus):
     from chainrule.data.mail import _compat32_headers
 
-    raw = nl.join(lines) + nl
+    parser = email.parser.BytesParser(policy=email.policy.compat32)
+    checked = 0
+    for m in corpus:
+        if not m.data.partition(b"\n\n")[0].isascii():
+            continue  # 8-bit header blocks are decoded as text on purpose
+        full, fast = parser.parsebytes(m.data, headersonly=True), _compat32_headers(m.data)
+        assert fast.items() == full.items() and fast.get_unixfrom() == full.get_unixfrom(), m.source
+        assert fast.get_payload() == full.get_payload(), m.source
+        checked += 1
+    assert checked > 3000
+
+
+_HEADER_LINES = [b"Subject: x", b"X-H: y", b"\tcont", b" ", b"no colon", b"", b"From a", b":bad", b"From: b",
+                 b"X:", b"body \xe9", b"\r", b"a\rb: c"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_HEADER_LINES), st.sampled_from([b"\n", b"\r\n", b"\r"])), max_size=12))
+def test_property_header_block_fast_path_is_exact(lines):
+    """Random header blocks (line endings mixed, defects of every kind): the same headers, envelope
+    line, payload and defects as the feed parser's own headers-only parse."""
+    from chainrule.data.mail import _compat32_headers
+
+    raw = b"".join(line + nl for line, nl in lines) + b"\n"
     if not raw.partition(b"\n\n")[0].isascii():
         return  # 8-bit header blocks are decoded as text on purpose (next test)
     full = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
     fast = _compat32_headers(raw)
     assert fast.items() == full.items() and fast.get_payload() == full.get_payload()
+    assert fast.get_unixfrom() == full.get_unixfrom()
+    assert [type(d) for d in fast.defects] == [type(d) for d in full.defects]
 
 
 def test_eight_bit_headers_are_decoded_not_replaced():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import email
 import email.header
+import email.message
 import email.parser
 import email.policy
 import os
@@ -503,10 +504,10 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 
 def _compat32_headers(raw: bytes):
     """A compat32 `Message` whose headers are parsed and whose payload is the rest of `raw`, as
-    `BytesParser(policy=compat32).parsebytes(raw, headersonly=True)` would make it — but only the
-    header block goes through the feed parser, which otherwise splits the whole body into lines
-    one `readline` at a time (half the parsing time of a typical message).
+    `BytesParser(policy=compat32).parsebytes(raw, headersonly=True)` would make it, faster.
 
+    The feed parser splits everything it is given into lines, one `readline` at a time; here it
+    sees at most the header block, and a well-formed block (`_simple_header_block`) not even that.
     Cutting right after the first blank line is exact: the cut falls just after a "\n", which ends
     a line however the parser splits lines ("\r\n", "\r" or "\n"), and the parser's header block
     ends at or before that blank line; whatever it already put in the payload (after a line that
@@ -516,16 +517,49 @@ def _compat32_headers(raw: bytes):
     if m is None:
         return _HEADERS_ONLY.parsebytes(raw, headersonly=True)
     head = raw[:m.end()]
-    if not head.isascii():
-        msg = _HEADERS_ONLY_TEXT.parsestr(_decode_header_block(head), headersonly=True)
-        if msg.get_payload():  # a non-header line before the blank line: keep the bytes path
+    text = head.decode("ascii") if head.isascii() else _decode_header_block(head)
+    msg = _simple_header_block(text)
+    if msg is None:
+        msg = _HEADERS_ONLY_TEXT.parsestr(text, headersonly=True)
+        if msg.get_payload() and not head.isascii():
+            # a non-header line before the blank line: the payload must stay bytes-as-surrogates
             msg = _HEADERS_ONLY.parsebytes(head, headersonly=True)
-    else:
-        msg = _HEADERS_ONLY.parsebytes(head, headersonly=True)
     head_payload = msg.get_payload()
     body = raw[m.end():].decode("ascii", "surrogateescape")  # what BytesParser does to all of raw
     msg.set_payload(head_payload + body if head_payload else body)
     return msg
+
+
+# One header field: a name of printable ASCII but ":" (the feed parser's `headerRE`), its first
+# line, and its continuation lines (starting with a space or a tab).
+_HEADER_FIELD = re.compile(r"([\041-\071\073-\176]+):([^\n]*\n)((?:[ \t][^\n]*\n)*)")
+
+
+def _simple_header_block(text: str):
+    """The compat32 `Message` the feed parser makes of a header block `text` (ending with its blank
+    line), or None if the block is not plain: a lone "\r" line ending, a line that is neither a
+    field nor a continuation, a continuation first, a misplaced "From " line. Those cases (which
+    add defects or end the headers early) are left to the feed parser itself.
+
+    A field's value is what `Compat32.header_source_parse` makes of its lines: the first line
+    after the colon with leading blanks removed, then the continuation lines as they are, with
+    the final line ending removed. One regex pass replaces ~3 µs of feed-parser work per line.
+    """
+    if "\r" in text and text.count("\r") != text.count("\r\n"):
+        return None
+    msg = email.message.Message(policy=email.policy.compat32)
+    pos = 0
+    if text.startswith("From "):  # the mbox envelope line, as the feed parser keeps it
+        pos = text.index("\n") + 1
+        msg.set_unixfrom(text[:pos].rstrip("\r\n"))
+    end = len(text) - (2 if text.endswith("\n\r\n") else 1)  # where the blank line starts
+    for m in _HEADER_FIELD.finditer(text, pos, end):
+        if m.start() != pos:
+            return None
+        pos = m.end()
+        name, first, rest = m.groups()
+        msg.set_raw(name, (first.lstrip(" \t") + rest).rstrip("\r\n"))  # (a parser's own API)
+    return msg if pos == end else None
 
 
 _HEADERS_ONLY_TEXT = email.parser.Parser(policy=email.policy.compat32)
