@@ -42,7 +42,7 @@ from chainrule.data.mail import (
     read_messages,
     read_sms,
 )
-from chainrule.data.text import Hasher, HashingConfig, message_tokens, rows_to_csr, sms_tokens
+from chainrule.data.text import Hasher, HashingConfig, message_tokens, sms_tokens
 from chainrule.files import atomic_write_bytes, atomic_write_npz
 
 TASK = "spam"
@@ -59,40 +59,105 @@ _WORKER_HASHER: Hasher | None = None
 
 
 def _worker_init(config: dict) -> None:
+    # A forked worker inherits this process's hasher, and with it its warm token -> bucket cache.
     global _WORKER_HASHER
-    _WORKER_HASHER = Hasher(HashingConfig.from_dict(config))
+    cfg = HashingConfig.from_dict(config)
+    if _WORKER_HASHER is None or _WORKER_HASHER.config != cfg:
+        _WORKER_HASHER = Hasher(cfg)
 
 
-def _featurize_one(item: tuple[str, bytes | str]) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """(indices, values, problem) of one message: ("mail", raw bytes) or ("sms", text)."""
-    kind, data = item
+def _featurize_chunk(items: list[tuple[str, bytes | str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """(indptr, indices, values, problems) of a run of messages: ("mail", raw bytes) or ("sms", text).
+
+    One call per chunk rather than per message, so that hashing runs once over the chunk and the
+    result crosses the process boundary as three arrays, not as one pickled tuple per message.
+    """
     hasher = _WORKER_HASHER
-    if kind == "sms":
-        return (*hasher.row(sms_tokens(data, hasher.config)), None)
-    parsed = parse_message(data)
-    return (*hasher.row(message_tokens(parsed, hasher.config)), parsed.problem)
+    tokens, problems = [], []
+    for kind, data in items:
+        if kind == "sms":
+            tokens.append(sms_tokens(data, hasher.config))
+            problems.append(None)
+        else:
+            parsed = parse_message(data)
+            tokens.append(message_tokens(parsed, hasher.config))
+            problems.append(parsed.problem)
+    x = hasher.matrix(tokens)
+    return x.indptr, x.indices, x.data, problems
+
+
+def _stack(parts: list, n_features: int) -> tuple[sp.csr_matrix, list[str | None]]:
+    """Chunks from `_featurize_chunk`, in order, as one CSR matrix (indptr offsets shifted)."""
+    indptr = [np.zeros(1, np.int64)]
+    offset = 0
+    for ptr, _, _, _ in parts:
+        indptr.append(ptr[1:].astype(np.int64) + offset)
+        offset += int(ptr[-1])
+    indptr = np.concatenate(indptr)
+    indices = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
+    data = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+    x = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_features))
+    return x, [q for p in parts for q in p[3]]
+
+
+class Featurizer:
+    """Parse, tokenise and hash messages on every core: a pool of worker processes kept for as
+    many `featurize` calls as the `with` block makes (`spam classify` reads and classifies a big
+    Maildir in batches through one pool).
+
+    Parsing is pure Python and holds the GIL, so threads would not help. Workers are forked: they
+    start in milliseconds and inherit the loaded modules and this process's token cache, and the
+    messages travel to them in chunks, pickled once per chunk. Batches smaller than `min_batch`
+    (and everything where fork is unavailable, or `processes=1`) stay in this process, where
+    starting workers would cost more than it saves.
+    """
+
+    def __init__(self, config: HashingConfig, processes: int | None = None, min_batch: int = 256):
+        self.config = config
+        self.processes = processes or os.cpu_count() or 1
+        self.min_batch = min_batch
+        self._pool = None
+
+    def __enter__(self) -> Featurizer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def _parallel(self, n: int) -> bool:
+        return self.processes > 1 and n >= self.min_batch and "fork" in multiprocessing.get_all_start_methods()
+
+    def featurize(self, items: list[tuple[str, bytes | str]]) -> tuple[sp.csr_matrix, list[str | None]]:
+        """(CSR matrix of shape (len(items), n_features), problems: None or why a message was read
+        as plain text) for ("mail", raw bytes) / ("sms", text) items, in order."""
+        if not self._parallel(len(items)):
+            _worker_init(self.config.to_dict())
+            return _stack([_featurize_chunk(items)], self.config.n_features)
+        if self._pool is None:
+            ctx = multiprocessing.get_context("fork")
+            self._pool = ctx.Pool(self.processes, initializer=_worker_init, initargs=(self.config.to_dict(),))
+        # ~4 chunks per worker balance the load (messages differ in cost by 100x); at most 500
+        # messages per chunk bound what one worker holds
+        size = min(500, -(-len(items) // (4 * self.processes)))
+        chunks = [items[i:i + size] for i in range(0, len(items), size)]
+        return _stack(self._pool.map(_featurize_chunk, chunks, chunksize=1), self.config.n_features)
 
 
 def featurize(items: list[tuple[str, bytes | str]], config: HashingConfig,
               processes: int | None = None) -> tuple[sp.csr_matrix, list[str | None]]:
     """Parse, tokenise and hash messages -> (CSR matrix of shape (n, n_features), problems).
 
-    `items` are ("mail", raw bytes) or ("sms", text). Large batches are spread over worker
-    processes (parsing is pure Python and holds the GIL, so threads would not help); each worker
-    keeps its own token -> bucket cache. `processes=1` stays in this process.
+    `items` are ("mail", raw bytes) or ("sms", text). Batches of 256 or more are spread over
+    worker processes (see `Featurizer`); `processes=1` stays in this process.
     """
-    processes = processes or os.cpu_count() or 1
-    if processes > 1 and len(items) >= 256 and "fork" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(processes, initializer=_worker_init, initargs=(config.to_dict(),)) as pool:
-            results = pool.map(_featurize_one, items, chunksize=max(16, len(items) // (processes * 8)))
-    else:
-        global _WORKER_HASHER
-        if _WORKER_HASHER is None or _WORKER_HASHER.config != config:
-            _WORKER_HASHER = Hasher(config)
-        results = [_featurize_one(it) for it in items]
-    rows = [(i, v) for i, v, _ in results]
-    return rows_to_csr(rows, config.n_features), [p for _, _, p in results]
+    with Featurizer(config, processes) as f:
+        return f.featurize(items)
 
 
 # ---------------------------------------------------------------------------------------------
