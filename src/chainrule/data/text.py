@@ -20,6 +20,7 @@ import re
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from itertools import chain
 
 import numpy as np
@@ -122,13 +123,34 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
     return out
 
 
-def _address_tokens(name: str, value: str) -> list[str]:
+# Address, header and URL tokens are cached by their text: mailing lists, mailers and link
+# domains repeat from message to message, and these short strings cost a few regex calls each.
+_CACHE = 1 << 14
+
+
+@lru_cache(maxsize=_CACHE)
+def _address_tokens(name: str, value: str) -> tuple[str, ...]:
     out = []
     for m in _EMAIL_RE.finditer(value.lower()):
         out.append(f"{name}:@{m.group(1)}")
         out.append(f"{name}:{m.group()}")
     out.extend(f"{name}:{w}" for w in word_tokens(re.sub(r"<[^>]*>|\S+@\S+", " ", value))[:20])
-    return out
+    return tuple(out)
+
+
+@lru_cache(maxsize=_CACHE)
+def _header_tokens(name: str, value: str) -> tuple[str, ...]:
+    if name == "message-id":
+        return tuple(f"message-id:@{m}" for m in re.findall(r"@([\w.-]+)", value.lower())[:1])
+    if name == "content-type":
+        return (f"content-type:{value.split(';', 1)[0].strip().lower()}",
+                *(f"charset:{c.lower()}" for c in re.findall(r'charset="?([\w-]+)', value, re.I)[:1]))
+    return tuple(f"{name}:{w}" for w in word_tokens(value)[:8])
+
+
+@lru_cache(maxsize=_CACHE)
+def _url_tokens(url: str) -> tuple[str, ...]:
+    return tuple(_domain_tokens("url:", url_domain(url)))
 
 
 def _domain_tokens(prefix: str, domain: str) -> list[str]:
@@ -157,13 +179,7 @@ def message_tokens(msg: ParsedMessage, config: HashingConfig = HashingConfig()) 
         toks += [f"received:{h}" for h in _HOST_RE.findall(low)[:6]]
         toks += [f"received{i}:ip" for _ in _IP_RE.findall(low)[:1]]
     for name, value in msg.headers.items():
-        if name == "message-id":
-            toks += [f"message-id:@{m}" for m in re.findall(r"@([\w.-]+)", value.lower())[:1]]
-        elif name == "content-type":
-            toks.append(f"content-type:{value.split(';', 1)[0].strip().lower()}")
-            toks += [f"charset:{c.lower()}" for c in re.findall(r'charset="?([\w-]+)', value, re.I)[:1]]
-        else:
-            toks += [f"{name}:{w}" for w in word_tokens(value)[:8]]
+        toks += _header_tokens(name, value)
     toks += word_tokens(msg.text, bigrams=config.bigrams, char_ngrams=config.char_ngrams)
     if msg.html_text:
         toks.append("has:html")
@@ -171,7 +187,7 @@ def message_tokens(msg: ParsedMessage, config: HashingConfig = HashingConfig()) 
             toks.append("has:html-only")
         toks += word_tokens(msg.html_text, bigrams=config.bigrams, char_ngrams=config.char_ngrams)
     for url in msg.urls[:100]:
-        toks += _domain_tokens("url:", url_domain(url))
+        toks += _url_tokens(url)
     toks += [f"attach:{t}" for t, n in msg.attachments.items() for _ in range(min(n, 3))]
     toks.append(f"parts:{min(msg.parts, 10)}")
     if msg.problem:
