@@ -627,25 +627,27 @@ def _classify(args) -> int:
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     single_stdin = (args.paths or ["-"]) == ["-"]
     seen, last = 0, None
-    for sources, items, raws in _classify_batches(args):
-        seen += len(items)
-        if args.annotate and (seen != 1 or raws is None):
-            raise UserError("--annotate needs exactly one email message (a file or standard input)")
-        x, _ = featurize(items, bundle.config)
-        p = bundle.probabilities(x)
-        verdicts = bundle.verdicts(p)
-        last = verdicts[-1]
-        if args.annotate:
-            if raws[0].truncated:
-                raise UserError(f"{sources[0]}: larger than --max-bytes; not annotated (the body must stay whole)")
-            sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
-            sys.stdout.buffer.flush()
-            continue
-        for src, v, q in zip(sources, verdicts, p, strict=True):
+    with Featurizer(bundle.config) as featurizer:  # one worker pool for every batch
+        for sources, items, raws in _classify_batches(args):
+            seen += len(items)
+            if args.annotate and (seen != 1 or raws is None):
+                raise UserError("--annotate needs exactly one email message (a file or standard input)")
+            x, _ = featurizer.featurize(items)
+            p = bundle.probabilities(x)
+            verdicts = bundle.verdicts(p)
+            last = verdicts[-1]
+            if args.annotate:
+                if raws[0].truncated:
+                    raise UserError(f"{sources[0]}: larger than --max-bytes; not annotated (the body must stay whole)")
+                sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
+                sys.stdout.buffer.flush()
+                continue
             if args.json:
-                print(json.dumps({"source": src, "verdict": v, "probability": round(float(q), 6)}))
+                lines = [json.dumps({"source": src, "verdict": v, "probability": round(float(q), 6)})
+                         for src, v, q in zip(sources, verdicts, p, strict=True)]
             else:
-                print(f"{src}\t{v}\t{q:.6f}")
+                lines = [f"{src}\t{v}\t{q:.6f}" for src, v, q in zip(sources, verdicts, p, strict=True)]
+            sys.stdout.write("\n".join(lines) + "\n")
     if args.annotate and seen != 1:
         raise UserError("--annotate needs exactly one email message (a file or standard input)")
     if seen == 1 and (single_stdin or args.annotate):
