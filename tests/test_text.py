@@ -133,3 +133,13 @@ def test_url_pattern_matches_the_plain_one(text):
 
     plain = r"""(?:[hH][tT][tT][pP][sS]?://|[fF][tT][pP]://|[wW][wW][wW]\.)[^\s<>"'()\[\]{}]+"""
     assert URL_RE.findall(text) == re.findall(plain, text)
+
+
+def test_matrix_hashes_tokens_with_lone_surrogates_like_signed_index():
+    """Strict UTF-8 refuses a lone surrogate (text decoded with surrogateescape); the slow path
+    must give the bucket and sign `signed_index` gives."""
+    h = Hasher(HashingConfig(n_features=1 << 12))
+    tokens = ["caf\udce9", "plain"]
+    x = h.matrix([tokens])
+    expected = {abs(h.signed_index(t)) - 1: np.sign(h.signed_index(t)) for t in tokens}
+    assert dict(zip(x.indices.tolist(), np.sign(x.data).tolist(), strict=True)) == expected

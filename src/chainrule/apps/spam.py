@@ -59,11 +59,8 @@ _WORKER_HASHER: Hasher | None = None
 
 
 def _worker_init(config: dict) -> None:
-    # A forked worker inherits this process's hasher, and with it its warm token -> bucket cache.
     global _WORKER_HASHER
-    cfg = HashingConfig.from_dict(config)
-    if _WORKER_HASHER is None or _WORKER_HASHER.config != cfg:
-        _WORKER_HASHER = Hasher(cfg)
+    _WORKER_HASHER = Hasher(HashingConfig.from_dict(config))
 
 
 def _featurize_chunk(items: list[tuple[str, bytes | str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
@@ -106,7 +103,7 @@ class Featurizer:
     Maildir in batches through one pool).
 
     Parsing is pure Python and holds the GIL, so threads would not help. Workers are forked: they
-    start in milliseconds and inherit the loaded modules and this process's token cache, and the
+    start in milliseconds and inherit the loaded modules and this process's token caches, and the
     messages travel to them in chunks, pickled once per chunk. Batches smaller than `min_batch`
     (and everything where fork is unavailable, or `processes=1`) stay in this process, where
     starting workers would cost more than it saves.
