@@ -62,17 +62,17 @@ class HashingConfig:
 
 # Words start with a letter and may hold digits, apostrophes, hyphens ("don't", "e-mail", "mp3").
 _WORD_RE = re.compile(r"[^\W\d_][\w'’&-]*")
-# Numbers with an optional currency sign, and whole words of 3+ capitals. Both are written to start
-# with a single character class because only then does `re` skip quickly to a possible first
-# character; the lookarounds keep the matches exactly those of the plain forms
-# `[$£€]?\d[\d.,:/-]*` and `\b[A-Z]{3,}\b`, at 2-3x the speed.
-_NUMBER_RE = re.compile(r"[$£€\d](?:(?<=[$£€])(?=\d)|(?<=\d))[\d.,:/-]*")
-_CAPS_RE = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z]{2,}(?!\w)")
-# The same two patterns for ASCII text (most mail), where \w and \d are these ASCII classes: a class
-# made only of ASCII characters is a bitmap test for `re`, twice as fast as Unicode categories.
+# The same for ASCII text (most mail), where \w and \d are ASCII classes: a class made only of ASCII
+# characters is a bitmap test for `re`, twice as fast as Unicode categories.
 _WORD_ASCII_RE = re.compile(r"[a-z][a-z0-9_'&-]*")  # (applied to lower-cased text)
-_NUMBER_ASCII_RE = re.compile(r"[$0-9](?:(?<=\$)(?=[0-9])|(?<=[0-9]))[0-9.,:/-]*")
-_PUNCT_RE = re.compile(r"[!?]+")
+# Numbers with an optional currency sign, whole words of 3+ capitals, and runs of ! and ?, in one
+# scan: the three kinds share no character, so one scan finds exactly what three would, and a
+# match's first character says its kind. The pattern starts with a single character class because
+# only then does `re` skip quickly to a possible first character; the lookarounds pick the branch
+# and keep each kind's matches exactly those of `[$£€]?\d[\d.,:/-]*`, `\b[A-Z]{3,}\b` and `[!?]+`
+# (3x faster than those three plain scans).
+_MARKS_RE = re.compile(r"[$£€\dA-Z!?](?:(?<=[$£€])(?=\d)[\d.,:/-]*|(?<=\d)[\d.,:/-]*"
+                       r"|(?<=[A-Z])(?<!\w[A-Z])[A-Z]{2,}(?!\w)|(?<=[!?])[!?]*)")
 _EMAIL_RE = re.compile(r"[\w.+-]+@([\w-]+\.[\w.-]+)")
 _HOST_RE = re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}\b")
 _IP_RE = re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
@@ -100,17 +100,21 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
     words = (_WORD_ASCII_RE if ascii_only else _WORD_RE).findall(text.lower())
     if words and max(map(len, words)) > 30:
         words = [w if len(w) <= 30 else f"long:{len(w) // 10}" for w in words]
-    # (number shapes drop the trailing punctuation the pattern picks up at a sentence's end)
-    out = list(words)
-    for n in (_NUMBER_ASCII_RE if ascii_only else _NUMBER_RE).findall(text):
-        n = n.rstrip(".,:/-")
-        out.append(f"money:{_shape(n)}" if (n[0] in "$£€") else f"num:{_shape(n)}")
-    caps = _CAPS_RE.findall(text)
+    numbers, caps, punct = [], [], []
+    for m in _MARKS_RE.findall(text):
+        c = m[0]
+        if c == "!" or c == "?":
+            punct.append(f"punct:{m[:3]}")
+        elif "A" <= c <= "Z":
+            caps.append(f"upper:{m.lower()}")
+        else:  # (a shape drops the trailing punctuation the pattern picks up at a sentence's end)
+            n = m.rstrip(".,:/-")
+            numbers.append(f"money:{_shape(n)}" if c in "$£€" else f"num:{_shape(n)}")
+    out = words + numbers
     if caps:
-        out.extend([f"upper:{c.lower()}" for c in caps])
+        out += caps
         out.append(f"caps:{min(len(caps), 20) // 4}")  # how much of the text shouts, coarsely
-    if "!" in text or "?" in text:  # (a substring test is ~50x faster than the regex's scan)
-        out.extend([f"punct:{p[:3]}" for p in _PUNCT_RE.findall(text)])
+    out += punct
     if bigrams and len(words) > 1:
         out.extend([f"{a} {b}" for a, b in zip(words, words[1:], strict=False)])
     if char_ngrams:
