@@ -98,7 +98,7 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
     text = text[:_MAX_CHARS]
     ascii_only = text.isascii()  # (O(1): CPython records it in the string)
     words = (_WORD_ASCII_RE if ascii_only else _WORD_RE).findall(text.lower())
-    if words and max(map(len, words)) > 30:
+    if len(text) > 30 and words and max(map(len, words)) > 30:
         words = [w if len(w) <= 30 else f"long:{len(w) // 10}" for w in words]
     numbers, caps, punct = [], [], []
     for m in _MARKS_RE.findall(text):
@@ -181,7 +181,8 @@ def message_tokens(msg: ParsedMessage, config: HashingConfig = HashingConfig()) 
     for i, line in enumerate(msg.received[:3]):
         low = line.lower()
         toks += [f"received:{h}" for h in _HOST_RE.findall(low)[:6]]
-        toks += [f"received{i}:ip" for _ in _IP_RE.findall(low)[:1]]
+        if _IP_RE.search(low):
+            toks.append(f"received{i}:ip")
     for name, value in msg.headers.items():
         toks += _header_tokens(name, value)
     toks += word_tokens(msg.text, bigrams=config.bigrams, char_ngrams=config.char_ngrams)
