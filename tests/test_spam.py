@@ -14,10 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
-from chainrule.apps.spam import SpamModel, build_network, calibrate, classify_message, load_spam_model
+from chainrule.apps.spam import (
+    SpamModel,
+    build_network,
+    calibrate,
+    classify_message,
+    load_spam_model,
+    merge_committee,
+)
 from chainrule.cli import main
 from chainrule.data.mail import read_messages
 from chainrule.data.text import HashingConfig
+from chainrule.metrics import matthews_corrcoef
 
 DATA = os.environ.get("CHAINRULE_DATA")
 
@@ -61,6 +69,21 @@ def test_sparse_linear_matches_pytorch_dense():
         np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
+def test_merged_committee_computes_the_mean_logit_exactly():
+    rng = np.random.default_rng(0)
+    x = sp.random(20, 64, density=0.2, format="csr", random_state=1, dtype=np.float32)
+    hidden = (4, 3)
+    nets = [build_network(64, hidden, dropout=0.2, seed=s) for s in range(3)]
+    for net in nets:  # non-zero biases, so that their merging is checked too
+        for layer in net.layers:
+            if isinstance(layer, cr.Linear):
+                layer.bias.data[...] = rng.normal(size=layer.bias.shape)
+    merged = merge_committee(nets, 64, hidden, dropout=0.2)
+    assert [layer.out_features for layer in merged.layers if isinstance(layer, cr.Linear)] == [12, 9, 1]
+    mean = np.mean([net.forward(x) for net in nets], axis=0)
+    np.testing.assert_allclose(merged.forward(x), mean, rtol=1e-5, atol=1e-6)
+
+
 # --- calibration --------------------------------------------------------------------------------
 
 def test_calibration_respects_the_blocked_ham_target():
@@ -70,7 +93,27 @@ def test_calibration_respects_the_blocked_ham_target():
     for target in (0.0, 0.005, 0.05):
         spam_cut, ham_cut = calibrate(y, p, target)
         assert ((p[y == 0] >= spam_cut).mean()) <= target
-        assert 0 <= ham_cut <= spam_cut <= 1 and spam_cut >= 0.5
+        assert 0 <= ham_cut <= spam_cut <= 1
+        # no other cut-off within the target has a higher MCC (brute force over every score)
+        best = max(matthews_corrcoef(y, (p >= c).astype(int)) for c in np.r_[p, 1.1]
+                   if (p[y == 0] >= c).mean() <= target)
+        assert matthews_corrcoef(y, (p >= spam_cut).astype(int)) == pytest.approx(best, abs=1e-12)
+
+
+def test_calibration_prefers_mcc_to_the_lowest_allowed_cutoff():
+    # 200 ham at 0.1..0.3, two ham at 0.6 and 0.62, one spam at 0.55 and 39 at 0.9: a 1% target
+    # allows blocking both high ham, which would catch one more spam for two blocked ham; the best
+    # MCC stops above them
+    y = np.r_[np.zeros(202, int), np.ones(40, int)]
+    p = np.r_[np.linspace(0.1, 0.3, 200), 0.6, 0.62, 0.55, np.full(39, 0.9)]
+    spam_cut, _ = calibrate(y, p, 0.01)
+    assert 0.62 < spam_cut <= 0.9
+    # short-message case: most errors are missed spam, the ham all score low; the cut-off goes
+    # down to the spam instead of staying near the highest validation ham
+    y = np.r_[np.zeros(300, int), np.ones(40, int)]
+    p = np.r_[np.linspace(0.001, 0.05, 300), np.linspace(0.2, 0.99, 40)]
+    spam_cut, _ = calibrate(y, p, 0.003)
+    assert 0.05 < spam_cut <= 0.2
 
 
 # --- training and the command line -------------------------------------------------------------
