@@ -16,12 +16,17 @@ and the backward pass is the matrix calculus of that product, exactly as for `Li
     dL/db     = Σ_positions dY_mat
     dL/dX_col = W_matᵀ · dY_mat      (then "col2im" adds each column back to where it came from)
 
-One big matrix product is what BLAS does best; the copying costs far less than the arithmetic.
-We build X_col with one strided copy per kernel offset (i, j) — kh·kw copies of whole
-(C, N, Ho, Wo) blocks — and col2im is the same loop with `+=`, which is much faster than
-scattering with `np.add.at`. Internally the channel axis comes first, (C, N, H, W), so that the
-product's output (O, N·Ho·Wo) is already an NCHW array in (C, N, H, W) memory order: the layer
-returns that transposed view without a copy, and the next convolution's own transpose undoes it.
+One big matrix product is what BLAS does best; what costs time around it is the copying. X_col
+is built with one copy per kernel offset (i, j), each a whole-batch strided view, and col2im is
+the same loop with `+=` (much faster than scattering with `np.add.at`). NumPy runs such a copy
+one innermost stretch of contiguous memory at a time, and pays a fixed cost per stretch. In NCHW
+memory a stretch is one output row, Wo values (10 in LeNet-5's second layer), and that overhead,
+not the bytes, is most of the work. So internally the batch axis comes *last*: images are held as
+(C, H, W, N). A kernel offset then shifts whole (W, N) planes, and each stretch is Wo·N values
+long (1,280 there, for a batch of 128). The columns of X_col come out ordered (r, c, n), so the
+product's output (O, Ho·Wo·N) is already a (C, H, W, N) array: the layer returns it as an NCHW
+view without a copy (`y.transpose(3, 0, 1, 2)`), element-wise layers keep that memory order, and
+the next convolution or pooling layer finds its batch innermost again.
 """
 
 from __future__ import annotations
@@ -60,6 +65,13 @@ def _window(a: np.ndarray, i: int, j: int, n_h: int, n_w: int, sh: int, sw: int)
     """The view a[..., i + sh·r, j + sw·c] for r < n_h, c < n_w: what kernel offset (i, j) sees
     at every output position (a strided view, no copy)."""
     return a[..., i : i + sh * (n_h - 1) + 1 : sh, j : j + sw * (n_w - 1) + 1 : sw]
+
+
+def _planes(a: np.ndarray, i: int, j: int, n_h: int, n_w: int, sh: int, sw: int) -> np.ndarray:
+    """For a batch-last (C, H, W, N) array, the view a[:, i + sh·r, j + sw·c, :] for r < n_h,
+    c < n_w: what kernel offset (i, j) sees at every output position of every image. With stride 1
+    across, each row of it is one contiguous stretch of n_w·N values."""
+    return a[:, i : i + sh * (n_h - 1) + 1 : sh, j : j + sw * (n_w - 1) + 1 : sw]
 
 
 def _check_images(layer: str, x: np.ndarray, channels: int | None = None) -> None:
@@ -138,31 +150,29 @@ class Conv2D(Layer):
         n, c, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         ho, wo = _out_size(h, kh, sh, ph, "Conv2D"), _out_size(w, kw, sw, pw, "Conv2D")
-        xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W): see the module docstring
-        if ph or pw:
-            # The border of this buffer is zeroed once and never written: only the middle changes.
-            xp = self._buffer("padded", (c, n, h + 2 * ph, w + 2 * pw), x.dtype, zero=True)
-            xp[:, :, ph : ph + h, pw : pw + w] = xt
-        else:
-            xp = xt
-        # im2col: cols[ch, i, j, n, r, c] = x_pad[n, ch, r·sh + i, c·sw + j]
-        cols = self._buffer("cols", (c, kh, kw, n, ho, wo), x.dtype)
+        dtype = np.result_type(x.dtype, self.weight.data.dtype)
+        # (C, Hp, Wp, N): the batch innermost (see the module docstring). The border of this
+        # buffer is zeroed once and never written: only the middle changes.
+        xp = self._buffer("padded", (c, h + 2 * ph, w + 2 * pw, n), dtype, zero=True)
+        xp[:, ph : ph + h, pw : pw + w] = x.transpose(1, 2, 3, 0)
+        # im2col: cols[ch, i, j, r, q, n] = x_pad[n, ch, r·sh + i, q·sw + j]
+        cols = self._buffer("cols", (c, kh, kw, ho, wo, n), dtype)
         for i in range(kh):
             for j in range(kw):
-                cols[:, i, j] = _window(xp, i, j, ho, wo, sh, sw)
-        cols = cols.reshape(c * kh * kw, n * ho * wo)
-        y = self.weight.data.reshape(self.out_channels, -1) @ cols  # (O, N·Ho·Wo): the one product
+                cols[:, i, j] = _planes(xp, i, j, ho, wo, sh, sw)
+        cols = cols.reshape(c * kh * kw, ho * wo * n)
+        y = self.weight.data.reshape(self.out_channels, -1) @ cols  # (O, Ho·Wo·N): the one product
         if self.bias is not None:
             y += self.bias.data[:, None]
         self._cols, self._x_shape = cols, x.shape
-        return y.reshape(self.out_channels, n, ho, wo).transpose(1, 0, 2, 3)
+        return y.reshape(self.out_channels, ho, wo, n).transpose(3, 0, 1, 2)
 
     def backward(self, grad_out):
         n, c, h, w = self._x_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         _, o, ho, wo = grad_out.shape
-        # dY_mat (O, N·Ho·Wo); a free view when grad_out has this layer's own memory order
-        g = grad_out.transpose(1, 0, 2, 3).reshape(o, n * ho * wo)
+        # dY_mat (O, Ho·Wo·N); a free view when grad_out has this layer's own memory order
+        g = grad_out.transpose(1, 2, 3, 0).reshape(o, ho * wo * n)
         # dL/dW = dY_mat · X_colᵀ ; dL/db = Σ_positions dY_mat
         np.matmul(g, self._cols.T, out=self.weight.grad.reshape(o, -1))
         if self.bias is not None:
@@ -171,14 +181,14 @@ class Conv2D(Layer):
             return None
         # dL/dX_col = W_matᵀ · dY_mat, then col2im: every column entry is added back onto the
         # input pixel it was copied from (pixels seen by several offsets collect several terms).
-        dcols = self._buffer("dcols", (c * kh * kw, n * ho * wo), grad_out.dtype)
+        dcols = self._buffer("dcols", (c * kh * kw, ho * wo * n), g.dtype)
         np.matmul(self.weight.data.reshape(o, -1).T, g, out=dcols)
-        dcols = dcols.reshape(c, kh, kw, n, ho, wo)
-        dxp = np.zeros((c, n, h + 2 * ph, w + 2 * pw), grad_out.dtype)
+        dcols = dcols.reshape(c, kh, kw, ho, wo, n)
+        dxp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), g.dtype)  # fresh: its middle is returned
         for i in range(kh):
             for j in range(kw):
-                _window(dxp, i, j, ho, wo, sh, sw)[...] += dcols[:, i, j]
-        return dxp[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
+                _planes(dxp, i, j, ho, wo, sh, sw)[...] += dcols[:, i, j]
+        return dxp[:, ph : ph + h, pw : pw + w].transpose(3, 0, 1, 2)
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:
