@@ -389,6 +389,7 @@ class _HTMLText(HTMLParser):
             self.chunks.append(data)
 
 
+_LINKS = lxml_etree.XPath("//@href|//@src|//@action")  # compiled once, not per document
 _LXML_PARSER = lxml_etree.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True,
                                     no_network=True, recover=True)
 
@@ -403,7 +404,7 @@ def html_to_text(html: str) -> tuple[str, list[str]]:
     try:
         doc = lxml_html.document_fromstring(html.encode("utf-8", "replace"), parser=_LXML_PARSER)
         lxml_etree.strip_elements(doc, "script", "style", with_tail=False)
-        links = [str(v) for v in doc.xpath("//@href|//@src|//@action")]
+        links = list(map(str, _LINKS(doc)))
         return " ".join(doc.itertext()), links
     except (lxml_etree.LxmlError, ValueError, TypeError):
         pass
