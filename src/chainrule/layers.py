@@ -95,13 +95,20 @@ class Linear(Layer):
         if bias:
             self.bias = Parameter(np.zeros(self.out_features, np.float32))
             self.params["bias"] = self.bias
-        self.initialize(np.random.default_rng())
+        # Usable on its own, like torch.nn.Linear. This unseeded draw is made the cheap way (float32,
+        # in place): a Sequential re-draws every layer from its seeded generator, and `load_model`
+        # overwrites the weights, where drawing 8 million float64 normals would double a load's time.
+        np.random.default_rng().standard_normal(dtype=np.float32, out=self.weight.data)
+        self.weight.data *= self._std()
         self._x = None
 
-    def initialize(self, rng):
+    def _std(self) -> float:
         fan_in, fan_out = self.in_features, self.out_features
         var = 2.0 / fan_in if self.init == "he" else 2.0 / (fan_in + fan_out)
-        self.weight.data[...] = rng.normal(0.0, np.sqrt(var), self.weight.shape)
+        return float(np.sqrt(var))
+
+    def initialize(self, rng):
+        self.weight.data[...] = rng.normal(0.0, self._std(), self.weight.shape)
         if self.bias is not None:
             self.bias.data[...] = 0.0
 

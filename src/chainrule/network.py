@@ -44,9 +44,12 @@ class Sequential:
         seed: fixes the initial weights and every later random draw (dropout masks), so the
             same seed gives the same network on the same machine.
         dtype: float32 (fast, the default) or float64 (for gradient checks).
+        initialize: draw the initial weights from the seeded generator; `load_model` says False,
+            since it overwrites them all.
     """
 
-    def __init__(self, layers, input_shape=None, seed: int | None = None, dtype=np.float32):
+    def __init__(self, layers, input_shape=None, seed: int | None = None, dtype=np.float32,
+                 initialize: bool = True):
         self.layers: list[L.Layer] = list(layers)
         if not self.layers:
             raise ValueError("Sequential: needs at least one layer")
@@ -62,7 +65,8 @@ class Sequential:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         for layer in self.layers:
-            layer.initialize(self.rng)
+            if initialize or not layer.params:  # Dropout takes the network's generator either way
+                layer.initialize(self.rng)
         self._check_shapes()
         self.dtype = np.dtype(dtype)
         self._pack()
@@ -212,7 +216,7 @@ class Sequential:
         }
 
     @classmethod
-    def from_config(cls, config: dict) -> Sequential:
+    def from_config(cls, config: dict, initialize: bool = True) -> Sequential:
         try:
             built = []
             for spec in config["layers"]:
@@ -224,7 +228,7 @@ class Sequential:
                     raise ModelFileError(f"layer {kind} has args {args!r}, expected an object")
                 built.append(LAYER_TYPES[kind](**args))
             dtype = DTYPES[config.get("dtype", "float32")]
-            return cls(built, input_shape=tuple(config["input_shape"]), dtype=dtype)
+            return cls(built, input_shape=tuple(config["input_shape"]), dtype=dtype, initialize=initialize)
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
@@ -264,7 +268,7 @@ def load_model(directory) -> tuple[Sequential, dict]:
     version = doc.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelFileError(f"{meta_path}: format version {version!r}, this chainrule reads {FORMAT_VERSION}")
-    model = Sequential.from_config(doc)
+    model = Sequential.from_config(doc, initialize=False)  # every weight comes from the file
     try:
         with np.load(weights_path, allow_pickle=False) as npz:
             state = {k: npz[k] for k in npz.files}
