@@ -314,16 +314,26 @@ class MaxPool2D(_Pool2D):
     def backward(self, grad_out):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         _, _, ho, wo = grad_out.shape
-        dx = np.zeros_like(self._x, grad_out.dtype)  # zeros_like keeps the input's memory order
         if self.stride == self.kernel_size:
+            # Non-overlapping windows write every input that lies in a window, so only the rows and
+            # columns left over at the bottom and right need zeros. `empty_like` keeps the input's
+            # memory order (batch-last after a Conv2D), and the gradient is first copied into
+            # that order too: element-wise passes over arrays of one layout run over long
+            # contiguous stretches, over mixed layouts element by element.
+            dx = np.empty_like(self._x, grad_out.dtype)
+            dx[:, :, ho * kh :] = 0
+            dx[:, :, :, wo * kw :] = 0
+            g = np.empty_like(self._row, grad_out.dtype)
+            g[...] = grad_out
             # route each window's gradient to its winning row, then within it to the winning column
             # (multiplying by a mask is much faster than a masked copy)
             drows = np.empty_like(self._col, grad_out.dtype)
             for i in range(kh):
-                np.multiply(grad_out, self._row == i, out=drows[:, :, i::kh])
+                np.multiply(g, self._row == i, out=drows[:, :, i::kh])
             for j in range(kw):
                 np.multiply(drows, self._col == j, out=dx[:, :, : ho * kh, j : wo * kw : kw])
             return dx
+        dx = np.zeros_like(self._x, grad_out.dtype)  # zeros_like keeps the input's memory order
         for k in range(kh * kw):
             view = _window(dx, k // kw, k % kw, ho, wo, sh, sw)
             # overlapping windows share inputs, which then collect several gradients
