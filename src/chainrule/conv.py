@@ -155,16 +155,22 @@ class Conv2D(Layer):
         # buffer is zeroed once and never written: only the middle changes.
         xp = self._buffer("padded", (c, h + 2 * ph, w + 2 * pw, n), dtype, zero=True)
         xp[:, ph : ph + h, pw : pw + w] = x.transpose(1, 2, 3, 0)
-        # im2col: cols[ch, i, j, r, q, n] = x_pad[n, ch, r·sh + i, q·sw + j]
-        cols = self._buffer("cols", (c, kh, kw, ho, wo, n), dtype)
+        # im2col: cols[ch, i, j, r, q, n] = x_pad[n, ch, r·sh + i, q·sw + j]. With a bias, X_col
+        # gets one more row, all ones, and W_mat one more column, b: then the product adds the
+        # bias, and in backward dY_mat · X_colᵀ yields dL/db = Σ_positions dY_mat as its last
+        # column, which saves a pass over the output in each direction.
+        k, positions = c * kh * kw, ho * wo * n
+        buf = self._buffer("cols", (k + (self.bias is not None), positions), dtype)
+        cols = buf[:k].reshape(c, kh, kw, ho, wo, n)
         for i in range(kh):
             for j in range(kw):
                 cols[:, i, j] = _planes(xp, i, j, ho, wo, sh, sw)
-        cols = cols.reshape(c * kh * kw, ho * wo * n)
-        y = self.weight.data.reshape(self.out_channels, -1) @ cols  # (O, Ho·Wo·N): the one product
+        weight = self.weight.data.reshape(self.out_channels, k)
         if self.bias is not None:
-            y += self.bias.data[:, None]
-        self._cols, self._x_shape = cols, x.shape
+            buf[k] = 1
+            weight = np.concatenate([weight, self.bias.data[:, None]], axis=1)
+        y = weight @ buf  # (O, Ho·Wo·N): the one product
+        self._cols, self._x_shape = buf, x.shape
         return y.reshape(self.out_channels, ho, wo, n).transpose(3, 0, 1, 2)
 
     def backward(self, grad_out):
@@ -173,10 +179,13 @@ class Conv2D(Layer):
         _, o, ho, wo = grad_out.shape
         # dY_mat (O, Ho·Wo·N); a free view when grad_out has this layer's own memory order
         g = grad_out.transpose(1, 2, 3, 0).reshape(o, ho * wo * n)
-        # dL/dW = dY_mat · X_colᵀ ; dL/db = Σ_positions dY_mat
-        np.matmul(g, self._cols.T, out=self.weight.grad.reshape(o, -1))
-        if self.bias is not None:
-            g.sum(axis=1, out=self.bias.grad)
+        # dL/dW = dY_mat · X_colᵀ ; dL/db = Σ_positions dY_mat (the ones row's column, see forward)
+        if self.bias is None:
+            np.matmul(g, self._cols.T, out=self.weight.grad.reshape(o, -1))
+        else:
+            both = g @ self._cols.T
+            self.weight.grad.reshape(o, -1)[...] = both[:, :-1]
+            self.bias.grad[...] = both[:, -1]
         if not self.needs_input_grad:
             return None
         # dL/dX_col = W_matᵀ · dY_mat, then col2im: every column entry is added back onto the
