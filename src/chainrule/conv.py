@@ -225,6 +225,32 @@ class Conv2D(Layer):
         return state
 
 
+def _running_max(x: np.ndarray, k: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The max over each run of k neighbours along `axis` (2 or 3) of x, and which of the k won
+    (uint8; the first one on ties: a later neighbour must be strictly greater to take over).
+
+    Works on strided views x[..., j::k], so it keeps x's memory order; the first comparison's
+    boolean result is already the winner index (0 or 1), so no index array needs zeroing.
+    """
+    def nth(j):
+        return x[:, :, j::k] if axis == 2 else x[..., j::k]
+
+    best, won = nth(0), None
+    for j in range(1, k):
+        view = nth(j)
+        better = np.greater(view, best)  # strict: an earlier neighbour keeps a tie
+        best = np.maximum(best, view, out=None if j == 1 else best)
+        if j == 1:
+            won = better.view(np.uint8)
+        else:
+            # won ← j where better: as j exceeds every earlier index, that is max(won, j·better),
+            # and arithmetic on the mask runs many times faster than a masked assignment
+            np.maximum(won, better * np.uint8(j), out=won)
+    if won is None:
+        won = np.zeros_like(best, np.uint8)
+    return best, won
+
+
 class _Pool2D(Layer):
     """Shared by the pooling layers: a kernel_size window moved by `stride`, no padding.
 
@@ -301,22 +327,10 @@ class MaxPool2D(_Pool2D):
         first on ties, picks the same input as PyTorch's row-major scan."""
         (kh, kw) = self.kernel_size
         x = x[:, :, : ho * kh, : wo * kw]
-        rows = x[..., 0::kw].copy(order="K")  # (N, C, ho·kh, wo): max of each row's window part
-        col = np.zeros_like(rows, np.uint8)
-        better = np.empty_like(rows, bool)
-        for j in range(1, kw):
-            view = x[..., j::kw]
-            np.greater(view, rows, out=better)
-            np.maximum(rows, view, out=rows)
-            np.maximum(col, better * np.uint8(j), out=col)  # col ← j where better (see forward)
-        out = rows[:, :, 0::kh].copy(order="K")
-        row = np.zeros_like(out, np.uint8)
-        better = np.empty_like(out, bool)
-        for i in range(1, kh):
-            view = rows[:, :, i::kh]
-            np.greater(view, out, out=better)
-            np.maximum(out, view, out=out)
-            np.maximum(row, better * np.uint8(i), out=row)
+        rows, col = _running_max(x, kw, axis=3)  # (N, C, ho·kh, wo): max of each row's window part
+        out, row = _running_max(rows, kh, axis=2)
+        if out.base is not None:  # 1×1 windows: a view of the input, which must not be returned
+            out = out.copy(order="K")
         self._col, self._row = col, row
         return out
 
