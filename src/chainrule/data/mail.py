@@ -561,13 +561,13 @@ def _simple_header_block(text: str):
         pos = text.index("\n") + 1
         msg.set_unixfrom(text[:pos].rstrip("\r\n"))
     end = len(text) - (2 if text.endswith("\n\r\n") else 1)  # where the blank line starts
-    for m in _HEADER_FIELD.finditer(text, pos, end):
-        if m.start() != pos:
-            return None
-        pos = m.end()
-        name, first, rest = m.groups()
+    fields = _HEADER_FIELD.findall(text, pos, end)
+    # the matches do not overlap, so they cover the block without a gap iff their lengths add up
+    if sum(len(name) + len(first) + len(rest) + 1 for name, first, rest in fields) != end - pos:
+        return None
+    for name, first, rest in fields:
         msg.set_raw(name, (first.lstrip(" \t") + rest).rstrip("\r\n"))  # (a parser's own API)
-    return msg if pos == end else None
+    return msg
 
 
 _HEADERS_ONLY_TEXT = email.parser.Parser(policy=email.policy.compat32)
