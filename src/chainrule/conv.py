@@ -23,10 +23,10 @@ one innermost stretch of contiguous memory at a time, and pays a fixed cost per 
 memory a stretch is one output row, Wo values (10 in LeNet-5's second layer), and that overhead,
 not the bytes, is most of the work. So internally the batch axis comes *last*: images are held as
 (C, H, W, N). A kernel offset then shifts whole (W, N) planes, and each stretch is Wo·N values
-long (1,280 there, for a batch of 128). The columns of X_col come out ordered (r, c, n), so the
-product's output (O, Ho·Wo·N) is already a (C, H, W, N) array: the layer returns it as an NCHW
-view without a copy (`y.transpose(3, 0, 1, 2)`), element-wise layers keep that memory order, and
-the next convolution or pooling layer finds its batch innermost again.
+long (1,280 there, for a batch of 128). X_col's columns come out ordered (row, column, image),
+so the product's output (O, Ho·Wo·N) is already a (C, H, W, N) array: the layer returns it as an
+NCHW view without a copy (`y.transpose(3, 0, 1, 2)`), element-wise layers keep that memory
+order, and the next convolution or pooling layer finds its batch innermost again.
 """
 
 from __future__ import annotations
