@@ -21,6 +21,7 @@ from chainrule.apps.spam import (
     classify_message,
     load_spam_model,
     merge_committee,
+    train_filter,
 )
 from chainrule.cli import main
 from chainrule.data.mail import read_messages
@@ -158,6 +159,32 @@ def test_train_writes_model_metrics_and_figures(model_dir):
     assert 0 <= meta["cutoffs"]["ham"] <= meta["cutoffs"]["spam"] <= 1
     bundle = load_spam_model(model_dir)
     assert bundle.spam_cutoff == meta["cutoffs"]["spam"]
+    # the default is a 5-member committee merged into one network, calibrated out of fold on all
+    training = meta["training"]
+    assert training["folds"] == 5 and training["network_hidden"] == [40] and len(training["epochs_run"]) == 5
+    assert training["validation"] == "out-of-fold" and training["validation_examples"] == training["examples"]
+
+
+def test_folds_must_be_zero_or_at_least_two(tmp_path, capsys):
+    assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--folds", "1"]) == 2
+    assert "--folds must be 0" in capsys.readouterr().err
+
+
+def test_committee_members_train_the_same_in_worker_processes():
+    # synthetic hashed rows: spam and ham draw their tokens from overlapping bucket ranges
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(90, int), np.ones(30, int)]
+    rows = [rng.choice(np.arange(0, 40) if t == 0 else np.arange(25, 64), 6, replace=False) for t in y]
+    x = sp.csr_matrix((np.full(6 * len(y), 0.4, np.float32), np.concatenate(rows), np.arange(0, 6 * len(y) + 1, 6)),
+                      shape=(len(y), 64))
+    config = HashingConfig(n_features=64)
+    kw = dict(hidden=(4,), epochs=3, batch_size=16, folds=3, seed=1)
+    one = train_filter(x, y, config, processes=1, **kw)
+    two = train_filter(x, y, config, processes=2, **kw)
+    np.testing.assert_array_equal(one.bundle.model.flat_params, two.bundle.model.flat_params)
+    np.testing.assert_array_equal(one.val_probabilities, two.val_probabilities)
+    assert one.bundle.spam_cutoff == two.bundle.spam_cutoff
+    assert one.bundle.model.layers[0].out_features == 12 and len(one.val_labels) == len(y)
 
 
 def test_evaluate_beats_the_majority_class_on_held_out_mail(model_dir, corpus_dir, capsys):
