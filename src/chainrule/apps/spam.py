@@ -60,6 +60,11 @@ VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 
 _WORKER_HASHER: Hasher | None = None
 
 
+def sigmoid(z):
+    """P(spam) from a logit: σ(z) = (1 + tanh(z/2)) / 2, which never overflows, unlike 1/(1 + e^-z)."""
+    return 0.5 * (1 + np.tanh(0.5 * z))
+
+
 def _worker_init(config: dict) -> None:
     global _WORKER_HASHER
     _WORKER_HASHER = Hasher(HashingConfig.from_dict(config))
@@ -86,16 +91,9 @@ def _featurize_chunk(items: list[tuple[str, bytes | str]]) -> tuple[np.ndarray, 
 
 
 def _stack(parts: list, n_features: int) -> tuple[sp.csr_matrix, list[str | None]]:
-    """Chunks from `_featurize_chunk`, in order, as one CSR matrix (indptr offsets shifted)."""
-    indptr = [np.zeros(1, np.int64)]
-    offset = 0
-    for ptr, _, _, _ in parts:
-        indptr.append(ptr[1:].astype(np.int64) + offset)
-        offset += int(ptr[-1])
-    indptr = np.concatenate(indptr)
-    indices = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
-    data = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
-    x = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_features))
+    """Chunks from `_featurize_chunk`, in order, as one CSR matrix, and their problems."""
+    x = sp.vstack([sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_features))
+                   for indptr, indices, data, _ in parts], format="csr")
     return x, [q for p in parts for q in p[3]]
 
 
@@ -193,7 +191,7 @@ class SpamModel:
 
     def probabilities(self, x: sp.csr_matrix, batch_size: int = 2048) -> np.ndarray:
         """P(spam) for every row of `x`."""
-        return 0.5 * (1 + np.tanh(0.5 * self.logits(x, batch_size)))  # σ, overflow-free
+        return sigmoid(self.logits(x, batch_size))
 
     def verdicts(self, p: np.ndarray) -> list[str]:
         return [verdict(float(q), self.spam_cutoff, self.ham_cutoff) for q in p]
@@ -302,7 +300,7 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[fl
         sharing[b] = sharing.get(b, 0) + 1
     scored = [(tok, contribution.get(b, 0.0) / sharing[b]) for tok, (b, _) in feats.items()]
     scored.sort(key=lambda t: t[1])
-    p = float(0.5 * (1 + np.tanh(0.5 * float(out[0, 0]))))
+    p = float(sigmoid(float(out[0, 0])))
     towards_spam = [(t, s) for t, s in reversed(scored[-top:]) if s > 0]
     towards_ham = [(t, s) for t, s in scored[:top] if s < 0]
     return p, towards_spam, towards_ham
@@ -398,7 +396,7 @@ def calibrate(y: np.ndarray, p: np.ndarray, target_blocked_ham: float,
     else:
         hi, lo = np.clip(ps[[j - 1, j]], 1e-15, 1 - 1e-15)
         mid = 0.5 * (np.log(hi / (1 - hi)) + np.log(lo / (1 - lo)))  # log-odds midpoint
-        spam_cut = float(0.5 * (1 + np.tanh(0.5 * mid)))
+        spam_cut = float(sigmoid(mid))
         if not ps[j] < spam_cut <= ps[j - 1]:  # (scores closer than float precision)
             spam_cut = float(ps[j - 1])
     spam_cut = min(max(spam_cut, 0.0), 1.0)
@@ -467,12 +465,18 @@ def _train_member(x_tr, y_tr, x_va, y_va, n_features, hidden, dropout, epochs, b
 _MEMBER_JOB: tuple | None = None  # (x, y, member arguments), inherited by forked member trainers
 
 
-def _member_worker(job: tuple[np.ndarray, np.ndarray, int]) -> tuple[dict, dict, np.ndarray]:
-    """Train one committee member in a (forked) worker: (weights, history, held-out logits)."""
-    x, y, args = _MEMBER_JOB
+def _train_job(x, y, args: tuple, job: tuple[np.ndarray, np.ndarray, int],
+               verbose: bool) -> tuple[cr.Sequential, cr.History, np.ndarray]:
+    """Train one committee member on the rows `job` names: (network, History, held-out logits)."""
     tr, va, seed = job
-    model, history = _train_member(x[tr], y[tr], x[va], y[va], *args, seed, False)
-    logits = model.forward(x[va]).reshape(-1).astype(np.float64)
+    model, history = _train_member(x[tr], y[tr], x[va], y[va], *args, seed, verbose)
+    return model, history, model.forward(x[va]).reshape(-1).astype(np.float64)
+
+
+def _member_worker(job: tuple[np.ndarray, np.ndarray, int]) -> tuple[dict, dict, np.ndarray]:
+    """`_train_job` in a (forked) worker; the trained weights travel back as arrays."""
+    x, y, args = _MEMBER_JOB
+    model, history, logits = _train_job(x, y, args, job, False)
     return model.state(), history.to_dict(), logits
 
 
@@ -498,10 +502,7 @@ def _train_members(x, y, jobs: list, args: tuple, processes: int, verbose: bool)
             model.load_state(state)
             out.append((model, cr.History.from_dict(hist), logits))
     else:
-        out = []
-        for tr, va, seed in jobs:
-            model, history = _train_member(x[tr], y[tr], x[va], y[va], *args, seed, verbose)
-            out.append((model, history, model.forward(x[va]).reshape(-1).astype(np.float64)))
+        out = [_train_job(x, y, args, job, verbose) for job in jobs]
     if verbose:
         for i, (_, h, _) in enumerate(out):
             best = None if h.best_epoch is None else h.best_epoch + 1
@@ -547,7 +548,7 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
             logits[va] = member_logits
         histories = [h for _, h, _ in trained]
         model = merge_committee([m for m, _, _ in trained], n_features, hidden, dropout)
-        y_va, p_va = y, 0.5 * (1 + np.tanh(0.5 * logits))
+        y_va, p_va = y, sigmoid(logits)
         history, tr_all = histories[0], np.arange(len(y))
         n_val = len(y)
     else:
