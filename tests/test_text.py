@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainrule.data.mail import parse_message
-from chainrule.data.text import Hasher, HashingConfig, message_tokens, rows_to_csr, sms_tokens, word_tokens
+from chainrule.data.text import Hasher, HashingConfig, message_tokens, sms_tokens, word_tokens
 
 
 def test_words_shapes_capitals_and_bigrams():
@@ -59,10 +59,14 @@ def test_hash_rows_are_signed_normalised_and_mappable():
 
 def test_empty_row_and_csr_stacking():
     h = Hasher(HashingConfig(n_features=64))
-    rows = [h.row(["a", "b"]), h.row([]), h.row(["c"])]
-    x = rows_to_csr(rows, 64)
+    token_lists = [["a", "b"], [], ["c"]]
+    x = h.matrix(token_lists)
     assert sp.issparse(x) and x.shape == (3, 64) and x.dtype == np.float32
     assert x[1].nnz == 0 and x[0].nnz in (1, 2)
+    for i, tokens in enumerate(token_lists):  # each row is the message's own row
+        idx, val = h.row(tokens)
+        np.testing.assert_array_equal(x[i].indices, idx)
+        np.testing.assert_array_equal(x[i].data, val)
 
 
 def test_hashing_is_stable_across_processes():

@@ -271,14 +271,3 @@ class Hasher:
             v = self.signed_index(tok)
             out[tok] = (abs(v) - 1, 1 if v > 0 else -1)
         return out
-
-
-def rows_to_csr(rows: list[tuple[np.ndarray, np.ndarray]], n_features: int) -> sp.csr_matrix:
-    """Stack (indices, values) rows into one float32 CSR matrix of shape (len(rows), n_features)."""
-    indptr = np.zeros(len(rows) + 1, np.int64)
-    if rows:
-        indptr[1:] = np.cumsum([len(i) for i, _ in rows])
-    indices = np.concatenate([i for i, _ in rows]) if rows else np.zeros(0, np.int32)
-    data = np.concatenate([v for _, v in rows]) if rows else np.zeros(0, np.float32)
-    return sp.csr_matrix((data.astype(np.float32), indices.astype(np.int32), indptr),
-                         shape=(len(rows), n_features))
