@@ -181,14 +181,20 @@ def _chunks(paths: list[str], n: int = 500):
         yield paths[i:i + n]
 
 
+def _peer_files(tmp: Path, kind, x_tr, y_tr, x_te) -> tuple[list[str], list[str], list[str], Path]:
+    """The split as files on disk, as the command-line filters read mail: (train spam, train ham,
+    test paths, an empty database folder)."""
+    spam = _write_files(tmp / "train-spam", kind, [m for m, y in zip(x_tr, y_tr, strict=True) if y])
+    ham = _write_files(tmp / "train-ham", kind, [m for m, y in zip(x_tr, y_tr, strict=True) if not y])
+    test = _write_files(tmp / "test", kind, x_te)
+    db = tmp / "db"
+    db.mkdir()
+    return spam, ham, test, db
+
+
 def run_bogofilter(kind, x_tr, y_tr, x_te, y_te):
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        spam = _write_files(tmp / "train-spam", kind, [m for m, y in zip(x_tr, y_tr, strict=True) if y])
-        ham = _write_files(tmp / "train-ham", kind, [m for m, y in zip(x_tr, y_tr, strict=True) if not y])
-        test = _write_files(tmp / "test", kind, x_te)
-        db = tmp / "db"
-        db.mkdir()
+        spam, ham, test, db = _peer_files(Path(tmp), kind, x_tr, y_tr, x_te)
         t0 = time.perf_counter()
         for flag, paths in (("-s", spam), ("-n", ham)):
             for chunk in _chunks(paths):
@@ -211,12 +217,7 @@ def run_bogofilter(kind, x_tr, y_tr, x_te, y_te):
 
 def run_spamprobe(kind, x_tr, y_tr, x_te, y_te):
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        spam = _write_files(tmp / "train-spam", kind, [m for m, y in zip(x_tr, y_tr, strict=True) if y])
-        ham = _write_files(tmp / "train-ham", kind, [m for m, y in zip(x_tr, y_tr, strict=True) if not y])
-        test = _write_files(tmp / "test", kind, x_te)
-        db = tmp / "db"
-        db.mkdir()
+        spam, ham, test, db = _peer_files(Path(tmp), kind, x_tr, y_tr, x_te)
         t0 = time.perf_counter()
         for cmd, paths in (("spam", spam), ("good", ham)):
             for chunk in _chunks(paths):
