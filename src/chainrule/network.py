@@ -132,11 +132,15 @@ class Sequential:
 
     __call__ = forward
 
+    def _scores(self, x, batch_size: int) -> np.ndarray:
+        """The last layer's outputs for every example of `x`, computed `batch_size` at a time."""
+        outputs = [self.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
+
     def predict_proba(self, x, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities, in batches. Raw scores go through softmax (several outputs) or
         sigmoid (one output) unless the last layer already produces probabilities."""
-        outputs = [self.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-        out = np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
+        out = self._scores(x, batch_size)
         if isinstance(self.layers[-1], (L.Softmax, L.Sigmoid)):
             return out
         if out.shape[-1] == 1:
@@ -151,13 +155,11 @@ class Sequential:
         Decided on the raw scores: softmax keeps the order of the scores and σ(z) > 0.5 ⇔ z > 0,
         so turning them into probabilities first would only cost time.
         """
-        outputs = [self.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-        if not outputs:
-            return np.zeros(0, np.int64)
-        if self.output_shape[-1] == 1:
+        out = self._scores(x, batch_size)
+        if out.shape[-1] == 1:
             cut = 0.5 if isinstance(self.layers[-1], (L.Softmax, L.Sigmoid)) else 0.0
-            return np.concatenate([(out[:, 0] > cut) for out in outputs]).astype(np.int64)
-        return np.concatenate([out.argmax(axis=-1) for out in outputs])
+            return (out[:, 0] > cut).astype(np.int64)
+        return out.argmax(axis=-1)
 
     # -- description --------------------------------------------------------------------------
 
