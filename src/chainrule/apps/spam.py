@@ -20,8 +20,8 @@ For other programs (the web app): `load_spam_model(dir)` and `classify_message(b
 
 from __future__ import annotations
 
+import functools
 import json
-import multiprocessing
 import os
 import re
 import sys
@@ -46,6 +46,7 @@ from chainrule.data.mail import (
 )
 from chainrule.data.text import Hasher, HashingConfig, message_tokens, sms_tokens
 from chainrule.files import atomic_write_bytes, atomic_write_npz
+from chainrule.parallel import fork_map
 
 TASK = "spam"
 SPAM_FORMAT = 1
@@ -57,26 +58,17 @@ VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 
 # ---------------------------------------------------------------------------------------------
 # Features, in parallel.
 
-_WORKER_HASHER: Hasher | None = None
-
-
 def sigmoid(z):
     """P(spam) from a logit: σ(z) = (1 + tanh(z/2)) / 2, which never overflows, unlike 1/(1 + e^-z)."""
     return 0.5 * (1 + np.tanh(0.5 * z))
 
 
-def _worker_init(config: dict) -> None:
-    global _WORKER_HASHER
-    _WORKER_HASHER = Hasher(HashingConfig.from_dict(config))
-
-
-def _featurize_chunk(items: list[tuple[str, bytes | str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+def _featurize_chunk(hasher: Hasher, items: list[tuple[str, bytes | str]]) -> tuple:
     """(indptr, indices, values, problems) of a run of messages: ("mail", raw bytes) or ("sms", text).
 
     One call per chunk rather than per message, so that hashing runs once over the chunk and the
     result crosses the process boundary as three arrays, not as one pickled tuple per message.
     """
-    hasher = _WORKER_HASHER
     tokens, problems = [], []
     for kind, data in items:
         if kind == "sms":
@@ -88,59 +80,6 @@ def _featurize_chunk(items: list[tuple[str, bytes | str]]) -> tuple[np.ndarray, 
             problems.append(parsed.problem)
     x = hasher.matrix(tokens)
     return x.indptr, x.indices, x.data, problems
-
-
-def _stack(parts: list, n_features: int) -> tuple[sp.csr_matrix, list[str | None]]:
-    """Chunks from `_featurize_chunk`, in order, as one CSR matrix, and their problems."""
-    x = sp.vstack([sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_features))
-                   for indptr, indices, data, _ in parts], format="csr")
-    return x, [q for p in parts for q in p[3]]
-
-
-class Featurizer:
-    """Parse, tokenise and hash messages on every core: a pool of worker processes kept for as
-    many `featurize` calls as the `with` block makes (`spam classify` reads and classifies a big
-    Maildir in batches through one pool).
-
-    Parsing is pure Python and holds the GIL, so threads would not help. Workers are forked: they
-    start in milliseconds and inherit the loaded modules and this process's token caches, and the
-    messages travel to them in chunks, pickled once per chunk. Batches smaller than `min_batch`
-    (and everything where fork is unavailable, or `processes=1`) stay in this process, where
-    starting workers would cost more than it saves.
-    """
-
-    def __init__(self, config: HashingConfig, processes: int | None = None, min_batch: int = 256):
-        self.config = config
-        self.processes = processes or os.cpu_count() or 1
-        self.min_batch = min_batch
-        self._pool = None
-
-    def __enter__(self) -> Featurizer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
-
-    def _parallel(self, n: int) -> bool:
-        return self.processes > 1 and n >= self.min_batch and "fork" in multiprocessing.get_all_start_methods()
-
-    def featurize(self, items: list[tuple[str, bytes | str]]) -> tuple[sp.csr_matrix, list[str | None]]:
-        """(CSR matrix of shape (len(items), n_features), problems: None or why a message was read
-        as plain text) for ("mail", raw bytes) / ("sms", text) items, in order."""
-        if not self._parallel(len(items)):
-            _worker_init(self.config.to_dict())
-            return _stack([_featurize_chunk(items)], self.config.n_features)
-        if self._pool is None:
-            ctx = multiprocessing.get_context("fork")
-            self._pool = ctx.Pool(self.processes, initializer=_worker_init, initargs=(self.config.to_dict(),))
-        return _stack(self._pool.map(_featurize_chunk, _guided_chunks(items, self.processes), chunksize=1),
-                      self.config.n_features)
 
 
 def _guided_chunks(items: list, workers: int, smallest: int = 16, largest: int = 500) -> list[list]:
@@ -156,15 +95,24 @@ def _guided_chunks(items: list, workers: int, smallest: int = 16, largest: int =
     return chunks
 
 
-def featurize(items: list[tuple[str, bytes | str]], config: HashingConfig,
-              processes: int | None = None) -> tuple[sp.csr_matrix, list[str | None]]:
-    """Parse, tokenise and hash messages -> (CSR matrix of shape (n, n_features), problems).
+def featurize(items: list[tuple[str, bytes | str]], config: HashingConfig, processes: int | None = None,
+              min_parallel: int = 256) -> tuple[sp.csr_matrix, list[str | None]]:
+    """Parse, tokenise and hash messages -> (CSR matrix of shape (n, n_features), problems: None
+    or why a message was read as plain text, per message).
 
-    `items` are ("mail", raw bytes) or ("sms", text). Batches of 256 or more are spread over
-    worker processes (see `Featurizer`); `processes=1` stays in this process.
+    `items` are ("mail", raw bytes) or ("sms", text). Batches of `min_parallel` or more are
+    spread over every core (`processes`, default all) by `fork_map`; smaller ones stay in this
+    process, where forking would cost more than it saves.
     """
-    with Featurizer(config, processes) as f:
-        return f.featurize(items)
+    processes = processes or os.cpu_count() or 1
+    chunk = functools.partial(_featurize_chunk, Hasher(config))
+    if processes == 1 or len(items) < min_parallel:
+        parts = [chunk(items)]
+    else:
+        parts = fork_map(chunk, _guided_chunks(items, processes), processes)
+    x = sp.vstack([sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, config.n_features))
+                   for indptr, indices, data, _ in parts], format="csr")
+    return x, [q for p in parts for q in p[3]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,9 +410,6 @@ def _train_member(x_tr, y_tr, x_va, y_va, n_features, hidden, dropout, epochs, b
     return model, history
 
 
-_MEMBER_JOB: tuple | None = None  # (x, y, member arguments), inherited by forked member trainers
-
-
 def _train_job(x, y, args: tuple, job: tuple[np.ndarray, np.ndarray, int],
                verbose: bool) -> tuple[cr.Sequential, cr.History, np.ndarray]:
     """Train one committee member on the rows `job` names: (network, History, held-out logits)."""
@@ -473,36 +418,25 @@ def _train_job(x, y, args: tuple, job: tuple[np.ndarray, np.ndarray, int],
     return model, history, model.forward(x[va]).reshape(-1).astype(np.float64)
 
 
-def _member_worker(job: tuple[np.ndarray, np.ndarray, int]) -> tuple[dict, dict, np.ndarray]:
-    """`_train_job` in a (forked) worker; the trained weights travel back as arrays."""
-    x, y, args = _MEMBER_JOB
-    model, history, logits = _train_job(x, y, args, job, False)
-    return model.state(), history.to_dict(), logits
-
-
 def _train_members(x, y, jobs: list, args: tuple, processes: int, verbose: bool) -> list:
     """[(network, History, held-out logits)] for each (train rows, held-out rows, seed) job.
 
-    The members are independent, so they train in `processes` forked workers at once (the data
-    reaches them through fork, not pickling; only the trained weights come back). Each member's
-    result depends only on its seed, so it is the same in a worker as in this process.
+    The members are independent, so they train on `processes` cores at once (`fork_map`: the
+    data reaches the children through fork, not pickling; only the trained weights come back).
+    Each member's result depends only on its seed, so it is the same in a child as here.
     """
-    global _MEMBER_JOB
-    n_features, hidden, dropout = args[0], args[1], args[2]
-    if processes > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        _MEMBER_JOB = (x, y, args)
-        try:
-            with multiprocessing.get_context("fork").Pool(min(processes, len(jobs))) as pool:
-                raw = pool.map(_member_worker, jobs, chunksize=1)
-        finally:
-            _MEMBER_JOB = None
+    if processes <= 1 or len(jobs) <= 1:
+        out = [_train_job(x, y, args, job, verbose) for job in jobs]
+    else:
+        def member(job):  # the weights travel back from a child as arrays
+            model, history, logits = _train_job(x, y, args, job, False)
+            return model.state(), history.to_dict(), logits
+
         out = []
-        for state, hist, logits in raw:
-            model = build_network(n_features, hidden, dropout, seed=None)
+        for state, hist, logits in fork_map(member, jobs, processes):
+            model = build_network(*args[:3], seed=None)
             model.load_state(state)
             out.append((model, cr.History.from_dict(hist), logits))
-    else:
-        out = [_train_job(x, y, args, job, verbose) for job in jobs]
     if verbose:
         for i, (_, h, _) in enumerate(out):
             best = None if h.best_epoch is None else h.best_epoch + 1
@@ -809,27 +743,26 @@ def _classify(args) -> int:
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     single_stdin = (args.paths or ["-"]) == ["-"]
     seen, last = 0, None
-    with Featurizer(bundle.config) as featurizer:  # one worker pool for every batch
-        for sources, items, raws in _classify_batches(args):
-            seen += len(items)
-            if args.annotate and (seen != 1 or raws is None):
-                raise UserError("--annotate needs exactly one email message (a file or standard input)")
-            x, _ = featurizer.featurize(items)
-            p = bundle.probabilities(x)
-            verdicts = bundle.verdicts(p)
-            last = verdicts[-1]
-            if args.annotate:
-                if raws[0].truncated:
-                    raise UserError(f"{sources[0]}: larger than --max-bytes; not annotated (the body must stay whole)")
-                sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
-                sys.stdout.buffer.flush()
-                continue
-            if args.json:
-                lines = [json.dumps({"source": src, "verdict": v, "probability": round(float(q), 6)})
-                         for src, v, q in zip(sources, verdicts, p, strict=True)]
-            else:
-                lines = [f"{src}\t{v}\t{q:.6f}" for src, v, q in zip(sources, verdicts, p, strict=True)]
-            sys.stdout.write("\n".join(lines) + "\n")
+    for sources, items, raws in _classify_batches(args):
+        seen += len(items)
+        if args.annotate and (seen != 1 or raws is None):
+            raise UserError("--annotate needs exactly one email message (a file or standard input)")
+        x, _ = featurize(items, bundle.config)
+        p = bundle.probabilities(x)
+        verdicts = bundle.verdicts(p)
+        last = verdicts[-1]
+        if args.annotate:
+            if raws[0].truncated:
+                raise UserError(f"{sources[0]}: larger than --max-bytes; not annotated (the body must stay whole)")
+            sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
+            sys.stdout.buffer.flush()
+            continue
+        if args.json:
+            lines = [json.dumps({"source": src, "verdict": v, "probability": round(float(q), 6)})
+                     for src, v, q in zip(sources, verdicts, p, strict=True)]
+        else:
+            lines = [f"{src}\t{v}\t{q:.6f}" for src, v, q in zip(sources, verdicts, p, strict=True)]
+        sys.stdout.write("\n".join(lines) + "\n")
     if args.annotate and seen != 1:
         raise UserError("--annotate needs exactly one email message (a file or standard input)")
     if seen == 1 and (single_stdin or args.annotate):

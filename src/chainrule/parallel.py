@@ -1,0 +1,109 @@
+"""Independent tasks on every core: `fork_map(fn, tasks)`, the results in order.
+
+Parsing mail and training committee members are pure Python or hold the GIL often enough that
+threads do not help, so the work goes to forked processes. Why not `multiprocessing.Pool`: a pool
+starts its workers and three helper threads, pickles every task over to them, and leaves this
+process waiting. Here the children are forked with the tasks already in their memory (`fn` may be
+a closure: nothing is pickled on the way out), this process works too (n cores need n - 1 forks),
+and only the results come back, pickled, one pipe per child. On a 2-core machine that halves the
+fixed cost of classifying a batch of mail.
+
+Load balancing: the task numbers wait in a pipe, and every process reads the next one when it is
+free (a read of 4 bytes from a pipe is atomic), so a slow task delays only itself. If a child dies,
+this process runs the tasks it did not send back; a task that raises raises here.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import signal
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_ID_BYTES = 4
+MAX_TASKS = 65536 // _ID_BYTES  # the task numbers are written up front: at most one pipe buffer
+
+
+def fork_map(fn: Callable[[T], R], tasks: Sequence[T], processes: int | None = None) -> list[R]:
+    """[fn(t) for t in tasks], computed by this process and `processes - 1` forked children.
+
+    `processes` defaults to the number of cores; with one process, one task, or no `os.fork`
+    (Windows) everything runs here. Keep tasks coarse (chunks of work, at most `MAX_TASKS`): each
+    result crosses a pipe.
+    """
+    processes = min(processes or os.cpu_count() or 1, len(tasks))
+    if processes <= 1 or not hasattr(os, "fork"):
+        return [fn(t) for t in tasks]
+    if len(tasks) > MAX_TASKS:
+        raise ValueError(f"fork_map takes at most {MAX_TASKS} tasks, got {len(tasks)}: group them into chunks")
+    claims, claims_in = os.pipe()
+    os.write(claims_in, b"".join(i.to_bytes(_ID_BYTES, "little") for i in range(len(tasks))))
+    os.close(claims_in)  # once the numbers run out, a read returns b"": no task left
+    # A garbage collection walks every object and writes to it, which would copy each memory page
+    # the children share with this process; frozen objects are left out of collections.
+    was_frozen = gc.get_freeze_count() > 0
+    gc.freeze()
+    children: list[tuple[int, int]] = []
+    try:
+        for _ in range(processes - 1):
+            children.append(_fork_child(fn, tasks, claims))
+        results = _run_claimed(fn, tasks, claims)
+        while children:
+            results.update(_collect(*children.pop(0)))
+    finally:
+        os.close(claims)
+        for pid, pipe in children:  # only after an exception here (Ctrl-C): stop the children
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(pipe)
+        if not was_frozen:
+            gc.unfreeze()
+    return [results[i] if i in results else fn(tasks[i]) for i in range(len(tasks))]
+
+
+def _run_claimed(fn, tasks, claims: int) -> dict:
+    """{task number: result} for every task this process claims from the pipe until it is empty."""
+    done = {}
+    while number := os.read(claims, _ID_BYTES):
+        i = int.from_bytes(number, "little")
+        done[i] = fn(tasks[i])
+    return done
+
+
+def _fork_child(fn, tasks, claims: int) -> tuple[int, int]:
+    """Fork a child that runs the tasks it claims and writes {number: result}, pickled, to a pipe:
+    (its pid, the pipe's read end)."""
+    pipe, pipe_in = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(pipe)
+            with os.fdopen(pipe_in, "wb") as out:
+                pickle.dump(_run_claimed(fn, tasks, claims), out, protocol=pickle.HIGHEST_PROTOCOL)
+            code = 0
+        finally:  # never return into the parent's code, and skip its atexit handlers and buffers
+            os._exit(code)
+    os.close(pipe_in)
+    return pid, pipe
+
+
+def _collect(pid: int, pipe: int) -> dict:
+    """The child's {number: result}, or {} if it died before sending them all."""
+    try:
+        with os.fdopen(pipe, "rb") as f:
+            data = f.read()
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        os.waitpid(pid, 0)
+    try:
+        return pickle.loads(data)
+    except (pickle.UnpicklingError, EOFError, ValueError):
+        return {}

@@ -1,0 +1,62 @@
+"""fork_map: the results of forked children and this process, in task order, whatever happens to a child."""
+
+import gc
+import os
+import time
+
+import pytest
+
+from chainrule.parallel import MAX_TASKS, fork_map
+
+
+def test_results_in_task_order_from_every_process():
+    parent = os.getpid()
+    offset = 1000  # a closure: forked children see it without pickling
+
+    def task(i):
+        time.sleep(0.005)  # long enough that the children start before this process claims them all
+        return i + offset, os.getpid()
+
+    out = fork_map(task, list(range(40)), processes=3)
+    assert [r for r, _ in out] == [i + 1000 for i in range(40)]
+    pids = {pid for _, pid in out}
+    assert parent in pids  # this process takes tasks too
+    assert len(pids) >= 2  # a child claimed some
+
+
+def test_one_process_or_one_task_runs_here():
+    parent = os.getpid()
+    assert fork_map(lambda i: (i, os.getpid()), [1, 2, 3], processes=1) == [(1, parent), (2, parent), (3, parent)]
+    assert fork_map(lambda i: (i, os.getpid()), [7], processes=4) == [(7, parent)]
+    assert fork_map(lambda i: i, [], processes=4) == []
+
+
+def test_tasks_a_dead_child_did_not_return_are_run_here():
+    parent = os.getpid()
+
+    def task(i):
+        if os.getpid() != parent:
+            os._exit(9)  # the child dies on its first task, sending nothing back
+        return i * i
+
+    assert fork_map(task, list(range(10)), processes=2) == [i * i for i in range(10)]
+
+
+def test_a_failing_task_raises_in_the_caller():
+    def task(i):
+        if i == 5:
+            raise ValueError("task 5 is broken")
+        return i
+
+    with pytest.raises(ValueError, match="task 5 is broken"):
+        fork_map(task, list(range(10)), processes=2)
+
+
+def test_garbage_collection_is_left_as_it_was():
+    fork_map(lambda i: i, list(range(4)), processes=2)
+    assert gc.get_freeze_count() == 0
+
+
+def test_too_many_tasks_is_a_clear_error():
+    with pytest.raises(ValueError, match="group them into chunks"):
+        fork_map(lambda i: i, range(MAX_TASKS + 1), processes=2)
