@@ -14,13 +14,15 @@ as ham), spamprobe (`spam`/`good` to train, `score` to classify), scikit-learn M
 LogisticRegression on word counts (CountVectorizer over the raw message text). chainrule calls a
 message spam at P(spam) >= its calibrated spam cut-off (again `unsure` counts as ham).
 
-messages/s: classifying the test split, parsing included; the median of 3 timed runs. chainrule:
-from the raw bytes in memory to verdicts, both cores (`featurize` forks its worker processes
-inside the timed part, + one batched forward pass); bogofilter and spamprobe: one process over the
-test files extracted to a temporary directory (`-B` / `score` with every file on the command
-line); scikit-learn: vectorise + predict, one core. For mail, `chainrule spam classify MODEL DIR`
-is also timed end to end on the same files (`cli_messages_per_s`): a fresh interpreter, imports
-and the model load included.
+messages/s: classifying the test split, parsing included; the median of 5 timed runs. The filters
+take turns (round 1: every filter once, round 2: every filter again, ...) after one untimed
+warm-up run each, so that a busy spell on this shared machine slows all of them, not the one that
+happened to be running. chainrule: from the raw bytes in memory to verdicts, both cores
+(`featurize` forks its child process inside the timed part, + one batched forward pass);
+bogofilter and spamprobe: one process over the test files extracted to a temporary directory
+(`-B` / `score` with every file on the command line); scikit-learn: vectorise + predict, one
+core. For mail, `chainrule spam classify MODEL DIR` is also timed end to end on the same files
+(`cli_messages_per_s`): a fresh interpreter, imports and the model load included.
 
 Run:  flock /tmp/chainrule-cpu.lock python bench/spam.py [--data DIR] [--splits ...]
 Writes bench/results/spam.json and prints one table per split.
@@ -38,6 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,18 +118,31 @@ def as_text(kind: str, item) -> str:
     return item if kind == "sms" else item.decode("latin-1")
 
 
-def _timed(fn, repeats: int = 3):
-    """(fn's result, median wall-clock seconds of `repeats` calls): one slow call on a shared machine
-    should not decide a speed comparison. Every filter's classification is timed this way."""
-    times = []
+@dataclass
+class Trained:
+    """A filter ready to classify the test split: `classify()` does it (timed), `report(output)`
+    scores what it returned."""
+
+    classify: Callable[[], object]
+    report: Callable[[object], dict]
+    train_seconds: float
+
+
+def time_in_turns(filters: dict[str, Trained], repeats: int = 5) -> dict[str, tuple[object, list[float]]]:
+    """{name: (output of classify, seconds of each timed run)}: one untimed warm-up run each (imports, page
+    cache), then `repeats` rounds in which every filter runs once, so that one slow spell of a
+    shared machine is spread over all of them rather than deciding a speed comparison."""
+    outputs = {name: f.classify() for name, f in filters.items()}
+    times: dict[str, list[float]] = {name: [] for name in filters}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, float(np.median(times))
+        for name, f in filters.items():
+            t0 = time.perf_counter()
+            f.classify()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (outputs[name], times[name]) for name in filters}
 
 
-def run_chainrule(kind, x_tr, y_tr, x_te, y_te, settings: dict):
+def run_chainrule(kind, x_tr, y_tr, x_te, y_te, tmp: Path, settings: dict) -> Trained:
     s = settings
     config = s["config"]
     t0 = time.perf_counter()
@@ -135,28 +152,30 @@ def run_chainrule(kind, x_tr, y_tr, x_te, y_te, settings: dict):
                           inputs=(kind,))
     train_s = time.perf_counter() - t0
     bundle = result.bundle
-    featurize([(kind, m) for m in x_te[:300]], config)  # warm-up: imports, page cache
-    p, seconds = _timed(lambda: bundle.probabilities(featurize([(kind, m) for m in x_te], config)[0]))
-    r = binary_report(y_te, p, bundle.spam_cutoff)
-    with tempfile.TemporaryDirectory() as tmp:  # how long `spam classify` takes to get going
-        save_model(bundle, tmp)
+    extra = {}
+    save_model(bundle, tmp)  # how long `spam classify` takes to get going
+    t0 = time.perf_counter()
+    load_spam_model(tmp)
+    extra["model_load_seconds"] = time.perf_counter() - t0
+    extra["model_bytes"] = (tmp / "model.npz").stat().st_size
+    if kind == "mail":  # the command line end to end, as bogofilter is run: files on disk
+        _write_files(tmp / "test", kind, x_te)
+        cmd = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())",
+               "spam", "classify", str(tmp), str(tmp / "test")]
         t0 = time.perf_counter()
-        load_spam_model(tmp)
-        r["model_load_seconds"] = time.perf_counter() - t0
-        r["model_bytes"] = (Path(tmp) / "model.npz").stat().st_size
-        if kind == "mail":  # the command line end to end, as bogofilter is run: files on disk
-            _write_files(Path(tmp) / "test", kind, x_te)
-            cmd = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())",
-                   "spam", "classify", tmp, str(Path(tmp) / "test")]
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            r["cli_seconds"] = time.perf_counter() - t0
-            r["cli_messages_per_s"] = len(y_te) / r["cli_seconds"]
-    r.update(messages_per_s=len(y_te) / seconds, train_seconds=train_s, spam_cutoff=bundle.spam_cutoff,
-             ham_cutoff=bundle.ham_cutoff, epochs_run=[len(h) for h in result.histories],
-             out_of_fold=result.validation, settings={k: (v.to_dict() if k == "config" else v)
-                                                      for k, v in s.items()})
-    return r
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        extra["cli_seconds"] = time.perf_counter() - t0
+        extra["cli_messages_per_s"] = len(y_te) / extra["cli_seconds"]
+
+    def report(p):
+        r = binary_report(y_te, p, bundle.spam_cutoff)
+        r.update(extra, spam_cutoff=bundle.spam_cutoff, ham_cutoff=bundle.ham_cutoff,
+                 epochs_run=[len(h) for h in result.histories], out_of_fold=result.validation,
+                 settings={k: (v.to_dict() if k == "config" else v) for k, v in s.items()})
+        return r
+
+    items = [(kind, m) for m in x_te]
+    return Trained(lambda: bundle.probabilities(featurize(items, config)[0]), report, train_s)
 
 
 def _write_files(directory: Path, kind: str, items) -> list[str]:
@@ -192,51 +211,53 @@ def _peer_files(tmp: Path, kind, x_tr, y_tr, x_te) -> tuple[list[str], list[str]
     return spam, ham, test, db
 
 
-def run_bogofilter(kind, x_tr, y_tr, x_te, y_te):
-    with tempfile.TemporaryDirectory() as tmp:
-        spam, ham, test, db = _peer_files(Path(tmp), kind, x_tr, y_tr, x_te)
-        t0 = time.perf_counter()
-        for flag, paths in (("-s", spam), ("-n", ham)):
-            for chunk in _chunks(paths):
-                _run(["bogofilter", "-d", str(db), flag, "-B", *chunk])
-        train_s = time.perf_counter() - t0
-        out, seconds = _timed(lambda: "".join(_run(["bogofilter", "-d", str(db), "-T", "-B", *chunk])
-                                              for chunk in _chunks(test, 4000)))
-    scores, verdicts = {}, {}
-    for line in out.splitlines():
-        parts = line.split()  # "<file> S 0.999999"
-        if len(parts) >= 3:
-            verdicts[parts[0]], scores[parts[0]] = parts[-2], float(parts[-1])
-    p = np.array([scores.get(t, 0.0) for t in test])
-    pred_spam = np.array([verdicts.get(t) == "S" for t in test])
-    r = binary_report(y_te, pred_spam.astype(float), 0.5)  # unsure counted as ham
-    r["roc_auc"] = binary_report(y_te, p, 0.5)["roc_auc"]
-    r.update(messages_per_s=len(test) / seconds, train_seconds=train_s)
-    return r
+def run_bogofilter(kind, x_tr, y_tr, x_te, y_te, tmp: Path) -> Trained:
+    spam, ham, test, db = _peer_files(tmp, kind, x_tr, y_tr, x_te)
+    t0 = time.perf_counter()
+    for flag, paths in (("-s", spam), ("-n", ham)):
+        for chunk in _chunks(paths):
+            _run(["bogofilter", "-d", str(db), flag, "-B", *chunk])
+    train_s = time.perf_counter() - t0
+
+    def report(out):
+        scores, verdicts = {}, {}
+        for line in out.splitlines():
+            parts = line.split()  # "<file> S 0.999999"
+            if len(parts) >= 3:
+                verdicts[parts[0]], scores[parts[0]] = parts[-2], float(parts[-1])
+        p = np.array([scores.get(t, 0.0) for t in test])
+        pred_spam = np.array([verdicts.get(t) == "S" for t in test])
+        r = binary_report(y_te, pred_spam.astype(float), 0.5)  # unsure counted as ham
+        r["roc_auc"] = binary_report(y_te, p, 0.5)["roc_auc"]
+        return r
+
+    return Trained(lambda: "".join(_run(["bogofilter", "-d", str(db), "-T", "-B", *chunk])
+                                   for chunk in _chunks(test, 4000)), report, train_s)
 
 
-def run_spamprobe(kind, x_tr, y_tr, x_te, y_te):
-    with tempfile.TemporaryDirectory() as tmp:
-        spam, ham, test, db = _peer_files(Path(tmp), kind, x_tr, y_tr, x_te)
-        t0 = time.perf_counter()
-        for cmd, paths in (("spam", spam), ("good", ham)):
-            for chunk in _chunks(paths):
-                _run(["spamprobe", "-d", str(db), cmd, *chunk])
-        train_s = time.perf_counter() - t0
-        out, seconds = _timed(lambda: "".join(_run(["spamprobe", "-d", str(db), "score", *chunk])
-                                              for chunk in _chunks(test, 4000)))
-    lines = [ln.split() for ln in out.splitlines() if ln.strip()]
-    if len(lines) != len(test):
-        raise RuntimeError(f"spamprobe scored {len(lines)} of {len(test)} messages")
-    p = np.array([float(ln[1]) for ln in lines])
-    pred = np.array([ln[0] == "SPAM" for ln in lines], float)
-    r = binary_report(y_te, pred, 0.5)
-    r["roc_auc"] = binary_report(y_te, p, 0.5)["roc_auc"]
-    r.update(messages_per_s=len(test) / seconds, train_seconds=train_s)
-    return r
+def run_spamprobe(kind, x_tr, y_tr, x_te, y_te, tmp: Path) -> Trained:
+    spam, ham, test, db = _peer_files(tmp, kind, x_tr, y_tr, x_te)
+    t0 = time.perf_counter()
+    for cmd, paths in (("spam", spam), ("good", ham)):
+        for chunk in _chunks(paths):
+            _run(["spamprobe", "-d", str(db), cmd, *chunk])
+    train_s = time.perf_counter() - t0
+
+    def report(out):
+        lines = [ln.split() for ln in out.splitlines() if ln.strip()]
+        if len(lines) != len(test):
+            raise RuntimeError(f"spamprobe scored {len(lines)} of {len(test)} messages")
+        p = np.array([float(ln[1]) for ln in lines])
+        pred = np.array([ln[0] == "SPAM" for ln in lines], float)
+        r = binary_report(y_te, pred, 0.5)
+        r["roc_auc"] = binary_report(y_te, p, 0.5)["roc_auc"]
+        return r
+
+    return Trained(lambda: "".join(_run(["spamprobe", "-d", str(db), "score", *chunk])
+                                   for chunk in _chunks(test, 4000)), report, train_s)
 
 
-def run_sklearn(kind, x_tr, y_tr, x_te, y_te, which: str):
+def run_sklearn(kind, x_tr, y_tr, x_te, y_te, tmp: Path, which: str) -> Trained:
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.naive_bayes import MultinomialNB
@@ -247,18 +268,16 @@ def run_sklearn(kind, x_tr, y_tr, x_te, y_te, which: str):
     clf = MultinomialNB() if which == "nb" else LogisticRegression(max_iter=2000)
     clf.fit(xtr, y_tr)
     train_s = time.perf_counter() - t0
-    p, seconds = _timed(lambda: clf.predict_proba(vec.transform([as_text(kind, m) for m in x_te]))[:, 1])
-    r = binary_report(y_te, p, 0.5)
-    r.update(messages_per_s=len(y_te) / seconds, train_seconds=train_s)
-    return r
+    return Trained(lambda: clf.predict_proba(vec.transform([as_text(kind, m) for m in x_te]))[:, 1],
+                   lambda p: binary_report(y_te, p, 0.5), train_s)
 
 
 PEERS = {
     "chainrule": run_chainrule,
     "bogofilter": run_bogofilter,
     "spamprobe": run_spamprobe,
-    "sklearn MultinomialNB": lambda *a: run_sklearn(*a, which="nb"),
-    "sklearn LogisticRegression": lambda *a: run_sklearn(*a, which="lr"),
+    "sklearn MultinomialNB": functools.partial(run_sklearn, which="nb"),
+    "sklearn LogisticRegression": functools.partial(run_sklearn, which="lr"),
 }
 BINARIES = {"bogofilter": "bogofilter", "spamprobe": "spamprobe"}
 
@@ -289,15 +308,22 @@ def main() -> int:
         kind, x_tr, y_tr, x_te, y_te, names = load_split(split, args.data)
         if split == "spamassassin":
             (HERE / "spamassassin_test_files.txt").write_text("\n".join(names) + "\n")
-        rows = {}
-        for name, fn in PEERS.items():
-            binary = BINARIES.get(name)
-            if binary and shutil.which(binary) is None:
-                rows[name] = {"skipped": f"{binary} not installed (apt-get install {binary})"}
-                continue
-            if name == "chainrule":
-                fn = functools.partial(fn, settings=SETTINGS[split])
-            rows[name] = fn(kind, x_tr, y_tr, x_te, y_te)
+        rows, trained = {}, {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, fn in PEERS.items():
+                rows[name] = {}
+                binary = BINARIES.get(name)
+                if binary and shutil.which(binary) is None:
+                    rows[name] = {"skipped": f"{binary} not installed (apt-get install {binary})"}
+                    continue
+                if name == "chainrule":
+                    fn = functools.partial(fn, settings=SETTINGS[split])
+                (Path(tmp) / name).mkdir()
+                trained[name] = fn(kind, x_tr, y_tr, x_te, y_te, Path(tmp) / name)
+            for name, (output, seconds) in time_in_turns(trained).items():
+                rows[name] = trained[name].report(output)
+                rows[name].update(messages_per_s=len(y_te) / float(np.median(seconds)), classify_seconds=seconds,
+                                  train_seconds=trained[name].train_seconds)
         results["splits"][split] = {"train": len(y_tr), "test": len(y_te), "test_spam": int(y_te.sum()),
                                     "results": rows}
         print(table(split, rows), flush=True)
