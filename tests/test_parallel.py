@@ -60,3 +60,15 @@ def test_garbage_collection_is_left_as_it_was():
 def test_too_many_tasks_is_a_clear_error():
     with pytest.raises(ValueError, match="group them into chunks"):
         fork_map(lambda i: i, range(MAX_TASKS + 1), processes=2)
+
+
+def test_children_are_reaped_by_the_next_call():
+    from chainrule import parallel
+
+    fork_map(lambda i: time.sleep(0.005) or i, list(range(20)), processes=2)
+    for _ in range(100):  # the child has sent its results; it exits moments later
+        fork_map(lambda i: i, [0], processes=1)
+        if not parallel._EXITING:
+            break
+        time.sleep(0.01)
+    assert not parallel._EXITING  # each was waited for: no zombie left behind

@@ -27,6 +27,7 @@ R = TypeVar("R")
 
 _ID_BYTES = 4
 MAX_TASKS = 65536 // _ID_BYTES  # the task numbers are written up front: at most one pipe buffer
+_EXITING: set[int] = set()  # children that sent their results and are not yet reaped
 
 
 def fork_map(fn: Callable[[T], R], tasks: Sequence[T], processes: int | None = None) -> list[R]:
@@ -36,6 +37,7 @@ def fork_map(fn: Callable[[T], R], tasks: Sequence[T], processes: int | None = N
     (Windows) everything runs here. Keep tasks coarse (chunks of work, at most `MAX_TASKS`): each
     result crosses a pipe.
     """
+    _reap()
     processes = min(processes or os.cpu_count() or 1, len(tasks))
     if processes <= 1 or not hasattr(os, "fork"):
         return [fn(t) for t in tasks]
@@ -66,6 +68,17 @@ def fork_map(fn: Callable[[T], R], tasks: Sequence[T], processes: int | None = N
     return [results[i] if i in results else fn(tasks[i]) for i in range(len(tasks))]
 
 
+def _reap() -> None:
+    """Wait for the children of earlier calls that have exited since."""
+    for pid in list(_EXITING):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped (someone called wait())
+            done = pid
+        if done:
+            _EXITING.discard(pid)
+
+
 def _run_claimed(fn, tasks, claims: int) -> dict:
     """{task number: result} for every task this process claims from the pipe until it is empty."""
     done = {}
@@ -94,15 +107,20 @@ def _fork_child(fn, tasks, claims: int) -> tuple[int, int]:
 
 
 def _collect(pid: int, pipe: int) -> dict:
-    """The child's {number: result}, or {} if it died before sending them all."""
+    """The child's {number: result}, or {} if it died before sending them all.
+
+    The child is not waited for once its pipe is closed: the kernel takes milliseconds to tear
+    down its copy of a large address space. It is reaped by the next call (or, as an orphan, by
+    init when this process exits).
+    """
     try:
         with os.fdopen(pipe, "rb") as f:
             data = f.read()
     except BaseException:
         os.kill(pid, signal.SIGKILL)
-        raise
-    finally:
         os.waitpid(pid, 0)
+        raise
+    _EXITING.add(pid)
     try:
         return pickle.loads(data)
     except (pickle.UnpicklingError, EOFError, ValueError):
