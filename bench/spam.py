@@ -18,7 +18,8 @@ messages/s: classifying the test split, parsing included; the median of 5 timed 
 take turns (round 1: every filter once, round 2: every filter again, ...) after one untimed
 warm-up run each, so that a busy spell on this shared machine slows all of them, not the one that
 happened to be running. chainrule: from the raw bytes in memory to verdicts, both cores
-(`featurize` forks its child process inside the timed part, + one batched forward pass);
+(`SpamModel.score`: parsing, hashing and the forward pass, chunk by chunk in this process and one
+child forked inside the timed part);
 bogofilter and spamprobe: one process over the test files extracted to a temporary directory
 (`-B` / `score` with every file on the command line); scikit-learn: vectorise + predict, one
 core. For mail, `chainrule spam classify MODEL DIR` is also timed end to end on the same files
@@ -175,7 +176,7 @@ def run_chainrule(kind, x_tr, y_tr, x_te, y_te, tmp: Path, settings: dict) -> Tr
         return r
 
     items = [(kind, m) for m in x_te]
-    return Trained(lambda: bundle.probabilities(featurize(items, config)[0]), report, train_s)
+    return Trained(lambda: bundle.score(items)[0], report, train_s)
 
 
 def _write_files(directory: Path, kind: str, items) -> list[str]:

@@ -19,6 +19,7 @@ from chainrule.apps.spam import (
     build_network,
     calibrate,
     classify_message,
+    featurize,
     load_spam_model,
     merge_committee,
     train_filter,
@@ -185,6 +186,21 @@ def test_committee_members_train_the_same_in_worker_processes():
     np.testing.assert_array_equal(one.val_probabilities, two.val_probabilities)
     assert one.bundle.spam_cutoff == two.bundle.spam_cutoff
     assert one.bundle.model.layers[0].out_features == 12 and len(one.val_labels) == len(y)
+
+
+def test_scoring_on_every_core_matches_one_process(model_dir, corpus_dir):
+    # 400 real messages: enough for featurize and score to fork, in chunks of shrinking size
+    items = [("mail", p.read_bytes()) for p in sorted(corpus_dir[0].rglob("*")) if p.is_file()][:400]
+    bundle = load_spam_model(model_dir)
+    x1, problems1 = featurize(items, bundle.config, processes=1)
+    x2, problems2 = featurize(items, bundle.config, processes=2)
+    assert x1.shape == (400, bundle.config.n_features) and (x1 != x2).nnz == 0 and problems1 == problems2
+    p1, _ = bundle.score(items, processes=1)
+    p2, problems = bundle.score(items, processes=2)
+    # the network runs per chunk: float32 sums over batches of other sizes round differently
+    np.testing.assert_allclose(p2, p1, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(p2, bundle.probabilities(x1), rtol=1e-6, atol=1e-9)
+    assert problems == problems1
 
 
 def test_evaluate_beats_the_majority_class_on_held_out_mail(model_dir, corpus_dir, capsys):

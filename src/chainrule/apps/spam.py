@@ -63,8 +63,8 @@ def sigmoid(z):
     return 0.5 * (1 + np.tanh(0.5 * z))
 
 
-def _featurize_chunk(hasher: Hasher, items: list[tuple[str, bytes | str]]) -> tuple:
-    """(indptr, indices, values, problems) of a run of messages: ("mail", raw bytes) or ("sms", text).
+def _featurize_chunk(hasher: Hasher, items: list[tuple[str, bytes | str]]) -> tuple[sp.csr_matrix, list]:
+    """(CSR rows, problems) of a run of messages: ("mail", raw bytes) or ("sms", text).
 
     One call per chunk rather than per message, so that hashing runs once over the chunk and the
     result crosses the process boundary as three arrays, not as one pickled tuple per message.
@@ -78,8 +78,7 @@ def _featurize_chunk(hasher: Hasher, items: list[tuple[str, bytes | str]]) -> tu
             parsed = parse_message(data)
             tokens.append(message_tokens(parsed, hasher.config))
             problems.append(parsed.problem)
-    x = hasher.matrix(tokens)
-    return x.indptr, x.indices, x.data, problems
+    return hasher.matrix(tokens), problems
 
 
 def _guided_chunks(items: list, workers: int, smallest: int = 16, largest: int = 500) -> list[list]:
@@ -95,24 +94,26 @@ def _guided_chunks(items: list, workers: int, smallest: int = 16, largest: int =
     return chunks
 
 
-def featurize(items: list[tuple[str, bytes | str]], config: HashingConfig, processes: int | None = None,
-              min_parallel: int = 256) -> tuple[sp.csr_matrix, list[str | None]]:
+def _map_chunks(fn, items: list, processes: int | None, min_parallel: int = 256) -> list:
+    """[fn(chunk)] over `items` in order: in chunks on every core (`fork_map`) for a batch of
+    `min_parallel` or more, in one chunk here for a smaller one, where forking would cost more
+    than it saves."""
+    processes = processes or os.cpu_count() or 1
+    if processes == 1 or len(items) < min_parallel:
+        return [fn(items)]
+    return fork_map(fn, _guided_chunks(items, processes), processes)
+
+
+def featurize(items: list[tuple[str, bytes | str]], config: HashingConfig,
+              processes: int | None = None) -> tuple[sp.csr_matrix, list[str | None]]:
     """Parse, tokenise and hash messages -> (CSR matrix of shape (n, n_features), problems: None
     or why a message was read as plain text, per message).
 
-    `items` are ("mail", raw bytes) or ("sms", text). Batches of `min_parallel` or more are
-    spread over every core (`processes`, default all) by `fork_map`; smaller ones stay in this
-    process, where forking would cost more than it saves.
+    `items` are ("mail", raw bytes) or ("sms", text). A batch of 256 or more is spread over
+    every core (`processes`, default all).
     """
-    processes = processes or os.cpu_count() or 1
-    chunk = functools.partial(_featurize_chunk, Hasher(config))
-    if processes == 1 or len(items) < min_parallel:
-        parts = [chunk(items)]
-    else:
-        parts = fork_map(chunk, _guided_chunks(items, processes), processes)
-    x = sp.vstack([sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, config.n_features))
-                   for indptr, indices, data, _ in parts], format="csr")
-    return x, [q for p in parts for q in p[3]]
+    parts = _map_chunks(functools.partial(_featurize_chunk, Hasher(config)), items, processes)
+    return sp.vstack([x for x, _ in parts], format="csr"), [q for _, problems in parts for q in problems]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +141,19 @@ class SpamModel:
     def probabilities(self, x: sp.csr_matrix, batch_size: int = 2048) -> np.ndarray:
         """P(spam) for every row of `x`."""
         return sigmoid(self.logits(x, batch_size))
+
+    def score(self, items: list[tuple[str, bytes | str]],
+              processes: int | None = None) -> tuple[np.ndarray, list[str | None]]:
+        """(P(spam), problems) of raw ("mail", bytes) / ("sms", text) items: `featurize` and the
+        forward pass together, chunk by chunk, so that the network runs on every core too."""
+        hasher = Hasher(self.config)
+
+        def chunk(part):
+            x, problems = _featurize_chunk(hasher, part)
+            return self.probabilities(x), problems
+
+        parts = _map_chunks(chunk, items, processes)
+        return np.concatenate([p for p, _ in parts]), [q for _, problems in parts for q in problems]
 
     def verdicts(self, p: np.ndarray) -> list[str]:
         return [verdict(float(q), self.spam_cutoff, self.ham_cutoff) for q in p]
@@ -692,8 +706,7 @@ def _cmd_evaluate(args) -> int:
     if len(y) == 0:
         raise UserError("no messages to evaluate")
     t0 = time.perf_counter()
-    x, _ = featurize(items, bundle.config)
-    p = bundle.probabilities(x)
+    p, _ = bundle.score(items)
     seconds = time.perf_counter() - t0
     report = binary_report(y, p, bundle.spam_cutoff)
     verdicts = bundle.verdicts(p)
@@ -747,8 +760,7 @@ def _classify(args) -> int:
         seen += len(items)
         if args.annotate and (seen != 1 or raws is None):
             raise UserError("--annotate needs exactly one email message (a file or standard input)")
-        x, _ = featurize(items, bundle.config)
-        p = bundle.probabilities(x)
+        p, _ = bundle.score(items)
         verdicts = bundle.verdicts(p)
         last = verdicts[-1]
         if args.annotate:
@@ -793,7 +805,7 @@ def _cmd_learn(args) -> int:
     items, sources, y = collect(args.paths, None, labelled=False, max_bytes=args.max_bytes, label=label)
     if not items:
         raise UserError("no messages to learn from")
-    x, _ = featurize(items, bundle.config, processes=1 if len(items) < 256 else None)
+    x, _ = featurize(items, bundle.config)
     result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed)
     name = "spam" if label == SPAM else "ham"
     for src, b, a in zip(sources, result["before"], result["after"], strict=True):
