@@ -477,7 +477,7 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
     fifth holds ~290 ham: too few to place a 0.3% blocked-ham cut-off), and every message is
     still trained on by k-1 members. The filter is the members' mean logit, merged into one
     network k times as wide (`merge_committee`), so it classifies in one forward pass. Members
-    train in `processes` worker processes at once (default: one per core).
+    train on `processes` cores at once (`fork_map`; default: every core).
     """
     y = np.asarray(y, np.int64)
     if len(np.unique(y)) < 2:
