@@ -312,7 +312,7 @@ def main() -> int:
         rows, trained = {}, {}
         with tempfile.TemporaryDirectory() as tmp:
             for name, fn in PEERS.items():
-                rows[name] = {}
+                rows[name] = {}  # its place in the table, in PEERS order
                 binary = BINARIES.get(name)
                 if binary and shutil.which(binary) is None:
                     rows[name] = {"skipped": f"{binary} not installed (apt-get install {binary})"}
