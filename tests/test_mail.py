@@ -7,6 +7,7 @@ import email.policy
 import io
 import mailbox
 import os
+import re
 import tarfile
 from email.message import EmailMessage
 from pathlib import Path
@@ -20,6 +21,7 @@ from chainrule.data.mail import (
     MAX_BYTES,
     SPAM,
     annotate,
+    base64_then_text,
     decode_text,
     html_to_text,
     label_from_path,
@@ -82,6 +84,40 @@ def test_real_base64_and_quoted_printable_text(corpus):
                     and b"=3D" in raw)
     p = parse_message(m.data)
     assert "=3D" not in p.text and "=\n" not in p.text
+
+
+def _b64_then_footer(msg, raw):
+    if msg.is_multipart() or str(msg.get("Content-Transfer-Encoding", "")).lower().strip() != "base64":
+        return False
+    msg.get_payload(decode=True)
+    return bool(msg.defects)
+
+
+def test_real_base64_body_with_list_footer_is_decoded(corpus):
+    # A mailing list appended its plain-text footer to a base64 body: the email package alone
+    # returns the raw base64; the message's own text must be read, and the footer kept.
+    m, msg = _first(corpus, _b64_then_footer)
+    p = parse_message(m.data)
+    text = p.text + p.html_text
+    body = msg.get_payload()
+    encoded = body.strip().split("\n\n")[0]  # the base64 run, up to the footer
+    assert encoded.splitlines()[0] not in text  # no base64 left
+    decoded = re.sub(r"<[^>]*>", " ", base64.b64decode(encoded).decode("latin-1"))
+    words = [w for w in decoded.split() if w.isalpha() and len(w) > 3]
+    assert len(words) > 10 and all(w in text for w in words)
+    footer = [ln for ln in body.strip().splitlines() if ln.strip()][-1].strip()
+    assert footer in text or any(footer in u for u in p.urls)
+
+
+def test_base64_then_text():
+    body = base64.encodebytes(b"the message itself, long enough for two lines of base64 " * 2)
+    raw = (b"Content-Type: text/plain\nContent-Transfer-Encoding: base64\n\n" + body
+           + b"\n--\nlist footer: http://lists.example.org/listinfo\n")
+    p = parse_message(raw)
+    assert p.text.count("the message itself") == 2 and "list footer:" in p.text
+    assert "lists.example.org" in [url_domain(u) for u in p.urls]
+    assert base64_then_text(b"\n" + body) == b"the message itself, long enough for two lines of base64 " * 2 + b"\n"
+    assert base64_then_text(b"not base64 at all!\n") == b"\nnot base64 at all!\n"
 
 
 def test_real_non_utf8_message(corpus):

@@ -26,8 +26,10 @@ so a model should be used with the parsing it was trained with: the default.
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import email
+import email.errors
 import email.header
 import email.message
 import email.parser
@@ -443,6 +445,34 @@ def url_domain(url: str) -> str:
 # Parsing.
 
 _TEXT_LIMIT = 200_000  # characters of text kept per part: enough to classify, bounded cost
+_BASE64_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
+_BASE64_DEFECTS = (email.errors.InvalidBase64CharactersDefect, email.errors.InvalidBase64LengthDefect,
+                   email.errors.InvalidBase64PaddingDefect)
+
+
+def base64_then_text(body: bytes) -> bytes:
+    """A base64 body with plain text after it, decoded: its leading run of base64 lines, then
+    the rest as it is.
+
+    A mailing list that appends its footer to a base64 part leaves a body the email package
+    cannot decode: it strips the footer's letters into the base64, gets a broken length and
+    returns the raw base64, so the message's own text is lost. Mail clients decode up to the
+    first line that is not base64; this does the same and keeps the footer as text.
+    """
+    lines = body.splitlines(keepends=True)
+    start = 0
+    while start < len(lines) and not lines[start].strip():
+        start += 1
+    end = start
+    while end < len(lines) and _BASE64_LINE.fullmatch(lines[end].strip()):
+        end += 1
+    encoded = b"".join(line.strip() for line in lines[start:end])
+    encoded = encoded[: len(encoded) - len(encoded) % 4]  # a short last group cannot be decoded
+    try:
+        decoded = binascii.a2b_base64(encoded)
+    except binascii.Error:  # (padding in the middle of the run)
+        return body
+    return decoded + b"\n" + b"".join(lines[end:])
 
 
 def _walk(msg, out: ParsedMessage) -> None:
@@ -458,10 +488,15 @@ def _walk(msg, out: ParsedMessage) -> None:
             # counted by type, never decoded: an attachment's bytes say nothing a filter can use cheaply
             out.attachments[ctype] += 1
             continue
+        n_defects = len(part.defects)
         try:
             payload = part.get_payload(decode=True)
         except Exception:  # broken base64/QP inside the email package: keep the raw text
             payload = None
+        if any(isinstance(d, _BASE64_DEFECTS) for d in part.defects[n_defects:]):
+            raw = part.get_payload()
+            if isinstance(raw, str):
+                payload = base64_then_text(raw.encode("latin-1", "replace"))
         if payload is None:
             raw = part.get_payload()
             payload = raw.encode("latin-1", "replace") if isinstance(raw, str) else b""
