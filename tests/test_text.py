@@ -5,12 +5,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chainrule.data.mail import parse_message
-from chainrule.data.text import Hasher, HashingConfig, message_tokens, sms_tokens, word_tokens
+from chainrule.data.mail import parse_message, read_messages
+from chainrule.data.text import HEADER_PREFIXES, Hasher, HashingConfig, message_tokens, sms_tokens, word_tokens
 
 
 def test_words_shapes_capitals_and_bigrams():
@@ -108,6 +109,44 @@ def test_matrix_equals_the_formula_row_by_row():
         idx, val = h.row(tokens)
         np.testing.assert_array_equal(idx, x[i].indices)
         np.testing.assert_array_equal(val, x[i].data)
+
+
+def test_split_norm_scales_header_and_body_blocks_apart():
+    """split_norm: header tokens and body tokens each to norm 1/√2 (the formula above per block),
+    then added; a row with only one block is that block at unit length."""
+    h = Hasher(HashingConfig(n_features=16, split_norm=True))
+    plain = Hasher(HashingConfig(n_features=16))
+    head = ["subject:free", "from:@example.com", "received:mx.example.com", "url:example.com", "has:html"]
+    body = ["free", "money", "money", "num:ddd", "upper:free", "click"]
+    x = h.matrix([head + body, body, head, []])
+    expected = np.zeros(16)
+    for part in (head, body):
+        block = np.zeros(16)
+        for tok, (b, s) in h.token_features(part).items():
+            block[b] += s * (1 + np.log(part.count(tok)))
+        expected += block / np.linalg.norm(block) / np.sqrt(2)
+    np.testing.assert_allclose(x[0].toarray()[0], expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(x[1].toarray(), plain.matrix([body]).toarray(), rtol=1e-6)
+    np.testing.assert_allclose(x[2].toarray(), plain.matrix([head]).toarray(), rtol=1e-6)
+    assert x[3].nnz == 0
+    assert HashingConfig.from_dict({"n_features": 16}).split_norm is False  # models saved before it
+
+
+_BODY_PREFIXES = ("num:", "money:", "upper:", "caps:", "punct:", "long:", "c:")
+
+
+@pytest.fixture(scope="module")
+def corpus_messages(data_root):
+    return [m.data for m in read_messages(sorted((data_root / "spamassassin").glob("*.tar*"))) if not m.error]
+
+
+def test_header_prefixes_name_every_header_token(corpus_messages):
+    # every token of a real message is a body token or starts with one of HEADER_PREFIXES, so
+    # split_norm puts each in the block it came from
+    for raw in corpus_messages:
+        for tok in message_tokens(parse_message(raw)):
+            if ":" in tok and not tok.startswith(_BODY_PREFIXES):
+                assert tok.startswith(HEADER_PREFIXES), tok
 
 
 _TEXTS = st.text(alphabet=st.sampled_from(list("aZQx09_$£€!? .,:/-'’&\néÉ٣BÄ")), max_size=60)

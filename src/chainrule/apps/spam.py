@@ -651,7 +651,8 @@ def _cmd_train(args) -> int:
     items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes)
     if len(np.unique(y)) < 2:
         raise UserError(f"training needs both spam and ham; found {int(y.sum())} spam, {int((y == 0).sum())} ham")
-    config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams)
+    config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams,
+                           split_norm=bool(args.corpus))  # (mail has headers to keep apart; SMS has none)
     x, problems = featurize(items, config)
     t_feat = time.perf_counter() - t0
     print(f"{len(y)} messages ({int(y.sum())} spam, {int((y == 0).sum())} ham), "

@@ -7,7 +7,9 @@ vector by **signed feature hashing** (Weinberger et al. 2009):
 
     x[h(t) mod 2^18] += s(t) · (1 + log count(t))        s(t) = ±1 from another bit of the hash
 
-then the row is scaled to unit length. Hashing needs no vocabulary, so a model can learn from new
+then the row is scaled to unit length (with `split_norm`, a mail's header tokens and its body
+tokens are each scaled to length 1/√2, so a long header block or a long mailing-list footer does
+not drown the other half). Hashing needs no vocabulary, so a model can learn from new
 mail (`spam learn`) without refitting anything, and the sign makes colliding tokens cancel on
 average instead of adding up. The hash is CRC-32 (zlib, stable across processes and Python runs —
 Python's own `hash` of a str is salted per process). `token_features` maps tokens back to their
@@ -22,6 +24,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import chain
+from operator import methodcaller
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,11 +42,18 @@ class HashingConfig:
             email they double the tokens (and the hashing time) for little gain; on for SMS.
         char_ngrams: also hash character n-grams of each word of up to this length (0: off);
             helps on SMS, where words are abbreviated and misspelled on purpose.
+        split_norm: scale the header tokens (`HEADER_PREFIXES`: headers, URLs, attachments, MIME
+            structure) and the body's words to unit length separately, then each to 1/√2. With
+            one norm over both, the many header and footer tokens of a mail relayed by a mailing
+            list outweigh the few words of its body. On for mail (`spam train` sets it when it
+            is given mail): out of fold on the SpamAssassin training part it raised the ROC AUC
+            from 0.998 to 0.9995; off for SMS, which has no headers.
     """
 
     n_features: int = 1 << 18
     bigrams: bool = False
     char_ngrams: int = 0
+    split_norm: bool = False
     version: int = 1
 
     def to_dict(self) -> dict:
@@ -51,7 +61,7 @@ class HashingConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> HashingConfig:
-        cfg = cls(**{k: d[k] for k in ("n_features", "bigrams", "char_ngrams", "version") if k in d})
+        cfg = cls(**{k: d[k] for k in ("n_features", "bigrams", "char_ngrams", "split_norm", "version") if k in d})
         n = cfg.n_features
         if not isinstance(n, int) or n < 2 or n & (n - 1):
             raise ValueError(f"hashing: n_features must be a power of two, got {n!r}")
@@ -171,6 +181,15 @@ def _domain_tokens(prefix: str, domain: str) -> list[str]:
     return out
 
 
+# The prefixes of the tokens `message_tokens` takes from headers and MIME structure rather than from
+# the text a person reads: the header block of `HashingConfig.split_norm`. (Body tokens carry no
+# prefix or one of num:, money:, upper:, caps:, punct:, long:, c:.)
+HEADER_PREFIXES = ("subject:", "from:", "to:", "reply-to:", "received:", "received0:", "received1:",
+                   "received2:", "content-type:", "charset:", "x-mailer:", "user-agent:", "message-id:",
+                   "return-path:", "organization:", "x-priority:", "precedence:", "list-id:", "mime-version:",
+                   "url:", "has:", "attach:", "parts:", "problem:")
+
+
 def message_tokens(msg: ParsedMessage, config: HashingConfig = HashingConfig()) -> list[str]:
     """Every token of a parsed email: headers (prefixed), body words, URLs, attachments."""
     toks = word_tokens(msg.subject, "subject:", bigrams=config.bigrams)
@@ -235,8 +254,10 @@ class Hasher:
 
         Each row: every distinct token t adds s(t) · (1 + log count(t)) to its bucket (tokens that
         share a bucket add up, with their signs: that is what makes collisions cancel), then the
-        row is divided by its L2 norm. The NumPy work runs once for all rows, on keys
-        row · n_features + bucket, because per message its fixed cost exceeded the hashing itself.
+        row is divided by its L2 norm. With `split_norm` the header and body tokens are two
+        blocks, each divided by its own norm and by √2 when the row has both, then added. The
+        NumPy work runs once for all rows, on keys (row · 2 + block) · n_features + bucket,
+        because per message its fixed cost exceeded the hashing itself.
         """
         n = len(token_lists)
         counts = [Counter(t) for t in token_lists]
@@ -253,15 +274,25 @@ class Hasher:
                                           len(tokens)))
         weight[crc >> 31 == 1] *= -1
         bits = self.config.n_features.bit_length() - 1
-        keys = (np.repeat(np.arange(n, dtype=np.int64), lengths) << bits) | (crc & self._mask)
-        keys, inverse = np.unique(keys, return_inverse=True)  # sorted: by row, then by bucket
+        block = np.repeat(np.arange(n, dtype=np.int64), lengths) << 1  # row · 2 + (1 for a header token)
+        if self.config.split_norm:
+            block += np.fromiter(map(methodcaller("startswith", HEADER_PREFIXES), tokens), bool, len(tokens))
+        keys = (block << bits) | (crc & self._mask)
+        keys, inverse = np.unique(keys, return_inverse=True)  # sorted: by row, block, then bucket
         val = np.bincount(inverse, weights=weight)
-        row = keys >> bits
-        norm = np.sqrt(np.bincount(row, weights=val * val, minlength=n))
-        val /= np.where(norm > 0, norm, 1.0)[row]
+        block = keys >> bits
+        norm = np.sqrt(np.bincount(block, weights=val * val, minlength=2 * n)).reshape(n, 2)
+        scale = 1.0 / np.where(norm > 0, norm, 1.0)
+        scale[(norm > 0).all(axis=1)] /= np.sqrt(2.0)  # both blocks: each 1/√2, the row ~unit length
+        val *= scale.reshape(-1)[block]
+        row, buckets = block >> 1, keys & self._mask
+        if self.config.split_norm:  # the two blocks of a row into one: a bucket in both adds up
+            keys, inverse = np.unique((row << bits) | buckets, return_inverse=True)
+            val = np.bincount(inverse, weights=val)
+            row, buckets = keys >> bits, keys & self._mask
         indptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(row, minlength=n), out=indptr[1:])
-        return sp.csr_matrix((val.astype(np.float32), (keys & self._mask).astype(np.int32), indptr),
+        return sp.csr_matrix((val.astype(np.float32), buckets.astype(np.int32), indptr),
                              shape=(n, self.config.n_features))
 
     def token_features(self, tokens: list[str]) -> dict[str, tuple[int, int]]:
