@@ -874,7 +874,8 @@ def add_commands(subparsers) -> None:
                    help="largest share of validation ham the spam cut-off may block (default 0.005)")
     p.add_argument("--hash-bits", type=int, default=16, help="2^bits hash buckets (default 16: as accurate as "
                    "18 on SpamAssassin and SMS out of fold, 4x smaller)")
-    p.add_argument("--bigrams", action="store_true", help="also hash adjacent word pairs (helps on SMS)")
+    p.add_argument("--bigrams", action="store_true",
+                   help="also hash adjacent word pairs (default off: no gain out of fold)")
     p.add_argument("--char-ngrams", type=int, default=0, help="also hash character 3..N-grams (default off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-bytes", **max_bytes)
