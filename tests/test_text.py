@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chainrule.data.mail import parse_message, read_messages
+from chainrule.data.mail import parse_message, read_messages, read_sms
 from chainrule.data.text import HEADER_PREFIXES, Hasher, HashingConfig, message_tokens, sms_tokens, word_tokens
 
 
@@ -142,11 +142,23 @@ def corpus_messages(data_root):
 
 def test_header_prefixes_name_every_header_token(corpus_messages):
     # every token of a real message is a body token or starts with one of HEADER_PREFIXES, so
-    # split_norm puts each in the block it came from
+    # split_norm puts each in the block it came from; and the header tokens come first, which is
+    # what lets Hasher.matrix bisect for the boundary
     for raw in corpus_messages:
-        for tok in message_tokens(parse_message(raw)):
+        toks = message_tokens(parse_message(raw))
+        for tok in toks:
             if ":" in tok and not tok.startswith(_BODY_PREFIXES):
                 assert tok.startswith(HEADER_PREFIXES), tok
+        is_header = [t.startswith(HEADER_PREFIXES) for t in toks]
+        assert is_header == sorted(is_header, reverse=True), "a header token after a body token"
+
+
+def test_sms_tokens_put_url_domains_first(data_root):
+    texts, _ = read_sms(data_root / "sms-spam" / "SMSSpamCollection")
+    assert sum("url:" in " ".join(sms_tokens(t)) for t in texts) > 10  # (messages with links are tested)
+    for text in texts:
+        is_header = [t.startswith(HEADER_PREFIXES) for t in sms_tokens(text)]
+        assert is_header == sorted(is_header, reverse=True), text
 
 
 _TEXTS = st.text(alphabet=st.sampled_from(list("aZQx09_$£€!? .,:/-'’&\néÉ٣BÄ")), max_size=60)
