@@ -71,7 +71,9 @@ SPLITS = ("sms-paper", "sms-8020", "spamassassin")
 # merged into one; the spam cut-off maximises the out-of-fold MCC while blocking at most
 # `target_blocked_ham` of the out-of-fold ham. Where a protocol has a blocked-ham goal the target
 # is half of it (a rate estimated on ~1,400-2,200 training ham is uncertain to about that much);
-# otherwise it is the filter's default, 0.5%.
+# otherwise it is the filter's default, 0.5%. Mail's header and body tokens are normalised apart
+# (`split_norm`): by nested cross-validation of the SpamAssassin training part it raised the ROC AUC
+# from 0.998 to 0.9994 (bench/README.md). SMS has no headers.
 _WORDS = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0)
 _MAIL = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0, split_norm=True)
 SETTINGS = {
