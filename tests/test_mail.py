@@ -20,6 +20,7 @@ from chainrule.data.mail import (
     HAM,
     MAX_BYTES,
     SPAM,
+    _content_charset,
     annotate,
     base64_then_text,
     decode_text,
@@ -131,6 +132,21 @@ def test_real_non_utf8_message(corpus):
     assert "\ufffd" not in text
     assert text.strip() and (payload.decode(msg.get_content_charset()).strip()[:20] in text
                              or msg.get_content_type() == "text/html")
+
+
+def test_remembered_charset_is_the_email_packages(corpus):
+    # _content_charset caches get_content_charset() by the Content-Type value; on every text part
+    # of the corpus (charsets declared quoted, unquoted, in any case, or not at all) it must agree
+    seen = set()
+    for m in corpus:
+        for part in email.message_from_bytes(m.data, policy=email.policy.compat32).walk():
+            try:
+                expected = part.get_content_charset()
+            except Exception:
+                expected = None
+            assert _content_charset(part) == expected
+            seen.add(expected)
+    assert len(seen) > 10  # (many charsets were compared)
 
 
 def test_strict_policy_matches_on_clean_message(corpus):

@@ -34,6 +34,7 @@ import email.header
 import email.message
 import email.parser
 import email.policy
+import functools
 import os
 import re
 import sys
@@ -475,6 +476,23 @@ def base64_then_text(body: bytes) -> bytes:
     return decoded + b"\n" + b"".join(lines[end:])
 
 
+def _content_charset(part) -> str | None:
+    """`part.get_content_charset()`, or None where it raises; remembered per Content-Type value,
+    since the email package parses the header's parameters anew on every call."""
+    value = part.get("content-type")
+    try:
+        return _charset_of(value) if isinstance(value, str) else part.get_content_charset()
+    except Exception:  # (a malformed RFC 2231 parameter, say)
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _charset_of(content_type: str) -> str | None:
+    part = email.message.Message()
+    part.set_raw("Content-Type", content_type)
+    return part.get_content_charset()
+
+
 def _walk(msg, out: ParsedMessage) -> None:
     for part in msg.walk():
         out.parts += 1
@@ -500,10 +518,7 @@ def _walk(msg, out: ParsedMessage) -> None:
         if payload is None:
             raw = part.get_payload()
             payload = raw.encode("latin-1", "replace") if isinstance(raw, str) else b""
-        try:
-            charset = part.get_content_charset()
-        except Exception:
-            charset = None
+        charset = _content_charset(part)
         text = decode_text(payload[: _TEXT_LIMIT * 4], charset)[:_TEXT_LIMIT]
         if ctype == "text/html":
             visible, links = html_to_text(text)
