@@ -73,9 +73,7 @@ SPLITS = ("sms-paper", "sms-8020", "spamassassin")
 # is half of it (a rate estimated on ~1,400-2,200 training ham is uncertain to about that much);
 # otherwise it is the filter's default, 0.5%. Mail's header and body tokens are normalised apart
 # (`split_norm`): by nested cross-validation of the SpamAssassin training part it raised the ROC AUC
-# from 0.998 to 0.9994 (bench/README.md). SMS has no headers. Mail also reads the words of every hop
-# of its Received chain (`received_chain`, on by default): by nested cross-validation on 8 outer
-# seeds it cut the errors from 224 to 190 of 20,800.
+# from 0.998 to 0.9994 (bench/README.md). SMS has no headers.
 _WORDS = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0)
 _MAIL = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0, split_norm=True)
 SETTINGS = {

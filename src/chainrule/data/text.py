@@ -1,10 +1,9 @@
 """Tokens and hashed features for the spam filter.
 
 A message becomes a bag of tokens — body words, header words prefixed with their header
-(`subject:free`), the words of every relay it came through (`received:helo`, `received:qmail`),
-URL domains (`url:example.com`), money and number *shapes* (`money:$dd`, `num:d11`), runs of
-capitals (`upper:free`), attachment types — and the tokens become a sparse vector by **signed
-feature hashing** (Weinberger et al. 2009):
+(`subject:free`), URL domains (`url:example.com`), money and number *shapes* (`money:$dd`,
+`num:d11`), runs of capitals (`upper:free`), attachment types — and the tokens become a sparse
+vector by **signed feature hashing** (Weinberger et al. 2009):
 
     x[h(t) mod n_features] += s(t) · (1 + log count(t))        s(t) = ±1 from another bit of the hash
 
@@ -50,19 +49,12 @@ class HashingConfig:
             list outweigh the few words of its body. On for mail (`spam train` sets it when it
             is given mail): out of fold on the SpamAssassin training part it raised the ROC AUC
             from 0.998 to 0.9995; off for SMS, which has no headers.
-        received_chain: read the words of every hop of a mail's Received chain (up to
-            `RECEIVED_HOPS`: `from`, `helo`, `with esmtp`, the relay's software and host names).
-            Without it only the host names of the newest 3 hops are read, and for mail relayed
-            by a mailing list those are the list's own servers, the same for its ham and its
-            spam; where the message came from is further down. Models saved before it existed
-            load with it off, so they see the tokens they were trained on.
     """
 
     n_features: int = 1 << 16
     bigrams: bool = False
     char_ngrams: int = 0
     split_norm: bool = False
-    received_chain: bool = True
     version: int = 1
 
     def to_dict(self) -> dict:
@@ -70,8 +62,7 @@ class HashingConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> HashingConfig:
-        cfg = cls(**{k: d[k] for k in ("n_features", "bigrams", "char_ngrams", "split_norm", "version") if k in d},
-                  received_chain=d.get("received_chain", False))  # (absent: a model from before it)
+        cfg = cls(**{k: d[k] for k in ("n_features", "bigrams", "char_ngrams", "split_norm", "version") if k in d})
         n = cfg.n_features
         if not isinstance(n, int) or n < 2 or n & (n - 1):
             raise ValueError(f"hashing: n_features must be a power of two, got {n!r}")
@@ -191,26 +182,6 @@ def _domain_tokens(prefix: str, domain: str) -> list[str]:
     return out
 
 
-RECEIVED_HOPS = 10  # a longer chain than this is rare, and forged hops are what it would add
-
-
-def _received_tokens(received: list[str], whole_chain: bool) -> list[str]:
-    """Tokens of the Received chain, newest hop first: the host names in the newest three hops and
-    whether each names an IP address, and with `whole_chain` every hop's words ('from', 'helo',
-    'by', 'with esmtp', the software, the names its hosts gave). The date after a hop's `;` is
-    left out: dates tell when a corpus was collected, not what is spam."""
-    out = []
-    for i, line in enumerate(received[:RECEIVED_HOPS if whole_chain else 3]):
-        route = line.rsplit(";", 1)[0].lower() if whole_chain else line.lower()
-        if i < 3:
-            out += [f"received:{h}" for h in _HOST_RE.findall(route)[:6]]
-            if _IP_RE.search(route):
-                out.append(f"received{i}:ip")
-        if whole_chain:
-            out += [f"received:{w}" for w in _WORD_ASCII_RE.findall(route)[:16]]
-    return out
-
-
 # The prefixes of the tokens `message_tokens` takes from headers and MIME structure rather than from
 # the text a person reads: the header block of `HashingConfig.split_norm`. (Body tokens carry no
 # prefix or one of num:, money:, upper:, caps:, punct:, long:, c:.)
@@ -235,7 +206,11 @@ def message_tokens(msg: ParsedMessage, config: HashingConfig = HashingConfig()) 
     toks += _address_tokens("to", msg.to)[:20]
     if msg.reply_to:
         toks += _address_tokens("reply-to", msg.reply_to)
-    toks += _received_tokens(msg.received, config.received_chain)
+    for i, line in enumerate(msg.received[:3]):
+        low = line.lower()
+        toks += [f"received:{h}" for h in _HOST_RE.findall(low)[:6]]
+        if _IP_RE.search(low):
+            toks.append(f"received{i}:ip")
     for name, value in msg.headers.items():
         toks += _header_tokens(name, value)
     if msg.html_text:
