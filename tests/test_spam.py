@@ -23,10 +23,11 @@ from chainrule.apps.spam import (
     load_spam_model,
     merge_committee,
     train_filter,
+    training_features,
 )
 from chainrule.cli import main
 from chainrule.data.mail import read_messages
-from chainrule.data.text import HashingConfig
+from chainrule.data.text import HashingConfig, inverse_document_frequency
 from chainrule.metrics import matthews_corrcoef
 
 DATA = os.environ.get("CHAINRULE_DATA")
@@ -152,18 +153,47 @@ def model_dir(corpus_dir, tmp_path_factory):
 
 
 def test_train_writes_model_metrics_and_figures(model_dir):
-    for name in ("model.npz", "model.json", "metrics.json", "replay.npz", "learning_curves.png", "pr_roc.png"):
+    for name in ("model.npz", "model.json", "idf.npz", "metrics.json", "replay.npz", "learning_curves.png",
+                 "pr_roc.png"):
         assert (model_dir / name).is_file(), name
     doc = json.loads((model_dir / "model.json").read_text())
     meta = doc["metadata"]
-    assert meta["task"] == "spam" and meta["hashing"]["n_features"] == 1 << 14
+    assert meta["task"] == "spam" and meta["hashing"]["n_features"] == 1 << 14 and meta["hashing"]["idf"]
     assert 0 <= meta["cutoffs"]["ham"] <= meta["cutoffs"]["spam"] <= 1
     bundle = load_spam_model(model_dir)
     assert bundle.spam_cutoff == meta["cutoffs"]["spam"]
+    assert bundle.idf.shape == (1 << 14,) and bundle.idf.min() >= 1.0 and bundle.idf.max() > bundle.idf.min()
     # the default is a 5-member committee merged into one network, calibrated out of fold on all
     training = meta["training"]
     assert training["folds"] == 5 and training["network_hidden"] == [40] and len(training["epochs_run"]) == 5
     assert training["validation"] == "out-of-fold" and training["validation_examples"] == training["examples"]
+
+
+def test_training_features_weight_by_the_idf_of_the_training_messages(corpus_dir):
+    items = [("mail", p.read_bytes()) for p in sorted((corpus_dir[1] / "spam").iterdir())[:30]]
+    items += [("mail", p.read_bytes()) for p in sorted((corpus_dir[1] / "easy_ham").iterdir())[:30]]
+    config = HashingConfig(n_features=1 << 12, split_norm=True, idf=True)
+    x, problems, idf = training_features(items, config, processes=1)
+    plain, _ = featurize(items, HashingConfig(n_features=1 << 12, split_norm=True), processes=1)
+    np.testing.assert_array_equal(idf, inverse_document_frequency(plain))
+    weighted, _ = featurize(items, config, processes=1, idf=idf)
+    assert (x != weighted).nnz == 0 and len(problems) == len(items)
+    assert training_features(items, HashingConfig(n_features=1 << 12), processes=1)[2] is None
+
+
+def test_a_missing_or_bad_idf_file_is_a_one_line_error(model_dir, corpus_dir, tmp_path, capsys):
+    import shutil
+
+    msg = str(corpus_dir[1] / "spam" / "0161")
+    for name, damage in (("missing", None), ("short", np.ones(8, np.float32)), ("nan", np.full(1 << 14, np.nan))):
+        m = tmp_path / name
+        shutil.copytree(model_dir, m)
+        (m / "idf.npz").unlink()
+        if damage is not None:
+            np.savez(m / "idf.npz", idf=damage)
+        assert main(["spam", "classify", str(m), msg]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "idf.npz" in err and "Traceback" not in err, err
 
 
 def test_folds_must_be_zero_or_at_least_two(tmp_path, capsys):
@@ -192,8 +222,8 @@ def test_scoring_on_every_core_matches_one_process(model_dir, corpus_dir):
     # 400 real messages: enough for featurize and score to fork, in chunks of shrinking size
     items = [("mail", p.read_bytes()) for p in sorted(corpus_dir[0].rglob("*")) if p.is_file()][:400]
     bundle = load_spam_model(model_dir)
-    x1, problems1 = featurize(items, bundle.config, processes=1)
-    x2, problems2 = featurize(items, bundle.config, processes=2)
+    x1, problems1 = featurize(items, bundle.config, processes=1, idf=bundle.idf)
+    x2, problems2 = featurize(items, bundle.config, processes=2, idf=bundle.idf)
     assert x1.shape == (400, bundle.config.n_features) and (x1 != x2).nnz == 0 and problems1 == problems2
     p1, _ = bundle.score(items, processes=1)
     p2, problems = bundle.score(items, processes=2)
@@ -280,9 +310,12 @@ def test_learn_moves_the_message_and_saves(model_dir, corpus_dir, tmp_path, caps
     shutil.copytree(model_dir, m)
     msg = corpus_dir[1] / "easy_ham" / "0201"
     replay_before = np.load(m / "replay.npz")["labels"].size
+    assert main(["spam", "classify", str(m), str(msg), "--json"]) == 0
+    classified = json.loads(capsys.readouterr().out)["probability"]
     assert main(["spam", "learn", str(m), "--spam", str(msg), "--seed", "0"]) == 0
     line = capsys.readouterr().out.strip()
     before, after = (float(v) for v in line.rsplit("P(spam) ", 1)[1].split(" -> "))
+    assert abs(before - classified) < 1e-4  # learn reads the message as classify does (idf included)
     assert after > before
     bundle = load_spam_model(m)
     assert bundle.metadata["learned"] == 1

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainrule.data.mail import parse_message, read_messages, read_sms
-from chainrule.data.text import HEADER_PREFIXES, Hasher, HashingConfig, message_tokens, sms_tokens, word_tokens
+from chainrule.data.text import (
+    HEADER_PREFIXES,
+    Hasher,
+    HashingConfig,
+    inverse_document_frequency,
+    message_tokens,
+    sms_tokens,
+    word_tokens,
+)
 
 
 def test_words_shapes_capitals_and_bigrams():
@@ -130,6 +138,43 @@ def test_split_norm_scales_header_and_body_blocks_apart():
     np.testing.assert_allclose(x[2].toarray(), plain.matrix([head]).toarray(), rtol=1e-6)
     assert x[3].nnz == 0
     assert HashingConfig.from_dict({"n_features": 16}).split_norm is False  # models saved before it
+
+
+def test_inverse_document_frequency_counts_rows_not_occurrences():
+    """idf = ln((1 + n) / (1 + df)) + 1, df = rows where the bucket is non-zero (3 rows here)."""
+    x = sp.csr_matrix(np.array([[2.0, 0, 1, 0], [0.5, 0, 0, 0], [3.0, 0, -1, 0]]))
+    x.data[-1] = 0.0  # an explicit zero (tokens that cancelled) is not an occurrence
+    idf = inverse_document_frequency(x)
+    assert idf.dtype == np.float32
+    np.testing.assert_allclose(idf, [1.0, np.log(4) + 1, np.log(4 / 2) + 1, np.log(4) + 1], rtol=1e-6)
+
+
+def test_idf_weights_each_bucket_before_the_norm():
+    """With idf, each bucket's tf·sign sum is multiplied by its weight, then (per split_norm block)
+    the row is normalised: the formula of the split_norm test, weighted."""
+    cfg = HashingConfig(n_features=16, split_norm=True, idf=True)
+    idf = np.linspace(1.0, 4.0, 16).astype(np.float32)
+    h = Hasher(cfg, idf)
+    head = ["subject:free", "from:@example.com", "url:example.com"]
+    body = ["free", "money", "money", "num:ddd", "click"]
+    x = h.matrix([head + body])
+    expected = np.zeros(16)
+    for part in (head, body):
+        block = np.zeros(16)
+        for tok, (b, s) in h.token_features(part).items():
+            block[b] += s * (1 + np.log(part.count(tok)))
+        block *= idf
+        expected += block / np.linalg.norm(block) / np.sqrt(2)
+    np.testing.assert_allclose(x[0].toarray()[0], expected, rtol=1e-5, atol=1e-7)
+    unweighted = Hasher(HashingConfig(n_features=16, split_norm=True)).matrix([head + body])
+    assert not np.allclose(x.toarray(), unweighted.toarray())
+    with pytest.raises(ValueError, match="idf has shape"):
+        Hasher(cfg, idf[:8])
+    with pytest.raises(ValueError, match="needs the idf weights"):  # no hashing without the model's weights
+        Hasher(cfg)
+    with pytest.raises(ValueError, match="needs no idf weights"):
+        Hasher(HashingConfig(n_features=16), idf)
+    assert HashingConfig.from_dict({"n_features": 16}).idf is False  # models saved before it
 
 
 _BODY_PREFIXES = ("num:", "money:", "upper:", "caps:", "punct:", "long:", "c:")

@@ -21,7 +21,7 @@ def _table(title: str, errors: dict[str, float]) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
-def sample_inputs(metadata: dict, data_dir, n: int = 4):
+def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
     """A few real inputs for a saved model, from the data set its task names (the labels come from
     `_least_likely`)."""
     task = metadata.get("task")
@@ -33,10 +33,9 @@ def sample_inputs(metadata: dict, data_dir, n: int = 4):
         return model_inputs(images[:n], metadata)
     if task == "spam":
         # the first n messages of each SpamAssassin tarball (spam and ham), hashed as the model hashes
-        from chainrule.apps.spam import featurize
+        from chainrule.apps.spam import featurize, load_spam_model
         from chainrule.data.locate import candidate_dirs
         from chainrule.data.mail import read_messages
-        from chainrule.data.text import HashingConfig
 
         tarballs = next((sorted(d.glob("*.tar*")) for d in candidate_dirs("spamassassin", data_dir)
                          if d.is_dir() and any(d.glob("*.tar*"))), None)
@@ -48,7 +47,8 @@ def sample_inputs(metadata: dict, data_dir, n: int = 4):
                 if i >= n // 2 or msg.label is None:
                     break
                 items.append(("mail", msg.data))
-        x, _ = featurize(items, HashingConfig.from_dict(metadata["hashing"]), processes=1)
+        bundle = load_spam_model(model_dir)
+        x, _ = featurize(items, bundle.config, processes=1, idf=bundle.idf)
         return x
     raise ValueError(f"model task {task!r} has no sample inputs for gradcheck")
 
@@ -84,7 +84,7 @@ def gradcheck_report(model_dir=None, data=None, samples: int = 30) -> int:
     else:
         model, metadata = load_model(model_dir)
         if metadata.get("task") in ("digits", "spam"):
-            x = sample_inputs(metadata, data)
+            x = sample_inputs(model_dir, metadata, data)
             y = _least_likely(model, x)
             checks = [(f"{model_dir} on {len(y)} real inputs, scored against the least likely answers",
                        model, x, y, samples)]

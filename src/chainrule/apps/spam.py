@@ -20,13 +20,14 @@ For other programs (the web app): `load_spam_model(dir)` and `classify_message(b
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +45,14 @@ from chainrule.data.mail import (
     read_messages,
     read_sms,
 )
-from chainrule.data.text import Hasher, HashingConfig, message_tokens, sms_tokens
+from chainrule.data.text import Hasher, HashingConfig, inverse_document_frequency, message_tokens, sms_tokens
 from chainrule.files import atomic_write_bytes, atomic_write_npz
 from chainrule.parallel import fork_map
 
 TASK = "spam"
 SPAM_FORMAT = 1
 REPLAY_FILE = "replay.npz"
+IDF_FILE = "idf.npz"  # the hashing's idf weights, when the model's hashing config has `idf` on
 REPLAY_SIZE = 2000  # examples kept for `learn` to rehearse, so new mail does not overwrite old lessons
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
 
@@ -104,16 +106,31 @@ def _map_chunks(fn, items: list, processes: int | None, min_parallel: int = 256)
     return fork_map(fn, _guided_chunks(items, processes), processes)
 
 
-def featurize(items: list[tuple[str, bytes | str]], config: HashingConfig,
-              processes: int | None = None) -> tuple[sp.csr_matrix, list[str | None]]:
+def featurize(items: list[tuple[str, bytes | str]], config: HashingConfig, processes: int | None = None,
+              idf: np.ndarray | None = None) -> tuple[sp.csr_matrix, list[str | None]]:
     """Parse, tokenise and hash messages -> (CSR matrix of shape (n, n_features), problems: None
     or why a message was read as plain text, per message).
 
     `items` are ("mail", raw bytes) or ("sms", text). A batch of 256 or more is spread over
-    every core (`processes`, default all).
+    every core (`processes`, default all). `idf`: the buckets' weights (`Hasher`).
     """
-    parts = _map_chunks(functools.partial(_featurize_chunk, Hasher(config)), items, processes)
+    parts = _map_chunks(functools.partial(_featurize_chunk, Hasher(config, idf)), items, processes)
     return sp.vstack([x for x, _ in parts], format="csr"), [q for _, problems in parts for q in problems]
+
+
+def training_features(items: list[tuple[str, bytes | str]], config: HashingConfig,
+                      processes: int | None = None) -> tuple[sp.csr_matrix, list[str | None], np.ndarray | None]:
+    """`featurize` for the messages a filter is trained on -> (features, problems, idf or None).
+
+    With `config.idf` the messages are hashed twice: first without weights, to count in how many
+    of them each bucket occurs, then weighted by the idf those counts give (a bucket's weight
+    scales its tokens before the row is normalised, so it cannot be applied to finished rows).
+    """
+    x, problems = featurize(items, replace(config, idf=False), processes)
+    if not config.idf:
+        return x, problems, None
+    idf = inverse_document_frequency(x)
+    return featurize(items, config, processes, idf)[0], problems, idf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,6 +147,11 @@ class SpamModel:
     spam_cutoff: float
     ham_cutoff: float
     directory: Path | None = None
+    idf: np.ndarray | None = None  # the hashing's bucket weights (`HashingConfig.idf`)
+
+    @property
+    def hasher(self) -> Hasher:
+        return Hasher(self.config, self.idf)
 
     def logits(self, x: sp.csr_matrix, batch_size: int = 2048) -> np.ndarray:
         """The network's logit, log(P(spam) / P(ham)), for every row of `x`."""
@@ -146,7 +168,7 @@ class SpamModel:
               processes: int | None = None) -> tuple[np.ndarray, list[str | None]]:
         """(P(spam), problems) of raw ("mail", bytes) / ("sms", text) items: `featurize` and the
         forward pass together, chunk by chunk, so that the network runs on every core too."""
-        hasher = Hasher(self.config)
+        hasher = self.hasher
 
         def chunk(part):
             x, problems = _featurize_chunk(hasher, part)
@@ -234,7 +256,24 @@ def load_spam_model(directory, spam_cutoff: float | None = None, ham_cutoff: flo
     if model.layers[0].in_features != config.n_features:
         raise cr.ModelFileError(f"{directory}: network input {model.layers[0].in_features} != "
                                 f"{config.n_features} hash buckets")
-    return SpamModel(model, metadata, config, spam_c, ham_c, Path(directory))
+    idf = _load_idf(Path(directory), config.n_features) if config.idf else None
+    return SpamModel(model, metadata, config, spam_c, ham_c, Path(directory), idf)
+
+
+def _load_idf(directory: Path, n_features: int) -> np.ndarray:
+    """The idf weights of a model whose hashing uses them; validated, never unpickled."""
+    path = directory / IDF_FILE
+    if not path.is_file():
+        raise cr.ModelFileError(f"{path}: not found (the model's hashing weights buckets by idf)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            idf = z["idf"]
+    except Exception as exc:  # zip/KeyError/ValueError: all mean "not a valid idf file"
+        raise cr.ModelFileError(f"{path}: not a valid idf file ({exc})") from exc
+    if idf.shape != (n_features,) or idf.dtype.kind != "f" or not np.all(np.isfinite(idf)) or idf.min() < 1:
+        raise cr.ModelFileError(f"{path}: expected {n_features} finite idf weights >= 1, "
+                                f"got shape {idf.shape}, dtype {idf.dtype}")
+    return idf.astype(np.float32)
 
 
 def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[float, list, list]:
@@ -245,7 +284,7 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[fl
     A token's share is sign(token) · x_j · dlogit/dx_j, split evenly among the tokens that
     share its bucket and sign (they are indistinguishable to the network).
     """
-    hasher = Hasher(bundle.config)
+    hasher = bundle.hasher
     idx, val = hasher.row(tokens)
     x = sp.csr_matrix((val, idx, [0, len(idx)]), shape=(1, bundle.config.n_features), dtype=np.float32)
     net = bundle.model
@@ -464,8 +503,9 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
                  weight_decay: float = 0.0, validation: float = 0.2, patience: int = 3,
                  target_blocked_ham: float = 0.005, seed: int = 0, verbose: bool = False,
                  inputs: tuple[str, ...] = ("mail",), folds: int = 0,
-                 processes: int | None = None) -> TrainResult:
+                 processes: int | None = None, idf: np.ndarray | None = None) -> TrainResult:
     """Train a filter on hashed features `x` and labels `y` (1 spam, 0 ham) and calibrate it.
+    (`x`, `idf`: from `training_features`; the idf weights go into the model.)
 
     With `folds` = 0 or 1: one network; a stratified `validation` share (by `seed`) drives early
     stopping and the cut-offs and is never trained on.
@@ -509,7 +549,7 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
     y_tr = y[tr_all]
     n_spam, n_ham = int(y_tr.sum()), int(len(y_tr) - y_tr.sum())
     spam_cut, ham_cut = calibrate(y_va, p_va, target_blocked_ham)
-    bundle = SpamModel(model, {}, config, spam_cut, ham_cut)
+    bundle = SpamModel(model, {}, config, spam_cut, ham_cut, idf=idf)
     report = binary_report(y_va, p_va, spam_cut)
     bundle.metadata = {
         "task": TASK, "spam_format": SPAM_FORMAT, "inputs": list(inputs),
@@ -558,6 +598,13 @@ def load_replay(directory, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
 
 
 def save_model(bundle: SpamModel, directory) -> None:
+    """Write the network and its metadata, and the idf weights if the hashing has them; each file
+    atomically, the idf first, so a model.json that asks for one never lacks it."""
+    if bundle.config.idf:
+        if bundle.idf is None:
+            raise ValueError("the model's hashing config has idf on but it holds no idf weights")
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        atomic_write_npz(Path(directory) / IDF_FILE, {"idf": np.asarray(bundle.idf, np.float32)})
     bundle.model.save(directory, bundle.metadata)
     bundle.directory = Path(directory)
 
@@ -569,7 +616,8 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     A few epochs of Adam on the new messages mixed with a random sample of the replay set (up to
     `replay_per_new` old examples per new one, so the network rehearses what it knew instead of
     bending entirely towards the new mail), then the new messages join the replay set. Saves the
-    model and the replay set, each file atomically. Returns the new messages' probabilities
+    model and the replay set, each file atomically. The idf weights stay those of the training
+    messages: a few new messages say little about how common a word is. Returns the new messages' probabilities
     before and after.
     """
     directory = bundle.directory
@@ -652,8 +700,9 @@ def _cmd_train(args) -> int:
     if len(np.unique(y)) < 2:
         raise UserError(f"training needs both spam and ham; found {int(y.sum())} spam, {int((y == 0).sum())} ham")
     config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams,
-                           split_norm=bool(args.corpus))  # (mail has headers to keep apart; SMS has none)
-    x, problems = featurize(items, config)
+                           split_norm=bool(args.corpus),  # (mail has headers to keep apart; SMS has none)
+                           idf=args.idf)
+    x, problems, idf = training_features(items, config)
     t_feat = time.perf_counter() - t0
     print(f"{len(y)} messages ({int(y.sum())} spam, {int((y == 0).sum())} ham), "
           f"{sum(p is not None for p in problems)} read as plain text; features in {t_feat:.1f}s")
@@ -661,7 +710,7 @@ def _cmd_train(args) -> int:
     result = train_filter(x, y, config, hidden=tuple(args.hidden), dropout=args.dropout, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                           validation=args.validation, target_blocked_ham=args.target_blocked_ham,
-                          seed=args.seed, verbose=not args.quiet, inputs=inputs, folds=args.folds)
+                          seed=args.seed, verbose=not args.quiet, inputs=inputs, folds=args.folds, idf=idf)
     seconds = time.perf_counter() - t0
     bundle = result.bundle
     bundle.metadata["training"]["seconds"] = round(seconds, 2)
@@ -806,7 +855,7 @@ def _cmd_learn(args) -> int:
     items, sources, y = collect(args.paths, None, labelled=False, max_bytes=args.max_bytes, label=label)
     if not items:
         raise UserError("no messages to learn from")
-    x, _ = featurize(items, bundle.config)
+    x, _ = featurize(items, bundle.config, idf=bundle.idf)
     result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed)
     name = "spam" if label == SPAM else "ham"
     for src, b, a in zip(sources, result["before"], result["after"], strict=True):
@@ -877,6 +926,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--bigrams", action="store_true",
                    help="also hash adjacent word pairs (default off: no gain out of fold)")
     p.add_argument("--char-ngrams", type=int, default=0, help="also hash character 3..N-grams (default off)")
+    p.add_argument("--idf", action=argparse.BooleanOptionalAction, default=True,
+                   help="weight each hash bucket by its inverse document frequency in the training "
+                   "messages (default on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-bytes", **max_bytes)
     p.add_argument("--quiet", action="store_true")
