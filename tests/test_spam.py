@@ -354,6 +354,7 @@ def test_sms_training_round_trip(tmp_path, capsys):
     assert main(["spam", "train", "--sms", str(tmp_path / "train.txt"), "--out", str(m), "--hash-bits", "14",
                  "--hidden", "8", "--char-ngrams", "4", "--epochs", "10", "--batch-size", "32", "--quiet"]) == 0
     capsys.readouterr()
+    assert load_spam_model(m).idf is None and not (m / "idf.npz").exists()  # SMS alone: no idf by default
     assert main(["spam", "evaluate", str(m), "--sms", str(tmp_path / "test.txt"), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["messages"] == 200 and r["accuracy"] > max(r["spam"], r["ham"]) / 200
