@@ -65,7 +65,7 @@ def digit_model(models):
 
 
 @pytest.fixture(scope="session")
-def samples():
+def samples(data_root):  # (data_root: skip, like every real-data test, when $CHAINRULE_DATA is unset)
     return mnist_test(12)
 
 
