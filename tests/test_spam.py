@@ -250,6 +250,10 @@ def test_classify_lines_and_json(model_dir, corpus_dir, capsys):
     assert main(["spam", "classify", str(model_dir), str(folder / "0160"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["verdict"] == v and abs(doc["probability"] - float(p)) < 1e-6
+    # the model named by its model.json: the files beside it (idf.npz) are found as well
+    assert main(["spam", "classify", str(model_dir / "model.json"), str(folder / "0160"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+    assert load_spam_model(model_dir / "model.json").directory == model_dir
 
 
 def _run_cli(args, stdin: bytes):

@@ -252,11 +252,18 @@ class Sequential:
         return model
 
 
+def model_directory(path) -> Path:
+    """The model directory `path` names: the directory itself, or the one holding a model.json or
+    model.npz it points at (so either may be given on the command line)."""
+    path = Path(path)
+    if path.is_file() and path.name in ("model.json", "model.npz"):
+        return path.parent
+    return path
+
+
 def load_model(directory) -> tuple[Sequential, dict]:
     """Load `directory/model.json` + `model.npz`; returns (model, metadata). Never unpickles."""
-    directory = Path(directory)
-    if directory.is_file() and directory.name in ("model.json", "model.npz"):
-        directory = directory.parent
+    directory = model_directory(directory)
     meta_path, weights_path = directory / "model.json", directory / "model.npz"
     for p in (meta_path, weights_path):
         if not p.is_file():

@@ -33,9 +33,10 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
         return model_inputs(images[:n], metadata)
     if task == "spam":
         # the first n messages of each SpamAssassin tarball (spam and ham), hashed as the model hashes
-        from chainrule.apps.spam import featurize, load_spam_model
+        from chainrule.apps.spam import featurize, load_idf
         from chainrule.data.locate import candidate_dirs
         from chainrule.data.mail import read_messages
+        from chainrule.data.text import HashingConfig
 
         tarballs = next((sorted(d.glob("*.tar*")) for d in candidate_dirs("spamassassin", data_dir)
                          if d.is_dir() and any(d.glob("*.tar*"))), None)
@@ -47,8 +48,8 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
                 if i >= n // 2 or msg.label is None:
                     break
                 items.append(("mail", msg.data))
-        bundle = load_spam_model(model_dir)
-        x, _ = featurize(items, bundle.config, processes=1, idf=bundle.idf)
+        config = HashingConfig.from_dict(metadata["hashing"])
+        x, _ = featurize(items, config, processes=1, idf=load_idf(model_dir, config))
         return x
     raise ValueError(f"model task {task!r} has no sample inputs for gradcheck")
 

@@ -47,6 +47,7 @@ from chainrule.data.mail import (
 )
 from chainrule.data.text import Hasher, HashingConfig, inverse_document_frequency, message_tokens, sms_tokens
 from chainrule.files import atomic_write_bytes, atomic_write_npz
+from chainrule.network import model_directory
 from chainrule.parallel import fork_map
 
 TASK = "spam"
@@ -241,6 +242,7 @@ def merge_committee(nets: list[cr.Sequential], n_features: int, hidden: tuple[in
 
 def load_spam_model(directory, spam_cutoff: float | None = None, ham_cutoff: float | None = None) -> SpamModel:
     """Load a model saved by `spam train`; raises ModelFileError if it is not a spam model."""
+    directory = model_directory(directory)  # (files beside model.json: idf, replay)
     model, metadata = cr.load_model(directory)
     if metadata.get("task") != TASK:
         raise cr.ModelFileError(f"{directory}: not a spam model (task {metadata.get('task')!r})")
@@ -256,13 +258,16 @@ def load_spam_model(directory, spam_cutoff: float | None = None, ham_cutoff: flo
     if model.layers[0].in_features != config.n_features:
         raise cr.ModelFileError(f"{directory}: network input {model.layers[0].in_features} != "
                                 f"{config.n_features} hash buckets")
-    idf = _load_idf(Path(directory), config.n_features) if config.idf else None
-    return SpamModel(model, metadata, config, spam_c, ham_c, Path(directory), idf)
+    return SpamModel(model, metadata, config, spam_c, ham_c, directory, load_idf(directory, config))
 
 
-def _load_idf(directory: Path, n_features: int) -> np.ndarray:
-    """The idf weights of a model whose hashing uses them; validated, never unpickled."""
-    path = directory / IDF_FILE
+def load_idf(directory, config: HashingConfig) -> np.ndarray | None:
+    """The idf weights saved beside a model whose hashing uses them (None if it does not);
+    validated, never unpickled."""
+    if not config.idf:
+        return None
+    n_features = config.n_features
+    path = Path(directory) / IDF_FILE
     if not path.is_file():
         raise cr.ModelFileError(f"{path}: not found (the model's hashing weights buckets by idf)")
     try:
@@ -617,8 +622,8 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     `replay_per_new` old examples per new one, so the network rehearses what it knew instead of
     bending entirely towards the new mail), then the new messages join the replay set. Saves the
     model and the replay set, each file atomically. The idf weights stay those of the training
-    messages: a few new messages say little about how common a word is. Returns the new messages' probabilities
-    before and after.
+    messages: a few new messages say little about how common a word is. Returns the new messages'
+    probabilities before and after.
     """
     directory = bundle.directory
     x_old, y_old = load_replay(directory, bundle.config.n_features)
