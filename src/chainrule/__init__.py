@@ -5,6 +5,7 @@ optimizer; `gradcheck` verifies the backward pass against finite differences.
 """
 
 from chainrule.conv import AvgPool2D, BatchNorm, Conv2D, MaxPool2D
+from chainrule.errors import DataError, ModelFileError, TrainingDiverged, UserError
 from chainrule.gradcheck import gradcheck
 from chainrule.layers import (
     Dropout,
@@ -18,17 +19,17 @@ from chainrule.layers import (
     Tanh,
 )
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError
-from chainrule.network import ModelFileError, Sequential, load_model
+from chainrule.network import Sequential, load_model
 from chainrule.optim import SGD, Adam, AdamW, Optimizer, cosine, step_decay
 from chainrule.parameter import Parameter
-from chainrule.training import Callback, EarlyStopping, History, TrainingDiverged, evaluate, fit
+from chainrule.training import Callback, EarlyStopping, History, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "AvgPool2D", "BatchNorm", "BinaryCrossEntropy", "Callback", "Conv2D", "CrossEntropy",
+    "Adam", "AdamW", "AvgPool2D", "BatchNorm", "BinaryCrossEntropy", "Callback", "Conv2D", "CrossEntropy", "DataError",
     "Dropout", "EarlyStopping", "Flatten", "History", "Layer", "LeakyReLU", "Linear", "Loss", "MaxPool2D",
     "MeanSquaredError", "ModelFileError",
     "Optimizer", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax", "Tanh",
-    "TrainingDiverged", "cosine", "evaluate", "fit", "gradcheck", "load_model", "step_decay",
+    "TrainingDiverged", "UserError", "cosine", "evaluate", "fit", "gradcheck", "load_model", "step_decay",
 ]

@@ -13,12 +13,7 @@ import numpy as np
 
 from chainrule import web
 from chainrule.apps import digits, spam
-from chainrule.data.mnist import DataError
-from chainrule.network import ModelFileError
-
-
-class UserError(Exception):
-    """A problem with what the user asked for or gave us: reported in one line, no traceback."""
+from chainrule.errors import DataError, ModelFileError, UserError
 
 
 def _cmd_gradcheck(args) -> int:

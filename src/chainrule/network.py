@@ -16,6 +16,7 @@ import numpy as np
 
 from chainrule import conv as C
 from chainrule import layers as L
+from chainrule.errors import ModelFileError
 from chainrule.files import atomic_write_bytes, atomic_write_npz
 from chainrule.parameter import Parameter, pack
 
@@ -29,10 +30,6 @@ LAYER_TYPES: dict[str, type[L.Layer]] = {
 }
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-class ModelFileError(ValueError):
-    """A model file is missing, corrupt or not a chainrule model."""
 
 
 class Sequential:

@@ -17,13 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from chainrule.errors import TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz
 from chainrule.layers import ReLU, Sigmoid
 from chainrule.network import Sequential
-
-
-class TrainingDiverged(ArithmeticError):
-    """The loss became NaN or infinite; the model holds the last weights that gave a finite loss."""
 
 
 class History:

@@ -42,6 +42,7 @@ from chainrule import (
 from chainrule import metrics as M
 from chainrule.data.augment import digit_augmenter
 from chainrule.data.mnist import DataError, load_mnist
+from chainrule.errors import UserError
 from chainrule.files import atomic_write_bytes
 
 TASK = "digits"
@@ -223,8 +224,6 @@ def build_model(preset_name: str, seed: int | None = 0) -> Sequential:
 
 def _load(split: str, data_dir):
     """MNIST split, with data problems turned into one-line user errors."""
-    from chainrule.cli import UserError
-
     try:
         return load_mnist(split, data_dir)
     except DataError as exc:
@@ -302,8 +301,6 @@ RUN_OPTIONS = ("model", "epochs", "batch_size", "lr", "seed", "train_size")
 
 def _resolve_options(args) -> dict:
     """The run's options: explicit ones, else (on --resume) those the run started with, else defaults."""
-    from chainrule.cli import UserError
-
     out = Path(args.out or f"runs/digits-{args.model or 'mlp'}")
     run_file = out / "run.json"
     given = {k: getattr(args, k) for k in RUN_OPTIONS}
@@ -424,8 +421,6 @@ def train(
 
 
 def _cmd_train(args) -> int:
-    from chainrule.cli import UserError
-
     opts = _resolve_options(args)
     out = Path(opts["out"])
     if not args.resume and (out / "checkpoint.npz").exists():
@@ -460,8 +455,6 @@ def _cmd_train(args) -> int:
 
 
 def _load_digits_model(path) -> tuple[Sequential, dict]:
-    from chainrule.cli import UserError
-
     model, metadata = load_model(path)
     if metadata.get("task") != TASK:
         raise UserError(f"{path}: not a digits model (its task is {metadata.get('task')!r})")
@@ -519,8 +512,6 @@ def _cmd_predict(args) -> int:
 
 def _cmd_show(args) -> int:
     from chainrule import plots
-    from chainrule.cli import UserError
-
     model, metadata = _load_digits_model(args.model)
     first = next((layer for layer in model.layers if "weight" in layer.params), None)
     if first is None:

@@ -46,6 +46,7 @@ from chainrule.data.mail import (
     read_sms,
 )
 from chainrule.data.text import Hasher, HashingConfig, inverse_document_frequency, message_tokens, sms_tokens
+from chainrule.errors import UserError
 from chainrule.files import atomic_write_bytes, atomic_write_npz
 from chainrule.network import model_directory
 from chainrule.parallel import fork_map
@@ -663,8 +664,6 @@ def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = T
     Unreadable messages are reported on stderr (one line each) and skipped. With `labelled`, a
     message whose label cannot be told from its path is a user error.
     """
-    from chainrule.cli import UserError
-
     items, sources, labels = [], [], []
     for msg in read_messages(corpora, max_bytes=max_bytes, label=label):
         if msg.error:
@@ -693,8 +692,6 @@ def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = T
 
 def _cmd_train(args) -> int:
     from chainrule import plots
-    from chainrule.cli import UserError
-
     if not args.corpus and not args.sms:
         raise UserError("nothing to train on: give mail corpora and/or --sms FILE")
     if args.folds == 1 or args.folds < 0:
@@ -754,8 +751,6 @@ def _format_metrics(r: dict) -> str:
 
 
 def _cmd_evaluate(args) -> int:
-    from chainrule.cli import UserError
-
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes)
     if len(y) == 0:
@@ -806,8 +801,6 @@ def _classify_batches(args):
 
 
 def _classify(args) -> int:
-    from chainrule.cli import UserError
-
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     single_stdin = (args.paths or ["-"]) == ["-"]
     seen, last = 0, None
@@ -840,8 +833,6 @@ def _classify(args) -> int:
 def _cmd_classify(args) -> int:
     # With one message on stdin the exit code is the verdict (0/1/2), so errors must be 3, not
     # the CLI's usual 2; they are still reported on one line.
-    from chainrule.cli import UserError
-
     if (args.paths or ["-"]) == ["-"] or args.annotate:
         try:
             return _classify(args)
@@ -853,8 +844,6 @@ def _cmd_classify(args) -> int:
 
 
 def _cmd_learn(args) -> int:
-    from chainrule.cli import UserError
-
     bundle = load_spam_model(args.model)
     label = SPAM if args.spam else HAM
     items, sources, y = collect(args.paths, None, labelled=False, max_bytes=args.max_bytes, label=label)
@@ -872,8 +861,6 @@ def _cmd_explain(args) -> int:
     bundle = load_spam_model(args.model)
     msg = next(iter(read_messages([args.message], max_bytes=args.max_bytes)), None)
     if msg is None or msg.error:
-        from chainrule.cli import UserError
-
         raise UserError(f"{args.message}: {msg.error if msg else 'no message'}")
     parsed = parse_message(msg.data)
     tokens = message_tokens(parsed, bundle.config)

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from chainrule.errors import DataError
+
 # Refuse images larger than this many pixels before decoding them: a small compressed file can
 # claim an enormous canvas (a "decompression bomb") and exhaust memory when decoded. 50 megapixels
 # is above any phone camera in common use.
@@ -34,7 +36,7 @@ NOISE_FLOOR = 0.2
 BOX, SIZE = 20, 28
 
 
-class ImageError(ValueError):
+class ImageError(DataError):
     """The input is not a usable image of a digit (empty, unreadable, too large, blank)."""
 
 

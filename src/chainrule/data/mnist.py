@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.data.locate import cache_dir, candidate_dirs
+from chainrule.errors import DataError
 from chainrule.files import atomic_open
 
 FILES = {
@@ -52,10 +53,6 @@ _UBYTE = 0x08
 # No IDX file of this kind comes near this; a header claiming more is corrupt, and refusing it
 # keeps a damaged header from asking for gigabytes of memory.
 _MAX_BYTES = 1 << 31
-
-
-class DataError(ValueError):
-    """A data file is missing, truncated, corrupt or not what it claims to be (one-line message)."""
 
 
 def _open(path: Path):

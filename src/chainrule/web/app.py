@@ -47,6 +47,7 @@ import chainrule
 from chainrule.apps.digits import model_inputs
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data.images import ImageError, preprocess_image
+from chainrule.errors import UserError
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 from chainrule.network import ModelFileError
 
@@ -652,8 +653,6 @@ def find_latest_model(task: str, runs="runs") -> Path | None:
 
 def _listening_socket(host: str, port: int) -> socket.socket:
     """Bind before starting uvicorn, so a taken port or bad address is a one-line user error."""
-    from chainrule.cli import UserError
-
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
@@ -669,8 +668,6 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
           max_body_mb: float = 5.0) -> int:
     """Load the models (given, or the newest under `runs`), then serve until interrupted."""
     import uvicorn
-
-    from chainrule.cli import UserError
 
     if not (max_body_mb > 0):
         raise UserError(f"--max-body-mb must be positive, got {max_body_mb}")

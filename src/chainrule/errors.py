@@ -1,0 +1,25 @@
+"""The errors chainrule raises on purpose, low in the house so that every module can use them.
+
+Two families. A `UserError` is a problem with what the user asked for or gave us: a missing file,
+a corrupt model, a bad option. The command line reports it in one line, with no traceback, and a
+non-zero exit code; the web app answers it with a 4xx. Anything else that escapes is a bug.
+`TrainingDiverged` is not the user's fault nor a bug: the maths blew up (a learning rate too large).
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with what the user asked for or gave us: reported in one line, no traceback."""
+
+
+class DataError(UserError, ValueError):
+    """A data set (MNIST files, a mail corpus, an image) is missing, corrupt or of the wrong kind."""
+
+
+class ModelFileError(UserError, ValueError):
+    """A model file is missing, corrupt, or not a chainrule model of the expected kind."""
+
+
+class TrainingDiverged(ArithmeticError):
+    """The loss became NaN or infinite; the model holds the last weights that gave a finite loss."""
