@@ -137,7 +137,7 @@ def test_predict_on_redrawn_test_digits_keeps_the_accuracy(trained, mnist_test, 
     code, stdout, stderr = cli(capsys, "digits", "predict", out, *paths, "--json")
     assert code == 0, stderr
     results = json.loads(stdout)
-    assert [r["file"] for r in results] == [str(p) for p in paths]
+    assert [r["source"] for r in results] == [str(p) for p in paths]
     for r in results:
         assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
         assert r["digit"] == int(np.argmax(r["probabilities"]))
@@ -162,6 +162,25 @@ def test_predict_reports_bad_files_and_still_does_the_rest(trained, mnist_test, 
     lines = stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{good}: ")
     assert "[0:" in lines[0] and "9:" in lines[0]
+
+
+def test_predict_reads_an_image_from_standard_input_and_options_anywhere(trained, mnist_test, tmp_path):
+    """`-` reads the image from stdin, as everywhere else images or messages are read; `--json`
+    may come after the positionals, as people type it."""
+    buf = tmp_path / "seven.png"
+    Image.fromarray(255 - mnist_test[0][0]).save(buf)  # test image 0 is a 7
+    with open(buf, "rb") as stdin:
+        proc = run_cli("digits", "predict", trained[0], "-", "--json", stdin=stdin)
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(proc.stdout)
+    assert result["source"] == "-" and result["digit"] == 7
+
+
+def test_predict_from_an_empty_or_closed_stdin_is_one_line(trained):
+    proc = run_cli("digits", "predict", trained[0], "-", stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1 and "empty file" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("digits", "predict", trained[0], "-", preexec_fn=lambda: os.close(0))  # like `<&-`
+    assert_one_line_error(proc)
 
 
 def test_show_draws_first_layer_weights(trained, tmp_path, capsys):
@@ -244,47 +263,55 @@ def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(tmp_path):
 # -- bad input: one line on stderr, non-zero exit, no traceback ---------------------------------------
 
 
-def test_bad_inputs_exit_nonzero_with_one_line(trained, tmp_path, mnist_test):
+@pytest.fixture(scope="module")
+def bad_inputs(trained, tmp_path_factory) -> dict[str, Path]:
+    """Things a user might hand the CLI by mistake, next to the trained model ("out")."""
     out = trained[0]
-    empty_dir = tmp_path / "empty"
-    empty_dir.mkdir()
-    corrupt = tmp_path / "corrupt"
-    corrupt.mkdir()
+    root = tmp_path_factory.mktemp("bad")
+    paths = {"out": out, "root": root, "empty_dir": root / "empty", "corrupt": root / "corrupt",
+             "broken_model": root / "broken", "other_task": root / "other", "bomb": root / "bomb.png"}
+    paths["empty_dir"].mkdir()
+    paths["corrupt"].mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
-        (corrupt / f"{name}.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
-    broken_model = tmp_path / "broken"
-    broken_model.mkdir()
-    (broken_model / "model.json").write_text((out / "model.json").read_text())
-    (broken_model / "model.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    other_task = tmp_path / "other"
-    other_task.mkdir()
+        (paths["corrupt"] / f"{name}.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    paths["broken_model"].mkdir()
+    (paths["broken_model"] / "model.json").write_text((out / "model.json").read_text())
+    (paths["broken_model"] / "model.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    paths["other_task"].mkdir()
     doc = json.loads((out / "model.json").read_text())
     doc["metadata"]["task"] = "spam"
-    (other_task / "model.json").write_text(json.dumps(doc))
-    (other_task / "model.npz").write_bytes((out / "model.npz").read_bytes())
-    bomb = tmp_path / "bomb.png"  # a PNG header claiming 60,000 x 60,000 pixels
-    ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)
+    (paths["other_task"] / "model.json").write_text(json.dumps(doc))
+    (paths["other_task"] / "model.npz").write_bytes((out / "model.npz").read_bytes())
+    ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)  # a PNG claiming 60,000 x 60,000 pixels
     chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(bytes(64))), (b"IEND", b"")]
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
+    paths["bomb"].write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
         struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         for kind, data in chunks))
+    return paths
 
-    cases = [
-        (["digits", "evaluate", tmp_path / "no-such-model"], 2, "not found"),
-        (["digits", "evaluate", broken_model], 2, "not a readable .npz"),
-        (["digits", "evaluate", other_task], 2, "not a digits model"),
-        (["digits", "evaluate", out, "--data", empty_dir], 2, "put train-images"),
-        (["digits", "evaluate", out, "--data", corrupt], 2, "corrupt gzip"),
-        (["digits", "train", "--data", corrupt, "--out", tmp_path / "r1", "--quiet"], 2, "corrupt gzip"),
-        (["digits", "train", "--out", out, "--resume", "--seed", "99"], 2, "used seed=3"),
-        (["digits", "train", "--lr", "-1", "--out", tmp_path / "r2"], 2, "--lr must be positive"),
-        (["digits", "predict", out, bomb], 1, "too large"),
-        (["digits", "predict", broken_model, bomb], 2, "not a readable .npz"),
-        (["digits", "show", tmp_path / "no-such-model"], 2, "not found"),
-    ]
-    for args, code, expected in cases:
-        proc = run_cli(*args, cwd=Path(__file__).parent)
-        line = assert_one_line_error(proc, code)
-        assert expected in line, (args, line)
-        assert not (tmp_path / "r1" / "model.npz").exists()
+
+# (arguments with {placeholders} from `bad_inputs`, exit code, what the one line must say)
+BAD_INPUTS = {
+    "missing model": (["digits", "evaluate", "{root}/no-such-model"], 2, "not found"),
+    "corrupt weights": (["digits", "evaluate", "{broken_model}"], 2, "not a readable .npz"),
+    "spam model": (["digits", "evaluate", "{other_task}"], 2, "not a digits model"),
+    "no data": (["digits", "evaluate", "{out}", "--data", "{empty_dir}"], 2, "put train-images"),
+    "corrupt data": (["digits", "evaluate", "{out}", "--data", "{corrupt}"], 2, "corrupt gzip"),
+    "train on corrupt data": (["digits", "train", "--data", "{corrupt}", "--out", "{root}/r1", "--quiet"], 2,
+                              "corrupt gzip"),
+    "resume with other seed": (["digits", "train", "--out", "{out}", "--resume", "--seed", "99"], 2, "used seed=3"),
+    "negative lr": (["digits", "train", "--lr", "-1", "--out", "{root}/r2"], 2, "--lr must be positive"),
+    "image bomb": (["digits", "predict", "{out}", "{bomb}"], 1, "too large"),
+    "predict with corrupt model": (["digits", "predict", "{broken_model}", "{bomb}"], 2, "not a readable .npz"),
+    "show missing model": (["digits", "show", "{root}/no-such-model"], 2, "not found"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_exit_nonzero_with_one_line(case, bad_inputs):
+    args, code, expected = BAD_INPUTS[case]
+    proc = run_cli(*(a.format(**bad_inputs) for a in args), cwd=Path(__file__).parent)
+    line = assert_one_line_error(proc, code)
+    assert expected in line, (args, line)
+    assert not (bad_inputs["root"] / "r1" / "model.npz").exists()

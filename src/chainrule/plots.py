@@ -1,7 +1,8 @@
 """Figures: learning curves, confusion matrices, gradient flow, weight and image grids.
 
-Every function draws with matplotlib's Agg backend (no display needed, safe in servers and CI)
-and writes the PNG atomically, so a crash never leaves a half-drawn file behind.
+Every function draws on a matplotlib `Figure` of its own (the object-oriented API: no pyplot
+state shared between threads, no display needed, safe in servers and CI) and writes the PNG
+atomically, so a crash never leaves a half-drawn file behind.
 """
 
 from __future__ import annotations
@@ -9,23 +10,35 @@ from __future__ import annotations
 import io
 import math
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from chainrule.files import atomic_write_bytes  # noqa: E402
+from chainrule import metrics
+from chainrule.files import atomic_write_bytes
 
 
-def save_figure(fig: Figure, path, dpi: int = 110) -> None:
-    """Render `fig` to PNG bytes, write them atomically to `path`, and free the figure."""
+def _subplots(*args, **kwargs):
+    """`(figure, axes)` like `pyplot.subplots`, on a Figure that belongs to no global state.
+
+    matplotlib is imported here, on first use, rather than with this module: it costs ~0.3 s,
+    which commands that draw nothing (`spam classify`, run once per delivered message) must not pay.
+    """
+    from matplotlib.figure import Figure
+
+    fig_kwargs = {k: kwargs.pop(k) for k in ("figsize", "layout") if k in kwargs}
+    fig = Figure(**fig_kwargs)
+    return fig, fig.subplots(*args, **kwargs)
+
+
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator  # (see `_subplots`)
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def save_figure(fig, path, dpi: int = 110) -> None:
+    """Render `fig` to PNG bytes and write them atomically to `path`."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -36,7 +49,7 @@ def learning_curves(history, path, title: str = "Learning curves") -> None:
     """
     epochs = [e["epoch"] for e in history.epochs]
     has_acc = any("accuracy" in e for e in history.epochs)
-    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4), squeeze=False)
+    fig, axes = _subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4), squeeze=False)
     for ax, metric in zip(axes[0], ("loss", "accuracy"), strict=False):
         for key, label, style in ((metric, "training", "-o"), (f"val_{metric}", "validation", "-s")):
             values = [e.get(key) for e in history.epochs]
@@ -46,7 +59,7 @@ def learning_curves(history, path, title: str = "Learning curves") -> None:
         if best is not None:
             ax.axvline(best + 1, color="grey", ls=":", lw=1, label=f"best epoch ({best + 1})")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax.xaxis)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -64,7 +77,7 @@ def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion 
     cm = np.asarray(cm)
     k = cm.shape[0]
     labels = [str(i) for i in range(k)] if labels is None else [str(x) for x in labels]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    fig, ax = _subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
     shown = np.log1p(cm.astype(float))
     ax.imshow(shown, cmap="Blues")
     threshold = shown.max() / 2 if shown.size else 0
@@ -97,7 +110,7 @@ def gradient_flow(history, path, title: str = "Gradient flow") -> None:
     panels = [("grad_norm", "mean gradient norm", weighted), ("update_ratio", "update / weight", weighted)]
     if relus:
         panels.append(("dead_fraction", "dead ReLU units (fraction)", relus))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False, layout="constrained")
+    fig, axes = _subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False, layout="constrained")
     for ax, (key, label, names) in zip(axes[0], panels, strict=True):
         for name in names:
             values = [s.get(name, {}).get(key, np.nan) for s in flow]
@@ -107,7 +120,7 @@ def gradient_flow(history, path, title: str = "Gradient flow") -> None:
         if key == "update_ratio":
             ax.axhspan(1e-4, 1e-2, color="green", alpha=0.08, label="healthy range")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_ticks(ax.xaxis)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -131,7 +144,7 @@ def image_grid(images, path, titles=None, cols: int | None = None, title: str | 
     cols = cols or min(n, 10) or 1
     rows = max(1, math.ceil(n / cols))
     lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, (1.2 + 0.15 * lines) * rows + (0.4 if title else 0)),
+    fig, axes = _subplots(rows, cols, figsize=(1.3 * cols, (1.2 + 0.15 * lines) * rows + (0.4 if title else 0)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -167,13 +180,11 @@ def pr_roc_curves(y_true, scores, path, cutoff: float | None = None,
     """Precision–recall and ROC curves of a binary scorer side by side (positive class = 1), with
     the operating point at `cutoff` marked on both. The ROC's x axis is logarithmic: for a spam
     filter the interesting part is a false-positive rate (blocked ham) well under 1%."""
-    from chainrule import metrics
-
     y_true, scores = np.asarray(y_true), np.asarray(scores, np.float64)
     fpr, tpr, _ = metrics.roc_curve(y_true, scores)
     precision, recall, _ = metrics.precision_recall_curve(y_true, scores)
     auc = metrics.roc_auc(y_true, scores)
-    fig, (ax_pr, ax_roc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_pr, ax_roc) = _subplots(1, 2, figsize=(10, 4))
     ax_pr.plot(recall, precision, lw=1.5)
     ax_pr.set_xlabel("recall (spam caught)")
     ax_pr.set_ylabel("precision")

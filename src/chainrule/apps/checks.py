@@ -1,24 +1,18 @@
-"""`chainrule gradcheck`: a per-layer table of gradient errors, with a pass/fail verdict."""
+"""Gradient checks of saved models on their own data: the library behind `chainrule gradcheck`."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from chainrule.conv import MaxPool2D
+from chainrule.errors import DataError
 from chainrule.gradcheck import demo_networks, gradcheck
 from chainrule.network import load_model
 
 # float64 central differences agree with a correct backward pass to ~1e-8; 1e-6 leaves headroom.
 TOLERANCE = 1e-6
-
-
-def _table(title: str, errors: dict[str, float]) -> tuple[str, bool]:
-    ok = all(e < TOLERANCE for e in errors.values())
-    width = max(len(k) for k in errors)
-    lines = [f"{title}", f"  {'layer':<{width}}  max relative error  verdict"]
-    for name, err in errors.items():
-        lines.append(f"  {name:<{width}}  {err:18.2e}  {'pass' if err < TOLERANCE else 'FAIL'}")
-    return "\n".join(lines), ok
 
 
 def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
@@ -41,7 +35,7 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
         tarballs = next((sorted(d.glob("*.tar*")) for d in candidate_dirs("spamassassin", data_dir)
                          if d.is_dir() and any(d.glob("*.tar*"))), None)
         if not tarballs:
-            raise FileNotFoundError("no SpamAssassin tarballs found (give --data DIR or set CHAINRULE_DATA)")
+            raise DataError("no SpamAssassin tarballs found (give --data DIR or set CHAINRULE_DATA)")
         items = []
         for tarball in tarballs:
             for i, msg in enumerate(read_messages([tarball])):
@@ -76,37 +70,39 @@ def _random_inputs(model, n: int = 4):
     return x, rng.normal(size=out.shape)
 
 
-def gradcheck_report(model_dir=None, data=None, samples: int = 30) -> int:
-    """Print gradcheck tables; return 0 if every layer passes, 1 otherwise."""
-    all_ok = True
-    note = None
+@dataclass
+class GradcheckResult:
+    """One gradient check: what was checked, the largest relative error per layer, and a remark."""
+
+    title: str
+    errors: dict[str, float]
+    note: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(e < TOLERANCE for e in self.errors.values())
+
+
+def gradcheck_models(model_dir=None, data=None, samples: int = 30) -> list[GradcheckResult]:
+    """Check every layer type on small networks, or a saved model on real (or random) inputs."""
     if model_dir is None:
-        checks = [(title, model, x, y, None) for title, model, x, y in demo_networks()]
-    else:
-        model, metadata = load_model(model_dir)
-        if metadata.get("task") in ("digits", "spam"):
-            x = sample_inputs(model_dir, metadata, data)
-            y = _least_likely(model, x)
-            checks = [(f"{model_dir} on {len(y)} real inputs, scored against the least likely answers",
-                       model, x, y, samples)]
-            if any(isinstance(layer, MaxPool2D) for layer in model.layers):
-                # Max pooling has no derivative where a window's values tie, as they do on blank
-                # paper, and near ties a nudge of a pixel crosses from one maximum to another, so a
-                # finite difference measures a one-sided slope. Nudging a weight moves tied values
-                # together, so the parameters can still be checked here.
-                note = ("input row left out: on real images max-pooling windows tie, where the loss has no "
-                        "derivative in the pixels (`chainrule gradcheck` alone checks input gradients)")
-        else:  # a model saved from Python with no task: its data is unknown, so random inputs
-            x, y = _random_inputs(model)
-            checks = [(f"{model_dir} on {len(y)} random inputs (no task in its metadata)", model, x, y, samples)]
-    for title, model, x, y, per_param in checks:
-        errors = gradcheck(model, x, y, samples_per_param=per_param)
-        if note:
-            errors.pop("input", None)
-        text, ok = _table(title, errors)
-        all_ok &= ok
-        print(text)
-        if note:
-            print(f"  ({note})")
-    print(f"gradcheck: {'PASS' if all_ok else 'FAIL'} (tolerance {TOLERANCE:g}, float64 central differences)")
-    return 0 if all_ok else 1
+        return [GradcheckResult(title, gradcheck(model, x, y)) for title, model, x, y in demo_networks()]
+    model, metadata = load_model(model_dir)
+    if metadata.get("task") not in ("digits", "spam"):  # saved from Python with no task: random inputs
+        x, y = _random_inputs(model)
+        title = f"{model_dir} on {len(y)} random inputs (no task in its metadata)"
+        return [GradcheckResult(title, gradcheck(model, x, y, samples_per_param=samples))]
+    x = sample_inputs(model_dir, metadata, data)
+    y = _least_likely(model, x)
+    errors = gradcheck(model, x, y, samples_per_param=samples)
+    title = f"{model_dir} on {len(y)} real inputs, scored against the least likely answers"
+    if not any(isinstance(layer, MaxPool2D) for layer in model.layers):
+        return [GradcheckResult(title, errors)]
+    # Max pooling has no derivative where a window's values tie, as they do on blank paper, and
+    # near ties a nudge of a pixel crosses from one maximum to another, so a finite difference
+    # measures a one-sided slope. Nudging a weight moves tied values together, so the parameters
+    # can still be checked here.
+    errors.pop("input", None)
+    note = ("input row left out: on real images max-pooling windows tie, where the loss has no "
+            "derivative in the pixels (`chainrule gradcheck` alone checks input gradients)")
+    return [GradcheckResult(title, errors, note)]

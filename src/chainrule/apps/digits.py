@@ -1,17 +1,16 @@
 """Handwritten digit recognition on MNIST: model presets, training, evaluation, prediction.
 
-`chainrule digits train|evaluate|predict|show` are thin wrappers over the functions here, which
-use only the public API (`Sequential`, layers, losses, optimizers, `fit`), the data loaders and
-the plots. A preset is everything needed to reproduce a training run: the architecture, the
-optimizer, the loss, the epochs, batch size, learning-rate schedule, optional augmentation and
-the input layout the first layer expects.
+A library: `chainrule digits train|evaluate|predict|show` (in `chainrule.cli.digits`) parse the
+command line and print what these functions return. They use only the public API (`Sequential`,
+layers, losses, optimizers, `fit`), the data loaders and the plots. A preset is everything
+needed to reproduce a training run: the architecture, the optimizer, the loss, the epochs, batch
+size, learning-rate schedule, optional augmentation and the input layout the first layer expects.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,16 +33,20 @@ from chainrule import (
     ReLU,
     Sequential,
     Sigmoid,
-    TrainingDiverged,
     cosine,
     fit,
     load_model,
+    plots,
 )
 from chainrule import metrics as M
 from chainrule.data.augment import digit_augmenter
-from chainrule.data.mnist import DataError, load_mnist
-from chainrule.errors import UserError
+from chainrule.data.images import ImageError, preprocess_image
+from chainrule.data.mnist import load_mnist
+from chainrule.errors import ModelFileError, UserError
 from chainrule.files import atomic_write_bytes
+from chainrule.training import save_history_csv
+
+log = logging.getLogger(__name__)
 
 TASK = "digits"
 CLASSES = 10
@@ -222,14 +225,6 @@ def build_model(preset_name: str, seed: int | None = 0) -> Sequential:
     return Sequential(preset.build(), input_shape=shape, seed=seed)
 
 
-def _load(split: str, data_dir):
-    """MNIST split, with data problems turned into one-line user errors."""
-    try:
-        return load_mnist(split, data_dir)
-    except DataError as exc:
-        raise UserError(str(exc)) from None
-
-
 # -- evaluation ---------------------------------------------------------------------------------
 
 
@@ -258,20 +253,6 @@ def _public(report: dict) -> dict:
     return {k: v for k, v in report.items() if not k.startswith("_")}
 
 
-def report_text(report: dict) -> str:
-    """Accuracy, a per-class table and the confusion matrix as plain text."""
-    lines = [f"test accuracy: {100 * report['accuracy']:.2f}% ({report['n'] - report['errors']}/{report['n']})",
-             "", "digit  precision  recall     f1  support"]
-    for k, s in report["per_class"].items():
-        lines.append(f"{k:>5}  {100 * s['precision']:8.2f}%  {100 * s['recall']:5.2f}%  "
-                     f"{100 * s['f1']:5.2f}  {s['support']:7d}")
-    lines += ["", "confusion matrix (rows: true digit, columns: predicted)",
-              "      " + "".join(f"{j:>6}" for j in range(CLASSES))]
-    for i, row in enumerate(report["confusion_matrix"]):
-        lines.append(f"{i:>6}" + "".join(f"{v:>6}" for v in row))
-    return "\n".join(lines)
-
-
 def confident_mistakes(report: dict, labels: np.ndarray, n: int = 25) -> np.ndarray:
     """Indices of the `n` wrong predictions made with the highest probability, most confident first."""
     proba, pred = report["_proba"], report["_pred"]
@@ -282,8 +263,6 @@ def confident_mistakes(report: dict, labels: np.ndarray, n: int = 25) -> np.ndar
 
 def save_mistakes_grid(report: dict, images: np.ndarray, labels: np.ndarray, path, n: int = 25) -> int:
     """The most confidently wrong test images as a PNG grid; returns how many are shown."""
-    from chainrule import plots
-
     idx = confident_mistakes(report, labels, n)
     proba, pred = report["_proba"], report["_pred"]
     titles = [f"test #{i}\n{labels[i]} -> {pred[i]} ({100 * proba[i, pred[i]]:.0f}%)" for i in idx]
@@ -299,17 +278,20 @@ def save_mistakes_grid(report: dict, images: np.ndarray, labels: np.ndarray, pat
 RUN_OPTIONS = ("model", "epochs", "batch_size", "lr", "seed", "train_size")
 
 
-def _resolve_options(args) -> dict:
-    """The run's options: explicit ones, else (on --resume) those the run started with, else defaults."""
-    out = Path(args.out or f"runs/digits-{args.model or 'mlp'}")
+def resolve_run_options(given: dict, out=None, resume: bool = False) -> dict:
+    """The run's options: those `given` (None: not given), else (when resuming) those the run in
+    `out` started with, else the preset's defaults. Raises UserError for a conflict or a bad value."""
+    out = Path(out or f"runs/digits-{given.get('model') or 'mlp'}")
     run_file = out / "run.json"
-    given = {k: getattr(args, k) for k in RUN_OPTIONS}
+    given = {k: given.get(k) for k in RUN_OPTIONS}
     stored = {}
-    if args.resume and run_file.is_file():
+    if resume and run_file.is_file():
         try:
             stored = json.loads(run_file.read_text())["options"]
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{run_file}: not a readable run description ({exc})") from None
+        if not isinstance(stored, dict):
+            raise UserError(f"{run_file}: not a readable run description (its options are not an object)")
         for k, v in given.items():
             if v is not None and k in stored and stored[k] != v:
                 raise UserError(f"--resume: the run in {out} used {k}={stored[k]!r}, not {v!r}; "
@@ -356,12 +338,11 @@ def train(
     Args:
         train_size: use only the first this many training images (quick experiments, tests);
             a twelfth of them (at most 5,000) is held out for validation.
+        verbose: progress of every epoch (`fit`'s progress bar or lines) and a log line saying
+            what is being trained.
     Returns:
         (model, metrics) — the metrics dict that is also written to `metrics.json`.
     """
-    from chainrule import plots
-    from chainrule.training import save_history_csv
-
     preset = PRESETS[model_name]
     epochs = epochs or preset.epochs
     batch_size = batch_size or preset.batch_size
@@ -386,10 +367,9 @@ def train(
     schedule = preset.lr_schedule(lr, epochs) if preset.lr_schedule is not None else None
     early = EarlyStopping(monitor=preset.monitor, patience=preset.patience, restore_best_weights=True)
     checkpoint = out / "checkpoint.npz"
-    if verbose:
-        print(f"digits: training {model_name} ({preset.description}) on {len(y) - n_val} "
-              f"images, validating on {n_val}; up to {epochs} epochs, batch {batch_size}, "
-              f"lr {lr:g}; output in {out}", flush=True)
+    log.info("digits: training %s (%s) on %d images, validating on %d; up to %d epochs, batch %d, "
+             "lr %g; output in %s", model_name, preset.description, len(y) - n_val, n_val, epochs, batch_size,
+             lr, out)
     t0 = time.perf_counter()
     history = fit(model, x, y, preset.loss(), optimizer, epochs=epochs, batch_size=batch_size,
                   validation_split=n_val / len(y), early_stopping=early, lr_schedule=schedule,
@@ -420,167 +400,61 @@ def train(
     return model, metrics
 
 
-def _cmd_train(args) -> int:
-    opts = _resolve_options(args)
-    out = Path(opts["out"])
-    if not args.resume and (out / "checkpoint.npz").exists():
-        print(f"digits: {out} holds a checkpoint from an earlier run; starting afresh "
-              "(use --resume to continue it)", file=sys.stderr)
-        (out / "checkpoint.npz").unlink()
-    if args.resume and not (out / "checkpoint.npz").exists():
-        print(f"digits: no checkpoint in {out}; starting a new run", file=sys.stderr)
-    try:
-        model, metrics = train(opts["model"], out, opts["epochs"], opts["batch_size"], opts["lr"], opts["seed"],
-                               args.data, opts["train_size"], resume=args.resume, verbose=not args.quiet)
-    except DataError as exc:
-        raise UserError(str(exc)) from None
-    except TrainingDiverged as exc:
-        raise UserError(f"training diverged: {exc}") from None
-    except KeyboardInterrupt:
-        ck = out / "checkpoint.npz"
-        where = f"the last completed epoch is saved in {ck}" if ck.exists() else "no epoch had completed"
-        print(f"chainrule: interrupted; {where}; continue with: chainrule digits train --out {out} --resume",
-              file=sys.stderr)
-        return 130
-    test = metrics["test"]
-    print(f"{opts['model']}: {metrics['epochs_run']} epochs (best {metrics['best_epoch']}), "
-          f"{metrics['train_seconds_total']:.1f} s training; "
-          f"test accuracy {100 * test['accuracy']:.2f}% ({test['n'] - test['errors']}/{test['n']})")
-    print(f"wrote {out}/: model.npz model.json metrics.json history.csv learning_curves.png "
-          "confusion_matrix.png gradient_flow.png")
-    return 0
-
-
 # -- evaluate / predict / show --------------------------------------------------------------------
 
 
-def _load_digits_model(path) -> tuple[Sequential, dict]:
+def load_digits_model(path) -> tuple[Sequential, dict]:
+    """A model saved by `train`, checked to be a digits model."""
     model, metadata = load_model(path)
     if metadata.get("task") != TASK:
-        raise UserError(f"{path}: not a digits model (its task is {metadata.get('task')!r})")
+        raise ModelFileError(f"{path}: not a digits model (its task is {metadata.get('task')!r})")
     return model, metadata
 
 
-def _cmd_evaluate(args) -> int:
-    model, metadata = _load_digits_model(args.model)
-    images, labels = _load("test", args.data)
+def evaluate_saved(model_dir, data_dir=None, out=None, top: int = 25) -> tuple[dict, int]:
+    """Evaluate a saved model on the test set and write `eval_metrics.json`,
+    `eval_confusion_matrix.png` and `mistakes.png` (the `top` most confidently wrong images) to
+    `out` (default: the model directory). Returns (report, how many mistakes are drawn)."""
+    model, metadata = load_digits_model(model_dir)
+    images, labels = load_mnist("test", data_dir)
     report = evaluate_digits(model, metadata, images, labels)
-    print(report_text(report))
-    out = Path(args.out or args.model)
-    from chainrule import plots
-
+    out = Path(out or model_dir)
     plots.confusion_matrix(np.array(report["confusion_matrix"]), out / "eval_confusion_matrix.png",
                            title="digits, MNIST test set")
-    shown = save_mistakes_grid(report, images, labels, out / "mistakes.png", args.top)
+    shown = save_mistakes_grid(report, images, labels, out / "mistakes.png", top)
     atomic_write_bytes(out / "eval_metrics.json", json.dumps(_public(report), indent=2).encode())
-    print(f"\nwrote {out}/eval_metrics.json, eval_confusion_matrix.png and mistakes.png "
-          f"({shown} most confidently wrong)")
-    return 0
+    return report, shown
 
 
 def predict_images(model: Sequential, metadata: dict, sources) -> list[dict]:
-    """Predict the digit in each image; a bad image gives {"file", "error"} instead of stopping the rest."""
-    from chainrule.data.images import ImageError, preprocess_image
-
+    """Predict the digit in each image (a path, or bytes for an image read from standard input,
+    named "-"); a bad image gives {"source", "error"} instead of stopping the rest."""
     results = []
     for src in sources:
+        name = "-" if isinstance(src, (bytes, bytearray)) else str(src)
         try:
             img = preprocess_image(src)
         except ImageError as exc:
-            results.append({"file": str(src), "error": str(exc)})
+            results.append({"source": name, "error": str(exc)})
             continue
         p = model.predict_proba(model_inputs(img, metadata))[0]
-        results.append({"file": str(src), "digit": int(p.argmax()), "probabilities": [float(v) for v in p]})
+        results.append({"source": name, "digit": int(p.argmax()), "probabilities": [float(v) for v in p]})
     return results
 
 
-def _cmd_predict(args) -> int:
-    model, metadata = _load_digits_model(args.model)
-    results = predict_images(model, metadata, args.images)
-    failed = 0
-    for r in results:
-        if "error" in r:
-            failed += 1
-            print(f"chainrule: error: {r['error']}", file=sys.stderr)
-        elif not args.json:
-            probs = " ".join(f"{k}:{v:.3f}" for k, v in enumerate(r["probabilities"]))
-            print(f"{r['file']}: {r['digit']} ({100 * r['probabilities'][r['digit']]:.1f}%)  [{probs}]")
-    if args.json:
-        print(json.dumps([r for r in results if "error" not in r], indent=2))
-    return 1 if failed else 0
-
-
-def _cmd_show(args) -> int:
-    from chainrule import plots
-    model, metadata = _load_digits_model(args.model)
+def draw_first_layer(model: Sequential, path, units: int = 100) -> str:
+    """Draw the first layer's weights as images (what each hidden unit or kernel looks for) into
+    `path`; returns what was drawn, e.g. "100 of 512 hidden units"."""
     first = next((layer for layer in model.layers if "weight" in layer.params), None)
     if first is None:
-        raise UserError(f"{args.model}: the model has no layer with weights")
+        raise UserError("the model has no layer with weights")
     w = first.params["weight"].data
-    out = Path(args.out) if args.out else Path(args.model) / "first_layer.png"
     if w.ndim == 2 and w.shape[0] == PIXELS:  # Linear: column j is what hidden unit j looks for
-        plots.weight_grid(w, out, max_units=args.units)
-        what = f"{min(args.units, w.shape[1])} of {w.shape[1]} hidden units"
-    elif w.ndim == 4:  # convolution kernels (out, in, kh, kw): one tile per output channel
-        tiles = w[: args.units, 0]
-        plots.image_grid(tiles, out, titles=[str(i) for i in range(len(tiles))], cols=min(len(tiles), 8),
+        plots.weight_grid(w, path, max_units=units)
+        return f"{min(units, w.shape[1])} of {w.shape[1]} hidden units"
+    if w.ndim == 4:  # convolution kernels (out, in, kh, kw): one tile per output channel
+        tiles = w[:units, 0]
+        plots.image_grid(tiles, path, titles=[str(i) for i in range(len(tiles))], cols=min(len(tiles), 8),
                          title=f"First-layer kernels ({len(tiles)} of {w.shape[0]})", symmetric=True)
-        what = f"{len(tiles)} of {w.shape[0]} kernels"
-    else:
-        raise UserError(f"{args.model}: first weights have shape {w.shape}; cannot draw them as images")
-    print(f"wrote {out} ({what})")
-    return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def add_commands(subparsers) -> None:
-    """Add `chainrule digits train|evaluate|predict|show`."""
-    digits = subparsers.add_parser("digits", help="handwritten digit recognition on MNIST",
-                                   description="Train, evaluate and use networks that read handwritten digits.")
-    sub = digits.add_subparsers(dest="digits_command", required=True, metavar="ACTION")
-
-    presets = ", ".join(f"{name} ({p.description})" for name, p in PRESETS.items())
-    p = sub.add_parser("train", help="train a model on MNIST and report its test accuracy",
-                       description=f"Presets: {presets}. Unset options take the preset's values.")
-    p.add_argument("--model", choices=list(PRESETS), default=None, help="preset (default mlp)")
-    p.add_argument("--epochs", type=_positive_int, help="maximum epochs (early stopping may end sooner)")
-    p.add_argument("--batch-size", type=_positive_int, help="examples per gradient step")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--seed", type=int, help="seed for initial weights, validation split, shuffling (default 0)")
-    p.add_argument("--train-size", type=_positive_int, metavar="N",
-                   help="train on only the first N training images (quick experiments)")
-    p.add_argument("--data", metavar="DIR", help="folder with the four MNIST files (or its parent)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/digits-<model>)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("evaluate", help="test-set accuracy, per-class precision/recall, confusion matrix")
-    p.add_argument("model", metavar="MODEL", help="model directory (from digits train)")
-    p.add_argument("--data", metavar="DIR", help="folder with the MNIST files (or its parent)")
-    p.add_argument("--top", type=_positive_int, default=25, metavar="N",
-                   help="how many confidently wrong images to draw (default 25)")
-    p.add_argument("--out", metavar="DIR", help="where to write figures (default: the model directory)")
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser("predict", help="read the digit in image files (PNG, JPEG, ...)")
-    p.add_argument("model", metavar="MODEL", help="model directory (from digits train)")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, each showing one digit")
-    p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
-    p.set_defaults(func=_cmd_predict)
-
-    p = sub.add_parser("show", help="draw the first-layer weights: what each hidden unit looks for")
-    p.add_argument("model", metavar="MODEL", help="model directory (from digits train)")
-    p.add_argument("--units", type=_positive_int, default=100, help="how many units to draw (default 100)")
-    p.add_argument("--out", metavar="FILE", help="PNG file (default MODEL/first_layer.png)")
-    p.set_defaults(func=_cmd_show)
-
+        return f"{len(tiles)} of {w.shape[0]} kernels"
+    raise UserError(f"first weights have shape {w.shape}; cannot draw them as images")

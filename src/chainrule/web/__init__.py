@@ -1,41 +1,5 @@
 """The web app: draw a digit, check a message, watch the network think (`chainrule serve`).
 
-This package holds the server (`app.py`, FastAPI on uvicorn) and the page it serves (`static/`:
-plain HTML, CSS and JavaScript, no build step). `add_commands` lives here rather than in `app.py`
-so that building the command-line parser does not import the web framework.
+The server is `app.py` (FastAPI on uvicorn); the page it serves is in `static/` (plain HTML, CSS
+and JavaScript, no build step).
 """
-
-from __future__ import annotations
-
-
-def _cmd_serve(args) -> int:
-    from chainrule.web.app import serve
-
-    return serve(
-        digits=args.digits,
-        spam=args.spam,
-        host=args.host,
-        port=args.port,
-        runs=args.runs,
-        max_body_mb=args.max_body_mb,
-    )
-
-
-def add_commands(subparsers) -> None:
-    """Add `chainrule serve` to the command line."""
-    p = subparsers.add_parser(
-        "serve",
-        help="start the web app: draw a digit, check a message, look inside the network",
-        description="Serve one page and a JSON API (OpenAPI docs at /docs). Without --digits/--spam the most "
-        "recent models of each kind under --runs are used.",
-    )
-    p.add_argument("--digits", metavar="MODEL", help="digits model directory (default: the newest under --runs)")
-    p.add_argument("--spam", metavar="MODEL", help="spam model directory (default: the newest under --runs)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--runs", default="runs", metavar="DIR",
-                   help="where to look for the most recent models (default runs)")
-    p.add_argument("--max-body-mb", type=float, default=5.0, metavar="MB",
-                   help="largest request body accepted, in MB (default 5); larger ones get 413")
-    p.set_defaults(func=_cmd_serve)

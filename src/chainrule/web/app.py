@@ -669,8 +669,8 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
     """Load the models (given, or the newest under `runs`), then serve until interrupted."""
     import uvicorn
 
-    if not (max_body_mb > 0):
-        raise UserError(f"--max-body-mb must be positive, got {max_body_mb}")
+    if not (math.isfinite(max_body_mb) and max_body_mb > 0):
+        raise UserError(f"--max-body-mb must be a positive number of megabytes, got {max_body_mb}")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
     chosen = {"digits": digits, "spam": spam}

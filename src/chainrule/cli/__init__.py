@@ -1,0 +1,92 @@
+"""The `chainrule` command line: build the parser, run the command, and the one error boundary.
+
+Each command group has its own module with an `add_commands(subparsers)` (`engine`: explain and
+gradcheck; `digits`; `spam`; `serve`). Those modules parse and print; the work itself is done by
+the library (`chainrule.apps`, `chainrule.web`, the engine), which raises `UserError` for what the
+user got wrong. `main` turns any error into one line on stderr and the command's error exit code
+(2, or 3 for `spam classify`, whose 0/1/2 mean spam/ham/unsure to a mail recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np
+
+from chainrule.cli import digits, engine, serve, spam
+from chainrule.cli.options import Parser
+from chainrule.errors import UserError
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="chainrule",
+        description="Neural networks trained by backpropagation, written out in NumPy.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    engine.add_commands(sub)
+    digits.add_commands(sub)
+    spam.add_commands(sub)
+    serve.add_commands(sub)
+    return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict | None:
+    for action in parser._actions:  # argparse offers no public way to reach a parser's sub-commands
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return None
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`, accepting options anywhere among the positionals, as users type them.
+
+    Plain `parse_args` ends a list of positionals at the first option, so `spam classify MODEL
+    --json a.eml` would leave `a.eml` unrecognised. `parse_intermixed_args` reads options anywhere
+    but cannot handle sub-commands, so the sub-command names are walked first and the command's
+    own parser reads the rest.
+    """
+    leaf, i = parser, 0
+    while (choices := _subcommands(leaf)) is not None and i < len(argv) and argv[i] in choices:
+        leaf, i = choices[argv[i]], i + 1
+    if _subcommands(leaf) is not None:  # no command (or an unknown one): argparse says so, or helps
+        return parser.parse_args(argv)
+    return leaf.parse_intermixed_args(argv[i:])
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code. The one place where errors become messages."""
+    parser = build_parser()
+    args = parse_args(parser, sys.argv[1:] if argv is None else list(argv))
+    # The library reports progress through `logging`; on the command line those are plain lines.
+    logging.basicConfig(format="%(message)s", level=logging.WARNING if getattr(args, "quiet", False)
+                        else logging.INFO, stream=sys.stderr, force=True)
+    try:
+        with np.errstate(over="ignore"):
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("chainrule: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`| head`): send what is still buffered nowhere, and stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (UserError, OSError) as exc:
+        print(f"chainrule: error: {_one_line(exc)}", file=sys.stderr)
+        return args.error_exit
+    except Exception as exc:
+        if os.environ.get("CHAINRULE_DEBUG"):
+            raise
+        print(f"chainrule: error: internal error ({type(exc).__name__}: {_one_line(exc)}); "
+              "this is a bug, CHAINRULE_DEBUG=1 shows the traceback", file=sys.stderr)
+        return args.error_exit

@@ -1,0 +1,47 @@
+"""`chainrule explain` and `chainrule gradcheck`: the engine's own tools for looking inside."""
+
+from __future__ import annotations
+
+from chainrule.apps.checks import TOLERANCE, GradcheckResult, gradcheck_models
+from chainrule.cli.options import positive_int
+from chainrule.explain import explain
+
+
+def _cmd_explain(args) -> int:
+    print(explain(seed=args.seed, epochs=args.epochs))
+    return 0
+
+
+def gradcheck_table(result: GradcheckResult) -> str:
+    """One check as text: a row per layer with its largest relative error and a verdict."""
+    width = max(len(k) for k in result.errors)
+    lines = [result.title, f"  {'layer':<{width}}  max relative error  verdict"]
+    for name, err in result.errors.items():
+        lines.append(f"  {name:<{width}}  {err:18.2e}  {'pass' if err < TOLERANCE else 'FAIL'}")
+    if result.note:
+        lines.append(f"  ({result.note})")
+    return "\n".join(lines)
+
+
+def _cmd_gradcheck(args) -> int:
+    results = gradcheck_models(args.model, data=args.data, samples=args.samples)
+    for result in results:
+        print(gradcheck_table(result))
+    ok = all(result.passed for result in results)
+    print(f"gradcheck: {'PASS' if ok else 'FAIL'} (tolerance {TOLERANCE:g}, float64 central differences)")
+    return 0 if ok else 1
+
+
+def add_commands(subparsers) -> None:
+    """Add `chainrule explain` and `chainrule gradcheck`."""
+    p = subparsers.add_parser("explain", help="walk through one backpropagation step on XOR with real numbers")
+    p.add_argument("--seed", type=int, default=1, help="initialisation seed (default 1)")
+    p.add_argument("--epochs", type=positive_int, default=2000, help="epochs for the XOR training demo")
+    p.set_defaults(func=_cmd_explain)
+
+    p = subparsers.add_parser("gradcheck", help="check backprop gradients against finite differences")
+    p.add_argument("model", nargs="?", help="a saved model directory (default: small networks of every layer type)")
+    p.add_argument("--data", help="data directory for the model's real inputs")
+    p.add_argument("--samples", type=positive_int, default=30,
+                   help="entries checked per parameter array of a saved model (default 30)")
+    p.set_defaults(func=_cmd_gradcheck)

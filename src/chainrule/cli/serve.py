@@ -1,0 +1,33 @@
+"""`chainrule serve`: the web page and its JSON API."""
+
+from __future__ import annotations
+
+
+def _cmd_serve(args) -> int:
+    # Imported when the command runs, not when the parser is built: FastAPI and uvicorn cost
+    # ~0.5 s of start-up that every other command (`spam classify` runs once per delivered
+    # message) would pay for nothing.
+    from chainrule.web.app import serve
+
+    return serve(digits=args.digits, spam=args.spam, host=args.host, port=args.port, runs=args.runs,
+                 max_body_mb=args.max_body_mb)
+
+
+def add_commands(subparsers) -> None:
+    """Add `chainrule serve`."""
+    p = subparsers.add_parser(
+        "serve",
+        help="start the web app: draw a digit, check a message, look inside the network",
+        description="Serve one page and a JSON API (OpenAPI docs at /docs). Without --digits/--spam the most "
+        "recent models of each kind under --runs are used.",
+    )
+    p.add_argument("--digits", metavar="MODEL", help="digits model directory (default: the newest under --runs)")
+    p.add_argument("--spam", metavar="MODEL", help="spam model directory (default: the newest under --runs)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--runs", default="runs", metavar="DIR",
+                   help="where to look for the most recent models (default runs)")
+    p.add_argument("--max-body-mb", type=float, default=5.0, metavar="MB",
+                   help="largest request body accepted, in MB (default 5); larger ones get 413")
+    p.set_defaults(func=_cmd_serve)
