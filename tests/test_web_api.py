@@ -27,7 +27,8 @@ from chainrule.apps import spam as spam_app
 from chainrule.cli import main
 from chainrule.data.images import preprocess_image
 from chainrule.network import FORMAT_VERSION
-from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, TOP_TOKENS, TOP_UNITS, create_app, find_latest_model
+from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, create_app
+from chainrule.web.services import TOP_TOKENS, TOP_UNITS, find_latest_model
 from web_models import as_upload, mnist_test, sms_messages, trained_models
 
 

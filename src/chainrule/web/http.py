@@ -1,0 +1,150 @@
+"""HTTP plumbing of the web app: refused requests, the body-size limit, and reading bodies.
+
+Every refusal is `ApiError(status, one line)`, answered as JSON `{"error": "..."}`. Bodies are
+capped before the app buffers them (`BodyLimitMiddleware`), and the readers below turn whatever
+a client sent (raw bytes, a multipart form, JSON) into what a service takes, or a 4xx.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+
+
+class ApiError(Exception):
+    """A request we refuse, with its HTTP status and a one-line reason for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class BodyTooLarge(Exception):
+    """Raised inside the app when a streamed body passes the limit (answered with 413)."""
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over `max_bytes` with 413, before the app buffers them.
+
+    A declared Content-Length is checked up front; a chunked body is counted as it arrives and cut
+    off at the limit, so neither way can a client make the server hold more than `max_bytes`.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await send_json(send, 400, {"error": "Content-Length is not a number"})
+                return
+            if size > self.max_bytes:
+                await send_json(send, 413, {"error": self._message()})
+                return
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await send_json(send, 413, {"error": self._message()})
+
+    def _message(self) -> str:
+        return f"request body is larger than the limit of {self.max_bytes:,} bytes"
+
+
+async def send_json(send, status: int, content: dict) -> None:
+    body = json.dumps(content).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def upload_or_body(request: Request) -> bytes:
+    """The request's payload: the multipart field `file` if the body is a form, else the body."""
+    if media_type(request) == "multipart/form-data":
+        try:
+            async with request.form() as form:  # closing the form deletes its spooled files
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ApiError(422, "the multipart form needs a file field named 'file'")
+                return await upload.read()
+        except (BodyTooLarge, ApiError):
+            raise
+        except Exception as exc:  # python-multipart's parse errors have no common base class
+            raise ApiError(422, f"cannot parse the multipart form: {exc}") from exc
+    return await request.body()
+
+
+def json_body(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(422, f"the body is not valid JSON: {exc}") from exc
+
+
+def pixels_from_json(doc: Any) -> np.ndarray:
+    """A 28x28 array of numbers in [0, 1], as a bare array or as {"pixels": array}."""
+    if isinstance(doc, dict):
+        if "pixels" not in doc:
+            raise ApiError(422, 'JSON body must be a 28x28 array of numbers or {"pixels": <28x28 array>}')
+        doc = doc["pixels"]
+    try:
+        arr = np.asarray(doc, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(422, "pixels must be a 28x28 array of numbers") from exc
+    if arr.shape != (28, 28):
+        raise ApiError(422, f"pixels must be a 28x28 array of numbers, got shape {list(arr.shape)}")
+    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+        raise ApiError(422, "pixels must be numbers in [0, 1] (0 = background, 1 = ink)")
+    return arr.astype(np.float32)
+
+
+def check_text(data: bytes) -> bytes:
+    """Refuse bodies that are not text: empty, or binary (NUL bytes, many control characters).
+
+    Mail may be in any 8-bit charset, so bytes >= 0x80 are fine; what text never has is NUL, and
+    control characters beyond tab, newlines, form feed, backspace and escape are rare in it.
+    """
+    if not data.strip():
+        raise ApiError(422, "the message is empty")
+    if b"\x00" in data:
+        raise ApiError(422, "not text: the body contains NUL bytes (send the message as text)")
+    controls = sum(data.count(bytes([c])) for c in range(32) if c not in (8, 9, 10, 12, 13, 27))
+    if controls > 0.05 * len(data):
+        raise ApiError(422, "not text: the body is mostly control characters (send the message as text)")
+    return data

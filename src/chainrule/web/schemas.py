@@ -1,0 +1,126 @@
+"""What the web API accepts and answers: the response models and request-body descriptions.
+
+FastAPI turns the pydantic models into the OpenAPI schema (at /openapi.json, browsable at /docs);
+the request bodies are read by hand (an image, a raw message, JSON), so they are described here
+as OpenAPI fragments that the routes attach to their operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what was wrong, in one line")
+
+
+class LayerActivation(BaseModel):
+    index: int = Field(description="position of the layer in the network")
+    type: str = Field(description="layer class, e.g. Linear, ReLU, Conv2D")
+    shape: list[int] = Field(description="shape of one example's output: [units] or [channels, height, width]")
+    shown: int = Field(description="units, or feature maps, included in `values` (the first ones)")
+    values: list[float] = Field(description="the output, flattened in C order")
+
+
+class UnitWeights(BaseModel):
+    unit: int = Field(description="index of the hidden unit (neuron or feature map) in the first weighted layer")
+    activation: float = Field(description="its activation for this input (mean over the map for a conv filter)")
+    weights: list[list[float]] = Field(description="its incoming weights laid out as an image")
+
+
+class DigitPrediction(BaseModel):
+    digit: int = Field(description="the most probable class, 0-9")
+    probabilities: list[float] = Field(description="probability of each digit 0-9")
+    input: list[list[float]] = Field(description="the 28x28 image the network saw, 0 = background, 1 = ink")
+    layers: list[LayerActivation] | None = Field(None, description="with ?explain=true: each layer's output")
+    top_units: list[UnitWeights] | None = Field(
+        None, description="with ?explain=true: first-layer weights of the most active hidden units"
+    )
+
+
+class TokenWeight(BaseModel):
+    token: str
+    weight: float = Field(description="contribution to the spam score: > 0 pushes towards spam, < 0 towards ham")
+
+
+class SpamVerdict(BaseModel):
+    label: str = Field(description="'spam', 'ham', or 'unsure' (between the model's two calibrated cut-offs)")
+    probability: float = Field(description="probability that the message is spam")
+    top_tokens: list[TokenWeight] = Field(description="the tokens that pushed the decision most, either way")
+    problem: str | None = Field(None, description="how the message was read when it was not a well-formed email")
+
+
+class ModelInfo(BaseModel):
+    path: str
+    task: str
+    format_version: int | None = Field(description="version of the saved model's file format")
+    num_parameters: int
+    layers: list[str] = Field(description="layer types, input side first")
+    metrics: dict[str, Any] = Field(description="metrics recorded when the model was trained")
+    metadata: dict[str, Any] = Field(description="other scalar facts saved with the model (preset, data, ...)")
+
+
+class ModelsResponse(BaseModel):
+    digits: ModelInfo | None
+    spam: ModelInfo | None
+    hints: dict[str, str] = Field(description="for each model that is not loaded: how to get one")
+
+
+class Health(BaseModel):
+    status: str
+    digits: bool
+    spam: bool
+
+
+# -- request bodies, as OpenAPI describes them ----------------------------------------------------
+
+DIGITS_BODY = {
+    "description": "A PNG or JPEG image (raw body, or multipart field `file`), preprocessed like "
+    "`chainrule digits predict`; or a 28x28 array of numbers in [0, 1] (0 = background, 1 = ink), "
+    "used as is.",
+    "required": True,
+    "content": {
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                       "required": ["file"]}
+        },
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/Pixels"},
+                    {"type": "object", "properties": {"pixels": {"$ref": "#/components/schemas/Pixels"}},
+                     "required": ["pixels"]},
+                ]
+            }
+        },
+    },
+}
+PIXELS_SCHEMA = {
+    "type": "array", "minItems": 28, "maxItems": 28,
+    "items": {"type": "array", "minItems": 28, "maxItems": 28, "items": {"type": "number", "minimum": 0, "maximum": 1}},
+}
+SPAM_BODY = {
+    "description": "The raw message: an email with its headers (RFC 822, any charset) or an SMS, as the body "
+    "(text/plain, message/rfc822), as multipart field `file`, or as JSON {\"message\": \"...\"}.",
+    "required": True,
+    "content": {
+        "text/plain": {"schema": {"type": "string"}},
+        "message/rfc822": {"schema": {"type": "string"}},
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                       "required": ["file"]}
+        },
+        "application/json": {
+            "schema": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}
+        },
+    },
+}
+ERROR_RESPONSES = {
+    413: {"model": ErrorResponse, "description": "request body over the size limit"},
+    422: {"model": ErrorResponse, "description": "not an image / not text / malformed"},
+    503: {"model": ErrorResponse, "description": "no model of this kind is loaded"},
+}
