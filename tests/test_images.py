@@ -157,3 +157,30 @@ def test_missing_file_and_directory(tmp_path):
         load_digit_image(tmp_path / "nope.png")
     with pytest.raises(ImageError, match="is a directory"):
         load_digit_image(tmp_path)
+
+
+def _in_mode(grey: Image.Image, mode: str) -> Image.Image:
+    """`grey` (mode L) converted to `mode`, including the modes Pillow cannot convert L into."""
+    if mode == "LAB":
+        return Image.merge("LAB", [grey, Image.new("L", grey.size, 128), Image.new("L", grey.size, 128)])
+    if mode == "I;16":  # a 16-bit scan: the full 0..65535 range
+        return Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)
+    return grey.convert(mode)
+
+
+@needs_data
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "I", "I;16", "F"])
+@pytest.mark.parametrize("long_side", [90, 5000])
+def test_every_image_mode_at_every_size_reads_as_the_same_digit(digits, mode, long_side):
+    """Scanner and editor output in any mode Pillow opens (16-bit grey, LAB, CMYK, float TIFF, ...),
+    small or larger than the working size, reads as the digit; a 16-bit scan 5,000 pixels long
+    used to fail inside Pillow's shrinking with "image has wrong mode"."""
+    page = on_paper(digits[0][0], scale=3, offset=(8, 10))  # test image 0 is a 7
+    page = page.resize((long_side, long_side * page.size[1] // page.size[0]), Image.Resampling.BICUBIC)
+    img = _in_mode(page, mode)
+    buf = io.BytesIO()
+    img.save(buf, "PNG" if mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16") else "TIFF")
+    out = preprocess_image(buf.getvalue())
+    reference = preprocess_image(page)
+    assert out.shape == (28, 28) and out.dtype == np.float32
+    assert np.abs(out - reference).mean() < 0.08, (mode, np.abs(out - reference).mean())

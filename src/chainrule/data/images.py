@@ -81,19 +81,41 @@ def _open(source) -> tuple[Image.Image, str]:
     return img, name
 
 
+def _plain_mode(img: Image.Image) -> Image.Image:
+    """`img` in one of the modes every step here handles: L, LA, RGB, RGBA, I (integer grey, e.g.
+    a 16-bit scan) or F (float grey).
+
+    Pillow opens many more (CMYK, LAB, YCbCr, 16-bit "I;16", palettes, 1-bit), and some of its
+    operations refuse some of them: shrinking a large 16-bit scan fails with "image has wrong
+    mode", and LAB has no conversion to RGB at all. Colour spaces with a lightness channel give
+    that channel, which is all a digit needs.
+    """
+    mode = img.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        return img
+    if mode.startswith("I;16"):
+        return img.convert("I")
+    lightness = {"LAB": "L", "YCbCr": "Y", "HSV": "V"}.get(mode)
+    if lightness is not None:
+        return img.getchannel(lightness)
+    if mode == "1":
+        return img.convert("L")
+    transparent = "A" in img.getbands() or "a" in img.getbands() or "transparency" in img.info
+    return img.convert("RGBA" if transparent else "RGB")  # palettes, CMYK, premultiplied alpha, ...
+
+
 def _grey(img: Image.Image) -> np.ndarray:
-    """Grey levels 0..255 as float64 (255 = white). Transparent pixels take whichever background
-    gives contrast.
+    """Grey levels 0..255 as float64 (255 = white) of an image in a `_plain_mode`. Transparent
+    pixels take whichever background gives contrast.
 
     8-bit levels stay whole numbers, so the ink computed from an image and from its negative is
     exactly the same (the arithmetic in `_ink` is then exact).
     """
-    img = ImageOps.exif_transpose(img)  # phone photos are often stored sideways with an EXIF flag
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grey: scale by the range
+    if img.mode in ("I", "F"):  # 16-bit or float grey: scale by the range
         a = np.asarray(img, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
         return 255 * (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA"):
         rgba = img.convert("RGBA")
         # A drawing exported from a canvas is often ink on a transparent background: composite it
         # onto white, and if that leaves nothing to see (white ink), onto black instead.
@@ -165,6 +187,7 @@ def preprocess_image(source) -> np.ndarray:
     blank input.
     """
     img, name = _open(source)
+    img = _plain_mode(ImageOps.exif_transpose(img))  # (phone photos are often stored sideways)
     if max(img.size) > WORKING_SIZE:
         img = img.copy()
         img.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)

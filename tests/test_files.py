@@ -1,0 +1,44 @@
+"""Atomic writes: a file appears whole or not at all, with the permissions a plain write would give."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from chainrule.files import atomic_open, atomic_write_bytes
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, and put the old one back."""
+    old = os.umask(0o022)
+    yield lambda value: os.umask(value)
+    os.umask(old)
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_new_files_honour_the_umask(tmp_path, umask, mask, expected):
+    umask(mask)
+    atomic_write_bytes(tmp_path / "model.json", b"{}")
+    assert stat.S_IMODE((tmp_path / "model.json").stat().st_mode) == expected
+
+
+def test_replacing_a_file_keeps_its_permissions(tmp_path, umask):
+    path = tmp_path / "model.npz"
+    path.write_bytes(b"old")
+    path.chmod(0o640)
+    umask(0o000)
+    atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_open(path) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("crash in the middle")
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
