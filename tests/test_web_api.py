@@ -289,7 +289,11 @@ def test_predict_rejects_what_is_not_an_image(client, samples):
     (b"[" + b",".join([b"[" + b",".join([b"NaN"] * 28) + b"]"] * 28) + b"]", ["[0, 1]"]),
     (json.dumps({"image": []}).encode(), ["pixels"]),
     (json.dumps("seven").encode(), ["28x28"]),
-])
+    (json.dumps([[10**400] * 28] * 28).encode(), ["numbers"]),  # no float holds it
+    (json.dumps({"pixels": [[0, 10**400]]}).encode(), ["numbers"]),
+    (b"[" * 100_000 + b"]" * 100_000, ["nested too deeply"]),
+], ids=["not json", "27 rows", "27 columns", "ragged", "above 1", "below 0", "strings", "NaN", "no pixels",
+        "a string", "10**400", "10**400 in pixels", "nested 100,000 deep"])
 def test_predict_rejects_bad_json(client, body, words):
     r = client.post("/api/digits/predict", content=body, headers={"Content-Type": "application/json"})
     assert_error(r, 422, *words)
@@ -374,6 +378,14 @@ def test_classify_raw_email_json_and_multipart(client, spam_bundle):
         spam_app.classify_message(spam_bundle, text.encode())["probability"], abs=1e-6)
 
 
+def test_classify_reads_a_lone_surrogate_as_a_replacement_character(client):
+    """JSON may carry "\\ud800", which no UTF-8 text can: it is read as "?", not a 500."""
+    body = b'{"message": "Subject: win \\ud800 now\\n\\nclaim your prize \\udfff today"}'
+    r = client.post("/api/spam/classify", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] in ("spam", "ham", "unsure")
+
+
 def test_classify_rejects_what_is_not_text(client, samples):
     post = lambda data, media="text/plain": client.post(  # noqa: E731
         "/api/spam/classify", content=data, headers={"Content-Type": media})
@@ -395,11 +407,17 @@ MEDIA = st.sampled_from([None, "image/png", "image/jpeg", "application/json", "t
                          "multipart/form-data", "multipart/form-data; boundary=xyz", "application/octet-stream"])
 
 
+JSON_VALUES = st.recursive(
+    st.none() | st.floats() | st.integers() | st.integers(min_value=10**300, max_value=10**500)
+    | st.text(max_size=5) | st.sampled_from(["\ud800", "\udfff x", "\x00"]),
+    lambda c: st.lists(c, max_size=30) | st.dictionaries(st.sampled_from(["pixels", "message", "x"]), c, max_size=2),
+    max_leaves=60)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.one_of(st.binary(max_size=600), st.text(max_size=300).map(str.encode),
-                      st.builds(lambda v: json.dumps(v).encode(),
-                                st.recursive(st.none() | st.floats() | st.integers() | st.text(max_size=5),
-                                             lambda c: st.lists(c, max_size=30), max_leaves=60))),
+                      st.builds(lambda v: json.dumps(v).encode(), JSON_VALUES),
+                      st.integers(1, 5000).map(lambda depth: b"[" * depth + b"]" * depth)),
        media=MEDIA, route=st.sampled_from(["/api/digits/predict", "/api/digits/predict?explain=true",
                                            "/api/spam/classify"]))
 def test_arbitrary_bodies_never_give_a_server_error(client, body, media, route):

@@ -115,6 +115,8 @@ def json_body(data: bytes) -> Any:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(422, f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # [[[[...]]]] nested deeper than the parser's recursion allows
+        raise ApiError(422, "the body is JSON nested too deeply") from exc
 
 
 def pixels_from_json(doc: Any) -> np.ndarray:
@@ -125,7 +127,7 @@ def pixels_from_json(doc: Any) -> np.ndarray:
         doc = doc["pixels"]
     try:
         arr = np.asarray(doc, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # (OverflowError: an integer like 10**400)
         raise ApiError(422, "pixels must be a 28x28 array of numbers") from exc
     if arr.shape != (28, 28):
         raise ApiError(422, f"pixels must be a 28x28 array of numbers, got shape {list(arr.shape)}")

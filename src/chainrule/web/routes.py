@@ -102,5 +102,6 @@ async def spam_classify(request: Request) -> SpamVerdict:
         doc = json_body(data)
         if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
             raise ApiError(422, 'JSON body must be {"message": "<the raw message>"}')
-        data = doc["message"].encode("utf-8")
+        # a lone surrogate ("\ud800") is valid JSON but not encodable text: it becomes "?"
+        data = doc["message"].encode("utf-8", errors="replace")
     return await run_in_threadpool(service.classify, check_text(data))
