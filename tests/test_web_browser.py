@@ -13,17 +13,11 @@ both) a missing browser is a failure.
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from web_models import trained_models
+from web_models import running_server, trained_models
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -56,33 +50,8 @@ HAM_SMS = "Hi mum, I'll be home a bit late tonight, can you save me some dinner?
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`chainrule serve` on a free port of 127.0.0.1; yields its base URL."""
-    models = trained_models(tmp_path_factory)
-    cmd = [sys.executable, "-m", "chainrule.cli", "serve", "--digits", str(models["digits"]),
-           "--spam", str(models["spam"]), "--port", "0"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    lines = []
-    url = None
-    for line in proc.stderr:
-        lines.append(line)
-        m = re.search(r"open (http://127\.0\.0\.1:\d+)/", line)
-        if m:
-            url = m.group(1)
-            break
-    if url is None:
-        proc.wait(timeout=10)
-        pytest.fail("chainrule serve did not start:\n" + "".join(lines))
-    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
+    with running_server(trained_models(tmp_path_factory)) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

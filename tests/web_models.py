@@ -8,10 +8,17 @@ Collection.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -66,3 +73,35 @@ def sms_messages() -> list[tuple[str, str]]:
         label, _, text = line.partition("\t")
         rows.append((label, text))
     return rows
+
+
+@contextlib.contextmanager
+def running_server(models: dict[str, Path], *args: str):
+    """The real `chainrule serve` (uvicorn in its own process) on a free port of 127.0.0.1, with
+    both models; yields (its base URL, its process id)."""
+    cmd = [sys.executable, "-m", "chainrule.cli", "serve", "--digits", str(models["digits"]),
+           "--spam", str(models["spam"]), "--port", "0", *args]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    lines = []
+    url = None
+    for line in proc.stderr:
+        lines.append(line)
+        m = re.search(r"open (http://127\.0\.0\.1:\d+)/", line)
+        if m:
+            url = m.group(1)
+            break
+    if url is None:
+        proc.wait(timeout=10)
+        pytest.fail("chainrule serve did not start:\n" + "".join(lines))
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -10,7 +10,7 @@ def _cmd_serve(args) -> int:
     from chainrule.web.app import serve
 
     return serve(digits=args.digits, spam=args.spam, host=args.host, port=args.port, runs=args.runs,
-                 max_body_mb=args.max_body_mb)
+                 max_body_mb=args.max_body_mb, read_timeout=args.timeout)
 
 
 def add_commands(subparsers) -> None:
@@ -30,4 +30,6 @@ def add_commands(subparsers) -> None:
                    help="where to look for the most recent models (default runs)")
     p.add_argument("--max-body-mb", type=float, default=5.0, metavar="MB",
                    help="largest request body accepted, in MB (default 5); larger ones get 413")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="longest wait for a request's headers, and for each part of its body (default 30)")
     p.set_defaults(func=_cmd_serve)

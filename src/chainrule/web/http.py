@@ -7,6 +7,7 @@ a client sent (raw bytes, a multipart form, JSON) into what a service takes, or 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -27,16 +28,24 @@ class BodyTooLarge(Exception):
     """Raised inside the app when a streamed body passes the limit (answered with 413)."""
 
 
+class BodyTimeout(Exception):
+    """Raised inside the app when a client sends no part of its body for `read_timeout` seconds."""
+
+
 class BodyLimitMiddleware:
-    """Refuse request bodies over `max_bytes` with 413, before the app buffers them.
+    """Refuse request bodies over `max_bytes` with 413, before the app buffers them, and bodies
+    that stall for `read_timeout` seconds with 408.
 
     A declared Content-Length is checked up front; a chunked body is counted as it arrives and cut
-    off at the limit, so neither way can a client make the server hold more than `max_bytes`.
+    off at the limit, so neither way can a client make the server hold more than `max_bytes`. A
+    client that stops sending half way (or trickles a byte at a time, slower than the timeout)
+    would otherwise hold its connection and a worker for ever.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, read_timeout: float):
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -54,14 +63,21 @@ class BodyLimitMiddleware:
                 return
         received = 0
         started = False
+        body_complete = False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:  # (the app now only listens for a disconnect: no deadline for that)
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout)
+            except asyncio.TimeoutError:
+                raise BodyTimeout from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge
+                body_complete = not message.get("more_body", False)
             return message
 
         async def tracking_send(message):
@@ -75,6 +91,9 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if not started:
                 await send_json(send, 413, {"error": self._message()})
+        except BodyTimeout:
+            if not started:
+                await send_json(send, 408, {"error": f"no part of the body arrived for {self.read_timeout:g} s"})
 
     def _message(self) -> str:
         return f"request body is larger than the limit of {self.max_bytes:,} bytes"
@@ -103,7 +122,7 @@ async def upload_or_body(request: Request) -> bytes:
                 if upload is None or isinstance(upload, str):
                     raise ApiError(422, "the multipart form needs a file field named 'file'")
                 return await upload.read()
-        except (BodyTooLarge, ApiError):
+        except (BodyTooLarge, BodyTimeout, ApiError):
             raise
         except Exception as exc:  # python-multipart's parse errors have no common base class
             raise ApiError(422, f"cannot parse the multipart form: {exc}") from exc

@@ -81,7 +81,7 @@ async def digits_predict(
     if media_type(request) == "application/json":
         image = pixels_from_json(json_body(data))
     else:
-        image = await run_in_threadpool(service.image_from_bytes, data)
+        image = await service.decode(data)
     return await run_in_threadpool(service.predict, image, explain)
 
 

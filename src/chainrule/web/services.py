@@ -8,11 +8,13 @@ input raises `ImageError` or another `UserError`, which the app answers with 422
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from chainrule.web.schemas import (
 # An upload's pixel count is checked before decoding: a 5 MB PNG of one colour can decode to
 # gigabytes, and the 28x28 result needs nothing near this.
 MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_PARALLEL_DECODES = 2  # image decodes running at once (each may hold ~100 MB)
 MAX_FEATURE_MAPS = 16  # per convolutional layer, in the "inside the network" view
 TOP_UNITS = 8  # hidden units whose first-layer weights the page shows
 TOP_TOKENS = 10  # tokens behind a spam verdict, both directions together
@@ -86,7 +89,11 @@ class DigitsService:
     """A loaded digits model and what serving it needs.
 
     Layers cache their inputs during `forward`, so one network must not run two passes at once;
-    `lock` serialises them (the matrix products inside still use every core).
+    `lock` serialises them (the matrix products inside still use every core). Decoding an upload
+    needs memory in proportion to its pixels (a 4096x4096 PNG: ~100 MB while it is shrunk), so
+    decodes run on `decoder`, `MAX_PARALLEL_DECODES` threads of their own, whatever the number of
+    requests. (A semaphore in the shared request threads would not do: the C allocator keeps a
+    pool of memory per thread, so every thread that ever decoded would keep a decode's worth.)
     """
 
     path: Path
@@ -94,6 +101,8 @@ class DigitsService:
     metadata: dict
     info: ModelInfo
     lock: threading.Lock = field(default_factory=threading.Lock)
+    decoder: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(MAX_PARALLEL_DECODES, thread_name_prefix="decode"))
 
     @classmethod
     def load(cls, path) -> DigitsService:
@@ -102,6 +111,10 @@ class DigitsService:
         if metadata.get("task") != "digits":
             raise ModelFileError(f"{path}: a {metadata.get('task') or 'non-digits'} model, expected a digits model")
         return cls(path, model, metadata, model_info(path, model, metadata))
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        """`image_from_bytes` on one of the decoder's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.decoder, self.image_from_bytes, data)
 
     def image_from_bytes(self, data: bytes) -> np.ndarray:
         """Decode an uploaded image and preprocess it exactly as `chainrule digits predict` does."""

@@ -1,0 +1,102 @@
+"""The real server under hostile-but-fair clients: slow senders are cut off, many large images at
+once do not multiply the memory. Runs `chainrule serve` (uvicorn) in its own process."""
+
+from __future__ import annotations
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from chainrule.web import services
+from web_models import running_server, trained_models
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(base URL, process id) of `chainrule serve --timeout 1`."""
+    with running_server(trained_models(tmp_path_factory), "--timeout", "1") as url_pid:
+        yield url_pid
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def _connect(url: str) -> socket.socket:
+    parts = urlparse(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=10)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed `sock` within `seconds`, and what it sent before."""
+    sock.settimeout(seconds)
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except TimeoutError:
+        return False, received
+    except ConnectionResetError:
+        pass
+    return True, received
+
+
+def test_clients_that_trickle_their_headers_are_cut_off(server):
+    """20 clients that send half a request line and then wait (a "slowloris") are disconnected once
+    the read timeout passes, and the server still answers everyone else meanwhile."""
+    socks = [_connect(server) for _ in range(20)]
+    for s in socks:
+        s.sendall(b"POST /api/spam/classify HTTP/1.1\r\nHost: x\r\n")
+    assert httpx.get(f"{server}/healthz", timeout=5).status_code == 200
+    start = time.monotonic()
+    results = [_closed_within(s, 10) for s in socks]
+    assert all(closed for closed, _ in results)
+    assert time.monotonic() - start < 8
+    for s in socks:
+        s.close()
+
+
+def test_a_body_that_stalls_gets_408(server):
+    sock = _connect(server)
+    sock.sendall(b"POST /api/spam/classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                 b"Content-Length: 1000\r\n\r\nSubject: hello\r\n")
+    closed, received = _closed_within(sock, 10)
+    sock.close()
+    assert received.startswith(b"HTTP/1.1 408"), received[:200]
+    assert b"no part of the body arrived" in received
+
+
+def test_many_large_images_at_once_are_decoded_a_few_at_a_time(served, tmp_path):
+    """Eight 4096x4096 colour uploads at once all get an answer, and the server's peak memory grows
+    by what a couple of decodes need, not eight."""
+    server, pid = served
+    img = np.full((4096, 4096, 3), 255, np.uint8)
+    img[1500:2600, 1900:2200] = 0  # a "1"
+    path = tmp_path / "big.png"
+    Image.fromarray(img).save(path)
+    data = path.read_bytes()
+    one = httpx.post(f"{server}/api/digits/predict", content=data, headers={"Content-Type": "image/png"},
+                     timeout=120)
+    assert one.status_code == 200
+    before = _peak_rss_mb(pid)  # after one decode: the allocator has what one decode needs
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: httpx.post(f"{server}/api/digits/predict", content=data,
+                                                     headers={"Content-Type": "image/png"}, timeout=120),
+                                range(8)))
+    assert [a.status_code for a in answers] == [200] * 8
+    assert {a.json()["digit"] for a in answers} == {one.json()["digit"]}
+    growth = _peak_rss_mb(pid) - before
+    print(f"peak RSS {before:.0f} MB after one decode, +{growth:.0f} MB for eight at once")
+    assert growth < 150 * services.MAX_PARALLEL_DECODES, growth
