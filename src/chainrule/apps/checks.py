@@ -34,8 +34,8 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
     if task == "spam":
         # the first n messages of each SpamAssassin tarball (spam and ham), hashed as the model hashes
         from chainrule.apps.spam import featurize, load_idf
+        from chainrule.data.corpora import read_messages
         from chainrule.data.locate import candidate_dirs
-        from chainrule.data.mail import read_messages
         from chainrule.data.text import HashingConfig
 
         tarballs = next((sorted(d.glob("*.tar*")) for d in candidate_dirs("spamassassin", data_dir)

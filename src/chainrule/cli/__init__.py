@@ -12,7 +12,8 @@ import sys
 import numpy as np
 
 from chainrule import web
-from chainrule.apps import digits, spam
+from chainrule.apps import digits
+from chainrule.cli import spam
 from chainrule.errors import DataError, ModelFileError, UserError
 
 
