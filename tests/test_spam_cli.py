@@ -2,11 +2,15 @@
 them: in this process through `main`, and as a real command in a fresh interpreter where exit
 codes and stderr matter (mail recipes act on them)."""
 
+import ast
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
+import pytest
 
+import chainrule.apps.spam as spam_library
 from chainrule.apps.spam import load_spam_model
 from chainrule.cli import main
 
@@ -36,7 +40,7 @@ def test_a_missing_or_bad_idf_file_is_a_one_line_error(spam_model, spam_corpus, 
         (m / "idf.npz").unlink()
         if damage is not None:
             np.savez(m / "idf.npz", idf=damage)
-        assert main(["spam", "classify", str(m), msg]) == 2
+        assert main(["spam", "classify", str(m), msg]) == 3  # every error of classify is 3
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "idf.npz" in err and "Traceback" not in err, err
 
@@ -44,6 +48,12 @@ def test_a_missing_or_bad_idf_file_is_a_one_line_error(spam_model, spam_corpus, 
 def test_folds_must_be_zero_or_at_least_two(tmp_path, capsys):
     assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--folds", "1"]) == 2
     assert "--folds must be 0" in capsys.readouterr().err
+
+
+def test_one_network_needs_a_held_out_share(tmp_path, capsys):
+    args = ["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(tmp_path / "m"), "--folds", "0"]
+    assert main([*args, "--validation", "0"]) == 2
+    assert "--validation must be above 0" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_evaluate_beats_the_majority_class_on_held_out_mail(spam_model, spam_corpus, capsys):
@@ -166,3 +176,71 @@ def test_sms_training_round_trip(data_root, tmp_path, capsys):
     assert main(["spam", "evaluate", str(m), "--sms", str(tmp_path / "test.txt"), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["messages"] == 200 and r["accuracy"] > max(r["spam"], r["ham"]) / 200
+
+
+# --- exit codes, standard input and option order (issue 16) --------------------------------------
+
+VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}
+
+
+def test_classify_usage_errors_exit_3_not_unsure(spam_model, run_chainrule):
+    # a procmail recipe reads exit 2 as "unsure": argparse's usage-error code must not reach it
+    m = str(spam_model)
+    for args in ([m, "--bogus"], [], [m, "--spam-cutoff", "2"]):
+        r = run_chainrule(["spam", "classify", *args], b"Subject: hi\n\nhello\n")
+        err = r.stderr.decode()
+        assert r.returncode == 3 and err.splitlines()[-1].startswith("chainrule spam classify: error: "), (args, err)
+        assert r.stdout == b"" and "Traceback" not in err
+    # the other commands keep argparse's usual 2
+    r = run_chainrule(["spam", "evaluate", m, "--bogus"])
+    assert r.returncode == 2 and b"unrecognized arguments: --bogus" in r.stderr
+
+
+def test_classify_reads_a_dash_as_standard_input_wherever_options_are(spam_model, spam_corpus, run_chainrule):
+    raw = (spam_corpus[1] / "spam" / "0160").read_bytes()
+    other = str(spam_corpus[1] / "spam" / "0161")
+    m = str(spam_model)
+    alone = run_chainrule(["spam", "classify", m, "--json", "-"], raw)
+    doc = json.loads(alone.stdout)
+    assert doc["source"] == "-" and alone.returncode == VERDICT_EXIT[doc["verdict"]], alone.stderr
+    both = run_chainrule(["spam", "classify", m, other, "--json", "-"], raw)
+    docs = [json.loads(line) for line in both.stdout.splitlines()]
+    assert both.returncode == 0 and [d["source"] for d in docs] == [other, "-"] and docs[1] == doc
+
+
+def test_train_takes_options_between_its_corpora(spam_corpus, data_root, tmp_path, run_chainrule):
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines()
+    (tmp_path / "sms.txt").write_bytes(b"\n".join(lines[:300]) + b"\n")
+    out = tmp_path / "m"
+    r = run_chainrule(["spam", "train", str(spam_corpus[1] / "spam"), "--sms", str(tmp_path / "sms.txt"),
+                       str(spam_corpus[1] / "easy_ham"), "--out", str(out), "--hash-bits", "10", "--hidden", "4",
+                       "--epochs", "2", "--folds", "0", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    training = load_spam_model(out).metadata["training"]
+    assert training["examples"] + training["validation_examples"] == 40 + 40 + 300  # both folders and the SMS
+    assert load_spam_model(out).metadata["inputs"] == ["mail", "sms"]
+
+
+@pytest.mark.parametrize("option", [["--epochs", "0"], ["--batch-size", "0"], ["--lr", "-1"], ["--lr", "nan"],
+                                    ["--dropout", "1.5"], ["--hash-bits", "0"], ["--validation", "1"],
+                                    ["--target-blocked-ham", "2"], ["--hidden", "8", "0"], ["--weight-decay", "-0.1"],
+                                    ["--char-ngrams", "-1"], ["--max-bytes", "0"]])
+def test_bad_training_options_are_one_line_usage_errors(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["spam", "train", "--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m"), *option])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.splitlines()[-1].startswith(f"chainrule spam train: error: argument {option[0]}")
+    assert repr(option[-1]) in err or option[-1] in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_spam_library_neither_prints_nor_parses_arguments():
+    # the commands print and parse (chainrule.cli.spam); the library returns what they print
+    for path in sorted(Path(spam_library.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {"print", "stdout", "stderr"} & names, path.name
+        assert not any(m == "argparse" or m.startswith("chainrule.cli") for m in modules), path.name

@@ -14,6 +14,7 @@ import numpy as np
 from chainrule import web
 from chainrule.apps import digits
 from chainrule.cli import spam
+from chainrule.cli.options import Parser
 from chainrule.errors import DataError, ModelFileError, UserError
 
 
@@ -31,7 +32,7 @@ def _cmd_explain(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="chainrule",
         description="Neural networks trained by backpropagation, written out in NumPy.",
     )

@@ -2,7 +2,8 @@
 
 The filter itself is the library `chainrule.apps.spam`; this module reads the options, prints
 the results and sets the exit codes. `spam classify` sets the exit code like bogofilter: with one
-message from standard input, 0 spam, 1 ham, 2 unsure, and 3 for an error.
+message from standard input, 0 spam, 1 ham, 2 unsure; any error, usage errors included, is 3
+(a mail recipe reads 2 as "unsure").
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from chainrule.apps.spam import (
     training_features,
     verdict,
 )
-from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, RawMessage, read_messages
+from chainrule.cli.options import (
+    add_max_bytes,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
+from chainrule.data.corpora import HAM, SPAM, RawMessage, read_messages
 from chainrule.data.mime import parse_message
 from chainrule.data.text import HashingConfig, message_tokens
 from chainrule.errors import ModelFileError, UserError
@@ -50,6 +60,8 @@ def _cmd_train(args) -> int:
         raise UserError("nothing to train on: give mail corpora and/or --sms FILE")
     if args.folds == 1 or args.folds < 0:
         raise UserError(f"--folds must be 0 (one network) or at least 2, got {args.folds}")
+    if args.folds == 0 and args.validation == 0:
+        raise UserError("--validation must be above 0 with --folds 0: the held-out messages calibrate the cut-offs")
     out = Path(args.out)
     t0 = time.perf_counter()
     items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes, on_problem=_report_problem)
@@ -190,16 +202,17 @@ def _classify(args) -> int:
 
 
 def _cmd_classify(args) -> int:
-    # With one message on stdin the exit code is the verdict (0/1/2), so errors must be 3, not
-    # the CLI's usual 2; they are still reported on one line.
-    if (args.paths or ["-"]) == ["-"] or args.annotate:
-        try:
-            return _classify(args)
-        except (UserError, ModelFileError, OSError, ValueError) as exc:
-            msg = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
-            print(f"chainrule: error: {msg}", file=sys.stderr)
-            return ERROR_EXIT
-    return _classify(args)
+    # One message on stdin sets the exit code to its verdict (0/1/2), so every error of this
+    # command exits 3, not the CLI's usual 2 (its parser does the same for usage errors); still
+    # reported on one line.
+    try:
+        return _classify(args)
+    except BrokenPipeError:
+        raise  # the reader has gone (`| head`): not an error, the CLI's boundary ends quietly
+    except (UserError, ModelFileError, OSError, ValueError) as exc:
+        msg = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        print(f"chainrule: error: {msg}", file=sys.stderr)
+        return ERROR_EXIT
 
 
 def _cmd_learn(args) -> int:
@@ -244,48 +257,48 @@ def _cmd_explain(args) -> int:
 
 
 def _cutoff_args(p) -> None:
-    p.add_argument("--spam-cutoff", type=float,
+    p.add_argument("--spam-cutoff", type=probability,
                    help="P(spam) at or above which a message is spam (default: the model's)")
-    p.add_argument("--ham-cutoff", type=float, help="P(spam) below which a message is ham (default: the model's)")
+    p.add_argument("--ham-cutoff", type=probability, help="P(spam) below which a message is ham (default: the model's)")
 
 
 def add_commands(subparsers) -> None:
     """`chainrule spam train|evaluate|classify|learn|explain`."""
     spam = subparsers.add_parser("spam", help="a neural spam filter for email and SMS")
     sub = spam.add_subparsers(dest="spam_command", required=True, metavar="COMMAND")
-    max_bytes = {"type": int, "default": MAX_BYTES, "help": f"bytes read per message at most (default {MAX_BYTES})"}
 
     p = sub.add_parser("train", help="train a filter on labelled mail and/or SMS")
     p.add_argument("corpus", nargs="*", help="files, directories, mbox, Maildir or .tar[.gz|.bz2]; labels from "
                    "folder names containing 'spam' or 'ham'")
     p.add_argument("--sms", action="append", help="an SMS collection (label<TAB>text lines); repeatable")
     p.add_argument("--out", default="runs/spam", help="model directory to write (default runs/spam)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[32], help="hidden layer widths (default 32)")
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--epochs", type=int, default=30, help="at most this many epochs (early stopping)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0,
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=[32], help="hidden layer widths (default 32)")
+    p.add_argument("--dropout", type=fraction, default=0.2)
+    p.add_argument("--epochs", type=positive_int, default=30, help="at most this many epochs (early stopping)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0,
                    help="AdamW decoupled weight decay (default 0)")
-    p.add_argument("--validation", type=float, default=0.2, help="held-out fraction for early stopping and "
+    p.add_argument("--validation", type=fraction, default=0.2, help="held-out fraction for early stopping and "
                    "the cut-offs, without --folds (default 0.2)")
     p.add_argument("--folds", type=int, default=5, help="train a committee of this many networks, each "
                    "validated on its own fold, cut-offs from the out-of-fold scores (default 5; 0: one "
                    "network and a --validation split)")
-    p.add_argument("--target-blocked-ham", type=float, default=0.005,
+    p.add_argument("--target-blocked-ham", type=probability, default=0.005,
                    help="largest share of validation ham the spam cut-off may block (default 0.005)")
-    p.add_argument("--hash-bits", type=int, default=16, help="2^bits hash buckets (default 16: as accurate as "
-                   "18 on SpamAssassin and SMS out of fold, 4x smaller)")
+    p.add_argument("--hash-bits", type=int, choices=range(1, 25), default=16, metavar="BITS",
+                   help="2^BITS hash buckets, 1 to 24 (default 16: as accurate as 18 on SpamAssassin and SMS "
+                   "out of fold, 4x smaller)")
     p.add_argument("--bigrams", action="store_true",
                    help="also hash adjacent word pairs (default off: no gain out of fold)")
-    p.add_argument("--char-ngrams", type=int, default=0,
+    p.add_argument("--char-ngrams", type=nonnegative_int, default=0,
                    help="also hash character 3..N-grams (default off)")
     p.add_argument("--idf", action=argparse.BooleanOptionalAction, default=None,
                    help="weight each hash bucket by its inverse document frequency in the training "
                    "messages (default: on with mail, where it helped out of fold; off for SMS only, "
                    "where it did not)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-bytes", **max_bytes)
+    add_max_bytes(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 
@@ -294,19 +307,20 @@ def add_commands(subparsers) -> None:
     p.add_argument("corpus", nargs="*")
     p.add_argument("--sms", action="append", help="an SMS collection (label<TAB>text lines)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--max-bytes", **max_bytes)
+    add_max_bytes(p)
     _cutoff_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("classify", help="spam/ham/unsure for each message; one stdin message sets the exit "
-                       "code (0 spam, 1 ham, 2 unsure, 3 error)")
+    p = sub.add_parser("classify", error_exit=ERROR_EXIT,
+                       help="spam/ham/unsure for each message; one stdin message sets the exit code (0 spam, "
+                       "1 ham, 2 unsure); errors exit 3")
     p.add_argument("model")
     p.add_argument("paths", nargs="*", help="messages, folders, mbox, Maildir, archives; '-' or nothing: stdin")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--annotate", action="store_true",
                    help="write the message back with X-Chainrule-Spam headers added (body untouched)")
     p.add_argument("--sms", action="store_true", help="inputs are SMS texts, one per line")
-    p.add_argument("--max-bytes", **max_bytes)
+    add_max_bytes(p)
     _cutoff_args(p)
     p.set_defaults(func=_cmd_classify)
 
@@ -316,15 +330,15 @@ def add_commands(subparsers) -> None:
     which.add_argument("--spam", action="store_true", help="the messages are spam")
     which.add_argument("--ham", action="store_true", help="the messages are ham")
     p.add_argument("paths", nargs="+", help="messages ('-' for stdin)")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=positive_int, default=4)
     p.add_argument("--seed", type=int)
-    p.add_argument("--max-bytes", **max_bytes)
+    add_max_bytes(p)
     p.set_defaults(func=_cmd_learn)
 
     p = sub.add_parser("explain", help="the tokens that pushed a message towards spam and towards ham")
     p.add_argument("model")
     p.add_argument("message", help="a message file, or '-' for stdin")
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--top", type=positive_int, default=10)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--max-bytes", **max_bytes)
+    add_max_bytes(p)
     p.set_defaults(func=_cmd_explain)
