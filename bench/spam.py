@@ -56,8 +56,8 @@ from chainrule.apps.spam import (
     train_filter,
     training_features,
 )
+from chainrule.data.corpora import read_messages, read_sms
 from chainrule.data.locate import candidate_dirs
-from chainrule.data.mail import read_messages, read_sms
 from chainrule.data.text import HashingConfig
 
 HERE = Path(__file__).resolve().parent

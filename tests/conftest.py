@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
+
+from chainrule.cli import main
+from chainrule.data.corpora import read_messages
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +28,70 @@ def data_root() -> Path:
 def mnist_dir(data_root: Path) -> Path:
     """$CHAINRULE_DATA/mnist, the four gzipped IDX files."""
     return data_root / "mnist"
+
+
+# ---------------------------------------------------------------------------------------------
+# Mail and the spam filter: test_corpora, test_mime, test_text and the test_spam_* files.
+
+
+@pytest.fixture(scope="session")
+def spamassassin_messages(data_root: Path) -> list:
+    """Every readable message of the three SpamAssassin tarballs (3,250), as `RawMessage`s."""
+    return [m for m in read_messages(sorted((data_root / "spamassassin").glob("*.tar*"))) if not m.error]
+
+
+@pytest.fixture(scope="session")
+def spam_corpus(data_root: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """(training folder, held-out folder): a small labelled corpus from the real SpamAssassin
+    tarballs, each with spam/, easy_ham/ and hard_ham/ folders (160/200/40 messages to train on,
+    the next 40 of each held out)."""
+    root = tmp_path_factory.mktemp("corpus")
+    held = tmp_path_factory.mktemp("held")
+    counts: dict[str, int] = {}
+    for tarball in sorted((data_root / "spamassassin").glob("*.tar*")):
+        for m in read_messages([tarball]):
+            folder = m.source.split(":", 1)[1].split("/")[0]
+            k = counts.get(folder, 0)
+            counts[folder] = k + 1
+            limit = {"spam": 160, "easy_ham": 200, "hard_ham": 40}[folder]
+            if k >= limit + 40:
+                break
+            dest = (root if k < limit else held) / folder
+            dest.mkdir(exist_ok=True)
+            (dest / f"{k:04d}").write_bytes(m.data)
+    return root, held
+
+
+@pytest.fixture(scope="session")
+def spam_model(spam_corpus: tuple[Path, Path], tmp_path_factory) -> Path:
+    """A small spam filter trained by `chainrule spam train` on `spam_corpus`'s training folder:
+    the default 5-member committee, 2^14 buckets, 8 hidden units each."""
+    out = tmp_path_factory.mktemp("model") / "m"
+    rc = main(["spam", "train", str(spam_corpus[0]), "--out", str(out), "--hash-bits", "14", "--hidden", "8",
+               "--epochs", "12", "--batch-size", "64", "--quiet"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def run_chainrule():
+    """run_chainrule(args, stdin=b"") -> `subprocess.CompletedProcess` of the real `chainrule`
+    command, in a fresh interpreter (exit codes and stderr exactly as a shell sees them)."""
+    command = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())"]
+
+    def run(args: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess:
+        return subprocess.run([*command, *args], input=stdin, capture_output=True, check=False, timeout=300)
+
+    return run
+
+
+@pytest.fixture
+def synthetic_spam_rows() -> tuple[sp.csr_matrix, np.ndarray]:
+    """(x, y): 120 hashed rows of 64 buckets, 30 spam; spam and ham draw their 6 tokens each from
+    overlapping bucket ranges, so a small network learns them in a few epochs, but not perfectly."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(90, int), np.ones(30, int)]
+    rows = [rng.choice(np.arange(0, 40) if t == 0 else np.arange(25, 64), 6, replace=False) for t in y]
+    x = sp.csr_matrix((np.full(6 * len(y), 0.4, np.float32), np.concatenate(rows), np.arange(0, 6 * len(y) + 1, 6)),
+                      shape=(len(y), 64))
+    return x, y

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chainrule.apps.digits import model_inputs
+from chainrule.apps.spam import featurize, load_idf
 from chainrule.conv import MaxPool2D
+from chainrule.data.corpora import read_messages
+from chainrule.data.locate import candidate_dirs
+from chainrule.data.mnist import load_mnist
+from chainrule.data.text import HashingConfig
 from chainrule.errors import DataError
 from chainrule.gradcheck import demo_networks, gradcheck
 from chainrule.network import load_model
@@ -20,18 +26,10 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
     `_least_likely`)."""
     task = metadata.get("task")
     if task == "digits":
-        from chainrule.apps.digits import model_inputs
-        from chainrule.data.mnist import load_mnist
-
         images, _ = load_mnist("test", data_dir)
         return model_inputs(images[:n], metadata)
     if task == "spam":
         # the first n messages of each SpamAssassin tarball (spam and ham), hashed as the model hashes
-        from chainrule.apps.spam import featurize, load_idf
-        from chainrule.data.locate import candidate_dirs
-        from chainrule.data.mail import read_messages
-        from chainrule.data.text import HashingConfig
-
         tarballs = next((sorted(d.glob("*.tar*")) for d in candidate_dirs("spamassassin", data_dir)
                          if d.is_dir() and any(d.glob("*.tar*"))), None)
         if not tarballs:

@@ -9,7 +9,6 @@ user got wrong. `main` turns any error into one line on stderr and the command's
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -34,29 +33,6 @@ def build_parser() -> Parser:
     return parser
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict | None:
-    for action in parser._actions:  # argparse offers no public way to reach a parser's sub-commands
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices
-    return None
-
-
-def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse `argv`, accepting options anywhere among the positionals, as users type them.
-
-    Plain `parse_args` ends a list of positionals at the first option, so `spam classify MODEL
-    --json a.eml` would leave `a.eml` unrecognised. `parse_intermixed_args` reads options anywhere
-    but cannot handle sub-commands, so the sub-command names are walked first and the command's
-    own parser reads the rest.
-    """
-    leaf, i = parser, 0
-    while (choices := _subcommands(leaf)) is not None and i < len(argv) and argv[i] in choices:
-        leaf, i = choices[argv[i]], i + 1
-    if _subcommands(leaf) is not None:  # no command (or an unknown one): argparse says so, or helps
-        return parser.parse_args(argv)
-    return leaf.parse_intermixed_args(argv[i:])
-
-
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
@@ -67,7 +43,7 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code. The one place where errors become messages."""
     parser = build_parser()
-    args = parse_args(parser, sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(argv)
     # The library reports progress through `logging`; on the command line those are plain lines.
     logging.basicConfig(format="%(message)s", level=logging.WARNING if getattr(args, "quiet", False)
                         else logging.INFO, stream=sys.stderr, force=True)

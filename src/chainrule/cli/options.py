@@ -1,35 +1,100 @@
-"""Pieces every command group shares: the parser class and the argument types.
+"""What the `chainrule` command groups share: the parser class and the types of their options.
 
-`Parser` lets a command choose the exit code of its usage errors: `spam classify` answers mail
-recipes with 0 spam / 1 ham / 2 unsure / 3 error, so its usage errors must exit 3, where argparse
-always exits 2 (which a procmail recipe would read as "unsure").
+The types turn a bad number into a one-line usage error that quotes it ("argument --epochs:
+expected a positive integer, got '0'") before any work starts, rather than a traceback minutes
+into a run or a model file that can never be loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+
+from chainrule.data.corpora import MAX_BYTES
 
 
 class Parser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose usage errors exit with `error_exit` (default 2, argparse's)."""
+    """An `ArgumentParser` that accepts options after positionals in every command, and whose usage
+    errors exit with `error_exit` (argparse's 2 by default).
+
+    `chainrule spam classify` sets `error_exit=3`: there 0, 1 and 2 are verdicts (spam, ham,
+    unsure) that a procmail recipe acts on, so a usage error must not read as "unsure".
+    Sub-parsers are made of their parent's class, so every command can take `error_exit`.
+    """
 
     def __init__(self, *args, error_exit: int = 2, **kwargs):
         super().__init__(*args, **kwargs)
         self.error_exit = error_exit
-        self.set_defaults(error_exit=error_exit)
+        self.set_defaults(error_exit=error_exit)  # `main` exits with it on a run-time error too
+        self.commands: argparse.Action | None = None  # the sub-commands, once there are some
+
+    def add_subparsers(self, **kwargs):
+        self.commands = super().add_subparsers(**kwargs)
+        return self.commands
 
     def error(self, message: str):
         self.print_usage(sys.stderr)
         self.exit(self.error_exit, f"{self.prog}: error: {message}\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """Parse the command line as users type it: `spam classify MODEL --json msg.eml` and
+        `spam train spam/ --sms FILE ham/` as well as options first.
+
+        argparse's `parse_intermixed_args` does that but refuses a parser with sub-commands, so
+        the sub-command names at the front are followed down to the command they name, and that
+        command's own parser reads the rest intermixed. (The parsers on the way hold nothing but
+        their sub-commands, so nothing is skipped.) Anything else, such as `--help` or an unknown
+        command, is left to argparse as usual.
+        """
+        args = sys.argv[1:] if args is None else list(args)
+        namespace = argparse.Namespace() if namespace is None else namespace
+        parser = self
+        while isinstance(parser, Parser) and parser.commands is not None and args \
+                and args[0] in parser.commands.choices:
+            setattr(namespace, parser.commands.dest, args[0])
+            parser, args = parser.commands.choices[args[0]], args[1:]
+        if isinstance(parser, Parser) and parser.commands is None:
+            return parser.parse_intermixed_args(args, namespace)
+        return argparse.ArgumentParser.parse_args(parser, args, namespace)
+
+
+def _number(text: str, kind: type, ok, expected: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not (ok(value) and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
 
 def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _number(text, int, lambda v: v > 0, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0, "a number > 0")
+
+
+def nonnegative_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "a number >= 0")
+
+
+def probability(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v <= 1, "a probability from 0 to 1")
+
+
+def fraction(text: str) -> float:
+    """A share of something that cannot be all of it: a dropout rate, a held-out fraction."""
+    return _number(text, float, lambda v: 0 <= v < 1, "a number from 0 to below 1")
+
+
+def add_max_bytes(parser: argparse.ArgumentParser) -> None:
+    """`--max-bytes N`: the cap on the bytes read per message (`chainrule.data.corpora`)."""
+    parser.add_argument("--max-bytes", type=positive_int, default=MAX_BYTES,
+                        help=f"bytes read per message at most (default {MAX_BYTES})")

@@ -32,7 +32,8 @@ from itertools import chain
 import numpy as np
 import scipy.sparse as sp
 
-from chainrule.data.mail import ParsedMessage, url_domain
+from chainrule.data.mime import ParsedMessage
+from chainrule.data.urls import url_domain
 
 
 @dataclass(frozen=True)

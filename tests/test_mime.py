@@ -1,86 +1,61 @@
-"""Reading and parsing mail (chainrule.data.mail): real SpamAssassin messages, every reader, bad input."""
+"""Parsing mail (chainrule.data.mime): real SpamAssassin messages, charsets, HTML, base64 with a
+footer, the header-block fast path against the email package's own parse, bad input."""
 
 import base64
 import email
 import email.parser
 import email.policy
-import io
-import mailbox
-import os
 import re
-import tarfile
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chainrule.data.mail import (
-    HAM,
-    MAX_BYTES,
-    SPAM,
+from chainrule.data.mime import (
+    _compat32_headers,
     _content_charset,
-    annotate,
     base64_then_text,
     decode_text,
     html_to_text,
-    label_from_path,
     parse_message,
-    read_messages,
-    read_sms,
-    url_domain,
 )
 from chainrule.data.text import Hasher, HashingConfig, message_tokens
-
-DATA = os.environ.get("CHAINRULE_DATA")
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    if not DATA:
-        pytest.skip("CHAINRULE_DATA is not set")
-    tarballs = sorted((Path(DATA) / "spamassassin").glob("*.tar*"))
-    return [m for m in read_messages(tarballs) if not m.error]
+from chainrule.data.urls import url_domain
 
 
-def _first(corpus, predicate):
-    for m in corpus:
+def _first(spamassassin_messages, predicate):
+    for m in spamassassin_messages:
         msg = email.message_from_bytes(m.data)
         if predicate(msg, m.data):
             return m, msg
     pytest.fail("no such message in the corpus")
 
 
-def test_tarball_layout_labels(corpus):
-    assert len(corpus) == 3250
-    assert sum(m.label == SPAM for m in corpus) == 500
-    assert all(m.label in (SPAM, HAM) for m in corpus)
-    assert not any(m.source.endswith("/cmds") for m in corpus)
-
-
-def test_real_multipart_message(corpus):
-    m, msg = _first(corpus, lambda msg, raw: msg.get_content_type() == "multipart/alternative")
+def test_real_multipart_message(spamassassin_messages):
+    m, msg = _first(spamassassin_messages, lambda msg, raw: msg.get_content_type() == "multipart/alternative")
     p = parse_message(m.data)
     assert p.parts >= 3 and (p.text.strip() or p.html_text.strip())
     assert p.subject == str(email.header.make_header(email.header.decode_header(msg["Subject"] or "")))
 
 
-def test_real_html_only_message(corpus):
-    m, msg = _first(corpus, lambda msg, raw: msg.get_content_type() == "text/html")
+def test_real_html_only_message(spamassassin_messages):
+    m, msg = _first(spamassassin_messages, lambda msg, raw: msg.get_content_type() == "text/html")
     p = parse_message(m.data)
     assert p.html_text.strip() and not p.text.strip()
     assert "<" not in p.html_text or ">" not in p.html_text.split("<", 1)[1][:40]  # markup is gone
     assert "has:html-only" in message_tokens(p)
 
 
-def test_real_base64_and_quoted_printable_text(corpus):
-    m, msg = _first(corpus, lambda msg, raw: not msg.is_multipart() and msg.get_content_maintype() == "text"
+def test_real_base64_and_quoted_printable_text(spamassassin_messages):
+    m, msg = _first(spamassassin_messages, lambda msg, raw: not msg.is_multipart()
+                    and msg.get_content_maintype() == "text"
                     and str(msg.get("Content-Transfer-Encoding", "")).lower().strip() == "base64")
     p = parse_message(m.data)
     text = p.text + p.html_text
     assert len(text.split()) > 5 and base64.b64encode(text[:30].encode()).decode()[:20] not in m.data.decode("latin-1")
-    m, msg = _first(corpus, lambda msg, raw: not msg.is_multipart() and msg.get_content_type() == "text/plain"
+    m, msg = _first(spamassassin_messages, lambda msg, raw: not msg.is_multipart()
+                    and msg.get_content_type() == "text/plain"
                     and str(msg.get("Content-Transfer-Encoding", "")).lower().strip() == "quoted-printable"
                     and b"=3D" in raw)
     p = parse_message(m.data)
@@ -94,10 +69,10 @@ def _b64_then_footer(msg, raw):
     return bool(msg.defects)
 
 
-def test_real_base64_body_with_list_footer_is_decoded(corpus):
+def test_real_base64_body_with_list_footer_is_decoded(spamassassin_messages):
     # A mailing list appended its plain-text footer to a base64 body: the email package alone
     # returns the raw base64; the message's own text must be read, and the footer kept.
-    m, msg = _first(corpus, _b64_then_footer)
+    m, msg = _first(spamassassin_messages, _b64_then_footer)
     p = parse_message(m.data)
     text = p.text + p.html_text
     body = msg.get_payload()
@@ -121,8 +96,8 @@ def test_base64_then_text():
     assert base64_then_text(b"not base64 at all!\n") == b"\nnot base64 at all!\n"
 
 
-def test_real_non_utf8_message(corpus):
-    m, msg = _first(corpus, lambda msg, raw: not msg.is_multipart()
+def test_real_non_utf8_message(spamassassin_messages):
+    m, msg = _first(spamassassin_messages, lambda msg, raw: not msg.is_multipart()
                     and (msg.get_content_charset() or "") in ("iso-8859-1", "windows-1252", "gb2312", "big5",
                                                               "ks_c_5601-1987", "euc-kr", "koi8-r")
                     and any(b > 127 for b in msg.get_payload(decode=True) or b""))
@@ -134,11 +109,11 @@ def test_real_non_utf8_message(corpus):
                              or msg.get_content_type() == "text/html")
 
 
-def test_remembered_charset_is_the_email_packages(corpus):
+def test_remembered_charset_is_the_email_packages(spamassassin_messages):
     # _content_charset caches get_content_charset() by the Content-Type value; on every text part
     # of the corpus (charsets declared quoted, unquoted, in any case, or not at all) it must agree
     seen = set()
-    for m in corpus:
+    for m in spamassassin_messages:
         for part in email.message_from_bytes(m.data, policy=email.policy.compat32).walk():
             try:
                 expected = part.get_content_charset()
@@ -149,75 +124,9 @@ def test_remembered_charset_is_the_email_packages(corpus):
     assert len(seen) > 10  # (many charsets were compared)
 
 
-def test_strict_policy_matches_on_clean_message(corpus):
-    m = corpus[0]
+def test_strict_policy_matches_on_clean_message(spamassassin_messages):
+    m = spamassassin_messages[0]
     assert parse_message(m.data, strict=True).subject == parse_message(m.data).subject
-
-
-# --- readers ------------------------------------------------------------------------------------
-
-def _msg(subject: str, body: str = "hello there\n") -> bytes:
-    return f"From: a@example.com\nTo: b@example.org\nSubject: {subject}\n\n{body}".encode()
-
-
-def test_directory_recursive_and_labels(tmp_path):
-    (tmp_path / "spam" / "deep").mkdir(parents=True)
-    (tmp_path / "easy_ham").mkdir()
-    (tmp_path / "spam" / "deep" / "1").write_bytes(_msg("one"))
-    (tmp_path / "easy_ham" / "2").write_bytes(_msg("two"))
-    (tmp_path / "easy_ham" / ".hidden").write_bytes(_msg("hidden"))
-    got = {parse_message(m.data).subject: m.label for m in read_messages([tmp_path])}
-    assert got == {"one": SPAM, "two": HAM}
-    assert label_from_path("x/spam-archive/ham/1") == HAM and label_from_path("inbox/1") is None
-
-
-def test_mbox_reader_unquotes_from_lines(tmp_path):
-    box = mailbox.mbox(tmp_path / "spam.mbox")
-    for i in range(3):
-        box.add(_msg(f"m{i}", "line\nFrom the start of a line\n"))
-    box.flush()
-    box.close()
-    msgs = list(read_messages([tmp_path / "spam.mbox"]))
-    assert [parse_message(m.data).subject for m in msgs] == ["m0", "m1", "m2"]
-    assert all(m.label == SPAM for m in msgs)
-    assert b"\nFrom the start" in msgs[0].data
-
-
-def test_maildir_reader(tmp_path):
-    md = mailbox.Maildir(tmp_path / "ham-box", create=True)
-    md.add(_msg("a"))
-    md.add(_msg("b"))
-    msgs = list(read_messages([tmp_path / "ham-box"]))
-    assert sorted(parse_message(m.data).subject for m in msgs) == ["a", "b"]
-    assert all(m.label == HAM for m in msgs)
-
-
-@pytest.mark.parametrize("mode,suffix", [("w", ".tar"), ("w:gz", ".tar.gz"), ("w:bz2", ".tar.bz2")])
-def test_tar_reader(tmp_path, mode, suffix):
-    path = tmp_path / f"corpus{suffix}"
-    with tarfile.open(path, mode) as tar:
-        for name, data in (("spam/1", _msg("s")), ("hard_ham/2", _msg("h")), ("cmds", b"mv a b\n")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    got = {parse_message(m.data).subject: m.label for m in read_messages([path])}
-    assert got == {"s": SPAM, "h": HAM}
-
-
-def test_stdin_reader(monkeypatch):
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(_msg("piped"))))
-    (m,) = list(read_messages(["-"]))
-    assert m.source == "-" and parse_message(m.data).subject == "piped"
-
-
-def test_sms_reader(tmp_path):
-    f = tmp_path / "sms.txt"
-    f.write_bytes(b"ham\tOk lar...\nspam\tFree entry \xa3100\n\n")
-    texts, labels = read_sms(f)
-    assert labels == [HAM, SPAM] and texts[0] == "Ok lar..." and "100" in texts[1]
-    f.write_bytes(b"ham\tfine\nnot a label line\n")
-    with pytest.raises(ValueError, match=":2:"):
-        read_sms(f)
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -246,24 +155,6 @@ def test_bad_input_never_crashes(name):
         assert "café" in p.text or "caf" in p.text
 
 
-def test_huge_message_is_capped(tmp_path):
-    big = tmp_path / "big.eml"
-    with open(big, "wb") as f:
-        f.write(b"Subject: big\nContent-Type: text/plain\n\n")
-        line = b"x" * 99 + b"\n"
-        for _ in range(25 * 1024 * 1024 // 100):
-            f.write(line)
-    (m,) = list(read_messages([big]))
-    assert m.truncated and len(m.data) == MAX_BYTES
-    assert parse_message(m.data).subject == "big"
-
-
-def test_unreadable_sources_are_reported_not_raised(tmp_path):
-    (tmp_path / "broken.tar.gz").write_bytes(b"not a tarball")
-    msgs = list(read_messages([tmp_path / "missing", tmp_path / "broken.tar.gz"]))
-    assert len(msgs) == 2 and all(m.error and "\n" not in m.error for m in msgs)
-
-
 def test_charset_fallbacks():
     assert decode_text("naïve".encode("cp1252"), "utf-8") == "naïve"
     assert decode_text(b"\x81\x8d\x8f", "no-such") == "\x81\x8d\x8f"  # latin-1 takes anything
@@ -276,17 +167,6 @@ def test_html_to_text_and_domains():
     assert "Buy" in text and "now" in text and "var x" not in text and "p{}" not in text
     assert url_domain(links[0]) == "shop.example.com"
     assert html_to_text("")[0].strip() == ""
-
-
-@pytest.mark.parametrize("nl", [b"\n", b"\r\n"])
-def test_annotate_keeps_body_bytes(nl):
-    body = nl.join([b"", b"line one", b"", b"From me", b"\x00\xff binary-ish", b""])
-    raw = b"Subject: hi" + nl + b"From: a@b.c" + nl + body
-    out = annotate(raw, True, 0.987654)
-    head, _, rest = out.partition(nl + nl)
-    assert rest == body[len(nl):]
-    assert b"X-Chainrule-Spam: yes" + nl in out and b"X-Chainrule-Spam-Probability: 0.987654" in head
-    assert out.startswith(b"Subject: hi" + nl + b"From: a@b.c" + nl)
 
 
 # --- property tests -----------------------------------------------------------------------------
@@ -328,7 +208,6 @@ def test_property_reader_and_tokeniser_never_raise(data):
     p2 = parse_message(data, strict=True)
     for parsed in (p, p2):
         Hasher(HashingConfig(n_features=1024, char_ngrams=4)).row(message_tokens(parsed))
-    assert annotate(data, False, 0.5).endswith(data.partition(b"\n\n")[2]) or b"\n\n" not in data
 
 
 def test_roundtrip_email_message_object():
@@ -359,8 +238,6 @@ _SPLIT_CASES = {
 
 @pytest.mark.parametrize("name", sorted(_SPLIT_CASES))
 def test_header_block_fast_path_matches_full_headers_only_parse(name):
-    from chainrule.data.mail import _compat32_headers
-
     raw = _SPLIT_CASES[name]
     full = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
     fast = _compat32_headers(raw)
@@ -370,12 +247,10 @@ def test_header_block_fast_path_matches_full_headers_only_parse(name):
     assert [type(d) for d in fast.defects] == [type(d) for d in full.defects]
 
 
-def test_header_block_fast_path_on_every_corpus_message(corpus):
-    from chainrule.data.mail import _compat32_headers
-
+def test_header_block_fast_path_on_every_corpus_message(spamassassin_messages):
     parser = email.parser.BytesParser(policy=email.policy.compat32)
     checked = 0
-    for m in corpus:
+    for m in spamassassin_messages:
         if not m.data.partition(b"\n\n")[0].isascii():
             continue  # 8-bit header blocks are decoded as text on purpose
         full, fast = parser.parsebytes(m.data, headersonly=True), _compat32_headers(m.data)
@@ -394,8 +269,6 @@ _HEADER_LINES = [b"Subject: x", b"X-H: y", b"\tcont", b" ", b"no colon", b"", b"
 def test_property_header_block_fast_path_is_exact(lines):
     """Random header blocks (line endings mixed, defects of every kind): the same headers, envelope
     line, payload and defects as the feed parser's own headers-only parse."""
-    from chainrule.data.mail import _compat32_headers
-
     raw = b"".join(line + nl for line, nl in lines) + b"\n"
     if not raw.partition(b"\n\n")[0].isascii():
         return  # 8-bit header blocks are decoded as text on purpose (next test)

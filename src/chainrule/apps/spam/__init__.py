@@ -1,0 +1,63 @@
+"""A neural spam filter for email and SMS, as a library: train, evaluate, classify, learn, explain.
+
+The network reads a message as a sparse vector of hashed tokens (`chainrule.data.text`) and
+outputs one logit:
+
+    x (2^16 hashed features, CSR) -> Linear -> ReLU -> Dropout -> Linear -> 1 logit,  p = σ(logit)
+
+trained with `BinaryCrossEntropy(pos_weight = #ham / #spam)` (so both classes weigh the same in
+the loss), Adam, and early stopping on a validation split. By default five such networks are
+trained by 5-fold cross-validation and merged into one five times as wide (`train_filter`,
+`merge_committee`). Losing a real message costs more than letting a spam through, so the
+decision threshold is not 0.5: it is **calibrated** on the out-of-fold scores, as the cut-off
+with the best MCC among those that block at most `target_blocked_ham` (default 0.5%) of the
+ham (`calibrate`). Like bogofilter and SpamBayes there are three verdicts: `spam` at or above the spam
+cut-off, `ham` below the ham cut-off, `unsure` between. Both cut-offs live in the model's metadata
+and can be overridden per run.
+
+The modules, in the order data flows through them:
+
+    features     messages -> hashed feature rows, on every core
+    model        SpamModel (network, hashing, cut-offs) and its files
+    calibration  cut-offs from scored messages; the numbers that judge a cut-off
+    training     train_filter: one network or a cross-validation committee, calibrated
+    learning     learn: incremental training on messages the filter got wrong
+    explain      the tokens behind a verdict; classify_message for other programs
+    corpus       labelled messages from mail corpora and SMS files
+    annotate     X-Chainrule-Spam headers stamped into a message
+
+For other programs (the web app): `load_spam_model(dir)` and `classify_message(bundle, raw_bytes)`.
+The `chainrule spam` commands are `chainrule.cli.spam`.
+"""
+
+from chainrule.apps.spam.annotate import annotate
+from chainrule.apps.spam.calibration import binary_report, calibrate
+from chainrule.apps.spam.corpus import collect
+from chainrule.apps.spam.explain import classify_message, explain_row, looks_like_email
+from chainrule.apps.spam.features import featurize, training_features
+from chainrule.apps.spam.learning import learn
+from chainrule.apps.spam.model import (
+    IDF_FILE,
+    REPLAY_FILE,
+    REPLAY_SIZE,
+    SPAM_FORMAT,
+    TASK,
+    SpamModel,
+    build_network,
+    load_idf,
+    load_replay,
+    load_spam_model,
+    merge_committee,
+    save_model,
+    save_replay,
+    verdict,
+)
+from chainrule.apps.spam.training import TrainResult, kfold_assignments, stratified_split, train_filter
+
+__all__ = [
+    "IDF_FILE", "REPLAY_FILE", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "SpamModel", "TrainResult", "annotate",
+    "binary_report", "build_network", "calibrate", "classify_message", "collect", "explain_row", "featurize",
+    "kfold_assignments", "learn", "load_idf", "load_replay", "load_spam_model", "looks_like_email",
+    "merge_committee", "save_model", "save_replay", "stratified_split", "train_filter",
+    "training_features", "verdict",
+]

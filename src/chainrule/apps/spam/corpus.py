@@ -1,0 +1,43 @@
+"""Labelled messages for training and evaluation, read from mail corpora and SMS files (`collect`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from chainrule.data.corpora import MAX_BYTES, read_messages, read_sms
+from chainrule.errors import UserError
+
+
+def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = True,
+            max_bytes: int = MAX_BYTES, label: int | None = None,
+            on_problem: Callable[[str, str], None] | None = None) -> tuple[list, list[str], np.ndarray]:
+    """(items for `featurize`, sources, labels) from mail corpora and SMS files.
+
+    A message that cannot be read (a missing file, a damaged archive) is skipped, and
+    `on_problem(source, reason)` is called with it if given, so that a run over a large corpus
+    goes on and the caller decides how to report it. With `labelled`, a message whose label
+    cannot be told from its path is a user error.
+    """
+    items, sources, labels = [], [], []
+    for msg in read_messages(corpora, max_bytes=max_bytes, label=label):
+        if msg.error:
+            if on_problem is not None:
+                on_problem(msg.source, msg.error)
+            continue
+        if labelled and msg.label is None:
+            raise UserError(f"{msg.source}: cannot tell whether it is spam or ham "
+                            "(put messages under folders whose names contain 'spam' or 'ham')")
+        items.append(("mail", msg.data))
+        sources.append(msg.source)
+        labels.append(-1 if msg.label is None else msg.label)
+    for path in sms or []:
+        try:
+            texts, labs = read_sms(path)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        items += [("sms", t) for t in texts]
+        sources += [f"{path}:{i + 1}" for i in range(len(texts))]
+        labels += labs
+    return items, sources, np.asarray(labels, np.int64)

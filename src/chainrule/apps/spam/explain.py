@@ -1,0 +1,77 @@
+"""Why a message got its verdict: the tokens that pushed it towards spam and towards ham
+(`explain_row`), and one-message classification for other programs (`classify_message`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import scipy.sparse as sp
+
+from chainrule.apps.spam.model import SpamModel, sigmoid, verdict
+from chainrule.data.corpora import MAX_BYTES
+from chainrule.data.mime import parse_message
+from chainrule.data.text import message_tokens, sms_tokens
+
+
+def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[float, list, list]:
+    """(P(spam), tokens towards spam, tokens towards ham) by gradient × input on the hashed features.
+
+    The logit's gradient with respect to every input bucket is backpropagated through the layers
+    above the first `Linear`: dlogit/dx_j = Σ_k W1[j, k] · dlogit/dh_k, where h = x·W1 + b1.
+    A token's share is sign(token) · x_j · dlogit/dx_j, split evenly among the tokens that
+    share its bucket and sign (they are indistinguishable to the network).
+    """
+    hasher = bundle.hasher
+    idx, val = hasher.row(tokens)
+    x = sp.csr_matrix((val, idx, [0, len(idx)]), shape=(1, bundle.config.n_features), dtype=np.float32)
+    net = bundle.model
+    first = net.layers[0]
+    out = net.forward(x)
+    grad = np.ones_like(out)
+    for layer in reversed(net.layers[1:]):
+        grad = layer.backward(grad)
+    dlogit_dx = first.weight.data[idx] @ grad[0]  # (nnz,)
+    contribution = dict(zip(idx.tolist(), (val * dlogit_dx).tolist(), strict=True))
+    feats = hasher.token_features(tokens)
+    sharing: dict[int, int] = {}
+    for b, _ in feats.values():
+        sharing[b] = sharing.get(b, 0) + 1
+    scored = [(tok, contribution.get(b, 0.0) / sharing[b]) for tok, (b, _) in feats.items()]
+    scored.sort(key=lambda t: t[1])
+    p = float(sigmoid(float(out[0, 0])))
+    towards_spam = [(t, s) for t, s in reversed(scored[-top:]) if s > 0]
+    towards_ham = [(t, s) for t, s in scored[:top] if s < 0]
+    return p, towards_spam, towards_ham
+
+
+# The first line of an email: a header that mail software writes (or an mbox "From " line). A bare
+# "Name: text" is not enough — an SMS such as "URGENT: call now" has that shape too.
+_EMAIL_START = re.compile(
+    rb"(?i)\A\s*(?:from \S|(?:from|to|cc|subject|date|received|return-path|delivered-to|message-id|"
+    rb"mime-version|content-type|reply-to|sender|envelope-to|x-[\w-]+)[ \t]*:)")
+
+
+def looks_like_email(raw: bytes) -> bool:
+    """Whether pasted text is an email with headers (else it is treated as an SMS or a bare note)."""
+    return bool(_EMAIL_START.match(raw[:1024]))
+
+
+def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
+    """Classify one message for programs such as the web app: an email with its headers, or the
+    text of an SMS (anything that does not start like an email), tokenised as training saw each.
+
+    Returns {"label": "spam"|"ham"|"unsure", "probability": P(spam), "top_tokens":
+    [{"token", "weight"}...] (the strongest in either direction), "problem": str|None}.
+    """
+    if looks_like_email(raw):
+        parsed = parse_message(raw[:MAX_BYTES])
+        tokens, problem = message_tokens(parsed, bundle.config), parsed.problem
+    else:
+        tokens, problem = sms_tokens(raw[:MAX_BYTES].decode("utf-8", "replace"), bundle.config), None
+    p, to_spam, to_ham = explain_row(bundle, tokens, top)
+    strongest = sorted(to_spam + to_ham, key=lambda t: -abs(t[1]))[:top]
+    return {"label": verdict(p, bundle.spam_cutoff, bundle.ham_cutoff), "probability": p,
+            "top_tokens": [{"token": t, "weight": round(w, 6)} for t, w in strongest],
+            "problem": problem}

@@ -1,0 +1,273 @@
+"""Mail and SMS corpora: RFC 822 messages from files, directories, mbox files, Maildirs, tar
+archives and standard input, and `label<TAB>text` SMS collections, with their labels.
+
+Two promises shape this module:
+
+* **A message never stops a run.** Each message read is a `RawMessage`; a file that cannot be read
+  becomes a `RawMessage` with `error` set (a one-line reason), for the caller to report and go on.
+* **Bytes are capped.** At most `max_bytes` of each message are read (default 1 MiB); a 25 MB
+  message costs 1 MiB of memory and is marked `truncated`.
+
+Labels come from the paths (`label_from_path`), as the SpamAssassin corpus lays them out. What a
+message says is `chainrule.data.mime`'s business: this module only reads the bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from chainrule.data.mime import decode_text
+
+MAX_BYTES = 1 << 20
+"""Default cap on the bytes read per message: enough for any text, not for a 25 MB attachment."""
+
+SPAM, HAM = 1, 0
+
+
+@dataclass
+class RawMessage:
+    """One message as read: where it came from, its (capped) bytes, and its label if known.
+
+    `label` is 1 (spam), 0 (ham) or None; `error` is a one-line reason the message could not be
+    read at all (then `data` is empty).
+    """
+
+    source: str
+    data: bytes
+    label: int | None = None
+    truncated: bool = False
+    error: str | None = None
+
+
+_SKIP_NAMES = {"cmds"}  # the SpamAssassin tarballs' list of shell commands, not a message
+
+
+def label_from_path(path: str) -> int | None:
+    """1 if a folder or file name in `path` contains "spam", 0 if "ham", else None.
+
+    The SpamAssassin corpus layout: `spam/`, `easy_ham/`, `hard_ham/`. The innermost name that
+    says either wins, so `spam-archive/ham/1` is ham.
+    """
+    for part in reversed(re.split(r"[/\\]", path.lower())):
+        if "spam" in part:
+            return SPAM
+        if "ham" in part:
+            return HAM
+    return None
+
+
+def _read_capped(f, max_bytes: int) -> tuple[bytes, bool]:
+    data = f.read(max_bytes + 1)
+    return data[:max_bytes], len(data) > max_bytes
+
+
+def _looks_like_mbox(head: bytes) -> bool:
+    # An mbox starts with a "From " separator line; a single message starts with a header line.
+    return head.startswith(b"From ") and b"\n" in head
+
+
+def _is_archive(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz"))
+
+
+def _is_maildir(path: Path) -> bool:
+    return path.is_dir() and (path / "cur").is_dir() and (path / "new").is_dir()
+
+
+def read_messages(sources: Iterable[str | os.PathLike], max_bytes: int = MAX_BYTES,
+                  label: int | None = None) -> Iterator[RawMessage]:
+    """Every message in `sources`, in order: files, directories (recursively, sorted), mbox files,
+    Maildirs, tar archives (any compression tarfile knows), and "-" for standard input.
+
+    Args:
+        label: force this label on every message; by default it comes from the path
+            (`label_from_path`), and for an archive from the member's path, then the archive's name.
+
+    Problems (a missing file, an unreadable archive, an unreadable member) come back as
+    `RawMessage`s with `error` set, so a caller can report them on one line and go on.
+    """
+    for src in sources:
+        src = str(src)
+        if src == "-":
+            data, truncated = _read_capped(sys.stdin.buffer, max_bytes)
+            yield RawMessage("-", data, label, truncated)
+            continue
+        path = Path(src)
+        if not path.exists():
+            yield RawMessage(src, b"", label, error="no such file or directory")
+        elif _is_maildir(path):
+            yield from _read_maildir(path, max_bytes, label)
+        elif path.is_dir():
+            yield from _read_directory(path, max_bytes, label)
+        elif _is_archive(path):
+            yield from _read_tar(path, max_bytes, label)
+        else:
+            yield from _read_file(path, max_bytes, label)
+
+
+def _read_directory(root: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        if _is_maildir(here) and here != root:
+            dirnames[:] = []
+            yield from _read_maildir(here, max_bytes, label)
+            continue
+        for name in sorted(filenames):
+            if name.startswith(".") or name in _SKIP_NAMES:
+                continue
+            p = here / name
+            if _is_archive(p):
+                yield from _read_tar(p, max_bytes, label)
+            else:
+                yield from _read_file(p, max_bytes, label)
+
+
+def _read_file(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+    lab = label if label is not None else label_from_path(str(path))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            if _looks_like_mbox(head):
+                f.close()
+                yield from _read_mbox(path, max_bytes, lab)
+                return
+            rest, truncated = _read_capped(f, max(max_bytes - len(head), 0))
+            data = (head + rest)[:max_bytes]
+            truncated = truncated or len(head) + len(rest) > max_bytes
+    except OSError as exc:
+        yield RawMessage(str(path), b"", lab, error=exc.strerror or str(exc))
+        return
+    yield RawMessage(str(path), data, lab, truncated)
+
+
+def _read_mbox(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+    """Messages of an mbox file, split at "From " lines that follow a blank line (or start the file).
+
+    Read as a stream, so a huge mbox is never held in memory; each message is capped separately.
+    Sources are "path:N" (from 1); a file holding a single message (such as each file of the
+    SpamAssassin corpus, which starts with a "From " line) is just "path".
+    """
+    pending = None
+    for index, item in enumerate(_mbox_messages(path, max_bytes, label), 1):
+        if pending is not None:
+            yield pending
+        item.source = f"{path}:{index}"
+        pending = item
+    if pending is not None:
+        if pending.source == f"{path}:1":
+            pending.source = str(path)
+        yield pending
+
+
+def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+    buf: list[bytes] = []
+    size, started, truncated, prev_blank = 0, False, False, True
+
+    def flush():
+        data = b"".join(buf)
+        # mboxrd/mboxo quoting: ">From " at a line start was "From " in the message
+        data = re.sub(rb"(?m)^>(>*From )", rb"\1", data)
+        return RawMessage(str(path), data, label, truncated)
+
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(b"From ") and prev_blank:
+                    if started:
+                        yield flush()
+                    started = True
+                    buf, size, truncated, prev_blank = [], 0, False, False
+                    continue
+                prev_blank = line in (b"\n", b"\r\n")
+                if size + len(line) <= max_bytes:
+                    buf.append(line)
+                    size += len(line)
+                else:
+                    truncated = True
+            if started:
+                yield flush()
+    except OSError as exc:
+        yield RawMessage(str(path), b"", label, error=exc.strerror or str(exc))
+
+
+def _read_maildir(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+    lab = label if label is not None else label_from_path(str(path))
+    for sub in ("new", "cur"):
+        try:
+            names = sorted(n for n in os.listdir(path / sub) if not n.startswith("."))
+        except OSError as exc:
+            yield RawMessage(str(path / sub), b"", lab, error=exc.strerror or str(exc))
+            continue
+        for name in names:
+            p = path / sub / name
+            try:
+                with open(p, "rb") as f:
+                    data, truncated = _read_capped(f, max_bytes)
+            except OSError as exc:
+                yield RawMessage(str(p), b"", lab, error=exc.strerror or str(exc))
+                continue
+            yield RawMessage(str(p), data, lab, truncated)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _read_tar(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+    archive_label = label_from_path(path.name)
+    try:
+        tar = tarfile.open(path, "r:*")
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        yield RawMessage(str(path), b"", label, error=f"not a readable tar archive ({_one_line(exc)})")
+        return
+    with tar:
+        try:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.rsplit("/", 1)[-1]
+                if name.startswith(".") or name in _SKIP_NAMES:
+                    continue
+                lab = label if label is not None else label_from_path(member.name)
+                lab = archive_label if lab is None else lab
+                source = f"{path}:{member.name}"
+                try:
+                    f = tar.extractfile(member)
+                    data, truncated = _read_capped(f, max_bytes)
+                except (OSError, tarfile.TarError, EOFError) as exc:
+                    yield RawMessage(source, b"", lab, error=f"unreadable archive member ({_one_line(exc)})")
+                    continue
+                yield RawMessage(source, data, lab, truncated)
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            yield RawMessage(str(path), b"", label, error=f"archive is damaged ({_one_line(exc)})")
+
+
+def read_sms(path: str | os.PathLike) -> tuple[list[str], list[int]]:
+    """A UCI SMS Spam Collection file: `ham<TAB>text` or `spam<TAB>text` per line.
+
+    Returns (texts, labels). Raises ValueError naming the first bad line, since a collection with
+    an unlabelled line is a broken training file, not one odd message.
+    """
+    texts, labels = [], []
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            tag, sep, text = line.partition(b"\t")
+            tag = tag.strip().lower()
+            if not sep or tag not in (b"spam", b"ham"):
+                raise ValueError(f"{path}:{lineno}: expected 'spam<TAB>text' or 'ham<TAB>text'")
+            texts.append(decode_text(text, "utf-8"))
+            labels.append(SPAM if tag == b"spam" else HAM)
+    return texts, labels
+

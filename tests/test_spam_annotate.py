@@ -1,0 +1,31 @@
+"""Stamping a verdict into a message (chainrule.apps.spam.annotate): the body stays byte for byte."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chainrule.apps.spam import annotate
+
+
+@pytest.mark.parametrize("nl", [b"\n", b"\r\n"])
+def test_annotate_keeps_body_bytes(nl):
+    body = nl.join([b"", b"line one", b"", b"From me", b"\x00\xff binary-ish", b""])
+    raw = b"Subject: hi" + nl + b"From: a@b.c" + nl + body
+    out = annotate(raw, True, 0.987654)
+    head, _, rest = out.partition(nl + nl)
+    assert rest == body[len(nl):]
+    assert b"X-Chainrule-Spam: yes" + nl in out and b"X-Chainrule-Spam-Probability: 0.987654" in head
+    assert out.startswith(b"Subject: hi" + nl + b"From: a@b.c" + nl)
+
+
+_LINES = st.lists(st.sampled_from([b"Subject: x", b"X-A: b", b"\tfolded", b"", b"body \xff", b"From me", b"\r"]),
+                  max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=2000), st.builds(lambda lines, nl: nl.join(lines), _LINES,
+                                                      st.sampled_from([b"\n", b"\r\n"]))))
+def test_property_annotate_never_touches_the_body(data):
+    out = annotate(data, False, 0.5)
+    assert out.endswith(data.partition(b"\n\n")[2]) or b"\n\n" not in data
+    assert b"X-Chainrule-Spam: no" in out and len(out) > len(data)

@@ -1,0 +1,246 @@
+"""`chainrule spam train|evaluate|classify|learn|explain` (chainrule.cli.spam), run as users run
+them: in this process through `main`, and as a real command in a fresh interpreter where exit
+codes and stderr matter (mail recipes act on them)."""
+
+import ast
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import chainrule.apps.spam as spam_library
+from chainrule.apps.spam import load_spam_model
+from chainrule.cli import main
+
+
+def test_train_writes_model_metrics_and_figures(spam_model):
+    for name in ("model.npz", "model.json", "idf.npz", "metrics.json", "replay.npz", "learning_curves.png",
+                 "pr_roc.png"):
+        assert (spam_model / name).is_file(), name
+    doc = json.loads((spam_model / "model.json").read_text())
+    meta = doc["metadata"]
+    assert meta["task"] == "spam" and meta["hashing"]["n_features"] == 1 << 14 and meta["hashing"]["idf"]
+    assert 0 <= meta["cutoffs"]["ham"] <= meta["cutoffs"]["spam"] <= 1
+    bundle = load_spam_model(spam_model)
+    assert bundle.spam_cutoff == meta["cutoffs"]["spam"]
+    assert bundle.idf.shape == (1 << 14,) and bundle.idf.min() >= 1.0 and bundle.idf.max() > bundle.idf.min()
+    # the default is a 5-member committee merged into one network, calibrated out of fold on all
+    training = meta["training"]
+    assert training["folds"] == 5 and training["network_hidden"] == [40] and len(training["epochs_run"]) == 5
+    assert training["validation"] == "out-of-fold" and training["validation_examples"] == training["examples"]
+
+
+def test_a_missing_or_bad_idf_file_is_a_one_line_error(spam_model, spam_corpus, tmp_path, capsys):
+    msg = str(spam_corpus[1] / "spam" / "0161")
+    for name, damage in (("missing", None), ("short", np.ones(8, np.float32)), ("nan", np.full(1 << 14, np.nan))):
+        m = tmp_path / name
+        shutil.copytree(spam_model, m)
+        (m / "idf.npz").unlink()
+        if damage is not None:
+            np.savez(m / "idf.npz", idf=damage)
+        assert main(["spam", "classify", str(m), msg]) == 3  # every error of classify is 3
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "idf.npz" in err and "Traceback" not in err, err
+
+
+def test_folds_must_be_zero_or_at_least_two(tmp_path, capsys):
+    assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--folds", "1"]) == 2
+    assert "--folds must be 0" in capsys.readouterr().err
+
+
+def test_one_network_needs_a_held_out_share(tmp_path, capsys):
+    args = ["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(tmp_path / "m"), "--folds", "0"]
+    assert main([*args, "--validation", "0"]) == 2
+    assert "--validation must be above 0" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_evaluate_beats_the_majority_class_on_held_out_mail(spam_model, spam_corpus, capsys):
+    assert main(["spam", "evaluate", str(spam_model), str(spam_corpus[1]), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    majority = max(r["spam"], r["ham"]) / r["messages"]
+    assert r["messages"] == 120 and r["accuracy"] > majority and r["roc_auc"] > 0.5
+
+
+def test_classify_lines_and_json(spam_model, spam_corpus, capsys):
+    folder = spam_corpus[1] / "spam"
+    assert main(["spam", "classify", str(spam_model), str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 40
+    src, v, p = lines[0].split("\t")
+    assert src.endswith("0160") and v in ("spam", "ham", "unsure") and 0 <= float(p) <= 1
+    assert main(["spam", "classify", str(spam_model), str(folder / "0160"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == v and abs(doc["probability"] - float(p)) < 1e-6
+    # the model named by its model.json: the files beside it (idf.npz) are found as well
+    assert main(["spam", "classify", str(spam_model / "model.json"), str(folder / "0160"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+    assert load_spam_model(spam_model / "model.json").directory == spam_model
+
+
+def test_stdin_exit_codes_like_bogofilter(spam_model, spam_corpus, run_chainrule):
+    raw = (spam_corpus[1] / "spam" / "0160").read_bytes()
+    m = str(spam_model)
+    r = run_chainrule(["spam", "classify", m, "--json"], raw)
+    doc = json.loads(r.stdout)
+    assert r.returncode == {"spam": 0, "ham": 1, "unsure": 2}[doc["verdict"]]
+    p = doc["probability"]
+    assert 0 < p < 1
+    # the cut-offs decide, and they can be overridden per run
+    assert run_chainrule(["spam", "classify", m, "--spam-cutoff", "0", "--ham-cutoff", "0"], raw).returncode == 0
+    assert run_chainrule(["spam", "classify", m, "--spam-cutoff", "1", "--ham-cutoff", "1"], raw).returncode == 1
+    assert run_chainrule(["spam", "classify", m, "--spam-cutoff", "1", "--ham-cutoff", "0"], raw).returncode == 2
+    bad = run_chainrule(["spam", "classify", str(spam_model.parent / "nope")], raw)
+    assert bad.returncode == 3 and bad.stderr.count(b"\n") == 1 and b"Traceback" not in bad.stderr
+
+
+def test_annotate_leaves_the_body_byte_identical(spam_model, spam_corpus, run_chainrule):
+    raw = (spam_corpus[1] / "easy_ham" / "0200").read_bytes()
+    r = run_chainrule(["spam", "classify", str(spam_model), "--annotate"], raw)
+    assert r.returncode in (0, 1, 2)
+    out = r.stdout
+    sep = b"\n\n"
+    assert out.split(sep, 1)[1] == raw.split(sep, 1)[1]
+    head = out.split(sep, 1)[0]
+    assert head.startswith(raw.split(sep, 1)[0])
+    assert b"\nX-Chainrule-Spam: " in head and b"\nX-Chainrule-Spam-Probability: " in head
+
+
+def test_bad_messages_are_reported_and_the_run_goes_on(spam_model, tmp_path, capsys):
+    d = tmp_path / "inbox"
+    d.mkdir()
+    (d / "empty").write_bytes(b"")
+    (d / "junk").write_bytes(bytes(range(256)) * 50)
+    (d / "mime").write_bytes(b"Content-Type: multipart/mixed; boundary=q\n\n--q\nContent-Transfer-Encoding: base64\n\n"
+                             b"@@@not base64@@@\n")
+    (d / "charset").write_bytes(b"Content-Type: text/plain; charset=no-such\n\n\xff\xfe bad bytes\n")
+    (d / "broken.tar.gz").write_bytes(b"this is not a tar archive")
+    with open(d / "huge", "wb") as f:
+        f.write(b"Subject: huge\n\n")
+        f.write(b"spam spam spam\n" * (25 * 1024 * 1024 // 15))
+    assert main(["spam", "classify", str(spam_model), str(d)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 5  # every message but the unreadable archive
+    assert len(err.splitlines()) == 1 and "broken.tar.gz" in err and "Traceback" not in err
+
+
+def test_learn_moves_the_message_and_saves(spam_model, spam_corpus, tmp_path, capsys):
+    m = tmp_path / "m"
+    shutil.copytree(spam_model, m)
+    msg = spam_corpus[1] / "easy_ham" / "0201"
+    replay_before = np.load(m / "replay.npz")["labels"].size
+    assert main(["spam", "classify", str(m), str(msg), "--json"]) == 0
+    classified = json.loads(capsys.readouterr().out)["probability"]
+    assert main(["spam", "learn", str(m), "--spam", str(msg), "--seed", "0"]) == 0
+    line = capsys.readouterr().out.strip()
+    before, after = (float(v) for v in line.rsplit("P(spam) ", 1)[1].split(" -> "))
+    assert abs(before - classified) < 1e-4  # learn reads the message as classify does (idf included)
+    assert after > before
+    bundle = load_spam_model(m)
+    assert bundle.metadata["learned"] == 1
+    assert np.load(m / "replay.npz")["labels"].size == replay_before + 1
+
+
+def test_explain_lists_tokens(spam_model, spam_corpus, capsys):
+    assert main(["spam", "explain", str(spam_model), str(spam_corpus[1] / "spam" / "0161"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] in ("spam", "ham", "unsure")
+    assert all(t["weight"] > 0 for t in doc["towards_spam"]) and all(t["weight"] < 0 for t in doc["towards_ham"])
+    assert doc["towards_spam"] or doc["towards_ham"]
+
+
+def test_gradcheck_command_on_a_spam_model(spam_model, data_root, capsys):
+    assert main(["gradcheck", str(spam_model), "--data", str(data_root), "--samples", "8"]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_bad_model_and_bad_sms_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "sms.txt").write_text("ham\tok\nwhat is this\n")
+    assert main(["spam", "train", "--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m")]) == 2
+    assert main(["spam", "evaluate", str(tmp_path / "none"), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("chainrule: error:") == 2 and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_sms_training_round_trip(data_root, tmp_path, capsys):
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines()
+    (tmp_path / "train.txt").write_bytes(b"\n".join(lines[:800]) + b"\n")
+    (tmp_path / "test.txt").write_bytes(b"\n".join(lines[800:1000]) + b"\n")
+    m = tmp_path / "m"
+    assert main(["spam", "train", "--sms", str(tmp_path / "train.txt"), "--out", str(m), "--hash-bits", "14",
+                 "--hidden", "8", "--char-ngrams", "4", "--epochs", "10", "--batch-size", "32", "--quiet"]) == 0
+    capsys.readouterr()
+    assert load_spam_model(m).idf is None and not (m / "idf.npz").exists()  # SMS alone: no idf by default
+    assert main(["spam", "evaluate", str(m), "--sms", str(tmp_path / "test.txt"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["messages"] == 200 and r["accuracy"] > max(r["spam"], r["ham"]) / 200
+
+
+# --- exit codes, standard input and option order (issue 16) --------------------------------------
+
+VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}
+
+
+def test_classify_usage_errors_exit_3_not_unsure(spam_model, run_chainrule):
+    # a procmail recipe reads exit 2 as "unsure": argparse's usage-error code must not reach it
+    m = str(spam_model)
+    for args in ([m, "--bogus"], [], [m, "--spam-cutoff", "2"]):
+        r = run_chainrule(["spam", "classify", *args], b"Subject: hi\n\nhello\n")
+        err = r.stderr.decode()
+        assert r.returncode == 3 and err.splitlines()[-1].startswith("chainrule spam classify: error: "), (args, err)
+        assert r.stdout == b"" and "Traceback" not in err
+    # the other commands keep argparse's usual 2
+    r = run_chainrule(["spam", "evaluate", m, "--bogus"])
+    assert r.returncode == 2 and b"unrecognized arguments: --bogus" in r.stderr
+
+
+def test_classify_reads_a_dash_as_standard_input_wherever_options_are(spam_model, spam_corpus, run_chainrule):
+    raw = (spam_corpus[1] / "spam" / "0160").read_bytes()
+    other = str(spam_corpus[1] / "spam" / "0161")
+    m = str(spam_model)
+    alone = run_chainrule(["spam", "classify", m, "--json", "-"], raw)
+    doc = json.loads(alone.stdout)
+    assert doc["source"] == "-" and alone.returncode == VERDICT_EXIT[doc["verdict"]], alone.stderr
+    both = run_chainrule(["spam", "classify", m, other, "--json", "-"], raw)
+    docs = [json.loads(line) for line in both.stdout.splitlines()]
+    assert both.returncode == 0 and [d["source"] for d in docs] == [other, "-"] and docs[1] == doc
+
+
+def test_train_takes_options_between_its_corpora(spam_corpus, data_root, tmp_path, run_chainrule):
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines()
+    (tmp_path / "sms.txt").write_bytes(b"\n".join(lines[:300]) + b"\n")
+    out = tmp_path / "m"
+    r = run_chainrule(["spam", "train", str(spam_corpus[1] / "spam"), "--sms", str(tmp_path / "sms.txt"),
+                       str(spam_corpus[1] / "easy_ham"), "--out", str(out), "--hash-bits", "10", "--hidden", "4",
+                       "--epochs", "2", "--folds", "0", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    training = load_spam_model(out).metadata["training"]
+    assert training["examples"] + training["validation_examples"] == 40 + 40 + 300  # both folders and the SMS
+    assert load_spam_model(out).metadata["inputs"] == ["mail", "sms"]
+
+
+@pytest.mark.parametrize("option", [["--epochs", "0"], ["--batch-size", "0"], ["--lr", "-1"], ["--lr", "nan"],
+                                    ["--dropout", "1.5"], ["--hash-bits", "0"], ["--validation", "1"],
+                                    ["--target-blocked-ham", "2"], ["--hidden", "8", "0"], ["--weight-decay", "-0.1"],
+                                    ["--char-ngrams", "-1"], ["--max-bytes", "0"]])
+def test_bad_training_options_are_one_line_usage_errors(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["spam", "train", "--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m"), *option])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.splitlines()[-1].startswith(f"chainrule spam train: error: argument {option[0]}")
+    assert repr(option[-1]) in err or option[-1] in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_spam_library_neither_prints_nor_parses_arguments():
+    # the commands print and parse (chainrule.cli.spam); the library returns what they print
+    for path in sorted(Path(spam_library.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {"print", "stdout", "stderr"} & names, path.name
+        assert not any(m == "argparse" or m.startswith("chainrule.cli") for m in modules), path.name

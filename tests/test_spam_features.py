@@ -1,0 +1,44 @@
+"""Messages to hashed rows on every core (chainrule.apps.spam.features): idf weighting of the
+training messages, forked featurising and scoring equal to one process, the chunking."""
+
+import numpy as np
+
+from chainrule.apps.spam import featurize, load_spam_model, training_features
+from chainrule.apps.spam.features import _guided_chunks
+from chainrule.data.text import HashingConfig, inverse_document_frequency
+
+
+def test_training_features_weight_by_the_idf_of_the_training_messages(spam_corpus):
+    items = [("mail", p.read_bytes()) for p in sorted((spam_corpus[1] / "spam").iterdir())[:30]]
+    items += [("mail", p.read_bytes()) for p in sorted((spam_corpus[1] / "easy_ham").iterdir())[:30]]
+    config = HashingConfig(n_features=1 << 12, split_norm=True, idf=True)
+    x, problems, idf = training_features(items, config, processes=1)
+    plain, _ = featurize(items, HashingConfig(n_features=1 << 12, split_norm=True), processes=1)
+    np.testing.assert_array_equal(idf, inverse_document_frequency(plain))
+    weighted, _ = featurize(items, config, processes=1, idf=idf)
+    assert (x != weighted).nnz == 0 and len(problems) == len(items)
+    assert training_features(items, HashingConfig(n_features=1 << 12), processes=1)[2] is None
+
+
+def test_scoring_on_every_core_matches_one_process(spam_model, spam_corpus):
+    # 400 real messages: enough for featurize and score to fork, in chunks of shrinking size
+    items = [("mail", p.read_bytes()) for p in sorted(spam_corpus[0].rglob("*")) if p.is_file()][:400]
+    bundle = load_spam_model(spam_model)
+    x1, problems1 = featurize(items, bundle.config, processes=1, idf=bundle.idf)
+    x2, problems2 = featurize(items, bundle.config, processes=2, idf=bundle.idf)
+    assert x1.shape == (400, bundle.config.n_features) and (x1 != x2).nnz == 0 and problems1 == problems2
+    p1, _ = bundle.score(items, processes=1)
+    p2, problems = bundle.score(items, processes=2)
+    # the network runs per chunk: float32 sums over batches of other sizes round differently
+    np.testing.assert_allclose(p2, p1, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(p2, bundle.probabilities(x1), rtol=1e-6, atol=1e-9)
+    assert problems == problems1
+
+
+def test_guided_chunks_cover_the_items_in_order_and_shrink():
+    items = list(range(5000))
+    chunks = _guided_chunks(items, workers=2)
+    assert [i for c in chunks for i in c] == items
+    sizes = [len(c) for c in chunks]
+    assert max(sizes) == 500 and sizes == sorted(sizes, reverse=True) and min(sizes[:-1]) >= 16
+    assert _guided_chunks([], workers=2) == [] and _guided_chunks([1, 2], workers=4) == [[1, 2]]

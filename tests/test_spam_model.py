@@ -1,0 +1,90 @@
+"""The spam filter's network and its files (chainrule.apps.spam.model): sparse Linear gradients
+against finite differences and PyTorch, the merged committee, a save/load round trip."""
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+import chainrule as cr
+from chainrule.apps.spam import (
+    build_network,
+    load_replay,
+    load_spam_model,
+    merge_committee,
+    save_model,
+    save_replay,
+    train_filter,
+    verdict,
+)
+from chainrule.data.text import HashingConfig
+
+
+def _sparse_batch(rng, n=6, d=40, density=0.15):
+    return sp.random(n, d, density=density, format="csr", random_state=np.random.RandomState(0),
+                     data_rvs=lambda k: rng.normal(size=k)).astype(np.float64)
+
+
+def test_sparse_linear_gradients_vs_finite_differences():
+    rng = np.random.default_rng(0)
+    net = cr.Sequential([cr.Linear(40, 7), cr.ReLU(), cr.Linear(7, 1)], seed=0)
+    x = _sparse_batch(rng)
+    y = rng.integers(0, 2, 6)
+    errors = cr.gradcheck(net, x, y, loss=cr.BinaryCrossEntropy(pos_weight=3.0))
+    assert set(errors) == {"0:Linear", "2:Linear"}
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_sparse_linear_matches_pytorch_dense():
+    rng = np.random.default_rng(1)
+    net = cr.Sequential([cr.Linear(40, 5), cr.ReLU(), cr.Linear(5, 1)], seed=1).to(np.float64)
+    x = _sparse_batch(rng)
+    y = rng.integers(0, 2, 6)
+    loss = cr.BinaryCrossEntropy(pos_weight=2.5)
+    out = net.forward(x, training=True)
+    _, grad = loss(out, y)
+    net.backward(grad, input_grad=False)
+
+    w1, b1 = (torch.tensor(p.data, requires_grad=True) for p in net.layers[0].parameters())
+    w2, b2 = (torch.tensor(p.data, requires_grad=True) for p in net.layers[2].parameters())
+    xt = torch.tensor(x.toarray())
+    logits = torch.relu(xt @ w1 + b1) @ w2 + b2
+    torch_loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(2.5, dtype=torch.float64))(
+        logits, torch.tensor(y, dtype=torch.float64).reshape(-1, 1))
+    torch_loss.backward()
+    np.testing.assert_allclose(out, logits.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for p, t in zip([*net.layers[0].parameters(), *net.layers[2].parameters()], [w1, b1, w2, b2], strict=True):
+        np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_merged_committee_computes_the_mean_logit_exactly():
+    rng = np.random.default_rng(0)
+    x = sp.random(20, 64, density=0.2, format="csr", random_state=1, dtype=np.float32)
+    hidden = (4, 3)
+    nets = [build_network(64, hidden, dropout=0.2, seed=s) for s in range(3)]
+    for net in nets:  # non-zero biases, so that their merging is checked too
+        for layer in net.layers:
+            if isinstance(layer, cr.Linear):
+                layer.bias.data[...] = rng.normal(size=layer.bias.shape)
+    merged = merge_committee(nets, 64, hidden, dropout=0.2)
+    assert [layer.out_features for layer in merged.layers if isinstance(layer, cr.Linear)] == [12, 9, 1]
+    mean = np.mean([net.forward(x) for net in nets], axis=0)
+    np.testing.assert_allclose(merged.forward(x), mean, rtol=1e-5, atol=1e-6)
+
+
+def test_a_saved_filter_loads_back_the_same(synthetic_spam_rows, tmp_path):
+    x, y = synthetic_spam_rows
+    config = HashingConfig(n_features=64, idf=True)
+    idf = np.linspace(1, 3, 64).astype(np.float32)
+    result = train_filter(x, y, config, hidden=(4,), epochs=2, batch_size=16, seed=0, idf=idf)
+    save_model(result.bundle, tmp_path / "m")
+    save_replay(tmp_path / "m", *result.replay)
+    loaded = load_spam_model(tmp_path / "m")
+    assert (loaded.spam_cutoff, loaded.ham_cutoff) == (result.bundle.spam_cutoff, result.bundle.ham_cutoff)
+    assert loaded.config == config and loaded.directory == tmp_path / "m"
+    np.testing.assert_array_equal(loaded.idf, idf)
+    np.testing.assert_array_equal(loaded.probabilities(x), result.bundle.probabilities(x))
+    x_replay, y_replay = load_replay(tmp_path / "m", 64)
+    assert (x_replay != result.replay[0]).nnz == 0 and list(y_replay) == list(result.replay[1])
+    # the cut-offs can be overridden per load, and decide the verdicts
+    assert load_spam_model(tmp_path / "m", spam_cutoff=0.0, ham_cutoff=0.0).verdicts(np.array([0.3])) == ["spam"]
+    assert [verdict(p, 0.8, 0.2) for p in (0.8, 0.5, 0.19)] == ["spam", "unsure", "ham"]
