@@ -353,6 +353,18 @@ def test_compressed_request(daemon, held):
     assert out == f"SPAMD/1.1 0 EX_OK\r\nSpam: {v.is_spam} ; {format_score(v.score, v.is_spam)} / 5.0\r\n\r\n".encode()
 
 
+def test_older_clients_exim_and_milters(daemon, held):
+    """Exim's `spam =` sends REPORT SPAMC/1.2 and parses the 1.2 answer (no Content-length, then
+    "Spam: ..."); spamass-milter sends SYMBOLS SPAMC/1.2 with no Content-length at all."""
+    raw, _, v = next(h for h in held if h[2].label == "spam")
+    out = daemon.raw(b"REPORT SPAMC/1.2\r\nUser: nobody\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+    m = re.match(rb"SPAMD/1\.1 0 EX_OK\r\nSpam: True ; (-?\d+\.\d) / 5\.0\r\n\r\n", out)
+    assert m and m.group(1) == format_score(v.score, True).encode()
+    assert b"CHAINRULE_SPAM" in out[m.end():]
+    out = daemon.raw(b"SYMBOLS SPAMC/1.2\r\nUser: milter\r\n\r\n" + raw)
+    assert out.endswith(b"\r\n\r\nCHAINRULE_SPAM\r\n") and out.startswith(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; ")
+
+
 def test_too_large_message_is_passed_back_unchecked(daemon, held):
     raw = held[0][0]
     big = raw + b"\n" + b"".join(m for m, _, _ in held)[:MAX_SIZE + 5000]  # real mail, over --max-size
