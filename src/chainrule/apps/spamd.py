@@ -601,11 +601,12 @@ class DaemonServer:
         self._allowed = [ipaddress.ip_network(a, strict=False) for a in options.allowed_ips]
         self._check_pool = ThreadPoolExecutor(options.threads, thread_name_prefix="spamd-check")
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="spamd-model")  # loads and learning, in turn
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task] = set()
         self._lessons: asyncio.Queue[_Lesson] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._stopping: asyncio.Event | None = None
+        self._reloads: set[asyncio.Task] = set()
         self.addresses: list[str] = []  # where it listens, once started
 
     # -- filters --------------------------------------------------------------------------------
@@ -667,6 +668,12 @@ class DaemonServer:
             if key is None or key in self._user_filters:
                 self._install(key, new)
             log.info("reloaded %s", new)
+
+    def reload_soon(self) -> None:
+        """`reload()` as a task of its own (what SIGHUP does), kept until it is done."""
+        task = asyncio.ensure_future(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def _watch_models(self) -> None:
         while True:
@@ -921,7 +928,7 @@ async def _main(server: DaemonServer) -> int:
     await server.start()
     loop.add_signal_handler(signal.SIGTERM, server.stop)
     loop.add_signal_handler(signal.SIGINT, server.stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.reload()))
+    loop.add_signal_handler(signal.SIGHUP, server.reload_soon)
     log.info("chainrule spamd %s ready: listening on %s; model %s; max size %d bytes; TELL %s",
              __version__, ", ".join(server.addresses), server.filter, server.options.max_size,
              "allowed" if server.options.allow_tell else "off")
