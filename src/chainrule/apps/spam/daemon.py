@@ -1,0 +1,933 @@
+"""`chainrule spam daemon`: the spam filter as a server that speaks SpamAssassin's spamc/spamd protocol.
+
+Starting an interpreter and loading a model for every delivered message costs half a second; a
+daemon loads the model once and answers in milliseconds. Speaking spamd's protocol (version 1.5, as
+described in "SPAMC/SPAMD Protocol As Implemented by SpamAssassin" and implemented by spamc and
+spamd 4.0) means Debian's unmodified `spamc` is the client, and with it everything that already
+knows spamc: procmail and maildrop recipes, Postfix pipes, Exim's `spam =` ACL, Dovecot Sieve.
+
+A conversation, one per connection (the client half-closes after sending):
+
+    spamc --> CHECK SPAMC/1.5\\r\\n            PROCESS, HEADERS, SYMBOLS, REPORT, REPORT_IFSPAM,
+    spamc --> Content-length: 4312\\r\\n         TELL, PING, SKIP
+    spamc --> User: alice\\r\\n                   (optional; Compress: zlib, Message-class, Set, Remove)
+    spamc --> \\r\\n
+    spamc --> <the message>
+    spamd --> SPAMD/1.1 0 EX_OK\\r\\n
+    spamd --> Spam: True ; 9.4 / 5.0\\r\\n
+    spamd --> \\r\\n                              (then, for most commands, the body of the answer)
+
+**Probability -> score.** spamc and the rules people write around it expect a SpamAssassin score
+and a threshold ("required"), spam at score >= threshold, with 5.0 the customary threshold. The
+network gives P(spam) and the model two calibrated cut-offs (`chainrule.apps.spam.calibrate`):
+spam at p >= spam cut-off, ham below the ham cut-off, unsure between. `spamd_score` maps p to a
+score, piecewise linear in the log-odds z = log(p / (1 - p)), with z_s and z_h the cut-offs' log-odds:
+
+    spam    (z >= z_s):          score = 5.0 + 0.5 (z - z_s)         5.0 and up
+    unsure  (z_h <= z < z_s):    score = 2.5 + 2.5 (z - z_h) / (z_s - z_h)    2.5 up to 5.0
+    ham     (z < z_h):           score = 2.5 + 0.5 (z - z_h)         below 2.5, negative when sure
+
+It is monotone in p, score >= 5.0 exactly when the verdict is spam, and an unsure message keeps a
+visible place of its own, [2.5, 5.0), besides the `X-Chainrule-Spam-Verdict: unsure` header and the
+CHAINRULE_UNSURE symbol. Half a point per unit of log-odds makes a confident verdict (p = 0.9999,
+z = 9.2) about 4-5 points from the cut-off, the range SpamAssassin's own scores live in.
+
+**The filter.** The server needs only a `Filter` (`check`, `learn`, `forget`, `changed_on_disk`);
+`SpamFilter` implements it on top of `chainrule.apps.spam` and is the one place that knows how a
+model is loaded, scored, explained and taught.
+
+**Concurrency.** One asyncio event loop accepts and reads connections; classification runs on a
+small thread pool against the loaded filter (forward passes do not modify the network, so threads
+share it; REPORT's explanation runs a backward pass and takes a lock). Learning (TELL), loading and
+reloading run one at a time on a thread of their own: a TELL is applied to a fresh copy of the model
+read from disk, with the same learner as `chainrule spam learn`, saved atomically, and the new
+filter replaces the old one only when it is complete, so classification never waits for it. TELLs
+that arrive while one is being learned are learned together, in one step and one save.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import os
+import re
+import signal
+import stat
+import tempfile
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import numpy as np
+
+from chainrule import __version__
+from chainrule.apps.spam.explain import explain_row
+from chainrule.apps.spam.features import featurize
+from chainrule.apps.spam.learning import learn
+from chainrule.apps.spam.model import load_replay, load_spam_model, save_replay, verdict
+from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
+from chainrule.data.mime import parse_message
+from chainrule.data.text import message_tokens
+from chainrule.errors import UserError
+
+log = logging.getLogger("chainrule.spamd")
+
+THRESHOLD = 5.0  # SpamAssassin's customary "required" score: spam at score >= 5.0
+UNSURE_FLOOR = 2.5  # where the unsure band starts on the score scale
+POINTS_PER_LOGIT = 0.5  # score points per unit of log-odds beyond either cut-off
+DEFAULT_PORT = 783  # spamd's port
+
+# sysexits.h codes, as spamd answers them
+EX_OK, EX_DATAERR, EX_UNAVAILABLE, EX_SOFTWARE, EX_TEMPFAIL, EX_PROTOCOL, EX_TIMEOUT = 0, 65, 69, 70, 75, 76, 79
+
+COMMANDS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS", "TELL", "PING", "SKIP")
+CHECKS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS")
+MAX_HEADERS = 256  # spamd reads at most this many request header lines
+HARD_LIMIT = 256 << 20  # spamc never sends more than 256 MB (SPAMC_MAX_MESSAGE_LEN); nor do we accept more
+CHUNK = 1 << 16
+# Headers that mark a message up; old ones are removed before the new ones go in, so a message
+# scanned twice, or one that arrives with forged markup, carries exactly one verdict.
+MARKUP_HEADERS = ("x-spam-flag", "x-spam-level", "x-spam-status", "x-spam-checker-version", "x-chainrule-spam",
+                  "x-chainrule-spam-probability", "x-chainrule-spam-verdict")
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts and scores.
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-15), 1 - 1e-15)  # (the network's float32 P(spam) can be exactly 0 or 1)
+    return math.log(p / (1 - p))
+
+
+def spamd_score(p: float, spam_cutoff: float, ham_cutoff: float) -> float:
+    """The SpamAssassin-style score of P(spam) `p`: >= THRESHOLD exactly when `p` is spam (see the
+    module docstring for the three pieces). The branch follows `verdict`, so score and label agree
+    even where the cut-offs sit so close to 0 or 1 that their log-odds are rounded together."""
+    label = verdict(p, spam_cutoff, ham_cutoff)
+    z, zs, zh = _logit(p), _logit(spam_cutoff), _logit(ham_cutoff)
+    if label == "spam":
+        return THRESHOLD + POINTS_PER_LOGIT * max(z - zs, 0.0)
+    if label == "unsure":
+        share = (z - zh) / (zs - zh) if zs > zh else 0.0
+        return UNSURE_FLOOR + (THRESHOLD - UNSURE_FLOOR) * min(max(share, 0.0), 1.0)
+    return UNSURE_FLOOR + POINTS_PER_LOGIT * min(z - zh, 0.0)
+
+
+def format_score(score: float, is_spam: bool) -> str:
+    """`score` with one decimal, as spamc prints it, never rounded across the threshold (4.96 of a
+    message that is not spam is "4.9", not "5.0")."""
+    text = f"{score:.1f}"
+    if not is_spam and float(text) >= THRESHOLD:
+        text = f"{THRESHOLD - 0.1:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a filter says about one message: P(spam), its cut-offs, and (when asked for) the
+    tokens that pushed it either way. Label and score follow from these."""
+
+    probability: float
+    spam_cutoff: float
+    ham_cutoff: float
+    towards_spam: tuple[tuple[str, float], ...] = ()
+    towards_ham: tuple[tuple[str, float], ...] = ()
+    problem: str | None = None  # why the message was read as plain text, if it was
+
+    @property
+    def label(self) -> str:
+        return verdict(self.probability, self.spam_cutoff, self.ham_cutoff)
+
+    @property
+    def is_spam(self) -> bool:
+        return self.label == "spam"
+
+    @property
+    def score(self) -> float:
+        return spamd_score(self.probability, self.spam_cutoff, self.ham_cutoff)
+
+    @property
+    def symbol(self) -> str:
+        return "CHAINRULE_" + self.label.upper()
+
+
+class Filter(Protocol):
+    """What the daemon needs from a spam filter. `learn` returns a new filter (saved to disk) and
+    leaves this one untouched, so that it can go on classifying until the new one replaces it."""
+
+    def check(self, raw: bytes, explain: bool = False) -> Verdict: ...
+
+    def learn(self, examples: Sequence[tuple[bytes, bool]]) -> Filter: ...
+
+    def forget(self, raw: bytes) -> bool: ...
+
+    def changed_on_disk(self) -> bool: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The filter, on top of chainrule.apps.spam.
+
+
+class SpamFilter:
+    """A `Filter` backed by a model directory written by `chainrule spam train`."""
+
+    FILES = ("model.json", "model.npz", "idf.npz")  # what a reload watches
+
+    def __init__(self, bundle, spam_cutoff: float | None = None, ham_cutoff: float | None = None,
+                 stamp: tuple = ()):
+        self.bundle = bundle
+        self.directory = Path(bundle.directory)
+        self._cutoffs = (spam_cutoff, ham_cutoff)  # overrides, kept for the next load
+        self._stamp = stamp
+        self._explain_lock = threading.Lock()  # explain_row runs backward through shared layer caches
+
+    @classmethod
+    def load(cls, directory, spam_cutoff: float | None = None, ham_cutoff: float | None = None) -> SpamFilter:
+        """Load a model directory; raises ModelFileError (a UserError) with a one-line reason."""
+        stamp = _stamp(Path(directory), cls.FILES)  # before loading: a change during the load shows next time
+        return cls(load_spam_model(directory, spam_cutoff, ham_cutoff), spam_cutoff, ham_cutoff, stamp)
+
+    def __repr__(self) -> str:
+        b = self.bundle
+        return f"{self.directory} (spam >= {b.spam_cutoff:.4f}, ham < {b.ham_cutoff:.4f})"
+
+    def check(self, raw: bytes, explain: bool = False) -> Verdict:
+        b = self.bundle
+        if not explain:
+            p, problems = b.score([("mail", raw)], processes=1)
+            return Verdict(float(p[0]), b.spam_cutoff, b.ham_cutoff, problem=problems[0])
+        parsed = parse_message(raw)
+        with self._explain_lock:
+            p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10)
+        return Verdict(p, b.spam_cutoff, b.ham_cutoff, tuple(to_spam), tuple(to_ham), parsed.problem)
+
+    def learn(self, examples: Sequence[tuple[bytes, bool]]) -> SpamFilter:
+        """`chainrule spam learn` on these messages, applied to a copy of the model read from disk
+        (not to the one serving), and saved; returns the filter that holds the result."""
+        fresh = SpamFilter.load(self.directory, *self._cutoffs)
+        b = fresh.bundle
+        x, _ = featurize([("mail", raw) for raw, _ in examples], b.config, processes=1, idf=b.idf)
+        learn(b, x, np.array([SPAM if is_spam else HAM for _, is_spam in examples]))
+        fresh._stamp = _stamp(self.directory, self.FILES)  # our own save is not a change to reload
+        return fresh
+
+    def forget(self, raw: bytes) -> bool:
+        """Drop the message from the model's replay sample, so that later learning stops rehearsing
+        it; True if it was there. The weights keep what they learned from it: a network cannot
+        subtract one message exactly, as a Bayes token database can, but teaching the message as
+        the other class (`spamc -L`) moves it."""
+        b = self.bundle
+        x, _ = featurize([("mail", raw)], b.config, processes=1, idf=b.idf)
+        x_old, y_old = load_replay(self.directory, b.config.n_features)
+        row = x.tocsr()
+        row.sort_indices()
+        x_old.sort_indices()
+        keep = [i for i in range(x_old.shape[0]) if not _same_row(x_old, i, row)]
+        if len(keep) == x_old.shape[0]:
+            return False
+        save_replay(self.directory, x_old[keep], y_old[keep])
+        return True
+
+    def changed_on_disk(self) -> bool:
+        return _stamp(self.directory, self.FILES) != self._stamp
+
+
+def _stamp(directory: Path, names: Sequence[str]) -> tuple:
+    """(name, modification time, size) of each file that exists: what tells that a model changed."""
+    out = []
+    for name in names:
+        try:
+            st = (directory / name).stat()
+        except OSError:
+            continue
+        out.append((name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _same_row(x, i: int, row) -> bool:
+    lo, hi = x.indptr[i], x.indptr[i + 1]
+    return np.array_equal(x.indices[lo:hi], row.indices) and np.array_equal(x.data[lo:hi], row.data)
+
+
+# ---------------------------------------------------------------------------------------------
+# The message as spamd hands it back: markup headers, reports.
+
+
+def _header_end(raw: bytes) -> tuple[int, bytes]:
+    """(offset where the blank line that ends the header block starts, that blank line's bytes),
+    or (len(raw), b"") for a message without a body."""
+    cuts = [(i + len(sep) // 2, sep[len(sep) // 2:]) for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) >= 0]
+    return min(cuts) if cuts else (len(raw), b"")
+
+
+def markup_headers(v: Verdict, nl: bytes = b"\n") -> bytes:
+    """The header lines PROCESS and HEADERS add: SpamAssassin's, so that existing procmail and
+    Sieve rules keep working, and chainrule's own, which tell unsure apart."""
+    score = format_score(v.score, v.is_spam)
+    lines = []
+    if v.is_spam:
+        lines.append("X-Spam-Flag: YES")
+    stars = int(max(v.score, 0.0))
+    if stars:
+        lines.append("X-Spam-Level: " + "*" * min(stars, 50))
+    lines += [f"X-Spam-Status: {'Yes' if v.is_spam else 'No'}, score={score} required={THRESHOLD:.1f} "
+              f"tests={v.symbol}",
+              f"X-Spam-Checker-Version: chainrule {__version__}",
+              f"X-Chainrule-Spam: {'yes' if v.is_spam else 'no'}",
+              f"X-Chainrule-Spam-Probability: {v.probability:.6f}",
+              f"X-Chainrule-Spam-Verdict: {v.label}"]
+    return b"".join(line.encode("ascii") + nl for line in lines)
+
+
+def mark_up(raw: bytes, v: Verdict) -> bytes:
+    """`raw` with earlier markup headers removed and ours added at the end of the header block.
+    Every other header line and every byte of the body stay exactly as they were."""
+    end, blank = _header_end(raw)
+    head = raw[:end]
+    nl = b"\r\n" if b"\r\n" in head[:4096] else b"\n"
+    fields = re.split(rb"(?m)^(?=[^ \t\r\n])", head)  # a field: its line and its continuation lines
+    kept = [f for f in fields if f.split(b":", 1)[0].strip().lower().decode("latin-1") not in MARKUP_HEADERS]
+    head = b"".join(kept)
+    if head and not head.endswith(b"\n"):
+        head += nl
+    return head + markup_headers(v, nl) + raw[end:]
+
+
+def report_text(v: Verdict) -> str:
+    """The REPORT answer: SpamAssassin's layout (points, rule, description), then the tokens that
+    decided, by gradient x input."""
+    score = format_score(v.score, v.is_spam)
+    said = {"spam": "identified this message as spam",
+            "ham": "found this message to be ham (not spam)",
+            "unsure": "is unsure about this message: it lies between the ham and the spam cut-off"}[v.label]
+    lines = [f"The chainrule spam filter {said}.", "",
+             f"Content analysis details:   ({score} points, {THRESHOLD:.1f} required)", "",
+             " pts rule name              description",
+             "---- ---------------------- --------------------------------------------------",
+             f"{score:>4} {v.symbol:<22} P(spam) {v.probability:.4f} (spam at >= {v.spam_cutoff:.4f},"
+             f" ham below {v.ham_cutoff:.4f})"]
+    if v.problem:
+        lines.append(f"{'':>4} {'':<22} read as plain text: {v.problem}")
+    for title, tokens in (("towards spam", v.towards_spam), ("towards ham", v.towards_ham)):
+        if tokens:
+            lines += ["", f"Tokens that pushed it {title} (gradient x input):"]
+            lines += [f"  {w:+.4f}  {t}" for t, w in tokens]
+    return "\n".join(lines) + "\n"
+
+
+def skipped_report(size: int, limit: int) -> str:
+    return (f"The chainrule spam filter did not check this message: it has {size} bytes, more than the "
+            f"daemon's limit of {limit} (--max-size).\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a request.
+
+
+class ProtocolError(Exception):
+    """A request the daemon cannot serve: answered with `code` and `text` on the status line."""
+
+    def __init__(self, code: int, text: str):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+    def status_line(self) -> bytes:
+        return f"SPAMD/1.0 {self.code} {self.text}\r\n".encode("utf-8", "replace")
+
+
+def _bad(text: str) -> ProtocolError:
+    return ProtocolError(EX_PROTOCOL, f"Bad header line: ({text})")
+
+
+@dataclass
+class Request:
+    command: str
+    version: float
+    content_length: int | None = None
+    user: str | None = None
+    compress: bool = False
+    message_class: str | None = None  # "spam" | "ham"
+    set_local: bool = False
+    remove_local: bool = False
+    body: bytes = b""  # the message; of a too-big one, its first `limit` bytes (not for PROCESS)
+    size: int = 0  # the message's size (decompressed)
+    limit: int = MAX_BYTES  # the size limit it was read with
+    too_big: bool = False  # over the limit: passed back unchecked
+    spool: BinaryIO | None = None  # a too-big message that PROCESS must hand back unchanged
+
+
+_REQUEST_LINE = re.compile(rb"([A-Z_]+) SPAMC/(\d{1,3}(?:\.\d{1,3})?)\r?\n")
+_USERNAME = re.compile(r"[\x20-\x7e\xa0-\xff]*")  # spamd's rule: no control characters
+
+
+async def read_request(reader: asyncio.StreamReader, limit: int) -> Request:
+    """Read a whole request: its command line, its headers and its message (`limit` bytes at most
+    are kept; beyond that the message is only counted, or spooled to disk for PROCESS, which must
+    hand it back unchanged). Raises ProtocolError for anything malformed."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        raise _bad("closed before headers" if not exc.partial else "request line not terminated") from None
+    except asyncio.LimitOverrunError:
+        raise _bad("request line too long") from None
+    m = _REQUEST_LINE.fullmatch(line)
+    if m is None or m.group(1).decode() not in COMMANDS:
+        raise _bad(f"unknown request line: {line[:80].decode('latin-1').rstrip()!r}")
+    req = Request(m.group(1).decode(), float(m.group(2)), limit=limit)
+    if req.command in ("PING", "SKIP"):
+        if req.version >= 1.5:  # since 1.5 these end with an (empty) header block too
+            await _read_headers(reader, req)
+        return req
+    if req.version < 1.2:
+        raise _bad(f"protocol version {m.group(2).decode()} is not supported; 1.2 or later is")
+    await _read_headers(reader, req)
+    if req.command == "TELL":
+        if req.set_local and req.remove_local:
+            raise _bad("Unable to set local and remove local in the same operation.")
+        if req.set_local and req.message_class is None:
+            raise _bad("Set: local needs Message-class: spam or ham")
+    if req.compress and req.content_length is None:
+        raise ProtocolError(EX_UNAVAILABLE, "Service Unavailable: Compress requires Content-length header")
+    await _read_body(reader, req, limit)
+    return req
+
+
+async def _read_headers(reader: asyncio.StreamReader, req: Request) -> None:
+    for _ in range(MAX_HEADERS):
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            raise _bad("EOF during headers") from None
+        except asyncio.LimitOverrunError:
+            raise _bad("header line too long") from None
+        text = line.rstrip(b"\r\n").decode("latin-1")
+        if not text:
+            return
+        name, sep, value = text.partition(":")
+        if not sep:
+            raise _bad("header not in 'Name: value' format")
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length":
+            if not value.isdigit() or len(value) > 12:
+                raise _bad("Content-Length contains non-numeric bytes")
+            req.content_length = int(value)
+        elif name == "user":
+            if not _USERNAME.fullmatch(value):
+                raise _bad("User header contains control chars")
+            req.user = value
+        elif name == "compress":
+            if value.lower() != "zlib":
+                raise _bad(f"compression type not supported: {value}")
+            req.compress = True
+        elif name == "message-class":
+            if value.lower() not in ("spam", "ham"):
+                raise _bad("Message-class header contains invalid class")
+            req.message_class = value.lower()
+        elif name == "set":
+            req.set_local = "local" in value.lower()
+        elif name == "remove":
+            req.remove_local = "local" in value.lower()
+        # other headers are ignored, as the protocol asks
+    raise _bad("too many headers")
+
+
+async def _read_body(reader: asyncio.StreamReader, req: Request, limit: int) -> None:
+    length = req.content_length
+    if length is not None and length > HARD_LIMIT:
+        raise _bad(f"Content-length {length} is over the {HARD_LIMIT} bytes spamc can send")
+    if not req.compress and length is not None and length <= limit:  # the usual case
+        try:
+            req.body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError as exc:
+            raise _incomplete(len(exc.partial), length) from None
+        req.size = length
+        return
+    # A compressed message, one without a length, or one over the limit: read in chunks, keep at
+    # most limit + 1 bytes in memory (the rest goes to a temporary file for PROCESS, else nowhere).
+    spool = tempfile.SpooledTemporaryFile(max_size=limit + 1)
+    keep_all = req.command == "PROCESS"
+    inflate = zlib.decompressobj() if req.compress else None
+    received = size = 0
+    try:
+        while length is None or received < length:
+            chunk = await reader.read(CHUNK if length is None else min(CHUNK, length - received))
+            if not chunk:
+                if length is None:
+                    break
+                raise _incomplete(received, length)
+            received += len(chunk)
+            if size > limit and not keep_all:
+                continue  # only the count matters now; for a compressed body, the count so far
+            for piece in _inflated(inflate, chunk) if inflate else (chunk,):
+                if keep_all or size <= limit:
+                    spool.write(piece if keep_all else piece[:limit + 1 - size])
+                size += len(piece)
+                if size > HARD_LIMIT:
+                    raise _bad(f"message over {HARD_LIMIT} bytes")
+        if inflate is not None and not inflate.eof and (keep_all or size <= limit):
+            raise _bad("zlib: the compressed message is incomplete")
+        req.size, req.too_big = size, size > limit
+        spool.seek(0)
+        if keep_all and req.too_big:
+            req.spool = spool
+        else:
+            req.body = spool.read(limit)
+            spool.close()
+    except BaseException:
+        spool.close()
+        raise
+
+
+def _inflated(inflate, chunk: bytes):
+    """The decompressed pieces of `chunk`, at most 1 MB each, so that a small bomb cannot expand
+    into memory all at once."""
+    try:
+        piece = inflate.decompress(chunk, 1 << 20)
+        while piece:
+            yield piece
+            piece = inflate.decompress(inflate.unconsumed_tail, 1 << 20) if inflate.unconsumed_tail else b""
+    except zlib.error as exc:
+        raise _bad(f"zlib: {exc}") from None
+
+
+def _incomplete(got: int, expected: int) -> ProtocolError:
+    return _bad(f"Content-Length mismatch: Expected {expected} bytes, got {got} bytes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers.
+
+
+def spam_line(v: Verdict | None) -> bytes:
+    """`Spam: True ; 9.4 / 5.0`: what spamc parses for -c, -E, -R and -r (a skipped message: not spam)."""
+    if v is None:
+        return f"Spam: False ; 0.0 / {THRESHOLD:.1f}\r\n".encode()
+    return f"Spam: {v.is_spam} ; {format_score(v.score, v.is_spam)} / {THRESHOLD:.1f}\r\n".encode()
+
+
+def answer(req: Request, v: Verdict | None) -> bytes:
+    """The response to a check (v is None: the message was over the size limit and not checked);
+    PROCESS of a too-big message is answered by `DaemonServer` from the spool instead."""
+    status = b"SPAMD/1.1 0 EX_OK\r\n"
+    if req.command == "CHECK":
+        return status + spam_line(v) + b"\r\n"
+    if req.command in ("PROCESS", "HEADERS"):
+        if v is None:  # HEADERS of a too-big message: its own header block, unchanged
+            end, blank = _header_end(req.body)
+            if not blank:
+                raise ProtocolError(EX_DATAERR, "EX_DATAERR message too big and its header block too")
+            out = req.body[:end + len(blank)]
+        else:
+            out = mark_up(req.body, v)
+            if req.command == "HEADERS":  # spamc appends the body it kept
+                end, blank = _header_end(out)
+                out = out[:end + len(blank)]
+        return status + _length_and_spam(req, len(out), v) + out
+    if req.command == "SYMBOLS":
+        text = v.symbol if v is not None else "CHAINRULE_SKIPPED_TOO_BIG"
+        body = (text + ("\r\n" if req.version < 1.3 else "")).encode()
+    elif req.command == "REPORT" or (req.command == "REPORT_IFSPAM" and v is not None and v.is_spam):
+        body = (report_text(v) if v is not None else skipped_report(req.size, req.limit)).encode()
+    else:  # REPORT_IFSPAM of a message that is not spam: nothing
+        body = b""
+    return status + _length_and_spam(req, len(body), v) + body
+
+
+def _length_and_spam(req: Request, length: int, v: Verdict | None) -> bytes:
+    if req.version < 1.3 and req.command in ("PROCESS", "HEADERS"):  # 1.2: one header only
+        return f"Content-length: {length}\r\n\r\n".encode()
+    return f"Content-length: {length}\r\n".encode() * (req.version >= 1.3) + spam_line(v) + b"\r\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The server.
+
+
+@dataclass
+class DaemonOptions:
+    """Everything `run_daemon` needs; the command line (`chainrule spam daemon`) fills it in."""
+
+    model: Path
+    listen: list[tuple[str, int]] = field(default_factory=list)  # empty and no socket: 127.0.0.1:783
+    socket: Path | None = None
+    socket_mode: int = 0o666
+    allowed_ips: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    allow_tell: bool = False
+    user_models: Path | None = None  # a directory of per-user model directories, named by user
+    max_user_models: int = 8  # per-user filters held in memory at once (least recently used go)
+    max_size: int = MAX_BYTES  # bytes; a larger message is passed back unchecked
+    max_connections: int = 64  # served at once; more wait for a free place
+    read_timeout: float = 30.0  # seconds for a client to send its whole request
+    timeout: float = 300.0  # seconds for a whole connection: waiting, reading, checking, answering
+    reload_interval: float = 5.0  # seconds between looks at the model files (0: only on SIGHUP)
+    threads: int = 2  # classification threads
+    spam_cutoff: float | None = None
+    ham_cutoff: float | None = None
+
+
+_USER_DIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
+
+
+@dataclass
+class _Lesson:
+    key: str | None  # whose filter: None for the default one
+    raw: bytes
+    is_spam: bool | None  # None: forget
+    done: asyncio.Future
+
+
+class DaemonServer:
+    """The spamd-protocol server: filters, listeners, connections, learning and reloading."""
+
+    def __init__(self, options: DaemonOptions, load_filter=SpamFilter.load):
+        self.options = options
+        self._load = load_filter
+        self.filter: Filter | None = None
+        self._user_filters: OrderedDict[str, Filter] = OrderedDict()
+        self._allowed = [ipaddress.ip_network(a, strict=False) for a in options.allowed_ips]
+        self._check_pool = ThreadPoolExecutor(options.threads, thread_name_prefix="spamd-check")
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="spamd-model")  # loads and learning, in turn
+        self._servers: list[asyncio.AbstractServer] = []
+        self._connections: set[asyncio.Task] = set()
+        self._lessons: asyncio.Queue[_Lesson] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._stopping: asyncio.Event | None = None
+        self._reloads: set[asyncio.Task] = set()
+        self.addresses: list[str] = []  # where it listens, once started
+
+    # -- filters --------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the default filter (before the loop starts, so that a bad model fails at once)."""
+        self.filter = self._load(self.options.model, self.options.spam_cutoff, self.options.ham_cutoff)
+
+    def _user_dir(self, user: str | None) -> Path | None:
+        root = self.options.user_models
+        if root is None or not user or not _USER_DIR.fullmatch(user) or ".." in user:
+            return None
+        d = root / user
+        return d if (d / "model.json").is_file() else None
+
+    async def _filter_for(self, user: str | None) -> tuple[str | None, Filter]:
+        """(key, filter) for a request's User: the user's own model if `user_models` has one,
+        else the default."""
+        d = self._user_dir(user)
+        if d is None:
+            return None, self.filter
+        f = self._user_filters.get(user)
+        if f is None:
+            try:
+                f = await self._in_model_thread(self._load, d, self.options.spam_cutoff, self.options.ham_cutoff)
+            except UserError as exc:  # (ModelFileError): the user's mail is still filtered, by the default
+                log.error("%s's model cannot be loaded, using the default model: %s", user, exc)
+                return None, self.filter
+            log.info("loaded %s's model %s", user, f)
+            self._user_filters[user] = f
+            while len(self._user_filters) > self.options.max_user_models:
+                self._user_filters.popitem(last=False)
+        self._user_filters.move_to_end(user)
+        return user, f
+
+    def _install(self, key: str | None, f: Filter) -> None:
+        if key is None:
+            self.filter = f
+        else:
+            self._user_filters[key] = f
+
+    async def _in_model_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._model_pool, fn, *args)
+
+    async def reload(self, only_changed: bool = False) -> None:
+        """Load the default model and the per-user ones in memory again (with `only_changed`, those
+        whose files changed). A model that fails to load is reported and the old one stays in service."""
+        filters = [(None, self.filter)] + list(self._user_filters.items())
+        for key, f in filters:
+            if only_changed and not f.changed_on_disk():
+                continue
+            path = self.options.model if key is None else self.options.user_models / key
+            try:
+                new = await self._in_model_thread(self._load, path, self.options.spam_cutoff,
+                                                  self.options.ham_cutoff)
+            except Exception as exc:  # noqa: BLE001 (a broken model file must not stop the daemon)
+                log.error("reload of %s failed, still serving the model loaded before: %s", path, exc)
+                continue
+            if key is None or key in self._user_filters:
+                self._install(key, new)
+            log.info("reloaded %s", new)
+
+    def reload_soon(self) -> None:
+        """`reload()` as a task of its own (what SIGHUP does), kept until it is done."""
+        task = asyncio.ensure_future(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _watch_models(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.reload_interval)
+            await self.reload(only_changed=True)
+
+    # -- learning -------------------------------------------------------------------------------
+
+    async def _learner(self) -> None:
+        """Apply lessons in order, one at a time; consecutive ones for the same filter together."""
+        while True:
+            batch = [await self._lessons.get()]
+            while not self._lessons.empty():
+                batch.append(self._lessons.get_nowait())
+            while batch:
+                first = batch[0]
+                n = 1
+                if first.is_spam is not None:
+                    while n < len(batch) and batch[n].key == first.key and batch[n].is_spam is not None:
+                        n += 1
+                group, batch = batch[:n], batch[n:]
+                await self._apply(group)
+
+    async def _apply(self, group: list[_Lesson]) -> None:
+        key = group[0].key
+        f = self.filter if key is None else self._user_filters.get(key)
+        try:
+            if f is None:  # a user's filter dropped from memory since: load it again
+                key, f = await self._filter_for(key)
+            if group[0].is_spam is None:
+                result = await self._in_model_thread(f.forget, group[0].raw)
+            else:
+                new = await self._in_model_thread(f.learn, [(x.raw, x.is_spam) for x in group])
+                self._install(key, new)
+                result = True
+        except Exception as exc:  # noqa: BLE001 (reported to the clients that asked)
+            log.exception("learning failed")
+            for x in group:
+                if not x.done.done():
+                    x.done.set_exception(exc)
+            return
+        for x in group:
+            if not x.done.done():
+                x.done.set_result(result)
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _allowed_peer(self, peer) -> bool:
+        if not isinstance(peer, tuple):  # a Unix socket: its file mode decides who may connect
+            return True
+        try:
+            ip = ipaddress.ip_address(peer[0].split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self._allowed)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        who = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix socket"
+        try:
+            if not self._allowed_peer(peer):
+                log.warning("refused connection from %s: not in --allowed-ips", who)
+                return
+            await asyncio.wait_for(self._converse(reader, writer, who), self.options.timeout)
+        except asyncio.TimeoutError:
+            log.warning("%s: no answer within %.0f s (--timeout); connection closed", who, self.options.timeout)
+            await self._send(writer, ProtocolError(EX_TIMEOUT, "Timeout: (connection took too long)").status_line())
+        except (ConnectionError, OSError) as exc:
+            log.warning("%s: connection lost (%s)", who, exc.strerror or type(exc).__name__)
+        except Exception:  # noqa: BLE001 (one bad connection must never stop the daemon)
+            log.exception("%s: internal error", who)
+            await self._send(writer, ProtocolError(EX_SOFTWARE, "EX_SOFTWARE internal error").status_line())
+        finally:
+            writer.close()
+            try:  # (until the answer has left: a stopping daemon must not cut it off)
+                await asyncio.wait_for(writer.wait_closed(), 5.0)
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                writer.transport.abort()
+            self._connections.discard(task)
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        try:
+            writer.write(data)
+            await asyncio.wait_for(writer.drain(), 5.0)
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            pass  # the client is gone; nothing more to tell it
+
+    async def _converse(self, reader, writer, who: str) -> None:
+        async with self._slots:
+            started = time.perf_counter()
+            try:
+                req = await asyncio.wait_for(read_request(reader, self.options.max_size), self.options.read_timeout)
+            except asyncio.TimeoutError:
+                log.warning("%s: request not received within %.0f s (--read-timeout)", who, self.options.read_timeout)
+                writer.write(ProtocolError(EX_TIMEOUT, "Timeout: (reading the request took too long)").status_line())
+                await writer.drain()
+                return
+            except ProtocolError as exc:
+                log.warning("%s: bad request: %s", who, exc.text)
+                writer.write(exc.status_line())
+                await writer.drain()
+                return
+            try:
+                await self._serve(req, writer, who, started)
+            except ProtocolError as exc:
+                log.warning("%s: %s: %s", who, req.command, exc.text)
+                writer.write(exc.status_line())
+                await writer.drain()
+            finally:
+                if req.spool is not None:
+                    req.spool.close()
+
+    async def _serve(self, req: Request, writer: asyncio.StreamWriter, who: str, started: float) -> None:
+        def ms():
+            return 1000 * (time.perf_counter() - started)
+
+        user = req.user or "(unknown)"
+        if req.command == "PING":
+            writer.write(b"SPAMD/1.5 0 PONG\r\n")
+            await writer.drain()
+            return
+        if req.command == "SKIP":
+            log.info("SKIP from %s", who)
+            return
+        if req.command == "TELL":
+            await self._tell(req, writer, who, user, ms)
+            return
+        if req.too_big:
+            if req.command == "PROCESS":  # the message back, unchanged, from the spool
+                writer.write(b"SPAMD/1.1 0 EX_OK\r\n" + _length_and_spam(req, req.size, None))
+                while data := req.spool.read(CHUNK):
+                    writer.write(data)
+                    await writer.drain()
+            else:
+                writer.write(answer(req, None))
+                await writer.drain()
+            log.info("%s skipped for %s: %d bytes over --max-size %d, %.1f ms, %s", req.command, user,
+                     req.size, self.options.max_size, ms(), who)
+            return
+        _, f = await self._filter_for(req.user)
+        explain = req.command in ("REPORT", "REPORT_IFSPAM")
+        loop = asyncio.get_running_loop()
+        v = await loop.run_in_executor(self._check_pool, f.check, req.body, explain)
+        writer.write(answer(req, v))
+        await writer.drain()
+        log.info("%s %s (%s/%.1f, P(spam) %.4f) for %s in %.1f ms, %d bytes, %s", req.command, v.label,
+                 format_score(v.score, v.is_spam), THRESHOLD, v.probability, user, ms(), req.size, who)
+
+    async def _tell(self, req: Request, writer, who: str, user: str, ms) -> None:
+        if not self.options.allow_tell:
+            raise ProtocolError(EX_UNAVAILABLE, "Service Unavailable: TELL commands are not enabled, "
+                                "start the daemon with --allow-tell.")
+        if req.too_big:
+            raise ProtocolError(EX_DATAERR, f"EX_DATAERR message of {req.size} bytes is over --max-size "
+                                f"{self.options.max_size}; not learned")
+        headers = b""
+        if req.set_local or req.remove_local:
+            key, _ = await self._filter_for(req.user)
+            kind = None if req.remove_local else req.message_class == "spam"
+            done = asyncio.get_running_loop().create_future()
+            self._lessons.put_nowait(_Lesson(key, req.body, kind, done))
+            changed = await done
+            if req.set_local:
+                headers = b"DidSet: local\r\n"
+            elif changed:
+                headers = b"DidRemove: local\r\n"
+            what = f"learned as {req.message_class}" if req.set_local else \
+                ("forgotten" if changed else "not in the replay sample; nothing to forget")
+        else:
+            what = "nothing to do (no Set: local or Remove: local)"
+        writer.write(b"SPAMD/1.1 0 EX_OK\r\n" + headers + b"\r\n")
+        await writer.drain()
+        log.info("TELL %s for %s in %.1f ms, %d bytes, %s", what, user, ms(), req.size, who)
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the listeners and start the learner and the model watcher."""
+        self._lessons = asyncio.Queue()
+        self._slots = asyncio.Semaphore(self.options.max_connections)
+        self._stopping = asyncio.Event()
+        listen = self.options.listen or ([] if self.options.socket else [("127.0.0.1", DEFAULT_PORT)])
+        for host, port in listen:
+            try:
+                server = await asyncio.start_server(self._connection, host, port, reuse_address=True)
+            except OSError as exc:
+                hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if port < 1024 else ""
+                raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from exc
+            self._servers.append(server)
+            for sock in server.sockets:
+                addr = sock.getsockname()
+                self.addresses.append(f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}")
+        if self.options.socket is not None:
+            self._servers.append(await self._start_unix(self.options.socket))
+            self.addresses.append(str(self.options.socket))
+        self._background = [asyncio.create_task(self._learner())]
+        if self.options.reload_interval > 0:
+            self._background.append(asyncio.create_task(self._watch_models()))
+
+    async def _start_unix(self, path: Path):
+        try:
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()  # left behind by a daemon that did not exit cleanly
+        except FileNotFoundError:
+            pass
+        try:
+            server = await asyncio.start_unix_server(self._connection, path)
+            os.chmod(path, self.options.socket_mode)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+        return server
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def serve_until_stopped(self) -> None:
+        """Serve until `stop()` (SIGTERM): then stop accepting, let the connections in progress and
+        the lessons already received finish, and close."""
+        await self._stopping.wait()
+        log.info("stopping: finishing %d connection(s) in progress", len(self._connections))
+        for server in self._servers:
+            server.close()
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=self.options.timeout)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.options.socket is not None:
+            try:
+                self.options.socket.unlink()
+            except OSError:
+                pass
+        self._check_pool.shutdown(wait=True)
+        self._model_pool.shutdown(wait=True)
+
+
+def run_daemon(options: DaemonOptions) -> int:
+    """Load the model, listen, and serve until SIGTERM or SIGINT; SIGHUP reloads the model(s).
+    Returns the exit code (0). A model that cannot be loaded or an address that cannot be bound
+    raises UserError before anything is served."""
+    server = DaemonServer(options)
+    server.load()
+    return asyncio.run(_main(server))
+
+
+async def _main(server: DaemonServer) -> int:
+    loop = asyncio.get_running_loop()
+    await server.start()
+    loop.add_signal_handler(signal.SIGTERM, server.stop)
+    loop.add_signal_handler(signal.SIGINT, server.stop)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_soon)
+    log.info("chainrule spamd %s ready: listening on %s; model %s; max size %d bytes; TELL %s",
+             __version__, ", ".join(server.addresses), server.filter, server.options.max_size,
+             "allowed" if server.options.allow_tell else "off")
+    await server.serve_until_stopped()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,549 @@
+"""The spamd-protocol daemon, driven by Debian's real `spamc` (and procmail) on SpamAssassin mail.
+
+One small model is trained on real SpamAssassin messages per session; each daemon is the real
+thing, `chainrule spam daemon MODEL ...` in its own process. Answers are compared
+with the same model loaded here (`SpamFilter`), so a verdict that reaches spamc wrong shows.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chainrule.apps.spam import save_model, save_replay, train_filter, training_features
+from chainrule.apps.spam.daemon import THRESHOLD, SpamFilter, Verdict, format_score, mark_up, spamd_score
+from chainrule.data.corpora import read_messages
+from chainrule.data.text import HashingConfig
+
+DATA = os.environ.get("CHAINRULE_DATA")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+MAX_SIZE = 60_000  # the main daemon's --max-size
+
+
+def _need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        msg = f"{binary} is not installed (apt-get install {binary})"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+# --- the score mapping and the markup, without a daemon ------------------------------------------
+
+def test_score_is_monotone_and_crosses_the_threshold_exactly_at_the_spam_cutoff():
+    spam_cut, ham_cut = 0.7, 0.2
+    p = np.concatenate([np.linspace(0, 1, 2001), [spam_cut, np.nextafter(spam_cut, 0), ham_cut,
+                                                  np.nextafter(ham_cut, 0), 1e-30, 1 - 1e-17]])
+    p.sort()
+    scores = [spamd_score(q, spam_cut, ham_cut) for q in p]
+    assert all(a <= b for a, b in zip(scores, scores[1:], strict=False))
+    for q, s in zip(p, scores, strict=True):
+        assert (s >= THRESHOLD) == (q >= spam_cut)
+        if ham_cut <= q < spam_cut:
+            assert 2.5 <= s < THRESHOLD  # unsure keeps a band of its own
+        if q < ham_cut:
+            assert s <= 2.5  # (equal only where p rounds to the log-odds of the cut-off)
+    v = Verdict(np.nextafter(spam_cut, 0), spam_cut, ham_cut)
+    assert v.label == "unsure" and format_score(v.score, v.is_spam) == "4.9"  # never rounded up to 5.0
+    assert format_score(spamd_score(spam_cut, spam_cut, ham_cut), True) == "5.0"
+
+
+def test_cutoffs_at_zero_and_one_still_give_consistent_scores():
+    for spam_cut, ham_cut in ((1.0, 0.0), (0.5, 0.5), (1e-20, 0.0), (1.0, 1.0)):
+        for q in (0.0, 1e-20, 0.3, 0.5, 1 - 1e-12, 1.0):
+            v = Verdict(q, spam_cut, ham_cut)
+            assert (v.score >= THRESHOLD) == v.is_spam
+            assert (float(format_score(v.score, v.is_spam)) >= THRESHOLD) == v.is_spam
+
+
+_LINE = st.binary(min_size=1, max_size=60).filter(lambda b: b"\r" not in b and b"\n" not in b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(_LINE, min_size=1, max_size=8), body=st.binary(max_size=300), crlf=st.booleans(),
+       p=st.floats(0, 1))
+def test_markup_never_changes_the_body(lines, body, crlf, p):
+    nl = b"\r\n" if crlf else b"\n"
+    raw = nl.join(lines) + nl + nl + body
+    v = Verdict(p, 0.6, 0.3)
+    out = mark_up(raw, v)
+    assert out.endswith(b"X-Chainrule-Spam-Verdict: " + v.label.encode() + nl + nl + body)
+    kept = [line for line in lines if not line.lower().startswith((b"x-spam-", b"x-chainrule-spam"))]
+    assert out.startswith(nl.join(kept[:1]))  # the message's own first header line still leads
+
+
+def test_markup_replaces_forged_headers_and_keeps_line_endings():
+    raw = (b"Subject: hi\r\nX-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=99\r\n\tfolded=1\r\n"
+           b"To: a@b\r\n\r\nbody\r\n\r\nmore\r\n")
+    out = mark_up(raw, Verdict(0.01, 0.6, 0.3))
+    head, body = out.split(b"\r\n\r\n", 1)
+    assert body == b"body\r\n\r\nmore\r\n"
+    assert b"X-Spam-Flag" not in head and b"folded=1" not in head
+    assert head.startswith(b"Subject: hi\r\nTo: a@b\r\n")
+    assert b"X-Spam-Status: No, score=" in head and b"X-Chainrule-Spam-Verdict: ham" in head
+    assert b"\n" not in head.replace(b"\r\n", b"")  # every added line ends with CRLF, like the message
+    headers_only = mark_up(b"Subject: x", Verdict(0.99, 0.6, 0.3))
+    assert headers_only.startswith(b"Subject: x\nX-Spam-Flag: YES\n") and b"\n\n" not in headers_only
+
+
+# --- a model and daemons --------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def mail():
+    """(train, held out): (bytes, label) of real SpamAssassin messages, each under MAX_SIZE bytes."""
+    if not DATA:
+        pytest.skip("CHAINRULE_DATA is not set")
+    train, held = [], []
+    limits = {"spam": (150, 40), "easy_ham": (150, 40), "hard_ham": (40, 10)}
+    for tarball in sorted((Path(DATA) / "spamassassin").glob("*.tar*")):
+        counts = {}
+        for m in read_messages([tarball]):
+            folder = m.source.split(":", 1)[1].split("/")[0]
+            k = counts.get(folder, 0)
+            n_train, n_held = limits[folder]
+            if k >= n_train + n_held:
+                break
+            if m.error or len(m.data) >= MAX_SIZE - 1000:
+                continue
+            counts[folder] = k + 1
+            (train if k < n_train else held).append((m.data, m.label))
+    return train, held
+
+
+@pytest.fixture(scope="session")
+def model_dir(mail, tmp_path_factory):
+    """A small real filter: one network (8 hidden units, 2^14 buckets) trained on 340 messages."""
+    train, _ = mail
+    config = HashingConfig(n_features=1 << 14, split_norm=True, idf=True)
+    x, _, idf = training_features([("mail", m) for m, _ in train], config, processes=1)
+    y = np.array([label for _, label in train])
+    result = train_filter(x, y, config, hidden=(8,), epochs=10, batch_size=32, folds=0, seed=0, idf=idf)
+    out = tmp_path_factory.mktemp("spamd-model") / "model"
+    save_model(result.bundle, out)
+    save_replay(out, *result.replay)
+    return out
+
+
+class Daemon:
+    """`chainrule spam daemon MODEL ARGS`, started and read until it says it is ready."""
+
+    def __init__(self, model: Path, *args: str):
+        env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model), *args],
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.log: list[str] = []
+        self.port = None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if "ready: listening on" in line:
+                m = re.search(r"127\.0\.0\.1:(\d+)", line)
+                self.port = int(m.group(1)) if m else None
+                break
+        else:
+            raise RuntimeError("daemon did not start:\n" + "".join(self.log))
+        self._reader = threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True)
+        self._reader.start()
+
+    def spamc(self, *args: str, data: bytes = b"", socket_path: Path | None = None) -> tuple[int, bytes]:
+        where = ["-U", str(socket_path)] if socket_path else ["-d", "127.0.0.1", "-p", str(self.port)]
+        res = subprocess.run(["spamc", *where, "-t", "20", *args], input=data, capture_output=True, timeout=60)
+        return res.returncode, res.stdout
+
+    def raw(self, request: bytes, shutdown: bool = True, timeout: float = 20) -> bytes:
+        """Send bytes as a client would and read the whole answer."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(request)
+            if shutdown:
+                s.shutdown(socket.SHUT_WR)
+            out = b""
+            while data := s.recv(65536):
+                out += data
+            return out
+
+    def log_text(self) -> str:
+        time.sleep(0.1)  # (the reader thread may be a line behind)
+        return "".join(self.log)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def ham_cutoff(model_dir, mail):
+    """The model's ham cut-off, or, if no held-out message falls between its cut-offs, one that puts
+    the highest-scoring message below the spam cut-off there (so that `unsure` can be seen)."""
+    base = SpamFilter.load(model_dir)
+    spam_cut, ham_cut = base.bundle.spam_cutoff, base.bundle.ham_cutoff
+    p = np.array([base.check(m).probability for m, _ in mail[1]])
+    if np.any((p >= ham_cut) & (p < spam_cut)):
+        return ham_cut
+    return float(p[p < spam_cut].max())
+
+
+@pytest.fixture(scope="session")
+def reference(model_dir, ham_cutoff):
+    """The model loaded here, with the main daemon's cut-offs, to compare its answers with."""
+    return SpamFilter.load(model_dir, ham_cutoff=ham_cutoff)
+
+
+@pytest.fixture(scope="session")
+def held(mail, reference):
+    """Held-out messages with the reference verdict of each: [(bytes, label, Verdict)]."""
+    return [(m, label, reference.check(m)) for m, label in mail[1]]
+
+
+@pytest.fixture(scope="session")
+def user_models(model_dir, tmp_path_factory):
+    """--user-models with one user, alice, whose copy of the model calls nothing spam."""
+    root = tmp_path_factory.mktemp("users")
+    shutil.copytree(model_dir, root / "alice")
+    _set_cutoffs(root / "alice", spam=1.0, ham=0.0)
+    return root
+
+
+def _set_cutoffs(model: Path, spam: float, ham: float) -> None:
+    """Change a model's cut-offs in its model.json, atomically, as `spam train` writes it."""
+    path = model / "model.json"
+    doc = json.loads(path.read_text())
+    doc["metadata"]["cutoffs"].update(spam=spam, ham=ham)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+
+@pytest.fixture(scope="session")
+def daemon(model_dir, user_models, ham_cutoff, tmp_path_factory):
+    _need("spamc")
+    sock = tmp_path_factory.mktemp("sock") / "spamd.sock"
+    d = Daemon(model_dir, "--listen", "127.0.0.1:0", "--socket", str(sock), "--socket-mode", "0640",
+               "--max-size", str(MAX_SIZE), "--read-timeout", "2", "--user-models", str(user_models),
+               "--reload-interval", "0", "--ham-cutoff", repr(ham_cutoff))
+    d.socket = sock
+    yield d
+    assert d.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def learner(model_dir, tmp_path_factory):
+    """A daemon with --allow-tell on its own copy of the model."""
+    _need("spamc")
+    copy = tmp_path_factory.mktemp("learner") / "model"
+    shutil.copytree(model_dir, copy)
+    d = Daemon(copy, "--listen", "127.0.0.1:0", "--allow-tell", "--reload-interval", "0.2")
+    d.model = copy
+    yield d
+    assert d.stop() == 0
+
+
+def _score_line(v: Verdict) -> bytes:
+    return f"{format_score(v.score, v.is_spam)}/{THRESHOLD:.1f}\n".encode()
+
+
+def _body(raw: bytes) -> bytes:
+    i = [k for k in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if k >= 0]
+    return raw[min(i):] if i else b""
+
+
+# --- every request type through spamc ------------------------------------------------------------
+
+def test_check_prints_score_and_exit_code_like_spamd(daemon, held):
+    labels = set()
+    for raw, _, v in held[::3]:
+        rc, out = daemon.spamc("-c", data=raw)
+        assert out == _score_line(v)
+        assert rc == (1 if v.is_spam else 0)
+        labels.add(v.label)
+    assert {"spam", "ham"} <= labels
+    accuracy = np.mean([v.is_spam == bool(label) for _, label, v in held])
+    assert accuracy > 0.8  # a real filter, not a coin (the reference verdicts are the daemon's)
+    assert re.search(r"CHECK (spam|ham|unsure) \(-?\d+\.\d/5\.0, P\(spam\) [01]\.\d{4}\) for \S+ in [\d.]+ ms, "
+                     r"\d+ bytes", daemon.log_text())
+
+
+def test_process_adds_headers_and_leaves_the_body_byte_for_byte(daemon, held):
+    for raw, _, v in held[::7]:
+        rc, out = daemon.spamc("-E", data=raw)
+        assert rc == (1 if v.is_spam else 0)
+        assert _body(out) == _body(raw)
+        head = out[:len(out) - len(_body(out))]
+        assert (b"\nX-Spam-Flag: YES" in head) == v.is_spam
+        assert f"X-Spam-Status: {'Yes' if v.is_spam else 'No'}, score={format_score(v.score, v.is_spam)} "\
+               f"required=5.0 tests=CHAINRULE_{v.label.upper()}".encode() in head
+        assert f"X-Chainrule-Spam-Verdict: {v.label}".encode() in head
+        assert f"X-Chainrule-Spam-Probability: {v.probability:.6f}".encode() in head
+        rc, headers_mode = daemon.spamc("--headers", data=raw)  # spamc puts the body back itself
+        assert rc == 0 and headers_mode == out
+
+
+def test_forged_markup_is_replaced(daemon, held):
+    raw, _, v = next(h for h in held if h[2].label == "ham")
+    forged = b"X-Spam-Flag: YES\nX-Chainrule-Spam-Verdict: spam\n" + raw
+    _, out = daemon.spamc(data=forged)
+    head = out[:len(out) - len(_body(out))]
+    assert b"X-Spam-Flag" not in head and head.count(b"X-Chainrule-Spam-Verdict: ham") == 1
+
+
+def test_symbols_and_reports(daemon, held):
+    spam = next(h for h in held if h[2].label == "spam")
+    ham = next(h for h in held if h[2].label == "ham")
+    for raw, _, v in (spam, ham):
+        rc, out = daemon.spamc("-y", data=raw)
+        assert rc == 0 and out.strip() == f"CHAINRULE_{v.label.upper()}".encode()
+        rc, out = daemon.spamc("-R", data=raw)
+        first, report = out.split(b"\n", 1)
+        assert rc == 0 and first + b"\n" == _score_line(v)
+        assert f"P(spam) {v.probability:.4f}".encode() in report
+        assert b"Tokens that pushed it towards" in report
+        rc, out = daemon.spamc("-r", data=raw)  # only for spam
+        assert rc == 0 and (out.startswith(_score_line(v)) if v.is_spam else out == b"")
+
+
+def test_unsure_stays_visible(daemon, held):
+    raw, _, v = next(h for h in held if h[2].label == "unsure")  # (there is one: see `ham_cutoff`)
+    assert 2.5 <= v.score < THRESHOLD
+    rc, out = daemon.spamc("-E", data=raw)
+    assert rc == 0 and b"X-Chainrule-Spam-Verdict: unsure" in out and b"X-Spam-Flag" not in out
+    assert b"X-Spam-Status: No, score=" in out
+    assert daemon.spamc("-c", data=raw) == (0, _score_line(v))
+    assert daemon.spamc("-y", data=raw)[1].strip() == b"CHAINRULE_UNSURE"
+
+
+def test_ping_and_skip(daemon):
+    rc, out = daemon.spamc("-K")
+    assert rc == 0 and out == b"SPAMD/1.5 0\n"
+    assert daemon.raw(b"SKIP SPAMC/1.5\r\n\r\n") == b""
+    assert daemon.raw(b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
+
+
+def test_unix_socket_answers_like_tcp(daemon, held):
+    assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o640
+    for raw, _, _ in held[:3]:
+        assert daemon.spamc("-c", data=raw, socket_path=daemon.socket) == daemon.spamc("-c", data=raw)
+    assert "unix socket" in daemon.log_text()
+
+
+def test_compressed_request(daemon, held):
+    # (Debian's spamc is built without zlib, so `-z` is sent by hand, as spamc would send it)
+    raw, _, v = held[1]
+    packed = zlib.compress(raw)
+    out = daemon.raw(b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: %d\r\n\r\n" % len(packed) + packed)
+    assert out == f"SPAMD/1.1 0 EX_OK\r\nSpam: {v.is_spam} ; {format_score(v.score, v.is_spam)} / 5.0\r\n\r\n".encode()
+
+
+def test_older_clients_exim_and_milters(daemon, held):
+    """Exim's `spam =` sends REPORT SPAMC/1.2 and parses the 1.2 answer (no Content-length, then
+    "Spam: ..."); spamass-milter sends SYMBOLS SPAMC/1.2 with no Content-length at all."""
+    raw, _, v = next(h for h in held if h[2].label == "spam")
+    out = daemon.raw(b"REPORT SPAMC/1.2\r\nUser: nobody\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+    m = re.match(rb"SPAMD/1\.1 0 EX_OK\r\nSpam: True ; (-?\d+\.\d) / 5\.0\r\n\r\n", out)
+    assert m and m.group(1) == format_score(v.score, True).encode()
+    assert b"CHAINRULE_SPAM" in out[m.end():]
+    out = daemon.raw(b"SYMBOLS SPAMC/1.2\r\nUser: milter\r\n\r\n" + raw)
+    assert out.endswith(b"\r\n\r\nCHAINRULE_SPAM\r\n") and out.startswith(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; ")
+
+
+def test_too_large_message_is_passed_back_unchecked(daemon, held):
+    raw = held[0][0]
+    big = raw + b"\n" + b"".join(m for m, _, _ in held)[:MAX_SIZE + 5000]  # real mail, over --max-size
+    assert len(big) > MAX_SIZE
+    size = ["-s", str(4 * MAX_SIZE)]  # (spamc's own limit must let it through to the daemon)
+    assert daemon.spamc(*size, "-c", data=big) == (0, b"0.0/5.0\n")
+    assert daemon.spamc(*size, data=big) == (0, big)
+    assert daemon.spamc(*size, "--headers", data=big) == (0, big)
+    assert daemon.spamc(*size, "-y", data=big)[1].strip() == b"CHAINRULE_SKIPPED_TOO_BIG"
+    assert b"more than the daemon's limit" in daemon.spamc(*size, "-R", data=big)[1]
+    assert re.search(rf"PROCESS skipped for \S+: {len(big)} bytes over --max-size {MAX_SIZE}", daemon.log_text())
+
+
+def test_malformed_requests_get_protocol_errors(daemon, held):
+    raw = held[0][0]
+    cases = [
+        b"HELLO SPAMC/1.5\r\n\r\n",
+        b"\x00\xff\xfe garbage\r\n",
+        b"CHECK SPAMC/1.5\r\nContent-length: twelve\r\n\r\n",
+        b"CHECK SPAMC/1.5\r\nno colon here\r\n\r\n",
+        b"CHECK SPAMC/1.5\r\nCompress: gzip\r\nContent-length: 3\r\n\r\nabc",
+        b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % (len(raw) + 10) + raw,  # shorter than it says
+        b"CHECK SPAMC/1.5\r\n" + b"X-Header: 1\r\n" * 300 + b"\r\n",
+        b"CHECK SPAMC/1.5\r\nContent-length: 5\r\nCompress: zlib\r\n\r\nnot z",
+        b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nContent-length: 3\r\n\r\nabc",  # no --allow-tell
+        b"CHECK SPAMC/1.0\r\n\r\n",
+    ]
+    for request in cases:
+        out = daemon.raw(request)
+        assert re.fullmatch(rb"SPAMD/1\.0 (76|69|65) [^\r\n]+\r\n", out), (request[:40], out)
+    assert daemon.raw(b"").startswith(b"SPAMD/1.0 76")
+    assert daemon.spamc("-K") == (0, b"SPAMD/1.5 0\n")  # still serving
+
+
+def test_silent_and_vanishing_clients_never_hang_the_daemon(daemon, held):
+    raw = held[0][0]
+    t0 = time.monotonic()
+    out = daemon.raw(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw[:100], shutdown=False)
+    assert out.startswith(b"SPAMD/1.0 79 Timeout") and time.monotonic() - t0 < 10  # --read-timeout 2
+    for _ in range(3):  # disconnects mid-body
+        with socket.create_connection(("127.0.0.1", daemon.port)) as s:
+            s.sendall(b"PROCESS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw[:len(raw) // 2])
+    rc, out = daemon.spamc("-c", data=raw)
+    assert rc in (0, 1) and out == _score_line(held[0][2])
+    assert "Content-Length mismatch" in daemon.log_text()
+
+
+def test_concurrent_clients(daemon, held):
+    jobs = [h for h in held for _ in range(2)]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda h: daemon.spamc("-c", data=h[0]), jobs))
+    assert results == [(1 if v.is_spam else 0, _score_line(v)) for _, _, v in jobs]
+
+
+def test_per_user_models(daemon, held):
+    raw, _, v = next(h for h in held if h[2].label == "spam" and h[2].probability < 0.999)
+    assert daemon.spamc("-c", "-u", "bob", data=raw)[0] == 1  # no model of his own: the default
+    rc, out = daemon.spamc("-c", "-u", "alice", data=raw)  # hers calls nothing spam
+    assert rc == 0 and float(out.split(b"/")[0]) < THRESHOLD
+    assert daemon.spamc("-c", "-u", "../alice", data=raw)[0] == 1  # not a path
+
+
+# --- learning, reloading, stopping -----------------------------------------------------------------
+
+def test_tell_learns_and_the_next_verdict_changes(learner, held):
+    # the held-out message nearest the spam cut-off: taught as the class it is not called now
+    raw, _, v = min(held, key=lambda h: abs(h[2].score - THRESHOLD))
+    teach = "ham" if v.is_spam else "spam"
+    before = learner.spamc("-c", data=raw)
+    changed = False
+    for _ in range(10):
+        rc, out = learner.spamc("-L", teach, data=raw)
+        assert rc == 0 and out.strip() == b"Message successfully un/learned"
+        rc, now = learner.spamc("-c", data=raw)
+        if rc != before[0]:
+            changed = True
+            break
+    assert changed, f"10 lessons as {teach} did not change the verdict {before}"
+    score = float(now.split(b"/")[0])
+    assert (score < float(before[1].split(b"/")[0])) == (teach == "ham")
+    assert SpamFilter.load(learner.model).bundle.metadata["learned"] >= 1  # saved to disk
+    assert "TELL learned as " + teach in learner.log_text()
+    # forget: the message leaves the replay sample (it is there now, as the last lesson)
+    assert learner.spamc("-L", "forget", data=raw) == (0, b"Message successfully un/learned\n")
+    assert learner.spamc("-L", "forget", data=raw) == (0, b"Message was already un/learned\n")
+
+
+def test_tell_is_refused_without_allow_tell(daemon, held, model_dir):
+    before = (model_dir / "model.npz").stat().st_mtime_ns
+    rc, _ = daemon.spamc("-L", "spam", data=held[0][0])
+    assert rc != 0 and (model_dir / "model.npz").stat().st_mtime_ns == before
+    assert "TELL commands are not enabled" in daemon.log_text()
+
+
+def test_a_changed_model_file_is_reloaded(learner, held):
+    raw, _, v = next(h for h in held if h[2].label == "ham")
+    _set_cutoffs(learner.model, spam=0.0, ham=0.0)
+    deadline = time.monotonic() + 10
+    while learner.spamc("-c", data=raw)[0] != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert learner.spamc("-c", data=raw)[0] == 1  # everything is spam now
+    assert "reloaded" in learner.log_text()
+
+
+def test_allowed_ips_sighup_and_sigterm(model_dir, held, tmp_path):
+    _need("spamc")
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    sock = tmp_path / "s.sock"
+    d = Daemon(copy, "--listen", "127.0.0.1:0", "--allowed-ips", "10.0.0.0/8", "--socket", str(sock),
+               "--reload-interval", "0")
+    try:
+        raw, _, v = next(h for h in held if h[2].label == "spam" and h[2].probability < 0.999)
+        assert d.spamc("-c", data=raw) == (0, b"0/0\n")  # refused over TCP: spamc's safe fallback
+        assert "not in --allowed-ips" in d.log_text()
+        assert d.spamc("-c", data=raw, socket_path=sock)[0] == 1  # a Unix socket is not an IP
+        _set_cutoffs(copy, spam=1.0, ham=0.0)
+        assert d.spamc("-c", data=raw, socket_path=sock)[0] == 1  # --reload-interval 0: not yet
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while d.spamc("-c", data=raw, socket_path=sock)[0] == 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.spamc("-c", data=raw, socket_path=sock)[0] == 0
+        # SIGTERM while a request is half sent: it is still answered, then the daemon exits
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(sock))
+            s.sendall(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw[:50])
+            time.sleep(0.3)
+            d.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            s.sendall(raw[50:])
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while data := s.recv(65536):
+                out += data
+        assert out.startswith(b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; ")
+        assert d.proc.wait(timeout=30) == 0
+        assert not sock.exists()
+    finally:
+        d.stop()
+
+
+def test_a_bad_model_is_a_one_line_error(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(tmp_path),
+                          "--listen", "127.0.0.1:0"], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "model.json: not found" in res.stderr
+
+
+# --- procmail -----------------------------------------------------------------------------------
+
+def test_procmail_files_spam_and_ham_into_maildir_folders(daemon, held, tmp_path):
+    _need("procmail")
+    mail_dir = tmp_path / "Mail"
+    mail_dir.mkdir()  # (were it missing, procmail would deliver into $HOME instead)
+    rc_file = tmp_path / "procmailrc"
+    rc_file.write_text(f"""MAILDIR={mail_dir}
+LOGFILE={tmp_path}/procmail.log
+:0fw
+| spamc -d 127.0.0.1 -p {daemon.port}
+:0
+* ^X-Spam-Flag: YES
+spam/
+:0
+* ^X-Chainrule-Spam-Verdict: unsure
+unsure/
+:0
+inbox/
+""")
+    chosen = held[::5]
+    for raw, _, _ in chosen:
+        res = subprocess.run(["procmail", "-m", str(rc_file)], input=raw, capture_output=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+    expected = {"spam": "spam", "ham": "inbox", "unsure": "unsure"}
+    for folder in ("spam", "inbox", "unsure"):
+        # (procmail ends a delivered message with a blank line; the daemon's own output is compared
+        # byte for byte in the tests above)
+        want = sorted(_body(raw).rstrip(b"\n") for raw, _, v in chosen if expected[v.label] == folder)
+        new = mail_dir / folder / "new"
+        got = sorted(_body(p.read_bytes()).rstrip(b"\n") for p in new.iterdir()) if new.is_dir() else []
+        assert got == want, folder
+    assert any((mail_dir / "spam" / "new").iterdir()) and any((mail_dir / "inbox" / "new").iterdir())
