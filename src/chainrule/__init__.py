@@ -6,6 +6,7 @@ optimizer; `gradcheck` verifies the backward pass against finite differences.
 
 from chainrule.conv import AvgPool2D, BatchNorm, Conv2D, MaxPool2D
 from chainrule.errors import DataError, ModelFileError, TrainingDiverged, UserError
+from chainrule.functional import log_softmax, sigmoid, softmax
 from chainrule.gradcheck import gradcheck
 from chainrule.layers import (
     Dropout,
@@ -31,5 +32,6 @@ __all__ = [
     "Dropout", "EarlyStopping", "Flatten", "History", "Layer", "LeakyReLU", "Linear", "Loss", "MaxPool2D",
     "MeanSquaredError", "ModelFileError",
     "Optimizer", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax", "Tanh",
-    "TrainingDiverged", "UserError", "cosine", "evaluate", "fit", "gradcheck", "load_model", "step_decay",
+    "TrainingDiverged", "UserError", "cosine", "evaluate", "fit", "gradcheck", "load_model", "log_softmax", "sigmoid",
+    "softmax", "step_decay",
 ]

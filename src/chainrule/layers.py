@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from chainrule.functional import sigmoid, softmax
 from chainrule.parameter import Parameter
 
 
@@ -227,8 +228,7 @@ class Sigmoid(_Activation):
     """Logistic sigmoid: y = 1 / (1 + e^(-x)), squashing to (0, 1). Derivative: y · (1 - y)."""
 
     def forward(self, x, training=False):
-        # Written via tanh, which never overflows: σ(x) = (1 + tanh(x/2)) / 2.
-        out = 0.5 * (1.0 + np.tanh(0.5 * x))
+        out = sigmoid(x)
         self._out = out
         return out
 
@@ -257,9 +257,7 @@ class Softmax(_Activation):
     """
 
     def forward(self, x, training=False):
-        z = x - x.max(axis=-1, keepdims=True)  # shifting by the max avoids overflow in exp
-        e = np.exp(z)
-        out = e / e.sum(axis=-1, keepdims=True)
+        out = softmax(x, axis=-1)
         self._out = out
         return out
 
