@@ -23,7 +23,7 @@ import sys
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from chainrule.history import History
 from chainrule.layers import ReLU
