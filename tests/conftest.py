@@ -1,4 +1,8 @@
-"""Shared fixtures. Tests that need real data skip only when $CHAINRULE_DATA is unset (CI sets it)."""
+"""Shared fixtures and helpers. Tests that need real data skip only when $CHAINRULE_DATA is unset (CI sets it).
+
+Helpers used by several test modules are plain functions here, imported as `from conftest import ...`
+(pytest puts this directory on sys.path).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import chainrule as cr
 from chainrule.cli import main
 from chainrule.data.corpora import read_messages
 
@@ -95,3 +100,29 @@ def synthetic_spam_rows() -> tuple[sp.csr_matrix, np.ndarray]:
     x = sp.csr_matrix((np.full(6 * len(y), 0.4, np.float32), np.concatenate(rows), np.arange(0, 6 * len(y) + 1, 6)),
                       shape=(len(y), 64))
     return x, y
+
+
+def blobs(n: int = 200, d: int = 10, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian clusters, one per class: an easy problem for the training loop's bookkeeping tests."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    centres = rng.normal(scale=2.0, size=(classes, d))
+    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def small_mlp(seed: int = 0, d: int = 10, classes: int = 3, dropout: float = 0.0, dtype=np.float32) -> cr.Sequential:
+    """d-16-classes with a ReLU (and optional dropout): the network `blobs` is learned with."""
+    layers = [cr.Linear(d, 16), cr.ReLU()]
+    if dropout:
+        layers.append(cr.Dropout(dropout))
+    return cr.Sequential(layers + [cr.Linear(16, classes)], seed=seed, dtype=dtype)
+
+
+class WeightRecorder(cr.Callback):
+    """Keeps a copy of the weights after every epoch."""
+
+    def __init__(self):
+        self.states = []
+
+    def on_epoch_end(self, epoch, logs, model):
+        self.states.append(model.flat_params.copy())

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
-from chainrule.data.augment import random_affine
+from chainrule.data.mnist import load_mnist
 from chainrule.network import LAYER_TYPES
 
 FEW = settings(max_examples=25, deadline=None)
@@ -304,15 +304,9 @@ def test_conv_network_gradcheck_and_save_load(tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(xs), model.predict_proba(xs))
 
 
-def test_conv_network_learns_a_real_digit_slice():
+def test_conv_network_learns_a_real_digit_slice(mnist_dir):
     """A few epochs on 1,000 real MNIST images must beat chance by far on 500 held-out ones."""
-    import os
-
-    if not os.environ.get("CHAINRULE_DATA"):
-        pytest.skip("CHAINRULE_DATA is not set")
-    from chainrule.data.mnist import load_mnist
-
-    images, labels = load_mnist("train", None)
+    images, labels = load_mnist("train", mnist_dir)
     x = np.asarray(images[:1500])
     x = (x.astype(np.float32) / 255 if x.dtype == np.uint8 else x.astype(np.float32)).reshape(-1, 1, 28, 28)
     y = np.asarray(labels[:1500], np.int64)
@@ -324,39 +318,6 @@ def test_conv_network_learns_a_real_digit_slice():
     cr.fit(model, x[:1000], y[:1000], cr.CrossEntropy(), cr.Adam(model.parameters(), lr=3e-3), epochs=4,
            batch_size=50, verbose=False)
     assert np.mean(model.predict(x[1000:]) == y[1000:]) > 0.85
-
-
-# -- augmentation ------------------------------------------------------------------------------------
-
-
-def test_random_affine_matches_scipy_affine_transform():
-    """Same random draws, same maps: each image equals scipy's bilinear affine_transform of it."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(5)
-    x = rng.random((6, 1, 28, 28))
-    out = random_affine(x, np.random.default_rng(9), max_rotation=20, max_scale=0.2, max_shift=3)
-    assert out.shape == x.shape and out.dtype == x.dtype
-    draws = np.random.default_rng(9)
-    angle = np.deg2rad(draws.uniform(-20, 20, 6))
-    scale = draws.uniform(0.8, 1.2, 6)
-    shift = draws.uniform(-3, 3, (6, 2))
-    c = np.full(2, 13.5)
-    for k in range(6):
-        cos, sin = np.cos(angle[k]) / scale[k], np.sin(angle[k]) / scale[k]
-        matrix = np.array([[cos, -sin], [sin, cos]])  # (row, column) coordinates
-        offset = c - matrix @ (c + shift[k])
-        want = ndimage.affine_transform(x[k, 0], matrix, offset, order=1, mode="grid-constant", cval=0.0)
-        np.testing.assert_allclose(out[k, 0], want, atol=1e-9)
-
-
-def test_random_affine_identity_and_flat_batches():
-    x = np.random.default_rng(0).random((3, 784), np.float32)
-    out = random_affine(x, np.random.default_rng(0), max_rotation=0, max_scale=0, max_shift=0)
-    assert out.shape == (3, 784) and out.dtype == np.float32
-    np.testing.assert_array_equal(out, x)
-    with pytest.raises(ValueError, match="28x28"):
-        random_affine(np.zeros((2, 100)), np.random.default_rng(0))
 
 
 # -- the digits presets ------------------------------------------------------------------------------

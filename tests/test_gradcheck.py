@@ -37,7 +37,7 @@ class BrokenTanh(cr.Tanh):
     """tanh with a wrong derivative (1 - y instead of 1 - y²)."""
 
     def backward(self, grad_out):
-        return grad_out * (1 - self._out)
+        return grad_out * (1 - self.output)
 
 
 def test_gradcheck_catches_a_wrong_backward_pass():

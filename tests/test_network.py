@@ -84,6 +84,38 @@ def test_predict_and_predict_proba():
     assert model.predict(np.zeros((0, 3, 4), np.float32)).shape == (0,)
 
 
+LOOK_INSIDE = {
+    "dense": ([cr.Flatten(), cr.Linear(12, 8), cr.ReLU(), cr.Dropout(0.2), cr.Linear(8, 3)], (3, 4)),
+    "one output": ([cr.Linear(5, 4), cr.Tanh(), cr.Linear(4, 1)], (5,)),
+    "softmax head": ([cr.Linear(5, 4), cr.Sigmoid(), cr.Linear(4, 3), cr.Softmax()], (5,)),
+    "conv": ([cr.Conv2D(1, 3, 3, padding=1), cr.MaxPool2D(2), cr.BatchNorm(3), cr.ReLU(), cr.Flatten(),
+              cr.Linear(3 * 3 * 3, 4)], (1, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("name", LOOK_INSIDE)
+def test_layer_outputs_come_from_one_pass_and_give_predict_proba(name):
+    layers, shape = LOOK_INSIDE[name]
+    model = cr.Sequential(layers, input_shape=shape, seed=0)
+    x = np.random.default_rng(1).normal(size=(5, *shape)).astype(np.float32)
+    outputs = model.layer_outputs(x)
+    assert len(outputs) == len(model.layers)
+    # the same arrays as running the layers one by one, in evaluation mode
+    h = x
+    for layer, out in zip(model.layers, outputs, strict=True):
+        h = layer.forward(h, training=False)
+        np.testing.assert_array_equal(out, h)
+    np.testing.assert_array_equal(outputs[-1], model.forward(x))
+    # the last one is all predict_proba and predict need: no second pass
+    np.testing.assert_array_equal(model.probabilities(outputs[-1]), model.predict_proba(x))
+    np.testing.assert_array_equal(model.predicted_classes(outputs[-1]), model.predict(x))
+    # a later pass does not overwrite the arrays handed out
+    kept = [o.copy() for o in outputs]
+    model.layer_outputs(np.ones_like(x))
+    for before, out in zip(kept, outputs, strict=True):
+        np.testing.assert_array_equal(before, out)
+
+
 def test_summary_lists_layers_shapes_and_parameter_counts():
     text = _model().summary()
     assert "Output shape" in text and "Params" in text

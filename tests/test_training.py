@@ -1,5 +1,5 @@
-"""The training loop: learning XOR and real MNIST digits, early stopping, the NaN guard,
-reproducibility, checkpoint/resume, and the gradient-flow record."""
+"""The training loop: learning XOR and real MNIST digits, the NaN guard, reproducibility,
+checkpoint/resume, and the record in History (early stopping and gradient flow: test_callbacks.py)."""
 
 from __future__ import annotations
 
@@ -8,34 +8,10 @@ import pytest
 
 import chainrule as cr
 from chainrule.data.mnist import load_mnist
+from conftest import blobs, small_mlp
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
 XOR_Y = np.array([0, 1, 1, 0])
-
-
-def _blobs(n=200, d=10, classes=3, seed=0):
-    """Gaussian clusters, one per class: an easy problem for the loop's bookkeeping tests."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    centres = rng.normal(scale=2.0, size=(classes, d))
-    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
-
-
-def _mlp(seed=0, d=10, classes=3, dropout=0.0, dtype=np.float32):
-    layers = [cr.Linear(d, 16), cr.ReLU()]
-    if dropout:
-        layers.append(cr.Dropout(dropout))
-    return cr.Sequential(layers + [cr.Linear(16, classes)], seed=seed, dtype=dtype)
-
-
-class Recorder(cr.Callback):
-    """Keeps a copy of the weights after every epoch."""
-
-    def __init__(self):
-        self.states = []
-
-    def on_epoch_end(self, epoch, logs, model):
-        self.states.append(model.flat_params.copy())
 
 
 def test_2_3_1_network_learns_xor():
@@ -65,55 +41,9 @@ def test_small_mlp_fits_a_real_mnist_slice(mnist_dir):
     assert len(history["val_loss"]) == len(history["loss"]) and None not in history["val_loss"]
 
 
-def _overfitting_setup(seed=0):
-    """Random labels: the training loss falls, the validation loss soon rises."""
-    rng = np.random.default_rng(seed)
-    x, y = rng.normal(size=(40, 20)).astype(np.float32), rng.integers(0, 2, 40)
-    xv, yv = rng.normal(size=(40, 20)).astype(np.float32), rng.integers(0, 2, 40)
-    model = cr.Sequential([cr.Linear(20, 64), cr.ReLU(), cr.Linear(64, 2)], seed=seed)
-    return model, x, y, (xv, yv)
-
-
-def test_early_stopping_stops_and_restores_the_best_weights():
-    model, x, y, val = _overfitting_setup()
-    rec = Recorder()
-    history = cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=200,
-                     batch_size=8, validation_data=val, callbacks=[rec], verbose=False,
-                     early_stopping=cr.EarlyStopping(patience=3))
-    assert history.stop_reason.startswith("early stopping")
-    assert len(history) < 200
-    val_loss = history["val_loss"]
-    assert history.best_epoch == int(np.argmin(val_loss))
-    assert len(history) == history.best_epoch + 1 + 3 + 1  # best, then patience + 1 worse epochs
-    np.testing.assert_array_equal(model.flat_params, rec.states[history.best_epoch])
-    assert not np.array_equal(model.flat_params, rec.states[-1])
-
-
-def test_early_stopping_restores_the_best_weights_at_the_epoch_limit_too():
-    model, x, y, val = _overfitting_setup(1)
-    rec = Recorder()
-    history = cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=25,
-                     batch_size=8, validation_data=val, callbacks=[rec], verbose=False,
-                     early_stopping=cr.EarlyStopping(patience=1000))
-    assert history.stop_reason == "reached the epoch limit (25)"
-    assert history.best_epoch == int(np.argmin(history["val_loss"])) < 24
-    np.testing.assert_array_equal(model.flat_params, rec.states[history.best_epoch])
-
-
-def test_early_stopping_on_accuracy_maximises_and_min_delta_counts():
-    es = cr.EarlyStopping(monitor="val_accuracy", patience=0, min_delta=0.05)
-    model = _mlp()
-    assert not es.on_epoch_end(0, {"val_accuracy": 0.5}, model)
-    assert es.on_epoch_end(1, {"val_accuracy": 0.53}, model)  # better, but by less than min_delta
-    with pytest.raises(ValueError, match="needs validation_split or validation_data"):
-        x, y = _blobs()
-        cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), early_stopping=cr.EarlyStopping(),
-               verbose=False)
-
-
 def test_nan_guard_stops_on_an_absurd_learning_rate_and_keeps_finite_weights():
-    x, y = _blobs()
-    model = _mlp()
+    x, y = blobs()
+    model = small_mlp()
     with np.errstate(all="ignore"), pytest.raises(cr.TrainingDiverged, match=r"epoch \d+, batch \d+"):
         cr.fit(model, x, y, cr.MeanSquaredError(), cr.SGD(model.parameters(), lr=1e12), epochs=5,
                batch_size=16, verbose=False)
@@ -123,8 +53,8 @@ def test_nan_guard_stops_on_an_absurd_learning_rate_and_keeps_finite_weights():
 
 
 def test_fit_rejects_nan_inputs_and_bad_arguments():
-    x, y = _blobs()
-    model = _mlp()
+    x, y = blobs()
+    model = small_mlp()
     x[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN or infinity"):
         cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False)
@@ -135,8 +65,8 @@ def test_fit_rejects_nan_inputs_and_bad_arguments():
 
 
 def _train(model_seed, epochs=3, **kw):
-    x, y = _blobs()
-    model = _mlp(seed=model_seed, dropout=0.3)
+    x, y = blobs()
+    model = small_mlp(seed=model_seed, dropout=0.3)
     cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=epochs, batch_size=16,
            validation_split=0.2, verbose=False, **kw)
     return model
@@ -152,10 +82,10 @@ def test_same_seed_same_weights_different_seed_different_weights():
 
 
 def test_checkpoint_and_resume_match_an_uninterrupted_run(tmp_path):
-    x, y = _blobs()
+    x, y = blobs()
 
     def run(epochs, checkpoint=None, resume=False):
-        model = _mlp(seed=3, dropout=0.2)
+        model = small_mlp(seed=3, dropout=0.2)
         opt = cr.Adam(model.parameters(), lr=0.01)
         history = cr.fit(model, x, y, cr.CrossEntropy(), opt, epochs=epochs, batch_size=16, validation_split=0.2,
                          lr_schedule=cr.cosine(0.01, 6), early_stopping=cr.EarlyStopping(patience=100),
@@ -174,8 +104,8 @@ def test_checkpoint_and_resume_match_an_uninterrupted_run(tmp_path):
 
 
 def test_history_records_metrics_and_gradient_flow():
-    x, y = _blobs()
-    model = _mlp()
+    x, y = blobs()
+    model = small_mlp()
     schedule = cr.step_decay(0.05, 2, 0.5)
     history = cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=0.05, momentum=0.9),
                      epochs=4, batch_size=20, validation_split=0.25, lr_schedule=schedule, verbose=False)
@@ -195,25 +125,9 @@ def test_history_records_metrics_and_gradient_flow():
     assert "0:Linear" in report and "EXPLODING" not in report
 
 
-def test_gradient_report_flags_exploding_and_dead_layers():
-    x, y = _blobs()
-    model = _mlp(dtype=np.float64)
-    model.layers[0].bias.data[...] = -1e3  # every hidden unit negative: all ReLUs dead
-    history = cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=1e-3), epochs=1,
-                     batch_size=50, verbose=False)
-    assert history.gradient_flow[0]["1:ReLU"]["dead_fraction"] == 1.0
-    assert "MOSTLY DEAD" in history.gradient_report()
-
-    model = _mlp(dtype=np.float64)
-    history = cr.fit(model, x * 100, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=5.0), epochs=1,
-                     batch_size=50, verbose=False)
-    assert history.gradient_flow[0]["0:Linear"]["update_ratio"] > 0.1
-    assert "EXPLODING" in history.gradient_report()
-
-
 def test_float64_training_keeps_float64():
-    x, y = _blobs()
-    model = _mlp(dtype=np.float64)
+    x, y = blobs()
+    model = small_mlp(dtype=np.float64)
     cr.fit(model, x.astype(np.float64), y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=2,
            verbose=False)
     assert model.flat_params.dtype == np.float64
@@ -232,8 +146,8 @@ def test_a_callback_can_stop_training_and_augment_sees_each_batch():
         seen.append(len(xb))
         return xb + rng.normal(scale=0.01, size=xb.shape).astype(xb.dtype)
 
-    x, y = _blobs()
-    model = _mlp()
+    x, y = blobs()
+    model = small_mlp()
     history = cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), epochs=10, batch_size=64,
                      callbacks=[StopAfterTwo()], augment=augment, verbose=False)
     assert len(history) == 2
@@ -241,8 +155,8 @@ def test_a_callback_can_stop_training_and_augment_sees_each_batch():
 
 
 def test_verbose_training_prints_epochs_and_the_gradient_report(capsys):
-    x, y = _blobs()
-    model = _mlp()
+    x, y = blobs()
+    model = small_mlp()
     cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), epochs=2, verbose=True)
     out = capsys.readouterr()
     text = out.out + out.err

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from chainrule.functional import sigmoid
 from chainrule.layers import Linear, Tanh
 from chainrule.losses import BinaryCrossEntropy
 from chainrule.network import Sequential
@@ -51,7 +52,7 @@ def one_step(model: Sequential, x: np.ndarray, y: np.ndarray, optimizer: SGD) ->
     out["z2"] = lin2.forward(out["a1"], training=True)
     value, grad = loss(out["z2"], y)
     out["loss"] = np.array(value)
-    out["p"] = 0.5 * (1 + np.tanh(0.5 * out["z2"]))  # σ(z2), the predicted probability
+    out["p"] = sigmoid(out["z2"])  # the predicted probability
     # backward: last layer first; each backward returns dL/d(its input)
     optimizer.zero_grad()
     out["delta2"] = grad.copy()

@@ -12,8 +12,11 @@ That second step is the chain rule: if ``y = f(x; W)`` then ``dL/dx = dL/dy · d
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from chainrule.functional import sigmoid, softmax
 from chainrule.parameter import Parameter
 
 
@@ -153,48 +156,51 @@ class Linear(Layer):
 
 
 class _Activation(Layer):
-    """An element-wise function; no parameters, output shape equals input shape."""
+    """An element-wise function; no parameters, output shape equals input shape.
 
-
-class ReLU(_Activation):
-    """Rectified linear unit: y = max(0, x). Its derivative is 1 where the output is positive.
-
-    A unit whose output is 0 for every example passes no gradient back and stops learning
-    ("dead"); `fit` records the fraction of such units per epoch via `max_output`.
+    `forward` keeps its result in `output`: backward computes the derivative from it (relu': y > 0,
+    σ': y·(1 - y), tanh': 1 - y²), and observers of training (`GradientFlow`'s dead-unit count)
+    read it there too.
     """
 
     def __init__(self):
         super().__init__()
-        self._out = None
-        self._zeros = None
-        self.max_output = None  # running max of each unit's output, reset by `fit` every epoch
+        self.output = None
+
+
+@functools.lru_cache(maxsize=32)
+def _zero_row(length: int, dtype: np.dtype) -> np.ndarray:
+    zeros = np.zeros(length, dtype)
+    zeros.flags.writeable = False  # shared by every ReLU that sees rows of this length
+    return zeros
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    """Equivalent to np.maximum(x, 0), 2-3x faster (NumPy 2.4) on a C-contiguous batch.
+
+    NumPy's loop for two contiguous arrays is vectorised and its scalar-broadcast loop is not, so
+    each example, flattened to one long row, is compared with a row of zeros instead of with 0.
+    """
+    if not (x.flags.c_contiguous and x.ndim > 1):
+        return np.maximum(x, 0)
+    rows = x.reshape(x.shape[0], -1)
+    return np.maximum(rows, _zero_row(rows.shape[1], x.dtype)).reshape(x.shape)
+
+
+class ReLU(_Activation):
+    """Rectified linear unit: y = max(0, x). Its derivative is 1 where the output is positive, else 0.
+
+    A unit whose output is 0 for every example passes no gradient back and stops learning
+    ("dead"); `fit` reports the fraction of such units per epoch (see `GradientFlow`).
+    """
 
     def forward(self, x, training=False):
-        if x.flags.c_contiguous and x.ndim > 1:
-            # max(x, 0) against a row of zeros rather than the scalar 0: NumPy's loop for two
-            # contiguous arrays is vectorised and its scalar-broadcast loop is not (2-3x slower
-            # at these sizes, NumPy 2.4). One long row per example keeps that loop's rows long.
-            rows = x.reshape(x.shape[0], -1)
-            if self._zeros is None or self._zeros.shape[0] != rows.shape[1] or self._zeros.dtype != x.dtype:
-                self._zeros = np.zeros(rows.shape[1], x.dtype)
-            out = np.maximum(rows, self._zeros).reshape(x.shape)
-        else:
-            out = np.maximum(x, 0)
-        self._out = out
-        if training:
-            self._track(out)
-        return out
-
-    def _track(self, out):
-        m = out.reshape(out.shape[0], -1).max(axis=0)
-        if self.max_output is None or self.max_output.shape != m.shape:
-            self.max_output = m
-        else:
-            np.maximum(self.max_output, m, out=self.max_output)
+        self.output = _relu(x)  # max(0, x)
+        return self.output
 
     def backward(self, grad_out):
         # dy/dx = 1 where y > 0, else 0
-        return grad_out * (self._out > 0)
+        return grad_out * (self.output > 0)
 
 
 class LeakyReLU(ReLU):
@@ -208,15 +214,12 @@ class LeakyReLU(ReLU):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x, training=False):
-        out = np.where(x > 0, x, x * np.asarray(self.negative_slope, x.dtype))
-        self._out = out
-        if training:
-            self._track(out)
-        return out
+        self.output = np.where(x > 0, x, x * np.asarray(self.negative_slope, x.dtype))
+        return self.output
 
     def backward(self, grad_out):
         # the output has the sign of the input, so the cached output tells which slope applies
-        slope = np.where(self._out > 0, 1, self.negative_slope).astype(grad_out.dtype)
+        slope = np.where(self.output > 0, 1, self.negative_slope).astype(grad_out.dtype)
         return grad_out * slope
 
     def config(self):
@@ -224,16 +227,14 @@ class LeakyReLU(ReLU):
 
 
 class Sigmoid(_Activation):
-    """Logistic sigmoid: y = 1 / (1 + e^(-x)), squashing to (0, 1). Derivative: y · (1 - y)."""
+    """Logistic sigmoid: y = σ(x) = 1 / (1 + e^(-x)), squashing to (0, 1). Derivative: y · (1 - y)."""
 
     def forward(self, x, training=False):
-        # Written via tanh, which never overflows: σ(x) = (1 + tanh(x/2)) / 2.
-        out = 0.5 * (1.0 + np.tanh(0.5 * x))
-        self._out = out
-        return out
+        self.output = sigmoid(x)
+        return self.output
 
     def backward(self, grad_out):
-        y = self._out
+        y = self.output
         return grad_out * y * (1 - y)
 
 
@@ -241,12 +242,11 @@ class Tanh(_Activation):
     """Hyperbolic tangent: y = tanh(x), squashing to (-1, 1). Derivative: 1 - y²."""
 
     def forward(self, x, training=False):
-        out = np.tanh(x)
-        self._out = out
-        return out
+        self.output = np.tanh(x)
+        return self.output
 
     def backward(self, grad_out):
-        return grad_out * (1 - self._out**2)
+        return grad_out * (1 - self.output**2)
 
 
 class Softmax(_Activation):
@@ -257,15 +257,12 @@ class Softmax(_Activation):
     """
 
     def forward(self, x, training=False):
-        z = x - x.max(axis=-1, keepdims=True)  # shifting by the max avoids overflow in exp
-        e = np.exp(z)
-        out = e / e.sum(axis=-1, keepdims=True)
-        self._out = out
-        return out
+        self.output = softmax(x, axis=-1)
+        return self.output
 
     def backward(self, grad_out):
         # Jacobian dy_i/dx_j = y_i (δ_ij - y_j), so dL/dx = y ⊙ (g - Σ_j g_j y_j)
-        y = self._out
+        y = self.output
         return y * (grad_out - (grad_out * y).sum(axis=-1, keepdims=True))
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from chainrule.functional import log_softmax, sigmoid, softmax
+
 
 class Loss:
     """Base class: subclasses implement `__call__(output, target) -> (loss, dloss/doutput)`."""
@@ -62,9 +64,10 @@ class CrossEntropy(Loss):
     L = -mean_n log softmax(z_n)[y_n]  with  log softmax(z)_k = z_k - max(z) - log Σ_j e^(z_j - max(z))
 
     Why fuse: computing softmax and then log(p) loses everything once p underflows to 0 (log 0 =
-    -inf); the log-sum-exp form above never exponentiates a positive number. And the gradient of
-    the pair collapses to ``(softmax(z) - onehot(y)) / N``, cheaper and exact. This pairing is
-    only valid because the last layer feeds raw scores: do not put a `Softmax` layer before it.
+    -inf); the log-sum-exp form above (`functional.log_softmax`) never exponentiates a positive
+    number. And the gradient of the pair collapses to ``(softmax(z) - onehot(y)) / N``, cheaper and
+    exact. This pairing is only valid because the last layer feeds raw scores: do not put a
+    `Softmax` layer before it.
 
     Args:
         class_weight: optional weight per class (length = number of classes), to make rare classes
@@ -90,11 +93,9 @@ class CrossEntropy(Loss):
                 f"CrossEntropy: labels must be in [0, {classes}), got {target.min()}..{target.max()}"
             )
         rows = np.arange(n)
-        z = output - output.max(axis=1, keepdims=True)
-        exp = np.exp(z)
-        sum_exp = exp.sum(axis=1, keepdims=True)
-        nll = np.log(sum_exp[:, 0]) - z[rows, target]  # -log softmax(z)[y]
-        grad = exp / sum_exp  # softmax(z)
+        nll = -log_softmax(output, axis=1)[rows, target]
+        # dL/dz = (softmax(z) - onehot(y)) / N
+        grad = softmax(output, axis=1)
         grad[rows, target] -= 1
         if self.class_weight is None:
             grad /= n
@@ -136,7 +137,7 @@ class BinaryCrossEntropy(Loss):
         softplus_neg = np.logaddexp(0, -z)  # -log σ(z)
         softplus_pos = np.logaddexp(0, z)  # -log(1 - σ(z))
         loss = float(np.mean(self.pos_weight * y * softplus_neg + (1 - y) * softplus_pos))
-        p = 0.5 * (1 + np.tanh(0.5 * z))  # σ(z), overflow-free
+        p = sigmoid(z)
         # d/dz [w y softplus(-z) + (1-y) softplus(z)] = -w y (1-p) + (1-y) p
         grad = (1 - y) * p - self.pos_weight * y * (1 - p)
         grad /= z.size

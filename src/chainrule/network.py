@@ -18,6 +18,7 @@ from chainrule import conv as C
 from chainrule import layers as L
 from chainrule.errors import ModelFileError
 from chainrule.files import atomic_write_bytes, atomic_write_npz
+from chainrule.functional import sigmoid, softmax
 from chainrule.parameter import Parameter, pack
 
 FORMAT_VERSION = 1
@@ -102,13 +103,33 @@ class Sequential:
 
     # -- passes -------------------------------------------------------------------------------
 
-    def forward(self, x, training: bool = False):
-        """Run every layer in order. `training=True` enables dropout and caches for backward."""
+    def _input(self, x):
+        """`x` as this network's dtype; a SciPy sparse matrix (hashed text) is passed on as it is."""
         if isinstance(x, np.ndarray) or not hasattr(x, "tocsr"):
             x = np.asarray(x, dtype=self.dtype)
+        return x
+
+    def forward(self, x, training: bool = False):
+        """Run every layer in order. `training=True` enables dropout and caches for backward."""
+        x = self._input(x)
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
+
+    def layer_outputs(self, x) -> list[np.ndarray]:
+        """Every layer's output from one forward pass (evaluation mode), input side first.
+
+        `outputs[i]` is what layer i hands on to layer i + 1, and `outputs[-1]` is the network's
+        output, equal to `forward(x)`: `probabilities(outputs[-1])` equals `predict_proba(x)`, so
+        a caller can show what every layer did and what the network concluded without a second
+        pass. The arrays are the layers' own results (not copies), batch axis first.
+        """
+        outputs = []
+        x = self._input(x)
+        for layer in self.layers:
+            x = layer.forward(x)
+            outputs.append(x)
+        return outputs
 
     def backward(self, grad, input_grad: bool = True):
         """Backpropagate dLoss/dOutput through every layer, last to first; fills every `.grad`.
@@ -134,29 +155,37 @@ class Sequential:
         outputs = [self.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
         return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
 
-    def predict_proba(self, x, batch_size: int = 1024) -> np.ndarray:
-        """Class probabilities, in batches. Raw scores go through softmax (several outputs) or
-        sigmoid (one output) unless the last layer already produces probabilities."""
-        out = self._scores(x, batch_size)
-        if isinstance(self.layers[-1], (L.Softmax, L.Sigmoid)):
-            return out
-        if out.shape[-1] == 1:
-            return 0.5 * (1 + np.tanh(0.5 * out))
-        z = out - out.max(axis=-1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=-1, keepdims=True)
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """Class probabilities from the network's `outputs` (its last layer's, e.g. `forward(x)`).
 
-    def predict(self, x, batch_size: int = 1024) -> np.ndarray:
-        """Predicted class: the most probable one, or probability > 0.5 for a single output.
+        Raw scores go through softmax (several outputs) or σ (one output: the probability of
+        class 1); outputs of a last `Softmax` or `Sigmoid` layer are probabilities already.
+        """
+        if isinstance(self.layers[-1], (L.Softmax, L.Sigmoid)):
+            return outputs
+        if outputs.shape[-1] == 1:
+            return sigmoid(outputs)
+        return softmax(outputs, axis=-1)
+
+    def predicted_classes(self, outputs: np.ndarray) -> np.ndarray:
+        """The predicted class for each row of the network's `outputs`: the most probable one, or
+        1 where the probability of class 1 is above 0.5 for a single output.
 
         Decided on the raw scores: softmax keeps the order of the scores and σ(z) > 0.5 ⇔ z > 0,
         so turning them into probabilities first would only cost time.
         """
-        out = self._scores(x, batch_size)
-        if out.shape[-1] == 1:
+        if outputs.shape[-1] == 1:
             cut = 0.5 if isinstance(self.layers[-1], (L.Softmax, L.Sigmoid)) else 0.0
-            return (out[:, 0] > cut).astype(np.int64)
-        return out.argmax(axis=-1)
+            return (outputs[:, 0] > cut).astype(np.int64)
+        return outputs.argmax(axis=-1)
+
+    def predict_proba(self, x, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities for every example of `x`, computed `batch_size` at a time."""
+        return self.probabilities(self._scores(x, batch_size))
+
+    def predict(self, x, batch_size: int = 1024) -> np.ndarray:
+        """Predicted class for every example of `x` (see `predicted_classes`)."""
+        return self.predicted_classes(self._scores(x, batch_size))
 
     # -- description --------------------------------------------------------------------------
 

@@ -105,25 +105,38 @@ class Adam(Optimizer):
         self._tmp = np.empty_like(self.params)  # scratch space, so a step allocates nothing
 
     def step(self):
-        w, g, m, v, tmp = self.params, self.grads, self.m, self.v, self._tmp
+        # With g the gradient and t the number of steps taken, this one included:
+        #   m ← β1·m + (1 - β1)·g                      running mean of the gradients
+        #   v ← β2·v + (1 - β2)·g²                     running mean of their squares
+        #   m̂ = m / (1 - β1^t),  v̂ = v / (1 - β2^t)    bias corrections: m and v start at 0
+        #   w ← w - lr · m̂ / (√v̂ + ε)
+        # Weight decay first: Adam adds λ·w to g (L2); AdamW shrinks w itself, w ← w·(1 - lr·λ).
         self.steps += 1
+        g = self.grads
         if self.weight_decay:
             if self.decoupled:
-                w *= 1 - self.lr * self.weight_decay
+                self.params *= 1 - self.lr * self.weight_decay
             else:
-                g = g + self.weight_decay * w
+                g = g + self.weight_decay * self.params
+        self._update(g)
+
+    def _update(self, g: np.ndarray) -> None:
+        """Equivalent to the four lines of maths in `step`, in place in one scratch array (a step
+        allocates nothing), with the operations in the order torch.optim.Adam uses."""
+        w, m, v, tmp = self.params, self.m, self.v, self._tmp
         b1, b2 = self.beta1, self.beta2
-        # m = b1 m + (1 - b1) g, rearranged as m += (1 - b1)(g - m): no temporary array
+        # m += (1 - β1)(g - m), which is β1·m + (1 - β1)·g rearranged to need no temporary
         np.subtract(g, m, out=tmp)
         tmp *= 1 - b1
         m += tmp
+        # v += (1 - β2)(g² - v)
         np.multiply(g, g, out=tmp)
         tmp -= v
         tmp *= 1 - b2
         v += tmp
         bias1 = 1 - b1**self.steps
         bias2 = 1 - b2**self.steps
-        # denominator √v / √(1-β2^t) + ε, exactly as torch.optim.Adam computes it
+        # √v̂ + ε computed as √v / √(1 - β2^t) + ε, then w -= (lr / (1 - β1^t)) · m / (√v̂ + ε)
         np.sqrt(v, out=tmp)
         tmp *= 1 / math.sqrt(bias2)
         tmp += self.eps

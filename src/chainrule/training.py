@@ -2,157 +2,24 @@
 
 `fit` also does what makes training trustworthy in practice: a validation set and early
 stopping, a guard against a loss that turns NaN, a record of how the gradients flow through every
-layer, atomic checkpoints after every epoch, and exact resumption from them.
+layer, atomic checkpoints after every epoch, and exact resumption from them. What only observes
+the loop (gradient statistics, progress, early stopping) is a callback, in `callbacks.py`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from chainrule.callbacks import EarlyStopping, GradientFlow, ProgressLogger
 from chainrule.errors import TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz
-from chainrule.layers import ReLU, Sigmoid
+from chainrule.history import History
 from chainrule.network import Sequential
-
-
-class History:
-    """Everything `fit` measured, one entry per epoch.
-
-    `epochs[i]` is a dict with `loss`, `accuracy`, `val_loss`, `val_accuracy` (when there is
-    validation data), `lr`, `seconds` and `samples_per_s`. `gradient_flow[i]` maps each layer with
-    weights (and each ReLU-family layer) to its gradient-flow statistics for that epoch.
-    """
-
-    def __init__(self):
-        self.epochs: list[dict] = []
-        self.gradient_flow: list[dict[str, dict]] = []
-        self.best_epoch: int | None = None
-        self.stop_reason = ""
-
-    def __getitem__(self, key: str) -> list:
-        return [e.get(key) for e in self.epochs]
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("epochs", "gradient_flow", "best_epoch", "stop_reason")}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> History:
-        h = cls()
-        for k, v in d.items():
-            setattr(h, k, v)
-        return h
-
-    def to_csv(self) -> str:
-        """One row per epoch: the metrics, then per-layer gradient statistics."""
-        flow_cols = []
-        for layer_stats in self.gradient_flow[:1]:
-            for layer, stats in layer_stats.items():
-                flow_cols += [(layer, k) for k in stats]
-        metric_cols = list(dict.fromkeys(k for e in self.epochs for k in e))
-        out = io.StringIO()
-        w = csv.writer(out)
-        w.writerow(metric_cols + [f"{layer}/{k}" for layer, k in flow_cols])
-        for i, e in enumerate(self.epochs):
-            flow = self.gradient_flow[i] if i < len(self.gradient_flow) else {}
-            w.writerow([e.get(k, "") for k in metric_cols]
-                       + [flow.get(layer, {}).get(k, "") for layer, k in flow_cols])
-        return out.getvalue()
-
-    def gradient_report(self) -> str:
-        """Summary of gradient flow over training, with vanishing/exploding gradients flagged.
-
-        Rules of thumb (Karpathy, "A Recipe for Training Neural Networks"): each step should
-        change a layer's weights by roughly 1e-3 of their size. Far below 1e-6 the layer has
-        stopped learning (vanishing); above 1e-1 steps are wild (exploding). A layer whose gradient
-        is 1000× smaller than the network's largest also counts as vanishing.
-        """
-        if not self.gradient_flow:
-            return "no gradient-flow statistics recorded"
-        last = self.gradient_flow[-1]
-        biggest = max((s.get("grad_norm", 0) for s in last.values()), default=0)
-        lines = ["gradient flow (last epoch):"]
-        for layer, s in last.items():
-            parts, flags = [], []
-            if "grad_norm" in s:
-                parts.append(f"grad norm {s['grad_norm']:.3g}")
-                parts.append(f"update/weight {s['update_ratio']:.2g}")
-                ratio, norm = s["update_ratio"], s["grad_norm"]
-                if not (math.isfinite(norm) and math.isfinite(ratio)) or ratio > 1e-1:
-                    flags.append("EXPLODING")
-                elif ratio < 1e-6 or (biggest > 0 and norm < 1e-3 * biggest):
-                    flags.append("VANISHING")
-            if "dead_fraction" in s:
-                parts.append(f"dead units {100 * s['dead_fraction']:.1f}%")
-                if s["dead_fraction"] > 0.5:
-                    flags.append("MOSTLY DEAD")
-            lines.append(f"  {layer:<14} " + ", ".join(parts) + (f"  <- {', '.join(flags)}" if flags else ""))
-        return "\n".join(lines)
-
-
-class Callback:
-    """Hooks into `fit`. Return True from `on_epoch_end` to stop training."""
-
-    def on_epoch_end(self, epoch: int, logs: dict, model: Sequential) -> bool | None:
-        return None
-
-    def on_train_end(self, model: Sequential, history: History) -> None:
-        pass
-
-
-class EarlyStopping(Callback):
-    """Stop when the monitored metric has not improved for `patience` epochs.
-
-    Args:
-        monitor: a key of the epoch logs, e.g. "val_loss" (lower is better) or "val_accuracy"
-            (higher is better; any key containing "accuracy" is maximised).
-        patience: epochs without improvement to wait before stopping.
-        min_delta: an improvement smaller than this does not count.
-        restore_best_weights: at the end of training — whether it stopped early or ran out of
-            epochs — put back the weights of the best epoch.
-    """
-
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
-                 restore_best_weights: bool = True):
-        if patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience!r}")
-        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
-        self.restore_best_weights = restore_best_weights
-        self.sign = -1.0 if "accuracy" in monitor else 1.0  # minimise sign·value
-        self.best = math.inf
-        self.best_epoch: int | None = None
-        self.best_state: dict[str, np.ndarray] | None = None
-        self.wait = 0
-
-    def on_epoch_end(self, epoch, logs, model):
-        if self.monitor not in logs:
-            raise KeyError(f"EarlyStopping: no {self.monitor!r} in the epoch logs (have {sorted(logs)})")
-        value = self.sign * logs[self.monitor]
-        if value < self.best - self.min_delta:
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.restore_best_weights:
-                self.best_state = model.state()
-            return False
-        self.wait += 1
-        return self.wait > self.patience
-
-    def on_train_end(self, model, history):
-        history.best_epoch = self.best_epoch
-        if self.restore_best_weights and self.best_state is not None:
-            model.load_state(self.best_state)
-
-    def state(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
 
 
 def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000) -> dict:
@@ -178,58 +45,48 @@ def _correct(out: np.ndarray, y, model: Sequential) -> int:
     """How many predictions in a batch of outputs match the labels."""
     if not _is_labels(y):
         return 0
-    if out.ndim == 2 and out.shape[1] > 1:
-        pred = out.argmax(axis=1)
-    else:  # one output: a logit (threshold 0), or a probability after a Sigmoid (threshold 0.5)
-        pred = out.reshape(-1) > (0.5 if isinstance(model.layers[-1], Sigmoid) else 0.0)
-    return int((pred == np.asarray(y).reshape(-1)).sum())
+    return int((model.predicted_classes(out) == np.asarray(y).reshape(-1)).sum())
 
 
-class _GradientFlow:
-    """Per-epoch gradient statistics for every layer with weights and every ReLU-family layer.
+class _RunningMetrics:
+    """Sums over an epoch's batches, for the mean loss and accuracy of the examples seen so far."""
 
-    Norms are sampled every `every` batches (copying weights before the step costs memory traffic,
-    and a sample is plenty for an average); dead units are counted over every batch.
-    """
+    def __init__(self, model: Sequential, labels: bool):
+        self.model, self.labels = model, labels
+        self.examples, self.total_loss, self.correct = 0, 0.0, 0
 
-    def __init__(self, model: Sequential, batches: int):
+    def add(self, loss: float, out: np.ndarray, y) -> None:
+        self.examples += len(y)
+        self.total_loss += loss * len(y)
+        self.correct += _correct(out, y, self.model)
+
+    def logs(self) -> dict:
+        logs = {"loss": self.total_loss / self.examples}
+        if self.labels:
+            logs["accuracy"] = self.correct / self.examples
+        return logs
+
+
+class _DivergenceGuard:
+    """The NaN guard: keeps the weights from before the latest step, so that when the loss turns
+    NaN or infinite the model goes back to the last weights whose loss was finite."""
+
+    def __init__(self, model: Sequential):
         self.model = model
-        self.every = max(1, batches // 20)
-        self.weighted = {f"{i}:{type(l).__name__}": l for i, l in enumerate(model.layers) if "weight" in l.params}
-        self.relus = {f"{i}:{type(l).__name__}": l for i, l in enumerate(model.layers) if isinstance(l, ReLU)}
-        self.reset()
+        self.last_good = np.empty_like(model.flat_params)
+        self.saved = False
 
-    def reset(self):
-        self.sums = {name: [0.0, 0.0, 0] for name in self.weighted}
-        for layer in self.relus.values():
-            layer.max_output = None
-
-    def before_step(self, batch: int):
-        if batch % self.every:
-            return None
-        return {name: l.params["weight"].data.copy() for name, l in self.weighted.items()}
-
-    def after_step(self, before):
-        if before is None:
+    def check(self, loss: float, epoch: int, batch: int, lr: float) -> None:
+        if math.isfinite(loss):
+            np.copyto(self.last_good, self.model.flat_params)  # these weights gave a finite loss
+            self.saved = True
             return
-        for name, layer in self.weighted.items():
-            w = layer.params["weight"]
-            grad_norm = float(np.linalg.norm(w.grad))
-            w_norm = float(np.linalg.norm(before[name]))
-            update = float(np.linalg.norm(w.data - before[name]))
-            s = self.sums[name]
-            s[0] += grad_norm
-            s[1] += update / w_norm if w_norm > 0 else 0.0
-            s[2] += 1
-
-    def epoch_stats(self) -> dict[str, dict]:
-        stats = {}
-        for name, (g, r, k) in self.sums.items():
-            stats[name] = {"grad_norm": g / max(k, 1), "update_ratio": r / max(k, 1)}
-        for name, layer in self.relus.items():
-            if layer.max_output is not None:
-                stats[name] = {"dead_fraction": float(np.mean(layer.max_output <= 0))}
-        return dict(sorted(stats.items(), key=lambda item: int(item[0].split(":")[0])))
+        if self.saved:
+            self.model.flat_params[...] = self.last_good
+        raise TrainingDiverged(
+            f"loss became {loss} at epoch {epoch + 1}, batch {batch + 1} (lr={lr:g}); "
+            "kept the last weights with a finite loss — try a smaller learning rate"
+        )
 
 
 def _split(x, y, validation_split, rng):
@@ -271,9 +128,11 @@ def fit(
         validation_data: an explicit `(x_val, y_val)` instead.
         early_stopping: an `EarlyStopping`; by default it watches "val_loss".
         lr_schedule: callable `epoch -> lr`, applied at the start of every epoch.
-        callbacks: `Callback` objects.
+        callbacks: `Callback` objects (`chainrule.callbacks` lists the hooks and their order).
         augment: callable `(x_batch, rng) -> x_batch` applied to each training batch.
-        verbose: show a progress bar and a line per epoch; False is quiet.
+        verbose: report progress on standard error (see `ProgressLogger`): a bar and a line per
+            epoch on a terminal, just the lines in a file or log, then the gradient-flow report.
+            False is quiet.
         seed: fixes shuffling (and augmentation); defaults to the model's seed.
         checkpoint: a `.npz` path written atomically after every epoch with everything needed to
             continue: weights, optimizer moments, random-generator states, history.
@@ -304,76 +163,58 @@ def fit(
         x_val = y_val = None
     if early_stopping is not None and early_stopping.monitor.startswith("val_") and x_val is None:
         raise ValueError("fit: early stopping on a validation metric needs validation_split or validation_data")
-    callbacks = list(callbacks) + ([early_stopping] if early_stopping is not None else [])
 
     n = x.shape[0]
     batches = math.ceil(n / batch_size)
     history = History()
-    flow = _GradientFlow(model, batches)
-    last_good = np.empty_like(model.flat_params)
     start_epoch = 0
     if checkpoint is not None and resume and Path(checkpoint).exists():
         start_epoch = _load_checkpoint(checkpoint, model, optimizer, early_stopping, rng, history)
         if history.stop_reason.startswith("early stopping"):
             start_epoch = epochs  # that run had already finished
+    # Gradient statistics first, so they are in `history` before the caller's callbacks see the
+    # epoch; the progress report last, so that it can print what the others decided.
+    callbacks = [GradientFlow(), *callbacks, *([early_stopping] if early_stopping is not None else []),
+                 *([ProgressLogger()] if verbose else [])]
+    for cb in callbacks:
+        cb.on_train_begin(model, history, epochs, batches)
+    guard = _DivergenceGuard(model)
 
     try:
         for epoch in range(start_epoch, epochs):
             if lr_schedule is not None:
                 optimizer.lr = float(lr_schedule(epoch))
             order = rng.permutation(n) if shuffle else np.arange(n)
-            flow.reset()
-            seen, total_loss, correct = 0, 0.0, 0
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch)
+            running = _RunningMetrics(model, labels=_is_labels(y))
             t0 = time.perf_counter()
-            bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="ex", disable=not verbose,
-                       leave=False, dynamic_ncols=True)
             for b in range(batches):
+                for cb in callbacks:
+                    cb.on_batch_begin(b)
                 idx = order[b * batch_size : (b + 1) * batch_size]
                 xb, yb = x[idx], y[idx]
                 if augment is not None:
                     xb = augment(xb, rng)
                 out = model.forward(xb, training=True)
-                value, grad = loss(out, yb)
-                if not math.isfinite(value):
-                    if b or epoch > start_epoch:
-                        model.flat_params[...] = last_good
-                    raise TrainingDiverged(
-                        f"loss became {value} at epoch {epoch + 1}, batch {b + 1} (lr={optimizer.lr:g}); "
-                        "kept the last weights with a finite loss — try a smaller learning rate"
-                    )
-                np.copyto(last_good, model.flat_params)
-                model.backward(grad, input_grad=False)
-                before = flow.before_step(b)
+                value, grad = loss(out, yb)  # grad = dL/d(out)
+                guard.check(value, epoch, b, optimizer.lr)  # raises TrainingDiverged on NaN or inf
+                model.backward(grad, input_grad=False)  # fills every parameter's .grad
                 optimizer.step()
-                flow.after_step(before)
-                seen += len(idx)
-                total_loss += value * len(idx)
-                correct += _correct(out, yb, model)
-                if verbose and (b % 10 == 0 or b == batches - 1):
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    postfix = {"loss": f"{total_loss / seen:.4f}"}
-                    if _is_labels(y):
-                        postfix["acc"] = f"{correct / seen:.4f}"
-                    bar.set_postfix(postfix, refresh=False)
-                    bar.update(seen - bar.n)
-                    bar.set_description(f"epoch {epoch + 1}/{epochs} {rate:,.0f} ex/s", refresh=False)
-            bar.close()
+                running.add(value, out, yb)
+                for cb in callbacks:
+                    cb.on_batch_end(b, {**running.logs(), "examples": running.examples})
             seconds = time.perf_counter() - t0
-            logs = {"epoch": epoch + 1, "loss": total_loss / n}
-            if _is_labels(y):
-                logs["accuracy"] = correct / n
+
+            logs = {"epoch": epoch + 1, **running.logs()}
             if x_val is not None:
                 val = evaluate(model, x_val, y_val, loss)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             logs.update({"lr": optimizer.lr, "seconds": round(seconds, 3), "samples_per_s": round(n / seconds, 1)})
             history.epochs.append(logs)
-            history.gradient_flow.append(flow.epoch_stats())
             stop = False
             for cb in callbacks:
                 stop = bool(cb.on_epoch_end(epoch, logs, model)) or stop
-            if verbose:
-                shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if "loss" in k or "accuracy" in k)
-                tqdm.write(f"epoch {epoch + 1}/{epochs}  {shown}  ({seconds:.1f}s, {n / seconds:,.0f} ex/s)")
             if stop:
                 history.stop_reason = f"early stopping after epoch {epoch + 1}"
             elif epoch == epochs - 1:
@@ -387,8 +228,6 @@ def fit(
         raise
     for cb in callbacks:
         cb.on_train_end(model, history)
-    if verbose:
-        tqdm.write(history.gradient_report())
     return history
 
 

@@ -134,9 +134,10 @@ class DigitsService:
     def predict(self, image: np.ndarray, explain: bool) -> DigitPrediction:
         """Classify one preprocessed 28x28 image; with `explain`, also return what every layer did."""
         x = model_inputs(image[None], self.metadata)
-        with self.lock:
-            proba = self.model.predict_proba(x)[0]
-            outputs = self._layer_outputs(x) if explain else None
+        with self.lock:  # one forward pass gives the answer and, with `explain`, every layer's output
+            outputs = self.model.layer_outputs(x) if explain else [self.model.forward(x)]
+            proba = self.model.probabilities(outputs[-1])[0]
+            outputs = [out[0].copy() for out in outputs] if explain else None
         result = DigitPrediction(
             digit=int(np.argmax(proba)), probabilities=_round(proba, 6), input=_round(image, 3)
         )
@@ -144,14 +145,6 @@ class DigitsService:
             result.layers = self._layer_activations(outputs)
             result.top_units = self._top_units(outputs)
         return result
-
-    def _layer_outputs(self, x: np.ndarray) -> list[np.ndarray]:
-        outputs = []
-        x = np.asarray(x, dtype=self.model.dtype)
-        for layer in self.model.layers:
-            x = layer.forward(x, training=False)
-            outputs.append(x[0].copy())
-        return outputs
 
     def _layer_activations(self, outputs: list[np.ndarray]) -> list[LayerActivation]:
         shown = []

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from chainrule import metrics
-from chainrule.apps.spam.model import sigmoid
 from chainrule.data.corpora import SPAM
+from chainrule.functional import sigmoid
 
 
 def calibrate(y: np.ndarray, p: np.ndarray, target_blocked_ham: float,

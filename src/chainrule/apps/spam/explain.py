@@ -9,10 +9,11 @@ import re
 import numpy as np
 import scipy.sparse as sp
 
-from chainrule.apps.spam.model import SpamModel, sigmoid, verdict
+from chainrule.apps.spam.model import SpamModel, verdict
 from chainrule.data.corpora import MAX_BYTES
 from chainrule.data.mime import parse_message
 from chainrule.data.text import message_tokens, sms_tokens
+from chainrule.functional import sigmoid
 
 
 def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[float, list, list]:

@@ -25,6 +25,7 @@ import chainrule as cr
 from chainrule.apps.spam.features import featurize_chunk, map_chunks
 from chainrule.data.text import Hasher, HashingConfig
 from chainrule.files import atomic_write_npz
+from chainrule.functional import sigmoid
 from chainrule.network import model_directory
 
 TASK = "spam"
@@ -32,11 +33,6 @@ SPAM_FORMAT = 1
 REPLAY_FILE = "replay.npz"
 IDF_FILE = "idf.npz"  # the hashing's idf weights, when the model's hashing config has `idf` on
 REPLAY_SIZE = 2000  # examples kept for `learn` to rehearse, so new mail does not overwrite old lessons
-
-
-def sigmoid(z):
-    """P(spam) from a logit: σ(z) = (1 + tanh(z/2)) / 2, which never overflows, unlike 1/(1 + e^-z)."""
-    return 0.5 * (1 + np.tanh(0.5 * z))
 
 
 @dataclass

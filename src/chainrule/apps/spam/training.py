@@ -19,9 +19,9 @@ from chainrule.apps.spam.model import (
     SpamModel,
     build_network,
     merge_committee,
-    sigmoid,
 )
 from chainrule.data.text import HashingConfig
+from chainrule.functional import sigmoid
 from chainrule.parallel import fork_map
 
 

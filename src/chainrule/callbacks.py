@@ -1,0 +1,223 @@
+"""Callbacks: observers of `fit`, called at fixed points of the training loop.
+
+For every batch `fit` runs forward, loss, backward and step, and nothing else; what watches the
+run (statistics, progress, deciding when to stop) is a callback. The hooks, in the order `fit`
+calls them:
+
+    on_train_begin(model, history, epochs, batches)
+        on_epoch_begin(epoch)                       for every epoch:
+            on_batch_begin(batch)                       for every batch:
+            on_batch_end(batch, logs)                       forward, loss, backward, step in between
+        on_epoch_end(epoch, logs, model) -> stop?       after validation; True stops training
+    on_train_end(model, history)                    also after early stopping, not after an error
+
+`epoch` and `batch` count from 0. A batch's `logs` hold the epoch's running `loss`, `accuracy`
+(for class labels) and `examples` (seen so far this epoch); an epoch's logs are the entry
+`History.epochs` gets.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from chainrule.history import History
+from chainrule.layers import ReLU
+from chainrule.network import Sequential
+
+
+class Callback:
+    """Base class: every hook does nothing; override the ones you need."""
+
+    def on_train_begin(self, model: Sequential, history: History, epochs: int, batches: int) -> None:
+        """`history` is the record `fit` fills and returns; `batches` is the number per epoch."""
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        pass
+
+    def on_batch_begin(self, batch: int) -> None:
+        pass
+
+    def on_batch_end(self, batch: int, logs: dict) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict, model: Sequential) -> bool | None:
+        """Return True to stop training after this epoch."""
+        return None
+
+    def on_train_end(self, model: Sequential, history: History) -> None:
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored metric has not improved for `patience` epochs.
+
+    Args:
+        monitor: a key of the epoch logs, e.g. "val_loss" (lower is better) or "val_accuracy"
+            (higher is better; any key containing "accuracy" is maximised).
+        patience: epochs without improvement to wait before stopping.
+        min_delta: an improvement smaller than this does not count.
+        restore_best_weights: at the end of training — whether it stopped early or ran out of
+            epochs — put back the weights of the best epoch.
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 restore_best_weights: bool = True):
+        if patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience!r}")
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
+        self.restore_best_weights = restore_best_weights
+        self.sign = -1.0 if "accuracy" in monitor else 1.0  # minimise sign·value
+        self.best = math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, np.ndarray] | None = None
+        self.wait = 0
+
+    def on_epoch_end(self, epoch, logs, model):
+        if self.monitor not in logs:
+            raise KeyError(f"EarlyStopping: no {self.monitor!r} in the epoch logs (have {sorted(logs)})")
+        value = self.sign * logs[self.monitor]
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_state = model.state()
+            return False
+        self.wait += 1
+        return self.wait > self.patience
+
+    def on_train_end(self, model, history):
+        history.best_epoch = self.best_epoch
+        if self.restore_best_weights and self.best_state is not None:
+            model.load_state(self.best_state)
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+
+class GradientFlow(Callback):
+    """How well the gradient reaches every layer: one entry per epoch in `History.gradient_flow`.
+
+    For each layer with a weight (Linear, Conv2D, BatchNorm's γ), averaged over the epoch:
+
+        grad_norm     ‖dL/dW‖
+        update_ratio  ‖ΔW‖ / ‖W‖, how much one optimizer step changes the weights (~1e-3 is healthy)
+
+    For each ReLU-family layer, `dead_fraction`: the fraction of its units whose output was ≤ 0
+    for every training example of the epoch (read from the layer's `output` after each batch).
+    Such a unit passes no gradient back and has stopped learning.
+
+    Norms are sampled on `SAMPLES_PER_EPOCH` evenly spaced batches (copying the weights before a
+    step costs memory traffic, and a sample is plenty for an average); dead units are counted over
+    every batch. `fit` always runs one, so `History.gradient_report()` has something to report.
+    """
+
+    SAMPLES_PER_EPOCH = 20
+
+    def on_train_begin(self, model, history, epochs, batches):
+        self.history = history
+        self.every = max(1, batches // self.SAMPLES_PER_EPOCH)
+        self.weighted = {f"{i}:{type(l).__name__}": l for i, l in enumerate(model.layers) if "weight" in l.params}
+        self.relus = {f"{i}:{type(l).__name__}": l for i, l in enumerate(model.layers) if isinstance(l, ReLU)}
+
+    def on_epoch_begin(self, epoch):
+        self.sums = {name: [0.0, 0.0, 0] for name in self.weighted}  # Σ grad norm, Σ update ratio, samples
+        self.max_output = {name: None for name in self.relus}  # each unit's largest output so far
+        self.before = None
+
+    def on_batch_begin(self, batch):
+        # the weights before this batch's step (forward and backward leave them as they are)
+        self.before = None
+        if batch % self.every == 0:
+            self.before = {name: l.params["weight"].data.copy() for name, l in self.weighted.items()}
+
+    def on_batch_end(self, batch, logs):
+        if self.before is not None:
+            for name, layer in self.weighted.items():
+                w, before = layer.params["weight"], self.before[name]
+                w_norm = float(np.linalg.norm(before))
+                s = self.sums[name]
+                s[0] += float(np.linalg.norm(w.grad))
+                s[1] += float(np.linalg.norm(w.data - before)) / w_norm if w_norm > 0 else 0.0
+                s[2] += 1
+        for name, layer in self.relus.items():
+            out = layer.output
+            m = out.reshape(out.shape[0], -1).max(axis=0)
+            best = self.max_output[name]
+            if best is None or best.shape != m.shape:
+                self.max_output[name] = m
+            else:
+                np.maximum(best, m, out=best)
+
+    def on_epoch_end(self, epoch, logs, model):
+        self.history.gradient_flow.append(self.epoch_stats())
+
+    def epoch_stats(self) -> dict[str, dict]:
+        """This epoch's statistics so far, by layer ("<index>:<type>"), input side first."""
+        stats = {}
+        for name, (g, r, k) in self.sums.items():
+            stats[name] = {"grad_norm": g / max(k, 1), "update_ratio": r / max(k, 1)}
+        for name, m in self.max_output.items():
+            if m is not None:
+                stats[name] = {"dead_fraction": float(np.mean(m <= 0))}
+        return dict(sorted(stats.items(), key=lambda item: int(item[0].split(":")[0])))
+
+
+class ProgressLogger(Callback):
+    """Training progress on `stream` (standard error by default), as `fit(verbose=True)` shows it.
+
+    On a terminal, a tqdm bar per epoch (examples per second, running loss and accuracy) that
+    gives way to one summary line when the epoch ends. Anywhere else (a file, a pipe, a CI log)
+    only the summary lines, exactly one per epoch: a bar redrawn with carriage returns would leave
+    thousands of frames in a log. At the end of training, `History.gradient_report()`.
+    """
+
+    REFRESH_EVERY = 10  # batches between updates of the bar
+
+    def __init__(self, stream=None):
+        self.stream = stream
+
+    def on_train_begin(self, model, history, epochs, batches):
+        # looked up now, not at import, so that a redirected sys.stderr is the one written to
+        self.out = self.stream if self.stream is not None else sys.stderr
+        isatty = getattr(self.out, "isatty", None)
+        self.terminal = bool(isatty and isatty())
+        self.epochs, self.batches = epochs, batches
+        self.bar = None
+
+    def on_epoch_begin(self, epoch):
+        self.epoch, self.start = epoch, time.perf_counter()
+        if self.terminal:
+            self.bar = tqdm(total=self.batches, desc=self._title(), unit="batch", leave=False, dynamic_ncols=True,
+                            file=self.out)
+
+    def on_batch_end(self, batch, logs):
+        if self.bar is None or (batch % self.REFRESH_EVERY and batch != self.batches - 1):
+            return
+        rate = logs["examples"] / max(time.perf_counter() - self.start, 1e-9)
+        postfix = {"loss": f"{logs['loss']:.4f}"}
+        if "accuracy" in logs:
+            postfix["acc"] = f"{logs['accuracy']:.4f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.set_description(f"{self._title()} {rate:,.0f} ex/s", refresh=False)
+        self.bar.update(batch + 1 - self.bar.n)
+
+    def on_epoch_end(self, epoch, logs, model):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if "loss" in k or "accuracy" in k)
+        self._write(f"{self._title()}  {shown}  ({logs['seconds']:.1f}s, {logs['samples_per_s']:,.0f} ex/s)")
+
+    def on_train_end(self, model, history):
+        self._write(history.gradient_report())
+
+    def _title(self) -> str:
+        return f"epoch {self.epoch + 1}/{self.epochs}"
+
+    def _write(self, text: str) -> None:
+        tqdm.write(text, file=self.out)  # above a live bar, if there is one
+        self.out.flush()

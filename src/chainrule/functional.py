@@ -1,0 +1,46 @@
+"""The squashing functions every part of chainrule shares, written once and overflow-safe.
+
+Layers (`Sigmoid`, `Softmax`), losses (`BinaryCrossEntropy`, `CrossEntropy`), `Sequential`'s
+probabilities and the applications all call these, so a logit of ±1000 gives the same finite answer
+everywhere. They take NumPy arrays of any shape and keep the dtype (float32 in, float32 out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sigmoid(x):
+    """The logistic function σ(x) = 1 / (1 + e^(-x)), element-wise; values in [0, 1].
+
+    Computed as σ(x) = (1 + tanh(x/2)) / 2, an identity of the two functions: tanh never
+    overflows, whereas e^(-x) does for x below about -710 in float64 (-88 in float32), and
+    1 / (1 + e^(-x)) would then warn and rely on 1/inf = 0.
+    """
+    x = np.asarray(x)
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def softmax(x, axis: int = -1):
+    """The softmax along `axis`: softmax(x)_i = e^(x_i) / Σ_j e^(x_j), a probability distribution.
+
+    Subtracting m = max_j x_j first changes nothing mathematically (e^(x_i - m) / Σ_j e^(x_j - m):
+    the factor e^(-m) cancels) but keeps every exponent ≤ 0, so nothing overflows and the largest
+    term is exactly 1, so the sum is never 0.
+    """
+    x = np.asarray(x)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x, axis: int = -1):
+    """The logarithm of `softmax` along `axis`, computed without taking the log of a probability:
+
+        log softmax(x)_i = (x_i - m) - log Σ_j e^(x_j - m),   m = max_j x_j
+
+    log(softmax(x)) would give -inf once a probability underflows to 0 (x_i - m below about -745
+    in float64); this form stays finite, since the sum is at least 1.
+    """
+    x = np.asarray(x)
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))

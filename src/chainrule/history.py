@@ -1,0 +1,88 @@
+"""`History`: everything `fit` measured, epoch by epoch, and the reports made from it.
+
+`fit` returns one; its callbacks fill parts of it (`GradientFlow` the gradient statistics,
+`EarlyStopping` the best epoch). It is saved inside checkpoints, as CSV and as plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+
+class History:
+    """Everything `fit` measured, one entry per epoch.
+
+    `epochs[i]` is a dict with `loss`, `accuracy`, `val_loss`, `val_accuracy` (when there is
+    validation data), `lr`, `seconds` and `samples_per_s`. `gradient_flow[i]` maps each layer with
+    weights (and each ReLU-family layer) to its gradient-flow statistics for that epoch.
+    """
+
+    def __init__(self):
+        self.epochs: list[dict] = []
+        self.gradient_flow: list[dict[str, dict]] = []
+        self.best_epoch: int | None = None
+        self.stop_reason = ""
+
+    def __getitem__(self, key: str) -> list:
+        return [e.get(key) for e in self.epochs]
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("epochs", "gradient_flow", "best_epoch", "stop_reason")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> History:
+        h = cls()
+        for k, v in d.items():
+            setattr(h, k, v)
+        return h
+
+    def to_csv(self) -> str:
+        """One row per epoch: the metrics, then per-layer gradient statistics."""
+        flow_cols = []
+        for layer_stats in self.gradient_flow[:1]:
+            for layer, stats in layer_stats.items():
+                flow_cols += [(layer, k) for k in stats]
+        metric_cols = list(dict.fromkeys(k for e in self.epochs for k in e))
+        out = io.StringIO()
+        w = csv.writer(out)
+        w.writerow(metric_cols + [f"{layer}/{k}" for layer, k in flow_cols])
+        for i, e in enumerate(self.epochs):
+            flow = self.gradient_flow[i] if i < len(self.gradient_flow) else {}
+            w.writerow([e.get(k, "") for k in metric_cols]
+                       + [flow.get(layer, {}).get(k, "") for layer, k in flow_cols])
+        return out.getvalue()
+
+    def gradient_report(self) -> str:
+        """Summary of gradient flow over training, with vanishing/exploding gradients flagged.
+
+        Rules of thumb (Karpathy, "A Recipe for Training Neural Networks"): each step should
+        change a layer's weights by roughly 1e-3 of their size. Far below 1e-6 the layer has
+        stopped learning (vanishing); above 1e-1 steps are wild (exploding). A layer whose gradient
+        is 1000× smaller than the network's largest also counts as vanishing.
+        """
+        if not self.gradient_flow:
+            return "no gradient-flow statistics recorded"
+        last = self.gradient_flow[-1]
+        biggest = max((s.get("grad_norm", 0) for s in last.values()), default=0)
+        lines = ["gradient flow (last epoch):"]
+        for layer, s in last.items():
+            parts, flags = [], []
+            if "grad_norm" in s:
+                parts.append(f"grad norm {s['grad_norm']:.3g}")
+                parts.append(f"update/weight {s['update_ratio']:.2g}")
+                ratio, norm = s["update_ratio"], s["grad_norm"]
+                if not (math.isfinite(norm) and math.isfinite(ratio)) or ratio > 1e-1:
+                    flags.append("EXPLODING")
+                elif ratio < 1e-6 or (biggest > 0 and norm < 1e-3 * biggest):
+                    flags.append("VANISHING")
+            if "dead_fraction" in s:
+                parts.append(f"dead units {100 * s['dead_fraction']:.1f}%")
+                if s["dead_fraction"] > 0.5:
+                    flags.append("MOSTLY DEAD")
+            lines.append(f"  {layer:<14} " + ", ".join(parts) + (f"  <- {', '.join(flags)}" if flags else ""))
+        return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""sigmoid, softmax and log_softmax against PyTorch and SciPy: any shape, float32 and float64,
+finite for inputs as large as ±1000 (where the textbook formulas overflow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy import special
+
+import chainrule as cr
+from chainrule.functional import log_softmax, sigmoid, softmax
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-6, np.float64: 1e-14}
+
+
+def _arrays(dtype):
+    """Arrays of 1-4 axes, values anywhere in [-1000, 1000]."""
+    return hnp.arrays(dtype, hnp.array_shapes(min_dims=1, max_dims=4, max_side=6),
+                      elements=st.floats(-1000, 1000, allow_nan=False, width=32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_match_torch_and_scipy_on_any_shape(dtype, data):
+    x = data.draw(_arrays(dtype))
+    axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    t = torch.from_numpy(x)
+    with np.errstate(over="raise", divide="raise", invalid="raise"):  # underflow to 0 is fine
+        pairs = [
+            (sigmoid(x), torch.sigmoid(t).numpy(), special.expit(x)),
+            (softmax(x, axis), torch.softmax(t, dim=axis).numpy(), special.softmax(x, axis=axis)),
+            (log_softmax(x, axis), torch.log_softmax(t, dim=axis).numpy(), special.log_softmax(x, axis=axis)),
+        ]
+    for ours, theirs, scipys in pairs:
+        assert ours.shape == x.shape and ours.dtype == dtype
+        assert np.all(np.isfinite(ours))
+        np.testing.assert_allclose(ours, theirs, rtol=TOL[dtype], atol=TOL[dtype])
+        np.testing.assert_allclose(ours, scipys, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_extremes_are_exact_and_finite(dtype):
+    x = np.array([[-1000.0, 0.0, 1000.0]], dtype)
+    np.testing.assert_array_equal(sigmoid(x), [[0.0, 0.5, 1.0]])
+    np.testing.assert_array_equal(softmax(x), [[0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(log_softmax(x), [[-2000.0, -1000.0, 0.0]])
+    # a probability that underflows to 0 still has a finite log
+    assert np.isfinite(log_softmax(np.array([0.0, 800.0], dtype))).all()
+    assert sigmoid(np.float32(3.0)).dtype == np.float32
+
+
+def test_public_api_and_layers_use_them():
+    assert cr.sigmoid is sigmoid and cr.softmax is softmax and cr.log_softmax is log_softmax
+    x = np.random.default_rng(0).normal(scale=30, size=(4, 5))
+    np.testing.assert_array_equal(cr.Sigmoid().forward(x), sigmoid(x))
+    np.testing.assert_array_equal(cr.Softmax().forward(x), softmax(x))
