@@ -1,16 +1,22 @@
-"""Training-time augmentation for 28×28 digit images: small random rotations, scalings and shifts.
+"""Training-time augmentation for 28×28 images: random variants of each training batch.
 
-A digit is still the same digit when it is drawn a little tilted, larger or off-centre, so showing
-the network such variants of the training images teaches it that invariance instead of letting it
-memorise exact pixels. It is the single most effective regulariser for MNIST convolutional nets.
+An image still shows the same thing when it is moved a little, so showing the network such
+variants of the training images teaches it that invariance instead of letting it memorise exact
+pixels. Which variants keep the label depends on the data set:
 
-Every image of a batch gets its own random affine map, and all of them are applied at once by
-bilinear interpolation in NumPy: for each output pixel p the source point is
+- handwritten digits (`digit_augmenter`): small rotations, scalings and shifts. A digit is never
+  mirrored (a mirrored 2 is no digit, and 3 becomes ε).
+- clothing (`clothing_augmenter`, Fashion-MNIST): left-right mirroring and whole-pixel shifts. A
+  shirt mirrored is still a shirt, and the photos are upright, so rotations add nothing useful.
+
+Every image of a batch gets its own random draw, and all of them are applied at once in NumPy,
+with no Python loop over the images. For the affine maps of `random_affine`, the source point of
+each output pixel p is
 
     s = A⁻¹ (p - c - t) + c,    A = scale · R(angle)
 
 (c the image centre, t the shift), and its value is interpolated from the four pixels around s,
-with zeros outside the image (MNIST's background). No Python loop over the images.
+with zeros outside the image (the background of both MNIST and Fashion-MNIST).
 """
 
 from __future__ import annotations
@@ -81,5 +87,62 @@ def digit_augmenter(max_rotation: float = 10.0, max_scale: float = 0.1, max_shif
 
     def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return random_affine(x, rng, max_rotation, max_scale, max_shift)
+
+    return augment
+
+
+def random_flip_shift(x: np.ndarray, rng: np.random.Generator, flip: bool = True, max_shift: int = 2,
+                      size: int = 28) -> np.ndarray:
+    """Mirror each image left-right with probability 1/2, then shift it by whole pixels.
+
+    The shift (dy, dx) is drawn uniformly from the integers in [-max_shift, max_shift] along each
+    axis, and the edge it uncovers is filled with zeros:
+
+        out[i, j] = image'[i - dy, j - dx],    image'[r, c] = image[r, size - 1 - c] if mirrored
+
+    which is the "pad by max_shift, crop at a random offset" augmentation of CIFAR training.
+    Whole pixels keep the images sharp (bilinear sub-pixel shifts would blur them).
+
+    Args:
+        x: a batch of `size`×`size` images of any shape (N, ...) holding N·size² values, e.g.
+            (N, 784) for a dense network or (N, 1, 28, 28) for a convolutional one; background 0.
+        rng: the random generator (`fit` passes its own, so a seeded run is reproducible).
+        flip: mirror half of the images (chosen at random) left-right.
+        max_shift: largest shift in pixels along each axis; 0 for none.
+
+    Returns:
+        A new array with the shape and dtype of `x`.
+    """
+    n = x.shape[0]
+    if x.size != n * size * size:
+        raise ValueError(f"random_flip_shift: expected a batch of {size}x{size} images, got shape {x.shape}")
+    if isinstance(max_shift, bool) or int(max_shift) != max_shift or not 0 <= max_shift < size:
+        raise ValueError(f"random_flip_shift: max_shift must be a whole number of pixels in [0, {size}), "
+                         f"got {max_shift!r}")
+    m = int(max_shift)
+    mirrored = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
+    shift = rng.integers(-m, m + 1, size=(n, 2))  # (rows, columns)
+
+    # Read every output pixel from a copy with an m-pixel border of zeros, where image[r, c] sits
+    # at padded[r + m, c + m]: source indices then stay inside the padded copy for any shift.
+    padded = np.zeros((n, size + 2 * m, size + 2 * m), x.dtype)
+    padded[:, m:m + size, m:m + size] = x.reshape(n, size, size)
+    pixels = np.arange(size)
+    rows = pixels[None, :] - shift[:, 0, None]  # (n, size): row i - dy of the unshifted image
+    cols = pixels[None, :] - shift[:, 1, None]
+    cols = np.where(mirrored[:, None], size - 1 - cols, cols)
+    out = padded[np.arange(n)[:, None, None], rows[:, :, None] + m, cols[:, None, :] + m]
+    return out.reshape(x.shape)
+
+
+def clothing_augmenter(flip: bool = True, max_shift: int = 2):
+    """`random_flip_shift` with fixed settings, as the `augment=` callable `(x_batch, rng) -> x_batch`
+    of `chainrule.fit`. For upright photos of objects that look the same mirrored, as in Fashion-MNIST."""
+    if isinstance(max_shift, bool) or int(max_shift) != max_shift or not 0 <= max_shift < 28:
+        raise ValueError(f"clothing_augmenter: max_shift must be a whole number of pixels in [0, 28), "
+                         f"got {max_shift!r}")
+
+    def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return random_flip_shift(x, rng, flip, max_shift)
 
     return augment
