@@ -91,6 +91,12 @@ def digit_augmenter(max_rotation: float = 10.0, max_scale: float = 0.1, max_shif
     return augment
 
 
+def _whole_shift(caller: str, max_shift, size: int) -> int:
+    if isinstance(max_shift, bool) or int(max_shift) != max_shift or not 0 <= max_shift < size:
+        raise ValueError(f"{caller}: max_shift must be a whole number of pixels in [0, {size}), got {max_shift!r}")
+    return int(max_shift)
+
+
 def random_flip_shift(x: np.ndarray, rng: np.random.Generator, flip: bool = True, max_shift: int = 2,
                       size: int = 28) -> np.ndarray:
     """Mirror each image left-right with probability 1/2, then shift it by whole pixels.
@@ -116,10 +122,7 @@ def random_flip_shift(x: np.ndarray, rng: np.random.Generator, flip: bool = True
     n = x.shape[0]
     if x.size != n * size * size:
         raise ValueError(f"random_flip_shift: expected a batch of {size}x{size} images, got shape {x.shape}")
-    if isinstance(max_shift, bool) or int(max_shift) != max_shift or not 0 <= max_shift < size:
-        raise ValueError(f"random_flip_shift: max_shift must be a whole number of pixels in [0, {size}), "
-                         f"got {max_shift!r}")
-    m = int(max_shift)
+    m = _whole_shift("random_flip_shift", max_shift, size)
     mirrored = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
     shift = rng.integers(-m, m + 1, size=(n, 2))  # (rows, columns)
 
@@ -138,9 +141,7 @@ def random_flip_shift(x: np.ndarray, rng: np.random.Generator, flip: bool = True
 def clothing_augmenter(flip: bool = True, max_shift: int = 2):
     """`random_flip_shift` with fixed settings, as the `augment=` callable `(x_batch, rng) -> x_batch`
     of `chainrule.fit`. For upright photos of objects that look the same mirrored, as in Fashion-MNIST."""
-    if isinstance(max_shift, bool) or int(max_shift) != max_shift or not 0 <= max_shift < 28:
-        raise ValueError(f"clothing_augmenter: max_shift must be a whole number of pixels in [0, 28), "
-                         f"got {max_shift!r}")
+    _whole_shift("clothing_augmenter", max_shift, 28)  # a bad setting fails here, not at the first batch
 
     def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return random_flip_shift(x, rng, flip, max_shift)
