@@ -35,6 +35,25 @@ def mnist_dir(data_root: Path) -> Path:
     return data_root / "mnist"
 
 
+def require_fashion() -> Path:
+    """The folder holding Fashion-MNIST (Debian's dataset-fashion-mnist, or $CHAINRULE_DATA/fashion-mnist),
+    found without downloading; skips when it is nowhere, but fails in CI, which installs it."""
+    from chainrule.data.idx import find_files
+
+    found = find_files("train", "fashion")
+    if found is None or find_files("test", "fashion") is None:
+        if os.environ.get("CI"):
+            pytest.fail("Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist")
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    return found[0].parent
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """The folder holding Fashion-MNIST's four files; see `require_fashion`."""
+    return require_fashion()
+
+
 # ---------------------------------------------------------------------------------------------
 # Mail and the spam filter: test_corpora, test_mime, test_text and the test_spam_* files.
 

@@ -1,4 +1,5 @@
-"""Image preprocessing: any picture of a digit -> MNIST-style 28x28, and one-line errors for bad input."""
+"""Image preprocessing: any picture of a digit -> MNIST-style 28x28, of an object -> Fashion-MNIST-style
+28x28, and one-line errors for bad input."""
 
 from __future__ import annotations
 
@@ -75,6 +76,47 @@ def test_preprocessing_reproduces_mnist_closely(digits):
         original = digit.astype(np.float32) / 255
         corrs.append(np.corrcoef(x.ravel(), original.ravel())[0, 1])
     assert min(corrs) > 0.5 and np.mean(corrs) > 0.85, corrs
+
+
+def test_objects_are_prepared_as_fashion_mnist_was_made(fashion_dir):
+    """A Fashion-MNIST item redrawn x3 larger, off-centre, dark on white, in colour comes back close
+    to itself as an "object": fitted to 28 pixels on its longer side and centred, with its grey
+    levels kept. Prepared as a digit instead (20x20 box, centre of mass) it does not."""
+    from chainrule.data.idx import load_image_set
+
+    items = load_image_set("fashion", "test").images[:40]
+    as_object, as_digit = [], []
+    for item in items:
+        page = on_paper(item, scale=3, offset=(17, 5), canvas=(160, 120)).convert("RGB")
+        x = preprocess_image(page, "object")
+        assert x.shape == (28, 28) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+        rows, cols = np.nonzero(x)
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert max(h, w) >= 27  # the longer side fills the field
+        assert abs((rows.min() + rows.max()) / 2 - 13.5) <= 1 and abs((cols.min() + cols.max()) / 2 - 13.5) <= 1
+        original = item.astype(np.float32).ravel() / 255
+        as_object.append(np.corrcoef(x.ravel(), original)[0, 1])
+        as_digit.append(np.corrcoef(preprocess_image(page, "digit").ravel(), original)[0, 1])
+    assert min(as_object) > 0.6 and np.mean(as_object) > 0.88, as_object
+    assert np.mean(as_digit) < np.mean(as_object) - 0.2, (np.mean(as_digit), np.mean(as_object))
+    # a light object on a dark background reads the same as a dark one on a light background
+    item = items[0]
+    np.testing.assert_allclose(preprocess_image(png(on_paper(item, invert=False, offset=(5, 7))), "object"),
+                               preprocess_image(png(on_paper(item, invert=True, offset=(40, 30))), "object"),
+                               atol=1e-6)
+
+
+def test_object_on_a_grey_background_and_a_blank_photo():
+    page = Image.new("L", (120, 90), 200)  # a grey table top
+    page.paste(Image.new("L", (30, 60), 40), (50, 10))  # a dark, tall thing on it
+    x = preprocess_image(png(page), "object")
+    rows, cols = np.nonzero(x)
+    assert (rows.min(), rows.max()) == (0, 27) and x[0, 0] == 0 and x[14, 14] == pytest.approx(0.8, abs=0.01)
+    assert 12 <= cols.max() - cols.min() + 1 <= 16  # 30 x 60 keeps its aspect ratio: 14 x 28
+    with pytest.raises(ImageError, match="nothing found"):
+        preprocess_image(png(Image.new("L", (50, 50), 200)), "object")
+    with pytest.raises(ValueError, match="picture must be one of"):
+        preprocess_image(png(page), "photo")
 
 
 def test_transparent_canvas_drawing_and_coloured_ink():

@@ -1,15 +1,31 @@
-"""Any picture of a digit -> a 28x28 MNIST-style image, preprocessed the way MNIST itself was made.
+"""Any picture -> a 28x28 image prepared the way the training set's images were made.
 
-MNIST's digits (LeCun et al.) were size-normalised "to fit in a 20x20 pixel box while preserving
-their aspect ratio", anti-aliased (hence grey levels), then "centered in a 28x28 image by computing
-the center of mass of the pixels, and translating the image so as to position this point at the
-center of the 28x28 field". A network trained on MNIST has only ever seen digits prepared that way,
-so a photo or a drawing must go through the same steps before it can be recognised:
+A network has only ever seen images prepared one way, so a photo or a drawing must go through the
+same steps before it can be recognised. Two ways are known here (`PICTURES`):
 
-1. grey levels, with the ink as high values (whatever the paper and ink colours were);
+"digit", as MNIST (LeCun et al.): digits were size-normalised "to fit in a 20x20 pixel box while
+preserving their aspect ratio", anti-aliased (hence grey levels), then "centered in a 28x28 image by
+computing the center of mass of the pixels, and translating the image so as to position this point
+at the center of the 28x28 field". So:
+
+1. grey levels, with the ink as high values (whatever the paper and ink colours were), stretched so
+   the strongest ink is 1 (a pen line is ink, however faint the photo);
 2. crop to the bounding box of the ink;
 3. scale to fit 20x20, keeping the aspect ratio (area averaging when shrinking = anti-aliasing);
 4. paste into 28x28 with the centre of mass at the centre.
+
+"object", as Fashion-MNIST (Xiao et al. 2017): product photos on a white background were trimmed
+to the product, their longest edge resized to 28, the shorter edge extended to 28 with the product
+in the centre, and the grey levels negated. So:
+
+1. grey levels negated, measured from the background (the image's border): the background is 0 and
+   a black garment 1; no stretching, since how light the garment is tells a shirt from a coat;
+2. crop to the object (pixels within 5% of the background are background, as the paper's trim);
+3. scale the longer side to 28, keeping the aspect ratio;
+4. centre the box in 28x28.
+
+(The paper also sharpens the resized image; that step is left out.) Photograph a garment laid on
+a plain background that reaches the edges of the picture.
 """
 
 from __future__ import annotations
@@ -34,10 +50,13 @@ WORKING_SIZE = 1024
 NOISE_FLOOR = 0.2
 
 BOX, SIZE = 20, 28
+# An object's pixels closer than this to the background's level are background (Fashion-MNIST's trim).
+OBJECT_TRIM = 0.05
+PICTURES = ("digit", "object")
 
 
 class ImageError(DataError):
-    """The input is not a usable image of a digit (empty, unreadable, too large, blank)."""
+    """The input is not a usable image (empty, unreadable, too large, blank)."""
 
 
 def _open(source) -> tuple[Image.Image, str]:
@@ -179,20 +198,60 @@ def to_mnist(ink: np.ndarray) -> np.ndarray:
     return out
 
 
-def preprocess_image(source) -> np.ndarray:
-    """Any image of one digit (path, bytes or PIL image) -> MNIST-style (28, 28) float32 in [0, 1].
+def _object_levels(grey: np.ndarray) -> np.ndarray:
+    """Negated grey levels in [0, 1], measured from the background: 0 where the picture is the
+    background's colour, 1 for black on white (or white on black).
 
-    Works for any size, colour or grey, dark ink on light paper or the reverse, with or without
+    The background is whatever fills the image's border. Fashion-MNIST negates grey levels of
+    photos on pure white, `1 - grey/255`; measuring from the border's own level instead makes a
+    grey table top count as that white.
+    """
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    paper = float(np.median(border))
+    levels = (paper - grey) / paper if paper > 127.5 else (grey - paper) / (255 - paper)
+    return np.clip(levels, 0.0, 1.0)
+
+
+def fit_object(levels: np.ndarray) -> np.ndarray:
+    """Crop to the object, fit its longer side to 28 keeping the aspect ratio, centre it in 28x28.
+
+    Args:
+        levels: (h, w) array in [0, 1], object high, background 0. Returns float32 (28, 28) in [0, 1].
+    """
+    levels = np.where(levels > OBJECT_TRIM, levels, 0.0)
+    rows, cols = np.nonzero(levels)
+    if rows.size == 0:
+        raise ImageError("nothing found (a blank image)")
+    crop = levels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    h, w = crop.shape
+    scale = SIZE / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    small = np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize((nw, nh), resample))
+    top, left = (SIZE - nh) // 2, (SIZE - nw) // 2
+    out = np.zeros((SIZE, SIZE), np.float32)
+    out[top : top + nh, left : left + nw] = np.clip(small, 0.0, 1.0)
+    return out
+
+
+def preprocess_image(source, picture: str = "digit") -> np.ndarray:
+    """Any image (path, bytes or PIL image) -> (28, 28) float32 in [0, 1], prepared as `picture`
+    says: "digit" as MNIST's digits were, "object" as Fashion-MNIST's products were.
+
+    Works for any size, colour or grey, dark on light or the reverse, with or without
     transparency. Raises `ImageError` with a one-line reason for empty, unreadable, oversized or
     blank input.
     """
+    if picture not in PICTURES:
+        raise ValueError(f"preprocess_image: picture must be one of {PICTURES}, got {picture!r}")
     img, name = _open(source)
     img = _plain_mode(ImageOps.exif_transpose(img))  # (phone photos are often stored sideways)
     if max(img.size) > WORKING_SIZE:
         img = img.copy()
         img.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
     try:
-        return to_mnist(_ink(_grey(img)))
+        grey = _grey(img)
+        return to_mnist(_ink(grey)) if picture == "digit" else fit_object(_object_levels(grey))
     except ImageError as exc:
         raise ImageError(f"{name}: {exc}" if name != "image" else str(exc)) from None
 

@@ -1,0 +1,420 @@
+"""IDX image sets (MNIST, Fashion-MNIST, any folder in their layout): read, find, or download once.
+
+The IDX format (LeCun et al., http://yann.lecun.com/exdb/mnist/) is a tiny binary header followed
+by raw bytes:
+
+    bytes 0-1   zero
+    byte  2     element type (0x08 = unsigned byte)
+    byte  3     number of dimensions d
+    4·d bytes   each dimension as a big-endian 32-bit integer
+    the rest    prod(dimensions) elements, row-major
+
+so images are `00 00 08 03 | n | 28 | 28 | n·784 bytes` and labels `00 00 08 01 | n | n bytes`.
+Every field is checked, because a truncated download or a file from the wrong data set should fail
+here with a sentence naming the file, not later as a shape error inside the network.
+
+A data set is given by name or as a folder:
+
+* a name (`mnist`, `fashion`) is looked for, in order, where a distribution package installs it
+  (Debian's `dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist), in `$CHAINRULE_DATA/<folder>`,
+  in the user cache, and is otherwise downloaded into the cache from its canonical source. Each
+  download is checked against the SHA-256 of the file's *decompressed* bytes: Debian recompresses
+  the .gz files, so a hash of the compressed file would reject a correct copy;
+* a folder is any folder holding the four files (gzipped or not).
+
+Class names come from a `classes.txt` beside the files (one name per line), else from the known
+set (a folder holding MNIST or Fashion-MNIST is recognised by its label file), else they are the
+label numbers "0", "1", ... up to the largest label.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from chainrule.data.locate import cache_dir, candidate_dirs
+from chainrule.errors import DataError
+from chainrule.files import atomic_open
+
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+CLASSES_FILE = "classes.txt"
+IMAGE_SIZE = 28
+_UBYTE = 0x08
+# No IDX file of this kind comes near this; a header claiming more is corrupt, and refusing it
+# keeps a damaged header from asking for gigabytes of memory.
+_MAX_BYTES = 1 << 31
+# A label is one unsigned byte, so no IDX set has more classes than this.
+MAX_CLASSES = 256
+
+
+@dataclass(frozen=True)
+class KnownSet:
+    """A data set that `--data NAME` names: what it is called, where to look, where to get it.
+
+    Attributes:
+        name: what `--data` takes.
+        title: how people write it ("Fashion-MNIST"), for figures and the web page.
+        folder: its folder under `$CHAINRULE_DATA` and the user cache.
+        classes: the class names, in label order.
+        url: where the four `<file>.gz` are downloaded from.
+        sha256: file name (without .gz) -> SHA-256 of its decompressed bytes.
+        system_dir: where a distribution package installs it, looked in first.
+        package: that package, for the message when the set is found nowhere.
+    """
+
+    name: str
+    title: str
+    folder: str
+    classes: tuple[str, ...]
+    url: str
+    sha256: dict[str, str]
+    system_dir: str | None = None
+    package: str | None = None
+
+
+KNOWN_SETS = {
+    "mnist": KnownSet(
+        name="mnist", title="MNIST", folder="mnist", classes=tuple("0123456789"),
+        # the mirror torchvision uses since yann.lecun.com started refusing downloads
+        url="https://ossci-datasets.s3.amazonaws.com/mnist/",
+        sha256={
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+    ),
+    "fashion": KnownSet(
+        name="fashion", title="Fashion-MNIST", folder="fashion-mnist",
+        # Xiao, Rasul and Vollgraf (2017), in label order
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"),
+        url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        sha256={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        system_dir="/usr/share/datasets/fashion-mnist",
+        package="dataset-fashion-mnist",
+    ),
+}
+
+
+class ImageSet(NamedTuple):
+    """One split of an image set.
+
+    Attributes:
+        images: uint8 (n, 28, 28), ink (or object) high on a 0 background.
+        labels: uint8 (n,), each below `len(classes)`.
+        classes: the class names, in label order.
+        name: what loads this set again: a known set's name, or the folder's absolute path.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    name: str
+
+
+def title(name: str) -> str:
+    """How to call the set `name` (from `ImageSet.name`) in a sentence or a figure."""
+    return KNOWN_SETS[name].title if name in KNOWN_SETS else Path(name).name
+
+
+# -- reading IDX files ----------------------------------------------------------------------------
+
+
+def _open(path: Path):
+    """Open `path` for reading bytes, through gzip when its first two bytes say it is gzipped."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if path.suffix == ".gz":
+        raise DataError(f"{path}: not a gzip file (the name ends in .gz but the content is not gzip)")
+    return open(path, "rb")
+
+
+def _read_exact(f, n: int, path: Path, what: str) -> bytes:
+    try:
+        data = f.read(n)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: corrupt gzip data ({exc})") from exc
+    if len(data) != n:
+        raise DataError(f"{path}: truncated: expected {n} bytes of {what}, found {len(data)}")
+    return data
+
+
+def read_idx(path, ndim: int) -> np.ndarray:
+    """Read one IDX file of unsigned bytes with `ndim` dimensions, gzipped or not.
+
+    Raises:
+        DataError: empty, not gzip though named .gz, truncated, trailing bytes, wrong magic
+            number, wrong element type or number of dimensions, or a zero dimension.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+    with _open(path) as f:
+        header = _read_exact(f, 4, path, "header")
+        if header[0] != 0 or header[1] != 0:
+            raise DataError(f"{path}: bad magic number 0x{header.hex()} (not an IDX file)")
+        if header[2] != _UBYTE:
+            raise DataError(f"{path}: element type 0x{header[2]:02x}, expected 0x08 (unsigned byte)")
+        if header[3] != ndim:
+            raise DataError(f"{path}: {header[3]} dimensions, expected {ndim}")
+        shape = tuple(int(d) for d in np.frombuffer(_read_exact(f, 4 * ndim, path, "header"), dtype=">u4"))
+        size = int(np.prod(shape, dtype=np.int64))
+        if size == 0 or size > _MAX_BYTES:
+            raise DataError(f"{path}: implausible dimensions {shape}")
+        data = _read_exact(f, size, path, "data")
+        try:
+            extra = f.read(1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}: corrupt gzip data ({exc})") from exc
+        if extra:
+            raise DataError(f"{path}: {shape} needs {size} bytes of data but the file holds more")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()  # writable, owns its memory
+
+
+def _idx_sha256(array: np.ndarray) -> str:
+    """SHA-256 of the IDX file that holds exactly `array` (as `read_idx` returned it)."""
+    header = bytes([0, 0, _UBYTE, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    return hashlib.sha256(header + array.tobytes()).hexdigest()
+
+
+def read_classes(path) -> list[str]:
+    """The class names in a `classes.txt`: one per line, in label order (blank lines at the end
+    are ignored, spaces around a name are not part of it)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()[: 1 << 20].decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    names = [line.strip() for line in text.splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if "" in names:
+        raise DataError(f"{path}: line {names.index('') + 1} is blank; give one class name per line")
+    if len(names) < 2:
+        raise DataError(f"{path}: {len(names)} class names; a classifier needs at least 2")
+    if len(names) > MAX_CLASSES:
+        raise DataError(f"{path}: {len(names)} class names, but IDX labels are bytes (at most {MAX_CLASSES})")
+    seen = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise DataError(f"{path}: line {i + 1} repeats the class name {name!r}")
+        seen.add(name)
+    return names
+
+
+# -- finding the files ----------------------------------------------------------------------------
+
+
+def _search_dirs(source, default: str | None) -> tuple[list[Path], KnownSet | None]:
+    """The folders to look in for `source`, in order, and the known set it names (None for a folder).
+
+    `source` None means the `default` set. A folder given for a `default` set may be the set's own
+    folder or its parent (`--data ../shared/data` and `--data ../shared/data/mnist` both work).
+    """
+    if source is None:
+        if default is None:
+            raise DataError(f"no data set given: --data {' or --data '.join(KNOWN_SETS)} or --data DIR")
+        source = default
+    if str(source) in KNOWN_SETS:
+        known = KNOWN_SETS[str(source)]
+        system = [Path(known.system_dir)] if known.system_dir else []
+        return system + candidate_dirs(known.folder), known
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        what = "no such folder" if not folder.exists() else "not a folder"
+        raise DataError(f"{source}: {what}, and not a known data set ({', '.join(KNOWN_SETS)})")
+    if default in KNOWN_SETS:
+        return candidate_dirs(KNOWN_SETS[default].folder, folder), None
+    return [folder], None
+
+
+def _find(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_files(split: str, source=None, default: str | None = "mnist") -> tuple[Path, Path] | None:
+    """The (images, labels) paths for `split` in the first folder that holds both, or None."""
+    images_name, labels_name = FILES[split]
+    for directory in _search_dirs(source, default)[0]:
+        images, labels = _find(directory, images_name), _find(directory, labels_name)
+        if images is not None and labels is not None:
+            return images, labels
+    return None
+
+
+def where_to_put(source=None, default: str | None = "mnist") -> str:
+    """What to do when a set is found nowhere, as the end of a one-line message."""
+    dirs, known = _search_dirs(source, default)
+    names = ", ".join(f"{n}.gz" for n in FILES["train"] + FILES["test"])
+    places = " or ".join(str(d) for d in dirs)
+    hint = f"put {names} in {places}"
+    if known is not None and known.package:
+        hint = f"install it (apt-get install {known.package}) or {hint}"
+    return hint + (" (or pass --data DIR)" if known is not None else "")
+
+
+# -- downloading ----------------------------------------------------------------------------------
+
+
+def _gunzip(chunks, url: str):
+    """Decompress a stream of gzip chunks, yielding at most 1 MB at a time (a small response
+    that inflates to gigabytes is hashed piece by piece, never held). Members may follow each other."""
+    inflate = zlib.decompressobj(wbits=31)
+    try:
+        for chunk in chunks:
+            while chunk:
+                if inflate.eof:  # the previous member is complete and another follows
+                    inflate = zlib.decompressobj(wbits=31)
+                yield inflate.decompress(chunk, 1 << 20)
+                chunk = inflate.unused_data if inflate.eof else inflate.unconsumed_tail
+        yield inflate.flush()
+    except zlib.error as exc:
+        raise DataError(f"{url}: not valid gzip data ({exc})") from exc
+    if not inflate.eof:
+        raise DataError(f"{url}: the gzip stream ends early (an interrupted download?)")
+
+
+def download(name: str = "mnist", directory=None, progress: bool = True) -> Path:
+    """Download the four files of the known set `name` into `directory` (default: the user cache).
+
+    Each file is streamed to a temporary file beside its destination while its decompressed bytes
+    are hashed; only when that SHA-256 is the expected one is it renamed into place, so an
+    interrupted or tampered download never leaves a file that looks complete.
+    """
+    from tqdm.auto import tqdm
+
+    known = KNOWN_SETS[name]
+    directory = Path(directory) if directory is not None else cache_dir(known.folder)
+    directory.mkdir(parents=True, exist_ok=True)
+    for file, expected in known.sha256.items():
+        target = directory / f"{file}.gz"
+        if target.is_file():
+            continue
+        url = known.url + target.name
+        digest = hashlib.sha256()
+        # written beside the target and renamed into place only if the checksum matches
+        with atomic_open(target) as out, urllib.request.urlopen(url, timeout=30) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"{known.title} {target.name}",
+                      disable=not progress, leave=False) as bar:
+
+                def received():
+                    while chunk := resp.read(1 << 16):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+                        yield chunk
+
+                for data in _gunzip(received(), url):
+                    digest.update(data)
+            if digest.hexdigest() != expected:
+                raise DataError(f"{url}: SHA-256 of the decompressed file is {digest.hexdigest()}, "
+                                f"not the expected {expected}")
+    return directory
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def _class_names(directory: Path, labels: np.ndarray, known: KnownSet | None, labels_path: Path) -> list[str]:
+    listed = directory / CLASSES_FILE
+    if listed.is_file():
+        names, source = read_classes(listed), f"{listed} names"
+    elif known is not None:
+        names, source = list(known.classes), f"{known.title} has"
+    else:
+        return [str(k) for k in range(int(labels.max()) + 1)]
+    if labels.max() >= len(names):
+        bad = int(np.argmax(labels >= len(names)))
+        raise DataError(f"{labels_path}: label {labels[bad]} at index {bad} has no class: "
+                        f"{source} {len(names)} classes")
+    return names
+
+
+def load_image_set(source=None, split: str = "train", default: str | None = None,
+                   download_missing: bool = True) -> ImageSet:
+    """Load one split of an image set as `(images, labels, classes, name)`.
+
+    Args:
+        source: a known set's name (`mnist`, `fashion`; see `KNOWN_SETS`) or a folder holding the
+            four IDX files; None for the `default` set.
+        split: "train" or "test".
+        default: the set `source` None stands for, and whose sub-folder a given folder may hold.
+        download_missing: download a named set that is found nowhere (never a folder).
+
+    Raises:
+        DataError: a file is corrupt, the images are not 28x28, a label has no class name, or the
+            data cannot be found or downloaded.
+    """
+    if split not in FILES:
+        raise ValueError(f"load_image_set: split must be 'train' or 'test', got {split!r}")
+    known = _search_dirs(source, default)[1]
+    found = find_files(split, source, default)
+    if found is None:
+        what = known.title if known is not None else str(source)
+        if known is None or not download_missing:
+            raise DataError(f"{what} {split} files not found: {where_to_put(source, default)}")
+        try:
+            download(known.name)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DataError(f"{what} not found and the download failed ({reason}): "
+                            f"{where_to_put(source, default)}") from exc
+        found = find_files(split, source, default)
+        if found is None:  # $CHAINRULE_DATA holds an incomplete set that shadows the cache
+            cache = cache_dir(known.folder)
+            found = (cache / f"{FILES[split][0]}.gz", cache / f"{FILES[split][1]}.gz")
+    images_path, labels_path = found
+    images = read_idx(images_path, 3)
+    labels = read_idx(labels_path, 1)
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+    if len(images) != len(labels):
+        raise DataError(f"{labels_path}: {len(labels)} labels but {images_path.name} has {len(images)} images")
+    if known is None:
+        known = _recognise(labels, split)
+    name = known.name if known is not None else str(images_path.parent.resolve())
+    classes = _class_names(images_path.parent, labels, known, labels_path)
+    return ImageSet(images, labels, classes, name)
+
+
+def _recognise(labels: np.ndarray, split: str) -> KnownSet | None:
+    """The known set whose `split` labels are exactly `labels`: a folder holding MNIST or
+    Fashion-MNIST is that set, whatever the folder is called."""
+    digest = _idx_sha256(labels)
+    return next((k for k in KNOWN_SETS.values() if k.sha256[FILES[split][1]] == digest), None)
+
+
+def dataset_name(source=None, default: str | None = None) -> str:
+    """The name `load_image_set(source, default=default)` gives the set (a known set's name, or the
+    folder's absolute path), reading no more than a label file."""
+    known = _search_dirs(source, default)[1]
+    if known is not None:
+        return known.name
+    for split in FILES:
+        found = find_files(split, source, default)
+        if found is not None:
+            known = _recognise(read_idx(found[1], 1), split)
+            return known.name if known is not None else str(found[0].parent.resolve())
+    raise DataError(f"{source}: no IDX image set there: {where_to_put(source, default)}")

@@ -1,0 +1,414 @@
+"""IDX image sets: MNIST and Fashion-MNIST from the real files, every corruption case, class names,
+the lookup order of a named set, and downloads verified on their decompressed bytes (served over
+HTTP from 127.0.0.1, never fetched from the network)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import gzip
+import http.server
+import os
+import shutil
+import threading
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chainrule.data import idx
+from chainrule.data.idx import KNOWN_SETS, dataset_name, load_image_set
+from chainrule.data.mnist import DataError, load_mnist, read_idx
+
+DATA = os.environ.get("CHAINRULE_DATA")
+pytestmark = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")
+NAMES = [n for split in ("train", "test") for n in idx.FILES[split]]
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An array of uint8 as IDX: 00 00 08 ndim, big-endian dims, data."""
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return load_mnist("test", DATA)
+
+
+def write_set(folder: Path, images: np.ndarray, labels: np.ndarray, gz: bool = True) -> Path:
+    """Write a complete four-file set in MNIST layout (same data for train and test)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        for name, arr in zip(idx.FILES[split], (images, labels), strict=True):
+            data = idx_bytes(arr)
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+    return folder
+
+
+def one_line_error(exc_info, path: Path) -> str:
+    msg = str(exc_info.value)
+    assert "\n" not in msg
+    assert str(path) in msg, msg
+    return msg
+
+
+# -- the real files ---------------------------------------------------------------------------------
+
+
+def test_real_files_have_the_documented_shapes(test_split):
+    images, labels = test_split
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (10000,) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) == set(range(10))
+    assert images.max() == 255 and images.min() == 0
+    # ink high on a zero background: the corners are background in every MNIST digit
+    assert images[:, 0, 0].max() == 0
+    train_images, train_labels = load_mnist("train", DATA)
+    assert train_images.shape == (60000, 28, 28) and len(train_labels) == 60000
+    # the famous first labels of each set
+    assert list(train_labels[:5]) == [5, 0, 4, 1, 9] and list(labels[:5]) == [7, 2, 1, 0, 4]
+
+
+def test_fashion_by_name_with_its_class_names(fashion_dir):
+    images, labels, classes, name = load_image_set("fashion", "test")
+    assert name == "fashion" and classes == FASHION and idx.title(name) == "Fashion-MNIST"
+    assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
+    assert list(labels[:5]) == [9, 2, 1, 1, 6]  # ankle boot, pullover, trouser, trouser, shirt
+    assert images[:, 0, 0].mean() < 2  # the product on black, like MNIST's ink
+    train = load_image_set("fashion", "train")
+    assert train.images.shape == (60000, 28, 28) and train.classes == FASHION
+    # MNIST by name: the digits
+    mnist = load_image_set("mnist", "test")
+    assert mnist.name == "mnist" and mnist.classes == [str(k) for k in range(10)]
+
+
+def test_a_folder_holding_a_known_set_is_recognised_by_its_labels(fashion_dir, tmp_path):
+    """The Debian folder, or any copy of the files, is Fashion-MNIST whatever the folder is called;
+    MNIST's folder given as its parent is MNIST."""
+    copy = tmp_path / "my clothes"
+    copy.mkdir()
+    for f in fashion_dir.iterdir():
+        (copy / f.name).symlink_to(f)
+    for folder in (fashion_dir, copy):
+        s = load_image_set(folder, "test")
+        assert s.name == "fashion" and s.classes == FASHION
+        assert dataset_name(folder) == "fashion"
+    assert load_image_set(DATA, "test", default="mnist").name == "mnist"
+    assert dataset_name(DATA, default="mnist") == "mnist"
+
+
+def test_data_dir_may_be_the_folder_or_its_parent(test_split):
+    images, _ = load_mnist("test", Path(DATA) / "mnist")
+    np.testing.assert_array_equal(images, test_split[0])
+
+
+def test_uncompressed_and_other_datasets_in_the_same_layout_load_the_same_way(tmp_path, test_split):
+    images, labels = test_split[0][:300], test_split[1][:300]
+    other = write_set(tmp_path / "other", 255 - images, labels[::-1].copy(), gz=False)
+    got_images, got_labels = load_mnist("test", other)
+    np.testing.assert_array_equal(got_images, 255 - images)
+    np.testing.assert_array_equal(got_labels, labels[::-1])
+    write_set(tmp_path / "zipped", images, labels, gz=True)
+    np.testing.assert_array_equal(load_mnist("train", tmp_path / "zipped")[0], images)
+
+
+# -- class names --------------------------------------------------------------------------------------
+
+
+def test_class_names_of_a_folder_come_from_classes_txt_else_from_the_labels(tmp_path, test_split):
+    images, labels = test_split[0][:200], test_split[1][:200]
+    five = np.where(labels < 5, labels, 0).astype(np.uint8)  # only the digits 0-4 occur
+    folder = write_set(tmp_path / "five", images, five)
+    s = load_image_set(folder, "test")
+    assert s.classes == ["0", "1", "2", "3", "4"]  # no names known: the label numbers
+    assert s.name == str(folder.resolve()) and idx.title(s.name) == "five"
+    assert dataset_name(folder) == str(folder.resolve())
+    (folder / "classes.txt").write_text("zero\nun\n zwei \ndrie\nquattro\ncinq\n\n\n", encoding="utf-8")
+    s = load_image_set(folder, "train")
+    assert s.classes == ["zero", "un", "zwei", "drie", "quattro", "cinq"]  # more names than labels is fine
+    np.testing.assert_array_equal(s.labels, five)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (b"cat\n\ndog\n", "line 2 is blank"),
+    (b"cat\ndog\ncat\n", "line 3 repeats the class name 'cat'"),
+    (b"cat\n", "1 class names; a classifier needs at least 2"),
+    (b"", "0 class names"),
+    (b"\xff\xfecat\n", "not UTF-8"),
+    ("\n".join(str(k) for k in range(300)).encode(), "at most 256"),
+    (b"cat\ndog\n", "label 7 at index 0 has no class"),
+], ids=["blank line", "repeated", "one name", "empty", "not utf-8", "300 names", "too few for the labels"])
+def test_bad_classes_txt_is_refused_naming_the_file(tmp_path, test_split, text, expected):
+    folder = write_set(tmp_path / "set", test_split[0][:20], test_split[1][:20])  # labels 7 2 1 0 4 ...
+    (folder / "classes.txt").write_bytes(text)
+    with pytest.raises(DataError) as exc_info:
+        load_image_set(folder, "test")
+    assert expected in one_line_error(exc_info, folder)
+
+
+def test_load_mnist_refuses_labels_that_are_not_digits(tmp_path, test_split):
+    labels = test_split[1][:50].copy()
+    labels[49] = 12
+    folder = write_set(tmp_path / "set", test_split[0][:50], labels)
+    with pytest.raises(DataError, match="label 12 at index 49 is not a digit"):
+        load_mnist("test", folder)
+    assert load_image_set(folder, "test").classes == [str(k) for k in range(13)]  # as a general set: 13 classes
+
+
+# -- corrupt files ------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def good_set(tmp_path, test_split):
+    return write_set(tmp_path / "set", test_split[0][:50], test_split[1][:50])
+
+
+def _rewrite(path: Path, transform) -> None:
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(transform(raw)))
+
+
+@pytest.mark.parametrize(
+    ("which", "transform", "expected"),
+    [
+        ("images", lambda b: b[:-100], "truncated"),
+        ("labels", lambda b: b[:-1], "truncated"),
+        ("images", lambda b: b[:10], "truncated"),
+        ("images", lambda b: b"\x08\x03" + b[2:], "magic"),
+        ("labels", lambda b: b[:2] + b"\x0d" + b[3:], "element type"),
+        ("images", lambda b: b[:3] + b"\x02" + b[4:], "dimensions"),
+        ("images", lambda b: b + b"\x00", "more"),
+        ("labels", lambda b: b[:4] + (60).to_bytes(4, "big") + b[8:] + bytes(10), "60 labels but"),
+        ("images", lambda b: b[:4] + (0).to_bytes(4, "big") + b[8:], "implausible"),
+    ],
+)
+def test_corrupt_files_are_refused_naming_the_file(good_set, which, transform, expected):
+    name = idx.FILES["test"][0 if which == "images" else 1]
+    path = good_set / f"{name}.gz"
+    _rewrite(path, transform)
+    with pytest.raises(DataError) as exc_info:
+        load_image_set(good_set, "test")
+    msg = one_line_error(exc_info, path)
+    assert expected in msg
+
+
+def test_truncated_gzip_stream(good_set):
+    path = good_set / f"{idx.FILES['test'][0]}.gz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError) as exc_info:
+        load_mnist("test", good_set)
+    assert "corrupt gzip" in one_line_error(exc_info, path)
+
+
+def test_empty_file(good_set):
+    path = good_set / f"{idx.FILES['test'][1]}.gz"
+    path.write_bytes(b"")
+    with pytest.raises(DataError) as exc_info:
+        load_mnist("test", good_set)
+    assert "empty" in one_line_error(exc_info, path)
+
+
+def test_not_gzip(good_set):
+    path = good_set / f"{idx.FILES['test'][0]}.gz"
+    path.write_bytes(gzip.decompress(path.read_bytes()))  # plain IDX under a .gz name
+    with pytest.raises(DataError) as exc_info:
+        load_mnist("test", good_set)
+    assert "not a gzip" in one_line_error(exc_info, path)
+    # the same bytes under the plain name load fine
+    path.rename(path.with_suffix(""))
+    assert load_mnist("test", good_set)[0].shape == (50, 28, 28)
+
+
+def test_image_size_must_be_28x28(tmp_path):
+    folder = write_set(tmp_path / "big", np.zeros((5, 32, 32), np.uint8), np.zeros(5, np.uint8))
+    with pytest.raises(DataError, match="32x32, expected 28x28"):
+        load_mnist("test", folder)
+
+
+def test_read_idx_reports_what_it_found(tmp_path):
+    path = tmp_path / "x-idx1-ubyte"
+    path.write_bytes(idx_bytes(np.arange(7, dtype=np.uint8)))
+    np.testing.assert_array_equal(read_idx(path, 1), np.arange(7))
+    with pytest.raises(DataError, match="1 dimensions, expected 3"):
+        read_idx(path, 3)
+
+
+def test_what_is_neither_a_name_nor_a_folder(tmp_path):
+    with pytest.raises(DataError, match=r"fashon: no such folder, and not a known data set \(mnist, fashion\)"):
+        load_image_set("fashon", "test")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="not a folder"):
+        load_image_set(tmp_path / "file", "test")
+    with pytest.raises(DataError, match="no data set given: --data mnist or --data fashion or --data DIR"):
+        load_image_set(None, "test")
+
+
+# -- where a named set is looked for ------------------------------------------------------------------
+
+
+@pytest.fixture()
+def isolated(tmp_path, monkeypatch):
+    """No $CHAINRULE_DATA, a private user cache, and MNIST and Fashion-MNIST with a system folder
+    of the test's own (`tmp_path / "system" / <folder>`) and a download address that refuses."""
+    monkeypatch.delenv("CHAINRULE_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name, known in KNOWN_SETS.items():
+        monkeypatch.setitem(KNOWN_SETS, name, dataclasses.replace(
+            known, system_dir=str(tmp_path / "system" / known.folder), url="http://127.0.0.1:9/"))
+    return tmp_path / "cache" / "chainrule"
+
+
+def test_lookup_order_system_folder_then_chainrule_data_then_cache(tmp_path, monkeypatch, isolated, test_split):
+    """A name is looked for in the folder a distribution package installs it to, then in
+    $CHAINRULE_DATA/<folder>, then in the user cache; an explicit folder wins over all three."""
+    images, labels = test_split
+    write_set(isolated / "fashion-mnist", images[:20], labels[:20])
+    assert len(load_image_set("fashion", "test").images) == 20  # found in the user cache
+    env = tmp_path / "env"
+    write_set(env / "fashion-mnist", images[:30], labels[:30])
+    monkeypatch.setenv("CHAINRULE_DATA", str(env))
+    assert len(load_image_set("fashion", "test").images) == 30  # $CHAINRULE_DATA wins
+    write_set(tmp_path / "system" / "fashion-mnist", images[:40], labels[:40])
+    s = load_image_set("fashion", "test")
+    assert len(s.images) == 40 and s.classes == FASHION and s.name == "fashion"  # the system folder wins
+    assert len(load_image_set(isolated / "fashion-mnist", "test").images) == 20  # a folder given wins over all
+    # MNIST the same way, in its own folders
+    write_set(isolated / "mnist", images[:25], labels[:25])
+    assert len(load_mnist("test")[0]) == 25
+    write_set(env / "mnist", images[:35], labels[:35])
+    assert len(load_mnist("test")[0]) == 35
+    assert len(load_mnist("test", isolated)[0]) == 25  # a folder's mnist/ sub-folder
+
+
+def test_debian_folder_is_where_fashion_is_found_first(fashion_dir):
+    if fashion_dir != Path(KNOWN_SETS["fashion"].system_dir):
+        pytest.skip("Fashion-MNIST comes from $CHAINRULE_DATA here, not from Debian's dataset-fashion-mnist")
+    assert idx.find_files("test", "fashion")[0].parent == fashion_dir
+
+
+def test_offline_with_nothing_found_says_where_to_put_the_files(isolated):
+    with pytest.raises(DataError) as exc_info:
+        load_image_set("fashion", "train")
+    msg = str(exc_info.value)
+    assert "\n" not in msg and "Fashion-MNIST not found and the download failed" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
+    assert str(isolated / "fashion-mnist") in msg and "train-images-idx3-ubyte.gz" in msg
+    assert not (isolated / "fashion-mnist").exists() or not any((isolated / "fashion-mnist").iterdir())
+    with pytest.raises(DataError, match="MNIST not found and the download failed"):
+        load_mnist("train")
+
+
+def test_explicit_folder_without_files_is_an_error_not_a_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(idx.urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
+    with pytest.raises(DataError, match="not found"):
+        load_mnist("test", tmp_path)
+    with pytest.raises(DataError, match="not found"):
+        load_image_set(tmp_path, "test")
+
+
+def test_incomplete_folder_is_skipped(tmp_path, monkeypatch, isolated, test_split):
+    env = tmp_path / "env"
+    write_set(env / "mnist", test_split[0][:30], test_split[1][:30])
+    (env / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    write_set(isolated / "mnist", test_split[0][:20], test_split[1][:20])
+    monkeypatch.setenv("CHAINRULE_DATA", str(env))
+    assert len(load_mnist("test")[0]) == 20
+    assert len(load_mnist("train")[0]) == 30
+    shutil.rmtree(isolated / "mnist")
+    with pytest.raises(DataError, match="download failed"):
+        load_mnist("test")
+
+
+# -- downloads ----------------------------------------------------------------------------------------
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # no line on stderr per request
+        pass
+
+
+@contextlib.contextmanager
+def serving(folder: Path):
+    """An HTTP server on 127.0.0.1 handing out the files of `folder`; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
+
+
+def _tampered_copy(source: Path, target: Path, tamper: dict[str, bytes]) -> Path:
+    """`source`'s four .gz files in `target`, with the file named in `tamper` replaced."""
+    target.mkdir()
+    for name in NAMES:
+        data = tamper.get(name)
+        (target / f"{name}.gz").write_bytes(data if data is not None else (source / f"{name}.gz").read_bytes())
+    return target
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion"])
+def test_download_is_verified_on_the_decompressed_bytes(name, tmp_path, monkeypatch, isolated, request):
+    """The real files, served from 127.0.0.1, pass the stored SHA-256 of their decompressed bytes,
+    although they are recompressed copies (Debian's, and $CHAINRULE_DATA's) whose .gz bytes differ
+    from upstream's. A file with one bit flipped in its content, however well compressed, is
+    refused and leaves nothing behind; the download then completes once it is served intact."""
+    source = Path(DATA) / "mnist" if name == "mnist" else request.getfixturevalue("fashion_dir")
+    labels = gzip.decompress((source / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    flipped = labels[:100] + bytes([labels[100] ^ 1]) + labels[101:]
+    bad = _tampered_copy(source, tmp_path / "bad", {"t10k-labels-idx1-ubyte": gzip.compress(flipped)})
+    cache = isolated / KNOWN_SETS[name].folder
+    with serving(bad) as url:
+        monkeypatch.setitem(KNOWN_SETS, name, dataclasses.replace(KNOWN_SETS[name], url=url))
+        with pytest.raises(DataError, match="SHA-256 of the decompressed file"):
+            load_image_set(name, "test")
+    present = sorted(p.name for p in cache.iterdir())
+    assert "t10k-labels-idx1-ubyte.gz" not in present
+    assert all(not p.startswith(".") for p in present)  # no temporary files left
+    with serving(source) as url:
+        monkeypatch.setitem(KNOWN_SETS, name, dataclasses.replace(KNOWN_SETS[name], url=url))
+        s = load_image_set(name, "test")
+    assert s.images.shape == (10000, 28, 28) and s.name == name
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in NAMES)
+
+
+def test_a_download_cut_short_or_not_gzip_is_refused(tmp_path, monkeypatch, isolated):
+    source = Path(DATA) / "mnist"
+    whole = (source / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    for content, expected in ((whole[: len(whole) // 2], "ends early"), (b"<html>gone</html>", "not valid gzip")):
+        bad = _tampered_copy(source, tmp_path / f"bad{len(content)}", {"t10k-labels-idx1-ubyte": content})
+        with serving(bad) as url:
+            monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+            with pytest.raises(DataError, match=expected):
+                load_mnist("test")
+        assert not (isolated / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
+
+
+def test_a_gzip_file_of_several_members_is_read_whole(tmp_path, monkeypatch, isolated):
+    """gzip allows members one after another (`cat a.gz b.gz`); the check hashes all of them."""
+    source = Path(DATA) / "mnist"
+    labels = gzip.decompress((source / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    two = gzip.compress(labels[:5000]) + gzip.compress(labels[5000:])
+    served = _tampered_copy(source, tmp_path / "two", {"t10k-labels-idx1-ubyte": two})
+    with serving(served) as url:
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        assert len(load_mnist("test")[1]) == 10000
+
+
+def test_unreachable_source_is_a_one_line_error(isolated, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(idx.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as exc_info:
+        load_mnist("train")
+    assert "\n" not in str(exc_info.value) and "Name or service not known" in str(exc_info.value)
