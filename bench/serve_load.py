@@ -41,7 +41,7 @@ from PIL import Image
 from chainrule.data.locate import candidate_dirs
 from chainrule.data.mnist import load_mnist
 from chainrule.files import atomic_write_bytes
-from chainrule.web.app import find_latest_model
+from chainrule.web.services import find_latest_image_models, find_latest_model
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serve_load.json"
@@ -141,14 +141,14 @@ async def run_endpoint(url: str, path: str, bodies: list[bytes], content_type: s
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--digits", help="digits model directory (default: the newest under runs/)")
+    ap.add_argument("--digits", help="digits model directory (default: the newest MNIST model under runs/)")
     ap.add_argument("--spam", help="spam model directory (default: the newest under runs/)")
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     ap.add_argument("--requests", type=int, default=2000, help="requests per endpoint (default 2000)")
     ap.add_argument("--data", help="data directory (default $CHAINRULE_DATA, then the user cache)")
     ap.add_argument("--out", default=str(RESULTS), help=f"JSON results (default {RESULTS.relative_to(HERE.parent)})")
     args = ap.parse_args(argv)
-    digits = Path(args.digits) if args.digits else find_latest_model("digits")
+    digits = Path(args.digits) if args.digits else find_latest_image_models().get("mnist")
     spam = Path(args.spam) if args.spam else find_latest_model("spam")
     if digits is None and spam is None:
         raise SystemExit("serve_load: no models: train them with `chainrule digits train` and "

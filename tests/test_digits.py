@@ -1,5 +1,5 @@
 """`chainrule digits`: train -> save -> load round trip, predict on real image files, resume after
-SIGKILL, Ctrl-C, and one-line errors for every kind of bad input.
+SIGKILL, Ctrl-C, models saved by chainrule 0.1, and one-line errors for every kind of bad input.
 
 Training here is deliberately tiny (a few thousand images, 1-2 epochs); the accuracy figures are
 checked by bench/digits_accuracy.py on the full data.
@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from chainrule import load_model
-from chainrule.apps import digits
+from chainrule.apps import images
 from chainrule.cli import main
 
 DATA = os.environ.get("CHAINRULE_DATA")
@@ -43,7 +43,7 @@ def mnist_test():
 def trained(tmp_path_factory):
     """An mlp trained on 6,000 images for 2 epochs: (output dir, in-memory model, metrics)."""
     out = tmp_path_factory.mktemp("run") / "mlp"
-    model, metrics = digits.train("mlp", out, epochs=2, seed=3, data_dir=DATA, train_size=6000, verbose=False)
+    model, metrics = images.train("mlp", out, epochs=2, seed=3, data=DATA, train_size=6000, verbose=False)
     return out, model, metrics
 
 
@@ -78,10 +78,13 @@ def test_train_writes_model_metrics_history_and_figures(trained):
     doc = json.loads((out / "model.json").read_text())
     assert doc["format"] == "chainrule-model" and doc["format_version"] == 1
     meta = doc["metadata"]
-    assert meta["task"] == "digits" and meta["preset"] == "mlp"
+    assert meta["task"] == "images" and meta["preset"] == "mlp" and meta["dataset"] == "mnist"
+    assert meta["classes"] == [str(k) for k in range(10)]
     assert meta["preprocessing"]["layout"] == "flat" and meta["preprocessing"]["scale"] == 255.0
+    assert meta["preprocessing"]["picture"] == "digit" and meta["preprocessing"]["digit_box"] == 20
     written = json.loads((out / "metrics.json").read_text())
-    assert written["test"]["n"] == 10000 and written["epochs_run"] == 2
+    assert written["test"]["n"] == 10000 and written["epochs_run"] == 2 and written["dataset"] == "mnist"
+    assert written["test"]["classes"] == meta["classes"] and list(written["test"]["per_class"]) == meta["classes"]
     assert written["train_images"] + written["validation_images"] == 6000
     assert len(written["test"]["confusion_matrix"]) == 10
     rows = (out / "history.csv").read_text().strip().splitlines()
@@ -94,9 +97,9 @@ def test_train_writes_model_metrics_history_and_figures(trained):
 def test_saved_model_gives_identical_predictions(trained, mnist_test, capsys):
     out, model, metrics = trained
     loaded, metadata = load_model(out)
-    x = digits.model_inputs(mnist_test[0], metadata)
+    x = images.model_inputs(mnist_test[0], metadata)
     np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
-    report = digits.evaluate_digits(loaded, metadata, *mnist_test)
+    report = images.evaluate_images(loaded, metadata, *mnist_test)
     assert report["accuracy"] == metrics["test"]["accuracy"]
     assert report["confusion_matrix"] == metrics["test"]["confusion_matrix"]
     # and the command line reports the same figure
@@ -109,13 +112,44 @@ def test_saved_model_gives_identical_predictions(trained, mnist_test, capsys):
 
 
 def test_model_inputs_layouts():
-    images = np.full((3, 28, 28), 255, np.uint8)
-    flat = digits.model_inputs(images, {"preprocessing": {"layout": "flat", "scale": 255.0}})
+    batch = np.full((3, 28, 28), 255, np.uint8)
+    flat = images.model_inputs(batch, {"preprocessing": {"layout": "flat", "scale": 255.0}})
     assert flat.shape == (3, 784) and flat.dtype == np.float32 and flat.max() == 1.0
-    img = digits.model_inputs(images[0].astype(np.float32) / 255, {"preprocessing": {"layout": "image"}})
+    img = images.model_inputs(batch[0].astype(np.float32) / 255, {"preprocessing": {"layout": "image"}})
     assert img.shape == (1, 1, 28, 28)
     with pytest.raises(ValueError, match="28x28"):
-        digits.model_inputs(np.zeros((2, 20, 20)), {})
+        images.model_inputs(np.zeros((2, 20, 20)), {})
+
+
+def test_a_model_saved_by_chainrule_0_1_still_loads_and_gives_the_same_answers(trained, mnist_test, tmp_path,
+                                                                                capsys):
+    """0.1's `digits train` saved task "digits", no data set and no `picture`: such a model is an
+    MNIST model, read photos as digits, and evaluates and predicts exactly as before."""
+    out = trained[0]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.npz").write_bytes((out / "model.npz").read_bytes())
+    doc = json.loads((out / "model.json").read_text())
+    meta = doc["metadata"]
+    meta["task"] = "digits"
+    del meta["dataset"], meta["preprocessing"]["picture"]
+    (old / "model.json").write_text(json.dumps(doc))
+    model, metadata = images.load_image_model(old)
+    assert metadata["dataset"] == "mnist" and metadata["preprocessing"]["picture"] == "digit"
+    assert metadata["classes"] == [str(k) for k in range(10)]
+    page = tmp_path / "seven.png"
+    Image.fromarray(255 - mnist_test[0][0]).save(page)  # test image 0 is a 7
+    answers = []
+    for model_dir in (out, old):
+        code, stdout, _ = cli(capsys, "digits", "predict", model_dir, page, "--json")
+        assert code == 0
+        answers.append(json.loads(stdout)[0])
+        code, stdout, _ = cli(capsys, "digits", "evaluate", model_dir, "--out", tmp_path / model_dir.name)
+        assert code == 0
+        answers.append(stdout.split("\n\nwrote")[0])
+    assert answers[0] == answers[2] and answers[0]["digit"] == answers[0]["index"] and answers[0]["label"] == "7"
+    assert answers[1] == answers[3] and answers[1].startswith("test accuracy: ")
+    assert "digit  precision  recall     f1  support" in answers[1]
 
 
 # -- predicting from image files -------------------------------------------------------------------
@@ -124,10 +158,10 @@ def test_model_inputs_layouts():
 def test_predict_on_redrawn_test_digits_keeps_the_accuracy(trained, mnist_test, tmp_path, capsys):
     """MNIST test digits saved as PNGs the way a person might: dark on white, 3x larger, off-centre."""
     out, model, metrics = trained
-    images, labels = mnist_test[0][:150], mnist_test[1][:150]
+    digit_images, labels = mnist_test[0][:150], mnist_test[1][:150]
     rng = np.random.default_rng(0)
     paths = []
-    for i, digit in enumerate(images):
+    for i, digit in enumerate(digit_images):
         big = Image.fromarray(255 - digit).resize((84, 84), Image.Resampling.BICUBIC)
         page = Image.new("L", (200, 160), 255)
         page.paste(big, (int(rng.integers(0, 116)), int(rng.integers(0, 76))))
@@ -142,7 +176,7 @@ def test_predict_on_redrawn_test_digits_keeps_the_accuracy(trained, mnist_test, 
         assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
         assert r["digit"] == int(np.argmax(r["probabilities"]))
     png_accuracy = np.mean([r["digit"] == y for r, y in zip(results, labels, strict=True)])
-    raw_accuracy = np.mean(model.predict(digits.model_inputs(images, {"preprocessing": {}})) == labels)
+    raw_accuracy = np.mean(model.predict(images.model_inputs(digit_images, {"preprocessing": {}})) == labels)
     assert png_accuracy >= raw_accuracy - 0.04, (png_accuracy, raw_accuracy)
 
 
@@ -295,7 +329,7 @@ def bad_inputs(trained, tmp_path_factory) -> dict[str, Path]:
 BAD_INPUTS = {
     "missing model": (["digits", "evaluate", "{root}/no-such-model"], 2, "not found"),
     "corrupt weights": (["digits", "evaluate", "{broken_model}"], 2, "not a readable .npz"),
-    "spam model": (["digits", "evaluate", "{other_task}"], 2, "not a digits model"),
+    "spam model": (["digits", "evaluate", "{other_task}"], 2, "not an image model"),
     "no data": (["digits", "evaluate", "{out}", "--data", "{empty_dir}"], 2, "put train-images"),
     "corrupt data": (["digits", "evaluate", "{out}", "--data", "{corrupt}"], 2, "corrupt gzip"),
     "train on corrupt data": (["digits", "train", "--data", "{corrupt}", "--out", "{root}/r1", "--quiet"], 2,

@@ -1,9 +1,9 @@
 """The web app's JSON API, through FastAPI's test client: every route and every error case.
 
-The models are real (trained on slices of MNIST and the SMS collection, see web_models.py), so the
-checks compare the API with the library itself: the digit the server returns for an upload must be
-the one `chainrule digits predict` gives for the same file, the activations must be the real
-forward pass, and the spam verdict the one `classify_message` gives.
+The models are real (trained on slices of MNIST, Fashion-MNIST and the SMS collection, see
+web_models.py), so the checks compare the API with the library itself: the class the server returns
+for an upload must be the one `chainrule images predict` gives for the same file, the activations
+must be the real forward pass, and the spam verdict the one `classify_message` gives.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import chainrule
-from chainrule.apps import digits as digits_app
+from chainrule.apps import images as images_app
 from chainrule.apps import spam as spam_app
 from chainrule.cli import main
 from chainrule.data.images import preprocess_image
+from chainrule.errors import UserError
 from chainrule.network import FORMAT_VERSION
 from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, create_app
-from chainrule.web.services import TOP_TOKENS, TOP_UNITS, find_latest_model
-from web_models import as_upload, mnist_test, sms_messages, trained_models
+from chainrule.web.services import TOP_TOKENS, TOP_UNITS, find_latest_image_models, find_latest_model
+from web_models import as_upload, fashion_test, mnist_test, sms_messages, trained_models
 
 
 def _test_client_class():
@@ -51,7 +52,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def app(models):
-    return create_app(models["digits"], models["spam"])
+    return create_app(models["digits"], models["spam"], images=[models["fashion"]])
 
 
 @pytest.fixture(scope="session")
@@ -90,11 +91,12 @@ def test_page_and_static_files(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for needle in ('id="pad"', 'id="clear"', 'id="probs"', 'id="seen"', 'id="layers"', 'id="units"',
-                   'id="message"', 'for="message"', "/static/app.js", "/static/style.css", 'name="viewport"'):
+                   'id="image-model"', 'for="image-model"', 'id="message"', 'for="message"', "/static/app.js",
+                   "/static/style.css", 'name="viewport"'):
         assert needle in page.text
     js = client.get("/static/app.js")
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
-    assert "/api/digits/predict" in js.text and "/api/spam/classify" in js.text and "pointerdown" in js.text
+    assert "/api/images/" in js.text and "/api/spam/classify" in js.text and "pointerdown" in js.text
     assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
     assert_error(client.get("/static/nothing.js"), 404)
 
@@ -117,6 +119,16 @@ def test_models_describes_what_is_loaded(client, models, digit_model):
     assert d["num_parameters"] == model.num_parameters()
     assert d["layers"] == [type(layer).__name__ for layer in model.layers]
     assert d["metrics"]["test_accuracy"] == metadata["test_accuracy"]
+    assert d["name"] == "mnist" and d["dataset"] == "mnist" and d["dataset_title"] == "MNIST"
+    assert d["classes"] == [str(k) for k in range(10)] and d["picture"] == "digit"
+    # every image model, the digits one first, each with its name and class names
+    assert [m["name"] for m in body["images"]] == ["mnist", "fashion"]
+    assert body["images"][0] == d
+    f = body["images"][1]
+    assert f["path"] == str(models["fashion"]) and f["task"] == "images" and f["dataset_title"] == "Fashion-MNIST"
+    assert f["classes"] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                            "Bag", "Ankle boot"]
+    assert f["picture"] == "object"
     s = body["spam"]
     assert s["path"] == str(models["spam"]) and s["task"] == "spam"
     assert s["format_version"] == FORMAT_VERSION
@@ -127,12 +139,15 @@ def test_without_models_routes_say_how_to_train(models):
     with TestClient(create_app()) as c:
         assert c.get("/healthz").json() == {"status": "ok", "digits": False, "spam": False}
         body = c.get("/api/models").json()
-        assert body["digits"] is None and body["spam"] is None
+        assert body["digits"] is None and body["spam"] is None and body["images"] == []
         assert "chainrule digits train" in body["hints"]["digits"]
+        assert "chainrule images train --data fashion" in body["hints"]["images"]
         assert "chainrule spam train" in body["hints"]["spam"]
         png = as_upload(mnist_test(1)[0][0])
         assert_error(c.post("/api/digits/predict", content=png, headers={"Content-Type": "image/png"}), 503,
                      "chainrule digits train")
+        assert_error(c.post("/api/images/mnist/predict", content=png, headers={"Content-Type": "image/png"}), 404,
+                     "no image model named 'mnist'", "chainrule images train")
         assert_error(c.post("/api/spam/classify", content=b"hello"), 503, "chainrule spam train")
         assert c.get("/").status_code == 200
 
@@ -140,17 +155,21 @@ def test_without_models_routes_say_how_to_train(models):
 def test_openapi_schema_documents_every_route(client):
     schema = client.get("/openapi.json").json()
     paths = schema["paths"]
-    assert set(paths) >= {"/healthz", "/api/models", "/api/digits/predict", "/api/spam/classify"}
-    predict = paths["/api/digits/predict"]["post"]
-    assert set(predict["requestBody"]["content"]) >= {"image/png", "image/jpeg", "multipart/form-data",
-                                                      "application/json"}
-    assert {"413", "422"} <= set(predict["responses"])
-    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("DigitPrediction")
+    assert set(paths) >= {"/healthz", "/api/models", "/api/images/{name}/predict", "/api/digits/predict",
+                          "/api/spam/classify"}
+    for route in ("/api/images/{name}/predict", "/api/digits/predict"):
+        predict = paths[route]["post"]
+        assert set(predict["requestBody"]["content"]) >= {"image/png", "image/jpeg", "multipart/form-data",
+                                                          "application/json"}
+        assert {"413", "422"} <= set(predict["responses"])
+        assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "ImagePrediction")
+    assert "404" in paths["/api/images/{name}/predict"]["post"]["responses"]
     classify = paths["/api/spam/classify"]["post"]
     assert {"text/plain", "message/rfc822", "application/json"} <= set(classify["requestBody"]["content"])
     assert classify["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("SpamVerdict")
     components = schema["components"]["schemas"]
-    for name in ("DigitPrediction", "SpamVerdict", "ModelsResponse", "ErrorResponse", "Pixels"):
+    for name in ("ImagePrediction", "SpamVerdict", "ModelsResponse", "ErrorResponse", "Pixels"):
         assert name in components
     assert client.get("/docs").status_code == 200
 
@@ -168,8 +187,8 @@ def test_predict_upload_matches_digits_predict(client, digit_model, samples, fmt
         assert r.status_code == 200, r.text
         body = r.json()
         # the library's own path for `chainrule digits predict FILE`
-        expected = digits_app.predict_images(model, metadata, [data])[0]
-        assert body["digit"] == expected["digit"]
+        expected = images_app.predict_images(model, metadata, [data])[0]
+        assert body["digit"] == expected["digit"] == body["index"] and body["label"] == str(body["digit"])
         np.testing.assert_allclose(body["probabilities"], expected["probabilities"], atol=1e-5)
         assert abs(sum(body["probabilities"]) - 1) < 1e-4
         np.testing.assert_allclose(body["input"], preprocess_image(data), atol=6e-4)
@@ -181,7 +200,7 @@ def test_predict_multipart_upload(client, digit_model, samples):
     data = as_upload(samples[0][1])
     r = client.post("/api/digits/predict", files={"file": ("seven.png", data, "image/png")})
     assert r.status_code == 200, r.text
-    assert r.json()["digit"] == digits_app.predict_images(model, metadata, [data])[0]["digit"]
+    assert r.json()["digit"] == images_app.predict_images(model, metadata, [data])[0]["digit"]
 
 
 def test_predict_json_array(client, digit_model, samples):
@@ -189,7 +208,7 @@ def test_predict_json_array(client, digit_model, samples):
     images, _ = samples
     for digit in images[:3]:
         pixels = (digit / 255.0).round(4)
-        proba = model.predict_proba(digits_app.model_inputs(pixels.astype(np.float32), metadata))[0]
+        proba = model.predict_proba(images_app.model_inputs(pixels.astype(np.float32), metadata))[0]
         for body in (pixels.tolist(), {"pixels": pixels.tolist()}):
             r = client.post("/api/digits/predict", json=body)
             assert r.status_code == 200, r.text
@@ -197,6 +216,53 @@ def test_predict_json_array(client, digit_model, samples):
             assert out["digit"] == int(proba.argmax())
             np.testing.assert_allclose(out["probabilities"], proba, atol=1e-5)
             np.testing.assert_allclose(out["input"], pixels, atol=6e-4)
+
+
+# -- POST /api/images/{name}/predict -----------------------------------------------------------------
+
+
+def test_each_image_model_answers_with_its_own_classes(client, models, samples):
+    """The clothes model answers with Fashion-MNIST's class names, reading an upload as
+    `chainrule images predict` does for it (as an object, not as a digit)."""
+    model, metadata = images_app.load_image_model(models["fashion"])
+    items, _ = fashion_test(4)
+    for item in items:
+        data = as_upload(item)
+        r = client.post("/api/images/fashion/predict", content=data, headers={"Content-Type": "image/png"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        expected = images_app.predict_images(model, metadata, [data])[0]
+        assert body["label"] == expected["label"] == metadata["classes"][body["index"]]
+        assert "digit" not in body and len(body["probabilities"]) == 10
+        np.testing.assert_allclose(body["probabilities"], expected["probabilities"], atol=1e-5)
+        np.testing.assert_allclose(body["input"], preprocess_image(data, "object"), atol=6e-4)
+    # the digits model under its own name answers exactly as the route kept from the first version
+    png = as_upload(samples[0][0])
+    a = client.post("/api/images/mnist/predict?explain=true", content=png, headers={"Content-Type": "image/png"})
+    b = client.post("/api/digits/predict?explain=true", content=png, headers={"Content-Type": "image/png"})
+    assert a.status_code == b.status_code == 200
+    assert a.json() == b.json() and a.json()["label"] == str(a.json()["digit"])
+
+
+def test_an_unknown_image_model_name_is_404_naming_the_loaded_ones(client, samples):
+    png = as_upload(samples[0][0])
+    r = client.post("/api/images/cifar/predict", content=png, headers={"Content-Type": "image/png"})
+    assert_error(r, 404, "no image model named 'cifar'", "loaded: mnist, fashion")
+
+
+def test_image_models_are_named_by_their_data_set(tmp_path, models, samples):
+    shutil.copytree(models["fashion"], tmp_path / "again")
+    app = create_app(images=[models["fashion"], tmp_path / "again", ("clothes", models["fashion"]), models["digits"]])
+    assert list(app.state.images) == ["fashion", "fashion-mlp", "clothes", "mnist"]
+    assert app.state.digits is app.state.images["mnist"]  # the MNIST model answers the digits route
+    png = as_upload(samples[0][0])
+    with TestClient(create_app(images=[models["fashion"]])) as c:
+        assert c.post("/api/images/fashion/predict", content=png, headers={"Content-Type": "image/png"}).status_code \
+            == 200
+        assert_error(c.post("/api/digits/predict", content=png, headers={"Content-Type": "image/png"}), 503,
+                     "no digits model")
+    with pytest.raises(UserError, match="two image models are named 'x'"):
+        create_app(images=[("x", models["fashion"]), ("x", models["digits"])])
 
 
 def test_predict_explain_is_the_real_forward_pass(client, digit_model, samples):
@@ -419,7 +485,7 @@ JSON_VALUES = st.recursive(
                       st.builds(lambda v: json.dumps(v).encode(), JSON_VALUES),
                       st.integers(1, 5000).map(lambda depth: b"[" * depth + b"]" * depth)),
        media=MEDIA, route=st.sampled_from(["/api/digits/predict", "/api/digits/predict?explain=true",
-                                           "/api/spam/classify"]))
+                                           "/api/images/fashion/predict?explain=true", "/api/spam/classify"]))
 def test_arbitrary_bodies_never_give_a_server_error(client, body, media, route):
     headers = {"Content-Type": media} if media else {}
     r = client.post(route, content=body, headers=headers)
@@ -439,17 +505,35 @@ def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models):
         os.utime(runs / name / "model.json", (when, when))
     (runs / "broken").mkdir()
     (runs / "broken" / "model.json").write_text("{not json")
-    assert find_latest_model("digits", runs) == runs / "new-digits"
+    assert find_latest_model("images", runs) == runs / "new-digits"
     assert find_latest_model("spam", runs) == runs / "nested" / "spam-a"
-    assert find_latest_model("digits", tmp_path / "nowhere") is None
+    assert find_latest_model("images", tmp_path / "nowhere") is None
     assert find_latest_model("other", runs) is None
+
+
+def test_find_latest_image_models_picks_the_newest_of_each_data_set(tmp_path, models):
+    """One per data set; a model saved by chainrule 0.1's `digits train` (task "digits", no data
+    set recorded) counts as an MNIST model."""
+    runs = tmp_path / "runs"
+    for name, src, when in (("digits-a", "digits", 1_000_000), ("fashion-a", "fashion", 3_000_000),
+                            ("fashion-b", "fashion", 2_000_000), ("spam", "spam", 4_000_000),
+                            ("old-digits", "digits", 2_500_000)):
+        shutil.copytree(models[src], runs / name)
+        if name == "old-digits":
+            doc = json.loads((runs / name / "model.json").read_text())
+            doc["metadata"]["task"] = "digits"
+            del doc["metadata"]["dataset"]
+            (runs / name / "model.json").write_text(json.dumps(doc))
+        os.utime(runs / name / "model.json", (when, when))
+    assert find_latest_image_models(runs) == {"mnist": runs / "old-digits", "fashion": runs / "fashion-a"}
+    assert find_latest_image_models(tmp_path / "nowhere") == {}
 
 
 def test_serve_without_models_says_how_to_train(tmp_path, capsys):
     assert main(["serve", "--runs", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("chainrule: error:") and err.count("\n") == 1
-    assert "chainrule digits train" in err and "chainrule spam train" in err
+    assert "chainrule digits train" in err and "chainrule images train" in err and "chainrule spam train" in err
 
 
 def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys):
@@ -457,6 +541,9 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys):
         ["--digits", str(tmp_path / "missing")],
         ["--digits", str(models["spam"])],
         ["--spam", str(models["digits"])],
+        ["--images", str(models["spam"])],
+        ["--images", str(tmp_path / "missing")],
+        ["--images", f"x={models['fashion']}", "--images", f"x={models['digits']}"],
         ["--digits", str(models["digits"]), "--max-body-mb", "0"],
         ["--digits", str(models["digits"]), "--port", "70000"],
     ]

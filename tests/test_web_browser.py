@@ -2,8 +2,9 @@
 
 The server is the real command (`python -m chainrule.cli serve --port 0`) in its own process, with
 models trained on real data (web_models.py). The test draws digits with mouse strokes on the
-canvas, as a user would, and checks the prediction the page shows; pastes messages and checks the
-verdicts; and checks the page works from the keyboard and at phone width. Screenshots are saved
+canvas, as a user would, and checks the prediction the page shows; picks the clothes model and
+uploads a photo; pastes messages and checks the verdicts; and checks the page works from the
+keyboard and at phone width. Screenshots are saved
 in the test's temporary directory.
 
 Skipped only when chromium or Playwright is missing and $CI is not set; in CI (`.ci/run` installs
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from web_models import running_server, trained_models
+from chainrule.apps import images
+from web_models import as_upload, fashion_test, running_server, trained_models
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -47,10 +49,18 @@ SPAM_SMS = ("Congratulations! You have been selected to receive a FREE £1000 ca
 HAM_SMS = "Hi mum, I'll be home a bit late tonight, can you save me some dinner? See you around 8"
 
 
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def models(tmp_path_factory):
+    return trained_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(models):
     """`chainrule serve` on a free port of 127.0.0.1; yields its base URL."""
-    with running_server(trained_models(tmp_path_factory)) as (url, _):
+    with running_server(models) as (url, _):
         yield url
 
 
@@ -72,7 +82,7 @@ def page(browser, server):
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     pg.goto(server + "/")
-    pg.wait_for_function("document.getElementById('models').textContent.includes('Digits:')")
+    pg.wait_for_function("document.getElementById('image-model').options.length > 0")
     yield pg
     context.close()
     assert errors == [], f"the page logged errors: {errors}"
@@ -97,10 +107,10 @@ def draw(page, strokes) -> None:
 def test_drawn_digits_are_recognised(page, tmp_path):
     for name, strokes in (("1", ONE), ("7", SEVEN)):
         page.click("#clear")
-        assert page.inner_text("#digit") == "–"
+        assert page.inner_text("#label") == "–"
         draw(page, strokes)
         page.screenshot(path=tmp_path / f"digit-{name}.png", full_page=True)
-        assert page.inner_text("#digit") == name, f"drew a {name}, the page says {page.inner_text('#digit')}"
+        assert page.inner_text("#label") == name, f"drew a {name}, the page says {page.inner_text('#label')}"
         assert page.locator("#prob-" + name).get_attribute("class") == "top"
         # the 28x28 image the network saw is drawn, with ink in it
         ink = page.evaluate("""() => {
@@ -111,8 +121,36 @@ def test_drawn_digits_are_recognised(page, tmp_path):
         assert page.locator("#layers figure").count() == 5  # Linear ReLU Linear ReLU Linear (no Dropout)
         assert page.locator("#units canvas").count() == 8
     page.click("#clear")
-    assert page.inner_text("#digit") == "–"
+    assert page.inner_text("#label") == "–"
     assert page.locator("#layers figure").count() == 0
+
+
+def test_picking_a_model_shows_its_class_names(page, models, tmp_path):
+    """The picker switches the section to the clothes model: its ten class names label the bars,
+    the pad takes an upload instead of strokes, and a photo gets the answer the model gives for
+    that file; back on the digits model, the bars read 0-9 again."""
+    assert page.eval_on_selector_all("#image-model option", "os => os.map(o => o.value)") == ["mnist", "fashion"]
+    page.select_option("#image-model", "fashion")
+    assert page.eval_on_selector_all("#probs .label", "ls => ls.map(l => l.textContent)") == FASHION
+    assert "Fashion-MNIST" in page.inner_text("#images-title")
+    assert "Ankle boot" in page.inner_text("#image-classes")
+    draw(page, ONE)
+    assert page.inner_text("#label") == "–", "the clothes model's pad should take uploads, not strokes"
+    photo = tmp_path / "item.png"
+    photo.write_bytes(as_upload(fashion_test(1)[0][0]))
+    page.set_input_files("#upload", str(photo))
+    page.wait_for_function("document.getElementById('label').textContent !== '–'")
+    page.wait_for_selector("#answer[aria-busy='false']")
+    page.screenshot(path=tmp_path / "fashion.png", full_page=True)
+    model, metadata = images.load_image_model(models["fashion"])
+    expected = images.predict_images(model, metadata, [photo])[0]["label"]
+    assert page.inner_text("#label") == expected
+    assert page.locator("#probs li.top .label").inner_text() == expected
+    page.select_option("#image-model", "mnist")
+    assert page.eval_on_selector_all("#probs .label", "ls => ls.map(l => l.textContent)") == [str(k) for k in range(10)]
+    assert page.inner_text("#label") == "–" and page.inner_text("#images-title") == "Draw a digit"
+    draw(page, SEVEN)
+    assert page.inner_text("#label") == "7"
 
 
 def test_messages_get_verdicts(page, tmp_path):
@@ -140,7 +178,7 @@ def test_keyboard_and_phone_width(page, tmp_path):
     for _ in range(12):
         page.keyboard.press("Tab")
         focused.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
-    for control in ("clear", "upload", "message", "check"):
+    for control in ("image-model", "clear", "upload", "message", "check"):
         assert control in focused, f"{control} is not reachable with Tab: {focused}"
     # a keyboard user can check a message without the mouse
     page.focus("#message")
@@ -150,4 +188,4 @@ def test_keyboard_and_phone_width(page, tmp_path):
     page.wait_for_function("document.getElementById('verdict').textContent === 'ham'", timeout=5000)
     draw(page, SEVEN)
     page.screenshot(path=tmp_path / "phone.png", full_page=True)
-    assert page.inner_text("#digit") == "7"
+    assert page.inner_text("#label") == "7"

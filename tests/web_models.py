@@ -2,8 +2,9 @@
 
 Both web test files use them; the first to ask trains them (a few seconds), later ones reuse them.
 The digits model must read strokes drawn in a real browser, so it is the `mlp` preset trained for
-a few epochs on 15,000 MNIST images rather than a toy; the spam filter learns the SMS Spam
-Collection.
+a few epochs on 15,000 MNIST images rather than a toy; the clothes model is Fashion-MNIST's `mlp`
+for one epoch on 3,000 images (the page only has to show its classes and an answer); the spam
+filter learns the SMS Spam Collection.
 """
 
 from __future__ import annotations
@@ -23,19 +24,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import require_fashion
+
 DATA = os.environ.get("CHAINRULE_DATA")
 _cache: dict[str, Path] = {}
 
 
 def trained_models(tmp_path_factory) -> dict[str, Path]:
-    """{"digits": model dir, "spam": model dir}, trained on first use."""
+    """{"digits": model dir, "fashion": model dir, "spam": model dir}, trained on first use."""
     if not DATA:
         pytest.skip("CHAINRULE_DATA is not set")
+    require_fashion()
     if not _cache:
-        from chainrule.apps import digits, spam
+        from chainrule.apps import images, spam
 
         root = tmp_path_factory.mktemp("web-models")
-        digits.train("mlp", out=root / "digits", epochs=3, train_size=15000, data_dir=DATA, verbose=False,
+        images.train("mlp", out=root / "digits", epochs=3, train_size=15000, data=DATA, verbose=False,
+                     figures=False)
+        images.train("mlp", out=root / "fashion", epochs=1, train_size=3000, data="fashion", verbose=False,
                      figures=False)
         # the spam filter as `chainrule spam train --sms SMSSpamCollection` builds it, fewer epochs
         from chainrule.data.text import HashingConfig
@@ -45,7 +51,7 @@ def trained_models(tmp_path_factory) -> dict[str, Path]:
         x, _ = spam.featurize(items, config)
         result = spam.train_filter(x, labels, config, epochs=4, seed=0, inputs=("sms",))
         spam.save_model(result.bundle, root / "spam")
-        _cache.update(digits=root / "digits", spam=root / "spam")
+        _cache.update(digits=root / "digits", fashion=root / "fashion", spam=root / "spam")
     return dict(_cache)
 
 
@@ -57,8 +63,17 @@ def mnist_test(n: int) -> tuple[np.ndarray, np.ndarray]:
     return images[:n], labels[:n]
 
 
+def fashion_test(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` Fashion-MNIST test images (uint8, the garment high on 0) and labels."""
+    from chainrule.data.idx import load_image_set
+
+    images, labels, _, _ = load_image_set("fashion", "test")
+    return images[:n], labels[:n]
+
+
 def as_upload(digit: np.ndarray, fmt: str = "PNG", size: int = 112) -> bytes:
-    """An MNIST digit as a user would upload it: dark ink on white, enlarged, PNG or JPEG."""
+    """An MNIST digit (or a Fashion-MNIST item) as a user would upload it: dark on white, enlarged,
+    PNG or JPEG."""
     img = Image.fromarray(255 - digit).resize((size, size), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, fmt)
@@ -78,9 +93,10 @@ def sms_messages() -> list[tuple[str, str]]:
 @contextlib.contextmanager
 def running_server(models: dict[str, Path], *args: str):
     """The real `chainrule serve` (uvicorn in its own process) on a free port of 127.0.0.1, with
-    both models; yields (its base URL, its process id)."""
+    every model (`--digits`, `--images` for the clothes, `--spam`); yields (its base URL, its
+    process id)."""
     cmd = [sys.executable, "-m", "chainrule.cli", "serve", "--digits", str(models["digits"]),
-           "--spam", str(models["spam"]), "--port", "0", *args]
+           "--images", str(models["fashion"]), "--spam", str(models["spam"]), "--port", "0", *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     lines = []
     url = None

@@ -85,7 +85,8 @@ def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion 
         for j in range(k):
             ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                     color="white" if shown[i, j] > threshold else "black")
-    ax.set_xticks(range(k), labels)
+    long = max((len(x) for x in labels), default=0) > 2  # class names, not digits: tilt them to fit
+    ax.set_xticks(range(k), labels, rotation=45 if long else 0, ha="right" if long else "center")
     ax.set_yticks(range(k), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chainrule.apps.digits import model_inputs
+from chainrule.apps.images import OLD_TASKS, TASK, model_inputs
 from chainrule.apps.spam import featurize, load_idf
 from chainrule.conv import MaxPool2D
 from chainrule.data.corpora import read_messages
+from chainrule.data.idx import load_image_set
 from chainrule.data.locate import candidate_dirs
-from chainrule.data.mnist import load_mnist
 from chainrule.data.text import HashingConfig
 from chainrule.errors import DataError
 from chainrule.gradcheck import demo_networks, gradcheck
@@ -25,8 +25,8 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
     """A few real inputs for a saved model, from the data set its task names (the labels come from
     `_least_likely`)."""
     task = metadata.get("task")
-    if task == "digits":
-        images, _ = load_mnist("test", data_dir)
+    if task == TASK or task in OLD_TASKS:  # the test set of the image set it was trained on
+        images = load_image_set(data_dir, "test", default=metadata.get("dataset", "mnist")).images
         return model_inputs(images[:n], metadata)
     if task == "spam":
         # the first n messages of each SpamAssassin tarball (spam and ham), hashed as the model hashes
@@ -86,7 +86,7 @@ def gradcheck_models(model_dir=None, data=None, samples: int = 30) -> list[Gradc
     if model_dir is None:
         return [GradcheckResult(title, gradcheck(model, x, y)) for title, model, x, y in demo_networks()]
     model, metadata = load_model(model_dir)
-    if metadata.get("task") not in ("digits", "spam"):  # saved from Python with no task: random inputs
+    if metadata.get("task") not in (TASK, *OLD_TASKS, "spam"):  # saved from Python with no task: random inputs
         x, y = _random_inputs(model)
         title = f"{model_dir} on {len(y)} random inputs (no task in its metadata)"
         return [GradcheckResult(title, gradcheck(model, x, y, samples_per_param=samples))]

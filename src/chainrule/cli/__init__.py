@@ -1,7 +1,7 @@
 """The `chainrule` command line: build the parser, run the command, and the one error boundary.
 
 Each command group has its own module with an `add_commands(subparsers)` (`engine`: explain and
-gradcheck; `digits`; `spam`; `serve`). Those modules parse and print; the work itself is done by
+gradcheck; `images`: images and digits; `spam`; `serve`). Those modules parse and print; the work itself is done by
 the library (`chainrule.apps`, `chainrule.web`, the engine), which raises `UserError` for what the
 user got wrong. `main` turns any error into one line on stderr and the command's error exit code
 (2, or 3 for `spam classify`, whose 0/1/2 mean spam/ham/unsure to a mail recipe).
@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from chainrule.cli import digits, engine, serve, spam
+from chainrule.cli import engine, images, serve, spam
 from chainrule.cli.options import Parser
 from chainrule.errors import UserError
 
@@ -27,7 +27,7 @@ def build_parser() -> Parser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     engine.add_commands(sub)
-    digits.add_commands(sub)
+    images.add_commands(sub)
     spam.add_commands(sub)
     serve.add_commands(sub)
     return parser

@@ -1,4 +1,9 @@
-"""`chainrule digits train|evaluate|predict|show`: the digit reader on the command line."""
+"""`chainrule images|digits train|evaluate|predict|show`: image classifiers on the command line.
+
+`chainrule images` works on any 28x28 image set: `--data fashion`, `--data mnist`, or a folder of
+IDX files. `chainrule digits` is the same commands with MNIST as the data set unless `--data`
+says otherwise, as it has always been.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from chainrule.apps import digits
+from chainrule.apps import images
 from chainrule.cli.options import positive_int
+from chainrule.data.idx import KNOWN_SETS
 from chainrule.errors import TrainingDiverged, UserError
 
 # An image read from standard input is refused beyond this size before it is decoded (the
@@ -16,25 +22,26 @@ MAX_STDIN_IMAGE_BYTES = 64 << 20
 
 
 def _cmd_train(args) -> int:
-    given = {k: getattr(args, k) for k in digits.RUN_OPTIONS}
-    opts = digits.resolve_run_options(given, args.out, args.resume)
+    given = {k: getattr(args, k) for k in images.RUN_OPTIONS}
+    opts = images.resolve_run_options(given, args.out, args.resume, args.default_data)
     out = Path(opts["out"])
     checkpoint = out / "checkpoint.npz"
     if not args.resume and checkpoint.exists():
-        print(f"digits: {out} holds a checkpoint from an earlier run; starting afresh "
+        print(f"{args.group}: {out} holds a checkpoint from an earlier run; starting afresh "
               "(use --resume to continue it)", file=sys.stderr)
         checkpoint.unlink()
     if args.resume and not checkpoint.exists():
-        print(f"digits: no checkpoint in {out}; starting a new run", file=sys.stderr)
+        print(f"{args.group}: no checkpoint in {out}; starting a new run", file=sys.stderr)
     try:
-        _, metrics = digits.train(opts["model"], out, opts["epochs"], opts["batch_size"], opts["lr"], opts["seed"],
-                                  args.data, opts["train_size"], resume=args.resume, verbose=not args.quiet)
+        _, metrics = images.train(opts["model"], out, opts["epochs"], opts["batch_size"], opts["lr"], opts["seed"],
+                                  data=opts["data"], train_size=opts["train_size"], resume=args.resume,
+                                  verbose=not args.quiet, default_data=args.default_data)
     except TrainingDiverged as exc:
         raise UserError(f"training diverged: {exc}") from None
     except KeyboardInterrupt:
         where = (f"the last completed epoch is saved in {checkpoint}" if checkpoint.exists()
                  else "no epoch had completed")
-        print(f"chainrule: interrupted; {where}; continue with: chainrule digits train --out {out} --resume",
+        print(f"chainrule: interrupted; {where}; continue with: chainrule {args.group} train --out {out} --resume",
               file=sys.stderr)
         return 130
     test = metrics["test"]
@@ -48,21 +55,29 @@ def _cmd_train(args) -> int:
 
 def report_text(report: dict) -> str:
     """Accuracy, a per-class table and the confusion matrix as plain text."""
-    classes = len(report["confusion_matrix"])
+    classes = report.get("classes") or [str(k) for k in range(len(report["confusion_matrix"]))]
+    digits = classes == images.DIGITS
+    word = "digit" if digits else "class"
+    width = max(5, *(len(c) for c in classes))
     lines = [f"test accuracy: {100 * report['accuracy']:.2f}% ({report['n'] - report['errors']}/{report['n']})",
-             "", "digit  precision  recall     f1  support"]
-    for k, s in report["per_class"].items():
-        lines.append(f"{k:>5}  {100 * s['precision']:8.2f}%  {100 * s['recall']:5.2f}%  "
+             "", f"{word:<{width}}  precision  recall     f1  support"]
+    for name, s in report["per_class"].items():
+        lines.append(f"{name:>{width}}  {100 * s['precision']:8.2f}%  {100 * s['recall']:5.2f}%  "
                      f"{100 * s['f1']:5.2f}  {s['support']:7d}")
-    lines += ["", "confusion matrix (rows: true digit, columns: predicted)",
-              "      " + "".join(f"{j:>6}" for j in range(classes))]
-    for i, row in enumerate(report["confusion_matrix"]):
-        lines.append(f"{i:>6}" + "".join(f"{v:>6}" for v in row))
+    # rows are labelled with the class (and its number, when it has a name); columns with the number
+    rows = classes if digits else [f"{k} {name}" for k, name in enumerate(classes)]
+    label = max(6, *(len(r) + 1 for r in rows))
+    note = "" if digits else ", numbered as the rows"
+    lines += ["", f"confusion matrix (rows: true {word}, columns: predicted{note})",
+              " " * label + "".join(f"{j:>6}" for j in range(len(classes)))]
+    align = ">" if digits else "<"
+    for row, counts in zip(rows, report["confusion_matrix"], strict=True):
+        lines.append(f"{row:{align}{label}}" + "".join(f"{v:>6}" for v in counts))
     return "\n".join(lines)
 
 
 def _cmd_evaluate(args) -> int:
-    report, shown = digits.evaluate_saved(args.model, args.data, args.out, args.top)
+    report, shown = images.evaluate_saved(args.model, args.data, args.out, args.top)
     print(report_text(report))
     print(f"\nwrote {Path(args.out or args.model)}/eval_metrics.json, eval_confusion_matrix.png and mistakes.png "
           f"({shown} most confidently wrong)")
@@ -79,74 +94,111 @@ def _read_stdin_image() -> bytes:
 
 
 def _cmd_predict(args) -> int:
-    model, metadata = digits.load_digits_model(args.model)
+    model, metadata = images.load_image_model(args.model)
     if args.images.count("-") > 1:
         raise UserError("'-' (standard input) can be given only once")
     sources = [_read_stdin_image() if src == "-" else src for src in args.images]
-    results = digits.predict_images(model, metadata, sources)
+    results = images.predict_images(model, metadata, sources)
     failed = 0
     for r in results:
         if "error" in r:
             failed += 1
             print(f"chainrule: error: {r['error']}", file=sys.stderr)
         elif not args.json:
-            probs = " ".join(f"{k}:{v:.3f}" for k, v in enumerate(r["probabilities"]))
-            print(f"{r['source']}: {r['digit']} ({100 * r['probabilities'][r['digit']]:.1f}%)  [{probs}]")
+            probs = " ".join(f"{name}:{p:.3f}" for name, p in zip(metadata["classes"], r["probabilities"], strict=True))
+            print(f"{r['source']}: {r['label']} ({100 * r['probabilities'][r['index']]:.1f}%)  [{probs}]")
     if args.json:
         print(json.dumps([r for r in results if "error" not in r], indent=2))
     return 1 if failed else 0
 
 
 def _cmd_show(args) -> int:
-    model, _ = digits.load_digits_model(args.model)
+    model, _ = images.load_image_model(args.model)
     out = Path(args.out) if args.out else Path(args.model) / "first_layer.png"
     try:
-        what = digits.draw_first_layer(model, out, args.units)
+        what = images.draw_first_layer(model, out, args.units)
     except UserError as exc:
         raise UserError(f"{args.model}: {exc}") from None
     print(f"wrote {out} ({what})")
     return 0
 
 
-def add_commands(subparsers) -> None:
-    """Add `chainrule digits train|evaluate|predict|show`."""
-    group = subparsers.add_parser("digits", help="handwritten digit recognition on MNIST",
-                                  description="Train, evaluate and use networks that read handwritten digits.")
-    sub = group.add_subparsers(dest="digits_command", required=True, metavar="ACTION")
+# The two command groups: one set of commands, two defaults for the data set.
+GROUPS = {
+    "images": {
+        "default_data": None,
+        "help": "image classification: Fashion-MNIST, MNIST or any IDX image set",
+        "description": "Train, evaluate and use networks that classify 28x28 images: --data fashion "
+        "(clothes), --data mnist (digits), or --data DIR (a folder with the four IDX files, and a "
+        "classes.txt naming the classes, one per line).",
+        "data_help": "the data set: " + ", ".join(KNOWN_SETS) + ", or a folder with the four IDX files",
+        "predict_help": "classify image files (PNG, JPEG, ...)",
+        "image_help": "image files, each showing one thing to classify",
+    },
+    "digits": {
+        "default_data": "mnist",
+        "help": "handwritten digit recognition on MNIST",
+        "description": "Train, evaluate and use networks that read handwritten digits "
+        "(`chainrule images` with MNIST as the data set).",
+        "data_help": "folder with the four MNIST files (or its parent), or a data set name",
+        "predict_help": "read the digit in image files (PNG, JPEG, ...)",
+        "image_help": "image files, each showing one digit",
+    },
+}
 
-    presets = ", ".join(f"{name} ({p.description})" for name, p in digits.PRESETS.items())
-    p = sub.add_parser("train", help="train a model on MNIST and report its test accuracy",
-                       description=f"Presets: {presets}. Unset options take the preset's values.")
-    p.add_argument("--model", choices=list(digits.PRESETS), default=None, help="preset (default mlp)")
+
+def _add_group(subparsers, group: str) -> None:
+    spec = GROUPS[group]
+    parser = subparsers.add_parser(group, help=spec["help"], description=spec["description"])
+    sub = parser.add_subparsers(dest=f"{group}_command", required=True, metavar="ACTION")
+    defaults = {"group": group, "default_data": spec["default_data"]}
+    sets = [spec["default_data"]] if spec["default_data"] else list(images.PRESETS)
+    presets = "; ".join(
+        f"{KNOWN_SETS[s].title}: " + ", ".join(f"{name} ({p.description})" for name, p in images.PRESETS[s].items())
+        for s in sets)
+    every_preset = list(dict.fromkeys(name for s in images.PRESETS.values() for name in s))
+    default_out = "runs/digits-<model>" if group == "digits" else "runs/<data set>-<model>"
+
+    p = sub.add_parser("train", help="train a model and report its test accuracy",
+                       description=f"Presets: {presets}. A folder that is not a known set gets MNIST's presets. "
+                       "Unset options take the preset's values.")
+    p.add_argument("--data", metavar="NAME|DIR", help=spec["data_help"])
+    p.add_argument("--model", choices=every_preset, default=None, help="preset (default mlp)")
     p.add_argument("--epochs", type=positive_int, help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--batch-size", type=positive_int, help="examples per gradient step")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int, help="seed for initial weights, validation split, shuffling (default 0)")
     p.add_argument("--train-size", type=positive_int, metavar="N",
                    help="train on only the first N training images (quick experiments)")
-    p.add_argument("--data", metavar="DIR", help="folder with the four MNIST files (or its parent)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/digits-<model>)")
+    p.add_argument("--out", metavar="DIR", help=f"output folder (default {default_out})")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, **defaults)
 
     p = sub.add_parser("evaluate", help="test-set accuracy, per-class precision/recall, confusion matrix")
-    p.add_argument("model", metavar="MODEL", help="model directory (from digits train)")
-    p.add_argument("--data", metavar="DIR", help="folder with the MNIST files (or its parent)")
+    p.add_argument("model", metavar="MODEL", help=f"model directory (from {group} train)")
+    p.add_argument("--data", metavar="NAME|DIR",
+                   help="the test set's data set or folder (default: the one the model was trained on)")
     p.add_argument("--top", type=positive_int, default=25, metavar="N",
                    help="how many confidently wrong images to draw (default 25)")
     p.add_argument("--out", metavar="DIR", help="where to write figures (default: the model directory)")
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_cmd_evaluate, **defaults)
 
-    p = sub.add_parser("predict", help="read the digit in image files (PNG, JPEG, ...)")
-    p.add_argument("model", metavar="MODEL", help="model directory (from digits train)")
+    p = sub.add_parser("predict", help=spec["predict_help"])
+    p.add_argument("model", metavar="MODEL", help=f"model directory (from {group} train)")
     p.add_argument("images", metavar="IMAGE", nargs="+",
-                   help="image files, each showing one digit; '-' reads one image from standard input")
+                   help=f"{spec['image_help']}; '-' reads one image from standard input")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=_cmd_predict, **defaults)
 
     p = sub.add_parser("show", help="draw the first-layer weights: what each hidden unit looks for")
-    p.add_argument("model", metavar="MODEL", help="model directory (from digits train)")
+    p.add_argument("model", metavar="MODEL", help=f"model directory (from {group} train)")
     p.add_argument("--units", type=positive_int, default=100, help="how many units to draw (default 100)")
     p.add_argument("--out", metavar="FILE", help="PNG file (default MODEL/first_layer.png)")
-    p.set_defaults(func=_cmd_show)
+    p.set_defaults(func=_cmd_show, **defaults)
+
+
+def add_commands(subparsers) -> None:
+    """Add `chainrule images ...` and `chainrule digits ...`."""
+    for group in GROUPS:
+        _add_group(subparsers, group)

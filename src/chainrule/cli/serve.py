@@ -10,18 +10,24 @@ def _cmd_serve(args) -> int:
     from chainrule.web.app import serve
 
     return serve(digits=args.digits, spam=args.spam, host=args.host, port=args.port, runs=args.runs,
-                 max_body_mb=args.max_body_mb, read_timeout=args.timeout)
+                 max_body_mb=args.max_body_mb, read_timeout=args.timeout, images=args.images)
 
 
 def add_commands(subparsers) -> None:
     """Add `chainrule serve`."""
     p = subparsers.add_parser(
         "serve",
-        help="start the web app: draw a digit, check a message, look inside the network",
-        description="Serve one page and a JSON API (OpenAPI docs at /docs). Without --digits/--spam the most "
-        "recent models of each kind under --runs are used.",
+        help="start the web app: draw a digit, classify a picture, check a message, look inside the network",
+        description="Serve one page and a JSON API (OpenAPI docs at /docs). Without --images/--spam the most "
+        "recent models of each kind under --runs are used: the newest image model of each data set, and the "
+        "newest spam filter.",
     )
-    p.add_argument("--digits", metavar="MODEL", help="digits model directory (default: the newest under --runs)")
+    p.add_argument("--images", metavar="[NAME=]MODEL", action="append", default=[],
+                   help="an image model directory, served at /api/images/NAME/predict (NAME defaults to its "
+                   "data set's: mnist, fashion, ...); repeat for more (default: the newest of each data set "
+                   "under --runs)")
+    p.add_argument("--digits", metavar="MODEL",
+                   help="the image model /api/digits/predict uses (default: the newest MNIST model)")
     p.add_argument("--spam", metavar="MODEL", help="spam model directory (default: the newest under --runs)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to the network)")

@@ -3,17 +3,20 @@
 Routes (`routes.py`; the OpenAPI schema at /openapi.json, browsable at /docs, documents each):
 
 * ``GET /`` — the page (static/index.html, with static/app.js and static/style.css);
-* ``POST /api/digits/predict`` — a PNG/JPEG (raw body or multipart field ``file``) or a JSON 28x28
-  array -> digit and ten probabilities; ``?explain=true`` adds every layer's activations and the
-  first-layer weights of the most active hidden units ("inside the network");
+* ``POST /api/images/{name}/predict`` — a PNG/JPEG (raw body or multipart field ``file``) or a
+  JSON 28x28 array -> the class (its name and number) and the probability of each class, from the
+  image model of that name; ``?explain=true`` adds every layer's activations and the first-layer
+  weights of the most active hidden units ("inside the network");
+* ``POST /api/digits/predict`` — the same, from the MNIST model (kept from the first version);
 * ``POST /api/spam/classify`` — a raw message (email with headers, or an SMS) as the body, or JSON
   ``{"message": ...}`` -> label, probability of spam, the tokens that pushed the decision;
-* ``GET /api/models`` — which models are loaded, their metrics and file format version;
+* ``GET /api/models`` — which models are loaded (image models with their class names), their
+  metrics and file format version;
 * ``GET /healthz``.
 
 Bad input never becomes a 500: a body over the size limit gets 413, something that is not an image
-(or not text) gets 422, and every error is JSON ``{"error": "one line"}``. Drawings go through
-`chainrule.data.images.preprocess_image`, the very function `chainrule digits predict` uses, so the
+(or not text) gets 422, and every error is JSON ``{"error": "one line"}``. Pictures go through
+`chainrule.data.images.preprocess_image`, the very function `chainrule images predict` uses, so the
 page shows exactly the 28x28 image the network sees.
 
 The server binds to 127.0.0.1 unless told otherwise: a model server has no authentication.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -40,7 +44,13 @@ from chainrule.errors import UserError
 from chainrule.web.http import ApiError, BodyLimitMiddleware, BodyTimeout, BodyTooLarge
 from chainrule.web.routes import STATIC_DIR, router
 from chainrule.web.schemas import PIXELS_SCHEMA
-from chainrule.web.services import TRAIN_HINTS, DigitsService, SpamService, find_latest_model
+from chainrule.web.services import (
+    TRAIN_HINTS,
+    ImageService,
+    SpamService,
+    find_latest_image_models,
+    find_latest_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,32 +103,66 @@ class _HeaderDeadline(H11Protocol):
             self.transport.close()
 
 
+def _image_services(digits, images) -> tuple[dict[str, ImageService], ImageService | None]:
+    """The image models by name, and the one `/api/digits/predict` uses: `digits`, else the first
+    MNIST model. Each entry is a loaded `ImageService`, a model directory, or (name, directory).
+    A name already taken by another model gets the model's preset appended, then a number."""
+    services: dict[str, ImageService] = {}
+    by_path: dict[Path, ImageService] = {}
+
+    def add(entry) -> ImageService:
+        if isinstance(entry, ImageService):
+            service = entry
+        else:
+            name, path = entry if isinstance(entry, tuple) else (None, entry)
+            if Path(path).resolve() in by_path and name is None:
+                return by_path[Path(path).resolve()]  # the same model twice (--digits and the newest)
+            service = ImageService.load(path, name)
+            if name is not None and name in services:
+                raise UserError(f"two image models are named {name!r}")
+            preset = str(service.metadata.get("preset", "model"))
+            candidates = [service.name, f"{service.name}-{preset}"] + [f"{service.name}-{k}" for k in range(2, 100)]
+            service.name = service.info.name = next(n for n in candidates if n not in services)
+        services[service.name] = by_path[service.path.resolve()] = service
+        return service
+
+    chosen = add(digits) if digits is not None else None
+    for entry in images:
+        add(entry)
+    if chosen is None:
+        chosen = next((s for s in services.values() if s.metadata["dataset"] == "mnist"), None)
+    return services, chosen
+
+
 def create_app(
-    digits: DigitsService | str | Path | None = None,
+    digits: ImageService | str | Path | None = None,
     spam: SpamService | str | Path | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
+    images=(),
 ) -> FastAPI:
-    """Build the app around already chosen models (either may be None: its routes then answer 503).
+    """Build the app around already chosen models (any may be missing: its routes then answer 503).
 
     Args:
-        digits: a digits model directory, or a loaded `DigitsService`.
+        digits: the image model `/api/digits/predict` uses (a directory or a loaded `ImageService`);
+            it is listed among the image models too. Without it, the first MNIST model of `images`.
         spam: a spam model directory, or a loaded `SpamService`.
         max_body_bytes: larger request bodies are refused with 413.
         read_timeout: a body of which no part arrives for this many seconds is refused with 408.
+        images: more image models, each a directory, a (name, directory) pair or an `ImageService`,
+            served at `/api/images/{name}/predict` (the name defaults to the model's data set's).
     """
-    if digits is not None and not isinstance(digits, DigitsService):
-        digits = DigitsService.load(digits)
+    services, digits = _image_services(digits, images)
     if spam is not None and not isinstance(spam, SpamService):
         spam = SpamService.load(spam)
 
     app = FastAPI(
         title="chainrule",
         version=chainrule.__version__,
-        description="Draw a digit, check a message, watch the network think. Models trained by "
+        description="Draw a digit, classify a picture, check a message, watch the network think. Models trained by "
         "backpropagation in NumPy. Errors are JSON `{\"error\": \"...\"}`.",
     )
-    app.state.digits, app.state.spam = digits, spam
+    app.state.digits, app.state.images, app.state.spam = digits, services, spam
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(max_body_bytes), read_timeout=read_timeout)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)
@@ -153,7 +197,7 @@ def create_app(
     base_openapi = app.openapi
 
     def openapi():
-        # The JSON pixel array is referenced by the digits request body, which FastAPI does not
+        # The JSON pixel array is referenced by the image request body, which FastAPI does not
         # see as a model; add its schema to the components once.
         if app.openapi_schema is None:
             schema = base_openapi()
@@ -178,32 +222,55 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _named(entry: str) -> tuple[str | None, str]:
+    """`--images NAME=DIR` -> (NAME, DIR); a plain DIR (even one with "=" in it) -> (None, DIR)."""
+    name, sep, path = entry.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z0-9._-]+", name) and not Path(entry).exists():
+        return name, path
+    return None, entry
+
+
 def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, runs="runs",
-          max_body_mb: float = 5.0, read_timeout: float = DEFAULT_READ_TIMEOUT) -> int:
-    """Load the models (given, or the newest under `runs`), then serve until interrupted."""
+          max_body_mb: float = 5.0, read_timeout: float = DEFAULT_READ_TIMEOUT, images=()) -> int:
+    """Load the models (given, or the newest of each kind under `runs`), then serve until interrupted.
+
+    `images` are image model directories, or `NAME=DIR` to choose the name in the routes; without
+    them, the newest image model of each data set under `runs` is served (`digits` in place of
+    MNIST's).
+    """
     if not (math.isfinite(max_body_mb) and max_body_mb > 0):
         raise UserError(f"--max-body-mb must be a positive number of megabytes, got {max_body_mb}")
     if not (math.isfinite(read_timeout) and read_timeout > 0):
         raise UserError(f"--timeout must be a positive number of seconds, got {read_timeout}")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
-    chosen = {"digits": digits, "spam": spam}
-    for kind in chosen:
-        if chosen[kind] is None:
-            chosen[kind] = find_latest_model(kind, runs)
-    if chosen["digits"] is None and chosen["spam"] is None:
+    if spam is None:
+        spam = find_latest_model("spam", runs)
+    chosen_images = [_named(entry) for entry in images]
+    if not chosen_images:
+        latest = find_latest_image_models(runs)
+        if digits is not None:  # it takes the place of the newest MNIST model
+            latest.pop("mnist", None)
+        chosen_images = [(None, path) for path in latest.values()]
+    if digits is None and not chosen_images and spam is None:
         raise UserError(
-            f"no models to serve: none under {runs}/ and no --digits/--spam given. Train them first: "
-            "`chainrule digits train` and `chainrule spam train CORPUS... --sms FILE --out runs/spam`"
+            f"no models to serve: none under {runs}/ and no --digits/--images/--spam given. Train them first: "
+            "`chainrule digits train`, `chainrule images train --data fashion` and "
+            "`chainrule spam train CORPUS... --sms FILE --out runs/spam`"
         )
-    app = create_app(chosen["digits"], chosen["spam"], max_body_bytes=int(max_body_mb * 1024 * 1024),
-                     read_timeout=read_timeout)
-    for kind, path in chosen.items():
-        if path is None:
+    app = create_app(digits, spam, max_body_bytes=int(max_body_mb * 1024 * 1024), read_timeout=read_timeout,
+                     images=chosen_images)
+    state = app.state
+    for name, service in state.images.items():
+        log.info("chainrule serve: image model %s (%s): %s", name, service.info.dataset_title, service.path)
+    if state.digits is not None:
+        log.info("chainrule serve: /api/digits/predict uses %s", state.digits.path)
+    for kind, service in (("images", state.images), ("spam", state.spam)):
+        if not service:
             log.info("chainrule serve: no %s model under %s/ (that part of the page is off); %s",
                      kind, runs, TRAIN_HINTS[kind])
-        else:
-            log.info("chainrule serve: %s model %s", kind, path)
+    if spam is not None:
+        log.info("chainrule serve: spam model %s", spam)
     sock = _listening_socket(host, port)
     bound = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host

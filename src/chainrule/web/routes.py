@@ -1,15 +1,16 @@
 """The API's routes: each reads the request, hands the work to a service, and answers.
 
-The services live on the app (`request.app.state.digits`, `.spam`; None when that kind of model
-is not loaded, and then its routes answer 503). Model work runs in the thread pool, so one slow
-request never stalls the event loop.
+The services live on the app: `request.app.state.images` (the image models by name),
+`.digits` (the image model `/api/digits/predict` uses) and `.spam`; a route whose model is not
+loaded answers 503 (404 for an image model name that is not served). Model work runs in the
+thread pool, so one slow request never stalls the event loop.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import pathlib
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -22,22 +23,24 @@ from chainrule.web.http import (
     upload_or_body,
 )
 from chainrule.web.schemas import (
-    DIGITS_BODY,
     ERROR_RESPONSES,
+    IMAGE_BODY,
+    IMAGE_ERROR_RESPONSES,
     SPAM_BODY,
-    DigitPrediction,
     Health,
+    ImagePrediction,
     ModelsResponse,
     SpamVerdict,
 )
-from chainrule.web.services import TRAIN_HINTS, DigitsService, SpamService
+from chainrule.web.services import TRAIN_HINTS, ImageService, SpamService
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"  # the page: HTML, CSS, JavaScript
+STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"  # the page: HTML, CSS, JavaScript
+EXPLAIN = Query(False, description="also return every layer's activations and top first-layer units")
 
 router = APIRouter()
 
 
-def _service(request: Request, kind: str) -> DigitsService | SpamService:
+def _service(request: Request, kind: str) -> ImageService | SpamService:
     service = getattr(request.app.state, kind)
     if service is None:
         raise ApiError(503, f"no {kind} model is loaded; {TRAIN_HINTS[kind]}")
@@ -57,24 +60,46 @@ async def healthz(request: Request) -> Health:
 
 @router.get("/api/models", response_model=ModelsResponse, summary="The loaded models")
 async def models(request: Request) -> ModelsResponse:
-    digits, spam = request.app.state.digits, request.app.state.spam
-    hints = {kind: TRAIN_HINTS[kind] for kind, s in (("digits", digits), ("spam", spam)) if s is None}
-    return ModelsResponse(digits=digits.info if digits else None, spam=spam.info if spam else None, hints=hints)
+    state = request.app.state
+    digits, images, spam = state.digits, list(state.images.values()), state.spam
+    hints = {kind: TRAIN_HINTS[kind] for kind, s in (("digits", digits), ("images", images), ("spam", spam)) if not s}
+    return ModelsResponse(digits=digits.info if digits else None, images=[s.info for s in images],
+                          spam=spam.info if spam else None, hints=hints)
+
+
+@router.post(
+    "/api/images/{name}/predict",
+    response_model=ImagePrediction,
+    response_model_exclude_none=True,
+    summary="Classify an image with the image model of that name",
+    openapi_extra={"requestBody": IMAGE_BODY},
+    responses=IMAGE_ERROR_RESPONSES,
+)
+async def images_predict(
+    request: Request,
+    name: str = Path(description="the model's name, as /api/models lists it (e.g. mnist, fashion)"),
+    explain: bool = EXPLAIN,
+) -> ImagePrediction:
+    service = request.app.state.images.get(name)
+    if service is None:
+        loaded = ", ".join(request.app.state.images) or f"none; {TRAIN_HINTS['images']}"
+        raise ApiError(404, f"no image model named {name!r}; loaded: {loaded}")
+    return await _predict(request, service, explain)
 
 
 @router.post(
     "/api/digits/predict",
-    response_model=DigitPrediction,
+    response_model=ImagePrediction,
     response_model_exclude_none=True,
-    summary="Recognise a handwritten digit",
-    openapi_extra={"requestBody": DIGITS_BODY},
+    summary="Recognise a handwritten digit (the MNIST model, or the one `serve --digits` names)",
+    openapi_extra={"requestBody": IMAGE_BODY},
     responses=ERROR_RESPONSES,
 )
-async def digits_predict(
-    request: Request,
-    explain: bool = Query(False, description="also return every layer's activations and top first-layer units"),
-) -> DigitPrediction:
-    service = _service(request, "digits")
+async def digits_predict(request: Request, explain: bool = EXPLAIN) -> ImagePrediction:
+    return await _predict(request, _service(request, "digits"), explain)
+
+
+async def _predict(request: Request, service: ImageService, explain: bool) -> ImagePrediction:
     data = await upload_or_body(request)
     if not data:
         raise ApiError(422, "empty body: send a PNG/JPEG image or a JSON 28x28 array")

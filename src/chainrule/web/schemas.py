@@ -30,10 +30,13 @@ class UnitWeights(BaseModel):
     weights: list[list[float]] = Field(description="its incoming weights laid out as an image")
 
 
-class DigitPrediction(BaseModel):
-    digit: int = Field(description="the most probable class, 0-9")
-    probabilities: list[float] = Field(description="probability of each digit 0-9")
-    input: list[list[float]] = Field(description="the 28x28 image the network saw, 0 = background, 1 = ink")
+class ImagePrediction(BaseModel):
+    label: str = Field(description="the most probable class's name (the model's `classes`)")
+    index: int = Field(description="its number: 0 for the model's first class, 1 for the next, ...")
+    digit: int | None = Field(None, description="the same number, for a model whose classes are the digits 0-9")
+    probabilities: list[float] = Field(description="probability of each class, in the order of the model's classes")
+    input: list[list[float]] = Field(
+        description="the 28x28 image the network saw, 0 = background, 1 = ink (or the darkest part of an object)")
     layers: list[LayerActivation] | None = Field(None, description="with ?explain=true: each layer's output")
     top_units: list[UnitWeights] | None = Field(
         None, description="with ?explain=true: first-layer weights of the most active hidden units"
@@ -54,7 +57,14 @@ class SpamVerdict(BaseModel):
 
 class ModelInfo(BaseModel):
     path: str
+    name: str | None = Field(None, description="an image model's name in /api/images/{name}/predict")
     task: str
+    dataset: str | None = Field(None, description="an image model's data set: mnist, fashion, or a folder")
+    dataset_title: str | None = Field(None, description="the data set as people write it, e.g. Fashion-MNIST")
+    classes: list[str] | None = Field(None, description="an image model's class names, in output order")
+    picture: str | None = Field(
+        None, description="how an image model prepares a picture: 'digit' (as MNIST; drawings suit it) or "
+        "'object' (as Fashion-MNIST; photos of one object on a plain background)")
     format_version: int | None = Field(description="version of the saved model's file format")
     num_parameters: int
     layers: list[str] = Field(description="layer types, input side first")
@@ -63,7 +73,8 @@ class ModelInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
-    digits: ModelInfo | None
+    digits: ModelInfo | None = Field(description="the image model /api/digits/predict uses")
+    images: list[ModelInfo] = Field(description="every image model, each served at /api/images/{name}/predict")
     spam: ModelInfo | None
     hints: dict[str, str] = Field(description="for each model that is not loaded: how to get one")
 
@@ -76,10 +87,10 @@ class Health(BaseModel):
 
 # -- request bodies, as OpenAPI describes them ----------------------------------------------------
 
-DIGITS_BODY = {
-    "description": "A PNG or JPEG image (raw body, or multipart field `file`), preprocessed like "
-    "`chainrule digits predict`; or a 28x28 array of numbers in [0, 1] (0 = background, 1 = ink), "
-    "used as is.",
+IMAGE_BODY = {
+    "description": "A PNG or JPEG image (raw body, or multipart field `file`), preprocessed as "
+    "`chainrule images predict` does for the model; or a 28x28 array of numbers in [0, 1] "
+    "(0 = background, 1 = ink), used as is.",
     "required": True,
     "content": {
         "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -124,3 +135,5 @@ ERROR_RESPONSES = {
     422: {"model": ErrorResponse, "description": "not an image / not text / malformed"},
     503: {"model": ErrorResponse, "description": "no model of this kind is loaded"},
 }
+IMAGE_ERROR_RESPONSES = {404: {"model": ErrorResponse, "description": "no image model of that name"},
+                         **ERROR_RESPONSES}

@@ -4,6 +4,9 @@ A service wraps one loaded model with what serving it needs: the lock that keeps
 from running one network at once, the description `/api/models` shows, and the work of a
 request (decode an image and predict; classify a message). Services know nothing of HTTP: bad
 input raises `ImageError` or another `UserError`, which the app answers with 422.
+
+Any number of image models may be served (MNIST's digits, Fashion-MNIST's clothes, ...), each
+under a name (`ImageService.name`, in the route `/api/images/{name}/predict`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import io
 import json
 import math
+import re
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +26,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 import chainrule
-from chainrule.apps.digits import model_inputs
+from chainrule.apps.images import DIGITS, OLD_TASKS, load_image_model, model_inputs
+from chainrule.apps.images import TASK as IMAGES_TASK
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
+from chainrule.data import idx
 from chainrule.data.images import ImageError, preprocess_image
-from chainrule.errors import ModelFileError
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 from chainrule.web.schemas import (
-    DigitPrediction,
+    ImagePrediction,
     LayerActivation,
     ModelInfo,
     SpamVerdict,
@@ -45,12 +50,14 @@ TOP_UNITS = 8  # hidden units whose first-layer weights the page shows
 TOP_TOKENS = 10  # tokens behind a spam verdict, both directions together
 TRAIN_HINTS = {
     "digits": "train one with `chainrule digits train`, or pass --digits MODEL_DIR",
+    "images": "train one with `chainrule images train --data fashion` or `chainrule digits train`, "
+    "or pass --images MODEL_DIR",
     "spam": "train one with `chainrule spam train CORPUS... --sms FILE --out runs/spam`, or pass --spam MODEL_DIR",
 }
 METRIC_WORDS = ("accuracy", "precision", "recall", "f1", "auc", "mcc", "loss", "error", "caught", "blocked")
 
 
-def model_info(path: Path, model, metadata: dict) -> ModelInfo:
+def model_info(path: Path, model, metadata: dict, name: str | None = None) -> ModelInfo:
     try:
         version = json.loads((path / "model.json").read_text()).get("format_version")
     except (OSError, ValueError):
@@ -64,9 +71,16 @@ def model_info(path: Path, model, metadata: dict) -> ModelInfo:
             prefix = "" if group == "metrics" else f"{group}_"
             metrics.update({prefix + k: v for k, v in metadata[group].items()
                             if _is_number(v) and (group == "metrics" or any(w in k for w in METRIC_WORDS))})
+    image = metadata.get("task") == IMAGES_TASK or metadata.get("task") in OLD_TASKS
+    dataset = metadata.get("dataset") if image else None
     return ModelInfo(
         path=str(path),
+        name=name,
         task=str(metadata.get("task", "")),
+        dataset=dataset,
+        dataset_title=idx.title(dataset) if dataset else None,
+        classes=metadata.get("classes") if image else None,
+        picture=metadata.get("preprocessing", {}).get("picture") if image else None,
         format_version=version if isinstance(version, int) else None,
         num_parameters=model.num_parameters(),
         layers=[type(layer).__name__ for layer in model.layers],
@@ -85,8 +99,8 @@ def _round(a: np.ndarray, digits: int = 4) -> list:
 
 
 @dataclass
-class DigitsService:
-    """A loaded digits model and what serving it needs.
+class ImageService:
+    """A loaded image model (digits, clothes, ...) and what serving it needs.
 
     Layers cache their inputs during `forward`, so one network must not run two passes at once;
     `lock` serialises them (the matrix products inside still use every core). Decoding an upload
@@ -96,6 +110,7 @@ class DigitsService:
     pool of memory per thread, so every thread that ever decoded would keep a decode's worth.)
     """
 
+    name: str
     path: Path
     model: chainrule.Sequential
     metadata: dict
@@ -105,19 +120,24 @@ class DigitsService:
         default_factory=lambda: ThreadPoolExecutor(MAX_PARALLEL_DECODES, thread_name_prefix="decode"))
 
     @classmethod
-    def load(cls, path) -> DigitsService:
+    def load(cls, path, name: str | None = None) -> ImageService:
+        """Load the image model in `path`, served as `name` (default: `default_name`)."""
         path = Path(path)
-        model, metadata = chainrule.load_model(path)
-        if metadata.get("task") != "digits":
-            raise ModelFileError(f"{path}: a {metadata.get('task') or 'non-digits'} model, expected a digits model")
-        return cls(path, model, metadata, model_info(path, model, metadata))
+        model, metadata = load_image_model(path)
+        name = name or default_name(metadata)
+        return cls(name, path, model, metadata, model_info(path, model, metadata, name))
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metadata["classes"]
 
     async def decode(self, data: bytes) -> np.ndarray:
         """`image_from_bytes` on one of the decoder's threads."""
         return await asyncio.get_running_loop().run_in_executor(self.decoder, self.image_from_bytes, data)
 
     def image_from_bytes(self, data: bytes) -> np.ndarray:
-        """Decode an uploaded image and preprocess it exactly as `chainrule digits predict` does."""
+        """Decode an uploaded image and preprocess it exactly as `chainrule images predict` does
+        for this model (as a digit, or as an object)."""
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -129,18 +149,19 @@ class DigitsService:
             raise ImageError(f"corrupt or truncated image ({exc})") from exc
         if width * height > MAX_IMAGE_PIXELS:
             raise ImageError(f"image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS:,} are accepted")
-        return preprocess_image(data)  # (an ImageError if unreadable after all, or blank)
+        # (an ImageError if unreadable after all, or blank)
+        return preprocess_image(data, self.metadata["preprocessing"]["picture"])
 
-    def predict(self, image: np.ndarray, explain: bool) -> DigitPrediction:
+    def predict(self, image: np.ndarray, explain: bool) -> ImagePrediction:
         """Classify one preprocessed 28x28 image; with `explain`, also return what every layer did."""
         x = model_inputs(image[None], self.metadata)
         with self.lock:  # one forward pass gives the answer and, with `explain`, every layer's output
             outputs = self.model.layer_outputs(x) if explain else [self.model.forward(x)]
             proba = self.model.probabilities(outputs[-1])[0]
             outputs = [out[0].copy() for out in outputs] if explain else None
-        result = DigitPrediction(
-            digit=int(np.argmax(proba)), probabilities=_round(proba, 6), input=_round(image, 3)
-        )
+        k = int(np.argmax(proba))
+        result = ImagePrediction(label=self.classes[k], index=k, digit=k if self.classes == DIGITS else None,
+                                 probabilities=_round(proba, 6), input=_round(image, 3))
         if outputs is not None:
             result.layers = self._layer_activations(outputs)
             result.top_units = self._top_units(outputs)
@@ -230,21 +251,46 @@ class SpamService:
                            problem=result.get("problem"))
 
 
-def find_latest_model(task: str, runs="runs") -> Path | None:
-    """The most recently written model directory under `runs` whose metadata says `task`."""
-    best, best_time = None, -math.inf
+def default_name(metadata: dict) -> str:
+    """An image model's name in the web app's routes: its data set's (`mnist`, `fashion`, or the
+    folder's name), made safe for a URL."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", Path(str(metadata.get("dataset", "mnist"))).name.lower()).strip("-.")
+    return name or "images"
+
+
+def _saved_models(runs):
+    """(model directory, its metadata, when it was written) for every saved model under `runs`."""
     root = Path(runs)
     if not root.is_dir():
-        return None
+        return
     for meta in root.rglob("model.json"):
         try:
             doc = json.loads(meta.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
         metadata = doc.get("metadata") if isinstance(doc, dict) else None
-        if not isinstance(metadata, dict) or metadata.get("task") != task:
-            continue
-        mtime = meta.stat().st_mtime
-        if mtime > best_time and (meta.parent / "model.npz").is_file():
-            best, best_time = meta.parent, mtime
+        if isinstance(metadata, dict) and (meta.parent / "model.npz").is_file():
+            yield meta.parent, metadata, meta.stat().st_mtime
+
+
+def find_latest_model(task: str, runs="runs") -> Path | None:
+    """The most recently written model directory under `runs` whose metadata says `task`."""
+    best, best_time = None, -math.inf
+    for directory, metadata, mtime in _saved_models(runs):
+        if metadata.get("task") == task and mtime > best_time:
+            best, best_time = directory, mtime
     return best
+
+
+def find_latest_image_models(runs="runs") -> dict[str, Path]:
+    """The most recently written image model of each data set under `runs`: {data set: directory}.
+    Models from chainrule 0.1's `digits train` count as MNIST's."""
+    latest: dict[str, tuple[float, Path]] = {}
+    for directory, metadata, mtime in _saved_models(runs):
+        task = metadata.get("task")
+        if task != IMAGES_TASK and task not in OLD_TASKS:
+            continue
+        dataset = str(metadata.get("dataset", "mnist"))
+        if dataset not in latest or mtime > latest[dataset][0]:
+            latest[dataset] = (mtime, directory)
+    return {dataset: directory for dataset, (_, directory) in latest.items()}

@@ -68,7 +68,11 @@ async function postJSON(url, body, contentType) {
 
 // -- models ------------------------------------------------------------------------------------
 
-function describeModel(kind, info) {
+let imageModels = []; // every image model, as /api/models describes it (name, classes, picture, ...)
+let current = null; // the one the picker chose
+let generation = 0; // counts model changes: an answer about an earlier model is dropped
+
+function describeModel(label, info) {
   const parts = [];
   const metrics = info.metrics || {};
   for (const [name, value] of Object.entries(metrics)) {
@@ -76,26 +80,37 @@ function describeModel(kind, info) {
     parts.push(`${name.replace(/_/g, " ")} ${value >= 0 && value <= 1 ? percent(value) : value.toPrecision(4)}`);
   }
   const size = `${info.num_parameters.toLocaleString()} parameters`;
-  return `${kind}: ${info.path} (${[size, ...parts].join(", ")})`;
+  return `${label}: ${info.path} (${[size, ...parts].join(", ")})`;
 }
 
 function showMissing(kind, hint) {
   const box = $(`${kind}-missing`);
   box.hidden = false;
-  box.textContent = `No ${kind} model is loaded: ${hint}.`;
+  box.textContent = `No ${kind === "images" ? "image" : kind} model is loaded: ${hint}.`;
+}
+
+function pickerText(info) {
+  const accuracy = (info.metrics || {}).test_accuracy;
+  const preset = info.metadata.preset ? ` ${info.metadata.preset}` : "";
+  return `${info.dataset_title}${preset}${typeof accuracy === "number" ? ` (${percent(accuracy)})` : ""}`;
 }
 
 async function loadModels() {
   try {
     const response = await fetch("/api/models");
     const models = await response.json();
-    const lines = [];
-    for (const kind of ["digits", "spam"]) {
-      if (models[kind]) lines.push(describeModel(kind === "digits" ? "Digits" : "Spam", models[kind]));
-      else showMissing(kind, models.hints[kind]);
-    }
+    imageModels = models.images;
+    const lines = imageModels.map((info) => describeModel(info.name, info));
+    if (models.spam) lines.push(describeModel("spam", models.spam));
+    else showMissing("spam", models.hints.spam);
     $("models").textContent = lines.length ? lines.join(" · ") : "No models loaded.";
-    if (!models.digits) {
+    const picker = $("image-model");
+    picker.replaceChildren(...imageModels.map((info) => el("option", { value: info.name }, pickerText(info))));
+    if (imageModels.length) {
+      $("picker").hidden = false;
+      chooseModel(imageModels[0].name);
+    } else {
+      showMissing("images", models.hints.images);
       $("clear").disabled = true;
       $("upload").disabled = true;
     }
@@ -105,7 +120,36 @@ async function loadModels() {
   }
 }
 
-// -- draw a digit ------------------------------------------------------------------------------
+const isDigits = (classes) => classes.length === 10 && classes.every((c, k) => c === String(k));
+const drawable = () => current !== null && current.picture !== "object";
+
+// Switch the section to another image model: its class names, and a drawing pad for models that
+// read drawings like MNIST's digits, or an upload for photos of objects like Fashion-MNIST's.
+function chooseModel(name) {
+  current = imageModels.find((info) => info.name === name);
+  generation++;
+  $("image-model").value = name;
+  const title = current.dataset_title;
+  const digits = isDigits(current.classes);
+  if (drawable()) $("images-title").textContent = digits ? "Draw a digit" : `Draw or upload a picture: ${title}`;
+  else $("images-title").textContent = `Upload a photo: ${title}`;
+  $("image-classes").textContent = `Classes: ${current.classes.join(", ")}`;
+  pad.classList.toggle("upload-only", !drawable());
+  pad.setAttribute("aria-label", drawable()
+    ? `Drawing area: draw one ${digits ? "digit" : "picture"} with the mouse, a pen or a finger`
+    : "The uploaded picture");
+  $("upload-label").textContent = drawable()
+    ? `Or upload a picture${digits ? " of a digit" : ""}`
+    : "Upload a photo of one item on a plain background";
+  $("seen-caption").textContent = `What the network sees: 28×28, ${drawable() ? "centred" : "fitted"} like ${title}`;
+  buildBars(current.classes);
+  clearPad();
+  resetPrediction();
+}
+
+$("image-model").addEventListener("change", () => chooseModel($("image-model").value));
+
+// -- draw a digit, or upload a picture -----------------------------------------------------------
 
 const pad = $("pad");
 const padCtx = pad.getContext("2d");
@@ -142,7 +186,7 @@ function strokeTo(point) {
 }
 
 pad.addEventListener("pointerdown", (event) => {
-  if (event.pointerType === "mouse" && event.button !== 0) return;
+  if (!drawable() || (event.pointerType === "mouse" && event.button !== 0)) return;
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
   drawing = true;
@@ -168,7 +212,7 @@ pad.addEventListener("pointercancel", endStroke);
 // Live updates without flooding the server: one request at a time; strokes drawn while it runs
 // are sent as one more request when it returns.
 function predict() {
-  if (!hasInk) return;
+  if (!hasInk || current === null) return;
   if (inFlight) {
     again = true;
     return;
@@ -176,19 +220,23 @@ function predict() {
   inFlight = true;
   again = false;
   $("answer").setAttribute("aria-busy", "true");
-  pad.toBlob((blob) => sendDigit(blob, "image/png"), "image/png");
+  pad.toBlob((blob) => sendImage(blob, "image/png"), "image/png");
 }
 
-async function sendDigit(blob, type) {
+async function sendImage(blob, type) {
   // aria-busy tells assistive technology (and the browser test) that an answer is on its way.
   $("answer").setAttribute("aria-busy", "true");
+  const asked = generation;
+  const url = `/api/images/${encodeURIComponent(current.name)}/predict?explain=true`;
   try {
-    const result = await postJSON("/api/digits/predict?explain=true", blob, type);
-    $("digits-error").hidden = true;
-    showDigit(result);
+    const result = await postJSON(url, blob, type);
+    if (asked !== generation) return; // the picker moved on to another model meanwhile
+    $("images-error").hidden = true;
+    showPrediction(result);
   } catch (err) {
-    $("digits-error").hidden = false;
-    $("digits-error").textContent = err.message;
+    if (asked !== generation) return;
+    $("images-error").hidden = false;
+    $("images-error").textContent = err.message;
   } finally {
     inFlight = false;
     if (again) predict();
@@ -196,45 +244,48 @@ async function sendDigit(blob, type) {
   }
 }
 
-function buildBars() {
+function buildBars(classes) {
   const list = $("probs");
-  for (let d = 0; d < 10; d++) {
-    const item = el("li", { id: `prob-${d}` });
-    item.append(el("span", { class: "label" }, String(d)));
+  list.style.setProperty("--label-width", `${Math.max(1.5, ...classes.map((c) => c.length))}ch`);
+  list.replaceChildren(...classes.map((name, k) => {
+    const item = el("li", { id: `prob-${k}` });
+    item.append(el("span", { class: "label" }, name));
     const track = el("span", { class: "track", "aria-hidden": "true" });
     track.append(el("span", { class: "fill" }));
     item.append(track);
     item.append(el("span", { class: "value" }, "–"));
-    list.append(item);
-  }
+    return item;
+  }));
 }
 
-function resetDigit() {
-  $("digit").textContent = "–";
+function resetPrediction() {
+  $("label").textContent = "–";
+  $("label").classList.remove("name");
   $("confidence").textContent = "";
-  for (let d = 0; d < 10; d++) {
-    const item = $(`prob-${d}`);
+  (current ? current.classes : []).forEach((name, k) => {
+    const item = $(`prob-${k}`);
     item.classList.remove("top");
     item.querySelector(".fill").style.width = "0";
     item.querySelector(".value").textContent = "–";
-    item.setAttribute("aria-label", `${d}: no prediction yet`);
-  }
+    item.setAttribute("aria-label", `${name}: no prediction yet`);
+  });
   const seen = $("seen").getContext("2d");
   seen.clearRect(0, 0, 28, 28);
-  $("layers").replaceChildren(el("p", { class: "empty" }, "Draw a digit to see the activations."));
-  $("units").replaceChildren(el("p", { class: "empty" }, "Draw a digit to see them."));
-  $("digits-error").hidden = true;
+  $("layers").replaceChildren(el("p", { class: "empty" }, "Draw a digit or upload a picture to see the activations."));
+  $("units").replaceChildren(el("p", { class: "empty" }, "Draw a digit or upload a picture to see them."));
+  $("images-error").hidden = true;
 }
 
-function showDigit(result) {
-  $("digit").textContent = String(result.digit);
-  $("confidence").textContent = percent(result.probabilities[result.digit]);
-  result.probabilities.forEach((p, d) => {
-    const item = $(`prob-${d}`);
-    item.classList.toggle("top", d === result.digit);
+function showPrediction(result) {
+  $("label").textContent = result.label;
+  $("label").classList.toggle("name", result.label.length > 2);
+  $("confidence").textContent = percent(result.probabilities[result.index]);
+  result.probabilities.forEach((p, k) => {
+    const item = $(`prob-${k}`);
+    item.classList.toggle("top", k === result.index);
     item.querySelector(".fill").style.width = `${(100 * p).toFixed(1)}%`;
     item.querySelector(".value").textContent = percent(p);
-    item.setAttribute("aria-label", `${d}: ${percent(p)}`);
+    item.setAttribute("aria-label", `${current.classes[k]}: ${percent(p)}`);
   });
   // The network's input is MNIST-style: ink 1 (white), background 0 (black).
   const seen = $("seen").getContext("2d");
@@ -274,10 +325,10 @@ function showLayers(layers) {
       paint(canvas, layer.values, rows, cols, signed, scale);
       canvas.style.width = `${cols * cell}px`;
       figure.append(canvas);
-      if (layer === layers[layers.length - 1] && n === 10) {
-        // The output layer: one cell per digit, labelled.
+      if (layer === layers[layers.length - 1] && n === current.classes.length) {
+        // The output layer: one cell per class, labelled (a long name is cut; it shows in full on hover).
         const labels = el("div", { class: "cell-labels", "aria-hidden": "true" });
-        for (let d = 0; d < 10; d++) labels.append(el("span", { style: `width:${cell}px` }, String(d)));
+        for (const name of current.classes) labels.append(el("span", { style: `width:${cell}px`, title: name }, name));
         figure.append(labels);
       }
     }
@@ -301,7 +352,7 @@ function showUnits(units) {
 
 $("clear").addEventListener("click", () => {
   clearPad();
-  resetDigit();
+  resetPrediction();
 });
 
 $("upload").addEventListener("change", () => {
@@ -318,7 +369,7 @@ $("upload").addEventListener("change", () => {
     URL.revokeObjectURL(url);
   };
   picture.src = url;
-  sendDigit(file, file.type || "application/octet-stream");
+  if (current !== null) sendImage(file, file.type || "application/octet-stream");
   $("upload").value = "";
 });
 
@@ -415,7 +466,6 @@ $("message").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("spam-form").requestSubmit();
 });
 
-buildBars();
 clearPad();
-resetDigit();
+resetPrediction();
 loadModels();

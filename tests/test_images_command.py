@@ -1,0 +1,203 @@
+"""`chainrule images`: the image app on Fashion-MNIST and on a folder with its own classes.txt,
+through the command line, with the class names in every output; presets per data set.
+
+Training is tiny (1,200 images, one epoch); accuracy is bench/digits_accuracy.py's business.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from chainrule.apps import images
+from chainrule.cli import main
+from chainrule.data.idx import load_image_set
+from chainrule.errors import UserError
+
+DATA = os.environ.get("CHAINRULE_DATA")
+pytestmark = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")
+CLI = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())"]
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+TINY = ("--train-size", "1200", "--epochs", "1", "--quiet")
+
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env={**os.environ, "CHAINRULE_DATA": DATA})
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def fashion_run(fashion_dir, tmp_path_factory):
+    """`chainrule images train --data fashion` (the mlp preset) on 1,200 images for one epoch."""
+    out = tmp_path_factory.mktemp("fashion") / "mlp"
+    proc = run_cli("images", "train", "--data", "fashion", *TINY, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos(fashion_dir, tmp_path_factory):
+    """Fashion-MNIST test items 0-3 as photos: dark on white, 4x larger, on a larger page."""
+    folder = tmp_path_factory.mktemp("photos")
+    items = load_image_set("fashion", "test").images[:4]
+    paths = []
+    for i, item in enumerate(items):
+        page = Image.new("L", (150, 130), 255)
+        page.paste(Image.fromarray(255 - item).resize((112, 112), Image.Resampling.BICUBIC), (20, 9))
+        paths.append(folder / f"item{i}.png")
+        page.save(paths[-1])
+    return paths
+
+
+def test_fashion_model_records_its_data_set_classes_and_preprocessing(fashion_run):
+    meta = json.loads((fashion_run / "model.json").read_text())["metadata"]
+    assert meta["task"] == "images" and meta["dataset"] == "fashion" and meta["preset"] == "mlp"
+    assert meta["classes"] == FASHION
+    assert meta["preprocessing"]["picture"] == "object" and "digit_box" not in meta["preprocessing"]
+    metrics = json.loads((fashion_run / "metrics.json").read_text())
+    assert metrics["dataset"] == "fashion" and metrics["test"]["n"] == 10000
+    assert metrics["test"]["classes"] == FASHION and list(metrics["test"]["per_class"]) == FASHION
+    assert json.loads((fashion_run / "run.json").read_text())["options"]["data"] == "fashion"
+    for name in ("learning_curves.png", "confusion_matrix.png", "gradient_flow.png"):
+        assert (fashion_run / name).is_file()
+
+
+def test_evaluate_and_predict_name_the_classes(fashion_run, photos, tmp_path, capsys):
+    # evaluate: on the set the model was trained on, without being told
+    code, stdout, _ = cli(capsys, "images", "evaluate", fashion_run, "--out", tmp_path)
+    assert code == 0
+    assert stdout.startswith("test accuracy: ") and "class        precision  recall" in stdout
+    for name in FASHION:
+        assert f"\n{name:>11}  " in stdout  # a row of the per-class table
+    assert "0 T-shirt/top" in stdout and "9 Ankle boot" in stdout  # rows of the confusion matrix
+    report = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert report["dataset"] == "fashion" and report["classes"] == FASHION and list(report["per_class"]) == FASHION
+    for name in ("eval_confusion_matrix.png", "mistakes.png"):
+        assert (tmp_path / name).is_file()
+    # predict: text names the class and lists every class's probability; JSON has label and index
+    code, stdout, _ = cli(capsys, "images", "predict", fashion_run, *photos)
+    assert code == 0
+    lines = stdout.strip().splitlines()
+    assert len(lines) == len(photos)
+    for line, path in zip(lines, photos, strict=True):
+        label = line.split(": ", 1)[1].split(" (")[0]
+        assert line.startswith(f"{path}: ") and label in FASHION
+        assert "[T-shirt/top:" in line and " Ankle boot:" in line
+    code, stdout, _ = cli(capsys, "images", "predict", fashion_run, *photos, "--json")
+    results = json.loads(stdout)
+    model, metadata = images.load_image_model(fashion_run)
+    for r, path in zip(results, photos, strict=True):
+        assert set(r) == {"source", "label", "index", "probabilities"}  # no "digit": these are clothes
+        assert r["label"] == FASHION[r["index"]] and r["index"] == int(np.argmax(r["probabilities"]))
+        assert r == images.predict_images(model, metadata, [path])[0]
+    code, stdout, _ = cli(capsys, "images", "show", fashion_run, "--units", "10", "--out", tmp_path / "w.png")
+    assert code == 0 and "10 of 512" in stdout
+
+
+def test_gradcheck_takes_a_fashion_models_inputs_from_its_own_data_set(fashion_run, capsys):
+    code, stdout, _ = cli(capsys, "gradcheck", fashion_run, "--samples", "5")
+    assert code == 0 and "real inputs" in stdout and "PASS" in stdout
+
+
+def test_a_fashion_model_is_not_scored_on_digits(fashion_run):
+    proc = run_cli("images", "evaluate", fashion_run, "--data", "mnist")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "was trained on Fashion-MNIST (T-shirt/top, " in proc.stderr and "not on MNIST (0, 1," in proc.stderr
+
+
+def test_a_folder_with_classes_txt_trains_a_model_of_its_own_classes(fashion_dir, tmp_path, capsys):
+    """Three of Fashion-MNIST's classes, relabelled 0-2 and named in classes.txt: a model with three
+    outputs, whose names appear in evaluate's table and predict's answers."""
+    folder = tmp_path / "footwear-and-tops"
+    folder.mkdir()
+    keep = np.array([0, 5, 7])  # T-shirt/top, Sandal, Sneaker
+    for split, n in (("train", 1500), ("test", 300)):
+        s = load_image_set("fashion", split)
+        chosen = np.nonzero(np.isin(s.labels, keep))[0][:n]
+        relabelled = np.searchsorted(keep, s.labels[chosen]).astype(np.uint8)
+        for name, array in zip(("train-images-idx3-ubyte", "train-labels-idx1-ubyte") if split == "train"
+                               else ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+                               (s.images[chosen], relabelled), strict=True):
+            header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+            (folder / name).write_bytes(header + array.tobytes())
+    (folder / "classes.txt").write_text("top\nsandal\nsneaker\n")
+    code, stdout, stderr = cli(capsys, "images", "train", "--data", folder, *TINY, "--out", tmp_path / "run")
+    assert code == 0, stderr
+    model, meta = images.load_image_model(tmp_path / "run")
+    assert meta["classes"] == ["top", "sandal", "sneaker"] and model.output_shape == (3,)
+    assert meta["dataset"] == str(folder.resolve()) and meta["preprocessing"]["picture"] == "digit"
+    code, stdout, _ = cli(capsys, "images", "evaluate", tmp_path / "run")  # the folder, from the metadata
+    assert code == 0 and "/300)" in stdout
+    assert "\n    top  " in stdout and "\nsneaker  " in stdout and "2 sneaker" in stdout
+    page = tmp_path / "shoe.png"
+    Image.fromarray(255 - load_image_set(folder, "test").images[0]).save(page)
+    code, stdout, _ = cli(capsys, "images", "predict", tmp_path / "run", page)
+    assert code == 0 and "[top:" in stdout and " sneaker:" in stdout
+
+
+def test_digits_is_images_with_mnist_as_the_data_set(tmp_path, fashion_dir, capsys):
+    resolve = images.resolve_run_options
+    assert resolve({}, None)["out"] == "runs/digits-mlp" and resolve({}, None)["data"] == "mnist"
+    assert resolve({"data": "fashion", "model": "cnn"}, None, default_data=None)["out"] == "runs/fashion-cnn"
+    assert resolve({"data": fashion_dir}, None, default_data=None)["out"] == "runs/fashion-mlp"  # recognised
+    assert resolve({"data": "fashion"}, None)["epochs"] == images.PRESETS["fashion"]["mlp"].epochs
+    assert list(images.PRESETS["mnist"]) == ["mlp", "small", "lenet5", "cnn"]
+    assert list(images.PRESETS["fashion"]) == ["mlp", "cnn"]
+    for args, expected in (
+        (["images", "train"], "no data set given: --data mnist or --data fashion or --data DIR"),
+        (["images", "train", "--data", "fashion", "--model", "lenet5"],
+         "Fashion-MNIST has no preset 'lenet5'; choose from mlp, cnn"),
+        (["digits", "train", "--data", "fashon"], "fashon: no such folder, and not a known data set"),
+    ):
+        code, _, stderr = cli(capsys, *args, "--out", tmp_path / "never")
+        assert code == 2 and stderr.startswith("chainrule: error: ") and stderr.count("\n") == 1
+        assert expected in stderr, stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_resume_continues_on_the_data_set_the_run_started_with(fashion_run):
+    opts = images.resolve_run_options({}, fashion_run, resume=True)  # `chainrule digits train --resume`
+    assert opts["data"] == "fashion" and opts["train_size"] == 1200
+    with pytest.raises(UserError, match="used data='fashion', not 'mnist'"):
+        images.resolve_run_options({"data": "mnist"}, fashion_run, resume=True)
+
+
+def test_clothes_are_mirrored_and_shifted_never_rotated(fashion_dir):
+    """Fashion-MNIST's presets augment with whole-pixel shifts of the item or of its mirror image,
+    nothing else; MNIST's never mirror (a mirrored 2 is not a 2)."""
+    item = load_image_set("fashion", "test").images[0].astype(np.float32) / 255  # an ankle boot: not symmetric
+    batch = np.repeat(item.reshape(1, 784), 200, axis=0)
+    rng = np.random.default_rng(0)
+
+    def shifted(img, dy, dx):
+        out = np.zeros_like(img)
+        out[max(dy, 0):28 + min(dy, 0), max(dx, 0):28 + min(dx, 0)] = \
+            img[max(-dy, 0):28 + min(-dy, 0), max(-dx, 0):28 + min(-dx, 0)]
+        return out
+
+    variants = {(m, dy, dx): shifted(np.fliplr(item) if m else item, dy, dx)
+                for m in (0, 1) for dy in range(-2, 3) for dx in range(-2, 3)}
+    for name, preset in images.PRESETS["fashion"].items():
+        seen = set()
+        for out in preset.augment(batch, rng).reshape(-1, 28, 28):
+            match = [k for k, v in variants.items() if np.array_equal(out, v)]
+            assert match, f"{name}: an augmented image is not a shift of the item or of its mirror"
+            seen.update(k[0] for k in match)
+        assert seen == {0, 1}, name
+    for preset in images.PRESETS["mnist"].values():
+        if preset.augment is not None:
+            out = preset.augment(batch, rng).reshape(-1, 28, 28)
+            assert not any(np.abs(o - np.fliplr(item)).mean() < np.abs(o - item).mean() for o in out)
