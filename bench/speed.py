@@ -10,7 +10,7 @@ batch 128, one epoch over the 60,000 training images):
 * training samples/s over one epoch (wall clock), and the test accuracy after it; for chainrule
   and PyTorch also the "steady" rate, from the median time between optimizer steps, which first-use
   costs and short bursts of other jobs' load leave out, and the spread of the step times;
-* inference: the 10,000 test images in batches of 1,000 (samples/s, fastest of 10 passes), and
+* inference: the 10,000 test images in batches of 1,000 (samples/s, fastest of up to 10 passes), and
   single-image latency (batch 1, median of 1,000 calls);
 * peak resident memory (RSS) of the whole process, interpreter and library included;
 * roofline: the workload's matrix-multiply FLOPs divided by the machine's float32 GEMM throughput
@@ -78,7 +78,7 @@ RESULTS = HERE / "results" / "speed.json"
 FRAMEWORKS = ("chainrule", "pytorch", "sklearn")
 SCENARIOS = ("idle", "busy")
 BATCH, LR, DROPOUT = 128, 1e-3, 0.2  # and one epoch: the time a first epoch takes is what is timed
-INFER_BATCH, INFER_PASSES, LATENCY_CALLS = 1000, 10, 1000
+INFER_BATCH, INFER_PASSES, INFER_BUDGET_S, LATENCY_CALLS = 1000, 10, 3.0, 1000
 COMPETITOR = "while True: pass"  # the busy scenario's load: one CPU-bound Python process
 
 
@@ -458,11 +458,14 @@ class _Usage:
 
 
 def _infer_seconds(predict_all) -> tuple[float, object]:
-    """Fastest of `INFER_PASSES` passes of `predict_all()`, and the predictions. A pass takes about
-    0.1 s, short enough for a burst of load on a shared machine to cover it whole, and load only
-    ever slows a pass down: the fastest pass is the framework's own speed (as `timeit` argues)."""
+    """Fastest of `INFER_PASSES` passes of `predict_all()` (or of as many as fit in
+    `INFER_BUDGET_S`, at least 3: a `cnn` pass takes seconds), and the predictions. An mlp pass
+    takes about 0.1 s, short enough for a burst of load on a shared machine to cover it whole, and
+    load only ever slows a pass down: the fastest pass is the framework's own speed (as `timeit`
+    argues)."""
     times = []
-    for _ in range(INFER_PASSES):
+    start = time.perf_counter()
+    while len(times) < INFER_PASSES and (len(times) < 3 or time.perf_counter() - start < INFER_BUDGET_S):
         t0 = time.perf_counter()
         pred = predict_all()
         times.append(time.perf_counter() - t0)
@@ -969,20 +972,28 @@ def versions() -> dict:
 
     import chainrule
 
-    return {"chainrule": chainrule.__version__, "numpy": np.__version__, "torch": torch.__version__,
-            "scikit-learn": sklearn.__version__}
+    try:  # the commit measured, "-dirty" with uncommitted changes
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"chainrule": chainrule.__version__, "commit": commit, "numpy": np.__version__,
+            "torch": torch.__version__, "scikit-learn": sklearn.__version__}
 
 
-def run_isa(isa: Isa, names: list[str], args, common: list[str], stamp: dict) -> dict:
-    """Every workload and scenario on one instruction set: the rounds, the tables, the profiles."""
+def run_isa(isa: Isa, names: list[str], args, common: list[str], report: dict, save: Callable[[], None]) -> None:
+    """Every workload and scenario on one instruction set, into `report["isa"][isa.name]`: the
+    rounds, the tables, the profiles; `save()` after each workload, so an interrupted run keeps
+    what it finished."""
+    stamp = {k: report[k] for k in ("date", "machine", "versions")}
     env = isa_environment(isa)
     kernels = spawn(["--probe", *names], env)
     warnings = kernel_warnings(isa, kernels)
     print(f"== ISA {isa.name}: " + describe_kernels(kernels), flush=True)
     for w in warnings:
         print(f"warning: {isa.name}: {w}", flush=True)
-    entry = {"env": {k: env[k] for k in ISA_VARIABLES if k in env}, "kernels": kernels, "warnings": warnings,
-             "workloads": {}}
+    report["isa"][isa.name] = entry = {**stamp, "env": {k: env[k] for k in ISA_VARIABLES if k in env},
+                                       "kernels": kernels, "warnings": warnings, "workloads": {}}
     for name in names:
         work = WORKLOADS[name]
         frameworks = [f for f in args.frameworks if f in work.build]
@@ -999,9 +1010,9 @@ def run_isa(isa: Isa, names: list[str], args, common: list[str], stamp: dict) ->
                           f"{result['infer_samples_per_s']:9,.0f} ex/s infer, {result['latency_ms']:.3f} ms, "
                           f"{result['peak_rss_mb']:.0f} MB", flush=True)
             gemm.append(spawn(["--gemm", name] + common, env))
-        entry["workloads"][name] = w_entry = {**stamp, "repeats": args.repeats}
+        entry["workloads"][name] = w_entry = {}
         for scenario in args.scenarios:
-            w_entry[scenario] = summary = summarise(runs[scenario], gemm)
+            w_entry[scenario] = summary = {**stamp, "repeats": args.repeats, **summarise(runs[scenario], gemm)}
             summary["goals"] = goals(name, scenario, summary)
             title = f"workload {name}, ISA {isa.name}, " + (
                 "idle machine" if scenario == "idle" else "busy machine (one competing CPU-bound process)")
@@ -1011,12 +1022,12 @@ def run_isa(isa: Isa, names: list[str], args, common: list[str], stamp: dict) ->
         if args.with_profile and "chainrule" in frameworks:
             mine = spawn(["--profile-child", name] + common, env)
             theirs = spawn(["--profile-torch", name] + common, env)
-            w_entry["chainrule_profile_ms"], w_entry["pytorch_profile_ms"] = dict(mine), dict(theirs)
+            w_entry["profile"] = {**stamp, "chainrule_ms": dict(mine), "pytorch_ms": dict(theirs)}
             print(format_profile(f"chainrule {name} ({isa.name}), where a training step of {BATCH} examples goes",
                                  mine), flush=True)
             print(format_profile(f"PyTorch {name} ({isa.name}), the largest operators of a training step", theirs,
                                  " in these"), flush=True)
-    return entry
+        save()
 
 
 def main(argv=None) -> int:
@@ -1088,7 +1099,6 @@ def main(argv=None) -> int:
 
     m = machine()
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    stamp = {"date": date, "machine": m}
     print(f"{date} on {describe_machine(m)}", flush=True)
     report = {
         "date": date,
@@ -1096,34 +1106,43 @@ def main(argv=None) -> int:
         "versions": versions(),
         "settings": {"repeats": args.repeats, "torch_threads": args.threads, "batch": BATCH, "epochs": 1,
                      "lr": LR, "dropout": DROPOUT, "inference_batch": INFER_BATCH,
-                     "inference_passes": INFER_PASSES, "latency_calls": LATENCY_CALLS,
+                     "inference_passes": INFER_PASSES, "inference_budget_s": INFER_BUDGET_S,
+                     "latency_calls": LATENCY_CALLS,
                      "busy_competitor": f"python -c {COMPETITOR!r}"},
         "isa": {},
     }
-    t_start = time.perf_counter()
-    for isa in args.isa:
-        report["isa"][isa] = run_isa(ISAS[isa], names, args, common, stamp)
-    report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    print(format_summary(report["isa"]), flush=True)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # `--isa avx2 --workloads mlp` refreshes that entry and keeps every other ISA's and workload's
-    # last results (each workload entry carries its own date and machine), so one can be
-    # re-measured without re-running them all.
+    t_start = time.perf_counter()
+
+    def save():
+        report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, (json.dumps(merged(report, out), indent=2) + "\n").encode())
+
+    for isa in args.isa:
+        run_isa(ISAS[isa], names, args, common, report, save)
+    save()
+    print(format_summary(merged(report, out)["isa"]), flush=True)
+    print(f"wrote {out} ({report['wall_seconds']:.0f} s)")
+    return 0
+
+
+def merged(report: dict, out: Path) -> dict:
+    """`report` on top of the results already in `out`: `--isa avx2 --workloads mlp --scenarios
+    busy` refreshes that one table and keeps every other ISA's, workload's and scenario's last
+    results (each carries its own date and machine), so one can be re-measured alone."""
     try:
         earlier = json.loads(out.read_text()).get("isa", {})
     except (OSError, ValueError, AttributeError):
         earlier = {}
-    for isa, entry in earlier.items():
-        if isa not in ISAS or not isinstance(entry, dict):
-            continue
-        now = report["isa"].setdefault(isa, {k: v for k, v in entry.items() if k != "workloads"} | {"workloads": {}})
-        for name, w in entry.get("workloads", {}).items():
-            if name in WORKLOADS and name not in now["workloads"]:
-                now["workloads"][name] = w
-    atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
-    print(f"wrote {out} ({report['wall_seconds']:.0f} s)")
-    return 0
+    isas = {isa: entry for isa, entry in earlier.items() if isa in ISAS and isinstance(entry, dict)}
+    for isa, entry in report["isa"].items():
+        old = isas.get(isa, {})
+        workloads = {name: dict(w) for name, w in old.get("workloads", {}).items() if name in WORKLOADS}
+        for name, w in entry["workloads"].items():
+            workloads[name] = workloads.get(name, {}) | w
+        isas[isa] = entry | {"workloads": workloads}
+    return report | {"isa": isas}
 
 
 if __name__ == "__main__":
