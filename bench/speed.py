@@ -438,19 +438,35 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot, from /proc/stat (NaN without it)."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _, _, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return float("nan")
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 class _Usage:
     """CPU seconds (all threads), context switches and minor page faults of this process over a
     stretch of code: a CPU time well above the wall time means threads spinning while they wait;
-    involuntary switches mean the scheduler took the core away."""
+    involuntary switches mean the scheduler took the core away. And how many cores every other
+    process kept busy meanwhile: about 0 on an idle machine, so a higher figure marks a run that
+    other jobs disturbed (in the busy scenario it is the competitor's share)."""
 
     def __enter__(self):
         self.start = resource.getrusage(resource.RUSAGE_SELF)
+        self.start_machine, self.start_wall = _machine_busy_seconds(), time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         end = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = end.ru_utime + end.ru_stime - self.start.ru_utime - self.start.ru_stime
+        others = _machine_busy_seconds() - self.start_machine - cpu
         self.counts = {
-            "cpu_s": end.ru_utime + end.ru_stime - self.start.ru_utime - self.start.ru_stime,
+            "cpu_s": cpu,
+            "other_processes_cores": max(0.0, others) / (time.perf_counter() - self.start_wall),
             "voluntary_switches": end.ru_nvcsw - self.start.ru_nvcsw,
             "involuntary_switches": end.ru_nivcsw - self.start.ru_nivcsw,
             "minor_faults": end.ru_minflt - self.start.ru_minflt,
@@ -820,6 +836,7 @@ def summarise(runs: dict[str, list[dict]], gemm: list[dict]) -> dict:
                ("train_samples_per_s", "steady_samples_per_s", "accuracy", "infer_samples_per_s",
                 "latency_ms", "peak_rss_mb", "rss_after_data_mb", "lost_to_slow_steps_s", "competitor_cpu_share")}
         row["train_cpu_per_wall"] = median([r["train_usage"]["cpu_s"] / r["train_s"] for r in rs])
+        row["other_processes_cores"] = median([r["train_usage"].get("other_processes_cores", float("nan")) for r in rs])
         row["runs"] = rs
         row["train_fraction_of_bound"] = row["train_samples_per_s"] / bounds["train"]["bound_samples_per_s"]
         row["steady_fraction_of_bound"] = row["steady_samples_per_s"] / bounds["train"]["bound_samples_per_s"]
@@ -869,6 +886,10 @@ def format_table(title: str, summary: dict) -> str:
     share = median([s for s in shares if s == s])  # NaN (idle runs) left out
     if share == share:
         lines.append(f"the competing process got {share:.2f} of a core during the runs (median)")
+    loads = [r["other_processes_cores"] for r in t.values()]
+    others = max((x for x in loads if x == x), default=float("nan"))  # NaN: not measured
+    lines.append(f"other processes kept up to {others:.2f} cores busy during training (median per framework)"
+                 + ("" if share == share or others < 0.2 else ": the machine was not idle"))
     tr = roof["train"]
     lines.append(
         f"GEMM bound, training: {tr['flops_per_sample'] / 1e6:.2f} MFLOP/example at "
