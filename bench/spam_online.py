@@ -34,11 +34,11 @@ correct in the error modes.
 
 Columns: **(1-ROCA)%** = 100 x (1 - area under the ROC curve of every online score), TREC's
 headline figure (lower is better); **accuracy**, **caught** (spam called spam), **blocked** (ham
-called spam); **lam%**, TREC's logistic average misclassification: logit⁻¹((logit(hm) +
-logit(sm)) / 2) with hm = blocked ham, sm = missed spam, each smoothed as (errors + 0.5) / (n + 1)
-(the epsilon of 0.5 of TREC's evaluation tools), so a filter with no errors of one kind still
-gets a finite figure; **learned**: the messages learned online; **learn s/msg**: wall seconds
-spent learning, per message learned.
+called spam), **MCC** (Matthews correlation of the verdicts); **lam%**, TREC's logistic average
+misclassification: logit⁻¹((logit(hm) + logit(sm)) / 2) with hm = blocked ham, sm = missed spam,
+each smoothed as (errors + 0.5) / (n + 1) (the epsilon of 0.5 of TREC's evaluation tools), so a
+filter with no errors of one kind still gets a finite figure; **learned**: the messages learned
+online; **learn s/msg**: wall seconds spent learning, per message learned.
 
 Run:  flock /tmp/chainrule-cpu.lock python bench/spam_online.py [--data DIR] [--modes ...] [--filters ...]
 Writes bench/results/spam_online.json and prints one table per mode.
@@ -265,7 +265,7 @@ def run_online(f, mode: str, y: np.ndarray, batch: int) -> dict:
 
 
 def table(mode: str, rows: dict) -> str:
-    head = (f"{'filter':<14}{'(1-ROCA)%':>10}{'accuracy':>10}{'caught':>9}{'blocked':>9}{'lam%':>8}"
+    head = (f"{'filter':<14}{'(1-ROCA)%':>10}{'accuracy':>10}{'caught':>9}{'blocked':>9}{'MCC':>8}{'lam%':>8}"
             f"{'learned':>9}{'unsure':>8}{'learn s/msg':>12}")
     lines = [f"== {mode} ==", head]
     for name, r in rows.items():
@@ -274,7 +274,7 @@ def table(mode: str, rows: dict) -> str:
             continue
         per = "-" if r["learn_seconds_per_message"] is None else f"{r['learn_seconds_per_message']:.3f}"
         lines.append(f"{name:<14}{r['one_minus_roca_pct']:10.4f}{100 * r['accuracy']:9.2f}%"
-                     f"{100 * r['spam_caught']:8.2f}%{100 * r['blocked_ham']:8.2f}%{r['lam_pct']:8.3f}"
+                     f"{100 * r['spam_caught']:8.2f}%{100 * r['blocked_ham']:8.2f}%{r['mcc']:8.4f}{r['lam_pct']:8.3f}"
                      f"{r['learned']:9d}{r['unsure']:8d}{per:>12}")
     return "\n".join(lines)
 
