@@ -214,6 +214,21 @@ def _one_plus_log(counts: np.ndarray) -> np.ndarray:
     return 1.0 + np.log(counts.astype(np.float64))
 
 
+def _sum_by_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct keys in ascending order, the sum of each key's values, added in their order).
+
+    Equivalent to `np.unique(keys, return_inverse=True)`, then `np.bincount(inverse, weights=values)`
+    (bit for bit: a key's values are added to 0.0 in the order given); one stable sort where there
+    is no duplicate key, the usual case for one message's buckets, at a third of the cost.
+    """
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    if len(keys) > 1 and not np.all(keys[1:] != keys[:-1]):
+        keys, inverse = np.unique(keys, return_inverse=True)
+        return keys, np.bincount(inverse, weights=values[order])
+    return keys, 0.0 + values[order]
+
+
 def _is_body(token: str) -> bool:
     return not token.startswith(HEADER_PREFIXES)
 
@@ -369,8 +384,7 @@ class Hasher:
         keys = crc & self._mask  # block · n_features + bucket, the header block being block 1
         if self.config.split_norm:
             keys[:bisect_left(list(counts), True, key=_is_body)] |= 1 << bits
-        keys, inverse = np.unique(keys, return_inverse=True)
-        val = np.bincount(inverse, weights=weight)
+        keys, val = _sum_by_key(keys, weight)
         buckets = keys & self._mask
         if self.idf is not None:
             val *= self.idf[buckets]
@@ -381,8 +395,7 @@ class Hasher:
             scale /= np.sqrt(2.0)
         val *= scale[block]
         if self.config.split_norm:  # the two blocks into one: a bucket in both adds up
-            buckets, inverse = np.unique(buckets, return_inverse=True)
-            val = np.bincount(inverse, weights=val)
+            buckets, val = _sum_by_key(buckets, val)
         return buckets.astype(np.int32), val.astype(np.float32)
 
     def token_features(self, tokens: list[str]) -> dict[str, tuple[int, int]]:
