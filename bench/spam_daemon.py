@@ -104,16 +104,18 @@ def cpu_model() -> str:
 class ChainruleDaemon:
     name = "chainrule spamd"
 
-    def __init__(self, model: Path):
+    def __init__(self, model: Path, log: Path):
+        # Its log goes to a file, as SpamAssassin's does: read through a pipe, each line would wake
+        # this process while it times the next client.
+        self.log = open(log, "w")  # noqa: SIM115 (open while the daemon runs)
         self.proc = subprocess.Popen([sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model),
-                                      "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True, env=_env())
-        for line in self.proc.stderr:
-            if "ready: listening on" in line:
-                self.port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
-                break
-        else:
-            raise RuntimeError("chainrule spamd did not start")
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # drain its log
+                                      "--listen", "127.0.0.1:0"], stderr=self.log, env=_env())
+        deadline = time.monotonic() + 120
+        while (m := re.search(r"ready: listening on 127\.0\.0\.1:(\d+)", log.read_text())) is None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"chainrule spamd did not start; see {log}")
+            time.sleep(0.1)
+        self.port = int(m.group(1))
         self.command = ["spamc", "-d", "127.0.0.1", "-p", str(self.port), "-c"]
 
     @staticmethod
@@ -123,6 +125,7 @@ class ChainruleDaemon:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
+        self.log.close()
 
 
 class SpamAssassin:
@@ -329,7 +332,7 @@ def main() -> int:
         sa = SpamAssassin(tmp / "sa", spam, ham)
         train_seconds["SpamAssassin"] = sa.train_seconds
         print(f"sa-learn: {sa.learned} in {sa.train_seconds:.0f}s; bogofilter trained in {bogo.train_seconds:.1f}s")
-        ours = ChainruleDaemon(model)
+        ours = ChainruleDaemon(model, tmp / "chainrule-spamd.log")
         classify = ChainruleClassify(model)
         filters = [ours, sa, bogo, classify]
         try:
