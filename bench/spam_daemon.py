@@ -18,7 +18,9 @@ stratified 80/20 with seed 0; 650 test messages), all trained on its 2,600 train
 
 Two more rows classify nothing and bound what a spamc-driven filter can reach: ``spamc alone``
 (`spamc -V`: start, print the version, exit) and ``spamc -K`` (a PING to the chainrule daemon:
-start plus one round trip), timed in the same turns on the same messages as the filters.
+start plus one round trip), timed in the same turns on the same messages as the filters. The
+daemon's own time per CHECK, from its log line (reading the request to the answer sent), is
+reported with them.
 
 Timing: every message is sent by `subprocess.run` from this script (fork/exec, stdin, exit code), so
 each filter pays the same client overhead. The filters take turns in blocks of 25 messages (block 1:
@@ -111,6 +113,7 @@ class ChainruleDaemon:
     def __init__(self, model: Path, log: Path):
         # Its log goes to a file, as SpamAssassin's does: read through a pipe, each line would wake
         # this process while it times the next client.
+        self.log_path = log
         self.log = open(log, "w")  # noqa: SIM115 (open while the daemon runs)
         self.proc = subprocess.Popen([sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model),
                                       "--listen", "127.0.0.1:0"], stderr=self.log, env=_env())
@@ -125,6 +128,11 @@ class ChainruleDaemon:
     @staticmethod
     def read(rc: int, out: bytes) -> tuple[bool, bool]:
         return rc == 1, rc in (0, 1) and re.fullmatch(rb"-?\d+\.\d/5\.0\n", out) is not None
+
+    def logged_ms(self) -> np.ndarray:
+        """The daemon's own time for each CHECK so far, as its log line gives it (from the request's
+        first byte read to the answer sent, in 0.1 ms)."""
+        return np.array([float(ms) for ms in re.findall(r"CHECK \S+ .* in ([\d.]+) ms", self.log_path.read_text())])
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -388,6 +396,7 @@ def main() -> int:
             rows[classify.name].update({k: rep[k] for k in ("accuracy", "spam_caught", "blocked_ham", "mcc",
                                                             "confusion_matrix")})
             rows[classify.name]["accuracy_from"] = "one `spam classify MODEL DIR` run over all test messages"
+            own_ms = ours.logged_ms()  # before the load run adds its own lines
             expected = [bool(v) for v in runs[ours.name]["spam"]]
             print(f"load run: {args.clients} spamc clients x {args.per_client} messages ...", flush=True)
             load = load_run(ours, x_te, expected, args.clients, args.per_client)
@@ -408,11 +417,13 @@ def main() -> int:
     bounds = {"spamc_alone_ms": alone, "spamc_ping_ms": mean_ms[SpamcPing.name],
               "chainrule_ms": mean_ms["chainrule spamd"], "bogofilter_ms": mean_ms["bogofilter"],
               "chainrule_beyond_spamc_ms": mean_ms["chainrule spamd"] - alone,
-              "bogofilter_beyond_spamc_ms": mean_ms["bogofilter"] - alone}
+              "bogofilter_beyond_spamc_ms": mean_ms["bogofilter"] - alone,
+              "chainrule_own_ms_mean": float(own_ms.mean()), "chainrule_own_ms_p50": float(np.median(own_ms))}
     print(f"mean ms per message: spamc alone {alone:.2f}, spamc PING {bounds['spamc_ping_ms']:.2f}, chainrule "
           f"{bounds['chainrule_ms']:.2f}, bogofilter {bounds['bogofilter_ms']:.2f}; beyond spamc's own start "
           f"and exit, chainrule's round trip takes {bounds['chainrule_beyond_spamc_ms']:.2f} ms and bogofilter's "
-          f"whole run {bounds['bogofilter_beyond_spamc_ms']:.2f} ms")
+          f"whole run {bounds['bogofilter_beyond_spamc_ms']:.2f} ms; the daemon's own time per CHECK (its log) "
+          f"{own_ms.mean():.2f} ms mean, {np.median(own_ms):.1f} p50")
     goals = [
         ("per-message rate >= 1.0x bogofilter's", c["messages_per_s"] / b["messages_per_s"] >= 1.0,
          f"{c['messages_per_s'] / b['messages_per_s']:.2f}x"),
