@@ -580,7 +580,7 @@ class DaemonOptions:
     read_timeout: float = 30.0  # seconds for a client to send its whole request
     timeout: float = 300.0  # seconds for a whole connection: waiting, reading, checking, answering
     reload_interval: float = 5.0  # seconds between looks at the model files (0: only on SIGHUP)
-    threads: int = 2  # classification threads
+    threads: int = 2  # threads for REPORTs and messages over INLINE_BYTES
     spam_cutoff: float | None = None
     ham_cutoff: float | None = None
 
