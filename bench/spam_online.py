@@ -69,7 +69,7 @@ from chainrule.apps.spam import (
     train_filter,
     training_features,
 )
-from chainrule.data.mail import read_messages
+from chainrule.data.corpora import read_messages
 from chainrule.data.text import HashingConfig
 from mail_dates import date_order
 

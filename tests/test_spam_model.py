@@ -16,6 +16,8 @@ from chainrule.apps.spam import (
     train_filter,
     verdict,
 )
+from chainrule.apps.spam.features import featurize_chunk
+from chainrule.data.corpora import read_sms
 from chainrule.data.text import HashingConfig
 
 
@@ -88,3 +90,24 @@ def test_a_saved_filter_loads_back_the_same(synthetic_spam_rows, tmp_path):
     # the cut-offs can be overridden per load, and decide the verdicts
     assert load_spam_model(tmp_path / "m", spam_cutoff=0.0, ham_cutoff=0.0).verdicts(np.array([0.3])) == ["spam"]
     assert [verdict(p, 0.8, 0.2) for p in (0.8, 0.5, 0.19)] == ["spam", "unsure", "ham"]
+
+
+def test_one_message_scores_as_in_a_batch(spam_model, spamassassin_messages, data_root):
+    """`score` of one message (SpamModel._score_one: no CSR matrix, the first layer reading only
+    the row's rows of W1) gives the probability and problem of the batch path (`featurize_chunk`,
+    then `probabilities`) on every SpamAssassin message and on SMS."""
+    bundle = load_spam_model(spam_model)
+    texts, _ = read_sms(data_root / "sms-spam" / "SMSSpamCollection")
+    items = [("mail", m.data) for m in spamassassin_messages] + [("sms", t) for t in texts[:300]]
+    hasher = bundle.hasher
+    fast, slow, fast_problems, slow_problems = [], [], [], []
+    for item in items:
+        p, problems = bundle.score([item])
+        fast.append(p[0])
+        fast_problems += problems
+        x, problems = featurize_chunk(hasher, [item])
+        slow.append(bundle.probabilities(x)[0])
+        slow_problems += problems
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-6)
+    assert bundle.verdicts(np.array(fast)) == bundle.verdicts(np.array(slow))
+    assert fast_problems == slow_problems

@@ -401,7 +401,9 @@ def _add_daemon_arguments(p: argparse.ArgumentParser) -> None:
                    help="time a connection may take in all (default 300)")
     p.add_argument("--reload-interval", type=float, default=5.0, metavar="SECONDS",
                    help="look for a changed model file this often and reload it (default 5; 0: only on SIGHUP)")
-    p.add_argument("--threads", type=positive_int, default=2, help="classification threads (default 2)")
+    p.add_argument("--threads", type=positive_int, default=2,
+                   help="threads for REPORTs and for messages over 64 KB (smaller ones are classified on the "
+                        "event loop; default 2)")
     p.add_argument("--spam-cutoff", type=float, help="P(spam) at or above which a message is spam "
                    "(default: the model's)")
     p.add_argument("--ham-cutoff", type=float, help="P(spam) below which a message is ham (default: the model's)")
