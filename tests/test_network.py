@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import chainrule as cr
-from chainrule.network import FORMAT_VERSION
+from chainrule.network import FORMAT_VERSION, LAYER_TYPES
 
 
 def _model(dtype=np.float32):
@@ -216,6 +219,81 @@ def test_load_rejects_broken_model_files(tmp_path, corrupt, match):
     corrupt(d)
     with pytest.raises(cr.ModelFileError, match=match):
         cr.load_model(d)
+
+
+def _peak_bytes(fn) -> int:
+    """The most memory Python and NumPy held at once while `fn()` ran (it may raise)."""
+    tracemalloc.start()
+    try:
+        fn()
+    except cr.ModelFileError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_description_asking_for_huge_layers_is_refused_before_allocating(tmp_path):
+    # 16 million weights (a hidden layer of 10^6 units) claimed by a few hundred bytes of JSON: 64 MB
+    # that must never be allocated, since the .npz header already says the file holds 131 parameters
+    d = _saved(tmp_path)
+    _edit_json(d, lambda doc: (doc["layers"][1]["args"].update(out_features=10**6),
+                               doc["layers"][4]["args"].update(in_features=10**6)))
+    with pytest.raises(cr.ModelFileError, match="expected 16000003 parameters .* got shape \\(131,\\)"):
+        cr.load_model(d)
+    assert _peak_bytes(lambda: cr.load_model(d)) < 4 << 20
+
+
+def test_a_big_array_in_the_npz_is_not_read_before_it_is_refused(tmp_path):
+    # 50 MB of parameters where 131 are expected, and a 50 MB array no model has: neither is read
+    d = _saved(tmp_path)
+    _write_npz(d, params=np.zeros(12_500_000, np.float32))
+    assert _peak_bytes(lambda: cr.load_model(d)) < 4 << 20
+    good = _model().state()
+    _write_npz(d, params=good["params"], junk=np.zeros(12_500_000, np.float32))
+    assert _peak_bytes(lambda: cr.load_model(d)) < 4 << 20
+    np.testing.assert_array_equal(cr.load_model(d)[0].flat_params, good["params"])
+
+
+def test_a_compressed_npz_is_refused_unread(tmp_path):
+    # a compressed member can claim gigabytes in a few bytes; chainrule writes plain np.savez files
+    d = _saved(tmp_path)
+    np.savez_compressed(d / "model.npz", params=np.zeros(131, np.float32))
+    with pytest.raises(cr.ModelFileError, match="compressed"):
+        cr.load_model(d)
+
+
+def test_a_description_nested_100000_deep_is_a_model_file_error(tmp_path):
+    d = _saved(tmp_path)
+    (d / "model.json").write_text('{"format": "chainrule-model", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(cr.ModelFileError, match="nested too deeply"):
+        cr.load_model(d)
+
+
+LAYER_ARGS = {
+    "Linear": st.fixed_dictionaries({"in_features": st.integers(1, 40), "out_features": st.integers(1, 40),
+                                     "bias": st.booleans()}),
+    "Conv2D": st.fixed_dictionaries({"in_channels": st.integers(1, 4), "out_channels": st.integers(1, 4),
+                                     "kernel_size": st.integers(1, 5) | st.lists(st.integers(1, 5), min_size=2,
+                                                                                 max_size=2),
+                                     "bias": st.booleans()}),
+    "BatchNorm": st.fixed_dictionaries({"num_features": st.integers(1, 40)}),
+    "MaxPool2D": st.fixed_dictionaries({"kernel_size": st.integers(1, 3)}),
+    "AvgPool2D": st.fixed_dictionaries({"kernel_size": st.integers(1, 3)}),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(LAYER_TYPES)).flatmap(
+    lambda kind: st.tuples(st.just(kind), LAYER_ARGS.get(kind, st.just({})))))
+def test_array_shapes_are_those_of_the_layer_built(kind_args):
+    # what the loader checks a file against is exactly what building the layer allocates
+    kind, args = kind_args
+    params, buffers = LAYER_TYPES[kind].array_shapes(**args)
+    layer = LAYER_TYPES[kind](**args)
+    assert params == {name: p.shape for name, p in layer.params.items()}
+    assert buffers == {name: b.shape for name, b in layer.buffers.items()}
 
 
 def test_load_never_unpickles(tmp_path):

@@ -1,20 +1,29 @@
-"""Atomic file writes: write to a temporary file in the same directory, then rename.
+"""Files chainrule writes and reads back: atomic writes, and `.npz` files read headers first.
 
-A rename within one directory is atomic on POSIX and Windows, so a reader (or a crash) sees either
-the old file or the complete new one, never half of it.
+Writes go to a temporary file in the same directory, then a rename: a rename within one directory
+is atomic on POSIX and Windows, so a reader (or a crash) sees either the old file or the complete
+new one, never half of it.
+
+Reads of `.npz` files (weights, idf weights, checkpoints) start from what each array's `.npy`
+header claims, its shape and dtype (`npz_headers`), so that a loader can hold those claims against
+what it expects and refuse a file asking for gigabytes before reading or allocating any of it.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from chainrule.errors import ModelFileError
 
 
 @contextmanager
@@ -66,3 +75,55 @@ def atomic_write_npz(path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{name: (shape, dtype)} of every array in the `.npz` file at `path`, from the headers alone.
+
+    Only what `np.savez` writes is accepted: uncompressed `.npy` members of plain (non-object)
+    arrays, each exactly as long as its header says. A compressed member is refused because it
+    could claim gigabytes in a few bytes, which only inflating it would disprove; an uncompressed
+    one is checked against the zip directory and the file's size. Raises `ModelFileError`.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        headers = {}
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name == info.filename:
+                    raise ValueError(f"member {info.filename!r} is not an array")
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise ValueError(f"array {name!r} is compressed (chainrule writes plain np.savez files)")
+                if info.header_offset + info.compress_size > size:
+                    raise ValueError(f"array {name!r} runs past the end of the file")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in ((1, 0), (2, 0)):
+                        raise ValueError(f"array {name!r} has .npy format version {version}")
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(f)
+                    header_bytes = f.tell()
+                if dtype.hasobject:
+                    raise ValueError(f"array {name!r} holds Python objects")
+                if header_bytes + math.prod(shape) * dtype.itemsize != info.file_size:
+                    raise ValueError(f"array {name!r} is not the size its header says, {shape} {dtype}")
+                headers[name] = (shape, dtype)
+        return headers
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def read_npz(path, names) -> dict[str, np.ndarray]:
+    """The arrays `names` of the `.npz` file at `path` (and no others), never unpickled.
+
+    Call it after `npz_headers` has shown that those arrays are the sizes expected: this reads them
+    in full. Raises `ModelFileError`.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in names}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc

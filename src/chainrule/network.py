@@ -10,6 +10,7 @@ A model is saved as two files in a directory: `model.npz` (arrays only, loaded w
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from chainrule import conv as C
 from chainrule import layers as L
 from chainrule.errors import ModelFileError
-from chainrule.files import atomic_write_bytes, atomic_write_npz
+from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
 from chainrule.functional import sigmoid, softmax
 from chainrule.parameter import Parameter, pack
 
@@ -31,6 +32,9 @@ LAYER_TYPES: dict[str, type[L.Layer]] = {
 }
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+# A model.json holds an architecture and metadata: a few kilobytes. Anything near this is not one.
+MAX_DESCRIPTION_BYTES = 16 << 20
 
 
 class Sequential:
@@ -288,36 +292,81 @@ def model_directory(path) -> Path:
 
 
 def load_model(directory) -> tuple[Sequential, dict]:
-    """Load `directory/model.json` + `model.npz`; returns (model, metadata). Never unpickles."""
+    """Load `directory/model.json` + `model.npz`; returns (model, metadata). Never unpickles.
+
+    Every claim is checked before it costs anything: the architecture's types, then the number of
+    parameters its layers need against the shapes in the `.npz` headers, and only then is the
+    network built and the arrays read. So a 700-byte model.json asking for gigabytes of weights
+    is refused in milliseconds. Raises `ModelFileError` with a one-line reason.
+    """
     directory = model_directory(directory)
     meta_path, weights_path = directory / "model.json", directory / "model.npz"
     for p in (meta_path, weights_path):
         if not p.is_file():
             raise ModelFileError(f"{p}: not found (a model directory holds model.json and model.npz)")
-    try:
-        doc = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{meta_path}: not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != "chainrule-model":
-        raise ModelFileError(f"{meta_path}: not a chainrule model description")
-    version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFileError(f"{meta_path}: format version {version!r}, this chainrule reads {FORMAT_VERSION}")
+    doc = _read_description(meta_path)
+    n_params, buffers = _expected_arrays(doc)
+    expected = {"params": (n_params,), **buffers}
+    headers = npz_headers(weights_path)
+    for name, shape in expected.items():
+        if name not in headers:
+            what = f"expected {n_params} parameters, got none" if name == "params" else f"buffer {name} is missing"
+            raise ModelFileError(f"{weights_path}: {what}")
+        got, dtype = headers[name]
+        if got != shape:
+            what = f"{n_params} parameters" if name == "params" else f"buffer {name} of shape {shape}"
+            raise ModelFileError(f"{weights_path}: expected {what} (as model.json says), got shape {got}")
+        if dtype.kind != "f":
+            raise ModelFileError(f"{weights_path}: array {name} has dtype {dtype}, expected floats")
     model = Sequential.from_config(doc, initialize=False)  # every weight comes from the file
-    try:
-        with np.load(weights_path, allow_pickle=False) as npz:
-            state = {k: npz[k] for k in npz.files}
-    except Exception as exc:  # zipfile/ValueError/OSError: all mean "not a readable npz"
-        raise ModelFileError(f"{weights_path}: not a readable .npz file ({exc})") from exc
+    state = read_npz(weights_path, expected)
     for key, arr in state.items():
-        if arr.dtype.kind != "f":
-            raise ModelFileError(f"{weights_path}: array {key} has dtype {arr.dtype}, expected floats")
         if not np.all(np.isfinite(arr)):
             raise ModelFileError(f"{weights_path}: array {key} contains NaN or infinity")
-    try:
-        model.load_state(state)
-    except ModelFileError as exc:
-        raise ModelFileError(f"{weights_path}: {exc}") from exc
+    model.load_state(state)
     metadata = doc.get("metadata", {})
     return model, metadata if isinstance(metadata, dict) else {}
 
+
+def _read_description(path: Path) -> dict:
+    """The parsed model.json at `path`, checked to be a chainrule model description this version reads."""
+    if path.stat().st_size > MAX_DESCRIPTION_BYTES:
+        raise ModelFileError(f"{path}: larger than {MAX_DESCRIPTION_BYTES >> 20} MB, not a model description")
+    text = path.read_bytes()
+    try:
+        doc = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError:  # json recurses once per level of nesting
+        raise ModelFileError(f"{path}: nested too deeply to be a model description") from None
+    if not isinstance(doc, dict) or doc.get("format") != "chainrule-model":
+        raise ModelFileError(f"{path}: not a chainrule model description")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: format version {version!r}, this chainrule reads {FORMAT_VERSION}")
+    return doc
+
+
+def _expected_arrays(doc: dict) -> tuple[int, dict[str, tuple[int, ...]]]:
+    """(number of parameters, {buffer name: shape}) that the layers described in `doc` hold, from
+    their arguments alone (`Layer.array_shapes`): nothing is allocated."""
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise ModelFileError(f"invalid architecture: 'layers' must be a non-empty list, got {type(layers).__name__}")
+    n_params, buffers = 0, {}
+    for i, spec in enumerate(layers):
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if not isinstance(kind, str):
+            raise ModelFileError(f"invalid architecture: layer {i} is not an object with a 'type'")
+        if kind not in LAYER_TYPES:
+            raise ModelFileError(f"unknown layer type {kind!r}")
+        args = spec.get("args", {})
+        if not isinstance(args, dict):
+            raise ModelFileError(f"layer {kind} has args {args!r}, expected an object")
+        try:
+            params, bufs = LAYER_TYPES[kind].array_shapes(**args)
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"invalid architecture: layer {i} ({kind}): {exc}") from exc
+        n_params += sum(math.prod(shape) for shape in params.values())
+        buffers.update({f"layer{i}.{name}": shape for name, shape in bufs.items()})
+    return n_params, buffers
