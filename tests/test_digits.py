@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chainrule import load_model
+from chainrule import load_model, model_files
 from chainrule.apps import digits
 from chainrule.cli import main
 
@@ -72,11 +72,12 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 def test_train_writes_model_metrics_history_and_figures(trained):
     out, model, metrics = trained
-    for name in ("model.npz", "model.json", "metrics.json", "history.csv", "checkpoint.npz", "run.json",
+    for name in ("model.json", "metrics.json", "history.csv", "checkpoint.npz", "run.json",
                  "learning_curves.png", "confusion_matrix.png", "gradient_flow.png"):
         assert (out / name).is_file(), name
+    assert list(model_files(out)) == ["model"] and model_files(out)["model"].is_file()
     doc = json.loads((out / "model.json").read_text())
-    assert doc["format"] == "chainrule-model" and doc["format_version"] == 1
+    assert doc["format"] == "chainrule-model" and doc["format_version"] == 2
     meta = doc["metadata"]
     assert meta["task"] == "digits" and meta["preset"] == "mlp"
     assert meta["preprocessing"]["layout"] == "flat" and meta["preprocessing"]["scale"] == 255.0
@@ -230,11 +231,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     done = _epochs_done(killed / "checkpoint.npz")
     assert 1 <= done < 4  # killed mid-run: after a checkpoint, before the end
-    assert not (killed / "model.npz").exists()
+    assert not (killed / "model.json").exists()
 
     resumed = run_cli("digits", "train", "--out", killed, "--resume", "--quiet")  # options come from run.json
     assert resumed.returncode == 0, resumed.stderr
-    a, b = _arrays(tmp_path / "full" / "model.npz"), _arrays(killed / "model.npz")
+    a, b = _arrays(model_files(tmp_path / "full")["model"]), _arrays(model_files(killed)["model"])
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
@@ -277,12 +278,13 @@ def bad_inputs(trained, tmp_path_factory) -> dict[str, Path]:
         (paths["corrupt"] / f"{name}.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     paths["broken_model"].mkdir()
     (paths["broken_model"] / "model.json").write_text((out / "model.json").read_text())
-    (paths["broken_model"] / "model.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    (paths["broken_model"] / model_files(out)["model"].name).write_bytes(b"PK\x03\x04 not really a zip")
     paths["other_task"].mkdir()
     doc = json.loads((out / "model.json").read_text())
     doc["metadata"]["task"] = "spam"
     (paths["other_task"] / "model.json").write_text(json.dumps(doc))
-    (paths["other_task"] / "model.npz").write_bytes((out / "model.npz").read_bytes())
+    weights = model_files(out)["model"]
+    (paths["other_task"] / weights.name).write_bytes(weights.read_bytes())
     ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)  # a PNG claiming 60,000 x 60,000 pixels
     chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(bytes(64))), (b"IEND", b"")]
     paths["bomb"].write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
@@ -314,4 +316,4 @@ def test_bad_inputs_exit_nonzero_with_one_line(case, bad_inputs):
     proc = run_cli(*(a.format(**bad_inputs) for a in args), cwd=Path(__file__).parent)
     line = assert_one_line_error(proc, code)
     assert expected in line, (args, line)
-    assert not (bad_inputs["root"] / "r1" / "model.npz").exists()
+    assert not (bad_inputs["root"] / "r1" / "model.json").exists()

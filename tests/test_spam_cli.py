@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 
 import chainrule.apps.spam as spam_library
+from chainrule import model_files
 from chainrule.apps.spam import load_spam_model
 from chainrule.cli import main
 
 
 def test_train_writes_model_metrics_and_figures(spam_model):
-    for name in ("model.npz", "model.json", "idf.npz", "metrics.json", "replay.npz", "learning_curves.png",
-                 "pr_roc.png"):
+    for name in ("model.json", "metrics.json", "learning_curves.png", "pr_roc.png"):
         assert (spam_model / name).is_file(), name
+    files = model_files(spam_model)  # the network's weights, the idf weights and the replay sample
+    assert sorted(files) == ["idf", "model", "replay"] and all(p.is_file() for p in files.values())
     doc = json.loads((spam_model / "model.json").read_text())
     meta = doc["metadata"]
     assert meta["task"] == "spam" and meta["hashing"]["n_features"] == 1 << 14 and meta["hashing"]["idf"]
@@ -37,12 +39,13 @@ def test_a_missing_or_bad_idf_file_is_a_one_line_error(spam_model, spam_corpus, 
     for name, damage in (("missing", None), ("short", np.ones(8, np.float32)), ("nan", np.full(1 << 14, np.nan))):
         m = tmp_path / name
         shutil.copytree(spam_model, m)
-        (m / "idf.npz").unlink()
+        idf = model_files(m)["idf"]
+        idf.unlink()
         if damage is not None:
-            np.savez(m / "idf.npz", idf=damage)
+            np.savez(idf, idf=damage)
         assert main(["spam", "classify", str(m), msg]) == 3  # every error of classify is 3
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "idf.npz" in err and "Traceback" not in err, err
+        assert err.count("\n") == 1 and idf.name in err and "Traceback" not in err, err
 
 
 def test_folds_must_be_zero_or_at_least_two(tmp_path, capsys):
@@ -73,7 +76,7 @@ def test_classify_lines_and_json(spam_model, spam_corpus, capsys):
     assert main(["spam", "classify", str(spam_model), str(folder / "0160"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["verdict"] == v and abs(doc["probability"] - float(p)) < 1e-6
-    # the model named by its model.json: the files beside it (idf.npz) are found as well
+    # the model named by its model.json: the files beside it (the idf weights) are found as well
     assert main(["spam", "classify", str(spam_model / "model.json"), str(folder / "0160"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == doc
     assert load_spam_model(spam_model / "model.json").directory == spam_model
@@ -129,7 +132,7 @@ def test_learn_moves_the_message_and_saves(spam_model, spam_corpus, tmp_path, ca
     m = tmp_path / "m"
     shutil.copytree(spam_model, m)
     msg = spam_corpus[1] / "easy_ham" / "0201"
-    replay_before = np.load(m / "replay.npz")["labels"].size
+    replay_before = np.load(model_files(m)["replay"])["labels"].size
     assert main(["spam", "classify", str(m), str(msg), "--json"]) == 0
     classified = json.loads(capsys.readouterr().out)["probability"]
     assert main(["spam", "learn", str(m), "--spam", str(msg), "--seed", "0"]) == 0
@@ -139,7 +142,7 @@ def test_learn_moves_the_message_and_saves(spam_model, spam_corpus, tmp_path, ca
     assert after > before
     bundle = load_spam_model(m)
     assert bundle.metadata["learned"] == 1
-    assert np.load(m / "replay.npz")["labels"].size == replay_before + 1
+    assert np.load(model_files(m)["replay"])["labels"].size == replay_before + 1
 
 
 def test_explain_lists_tokens(spam_model, spam_corpus, capsys):
@@ -172,7 +175,7 @@ def test_sms_training_round_trip(data_root, tmp_path, capsys):
     assert main(["spam", "train", "--sms", str(tmp_path / "train.txt"), "--out", str(m), "--hash-bits", "14",
                  "--hidden", "8", "--char-ngrams", "4", "--epochs", "10", "--batch-size", "32", "--quiet"]) == 0
     capsys.readouterr()
-    assert load_spam_model(m).idf is None and not (m / "idf.npz").exists()  # SMS alone: no idf by default
+    assert load_spam_model(m).idf is None and "idf" not in model_files(m)  # SMS alone: no idf by default
     assert main(["spam", "evaluate", str(m), "--sms", str(tmp_path / "test.txt"), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["messages"] == 200 and r["accuracy"] > max(r["spam"], r["ham"]) / 200

@@ -11,6 +11,8 @@ what it expects and refuse a file asking for gigabytes before reading or allocat
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import math
 import os
@@ -72,9 +74,38 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 def atomic_write_npz(path, arrays: dict[str, np.ndarray]) -> None:
     """Save arrays as an uncompressed `.npz`, atomically."""
+    atomic_write_bytes(path, _npz_bytes(arrays))
+
+
+def write_npz_named_by_content(directory, stem: str, arrays: dict[str, np.ndarray]) -> str:
+    """Save arrays as `<stem>-<digest>.npz` in `directory`, atomically; returns the file's name.
+
+    The digest (the first 16 hex digits of the file's SHA-256) gives new content a new name, so
+    the file never replaces one that a reader may be in the middle of: it only becomes part of a
+    model when a model.json naming it is renamed into place.
+    """
+    data = _npz_bytes(arrays)
+    name = f"{stem}-{hashlib.sha256(data).hexdigest()[:16]}.npz"
+    atomic_write_bytes(Path(directory) / name, data)
+    return name
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+@contextmanager
+def locked_directory(directory) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (a POSIX `flock` on the directory itself) for the
+    `with` block: writers that take it run one at a time. Readers need not take it."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (closing releases the lock)
 
 
 def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

@@ -15,7 +15,7 @@ from chainrule.data.mnist import load_mnist
 from chainrule.data.text import HashingConfig
 from chainrule.errors import DataError
 from chainrule.gradcheck import demo_networks, gradcheck
-from chainrule.network import load_model
+from chainrule.network import load_model, model_files
 
 # float64 central differences agree with a correct backward pass to ~1e-8; 1e-6 leaves headroom.
 TOLERANCE = 1e-6
@@ -41,7 +41,7 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
                     break
                 items.append(("mail", msg.data))
         config = HashingConfig.from_dict(metadata["hashing"])
-        x, _ = featurize(items, config, processes=1, idf=load_idf(model_dir, config))
+        x, _ = featurize(items, config, processes=1, idf=load_idf(model_files(model_dir).get("idf"), config))
         return x
     raise ValueError(f"model task {task!r} has no sample inputs for gradcheck")
 

@@ -331,9 +331,10 @@ def train(
 ) -> tuple[Sequential, dict]:
     """Train a preset on MNIST, evaluate it on the test set and write everything to `out`.
 
-    Writes `model.npz` + `model.json` (with preprocessing metadata), `metrics.json`,
-    `history.csv`, `learning_curves.png`, `confusion_matrix.png`, `gradient_flow.png`, and after
-    every epoch `checkpoint.npz`, from which `resume=True` continues an interrupted run exactly.
+    Writes the model (`Sequential.save`: model.json, with the preprocessing metadata, and its
+    weights), `metrics.json`, `history.csv`, `learning_curves.png`, `confusion_matrix.png`,
+    `gradient_flow.png`, and after every epoch `checkpoint.npz`, from which `resume=True` continues
+    an interrupted run exactly.
 
     Args:
         train_size: use only the first this many training images (quick experiments, tests);

@@ -28,7 +28,6 @@ from chainrule.apps.spam import (
     learn,
     load_spam_model,
     save_model,
-    save_replay,
     train_filter,
     training_features,
     verdict,
@@ -89,8 +88,7 @@ def _cmd_train(args) -> int:
     seconds = time.perf_counter() - t0
     bundle = result.bundle
     bundle.metadata["training"]["seconds"] = round(seconds, 2)
-    save_model(bundle, out)
-    save_replay(out, *result.replay)
+    save_model(bundle, out, replay=result.replay)
     v = result.validation
     atomic_write_bytes(out / "metrics.json", json.dumps({"validation": v, "cutoffs": bundle.metadata["cutoffs"],
                                                          "training": bundle.metadata["training"]}, indent=2).encode())

@@ -27,6 +27,7 @@ from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data.images import ImageError, preprocess_image
 from chainrule.errors import ModelFileError
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
+from chainrule.network import model_files
 from chainrule.web.schemas import (
     DigitPrediction,
     LayerActivation,
@@ -245,6 +246,13 @@ def find_latest_model(task: str, runs="runs") -> Path | None:
         if not isinstance(metadata, dict) or metadata.get("task") != task:
             continue
         mtime = meta.stat().st_mtime
-        if mtime > best_time and (meta.parent / "model.npz").is_file():
+        if mtime > best_time and _has_weights(meta.parent):
             best, best_time = meta.parent, mtime
     return best
+
+
+def _has_weights(directory: Path) -> bool:
+    try:
+        return model_files(directory)["model"].is_file()
+    except (ModelFileError, KeyError, OSError):
+        return False

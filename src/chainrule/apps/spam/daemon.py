@@ -72,7 +72,7 @@ from chainrule import __version__
 from chainrule.apps.spam.explain import explain_row
 from chainrule.apps.spam.features import featurize
 from chainrule.apps.spam.learning import learn
-from chainrule.apps.spam.model import load_replay, load_spam_model, save_replay, verdict
+from chainrule.apps.spam.model import load_replay, load_spam_model, save_model, verdict
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import parse_message
 from chainrule.data.text import message_tokens
@@ -180,7 +180,9 @@ class Filter(Protocol):
 class SpamFilter:
     """A `Filter` backed by a model directory written by `chainrule spam train`."""
 
-    FILES = ("model.json", "model.npz", "idf.npz")  # what a reload watches
+    # What a reload watches: every save of a model renames a new model.json into place (a version 1
+    # model directory, written by an older chainrule, also replaced its model.npz and idf.npz).
+    FILES = ("model.json", "model.npz", "idf.npz")
 
     def __init__(self, bundle, spam_cutoff: float | None = None, ham_cutoff: float | None = None,
                  stamp: tuple = ()):
@@ -225,16 +227,16 @@ class SpamFilter:
         it; True if it was there. The weights keep what they learned from it: a network cannot
         subtract one message exactly, as a Bayes token database can, but teaching the message as
         the other class (`spamc -L`) moves it."""
-        b = self.bundle
+        b = load_spam_model(self.directory)  # the model on disk, saved again with its smaller sample
         x, _ = featurize([("mail", raw)], b.config, processes=1, idf=b.idf)
-        x_old, y_old = load_replay(self.directory, b.config.n_features)
+        x_old, y_old = load_replay(b.files.get("replay"), b.config.n_features)
         row = x.tocsr()
         row.sort_indices()
         x_old.sort_indices()
         keep = [i for i in range(x_old.shape[0]) if not _same_row(x_old, i, row)]
         if len(keep) == x_old.shape[0]:
             return False
-        save_replay(self.directory, x_old[keep], y_old[keep])
+        save_model(b, self.directory, replay=(x_old[keep], y_old[keep]))
         return True
 
     def changed_on_disk(self) -> bool:
@@ -242,14 +244,15 @@ class SpamFilter:
 
 
 def _stamp(directory: Path, names: Sequence[str]) -> tuple:
-    """(name, modification time, size) of each file that exists: what tells that a model changed."""
+    """(name, inode, modification time, size) of each file that exists: what tells that a model
+    changed (a file renamed into place has a new inode, even within one tick of the clock)."""
     out = []
     for name in names:
         try:
             st = (directory / name).stat()
         except OSError:
             continue
-        out.append((name, st.st_mtime_ns, st.st_size))
+        out.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(out)
 
 
