@@ -431,6 +431,38 @@ def test_arbitrary_bodies_never_give_a_server_error(client, body, media, route):
 # -- chainrule serve ----------------------------------------------------------------------------------
 
 
+# Damaged metadata that loaded before and then made every predict or classify answer 500.
+BAD_METADATA = {
+    "digits": [
+        lambda meta: meta.__setitem__("preprocessing", [28, 28]),
+        lambda meta: meta["preprocessing"].__setitem__("scale", "255"),
+        lambda meta: meta["preprocessing"].__setitem__("std", 0),
+        lambda meta: meta["preprocessing"].__setitem__("layout", "image"),  # the network reads flat vectors
+        lambda meta: meta.__setitem__("classes", "0123456789"),
+    ],
+    "spam": [
+        lambda meta: meta.__setitem__("hashing", [1 << 16]),
+        lambda meta: meta["hashing"].__setitem__("bigrams", "yes"),
+        lambda meta: meta["hashing"].__setitem__("char_ngrams", "4"),
+        lambda meta: meta.__setitem__("cutoffs", {"spam": "0.9", "ham": "0.1"}),
+        lambda meta: meta.__setitem__("cutoffs", [0.9, 0.1]),
+        lambda meta: meta.__setitem__("training", ["pos_weight", 2.0]),
+    ],
+}
+
+
+@pytest.mark.parametrize(("task", "case"), [(t, i) for t, cases in BAD_METADATA.items() for i in range(len(cases))])
+def test_a_model_with_damaged_metadata_is_refused_at_load(tmp_path, models, task, case):
+    # so that `chainrule serve` refuses to start, in one line, rather than answer 500 to every request
+    bad = tmp_path / task
+    shutil.copytree(models[task], bad)
+    doc = json.loads((bad / "model.json").read_text())
+    BAD_METADATA[task][case](doc["metadata"])
+    (bad / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(chainrule.ModelFileError, match=f"invalid {task} metadata"):
+        create_app(**{task: bad})
+
+
 def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models):
     runs = tmp_path / "runs"
     for name, src, when in (("old-digits", "digits", 1_000_000), ("new-digits", "digits", 2_000_000),

@@ -33,7 +33,8 @@ def atomic_open(path) -> Iterator[BinaryIO]:
     """A binary file to write that appears at `path` only when the `with` block completes.
 
     It is a temporary file beside `path`; on success it is flushed to disk and renamed into
-    place, and on any exception (a failed checksum, Ctrl-C) it is deleted and `path` is untouched.
+    place, and on any exception (a failed checksum, a full disk, Ctrl-C) it is deleted and `path`
+    is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,11 +47,13 @@ def atomic_open(path) -> Iterator[BinaryIO]:
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.errno and exc.filename is None:  # a full disk: say which file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 import chainrule
-from chainrule.apps.digits import model_inputs
+from chainrule.apps.digits import load_digits_model, model_inputs
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data.images import ImageError, preprocess_image
 from chainrule.errors import ModelFileError
@@ -108,9 +108,7 @@ class DigitsService:
     @classmethod
     def load(cls, path) -> DigitsService:
         path = Path(path)
-        model, metadata = chainrule.load_model(path)
-        if metadata.get("task") != "digits":
-            raise ModelFileError(f"{path}: a {metadata.get('task') or 'non-digits'} model, expected a digits model")
+        model, metadata = load_digits_model(path)
         return cls(path, model, metadata, model_info(path, model, metadata))
 
     async def decode(self, data: bytes) -> np.ndarray:

@@ -17,6 +17,7 @@ validated, sizes first, never unpickled.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,25 +140,54 @@ def merge_committee(nets: list[cr.Sequential], n_features: int, hidden: tuple[in
 
 
 def load_spam_model(directory, spam_cutoff: float | None = None, ham_cutoff: float | None = None) -> SpamModel:
-    """Load a model saved by `spam train`; raises ModelFileError if it is not a spam model."""
+    """Load a model saved by `spam train`; raises ModelFileError if it is not a spam model.
+
+    The metadata is checked for every type the filter will rely on, so that a damaged model.json
+    is refused here, in one line, rather than by every message a server then classifies.
+    """
     directory = model_directory(directory)
     model, metadata, files = load_model_and_files(directory)
     if metadata.get("task") != TASK:
         raise cr.ModelFileError(f"{directory}: not a spam model (task {metadata.get('task')!r})")
     try:
-        config = HashingConfig.from_dict(metadata["hashing"])
-        cut = metadata["cutoffs"]
-        spam_c = float(cut["spam"] if spam_cutoff is None else spam_cutoff)
-        ham_c = float(cut["ham"] if ham_cutoff is None else ham_cutoff)
-    except (KeyError, TypeError, ValueError) as exc:
+        config = HashingConfig.from_dict(metadata.get("hashing"))
+        spam_c, ham_c = _cutoffs(metadata.get("cutoffs"), spam_cutoff, ham_cutoff)
+        _check_training(metadata)
+    except ValueError as exc:
         raise cr.ModelFileError(f"{directory}: invalid spam metadata ({exc})") from exc
     if not (0.0 <= ham_c <= spam_c <= 1.0):
         raise cr.ModelFileError(f"cut-offs must satisfy 0 <= ham ({ham_c}) <= spam ({spam_c}) <= 1")
-    if model.layers[0].in_features != config.n_features:
-        raise cr.ModelFileError(f"{directory}: network input {model.layers[0].in_features} != "
-                                f"{config.n_features} hash buckets")
+    first = model.layers[0]
+    if not isinstance(first, cr.Linear) or first.in_features != config.n_features or model.output_shape != (1,):
+        raise cr.ModelFileError(f"{directory}: expected a network from {config.n_features} hash buckets to one "
+                                f"logit, got {model.input_shape} -> {model.output_shape}")
     idf = load_idf(files.get("idf"), config)
     return SpamModel(model, metadata, config, spam_c, ham_c, directory, idf, files)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _cutoffs(cut, spam_cutoff: float | None, ham_cutoff: float | None) -> tuple[float, float]:
+    """(spam, ham) cut-offs: the overrides given, else the model's, checked."""
+    if not isinstance(cut, dict) or not _is_number(cut.get("spam")) or not _is_number(cut.get("ham")):
+        raise ValueError(f"cutoffs must be an object with numbers 'spam' and 'ham', got {str(cut)[:80]}")
+    spam_c = float(cut["spam"] if spam_cutoff is None else spam_cutoff)
+    ham_c = float(cut["ham"] if ham_cutoff is None else ham_cutoff)
+    return spam_c, ham_c
+
+
+def _check_training(metadata: dict) -> None:
+    """What `learn` reads of the metadata: the training's pos_weight and the count of lessons."""
+    training = metadata.get("training", {})
+    if not isinstance(training, dict):
+        raise ValueError(f"training must be an object, got {type(training).__name__}")
+    if "pos_weight" in training and not (_is_number(training["pos_weight"]) and training["pos_weight"] > 0):
+        raise ValueError(f"training.pos_weight must be a positive number, got {training['pos_weight']!r}")
+    learned = metadata.get("learned", 0)
+    if type(learned) is not int or learned < 0:
+        raise ValueError(f"learned must be an integer >= 0, got {learned!r}")
 
 
 def load_idf(path, config: HashingConfig) -> np.ndarray | None:
