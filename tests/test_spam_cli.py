@@ -4,7 +4,10 @@ codes and stderr matter (mail recipes act on them)."""
 
 import ast
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +156,20 @@ def test_explain_lists_tokens(spam_model, spam_corpus, capsys):
     assert doc["towards_spam"] or doc["towards_ham"]
 
 
+def test_explain_explains_every_message_of_a_folder_under_its_own_name(spam_model, spam_corpus, tmp_path, capsys):
+    folder = tmp_path / "mail"
+    folder.mkdir()
+    for name in ("0160", "0161", "0162"):
+        shutil.copy(spam_corpus[1] / "spam" / name, folder / name)
+    assert main(["spam", "explain", str(spam_model), str(folder), "--json"]) == 0
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["source"] for d in docs] == [str(folder / n) for n in ("0160", "0161", "0162")]
+    assert len({json.dumps(d["towards_spam"]) for d in docs}) == 3  # three messages, three explanations
+    assert main(["spam", "explain", str(spam_model), str(folder)]) == 0
+    heads = [line for line in capsys.readouterr().out.splitlines() if "P(spam)" in line]
+    assert [h.split(": ")[0] for h in heads] == [str(folder / n) for n in ("0160", "0161", "0162")]
+
+
 def test_gradcheck_command_on_a_spam_model(spam_model, data_root, capsys):
     assert main(["gradcheck", str(spam_model), "--data", str(data_root), "--samples", "8"]) == 0
     assert "PASS" in capsys.readouterr().out
@@ -209,6 +226,59 @@ def test_classify_reads_a_dash_as_standard_input_wherever_options_are(spam_model
     both = run_chainrule(["spam", "classify", m, other, "--json", "-"], raw)
     docs = [json.loads(line) for line in both.stdout.splitlines()]
     assert both.returncode == 0 and [d["source"] for d in docs] == [other, "-"] and docs[1] == doc
+
+
+def _one_line_error(result, code: int) -> str:
+    err = result.stderr.decode()
+    assert result.returncode == code and len(err.splitlines()) == 1 and err.startswith("chainrule: error: "), err
+    return err
+
+
+def test_empty_standard_input_is_an_error_never_a_verdict(spam_model, run_chainrule, tmp_path):
+    m = str(spam_model)
+    for data in (b"", b"\n  \r\n"):
+        r = run_chainrule(["spam", "classify", m], data)
+        assert "-: empty message" in _one_line_error(r, 3) and r.stdout == b""
+        r = run_chainrule(["spam", "classify", m, "--annotate"], data)  # nothing stamped
+        assert "-: empty message" in _one_line_error(r, 3) and r.stdout == b""
+    learner = tmp_path / "m"
+    shutil.copytree(spam_model, learner)
+    before = (learner / "model.json").read_bytes()
+    r = run_chainrule(["spam", "learn", str(learner), "--spam", "-"], b"")
+    assert "-: empty message" in _one_line_error(r, 2) and r.stdout == b""
+    assert (learner / "model.json").read_bytes() == before  # nothing learned
+
+
+def test_closed_standard_input_is_one_line_and_exit_3(spam_model):
+    # `chainrule spam classify MODEL <&-`: Python starts with sys.stdin None
+    command = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())"]
+    for extra in ([], ["--sms"], ["--annotate"]):
+        r = subprocess.run([*command, "spam", "classify", str(spam_model), *extra], capture_output=True,
+                           preexec_fn=lambda: os.close(0), timeout=120, check=False)
+        assert "-: standard input is closed" in _one_line_error(r, 3), extra
+
+
+def test_classify_with_nothing_classified_exits_3(spam_model, spam_corpus, run_chainrule, tmp_path):
+    m = str(spam_model)
+    r = run_chainrule(["spam", "classify", m, "/nonexistent.eml"])
+    assert "/nonexistent.eml: no such file or directory" in _one_line_error(r, 3)
+    (tmp_path / "empty").mkdir()
+    r = run_chainrule(["spam", "classify", m, str(tmp_path / "empty")])
+    assert "no message to classify" in _one_line_error(r, 3)
+    r = run_chainrule(["spam", "classify", m, "/nonexistent.eml", str(tmp_path / "no2")])
+    assert r.returncode == 3 and r.stderr.decode().count("skipped") == 2 and b"all 2 inputs skipped" in r.stderr
+    # one message classified among failures: its line, the others reported, exit 0 as before
+    good = str(spam_corpus[1] / "spam" / "0160")
+    r = run_chainrule(["spam", "classify", m, "/nonexistent.eml", good])
+    assert r.returncode == 0 and r.stdout.decode().startswith(good) and b"skipped /nonexistent.eml" in r.stderr
+
+
+def test_train_refuses_an_out_that_is_a_file_before_reading_anything(tmp_path, capsys):
+    (tmp_path / "out").write_text("a file, not a model directory")
+    assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"chainrule: error: --out {tmp_path / 'out'}: exists and is not a directory\n"
 
 
 def test_train_takes_options_between_its_corpora(spam_corpus, data_root, tmp_path, run_chainrule):
