@@ -295,10 +295,17 @@ class Sequential:
         groups = {"model": self.state(), **(arrays or {})}
         with locked_directory(directory):  # one writer at a time: a save deletes what is not its own
             replaced = _names_in_use(directory)
-            files = {name: write_npz_named_by_content(directory, name, group) for name, group in groups.items()}
-            doc = {"format": "chainrule-model", "format_version": FORMAT_VERSION, **self.config(),
-                   "files": files, "metadata": metadata or {}}
-            atomic_write_bytes(directory / "model.json", json.dumps(doc, indent=2).encode())
+            files: dict[str, str] = {}
+            try:
+                for name, group in groups.items():
+                    files[name] = write_npz_named_by_content(directory, name, group)
+                doc = {"format": "chainrule-model", "format_version": FORMAT_VERSION, **self.config(),
+                       "files": files, "metadata": metadata or {}}
+                atomic_write_bytes(directory / "model.json", json.dumps(doc, indent=2).encode())
+            except BaseException:  # a full disk, Ctrl-C: the old model stays, and so does only it
+                for f in set(files.values()) - replaced:
+                    (directory / f).unlink(missing_ok=True)
+                raise
             _remove_stale(directory, groups, keep=replaced | set(files.values()))
         return {name: directory / f for name, f in files.items()}
 
