@@ -22,13 +22,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import chainrule
+import chainrule.apps.spam.explain as explain
 from chainrule.apps import digits as digits_app
 from chainrule.apps import spam as spam_app
 from chainrule.cli import main
 from chainrule.data.images import preprocess_image
 from chainrule.network import FORMAT_VERSION
 from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, create_app
-from chainrule.web.services import TOP_TOKENS, TOP_UNITS, find_latest_model
+from chainrule.web.services import TOP_TOKENS, TOP_UNITS, SpamService, find_latest_model
 from web_models import as_upload, mnist_test, sms_messages, trained_models
 
 
@@ -356,6 +357,21 @@ def test_classify_matches_the_library(client, spam_bundle):
         assert body["top_tokens"], "the tokens behind the decision should be listed"
         for t in body["top_tokens"]:
             assert isinstance(t["token"], str) and t["token"] and isinstance(t["weight"], float)
+
+
+def test_a_message_is_parsed_outside_the_model_lock(models, monkeypatch):
+    # eight 1 MB deep-HTML messages held the lock for 14 s while they were parsed; only the network's
+    # passes need it, so other requests wait for milliseconds, not for someone else's parsing
+    service = SpamService.load(models["spam"])
+    calls = []
+    for name in ("parse_message", "message_tokens", "sms_tokens"):
+        real = getattr(explain, name)
+        monkeypatch.setattr(explain, name, lambda *a, _real=real, _name=name, **k: (
+            calls.append((_name, service.lock.locked())), _real(*a, **k))[1])
+    html = b"<div>" * 2000 + b"win a prize" + b"</div>" * 2000
+    service.classify(b"From: a@example.com\r\nSubject: hi\r\nContent-Type: text/html\r\n\r\n" + html)
+    service.classify(b"Free entry: text WIN to 80082")
+    assert calls == [("parse_message", False), ("message_tokens", False), ("sms_tokens", False)]
 
 
 def test_classify_raw_email_json_and_multipart(client, spam_bundle):

@@ -222,8 +222,8 @@ class SpamService:
         return cls(path, bundle, model_info(path, bundle.model, bundle.metadata))
 
     def classify(self, raw: bytes) -> SpamVerdict:
-        with self.lock:
-            result = classify_message(self.bundle, raw, top=TOP_TOKENS)
+        # the lock covers the network's passes only: parsing a large message must not hold up others
+        result = classify_message(self.bundle, raw, top=TOP_TOKENS, lock=self.lock)
         tokens = [TokenWeight(token=str(t["token"]), weight=float(t["weight"])) for t in result["top_tokens"]]
         return SpamVerdict(label=result["label"], probability=float(result["probability"]), top_tokens=tokens,
                            problem=result.get("problem"))

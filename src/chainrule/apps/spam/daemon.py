@@ -208,8 +208,7 @@ class SpamFilter:
             p, problems = b.score([("mail", raw)], processes=1)
             return Verdict(float(p[0]), b.spam_cutoff, b.ham_cutoff, problem=problems[0])
         parsed = parse_message(raw)
-        with self._explain_lock:
-            p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10)
+        p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10, lock=self._explain_lock)
         return Verdict(p, b.spam_cutoff, b.ham_cutoff, tuple(to_spam), tuple(to_ham), parsed.problem)
 
     def learn(self, examples: Sequence[tuple[bytes, bool]]) -> SpamFilter:
