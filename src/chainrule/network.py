@@ -288,8 +288,10 @@ class Sequential:
         earlier models are deleted after it, except those of the model just replaced, which a
         reader may have begun to load. Returns {name: path} of the files saved.
         """
-        if arrays and "model" in arrays:
-            raise ValueError("Sequential.save: 'model' names the network's own arrays; give the others other names")
+        for name in arrays or {}:
+            if name == "model" or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"Sequential.save: arrays need names of lower-case letters, digits and _, "
+                                 f"other than 'model' (the network's own), got {name!r}")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         groups = {"model": self.state(), **(arrays or {})}
