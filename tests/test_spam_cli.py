@@ -127,8 +127,9 @@ def test_bad_messages_are_reported_and_the_run_goes_on(spam_model, tmp_path, cap
         f.write(b"spam spam spam\n" * (25 * 1024 * 1024 // 15))
     assert main(["spam", "classify", str(spam_model), str(d)]) == 0
     out, err = capsys.readouterr()
-    assert len(out.splitlines()) == 5  # every message but the unreadable archive
-    assert len(err.splitlines()) == 1 and "broken.tar.gz" in err and "Traceback" not in err
+    assert len(out.splitlines()) == 4  # every message but the unreadable archive and the empty one
+    assert len(err.splitlines()) == 2 and "broken.tar.gz" in err and "Traceback" not in err
+    assert f"skipped {d / 'empty'}: empty message" in err
 
 
 def test_learn_moves_the_message_and_saves(spam_model, spam_corpus, tmp_path, capsys):
