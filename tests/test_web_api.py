@@ -444,6 +444,45 @@ def test_arbitrary_bodies_never_give_a_server_error(client, body, media, route):
         assert_error(r, 422)
 
 
+IMAGE_MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "F"]
+IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "TIFF", "BMP", "WEBP", "PPM"]
+
+
+@st.composite
+def image_files(draw) -> bytes:
+    """The bytes of an image file of any mode, format and shape Pillow writes, random pixels, whole or
+    cut short (as a failed upload leaves it)."""
+    mode, fmt = draw(st.sampled_from(IMAGE_MODES)), draw(st.sampled_from(IMAGE_FORMATS))
+    width, height = draw(st.tuples(st.integers(1, 64), st.integers(1, 64))
+                         | st.tuples(st.integers(1, 700), st.integers(1, 3))  # thin strips, both ways
+                         | st.tuples(st.integers(1, 3), st.integers(1, 700)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    base = Image.frombytes("RGBA", (width, height), rng.integers(0, 256, (height, width, 4), np.uint8).tobytes())
+    img = base.convert("RGB").convert(mode) if mode in ("CMYK", "YCbCr", "LAB", "HSV") else base.convert(mode)
+    buf = io.BytesIO()
+    try:
+        img.save(buf, fmt)
+    except (OSError, ValueError, KeyError):  # that format cannot hold that mode: RGB, which all of them can
+        buf = io.BytesIO()
+        base.convert("RGB").save(buf, fmt)
+    data = buf.getvalue()
+    return data[:draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=image_files(), media=st.sampled_from([None, "image/png", "image/jpeg", "application/octet-stream"]),
+       route=st.sampled_from(["/api/digits/predict", "/api/digits/predict?explain=true"]),
+       multipart=st.booleans())
+def test_arbitrary_images_never_give_a_server_error(client, body, media, route, multipart):
+    if multipart:
+        r = client.post(route, files={"file": ("upload", body, media or "application/octet-stream")})
+    else:
+        r = client.post(route, content=body, headers={"Content-Type": media} if media else {})
+    assert r.status_code in (200, 422), (r.status_code, r.text)
+    if r.status_code == 422:
+        assert_error(r, 422)
+
+
 # -- chainrule serve ----------------------------------------------------------------------------------
 
 

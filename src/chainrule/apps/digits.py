@@ -450,10 +450,12 @@ def _metadata_problem(model: Sequential, metadata: dict) -> str | None:
     layout = prep.get("layout", "flat")
     if layout not in ("flat", "image"):
         return f"preprocessing.layout must be 'flat' or 'image', got {layout!r}"
-    needs = (PIXELS,) if layout == "flat" else (1, 28, 28)
-    if model.input_shape != needs or model.output_shape != (CLASSES,):
-        return (f"a {layout} model reads {needs} and outputs ({CLASSES},), "
-                f"this network reads {model.input_shape} and outputs {model.output_shape}")
+    try:  # the network on one blank image, prepared as every image will be: it must give 10 scores
+        out = model.forward(model_inputs(np.zeros((1, 28, 28), np.uint8), metadata))
+    except ValueError as exc:
+        return f"the network cannot read a {layout} 28x28 image: {exc}"
+    if out.shape != (1, CLASSES):
+        return f"the network gives {out.shape[1:]} outputs per image, not {CLASSES} class scores"
     classes = metadata.get("classes", [str(k) for k in range(CLASSES)])
     if not (isinstance(classes, list) and len(classes) == CLASSES and all(isinstance(c, str) for c in classes)):
         return f"classes must be a list of {CLASSES} names, got {str(classes)[:80]}"
