@@ -55,7 +55,6 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.apps.spam import (
-    IDF_FILE,
     binary_report,
     load_spam_model,
     save_model,
@@ -66,6 +65,7 @@ from chainrule.apps.spam import (
 from chainrule.data.corpora import read_messages, read_sms
 from chainrule.data.locate import candidate_dirs
 from chainrule.data.text import HashingConfig
+from chainrule.network import model_files
 from mail_dates import chronological_split, date_order
 
 HERE = Path(__file__).resolve().parent
@@ -177,7 +177,7 @@ def run_chainrule(kind, x_tr, y_tr, x_te, y_te, tmp: Path, settings: dict) -> Tr
     t0 = time.perf_counter()
     load_spam_model(tmp)
     extra["model_load_seconds"] = time.perf_counter() - t0
-    extra["model_bytes"] = sum(p.stat().st_size for p in (tmp / "model.npz", tmp / IDF_FILE) if p.exists())
+    extra["model_bytes"] = sum(p.stat().st_size for name, p in model_files(tmp).items() if name != "replay")
     if kind == "mail":  # the command line end to end, as bogofilter is run: files on disk
         _write_files(tmp / "test", kind, x_te)
         cmd = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())",

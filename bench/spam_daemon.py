@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chainrule.apps.spam import binary_report, save_model, save_replay, train_filter, training_features
+from chainrule.apps.spam import binary_report, save_model, train_filter, training_features
 from spam import SETTINGS, load_split  # bench/spam.py: the same split and the same chainrule settings
 
 HERE = Path(__file__).resolve().parent
@@ -364,8 +364,7 @@ def main() -> int:
                               batch_size=s["batch_size"], lr=s["lr"], target_blocked_ham=s["target_blocked_ham"],
                               folds=s["folds"], seed=0, inputs=(kind,), idf=idf)
         model = tmp / "model"
-        save_model(result.bundle, model)
-        save_replay(model, *result.replay)
+        save_model(result.bundle, model, replay=result.replay)
         train_seconds = {"chainrule": time.perf_counter() - t0}
         print(f"chainrule trained in {train_seconds['chainrule']:.1f}s")
         spam = _write(tmp / "train" / "spam", [m for m, label in zip(x_tr, y_tr, strict=True) if label])

@@ -73,12 +73,21 @@ class HashingConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> HashingConfig:
-        fields = ("n_features", "bigrams", "char_ngrams", "split_norm", "idf", "version")
-        cfg = cls(**{k: d[k] for k in fields if k in d})
+        """The config saved in a model's metadata, every field checked for its type (JSON from a
+        model file may hold anything); raises ValueError naming the first bad one."""
+        if not isinstance(d, dict):
+            raise ValueError(f"hashing: expected an object, got {type(d).__name__}")
+        cfg = cls(**{k: d[k] for k in ("n_features", "bigrams", "char_ngrams", "split_norm", "idf", "version")
+                     if k in d})
         n = cfg.n_features
-        if not isinstance(n, int) or n < 2 or n & (n - 1):
+        if type(n) is not int or n < 2 or n & (n - 1):
             raise ValueError(f"hashing: n_features must be a power of two, got {n!r}")
-        if cfg.version != 1:
+        for name in ("bigrams", "split_norm", "idf"):
+            if not isinstance(getattr(cfg, name), bool):
+                raise ValueError(f"hashing: {name} must be true or false, got {getattr(cfg, name)!r}")
+        if type(cfg.char_ngrams) is not int or cfg.char_ngrams < 0:
+            raise ValueError(f"hashing: char_ngrams must be an integer >= 0, got {cfg.char_ngrams!r}")
+        if type(cfg.version) is not int or cfg.version != 1:
             raise ValueError(f"hashing: version {cfg.version!r} is not understood (expected 1)")
         return cfg
 
@@ -143,7 +152,7 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
     if char_ngrams:
         for w in words:
             padded = f"<{w}>"
-            for n in range(3, char_ngrams + 1):
+            for n in range(3, min(char_ngrams, len(padded)) + 1):  # (longer n-grams than the word: none)
                 out.extend([f"c:{padded[i:i + n]}" for i in range(len(padded) - n + 1)])
     if prefix:
         out = [prefix + t for t in out]

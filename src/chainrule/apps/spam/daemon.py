@@ -78,10 +78,11 @@ except ImportError:  # (not on Windows)
     uvloop = None
 
 from chainrule import __version__
+from chainrule.apps.spam.annotate import header_end
 from chainrule.apps.spam.explain import explain_row
 from chainrule.apps.spam.features import featurize
 from chainrule.apps.spam.learning import learn
-from chainrule.apps.spam.model import load_replay, load_spam_model, save_replay, verdict
+from chainrule.apps.spam.model import load_replay, load_spam_model, save_model, verdict
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import parse_message
 from chainrule.data.text import message_tokens
@@ -190,7 +191,9 @@ class Filter(Protocol):
 class SpamFilter:
     """A `Filter` backed by a model directory written by `chainrule spam train`."""
 
-    FILES = ("model.json", "model.npz", "idf.npz")  # what a reload watches
+    # What a reload watches: every save of a model renames a new model.json into place (a version 1
+    # model directory, written by an older chainrule, also replaced its model.npz and idf.npz).
+    FILES = ("model.json", "model.npz", "idf.npz")
 
     def __init__(self, bundle, spam_cutoff: float | None = None, ham_cutoff: float | None = None,
                  stamp: tuple = ()):
@@ -216,8 +219,7 @@ class SpamFilter:
             p, problems = b.score([("mail", raw)], processes=1)
             return Verdict(float(p[0]), b.spam_cutoff, b.ham_cutoff, problem=problems[0])
         parsed = parse_message(raw)
-        with self._explain_lock:
-            p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10)
+        p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10, lock=self._explain_lock)
         return Verdict(p, b.spam_cutoff, b.ham_cutoff, tuple(to_spam), tuple(to_ham), parsed.problem)
 
     def learn(self, examples: Sequence[tuple[bytes, bool]]) -> SpamFilter:
@@ -235,16 +237,16 @@ class SpamFilter:
         it; True if it was there. The weights keep what they learned from it: a network cannot
         subtract one message exactly, as a Bayes token database can, but teaching the message as
         the other class (`spamc -L`) moves it."""
-        b = self.bundle
+        b = load_spam_model(self.directory)  # the model on disk, saved again with its smaller sample
         x, _ = featurize([("mail", raw)], b.config, processes=1, idf=b.idf)
-        x_old, y_old = load_replay(self.directory, b.config.n_features)
+        x_old, y_old = load_replay(b.files.get("replay"), b.config.n_features)
         row = x.tocsr()
         row.sort_indices()
         x_old.sort_indices()
         keep = [i for i in range(x_old.shape[0]) if not _same_row(x_old, i, row)]
         if len(keep) == x_old.shape[0]:
             return False
-        save_replay(self.directory, x_old[keep], y_old[keep])
+        save_model(b, self.directory, replay=(x_old[keep], y_old[keep]))
         return True
 
     def changed_on_disk(self) -> bool:
@@ -252,14 +254,15 @@ class SpamFilter:
 
 
 def _stamp(directory: Path, names: Sequence[str]) -> tuple:
-    """(name, modification time, size) of each file that exists: what tells that a model changed."""
+    """(name, inode, modification time, size) of each file that exists: what tells that a model
+    changed (a file renamed into place has a new inode, even within one tick of the clock)."""
     out = []
     for name in names:
         try:
             st = (directory / name).stat()
         except OSError:
             continue
-        out.append((name, st.st_mtime_ns, st.st_size))
+        out.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(out)
 
 
@@ -270,13 +273,6 @@ def _same_row(x, i: int, row) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # The message as spamd hands it back: markup headers, reports.
-
-
-def _header_end(raw: bytes) -> tuple[int, bytes]:
-    """(offset where the blank line that ends the header block starts, that blank line's bytes),
-    or (len(raw), b"") for a message without a body."""
-    cuts = [(i + len(sep) // 2, sep[len(sep) // 2:]) for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) >= 0]
-    return min(cuts) if cuts else (len(raw), b"")
 
 
 def markup_headers(v: Verdict, nl: bytes = b"\n") -> bytes:
@@ -301,7 +297,7 @@ def markup_headers(v: Verdict, nl: bytes = b"\n") -> bytes:
 def mark_up(raw: bytes, v: Verdict) -> bytes:
     """`raw` with earlier markup headers removed and ours added at the end of the header block.
     Every other header line and every byte of the body stay exactly as they were."""
-    end, blank = _header_end(raw)
+    end, blank = header_end(raw)
     head = raw[:end]
     nl = b"\r\n" if b"\r\n" in head[:4096] else b"\n"
     fields = re.split(rb"(?m)^(?=[^ \t\r\n])", head)  # a field: its line and its continuation lines
@@ -533,14 +529,14 @@ def answer(req: Request, v: Verdict | None) -> bytes:
         return status + spam_line(v) + b"\r\n"
     if req.command in ("PROCESS", "HEADERS"):
         if v is None:  # HEADERS of a too-big message: its own header block, unchanged
-            end, blank = _header_end(req.body)
+            end, blank = header_end(req.body)
             if not blank:
                 raise ProtocolError(EX_DATAERR, "EX_DATAERR message too big and its header block too")
             out = req.body[:end + len(blank)]
         else:
             out = mark_up(req.body, v)
             if req.command == "HEADERS":  # spamc appends the body it kept
-                end, blank = _header_end(out)
+                end, blank = header_end(out)
                 out = out[:end + len(blank)]
         return status + _length_and_spam(req, len(out), v) + out
     if req.command == "SYMBOLS":
