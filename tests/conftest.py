@@ -18,6 +18,7 @@ import scipy.sparse as sp
 import chainrule as cr
 from chainrule.cli import main
 from chainrule.data.corpora import read_messages
+from chainrule.data.idx import find_files
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +39,6 @@ def mnist_dir(data_root: Path) -> Path:
 def require_fashion() -> Path:
     """The folder holding Fashion-MNIST (Debian's dataset-fashion-mnist, or $CHAINRULE_DATA/fashion-mnist),
     found without downloading; skips when it is nowhere, but fails in CI, which installs it."""
-    from chainrule.data.idx import find_files
-
     found = find_files("train", "fashion")
     if found is None or find_files("test", "fashion") is None:
         if os.environ.get("CI"):

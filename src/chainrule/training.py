@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.callbacks import EarlyStopping, GradientFlow, ProgressLogger
-from chainrule.errors import TrainingDiverged
-from chainrule.files import atomic_write_bytes, atomic_write_npz
+from chainrule.errors import ModelFileError, TrainingDiverged
+from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
 from chainrule.history import History
 from chainrule.network import Sequential
 
@@ -247,26 +247,60 @@ def _save_checkpoint(path, epochs_done, model, optimizer, early_stopping, rng, h
     atomic_write_npz(path, arrays)
 
 
+# The JSON part of a checkpoint (history, early-stopping and random states): kilobytes per epoch.
+MAX_CHECKPOINT_JSON = 64 << 20
+
+
 def _load_checkpoint(path, model, optimizer, early_stopping, rng, history) -> int:
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    doc = json.loads(arrays.pop("json").tobytes())
+    """Restore what `_save_checkpoint` saved; returns the number of epochs done.
 
-    def group(prefix):
-        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    A damaged checkpoint, or one of another network, raises ModelFileError naming it: its arrays
+    are checked against this run's from their headers before they are read, and its JSON before
+    anything is restored.
+    """
+    try:
+        return _restore(path, model, optimizer, early_stopping, rng, history)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{exc}; delete it to start afresh") from None
 
-    model.load_state(group("model."))
-    optimizer.load_state(group("optim."))
-    if early_stopping is not None and doc["early_stopping"] is not None:
-        es = doc["early_stopping"]
-        early_stopping.best, early_stopping.best_epoch, early_stopping.wait = es["best"], es["best_epoch"], es["wait"]
-        best = group("best.")
-        early_stopping.best_state = best or None
-    rng.bit_generator.state = doc["shuffle_rng"]
-    model.rng.bit_generator.state = doc["model_rng"]
-    restored = History.from_dict(doc["history"])
+
+def _restore(path, model, optimizer, early_stopping, rng, history) -> int:
+    shapes = {f"model.{k}": np.shape(v) for k, v in model.state().items()}
+    shapes.update({f"best.{k}": np.shape(v) for k, v in model.state().items()})
+    shapes.update({f"optim.{k}": np.shape(v) for k, v in optimizer.state().items()})
+    headers = npz_headers(path)
+    for name, (shape, dtype) in headers.items():
+        if name == "json":
+            ok = dtype == np.uint8 and len(shape) == 1 and shape[0] <= MAX_CHECKPOINT_JSON
+        else:
+            ok = shapes.get(name) == shape and dtype.kind in "fiu"
+        if not ok:
+            raise ModelFileError(f"{path}: not a checkpoint of this network (array {name}: {shape} {dtype})")
+    missing = sorted(k for k in shapes if not k.startswith("best.") and k not in headers) + \
+        ([] if "json" in headers else ["json"])
+    if missing:
+        raise ModelFileError(f"{path}: not a checkpoint of this network ({', '.join(missing)} missing)")
+    arrays = read_npz(path, headers)
+    try:
+        doc = json.loads(arrays.pop("json").tobytes())
+        epochs_done = doc["epochs_done"]
+        if type(epochs_done) is not int or epochs_done < 0:
+            raise ValueError(f"epochs_done is {epochs_done!r}")
+        restored = History.from_dict(doc["history"])
+
+        def group(prefix):
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        if early_stopping is not None and doc["early_stopping"] is not None:
+            early_stopping.load_state(doc["early_stopping"], group("best."))
+        rng.bit_generator.state = doc["shuffle_rng"]
+        model.rng.bit_generator.state = doc["model_rng"]
+        model.load_state(group("model."))
+        optimizer.load_state(group("optim."))
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:  # (json's errors are ValueErrors)
+        raise ModelFileError(f"{path}: not a usable checkpoint ({str(exc)[:200]})") from None
     history.__dict__.update(restored.__dict__)
-    return int(doc["epochs_done"])
+    return epochs_done
 
 
 def save_history_csv(history: History, path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -338,14 +339,8 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
         out = f"runs/{run_name(dataset)}-{given['model'] or 'mlp'}"
     out = Path(out)
     run_file = out / "run.json"
-    stored = {}
-    if resume and run_file.is_file():
-        try:
-            stored = json.loads(run_file.read_text())["options"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{run_file}: not a readable run description ({exc})") from None
-        if not isinstance(stored, dict):
-            raise UserError(f"{run_file}: not a readable run description (its options are not an object)")
+    stored = _stored_options(run_file) if resume and run_file.is_file() else {}
+    if stored:
         for k, v in given.items():
             if v is not None and k in stored and stored[k] != v:
                 raise UserError(f"--resume: the run in {out} used {k}={stored[k]!r}, not {v!r}; "
@@ -373,6 +368,24 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
     return opts
 
 
+def _stored_options(run_file: Path) -> dict:
+    """The options a run started with, from its run.json, each checked for its type."""
+    try:
+        stored = json.loads(run_file.read_bytes())["options"]
+        if not isinstance(stored, dict):
+            raise TypeError("its options are not an object")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # (json's errors are ValueErrors)
+        raise UserError(f"{run_file}: not a readable run description ({str(exc)[:80]})") from None
+    checks = {"data": lambda v: v is None or isinstance(v, str), "model": lambda v: isinstance(v, str),
+              "epochs": lambda v: type(v) is int and v > 0, "batch_size": lambda v: type(v) is int and v > 0,
+              "lr": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf,
+              "seed": lambda v: type(v) is int, "train_size": lambda v: v is None or (type(v) is int and v > 0)}
+    for k, ok in checks.items():
+        if k in stored and not ok(stored[k]):
+            raise UserError(f"{run_file}: not a readable run description ({k} is {stored[k]!r})")
+    return stored
+
+
 def train(
     model_name: str = "mlp",
     out=None,
@@ -389,10 +402,10 @@ def train(
 ) -> tuple[Sequential, dict]:
     """Train a preset on an image set, evaluate it on the test set and write everything to `out`.
 
-    Writes `model.npz` + `model.json` (with the data set, class names and preprocessing),
-    `metrics.json`, `history.csv`, `learning_curves.png`, `confusion_matrix.png`,
-    `gradient_flow.png`, and after every epoch `checkpoint.npz`, from which `resume=True`
-    continues an interrupted run exactly.
+    Writes the model (`Sequential.save`: model.json, with the data set, class names and
+    preprocessing, and its weights), `metrics.json`, `history.csv`, `learning_curves.png`,
+    `confusion_matrix.png`, `gradient_flow.png`, and after every epoch `checkpoint.npz`, from which
+    `resume=True` continues an interrupted run exactly.
 
     Args:
         model_name: a preset of the data set (`presets_for`).
@@ -481,28 +494,59 @@ def _check_labels(labels: np.ndarray, classes: list[str], what: str) -> None:
 
 def load_image_model(path) -> tuple[Sequential, dict]:
     """A model saved by `train` (or by chainrule 0.1's `chainrule digits train`), checked to be an
-    image model. The metadata returned always has `dataset`, `classes` and
-    `preprocessing.picture`; a 0.1 model gets MNIST's ("mnist", "0".."9", "digit")."""
+    image model that `model_inputs` and the predictions can use (`check_image_model`). So a damaged
+    model.json is refused here, in one line, rather than by every image a server is then sent.
+    The metadata returned always has `dataset`, `classes` and `preprocessing.picture`; a 0.1 model
+    gets MNIST's ("mnist", "0".."9", "digit")."""
     model, metadata = load_model(path)
+    return model, check_image_model(model, metadata, path)
+
+
+def check_image_model(model: Sequential, metadata: dict, path) -> dict:
+    """Raise ModelFileError unless the model loaded from `path` is a usable image model; return its
+    metadata with the defaults of a 0.1 digits model filled in."""
     task = metadata.get("task")
     if task != TASK and task not in OLD_TASKS:
         raise ModelFileError(f"{path}: not an image model (its task is {task!r})")
-    if model.input_shape not in ((PIXELS,), (1, 28, 28)):
-        raise ModelFileError(f"{path}: the model takes inputs of shape {model.input_shape}, not 28x28 images")
-    outputs = model.output_shape[-1]
-    classes = metadata.get("classes", [str(k) for k in range(outputs)])
-    if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
-            and len(set(classes)) == len(classes)):
-        raise ModelFileError(f"{path}: model.json's classes are not a list of distinct names")
-    if len(classes) != outputs:
-        raise ModelFileError(f"{path}: model.json names {len(classes)} classes for {outputs} outputs")
+    problem, metadata = _metadata_problem(model, metadata)
+    if problem:
+        raise ModelFileError(f"{path}: invalid image model metadata ({problem})")
+    return metadata
+
+
+def _metadata_problem(model: Sequential, metadata: dict) -> tuple[str | None, dict]:
+    """What is wrong with an image model's metadata and shapes (or None), and the metadata with
+    the defaults of a 0.1 digits model filled in."""
+    prep = metadata.get("preprocessing", {})  # (where `model_inputs` reads it)
+    if not isinstance(prep, dict):
+        return f"preprocessing must be an object, got {type(prep).__name__}", metadata
+    for key, default, ok, expected in (("scale", 255.0, lambda v: v > 0, "a number > 0"),
+                                       ("std", 1.0, lambda v: v > 0, "a number > 0"),
+                                       ("mean", 0.0, lambda v: True, "a number")):
+        v = prep.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            return f"preprocessing.{key} must be {expected}, got {v!r}", metadata
+    layout = prep.get("layout", "flat")
+    if layout not in ("flat", "image"):
+        return f"preprocessing.layout must be 'flat' or 'image', got {layout!r}", metadata
+    picture = prep.get("picture", "digit")
+    if picture not in PICTURES:
+        return f"preprocessing.picture must be one of {', '.join(PICTURES)}, got {str(picture)[:80]!r}", metadata
     dataset = metadata.get("dataset", "mnist")
-    prep = metadata.get("preprocessing")
-    prep = dict(prep) if isinstance(prep, dict) else {}
-    prep.setdefault("picture", "digit")
-    if not isinstance(dataset, str) or prep["picture"] not in PICTURES:
-        raise ModelFileError(f"{path}: model.json's dataset or preprocessing.picture is not understood")
-    return model, {**metadata, "dataset": dataset, "classes": classes, "preprocessing": prep}
+    if not (isinstance(dataset, str) and dataset):
+        return f"dataset must be a data set's name or folder, got {str(dataset)[:80]}", metadata
+    try:  # the network on one blank image, prepared as every image will be: one score per class
+        out = model.forward(model_inputs(np.zeros((1, 28, 28), np.uint8), metadata))
+    except ValueError as exc:
+        return f"the network cannot read a {layout} 28x28 image: {exc}", metadata
+    if out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2:
+        return f"the network gives {out.shape[1:]} outputs per image, not one score per class", metadata
+    outputs = out.shape[1]
+    classes = metadata.get("classes", DIGITS if outputs == len(DIGITS) else None)
+    if not (isinstance(classes, list) and len(classes) == outputs and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        return f"classes must be a list of {outputs} distinct names, one per output, got {str(classes)[:80]}", metadata
+    return None, {**metadata, "dataset": dataset, "classes": classes, "preprocessing": {**prep, "picture": picture}}
 
 
 def _check_same_classes(path, metadata: dict, data: idx.ImageSet) -> None:

@@ -31,7 +31,9 @@ from chainrule.apps.images import TASK as IMAGES_TASK
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data import idx
 from chainrule.data.images import ImageError, preprocess_image
+from chainrule.errors import ModelFileError
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
+from chainrule.network import model_files
 from chainrule.web.schemas import (
     ImagePrediction,
     LayerActivation,
@@ -244,8 +246,8 @@ class SpamService:
         return cls(path, bundle, model_info(path, bundle.model, bundle.metadata))
 
     def classify(self, raw: bytes) -> SpamVerdict:
-        with self.lock:
-            result = classify_message(self.bundle, raw, top=TOP_TOKENS)
+        # the lock covers the network's passes only: parsing a large message must not hold up others
+        result = classify_message(self.bundle, raw, top=TOP_TOKENS, lock=self.lock)
         tokens = [TokenWeight(token=str(t["token"]), weight=float(t["weight"])) for t in result["top_tokens"]]
         return SpamVerdict(label=result["label"], probability=float(result["probability"]), top_tokens=tokens,
                            problem=result.get("problem"))
@@ -269,7 +271,7 @@ def _saved_models(runs):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
         metadata = doc.get("metadata") if isinstance(doc, dict) else None
-        if isinstance(metadata, dict) and (meta.parent / "model.npz").is_file():
+        if isinstance(metadata, dict) and _has_weights(meta.parent):
             yield meta.parent, metadata, meta.stat().st_mtime
 
 
@@ -294,3 +296,10 @@ def find_latest_image_models(runs="runs") -> dict[str, Path]:
         if dataset not in latest or mtime > latest[dataset][0]:
             latest[dataset] = (mtime, directory)
     return {dataset: directory for dataset, (_, directory) in latest.items()}
+
+
+def _has_weights(directory: Path) -> bool:
+    try:
+        return model_files(directory)["model"].is_file()
+    except (ModelFileError, KeyError, OSError):
+        return False
