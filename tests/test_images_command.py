@@ -104,7 +104,7 @@ def test_evaluate_and_predict_name_the_classes(fashion_run, photos, tmp_path, ca
         assert r["label"] == FASHION[r["index"]] and r["index"] == int(np.argmax(r["probabilities"]))
         assert r == images.predict_images(model, metadata, [path])[0]
     code, stdout, _ = cli(capsys, "images", "show", fashion_run, "--units", "10", "--out", tmp_path / "w.png")
-    assert code == 0 and "10 of 512" in stdout
+    assert code == 0 and "10 of 1024" in stdout  # the wide mlp of Fashion-MNIST's presets
 
 
 def test_gradcheck_takes_a_fashion_models_inputs_from_its_own_data_set(fashion_run, capsys):
