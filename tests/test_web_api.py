@@ -121,7 +121,7 @@ def test_models_describes_what_is_loaded(client, models, digit_model):
     assert body["hints"] == {}
     model, metadata = digit_model
     d = body["digits"]
-    assert d["path"] == str(models["digits"]) and d["task"] == "digits"
+    assert d["path"] == str(models["digits"]) and d["task"] == "images"
     assert d["format_version"] == FORMAT_VERSION
     assert d["num_parameters"] == model.num_parameters()
     assert d["layers"] == [type(layer).__name__ for layer in model.layers]
