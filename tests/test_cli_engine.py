@@ -41,10 +41,16 @@ def test_gradcheck_command_reports_missing_data_in_one_line(tmp_path, capsys):
     """A digits model checked against a --data folder without MNIST: one line naming what to put where."""
     model = cr.Sequential([cr.Flatten(), cr.Linear(784, 10)], input_shape=(28, 28), seed=0)
     model.save(tmp_path / "m", metadata={"task": "digits"})
+    (tmp_path / "empty").mkdir()
     code = main(["gradcheck", str(tmp_path / "m"), "--data", str(tmp_path / "empty")])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("chainrule: error: MNIST") and err.count("\n") == 1, err
+    assert err.startswith(f"chainrule: error: {tmp_path / 'empty'} test files not found: put ") and err.count("\n") == 1
+    assert "t10k-images-idx3-ubyte.gz" in err and f"in {tmp_path / 'empty' / 'mnist'} or {tmp_path / 'empty'}" in err
+    code = main(["gradcheck", str(tmp_path / "m"), "--data", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"chainrule: error: {tmp_path / 'nowhere'}: no such folder, and not a known data set " \
+        "(mnist, fashion)\n"
 
 
 def test_explain_command_runs(capsys):
