@@ -42,7 +42,7 @@ TARGETS = {
     "mnist": {"mlp": 0.984, "small": 0.95, "lenet5": 0.99, "cnn": 0.995},
     "fashion": {"mlp": 0.895, "cnn": 0.935},
 }
-MAX_SECONDS = {("fashion", "cnn"): 900}
+MAX_SECONDS = {("fashion", "cnn"): 900}  # training time (fit), as issue 21 states the goal
 # Published figures to compare with: Xiao, Rasul and Vollgraf (2017), the Fashion-MNIST benchmark.
 ANCHORS = {
     ("fashion", "mlp"): "MLP 256-128-100: 88.33%",
@@ -78,7 +78,8 @@ def run(dataset: str, name: str, seed: int, train_size: int | None, verbose: boo
         "test_errors": metrics["test"]["errors"],
         "target": target,
         "max_seconds": max_seconds,
-        "meets_target": bool(acc >= target and (max_seconds is None or wall <= max_seconds)) if judged else None,
+        "meets_target": bool(acc >= target and (max_seconds is None or metrics["train_seconds_total"] <= max_seconds))
+        if judged else None,
         "published": ANCHORS.get((dataset, name)),
         "wall_seconds": round(wall, 1),
         "train_seconds": metrics["train_seconds_total"],
