@@ -39,6 +39,7 @@ from chainrule import (
     plots,
 )
 from chainrule import metrics as M
+from chainrule.distributed import World
 from chainrule.data.augment import digit_augmenter
 from chainrule.data.images import ImageError, preprocess_image
 from chainrule.data.mnist import load_mnist
@@ -228,9 +229,15 @@ def build_model(preset_name: str, seed: int | None = 0) -> Sequential:
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-def evaluate_digits(model: Sequential, metadata: dict, images: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix on `(images, labels)`."""
-    proba = model.predict_proba(model_inputs(images, metadata))
+def evaluate_digits(model: Sequential, metadata: dict, images: np.ndarray, labels: np.ndarray,
+                    world: World | None = None) -> dict:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on `(images, labels)`.
+
+    With a `world` of several processes each computes the probabilities of its share of the
+    images, and every process gets the report of them all."""
+    world = world or World()
+    first, last = world.shard(len(images))
+    proba = np.concatenate(world.allgather(model.predict_proba(model_inputs(images[first:last], metadata))))
     pred = proba.argmax(axis=1)
     cm = M.confusion_matrix(labels, pred, CLASSES)
     precision, recall, f1 = M.precision_recall_f1(cm)
@@ -328,6 +335,7 @@ def train(
     resume: bool = False,
     verbose: bool = True,
     figures: bool = True,
+    world: World | None = None,
 ) -> tuple[Sequential, dict]:
     """Train a preset on MNIST, evaluate it on the test set and write everything to `out`.
 
@@ -340,18 +348,25 @@ def train(
             a twelfth of them (at most 5,000) is held out for validation.
         verbose: progress of every epoch (`fit`'s progress bar or lines) and a log line saying
             what is being trained.
+        world: the processes that train together (`chainrule.distributed.world()` under
+            mpirun): data-parallel `fit` with `batch_size` the global batch, the test set shared
+            out among them; rank 0 alone writes files and logs. None: this process alone.
     Returns:
-        (model, metrics) — the metrics dict that is also written to `metrics.json`.
+        (model, metrics) — the metrics dict that is also written to `metrics.json` (the same on
+        every rank).
     """
     preset = PRESETS[model_name]
     epochs = epochs or preset.epochs
     batch_size = batch_size or preset.batch_size
     lr = lr or preset.lr
+    world = world or World()
+    writer = world.rank == 0  # the one process that writes files and logs
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     options = {"model": model_name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                "train_size": train_size}
-    atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
 
     images, labels = load_mnist("train", data_dir)
     if train_size is not None:
@@ -367,29 +382,26 @@ def train(
     schedule = preset.lr_schedule(lr, epochs) if preset.lr_schedule is not None else None
     early = EarlyStopping(monitor=preset.monitor, patience=preset.patience, restore_best_weights=True)
     checkpoint = out / "checkpoint.npz"
-    log.info("digits: training %s (%s) on %d images, validating on %d; up to %d epochs, batch %d, "
-             "lr %g; output in %s", model_name, preset.description, len(y) - n_val, n_val, epochs, batch_size,
-             lr, out)
+    if writer:
+        log.info("digits: training %s (%s) on %d images, validating on %d; up to %d epochs, batch %d, "
+                 "lr %g%s; output in %s", model_name, preset.description, len(y) - n_val, n_val, epochs,
+                 batch_size, lr, f", {world.size} processes" if world.size > 1 else "", out)
     t0 = time.perf_counter()
     history = fit(model, x, y, preset.loss(), optimizer, epochs=epochs, batch_size=batch_size,
                   validation_split=n_val / len(y), early_stopping=early, lr_schedule=schedule,
-                  augment=preset.augment, verbose=verbose, seed=seed, checkpoint=checkpoint, resume=resume)
+                  augment=preset.augment, verbose=verbose, seed=seed, checkpoint=checkpoint, resume=resume,
+                  world=world)
     wall = time.perf_counter() - t0
 
-    report = evaluate_digits(model, metadata, test_images, test_labels)
+    report = evaluate_digits(model, metadata, test_images, test_labels, world)
     metadata.update({"trained_epochs": len(history), "best_epoch": None if history.best_epoch is None
                      else history.best_epoch + 1, "test_accuracy": report["accuracy"], "seed": seed})
+    if world.size > 1:
+        metadata["processes"] = world.size
+    if not writer:
+        return model, _metrics(model_name, options, history, len(y) - n_val, n_val, wall, report)
     model.save(out, metadata)
-    best = history.best_epoch
-    metrics = {
-        "task": TASK, "model": model_name, "options": options,
-        "train_images": len(y) - n_val, "validation_images": n_val,
-        "epochs_run": len(history), "best_epoch": None if best is None else best + 1,
-        "stop_reason": history.stop_reason, "wall_seconds_this_session": round(wall, 2),
-        "train_seconds_total": round(sum(e["seconds"] for e in history.epochs), 2),
-        "val_accuracy": None if best is None else history.epochs[best].get("val_accuracy"),
-        "test": _public(report),
-    }
+    metrics = _metrics(model_name, options, history, len(y) - n_val, n_val, wall, report)
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     save_history_csv(history, out / "history.csv")
     if figures:
@@ -398,6 +410,19 @@ def train(
                                title=f"digits {model_name}, MNIST test set")
         plots.gradient_flow(history, out / "gradient_flow.png", title=f"digits {model_name}: gradient flow")
     return model, metrics
+
+
+def _metrics(model_name, options, history, train_images, validation_images, wall, report) -> dict:
+    best = history.best_epoch
+    return {
+        "task": TASK, "model": model_name, "options": options,
+        "train_images": train_images, "validation_images": validation_images,
+        "epochs_run": len(history), "best_epoch": None if best is None else best + 1,
+        "stop_reason": history.stop_reason, "wall_seconds_this_session": round(wall, 2),
+        "train_seconds_total": round(sum(e["seconds"] for e in history.epochs), 2),
+        "val_accuracy": None if best is None else history.epochs[best].get("val_accuracy"),
+        "test": _public(report),
+    }
 
 
 # -- evaluate / predict / show --------------------------------------------------------------------
