@@ -50,6 +50,11 @@ class World:
 
     rank = 0
     size = 1
+    local_size = 1  # ranks on this machine (this one included)
+
+    def cores(self) -> int:
+        """The cores this process may use for its own work: the machine's, shared among its ranks."""
+        return max(1, (os.cpu_count() or 1) // self.local_size)
 
     def allreduce(self, buf: np.ndarray) -> np.ndarray:
         """Sum `buf` over the ranks, in place; returns `buf`."""
@@ -73,6 +78,10 @@ class World:
         """Overwrite `buf` with `root`'s, in place; returns `buf`."""
         return buf
 
+    def scatter(self, objs: list | None, root: int = 0):
+        """Rank r gets `objs[r]` of `root`'s list (`objs` matters on `root` only)."""
+        return objs[0]
+
     def gather(self, obj, root: int = 0) -> list | None:
         """[rank 0's obj, rank 1's, ...] on `root`; None on the other ranks."""
         return [obj]
@@ -84,10 +93,11 @@ class World:
     def abort(self, code: int) -> None:
         """Stop every rank of the job at once with exit status `code` (alone: nothing to stop)."""
 
-    def shard(self, n: int) -> tuple[int, int]:
-        """(start, stop) of this rank's share of n items: contiguous, in rank order, sizes that
-        differ by at most one. Shard r is [⌊n·r/N⌋, ⌊n·(r+1)/N⌋)."""
-        return n * self.rank // self.size, n * (self.rank + 1) // self.size
+    def shard(self, n: int, rank: int | None = None) -> tuple[int, int]:
+        """(start, stop) of this rank's (or `rank`'s) share of n items: contiguous, in rank order,
+        sizes that differ by at most one. Shard r is [⌊n·r/N⌋, ⌊n·(r+1)/N⌋)."""
+        r = self.rank if rank is None else rank
+        return n * r // self.size, n * (r + 1) // self.size
 
     def broadcast_model(self, model) -> None:
         """Give every rank rank 0's weights, layer buffers and random generator (dropout masks)."""
@@ -111,6 +121,7 @@ class MPIWorld(World):
     def __init__(self, comm, mpi):
         self.comm, self.MPI = comm, mpi
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.local_size = comm.Split_type(mpi.COMM_TYPE_SHARED).Get_size()  # the ranks sharing memory
 
     def allreduce(self, buf):
         self.comm.Allreduce(self.MPI.IN_PLACE, buf)  # the whole buffer, one call
@@ -133,6 +144,9 @@ class MPIWorld(World):
     def bcast_array(self, buf, root=0):
         self.comm.Bcast(buf, root=root)
         return buf
+
+    def scatter(self, objs, root=0):
+        return self.comm.scatter(objs, root=root)
 
     def gather(self, obj, root=0):
         return self.comm.gather(obj, root=root)

@@ -39,10 +39,10 @@ from chainrule import (
     plots,
 )
 from chainrule import metrics as M
-from chainrule.distributed import World
 from chainrule.data.augment import digit_augmenter
 from chainrule.data.images import ImageError, preprocess_image
 from chainrule.data.mnist import load_mnist
+from chainrule.distributed import World
 from chainrule.errors import ModelFileError, UserError
 from chainrule.files import atomic_write_bytes
 from chainrule.training import save_history_csv
