@@ -394,3 +394,24 @@ def test_the_slurm_batch_script_trains_on_two_ranks(mpirun, slurm, tmp_path):
     assert job.returncode == 0, job.stderr + log
     assert "test accuracy" in log
     assert json.loads((out / "model.json").read_text())["metadata"]["processes"] == 2
+
+
+def test_the_mpijob_manifest_runs_a_chainrule_command_on_all_its_workers():
+    """What can be checked of deploy/mpijob.yaml without a Kubernetes cluster: mpirun starts one
+    rank per worker slot, and what it runs is a command chainrule's own parser accepts."""
+    import yaml
+
+    from chainrule.cli import build_parser
+
+    job = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "mpijob.yaml").read_text())
+    assert job["apiVersion"] == "kubeflow.org/v2beta1" and job["kind"] == "MPIJob"
+    spec = job["spec"]
+    launcher = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    command = launcher["command"] + launcher["args"]
+    assert command[0] == "mpirun"
+    ranks = int(command[command.index("-np") + 1])
+    assert ranks == spec["mpiReplicaSpecs"]["Worker"]["replicas"] * spec["slotsPerWorker"]
+    args = build_parser().parse_args(command[command.index("chainrule") + 1:])
+    assert args.mpi and args.func.__module__ == "chainrule.cli.digits"
+    mounts = {m["mountPath"] for m in launcher["volumeMounts"]}
+    assert str(Path(args.out).parents[-2]) in mounts  # the output is written to a shared volume
