@@ -209,10 +209,6 @@ class GradientBuckets:
                 stop = int(offsets[i])
         self.requests: list = []
 
-    @property
-    def count(self) -> int:
-        return len(self.starts)
-
     def layer_done(self, i: int) -> None:
         """Layer i's backward has run: start the allreduce of the bucket it completes, if any, and
         let those already started advance."""
