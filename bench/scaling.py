@@ -305,17 +305,23 @@ def run_profile(preset, repeats) -> dict:
 # -- the model -------------------------------------------------------------------------------------------
 
 
-def allreduce_seconds(nbytes: float, p: int, alpha: float, byte_time: float) -> float:
-    """A ring allreduce or recursive doubling of `nbytes` over p ranks, whichever is faster."""
+def allreduce_seconds(nbytes: float, p: int, alpha: float, byte_time: float, log_latency: bool = False) -> float:
+    """A ring allreduce or recursive doubling of `nbytes` over p ranks, whichever is faster.
+
+    `log_latency`: the ring's bandwidth term with 2·log2(p) messages instead of 2(p-1), as
+    Rabenseifner's reduce-scatter + allgather by recursive halving and doubling sends."""
     if p <= 1:
         return 0.0
-    ring = 2 * (p - 1) * alpha + 2 * (p - 1) / p * nbytes * byte_time
+    messages = 2 * math.ceil(math.log2(p)) if log_latency else 2 * (p - 1)
+    ring = messages * alpha + 2 * (p - 1) / p * nbytes * byte_time
     doubling = math.ceil(math.log2(p)) * (alpha + nbytes * byte_time)
     return min(ring, doubling)
 
 
-def step_seconds(profile: dict, batch: int, p: int, alpha: float, byte_time: float) -> dict:
-    """The modelled step at a per-rank batch on p ranks: compute, exposed communication, total."""
+def step_seconds(profile: dict, batch: int, p: int, alpha: float, byte_time: float, value_bytes: int = 4,
+                 log_latency: bool = False) -> dict:
+    """The modelled step at a per-rank batch on p ranks: compute, exposed communication, total.
+    `value_bytes`: the size of a gradient value on the wire (4: float32; 2: sent as 16-bit floats)."""
     prof = profile["batches"][str(batch)]
     compute = prof["forward"] + prof["backward"] + prof["step"]
     # synchronised batch norm: forward sums C+1 then C values, backward 2C, each a blocking allreduce
@@ -323,7 +329,7 @@ def step_seconds(profile: dict, batch: int, p: int, alpha: float, byte_time: flo
              for n in (c + 1, c, 2 * c))
     end = 0.0
     for ready, values in zip(prof["ready"], profile["bucket_values"], strict=True):
-        end = max(end, ready) + allreduce_seconds(4 * values, p, alpha, byte_time)
+        end = max(end, ready) + allreduce_seconds(value_bytes * values, p, alpha, byte_time, log_latency)
     exposed = max(0.0, end - prof["backward"])
     return {"compute": compute, "exposed": exposed, "batch_norm": bn, "total": compute + exposed + bn,
             "allreduce_all": sum(allreduce_seconds(4 * v, p, alpha, byte_time) for v in profile["bucket_values"])}
@@ -348,8 +354,28 @@ def model_tables(profiles: dict) -> dict:
                              "strong_efficiency": one_strong / (p * strong["total"]),
                              "allreduce_ms": 1e3 * weak["allreduce_all"]})
         out[preset] = {"one_rank_step_ms_at_128": 1e3 * one_weak, "one_rank_step_ms_at_1024": 1e3 * one_strong,
-                       "rows": rows}
+                       "rows": rows, "levers": levers(profile)}
     return out
+
+
+def levers(profile: dict, p: int = 32, gbit: float = 25) -> dict:
+    """Weak-scaling efficiency at p nodes on `gbit` with one thing changed at a time: what would lift it."""
+    byte_time = 8 / (gbit * 1e9 * LINK_EFFICIENCY)
+
+    def efficiency(batch=WEAK_PER_RANK, alpha=ALPHA_NETWORK, bt=byte_time, value_bytes=4, log_latency=False):
+        alone = step_seconds(profile, batch, 1, 0, 0)["total"]
+        return alone / step_seconds(profile, batch, p, alpha, bt, value_bytes, log_latency)["total"]
+
+    return {
+        "as modelled": efficiency(),
+        "Rabenseifner's allreduce (2 log2 p messages)": efficiency(log_latency=True),
+        "latency 2 us (RDMA: InfiniBand, RoCE)": efficiency(alpha=2e-6),
+        "gradients sent as 16-bit floats": efficiency(value_bytes=2),
+        "100 Gb/s": efficiency(bt=8 / (100e9 * LINK_EFFICIENCY)),
+        "1,024 examples per rank": efficiency(batch=1024),
+        "RDMA latency and 16-bit gradients": efficiency(alpha=2e-6, value_bytes=2),
+        "Rabenseifner's allreduce and 16-bit gradients": efficiency(value_bytes=2, log_latency=True),
+    }
 
 
 # -- the learning-rate scaling rule --------------------------------------------------------------------
@@ -443,6 +469,8 @@ def print_report(res: dict) -> None:
     verdict = "met" if goal["weak_efficiency"] >= 0.9 else "NOT MET"
     print(f"\nGoal (mlp, weak, 128 per rank, 32 nodes, 25 Gb/s >= 90%): {100 * goal['weak_efficiency']:.1f}% "
           f"-> {verdict}")
+    print("mlp, weak, 32 nodes, 25 Gb/s, changing one thing: " + "; ".join(
+        f"{name} {100 * e:.0f}%" for name, e in res["model"]["mlp"]["levers"].items()))
     for preset, m in res["measured"].items():
         ratio = m["chainrule_2x1"]["samples_per_s"] / m["ddp_2x1"]["samples_per_s"]
         verdict = "met" if ratio >= 1 else "NOT MET"
@@ -470,7 +498,16 @@ def main() -> int:
     ap.add_argument("--lr-epochs", type=int, default=10, help="epochs of each learning-rate run (0: skip them)")
     ap.add_argument("--lr-warmup-epochs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--model-only", action="store_true",
+                    help="measure nothing: recompute the model from the profiles in --out and print the report")
     args = ap.parse_args()
+
+    if args.model_only:
+        res = json.loads(args.out.read_text())
+        res["model"] = model_tables(res["profiles"])
+        atomic_write_bytes(args.out, json.dumps(res, indent=2).encode())
+        print_report(res)
+        return 0
 
     if args.worker == "chainrule":
         result = worker_chainrule(args.preset, args.steps, args.warmup)
