@@ -16,6 +16,12 @@ stratified 80/20 with seed 0; 650 test messages), all trained on its 2,600 train
   messages (--classify-sample, every k-th); its accuracy columns come from the same command run once
   over all the test messages, which gives the same verdict per message.
 
+Two more rows classify nothing and bound what a spamc-driven filter can reach: ``spamc alone``
+(`spamc -V`: start, print the version, exit) and ``spamc -K`` (a PING to the chainrule daemon:
+start plus one round trip), timed in the same turns on the same messages as the filters. The
+daemon's own time per CHECK, from its log line (reading the request to the answer sent), is
+reported with them.
+
 Timing: every message is sent by `subprocess.run` from this script (fork/exec, stdin, exit code), so
 each filter pays the same client overhead. The filters take turns in blocks of 25 messages (block 1:
 every filter, block 2: every filter, ...), so that a busy spell on this shared machine slows all of
@@ -51,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chainrule.apps.spam import binary_report, save_model, save_replay, train_filter, training_features
+from chainrule.apps.spam import binary_report, save_model, train_filter, training_features
 from spam import SETTINGS, load_split  # bench/spam.py: the same split and the same chainrule settings
 
 HERE = Path(__file__).resolve().parent
@@ -104,25 +110,34 @@ def cpu_model() -> str:
 class ChainruleDaemon:
     name = "chainrule spamd"
 
-    def __init__(self, model: Path):
+    def __init__(self, model: Path, log: Path):
+        # Its log goes to a file, as SpamAssassin's does: read through a pipe, each line would wake
+        # this process while it times the next client.
+        self.log_path = log
+        self.log = open(log, "w")  # noqa: SIM115 (open while the daemon runs)
         self.proc = subprocess.Popen([sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model),
-                                      "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True, env=_env())
-        for line in self.proc.stderr:
-            if "ready: listening on" in line:
-                self.port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
-                break
-        else:
-            raise RuntimeError("chainrule spamd did not start")
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # drain its log
+                                      "--listen", "127.0.0.1:0"], stderr=self.log, env=_env())
+        deadline = time.monotonic() + 120
+        while (m := re.search(r"ready: listening on 127\.0\.0\.1:(\d+)", log.read_text())) is None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"chainrule spamd did not start; see {log}")
+            time.sleep(0.1)
+        self.port = int(m.group(1))
         self.command = ["spamc", "-d", "127.0.0.1", "-p", str(self.port), "-c"]
 
     @staticmethod
     def read(rc: int, out: bytes) -> tuple[bool, bool]:
         return rc == 1, rc in (0, 1) and re.fullmatch(rb"-?\d+\.\d/5\.0\n", out) is not None
 
+    def logged_ms(self) -> np.ndarray:
+        """The daemon's own time for each CHECK so far, as its log line gives it (from the request's
+        first byte read to the answer sent, in 0.1 ms)."""
+        return np.array([float(ms) for ms in re.findall(r"CHECK \S+ .* in ([\d.]+) ms", self.log_path.read_text())])
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
+        self.log.close()
 
 
 class SpamAssassin:
@@ -200,6 +215,39 @@ class ChainruleClassify:
         pass
 
 
+class SpamcAlone:
+    """Not a filter: `spamc -V`, which starts, prints its version and exits, connecting nowhere —
+    the part of every spamc-driven row that no daemon can make faster."""
+
+    name = "spamc alone (-V)"
+    command = ["spamc", "-V"]
+
+    @staticmethod
+    def read(rc: int, out: bytes) -> tuple[bool, bool]:
+        return False, rc == 0
+
+    def stop(self) -> None:
+        pass
+
+
+class SpamcPing:
+    """Not a filter: `spamc -K` against the chainrule daemon, a PING: spamc's start plus a round
+    trip through the daemon (connect, request, answer) that classifies nothing."""
+
+    name = "spamc -K (PING)"
+
+    def __init__(self, daemon: ChainruleDaemon):
+        self.command = ["spamc", "-d", "127.0.0.1", "-p", str(daemon.port), "-K"]
+
+    read = staticmethod(SpamcAlone.read)
+
+    def stop(self) -> None:
+        pass
+
+
+FLOORS = (SpamcAlone.name, SpamcPing.name)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -233,14 +281,16 @@ def in_turns(filters: list, messages: list[bytes], sample: dict[str, int]) -> di
     return out
 
 
-def summary(r: dict, y: np.ndarray) -> dict:
+def summary(r: dict, y: np.ndarray | None) -> dict:
+    """Speed and errors of one row; with the labels `y`, its accuracy too (not for the floors)."""
     seconds = np.array(r["seconds"])
-    pred = np.array(r["spam"], float)
-    rep = binary_report(y[r["index"]], pred, 0.5)
-    return {"messages": len(seconds), "messages_per_s": len(seconds) / seconds.sum(),
-            "p50_ms": 1000 * float(np.percentile(seconds, 50)), "p99_ms": 1000 * float(np.percentile(seconds, 99)),
-            "errors": int(len(r["ok"]) - sum(r["ok"])),
-            **{k: rep[k] for k in ("accuracy", "spam_caught", "blocked_ham", "mcc", "confusion_matrix")}}
+    out = {"messages": len(seconds), "messages_per_s": len(seconds) / seconds.sum(),
+           "p50_ms": 1000 * float(np.percentile(seconds, 50)), "p99_ms": 1000 * float(np.percentile(seconds, 99)),
+           "errors": int(len(r["ok"]) - sum(r["ok"]))}
+    if y is not None:
+        rep = binary_report(y[r["index"]], np.array(r["spam"], float), 0.5)
+        out.update({k: rep[k] for k in ("accuracy", "spam_caught", "blocked_ham", "mcc", "confusion_matrix")})
+    return out
 
 
 def load_run(daemon: ChainruleDaemon, messages: list[bytes], expected: list[bool], clients: int = 16,
@@ -281,9 +331,9 @@ def table(rows: dict[str, dict]) -> str:
             f"{'MCC':>8}{'errors':>7}")
     lines = [head]
     for name, r in rows.items():
-        lines.append(f"{name:<26}{r['messages_per_s']:8.1f}{r['p50_ms']:8.1f}{r['p99_ms']:8.1f}"
-                     f"{100 * r['accuracy']:9.2f}%{100 * r['spam_caught']:7.2f}%{100 * r['blocked_ham']:8.2f}%"
-                     f"{r['mcc']:8.4f}{r['errors']:7d}")
+        quality = (f"{100 * r['accuracy']:9.2f}%{100 * r['spam_caught']:7.2f}%{100 * r['blocked_ham']:8.2f}%"
+                   f"{r['mcc']:8.4f}" if "accuracy" in r else f"{'-':>10}{'-':>8}{'-':>9}{'-':>8}")
+        lines.append(f"{name:<26}{r['messages_per_s']:8.1f}{r['p50_ms']:8.2f}{r['p99_ms']:8.1f}{quality}{r['errors']:7d}")
     return "\n".join(lines)
 
 
@@ -314,8 +364,7 @@ def main() -> int:
                               batch_size=s["batch_size"], lr=s["lr"], target_blocked_ham=s["target_blocked_ham"],
                               folds=s["folds"], seed=0, inputs=(kind,), idf=idf)
         model = tmp / "model"
-        save_model(result.bundle, model)
-        save_replay(model, *result.replay)
+        save_model(result.bundle, model, replay=result.replay)
         train_seconds = {"chainrule": time.perf_counter() - t0}
         print(f"chainrule trained in {train_seconds['chainrule']:.1f}s")
         spam = _write(tmp / "train" / "spam", [m for m, label in zip(x_tr, y_tr, strict=True) if label])
@@ -329,14 +378,14 @@ def main() -> int:
         sa = SpamAssassin(tmp / "sa", spam, ham)
         train_seconds["SpamAssassin"] = sa.train_seconds
         print(f"sa-learn: {sa.learned} in {sa.train_seconds:.0f}s; bogofilter trained in {bogo.train_seconds:.1f}s")
-        ours = ChainruleDaemon(model)
+        ours = ChainruleDaemon(model, tmp / "chainrule-spamd.log")
         classify = ChainruleClassify(model)
-        filters = [ours, sa, bogo, classify]
+        filters = [ours, sa, bogo, classify, SpamcAlone(), SpamcPing(ours)]
         try:
-            for f in filters[:3]:  # warm-up: page cache, first-use costs
+            for f in filters[:3] + filters[4:]:  # warm-up: page cache, first-use costs
                 run_one(f.command, x_te[0])
             runs = in_turns(filters, x_te, {classify.name: args.classify_sample})
-            rows = {name: summary(r, y_te) for name, r in runs.items()}
+            rows = {name: summary(r, None if name in FLOORS else y_te) for name, r in runs.items()}
             # `spam classify` accuracy: the same command over all the test messages at once
             batch = subprocess.run([sys.executable, "-m", "chainrule.cli", "spam", "classify", str(model),
                                     str(test_dir), "--json"], capture_output=True, text=True, env=_env(), check=True)
@@ -346,6 +395,7 @@ def main() -> int:
             rows[classify.name].update({k: rep[k] for k in ("accuracy", "spam_caught", "blocked_ham", "mcc",
                                                             "confusion_matrix")})
             rows[classify.name]["accuracy_from"] = "one `spam classify MODEL DIR` run over all test messages"
+            own_ms = ours.logged_ms()  # before the load run adds its own lines
             expected = [bool(v) for v in runs[ours.name]["spam"]]
             print(f"load run: {args.clients} spamc clients x {args.per_client} messages ...", flush=True)
             load = load_run(ours, x_te, expected, args.clients, args.per_client)
@@ -361,6 +411,18 @@ def main() -> int:
           f"{rss['half_way']['VmRSS']:.0f} half way, {rss['after']['VmRSS']:.0f} after "
           f"(peak {rss['after']['VmHWM']:.0f})")
     c, b, a = rows["chainrule spamd"], rows["bogofilter"], rows["SpamAssassin spamd"]
+    mean_ms = {name: 1000 / r["messages_per_s"] for name, r in rows.items()}  # mean wall time per message
+    alone = mean_ms[SpamcAlone.name]
+    bounds = {"spamc_alone_ms": alone, "spamc_ping_ms": mean_ms[SpamcPing.name],
+              "chainrule_ms": mean_ms["chainrule spamd"], "bogofilter_ms": mean_ms["bogofilter"],
+              "chainrule_beyond_spamc_ms": mean_ms["chainrule spamd"] - alone,
+              "bogofilter_beyond_spamc_ms": mean_ms["bogofilter"] - alone,
+              "chainrule_own_ms_mean": float(own_ms.mean()), "chainrule_own_ms_p50": float(np.median(own_ms))}
+    print(f"mean ms per message: spamc alone {alone:.2f}, spamc PING {bounds['spamc_ping_ms']:.2f}, chainrule "
+          f"{bounds['chainrule_ms']:.2f}, bogofilter {bounds['bogofilter_ms']:.2f}; beyond spamc's own start "
+          f"and exit, chainrule's round trip takes {bounds['chainrule_beyond_spamc_ms']:.2f} ms and bogofilter's "
+          f"whole run {bounds['bogofilter_beyond_spamc_ms']:.2f} ms; the daemon's own time per CHECK (its log) "
+          f"{own_ms.mean():.2f} ms mean, {np.median(own_ms):.1f} p50")
     goals = [
         ("per-message rate >= 1.0x bogofilter's", c["messages_per_s"] / b["messages_per_s"] >= 1.0,
          f"{c['messages_per_s'] / b['messages_per_s']:.2f}x"),
@@ -384,7 +446,8 @@ def main() -> int:
     out.write_text(json.dumps({
         "machine": {"cpu": cpu_model(), "python": platform.python_version(), "platform": platform.platform()},
         "versions": versions, "split": {"train": len(y_tr), "test": len(y_te), "test_spam": int(y_te.sum())},
-        "train_seconds": train_seconds, "sa_learned": sa.learned, "results": rows, "load_run": load,
+        "train_seconds": train_seconds, "sa_learned": sa.learned, "results": rows, "bounds": bounds,
+        "load_run": load,
         "goals": [{"goal": t, "met": bool(m), "value": v} for t, m, v in goals]}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -4,10 +4,16 @@ unreadable input."""
 
 import io
 import mailbox
+import os
 import tarfile
+import threading
+import tracemalloc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from chainrule.data import corpora
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, label_from_path, read_messages, read_sms
 from chainrule.data.mime import parse_message
 
@@ -99,3 +105,76 @@ def test_unreadable_sources_are_reported_not_raised(tmp_path):
     (tmp_path / "broken.tar.gz").write_bytes(b"not a tarball")
     msgs = list(read_messages([tmp_path / "missing", tmp_path / "broken.tar.gz"]))
     assert len(msgs) == 2 and all(m.error and "\n" not in m.error for m in msgs)
+
+
+def test_empty_and_closed_standard_input_are_problems_not_messages(monkeypatch, tmp_path):
+    for data in (b"", b"  \n\r\n"):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+        (m,) = list(read_messages(["-"]))
+        assert m.error == "empty message"
+    monkeypatch.setattr("sys.stdin", None)  # what Python makes of a closed descriptor 0 (`<&-`)
+    (m,) = list(read_messages(["-"]))
+    assert m.error == "standard input is closed"
+    (tmp_path / "empty.eml").write_bytes(b"")
+    (m,) = list(read_messages([tmp_path / "empty.eml"]))
+    assert m.error == "empty message"
+
+
+@pytest.mark.parametrize("maildir", [False, True])
+def test_a_fifo_in_a_mail_folder_is_skipped_not_waited_for(tmp_path, maildir):
+    folder = tmp_path / "mail"
+    where = folder / "new" if maildir else folder
+    where.mkdir(parents=True)
+    (folder / "cur").mkdir(exist_ok=True)
+    (where / "1").write_bytes(_msg("one"))
+    os.mkfifo(where / "2")  # opening it to read would wait for a writer that never comes
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(read_messages([folder])), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # stuck in open(): give it a writer, so that the test fails rather than hangs
+        os.close(os.open(where / "2", os.O_WRONLY))
+        reader.join()
+    assert [(os.path.basename(m.source), m.error) for m in got] == [
+        ("1", None), ("2", "not a regular file (a FIFO, socket or device); skipped")]
+
+
+def test_a_300_mb_mbox_line_costs_no_more_than_the_cap(tmp_path):
+    # (20 MB stands in for 300: without the line reader in pieces, reading it holds the whole line)
+    mbox = tmp_path / "mbox"
+    with open(mbox, "wb") as f:
+        f.write(b"From a@b Mon Jan  1 00:00:00 2024\n" + _msg("long") + b"x" * (20 << 20) + b"\n\n")
+        f.write(b"From c@d Mon Jan  1 00:00:00 2024\n" + _msg("short"))
+    tracemalloc.start()
+    try:
+        msgs = list(read_messages([mbox], max_bytes=1 << 20))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [parse_message(m.data).subject for m in msgs] == ["long", "short"]
+    assert msgs[0].truncated and not msgs[1].truncated and len(msgs[0].data) <= 1 << 20
+    assert peak < 4 << 20
+
+
+MBOX_LINES = st.lists(st.sampled_from([b"\n", b"\r\n", b"From x@y Mon Jan 1\n", b">From quoted\n", b"From",
+                                       b"Subject: s\n", b"body text\n", b"y" * 40 + b"\n", b"z" * 25]), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=MBOX_LINES, max_bytes=st.integers(1, 200))
+def test_an_mbox_read_in_pieces_is_the_mbox_read_by_lines(tmp_path_factory, lines, max_bytes):
+    # pieces of 7 bytes: long lines, separators and blank lines split across pieces must change nothing
+    mbox = tmp_path_factory.mktemp("mbox") / "mbox"
+    mbox.write_bytes(b"".join(lines))
+    whole = [(m.source, m.data, m.truncated) for m in read_messages([mbox], max_bytes=max_bytes)]
+    piece = corpora.LINE_PIECE
+    corpora.LINE_PIECE = 7
+    try:
+        pieces = [(m.source, m.data, m.truncated) for m in read_messages([mbox], max_bytes=max_bytes)]
+    finally:
+        corpora.LINE_PIECE = piece
+    assert [s for s, _, _ in pieces] == [s for s, _, _ in whole]
+    for (_, data, truncated), (_, whole_data, whole_truncated) in zip(pieces, whole, strict=True):
+        assert len(data) <= max_bytes
+        if not whole_truncated:  # (a line that does not fit is dropped whole, or from the piece that does not)
+            assert (data, truncated) == (whole_data, False)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
+import shutil
 import signal
 import struct
 import subprocess
@@ -21,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chainrule import load_model
+from chainrule import load_model, model_files
 from chainrule.apps import digits
 from chainrule.cli import main
 
@@ -72,11 +75,12 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 def test_train_writes_model_metrics_history_and_figures(trained):
     out, model, metrics = trained
-    for name in ("model.npz", "model.json", "metrics.json", "history.csv", "checkpoint.npz", "run.json",
+    for name in ("model.json", "metrics.json", "history.csv", "checkpoint.npz", "run.json",
                  "learning_curves.png", "confusion_matrix.png", "gradient_flow.png"):
         assert (out / name).is_file(), name
+    assert list(model_files(out)) == ["model"] and model_files(out)["model"].is_file()
     doc = json.loads((out / "model.json").read_text())
-    assert doc["format"] == "chainrule-model" and doc["format_version"] == 1
+    assert doc["format"] == "chainrule-model" and doc["format_version"] == 2
     meta = doc["metadata"]
     assert meta["task"] == "digits" and meta["preset"] == "mlp"
     assert meta["preprocessing"]["layout"] == "flat" and meta["preprocessing"]["scale"] == 255.0
@@ -230,11 +234,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     done = _epochs_done(killed / "checkpoint.npz")
     assert 1 <= done < 4  # killed mid-run: after a checkpoint, before the end
-    assert not (killed / "model.npz").exists()
+    assert not (killed / "model.json").exists()
 
     resumed = run_cli("digits", "train", "--out", killed, "--resume", "--quiet")  # options come from run.json
     assert resumed.returncode == 0, resumed.stderr
-    a, b = _arrays(tmp_path / "full" / "model.npz"), _arrays(killed / "model.npz")
+    a, b = _arrays(model_files(tmp_path / "full")["model"]), _arrays(model_files(killed)["model"])
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
@@ -260,6 +264,32 @@ def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 4
 
 
+def _limit_file_size(limit: int):
+    """For a child process: files may not grow beyond `limit` bytes, as on a nearly full disk
+    (Python ignores SIGXFSZ, so a write past it fails with EFBIG, 'File too large')."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+@pytest.mark.parametrize(("epochs", "failed_write"), [(3, r"checkpoint\.npz"), (2, r"model-[0-9a-f]{16}\.npz")])
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint_and_model(trained, tmp_path, epochs, failed_write):
+    # the finished 2-epoch run resumed on a disk with room for 1 MB per file: for a third epoch, whose
+    # checkpoint (~10 MB) cannot be written; or as it was, when the model's weights (2.7 MB) cannot be
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    doc = json.loads((run / "run.json").read_text())
+    doc["options"]["epochs"] = epochs
+    (run / "run.json").write_text(json.dumps(doc))
+    kept = {p.name: p.read_bytes() for p in (run / "checkpoint.npz", run / "model.json", model_files(run)["model"])}
+    env = {**os.environ, "CHAINRULE_DATA": DATA}
+    proc = subprocess.run([*CLI, "digits", "train", "--out", str(run), "--resume", "--quiet"], capture_output=True,
+                          text=True, env=env, timeout=120, preexec_fn=_limit_file_size(1 << 20))
+    line = assert_one_line_error(proc, 2)
+    assert re.search(failed_write + ": File too large", line), line
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert load_model(run)[0].num_parameters() == trained[1].num_parameters()
+
+
 # -- bad input: one line on stderr, non-zero exit, no traceback ---------------------------------------
 
 
@@ -277,12 +307,19 @@ def bad_inputs(trained, tmp_path_factory) -> dict[str, Path]:
         (paths["corrupt"] / f"{name}.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     paths["broken_model"].mkdir()
     (paths["broken_model"] / "model.json").write_text((out / "model.json").read_text())
-    (paths["broken_model"] / "model.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    (paths["broken_model"] / model_files(out)["model"].name).write_bytes(b"PK\x03\x04 not really a zip")
     paths["other_task"].mkdir()
     doc = json.loads((out / "model.json").read_text())
     doc["metadata"]["task"] = "spam"
     (paths["other_task"] / "model.json").write_text(json.dumps(doc))
-    (paths["other_task"] / "model.npz").write_bytes((out / "model.npz").read_bytes())
+    weights = model_files(out)["model"]
+    (paths["other_task"] / weights.name).write_bytes(weights.read_bytes())
+    for name, damage in (("bad_checkpoint", lambda d: (d / "checkpoint.npz").write_bytes(b"PK\x03\x04 cut short")),
+                         ("bad_run", lambda d: (d / "run.json").write_text('{"options": ' + "[" * 100_000)),
+                         ("bad_run_types", lambda d: (d / "run.json").write_text('{"options": {"epochs": "2"}}'))):
+        paths[name] = root / name
+        shutil.copytree(out, paths[name])
+        damage(paths[name])
     ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)  # a PNG claiming 60,000 x 60,000 pixels
     chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(bytes(64))), (b"IEND", b"")]
     paths["bomb"].write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
@@ -305,6 +342,12 @@ BAD_INPUTS = {
     "image bomb": (["digits", "predict", "{out}", "{bomb}"], 1, "too large"),
     "predict with corrupt model": (["digits", "predict", "{broken_model}", "{bomb}"], 2, "not a readable .npz"),
     "show missing model": (["digits", "show", "{root}/no-such-model"], 2, "not found"),
+    "resume from a corrupt checkpoint": (["digits", "train", "--out", "{bad_checkpoint}", "--resume", "--quiet"], 2,
+                                         "checkpoint.npz: not a readable .npz file"),
+    "resume with a corrupt run.json": (["digits", "train", "--out", "{bad_run}", "--resume", "--quiet"], 2,
+                                       "run.json: not a readable run description"),
+    "resume with a run.json of bad types": (["digits", "train", "--out", "{bad_run_types}", "--resume"], 2,
+                                            "run.json: not a readable run description (epochs is '2')"),
 }
 
 
@@ -314,4 +357,4 @@ def test_bad_inputs_exit_nonzero_with_one_line(case, bad_inputs):
     proc = run_cli(*(a.format(**bad_inputs) for a in args), cwd=Path(__file__).parent)
     line = assert_one_line_error(proc, code)
     assert expected in line, (args, line)
-    assert not (bad_inputs["root"] / "r1" / "model.npz").exists()
+    assert not (bad_inputs["root"] / "r1" / "model.json").exists()

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import chainrule as cr
-from chainrule.network import FORMAT_VERSION
+from chainrule.network import FORMAT_VERSION, LAYER_TYPES, model_files
 
 
 def _model(dtype=np.float32):
@@ -166,7 +172,7 @@ def test_save_load_round_trip(tmp_path, dtype):
     # a path to one of the two files works as well as the directory
     again, _ = cr.load_model(tmp_path / "m" / "model.json")
     np.testing.assert_array_equal(again.flat_params, model.flat_params)
-    np.load(tmp_path / "m" / "model.npz", allow_pickle=False)  # plain arrays, no pickles
+    np.load(model_files(tmp_path / "m")["model"], allow_pickle=False)  # plain arrays, no pickles
 
 
 def _saved(tmp_path):
@@ -189,14 +195,18 @@ def _first_layer(key, value):
     return lambda doc: doc["layers"][1].__setitem__(key, value)
 
 
+def _weights(d):
+    return model_files(d)["model"]
+
+
 def _write_npz(d, **arrays):
-    np.savez(d / "model.npz", **arrays)
+    np.savez(_weights(d), **arrays)
 
 
 @pytest.mark.parametrize("corrupt,match", [
-    (lambda d: (d / "model.npz").write_bytes(b"not a zip file"), "not a readable .npz"),
-    (lambda d: (d / "model.npz").write_bytes((d / "model.npz").read_bytes()[:100]), "not a readable .npz"),
-    (lambda d: (d / "model.npz").unlink(), "not found"),
+    (lambda d: _weights(d).write_bytes(b"not a zip file"), "not a readable .npz"),
+    (lambda d: _weights(d).write_bytes(_weights(d).read_bytes()[:100]), "not a readable .npz"),
+    (lambda d: _weights(d).unlink(), "not found"),
     (lambda d: (d / "model.json").write_text("{not json"), "not valid JSON"),
     (lambda d: (d / "model.json").write_bytes(b"\xff\xfe\x00"), "not valid JSON"),
     (lambda d: (d / "model.json").write_text("[1, 2]"), "not a chainrule model"),
@@ -218,9 +228,151 @@ def test_load_rejects_broken_model_files(tmp_path, corrupt, match):
         cr.load_model(d)
 
 
+def _peak_bytes(fn) -> int:
+    """The most memory Python and NumPy held at once while `fn()` ran (it may raise)."""
+    tracemalloc.start()
+    try:
+        fn()
+    except cr.ModelFileError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_description_asking_for_huge_layers_is_refused_before_allocating(tmp_path):
+    # 16 million weights (a hidden layer of 10^6 units) claimed by a few hundred bytes of JSON: 64 MB
+    # that must never be allocated, since the .npz header already says the file holds 131 parameters
+    d = _saved(tmp_path)
+    _edit_json(d, lambda doc: (doc["layers"][1]["args"].update(out_features=10**6),
+                               doc["layers"][4]["args"].update(in_features=10**6)))
+    with pytest.raises(cr.ModelFileError, match="expected 16000003 parameters .* got shape \\(131,\\)"):
+        cr.load_model(d)
+    assert _peak_bytes(lambda: cr.load_model(d)) < 4 << 20
+
+
+def test_a_big_array_in_the_npz_is_not_read_before_it_is_refused(tmp_path):
+    # 50 MB of parameters where 131 are expected, and a 50 MB array no model has: neither is read
+    d = _saved(tmp_path)
+    _write_npz(d, params=np.zeros(12_500_000, np.float32))
+    assert _peak_bytes(lambda: cr.load_model(d)) < 4 << 20
+    good = _model().state()
+    _write_npz(d, params=good["params"], junk=np.zeros(12_500_000, np.float32))
+    assert _peak_bytes(lambda: cr.load_model(d)) < 4 << 20
+    np.testing.assert_array_equal(cr.load_model(d)[0].flat_params, good["params"])
+
+
+def test_a_compressed_npz_is_refused_unread(tmp_path):
+    # a compressed member can claim gigabytes in a few bytes; chainrule writes plain np.savez files
+    d = _saved(tmp_path)
+    np.savez_compressed(_weights(d), params=np.zeros(131, np.float32))
+    with pytest.raises(cr.ModelFileError, match="compressed"):
+        cr.load_model(d)
+
+
+def test_a_description_nested_100000_deep_is_a_model_file_error(tmp_path):
+    d = _saved(tmp_path)
+    (d / "model.json").write_text('{"format": "chainrule-model", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(cr.ModelFileError, match="nested too deeply"):
+        cr.load_model(d)
+
+
+LAYER_ARGS = {
+    "Linear": st.fixed_dictionaries({"in_features": st.integers(1, 40), "out_features": st.integers(1, 40),
+                                     "bias": st.booleans()}),
+    "Conv2D": st.fixed_dictionaries({"in_channels": st.integers(1, 4), "out_channels": st.integers(1, 4),
+                                     "kernel_size": st.integers(1, 5) | st.lists(st.integers(1, 5), min_size=2,
+                                                                                 max_size=2),
+                                     "bias": st.booleans()}),
+    "BatchNorm": st.fixed_dictionaries({"num_features": st.integers(1, 40)}),
+    "MaxPool2D": st.fixed_dictionaries({"kernel_size": st.integers(1, 3)}),
+    "AvgPool2D": st.fixed_dictionaries({"kernel_size": st.integers(1, 3)}),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(LAYER_TYPES)).flatmap(
+    lambda kind: st.tuples(st.just(kind), LAYER_ARGS.get(kind, st.just({})))))
+def test_array_shapes_are_those_of_the_layer_built(kind_args):
+    # what the loader checks a file against is exactly what building the layer allocates
+    kind, args = kind_args
+    params, buffers = LAYER_TYPES[kind].array_shapes(**args)
+    layer = LAYER_TYPES[kind](**args)
+    assert params == {name: p.shape for name, p in layer.params.items()}
+    assert buffers == {name: b.shape for name, b in layer.buffers.items()}
+
+
+def test_each_save_keeps_the_model_it_replaced_and_deletes_older_ones(tmp_path):
+    # a reader that has just read the old model.json still finds the old weights; nothing piles up
+    d = tmp_path / "m"
+    names = []
+    for seed in range(3):
+        cr.Sequential([cr.Linear(4, 3)], seed=seed).save(d)
+        names.append(model_files(d)["model"].name)
+    assert len(set(names)) == 3 and all(n.startswith("model-") for n in names)
+    assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", names[1], names[2]])
+
+
+def test_files_named_in_model_json_stay_inside_its_directory(tmp_path):
+    d = _saved(tmp_path)
+    (tmp_path / "outside.npz").write_bytes(_weights(d).read_bytes())
+    _edit_json(d, lambda doc: doc["files"].update(model="../outside.npz"))
+    with pytest.raises(cr.ModelFileError, match="'files' must name"):
+        cr.load_model(d)
+
+
+def test_a_version_1_model_directory_loads_and_is_replaced_whole(tmp_path):
+    model = _model()
+    d = tmp_path / "v1"
+    d.mkdir()
+    np.savez(d / "model.npz", **model.state())
+    doc = {"format": "chainrule-model", "format_version": 1, **model.config(), "metadata": {"task": "test"}}
+    (d / "model.json").write_text(json.dumps(doc))
+    (d / "checkpoint.npz").write_bytes(b"a training checkpoint: not the model's to delete")
+    loaded, meta = cr.load_model(d)
+    assert meta == {"task": "test"}
+    np.testing.assert_array_equal(loaded.flat_params, model.flat_params)
+    loaded.save(d)
+    assert (d / "model.npz").is_file()  # still the model just replaced, for readers of the old model.json
+    loaded.save(d)
+    assert not (d / "model.npz").exists() and (d / "checkpoint.npz").is_file()
+    np.testing.assert_array_equal(cr.load_model(d)[0].flat_params, model.flat_params)
+
+
+# Saves a model with seed 1 over the one in argv[1], killed with SIGKILL at the last moment before
+# its commit: its weights are written, its model.json is written too, but not yet renamed into place.
+KILLED_SAVE = """
+import os, signal, sys
+import chainrule as cr
+real_replace = os.replace
+def replace(src, dst):
+    if os.path.basename(dst) == "model.json":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+os.replace = replace
+cr.Sequential([cr.Linear(4, 3)], seed=1).save(sys.argv[1])
+"""
+
+
+def test_a_save_killed_before_its_commit_leaves_the_old_model(tmp_path):
+    d = tmp_path / "m"
+    cr.Sequential([cr.Linear(4, 3)], seed=0).save(d)
+    old, old_name = cr.load_model(d)[0].flat_params.copy(), model_files(d)["model"].name
+    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(d)], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(list(d.glob("model-*.npz"))) == 2 and list(d.glob(".model.json.*.tmp"))  # what it left
+    np.testing.assert_array_equal(cr.load_model(d)[0].flat_params, old)
+    # the next save clears up after it: no temporaries, no weights that no model.json names
+    new = cr.Sequential([cr.Linear(4, 3)], seed=2)
+    new.save(d)
+    np.testing.assert_array_equal(cr.load_model(d)[0].flat_params, new.flat_params)
+    assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", model_files(d)["model"].name, old_name])
+
+
 def test_load_never_unpickles(tmp_path):
     d = _saved(tmp_path)
-    np.savez(d / "model.npz", params=np.array([object()], dtype=object))
+    np.savez(_weights(d), params=np.array([object()], dtype=object))
     with pytest.raises(cr.ModelFileError, match="not a readable .npz"):
         cr.load_model(d)
 

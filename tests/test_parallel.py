@@ -2,11 +2,14 @@
 
 import gc
 import os
+import subprocess
+import sys
 import time
 
+import numpy as np
 import pytest
 
-from chainrule.parallel import MAX_TASKS, fork_map
+from chainrule.parallel import MAX_TASKS, BlasThreads, fork_map, threads_for
 
 
 def test_results_in_task_order_from_every_process():
@@ -72,3 +75,38 @@ def test_children_are_reaped_by_the_next_call():
             break
         time.sleep(0.01)
     assert not parallel._EXITING  # each was waited for: no zombie left behind
+
+
+def test_threads_for_leaves_blas_the_cores_other_processes_do_not_use():
+    assert threads_for(0.0, cores=2, most=2) == 2
+    assert threads_for(0.3, cores=2, most=2) == 2  # a light background job: keep both
+    assert threads_for(0.7, cores=2, most=2) == 1
+    assert threads_for(1.9, cores=2, most=2) == 1  # never fewer than one
+    assert threads_for(0.0, cores=64, most=8) == 8  # never more than BLAS started with
+    assert threads_for(60.2, cores=64, most=8) == 4
+
+
+def _blas_threads_now() -> int:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+
+
+def test_blas_threads_drop_to_one_while_another_process_computes():
+    if not os.path.exists("/proc/stat") or (os.cpu_count() or 1) < 2 or _blas_threads_now() < 2:
+        pytest.skip("needs Linux's /proc/stat and a BLAS with at least 2 threads")
+    start = _blas_threads_now()
+    a = np.ones((256, 256), np.float32)
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        with BlasThreads(every=0.2) as blas:
+            seen = set()
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                a @ a
+                seen.add(blas.adapt())
+            assert 1 in seen  # the competitor kept a core busy, so BLAS kept to one thread
+            assert _blas_threads_now() == blas.threads
+    finally:
+        competitor.kill()
+        competitor.wait()
+    assert _blas_threads_now() == start  # leaving the block restores BLAS's own count

@@ -1,7 +1,7 @@
 """Stamping a verdict into a message (chainrule.apps.spam.annotate): the body stays byte for byte."""
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from chainrule.apps.spam import annotate
@@ -23,6 +23,8 @@ _LINES = st.lists(st.sampled_from([b"Subject: x", b"X-A: b", b"\tfolded", b"", b
 
 
 @settings(max_examples=300, deadline=None)
+@example(b"Subject: x\n\nSubject: x\n\r\n\r\nbody")  # an LF blank line before a CRLF one
+@example(b"Subject: x\n\r\nbody\n\nmore")  # a CRLF blank line after an LF header line
 @given(st.one_of(st.binary(max_size=2000), st.builds(lambda lines, nl: nl.join(lines), _LINES,
                                                       st.sampled_from([b"\n", b"\r\n"]))))
 def test_property_annotate_never_touches_the_body(data):

@@ -4,21 +4,26 @@ codes and stderr matter (mail recipes act on them)."""
 
 import ast
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import chainrule.apps.spam as spam_library
+from chainrule import model_files
 from chainrule.apps.spam import load_spam_model
 from chainrule.cli import main
 
 
 def test_train_writes_model_metrics_and_figures(spam_model):
-    for name in ("model.npz", "model.json", "idf.npz", "metrics.json", "replay.npz", "learning_curves.png",
-                 "pr_roc.png"):
+    for name in ("model.json", "metrics.json", "learning_curves.png", "pr_roc.png"):
         assert (spam_model / name).is_file(), name
+    files = model_files(spam_model)  # the network's weights, the idf weights and the replay sample
+    assert sorted(files) == ["idf", "model", "replay"] and all(p.is_file() for p in files.values())
     doc = json.loads((spam_model / "model.json").read_text())
     meta = doc["metadata"]
     assert meta["task"] == "spam" and meta["hashing"]["n_features"] == 1 << 14 and meta["hashing"]["idf"]
@@ -37,12 +42,13 @@ def test_a_missing_or_bad_idf_file_is_a_one_line_error(spam_model, spam_corpus, 
     for name, damage in (("missing", None), ("short", np.ones(8, np.float32)), ("nan", np.full(1 << 14, np.nan))):
         m = tmp_path / name
         shutil.copytree(spam_model, m)
-        (m / "idf.npz").unlink()
+        idf = model_files(m)["idf"]
+        idf.unlink()
         if damage is not None:
-            np.savez(m / "idf.npz", idf=damage)
+            np.savez(idf, idf=damage)
         assert main(["spam", "classify", str(m), msg]) == 3  # every error of classify is 3
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "idf.npz" in err and "Traceback" not in err, err
+        assert err.count("\n") == 1 and idf.name in err and "Traceback" not in err, err
 
 
 def test_folds_must_be_zero_or_at_least_two(tmp_path, capsys):
@@ -73,7 +79,7 @@ def test_classify_lines_and_json(spam_model, spam_corpus, capsys):
     assert main(["spam", "classify", str(spam_model), str(folder / "0160"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["verdict"] == v and abs(doc["probability"] - float(p)) < 1e-6
-    # the model named by its model.json: the files beside it (idf.npz) are found as well
+    # the model named by its model.json: the files beside it (the idf weights) are found as well
     assert main(["spam", "classify", str(spam_model / "model.json"), str(folder / "0160"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == doc
     assert load_spam_model(spam_model / "model.json").directory == spam_model
@@ -121,15 +127,16 @@ def test_bad_messages_are_reported_and_the_run_goes_on(spam_model, tmp_path, cap
         f.write(b"spam spam spam\n" * (25 * 1024 * 1024 // 15))
     assert main(["spam", "classify", str(spam_model), str(d)]) == 0
     out, err = capsys.readouterr()
-    assert len(out.splitlines()) == 5  # every message but the unreadable archive
-    assert len(err.splitlines()) == 1 and "broken.tar.gz" in err and "Traceback" not in err
+    assert len(out.splitlines()) == 4  # every message but the unreadable archive and the empty one
+    assert len(err.splitlines()) == 2 and "broken.tar.gz" in err and "Traceback" not in err
+    assert f"skipped {d / 'empty'}: empty message" in err
 
 
 def test_learn_moves_the_message_and_saves(spam_model, spam_corpus, tmp_path, capsys):
     m = tmp_path / "m"
     shutil.copytree(spam_model, m)
     msg = spam_corpus[1] / "easy_ham" / "0201"
-    replay_before = np.load(m / "replay.npz")["labels"].size
+    replay_before = np.load(model_files(m)["replay"])["labels"].size
     assert main(["spam", "classify", str(m), str(msg), "--json"]) == 0
     classified = json.loads(capsys.readouterr().out)["probability"]
     assert main(["spam", "learn", str(m), "--spam", str(msg), "--seed", "0"]) == 0
@@ -139,7 +146,7 @@ def test_learn_moves_the_message_and_saves(spam_model, spam_corpus, tmp_path, ca
     assert after > before
     bundle = load_spam_model(m)
     assert bundle.metadata["learned"] == 1
-    assert np.load(m / "replay.npz")["labels"].size == replay_before + 1
+    assert np.load(model_files(m)["replay"])["labels"].size == replay_before + 1
 
 
 def test_explain_lists_tokens(spam_model, spam_corpus, capsys):
@@ -148,6 +155,20 @@ def test_explain_lists_tokens(spam_model, spam_corpus, capsys):
     assert doc["verdict"] in ("spam", "ham", "unsure")
     assert all(t["weight"] > 0 for t in doc["towards_spam"]) and all(t["weight"] < 0 for t in doc["towards_ham"])
     assert doc["towards_spam"] or doc["towards_ham"]
+
+
+def test_explain_explains_every_message_of_a_folder_under_its_own_name(spam_model, spam_corpus, tmp_path, capsys):
+    folder = tmp_path / "mail"
+    folder.mkdir()
+    for name in ("0160", "0161", "0162"):
+        shutil.copy(spam_corpus[1] / "spam" / name, folder / name)
+    assert main(["spam", "explain", str(spam_model), str(folder), "--json"]) == 0
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["source"] for d in docs] == [str(folder / n) for n in ("0160", "0161", "0162")]
+    assert len({json.dumps(d["towards_spam"]) for d in docs}) == 3  # three messages, three explanations
+    assert main(["spam", "explain", str(spam_model), str(folder)]) == 0
+    heads = [line for line in capsys.readouterr().out.splitlines() if "P(spam)" in line]
+    assert [h.split(": ")[0] for h in heads] == [str(folder / n) for n in ("0160", "0161", "0162")]
 
 
 def test_gradcheck_command_on_a_spam_model(spam_model, data_root, capsys):
@@ -172,7 +193,7 @@ def test_sms_training_round_trip(data_root, tmp_path, capsys):
     assert main(["spam", "train", "--sms", str(tmp_path / "train.txt"), "--out", str(m), "--hash-bits", "14",
                  "--hidden", "8", "--char-ngrams", "4", "--epochs", "10", "--batch-size", "32", "--quiet"]) == 0
     capsys.readouterr()
-    assert load_spam_model(m).idf is None and not (m / "idf.npz").exists()  # SMS alone: no idf by default
+    assert load_spam_model(m).idf is None and "idf" not in model_files(m)  # SMS alone: no idf by default
     assert main(["spam", "evaluate", str(m), "--sms", str(tmp_path / "test.txt"), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["messages"] == 200 and r["accuracy"] > max(r["spam"], r["ham"]) / 200
@@ -206,6 +227,59 @@ def test_classify_reads_a_dash_as_standard_input_wherever_options_are(spam_model
     both = run_chainrule(["spam", "classify", m, other, "--json", "-"], raw)
     docs = [json.loads(line) for line in both.stdout.splitlines()]
     assert both.returncode == 0 and [d["source"] for d in docs] == [other, "-"] and docs[1] == doc
+
+
+def _one_line_error(result, code: int) -> str:
+    err = result.stderr.decode()
+    assert result.returncode == code and len(err.splitlines()) == 1 and err.startswith("chainrule: error: "), err
+    return err
+
+
+def test_empty_standard_input_is_an_error_never_a_verdict(spam_model, run_chainrule, tmp_path):
+    m = str(spam_model)
+    for data in (b"", b"\n  \r\n"):
+        r = run_chainrule(["spam", "classify", m], data)
+        assert "-: empty message" in _one_line_error(r, 3) and r.stdout == b""
+        r = run_chainrule(["spam", "classify", m, "--annotate"], data)  # nothing stamped
+        assert "-: empty message" in _one_line_error(r, 3) and r.stdout == b""
+    learner = tmp_path / "m"
+    shutil.copytree(spam_model, learner)
+    before = (learner / "model.json").read_bytes()
+    r = run_chainrule(["spam", "learn", str(learner), "--spam", "-"], b"")
+    assert "-: empty message" in _one_line_error(r, 2) and r.stdout == b""
+    assert (learner / "model.json").read_bytes() == before  # nothing learned
+
+
+def test_closed_standard_input_is_one_line_and_exit_3(spam_model):
+    # `chainrule spam classify MODEL <&-`: Python starts with sys.stdin None
+    command = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())"]
+    for extra in ([], ["--sms"], ["--annotate"]):
+        r = subprocess.run([*command, "spam", "classify", str(spam_model), *extra], capture_output=True,
+                           preexec_fn=lambda: os.close(0), timeout=120, check=False)
+        assert "-: standard input is closed" in _one_line_error(r, 3), extra
+
+
+def test_classify_with_nothing_classified_exits_3(spam_model, spam_corpus, run_chainrule, tmp_path):
+    m = str(spam_model)
+    r = run_chainrule(["spam", "classify", m, "/nonexistent.eml"])
+    assert "/nonexistent.eml: no such file or directory" in _one_line_error(r, 3)
+    (tmp_path / "empty").mkdir()
+    r = run_chainrule(["spam", "classify", m, str(tmp_path / "empty")])
+    assert "no message to classify" in _one_line_error(r, 3)
+    r = run_chainrule(["spam", "classify", m, "/nonexistent.eml", str(tmp_path / "no2")])
+    assert r.returncode == 3 and r.stderr.count(b"chainrule: skipped") == 2 and b"all 2 inputs skipped" in r.stderr
+    # one message classified among failures: its line, the others reported, exit 0 as before
+    good = str(spam_corpus[1] / "spam" / "0160")
+    r = run_chainrule(["spam", "classify", m, "/nonexistent.eml", good])
+    assert r.returncode == 0 and r.stdout.decode().startswith(good) and b"skipped /nonexistent.eml" in r.stderr
+
+
+def test_train_refuses_an_out_that_is_a_file_before_reading_anything(tmp_path, capsys):
+    (tmp_path / "out").write_text("a file, not a model directory")
+    assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"chainrule: error: --out {tmp_path / 'out'}: exists and is not a directory\n"
 
 
 def test_train_takes_options_between_its_corpora(spam_corpus, data_root, tmp_path, run_chainrule):

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chainrule.apps.spam import save_model, save_replay, train_filter, training_features
+from chainrule.apps.spam import save_model, train_filter, training_features
 from chainrule.apps.spam.daemon import THRESHOLD, SpamFilter, Verdict, format_score, mark_up, spamd_score
 from chainrule.data.corpora import read_messages
 from chainrule.data.text import HashingConfig
@@ -136,8 +136,7 @@ def model_dir(mail, tmp_path_factory):
     y = np.array([label for _, label in train])
     result = train_filter(x, y, config, hidden=(8,), epochs=10, batch_size=32, folds=0, seed=0, idf=idf)
     out = tmp_path_factory.mktemp("spamd-model") / "model"
-    save_model(result.bundle, out)
-    save_replay(out, *result.replay)
+    save_model(result.bundle, out, replay=result.replay)
     return out
 
 
@@ -453,9 +452,9 @@ def test_tell_learns_and_the_next_verdict_changes(learner, held):
 
 
 def test_tell_is_refused_without_allow_tell(daemon, held, model_dir):
-    before = (model_dir / "model.npz").stat().st_mtime_ns
+    before = (model_dir / "model.json").stat().st_mtime_ns
     rc, _ = daemon.spamc("-L", "spam", data=held[0][0])
-    assert rc != 0 and (model_dir / "model.npz").stat().st_mtime_ns == before
+    assert rc != 0 and (model_dir / "model.json").stat().st_mtime_ns == before
     assert "TELL commands are not enabled" in daemon.log_text()
 
 

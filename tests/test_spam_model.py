@@ -1,21 +1,28 @@
 """The spam filter's network and its files (chainrule.apps.spam.model): sparse Linear gradients
 against finite differences and PyTorch, the merged committee, a save/load round trip."""
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
 import chainrule as cr
+import chainrule.network
 from chainrule.apps.spam import (
     build_network,
+    learn,
     load_replay,
     load_spam_model,
     merge_committee,
     save_model,
-    save_replay,
     train_filter,
     verdict,
 )
+from chainrule.apps.spam.features import featurize_chunk
+from chainrule.data.corpora import read_sms
 from chainrule.data.text import HashingConfig
 
 
@@ -76,15 +83,106 @@ def test_a_saved_filter_loads_back_the_same(synthetic_spam_rows, tmp_path):
     config = HashingConfig(n_features=64, idf=True)
     idf = np.linspace(1, 3, 64).astype(np.float32)
     result = train_filter(x, y, config, hidden=(4,), epochs=2, batch_size=16, seed=0, idf=idf)
-    save_model(result.bundle, tmp_path / "m")
-    save_replay(tmp_path / "m", *result.replay)
+    save_model(result.bundle, tmp_path / "m", replay=result.replay)
     loaded = load_spam_model(tmp_path / "m")
     assert (loaded.spam_cutoff, loaded.ham_cutoff) == (result.bundle.spam_cutoff, result.bundle.ham_cutoff)
     assert loaded.config == config and loaded.directory == tmp_path / "m"
     np.testing.assert_array_equal(loaded.idf, idf)
     np.testing.assert_array_equal(loaded.probabilities(x), result.bundle.probabilities(x))
-    x_replay, y_replay = load_replay(tmp_path / "m", 64)
+    x_replay, y_replay = load_replay(loaded.files["replay"], 64)
     assert (x_replay != result.replay[0]).nnz == 0 and list(y_replay) == list(result.replay[1])
     # the cut-offs can be overridden per load, and decide the verdicts
     assert load_spam_model(tmp_path / "m", spam_cutoff=0.0, ham_cutoff=0.0).verdicts(np.array([0.3])) == ["spam"]
     assert [verdict(p, 0.8, 0.2) for p in (0.8, 0.5, 0.19)] == ["spam", "unsure", "ham"]
+
+
+def test_one_message_scores_as_in_a_batch(spam_model, spamassassin_messages, data_root):
+    """`score` of one message (SpamModel._score_one: no CSR matrix, the first layer reading only
+    the row's rows of W1) gives the probability and problem of the batch path (`featurize_chunk`,
+    then `probabilities`) on every SpamAssassin message and on SMS."""
+    bundle = load_spam_model(spam_model)
+    texts, _ = read_sms(data_root / "sms-spam" / "SMSSpamCollection")
+    items = [("mail", m.data) for m in spamassassin_messages] + [("sms", t) for t in texts[:300]]
+    hasher = bundle.hasher
+    fast, slow, fast_problems, slow_problems = [], [], [], []
+    for item in items:
+        p, problems = bundle.score([item])
+        fast.append(p[0])
+        fast_problems += problems
+        x, problems = featurize_chunk(hasher, [item])
+        slow.append(bundle.probabilities(x)[0])
+        slow_problems += problems
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-6)
+    assert bundle.verdicts(np.array(fast)) == bundle.verdicts(np.array(slow))
+    assert fast_problems == slow_problems
+
+
+def _trained(rows, tmp_path) -> Path:
+    x, y = rows
+    config = HashingConfig(n_features=64, idf=True)
+    result = train_filter(x, y, config, hidden=(4,), epochs=2, batch_size=16, seed=0,
+                          idf=np.linspace(1, 3, 64).astype(np.float32))
+    save_model(result.bundle, tmp_path / "m", replay=result.replay)
+    return tmp_path / "m"
+
+
+def test_a_crash_before_the_commit_leaves_the_old_filter_with_its_replay(synthetic_spam_rows, tmp_path,
+                                                                         monkeypatch):
+    # `learn` writes new weights, idf and replay files, then model.json: the disk fills up just then
+    x, y = synthetic_spam_rows
+    m = _trained(synthetic_spam_rows, tmp_path)
+    old = load_spam_model(m)
+    p_old, (_, y_old) = old.probabilities(x), load_replay(old.files["replay"], 64)
+    files_before = sorted(p.name for p in m.iterdir())
+    real_write = chainrule.network.atomic_write_bytes
+
+    def write(path, data):
+        if Path(path).name == "model.json":
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(chainrule.network, "atomic_write_bytes", write)
+    with pytest.raises(OSError, match="No space left"):
+        learn(load_spam_model(m), x[:5], y[:5], seed=0)
+    assert sorted(p.name for p in m.iterdir()) == files_before  # the new files are gone again
+    again = load_spam_model(m)
+    np.testing.assert_array_equal(again.probabilities(x), p_old)
+    assert list(load_replay(again.files["replay"], 64)[1]) == list(y_old)
+
+
+def test_a_version_1_filter_directory_loads_and_learns(synthetic_spam_rows, tmp_path):
+    # idf.npz and replay.npz beside model.npz, as chainrule wrote them before model.json named its files
+    x, y = synthetic_spam_rows
+    new = load_spam_model(_trained(synthetic_spam_rows, tmp_path))
+    d = tmp_path / "v1"
+    d.mkdir()
+    for name, path in new.files.items():
+        (d / f"{name}.npz").write_bytes(path.read_bytes())
+    doc = {"format": "chainrule-model", "format_version": 1, **new.model.config(), "metadata": new.metadata}
+    (d / "model.json").write_text(json.dumps(doc))
+    old = load_spam_model(d)
+    np.testing.assert_array_equal(old.probabilities(x), new.probabilities(x))
+    np.testing.assert_array_equal(old.idf, new.idf)
+    rows = load_replay(old.files["replay"], 64)[0].shape[0]
+    learn(old, x[:3], y[:3], seed=0)
+    learned = load_spam_model(d)
+    assert learned.metadata["learned"] == 3 and load_replay(learned.files["replay"], 64)[0].shape[0] == rows + 3
+    np.testing.assert_array_equal(learned.idf, new.idf)
+
+
+@pytest.mark.parametrize(("arrays", "match"), [
+    ({"data": np.zeros(10**6, np.float32), "indices": np.zeros(10**6, np.int32), "indptr": np.zeros(2, np.int64),
+      "shape": np.array([1, 64]), "labels": np.zeros(1, np.int64)}, "not a replay sample"),
+    ({"data": np.zeros(1, np.float32), "indices": np.zeros(1, np.int32), "indptr": np.array([0, 1]),
+      "shape": np.array([1, 64]), "labels": np.zeros(1, np.int64)}, None),  # a good one, for contrast
+    ({"data": np.zeros(1, np.float32), "indices": np.array([99], np.int32), "indptr": np.array([0, 1]),
+      "shape": np.array([1, 64]), "labels": np.zeros(1, np.int64)}, "not a valid replay sample"),
+    ({"labels": np.zeros(1, np.int64)}, "not a replay sample"),
+])
+def test_a_replay_sample_is_checked_from_its_headers(tmp_path, arrays, match):
+    np.savez(tmp_path / "replay.npz", **arrays)
+    if match is None:
+        assert load_replay(tmp_path / "replay.npz", 64)[0].shape == (1, 64)
+    else:
+        with pytest.raises(cr.ModelFileError, match=match):
+            load_replay(tmp_path / "replay.npz", 64)

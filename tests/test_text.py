@@ -229,3 +229,39 @@ def test_matrix_hashes_tokens_with_lone_surrogates_like_signed_index():
     x = h.matrix([tokens])
     expected = {abs(h.signed_index(t)) - 1: np.sign(h.signed_index(t)) for t in tokens}
     assert dict(zip(x.indices.tolist(), np.sign(x.data).tolist(), strict=True)) == expected
+
+
+def _same_row(h: Hasher, tokens: list[str]) -> bool:
+    x = h.matrix([tokens])
+    idx, val = h.row(tokens)
+    return (idx.dtype == np.int32 and val.dtype == np.float32 and np.array_equal(idx, x.indices)
+            and val.tobytes() == x.data.tobytes())
+
+
+def test_one_row_is_the_matrix_row_bit_for_bit(spamassassin_messages):
+    """Hasher.row (one message, no CSR matrix) gives exactly the row Hasher.matrix gives, for every
+    SpamAssassin message, with split_norm and idf as `spam train` uses them on mail and without."""
+    idf = (1 + 4 * np.random.default_rng(0).random(1 << 16)).astype(np.float32)
+    mail = Hasher(HashingConfig(split_norm=True, idf=True), idf)
+    plain = Hasher(HashingConfig(n_features=1 << 10))
+    token_lists = [message_tokens(parse_message(m.data), mail.config) for m in spamassassin_messages]
+    assert len(token_lists) == 3250
+    for h in (mail, plain):
+        mismatched = [i for i, tokens in enumerate(token_lists) if not _same_row(h, tokens)]
+        assert mismatched == []
+    batch = mail.matrix(token_lists[:200])  # and the rows of a batch, too
+    for i, tokens in enumerate(token_lists[:200]):
+        idx, val = mail.row(tokens)
+        assert np.array_equal(idx, batch[i].indices) and val.tobytes() == batch[i].data.tobytes()
+
+
+def test_one_row_edge_cases_match_the_matrix():
+    """No tokens, a header block only, a count beyond the 1 + log(count) table, a lone surrogate,
+    and so few buckets that tokens collide within and across the two blocks."""
+    cases = [[], ["subject:free"], ["free"] * 5000 + ["money"], ["subject:x\udcff", "x\udcff", "a"],
+             ["subject:a", "from:b", "url:c", *"abcdefghijklmnopqrstuvwxyz", "a", "a"]]
+    for cfg in (HashingConfig(n_features=16, split_norm=True), HashingConfig(n_features=16),
+                HashingConfig(n_features=4, split_norm=True, idf=True)):
+        h = Hasher(cfg, np.linspace(1, 3, cfg.n_features).astype(np.float32) if cfg.idf else None)
+        for tokens in cases:
+            assert _same_row(h, tokens), (cfg, tokens[:5])

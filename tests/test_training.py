@@ -3,6 +3,8 @@ checkpoint/resume, and the record in History (early stopping and gradient flow: 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -101,6 +103,60 @@ def test_checkpoint_and_resume_match_an_uninterrupted_run(tmp_path):
     assert resumed_history["loss"] == straight_history["loss"]
     assert resumed_history["val_loss"] == straight_history["val_loss"]
     assert resumed_history.best_epoch == straight_history.best_epoch
+
+
+def _fit_with_checkpoint(checkpoint, epochs=2, resume=False, width=16):
+    x, y = blobs()
+    model = cr.Sequential([cr.Linear(10, width), cr.ReLU(), cr.Linear(width, 3)], seed=0)
+    return cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=epochs,
+                  batch_size=16, validation_split=0.2, early_stopping=cr.EarlyStopping(patience=100),
+                  checkpoint=checkpoint, resume=resume, verbose=False)
+
+
+def _rewrite(checkpoint, json_bytes=None, **arrays):
+    """The checkpoint with some arrays replaced (None: removed) or its JSON part replaced."""
+    with np.load(checkpoint, allow_pickle=False) as npz:
+        saved = {k: npz[k] for k in npz.files}
+    if json_bytes is not None:
+        saved["json"] = np.frombuffer(json_bytes, np.uint8)
+    saved.update(arrays)
+    np.savez(checkpoint, **{k: v for k, v in saved.items() if v is not None})
+
+
+def _edit_doc(checkpoint, change):
+    with np.load(checkpoint, allow_pickle=False) as npz:
+        doc = json.loads(npz["json"].tobytes())
+    change(doc)
+    _rewrite(checkpoint, json.dumps(doc).encode())
+
+
+DAMAGED_CHECKPOINTS = {
+    "not a zip": lambda c: c.write_bytes(b"PK\x03\x04 and nothing else"),
+    "truncated": lambda c: c.write_bytes(c.read_bytes()[:-300]),
+    "not json": lambda c: _rewrite(c, b"{not json"),
+    "json nested deep": lambda c: _rewrite(c, b"[" * 100_000 + b"]" * 100_000),
+    "epochs as text": lambda c: _edit_doc(c, lambda d: d.__setitem__("epochs_done", "2")),
+    "history not an object": lambda c: _edit_doc(c, lambda d: d.__setitem__("history", [1, 2])),
+    "epochs not dicts": lambda c: _edit_doc(c, lambda d: d["history"].__setitem__("epochs", [1, 2])),
+    "stop reason a number": lambda c: _edit_doc(c, lambda d: d["history"].__setitem__("stop_reason", 3)),
+    "random state garbage": lambda c: _edit_doc(c, lambda d: d.__setitem__("shuffle_rng", {"state": 1})),
+    "early stopping garbage": lambda c: _edit_doc(c, lambda d: d.__setitem__("early_stopping", {"best": "x"})),
+    "no optimizer state": lambda c: _rewrite(c, **{"optim.m": None}),
+    "no json": lambda c: _rewrite(c, json=None),
+    "another network's": lambda c: _fit_with_checkpoint(c, width=17),
+    "50 MB of parameters": lambda c: _rewrite(c, **{"model.params": np.zeros(12_500_000, np.float32)}),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_CHECKPOINTS)
+def test_resuming_from_a_damaged_checkpoint_is_a_model_file_error(tmp_path, damage):
+    checkpoint = tmp_path / "checkpoint.npz"
+    _fit_with_checkpoint(checkpoint)
+    DAMAGED_CHECKPOINTS[damage](checkpoint)
+    before = checkpoint.read_bytes()
+    with pytest.raises(cr.ModelFileError, match="checkpoint.npz: not a .*delete it to start afresh"):
+        _fit_with_checkpoint(checkpoint, epochs=3, resume=True)
+    assert checkpoint.read_bytes() == before  # refused, not overwritten
 
 
 def test_history_records_metrics_and_gradient_flow():

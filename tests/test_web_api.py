@@ -22,13 +22,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import chainrule
+import chainrule.apps.spam.explain as explain
 from chainrule.apps import digits as digits_app
 from chainrule.apps import spam as spam_app
 from chainrule.cli import main
 from chainrule.data.images import preprocess_image
 from chainrule.network import FORMAT_VERSION
 from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, create_app
-from chainrule.web.services import TOP_TOKENS, TOP_UNITS, find_latest_model
+from chainrule.web.services import TOP_TOKENS, TOP_UNITS, SpamService, find_latest_model
 from web_models import as_upload, mnist_test, sms_messages, trained_models
 
 
@@ -358,6 +359,21 @@ def test_classify_matches_the_library(client, spam_bundle):
             assert isinstance(t["token"], str) and t["token"] and isinstance(t["weight"], float)
 
 
+def test_a_message_is_parsed_outside_the_model_lock(models, monkeypatch):
+    # eight 1 MB deep-HTML messages held the lock for 14 s while they were parsed; only the network's
+    # passes need it, so other requests wait for milliseconds, not for someone else's parsing
+    service = SpamService.load(models["spam"])
+    calls = []
+    for name in ("parse_message", "message_tokens", "sms_tokens"):
+        real = getattr(explain, name)
+        monkeypatch.setattr(explain, name, lambda *a, _real=real, _name=name, **k: (
+            calls.append((_name, service.lock.locked())), _real(*a, **k))[1])
+    html = b"<div>" * 2000 + b"win a prize" + b"</div>" * 2000
+    service.classify(b"From: a@example.com\r\nSubject: hi\r\nContent-Type: text/html\r\n\r\n" + html)
+    service.classify(b"Free entry: text WIN to 80082")
+    assert calls == [("parse_message", False), ("message_tokens", False), ("sms_tokens", False)]
+
+
 def test_classify_raw_email_json_and_multipart(client, spam_bundle):
     email = (b"From: Prize Centre <win@prizes.example>\r\nTo: you@example.com\r\nSubject: You have WON\r\n"
              b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nCongratulations! You have won a \xa3500 prize."
@@ -428,7 +444,78 @@ def test_arbitrary_bodies_never_give_a_server_error(client, body, media, route):
         assert_error(r, 422)
 
 
+IMAGE_MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "F"]
+IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "TIFF", "BMP", "WEBP", "PPM"]
+
+
+@st.composite
+def image_files(draw) -> bytes:
+    """The bytes of an image file of any mode, format and shape Pillow writes, random pixels, whole or
+    cut short (as a failed upload leaves it)."""
+    mode, fmt = draw(st.sampled_from(IMAGE_MODES)), draw(st.sampled_from(IMAGE_FORMATS))
+    width, height = draw(st.tuples(st.integers(1, 64), st.integers(1, 64))
+                         | st.tuples(st.integers(1, 700), st.integers(1, 3))  # thin strips, both ways
+                         | st.tuples(st.integers(1, 3), st.integers(1, 700)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    base = Image.frombytes("RGBA", (width, height), rng.integers(0, 256, (height, width, 4), np.uint8).tobytes())
+    img = base.convert("RGB").convert(mode) if mode in ("CMYK", "YCbCr", "LAB", "HSV") else base.convert(mode)
+    buf = io.BytesIO()
+    try:
+        img.save(buf, fmt)
+    except (OSError, ValueError, KeyError):  # that format cannot hold that mode: RGB, which all of them can
+        buf = io.BytesIO()
+        base.convert("RGB").save(buf, fmt)
+    data = buf.getvalue()
+    return data[:draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=image_files(), media=st.sampled_from([None, "image/png", "image/jpeg", "application/octet-stream"]),
+       route=st.sampled_from(["/api/digits/predict", "/api/digits/predict?explain=true"]),
+       multipart=st.booleans())
+def test_arbitrary_images_never_give_a_server_error(client, body, media, route, multipart):
+    if multipart:
+        r = client.post(route, files={"file": ("upload", body, media or "application/octet-stream")})
+    else:
+        r = client.post(route, content=body, headers={"Content-Type": media} if media else {})
+    assert r.status_code in (200, 422), (r.status_code, r.text)
+    if r.status_code == 422:
+        assert_error(r, 422)
+
+
 # -- chainrule serve ----------------------------------------------------------------------------------
+
+
+# Damaged metadata that loaded before and then made every predict or classify answer 500.
+BAD_METADATA = {
+    "digits": [
+        lambda meta: meta.__setitem__("preprocessing", [28, 28]),
+        lambda meta: meta["preprocessing"].__setitem__("scale", "255"),
+        lambda meta: meta["preprocessing"].__setitem__("std", 0),
+        lambda meta: meta["preprocessing"].__setitem__("layout", "image"),  # the network reads flat vectors
+        lambda meta: meta.__setitem__("classes", "0123456789"),
+    ],
+    "spam": [
+        lambda meta: meta.__setitem__("hashing", [1 << 16]),
+        lambda meta: meta["hashing"].__setitem__("bigrams", "yes"),
+        lambda meta: meta["hashing"].__setitem__("char_ngrams", "4"),
+        lambda meta: meta.__setitem__("cutoffs", {"spam": "0.9", "ham": "0.1"}),
+        lambda meta: meta.__setitem__("cutoffs", [0.9, 0.1]),
+        lambda meta: meta.__setitem__("training", ["pos_weight", 2.0]),
+    ],
+}
+
+
+@pytest.mark.parametrize(("task", "case"), [(t, i) for t, cases in BAD_METADATA.items() for i in range(len(cases))])
+def test_a_model_with_damaged_metadata_is_refused_at_load(tmp_path, models, task, case):
+    # so that `chainrule serve` refuses to start, in one line, rather than answer 500 to every request
+    bad = tmp_path / task
+    shutil.copytree(models[task], bad)
+    doc = json.loads((bad / "model.json").read_text())
+    BAD_METADATA[task][case](doc["metadata"])
+    (bad / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(chainrule.ModelFileError, match=f"invalid {task} metadata"):
+        create_app(**{task: bad})
 
 
 def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models):

@@ -23,7 +23,7 @@ from chainrule.layers import (
     Tanh,
 )
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError
-from chainrule.network import Sequential, load_model
+from chainrule.network import Sequential, load_model, model_files
 from chainrule.optim import SGD, Adam, AdamW, Optimizer, cosine, step_decay
 from chainrule.parameter import Parameter
 from chainrule.training import evaluate, fit
@@ -35,5 +35,5 @@ __all__ = [
     "Dropout", "EarlyStopping", "Flatten", "GradientFlow", "History", "Layer", "LeakyReLU", "Linear", "Loss",
     "MaxPool2D", "MeanSquaredError", "ModelFileError", "Optimizer", "Parameter", "ProgressLogger", "ReLU", "SGD",
     "Sequential", "Sigmoid", "Softmax", "Tanh", "TrainingDiverged", "UserError", "cosine", "evaluate", "fit",
-    "gradcheck", "load_model", "log_softmax", "sigmoid", "softmax", "step_decay",
+    "gradcheck", "load_model", "log_softmax", "model_files", "sigmoid", "softmax", "step_decay",
 ]

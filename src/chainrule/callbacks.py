@@ -97,6 +97,16 @@ class EarlyStopping(Callback):
     def state(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
 
+    def load_state(self, state: dict, best_state: dict[str, np.ndarray] | None = None) -> None:
+        """Continue from a `state()` (and the best weights so far, if kept), read from a checkpoint;
+        raises ValueError if it is not one."""
+        best, best_epoch, wait = state["best"], state["best_epoch"], state["wait"]
+        if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best) \
+                or not (best_epoch is None or type(best_epoch) is int) or type(wait) is not int or wait < 0:
+            raise ValueError(f"EarlyStopping: not a saved state: {str(state)[:80]}")
+        self.best, self.best_epoch, self.wait = float(best), best_epoch, wait
+        self.best_state = best_state or None
+
 
 class GradientFlow(Callback):
     """How well the gradient reaches every layer: one entry per epoch in `History.gradient_flow`.

@@ -107,6 +107,14 @@ class Conv2D(Layer):
         self._scratch: dict[str, np.ndarray] = {}
         self._cols = self._x_shape = None
 
+    @classmethod
+    def array_shapes(cls, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, init="he"):
+        c_in = _positive_int("Conv2D", "in_channels", in_channels)
+        c_out = _positive_int("Conv2D", "out_channels", out_channels)
+        kh, kw = _pair("Conv2D", "kernel_size", kernel_size)
+        weight = (c_out, c_in, kh, kw)
+        return ({"weight": weight, "bias": (c_out,)} if bias else {"weight": weight}), {}
+
     def initialize(self, rng):
         kh, kw = self.kernel_size
         fan_in, fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
@@ -480,6 +488,11 @@ class BatchNorm(Layer):
     def _global_sum(self, a: np.ndarray) -> np.ndarray:
         """Σ over the processes of data-parallel training of each one's `a`; alone, `a` itself."""
         return a if self.world is None else self.world.allreduce(a)
+
+    @classmethod
+    def array_shapes(cls, num_features, momentum=0.1, eps=1e-5):
+        c = _positive_int("BatchNorm", "num_features", num_features)
+        return {"weight": (c,), "bias": (c,)}, {"running_mean": (c,), "running_var": (c,)}
 
     def initialize(self, rng):
         self.weight.data[...] = 1.0

@@ -1,14 +1,23 @@
-"""Atomic file writes: write to a temporary file in the same directory, then rename.
+"""Files chainrule writes and reads back: atomic writes, and `.npz` files read headers first.
 
-A rename within one directory is atomic on POSIX and Windows, so a reader (or a crash) sees either
-the old file or the complete new one, never half of it.
+Writes go to a temporary file in the same directory, then a rename: a rename within one directory
+is atomic on POSIX and Windows, so a reader (or a crash) sees either the old file or the complete
+new one, never half of it.
+
+Reads of `.npz` files (weights, idf weights, checkpoints) start from what each array's `.npy`
+header claims, its shape and dtype (`npz_headers`), so that a loader can hold those claims against
+what it expects and refuse a file asking for gigabytes before reading or allocating any of it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
+import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,13 +25,16 @@ from typing import BinaryIO
 
 import numpy as np
 
+from chainrule.errors import ModelFileError
+
 
 @contextmanager
 def atomic_open(path) -> Iterator[BinaryIO]:
     """A binary file to write that appears at `path` only when the `with` block completes.
 
     It is a temporary file beside `path`; on success it is flushed to disk and renamed into
-    place, and on any exception (a failed checksum, Ctrl-C) it is deleted and `path` is untouched.
+    place, and on any exception (a failed checksum, a full disk, Ctrl-C) it is deleted and `path`
+    is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,11 +47,13 @@ def atomic_open(path) -> Iterator[BinaryIO]:
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.errno and exc.filename is None:  # a full disk: say which file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
@@ -63,6 +77,87 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 def atomic_write_npz(path, arrays: dict[str, np.ndarray]) -> None:
     """Save arrays as an uncompressed `.npz`, atomically."""
+    atomic_write_bytes(path, _npz_bytes(arrays))
+
+
+def write_npz_named_by_content(directory, stem: str, arrays: dict[str, np.ndarray]) -> str:
+    """Save arrays as `<stem>-<digest>.npz` in `directory`, atomically; returns the file's name.
+
+    The digest (the first 16 hex digits of the file's SHA-256) gives new content a new name, so
+    the file never replaces one that a reader may be in the middle of: it only becomes part of a
+    model when a model.json naming it is renamed into place.
+    """
+    data = _npz_bytes(arrays)
+    name = f"{stem}-{hashlib.sha256(data).hexdigest()[:16]}.npz"
+    atomic_write_bytes(Path(directory) / name, data)
+    return name
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+@contextmanager
+def locked_directory(directory) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (a POSIX `flock` on the directory itself) for the
+    `with` block: writers that take it run one at a time. Readers need not take it."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (closing releases the lock)
+
+
+def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{name: (shape, dtype)} of every array in the `.npz` file at `path`, from the headers alone.
+
+    Only what `np.savez` writes is accepted: uncompressed `.npy` members of plain (non-object)
+    arrays, each exactly as long as its header says. A compressed member is refused because it
+    could claim gigabytes in a few bytes, which only inflating it would disprove; an uncompressed
+    one is checked against the zip directory and the file's size. Raises `ModelFileError`.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        headers = {}
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name == info.filename:
+                    raise ValueError(f"member {info.filename!r} is not an array")
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise ValueError(f"array {name!r} is compressed (chainrule writes plain np.savez files)")
+                if info.header_offset + info.compress_size > size:
+                    raise ValueError(f"array {name!r} runs past the end of the file")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in ((1, 0), (2, 0)):
+                        raise ValueError(f"array {name!r} has .npy format version {version}")
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(f)
+                    header_bytes = f.tell()
+                if dtype.hasobject:
+                    raise ValueError(f"array {name!r} holds Python objects")
+                if header_bytes + math.prod(shape) * dtype.itemsize != info.file_size:
+                    raise ValueError(f"array {name!r} is not the size its header says, {shape} {dtype}")
+                headers[name] = (shape, dtype)
+        return headers
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def read_npz(path, names) -> dict[str, np.ndarray]:
+    """The arrays `names` of the `.npz` file at `path` (and no others), never unpickled.
+
+    Call it after `npz_headers` has shown that those arrays are the sizes expected: this reads them
+    in full. Raises `ModelFileError`.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in names}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc

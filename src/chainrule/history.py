@@ -36,9 +36,17 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict) -> History:
+        """A History from `to_dict()` (read from a checkpoint); raises ValueError if it is not one."""
         h = cls()
-        for k, v in d.items():
-            setattr(h, k, v)
+        if not isinstance(d, dict):
+            raise ValueError(f"history: expected an object, got {type(d).__name__}")
+        epochs, flow = d.get("epochs", []), d.get("gradient_flow", [])
+        best, reason = d.get("best_epoch"), d.get("stop_reason", "")
+        if not (isinstance(epochs, list) and all(isinstance(e, dict) for e in epochs)
+                and isinstance(flow, list) and all(isinstance(f, dict) for f in flow)
+                and (best is None or type(best) is int) and isinstance(reason, str)):
+            raise ValueError("history: not the epochs, gradient flow, best epoch and stop reason of a run")
+        h.epochs, h.gradient_flow, h.best_epoch, h.stop_reason = epochs, flow, best, reason
         return h
 
     def to_csv(self) -> str:

@@ -46,6 +46,13 @@ class Layer:
         """Shape of one example's output, given one example's input shape (no batch axis)."""
         return input_shape
 
+    @classmethod
+    def array_shapes(cls, *args, **kwargs) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        """(parameter shapes, buffer shapes) of the layer these constructor arguments would build,
+        worked out without building it: a model loader checks a file's claims against them before
+        allocating anything. A layer without parameters or buffers has none."""
+        return {}, {}
+
     def config(self) -> dict:
         """Constructor arguments, so a saved model can be rebuilt from JSON."""
         return {}
@@ -104,6 +111,12 @@ class Linear(Layer):
         np.random.default_rng().standard_normal(dtype=np.float32, out=self.weight.data)
         self.weight.data *= self._std()
         self._x = None
+
+    @classmethod
+    def array_shapes(cls, in_features, out_features, bias=True, init="he"):
+        n_in = _positive_int("Linear", "in_features", in_features)
+        n_out = _positive_int("Linear", "out_features", out_features)
+        return ({"weight": (n_in, n_out), "bias": (n_out,)} if bias else {"weight": (n_in, n_out)}), {}
 
     def _std(self) -> float:
         fan_in, fan_out = self.in_features, self.out_features

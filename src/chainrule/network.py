@@ -2,14 +2,18 @@
 
 The forward pass runs the layers first to last; the backward pass runs them last to first,
 each turning dLoss/dOutput into dLoss/dInput (the chain rule, one layer at a time).
-A model is saved as two files in a directory: `model.npz` (arrays only, loaded with
-``allow_pickle=False``, so opening a model file can never run code) and `model.json`
-(architecture and metadata), both validated on load.
+
+A model is saved as a directory: `model.json` (architecture and metadata) and the `.npz` files it
+names (arrays only, loaded with ``allow_pickle=False``, so opening a model file can never run
+code), all validated on load. The arrays go to new files named by their content and model.json is
+renamed into place last, so a reader, or a crash, sees the old model or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +21,19 @@ import numpy as np
 from chainrule import conv as C
 from chainrule import layers as L
 from chainrule.errors import ModelFileError
-from chainrule.files import atomic_write_bytes, atomic_write_npz
+from chainrule.files import (
+    atomic_write_bytes,
+    locked_directory,
+    npz_headers,
+    read_npz,
+    write_npz_named_by_content,
+)
 from chainrule.functional import sigmoid, softmax
 from chainrule.parameter import Parameter, pack
 
-FORMAT_VERSION = 1
+# 2: model.json names the array files, `<name>-<digest>.npz`. 1: the arrays were in model.npz (and a
+# spam filter's in idf.npz and replay.npz), each replaced in place; still read.
+FORMAT_VERSION = 2
 
 # Names a saved model may use for its layers. Loading refuses anything else.
 LAYER_TYPES: dict[str, type[L.Layer]] = {
@@ -31,6 +43,9 @@ LAYER_TYPES: dict[str, type[L.Layer]] = {
 }
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+# A model.json holds an architecture and metadata: a few kilobytes. Anything near this is not one.
+MAX_DESCRIPTION_BYTES = 16 << 20
 
 
 class Sequential:
@@ -268,14 +283,39 @@ class Sequential:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"invalid architecture: {exc}") from exc
 
-    def save(self, directory, metadata: dict | None = None) -> None:
-        """Write `model.npz` and `model.json` into `directory`, each atomically."""
+    def save(self, directory, metadata: dict | None = None,
+             arrays: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, Path]:
+        """Save the model into `directory` so that a reader, or a crash, sees the model that was
+        there or this one, whole, never a mix of the two.
+
+        The network's arrays (`state()`) and each other group in `arrays` ({name: {array name:
+        array}}, say a spam filter's idf weights) go to new files `<name>-<digest>.npz`; then
+        model.json, which names them, is renamed into place: that rename is the commit. Files of
+        earlier models are deleted after it, except those of the model just replaced, which a
+        reader may have begun to load. Returns {name: path} of the files saved.
+        """
+        for name in arrays or {}:
+            if name == "model" or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"Sequential.save: arrays need names of lower-case letters, digits and _, "
+                                 f"other than 'model' (the network's own), got {name!r}")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_npz(directory / "model.npz", self.state())
-        doc = {"format": "chainrule-model", "format_version": FORMAT_VERSION, **self.config()}
-        doc["metadata"] = metadata or {}
-        atomic_write_bytes(directory / "model.json", json.dumps(doc, indent=2).encode())
+        groups = {"model": self.state(), **(arrays or {})}
+        with locked_directory(directory):  # one writer at a time: a save deletes what is not its own
+            replaced = _names_in_use(directory)
+            files: dict[str, str] = {}
+            try:
+                for name, group in groups.items():
+                    files[name] = write_npz_named_by_content(directory, name, group)
+                doc = {"format": "chainrule-model", "format_version": FORMAT_VERSION, **self.config(),
+                       "files": files, "metadata": metadata or {}}
+                atomic_write_bytes(directory / "model.json", json.dumps(doc, indent=2).encode())
+            except BaseException:  # a full disk, Ctrl-C: the old model stays, and so does only it
+                for f in set(files.values()) - replaced:
+                    (directory / f).unlink(missing_ok=True)
+                raise
+            _remove_stale(directory, groups, keep=replaced | set(files.values()))
+        return {name: directory / f for name, f in files.items()}
 
     @classmethod
     def load(cls, directory) -> Sequential:
@@ -286,44 +326,147 @@ class Sequential:
 
 def model_directory(path) -> Path:
     """The model directory `path` names: the directory itself, or the one holding a model.json or
-    model.npz it points at (so either may be given on the command line)."""
+    weights file it points at (so either may be given on the command line)."""
     path = Path(path)
-    if path.is_file() and path.name in ("model.json", "model.npz"):
+    if path.is_file() and (path.name == "model.json" or re.fullmatch(r"model(-[0-9a-f]{16})?\.npz", path.name)):
         return path.parent
     return path
 
 
 def load_model(directory) -> tuple[Sequential, dict]:
-    """Load `directory/model.json` + `model.npz`; returns (model, metadata). Never unpickles."""
+    """Load a model saved by `Sequential.save`; returns (model, metadata). Never unpickles.
+
+    Every claim is checked before it costs anything: the architecture's types, then the number of
+    parameters its layers need against the shapes in the `.npz` headers, and only then is the
+    network built and the arrays read. So a 700-byte model.json asking for gigabytes of weights
+    is refused in milliseconds. Raises `ModelFileError` with a one-line reason.
+    """
+    model, metadata, _ = load_model_and_files(directory)
+    return model, metadata
+
+
+def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
+    """`load_model`, and {name: path} of the array files saved with the model (`model_files`),
+    read from the same model.json, so that they belong to the model loaded even if another is
+    being saved meanwhile."""
     directory = model_directory(directory)
-    meta_path, weights_path = directory / "model.json", directory / "model.npz"
-    for p in (meta_path, weights_path):
-        if not p.is_file():
-            raise ModelFileError(f"{p}: not found (a model directory holds model.json and model.npz)")
-    try:
-        doc = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{meta_path}: not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != "chainrule-model":
-        raise ModelFileError(f"{meta_path}: not a chainrule model description")
-    version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFileError(f"{meta_path}: format version {version!r}, this chainrule reads {FORMAT_VERSION}")
+    meta_path = directory / "model.json"
+    if not meta_path.is_file():
+        raise ModelFileError(f"{meta_path}: not found (a model directory holds model.json and the weights it names)")
+    doc = _read_description(meta_path)
+    files = _files(doc, directory)
+    weights_path = files.get("model", directory / "model.npz")
+    if not weights_path.is_file():
+        raise ModelFileError(f"{weights_path}: not found (model.json names it as the model's weights)")
+    n_params, buffers = _expected_arrays(doc)
+    expected = {"params": (n_params,), **buffers}
+    headers = npz_headers(weights_path)
+    for name, shape in expected.items():
+        if name not in headers:
+            what = f"expected {n_params} parameters, got none" if name == "params" else f"buffer {name} is missing"
+            raise ModelFileError(f"{weights_path}: {what}")
+        got, dtype = headers[name]
+        if got != shape:
+            what = f"{n_params} parameters" if name == "params" else f"buffer {name} of shape {shape}"
+            raise ModelFileError(f"{weights_path}: expected {what} (as model.json says), got shape {got}")
+        if dtype.kind != "f":
+            raise ModelFileError(f"{weights_path}: array {name} has dtype {dtype}, expected floats")
     model = Sequential.from_config(doc, initialize=False)  # every weight comes from the file
-    try:
-        with np.load(weights_path, allow_pickle=False) as npz:
-            state = {k: npz[k] for k in npz.files}
-    except Exception as exc:  # zipfile/ValueError/OSError: all mean "not a readable npz"
-        raise ModelFileError(f"{weights_path}: not a readable .npz file ({exc})") from exc
+    state = read_npz(weights_path, expected)
     for key, arr in state.items():
-        if arr.dtype.kind != "f":
-            raise ModelFileError(f"{weights_path}: array {key} has dtype {arr.dtype}, expected floats")
         if not np.all(np.isfinite(arr)):
             raise ModelFileError(f"{weights_path}: array {key} contains NaN or infinity")
-    try:
-        model.load_state(state)
-    except ModelFileError as exc:
-        raise ModelFileError(f"{weights_path}: {exc}") from exc
+    model.load_state(state)
     metadata = doc.get("metadata", {})
-    return model, metadata if isinstance(metadata, dict) else {}
+    return model, metadata if isinstance(metadata, dict) else {}, files
 
+
+def model_files(directory) -> dict[str, Path]:
+    """{name: path} of the array files of the model in `directory`, as its model.json names them:
+    "model" (the network's weights) and whatever was saved with it (a spam filter's "idf" and
+    "replay"). Raises `ModelFileError` if there is no readable model.json."""
+    directory = model_directory(directory)
+    return _files(_read_description(directory / "model.json"), directory)
+
+
+# A file a model.json may name: a plain name in the model's directory, never a path out of it.
+_FILE_NAME = re.compile(r"[\w-]+\.npz")
+
+
+def _files(doc: dict, directory: Path) -> dict[str, Path]:
+    if doc["format_version"] == 1:  # fixed names: model.npz, and a spam filter's idf.npz and replay.npz
+        return {p.stem: p for p in sorted(directory.glob("*.npz"))}
+    files = doc.get("files")
+    if not (isinstance(files, dict) and "model" in files
+            and all(isinstance(f, str) and _FILE_NAME.fullmatch(f) for f in files.values())):
+        raise ModelFileError(f"{directory / 'model.json'}: 'files' must name the model's .npz files "
+                             f"in its directory, got {str(files)[:80]}")
+    return {name: directory / f for name, f in files.items()}
+
+
+def _names_in_use(directory: Path) -> set[str]:
+    """Names of the files the model now in `directory` is made of (none if there is no readable one)."""
+    try:
+        return {p.name for p in model_files(directory).values()}
+    except (ModelFileError, OSError):
+        return set()
+
+
+def _remove_stale(directory: Path, groups, keep: set[str]) -> None:
+    """Delete what earlier saves of these groups of arrays left behind and no reader needs: their
+    files (`<name>-<digest>.npz`, or version 1's `<name>.npz`) not in `keep`, and the temporary
+    files of a save that was killed (the caller holds the directory's lock, so none is running)."""
+    ours = re.compile(rf"(?:{'|'.join(map(re.escape, groups))})(?:-[0-9a-f]{{16}})?\.npz")
+    for path in directory.iterdir():
+        name = path.name
+        if name.startswith(".") and name.endswith(".tmp"):  # atomic_open's: ".<target>.<random>.tmp"
+            target = name[1:-4].rpartition(".")[0]
+            stale = target == "model.json" or ours.fullmatch(target)
+        else:
+            stale = ours.fullmatch(name) and name not in keep
+        if stale:
+            path.unlink(missing_ok=True)
+
+
+def _read_description(path: Path) -> dict:
+    """The parsed model.json at `path`, checked to be a chainrule model description this version reads."""
+    if path.stat().st_size > MAX_DESCRIPTION_BYTES:
+        raise ModelFileError(f"{path}: larger than {MAX_DESCRIPTION_BYTES >> 20} MB, not a model description")
+    text = path.read_bytes()
+    try:
+        doc = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError:  # json recurses once per level of nesting
+        raise ModelFileError(f"{path}: nested too deeply to be a model description") from None
+    if not isinstance(doc, dict) or doc.get("format") != "chainrule-model":
+        raise ModelFileError(f"{path}: not a chainrule model description")
+    version = doc.get("format_version")
+    if type(version) is not int or version not in (1, FORMAT_VERSION):
+        raise ModelFileError(f"{path}: format version {version!r}, this chainrule reads 1 to {FORMAT_VERSION}")
+    return doc
+
+
+def _expected_arrays(doc: dict) -> tuple[int, dict[str, tuple[int, ...]]]:
+    """(number of parameters, {buffer name: shape}) that the layers described in `doc` hold, from
+    their arguments alone (`Layer.array_shapes`): nothing is allocated."""
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise ModelFileError(f"invalid architecture: 'layers' must be a non-empty list, got {type(layers).__name__}")
+    n_params, buffers = 0, {}
+    for i, spec in enumerate(layers):
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if not isinstance(kind, str):
+            raise ModelFileError(f"invalid architecture: layer {i} is not an object with a 'type'")
+        if kind not in LAYER_TYPES:
+            raise ModelFileError(f"unknown layer type {kind!r}")
+        args = spec.get("args", {})
+        if not isinstance(args, dict):
+            raise ModelFileError(f"layer {kind} has args {args!r}, expected an object")
+        try:
+            params, bufs = LAYER_TYPES[kind].array_shapes(**args)
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"invalid architecture: layer {i} ({kind}): {exc}") from exc
+        n_params += sum(math.prod(shape) for shape in params.values())
+        buffers.update({f"layer{i}.{name}": shape for name, shape in bufs.items()})
+    return n_params, buffers

@@ -11,6 +11,9 @@ fixed cost of classifying a batch of mail.
 Load balancing: the task numbers wait in a pipe, and every process reads the next one when it is
 free (a read of 4 bytes from a pipe is atomic), so a slow task delays only itself. If a child dies,
 this process runs the tasks it did not send back; a task that raises raises here.
+
+`BlasThreads` is the other half of using the cores well: how many threads NumPy's BLAS may use
+while another process wants a core too (see its docstring).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import gc
 import os
 import pickle
 import signal
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -125,3 +129,94 @@ def _collect(pid: int, pipe: int) -> dict:
         return pickle.loads(data)
     except (pickle.UnpicklingError, EOFError, ValueError):
         return {}
+
+
+class BlasThreads:
+    """NumPy's BLAS threads, as many as the other processes leave cores free (Linux).
+
+    Why. OpenBLAS, as NumPy's wheels ship it, makes its threads wait for each other by spinning
+    rather than sleeping: on an idle machine that is what makes a training step's small matrix
+    products fast. When another process wants a core too, a thread spins on while the thread it
+    waits for is not running, and steps stall: on 2 cores with one competing process, a 6 ms MLP
+    step often took 70-130 ms (`bench/README.md`, busy machine), and the epoch ran at half the
+    speed it reaches with one BLAS thread. So: all of BLAS's threads while the rest of the machine
+    leaves the cores free, fewer while it keeps them busy.
+
+    Call `adapt()` once per training step. Every `every` seconds it measures how many cores the
+    rest of the machine kept busy (the busy time in /proc/stat minus this process's own CPU time)
+    and gives BLAS the cores left, at least 1 and at most the count BLAS started with (which a
+    user's OPENBLAS_NUM_THREADS sets). `restore()`, or leaving the `with` block, puts that count
+    back. Where there is no /proc/stat, nothing changes.
+    """
+
+    def __init__(self, every: float = 0.5):
+        self.every = every
+        self._blas = _blas_controller()
+        self.start = min((lib.num_threads for lib in self._blas.lib_controllers), default=1) if self._blas else 1
+        self.threads = self.start
+        self._last: tuple[float, float, float] | None = None  # (wall, machine busy, own CPU) seconds
+        self._next = 0.0
+
+    def adapt(self) -> int:
+        """Re-measure if `every` seconds have passed and set the thread count; returns it."""
+        now = time.monotonic()
+        if self._blas is None or self.start < 2 or now < self._next:
+            return self.threads
+        self._next = now + self.every
+        busy, own = _machine_busy_seconds(), time.process_time()  # every thread of this process
+        if busy is None:
+            self._blas = None
+            return self.threads
+        if self._last is not None:
+            wall, last_busy, last_own = self._last
+            others = max(0.0, (busy - last_busy) - (own - last_own)) / (now - wall)
+            threads = threads_for(others, os.cpu_count() or 1, self.start)
+            if threads != self.threads:
+                self._blas.limit(limits=threads)
+                self.threads = threads
+        self._last = (now, busy, own)
+        return self.threads
+
+    def restore(self) -> None:
+        if self._blas is not None and self.threads != self.start:
+            self._blas.limit(limits=self.start)
+            self.threads = self.start
+
+    def __enter__(self) -> BlasThreads:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+def threads_for(others: float, cores: int, most: int) -> int:
+    """BLAS threads for a machine of `cores` where other processes keep `others` cores busy: the
+    cores left, rounded (a process using under half a core leaves that core to BLAS), 1 to `most`."""
+    return max(1, min(most, round(cores - others)))
+
+
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries loaded in this process (NumPy's, SciPy's), or
+    None if none is loaded."""
+    # imported here, not at the top: it takes ~17 ms, which `spam classify` would pay at every start
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    return blas if blas.lib_controllers else None
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds every core of the machine has spent busy since boot (user, system, interrupts,
+    and time a hypervisor gave to other machines), from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != b"cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS

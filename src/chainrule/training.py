@@ -13,7 +13,6 @@ gradients are summed over the processes while backward runs, and all take the sa
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import math
 import time
@@ -24,8 +23,8 @@ import numpy as np
 from chainrule.callbacks import EarlyStopping, GradientFlow, ProgressLogger
 from chainrule.conv import BatchNorm
 from chainrule.distributed import GradientBuckets, World
-from chainrule.errors import TrainingDiverged
-from chainrule.files import atomic_write_bytes, atomic_write_npz
+from chainrule.errors import ModelFileError, TrainingDiverged
+from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
 from chainrule.history import History
 from chainrule.layers import Dropout
 from chainrule.network import Sequential
@@ -215,9 +214,10 @@ def fit(
     batches = n // batch_size + (n % batch_size >= world.size)  # (one process: ⌈n / batch_size⌉)
     history = History()
     start_epoch = 0
-    saved = _read_checkpoint(checkpoint, world) if checkpoint is not None and resume else None
-    if saved is not None:
-        start_epoch = _load_checkpoint(saved, model, optimizer, early_stopping, rng, history)
+    done = (_load_checkpoint(checkpoint, model, optimizer, early_stopping, rng, history, world)
+            if checkpoint is not None and resume else None)
+    if done is not None:
+        start_epoch = done
         if history.stop_reason.startswith("early stopping"):
             start_epoch = epochs  # that run had already finished
     # Gradient statistics first, so they are in `history` before the caller's callbacks see the
@@ -321,37 +321,73 @@ def _save_checkpoint(path, epochs_done, model, optimizer, early_stopping, rng, h
     atomic_write_npz(path, arrays)
 
 
-def _read_checkpoint(path, world: World) -> dict[str, np.ndarray] | None:
-    """The arrays of the checkpoint at `path`, or None if there is none. Rank 0 reads the file and
-    sends it to the others, so only rank 0 needs to see it (it wrote it)."""
-    data = None
-    if world.rank == 0 and Path(path).exists():
-        data = Path(path).read_bytes()
-    data = world.bcast(data)
-    if data is None:
-        return None
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+# The JSON part of a checkpoint (history, early-stopping and random states): kilobytes per epoch.
+MAX_CHECKPOINT_JSON = 64 << 20
 
 
-def _load_checkpoint(arrays, model, optimizer, early_stopping, rng, history) -> int:
-    doc = json.loads(arrays.pop("json").tobytes())
+def _load_checkpoint(path, model, optimizer, early_stopping, rng, history, world: World) -> int | None:
+    """Restore what `_save_checkpoint` saved; returns the number of epochs done, or None if there
+    is no checkpoint at `path`.
 
-    def group(prefix):
-        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    Rank 0 reads the file and sends its arrays to the others, so only rank 0 needs to see it (it
+    wrote it). A damaged checkpoint, or one of another network, raises ModelFileError naming it:
+    its arrays are checked against this run's from their headers before they are read, and its
+    JSON before anything is restored.
+    """
+    try:
+        arrays = None
+        if world.rank == 0 and Path(path).exists():
+            arrays = _read_checkpoint(path, model, optimizer)
+        arrays = world.bcast(arrays)
+        if arrays is None:
+            return None
+        return _restore(path, arrays, model, optimizer, early_stopping, rng, history)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{exc}; delete it to start afresh") from None
 
-    model.load_state(group("model."))
-    optimizer.load_state(group("optim."))
-    if early_stopping is not None and doc["early_stopping"] is not None:
-        es = doc["early_stopping"]
-        early_stopping.best, early_stopping.best_epoch, early_stopping.wait = es["best"], es["best_epoch"], es["wait"]
-        best = group("best.")
-        early_stopping.best_state = best or None
-    rng.bit_generator.state = doc["shuffle_rng"]
-    model.rng.bit_generator.state = doc["model_rng"]
-    restored = History.from_dict(doc["history"])
+
+def _read_checkpoint(path, model, optimizer) -> dict[str, np.ndarray]:
+    """The arrays of the checkpoint at `path`, once their headers show they are this network's."""
+    shapes = {f"model.{k}": np.shape(v) for k, v in model.state().items()}
+    shapes.update({f"best.{k}": np.shape(v) for k, v in model.state().items()})
+    shapes.update({f"optim.{k}": np.shape(v) for k, v in optimizer.state().items()})
+    headers = npz_headers(path)
+    for name, (shape, dtype) in headers.items():
+        if name == "json":
+            ok = dtype == np.uint8 and len(shape) == 1 and shape[0] <= MAX_CHECKPOINT_JSON
+        else:
+            ok = shapes.get(name) == shape and dtype.kind in "fiu"
+        if not ok:
+            raise ModelFileError(f"{path}: not a checkpoint of this network (array {name}: {shape} {dtype})")
+    missing = sorted(k for k in shapes if not k.startswith("best.") and k not in headers) + \
+        ([] if "json" in headers else ["json"])
+    if missing:
+        raise ModelFileError(f"{path}: not a checkpoint of this network ({', '.join(missing)} missing)")
+    return read_npz(path, headers)
+
+
+def _restore(path, arrays, model, optimizer, early_stopping, rng, history) -> int:
+    arrays = dict(arrays)
+    try:
+        doc = json.loads(arrays.pop("json").tobytes())
+        epochs_done = doc["epochs_done"]
+        if type(epochs_done) is not int or epochs_done < 0:
+            raise ValueError(f"epochs_done is {epochs_done!r}")
+        restored = History.from_dict(doc["history"])
+
+        def group(prefix):
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        if early_stopping is not None and doc["early_stopping"] is not None:
+            early_stopping.load_state(doc["early_stopping"], group("best."))
+        rng.bit_generator.state = doc["shuffle_rng"]
+        model.rng.bit_generator.state = doc["model_rng"]
+        model.load_state(group("model."))
+        optimizer.load_state(group("optim."))
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:  # (json's errors are ValueErrors)
+        raise ModelFileError(f"{path}: not a usable checkpoint ({str(exc)[:200]})") from None
     history.__dict__.update(restored.__dict__)
-    return int(doc["epochs_done"])
+    return epochs_done
 
 
 def save_history_csv(history: History, path) -> None:

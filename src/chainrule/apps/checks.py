@@ -6,13 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chainrule.apps.digits import model_inputs
-from chainrule.apps.spam import featurize, load_idf
+from chainrule.apps.digits import check_digits_model, model_inputs
+from chainrule.apps.spam import featurize, load_spam_model
 from chainrule.conv import MaxPool2D
 from chainrule.data.corpora import read_messages
 from chainrule.data.locate import candidate_dirs
 from chainrule.data.mnist import load_mnist
-from chainrule.data.text import HashingConfig
 from chainrule.errors import DataError
 from chainrule.gradcheck import demo_networks, gradcheck
 from chainrule.network import load_model
@@ -29,6 +28,7 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
         images, _ = load_mnist("test", data_dir)
         return model_inputs(images[:n], metadata)
     if task == "spam":
+        bundle = load_spam_model(model_dir)  # (its hashing config and idf weights, checked)
         # the first n messages of each SpamAssassin tarball (spam and ham), hashed as the model hashes
         tarballs = next((sorted(d.glob("*.tar*")) for d in candidate_dirs("spamassassin", data_dir)
                          if d.is_dir() and any(d.glob("*.tar*"))), None)
@@ -40,8 +40,7 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
                 if i >= n // 2 or msg.label is None:
                     break
                 items.append(("mail", msg.data))
-        config = HashingConfig.from_dict(metadata["hashing"])
-        x, _ = featurize(items, config, processes=1, idf=load_idf(model_dir, config))
+        x, _ = featurize(items, bundle.config, processes=1, idf=bundle.idf)
         return x
     raise ValueError(f"model task {task!r} has no sample inputs for gradcheck")
 
@@ -86,6 +85,8 @@ def gradcheck_models(model_dir=None, data=None, samples: int = 30) -> list[Gradc
     if model_dir is None:
         return [GradcheckResult(title, gradcheck(model, x, y)) for title, model, x, y in demo_networks()]
     model, metadata = load_model(model_dir)
+    if metadata.get("task") == "digits":
+        check_digits_model(model, metadata, model_dir)
     if metadata.get("task") not in ("digits", "spam"):  # saved from Python with no task: random inputs
         x, y = _random_inputs(model)
         title = f"{model_dir} on {len(y)} random inputs (no task in its metadata)"

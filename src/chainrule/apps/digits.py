@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -291,14 +292,8 @@ def resolve_run_options(given: dict, out=None, resume: bool = False) -> dict:
     out = Path(out or f"runs/digits-{given.get('model') or 'mlp'}")
     run_file = out / "run.json"
     given = {k: given.get(k) for k in RUN_OPTIONS}
-    stored = {}
-    if resume and run_file.is_file():
-        try:
-            stored = json.loads(run_file.read_text())["options"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{run_file}: not a readable run description ({exc})") from None
-        if not isinstance(stored, dict):
-            raise UserError(f"{run_file}: not a readable run description (its options are not an object)")
+    stored = _stored_options(run_file) if resume and run_file.is_file() else {}
+    if stored:
         for k, v in given.items():
             if v is not None and k in stored and stored[k] != v:
                 raise UserError(f"--resume: the run in {out} used {k}={stored[k]!r}, not {v!r}; "
@@ -323,6 +318,24 @@ def resolve_run_options(given: dict, out=None, resume: bool = False) -> dict:
     return opts
 
 
+def _stored_options(run_file: Path) -> dict:
+    """The options a run started with, from its run.json, each checked for its type."""
+    try:
+        stored = json.loads(run_file.read_bytes())["options"]
+        if not isinstance(stored, dict):
+            raise TypeError("its options are not an object")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # (json's errors are ValueErrors)
+        raise UserError(f"{run_file}: not a readable run description ({str(exc)[:80]})") from None
+    checks = {"model": lambda v: isinstance(v, str),
+              "epochs": lambda v: type(v) is int and v > 0, "batch_size": lambda v: type(v) is int and v > 0,
+              "lr": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf,
+              "seed": lambda v: type(v) is int, "train_size": lambda v: v is None or (type(v) is int and v > 0)}
+    for k, ok in checks.items():
+        if k in stored and not ok(stored[k]):
+            raise UserError(f"{run_file}: not a readable run description ({k} is {stored[k]!r})")
+    return stored
+
+
 def train(
     model_name: str = "mlp",
     out="runs/digits-mlp",
@@ -339,9 +352,10 @@ def train(
 ) -> tuple[Sequential, dict]:
     """Train a preset on MNIST, evaluate it on the test set and write everything to `out`.
 
-    Writes `model.npz` + `model.json` (with preprocessing metadata), `metrics.json`,
-    `history.csv`, `learning_curves.png`, `confusion_matrix.png`, `gradient_flow.png`, and after
-    every epoch `checkpoint.npz`, from which `resume=True` continues an interrupted run exactly.
+    Writes the model (`Sequential.save`: model.json, with the preprocessing metadata, and its
+    weights), `metrics.json`, `history.csv`, `learning_curves.png`, `confusion_matrix.png`,
+    `gradient_flow.png`, and after every epoch `checkpoint.npz`, from which `resume=True` continues
+    an interrupted run exactly.
 
     Args:
         train_size: use only the first this many training images (quick experiments, tests);
@@ -429,11 +443,48 @@ def _metrics(model_name, options, history, train_images, validation_images, wall
 
 
 def load_digits_model(path) -> tuple[Sequential, dict]:
-    """A model saved by `train`, checked to be a digits model."""
+    """A model saved by `train`, checked to be a digits model that `model_inputs` and the
+    predictions can use: its preprocessing metadata has the right types and matches the network's
+    input, which takes 28x28 images to 10 classes. So a damaged model.json is refused here, in
+    one line, rather than by every image a server is then sent."""
     model, metadata = load_model(path)
+    check_digits_model(model, metadata, path)
+    return model, metadata
+
+
+def check_digits_model(model: Sequential, metadata: dict, path) -> None:
+    """Raise ModelFileError unless the model loaded from `path` is a usable digits model."""
     if metadata.get("task") != TASK:
         raise ModelFileError(f"{path}: not a digits model (its task is {metadata.get('task')!r})")
-    return model, metadata
+    problem = _metadata_problem(model, metadata)
+    if problem:
+        raise ModelFileError(f"{path}: invalid digits metadata ({problem})")
+
+
+def _metadata_problem(model: Sequential, metadata: dict) -> str | None:
+    """What is wrong with a digits model's metadata and shapes, or None."""
+    prep = metadata.get("preprocessing", metadata)  # (where `model_inputs` reads it)
+    if not isinstance(prep, dict):
+        return f"preprocessing must be an object, got {type(prep).__name__}"
+    for key, default, ok, expected in (("scale", 255.0, lambda v: v > 0, "a number > 0"),
+                                       ("std", 1.0, lambda v: v > 0, "a number > 0"),
+                                       ("mean", 0.0, lambda v: True, "a number")):
+        v = prep.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            return f"preprocessing.{key} must be {expected}, got {v!r}"
+    layout = prep.get("layout", "flat")
+    if layout not in ("flat", "image"):
+        return f"preprocessing.layout must be 'flat' or 'image', got {layout!r}"
+    try:  # the network on one blank image, prepared as every image will be: it must give 10 scores
+        out = model.forward(model_inputs(np.zeros((1, 28, 28), np.uint8), metadata))
+    except ValueError as exc:
+        return f"the network cannot read a {layout} 28x28 image: {exc}"
+    if out.shape != (1, CLASSES):
+        return f"the network gives {out.shape[1:]} outputs per image, not {CLASSES} class scores"
+    classes = metadata.get("classes", [str(k) for k in range(CLASSES)])
+    if not (isinstance(classes, list) and len(classes) == CLASSES and all(isinstance(c, str) for c in classes)):
+        return f"classes must be a list of {CLASSES} names, got {str(classes)[:80]}"
+    return None
 
 
 def evaluate_saved(model_dir, data_dir=None, out=None, top: int = 25) -> tuple[dict, int]:

@@ -51,7 +51,7 @@ def _cmd_train(args) -> int:
     print(f"{opts['model']}: {metrics['epochs_run']} epochs (best {metrics['best_epoch']}), "
           f"{metrics['train_seconds_total']:.1f} s training; "
           f"test accuracy {100 * test['accuracy']:.2f}% ({test['n'] - test['errors']}/{test['n']})")
-    print(f"wrote {out}/: model.npz model.json metrics.json history.csv learning_curves.png "
+    print(f"wrote {out}/: model.json (and the weights it names) metrics.json history.csv learning_curves.png "
           "confusion_matrix.png gradient_flow.png")
     return 0
 

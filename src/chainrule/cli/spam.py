@@ -28,7 +28,6 @@ from chainrule.apps.spam import (
     learn,
     load_spam_model,
     save_model,
-    save_replay,
     train_filter,
     training_features,
     verdict,
@@ -43,7 +42,7 @@ from chainrule.cli.options import (
     positive_int,
     probability,
 )
-from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, RawMessage, read_messages
+from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, RawMessage, capped_lines, read_messages
 from chainrule.data.mime import parse_message
 from chainrule.data.text import HashingConfig, message_tokens
 from chainrule.errors import UserError
@@ -68,6 +67,8 @@ def _cmd_train(args) -> int:
     if args.folds == 0 and args.validation == 0:
         raise UserError("--validation must be above 0 with --folds 0: the held-out messages calibrate the cut-offs")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():  # found now, not after minutes of training
+        raise UserError(f"--out {out}: exists and is not a directory")
     t0 = time.perf_counter()
     items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes,
                           on_problem=_report_problem if world.rank == 0 else None)
@@ -98,8 +99,7 @@ def _cmd_train(args) -> int:
     seconds = time.perf_counter() - t0
     bundle = result.bundle
     bundle.metadata["training"]["seconds"] = round(seconds, 2)
-    save_model(bundle, out)
-    save_replay(out, *result.replay)
+    save_model(bundle, out, replay=result.replay)
     v = result.validation
     atomic_write_bytes(out / "metrics.json", json.dumps({"validation": v, "cutoffs": bundle.metadata["cutoffs"],
                                                          "training": bundle.metadata["training"]}, indent=2).encode())
@@ -156,15 +156,19 @@ def _cmd_evaluate(args) -> int:
 CLASSIFY_BATCH = 4096  # messages held in memory at once by `spam classify` (each at most --max-bytes)
 
 
-def _classify_batches(args):
-    """Batches of (sources, items, raw messages or None) to classify, read lazily."""
+def _classify_batches(args, on_problem):
+    """Batches of (sources, items, raw messages or None) to classify, read lazily; what cannot be
+    read goes to `on_problem(source, reason)`."""
     paths = args.paths or ["-"]
     if args.sms:
         for path in paths:
+            if path == "-" and sys.stdin is None:
+                on_problem("-", "standard input is closed")
+                continue
             stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
             with stream:
                 texts = [(f"{path}:{i + 1}", line.decode("utf-8", "replace").rstrip("\r\n"))
-                         for i, line in enumerate(stream) if line.strip()]
+                         for i, line in enumerate(capped_lines(stream, args.max_bytes)) if line.strip()]
             for i in range(0, len(texts), CLASSIFY_BATCH):
                 chunk = texts[i:i + CLASSIFY_BATCH]
                 yield [s for s, _ in chunk], [("sms", t) for _, t in chunk], None
@@ -172,7 +176,7 @@ def _classify_batches(args):
     batch: list[RawMessage] = []
     for m in read_messages(paths, max_bytes=args.max_bytes):
         if m.error:
-            _report_problem(m.source, m.error)
+            on_problem(m.source, m.error)
             continue
         batch.append(m)
         if len(batch) == CLASSIFY_BATCH:
@@ -201,11 +205,19 @@ def _cmd_classify(args) -> int:
     world = distributed.world()
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     single_stdin = (args.paths or ["-"]) == ["-"]
+    # What could not be read is reported as it comes, except while nothing has been classified: if
+    # nothing ever is (a missing file, empty or closed standard input), that is the error, exit 3,
+    # never a verdict a mail recipe would act on.
+    held: list[tuple[str, str]] = []
     seen, last = 0, None
-    for sources, items, raws in _on_every_rank(_classify_batches(args) if world.rank == 0 else None, world):
+    batches = _classify_batches(args, lambda source, reason: held.append((source, reason))) if world.rank == 0 else None
+    for sources, items, raws in _on_every_rank(batches, world):
         scored = bundle.score(items, world=world)
         if world.rank != 0:
             continue
+        for problem in held:
+            _report_problem(*problem)
+        held.clear()
         seen += len(items)
         if args.annotate and (seen != 1 or raws is None):
             raise UserError("--annotate needs exactly one email message (a file or standard input)")
@@ -226,6 +238,10 @@ def _cmd_classify(args) -> int:
         sys.stdout.write("\n".join(lines) + "\n")
     if world.rank != 0:
         return 0
+    if seen == 0:
+        _nothing_read(held, "classify")
+    for problem in held:
+        _report_problem(*problem)
     if args.annotate and seen != 1:
         raise UserError("--annotate needs exactly one email message (a file or standard input)")
     if seen == 1 and (single_stdin or args.annotate):
@@ -233,13 +249,26 @@ def _cmd_classify(args) -> int:
     return 0
 
 
+def _nothing_read(problems: list[tuple[str, str]], what: str):
+    """Raise the error for a command that found no message to work on: the one problem, if one
+    input failed, in one line; else each problem, then the count."""
+    if len(problems) == 1:
+        raise UserError(": ".join(problems[0]))
+    for problem in problems:
+        _report_problem(*problem)
+    raise UserError(f"no message to {what}" + (f": all {len(problems)} inputs skipped" if problems else ""))
+
+
 def _cmd_learn(args) -> int:
     bundle = load_spam_model(args.model)
     label = SPAM if args.spam else HAM
+    problems: list[tuple[str, str]] = []
     items, sources, y = collect(args.paths, None, labelled=False, max_bytes=args.max_bytes, label=label,
-                                on_problem=_report_problem)
-    if not items:
-        raise UserError("no messages to learn from")
+                                on_problem=lambda source, reason: problems.append((source, reason)))
+    if not items:  # (an empty message is a problem: nothing is learned from it)
+        _nothing_read(problems, "learn from")
+    for problem in problems:
+        _report_problem(*problem)
     x, _ = featurize(items, bundle.config, idf=bundle.idf)
     result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed)
     name = "spam" if label == SPAM else "ham"
@@ -250,27 +279,39 @@ def _cmd_learn(args) -> int:
 
 def _cmd_explain(args) -> int:
     bundle = load_spam_model(args.model)
-    msg = next(iter(read_messages([args.message], max_bytes=args.max_bytes)), None)
-    if msg is None or msg.error:
-        raise UserError(f"{args.message}: {msg.error if msg else 'no message'}")
-    parsed = parse_message(msg.data)
-    tokens = message_tokens(parsed, bundle.config)
-    p, to_spam, to_ham = explain_row(bundle, tokens, args.top)
-    v = verdict(p, bundle.spam_cutoff, bundle.ham_cutoff)
-    if args.json:
-        print(json.dumps({"verdict": v, "probability": p,
-                          "towards_spam": [{"token": t, "weight": w} for t, w in to_spam],
-                          "towards_ham": [{"token": t, "weight": w} for t, w in to_ham]}))
-        return 0
-    print(f"{args.message}: {v} (P(spam) {p:.4f}; cut-offs: spam >= {bundle.spam_cutoff:.4f}, "
-          f"ham < {bundle.ham_cutoff:.4f})")
-    print("gradient x input on the hashed features, per token (positive: towards spam)")
-    print("towards spam:")
-    for t, w in to_spam:
-        print(f"  {w:+.4f}  {t}")
-    print("towards ham:")
-    for t, w in to_ham:
-        print(f"  {w:+.4f}  {t}")
+    held: list[tuple[str, str]] = []  # (as in classify: a lone failed input is the one-line error)
+    seen = 0
+    for msg in read_messages(args.paths, max_bytes=args.max_bytes):
+        if msg.error:
+            held.append((msg.source, msg.error))
+            continue
+        for problem in held:
+            _report_problem(*problem)
+        held.clear()
+        seen += 1
+        tokens = message_tokens(parse_message(msg.data), bundle.config)
+        p, to_spam, to_ham = explain_row(bundle, tokens, args.top)
+        v = verdict(p, bundle.spam_cutoff, bundle.ham_cutoff)
+        if args.json:
+            print(json.dumps({"source": msg.source, "verdict": v, "probability": p,
+                              "towards_spam": [{"token": t, "weight": w} for t, w in to_spam],
+                              "towards_ham": [{"token": t, "weight": w} for t, w in to_ham]}))
+            continue
+        if seen > 1:
+            print()
+        print(f"{msg.source}: {v} (P(spam) {p:.4f}; cut-offs: spam >= {bundle.spam_cutoff:.4f}, "
+              f"ham < {bundle.ham_cutoff:.4f})")
+        print("gradient x input on the hashed features, per token (positive: towards spam)")
+        print("towards spam:")
+        for t, w in to_spam:
+            print(f"  {w:+.4f}  {t}")
+        print("towards ham:")
+        for t, w in to_ham:
+            print(f"  {w:+.4f}  {t}")
+    if seen == 0:
+        _nothing_read(held, "explain")
+    for problem in held:
+        _report_problem(*problem)
     return 0
 
 
@@ -359,9 +400,10 @@ def add_commands(subparsers) -> None:
     add_max_bytes(p)
     p.set_defaults(func=_cmd_learn)
 
-    p = sub.add_parser("explain", help="the tokens that pushed a message towards spam and towards ham")
+    p = sub.add_parser("explain", help="the tokens that pushed each message towards spam and towards ham")
     p.add_argument("model")
-    p.add_argument("message", help="a message file, or '-' for stdin")
+    p.add_argument("paths", nargs="+", metavar="MESSAGE",
+                   help="messages, folders, mbox, Maildir, archives (each message explained); '-' for stdin")
     p.add_argument("--top", type=positive_int, default=10)
     p.add_argument("--json", action="store_true")
     add_max_bytes(p)
@@ -431,7 +473,9 @@ def _add_daemon_arguments(p: argparse.ArgumentParser) -> None:
                    help="time a connection may take in all (default 300)")
     p.add_argument("--reload-interval", type=float, default=5.0, metavar="SECONDS",
                    help="look for a changed model file this often and reload it (default 5; 0: only on SIGHUP)")
-    p.add_argument("--threads", type=positive_int, default=2, help="classification threads (default 2)")
+    p.add_argument("--threads", type=positive_int, default=2,
+                   help="threads for REPORTs and for messages over 64 KB (smaller ones are classified on the "
+                        "event loop; default 2)")
     p.add_argument("--spam-cutoff", type=float, help="P(spam) at or above which a message is spam "
                    "(default: the model's)")
     p.add_argument("--ham-cutoff", type=float, help="P(spam) below which a message is ham (default: the model's)")

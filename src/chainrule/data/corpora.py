@@ -6,7 +6,13 @@ Two promises shape this module:
 * **A message never stops a run.** Each message read is a `RawMessage`; a file that cannot be read
   becomes a `RawMessage` with `error` set (a one-line reason), for the caller to report and go on.
 * **Bytes are capped.** At most `max_bytes` of each message are read (default 1 MiB); a 25 MB
-  message costs 1 MiB of memory and is marked `truncated`.
+  message costs 1 MiB of memory and is marked `truncated`, and lines are read in pieces, so a
+  300 MB line in an mbox costs no more.
+* **Nothing hangs.** Inside a folder only regular files are read: a FIFO there would wait forever
+  for a writer, so it (or a socket, or a device) is reported and skipped. A path named on the
+  command line is read whatever it is, so that `<(zcat mail.gz)` works.
+
+An empty message, or standard input when it is closed, is a problem too, not a message.
 
 Labels come from the paths (`label_from_path`), as the SpamAssassin corpus lays them out. What a
 message says is `chainrule.data.mime`'s business: this module only reads the bytes.
@@ -94,22 +100,34 @@ def read_messages(sources: Iterable[str | os.PathLike], max_bytes: int = MAX_BYT
     `RawMessage`s with `error` set, so a caller can report them on one line and go on.
     """
     for src in sources:
-        src = str(src)
-        if src == "-":
-            data, truncated = _read_capped(sys.stdin.buffer, max_bytes)
-            yield RawMessage("-", data, label, truncated)
-            continue
-        path = Path(src)
-        if not path.exists():
-            yield RawMessage(src, b"", label, error="no such file or directory")
-        elif _is_maildir(path):
-            yield from _read_maildir(path, max_bytes, label)
-        elif path.is_dir():
-            yield from _read_directory(path, max_bytes, label)
-        elif _is_archive(path):
-            yield from _read_tar(path, max_bytes, label)
-        else:
-            yield from _read_file(path, max_bytes, label)
+        for msg in _read_source(str(src), max_bytes, label):
+            if not msg.error and (not msg.data or msg.data.isspace()):
+                msg.error = "empty message"
+            yield msg
+
+
+def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+    if src == "-":
+        if sys.stdin is None:  # started with standard input closed (`<&-`)
+            yield RawMessage("-", b"", label, error="standard input is closed")
+            return
+        data, truncated = _read_capped(sys.stdin.buffer, max_bytes)
+        yield RawMessage("-", data, label, truncated)
+        return
+    path = Path(src)
+    if not path.exists():
+        yield RawMessage(src, b"", label, error="no such file or directory")
+    elif _is_maildir(path):
+        yield from _read_maildir(path, max_bytes, label)
+    elif path.is_dir():
+        yield from _read_directory(path, max_bytes, label)
+    elif _is_archive(path):
+        yield from _read_tar(path, max_bytes, label)
+    else:
+        yield from _read_file(path, max_bytes, label)
+
+
+_NOT_REGULAR = "not a regular file (a FIFO, socket or device); skipped"
 
 
 def _read_directory(root: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
@@ -124,7 +142,10 @@ def _read_directory(root: Path, max_bytes: int, label: int | None) -> Iterator[R
             if name.startswith(".") or name in _SKIP_NAMES:
                 continue
             p = here / name
-            if _is_archive(p):
+            if not p.is_file():
+                yield RawMessage(str(p), b"", label if label is not None else label_from_path(str(p)),
+                                 error=_NOT_REGULAR)
+            elif _is_archive(p):
                 yield from _read_tar(p, max_bytes, label)
             else:
                 yield from _read_file(p, max_bytes, label)
@@ -167,9 +188,12 @@ def _read_mbox(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMes
         yield pending
 
 
+LINE_PIECE = 1 << 16  # an mbox is read in lines of at most this many bytes; a longer one in pieces
+
+
 def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
     buf: list[bytes] = []
-    size, started, truncated, prev_blank = 0, False, False, True
+    size, started, truncated, prev_blank, line_start = 0, False, False, True, True
 
     def flush():
         data = b"".join(buf)
@@ -179,23 +203,40 @@ def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[Ra
 
     try:
         with open(path, "rb") as f:
-            for line in f:
-                if line.startswith(b"From ") and prev_blank:
+            # `for line in f` would hold a whole line, however long; pieces of one keep their order,
+            # and only a piece that starts a line can be a "From " separator or a blank line
+            while piece := f.readline(LINE_PIECE):
+                starts_line, line_start = line_start, piece.endswith(b"\n")
+                if starts_line and prev_blank and piece.startswith(b"From "):
                     if started:
                         yield flush()
                     started = True
                     buf, size, truncated, prev_blank = [], 0, False, False
+                    if not line_start:  # the rest of a long separator line
+                        while (piece := f.readline(LINE_PIECE)) and not piece.endswith(b"\n"):
+                            pass
+                        line_start = True
                     continue
-                prev_blank = line in (b"\n", b"\r\n")
-                if size + len(line) <= max_bytes:
-                    buf.append(line)
-                    size += len(line)
+                prev_blank = starts_line and piece in (b"\n", b"\r\n")
+                if size + len(piece) <= max_bytes:
+                    buf.append(piece)
+                    size += len(piece)
                 else:
                     truncated = True
             if started:
                 yield flush()
     except OSError as exc:
         yield RawMessage(str(path), b"", label, error=exc.strerror or str(exc))
+
+
+def capped_lines(f, max_bytes: int = MAX_BYTES) -> Iterator[bytes]:
+    """The lines of a binary stream, each cut to at most `max_bytes`; the rest of a longer line is
+    read past in pieces, never held, so one 300 MB line costs `max_bytes` of memory."""
+    while line := f.readline(max_bytes):
+        if not line.endswith(b"\n"):
+            while (rest := f.readline(LINE_PIECE)) and not rest.endswith(b"\n"):
+                pass
+        yield line
 
 
 def _read_maildir(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
@@ -208,6 +249,9 @@ def _read_maildir(path: Path, max_bytes: int, label: int | None) -> Iterator[Raw
             continue
         for name in names:
             p = path / sub / name
+            if not p.is_file():
+                yield RawMessage(str(p), b"", lab, error=_NOT_REGULAR)
+                continue
             try:
                 with open(p, "rb") as f:
                     data, truncated = _read_capped(f, max_bytes)
@@ -259,7 +303,7 @@ def read_sms(path: str | os.PathLike) -> tuple[list[str], list[int]]:
     """
     texts, labels = [], []
     with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in enumerate(capped_lines(f), 1):
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue

@@ -33,6 +33,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from itertools import chain
 
 from selectolax.lexbor import LexborHTMLParser, SelectolaxError
 
@@ -256,24 +257,31 @@ _EXTRA_HEADERS = ("content-type", "x-mailer", "user-agent", "message-id", "retur
 
 
 def _fill_headers(msg, out: ParsedMessage) -> None:
-    # One pass over the headers into a dict: Message.get scans every header on each call.
-    first: dict[str, object] = {}
+    # One pass over the headers into a dict: Message.get scans every header on each call. The
+    # values are taken raw and go through the policy's `header_fetch_parse` (what `items()` and
+    # `get()` apply to every header) only when used: a third of a message's headers, say.
+    first: dict[str, tuple[str, object]] = {}
     received = []
-    for name, value in msg.items():
+    for name, value in msg.raw_items():
         key = name.lower()
         if key == "received":
-            received.append(value)
+            received.append((name, value))
         else:
-            first.setdefault(key, value)
-    out.subject = decode_header(first.get("subject"))
-    out.from_ = decode_header(first.get("from"))
-    out.to = decode_header(first.get("to"))
-    out.reply_to = decode_header(first.get("reply-to"))
-    out.received = [decode_header(v) for v in received]
+            first.setdefault(key, (name, value))
+    fetch = msg.policy.header_fetch_parse
+
+    def header(key: str):
+        field = first.get(key)
+        return None if field is None else fetch(*field)
+
+    out.subject = decode_header(header("subject"))
+    out.from_ = decode_header(header("from"))
+    out.to = decode_header(header("to"))
+    out.reply_to = decode_header(header("reply-to"))
+    out.received = [decode_header(fetch(name, value)) for name, value in received]
     for name in _EXTRA_HEADERS:
-        v = first.get(name)
-        if v is not None:
-            out.headers[name] = decode_header(v)
+        if name in first:
+            out.headers[name] = decode_header(header(name))
 
 
 _HEADERS_ONLY = email.parser.BytesParser(policy=email.policy.compat32)
@@ -333,8 +341,9 @@ def _simple_header_block(text: str):
         msg.set_unixfrom(text[:pos].rstrip("\r\n"))
     end = len(text) - (2 if text.endswith("\n\r\n") else 1)  # where the blank line starts
     fields = _HEADER_FIELD.findall(text, pos, end)
-    # the matches do not overlap, so they cover the block without a gap iff their lengths add up
-    if sum(len(name) + len(first) + len(rest) + 1 for name, first, rest in fields) != end - pos:
+    # the matches do not overlap, so they cover the block without a gap iff their lengths (and a
+    # colon each) add up
+    if sum(map(len, chain.from_iterable(fields))) + len(fields) != end - pos:
         return None
     for name, first, rest in fields:
         msg.set_raw(name, (first.lstrip(" \t") + rest).rstrip("\r\n"))  # (a parser's own API)

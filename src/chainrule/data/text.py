@@ -73,12 +73,21 @@ class HashingConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> HashingConfig:
-        fields = ("n_features", "bigrams", "char_ngrams", "split_norm", "idf", "version")
-        cfg = cls(**{k: d[k] for k in fields if k in d})
+        """The config saved in a model's metadata, every field checked for its type (JSON from a
+        model file may hold anything); raises ValueError naming the first bad one."""
+        if not isinstance(d, dict):
+            raise ValueError(f"hashing: expected an object, got {type(d).__name__}")
+        cfg = cls(**{k: d[k] for k in ("n_features", "bigrams", "char_ngrams", "split_norm", "idf", "version")
+                     if k in d})
         n = cfg.n_features
-        if not isinstance(n, int) or n < 2 or n & (n - 1):
+        if type(n) is not int or n < 2 or n & (n - 1):
             raise ValueError(f"hashing: n_features must be a power of two, got {n!r}")
-        if cfg.version != 1:
+        for name in ("bigrams", "split_norm", "idf"):
+            if not isinstance(getattr(cfg, name), bool):
+                raise ValueError(f"hashing: {name} must be true or false, got {getattr(cfg, name)!r}")
+        if type(cfg.char_ngrams) is not int or cfg.char_ngrams < 0:
+            raise ValueError(f"hashing: char_ngrams must be an integer >= 0, got {cfg.char_ngrams!r}")
+        if type(cfg.version) is not int or cfg.version != 1:
             raise ValueError(f"hashing: version {cfg.version!r} is not understood (expected 1)")
         return cfg
 
@@ -143,7 +152,7 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
     if char_ngrams:
         for w in words:
             padded = f"<{w}>"
-            for n in range(3, char_ngrams + 1):
+            for n in range(3, min(char_ngrams, len(padded)) + 1):  # (longer n-grams than the word: none)
                 out.extend([f"c:{padded[i:i + n]}" for i in range(len(padded) - n + 1)])
     if prefix:
         out = [prefix + t for t in out]
@@ -201,6 +210,32 @@ HEADER_PREFIXES = ("subject:", "from:", "to:", "reply-to:", "received:", "receiv
                    "received2:", "content-type:", "charset:", "x-mailer:", "user-agent:", "message-id:",
                    "return-path:", "organization:", "x-priority:", "precedence:", "list-id:", "mime-version:",
                    "url:", "has:", "attach:", "parts:", "problem:")
+
+
+# 1 + log(count) of the counts up to 4095, computed by np.log as `Hasher.matrix` computes them.
+_ONE_PLUS_LOG = np.concatenate([[np.nan], 1.0 + np.log(np.arange(1, 1 << 12, dtype=np.float64))])
+
+
+def _one_plus_log(counts: np.ndarray) -> np.ndarray:
+    """1 + log(count) of every count (a positive integer), as `1.0 + np.log(counts)`."""
+    if counts.max(initial=1) < len(_ONE_PLUS_LOG):
+        return _ONE_PLUS_LOG[counts]
+    return 1.0 + np.log(counts.astype(np.float64))
+
+
+def _sum_by_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct keys in ascending order, the sum of each key's values, added in their order).
+
+    Equivalent to `np.unique(keys, return_inverse=True)`, then `np.bincount(inverse, weights=values)`
+    (bit for bit: a key's values are added to 0.0 in the order given); one stable sort where there
+    is no duplicate key, the usual case for one message's buckets, at a third of the cost.
+    """
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    if len(keys) > 1 and not np.all(keys[1:] != keys[:-1]):
+        keys, inverse = np.unique(keys, return_inverse=True)
+        return keys, np.bincount(inverse, weights=values[order])
+    return keys, 0.0 + values[order]
 
 
 def _is_body(token: str) -> bool:
@@ -284,11 +319,6 @@ class Hasher:
         v = (h & self._mask) + 1
         return -v if h >> 31 else v
 
-    def row(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(bucket indices, values) of one message's feature row, L2-normalised, duplicates summed."""
-        x = self.matrix([tokens])
-        return x.indices, x.data
-
     def matrix(self, token_lists: list[list[str]]) -> sp.csr_matrix:
         """The feature rows of many messages as one float32 CSR matrix of shape (n, n_features).
 
@@ -339,6 +369,43 @@ class Hasher:
         if self.config.split_norm:  # a row's two blocks into one: a bucket in both adds up (SciPy
             x.sum_duplicates()      # sorts each row's few hundred entries, cheaper than one big sort)
         return x.astype(np.float32)
+
+    def row(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(bucket indices, values) of one message's feature row: the one row of `matrix([tokens])`,
+        int32 indices in ascending order and float32 values."""
+        return self._one_row(tokens)
+
+    # Equivalent to `matrix([tokens])` for one message, bit for bit (the same operations in the same
+    # order), at less than half its cost: no CSR matrix, no row bookkeeping, and a table for
+    # 1 + log(count). A mail server's filter hashes one message at a time.
+    def _one_row(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        counts = Counter(tokens)
+        n = len(counts)
+        if not n:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+        try:
+            crc = np.fromiter(map(zlib.crc32, map(str.encode, counts)), np.int64, n)
+        except UnicodeEncodeError:  # a lone surrogate, which strict UTF-8 refuses
+            crc = np.fromiter((zlib.crc32(t.encode("utf-8", "surrogatepass")) for t in counts), np.int64, n)
+        weight = _one_plus_log(np.fromiter(counts.values(), np.int64, n))
+        weight[crc >> 31 == 1] *= -1
+        bits = self.config.n_features.bit_length() - 1
+        keys = crc & self._mask  # block · n_features + bucket, the header block being block 1
+        if self.config.split_norm:
+            keys[:bisect_left(list(counts), True, key=_is_body)] |= 1 << bits
+        keys, val = _sum_by_key(keys, weight)
+        buckets = keys & self._mask
+        if self.idf is not None:
+            val *= self.idf[buckets]
+        block = keys >> bits
+        norm = np.sqrt(np.bincount(block, weights=val * val, minlength=2))
+        scale = 1.0 / np.where(norm > 0, norm, 1.0)
+        if norm[0] > 0 and norm[1] > 0:
+            scale /= np.sqrt(2.0)
+        val *= scale[block]
+        if self.config.split_norm:  # the two blocks into one: a bucket in both adds up
+            buckets, val = _sum_by_key(buckets, val)
+        return buckets.astype(np.int32), val.astype(np.float32)
 
     def token_features(self, tokens: list[str]) -> dict[str, tuple[int, int]]:
         """token -> (bucket, sign) for every distinct token: hashed features back to words."""

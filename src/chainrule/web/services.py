@@ -22,11 +22,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 import chainrule
-from chainrule.apps.digits import model_inputs
+from chainrule.apps.digits import load_digits_model, model_inputs
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data.images import ImageError, preprocess_image
 from chainrule.errors import ModelFileError
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
+from chainrule.network import model_files
 from chainrule.web.schemas import (
     DigitPrediction,
     LayerActivation,
@@ -107,9 +108,7 @@ class DigitsService:
     @classmethod
     def load(cls, path) -> DigitsService:
         path = Path(path)
-        model, metadata = chainrule.load_model(path)
-        if metadata.get("task") != "digits":
-            raise ModelFileError(f"{path}: a {metadata.get('task') or 'non-digits'} model, expected a digits model")
+        model, metadata = load_digits_model(path)
         return cls(path, model, metadata, model_info(path, model, metadata))
 
     async def decode(self, data: bytes) -> np.ndarray:
@@ -223,8 +222,8 @@ class SpamService:
         return cls(path, bundle, model_info(path, bundle.model, bundle.metadata))
 
     def classify(self, raw: bytes) -> SpamVerdict:
-        with self.lock:
-            result = classify_message(self.bundle, raw, top=TOP_TOKENS)
+        # the lock covers the network's passes only: parsing a large message must not hold up others
+        result = classify_message(self.bundle, raw, top=TOP_TOKENS, lock=self.lock)
         tokens = [TokenWeight(token=str(t["token"]), weight=float(t["weight"])) for t in result["top_tokens"]]
         return SpamVerdict(label=result["label"], probability=float(result["probability"]), top_tokens=tokens,
                            problem=result.get("problem"))
@@ -245,6 +244,13 @@ def find_latest_model(task: str, runs="runs") -> Path | None:
         if not isinstance(metadata, dict) or metadata.get("task") != task:
             continue
         mtime = meta.stat().st_mtime
-        if mtime > best_time and (meta.parent / "model.npz").is_file():
+        if mtime > best_time and _has_weights(meta.parent):
             best, best_time = meta.parent, mtime
     return best
+
+
+def _has_weights(directory: Path) -> bool:
+    try:
+        return model_files(directory)["model"].is_file()
+    except (ModelFileError, KeyError, OSError):
+        return False

@@ -37,8 +37,6 @@ from chainrule.apps.spam.explain import classify_message, explain_row, looks_lik
 from chainrule.apps.spam.features import featurize, training_features
 from chainrule.apps.spam.learning import learn
 from chainrule.apps.spam.model import (
-    IDF_FILE,
-    REPLAY_FILE,
     REPLAY_SIZE,
     SPAM_FORMAT,
     TASK,
@@ -49,15 +47,14 @@ from chainrule.apps.spam.model import (
     load_spam_model,
     merge_committee,
     save_model,
-    save_replay,
     verdict,
 )
 from chainrule.apps.spam.training import TrainResult, kfold_assignments, stratified_split, train_filter
 
 __all__ = [
-    "IDF_FILE", "REPLAY_FILE", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "SpamModel", "TrainResult", "annotate",
+    "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "SpamModel", "TrainResult", "annotate",
     "binary_report", "build_network", "calibrate", "classify_message", "collect", "explain_row", "featurize",
     "kfold_assignments", "learn", "load_idf", "load_replay", "load_spam_model", "looks_like_email",
-    "merge_committee", "save_model", "save_replay", "stratified_split", "train_filter",
+    "merge_committee", "save_model", "stratified_split", "train_filter",
     "training_features", "verdict",
 ]

@@ -36,9 +36,12 @@ z = 9.2) about 4-5 points from the cut-off, the range SpamAssassin's own scores 
 `SpamFilter` implements it on top of `chainrule.apps.spam` and is the one place that knows how a
 model is loaded, scored, explained and taught.
 
-**Concurrency.** One asyncio event loop accepts and reads connections; classification runs on a
-small thread pool against the loaded filter (forward passes do not modify the network, so threads
-share it; REPORT's explanation runs a backward pass and takes a lock). Learning (TELL), loading and
+**Concurrency.** One asyncio event loop (uvloop's, where it is installed) accepts and reads
+connections. A message of up to `INLINE_BYTES` is classified on the loop itself: that takes a few
+tenths of a millisecond, less than handing it to a thread and back, and the threads could not run
+Python side by side anyway. Larger messages and REPORT's explanations run on a small thread pool
+against the loaded filter (forward passes do not modify the network, so threads share it;
+REPORT's explanation runs a backward pass and takes a lock). Learning (TELL), loading and
 reloading run one at a time on a thread of their own: a TELL is applied to a fresh copy of the model
 read from disk, with the same learner as `chainrule spam learn`, saved atomically, and the new
 filter replaces the old one only when it is complete, so classification never waits for it. TELLs
@@ -48,6 +51,7 @@ that arrive while one is being learned are learned together, in one step and one
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import math
@@ -68,11 +72,17 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
+try:  # asyncio's event loop written in C: accepting and reading a connection cost ~0.1 ms less
+    import uvloop
+except ImportError:  # (not on Windows)
+    uvloop = None
+
 from chainrule import __version__
+from chainrule.apps.spam.annotate import header_end
 from chainrule.apps.spam.explain import explain_row
 from chainrule.apps.spam.features import featurize
 from chainrule.apps.spam.learning import learn
-from chainrule.apps.spam.model import load_replay, load_spam_model, save_replay, verdict
+from chainrule.apps.spam.model import load_replay, load_spam_model, save_model, verdict
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import parse_message
 from chainrule.data.text import message_tokens
@@ -91,6 +101,7 @@ EX_OK, EX_DATAERR, EX_UNAVAILABLE, EX_SOFTWARE, EX_TEMPFAIL, EX_PROTOCOL, EX_TIM
 COMMANDS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS", "TELL", "PING", "SKIP")
 CHECKS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS")
 MAX_HEADERS = 256  # spamd reads at most this many request header lines
+INLINE_BYTES = 64 << 10  # messages up to this size are classified on the event loop, larger ones on a thread
 HARD_LIMIT = 256 << 20  # spamc never sends more than 256 MB (SPAMC_MAX_MESSAGE_LEN); nor do we accept more
 CHUNK = 1 << 16
 # Headers that mark a message up; old ones are removed before the new ones go in, so a message
@@ -180,7 +191,9 @@ class Filter(Protocol):
 class SpamFilter:
     """A `Filter` backed by a model directory written by `chainrule spam train`."""
 
-    FILES = ("model.json", "model.npz", "idf.npz")  # what a reload watches
+    # What a reload watches: every save of a model renames a new model.json into place (a version 1
+    # model directory, written by an older chainrule, also replaced its model.npz and idf.npz).
+    FILES = ("model.json", "model.npz", "idf.npz")
 
     def __init__(self, bundle, spam_cutoff: float | None = None, ham_cutoff: float | None = None,
                  stamp: tuple = ()):
@@ -206,8 +219,7 @@ class SpamFilter:
             p, problems = b.score([("mail", raw)], processes=1)
             return Verdict(float(p[0]), b.spam_cutoff, b.ham_cutoff, problem=problems[0])
         parsed = parse_message(raw)
-        with self._explain_lock:
-            p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10)
+        p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10, lock=self._explain_lock)
         return Verdict(p, b.spam_cutoff, b.ham_cutoff, tuple(to_spam), tuple(to_ham), parsed.problem)
 
     def learn(self, examples: Sequence[tuple[bytes, bool]]) -> SpamFilter:
@@ -225,16 +237,16 @@ class SpamFilter:
         it; True if it was there. The weights keep what they learned from it: a network cannot
         subtract one message exactly, as a Bayes token database can, but teaching the message as
         the other class (`spamc -L`) moves it."""
-        b = self.bundle
+        b = load_spam_model(self.directory)  # the model on disk, saved again with its smaller sample
         x, _ = featurize([("mail", raw)], b.config, processes=1, idf=b.idf)
-        x_old, y_old = load_replay(self.directory, b.config.n_features)
+        x_old, y_old = load_replay(b.files.get("replay"), b.config.n_features)
         row = x.tocsr()
         row.sort_indices()
         x_old.sort_indices()
         keep = [i for i in range(x_old.shape[0]) if not _same_row(x_old, i, row)]
         if len(keep) == x_old.shape[0]:
             return False
-        save_replay(self.directory, x_old[keep], y_old[keep])
+        save_model(b, self.directory, replay=(x_old[keep], y_old[keep]))
         return True
 
     def changed_on_disk(self) -> bool:
@@ -242,14 +254,15 @@ class SpamFilter:
 
 
 def _stamp(directory: Path, names: Sequence[str]) -> tuple:
-    """(name, modification time, size) of each file that exists: what tells that a model changed."""
+    """(name, inode, modification time, size) of each file that exists: what tells that a model
+    changed (a file renamed into place has a new inode, even within one tick of the clock)."""
     out = []
     for name in names:
         try:
             st = (directory / name).stat()
         except OSError:
             continue
-        out.append((name, st.st_mtime_ns, st.st_size))
+        out.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(out)
 
 
@@ -260,13 +273,6 @@ def _same_row(x, i: int, row) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # The message as spamd hands it back: markup headers, reports.
-
-
-def _header_end(raw: bytes) -> tuple[int, bytes]:
-    """(offset where the blank line that ends the header block starts, that blank line's bytes),
-    or (len(raw), b"") for a message without a body."""
-    cuts = [(i + len(sep) // 2, sep[len(sep) // 2:]) for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) >= 0]
-    return min(cuts) if cuts else (len(raw), b"")
 
 
 def markup_headers(v: Verdict, nl: bytes = b"\n") -> bytes:
@@ -291,7 +297,7 @@ def markup_headers(v: Verdict, nl: bytes = b"\n") -> bytes:
 def mark_up(raw: bytes, v: Verdict) -> bytes:
     """`raw` with earlier markup headers removed and ours added at the end of the header block.
     Every other header line and every byte of the body stay exactly as they were."""
-    end, blank = _header_end(raw)
+    end, blank = header_end(raw)
     head = raw[:end]
     nl = b"\r\n" if b"\r\n" in head[:4096] else b"\n"
     fields = re.split(rb"(?m)^(?=[^ \t\r\n])", head)  # a field: its line and its continuation lines
@@ -523,14 +529,14 @@ def answer(req: Request, v: Verdict | None) -> bytes:
         return status + spam_line(v) + b"\r\n"
     if req.command in ("PROCESS", "HEADERS"):
         if v is None:  # HEADERS of a too-big message: its own header block, unchanged
-            end, blank = _header_end(req.body)
+            end, blank = header_end(req.body)
             if not blank:
                 raise ProtocolError(EX_DATAERR, "EX_DATAERR message too big and its header block too")
             out = req.body[:end + len(blank)]
         else:
             out = mark_up(req.body, v)
             if req.command == "HEADERS":  # spamc appends the body it kept
-                end, blank = _header_end(out)
+                end, blank = header_end(out)
                 out = out[:end + len(blank)]
         return status + _length_and_spam(req, len(out), v) + out
     if req.command == "SYMBOLS":
@@ -570,9 +576,22 @@ class DaemonOptions:
     read_timeout: float = 30.0  # seconds for a client to send its whole request
     timeout: float = 300.0  # seconds for a whole connection: waiting, reading, checking, answering
     reload_interval: float = 5.0  # seconds between looks at the model files (0: only on SIGHUP)
-    threads: int = 2  # classification threads
+    threads: int = 2  # threads for REPORTs and messages over INLINE_BYTES
     spam_cutoff: float | None = None
     ham_cutoff: float | None = None
+
+
+@functools.lru_cache(maxsize=1024)
+def _allowed_address(host: str, allowed: tuple) -> bool:
+    """Whether the address `host` lies in one of the networks `allowed`; remembered, since a mail
+    server's few addresses connect again and again and `ipaddress` takes tens of microseconds."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in allowed)
 
 
 _USER_DIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
@@ -594,7 +613,7 @@ class DaemonServer:
         self._load = load_filter
         self.filter: Filter | None = None
         self._user_filters: OrderedDict[str, Filter] = OrderedDict()
-        self._allowed = [ipaddress.ip_network(a, strict=False) for a in options.allowed_ips]
+        self._allowed = tuple(ipaddress.ip_network(a, strict=False) for a in options.allowed_ips)
         self._check_pool = ThreadPoolExecutor(options.threads, thread_name_prefix="spamd-check")
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="spamd-model")  # loads and learning, in turn
         self._servers: list[asyncio.AbstractServer] = []
@@ -720,13 +739,7 @@ class DaemonServer:
     def _allowed_peer(self, peer) -> bool:
         if not isinstance(peer, tuple):  # a Unix socket: its file mode decides who may connect
             return True
-        try:
-            ip = ipaddress.ip_address(peer[0].split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self._allowed)
+        return _allowed_address(peer[0], self._allowed)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -815,8 +828,10 @@ class DaemonServer:
             return
         _, f = await self._filter_for(req.user)
         explain = req.command in ("REPORT", "REPORT_IFSPAM")
-        loop = asyncio.get_running_loop()
-        v = await loop.run_in_executor(self._check_pool, f.check, req.body, explain)
+        if explain or len(req.body) > INLINE_BYTES:
+            v = await asyncio.get_running_loop().run_in_executor(self._check_pool, f.check, req.body, explain)
+        else:
+            v = f.check(req.body)
         writer.write(answer(req, v))
         await writer.drain()
         log.info("%s %s (%s/%.1f, P(spam) %.4f) for %s in %.1f ms, %d bytes, %s", req.command, v.label,
@@ -916,7 +931,7 @@ def run_daemon(options: DaemonOptions) -> int:
     raises UserError before anything is served."""
     server = DaemonServer(options)
     server.load()
-    return asyncio.run(_main(server))
+    return (asyncio.run if uvloop is None else uvloop.run)(_main(server))
 
 
 async def _main(server: DaemonServer) -> int:

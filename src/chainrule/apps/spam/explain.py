@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,24 +17,29 @@ from chainrule.data.text import message_tokens, sms_tokens
 from chainrule.functional import sigmoid
 
 
-def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[float, list, list]:
+def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10,
+                lock: AbstractContextManager | None = None) -> tuple[float, list, list]:
     """(P(spam), tokens towards spam, tokens towards ham) by gradient × input on the hashed features.
 
     The logit's gradient with respect to every input bucket is backpropagated through the layers
     above the first `Linear`: dlogit/dx_j = Σ_k W1[j, k] · dlogit/dh_k, where h = x·W1 + b1.
     A token's share is sign(token) · x_j · dlogit/dx_j, split evenly among the tokens that
     share its bucket and sign (they are indistinguishable to the network).
+
+    Layers cache their inputs in the forward pass for the backward one, so a network shared by
+    threads must run one pass at a time: `lock` is held around the two passes, and only them.
     """
     hasher = bundle.hasher
     idx, val = hasher.row(tokens)
     x = sp.csr_matrix((val, idx, [0, len(idx)]), shape=(1, bundle.config.n_features), dtype=np.float32)
     net = bundle.model
     first = net.layers[0]
-    out = net.forward(x)
-    grad = np.ones_like(out)
-    for layer in reversed(net.layers[1:]):
-        grad = layer.backward(grad)
-    dlogit_dx = first.weight.data[idx] @ grad[0]  # (nnz,)
+    with lock or nullcontext():
+        out = net.forward(x)
+        grad = np.ones_like(out)
+        for layer in reversed(net.layers[1:]):
+            grad = layer.backward(grad)
+        dlogit_dx = first.weight.data[idx] @ grad[0]  # (nnz,)
     contribution = dict(zip(idx.tolist(), (val * dlogit_dx).tolist(), strict=True))
     feats = hasher.token_features(tokens)
     sharing: dict[int, int] = {}
@@ -59,9 +65,13 @@ def looks_like_email(raw: bytes) -> bool:
     return bool(_EMAIL_START.match(raw[:1024]))
 
 
-def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
+def classify_message(bundle: SpamModel, raw: bytes, top: int = 5,
+                     lock: AbstractContextManager | None = None) -> dict:
     """Classify one message for programs such as the web app: an email with its headers, or the
     text of an SMS (anything that does not start like an email), tokenised as training saw each.
+
+    Parsing and tokenising, the slow part (a deep 1 MB HTML mail takes a second or two), need no
+    lock; `lock` is held only around the network's passes (`explain_row`).
 
     Returns {"label": "spam"|"ham"|"unsure", "probability": P(spam), "top_tokens":
     [{"token", "weight"}...] (the strongest in either direction), "problem": str|None}.
@@ -71,7 +81,7 @@ def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
         tokens, problem = message_tokens(parsed, bundle.config), parsed.problem
     else:
         tokens, problem = sms_tokens(raw[:MAX_BYTES].decode("utf-8", "replace"), bundle.config), None
-    p, to_spam, to_ham = explain_row(bundle, tokens, top)
+    p, to_spam, to_ham = explain_row(bundle, tokens, top, lock)
     strongest = sorted(to_spam + to_ham, key=lambda t: -abs(t[1]))[:top]
     return {"label": verdict(p, bundle.spam_cutoff, bundle.ham_cutoff), "probability": p,
             "top_tokens": [{"token": t, "weight": round(w, 6)} for t, w in strongest],

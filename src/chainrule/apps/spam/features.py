@@ -28,14 +28,19 @@ def featurize_chunk(hasher: Hasher, items: list[tuple[str, bytes | str]]) -> tup
     """
     tokens, problems = [], []
     for kind, data in items:
-        if kind == "sms":
-            tokens.append(sms_tokens(data, hasher.config))
-            problems.append(None)
-        else:
-            parsed = parse_message(data)
-            tokens.append(message_tokens(parsed, hasher.config))
-            problems.append(parsed.problem)
+        t, problem = item_tokens(kind, data, hasher.config)
+        tokens.append(t)
+        problems.append(problem)
     return hasher.matrix(tokens), problems
+
+
+def item_tokens(kind: str, data: bytes | str, config: HashingConfig) -> tuple[list[str], str | None]:
+    """(tokens, problem) of one ("mail", raw bytes) or ("sms", text) item; the problem says why a
+    mail was read as plain text (None for an SMS)."""
+    if kind == "sms":
+        return sms_tokens(data, config), None
+    parsed = parse_message(data)
+    return message_tokens(parsed, config), parsed.problem
 
 
 def _guided_chunks(items: list, workers: int, smallest: int = 16, largest: int = 500) -> list[list]:

@@ -7,32 +7,33 @@ config and, for mail, the idf weights of its buckets) and two cut-offs on P(spam
     ham     if P(spam) <  ham cut-off
     unsure  otherwise
 
-On disk, a model directory holds `model.npz` + `model.json` (the network and its metadata:
-hashing config, cut-offs, how it was trained), `idf.npz` (the idf weights, when the hashing uses
-them) and `replay.npz` (training examples that `learn` rehearses). Every file is written
-atomically and read back validated, never unpickled.
+On disk, a filter is a model directory (`chainrule.Sequential.save`): `model.json` (the network's
+architecture and metadata: hashing config, cut-offs, how it was trained) and the array files it
+names: the network's weights, the idf weights when the hashing uses them, and the replay sample
+of training examples that `learn` rehearses. They are saved together in one commit, so a reader
+never sees the weights of one model with the idf or replay sample of another, and are read back
+validated, sizes first, never unpickled.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 import chainrule as cr
-from chainrule.apps.spam.features import featurize_chunk, map_chunks
+from chainrule.apps.spam.features import featurize_chunk, item_tokens, map_chunks
 from chainrule.data.text import Hasher, HashingConfig
 from chainrule.distributed import World
-from chainrule.files import atomic_write_npz
+from chainrule.files import npz_headers, read_npz
 from chainrule.functional import sigmoid
-from chainrule.network import model_directory
+from chainrule.network import load_model_and_files, model_directory
 
 TASK = "spam"
 SPAM_FORMAT = 1
-REPLAY_FILE = "replay.npz"
-IDF_FILE = "idf.npz"  # the hashing's idf weights, when the model's hashing config has `idf` on
 REPLAY_SIZE = 2000  # examples kept for `learn` to rehearse, so new mail does not overwrite old lessons
 
 
@@ -47,6 +48,7 @@ class SpamModel:
     ham_cutoff: float
     directory: Path | None = None
     idf: np.ndarray | None = None  # the hashing's bucket weights (`HashingConfig.idf`)
+    files: dict[str, Path] = field(default_factory=dict)  # the model's array files (`cr.model_files`)
 
     @property
     def hasher(self) -> Hasher:
@@ -79,6 +81,9 @@ class SpamModel:
             if scored is None:
                 return None
             return np.concatenate([p for p, _ in scored]), [q for _, problems in scored for q in problems]
+        if len(items) == 1:  # one message, as a daemon checks them
+            p, problem = self._score_one(*items[0])
+            return np.array([p]), [problem]
         hasher = self.hasher
 
         def chunk(part):
@@ -87,6 +92,23 @@ class SpamModel:
 
         parts = map_chunks(chunk, items, processes)
         return np.concatenate([p for p, _ in parts]), [q for _, problems in parts for q in problems]
+
+    # Equivalent to `score([(kind, data)])` the batch way (`featurize_chunk`, then `probabilities`)
+    # for one message, at a fraction of its fixed cost: the row is hashed without a CSR matrix
+    # (`Hasher.row`), and the first layer's product with a row of k non-zeros x_i in buckets b_i,
+    # x·W1 = Σ_i x_i W1[b_i], reads just those k rows of W1 and adds them one after another in
+    # float32, in the order of the buckets, as SciPy's sparse product does; the layers above see
+    # the same (1, width) array as in a batch of one.
+    def _score_one(self, kind: str, data: bytes | str) -> tuple[float, str | None]:
+        tokens, problem = item_tokens(kind, data, self.config)
+        buckets, values = self.hasher.row(tokens)
+        first, *rest = self.model.layers
+        h = np.multiply(values[:, None], first.weight.data[buckets]).sum(axis=0, keepdims=True)
+        if first.bias is not None:
+            h += first.bias.data
+        for layer in rest:
+            h = layer.forward(h)
+        return float(sigmoid(h.reshape(-1).astype(np.float64))[0]), problem
 
     def verdicts(self, p: np.ndarray) -> list[str]:
         return [verdict(float(q), self.spam_cutoff, self.ham_cutoff) for q in p]
@@ -151,79 +173,122 @@ def merge_committee(nets: list[cr.Sequential], n_features: int, hidden: tuple[in
 
 
 def load_spam_model(directory, spam_cutoff: float | None = None, ham_cutoff: float | None = None) -> SpamModel:
-    """Load a model saved by `spam train`; raises ModelFileError if it is not a spam model."""
-    directory = model_directory(directory)  # (files beside model.json: idf, replay)
-    model, metadata = cr.load_model(directory)
+    """Load a model saved by `spam train`; raises ModelFileError if it is not a spam model.
+
+    The metadata is checked for every type the filter will rely on, so that a damaged model.json
+    is refused here, in one line, rather than by every message a server then classifies.
+    """
+    directory = model_directory(directory)
+    model, metadata, files = load_model_and_files(directory)
     if metadata.get("task") != TASK:
         raise cr.ModelFileError(f"{directory}: not a spam model (task {metadata.get('task')!r})")
     try:
-        config = HashingConfig.from_dict(metadata["hashing"])
-        cut = metadata["cutoffs"]
-        spam_c = float(cut["spam"] if spam_cutoff is None else spam_cutoff)
-        ham_c = float(cut["ham"] if ham_cutoff is None else ham_cutoff)
-    except (KeyError, TypeError, ValueError) as exc:
+        config = HashingConfig.from_dict(metadata.get("hashing"))
+        spam_c, ham_c = _cutoffs(metadata.get("cutoffs"), spam_cutoff, ham_cutoff)
+        _check_training(metadata)
+    except ValueError as exc:
         raise cr.ModelFileError(f"{directory}: invalid spam metadata ({exc})") from exc
     if not (0.0 <= ham_c <= spam_c <= 1.0):
         raise cr.ModelFileError(f"cut-offs must satisfy 0 <= ham ({ham_c}) <= spam ({spam_c}) <= 1")
-    if model.layers[0].in_features != config.n_features:
-        raise cr.ModelFileError(f"{directory}: network input {model.layers[0].in_features} != "
-                                f"{config.n_features} hash buckets")
-    return SpamModel(model, metadata, config, spam_c, ham_c, directory, load_idf(directory, config))
+    first = model.layers[0]
+    if not isinstance(first, cr.Linear) or first.in_features != config.n_features or model.output_shape != (1,):
+        raise cr.ModelFileError(f"{directory}: expected a network from {config.n_features} hash buckets to one "
+                                f"logit, got {model.input_shape} -> {model.output_shape}")
+    idf = load_idf(files.get("idf"), config)
+    return SpamModel(model, metadata, config, spam_c, ham_c, directory, idf, files)
 
 
-def load_idf(directory, config: HashingConfig) -> np.ndarray | None:
-    """The idf weights saved beside a model whose hashing uses them (None if it does not);
-    validated, never unpickled."""
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _cutoffs(cut, spam_cutoff: float | None, ham_cutoff: float | None) -> tuple[float, float]:
+    """(spam, ham) cut-offs: the overrides given, else the model's, checked."""
+    if not isinstance(cut, dict) or not _is_number(cut.get("spam")) or not _is_number(cut.get("ham")):
+        raise ValueError(f"cutoffs must be an object with numbers 'spam' and 'ham', got {str(cut)[:80]}")
+    spam_c = float(cut["spam"] if spam_cutoff is None else spam_cutoff)
+    ham_c = float(cut["ham"] if ham_cutoff is None else ham_cutoff)
+    return spam_c, ham_c
+
+
+def _check_training(metadata: dict) -> None:
+    """What `learn` reads of the metadata: the training's pos_weight and the count of lessons."""
+    training = metadata.get("training", {})
+    if not isinstance(training, dict):
+        raise ValueError(f"training must be an object, got {type(training).__name__}")
+    if "pos_weight" in training and not (_is_number(training["pos_weight"]) and training["pos_weight"] > 0):
+        raise ValueError(f"training.pos_weight must be a positive number, got {training['pos_weight']!r}")
+    learned = metadata.get("learned", 0)
+    if type(learned) is not int or learned < 0:
+        raise ValueError(f"learned must be an integer >= 0, got {learned!r}")
+
+
+def load_idf(path, config: HashingConfig) -> np.ndarray | None:
+    """The idf weights in `path` (a model's "idf" file, `cr.model_files`) for a model whose hashing
+    uses them, or None if it does not; validated, sizes first, never unpickled."""
     if not config.idf:
         return None
     n_features = config.n_features
-    path = Path(directory) / IDF_FILE
-    if not path.is_file():
-        raise cr.ModelFileError(f"{path}: not found (the model's hashing weights buckets by idf)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            idf = z["idf"]
-    except Exception as exc:  # zip/KeyError/ValueError: all mean "not a valid idf file"
-        raise cr.ModelFileError(f"{path}: not a valid idf file ({exc})") from exc
-    if idf.shape != (n_features,) or idf.dtype.kind != "f" or not np.all(np.isfinite(idf)) or idf.min() < 1:
-        raise cr.ModelFileError(f"{path}: expected {n_features} finite idf weights >= 1, "
-                                f"got shape {idf.shape}, dtype {idf.dtype}")
+    if path is None or not Path(path).is_file():
+        raise cr.ModelFileError(f"{path or 'idf.npz'}: not found (the model's hashing weights buckets by idf)")
+    shape, dtype = npz_headers(path).get("idf", (None, None))
+    if shape != (n_features,) or dtype.kind != "f":
+        raise cr.ModelFileError(f"{path}: expected {n_features} idf weights, got shape {shape}, dtype {dtype}")
+    idf = read_npz(path, ["idf"])["idf"]
+    if not np.all(np.isfinite(idf)) or idf.min() < 1:
+        raise cr.ModelFileError(f"{path}: expected {n_features} finite idf weights >= 1")
     return idf.astype(np.float32)
 
 
-def save_model(bundle: SpamModel, directory) -> None:
-    """Write the network and its metadata, and the idf weights if the hashing has them; each file
-    atomically, the idf first, so a model.json that asks for one never lacks it."""
+def save_model(bundle: SpamModel, directory, replay: tuple[sp.csr_matrix, np.ndarray] | None = None) -> None:
+    """Save the filter into `directory` in one commit (`cr.Sequential.save`): the network and its
+    metadata, the idf weights if its hashing uses them, and the `replay` sample (x, y) that
+    `learn` rehearses, if given (a model saved without one has none)."""
+    arrays = {}
     if bundle.config.idf:
         if bundle.idf is None:
             raise ValueError("the model's hashing config has idf on but it holds no idf weights")
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        atomic_write_npz(Path(directory) / IDF_FILE, {"idf": np.asarray(bundle.idf, np.float32)})
-    bundle.model.save(directory, bundle.metadata)
+        arrays["idf"] = {"idf": np.asarray(bundle.idf, np.float32)}
+    if replay is not None:
+        x, y = replay[0].tocsr(), replay[1]
+        arrays["replay"] = {
+            "data": x.data.astype(np.float32), "indices": x.indices.astype(np.int32),
+            "indptr": x.indptr.astype(np.int64), "shape": np.array(x.shape, np.int64),
+            "labels": np.asarray(y, np.int64)}
+    bundle.files = bundle.model.save(directory, bundle.metadata, arrays)
     bundle.directory = Path(directory)
 
 
-def save_replay(directory, x: sp.csr_matrix, y: np.ndarray) -> None:
-    x = x.tocsr()
-    atomic_write_npz(Path(directory) / REPLAY_FILE, {
-        "data": x.data.astype(np.float32), "indices": x.indices.astype(np.int32),
-        "indptr": x.indptr.astype(np.int64), "shape": np.array(x.shape, np.int64),
-        "labels": np.asarray(y, np.int64)})
+# The largest replay sample read back: `learn` keeps REPLAY_SIZE rows; this leaves room for files
+# written with a larger REPLAY_SIZE, and refuses a header that claims millions of rows.
+MAX_REPLAY_ROWS = 100_000
 
 
-def load_replay(directory, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
-    """The replay sample (empty if there is none); validated, never unpickled."""
-    path = Path(directory) / REPLAY_FILE
-    if not path.is_file():
+def load_replay(path, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The replay sample in `path` (a model's "replay" file, `cr.model_files`; empty if None or
+    missing), checked against the model's `n_features`: sizes from the headers first, then the
+    CSR structure; never unpickled."""
+    if path is None or not Path(path).is_file():
         return sp.csr_matrix((0, n_features), dtype=np.float32), np.zeros(0, np.int64)
+    names = ("data", "indices", "indptr", "shape", "labels")
+    headers = npz_headers(path)
+    shapes = {name: headers[name][0] if name in headers else None for name in names}
+    kinds = "".join(headers[name][1].kind if name in headers else "?" for name in names)
+    rows = shapes["labels"][0] if shapes["labels"] and len(shapes["labels"]) == 1 else -1
+    nnz = shapes["data"][0] if shapes["data"] and len(shapes["data"]) == 1 else -1
+    if not (0 <= rows <= MAX_REPLAY_ROWS and 0 <= nnz <= rows * n_features and shapes["shape"] == (2,)
+            and shapes["indices"] == (nnz,) and shapes["indptr"] == (rows + 1,)
+            and kinds[0] == "f" and all(k in "iu" for k in kinds[1:])):
+        raise cr.ModelFileError(f"{path}: not a replay sample of at most {MAX_REPLAY_ROWS} rows of "
+                                f"{n_features} features (shapes {shapes})")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            shape = tuple(int(s) for s in z["shape"])
-            x = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
-            y = z["labels"].astype(np.int64)
+        z = read_npz(path, names)
+        shape = tuple(int(s) for s in z["shape"])
+        x = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
         x.check_format(full_check=True)
-    except Exception as exc:  # zip/KeyError/ValueError: all mean "not a valid replay file"
+        y = z["labels"].astype(np.int64)
+    except (TypeError, ValueError) as exc:
         raise cr.ModelFileError(f"{path}: not a valid replay sample ({exc})") from exc
-    if shape[1] != n_features or shape[0] != len(y) or not set(np.unique(y)) <= {0, 1}:
+    if shape != (rows, n_features) or not set(np.unique(y)) <= {0, 1} or not np.all(np.isfinite(x.data)):
         raise cr.ModelFileError(f"{path}: replay sample does not match the model")
     return x.astype(np.float32), y
