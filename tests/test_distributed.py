@@ -205,7 +205,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    wa, wb = arrays(a / "model.npz"), arrays(b / "model.npz")
+    wa, wb = arrays(cr.model_files(a)["model"]), arrays(cr.model_files(b)["model"])
     for key in wa:
         assert relative_difference(wa[key], wb[key]) < RELATIVE_TOLERANCE, key
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
@@ -252,7 +252,7 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_on_another_n(mpirun, uni
     with np.load(out / "checkpoint.npz", allow_pickle=False) as npz:
         done = json.loads(npz["json"].tobytes())["epochs_done"]
     assert 1 <= done < 6, "killed mid-run: after a checkpoint, before the end"
-    assert not (out / "model.npz").exists()
+    assert not (out / "model.json").exists()
 
     resumed = run([*mpirun, "-np", 4, *CLI, "digits", "train", "--out", out, "--resume", "--quiet"])
     assert resumed.returncode == 0, resumed.stderr
@@ -275,6 +275,21 @@ def test_a_failing_rank_stops_the_job_with_its_one_line_error(mpirun, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@needs_data
+def test_a_damaged_checkpoint_stops_every_rank_with_one_line(mpirun, uninterrupted, tmp_path):
+    # Rank 0 alone reads the checkpoint (the others wait for its arrays): its error must end them.
+    out = tmp_path / "damaged"
+    shutil.copytree(uninterrupted, out)
+    (out / "checkpoint.npz").write_bytes(b"PK\x03\x04 cut short")
+    proc = run([*mpirun, "-np", 2, *CLI, "digits", "train", "--out", out, "--resume", "--quiet"])
+    assert proc.returncode == 2
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("chainrule")]
+    assert len(ours) == 1, proc.stderr
+    assert ours[0].startswith("chainrule: error: rank 0 of 2: ")
+    assert "checkpoint.npz: not a readable .npz file" in ours[0]
+    assert "delete it to start afresh" in ours[0] and "Traceback" not in proc.stderr
+
+
 def test_a_command_for_one_process_refuses_to_run_on_several(mpirun, tmp_path):
     proc = run([*mpirun, "-np", 2, *CLI, "digits", "evaluate", tmp_path])
     assert proc.returncode == 2
@@ -295,7 +310,10 @@ def test_spam_train_on_two_processes_writes_the_filter_of_one(mpirun, data_root,
     one = run([*CLI, *args, "--out", tmp_path / "one"])
     two = run([*mpirun, "-np", 2, *CLI, *args, "--out", tmp_path / "two"])
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
-    assert (tmp_path / "one" / "model.npz").read_bytes() == (tmp_path / "two" / "model.npz").read_bytes()
+    one_files, two_files = (cr.model_files(tmp_path / d) for d in ("one", "two"))
+    assert one_files.keys() == two_files.keys()
+    for name in one_files:  # the weights, idf weights and replay sample
+        assert one_files[name].read_bytes() == two_files[name].read_bytes(), name
     assert two.stdout.count("validation:") == 1
 
 
