@@ -1,6 +1,6 @@
 """Scaling benchmark: data-parallel training over MPI, measured here and modelled for a cluster (issue 19).
 
-    python bench/scaling.py                      # about 10-15 minutes on 2 cores
+    python bench/scaling.py                      # about 15 minutes on 2 cores
     python bench/scaling.py --rounds 1 --lr-epochs 0   # throughput and model only
 
 Measured on this machine, for the `mlp` and `cnn` digits presets (real MNIST, global batch 128, Adam,
@@ -48,6 +48,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -424,6 +425,19 @@ def cpu_model() -> str:
     return f"{name}, {os.cpu_count()} CPUs, {isa}"
 
 
+def versions() -> dict:
+    """The versions of what is measured, and the commit of chainrule's code."""
+    found = {}
+    for name in ("numpy", "torch", "mpi4py", "openmpi"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    git = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    found["chainrule_commit"] = git.stdout.strip() or None
+    return found
+
+
 def fit_alpha_beta(sweep: list) -> tuple[float, float]:
     """(latency, seconds per byte) from (bytes, seconds) pairs: the latency is the median time of
     the smallest message; the time per byte the least-squares slope over messages of 64 KB and more."""
@@ -435,7 +449,10 @@ def fit_alpha_beta(sweep: list) -> tuple[float, float]:
 
 
 def print_report(res: dict) -> None:
-    print(f"\nMeasured ({res['machine']}; global batch {GLOBAL_BATCH}, {res['rounds']} rounds, medians)\n")
+    print(f"\nMeasured ({res['machine']}; global batch {GLOBAL_BATCH}, {res['rounds']} rounds, medians)")
+    if "versions" in res:
+        print(", ".join(f"{k} {v}" for k, v in res["versions"].items()))
+    print()
     print("| preset | setup | samples/s | vs DDP | step ms | comm wait ms/step | allreduce of all gradients ms |")
     print("|---|---|---|---|---|---|---|")
     for preset, m in res["measured"].items():
@@ -551,7 +568,8 @@ def main() -> int:
         predicted = step_seconds(profiles[preset], GLOBAL_BATCH // 2, 2, alpha, byte_time)["total"]
         check[preset] = {"predicted_ms": 1e3 * predicted, "measured_ms": measured[preset]["chainrule_2x1"]["step_ms"]}
     res = {
-        "machine": cpu_model(), "python": platform.python_version(), "started": started, "rounds": args.rounds,
+        "machine": cpu_model(), "python": platform.python_version(), "versions": versions(), "started": started,
+        "rounds": args.rounds,
         "global_batch": GLOBAL_BATCH, "measured": measured, "profiles": profiles,
         "local_alpha_s": alpha, "local_byte_s": byte_time, "model_check": check, "model": model_tables(profiles),
         "assumptions": [
