@@ -123,9 +123,14 @@ class GradientFlow(Callback):
     Norms are sampled on `SAMPLES_PER_EPOCH` evenly spaced batches (copying the weights before a
     step costs memory traffic, and a sample is plenty for an average); dead units are counted over
     every batch. `fit` always runs one, so `History.gradient_report()` has something to report.
+    In data-parallel training (`world` of several processes) the gradients are already the
+    global batch's, and a unit is dead only if it was for the examples of every process.
     """
 
     SAMPLES_PER_EPOCH = 20
+
+    def __init__(self, world=None):
+        self.world = world
 
     def on_train_begin(self, model, history, epochs, batches):
         self.history = history
@@ -163,6 +168,10 @@ class GradientFlow(Callback):
                 np.maximum(best, m, out=best)
 
     def on_epoch_end(self, epoch, logs, model):
+        if self.world is not None and self.world.size > 1:
+            for name, m in self.max_output.items():  # alive anywhere: positive on some process
+                if m is not None:
+                    self.max_output[name] = self.world.allreduce((m > 0).astype(np.float64))
         self.history.gradient_flow.append(self.epoch_stats())
 
     def epoch_stats(self) -> dict[str, dict]:

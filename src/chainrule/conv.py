@@ -455,6 +455,11 @@ class BatchNorm(Layer):
         dL/dx = (1 / (m·σ)) · (m · ĝ - Σ ĝ - x̂ · Σ ĝ·x̂),  with ĝ = γ · dL/dy and σ = √(σ²_B + ε)
         dL/dγ = Σ dL/dy · x̂,   dL/dβ = Σ dL/dy
 
+    In data-parallel training (`fit` with a `chainrule.distributed.World` of several processes)
+    `world` is set, and the batch is one process's shard of the global batch: the sums behind μ_B,
+    σ²_B, Σ ĝ and Σ ĝ·x̂ are then added up over the processes (synchronised batch norm), so the
+    statistics, and the result, are those of the global batch.
+
     Args:
         num_features: C, the number of features or channels.
         momentum: weight of each new batch in the running statistics.
@@ -478,6 +483,11 @@ class BatchNorm(Layer):
         self.buffers["running_mean"] = np.zeros(self.num_features, np.float32)
         self.buffers["running_var"] = np.ones(self.num_features, np.float32)
         self._xhat = self._x = self._inv_std = None
+        self.world = None  # the processes whose shards make up the batch, in data-parallel training
+
+    def _global_sum(self, a: np.ndarray) -> np.ndarray:
+        """Σ over the processes of data-parallel training of each one's `a`; alone, `a` itself."""
+        return a if self.world is None else self.world.allreduce(a)
 
     @classmethod
     def array_shapes(cls, num_features, momentum=0.1, eps=1e-5):
@@ -505,10 +515,13 @@ class BatchNorm(Layer):
     def forward(self, x, training=False):
         axes, bshape = self._shape(x)
         if training:
-            m = x.size // self.num_features
-            mean = x.mean(axis=axes)
+            # m values per feature in the batch; μ_B = Σx / m, then σ²_B = Σ(x - μ_B)² / m (two
+            # passes: a one-pass Σx² - m·μ² loses the variance to cancellation in float32)
+            sums = self._global_sum(np.append(x.sum(axis=axes), x.size // self.num_features).astype(x.dtype))
+            m = int(sums[-1])
+            mean = sums[:-1] / m
             centred = x - mean.reshape(bshape)
-            var = np.mean(np.square(centred), axis=axes)
+            var = self._global_sum(np.square(centred).sum(axis=axes)) / m
             inv_std = 1.0 / np.sqrt(var + self.eps)
             xhat = centred
             xhat *= inv_std.reshape(bshape)
@@ -518,7 +531,7 @@ class BatchNorm(Layer):
             running_mean += mom * mean
             running_var *= 1 - mom
             running_var += mom * var * (m / max(m - 1, 1))
-            self._xhat, self._x, self._inv_std, self._training = xhat, None, inv_std, True
+            self._xhat, self._x, self._inv_std, self._training, self._m = xhat, None, inv_std, True, m
             return xhat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape)
         # evaluation: a fixed affine map per feature, folded into one scale and one shift
         inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
@@ -540,10 +553,11 @@ class BatchNorm(Layer):
         scale = (self.weight.data * self._inv_std).reshape(bshape)
         if not self._training:  # running statistics are constants: y is affine in x
             return grad_out * scale
-        m = grad_out.size // self.num_features
-        # dL/dx = γσ⁻¹ · (g - mean(g) - x̂ · mean(g·x̂)); the two means are dβ/m and dγ/m
-        mean_g = (self.bias.grad / m).reshape(bshape)
-        mean_gx = (self.weight.grad / m).reshape(bshape)
+        # dL/dx = γσ⁻¹ · (g - mean(g) - x̂ · mean(g·x̂)); the two means are dβ/m and dγ/m, over
+        # the global batch (the gradients themselves stay this shard's: `fit` sums them)
+        sums = self._global_sum(np.concatenate([self.bias.grad, self.weight.grad]))
+        mean_g = (sums[: self.num_features] / self._m).reshape(bshape)
+        mean_gx = (sums[self.num_features :] / self._m).reshape(bshape)
         return scale * (grad_out - mean_g - xhat * mean_gx)
 
     def config(self):

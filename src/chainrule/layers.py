@@ -285,6 +285,11 @@ class Dropout(Layer):
 
     A different random subset of neurons is switched off on every batch, which stops neurons from
     relying on each other (co-adaptation) and acts as a strong regulariser. Off in evaluation.
+
+    `batch_rows = (first, total)` says that the batch is rows first.. of a global batch of `total`
+    rows, split over the processes of data-parallel training (`fit` sets it). The layer then draws
+    the random bits of all `total` rows and keeps its own, so that every example gets the mask it
+    would get in one process, and every process's generator stays in step.
     """
 
     def __init__(self, p: float = 0.5):
@@ -293,6 +298,7 @@ class Dropout(Layer):
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = float(p)
         self.rng = np.random.default_rng()
+        self.batch_rows: tuple[int, int] | None = None
         self._mask = None
 
     def initialize(self, rng):
@@ -306,7 +312,10 @@ class Dropout(Layer):
         # Keep a value when a uniform 32-bit random integer falls below keep·2³², i.e. with
         # probability `keep` (to within 2⁻³²). Raw integers straight from the bit generator cost
         # half as much as uniform floats, and a float32 uniform is coarser anyway (2⁻²⁴ steps).
-        bits = self.rng.bit_generator.random_raw((x.size + 1) // 2).view(np.uint32)[: x.size]
+        row = x.size // max(x.shape[0], 1)
+        first, total = self.batch_rows or (0, x.shape[0])
+        bits = self.rng.bit_generator.random_raw((total * row + 1) // 2).view(np.uint32)
+        bits = bits[first * row : first * row + x.size]
         threshold = np.uint32(min(round(keep * 2.0**32), 2**32 - 1))
         # mask holds 0 or 1/keep, so forward and backward are one multiply each
         self._mask = (bits.reshape(x.shape) < threshold) * np.asarray(1.0 / keep, x.dtype)

@@ -146,13 +146,17 @@ class Sequential:
             outputs.append(x)
         return outputs
 
-    def backward(self, grad, input_grad: bool = True):
+    def backward(self, grad, input_grad: bool = True, after_layer=None):
         """Backpropagate dLoss/dOutput through every layer, last to first; fills every `.grad`.
 
         Returns dLoss/dInput, or None with `input_grad=False`: training never needs the gradient
         of the data, so then the layers below the first one with parameters are not run backward
         at all, and that layer skips its dL/dx (for a first `Linear`, a matrix product as large as
         its forward one: a fifth of the training arithmetic of a 784-512-512-10 MLP).
+
+        `after_layer(i)` is called once layer i's backward has run, when its parameter gradients
+        are final: data-parallel training starts summing them over the processes then, while the
+        layers below are still at work (`distributed.GradientBuckets`).
         """
         stop = 0
         if not input_grad:
@@ -161,6 +165,8 @@ class Sequential:
             layer = self.layers[i]
             layer.needs_input_grad = input_grad or i > stop
             grad = layer.backward(grad)
+            if after_layer is not None:
+                after_layer(i)
         return grad if input_grad else None
 
     __call__ = forward

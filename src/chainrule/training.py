@@ -4,10 +4,15 @@
 stopping, a guard against a loss that turns NaN, a record of how the gradients flow through every
 layer, atomic checkpoints after every epoch, and exact resumption from them. What only observes
 the loop (gradient statistics, progress, early stopping) is a callback, in `callbacks.py`.
+
+Given a `world` of several processes (`chainrule.distributed`, under mpirun), the same loop is
+data-parallel: each process runs forward and backward on its shard of every global batch, the
+gradients are summed over the processes while backward runs, and all take the same step.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -16,24 +21,34 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.callbacks import EarlyStopping, GradientFlow, ProgressLogger
+from chainrule.conv import BatchNorm
+from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
 from chainrule.history import History
+from chainrule.layers import Dropout
 from chainrule.network import Sequential
 
 
-def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000) -> dict:
-    """Loss (and accuracy, for integer labels) of `model` on `(x, y)`, in evaluation mode."""
+def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World | None = None) -> dict:
+    """Loss (and accuracy, for integer labels) of `model` on `(x, y)`, in evaluation mode.
+
+    With a `world` of several processes, each evaluates its shard of `(x, y)` and the sums are
+    added up: every process gets the figures of the whole set.
+    """
+    world = world or World()
     n = x.shape[0]
-    total_loss, correct = 0.0, 0
-    for i in range(0, n, batch_size):
-        out = model.forward(x[i : i + batch_size])
-        value, _ = loss(out, y[i : i + batch_size])
-        total_loss += value * out.shape[0]
-        correct += _correct(out, y[i : i + batch_size], model)
-    logs = {"loss": total_loss / max(n, 1)}
+    lo, hi = world.shard(n)
+    totals = np.zeros(2)  # Σ loss·examples, correct predictions
+    for i in range(lo, hi, batch_size):
+        j = min(i + batch_size, hi)
+        out = model.forward(x[i:j])
+        value, _ = loss(out, y[i:j])
+        totals += value * out.shape[0], _correct(out, y[i:j], model)
+    total_loss, correct = world.allreduce(totals)
+    logs = {"loss": float(total_loss) / max(n, 1)}
     if _is_labels(y):
-        logs["accuracy"] = correct / max(n, 1)
+        logs["accuracy"] = float(correct) / max(n, 1)
     return logs
 
 
@@ -51,14 +66,15 @@ def _correct(out: np.ndarray, y, model: Sequential) -> int:
 class _RunningMetrics:
     """Sums over an epoch's batches, for the mean loss and accuracy of the examples seen so far."""
 
-    def __init__(self, model: Sequential, labels: bool):
-        self.model, self.labels = model, labels
+    def __init__(self, labels: bool):
+        self.labels = labels
         self.examples, self.total_loss, self.correct = 0, 0.0, 0
 
-    def add(self, loss: float, out: np.ndarray, y) -> None:
-        self.examples += len(y)
-        self.total_loss += loss * len(y)
-        self.correct += _correct(out, y, self.model)
+    def add(self, loss_sum: float, examples: int, correct: int) -> None:
+        """One batch: its loss times its number of examples, that number, its correct predictions."""
+        self.examples += int(examples)
+        self.total_loss += float(loss_sum)
+        self.correct += int(correct)
 
     def logs(self) -> dict:
         logs = {"loss": self.total_loss / self.examples}
@@ -118,6 +134,7 @@ def fit(
     seed: int | None = None,
     checkpoint=None,
     resume: bool = False,
+    world: World | None = None,
 ) -> History:
     """Train `model` on `(x, y)` by mini-batch gradient descent; returns the `History`.
 
@@ -138,12 +155,34 @@ def fit(
             continue: weights, optimizer moments, random-generator states, history.
         resume: continue from `checkpoint` if it exists; the result is then identical to an
             uninterrupted run with the same seed.
+        world: the processes that train together (`chainrule.distributed.world()` under mpirun);
+            None: this process alone.
+
+    Data parallelism. With a `world` of N > 1 processes, every process calls `fit` with the same
+    arguments, and `batch_size` is the global batch. Each process runs forward and backward on its
+    shard of every batch (`World.shard`), its loss gradient scaled by shard/batch so that the sum
+    over the processes is the gradient of the global batch's mean loss; that sum is taken in
+    buckets while backward runs (`distributed.GradientBuckets`), and every process takes the same
+    step. Shuffling, dropout masks and augmentation are drawn per example of the global batch from
+    the seed, and batch norm normalises over the global batch, so any N gives the weights of one
+    process up to the order of floating-point sums. So `augment` is called as
+    `augment(x_shard, rng, batch_rows=(first, total))` and must draw the random numbers of all
+    `total` rows and use its own (`chainrule.data.augment.digit_augmenter` does). Rank 0's initial
+    weights become everyone's; rank 0 alone reports progress and writes the checkpoint (which holds
+    nothing of N: a run may resume with another N); it decides the learning rate and early
+    stopping for all. The epoch's metrics are those of the global batches. A last batch with fewer
+    examples than processes is skipped. The sum is exact for losses that average over the batch
+    (`CrossEntropy` with `class_weight` divides by the shard's weights, so it is only close).
 
     Raises:
         TrainingDiverged: the loss turned NaN/inf; the model keeps the last good weights.
     """
+    world = world or World()
+    parallel = world.size > 1
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"fit: epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    if batch_size < world.size:
+        raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
     if x.shape[0] != len(y):
         raise ValueError(f"fit: x has {x.shape[0]} examples but y has {len(y)}")
     # min and max propagate NaN and are ±inf if any value is, so checking those two numbers is
@@ -152,8 +191,15 @@ def fit(
         np.isfinite(x.min()) and np.isfinite(x.max())
     ):
         raise ValueError("fit: the training inputs contain NaN or infinity")
+    if parallel and augment is not None and "batch_rows" not in inspect.signature(augment).parameters:
+        raise ValueError("fit: with several processes, augment must take batch_rows=(first, total) "
+                         "(see digit_augmenter)")
     y = np.asarray(y)
     seed = model.seed if seed is None else seed
+    if parallel:
+        # one seed and one set of initial weights for all: rank 0's
+        seed = world.bcast(np.random.SeedSequence().entropy if seed is None else seed)
+        world.broadcast_model(model)
     rng = np.random.default_rng(None if seed is None else [seed, 1])
     if validation_data is None and validation_split:
         x, y, x_val, y_val = _split(x, y, validation_split, np.random.default_rng(None if seed is None else [seed, 2]))
@@ -165,67 +211,95 @@ def fit(
         raise ValueError("fit: early stopping on a validation metric needs validation_split or validation_data")
 
     n = x.shape[0]
-    batches = math.ceil(n / batch_size)
+    batches = n // batch_size + (n % batch_size >= world.size)  # (one process: ⌈n / batch_size⌉)
     history = History()
     start_epoch = 0
-    if checkpoint is not None and resume and Path(checkpoint).exists():
-        start_epoch = _load_checkpoint(checkpoint, model, optimizer, early_stopping, rng, history)
+    done = (_load_checkpoint(checkpoint, model, optimizer, early_stopping, rng, history, world)
+            if checkpoint is not None and resume else None)
+    if done is not None:
+        start_epoch = done
         if history.stop_reason.startswith("early stopping"):
             start_epoch = epochs  # that run had already finished
     # Gradient statistics first, so they are in `history` before the caller's callbacks see the
     # epoch; the progress report last, so that it can print what the others decided.
-    callbacks = [GradientFlow(), *callbacks, *([early_stopping] if early_stopping is not None else []),
-                 *([ProgressLogger()] if verbose else [])]
+    callbacks = [GradientFlow(world), *callbacks, *([early_stopping] if early_stopping is not None else []),
+                 *([ProgressLogger()] if verbose and world.rank == 0 else [])]
     for cb in callbacks:
         cb.on_train_begin(model, history, epochs, batches)
     guard = _DivergenceGuard(model)
+    dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
+    if parallel:
+        buckets = GradientBuckets(model, world)
+        for layer in model.layers:
+            if isinstance(layer, BatchNorm):
+                layer.world = world
 
     try:
         for epoch in range(start_epoch, epochs):
             if lr_schedule is not None:
-                optimizer.lr = float(lr_schedule(epoch))
+                optimizer.lr = world.bcast(float(lr_schedule(epoch)))
             order = rng.permutation(n) if shuffle else np.arange(n)
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
-            running = _RunningMetrics(model, labels=_is_labels(y))
+            running = _RunningMetrics(labels=_is_labels(y))
             t0 = time.perf_counter()
             for b in range(batches):
                 for cb in callbacks:
                     cb.on_batch_begin(b)
                 idx = order[b * batch_size : (b + 1) * batch_size]
-                xb, yb = x[idx], y[idx]
+                first, last = world.shard(len(idx))  # this process's rows of the batch (alone: all)
+                xb, yb = x[idx[first:last]], y[idx[first:last]]
+                if parallel:
+                    for layer in dropouts:
+                        layer.batch_rows = (first, len(idx))
                 if augment is not None:
-                    xb = augment(xb, rng)
+                    xb = augment(xb, rng, batch_rows=(first, len(idx))) if parallel else augment(xb, rng)
                 out = model.forward(xb, training=True)
                 value, grad = loss(out, yb)  # grad = dL/d(out)
-                guard.check(value, epoch, b, optimizer.lr)  # raises TrainingDiverged on NaN or inf
-                model.backward(grad, input_grad=False)  # fills every parameter's .grad
+                stats = np.array([value * len(yb), len(yb), _correct(out, yb, model)])  # Σ loss, n, correct
+                if parallel:
+                    grad = grad * (len(yb) / len(idx))  # the shard's share of the global mean's gradient
+                    summing = world.iallreduce(stats)
+                    model.backward(grad, input_grad=False, after_layer=buckets.layer_done)
+                    buckets.wait()  # every process now holds Σ over the processes of their gradients
+                    world.wait([summing])
+                else:
+                    model.backward(grad, input_grad=False)  # fills every parameter's .grad
+                # raises TrainingDiverged on NaN or inf (everywhere at once: the loss is the sum's)
+                guard.check(stats[0] / stats[1], epoch, b, optimizer.lr)
                 optimizer.step()
-                running.add(value, out, yb)
+                running.add(*stats)
                 for cb in callbacks:
                     cb.on_batch_end(b, {**running.logs(), "examples": running.examples})
             seconds = time.perf_counter() - t0
 
             logs = {"epoch": epoch + 1, **running.logs()}
             if x_val is not None:
-                val = evaluate(model, x_val, y_val, loss)
+                val = evaluate(model, x_val, y_val, loss, world=world)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             logs.update({"lr": optimizer.lr, "seconds": round(seconds, 3), "samples_per_s": round(n / seconds, 1)})
             history.epochs.append(logs)
             stop = False
             for cb in callbacks:
                 stop = bool(cb.on_epoch_end(epoch, logs, model)) or stop
+            stop = world.bcast(stop)
             if stop:
                 history.stop_reason = f"early stopping after epoch {epoch + 1}"
             elif epoch == epochs - 1:
                 history.stop_reason = f"reached the epoch limit ({epochs})"
-            if checkpoint is not None:
+            if checkpoint is not None and world.rank == 0:
                 _save_checkpoint(checkpoint, epoch + 1, model, optimizer, early_stopping, rng, history)
             if stop:
                 break
     except KeyboardInterrupt:
         history.stop_reason = "interrupted"
         raise
+    finally:
+        for layer in model.layers:  # the model is this process's own again
+            if isinstance(layer, BatchNorm):
+                layer.world = None
+            if isinstance(layer, Dropout):
+                layer.batch_rows = None
     for cb in callbacks:
         cb.on_train_end(model, history)
     return history
@@ -251,20 +325,29 @@ def _save_checkpoint(path, epochs_done, model, optimizer, early_stopping, rng, h
 MAX_CHECKPOINT_JSON = 64 << 20
 
 
-def _load_checkpoint(path, model, optimizer, early_stopping, rng, history) -> int:
-    """Restore what `_save_checkpoint` saved; returns the number of epochs done.
+def _load_checkpoint(path, model, optimizer, early_stopping, rng, history, world: World) -> int | None:
+    """Restore what `_save_checkpoint` saved; returns the number of epochs done, or None if there
+    is no checkpoint at `path`.
 
-    A damaged checkpoint, or one of another network, raises ModelFileError naming it: its arrays
-    are checked against this run's from their headers before they are read, and its JSON before
-    anything is restored.
+    Rank 0 reads the file and sends its arrays to the others, so only rank 0 needs to see it (it
+    wrote it). A damaged checkpoint, or one of another network, raises ModelFileError naming it:
+    its arrays are checked against this run's from their headers before they are read, and its
+    JSON before anything is restored.
     """
     try:
-        return _restore(path, model, optimizer, early_stopping, rng, history)
+        arrays = None
+        if world.rank == 0 and Path(path).exists():
+            arrays = _read_checkpoint(path, model, optimizer)
+        arrays = world.bcast(arrays)
+        if arrays is None:
+            return None
+        return _restore(path, arrays, model, optimizer, early_stopping, rng, history)
     except ModelFileError as exc:
         raise ModelFileError(f"{exc}; delete it to start afresh") from None
 
 
-def _restore(path, model, optimizer, early_stopping, rng, history) -> int:
+def _read_checkpoint(path, model, optimizer) -> dict[str, np.ndarray]:
+    """The arrays of the checkpoint at `path`, once their headers show they are this network's."""
     shapes = {f"model.{k}": np.shape(v) for k, v in model.state().items()}
     shapes.update({f"best.{k}": np.shape(v) for k, v in model.state().items()})
     shapes.update({f"optim.{k}": np.shape(v) for k, v in optimizer.state().items()})
@@ -280,7 +363,11 @@ def _restore(path, model, optimizer, early_stopping, rng, history) -> int:
         ([] if "json" in headers else ["json"])
     if missing:
         raise ModelFileError(f"{path}: not a checkpoint of this network ({', '.join(missing)} missing)")
-    arrays = read_npz(path, headers)
+    return read_npz(path, headers)
+
+
+def _restore(path, arrays, model, optimizer, early_stopping, rng, history) -> int:
+    arrays = dict(arrays)
     try:
         doc = json.loads(arrays.pop("json").tobytes())
         epochs_done = doc["epochs_done"]

@@ -48,6 +48,7 @@ from chainrule import metrics as M
 from chainrule.data import idx
 from chainrule.data.augment import clothing_augmenter, digit_augmenter
 from chainrule.data.images import PICTURES, ImageError, preprocess_image
+from chainrule.distributed import World
 from chainrule.errors import DataError, ModelFileError, UserError
 from chainrule.files import atomic_write_bytes
 from chainrule.training import save_history_csv
@@ -279,10 +280,16 @@ def class_names(metadata: dict, model: Sequential | None = None) -> list[str]:
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-def evaluate_images(model: Sequential, metadata: dict, images: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix on `(images, labels)`."""
+def evaluate_images(model: Sequential, metadata: dict, images: np.ndarray, labels: np.ndarray,
+                    world: World | None = None) -> dict:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on `(images, labels)`.
+
+    With a `world` of several processes each computes the probabilities of its share of the
+    images, and every process gets the report of them all."""
     classes = class_names(metadata, model)
-    proba = model.predict_proba(model_inputs(images, metadata))
+    world = world or World()
+    first, last = world.shard(len(images))
+    proba = np.concatenate(world.allgather(model.predict_proba(model_inputs(images[first:last], metadata))))
     pred = proba.argmax(axis=1)
     cm = M.confusion_matrix(labels, pred, len(classes))
     precision, recall, f1 = M.precision_recall_f1(cm)
@@ -412,6 +419,7 @@ def train(
     verbose: bool = True,
     figures: bool = True,
     default_data: str | None = "mnist",
+    world: World | None = None,
 ) -> tuple[Sequential, dict]:
     """Train a preset on an image set, evaluate it on the test set and write everything to `out`.
 
@@ -429,8 +437,12 @@ def train(
             a twelfth of them (at most 5,000) is held out for validation.
         verbose: progress of every epoch (`fit`'s progress bar or lines) and a log line saying
             what is being trained.
+        world: the processes that train together (`chainrule.distributed.world()` under
+            mpirun): data-parallel `fit` with `batch_size` the global batch, the test set shared
+            out among them; rank 0 alone writes files and logs. None: this process alone.
     Returns:
-        (model, metrics) — the metrics dict that is also written to `metrics.json`.
+        (model, metrics) — the metrics dict that is also written to `metrics.json` (the same on
+        every rank).
     """
     images, labels, classes, dataset = idx.load_image_set(data, "train", default=default_data)
     presets = presets_for(dataset)
@@ -444,10 +456,13 @@ def train(
     lr = lr or preset.lr
     name = run_name(dataset)
     out = Path(out or f"runs/{name}-{model_name}")
-    out.mkdir(parents=True, exist_ok=True)
+    world = world or World()
+    writer = world.rank == 0  # the one process that writes files and logs
     options = {"data": _data_key(data) or default_data, "model": model_name, "epochs": epochs,
                "batch_size": batch_size, "lr": lr, "seed": seed, "train_size": train_size}
-    atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
 
     if train_size is not None:
         images, labels = images[:train_size], labels[:train_size]
@@ -463,19 +478,23 @@ def train(
     schedule = preset.lr_schedule(lr, epochs) if preset.lr_schedule is not None else None
     early = EarlyStopping(monitor=preset.monitor, patience=preset.patience, restore_best_weights=True)
     checkpoint = out / "checkpoint.npz"
-    log.info("%s: training %s (%s) on %d %s images, validating on %d; up to %d epochs, batch %d, "
-             "lr %g; output in %s", name, model_name, preset.description, len(y) - n_val, idx.title(dataset),
-             n_val, epochs, batch_size, lr, out)
+    if writer:
+        log.info("%s: training %s (%s) on %d %s images, validating on %d; up to %d epochs, batch %d, "
+                 "lr %g%s; output in %s", name, model_name, preset.description, len(y) - n_val,
+                 idx.title(dataset), n_val, epochs, batch_size, lr,
+                 f", {world.size} processes" if world.size > 1 else "", out)
     t0 = time.perf_counter()
     history = fit(model, x, y, preset.loss(), optimizer, epochs=epochs, batch_size=batch_size,
                   validation_split=n_val / len(y), early_stopping=early, lr_schedule=schedule,
-                  augment=preset.augment, verbose=verbose, seed=seed, checkpoint=checkpoint, resume=resume)
+                  augment=preset.augment, verbose=verbose, seed=seed, checkpoint=checkpoint, resume=resume,
+                  world=world)
     wall = time.perf_counter() - t0
 
-    report = evaluate_images(model, metadata, test_images, test_labels)
+    report = evaluate_images(model, metadata, test_images, test_labels, world)
     metadata.update({"trained_epochs": len(history), "best_epoch": None if history.best_epoch is None
                      else history.best_epoch + 1, "test_accuracy": report["accuracy"], "seed": seed})
-    model.save(out, metadata)
+    if world.size > 1:
+        metadata["processes"] = world.size
     best = history.best_epoch
     metrics = {
         "task": TASK, "model": model_name, "dataset": dataset, "options": options,
@@ -486,6 +505,9 @@ def train(
         "val_accuracy": None if best is None else history.epochs[best].get("val_accuracy"),
         "test": _public(report),
     }
+    if not writer:
+        return model, metrics
+    model.save(out, metadata)
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     save_history_csv(history, out / "history.csv")
     if figures:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import numpy as np
 
+from chainrule import distributed
 from chainrule.cli import engine, images, serve, spam
 from chainrule.cli.options import Parser
 from chainrule.errors import UserError
@@ -40,14 +42,29 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+# Commands that run as one job over the processes of `mpirun -np N` (`set_defaults(mpi=True)`).
+MPI_COMMANDS = "digits train, images train, spam train, spam classify"
+# How long a rank other than 0 waits before reporting its error and stopping the job: an error
+# that every rank meets at once (a missing file) is then reported once, by rank 0, whose abort
+# ends the others before they print. An error of one rank alone costs this much more time.
+ABORT_GRACE_SECONDS = 1.0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code. The one place where errors become messages."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    # The library reports progress through `logging`; on the command line those are plain lines.
-    logging.basicConfig(format="%(message)s", level=logging.WARNING if getattr(args, "quiet", False)
-                        else logging.INFO, stream=sys.stderr, force=True)
+    world = distributed.World()  # this process alone, until the launcher's world is known
     try:
+        world = distributed.world()
+        if world.size > 1 and not getattr(args, "mpi", False):
+            raise UserError(f"this command runs in one process; start it without mpirun "
+                            f"(these run on several: {MPI_COMMANDS})")
+        # The library reports progress through `logging`; on the command line those are plain
+        # lines, from rank 0 alone when mpirun started several processes.
+        quiet = getattr(args, "quiet", False) or world.rank != 0
+        logging.basicConfig(format="%(message)s", level=logging.WARNING if quiet else logging.INFO,
+                            stream=sys.stderr, force=True)
         with np.errstate(over="ignore"):
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -58,11 +75,23 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (UserError, OSError) as exc:
-        print(f"chainrule: error: {_one_line(exc)}", file=sys.stderr)
-        return args.error_exit
+        return _fail(world, _one_line(exc), args.error_exit)
     except Exception as exc:
         if os.environ.get("CHAINRULE_DEBUG"):
             raise
-        print(f"chainrule: error: internal error ({type(exc).__name__}: {_one_line(exc)}); "
-              "this is a bug, CHAINRULE_DEBUG=1 shows the traceback", file=sys.stderr)
-        return args.error_exit
+        return _fail(world, f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
+                     "this is a bug, CHAINRULE_DEBUG=1 shows the traceback", args.error_exit)
+
+
+def _fail(world: distributed.World, message: str, code: int) -> int:
+    """Report an error in one line and return `code`. In a job of several processes, first say
+    which rank failed, then stop them all: the others may be waiting for this one inside a
+    collective operation and would wait for ever."""
+    if world.size == 1:
+        print(f"chainrule: error: {message}", file=sys.stderr)
+        return code
+    if world.rank > 0:
+        time.sleep(ABORT_GRACE_SECONDS)
+    print(f"chainrule: error: rank {world.rank} of {world.size}: {message}", file=sys.stderr, flush=True)
+    world.abort(code)
+    return code

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from chainrule import distributed
 from chainrule.apps import images
 from chainrule.cli.options import positive_int
 from chainrule.data.idx import KNOWN_SETS
@@ -22,28 +23,36 @@ MAX_STDIN_IMAGE_BYTES = 64 << 20
 
 
 def _cmd_train(args) -> int:
+    # Under mpirun every rank runs this; rank 0 resolves the options (it alone sees its run.json
+    # and checkpoint), says what it does, and the others follow it.
+    world = distributed.world()
     given = {k: getattr(args, k) for k in images.RUN_OPTIONS}
-    opts = images.resolve_run_options(given, args.out, args.resume, args.default_data)
+    opts = images.resolve_run_options(given, args.out, args.resume, args.default_data) if world.rank == 0 else None
+    opts = world.bcast(opts)
     out = Path(opts["out"])
     checkpoint = out / "checkpoint.npz"
-    if not args.resume and checkpoint.exists():
-        print(f"{args.group}: {out} holds a checkpoint from an earlier run; starting afresh "
-              "(use --resume to continue it)", file=sys.stderr)
-        checkpoint.unlink()
-    if args.resume and not checkpoint.exists():
-        print(f"{args.group}: no checkpoint in {out}; starting a new run", file=sys.stderr)
+    if world.rank == 0:
+        if not args.resume and checkpoint.exists():
+            print(f"{args.group}: {out} holds a checkpoint from an earlier run; starting afresh "
+                  "(use --resume to continue it)", file=sys.stderr)
+            checkpoint.unlink()
+        if args.resume and not checkpoint.exists():
+            print(f"{args.group}: no checkpoint in {out}; starting a new run", file=sys.stderr)
     try:
         _, metrics = images.train(opts["model"], out, opts["epochs"], opts["batch_size"], opts["lr"], opts["seed"],
                                   data=opts["data"], train_size=opts["train_size"], resume=args.resume,
-                                  verbose=not args.quiet, default_data=args.default_data)
+                                  verbose=not args.quiet, default_data=args.default_data, world=world)
     except TrainingDiverged as exc:
         raise UserError(f"training diverged: {exc}") from None
     except KeyboardInterrupt:
         where = (f"the last completed epoch is saved in {checkpoint}" if checkpoint.exists()
                  else "no epoch had completed")
-        print(f"chainrule: interrupted; {where}; continue with: chainrule {args.group} train --out {out} --resume",
-              file=sys.stderr)
+        if world.rank == 0:
+            print(f"chainrule: interrupted; {where}; continue with: chainrule {args.group} train --out {out} "
+                  "--resume", file=sys.stderr)
         return 130
+    if world.rank != 0:
+        return 0
     test = metrics["test"]
     print(f"{opts['model']}: {metrics['epochs_run']} epochs (best {metrics['best_epoch']}), "
           f"{metrics['train_seconds_total']:.1f} s training; "
@@ -165,7 +174,8 @@ def _add_group(subparsers, group: str) -> None:
     p.add_argument("--data", metavar="NAME|DIR", help=spec["data_help"])
     p.add_argument("--model", choices=every_preset, default=None, help="preset (default mlp)")
     p.add_argument("--epochs", type=positive_int, help="maximum epochs (early stopping may end sooner)")
-    p.add_argument("--batch-size", type=positive_int, help="examples per gradient step")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="examples per gradient step (under mpirun: in all, shared out among the processes)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int, help="seed for initial weights, validation split, shuffling (default 0)")
     p.add_argument("--train-size", type=positive_int, metavar="N",
@@ -173,7 +183,7 @@ def _add_group(subparsers, group: str) -> None:
     p.add_argument("--out", metavar="DIR", help=f"output folder (default {default_out})")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.set_defaults(func=_cmd_train, **defaults)
+    p.set_defaults(func=_cmd_train, mpi=True, **defaults)
 
     p = sub.add_parser("evaluate", help="test-set accuracy, per-class precision/recall, confusion matrix")
     p.add_argument("model", metavar="MODEL", help=f"model directory (from {group} train)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chainrule import plots
+from chainrule import distributed, plots
 from chainrule.apps.spam import (
     annotate,
     binary_report,
@@ -57,6 +57,9 @@ def _report_problem(source: str, reason: str) -> None:
 
 
 def _cmd_train(args) -> int:
+    # Under mpirun every rank reads the corpus and hashes its share of it; the committee members
+    # (or the shards of one network's batches) are spread over the ranks; rank 0 writes and prints.
+    world = distributed.world()
     if not args.corpus and not args.sms:
         raise UserError("nothing to train on: give mail corpora and/or --sms FILE")
     if args.folds == 1 or args.folds < 0:
@@ -67,21 +70,27 @@ def _cmd_train(args) -> int:
     if out.exists() and not out.is_dir():  # found now, not after minutes of training
         raise UserError(f"--out {out}: exists and is not a directory")
     t0 = time.perf_counter()
-    items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes, on_problem=_report_problem)
+    items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes,
+                          on_problem=_report_problem if world.rank == 0 else None)
     if len(np.unique(y)) < 2:
         raise UserError(f"training needs both spam and ham; found {int(y.sum())} spam, {int((y == 0).sum())} ham")
     config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams,
                            split_norm=bool(args.corpus),  # (mail has headers to keep apart; SMS has none)
                            idf=bool(args.corpus) if args.idf is None else args.idf)  # (mail: see --idf)
-    x, problems, idf = training_features(items, config)
+    x, problems, idf = training_features(items, config, world=world)
     t_feat = time.perf_counter() - t0
-    print(f"{len(y)} messages ({int(y.sum())} spam, {int((y == 0).sum())} ham), "
-          f"{sum(p is not None for p in problems)} read as plain text; features in {t_feat:.1f}s")
+    if world.rank == 0:
+        print(f"{len(y)} messages ({int(y.sum())} spam, {int((y == 0).sum())} ham), "
+              f"{sum(p is not None for p in problems)} read as plain text; features in {t_feat:.1f}s"
+              + (f" on {world.size} processes" if world.size > 1 else ""))
     inputs = tuple(sorted({k for k, _ in items}))
     result = train_filter(x, y, config, hidden=tuple(args.hidden), dropout=args.dropout, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                           validation=args.validation, target_blocked_ham=args.target_blocked_ham,
-                          seed=args.seed, verbose=not args.quiet, inputs=inputs, folds=args.folds, idf=idf)
+                          seed=args.seed, verbose=not args.quiet, inputs=inputs, folds=args.folds, idf=idf,
+                          world=world)
+    if result is None:  # a rank other than 0: its part is done
+        return 0
     if args.folds >= 2 and not args.quiet:
         for i, h in enumerate(result.histories):
             best = None if h.best_epoch is None else h.best_epoch + 1
@@ -177,7 +186,23 @@ def _classify_batches(args, on_problem):
         yield [m.source for m in batch], [("mail", m.data) for m in batch], batch
 
 
+def _on_every_rank(batches, world):
+    """Rank 0's batches, announced to every rank (the others get (None, None, None) for each), so
+    that all of them call `score` together for each batch; rank 0 alone reads the input."""
+    if world.size == 1:
+        yield from batches
+        return
+    while True:
+        batch = next(batches, None) if world.rank == 0 else None
+        if not world.bcast(batch is not None):
+            return
+        yield batch if world.rank == 0 else (None, None, None)
+
+
 def _cmd_classify(args) -> int:
+    # Under mpirun rank 0 reads the messages and deals every batch out to all the ranks, which
+    # score their parts; rank 0 prints the verdicts in input order.
+    world = distributed.world()
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     single_stdin = (args.paths or ["-"]) == ["-"]
     # What could not be read is reported as it comes, except while nothing has been classified: if
@@ -185,14 +210,18 @@ def _cmd_classify(args) -> int:
     # never a verdict a mail recipe would act on.
     held: list[tuple[str, str]] = []
     seen, last = 0, None
-    for sources, items, raws in _classify_batches(args, lambda source, reason: held.append((source, reason))):
+    batches = _classify_batches(args, lambda source, reason: held.append((source, reason))) if world.rank == 0 else None
+    for sources, items, raws in _on_every_rank(batches, world):
+        scored = bundle.score(items, world=world)
+        if world.rank != 0:
+            continue
         for problem in held:
             _report_problem(*problem)
         held.clear()
         seen += len(items)
         if args.annotate and (seen != 1 or raws is None):
             raise UserError("--annotate needs exactly one email message (a file or standard input)")
-        p, _ = bundle.score(items)
+        p, _ = scored
         verdicts = bundle.verdicts(p)
         last = verdicts[-1]
         if args.annotate:
@@ -207,6 +236,8 @@ def _cmd_classify(args) -> int:
         else:
             lines = [f"{src}\t{v}\t{q:.6f}" for src, v, q in zip(sources, verdicts, p, strict=True)]
         sys.stdout.write("\n".join(lines) + "\n")
+    if world.rank != 0:
+        return 0
     if seen == 0:
         _nothing_read(held, "classify")
     for problem in held:
@@ -328,7 +359,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_max_bytes(p)
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, mpi=True)
 
     p = sub.add_parser("evaluate", help="accuracy, spam caught, blocked ham, MCC, ROC AUC on labelled messages")
     p.add_argument("model")
@@ -356,7 +387,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--sms", action="store_true", help="inputs are SMS texts, one per line")
     add_max_bytes(p)
     _cutoff_args(p)
-    p.set_defaults(func=_cmd_classify)
+    p.set_defaults(func=_cmd_classify, mpi=True)
 
     p = sub.add_parser("learn", help="teach the filter messages it got wrong (incremental training)")
     p.add_argument("model")

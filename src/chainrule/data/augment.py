@@ -40,13 +40,30 @@ def random_affine(x: np.ndarray, rng: np.random.Generator, max_rotation: float =
     Returns:
         A new array with the shape and dtype of `x`.
     """
+    return apply_affine(x, draw_affine(rng, x.shape[0], max_rotation, max_scale, max_shift), size)
+
+
+def draw_affine(rng: np.random.Generator, n: int, max_rotation: float = 10.0, max_scale: float = 0.1,
+                max_shift: float = 2.0) -> np.ndarray:
+    """The random maps of n images, one row each: (angle in radians, scale, row shift, column shift).
+
+    Drawn apart from applying them so that data-parallel training can draw the maps of a whole
+    global batch (the generator advancing alike in every process) and apply only its shard's rows.
+    """
+    angle = np.deg2rad(rng.uniform(-max_rotation, max_rotation, n))
+    scale = rng.uniform(1 - max_scale, 1 + max_scale, n)
+    shift = rng.uniform(-max_shift, max_shift, (n, 2))  # (rows, columns)
+    return np.column_stack([angle, scale, shift])
+
+
+def apply_affine(x: np.ndarray, maps: np.ndarray, size: int = 28) -> np.ndarray:
+    """Each image of the batch `x` moved by its row of `maps` (from `draw_affine`), by bilinear
+    interpolation; a new array with the shape and dtype of `x`."""
     n = x.shape[0]
     if x.size != n * size * size:
         raise ValueError(f"random_affine: expected a batch of {size}x{size} images, got shape {x.shape}")
     images = x.reshape(n, size, size)
-    angle = np.deg2rad(rng.uniform(-max_rotation, max_rotation, n))
-    scale = rng.uniform(1 - max_scale, 1 + max_scale, n)
-    shift = rng.uniform(-max_shift, max_shift, (n, 2))  # (rows, columns)
+    angle, scale, shift = maps[:, 0], maps[:, 1], maps[:, 2:]
 
     centre = (size - 1) / 2
     grid = np.arange(size, dtype=np.float64) - centre
@@ -83,10 +100,16 @@ def random_affine(x: np.ndarray, rng: np.random.Generator, max_rotation: float =
 
 def digit_augmenter(max_rotation: float = 10.0, max_scale: float = 0.1, max_shift: float = 2.0):
     """`random_affine` with fixed ranges, as the `augment=` callable `(x_batch, rng) -> x_batch` of
-    `chainrule.fit`. Ranges suit MNIST: larger rotations start turning 6s into 9s' cousins."""
+    `chainrule.fit`. Ranges suit MNIST: larger rotations start turning 6s into 9s' cousins.
 
-    def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return random_affine(x, rng, max_rotation, max_scale, max_shift)
+    In data-parallel training `fit` passes `batch_rows=(first, total)`: `x_batch` is rows first..
+    of a global batch of `total`; the maps of all `total` images are drawn and the batch's own used.
+    """
+
+    def augment(x: np.ndarray, rng: np.random.Generator, batch_rows: tuple[int, int] | None = None) -> np.ndarray:
+        first, total = batch_rows or (0, x.shape[0])
+        maps = draw_affine(rng, total, max_rotation, max_scale, max_shift)
+        return apply_affine(x, maps[first : first + x.shape[0]])
 
     return augment
 

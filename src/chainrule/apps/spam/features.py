@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from chainrule.data.mime import parse_message
 from chainrule.data.text import Hasher, HashingConfig, inverse_document_frequency, message_tokens, sms_tokens
+from chainrule.distributed import World
 from chainrule.parallel import fork_map
 
 
@@ -66,27 +67,34 @@ def map_chunks(fn, items: list, processes: int | None, min_parallel: int = 256) 
 
 
 def featurize(items: list[tuple[str, bytes | str]], config: HashingConfig, processes: int | None = None,
-              idf: np.ndarray | None = None) -> tuple[sp.csr_matrix, list[str | None]]:
+              idf: np.ndarray | None = None, world: World | None = None) -> tuple[sp.csr_matrix, list[str | None]]:
     """Parse, tokenise and hash messages -> (CSR matrix of shape (n, n_features), problems: None
     or why a message was read as plain text, per message).
 
     `items` are ("mail", raw bytes) or ("sms", text). A batch of 256 or more is spread over
-    every core (`processes`, default all). `idf`: the buckets' weights (`Hasher`).
+    every core (`processes`, default all). `idf`: the buckets' weights (`Hasher`). With a `world`
+    of several processes (each holding the same `items`), each hashes its share on its cores
+    and every process gets the whole matrix.
     """
-    parts = map_chunks(functools.partial(featurize_chunk, Hasher(config, idf)), items, processes)
+    world = world or World()
+    first, last = world.shard(len(items))
+    parts = map_chunks(functools.partial(featurize_chunk, Hasher(config, idf)), items[first:last],
+                       processes or world.cores())
+    if world.size > 1:
+        parts = [part for shard in world.allgather(parts) for part in shard]
     return sp.vstack([x for x, _ in parts], format="csr"), [q for _, problems in parts for q in problems]
 
 
-def training_features(items: list[tuple[str, bytes | str]], config: HashingConfig,
-                      processes: int | None = None) -> tuple[sp.csr_matrix, list[str | None], np.ndarray | None]:
+def training_features(items: list[tuple[str, bytes | str]], config: HashingConfig, processes: int | None = None,
+                      world: World | None = None) -> tuple[sp.csr_matrix, list[str | None], np.ndarray | None]:
     """`featurize` for the messages a filter is trained on -> (features, problems, idf or None).
 
     With `config.idf` the messages are hashed twice: first without weights, to count in how many
     of them each bucket occurs, then weighted by the idf those counts give (a bucket's weight
     scales its tokens before the row is normalised, so it cannot be applied to finished rows).
     """
-    x, problems = featurize(items, replace(config, idf=False), processes)
+    x, problems = featurize(items, replace(config, idf=False), processes, world=world)
     if not config.idf:
         return x, problems, None
     idf = inverse_document_frequency(x)
-    return featurize(items, config, processes, idf)[0], problems, idf
+    return featurize(items, config, processes, idf, world)[0], problems, idf

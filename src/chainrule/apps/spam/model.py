@@ -27,6 +27,7 @@ import scipy.sparse as sp
 import chainrule as cr
 from chainrule.apps.spam.features import featurize_chunk, item_tokens, map_chunks
 from chainrule.data.text import Hasher, HashingConfig
+from chainrule.distributed import World
 from chainrule.files import npz_headers, read_npz
 from chainrule.functional import sigmoid
 from chainrule.network import load_model_and_files, model_directory
@@ -64,10 +65,22 @@ class SpamModel:
         """P(spam) for every row of `x`."""
         return sigmoid(self.logits(x, batch_size))
 
-    def score(self, items: list[tuple[str, bytes | str]],
-              processes: int | None = None) -> tuple[np.ndarray, list[str | None]]:
+    def score(self, items: list[tuple[str, bytes | str]], processes: int | None = None,
+              world: World | None = None) -> tuple[np.ndarray, list[str | None]] | None:
         """(P(spam), problems) of raw ("mail", bytes) / ("sms", text) items: `featurize` and the
-        forward pass together, chunk by chunk, so that the network runs on every core too."""
+        forward pass together, chunk by chunk, so that the network runs on every core too.
+
+        With a `world` of several processes, every rank calls it and only rank 0's `items` count:
+        rank 0 deals them out in contiguous parts, each rank scores its part on its cores, and
+        rank 0 gets the results of all in input order; the other ranks get None.
+        """
+        world = world or World()
+        if world.size > 1:
+            parts = [items[slice(*world.shard(len(items), r))] for r in range(world.size)] if world.rank == 0 else None
+            scored = world.gather(self.score(world.scatter(parts), processes))
+            if scored is None:
+                return None
+            return np.concatenate([p for p, _ in scored]), [q for _, problems in scored for q in problems]
         if len(items) == 1:  # one message, as a daemon checks them
             p, problem = self._score_one(*items[0])
             return np.array([p]), [problem]

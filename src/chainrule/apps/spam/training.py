@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ from chainrule.apps.spam.model import (
     merge_committee,
 )
 from chainrule.data.text import HashingConfig
+from chainrule.distributed import World
 from chainrule.functional import sigmoid
 from chainrule.parallel import fork_map
 
@@ -62,7 +62,7 @@ class TrainResult:
 
 
 def _train_member(x_tr, y_tr, x_va, y_va, n_features, hidden, dropout, epochs, batch_size, lr, weight_decay,
-                  patience, seed, verbose) -> tuple[cr.Sequential, cr.History]:
+                  patience, seed, verbose, world=None) -> tuple[cr.Sequential, cr.History]:
     n_spam, n_ham = int(y_tr.sum()), int(len(y_tr) - y_tr.sum())
     model = build_network(n_features, hidden, dropout, seed)
     # pos_weight = #ham/#spam: both classes weigh the same in the loss
@@ -72,7 +72,7 @@ def _train_member(x_tr, y_tr, x_va, y_va, n_features, hidden, dropout, epochs, b
     history = cr.fit(model, x_tr, y_tr, loss, optimizer, epochs=epochs, batch_size=batch_size,
                      validation_data=(x_va, y_va),
                      early_stopping=cr.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
-                     verbose=verbose, seed=seed)
+                     verbose=verbose, seed=seed, world=world)
     return model, history
 
 
@@ -84,25 +84,31 @@ def _train_job(x, y, args: tuple, job: tuple[np.ndarray, np.ndarray, int],
     return model, history, model.forward(x[va]).reshape(-1).astype(np.float64)
 
 
-def _train_members(x, y, jobs: list, args: tuple, processes: int, verbose: bool) -> list:
+def _train_members(x, y, jobs: list, args: tuple, processes: int, verbose: bool, world: World) -> list | None:
     """[(network, History, held-out logits)] for each (train rows, held-out rows, seed) job.
 
     The members are independent, so they train on `processes` cores at once (`fork_map`: the
     data reaches the children through fork, not pickling; only the trained weights come back).
-    Each member's result depends only on its seed, so it is the same in a child as here.
+    With a `world` of several processes, job i goes to rank i mod N, each rank trains its jobs on
+    its cores, and rank 0 gathers them all (the other ranks get None). Each member's result
+    depends only on its seed, so it is the same wherever it was trained.
     """
-    if processes <= 1 or len(jobs) <= 1:
-        out = [_train_job(x, y, args, job, verbose) for job in jobs]
-    else:
-        def member(job):  # the weights travel back from a child as arrays
-            model, history, logits = _train_job(x, y, args, job, False)
-            return model.state(), history.to_dict(), logits
+    if world.size == 1 and (processes <= 1 or len(jobs) <= 1):
+        return [_train_job(x, y, args, job, verbose) for job in jobs]
 
-        out = []
-        for state, hist, logits in fork_map(member, jobs, processes):
-            model = build_network(*args[:3], seed=None)
-            model.load_state(state)
-            out.append((model, cr.History.from_dict(hist), logits))
+    def member(job):  # the weights travel back from a child, or to rank 0, as arrays
+        model, history, logits = _train_job(x, y, args, job, False)
+        return model.state(), history.to_dict(), logits
+
+    gathered = world.gather(fork_map(member, jobs[world.rank :: world.size], processes))
+    if gathered is None:
+        return None
+    out = []
+    for i in range(len(jobs)):
+        state, hist, logits = gathered[i % world.size][i // world.size]
+        model = build_network(*args[:3], seed=None)
+        model.load_state(state)
+        out.append((model, cr.History.from_dict(hist), logits))
     return out
 
 
@@ -111,7 +117,8 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
                  weight_decay: float = 0.0, validation: float = 0.2, patience: int = 3,
                  target_blocked_ham: float = 0.005, seed: int = 0, verbose: bool = False,
                  inputs: tuple[str, ...] = ("mail",), folds: int = 0,
-                 processes: int | None = None, idf: np.ndarray | None = None) -> TrainResult:
+                 processes: int | None = None, idf: np.ndarray | None = None,
+                 world: World | None = None) -> TrainResult | None:
     """Train a filter on hashed features `x` and labels `y` (1 spam, 0 ham) and calibrate it.
     (`x`, `idf`: from `training_features`; the idf weights go into the model.)
 
@@ -128,7 +135,13 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
     train on `processes` cores at once (`fork_map`; default: every core). `verbose` shows
     `fit`'s progress (of the members trained in this process). `result.histories` says how each
     member's training went.
+
+    With a `world` of several processes (every rank calling it with the same `x` and `y`): a
+    committee's members are dealt out to the ranks, one network is trained data-parallel
+    (`fit(world=...)`, `batch_size` the global batch), and rank 0 gets the result; the other
+    ranks get None.
     """
+    world = world or World()
     y = np.asarray(y, np.int64)
     if len(np.unique(y)) < 2:
         raise ValueError(f"training needs both spam and ham, got {int(y.sum())} spam and {int((1 - y).sum())} ham")
@@ -140,7 +153,9 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
             raise ValueError(f"{folds} folds need at least {folds} spam and {folds} ham")
         fold = kfold_assignments(y, folds, seed)
         jobs = [(np.flatnonzero(fold != i), np.flatnonzero(fold == i), seed + i) for i in range(folds)]
-        trained = _train_members(x, y, jobs, args, processes or os.cpu_count() or 1, verbose)
+        trained = _train_members(x, y, jobs, args, processes or world.cores(), verbose and world.rank == 0, world)
+        if trained is None:
+            return None
         logits = np.zeros(len(y))
         for (_, va, _), (_, _, member_logits) in zip(jobs, trained, strict=True):
             logits[va] = member_logits
@@ -151,7 +166,9 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
         n_val = len(y)
     else:
         tr_all, va = stratified_split(y, validation, seed)
-        model, history = _train_member(x[tr_all], y[tr_all], x[va], y[va], *args, seed, verbose)
+        model, history = _train_member(x[tr_all], y[tr_all], x[va], y[va], *args, seed, verbose, world)
+        if world.rank != 0:
+            return None
         histories = [history]
         y_va = y[va]
         p_va = SpamModel(model, {}, config, 0.5, 0.5).probabilities(x[va])
