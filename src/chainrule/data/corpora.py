@@ -20,6 +20,7 @@ message says is `chainrule.data.mime`'s business: this module only reads the byt
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -164,7 +165,7 @@ def changed_files(root, since_ns: int = 0) -> list[Path]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(f"{root}: not a folder or Maildir")
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder or Maildir", str(root))
     if _is_maildir(root):
         paths = [root / sub / n for sub in ("new", "cur") for n in sorted(os.listdir(root / sub))
                  if not n.startswith(".")]

@@ -54,7 +54,7 @@ from chainrule.network import model_directory
 
 # What became of a message given to `learn` or `unlearn`.
 LEARNED, RELEARNED, REPEATED = "learned", "relearned", "already learned"
-UNLEARNED, NOT_LEARNED = "unlearned", "not learned"
+UNLEARNED, NOT_LEARNED = "unlearned", "never learned"
 
 
 @dataclass
@@ -124,8 +124,9 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
         if old == label:
             status.append(REPEATED)
             continue
-        status.append(LEARNED if old is None and key not in first_before else RELEARNED)
-        if old is None and key not in first_before:
+        new = old is None and key not in first_before  # (not even earlier in this call)
+        status.append(LEARNED if new else RELEARNED)
+        if new:
             first_before[key] = float(before[i])
         label_of[key] = int(label)
         teach[key] = i
