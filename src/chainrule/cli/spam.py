@@ -272,7 +272,7 @@ def _cmd_learn(args) -> int:
             _report_problem(*problem)
         x, _ = featurize(items, bundle.config, idf=bundle.idf)
         if args.unlearn:
-            result = unlearn(bundle, x, epochs=args.epochs, seed=args.seed)
+            result = unlearn(bundle, x)
         else:
             result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed, since_last=marks)
         total = bundle.metadata.get("learned", 0)
@@ -346,9 +346,9 @@ Teach the filter that these messages are spam (--spam) or ham (--ham): a few ste
 them, mixed with a sample of what it learned before, so that it keeps what it knew. Every message
 is remembered by a digest of its features. Taught again with the same label, it is recognised and
 neither learned nor counted twice; with the other label, it is relearned as that. --unlearn undoes
-a lesson: the message is forgotten and the network trained back towards the P(spam) it gave the
-message before the lesson (a network cannot subtract one message exactly, as a Bayes token
-database can). --from FOLDER --since-last learns what arrived in a Junk or inbox folder since the
+a lesson: the message is forgotten and the network edited, as little as it takes, to give the
+message the P(spam) it had before the lesson (a network cannot subtract one message exactly, as a
+Bayes token database can). --from FOLDER --since-last learns what arrived in a Junk or inbox folder since the
 previous such run, for a cron job. Writers of a model take turns (a lock file in the model
 directory), so a cron job, a correction by hand and the daemon's TELL never undo each other's
 lessons; every change is saved in one commit."""
@@ -429,8 +429,8 @@ def add_commands(subparsers) -> None:
     which.add_argument("--spam", action="store_true", help="the messages are spam")
     which.add_argument("--ham", action="store_true", help="the messages are ham")
     which.add_argument("--unlearn", action="store_true",
-                       help="undo the lessons of these messages: each is forgotten and the filter trained "
-                       "back towards the P(spam) it gave the message before it was taught")
+                       help="undo the lessons of these messages: each is forgotten and the network edited, "
+                       "as little as it takes, to give it the P(spam) it had before it was taught")
     p.add_argument("paths", nargs="*", help="messages, folders, mbox, Maildir ('-' for stdin)")
     p.add_argument("--from", dest="source", action="append", metavar="FOLDER",
                    help="a folder or Maildir to learn from, such as a Junk folder (repeatable)")

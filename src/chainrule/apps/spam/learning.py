@@ -13,10 +13,11 @@ was taught and its P(spam) before. With them, as `sa-learn` does it:
 * taught with the other label, it is relearned: its lesson and its row of the replay sample take
   the new label and the network learns it as the new class; it still counts once;
 * unlearned (`spam learn --unlearn`, spamc's `-L forget`), its lesson and its row of the replay
-  sample are removed and the network is trained back towards the P(spam) the message had before
-  its first lesson. A Bayes token database subtracts a message's counts exactly; a network cannot,
-  so undoing a lesson aims at where the message stood before it (not at the other class:
-  forgetting a message wrongly taught as spam does not say that it is ham).
+  sample are removed and the network is edited back: the smallest change of its weights that gives
+  the message the P(spam) it had before its first lesson (`_move_logits`). A Bayes token database
+  subtracts a message's counts exactly; a network cannot, so undoing a lesson puts the message back
+  where it stood before it (not at the other class: forgetting a message wrongly taught as spam
+  does not say that it is ham), and moves the rest of the network as little as that allows.
 
 The digest is that of the message as the filter reads it, its hashed feature row (`row_digests`),
 so a message is the same whether spamc sends it with CRLF line ends or it is read from a Maildir,
@@ -156,23 +157,20 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     return Learned(status, was, before, bundle.probabilities(x_new))
 
 
-def unlearn(bundle: SpamModel, x: sp.csr_matrix, epochs: int = 4, lr: float = 5e-4, replay_per_new: int = 8,
-            seed: int | None = None) -> Learned:
+def unlearn(bundle: SpamModel, x: sp.csr_matrix) -> Learned:
     """Undo the lessons of the messages `x` (hashed rows), like `sa-learn --forget`, and save.
 
     Each message taught before (UNLEARNED) loses its lesson and its row of the replay sample, and
-    the network is trained on it, with replay examples as in `learn`, towards the P(spam) it had
-    before its first lesson; the metadata's "learned" goes down by one. A message never taught is
+    the network is edited, as little as it takes, to give it the P(spam) it had before its first
+    lesson (`_move_logits`); the metadata's "learned" goes down by one. A message never taught is
     left as it is (NOT_LEARNED). Returns what became of each message (`Learned`).
     """
-    rng = np.random.default_rng(seed)
     lessons = load_lessons(bundle.files.get("lessons"))
     index = {d.tobytes(): j for j, d in enumerate(lessons.digests)}
-    digests = row_digests(x)
     before = bundle.probabilities(x)
     undo: dict[bytes, int] = {}  # message -> its row in x, of those to unlearn
     status, was = [], []
-    for i, d in enumerate(digests):
+    for i, d in enumerate(row_digests(x)):
         j = index.get(d.tobytes())
         if j is None or d.tobytes() in undo:  # (a message given twice is unlearned once)
             status.append(NOT_LEARNED)
@@ -185,24 +183,36 @@ def unlearn(bundle: SpamModel, x: sp.csr_matrix, epochs: int = 4, lr: float = 5e
         return Learned(status, was, before, before.copy())
 
     gone = _rows_in(lessons.digests, undo)
-    target = _bce_target(lessons.before[gone], float(bundle.metadata.get("training", {}).get("pos_weight", 1.0)))
-    # (in the lessons' order; the rows of x to match)
-    rows = np.array([undo[d.tobytes()] for d in lessons.digests[gone]])
+    rows = np.array([undo[d.tobytes()] for d in lessons.digests[gone]])  # (in the lessons' order)
+    p = np.clip(lessons.before[gone].astype(np.float64), 1e-6, 1 - 1e-6)
+    _move_logits(bundle.model, x[rows], np.log(p / (1 - p)))
     x_old, y_old = load_replay(bundle.files.get("replay"), bundle.config.n_features)
     keep = ~_rows_in(row_digests(x_old), undo)
-    x_old, y_old = x_old[keep], y_old[keep]
-    _rehearse(bundle, x[rows], target, x_old, y_old, epochs, lr, replay_per_new, rng)
     bundle.metadata["learned"] = max(int(bundle.metadata.get("learned", 0)) - len(undo), 0)
-    _save(bundle, x_old, y_old, lessons.select(~gone))
+    _save(bundle, x_old[keep], y_old[keep], lessons.select(~gone))
     return Learned(status, was, before, bundle.probabilities(x))
 
 
-def _bce_target(p: np.ndarray, pos_weight: float) -> np.ndarray:
-    """The soft target t whose weighted cross-entropy is least at P(spam) = p: the loss
-    w·t·softplus(-z) + (1 - t)·softplus(z) has its minimum where σ(z) = w·t / (w·t + 1 - t),
-    so t = p / (w·(1 - p) + p) (t = p when w = 1)."""
-    p = np.asarray(p, np.float64)
-    return (p / (pos_weight * (1 - p) + p)).astype(np.float32)
+def _move_logits(model: cr.Sequential, x: sp.csr_matrix, target: np.ndarray, sweeps: int = 3) -> None:
+    """Change the network's weights θ as little as possible so that its logit z for each row of
+    `x` becomes `target`.
+
+    For one row, the smallest change (in ‖Δθ‖) that moves z by Δz, to first order, lies along the
+    gradient: Δθ = Δz · ∇z / ‖∇z‖², since ∇z·Δθ = Δz and any other Δθ doing that is longer. Exact
+    for the linear part of the network; a few sweeps over the rows absorb the ReLUs' bends and
+    what editing one row does to the others. Dropout is off (evaluation mode).
+    """
+    small, x_small, cols = _touched_copy(model, x)  # ∇z is zero on the first-layer rows x does not touch
+    for _ in range(sweeps):
+        for i in range(x_small.shape[0]):
+            z = small.forward(x_small[i])
+            dz = float(target[i] - z[0, 0])
+            small.backward(np.ones_like(z), input_grad=False)  # dz/dθ into every .grad
+            g = small.flat_grads
+            norm2 = float(g @ g)
+            if norm2 > 0:
+                small.flat_params += (dz / norm2) * g
+    _write_back(small, model, cols)
 
 
 def _rows_in(digests: np.ndarray, keys) -> np.ndarray:
@@ -230,10 +240,21 @@ def _fit_touched(model: cr.Sequential, x: sp.csr_matrix, y: np.ndarray, loss, ep
 
     A fresh Adam's moments m and v of a weight start at 0 and stay 0 while its gradient is 0, so
     its step lr·m̂/(√v̂ + ε) is exactly 0: the first-layer rows of buckets that no row of `x` has
-    never move. So a copy of the network whose first layer holds only the rows `x` touches (a few
-    thousand of 65,536; x's columns renumbered in order) is trained, and those rows are written
-    back: the same arithmetic, without stepping through 10 million weights that stay as they are.
+    never move. So a copy of the network whose first layer holds only the rows `x` touches is
+    trained (`_touched_copy`), and those rows are written back: the same arithmetic, without
+    stepping through the 10 million weights of a 65,536-bucket committee that stay as they are.
     """
+    small, x_small, cols = _touched_copy(model, x, seed)
+    cr.fit(small, x_small, y, loss, cr.Adam(small.parameters(), lr=lr), epochs=epochs, batch_size=32,
+           verbose=False, seed=seed)
+    _write_back(small, model, cols)
+
+
+def _touched_copy(model: cr.Sequential, x: sp.csr_matrix,
+                  seed: int | None = None) -> tuple[cr.Sequential, sp.csr_matrix, np.ndarray]:
+    """(copy, x_copy, cols): a copy of `model` whose first layer (a Linear) keeps only the rows of
+    its weights that `x` touches, the buckets `cols` (a few thousand of 65,536), and `x` with its
+    columns renumbered to match, in order, so that the copy computes what `model` does on `x`."""
     cols = np.unique(x.indices)
     if cols.size == 0:  # (messages without a single token: a first layer still needs an input)
         cols = np.zeros(1, np.int64)
@@ -248,8 +269,11 @@ def _fit_touched(model: cr.Sequential, x: sp.csr_matrix, y: np.ndarray, loss, ep
     for copy, layer in zip(small.layers, model.layers, strict=True):
         for name, buf in layer.buffers.items():
             copy.buffers[name][...] = buf
-    cr.fit(small, x_small, y, loss, cr.Adam(small.parameters(), lr=lr), epochs=epochs, batch_size=32,
-           verbose=False, seed=seed)
+    return small, x_small, cols
+
+
+def _write_back(small: cr.Sequential, model: cr.Sequential, cols: np.ndarray) -> None:
+    """Copy the weights of `_touched_copy`'s `small` back into `model`."""
     model.layers[0].weight.data[cols] = small.layers[0].weight.data
     for copy, param in zip(small.parameters()[1:], model.parameters()[1:], strict=True):
         param.data[...] = copy.data

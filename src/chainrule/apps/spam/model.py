@@ -269,11 +269,13 @@ MAX_REPLAY_ROWS = 100_000
 
 
 def load_replay(path, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
-    """The replay sample in `path` (a model's "replay" file, `cr.model_files`; empty if None or
-    missing), checked against the model's `n_features`: sizes from the headers first, then the
-    CSR structure; never unpickled."""
-    if path is None or not Path(path).is_file():
+    """The replay sample in `path` (a model's "replay" file, `cr.model_files`; empty if None: the
+    model has none), checked against the model's `n_features`: sizes from the headers first, then
+    the CSR structure; never unpickled. A file the model names but that is gone is an error, not an
+    empty sample, so that learning never saves the model without it."""
+    if path is None:
         return sp.csr_matrix((0, n_features), dtype=np.float32), np.zeros(0, np.int64)
+    _must_exist(path, "replay sample")
     names = ("data", "indices", "indptr", "shape", "labels")
     headers = npz_headers(path)
     shapes = {name: headers[name][0] if name in headers else None for name in names}
@@ -325,10 +327,12 @@ MAX_LESSONS = 1_000_000  # the most lessons read back (LESSONS_KEPT, with room f
 
 
 def load_lessons(path) -> Lessons:
-    """The lessons in `path` (a model's "lessons" file, `cr.model_files`; none if None or missing),
-    validated, sizes first, never unpickled."""
-    if path is None or not Path(path).is_file():
+    """The lessons in `path` (a model's "lessons" file, `cr.model_files`; none if None: the model
+    has none), validated, sizes first, never unpickled. A file the model names but that is gone is
+    an error, as in `load_replay`."""
+    if path is None:
         return Lessons.empty()
+    _must_exist(path, "lessons")
     headers = npz_headers(path)
     shapes = {name: headers[name] if name in headers else (None, None) for name in ("digests", "labels", "before")}
     (d_shape, d_type), (l_shape, l_type), (b_shape, b_type) = shapes.values()
@@ -341,3 +345,8 @@ def load_lessons(path) -> Lessons:
     if not (np.all(np.isin(lessons.labels, (0, 1))) and np.all((lessons.before >= 0) & (lessons.before <= 1))):
         raise cr.ModelFileError(f"{path}: lessons need labels 0 or 1 and probabilities from 0 to 1")
     return lessons
+
+
+def _must_exist(path, what: str) -> None:
+    if not Path(path).is_file():
+        raise cr.ModelFileError(f"{path}: not found (model.json names it as the model's {what})")
