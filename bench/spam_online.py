@@ -65,7 +65,6 @@ from chainrule.apps.spam import (
     learn,
     load_spam_model,
     save_model,
-    save_replay,
     train_filter,
     training_features,
 )
@@ -119,8 +118,7 @@ class Chainrule:
         t0 = time.perf_counter()
         result = train_filter(x_train, y_train, CONFIG, seed=seed, idf=idf, **CHAINRULE)
         self.initial = tmp / "chainrule-initial"
-        save_model(result.bundle, self.initial)
-        save_replay(self.initial, *result.replay)
+        save_model(result.bundle, self.initial, replay=result.replay)
         self.train_seconds = time.perf_counter() - t0
         self.x, self.tmp, self.seed, self.calls = x_online, tmp, seed, 0
         self.cutoffs = (result.bundle.spam_cutoff, result.bundle.ham_cutoff)

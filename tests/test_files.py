@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 
 import pytest
 
-from chainrule.files import atomic_open, atomic_write_bytes
+from chainrule.files import LOCK_FILE, atomic_open, atomic_write_bytes, locked_directory
 
 
 @pytest.fixture
@@ -42,3 +44,21 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("crash in the middle")
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_the_directory_lock_is_reentrant_in_a_thread_and_makes_others_wait(tmp_path):
+    order = []
+
+    def other():
+        with locked_directory(tmp_path):
+            order.append("other")
+
+    with locked_directory(tmp_path):
+        with locked_directory(tmp_path):  # (a save inside a load-learn-save block)
+            order.append("inner")
+        t = threading.Thread(target=other)
+        t.start()
+        time.sleep(0.3)
+        order.append("outer done")
+    t.join(5)
+    assert order == ["inner", "outer done", "other"] and (tmp_path / LOCK_FILE).is_file()

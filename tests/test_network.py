@@ -311,7 +311,7 @@ def test_each_save_keeps_the_model_it_replaced_and_deletes_older_ones(tmp_path):
         cr.Sequential([cr.Linear(4, 3)], seed=seed).save(d)
         names.append(model_files(d)["model"].name)
     assert len(set(names)) == 3 and all(n.startswith("model-") for n in names)
-    assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", names[1], names[2]])
+    assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", "model.lock", names[1], names[2]])
 
 
 def test_files_named_in_model_json_stay_inside_its_directory(tmp_path):
@@ -367,7 +367,8 @@ def test_a_save_killed_before_its_commit_leaves_the_old_model(tmp_path):
     new = cr.Sequential([cr.Linear(4, 3)], seed=2)
     new.save(d)
     np.testing.assert_array_equal(cr.load_model(d)[0].flat_params, new.flat_params)
-    assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", model_files(d)["model"].name, old_name])
+    assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", "model.lock", model_files(d)["model"].name,
+                                                         old_name])
 
 
 def test_load_never_unpickles(tmp_path):

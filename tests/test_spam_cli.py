@@ -140,7 +140,8 @@ def test_learn_moves_the_message_and_saves(spam_model, spam_corpus, tmp_path, ca
     assert main(["spam", "classify", str(m), str(msg), "--json"]) == 0
     classified = json.loads(capsys.readouterr().out)["probability"]
     assert main(["spam", "learn", str(m), "--spam", str(msg), "--seed", "0"]) == 0
-    line = capsys.readouterr().out.strip()
+    line, summary = capsys.readouterr().out.splitlines()
+    assert summary == "1 learned; the model has learned 1 messages"
     before, after = (float(v) for v in line.rsplit("P(spam) ", 1)[1].split(" -> "))
     assert abs(before - classified) < 1e-4  # learn reads the message as classify does (idf included)
     assert after > before

@@ -17,6 +17,7 @@ import io
 import math
 import os
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,15 +100,35 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+LOCK_FILE = "model.lock"  # in a model directory: the lock its writers take (`locked_directory`)
+
+_held = threading.local()  # the directories whose lock this thread holds, by real path
+
+
 @contextmanager
 def locked_directory(directory) -> Iterator[None]:
-    """Hold an exclusive lock on `directory` (a POSIX `flock` on the directory itself) for the
-    `with` block: writers that take it run one at a time. Readers need not take it."""
-    fd = os.open(directory, os.O_RDONLY)
+    """Hold the writers' lock of `directory` for the `with` block: writers that take it run one at
+    a time, so that one that loads a model, changes it and saves it (`spam learn`, the daemon's
+    TELL) never overwrites what another saved meanwhile. Readers need not take it.
+
+    The lock is a POSIX `flock` on the file `model.lock` in the directory (created if missing; a
+    lock file rather than the directory itself, since flock on NFS needs a file open for writing).
+    It is re-entrant within a thread, so that `Sequential.save` inside a held load-change-save block
+    does not wait for itself; another thread or process waits.
+    """
+    directory = Path(directory)
+    key = os.path.realpath(directory)
+    held = _held.__dict__.setdefault("paths", set())
+    if key in held:
+        yield
+        return
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(key)
         yield
     finally:
+        held.discard(key)
         os.close(fd)  # (closing releases the lock)
 
 

@@ -265,7 +265,8 @@ class Sequential:
         }
 
     @classmethod
-    def from_config(cls, config: dict, initialize: bool = True) -> Sequential:
+    def from_config(cls, config: dict, initialize: bool = True, seed: int | None = None) -> Sequential:
+        """The network `config()` describes; `initialize` and `seed` as in the constructor."""
         try:
             built = []
             for spec in config["layers"]:
@@ -277,7 +278,8 @@ class Sequential:
                     raise ModelFileError(f"layer {kind} has args {args!r}, expected an object")
                 built.append(LAYER_TYPES[kind](**args))
             dtype = DTYPES[config.get("dtype", "float32")]
-            return cls(built, input_shape=tuple(config["input_shape"]), dtype=dtype, initialize=initialize)
+            return cls(built, input_shape=tuple(config["input_shape"]), seed=seed, dtype=dtype,
+                       initialize=initialize)
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError) as exc:

@@ -27,12 +27,15 @@ from chainrule.apps.spam import (
     featurize,
     learn,
     load_spam_model,
+    open_for_learning,
     save_model,
     train_filter,
     training_features,
+    unlearn,
     verdict,
 )
 from chainrule.apps.spam.daemon import DEFAULT_PORT, DaemonOptions, run_daemon
+from chainrule.apps.spam.learning import LEARNED, RELEARNED, REPEATED, UNLEARNED
 from chainrule.cli.options import (
     add_max_bytes,
     fraction,
@@ -42,7 +45,7 @@ from chainrule.cli.options import (
     positive_int,
     probability,
 )
-from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, RawMessage, capped_lines, read_messages
+from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, RawMessage, capped_lines, changed_files, read_messages
 from chainrule.data.mime import parse_message
 from chainrule.data.text import HashingConfig, message_tokens
 from chainrule.errors import UserError
@@ -259,22 +262,70 @@ def _nothing_read(problems: list[tuple[str, str]], what: str):
     raise UserError(f"no message to {what}" + (f": all {len(problems)} inputs skipped" if problems else ""))
 
 
+# File systems stamp change times from a coarse clock, a few milliseconds behind the time of day:
+# `--since-last` takes messages from a second before the previous run began; those it learned
+# then are recognised by their digests and not learned twice.
+SINCE_LAST_OVERLAP_NS = 1_000_000_000
+
+
 def _cmd_learn(args) -> int:
-    bundle = load_spam_model(args.model)
+    if args.since_last and not args.source:
+        raise UserError("--since-last needs --from FOLDER: the folder whose new messages to learn")
+    if args.since_last and args.unlearn:
+        raise UserError("--since-last works with --spam or --ham, not --unlearn")
+    if not args.paths and not args.source:
+        raise UserError("nothing to learn from: give messages or --from FOLDER")
     label = SPAM if args.spam else HAM
-    problems: list[tuple[str, str]] = []
-    items, sources, y = collect(args.paths, None, labelled=False, max_bytes=args.max_bytes, label=label,
-                                on_problem=lambda source, reason: problems.append((source, reason)))
-    if not items:  # (an empty message is a problem: nothing is learned from it)
-        _nothing_read(problems, "learn from")
-    for problem in problems:
-        _report_problem(*problem)
-    x, _ = featurize(items, bundle.config, idf=bundle.idf)
-    result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed)
-    name = "spam" if label == SPAM else "ham"
-    for src, b, a in zip(sources, result["before"], result["after"], strict=True):
-        print(f"{src}\tlearned as {name}\tP(spam) {b:.4f} -> {a:.4f}")
+    with open_for_learning(args.model) as bundle:  # the model's lock is held until it is saved
+        paths, marks = list(args.paths), {}
+        for folder in args.source or []:
+            if not args.since_last:
+                paths.append(folder)
+                continue
+            key = str(Path(folder).resolve())
+            now = time.time_ns()
+            try:
+                new = changed_files(folder, bundle.metadata.get("since_last", {}).get(key, 0))
+            except OSError as exc:
+                raise UserError(f"--from {folder}: {exc.strerror or exc}") from None
+            marks[key] = now - SINCE_LAST_OVERLAP_NS
+            if not new:
+                print(f"{folder}: nothing new since the previous run")
+            paths += new
+        if not paths:  # (--since-last, and nothing new anywhere)
+            return 0
+        problems: list[tuple[str, str]] = []
+        items, sources, y = collect(paths, None, labelled=False, max_bytes=args.max_bytes, label=label,
+                                    on_problem=lambda source, reason: problems.append((source, reason)))
+        if not items:  # (an empty message is a problem: nothing is learned from it)
+            _nothing_read(problems, "unlearn" if args.unlearn else "learn from")
+        for problem in problems:
+            _report_problem(*problem)
+        x, _ = featurize(items, bundle.config, idf=bundle.idf)
+        if args.unlearn:
+            result = unlearn(bundle, x)
+        else:
+            result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed, since_last=marks)
+        total = bundle.metadata.get("learned", 0)
+    for src, status, was, b, a in zip(sources, result.status, result.was, result.before, result.after, strict=True):
+        print(f"{src}\t{_learn_outcome(status, label, was)}\tP(spam) {b:.4f} -> {a:.4f}")
+    counts = {s: result.status.count(s) for s in dict.fromkeys(result.status)}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; the model has learned {total} messages")
     return 0
+
+
+def _learn_outcome(status: str, label: int, was: int | None) -> str:
+    """What `spam learn` did with a message, in words."""
+    name = {SPAM: "spam", HAM: "ham"}
+    if status == LEARNED:
+        return f"learned as {name[label]}"
+    if status == RELEARNED:
+        return f"relearned as {name[label]} (was learned as {name[was]})"
+    if status == REPEATED:
+        return f"already learned as {name[label]}; not learned again"
+    if status == UNLEARNED:
+        return f"unlearned (was learned as {name[was]})"
+    return "never learned; nothing to unlearn"
 
 
 def _cmd_explain(args) -> int:
@@ -319,6 +370,19 @@ def _cutoff_args(p) -> None:
     p.add_argument("--spam-cutoff", type=probability,
                    help="P(spam) at or above which a message is spam (default: the model's)")
     p.add_argument("--ham-cutoff", type=probability, help="P(spam) below which a message is ham (default: the model's)")
+
+
+LEARN_DESCRIPTION = """\
+Teach the filter that these messages are spam (--spam) or ham (--ham): a few steps of training on
+them, mixed with a sample of what it learned before, so that it keeps what it knew. Every message
+is remembered by a digest of its features. Taught again with the same label, it is recognised and
+neither learned nor counted twice; with the other label, it is relearned as that. --unlearn undoes
+a lesson: the message is forgotten and the network edited, as little as it takes, to give the
+message the P(spam) it had before the lesson (a network cannot subtract one message exactly, as a
+Bayes token database can). --from FOLDER --since-last learns what arrived in a Junk or inbox folder since the
+previous such run, for a cron job. Writers of a model take turns (a lock file in the model
+directory), so a cron job, a correction by hand and the daemon's TELL never undo each other's
+lessons; every change is saved in one commit."""
 
 
 def add_commands(subparsers) -> None:
@@ -389,12 +453,21 @@ def add_commands(subparsers) -> None:
     _cutoff_args(p)
     p.set_defaults(func=_cmd_classify, mpi=True)
 
-    p = sub.add_parser("learn", help="teach the filter messages it got wrong (incremental training)")
+    p = sub.add_parser("learn", help="teach the filter messages it got wrong, or undo such a lesson",
+                       description=LEARN_DESCRIPTION)
     p.add_argument("model")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--spam", action="store_true", help="the messages are spam")
     which.add_argument("--ham", action="store_true", help="the messages are ham")
-    p.add_argument("paths", nargs="+", help="messages ('-' for stdin)")
+    which.add_argument("--unlearn", action="store_true",
+                       help="undo the lessons of these messages: each is forgotten and the network edited, "
+                       "as little as it takes, to give it the P(spam) it had before it was taught")
+    p.add_argument("paths", nargs="*", help="messages, folders, mbox, Maildir ('-' for stdin)")
+    p.add_argument("--from", dest="source", action="append", metavar="FOLDER",
+                   help="a folder or Maildir to learn from, such as a Junk folder (repeatable)")
+    p.add_argument("--since-last", action="store_true",
+                   help="with --from: only the messages put in the folder since the previous --since-last "
+                   "run on this model (the first run takes them all); for a cron job")
     p.add_argument("--epochs", type=positive_int, default=4)
     p.add_argument("--seed", type=int)
     add_max_bytes(p)

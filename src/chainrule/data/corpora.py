@@ -20,8 +20,10 @@ message says is `chainrule.data.mime`'s business: this module only reads the byt
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import sys
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -149,6 +151,43 @@ def _read_directory(root: Path, max_bytes: int, label: int | None) -> Iterator[R
                 yield from _read_tar(p, max_bytes, label)
             else:
                 yield from _read_file(p, max_bytes, label)
+
+
+def changed_files(root, since_ns: int = 0) -> list[Path]:
+    """The regular files in the mail folder `root` whose inode changed at or after `since_ns`
+    (nanoseconds since the epoch), in the order `read_messages` reads the folder: a Maildir's new/
+    and cur/, or a directory's files, recursively; dot files skipped. For reading only what is new
+    in a folder since an earlier run.
+
+    The inode's change time (st_ctime) rather than the modification time, because moving a message
+    into a folder (a rename, as IMAP servers do for a Maildir) keeps its modification time but sets
+    its change time. So does changing its flags, which renames it too: such a message comes back.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder or Maildir", str(root))
+    if _is_maildir(root):
+        paths = [root / sub / n for sub in ("new", "cur") for n in sorted(os.listdir(root / sub))
+                 if not n.startswith(".")]
+    else:
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            here = Path(dirpath)
+            if _is_maildir(here):
+                dirnames[:] = []
+                paths += changed_files(here, since_ns)
+                continue
+            paths += [here / n for n in sorted(filenames) if not n.startswith(".") and n not in _SKIP_NAMES]
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:  # gone since it was listed (moved on by a mail client)
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_ctime_ns >= since_ns:
+            out.append(p)
+    return out
 
 
 def _read_file(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:

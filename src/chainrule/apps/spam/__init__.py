@@ -21,7 +21,7 @@ The modules, in the order data flows through them:
     model        SpamModel (network, hashing, cut-offs) and its files
     calibration  cut-offs from scored messages; the numbers that judge a cut-off
     training     train_filter: one network or a cross-validation committee, calibrated
-    learning     learn: incremental training on messages the filter got wrong
+    learning     learn, unlearn: the user's corrections, each recorded as a lesson
     explain      the tokens behind a verdict; classify_message for other programs
     corpus       labelled messages from mail corpora and SMS files
     annotate     X-Chainrule-Spam headers stamped into a message
@@ -35,14 +35,17 @@ from chainrule.apps.spam.calibration import binary_report, calibrate
 from chainrule.apps.spam.corpus import collect
 from chainrule.apps.spam.explain import classify_message, explain_row, looks_like_email
 from chainrule.apps.spam.features import featurize, training_features
-from chainrule.apps.spam.learning import learn
+from chainrule.apps.spam.learning import Learned, learn, open_for_learning, row_digests, unlearn
 from chainrule.apps.spam.model import (
+    LESSONS_KEPT,
     REPLAY_SIZE,
     SPAM_FORMAT,
     TASK,
+    Lessons,
     SpamModel,
     build_network,
     load_idf,
+    load_lessons,
     load_replay,
     load_spam_model,
     merge_committee,
@@ -52,9 +55,9 @@ from chainrule.apps.spam.model import (
 from chainrule.apps.spam.training import TrainResult, kfold_assignments, stratified_split, train_filter
 
 __all__ = [
-    "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "SpamModel", "TrainResult", "annotate",
-    "binary_report", "build_network", "calibrate", "classify_message", "collect", "explain_row", "featurize",
-    "kfold_assignments", "learn", "load_idf", "load_replay", "load_spam_model", "looks_like_email",
-    "merge_committee", "save_model", "stratified_split", "train_filter",
-    "training_features", "verdict",
+    "LESSONS_KEPT", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "Learned", "Lessons", "SpamModel", "TrainResult",
+    "annotate", "binary_report", "build_network", "calibrate", "classify_message", "collect", "explain_row",
+    "featurize", "kfold_assignments", "learn", "load_idf", "load_lessons", "load_replay", "load_spam_model",
+    "looks_like_email", "merge_committee", "open_for_learning", "row_digests", "save_model", "stratified_split",
+    "train_filter", "training_features", "unlearn", "verdict",
 ]

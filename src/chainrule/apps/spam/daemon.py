@@ -42,10 +42,11 @@ tenths of a millisecond, less than handing it to a thread and back, and the thre
 Python side by side anyway. Larger messages and REPORT's explanations run on a small thread pool
 against the loaded filter (forward passes do not modify the network, so threads share it;
 REPORT's explanation runs a backward pass and takes a lock). Learning (TELL), loading and
-reloading run one at a time on a thread of their own: a TELL is applied to a fresh copy of the model
-read from disk, with the same learner as `chainrule spam learn`, saved atomically, and the new
-filter replaces the old one only when it is complete, so classification never waits for it. TELLs
-that arrive while one is being learned are learned together, in one step and one save.
+reloading run one at a time on a thread of their own: a TELL is applied with the same learner as
+`chainrule spam learn`, under the same lock of the model directory, to the model as it is on disk
+then (a `spam learn` from cron may have saved since this one was loaded), saved in one commit, and
+the new filter replaces the old one only when it is complete, so classification never waits for
+it. TELLs that arrive while one is being learned are learned together, in one step and one save.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ from chainrule import __version__
 from chainrule.apps.spam.annotate import header_end
 from chainrule.apps.spam.explain import explain_row
 from chainrule.apps.spam.features import featurize
-from chainrule.apps.spam.learning import learn
-from chainrule.apps.spam.model import load_replay, load_spam_model, save_model, verdict
+from chainrule.apps.spam.learning import LEARNED, RELEARNED, UNLEARNED, learn, open_for_learning, unlearn
+from chainrule.apps.spam.model import load_spam_model, verdict
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import parse_message
 from chainrule.data.text import message_tokens
@@ -172,14 +173,16 @@ class Verdict:
 
 
 class Filter(Protocol):
-    """What the daemon needs from a spam filter. `learn` returns a new filter (saved to disk) and
-    leaves this one untouched, so that it can go on classifying until the new one replaces it."""
+    """What the daemon needs from a spam filter. `learn` and `forget` return a new filter (saved to
+    disk), and for each message whether it changed anything (False: already learned so, or never
+    learned), and leave this one untouched, so that it can go on classifying until the new one
+    replaces it."""
 
     def check(self, raw: bytes, explain: bool = False) -> Verdict: ...
 
-    def learn(self, examples: Sequence[tuple[bytes, bool]]) -> Filter: ...
+    def learn(self, examples: Sequence[tuple[bytes, bool]]) -> tuple[Filter, list[bool]]: ...
 
-    def forget(self, raw: bytes) -> bool: ...
+    def forget(self, raws: Sequence[bytes]) -> tuple[Filter, list[bool]]: ...
 
     def changed_on_disk(self) -> bool: ...
 
@@ -222,32 +225,26 @@ class SpamFilter:
         p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10, lock=self._explain_lock)
         return Verdict(p, b.spam_cutoff, b.ham_cutoff, tuple(to_spam), tuple(to_ham), parsed.problem)
 
-    def learn(self, examples: Sequence[tuple[bytes, bool]]) -> SpamFilter:
-        """`chainrule spam learn` on these messages, applied to a copy of the model read from disk
-        (not to the one serving), and saved; returns the filter that holds the result."""
-        fresh = SpamFilter.load(self.directory, *self._cutoffs)
-        b = fresh.bundle
-        x, _ = featurize([("mail", raw) for raw, _ in examples], b.config, processes=1, idf=b.idf)
-        learn(b, x, np.array([SPAM if is_spam else HAM for _, is_spam in examples]))
-        fresh._stamp = _stamp(self.directory, self.FILES)  # our own save is not a change to reload
-        return fresh
+    def learn(self, examples: Sequence[tuple[bytes, bool]]) -> tuple[SpamFilter, list[bool]]:
+        """`chainrule spam learn` on these (message, is spam) pairs; see `_relearn`."""
+        labels = np.array([SPAM if is_spam else HAM for _, is_spam in examples])
+        return self._relearn([raw for raw, _ in examples],
+                             lambda b, x: learn(b, x, labels).status, (LEARNED, RELEARNED))
 
-    def forget(self, raw: bytes) -> bool:
-        """Drop the message from the model's replay sample, so that later learning stops rehearsing
-        it; True if it was there. The weights keep what they learned from it: a network cannot
-        subtract one message exactly, as a Bayes token database can, but teaching the message as
-        the other class (`spamc -L`) moves it."""
-        b = load_spam_model(self.directory)  # the model on disk, saved again with its smaller sample
-        x, _ = featurize([("mail", raw)], b.config, processes=1, idf=b.idf)
-        x_old, y_old = load_replay(b.files.get("replay"), b.config.n_features)
-        row = x.tocsr()
-        row.sort_indices()
-        x_old.sort_indices()
-        keep = [i for i in range(x_old.shape[0]) if not _same_row(x_old, i, row)]
-        if len(keep) == x_old.shape[0]:
-            return False
-        save_model(b, self.directory, replay=(x_old[keep], y_old[keep]))
-        return True
+    def forget(self, raws: Sequence[bytes]) -> tuple[SpamFilter, list[bool]]:
+        """`chainrule spam learn --unlearn` on these messages; see `_relearn`."""
+        return self._relearn(raws, lambda b, x: unlearn(b, x).status, (UNLEARNED,))
+
+    def _relearn(self, raws: Sequence[bytes], teach, changes: tuple[str, ...]) -> tuple[SpamFilter, list[bool]]:
+        """Apply `teach(bundle, x)` to the model on disk (not to the one serving: another learner
+        may have saved since it was loaded), under the lock of its directory, which `teach` saves
+        into. Returns the filter that holds the result, and for each message whether its status
+        is among `changes`."""
+        with open_for_learning(self.directory, *self._cutoffs) as b:
+            x, _ = featurize([("mail", raw) for raw in raws], b.config, processes=1, idf=b.idf)
+            status = teach(b, x)
+            stamp = _stamp(self.directory, self.FILES)  # (under the lock) our own save is not a change to reload
+        return SpamFilter(b, *self._cutoffs, stamp), [s in changes for s in status]
 
     def changed_on_disk(self) -> bool:
         return _stamp(self.directory, self.FILES) != self._stamp
@@ -264,11 +261,6 @@ def _stamp(directory: Path, names: Sequence[str]) -> tuple:
             continue
         out.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(out)
-
-
-def _same_row(x, i: int, row) -> bool:
-    lo, hi = x.indptr[i], x.indptr[i + 1]
-    return np.array_equal(x.indices[lo:hi], row.indices) and np.array_equal(x.data[lo:hi], row.data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,7 +690,8 @@ class DaemonServer:
     # -- learning -------------------------------------------------------------------------------
 
     async def _learner(self) -> None:
-        """Apply lessons in order, one at a time; consecutive ones for the same filter together."""
+        """Apply lessons in order; consecutive ones of one kind (learn, forget) for the same filter
+        together, in one step and one save."""
         while True:
             batch = [await self._lessons.get()]
             while not self._lessons.empty():
@@ -706,9 +699,9 @@ class DaemonServer:
             while batch:
                 first = batch[0]
                 n = 1
-                if first.is_spam is not None:
-                    while n < len(batch) and batch[n].key == first.key and batch[n].is_spam is not None:
-                        n += 1
+                while (n < len(batch) and batch[n].key == first.key
+                       and (batch[n].is_spam is None) == (first.is_spam is None)):
+                    n += 1
                 group, batch = batch[:n], batch[n:]
                 await self._apply(group)
 
@@ -719,20 +712,19 @@ class DaemonServer:
             if f is None:  # a user's filter dropped from memory since: load it again
                 key, f = await self._filter_for(key)
             if group[0].is_spam is None:
-                result = await self._in_model_thread(f.forget, group[0].raw)
+                new, changed = await self._in_model_thread(f.forget, [x.raw for x in group])
             else:
-                new = await self._in_model_thread(f.learn, [(x.raw, x.is_spam) for x in group])
-                self._install(key, new)
-                result = True
+                new, changed = await self._in_model_thread(f.learn, [(x.raw, x.is_spam) for x in group])
+            self._install(key, new)
         except Exception as exc:  # noqa: BLE001 (reported to the clients that asked)
             log.exception("learning failed")
             for x in group:
                 if not x.done.done():
                     x.done.set_exception(exc)
             return
-        for x in group:
+        for x, c in zip(group, changed, strict=True):
             if not x.done.done():
-                x.done.set_result(result)
+                x.done.set_result(c)
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -850,13 +842,14 @@ class DaemonServer:
             kind = None if req.remove_local else req.message_class == "spam"
             done = asyncio.get_running_loop().create_future()
             self._lessons.put_nowait(_Lesson(key, req.body, kind, done))
-            changed = await done
+            changed = await done  # spamc prints "already un/learned" when neither header comes back
+            if changed:
+                headers = b"DidSet: local\r\n" if req.set_local else b"DidRemove: local\r\n"
             if req.set_local:
-                headers = b"DidSet: local\r\n"
-            elif changed:
-                headers = b"DidRemove: local\r\n"
-            what = f"learned as {req.message_class}" if req.set_local else \
-                ("forgotten" if changed else "not in the replay sample; nothing to forget")
+                what = f"learned as {req.message_class}" if changed else \
+                    f"already learned as {req.message_class}; not learned again"
+            else:
+                what = "unlearned" if changed else "never learned; nothing to unlearn"
         else:
             what = "nothing to do (no Set: local or Remove: local)"
         writer.write(b"SPAMD/1.1 0 EX_OK\r\n" + headers + b"\r\n")

@@ -1,42 +1,291 @@
-"""Teaching a trained filter the messages it got wrong (`learn`), as `bogofilter -s/-n` does."""
+"""Teaching a trained filter its user's corrections: `learn`, `unlearn`, and the lessons they keep.
+
+A correction is a few steps of Adam on the corrected messages mixed with a random sample of older
+examples (the replay sample), so that the network rehearses what it knew instead of bending
+entirely towards the new mail; the new messages then join the replay sample. The idf weights stay
+those of the training messages: a few new messages say little about how common a word is.
+
+Every message taught is recorded as a lesson (`Lessons`): a digest of the message, the label it
+was taught and its P(spam) before. With them, as `sa-learn` does it:
+
+* taught again with the same label, a message is recognised and neither learned nor counted again
+  (a cron job reading a folder twice, a user pressing the button twice);
+* taught with the other label, it is relearned: its lesson and its row of the replay sample take
+  the new label and the network learns it as the new class; it still counts once;
+* unlearned (`spam learn --unlearn`, spamc's `-L forget`), its lesson and its row of the replay
+  sample are removed and the network is edited back: the smallest change of its weights that gives
+  the message the P(spam) it had before its first lesson (`_move_logits`). A Bayes token database
+  subtracts a message's counts exactly; a network cannot, so undoing a lesson puts the message back
+  where it stood before it (not at the other class: forgetting a message wrongly taught as spam
+  does not say that it is ham), and moves the rest of the network as little as that allows.
+
+The digest is that of the message as the filter reads it, its hashed feature row (`row_digests`),
+so a message is the same whether spamc sends it with CRLF line ends or it is read from a Maildir,
+with or without the X-Spam headers the daemon adds (which the filter does not read).
+
+Writers of a model take turns: `open_for_learning` loads the model under its directory's lock and
+holds it until the block has saved, so that two learners at once (a cron job, a correction by
+hand, the daemon's TELL) each learn on top of the other's result and no update is lost.
+"""
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 import chainrule as cr
-from chainrule.apps.spam.model import REPLAY_SIZE, SpamModel, load_replay, save_model
+from chainrule.apps.spam.model import (
+    DIGEST_BYTES,
+    LESSONS_KEPT,
+    REPLAY_SIZE,
+    Lessons,
+    SpamModel,
+    load_lessons,
+    load_replay,
+    load_spam_model,
+    save_model,
+)
+from chainrule.files import locked_directory
+from chainrule.network import model_directory
+
+# What became of a message given to `learn` or `unlearn`.
+LEARNED, RELEARNED, REPEATED = "learned", "relearned", "already learned"
+UNLEARNED, NOT_LEARNED = "unlearned", "never learned"
+
+
+@dataclass
+class Learned:
+    """What `learn` or `unlearn` did with each message, in order: its status (LEARNED, ...), the
+    label it had been taught before (None if none), and P(spam) before and after."""
+
+    status: list[str]
+    was: list[int | None]
+    before: np.ndarray
+    after: np.ndarray
+
+
+@contextmanager
+def open_for_learning(directory, spam_cutoff: float | None = None,
+                      ham_cutoff: float | None = None) -> Iterator[SpamModel]:
+    """The filter saved in `directory` (`load_spam_model`), loaded under the lock of its writers
+    (`locked_directory`), which is held until the `with` block ends: call `learn` or `unlearn`
+    (which save) inside it."""
+    directory = model_directory(directory)
+    if not (directory / "model.json").is_file():
+        raise cr.ModelFileError(f"{directory / 'model.json'}: not found (a model directory holds model.json "
+                                "and the weights it names)")
+    with locked_directory(directory):
+        yield load_spam_model(directory, spam_cutoff, ham_cutoff)
+
+
+def row_digests(x: sp.csr_matrix) -> np.ndarray:
+    """(n, 16) uint8: for each row of hashed features, the first 16 bytes of the SHA-256 of its
+    buckets (int32) and values (float32), in bucket order."""
+    x = x.tocsr().astype(np.float32)
+    x.sort_indices()
+    out = np.empty((x.shape[0], DIGEST_BYTES), np.uint8)
+    for i in range(x.shape[0]):
+        lo, hi = x.indptr[i], x.indptr[i + 1]
+        h = hashlib.sha256(x.indices[lo:hi].astype(np.int32).tobytes())
+        h.update(x.data[lo:hi].tobytes())
+        out[i] = np.frombuffer(h.digest()[:DIGEST_BYTES], np.uint8)
+    return out
 
 
 def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: int = 4, lr: float = 5e-4,
-          replay_per_new: int = 8, seed: int | None = None) -> dict:
-    """Incremental training on corrected messages, like `bogofilter -s/-n`.
+          replay_per_new: int = 8, seed: int | None = None, since_last: dict[str, int] | None = None) -> Learned:
+    """Teach the filter the messages `x_new` (hashed rows) as `y_new` (SPAM 1 or HAM 0 each), like
+    `bogofilter -s/-n` or `sa-learn --spam/--ham`, and save it (in `bundle.directory`).
 
-    A few epochs of Adam on the new messages mixed with a random sample of the replay set (up to
-    `replay_per_new` old examples per new one, so the network rehearses what it knew instead of
-    bending entirely towards the new mail), then the new messages join the replay set. Saves the
-    model and the replay set together, in one commit (`save_model`). The idf weights stay those of the training
-    messages: a few new messages say little about how common a word is. Returns the new messages'
-    probabilities before and after.
+    Messages taught before with the same label are left out (REPEATED); the others are learned
+    by `epochs` epochs of Adam on them and up to `replay_per_new` replay examples per message, and
+    the model, its replay sample and its lessons are saved in one commit (`save_model`). The
+    metadata's "learned" counts the messages learned, each once. `since_last` ({folder: time})
+    is merged into the metadata's "since_last" in the same commit. Returns what became of each
+    message (`Learned`).
     """
-    directory = bundle.directory
-    x_old, y_old = load_replay(bundle.files.get("replay"), bundle.config.n_features)
+    y_new = np.asarray(y_new, np.int64)
     rng = np.random.default_rng(seed)
+    lessons = load_lessons(bundle.files.get("lessons"))
+    digests = row_digests(x_new)
+    before = bundle.probabilities(x_new)
+    label_of = {d.tobytes(): int(label) for d, label in zip(lessons.digests, lessons.labels, strict=True)}
+    first_before: dict[bytes, float] = {}  # of the messages new to the filter
+    teach: dict[bytes, int] = {}  # message -> its (last) row in x_new, of those to learn
+    status, was = [], []
+    for i, (d, label) in enumerate(zip(digests, y_new, strict=True)):
+        key = d.tobytes()
+        old = label_of.get(key)
+        was.append(old)
+        if old == label:
+            status.append(REPEATED)
+            continue
+        new = old is None and key not in first_before  # (not even earlier in this call)
+        status.append(LEARNED if new else RELEARNED)
+        if new:
+            first_before[key] = float(before[i])
+        label_of[key] = int(label)
+        teach[key] = i
+    meta = bundle.metadata
+    if since_last:
+        meta["since_last"] = {**meta.get("since_last", {}), **since_last}
+    if not teach:
+        if since_last:
+            save_model(bundle, bundle.directory)
+        return Learned(status, was, before, before.copy())
+
+    rows = np.array(list(teach.values()))
+    x_teach, y_teach = x_new[rows], y_new[rows]
+    # The replay sample keeps one row per message: a message taught again leaves its old row.
+    x_old, y_old = load_replay(bundle.files.get("replay"), bundle.config.n_features)
+    keep = ~_rows_in(row_digests(x_old), teach)
+    x_old, y_old = x_old[keep], y_old[keep]
+    _rehearse(bundle, x_teach, y_teach.astype(np.float32), x_old, y_old, epochs, lr, replay_per_new, rng)
+
+    added = list(first_before)  # the messages new to the filter, as lessons at the end
+    lessons = Lessons(
+        np.concatenate([lessons.digests, np.frombuffer(b"".join(added), np.uint8).reshape(-1, DIGEST_BYTES)]),
+        np.array([label_of[d.tobytes()] for d in lessons.digests] + [label_of[k] for k in added], np.int8),
+        np.concatenate([lessons.before, np.array([first_before[k] for k in added], np.float32)]))
+    meta["learned"] = int(meta.get("learned", 0)) + len(added)
+    _save(bundle, sp.vstack([x_old, x_teach]).tocsr(), np.concatenate([y_old, y_teach]), lessons)
+    return Learned(status, was, before, bundle.probabilities(x_new))
+
+
+def unlearn(bundle: SpamModel, x: sp.csr_matrix) -> Learned:
+    """Undo the lessons of the messages `x` (hashed rows), like `sa-learn --forget`, and save.
+
+    Each message taught before (UNLEARNED) loses its lesson and its row of the replay sample, and
+    the network is edited, as little as it takes, to give it the P(spam) it had before its first
+    lesson (`_move_logits`); the metadata's "learned" goes down by one. A message never taught is
+    left as it is (NOT_LEARNED). Returns what became of each message (`Learned`).
+    """
+    lessons = load_lessons(bundle.files.get("lessons"))
+    index = {d.tobytes(): j for j, d in enumerate(lessons.digests)}
+    before = bundle.probabilities(x)
+    undo: dict[bytes, int] = {}  # message -> its row in x, of those to unlearn
+    status, was = [], []
+    for i, d in enumerate(row_digests(x)):
+        j = index.get(d.tobytes())
+        if j is None or d.tobytes() in undo:  # (a message given twice is unlearned once)
+            status.append(NOT_LEARNED)
+            was.append(None)
+            continue
+        status.append(UNLEARNED)
+        was.append(int(lessons.labels[j]))
+        undo[d.tobytes()] = i
+    if not undo:
+        return Learned(status, was, before, before.copy())
+
+    gone = _rows_in(lessons.digests, undo)
+    rows = np.array([undo[d.tobytes()] for d in lessons.digests[gone]])  # (in the lessons' order)
+    p = np.clip(lessons.before[gone].astype(np.float64), 1e-6, 1 - 1e-6)
+    _move_logits(bundle.model, x[rows], np.log(p / (1 - p)))
+    x_old, y_old = load_replay(bundle.files.get("replay"), bundle.config.n_features)
+    keep = ~_rows_in(row_digests(x_old), undo)
+    bundle.metadata["learned"] = max(int(bundle.metadata.get("learned", 0)) - len(undo), 0)
+    _save(bundle, x_old[keep], y_old[keep], lessons.select(~gone))
+    return Learned(status, was, before, bundle.probabilities(x))
+
+
+def _move_logits(model: cr.Sequential, x: sp.csr_matrix, target: np.ndarray, sweeps: int = 3) -> None:
+    """Change the network's weights θ as little as possible so that its logit z for each row of
+    `x` becomes `target`.
+
+    For one row, the smallest change (in ‖Δθ‖) that moves z by Δz, to first order, lies along the
+    gradient: Δθ = Δz · ∇z / ‖∇z‖², since ∇z·Δθ = Δz and any other Δθ doing that is longer. Exact
+    for the linear part of the network; a few sweeps over the rows absorb the ReLUs' bends and
+    what editing one row does to the others. Dropout is off (evaluation mode).
+    """
+    small, x_small, cols = _touched_copy(model, x)  # ∇z is zero on the first-layer rows x does not touch
+    for _ in range(sweeps):
+        for i in range(x_small.shape[0]):
+            z = small.forward(x_small[i])
+            dz = float(target[i] - z[0, 0])
+            small.backward(np.ones_like(z), input_grad=False)  # dz/dθ into every .grad
+            g = small.flat_grads
+            norm2 = float(g @ g)
+            if norm2 > 0:
+                small.flat_params += (dz / norm2) * g
+    _write_back(small, model, cols)
+
+
+def _rows_in(digests: np.ndarray, keys) -> np.ndarray:
+    """Mask of the `digests` that are among `keys` (a set or dict of digests as bytes)."""
+    return np.array([d.tobytes() in keys for d in digests], bool)
+
+
+def _rehearse(bundle: SpamModel, x_new, y_new: np.ndarray, x_old, y_old: np.ndarray, epochs: int, lr: float,
+              replay_per_new: int, rng: np.random.Generator) -> None:
+    """Train the network on (x_new, y_new) mixed with a random sample of (x_old, y_old), up to
+    `replay_per_new` old examples per new one, with the training's pos_weight."""
     take = rng.permutation(x_old.shape[0])[: replay_per_new * x_new.shape[0]]
     x = sp.vstack([x_new, x_old[take]]).tocsr().astype(np.float32)
-    y = np.concatenate([np.asarray(y_new, np.int64), y_old[take]])
-    before = bundle.probabilities(x_new)
+    y = np.concatenate([y_new, y_old[take]]).astype(np.float32)
     pos_weight = float(bundle.metadata.get("training", {}).get("pos_weight", 1.0))
-    optimizer = cr.Adam(bundle.model.parameters(), lr=lr)
-    cr.fit(bundle.model, x, y, cr.BinaryCrossEntropy(pos_weight=pos_weight), optimizer, epochs=epochs,
-           batch_size=32, verbose=False, seed=int(rng.integers(1 << 31)))
-    after = bundle.probabilities(x_new)
-    x_keep = sp.vstack([x_old, x_new]).tocsr()
-    y_keep = np.concatenate([y_old, y_new])
-    if x_keep.shape[0] > REPLAY_SIZE:  # forget the oldest first
-        x_keep, y_keep = x_keep[-REPLAY_SIZE:], y_keep[-REPLAY_SIZE:]
-    meta = bundle.metadata
-    meta["learned"] = int(meta.get("learned", 0)) + int(x_new.shape[0])
-    save_model(bundle, directory, replay=(x_keep, y_keep))
-    return {"before": before.tolist(), "after": after.tolist()}
+    _fit_touched(bundle.model, x, y, cr.BinaryCrossEntropy(pos_weight=pos_weight), epochs, lr,
+                 seed=int(rng.integers(1 << 31)))
+
+
+def _fit_touched(model: cr.Sequential, x: sp.csr_matrix, y: np.ndarray, loss, epochs: int, lr: float,
+                 seed: int) -> None:
+    """Equivalent to `cr.fit(model, x, y, loss, cr.Adam(model.parameters(), lr=lr), epochs=epochs,
+    batch_size=32, seed=seed)` with the network's dropout drawn from `seed`, for a network whose
+    first layer is a Linear that reads the sparse rows `x`, at a small part of the cost.
+
+    A fresh Adam's moments m and v of a weight start at 0 and stay 0 while its gradient is 0, so
+    its step lr·m̂/(√v̂ + ε) is exactly 0: the first-layer rows of buckets that no row of `x` has
+    never move. So a copy of the network whose first layer holds only the rows `x` touches is
+    trained (`_touched_copy`), and those rows are written back: the same arithmetic, without
+    stepping through the 10 million weights of a 65,536-bucket committee that stay as they are.
+    """
+    small, x_small, cols = _touched_copy(model, x, seed)
+    cr.fit(small, x_small, y, loss, cr.Adam(small.parameters(), lr=lr), epochs=epochs, batch_size=32,
+           verbose=False, seed=seed)
+    _write_back(small, model, cols)
+
+
+def _touched_copy(model: cr.Sequential, x: sp.csr_matrix,
+                  seed: int | None = None) -> tuple[cr.Sequential, sp.csr_matrix, np.ndarray]:
+    """(copy, x_copy, cols): a copy of `model` whose first layer (a Linear) keeps only the rows of
+    its weights that `x` touches, the buckets `cols` (a few thousand of 65,536), and `x` with its
+    columns renumbered to match, in order, so that the copy computes what `model` does on `x`."""
+    cols = np.unique(x.indices)
+    if cols.size == 0:  # (messages without a single token: a first layer still needs an input)
+        cols = np.zeros(1, np.int64)
+    x_small = sp.csr_matrix((x.data, np.searchsorted(cols, x.indices), x.indptr), shape=(x.shape[0], len(cols)))
+    config = model.config()
+    config["input_shape"] = [len(cols)]
+    config["layers"][0]["args"]["in_features"] = len(cols)
+    small = cr.Sequential.from_config(config, initialize=False, seed=seed)
+    small.layers[0].weight.data[...] = model.layers[0].weight.data[cols]
+    for copy, param in zip(small.parameters()[1:], model.parameters()[1:], strict=True):
+        copy.data[...] = param.data
+    for copy, layer in zip(small.layers, model.layers, strict=True):
+        for name, buf in layer.buffers.items():
+            copy.buffers[name][...] = buf
+    return small, x_small, cols
+
+
+def _write_back(small: cr.Sequential, model: cr.Sequential, cols: np.ndarray) -> None:
+    """Copy the weights of `_touched_copy`'s `small` back into `model`."""
+    model.layers[0].weight.data[cols] = small.layers[0].weight.data
+    for copy, param in zip(small.parameters()[1:], model.parameters()[1:], strict=True):
+        param.data[...] = copy.data
+    for copy, layer in zip(small.layers, model.layers, strict=True):
+        for name, buf in layer.buffers.items():
+            buf[...] = copy.buffers[name]
+
+
+def _save(bundle: SpamModel, x_replay, y_replay: np.ndarray, lessons: Lessons) -> None:
+    """Save the model with its replay sample and lessons, each cut to its size, oldest first out."""
+    if x_replay.shape[0] > REPLAY_SIZE:
+        x_replay, y_replay = x_replay[-REPLAY_SIZE:], y_replay[-REPLAY_SIZE:]
+    if len(lessons) > LESSONS_KEPT:
+        lessons = lessons.select(slice(len(lessons) - LESSONS_KEPT, None))
+    save_model(bundle, bundle.directory, replay=(x_replay, y_replay), lessons=lessons)

@@ -9,10 +9,10 @@ config and, for mail, the idf weights of its buckets) and two cut-offs on P(spam
 
 On disk, a filter is a model directory (`chainrule.Sequential.save`): `model.json` (the network's
 architecture and metadata: hashing config, cut-offs, how it was trained) and the array files it
-names: the network's weights, the idf weights when the hashing uses them, and the replay sample
-of training examples that `learn` rehearses. They are saved together in one commit, so a reader
-never sees the weights of one model with the idf or replay sample of another, and are read back
-validated, sizes first, never unpickled.
+names: the network's weights, the idf weights when the hashing uses them, the replay sample of
+training examples that `learn` rehearses, and the lessons `learn` has recorded (`Lessons`). They
+are saved together in one commit, so a reader never sees the weights of one model with the idf,
+replay sample or lessons of another, and are read back validated, sizes first, never unpickled.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from chainrule.network import load_model_and_files, model_directory
 TASK = "spam"
 SPAM_FORMAT = 1
 REPLAY_SIZE = 2000  # examples kept for `learn` to rehearse, so new mail does not overwrite old lessons
+LESSONS_KEPT = 50_000  # lessons remembered (21 bytes each); beyond that the oldest are forgotten
+MAX_FOLDERS = 1000  # folders whose last run `spam learn --since-last` remembers
 
 
 @dataclass
@@ -212,7 +214,8 @@ def _cutoffs(cut, spam_cutoff: float | None, ham_cutoff: float | None) -> tuple[
 
 
 def _check_training(metadata: dict) -> None:
-    """What `learn` reads of the metadata: the training's pos_weight and the count of lessons."""
+    """What `learn` reads of the metadata: the training's pos_weight, the count of messages learned,
+    and when `spam learn --since-last` last read each folder."""
     training = metadata.get("training", {})
     if not isinstance(training, dict):
         raise ValueError(f"training must be an object, got {type(training).__name__}")
@@ -221,6 +224,11 @@ def _check_training(metadata: dict) -> None:
     learned = metadata.get("learned", 0)
     if type(learned) is not int or learned < 0:
         raise ValueError(f"learned must be an integer >= 0, got {learned!r}")
+    since = metadata.get("since_last", {})
+    if not (isinstance(since, dict) and len(since) <= MAX_FOLDERS
+            and all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in since.items())):
+        raise ValueError(f"since_last must map at most {MAX_FOLDERS} folders to times in nanoseconds, "
+                         f"got {str(since)[:80]}")
 
 
 def load_idf(path, config: HashingConfig) -> np.ndarray | None:
@@ -240,21 +248,30 @@ def load_idf(path, config: HashingConfig) -> np.ndarray | None:
     return idf.astype(np.float32)
 
 
-def save_model(bundle: SpamModel, directory, replay: tuple[sp.csr_matrix, np.ndarray] | None = None) -> None:
+def save_model(bundle: SpamModel, directory, replay: tuple[sp.csr_matrix, np.ndarray] | None = None,
+               lessons: Lessons | None = None) -> None:
     """Save the filter into `directory` in one commit (`cr.Sequential.save`): the network and its
-    metadata, the idf weights if its hashing uses them, and the `replay` sample (x, y) that
-    `learn` rehearses, if given (a model saved without one has none)."""
+    metadata, the idf weights if its hashing uses them, the `replay` sample (x, y) that `learn`
+    rehearses and its `lessons`. A replay sample or lessons not given are those the bundle was
+    loaded with, read back and saved again, so that a save never drops them unasked (a bundle not
+    loaded from disk, as `train_filter` returns it, has none)."""
     arrays = {}
     if bundle.config.idf:
         if bundle.idf is None:
             raise ValueError("the model's hashing config has idf on but it holds no idf weights")
         arrays["idf"] = {"idf": np.asarray(bundle.idf, np.float32)}
+    if replay is None and bundle.files.get("replay") is not None:
+        replay = load_replay(bundle.files["replay"], bundle.config.n_features)
     if replay is not None:
         x, y = replay[0].tocsr(), replay[1]
         arrays["replay"] = {
             "data": x.data.astype(np.float32), "indices": x.indices.astype(np.int32),
             "indptr": x.indptr.astype(np.int64), "shape": np.array(x.shape, np.int64),
             "labels": np.asarray(y, np.int64)}
+    if lessons is None and bundle.files.get("lessons") is not None:
+        lessons = load_lessons(bundle.files["lessons"])
+    if lessons is not None:
+        arrays["lessons"] = {"digests": lessons.digests, "labels": lessons.labels, "before": lessons.before}
     bundle.files = bundle.model.save(directory, bundle.metadata, arrays)
     bundle.directory = Path(directory)
 
@@ -265,11 +282,13 @@ MAX_REPLAY_ROWS = 100_000
 
 
 def load_replay(path, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
-    """The replay sample in `path` (a model's "replay" file, `cr.model_files`; empty if None or
-    missing), checked against the model's `n_features`: sizes from the headers first, then the
-    CSR structure; never unpickled."""
-    if path is None or not Path(path).is_file():
+    """The replay sample in `path` (a model's "replay" file, `cr.model_files`; empty if None: the
+    model has none), checked against the model's `n_features`: sizes from the headers first, then
+    the CSR structure; never unpickled. A file the model names but that is gone is an error, not an
+    empty sample, so that learning never saves the model without it."""
+    if path is None:
         return sp.csr_matrix((0, n_features), dtype=np.float32), np.zeros(0, np.int64)
+    _must_exist(path, "replay sample")
     names = ("data", "indices", "indptr", "shape", "labels")
     headers = npz_headers(path)
     shapes = {name: headers[name][0] if name in headers else None for name in names}
@@ -292,3 +311,55 @@ def load_replay(path, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
     if shape != (rows, n_features) or not set(np.unique(y)) <= {0, 1} or not np.all(np.isfinite(x.data)):
         raise cr.ModelFileError(f"{path}: replay sample does not match the model")
     return x.astype(np.float32), y
+
+
+@dataclass
+class Lessons:
+    """What `learn` has taught a filter, one entry per message, oldest first: a digest of the
+    message as the filter reads it (`chainrule.apps.spam.learning.row_digests`), the label it was
+    taught (SPAM 1 or HAM 0), and its P(spam) before its first lesson, which `unlearn` returns it to."""
+
+    digests: np.ndarray  # (n, 16) uint8
+    labels: np.ndarray  # (n,) int8
+    before: np.ndarray  # (n,) float32
+
+    @classmethod
+    def empty(cls) -> Lessons:
+        return cls(np.zeros((0, DIGEST_BYTES), np.uint8), np.zeros(0, np.int8), np.zeros(0, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, keep) -> Lessons:
+        """The lessons at the indices or where the mask `keep` says."""
+        return Lessons(self.digests[keep], self.labels[keep], self.before[keep])
+
+
+DIGEST_BYTES = 16  # of a message's SHA-256: 128 bits, so two messages share one only by design
+MAX_LESSONS = 1_000_000  # the most lessons read back (LESSONS_KEPT, with room for a larger setting)
+
+
+def load_lessons(path) -> Lessons:
+    """The lessons in `path` (a model's "lessons" file, `cr.model_files`; none if None: the model
+    has none), validated, sizes first, never unpickled. A file the model names but that is gone is
+    an error, as in `load_replay`."""
+    if path is None:
+        return Lessons.empty()
+    _must_exist(path, "lessons")
+    headers = npz_headers(path)
+    shapes = {name: headers[name] if name in headers else (None, None) for name in ("digests", "labels", "before")}
+    (d_shape, d_type), (l_shape, l_type), (b_shape, b_type) = shapes.values()
+    n = l_shape[0] if l_shape and len(l_shape) == 1 else -1
+    if not (0 <= n <= MAX_LESSONS and d_shape == (n, DIGEST_BYTES) and d_type == np.uint8 and b_shape == (n,)
+            and l_type.kind in "iu" and b_type.kind == "f"):
+        raise cr.ModelFileError(f"{path}: not a list of at most {MAX_LESSONS} lessons ({shapes})")
+    z = read_npz(path, ("digests", "labels", "before"))
+    lessons = Lessons(z["digests"], z["labels"].astype(np.int8), z["before"].astype(np.float32))
+    if not (np.all(np.isin(lessons.labels, (0, 1))) and np.all((lessons.before >= 0) & (lessons.before <= 1))):
+        raise cr.ModelFileError(f"{path}: lessons need labels 0 or 1 and probabilities from 0 to 1")
+    return lessons
+
+
+def _must_exist(path, what: str) -> None:
+    if not Path(path).is_file():
+        raise cr.ModelFileError(f"{path}: not found (model.json names it as the model's {what})")

@@ -1,0 +1,250 @@
+"""Learning from corrections (chainrule.apps.spam.learning, `chainrule spam learn`) on real
+SpamAssassin messages: learning, repeated messages, relearning, unlearning, `--since-last` on a
+Maildir, and two real `spam learn` processes on one model at once."""
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import chainrule as cr
+from chainrule import model_files
+from chainrule.apps.spam import (
+    build_network,
+    featurize,
+    load_lessons,
+    load_replay,
+    load_spam_model,
+    row_digests,
+    save_model,
+)
+from chainrule.apps.spam.learning import _fit_touched
+from chainrule.cli import main
+from chainrule.files import LOCK_FILE
+
+
+@pytest.fixture
+def model(spam_model, tmp_path) -> Path:
+    """A copy of the session's trained filter, to learn on."""
+    m = tmp_path / "m"
+    shutil.copytree(spam_model, m)
+    return m
+
+
+def _held(spam_corpus, folder: str, n: int) -> list[Path]:
+    """The first `n` held-out messages of `folder` (spam, easy_ham, hard_ham)."""
+    return sorted((spam_corpus[1] / folder).iterdir())[:n]
+
+
+def _p(model: Path, paths) -> np.ndarray:
+    """P(spam) of each message under the model saved in `model`."""
+    bundle = load_spam_model(model)
+    x, _ = featurize([("mail", Path(p).read_bytes()) for p in paths], bundle.config, processes=1, idf=bundle.idf)
+    return bundle.probabilities(x)
+
+
+def _learn(capsys, *args) -> list[str]:
+    """`chainrule spam learn ARGS` in this process; its output lines."""
+    assert main(["spam", "learn", *map(str, args)]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def _replay_size(model: Path) -> int:
+    return load_replay(model_files(model)["replay"], 1 << 14)[0].shape[0]
+
+
+def test_fitting_only_the_touched_rows_is_fit_on_the_whole_network(spam_model, spam_corpus):
+    # on real messages: the same weights, bit for bit, as `cr.fit` with Adam over every parameter
+    paths = _held(spam_corpus, "spam", 20) + _held(spam_corpus, "easy_ham", 20)
+    bundle = load_spam_model(spam_model)
+    x, _ = featurize([("mail", p.read_bytes()) for p in paths], bundle.config, processes=1, idf=bundle.idf)
+    y = np.r_[np.ones(20), np.zeros(20)].astype(np.float32)
+    base = build_network(1 << 14, hidden=(8,), dropout=0.2, seed=1)
+    whole, part = (cr.Sequential.from_config(base.config(), initialize=False, seed=7) for _ in range(2))
+    whole.load_state(base.state())
+    part.load_state(base.state())
+    loss = cr.BinaryCrossEntropy(pos_weight=2.0)
+    cr.fit(whole, x, y, loss, cr.Adam(whole.parameters(), lr=1e-3), epochs=3, batch_size=32, verbose=False, seed=7)
+    _fit_touched(part, x, y, loss, epochs=3, lr=1e-3, seed=7)
+    for name, value in whole.state().items():
+        np.testing.assert_array_equal(part.state()[name], value, err_msg=name)
+    untouched = np.setdiff1d(np.arange(1 << 14), x.indices)
+    moved = np.any(part.layers[0].weight.data != base.layers[0].weight.data, axis=1)
+    assert not moved[untouched].any() and moved.sum() > 1000  # (of the 2,000-odd buckets these messages have)
+
+
+def test_learn_moves_the_message_and_a_repeat_is_recognised(model, spam_corpus, capsys):
+    msg = _held(spam_corpus, "easy_ham", 1)[0]
+    replay = _replay_size(model)
+    (line, summary) = _learn(capsys, model, "--spam", msg, "--seed", "0")
+    assert line.startswith(f"{msg}\tlearned as spam\tP(spam) ") and summary.endswith("the model has learned 1 messages")
+    p0, p1 = (float(v) for v in line.rsplit("P(spam) ", 1)[1].split(" -> "))
+    assert p1 > p0 and abs(_p(model, [msg])[0] - p1) < 1e-4  # saved (printed to 4 decimals)
+    saved = (model / "model.json").read_bytes()
+    # the same message again, under another name and with CRLF line ends as spamc sends it: not learned again
+    again = model.parent / "again.eml"
+    again.write_bytes(msg.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    (line, summary) = _learn(capsys, model, "--spam", again)
+    assert "\talready learned as spam; not learned again\t" in line and summary.startswith("1 already learned")
+    assert (model / "model.json").read_bytes() == saved  # nothing saved
+    bundle = load_spam_model(model)
+    assert bundle.metadata["learned"] == 1 and _replay_size(model) == replay + 1
+    assert len(load_lessons(bundle.files["lessons"])) == 1
+
+
+def test_learning_the_other_label_relearns_and_counts_once(model, spam_corpus, capsys):
+    msg = _held(spam_corpus, "spam", 1)[0]
+    _learn(capsys, model, "--ham", msg, "--seed", "0")
+    p_ham = _p(model, [msg])[0]
+    (line, _) = _learn(capsys, model, "--spam", msg, "--seed", "0")
+    assert "\trelearned as spam (was learned as ham)\t" in line
+    assert _p(model, [msg])[0] > p_ham
+    bundle = load_spam_model(model)
+    lessons = load_lessons(bundle.files["lessons"])
+    assert bundle.metadata["learned"] == 1 and list(lessons.labels) == [1]
+    # the replay sample holds the message once, as spam
+    x_replay, y_replay = load_replay(bundle.files["replay"], 1 << 14)
+    x, _ = featurize([("mail", msg.read_bytes())], bundle.config, processes=1, idf=bundle.idf)
+    same = np.all(row_digests(x_replay) == row_digests(x)[0], axis=1)
+    assert same.sum() == 1 and y_replay[same][0] == 1
+
+
+def test_unlearn_undoes_a_wrong_lesson(model, spam_corpus, capsys):
+    ham = _held(spam_corpus, "easy_ham", 2)
+    replay = _replay_size(model)
+    start = _p(model, ham)
+    _learn(capsys, model, "--spam", *ham, "--seed", "0")  # a wrong correction
+    taught = _p(model, ham)
+    assert np.all(taught > start)
+    lines = _learn(capsys, model, "--unlearn", *ham, "--seed", "0")
+    assert all("\tunlearned (was learned as spam)\t" in line for line in lines[:2])
+    assert lines[2] == "2 unlearned; the model has learned 0 messages"
+    undone = _p(model, ham)
+    assert np.all(np.abs(undone - start) < 0.1 * np.abs(taught - start))  # back where they were
+    bundle = load_spam_model(model)
+    assert len(load_lessons(bundle.files["lessons"])) == 0 and _replay_size(model) == replay
+    saved = (model / "model.json").read_bytes()
+    (line, _, _) = _learn(capsys, model, "--unlearn", ham[0], ham[0])
+    assert "\tnever learned; nothing to unlearn\t" in line
+    assert (model / "model.json").read_bytes() == saved
+
+
+def _deliver(maildir: Path, msg: Path, name: str) -> Path:
+    """Put a message into the Maildir as a delivery agent does: written into tmp/, renamed into new/."""
+    tmp = maildir / "tmp" / name
+    tmp.write_bytes(msg.read_bytes())
+    os.utime(tmp, (1e9, 1e9))  # an old modification time, as a message moved from another folder keeps
+    return tmp.rename(maildir / "new" / name)
+
+
+def test_since_last_learns_only_what_is_new_in_a_maildir(model, spam_corpus, tmp_path, capsys):
+    junk = tmp_path / "Maildir" / ".Junk"
+    for sub in ("cur", "new", "tmp"):
+        (junk / sub).mkdir(parents=True)
+    spam = _held(spam_corpus, "spam", 5)
+    for i, msg in enumerate(spam[:3]):
+        _deliver(junk, msg, f"100{i}.M1P1.host")
+    time.sleep(1.1)  # (past the second of overlap `--since-last` allows for coarse file-system clocks)
+    lines = _learn(capsys, model, "--spam", "--from", junk, "--since-last", "--seed", "0")
+    assert [line.split("\t")[1] for line in lines[:3]] == ["learned as spam"] * 3
+    meta = load_spam_model(model).metadata
+    assert meta["learned"] == 3 and list(meta["since_last"]) == [str(junk.resolve())]
+    saved = (model / "model.json").read_bytes()
+    assert _learn(capsys, model, "--spam", "--from", junk, "--since-last") == [
+        f"{junk}: nothing new since the previous run"]
+    assert (model / "model.json").read_bytes() == saved
+    time.sleep(1.1)
+    new = [_deliver(junk, msg, f"200{i}.M1P1.host") for i, msg in enumerate(spam[3:])]
+    lines = _learn(capsys, model, "--spam", "--from", junk, "--since-last", "--seed", "0")
+    assert [line.split("\t")[:2] for line in lines[:-1]] == [[str(p), "learned as spam"] for p in new]
+    assert load_spam_model(model).metadata["learned"] == 5
+
+
+def test_since_last_needs_a_folder(model, run_chainrule):
+    r = run_chainrule(["spam", "learn", str(model), "--spam", "--since-last", "x.eml"])
+    assert r.returncode == 2 and b"--since-last needs --from FOLDER" in r.stderr
+    r = run_chainrule(["spam", "learn", str(model), "--spam", "--from", str(model / "model.json"), "--since-last"])
+    assert r.returncode == 2 and b"not a folder or Maildir" in r.stderr and b"Traceback" not in r.stderr
+
+
+def _learner(model: Path, *args) -> subprocess.Popen:
+    """`chainrule spam learn MODEL ARGS` started in a process of its own."""
+    command = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())"]
+    return subprocess.Popen([*command, "spam", "learn", str(model), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_two_learners_at_once_lose_no_lesson(model, spam_corpus):
+    # a cron job teaching spam and a user teaching ham, started together on one model: both wait
+    # for the model's lock, which this test holds until both have started, then take turns
+    spam, ham = _held(spam_corpus, "spam", 3), _held(spam_corpus, "easy_ham", 3)
+    start = _p(model, spam + ham)
+    with open(model / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        procs = [_learner(model, "--spam", *spam, "--seed", "1"), _learner(model, "--ham", *ham, "--seed", "2")]
+        time.sleep(2.0)
+        assert all(p.poll() is None for p in procs)  # waiting for the lock
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    bundle = load_spam_model(model)
+    assert bundle.metadata["learned"] == 6
+    x, _ = featurize([("mail", p.read_bytes()) for p in spam + ham], bundle.config, processes=1, idf=bundle.idf)
+    lessons = load_lessons(bundle.files["lessons"])
+    assert sorted(map(bytes, lessons.digests)) == sorted(map(bytes, row_digests(x)))
+    end = bundle.probabilities(x)
+    assert np.all(end[:3] > start[:3]) and np.all(end[3:] < start[3:])  # each moved as it was taught
+
+
+def test_a_save_keeps_the_replay_sample_and_lessons_it_is_not_given(model, spam_corpus, capsys):
+    _learn(capsys, model, "--spam", _held(spam_corpus, "easy_ham", 1)[0])
+    bundle = load_spam_model(model)
+    files = {name: path.read_bytes() for name, path in bundle.files.items()}
+    bundle.metadata["note"] = "saved again"
+    save_model(bundle, model)
+    again = load_spam_model(model)
+    assert sorted(again.files) == ["idf", "lessons", "model", "replay"]
+    assert {name: path.read_bytes() for name, path in again.files.items()} == files
+    assert again.metadata["note"] == "saved again"
+
+
+@pytest.mark.parametrize(("arrays", "match"), [
+    ({"digests": np.zeros((2, 16), np.uint8), "labels": np.array([0, 2]), "before": np.zeros(2, np.float32)},
+     "labels 0 or 1"),
+    ({"digests": np.zeros((2, 8), np.uint8), "labels": np.zeros(2), "before": np.zeros(2, np.float32)},
+     "not a list of at most"),
+    ({"digests": np.zeros((1, 16), np.uint8), "labels": np.zeros(1, np.int8), "before": np.array([np.nan], np.float32)},
+     "probabilities from 0 to 1"),
+])
+def test_damaged_lessons_are_refused(model, spam_corpus, capsys, arrays, match):
+    _learn(capsys, model, "--spam", _held(spam_corpus, "spam", 1)[0])
+    np.savez(model_files(model)["lessons"], **arrays)
+    with pytest.raises(cr.ModelFileError, match=match):
+        load_lessons(model_files(model)["lessons"])
+    assert main(["spam", "learn", str(model), "--spam", str(_held(spam_corpus, "spam", 2)[1])]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_a_damaged_since_last_record_is_refused(model):
+    path = model / "model.json"
+    doc = json.loads(path.read_text())
+    doc["metadata"]["since_last"] = {"/mail/.Junk": "yesterday"}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(cr.ModelFileError, match="since_last must map"):
+        load_spam_model(model)
+
+
+def test_a_model_whose_replay_file_is_gone_is_not_saved_without_it(model, spam_corpus, capsys):
+    model_files(model)["replay"].unlink()
+    saved = (model / "model.json").read_bytes()
+    assert main(["spam", "learn", str(model), "--spam", str(_held(spam_corpus, "spam", 1)[0])]) == 2
+    err = capsys.readouterr().err
+    assert "not found (model.json names it as the model's replay sample)" in err and len(err.splitlines()) == 1
+    assert (model / "model.json").read_bytes() == saved
