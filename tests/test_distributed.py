@@ -11,6 +11,7 @@ installed, and never in CI (CI set), where that fails instead.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import os
@@ -263,15 +264,22 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_on_another_n(mpirun, uni
 
 
 @needs_data
-def test_a_failing_rank_stops_the_job_with_its_one_line_error(mpirun, tmp_path):
+def test_a_failing_rank_stops_the_job_with_its_one_line_error(mpirun, data_root, tmp_path):
     # MPMD: rank 0 has its data and waits for rank 1 inside the first collective operation; rank 1
-    # is given a folder without MNIST.
+    # finds MNIST under its own CHAINRULE_DATA, with a damaged training-images file. (Options are
+    # rank 0's, broadcast to all, so the damage is in what rank 1 alone reads.)
+    damaged = tmp_path / "damaged" / "mnist"
+    damaged.mkdir(parents=True)
+    for f in (data_root / "mnist").glob("*-ubyte.gz"):
+        (damaged / f.name).write_bytes(f.read_bytes())
+    images = damaged / "train-images-idx3-ubyte.gz"
+    images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:100_000]))
     common = [*CLI, *RUN, "--epochs", "2", "--out", tmp_path / "out"]
-    proc = run([*mpirun, "-np", 1, *common, ":", "-np", 1, *common, "--data", tmp_path / "nowhere"])
+    proc = run([*mpirun, "-np", 1, *common, ":", "-np", 1, "-x", f"CHAINRULE_DATA={damaged.parent}", *common])
     assert proc.returncode == 2
     ours = [line for line in proc.stderr.splitlines() if line.startswith("chainrule")]
     assert len(ours) == 1, proc.stderr
-    assert ours[0].startswith("chainrule: error: rank 1 of 2: MNIST train files not found")
+    assert ours[0].startswith(f"chainrule: error: rank 1 of 2: {images}"), ours[0]
     assert "Traceback" not in proc.stderr
 
 
@@ -295,7 +303,7 @@ def test_a_command_for_one_process_refuses_to_run_on_several(mpirun, tmp_path):
     assert proc.returncode == 2
     ours = [line for line in proc.stderr.splitlines() if line.startswith("chainrule")]
     assert ours == ["chainrule: error: rank 0 of 2: this command runs in one process; start it without mpirun "
-                    "(these run on several: digits train, spam train, spam classify)"], proc.stderr
+                    "(these run on several: digits train, images train, spam train, spam classify)"], proc.stderr
 
 
 # -- spam ------------------------------------------------------------------------------------------
