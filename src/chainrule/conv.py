@@ -365,38 +365,49 @@ class MaxPool2D(_Pool2D):
         max within each row, so take the max across each row's kw columns first, then across the
         kh rows: kh + kw whole-array passes instead of kh·kw, the second of them on contiguous rows.
         Remembering the winning column of every row and the winning row of every window, each the
-        first on ties, picks the same input as PyTorch's row-major scan."""
+        first on ties, picks the same input as PyTorch's row-major scan. Those two are turned into
+        one mask over the input, True at each window's winner, so that backward is one multiply."""
         (kh, kw) = self.kernel_size
         x = x[:, :, : ho * kh, : wo * kw]
         rows, col = _running_max(x, kw, axis=3)  # (N, C, ho·kh, wo): max of each row's window part
         out, row = _running_max(rows, kh, axis=2)
         if out.base is not None:  # 1×1 windows: a view of the input, which must not be returned
             out = out.copy(order="K")
-        self._col, self._row = col, row
+        # winner[n, c, r, i, q, j]: input (r·kh + i, q·kw + j) won window (r, q); a bool array in
+        # the input's memory order, viewed with each window's rows and columns as axes of their own
+        winner = np.empty_like(x, bool)
+        winner6 = _split_windows(winner, kh, kw)
+        col = col.reshape(col.shape[0], col.shape[1], ho, kh, wo)  # winning column, per window row
+        for i in range(kh):
+            row_won = row == i
+            for j in range(kw):
+                np.logical_and(row_won, col[:, :, :, i] == j, out=winner6[:, :, :, i, :, j])
+        self._winner = winner
         return out
 
     def _backward_non_overlapping(self, grad_out):
-        """The backward pass of `_forward_non_overlapping`: each window's gradient goes to its
-        winning row, then within that row to the winning column."""
+        """The backward pass of `_forward_non_overlapping`: each window's gradient, spread over its
+        kh×kw inputs, times the winner mask (1 at the winner, 0 elsewhere). Equivalent to
+        dx[n, c, r·kh + i, q·kw + j] = grad_out[n, c, r, q] · winner[n, c, r, i, q, j]."""
         kh, kw = self.kernel_size
         _, _, ho, wo = grad_out.shape
-        # Non-overlapping windows write every input that lies in a window, so only the rows and
-        # columns left over at the bottom and right need zeros. `empty_like` keeps the input's
-        # memory order (batch-last after a Conv2D), and the gradient is first copied into
-        # that order too: element-wise passes over arrays of one layout run over long
-        # contiguous stretches, over mixed layouts element by element.
+        # `empty_like` keeps the input's memory order (batch-last after a Conv2D), so the multiply
+        # below runs over long contiguous stretches. Non-overlapping windows write every input that
+        # lies in a window; only the rows and columns left over at the bottom and right need zeros.
         dx = np.empty_like(self._x, grad_out.dtype)
         dx[:, :, ho * kh :] = 0
         dx[:, :, :, wo * kw :] = 0
-        g = np.empty_like(self._row, grad_out.dtype)
-        g[...] = grad_out
-        # (multiplying by a mask is much faster than a masked copy)
-        drows = np.empty_like(self._col, grad_out.dtype)
-        for i in range(kh):
-            np.multiply(g, self._row == i, out=drows[:, :, i::kh])
-        for j in range(kw):
-            np.multiply(drows, self._col == j, out=dx[:, :, : ho * kh, j : wo * kw : kw])
+        spread = grad_out[:, :, :, None, :, None]  # broadcast over each window's kh rows and kw columns
+        np.multiply(_split_windows(self._winner, kh, kw), spread,
+                    out=_split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw))
         return dx
+
+
+def _split_windows(a: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """The view of a (N, C, ho·kh, wo·kw) array as (N, C, ho, kh, wo, kw): splitting an axis never
+    copies, whatever the strides."""
+    n, c, h, w = a.shape
+    return a.reshape(n, c, h // kh, kh, w // kw, kw)
 
 
 class AvgPool2D(_Pool2D):
