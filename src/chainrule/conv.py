@@ -518,10 +518,9 @@ class BatchNorm(Layer):
         if training:
             m = x.size // self.num_features
             mean = x.mean(axis=axes)
-            centred = x - mean.reshape(bshape)
-            var = np.mean(np.square(centred), axis=axes)
+            xhat = x - mean.reshape(bshape)  # centred, then scaled in place below
+            var = _per_feature_dot(xhat, xhat) / m  # equivalent to np.mean(xhat², axis=axes)
             inv_std = 1.0 / np.sqrt(var + self.eps)
-            xhat = centred
             xhat *= inv_std.reshape(bshape)
             mom = self.momentum
             running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
@@ -530,7 +529,10 @@ class BatchNorm(Layer):
             running_var *= 1 - mom
             running_var += mom * var * (m / max(m - 1, 1))
             self._xhat, self._x, self._inv_std, self._training = xhat, None, inv_std, True
-            return xhat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape)
+            # y = γ·x̂ + β, written into one new array
+            y = np.multiply(xhat, self.weight.data.reshape(bshape))
+            y += self.bias.data.reshape(bshape)
+            return y
         # evaluation: a fixed affine map per feature, folded into one scale and one shift
         inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
         scale = self.weight.data * inv_std
@@ -545,17 +547,29 @@ class BatchNorm(Layer):
         if xhat is None:
             xhat = (self._x - self.buffers["running_mean"].reshape(bshape)) * self._inv_std.reshape(bshape)
         self.bias.grad[...] = grad_out.sum(axis=axes)
-        self.weight.grad[...] = np.sum(grad_out * xhat, axis=axes)
+        self.weight.grad[...] = _per_feature_dot(grad_out, xhat)  # Σ dL/dy · x̂, per feature
         if not self.needs_input_grad:
             return None
         scale = (self.weight.data * self._inv_std).reshape(bshape)
         if not self._training:  # running statistics are constants: y is affine in x
             return grad_out * scale
         m = grad_out.size // self.num_features
-        # dL/dx = γσ⁻¹ · (g - mean(g) - x̂ · mean(g·x̂)); the two means are dβ/m and dγ/m
+        # dL/dx = γσ⁻¹ · (g - mean(g) - x̂ · mean(g·x̂)); the two means are dβ/m and dγ/m.
+        # Equivalent to scale * (grad_out - mean_g - xhat * mean_gx), in one new array.
         mean_g = (self.bias.grad / m).reshape(bshape)
         mean_gx = (self.weight.grad / m).reshape(bshape)
-        return scale * (grad_out - mean_g - xhat * mean_gx)
+        grad_in = np.multiply(xhat, mean_gx)
+        np.subtract(grad_out, grad_in, out=grad_in)
+        grad_in -= mean_g
+        grad_in *= scale
+        return grad_in
 
     def config(self):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
+
+
+def _per_feature_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ a·b over every axis but the feature axis 1, for (N, C) or (N, C, H, W) arrays. Equivalent to
+    np.sum(a * b, axis=(0, 2, 3)), without the temporary product (einsum sums as it multiplies)."""
+    subscripts = "nc,nc->c" if a.ndim == 2 else "nchw,nchw->c"
+    return np.einsum(subscripts, a, b)
