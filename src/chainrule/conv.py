@@ -365,41 +365,46 @@ class MaxPool2D(_Pool2D):
         max within each row, so take the max across each row's kw columns first, then across the
         kh rows: kh + kw whole-array passes instead of kh·kw, the second of them on contiguous rows.
         Remembering the winning column of every row and the winning row of every window, each the
-        first on ties, picks the same input as PyTorch's row-major scan. Those two are turned into
-        one mask over the input, True at each window's winner, so that backward is one multiply."""
+        first on ties, picks the same input as PyTorch's row-major scan."""
         (kh, kw) = self.kernel_size
         x = x[:, :, : ho * kh, : wo * kw]
         rows, col = _running_max(x, kw, axis=3)  # (N, C, ho·kh, wo): max of each row's window part
         out, row = _running_max(rows, kh, axis=2)
         if out.base is not None:  # 1×1 windows: a view of the input, which must not be returned
             out = out.copy(order="K")
-        # winner[n, c, r, i, q, j]: input (r·kh + i, q·kw + j) won window (r, q); a bool array in
-        # the input's memory order, viewed with each window's rows and columns as axes of their own
-        winner = np.empty_like(x, bool)
-        winner6 = _split_windows(winner, kh, kw)
-        col = col.reshape(col.shape[0], col.shape[1], ho, kh, wo)  # winning column, per window row
-        for i in range(kh):
-            row_won = row == i
-            for j in range(kw):
-                np.logical_and(row_won, col[:, :, :, i] == j, out=winner6[:, :, :, i, :, j])
-        self._winner = winner
+        self._col, self._row = col, row
         return out
 
     def _backward_non_overlapping(self, grad_out):
         """The backward pass of `_forward_non_overlapping`: each window's gradient, spread over its
-        kh×kw inputs, times the winner mask (1 at the winner, 0 elsewhere). Equivalent to
-        dx[n, c, r·kh + i, q·kw + j] = grad_out[n, c, r, q] · winner[n, c, r, i, q, j]."""
+        kh×kw inputs, times a mask that is True at the window's winner (its winning row, and that
+        row's winning column). Equivalent to
+        dx[n, c, r·kh + i, q·kw + j] = grad_out[n, c, r, q] · (row[n, c, r, q] == i and col[n, c, r·kh + i, q] == j)."""
         kh, kw = self.kernel_size
         _, _, ho, wo = grad_out.shape
-        # `empty_like` keeps the input's memory order (batch-last after a Conv2D), so the multiply
-        # below runs over long contiguous stretches. Non-overlapping windows write every input that
-        # lies in a window; only the rows and columns left over at the bottom and right need zeros.
+        # winner[n, c, r, i, q, j]: input (r·kh + i, q·kw + j) won window (r, q); a bool array in the
+        # input's memory order, viewed with each window's rows and columns as axes of their own
+        winner = _split_windows(np.empty_like(self._x[:, :, : ho * kh, : wo * kw], bool), kh, kw)
+        col = self._col.reshape(*self._col.shape[:2], ho, kh, wo)  # winning column, per window row
+        for i in range(kh):
+            row_won = self._row == i
+            for j in range(kw):
+                np.logical_and(row_won, col[:, :, :, i] == j, out=winner[:, :, :, i, :, j])
+        # `empty_like` keeps the input's memory order (batch-last after a Conv2D), and the gradient
+        # is copied into that order too where it differs (after a Flatten): element-wise passes over
+        # arrays of one layout run over long contiguous stretches, over mixed layouts element by
+        # element. Non-overlapping windows write every input that lies in a window; only the rows and
+        # columns left over at the bottom and right need zeros.
         dx = np.empty_like(self._x, grad_out.dtype)
         dx[:, :, ho * kh :] = 0
         dx[:, :, :, wo * kw :] = 0
-        spread = grad_out[:, :, :, None, :, None]  # broadcast over each window's kh rows and kw columns
-        np.multiply(_split_windows(self._winner, kh, kw), spread,
-                    out=_split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw))
+        g = np.empty_like(self._row, grad_out.dtype)
+        if g.strides == grad_out.strides:
+            g = grad_out
+        else:
+            g[...] = grad_out
+        spread = g[:, :, :, None, :, None]  # broadcast over each window's kh rows and kw columns
+        np.multiply(winner, spread, out=_split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw))
         return dx
 
 
