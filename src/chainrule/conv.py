@@ -376,27 +376,43 @@ class MaxPool2D(_Pool2D):
         return out
 
     def _backward_non_overlapping(self, grad_out):
-        """The backward pass of `_forward_non_overlapping`: each window's gradient goes to its
-        winning row, then within that row to the winning column."""
+        """The backward pass of `_forward_non_overlapping`: each window's gradient, spread over its
+        kh×kw inputs, times a mask that is True at the window's winner (its winning row, and that
+        row's winning column). Equivalent to
+        dx[n, c, r·kh + i, q·kw + j] = grad_out[n, c, r, q] · (row[n, c, r, q] == i and col[n, c, r·kh + i, q] == j)."""
         kh, kw = self.kernel_size
         _, _, ho, wo = grad_out.shape
-        # Non-overlapping windows write every input that lies in a window, so only the rows and
-        # columns left over at the bottom and right need zeros. `empty_like` keeps the input's
-        # memory order (batch-last after a Conv2D), and the gradient is first copied into
-        # that order too: element-wise passes over arrays of one layout run over long
-        # contiguous stretches, over mixed layouts element by element.
+        # winner[n, c, r, i, q, j]: input (r·kh + i, q·kw + j) won window (r, q); a bool array in the
+        # input's memory order, viewed with each window's rows and columns as axes of their own
+        winner = _split_windows(np.empty_like(self._x[:, :, : ho * kh, : wo * kw], bool), kh, kw)
+        col = self._col.reshape(*self._col.shape[:2], ho, kh, wo)  # winning column, per window row
+        for i in range(kh):
+            row_won = self._row == i
+            for j in range(kw):
+                np.logical_and(row_won, col[:, :, :, i] == j, out=winner[:, :, :, i, :, j])
+        # `empty_like` keeps the input's memory order (batch-last after a Conv2D), and the gradient
+        # is copied into that order too where it differs (after a Flatten): element-wise passes over
+        # arrays of one layout run over long contiguous stretches, over mixed layouts element by
+        # element. Non-overlapping windows write every input that lies in a window; only the rows and
+        # columns left over at the bottom and right need zeros.
         dx = np.empty_like(self._x, grad_out.dtype)
         dx[:, :, ho * kh :] = 0
         dx[:, :, :, wo * kw :] = 0
         g = np.empty_like(self._row, grad_out.dtype)
-        g[...] = grad_out
-        # (multiplying by a mask is much faster than a masked copy)
-        drows = np.empty_like(self._col, grad_out.dtype)
-        for i in range(kh):
-            np.multiply(g, self._row == i, out=drows[:, :, i::kh])
-        for j in range(kw):
-            np.multiply(drows, self._col == j, out=dx[:, :, : ho * kh, j : wo * kw : kw])
+        if g.strides == grad_out.strides:
+            g = grad_out
+        else:
+            g[...] = grad_out
+        spread = g[:, :, :, None, :, None]  # broadcast over each window's kh rows and kw columns
+        np.multiply(winner, spread, out=_split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw))
         return dx
+
+
+def _split_windows(a: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """The view of a (N, C, ho·kh, wo·kw) array as (N, C, ho, kh, wo, kw): splitting an axis never
+    copies, whatever the strides."""
+    n, c, h, w = a.shape
+    return a.reshape(n, c, h // kh, kh, w // kw, kw)
 
 
 class AvgPool2D(_Pool2D):
@@ -520,10 +536,10 @@ class BatchNorm(Layer):
             sums = self._global_sum(np.append(x.sum(axis=axes), x.size // self.num_features).astype(x.dtype))
             m = int(sums[-1])
             mean = sums[:-1] / m
-            centred = x - mean.reshape(bshape)
-            var = self._global_sum(np.square(centred).sum(axis=axes)) / m
+            xhat = x - mean.reshape(bshape)  # centred, then scaled in place below
+            # equivalent to Σ(x - μ_B)² per feature, without the squared temporary
+            var = self._global_sum(_per_feature_dot(xhat, xhat)) / m
             inv_std = 1.0 / np.sqrt(var + self.eps)
-            xhat = centred
             xhat *= inv_std.reshape(bshape)
             mom = self.momentum
             running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
@@ -532,7 +548,10 @@ class BatchNorm(Layer):
             running_var *= 1 - mom
             running_var += mom * var * (m / max(m - 1, 1))
             self._xhat, self._x, self._inv_std, self._training, self._m = xhat, None, inv_std, True, m
-            return xhat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape)
+            # y = γ·x̂ + β, written into one new array
+            y = np.multiply(xhat, self.weight.data.reshape(bshape))
+            y += self.bias.data.reshape(bshape)
+            return y
         # evaluation: a fixed affine map per feature, folded into one scale and one shift
         inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
         scale = self.weight.data * inv_std
@@ -547,18 +566,31 @@ class BatchNorm(Layer):
         if xhat is None:
             xhat = (self._x - self.buffers["running_mean"].reshape(bshape)) * self._inv_std.reshape(bshape)
         self.bias.grad[...] = grad_out.sum(axis=axes)
-        self.weight.grad[...] = np.sum(grad_out * xhat, axis=axes)
+        self.weight.grad[...] = _per_feature_dot(grad_out, xhat)  # Σ dL/dy · x̂, per feature
         if not self.needs_input_grad:
             return None
         scale = (self.weight.data * self._inv_std).reshape(bshape)
         if not self._training:  # running statistics are constants: y is affine in x
             return grad_out * scale
         # dL/dx = γσ⁻¹ · (g - mean(g) - x̂ · mean(g·x̂)); the two means are dβ/m and dγ/m, over
-        # the global batch (the gradients themselves stay this shard's: `fit` sums them)
+        # the global batch (the gradients themselves stay this shard's: `fit` sums them).
+        # Equivalent to scale * (grad_out - mean_g - xhat * mean_gx), in one new array.
         sums = self._global_sum(np.concatenate([self.bias.grad, self.weight.grad]))
         mean_g = (sums[: self.num_features] / self._m).reshape(bshape)
         mean_gx = (sums[self.num_features :] / self._m).reshape(bshape)
-        return scale * (grad_out - mean_g - xhat * mean_gx)
+        grad_in = np.multiply(xhat, mean_gx)
+        np.subtract(grad_out, grad_in, out=grad_in)
+        grad_in -= mean_g
+        grad_in *= scale
+        return grad_in
 
     def config(self):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
+
+
+def _per_feature_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ a·b over every axis but the feature axis 1, for (N, C) or (N, C, H, W) arrays. Through
+    NumPy's sum, whose pairwise summation keeps float32 sums of ~10^5 terms accurate to ~1e-7
+    (einsum, which needs no temporary, adds them one after another and drifts to ~1e-4, enough for
+    1, 2 or 4 processes to train visibly different weights)."""
+    return np.multiply(a, b).sum(axis=(0,) if a.ndim == 2 else (0, 2, 3))

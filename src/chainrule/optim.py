@@ -13,6 +13,11 @@ import numpy as np
 
 from chainrule.parameter import flat_buffers
 
+# Parameters per block of Adam's update: w, g, m, v and a scratch block of 2¹⁶ float32 values
+# (1.3 MB) fit in a core's L2 cache on current x86 CPUs, and blocks this long keep NumPy's
+# per-call cost (about a microsecond, 13 calls a block) small beside the arithmetic.
+_BLOCK = 1 << 16
+
 
 class Optimizer:
     """Base class: holds the flat buffers and the learning rate `lr` (which schedules change)."""
@@ -102,7 +107,7 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(b1), float(b2), float(eps)
         self.m = np.zeros_like(self.params)
         self.v = np.zeros_like(self.params)
-        self._tmp = np.empty_like(self.params)  # scratch space, so a step allocates nothing
+        self._tmp = np.empty(min(self.params.size, _BLOCK), self.params.dtype)  # scratch, reused
 
     def step(self):
         # With g the gradient and t the number of steps taken, this one included:
@@ -121,9 +126,20 @@ class Adam(Optimizer):
         self._update(g)
 
     def _update(self, g: np.ndarray) -> None:
-        """Equivalent to the four lines of maths in `step`, in place in one scratch array (a step
-        allocates nothing), with the operations in the order torch.optim.Adam uses."""
-        w, m, v, tmp = self.params, self.m, self.v, self._tmp
+        """Equivalent to the four lines of maths in `step`, done a block of `_BLOCK` parameters at
+        a time. Each line is a few whole-array passes; over the whole network, each pass would
+        stream w, g, m and v through memory again (13 passes over arrays larger than the CPU's
+        cache), whereas a block's arrays stay in cache from its first pass to its last."""
+        bias1 = 1 - self.beta1**self.steps
+        bias2 = 1 - self.beta2**self.steps
+        for start in range(0, self.params.size, _BLOCK):
+            block = slice(start, start + _BLOCK)
+            self._update_block(self.params[block], g[block], self.m[block], self.v[block],
+                               self._tmp[: self.params[block].size], bias1, bias2)
+
+    def _update_block(self, w, g, m, v, tmp, bias1, bias2) -> None:
+        """One block of the update, in place in one scratch array (a step allocates nothing), with
+        the operations in the order torch.optim.Adam uses."""
         b1, b2 = self.beta1, self.beta2
         # m += (1 - β1)(g - m), which is β1·m + (1 - β1)·g rearranged to need no temporary
         np.subtract(g, m, out=tmp)
@@ -134,8 +150,6 @@ class Adam(Optimizer):
         tmp -= v
         tmp *= 1 - b2
         v += tmp
-        bias1 = 1 - b1**self.steps
-        bias2 = 1 - b2**self.steps
         # √v̂ + ε computed as √v / √(1 - β2^t) + ε, then w -= (lr / (1 - β1^t)) · m / (√v̂ + ε)
         np.sqrt(v, out=tmp)
         tmp *= 1 / math.sqrt(bias2)
