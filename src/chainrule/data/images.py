@@ -164,23 +164,29 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     return ink
 
 
+def _crop_and_fit(values: np.ndarray, box: int, blank: str) -> np.ndarray:
+    """`values` cropped to its non-zero pixels and resized so that its longer side is `box`,
+    keeping the aspect ratio; ImageError(`blank`) if every pixel is zero."""
+    rows, cols = np.nonzero(values)
+    if rows.size == 0:
+        raise ImageError(blank)
+    crop = values[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    h, w = crop.shape
+    scale = box / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    # BOX (area averaging) when shrinking is the anti-aliasing MNIST describes; bilinear when growing.
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize((nw, nh), resample))
+
+
 def to_mnist(ink: np.ndarray) -> np.ndarray:
     """Crop, fit to 20x20 keeping the aspect ratio, centre by centre of mass in 28x28.
 
     Args:
         ink: (h, w) array in [0, 1], ink high. Returns float32 (28, 28) in [0, 1].
     """
-    rows, cols = np.nonzero(ink)
-    if rows.size == 0:
-        raise ImageError("no ink found (a blank image)")
-    crop = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    h, w = crop.shape
-    scale = BOX / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    # BOX (area averaging) when shrinking is the anti-aliasing MNIST describes; bilinear when growing.
-    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    small = np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize((nw, nh), resample))
-    small = np.clip(small, 0.0, None)
+    small = np.clip(_crop_and_fit(ink, BOX, "no ink found (a blank image)"), 0.0, None)
+    nh, nw = small.shape
     peak = float(small.max())
     if peak <= 0:
         raise ImageError("no ink found (a blank image)")
@@ -218,16 +224,8 @@ def fit_object(levels: np.ndarray) -> np.ndarray:
     Args:
         levels: (h, w) array in [0, 1], object high, background 0. Returns float32 (28, 28) in [0, 1].
     """
-    levels = np.where(levels > OBJECT_TRIM, levels, 0.0)
-    rows, cols = np.nonzero(levels)
-    if rows.size == 0:
-        raise ImageError("nothing found (a blank image)")
-    crop = levels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    h, w = crop.shape
-    scale = SIZE / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    small = np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize((nw, nh), resample))
+    small = _crop_and_fit(np.where(levels > OBJECT_TRIM, levels, 0.0), SIZE, "nothing found (a blank image)")
+    nh, nw = small.shape
     top, left = (SIZE - nh) // 2, (SIZE - nw) // 2
     out = np.zeros((SIZE, SIZE), np.float32)
     out[top : top + nh, left : left + nw] = np.clip(small, 0.0, 1.0)
