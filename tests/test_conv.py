@@ -355,9 +355,9 @@ def test_conv_presets_train_evaluate_predict_show_and_gradcheck(preset, tmp_path
     assert "kernels" in capsys.readouterr().out
     with Image.open(tmp_path / "filters.png") as im:
         assert im.format == "PNG"
-    # Every parameter of the trained model on real images, through the command a user runs. Not the
-    # input row: on the blank background max-pooling windows tie, where the loss has no derivative
-    # in the pixels (input gradients are checked on random inputs above).
+    # Every parameter and the input of the trained model on real images, through the command a user
+    # runs (pixels where max-pooling windows tie, as on a blank background, are left out of the
+    # input row: the loss has no derivative there).
     assert main(["gradcheck", str(out), "--samples", "10"]) == 0
     printed = capsys.readouterr().out
-    assert "gradcheck: PASS" in printed and "Conv2D" in printed and "input row left out" in printed
+    assert "gradcheck: PASS" in printed and "Conv2D" in printed and "\n  input  " in printed

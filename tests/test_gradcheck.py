@@ -55,3 +55,59 @@ def test_sampling_checks_a_subset_and_relative_error_definition():
     assert max(errors.values()) < 1e-6
     assert relative_error(np.array([1.0, 0.0]), np.array([1.0, 0.0])) == 0.0
     assert relative_error(np.array([2.0, 0.0]), np.array([1.0, 0.0])) == pytest.approx(0.5)
+    # a sample of small entries is measured against the largest gradient of the whole array
+    assert relative_error(np.array([1e-4]), np.array([1.1e-4]), scale=1.0) == pytest.approx(1e-5)
+
+
+def _relu_net(bias: bool = True) -> cr.Sequential:
+    """1 input -> one ReLU unit -> 2 outputs, the unit's weight 1 and bias 0: it bends at input 0."""
+    model = cr.Sequential([cr.Linear(1, 1, bias=bias), cr.ReLU(), cr.Linear(1, 2)], seed=0)
+    model.layers[0].weight.data[...] = 1.0
+    if bias:
+        model.layers[0].bias.data[...] = 0.0
+    return model
+
+
+def test_entries_whose_nudge_crosses_a_relu_kink_are_left_out_and_counted():
+    """The unit's input sits 3e-7 above the kink, closer than ε = 1e-6: nudging the bias or the input
+    by ±ε switches the unit off and on, and the finite difference measures half the slope."""
+    y = np.array([0])
+    near, kinks = {}, {}
+    # two examples, the first near the kink: its input and the shared bias cross it
+    errors = cr.gradcheck(_relu_net(), np.array([[3e-7], [0.5]]), np.array([0, 1]), kinks=near)
+    assert near == {"0:Linear": 1, "2:Linear": 0, "input": 1}
+    assert max(errors.values()) < 1e-6
+    # the finite difference really is wrong there (0.65 of backprop's slope), and right away from it
+    model, loss = _relu_net().to(np.float64), cr.CrossEntropy()
+
+    def slopes(x: float) -> tuple[float, float]:
+        _, grad = loss(model.forward(np.array([[x]])), y)
+        backprop = model.backward(grad)[0, 0]
+        plus, minus = (loss(model.forward(np.array([[x + d]])), y)[0] for d in (1e-6, -1e-6))
+        return backprop, (plus - minus) / 2e-6
+
+    backprop, numeric = slopes(3e-7)
+    assert numeric == pytest.approx(0.65 * backprop, rel=1e-4)
+    backprop, numeric = slopes(3e-5)
+    assert numeric == pytest.approx(backprop, rel=1e-6)
+    # away from the kink, nothing is left out
+    cr.gradcheck(_relu_net(), np.array([[3e-5], [0.5]]), np.array([0, 1]), kinks=kinks)
+    assert kinks == {"0:Linear": 0, "2:Linear": 0, "input": 0}
+
+
+def test_a_layer_whose_every_entry_crosses_a_kink_is_not_judged():
+    model = _relu_net(bias=False)
+    model.layers[0].weight.data[...] = 3e-7  # the only parameter: the unit's input is 0.03, and a
+    errors = cr.gradcheck(model, np.array([[1e5]]), np.array([1]))  # nudge of ±ε moves it by ±0.1
+    assert np.isnan(errors["0:Linear"]) and errors["2:Linear"] < 1e-6
+
+
+def test_max_pool_ties_are_left_out_of_the_input_check():
+    """A 2x2 window of four equal inputs has no derivative in any of them; the other windows do."""
+    model = cr.Sequential([cr.MaxPool2D(2), cr.Flatten(), cr.Linear(4, 3)], input_shape=(1, 4, 4), seed=0)
+    x = np.random.default_rng(0).normal(size=(1, 1, 4, 4))
+    x[0, 0, :2, :2] = 0.5
+    kinks = {}
+    errors = cr.gradcheck(model, x, np.array([2]), kinks=kinks)
+    assert kinks["input"] == 4 and kinks["2:Linear"] == 0
+    assert max(errors.values()) < 1e-6

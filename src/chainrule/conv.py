@@ -360,6 +360,11 @@ class MaxPool2D(_Pool2D):
             view += grad_out * (self._arg == k)
         return dx
 
+    def winners(self) -> list[np.ndarray]:
+        """Which input won each window in the last forward pass (as the arrays backward reads):
+        what a gradient check watches to see whether a nudge moved a window's maximum."""
+        return [self._row, self._col] if self.stride == self.kernel_size else [self._arg]
+
     def _forward_non_overlapping(self, x, ho, wo):
         """Non-overlapping windows: the max over a kh×kw block is the max over its rows of the
         max within each row, so take the max across each row's kw columns first, then across the

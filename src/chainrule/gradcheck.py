@@ -6,6 +6,12 @@ nudge one weight up and down and watch the loss:
     dL/dw ≈ (L(w + ε) - L(w - ε)) / 2ε          (central difference, error O(ε²))
 
 Done in float64 with ε = 1e-6, agreement to ~1e-8 means the backward pass is right.
+
+Except at a kink. ReLU bends at 0 and max pooling switches winners where two inputs tie; a nudge
+that carries a unit across such a point measures the average of two slopes, which is neither
+side's derivative. So every nudged forward pass also records which side of its kink each ReLU unit
+and each max-pool window sits on, and an entry whose nudge changes that is left out (and counted):
+its finite difference cannot judge the backward pass (CS231n's "kinks in the objective").
 """
 
 from __future__ import annotations
@@ -29,18 +35,20 @@ def _default_loss(out: np.ndarray, y: np.ndarray):
     return MeanSquaredError()
 
 
-def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
+def relative_error(analytic: np.ndarray, numeric: np.ndarray, scale: float = 0.0) -> float:
     """max |a - n| / max(max |a|, max |n|): the worst disagreement, relative to the largest gradient.
 
     Relative to the largest entry rather than entry by entry, because an entry that is truly ~0
     has a meaningless entry-wise relative error (finite differences carry ~1e-10 rounding noise).
+    `scale` is the largest gradient of the whole array when only some of its entries are checked,
+    so that a sample of small entries is judged against the same yardstick as a full check.
     """
-    scale = max(np.abs(analytic).max(initial=0.0), np.abs(numeric).max(initial=0.0), 1e-12)
+    scale = max(np.abs(analytic).max(initial=0.0), np.abs(numeric).max(initial=0.0), scale, 1e-12)
     return float(np.abs(analytic - numeric).max(initial=0.0) / scale)
 
 
 def gradcheck(model: Sequential, x, y, loss=None, eps: float = 1e-6, samples_per_param: int | None = None,
-              training: bool = True, seed: int = 0) -> dict[str, float]:
+              training: bool = True, seed: int = 0, kinks: dict[str, int] | None = None) -> dict[str, float]:
     """Check every parameter's gradient (and the input's) against central finite differences.
 
     Works on a float64 copy of `model`; the model itself is untouched. Dropout masks are held
@@ -51,61 +59,91 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float = 1e-6, samples_per
         samples_per_param: check only this many randomly chosen entries of each parameter array
             (for big models); None checks every entry.
         training: run layers in training mode (dropout on, batch statistics in batch norm).
+        seed: picks the sampled entries and the dropout masks.
+        kinks: if given, filled with {"<index>:<Layer>" or "input": number of entries left out
+            because their nudge crossed a kink}.
 
     Returns:
-        {"<index>:<Layer>": max relative error over its parameters, ..., "input": ...}.
+        {"<index>:<Layer>": max relative error over its parameters, ..., "input": ...}; NaN where
+        every checked entry crossed a kink (nothing could be judged).
     """
     net = copy.deepcopy(model).to(np.float64)
     sparse = hasattr(x, "tocsr")
     x = x.astype(np.float64) if sparse else np.array(x, dtype=np.float64)
     probe = net.forward(x[:1])
     loss = loss or _default_loss(probe, y)
-    rng_state = net.rng.bit_generator.state
+    # the dropout layers share the network's generator: seeded here, so a loaded model (whose
+    # generator is unseeded) is checked with the same masks every run
+    rng_state = np.random.default_rng(seed).bit_generator.state
 
-    def loss_at() -> float:
+    def loss_at() -> tuple[float, bool]:
+        """The loss, and whether every kink sits on the same side as at the unnudged weights."""
         net.rng.bit_generator.state = rng_state  # the same dropout masks every time
         value, _ = loss(net.forward(x, training), y)
-        return value
+        same = all(np.array_equal(a, b) for a, b in zip(_kink_sides(net), sides, strict=True))
+        return value, same
 
     net.rng.bit_generator.state = rng_state
     _, grad = loss(net.forward(x, training), y)
+    sides = _kink_sides(net)
     net.flat_grads[...] = 0
     grad_input = net.backward(grad)
+    crossed: dict[str, int] = {}
+
+    def check(name: str, flat: np.ndarray, analytic: np.ndarray, idx: np.ndarray) -> float:
+        numeric, smooth = np.empty(len(idx)), np.empty(len(idx), bool)
+        for k, j in enumerate(idx):
+            numeric[k], smooth[k] = _central_difference(flat, j, eps, loss_at)
+        crossed[name] = crossed.get(name, 0) + int((~smooth).sum())
+        if not smooth.any():
+            return float("nan")
+        return relative_error(analytic[idx][smooth], numeric[smooth], scale=np.abs(analytic).max(initial=0.0))
 
     pick = np.random.default_rng(seed)
     errors: dict[str, float] = {}
     for i, layer in enumerate(net.layers):
-        worst = None
+        name, layer_errors = f"{i}:{type(layer).__name__}", []
         for p in layer.parameters():
             flat, analytic = p.data.reshape(-1), p.grad.reshape(-1).copy()
             idx = np.arange(flat.size)
             if samples_per_param is not None and flat.size > samples_per_param:
                 idx = pick.choice(flat.size, samples_per_param, replace=False)
-            numeric = np.empty(len(idx))
-            for k, j in enumerate(idx):
-                numeric[k] = _central_difference(flat, j, eps, loss_at)
-            err = relative_error(analytic[idx], numeric)
-            worst = err if worst is None else max(worst, err)
-        if worst is not None:
-            errors[f"{i}:{type(layer).__name__}"] = worst
+            layer_errors.append(check(name, flat, analytic, idx))
+        judged = [e for e in layer_errors if not np.isnan(e)]
+        if layer_errors:
+            errors[name] = max(judged, default=float("nan"))
     if not sparse:
         flat_x = x.reshape(-1)
         idx = np.arange(flat_x.size)
         if samples_per_param is not None and flat_x.size > samples_per_param:
             idx = pick.choice(flat_x.size, samples_per_param, replace=False)
-        numeric = np.array([_central_difference(flat_x, j, eps, loss_at) for j in idx])
-        errors["input"] = relative_error(grad_input.reshape(-1)[idx], numeric)
+        errors["input"] = check("input", flat_x, grad_input.reshape(-1), idx)
+    if kinks is not None:
+        kinks.update(crossed)
     return errors
 
 
-def _central_difference(flat: np.ndarray, j: int, eps: float, loss_at) -> float:
+def _central_difference(flat: np.ndarray, j: int, eps: float, loss_at) -> tuple[float, bool]:
+    """(L(w + ε) - L(w - ε)) / 2ε for entry j, and whether neither nudge crossed a kink."""
     original = flat[j]
     flat[j] = original + eps
-    plus = loss_at()
+    plus, plus_smooth = loss_at()
     flat[j] = original - eps
-    minus = loss_at()
+    minus, minus_smooth = loss_at()
     flat[j] = original
-    return (plus - minus) / (2 * eps)
+    return (plus - minus) / (2 * eps), plus_smooth and minus_smooth
+
+
+def _kink_sides(net: Sequential) -> list[np.ndarray]:
+    """Where the last forward pass sat relative to every kink in the network: which ReLU (and
+    LeakyReLU) units were on, and which input won each max-pooling window."""
+    sides = []
+    for layer in net.layers:
+        if isinstance(layer, L.ReLU):  # LeakyReLU is one: both bend at 0, and y > 0 exactly when x > 0
+            sides.append(layer.output > 0)
+        elif isinstance(layer, C.MaxPool2D):
+            sides.extend(layer.winners())
+    return sides
 
 
 def demo_networks(seed: int = 0) -> list[tuple[str, Sequential, np.ndarray, np.ndarray]]:

@@ -8,7 +8,6 @@ import numpy as np
 
 from chainrule.apps.images import OLD_TASKS, TASK, check_image_model, model_inputs
 from chainrule.apps.spam import featurize, load_spam_model
-from chainrule.conv import MaxPool2D
 from chainrule.data.corpora import read_messages
 from chainrule.data.idx import load_image_set
 from chainrule.data.locate import candidate_dirs
@@ -93,15 +92,9 @@ def gradcheck_models(model_dir=None, data=None, samples: int = 30) -> list[Gradc
         return [GradcheckResult(title, gradcheck(model, x, y, samples_per_param=samples))]
     x = sample_inputs(model_dir, metadata, data)
     y = _least_likely(model, x)
-    errors = gradcheck(model, x, y, samples_per_param=samples)
+    kinks: dict[str, int] = {}
+    errors = gradcheck(model, x, y, samples_per_param=samples, kinks=kinks)
     title = f"{model_dir} on {len(y)} real inputs, scored against the least likely answers"
-    if not any(isinstance(layer, MaxPool2D) for layer in model.layers):
-        return [GradcheckResult(title, errors)]
-    # Max pooling has no derivative where a window's values tie, as they do on blank paper, and
-    # near ties a nudge of a pixel crosses from one maximum to another, so a finite difference
-    # measures a one-sided slope. Nudging a weight moves tied values together, so the parameters
-    # can still be checked here.
-    errors.pop("input", None)
-    note = ("input row left out: on real images max-pooling windows tie, where the loss has no "
-            "derivative in the pixels (`chainrule gradcheck` alone checks input gradients)")
+    left_out = ", ".join(f"{n} of {name}" for name, n in kinks.items() if n)
+    note = f"entries left out, their nudge crossed a ReLU or max-pool kink: {left_out}" if left_out else None
     return [GradcheckResult(title, errors, note)]
