@@ -314,6 +314,20 @@ def test_each_save_keeps_the_model_it_replaced_and_deletes_older_ones(tmp_path):
     assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", "model.lock", names[1], names[2]])
 
 
+def test_a_model_saved_over_one_with_more_files_leaves_no_orphans(tmp_path):
+    """A spam filter retrained into the directory of one that had learned lessons: once nothing can
+    read the old model, its lessons file goes too, although the new model has no lessons group."""
+    d = tmp_path / "m"
+    cr.Sequential([cr.Linear(4, 3)], seed=0).save(d, arrays={"lessons": {"digests": np.zeros((2, 16), np.uint8)}})
+    lessons = model_files(d)["lessons"].name
+    (d / "notes.npz").write_bytes(b"the user's, not a model file")
+    cr.Sequential([cr.Linear(4, 3)], seed=1).save(d)
+    assert (d / lessons).is_file()  # the model just replaced names it: a reader may be loading it
+    cr.Sequential([cr.Linear(4, 3)], seed=2).save(d)
+    assert not (d / lessons).exists() and (d / "notes.npz").is_file()
+    assert set(model_files(d)) == {"model"}
+
+
 def test_files_named_in_model_json_stay_inside_its_directory(tmp_path):
     d = _saved(tmp_path)
     (tmp_path / "outside.npz").write_bytes(_weights(d).read_bytes())

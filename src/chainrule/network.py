@@ -415,10 +415,12 @@ def _names_in_use(directory: Path) -> set[str]:
 
 
 def _remove_stale(directory: Path, groups, keep: set[str]) -> None:
-    """Delete what earlier saves of these groups of arrays left behind and no reader needs: their
-    files (`<name>-<digest>.npz`, or version 1's `<name>.npz`) not in `keep`, and the temporary
-    files of a save that was killed (the caller holds the directory's lock, so none is running)."""
-    ours = re.compile(rf"(?:{'|'.join(map(re.escape, groups))})(?:-[0-9a-f]{{16}})?\.npz")
+    """Delete what earlier saves left behind and no reader needs: files named by content
+    (`<name>-<digest>.npz`, of any group: a model saved over one with more groups, say a spam
+    filter retrained over one that had learned lessons, leaves no orphans), version 1's
+    `<name>.npz` of these groups, all not in `keep`, and the temporary files of a save that was
+    killed (the caller holds the directory's lock, so none is running)."""
+    ours = re.compile(rf"[a-z][a-z0-9_]*-[0-9a-f]{{16}}\.npz|(?:{'|'.join(map(re.escape, groups))})\.npz")
     for path in directory.iterdir():
         name = path.name
         if name.startswith(".") and name.endswith(".tmp"):  # atomic_open's: ".<target>.<random>.tmp"
