@@ -89,8 +89,14 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float = 1e-6, samples_per
     net.flat_grads[...] = 0
     grad_input = net.backward(grad)
     crossed: dict[str, int] = {}
+    pick = np.random.default_rng(seed)
 
-    def check(name: str, flat: np.ndarray, analytic: np.ndarray, idx: np.ndarray) -> float:
+    def check(name: str, flat: np.ndarray, analytic: np.ndarray) -> float:
+        """The relative error of `analytic` (every entry, or `samples_per_param` of them) against
+        central differences in `flat`, over the entries no kink spoils (NaN if none)."""
+        idx = np.arange(flat.size)
+        if samples_per_param is not None and flat.size > samples_per_param:
+            idx = pick.choice(flat.size, samples_per_param, replace=False)
         numeric, smooth = np.empty(len(idx)), np.empty(len(idx), bool)
         for k, j in enumerate(idx):
             numeric[k], smooth[k] = _central_difference(flat, j, eps, loss_at)
@@ -99,25 +105,14 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float = 1e-6, samples_per
             return float("nan")
         return relative_error(analytic[idx][smooth], numeric[smooth], scale=np.abs(analytic).max(initial=0.0))
 
-    pick = np.random.default_rng(seed)
     errors: dict[str, float] = {}
     for i, layer in enumerate(net.layers):
-        name, layer_errors = f"{i}:{type(layer).__name__}", []
-        for p in layer.parameters():
-            flat, analytic = p.data.reshape(-1), p.grad.reshape(-1).copy()
-            idx = np.arange(flat.size)
-            if samples_per_param is not None and flat.size > samples_per_param:
-                idx = pick.choice(flat.size, samples_per_param, replace=False)
-            layer_errors.append(check(name, flat, analytic, idx))
-        judged = [e for e in layer_errors if not np.isnan(e)]
+        name = f"{i}:{type(layer).__name__}"
+        layer_errors = [check(name, p.data.reshape(-1), p.grad.reshape(-1).copy()) for p in layer.parameters()]
         if layer_errors:
-            errors[name] = max(judged, default=float("nan"))
+            errors[name] = max((e for e in layer_errors if not np.isnan(e)), default=float("nan"))
     if not sparse:
-        flat_x = x.reshape(-1)
-        idx = np.arange(flat_x.size)
-        if samples_per_param is not None and flat_x.size > samples_per_param:
-            idx = pick.choice(flat_x.size, samples_per_param, replace=False)
-        errors["input"] = check("input", flat_x, grad_input.reshape(-1), idx)
+        errors["input"] = check("input", x.reshape(-1), grad_input.reshape(-1))
     if kinks is not None:
         kinks.update(crossed)
     return errors
