@@ -70,7 +70,7 @@ def _relu_net(bias: bool = True) -> cr.Sequential:
 
 def test_entries_whose_nudge_crosses_a_relu_kink_are_left_out_and_counted():
     """The unit's input sits 3e-7 above the kink, closer than ε = 1e-6: nudging the bias or the input
-    by ±ε switches the unit off and on, and the finite difference measures half the slope."""
+    by ±ε switches the unit off and on, and the finite difference measures a blend of the two slopes."""
     y = np.array([0])
     near, kinks = {}, {}
     # two examples, the first near the kink: its input and the shared bias cross it
