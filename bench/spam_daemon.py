@@ -400,8 +400,9 @@ def main() -> int:
         classify = ChainruleClassify(model)
         filters = [ours, ChainruleDaemonUnix(ours), sa, bogo, classify, SpamcAlone(), SpamcPing(ours)]
         try:
-            for f in (f for f in filters if f is not classify):  # warm-up: page cache, first-use costs
-                run_one(f.command, x_te[0])
+            for f in filters:  # warm-up: page cache, first-use costs (not for a classify process)
+                if f is not classify:
+                    run_one(f.command, x_te[0])
             runs = in_turns(filters, x_te, {classify.name: args.classify_sample})
             rows = {name: summary(r, None if name in FLOORS else y_te) for name, r in runs.items()}
             # `spam classify` accuracy: the same command over all the test messages at once
