@@ -9,8 +9,6 @@ import pytest
 import torch
 
 import chainrule as cr
-from chainrule.optim import _BLOCK
-from chainrule.parameter import Parameter, pack
 
 CASES = [
     ("SGD", dict(lr=0.1), torch.optim.SGD),
@@ -67,28 +65,6 @@ def test_training_steps_match_torch_optim(name, kwargs, torch_cls):
         np.testing.assert_allclose(ours.bias.data, theirs.bias.detach().numpy(), rtol=0, atol=1e-6)
     # and they did move: the comparison is not between two untouched networks
     assert not np.allclose(model.flat_params, _pair()[0].flat_params)
-
-
-@pytest.mark.parametrize("cls,torch_cls", [(cr.Adam, torch.optim.Adam), (cr.AdamW, torch.optim.AdamW)])
-def test_adam_on_many_blocks_matches_torch(cls, torch_cls):
-    """Adam's update runs a block of parameters at a time, on two threads: a network of several
-    blocks, the last one short, still gets torch's update in every entry."""
-    rng = np.random.default_rng(3)
-    shapes = [(3 * _BLOCK + 1000,), (777,)]
-    params = [Parameter(rng.normal(size=s)) for s in shapes]
-    pack(params, np.float64)
-    ours = cls(params, lr=0.01, weight_decay=0.05)
-    theirs = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
-    topt = torch_cls(theirs, lr=0.01, weight_decay=0.05)
-    for _ in range(4):
-        for p, t in zip(params, theirs, strict=True):
-            g = rng.normal(size=p.shape)
-            p.grad[...] = g
-            t.grad = torch.tensor(g)
-        ours.step()
-        topt.step()
-    for p, t in zip(params, theirs, strict=True):
-        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])

@@ -1,5 +1,4 @@
-"""fork_map: the results of forked children and this process, in task order, whatever happens to a child;
-in_blocks: every block once, on two threads; BlasThreads."""
+"""fork_map: the results of forked children and this process, in task order, whatever happens to a child."""
 
 import gc
 import os
@@ -10,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from chainrule.parallel import MAX_TASKS, BlasThreads, fork_map, in_blocks, threads_for
+from chainrule.parallel import MAX_TASKS, BlasThreads, fork_map, threads_for
 
 
 def test_results_in_task_order_from_every_process():
@@ -111,48 +110,3 @@ def test_blas_threads_drop_to_one_while_another_process_computes():
         competitor.kill()
         competitor.wait()
     assert _blas_threads_now() == start  # leaving the block restores BLAS's own count
-
-
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the helper thread needs a second core")
-def test_in_blocks_covers_every_item_once_on_both_threads():
-    seen = np.zeros(1000, int)
-    lanes = set()
-
-    def work(block, lane):
-        time.sleep(0.002)  # the helper gets blocks while this thread sleeps
-        seen[block] += 1
-        lanes.add(lane)
-
-    in_blocks(work, 1000, 64)  # 16 blocks, the last one short
-    assert (seen == 1).all()
-    assert lanes == {0, 1}
-
-
-def test_in_blocks_raises_what_the_helper_raised():
-    def work(block, lane):
-        time.sleep(0.002)
-        if lane == 1:
-            raise ValueError("in the helper")
-
-    if (os.cpu_count() or 1) < 2:  # no helper: nothing raises
-        in_blocks(work, 1000, 64)
-        return
-    with pytest.raises(ValueError, match="in the helper"):
-        in_blocks(work, 1000, 64)
-
-
-def test_in_blocks_in_a_forked_child_gets_a_helper_of_its_own():
-    in_blocks(lambda block, lane: None, 1000, 64)  # the parent's helper thread exists now
-    seen = fork_map(lambda _: _sum_in_blocks(), [0, 1], processes=2)
-    assert seen == [sum(range(1000))] * 2
-
-
-def _sum_in_blocks() -> int:
-    total = np.zeros(1, np.int64)
-    values = np.arange(1000)
-
-    def work(block, lane):
-        total[0] += values[block].sum()  # (+= of one element: the two threads take turns)
-
-    in_blocks(work, 1000, 64)
-    return int(total[0])

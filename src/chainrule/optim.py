@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 
-from chainrule.parallel import in_blocks
 from chainrule.parameter import flat_buffers
 
 # Parameters per block of Adam's update: w, g, m, v and a scratch block of 2¹⁶ float32 values
@@ -108,8 +107,7 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(b1), float(b2), float(eps)
         self.m = np.zeros_like(self.params)
         self.v = np.zeros_like(self.params)
-        # scratch, reused: one block for each of the two threads that share a step (`in_blocks`)
-        self._tmp = np.empty((2, min(self.params.size, _BLOCK)), self.params.dtype)
+        self._tmp = np.empty(min(self.params.size, _BLOCK), self.params.dtype)  # scratch, reused
 
     def step(self):
         # With g the gradient and t the number of steps taken, this one included:
@@ -131,17 +129,13 @@ class Adam(Optimizer):
         """Equivalent to the four lines of maths in `step`, done a block of `_BLOCK` parameters at
         a time. Each line is a few whole-array passes; over the whole network, each pass would
         stream w, g, m and v through memory again (13 passes over arrays larger than the CPU's
-        cache), whereas a block's arrays stay in cache from its first pass to its last. The
-        blocks are independent, so two threads share them (`in_blocks`), each with its own
-        scratch block."""
+        cache), whereas a block's arrays stay in cache from its first pass to its last."""
         bias1 = 1 - self.beta1**self.steps
         bias2 = 1 - self.beta2**self.steps
-
-        def update(block: slice, lane: int):
-            w = self.params[block]
-            self._update_block(w, g[block], self.m[block], self.v[block], self._tmp[lane, : w.size], bias1, bias2)
-
-        in_blocks(update, self.params.size, _BLOCK)
+        for start in range(0, self.params.size, _BLOCK):
+            block = slice(start, start + _BLOCK)
+            self._update_block(self.params[block], g[block], self.m[block], self.v[block],
+                               self._tmp[: self.params[block].size], bias1, bias2)
 
     def _update_block(self, w, g, m, v, tmp, bias1, bias2) -> None:
         """One block of the update, in place in one scratch array (a step allocates nothing), with

@@ -13,8 +13,7 @@ free (a read of 4 bytes from a pipe is atomic), so a slow task delays only itsel
 this process runs the tasks it did not send back; a task that raises raises here.
 
 `BlasThreads` is the other half of using the cores well: how many threads NumPy's BLAS may use
-while another process wants a core too (see its docstring). `in_blocks` shares one long
-element-wise job (an optimizer step) between this thread and a helper thread.
+while another process wants a core too (see its docstring).
 """
 
 from __future__ import annotations
@@ -23,10 +22,8 @@ import gc
 import os
 import pickle
 import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -73,59 +70,6 @@ def fork_map(fn: Callable[[T], R], tasks: Sequence[T], processes: int | None = N
         if not was_frozen:
             gc.unfreeze()
     return [results[i] if i in results else fn(tasks[i]) for i in range(len(tasks))]
-
-
-def in_blocks(work: Callable[[slice, int], None], size: int, block: int) -> None:
-    """work(range's slice, lane) for each block of `block` consecutive items of range(size), on
-    this thread (lane 0) and, where there is a second core, a helper thread (lane 1) at once.
-
-    For NumPy element-wise work: its loops let go of the interpreter lock, so two threads run
-    them on two cores. The blocks are handed out one at a time to whichever thread is free,
-    so a helper that the operating system runs late (another process has its core) holds up
-    nothing but the block it has in hand: the calling thread does the rest and then waits for
-    that one block only. The lane tells `work` which of two scratch buffers is its own.
-    """
-    starts = iter(range(0, size, block))  # next() on it is atomic: no block is handed out twice
-    helper = _helper_thread() if size > block else None
-    if helper is None:
-        for start in starts:
-            work(slice(start, start + block), 0)
-        return
-    in_hand = threading.Lock()  # held by the helper from taking a block until it is done
-    failed: list[BaseException] = []
-
-    def help_out():
-        while True:
-            with in_hand:
-                start = next(starts, None)
-                if start is None:
-                    return
-                try:
-                    work(slice(start, start + block), 1)
-                except BaseException as exc:  # noqa: BLE001 (raised again in the calling thread)
-                    failed.append(exc)
-                    return
-
-    helper.submit(help_out)
-    for start in starts:
-        work(slice(start, start + block), 0)
-    with in_hand:  # the helper's last block is done (one it has not started, it will not start)
-        if failed:
-            raise failed[0]
-
-
-_HELPER: tuple[int, ThreadPoolExecutor] | None = None  # (pid of the process it belongs to, pool)
-
-
-def _helper_thread() -> ThreadPoolExecutor | None:
-    """A one-thread pool, made on first use, or None on a one-core machine. A forked child
-    starts without the parent's threads, so it makes its own."""
-    global _HELPER
-    if (os.cpu_count() or 1) < 2:
-        return None
-    if _HELPER is None or _HELPER[0] != os.getpid():
-        _HELPER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="chainrule-helper"))
-    return _HELPER[1]
 
 
 def _reap() -> None:
