@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import chainrule as cr
 from chainrule.data.mnist import load_mnist
+from chainrule.conv import _times_transposed
 from chainrule.network import LAYER_TYPES
 
 FEW = settings(max_examples=25, deadline=None)
@@ -85,6 +86,32 @@ def test_conv2d_matches_torch(case):
     close(conv.weight.grad, wt.grad)
     if bt is not None:
         close(conv.bias.grad, bt.grad)
+
+
+@pytest.mark.parametrize("o,c,bias", [(6, 1, True), (32, 1, False), (4, 3, True)])
+def test_conv2d_weight_gradient_summed_in_pieces_matches_torch(o, c, bias):
+    """A first layer on a batch of 24 digits: dY_mat · X_colᵀ has few rows and 18,816 columns, which
+    the layer sums in pieces (`_times_transposed`); the sum is still torch's."""
+    rng = np.random.default_rng(o)
+    conv = float64(cr.Conv2D(c, o, 5, padding=2, bias=bias))
+    conv.initialize(rng)
+    x = rng.normal(size=(24, c, 28, 28))
+    g = rng.normal(size=conv.forward(x, training=True).shape)
+    conv.needs_input_grad = False
+    assert conv.backward(g) is None
+    xt, wt = tensor(x), tensor(conv.weight.data, True)
+    bt = tensor(np.zeros(o), True) if bias else None
+    F.conv2d(xt, wt, bt, padding=2).backward(tensor(g))
+    close(conv.weight.grad, wt.grad, tol=1e-9)
+    if bias:
+        close(conv.bias.grad, bt.grad, tol=1e-9)
+
+
+def test_times_transposed_equals_the_one_product():
+    rng = np.random.default_rng(0)
+    for m, n, k in [(6, 26, 100_000), (32, 25, 20_000), (16, 151, 12_800), (6, 26, 500)]:
+        a, b = rng.normal(size=(m, k)), rng.normal(size=(n, k))
+        np.testing.assert_allclose(_times_transposed(a, b), a @ b.T, rtol=1e-12, atol=1e-9)
 
 
 def test_conv2d_same_weights_as_torch_module():

@@ -147,10 +147,10 @@ class Conv2D(Layer):
         # dY_mat (O, Ho·Wo·N); a free view when grad_out has this layer's own memory order
         g = grad_out.transpose(1, 2, 3, 0).reshape(o, ho * wo * n)
         # dL/dW_mat = dY_mat · X_colᵀ ; dL/db = Σ_positions dY_mat (the ones row's column, see forward)
+        both = _times_transposed(g, self._cols)
         if self.bias is None:
-            np.matmul(g, self._cols.T, out=self.weight.grad.reshape(o, -1))
+            self.weight.grad.reshape(o, -1)[...] = both
         else:
-            both = g @ self._cols.T
             self.weight.grad.reshape(o, -1)[...] = both[:, :-1]
             self.bias.grad[...] = both[:, -1]
         if not self.needs_input_grad:
@@ -237,6 +237,26 @@ class Conv2D(Layer):
         state = self.__dict__.copy()
         state["_scratch"], state["_cols"] = {}, None  # _cols is a view of a scratch buffer
         return state
+
+
+def _times_transposed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a · bᵀ for a (m, K) and b (n, K) whose shared axis K is long: a convolution's dY_mat · X_colᵀ.
+
+    Equivalent to `a @ b.T`, summed over K in pieces where m and n are small. NumPy's OpenBLAS
+    takes products of up to about 2²⁰ multiply-adds with kernels made for small matrices, and
+    larger ones with a general kernel whose blocking suits few-row operands badly: LeNet-5's first
+    layer, (6, 100,352) · (100,352, 26) for a batch of 128, takes ~3 ms as one product and ~1 ms
+    as 25 products of 4,096 columns added up (the `cnn` preset's first layer: 4.3 -> 2.8 ms).
+    """
+    m, k = a.shape
+    n = b.shape[0]
+    piece = 1 << max(10, (2**20 // (m * n)).bit_length() - 1)  # a power of 2, at least 1,024
+    if m * n > 2048 or k < 4 * piece:  # (where the one product was as fast or faster)
+        return a @ b.T
+    out = a[:, :piece] @ b[:, :piece].T
+    for start in range(piece, k, piece):
+        out += a[:, start : start + piece] @ b[:, start : start + piece].T
+    return out
 
 
 def _planes(a: np.ndarray, i: int, j: int, n_h: int, n_w: int, sh: int, sw: int) -> np.ndarray:
