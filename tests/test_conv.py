@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
-from chainrule.data.mnist import load_mnist
 from chainrule.conv import _times_transposed
+from chainrule.data.mnist import load_mnist
 from chainrule.network import LAYER_TYPES
 
 FEW = settings(max_examples=25, deadline=None)

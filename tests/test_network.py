@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
+from chainrule import network
 from chainrule.network import FORMAT_VERSION, LAYER_TYPES, model_files
 
 
@@ -88,6 +89,31 @@ def test_predict_and_predict_proba():
         expected = (p[:, 0] > 0.5).astype(int) if p.shape[1] == 1 else p.argmax(axis=1)
         np.testing.assert_array_equal(net.predict(xs, batch_size=7), expected)
     assert model.predict(np.zeros((0, 3, 4), np.float32)).shape == (0,)
+
+
+def test_predict_and_evaluate_run_large_convolutions_in_smaller_passes(monkeypatch):
+    """Where `batch_size` examples would make an X_col over PASS_BYTES, predict and evaluate run
+    fewer at a time, with the same results as one pass."""
+    model = cr.Sequential([cr.Conv2D(1, 4, 3, padding=1), cr.ReLU(), cr.Flatten(), cr.Linear(4 * 8 * 8, 3)],
+                          input_shape=(1, 8, 8), seed=0)
+    x = np.random.default_rng(0).normal(size=(50, 1, 8, 8)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, 50)
+    whole = model.forward(x)
+    assert model.examples_per_pass(1000) == 1000  # X_col: 10 rows · 64 pixels · 4 bytes an example
+    mlp = cr.Sequential([cr.Linear(784, 512), cr.ReLU(), cr.Linear(512, 10)], seed=0)
+    assert mlp.examples_per_pass(1000) == 1000
+    monkeypatch.setattr(network, "PASS_BYTES", 10 * 64 * 4 * 8)  # eight examples' X_col
+    assert model.examples_per_pass(1000) == 8
+    assert model.examples_per_pass(5) == 5
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda xb, training=False: calls.append(len(xb)) or forward(xb, training))
+    np.testing.assert_allclose(model.predict_proba(x, batch_size=1000), model.probabilities(whole), rtol=1e-6)
+    assert calls == [8] * 6 + [2]
+    logs = cr.evaluate(model, x, y, cr.CrossEntropy(), batch_size=1000)
+    value, _ = cr.CrossEntropy()(whole, y)
+    assert logs["loss"] == pytest.approx(value, rel=1e-6)
+    assert logs["accuracy"] == np.mean(whole.argmax(axis=1) == y)
 
 
 LOOK_INSIDE = {

@@ -221,6 +221,11 @@ class Conv2D(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return (self.out_channels, _out_size(h, kh, sh, ph, "Conv2D"), _out_size(w, kw, sw, pw, "Conv2D"))
 
+    def scratch_size(self, input_shape):
+        _, ho, wo = self.output_shape(input_shape)
+        kh, kw = self.kernel_size
+        return (self.in_channels * kh * kw + (self.bias is not None)) * ho * wo  # X_col's columns
+
     def config(self):
         return {
             "in_channels": self.in_channels,

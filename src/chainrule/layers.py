@@ -46,6 +46,11 @@ class Layer:
         """Shape of one example's output, given one example's input shape (no batch axis)."""
         return input_shape
 
+    def scratch_size(self, input_shape: tuple[int, ...]) -> int:
+        """Values per example that a forward pass holds besides its output (Conv2D's X_col): what
+        `Sequential.predict` keeps in bounds. None for most layers."""
+        return 0
+
     @classmethod
     def array_shapes(cls, *args, **kwargs) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
         """(parameter shapes, buffer shapes) of the layer these constructor arguments would build,

@@ -40,8 +40,9 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     n = x.shape[0]
     lo, hi = world.shard(n)
     totals = np.zeros(2)  # Σ loss·examples, correct predictions
-    for i in range(lo, hi, batch_size):
-        j = min(i + batch_size, hi)
+    step = model.examples_per_pass(batch_size)
+    for i in range(lo, hi, step):
+        j = min(i + step, hi)
         out = model.forward(x[i:j])
         value, _ = loss(out, y[i:j])
         totals += value * out.shape[0], _correct(out, y[i:j], model)
