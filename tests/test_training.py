@@ -4,6 +4,10 @@ checkpoint/resume, and the record in History (early stopping and gradient flow: 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -217,3 +221,40 @@ def test_verbose_training_prints_epochs_and_the_gradient_report(capsys):
     out = capsys.readouterr()
     text = out.out + out.err
     assert "epoch 2/2" in text and "gradient flow" in text
+
+
+class _BlasThreadsSeen(cr.Callback):
+    """Records NumPy's BLAS thread count at every batch; stops training after `seconds`."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.seen, self.start = seconds, set(), None
+
+    def on_batch_end(self, batch, logs):
+        threadpoolctl = pytest.importorskip("threadpoolctl")
+        self.seen.add(min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"))
+
+    def on_epoch_end(self, epoch, logs, model):
+        self.start = self.start or time.monotonic()
+        return time.monotonic() - self.start > self.seconds
+
+
+def test_fit_gives_blas_the_cores_another_process_leaves_and_restores_them(mnist_dir):
+    """On 2 cores with a competing process, OpenBLAS's two spinning threads stall each step; fit
+    lets BLAS keep to the one free core meanwhile, and gives back its count at the end."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    start = min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+    if not os.path.exists("/proc/stat") or (os.cpu_count() or 1) != 2 or start != 2:
+        pytest.skip("needs Linux's /proc/stat, 2 cores and a BLAS with 2 threads")
+    images, labels = load_mnist("train", mnist_dir)
+    x, y = images[:2000].reshape(-1, 784).astype(np.float32) / 255, labels[:2000].astype(np.int64)
+    model = cr.Sequential([cr.Linear(784, 256), cr.ReLU(), cr.Linear(256, 10)], seed=0)
+    seen = _BlasThreadsSeen(seconds=2.0)
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters()), epochs=1000, batch_size=64,
+               verbose=False, callbacks=[seen])
+    finally:
+        competitor.kill()
+        competitor.wait()
+    assert 1 in seen.seen
+    assert min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas") == start
