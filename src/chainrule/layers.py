@@ -47,8 +47,8 @@ class Layer:
         return input_shape
 
     def scratch_size(self, input_shape: tuple[int, ...]) -> int:
-        """Values per example that a forward pass holds besides its output (Conv2D's X_col): what
-        `Sequential.predict` keeps in bounds. None for most layers."""
+        """Values per example that a forward pass holds besides its output (Conv2D's X_col), which
+        `Sequential.predict` keeps in bounds; 0 for most layers."""
         return 0
 
     @classmethod
