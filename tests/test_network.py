@@ -102,6 +102,8 @@ def test_predict_and_evaluate_run_large_convolutions_in_smaller_passes(monkeypat
     assert model.examples_per_pass(1000) == 1000  # X_col: 10 rows · 64 pixels · 4 bytes an example
     mlp = cr.Sequential([cr.Linear(784, 512), cr.ReLU(), cr.Linear(512, 10)], seed=0)
     assert mlp.examples_per_pass(1000) == 1000
+    wide_input = cr.Sequential([cr.Linear(1 << 16, 16), cr.ReLU(), cr.Linear(16, 1)], seed=0)
+    assert wide_input.examples_per_pass(1000) == 1000  # the input (a spam filter's sparse rows) is not made by the pass
     monkeypatch.setattr(network, "PASS_BYTES", 10 * 64 * 4 * 8)  # eight examples' X_col
     assert model.examples_per_pass(1000) == 8
     assert model.examples_per_pass(5) == 5

@@ -45,10 +45,11 @@ LAYER_TYPES: dict[str, type[L.Layer]] = {
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 # predict and evaluate keep each layer's output and scratch under this many bytes per forward pass.
-# A convolution's X_col for 1,000 digits is 226 MB in the `cnn` preset; in passes of 32 MB the
-# peak memory of predicting 10,000 falls from 1,028 to 232 MB, and it runs faster (2.8 -> 2.4 s;
-# LeNet-5 0.60 -> 0.48 s): the smaller arrays are reused from cache rather than faulted in afresh.
-PASS_BYTES = 32 << 20
+# A convolution's X_col for 1,000 digits is 226 MB in the `cnn` preset; in passes of 8 MB (37
+# digits) the peak memory of predicting 10,000 falls from 1,028 to 114 MB, and it runs faster
+# (2.37 -> 1.70 s; LeNet-5 0.52 -> 0.31 s in passes of 102): small arrays stay in the caches and
+# are reused, where large ones are faulted in afresh every pass. (8 MB was the fastest of 4-64 MB.)
+PASS_BYTES = 8 << 20
 
 # A model.json holds an architecture and metadata: a few kilobytes. Anything near this is not one.
 MAX_DESCRIPTION_BYTES = 16 << 20
@@ -186,8 +187,9 @@ class Sequential:
 
     def examples_per_pass(self, batch_size: int) -> int:
         """`batch_size`, or fewer where that many examples would make an array larger than
-        `PASS_BYTES` in an evaluation-mode forward pass (a layer's output or its scratch)."""
-        shape, largest = self.input_shape, math.prod(self.input_shape)
+        `PASS_BYTES` in an evaluation-mode forward pass: a layer's output or its scratch (not the
+        input, which is there already: a spam filter's 65,536 hashed features are sparse)."""
+        shape, largest = self.input_shape, 1
         for layer in self.layers:
             largest = max(largest, layer.scratch_size(shape))
             shape = layer.output_shape(shape)
