@@ -151,21 +151,31 @@ class BlasThreads:
 
     def __init__(self, every: float = 0.5):
         self.every = every
-        self._blas = _blas_controller()
-        self.start = min((lib.num_threads for lib in self._blas.lib_controllers), default=1) if self._blas else 1
-        self.threads = self.start
+        # threadpoolctl's handle on BLAS is made at the first measurement, `every` seconds in:
+        # importing it and finding the libraries takes ~60 ms, which a shorter run (one
+        # `spam learn` correction) need not pay
+        self._blas = None
+        self.start: int | None = None  # the count BLAS started with, and the count now, once known
+        self.threads: int | None = None
+        self._off = False  # no /proc/stat, no BLAS, or a BLAS of one thread: nothing to adapt
         self._last: tuple[float, float, float] | None = None  # (wall, machine busy, own CPU) seconds
-        self._next = 0.0
+        self._next = time.monotonic() + every
 
-    def adapt(self) -> int:
-        """Re-measure if `every` seconds have passed and set the thread count; returns it."""
+    def adapt(self) -> int | None:
+        """Re-measure if `every` seconds have passed and set the thread count; returns it (None
+        until the first measurement)."""
         now = time.monotonic()
-        if self._blas is None or self.start < 2 or now < self._next:
+        if self._off or now < self._next:
             return self.threads
         self._next = now + self.every
+        if self._blas is None:
+            self._blas = _blas_controller()
+            self.start = self.threads = min((lib.num_threads for lib in self._blas.lib_controllers),
+                                            default=1) if self._blas else 1
+            self._off = self._blas is None or self.start < 2
         busy, own = _machine_busy_seconds(), time.process_time()  # every thread of this process
-        if busy is None:
-            self._blas = None
+        if self._off or busy is None:
+            self._off = True
             return self.threads
         if self._last is not None:
             wall, last_busy, last_own = self._last
