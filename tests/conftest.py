@@ -144,3 +144,9 @@ class WeightRecorder(cr.Callback):
 
     def on_epoch_end(self, epoch, logs, model):
         self.states.append(model.flat_params.copy())
+
+
+def blas_threads_now() -> int:
+    """NumPy's BLAS thread count at this moment, as threadpoolctl reads it from the library."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from chainrule.parallel import MAX_TASKS, BlasThreads, fork_map, threads_for
+from conftest import blas_threads_now
 
 
 def test_results_in_task_order_from_every_process():
@@ -86,15 +87,10 @@ def test_threads_for_leaves_blas_the_cores_other_processes_do_not_use():
     assert threads_for(60.2, cores=64, most=8) == 4
 
 
-def _blas_threads_now() -> int:
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    return min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
-
-
 def test_blas_threads_drop_to_one_while_another_process_computes():
-    if not os.path.exists("/proc/stat") or (os.cpu_count() or 1) < 2 or _blas_threads_now() < 2:
+    if not os.path.exists("/proc/stat") or (os.cpu_count() or 1) < 2 or blas_threads_now() < 2:
         pytest.skip("needs Linux's /proc/stat and a BLAS with at least 2 threads")
-    start = _blas_threads_now()
+    start = blas_threads_now()
     a = np.ones((256, 256), np.float32)
     competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -105,8 +101,8 @@ def test_blas_threads_drop_to_one_while_another_process_computes():
                 a @ a
                 seen.add(blas.adapt())
             assert 1 in seen  # the competitor kept a core busy, so BLAS kept to one thread
-            assert _blas_threads_now() == blas.threads
+            assert blas_threads_now() == blas.threads
     finally:
         competitor.kill()
         competitor.wait()
-    assert _blas_threads_now() == start  # leaving the block restores BLAS's own count
+    assert blas_threads_now() == start  # leaving the block restores BLAS's own count

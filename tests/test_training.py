@@ -14,7 +14,7 @@ import pytest
 
 import chainrule as cr
 from chainrule.data.mnist import load_mnist
-from conftest import blobs, small_mlp
+from conftest import blas_threads_now, blobs, small_mlp
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
 XOR_Y = np.array([0, 1, 1, 0])
@@ -230,8 +230,7 @@ class _BlasThreadsSeen(cr.Callback):
         self.seconds, self.seen, self.start = seconds, set(), None
 
     def on_batch_end(self, batch, logs):
-        threadpoolctl = pytest.importorskip("threadpoolctl")
-        self.seen.add(min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"))
+        self.seen.add(blas_threads_now())
 
     def on_epoch_end(self, epoch, logs, model):
         self.start = self.start or time.monotonic()
@@ -241,8 +240,7 @@ class _BlasThreadsSeen(cr.Callback):
 def test_fit_gives_blas_the_cores_another_process_leaves_and_restores_them(mnist_dir):
     """On 2 cores with a competing process, OpenBLAS's two spinning threads stall each step; fit
     lets BLAS keep to the one free core meanwhile, and gives back its count at the end."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    start = min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+    start = blas_threads_now()
     if not os.path.exists("/proc/stat") or (os.cpu_count() or 1) != 2 or start != 2:
         pytest.skip("needs Linux's /proc/stat, 2 cores and a BLAS with 2 threads")
     images, labels = load_mnist("train", mnist_dir)
@@ -257,4 +255,4 @@ def test_fit_gives_blas_the_cores_another_process_leaves_and_restores_them(mnist
         competitor.kill()
         competitor.wait()
     assert 1 in seen.seen
-    assert min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas") == start
+    assert blas_threads_now() == start
