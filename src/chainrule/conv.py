@@ -252,12 +252,17 @@ def _times_transposed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     larger ones with a general kernel whose blocking suits few-row operands badly: LeNet-5's first
     layer, (6, 100,352) · (100,352, 26) for a batch of 128, takes ~3 ms as one product and ~1 ms
     as 25 products of 4,096 columns added up (the `cnn` preset's first layer: 4.3 -> 2.8 ms).
+
+    A product taken whole has the longer of its two short sides first: (b · aᵀ)ᵀ when b has more
+    rows. The result is the same, and OpenBLAS partitions and packs the work better that way round:
+    LeNet-5's second layer, (16, 12,800) · (12,800, 151), takes 0.5 ms instead of 1.0, the `cnn`
+    preset's second, (64, 25,088) · (25,088, 288), 4.0 ms instead of 5.5.
     """
     m, k = a.shape
     n = b.shape[0]
     piece = 1 << max(10, (2**20 // (m * n)).bit_length() - 1)  # a power of 2, at least 1,024
     if m * n > 2048 or k < 4 * piece:  # (where the one product was as fast or faster)
-        return a @ b.T
+        return (b @ a.T).T if n > m else a @ b.T
     out = a[:, :piece] @ b[:, :piece].T
     for start in range(piece, k, piece):
         out += a[:, start : start + piece] @ b[:, start : start + piece].T
