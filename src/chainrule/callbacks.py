@@ -118,7 +118,10 @@ class GradientFlow(Callback):
 
     For each ReLU-family layer, `dead_fraction`: the fraction of its units whose output was ≤ 0
     for every training example of the epoch (read from the layer's `output` after each batch).
-    Such a unit passes no gradient back and has stopped learning.
+    Such a unit passes no gradient back and has stopped learning. A unit is alive if the sum of its
+    positive outputs over the epoch is above 0: for a batch, a matrix-vector product with a vector
+    of ones, which BLAS runs in whichever memory order the output has (a per-unit maximum over
+    the batch axis, the obvious way, took ~10x longer: for LeNet-5, 0.7 ms of every 10 ms step).
 
     Norms are sampled on `SAMPLES_PER_EPOCH` evenly spaced batches (copying the weights before a
     step costs memory traffic, and a sample is plenty for an average); dead units are counted over
@@ -140,7 +143,7 @@ class GradientFlow(Callback):
 
     def on_epoch_begin(self, epoch):
         self.sums = {name: [0.0, 0.0, 0] for name in self.weighted}  # Σ grad norm, Σ update ratio, samples
-        self.max_output = {name: None for name in self.relus}  # each unit's largest output so far
+        self.positive_sum = {name: None for name in self.relus}  # Σ of each unit's outputs above 0
         self.before = None
 
     def on_batch_begin(self, batch):
@@ -159,19 +162,19 @@ class GradientFlow(Callback):
                 s[1] += float(np.linalg.norm(w.data - before)) / w_norm if w_norm > 0 else 0.0
                 s[2] += 1
         for name, layer in self.relus.items():
-            out = layer.output
-            m = out.reshape(out.shape[0], -1).max(axis=0)
-            best = self.max_output[name]
-            if best is None or best.shape != m.shape:
-                self.max_output[name] = m
+            out = layer.output  # ≥ 0 from a ReLU; a LeakyReLU's negative side is left out below
+            s = _sum_over_batch(out if type(layer) is ReLU else np.maximum(out, 0))
+            total = self.positive_sum[name]
+            if total is None or total.shape != s.shape:
+                self.positive_sum[name] = s
             else:
-                np.maximum(best, m, out=best)
+                total += s
 
     def on_epoch_end(self, epoch, logs, model):
         if self.world is not None and self.world.size > 1:
-            for name, m in self.max_output.items():  # alive anywhere: positive on some process
-                if m is not None:
-                    self.max_output[name] = self.world.allreduce((m > 0).astype(np.float64))
+            for name, s in self.positive_sum.items():  # alive anywhere: positive on some process
+                if s is not None:
+                    self.positive_sum[name] = self.world.allreduce((s > 0).astype(np.float64))
         self.history.gradient_flow.append(self.epoch_stats())
 
     def epoch_stats(self) -> dict[str, dict]:
@@ -179,10 +182,20 @@ class GradientFlow(Callback):
         stats = {}
         for name, (g, r, k) in self.sums.items():
             stats[name] = {"grad_norm": g / max(k, 1), "update_ratio": r / max(k, 1)}
-        for name, m in self.max_output.items():
-            if m is not None:
-                stats[name] = {"dead_fraction": float(np.mean(m <= 0))}
+        for name, s in self.positive_sum.items():
+            if s is not None:
+                stats[name] = {"dead_fraction": float(np.mean(s <= 0))}
         return dict(sorted(stats.items(), key=lambda item: int(item[0].split(":")[0])))
+
+
+def _sum_over_batch(out: np.ndarray) -> np.ndarray:
+    """Σ_n out[n, ...] for every unit, flattened: ones · out as (N, units), or out · ones as
+    (units, N) when the batch axis is innermost in memory (after a Conv2D), so neither copies."""
+    n = out.shape[0]
+    ones = np.ones(n, out.dtype)
+    if out.ndim > 1 and out.strides[0] == out.itemsize:
+        return np.moveaxis(out, 0, -1).reshape(-1, n) @ ones
+    return ones @ out.reshape(n, -1)
 
 
 class ProgressLogger(Callback):
