@@ -107,6 +107,22 @@ def test_activation_matches_torch_and_finite_differences(cls, make, torch_fn, sh
     _fd_check(make(), x / scale)
 
 
+def test_flatten_hands_the_gradient_back_in_its_inputs_memory_order():
+    """After a Conv2D the batch axis is innermost in memory; the gradient Flatten returns must have
+    that layout too (element-wise backward passes below it then see one layout) and the same values
+    as a plain reshape. A C-contiguous input gets the reshape itself, no copy."""
+    rng = np.random.default_rng(0)
+    batch_last = rng.normal(size=(3, 4, 4, 5)).astype(np.float32).transpose(3, 0, 1, 2)  # (N=5, C, H, W)
+    for x in (batch_last, np.ascontiguousarray(batch_last)):
+        flatten = cr.Flatten()
+        out = flatten.forward(x, training=True)
+        g = rng.normal(size=out.shape).astype(np.float32)
+        grad_in = flatten.backward(g)
+        np.testing.assert_array_equal(grad_in, g.reshape(x.shape))
+        assert grad_in.strides == x.strides
+    assert np.shares_memory(grad_in, g)  # the C-contiguous case: a view
+
+
 def test_sigmoid_and_softmax_do_not_overflow():
     x = np.array([[-1000.0, 0.0, 1000.0]])
     s = cr.Sigmoid().forward(x)
