@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
-from chainrule.conv import _times_transposed
+from chainrule import conv as conv_module
+from chainrule.conv import _times, _times_transposed
 from chainrule.data.mnist import load_mnist
 from chainrule.network import LAYER_TYPES
 
@@ -88,30 +89,44 @@ def test_conv2d_matches_torch(case):
         close(conv.bias.grad, bt.grad)
 
 
+@pytest.fixture(params=[True, False], ids=["direct-kernel", "general-kernel"])
+def direct_kernel(request, monkeypatch):
+    """Both ways of taking the products with few rows, on any machine: in pieces, as on OpenBLAS's
+    SkylakeX-family kernels, and whole, as everywhere else."""
+    monkeypatch.setattr(conv_module, "_direct_kernel", lambda: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("o,c,bias", [(6, 1, True), (32, 1, False), (4, 3, True)])
-def test_conv2d_weight_gradient_summed_in_pieces_matches_torch(o, c, bias):
-    """A first layer on a batch of 24 digits: dY_mat · X_colᵀ has few rows and 18,816 columns, which
-    the layer sums in pieces (`_times_transposed`); the sum is still torch's."""
+def test_conv2d_products_in_pieces_match_torch(o, c, bias, direct_kernel):
+    """A first layer on a batch of 24 digits: W_mat · X_col and dY_mat · X_colᵀ have few rows and
+    18,816 columns, which the layer takes in pieces (`_times`, `_times_transposed`) where OpenBLAS
+    has its direct kernel; the output and the gradient are still torch's."""
     rng = np.random.default_rng(o)
     conv = float64(cr.Conv2D(c, o, 5, padding=2, bias=bias))
     conv.initialize(rng)
     x = rng.normal(size=(24, c, 28, 28))
-    g = rng.normal(size=conv.forward(x, training=True).shape)
+    y = conv.forward(x, training=True)
+    g = rng.normal(size=y.shape)
     conv.needs_input_grad = False
     assert conv.backward(g) is None
     xt, wt = tensor(x), tensor(conv.weight.data, True)
     bt = tensor(np.zeros(o), True) if bias else None
-    F.conv2d(xt, wt, bt, padding=2).backward(tensor(g))
+    yt = F.conv2d(xt, wt, bt, padding=2)
+    yt.backward(tensor(g))
+    close(y, yt, tol=1e-9)
     close(conv.weight.grad, wt.grad, tol=1e-9)
     if bias:
         close(conv.bias.grad, bt.grad, tol=1e-9)
 
 
-def test_times_transposed_equals_the_one_product():
+def test_products_in_pieces_equal_the_one_product(direct_kernel):
     rng = np.random.default_rng(0)
     for m, n, k in [(6, 26, 100_000), (32, 25, 20_000), (16, 151, 12_800), (6, 26, 500)]:
         a, b = rng.normal(size=(m, k)), rng.normal(size=(n, k))
         np.testing.assert_allclose(_times_transposed(a, b), a @ b.T, rtol=1e-12, atol=1e-9)
+        w = rng.normal(size=(m, n))  # filters times X_col: (m, n) · (n, k)
+        np.testing.assert_allclose(_times(w, b), w @ b, rtol=1e-12, atol=1e-9)
 
 
 def test_conv2d_same_weights_as_torch_module():

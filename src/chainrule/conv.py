@@ -23,6 +23,8 @@ next to them).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from chainrule.layers import Layer, _positive_int
@@ -135,7 +137,7 @@ class Conv2D(Layer):
         weight = self.weight.data.reshape(self.out_channels, c * kh * kw)
         if self.bias is not None:
             weight = np.concatenate([weight, self.bias.data[:, None]], axis=1)
-        y = weight @ cols  # Y_mat = W_mat · X_col + b, (O, Ho·Wo·N): the one product
+        y = _times(weight, cols)  # Y_mat = W_mat · X_col + b, (O, Ho·Wo·N): the one product
         self._cols, self._x_shape = cols, x.shape
         # Y_mat's columns run (row, column, image): an NCHW view of it needs no copy (see _im2col)
         return y.reshape(self.out_channels, ho, wo, n).transpose(3, 0, 1, 2)
@@ -244,14 +246,56 @@ class Conv2D(Layer):
         return state
 
 
+# Products with few rows, in pieces. On SkylakeX-family cores (AVX-512) NumPy's OpenBLAS has a
+# "direct" kernel for products of up to about 2²⁰ multiply-adds, which skips packing the operands;
+# larger ones go to its general kernel, whose blocking suits operands with few rows badly. A long
+# product with few rows is then faster cut into pieces of at most that size. Other kernels (AVX2's
+# Haswell, for one) have no such path: there the pieces only add calls, and products stay whole.
+_DIRECT_KERNEL_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
+_DIRECT_KERNEL_MACS = 1 << 20
+
+
+@functools.cache
+def _direct_kernel() -> bool:
+    """Whether NumPy's BLAS is OpenBLAS running SkylakeX-family kernels (asked once, of threadpoolctl)."""
+    # imported here, not at the top: it takes ~17 ms, which a process with no Conv2D need not pay
+    from threadpoolctl import threadpool_info
+
+    return any(lib.get("internal_api") == "openblas" and str(lib.get("architecture")).lower() in _DIRECT_KERNEL_CORES
+               for lib in threadpool_info())
+
+
+def _piece(macs_per_column: int) -> int:
+    """Columns per piece: the largest power of 2 whose product stays within the direct kernel's
+    reach, at least 1,024."""
+    return 1 << max(10, (_DIRECT_KERNEL_MACS // macs_per_column).bit_length() - 1)
+
+
+def _times(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a · b for a (m, k) with few rows and b (k, N) with many columns: a convolution's W_mat · X_col.
+
+    Equivalent to `a @ b`, a piece of columns at a time where the direct kernel exists and a has
+    fewer rows than the general kernel's 16-row blocks: LeNet-5's first layer, (6, 26) · (26,
+    100,352) for a batch of 128, takes ~1.7 ms whole and ~0.8 ms in pieces of 4,096 columns.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    piece = _piece(m * k)
+    if m >= 16 or n < 4 * piece or not _direct_kernel():
+        return a @ b
+    out = np.empty((m, n), np.result_type(a, b))
+    for start in range(0, n, piece):
+        np.matmul(a, b[:, start : start + piece], out=out[:, start : start + piece])
+    return out
+
+
 def _times_transposed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a · bᵀ for a (m, K) and b (n, K) whose shared axis K is long: a convolution's dY_mat · X_colᵀ.
 
-    Equivalent to `a @ b.T`, summed over K in pieces where m and n are small. NumPy's OpenBLAS
-    takes products of up to about 2²⁰ multiply-adds with kernels made for small matrices, and
-    larger ones with a general kernel whose blocking suits few-row operands badly: LeNet-5's first
-    layer, (6, 100,352) · (100,352, 26) for a batch of 128, takes ~3 ms as one product and ~1 ms
-    as 25 products of 4,096 columns added up (the `cnn` preset's first layer: 4.3 -> 2.8 ms).
+    Equivalent to `a @ b.T`, summed over K in pieces where m and n are small and the direct kernel
+    exists: LeNet-5's first layer, (6, 100,352) · (100,352, 26) for a batch of 128, takes ~3 ms as
+    one product and ~1 ms as 25 products of 4,096 columns added up (the `cnn` preset's first layer:
+    4.3 -> 2.8 ms).
 
     A product taken whole has the longer of its two short sides first: (b · aᵀ)ᵀ when b has more
     rows. The result is the same, and OpenBLAS partitions and packs the work better that way round:
@@ -260,8 +304,8 @@ def _times_transposed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     m, k = a.shape
     n = b.shape[0]
-    piece = 1 << max(10, (2**20 // (m * n)).bit_length() - 1)  # a power of 2, at least 1,024
-    if m * n > 2048 or k < 4 * piece:  # (where the one product was as fast or faster)
+    piece = _piece(m * n)
+    if m * n > 2048 or k < 4 * piece or not _direct_kernel():  # (where the one product was as fast or faster)
         return (b @ a.T).T if n > m else a @ b.T
     out = a[:, :piece] @ b[:, :piece].T
     for start in range(piece, k, piece):
