@@ -138,8 +138,8 @@ class Adam(Optimizer):
                                self._tmp[: self.params[block].size], bias1, bias2)
 
     def _update_block(self, w, g, m, v, tmp, bias1, bias2) -> None:
-        """One block of the update, in place in one scratch array (a step allocates nothing), with
-        the operations in the order torch.optim.Adam uses."""
+        """One block of the update, in place in one scratch array (a step allocates nothing): 12
+        whole-block passes."""
         b1, b2 = self.beta1, self.beta2
         # m += (1 - β1)(g - m), which is β1·m + (1 - β1)·g rearranged to need no temporary
         np.subtract(g, m, out=tmp)
@@ -150,12 +150,13 @@ class Adam(Optimizer):
         tmp -= v
         tmp *= 1 - b2
         v += tmp
-        # √v̂ + ε computed as √v / √(1 - β2^t) + ε, then w -= (lr / (1 - β1^t)) · m / (√v̂ + ε)
+        # lr · m̂ / (√v̂ + ε) = (lr·√(1 - β2^t) / (1 - β1^t)) · m / (√v + ε·√(1 - β2^t)): multiplying
+        # through by √(1 - β2^t) leaves one scalar factor per term, and saves a pass over the block
+        root2 = math.sqrt(bias2)
         np.sqrt(v, out=tmp)
-        tmp *= 1 / math.sqrt(bias2)
-        tmp += self.eps
+        tmp += self.eps * root2
         np.divide(m, tmp, out=tmp)
-        tmp *= self.lr / bias1
+        tmp *= self.lr * root2 / bias1
         w -= tmp
 
     def state(self):
