@@ -15,7 +15,7 @@ from chainrule.parameter import flat_buffers
 
 # Parameters per block of Adam's update: w, g, m, v and a scratch block of 2¹⁶ float32 values
 # (1.3 MB) fit in a core's L2 cache on current x86 CPUs, and blocks this long keep NumPy's
-# per-call cost (about a microsecond, 13 calls a block) small beside the arithmetic.
+# per-call cost (about a microsecond, 12 calls a block) small beside the arithmetic.
 _BLOCK = 1 << 16
 
 
@@ -128,7 +128,7 @@ class Adam(Optimizer):
     def _update(self, g: np.ndarray) -> None:
         """Equivalent to the four lines of maths in `step`, done a block of `_BLOCK` parameters at
         a time. Each line is a few whole-array passes; over the whole network, each pass would
-        stream w, g, m and v through memory again (13 passes over arrays larger than the CPU's
+        stream w, g, m and v through memory again (12 passes over arrays larger than the CPU's
         cache), whereas a block's arrays stay in cache from its first pass to its last."""
         bias1 = 1 - self.beta1**self.steps
         bias2 = 1 - self.beta2**self.steps
