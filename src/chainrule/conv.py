@@ -28,6 +28,7 @@ import functools
 import numpy as np
 
 from chainrule.layers import Layer, _positive_int
+from chainrule.parallel import _blas_controller
 from chainrule.parameter import Parameter
 
 
@@ -258,11 +259,10 @@ _DIRECT_KERNEL_MACS = 1 << 20
 @functools.cache
 def _direct_kernel() -> bool:
     """Whether NumPy's BLAS is OpenBLAS running SkylakeX-family kernels (asked once, of threadpoolctl)."""
-    # imported here, not at the top: it takes ~17 ms, which a process with no Conv2D need not pay
-    from threadpoolctl import threadpool_info
-
-    return any(lib.get("internal_api") == "openblas" and str(lib.get("architecture")).lower() in _DIRECT_KERNEL_CORES
-               for lib in threadpool_info())
+    blas = _blas_controller()
+    return blas is not None and any(
+        lib.internal_api == "openblas" and str(getattr(lib, "architecture", "")).lower() in _DIRECT_KERNEL_CORES
+        for lib in blas.lib_controllers)
 
 
 def _piece(macs_per_column: int) -> int:
