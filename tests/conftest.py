@@ -16,6 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 import chainrule as cr
+from chainrule import parallel
 from chainrule.cli import main
 from chainrule.data.corpora import read_messages
 from chainrule.data.idx import find_files
@@ -45,6 +46,19 @@ def require_fashion() -> Path:
             pytest.fail("Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist")
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     return found[0].parent
+
+
+@pytest.fixture(params=[1, 2], ids=["whole", "in-2-parts"])
+def parts(request, monkeypatch):
+    """Element-wise passes whole, and cut into 2 parts run at once (as `fit` cuts them on a
+    machine with cores to spare; see `chainrule.parallel.in_parts`) whatever their size, with
+    OpenBLAS's threads stopped first where NumPy's BLAS is OpenBLAS."""
+    monkeypatch.setattr(parallel, "_MIN_SIZE", 0)
+    parallel._use_cores(request.param, parallel._blas_controller())
+    # passes are cut only while no other thread runs (see parallel._stop_spinning)
+    assert request.param == 1 or parallel._stop_spinning(), "a thread left running by an earlier test"
+    yield request.param
+    parallel._use_cores(1, None)
 
 
 @pytest.fixture(scope="session")

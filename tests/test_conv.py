@@ -239,7 +239,53 @@ def test_pool_output_shapes_and_errors():
         cr.AvgPool2D(2, stride=0)
 
 
+@pytest.mark.parametrize("kernel,ties", [(2, False), (2, True), (3, True)])
+def test_max_pool_of_batch_last_channels_in_parts_matches_torch(kernel, ties, parts):
+    """As MaxPool2D sees a Conv2D's output: memory ordered (C, H, W, N), several channels (cut into
+    ranges, one per core, in `fit`), rows and columns left over with the 3×3 windows."""
+    rng = np.random.default_rng(kernel)
+    shape = (7, 13, 13, 6)  # (C, H, W, N) in memory
+    x = rng.integers(0, 3, shape).astype(np.float64) if ties else rng.normal(size=shape)
+    x = x.transpose(3, 0, 1, 2)  # the (N, C, H, W) view
+    pool = cr.MaxPool2D(kernel)
+    y = pool.forward(x, training=True)
+    g = rng.normal(size=y.shape[1:] + y.shape[:1]).transpose(3, 0, 1, 2)  # the next layer's order
+    xt = tensor(x, True)
+    yt = F.max_pool2d(xt, kernel)
+    yt.backward(tensor(g))
+    close(y, yt)
+    close(pool.backward(g), xt.grad)
+    close(pool.backward(np.ascontiguousarray(g)), xt.grad)  # and after a Flatten, in NCHW order
+
+
 # -- BatchNorm -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("images", [False, True])
+def test_batch_norm_in_parts_matches_torch(images, parts):
+    """Training and evaluation over 7 features, cut into ranges of features (one per core, in `fit`)."""
+    rng = np.random.default_rng(5)
+    c = 7
+    shape = (9, c, 5, 6) if images else (9, c)
+    bn = float64(cr.BatchNorm(c))
+    bn.weight.data[...] = rng.normal(size=c)
+    bn.bias.data[...] = rng.normal(size=c)
+    wt, bt = tensor(bn.weight.data, True), tensor(bn.bias.data, True)
+    running_mean, running_var = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    for training in (True, True, False):
+        x, g = rng.normal(2.0, 3.0, size=shape), rng.normal(size=shape)
+        y = bn.forward(x, training=training)
+        dx = bn.backward(g)
+        xt = tensor(x, True)
+        wt.grad = bt.grad = None
+        yt = F.batch_norm(xt, running_mean, running_var, wt, bt, training=training, eps=bn.eps)
+        yt.backward(tensor(g))
+        close(y, yt)
+        close(dx, xt.grad, 1e-9)
+        close(bn.weight.grad, wt.grad)
+        close(bn.bias.grad, bt.grad)
+        close(bn.buffers["running_mean"], running_mean)
+        close(bn.buffers["running_var"], running_var)
 
 
 @FEW

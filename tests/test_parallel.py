@@ -4,12 +4,14 @@ import gc
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
-from chainrule.parallel import MAX_TASKS, BlasThreads, fork_map, threads_for
+from chainrule import parallel
+from chainrule.parallel import MAX_TASKS, BlasThreads, fork_map, in_parts, threads_for
 from conftest import blas_threads_now
 
 
@@ -106,3 +108,59 @@ def test_blas_threads_drop_to_one_while_another_process_computes():
         competitor.kill()
         competitor.wait()
     assert blas_threads_now() == start  # leaving the block restores BLAS's own count
+
+
+def _ranges_and_threads(n, size):
+    seen = []
+    in_parts(lambda part, lo, hi: seen.append((part, lo, hi, threading.current_thread().name)), n, size)
+    return sorted(seen)
+
+
+def test_in_parts_covers_the_range_once_on_every_core(monkeypatch):
+    monkeypatch.setattr(parallel, "_MIN_SIZE", 100)
+    parallel._use_cores(2, parallel._blas_controller())
+    try:
+        if parallel._parts < 2:
+            pytest.skip("needs 2 cores")
+        seen = _ranges_and_threads(7, size=100)
+        assert [(part, lo, hi) for part, lo, hi, _ in seen] == [(0, 0, 3), (1, 3, 7)]
+        assert seen[0][3] == "MainThread" and seen[1][3].startswith("chainrule-part")
+        assert [p[:3] for p in _ranges_and_threads(7, size=99)] == [(0, 0, 7)]  # too small to split
+        assert [p[:3] for p in _ranges_and_threads(1, size=100)] == [(0, 0, 1)]  # nothing to split
+
+        def fails(part, lo, hi):
+            if part == 1:
+                raise ValueError("in a helper")
+
+        with pytest.raises(ValueError, match="in a helper"):  # a helper's exception reaches the caller
+            in_parts(fails, 4, 100)
+        # while another thread runs, it might be inside BLAS, whose threads are not stopped then:
+        # the pass stays whole, in the calling thread
+        release = threading.Event()
+        other = threading.Thread(target=release.wait)
+        other.start()
+        try:
+            assert [p[:3] + (p[3],) for p in _ranges_and_threads(7, size=100)] == [(0, 0, 7, "MainThread")]
+        finally:
+            release.set()
+            other.join()
+    finally:
+        parallel._use_cores(1, None)
+    assert [p[:3] for p in _ranges_and_threads(7, size=100)] == [(0, 0, 7)]  # outside fit: whole
+
+
+def test_blas_threads_set_the_parts_of_element_wise_passes():
+    """While a BlasThreads runs (inside fit), passes are cut into as many parts as BLAS may use
+    threads (at most one per core); after it, they are whole again."""
+    if not os.path.exists("/proc/stat") or (os.cpu_count() or 1) < 2 or blas_threads_now() < 2:
+        pytest.skip("needs Linux's /proc/stat and a BLAS with at least 2 threads")
+    a = np.ones((256, 256), np.float32)
+    seen = []
+    with BlasThreads(every=0.1) as blas:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            a @ a
+            seen.append((blas.adapt(), parallel._parts))
+    measured = [(threads, parts) for threads, parts in seen if threads is not None]
+    assert measured and all(parts == min(threads, os.cpu_count()) for threads, parts in measured)
+    assert parallel._parts == 1

@@ -198,6 +198,14 @@ def _sum_over_batch(out: np.ndarray) -> np.ndarray:
     return ones @ out.reshape(n, -1)
 
 
+class _Bar(tqdm):
+    """A tqdm bar without tqdm's monitor thread (it only tunes bars that `update` rarely; this one
+    is updated every `REFRESH_EVERY` batches): while training runs in the main thread alone, its
+    element-wise passes may use every core (see `chainrule.parallel.in_parts`)."""
+
+    monitor_interval = 0
+
+
 class ProgressLogger(Callback):
     """Training progress on `stream` (standard error by default), as `fit(verbose=True)` shows it.
 
@@ -223,7 +231,7 @@ class ProgressLogger(Callback):
     def on_epoch_begin(self, epoch):
         self.epoch, self.start = epoch, time.perf_counter()
         if self.terminal:
-            self.bar = tqdm(total=self.batches, desc=self._title(), unit="batch", leave=False, dynamic_ncols=True,
+            self.bar = _Bar(total=self.batches, desc=self._title(), unit="batch", leave=False, dynamic_ncols=True,
                             file=self.out)
 
     def on_batch_end(self, batch, logs):

@@ -24,11 +24,12 @@ next to them).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
 from chainrule.layers import Layer, _positive_int
-from chainrule.parallel import _blas_controller
+from chainrule.parallel import _blas_controller, in_parts
 from chainrule.parameter import Parameter
 
 
@@ -326,9 +327,9 @@ def _window(a: np.ndarray, i: int, j: int, n_h: int, n_w: int, sh: int, sw: int)
     return a[..., i : i + sh * (n_h - 1) + 1 : sh, j : j + sw * (n_w - 1) + 1 : sw]
 
 
-def _running_max(x: np.ndarray, k: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """The max over each run of k neighbours along `axis` (2 or 3) of x, and which of the k won
-    (uint8; the first one on ties: a later neighbour must be strictly greater to take over).
+def _running_max(x: np.ndarray, k: int, axis: int, best: np.ndarray, won: np.ndarray) -> None:
+    """best ← the max over each run of k neighbours along `axis` (2 or 3) of x, won ← which of the
+    k won (uint8; the first one on ties: a later neighbour must be strictly greater to take over).
 
     Works on strided views x[..., j::k], so it keeps x's memory order; the first comparison's
     boolean result is already the winner index (0 or 1), so no index array needs zeroing.
@@ -336,20 +337,19 @@ def _running_max(x: np.ndarray, k: int, axis: int) -> tuple[np.ndarray, np.ndarr
     def nth(j):
         return x[:, :, j::k] if axis == 2 else x[..., j::k]
 
-    best, won = nth(0), None
-    for j in range(1, k):
+    if k == 1:
+        best[...] = x
+        won[...] = 0
+        return
+    np.greater(nth(1), nth(0), out=won.view(bool))  # strict: an earlier neighbour keeps a tie
+    np.maximum(nth(0), nth(1), out=best)
+    for j in range(2, k):
         view = nth(j)
-        better = np.greater(view, best)  # strict: an earlier neighbour keeps a tie
-        best = np.maximum(best, view, out=None if j == 1 else best)
-        if j == 1:
-            won = better.view(np.uint8)
-        else:
-            # won ← j where better: as j exceeds every earlier index, that is max(won, j·better),
-            # and arithmetic on the mask runs many times faster than a masked assignment
-            np.maximum(won, better * np.uint8(j), out=won)
-    if won is None:
-        won = np.zeros_like(best, np.uint8)
-    return best, won
+        better = np.greater(view, best)
+        np.maximum(best, view, out=best)
+        # won ← j where better: as j exceeds every earlier index, that is max(won, j·better),
+        # and arithmetic on the mask runs many times faster than a masked assignment
+        np.maximum(won, better * np.uint8(j), out=won)
 
 
 class _Pool2D(Layer):
@@ -447,11 +447,17 @@ class MaxPool2D(_Pool2D):
         first on ties, picks the same input as PyTorch's row-major scan."""
         (kh, kw) = self.kernel_size
         x = x[:, :, : ho * kh, : wo * kw]
-        rows, col = _running_max(x, kw, axis=3)  # (N, C, ho·kh, wo): max of each row's window part
-        out, row = _running_max(rows, kh, axis=2)
-        if out.base is not None:  # 1×1 windows: a view of the input, which must not be returned
-            out = out.copy(order="K")
-        self._col, self._row = col, row
+        # (N, C, ho·kh, wo): the max of each row's window part, then (N, C, ho, wo), each in x's
+        # memory order; computed a range of channels at a time, on every core (see in_parts)
+        rows = np.empty_like(x[..., ::kw])
+        out = np.empty_like(rows[:, :, ::kh])
+        self._col, self._row = np.empty_like(rows, np.uint8), np.empty_like(out, np.uint8)
+
+        def pool(_, lo, hi):
+            _running_max(x[:, lo:hi], kw, 3, rows[:, lo:hi], self._col[:, lo:hi])
+            _running_max(rows[:, lo:hi], kh, 2, out[:, lo:hi], self._row[:, lo:hi])
+
+        in_parts(pool, x.shape[1], x.size)
         return out
 
     def _backward_non_overlapping(self, grad_out):
@@ -465,10 +471,6 @@ class MaxPool2D(_Pool2D):
         # input's memory order, viewed with each window's rows and columns as axes of their own
         winner = _split_windows(np.empty_like(self._x[:, :, : ho * kh, : wo * kw], bool), kh, kw)
         col = self._col.reshape(*self._col.shape[:2], ho, kh, wo)  # winning column, per window row
-        for i in range(kh):
-            row_won = self._row == i
-            for j in range(kw):
-                np.logical_and(row_won, col[:, :, :, i] == j, out=winner[:, :, :, i, :, j])
         # `empty_like` keeps the input's memory order (batch-last after a Conv2D), and the gradient
         # is copied into that order too where it differs (after a Flatten): element-wise passes over
         # arrays of one layout run over long contiguous stretches, over mixed layouts element by
@@ -478,12 +480,21 @@ class MaxPool2D(_Pool2D):
         dx[:, :, ho * kh :] = 0
         dx[:, :, :, wo * kw :] = 0
         g = np.empty_like(self._row, grad_out.dtype)
-        if g.strides == grad_out.strides:
-            g = grad_out
-        else:
-            g[...] = grad_out
-        spread = g[:, :, :, None, :, None]  # broadcast over each window's kh rows and kw columns
-        np.multiply(winner, spread, out=_split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw))
+        windows = _split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw)
+
+        def spread(_, lo, hi):  # a range of channels, on every core (see in_parts)
+            for i in range(kh):
+                row_won = self._row[:, lo:hi] == i
+                for j in range(kw):
+                    np.logical_and(row_won, col[:, lo:hi, :, i] == j, out=winner[:, lo:hi, :, i, :, j])
+            part = grad_out[:, lo:hi]
+            if g.strides != grad_out.strides:
+                part = g[:, lo:hi]
+                part[...] = grad_out[:, lo:hi]
+            # each window's gradient, broadcast over its kh rows and kw columns, where it won
+            np.multiply(winner[:, lo:hi], part[:, :, :, None, :, None], out=windows[:, lo:hi])
+
+        in_parts(spread, dx.shape[1], dx.size)
         return dx
 
 
@@ -610,26 +621,34 @@ class BatchNorm(Layer):
     def forward(self, x, training=False):
         axes, bshape = self._shape(x)
         if training:
+            # Every pass works a range of features at a time, on every core (see `_by_feature`).
             # m values per feature in the batch; μ_B = Σx / m, then σ²_B = Σ(x - μ_B)² / m (two
             # passes: a one-pass Σx² - m·μ² loses the variance to cancellation in float32)
-            sums = self._global_sum(np.append(x.sum(axis=axes), x.size // self.num_features).astype(x.dtype))
+            sums = self._global_sum(np.append(_per_feature_sum(x), x.size // self.num_features).astype(x.dtype))
             m = int(sums[-1])
-            mean = sums[:-1] / m
-            xhat = x - mean.reshape(bshape)  # centred, then scaled in place below
-            # equivalent to Σ(x - μ_B)² per feature, without the squared temporary
+            mean = (sums[:-1] / m).reshape(bshape)
+            xhat = np.empty_like(x)  # centred, then scaled in place below
+            _by_feature(lambda f: np.subtract(x[:, f], mean[:, f], out=xhat[:, f]), x)
+            # equivalent to Σ(x - μ_B)² per feature
             var = self._global_sum(_per_feature_dot(xhat, xhat)) / m
             inv_std = 1.0 / np.sqrt(var + self.eps)
-            xhat *= inv_std.reshape(bshape)
             mom = self.momentum
             running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
             running_mean *= 1 - mom
-            running_mean += mom * mean
+            running_mean += mom * mean.ravel()
             running_var *= 1 - mom
             running_var += mom * var * (m / max(m - 1, 1))
             self._xhat, self._x, self._inv_std, self._training, self._m = xhat, None, inv_std, True, m
-            # y = γ·x̂ + β, written into one new array
-            y = np.multiply(xhat, self.weight.data.reshape(bshape))
-            y += self.bias.data.reshape(bshape)
+            # x̂ = (x - μ_B)·σ⁻¹ in place, then y = γ·x̂ + β, written into one new array
+            scale, gamma, beta = (a.reshape(bshape) for a in (inv_std, self.weight.data, self.bias.data))
+            y = np.empty_like(x)
+
+            def normalise(f):
+                xhat[:, f] *= scale[:, f]
+                np.multiply(xhat[:, f], gamma[:, f], out=y[:, f])
+                y[:, f] += beta[:, f]
+
+            _by_feature(normalise, x)
             return y
         # evaluation: a fixed affine map per feature, folded into one scale and one shift
         inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
@@ -644,7 +663,7 @@ class BatchNorm(Layer):
         xhat = self._xhat
         if xhat is None:
             xhat = (self._x - self.buffers["running_mean"].reshape(bshape)) * self._inv_std.reshape(bshape)
-        self.bias.grad[...] = grad_out.sum(axis=axes)
+        self.bias.grad[...] = _per_feature_sum(grad_out)
         self.weight.grad[...] = _per_feature_dot(grad_out, xhat)  # Σ dL/dy · x̂, per feature
         if not self.needs_input_grad:
             return None
@@ -657,14 +676,32 @@ class BatchNorm(Layer):
         sums = self._global_sum(np.concatenate([self.bias.grad, self.weight.grad]))
         mean_g = (sums[: self.num_features] / self._m).reshape(bshape)
         mean_gx = (sums[self.num_features :] / self._m).reshape(bshape)
-        grad_in = np.multiply(xhat, mean_gx)
-        np.subtract(grad_out, grad_in, out=grad_in)
-        grad_in -= mean_g
-        grad_in *= scale
+        grad_in = np.empty_like(xhat, grad_out.dtype)
+
+        def input_grad(f):
+            np.multiply(xhat[:, f], mean_gx[:, f], out=grad_in[:, f])
+            np.subtract(grad_out[:, f], grad_in[:, f], out=grad_in[:, f])
+            grad_in[:, f] -= mean_g[:, f]
+            grad_in[:, f] *= scale[:, f]
+
+        _by_feature(input_grad, grad_out)
         return grad_in
 
     def config(self):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
+
+
+def _by_feature(fn: Callable[[slice], object], x: np.ndarray) -> None:
+    """fn(f) for slices f of the feature axis 1 of x that together cover it, a slice per core, all
+    at once (see `in_parts`): each feature's values are independent of the others'."""
+    in_parts(lambda _, lo, hi: fn(slice(lo, hi)), x.shape[1], x.size)
+
+
+def _per_feature_sum(a: np.ndarray) -> np.ndarray:
+    """Σ a over every axis but the feature axis 1, for (N, C) or (N, C, H, W) arrays."""
+    out = np.empty(a.shape[1], a.dtype)
+    _by_feature(lambda f: a[:, f].sum(axis=(0,) if a.ndim == 2 else (0, 2, 3), out=out[f]), a)
+    return out
 
 
 def _per_feature_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -672,4 +709,6 @@ def _per_feature_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     NumPy's sum, whose pairwise summation keeps float32 sums of ~10^5 terms accurate to ~1e-7
     (einsum, which needs no temporary, adds them one after another and drifts to ~1e-4, enough for
     1, 2 or 4 processes to train visibly different weights)."""
-    return np.multiply(a, b).sum(axis=(0,) if a.ndim == 2 else (0, 2, 3))
+    out = np.empty(a.shape[1], np.result_type(a, b))
+    _by_feature(lambda f: np.multiply(a[:, f], b[:, f]).sum(axis=(0,) if a.ndim == 2 else (0, 2, 3), out=out[f]), a)
+    return out

@@ -8,9 +8,11 @@ rules follow `torch.optim` exactly (the tests compare them step for step).
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
+from chainrule.parallel import in_parts
 from chainrule.parameter import flat_buffers
 
 # Parameters per block of Adam's update: w, g, m, v and a scratch block of 2¹⁶ float32 values
@@ -107,7 +109,8 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(b1), float(b2), float(eps)
         self.m = np.zeros_like(self.params)
         self.v = np.zeros_like(self.params)
-        self._tmp = np.empty(min(self.params.size, _BLOCK), self.params.dtype)  # scratch, reused
+        # scratch, reused: one block per part of the update that may run at once (see _update)
+        self._tmp = np.empty((os.cpu_count() or 1, min(self.params.size, _BLOCK)), self.params.dtype)
 
     def step(self):
         # With g the gradient and t the number of steps taken, this one included:
@@ -129,13 +132,20 @@ class Adam(Optimizer):
         """Equivalent to the four lines of maths in `step`, done a block of `_BLOCK` parameters at
         a time. Each line is a few whole-array passes; over the whole network, each pass would
         stream w, g, m and v through memory again (12 passes over arrays larger than the CPU's
-        cache), whereas a block's arrays stay in cache from its first pass to its last."""
+        cache), whereas a block's arrays stay in cache from its first pass to its last. Inside
+        `fit` the blocks are shared out between the cores (`in_parts`), each part with its own
+        scratch block."""
         bias1 = 1 - self.beta1**self.steps
         bias2 = 1 - self.beta2**self.steps
-        for start in range(0, self.params.size, _BLOCK):
-            block = slice(start, start + _BLOCK)
-            self._update_block(self.params[block], g[block], self.m[block], self.v[block],
-                               self._tmp[: self.params[block].size], bias1, bias2)
+
+        def update(part, first, end):
+            tmp = self._tmp[part]
+            for start in range(first * _BLOCK, min(end * _BLOCK, self.params.size), _BLOCK):
+                block = slice(start, start + _BLOCK)
+                self._update_block(self.params[block], g[block], self.m[block], self.v[block],
+                                   tmp[: self.params[block].size], bias1, bias2)
+
+        in_parts(update, -(-self.params.size // _BLOCK), 7 * self.params.size)  # reads w, g, m, v; writes w, m, v
 
     def _update_block(self, w, g, m, v, tmp, bias1, bias2) -> None:
         """One block of the update, in place in one scratch array (a step allocates nothing): 12
