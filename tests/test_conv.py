@@ -89,6 +89,27 @@ def test_conv2d_matches_torch(case):
         close(conv.bias.grad, bt.grad)
 
 
+@pytest.mark.parametrize("c,kernel,stride,padding", [(3, 3, 1, 1), (5, (2, 3), (2, 1), (0, 2)), (1, 5, 1, 2)])
+def test_conv2d_copies_in_parts_match_torch(c, kernel, stride, padding, parts):
+    """im2col's copies (of channels, then of kernel offsets) and col2im's sums (of channels) cut
+    into ranges, one per core, as in `fit`; the input arrives batch-last, as from a Conv2D."""
+    rng = np.random.default_rng(c)
+    conv = float64(cr.Conv2D(c, 4, kernel, stride, padding))
+    conv.initialize(rng)
+    conv.bias.data[...] = rng.normal(size=4)
+    x = rng.normal(size=(c, 11, 9, 6)).transpose(3, 0, 1, 2)
+    y = conv.forward(x, training=True)
+    g = rng.normal(size=y.shape)
+    dx = conv.backward(g)
+    xt, wt, bt = tensor(x, True), tensor(conv.weight.data, True), tensor(conv.bias.data, True)
+    yt = F.conv2d(xt, wt, bt, stride=stride, padding=padding)
+    yt.backward(tensor(g))
+    close(y, yt)
+    close(dx, xt.grad)
+    close(conv.weight.grad, wt.grad)
+    close(conv.bias.grad, bt.grad)
+
+
 @pytest.fixture(params=[True, False], ids=["direct-kernel", "general-kernel"])
 def direct_kernel(request, monkeypatch):
     """Both ways of taking the products with few rows, on any machine: in pieces, as on OpenBLAS's

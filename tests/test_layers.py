@@ -132,13 +132,15 @@ def test_sigmoid_and_softmax_do_not_overflow():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_relu_fast_path_equals_np_maximum_in_every_layout(dtype):
+def test_relu_fast_path_equals_np_maximum_in_every_layout(dtype, parts):
     """The zero-row trick must give exactly np.maximum(x, 0): C-contiguous batches, transposed
-    (batch-last, as after a Conv2D) and 1-D inputs, with signed zeros, infinities and NaN."""
+    (batch-last, as after a Conv2D), strided and 1-D inputs, with signed zeros, infinities and NaN,
+    whole and cut into ranges of the outermost axis in memory (as inside `fit`); backward too."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 3, 4, 5)).astype(dtype)
     x.flat[:5] = [-0.0, 0.0, np.inf, -np.inf, np.nan]
-    for case in (x, x.transpose(3, 0, 1, 2).copy().transpose(1, 2, 3, 0), x.reshape(6, -1), x.reshape(-1)):
+    batch_last = x.transpose(3, 0, 1, 2).copy().transpose(1, 2, 3, 0)
+    for case in (x, batch_last, x[:, ::2], x.reshape(6, -1), x.reshape(-1), x[:0]):
         relu = cr.ReLU()
         out = relu.forward(case)
         want = np.maximum(case, 0)
@@ -146,6 +148,8 @@ def test_relu_fast_path_equals_np_maximum_in_every_layout(dtype):
         np.testing.assert_array_equal(out, want)
         np.testing.assert_array_equal(np.signbit(out), np.signbit(want))
         assert relu.output is out  # kept for backward, and for observers such as GradientFlow
+        g = rng.normal(size=case.shape).astype(dtype)
+        np.testing.assert_array_equal(relu.backward(g), g * (want > 0))
 
 
 @SETTINGS

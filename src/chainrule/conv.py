@@ -185,13 +185,20 @@ class Conv2D(Layer):
         # (C, Hp, Wp, N): the batch innermost. The border of this buffer is zeroed once and never
         # written: only the middle changes.
         xp = self._buffer("padded", (c, h + 2 * ph, w + 2 * pw, n), dtype, zero=True)
-        xp[:, ph : ph + h, pw : pw + w] = x.transpose(1, 2, 3, 0)
         k = c * kh * kw
         buf = self._buffer("cols", (k + (self.bias is not None), ho * wo * n), dtype)
         cols = buf[:k].reshape(c, kh, kw, ho, wo, n)
-        for i in range(kh):
-            for j in range(kw):
+
+        # both copies a range at a time, on every core (see in_parts): of channels, then of offsets
+        def pad(_, lo, hi):
+            xp[lo:hi, ph : ph + h, pw : pw + w] = x[:, lo:hi].transpose(1, 2, 3, 0)
+
+        def copy_offsets(_, lo, hi):
+            for i, j in (divmod(offset, kw) for offset in range(lo, hi)):
                 cols[:, i, j] = _planes(xp, i, j, ho, wo, sh, sw)
+
+        in_parts(pad, c, x.size)
+        in_parts(copy_offsets, kh * kw, k * ho * wo * n)
         if self.bias is not None:
             buf[k] = 1
         return buf
@@ -203,9 +210,15 @@ class Conv2D(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         dcols = dcols.reshape(c, kh, kw, ho, wo, n)
         dxp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dcols.dtype)  # fresh: its middle is returned
-        for i in range(kh):
-            for j in range(kw):
-                _planes(dxp, i, j, ho, wo, sh, sw)[...] += dcols[:, i, j]
+
+        # a range of channels at a time, on every core (see in_parts); not of offsets, whose
+        # windows overlap: two threads would add to one pixel at once
+        def add_back(_, lo, hi):
+            for i in range(kh):
+                for j in range(kw):
+                    _planes(dxp[lo:hi], i, j, ho, wo, sh, sw)[...] += dcols[lo:hi, i, j]
+
+        in_parts(add_back, c, dcols.size)
         return dxp[:, ph : ph + h, pw : pw + w].transpose(3, 0, 1, 2)
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype, zero: bool = False) -> np.ndarray:

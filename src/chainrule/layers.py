@@ -13,10 +13,12 @@ That second step is the chain rule: if ``y = f(x; W)`` then ``dL/dx = dL/dy · d
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
 from chainrule.functional import sigmoid, softmax
+from chainrule.parallel import in_parts
 from chainrule.parameter import Parameter
 
 
@@ -193,16 +195,30 @@ def _zero_row(length: int, dtype: np.dtype) -> np.ndarray:
     return zeros
 
 
-def _relu(x: np.ndarray) -> np.ndarray:
-    """Equivalent to np.maximum(x, 0), 2-3x faster (NumPy 2.4) on a C-contiguous batch.
+def _relu(x: np.ndarray, out: np.ndarray) -> None:
+    """out ← max(x, 0); equivalent to np.maximum(x, 0, out=out), 2-3x faster (NumPy 2.4).
 
     NumPy's loop for two contiguous arrays is vectorised and its scalar-broadcast loop is not, so
-    each example, flattened to one long row, is compared with a row of zeros instead of with 0.
+    x, seen in its memory order and cut into rows, is compared with a row of zeros instead of with 0.
     """
-    if not (x.flags.c_contiguous and x.ndim > 1):
-        return np.maximum(x, 0)
-    rows = x.reshape(x.shape[0], -1)
-    return np.maximum(rows, _zero_row(rows.shape[1], x.dtype)).reshape(x.shape)
+    order = np.argsort([-s for s in x.strides], kind="stable")  # axes, outermost in memory first
+    rows, into = x.transpose(order), out.transpose(order)
+    if x.ndim < 2 or x.size == 0 or not (rows.flags.c_contiguous and into.flags.c_contiguous):
+        np.maximum(x, 0, out=out)
+        return
+    rows, into = rows.reshape(rows.shape[0], -1), into.reshape(rows.shape[0], -1)
+    np.maximum(rows, _zero_row(rows.shape[1], x.dtype), out=into)
+
+
+def _by_outer_axis(fn: Callable[[tuple[slice, ...]], object], like: np.ndarray) -> None:
+    """fn(part) for index tuples `part` that cut `like` along its outermost axis in memory (the
+    batch axis of a C-ordered batch, the channel axis of a Conv2D's batch-last output) into
+    ranges, one per core, all at once (see `in_parts`); each range is one stretch of memory."""
+    if like.ndim == 0:
+        fn(())
+        return
+    axis = int(np.argmax(like.strides))
+    in_parts(lambda _, lo, hi: fn((slice(None),) * axis + (slice(lo, hi),)), like.shape[axis], like.size)
 
 
 class ReLU(_Activation):
@@ -213,12 +229,16 @@ class ReLU(_Activation):
     """
 
     def forward(self, x, training=False):
-        self.output = _relu(x)  # max(0, x)
+        self.output = np.empty_like(x)  # max(0, x), in x's memory order
+        _by_outer_axis(lambda part: _relu(x[part], self.output[part]), x)
         return self.output
 
     def backward(self, grad_out):
         # dy/dx = 1 where y > 0, else 0
-        return grad_out * (self.output > 0)
+        grad_in = np.empty_like(self.output, grad_out.dtype)
+        _by_outer_axis(lambda part: np.multiply(grad_out[part], self.output[part] > 0, out=grad_in[part]),
+                       grad_in)
+        return grad_in
 
 
 class LeakyReLU(ReLU):
