@@ -659,9 +659,11 @@ def profile_chainrule(workload: str, data_dir, batches: int = 300) -> list[tuple
     loss, the optimizer, and the batch gather, as (part, milliseconds per step), over `batches`.
 
     The same calls in the same order as `fit` makes them (the first layer computes no input
-    gradient, as `Sequential.backward(grad, input_grad=False)` arranges).
+    gradient, as `Sequential.backward(grad, input_grad=False)` arranges), with the cores shared out
+    as `fit` shares them (`BlasThreads`: BLAS threads, and element-wise passes cut into parts).
     """
     import chainrule as cr
+    from chainrule.parallel import BlasThreads
 
     work = WORKLOADS[workload]
     x, y, _, _ = load_data(data_dir, work.input_shape)
@@ -679,7 +681,7 @@ def profile_chainrule(workload: str, data_dir, batches: int = 300) -> list[tuple
         spent[part] = spent.get(part, 0.0) + now - since
         return now
 
-    for b in range(batches):
+    def step(b):
         t = time.perf_counter()
         idx = order[(b * BATCH) % len(x):][:BATCH]
         xb, yb = x[idx], y[idx]
@@ -694,6 +696,11 @@ def profile_chainrule(workload: str, data_dir, batches: int = 300) -> list[tuple
             t = lap(f"backward {names[i]}", t)
         optimizer.step()
         lap("Adam step", t)
+
+    with BlasThreads() as blas:
+        for b in range(batches):
+            blas.adapt()
+            step(b)
     return [(part, 1e3 * s / batches) for part, s in spent.items()]
 
 

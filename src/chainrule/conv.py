@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from chainrule.layers import Layer, _positive_int
+from chainrule.layers import Layer, _by_outer_axis, _positive_int
 from chainrule.parallel import _blas_controller, in_parts
 from chainrule.parameter import Parameter
 
@@ -461,16 +461,16 @@ class MaxPool2D(_Pool2D):
         (kh, kw) = self.kernel_size
         x = x[:, :, : ho * kh, : wo * kw]
         # (N, C, ho·kh, wo): the max of each row's window part, then (N, C, ho, wo), each in x's
-        # memory order; computed a range of channels at a time, on every core (see in_parts)
+        # memory order; computed a range of images or channels at a time, on every core
         rows = np.empty_like(x[..., ::kw])
         out = np.empty_like(rows[:, :, ::kh])
         self._col, self._row = np.empty_like(rows, np.uint8), np.empty_like(out, np.uint8)
 
-        def pool(_, lo, hi):
-            _running_max(x[:, lo:hi], kw, 3, rows[:, lo:hi], self._col[:, lo:hi])
-            _running_max(rows[:, lo:hi], kh, 2, out[:, lo:hi], self._row[:, lo:hi])
+        def pool(x, rows, col, out, row):
+            _running_max(x, kw, 3, rows, col)
+            _running_max(rows, kh, 2, out, row)
 
-        in_parts(pool, x.shape[1], x.size)
+        _by_outer_axis(pool, x, rows, self._col, out, self._row)
         return out
 
     def _backward_non_overlapping(self, grad_out):
@@ -493,21 +493,22 @@ class MaxPool2D(_Pool2D):
         dx[:, :, ho * kh :] = 0
         dx[:, :, :, wo * kw :] = 0
         g = np.empty_like(self._row, grad_out.dtype)
-        windows = _split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw)
+        relayout = g.strides != grad_out.strides
+        if not relayout:
+            g = grad_out
 
-        def spread(_, lo, hi):  # a range of channels, on every core (see in_parts)
+        def spread(row, col, winner, grad_out, g, windows):  # a range of images or channels
             for i in range(kh):
-                row_won = self._row[:, lo:hi] == i
+                row_won = row == i
                 for j in range(kw):
-                    np.logical_and(row_won, col[:, lo:hi, :, i] == j, out=winner[:, lo:hi, :, i, :, j])
-            part = grad_out[:, lo:hi]
-            if g.strides != grad_out.strides:
-                part = g[:, lo:hi]
-                part[...] = grad_out[:, lo:hi]
+                    np.logical_and(row_won, col[:, :, :, i] == j, out=winner[:, :, :, i, :, j])
+            if relayout:
+                g[...] = grad_out
             # each window's gradient, broadcast over its kh rows and kw columns, where it won
-            np.multiply(winner[:, lo:hi], part[:, :, :, None, :, None], out=windows[:, lo:hi])
+            np.multiply(winner, g[:, :, :, None, :, None], out=windows)
 
-        in_parts(spread, dx.shape[1], dx.size)
+        _by_outer_axis(spread, self._row, col, winner, grad_out, g,
+                       _split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw))
         return dx
 
 

@@ -201,24 +201,36 @@ def _relu(x: np.ndarray, out: np.ndarray) -> None:
     NumPy's loop for two contiguous arrays is vectorised and its scalar-broadcast loop is not, so
     x, seen in its memory order and cut into rows, is compared with a row of zeros instead of with 0.
     """
-    order = np.argsort([-s for s in x.strides], kind="stable")  # axes, outermost in memory first
-    rows, into = x.transpose(order), out.transpose(order)
-    if x.ndim < 2 or x.size == 0 or not (rows.flags.c_contiguous and into.flags.c_contiguous):
+    if x.ndim > 1 and not x.flags.c_contiguous:  # e.g. batch-last: axes in memory order, outermost first
+        order = sorted(range(x.ndim), key=lambda axis: -x.strides[axis])
+        x, out = x.transpose(order), out.transpose(order)
+    if x.ndim < 2 or x.size == 0 or not (x.flags.c_contiguous and out.flags.c_contiguous):
         np.maximum(x, 0, out=out)
         return
-    rows, into = rows.reshape(rows.shape[0], -1), into.reshape(rows.shape[0], -1)
-    np.maximum(rows, _zero_row(rows.shape[1], x.dtype), out=into)
+    rows = x.reshape(len(x), -1)
+    np.maximum(rows, _zero_row(rows.shape[1], x.dtype), out=out.reshape(rows.shape))
 
 
-def _by_outer_axis(fn: Callable[[tuple[slice, ...]], object], like: np.ndarray) -> None:
-    """fn(part) for index tuples `part` that cut `like` along its outermost axis in memory (the
-    batch axis of a C-ordered batch, the channel axis of a Conv2D's batch-last output) into
-    ranges, one per core, all at once (see `in_parts`); each range is one stretch of memory."""
+def _by_outer_axis(fn: Callable[..., object], *arrays: np.ndarray) -> None:
+    """fn(*parts), with `parts` the arrays cut along the first one's outermost axis in memory (the
+    batch axis of a C-ordered batch, the channel axis of a Conv2D's batch-last output; the arrays
+    share their axes up to that one) into ranges, one per core, all at once (see `in_parts`): each
+    range is one stretch of memory. A pass that stays whole gets the arrays themselves."""
+    like = arrays[0]
     if like.ndim == 0:
-        fn(())
+        fn(*arrays)
         return
-    axis = int(np.argmax(like.strides))
-    in_parts(lambda _, lo, hi: fn((slice(None),) * axis + (slice(lo, hi),)), like.shape[axis], like.size)
+    axis = 0 if like.flags.c_contiguous else max(range(like.ndim), key=like.strides.__getitem__)
+    n = like.shape[axis]
+
+    def part(_, lo, hi):
+        if hi - lo == n:
+            fn(*arrays)
+        else:
+            index = (slice(None),) * axis + (slice(lo, hi),)
+            fn(*(a[index] for a in arrays))
+
+    in_parts(part, n, like.size)
 
 
 class ReLU(_Activation):
@@ -230,14 +242,13 @@ class ReLU(_Activation):
 
     def forward(self, x, training=False):
         self.output = np.empty_like(x)  # max(0, x), in x's memory order
-        _by_outer_axis(lambda part: _relu(x[part], self.output[part]), x)
+        _by_outer_axis(_relu, x, self.output)
         return self.output
 
     def backward(self, grad_out):
         # dy/dx = 1 where y > 0, else 0
         grad_in = np.empty_like(self.output, grad_out.dtype)
-        _by_outer_axis(lambda part: np.multiply(grad_out[part], self.output[part] > 0, out=grad_in[part]),
-                       grad_in)
+        _by_outer_axis(lambda y, g, into: np.multiply(g, y > 0, out=into), self.output, grad_out, grad_in)
         return grad_in
 
 

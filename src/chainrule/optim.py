@@ -109,8 +109,10 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(b1), float(b2), float(eps)
         self.m = np.zeros_like(self.params)
         self.v = np.zeros_like(self.params)
-        # scratch, reused: one block per part of the update that may run at once (see _update)
-        self._tmp = np.empty((os.cpu_count() or 1, min(self.params.size, _BLOCK)), self.params.dtype)
+        # scratch, reused: a block for each part of the update that may run at once (see _update)
+        blocks = -(-self.params.size // _BLOCK)
+        self._tmp = np.empty((max(1, min(os.cpu_count() or 1, blocks)), min(self.params.size, _BLOCK)),
+                             self.params.dtype)
 
     def step(self):
         # With g the gradient and t the number of steps taken, this one included:

@@ -148,8 +148,9 @@ class BlasThreads:
     Call `adapt()` once per training step. Every `every` seconds it measures how many cores the
     rest of the machine kept busy (the busy time in /proc/stat minus this process's own CPU time)
     and gives BLAS the cores left, at least 1 and at most the count BLAS started with (which a
-    user's OPENBLAS_NUM_THREADS sets). `restore()`, or leaving the `with` block, puts that count
-    back. Where there is no /proc/stat, nothing changes.
+    user's OPENBLAS_NUM_THREADS sets). The element-wise passes of `in_parts` then run in as many
+    parts. `restore()`, or leaving the `with` block, puts BLAS's count back and the passes whole
+    again. Where there is no /proc/stat, nothing changes.
     """
 
     def __init__(self, every: float = 0.5):
