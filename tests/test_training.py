@@ -58,6 +58,24 @@ def test_nan_guard_stops_on_an_absurd_learning_rate_and_keeps_finite_weights():
     assert np.isfinite(value)
 
 
+def test_nan_guard_restores_the_weights_of_the_last_finite_loss_exactly():
+    """The weights the guard keeps are those the last batch with a finite loss ran on: the weights
+    before the step that made the loss NaN."""
+    x, y = blobs()
+    model = small_mlp()
+    seen = []
+
+    class Before(cr.Callback):
+        def on_batch_begin(self, batch):
+            seen.append(model.flat_params.copy())
+
+    with np.errstate(all="ignore"), pytest.raises(cr.TrainingDiverged):
+        cr.fit(model, x, y, cr.MeanSquaredError(), cr.SGD(model.parameters(), lr=1e12), epochs=5,
+               batch_size=16, verbose=False, callbacks=[Before()])
+    assert len(seen) >= 2
+    np.testing.assert_array_equal(model.flat_params, seen[-2])
+
+
 def test_fit_rejects_nan_inputs_and_bad_arguments():
     x, y = blobs()
     model = small_mlp()
