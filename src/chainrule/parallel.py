@@ -155,19 +155,19 @@ class BlasThreads:
 
     def __init__(self, every: float = 0.5):
         self.every = every
-        # threadpoolctl's handle on BLAS is made at the first measurement, `every` seconds in:
-        # importing it and finding the libraries takes ~60 ms, which a shorter run (one
-        # `spam learn` correction) need not pay
+        # threadpoolctl's handle on BLAS is made at the first call (importing it and finding the
+        # libraries takes ~4 ms), so that `in_parts` uses every core from the first step on; the
+        # first measurement of the other processes follows `every` seconds later
         self._blas = None
         self.start: int | None = None  # the count BLAS started with, and the count now, once known
         self.threads: int | None = None
         self._off = False  # no /proc/stat, no BLAS, or a BLAS of one thread: nothing to adapt
         self._last: tuple[float, float, float] | None = None  # (wall, machine busy, own CPU) seconds
-        self._next = time.monotonic() + every
+        self._next = time.monotonic()
 
     def adapt(self) -> int | None:
-        """Re-measure if `every` seconds have passed and set the thread count; returns it (None
-        until the first measurement)."""
+        """Re-measure if `every` seconds have passed and set the thread count; returns it (from
+        the first call on: BLAS's own count until the first measurement)."""
         now = time.monotonic()
         if self._off or now < self._next:
             return self.threads
