@@ -1,6 +1,7 @@
 """fork_map: the results of forked children and this process, in task order, whatever happens to a child."""
 
 import gc
+import io
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import time
 
 import numpy as np
 import pytest
+from tqdm import tqdm
+from tqdm._monitor import TMonitor
 
 from chainrule import parallel
 from chainrule.parallel import MAX_TASKS, BlasThreads, fork_map, in_parts, threads_for
@@ -134,6 +137,11 @@ def test_in_parts_covers_the_range_once_on_every_core(monkeypatch):
 
         with pytest.raises(ValueError, match="in a helper"):  # a helper's exception reaches the caller
             in_parts(fails, 4, 100)
+        # tqdm's monitor thread (left by any progress bar with the default monitor_interval) only
+        # redraws bars: passes are still cut
+        with tqdm(total=1, disable=False, file=io.StringIO()):
+            assert any(isinstance(t, TMonitor) for t in threading.enumerate())
+            assert [p[:3] for p in _ranges_and_threads(7, size=100)] == [(0, 0, 3), (1, 3, 7)]
         # while another thread runs, it might be inside BLAS, whose threads are not stopped then:
         # the pass stays whole, in the calling thread
         release = threading.Event()

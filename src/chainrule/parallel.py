@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from tqdm._monitor import TMonitor
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -250,13 +252,16 @@ def _stop_spinning() -> bool:
     in two beside a spinning BLAS thread, 0.78 ms in two after OpenBLAS's own `blas_thread_shutdown_`
     (what it calls before a fork), which stops them in ~16 µs; its next product starts them again in
     ~20 µs. Stopping them while another thread is inside a BLAS call hangs that call, so this
-    happens only while the main thread is the only thread besides the helpers. Elsewhere (another
-    BLAS than OpenBLAS), the helpers just run.
+    happens only while the main thread is the only thread besides the helpers and tqdm's monitor
+    (which a progress bar, such as a download's, leaves running; it only redraws bars). Elsewhere
+    (another BLAS than OpenBLAS), the helpers just run.
     """
     if _stop_blas_threads is None:
         return True
-    if threading.current_thread() is not threading.main_thread() or any(
-            t is not threading.main_thread() and not t.name.startswith(_HELPER) for t in threading.enumerate()):
+    main = threading.main_thread()
+    if threading.current_thread() is not main or any(
+            t is not main and not t.name.startswith(_HELPER) and not isinstance(t, TMonitor)
+            for t in threading.enumerate()):
         return False
     _stop_blas_threads()
     return True
