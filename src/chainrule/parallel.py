@@ -233,8 +233,8 @@ def in_parts(fn: Callable[[int, int, int], None], n: int, size: int) -> None:
         fn(0, 0, n)
         return
     global _helpers
-    if _helpers is None:
-        _helpers = ThreadPoolExecutor(parts - 1, thread_name_prefix=_HELPER)
+    if _helpers is None:  # its threads start as the parts first need them, one per core at most
+        _helpers = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1), thread_name_prefix=_HELPER)
     bounds = [n * i // parts for i in range(parts + 1)]
     others = [_helpers.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     try:
