@@ -3,6 +3,7 @@
 import gc
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -128,6 +129,10 @@ def test_in_parts_covers_the_range_once_on_every_core(monkeypatch):
         seen = _ranges_and_threads(7, size=100)
         assert [(part, lo, hi) for part, lo, hi, _ in seen] == [(0, 0, 3), (1, 3, 7)]
         assert seen[0][3] == "MainThread" and seen[1][3].startswith("chainrule-part")
+        # a helper leaves Ctrl-C to the main thread, which raises KeyboardInterrupt
+        masks = []
+        in_parts(lambda part, lo, hi: masks.append((part, signal.pthread_sigmask(signal.SIG_BLOCK, []))), 2, 100)
+        assert {part: signal.SIGINT in mask for part, mask in masks} == {0: False, 1: True}
         assert [p[:3] for p in _ranges_and_threads(7, size=99)] == [(0, 0, 7)]  # too small to split
         assert [p[:3] for p in _ranges_and_threads(1, size=100)] == [(0, 0, 1)]  # nothing to split
 

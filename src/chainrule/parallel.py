@@ -234,7 +234,8 @@ def in_parts(fn: Callable[[int, int, int], None], n: int, size: int) -> None:
         return
     global _helpers
     if _helpers is None:  # its threads start as the parts first need them, one per core at most
-        _helpers = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1), thread_name_prefix=_HELPER)
+        _helpers = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1), thread_name_prefix=_HELPER,
+                                      initializer=_leave_signals_to_the_main_thread)
     bounds = [n * i // parts for i in range(parts + 1)]
     others = [_helpers.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     try:
@@ -242,6 +243,14 @@ def in_parts(fn: Callable[[int, int, int], None], n: int, size: int) -> None:
     finally:
         for f in others:
             f.result()
+
+
+def _leave_signals_to_the_main_thread() -> None:
+    """Block Ctrl-C and the other signals that stop a process in a helper thread, so the kernel hands
+    them to a thread that is not one of ours: Python raises KeyboardInterrupt in the main thread
+    only, and a signal taken by a helper reaches it by a longer way."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT})
 
 
 def _stop_spinning() -> bool:
