@@ -243,8 +243,15 @@ def _epochs_done(checkpoint: Path) -> int:
 
 def _start_and_wait_for_checkpoint(out: Path, options=TINY) -> subprocess.Popen:
     env = {**os.environ, "CHAINRULE_DATA": DATA}
-    proc = subprocess.Popen([*CLI, "digits", "train", *options, "--out", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts a background job with Ctrl-C (SIGINT) ignored, and a child inherits that (Python
+    # then keeps ignoring it): the run gets the disposition a terminal's Ctrl-C would find, whatever
+    # this process was started with (a handler set here is reset to the default in the child).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([*CLI, "digits", "train", *options, "--out", str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.npz").exists():
         assert proc.poll() is None, proc.communicate()
