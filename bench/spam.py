@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.apps.spam import (
+    MAIL_MIN_DF,
     binary_report,
     load_spam_model,
     save_model,
@@ -86,7 +87,8 @@ TEST_FILES = {"spamassassin": "spamassassin_test_files.txt", "spamassassin-dated
 # from 0.998 to 0.9994 (bench/README.md). SMS has no headers. Mail's buckets are weighted by their
 # idf in the training part (`idf`): nested errors 224 -> 198 on SpamAssassin; on SMS it did not help.
 _WORDS = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0)
-_MAIL = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0, split_norm=True, idf=True)
+_MAIL = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0, split_norm=True, idf=True,
+                       min_df=MAIL_MIN_DF)
 SETTINGS = {
     "sms-paper": {"config": _WORDS, "hidden": (32,), "epochs": 40, "batch_size": 128, "lr": 3e-3, "folds": 5,
                   "target_blocked_ham": 0.0015},

@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.apps.spam import (
+    MAIL_MIN_DF,
     binary_report,
     featurize,
     learn,
@@ -77,7 +78,8 @@ MODES = ("none", "full", "error", "batch-error", "batch-full")
 FILTERS = ("chainrule", "bogofilter", "spamprobe", "sklearn SGD")
 
 # bench/spam.py's settings for the SpamAssassin split (chosen there by cross-validation).
-CONFIG = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0, split_norm=True, idf=True)
+CONFIG = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0, split_norm=True, idf=True,
+                       min_df=MAIL_MIN_DF)
 CHAINRULE = {"hidden": (32,), "epochs": 30, "batch_size": 256, "lr": 3e-3, "folds": 5, "target_blocked_ham": 0.0025}
 
 

@@ -15,7 +15,7 @@ import pytest
 
 import chainrule.apps.spam as spam_library
 from chainrule import model_files
-from chainrule.apps.spam import load_spam_model
+from chainrule.apps.spam import MAIL_MIN_DF, load_spam_model
 from chainrule.cli import main
 
 
@@ -27,10 +27,12 @@ def test_train_writes_model_metrics_and_figures(spam_model):
     doc = json.loads((spam_model / "model.json").read_text())
     meta = doc["metadata"]
     assert meta["task"] == "spam" and meta["hashing"]["n_features"] == 1 << 14 and meta["hashing"]["idf"]
+    assert meta["hashing"]["min_df"] == MAIL_MIN_DF  # mail's default: buckets of rarer words left out
     assert 0 <= meta["cutoffs"]["ham"] <= meta["cutoffs"]["spam"] <= 1
     bundle = load_spam_model(spam_model)
     assert bundle.spam_cutoff == meta["cutoffs"]["spam"]
-    assert bundle.idf.shape == (1 << 14,) and bundle.idf.min() >= 1.0 and bundle.idf.max() > bundle.idf.min()
+    assert bundle.idf.shape == (1 << 14,) and (bundle.idf == 0).any() and bundle.idf[bundle.idf > 0].min() >= 1.0
+    assert bundle.idf.max() > bundle.idf[bundle.idf > 0].min()
     # the default is a 5-member committee merged into one network, calibrated out of fold on all
     training = meta["training"]
     assert training["folds"] == 5 and training["network_hidden"] == [40] and len(training["epochs_run"]) == 5
@@ -39,7 +41,8 @@ def test_train_writes_model_metrics_and_figures(spam_model):
 
 def test_a_missing_or_bad_idf_file_is_a_one_line_error(spam_model, spam_corpus, tmp_path, capsys):
     msg = str(spam_corpus[1] / "spam" / "0161")
-    for name, damage in (("missing", None), ("short", np.ones(8, np.float32)), ("nan", np.full(1 << 14, np.nan))):
+    for name, damage in (("missing", None), ("short", np.ones(8, np.float32)), ("nan", np.full(1 << 14, np.nan)),
+                         ("below 1", np.full(1 << 14, 0.5, np.float32))):
         m = tmp_path / name
         shutil.copytree(spam_model, m)
         idf = model_files(m)["idf"]
@@ -49,6 +52,12 @@ def test_a_missing_or_bad_idf_file_is_a_one_line_error(spam_model, spam_corpus, 
         assert main(["spam", "classify", str(m), msg]) == 3  # every error of classify is 3
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and idf.name in err and "Traceback" not in err, err
+
+
+def test_min_df_needs_idf(tmp_path, capsys):
+    args = ["spam", "train", str(tmp_path), "--out", str(tmp_path / "m"), "--no-idf", "--min-df", "2"]
+    assert main(args) == 2
+    assert "--min-df needs idf" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_folds_must_be_zero_or_at_least_two(tmp_path, capsys):

@@ -1,11 +1,14 @@
 """Messages to hashed rows on every core (chainrule.apps.spam.features): idf weighting of the
 training messages, forked featurising and scoring equal to one process, the chunking."""
 
+from dataclasses import replace
+
 import numpy as np
 
 from chainrule.apps.spam import featurize, load_spam_model, training_features
 from chainrule.apps.spam.features import _guided_chunks
-from chainrule.data.text import HashingConfig, inverse_document_frequency
+from chainrule.data.mime import parse_message
+from chainrule.data.text import Hasher, HashingConfig, inverse_document_frequency, message_tokens
 
 
 def test_training_features_weight_by_the_idf_of_the_training_messages(spam_corpus):
@@ -18,6 +21,25 @@ def test_training_features_weight_by_the_idf_of_the_training_messages(spam_corpu
     weighted, _ = featurize(items, config, processes=1, idf=idf)
     assert (x != weighted).nnz == 0 and len(problems) == len(items)
     assert training_features(items, HashingConfig(n_features=1 << 12), processes=1)[2] is None
+
+
+def test_min_df_leaves_the_rare_buckets_out_of_every_row(spam_corpus):
+    """With min_df 3 the idf is the one `inverse_document_frequency` gives for it, a bucket found in
+    fewer than 3 of the training messages holds 0 in every row, and the rows are those of the
+    messages without the rare buckets' tokens (which take no share of the norm)."""
+    items = [("mail", p.read_bytes()) for p in sorted((spam_corpus[1] / "spam").iterdir())[:30]]
+    items += [("mail", p.read_bytes()) for p in sorted((spam_corpus[1] / "easy_ham").iterdir())[:30]]
+    config = HashingConfig(n_features=1 << 12, split_norm=True, idf=True, min_df=3)
+    x, _, idf = training_features(items, config, processes=1)
+    plain, _ = featurize(items, HashingConfig(n_features=1 << 12, split_norm=True), processes=1)
+    np.testing.assert_array_equal(idf, inverse_document_frequency(plain, 3))
+    df = np.bincount(plain.indices[plain.data != 0], minlength=1 << 12)
+    assert (idf[df < 3] == 0).all() and (idf[df >= 3] >= 1).all() and (df[df > 0] < 3).any()
+    assert not x[:, np.flatnonzero(df < 3)].count_nonzero()
+    hasher = Hasher(replace(config, min_df=0), np.where(idf > 0, idf, 1).astype(np.float32))
+    tokens = [message_tokens(parse_message(raw), config) for _, raw in items]
+    kept = [[t for t in ts if df[hasher.token_features([t])[t][0]] >= 3] for ts in tokens]
+    np.testing.assert_allclose(x.toarray(), hasher.matrix(kept).toarray(), rtol=1e-6, atol=1e-7)
 
 
 def test_scoring_on_every_core_matches_one_process(spam_model, spam_corpus):

@@ -14,6 +14,7 @@ import chainrule.network
 from chainrule.apps.spam import (
     build_network,
     learn,
+    load_idf,
     load_replay,
     load_spam_model,
     merge_committee,
@@ -95,6 +96,21 @@ def test_a_saved_filter_loads_back_the_same(synthetic_spam_rows, tmp_path):
     # the cut-offs can be overridden per load, and decide the verdicts
     assert load_spam_model(tmp_path / "m", spam_cutoff=0.0, ham_cutoff=0.0).verdicts(np.array([0.3])) == ["spam"]
     assert [verdict(p, 0.8, 0.2) for p in (0.8, 0.5, 0.19)] == ["spam", "unsure", "ham"]
+
+
+def test_idf_weights_of_0_load_only_for_a_model_with_min_df(tmp_path):
+    """0 is the weight `min_df` gives a rare bucket; in a model without it, a 0 is damage."""
+    path = tmp_path / "idf.npz"
+    idf = np.linspace(1, 3, 64).astype(np.float32)
+    idf[::3] = 0
+    np.savez(path, idf=idf)
+    np.testing.assert_array_equal(load_idf(path, HashingConfig(n_features=64, idf=True, min_df=3)), idf)
+    with pytest.raises(cr.ModelFileError, match="finite idf weights >= 1"):
+        load_idf(path, HashingConfig(n_features=64, idf=True))
+    idf[1] = 0.5  # neither left out nor an idf
+    np.savez(path, idf=idf)
+    with pytest.raises(cr.ModelFileError, match="finite idf weights 0 or >= 1"):
+        load_idf(path, HashingConfig(n_features=64, idf=True, min_df=3))
 
 
 def test_one_message_scores_as_in_a_batch(spam_model, spamassassin_messages, data_root):

@@ -150,6 +150,25 @@ def test_inverse_document_frequency_counts_rows_not_occurrences():
     np.testing.assert_allclose(idf, [1.0, np.log(4) + 1, np.log(4 / 2) + 1, np.log(4) + 1], rtol=1e-6)
 
 
+def test_min_df_leaves_out_the_buckets_of_fewer_training_rows():
+    """df = (3, 0, 1, 0) rows: with min_df 2 only the first bucket keeps its weight; the other
+    weights are exactly 0 (a bucket no message has included), not a small idf."""
+    x = sp.csr_matrix(np.array([[2.0, 0, 1, 0], [0.5, 0, 0, 0], [3.0, 0, 0, 0]]))
+    np.testing.assert_array_equal(inverse_document_frequency(x, min_df=2), [1.0, 0, 0, 0])
+    np.testing.assert_allclose(inverse_document_frequency(x, min_df=1), [1.0, 0, np.log(2) + 1, 0], rtol=1e-6)
+    np.testing.assert_array_equal(inverse_document_frequency(x, min_df=0), inverse_document_frequency(x))
+
+
+def test_min_df_in_a_saved_config_is_checked():
+    assert HashingConfig.from_dict({"n_features": 16, "idf": True}).min_df == 0  # models saved before it
+    assert HashingConfig.from_dict({"n_features": 16, "idf": True, "min_df": 3}).min_df == 3
+    for bad in (-1, 2.5, "3", True):
+        with pytest.raises(ValueError, match="min_df must be an integer"):
+            HashingConfig.from_dict({"n_features": 16, "idf": True, "min_df": bad})
+    with pytest.raises(ValueError, match="min_df needs idf"):
+        HashingConfig.from_dict({"n_features": 16, "min_df": 3})
+
+
 def test_idf_weights_each_bucket_before_the_norm():
     """With idf, each bucket's tf·sign sum is multiplied by its weight, then (per split_norm block)
     the row is normalised: the formula of the split_norm test, weighted."""

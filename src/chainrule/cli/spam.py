@@ -20,6 +20,7 @@ import numpy as np
 
 from chainrule import distributed, plots
 from chainrule.apps.spam import (
+    MAIL_MIN_DF,
     annotate,
     binary_report,
     collect,
@@ -69,6 +70,10 @@ def _cmd_train(args) -> int:
         raise UserError(f"--folds must be 0 (one network) or at least 2, got {args.folds}")
     if args.folds == 0 and args.validation == 0:
         raise UserError("--validation must be above 0 with --folds 0: the held-out messages calibrate the cut-offs")
+    idf = bool(args.corpus) if args.idf is None else args.idf  # (mail: see --idf)
+    min_df = (MAIL_MIN_DF if idf else 0) if args.min_df is None else args.min_df
+    if min_df and not idf:
+        raise UserError("--min-df needs idf weights (--idf): rare buckets are left out through them")
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # found now, not after minutes of training
         raise UserError(f"--out {out}: exists and is not a directory")
@@ -79,7 +84,7 @@ def _cmd_train(args) -> int:
         raise UserError(f"training needs both spam and ham; found {int(y.sum())} spam, {int((y == 0).sum())} ham")
     config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams,
                            split_norm=bool(args.corpus),  # (mail has headers to keep apart; SMS has none)
-                           idf=bool(args.corpus) if args.idf is None else args.idf)  # (mail: see --idf)
+                           idf=idf, min_df=min_df)
     x, problems, idf = training_features(items, config, world=world)
     t_feat = time.perf_counter() - t0
     if world.rank == 0:
@@ -420,6 +425,10 @@ def add_commands(subparsers) -> None:
                    help="weight each hash bucket by its inverse document frequency in the training "
                    "messages (default: on with mail, where it helped out of fold; off for SMS only, "
                    "where it did not)")
+    p.add_argument("--min-df", type=nonnegative_int, default=None, metavar="N",
+                   help=f"with idf, leave out the hash buckets found in fewer than N training messages "
+                   f"(default {MAIL_MIN_DF} with idf, where it made the filter hold up better on newer mail; "
+                   "0 keeps every bucket)")
     p.add_argument("--seed", type=int, default=0)
     add_max_bytes(p)
     p.add_argument("--quiet", action="store_true")
