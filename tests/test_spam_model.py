@@ -78,6 +78,14 @@ def test_merged_committee_computes_the_mean_logit_exactly():
     assert [layer.out_features for layer in merged.layers if isinstance(layer, cr.Linear)] == [12, 9, 1]
     mean = np.mean([net.forward(x) for net in nets], axis=0)
     np.testing.assert_allclose(merged.forward(x), mean, rtol=1e-5, atol=1e-6)
+    # linear members (no hidden layer): one layer, the mean of theirs
+    nets = [build_network(64, (), seed=s) for s in range(3)]
+    for net in nets:
+        net.layers[0].bias.data[...] = rng.normal(size=1)
+    merged = merge_committee(nets, 64, (), dropout=0.2)
+    assert [layer.out_features for layer in merged.layers if isinstance(layer, cr.Linear)] == [1]
+    mean = np.mean([net.forward(x) for net in nets], axis=0)
+    np.testing.assert_allclose(merged.forward(x), mean, rtol=1e-5, atol=1e-6)
 
 
 def test_a_saved_filter_loads_back_the_same(synthetic_spam_rows, tmp_path):

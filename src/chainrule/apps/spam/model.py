@@ -148,6 +148,8 @@ def merge_committee(nets: list[cr.Sequential], n_features: int, hidden: tuple[in
     sees only member i's units), and the output layer stacks the members' output weights, divided
     by k, with the mean bias:  logit = Σ_i (h_i · w_i + b_i) / k.  Dropout is off at inference, so
     the merged network computes exactly the committee's mean — at the cost of one forward pass.
+    Without hidden layers (linear members) the one layer is the mean of theirs:
+    Σ_i (x · w_i + b_i) / k = x · (Σ_i w_i / k) + Σ_i b_i / k.
     """
     k = len(nets)
     merged = build_network(n_features, tuple(k * h for h in hidden), dropout, seed=None)
@@ -156,7 +158,9 @@ def merge_committee(nets: list[cr.Sequential], n_features: int, hidden: tuple[in
     last = len(target) - 1
     for depth, layer in enumerate(target):
         members = [m[depth] for m in linears]
-        if depth == 0:
+        if not hidden:
+            layer.weight.data[...] = np.mean([m.weight.data for m in members], axis=0)
+        elif depth == 0:
             layer.weight.data[...] = np.hstack([m.weight.data for m in members])
         elif depth < last:
             layer.weight.data[...] = 0.0
