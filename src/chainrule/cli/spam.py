@@ -426,7 +426,7 @@ def add_commands(subparsers) -> None:
                    "messages (default: on with mail, where it helped out of fold; off for SMS only, "
                    "where it did not)")
     p.add_argument("--min-df", type=nonnegative_int, default=None, metavar="N",
-                   help=f"with idf, leave out the hash buckets found in fewer than N training messages "
+                   help="with idf, leave out the hash buckets found in fewer than N training messages "
                    f"(default {MAIL_MIN_DF} with idf, where it made the filter hold up better on newer mail; "
                    "0 keeps every bucket)")
     p.add_argument("--seed", type=int, default=0)
