@@ -28,7 +28,8 @@ def test_train_writes_model_metrics_and_figures(spam_model):
     meta = doc["metadata"]
     assert meta["task"] == "spam" and meta["hashing"]["n_features"] == 1 << 14 and meta["hashing"]["idf"]
     assert meta["hashing"]["min_df"] == MAIL_MIN_DF  # mail's default: buckets of rarer words left out
-    assert 0 <= meta["cutoffs"]["ham"] <= meta["cutoffs"]["spam"] <= 1
+    assert 0 <= meta["cutoffs"]["ham"] <= meta["cutoffs"]["spam"] <= 0.5  # mail: no balance, even odds are spam
+    assert meta["training"]["balance"] is False and meta["training"]["pos_weight"] == 1.0
     bundle = load_spam_model(spam_model)
     assert bundle.spam_cutoff == meta["cutoffs"]["spam"]
     assert bundle.idf.shape == (1 << 14,) and (bundle.idf == 0).any() and bundle.idf[bundle.idf > 0].min() >= 1.0
@@ -204,6 +205,7 @@ def test_sms_training_round_trip(data_root, tmp_path, capsys):
                  "--hidden", "8", "--char-ngrams", "4", "--epochs", "10", "--batch-size", "32", "--quiet"]) == 0
     capsys.readouterr()
     assert load_spam_model(m).idf is None and "idf" not in model_files(m)  # SMS alone: no idf by default
+    assert load_spam_model(m).metadata["training"]["balance"] is True  # and classes balanced in the loss
     assert main(["spam", "evaluate", str(m), "--sms", str(tmp_path / "test.txt"), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["messages"] == 200 and r["accuracy"] > max(r["spam"], r["ham"]) / 200

@@ -3,7 +3,7 @@ members train here or in worker processes; one network on a held-out split."""
 
 import numpy as np
 
-from chainrule.apps.spam import stratified_split, train_filter
+from chainrule.apps.spam import calibrate, stratified_split, train_filter
 from chainrule.data.text import HashingConfig
 
 
@@ -31,3 +31,24 @@ def test_one_network_calibrates_on_a_held_out_split(synthetic_spam_rows):
     assert training["validation"] == "held out" and training["examples"] == len(train)
     assert training["validation_examples"] == len(held) and len(result.histories) == 1
     assert result.bundle.model.layers[0].out_features == 4
+
+
+def test_without_balance_every_message_weighs_the_same_and_even_odds_are_spam(synthetic_spam_rows):
+    """balance (default): the loss weighs spam by #ham/#spam and the cut-offs are the calibrated
+    ones; without it the weight is 1 and the cut-offs are the calibrated ones capped at P(spam)
+    0.5, the ham cut-off never above the spam cut-off. (The rows' labels flipped: 90 spam, 30 ham,
+    so that ham scores high enough after a few epochs for both caps to matter.)"""
+    x, y = synthetic_spam_rows
+    y = 1 - y
+    kw = dict(hidden=(4,), epochs=8, batch_size=16, folds=3, seed=1, target_blocked_ham=0.0)
+    balanced = train_filter(x, y, HashingConfig(n_features=64), **kw)
+    plain = train_filter(x, y, HashingConfig(n_features=64), balance=False, **kw)
+    assert balanced.bundle.metadata["training"]["pos_weight"] == 30 / 90
+    assert balanced.bundle.metadata["training"]["balance"] is True
+    assert plain.bundle.metadata["training"]["pos_weight"] == 1.0
+    assert plain.bundle.metadata["training"]["balance"] is False
+    spam_cut, ham_cut = calibrate(y, plain.val_probabilities, 0.0)  # the same out-of-fold scores
+    assert spam_cut > 0.5 and ham_cut > 0.5  # (so both caps decide here)
+    assert (plain.bundle.spam_cutoff, plain.bundle.ham_cutoff) == (0.5, 0.5)
+    assert (balanced.bundle.spam_cutoff, balanced.bundle.ham_cutoff) == calibrate(y, balanced.val_probabilities, 0.0)
+    assert not np.allclose(plain.bundle.model.flat_params, balanced.bundle.model.flat_params)

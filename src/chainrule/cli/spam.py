@@ -96,7 +96,8 @@ def _cmd_train(args) -> int:
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                           validation=args.validation, target_blocked_ham=args.target_blocked_ham,
                           seed=args.seed, verbose=not args.quiet, inputs=inputs, folds=args.folds, idf=idf,
-                          world=world)
+                          world=world,
+                          balance=not args.corpus if args.balance is None else args.balance)  # (see --balance)
     if result is None:  # a rank other than 0: its part is done
         return 0
     if args.folds >= 2 and not args.quiet:
@@ -429,6 +430,10 @@ def add_commands(subparsers) -> None:
                    help="with idf, leave out the hash buckets found in fewer than N training messages "
                    f"(default {MAIL_MIN_DF} with idf, where it made the filter hold up better on newer mail; "
                    "0 keeps every bucket)")
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
+                   help="weigh spam by #ham/#spam in the loss and calibrate the spam cut-off freely "
+                   "(default: on for SMS only; with mail, off: every message weighs the same and the "
+                   "spam cut-off is at most P(spam) 0.5, which held up better on newer mail)")
     p.add_argument("--seed", type=int, default=0)
     add_max_bytes(p)
     p.add_argument("--quiet", action="store_true")
