@@ -5,15 +5,17 @@ outputs one logit:
 
     x (2^16 hashed features, CSR) -> Linear -> ReLU -> Dropout -> Linear -> 1 logit,  p = σ(logit)
 
-trained with `BinaryCrossEntropy(pos_weight = #ham / #spam)` (so both classes weigh the same in
-the loss), Adam, and early stopping on a validation split. By default five such networks are
-trained by 5-fold cross-validation and merged into one five times as wide (`train_filter`,
-`merge_committee`). Losing a real message costs more than letting a spam through, so the
-decision threshold is not 0.5: it is **calibrated** on the out-of-fold scores, as the cut-off
-with the best MCC among those that block at most `target_blocked_ham` (default 0.5%) of the
-ham (`calibrate`). Like bogofilter and SpamBayes there are three verdicts: `spam` at or above the spam
-cut-off, `ham` below the ham cut-off, `unsure` between. Both cut-offs live in the model's metadata
-and can be overridden per run.
+trained with `BinaryCrossEntropy` (spam weighted by #ham / #spam with `balance`, so both classes
+weigh the same in the loss), Adam, and early stopping on a validation split. By default five such
+networks are trained by 5-fold cross-validation and merged into one five times as wide
+(`train_filter`, `merge_committee`). Losing a real message costs more than letting a spam through,
+so the decision threshold is **calibrated** on the out-of-fold scores, as the cut-off with the
+best MCC among those that block at most `target_blocked_ham` (default 0.5%) of the ham
+(`calibrate`); without `balance` (mail, by default) it is then capped at 0.5, since the
+out-of-fold scores of last season's spam sit higher than next season's will. Like bogofilter and
+SpamBayes there are three verdicts: `spam` at or above the spam cut-off, `ham` below the ham
+cut-off, `unsure` between. Both cut-offs live in the model's metadata and can be overridden per
+run.
 
 The modules, in the order data flows through them:
 
