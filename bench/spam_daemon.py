@@ -380,7 +380,7 @@ def main() -> int:
         x, _, idf = training_features([(kind, m) for m in x_tr], s["config"])
         result = train_filter(x, y_tr, s["config"], hidden=s["hidden"], epochs=s["epochs"],
                               batch_size=s["batch_size"], lr=s["lr"], target_blocked_ham=s["target_blocked_ham"],
-                              folds=s["folds"], seed=0, inputs=(kind,), idf=idf)
+                              folds=s["folds"], seed=0, inputs=(kind,), idf=idf, balance=s["balance"])
         model = tmp / "model"
         save_model(result.bundle, model, replay=result.replay)
         train_seconds = {"chainrule": time.perf_counter() - t0}
