@@ -167,14 +167,21 @@ def time_in_turns(filters: dict[str, Trained], repeats: int = 5) -> dict[str, tu
     return {name: (outputs[name], times[name]) for name in filters}
 
 
+def filter_options(settings: dict) -> dict:
+    """`train_filter`'s keyword arguments from one split's `SETTINGS` (all but the hashing config)."""
+    return {k: v for k, v in settings.items() if k != "config"}
+
+
+def train_chainrule(kind: str, x_tr, y_tr, settings: dict):
+    """chainrule's filter trained on a split's training messages with its `SETTINGS` (seed 0)."""
+    x, _, idf = training_features([(kind, m) for m in x_tr], settings["config"])
+    return train_filter(x, y_tr, settings["config"], seed=0, inputs=(kind,), idf=idf, **filter_options(settings))
+
+
 def run_chainrule(kind, x_tr, y_tr, x_te, y_te, tmp: Path, settings: dict) -> Trained:
     s = settings
-    config = s["config"]
     t0 = time.perf_counter()
-    x, _, idf = training_features([(kind, m) for m in x_tr], config)
-    result = train_filter(x, y_tr, config, hidden=s["hidden"], epochs=s["epochs"], batch_size=s["batch_size"],
-                          lr=s["lr"], target_blocked_ham=s["target_blocked_ham"], folds=s["folds"], seed=0,
-                          inputs=(kind,), idf=idf, balance=s["balance"])
+    result = train_chainrule(kind, x_tr, y_tr, s)
     train_s = time.perf_counter() - t0
     bundle = result.bundle
     extra = {}

@@ -58,8 +58,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chainrule.apps.spam import binary_report, save_model, train_filter, training_features
-from spam import SETTINGS, load_split  # bench/spam.py: the same split and the same chainrule settings
+from chainrule.apps.spam import binary_report, save_model
+from spam import SETTINGS, load_split, train_chainrule  # bench/spam.py: the same split and chainrule settings
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -375,12 +375,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         tmp.chmod(0o711)  # (SpamAssassin's spamd runs as its own user and must reach its files in here)
-        s = SETTINGS["spamassassin"]
         t0 = time.perf_counter()
-        x, _, idf = training_features([(kind, m) for m in x_tr], s["config"])
-        result = train_filter(x, y_tr, s["config"], hidden=s["hidden"], epochs=s["epochs"],
-                              batch_size=s["batch_size"], lr=s["lr"], target_blocked_ham=s["target_blocked_ham"],
-                              folds=s["folds"], seed=0, inputs=(kind,), idf=idf, balance=s["balance"])
+        result = train_chainrule(kind, x_tr, y_tr, SETTINGS["spamassassin"])
         model = tmp / "model"
         save_model(result.bundle, model, replay=result.replay)
         train_seconds = {"chainrule": time.perf_counter() - t0}

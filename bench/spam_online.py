@@ -60,7 +60,6 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.apps.spam import (
-    MAIL_MIN_DF,
     binary_report,
     featurize,
     learn,
@@ -70,18 +69,16 @@ from chainrule.apps.spam import (
     training_features,
 )
 from chainrule.data.corpora import read_messages
-from chainrule.data.text import HashingConfig
 from mail_dates import date_order
+from spam import SETTINGS, filter_options
 
 HERE = Path(__file__).resolve().parent
 MODES = ("none", "full", "error", "batch-error", "batch-full")
 FILTERS = ("chainrule", "bogofilter", "spamprobe", "sklearn SGD")
 
-# bench/spam.py's settings for the SpamAssassin split (chosen there by cross-validation).
-CONFIG = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0, split_norm=True, idf=True,
-                       min_df=MAIL_MIN_DF)
-CHAINRULE = {"hidden": (32,), "epochs": 30, "batch_size": 256, "lr": 3e-3, "folds": 5, "target_blocked_ham": 0.0025,
-             "balance": False}
+# bench/spam.py's settings for the SpamAssassin split: its hashing, and train_filter's options
+CONFIG = SETTINGS["spamassassin"]["config"]
+CHAINRULE = filter_options(SETTINGS["spamassassin"])
 
 
 def load_in_date_order(data_dir) -> tuple[list[bytes], np.ndarray, list[str], np.ndarray, int]:
