@@ -70,9 +70,9 @@ def _cmd_train(args) -> int:
         raise UserError(f"--folds must be 0 (one network) or at least 2, got {args.folds}")
     if args.folds == 0 and args.validation == 0:
         raise UserError("--validation must be above 0 with --folds 0: the held-out messages calibrate the cut-offs")
-    idf = bool(args.corpus) if args.idf is None else args.idf  # (mail: see --idf)
-    min_df = (MAIL_MIN_DF if idf else 0) if args.min_df is None else args.min_df
-    if min_df and not idf:
+    use_idf = bool(args.corpus) if args.idf is None else args.idf  # (mail: see --idf)
+    min_df = (MAIL_MIN_DF if use_idf else 0) if args.min_df is None else args.min_df
+    if min_df and not use_idf:
         raise UserError("--min-df needs idf weights (--idf): rare buckets are left out through them")
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # found now, not after minutes of training
@@ -84,7 +84,7 @@ def _cmd_train(args) -> int:
         raise UserError(f"training needs both spam and ham; found {int(y.sum())} spam, {int((y == 0).sum())} ham")
     config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams,
                            split_norm=bool(args.corpus),  # (mail has headers to keep apart; SMS has none)
-                           idf=idf, min_df=min_df)
+                           idf=use_idf, min_df=min_df)
     x, problems, idf = training_features(items, config, world=world)
     t_feat = time.perf_counter() - t0
     if world.rank == 0:

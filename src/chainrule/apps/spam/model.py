@@ -247,8 +247,10 @@ def load_idf(path, config: HashingConfig) -> np.ndarray | None:
     if shape != (n_features,) or dtype.kind != "f":
         raise cr.ModelFileError(f"{path}: expected {n_features} idf weights, got shape {shape}, dtype {dtype}")
     idf = read_npz(path, ["idf"])["idf"]
-    # weights of 0 are the buckets left out by `min_df` (and only with it)
-    if not np.all(np.isfinite(idf)) or np.any((idf < 1) & ((idf != 0) | (config.min_df == 0))):
+    below_one = idf < 1
+    if config.min_df:  # weights of 0 are the buckets `min_df` left out (and only with it)
+        below_one &= idf != 0
+    if not np.all(np.isfinite(idf)) or below_one.any():
         allowed = "0 or >= 1" if config.min_df else ">= 1"
         raise cr.ModelFileError(f"{path}: expected {n_features} finite idf weights {allowed}")
     return idf.astype(np.float32)
