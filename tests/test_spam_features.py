@@ -11,9 +11,14 @@ from chainrule.data.mime import parse_message
 from chainrule.data.text import Hasher, HashingConfig, inverse_document_frequency, message_tokens
 
 
+def _thirty_of_each(spam_corpus) -> list[tuple[str, bytes]]:
+    """30 real spam and 30 real ham messages of the test corpus, as `featurize` items."""
+    return [("mail", p.read_bytes()) for kind in ("spam", "easy_ham")
+            for p in sorted((spam_corpus[1] / kind).iterdir())[:30]]
+
+
 def test_training_features_weight_by_the_idf_of_the_training_messages(spam_corpus):
-    items = [("mail", p.read_bytes()) for p in sorted((spam_corpus[1] / "spam").iterdir())[:30]]
-    items += [("mail", p.read_bytes()) for p in sorted((spam_corpus[1] / "easy_ham").iterdir())[:30]]
+    items = _thirty_of_each(spam_corpus)
     config = HashingConfig(n_features=1 << 12, split_norm=True, idf=True)
     x, problems, idf = training_features(items, config, processes=1)
     plain, _ = featurize(items, HashingConfig(n_features=1 << 12, split_norm=True), processes=1)
@@ -27,8 +32,7 @@ def test_min_df_leaves_the_rare_buckets_out_of_every_row(spam_corpus):
     """With min_df 3 the idf is the one `inverse_document_frequency` gives for it, a bucket found in
     fewer than 3 of the training messages holds 0 in every row, and the rows are those of the
     messages without the rare buckets' tokens (which take no share of the norm)."""
-    items = [("mail", p.read_bytes()) for p in sorted((spam_corpus[1] / "spam").iterdir())[:30]]
-    items += [("mail", p.read_bytes()) for p in sorted((spam_corpus[1] / "easy_ham").iterdir())[:30]]
+    items = _thirty_of_each(spam_corpus)
     config = HashingConfig(n_features=1 << 12, split_norm=True, idf=True, min_df=3)
     x, _, idf = training_features(items, config, processes=1)
     plain, _ = featurize(items, HashingConfig(n_features=1 << 12, split_norm=True), processes=1)
