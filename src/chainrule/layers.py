@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from chainrule.functional import sigmoid, softmax
-from chainrule.parallel import in_parts
+from chainrule.parallel import in_parts, splits
 from chainrule.parameter import Parameter
 
 
@@ -217,7 +217,7 @@ def _by_outer_axis(fn: Callable[..., object], *arrays: np.ndarray) -> None:
     share their axes up to that one) into ranges, one per core, all at once (see `in_parts`): each
     range is one stretch of memory. A pass that stays whole gets the arrays themselves."""
     like = arrays[0]
-    if like.ndim == 0:
+    if like.ndim == 0 or not splits(like.size):  # one whole pass (a single example's, say)
         fn(*arrays)
         return
     axis = 0 if like.flags.c_contiguous else max(range(like.ndim), key=like.strides.__getitem__)

@@ -112,16 +112,21 @@ class Sequential:
         return self
 
     def _check_shapes(self):
-        """Walk an example's shape through the layers so a mismatch fails now, not mid-training."""
-        shape = self.input_shape
+        """Walk an example's shape through the layers so a mismatch fails now, not mid-training,
+        noting on the way the most values one example has in any layer's output or scratch
+        (what `examples_per_pass` divides by)."""
+        shape, largest = self.input_shape, 1
         for i, layer in enumerate(self.layers):
             if isinstance(layer, L.Linear) and shape != (layer.in_features,):
                 raise ValueError(
                     f"Sequential: layer {i} Linear expects {layer.in_features} input features, "
                     f"but receives shape {shape}"
                 )
+            largest = max(largest, layer.scratch_size(shape))
             shape = layer.output_shape(shape)
+            largest = max(largest, math.prod(shape))
         self.output_shape = shape
+        self._largest_example = largest
 
     # -- passes -------------------------------------------------------------------------------
 
@@ -189,12 +194,7 @@ class Sequential:
         """`batch_size`, or fewer where that many examples would make an array larger than
         `PASS_BYTES` in an evaluation-mode forward pass: a layer's output or its scratch (not the
         input, which is there already: a spam filter's 65,536 hashed features are sparse)."""
-        shape, largest = self.input_shape, 1
-        for layer in self.layers:
-            largest = max(largest, layer.scratch_size(shape))
-            shape = layer.output_shape(shape)
-            largest = max(largest, math.prod(shape))
-        return max(1, min(batch_size, PASS_BYTES // (largest * self.dtype.itemsize)))
+        return max(1, min(batch_size, PASS_BYTES // (self._largest_example * self.dtype.itemsize)))
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Class probabilities from the network's `outputs` (its last layer's, e.g. `forward(x)`).

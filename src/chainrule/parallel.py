@@ -228,7 +228,7 @@ def in_parts(fn: Callable[[int, int, int], None], n: int, size: int) -> None:
     all at once; `part` numbers them from 0 (for per-part scratch space). Where a split does not pay
     (a pass over fewer than `_MIN_SIZE` values, one core in use) or is not safe (see
     `_stop_spinning`), fn(0, 0, n) runs here alone."""
-    parts = min(_parts, n) if size >= _MIN_SIZE else 1
+    parts = min(_parts, n) if splits(size) else 1
     if parts < 2 or not _stop_spinning():
         fn(0, 0, n)
         return
@@ -243,6 +243,12 @@ def in_parts(fn: Callable[[int, int, int], None], n: int, size: int) -> None:
     finally:
         for f in others:
             f.result()
+
+
+def splits(size: int) -> bool:
+    """Whether `in_parts` may cut a pass touching `size` values (more than one core in use, and
+    enough values to pay for the hand-offs); where it may not, a caller can skip preparing parts."""
+    return _parts > 1 and size >= _MIN_SIZE
 
 
 def _leave_signals_to_the_main_thread() -> None:
