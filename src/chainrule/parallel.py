@@ -153,6 +153,9 @@ class BlasThreads:
     user's OPENBLAS_NUM_THREADS sets). The element-wise passes of `in_parts` then run in as many
     parts. `restore()`, or leaving the `with` block, puts BLAS's count back and the passes whole
     again. Where there is no /proc/stat, nothing changes.
+
+    The price: OpenBLAS rounds some products differently on one thread than on two, so the same
+    seed gives the same weights bit for bit only under the same load (README, "Digits").
     """
 
     def __init__(self, every: float = 0.5):
