@@ -110,6 +110,21 @@ def test_early_stopping_stops_and_restores_the_best_weights():
     assert not np.array_equal(model.flat_params, rec.states[-1])
 
 
+def test_an_early_stopping_used_again_starts_afresh():
+    """Its best epoch and weights belong to the training that found them: a second `fit` with the
+    same object must not stop on, or restore, the first model's."""
+    es = cr.EarlyStopping(patience=3)
+    first, x, y, val = _overfitting_setup()
+    cr.fit(first, x, y, cr.CrossEntropy(), cr.Adam(first.parameters(), lr=0.01), epochs=200, batch_size=8,
+           validation_data=val, verbose=False, early_stopping=es)
+    second, *_ = _overfitting_setup(1)
+    rec = WeightRecorder()
+    history = cr.fit(second, x, y, cr.CrossEntropy(), cr.Adam(second.parameters(), lr=0.01), epochs=200,
+                     batch_size=8, validation_data=val, callbacks=[rec], verbose=False, early_stopping=es)
+    assert history.best_epoch == int(np.argmin(history["val_loss"]))
+    np.testing.assert_array_equal(second.flat_params, rec.states[history.best_epoch])
+
+
 def test_early_stopping_restores_the_best_weights_at_the_epoch_limit_too():
     model, x, y, val = _overfitting_setup(1)
     rec = WeightRecorder()

@@ -39,7 +39,7 @@ def test_gradcheck_command_reports_a_missing_model_in_one_line(tmp_path, capsys)
 
 def test_gradcheck_command_reports_missing_data_in_one_line(tmp_path, capsys):
     """A digits model checked against a --data folder without MNIST: one line naming what to put where."""
-    model = cr.Sequential([cr.Flatten(), cr.Linear(784, 10)], input_shape=(28, 28), seed=0)
+    model = cr.Sequential([cr.Linear(784, 10)], seed=0)
     model.save(tmp_path / "m", metadata={"task": "digits"})
     (tmp_path / "empty").mkdir()
     code = main(["gradcheck", str(tmp_path / "m"), "--data", str(tmp_path / "empty")])

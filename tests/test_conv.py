@@ -345,6 +345,19 @@ def test_batch_norm_rejects_wrong_shapes():
         cr.BatchNorm(4).forward(np.zeros((2, 4, 5)))
     with pytest.raises(ValueError, match="momentum must be in"):
         cr.BatchNorm(4, momentum=1.5)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        cr.BatchNorm(4, eps=float("inf"))
+
+
+def test_batch_norm_refuses_to_train_on_one_value_per_feature():
+    """Its variance would be 0, every output β, and the running variance pulled towards 0; one
+    image still has H·W values per channel."""
+    bn = cr.BatchNorm(4)
+    with pytest.raises(ValueError, match="more than one value per feature, got a batch of shape \\(1, 4\\)"):
+        bn.forward(np.ones((1, 4)), training=True)
+    np.testing.assert_array_equal(bn.buffers["running_var"], 1.0)
+    assert bn.forward(np.arange(8.0).reshape(1, 2, 2, 2).repeat(2, axis=1), training=True).shape == (1, 4, 2, 2)
+    assert bn.forward(np.ones((1, 4))).shape == (1, 4)  # evaluation: the running statistics
 
 
 # -- whole networks ----------------------------------------------------------------------------------

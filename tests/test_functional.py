@@ -55,6 +55,16 @@ def test_extremes_are_exact_and_finite(dtype):
     assert sigmoid(np.float32(3.0)).dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_keeps_its_relative_precision_far_into_the_tail(dtype):
+    """σ(x) ≈ e^x for very negative x, down to the smallest floats: (1 + tanh(x/2)) / 2 or
+    1 - σ(-x) would round σ(-30) to 0 and zero the gradients that flow through it."""
+    x = np.array([-15.0, -30.0, -80.0, -700.0], dtype)[: 3 if dtype == np.float32 else 4]
+    exact = np.exp(x.astype(np.float64)) / (1 + np.exp(x.astype(np.float64)))
+    np.testing.assert_allclose(sigmoid(x), exact, rtol=TOL[dtype])
+    np.testing.assert_allclose(sigmoid(-x), 1 - exact, rtol=TOL[dtype])
+
+
 def test_public_api_and_layers_use_them():
     assert cr.sigmoid is sigmoid and cr.softmax is softmax and cr.log_softmax is log_softmax
     x = np.random.default_rng(0).normal(scale=30, size=(4, 5))

@@ -111,3 +111,17 @@ def test_max_pool_ties_are_left_out_of_the_input_check():
     errors = cr.gradcheck(model, x, np.array([2]), kinks=kinks)
     assert kinks["input"] == 4 and kinks["2:Linear"] == 0
     assert max(errors.values()) < 1e-6
+
+
+def test_a_bias_whose_true_gradient_is_0_is_judged_against_its_layers_gradients():
+    """A bias feeding batch norm has a gradient of exactly 0 in training mode: its finite
+    differences are rounding noise (~1e-10), which against the bias's own largest entry would
+    read as a 100% error; against the layer's largest gradient they are what they are, noise."""
+    rng = np.random.default_rng(0)
+    for first, x in ((cr.Linear(4, 3), rng.normal(size=(5, 4))),
+                     (cr.Conv2D(1, 3, 3), rng.normal(size=(5, 1, 6, 6)))):
+        layers = [first, cr.BatchNorm(3)] + ([cr.Flatten(), cr.Linear(48, 2)] if x.ndim == 4 else [cr.Linear(3, 2)])
+        model = cr.Sequential(layers, input_shape=x.shape[1:], seed=0)
+        errors = cr.gradcheck(model, x, rng.integers(0, 2, 5))
+        assert max(errors.values()) < 1e-6, errors
+

@@ -98,6 +98,26 @@ def test_cross_entropy_rejects_bad_labels():
     with pytest.raises(ValueError, match="pos_weight must be positive"):
         cr.BinaryCrossEntropy(pos_weight=0)
 
+
+@pytest.mark.parametrize("loss,output,target,match", [
+    (cr.CrossEntropy(), np.zeros(3), np.array([0, 1, 1]), r"\(batch, classes\) scores for 2 or more classes"),
+    (cr.CrossEntropy(), np.zeros((3, 1)), np.array([0, 1, 1]), "use BinaryCrossEntropy"),
+    (cr.CrossEntropy(class_weight=[1, 2]), np.zeros((2, 3)), np.array([0, 2]), "2 weights for 3 classes"),
+    (cr.BinaryCrossEntropy(), np.zeros((3, 2)), np.array([0, 1, 1]), r"target of shape \(3,\) does not match"),
+    (cr.MeanSquaredError(), np.zeros((3, 2)), np.array([0.5, 1.0, 1.0]), r"target of shape \(3,\) does not match"),
+])
+def test_losses_name_a_shape_mismatch(loss, output, target, match):
+    with pytest.raises(ValueError, match=match):
+        loss(output, target)
+
+
+def test_class_weights_are_checked_and_a_batch_of_weight_0_learns_nothing():
+    for weights in ([1, -1], [0, 0], [1, np.nan], [[1, 2]]):
+        with pytest.raises(ValueError, match="class_weight must be one finite weight >= 0 per class"):
+            cr.CrossEntropy(class_weight=weights)
+    value, grad = cr.CrossEntropy(class_weight=[0, 0, 1])(np.ones((2, 3)), np.array([0, 1]))
+    assert value == 0.0 and not grad.any()
+
 def test_losses_keep_float32():
     out = np.zeros((3, 4), np.float32)
     for loss, y in ((cr.CrossEntropy(), np.array([0, 1, 2])), (cr.MeanSquaredError(), np.array([0, 1, 2]))):

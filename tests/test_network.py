@@ -10,6 +10,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -176,6 +177,32 @@ def test_shape_mismatch_fails_at_construction():
         cr.Sequential([cr.ReLU()])
     with pytest.raises(TypeError, match="expected Layer instances"):
         cr.Sequential([cr.Linear(2, 2), "relu"])
+    with pytest.raises(ValueError, match=r"BatchNorm: expects examples of shape \(4,\) or \(4, H, W\)"):
+        cr.Sequential([cr.Linear(2, 3), cr.BatchNorm(4)])
+    with pytest.raises(ValueError, match="dtype must be float32 or float64, got int32"):
+        cr.Sequential([cr.Linear(2, 2)], dtype=np.int32)
+    with pytest.raises(ValueError, match="input_shape must be positive integers"):
+        cr.Sequential([cr.Flatten(), cr.Linear(16, 2)], input_shape=(2, 8.5))
+
+
+def test_a_batch_of_another_shape_is_refused_not_reshaped():
+    model = cr.Sequential([cr.Flatten(), cr.Linear(64, 2)], input_shape=(8, 8))
+    for x in (np.zeros((2, 4, 16)), np.zeros(64), np.zeros((2, 64))):
+        with pytest.raises(ValueError, match=r"expected a batch of shape \(N, 8, 8\), got shape"):
+            model.predict(x)
+    assert model.predict(np.zeros((2, 8, 8)).tolist()).shape == (2,)
+
+
+def test_sparse_input_of_any_format_and_dtype():
+    """COO (no row slices) is read as CSR, and float64 values give the model's float32."""
+    model = cr.Sequential([cr.Linear(6, 3)], seed=0)
+    x = np.random.default_rng(0).normal(size=(5, 6))
+    expected = model.predict_proba(x)
+    for matrix in (sp.coo_matrix(x), sp.csr_matrix(x), sp.csc_matrix(x)):
+        proba = model.predict_proba(matrix)
+        assert proba.dtype == np.float32
+        np.testing.assert_allclose(proba, expected, rtol=1e-6)
+        np.testing.assert_allclose(model.layer_outputs(matrix)[-1], model.forward(x), rtol=1e-5, atol=1e-6)
 
 
 def test_same_seed_same_initial_weights():
@@ -244,6 +271,9 @@ def _write_npz(d, **arrays):
     (lambda d: _edit_json(d, _first_layer("args", {"in_features": 12, "out_features": 0})), "invalid architecture"),
     (lambda d: _edit_json(d, _first_layer("args", {"bogus": 1})), "invalid architecture"),
     (lambda d: _edit_json(d, _set("dtype", "float16")), "invalid architecture"),
+    (lambda d: _edit_json(d, _first_layer("args", {"in_features": 12, "out_features": 8, "bias": "no"})),
+     "bias must be True or False"),
+    (lambda d: _edit_json(d, _set("input_shape", [12.5])), "input_shape must be positive integers"),
     (lambda d: _write_npz(d, params=np.zeros(5, np.float32)), "expected 131 parameters"),
     (lambda d: _write_npz(d, params=np.full(131, np.nan, np.float32)), "NaN or infinity"),
     (lambda d: _write_npz(d, params=np.zeros(131, np.int32)), "expected floats"),

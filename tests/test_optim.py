@@ -134,6 +134,9 @@ def test_optimizer_updates_every_layer_through_the_flat_buffer():
     (lambda ps: cr.SGD(ps, lr=0.1, nesterov=True), "nesterov=True needs a momentum"),
     (lambda ps: cr.Adam(ps, betas=(1.0, 0.9)), "betas must be in"),
     (lambda ps: cr.AdamW(ps, weight_decay=-1), "weight_decay must be >= 0"),
+    (lambda ps: cr.SGD(ps, weight_decay=float("nan")), "weight_decay must be >= 0"),
+    (lambda ps: cr.Adam(ps, lr=float("inf")), "lr must be positive, got inf"),
+    (lambda ps: cr.Adam(ps, eps=-1), "eps must be a finite number >= 0"),
 ])
 def test_bad_optimizer_arguments(make, match):
     with pytest.raises(ValueError, match=match):

@@ -86,6 +86,60 @@ def test_fit_rejects_nan_inputs_and_bad_arguments():
         cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), epochs=0, verbose=False)
     with pytest.raises(ValueError, match="200 examples but y has 10"):
         cr.fit(model, x, y[:10], cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False)
+    x, y = blobs()
+    for args, kwargs, message in [
+        ((x[:0], y[:0]), {}, "fit: no examples"),
+        ((x, y), {"validation_data": (np.where(x > 1, np.inf, x), y)}, "validation_data: the inputs contain NaN"),
+        ((x, y), {"validation_data": (x, y[:5])}, "validation_data: x has 200 examples but y has 5"),
+        ((x, np.where(y == 1, 7, y)), {}, r"labels must be in \[0, 3\) for the network's 3 outputs, got 0..7"),
+        ((x, y), {"lr_schedule": lambda epoch: -0.1}, "lr_schedule gave lr=-0.1 for epoch 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            cr.fit(model, *args, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False, **kwargs)
+    with pytest.raises(ValueError, match="the targets contain NaN"):
+        cr.fit(model, x, np.full((200, 3), np.nan), cr.MeanSquaredError(), cr.SGD(model.parameters()), verbose=False)
+
+
+def test_fit_refuses_an_optimizer_that_does_not_move_this_models_weights():
+    """Built on another model, or on this one before `to(dtype)` repacked its weights: such an
+    optimizer would step other arrays, and the model would silently not learn."""
+    x, y = blobs()
+    model = small_mlp()
+    stale = cr.Adam(model.parameters())
+    model.to(np.float64)
+    for optimizer in (stale, cr.Adam(small_mlp().parameters())):
+        with pytest.raises(ValueError, match="optimizer was not built on this model's parameters"):
+            cr.fit(model, x, y, cr.CrossEntropy(), optimizer, verbose=False)
+
+
+def test_evaluate_checks_its_data_like_fit():
+    x, y = blobs()
+    model = small_mlp()
+    with pytest.raises(ValueError, match="evaluate: x has 200 examples but y has 400"):
+        cr.evaluate(model, x, np.concatenate([y, y]), cr.CrossEntropy())
+    with pytest.raises(ValueError, match="evaluate: no examples"):
+        cr.evaluate(model, x[:0], y[:0], cr.CrossEntropy())
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError, match="evaluate: the inputs contain NaN or infinity"):
+        cr.evaluate(model, x, y, cr.CrossEntropy())
+
+
+def test_one_example_left_over_joins_the_last_batch_so_batch_norm_can_train_on_it():
+    """33 examples in batches of 32: one step of 33 (a batch of one would make batch norm's
+    variance 0 and its output β); 34: steps of 32 and 2."""
+    rng = np.random.default_rng(0)
+    sizes = []
+
+    class Sizes(cr.Callback):
+        def on_batch_end(self, batch, logs):
+            sizes.append(logs["examples"])
+
+    for n in (33, 34):
+        x = (rng.normal(size=(n, 4)) * 3 + 2).astype(np.float32)
+        model = cr.Sequential([cr.BatchNorm(4), cr.Linear(4, 2)], input_shape=(4,), seed=0)
+        cr.fit(model, x, rng.integers(0, 2, n), cr.CrossEntropy(), cr.SGD(model.parameters()), epochs=1,
+               batch_size=32, verbose=False, callbacks=[Sizes()])
+    assert sizes == [33, 32, 34]
 
 
 def _train(model_seed, epochs=3, **kw):
@@ -167,6 +221,8 @@ DAMAGED_CHECKPOINTS = {
     "no json": lambda c: _rewrite(c, json=None),
     "another network's": lambda c: _fit_with_checkpoint(c, width=17),
     "50 MB of parameters": lambda c: _rewrite(c, **{"model.params": np.zeros(12_500_000, np.float32)}),
+    "NaN weights": lambda c: _rewrite(c, **{"model.params": np.load(c)["model.params"] * np.nan}),
+    "integer weights": lambda c: _rewrite(c, **{"model.params": np.load(c)["model.params"].astype(np.int32)}),
 }
 
 

@@ -72,6 +72,11 @@ class EarlyStopping(Callback):
         self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
         self.restore_best_weights = restore_best_weights
         self.sign = -1.0 if "accuracy" in monitor else 1.0  # minimise sign·value
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the best epoch so far: `fit` calls this first, so one EarlyStopping can serve
+        several trainings (a checkpoint then restores what its own run had seen)."""
         self.best = math.inf
         self.best_epoch: int | None = None
         self.best_state: dict[str, np.ndarray] | None = None

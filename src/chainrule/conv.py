@@ -24,6 +24,7 @@ next to them).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -99,6 +100,8 @@ class Conv2D(Layer):
         self.padding = _pair("Conv2D", "padding", padding, minimum=0)
         if init not in ("he", "glorot"):
             raise ValueError(f"Conv2D: init must be 'he' or 'glorot', got {init!r}")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise ValueError(f"Conv2D: bias must be True or False, got {bias!r}")
         self.init = init
         kh, kw = self.kernel_size
         self.weight = Parameter(np.zeros((self.out_channels, self.in_channels, kh, kw), np.float32))
@@ -593,8 +596,8 @@ class BatchNorm(Layer):
         self.num_features = _positive_int("BatchNorm", "num_features", num_features)
         if not 0 <= momentum <= 1:
             raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}")
-        if not eps > 0:
-            raise ValueError(f"BatchNorm: eps must be positive, got {eps!r}")
+        if not 0 < eps < math.inf:
+            raise ValueError(f"BatchNorm: eps must be a finite number > 0, got {eps!r}")
         self.momentum, self.eps = float(momentum), float(eps)
         self.weight = Parameter(np.ones(self.num_features, np.float32))  # γ
         self.bias = Parameter(np.zeros(self.num_features, np.float32))  # β
@@ -613,6 +616,13 @@ class BatchNorm(Layer):
     def array_shapes(cls, num_features, momentum=0.1, eps=1e-5):
         c = _positive_int("BatchNorm", "num_features", num_features)
         return {"weight": (c,), "bias": (c,)}, {"running_mean": (c,), "running_var": (c,)}
+
+    def output_shape(self, input_shape):
+        if len(input_shape) not in (1, 3) or input_shape[0] != self.num_features:
+            c = self.num_features
+            raise ValueError(f"BatchNorm: expects examples of shape ({c},) or ({c}, H, W), "
+                             f"but receives shape {tuple(input_shape)}")
+        return tuple(input_shape)
 
     def initialize(self, rng):
         self.weight.data[...] = 1.0
@@ -640,6 +650,9 @@ class BatchNorm(Layer):
             # passes: a one-pass Σx² - m·μ² loses the variance to cancellation in float32)
             sums = self._global_sum(np.append(_per_feature_sum(x), x.size // self.num_features).astype(x.dtype))
             m = int(sums[-1])
+            if m < 2:  # σ²_B of one value is 0: every output would be β, and running_var would shrink
+                raise ValueError(f"BatchNorm: training needs more than one value per feature, got a batch of shape "
+                                 f"{x.shape}")
             mean = (sums[:-1] / m).reshape(bshape)
             xhat = np.empty_like(x)  # centred, then scaled in place below
             _by_feature(lambda f: np.subtract(x[:, f], mean[:, f], out=xhat[:, f]), x)

@@ -95,6 +95,9 @@ def write_npz_named_by_content(directory, stem: str, arrays: dict[str, np.ndarra
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    for name, values in arrays.items():  # (savez would pickle them, and our readers never unpickle)
+        if np.asarray(values).dtype.hasobject:
+            raise ValueError(f"array {name!r} holds Python objects; only numeric arrays can be saved")
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()

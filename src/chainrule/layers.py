@@ -105,6 +105,8 @@ class Linear(Layer):
         self.out_features = _positive_int("Linear", "out_features", out_features)
         if init not in ("he", "glorot"):
             raise ValueError(f"Linear: init must be 'he' or 'glorot', got {init!r}")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise ValueError(f"Linear: bias must be True or False, got {bias!r}")
         self.init = init
         self.weight = Parameter(np.zeros((self.in_features, self.out_features), np.float32))
         self.params["weight"] = self.weight

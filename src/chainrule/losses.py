@@ -41,8 +41,12 @@ class MeanSquaredError(Loss):
     def __call__(self, output, target):
         _check_batch("MeanSquaredError", output, target)
         target = np.asarray(target)
-        if target.ndim == 1 and output.ndim == 2 and output.shape[1] > 1:
+        labels = np.issubdtype(target.dtype, np.integer) or target.dtype == bool
+        if labels and target.ndim == 1 and output.ndim == 2 and output.shape[1] > 1:
             target = _one_hot(target, output.shape[1], output.dtype)
+        if target.size != output.size:
+            raise ValueError(f"MeanSquaredError: target of shape {target.shape} does not match the output's "
+                             f"shape {output.shape} (integer labels are one-hot encoded)")
         target = target.reshape(output.shape).astype(output.dtype, copy=False)
         diff = output - target
         loss = float(np.mean(diff * diff))
@@ -77,7 +81,13 @@ class CrossEntropy(Loss):
     """
 
     def __init__(self, class_weight=None):
-        self.class_weight = None if class_weight is None else np.asarray(class_weight, np.float64)
+        if class_weight is not None:
+            class_weight = np.asarray(class_weight, np.float64)
+            if class_weight.ndim != 1 or not np.all(np.isfinite(class_weight)) or np.any(class_weight < 0) \
+                    or not class_weight.any():
+                raise ValueError("CrossEntropy: class_weight must be one finite weight >= 0 per class, "
+                                 f"not all 0, got {class_weight.tolist()}")
+        self.class_weight = class_weight
 
     def __call__(self, output, target):
         _check_batch("CrossEntropy", output, target)
@@ -87,7 +97,12 @@ class CrossEntropy(Loss):
                 f"CrossEntropy: target must be a 1-D array of integer class labels, "
                 f"got dtype {target.dtype} and shape {target.shape}"
             )
+        if output.ndim != 2 or output.shape[1] < 2:
+            raise ValueError(f"CrossEntropy: output must be (batch, classes) scores for 2 or more classes, got "
+                             f"shape {output.shape} (for one output per example use BinaryCrossEntropy)")
         n, classes = output.shape
+        if self.class_weight is not None and len(self.class_weight) != classes:
+            raise ValueError(f"CrossEntropy: class_weight has {len(self.class_weight)} weights for {classes} classes")
         if n and (target.min() < 0 or target.max() >= classes):
             raise ValueError(
                 f"CrossEntropy: labels must be in [0, {classes}), got {target.min()}..{target.max()}"
@@ -101,6 +116,8 @@ class CrossEntropy(Loss):
             grad /= n
             return float(nll.mean()), grad
         w = self.class_weight[target]
+        if not w.sum():  # only classes of weight 0 in this batch: nothing here counts
+            return 0.0, np.zeros_like(grad)
         grad *= (w / w.sum())[:, None].astype(grad.dtype)
         return float((w * nll).sum() / w.sum()), grad
 
@@ -132,6 +149,9 @@ class BinaryCrossEntropy(Loss):
 
     def __call__(self, output, target):
         _check_batch("BinaryCrossEntropy", output, target)
+        if np.size(target) != output.size:
+            raise ValueError(f"BinaryCrossEntropy: target of shape {np.shape(target)} does not match the output's "
+                             f"shape {output.shape} (one score per example and target)")
         z = output.reshape(len(output), -1)
         y = np.asarray(target, dtype=output.dtype).reshape(z.shape)
         softplus_neg = np.logaddexp(0, -z)  # -log σ(z)

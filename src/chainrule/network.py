@@ -55,6 +55,12 @@ PASS_BYTES = 8 << 20
 MAX_DESCRIPTION_BYTES = 16 << 20
 
 
+def _float_dtype(dtype) -> np.dtype:
+    if np.dtype(dtype).name not in DTYPES:
+        raise ValueError(f"Sequential: dtype must be float32 or float64, got {np.dtype(dtype).name}")
+    return np.dtype(dtype)
+
+
 class Sequential:
     """A feed-forward network: output = layer_n( ... layer_2(layer_1(x)) ).
 
@@ -81,6 +87,8 @@ class Sequential:
             if not hasattr(first, "in_features"):
                 raise ValueError("Sequential: input_shape is required when the first layer is not Linear")
             input_shape = (first.in_features,)
+        if any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in input_shape):
+            raise ValueError(f"Sequential: input_shape must be positive integers, got {tuple(input_shape)}")
         self.input_shape = tuple(int(d) for d in input_shape)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -88,7 +96,7 @@ class Sequential:
             if initialize or not layer.params:  # Dropout takes the network's generator either way
                 layer.initialize(self.rng)
         self._check_shapes()
-        self.dtype = np.dtype(dtype)
+        self.dtype = _float_dtype(dtype)
         self._pack()
 
     # -- parameters ---------------------------------------------------------------------------
@@ -107,7 +115,7 @@ class Sequential:
 
     def to(self, dtype) -> Sequential:
         """Convert parameters (and buffers) to `dtype` in place, e.g. float64 for gradcheck."""
-        self.dtype = np.dtype(dtype)
+        self.dtype = _float_dtype(dtype)
         self._pack()
         return self
 
@@ -131,9 +139,16 @@ class Sequential:
     # -- passes -------------------------------------------------------------------------------
 
     def _input(self, x):
-        """`x` as this network's dtype; a SciPy sparse matrix (hashed text) is passed on as it is."""
+        """`x` as a batch of this network's dtype, checked against `input_shape`; a SciPy sparse
+        matrix (hashed text) stays sparse, in a format whose rows can be sliced (CSR or CSC)."""
         if isinstance(x, np.ndarray) or not hasattr(x, "tocsr"):
             x = np.asarray(x, dtype=self.dtype)
+        else:
+            x = x if x.format in ("csr", "csc") else x.tocsr()
+            x = x if x.dtype == self.dtype else x.astype(self.dtype)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"Sequential: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got shape {x.shape}")
         return x
 
     def forward(self, x, training: bool = False):
@@ -186,6 +201,8 @@ class Sequential:
     def _scores(self, x, batch_size: int) -> np.ndarray:
         """The last layer's outputs for every example of `x`, computed `batch_size` at a time (or
         fewer: `examples_per_pass`)."""
+        if not hasattr(x, "shape") or (hasattr(x, "tocsr") and x.format not in ("csr", "csc")):
+            x = self._input(x)  # a list, or a sparse format without row slices
         step = self.examples_per_pass(batch_size)
         outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]
         return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
@@ -316,6 +333,8 @@ class Sequential:
         earlier models are deleted after it, except those of the model just replaced, which a
         reader may have begun to load. Returns {name: path} of the files saved.
         """
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"Sequential.save: metadata must be a dict, got {type(metadata).__name__}")
         for name in arrays or {}:
             if name == "model" or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ValueError(f"Sequential.save: arrays need names of lower-case letters, digits and _, "
@@ -398,6 +417,8 @@ def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
     for key, arr in state.items():
         if not np.all(np.isfinite(arr)):
             raise ModelFileError(f"{weights_path}: array {key} contains NaN or infinity")
+        if key.endswith(".running_var") and np.any(arr < 0):  # a batch norm's variances
+            raise ModelFileError(f"{weights_path}: array {key} holds negative variances")
     model.load_state(state)
     metadata = doc.get("metadata", {})
     return model, metadata if isinstance(metadata, dict) else {}, files

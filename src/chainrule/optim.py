@@ -25,9 +25,9 @@ class Optimizer:
     """Base class: holds the flat buffers and the learning rate `lr` (which schedules change)."""
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0):
-        if not lr > 0:
+        if not 0 < lr < math.inf:
             raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr!r}")
-        if weight_decay < 0:
+        if not weight_decay >= 0:  # (NaN fails this test too)
             raise ValueError(f"{type(self).__name__}: weight_decay must be >= 0, got {weight_decay!r}")
         self.params, self.grads = flat_buffers(params)
         self.lr = float(lr)
@@ -106,6 +106,8 @@ class Adam(Optimizer):
         b1, b2 = betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas!r}")
+        if not 0 <= eps < math.inf:
+            raise ValueError(f"{type(self).__name__}: eps must be a finite number >= 0, got {eps!r}")
         self.beta1, self.beta2, self.eps = float(b1), float(b2), float(eps)
         self.m = np.zeros_like(self.params)
         self.v = np.zeros_like(self.params)

@@ -27,6 +27,7 @@ from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
 from chainrule.history import History
 from chainrule.layers import Dropout
+from chainrule.losses import CrossEntropy
 from chainrule.network import Sequential
 from chainrule.parallel import BlasThreads
 
@@ -38,6 +39,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     added up: every process gets the figures of the whole set.
     """
     world = world or World()
+    x, y = _checked_data("evaluate", x, y)
     n = x.shape[0]
     lo, hi = world.shard(n)
     totals = np.zeros(2)  # Σ loss·examples, correct predictions
@@ -48,10 +50,32 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
         value, _ = loss(out, y[i:j])
         totals += value * out.shape[0], _correct(out, y[i:j], model)
     total_loss, correct = world.allreduce(totals)
-    logs = {"loss": float(total_loss) / max(n, 1)}
+    logs = {"loss": float(total_loss) / n}
     if _is_labels(y):
-        logs["accuracy"] = float(correct) / max(n, 1)
+        logs["accuracy"] = float(correct) / n
     return logs
+
+
+def _checked_data(where: str, x, y):
+    """(x, y) once checked: as many examples as labels, at least one, every value finite. x comes
+    back as an array, or as a CSR/CSC matrix for SciPy sparse input (others cannot be sliced by row)."""
+    if hasattr(x, "tocsr"):
+        x = x if x.format in ("csr", "csc") else x.tocsr()
+    elif not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != len(y):
+        raise ValueError(f"{where}: x has {x.shape[0] if x.ndim else 0} examples but y has {len(y) if y.ndim else 0}")
+    if not len(y):
+        raise ValueError(f"{where}: no examples")
+    # min and max propagate NaN and are ±inf if any value is, so checking those two numbers is
+    # exact, and unlike np.isfinite(x) it builds no temporary as large as the data set.
+    for name, values in (("inputs", x.data if hasattr(x, "tocsr") else x), ("targets", y)):
+        if np.issubdtype(values.dtype, np.floating) and values.size and not (
+            np.isfinite(values.min()) and np.isfinite(values.max())
+        ):
+            raise ValueError(f"{where}: the {name} contain NaN or infinity")
+    return x, y
 
 
 def _is_labels(y) -> bool:
@@ -143,6 +167,7 @@ def fit(
     Args:
         loss: a loss object, e.g. `CrossEntropy()`.
         optimizer: built on `model.parameters()`, e.g. `Adam(model.parameters(), lr=1e-3)`.
+        batch_size: examples per step; one example left over joins the last batch.
         validation_split: fraction of `(x, y)` held out (at random, by `seed`) for validation.
         validation_data: an explicit `(x_val, y_val)` instead.
         early_stopping: an `EarlyStopping`; by default it watches "val_loss".
@@ -185,18 +210,19 @@ def fit(
         raise ValueError(f"fit: epochs and batch_size must be positive, got {epochs} and {batch_size}")
     if batch_size < world.size:
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
-    if x.shape[0] != len(y):
-        raise ValueError(f"fit: x has {x.shape[0]} examples but y has {len(y)}")
-    # min and max propagate NaN and are ±inf if any value is, so checking those two numbers is
-    # exact, and unlike np.isfinite(x) it builds no temporary as large as the data set.
-    if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating) and x.size and not (
-        np.isfinite(x.min()) and np.isfinite(x.max())
-    ):
-        raise ValueError("fit: the training inputs contain NaN or infinity")
+    if getattr(optimizer, "params", None) is not model.flat_params:
+        raise ValueError("fit: the optimizer was not built on this model's parameters (build it with "
+                         "model.parameters(), after any model.to(dtype))")
+    x, y = _checked_data("fit", x, y)
+    classes = model.output_shape[-1]
+    if isinstance(loss, CrossEntropy) and _is_labels(y) and (y.min() < 0 or y.max() >= classes):
+        # checked here for the whole set, not batch by batch in the loss: with several processes, one
+        # process's error would leave the others waiting for it for ever
+        raise ValueError(f"fit: labels must be in [0, {classes}) for the network's {classes} outputs, "
+                         f"got {y.min()}..{y.max()}")
     if parallel and augment is not None and "batch_rows" not in inspect.signature(augment).parameters:
         raise ValueError("fit: with several processes, augment must take batch_rows=(first, total) "
                          "(see digit_augmenter)")
-    y = np.asarray(y)
     seed = model.seed if seed is None else seed
     if parallel:
         # one seed and one set of initial weights for all: rank 0's
@@ -206,16 +232,27 @@ def fit(
     if validation_data is None and validation_split:
         x, y, x_val, y_val = _split(x, y, validation_split, np.random.default_rng(None if seed is None else [seed, 2]))
     elif validation_data is not None:
-        x_val, y_val = validation_data[0], np.asarray(validation_data[1])
+        x_val, y_val = _checked_data("fit: validation_data", *validation_data)
     else:
         x_val = y_val = None
     if early_stopping is not None and early_stopping.monitor.startswith("val_") and x_val is None:
         raise ValueError("fit: early stopping on a validation metric needs validation_split or validation_data")
 
     n = x.shape[0]
-    batches = n // batch_size + (n % batch_size >= world.size)  # (one process: ⌈n / batch_size⌉)
+    # Where each batch starts (and the last ends): a remainder smaller than batch_size is a last,
+    # smaller batch, except that a single example left over joins the batch before it (batch norm
+    # cannot normalise a batch of one), and one too small to give every process a row is left out.
+    full, rest = divmod(n, batch_size)
+    edges = [b * batch_size for b in range(full + 1)]
+    if rest == 1 and full and not parallel:
+        edges[-1] = n
+    elif rest >= world.size:  # (world.size >= 1: no empty batch)
+        edges.append(n)
+    batches = len(edges) - 1
     history = History()
     start_epoch = 0
+    if early_stopping is not None:
+        early_stopping.reset()  # an EarlyStopping used before starts afresh (or from the checkpoint)
     done = (_load_checkpoint(checkpoint, model, optimizer, early_stopping, rng, history, world)
             if checkpoint is not None and resume else None)
     if done is not None:
@@ -242,7 +279,10 @@ def fit(
     try:
         for epoch in range(start_epoch, epochs):
             if lr_schedule is not None:
-                optimizer.lr = world.bcast(float(lr_schedule(epoch)))
+                lr = world.bcast(float(lr_schedule(epoch)))
+                if not 0 <= lr < math.inf:
+                    raise ValueError(f"fit: lr_schedule gave lr={lr} for epoch {epoch + 1}, expected a finite lr >= 0")
+                optimizer.lr = lr
             order = rng.permutation(n) if shuffle else np.arange(n)
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
@@ -252,7 +292,7 @@ def fit(
                 blas.adapt()
                 for cb in callbacks:
                     cb.on_batch_begin(b)
-                idx = order[b * batch_size : (b + 1) * batch_size]
+                idx = order[edges[b] : edges[b + 1]]
                 first, last = world.shard(len(idx))  # this process's rows of the batch (alone: all)
                 xb, yb = x[idx[first:last]], y[idx[first:last]]
                 if parallel:
@@ -362,15 +402,19 @@ def _read_checkpoint(path, model, optimizer) -> dict[str, np.ndarray]:
     for name, (shape, dtype) in headers.items():
         if name == "json":
             ok = dtype == np.uint8 and len(shape) == 1 and shape[0] <= MAX_CHECKPOINT_JSON
-        else:
-            ok = shapes.get(name) == shape and dtype.kind in "fiu"
+        else:  # weights and moments are floats; only the optimizer's step count may be an integer
+            ok = shapes.get(name) == shape and dtype.kind in ("fiu" if name == "optim.steps" else "f")
         if not ok:
             raise ModelFileError(f"{path}: not a checkpoint of this network (array {name}: {shape} {dtype})")
     missing = sorted(k for k in shapes if not k.startswith("best.") and k not in headers) + \
         ([] if "json" in headers else ["json"])
     if missing:
         raise ModelFileError(f"{path}: not a checkpoint of this network ({', '.join(missing)} missing)")
-    return read_npz(path, headers)
+    arrays = read_npz(path, headers)
+    for name, values in arrays.items():
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            raise ModelFileError(f"{path}: not a usable checkpoint (array {name} contains NaN or infinity)")
+    return arrays
 
 
 def _restore(path, arrays, model, optimizer, early_stopping, rng, history) -> int:
