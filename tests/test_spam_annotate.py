@@ -18,6 +18,16 @@ def test_annotate_keeps_body_bytes(nl):
     assert out.startswith(b"Subject: hi" + nl + b"From: a@b.c" + nl)
 
 
+def test_annotate_replaces_the_headers_a_message_came_with():
+    """A forged "X-Chainrule-Spam: no" must not ride above the real verdict, and a message
+    annotated twice carries one verdict."""
+    raw = b"X-Chainrule-Spam: no\nSubject: hi\nX-Chainrule-Spam-Verdict: ham\n  folded\nFrom: a@b.c\n\nbody\n"
+    once = annotate(raw, True, 0.9, "spam")
+    assert once == (b"Subject: hi\nFrom: a@b.c\nX-Chainrule-Spam: yes\nX-Chainrule-Spam-Probability: 0.900000\n"
+                    b"X-Chainrule-Spam-Verdict: spam\n\nbody\n")
+    assert annotate(once, True, 0.9, "spam") == once
+
+
 _LINES = st.lists(st.sampled_from([b"Subject: x", b"X-A: b", b"\tfolded", b"", b"body \xff", b"From me", b"\r"]),
                   max_size=8)
 

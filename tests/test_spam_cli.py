@@ -280,10 +280,17 @@ def test_classify_with_nothing_classified_exits_3(spam_model, spam_corpus, run_c
     assert "no message to classify" in _one_line_error(r, 3)
     r = run_chainrule(["spam", "classify", m, "/nonexistent.eml", str(tmp_path / "no2")])
     assert r.returncode == 3 and r.stderr.count(b"chainrule: skipped") == 2 and b"all 2 inputs skipped" in r.stderr
-    # one message classified among failures: its line, the others reported, exit 0 as before
+    # one message classified among failures: its line, the others reported, and exit 3, since a file
+    # named on the command line was missing (a cron job's typo must not pass for success)
     good = str(spam_corpus[1] / "spam" / "0160")
     r = run_chainrule(["spam", "classify", m, "/nonexistent.eml", good])
-    assert r.returncode == 0 and r.stdout.decode().startswith(good) and b"skipped /nonexistent.eml" in r.stderr
+    assert r.returncode == 3 and r.stdout.decode().startswith(good) and b"skipped /nonexistent.eml" in r.stderr
+    # a bad file found inside a folder is skipped, and the run succeeds
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "good").write_bytes(Path(good).read_bytes())
+    (tmp_path / "inbox" / "empty").write_bytes(b"")
+    r = run_chainrule(["spam", "classify", m, str(tmp_path / "inbox")])
+    assert r.returncode == 0 and r.stdout.count(b"\n") == 1 and b"empty message" in r.stderr
 
 
 def test_train_refuses_an_out_that_is_a_file_before_reading_anything(tmp_path, capsys):

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from chainrule.apps.spam import save_model, train_filter, training_features
 from chainrule.apps.spam.daemon import THRESHOLD, SpamFilter, Verdict, format_score, mark_up, spamd_score
+from chainrule.cli import main
 from chainrule.data.corpora import read_messages
 from chainrule.data.text import HashingConfig
 
@@ -367,14 +368,14 @@ def test_older_clients_exim_and_milters(daemon, held):
 
 def test_too_large_message_is_passed_back_unchecked(daemon, held):
     raw = held[0][0]
-    big = raw + b"\n" + b"".join(m for m, _, _ in held)[:MAX_SIZE + 5000]  # real mail, over --max-size
+    big = raw + b"\n" + b"".join(m for m, _, _ in held)[:3 * MAX_SIZE]  # real mail, over --max-size
     assert len(big) > MAX_SIZE
     size = ["-s", str(4 * MAX_SIZE)]  # (spamc's own limit must let it through to the daemon)
     assert daemon.spamc(*size, "-c", data=big) == (0, b"0.0/5.0\n")
     assert daemon.spamc(*size, data=big) == (0, big)
     assert daemon.spamc(*size, "--headers", data=big) == (0, big)
     assert daemon.spamc(*size, "-y", data=big)[1].strip() == b"CHAINRULE_SKIPPED_TOO_BIG"
-    assert b"more than the daemon's limit" in daemon.spamc(*size, "-R", data=big)[1]
+    assert f"it has {len(big)} bytes, more than the daemon's limit".encode() in daemon.spamc(*size, "-R", data=big)[1]
     assert re.search(rf"PROCESS skipped for \S+: {len(big)} bytes over --max-size {MAX_SIZE}", daemon.log_text())
 
 
@@ -396,7 +397,39 @@ def test_malformed_requests_get_protocol_errors(daemon, held):
         out = daemon.raw(request)
         assert re.fullmatch(rb"SPAMD/1\.0 (76|69|65) [^\r\n]+\r\n", out), (request[:40], out)
     assert daemon.raw(b"").startswith(b"SPAMD/1.0 76")
+    for empty in (b"", b"\r\n \r\n"):  # refused, as by `spam classify`: nothing to judge
+        assert daemon.raw(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(empty) + empty) == \
+            b"SPAMD/1.0 65 EX_DATAERR empty message; not checked\r\n"
     assert daemon.spamc("-K") == (0, b"SPAMD/1.5 0\n")  # still serving
+
+
+def test_a_live_socket_is_never_taken_over_and_a_stale_one_is(daemon, model_dir, tmp_path):
+    """A second daemon on the first one's socket path must fail, not unlink the live socket (spamc
+    would then pass all mail unchecked); a socket left by a daemon that died is reused."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def second(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model_dir),
+                               "--socket", str(path)], capture_output=True, text=True, env=env, timeout=60)
+
+    res = second(daemon.socket)
+    assert res.returncode == 2 and res.stderr == f"chainrule: error: cannot listen on {daemon.socket}: " \
+        "a running daemon is listening there\n"
+    assert daemon.spamc("-K", socket_path=daemon.socket) == (0, b"SPAMD/1.5 0\n")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    res = second(precious)
+    assert res.returncode == 2 and "a file that is not a socket is there" in res.stderr
+    assert precious.read_text() == "keep me"
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(stale))  # the file stays, nobody listens
+    d = Daemon(model_dir, "--socket", str(stale), "--reload-interval", "0")
+    try:
+        assert d.spamc("-K", socket_path=stale) == (0, b"SPAMD/1.5 0\n")
+    finally:
+        assert d.stop() == 0
+    assert not stale.exists()
 
 
 def test_silent_and_vanishing_clients_never_hang_the_daemon(daemon, held):
@@ -505,6 +538,33 @@ def test_tell_is_refused_without_allow_tell(daemon, held, model_dir):
     assert "TELL commands are not enabled" in daemon.log_text()
 
 
+def test_a_lesson_goes_to_its_own_model_or_nowhere(model_dir, held, tmp_path):
+    """TELL for a user whose model is broken must not teach the shared model instead; a broken
+    model, or an empty message, is refused in one log line and with an error code, never learned."""
+    _need("spamc")
+    copy, users = tmp_path / "model", tmp_path / "users"
+    shutil.copytree(model_dir, copy)
+    shutil.copytree(model_dir, users / "carol")
+    (users / "carol" / "model.json").write_text('{"format": broken')
+    d = Daemon(copy, "--listen", "127.0.0.1:0", "--allow-tell", "--user-models", str(users), "--reload-interval", "0")
+    try:
+        raw = held[0][0]
+        before = (copy / "model.json").read_bytes()
+        assert d.spamc("-u", "carol", "-L", "spam", data=raw)[0] != 0
+        assert d.raw(b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nContent-length: 0\r\n\r\n") == \
+            b"SPAMD/1.0 65 EX_DATAERR empty message; not learned\r\n"
+        assert (copy / "model.json").read_bytes() == before
+        (copy / "model.json").write_text('{"format": broken')
+        out = d.raw(b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nContent-length: %d\r\n\r\n" % len(raw)
+                    + raw)
+        assert re.fullmatch(rb"SPAMD/1\.0 78 EX_CONFIG not learned: \S+model\.json: not valid JSON[^\r\n]*\r\n",
+                            out), out
+        log = d.log_text()
+        assert "carol's model cannot be loaded" in log and "Traceback" not in log
+    finally:
+        assert d.stop() == 0
+
+
 def test_a_changed_model_file_is_reloaded(learner, held):
     raw, _, v = next(h for h in held if h[2].label == "ham")
     _set_cutoffs(learner.model, spam=0.0, ham=0.0)
@@ -551,6 +611,17 @@ def test_allowed_ips_sighup_and_sigterm(model_dir, held, tmp_path):
         assert not sock.exists()
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize(("value", "said"), [("", "got none"), (" , ", "got none"), ("foo", "got 'foo'"),
+                                             ("10.0.0.0/33", "got '10.0.0.0/33'")])
+def test_allowed_ips_must_name_some_addresses(model_dir, value, said, capsys):
+    """An empty list would refuse every TCP client, and spamc would then pass all mail unchecked."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["spam", "daemon", str(model_dir), "--allowed-ips", value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"--allowed-ips/-A: expected IP addresses or networks such as "
+                                            f"192.168.0.0/16, {said}\n")
 
 
 def test_a_bad_model_is_a_one_line_error(tmp_path):

@@ -218,8 +218,16 @@ def _cmd_classify(args) -> int:
     # nothing ever is (a missing file, empty or closed standard input), that is the error, exit 3,
     # never a verdict a mail recipe would act on.
     held: list[tuple[str, str]] = []
+    named = set(args.paths)  # a problem with one of these, not with a file found in a folder, is an error
+    failed = False
+
+    def on_problem(source: str, reason: str) -> None:
+        nonlocal failed
+        failed = failed or source in named
+        held.append((source, reason))
+
     seen, last = 0, None
-    batches = _classify_batches(args, lambda source, reason: held.append((source, reason))) if world.rank == 0 else None
+    batches = _classify_batches(args, on_problem) if world.rank == 0 else None
     for sources, items, raws in _on_every_rank(batches, world):
         scored = bundle.score(items, world=world)
         if world.rank != 0:
@@ -253,6 +261,8 @@ def _cmd_classify(args) -> int:
         _report_problem(*problem)
     if args.annotate and seen != 1:
         raise UserError("--annotate needs exactly one email message (a file or standard input)")
+    if failed:
+        return ERROR_EXIT  # the others were classified, but a cron job must see that one was not
     if seen == 1 and (single_stdin or args.annotate):
         return VERDICT_EXIT[last]
     return 0
@@ -307,6 +317,8 @@ def _cmd_learn(args) -> int:
             _nothing_read(problems, "unlearn" if args.unlearn else "learn from")
         for problem in problems:
             _report_problem(*problem)
+        named = set(args.paths) | set(args.source or [])
+        failed = any(source in named for source, _ in problems)  # not a file found in a folder: an error
         x, _ = featurize(items, bundle.config, idf=bundle.idf)
         if args.unlearn:
             result = unlearn(bundle, x)
@@ -317,7 +329,7 @@ def _cmd_learn(args) -> int:
         print(f"{src}\t{_learn_outcome(status, label, was)}\tP(spam) {b:.4f} -> {a:.4f}")
     counts = {s: result.status.count(s) for s in dict.fromkeys(result.status)}
     print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; the model has learned {total} messages")
-    return 0
+    return args.error_exit if failed else 0  # (the others were learned)
 
 
 def _learn_outcome(status: str, label: int, was: int | None) -> str:
@@ -521,6 +533,8 @@ def ip_networks(text: str) -> list[str]:
             raise argparse.ArgumentTypeError(f"expected IP addresses or networks such as 192.168.0.0/16, "
                                              f"got {item!r}") from None
         out.append(item)
+    if not out:  # (an empty list would refuse every TCP client, and spamc would then pass all mail)
+        raise argparse.ArgumentTypeError("expected IP addresses or networks such as 192.168.0.0/16, got none")
     return out
 
 

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import re
+
+# The fields `annotate` adds (lower case); a message's own fields of these names are removed first,
+# so that a forged "X-Chainrule-Spam: no" cannot ride above ours, and annotating twice adds none twice.
+ANNOTATION_HEADERS = ("x-chainrule-spam", "x-chainrule-spam-probability", "x-chainrule-spam-verdict")
+
 
 def annotate(raw: bytes, is_spam: bool, probability: float, verdict: str | None = None) -> bytes:
-    """`raw` with X-Chainrule-Spam headers added at the end of its header block; the body (every
-    byte after the blank line) is left exactly as it was. Line endings follow the message's own."""
-    crlf = b"\r\n" in raw[:4096]
-    nl = b"\r\n" if crlf else b"\n"
-    added = b"X-Chainrule-Spam: " + (b"yes" if is_spam else b"no") + nl
-    added += b"X-Chainrule-Spam-Probability: " + f"{probability:.6f}".encode() + nl
+    """`raw` with X-Chainrule-Spam headers (in place of any it had) at the end of its header
+    block; the body (every byte after the blank line) is left exactly as it was."""
+    lines = [f"X-Chainrule-Spam: {'yes' if is_spam else 'no'}", f"X-Chainrule-Spam-Probability: {probability:.6f}"]
     if verdict is not None:
-        added += b"X-Chainrule-Spam-Verdict: " + verdict.encode() + nl
-    end, blank = header_end(raw)
-    if blank:
-        return raw[:end] + added + raw[end:]  # our lines go just before the blank line
-    if raw and not raw.endswith(b"\n"):
-        return raw + nl + added  # headers only, no final newline
-    return raw + added
+        lines.append(f"X-Chainrule-Spam-Verdict: {verdict}")
+    return replace_header_fields(raw, ANNOTATION_HEADERS, lines)
+
+
+def replace_header_fields(raw: bytes, names, lines: list[str]) -> bytes:
+    """`raw` without its header fields called `names` (lower case), with `lines` added at the end of
+    its header block. Every other header line and every byte of the body stay exactly as they were;
+    the new lines end as the message's header lines do (CRLF or LF)."""
+    end, _ = header_end(raw)
+    head = raw[:end]
+    nl = b"\r\n" if b"\r\n" in head[:4096] else b"\n"
+    fields = re.split(rb"(?m)^(?=[^ \t\r\n])", head)  # a field: its line and its continuation lines
+    head = b"".join(f for f in fields if f.split(b":", 1)[0].strip().lower().decode("latin-1") not in names)
+    if head and not head.endswith(b"\n"):
+        head += nl  # headers only, no final newline
+    return head + b"".join(line.encode("ascii") + nl for line in lines) + raw[end:]
 
 
 def header_end(raw: bytes) -> tuple[int, bytes]:

@@ -59,6 +59,7 @@ import math
 import os
 import re
 import signal
+import socket
 import stat
 import tempfile
 import threading
@@ -79,7 +80,7 @@ except ImportError:  # (not on Windows)
     uvloop = None
 
 from chainrule import __version__
-from chainrule.apps.spam.annotate import header_end
+from chainrule.apps.spam.annotate import ANNOTATION_HEADERS, header_end, replace_header_fields
 from chainrule.apps.spam.explain import explain_row
 from chainrule.apps.spam.features import featurize
 from chainrule.apps.spam.learning import LEARNED, RELEARNED, UNLEARNED, learn, open_for_learning, unlearn
@@ -97,7 +98,8 @@ POINTS_PER_LOGIT = 0.5  # score points per unit of log-odds beyond either cut-of
 DEFAULT_PORT = 783  # spamd's port
 
 # sysexits.h codes, as spamd answers them
-EX_OK, EX_DATAERR, EX_UNAVAILABLE, EX_SOFTWARE, EX_TEMPFAIL, EX_PROTOCOL, EX_TIMEOUT = 0, 65, 69, 70, 75, 76, 79
+EX_OK, EX_DATAERR, EX_UNAVAILABLE, EX_SOFTWARE, EX_TEMPFAIL, EX_PROTOCOL, EX_CONFIG, EX_TIMEOUT = \
+    0, 65, 69, 70, 75, 76, 78, 79
 
 COMMANDS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS", "TELL", "PING", "SKIP")
 CHECKS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS")
@@ -107,8 +109,7 @@ HARD_LIMIT = 256 << 20  # spamc never sends more than 256 MB (SPAMC_MAX_MESSAGE_
 CHUNK = 1 << 16
 # Headers that mark a message up; old ones are removed before the new ones go in, so a message
 # scanned twice, or one that arrives with forged markup, carries exactly one verdict.
-MARKUP_HEADERS = ("x-spam-flag", "x-spam-level", "x-spam-status", "x-spam-checker-version", "x-chainrule-spam",
-                  "x-chainrule-spam-probability", "x-chainrule-spam-verdict")
+MARKUP_HEADERS = ("x-spam-flag", "x-spam-level", "x-spam-status", "x-spam-checker-version", *ANNOTATION_HEADERS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +268,7 @@ def _stamp(directory: Path, names: Sequence[str]) -> tuple:
 # The message as spamd hands it back: markup headers, reports.
 
 
-def markup_headers(v: Verdict, nl: bytes = b"\n") -> bytes:
+def markup_lines(v: Verdict) -> list[str]:
     """The header lines PROCESS and HEADERS add: SpamAssassin's, so that existing procmail and
     Sieve rules keep working, and chainrule's own, which tell unsure apart."""
     score = format_score(v.score, v.is_spam)
@@ -283,21 +284,13 @@ def markup_headers(v: Verdict, nl: bytes = b"\n") -> bytes:
               f"X-Chainrule-Spam: {'yes' if v.is_spam else 'no'}",
               f"X-Chainrule-Spam-Probability: {v.probability:.6f}",
               f"X-Chainrule-Spam-Verdict: {v.label}"]
-    return b"".join(line.encode("ascii") + nl for line in lines)
+    return lines
 
 
 def mark_up(raw: bytes, v: Verdict) -> bytes:
     """`raw` with earlier markup headers removed and ours added at the end of the header block.
     Every other header line and every byte of the body stay exactly as they were."""
-    end, blank = header_end(raw)
-    head = raw[:end]
-    nl = b"\r\n" if b"\r\n" in head[:4096] else b"\n"
-    fields = re.split(rb"(?m)^(?=[^ \t\r\n])", head)  # a field: its line and its continuation lines
-    kept = [f for f in fields if f.split(b":", 1)[0].strip().lower().decode("latin-1") not in MARKUP_HEADERS]
-    head = b"".join(kept)
-    if head and not head.endswith(b"\n"):
-        head += nl
-    return head + markup_headers(v, nl) + raw[end:]
+    return replace_header_fields(raw, MARKUP_HEADERS, markup_lines(v))
 
 
 def report_text(v: Verdict) -> str:
@@ -464,8 +457,10 @@ async def _read_body(reader: asyncio.StreamReader, req: Request, limit: int) -> 
                     break
                 raise _incomplete(received, length)
             received += len(chunk)
+            if received > HARD_LIMIT:
+                raise _bad(f"message over {HARD_LIMIT} bytes")
             if size > limit and not keep_all:
-                continue  # only the count matters now; for a compressed body, the count so far
+                continue  # only the count matters now (of a compressed body, what was inflated so far)
             for piece in _inflated(inflate, chunk) if inflate else (chunk,):
                 if keep_all or size <= limit:
                     spool.write(piece if keep_all else piece[:limit + 1 - size])
@@ -474,7 +469,7 @@ async def _read_body(reader: asyncio.StreamReader, req: Request, limit: int) -> 
                     raise _bad(f"message over {HARD_LIMIT} bytes")
         if inflate is not None and not inflate.eof and (keep_all or size <= limit):
             raise _bad("zlib: the compressed message is incomplete")
-        req.size, req.too_big = size, size > limit
+        req.size, req.too_big = (size if inflate else received), size > limit
         spool.seek(0)
         if keep_all and req.too_big:
             req.spool = spool
@@ -615,6 +610,7 @@ class DaemonServer:
         self._stopping: asyncio.Event | None = None
         self._reloads: set[asyncio.Task] = set()
         self.addresses: list[str] = []  # where it listens, once started
+        self._socket_inode: int | None = None  # of the Unix socket it made, which it alone removes
 
     # -- filters --------------------------------------------------------------------------------
 
@@ -717,7 +713,10 @@ class DaemonServer:
                 new, changed = await self._in_model_thread(f.learn, [(x.raw, x.is_spam) for x in group])
             self._install(key, new)
         except Exception as exc:  # noqa: BLE001 (reported to the clients that asked)
-            log.exception("learning failed")
+            if isinstance(exc, UserError):  # (ModelFileError): the model on disk cannot be read or written
+                log.error("learning failed: %s", exc)
+            else:
+                log.exception("learning failed")
             for x in group:
                 if not x.done.done():
                     x.done.set_exception(exc)
@@ -728,18 +727,15 @@ class DaemonServer:
 
     # -- connections ----------------------------------------------------------------------------
 
-    def _allowed_peer(self, peer) -> bool:
-        if not isinstance(peer, tuple):  # a Unix socket: its file mode decides who may connect
-            return True
-        return _allowed_address(peer[0], self._allowed)
-
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._connections.add(task)
-        peer = writer.get_extra_info("peername")
-        who = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix socket"
+        peer = writer.get_extra_info("peername")  # (None for a TCP client that reset at once)
+        unix = writer.get_extra_info("socket").family == socket.AF_UNIX
+        who = "unix socket" if unix else f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "TCP client"
         try:
-            if not self._allowed_peer(peer):
+            # A Unix socket's file mode decides who may connect to it; a TCP client, --allowed-ips
+            if not unix and not (isinstance(peer, tuple) and _allowed_address(peer[0], self._allowed)):
                 log.warning("refused connection from %s: not in --allowed-ips", who)
                 return
             await asyncio.wait_for(self._converse(reader, writer, who), self.options.timeout)
@@ -803,6 +799,9 @@ class DaemonServer:
         if req.command == "SKIP":
             log.info("SKIP from %s", who)
             return
+        if not req.too_big and not req.body.strip():  # as the command line: nothing to judge or learn
+            raise ProtocolError(EX_DATAERR, "EX_DATAERR empty message; not " +
+                                ("learned" if req.command == "TELL" else "checked"))
         if req.command == "TELL":
             await self._tell(req, writer, who, user, ms)
             return
@@ -839,10 +838,15 @@ class DaemonServer:
         headers = b""
         if req.set_local or req.remove_local:
             key, _ = await self._filter_for(req.user)
+            if key is None and self._user_dir(req.user) is not None:  # never into the shared model instead
+                raise ProtocolError(EX_CONFIG, f"EX_CONFIG not learned: {req.user}'s model cannot be loaded")
             kind = None if req.remove_local else req.message_class == "spam"
             done = asyncio.get_running_loop().create_future()
             self._lessons.put_nowait(_Lesson(key, req.body, kind, done))
-            changed = await done  # spamc prints "already un/learned" when neither header comes back
+            try:
+                changed = await done  # spamc prints "already un/learned" when neither header comes back
+            except UserError as exc:
+                raise ProtocolError(EX_CONFIG, f"EX_CONFIG not learned: {exc}") from None
             if changed:
                 headers = b"DidSet: local\r\n" if req.set_local else b"DidRemove: local\r\n"
             if req.set_local:
@@ -883,13 +887,19 @@ class DaemonServer:
 
     async def _start_unix(self, path: Path):
         try:
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                path.unlink()  # left behind by a daemon that did not exit cleanly
+            mode = path.lstat().st_mode
         except FileNotFoundError:
-            pass
+            mode = None
+        if mode is not None and not stat.S_ISSOCK(mode):
+            raise UserError(f"cannot listen on {path}: a file that is not a socket is there")
+        if mode is not None:
+            if _answers(path):
+                raise UserError(f"cannot listen on {path}: a running daemon is listening there")
+            path.unlink()  # left behind by a daemon that did not exit cleanly
         try:
             server = await asyncio.start_unix_server(self._connection, path)
             os.chmod(path, self.options.socket_mode)
+            self._socket_inode = path.stat().st_ino
         except OSError as exc:
             raise UserError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
         return server
@@ -910,12 +920,24 @@ class DaemonServer:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.options.socket is not None:
-            try:
-                self.options.socket.unlink()
+            try:  # ours only: a daemon started on the same path since may be listening there now
+                if self.options.socket.stat().st_ino == self._socket_inode:
+                    self.options.socket.unlink()
             except OSError:
                 pass
         self._check_pool.shutdown(wait=True)
         self._model_pool.shutdown(wait=True)
+
+
+def _answers(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket at `path` (a stale one refuses)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def run_daemon(options: DaemonOptions) -> int:

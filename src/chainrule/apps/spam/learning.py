@@ -106,6 +106,9 @@ def row_digests(x: sp.csr_matrix) -> np.ndarray:
 # 1e-3 where the filter had learned from only 325 messages (the oldest 10%: 0.98% against 0.71%).
 LEARN_LR = 1e-3
 
+# Lessons `unlearn` holds in place while it moves a message back: the look-alikes it would move most.
+HELD_LESSONS = 32
+
 
 def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: int = 4, lr: float = LEARN_LR,
           replay_per_new: int = 8, seed: int | None = None, since_last: dict[str, int] | None = None) -> Learned:
@@ -195,33 +198,48 @@ def unlearn(bundle: SpamModel, x: sp.csr_matrix) -> Learned:
     gone = _rows_in(lessons.digests, undo)
     rows = np.array([undo[d.tobytes()] for d in lessons.digests[gone]])  # (in the lessons' order)
     p = np.clip(lessons.before[gone].astype(np.float64), 1e-6, 1 - 1e-6)
-    _move_logits(bundle.model, x[rows], np.log(p / (1 - p)))
     x_old, y_old = load_replay(bundle.files.get("replay"), bundle.config.n_features)
-    keep = ~_rows_in(row_digests(x_old), undo)
+    old_digests = row_digests(x_old)
+    keep = ~_rows_in(old_digests, undo)
+    # The other lessons stay where they are: the messages' rows in the replay sample that share the
+    # most buckets with the messages unlearned (up to HELD_LESSONS) are held at their present logits
+    # while those move back (else undoing one message drags its look-alikes, taught on their own,
+    # back with it).
+    others = {d.tobytes() for d in lessons.digests[~gone]}
+    buckets = np.unique(x[rows].indices)
+    shared = np.array([np.isin(x_old.indices[x_old.indptr[i]:x_old.indptr[i + 1]], buckets).sum()
+                       if keep[i] and d.tobytes() in others else 0 for i, d in enumerate(old_digests)], np.int64)
+    hold = np.argsort(-shared, kind="stable")[:HELD_LESSONS]
+    x_hold = x_old[np.sort(hold[shared[hold] > 0])]
+    _move_logits(bundle.model, sp.vstack([x[rows], x_hold]).tocsr(),
+                 np.concatenate([np.log(p / (1 - p)), bundle.logits(x_hold)]))
     bundle.metadata["learned"] = max(int(bundle.metadata.get("learned", 0)) - len(undo), 0)
     _save(bundle, x_old[keep], y_old[keep], lessons.select(~gone))
     return Learned(status, was, before, bundle.probabilities(x))
 
 
-def _move_logits(model: cr.Sequential, x: sp.csr_matrix, target: np.ndarray, sweeps: int = 3) -> None:
+def _move_logits(model: cr.Sequential, x: sp.csr_matrix, target: np.ndarray, steps: int = 3) -> None:
     """Change the network's weights θ as little as possible so that its logit z for each row of
-    `x` becomes `target`.
+    `x` becomes `target` (for a row that should stay where it is, its present logit).
 
-    For one row, the smallest change (in ‖Δθ‖) that moves z by Δz, to first order, lies along the
-    gradient: Δθ = Δz · ∇z / ‖∇z‖², since ∇z·Δθ = Δz and any other Δθ doing that is longer. Exact
-    for the linear part of the network; a few sweeps over the rows absorb the ReLUs' bends and
-    what editing one row does to the others. Dropout is off (evaluation mode).
+    With G holding each row's gradient ∇z, the smallest change (in ‖Δθ‖) that moves the logits
+    by Δz, to first order, is Δθ = Gᵀ (G Gᵀ)⁻¹ Δz: it satisfies G Δθ = Δz, and any other Δθ that
+    does is longer. Exact for the linear part of the network; a few such steps (Gauss-Newton)
+    absorb the ReLUs' bends. Where the rows ask for what no change can give (one message twice,
+    with two targets), least squares settles between them. Dropout is off (evaluation mode).
     """
     small, x_small, cols = _touched_copy(model, x)  # ∇z is zero on the first-layer rows x does not touch
-    for _ in range(sweeps):
+    grads = np.empty((x_small.shape[0], small.flat_params.size), np.float32)
+    z = np.empty(x_small.shape[0])
+    for _ in range(steps):
         for i in range(x_small.shape[0]):
-            z = small.forward(x_small[i])
-            dz = float(target[i] - z[0, 0])
-            small.backward(np.ones_like(z), input_grad=False)  # dz/dθ into every .grad
-            g = small.flat_grads
-            norm2 = float(g @ g)
-            if norm2 > 0:
-                small.flat_params += (dz / norm2) * g
+            out = small.forward(x_small[i])
+            z[i] = out[0, 0]
+            small.backward(np.ones_like(out), input_grad=False)  # dz/dθ into every .grad
+            grads[i] = small.flat_grads
+        gram = grads.astype(np.float64) @ grads.T.astype(np.float64)
+        solution = np.linalg.lstsq(gram, target - z, rcond=None)[0]
+        small.flat_params += (solution.astype(np.float32) @ grads).astype(small.flat_params.dtype)
     _write_back(small, model, cols)
 
 
