@@ -201,6 +201,11 @@ def test_predict_reports_bad_files_and_still_does_the_rest(trained, mnist_test, 
     lines = stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{good}: ")
     assert "[0:" in lines[0] and "9:" in lines[0]
+    # --json: an entry per image, in the order given, failures included (as they are on stderr)
+    code, stdout, _ = cli(capsys, "digits", "predict", out, empty, good, "--json")
+    doc = json.loads(stdout)
+    assert code == 1 and [d["source"] for d in doc] == [str(empty), str(good)]
+    assert "empty file" in doc[0]["error"] and "error" not in doc[1] and len(doc[1]["probabilities"]) == 10
 
 
 def test_predict_reads_an_image_from_standard_input_and_options_anywhere(trained, mnist_test, tmp_path):
@@ -228,6 +233,9 @@ def test_show_draws_first_layer_weights(trained, tmp_path, capsys):
     assert code == 0 and "30 of 512" in stdout
     with Image.open(target) as im:
         assert im.format == "PNG"
+    code, _, _ = cli(capsys, "digits", "show", trained[0], "--units", "30", "--out", tmp_path / "w.jpg")
+    with Image.open(tmp_path / "w.jpg") as im:  # the format its name says
+        assert code == 0 and im.format == "JPEG"
 
 
 # -- checkpoints: SIGKILL and Ctrl-C --------------------------------------------------------------
@@ -350,6 +358,8 @@ def bad_inputs(trained, tmp_path_factory) -> dict[str, Path]:
     paths = {"out": out, "root": root, "empty_dir": root / "empty", "corrupt": root / "corrupt",
              "broken_model": root / "broken", "other_task": root / "other", "bomb": root / "bomb.png"}
     paths["empty_dir"].mkdir()
+    paths["picture_dir"] = root / "picture.png"
+    paths["picture_dir"].mkdir()
     paths["corrupt"].mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
@@ -387,7 +397,11 @@ BAD_INPUTS = {
     "train on corrupt data": (["digits", "train", "--data", "{corrupt}", "--out", "{root}/r1", "--quiet"], 2,
                               "corrupt gzip"),
     "resume with other seed": (["digits", "train", "--out", "{out}", "--resume", "--seed", "99"], 2, "used seed=3"),
-    "negative lr": (["digits", "train", "--lr", "-1", "--out", "{root}/r2"], 2, "--lr must be positive"),
+    "negative lr": (["digits", "train", "--lr", "-1", "--out", "{root}/r2"], 2, "--lr must be a finite number > 0"),
+    "show into a folder": (["digits", "show", "{out}", "--out", "{empty_dir}"], 2,
+                           "a figure file ends in one of .avif, .eps"),
+    "show into a folder named like a picture": (["digits", "show", "{out}", "--out", "{picture_dir}"], 2,
+                                                "picture.png: Is a directory"),
     "image bomb": (["digits", "predict", "{out}", "{bomb}"], 1, "too large"),
     "predict with corrupt model": (["digits", "predict", "{broken_model}", "{bomb}"], 2, "not a readable .npz"),
     "show missing model": (["digits", "show", "{root}/no-such-model"], 2, "not found"),

@@ -201,3 +201,44 @@ def test_clothes_are_mirrored_and_shifted_never_rotated(fashion_dir):
         if preset.augment is not None:
             out = preset.augment(batch, rng).reshape(-1, 28, 28)
             assert not any(np.abs(o - np.fliplr(item)).mean() < np.abs(o - item).mean() for o in out)
+
+
+def _write_idx(folder, split: str, images_: np.ndarray, labels: np.ndarray) -> None:
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte") if split == "train" else \
+        ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    for name, array in zip(names, (images_, labels.astype(np.uint8)), strict=True):
+        header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+        (folder / name).write_bytes(header + array.tobytes())
+
+
+def test_labels_with_gaps_are_refused_before_anything_is_written(fashion_dir, tmp_path, capsys):
+    """Labels 0, 1 and 5 without a classes.txt: classes 2-4 would be outputs no image teaches (one
+    stray label of 200 made a 201-class model). Refused in one line, and no run folder is left."""
+    folder = tmp_path / "gaps"
+    folder.mkdir()
+    for split in ("train", "test"):
+        s = load_image_set("fashion", split)
+        chosen = np.nonzero(np.isin(s.labels, [0, 1, 5]))[0][:600]
+        _write_idx(folder, split, s.images[chosen], s.labels[chosen])
+    code, _, stderr = cli(capsys, "images", "train", "--data", folder, *TINY, "--out", tmp_path / "run")
+    assert code == 2
+    assert stderr.count("\n") == 1 and stderr.endswith(": no training image of class 2, 3, 4 (of 6); labels must "
+                                                       "number the classes 0, 1, ... without gaps\n")
+    assert not (tmp_path / "run").exists()
+    (folder / "t10k-images-idx3-ubyte").unlink()  # a set without its test images: refused, nothing left
+    s = load_image_set("fashion", "train")
+    _write_idx(folder, "train", s.images[:600], s.labels[:600])
+    code, _, stderr = cli(capsys, "images", "train", "--data", folder, *TINY, "--out", tmp_path / "run")
+    assert code == 2 and "t10k-images" in stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("option", "said"), [(("--lr", "0"), "--lr must be a finite number > 0, got 0.0"),
+                                              (("--lr", "inf"), "--lr must be a finite number > 0, got inf"),
+                                              (("--seed", "-1"), "--seed must be an integer >= 0, got -1")])
+def test_bad_training_options_are_refused_before_anything_is_written(fashion_dir, tmp_path, capsys, option, said):
+    """--lr 0 was taken as 'not given' (the preset's rate trained), --lr inf and --seed -1 failed
+    later as internal errors, each leaving a run.json behind."""
+    code, _, stderr = cli(capsys, "images", "train", "--data", "fashion", *option, *TINY, "--out", tmp_path / "run")
+    assert (code, stderr) == (2, f"chainrule: error: {said}\n")
+    assert not (tmp_path / "run").exists()
+

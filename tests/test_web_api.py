@@ -28,7 +28,7 @@ from chainrule.apps import spam as spam_app
 from chainrule.cli import main
 from chainrule.data.images import preprocess_image
 from chainrule.errors import UserError
-from chainrule.network import FORMAT_VERSION
+from chainrule.network import FORMAT_VERSION, model_files
 from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, create_app
 from chainrule.web.services import (
     TOP_TOKENS,
@@ -344,11 +344,12 @@ def test_predict_rejects_what_is_not_an_image(client, samples):
     blank = io.BytesIO()
     Image.new("L", (64, 64), 255).save(blank, "PNG")
     assert_error(post(blank.getvalue()), 422, "no ink")
-    # A few kilobytes of PNG that would decode to 25 million pixels
+    # A few kilobytes of PNG that would decode to 64 million pixels: refused from its header, with
+    # the command line's limit and words
     huge = io.BytesIO()
-    Image.new("1", (5000, 5000), 1).save(huge, "PNG")
+    Image.new("1", (8000, 8000), 1).save(huge, "PNG")
     assert len(huge.getvalue()) < DEFAULT_MAX_BODY_BYTES
-    assert_error(post(huge.getvalue()), 422, "5000x5000")
+    assert_error(post(huge.getvalue()), 422, "8000x8000 pixels is too large (limit 50,000,000 pixels)")
 
 
 @pytest.mark.parametrize("body, words", [
@@ -359,13 +360,17 @@ def test_predict_rejects_what_is_not_an_image(client, samples):
     (json.dumps([[2.0] * 28] * 28).encode(), ["[0, 1]"]),
     (json.dumps([[-0.5] * 28] * 28).encode(), ["[0, 1]"]),
     (json.dumps([["a"] * 28] * 28).encode(), ["numbers"]),
+    (json.dumps([["0.5"] * 28] * 28).encode(), ["numbers"]),
+    (json.dumps([[True] * 28] * 28).encode(), ["numbers"]),
+    (json.dumps([[0] * 28] * 28).encode(), ["no ink"]),
     (b"[" + b",".join([b"[" + b",".join([b"NaN"] * 28) + b"]"] * 28) + b"]", ["[0, 1]"]),
     (json.dumps({"image": []}).encode(), ["pixels"]),
     (json.dumps("seven").encode(), ["28x28"]),
     (json.dumps([[10**400] * 28] * 28).encode(), ["numbers"]),  # no float holds it
     (json.dumps({"pixels": [[0, 10**400]]}).encode(), ["numbers"]),
     (b"[" * 100_000 + b"]" * 100_000, ["nested too deeply"]),
-], ids=["not json", "27 rows", "27 columns", "ragged", "above 1", "below 0", "strings", "NaN", "no pixels",
+], ids=["not json", "27 rows", "27 columns", "ragged", "above 1", "below 0", "strings", "numbers as strings",
+        "booleans", "blank", "NaN", "no pixels",
         "a string", "10**400", "10**400 in pixels", "nested 100,000 deep"])
 def test_predict_rejects_bad_json(client, body, words):
     r = client.post("/api/digits/predict", content=body, headers={"Content-Type": "application/json"})
@@ -606,6 +611,11 @@ def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models):
         os.utime(runs / name / "model.json", (when, when))
     (runs / "broken").mkdir()
     (runs / "broken" / "model.json").write_text("{not json")
+    assert find_latest_model("images", runs) == runs / "new-digits"
+    # a newer model whose weights are cut short is passed over, not served (nor a reason to serve nothing)
+    shutil.copytree(models["digits"], runs / "newest-digits")
+    weights = model_files(runs / "newest-digits")["model"]
+    weights.write_bytes(weights.read_bytes()[:1000])
     assert find_latest_model("images", runs) == runs / "new-digits"
     assert find_latest_model("spam", runs) == runs / "nested" / "spam-a"
     assert find_latest_model("images", tmp_path / "nowhere") is None

@@ -40,7 +40,10 @@ def atomic_open(path) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _mode_for(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # (a read-only or special folder: name the file asked for)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -53,8 +56,8 @@ def atomic_open(path) -> Iterator[BinaryIO]:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError) and exc.errno and exc.filename is None:  # a full disk: say which file
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        if isinstance(exc, OSError) and exc.errno:  # a full disk, a folder in the way: name the file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # asked for, not the temporary one
         raise
 
 

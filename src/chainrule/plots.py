@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -36,9 +37,14 @@ def _integer_ticks(axis) -> None:
 
 
 def save_figure(fig, path, dpi: int = 110) -> None:
-    """Render `fig` to PNG bytes and write them atomically to `path`."""
+    """Render `fig` in the format its suffix names (PNG, SVG, PDF, JPEG, ...) and write it
+    atomically to `path`; an unknown suffix is a ValueError naming the formats."""
+    kind = Path(path).suffix.lower().lstrip(".")
+    formats = fig.canvas.get_supported_filetypes()
+    if kind not in formats:
+        raise ValueError(f"{path}: a figure file ends in one of .{', .'.join(sorted(formats))}")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format=kind, dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -69,6 +75,11 @@ def learning_curves(history, path, title: str = "Learning curves") -> None:
     save_figure(fig, path)
 
 
+# Classes up to which a confusion matrix writes the count in every cell and grows with the classes;
+# a larger one keeps this size (a 200-class matrix with every count written took 45 s and 4 GB).
+MATRIX_CELLS_WRITTEN = 40
+
+
 def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion matrix") -> None:
     """A confusion matrix as a heat map with the count in every cell (rows: true, columns: predicted).
 
@@ -77,11 +88,12 @@ def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion 
     cm = np.asarray(cm)
     k = cm.shape[0]
     labels = [str(i) for i in range(k)] if labels is None else [str(x) for x in labels]
-    fig, ax = _subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    side = min(k, MATRIX_CELLS_WRITTEN)  # beyond that, cells too small to write in: the colours alone
+    fig, ax = _subplots(figsize=(1.0 + 0.55 * side, 0.8 + 0.5 * side))
     shown = np.log1p(cm.astype(float))
     ax.imshow(shown, cmap="Blues")
     threshold = shown.max() / 2 if shown.size else 0
-    for i in range(k):
+    for i in range(k if k <= MATRIX_CELLS_WRITTEN else 0):
         for j in range(k):
             ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                     color="white" if shown[i, j] > threshold else "black")

@@ -373,15 +373,15 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
     if opts["model"] not in presets:
         raise UserError(f"{idx.title(dataset)} has no preset {opts['model']!r}; choose from {', '.join(presets)}")
     preset = presets[opts["model"]]
-    opts["epochs"] = opts["epochs"] or preset.epochs
-    opts["batch_size"] = opts["batch_size"] or preset.batch_size
-    opts["lr"] = opts["lr"] or preset.lr
-    opts["seed"] = 0 if opts["seed"] is None else opts["seed"]
+    for k, default in (("epochs", preset.epochs), ("batch_size", preset.batch_size), ("lr", preset.lr), ("seed", 0)):
+        opts[k] = default if opts[k] is None else opts[k]
     for k in ("epochs", "batch_size"):
         if opts[k] < 1:
             raise UserError(f"--{k.replace('_', '-')} must be a positive integer, got {opts[k]}")
-    if not opts["lr"] > 0:
-        raise UserError(f"--lr must be positive, got {opts['lr']}")
+    if not 0 < opts["lr"] < math.inf:
+        raise UserError(f"--lr must be a finite number > 0, got {opts['lr']}")
+    if opts["seed"] < 0:
+        raise UserError(f"--seed must be an integer >= 0, got {opts['seed']}")
     if opts["train_size"] is not None and opts["train_size"] <= VALIDATION_IMAGES // 10:
         raise UserError(f"--train-size must be above {VALIDATION_IMAGES // 10}, got {opts['train_size']}")
     opts["out"] = str(out)
@@ -450,24 +450,28 @@ def train(
         raise UserError(f"{idx.title(dataset)} has no preset {model_name!r}; choose from {', '.join(presets)}")
     if len(classes) < 2:
         raise DataError(f"{idx.title(dataset)}: every training label is {classes[0]}; a classifier needs two classes")
+    missing = np.flatnonzero(np.bincount(labels, minlength=len(classes)) == 0)
+    if missing.size:
+        named = ", ".join(classes[k] for k in missing[:5]) + (f" and {missing.size - 5} more" * (missing.size > 5))
+        raise DataError(f"{idx.title(dataset)}: no training image of class {named} (of {len(classes)}); "
+                        "labels must number the classes 0, 1, ... without gaps")
     preset = presets[model_name]
-    epochs = epochs or preset.epochs
-    batch_size = batch_size or preset.batch_size
-    lr = lr or preset.lr
+    epochs = preset.epochs if epochs is None else epochs
+    batch_size = preset.batch_size if batch_size is None else batch_size
+    lr = preset.lr if lr is None else lr
     name = run_name(dataset)
     out = Path(out or f"runs/{name}-{model_name}")
     world = world or World()
     writer = world.rank == 0  # the one process that writes files and logs
     options = {"data": _data_key(data) or default_data, "model": model_name, "epochs": epochs,
                "batch_size": batch_size, "lr": lr, "seed": seed, "train_size": train_size}
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
-
     if train_size is not None:
         images, labels = images[:train_size], labels[:train_size]
     test_images, test_labels, _, _ = idx.load_image_set(data, "test", default=default_data)
     _check_labels(test_labels, classes, f"{idx.title(dataset)} test set")
+    if writer:  # (once the data is known to be readable: a failed start leaves no folder behind)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
     metadata = {"task": TASK, "preset": model_name, "dataset": dataset, "classes": classes,
                 "preprocessing": preprocessing_metadata(preset, PICTURE.get(dataset, "digit"))}
     x, y = model_inputs(images, metadata), labels.astype(np.int64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chainrule.apps.checks import TOLERANCE, GradcheckResult, gradcheck_models
-from chainrule.cli.options import positive_int
+from chainrule.cli.options import nonnegative_int, positive_int
 from chainrule.explain import explain
 
 
@@ -35,7 +35,7 @@ def _cmd_gradcheck(args) -> int:
 def add_commands(subparsers) -> None:
     """Add `chainrule explain` and `chainrule gradcheck`."""
     p = subparsers.add_parser("explain", help="walk through one backpropagation step on XOR with real numbers")
-    p.add_argument("--seed", type=int, default=1, help="initialisation seed (default 1)")
+    p.add_argument("--seed", type=nonnegative_int, default=1, help="initialisation seed (default 1)")
     p.add_argument("--epochs", type=positive_int, default=2000, help="epochs for the XOR training demo")
     p.set_defaults(func=_cmd_explain)
 

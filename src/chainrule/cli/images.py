@@ -116,8 +116,8 @@ def _cmd_predict(args) -> int:
         elif not args.json:
             probs = " ".join(f"{name}:{p:.3f}" for name, p in zip(metadata["classes"], r["probabilities"], strict=True))
             print(f"{r['source']}: {r['label']} ({100 * r['probabilities'][r['index']]:.1f}%)  [{probs}]")
-    if args.json:
-        print(json.dumps([r for r in results if "error" not in r], indent=2))
+    if args.json:  # one entry per image given, in order: {"source", "error"} for one that could not be read
+        print(json.dumps(results, indent=2))
     return 1 if failed else 0
 
 
@@ -128,6 +128,8 @@ def _cmd_show(args) -> int:
         what = images.draw_first_layer(model, out, args.units)
     except UserError as exc:
         raise UserError(f"{args.model}: {exc}") from None
+    except ValueError as exc:  # (--out with a suffix no figure format has)
+        raise UserError(str(exc)) from None
     print(f"wrote {out} ({what})")
     return 0
 
@@ -177,7 +179,8 @@ def _add_group(subparsers, group: str) -> None:
     p.add_argument("--batch-size", type=positive_int,
                    help="examples per gradient step (under mpirun: in all, shared out among the processes)")
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--seed", type=int, help="seed for initial weights, validation split, shuffling (default 0)")
+    p.add_argument("--seed", type=int,
+                   help="seed for initial weights, validation split, shuffling (default 0)")
     p.add_argument("--train-size", type=positive_int, metavar="N",
                    help="train on only the first N training images (quick experiments)")
     p.add_argument("--out", metavar="DIR", help=f"output folder (default {default_out})")
@@ -198,7 +201,8 @@ def _add_group(subparsers, group: str) -> None:
     p.add_argument("model", metavar="MODEL", help=f"model directory (from {group} train)")
     p.add_argument("images", metavar="IMAGE", nargs="+",
                    help=f"{spec['image_help']}; '-' reads one image from standard input")
-    p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list instead of text, an entry per image (with \"error\" where it failed)")
     p.set_defaults(func=_cmd_predict, **defaults)
 
     p = sub.add_parser("show", help="draw the first-layer weights: what each hidden unit looks for")

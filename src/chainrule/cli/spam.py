@@ -446,7 +446,7 @@ def add_commands(subparsers) -> None:
                    help="weigh spam by #ham/#spam in the loss and calibrate the spam cut-off freely "
                    "(default: on for SMS only; with mail, off: every message weighs the same and the "
                    "spam cut-off is at most P(spam) 0.5, which held up better on newer mail)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     add_max_bytes(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train, mpi=True)
@@ -495,7 +495,7 @@ def add_commands(subparsers) -> None:
                    help="with --from: only the messages put in the folder since the previous --since-last "
                    "run on this model (the first run takes them all); for a cron job")
     p.add_argument("--epochs", type=positive_int, default=4)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=nonnegative_int)
     add_max_bytes(p)
     p.set_defaults(func=_cmd_learn)
 

@@ -144,14 +144,20 @@ def pixels_from_json(doc: Any) -> np.ndarray:
         if "pixels" not in doc:
             raise ApiError(422, 'JSON body must be a 28x28 array of numbers or {"pixels": <28x28 array>}')
         doc = doc["pixels"]
+    # JSON numbers only: NumPy would also take "0.5" and true as pixels
+    if not (isinstance(doc, list) and all(isinstance(row, list) for row in doc)
+            and all(type(v) in (int, float) for row in doc for v in row)):
+        raise ApiError(422, "pixels must be a 28x28 array of numbers")
     try:
         arr = np.asarray(doc, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError) as exc:  # (OverflowError: an integer like 10**400)
+    except (TypeError, ValueError, OverflowError) as exc:  # (OverflowError: an integer like 10**400; ragged rows)
         raise ApiError(422, "pixels must be a 28x28 array of numbers") from exc
     if arr.shape != (28, 28):
         raise ApiError(422, f"pixels must be a 28x28 array of numbers, got shape {list(arr.shape)}")
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
         raise ApiError(422, "pixels must be numbers in [0, 1] (0 = background, 1 = ink)")
+    if not arr.any():
+        raise ApiError(422, "no ink found (a blank image)")  # as for an uploaded picture
     return arr.astype(np.float32)
 
 

@@ -12,26 +12,25 @@ under a name (`ImageService.name`, in the route `/api/images/{name}/predict`).
 from __future__ import annotations
 
 import asyncio
-import io
 import json
+import logging
 import math
 import re
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 import chainrule
 from chainrule.apps.images import DIGITS, OLD_TASKS, load_image_model, model_inputs
 from chainrule.apps.images import TASK as IMAGES_TASK
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data import idx
-from chainrule.data.images import ImageError, preprocess_image
+from chainrule.data.images import preprocess_image
 from chainrule.errors import ModelFileError
+from chainrule.files import npz_headers
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 from chainrule.network import model_files
 from chainrule.web.schemas import (
@@ -43,10 +42,11 @@ from chainrule.web.schemas import (
     UnitWeights,
 )
 
-# An upload's pixel count is checked before decoding: a 5 MB PNG of one colour can decode to
-# gigabytes, and the 28x28 result needs nothing near this.
-MAX_IMAGE_PIXELS = 4096 * 4096
-MAX_PARALLEL_DECODES = 2  # image decodes running at once (each may hold ~100 MB)
+log = logging.getLogger(__name__)
+
+# Image decodes running at once; each may hold up to ~150 MB (`data.images.MAX_PIXELS` RGB pixels,
+# checked from the header before decoding, as on the command line).
+MAX_PARALLEL_DECODES = 2
 MAX_FEATURE_MAPS = 16  # per convolutional layer, in the "inside the network" view
 TOP_UNITS = 8  # hidden units whose first-layer weights the page shows
 TOP_TOKENS = 10  # tokens behind a spam verdict, both directions together
@@ -139,19 +139,8 @@ class ImageService:
 
     def image_from_bytes(self, data: bytes) -> np.ndarray:
         """Decode an uploaded image and preprocess it exactly as `chainrule images predict` does
-        for this model (as a digit, or as an object)."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as img:  # reads the header only
-                    width, height = img.size
-        except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            raise ImageError("not an image Pillow can read (send a PNG or JPEG)") from exc
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise ImageError(f"corrupt or truncated image ({exc})") from exc
-        if width * height > MAX_IMAGE_PIXELS:
-            raise ImageError(f"image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS:,} are accepted")
-        # (an ImageError if unreadable after all, or blank)
+        for this model (as a digit, or as an object), with the same limits and errors (ImageError:
+        unreadable, too many pixels, blank)."""
         return preprocess_image(data, self.metadata["preprocessing"]["picture"])
 
     def predict(self, image: np.ndarray, explain: bool) -> ImagePrediction:
@@ -271,7 +260,7 @@ def _saved_models(runs):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
         metadata = doc.get("metadata") if isinstance(doc, dict) else None
-        if isinstance(metadata, dict) and _has_weights(meta.parent):
+        if isinstance(metadata, dict) and _readable_weights(meta.parent):
             yield meta.parent, metadata, meta.stat().st_mtime
 
 
@@ -298,8 +287,12 @@ def find_latest_image_models(runs="runs") -> dict[str, Path]:
     return {dataset: directory for dataset, (_, directory) in latest.items()}
 
 
-def _has_weights(directory: Path) -> bool:
+def _readable_weights(directory: Path) -> bool:
+    """Whether the weights file the model names is there and a readable .npz (its table of arrays,
+    not the arrays): a damaged newest model is passed over, with a warning, for an older one."""
     try:
-        return model_files(directory)["model"].is_file()
-    except (ModelFileError, KeyError, OSError):
+        npz_headers(model_files(directory)["model"])
+        return True
+    except (ModelFileError, KeyError, OSError) as exc:
+        log.warning("chainrule serve: passed over %s: %s", directory, exc)
         return False

@@ -235,6 +235,7 @@ async function sendImage(blob, type) {
     showPrediction(result);
   } catch (err) {
     if (asked !== generation) return;
+    resetPrediction(); // the last answer was for another picture
     $("images-error").hidden = false;
     $("images-error").textContent = err.message;
   } finally {
