@@ -62,6 +62,22 @@ def test_polarity_and_position_do_not_matter(digits):
 
 
 @needs_data
+def test_light_falling_across_a_photographed_page_is_not_ink(digits):
+    """A digit photographed on paper lit from one side (grey 215 fading to 151 across the page, with
+    sensor noise) comes out as it does on evenly lit paper: the darker side of the page is paper,
+    not a smear of ink that shifts the crop and shrinks the digit."""
+    rng = np.random.default_rng(0)
+    for digit in digits[0][:10]:
+        even = on_paper(digit, scale=4, offset=(40, 20), canvas=(200, 160))
+        ink = 1 - np.asarray(even, np.float64) / 255  # 0 on paper, 1 on the darkest stroke
+        light = np.linspace(215, 151, 200)[None, :] * np.ones((160, 1))  # brighter on the left
+        photo = light * (1 - 0.85 * ink) + rng.normal(0, 4, light.shape)
+        x = preprocess_image(Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)))
+        check_mnist_like(x)
+        assert np.corrcoef(x.ravel(), preprocess_image(even).ravel())[0, 1] > 0.95
+
+
+@needs_data
 def test_preprocessing_reproduces_mnist_closely(digits):
     """An MNIST digit, redrawn x3 larger, off-centre, dark on light, in colour, comes back close to itself.
 

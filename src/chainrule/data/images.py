@@ -48,6 +48,8 @@ MAX_PIXELS = 50_000_000
 WORKING_SIZE = 1024
 # Ink fainter than this fraction of the strongest ink is paper texture, shadow or JPEG noise.
 NOISE_FLOOR = 0.2
+# Grey levels by which a border pixel may differ from the fitted paper and still count as paper.
+PAPER_TOLERANCE = 24.0
 
 BOX, SIZE = 20, 28
 # An object's pixels closer than this to the background's level are background (Fashion-MNIST's trim).
@@ -147,19 +149,46 @@ def _grey(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float64)
 
 
+def _paper(grey: np.ndarray) -> np.ndarray:
+    """The paper's grey level at every pixel: a plane a + b·x + c·y fitted to the image's border
+    (a digit rarely touches all four edges), so that light falling across a photographed page,
+    brighter on one side, is not read as ink on the darker side.
+
+    Least squares, twice: border pixels far from the first fit (ink that reaches the edge) are
+    left out of the second. A page of one grey level gives that level everywhere.
+    """
+    h, w = grey.shape
+    ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(h), np.arange(h)])
+    xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h), np.full(h, w - 1)])
+    levels = grey[ys.astype(np.intp), xs.astype(np.intp)]
+    design = np.column_stack([np.ones_like(xs), xs / max(w - 1, 1) - 0.5, ys / max(h - 1, 1) - 0.5])
+    keep = np.ones(len(levels), bool)
+    for _ in range(2):
+        coef = np.linalg.lstsq(design[keep], levels[keep], rcond=None)[0]
+        off = np.abs(levels - design @ coef)
+        keep = off <= max(PAPER_TOLERANCE, 3 * float(np.median(off)))
+    x = np.arange(w) / max(w - 1, 1) - 0.5
+    y = np.arange(h) / max(h - 1, 1) - 0.5
+    return coef[0] + coef[1] * x[None, :] + coef[2] * y[:, None]
+
+
 def _ink(grey: np.ndarray) -> np.ndarray:
     """Ink strength in [0, 1] with the paper at 0, for dark-on-light and light-on-dark alike.
 
-    The paper is whatever fills the image's border (a digit rarely touches all four edges); if the
-    border is lighter than mid-grey the ink is dark, so the image is inverted.
+    The paper's level at each pixel is `_paper`'s; if the border is lighter than mid-grey the ink
+    is dark, so the image is inverted. Dark ink is measured relative to the paper around it,
+    1 - grey/paper: a page seen in light is light × reflectance, so the same ink is as strong on
+    the dimmer side of the page as on the brighter one.
     """
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    paper = float(np.median(border))
-    ink = (paper - grey) if paper > 127.5 else (grey - paper)
-    strongest = float(ink.max())
-    if strongest <= 12:  # under 5% contrast: a blank page
+    paper = _paper(grey)
+    dark_ink = float(np.median(border)) > 127.5
+    ink = (paper - grey) if dark_ink else (grey - paper)
+    if float(ink.max()) <= 12:  # under 5% contrast: a blank page
         return np.zeros_like(grey)
-    ink = np.clip(ink / strongest, 0.0, 1.0)
+    if dark_ink:
+        ink /= np.maximum(paper, 1.0)
+    ink = np.clip(ink / float(ink.max()), 0.0, 1.0)
     ink[ink < NOISE_FLOOR] = 0.0
     return ink
 
