@@ -112,6 +112,9 @@ def test_healthz(client):
     r = client.get("/healthz")
     assert r.status_code == 200
     assert r.json() == {"status": "ok", "digits": True, "spam": True}
+    for path in ("/healthz", "/"):  # what uptime checkers send
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b""
 
 
 def test_models_describes_what_is_loaded(client, models, digit_model):
@@ -657,6 +660,7 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys):
         ["--images", f"x={models['fashion']}", "--images", f"x={models['digits']}"],
         ["--digits", str(models["digits"]), "--max-body-mb", "0"],
         ["--digits", str(models["digits"]), "--port", "70000"],
+        ["--digits", str(models["fashion"])],  # the digits route answers with a digit
     ]
     for args in cases:
         assert main(["serve", "--runs", str(tmp_path / "no-runs"), *args]) == 2, args

@@ -358,6 +358,7 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
         dataset = idx.dataset_name(given["data"], default_data)
         out = f"runs/{run_name(dataset)}-{given['model'] or 'mlp'}"
     out = Path(out)
+    _check_not_another_models(out)
     run_file = out / "run.json"
     stored = _stored_options(run_file) if resume and run_file.is_file() else {}
     if stored:
@@ -386,6 +387,17 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
         raise UserError(f"--train-size must be above {VALIDATION_IMAGES // 10}, got {opts['train_size']}")
     opts["out"] = str(out)
     return opts
+
+
+def _check_not_another_models(out: Path) -> None:
+    """Refuse an --out that holds another application's model (a spam filter, say): training would
+    replace it. An image model there is an earlier run, which a new run replaces as it always has."""
+    try:
+        task = json.loads((out / "model.json").read_bytes()).get("metadata", {}).get("task")
+    except (OSError, ValueError, AttributeError, RecursionError):  # none there, or not a model we can read
+        return
+    if isinstance(task, str) and task not in (TASK, *OLD_TASKS):
+        raise UserError(f"--out {out} holds a {task} model; training would replace it: choose another --out")
 
 
 def _stored_options(run_file: Path) -> dict:

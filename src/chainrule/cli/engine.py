@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chainrule.apps.checks import TOLERANCE, GradcheckResult, gradcheck_models
 from chainrule.cli.options import nonnegative_int, positive_int
+from chainrule.errors import UserError
 from chainrule.explain import explain
 
 
@@ -24,6 +25,9 @@ def gradcheck_table(result: GradcheckResult) -> str:
 
 
 def _cmd_gradcheck(args) -> int:
+    if args.data is not None and args.model is None:
+        raise UserError("--data is for a saved model's real inputs: give the model too (chainrule gradcheck MODEL "
+                        "--data DIR)")
     results = gradcheck_models(args.model, data=args.data, samples=args.samples)
     for result in results:
         print(gradcheck_table(result))

@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import chainrule
+from chainrule.apps.images import DIGITS
 from chainrule.errors import UserError
 from chainrule.web.http import ApiError, BodyLimitMiddleware, BodyTimeout, BodyTooLarge
 from chainrule.web.routes import STATIC_DIR, router
@@ -127,6 +128,9 @@ def _image_services(digits, images) -> tuple[dict[str, ImageService], ImageServi
         return service
 
     chosen = add(digits) if digits is not None else None
+    if chosen is not None and chosen.metadata["classes"] != DIGITS:
+        raise UserError(f"--digits {chosen.path}: a model of {chosen.info.dataset_title}, not of digits; serve it "
+                        "with --images (the digits route answers with a digit)")
     for entry in images:
         add(entry)
     if chosen is None:

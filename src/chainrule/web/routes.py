@@ -58,6 +58,12 @@ async def healthz(request: Request) -> Health:
     return Health(status="ok", digits=state.digits is not None, spam=state.spam is not None)
 
 
+# HEAD as well as GET for the page and the liveness check: what uptime checkers send (the answer
+# without its body). Left out of the API schema, where each would repeat its GET.
+router.add_api_route("/", index, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
+
 @router.get("/api/models", response_model=ModelsResponse, summary="The loaded models")
 async def models(request: Request) -> ModelsResponse:
     state = request.app.state
