@@ -83,20 +83,36 @@ def test_fitting_only_the_touched_rows_is_fit_on_the_whole_network(spam_model, s
 def test_learn_moves_the_message_and_a_repeat_is_recognised(model, spam_corpus, capsys):
     msg = _held(spam_corpus, "easy_ham", 1)[0]
     replay = _replay_size(model)
-    (line, summary) = _learn(capsys, model, "--spam", msg, "--seed", "0")
-    assert line.startswith(f"{msg}\tlearned as spam\tP(spam) ") and summary.endswith("the model has learned 1 messages")
+    (line, summary) = _learn(capsys, model, "--ham", msg, "--seed", "0")
+    assert line.startswith(f"{msg}\tlearned as ham\tP(spam) ") and summary.endswith("the model has learned 1 messages")
     p0, p1 = (float(v) for v in line.rsplit("P(spam) ", 1)[1].split(" -> "))
-    assert p1 > p0 and abs(_p(model, [msg])[0] - p1) < 1e-4  # saved (printed to 4 decimals)
+    assert p1 < p0 and abs(_p(model, [msg])[0] - p1) < 1e-4  # saved (printed to 4 decimals)
     saved = (model / "model.json").read_bytes()
     # the same message again, under another name and with CRLF line ends as spamc sends it: not learned again
     again = model.parent / "again.eml"
     again.write_bytes(msg.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
-    (line, summary) = _learn(capsys, model, "--spam", again)
-    assert "\talready learned as spam; not learned again\t" in line and summary.startswith("1 already learned")
+    (line, summary) = _learn(capsys, model, "--ham", again)
+    assert "\talready learned as ham; not learned again\t" in line and summary.startswith("1 already learned")
     assert (model / "model.json").read_bytes() == saved  # nothing saved
     bundle = load_spam_model(model)
     assert bundle.metadata["learned"] == 1 and _replay_size(model) == replay + 1
     assert len(load_lessons(bundle.files["lessons"])) == 1
+
+
+def test_a_lesson_that_did_not_change_the_verdict_can_be_given_again(model, spam_corpus, capsys):
+    """A ham taught as spam stays ham after one lesson: taught again, it is learned again (it moves
+    further) but counted once; a message new to the filter given twice in one call is learned once."""
+    msg = _held(spam_corpus, "easy_ham", 2)[1]
+    (line, _) = _learn(capsys, model, "--spam", msg, "--seed", "0")
+    p1 = float(line.rsplit(" -> ", 1)[1])
+    assert load_spam_model(model).verdicts(np.array([p1])) != ["spam"]
+    (line, summary) = _learn(capsys, model, "--spam", msg, "--seed", "1")
+    assert "\tlearned again as spam (not yet given that verdict after its earlier lesson)\t" in line
+    assert float(line.rsplit(" -> ", 1)[1]) > p1 and summary == "1 learned again; the model has learned 1 messages"
+    assert len(load_lessons(load_spam_model(model).files["lessons"])) == 1
+    other = _held(spam_corpus, "spam", 1)[0]
+    lines = _learn(capsys, model, "--ham", other, other, "--seed", "0")
+    assert "\tlearned as ham\t" in lines[0] and "\talready learned as ham; not learned again\t" in lines[1]
 
 
 def test_learning_the_other_label_relearns_and_counts_once(model, spam_corpus, capsys):

@@ -36,7 +36,7 @@ from chainrule.apps.spam import (
     verdict,
 )
 from chainrule.apps.spam.daemon import DEFAULT_PORT, DaemonOptions, run_daemon
-from chainrule.apps.spam.learning import LEARNED, RELEARNED, REPEATED, UNLEARNED
+from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED
 from chainrule.cli.options import (
     add_max_bytes,
     fraction,
@@ -339,6 +339,8 @@ def _learn_outcome(status: str, label: int, was: int | None) -> str:
         return f"learned as {name[label]}"
     if status == RELEARNED:
         return f"relearned as {name[label]} (was learned as {name[was]})"
+    if status == AGAIN:
+        return f"learned again as {name[label]} (not yet given that verdict after its earlier lesson)"
     if status == REPEATED:
         return f"already learned as {name[label]}; not learned again"
     if status == UNLEARNED:

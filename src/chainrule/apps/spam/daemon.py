@@ -83,7 +83,7 @@ from chainrule import __version__
 from chainrule.apps.spam.annotate import ANNOTATION_HEADERS, header_end, replace_header_fields
 from chainrule.apps.spam.explain import explain_row
 from chainrule.apps.spam.features import featurize
-from chainrule.apps.spam.learning import LEARNED, RELEARNED, UNLEARNED, learn, open_for_learning, unlearn
+from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, UNLEARNED, learn, open_for_learning, unlearn
 from chainrule.apps.spam.model import load_spam_model, verdict
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import parse_message
@@ -230,7 +230,7 @@ class SpamFilter:
         """`chainrule spam learn` on these (message, is spam) pairs; see `_relearn`."""
         labels = np.array([SPAM if is_spam else HAM for _, is_spam in examples])
         return self._relearn([raw for raw, _ in examples],
-                             lambda b, x: learn(b, x, labels).status, (LEARNED, RELEARNED))
+                             lambda b, x: learn(b, x, labels).status, (LEARNED, RELEARNED, AGAIN))
 
     def forget(self, raws: Sequence[bytes]) -> tuple[SpamFilter, list[bool]]:
         """`chainrule spam learn --unlearn` on these messages; see `_relearn`."""

@@ -8,8 +8,10 @@ those of the training messages: a few new messages say little about how common a
 Every message taught is recorded as a lesson (`Lessons`): a digest of the message, the label it
 was taught and its P(spam) before. With them, as `sa-learn` does it:
 
-* taught again with the same label, a message is recognised and neither learned nor counted again
-  (a cron job reading a folder twice, a user pressing the button twice);
+* taught again with the same label, a message is recognised and not counted again (a cron job
+  reading a folder twice, a user pressing the button twice); it is learned again only while the
+  filter still does not give it that verdict (one lesson moves a message, but not always across
+  a cut-off), so that pressing the button again does what the user asks;
 * taught with the other label, it is relearned: its lesson and its row of the replay sample take
   the new label and the network learns it as the new class; it still counts once;
 * unlearned (`spam learn --unlearn`, spamc's `-L forget`), its lesson and its row of the replay
@@ -50,11 +52,12 @@ from chainrule.apps.spam.model import (
     load_spam_model,
     save_model,
 )
+from chainrule.data.corpora import SPAM
 from chainrule.files import locked_directory
 from chainrule.network import model_directory
 
 # What became of a message given to `learn` or `unlearn`.
-LEARNED, RELEARNED, REPEATED = "learned", "relearned", "already learned"
+LEARNED, RELEARNED, AGAIN, REPEATED = "learned", "relearned", "learned again", "already learned"
 UNLEARNED, NOT_LEARNED = "unlearned", "never learned"
 
 
@@ -115,8 +118,9 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     """Teach the filter the messages `x_new` (hashed rows) as `y_new` (SPAM 1 or HAM 0 each), like
     `bogofilter -s/-n` or `sa-learn --spam/--ham`, and save it (in `bundle.directory`).
 
-    Messages taught before with the same label are left out (REPEATED); the others are learned
-    by `epochs` epochs of Adam on them and up to `replay_per_new` replay examples per message, and
+    Messages taught before with the same label are left out (REPEATED), unless the filter still
+    does not give them that verdict (AGAIN: learned, not counted); the others are learned by
+    `epochs` epochs of Adam on them and up to `replay_per_new` replay examples per message, and
     the model, its replay sample and its lessons are saved in one commit (`save_model`). The
     metadata's "learned" counts the messages learned, each once. `since_last` ({folder: time})
     is merged into the metadata's "since_last" in the same commit. Returns what became of each
@@ -127,6 +131,8 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     lessons = load_lessons(bundle.files.get("lessons"))
     digests = row_digests(x_new)
     before = bundle.probabilities(x_new)
+    agrees = [verdict == ("spam" if label == SPAM else "ham")  # does the filter already say what it is taught?
+              for verdict, label in zip(bundle.verdicts(before), y_new, strict=True)]
     label_of = {d.tobytes(): int(label) for d, label in zip(lessons.digests, lessons.labels, strict=True)}
     first_before: dict[bytes, float] = {}  # of the messages new to the filter
     teach: dict[bytes, int] = {}  # message -> its (last) row in x_new, of those to learn
@@ -135,8 +141,12 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
         key = d.tobytes()
         old = label_of.get(key)
         was.append(old)
-        if old == label:
+        if old == label and (agrees[i] or key in teach):
             status.append(REPEATED)
+            continue
+        if old == label:  # taught before, and still not given its verdict: once more, not counted again
+            status.append(AGAIN)
+            teach[key] = i
             continue
         new = old is None and key not in first_before  # (not even earlier in this call)
         status.append(LEARNED if new else RELEARNED)
