@@ -128,6 +128,7 @@ def test_a_fifo_in_a_mail_folder_is_skipped_not_waited_for(tmp_path, maildir):
     (folder / "cur").mkdir(exist_ok=True)
     (where / "1").write_bytes(_msg("one"))
     os.mkfifo(where / "2")  # opening it to read would wait for a writer that never comes
+    (where / "3").symlink_to(tmp_path / "gone")
     got = []
     reader = threading.Thread(target=lambda: got.extend(read_messages([folder])), daemon=True)
     reader.start()
@@ -136,7 +137,7 @@ def test_a_fifo_in_a_mail_folder_is_skipped_not_waited_for(tmp_path, maildir):
         os.close(os.open(where / "2", os.O_WRONLY))
         reader.join()
     assert [(os.path.basename(m.source), m.error) for m in got] == [
-        ("1", None), ("2", "not a regular file (a FIFO, socket or device); skipped")]
+        ("1", None), ("2", "not a regular file (a FIFO, socket or device)"), ("3", "a broken symbolic link")]
 
 
 def test_a_300_mb_mbox_line_costs_no_more_than_the_cap(tmp_path):

@@ -389,6 +389,10 @@ def test_malformed_requests_get_protocol_errors(daemon, held):
         b"CHECK SPAMC/1.5\r\nCompress: gzip\r\nContent-length: 3\r\n\r\nabc",
         b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % (len(raw) + 10) + raw,  # shorter than it says
         b"CHECK SPAMC/1.5\r\n" + b"X-Header: 1\r\n" * 300 + b"\r\n",
+        # refused part-way through a large request: the rest is read and dropped, so that closing
+        # the connection does not reset it before the client has read the answer
+        b"CHECK SPAMC/1.5\r\nX-Big: " + b"a" * 2_000_000 + b"\r\nContent-length: 5\r\n\r\nhello",
+        b"CHECK SPAMC/1.5\r\n" + b"X-Header: 1\r\n" * 200_000 + b"\r\n",
         b"CHECK SPAMC/1.5\r\nContent-length: 5\r\nCompress: zlib\r\n\r\nnot z",
         b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nContent-length: 3\r\n\r\nabc",  # no --allow-tell
         b"CHECK SPAMC/1.0\r\n\r\n",

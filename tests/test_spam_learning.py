@@ -179,6 +179,16 @@ def test_a_missing_file_among_several_is_an_error_after_the_others_are_learned(m
     assert out.startswith(f"{spam}\tlearned as spam\t") and "skipped /nonexistent.eml: no such file" in err
 
 
+def test_another_applications_model_is_refused_untouched(spam_corpus, tmp_path, capsys):
+    """Not even the lock file is left in an image model's directory."""
+    cr.Sequential([cr.Linear(4, 2)], seed=0).save(tmp_path / "digits", metadata={"task": "images"})
+    (tmp_path / "digits" / LOCK_FILE).unlink()  # (the save's own)
+    before = sorted(p.name for p in (tmp_path / "digits").iterdir())
+    assert main(["spam", "learn", str(tmp_path / "digits"), "--spam", str(_held(spam_corpus, "spam", 1)[0])]) == 2
+    assert "not a spam model (task 'images')" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == before
+
+
 def _deliver(maildir: Path, msg: Path, name: str) -> Path:
     """Put a message into the Maildir as a delivery agent does: written into tmp/, renamed into new/."""
     tmp = maildir / "tmp" / name

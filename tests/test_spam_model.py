@@ -106,6 +106,24 @@ def test_a_saved_filter_loads_back_the_same(synthetic_spam_rows, tmp_path):
     assert [verdict(p, 0.8, 0.2) for p in (0.8, 0.5, 0.19)] == ["spam", "unsure", "ham"]
 
 
+@pytest.mark.parametrize(("change", "match"), [
+    ({"spam_format": 99}, "spam_format 99 is not one this chainrule reads"),
+    ({"spam_format": "1"}, "spam_format '1' is not one"),
+    ({"inputs": "mail"}, "inputs must be a list of mail and/or sms"),
+    ({"inputs": ["mail", "fax"]}, "inputs must be a list"),
+    ({"cutoffs": {"spam": 0.2, "ham": 0.8}}, r"m: cut-offs must satisfy 0 <= ham \(0.8\) <= spam \(0.2\)"),
+])
+def test_damaged_spam_metadata_is_refused_naming_the_model(synthetic_spam_rows, tmp_path, change, match):
+    x, y = synthetic_spam_rows
+    result = train_filter(x, y, HashingConfig(n_features=64), hidden=(4,), epochs=1, batch_size=16, seed=0)
+    save_model(result.bundle, tmp_path / "m", replay=result.replay)
+    doc = json.loads((tmp_path / "m" / "model.json").read_text())
+    doc["metadata"].update(change)
+    (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(cr.ModelFileError, match=match):
+        load_spam_model(tmp_path / "m")
+
+
 def test_idf_weights_of_0_load_only_for_a_model_with_min_df(tmp_path):
     """0 is the weight `min_df` gives a rare bucket; in a model without it, a 0 is damage."""
     path = tmp_path / "idf.npz"

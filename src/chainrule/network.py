@@ -412,7 +412,10 @@ def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
             raise ModelFileError(f"{weights_path}: expected {what} (as model.json says), got shape {got}")
         if dtype.kind != "f":
             raise ModelFileError(f"{weights_path}: array {name} has dtype {dtype}, expected floats")
-    model = Sequential.from_config(doc, initialize=False)  # every weight comes from the file
+    try:
+        model = Sequential.from_config(doc, initialize=False)  # every weight comes from the file
+    except ModelFileError as exc:
+        raise ModelFileError(f"{meta_path}: {exc}") from None
     state = read_npz(weights_path, expected)
     for key, arr in state.items():
         if not np.all(np.isfinite(arr)):

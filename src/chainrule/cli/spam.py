@@ -232,6 +232,8 @@ def _cmd_classify(args) -> int:
         scored = bundle.score(items, world=world)
         if world.rank != 0:
             continue
+        if seen == 0:  # (said once there is something to classify)
+            _warn_if_untrained_on(bundle, "sms" if args.sms else "mail")
         for problem in held:
             _report_problem(*problem)
         held.clear()
@@ -268,6 +270,11 @@ def _cmd_classify(args) -> int:
     return 0
 
 
+def _warn_if_untrained_on(bundle, kind: str) -> None:
+    if warning := bundle.untrained_on(kind):
+        print(f"chainrule: warning: {warning}", file=sys.stderr)
+
+
 def _nothing_read(problems: list[tuple[str, str]], what: str):
     """Raise the error for a command that found no message to work on: the one problem, if one
     input failed, in one line; else each problem, then the count."""
@@ -293,6 +300,7 @@ def _cmd_learn(args) -> int:
         raise UserError("nothing to learn from: give messages or --from FOLDER")
     label = SPAM if args.spam else HAM
     with open_for_learning(args.model) as bundle:  # the model's lock is held until it is saved
+        _warn_if_untrained_on(bundle, "mail")
         paths, marks = list(args.paths), {}
         for folder in args.source or []:
             if not args.since_last:

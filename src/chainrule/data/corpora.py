@@ -129,7 +129,11 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
         yield from _read_file(path, max_bytes, label)
 
 
-_NOT_REGULAR = "not a regular file (a FIFO, socket or device); skipped"
+def _not_regular(path: Path) -> str:
+    """Why a directory entry that is not a regular file is not read."""
+    if path.is_symlink() and not path.exists():
+        return "a broken symbolic link"
+    return "not a regular file (a FIFO, socket or device)"
 
 
 def _read_directory(root: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
@@ -146,7 +150,7 @@ def _read_directory(root: Path, max_bytes: int, label: int | None) -> Iterator[R
             p = here / name
             if not p.is_file():
                 yield RawMessage(str(p), b"", label if label is not None else label_from_path(str(p)),
-                                 error=_NOT_REGULAR)
+                                 error=_not_regular(p))
             elif _is_archive(p):
                 yield from _read_tar(p, max_bytes, label)
             else:
@@ -289,7 +293,7 @@ def _read_maildir(path: Path, max_bytes: int, label: int | None) -> Iterator[Raw
         for name in names:
             p = path / sub / name
             if not p.is_file():
-                yield RawMessage(str(p), b"", lab, error=_NOT_REGULAR)
+                yield RawMessage(str(p), b"", lab, error=_not_regular(p))
                 continue
             try:
                 with open(p, "rb") as f:

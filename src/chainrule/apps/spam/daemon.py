@@ -617,6 +617,9 @@ class DaemonServer:
     def load(self) -> None:
         """Load the default filter (before the loop starts, so that a bad model fails at once)."""
         self.filter = self._load(self.options.model, self.options.spam_cutoff, self.options.ham_cutoff)
+        bundle = getattr(self.filter, "bundle", None)
+        if bundle is not None and (warning := bundle.untrained_on("mail")):  # (spamc sends mail)
+            log.warning("warning: %s", warning)
 
     def _user_dir(self, user: str | None) -> Path | None:
         root = self.options.user_models
@@ -776,6 +779,7 @@ class DaemonServer:
                 log.warning("%s: bad request: %s", who, exc.text)
                 writer.write(exc.status_line())
                 await writer.drain()
+                await _drop_the_rest(reader)
                 return
             try:
                 await self._serve(req, writer, who, started)
@@ -927,6 +931,18 @@ class DaemonServer:
                 pass
         self._check_pool.shutdown(wait=True)
         self._model_pool.shutdown(wait=True)
+
+
+async def _drop_the_rest(reader: asyncio.StreamReader, seconds: float = 2.0) -> None:
+    """Read and drop what the client still sends (the rest of a request refused part-way, say a
+    header line of megabytes), for up to `seconds`: a socket closed with unread data sends a reset,
+    and the client loses the answer it has not read yet."""
+    try:
+        async with asyncio.timeout(seconds):
+            while await reader.read(CHUNK):
+                pass
+    except (TimeoutError, ConnectionError, OSError):
+        pass
 
 
 def _answers(path: Path) -> bool:

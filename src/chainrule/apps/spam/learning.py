@@ -33,6 +33,7 @@ hand, the daemon's TELL) each learn on top of the other's result and no update i
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from chainrule.apps.spam.model import (
     DIGEST_BYTES,
     LESSONS_KEPT,
     REPLAY_SIZE,
+    TASK,
     Lessons,
     SpamModel,
     load_lessons,
@@ -82,6 +84,12 @@ def open_for_learning(directory, spam_cutoff: float | None = None,
     if not (directory / "model.json").is_file():
         raise cr.ModelFileError(f"{directory / 'model.json'}: not found (a model directory holds model.json "
                                 "and the weights it names)")
+    try:  # another application's model is refused before its directory gets our lock file
+        task = json.loads((directory / "model.json").read_bytes())["metadata"]["task"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        task = TASK  # (unreadable: load_spam_model below says why)
+    if task != TASK:
+        raise cr.ModelFileError(f"{directory}: not a spam model (task {task!r})")
     with locked_directory(directory):
         yield load_spam_model(directory, spam_cutoff, ham_cutoff)
 

@@ -34,6 +34,7 @@ from chainrule.network import load_model_and_files, model_directory
 
 TASK = "spam"
 SPAM_FORMAT = 1
+INPUTS = ("mail", "sms")  # what a filter may have been trained on (the metadata's "inputs")
 REPLAY_SIZE = 2000  # examples kept for `learn` to rehearse, so new mail does not overwrite old lessons
 LESSONS_KEPT = 50_000  # lessons remembered (21 bytes each); beyond that the oldest are forgotten
 MAX_FOLDERS = 1000  # folders whose last run `spam learn --since-last` remembers
@@ -55,6 +56,15 @@ class SpamModel:
     @property
     def hasher(self) -> Hasher:
         return Hasher(self.config, self.idf)
+
+    def untrained_on(self, kind: str) -> str | None:
+        """A warning if the filter was trained on no `kind` ("mail" or "sms") messages, else None:
+        it still scores them, but from words and habits of the other kind."""
+        inputs = self.metadata.get("inputs", list(INPUTS))
+        if kind in inputs:
+            return None
+        return (f"{self.directory or 'the filter'} was trained on {' and '.join(inputs)} only; its verdicts on "
+                f"{kind} messages are a guess from the other kind's words")
 
     def logits(self, x: sp.csr_matrix, batch_size: int = 2048) -> np.ndarray:
         """The network's logit, log(P(spam) / P(ham)), for every row of `x`."""
@@ -195,7 +205,7 @@ def load_spam_model(directory, spam_cutoff: float | None = None, ham_cutoff: flo
     except ValueError as exc:
         raise cr.ModelFileError(f"{directory}: invalid spam metadata ({exc})") from exc
     if not (0.0 <= ham_c <= spam_c <= 1.0):
-        raise cr.ModelFileError(f"cut-offs must satisfy 0 <= ham ({ham_c}) <= spam ({spam_c}) <= 1")
+        raise cr.ModelFileError(f"{directory}: cut-offs must satisfy 0 <= ham ({ham_c}) <= spam ({spam_c}) <= 1")
     first = model.layers[0]
     if not isinstance(first, cr.Linear) or first.in_features != config.n_features or model.output_shape != (1,):
         raise cr.ModelFileError(f"{directory}: expected a network from {config.n_features} hash buckets to one "
@@ -218,8 +228,16 @@ def _cutoffs(cut, spam_cutoff: float | None, ham_cutoff: float | None) -> tuple[
 
 
 def _check_training(metadata: dict) -> None:
-    """What `learn` reads of the metadata: the training's pos_weight, the count of messages learned,
-    and when `spam learn --since-last` last read each folder."""
+    """The format version, what the filter was trained on, and what `learn` reads of the metadata:
+    the training's pos_weight, the count of messages learned, and when `spam learn --since-last`
+    last read each folder."""
+    version = metadata.get("spam_format", SPAM_FORMAT)
+    if type(version) is not int or not 1 <= version <= SPAM_FORMAT:
+        raise ValueError(f"spam_format {version!r} is not one this chainrule reads (1..{SPAM_FORMAT}): "
+                         "a newer chainrule wrote it")
+    inputs = metadata.get("inputs", list(INPUTS))
+    if not (isinstance(inputs, list) and inputs and set(inputs) <= set(INPUTS) and len(set(inputs)) == len(inputs)):
+        raise ValueError(f"inputs must be a list of {' and/or '.join(INPUTS)}, got {str(inputs)[:80]}")
     training = metadata.get("training", {})
     if not isinstance(training, dict):
         raise ValueError(f"training must be an object, got {type(training).__name__}")
