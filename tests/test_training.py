@@ -30,6 +30,19 @@ def test_2_3_1_network_learns_xor():
     assert history["accuracy"][-1] == 1.0
 
 
+def test_float_0_1_labels_of_one_output_count_as_labels():
+    """PyTorch's BCE takes float targets; the accuracy is reported for them as for integer labels."""
+    runs = []
+    for y in (XOR_Y, XOR_Y.astype(np.float32)):
+        model = cr.Sequential([cr.Linear(2, 3, init="glorot"), cr.Tanh(), cr.Linear(3, 1, init="glorot")], seed=1)
+        history = cr.fit(model, XOR_X, y, cr.BinaryCrossEntropy(), cr.SGD(model.parameters(), lr=0.5), epochs=50,
+                         batch_size=4, verbose=False)
+        runs.append((history["accuracy"], cr.evaluate(model, XOR_X, y, cr.BinaryCrossEntropy())))
+    assert runs[0] == runs[1] and "accuracy" in runs[1][1]
+    regression = cr.evaluate(model, XOR_X, np.array([0.5, 1.0, 1.0, 0.0]), cr.BinaryCrossEntropy())
+    assert "accuracy" not in regression  # soft targets are not labels
+
+
 def test_small_mlp_fits_a_real_mnist_slice(mnist_dir):
     images, labels = load_mnist("train", mnist_dir)
     test_images, test_labels = load_mnist("test", mnist_dir)

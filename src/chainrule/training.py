@@ -33,7 +33,7 @@ from chainrule.parallel import BlasThreads
 
 
 def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World | None = None) -> dict:
-    """Loss (and accuracy, for integer labels) of `model` on `(x, y)`, in evaluation mode.
+    """Loss (and accuracy, for class labels: `_are_labels`) of `model` on `(x, y)`, in evaluation mode.
 
     With a `world` of several processes, each evaluates its shard of `(x, y)` and the sums are
     added up: every process gets the figures of the whole set.
@@ -42,16 +42,17 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     x, y = _checked_data("evaluate", x, y)
     n = x.shape[0]
     lo, hi = world.shard(n)
+    labels = _are_labels(y, model)
     totals = np.zeros(2)  # Σ loss·examples, correct predictions
     step = model.examples_per_pass(batch_size)
     for i in range(lo, hi, step):
         j = min(i + step, hi)
         out = model.forward(x[i:j])
         value, _ = loss(out, y[i:j])
-        totals += value * out.shape[0], _correct(out, y[i:j], model)
+        totals += value * out.shape[0], _correct(out, y[i:j], model) if labels else 0
     total_loss, correct = world.allreduce(totals)
     logs = {"loss": float(total_loss) / n}
-    if _is_labels(y):
+    if labels:
         logs["accuracy"] = float(correct) / n
     return logs
 
@@ -82,10 +83,16 @@ def _is_labels(y) -> bool:
     return np.issubdtype(np.asarray(y).dtype, np.integer) or np.asarray(y).dtype == bool
 
 
+def _are_labels(y: np.ndarray, model: Sequential) -> bool:
+    """Whether `y` holds class labels, so that accuracy means something: integers or booleans, or
+    for a network with one output, floats that are all 0 or 1 (PyTorch's convention for BCE)."""
+    if _is_labels(y):
+        return True
+    return model.output_shape == (1,) and y.size == len(y) and bool(np.isin(y, (0.0, 1.0)).all())
+
+
 def _correct(out: np.ndarray, y, model: Sequential) -> int:
     """How many predictions in a batch of outputs match the labels."""
-    if not _is_labels(y):
-        return 0
     return int((model.predicted_classes(out) == np.asarray(y).reshape(-1)).sum())
 
 
@@ -214,6 +221,7 @@ def fit(
         raise ValueError("fit: the optimizer was not built on this model's parameters (build it with "
                          "model.parameters(), after any model.to(dtype))")
     x, y = _checked_data("fit", x, y)
+    labels = _are_labels(y, model)  # (then accuracy is reported)
     classes = model.output_shape[-1]
     if isinstance(loss, CrossEntropy) and _is_labels(y) and (y.min() < 0 or y.max() >= classes):
         # checked here for the whole set, not batch by batch in the loss: with several processes, one
@@ -286,7 +294,7 @@ def fit(
             order = rng.permutation(n) if shuffle else np.arange(n)
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
-            running = _RunningMetrics(labels=_is_labels(y))
+            running = _RunningMetrics(labels=labels)
             t0 = time.perf_counter()
             for b in range(batches):
                 blas.adapt()
@@ -302,7 +310,8 @@ def fit(
                     xb = augment(xb, rng, batch_rows=(first, len(idx))) if parallel else augment(xb, rng)
                 out = model.forward(xb, training=True)
                 value, grad = loss(out, yb)  # grad = dL/d(out)
-                stats = np.array([value * len(yb), len(yb), _correct(out, yb, model)])  # Σ loss, n, correct
+                correct = _correct(out, yb, model) if labels else 0
+                stats = np.array([value * len(yb), len(yb), correct])  # Σ loss, n, correct
                 if parallel:
                     grad = grad * (len(yb) / len(idx))  # the shard's share of the global mean's gradient
                     summing = world.iallreduce(stats)
