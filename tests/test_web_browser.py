@@ -112,6 +112,11 @@ def test_drawn_digits_are_recognised(page, tmp_path):
         page.screenshot(path=tmp_path / f"digit-{name}.png", full_page=True)
         assert page.inner_text("#label") == name, f"drew a {name}, the page says {page.inner_text('#label')}"
         assert page.locator("#prob-" + name).get_attribute("class") == "top"
+        # the winner's bar is filled as far as its probability says (it was an empty track once)
+        fill = page.locator(f"#prob-{name} .fill").bounding_box()["width"]
+        track = page.locator(f"#prob-{name} .track").bounding_box()["width"]
+        p = float(page.inner_text(f"#prob-{name} .value").rstrip("%")) / 100
+        assert track > 50 and abs(fill / track - p) < 0.05
         # the 28x28 image the network saw is drawn, with ink in it
         ink = page.evaluate("""() => {
             const d = document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data;
@@ -123,6 +128,46 @@ def test_drawn_digits_are_recognised(page, tmp_path):
     page.click("#clear")
     assert page.inner_text("#label") == "–"
     assert page.locator("#layers figure").count() == 0
+
+
+SLOW_FETCH = """
+const fetchNow = window.fetch;
+window.fetch = (...args) => new Promise((done) => setTimeout(done, 600)).then(() => fetchNow(...args));
+"""
+
+
+def test_an_answer_about_a_picture_no_longer_on_the_pad_is_dropped(page, tmp_path):
+    """With slow answers: Clear while a drawing's answer is on its way, or an upload, or a message
+    sent twice with Ctrl+Enter: only what the page shows now gets an answer, and the page says
+    when nothing is on its way any more."""
+    page.add_init_script(SLOW_FETCH)
+    page.reload()
+    page.wait_for_function("document.getElementById('image-model').options.length > 0")
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + 140, box["y"] + 40)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 140, box["y"] + 240, steps=10)
+    page.mouse.up()
+    page.click("#clear")
+    page.wait_for_selector("#answer[aria-busy='false']")
+    page.wait_for_timeout(700)
+    assert page.inner_text("#label") == "–"
+    # a single tap leaves a dot, which is something to classify (not "no ink")
+    page.mouse.click(box["x"] + 140, box["y"] + 140)
+    page.wait_for_selector("#answer[aria-busy='false']")
+    assert page.locator("#images-error").is_hidden() and page.inner_text("#label") != "–"
+    # a message checked, then another submitted while the first is on its way: the second is ignored
+    page.fill("#message", SPAM_SMS)
+    page.click("#check")
+    page.fill("#message", HAM_SMS)
+    page.press("#message", "Control+Enter")
+    page.wait_for_selector("#spam[aria-busy='false'] #spam-result:not([hidden])")
+    page.wait_for_timeout(800)
+    assert page.evaluate("document.getElementById('verdict').textContent") == "spam"
+    # an error hides the verdict of the message before
+    page.fill("#message", "   ")
+    page.click("#check")
+    assert page.locator("#spam-result").is_hidden() and page.inner_text("#spam-error") == "Paste a message first."
 
 
 def test_picking_a_model_shows_its_class_names(page, models, tmp_path):
@@ -189,3 +234,6 @@ def test_keyboard_and_phone_width(page, tmp_path):
     draw(page, SEVEN)
     page.screenshot(path=tmp_path / "phone.png", full_page=True)
     assert page.inner_text("#label") == "7"
+    # the answer is beside the pad, in view while drawing
+    pad, label = page.locator("#pad").bounding_box(), page.locator("#label").bounding_box()
+    assert label["x"] >= pad["x"] + pad["width"] and label["y"] < pad["y"] + pad["height"]

@@ -70,7 +70,6 @@ async function postJSON(url, body, contentType) {
 
 let imageModels = []; // every image model, as /api/models describes it (name, classes, picture, ...)
 let current = null; // the one the picker chose
-let generation = 0; // counts model changes: an answer about an earlier model is dropped
 
 function describeModel(label, info) {
   const parts = [];
@@ -101,8 +100,15 @@ async function loadModels() {
     const models = await response.json();
     imageModels = models.images;
     const lines = imageModels.map((info) => describeModel(info.name, info));
-    if (models.spam) lines.push(describeModel("spam", models.spam));
-    else showMissing("spam", models.hints.spam);
+    if (models.spam) {
+      lines.push(describeModel("spam", models.spam));
+      // The meter's colours follow the model's own cut-offs: green below ham, amber unsure, red spam.
+      const cut = models.spam.metadata.cutoffs || {};
+      if (typeof cut.ham === "number" && typeof cut.spam === "number") {
+        $("spam-meter").low = cut.ham;
+        $("spam-meter").high = cut.spam;
+      }
+    } else showMissing("spam", models.hints.spam);
     $("models").textContent = lines.length ? lines.join(" · ") : "No models loaded.";
     const picker = $("image-model");
     picker.replaceChildren(...imageModels.map((info) => el("option", { value: info.name }, pickerText(info))));
@@ -127,7 +133,6 @@ const drawable = () => current !== null && current.picture !== "object";
 // read drawings like MNIST's digits, or an upload for photos of objects like Fashion-MNIST's.
 function chooseModel(name) {
   current = imageModels.find((info) => info.name === name);
-  generation++;
   $("image-model").value = name;
   const title = current.dataset_title;
   const digits = isDigits(current.classes);
@@ -156,13 +161,17 @@ const padCtx = pad.getContext("2d");
 let drawing = false;
 let last = null;
 let hasInk = false;
-let inFlight = false;
-let again = false;
+let picture = 0; // counts pictures: Clear, an upload or another model starts a new one
+let pending = 0; // requests on their way
+let again = false; // strokes drawn while a request was on its way: send the pad once more
 
+// A new, empty picture: answers still on their way are about the old one and will be dropped.
 function clearPad() {
   padCtx.fillStyle = "#fff";
   padCtx.fillRect(0, 0, pad.width, pad.height);
   hasInk = false;
+  again = false;
+  picture++;
 }
 
 function padPoint(event) {
@@ -191,7 +200,12 @@ pad.addEventListener("pointerdown", (event) => {
   pad.setPointerCapture(event.pointerId);
   drawing = true;
   last = padPoint(event);
-  strokeTo(last); // a tap leaves a dot
+  // A tap leaves a dot (a line of length 0 draws nothing in some browsers).
+  padCtx.fillStyle = "#000";
+  padCtx.beginPath();
+  padCtx.arc(last[0], last[1], pad.width * 0.0375, 0, 2 * Math.PI);
+  padCtx.fill();
+  hasInk = true;
 });
 
 pad.addEventListener("pointermove", (event) => {
@@ -213,35 +227,37 @@ pad.addEventListener("pointercancel", endStroke);
 // are sent as one more request when it returns.
 function predict() {
   if (!hasInk || current === null) return;
-  if (inFlight) {
+  if (pending > 0) {
     again = true;
     return;
   }
-  inFlight = true;
   again = false;
+  pending++; // (counted now: toBlob answers later)
   $("answer").setAttribute("aria-busy", "true");
-  pad.toBlob((blob) => sendImage(blob, "image/png"), "image/png");
+  pad.toBlob((blob) => sendImage(blob, "image/png", true), "image/png");
 }
 
-async function sendImage(blob, type) {
+// Ask for the prediction of one picture; only the answer about the picture on the pad now is shown.
+async function sendImage(blob, type, counted = false) {
+  if (!counted) pending++;
   // aria-busy tells assistive technology (and the browser test) that an answer is on its way.
   $("answer").setAttribute("aria-busy", "true");
-  const asked = generation;
+  const asked = picture;
   const url = `/api/images/${encodeURIComponent(current.name)}/predict?explain=true`;
   try {
     const result = await postJSON(url, blob, type);
-    if (asked !== generation) return; // the picker moved on to another model meanwhile
+    if (asked !== picture) return; // cleared, replaced or another model since it was sent
     $("images-error").hidden = true;
     showPrediction(result);
   } catch (err) {
-    if (asked !== generation) return;
+    if (asked !== picture) return;
     resetPrediction(); // the last answer was for another picture
     $("images-error").hidden = false;
     $("images-error").textContent = err.message;
   } finally {
-    inFlight = false;
-    if (again) predict();
-    else $("answer").setAttribute("aria-busy", "false");
+    pending--;
+    if (pending === 0 && again && hasInk) predict();
+    else if (pending === 0) $("answer").setAttribute("aria-busy", "false");
   }
 }
 
@@ -272,8 +288,9 @@ function resetPrediction() {
   });
   const seen = $("seen").getContext("2d");
   seen.clearRect(0, 0, 28, 28);
-  $("layers").replaceChildren(el("p", { class: "empty" }, "Draw a digit or upload a picture to see the activations."));
-  $("units").replaceChildren(el("p", { class: "empty" }, "Draw a digit or upload a picture to see them."));
+  const ask = drawable() ? "Draw a digit or upload a picture" : "Upload a picture";
+  $("layers").replaceChildren(el("p", { class: "empty" }, `${ask} to see the activations.`));
+  $("units").replaceChildren(el("p", { class: "empty" }, `${ask} to see them.`));
   $("images-error").hidden = true;
 }
 
@@ -327,10 +344,16 @@ function showLayers(layers) {
       canvas.style.width = `${cols * cell}px`;
       figure.append(canvas);
       if (layer === layers[layers.length - 1] && n === current.classes.length) {
-        // The output layer: one cell per class, labelled (a long name is cut; it shows in full on hover).
+        // The output layer: one cell per class, labelled; names too long for a cell are numbered,
+        // with a key below.
+        const short = current.classes.every((name) => name.length <= 2);
         const labels = el("div", { class: "cell-labels", "aria-hidden": "true" });
-        for (const name of current.classes) labels.append(el("span", { style: `width:${cell}px`, title: name }, name));
+        current.classes.forEach((name, k) => labels.append(el("span", { style: `width:${cell}px`, title: name },
+          short ? name : String(k))));
         figure.append(labels);
+        if (!short) {
+          figure.append(el("p", { class: "cell-key" }, current.classes.map((name, k) => `${k} ${name}`).join(" · ")));
+        }
       }
     }
     return figure;
@@ -359,17 +382,24 @@ $("clear").addEventListener("click", () => {
 $("upload").addEventListener("change", () => {
   const file = $("upload").files[0];
   if (!file) return;
-  // Show the picture on the pad (fitted, on white) and send the file itself, unchanged.
+  // A new picture: the pad is cleared now (an answer about the old one is dropped, and a file the
+  // browser cannot show leaves it empty), then shows the file, fitted, on white; the file itself
+  // is sent, unchanged.
+  clearPad();
+  resetPrediction();
+  const shown = picture;
   const url = URL.createObjectURL(file);
-  const picture = new Image();
-  picture.onload = () => {
-    clearPad();
-    const s = Math.min(pad.width / picture.width, pad.height / picture.height);
-    const w = picture.width * s, h = picture.height * s;
-    padCtx.drawImage(picture, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+  const img = new Image();
+  img.onload = () => {
+    if (shown === picture) {
+      const s = Math.min(pad.width / img.width, pad.height / img.height);
+      const w = img.width * s, h = img.height * s;
+      padCtx.drawImage(img, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    }
     URL.revokeObjectURL(url);
   };
-  picture.src = url;
+  img.onerror = () => URL.revokeObjectURL(url);
+  img.src = url;
   if (current !== null) sendImage(file, file.type || "application/octet-stream");
   $("upload").value = "";
 });
@@ -421,17 +451,21 @@ function highlight(text, tokens) {
 }
 
 function chip(t) {
-  // The whole token, tag included: "num:d11" (an 11-digit number) says more than "d11".
-  const item = el("li", {}, t.token);
+  // The whole token, tag included: "num:d11" (an 11-digit number) says more than "d11". <bdi> keeps
+  // a right-to-left word from pulling its weight to the other side.
+  const item = el("li");
+  item.append(el("bdi", {}, t.token));
   item.append(el("small", {}, `${t.weight > 0 ? "+" : ""}${t.weight.toFixed(2)}`));
   return item;
 }
 
 async function checkMessage(event) {
   event.preventDefault();
+  if ($("check").disabled) return; // one message at a time (Ctrl+Enter, too); or no spam model
   const text = $("message").value;
   const error = $("spam-error");
   if (!text.trim()) {
+    $("spam-result").hidden = true; // the last verdict was about another message
     error.hidden = false;
     error.textContent = "Paste a message first.";
     $("message").focus();
@@ -454,6 +488,7 @@ async function checkMessage(event) {
     $("tokens-ham").replaceChildren(...hammy.map(chip));
     highlight(text, result.top_tokens);
   } catch (err) {
+    $("spam-result").hidden = true;
     error.hidden = false;
     error.textContent = err.message;
   } finally {
