@@ -168,6 +168,13 @@ def test_digits_is_images_with_mnist_as_the_data_set(tmp_path, fashion_dir, caps
     assert not (tmp_path / "never").exists()
 
 
+def test_digits_commands_refuse_a_model_that_does_not_read_digits(fashion_run, photos, capsys):
+    for command in (["evaluate", fashion_run], ["predict", fashion_run, photos[0]], ["show", fashion_run]):
+        code, _, stderr = cli(capsys, "digits", *command)
+        assert (code, stderr) == (2, f"chainrule: error: {fashion_run}: a model of Fashion-MNIST, not of digits: "
+                                     "use `chainrule images` for it\n")
+
+
 def test_resume_continues_on_the_data_set_the_run_started_with(fashion_run):
     opts = images.resolve_run_options({}, fashion_run, resume=True)  # `chainrule digits train --resume`
     assert opts["data"] == "fashion" and opts["train_size"] == 1200

@@ -63,8 +63,10 @@ def test_score_is_monotone_and_crosses_the_threshold_exactly_at_the_spam_cutoff(
         if q < ham_cut:
             assert s <= 2.5  # (equal only where p rounds to the log-odds of the cut-off)
     v = Verdict(np.nextafter(spam_cut, 0), spam_cut, ham_cut)
-    assert v.label == "unsure" and format_score(v.score, v.is_spam) == "4.9"  # never rounded up to 5.0
-    assert format_score(spamd_score(spam_cut, spam_cut, ham_cut), True) == "5.0"
+    assert v.label == "unsure" and format_score(v.score, v.label) == "4.9"  # never rounded up to 5.0
+    assert format_score(spamd_score(spam_cut, spam_cut, ham_cut), "spam") == "5.0"
+    v = Verdict(np.nextafter(ham_cut, 0), spam_cut, ham_cut)
+    assert v.label == "ham" and format_score(v.score, v.label) == "2.4"  # never rounded up to unsure's 2.5
 
 
 def test_cutoffs_at_zero_and_one_still_give_consistent_scores():
@@ -72,7 +74,8 @@ def test_cutoffs_at_zero_and_one_still_give_consistent_scores():
         for q in (0.0, 1e-20, 0.3, 0.5, 1 - 1e-12, 1.0):
             v = Verdict(q, spam_cut, ham_cut)
             assert (v.score >= THRESHOLD) == v.is_spam
-            assert (float(format_score(v.score, v.is_spam)) >= THRESHOLD) == v.is_spam
+            assert (float(format_score(v.score, v.label)) >= THRESHOLD) == v.is_spam
+            assert (float(format_score(v.score, v.label)) >= 2.5) == (v.label != "ham")
 
 
 _LINE = st.binary(min_size=1, max_size=60).filter(lambda b: b"\r" not in b and b"\n" not in b)
@@ -260,7 +263,7 @@ def learner(model_dir, tmp_path_factory):
 
 
 def _score_line(v: Verdict) -> bytes:
-    return f"{format_score(v.score, v.is_spam)}/{THRESHOLD:.1f}\n".encode()
+    return f"{format_score(v.score, v.label)}/{THRESHOLD:.1f}\n".encode()
 
 
 def _body(raw: bytes) -> bytes:
@@ -291,7 +294,7 @@ def test_process_adds_headers_and_leaves_the_body_byte_for_byte(daemon, held):
         assert _body(out) == _body(raw)
         head = out[:len(out) - len(_body(out))]
         assert (b"\nX-Spam-Flag: YES" in head) == v.is_spam
-        assert f"X-Spam-Status: {'Yes' if v.is_spam else 'No'}, score={format_score(v.score, v.is_spam)} "\
+        assert f"X-Spam-Status: {'Yes' if v.is_spam else 'No'}, score={format_score(v.score, v.label)} "\
                f"required=5.0 tests=CHAINRULE_{v.label.upper()}".encode() in head
         assert f"X-Chainrule-Spam-Verdict: {v.label}".encode() in head
         assert f"X-Chainrule-Spam-Probability: {v.probability:.6f}".encode() in head
@@ -351,7 +354,7 @@ def test_compressed_request(daemon, held):
     raw, _, v = held[1]
     packed = zlib.compress(raw)
     out = daemon.raw(b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: %d\r\n\r\n" % len(packed) + packed)
-    assert out == f"SPAMD/1.1 0 EX_OK\r\nSpam: {v.is_spam} ; {format_score(v.score, v.is_spam)} / 5.0\r\n\r\n".encode()
+    assert out == f"SPAMD/1.1 0 EX_OK\r\nSpam: {v.is_spam} ; {format_score(v.score, v.label)} / 5.0\r\n\r\n".encode()
 
 
 def test_older_clients_exim_and_milters(daemon, held):
@@ -360,7 +363,7 @@ def test_older_clients_exim_and_milters(daemon, held):
     raw, _, v = next(h for h in held if h[2].label == "spam")
     out = daemon.raw(b"REPORT SPAMC/1.2\r\nUser: nobody\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
     m = re.match(rb"SPAMD/1\.1 0 EX_OK\r\nSpam: True ; (-?\d+\.\d) / 5\.0\r\n\r\n", out)
-    assert m and m.group(1) == format_score(v.score, True).encode()
+    assert m and m.group(1) == format_score(v.score, "spam").encode()
     assert b"CHAINRULE_SPAM" in out[m.end():]
     out = daemon.raw(b"SYMBOLS SPAMC/1.2\r\nUser: milter\r\n\r\n" + raw)
     assert out.endswith(b"\r\n\r\nCHAINRULE_SPAM\r\n") and out.startswith(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; ")

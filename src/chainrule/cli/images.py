@@ -14,6 +14,7 @@ from pathlib import Path
 from chainrule import distributed
 from chainrule.apps import images
 from chainrule.cli.options import positive_int
+from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
 from chainrule.errors import TrainingDiverged, UserError
 
@@ -85,7 +86,18 @@ def report_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _image_model(args):
+    """(model, metadata) of MODEL; under `chainrule digits`, only a model that reads digits."""
+    model, metadata = images.load_image_model(args.model)
+    if args.group == "digits" and metadata["classes"] != images.DIGITS:
+        raise UserError(f"{args.model}: a model of {idx.title(metadata['dataset'])}, not of digits: "
+                        "use `chainrule images` for it")
+    return model, metadata
+
+
 def _cmd_evaluate(args) -> int:
+    if args.group == "digits":
+        _image_model(args)
     report, shown = images.evaluate_saved(args.model, args.data, args.out, args.top)
     print(report_text(report))
     print(f"\nwrote {Path(args.out or args.model)}/eval_metrics.json, eval_confusion_matrix.png and mistakes.png "
@@ -103,7 +115,7 @@ def _read_stdin_image() -> bytes:
 
 
 def _cmd_predict(args) -> int:
-    model, metadata = images.load_image_model(args.model)
+    model, metadata = _image_model(args)
     if args.images.count("-") > 1:
         raise UserError("'-' (standard input) can be given only once")
     sources = [_read_stdin_image() if src == "-" else src for src in args.images]
@@ -122,7 +134,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    model, _ = images.load_image_model(args.model)
+    model, _ = _image_model(args)
     out = Path(args.out) if args.out else Path(args.model) / "first_layer.png"
     try:
         what = images.draw_first_layer(model, out, args.units)
@@ -168,7 +180,8 @@ def _add_group(subparsers, group: str) -> None:
         f"{KNOWN_SETS[s].title}: " + ", ".join(f"{name} ({p.description})" for name, p in images.PRESETS[s].items())
         for s in sets)
     every_preset = list(dict.fromkeys(name for s in images.PRESETS.values() for name in s))
-    default_out = "runs/digits-<model>" if group == "digits" else "runs/<data set>-<model>"
+    default_out = ("runs/digits-<model>" if group == "digits"
+                   else "runs/<data set>-<model>, runs/digits-<model> for MNIST")
 
     p = sub.add_parser("train", help="train a model and report its test accuracy",
                        description=f"Presets: {presets}. A folder that is not a known set gets MNIST's presets. "

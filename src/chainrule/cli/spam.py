@@ -404,7 +404,8 @@ LEARN_DESCRIPTION = """\
 Teach the filter that these messages are spam (--spam) or ham (--ham): a few steps of training on
 them, mixed with a sample of what it learned before, so that it keeps what it knew. Every message
 is remembered by a digest of its features. Taught again with the same label, it is recognised and
-neither learned nor counted twice; with the other label, it is relearned as that. --unlearn undoes
+counted once, and learned again only while the filter does not yet give it that verdict; with the
+other label, it is relearned as that. --unlearn undoes
 a lesson: the message is forgotten and the network edited, as little as it takes, to give the
 message the P(spam) it had before the lesson (a network cannot subtract one message exactly, as a
 Bayes token database can). --from FOLDER --since-last learns what arrived in a Junk or inbox folder since the

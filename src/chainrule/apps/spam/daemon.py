@@ -135,12 +135,13 @@ def spamd_score(p: float, spam_cutoff: float, ham_cutoff: float) -> float:
     return UNSURE_FLOOR + POINTS_PER_LOGIT * min(z - zh, 0.0)
 
 
-def format_score(score: float, is_spam: bool) -> str:
-    """`score` with one decimal, as spamc prints it, never rounded across the threshold (4.96 of a
-    message that is not spam is "4.9", not "5.0")."""
+def format_score(score: float, label: str) -> str:
+    """`score` with one decimal, as spamc prints it, never rounded into the band of another verdict
+    (`label`): 4.96 of an unsure message is "4.9", not "5.0"; 2.496 of a ham one "2.4", not "2.5"."""
     text = f"{score:.1f}"
-    if not is_spam and float(text) >= THRESHOLD:
-        text = f"{THRESHOLD - 0.1:.1f}"
+    ceiling = {"ham": UNSURE_FLOOR, "unsure": THRESHOLD}.get(label)
+    if ceiling is not None and float(text) >= ceiling:
+        text = f"{ceiling - 0.1:.1f}"
     return "0.0" if text == "-0.0" else text
 
 
@@ -271,7 +272,7 @@ def _stamp(directory: Path, names: Sequence[str]) -> tuple:
 def markup_lines(v: Verdict) -> list[str]:
     """The header lines PROCESS and HEADERS add: SpamAssassin's, so that existing procmail and
     Sieve rules keep working, and chainrule's own, which tell unsure apart."""
-    score = format_score(v.score, v.is_spam)
+    score = format_score(v.score, v.label)
     lines = []
     if v.is_spam:
         lines.append("X-Spam-Flag: YES")
@@ -296,7 +297,7 @@ def mark_up(raw: bytes, v: Verdict) -> bytes:
 def report_text(v: Verdict) -> str:
     """The REPORT answer: SpamAssassin's layout (points, rule, description), then the tokens that
     decided, by gradient x input."""
-    score = format_score(v.score, v.is_spam)
+    score = format_score(v.score, v.label)
     said = {"spam": "identified this message as spam",
             "ham": "found this message to be ham (not spam)",
             "unsure": "is unsure about this message: it lies between the ham and the spam cut-off"}[v.label]
@@ -505,7 +506,7 @@ def spam_line(v: Verdict | None) -> bytes:
     """`Spam: True ; 9.4 / 5.0`: what spamc parses for -c, -E, -R and -r (a skipped message: not spam)."""
     if v is None:
         return f"Spam: False ; 0.0 / {THRESHOLD:.1f}\r\n".encode()
-    return f"Spam: {v.is_spam} ; {format_score(v.score, v.is_spam)} / {THRESHOLD:.1f}\r\n".encode()
+    return f"Spam: {v.is_spam} ; {format_score(v.score, v.label)} / {THRESHOLD:.1f}\r\n".encode()
 
 
 def answer(req: Request, v: Verdict | None) -> bytes:
@@ -830,7 +831,7 @@ class DaemonServer:
         writer.write(answer(req, v))
         await writer.drain()
         log.info("%s %s (%s/%.1f, P(spam) %.4f) for %s in %.1f ms, %d bytes, %s", req.command, v.label,
-                 format_score(v.score, v.is_spam), THRESHOLD, v.probability, user, ms(), req.size, who)
+                 format_score(v.score, v.label), THRESHOLD, v.probability, user, ms(), req.size, who)
 
     async def _tell(self, req: Request, writer, who: str, user: str, ms) -> None:
         if not self.options.allow_tell:
