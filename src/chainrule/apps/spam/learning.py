@@ -241,23 +241,45 @@ def _move_logits(model: cr.Sequential, x: sp.csr_matrix, target: np.ndarray, ste
     `x` becomes `target` (for a row that should stay where it is, its present logit).
 
     With G holding each row's gradient ∇z, the smallest change (in ‖Δθ‖) that moves the logits
-    by Δz, to first order, is Δθ = Gᵀ (G Gᵀ)⁻¹ Δz: it satisfies G Δθ = Δz, and any other Δθ that
-    does is longer. Exact for the linear part of the network; a few such steps (Gauss-Newton)
-    absorb the ReLUs' bends. Where the rows ask for what no change can give (one message twice,
-    with two targets), least squares settles between them. Dropout is off (evaluation mode).
+    by Δz, to first order, is Δθ = Gᵀ s with (G Gᵀ) s = Δz: it satisfies G Δθ = Δz, and any other
+    Δθ that does is longer. Exact for the linear part of the network; a few such steps
+    (Gauss-Newton) absorb the ReLUs' bends. Where the rows ask for what no change can give (one
+    message twice, with two targets), least squares settles between them. Dropout is off.
+
+    G is never formed (for a few dozen rows of a committee it would be hundreds of megabytes):
+    row i's gradient for the first layer's weights is the outer product x_iᵀ δ_i, with δ_i =
+    dz/d(the first layer's output), which is also its gradient for that layer's bias. So the first
+    layer's part of G Gᵀ is (X Xᵀ) ⊙ (Δ Δᵀ) (+ Δ Δᵀ for the bias), and its part of the step is
+    Xᵀ (s ⊙ Δ); the layers above have few parameters, and their gradients R are kept whole.
     """
     small, x_small, cols = _touched_copy(model, x)  # ∇z is zero on the first-layer rows x does not touch
-    grads = np.empty((x_small.shape[0], small.flat_params.size), np.float32)
-    z = np.empty(x_small.shape[0])
+    first, above = small.layers[0], small.layers[1:]
+    params = [p for layer in above for p in layer.parameters()]
+    xx = (x_small @ x_small.T).toarray().astype(np.float64)  # X Xᵀ
+    rows = x_small.shape[0]
     for _ in range(steps):
-        for i in range(x_small.shape[0]):
+        z = np.empty(rows)
+        deltas = np.empty((rows, first.out_features))
+        grads = np.empty((rows, sum(p.size for p in params)))
+        for i in range(rows):
             out = small.forward(x_small[i])
             z[i] = out[0, 0]
-            small.backward(np.ones_like(out), input_grad=False)  # dz/dθ into every .grad
-            grads[i] = small.flat_grads
-        gram = grads.astype(np.float64) @ grads.T.astype(np.float64)
-        solution = np.linalg.lstsq(gram, target - z, rcond=None)[0]
-        small.flat_params += (solution.astype(np.float32) @ grads).astype(small.flat_params.dtype)
+            grad = np.ones_like(out)
+            for layer in reversed(above):  # backward down to the first layer's output
+                layer.needs_input_grad = True
+                grad = layer.backward(grad)
+            deltas[i] = grad[0]
+            grads[i] = np.concatenate([p.grad.ravel() for p in params]) if params else ()
+        dd = deltas @ deltas.T
+        gram = xx * dd + (dd if first.bias is not None else 0) + grads @ grads.T
+        s = np.linalg.lstsq(gram, target - z, rcond=None)[0]
+        step = s[:, None] * deltas
+        first.weight.data += np.asarray(x_small.T @ step).astype(first.weight.data.dtype)
+        if first.bias is not None:
+            first.bias.data += step.sum(axis=0).astype(first.bias.data.dtype)
+        moved = s @ grads
+        for p, start in zip(params, np.cumsum([0] + [p.size for p in params])[:-1], strict=True):
+            p.data += moved[start:start + p.size].reshape(p.shape).astype(p.data.dtype)
     _write_back(small, model, cols)
 
 
