@@ -78,6 +78,22 @@ def test_light_falling_across_a_photographed_page_is_not_ink(digits):
 
 
 @needs_data
+def test_an_evenly_lit_image_and_its_negative_and_a_tight_crop_agree(digits):
+    """On evenly lit paper the paper is the border's one level exactly, so an image and its
+    negative give the same ink to the last bit; a digit cropped so tightly that it touches the
+    edges is read as it is with a margin (ink on the border does not tilt the paper)."""
+    tight = []
+    for digit in digits[0][:50]:
+        rows, cols = np.nonzero(digit)
+        crop = np.kron(255 - digit[rows.min():rows.max() + 1, cols.min():cols.max() + 1], np.ones((3, 3), np.uint8))
+        padded = np.pad(crop, 30, constant_values=255)
+        x = preprocess_image(Image.fromarray(padded))
+        np.testing.assert_array_equal(x, preprocess_image(Image.fromarray(255 - padded)))
+        tight.append(np.corrcoef(preprocess_image(Image.fromarray(crop)).ravel(), x.ravel())[0, 1])
+    assert np.mean(tight) > 0.97 and np.median(tight) > 0.99, sorted(tight)[:5]
+
+
+@needs_data
 def test_preprocessing_reproduces_mnist_closely(digits):
     """An MNIST digit, redrawn x3 larger, off-centre, dark on light, in colour, comes back close to itself.
 

@@ -2,6 +2,7 @@
 SpamAssassin messages: learning, repeated messages, relearning, unlearning, `--since-last` on a
 Maildir, and two real `spam learn` processes on one model at once."""
 
+import copy
 import fcntl
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import chainrule as cr
 from chainrule import model_files
@@ -25,7 +27,7 @@ from chainrule.apps.spam import (
     row_digests,
     save_model,
 )
-from chainrule.apps.spam.learning import _fit_touched
+from chainrule.apps.spam.learning import _fit_touched, _move_logits
 from chainrule.cli import main
 from chainrule.files import LOCK_FILE
 
@@ -177,6 +179,34 @@ def test_a_missing_file_among_several_is_an_error_after_the_others_are_learned(m
     assert main(["spam", "learn", str(model), "--spam", str(spam), "/nonexistent.eml", "--seed", "0"]) == 2
     out, err = capsys.readouterr()
     assert out.startswith(f"{spam}\tlearned as spam\t") and "skipped /nonexistent.eml: no such file" in err
+
+
+def test_unlearning_next_to_a_near_copy_settles_between_them_and_moves_nothing_else():
+    """A held look-alike that differs from the message by one faint token: no change of the weights
+    can move one and not the other, and the near-singular directions of the gradients' Gram matrix
+    are float32 rounding noise. The edit settles between the two targets and leaves unrelated
+    messages nearly where they were (inverting the noise moved them by thousands of logits)."""
+    rng = np.random.default_rng(1)
+    n = 4096
+
+    def row(tokens, values=None):
+        values = np.full(len(tokens), 1 / np.sqrt(len(tokens))) if values is None else values
+        return sp.csr_matrix((np.asarray(values, np.float32), tokens, [0, len(tokens)]), shape=(1, n))
+
+    base = cr.Sequential([cr.Linear(n, 32), cr.ReLU(), cr.Linear(32, 1)], seed=0)
+    tokens = np.sort(rng.choice(n, 80, replace=False))
+    unrelated = sp.vstack([row(np.sort(rng.choice(n, 80, replace=False))) for _ in range(50)]).tocsr()
+    for faint in (1e-2, 1e-5):
+        model = copy.deepcopy(base)
+        extra = rng.choice(np.setdiff1d(np.arange(n), tokens), 1)
+        order = np.argsort(np.r_[tokens, extra])
+        near = row(np.r_[tokens, extra][order], np.r_[np.full(80, 1 / np.sqrt(80)), faint][order])
+        x = sp.vstack([row(tokens), near]).tocsr()
+        z = model.forward(x)[:, 0].astype(np.float64)
+        _move_logits(model, x, np.array([z[0] - 3.0, z[1]]))
+        after = model.forward(x)[:, 0]
+        assert z[0] - 3.0 < after[0] < z[0] and abs(after[0] - after[1]) < 0.1
+        assert np.abs(model.forward(unrelated) - base.forward(unrelated)).max() < 5
 
 
 def test_another_applications_model_is_refused_untouched(spam_corpus, tmp_path, capsys):

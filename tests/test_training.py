@@ -41,6 +41,8 @@ def test_float_0_1_labels_of_one_output_count_as_labels():
     assert runs[0] == runs[1] and "accuracy" in runs[1][1]
     regression = cr.evaluate(model, XOR_X, np.array([0.5, 1.0, 1.0, 0.0]), cr.BinaryCrossEntropy())
     assert "accuracy" not in regression  # soft targets are not labels
+    # nor are 0/1 targets of a regression (MSE on a linear output: no cut-off to read classes by)
+    assert "accuracy" not in cr.evaluate(model, XOR_X, XOR_Y.astype(np.float32), cr.MeanSquaredError())
 
 
 def test_small_mlp_fits_a_real_mnist_slice(mnist_dir):

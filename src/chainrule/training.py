@@ -26,8 +26,8 @@ from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
 from chainrule.history import History
-from chainrule.layers import Dropout
-from chainrule.losses import CrossEntropy
+from chainrule.layers import Dropout, Sigmoid
+from chainrule.losses import BinaryCrossEntropy, CrossEntropy
 from chainrule.network import Sequential
 from chainrule.parallel import BlasThreads
 
@@ -42,7 +42,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     x, y = _checked_data("evaluate", x, y)
     n = x.shape[0]
     lo, hi = world.shard(n)
-    labels = _are_labels(y, model)
+    labels = _are_labels(y, model, loss)
     totals = np.zeros(2)  # Σ loss·examples, correct predictions
     step = model.examples_per_pass(batch_size)
     for i in range(lo, hi, step):
@@ -83,12 +83,15 @@ def _is_labels(y) -> bool:
     return np.issubdtype(np.asarray(y).dtype, np.integer) or np.asarray(y).dtype == bool
 
 
-def _are_labels(y: np.ndarray, model: Sequential) -> bool:
+def _are_labels(y: np.ndarray, model: Sequential, loss) -> bool:
     """Whether `y` holds class labels, so that accuracy means something: integers or booleans, or
-    for a network with one output, floats that are all 0 or 1 (PyTorch's convention for BCE)."""
+    floats that are all 0 or 1 for one output read as a probability (PyTorch's convention for BCE:
+    a `BinaryCrossEntropy` loss, or a last `Sigmoid`; for a regression onto 0 and 1, MSE on a
+    linear output, the class cut-off would be meaningless)."""
     if _is_labels(y):
         return True
-    return model.output_shape == (1,) and y.size == len(y) and bool(np.isin(y, (0.0, 1.0)).all())
+    probability = isinstance(loss, BinaryCrossEntropy) or isinstance(model.layers[-1], Sigmoid)
+    return probability and model.output_shape == (1,) and y.size == len(y) and bool(np.isin(y, (0.0, 1.0)).all())
 
 
 def _correct(out: np.ndarray, y, model: Sequential) -> int:
@@ -221,7 +224,7 @@ def fit(
         raise ValueError("fit: the optimizer was not built on this model's parameters (build it with "
                          "model.parameters(), after any model.to(dtype))")
     x, y = _checked_data("fit", x, y)
-    labels = _are_labels(y, model)  # (then accuracy is reported)
+    labels = _are_labels(y, model, loss)  # (then accuracy is reported)
     classes = model.output_shape[-1]
     if isinstance(loss, CrossEntropy) and _is_labels(y) and (y.min() < 0 or y.max() >= classes):
         # checked here for the whole set, not batch by batch in the loss: with several processes, one

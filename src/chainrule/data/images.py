@@ -48,8 +48,10 @@ MAX_PIXELS = 50_000_000
 WORKING_SIZE = 1024
 # Ink fainter than this fraction of the strongest ink is paper texture, shadow or JPEG noise.
 NOISE_FLOOR = 0.2
-# Grey levels by which a border pixel may differ from the fitted paper and still count as paper.
+# Grey levels by which a border pixel may be darker than the fitted paper (for dark ink; lighter,
+# for light ink) and still count as paper; and the most fits `_paper` makes before it settles.
 PAPER_TOLERANCE = 24.0
+PAPER_FITS = 6
 
 BOX, SIZE = 20, 28
 # An object's pixels closer than this to the background's level are background (Fashion-MNIST's trim).
@@ -149,44 +151,52 @@ def _grey(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float64)
 
 
-def _paper(grey: np.ndarray) -> np.ndarray:
-    """The paper's grey level at every pixel: a plane a + b·x + c·y fitted to the image's border
-    (a digit rarely touches all four edges), so that light falling across a photographed page,
-    brighter on one side, is not read as ink on the darker side.
+def _paper(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """The paper's grey level at every pixel: the border's median level plus a plane b + c·x + d·y
+    fitted to the border (a digit rarely touches all four edges), so that light falling across a
+    photographed page, brighter on one side, is not read as ink on the darker side.
 
-    Least squares, twice: border pixels far from the first fit (ink that reaches the edge) are
-    left out of the second. A page of one grey level gives that level everywhere.
+    Least squares, repeated until it settles, each time on the border pixels that are not ink by
+    its last fit: ink lies on one side of the paper (darker than it by more than
+    `PAPER_TOLERANCE`, for dark ink), so ink reaching the edge never pulls the fit towards it. A
+    border of one grey level gives exactly that level everywhere (the fit is then 0), so an evenly
+    lit image and its negative give exactly the same ink.
     """
     h, w = grey.shape
     ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(h), np.arange(h)])
     xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h), np.full(h, w - 1)])
     levels = grey[ys.astype(np.intp), xs.astype(np.intp)]
+    median = float(np.median(levels))
+    sign = 1.0 if dark_ink else -1.0  # dark ink lies below the paper, light ink above it
     design = np.column_stack([np.ones_like(xs), xs / max(w - 1, 1) - 0.5, ys / max(h - 1, 1) - 0.5])
     keep = np.ones(len(levels), bool)
-    for _ in range(2):
-        coef = np.linalg.lstsq(design[keep], levels[keep], rcond=None)[0]
-        off = np.abs(levels - design @ coef)
-        keep = off <= max(PAPER_TOLERANCE, 3 * float(np.median(off)))
+    for _ in range(PAPER_FITS):
+        coef = np.linalg.lstsq(design[keep], levels[keep] - median, rcond=None)[0]
+        paper_here = sign * (levels - median - design @ coef) >= -PAPER_TOLERANCE
+        if (paper_here == keep).all():
+            break
+        keep = paper_here
     x = np.arange(w) / max(w - 1, 1) - 0.5
     y = np.arange(h) / max(h - 1, 1) - 0.5
-    return coef[0] + coef[1] * x[None, :] + coef[2] * y[:, None]
+    return median + coef[0] + coef[1] * x[None, :] + coef[2] * y[:, None]
 
 
 def _ink(grey: np.ndarray) -> np.ndarray:
     """Ink strength in [0, 1] with the paper at 0, for dark-on-light and light-on-dark alike.
 
     The paper's level at each pixel is `_paper`'s; if the border is lighter than mid-grey the ink
-    is dark, so the image is inverted. Dark ink is measured relative to the paper around it,
-    1 - grey/paper: a page seen in light is light × reflectance, so the same ink is as strong on
-    the dimmer side of the page as on the brighter one.
+    is dark, so the image is inverted. Dark ink on unevenly lit paper is measured relative to the
+    paper around it, 1 - grey/paper: a page seen in light is light × reflectance, so the same ink
+    is as strong on the dimmer side of the page as on the brighter one (on evenly lit paper that
+    is the same as grey levels below the paper's, once scaled by the strongest ink).
     """
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    paper = _paper(grey)
     dark_ink = float(np.median(border)) > 127.5
+    paper = _paper(grey, dark_ink)
     ink = (paper - grey) if dark_ink else (grey - paper)
     if float(ink.max()) <= 12:  # under 5% contrast: a blank page
         return np.zeros_like(grey)
-    if dark_ink:
+    if dark_ink and np.ptp(paper) > 0:
         ink /= np.maximum(paper, 1.0)
     ink = np.clip(ink / float(ink.max()), 0.0, 1.0)
     ink[ink < NOISE_FLOOR] = 0.0

@@ -44,8 +44,9 @@ from chainrule.web.schemas import (
 
 log = logging.getLogger(__name__)
 
-# Image decodes running at once; each may hold up to ~150 MB (`data.images.MAX_PIXELS` RGB pixels,
-# checked from the header before decoding, as on the command line).
+# Image decodes running at once; each may hold up to ~400 MB (`data.images.MAX_PIXELS` pixels,
+# checked from the header before decoding, as on the command line: a 7000x7000 RGBA PNG raised the
+# peak memory by 408 MiB), so two at once stay under a gigabyte.
 MAX_PARALLEL_DECODES = 2
 MAX_FEATURE_MAPS = 16  # per convolutional layer, in the "inside the network" view
 TOP_UNITS = 8  # hidden units whose first-layer weights the page shows

@@ -611,7 +611,7 @@ class DaemonServer:
         self._stopping: asyncio.Event | None = None
         self._reloads: set[asyncio.Task] = set()
         self.addresses: list[str] = []  # where it listens, once started
-        self._socket_inode: int | None = None  # of the Unix socket it made, which it alone removes
+        self._socket_id: tuple[int, int] | None = None  # (device, inode) of the Unix socket it made and removes
 
     # -- filters --------------------------------------------------------------------------------
 
@@ -742,7 +742,11 @@ class DaemonServer:
             if not unix and not (isinstance(peer, tuple) and _allowed_address(peer[0], self._allowed)):
                 log.warning("refused connection from %s: not in --allowed-ips", who)
                 return
-            await asyncio.wait_for(self._converse(reader, writer, who), self.options.timeout)
+            refused = await asyncio.wait_for(self._converse(reader, writer, who), self.options.timeout)
+            if refused:  # (outside the connection slot: a client still sending must not hold one)
+                if writer.can_write_eof():
+                    writer.write_eof()  # the answer is complete: a client reading to the end sees it
+                await _drop_the_rest(reader)
         except asyncio.TimeoutError:
             log.warning("%s: no answer within %.0f s (--timeout); connection closed", who, self.options.timeout)
             await self._send(writer, ProtocolError(EX_TIMEOUT, "Timeout: (connection took too long)").status_line())
@@ -766,7 +770,8 @@ class DaemonServer:
         except (ConnectionError, OSError, asyncio.TimeoutError):
             pass  # the client is gone; nothing more to tell it
 
-    async def _converse(self, reader, writer, who: str) -> None:
+    async def _converse(self, reader, writer, who: str) -> bool:
+        """Read one request and answer it; True if it was refused before it was read to the end."""
         async with self._slots:
             started = time.perf_counter()
             try:
@@ -780,8 +785,7 @@ class DaemonServer:
                 log.warning("%s: bad request: %s", who, exc.text)
                 writer.write(exc.status_line())
                 await writer.drain()
-                await _drop_the_rest(reader)
-                return
+                return True
             try:
                 await self._serve(req, writer, who, started)
             except ProtocolError as exc:
@@ -791,6 +795,7 @@ class DaemonServer:
             finally:
                 if req.spool is not None:
                     req.spool.close()
+            return False
 
     async def _serve(self, req: Request, writer: asyncio.StreamWriter, who: str, started: float) -> None:
         def ms():
@@ -904,7 +909,7 @@ class DaemonServer:
         try:
             server = await asyncio.start_unix_server(self._connection, path)
             os.chmod(path, self.options.socket_mode)
-            self._socket_inode = path.stat().st_ino
+            self._socket_id = _file_id(path)
         except OSError as exc:
             raise UserError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
         return server
@@ -926,7 +931,7 @@ class DaemonServer:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.options.socket is not None:
             try:  # ours only: a daemon started on the same path since may be listening there now
-                if self.options.socket.stat().st_ino == self._socket_inode:
+                if _file_id(self.options.socket) == self._socket_id:
                     self.options.socket.unlink()
             except OSError:
                 pass
@@ -934,26 +939,36 @@ class DaemonServer:
         self._model_pool.shutdown(wait=True)
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
 async def _drop_the_rest(reader: asyncio.StreamReader, seconds: float = 2.0) -> None:
     """Read and drop what the client still sends (the rest of a request refused part-way, say a
     header line of megabytes), for up to `seconds`: a socket closed with unread data sends a reset,
     and the client loses the answer it has not read yet."""
+    async def drop() -> None:
+        while await reader.read(CHUNK):
+            pass
+
     try:
-        async with asyncio.timeout(seconds):
-            while await reader.read(CHUNK):
-                pass
-    except (TimeoutError, ConnectionError, OSError):
+        await asyncio.wait_for(drop(), seconds)
+    except (asyncio.TimeoutError, ConnectionError, OSError):
         pass
 
 
 def _answers(path: Path) -> bool:
-    """Whether something accepts connections on the Unix socket at `path` (a stale one refuses)."""
+    """Whether a process may be listening on the Unix socket at `path`: only a refused connection
+    shows it stale (a live daemon with a full backlog answers EAGAIN, and counts as live)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
             probe.connect(str(path))
-        except OSError:
+        except (ConnectionRefusedError, FileNotFoundError):
             return False
+        except OSError:
+            return True
     return True
 
 

@@ -119,6 +119,10 @@ LEARN_LR = 1e-3
 
 # Lessons `unlearn` holds in place while it moves a message back: the look-alikes it would move most.
 HELD_LESSONS = 32
+# Directions of G Gᵀ weaker than this share of its strongest are left alone by `_move_logits`: the
+# gradients are float32, so there they are rounding noise, and inverting it (a held look-alike that
+# differs from the message by one faint token) moved unrelated messages by thousands of logits.
+GRAM_RCOND = 1e-5
 
 
 def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: int = 4, lr: float = LEARN_LR,
@@ -244,7 +248,8 @@ def _move_logits(model: cr.Sequential, x: sp.csr_matrix, target: np.ndarray, ste
     by Δz, to first order, is Δθ = Gᵀ s with (G Gᵀ) s = Δz: it satisfies G Δθ = Δz, and any other
     Δθ that does is longer. Exact for the linear part of the network; a few such steps
     (Gauss-Newton) absorb the ReLUs' bends. Where the rows ask for what no change can give (one
-    message twice, with two targets), least squares settles between them. Dropout is off.
+    message twice, or nearly, with two targets), least squares settles between them
+    (`GRAM_RCOND`). Dropout is off.
 
     G is never formed (for a few dozen rows of a committee it would be hundreds of megabytes):
     row i's gradient for the first layer's weights is the outer product x_iᵀ δ_i, with δ_i =
@@ -272,7 +277,7 @@ def _move_logits(model: cr.Sequential, x: sp.csr_matrix, target: np.ndarray, ste
             grads[i] = np.concatenate([p.grad.ravel() for p in params]) if params else ()
         dd = deltas @ deltas.T
         gram = xx * dd + (dd if first.bias is not None else 0) + grads @ grads.T
-        s = np.linalg.lstsq(gram, target - z, rcond=None)[0]
+        s = np.linalg.lstsq(gram, target - z, rcond=GRAM_RCOND)[0]
         step = s[:, None] * deltas
         first.weight.data += np.asarray(x_small.T @ step).astype(first.weight.data.dtype)
         if first.bias is not None:

@@ -234,16 +234,16 @@ function predict() {
   again = false;
   pending++; // (counted now: toBlob answers later)
   $("answer").setAttribute("aria-busy", "true");
-  pad.toBlob((blob) => sendImage(blob, "image/png", true), "image/png");
+  const asked = picture, model = current.name; // (the pad as it is now, whatever happens before toBlob answers)
+  pad.toBlob((blob) => sendImage(blob, "image/png", asked, model, true), "image/png");
 }
 
 // Ask for the prediction of one picture; only the answer about the picture on the pad now is shown.
-async function sendImage(blob, type, counted = false) {
+async function sendImage(blob, type, asked = picture, model = current.name, counted = false) {
   if (!counted) pending++;
   // aria-busy tells assistive technology (and the browser test) that an answer is on its way.
   $("answer").setAttribute("aria-busy", "true");
-  const asked = picture;
-  const url = `/api/images/${encodeURIComponent(current.name)}/predict?explain=true`;
+  const url = `/api/images/${encodeURIComponent(model)}/predict?explain=true`;
   try {
     const result = await postJSON(url, blob, type);
     if (asked !== picture) return; // cleared, replaced or another model since it was sent
