@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainrule.data import corpora
-from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, label_from_path, read_messages, read_sms
+from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, label_from_names, read_messages, read_sms
 from chainrule.data.mime import parse_message
 
 
@@ -37,7 +37,20 @@ def test_directory_recursive_and_labels(tmp_path):
     (tmp_path / "easy_ham" / ".hidden").write_bytes(_msg("hidden"))
     got = {parse_message(m.data).subject: m.label for m in read_messages([tmp_path])}
     assert got == {"one": SPAM, "two": HAM}
-    assert label_from_path("x/spam-archive/ham/1") == HAM and label_from_path("inbox/1") is None
+    assert label_from_names(["x", "spam-archive", "ham"]) == HAM and label_from_names(["inbox"]) is None
+
+
+def test_labels_come_from_folders_from_the_given_path_down_never_from_file_names(tmp_path):
+    """A Maildir file is named after its host (1.graham-laptop), and a user's home may be
+    /home/graham: neither is a label. A message file named on the command line takes its folder's."""
+    (tmp_path / "graham" / "corpus" / "spam").mkdir(parents=True)
+    (tmp_path / "graham" / "corpus" / "spam" / "1.graham-laptop.eml").write_bytes(_msg("one"))
+    (tmp_path / "graham" / "corpus" / "2.birmingham.eml").write_bytes(_msg("two"))
+    got = {parse_message(m.data).subject: m.label for m in read_messages([tmp_path / "graham" / "corpus"])}
+    assert got == {"one": SPAM, "two": None}
+    single = read_messages([tmp_path / "graham" / "corpus" / "spam" / "1.graham-laptop.eml"])
+    assert [m.label for m in single] == [SPAM]
+    assert [m.label for m in read_messages([tmp_path / "graham" / "corpus" / "2.birmingham.eml"])] == [None]
 
 
 def test_mbox_reader_unquotes_from_lines(tmp_path):

@@ -163,16 +163,16 @@ needs_data = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-    """run(preset, optimizer) -> the worker's output for one process without mpirun (cached)."""
+    """run(preset, optimizer, images) -> the worker's output for one process without mpirun (cached)."""
     done = {}
 
-    def result(preset: str, optimizer: str) -> dict:
-        if (preset, optimizer) not in done:
-            out = tmp_path_factory.mktemp("one") / f"{preset}-{optimizer}.npz"
-            proc = run([sys.executable, HERE / "mpi_fit_worker.py", preset, 600, 64, optimizer, out])
+    def result(preset: str, optimizer: str, images: int = 600) -> dict:
+        if (preset, optimizer, images) not in done:
+            out = tmp_path_factory.mktemp("one") / f"{preset}-{optimizer}-{images}.npz"
+            proc = run([sys.executable, HERE / "mpi_fit_worker.py", preset, images, 64, optimizer, out])
             assert proc.returncode == 0, proc.stderr
-            done[preset, optimizer] = arrays(out)
-        return done[preset, optimizer]
+            done[preset, optimizer, images] = arrays(out)
+        return done[preset, optimizer, images]
 
     return result
 
@@ -198,6 +198,20 @@ def test_n_processes_train_the_weights_of_one(mpirun, one_process, tmp_path, pre
     assert logs_many["accuracy"] == logs_one["accuracy"] and logs_many["val_accuracy"] == logs_one["val_accuracy"]
     assert logs_many["loss"] == pytest.approx(logs_one["loss"], rel=RELATIVE_TOLERANCE)
     assert logs_many["val_loss"] == pytest.approx(logs_one["val_loss"], rel=RELATIVE_TOLERANCE)
+
+
+@needs_data
+def test_two_processes_merge_a_lone_leftover_example_as_one_does(mpirun, one_process, tmp_path):
+    """629 images: 52 for validation, 577 = 9 x 64 + 1 to train on. One process folds the single
+    leftover example into the last batch; two processes must take the same 9 steps (they left it
+    out, and trained on other examples)."""
+    out = tmp_path / "w.npz"
+    proc = run([*mpirun, "-np", 2, sys.executable, HERE / "mpi_fit_worker.py", "mlp", 629, 64, "preset", out])
+    assert proc.returncode == 0, proc.stderr
+    one, two = one_process("mlp", "preset", 629), arrays(out)
+    for key in one:
+        if one[key].dtype.kind == "f":
+            assert relative_difference(one[key], two[key]) < RELATIVE_TOLERANCE, key
 
 
 RUN = ("digits", "train", "--model", "mlp", "--train-size", "1200", "--batch-size", "64", "--seed", "5", "--quiet")
@@ -303,6 +317,18 @@ def test_a_damaged_checkpoint_stops_every_rank_with_one_line(mpirun, uninterrupt
     assert ours[0].startswith("chainrule: error: rank 0 of 2: ")
     assert "checkpoint.npz: not a readable .npz file" in ours[0]
     assert "delete it to start afresh" in ours[0] and "Traceback" not in proc.stderr
+
+
+def test_under_mpirun_usage_errors_are_said_once_and_standard_input_is_refused(mpirun, spam_model, tmp_path):
+    """Every rank parses the same command line: one usage error, not one per rank. Open MPI's
+    forwarding of standard input hangs (even for cat), so classify refuses '-' at once."""
+    proc = run([*mpirun, "-np", 2, *CLI, "digits", "train", "--epochs", "0", "--out", tmp_path / "x"])
+    assert proc.returncode == 2 and proc.stderr.count("error: argument --epochs") == 1, proc.stderr
+    message = tmp_path / "m.eml"
+    message.write_bytes(b"From: a@b.c\nSubject: hi\n\nhello\n")
+    with open(message, "rb") as stdin:
+        proc = run([*mpirun, "-np", 2, *CLI, "spam", "classify", spam_model], stdin=stdin)
+    assert proc.returncode == 3 and "standard input is not read under mpirun" in proc.stderr
 
 
 def test_a_command_for_one_process_refuses_to_run_on_several(mpirun, tmp_path):

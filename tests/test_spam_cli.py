@@ -3,6 +3,7 @@ them: in this process through `main`, and as a real command in a fresh interpret
 codes and stderr matter (mail recipes act on them)."""
 
 import ast
+import contextlib
 import json
 import os
 import shutil
@@ -194,6 +195,30 @@ def test_bad_model_and_bad_sms_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("chainrule: error:") == 2 and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_training_options_that_cannot_work_are_refused_in_one_line(data_root, tmp_path, capsys):
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines()
+    (tmp_path / "sms.txt").write_bytes(b"\n".join(lines[:120]) + b"\n")  # 19 spam among them
+    sms = ["--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m")]
+    for args, said in ((["--folds", "50"], "--folds 50 needs at least 50 spam and 50 ham messages, found 19 spam"),
+                       (["--idf", "--min-df", "1000"], "--min-df 1000 leaves no hash bucket"),
+                       (["--char-ngrams", "2"], "expected 0 (off) or an integer >= 3, got '2'")):
+        with pytest.raises(SystemExit) if args[0] == "--char-ngrams" else contextlib.nullcontext():
+            assert main(["spam", "train", *sms, *args]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_metrics_of_a_set_of_one_class_are_null_in_json(spam_model, spam_corpus, tmp_path, capsys):
+    """No ham: no blocked ham and no ranking of spam above ham; JSON has no NaN, so they are null."""
+    only_spam = tmp_path / "spam"
+    shutil.copytree(spam_corpus[1] / "spam", only_spam)
+    assert main(["spam", "evaluate", str(spam_model), str(only_spam), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert report["blocked_ham"] is None and report["roc_auc"] is None and report["spam_caught"] > 0
+    assert main(["spam", "evaluate", str(spam_model), str(only_spam)]) == 0
+    assert "blocked ham   n/a" in capsys.readouterr().out
 
 
 def test_sms_training_round_trip(data_root, tmp_path, capsys):

@@ -41,6 +41,15 @@ def launched_by_mpi() -> bool:
     return any(name in os.environ for name in LAUNCHER_VARIABLES)
 
 
+def launcher_rank() -> int:
+    """This process's rank as the MPI launcher's environment says (0 when none started it), for
+    what must be said before MPI is set up: a usage error, by rank 0 alone."""
+    for name in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 class World:
     """The processes of one job; this base class is one process alone: rank 0 of 1.
 

@@ -177,7 +177,8 @@ def fit(
     Args:
         loss: a loss object, e.g. `CrossEntropy()`.
         optimizer: built on `model.parameters()`, e.g. `Adam(model.parameters(), lr=1e-3)`.
-        batch_size: examples per step; one example left over joins the last batch.
+        batch_size: examples per step; one example left over (or fewer than the processes of
+            `world`) joins the last batch.
         validation_split: fraction of `(x, y)` held out (at random, by `seed`) for validation.
         validation_data: an explicit `(x_val, y_val)` instead.
         early_stopping: an `EarlyStopping`; by default it watches "val_loss".
@@ -207,9 +208,10 @@ def fit(
     `total` rows and use its own (`chainrule.data.augment.digit_augmenter` does). Rank 0's initial
     weights become everyone's; rank 0 alone reports progress and writes the checkpoint (which holds
     nothing of N: a run may resume with another N); it decides the learning rate and early
-    stopping for all. The epoch's metrics are those of the global batches. A last batch with fewer
-    examples than processes is skipped. The sum is exact for losses that average over the batch
-    (`CrossEntropy` with `class_weight` divides by the shard's weights, so it is only close).
+    stopping for all. The epoch's metrics are those of the global batches. A remainder with fewer
+    examples than processes (or a single one) joins the batch before it. The sum is exact for
+    losses that average over the batch (`CrossEntropy` with `class_weight` divides by the shard's
+    weights, so it is only close).
 
     Raises:
         TrainingDiverged: the loss turned NaN/inf; the model keeps the last good weights.
@@ -251,13 +253,14 @@ def fit(
 
     n = x.shape[0]
     # Where each batch starts (and the last ends): a remainder smaller than batch_size is a last,
-    # smaller batch, except that a single example left over joins the batch before it (batch norm
-    # cannot normalise a batch of one), and one too small to give every process a row is left out.
+    # smaller batch, except that one too small to be a batch joins the batch before it: a single
+    # example (batch norm cannot normalise a batch of one), or fewer than the processes sharing
+    # it (each needs a row). So 1 and 2 processes take the same steps; more may merge more.
     full, rest = divmod(n, batch_size)
     edges = [b * batch_size for b in range(full + 1)]
-    if rest == 1 and full and not parallel:
+    if rest and full and rest < max(world.size, 2):
         edges[-1] = n
-    elif rest >= world.size:  # (world.size >= 1: no empty batch)
+    elif rest >= world.size:  # (a lone remainder too small for the processes is left out)
         edges.append(n)
     batches = len(edges) - 1
     history = History()

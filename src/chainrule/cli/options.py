@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 
 from chainrule.data.corpora import MAX_BYTES
+from chainrule.distributed import launcher_rank
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,6 +36,9 @@ class Parser(argparse.ArgumentParser):
         return self.commands
 
     def error(self, message: str):
+        if launcher_rank() != 0:  # under mpirun every process parses the same line: rank 0 says so,
+            time.sleep(1.0)      # and the others wait, or mpirun would end it on their exit first
+            self.exit(self.error_exit)
         self.print_usage(sys.stderr)
         self.exit(self.error_exit, f"{self.prog}: error: {message}\n")
 
@@ -75,6 +80,10 @@ def positive_int(text: str) -> int:
 
 def nonnegative_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def char_ngrams(text: str) -> int:
+    return _number(text, int, lambda v: v == 0 or v >= 3, "0 (off) or an integer >= 3")
 
 
 def positive_float(text: str) -> float:

@@ -39,6 +39,7 @@ from chainrule.apps.spam.daemon import DEFAULT_PORT, DaemonOptions, run_daemon
 from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED
 from chainrule.cli.options import (
     add_max_bytes,
+    char_ngrams,
     fraction,
     nonnegative_float,
     nonnegative_int,
@@ -82,10 +83,16 @@ def _cmd_train(args) -> int:
                           on_problem=_report_problem if world.rank == 0 else None)
     if len(np.unique(y)) < 2:
         raise UserError(f"training needs both spam and ham; found {int(y.sum())} spam, {int((y == 0).sum())} ham")
+    if args.folds > min(int(y.sum()), int((y == 0).sum())):
+        raise UserError(f"--folds {args.folds} needs at least {args.folds} spam and {args.folds} ham messages, found "
+                        f"{int(y.sum())} spam, {int((y == 0).sum())} ham: use fewer folds, or --folds 0")
     config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams,
                            split_norm=bool(args.corpus),  # (mail has headers to keep apart; SMS has none)
                            idf=use_idf, min_df=min_df)
     x, problems, idf = training_features(items, config, world=world)
+    if idf is not None and not idf.any():
+        raise UserError(f"--min-df {min_df} leaves no hash bucket: none is in {min_df} of the {len(y)} "
+                        "training messages")
     t_feat = time.perf_counter() - t0
     if world.rank == 0:
         print(f"{len(y)} messages ({int(y.sum())} spam, {int((y == 0).sum())} ham), "
@@ -116,11 +123,19 @@ def _cmd_train(args) -> int:
     plots.learning_curves(result.history, out / "learning_curves.png", title="Spam filter: learning curves")
     plots.pr_roc_curves(result.val_labels, result.val_probabilities, out / "pr_roc.png",
                         cutoff=bundle.spam_cutoff, title="Spam filter on the validation split")
-    print(f"validation: accuracy {100 * v['accuracy']:.2f}%  spam caught {100 * v['spam_caught']:.2f}%  "
-          f"blocked ham {100 * v['blocked_ham']:.2f}%  MCC {v['mcc']:.4f}  ROC AUC {v['roc_auc']:.4f}")
+    print(f"validation: accuracy {100 * v['accuracy']:.2f}%  spam caught {_percent(v['spam_caught'])}  "
+          f"blocked ham {_percent(v['blocked_ham'])}  MCC {v['mcc']:.4f}  ROC AUC {_number(v['roc_auc'])}")
     print(f"cut-offs: spam >= {bundle.spam_cutoff:.4f}, ham < {bundle.ham_cutoff:.4f}; "
           f"trained in {seconds:.1f}s; model written to {out}")
     return 0
+
+
+def _percent(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"  # (None: no message of that class)
+
+
+def _number(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _format_metrics(r: dict) -> str:
@@ -128,12 +143,12 @@ def _format_metrics(r: dict) -> str:
     return "\n".join([
         f"messages      {r['messages']} ({r['spam']} spam, {r['ham']} ham)",
         f"accuracy      {100 * r['accuracy']:.2f}%",
-        f"spam caught   {100 * r['spam_caught']:.2f}%",
-        f"blocked ham   {100 * r['blocked_ham']:.2f}%",
+        f"spam caught   {_percent(r['spam_caught'])}",
+        f"blocked ham   {_percent(r['blocked_ham'])}",
         f"precision     {r['precision']:.4f}",
         f"F1            {r['f1']:.4f}",
         f"MCC           {r['mcc']:.4f}",
-        f"ROC AUC       {r['roc_auc']:.4f}",
+        f"ROC AUC       {_number(r['roc_auc'])}",
         "confusion matrix (rows: true, columns: predicted)",
         "               ham    spam",
         f"  ham    {tn:>8} {fp:>7}",
@@ -214,6 +229,9 @@ def _cmd_classify(args) -> int:
     world = distributed.world()
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     single_stdin = (args.paths or ["-"]) == ["-"]
+    if distributed.launched_by_mpi() and "-" in (args.paths or ["-"]):
+        raise UserError("standard input is not read under mpirun (Open MPI's forwarding of it hangs): give files, "
+                        "folders, an mbox or a Maildir")
     # What could not be read is reported as it comes, except while nothing has been classified: if
     # nothing ever is (a missing file, empty or closed standard input), that is the error, exit 3,
     # never a verdict a mail recipe would act on.
@@ -443,7 +461,7 @@ def add_commands(subparsers) -> None:
                    "out of fold, 4x smaller)")
     p.add_argument("--bigrams", action="store_true",
                    help="also hash adjacent word pairs (default off: no gain out of fold)")
-    p.add_argument("--char-ngrams", type=nonnegative_int, default=0,
+    p.add_argument("--char-ngrams", type=char_ngrams, default=0,
                    help="also hash character 3..N-grams (default off)")
     p.add_argument("--idf", action=argparse.BooleanOptionalAction, default=None,
                    help="weight each hash bucket by its inverse document frequency in the training "

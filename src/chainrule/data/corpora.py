@@ -14,8 +14,12 @@ Two promises shape this module:
 
 An empty message, or standard input when it is closed, is a problem too, not a message.
 
-Labels come from the paths (`label_from_path`), as the SpamAssassin corpus lays them out. What a
-message says is `chainrule.data.mime`'s business: this module only reads the bytes.
+Labels come from names, as the SpamAssassin corpus lays them out (`label_from_names`): of the
+folders from the path named on the command line down, and of an mbox or an archive itself; never
+from a message file's own name (a Maildir file is named after its host: 1.graham-laptop) nor from
+the folders above the path named (/home/graham/mail is not ham). A message file named on the
+command line takes its folder's name. What a message says is `chainrule.data.mime`'s business:
+this module only reads the bytes.
 """
 
 from __future__ import annotations
@@ -56,18 +60,23 @@ class RawMessage:
 _SKIP_NAMES = {"cmds"}  # the SpamAssassin tarballs' list of shell commands, not a message
 
 
-def label_from_path(path: str) -> int | None:
-    """1 if a folder or file name in `path` contains "spam", 0 if "ham", else None.
+def label_from_names(names: Iterable[str]) -> int | None:
+    """1 if one of `names` (folders, outermost first) contains "spam", 0 if "ham", else None.
 
     The SpamAssassin corpus layout: `spam/`, `easy_ham/`, `hard_ham/`. The innermost name that
-    says either wins, so `spam-archive/ham/1` is ham.
+    says either wins, so `spam-archive/ham` is ham.
     """
-    for part in reversed(re.split(r"[/\\]", path.lower())):
-        if "spam" in part:
+    for name in reversed([n.lower() for n in names]):
+        if "spam" in name:
             return SPAM
-        if "ham" in part:
+        if "ham" in name:
             return HAM
     return None
+
+
+def _label(label: int | None, names: tuple[str, ...]) -> int | None:
+    """The label forced on every message, or else the one `names` give."""
+    return label if label is not None else label_from_names(names)
 
 
 def _read_capped(f, max_bytes: int) -> tuple[bytes, bool]:
@@ -95,8 +104,8 @@ def read_messages(sources: Iterable[str | os.PathLike], max_bytes: int = MAX_BYT
     Maildirs, tar archives (any compression tarfile knows), and "-" for standard input.
 
     Args:
-        label: force this label on every message; by default it comes from the path
-            (`label_from_path`), and for an archive from the member's path, then the archive's name.
+        label: force this label on every message; by default it comes from the names of the
+            folders from each source down, and of an mbox or archive (`label_from_names`).
 
     Problems (a missing file, an unreadable archive, an unreadable member) come back as
     `RawMessage`s with `error` set, so a caller can report them on one line and go on.
@@ -120,13 +129,13 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
     if not path.exists():
         yield RawMessage(src, b"", label, error="no such file or directory")
     elif _is_maildir(path):
-        yield from _read_maildir(path, max_bytes, label)
+        yield from _read_maildir(path, max_bytes, label, (path.resolve().name,))
     elif path.is_dir():
-        yield from _read_directory(path, max_bytes, label)
+        yield from _read_directory(path, max_bytes, label, (path.resolve().name,))
     elif _is_archive(path):
-        yield from _read_tar(path, max_bytes, label)
-    else:
-        yield from _read_file(path, max_bytes, label)
+        yield from _read_tar(path, max_bytes, label, (path.name,))
+    else:  # a message (its folder's name) or an mbox (and its own)
+        yield from _read_file(path, max_bytes, label, (path.resolve().parent.name,))
 
 
 def _not_regular(path: Path) -> str:
@@ -136,25 +145,27 @@ def _not_regular(path: Path) -> str:
     return "not a regular file (a FIFO, socket or device)"
 
 
-def _read_directory(root: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+def _read_directory(root: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
+    """The messages under `root`; `names`: the folder names above what `root` holds that may label
+    them (its own, as given)."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
+        folders = names + here.relative_to(root).parts
         if _is_maildir(here) and here != root:
             dirnames[:] = []
-            yield from _read_maildir(here, max_bytes, label)
+            yield from _read_maildir(here, max_bytes, label, folders)
             continue
         for name in sorted(filenames):
             if name.startswith(".") or name in _SKIP_NAMES:
                 continue
             p = here / name
             if not p.is_file():
-                yield RawMessage(str(p), b"", label if label is not None else label_from_path(str(p)),
-                                 error=_not_regular(p))
+                yield RawMessage(str(p), b"", _label(label, folders), error=_not_regular(p))
             elif _is_archive(p):
-                yield from _read_tar(p, max_bytes, label)
+                yield from _read_tar(p, max_bytes, label, folders + (name,))
             else:
-                yield from _read_file(p, max_bytes, label)
+                yield from _read_file(p, max_bytes, label, folders)
 
 
 def changed_files(root, since_ns: int = 0) -> list[Path]:
@@ -194,14 +205,15 @@ def changed_files(root, since_ns: int = 0) -> list[Path]:
     return out
 
 
-def _read_file(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
-    lab = label if label is not None else label_from_path(str(path))
+def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
+    """A message, or the messages of an mbox, whose name labels them too (`spam.mbox`)."""
+    lab = _label(label, names)
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
             if _looks_like_mbox(head):
                 f.close()
-                yield from _read_mbox(path, max_bytes, lab)
+                yield from _read_mbox(path, max_bytes, _label(label, names + (path.name,)))
                 return
             rest, truncated = _read_capped(f, max(max_bytes - len(head), 0))
             data = (head + rest)[:max_bytes]
@@ -282,8 +294,8 @@ def capped_lines(f, max_bytes: int = MAX_BYTES) -> Iterator[bytes]:
         yield line
 
 
-def _read_maildir(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
-    lab = label if label is not None else label_from_path(str(path))
+def _read_maildir(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
+    lab = _label(label, names)
     for sub in ("new", "cur"):
         try:
             names = sorted(n for n in os.listdir(path / sub) if not n.startswith("."))
@@ -309,8 +321,9 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _read_tar(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
-    archive_label = label_from_path(path.name)
+def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
+    """The messages in an archive, labelled by its member folders, else by `names` (which end with
+    the archive's own name: `20030228_spam.tar.bz2`)."""
     try:
         tar = tarfile.open(path, "r:*")
     except (OSError, tarfile.TarError, EOFError) as exc:
@@ -324,8 +337,7 @@ def _read_tar(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMess
                 name = member.name.rsplit("/", 1)[-1]
                 if name.startswith(".") or name in _SKIP_NAMES:
                     continue
-                lab = label if label is not None else label_from_path(member.name)
-                lab = archive_label if lab is None else lab
+                lab = _label(label, names + tuple(member.name.split("/")[:-1]))
                 source = f"{path}:{member.name}"
                 try:
                     f = tar.extractfile(member)

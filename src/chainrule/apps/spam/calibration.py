@@ -78,10 +78,12 @@ def binary_report(y: np.ndarray, p: np.ndarray, spam_cutoff: float) -> dict:
     return {
         "messages": int(len(y)), "spam": int(y.sum()), "ham": int((1 - y).sum()),
         "accuracy": metrics.accuracy(y, pred),
-        "spam_caught": float(tp / max(tp + fn, 1)),
-        "blocked_ham": float(fp / max(tn + fp, 1)),
+        # None where a set has no spam (or no ham): there is nothing to catch (or block), and no
+        # ranking of one class above the other (JSON has no NaN)
+        "spam_caught": float(tp / (tp + fn)) if tp + fn else None,
+        "blocked_ham": float(fp / (tn + fp)) if tn + fp else None,
         "precision": float(precision[1]), "f1": float(f1[1]),
         "mcc": metrics.matthews_corrcoef(y, pred),
-        "roc_auc": metrics.roc_auc(y, p) if 0 < y.sum() < len(y) else float("nan"),
+        "roc_auc": metrics.roc_auc(y, p) if 0 < y.sum() < len(y) else None,
         "confusion_matrix": cm.tolist(),
     }
