@@ -46,8 +46,11 @@ def test_labels_come_from_folders_from_the_given_path_down_never_from_file_names
     (tmp_path / "graham" / "corpus" / "spam").mkdir(parents=True)
     (tmp_path / "graham" / "corpus" / "spam" / "1.graham-laptop.eml").write_bytes(_msg("one"))
     (tmp_path / "graham" / "corpus" / "2.birmingham.eml").write_bytes(_msg("two"))
+    # a message that starts with a "From " line, as the SpamAssassin corpus's do, is still a message
+    (tmp_path / "graham" / "corpus" / "spam" / "also-ham").write_bytes(b"From a@b.c Mon Jan 1 00:00:00 2002\n"
+                                                                       + _msg("three"))
     got = {parse_message(m.data).subject: m.label for m in read_messages([tmp_path / "graham" / "corpus"])}
-    assert got == {"one": SPAM, "two": None}
+    assert got == {"one": SPAM, "two": None, "three": SPAM}
     single = read_messages([tmp_path / "graham" / "corpus" / "spam" / "1.graham-laptop.eml"])
     assert [m.label for m in single] == [SPAM]
     assert [m.label for m in read_messages([tmp_path / "graham" / "corpus" / "2.birmingham.eml"])] == [None]

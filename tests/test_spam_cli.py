@@ -210,6 +210,25 @@ def test_training_options_that_cannot_work_are_refused_in_one_line(data_root, tm
     assert not (tmp_path / "m").exists()
 
 
+def test_training_says_when_messages_repeat_or_carry_both_labels(spam_corpus, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    for folder in ("spam", "ham"):
+        (corpus / folder).mkdir(parents=True)
+    spam = sorted((spam_corpus[1] / "spam").iterdir())[:30]
+    ham = sorted((spam_corpus[1] / "easy_ham").iterdir())[:30]
+    for i, p in enumerate(spam):
+        shutil.copy(p, corpus / "spam" / f"s{i}")
+    for i, p in enumerate(ham):
+        shutil.copy(p, corpus / "ham" / f"h{i}")
+    shutil.copy(spam[0], corpus / "ham" / "also-spam")  # one message under both labels
+    shutil.copy(ham[0], corpus / "ham" / "again")  # one repeated
+    assert main(["spam", "train", str(corpus), "--out", str(tmp_path / "m"), "--folds", "0", "--epochs", "1",
+                 "--hash-bits", "12", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 messages appear under both labels (spam and ham)" in err
+    assert "warning: 2 messages repeat others" in err
+
+
 def test_metrics_of_a_set_of_one_class_are_null_in_json(spam_model, spam_corpus, tmp_path, capsys):
     """No ham: no blocked ham and no ranking of spam above ham; JSON has no NaN, so they are null."""
     only_spam = tmp_path / "spam"

@@ -36,7 +36,7 @@ from chainrule.apps.spam import (
     verdict,
 )
 from chainrule.apps.spam.daemon import DEFAULT_PORT, DaemonOptions, run_daemon
-from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED
+from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED, row_digests
 from chainrule.cli.options import (
     add_max_bytes,
     char_ngrams,
@@ -95,6 +95,7 @@ def _cmd_train(args) -> int:
                         "training messages")
     t_feat = time.perf_counter() - t0
     if world.rank == 0:
+        _warn_about_repeats(x, y)
         print(f"{len(y)} messages ({int(y.sum())} spam, {int((y == 0).sum())} ham), "
               f"{sum(p is not None for p in problems)} read as plain text; features in {t_feat:.1f}s"
               + (f" on {world.size} processes" if world.size > 1 else ""))
@@ -286,6 +287,20 @@ def _cmd_classify(args) -> int:
     if seen == 1 and (single_stdin or args.annotate):
         return VERDICT_EXIT[last]
     return 0
+
+
+def _warn_about_repeats(x, y: np.ndarray) -> None:
+    """Say so when messages repeat (the same features: `row_digests`), above all under both labels:
+    copies in both the training and the validation messages flatter the validation scores, and a
+    message labelled both ways teaches nothing but confusion."""
+    _, first, counts = np.unique(row_digests(x), axis=0, return_inverse=True, return_counts=True)
+    repeats = int(len(y) - len(counts))
+    both = int(sum(len(set(y[first == k])) > 1 for k in np.flatnonzero(counts > 1)))
+    if both:
+        print(f"chainrule: warning: {both} messages appear under both labels (spam and ham)", file=sys.stderr)
+    if repeats:
+        print(f"chainrule: warning: {repeats} messages repeat others (the same features); copies in both the "
+              "training and the validation messages flatter the validation scores", file=sys.stderr)
 
 
 def _warn_if_untrained_on(bundle, kind: str) -> None:

@@ -15,8 +15,8 @@ Two promises shape this module:
 An empty message, or standard input when it is closed, is a problem too, not a message.
 
 Labels come from names, as the SpamAssassin corpus lays them out (`label_from_names`): of the
-folders from the path named on the command line down, and of an mbox or an archive itself; never
-from a message file's own name (a Maildir file is named after its host: 1.graham-laptop) nor from
+folders from the path named on the command line down, of an archive, and of an mbox named on the
+command line (or called *.mbox); never from a message file's own name (a Maildir file is named after its host: 1.graham-laptop) nor from
 the folders above the path named (/home/graham/mail is not ham). A message file named on the
 command line takes its folder's name. What a message says is `chainrule.data.mime`'s business:
 this module only reads the bytes.
@@ -135,7 +135,7 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
     elif _is_archive(path):
         yield from _read_tar(path, max_bytes, label, (path.name,))
     else:  # a message (its folder's name) or an mbox (and its own)
-        yield from _read_file(path, max_bytes, label, (path.resolve().parent.name,))
+        yield from _read_file(path, max_bytes, label, (path.resolve().parent.name,), named=True)
 
 
 def _not_regular(path: Path) -> str:
@@ -165,7 +165,7 @@ def _read_directory(root: Path, max_bytes: int, label: int | None, names: tuple[
             elif _is_archive(p):
                 yield from _read_tar(p, max_bytes, label, folders + (name,))
             else:
-                yield from _read_file(p, max_bytes, label, folders)
+                yield from _read_file(p, max_bytes, label, folders, named=False)
 
 
 def changed_files(root, since_ns: int = 0) -> list[Path]:
@@ -205,15 +205,19 @@ def changed_files(root, since_ns: int = 0) -> list[Path]:
     return out
 
 
-def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
-    """A message, or the messages of an mbox, whose name labels them too (`spam.mbox`)."""
+def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...],
+               named: bool) -> Iterator[RawMessage]:
+    """A message, or the messages of an mbox. An mbox's own name labels its messages too
+    (`spam.mbox`) where it was `named` on the command line or is called *.mbox; a file in a folder
+    that merely starts with a "From " line (each of the SpamAssassin corpus's) is a message."""
     lab = _label(label, names)
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
             if _looks_like_mbox(head):
                 f.close()
-                yield from _read_mbox(path, max_bytes, _label(label, names + (path.name,)))
+                own = (path.name,) if named or path.suffix.lower() in (".mbox", ".mbx") else ()
+                yield from _read_mbox(path, max_bytes, _label(label, names + own))
                 return
             rest, truncated = _read_capped(f, max(max_bytes - len(head), 0))
             data = (head + rest)[:max_bytes]
