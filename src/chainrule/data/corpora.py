@@ -16,10 +16,10 @@ An empty message, or standard input when it is closed, is a problem too, not a m
 
 Labels come from names, as the SpamAssassin corpus lays them out (`label_from_names`): of the
 folders from the path named on the command line down, of an archive, and of an mbox named on the
-command line (or called *.mbox); never from a message file's own name (a Maildir file is named after its host: 1.graham-laptop) nor from
-the folders above the path named (/home/graham/mail is not ham). A message file named on the
-command line takes its folder's name. What a message says is `chainrule.data.mime`'s business:
-this module only reads the bytes.
+command line (or called *.mbox); never from a message file's own name (a Maildir file is named
+after its host: 1.graham-laptop) nor from the folders above the path named (/home/graham/mail is
+not ham). A message file named on the command line takes its folder's name. What a message says
+is `chainrule.data.mime`'s business: this module only reads the bytes.
 """
 
 from __future__ import annotations
