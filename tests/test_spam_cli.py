@@ -169,6 +169,20 @@ def test_explain_lists_tokens(spam_model, spam_corpus, capsys):
     assert doc["towards_spam"] or doc["towards_ham"]
 
 
+def test_explain_reads_text_messages_with_sms_as_classify_does(spam_model, data_root, tmp_path, capsys):
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_text().splitlines()[:5]
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(line.split("\t", 1)[1] for line in lines) + "\n")
+    assert main(["spam", "classify", str(spam_model), "--sms", str(texts), "--json"]) == 0
+    classified = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["spam", "explain", str(spam_model), "--sms", str(texts), "--json"]) == 0
+    explained = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    sources = [f"{texts}:{i}" for i in range(1, 6)]
+    assert [e["source"] for e in explained] == [c["source"] for c in classified] == sources
+    for e, c in zip(explained, classified, strict=True):
+        assert e["verdict"] == c["verdict"] and e["probability"] == pytest.approx(c["probability"], abs=1e-6)
+
+
 def test_explain_explains_every_message_of_a_folder_under_its_own_name(spam_model, spam_corpus, tmp_path, capsys):
     folder = tmp_path / "mail"
     folder.mkdir()

@@ -49,7 +49,7 @@ from chainrule.cli.options import (
 )
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, RawMessage, capped_lines, changed_files, read_messages
 from chainrule.data.mime import parse_message
-from chainrule.data.text import HashingConfig, message_tokens
+from chainrule.data.text import HashingConfig, message_tokens, sms_tokens
 from chainrule.errors import UserError
 from chainrule.files import atomic_write_bytes
 
@@ -389,29 +389,52 @@ def _learn_outcome(status: str, label: int, was: int | None) -> str:
     return "never learned; nothing to unlearn"
 
 
+def _explained_tokens(args, config: HashingConfig, on_problem):
+    """(source, tokens) of each message to explain: emails, or with --sms each line of the files
+    (or of standard input) a text message, tokenised as training saw each kind."""
+    if not args.sms:
+        for msg in read_messages(args.paths, max_bytes=args.max_bytes):
+            if msg.error:
+                on_problem(msg.source, msg.error)
+            else:
+                yield msg.source, message_tokens(parse_message(msg.data), config)
+        return
+    for path in args.paths:
+        if path == "-" and sys.stdin is None:
+            on_problem("-", "standard input is closed")
+            continue
+        try:
+            stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+        except OSError as exc:
+            on_problem(path, exc.strerror or str(exc))
+            continue
+        with stream:
+            for i, line in enumerate(capped_lines(stream, args.max_bytes)):
+                if line.strip():
+                    yield f"{path}:{i + 1}", sms_tokens(line.decode("utf-8", "replace").rstrip("\r\n"), config)
+
+
 def _cmd_explain(args) -> int:
     bundle = load_spam_model(args.model)
     held: list[tuple[str, str]] = []  # (as in classify: a lone failed input is the one-line error)
     seen = 0
-    for msg in read_messages(args.paths, max_bytes=args.max_bytes):
-        if msg.error:
-            held.append((msg.source, msg.error))
-            continue
+    for source, tokens in _explained_tokens(args, bundle.config, lambda source, reason: held.append((source, reason))):
         for problem in held:
             _report_problem(*problem)
         held.clear()
+        if seen == 0:
+            _warn_if_untrained_on(bundle, "sms" if args.sms else "mail")
         seen += 1
-        tokens = message_tokens(parse_message(msg.data), bundle.config)
         p, to_spam, to_ham = explain_row(bundle, tokens, args.top)
         v = verdict(p, bundle.spam_cutoff, bundle.ham_cutoff)
         if args.json:
-            print(json.dumps({"source": msg.source, "verdict": v, "probability": p,
+            print(json.dumps({"source": source, "verdict": v, "probability": p,
                               "towards_spam": [{"token": t, "weight": w} for t, w in to_spam],
                               "towards_ham": [{"token": t, "weight": w} for t, w in to_ham]}))
             continue
         if seen > 1:
             print()
-        print(f"{msg.source}: {v} (P(spam) {p:.4f}; cut-offs: spam >= {bundle.spam_cutoff:.4f}, "
+        print(f"{source}: {v} (P(spam) {p:.4f}; cut-offs: spam >= {bundle.spam_cutoff:.4f}, "
               f"ham < {bundle.ham_cutoff:.4f})")
         print("gradient x input on the hashed features, per token (positive: towards spam)")
         print("towards spam:")
@@ -547,6 +570,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("model")
     p.add_argument("paths", nargs="+", metavar="MESSAGE",
                    help="messages, folders, mbox, Maildir, archives (each message explained); '-' for stdin")
+    p.add_argument("--sms", action="store_true", help="the files (or stdin) hold text messages, one per line")
     p.add_argument("--top", type=positive_int, default=10)
     p.add_argument("--json", action="store_true")
     add_max_bytes(p)
