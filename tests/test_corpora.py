@@ -38,6 +38,9 @@ def test_directory_recursive_and_labels(tmp_path):
     got = {parse_message(m.data).subject: m.label for m in read_messages([tmp_path])}
     assert got == {"one": SPAM, "two": HAM}
     assert label_from_names(["x", "spam-archive", "ham"]) == HAM and label_from_names(["inbox"]) is None
+    assert label_from_names(["20030228_easy_ham.tar.bz2"]) == HAM and label_from_names(["Hard_Ham"]) == HAM
+    for not_ham in ("graham", "birmingham", "shampoo", "graham-laptop"):  # "ham" only as a word
+        assert label_from_names([not_ham]) is None
 
 
 def test_labels_come_from_folders_from_the_given_path_down_never_from_file_names(tmp_path):
@@ -53,6 +56,11 @@ def test_labels_come_from_folders_from_the_given_path_down_never_from_file_names
     assert got == {"one": SPAM, "two": None, "three": SPAM}
     single = read_messages([tmp_path / "graham" / "corpus" / "spam" / "1.graham-laptop.eml"])
     assert [m.label for m in single] == [SPAM]
+    # a link keeps the name it was given by (its target's name says nothing)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "1").write_bytes(_msg("linked"))
+    (tmp_path / "spam").symlink_to(tmp_path / "store")
+    assert [m.label for m in read_messages([tmp_path / "spam"])] == [SPAM]
     assert [m.label for m in read_messages([tmp_path / "graham" / "corpus" / "2.birmingham.eml"])] == [None]
 
 

@@ -154,6 +154,8 @@ def test_fit_refuses_a_batch_smaller_than_the_processes_and_augment_without_batc
     with pytest.raises(ValueError, match="augment must take batch_rows"):
         cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), augment=lambda xb, rng: xb,
                world=Two())
+    with pytest.raises(ValueError, match="1 training examples for 2 processes"):  # (not 0 steps, then 0/0)
+        cr.fit(model, x[:1], y[:1], cr.CrossEntropy(), cr.SGD(model.parameters()), batch_size=4, world=Two())
 
 
 # -- the same answer at any N ----------------------------------------------------------------------

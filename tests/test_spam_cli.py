@@ -169,7 +169,8 @@ def test_explain_lists_tokens(spam_model, spam_corpus, capsys):
     assert doc["towards_spam"] or doc["towards_ham"]
 
 
-def test_explain_reads_text_messages_with_sms_as_classify_does(spam_model, data_root, tmp_path, capsys):
+def test_explain_reads_text_messages_with_sms_as_classify_does(spam_model, data_root, tmp_path, capsys,
+                                                              run_chainrule):
     lines = (data_root / "sms-spam" / "SMSSpamCollection").read_text().splitlines()[:5]
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(line.split("\t", 1)[1] for line in lines) + "\n")
@@ -177,10 +178,12 @@ def test_explain_reads_text_messages_with_sms_as_classify_does(spam_model, data_
     classified = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert main(["spam", "explain", str(spam_model), "--sms", str(texts), "--json"]) == 0
     explained = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    sources = [f"{texts}:{i}" for i in range(1, 6)]
+    sources = [f"{texts}:{i}" for i in range(1, 6)]  # (and '-' twice reads standard input once)
     assert [e["source"] for e in explained] == [c["source"] for c in classified] == sources
     for e, c in zip(explained, classified, strict=True):
         assert e["verdict"] == c["verdict"] and e["probability"] == pytest.approx(c["probability"], abs=1e-6)
+    twice = run_chainrule(["spam", "explain", str(spam_model), "--sms", "--json", "-", "-"], texts.read_bytes())
+    assert twice.returncode == 0 and len(twice.stdout.splitlines()) == 5, twice.stderr
 
 
 def test_explain_explains_every_message_of_a_folder_under_its_own_name(spam_model, spam_corpus, tmp_path, capsys):
@@ -239,7 +242,7 @@ def test_training_says_when_messages_repeat_or_carry_both_labels(spam_corpus, tm
     assert main(["spam", "train", str(corpus), "--out", str(tmp_path / "m"), "--folds", "0", "--epochs", "1",
                  "--hash-bits", "12", "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "warning: 1 messages appear under both labels (spam and ham)" in err
+    assert "warning: 1 distinct messages appear under both labels (spam and ham)" in err
     assert "warning: 2 messages repeat others" in err
 
 

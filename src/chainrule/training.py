@@ -252,6 +252,8 @@ def fit(
         raise ValueError("fit: early stopping on a validation metric needs validation_split or validation_data")
 
     n = x.shape[0]
+    if n < world.size:
+        raise ValueError(f"fit: {n} training examples for {world.size} processes: each needs one")
     # Where each batch starts (and the last ends): a remainder smaller than batch_size is a last,
     # smaller batch, except that one too small to be a batch joins the batch before it: a single
     # example (batch norm cannot normalise a batch of one), or fewer than the processes sharing

@@ -9,6 +9,7 @@ message from standard input, 0 spam, 1 ham, 2 unsure; any error, usage errors in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import logging
@@ -146,8 +147,8 @@ def _format_metrics(r: dict) -> str:
         f"accuracy      {100 * r['accuracy']:.2f}%",
         f"spam caught   {_percent(r['spam_caught'])}",
         f"blocked ham   {_percent(r['blocked_ham'])}",
-        f"precision     {r['precision']:.4f}",
-        f"F1            {r['f1']:.4f}",
+        f"precision     {_number(r['precision'])}",
+        f"F1            {_number(r['f1'])}",
         f"MCC           {r['mcc']:.4f}",
         f"ROC AUC       {_number(r['roc_auc'])}",
         "confusion matrix (rows: true, columns: predicted)",
@@ -186,17 +187,14 @@ def _classify_batches(args, on_problem):
     read goes to `on_problem(source, reason)`."""
     paths = args.paths or ["-"]
     if args.sms:
-        for path in paths:
-            if path == "-" and sys.stdin is None:
-                on_problem("-", "standard input is closed")
-                continue
-            stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-            with stream:
-                texts = [(f"{path}:{i + 1}", line.decode("utf-8", "replace").rstrip("\r\n"))
-                         for i, line in enumerate(capped_lines(stream, args.max_bytes)) if line.strip()]
-            for i in range(0, len(texts), CLASSIFY_BATCH):
-                chunk = texts[i:i + CLASSIFY_BATCH]
+        chunk = []
+        for source, text in _sms_lines(paths, args.max_bytes, on_problem):
+            chunk.append((source, text))
+            if len(chunk) == CLASSIFY_BATCH:
                 yield [s for s, _ in chunk], [("sms", t) for _, t in chunk], None
+                chunk = []
+        if chunk:
+            yield [s for s, _ in chunk], [("sms", t) for _, t in chunk], None
         return
     batch: list[RawMessage] = []
     for m in read_messages(paths, max_bytes=args.max_bytes):
@@ -297,7 +295,8 @@ def _warn_about_repeats(x, y: np.ndarray) -> None:
     repeats = int(len(y) - len(counts))
     both = int(sum(len(set(y[first == k])) > 1 for k in np.flatnonzero(counts > 1)))
     if both:
-        print(f"chainrule: warning: {both} messages appear under both labels (spam and ham)", file=sys.stderr)
+        print(f"chainrule: warning: {both} distinct messages appear under both labels (spam and ham)",
+              file=sys.stderr)
     if repeats:
         print(f"chainrule: warning: {repeats} messages repeat others (the same features); copies in both the "
               "training and the validation messages flatter the validation scores", file=sys.stderr)
@@ -389,29 +388,37 @@ def _learn_outcome(status: str, label: int, was: int | None) -> str:
     return "never learned; nothing to unlearn"
 
 
-def _explained_tokens(args, config: HashingConfig, on_problem):
-    """(source, tokens) of each message to explain: emails, or with --sms each line of the files
-    (or of standard input) a text message, tokenised as training saw each kind."""
-    if not args.sms:
-        for msg in read_messages(args.paths, max_bytes=args.max_bytes):
-            if msg.error:
-                on_problem(msg.source, msg.error)
-            else:
-                yield msg.source, message_tokens(parse_message(msg.data), config)
-        return
-    for path in args.paths:
+def _sms_lines(paths: list[str], max_bytes: int, on_problem):
+    """(source "path:line", text) of every non-blank line of the SMS files ('-': standard input,
+    read once however often it is named), a text message each; a file that cannot be opened goes
+    to `on_problem(source, reason)`."""
+    for path in paths:
         if path == "-" and sys.stdin is None:
             on_problem("-", "standard input is closed")
             continue
         try:
-            stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+            stream = contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb")  # noqa: SIM115
         except OSError as exc:
             on_problem(path, exc.strerror or str(exc))
             continue
-        with stream:
-            for i, line in enumerate(capped_lines(stream, args.max_bytes)):
+        with stream as f:
+            for i, line in enumerate(capped_lines(f, max_bytes)):
                 if line.strip():
-                    yield f"{path}:{i + 1}", sms_tokens(line.decode("utf-8", "replace").rstrip("\r\n"), config)
+                    yield f"{path}:{i + 1}", line.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _explained_tokens(args, config: HashingConfig, on_problem):
+    """(source, tokens) of each message to explain: emails, or with --sms each line of the files
+    (or of standard input) a text message, tokenised as training saw each kind."""
+    if args.sms:
+        for source, text in _sms_lines(args.paths, args.max_bytes, on_problem):
+            yield source, sms_tokens(text, config)
+        return
+    for msg in read_messages(args.paths, max_bytes=args.max_bytes):
+        if msg.error:
+            on_problem(msg.source, msg.error)
+        else:
+            yield msg.source, message_tokens(parse_message(msg.data), config)
 
 
 def _cmd_explain(args) -> int:

@@ -18,7 +18,9 @@ Labels come from names, as the SpamAssassin corpus lays them out (`label_from_na
 folders from the path named on the command line down, of an archive, and of an mbox named on the
 command line (or called *.mbox); never from a message file's own name (a Maildir file is named
 after its host: 1.graham-laptop) nor from the folders above the path named (/home/graham/mail is
-not ham). A message file named on the command line takes its folder's name. What a message says
+not ham; "ham" counts only as a word: graham, shampoo). A message file named on the command line
+takes its folder's name; an mbox inside a folder labels its messages by its own name only if it
+is called *.mbox (a file that merely starts with a "From " line is a message). What a message says
 is `chainrule.data.mime`'s business: this module only reads the bytes.
 """
 
@@ -61,15 +63,17 @@ _SKIP_NAMES = {"cmds"}  # the SpamAssassin tarballs' list of shell commands, not
 
 
 def label_from_names(names: Iterable[str]) -> int | None:
-    """1 if one of `names` (folders, outermost first) contains "spam", 0 if "ham", else None.
+    """1 if one of `names` (folders, outermost first) contains "spam", 0 if it has the word "ham",
+    else None.
 
-    The SpamAssassin corpus layout: `spam/`, `easy_ham/`, `hard_ham/`. The innermost name that
-    says either wins, so `spam-archive/ham` is ham.
+    The SpamAssassin corpus layout: `spam/`, `easy_ham/`, `hard_ham/`. "ham" counts only as a word
+    between non-letters (graham, Birmingham and shampoo are not ham). The innermost name that says
+    either wins, so `spam-archive/ham` is ham.
     """
     for name in reversed([n.lower() for n in names]):
         if "spam" in name:
             return SPAM
-        if "ham" in name:
+        if "ham" in re.split(r"[^a-z]+", name):
             return HAM
     return None
 
@@ -128,14 +132,16 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
     path = Path(src)
     if not path.exists():
         yield RawMessage(src, b"", label, error="no such file or directory")
-    elif _is_maildir(path):
-        yield from _read_maildir(path, max_bytes, label, (path.resolve().name,))
+        return
+    named = Path(os.path.abspath(path))  # (`.` and `..` named, symbolic links not followed)
+    if _is_maildir(path):
+        yield from _read_maildir(path, max_bytes, label, (named.name,))
     elif path.is_dir():
-        yield from _read_directory(path, max_bytes, label, (path.resolve().name,))
+        yield from _read_directory(path, max_bytes, label, (named.name,))
     elif _is_archive(path):
-        yield from _read_tar(path, max_bytes, label, (path.name,))
+        yield from _read_tar(path, max_bytes, label, (named.parent.name, named.name))
     else:  # a message (its folder's name) or an mbox (and its own)
-        yield from _read_file(path, max_bytes, label, (path.resolve().parent.name,), named=True)
+        yield from _read_file(path, max_bytes, label, (named.parent.name,), named=True)
 
 
 def _not_regular(path: Path) -> str:

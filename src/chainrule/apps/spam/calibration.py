@@ -82,7 +82,8 @@ def binary_report(y: np.ndarray, p: np.ndarray, spam_cutoff: float) -> dict:
         # ranking of one class above the other (JSON has no NaN)
         "spam_caught": float(tp / (tp + fn)) if tp + fn else None,
         "blocked_ham": float(fp / (tn + fp)) if tn + fp else None,
-        "precision": float(precision[1]), "f1": float(f1[1]),
+        "precision": float(precision[1]) if tp + fp else None,  # (None: no message called spam)
+        "f1": float(f1[1]) if 2 * tp + fp + fn else None,
         "mcc": metrics.matthews_corrcoef(y, pred),
         "roc_auc": metrics.roc_auc(y, p) if 0 < y.sum() < len(y) else None,
         "confusion_matrix": cm.tolist(),
