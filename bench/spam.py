@@ -322,8 +322,10 @@ def table(split: str, rows: dict) -> str:
         if "skipped" in r:
             lines.append(f"{name:<28}skipped: {r['skipped']}")
             continue
+        # (precision and F1 are None where a filter called nothing spam)
+        precision, f1 = (f"{r[k]:.4f}" if r[k] is not None else "-" for k in ("precision", "f1"))
         lines.append(f"{name:<28}{100 * r['accuracy']:8.2f}%{100 * r['spam_caught']:7.2f}%"
-                     f"{100 * r['blocked_ham']:8.2f}%{r['precision']:10.4f}{r['f1']:8.4f}{r['mcc']:8.4f}"
+                     f"{100 * r['blocked_ham']:8.2f}%{precision:>10}{f1:>8}{r['mcc']:8.4f}"
                      f"{r['roc_auc']:9.4f}{r['messages_per_s']:9,.0f}")
     return "\n".join(lines)
 
