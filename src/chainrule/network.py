@@ -55,6 +55,16 @@ PASS_BYTES = 8 << 20
 MAX_DESCRIPTION_BYTES = 16 << 20
 
 
+def sliceable(x):
+    """`x` in a form whose rows can be sliced: a NumPy array (from a list, say), or a SciPy sparse
+    matrix in CSR or CSC form (COO, for one, has no row slices); values are left as they are."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "tocsr"):
+        return x if x.format in ("csr", "csc") else x.tocsr()
+    return np.asarray(x)
+
+
 def _float_dtype(dtype) -> np.dtype:
     if np.dtype(dtype).name not in DTYPES:
         raise ValueError(f"Sequential: dtype must be float32 or float64, got {np.dtype(dtype).name}")
@@ -144,7 +154,7 @@ class Sequential:
         if isinstance(x, np.ndarray) or not hasattr(x, "tocsr"):
             x = np.asarray(x, dtype=self.dtype)
         else:
-            x = x if x.format in ("csr", "csc") else x.tocsr()
+            x = sliceable(x)
             x = x if x.dtype == self.dtype else x.astype(self.dtype)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"Sequential: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
@@ -201,8 +211,7 @@ class Sequential:
     def _scores(self, x, batch_size: int) -> np.ndarray:
         """The last layer's outputs for every example of `x`, computed `batch_size` at a time (or
         fewer: `examples_per_pass`)."""
-        if not hasattr(x, "shape") or (hasattr(x, "tocsr") and x.format not in ("csr", "csc")):
-            x = self._input(x)  # a list, or a sparse format without row slices
+        x = sliceable(x)
         step = self.examples_per_pass(batch_size)
         outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]
         return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
@@ -425,6 +434,17 @@ def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
     model.load_state(state)
     metadata = doc.get("metadata", {})
     return model, metadata if isinstance(metadata, dict) else {}, files
+
+
+def saved_task(directory):
+    """The task in the metadata of the model saved in `directory` ("images", "spam", ...), or None
+    where there is no readable model description or it names none: what an application checks
+    before it writes over, or learns into, a directory that may hold another's model."""
+    try:
+        metadata = _read_description(model_directory(directory) / "model.json").get("metadata")
+    except (OSError, ModelFileError):
+        return None
+    return metadata.get("task") if isinstance(metadata, dict) else None
 
 
 def model_files(directory) -> dict[str, Path]:

@@ -28,7 +28,7 @@ from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, r
 from chainrule.history import History
 from chainrule.layers import Dropout, Sigmoid
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy
-from chainrule.network import Sequential
+from chainrule.network import Sequential, sliceable
 from chainrule.parallel import BlasThreads
 
 
@@ -60,11 +60,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
 def _checked_data(where: str, x, y):
     """(x, y) once checked: as many examples as labels, at least one, every value finite. x comes
     back as an array, or as a CSR/CSC matrix for SciPy sparse input (others cannot be sliced by row)."""
-    if hasattr(x, "tocsr"):
-        x = x if x.format in ("csr", "csc") else x.tocsr()
-    elif not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    y = np.asarray(y)
+    x, y = sliceable(x), np.asarray(y)
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != len(y):
         raise ValueError(f"{where}: x has {x.shape[0] if x.ndim else 0} examples but y has {len(y) if y.ndim else 0}")
     if not len(y):
@@ -262,7 +258,7 @@ def fit(
     edges = [b * batch_size for b in range(full + 1)]
     if rest and full and rest < max(world.size, 2):
         edges[-1] = n
-    elif rest >= world.size:  # (a lone remainder too small for the processes is left out)
+    elif rest:  # (with no full batch, rest = n >= world.size: checked above)
         edges.append(n)
     batches = len(edges) - 1
     history = History()

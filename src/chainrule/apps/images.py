@@ -51,6 +51,7 @@ from chainrule.data.images import PICTURES, ImageError, preprocess_image
 from chainrule.distributed import World
 from chainrule.errors import DataError, ModelFileError, UserError
 from chainrule.files import atomic_write_bytes
+from chainrule.network import saved_task
 from chainrule.training import save_history_csv
 
 log = logging.getLogger(__name__)
@@ -392,10 +393,7 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
 def _check_not_another_models(out: Path) -> None:
     """Refuse an --out that holds another application's model (a spam filter, say): training would
     replace it. An image model there is an earlier run, which a new run replaces as it always has."""
-    try:
-        task = json.loads((out / "model.json").read_bytes()).get("metadata", {}).get("task")
-    except (OSError, ValueError, AttributeError, RecursionError):  # none there, or not a model we can read
-        return
+    task = saved_task(out)
     if isinstance(task, str) and task not in (TASK, *OLD_TASKS):
         raise UserError(f"--out {out} holds a {task} model; training would replace it: choose another --out")
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from chainrule import distributed
 from chainrule.cli import engine, images, serve, spam
-from chainrule.cli.options import Parser
+from chainrule.cli.options import ABORT_GRACE_SECONDS, Parser
 from chainrule.errors import UserError
 
 
@@ -44,10 +44,6 @@ def _one_line(exc: BaseException) -> str:
 
 # Commands that run as one job over the processes of `mpirun -np N` (`set_defaults(mpi=True)`).
 MPI_COMMANDS = "digits train, images train, spam train, spam classify"
-# How long a rank other than 0 waits before reporting its error and stopping the job: an error
-# that every rank meets at once (a missing file) is then reported once, by rank 0, whose abort
-# ends the others before they print. An error of one rank alone costs this much more time.
-ABORT_GRACE_SECONDS = 1.0
 
 
 def main(argv: list[str] | None = None) -> int:

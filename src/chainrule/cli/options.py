@@ -15,6 +15,11 @@ import time
 from chainrule.data.corpora import MAX_BYTES
 from chainrule.distributed import launcher_rank
 
+# How long a rank other than 0 waits before it reports its error and stops the job: an error that
+# every rank meets at once (a missing file, a usage error) is then reported once, by rank 0, whose
+# exit ends the others before they print. An error of one rank alone costs this much more time.
+ABORT_GRACE_SECONDS = 1.0
+
 
 class Parser(argparse.ArgumentParser):
     """An `ArgumentParser` that accepts options after positionals in every command, and whose usage
@@ -36,8 +41,8 @@ class Parser(argparse.ArgumentParser):
         return self.commands
 
     def error(self, message: str):
-        if launcher_rank() != 0:  # under mpirun every process parses the same line: rank 0 says so,
-            time.sleep(1.0)      # and the others wait, or mpirun would end it on their exit first
+        if launcher_rank() != 0:  # under mpirun every process parses the same line: rank 0 says so
+            time.sleep(ABORT_GRACE_SECONDS)
             self.exit(self.error_exit)
         self.print_usage(sys.stderr)
         self.exit(self.error_exit, f"{self.prog}: error: {message}\n")

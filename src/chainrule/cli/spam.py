@@ -291,9 +291,10 @@ def _warn_about_repeats(x, y: np.ndarray) -> None:
     """Say so when messages repeat (the same features: `row_digests`), above all under both labels:
     copies in both the training and the validation messages flatter the validation scores, and a
     message labelled both ways teaches nothing but confusion."""
-    _, first, counts = np.unique(row_digests(x), axis=0, return_inverse=True, return_counts=True)
-    repeats = int(len(y) - len(counts))
-    both = int(sum(len(set(y[first == k])) > 1 for k in np.flatnonzero(counts > 1)))
+    _, group = np.unique(row_digests(x), axis=0, return_inverse=True)  # the same features, the same group
+    groups = int(group.max()) + 1
+    repeats = len(y) - groups
+    both = len(np.unique(np.column_stack([group.ravel(), y]), axis=0)) - groups  # groups with two labels
     if both:
         print(f"chainrule: warning: {both} distinct messages appear under both labels (spam and ham)",
               file=sys.stderr)

@@ -33,7 +33,6 @@ hand, the daemon's TELL) each learn on top of the other's result and no update i
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from chainrule.apps.spam.model import (
 )
 from chainrule.data.corpora import SPAM
 from chainrule.files import locked_directory
-from chainrule.network import model_directory
+from chainrule.network import model_directory, saved_task
 
 # What became of a message given to `learn` or `unlearn`.
 LEARNED, RELEARNED, AGAIN, REPEATED = "learned", "relearned", "learned again", "already learned"
@@ -84,11 +83,8 @@ def open_for_learning(directory, spam_cutoff: float | None = None,
     if not (directory / "model.json").is_file():
         raise cr.ModelFileError(f"{directory / 'model.json'}: not found (a model directory holds model.json "
                                 "and the weights it names)")
-    try:  # another application's model is refused before its directory gets our lock file
-        task = json.loads((directory / "model.json").read_bytes())["metadata"]["task"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        task = TASK  # (unreadable: load_spam_model below says why)
-    if task != TASK:
+    task = saved_task(directory)  # another application's model is refused before its directory gets our
+    if task is not None and task != TASK:  # lock file (an unreadable one: load_spam_model below says why)
         raise cr.ModelFileError(f"{directory}: not a spam model (task {task!r})")
     with locked_directory(directory):
         yield load_spam_model(directory, spam_cutoff, ham_cutoff)
