@@ -660,10 +660,14 @@ def profile_chainrule(workload: str, data_dir, batches: int = 300) -> list[tuple
 
     The same calls in the same order as `fit` makes them (the first layer computes no input
     gradient, as `Sequential.backward(grad, input_grad=False)` arranges), with the cores shared out
-    as `fit` shares them (`BlasThreads`: BLAS threads, and element-wise passes cut into parts).
+    as `fit` shares them (`BlasThreads`: BLAS threads, and element-wise passes cut into parts) and
+    glibc's malloc set to keep freed memory as `fit` sets it.
     """
     import chainrule as cr
     from chainrule.parallel import BlasThreads
+    from chainrule.training import _keep_freed_memory
+
+    _keep_freed_memory()
 
     work = WORKLOADS[workload]
     x, y, _, _ = load_data(data_dir, work.input_shape)
