@@ -59,6 +59,7 @@ import os
 import platform
 import re
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -1063,6 +1064,9 @@ def run_isa(isa: Isa, names: list[str], args, common: list[str], report: dict, s
 
 
 def main(argv=None) -> int:
+    # Stopped by a signal (kill, a batch system's time limit), unwind as for Ctrl-C: the `finally`
+    # in `spawn` then stops the busy scenario's competitor, which would otherwise spin on.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians are reported)")
     p.add_argument("--workloads", nargs="+", default=None, help=f"subset of {sorted(WORKLOADS)}")
