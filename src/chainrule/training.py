@@ -380,11 +380,13 @@ def _keep_freed_memory() -> None:
 
     A step allocates its layers' outputs and gradients afresh, NumPy arrays of up to megabytes, and
     frees them. glibc hands the top of its heap back to the kernel once more than its trim threshold
-    is free there (twice the largest block it has freed so far: a few MB), and the next step takes
-    it back a 4 KB page at a time, a page fault each: LeNet-5 on 2 cores took ~590 faults a step,
-    10.2 ms instead of 8.9. glibc raises both thresholds by itself each time it frees a larger block,
-    up to blocks of 32 MB from the heap and 64 MB left free at its top; this sets them there at
-    once (process-wide, as freeing one 32 MB array would). Other C libraries are left as they are.
+    is free there (twice the largest block it has freed so far), and the next step takes it back a
+    4 KB page at a time, a page fault each. How often depends on what the process freed before: in
+    one that had freed no block of a few MB (it loaded only a training set larger than 32 MB, say),
+    LeNet-5 on 2 cores took ~590 faults a step, a median step of 10.9 ms instead of 10.0. glibc
+    raises both thresholds by itself each time it frees a larger block, up to blocks of 32 MB from
+    the heap and 64 MB left free at its top; this sets them there at once (process-wide, as freeing
+    one 32 MB array would). Other C libraries are left as they are.
     """
     try:
         glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
