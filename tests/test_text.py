@@ -284,3 +284,16 @@ def test_one_row_edge_cases_match_the_matrix():
         h = Hasher(cfg, np.linspace(1, 3, cfg.n_features).astype(np.float32) if cfg.idf else None)
         for tokens in cases:
             assert _same_row(h, tokens), (cfg, tokens[:5])
+
+
+def test_a_huge_address_or_received_header_is_read_only_to_its_first_thousand_characters():
+    """Their patterns take time growing with the square of a run that never completes a match (a
+    60,000-letter From header took 10 s), so only the first 1,000 characters (RFC 5322's line) count."""
+    def tokens(from_, received):
+        raw = (b"Received: from " + received + b"\nFrom: " + from_ + b"\nTo: " + from_ +
+               b"\nSubject: hi\n\nhello there\n")
+        return message_tokens(parse_message(raw))
+
+    huge = tokens(b"a" * 60_000, b"1." * 30_000)
+    assert huge == tokens(b"a" * 1_000, b"1." * 500)  # (both Received lines are cut at 1,000 characters)
+    assert "hello" in huge and "subject:hi" in huge

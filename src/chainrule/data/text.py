@@ -123,6 +123,12 @@ _HOST_RE = re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}\b")
 _IP_RE = re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
 _DIGITS = str.maketrans("0123456789", "dddddddddd")
 _MAX_CHARS = 30_000  # per text; a long message says all it will say in its first pages
+# Per address header (From, To, Reply-To) and per Received line: RFC 5322's limit for a line (998
+# characters). Their patterns take time growing with the square of a run of characters that never
+# completes a match (60,000 letters in a From header took 10 s), so a sender must not choose the length.
+# Cut there, no SpamAssassin corpus message gives other tokens (its longest To header, 1,779 characters,
+# yields more than the 20 tokens `message_tokens` keeps of it before the cut).
+_MAX_HEADER_CHARS = 1_000
 
 
 def _shape(token: str) -> str:
@@ -179,6 +185,7 @@ _CACHE = 1 << 14
 
 @lru_cache(maxsize=_CACHE)
 def _address_tokens(name: str, value: str) -> tuple[str, ...]:
+    value = value[:_MAX_HEADER_CHARS]
     out = []
     for m in _EMAIL_RE.finditer(value.lower()):
         out.append(f"{name}:@{m.group(1)}")
@@ -267,7 +274,7 @@ def message_tokens(msg: ParsedMessage, config: HashingConfig = HashingConfig()) 
     if msg.reply_to:
         toks += _address_tokens("reply-to", msg.reply_to)
     for i, line in enumerate(msg.received[:3]):
-        low = line.lower()
+        low = line[:_MAX_HEADER_CHARS].lower()
         toks += [f"received:{h}" for h in _HOST_RE.findall(low)[:6]]
         if _IP_RE.search(low):
             toks.append(f"received{i}:ip")
