@@ -39,6 +39,20 @@ def test_real_multipart_message(spamassassin_messages):
     assert p.subject == str(email.header.make_header(email.header.decode_header(msg["Subject"] or "")))
 
 
+def test_a_forwarded_message_is_read_inside_as_in_a_multipart_one(spamassassin_messages):
+    """A message whose whole body is message/rfc822 (a forward "as attachment" with no cover note)
+    was read from its outer headers alone: the spam inside never reached the filter."""
+    m = next(m for m in spamassassin_messages
+             if m.label == 1 and email.message_from_bytes(m.data).get_content_type() == "text/plain")
+    inner = m.data.split(b"\n", 1)[1] if m.data.startswith(b"From ") else m.data  # (without an mbox From_ line)
+    head = b"From: a@example.com\nSubject: fwd\nMIME-Version: 1.0\n"
+    forwarded = parse_message(head + b"Content-Type: message/rfc822\n\n" + inner)
+    in_parts = parse_message(head + b'Content-Type: multipart/mixed; boundary="b"\n\n--b\n'
+                             b"Content-Type: message/rfc822\n\n" + inner + b"\n--b--\n")
+    assert forwarded.text.strip() and forwarded.text == in_parts.text
+    assert forwarded.urls == in_parts.urls
+
+
 def test_real_html_only_message(spamassassin_messages):
     m, msg = _first(spamassassin_messages, lambda msg, raw: msg.get_content_type() == "text/html")
     p = parse_message(m.data)

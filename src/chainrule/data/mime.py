@@ -379,9 +379,10 @@ def _parse_with(raw: bytes, policy) -> ParsedMessage:
     if policy is email.policy.compat32:
         # Fast path: parse the header block only; for a single-part message (most mail) the
         # remaining bytes are the body and `get_payload(decode=True)` decodes them the same way
-        # a full parse would. Only a multipart message pays for the full MIME parse.
+        # a full parse would. Only a message with parts (multipart/*, or message/rfc822: a
+        # forwarded message whose own headers and body are inside) pays for the full MIME parse.
         msg = top = _compat32_headers(raw)
-        if msg.get_content_maintype() == "multipart":
+        if msg.get_content_maintype() in ("multipart", "message"):
             msg = email.message_from_bytes(raw, policy=policy)  # (its headers are top's, but 8-bit ones undecoded)
     else:
         msg = top = email.message_from_bytes(raw, policy=policy)
