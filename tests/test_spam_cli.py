@@ -384,7 +384,8 @@ def test_train_takes_options_between_its_corpora(spam_corpus, data_root, tmp_pat
 @pytest.mark.parametrize("option", [["--epochs", "0"], ["--batch-size", "0"], ["--lr", "-1"], ["--lr", "nan"],
                                     ["--dropout", "1.5"], ["--hash-bits", "0"], ["--validation", "1"],
                                     ["--target-blocked-ham", "2"], ["--hidden", "8", "0"], ["--weight-decay", "-0.1"],
-                                    ["--char-ngrams", "-1"], ["--max-bytes", "0"]])
+                                    ["--char-ngrams", "-1"], ["--max-bytes", "0"],
+                                    ["--max-bytes", str(1 << 50)]])
 def test_bad_training_options_are_one_line_usage_errors(option, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["spam", "train", "--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m"), *option])

@@ -108,7 +108,14 @@ def fraction(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < 1, "a number from 0 to below 1")
 
 
+MAX_BYTES_LIMIT = 1 << 30  # a message is read whole into memory (and a read of N bytes may reserve N)
+
+
+def max_bytes(text: str) -> int:
+    return _number(text, int, lambda v: 0 < v <= MAX_BYTES_LIMIT, f"a positive integer up to {MAX_BYTES_LIMIT} (1 GiB)")
+
+
 def add_max_bytes(parser: argparse.ArgumentParser) -> None:
     """`--max-bytes N`: the cap on the bytes read per message (`chainrule.data.corpora`)."""
-    parser.add_argument("--max-bytes", type=positive_int, default=MAX_BYTES,
-                        help=f"bytes read per message at most (default {MAX_BYTES})")
+    parser.add_argument("--max-bytes", type=max_bytes, default=MAX_BYTES,
+                        help=f"bytes read per message at most (default {MAX_BYTES}, at most 1 GiB)")
