@@ -315,10 +315,16 @@ def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(tmp_path):
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert "interrupted" in last and "--resume" in last
-    assert _epochs_done(out / "checkpoint.npz") >= 1
+    done = _epochs_done(out / "checkpoint.npz")
+    assert done >= 1
+    # without --resume the unfinished run is not thrown away (it was, before the new run began)
+    forgot = run_cli("digits", "train", "--out", out, "--quiet")
+    assert forgot.returncode == 2 and "--resume" in forgot.stderr and "Traceback" not in forgot.stderr
+    assert _epochs_done(out / "checkpoint.npz") == done
     resumed = run_cli("digits", "train", "--out", out, "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 12
+    assert not images.unfinished_run(out / "checkpoint.npz")  # a finished run's: a new run may replace it
 
 
 def _limit_file_size(limit: int):

@@ -50,7 +50,7 @@ from chainrule.data.augment import clothing_augmenter, digit_augmenter
 from chainrule.data.images import PICTURES, ImageError, preprocess_image
 from chainrule.distributed import World
 from chainrule.errors import DataError, ModelFileError, UserError
-from chainrule.files import atomic_write_bytes
+from chainrule.files import atomic_write_bytes, npz_headers, read_npz
 from chainrule.network import saved_task
 from chainrule.training import save_history_csv
 
@@ -360,6 +360,9 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
         out = f"runs/{run_name(dataset)}-{given['model'] or 'mlp'}"
     out = Path(out)
     _check_not_another_models(out)
+    if not resume and unfinished_run(out / "checkpoint.npz"):
+        raise UserError(f"{out} holds the checkpoint of an unfinished run: continue it with --resume, or "
+                        f"delete {out / 'checkpoint.npz'} to start afresh")
     run_file = out / "run.json"
     stored = _stored_options(run_file) if resume and run_file.is_file() else {}
     if stored:
@@ -388,6 +391,19 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
         raise UserError(f"--train-size must be above {VALIDATION_IMAGES // 10}, got {opts['train_size']}")
     opts["out"] = str(out)
     return opts
+
+
+def unfinished_run(checkpoint: Path) -> bool:
+    """Whether `checkpoint` is that of a run that was stopped before its end (its history has no
+    stop reason yet). A finished run keeps its last checkpoint too; that one, like one that
+    cannot be read, holds nothing a new run would lose."""
+    try:
+        if "json" not in npz_headers(checkpoint):
+            return False
+        doc = json.loads(read_npz(checkpoint, ["json"])["json"].tobytes())
+        return not doc["history"]["stop_reason"]
+    except (ModelFileError, ValueError, KeyError, TypeError):  # (no such file: ModelFileError too)
+        return False
 
 
 def _check_not_another_models(out: Path) -> None:
