@@ -386,6 +386,19 @@ def test_a_model_saved_over_one_with_more_files_leaves_no_orphans(tmp_path):
     assert set(model_files(d)) == {"model"}
 
 
+def test_a_model_saved_into_a_folder_that_held_no_model_deletes_none_of_its_files(tmp_path):
+    """Names like a model's (model.npz, weights-<16 hex digits>.npz) in a folder that held no model
+    are someone else's files: training with --out pointing there deleted them."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    theirs = ["model.npz", "weights-0123456789abcdef.npz", "notes.npz"]
+    for name in theirs:
+        np.savez(d / name, w=np.ones(3))
+    cr.Sequential([cr.Linear(4, 3)], seed=0).save(d)
+    assert all((d / name).is_file() for name in theirs)
+    assert cr.Sequential.load(d).layers[0].weight.shape == (4, 3)
+
+
 def test_files_named_in_model_json_stay_inside_its_directory(tmp_path):
     d = _saved(tmp_path)
     (tmp_path / "outside.npz").write_bytes(_weights(d).read_bytes())

@@ -364,7 +364,7 @@ class Sequential:
                 for f in set(files.values()) - replaced:
                     (directory / f).unlink(missing_ok=True)
                 raise
-            _remove_stale(directory, groups, keep=replaced | set(files.values()))
+            _remove_stale(directory, groups, keep=replaced | set(files.values()), orphans=bool(replaced))
         return {name: directory / f for name, f in files.items()}
 
     @classmethod
@@ -478,12 +478,14 @@ def _names_in_use(directory: Path) -> set[str]:
         return set()
 
 
-def _remove_stale(directory: Path, groups, keep: set[str]) -> None:
-    """Delete what earlier saves left behind and no reader needs: files named by content
+def _remove_stale(directory: Path, groups, keep: set[str], orphans: bool) -> None:
+    """Delete what earlier saves left behind and no reader needs: the temporary files of a save
+    that was killed (the caller holds the directory's lock, so none is running), and with
+    `orphans` (the save replaced a model: the folder is a model's) files named by content
     (`<name>-<digest>.npz`, of any group: a model saved over one with more groups, say a spam
-    filter retrained over one that had learned lessons, leaves no orphans), version 1's
-    `<name>.npz` of these groups, all not in `keep`, and the temporary files of a save that was
-    killed (the caller holds the directory's lock, so none is running)."""
+    filter retrained over one that had learned lessons, leaves no orphans) and version 1's
+    `<name>.npz` of these groups, all not in `keep`. A folder that held no model may hold files of
+    those names that are someone else's."""
     ours = re.compile(rf"[a-z][a-z0-9_]*-[0-9a-f]{{16}}\.npz|(?:{'|'.join(map(re.escape, groups))})\.npz")
     for path in directory.iterdir():
         name = path.name
@@ -491,7 +493,7 @@ def _remove_stale(directory: Path, groups, keep: set[str]) -> None:
             target = name[1:-4].rpartition(".")[0]
             stale = target == "model.json" or ours.fullmatch(target)
         else:
-            stale = ours.fullmatch(name) and name not in keep
+            stale = orphans and ours.fullmatch(name) and name not in keep
         if stale:
             path.unlink(missing_ok=True)
 
