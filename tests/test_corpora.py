@@ -2,7 +2,10 @@
 reader (directories, mbox, Maildir, tar, stdin, SMS files), labels from paths, capped and
 unreadable input."""
 
+import bz2
+import gzip
 import io
+import lzma
 import mailbox
 import os
 import tarfile
@@ -203,3 +206,24 @@ def test_an_mbox_read_in_pieces_is_the_mbox_read_by_lines(tmp_path_factory, line
         assert len(data) <= max_bytes
         if not whole_truncated:  # (a line that does not fit is dropped whole, or from the piece that does not)
             assert (data, truncated) == (whole_data, False)
+
+
+@pytest.mark.parametrize(("compress", "suffix"),
+                         [(gzip.compress, ".gz"), (bz2.compress, ".bz2"), (lzma.compress, ".xz")])
+def test_a_compressed_mbox_or_message_is_read_through_its_decompressor(compress, suffix, tmp_path,
+                                                                       spamassassin_messages):
+    """An archived spam.mbox.gz was read as one binary "message" (and classified)."""
+    real = [m.data for m in spamassassin_messages[:3]]  # each starts with its own "From " line
+    mbox = b"".join(data if data.endswith(b"\n") else data + b"\n" for data in real)
+    (tmp_path / "spam.mbox").write_bytes(mbox)
+    (tmp_path / "box").mkdir()
+    (tmp_path / "box" / f"spam.mbox{suffix}").write_bytes(compress(mbox))  # in a folder: labelled as *.mbox
+    (tmp_path / "one.eml").write_bytes(compress(real[0].split(b"\n", 1)[1]))  # a message, without From_
+    plain = list(read_messages([tmp_path / "spam.mbox"]))
+    packed = list(read_messages([tmp_path / "box"]))
+    assert len(packed) == 3 and [m.data for m in packed] == [m.data for m in plain]
+    assert all(m.label == SPAM and m.error is None for m in packed)
+    (one,) = read_messages([tmp_path / "one.eml"])
+    assert one.data == real[0].split(b"\n", 1)[1]
+    (tmp_path / "cut.gz").write_bytes(compress(mbox)[: len(compress(mbox)) // 2])
+    assert [m.error for m in read_messages([tmp_path / "cut.gz"])][-1]  # reported, not raised

@@ -12,6 +12,9 @@ Two promises shape this module:
   for a writer, so it (or a socket, or a device) is reported and skipped. A path named on the
   command line is read whatever it is, so that `<(zcat mail.gz)` works.
 
+A file compressed with gzip, bzip2 or xz (an archived `spam.mbox.gz`, say; recognised by its first
+bytes) is read through its decompressor, as a stream.
+
 An empty message, or standard input when it is closed, is a problem too, not a message.
 
 Labels come from names, as the SpamAssassin corpus lays them out (`label_from_names`): of the
@@ -26,7 +29,10 @@ is `chainrule.data.mime`'s business: this module only reads the bytes.
 
 from __future__ import annotations
 
+import bz2
 import errno
+import gzip
+import lzma
 import os
 import re
 import stat
@@ -86,6 +92,30 @@ def _label(label: int | None, names: tuple[str, ...]) -> int | None:
 def _read_capped(f, max_bytes: int) -> tuple[bytes, bool]:
     data = f.read(max_bytes + 1)
     return data[:max_bytes], len(data) > max_bytes
+
+
+# The first bytes of each compressed format read through its decompressor (bzip2's: "BZh", the
+# block size 1-9, then the magic number of its first block).
+_COMPRESSED = ((re.compile(rb"\x1f\x8b"), gzip.open), (re.compile(rb"BZh[1-9]1AY&SY"), bz2.open),
+               (re.compile(rb"\xfd7zXZ\x00"), lzma.open))
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
+_READ_ERRORS = (OSError, EOFError, lzma.LZMAError)  # (a truncated gzip or bzip2 stream: EOFError)
+
+
+def _open(path: Path):
+    """`path` opened for reading bytes, through its decompressor if it is gzip, bzip2 or xz."""
+    if not path.is_file():  # a pipe (`<(zcat mail.gz)`) can be read only once: taken as it comes
+        return open(path, "rb")
+    with open(path, "rb") as f:
+        magic = f.read(10)
+    for pattern, opener in _COMPRESSED:
+        if pattern.match(magic):
+            return opener(path, "rb")
+    return open(path, "rb")
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def _looks_like_mbox(head: bytes) -> bool:
@@ -218,18 +248,19 @@ def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, 
     that merely starts with a "From " line (each of the SpamAssassin corpus's) is a message."""
     lab = _label(label, names)
     try:
-        with open(path, "rb") as f:
+        with _open(path) as f:
             head = f.read(4096)
             if _looks_like_mbox(head):
                 f.close()
-                own = (path.name,) if named or path.suffix.lower() in (".mbox", ".mbx") else ()
+                plain = path.with_suffix("") if path.suffix.lower() in _COMPRESSED_SUFFIXES else path
+                own = (path.name,) if named or plain.suffix.lower() in (".mbox", ".mbx") else ()
                 yield from _read_mbox(path, max_bytes, _label(label, names + own))
                 return
             rest, truncated = _read_capped(f, max(max_bytes - len(head), 0))
             data = (head + rest)[:max_bytes]
             truncated = truncated or len(head) + len(rest) > max_bytes
-    except OSError as exc:
-        yield RawMessage(str(path), b"", lab, error=exc.strerror or str(exc))
+    except _READ_ERRORS as exc:
+        yield RawMessage(str(path), b"", lab, error=_reason(exc))
         return
     yield RawMessage(str(path), data, lab, truncated)
 
@@ -267,7 +298,7 @@ def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[Ra
         return RawMessage(str(path), data, label, truncated)
 
     try:
-        with open(path, "rb") as f:
+        with _open(path) as f:
             # `for line in f` would hold a whole line, however long; pieces of one keep their order,
             # and only a piece that starts a line can be a "From " separator or a blank line
             while piece := f.readline(LINE_PIECE):
@@ -290,8 +321,8 @@ def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[Ra
                     truncated = True
             if started:
                 yield flush()
-    except OSError as exc:
-        yield RawMessage(str(path), b"", label, error=exc.strerror or str(exc))
+    except _READ_ERRORS as exc:
+        yield RawMessage(str(path), b"", label, error=_reason(exc))
 
 
 def capped_lines(f, max_bytes: int = MAX_BYTES) -> Iterator[bytes]:
