@@ -338,6 +338,22 @@ def test_closed_standard_input_is_one_line_and_exit_3(spam_model):
         assert "-: standard input is closed" in _one_line_error(r, 3), extra
 
 
+def test_explain_and_evaluate_exit_2_when_a_named_input_could_not_be_read(spam_model, spam_corpus, run_chainrule,
+                                                                          tmp_path):
+    """As classify and learn do: the others are still done, but a cron job sees that one was not
+    (both exited 0, and evaluate printed figures of part of what it was given)."""
+    m, good = str(spam_model), str(spam_corpus[1] / "spam" / "0160")
+    r = run_chainrule(["spam", "explain", m, good, "/nonexistent.eml"])
+    assert r.returncode == 2 and good in r.stdout.decode() and b"skipped /nonexistent.eml" in r.stderr
+    r = run_chainrule(["spam", "evaluate", m, str(spam_corpus[1]), "/nonexistent", "--json"])
+    assert r.returncode == 2 and json.loads(r.stdout)["messages"] > 0 and b"skipped /nonexistent" in r.stderr
+    (tmp_path / "inbox").mkdir()  # a bad file found inside a folder is only reported
+    (tmp_path / "inbox" / "good").write_bytes(Path(good).read_bytes())
+    (tmp_path / "inbox" / "empty").write_bytes(b"")
+    r = run_chainrule(["spam", "explain", m, str(tmp_path / "inbox")])
+    assert r.returncode == 0 and b"empty message" in r.stderr
+
+
 def test_classify_with_nothing_classified_exits_3(spam_model, spam_corpus, run_chainrule, tmp_path):
     m = str(spam_model)
     r = run_chainrule(["spam", "classify", m, "/nonexistent.eml"])

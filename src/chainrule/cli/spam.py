@@ -160,7 +160,14 @@ def _format_metrics(r: dict) -> str:
 
 def _cmd_evaluate(args) -> int:
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
-    items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes, on_problem=_report_problem)
+    named, failed = set(args.corpus), False
+
+    def on_problem(source: str, reason: str) -> None:
+        nonlocal failed
+        failed = failed or source in named  # (figures without a corpus named: the exit code says so)
+        _report_problem(source, reason)
+
+    items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes, on_problem=on_problem)
     if len(y) == 0:
         raise UserError("no messages to evaluate")
     t0 = time.perf_counter()
@@ -176,7 +183,7 @@ def _cmd_evaluate(args) -> int:
         print(_format_metrics(report))
         print(f"unsure        {report['unsure']} (counted as ham above)")
         print(f"speed         {report['messages_per_s']:,.0f} messages/s (parsing included)")
-    return 0
+    return args.error_exit if failed else 0
 
 
 CLASSIFY_BATCH = 4096  # messages held in memory at once by `spam classify` (each at most --max-bytes)
@@ -426,7 +433,15 @@ def _cmd_explain(args) -> int:
     bundle = load_spam_model(args.model)
     held: list[tuple[str, str]] = []  # (as in classify: a lone failed input is the one-line error)
     seen = 0
-    for source, tokens in _explained_tokens(args, bundle.config, lambda source, reason: held.append((source, reason))):
+    named = set(args.paths)
+    failed = False
+
+    def on_problem(source: str, reason: str) -> None:
+        nonlocal failed
+        failed = failed or source in named  # (a file found in a folder is only reported)
+        held.append((source, reason))
+
+    for source, tokens in _explained_tokens(args, bundle.config, on_problem):
         for problem in held:
             _report_problem(*problem)
         held.clear()
@@ -455,7 +470,7 @@ def _cmd_explain(args) -> int:
         _nothing_read(held, "explain")
     for problem in held:
         _report_problem(*problem)
-    return 0
+    return args.error_exit if failed else 0  # (the others were explained)
 
 
 def _cutoff_args(p) -> None:
