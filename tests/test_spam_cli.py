@@ -124,6 +124,20 @@ def test_annotate_leaves_the_body_byte_identical(spam_model, spam_corpus, run_ch
     assert b"\nX-Chainrule-Spam: " in head and b"\nX-Chainrule-Spam-Probability: " in head
 
 
+def test_annotate_writes_a_named_file_back_as_it_does_standard_input(spam_model, spam_corpus, run_chainrule,
+                                                                     tmp_path):
+    """A corpus file starts with a "From " line: read as an mbox, it lost that line and had its
+    ">From " body lines unquoted in the annotated output."""
+    raw = (spam_corpus[1] / "easy_ham" / "0200").read_bytes()
+    assert raw.startswith(b"From ")
+    raw = raw.replace(b"\n\n", b"\n\n>From the body, quoted\n", 1)
+    (tmp_path / "msg").write_bytes(raw)
+    piped = run_chainrule(["spam", "classify", str(spam_model), "--annotate"], raw)
+    named = run_chainrule(["spam", "classify", str(spam_model), "--annotate", str(tmp_path / "msg")])
+    assert named.returncode == piped.returncode and named.stdout == piped.stdout
+    assert named.stdout.startswith(raw.split(b"\n", 1)[0]) and named.stdout.endswith(raw.split(b"\n\n", 1)[1])
+
+
 def test_bad_messages_are_reported_and_the_run_goes_on(spam_model, tmp_path, capsys):
     d = tmp_path / "inbox"
     d.mkdir()

@@ -48,7 +48,16 @@ from chainrule.cli.options import (
     positive_int,
     probability,
 )
-from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, RawMessage, capped_lines, changed_files, read_messages
+from chainrule.data.corpora import (
+    HAM,
+    MAX_BYTES,
+    SPAM,
+    RawMessage,
+    capped_lines,
+    changed_files,
+    read_as_is,
+    read_messages,
+)
 from chainrule.data.mime import parse_message
 from chainrule.data.text import HashingConfig, message_tokens, sms_tokens
 from chainrule.errors import UserError
@@ -204,7 +213,11 @@ def _classify_batches(args, on_problem):
             yield [s for s, _ in chunk], [("sms", t) for _, t in chunk], None
         return
     batch: list[RawMessage] = []
-    for m in read_messages(paths, max_bytes=args.max_bytes):
+    # --annotate writes the message back out: a file is read as standard input is, every byte kept
+    # (an mbox's reader would drop a "From " line and unquote ">From " lines)
+    messages = ((read_as_is(p, args.max_bytes) for p in paths) if args.annotate
+                else read_messages(paths, max_bytes=args.max_bytes))
+    for m in messages:
         if m.error:
             on_problem(m.source, m.error)
             continue

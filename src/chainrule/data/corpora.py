@@ -151,6 +151,24 @@ def read_messages(sources: Iterable[str | os.PathLike], max_bytes: int = MAX_BYT
             yield msg
 
 
+def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage:
+    """The bytes of one file (or "-", standard input) as one message, just as they are: not split
+    as an mbox nor decompressed, so that whoever writes the message back out changes nothing of it
+    (`spam classify --annotate`). Problems come back as for `read_messages`."""
+    src = str(src)
+    if src == "-":
+        return next(read_messages(["-"], max_bytes))
+    try:
+        with open(src, "rb") as f:
+            data, truncated = _read_capped(f, max_bytes)
+    except OSError as exc:
+        return RawMessage(src, b"", None, error=_reason(exc) if os.path.exists(src) else "no such file or directory")
+    msg = RawMessage(src, data, None, truncated)
+    if not data or data.isspace():
+        msg.error = "empty message"
+    return msg
+
+
 def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
     if src == "-":
         if sys.stdin is None:  # started with standard input closed (`<&-`)
