@@ -430,3 +430,13 @@ def test_bad_inputs_exit_nonzero_with_one_line(case, bad_inputs):
     line = assert_one_line_error(proc, code)
     assert expected in line, (args, line)
     assert not (bad_inputs["root"] / "r1" / "model.json").exists()
+
+
+def test_a_diverging_run_is_one_line_that_says_nothing_was_saved(tmp_path):
+    """NumPy's overflow warnings came first (from the threads that run parts of Adam's update, which
+    did not share the command's error state), then a line saying the last good weights were kept,
+    of a run that saves nothing."""
+    r = run_cli("digits", "train", *TINY, "--lr", "1e10", "--out", tmp_path / "run")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "training diverged" in r.stderr and "no model was saved" in r.stderr and "Warning" not in r.stderr
+    assert not (tmp_path / "run" / "model.json").exists()

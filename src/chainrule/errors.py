@@ -22,4 +22,13 @@ class ModelFileError(UserError, ValueError):
 
 
 class TrainingDiverged(ArithmeticError):
-    """The loss became NaN or infinite; the model holds the last weights that gave a finite loss."""
+    """The loss became NaN or infinite; the model holds the last weights that gave a finite loss.
+    `loss`, `epoch` and `batch` (counted from 1) and `lr` say where."""
+
+    def __init__(self, loss: float, epoch: int, batch: int, lr: float):
+        self.loss, self.epoch, self.batch, self.lr = loss, epoch, batch, lr
+        super().__init__(f"loss became {loss} at epoch {epoch}, batch {batch} (lr={lr:g}); "
+                         "kept the last weights with a finite loss — try a smaller learning rate")
+
+    def __reduce__(self):  # (pickled with its own arguments, not the message)
+        return type(self), (self.loss, self.epoch, self.batch, self.lr)

@@ -19,6 +19,7 @@ while another process wants a core too (see its docstring). While it runs (insid
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import os
 import pickle
@@ -240,7 +241,9 @@ def in_parts(fn: Callable[[int, int, int], None], n: int, size: int) -> None:
         _helpers = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1), thread_name_prefix=_HELPER,
                                       initializer=_leave_signals_to_the_main_thread)
     bounds = [n * i // parts for i in range(parts + 1)]
-    others = [_helpers.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    # each part in a copy of this thread's context, so NumPy's error state (np.errstate) holds there too
+    others = [_helpers.submit(contextvars.copy_context().run, fn, i, bounds[i], bounds[i + 1])
+              for i in range(1, parts)]
     try:
         fn(0, bounds[0], bounds[1])
     finally:

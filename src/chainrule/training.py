@@ -134,10 +134,7 @@ class _DivergenceGuard:
             return
         if self.saved:
             self.model.flat_params[...] = self.last_good
-        raise TrainingDiverged(
-            f"loss became {loss} at epoch {epoch + 1}, batch {batch + 1} (lr={lr:g}); "
-            "kept the last weights with a finite loss — try a smaller learning rate"
-        )
+        raise TrainingDiverged(loss, epoch + 1, batch + 1, lr)
 
 
 def _split(x, y, validation_split, rng):
@@ -316,21 +313,22 @@ def fit(
                         layer.batch_rows = (first, len(idx))
                 if augment is not None:
                     xb = augment(xb, rng, batch_rows=(first, len(idx))) if parallel else augment(xb, rng)
-                out = model.forward(xb, training=True)
-                value, grad = loss(out, yb)  # grad = dL/d(out)
-                correct = _correct(out, yb, model) if labels else 0
-                stats = np.array([value * len(yb), len(yb), correct])  # Σ loss, n, correct
-                if parallel:
-                    grad = grad * (len(yb) / len(idx))  # the shard's share of the global mean's gradient
-                    summing = world.iallreduce(stats)
-                    model.backward(grad, input_grad=False, after_layer=buckets.layer_done)
-                    buckets.wait()  # every process now holds Σ over the processes of their gradients
-                    world.wait([summing])
-                else:
-                    model.backward(grad, input_grad=False)  # fills every parameter's .grad
-                # raises TrainingDiverged on NaN or inf (everywhere at once: the loss is the sum's)
-                guard.check(stats[0] / stats[1], epoch, b, optimizer.lr)
-                optimizer.step()
+                with np.errstate(over="ignore", invalid="ignore"):  # (the guard below reports where it led)
+                    out = model.forward(xb, training=True)
+                    value, grad = loss(out, yb)  # grad = dL/d(out)
+                    correct = _correct(out, yb, model) if labels else 0
+                    stats = np.array([value * len(yb), len(yb), correct])  # Σ loss, n, correct
+                    if parallel:
+                        grad = grad * (len(yb) / len(idx))  # the shard's share of the global mean's gradient
+                        summing = world.iallreduce(stats)
+                        model.backward(grad, input_grad=False, after_layer=buckets.layer_done)
+                        buckets.wait()  # every process now holds Σ over the processes of their gradients
+                        world.wait([summing])
+                    else:
+                        model.backward(grad, input_grad=False)  # fills every parameter's .grad
+                    # raises TrainingDiverged on NaN or inf (everywhere at once: the loss is the sum's)
+                    guard.check(stats[0] / stats[1], epoch, b, optimizer.lr)
+                    optimizer.step()
                 running.add(*stats)
                 for cb in callbacks:
                     cb.on_batch_end(b, {**running.logs(), "examples": running.examples})

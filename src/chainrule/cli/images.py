@@ -13,7 +13,7 @@ from pathlib import Path
 
 from chainrule import distributed
 from chainrule.apps import images
-from chainrule.cli.options import positive_int
+from chainrule.cli.options import diverged, positive_int
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
 from chainrule.errors import TrainingDiverged, UserError
@@ -43,7 +43,7 @@ def _cmd_train(args) -> int:
                                   data=opts["data"], train_size=opts["train_size"], resume=args.resume,
                                   verbose=not args.quiet, default_data=args.default_data, world=world)
     except TrainingDiverged as exc:
-        raise UserError(f"training diverged: {exc}") from None
+        raise UserError(diverged(exc)) from None
     except KeyboardInterrupt:
         where = (f"the last completed epoch is saved in {checkpoint}" if checkpoint.exists()
                  else "no epoch had completed")

@@ -69,6 +69,13 @@ class Parser(argparse.ArgumentParser):
         return argparse.ArgumentParser.parse_args(parser, args, namespace)
 
 
+def diverged(exc, outcome: str = "no model was saved") -> str:
+    """The one-line error for training whose loss blew up (`TrainingDiverged`): where, and what
+    became of the model."""
+    return (f"training diverged: the loss became {exc.loss} at epoch {exc.epoch}, batch {exc.batch} "
+            f"(lr {exc.lr:g}); {outcome} — try a smaller --lr")
+
+
 def _number(text: str, kind: type, ok, expected: str):
     try:
         value = kind(text)

@@ -41,6 +41,7 @@ from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UN
 from chainrule.cli.options import (
     add_max_bytes,
     char_ngrams,
+    diverged,
     fraction,
     nonnegative_float,
     nonnegative_int,
@@ -60,7 +61,7 @@ from chainrule.data.corpora import (
 )
 from chainrule.data.mime import parse_message
 from chainrule.data.text import HashingConfig, message_tokens, sms_tokens
-from chainrule.errors import UserError
+from chainrule.errors import TrainingDiverged, UserError
 from chainrule.files import atomic_write_bytes
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
@@ -110,12 +111,15 @@ def _cmd_train(args) -> int:
               f"{sum(p is not None for p in problems)} read as plain text; features in {t_feat:.1f}s"
               + (f" on {world.size} processes" if world.size > 1 else ""))
     inputs = tuple(sorted({k for k, _ in items}))
-    result = train_filter(x, y, config, hidden=tuple(args.hidden), dropout=args.dropout, epochs=args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                          validation=args.validation, target_blocked_ham=args.target_blocked_ham,
-                          seed=args.seed, verbose=not args.quiet, inputs=inputs, folds=args.folds, idf=idf,
-                          world=world,
-                          balance=not args.corpus if args.balance is None else args.balance)  # (see --balance)
+    try:
+        result = train_filter(x, y, config, hidden=tuple(args.hidden), dropout=args.dropout, epochs=args.epochs,
+                              batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                              validation=args.validation, target_blocked_ham=args.target_blocked_ham,
+                              seed=args.seed, verbose=not args.quiet, inputs=inputs, folds=args.folds, idf=idf,
+                              world=world,
+                              balance=not args.corpus if args.balance is None else args.balance)  # (see --balance)
+    except TrainingDiverged as exc:
+        raise UserError(diverged(exc)) from None
     if result is None:  # a rank other than 0: its part is done
         return 0
     if args.folds >= 2 and not args.quiet:
