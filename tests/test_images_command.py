@@ -75,6 +75,16 @@ def test_fashion_model_records_its_data_set_classes_and_preprocessing(fashion_ru
         assert (fashion_run / name).is_file()
 
 
+def test_evaluate_and_show_given_the_models_json_write_into_its_folder(fashion_run, capsys):
+    """MODEL may name the model.json or weights file (predict took it): evaluate and show did all
+    their work, then failed to write into "model.json/" ("File exists")."""
+    for name in ("eval_metrics.json", "first_layer.png"):
+        (fashion_run / name).unlink(missing_ok=True)
+    assert cli(capsys, "images", "evaluate", fashion_run / "model.json")[0] == 0
+    assert cli(capsys, "images", "show", fashion_run / "model.json")[0] == 0
+    assert (fashion_run / "eval_metrics.json").is_file() and (fashion_run / "first_layer.png").is_file()
+
+
 def test_evaluate_and_predict_name_the_classes(fashion_run, photos, tmp_path, capsys):
     # evaluate: on the set the model was trained on, without being told
     code, stdout, _ = cli(capsys, "images", "evaluate", fashion_run, "--out", tmp_path)

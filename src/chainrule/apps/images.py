@@ -51,7 +51,7 @@ from chainrule.data.images import PICTURES, ImageError, preprocess_image
 from chainrule.distributed import World
 from chainrule.errors import DataError, ModelFileError, UserError
 from chainrule.files import atomic_write_bytes, npz_headers, read_npz
-from chainrule.network import saved_task
+from chainrule.network import model_directory, saved_task
 from chainrule.training import save_history_csv
 
 log = logging.getLogger(__name__)
@@ -636,7 +636,7 @@ def evaluate_saved(model_dir, data=None, out=None, top: int = 25) -> tuple[dict,
     _check_same_classes(model_dir, metadata, test)
     report = evaluate_images(model, metadata, test.images, test.labels)
     report = {"dataset": test.name, **report}
-    out = Path(out or model_dir)
+    out = Path(out) if out else model_directory(model_dir)  # (model_dir may name its model.json)
     plots.confusion_matrix(np.array(report["confusion_matrix"]), out / "eval_confusion_matrix.png",
                            labels=report["classes"],
                            title=f"{run_name(metadata['dataset'])}, {idx.title(test.name)} test set")

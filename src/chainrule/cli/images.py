@@ -17,6 +17,7 @@ from chainrule.cli.options import diverged, positive_int
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
 from chainrule.errors import TrainingDiverged, UserError
+from chainrule.network import model_directory
 
 # An image read from standard input is refused beyond this size before it is decoded (the
 # decoder's own pixel limit then guards what a small file can claim).
@@ -99,7 +100,8 @@ def _cmd_evaluate(args) -> int:
         _image_model(args)
     report, shown = images.evaluate_saved(args.model, args.data, args.out, args.top)
     print(report_text(report))
-    print(f"\nwrote {Path(args.out or args.model)}/eval_metrics.json, eval_confusion_matrix.png and mistakes.png "
+    where = Path(args.out) if args.out else model_directory(args.model)
+    print(f"\nwrote {where}/eval_metrics.json, eval_confusion_matrix.png and mistakes.png "
           f"({shown} most confidently wrong)")
     return 0
 
@@ -134,7 +136,7 @@ def _cmd_predict(args) -> int:
 
 def _cmd_show(args) -> int:
     model, _ = _image_model(args)
-    out = Path(args.out) if args.out else Path(args.model) / "first_layer.png"
+    out = Path(args.out) if args.out else model_directory(args.model) / "first_layer.png"
     try:
         what = images.draw_first_layer(model, out, args.units)
     except UserError as exc:
