@@ -27,6 +27,7 @@ from PIL import Image
 from chainrule import load_model, model_files
 from chainrule.apps import images
 from chainrule.cli import main
+from chainrule.files import locked_directory
 
 DATA = os.environ.get("CHAINRULE_DATA")
 pytestmark = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")
@@ -440,3 +441,14 @@ def test_a_diverging_run_is_one_line_that_says_nothing_was_saved(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "training diverged" in r.stderr and "no model was saved" in r.stderr and "Warning" not in r.stderr
     assert not (tmp_path / "run" / "model.json").exists()
+
+
+def test_a_second_run_into_a_folder_another_run_is_writing_is_refused(tmp_path):
+    """Two trainings into one --out both reported success and left one's run.json beside the
+    other's model and checkpoint. A run holds the folder's writer lock (held here by this test)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    with locked_directory(out):
+        r = run_cli("digits", "train", *TINY, "--out", out)
+    assert r.returncode == 2 and "another run is writing to this folder" in r.stderr, r.stderr
+    assert not (out / "run.json").exists() and not (out / "model.json").exists()

@@ -112,10 +112,11 @@ _held = threading.local()  # the directories whose lock this thread holds, by re
 
 
 @contextmanager
-def locked_directory(directory) -> Iterator[None]:
+def locked_directory(directory, wait: bool = True) -> Iterator[None]:
     """Hold the writers' lock of `directory` for the `with` block: writers that take it run one at
     a time, so that one that loads a model, changes it and saves it (`spam learn`, the daemon's
-    TELL) never overwrites what another saved meanwhile. Readers need not take it.
+    TELL) never overwrites what another saved meanwhile. Readers need not take it. With `wait`
+    False, a lock another writer holds raises `BlockingIOError` at once.
 
     The lock is a POSIX `flock` on the file `model.lock` in the directory (created if missing; a
     lock file rather than the directory itself, since flock on NFS needs a file open for writing).
@@ -130,7 +131,7 @@ def locked_directory(directory) -> Iterator[None]:
         return
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.add(key)
         yield
     finally:

@@ -14,6 +14,7 @@ as Fashion-MNIST was; see `chainrule.data.images`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -50,7 +51,7 @@ from chainrule.data.augment import clothing_augmenter, digit_augmenter
 from chainrule.data.images import PICTURES, ImageError, preprocess_image
 from chainrule.distributed import World
 from chainrule.errors import DataError, ModelFileError, UserError
-from chainrule.files import atomic_write_bytes, npz_headers, read_npz
+from chainrule.files import LOCK_FILE, atomic_write_bytes, locked_directory, npz_headers, read_npz
 from chainrule.network import model_directory, saved_task
 from chainrule.training import save_history_csv
 
@@ -495,57 +496,70 @@ def train(
         images, labels = images[:train_size], labels[:train_size]
     test_images, test_labels, _, _ = idx.load_image_set(data, "test", default=default_data)
     _check_labels(test_labels, classes, f"{idx.title(dataset)} test set")
-    if writer:  # (once the data is known to be readable: a failed start leaves no folder behind)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
-    metadata = {"task": TASK, "preset": model_name, "dataset": dataset, "classes": classes,
-                "preprocessing": preprocessing_metadata(preset, PICTURE.get(dataset, "digit"))}
-    x, y = model_inputs(images, metadata), labels.astype(np.int64)
-    n_val = min(VALIDATION_IMAGES, len(y) // 12)
+    with contextlib.ExitStack() as lock:  # rank 0 holds the run folder's writer lock to the end
+        if writer:  # (once the data is known to be readable: a failed start leaves no folder behind)
+            out.mkdir(parents=True, exist_ok=True)
+            _hold_writer_lock(lock, out)
+            atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
+        metadata = {"task": TASK, "preset": model_name, "dataset": dataset, "classes": classes,
+                    "preprocessing": preprocessing_metadata(preset, PICTURE.get(dataset, "digit"))}
+        x, y = model_inputs(images, metadata), labels.astype(np.int64)
+        n_val = min(VALIDATION_IMAGES, len(y) // 12)
 
-    model = build_model(preset, len(classes), seed)
-    optimizer = preset.optimizer(model.parameters(), lr)
-    schedule = preset.lr_schedule(lr, epochs) if preset.lr_schedule is not None else None
-    early = EarlyStopping(monitor=preset.monitor, patience=preset.patience, restore_best_weights=True)
-    checkpoint = out / "checkpoint.npz"
-    if writer:
-        log.info("%s: training %s (%s) on %d %s images, validating on %d; up to %d epochs, batch %d, "
-                 "lr %g%s; output in %s", name, model_name, preset.description, len(y) - n_val,
-                 idx.title(dataset), n_val, epochs, batch_size, lr,
-                 f", {world.size} processes" if world.size > 1 else "", out)
-    t0 = time.perf_counter()
-    history = fit(model, x, y, preset.loss(), optimizer, epochs=epochs, batch_size=batch_size,
-                  validation_split=n_val / len(y), early_stopping=early, lr_schedule=schedule,
-                  augment=preset.augment, verbose=verbose, seed=seed, checkpoint=checkpoint, resume=resume,
-                  world=world)
-    wall = time.perf_counter() - t0
+        model = build_model(preset, len(classes), seed)
+        optimizer = preset.optimizer(model.parameters(), lr)
+        schedule = preset.lr_schedule(lr, epochs) if preset.lr_schedule is not None else None
+        early = EarlyStopping(monitor=preset.monitor, patience=preset.patience, restore_best_weights=True)
+        checkpoint = out / "checkpoint.npz"
+        if writer:
+            log.info("%s: training %s (%s) on %d %s images, validating on %d; up to %d epochs, batch %d, "
+                     "lr %g%s; output in %s", name, model_name, preset.description, len(y) - n_val,
+                     idx.title(dataset), n_val, epochs, batch_size, lr,
+                     f", {world.size} processes" if world.size > 1 else "", out)
+        t0 = time.perf_counter()
+        history = fit(model, x, y, preset.loss(), optimizer, epochs=epochs, batch_size=batch_size,
+                      validation_split=n_val / len(y), early_stopping=early, lr_schedule=schedule,
+                      augment=preset.augment, verbose=verbose, seed=seed, checkpoint=checkpoint, resume=resume,
+                      world=world)
+        wall = time.perf_counter() - t0
 
-    report = evaluate_images(model, metadata, test_images, test_labels, world)
-    metadata.update({"trained_epochs": len(history), "best_epoch": None if history.best_epoch is None
-                     else history.best_epoch + 1, "test_accuracy": report["accuracy"], "seed": seed})
-    if world.size > 1:
-        metadata["processes"] = world.size
-    best = history.best_epoch
-    metrics = {
-        "task": TASK, "model": model_name, "dataset": dataset, "options": options,
-        "train_images": len(y) - n_val, "validation_images": n_val,
-        "epochs_run": len(history), "best_epoch": None if best is None else best + 1,
-        "stop_reason": history.stop_reason, "wall_seconds_this_session": round(wall, 2),
-        "train_seconds_total": round(sum(e["seconds"] for e in history.epochs), 2),
-        "val_accuracy": None if best is None else history.epochs[best].get("val_accuracy"),
-        "test": _public(report),
-    }
-    if not writer:
+        report = evaluate_images(model, metadata, test_images, test_labels, world)
+        metadata.update({"trained_epochs": len(history), "best_epoch": None if history.best_epoch is None
+                         else history.best_epoch + 1, "test_accuracy": report["accuracy"], "seed": seed})
+        if world.size > 1:
+            metadata["processes"] = world.size
+        best = history.best_epoch
+        metrics = {
+            "task": TASK, "model": model_name, "dataset": dataset, "options": options,
+            "train_images": len(y) - n_val, "validation_images": n_val,
+            "epochs_run": len(history), "best_epoch": None if best is None else best + 1,
+            "stop_reason": history.stop_reason, "wall_seconds_this_session": round(wall, 2),
+            "train_seconds_total": round(sum(e["seconds"] for e in history.epochs), 2),
+            "val_accuracy": None if best is None else history.epochs[best].get("val_accuracy"),
+            "test": _public(report),
+        }
+        if not writer:
+            return model, metrics
+        model.save(out, metadata)
+        atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+        save_history_csv(history, out / "history.csv")
+        if figures:
+            plots.learning_curves(history, out / "learning_curves.png", title=f"{name} {model_name}: learning curves")
+            plots.confusion_matrix(np.array(report["confusion_matrix"]), out / "confusion_matrix.png", labels=classes,
+                                   title=f"{name} {model_name}, {idx.title(dataset)} test set")
+            plots.gradient_flow(history, out / "gradient_flow.png", title=f"{name} {model_name}: gradient flow")
         return model, metrics
-    model.save(out, metadata)
-    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
-    save_history_csv(history, out / "history.csv")
-    if figures:
-        plots.learning_curves(history, out / "learning_curves.png", title=f"{name} {model_name}: learning curves")
-        plots.confusion_matrix(np.array(report["confusion_matrix"]), out / "confusion_matrix.png", labels=classes,
-                               title=f"{name} {model_name}, {idx.title(dataset)} test set")
-        plots.gradient_flow(history, out / "gradient_flow.png", title=f"{name} {model_name}: gradient flow")
-    return model, metrics
+
+
+def _hold_writer_lock(stack: contextlib.ExitStack, out: Path) -> None:
+    """Take `out`'s writer lock (`locked_directory`, as `Sequential.save` takes it) into `stack`, or
+    refuse: two runs writing one folder leave one's run.json beside the other's model and
+    checkpoint, and both said they succeeded."""
+    try:
+        stack.enter_context(locked_directory(out, wait=False))
+    except BlockingIOError:
+        raise UserError(f"{out}: another run is writing to this folder (it holds {out / LOCK_FILE}); "
+                        "wait for it to end or choose another --out") from None
 
 
 def _check_labels(labels: np.ndarray, classes: list[str], what: str) -> None:
