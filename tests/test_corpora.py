@@ -167,6 +167,19 @@ def test_a_fifo_in_a_mail_folder_is_skipped_not_waited_for(tmp_path, maildir):
         ("1", None), ("2", "not a regular file (a FIFO, socket or device)"), ("3", "a broken symbolic link")]
 
 
+def test_a_maildir_message_moved_away_meanwhile_is_skipped_without_a_word(tmp_path, monkeypatch):
+    """A mail client moves messages from new/ to cur/ while a run reads the Maildir: each one gone
+    was reported as "not a regular file (a FIFO, socket or device)" (3,251 such lines in one run)."""
+    md = mailbox.Maildir(tmp_path / "inbox", create=True)
+    md.add(_msg("stays"))
+    (tmp_path / "inbox" / "cur" / "sub").mkdir()
+    listdir = os.listdir
+    monkeypatch.setattr(corpora.os, "listdir", lambda p: [*listdir(p), "1.moved.host"])  # listed, then gone
+    got = [(os.path.basename(m.source), m.error) for m in read_messages([tmp_path / "inbox"])]
+    assert [error for _, error in got] == [None, "a folder where a message file was expected"]  # new/, cur/
+    assert "gone before it could be read" in corpora._not_regular(tmp_path / "inbox" / "cur" / "1.moved.host")
+
+
 def test_a_300_mb_mbox_line_costs_no_more_than_the_cap(tmp_path):
     # (20 MB stands in for 300: without the line reader in pieces, reading it holds the whole line)
     mbox = tmp_path / "mbox"

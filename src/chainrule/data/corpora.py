@@ -196,6 +196,10 @@ def _not_regular(path: Path) -> str:
     """Why a directory entry that is not a regular file is not read."""
     if path.is_symlink() and not path.exists():
         return "a broken symbolic link"
+    if not os.path.lexists(path):
+        return "gone before it could be read (moved or deleted meanwhile)"
+    if path.is_dir():
+        return "a folder where a message file was expected"
     return "not a regular file (a FIFO, socket or device)"
 
 
@@ -362,13 +366,18 @@ def _read_maildir(path: Path, max_bytes: int, label: int | None, names: tuple[st
             yield RawMessage(str(path / sub), b"", lab, error=exc.strerror or str(exc))
             continue
         for name in names:
+            # A mail client moves a message from new/ to cur/ (and renames it in cur/ as its flags
+            # change) while this runs: one that is gone meanwhile is skipped without a word.
             p = path / sub / name
             if not p.is_file():
-                yield RawMessage(str(p), b"", lab, error=_not_regular(p))
+                if os.path.lexists(p):
+                    yield RawMessage(str(p), b"", lab, error=_not_regular(p))
                 continue
             try:
                 with open(p, "rb") as f:
                     data, truncated = _read_capped(f, max_bytes)
+            except FileNotFoundError:
+                continue
             except OSError as exc:
                 yield RawMessage(str(p), b"", lab, error=exc.strerror or str(exc))
                 continue
