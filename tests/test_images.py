@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -231,6 +232,20 @@ def test_missing_file_and_directory(tmp_path):
         load_digit_image(tmp_path / "nope.png")
     with pytest.raises(ImageError, match="is a directory"):
         load_digit_image(tmp_path)
+
+
+@needs_data
+def test_a_pipe_named_as_a_file_is_read_as_the_file_is(digits, tmp_path):
+    """`predict MODEL <(curl ...)` names a pipe: it was "no such file" (it is not a regular file)."""
+    (tmp_path / "digit.png").write_bytes(png(on_paper(digits[0][0], scale=3)))
+    os.mkfifo(tmp_path / "pipe")
+    writer = threading.Thread(target=lambda: (tmp_path / "pipe").write_bytes((tmp_path / "digit.png").read_bytes()))
+    writer.start()
+    from_pipe = load_digit_image(tmp_path / "pipe")
+    writer.join()
+    np.testing.assert_array_equal(from_pipe, load_digit_image(tmp_path / "digit.png"))
+    with pytest.raises(ImageError, match="/dev/null: empty file"):
+        load_digit_image("/dev/null")
 
 
 def _in_mode(grey: Image.Image, mode: str) -> Image.Image:

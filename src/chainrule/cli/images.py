@@ -16,12 +16,9 @@ from chainrule.apps import images
 from chainrule.cli.options import diverged, positive_int
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
+from chainrule.data.images import MAX_STREAM_BYTES
 from chainrule.errors import TrainingDiverged, UserError
 from chainrule.network import model_directory
-
-# An image read from standard input is refused beyond this size before it is decoded (the
-# decoder's own pixel limit then guards what a small file can claim).
-MAX_STDIN_IMAGE_BYTES = 64 << 20
 
 
 def _cmd_train(args) -> int:
@@ -109,9 +106,9 @@ def _cmd_evaluate(args) -> int:
 def _read_stdin_image() -> bytes:
     if sys.stdin is None:
         raise UserError("standard input is closed; give image files or pipe one image in")
-    data = sys.stdin.buffer.read(MAX_STDIN_IMAGE_BYTES + 1)
-    if len(data) > MAX_STDIN_IMAGE_BYTES:
-        raise UserError(f"-: the image on standard input is larger than {MAX_STDIN_IMAGE_BYTES >> 20} MB")
+    data = sys.stdin.buffer.read(MAX_STREAM_BYTES + 1)
+    if len(data) > MAX_STREAM_BYTES:
+        raise UserError(f"-: the image on standard input is larger than {MAX_STREAM_BYTES >> 20} MB")
     return data
 
 

@@ -43,6 +43,10 @@ from chainrule.errors import DataError
 # claim an enormous canvas (a "decompression bomb") and exhaust memory when decoded. 50 megapixels
 # is above any phone camera in common use.
 MAX_PIXELS = 50_000_000
+# An image read from a stream (standard input, a pipe named as a file: `<(curl ...)`) is refused
+# beyond this size before it is decoded (the decoder's pixel limit then guards what a small file
+# can claim); a file's size is known before it is opened.
+MAX_STREAM_BYTES = 64 << 20
 # Work at no more than this many pixels on the longer side: far more detail than a 20x20 box needs,
 # and it bounds the memory and time of everything that follows.
 WORKING_SIZE = 1024
@@ -77,11 +81,20 @@ def _open(source) -> tuple[Image.Image, str]:
         name = str(path)
         if path.is_dir():
             raise ImageError(f"{name}: is a directory, not an image")
-        if not path.is_file():
+        if not path.exists():
             raise ImageError(f"{name}: no such file")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{name}: empty file")
-        fp = path
+        if path.is_file():
+            if path.stat().st_size == 0:
+                raise ImageError(f"{name}: empty file")
+            fp = path
+        else:  # a pipe or a device: read once, as a stream
+            with open(path, "rb") as f:
+                data = f.read(MAX_STREAM_BYTES + 1)
+            if len(data) > MAX_STREAM_BYTES:
+                raise ImageError(f"{name}: larger than {MAX_STREAM_BYTES >> 20} MB")
+            if not data:
+                raise ImageError(f"{name}: empty file")
+            fp = io.BytesIO(data)
     prefix = "" if name == "image" else f"{name}: "
     try:
         with warnings.catch_warnings():
