@@ -27,6 +27,7 @@ from PIL import Image
 from chainrule import load_model, model_files
 from chainrule.apps import images
 from chainrule.cli import main
+from chainrule.errors import UserError
 from chainrule.files import locked_directory
 
 DATA = os.environ.get("CHAINRULE_DATA")
@@ -452,3 +453,13 @@ def test_a_second_run_into_a_folder_another_run_is_writing_is_refused(tmp_path):
         r = run_cli("digits", "train", *TINY, "--out", out)
     assert r.returncode == 2 and "another run is writing to this folder" in r.stderr, r.stderr
     assert not (out / "run.json").exists() and not (out / "model.json").exists()
+
+
+def test_resume_without_the_runs_options_is_refused(tmp_path):
+    """With run.json gone, --resume took whatever options were given (or the preset's: 30 epochs
+    of a 4-epoch run, another seed and so another validation split)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.npz").write_bytes(b"an interrupted run's")
+    with pytest.raises(UserError, match="run.json is missing"):
+        images.resolve_run_options({"epochs": 1, "seed": 3}, out, resume=True)

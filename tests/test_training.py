@@ -230,6 +230,7 @@ DAMAGED_CHECKPOINTS = {
     "history not an object": lambda c: _edit_doc(c, lambda d: d.__setitem__("history", [1, 2])),
     "epochs not dicts": lambda c: _edit_doc(c, lambda d: d["history"].__setitem__("epochs", [1, 2])),
     "stop reason a number": lambda c: _edit_doc(c, lambda d: d["history"].__setitem__("stop_reason", 3)),
+    "epochs_done beyond its history": lambda c: _edit_doc(c, lambda d: d.__setitem__("epochs_done", 3)),
     "random state garbage": lambda c: _edit_doc(c, lambda d: d.__setitem__("shuffle_rng", {"state": 1})),
     "early stopping garbage": lambda c: _edit_doc(c, lambda d: d.__setitem__("early_stopping", {"best": "x"})),
     "no optimizer state": lambda c: _rewrite(c, **{"optim.m": None}),

@@ -470,6 +470,8 @@ def _restore(path, arrays, model, optimizer, early_stopping, rng, history) -> in
         if type(epochs_done) is not int or epochs_done < 0:
             raise ValueError(f"epochs_done is {epochs_done!r}")
         restored = History.from_dict(doc["history"])
+        if len(restored.epochs) != epochs_done:  # (one line per epoch done: the report reads them)
+            raise ValueError(f"epochs_done is {epochs_done} but the history holds {len(restored.epochs)} epochs")
 
         def group(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}

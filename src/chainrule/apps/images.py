@@ -365,6 +365,9 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
         raise UserError(f"{out} holds the checkpoint of an unfinished run: continue it with --resume, or "
                         f"delete {out / 'checkpoint.npz'} to start afresh")
     run_file = out / "run.json"
+    if resume and not run_file.is_file() and (out / "checkpoint.npz").exists():
+        raise UserError(f"--resume: {run_file} is missing, so the options the run in {out} started with (its data, "
+                        "seed and validation split among them) are unknown; delete its checkpoint.npz to start afresh")
     stored = _stored_options(run_file) if resume and run_file.is_file() else {}
     if stored:
         for k, v in given.items():
