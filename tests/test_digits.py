@@ -463,3 +463,16 @@ def test_resume_without_the_runs_options_is_refused(tmp_path):
     (out / "checkpoint.npz").write_bytes(b"an interrupted run's")
     with pytest.raises(UserError, match="run.json is missing"):
         images.resolve_run_options({"epochs": 1, "seed": 3}, out, resume=True)
+
+
+def test_a_new_run_over_an_old_one_leaves_nothing_of_the_old_models_evaluation(tmp_path):
+    """eval_metrics.json, mistakes.png and first_layer.png of the earlier model stayed beside the
+    new one, and a killed run's partial checkpoint file stayed for good."""
+    out = tmp_path / "run"
+    assert run_cli("digits", "train", *TINY[:4], "--epochs", "1", "--quiet", "--out", out).returncode == 0
+    stale = [out / name for name in images.DERIVED_FILES] + [out / ".checkpoint.npz.k1ll3d.tmp"]
+    for path in stale:
+        path.write_bytes(b"of the earlier run")
+    r = run_cli("digits", "train", *TINY[:4], "--epochs", "1", "--quiet", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert not any(path.exists() for path in stale) and (out / "model.json").is_file()

@@ -503,6 +503,7 @@ def train(
         if writer:  # (once the data is known to be readable: a failed start leaves no folder behind)
             out.mkdir(parents=True, exist_ok=True)
             _hold_writer_lock(lock, out)
+            _clear_leftovers(out, fresh=not resume)
             atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
         metadata = {"task": TASK, "preset": model_name, "dataset": dataset, "classes": classes,
                     "preprocessing": preprocessing_metadata(preset, PICTURE.get(dataset, "digit"))}
@@ -552,6 +553,21 @@ def train(
                                    title=f"{name} {model_name}, {idx.title(dataset)} test set")
             plots.gradient_flow(history, out / "gradient_flow.png", title=f"{name} {model_name}: gradient flow")
         return model, metrics
+
+
+# What `evaluate_saved` and the `show` command write beside a model: a new run's model makes them stale.
+DERIVED_FILES = ("eval_metrics.json", "eval_confusion_matrix.png", "mistakes.png", "first_layer.png")
+
+
+def _clear_leftovers(out: Path, fresh: bool) -> None:
+    """Delete the partial checkpoint a killed run left (`atomic_open`'s temporary file), and when
+    a run starts afresh over an earlier one, what was derived from that one's model (its evaluation
+    and figures would sit beside the new model)."""
+    for tmp in out.glob(".checkpoint.npz.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    if fresh:
+        for name in DERIVED_FILES:
+            (out / name).unlink(missing_ok=True)
 
 
 def _hold_writer_lock(stack: contextlib.ExitStack, out: Path) -> None:
