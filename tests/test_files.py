@@ -62,3 +62,12 @@ def test_the_directory_lock_is_reentrant_in_a_thread_and_makes_others_wait(tmp_p
         order.append("outer done")
     t.join(5)
     assert order == ["inner", "outer done", "other"] and (tmp_path / LOCK_FILE).is_file()
+
+
+@pytest.mark.parametrize("below", ["x.png", "a/b/x.png"])
+def test_a_file_where_a_folder_of_the_path_should_be_is_named(tmp_path, below):
+    """`show --out afile/x.png` said "afile: File exists"."""
+    (tmp_path / "afile").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="a file, not a folder, is in the way") as exc:
+        atomic_write_bytes(tmp_path / "afile" / below, b"figure")
+    assert exc.value.filename == str(tmp_path / "afile")

@@ -11,6 +11,7 @@ what it expects and refuse a file asking for gigabytes before reading or allocat
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
@@ -38,7 +39,11 @@ def atomic_open(path) -> Iterator[BinaryIO]:
     is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # (mkdir's words for a file where a folder should be)
+        blocking = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder, is in the way", str(blocking)) from None
     mode = _mode_for(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
