@@ -27,7 +27,7 @@ from chainrule.apps.spam import (
     row_digests,
     save_model,
 )
-from chainrule.apps.spam.learning import _fit_touched, _move_logits
+from chainrule.apps.spam.learning import _fit_touched, _move_logits, learn
 from chainrule.cli import main
 from chainrule.files import LOCK_FILE
 
@@ -331,3 +331,13 @@ def test_a_model_whose_replay_file_is_gone_is_not_saved_without_it(model, spam_c
     err = capsys.readouterr().err
     assert "not found (model.json names it as the model's replay sample)" in err and len(err.splitlines()) == 1
     assert (model / "model.json").read_bytes() == saved
+
+
+def test_since_last_keeps_the_folders_marked_last_and_the_model_stays_loadable(model, spam_corpus):
+    """Every --from folder was added to the marks and none dropped: past the 1,000 a model file may
+    hold, the save succeeded and every command (and the daemon) then refused the model."""
+    bundle = load_spam_model(model)
+    x, _ = featurize([("mail", _held(spam_corpus, "spam", 1)[0].read_bytes())], bundle.config, idf=bundle.idf)
+    learn(bundle, x, np.array([1]), seed=0, since_last={f"/mail/user{i}/.Junk": 10**18 + i for i in range(1200)})
+    marks = load_spam_model(model).metadata["since_last"]
+    assert len(marks) == 1000 and "/mail/user1199/.Junk" in marks and "/mail/user199/.Junk" not in marks

@@ -44,6 +44,7 @@ import chainrule as cr
 from chainrule.apps.spam.model import (
     DIGEST_BYTES,
     LESSONS_KEPT,
+    MAX_FOLDERS,
     REPLAY_SIZE,
     TASK,
     Lessons,
@@ -164,7 +165,10 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
         teach[key] = i
     meta = bundle.metadata
     if since_last:
-        meta["since_last"] = {**meta.get("since_last", {}), **since_last}
+        # merged, and only the MAX_FOLDERS marked last kept (what a model file may hold): a folder
+        # no run has read for that long starts again from its beginning, its lessons recognised
+        merged = {**meta.get("since_last", {}), **since_last}
+        meta["since_last"] = dict(sorted(merged.items(), key=lambda item: item[1])[-MAX_FOLDERS:])
     if not teach:
         if since_last:
             save_model(bundle, bundle.directory)
