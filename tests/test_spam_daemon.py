@@ -568,6 +568,20 @@ def test_a_lesson_goes_to_its_own_model_or_nowhere(model_dir, held, tmp_path):
         assert d.raw(b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nContent-length: 0\r\n\r\n") == \
             b"SPAMD/1.0 65 EX_DATAERR empty message; not learned\r\n"
         assert (copy / "model.json").read_bytes() == before
+        # a user name --user-models does not accept, though a folder of that name holds a model:
+        # its mail is checked by the shared model, its lessons must not go into it
+        shutil.copytree(model_dir, users / "john..doe")
+        assert d.spamc("-u", "john..doe", "-L", "spam", data=raw)[0] != 0
+        assert (copy / "model.json").read_bytes() == before
+        assert "user names for --user-models are" in d.log_text()
+        # the model cannot be written (a full disk, a read-only folder): refused in a line, answered
+        (copy / "model.lock").unlink(missing_ok=True)
+        (copy / "model.lock").mkdir()  # (its lock file cannot be opened: what root's chmod cannot do)
+        out = d.raw(b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nContent-length: %d\r\n\r\n" % len(raw)
+                    + raw)
+        assert re.fullmatch(rb"SPAMD/1\.0 74 EX_IOERR not learned: \S+model\.lock: [^\r\n]+\r\n", out), out
+        assert (copy / "model.json").read_bytes() == before
+        (copy / "model.lock").rmdir()
         (copy / "model.json").write_text('{"format": broken')
         out = d.raw(b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nContent-length: %d\r\n\r\n" % len(raw)
                     + raw)

@@ -32,3 +32,12 @@ class TrainingDiverged(ArithmeticError):
 
     def __reduce__(self):  # (pickled with its own arguments, not the message)
         return type(self), (self.loss, self.epoch, self.batch, self.lr)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error in one line, as the command line and the daemon's log report it: an OS error with
+    the file it names, else the first line of the message (or the exception's type)."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -19,7 +19,7 @@ import numpy as np
 from chainrule import distributed
 from chainrule.cli import engine, images, serve, spam
 from chainrule.cli.options import ABORT_GRACE_SECONDS, Parser
-from chainrule.errors import UserError
+from chainrule.errors import UserError, one_line
 
 
 def build_parser() -> Parser:
@@ -33,13 +33,6 @@ def build_parser() -> Parser:
     spam.add_commands(sub)
     serve.add_commands(sub)
     return parser
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.filename}: {exc.strerror or exc}"
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # Commands that run as one job over the processes of `mpirun -np N` (`set_defaults(mpi=True)`).
@@ -71,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (UserError, OSError) as exc:
-        return _fail(world, _one_line(exc), args.error_exit)
+        return _fail(world, one_line(exc), args.error_exit)
     except Exception as exc:
         if os.environ.get("CHAINRULE_DEBUG"):
             raise
-        return _fail(world, f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
+        return _fail(world, f"internal error ({type(exc).__name__}: {one_line(exc)}); "
                      "this is a bug, CHAINRULE_DEBUG=1 shows the traceback", args.error_exit)
 
 

@@ -88,7 +88,7 @@ from chainrule.apps.spam.model import load_spam_model, verdict
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import parse_message
 from chainrule.data.text import message_tokens
-from chainrule.errors import UserError
+from chainrule.errors import UserError, one_line
 
 log = logging.getLogger("chainrule.spamd")
 
@@ -98,8 +98,8 @@ POINTS_PER_LOGIT = 0.5  # score points per unit of log-odds beyond either cut-of
 DEFAULT_PORT = 783  # spamd's port
 
 # sysexits.h codes, as spamd answers them
-EX_OK, EX_DATAERR, EX_UNAVAILABLE, EX_SOFTWARE, EX_TEMPFAIL, EX_PROTOCOL, EX_CONFIG, EX_TIMEOUT = \
-    0, 65, 69, 70, 75, 76, 78, 79
+EX_OK, EX_DATAERR, EX_UNAVAILABLE, EX_SOFTWARE, EX_IOERR, EX_TEMPFAIL, EX_PROTOCOL, EX_CONFIG, EX_TIMEOUT = \
+    0, 65, 69, 70, 74, 75, 76, 78, 79
 
 COMMANDS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS", "TELL", "PING", "SKIP")
 CHECKS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS")
@@ -624,7 +624,7 @@ class DaemonServer:
 
     def _user_dir(self, user: str | None) -> Path | None:
         root = self.options.user_models
-        if root is None or not user or not _USER_DIR.fullmatch(user) or ".." in user:
+        if root is None or not _accepted_user(user):
             return None
         d = root / user
         return d if (d / "model.json").is_file() else None
@@ -717,8 +717,8 @@ class DaemonServer:
                 new, changed = await self._in_model_thread(f.learn, [(x.raw, x.is_spam) for x in group])
             self._install(key, new)
         except Exception as exc:  # noqa: BLE001 (reported to the clients that asked)
-            if isinstance(exc, UserError):  # (ModelFileError): the model on disk cannot be read or written
-                log.error("learning failed: %s", exc)
+            if isinstance(exc, (UserError, OSError)):  # the model on disk cannot be read or written
+                log.error("learning failed: %s", one_line(exc))
             else:
                 log.exception("learning failed")
             for x in group:
@@ -847,6 +847,10 @@ class DaemonServer:
                                 f"{self.options.max_size}; not learned")
         headers = b""
         if req.set_local or req.remove_local:
+            if self.options.user_models is not None and req.user and not _accepted_user(req.user):
+                # (its mail is checked by the shared model; its lessons must not go into that one)
+                raise ProtocolError(EX_CONFIG, "EX_CONFIG not learned: user names for --user-models are letters, "
+                                    "digits and ._@+- (at most 128, no '..')")
             key, _ = await self._filter_for(req.user)
             if key is None and self._user_dir(req.user) is not None:  # never into the shared model instead
                 raise ProtocolError(EX_CONFIG, f"EX_CONFIG not learned: {req.user}'s model cannot be loaded")
@@ -857,6 +861,8 @@ class DaemonServer:
                 changed = await done  # spamc prints "already un/learned" when neither header comes back
             except UserError as exc:
                 raise ProtocolError(EX_CONFIG, f"EX_CONFIG not learned: {exc}") from None
+            except OSError as exc:  # (a full disk, a model made read-only)
+                raise ProtocolError(EX_IOERR, f"EX_IOERR not learned: {one_line(exc)}") from None
             if changed:
                 headers = b"DidSet: local\r\n" if req.set_local else b"DidRemove: local\r\n"
             if req.set_local:
@@ -937,6 +943,11 @@ class DaemonServer:
                 pass
         self._check_pool.shutdown(wait=True)
         self._model_pool.shutdown(wait=True)
+
+
+def _accepted_user(user: str | None) -> bool:
+    """Whether `user` may name a folder of --user-models (nothing that leads out of it)."""
+    return bool(user) and _USER_DIR.fullmatch(user) is not None and ".." not in user
 
 
 def _file_id(path: Path) -> tuple[int, int]:
