@@ -372,9 +372,11 @@ def test_predict_rejects_what_is_not_an_image(client, samples):
     (json.dumps([[10**400] * 28] * 28).encode(), ["numbers"]),  # no float holds it
     (json.dumps({"pixels": [[0, 10**400]]}).encode(), ["numbers"]),
     (b"[" * 100_000 + b"]" * 100_000, ["nested too deeply"]),
+    (b"[" + b"1" * 4301 + b"]", ["too long"]),  # (Python's int() refuses more digits: was a 500)
+    (json.dumps([[1e-300] * 28] * 28).encode(), ["no ink"]),  # (0 in float32)
 ], ids=["not json", "27 rows", "27 columns", "ragged", "above 1", "below 0", "strings", "numbers as strings",
         "booleans", "blank", "NaN", "no pixels",
-        "a string", "10**400", "10**400 in pixels", "nested 100,000 deep"])
+        "a string", "10**400", "10**400 in pixels", "nested 100,000 deep", "4,301 digits", "blank in float32"])
 def test_predict_rejects_bad_json(client, body, words):
     r = client.post("/api/digits/predict", content=body, headers={"Content-Type": "application/json"})
     assert_error(r, 422, *words)

@@ -134,6 +134,8 @@ def json_body(data: bytes) -> Any:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(422, f"the body is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise ApiError(422, f"the body holds a number too long to read: {str(exc)[:80]}") from exc
     except RecursionError as exc:  # [[[[...]]]] nested deeper than the parser's recursion allows
         raise ApiError(422, "the body is JSON nested too deeply") from exc
 
@@ -156,9 +158,10 @@ def pixels_from_json(doc: Any) -> np.ndarray:
         raise ApiError(422, f"pixels must be a 28x28 array of numbers, got shape {list(arr.shape)}")
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
         raise ApiError(422, "pixels must be numbers in [0, 1] (0 = background, 1 = ink)")
+    arr = arr.astype(np.float32)  # (first: a value like 1e-300 is ink in float64 and nothing in float32)
     if not arr.any():
         raise ApiError(422, "no ink found (a blank image)")  # as for an uploaded picture
-    return arr.astype(np.float32)
+    return arr
 
 
 def check_text(data: bytes) -> bytes:
