@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,23 @@ log = logging.getLogger(__name__)
 # checked from the header before decoding, as on the command line: a 7000x7000 RGBA PNG raised the
 # peak memory by 408 MiB), so two at once stay under a gigabyte.
 MAX_PARALLEL_DECODES = 2
+_decoder: ThreadPoolExecutor | None = None  # their threads, shared by every image model served
+
+
+def _shared_decoder() -> ThreadPoolExecutor:
+    """The process's decode threads (a forked child makes its own: the parent's threads are not in it)."""
+    global _decoder
+    if _decoder is None:
+        _decoder = ThreadPoolExecutor(MAX_PARALLEL_DECODES, thread_name_prefix="decode")
+    return _decoder
+
+
+def _forget_decoder() -> None:
+    global _decoder
+    _decoder = None
+
+
+os.register_at_fork(after_in_child=_forget_decoder)
 MAX_FEATURE_MAPS = 16  # per convolutional layer, in the "inside the network" view
 TOP_UNITS = 8  # hidden units whose first-layer weights the page shows
 TOP_TOKENS = 10  # tokens behind a spam verdict, both directions together
@@ -108,9 +126,10 @@ class ImageService:
     Layers cache their inputs during `forward`, so one network must not run two passes at once;
     `lock` serialises them (the matrix products inside still use every core). Decoding an upload
     needs memory in proportion to its pixels (a 4096x4096 PNG: ~100 MB while it is shrunk), so
-    decodes run on `decoder`, `MAX_PARALLEL_DECODES` threads of their own, whatever the number of
-    requests. (A semaphore in the shared request threads would not do: the C allocator keeps a
-    pool of memory per thread, so every thread that ever decoded would keep a decode's worth.)
+    decodes run on `decoder`, `MAX_PARALLEL_DECODES` threads shared by every model served, whatever
+    the number of requests or models (one pool per model let 3 models decode 6 at once: 2.5 GB).
+    (A semaphore in the shared request threads would not do: the C allocator keeps a pool of
+    memory per thread, so every thread that ever decoded would keep a decode's worth.)
     """
 
     name: str
@@ -119,8 +138,7 @@ class ImageService:
     metadata: dict
     info: ModelInfo
     lock: threading.Lock = field(default_factory=threading.Lock)
-    decoder: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(MAX_PARALLEL_DECODES, thread_name_prefix="decode"))
+    decoder: ThreadPoolExecutor = field(default_factory=_shared_decoder)
 
     @classmethod
     def load(cls, path, name: str | None = None) -> ImageService:
