@@ -104,14 +104,16 @@ _READ_ERRORS = (OSError, EOFError, lzma.LZMAError)  # (a truncated gzip or bzip2
 
 def _open(path: Path):
     """`path` opened for reading bytes, through its decompressor if it is gzip, bzip2 or xz."""
-    if not path.is_file():  # a pipe (`<(zcat mail.gz)`) can be read only once: taken as it comes
-        return open(path, "rb")
-    with open(path, "rb") as f:
-        magic = f.read(10)
+    f = open(path, "rb")  # noqa: SIM115 (returned open)
+    if not f.seekable():  # a pipe (`<(zcat mail.gz)`) can be read only once: taken as it comes
+        return f
+    magic = f.read(10)
+    f.seek(0)
     for pattern, opener in _COMPRESSED:
         if pattern.match(magic):
+            f.close()
             return opener(path, "rb")
-    return open(path, "rb")
+    return f
 
 
 def _reason(exc: BaseException) -> str:
