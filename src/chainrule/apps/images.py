@@ -561,13 +561,19 @@ DERIVED_FILES = ("eval_metrics.json", "eval_confusion_matrix.png", "mistakes.png
 
 def _clear_leftovers(out: Path, fresh: bool) -> None:
     """Delete the partial checkpoint a killed run left (`atomic_open`'s temporary file), and when
-    a run starts afresh over an earlier one, what was derived from that one's model (its evaluation
-    and figures would sit beside the new model)."""
+    a run starts afresh over an earlier one, that run's checkpoint (a finished run's:
+    `resolve_run_options` refuses to start over an unfinished one) and what was derived from its
+    model (its evaluation and figures would sit beside the new model). Called with the folder's
+    writer lock held, so nothing of a run still writing there is touched."""
     for tmp in out.glob(".checkpoint.npz.*.tmp"):
         tmp.unlink(missing_ok=True)
-    if fresh:
-        for name in DERIVED_FILES:
-            (out / name).unlink(missing_ok=True)
+    if not fresh:
+        return
+    if (out / "checkpoint.npz").exists():
+        log.warning("replacing the earlier run in %s", out)
+        (out / "checkpoint.npz").unlink()
+    for name in DERIVED_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _hold_writer_lock(stack: contextlib.ExitStack, out: Path) -> None:

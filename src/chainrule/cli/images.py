@@ -31,9 +31,6 @@ def _cmd_train(args) -> int:
     out = Path(opts["out"])
     checkpoint = out / "checkpoint.npz"
     if world.rank == 0:
-        if not args.resume and checkpoint.exists():  # a finished run's (resolve_run_options refused another)
-            print(f"{args.group}: replacing the earlier run in {out}", file=sys.stderr)
-            checkpoint.unlink()
         if args.resume and not checkpoint.exists():
             print(f"{args.group}: no checkpoint in {out}; starting a new run", file=sys.stderr)
     try:
