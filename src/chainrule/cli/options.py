@@ -69,11 +69,11 @@ class Parser(argparse.ArgumentParser):
         return argparse.ArgumentParser.parse_args(parser, args, namespace)
 
 
-def diverged(exc, outcome: str = "no model was saved") -> str:
-    """The one-line error for training whose loss blew up (`TrainingDiverged`): where, and what
-    became of the model."""
+def diverged(exc) -> str:
+    """The one-line error of a `train` command whose loss blew up (`TrainingDiverged`): where, and
+    that the run saved no model."""
     return (f"training diverged: the loss became {exc.loss} at epoch {exc.epoch}, batch {exc.batch} "
-            f"(lr {exc.lr:g}); {outcome} — try a smaller --lr")
+            f"(lr {exc.lr:g}); no model was saved — try a smaller --lr")
 
 
 def _number(text: str, kind: type, ok, expected: str):
