@@ -72,6 +72,32 @@ def _report_problem(source: str, reason: str) -> None:
     print(f"chainrule: skipped {source}: {reason}", file=sys.stderr)
 
 
+class _InputProblems:
+    """The inputs a command could not read, reported as `chainrule: skipped SOURCE: REASON`.
+
+    `failed` says whether one of the inputs named on the command line failed (an error: the exit
+    code says so) rather than a file found in a named folder (only reported). With `hold`, the
+    reports wait in `held` until `report_held()`: a command that never finds a message to work on
+    makes its one failed input the error itself (`_nothing_read`)."""
+
+    def __init__(self, named, hold: bool):
+        self.named, self.hold = set(named), hold
+        self.failed = False
+        self.held: list[tuple[str, str]] = []
+
+    def __call__(self, source: str, reason: str) -> None:
+        self.failed = self.failed or source in self.named
+        if self.hold:
+            self.held.append((source, reason))
+        else:
+            _report_problem(source, reason)
+
+    def report_held(self) -> None:
+        for problem in self.held:
+            _report_problem(*problem)
+        self.held.clear()
+
+
 def _cmd_train(args) -> int:
     # Under mpirun every rank reads the corpus and hashes its share of it; the committee members
     # (or the shards of one network's batches) are spread over the ranks; rank 0 writes and prints.
@@ -173,14 +199,8 @@ def _format_metrics(r: dict) -> str:
 
 def _cmd_evaluate(args) -> int:
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
-    named, failed = set(args.corpus), False
-
-    def on_problem(source: str, reason: str) -> None:
-        nonlocal failed
-        failed = failed or source in named  # (figures without a corpus named: the exit code says so)
-        _report_problem(source, reason)
-
-    items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes, on_problem=on_problem)
+    problems = _InputProblems(args.corpus, hold=False)  # (figures without a named corpus: the exit code says so)
+    items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes, on_problem=problems)
     if len(y) == 0:
         raise UserError("no messages to evaluate")
     t0 = time.perf_counter()
@@ -196,7 +216,7 @@ def _cmd_evaluate(args) -> int:
         print(_format_metrics(report))
         print(f"unsure        {report['unsure']} (counted as ham above)")
         print(f"speed         {report['messages_per_s']:,.0f} messages/s (parsing included)")
-    return args.error_exit if failed else 0
+    return args.error_exit if problems.failed else 0
 
 
 CLASSIFY_BATCH = 4096  # messages held in memory at once by `spam classify` (each at most --max-bytes)
@@ -258,26 +278,16 @@ def _cmd_classify(args) -> int:
     # What could not be read is reported as it comes, except while nothing has been classified: if
     # nothing ever is (a missing file, empty or closed standard input), that is the error, exit 3,
     # never a verdict a mail recipe would act on.
-    held: list[tuple[str, str]] = []
-    named = set(args.paths)  # a problem with one of these, not with a file found in a folder, is an error
-    failed = False
-
-    def on_problem(source: str, reason: str) -> None:
-        nonlocal failed
-        failed = failed or source in named
-        held.append((source, reason))
-
+    problems = _InputProblems(args.paths, hold=True)
     seen, last = 0, None
-    batches = _classify_batches(args, on_problem) if world.rank == 0 else None
+    batches = _classify_batches(args, problems) if world.rank == 0 else None
     for sources, items, raws in _on_every_rank(batches, world):
         scored = bundle.score(items, world=world)
         if world.rank != 0:
             continue
         if seen == 0:  # (said once there is something to classify)
             _warn_if_untrained_on(bundle, "sms" if args.sms else "mail")
-        for problem in held:
-            _report_problem(*problem)
-        held.clear()
+        problems.report_held()
         seen += len(items)
         if args.annotate and (seen != 1 or raws is None):
             raise UserError("--annotate needs exactly one email message (a file or standard input)")
@@ -299,12 +309,11 @@ def _cmd_classify(args) -> int:
     if world.rank != 0:
         return 0
     if seen == 0:
-        _nothing_read(held, "classify")
-    for problem in held:
-        _report_problem(*problem)
+        _nothing_read(problems.held, "classify")
+    problems.report_held()
     if args.annotate and seen != 1:
         raise UserError("--annotate needs exactly one email message (a file or standard input)")
-    if failed:
+    if problems.failed:
         return ERROR_EXIT  # the others were classified, but a cron job must see that one was not
     if seen == 1 and (single_stdin or args.annotate):
         return VERDICT_EXIT[last]
@@ -375,15 +384,12 @@ def _cmd_learn(args) -> int:
             paths += new
         if not paths:  # (--since-last, and nothing new anywhere)
             return 0
-        problems: list[tuple[str, str]] = []
+        problems = _InputProblems([*args.paths, *(args.source or [])], hold=True)
         items, sources, y = collect(paths, None, labelled=False, max_bytes=args.max_bytes, label=label,
-                                    on_problem=lambda source, reason: problems.append((source, reason)))
+                                    on_problem=problems)
         if not items:  # (an empty message is a problem: nothing is learned from it)
-            _nothing_read(problems, "unlearn" if args.unlearn else "learn from")
-        for problem in problems:
-            _report_problem(*problem)
-        named = set(args.paths) | set(args.source or [])
-        failed = any(source in named for source, _ in problems)  # not a file found in a folder: an error
+            _nothing_read(problems.held, "unlearn" if args.unlearn else "learn from")
+        problems.report_held()
         x, _ = featurize(items, bundle.config, idf=bundle.idf)
         if args.unlearn:
             result = unlearn(bundle, x)
@@ -394,7 +400,7 @@ def _cmd_learn(args) -> int:
         print(f"{src}\t{_learn_outcome(status, label, was)}\tP(spam) {b:.4f} -> {a:.4f}")
     counts = {s: result.status.count(s) for s in dict.fromkeys(result.status)}
     print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; the model has learned {total} messages")
-    return args.error_exit if failed else 0  # (the others were learned)
+    return args.error_exit if problems.failed else 0  # (the others were learned)
 
 
 def _learn_outcome(status: str, label: int, was: int | None) -> str:
@@ -448,20 +454,10 @@ def _explained_tokens(args, config: HashingConfig, on_problem):
 
 def _cmd_explain(args) -> int:
     bundle = load_spam_model(args.model)
-    held: list[tuple[str, str]] = []  # (as in classify: a lone failed input is the one-line error)
+    problems = _InputProblems(args.paths, hold=True)  # (as in classify: a lone failed input is the error)
     seen = 0
-    named = set(args.paths)
-    failed = False
-
-    def on_problem(source: str, reason: str) -> None:
-        nonlocal failed
-        failed = failed or source in named  # (a file found in a folder is only reported)
-        held.append((source, reason))
-
-    for source, tokens in _explained_tokens(args, bundle.config, on_problem):
-        for problem in held:
-            _report_problem(*problem)
-        held.clear()
+    for source, tokens in _explained_tokens(args, bundle.config, problems):
+        problems.report_held()
         if seen == 0:
             _warn_if_untrained_on(bundle, "sms" if args.sms else "mail")
         seen += 1
@@ -484,10 +480,9 @@ def _cmd_explain(args) -> int:
         for t, w in to_ham:
             print(f"  {w:+.4f}  {t}")
     if seen == 0:
-        _nothing_read(held, "explain")
-    for problem in held:
-        _report_problem(*problem)
-    return args.error_exit if failed else 0  # (the others were explained)
+        _nothing_read(problems.held, "explain")
+    problems.report_held()
+    return args.error_exit if problems.failed else 0  # (the others were explained)
 
 
 def _cutoff_args(p) -> None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chainrule.data.mime import decode_text
+from chainrule.errors import one_line
 
 MAX_BYTES = 1 << 20
 """Default cap on the bytes read per message: enough for any text, not for a 25 MB attachment."""
@@ -386,18 +387,13 @@ def _read_maildir(path: Path, max_bytes: int, label: int | None, names: tuple[st
             yield RawMessage(str(p), data, lab, truncated)
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
     """The messages in an archive, labelled by its member folders, else by `names` (which end with
     the archive's own name: `20030228_spam.tar.bz2`)."""
     try:
         tar = tarfile.open(path, "r:*")
     except (OSError, tarfile.TarError, EOFError) as exc:
-        yield RawMessage(str(path), b"", label, error=f"not a readable tar archive ({_one_line(exc)})")
+        yield RawMessage(str(path), b"", label, error=f"not a readable tar archive ({one_line(exc)})")
         return
     with tar:
         try:
@@ -413,11 +409,11 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
                     f = tar.extractfile(member)
                     data, truncated = _read_capped(f, max_bytes)
                 except (OSError, tarfile.TarError, EOFError) as exc:
-                    yield RawMessage(source, b"", lab, error=f"unreadable archive member ({_one_line(exc)})")
+                    yield RawMessage(source, b"", lab, error=f"unreadable archive member ({one_line(exc)})")
                     continue
                 yield RawMessage(source, data, lab, truncated)
         except (OSError, tarfile.TarError, EOFError) as exc:
-            yield RawMessage(str(path), b"", label, error=f"archive is damaged ({_one_line(exc)})")
+            yield RawMessage(str(path), b"", label, error=f"archive is damaged ({one_line(exc)})")
 
 
 def read_sms(path: str | os.PathLike) -> tuple[list[str], list[int]]:
