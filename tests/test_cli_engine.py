@@ -60,6 +60,31 @@ def test_explain_command_runs(capsys):
     assert np.isfinite(float(out.split("    L = ")[1].split()[0]))
 
 
+def test_explain_command_shows_the_walk_through_before_training(monkeypatch, capsys):
+    # The six steps are printed before `fit` runs (a long --epochs used to print nothing until the
+    # end); a training that fails right away still leaves them on the screen.
+    import chainrule.explain as E
+
+    def no_training(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(E, "fit", no_training)
+    try:
+        main(["explain"])
+    except KeyboardInterrupt:
+        pass
+    out = capsys.readouterr().out
+    assert "Step 6." in out and "2000 epochs." in out and "Final predictions" not in out
+
+
+def test_explain_command_refuses_more_epochs_than_it_can_keep(capsys):
+    try:
+        main(["explain", "--epochs", "1000001"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    assert "expected an integer from 1 to 1,000,000, got '1000001'" in capsys.readouterr().err
+
+
 def test_readme_python_example_runs(capsys):
     """The README's build-fit-evaluate example, run exactly as written."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -13,6 +13,8 @@ suite checks the printed gradients against finite differences and the update aga
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from chainrule.functional import sigmoid
@@ -82,6 +84,12 @@ def _indent(text: str, by: str = "      ") -> str:
 
 def explain(seed: int = 1, epochs: int = 2000) -> str:
     """The walk-through as text: one example through the six steps, then training on all of XOR."""
+    return "\n".join(explain_lines(seed, epochs))
+
+
+def explain_lines(seed: int = 1, epochs: int = 2000) -> Iterator[str]:
+    """The walk-through's lines as they are ready: the six steps come before the training, so a
+    reader sees them at once however many epochs follow."""
     if epochs < 1:
         raise ValueError(f"explain: epochs must be a positive integer, got {epochs!r}")
     model = build_network(seed)
@@ -158,6 +166,8 @@ def explain(seed: int = 1, epochs: int = 2000) -> str:
         "Then repeat: training on all four XOR examples",
         f"  chainrule.fit: all 4 examples per step (full batch), SGD lr {LR}, {epochs} epochs.",
     ]
+    yield from lines
+    lines = []
     history = fit(model, XOR_X, XOR_Y, BinaryCrossEntropy(), optimizer, epochs=epochs, batch_size=4,
                   shuffle=False, verbose=False)
     losses = history["loss"]
@@ -171,4 +181,4 @@ def explain(seed: int = 1, epochs: int = 2000) -> str:
         lines.append(f"    x = ({int(xi[0])}, {int(xi[1])})   y = {yi}   p = {pi:.4f}   {verdict}")
     correct = int(((probs > 0.5) == XOR_Y.astype(bool)).sum())
     lines.append(f"  {correct}/4 correct.")
-    return "\n".join(lines)
+    yield from lines

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from chainrule.apps.checks import TOLERANCE, GradcheckResult, gradcheck_models
-from chainrule.cli.options import nonnegative_int, positive_int
+from chainrule.cli.options import MAX_EXPLAIN_EPOCHS, explain_epochs, nonnegative_int, positive_int
 from chainrule.errors import UserError
-from chainrule.explain import explain
+from chainrule.explain import explain_lines
 
 
 def _cmd_explain(args) -> int:
-    print(explain(seed=args.seed, epochs=args.epochs))
+    for line in explain_lines(seed=args.seed, epochs=args.epochs):
+        print(line, flush=True)  # (the walk-through shows before the training that follows it)
     return 0
 
 
@@ -40,7 +41,8 @@ def add_commands(subparsers) -> None:
     """Add `chainrule explain` and `chainrule gradcheck`."""
     p = subparsers.add_parser("explain", help="walk through one backpropagation step on XOR with real numbers")
     p.add_argument("--seed", type=nonnegative_int, default=1, help="initialisation seed (default 1)")
-    p.add_argument("--epochs", type=positive_int, default=2000, help="epochs for the XOR training demo")
+    p.add_argument("--epochs", type=explain_epochs, default=2000,
+                   help=f"epochs for the XOR training demo (default 2000, at most {MAX_EXPLAIN_EPOCHS:,})")
     p.set_defaults(func=_cmd_explain)
 
     p = subparsers.add_parser("gradcheck", help="check backprop gradients against finite differences")

@@ -115,6 +115,13 @@ def fraction(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < 1, "a number from 0 to below 1")
 
 
+MAX_EXPLAIN_EPOCHS = 1_000_000  # about a minute of XOR; the history keeps a loss per epoch
+
+
+def explain_epochs(text: str) -> int:
+    return _number(text, int, lambda v: 0 < v <= MAX_EXPLAIN_EPOCHS, f"an integer from 1 to {MAX_EXPLAIN_EPOCHS:,}")
+
+
 MAX_BYTES_LIMIT = 1 << 30  # a message is read whole into memory (and a read of N bytes may reserve N)
 
 
