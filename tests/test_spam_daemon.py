@@ -603,6 +603,32 @@ def test_a_changed_model_file_is_reloaded(learner, held):
     assert "reloaded" in learner.log_text()
 
 
+def test_a_broken_or_removed_model_is_reported_once_not_at_every_look(model_dir, held, tmp_path):
+    _need("spamc")
+    copy, users = tmp_path / "model", tmp_path / "users"
+    shutil.copytree(model_dir, copy)
+    shutil.copytree(model_dir, users / "dave")
+    _set_cutoffs(users / "dave", spam=1.0, ham=0.0)  # dave's model calls nothing spam
+    raw, _, v = next(h for h in held if h[2].label == "spam")
+    d = Daemon(copy, "--listen", "127.0.0.1:0", "--user-models", str(users), "--reload-interval", "0.1")
+    try:
+        assert d.spamc("-c", "-u", "dave", data=raw)[0] == 0
+        (copy / "model.json").write_text('{"format": broken')
+        shutil.rmtree(users / "dave")
+        time.sleep(1.5)  # 15 looks at the files
+        assert d.spamc("-c", "-u", "dave", data=raw)[0] == 1  # the default model, still the one loaded
+        log = d.log_text()
+        assert log.count("reload of") == 1 and "still serving the model loaded before" in log
+        assert log.count("dave's model is gone") == 1
+        shutil.copytree(model_dir, copy, dirs_exist_ok=True)  # repaired: loaded at the next look
+        deadline = time.monotonic() + 10
+        while d.log_text().count("reloaded") < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.log_text().count("reloaded") == 1
+    finally:
+        assert d.stop() == 0
+
+
 def test_allowed_ips_sighup_and_sigterm(model_dir, held, tmp_path):
     _need("spamc")
     copy = tmp_path / "model"

@@ -186,7 +186,7 @@ class Filter(Protocol):
 
     def forget(self, raws: Sequence[bytes]) -> tuple[Filter, list[bool]]: ...
 
-    def changed_on_disk(self) -> bool: ...
+    def changed_on_disk(self) -> bool: ...  # (True once per change)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +249,14 @@ class SpamFilter:
         return SpamFilter(b, *self._cutoffs, stamp), [s in changes for s in status]
 
     def changed_on_disk(self) -> bool:
-        return _stamp(self.directory, self.FILES) != self._stamp
+        """Whether the model's files changed since it was loaded or since this last said so: a
+        change that fails to load is tried again when the files change again (or on SIGHUP), not
+        at every look."""
+        stamp = _stamp(self.directory, self.FILES)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        return True
 
 
 def _stamp(directory: Path, names: Sequence[str]) -> tuple:
@@ -663,6 +670,10 @@ class DaemonServer:
         whose files changed). A model that fails to load is reported and the old one stays in service."""
         filters = [(None, self.filter)] + list(self._user_filters.items())
         for key, f in filters:
+            if key is not None and self._user_dir(key) is None:  # removed: the default serves the user
+                if self._user_filters.pop(key, None) is not None:
+                    log.info("%s's model is gone; the default model checks their mail", key)
+                continue
             if only_changed and not f.changed_on_disk():
                 continue
             path = self.options.model if key is None else self.options.user_models / key
