@@ -698,8 +698,8 @@ def predict_images(model: Sequential, metadata: dict, sources) -> list[dict]:
         name = "-" if isinstance(src, (bytes, bytearray)) else str(src)
         try:
             img = preprocess_image(src, picture)
-        except ImageError as exc:
-            results.append({"source": name, "error": str(exc)})
+        except ImageError as exc:  # (a path's errors name it; bytes have no name of their own)
+            results.append({"source": name, "error": f"-: {exc}" if name == "-" else str(exc)})
             continue
         p = model.predict_proba(model_inputs(img, metadata))[0]
         k = int(p.argmax())
