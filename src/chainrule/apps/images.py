@@ -665,12 +665,13 @@ def _check_same_classes(path, metadata: dict, data: idx.ImageSet) -> None:
     _check_labels(data.labels, metadata["classes"], f"{idx.title(data.name)} test set")
 
 
-def evaluate_saved(model_dir, data=None, out=None, top: int = 25) -> tuple[dict, int]:
-    """Evaluate a saved model on the test set of `data` (default: the set it was trained on) and
-    write `eval_metrics.json`, `eval_confusion_matrix.png` and `mistakes.png` (the `top` most
-    confidently wrong images) to `out` (default: the model directory).
+def evaluate_saved(model_dir, model: Sequential, metadata: dict, data=None, out=None,
+                   top: int = 25) -> tuple[dict, int]:
+    """Evaluate the model saved in `model_dir` (`model`, `metadata`: as `load_image_model` read it)
+    on the test set of `data` (default: the set it was trained on) and write `eval_metrics.json`,
+    `eval_confusion_matrix.png` and `mistakes.png` (the `top` most confidently wrong images) to
+    `out` (default: the model directory).
     Returns (report, how many mistakes are drawn); the report names the data set (`dataset`)."""
-    model, metadata = load_image_model(model_dir)
     test = idx.load_image_set(data, "test", default=metadata["dataset"])
     _check_same_classes(model_dir, metadata, test)
     report = evaluate_images(model, metadata, test.images, test.labels)

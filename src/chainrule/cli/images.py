@@ -90,9 +90,8 @@ def _image_model(args):
 
 
 def _cmd_evaluate(args) -> int:
-    if args.group == "digits":
-        _image_model(args)
-    report, shown = images.evaluate_saved(args.model, args.data, args.out, args.top)
+    model, metadata = _image_model(args)
+    report, shown = images.evaluate_saved(args.model, model, metadata, args.data, args.out, args.top)
     print(report_text(report))
     where = Path(args.out) if args.out else model_directory(args.model)
     print(f"\nwrote {where}/eval_metrics.json, eval_confusion_matrix.png and mistakes.png "
