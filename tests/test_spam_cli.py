@@ -6,6 +6,7 @@ import ast
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,19 @@ def test_classify_lines_and_json(spam_model, spam_corpus, capsys):
     assert main(["spam", "classify", str(spam_model / "model.json"), str(folder / "0160"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == doc
     assert load_spam_model(spam_model / "model.json").directory == spam_model
+
+
+def test_classify_lines_keep_their_columns_whatever_the_file_names(spam_model, spam_corpus, tmp_path, capsys):
+    names = ["tab\there", "new\nline", "back\\slash\\t", "plain"]
+    source = spam_corpus[1] / "spam" / "0160"
+    for name in names:
+        shutil.copyfile(source, tmp_path / name)
+    assert main(["spam", "classify", str(spam_model), str(tmp_path)]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [len(row) for row in rows] == [3] * len(names)
+    unescape = {"\\t": "\t", "\\n": "\n", "\\r": "\r", "\\\\": "\\"}
+    read = {re.sub(r"\\[tnr\\]", lambda m: unescape[m.group()], row[0]) for row in rows}
+    assert read == {str(tmp_path / name) for name in names}
 
 
 def test_stdin_exit_codes_like_bogofilter(spam_model, spam_corpus, run_chainrule):

@@ -68,6 +68,15 @@ VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 
 ERROR_EXIT = 3
 
 
+# A name in a tab-separated line: a tab, line break or backslash in it is written as \t, \n, \r or
+# \\ (PostgreSQL's text format), so that every output line splits into the same columns.
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _tsv_field(text: str) -> str:
+    return text.translate(_TSV_ESCAPES)
+
+
 def _report_problem(source: str, reason: str) -> None:
     print(f"chainrule: skipped {source}: {reason}", file=sys.stderr)
 
@@ -304,7 +313,7 @@ def _cmd_classify(args) -> int:
             lines = [json.dumps({"source": src, "verdict": v, "probability": round(float(q), 6)})
                      for src, v, q in zip(sources, verdicts, p, strict=True)]
         else:
-            lines = [f"{src}\t{v}\t{q:.6f}" for src, v, q in zip(sources, verdicts, p, strict=True)]
+            lines = [f"{_tsv_field(src)}\t{v}\t{q:.6f}" for src, v, q in zip(sources, verdicts, p, strict=True)]
         sys.stdout.write("\n".join(lines) + "\n")
     if world.rank != 0:
         return 0
@@ -397,7 +406,7 @@ def _cmd_learn(args) -> int:
             result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed, since_last=marks)
         total = bundle.metadata.get("learned", 0)
     for src, status, was, b, a in zip(sources, result.status, result.was, result.before, result.after, strict=True):
-        print(f"{src}\t{_learn_outcome(status, label, was)}\tP(spam) {b:.4f} -> {a:.4f}")
+        print(f"{_tsv_field(src)}\t{_learn_outcome(status, label, was)}\tP(spam) {b:.4f} -> {a:.4f}")
     counts = {s: result.status.count(s) for s in dict.fromkeys(result.status)}
     print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; the model has learned {total} messages")
     return args.error_exit if problems.failed else 0  # (the others were learned)
@@ -573,7 +582,9 @@ def add_commands(subparsers) -> None:
                        "1 ham, 2 unsure); errors exit 3")
     p.add_argument("model")
     p.add_argument("paths", nargs="*", help="messages, folders, mbox, Maildir, archives; '-' or nothing: stdin")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line (default: SOURCE<TAB>VERDICT<TAB>P(spam); a tab, line "
+                   "break or backslash in SOURCE written as \\t, \\n, \\r, \\\\)")
     p.add_argument("--annotate", action="store_true",
                    help="write the message back with X-Chainrule-Spam headers added (body untouched)")
     p.add_argument("--sms", action="store_true", help="inputs are SMS texts, one per line")
