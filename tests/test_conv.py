@@ -223,6 +223,27 @@ def test_max_pool_matches_torch(case, ties):
     close(pool.backward(g), xt.grad)
 
 
+@pytest.mark.parametrize("shape, kernel", [((2, 3, 1, 300), (1, 300)), ((2, 1, 257, 3), (257, 1)),
+                                           ((1, 2, 5, 600), (2, 257))])
+def test_max_pool_windows_wider_than_256_match_torch(shape, kernel):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, shape).astype(np.float64)  # ties too
+    pool = cr.MaxPool2D(kernel)
+    y = pool.forward(x, training=True)
+    g = rng.normal(size=y.shape)
+    xt = tensor(x, True)
+    yt = F.max_pool2d(xt, kernel)
+    yt.backward(tensor(g))
+    close(y, yt)
+    close(pool.backward(g), xt.grad)
+
+
+def test_an_empty_batch_goes_through_a_convolutional_network():
+    model = cr.Sequential([cr.Conv2D(1, 2, 3), cr.ReLU(), cr.MaxPool2D(2), cr.Flatten(), cr.Linear(2 * 13 * 13, 3)],
+                          input_shape=(1, 28, 28), seed=0)
+    assert model.forward(np.zeros((0, 1, 28, 28), np.float32)).shape == (0, 3)
+
+
 @FEW
 @given(pool_case())
 def test_avg_pool_matches_torch(case):

@@ -59,6 +59,28 @@ def test_mse_one_hot_encodes_integer_labels(n, k, seed):
     onehot = F.one_hot(torch.tensor(labels), k).double()
     _check(cr.MeanSquaredError(), out, labels, lambda t: F.mse_loss(t, onehot))
 
+def test_mse_reads_bool_labels_as_classes_0_and_1():
+    # (NumPy reads a bool array as an index as a mask: True, False picked row 0 twice)
+    out = np.array([[0.2, 0.9], [0.8, 0.1], [0.4, 0.3]])
+    for labels in (np.array([True, False, True]), np.array([True, False, True])[:2]):
+        expected = cr.MeanSquaredError()(out[: len(labels)], labels.astype(np.int64))
+        value, grad = cr.MeanSquaredError()(out[: len(labels)], labels)
+        assert value == expected[0] and np.array_equal(grad, expected[1])
+
+
+@pytest.mark.parametrize("loss, output, target", [
+    (cr.MeanSquaredError(), np.zeros((0, 3)), np.zeros((0, 3))),
+    (cr.MeanSquaredError(), np.zeros((0, 3)), np.zeros(0, np.int64)),
+    (cr.BinaryCrossEntropy(), np.zeros(0), np.zeros(0)),
+    (cr.BinaryCrossEntropy(), np.zeros((0, 1)), np.zeros(0)),
+    (cr.CrossEntropy(), np.zeros((0, 3)), np.zeros(0, np.int64)),
+    (cr.CrossEntropy([1.0, 2.0, 3.0]), np.zeros((0, 3)), np.zeros(0, np.int64)),
+])
+def test_an_empty_batch_has_the_mean_of_nothing_as_loss(loss, output, target):
+    value, grad = loss(output, target)  # NaN, as PyTorch's mean reductions give, and no element of gradient
+    assert np.isnan(value) and grad.shape == output.shape and grad.dtype == output.dtype
+
+
 @SETTINGS
 @given(st.integers(1, 6), st.integers(2, 6), seeds, st.sampled_from([1.0, 30.0]), st.booleans())
 def test_cross_entropy_matches_torch(n, k, seed, scale, weighted):

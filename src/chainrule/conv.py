@@ -345,7 +345,8 @@ def _window(a: np.ndarray, i: int, j: int, n_h: int, n_w: int, sh: int, sw: int)
 
 def _running_max(x: np.ndarray, k: int, axis: int, best: np.ndarray, won: np.ndarray) -> None:
     """best ← the max over each run of k neighbours along `axis` (2 or 3) of x, won ← which of the
-    k won (uint8; the first one on ties: a later neighbour must be strictly greater to take over).
+    k won (`won`'s dtype: uint8 up to 256 neighbours; the first one on ties: a later neighbour must be
+    strictly greater to take over).
 
     Works on strided views x[..., j::k], so it keeps x's memory order; the first comparison's
     boolean result is already the winner index (0 or 1), so no index array needs zeroing.
@@ -357,7 +358,7 @@ def _running_max(x: np.ndarray, k: int, axis: int, best: np.ndarray, won: np.nda
         best[...] = x
         won[...] = 0
         return
-    np.greater(nth(1), nth(0), out=won.view(bool))  # strict: an earlier neighbour keeps a tie
+    np.greater(nth(1), nth(0), out=won.view(bool) if won.itemsize == 1 else won)  # strict: an earlier one keeps a tie
     np.maximum(nth(0), nth(1), out=best)
     for j in range(2, k):
         view = nth(j)
@@ -365,7 +366,12 @@ def _running_max(x: np.ndarray, k: int, axis: int, best: np.ndarray, won: np.nda
         np.maximum(best, view, out=best)
         # won ← j where better: as j exceeds every earlier index, that is max(won, j·better),
         # and arithmetic on the mask runs many times faster than a masked assignment
-        np.maximum(won, better * np.uint8(j), out=won)
+        np.maximum(won, better * won.dtype.type(j), out=won)
+
+
+def _index_dtype(k: int) -> type:
+    """The smallest integer type for the index of one of k neighbours: uint8 for k <= 256."""
+    return np.uint8 if k <= 256 else np.intp
 
 
 class _Pool2D(Layer):
@@ -425,7 +431,7 @@ class MaxPool2D(_Pool2D):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         # y = the max over the kh·kw offsets (i, j) of the window; `arg` remembers which one won
         out = _window(x, 0, 0, ho, wo, sh, sw).copy(order="K")
-        arg = np.zeros_like(out, np.uint8 if kh * kw < 256 else np.int32)
+        arg = np.zeros_like(out, _index_dtype(kh * kw))
         better = np.empty_like(out, bool)
         for k in range(1, kh * kw):
             view = _window(x, k // kw, k % kw, ho, wo, sh, sw)
@@ -467,7 +473,8 @@ class MaxPool2D(_Pool2D):
         # memory order; computed a range of images or channels at a time, on every core
         rows = np.empty_like(x[..., ::kw])
         out = np.empty_like(rows[:, :, ::kh])
-        self._col, self._row = np.empty_like(rows, np.uint8), np.empty_like(out, np.uint8)
+        self._col = np.empty_like(rows, _index_dtype(kw))
+        self._row = np.empty_like(out, _index_dtype(kh))
 
         def pool(x, rows, col, out, row):
             _running_max(x, kw, 3, rows, col)

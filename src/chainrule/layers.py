@@ -13,6 +13,7 @@ That second step is the chain rule: if ``y = f(x; W)`` then ``dL/dx = dL/dy · d
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -372,7 +373,7 @@ class Flatten(Layer):
 
     def forward(self, x, training=False):
         self._x = x
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (not -1: a batch may be empty)
 
     def backward(self, grad_out):
         grad = grad_out.reshape(self._x.shape)

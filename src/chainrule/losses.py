@@ -31,6 +31,12 @@ def _check_batch(name: str, output: np.ndarray, target: np.ndarray) -> None:
         )
 
 
+def _empty(output: np.ndarray) -> tuple[float, np.ndarray]:
+    """The loss of an empty batch: the mean of nothing, NaN (as NumPy's and PyTorch's), and a
+    gradient with no element."""
+    return float("nan"), np.zeros_like(output)
+
+
 class MeanSquaredError(Loss):
     """L = mean over all elements of (output - target)².   dL/doutput = 2 (output - target) / N.
 
@@ -47,6 +53,8 @@ class MeanSquaredError(Loss):
         if target.size != output.size:
             raise ValueError(f"MeanSquaredError: target of shape {target.shape} does not match the output's "
                              f"shape {output.shape} (integer labels are one-hot encoded)")
+        if not output.size:
+            return _empty(output)
         target = target.reshape(output.shape).astype(output.dtype, copy=False)
         diff = output - target
         loss = float(np.mean(diff * diff))
@@ -54,7 +62,7 @@ class MeanSquaredError(Loss):
 
 
 def _one_hot(labels: np.ndarray, classes: int, dtype) -> np.ndarray:
-    labels = np.asarray(labels)
+    labels = np.asarray(labels).astype(np.intp, copy=False)  # (bool labels: indices 0 and 1, not a mask)
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise ValueError(f"labels must be in [0, {classes}), got values {labels.min()}..{labels.max()}")
     out = np.zeros((len(labels), classes), dtype)
@@ -107,6 +115,8 @@ class CrossEntropy(Loss):
             raise ValueError(
                 f"CrossEntropy: labels must be in [0, {classes}), got {target.min()}..{target.max()}"
             )
+        if not n:
+            return _empty(output)
         rows = np.arange(n)
         nll = -log_softmax(output, axis=1)[rows, target]
         # dL/dz = (softmax(z) - onehot(y)) / N
@@ -152,6 +162,8 @@ class BinaryCrossEntropy(Loss):
         if np.size(target) != output.size:
             raise ValueError(f"BinaryCrossEntropy: target of shape {np.shape(target)} does not match the output's "
                              f"shape {output.shape} (one score per example and target)")
+        if not output.size:
+            return _empty(output)
         z = output.reshape(len(output), -1)
         y = np.asarray(target, dtype=output.dtype).reshape(z.shape)
         softplus_neg = np.logaddexp(0, -z)  # -log σ(z)
