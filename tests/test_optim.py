@@ -96,6 +96,22 @@ def test_optimizer_state_round_trip_continues_identically(name):
     np.testing.assert_array_equal(a.flat_params, c.flat_params)
 
 
+@pytest.mark.parametrize("dtype, small", [(np.float32, 1e-4), (np.float64, 1e-9)])
+def test_adam_with_betas_of_0_keeps_the_latest_gradient_as_torch_does(dtype, small):
+    # β2 = 0: v is the last g² (v + (1 - β2)(g² - v) rounded a small g² after a large one to 0)
+    model = cr.Sequential([cr.Linear(1, 1, bias=False)], seed=0, dtype=dtype)
+    opt = cr.Adam(model.parameters(), lr=0.01, betas=(0.0, 0.0))
+    w = torch.tensor(model.flat_params.copy(), requires_grad=True)
+    reference = torch.optim.Adam([w], lr=0.01, betas=(0.0, 0.0))
+    for g in (1.0, small):
+        model.flat_grads[...] = g
+        w.grad = torch.full_like(w, g)
+        opt.step()
+        reference.step()
+    np.testing.assert_allclose(opt.v, [small * small], rtol=1e-6)
+    np.testing.assert_allclose(model.flat_params, w.detach().numpy(), rtol=1e-6)
+
+
 def test_step_decay_and_cosine_match_torch_schedulers():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.2)

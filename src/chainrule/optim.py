@@ -155,13 +155,13 @@ class Adam(Optimizer):
         """One block of the update, in place in one scratch array (a step allocates nothing): 12
         whole-block passes."""
         b1, b2 = self.beta1, self.beta2
-        # m += (1 - β1)(g - m), which is β1·m + (1 - β1)·g rearranged to need no temporary
-        np.subtract(g, m, out=tmp)
-        tmp *= 1 - b1
+        # m ← β1·m + (1 - β1)·g and v ← β2·v + (1 - β2)·g², each term scaled on its own (not
+        # m + (1 - β1)(g - m), as many passes, which loses v where β2 = 0 and g² ≪ the old v)
+        m *= b1
+        np.multiply(g, 1 - b1, out=tmp)
         m += tmp
-        # v += (1 - β2)(g² - v)
+        v *= b2
         np.multiply(g, g, out=tmp)
-        tmp -= v
         tmp *= 1 - b2
         v += tmp
         # lr · m̂ / (√v̂ + ε) = (lr·√(1 - β2^t) / (1 - β1^t)) · m / (√v + ε·√(1 - β2^t)): multiplying
