@@ -3,7 +3,8 @@ with a digits preset (its layers, optimizer, augmentation), as many processes as
 
     python tests/mpi_fit_worker.py PRESET TRAIN_IMAGES BATCH OPTIMIZER OUT.npz
 
-OPTIMIZER is "preset" (the preset's own, Adam) or "sgd" (SGD with momentum 0.9, lr 0.05).
+OPTIMIZER is "preset" (the preset's own, Adam), "sgd" (SGD with momentum 0.9, lr 0.05) or
+"sgd-weighted" (that SGD, and a CrossEntropy whose class weights go from 0.1 for 0 to 1.0 for 9).
 
 Rank 0 writes OUT.npz: the weights and layer buffers, the epoch's logs, and whether every rank
 ended with exactly the same weights.
@@ -30,11 +31,12 @@ def main(preset_name: str, train_images: int, batch_size: int, optimizer_name: s
     metadata = {"preprocessing": image_app.preprocessing_metadata(preset)}
     x, y = image_app.model_inputs(images[:train_images], metadata), labels[:train_images].astype(np.int64)
     model = image_app.build_model(image_app.PRESETS["mnist"][preset_name], 10, seed=0)
-    if optimizer_name == "sgd":
+    if optimizer_name.startswith("sgd"):
         optimizer = cr.SGD(model.parameters(), lr=0.05, momentum=0.9)
     else:
         optimizer = preset.optimizer(model.parameters(), preset.lr)
-    history = cr.fit(model, x, y, preset.loss(), optimizer, epochs=1, batch_size=batch_size, validation_split=1 / 12,
+    loss = cr.CrossEntropy(np.linspace(0.1, 1.0, 10)) if optimizer_name == "sgd-weighted" else preset.loss()
+    history = cr.fit(model, x, y, loss, optimizer, epochs=1, batch_size=batch_size, validation_split=1 / 12,
                      augment=preset.augment, verbose=False, seed=0, world=w)
     checksums = w.allgather(zlib.crc32(model.flat_params.tobytes()))
     if w.rank == 0:

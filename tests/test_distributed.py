@@ -180,13 +180,14 @@ def one_process(tmp_path_factory):
 
 
 @needs_data
-@pytest.mark.parametrize("preset, optimizer", [("mlp", "preset"), ("cnn", "sgd")])
+@pytest.mark.parametrize("preset, optimizer", [("mlp", "preset"), ("cnn", "sgd"), ("mlp", "sgd-weighted")])
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_n_processes_train_the_weights_of_one(mpirun, one_process, tmp_path, preset, optimizer, ranks):
     """One epoch (9 steps of a global batch of 64) of a digits preset: mlp has dropout and
     augmentation, cnn batch norm too (here with SGD: Adam's first steps divide each gradient by
     its own size, so a gradient that is ~0 takes a full step whose sign is rounding noise — the
-    cnn with Adam ends 1e-3 apart after 9 steps although its gradients agree to 7e-7)."""
+    cnn with Adam ends 1e-3 apart after 9 steps although its gradients agree to 7e-7). With class
+    weights, a shard's share of the batch's loss is its share of the batch's weight, not of its size."""
     out = tmp_path / "w.npz"
     proc = run([*mpirun, "-np", ranks, sys.executable, HERE / "mpi_fit_worker.py", preset, 600, 64, optimizer, out])
     assert proc.returncode == 0, proc.stderr

@@ -139,6 +139,21 @@ def test_evaluate_checks_its_data_like_fit():
         cr.evaluate(model, x, y, cr.CrossEntropy())
 
 
+def test_a_class_weighted_loss_of_a_whole_set_does_not_depend_on_the_batches():
+    # Σ w_y · nll / Σ w_y over the set, however it is cut: a batch counts by its weight, not its size
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 3)), rng.integers(0, 3, 50)
+    model = cr.Sequential([cr.Linear(3, 3)], seed=0, dtype=np.float64)
+    loss = cr.CrossEntropy(class_weight=[1.0, 5.0, 0.2])
+    whole, _ = loss(model.forward(x), y)
+    for batch_size in (1000, 7, 1):
+        assert cr.evaluate(model, x, y, loss, batch_size=batch_size)["loss"] == pytest.approx(whole, rel=1e-12)
+    # an epoch's loss too (a learning rate so small that no weight moves in float64)
+    history = cr.fit(model, x, y, loss, cr.SGD(model.parameters(), lr=1e-300), epochs=1, batch_size=7,
+                     shuffle=False, verbose=False)
+    assert history["loss"][0] == pytest.approx(whole, rel=1e-12)
+
+
 def test_one_example_left_over_joins_the_last_batch_so_batch_norm_can_train_on_it():
     """33 examples in batches of 32: one step of 33 (a batch of one would make batch norm's
     variance 0 and its output β); 34: steps of 32 and 2."""

@@ -17,6 +17,11 @@ class Loss:
     def __call__(self, output: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
         raise NotImplementedError
 
+    def weight(self, target) -> float:
+        """How much a batch with these targets counts in a mean over several batches (an epoch's
+        loss, a data-parallel batch's shards): its number of examples."""
+        return float(len(target))
+
     def config(self) -> dict:
         return {}
 
@@ -130,6 +135,13 @@ class CrossEntropy(Loss):
             return 0.0, np.zeros_like(grad)
         grad *= (w / w.sum())[:, None].astype(grad.dtype)
         return float((w * nll).sum() / w.sum()), grad
+
+    def weight(self, target) -> float:
+        """With class weights, a batch's loss is Σ w_y · nll / Σ w_y: it counts Σ w_y in a mean
+        over batches (the loss of a whole set is not the mean of its batches' losses by size)."""
+        if self.class_weight is None:
+            return float(len(target))
+        return float(self.class_weight[np.asarray(target)].sum())
 
     def config(self):
         return {} if self.class_weight is None else {"class_weight": self.class_weight.tolist()}

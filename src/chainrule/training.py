@@ -46,15 +46,16 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     n = x.shape[0]
     lo, hi = world.shard(n)
     labels = _are_labels(y, model, loss)
-    totals = np.zeros(2)  # Σ loss·examples, correct predictions
+    totals = np.zeros(3)  # Σ loss·weight, Σ weight (`Loss.weight`: the examples, unless classes weigh), correct
     step = model.examples_per_pass(batch_size)
     for i in range(lo, hi, step):
         j = min(i + step, hi)
         out = model.forward(x[i:j])
         value, _ = loss(out, y[i:j])
-        totals += value * out.shape[0], _correct(out, y[i:j], model) if labels else 0
-    total_loss, correct = world.allreduce(totals)
-    logs = {"loss": float(total_loss) / n}
+        weight = loss.weight(y[i:j])
+        totals += value * weight if weight else 0.0, weight, _correct(out, y[i:j], model) if labels else 0
+    total_loss, weight, correct = world.allreduce(totals)
+    logs = {"loss": float(total_loss / weight) if weight else 0.0}  # (0: nothing weighs, as CrossEntropy says)
     if labels:
         logs["accuracy"] = float(correct) / n
     return logs
@@ -103,16 +104,18 @@ class _RunningMetrics:
 
     def __init__(self, labels: bool):
         self.labels = labels
-        self.examples, self.total_loss, self.correct = 0, 0.0, 0
+        self.examples, self.total_loss, self.weight, self.correct = 0, 0.0, 0.0, 0
 
-    def add(self, loss_sum: float, examples: int, correct: int) -> None:
-        """One batch: its loss times its number of examples, that number, its correct predictions."""
-        self.examples += int(examples)
+    def add(self, loss_sum: float, weight: float, examples: int, correct: int) -> None:
+        """One batch: its loss times its weight (`Loss.weight`: its number of examples, unless
+        classes weigh), that weight, its number of examples, its correct predictions."""
         self.total_loss += float(loss_sum)
+        self.weight += float(weight)
+        self.examples += int(examples)
         self.correct += int(correct)
 
     def logs(self) -> dict:
-        logs = {"loss": self.total_loss / self.examples}
+        logs = {"loss": self.total_loss / self.weight if self.weight else 0.0}
         if self.labels:
             logs["accuracy"] = self.correct / self.examples
         return logs
@@ -205,9 +208,9 @@ def fit(
     weights become everyone's; rank 0 alone reports progress and writes the checkpoint (which holds
     nothing of N: a run may resume with another N); it decides the learning rate and early
     stopping for all. The epoch's metrics are those of the global batches. A remainder with fewer
-    examples than processes (or a single one) joins the batch before it. The sum is exact for
-    losses that average over the batch (`CrossEntropy` with `class_weight` divides by the shard's
-    weights, so it is only close).
+    examples than processes (or a single one) joins the batch before it. (A shard's share of the
+    global mean is its `loss.weight` over the batch's: its examples, or with `CrossEntropy`'s
+    `class_weight` the sum of their class weights.)
 
     Raises:
         TrainingDiverged: the loss turned NaN/inf; the model keeps the last good weights.
@@ -317,9 +320,11 @@ def fit(
                     out = model.forward(xb, training=True)
                     value, grad = loss(out, yb)  # grad = dL/d(out)
                     correct = _correct(out, yb, model) if labels else 0
-                    stats = np.array([value * len(yb), len(yb), correct])  # Σ loss, n, correct
-                    if parallel:
-                        grad = grad * (len(yb) / len(idx))  # the shard's share of the global mean's gradient
+                    weight = loss.weight(yb)
+                    stats = np.array([value * weight if weight else 0.0, weight, len(yb), correct])
+                    if parallel:  # the shard's share of the global batch's mean (every process has all of y)
+                        whole = loss.weight(y[idx])
+                        grad = grad * (weight / whole if whole else 0.0)
                         summing = world.iallreduce(stats)
                         model.backward(grad, input_grad=False, after_layer=buckets.layer_done)
                         buckets.wait()  # every process now holds Σ over the processes of their gradients
@@ -327,7 +332,7 @@ def fit(
                     else:
                         model.backward(grad, input_grad=False)  # fills every parameter's .grad
                     # raises TrainingDiverged on NaN or inf (everywhere at once: the loss is the sum's)
-                    guard.check(stats[0] / stats[1], epoch, b, optimizer.lr)
+                    guard.check(stats[0] / stats[1] if stats[1] else 0.0, epoch, b, optimizer.lr)
                     optimizer.step()
                 running.add(*stats)
                 for cb in callbacks:
