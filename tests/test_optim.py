@@ -132,6 +132,25 @@ def test_step_decay_and_cosine_match_torch_schedulers():
     assert cr.cosine(1.0, 4)(2) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
 
 
+def test_an_optimizer_of_some_layers_updates_them_in_the_models_own_buffer(tmp_path):
+    # fine-tuning the last layer: the step must reach the weights the model saves, not a copy
+    rng = np.random.default_rng(0)
+    model = cr.Sequential([cr.Linear(2, 3), cr.ReLU(), cr.Linear(3, 2)], seed=0, dtype=np.float64)
+    first = model.layers[0].weight.data.copy()
+    opt = cr.SGD(model.layers[2].parameters(), lr=0.5)
+    x, y = rng.normal(size=(8, 2)), rng.integers(0, 2, 8)
+    _, grad = cr.CrossEntropy()(model.forward(x, training=True), y)
+    model.backward(grad)
+    opt.step()
+    assert np.shares_memory(opt.params, model.flat_params) and opt.params.size == 3 * 2 + 2
+    assert np.array_equal(model.layers[0].weight.data, first)  # the layers left out do not move
+    model.save(tmp_path / "m")
+    saved, _ = cr.load_model(tmp_path / "m")
+    assert np.array_equal(saved.forward(x), model.forward(x))
+    with pytest.raises(ValueError, match="not one stretch of it"):  # weights without their biases
+        cr.SGD([model.layers[0].weight, model.layers[2].weight], lr=0.1)
+
+
 def test_optimizer_updates_every_layer_through_the_flat_buffer():
     model, _ = _pair()
     opt = cr.SGD(model.parameters(), lr=0.1)

@@ -58,20 +58,34 @@ def flat_buffers(params: Sequence[Parameter]) -> tuple[np.ndarray, np.ndarray]:
     """The flat (data, grad) buffers behind `params`, packing them first if they are not packed yet.
 
     Parameters that a `Sequential` packed are views of one buffer, in order; we recover it from
-    the first view's base. Anything else (a loose layer, a user's own list) gets packed here.
+    the first view's base, or the stretch of it they fill (one layer's parameters, or consecutive
+    layers'). Loose parameters (a layer of no model, a user's own list) get packed here. Packing
+    parameters that already live in a model's buffer would move them out of it (the model would
+    save, checkpoint and restore values its layers no longer use), so that is refused.
     """
     params = list(params)
     if not params:
         raise ValueError("optimizer got an empty parameter list")
+    if all(p.grad.base is None for p in params):  # (a gradient is a view only once packed)
+        return pack(params, dtype=params[0].data.dtype)
     base, grad_base = params[0].data.base, params[0].grad.base
-    total = sum(p.size for p in params)
-    if (
-        base is not None
-        and grad_base is not None
-        and base.ndim == 1
-        and base.size == total
-        and grad_base.size == total
-        and all(p.data.base is base and p.grad.base is grad_base for p in params)
-    ):
-        return base, grad_base
-    return pack(params, dtype=params[0].data.dtype)
+    if base is not None and grad_base is not None and base.ndim == 1 and grad_base.ndim == 1 \
+            and all(p.data.base is base and p.grad.base is grad_base for p in params):
+        start, grad_start = _offset(params[0].data, base), _offset(params[0].grad, grad_base)
+        offset = 0
+        for p in params:
+            if _offset(p.data, base) != start + offset or _offset(p.grad, grad_base) != grad_start + offset:
+                break
+            offset += p.size
+        else:  # (a view of the whole buffer is the buffer itself)
+            if offset == base.size and offset == grad_base.size:
+                return base, grad_base
+            return base[start : start + offset], grad_base[grad_start : grad_start + offset]
+    raise ValueError("optimizer: these parameters are part of a model's flat buffer but are not one stretch of it "
+                     "(give the parameters of one layer or of consecutive layers, in order, or all of them: "
+                     "model.parameters())")
+
+
+def _offset(view: np.ndarray, base: np.ndarray) -> int:
+    """Where `view` starts in `base`, in elements."""
+    return (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
