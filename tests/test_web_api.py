@@ -349,6 +349,12 @@ def test_predict_rejects_what_is_not_an_image(client, samples):
     blank = io.BytesIO()
     Image.new("L", (64, 64), 255).save(blank, "PNG")
     assert_error(post(blank.getvalue()), 422, "no ink")
+    for bad in (np.inf, np.nan):  # a float TIFF with one pixel that is not a number (was a 500)
+        page = np.asarray(Image.fromarray(samples[0][0]).resize((84, 84)), np.float32) / 255
+        page[0, 0] = bad
+        tiff = io.BytesIO()
+        Image.fromarray(page).save(tiff, "TIFF")
+        assert_error(post(tiff.getvalue(), "image/tiff"), 422, "a float image with NaN or infinite pixels")
     # A few kilobytes of PNG that would decode to 64 million pixels: refused from its header, with
     # the command line's limit and words
     huge = io.BytesIO()

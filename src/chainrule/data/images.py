@@ -149,7 +149,9 @@ def _grey(img: Image.Image) -> np.ndarray:
     """
     if img.mode in ("I", "F"):  # 16-bit or float grey: scale by the range
         a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
+        lo, hi = float(a.min()), float(a.max())  # (NaN if any pixel is, ±inf if any is)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ImageError("a float image with NaN or infinite pixels")
         return 255 * (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
     if img.mode in ("RGBA", "LA"):
         rgba = img.convert("RGBA")
