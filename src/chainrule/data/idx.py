@@ -158,8 +158,25 @@ def _read_exact(f, n: int, path: Path, what: str) -> bytes:
     return data
 
 
-def read_idx(path, ndim: int) -> np.ndarray:
-    """Read one IDX file of unsigned bytes with `ndim` dimensions, gzipped or not.
+def _read_into(f, out: np.ndarray, path: Path) -> None:
+    """Fill `out` from `f` (no intermediate bytes object: a set is read into its array directly)."""
+    view, got = memoryview(out).cast("B"), 0
+    try:
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt gzip data ({exc})") from exc
+    if got != len(view):
+        raise DataError(f"{path}: truncated: expected {len(view)} bytes of data, found {got}")
+
+
+def read_idx(path, ndim: int, check=None) -> np.ndarray:
+    """Read one IDX file of unsigned bytes with `ndim` dimensions, gzipped or not. `check(shape)`,
+    if given, sees the shape the header declares before any data is read, and raises to refuse
+    it (a small gzip file can declare, and inflate to, gigabytes).
 
     Raises:
         DataError: empty, not gzip though named .gz, truncated, trailing bytes, wrong magic
@@ -180,14 +197,17 @@ def read_idx(path, ndim: int) -> np.ndarray:
         size = int(np.prod(shape, dtype=np.int64))
         if size == 0 or size > _MAX_BYTES:
             raise DataError(f"{path}: implausible dimensions {shape}")
-        data = _read_exact(f, size, path, "data")
+        if check is not None:
+            check(shape)
+        data = np.empty(shape, np.uint8)
+        _read_into(f, data, path)
         try:
             extra = f.read(1)
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: corrupt gzip data ({exc})") from exc
         if extra:
             raise DataError(f"{path}: {shape} needs {size} bytes of data but the file holds more")
-    return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()  # writable, owns its memory
+    return data
 
 
 def _idx_sha256(array: np.ndarray) -> str:
@@ -386,12 +406,15 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
             cache = cache_dir(known.folder)
             found = (cache / f"{FILES[split][0]}.gz", cache / f"{FILES[split][1]}.gz")
     images_path, labels_path = found
-    images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
-    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
-    if len(images) != len(labels):
-        raise DataError(f"{labels_path}: {len(labels)} labels but {images_path.name} has {len(images)} images")
+
+    def fits_the_labels(shape):  # (from the images' header, before their data is read)
+        if shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise DataError(f"{images_path}: images are {shape[1]}x{shape[2]}, expected 28x28")
+        if shape[0] != len(labels):
+            raise DataError(f"{labels_path}: {len(labels)} labels but {images_path.name} has {shape[0]} images")
+
+    images = read_idx(images_path, 3, check=fits_the_labels)
     if known is None:
         known = _recognise(labels, split)
     name = known.name if known is not None else str(images_path.parent.resolve())
