@@ -329,11 +329,25 @@ def test_incomplete_folder_is_skipped(tmp_path, monkeypatch, isolated, test_spli
     (env / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
     write_set(isolated / "mnist", test_split[0][:20], test_split[1][:20])
     monkeypatch.setenv("CHAINRULE_DATA", str(env))
-    assert len(load_mnist("test")[0]) == 20
-    assert len(load_mnist("train")[0]) == 30
+    assert len(load_mnist("test")[0]) == 20  # both splits from the one complete set, the cache's
+    assert len(load_mnist("train")[0]) == 20
     shutil.rmtree(isolated / "mnist")
+    assert len(load_mnist("train")[0]) == 30
     with pytest.raises(DataError, match="download failed"):
         load_mnist("test")
+
+
+def test_the_splits_of_a_set_never_come_from_two_folders(tmp_path, test_split):
+    # a training set in DIR/mnist and another set's test files in DIR: not one set, refused
+    write_set(tmp_path / "mnist", test_split[0][:30], test_split[1][:30])
+    for name in idx.FILES["test"]:
+        (tmp_path / "mnist" / f"{name}.gz").rename(tmp_path / f"{name}.gz")
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match=r"files are in .* but the .* files in .*: put the four files of one "
+                                            "set in one folder"):
+            load_mnist(split, tmp_path)
+    shutil.rmtree(tmp_path / "mnist")  # test files alone: those can be evaluated on
+    assert len(load_mnist("test", tmp_path)[0]) == 30
 
 
 # -- downloads ----------------------------------------------------------------------------------------

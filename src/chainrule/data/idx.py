@@ -275,13 +275,27 @@ def _find(directory: Path, name: str) -> Path | None:
 
 
 def find_files(split: str, source=None, default: str | None = "mnist") -> tuple[Path, Path] | None:
-    """The (images, labels) paths for `split` in the first folder that holds both, or None."""
-    images_name, labels_name = FILES[split]
-    for directory in _search_dirs(source, default)[0]:
-        images, labels = _find(directory, images_name), _find(directory, labels_name)
-        if images is not None and labels is not None:
-            return images, labels
-    return None
+    """The (images, labels) paths for `split`: from the first folder that holds all four files of a
+    set, else from the first that holds the split's two (a folder of test files only can be
+    evaluated on), or None.
+
+    A set's training and test files always come from one folder: where one folder holds a set's
+    training files and another its test files (a Fashion-MNIST training set beside MNIST's test
+    files, say), that is an error, not a model tested on another set.
+    """
+    dirs = _search_dirs(source, default)[0]
+    for directory in dirs:
+        if all(_find(directory, name) is not None for name in FILES["train"] + FILES["test"]):
+            return _find(directory, FILES[split][0]), _find(directory, FILES[split][1])
+    here = next((d for d in dirs if all(_find(d, name) is not None for name in FILES[split])), None)
+    if here is None:
+        return None
+    other = "test" if split == "train" else "train"
+    there = next((d for d in dirs if all(_find(d, name) is not None for name in FILES[other])), None)
+    if there is not None:
+        raise DataError(f"the {split} files are in {here} but the {other} files in {there}: put the four files "
+                        "of one set in one folder")
+    return _find(here, FILES[split][0]), _find(here, FILES[split][1])
 
 
 def where_to_put(source=None, default: str | None = "mnist") -> str:
