@@ -230,6 +230,17 @@ def test_predict_from_an_empty_or_closed_stdin_is_one_line(trained):
     assert_one_line_error(proc)
 
 
+def test_an_image_on_standard_input_too_large_to_read_is_one_image_that_failed(trained, mnist_test, tmp_path):
+    seven = tmp_path / "seven.png"
+    Image.fromarray(255 - mnist_test[0][0]).save(seven)
+    with open(tmp_path / "huge", "wb") as f:
+        f.truncate((64 << 20) + 1)
+    with open(tmp_path / "huge", "rb") as stdin:
+        proc = run_cli("digits", "predict", trained[0], "-", seven, stdin=stdin)
+    assert proc.returncode == 1 and proc.stderr == "chainrule: error: -: larger than 64 MB\n"
+    assert proc.stdout.startswith(f"{seven}: 7 ")  # the other images are read all the same
+
+
 def test_show_draws_first_layer_weights(trained, tmp_path, capsys):
     target = tmp_path / "w.png"
     code, stdout, _ = cli(capsys, "digits", "show", trained[0], "--units", "30", "--out", target)

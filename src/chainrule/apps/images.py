@@ -686,7 +686,7 @@ def evaluate_saved(model_dir, model: Sequential, metadata: dict, data=None, out=
 
 
 def predict_images(model: Sequential, metadata: dict, sources) -> list[dict]:
-    """Classify each image (a path, or bytes for an image read from standard input, named "-").
+    """Classify each image (a path, or standard input's binary stream, named "-").
 
     Each result is {"source", "label": the class name, "index": its number, "probabilities": one
     per class}, plus "digit" (= index) for a model whose classes are the digits 0-9; a bad image
@@ -696,11 +696,11 @@ def predict_images(model: Sequential, metadata: dict, sources) -> list[dict]:
     picture = metadata.get("preprocessing", {}).get("picture", "digit")
     results = []
     for src in sources:
-        name = "-" if isinstance(src, (bytes, bytearray)) else str(src)
+        name = "-" if hasattr(src, "read") else str(src)
         try:
             img = preprocess_image(src, picture)
-        except ImageError as exc:  # (a path's errors name it; bytes have no name of their own)
-            results.append({"source": name, "error": f"-: {exc}" if name == "-" else str(exc)})
+        except ImageError as exc:  # (its one line names the image)
+            results.append({"source": name, "error": str(exc)})
             continue
         p = model.predict_proba(model_inputs(img, metadata))[0]
         k = int(p.argmax())

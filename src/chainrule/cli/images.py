@@ -16,7 +16,6 @@ from chainrule.apps import images
 from chainrule.cli.options import diverged, positive_int
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
-from chainrule.data.images import MAX_STREAM_BYTES
 from chainrule.errors import TrainingDiverged, UserError
 from chainrule.network import model_directory
 
@@ -99,20 +98,17 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _read_stdin_image() -> bytes:
+def _stdin():
     if sys.stdin is None:
         raise UserError("standard input is closed; give image files or pipe one image in")
-    data = sys.stdin.buffer.read(MAX_STREAM_BYTES + 1)
-    if len(data) > MAX_STREAM_BYTES:
-        raise UserError(f"-: the image on standard input is larger than {MAX_STREAM_BYTES >> 20} MB")
-    return data
+    return sys.stdin.buffer
 
 
 def _cmd_predict(args) -> int:
     model, metadata = _image_model(args)
     if args.images.count("-") > 1:
         raise UserError("'-' (standard input) can be given only once")
-    sources = [_read_stdin_image() if src == "-" else src for src in args.images]
+    sources = [_stdin() if src == "-" else src for src in args.images]  # (read when its turn comes)
     results = images.predict_images(model, metadata, sources)
     failed = 0
     for r in results:

@@ -67,8 +67,19 @@ class ImageError(DataError):
     """The input is not a usable image (empty, unreadable, too large, blank)."""
 
 
+def _read_stream(f, name: str) -> bytes:
+    """All of a stream that is read once (a pipe, a device, standard input), up to MAX_STREAM_BYTES."""
+    data = f.read(MAX_STREAM_BYTES + 1)
+    if len(data) > MAX_STREAM_BYTES:
+        raise ImageError(f"{name}: larger than {MAX_STREAM_BYTES >> 20} MB")
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    return data
+
+
 def _open(source) -> tuple[Image.Image, str]:
-    """Open `source` (path, bytes or PIL image) as a decoded PIL image; returns (image, name for errors)."""
+    """Open `source` (path, bytes, a binary stream such as standard input's, named "-", or a PIL
+    image) as a decoded PIL image; returns (image, name for errors)."""
     if isinstance(source, Image.Image):
         return source, "image"
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -76,6 +87,9 @@ def _open(source) -> tuple[Image.Image, str]:
         if not data:
             raise ImageError("empty file")
         fp = io.BytesIO(data)
+    elif hasattr(source, "read"):
+        name = "-"
+        fp = io.BytesIO(_read_stream(source, name))
     else:
         path = Path(source)
         name = str(path)
@@ -89,12 +103,7 @@ def _open(source) -> tuple[Image.Image, str]:
             fp = path
         else:  # a pipe or a device: read once, as a stream
             with open(path, "rb") as f:
-                data = f.read(MAX_STREAM_BYTES + 1)
-            if len(data) > MAX_STREAM_BYTES:
-                raise ImageError(f"{name}: larger than {MAX_STREAM_BYTES >> 20} MB")
-            if not data:
-                raise ImageError(f"{name}: empty file")
-            fp = io.BytesIO(data)
+                fp = io.BytesIO(_read_stream(f, name))
     prefix = "" if name == "image" else f"{name}: "
     try:
         with warnings.catch_warnings():
@@ -287,8 +296,8 @@ def fit_object(levels: np.ndarray) -> np.ndarray:
 
 
 def preprocess_image(source, picture: str = "digit") -> np.ndarray:
-    """Any image (path, bytes or PIL image) -> (28, 28) float32 in [0, 1], prepared as `picture`
-    says: "digit" as MNIST's digits were, "object" as Fashion-MNIST's products were.
+    """Any image (path, bytes, binary stream or PIL image) -> (28, 28) float32 in [0, 1], prepared as
+    `picture` says: "digit" as MNIST's digits were, "object" as Fashion-MNIST's products were.
 
     Works for any size, colour or grey, dark on light or the reverse, with or without
     transparency. Raises `ImageError` with a one-line reason for empty, unreadable, oversized or
