@@ -7,6 +7,7 @@ import io
 import os
 import struct
 import threading
+import warnings
 import zlib
 
 import numpy as np
@@ -255,6 +256,20 @@ def _in_mode(grey: Image.Image, mode: str) -> Image.Image:
     if mode == "I;16":  # a 16-bit scan: the full 0..65535 range
         return Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)
     return grey.convert(mode)
+
+
+@needs_data
+def test_damaged_exif_data_is_read_past_without_warnings(digits):
+    """A photo whose EXIF orientation has two values: Pillow warns (on stderr, in a command's
+    output) and reads what it can; the picture is what counts."""
+    ifd = struct.pack(">HHHIHHI", 1, 274, 3, 2, 1, 1, 0)  # one entry: orientation, 2 SHORTs (1 expected)
+    exif = b"Exif\x00\x00MM\x00*" + struct.pack(">I", 8) + ifd
+    buf = io.BytesIO()
+    on_paper(digits[0][0], scale=3).convert("RGB").save(buf, "JPEG", exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = preprocess_image(buf.getvalue())
+    assert np.abs(out - preprocess_image(on_paper(digits[0][0], scale=3))).mean() < 0.05
 
 
 @needs_data

@@ -107,6 +107,7 @@ def _open(source) -> tuple[Image.Image, str]:
     prefix = "" if name == "image" else f"{name}: "
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged metadata (EXIF)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(fp)
             w, h = img.size
@@ -306,7 +307,9 @@ def preprocess_image(source, picture: str = "digit") -> np.ndarray:
     if picture not in PICTURES:
         raise ValueError(f"preprocess_image: picture must be one of {PICTURES}, got {picture!r}")
     img, name = _open(source)
-    img = _plain_mode(ImageOps.exif_transpose(img))  # (phone photos are often stored sideways)
+    with warnings.catch_warnings():  # (damaged EXIF data: Pillow warns and reads what it can)
+        warnings.simplefilter("ignore", UserWarning)
+        img = _plain_mode(ImageOps.exif_transpose(img))  # (phone photos are often stored sideways)
     if max(img.size) > WORKING_SIZE:
         img = img.copy()
         img.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
