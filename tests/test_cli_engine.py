@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import chainrule as cr
+from chainrule.apps.checks import GradcheckResult
 from chainrule.cli import main
+from chainrule.cli.engine import gradcheck_table
 
 
 def test_gradcheck_command_passes_on_every_layer_type():
@@ -51,6 +55,30 @@ def test_gradcheck_command_reports_missing_data_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err == f"chainrule: error: {tmp_path / 'nowhere'}: no such folder, and not a known data set " \
         "(mnist, fashion)\n"
+
+
+def test_gradcheck_command_checks_a_saved_model_with_the_loss_it_was_trained_with(tmp_path, capsys):
+    """The `small` preset (the textbook sigmoid network) learns on MSE; its saturated outputs make
+    gradients small beside the loss, which a step of 1e-6 cannot resolve from rounding noise."""
+    if not os.environ.get("CHAINRULE_DATA"):
+        pytest.skip("CHAINRULE_DATA is not set")
+    assert main(["digits", "train", "--model", "small", "--train-size", "1000", "--epochs", "2", "--quiet",
+                 "--out", str(tmp_path / "small")]) == 0
+    capsys.readouterr()
+    assert main(["gradcheck", str(tmp_path / "small")]) == 0
+    out = capsys.readouterr().out
+    assert "with its MeanSquaredError" in out and "gradcheck: PASS" in out
+
+
+def test_gradcheck_says_what_it_could_not_judge_and_what_options_need_a_model(capsys):
+    result = GradcheckResult("t", {"0:Linear": 2e-9, "input": float("nan")})
+    assert result.passed and not result.failed
+    assert "input  " in gradcheck_table(result) and "not judged (every entry tried crossed a kink)" in \
+        gradcheck_table(result)
+    assert not GradcheckResult("t", {"input": float("nan")}).passed
+    assert GradcheckResult("t", {"0:Linear": 2e-6, "input": float("nan")}).failed
+    assert main(["gradcheck", "--samples", "5"]) == 2
+    assert "--samples is for a saved model" in capsys.readouterr().err
 
 
 def test_explain_command_runs(capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import chainrule as cr
-from chainrule.gradcheck import demo_networks, relative_error
+from chainrule.gradcheck import _default_loss, demo_networks, relative_error
 
 
 @pytest.mark.parametrize("index", range(4))
@@ -18,11 +18,37 @@ def test_demo_networks_of_every_layer_type_pass(index):
         assert err < 1e-6, f"{title}: {name} relative error {err:.2e}"
 
 
-def test_every_layer_type_is_covered_by_the_demo_networks():
+def test_every_layer_type_and_every_loss_is_covered_by_the_demo_networks():
     from chainrule.network import LAYER_TYPES
 
     used = {type(layer).__name__ for _, model, _, _ in demo_networks() for layer in model.layers}
     assert used >= set(LAYER_TYPES)
+    losses = {type(_default_loss(model.forward(x), y)).__name__ for _, model, x, y in demo_networks()}
+    assert losses == {"MeanSquaredError", "CrossEntropy", "BinaryCrossEntropy"}
+
+
+def _saturated(sigmoid=cr.Sigmoid) -> cr.Sequential:
+    """Sigmoid outputs pushed to ~5e-5 (a bias of -10): gradients ~1e-5 of the loss, as in a trained
+    textbook network, so that the loss's rounding noise over ε = 1e-6 is ~1e-5 of the gradients."""
+    model = cr.Sequential([cr.Linear(20, 16), cr.Sigmoid(), cr.Linear(16, 10), sigmoid()], seed=0)
+    model.layers[2].bias.data[...] = -10
+    return model
+
+
+class BrokenSigmoid(cr.Sigmoid):
+    """σ with a derivative 0.1% too large."""
+
+    def backward(self, grad_out):
+        return super().backward(grad_out) * 1.001
+
+
+def test_where_rounding_noise_hides_the_gradients_a_larger_step_judges_them():
+    x, y = np.random.default_rng(0).random((4, 20)), np.eye(10)[[0, 1, 2, 3]]
+    assert max(cr.gradcheck(_saturated(), x, y, eps=1e-6).values()) > 1e-5  # noise, not a wrong gradient
+    steps = {}
+    assert max(cr.gradcheck(_saturated(), x, y, steps=steps).values()) < 1e-6
+    assert max(steps.values()) > 1e-6
+    assert cr.gradcheck(_saturated(BrokenSigmoid), x, y)["2:Linear"] > 1e-4  # wrong at every step
 
 
 def test_gradcheck_leaves_the_model_untouched():
@@ -100,6 +126,18 @@ def test_a_layer_whose_every_entry_crosses_a_kink_is_not_judged():
     model.layers[0].weight.data[...] = 3e-7  # the only parameter: the unit's input is 0.03, and a
     errors = cr.gradcheck(model, np.array([[1e5]]), np.array([1]))  # nudge of ±ε moves it by ±0.1
     assert np.isnan(errors["0:Linear"]) and errors["2:Linear"] < 1e-6
+
+
+def test_sampled_entries_that_cross_a_kink_are_replaced_by_others():
+    """Three of four pooling windows tie: most input entries cannot be judged, and a sample of 2
+    drawn among them keeps drawing until 2 can (it was "not judged" with a few samples)."""
+    model = cr.Sequential([cr.MaxPool2D(2), cr.Flatten(), cr.Linear(4, 3)], input_shape=(1, 4, 4), seed=0)
+    x = np.full((1, 1, 4, 4), 0.5)
+    x[0, 0, :2, :2] = np.random.default_rng(0).normal(size=(2, 2))
+    for seed in range(5):
+        kinks = {}
+        errors = cr.gradcheck(model, x, np.array([2]), samples_per_param=2, seed=seed, kinks=kinks)
+        assert errors["input"] < 1e-6 and kinks["input"] <= 12
 
 
 def test_max_pool_ties_are_left_out_of_the_input_check():

@@ -6,17 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chainrule.apps.images import OLD_TASKS, TASK, check_image_model, model_inputs
+from chainrule.apps.images import OLD_TASKS, TASK, check_image_model, model_inputs, presets_for
 from chainrule.apps.spam import featurize, load_spam_model
 from chainrule.data.corpora import read_messages
 from chainrule.data.idx import load_image_set
 from chainrule.data.locate import candidate_dirs
 from chainrule.errors import DataError
-from chainrule.gradcheck import demo_networks, gradcheck
+from chainrule.gradcheck import STEPS, TOLERANCE, demo_networks, gradcheck
 from chainrule.network import load_model
-
-# float64 central differences agree with a correct backward pass to ~1e-8; 1e-6 leaves headroom.
-TOLERANCE = 1e-6
 
 
 def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
@@ -68,33 +65,57 @@ def _random_inputs(model, n: int = 4):
 
 @dataclass
 class GradcheckResult:
-    """One gradient check: what was checked, the largest relative error per layer, and a remark."""
+    """One gradient check: what was checked, the largest relative error per layer (NaN: not
+    judged, every entry tried crossed a kink), and remarks."""
 
     title: str
     errors: dict[str, float]
-    note: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def judged(self) -> bool:
+        return any(not np.isnan(e) for e in self.errors.values())
+
+    @property
+    def failed(self) -> bool:
+        return any(e >= TOLERANCE for e in self.errors.values())  # (NaN, not judged, is not >=)
 
     @property
     def passed(self) -> bool:
-        return all(e < TOLERANCE for e in self.errors.values())
+        """No layer failed and at least one was judged."""
+        return self.judged and not self.failed
 
 
 def gradcheck_models(model_dir=None, data=None, samples: int = 30) -> list[GradcheckResult]:
     """Check every layer type on small networks, or a saved model on real (or random) inputs."""
     if model_dir is None:
-        return [GradcheckResult(title, gradcheck(model, x, y)) for title, model, x, y in demo_networks()]
+        return [_checked(title, model, x, y) for title, model, x, y in demo_networks()]
     model, metadata = load_model(model_dir)
-    if metadata.get("task") == TASK or metadata.get("task") in OLD_TASKS:
+    task = metadata.get("task")
+    if task == TASK or task in OLD_TASKS:
         metadata = check_image_model(model, metadata, model_dir)
-    if metadata.get("task") not in (TASK, *OLD_TASKS, "spam"):  # saved from Python with no task: random inputs
+    if task not in (TASK, *OLD_TASKS, "spam"):  # saved from Python without one of our tasks: random inputs
         x, y = _random_inputs(model)
-        title = f"{model_dir} on {len(y)} random inputs (no task in its metadata)"
-        return [GradcheckResult(title, gradcheck(model, x, y, samples_per_param=samples))]
+        what = "no task in its metadata" if task is None else f"task {task!r} has no data set"
+        return [_checked(f"{model_dir} on {len(y)} random inputs ({what})", model, x, y, samples=samples)]
     x = sample_inputs(model_dir, metadata, data)
     y = _least_likely(model, x)
-    kinks: dict[str, int] = {}
-    errors = gradcheck(model, x, y, samples_per_param=samples, kinks=kinks)
+    preset = presets_for(metadata.get("dataset", "mnist")).get(metadata.get("preset")) if task != "spam" else None
+    loss = preset.loss() if preset is not None else None  # (the loss it was trained with: MSE for `small`)
     title = f"{model_dir} on {len(y)} real inputs, scored against the least likely answers"
-    left_out = ", ".join(f"{n} of {name}" for name, n in kinks.items() if n)
-    note = f"entries left out, their nudge crossed a ReLU or max-pool kink: {left_out}" if left_out else None
-    return [GradcheckResult(title, errors, note)]
+    if loss is not None:
+        title += f" with its {type(loss).__name__}"
+    return [_checked(title, model, x, y, samples=samples, loss=loss)]
+
+
+def _checked(title: str, model, x, y, samples: int | None = None, loss=None) -> GradcheckResult:
+    kinks: dict[str, int] = {}
+    steps: dict[str, float] = {}
+    errors = gradcheck(model, x, y, loss=loss, samples_per_param=samples, kinks=kinks, steps=steps)
+    notes = []
+    if left_out := ", ".join(f"{n} of {name}" for name, n in kinks.items() if n):
+        notes.append(f"entries left out, their nudge crossed a ReLU or max-pool kink: {left_out}")
+    if larger := ", ".join(f"{name} at {step:g}" for name, step in steps.items() if step > STEPS[0]):
+        notes.append(f"judged with a larger step ε, where at {STEPS[0]:g} the loss's rounding noise outweighed "
+                     f"the gradients: {larger}")
+    return GradcheckResult(title, errors, tuple(notes))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from chainrule.apps.checks import TOLERANCE, GradcheckResult, gradcheck_models
+import math
+
+from chainrule.apps.checks import GradcheckResult, gradcheck_models
 from chainrule.cli.options import MAX_EXPLAIN_EPOCHS, explain_epochs, nonnegative_int, positive_int
 from chainrule.errors import UserError
 from chainrule.explain import explain_lines
+from chainrule.gradcheck import TOLERANCE
+
+SAMPLES = 30  # entries of each parameter array of a saved model that `gradcheck` checks by default
 
 
 def _cmd_explain(args) -> int:
@@ -19,9 +24,11 @@ def gradcheck_table(result: GradcheckResult) -> str:
     width = max(len(k) for k in result.errors)
     lines = [result.title, f"  {'layer':<{width}}  max relative error  verdict"]
     for name, err in result.errors.items():
-        lines.append(f"  {name:<{width}}  {err:18.2e}  {'pass' if err < TOLERANCE else 'FAIL'}")
-    if result.note:
-        lines.append(f"  ({result.note})")
+        if math.isnan(err):
+            lines.append(f"  {name:<{width}}  {'-':>18}  not judged (every entry tried crossed a kink)")
+        else:
+            lines.append(f"  {name:<{width}}  {err:18.2e}  {'pass' if err < TOLERANCE else 'FAIL'}")
+    lines += [f"  ({note})" for note in result.notes]
     return "\n".join(lines)
 
 
@@ -29,12 +36,14 @@ def _cmd_gradcheck(args) -> int:
     if args.data is not None and args.model is None:
         raise UserError("--data is for a saved model's real inputs: give the model too (chainrule gradcheck MODEL "
                         "--data DIR)")
-    results = gradcheck_models(args.model, data=args.data, samples=args.samples)
+    if args.samples is not None and args.model is None:
+        raise UserError("--samples is for a saved model (the small networks are checked entry by entry)")
+    results = gradcheck_models(args.model, data=args.data, samples=args.samples or SAMPLES)
     for result in results:
         print(gradcheck_table(result))
-    ok = all(result.passed for result in results)
-    print(f"gradcheck: {'PASS' if ok else 'FAIL'} (tolerance {TOLERANCE:g}, float64 central differences)")
-    return 0 if ok else 1
+    verdict = "FAIL" if any(r.failed for r in results) else "PASS" if all(r.passed for r in results) else "NOT JUDGED"
+    print(f"gradcheck: {verdict} (tolerance {TOLERANCE:g}, float64 central differences)")
+    return 0 if verdict == "PASS" else 1
 
 
 def add_commands(subparsers) -> None:
@@ -48,6 +57,6 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("gradcheck", help="check backprop gradients against finite differences")
     p.add_argument("model", nargs="?", help="a saved model directory (default: small networks of every layer type)")
     p.add_argument("--data", help="data directory for the model's real inputs")
-    p.add_argument("--samples", type=positive_int, default=30,
-                   help="entries checked per parameter array of a saved model (default 30)")
+    p.add_argument("--samples", type=positive_int,
+                   help=f"entries checked per parameter array of a saved model (default {SAMPLES})")
     p.set_defaults(func=_cmd_gradcheck)
