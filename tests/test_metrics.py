@@ -45,7 +45,6 @@ def binary_scores(draw):
 def test_small_cases_by_hand():
     y_true, y_pred = [0, 0, 1, 1, 2], [0, 1, 1, 1, 0]
     assert m.accuracy(y_true, y_pred) == 0.6
-    assert m.accuracy([], []) == 0.0
     cm = m.confusion_matrix(y_true, y_pred)
     np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
     precision, recall, f1 = m.precision_recall_f1(cm)
@@ -57,6 +56,28 @@ def test_small_cases_by_hand():
     assert m.matthews_corrcoef([0, 1, 0, 1], [1, 1, 1, 1]) == 0.0  # undefined: 0
     assert m.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
     assert m.roc_auc([0, 1], [0.5, 0.5]) == 0.5  # a tie counts half
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: m.accuracy([1, 2, 3], [1]), "accuracy: y_true has 3 examples but y_pred has 1"),  # (was broadcast)
+    (lambda: m.accuracy([], []), "accuracy: no examples"),
+    (lambda: m.confusion_matrix([0, 1, 1], [0]), "y_true has 3 examples but y_pred has 1"),
+    (lambda: m.confusion_matrix([0, 1], [2, 1], classes=2), r"labels must be in \[0, 2\), got 1..2"),
+    (lambda: m.confusion_matrix([0, 1.7], [0, 1]), "class labels must be whole numbers"),  # (was truncated)
+    (lambda: m.roc_auc([0, 1, 0], [0.1, 0.9]), "y_true has 3 examples but scores has 2"),
+    (lambda: m.roc_auc([-1, 1], [0.1, 0.9]), r"labels must be in \[0, 2\)"),  # (was 0.0)
+    (lambda: m.roc_auc([0, 1], [np.nan, 0.9]), "the scores contain NaN or infinity"),  # (was 0.5)
+    (lambda: m.matthews_corrcoef([1, 2, 2, 1], [1, 2, 2, 2]), r"labels must be in \[0, 2\)"),
+    (lambda: m.accuracy(np.zeros((3, 2)), np.zeros(3)), "one value per example"),
+])
+def test_inputs_that_cannot_be_scored_are_refused_not_broadcast_or_truncated(call, words):
+    with pytest.raises(ValueError, match=words):
+        call()
+
+
+def test_a_column_of_labels_is_read_as_labels_and_one_class_has_no_auc():
+    assert m.accuracy(np.array([[1], [0], [1]]), np.array([1, 1, 1])) == pytest.approx(2 / 3)  # (was 5/9)
+    assert np.isnan(m.roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))  # undefined (was 0.0, "perfectly inverted")
 
 
 # -- against scikit-learn ----------------------------------------------------------------------------
