@@ -259,3 +259,18 @@ def test_bad_training_options_are_refused_before_anything_is_written(fashion_dir
     assert (code, stderr) == (2, f"chainrule: error: {said}\n")
     assert not (tmp_path / "run").exists()
 
+
+
+def test_a_sigmoid_networks_class_scores_are_shown_as_one_distribution():
+    """The `small` preset ends in a Sigmoid per class (trained on MSE): its scores need not sum to 1,
+    and what predict, evaluate and the web page show as probabilities must."""
+    model = images.build_model(images.PRESETS["mnist"]["small"], 10, seed=0)
+    x = np.random.default_rng(0).random((50, 784), np.float32)
+    scores = model.predict_proba(x)
+    assert not np.allclose(scores.sum(axis=1), 1)
+    p = images.class_distribution(model, scores)
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-6)
+    assert np.array_equal(p.argmax(axis=1), scores.argmax(axis=1))
+    softmax = images.build_model(images.PRESETS["mnist"]["mlp"], 10, seed=0)
+    q = softmax.predict_proba(x)
+    np.testing.assert_array_equal(images.class_distribution(softmax, q), q)  # softmax's: as they are

@@ -282,6 +282,17 @@ def class_names(metadata: dict, model: Sequential | None = None) -> list[str]:
 # -- evaluation ---------------------------------------------------------------------------------
 
 
+def class_distribution(model: Sequential, p: np.ndarray) -> np.ndarray:
+    """The model's probabilities `p` (`predict_proba`, `probabilities(outputs)`) as one distribution
+    over the classes per row. Softmax gives one already; a last Sigmoid (the textbook network,
+    trained on MSE against one-hot targets) scores each class on its own, and its scores sum from
+    ~0.1 to ~1.8 on MNIST's test set: they are divided by their sum."""
+    if isinstance(model.layers[-1], Sigmoid) and p.shape[-1] > 1:
+        total = p.sum(axis=-1, keepdims=True)
+        p = np.divide(p, total, out=np.full_like(p, 1 / p.shape[-1]), where=total > 0)  # (all 0: no opinion)
+    return p
+
+
 def evaluate_images(model: Sequential, metadata: dict, images: np.ndarray, labels: np.ndarray,
                     world: World | None = None) -> dict:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on `(images, labels)`.
@@ -291,7 +302,8 @@ def evaluate_images(model: Sequential, metadata: dict, images: np.ndarray, label
     classes = class_names(metadata, model)
     world = world or World()
     first, last = world.shard(len(images))
-    proba = np.concatenate(world.allgather(model.predict_proba(model_inputs(images[first:last], metadata))))
+    proba = class_distribution(model, model.predict_proba(model_inputs(images[first:last], metadata)))
+    proba = np.concatenate(world.allgather(proba))
     pred = proba.argmax(axis=1)
     cm = M.confusion_matrix(labels, pred, len(classes))
     precision, recall, f1 = M.precision_recall_f1(cm)
@@ -702,7 +714,7 @@ def predict_images(model: Sequential, metadata: dict, sources) -> list[dict]:
         except ImageError as exc:  # (its one line names the image)
             results.append({"source": name, "error": str(exc)})
             continue
-        p = model.predict_proba(model_inputs(img, metadata))[0]
+        p = class_distribution(model, model.predict_proba(model_inputs(img, metadata)))[0]
         k = int(p.argmax())
         result = {"source": name, "label": classes[k], "index": k}
         if classes == DIGITS:

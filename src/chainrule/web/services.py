@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import chainrule
-from chainrule.apps.images import DIGITS, OLD_TASKS, load_image_model, model_inputs
+from chainrule.apps.images import DIGITS, OLD_TASKS, class_distribution, load_image_model, model_inputs
 from chainrule.apps.images import TASK as IMAGES_TASK
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data import idx
@@ -167,7 +167,7 @@ class ImageService:
         x = model_inputs(image[None], self.metadata)
         with self.lock:  # one forward pass gives the answer and, with `explain`, every layer's output
             outputs = self.model.layer_outputs(x) if explain else [self.model.forward(x)]
-            proba = self.model.probabilities(outputs[-1])[0]
+            proba = class_distribution(self.model, self.model.probabilities(outputs[-1]))[0]
             outputs = [out[0].copy() for out in outputs] if explain else None
         k = int(np.argmax(proba))
         result = ImagePrediction(label=self.classes[k], index=k, digit=k if self.classes == DIGITS else None,
