@@ -85,6 +85,27 @@ def test_evaluate_and_show_given_the_models_json_write_into_its_folder(fashion_r
     assert (fashion_run / "eval_metrics.json").is_file() and (fashion_run / "first_layer.png").is_file()
 
 
+def test_an_evaluate_that_stops_part_way_leaves_the_earlier_files_whole(fashion_run, tmp_path, capsys, monkeypatch):
+    """Its three files appear together: stopped after the confusion matrix, or refused for a folder
+    where mistakes.png goes, it left a new matrix beside the old metrics and mistakes."""
+    assert cli(capsys, "images", "evaluate", fashion_run, "--out", tmp_path / "ev")[0] == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ev").iterdir()}
+    assert set(before) == {"eval_metrics.json", "eval_confusion_matrix.png", "mistakes.png"}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(images, "save_mistakes_grid", interrupted)
+    code, _, err = cli(capsys, "images", "evaluate", fashion_run, "--out", tmp_path / "ev", "--top", "7")
+    assert code != 0 and "interrupted" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ev").iterdir()} == before  # (no staging folder left)
+    monkeypatch.undo()
+    (tmp_path / "half" / "mistakes.png").mkdir(parents=True)
+    code, _, err = cli(capsys, "images", "evaluate", fashion_run, "--out", tmp_path / "half")
+    assert code == 2 and err == f"chainrule: error: {tmp_path / 'half' / 'mistakes.png'}: a folder is in the way\n"
+    assert [p.name for p in (tmp_path / "half").iterdir()] == ["mistakes.png"]
+
+
 def test_evaluate_and_predict_name_the_classes(fashion_run, photos, tmp_path, capsys):
     # evaluate: on the set the model was trained on, without being told
     code, stdout, _ = cli(capsys, "images", "evaluate", fashion_run, "--out", tmp_path)

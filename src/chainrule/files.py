@@ -66,6 +66,27 @@ def atomic_open(path) -> Iterator[BinaryIO]:
         raise
 
 
+@contextmanager
+def written_together(directory, names: tuple[str, ...]) -> Iterator[Path]:
+    """A folder in which to write the files `names` (each atomically, as usual), which then appear
+    in `directory` together when the `with` block completes: a run that fails or is interrupted
+    part-way leaves `directory` as it was, never a mix of new and old files. (Each is renamed into
+    place in turn; what could stop a rename, a folder by that name, is refused before the block.)"""
+    directory = Path(directory)
+    for name in names:
+        if (directory / name).is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(directory / name))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next(p for p in (directory, *directory.parents) if p.exists())
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder, is in the way", str(blocking)) from None
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".writing-") as staging:
+        yield Path(staging)
+        for name in names:
+            os.replace(Path(staging) / name, directory / name)
+
+
 def _mode_for(path: Path) -> int:
     """The permissions a plain `open(path, "w")` would give: those of the file being replaced, or
     0666 less the umask. (mkstemp makes its file 0600, so without this every model would be private

@@ -51,7 +51,14 @@ from chainrule.data.augment import clothing_augmenter, digit_augmenter
 from chainrule.data.images import PICTURES, ImageError, preprocess_image
 from chainrule.distributed import World
 from chainrule.errors import DataError, ModelFileError, UserError
-from chainrule.files import LOCK_FILE, atomic_write_bytes, locked_directory, npz_headers, read_npz
+from chainrule.files import (
+    LOCK_FILE,
+    atomic_write_bytes,
+    locked_directory,
+    npz_headers,
+    read_npz,
+    written_together,
+)
 from chainrule.network import model_directory, saved_task
 from chainrule.training import save_history_csv
 
@@ -567,8 +574,10 @@ def train(
         return model, metrics
 
 
-# What `evaluate_saved` and the `show` command write beside a model: a new run's model makes them stale.
-DERIVED_FILES = ("eval_metrics.json", "eval_confusion_matrix.png", "mistakes.png", "first_layer.png")
+# What `evaluate_saved` writes (together), and with what the `show` command writes, beside a model:
+# a new run's model makes them stale.
+EVALUATE_FILES = ("eval_metrics.json", "eval_confusion_matrix.png", "mistakes.png")
+DERIVED_FILES = (*EVALUATE_FILES, "first_layer.png")
 
 
 def _clear_leftovers(out: Path, fresh: bool) -> None:
@@ -689,11 +698,12 @@ def evaluate_saved(model_dir, model: Sequential, metadata: dict, data=None, out=
     report = evaluate_images(model, metadata, test.images, test.labels)
     report = {"dataset": test.name, **report}
     out = Path(out) if out else model_directory(model_dir)  # (model_dir may name its model.json)
-    plots.confusion_matrix(np.array(report["confusion_matrix"]), out / "eval_confusion_matrix.png",
-                           labels=report["classes"],
-                           title=f"{run_name(metadata['dataset'])}, {idx.title(test.name)} test set")
-    shown = save_mistakes_grid(report, test.images, test.labels, out / "mistakes.png", top)
-    atomic_write_bytes(out / "eval_metrics.json", json.dumps(_public(report), indent=2).encode())
+    with written_together(out, EVALUATE_FILES) as new:  # (an interrupted evaluate leaves the earlier set)
+        plots.confusion_matrix(np.array(report["confusion_matrix"]), new / "eval_confusion_matrix.png",
+                               labels=report["classes"],
+                               title=f"{run_name(metadata['dataset'])}, {idx.title(test.name)} test set")
+        shown = save_mistakes_grid(report, test.images, test.labels, new / "mistakes.png", top)
+        atomic_write_bytes(new / "eval_metrics.json", json.dumps(_public(report), indent=2).encode())
     return report, shown
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from chainrule import distributed
 from chainrule.apps import images
-from chainrule.cli.options import diverged, positive_int
+from chainrule.cli.options import MAX_MISTAKES_SHOWN, diverged, mistakes_shown, positive_int
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
 from chainrule.errors import TrainingDiverged, UserError
@@ -195,8 +195,8 @@ def _add_group(subparsers, group: str) -> None:
     p.add_argument("model", metavar="MODEL", help=f"model directory (from {group} train)")
     p.add_argument("--data", metavar="NAME|DIR",
                    help="the test set's data set or folder (default: the one the model was trained on)")
-    p.add_argument("--top", type=positive_int, default=25, metavar="N",
-                   help="how many confidently wrong images to draw (default 25)")
+    p.add_argument("--top", type=mistakes_shown, default=25, metavar="N",
+                   help=f"how many confidently wrong images to draw (default 25, at most {MAX_MISTAKES_SHOWN})")
     p.add_argument("--out", metavar="DIR", help="where to write figures (default: the model directory)")
     p.set_defaults(func=_cmd_evaluate, **defaults)
 

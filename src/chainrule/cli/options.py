@@ -122,6 +122,13 @@ def explain_epochs(text: str) -> int:
     return _number(text, int, lambda v: 0 < v <= MAX_EXPLAIN_EPOCHS, f"an integer from 1 to {MAX_EXPLAIN_EPOCHS:,}")
 
 
+MAX_MISTAKES_SHOWN = 500  # tiles in mistakes.png: 100 rows of 5, ~11,000 pixels tall
+
+
+def mistakes_shown(text: str) -> int:
+    return _number(text, int, lambda v: 0 < v <= MAX_MISTAKES_SHOWN, f"an integer from 1 to {MAX_MISTAKES_SHOWN}")
+
+
 MAX_BYTES_LIMIT = 1 << 30  # a message is read whole into memory (and a read of N bytes may reserve N)
 
 
