@@ -73,6 +73,20 @@ def test_nan_guard_stops_on_an_absurd_learning_rate_and_keeps_finite_weights():
     assert np.isfinite(value)
 
 
+def test_gradients_that_overflow_inside_adam_are_a_divergence_though_the_loss_stays_finite():
+    """With Adam, a gradient whose square overflows float32 makes v infinite for good: the step of
+    those weights is m / inf = 0, they stop moving, and the loss (CrossEntropy's log-softmax stays
+    finite on huge scores) never shows it. The epoch's end finds it in the optimizer's moments."""
+    x, y = blobs()
+    model = cr.Sequential([cr.Linear(10, 32), cr.ReLU(), cr.Linear(32, 32), cr.ReLU(), cr.Linear(32, 32), cr.ReLU(),
+                           cr.Linear(32, 3)], seed=0)
+    with np.errstate(all="ignore"), pytest.raises(cr.TrainingDiverged, match=r"the gradients \(the optimizer's v\) "
+                                                                            r"became inf at epoch 1 \(lr=1e\+08\)"):
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=1e8), epochs=3, batch_size=16,
+               verbose=False)
+    assert np.all(np.isfinite(model.flat_params))
+
+
 def test_nan_guard_restores_the_weights_of_the_last_finite_loss_exactly():
     """The weights the guard keeps are those the last batch with a finite loss ran on: the weights
     before the step that made the loss NaN."""

@@ -22,16 +22,23 @@ class ModelFileError(UserError, ValueError):
 
 
 class TrainingDiverged(ArithmeticError):
-    """The loss became NaN or infinite; the model holds the last weights that gave a finite loss.
-    `loss`, `epoch` and `batch` (counted from 1) and `lr` say where."""
+    """The loss (`what`) became NaN or infinite, or the gradients did (found in the optimizer's
+    moments at the end of an epoch, `batch` None); the model holds the last weights that gave a
+    finite loss.
+    `loss` (the value), `epoch` and `batch` (counted from 1) and `lr` say where."""
 
-    def __init__(self, loss: float, epoch: int, batch: int, lr: float):
-        self.loss, self.epoch, self.batch, self.lr = loss, epoch, batch, lr
-        super().__init__(f"loss became {loss} at epoch {epoch}, batch {batch} (lr={lr:g}); "
-                         "kept the last weights with a finite loss — try a smaller learning rate")
+    def __init__(self, loss: float, epoch: int, batch: int | None, lr: float, what: str = "the loss"):
+        self.loss, self.epoch, self.batch, self.lr, self.what = loss, epoch, batch, lr, what
+        super().__init__(f"{self.where()} (lr={lr:g}); kept the last weights with a finite loss — try a smaller "
+                         "learning rate")
+
+    def where(self) -> str:
+        """E.g. "the loss became nan at epoch 2, batch 17"."""
+        return f"{self.what} became {self.loss} at epoch {self.epoch}" + (
+            f", batch {self.batch}" if self.batch is not None else "")
 
     def __reduce__(self):  # (pickled with its own arguments, not the message)
-        return type(self), (self.loss, self.epoch, self.batch, self.lr)
+        return type(self), (self.loss, self.epoch, self.batch, self.lr, self.what)
 
 
 def one_line(exc: BaseException) -> str:

@@ -140,6 +140,17 @@ class _DivergenceGuard:
         raise TrainingDiverged(loss, epoch + 1, batch + 1, lr)
 
 
+def _check_optimizer_state(optimizer, epoch: int) -> None:
+    """Raise TrainingDiverged if the optimizer's moments hold an infinity or NaN: a gradient whose
+    square overflowed makes Adam's v infinite for good, and the weights it divides stop moving,
+    while the loss stays finite (the guard never sees it). Once an epoch: a pass over the moments."""
+    for name, values in optimizer.state().items():
+        if values.ndim and not np.isfinite(values).all():
+            bad = values[~np.isfinite(values)][0]
+            raise TrainingDiverged(float(bad), epoch + 1, None, optimizer.lr,
+                                   what=f"the gradients (the optimizer's {name})")
+
+
 def _split(x, y, validation_split, rng):
     n = x.shape[0]
     n_val = int(round(n * validation_split))
@@ -337,6 +348,7 @@ def fit(
                 running.add(*stats)
                 for cb in callbacks:
                     cb.on_batch_end(b, {**running.logs(), "examples": running.examples})
+            _check_optimizer_state(optimizer, epoch)
             seconds = time.perf_counter() - t0
 
             logs = {"epoch": epoch + 1, **running.logs()}

@@ -72,8 +72,7 @@ class Parser(argparse.ArgumentParser):
 def diverged(exc) -> str:
     """The one-line error of a `train` command whose loss blew up (`TrainingDiverged`): where, and
     that the run saved no model."""
-    return (f"training diverged: the loss became {exc.loss} at epoch {exc.epoch}, batch {exc.batch} "
-            f"(lr {exc.lr:g}); no model was saved — try a smaller --lr")
+    return f"training diverged: {exc.where()} (lr {exc.lr:g}); no model was saved — try a smaller --lr"
 
 
 def _number(text: str, kind: type, ok, expected: str):
