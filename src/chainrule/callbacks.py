@@ -54,12 +54,14 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when the monitored metric has not improved for `patience` epochs.
+    """Stop when the monitored metric has gone more than `patience` epochs without improving.
 
     Args:
         monitor: a key of the epoch logs, e.g. "val_loss" (lower is better) or "val_accuracy"
             (higher is better; any key containing "accuracy" is maximised).
-        patience: epochs without improvement to wait before stopping.
+        patience: epochs in a row without improvement that are tolerated; the next one without
+            improvement stops the run (patience 0 stops at the first). Keras and Lightning stop one
+            epoch sooner, at the `patience`-th.
         min_delta: an improvement smaller than this does not count.
         restore_best_weights: at the end of training — whether it stopped early or ran out of
             epochs — put back the weights of the best epoch.
