@@ -113,6 +113,27 @@ def test_explain_command_refuses_more_epochs_than_it_can_keep(capsys):
     assert "expected an integer from 1 to 1,000,000, got '1000001'" in capsys.readouterr().err
 
 
+def test_explain_says_when_xor_is_not_solved(capsys):
+    assert main(["explain", "--seed", "47"]) == 0  # a start that gets stuck (2/4)
+    out = capsys.readouterr().out
+    assert "2/4 correct.\n  Not solved: " in out
+    assert main(["explain", "--epochs", "1"]) == 0
+    assert "SGD lr 0.5, 1 epoch.\n" in capsys.readouterr().out
+
+
+def test_output_an_ascii_terminal_cannot_show_is_escaped_and_a_closed_pipe_is_sigpipes_status():
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "explain", "--epochs", "10"], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 0 and "z1 = x \\xb7 W1 + b1" in proc.stdout, proc.stderr
+    # a reader that stops early (`| head -1`): the status a program stopped by SIGPIPE gives, not 0
+    with subprocess.Popen([sys.executable, "-m", "chainrule.cli", "explain"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        proc.stdout.readline()
+        proc.stdout.close()
+        assert proc.wait() == 141 and proc.stderr.read() == b""
+
+
 def test_readme_python_example_runs(capsys):
     """The README's build-fit-evaluate example, run exactly as written."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -164,7 +164,7 @@ def explain_lines(seed: int = 1, epochs: int = 2000) -> Iterator[str]:
         f"  The same example now has loss {new_loss:.6f} (was {float(s['loss']):.6f}).",
         "",
         "Then repeat: training on all four XOR examples",
-        f"  chainrule.fit: all 4 examples per step (full batch), SGD lr {LR}, {epochs} epochs.",
+        f"  chainrule.fit: all 4 examples per step (full batch), SGD lr {LR}, {epochs} epoch{'s' * (epochs != 1)}.",
     ]
     yield from lines
     lines = []
@@ -181,4 +181,7 @@ def explain_lines(seed: int = 1, epochs: int = 2000) -> Iterator[str]:
         lines.append(f"    x = ({int(xi[0])}, {int(xi[1])})   y = {yi}   p = {pi:.4f}   {verdict}")
     correct = int(((probs > 0.5) == XOR_Y.astype(bool)).sum())
     lines.append(f"  {correct}/4 correct.")
+    if correct < 4:
+        lines.append("  Not solved: from this seed's starting weights gradient descent is stuck where the loss is "
+                     "flat (a 2-3-1 network has such places); try another --seed, or more --epochs.")
     yield from lines

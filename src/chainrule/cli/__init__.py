@@ -41,6 +41,8 @@ MPI_COMMANDS = "digits train, images train, spam train, spam classify"
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code. The one place where errors become messages."""
+    if hasattr(sys.stdout, "reconfigure"):  # (a terminal or pipe that cannot show "·" or "é": \xb7, not a crash)
+        sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     world = distributed.World()  # this process alone, until the launcher's world is known
@@ -60,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         print("chainrule: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # the reader went away (`| head`): send what is still buffered nowhere, and stop quietly
+        # the reader went away (`| head`): send what is still buffered nowhere, and stop quietly,
+        # with the status of a program that SIGPIPE stopped (128 + 13), as `cat` or `grep` do: the
+        # command did not finish (a verdict or exit code it would have given is lost)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return 141
     except (UserError, OSError) as exc:
         return _fail(world, one_line(exc), args.error_exit)
     except Exception as exc:
