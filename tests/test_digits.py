@@ -156,7 +156,7 @@ def test_a_model_saved_by_chainrule_0_1_still_loads_and_gives_the_same_answers(t
         answers.append(stdout.split("\n\nwrote")[0])
     assert answers[0] == answers[2] and answers[0]["digit"] == answers[0]["index"] and answers[0]["label"] == "7"
     assert answers[1] == answers[3] and answers[1].startswith("test accuracy: ")
-    assert "digit  precision  recall     f1  support" in answers[1]
+    assert "digit  precision   recall       f1  support" in answers[1]
 
 
 # -- predicting from image files -------------------------------------------------------------------

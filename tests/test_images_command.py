@@ -110,7 +110,7 @@ def test_evaluate_and_predict_name_the_classes(fashion_run, photos, tmp_path, ca
     # evaluate: on the set the model was trained on, without being told
     code, stdout, _ = cli(capsys, "images", "evaluate", fashion_run, "--out", tmp_path)
     assert code == 0
-    assert stdout.startswith("test accuracy: ") and "class        precision  recall" in stdout
+    assert stdout.startswith("test accuracy: ") and "class        precision   recall" in stdout
     for name in FASHION:
         assert f"\n{name:>11}  " in stdout  # a row of the per-class table
     assert "0 T-shirt/top" in stdout and "9 Ankle boot" in stdout  # rows of the confusion matrix
@@ -295,3 +295,15 @@ def test_a_sigmoid_networks_class_scores_are_shown_as_one_distribution():
     softmax = images.build_model(images.PRESETS["mnist"]["mlp"], 10, seed=0)
     q = softmax.predict_proba(x)
     np.testing.assert_array_equal(images.class_distribution(softmax, q), q)  # softmax's: as they are
+
+
+def test_the_per_class_table_keeps_its_columns_at_100_percent():
+    from chainrule.cli.images import report_text
+
+    per_class = {"0": {"precision": 0.9054, "recall": 1.0, "f1": 0.9504, "support": 10},
+                 "1": {"precision": 1.0, "recall": 0.8, "f1": 0.8889, "support": 10}}
+    report = {"accuracy": 0.9, "n": 20, "errors": 2, "classes": ["0", "1"], "per_class": per_class,
+              "confusion_matrix": [[10, 0], [2, 8]]}
+    header, *rows = report_text(report).split("\n\n")[1].splitlines()
+    assert rows == ["    0     90.54%  100.00%   95.04%       10", "    1    100.00%   80.00%   88.89%       10"]
+    assert all(len(row) == len(header) for row in rows)

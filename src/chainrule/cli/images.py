@@ -63,10 +63,10 @@ def report_text(report: dict) -> str:
     word = "digit" if digits else "class"
     width = max(5, *(len(c) for c in classes))
     lines = [f"test accuracy: {100 * report['accuracy']:.2f}% ({report['n'] - report['errors']}/{report['n']})",
-             "", f"{word:<{width}}  precision  recall     f1  support"]
-    for name, s in report["per_class"].items():
-        lines.append(f"{name:>{width}}  {100 * s['precision']:8.2f}%  {100 * s['recall']:5.2f}%  "
-                     f"{100 * s['f1']:5.2f}  {s['support']:7d}")
+             "", f"{word:<{width}}  precision   recall       f1  support"]
+    for name, s in report["per_class"].items():  # (each column as wide as "100.00%" or its header)
+        lines.append(f"{name:>{width}}  {100 * s['precision']:8.2f}%  {100 * s['recall']:6.2f}%  "
+                     f"{100 * s['f1']:6.2f}%  {s['support']:7d}")
     # rows are labelled with the class (and its number, when it has a name); columns with the number
     rows = classes if digits else [f"{k} {name}" for k, name in enumerate(classes)]
     label = max(6, *(len(r) + 1 for r in rows))
