@@ -139,3 +139,19 @@ def test_precision_recall_curve_matches_sklearn(case):
     np.testing.assert_allclose(thresholds, want_t[::-1], rtol=1e-12)
     np.testing.assert_allclose(precision, want_p[:-1][::-1], rtol=1e-12)
     np.testing.assert_allclose(recall, want_r[:-1][::-1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("cm, labels, words", [
+    (np.array([[0.5, 0.5], [0.2, 0.8]]), None, "the cells must be counts"),  # (a normalised matrix read "0")
+    (np.array([[1, np.nan], [0, 1]]), None, "the cells must be counts"),
+    (np.array([[1, 0, 0], [0, 1, 0]]), None, "expected a square matrix of counts"),
+    (np.eye(2, dtype=int), ["a"], "1 labels for 2 classes"),
+])
+def test_a_confusion_matrix_figure_is_drawn_of_counts_only(cm, labels, words, tmp_path):
+    from chainrule import plots
+
+    with pytest.raises(ValueError, match=words):
+        plots.confusion_matrix(cm, tmp_path / "cm.png", labels=labels)
+    assert not (tmp_path / "cm.png").exists()
+    with pytest.raises(ValueError, match="a figure file ends in one of"):  # (PGF needs LaTeX: was an internal error)
+        plots.confusion_matrix(np.eye(2, dtype=int), tmp_path / "cm.pgf")

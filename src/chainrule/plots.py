@@ -40,7 +40,7 @@ def save_figure(fig, path, dpi: int = 110) -> None:
     """Render `fig` in the format its suffix names (PNG, SVG, PDF, JPEG, ...) and write it
     atomically to `path`; an unknown suffix is a ValueError naming the formats."""
     kind = Path(path).suffix.lower().lstrip(".")
-    formats = fig.canvas.get_supported_filetypes()
+    formats = set(fig.canvas.get_supported_filetypes()) - {"pgf"}  # (PGF needs a LaTeX installation)
     if kind not in formats:
         raise ValueError(f"{path}: a figure file ends in one of .{', .'.join(sorted(formats))}")
     buf = io.BytesIO()
@@ -81,13 +81,21 @@ MATRIX_CELLS_WRITTEN = 40
 
 
 def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion matrix") -> None:
-    """A confusion matrix as a heat map with the count in every cell (rows: true, columns: predicted).
+    """A confusion matrix of counts (`metrics.confusion_matrix`) as a heat map with the count in
+    every cell (rows: true, columns: predicted), and one label per class.
 
     The colour scale is logarithmic so the few mistakes stay visible next to the large diagonal.
     """
     cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or not cm.size:
+        raise ValueError(f"confusion_matrix: expected a square matrix of counts, got shape {cm.shape}")
+    if not (np.issubdtype(cm.dtype, np.number) and np.all(np.isfinite(cm)) and np.all(cm >= 0)
+            and np.all(cm == np.round(cm))):
+        raise ValueError("confusion_matrix: the cells must be counts (whole numbers >= 0)")
     k = cm.shape[0]
     labels = [str(i) for i in range(k)] if labels is None else [str(x) for x in labels]
+    if len(labels) != k:
+        raise ValueError(f"confusion_matrix: {len(labels)} labels for {k} classes")
     side = min(k, MATRIX_CELLS_WRITTEN)  # beyond that, cells too small to write in: the colours alone
     fig, ax = _subplots(figsize=(1.0 + 0.55 * side, 0.8 + 0.5 * side))
     shown = np.log1p(cm.astype(float))
