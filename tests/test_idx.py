@@ -134,6 +134,9 @@ def test_class_names_of_a_folder_come_from_classes_txt_else_from_the_labels(tmp_
     s = load_image_set(folder, "train")
     assert s.classes == ["zero", "un", "zwei", "drie", "quattro", "cinq"]  # more names than labels is fine
     np.testing.assert_array_equal(s.labels, five)
+    # lines end at \n, \r\n or \r, not inside a name at a form feed or U+2028 (str.splitlines' other breaks)
+    (folder / "classes.txt").write_text("zero\r\nun\x0cone\nzwei\u2028two\rdrie\nquattro\n", encoding="utf-8")
+    assert load_image_set(folder, "test").classes == ["zero", "un\x0cone", "zwei\u2028two", "drie", "quattro"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -224,7 +224,8 @@ def read_classes(path) -> list[str]:
         text = path.read_bytes()[: 1 << 20].decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    names = [line.strip() for line in text.splitlines()]
+    # lines end in \n, \r\n or \r only (str.splitlines also splits at \f, \x1c-\x1e, \x85, U+2028, ...)
+    names = [line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     while names and not names[-1]:
         names.pop()
     if "" in names:
