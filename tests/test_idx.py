@@ -408,6 +408,14 @@ def test_download_is_verified_on_the_decompressed_bytes(name, tmp_path, monkeypa
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in NAMES)
 
 
+def test_a_download_draws_no_progress_bar_where_stderr_is_not_a_terminal(monkeypatch, isolated, capfd):
+    """Piped or logged, a bar's redrawn frames are kilobytes of carriage returns per file."""
+    with serving(Path(DATA) / "mnist") as url:
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        assert len(load_mnist("test")[1]) == 10000
+    assert "\r" not in capfd.readouterr().err
+
+
 def test_a_download_cut_short_or_not_gzip_is_refused(tmp_path, monkeypatch, isolated):
     source = Path(DATA) / "mnist"
     whole = (source / "t10k-labels-idx1-ubyte.gz").read_bytes()

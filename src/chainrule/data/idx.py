@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import urllib.error
 import urllib.request
 import zlib
@@ -43,6 +44,8 @@ import numpy as np
 from chainrule.data.locate import cache_dir, candidate_dirs
 from chainrule.errors import DataError
 from chainrule.files import atomic_open
+
+log = logging.getLogger(__name__)
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -352,8 +355,10 @@ def download(name: str = "mnist", directory=None, progress: bool = True) -> Path
         # written beside the target and renamed into place only if the checksum matches
         with atomic_open(target) as out, urllib.request.urlopen(url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
+            log.info("downloading %s", url)
+            # (disable=None: no bar where stderr is not a terminal, a log file or a pipe)
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"{known.title} {target.name}",
-                      disable=not progress, leave=False) as bar:
+                      disable=None if progress else True, leave=False) as bar:
 
                 def received():
                     while chunk := resp.read(1 << 16):
