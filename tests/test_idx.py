@@ -318,6 +318,13 @@ def test_offline_with_nothing_found_says_where_to_put_the_files(isolated):
         load_mnist("train")
 
 
+def test_a_set_named_like_a_folder_here_says_how_to_name_the_folder(isolated, tmp_path, monkeypatch):
+    (tmp_path / "mnist").mkdir()  # `--data mnist` is the data set; the folder is --data ./mnist
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"the folder mnist here is --data \./mnist\)$"):
+        load_image_set("mnist", "train")
+
+
 def test_explicit_folder_without_files_is_an_error_not_a_download(tmp_path, monkeypatch):
     monkeypatch.setattr(idx.urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
     with pytest.raises(DataError, match="not found"):

@@ -310,6 +310,8 @@ def where_to_put(source=None, default: str | None = "mnist") -> str:
     hint = f"put {names} in {places}"
     if known is not None and known.package:
         hint = f"install it (apt-get install {known.package}) or {hint}"
+    if known is not None and source is not None and Path(str(source)).is_dir():  # a folder of that name here
+        return hint + f" (or pass --data DIR: the folder {source} here is --data ./{source})"
     return hint + (" (or pass --data DIR)" if known is not None else "")
 
 
