@@ -140,7 +140,9 @@ def test_evaluate_and_predict_name_the_classes(fashion_run, photos, tmp_path, ca
 
 def test_gradcheck_takes_a_fashion_models_inputs_from_its_own_data_set(fashion_run, capsys):
     code, stdout, _ = cli(capsys, "gradcheck", fashion_run, "--samples", "5")
-    assert code == 0 and "real inputs" in stdout and "PASS" in stdout
+    assert code == 0 and "on 4 Fashion-MNIST test images, scored" in stdout and "PASS" in stdout
+    code, stdout, _ = cli(capsys, "gradcheck", fashion_run, "--samples", "5", "--data", "mnist")  # said so
+    assert code == 0 and "on 4 MNIST test images (it was trained on Fashion-MNIST)" in stdout
 
 
 def test_a_fashion_model_is_not_scored_on_digits(fashion_run):

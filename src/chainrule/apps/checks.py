@@ -8,6 +8,7 @@ import numpy as np
 
 from chainrule.apps.images import OLD_TASKS, TASK, check_image_model, model_inputs, presets_for
 from chainrule.apps.spam import featurize, load_spam_model
+from chainrule.data import idx
 from chainrule.data.corpora import read_messages
 from chainrule.data.idx import load_image_set
 from chainrule.data.locate import candidate_dirs
@@ -18,11 +19,14 @@ from chainrule.network import load_model
 
 def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
     """A few real inputs for a saved model, from the data set its task names (the labels come from
-    `_least_likely`)."""
+    `_least_likely`), and where they come from, in words."""
     task = metadata.get("task")
-    if task == TASK or task in OLD_TASKS:  # the test set of the image set it was trained on
-        images = load_image_set(data_dir, "test", default=metadata.get("dataset", "mnist")).images
-        return model_inputs(images[:n], metadata)
+    if task == TASK or task in OLD_TASKS:  # the test set of the image set it was trained on, or --data's
+        trained_on = metadata.get("dataset", "mnist")
+        test = load_image_set(data_dir, "test", default=trained_on)
+        where = f"{idx.title(test.name)} test images" + ("" if test.name == trained_on else
+                                                         f" (it was trained on {idx.title(trained_on)})")
+        return model_inputs(test.images[:n], metadata), where
     if task == "spam":
         bundle = load_spam_model(model_dir)  # (its hashing config and idf weights, checked)
         # the first n messages of each SpamAssassin tarball (spam and ham), hashed as the model hashes
@@ -37,7 +41,7 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
                     break
                 items.append(("mail", msg.data))
         x, _ = featurize(items, bundle.config, processes=1, idf=bundle.idf)
-        return x
+        return x, "SpamAssassin messages"
     raise ValueError(f"model task {task!r} has no sample inputs for gradcheck")
 
 
@@ -98,11 +102,11 @@ def gradcheck_models(model_dir=None, data=None, samples: int = 30) -> list[Gradc
         x, y = _random_inputs(model)
         what = "no task in its metadata" if task is None else f"task {task!r} has no data set"
         return [_checked(f"{model_dir} on {len(y)} random inputs ({what})", model, x, y, samples=samples)]
-    x = sample_inputs(model_dir, metadata, data)
+    x, where = sample_inputs(model_dir, metadata, data)
     y = _least_likely(model, x)
     preset = presets_for(metadata.get("dataset", "mnist")).get(metadata.get("preset")) if task != "spam" else None
     loss = preset.loss() if preset is not None else None  # (the loss it was trained with: MSE for `small`)
-    title = f"{model_dir} on {len(y)} real inputs, scored against the least likely answers"
+    title = f"{model_dir} on {len(y)} {where}, scored against the least likely answers"
     if loss is not None:
         title += f" with its {type(loss).__name__}"
     return [_checked(title, model, x, y, samples=samples, loss=loss)]
