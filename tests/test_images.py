@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import struct
@@ -219,8 +220,11 @@ def test_bad_images_get_one_line_errors(tmp_path, content, expected):
         content = png(noisy)[:3000]
     path = tmp_path / "input.png"
     path.write_bytes(content)
-    with pytest.raises(ImageError) as exc_info:
-        load_digit_image(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)  # the file is closed however it failed
+        with pytest.raises(ImageError) as exc_info:
+            load_digit_image(path)
+        gc.collect()
     msg = str(exc_info.value)
     assert expected in msg and str(path) in msg and "\n" not in msg
     if content:

@@ -30,6 +30,7 @@ a plain background that reaches the edges of the picture.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -106,10 +107,13 @@ def _open(source) -> tuple[Image.Image, str]:
                 fp = io.BytesIO(_read_stream(f, name))
     prefix = "" if name == "image" else f"{name}: "
     try:
-        with warnings.catch_warnings():
+        # A file is open only while the image is decoded (the decoded first frame is all we use):
+        # left to Pillow, one refused for its size, or a frame of an animation, stays open.
+        with (open(fp, "rb") if isinstance(fp, Path) else contextlib.nullcontext(fp)) as f, \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged metadata (EXIF)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+            img = Image.open(f)
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ImageError(f"{prefix}{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
