@@ -7,6 +7,7 @@ import gc
 import io
 import os
 import struct
+import sys
 import threading
 import warnings
 import zlib
@@ -214,17 +215,20 @@ def fake_png_header(width: int, height: int) -> bytes:
         (png(Image.new("RGB", (50, 50), (10, 200, 10))), "no ink"),
     ],
 )
-def test_bad_images_get_one_line_errors(tmp_path, content, expected):
+def test_bad_images_get_one_line_errors(tmp_path, content, expected, monkeypatch):
     if content is None:
         noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8))
         content = png(noisy)[:3000]
     path = tmp_path / "input.png"
     path.write_bytes(content)
+    unclosed = []  # the file is closed however it failed (a file left open warns when collected)
+    monkeypatch.setattr(sys, "unraisablehook", unclosed.append)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", ResourceWarning)  # the file is closed however it failed
+        warnings.simplefilter("error", ResourceWarning)
         with pytest.raises(ImageError) as exc_info:
             load_digit_image(path)
         gc.collect()
+    assert not unclosed, unclosed[0].exc_value
     msg = str(exc_info.value)
     assert expected in msg and str(path) in msg and "\n" not in msg
     if content:
