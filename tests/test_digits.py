@@ -477,6 +477,24 @@ def test_resume_without_the_runs_options_is_refused(tmp_path):
         images.resolve_run_options({"epochs": 1, "seed": 3}, out, resume=True)
 
 
+def test_a_run_stopped_while_it_draws_its_figures_leaves_the_earlier_model_with_its_own(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """The model was saved first, then its metrics and figures: Ctrl-C in between left the new
+    model beside the earlier run's metrics.json, history.csv and figures."""
+    out = tmp_path / "run"
+    assert cli(capsys, "digits", "train", *TINY[:4], "--epochs", "1", "--quiet", "--out", out)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name not in ("checkpoint.npz", "run.json")}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(images.plots, "gradient_flow", interrupted)  # the last figure drawn
+    code, _, err = cli(capsys, "digits", "train", *TINY[:4], "--epochs", "2", "--quiet", "--out", out)
+    assert code != 0 and "interrupted" in err
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name not in ("checkpoint.npz", "run.json")}
+    assert after == before  # (no staging folder left either)
+
+
 def test_a_new_run_over_an_old_one_leaves_nothing_of_the_old_models_evaluation(tmp_path):
     """eval_metrics.json, mistakes.png and first_layer.png of the earlier model stayed beside the
     new one, and a killed run's partial checkpoint file stayed for good."""

@@ -563,15 +563,23 @@ def train(
         }
         if not writer:
             return model, metrics
-        model.save(out, metadata)
-        atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
-        save_history_csv(history, out / "history.csv")
-        if figures:
-            plots.learning_curves(history, out / "learning_curves.png", title=f"{name} {model_name}: learning curves")
-            plots.confusion_matrix(np.array(report["confusion_matrix"]), out / "confusion_matrix.png", labels=classes,
-                                   title=f"{name} {model_name}, {idx.title(dataset)} test set")
-            plots.gradient_flow(history, out / "gradient_flow.png", title=f"{name} {model_name}: gradient flow")
+        # The metrics and figures are drawn first, beside the folder, and renamed into it right
+        # after the model is saved: Ctrl-C while they are drawn leaves the earlier model with its own.
+        with written_together(out, RUN_FILES if figures else RUN_FILES[:2]) as new:
+            atomic_write_bytes(new / "metrics.json", json.dumps(metrics, indent=2).encode())
+            save_history_csv(history, new / "history.csv")
+            if figures:
+                plots.learning_curves(history, new / "learning_curves.png",
+                                      title=f"{name} {model_name}: learning curves")
+                plots.confusion_matrix(np.array(report["confusion_matrix"]), new / "confusion_matrix.png",
+                                       labels=classes, title=f"{name} {model_name}, {idx.title(dataset)} test set")
+                plots.gradient_flow(history, new / "gradient_flow.png", title=f"{name} {model_name}: gradient flow")
+            model.save(out, metadata)
         return model, metrics
+
+
+# What a run writes beside its model: the metrics and history, then its figures.
+RUN_FILES = ("metrics.json", "history.csv", "learning_curves.png", "confusion_matrix.png", "gradient_flow.png")
 
 
 # What `evaluate_saved` writes (together), and with what the `show` command writes, beside a model:
