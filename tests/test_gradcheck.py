@@ -128,6 +128,26 @@ def test_a_layer_whose_every_entry_crosses_a_kink_is_not_judged():
     assert np.isnan(errors["0:Linear"]) and errors["2:Linear"] < 1e-6
 
 
+class BrokenLinear(cr.Linear):
+    """A Linear whose first weight's gradient is twice what it is."""
+
+    def backward(self, grad_out):
+        grad_in = super().backward(grad_out)
+        self.weight.grad.reshape(-1)[0] *= 2
+        return grad_in
+
+
+def test_a_larger_step_never_judges_fewer_entries_than_the_first():
+    """The unit's input sits 5e-5 from its kink: judged at ε = 1e-6, the wrong entry crosses the
+    kink at 1e-4; had it been left out there, the rest would have passed the layer."""
+    model = cr.Sequential([BrokenLinear(2, 1), cr.ReLU(), cr.Linear(1, 1)], seed=0, dtype=np.float64)
+    model.layers[0].weight.data[...] = 1
+    model.layers[0].bias.data[...] = -1 - 1e-3 + 5e-5
+    steps = {}
+    errors = cr.gradcheck(model, np.array([[1.0, 1e-3]]), np.array([[0.3]]), steps=steps)
+    assert errors["0:BrokenLinear"] > 0.1 and "0:BrokenLinear" not in steps  # (no step note on a failure)
+
+
 def test_sampled_entries_that_cross_a_kink_are_replaced_by_others():
     """Three of four pooling windows tie: most input entries cannot be judged, and a sample of 2
     drawn among them keeps drawing until 2 can (it was "not judged" with a few samples)."""

@@ -70,10 +70,12 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
         loss: defaults to CrossEntropy for integer labels, BCE for one output, else MSE.
         eps: the step ε, or steps to try in order: an array whose error at one step is above
             `TOLERANCE` is checked again, on the same entries, at the next, and its smallest error
-            counts. A central difference is off by O(ε²) (the loss's curvature) plus the loss's
-            rounding noise divided by ε (~1e-16·|L|/ε): where the gradients are small beside the
-            loss (a deep or saturated network) that noise can pass 1e-6 of the gradient at ε =
-            1e-6 while 1e-4 sees the gradient clearly. A wrong backward pass is wrong at every step.
+            counts (the search ends at a step where one of those entries crosses a kink: a wrong
+            entry must not slip out of the check). A central difference is off by O(ε²) (the
+            loss's curvature) plus the loss's rounding noise over ε (~1e-16·|L|/ε): where the
+            gradients are small beside the loss (a deep or saturated network) that noise can pass
+            1e-6 of the gradient at ε = 1e-6 while 1e-4 sees the gradient clearly. A wrong
+            backward pass is wrong at every step.
         samples_per_param: check this many randomly chosen entries of each parameter array (for
             big models), drawing others in place of those whose nudge crosses a kink (up to
             `SAMPLES_DRAWN` times as many); None checks every entry.
@@ -81,13 +83,14 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
         seed: picks the sampled entries and the dropout masks.
         kinks: if given, filled with {"<index>:<Layer>" or "input": number of entries left out
             because their nudge crossed a kink} (at the first step).
-        steps: if given, filled with {name: the largest step its reported error needed}.
+        steps: if given, filled with {name: the step that gave its reported error}, for the
+            layers that passed.
 
     Returns:
         {"<index>:<Layer>": max relative error over its parameters, ..., "input": ...}; NaN where
         every checked entry crossed a kink (nothing could be judged).
     """
-    steps_tried = (eps,) if np.isscalar(eps) else tuple(eps)
+    steps_tried = (float(eps),) if np.ndim(eps) == 0 else tuple(eps)
     if not steps_tried or not all(0 < e < 1 for e in steps_tried):
         raise ValueError(f"gradcheck: eps must be steps between 0 and 1, got {eps!r}")
     net = copy.deepcopy(model).to(np.float64)
@@ -115,38 +118,40 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
     needed: dict[str, float] = {}
     pick = np.random.default_rng(seed)
 
-    def check(name: str, flat: np.ndarray, analytic: np.ndarray, scale: float) -> float:
+    def check(name: str, flat: np.ndarray, analytic: np.ndarray, scale: float) -> tuple[float, float]:
         """The relative error of `analytic` (every entry, or `samples_per_param` of them) against
         central differences in `flat`, over the entries no kink spoils (NaN if none), relative to
-        `scale` or the largest gradient here, whichever is larger."""
+        `scale` or the largest gradient here, whichever is larger; and the step that gave it."""
         wanted, candidates = flat.size, np.arange(flat.size)
         if samples_per_param is not None and flat.size > samples_per_param:
             wanted = samples_per_param
-            candidates = pick.permutation(flat.size)[: SAMPLES_DRAWN * samples_per_param]
+            candidates = pick.choice(flat.size, min(flat.size, SAMPLES_DRAWN * samples_per_param), replace=False)
         scale = max(scale, np.abs(analytic).max(initial=0.0))
-        best = float("nan")
-        for k, step in enumerate(steps_tried):
-            judged, numeric = [], []
-            for j in candidates:
-                value, smooth = _central_difference(flat, j, step, loss_at)
-                if smooth:
-                    judged.append(j)
-                    numeric.append(value)
-                    if len(judged) == wanted:
-                        break
-                elif k == 0:
-                    crossed[name] = crossed.get(name, 0) + 1
-            crossed.setdefault(name, 0)
-            if k == 0:
-                candidates = np.array(judged, dtype=np.intp)  # the next steps judge the same entries
-            if not judged:
-                continue
-            error = relative_error(analytic[judged], np.array(numeric), scale=scale)
-            if np.isnan(best) or error < best:
-                best = error
-                needed[name] = max(needed.get(name, 0.0), step)
-            if best < TOLERANCE:
+        judged, numeric = [], []
+        for j in candidates:  # at the first step: the entries to judge, drawing past those at a kink
+            value, smooth = _central_difference(flat, j, steps_tried[0], loss_at)
+            if smooth:
+                judged.append(j)
+                numeric.append(value)
+                if len(judged) == wanted:
+                    break
+            else:
+                crossed[name] = crossed.get(name, 0) + 1
+        crossed.setdefault(name, 0)
+        if not judged:
+            return float("nan"), steps_tried[0]
+        best = relative_error(analytic[judged], np.array(numeric), scale=scale), steps_tried[0]
+        for step in steps_tried[1:]:
+            if best[0] < TOLERANCE:
                 break
+            # the same entries at a larger step, every one of them: an entry that crosses a kink
+            # at this step (a wrong one among them would go unjudged) ends the search
+            again = [_central_difference(flat, j, step, loss_at) for j in judged]
+            if not all(smooth for _, smooth in again):
+                break
+            error = relative_error(analytic[judged], np.array([value for value, _ in again]), scale=scale)
+            if error < best[0]:
+                best = error, step
         return best
 
     errors: dict[str, float] = {}
@@ -156,15 +161,16 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
         # norm has a true gradient of exactly 0, and against its own largest entry the rounding
         # noise of its finite differences would read as a 100% error.
         scale = max((np.abs(p.grad).max(initial=0.0) for p in layer.parameters()), default=0.0)
-        layer_errors = [check(name, p.data.reshape(-1), p.grad.reshape(-1).copy(), scale) for p in layer.parameters()]
-        if layer_errors:
-            errors[name] = max((e for e in layer_errors if not np.isnan(e)), default=float("nan"))
+        checked = [check(name, p.data.reshape(-1), p.grad.reshape(-1).copy(), scale) for p in layer.parameters()]
+        judged = [(error, step) for error, step in checked if not np.isnan(error)]
+        if checked:
+            errors[name], needed[name] = max(judged, default=(float("nan"), steps_tried[0]))
     if not sparse:
-        errors["input"] = check("input", x.reshape(-1), grad_input.reshape(-1), 0.0)
+        errors["input"], needed["input"] = check("input", x.reshape(-1), grad_input.reshape(-1), 0.0)
     if kinks is not None:
         kinks.update(crossed)
-    if steps is not None:
-        steps.update(needed)
+    if steps is not None:  # (a larger step that did not bring the error under the tolerance says nothing)
+        steps.update({name: step for name, step in needed.items() if errors[name] < TOLERANCE})
     return errors
 
 
