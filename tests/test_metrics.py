@@ -69,6 +69,7 @@ def test_small_cases_by_hand():
     (lambda: m.roc_auc([0, 1], [np.nan, 0.9]), "the scores contain NaN or infinity"),  # (was 0.5)
     (lambda: m.matthews_corrcoef([1, 2, 2, 1], [1, 2, 2, 2]), r"labels must be in \[0, 2\)"),
     (lambda: m.accuracy(np.zeros((3, 2)), np.zeros(3)), "one value per example"),
+    (lambda: m.confusion_matrix([True, False], [False, False], classes=1), r"labels must be in \[0, 1\)"),
 ])
 def test_inputs_that_cannot_be_scored_are_refused_not_broadcast_or_truncated(call, words):
     with pytest.raises(ValueError, match=words):

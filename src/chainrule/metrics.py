@@ -27,9 +27,7 @@ def _paired(name: str, y_true, y_pred, what: str = "y_pred") -> tuple[np.ndarray
 
 def _class_labels(name: str, labels: np.ndarray, classes: int | None = None) -> np.ndarray:
     """`labels` as int64 class numbers, checked: whole numbers >= 0 (and < `classes`)."""
-    if labels.dtype == bool:
-        return labels.astype(np.int64)
-    whole = np.issubdtype(labels.dtype, np.integer) or (
+    whole = labels.dtype == bool or np.issubdtype(labels.dtype, np.integer) or (
         np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)))
     if not whole:
         raise ValueError(f"{name}: class labels must be whole numbers, got {labels.dtype} values such as "

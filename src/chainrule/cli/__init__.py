@@ -41,8 +41,8 @@ MPI_COMMANDS = "digits train, images train, spam train, spam classify"
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code. The one place where errors become messages."""
-    if hasattr(sys.stdout, "reconfigure"):  # (a terminal or pipe that cannot show "·" or "é": \xb7, not a crash)
-        sys.stdout.reconfigure(errors="backslashreplace")
+    if getattr(sys.stdout, "errors", None) == "strict":  # (a terminal that cannot show "·": \xb7, not a crash;
+        sys.stdout.reconfigure(errors="backslashreplace")   # C locales' surrogateescape gives file names back as bytes)
     parser = build_parser()
     args = parser.parse_args(argv)
     world = distributed.World()  # this process alone, until the launcher's world is known
@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(format="%(message)s", level=logging.WARNING if quiet else logging.INFO,
                             stream=sys.stderr, force=True)
         with np.errstate(over="ignore"):
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+        if sys.stdout is not None:  # (here, not at exit: a reader gone by now is a BrokenPipeError below)
+            sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
         print("chainrule: interrupted", file=sys.stderr)
         return 130
