@@ -166,6 +166,10 @@ def test_a_class_weighted_loss_of_a_whole_set_does_not_depend_on_the_batches():
     history = cr.fit(model, x, y, loss, cr.SGD(model.parameters(), lr=1e-300), epochs=1, batch_size=7,
                      shuffle=False, verbose=False)
     assert history["loss"][0] == pytest.approx(whole, rel=1e-12)
+    # a loss that is a plain function still works, its batches counted by their examples
+    plain = cr.CrossEntropy()
+    assert cr.evaluate(model, x, y, lambda out, target: plain(out, target), batch_size=7)["loss"] == \
+        pytest.approx(cr.evaluate(model, x, y, plain)["loss"], rel=1e-12)
 
 
 def test_one_example_left_over_joins_the_last_batch_so_batch_norm_can_train_on_it():

@@ -24,6 +24,10 @@ _BLOCK = 1 << 16
 class Optimizer:
     """Base class: holds the flat buffers and the learning rate `lr` (which schedules change)."""
 
+    # The arrays, one value per parameter, that a subclass carries from step to step (momentum,
+    # Adam's moments): checkpointed by `state`.
+    moments: tuple[str, ...] = ()
+
     def __init__(self, params, lr: float, weight_decay: float = 0.0):
         if not 0 < lr < math.inf:
             raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr!r}")
@@ -42,7 +46,8 @@ class Optimizer:
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays to checkpoint so training can resume exactly where it stopped."""
-        return {"steps": np.array(self.steps), "lr": np.array(self.lr)}
+        return {"steps": np.array(self.steps), "lr": np.array(self.lr),
+                **{name: getattr(self, name).copy() for name in self.moments}}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self.steps = int(state["steps"])
@@ -60,6 +65,8 @@ class SGD(Optimizer):
     Nesterov:  v ← μ v + g ;  w ← w - lr · (g + μ v)   (looks ahead along the velocity)
     weight_decay adds λ·w to g first (L2 regularisation).
     """
+
+    moments = ("velocity",)
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
@@ -85,9 +92,6 @@ class SGD(Optimizer):
         self.params -= self.lr * g
         self.steps += 1
 
-    def state(self):
-        return {**super().state(), "velocity": self.velocity.copy()}
-
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015): per-parameter step sizes from running gradient moments.
@@ -98,6 +102,7 @@ class Adam(Optimizer):
     weight_decay is L2: λ·w is added to g (the original Adam); see `AdamW` for the decoupled kind.
     """
 
+    moments = ("m", "v")
     decoupled = False
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
@@ -172,9 +177,6 @@ class Adam(Optimizer):
         np.divide(m, tmp, out=tmp)
         tmp *= self.lr * root2 / bias1
         w -= tmp
-
-    def state(self):
-        return {**super().state(), "m": self.m.copy(), "v": self.v.copy()}
 
 
 class AdamW(Adam):

@@ -52,7 +52,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
         j = min(i + step, hi)
         out = model.forward(x[i:j])
         value, _ = loss(out, y[i:j])
-        weight = loss.weight(y[i:j])
+        weight = _weight(loss, y[i:j])
         totals += value * weight if weight else 0.0, weight, _correct(out, y[i:j], model) if labels else 0
     total_loss, weight, correct = world.allreduce(totals)
     logs = {"loss": float(total_loss / weight) if weight else 0.0}  # (0: nothing weighs, as CrossEntropy says)
@@ -140,15 +140,23 @@ class _DivergenceGuard:
         raise TrainingDiverged(loss, epoch + 1, batch + 1, lr)
 
 
+def _weight(loss, target) -> float:
+    """How much a batch counts in a mean over batches (`Loss.weight`); a loss that is a plain
+    function, `loss(output, target) -> (value, grad)`, averages over its examples."""
+    return loss.weight(target) if hasattr(loss, "weight") else float(len(target))
+
+
 def _check_optimizer_state(optimizer, epoch: int) -> None:
     """Raise TrainingDiverged if the optimizer's moments hold an infinity or NaN: a gradient whose
     square overflowed makes Adam's v infinite for good, and the weights it divides stop moving,
-    while the loss stays finite (the guard never sees it). Once an epoch: a pass over the moments."""
-    for name, values in optimizer.state().items():
-        if values.ndim and not np.isfinite(values).all():
-            bad = values[~np.isfinite(values)][0]
-            raise TrainingDiverged(float(bad), epoch + 1, None, optimizer.lr,
-                                   what=f"the gradients (the optimizer's {name})")
+    while the loss stays finite (the guard never sees it). Once an epoch; min and max propagate NaN
+    and are ±inf if any value is, so two reductions tell, with no temporary array."""
+    for name in getattr(optimizer, "moments", ()):
+        values = getattr(optimizer, name)
+        for bad in (values.min(), values.max()):
+            if not np.isfinite(bad):
+                raise TrainingDiverged(float(bad), epoch + 1, None, optimizer.lr,
+                                       what=f"the gradients (the optimizer's {name})")
 
 
 def _split(x, y, validation_split, rng):
@@ -331,10 +339,10 @@ def fit(
                     out = model.forward(xb, training=True)
                     value, grad = loss(out, yb)  # grad = dL/d(out)
                     correct = _correct(out, yb, model) if labels else 0
-                    weight = loss.weight(yb)
+                    weight = _weight(loss, yb)
                     stats = np.array([value * weight if weight else 0.0, weight, len(yb), correct])
                     if parallel:  # the shard's share of the global batch's mean (every process has all of y)
-                        whole = loss.weight(y[idx])
+                        whole = _weight(loss, y[idx])
                         grad = grad * (weight / whole if whole else 0.0)
                         summing = world.iallreduce(stats)
                         model.backward(grad, input_grad=False, after_layer=buckets.layer_done)
