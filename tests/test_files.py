@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chainrule.files import LOCK_FILE, atomic_open, atomic_write_bytes, locked_directory
+from chainrule.files import LOCK_FILE, atomic_open, atomic_write_bytes, locked_directory, written_together
 
 
 @pytest.fixture
@@ -71,3 +71,27 @@ def test_a_file_where_a_folder_of_the_path_should_be_is_named(tmp_path, below):
     with pytest.raises(NotADirectoryError, match="a file, not a folder, is in the way") as exc:
         atomic_write_bytes(tmp_path / "afile" / below, b"figure")
     assert exc.value.filename == str(tmp_path / "afile")
+
+
+def test_files_written_together_appear_together_or_not_at_all(tmp_path, umask):
+    names = ("a.json", "b.png")
+    for name in names:
+        (tmp_path / name).write_bytes(b"old")
+    (tmp_path / "a.json").chmod(0o640)
+    umask(0o022)
+    with pytest.raises(RuntimeError), written_together(tmp_path, names) as new:  # stopped part-way
+        atomic_write_bytes(new / "a.json", b"new")
+        raise RuntimeError("Ctrl-C")
+    with pytest.raises(FileNotFoundError, match="b.png"), written_together(tmp_path, names) as new:
+        atomic_write_bytes(new / "a.json", b"new")  # (b.png never written: neither appears)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {"a.json": b"old", "b.png": b"old"}
+    with written_together(tmp_path, names) as new:
+        for name in names:
+            atomic_write_bytes(new / name, b"new")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {"a.json": b"new", "b.png": b"new"}
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640  # the permissions it replaced
+    # an error about a file names the one asked for, not its stand-in in the staging folder
+    with pytest.raises(OSError) as exc_info, written_together(tmp_path, names) as new:
+        (new / "b.png").mkdir()
+        atomic_write_bytes(new / "b.png", b"new")
+    assert exc_info.value.filename == str(tmp_path / "b.png")

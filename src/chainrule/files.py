@@ -66,6 +66,10 @@ def atomic_open(path) -> Iterator[BinaryIO]:
         raise
 
 
+# `written_together`'s staging folders begin so (one a killed process left is a run folder's leftover).
+STAGING_PREFIX = ".writing-"
+
+
 @contextmanager
 def written_together(directory, names: tuple[str, ...]) -> Iterator[Path]:
     """A folder in which to write the files `names` (each atomically, as usual), which then appear
@@ -81,10 +85,21 @@ def written_together(directory, names: tuple[str, ...]) -> Iterator[Path]:
     except (FileExistsError, NotADirectoryError):
         blocking = next(p for p in (directory, *directory.parents) if p.exists())
         raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder, is in the way", str(blocking)) from None
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".writing-") as staging:
-        yield Path(staging)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=STAGING_PREFIX) as staging:
+        staging = Path(staging)
+        try:
+            yield staging
+        except OSError as exc:  # (name the file asked for, not its stand-in in the staging folder)
+            if exc.filename and Path(exc.filename).parent == staging:
+                raise OSError(exc.errno, exc.strerror, str(directory / Path(exc.filename).name)) from exc
+            raise
+        missing = [name for name in names if not (staging / name).is_file()]
+        if missing:
+            raise FileNotFoundError(errno.ENOENT, "was not written", str(directory / missing[0]))
+        for name in names:  # each keeps the permissions of the file it replaces, as atomic_open's do
+            os.chmod(staging / name, _mode_for(directory / name))
         for name in names:
-            os.replace(Path(staging) / name, directory / name)
+            os.replace(staging / name, directory / name)
 
 
 def _mode_for(path: Path) -> int:
