@@ -239,6 +239,14 @@ def test_images_are_checked_against_the_labels_from_their_header_before_their_da
     assert "50 labels but t10k-images-idx3-ubyte.gz has 2000000 images" in str(exc_info.value)
 
 
+def test_labels_are_checked_against_the_images_from_their_headers_before_their_data(good_set):
+    path = good_set / f"{idx.FILES['test'][1]}.gz"
+    _rewrite(path, lambda b: b[:4] + (50_000_000).to_bytes(4, "big") + b[8:])
+    with pytest.raises(DataError) as exc_info:
+        load_image_set(good_set, "test")
+    assert "50000000 labels but t10k-images-idx3-ubyte.gz has 50 images" in str(exc_info.value)
+
+
 def test_image_size_must_be_28x28(tmp_path):
     folder = write_set(tmp_path / "big", np.zeros((5, 32, 32), np.uint8), np.zeros(5, np.uint8))
     with pytest.raises(DataError, match="32x32, expected 28x28"):

@@ -162,11 +162,12 @@ def _read_exact(f, n: int, path: Path, what: str) -> bytes:
 
 
 def _read_into(f, out: np.ndarray, path: Path) -> None:
-    """Fill `out` from `f` (no intermediate bytes object: a set is read into its array directly)."""
+    """Fill `out` from `f`, a megabyte at a time (a gzip file's `readinto` reads as many bytes as
+    asked for into a bytes object first, then copies: asked for all, it would double the memory)."""
     view, got = memoryview(out).cast("B"), 0
     try:
         while got < len(view):
-            n = f.readinto(view[got:])
+            n = f.readinto(view[got : got + (1 << 20)])
             if not n:
                 break
             got += n
@@ -174,6 +175,32 @@ def _read_into(f, out: np.ndarray, path: Path) -> None:
         raise DataError(f"{path}: corrupt gzip data ({exc})") from exc
     if got != len(view):
         raise DataError(f"{path}: truncated: expected {len(view)} bytes of data, found {got}")
+
+
+def _header(f, path: Path, ndim: int) -> tuple[int, ...]:
+    """The shape an IDX file's header declares, checked: magic number, unsigned bytes, `ndim`
+    dimensions, none 0, at most _MAX_BYTES in all."""
+    header = _read_exact(f, 4, path, "header")
+    if header[0] != 0 or header[1] != 0:
+        raise DataError(f"{path}: bad magic number 0x{header.hex()} (not an IDX file)")
+    if header[2] != _UBYTE:
+        raise DataError(f"{path}: element type 0x{header[2]:02x}, expected 0x08 (unsigned byte)")
+    if header[3] != ndim:
+        raise DataError(f"{path}: {header[3]} dimensions, expected {ndim}")
+    shape = tuple(int(d) for d in np.frombuffer(_read_exact(f, 4 * ndim, path, "header"), dtype=">u4"))
+    size = int(np.prod(shape, dtype=np.int64))
+    if size == 0 or size > _MAX_BYTES:
+        raise DataError(f"{path}: implausible dimensions {shape}")
+    return shape
+
+
+def idx_shape(path, ndim: int) -> tuple[int, ...]:
+    """The shape an IDX file declares, from its header alone (see `read_idx`)."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+    with _open(path) as f:
+        return _header(f, path, ndim)
 
 
 def read_idx(path, ndim: int, check=None) -> np.ndarray:
@@ -189,17 +216,8 @@ def read_idx(path, ndim: int, check=None) -> np.ndarray:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file")
     with _open(path) as f:
-        header = _read_exact(f, 4, path, "header")
-        if header[0] != 0 or header[1] != 0:
-            raise DataError(f"{path}: bad magic number 0x{header.hex()} (not an IDX file)")
-        if header[2] != _UBYTE:
-            raise DataError(f"{path}: element type 0x{header[2]:02x}, expected 0x08 (unsigned byte)")
-        if header[3] != ndim:
-            raise DataError(f"{path}: {header[3]} dimensions, expected {ndim}")
-        shape = tuple(int(d) for d in np.frombuffer(_read_exact(f, 4 * ndim, path, "header"), dtype=">u4"))
+        shape = _header(f, path, ndim)
         size = int(np.prod(shape, dtype=np.int64))
-        if size == 0 or size > _MAX_BYTES:
-            raise DataError(f"{path}: implausible dimensions {shape}")
         if check is not None:
             check(shape)
         data = np.empty(shape, np.uint8)
@@ -428,15 +446,20 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
             cache = cache_dir(known.folder)
             found = (cache / f"{FILES[split][0]}.gz", cache / f"{FILES[split][1]}.gz")
     images_path, labels_path = found
-    labels = read_idx(labels_path, 1)
+    # Both headers are checked against each other before either file's data is read: a small
+    # gzip file can declare, and inflate to, gigabytes.
+    n, height, width = idx_shape(images_path, 3)
+    if (height, width) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{images_path}: images are {height}x{width}, expected 28x28")
 
-    def fits_the_labels(shape):  # (from the images' header, before their data is read)
-        if shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise DataError(f"{images_path}: images are {shape[1]}x{shape[2]}, expected 28x28")
-        if shape[0] != len(labels):
-            raise DataError(f"{labels_path}: {len(labels)} labels but {images_path.name} has {shape[0]} images")
+    def as_many_as_images(shape):
+        if shape[0] != n:
+            raise DataError(f"{labels_path}: {shape[0]} labels but {images_path.name} has {n} images")
 
-    images = read_idx(images_path, 3, check=fits_the_labels)
+    labels = read_idx(labels_path, 1, check=as_many_as_images)
+    images = read_idx(images_path, 3)
+    if images.shape != (n, height, width):  # (the file changed since its header was read)
+        raise DataError(f"{images_path}: changed while it was being read")
     if known is None:
         known = _recognise(labels, split)
     name = known.name if known is not None else str(images_path.parent.resolve())
