@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
 from pathlib import Path
 
@@ -66,6 +67,21 @@ PICTURES = ("digit", "object")
 
 class ImageError(DataError):
     """The input is not a usable image (empty, unreadable, too large, blank)."""
+
+
+# `warnings.catch_warnings` swaps the process's warning filters and puts them back: two threads
+# doing so at once (the web app decodes images on several) could leave one's filters in place.
+_WARNING_FILTERS = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_warnings():
+    """Pillow's notes on damaged metadata (EXIF: "Corrupt EXIF data", "tag 274 had too many
+    entries") silenced, and its decompression bomb warning raised as an error; threads take turns."""
+    with _WARNING_FILTERS, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def _read_stream(f, name: str) -> bytes:
@@ -109,12 +125,10 @@ def _open(source) -> tuple[Image.Image, str]:
     try:
         # A file is open only while the image is decoded (the decoded first frame is all we use):
         # left to Pillow, one refused for its size, or a frame of an animation, stays open.
-        with (open(fp, "rb") if isinstance(fp, Path) else contextlib.nullcontext(fp)) as f, \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged metadata (EXIF)
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(f)
-            w, h = img.size
+        with open(fp, "rb") if isinstance(fp, Path) else contextlib.nullcontext(fp) as f:
+            with _pillow_warnings():  # (the header: what a decompression bomb warning comes from)
+                img = Image.open(f)
+                w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ImageError(f"{prefix}{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
             # JPEG can decode straight to a reduced size, cheaper than decoding then shrinking.
@@ -311,9 +325,9 @@ def preprocess_image(source, picture: str = "digit") -> np.ndarray:
     if picture not in PICTURES:
         raise ValueError(f"preprocess_image: picture must be one of {PICTURES}, got {picture!r}")
     img, name = _open(source)
-    with warnings.catch_warnings():  # (damaged EXIF data: Pillow warns and reads what it can)
-        warnings.simplefilter("ignore", UserWarning)
-        img = _plain_mode(ImageOps.exif_transpose(img))  # (phone photos are often stored sideways)
+    with _pillow_warnings():  # (damaged EXIF data: Pillow warns and reads what it can)
+        img = ImageOps.exif_transpose(img)  # (phone photos are often stored sideways)
+    img = _plain_mode(img)
     if max(img.size) > WORKING_SIZE:
         img = img.copy()
         img.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
