@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import subprocess
@@ -32,6 +33,23 @@ def test_parameters_are_views_into_one_flat_buffer():
         assert np.shares_memory(p.data, model.flat_params) and np.shares_memory(p.grad, model.flat_grads)
     model.flat_params[...] = 0.5
     assert np.all(model.layers[1].weight.data == 0.5)
+
+
+def test_a_deep_copy_has_parameters_that_are_views_of_its_own_flat_buffer():
+    # copied array by array, the copy's layers were cut loose from its flat_params: an optimizer
+    # of the copy was refused by fit, and state()/save kept numbers its layers no longer used
+    model = cr.Sequential([cr.Conv2D(1, 2, 3), cr.BatchNorm(2), cr.ReLU(), cr.Flatten(), cr.Linear(2 * 6 * 6, 2)],
+                          input_shape=(1, 8, 8), seed=0)
+    model.flat_grads[...] = np.arange(model.flat_grads.size)
+    twin = copy.deepcopy(model)
+    assert all(np.shares_memory(p.data, twin.flat_params) and np.shares_memory(p.grad, twin.flat_grads)
+               for p in twin.parameters())
+    assert not np.shares_memory(twin.flat_params, model.flat_params)
+    assert np.array_equal(twin.flat_params, model.flat_params) and np.array_equal(twin.flat_grads, model.flat_grads)
+    x, y = np.random.default_rng(0).random((6, 1, 8, 8), np.float32), np.arange(6) % 2
+    cr.fit(twin, x, y, cr.CrossEntropy(), cr.SGD(twin.parameters(), lr=0.1), epochs=1, batch_size=3, verbose=False)
+    assert np.array_equal(twin.state()["params"], np.concatenate([p.data.ravel() for p in twin.parameters()]))
+    assert not np.array_equal(twin.flat_params, model.flat_params)  # the original untouched
 
 
 def test_backward_fills_every_gradient_and_returns_the_input_gradient():

@@ -11,6 +11,7 @@ renamed into place last, so a reader, or a crash, sees the old model or the new 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -119,6 +120,20 @@ class Sequential:
 
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
+
+    def __deepcopy__(self, memo) -> Sequential:
+        """A copy whose parameters are views of its own flat buffers, as this model's are of its:
+        `copy.deepcopy` copies every array on its own, which would cut them loose from the copy's
+        `flat_params` (its optimizer, `state` and `save` would see other numbers than its layers)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            setattr(new, name, copy.deepcopy(value, memo))
+        grads = [p.grad.copy() for p in new.parameters()]
+        new._pack()
+        for p, grad in zip(new.parameters(), grads, strict=True):
+            p.grad[...] = grad
+        return new
 
     def num_parameters(self) -> int:
         return int(self.flat_params.size)
