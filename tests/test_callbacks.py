@@ -338,3 +338,17 @@ def test_verbose_false_prints_nothing(capsys):
     cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), epochs=2, verbose=False)
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
+
+
+def test_a_history_iterates_over_its_epochs_and_refuses_a_key_no_epoch_has():
+    """It had __getitem__ and __len__ but no __iter__: `list(history)` asked for history[0], [1], ...
+    for ever (each a list of None), and a misspelt key was a list of None."""
+    history = cr.History()
+    assert list(history) == [] and "loss" not in history  # (both hung)
+    history.epochs = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+    assert [e["loss"] for e in history] == [0.5, 0.25] and history[-1] == {"epoch": 2, "loss": 0.25}
+    assert history["loss"] == [0.5, 0.25] and history["val_loss"] == [None, None]  # (no validation data)
+    with pytest.raises(KeyError, match="'los': no epoch measured it"):
+        history["los"]
+    with pytest.raises(IndexError):
+        history[2]

@@ -10,6 +10,9 @@ import csv
 import io
 import math
 
+# What `fit` puts in every epoch's dict (the val_ ones with validation data, accuracy for labels).
+EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s")
+
 
 class History:
     """Everything `fit` measured, one entry per epoch.
@@ -25,8 +28,18 @@ class History:
         self.best_epoch: int | None = None
         self.stop_reason = ""
 
-    def __getitem__(self, key: str) -> list:
+    def __getitem__(self, key: str | int) -> list | dict:
+        """`history["loss"]`: that value of every epoch (None where an epoch has none, e.g.
+        `val_loss` without validation data); `history[i]`: epoch i's dict."""
+        if isinstance(key, int):
+            return self.epochs[key]
+        if key not in EPOCH_KEYS and not any(key in e for e in self.epochs):  # (a misspelling, say)
+            raise KeyError(f"{key!r}: no epoch measured it; each has some of {', '.join(EPOCH_KEYS)}")
         return [e.get(key) for e in self.epochs]
+
+    def __iter__(self):
+        """The epochs' dicts, first to last."""
+        return iter(self.epochs)
 
     def __len__(self) -> int:
         return len(self.epochs)
