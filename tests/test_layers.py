@@ -7,6 +7,8 @@ parameter gradient with the same layer in PyTorch holding the same weights; dL/d
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +32,10 @@ def _run(layer, x, g, training=False):
 
 
 def _fd_check(layer, x, training=False):
-    """cr.gradcheck on a one-layer float64 network: every parameter and the input."""
-    net = cr.Sequential([layer], input_shape=x.shape[1:], seed=0, dtype=np.float64)
+    """cr.gradcheck on a one-layer float64 network of a copy of `layer`, its weights as they are:
+    every parameter and the input."""
+    net = cr.Sequential([copy.deepcopy(layer)], input_shape=x.shape[1:], seed=0, dtype=np.float64,
+                        initialize=False)
     out = net.forward(x)
     # A target 1 to 2 below the output, so that no dL/d(out) is near 0 (where a relative error means
     # nothing). A random target could match: drawn from the generator that drew x, it once equalled x.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import signal
 import subprocess
 import sys
+import threading
 import tracemalloc
 
 import numpy as np
@@ -50,6 +52,54 @@ def test_a_deep_copy_has_parameters_that_are_views_of_its_own_flat_buffer():
     cr.fit(twin, x, y, cr.CrossEntropy(), cr.SGD(twin.parameters(), lr=0.1), epochs=1, batch_size=3, verbose=False)
     assert np.array_equal(twin.state()["params"], np.concatenate([p.data.ravel() for p in twin.parameters()]))
     assert not np.array_equal(twin.flat_params, model.flat_params)  # the original untouched
+
+
+def test_a_pickled_model_is_whole_again_when_unpickled():
+    # (what multiprocessing does with a model): its layers were cut loose from its flat_params
+    model = _model()
+    twin = pickle.loads(pickle.dumps(model))
+    assert all(np.shares_memory(p.data, twin.flat_params) for p in twin.parameters())
+    x = np.random.default_rng(0).normal(size=(4, 3, 4)).astype(np.float32)
+    assert np.array_equal(twin.predict_proba(x), model.predict_proba(x))
+    twin.flat_params[...] = 0
+    assert not np.array_equal(twin.predict_proba(x), model.predict_proba(x))
+
+
+def test_a_layer_belongs_to_one_model_once():
+    shared = cr.Linear(3, 2)
+    first = cr.Sequential([shared], seed=0)
+    before = first.flat_params.copy()
+    with pytest.raises(ValueError, match="layer 0 \\(Linear\\) already belongs to another model"):
+        cr.Sequential([shared], seed=1)  # (it re-drew the first model's weights, then trained them)
+    assert np.array_equal(first.flat_params, before)
+    twice = cr.Linear(3, 3)
+    with pytest.raises(ValueError, match="layer 2 \\(Linear\\) appears twice"):
+        cr.Sequential([twice, cr.Tanh(), twice], seed=0)  # (its parameters counted twice, gradients wrong)
+    relu = cr.ReLU()
+    assert len(cr.Sequential([cr.Linear(3, 3), relu, cr.Linear(3, 3), relu], seed=0).layers) == 4  # no weights
+
+
+def test_threads_may_share_a_model_for_predictions():
+    """The layers keep what backward needs (ReLU its output, Linear its input): two predictions
+    at once returned each other's arrays, of other shapes too. They take turns on the model's lock."""
+    rng = np.random.default_rng(0)
+    model = cr.Sequential([cr.Linear(20, 64), cr.ReLU(), cr.Linear(64, 5)], seed=0)
+    xs = [rng.normal(size=(int(rng.integers(1, 300)), 20)).astype(np.float32) for _ in range(8)]
+    serial = [model.predict_proba(x) for x in xs]
+    wrong = []
+
+    def predict(i):
+        for _ in range(200):
+            out = model.predict_proba(xs[i])
+            if out.shape != serial[i].shape or not np.array_equal(out, serial[i]):
+                wrong.append(i)
+
+    threads = [threading.Thread(target=predict, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
 
 
 def test_backward_fills_every_gradient_and_returns_the_input_gradient():

@@ -11,10 +11,10 @@ renamed into place last, so a reader, or a crash, sees the old model or the new 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,11 @@ class Sequential:
         dtype: float32 (fast, the default) or float64 (for gradient checks).
         initialize: draw the initial weights from the seeded generator; `load_model` says False,
             since it overwrites them all.
+
+    Threads: the layers keep what a backward pass needs from the forward pass before it, so two
+    passes must not run at once. `predict`, `predict_proba`, `layer_outputs`, `evaluate` and each
+    step of `fit` hold the model's `lock` (threads may share a model for predictions; they take
+    turns); `forward` and `backward` called directly do not.
     """
 
     def __init__(self, layers, input_shape=None, seed: int | None = None, dtype=np.float32,
@@ -93,6 +98,7 @@ class Sequential:
         for layer in self.layers:
             if not isinstance(layer, L.Layer):
                 raise TypeError(f"Sequential: expected Layer instances, got {layer!r}")
+        self._check_layers_are_its_own()  # (before any of them is initialised again)
         if input_shape is None:
             first = self.layers[0]
             if not hasattr(first, "in_features"):
@@ -109,6 +115,7 @@ class Sequential:
         self._check_shapes()
         self.dtype = _float_dtype(dtype)
         self._pack()
+        self.lock = threading.RLock()
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -121,19 +128,33 @@ class Sequential:
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
 
-    def __deepcopy__(self, memo) -> Sequential:
-        """A copy whose parameters are views of its own flat buffers, as this model's are of its:
-        `copy.deepcopy` copies every array on its own, which would cut them loose from the copy's
-        `flat_params` (its optimizer, `state` and `save` would see other numbers than its layers)."""
-        new = type(self).__new__(type(self))
-        memo[id(self)] = new
-        for name, value in self.__dict__.items():
-            setattr(new, name, copy.deepcopy(value, memo))
-        grads = [p.grad.copy() for p in new.parameters()]
-        new._pack()
-        for p, grad in zip(new.parameters(), grads, strict=True):
+    def _check_layers_are_its_own(self) -> None:
+        """A layer belongs to one model, once: packed into another model's flat buffer (or an
+        optimizer's), or twice into this one, its weights would change under the other's feet."""
+        seen: set[int] = set()
+        for i, layer in enumerate(self.layers):
+            if id(layer) in seen and layer.params:
+                raise ValueError(f"Sequential: layer {i} ({type(layer).__name__}) appears twice; a layer is used "
+                                 "once (to share weights, build one model and call it twice)")
+            seen.add(id(layer))
+            if any(p.grad.base is not None for p in layer.parameters()):  # (a gradient is a view once packed)
+                raise ValueError(f"Sequential: layer {i} ({type(layer).__name__}) already belongs to another model "
+                                 "(or an optimizer): build it anew, or copy.deepcopy the model")
+
+    # A model pickled (or deep-copied, which goes the same way) is unpickled array by array, which
+    # would cut its parameters loose from its flat buffers: they are packed again, and the lock,
+    # which cannot be pickled, is a new one.
+
+    def __getstate__(self) -> dict:
+        return {name: value for name, value in self.__dict__.items() if name != "lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        grads = [p.grad.copy() for p in self.parameters()]
+        self._pack()
+        for p, grad in zip(self.parameters(), grads, strict=True):
             p.grad[...] = grad
-        return new
+        self.lock = threading.RLock()
 
     def num_parameters(self) -> int:
         return int(self.flat_params.size)
@@ -193,9 +214,10 @@ class Sequential:
         """
         outputs = []
         x = self._input(x)
-        for layer in self.layers:
-            x = layer.forward(x)
-            outputs.append(x)
+        with self.lock:
+            for layer in self.layers:
+                x = layer.forward(x)
+                outputs.append(x)
         return outputs
 
     def backward(self, grad, input_grad: bool = True, after_layer=None):
@@ -228,8 +250,9 @@ class Sequential:
         fewer: `examples_per_pass`)."""
         x = sliceable(x)
         step = self.examples_per_pass(batch_size)
-        outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]
-        return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
+        with self.lock:  # (the layers keep what a backward pass would need: one pass at a time)
+            outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]
+            return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
 
     def examples_per_pass(self, batch_size: int) -> int:
         """`batch_size`, or fewer where that many examples would make an array larger than

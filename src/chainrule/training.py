@@ -50,7 +50,8 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     step = model.examples_per_pass(batch_size)
     for i in range(lo, hi, step):
         j = min(i + step, hi)
-        out = model.forward(x[i:j])
+        with model.lock:  # (a forward pass at a time: see `Sequential`)
+            out = model.forward(x[i:j])
         value, _ = loss(out, y[i:j])
         weight = _weight(loss, y[i:j])
         totals += value * weight if weight else 0.0, weight, _correct(out, y[i:j], model) if labels else 0
@@ -335,7 +336,9 @@ def fit(
                         layer.batch_rows = (first, len(idx))
                 if augment is not None:
                     xb = augment(xb, rng, batch_rows=(first, len(idx))) if parallel else augment(xb, rng)
-                with np.errstate(over="ignore", invalid="ignore"):  # (the guard below reports where it led)
+                # (the guard below reports where the overflow led; the lock keeps a prediction
+                # of another thread from replacing what backward reads between the two passes)
+                with np.errstate(over="ignore", invalid="ignore"), model.lock:
                     out = model.forward(xb, training=True)
                     value, grad = loss(out, yb)  # grad = dL/d(out)
                     correct = _correct(out, yb, model) if labels else 0
