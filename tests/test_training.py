@@ -111,7 +111,7 @@ def test_fit_rejects_nan_inputs_and_bad_arguments():
     x[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN or infinity"):
         cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False)
-    with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
         cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), epochs=0, verbose=False)
     with pytest.raises(ValueError, match="200 examples but y has 10"):
         cr.fit(model, x, y[:10], cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False)
@@ -122,11 +122,34 @@ def test_fit_rejects_nan_inputs_and_bad_arguments():
         ((x, y), {"validation_data": (x, y[:5])}, "validation_data: x has 200 examples but y has 5"),
         ((x, np.where(y == 1, 7, y)), {}, r"labels must be in \[0, 3\) for the network's 3 outputs, got 0..7"),
         ((x, y), {"lr_schedule": lambda epoch: -0.1}, "lr_schedule gave lr=-0.1 for epoch 1"),
+        # refused before training, in a line that says what is wrong (were TypeErrors from inside,
+        # or a whole epoch of training before the validation labels were looked at)
+        ((x, y), {"epochs": 2.5}, "epochs must be a positive integer, got 2.5"),
+        ((x, y), {"batch_size": True}, "batch_size must be a positive integer, got True"),
+        ((x, y), {"validation_split": float("nan")}, "validation_split must be a fraction between 0 and 1"),
+        ((x, y), {"validation_data": (x,)}, r"validation_data must be a pair \(x_val, y_val\)"),
+        ((x, y), {"validation_data": (x, np.where(y == 1, 9, y))}, r"validation_data: labels must be in \[0, 3\)"),
     ]:
         with pytest.raises(ValueError, match=message):
             cr.fit(model, *args, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False, **kwargs)
     with pytest.raises(ValueError, match="the targets contain NaN"):
         cr.fit(model, x, np.full((200, 3), np.nan), cr.MeanSquaredError(), cr.SGD(model.parameters()), verbose=False)
+    one = cr.Sequential([cr.Linear(10, 1)], seed=0)  # BCE's targets are probabilities of class 1
+    with pytest.raises(ValueError, match=r"BinaryCrossEntropy's targets are from 0 to 1 \(the probability of "
+                                         r"class 1\), got 0..2"):
+        cr.fit(one, x, (y > 0) * 2, cr.BinaryCrossEntropy(), cr.SGD(one.parameters()), verbose=False)
+
+
+def test_fit_seeds_the_dropout_of_a_model_that_has_no_seed_of_its_own(tmp_path):
+    """A loaded model's generator is unseeded: two runs of fit(seed=5) drew other dropout masks."""
+    x, y = blobs()
+    cr.Sequential([cr.Linear(10, 16), cr.ReLU(), cr.Dropout(0.5), cr.Linear(16, 3)], seed=0).save(tmp_path / "m")
+    weights = []
+    for _ in range(2):
+        model, _ = cr.load_model(tmp_path / "m")
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=2, seed=5, verbose=False)
+        weights.append(model.flat_params.copy())
+    assert np.array_equal(*weights)
 
 
 def test_fit_refuses_an_optimizer_that_does_not_move_this_models_weights():

@@ -80,6 +80,19 @@ def _checked_data(where: str, x, y):
     return x, y
 
 
+def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
+    """Targets the loss can score, checked for the whole set before training, not batch by batch
+    in the loss (with several processes, one process's error would leave the others waiting for
+    it for ever): CrossEntropy's labels in range, BinaryCrossEntropy's targets from 0 to 1."""
+    classes = model.output_shape[-1]
+    if isinstance(loss, CrossEntropy) and _is_labels(y) and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"{where}: labels must be in [0, {classes}) for the network's {classes} outputs, "
+                         f"got {y.min()}..{y.max()}")
+    if isinstance(loss, BinaryCrossEntropy) and (y.min() < 0 or y.max() > 1):
+        raise ValueError(f"{where}: BinaryCrossEntropy's targets are from 0 to 1 (the probability of class 1), "
+                         f"got {y.min()}..{y.max()}")
+
+
 def _is_labels(y) -> bool:
     return np.issubdtype(np.asarray(y).dtype, np.integer) or np.asarray(y).dtype == bool
 
@@ -238,8 +251,13 @@ def fit(
     world = world or World()
     parallel = world.size > 1
     _keep_freed_memory()
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"fit: epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"fit: {name} must be a positive integer, got {value!r}")
+    if validation_split and not (isinstance(validation_split, (int, float, np.floating)) and 0 < validation_split < 1):
+        raise ValueError(f"fit: validation_split must be a fraction between 0 and 1, got {validation_split!r}")
+    if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+        raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
     if batch_size < world.size:
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
     if getattr(optimizer, "params", None) is not model.flat_params:
@@ -247,16 +265,13 @@ def fit(
                          "model.parameters(), after any model.to(dtype))")
     x, y = _checked_data("fit", x, y)
     labels = _are_labels(y, model, loss)  # (then accuracy is reported)
-    classes = model.output_shape[-1]
-    if isinstance(loss, CrossEntropy) and _is_labels(y) and (y.min() < 0 or y.max() >= classes):
-        # checked here for the whole set, not batch by batch in the loss: with several processes, one
-        # process's error would leave the others waiting for it for ever
-        raise ValueError(f"fit: labels must be in [0, {classes}) for the network's {classes} outputs, "
-                         f"got {y.min()}..{y.max()}")
+    _check_targets("fit", y, model, loss)
     if parallel and augment is not None and "batch_rows" not in inspect.signature(augment).parameters:
         raise ValueError("fit: with several processes, augment must take batch_rows=(first, total) "
                          "(see digit_augmenter)")
     seed = model.seed if seed is None else seed
+    if model.seed is None and seed is not None:  # (a loaded model's generator is unseeded: its dropout masks too)
+        model.rng.bit_generator.state = np.random.default_rng([seed, 3]).bit_generator.state
     if parallel:
         # one seed and one set of initial weights for all: rank 0's
         seed = world.bcast(np.random.SeedSequence().entropy if seed is None else seed)
@@ -266,6 +281,7 @@ def fit(
         x, y, x_val, y_val = _split(x, y, validation_split, np.random.default_rng(None if seed is None else [seed, 2]))
     elif validation_data is not None:
         x_val, y_val = _checked_data("fit: validation_data", *validation_data)
+        _check_targets("fit: validation_data", y_val, model, loss)
     else:
         x_val = y_val = None
     if early_stopping is not None and early_stopping.monitor.startswith("val_") and x_val is None:
