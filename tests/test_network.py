@@ -54,6 +54,19 @@ def test_a_deep_copy_has_parameters_that_are_views_of_its_own_flat_buffer():
     assert not np.array_equal(twin.flat_params, model.flat_params)  # the original untouched
 
 
+def test_odd_metadata_is_saved_as_it_reads_back_or_refused_before_anything_is_written(tmp_path):
+    model = cr.Sequential([cr.Linear(3, 2)], seed=0)
+    model.save(tmp_path / "m", {"accuracy": np.float32(0.5), "counts": np.arange(3), "best": np.int64(4)})
+    assert cr.load_model(tmp_path / "m")[1] == {"accuracy": 0.5, "counts": [0, 1, 2], "best": 4}
+    for bad, words in (({"loss": float("nan")}, "NaN or infinity"), ({"when": object()}, "holds a object")):
+        with pytest.raises((ValueError, TypeError), match=words):
+            model.save(tmp_path / "n", bad)
+        assert not (tmp_path / "n").exists()  # (a NaN was written as NaN, which JSON readers refuse)
+    for shape in ((), 3):
+        with pytest.raises(ValueError, match="input_shape must be a tuple of positive integers"):
+            cr.Sequential([cr.ReLU()], input_shape=shape)
+
+
 def test_a_pickled_model_is_whole_again_when_unpickled():
     # (what multiprocessing does with a model): its layers were cut loose from its flat_params
     model = _model()
@@ -249,7 +262,7 @@ def test_shape_mismatch_fails_at_construction():
         cr.Sequential([cr.Linear(2, 3), cr.BatchNorm(4)])
     with pytest.raises(ValueError, match="dtype must be float32 or float64, got int32"):
         cr.Sequential([cr.Linear(2, 2)], dtype=np.int32)
-    with pytest.raises(ValueError, match="input_shape must be positive integers"):
+    with pytest.raises(ValueError, match="input_shape must be a tuple of positive integers"):
         cr.Sequential([cr.Flatten(), cr.Linear(16, 2)], input_shape=(2, 8.5))
 
 
@@ -332,6 +345,7 @@ def _write_npz(d, **arrays):
     (lambda d: _weights(d).unlink(), "not found"),
     (lambda d: (d / "model.json").write_text("{not json"), "not valid JSON"),
     (lambda d: (d / "model.json").write_bytes(b"\xff\xfe\x00"), "not valid JSON"),
+    (lambda d: (d / "model.json").write_text('{"format": ' + "9" * 5000 + "}"), "not valid JSON"),  # (int limit)
     (lambda d: (d / "model.json").write_text("[1, 2]"), "not a chainrule model"),
     (lambda d: _edit_json(d, _set("format_version", FORMAT_VERSION + 1)), "format version"),
     (lambda d: _edit_json(d, _first_layer("type", "Pickle")), "unknown layer type 'Pickle'"),
@@ -341,7 +355,7 @@ def _write_npz(d, **arrays):
     (lambda d: _edit_json(d, _set("dtype", "float16")), "invalid architecture"),
     (lambda d: _edit_json(d, _first_layer("args", {"in_features": 12, "out_features": 8, "bias": "no"})),
      "bias must be True or False"),
-    (lambda d: _edit_json(d, _set("input_shape", [12.5])), "input_shape must be positive integers"),
+    (lambda d: _edit_json(d, _set("input_shape", [12.5])), "input_shape must be a tuple of positive integers"),
     (lambda d: _write_npz(d, params=np.zeros(5, np.float32)), "expected 131 parameters"),
     (lambda d: _write_npz(d, params=np.full(131, np.nan, np.float32)), "NaN or infinity"),
     (lambda d: _write_npz(d, params=np.zeros(131, np.int32)), "expected floats"),

@@ -104,8 +104,10 @@ class Sequential:
             if not hasattr(first, "in_features"):
                 raise ValueError("Sequential: input_shape is required when the first layer is not Linear")
             input_shape = (first.in_features,)
-        if any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in input_shape):
-            raise ValueError(f"Sequential: input_shape must be positive integers, got {tuple(input_shape)}")
+        if not isinstance(input_shape, (tuple, list)) or not input_shape or any(
+                isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in input_shape):
+            raise ValueError(f"Sequential: input_shape must be a tuple of positive integers, one example's shape "
+                             f"such as (784,) or (1, 28, 28), got {input_shape!r}")
         self.input_shape = tuple(int(d) for d in input_shape)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -382,6 +384,7 @@ class Sequential:
         """
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"Sequential.save: metadata must be a dict, got {type(metadata).__name__}")
+        metadata = _as_json(metadata or {})  # (refused before anything is written)
         for name in arrays or {}:
             if name == "model" or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ValueError(f"Sequential.save: arrays need names of lower-case letters, digits and _, "
@@ -396,7 +399,7 @@ class Sequential:
                 for name, group in groups.items():
                     files[name] = write_npz_named_by_content(directory, name, group)
                 doc = {"format": "chainrule-model", "format_version": FORMAT_VERSION, **self.config(),
-                       "files": files, "metadata": metadata or {}}
+                       "files": files, "metadata": metadata}
                 atomic_write_bytes(directory / "model.json", json.dumps(doc, indent=2).encode())
             except BaseException:  # a full disk, Ctrl-C: the old model stays, and so does only it
                 for f in set(files.values()) - replaced:
@@ -536,6 +539,24 @@ def _remove_stale(directory: Path, groups, keep: set[str], orphans: bool) -> Non
             path.unlink(missing_ok=True)
 
 
+def _as_json(metadata: dict) -> dict:
+    """`metadata` as model.json will give it back: NumPy numbers and arrays become Python's, keys
+    strings. NaN and infinity are refused: JSON has no such numbers (Python writes them anyway, and
+    other readers refuse the file)."""
+
+    def plain(value):
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        raise TypeError(f"Sequential.save: metadata holds a {type(value).__name__}, which JSON has no form for")
+
+    try:
+        return json.loads(json.dumps(metadata, allow_nan=False, default=plain))
+    except ValueError:
+        raise ValueError("Sequential.save: metadata holds NaN or infinity, which JSON has no number for") from None
+
+
 def _read_description(path: Path) -> dict:
     """The parsed model.json at `path`, checked to be a chainrule model description this version reads."""
     if path.stat().st_size > MAX_DESCRIPTION_BYTES:
@@ -543,7 +564,7 @@ def _read_description(path: Path) -> dict:
     text = path.read_bytes()
     try:
         doc = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # (ValueError: JSONDecodeError, or an integer of 4,301 digits)
         raise ModelFileError(f"{path}: not valid JSON ({exc})") from exc
     except RecursionError:  # json recurses once per level of nesting
         raise ModelFileError(f"{path}: nested too deeply to be a model description") from None
