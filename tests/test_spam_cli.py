@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import chainrule as cr
 import chainrule.apps.spam as spam_library
 from chainrule import model_files
 from chainrule.apps.spam import MAIL_MIN_DF, load_spam_model
@@ -410,6 +411,29 @@ def test_train_refuses_an_out_that_is_a_file_before_reading_anything(tmp_path, c
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"chainrule: error: --out {tmp_path / 'out'}: exists and is not a directory\n"
+
+
+def test_train_never_replaces_another_apps_model_and_says_when_corrections_go(data_root, tmp_path, capsys):
+    """--out naming a digits model replaced it with a spam filter, silently; a filter with lessons
+    (`spam learn`) was replaced by one without them, silently."""
+    digits = tmp_path / "digits"
+    cr.Sequential([cr.Linear(784, 10)], seed=0).save(digits, {"task": "images"})
+    before = (digits / "model.json").read_bytes()
+    assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(digits)]) == 2
+    assert capsys.readouterr().err == f"chainrule: error: --out {digits} holds a images model; training would " \
+        "replace it: choose another --out\n"
+    assert (digits / "model.json").read_bytes() == before
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines()
+    (tmp_path / "train.txt").write_bytes(b"\n".join(lines[:300]) + b"\n")
+    small = ["--sms", str(tmp_path / "train.txt"), "--hash-bits", "12", "--hidden", "4", "--epochs", "2", "--quiet"]
+    taught = tmp_path / "taught"
+    assert main(["spam", "train", *small, "--out", str(taught)]) == 0
+    doc = json.loads((taught / "model.json").read_text())
+    doc["metadata"]["learned"] = 3
+    (taught / "model.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["spam", "train", *small, "--out", str(taught)]) == 0
+    assert f"warning: --out {taught} holds a spam filter that has learned 3 corrections" in capsys.readouterr().err
 
 
 def test_train_takes_options_between_its_corpora(spam_corpus, data_root, tmp_path, run_chainrule):

@@ -477,15 +477,21 @@ def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
     return model, metadata if isinstance(metadata, dict) else {}, files
 
 
-def saved_task(directory):
-    """The task in the metadata of the model saved in `directory` ("images", "spam", ...), or None
-    where there is no readable model description or it names none: what an application checks
-    before it writes over, or learns into, a directory that may hold another's model."""
+def saved_metadata(directory) -> dict:
+    """The metadata of the model saved in `directory`, or {} where there is no readable model
+    description: what an application reads before it writes over, or learns into, a directory that
+    may hold another model (another application's, or one with lessons of its own)."""
     try:
         metadata = _read_description(model_directory(directory) / "model.json").get("metadata")
     except (OSError, ModelFileError):
-        return None
-    return metadata.get("task") if isinstance(metadata, dict) else None
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def saved_task(directory):
+    """The task in the metadata of the model saved in `directory` ("images", "spam", ...), or None
+    where there is no readable model description or it names none (`saved_metadata`)."""
+    return saved_metadata(directory).get("task")
 
 
 def model_files(directory) -> dict[str, Path]:

@@ -63,6 +63,7 @@ from chainrule.data.mime import parse_message
 from chainrule.data.text import HashingConfig, message_tokens, sms_tokens
 from chainrule.errors import TrainingDiverged, UserError
 from chainrule.files import atomic_write_bytes
+from chainrule.network import saved_metadata
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
 ERROR_EXIT = 3
@@ -124,6 +125,13 @@ def _cmd_train(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # found now, not after minutes of training
         raise UserError(f"--out {out}: exists and is not a directory")
+    replaced = saved_metadata(out)
+    task, learned = replaced.get("task"), replaced.get("learned")
+    if isinstance(task, str) and task != "spam":
+        raise UserError(f"--out {out} holds a {task} model; training would replace it: choose another --out")
+    if world.rank == 0 and isinstance(learned, int) and learned > 0:
+        print(f"chainrule: warning: --out {out} holds a spam filter that has learned {learned} corrections; the "
+              "new one starts without them (teach them again with `spam learn`)", file=sys.stderr)
     t0 = time.perf_counter()
     items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes,
                           on_problem=_report_problem if world.rank == 0 else None)
