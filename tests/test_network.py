@@ -67,15 +67,19 @@ def test_odd_metadata_is_saved_as_it_reads_back_or_refused_before_anything_is_wr
             cr.Sequential([cr.ReLU()], input_shape=shape)
 
 
-def test_a_pickled_model_is_whole_again_when_unpickled():
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_a_pickled_model_is_whole_again_when_unpickled_with_its_optimizer(protocol):
     # (what multiprocessing does with a model): its layers were cut loose from its flat_params
     model = _model()
-    twin = pickle.loads(pickle.dumps(model))
+    optimizer = cr.SGD(model.parameters(), lr=0.1)
+    twin, twin_optimizer = pickle.loads(pickle.dumps((model, optimizer), protocol=protocol))
     assert all(np.shares_memory(p.data, twin.flat_params) for p in twin.parameters())
     x = np.random.default_rng(0).normal(size=(4, 3, 4)).astype(np.float32)
     assert np.array_equal(twin.predict_proba(x), model.predict_proba(x))
-    twin.flat_params[...] = 0
+    cr.fit(twin, x, np.arange(4) % 3, cr.CrossEntropy(), twin_optimizer, epochs=1, verbose=False)  # (was refused)
     assert not np.array_equal(twin.predict_proba(x), model.predict_proba(x))
+    again, again_optimizer = copy.deepcopy((twin, twin_optimizer))
+    assert again_optimizer.params is again.flat_params
 
 
 def test_a_layer_belongs_to_one_model_once():
@@ -88,8 +92,13 @@ def test_a_layer_belongs_to_one_model_once():
     twice = cr.Linear(3, 3)
     with pytest.raises(ValueError, match="layer 2 \\(Linear\\) appears twice"):
         cr.Sequential([twice, cr.Tanh(), twice], seed=0)  # (its parameters counted twice, gradients wrong)
-    relu = cr.ReLU()
-    assert len(cr.Sequential([cr.Linear(3, 3), relu, cr.Linear(3, 3), relu], seed=0).layers) == 4  # no weights
+    relu = cr.ReLU()  # (no weights, but it keeps its forward pass's output for backward: gradients were wrong)
+    with pytest.raises(ValueError, match="layer 3 \\(ReLU\\) appears twice"):
+        cr.Sequential([cr.Linear(3, 3), relu, cr.Linear(3, 3), relu], seed=0)
+    with pytest.raises(TypeError, match="use copy.deepcopy"):  # (a shallow copy moved the layers into it)
+        copy.copy(first)
+    fresh = pickle.loads(pickle.dumps(cr.Linear(3, 2), protocol=5))  # a layer of no model, unpickled: free
+    assert cr.Sequential([fresh], seed=0).num_parameters() == 8
 
 
 def test_threads_may_share_a_model_for_predictions():

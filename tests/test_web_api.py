@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import warnings
 
 import numpy as np
@@ -454,10 +455,24 @@ def test_a_message_is_parsed_outside_the_model_lock(models, monkeypatch):
     # passes need it, so other requests wait for milliseconds, not for someone else's parsing
     service = SpamService.load(models["spam"])
     calls = []
+
+    def held(lock) -> bool:  # (whether some thread holds it: another thread cannot take it)
+        got = []
+
+        def try_it():
+            got.append(lock.acquire(blocking=False))
+            if got[0]:
+                lock.release()
+
+        thread = threading.Thread(target=try_it)
+        thread.start()
+        thread.join()
+        return not got[0]
+
     for name in ("parse_message", "message_tokens", "sms_tokens"):
         real = getattr(explain, name)
         monkeypatch.setattr(explain, name, lambda *a, _real=real, _name=name, **k: (
-            calls.append((_name, service.lock.locked())), _real(*a, **k))[1])
+            calls.append((_name, held(service.bundle.model.lock))), _real(*a, **k))[1])
     html = b"<div>" * 2000 + b"win a prize" + b"</div>" * 2000
     service.classify(b"From: a@example.com\r\nSubject: hi\r\nContent-Type: text/html\r\n\r\n" + html)
     service.classify(b"Free entry: text WIN to 80082")

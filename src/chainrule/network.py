@@ -30,7 +30,7 @@ from chainrule.files import (
     write_npz_named_by_content,
 )
 from chainrule.functional import sigmoid, softmax
-from chainrule.parameter import Parameter, pack
+from chainrule.parameter import Parameter, bind, pack
 
 # 2: model.json names the array files, `<name>-<digest>.npz`. 1: the arrays were in model.npz (and a
 # spam filter's in idf.npz and replay.npz), each replaced in place; still read.
@@ -135,11 +135,11 @@ class Sequential:
         optimizer's), or twice into this one, its weights would change under the other's feet."""
         seen: set[int] = set()
         for i, layer in enumerate(self.layers):
-            if id(layer) in seen and layer.params:
+            if id(layer) in seen:  # (a ReLU or a pooling layer too: each keeps its forward pass for backward)
                 raise ValueError(f"Sequential: layer {i} ({type(layer).__name__}) appears twice; a layer is used "
-                                 "once (to share weights, build one model and call it twice)")
+                                 "once (build another of the same kind)")
             seen.add(id(layer))
-            if any(p.grad.base is not None for p in layer.parameters()):  # (a gradient is a view once packed)
+            if any(p.packed for p in layer.parameters()):
                 raise ValueError(f"Sequential: layer {i} ({type(layer).__name__}) already belongs to another model "
                                  "(or an optimizer): build it anew, or copy.deepcopy the model")
 
@@ -152,11 +152,12 @@ class Sequential:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        grads = [p.grad.copy() for p in self.parameters()]
-        self._pack()
-        for p, grad in zip(self.parameters(), grads, strict=True):
-            p.grad[...] = grad
+        bind(self.parameters(), self.flat_params, self.flat_grads)
         self.lock = threading.RLock()
+
+    def __copy__(self):
+        raise TypeError("Sequential: a shallow copy would share the layers, which belong to one model: use "
+                        "copy.deepcopy")
 
     def num_parameters(self) -> int:
         return int(self.flat_params.size)
@@ -330,17 +331,19 @@ class Sequential:
         return state
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore arrays from `state()`, checking every shape."""
+        """Restore arrays from `state()`, checking every shape (all of them before any is written)."""
         params = state.get("params")
         if params is None or params.shape != self.flat_params.shape:
             got = None if params is None else params.shape
             raise ModelFileError(f"expected {self.flat_params.size} parameters, got {got}")
-        self.flat_params[...] = params
-        for i, layer in enumerate(self.layers):
-            for name, buf in layer.buffers.items():
-                key = f"layer{i}.{name}"
-                if key not in state or state[key].shape != buf.shape:
-                    raise ModelFileError(f"buffer {key} is missing or has the wrong shape")
+        buffers = [(buf, f"layer{i}.{name}") for i, layer in enumerate(self.layers)
+                   for name, buf in layer.buffers.items()]
+        for buf, key in buffers:
+            if key not in state or state[key].shape != buf.shape:
+                raise ModelFileError(f"buffer {key} is missing or has the wrong shape")
+        with self.lock:  # (a prediction in another thread sees the old weights or the new, not half of each)
+            self.flat_params[...] = params
+            for buf, key in buffers:
                 buf[...] = state[key]
 
     def config(self) -> dict:

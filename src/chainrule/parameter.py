@@ -22,6 +22,11 @@ class Parameter:
     def __init__(self, data: np.ndarray):
         self.data = np.asarray(data)
         self.grad = np.zeros_like(self.data)
+        self.packed = False  # views of a flat buffer (`bind`): then it belongs to that buffer's model
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.packed = False  # (unpickled, its arrays are its own; a model unpickled binds them again)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -43,15 +48,31 @@ def pack(params: Sequence[Parameter], dtype=np.float32) -> tuple[np.ndarray, np.
     """
     total = sum(p.size for p in params)
     flat_data = np.empty(total, dtype=dtype)
-    flat_grad = np.zeros(total, dtype=dtype)
+    flat_grad = np.empty(total, dtype=dtype)
+    bind(params, flat_data, flat_grad)
+    return flat_data, flat_grad
+
+
+def bind(params: Sequence[Parameter], flat_data: np.ndarray, flat_grad: np.ndarray) -> None:
+    """Copy the values and gradients of `params`, in order, into the flat buffers, and rebind them
+    as views of those (a model coming back from pickle has its buffers and its parameters as
+    separate arrays: its own buffers stay, and whatever else holds them, an optimizer, say)."""
     offset = 0
     for p in params:
         n = p.size
         flat_data[offset : offset + n] = p.data.ravel()
+        flat_grad[offset : offset + n] = p.grad.ravel()
         p.data = flat_data[offset : offset + n].reshape(p.shape)
         p.grad = flat_grad[offset : offset + n].reshape(p.shape)
+        p.packed = True
         offset += n
-    return flat_data, flat_grad
+
+
+def same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two flat arrays are the same memory (the same array, or another array object over
+    it, as a model unpickled with pickle protocol 5 has)."""
+    return a.size == b.size and a.dtype == b.dtype and \
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
 
 
 def flat_buffers(params: Sequence[Parameter]) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +87,7 @@ def flat_buffers(params: Sequence[Parameter]) -> tuple[np.ndarray, np.ndarray]:
     params = list(params)
     if not params:
         raise ValueError("optimizer got an empty parameter list")
-    if all(p.grad.base is None for p in params):  # (a gradient is a view only once packed)
+    if not any(p.packed for p in params):
         return pack(params, dtype=params[0].data.dtype)
     base, grad_base = params[0].data.base, params[0].grad.base
     if base is not None and grad_base is not None and base.ndim == 1 and grad_base.ndim == 1 \

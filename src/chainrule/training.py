@@ -33,6 +33,7 @@ from chainrule.layers import Dropout, Sigmoid
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy
 from chainrule.network import Sequential, sliceable
 from chainrule.parallel import BlasThreads
+from chainrule.parameter import same_buffer
 
 
 def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World | None = None) -> dict:
@@ -260,7 +261,8 @@ def fit(
         raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
     if batch_size < world.size:
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
-    if getattr(optimizer, "params", None) is not model.flat_params:
+    if not isinstance(getattr(optimizer, "params", None), np.ndarray) or not same_buffer(optimizer.params,
+                                                                                         model.flat_params):
         raise ValueError("fit: the optimizer was not built on this model's parameters (build it with "
                          "model.parameters(), after any model.to(dtype))")
     x, y = _checked_data("fit", x, y)

@@ -1,7 +1,7 @@
 """The models behind the web app: loaded once, shared by every request.
 
-A service wraps one loaded model with what serving it needs: the lock that keeps two requests
-from running one network at once, the description `/api/models` shows, and the work of a
+A service wraps one loaded model with what serving it needs (the model's own lock keeps two
+requests from running one network at once), the description `/api/models` shows, and the work of a
 request (decode an image and predict; classify a message). Services know nothing of HTTP: bad
 input raises `ImageError` or another `UserError`, which the app answers with 422.
 
@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +122,8 @@ def _round(a: np.ndarray, digits: int = 4) -> list:
 class ImageService:
     """A loaded image model (digits, clothes, ...) and what serving it needs.
 
-    Layers cache their inputs during `forward`, so one network must not run two passes at once;
-    `lock` serialises them (the matrix products inside still use every core). Decoding an upload
+    Layers cache their inputs during `forward`, so one network must not run two passes at once:
+    the model's `lock` serialises them (the matrix products inside still use every core). Decoding an upload
     needs memory in proportion to its pixels (a 4096x4096 PNG: ~100 MB while it is shrunk), so
     decodes run on `decoder`, `MAX_PARALLEL_DECODES` threads shared by every model served, whatever
     the number of requests or models (one pool per model let 3 models decode 6 at once: 2.5 GB).
@@ -137,7 +136,6 @@ class ImageService:
     model: chainrule.Sequential
     metadata: dict
     info: ModelInfo
-    lock: threading.Lock = field(default_factory=threading.Lock)
     decoder: ThreadPoolExecutor = field(default_factory=_shared_decoder)
 
     @classmethod
@@ -165,7 +163,7 @@ class ImageService:
     def predict(self, image: np.ndarray, explain: bool) -> ImagePrediction:
         """Classify one preprocessed 28x28 image; with `explain`, also return what every layer did."""
         x = model_inputs(image[None], self.metadata)
-        with self.lock:  # one forward pass gives the answer and, with `explain`, every layer's output
+        with self.model.lock:  # one forward pass gives the answer and, with `explain`, every layer's output
             outputs = self.model.layer_outputs(x) if explain else [self.model.forward(x)]
             proba = class_distribution(self.model, self.model.probabilities(outputs[-1]))[0]
             outputs = [out[0].copy() for out in outputs] if explain else None
@@ -240,12 +238,11 @@ def _weight_matrix(layer) -> np.ndarray | None:
 
 @dataclass
 class SpamService:
-    """A loaded spam classifier; `lock` serialises its passes for the same reason as digits'."""
+    """A loaded spam classifier (its network's `lock` serialises its passes, as an image model's)."""
 
     path: Path
     bundle: SpamModel
     info: ModelInfo
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def load(cls, path) -> SpamService:
@@ -254,8 +251,7 @@ class SpamService:
         return cls(path, bundle, model_info(path, bundle.model, bundle.metadata))
 
     def classify(self, raw: bytes) -> SpamVerdict:
-        # the lock covers the network's passes only: parsing a large message must not hold up others
-        result = classify_message(self.bundle, raw, top=TOP_TOKENS, lock=self.lock)
+        result = classify_message(self.bundle, raw, top=TOP_TOKENS)
         tokens = [TokenWeight(token=str(t["token"]), weight=float(t["weight"])) for t in result["top_tokens"]]
         return SpamVerdict(label=result["label"], probability=float(result["probability"]), top_tokens=tokens,
                            problem=result.get("problem"))

@@ -40,8 +40,8 @@ model is loaded, scored, explained and taught.
 connections. A message of up to `INLINE_BYTES` is classified on the loop itself: that takes a few
 tenths of a millisecond, less than handing it to a thread and back, and the threads could not run
 Python side by side anyway. Larger messages and REPORT's explanations run on a small thread pool
-against the loaded filter (forward passes do not modify the network, so threads share it;
-REPORT's explanation runs a backward pass and takes a lock). Learning (TELL), loading and
+against the loaded filter (its network's passes take turns on the model's lock: the layers keep
+what a backward pass would need, and REPORT's explanation runs one). Learning (TELL), loading and
 reloading run one at a time on a thread of their own: a TELL is applied with the same learner as
 `chainrule spam learn`, under the same lock of the model directory, to the model as it is on disk
 then (a `spam learn` from cron may have saved since this one was loaded), saved in one commit, and
@@ -62,7 +62,6 @@ import signal
 import socket
 import stat
 import tempfile
-import threading
 import time
 import zlib
 from collections import OrderedDict
@@ -206,7 +205,6 @@ class SpamFilter:
         self.directory = Path(bundle.directory)
         self._cutoffs = (spam_cutoff, ham_cutoff)  # overrides, kept for the next load
         self._stamp = stamp
-        self._explain_lock = threading.Lock()  # explain_row runs backward through shared layer caches
 
     @classmethod
     def load(cls, directory, spam_cutoff: float | None = None, ham_cutoff: float | None = None) -> SpamFilter:
@@ -224,7 +222,7 @@ class SpamFilter:
             p, problems = b.score([("mail", raw)], processes=1)
             return Verdict(float(p[0]), b.spam_cutoff, b.ham_cutoff, problem=problems[0])
         parsed = parse_message(raw)
-        p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10, lock=self._explain_lock)
+        p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10)
         return Verdict(p, b.spam_cutoff, b.ham_cutoff, tuple(to_spam), tuple(to_ham), parsed.problem)
 
     def learn(self, examples: Sequence[tuple[bytes, bool]]) -> tuple[SpamFilter, list[bool]]:

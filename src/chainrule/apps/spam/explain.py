@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import re
-from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,8 +16,7 @@ from chainrule.data.text import message_tokens, sms_tokens
 from chainrule.functional import sigmoid
 
 
-def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10,
-                lock: AbstractContextManager | None = None) -> tuple[float, list, list]:
+def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[float, list, list]:
     """(P(spam), tokens towards spam, tokens towards ham) by gradient × input on the hashed features.
 
     The logit's gradient with respect to every input bucket is backpropagated through the layers
@@ -27,14 +25,15 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10,
     share its bucket and sign (they are indistinguishable to the network).
 
     Layers cache their inputs in the forward pass for the backward one, so a network shared by
-    threads must run one pass at a time: `lock` is held around the two passes, and only them.
+    threads must run one pass at a time: the model's `lock` is held around the two passes, and only
+    them.
     """
     hasher = bundle.hasher
     idx, val = hasher.row(tokens)
     x = sp.csr_matrix((val, idx, [0, len(idx)]), shape=(1, bundle.config.n_features), dtype=np.float32)
     net = bundle.model
     first = net.layers[0]
-    with lock or nullcontext():
+    with net.lock:
         out = net.forward(x)
         grad = np.ones_like(out)
         for layer in reversed(net.layers[1:]):
@@ -65,13 +64,12 @@ def looks_like_email(raw: bytes) -> bool:
     return bool(_EMAIL_START.match(raw[:1024]))
 
 
-def classify_message(bundle: SpamModel, raw: bytes, top: int = 5,
-                     lock: AbstractContextManager | None = None) -> dict:
+def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
     """Classify one message for programs such as the web app: an email with its headers, or the
     text of an SMS (anything that does not start like an email), tokenised as training saw each.
 
     Parsing and tokenising, the slow part (a deep 1 MB HTML mail takes a second or two), need no
-    lock; `lock` is held only around the network's passes (`explain_row`).
+    lock; the model's is held only around the network's passes (`explain_row`).
 
     Returns {"label": "spam"|"ham"|"unsure", "probability": P(spam), "top_tokens":
     [{"token", "weight"}...] (the strongest in either direction), "problem": str|None}.
@@ -81,7 +79,7 @@ def classify_message(bundle: SpamModel, raw: bytes, top: int = 5,
         tokens, problem = message_tokens(parsed, bundle.config), parsed.problem
     else:
         tokens, problem = sms_tokens(raw[:MAX_BYTES].decode("utf-8", "replace"), bundle.config), None
-    p, to_spam, to_ham = explain_row(bundle, tokens, top, lock)
+    p, to_spam, to_ham = explain_row(bundle, tokens, top)
     strongest = sorted(to_spam + to_ham, key=lambda t: -abs(t[1]))[:top]
     return {"label": verdict(p, bundle.spam_cutoff, bundle.ham_cutoff), "probability": p,
             "top_tokens": [{"token": t, "weight": round(w, 6)} for t, w in strongest],

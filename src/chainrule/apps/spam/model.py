@@ -70,8 +70,9 @@ class SpamModel:
         """The network's logit, log(P(spam) / P(ham)), for every row of `x`."""
         if x.shape[0] == 0:
             return np.zeros(0)
-        return np.concatenate([self.model.forward(x[i:i + batch_size]).reshape(-1)
-                               for i in range(0, x.shape[0], batch_size)]).astype(np.float64)
+        with self.model.lock:  # (the layers keep what a backward pass would need: one pass at a time)
+            return np.concatenate([self.model.forward(x[i:i + batch_size]).reshape(-1)
+                                   for i in range(0, x.shape[0], batch_size)]).astype(np.float64)
 
     def probabilities(self, x: sp.csr_matrix, batch_size: int = 2048) -> np.ndarray:
         """P(spam) for every row of `x`."""
@@ -115,12 +116,13 @@ class SpamModel:
         tokens, problem = item_tokens(kind, data, self.config)
         buckets, values = self.hasher.row(tokens)
         first, *rest = self.model.layers
-        h = np.multiply(values[:, None], first.weight.data[buckets]).sum(axis=0, keepdims=True)
-        if first.bias is not None:
-            h += first.bias.data
-        for layer in rest:
-            h = layer.forward(h)
-        return float(sigmoid(h.reshape(-1).astype(np.float64))[0]), problem
+        with self.model.lock:
+            h = np.multiply(values[:, None], first.weight.data[buckets]).sum(axis=0, keepdims=True)
+            if first.bias is not None:
+                h += first.bias.data
+            for layer in rest:
+                h = layer.forward(h)
+            return float(sigmoid(h.reshape(-1).astype(np.float64))[0]), problem
 
     def verdicts(self, p: np.ndarray) -> list[str]:
         return [verdict(float(q), self.spam_cutoff, self.ham_cutoff) for q in p]
