@@ -347,6 +347,7 @@ def test_a_history_iterates_over_its_epochs_and_refuses_a_key_no_epoch_has():
     assert list(history) == [] and "loss" not in history  # (both hung)
     history.epochs = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
     assert [e["loss"] for e in history] == [0.5, 0.25] and history[-1] == {"epoch": 2, "loss": 0.25}
+    assert "loss" in history and "val_loss" not in history and history[np.int64(0)]["epoch"] == 1
     assert history["loss"] == [0.5, 0.25] and history["val_loss"] == [None, None]  # (no validation data)
     with pytest.raises(KeyError, match="'los': no epoch measured it"):
         history["los"]

@@ -189,6 +189,8 @@ def test_a_class_weighted_loss_of_a_whole_set_does_not_depend_on_the_batches():
     history = cr.fit(model, x, y, loss, cr.SGD(model.parameters(), lr=1e-300), epochs=1, batch_size=7,
                      shuffle=False, verbose=False)
     assert history["loss"][0] == pytest.approx(whole, rel=1e-12)
+    with pytest.raises(ValueError, match=r"evaluate: labels must be in \[0, 3\)"):  # (checked like fit's)
+        cr.evaluate(model, x, np.full(50, 3), loss)
     # a loss that is a plain function still works, its batches counted by their examples
     plain = cr.CrossEntropy()
     assert cr.evaluate(model, x, y, lambda out, target: plain(out, target), batch_size=7)["loss"] == \
@@ -438,3 +440,39 @@ def test_training_steps_reuse_the_memory_the_steps_before_them_freed(mnist_dir):
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) < 20  # minor page faults in a median step
+
+
+def test_a_prediction_in_another_thread_changes_nothing_of_a_training():
+    """The layers keep what backward (and GradientFlow, after it) reads: a prediction between the
+    two passes replaced it (the loss went 0.67 -> 10.1, and dead units read 0% where half were)."""
+    import sys
+    import threading
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 20)).astype(np.float32)
+    y = (x[:, 0] * x[:, 1] > 0).astype(np.int64)
+
+    def train(reader: bool):
+        model = cr.Sequential([cr.Linear(20, 64), cr.ReLU(), cr.Linear(64, 2)], seed=0)
+        model.layers[0].bias.data[32:] = -100  # half the hidden units dead
+        stop = threading.Event()
+        thread = threading.Thread(target=lambda: [model.predict(x[:32] * 100) for _ in iter(stop.is_set, True)])
+        if reader:
+            thread.start()
+        try:
+            history = cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=0.05), epochs=2,
+                             batch_size=32, verbose=False)
+        finally:
+            stop.set()
+            if reader:
+                thread.join()
+        return history["loss"], [e["1:ReLU"]["dead_fraction"] for e in history.gradient_flow], model.flat_params
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        alone, shared = train(False), train(True)
+    finally:
+        sys.setswitchinterval(interval)
+    assert alone[0] == shared[0] and alone[1] == shared[1] == [0.5, 0.5]
+    assert np.array_equal(alone[2], shared[2])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import operator
 
 # What `fit` puts in every epoch's dict (the val_ ones with validation data, accuracy for labels).
 EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s")
@@ -31,8 +32,8 @@ class History:
     def __getitem__(self, key: str | int) -> list | dict:
         """`history["loss"]`: that value of every epoch (None where an epoch has none, e.g.
         `val_loss` without validation data); `history[i]`: epoch i's dict."""
-        if isinstance(key, int):
-            return self.epochs[key]
+        if not isinstance(key, str):
+            return self.epochs[operator.index(key)]
         if key not in EPOCH_KEYS and not any(key in e for e in self.epochs):  # (a misspelling, say)
             raise KeyError(f"{key!r}: no epoch measured it; each has some of {', '.join(EPOCH_KEYS)}")
         return [e.get(key) for e in self.epochs]
@@ -40,6 +41,10 @@ class History:
     def __iter__(self):
         """The epochs' dicts, first to last."""
         return iter(self.epochs)
+
+    def __contains__(self, key) -> bool:
+        """Whether some epoch measured `key` ("val_loss" in history: was there validation data?)."""
+        return any(key in e for e in self.epochs)
 
     def __len__(self) -> int:
         return len(self.epochs)

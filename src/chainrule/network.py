@@ -562,8 +562,10 @@ def _as_json(metadata: dict) -> dict:
 
     try:
         return json.loads(json.dumps(metadata, allow_nan=False, default=plain))
-    except ValueError:
-        raise ValueError("Sequential.save: metadata holds NaN or infinity, which JSON has no number for") from None
+    except ValueError as exc:
+        if str(exc).startswith("Out of range float"):
+            raise ValueError("Sequential.save: metadata holds NaN or infinity, which JSON has no number for") from None
+        raise ValueError(f"Sequential.save: metadata: {exc}") from None
 
 
 def _read_description(path: Path) -> dict:

@@ -44,6 +44,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     """
     world = world or World()
     x, y = _checked_data("evaluate", x, y)
+    _check_targets("evaluate", y, model, loss)
     n = x.shape[0]
     lo, hi = world.shard(n)
     labels = _are_labels(y, model, loss)
@@ -166,8 +167,10 @@ def _check_optimizer_state(optimizer, epoch: int) -> None:
     square overflowed makes Adam's v infinite for good, and the weights it divides stop moving,
     while the loss stays finite (the guard never sees it). Once an epoch; min and max propagate NaN
     and are ±inf if any value is, so two reductions tell, with no temporary array."""
-    for name in getattr(optimizer, "moments", ()):
-        values = getattr(optimizer, name)
+    moments = getattr(optimizer, "moments", ())
+    arrays = ({name: getattr(optimizer, name) for name in moments} if moments else  # (else an optimizer of
+              {name: a for name, a in optimizer.state().items() if np.ndim(a)})   # one's own, by its state)
+    for name, values in arrays.items():
         for bad in (values.min(), values.max()):
             if not np.isfinite(bad):
                 raise TrainingDiverged(float(bad), epoch + 1, None, optimizer.lr,
@@ -354,29 +357,30 @@ def fit(
                         layer.batch_rows = (first, len(idx))
                 if augment is not None:
                     xb = augment(xb, rng, batch_rows=(first, len(idx))) if parallel else augment(xb, rng)
-                # (the guard below reports where the overflow led; the lock keeps a prediction
-                # of another thread from replacing what backward reads between the two passes)
-                with np.errstate(over="ignore", invalid="ignore"), model.lock:
-                    out = model.forward(xb, training=True)
-                    value, grad = loss(out, yb)  # grad = dL/d(out)
-                    correct = _correct(out, yb, model) if labels else 0
-                    weight = _weight(loss, yb)
-                    stats = np.array([value * weight if weight else 0.0, weight, len(yb), correct])
-                    if parallel:  # the shard's share of the global batch's mean (every process has all of y)
-                        whole = _weight(loss, y[idx])
-                        grad = grad * (weight / whole if whole else 0.0)
-                        summing = world.iallreduce(stats)
-                        model.backward(grad, input_grad=False, after_layer=buckets.layer_done)
-                        buckets.wait()  # every process now holds Σ over the processes of their gradients
-                        world.wait([summing])
-                    else:
-                        model.backward(grad, input_grad=False)  # fills every parameter's .grad
-                    # raises TrainingDiverged on NaN or inf (everywhere at once: the loss is the sum's)
-                    guard.check(stats[0] / stats[1] if stats[1] else 0.0, epoch, b, optimizer.lr)
-                    optimizer.step()
-                running.add(*stats)
-                for cb in callbacks:
-                    cb.on_batch_end(b, {**running.logs(), "examples": running.examples})
+                # The lock keeps a prediction of another thread from replacing what backward reads
+                # between the two passes, or what GradientFlow reads after them.
+                with model.lock:
+                    with np.errstate(over="ignore", invalid="ignore"):  # (the guard reports where it led)
+                        out = model.forward(xb, training=True)
+                        value, grad = loss(out, yb)  # grad = dL/d(out)
+                        correct = _correct(out, yb, model) if labels else 0
+                        weight = _weight(loss, yb)
+                        stats = np.array([value * weight if weight else 0.0, weight, len(yb), correct])
+                        if parallel:  # the shard's share of the global batch's mean (every process has all of y)
+                            whole = _weight(loss, y[idx])
+                            grad = grad * (weight / whole if whole else 0.0)
+                            summing = world.iallreduce(stats)
+                            model.backward(grad, input_grad=False, after_layer=buckets.layer_done)
+                            buckets.wait()  # every process now holds Σ over the processes of their gradients
+                            world.wait([summing])
+                        else:
+                            model.backward(grad, input_grad=False)  # fills every parameter's .grad
+                        # raises TrainingDiverged on NaN or inf (everywhere at once: the loss is the sum's)
+                        guard.check(stats[0] / stats[1] if stats[1] else 0.0, epoch, b, optimizer.lr)
+                        optimizer.step()
+                    running.add(*stats)
+                    for cb in callbacks:
+                        cb.on_batch_end(b, {**running.logs(), "examples": running.examples})
             _check_optimizer_state(optimizer, epoch)
             seconds = time.perf_counter() - t0
 

@@ -590,6 +590,10 @@ EVALUATE_FILES = ("eval_metrics.json", "eval_confusion_matrix.png", "mistakes.pn
 DERIVED_FILES = (*EVALUATE_FILES, "first_layer.png")
 
 
+# An evaluate's files take seconds to draw: a staging folder older than this was left by a killed one.
+STALE_STAGING_S = 3600
+
+
 def _clear_leftovers(out: Path, fresh: bool) -> None:
     """Delete the partial checkpoint and staged files a killed run left (`atomic_open`'s temporary
     file, `written_together`'s folder), and when a run starts afresh over an earlier one, that
@@ -599,8 +603,9 @@ def _clear_leftovers(out: Path, fresh: bool) -> None:
     touched."""
     for tmp in out.glob(".checkpoint.npz.*.tmp"):
         tmp.unlink(missing_ok=True)
-    for staging in out.glob(f"{STAGING_PREFIX}*"):  # (`written_together`'s, of a killed run)
-        shutil.rmtree(staging, ignore_errors=True)
+    for staging in out.glob(f"{STAGING_PREFIX}*"):  # (`written_together`'s, of a killed run or evaluate:
+        if time.time() - staging.stat().st_mtime > STALE_STAGING_S:  # one of a running evaluate is younger)
+            shutil.rmtree(staging, ignore_errors=True)
     if not fresh:
         return
     if (out / "checkpoint.npz").exists():

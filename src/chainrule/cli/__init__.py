@@ -41,8 +41,10 @@ MPI_COMMANDS = "digits train, images train, spam train, spam classify"
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code. The one place where errors become messages."""
-    if getattr(sys.stdout, "errors", None) == "strict":  # (a terminal that cannot show "·": \xb7, not a crash;
-        sys.stdout.reconfigure(errors="backslashreplace")   # C locales' surrogateescape gives file names back as bytes)
+    # A terminal that cannot show "·" gets \xb7, not a crash (C locales' surrogateescape, which
+    # gives file names back as their bytes, is left as it is)
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     world = distributed.World()  # this process alone, until the launcher's world is known

@@ -456,10 +456,12 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
         if shape[0] != n:
             raise DataError(f"{labels_path}: {shape[0]} labels but {images_path.name} has {n} images")
 
+    def as_its_header_said(shape):  # (the file changed since its header was read)
+        if shape != (n, height, width):
+            raise DataError(f"{images_path}: changed while it was being read")
+
     labels = read_idx(labels_path, 1, check=as_many_as_images)
-    images = read_idx(images_path, 3)
-    if images.shape != (n, height, width):  # (the file changed since its header was read)
-        raise DataError(f"{images_path}: changed while it was being read")
+    images = read_idx(images_path, 3, check=as_its_header_said)
     if known is None:
         known = _recognise(labels, split)
     name = known.name if known is not None else str(images_path.parent.resolve())

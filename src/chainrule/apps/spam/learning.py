@@ -308,8 +308,9 @@ def _rehearse(bundle: SpamModel, x_new, y_new: np.ndarray, x_old, y_old: np.ndar
 def _fit_touched(model: cr.Sequential, x: sp.csr_matrix, y: np.ndarray, loss, epochs: int, lr: float,
                  seed: int) -> None:
     """Equivalent to `cr.fit(model, x, y, loss, cr.Adam(model.parameters(), lr=lr), epochs=epochs,
-    batch_size=32, seed=seed)` with the network's dropout drawn from `seed`, for a network whose
-    first layer is a Linear that reads the sparse rows `x`, at a small part of the cost.
+    batch_size=32, seed=seed)` with the network's dropout drawn from a generator seeded with `seed`
+    (as `cr.Sequential(..., seed=seed)` seeds it), for a network whose first layer is a Linear that
+    reads the sparse rows `x`, at a small part of the cost.
 
     A fresh Adam's moments m and v of a weight start at 0 and stay 0 while its gradient is 0, so
     its step lr·m̂/(√v̂ + ε) is exactly 0: the first-layer rows of buckets that no row of `x` has
