@@ -229,22 +229,19 @@ def test_not_gzip(good_set):
     assert load_mnist("test", good_set)[0].shape == (50, 28, 28)
 
 
-def test_images_are_checked_against_the_labels_from_their_header_before_their_data(good_set):
-    # a 2 MB gzip file can declare (and inflate to) 2 GB of images: the count in its header is
-    # compared with the labels' before any image is read (the data here holds 50 images only)
-    path = good_set / f"{idx.FILES['test'][0]}.gz"
-    _rewrite(path, lambda b: b[:4] + (2_000_000).to_bytes(4, "big") + b[8:])
+@pytest.mark.parametrize("which, count, expected", [
+    (0, 2_000_000, "50 labels but t10k-images-idx3-ubyte.gz has 2000000 images"),
+    (1, 50_000_000, "50000000 labels but t10k-images-idx3-ubyte.gz has 50 images"),
+])
+def test_images_and_labels_are_checked_against_each_other_from_their_headers_before_their_data(
+        good_set, which, count, expected):
+    # a 2 MB gzip file can declare (and inflate to) 2 GB: the counts in the two headers are compared
+    # before either file's data is read (the data here holds 50 of each only)
+    path = good_set / f"{idx.FILES['test'][which]}.gz"
+    _rewrite(path, lambda b: b[:4] + count.to_bytes(4, "big") + b[8:])
     with pytest.raises(DataError) as exc_info:
         load_image_set(good_set, "test")
-    assert "50 labels but t10k-images-idx3-ubyte.gz has 2000000 images" in str(exc_info.value)
-
-
-def test_labels_are_checked_against_the_images_from_their_headers_before_their_data(good_set):
-    path = good_set / f"{idx.FILES['test'][1]}.gz"
-    _rewrite(path, lambda b: b[:4] + (50_000_000).to_bytes(4, "big") + b[8:])
-    with pytest.raises(DataError) as exc_info:
-        load_image_set(good_set, "test")
-    assert "50000000 labels but t10k-images-idx3-ubyte.gz has 50 images" in str(exc_info.value)
+    assert expected in str(exc_info.value)
 
 
 def test_image_size_must_be_28x28(tmp_path):
