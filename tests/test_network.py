@@ -65,6 +65,11 @@ def test_odd_metadata_is_saved_as_it_reads_back_or_refused_before_anything_is_wr
     for shape in ((), 3):
         with pytest.raises(ValueError, match="input_shape must be a tuple of positive integers"):
             cr.Sequential([cr.ReLU()], input_shape=shape)
+    for x, words in ((None, "got NoneType"), (3.0, "got a single number")):  # (were IndexErrors)
+        with pytest.raises(ValueError, match=f"expected a batch of shape \\(N, 3\\), {words}"):
+            model.predict(x)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):  # (was accepted)
+        model.predict(np.zeros((2, 3)), batch_size=0)
 
 
 @pytest.mark.parametrize("protocol", [4, 5])

@@ -129,6 +129,7 @@ def test_fit_rejects_nan_inputs_and_bad_arguments():
         ((x, y), {"validation_split": float("nan")}, "validation_split must be a fraction between 0 and 1"),
         ((x, y), {"validation_data": (x,)}, r"validation_data must be a pair \(x_val, y_val\)"),
         ((x, y), {"validation_data": (x, np.where(y == 1, 9, y))}, r"validation_data: labels must be in \[0, 3\)"),
+        ((x, y), {"validation_data": (x, y.astype(float))}, "CrossEntropy's targets are integer class labels"),
     ]:
         with pytest.raises(ValueError, match=message):
             cr.fit(model, *args, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False, **kwargs)

@@ -87,7 +87,9 @@ def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
     in the loss (with several processes, one process's error would leave the others waiting for
     it for ever): CrossEntropy's labels in range, BinaryCrossEntropy's targets from 0 to 1."""
     classes = model.output_shape[-1]
-    if isinstance(loss, CrossEntropy) and _is_labels(y) and (y.min() < 0 or y.max() >= classes):
+    if isinstance(loss, CrossEntropy) and not _is_labels(y):
+        raise ValueError(f"{where}: CrossEntropy's targets are integer class labels, got {y.dtype} values")
+    if isinstance(loss, CrossEntropy) and (y.min() < 0 or y.max() >= classes):
         raise ValueError(f"{where}: labels must be in [0, {classes}) for the network's {classes} outputs, "
                          f"got {y.min()}..{y.max()}")
     if isinstance(loss, BinaryCrossEntropy) and (y.min() < 0 or y.max() > 1):
