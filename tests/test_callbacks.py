@@ -353,3 +353,9 @@ def test_a_history_iterates_over_its_epochs_and_refuses_a_key_no_epoch_has():
         history["los"]
     with pytest.raises(IndexError):
         history[2]
+
+
+@pytest.mark.parametrize("patience", [-1, 2.7, True, "3"])
+def test_early_stopping_patience_is_a_whole_number_of_epochs(patience):
+    with pytest.raises(ValueError, match="patience must be an integer >= 0"):  # (2.7 was cut to 2)
+        cr.EarlyStopping(patience=patience)

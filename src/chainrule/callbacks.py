@@ -69,8 +69,8 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
                  restore_best_weights: bool = True):
-        if patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be >= 0, got {patience!r}")
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be an integer >= 0, got {patience!r}")
         self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
         self.restore_best_weights = restore_best_weights
         self.sign = -1.0 if "accuracy" in monitor else 1.0  # minimise sign·value
