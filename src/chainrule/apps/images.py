@@ -719,7 +719,8 @@ def evaluate_saved(model_dir, model: Sequential, metadata: dict, data=None, out=
     with written_together(out, EVALUATE_FILES) as new:  # (an interrupted evaluate leaves the earlier set)
         plots.confusion_matrix(np.array(report["confusion_matrix"]), new / "eval_confusion_matrix.png",
                                labels=report["classes"],
-                               title=f"{run_name(metadata['dataset'])}, {idx.title(test.name)} test set")
+                               title=f"{run_name(metadata['dataset'])} {metadata.get('preset', 'model')}, "
+                                     f"{idx.title(test.name)} test set")
         shown = save_mistakes_grid(report, test.images, test.labels, new / "mistakes.png", top)
         atomic_write_bytes(new / "eval_metrics.json", json.dumps(_public(report), indent=2).encode())
     return report, shown
