@@ -420,9 +420,14 @@ def test_train_never_replaces_another_apps_model_and_says_when_corrections_go(da
     cr.Sequential([cr.Linear(784, 10)], seed=0).save(digits, {"task": "images"})
     before = (digits / "model.json").read_bytes()
     assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(digits)]) == 2
-    assert capsys.readouterr().err == f"chainrule: error: --out {digits} holds a images model; training would " \
-        "replace it: choose another --out\n"
+    assert capsys.readouterr().err == f"chainrule: error: --out {digits} holds another application's model " \
+        "(task 'images'); training would replace it: choose another --out\n"
     assert (digits / "model.json").read_bytes() == before
+    run = tmp_path / "run"  # a digits training stopped before its model: its run.json and checkpoint
+    run.mkdir()
+    (run / "run.json").write_text('{"options": {}}')
+    assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(run)]) == 2
+    assert "holds an image training run" in capsys.readouterr().err
     lines = (data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines()
     (tmp_path / "train.txt").write_bytes(b"\n".join(lines[:300]) + b"\n")
     small = ["--sms", str(tmp_path / "train.txt"), "--hash-bits", "12", "--hidden", "4", "--epochs", "2", "--quiet"]

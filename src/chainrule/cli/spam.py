@@ -128,7 +128,11 @@ def _cmd_train(args) -> int:
     replaced = saved_metadata(out)
     task, learned = replaced.get("task"), replaced.get("learned")
     if isinstance(task, str) and task != "spam":
-        raise UserError(f"--out {out} holds a {task} model; training would replace it: choose another --out")
+        raise UserError(f"--out {out} holds another application's model (task {task!r}); training would replace "
+                        "it: choose another --out")
+    if (out / "run.json").is_file() or (out / "checkpoint.npz").is_file():  # (`images train` writes them first)
+        raise UserError(f"--out {out} holds an image training run (run.json, checkpoint.npz); training would "
+                        "spoil it: choose another --out")
     if world.rank == 0 and isinstance(learned, int) and learned > 0:
         print(f"chainrule: warning: --out {out} holds a spam filter that has learned {learned} corrections; the "
               "new one starts without them (teach them again with `spam learn`)", file=sys.stderr)
