@@ -255,9 +255,7 @@ class Sequential:
         if x.ndim == 0:
             raise ValueError(f"Sequential: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {type(x.item()).__name__ if x.dtype == object else 'a single number'}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"Sequential: batch_size must be a positive integer, got {batch_size!r}")
-        step = self.examples_per_pass(batch_size)
+        step = self.examples_per_pass(L._positive_int("Sequential", "batch_size", batch_size))
         with self.lock:  # (the layers keep what a backward pass would need: one pass at a time)
             outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]
             return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)

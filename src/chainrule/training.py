@@ -29,7 +29,7 @@ from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
 from chainrule.history import History
-from chainrule.layers import Dropout, Sigmoid
+from chainrule.layers import Dropout, Sigmoid, _positive_int
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy
 from chainrule.network import Sequential, sliceable
 from chainrule.parallel import BlasThreads
@@ -257,9 +257,7 @@ def fit(
     world = world or World()
     parallel = world.size > 1
     _keep_freed_memory()
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"fit: {name} must be a positive integer, got {value!r}")
+    epochs, batch_size = _positive_int("fit", "epochs", epochs), _positive_int("fit", "batch_size", batch_size)
     if validation_split and not (isinstance(validation_split, (int, float, np.floating)) and 0 < validation_split < 1):
         raise ValueError(f"fit: validation_split must be a fraction between 0 and 1, got {validation_split!r}")
     if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
