@@ -39,11 +39,7 @@ def atomic_open(path) -> Iterator[BinaryIO]:
     is untouched.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):  # (mkdir's words for a file where a folder should be)
-        blocking = next(p for p in (path.parent, *path.parent.parents) if p.exists())
-        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder, is in the way", str(blocking)) from None
+    _make_folder(path.parent)
     mode = _mode_for(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -66,6 +62,15 @@ def atomic_open(path) -> Iterator[BinaryIO]:
         raise
 
 
+def _make_folder(directory: Path) -> None:
+    """Make `directory` and its parents where missing; a file in the way is named in the error."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # (mkdir's words for a file where a folder should be)
+        blocking = next(p for p in (directory, *directory.parents) if p.exists())
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder, is in the way", str(blocking)) from None
+
+
 # `written_together`'s staging folders begin so (one a killed process left is a run folder's leftover).
 STAGING_PREFIX = ".writing-"
 
@@ -80,11 +85,7 @@ def written_together(directory, names: tuple[str, ...]) -> Iterator[Path]:
     for name in names:
         if (directory / name).is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(directory / name))
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocking = next(p for p in (directory, *directory.parents) if p.exists())
-        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder, is in the way", str(blocking)) from None
+    _make_folder(directory)
     with tempfile.TemporaryDirectory(dir=directory, prefix=STAGING_PREFIX) as staging:
         staging = Path(staging)
         try:

@@ -71,8 +71,7 @@ def bind(params: Sequence[Parameter], flat_data: np.ndarray, flat_grad: np.ndarr
 def same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two flat arrays are the same memory (the same array, or another array object over
     it, as a model unpickled with pickle protocol 5 has)."""
-    return a.size == b.size and a.dtype == b.dtype and \
-        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    return a.size == b.size and a.dtype == b.dtype and _address(a) == _address(b)
 
 
 def flat_buffers(params: Sequence[Parameter]) -> tuple[np.ndarray, np.ndarray]:
@@ -109,4 +108,9 @@ def flat_buffers(params: Sequence[Parameter]) -> tuple[np.ndarray, np.ndarray]:
 
 def _offset(view: np.ndarray, base: np.ndarray) -> int:
     """Where `view` starts in `base`, in elements."""
-    return (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
+    return (_address(view) - _address(base)) // base.itemsize
+
+
+def _address(a: np.ndarray) -> int:
+    """Where `a`'s first element is in memory."""
+    return a.__array_interface__["data"][0]
