@@ -144,6 +144,8 @@ def _open(path: Path):
     """Open `path` for reading bytes, through gzip when its first two bytes say it is gzipped."""
     with open(path, "rb") as f:
         head = f.read(2)
+    if not head:
+        raise DataError(f"{path}: empty file")
     if head == b"\x1f\x8b":
         return gzip.open(path, "rb")
     if path.suffix == ".gz":
@@ -197,8 +199,6 @@ def _header(f, path: Path, ndim: int) -> tuple[int, ...]:
 def idx_shape(path, ndim: int) -> tuple[int, ...]:
     """The shape an IDX file declares, from its header alone (see `read_idx`)."""
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file")
     with _open(path) as f:
         return _header(f, path, ndim)
 
@@ -213,8 +213,6 @@ def read_idx(path, ndim: int, check=None) -> np.ndarray:
             number, wrong element type or number of dimensions, or a zero dimension.
     """
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file")
     with _open(path) as f:
         shape = _header(f, path, ndim)
         size = int(np.prod(shape, dtype=np.int64))
@@ -296,6 +294,11 @@ def _find(directory: Path, name: str) -> Path | None:
     return None
 
 
+def _holds(directory: Path, names) -> bool:
+    """Whether `directory` holds a file of each of `names` (gzipped or not)."""
+    return all(_find(directory, name) is not None for name in names)
+
+
 def find_files(split: str, source=None, default: str | None = "mnist") -> tuple[Path, Path] | None:
     """The (images, labels) paths for `split`: from the first folder that holds all four files of a
     set, else from the first that holds the split's two (a folder of test files only can be
@@ -307,13 +310,13 @@ def find_files(split: str, source=None, default: str | None = "mnist") -> tuple[
     """
     dirs = _search_dirs(source, default)[0]
     for directory in dirs:
-        if all(_find(directory, name) is not None for name in FILES["train"] + FILES["test"]):
+        if _holds(directory, FILES["train"] + FILES["test"]):
             return _find(directory, FILES[split][0]), _find(directory, FILES[split][1])
-    here = next((d for d in dirs if all(_find(d, name) is not None for name in FILES[split])), None)
+    here = next((d for d in dirs if _holds(d, FILES[split])), None)
     if here is None:
         return None
     other = "test" if split == "train" else "train"
-    there = next((d for d in dirs if all(_find(d, name) is not None for name in FILES[other])), None)
+    there = next((d for d in dirs if _holds(d, FILES[other])), None)
     if there is not None:
         raise DataError(f"the {split} files are in {here} but the {other} files in {there}: put the four files "
                         "of one set in one folder")
