@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from chainrule.apps.spam import save_model, train_filter, training_features
-from chainrule.apps.spam.daemon import THRESHOLD, SpamFilter, Verdict, format_score, mark_up, spamd_score
+from chainrule.apps.spam.daemon import SpamFilter
+from chainrule.apps.spam.protocol import THRESHOLD, Verdict, format_score
 from chainrule.cli import main
 from chainrule.data.corpora import read_messages
 from chainrule.data.text import HashingConfig
@@ -45,67 +44,6 @@ def _need(binary: str) -> str:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
-
-
-# --- the score mapping and the markup, without a daemon ------------------------------------------
-
-def test_score_is_monotone_and_crosses_the_threshold_exactly_at_the_spam_cutoff():
-    spam_cut, ham_cut = 0.7, 0.2
-    p = np.concatenate([np.linspace(0, 1, 2001), [spam_cut, np.nextafter(spam_cut, 0), ham_cut,
-                                                  np.nextafter(ham_cut, 0), 1e-30, 1 - 1e-17]])
-    p.sort()
-    scores = [spamd_score(q, spam_cut, ham_cut) for q in p]
-    assert all(a <= b for a, b in zip(scores, scores[1:], strict=False))
-    for q, s in zip(p, scores, strict=True):
-        assert (s >= THRESHOLD) == (q >= spam_cut)
-        if ham_cut <= q < spam_cut:
-            assert 2.5 <= s < THRESHOLD  # unsure keeps a band of its own
-        if q < ham_cut:
-            assert s <= 2.5  # (equal only where p rounds to the log-odds of the cut-off)
-    v = Verdict(np.nextafter(spam_cut, 0), spam_cut, ham_cut)
-    assert v.label == "unsure" and format_score(v.score, v.label) == "4.9"  # never rounded up to 5.0
-    assert format_score(spamd_score(spam_cut, spam_cut, ham_cut), "spam") == "5.0"
-    v = Verdict(np.nextafter(ham_cut, 0), spam_cut, ham_cut)
-    assert v.label == "ham" and format_score(v.score, v.label) == "2.4"  # never rounded up to unsure's 2.5
-
-
-def test_cutoffs_at_zero_and_one_still_give_consistent_scores():
-    for spam_cut, ham_cut in ((1.0, 0.0), (0.5, 0.5), (1e-20, 0.0), (1.0, 1.0)):
-        for q in (0.0, 1e-20, 0.3, 0.5, 1 - 1e-12, 1.0):
-            v = Verdict(q, spam_cut, ham_cut)
-            assert (v.score >= THRESHOLD) == v.is_spam
-            assert (float(format_score(v.score, v.label)) >= THRESHOLD) == v.is_spam
-            assert (float(format_score(v.score, v.label)) >= 2.5) == (v.label != "ham")
-
-
-_LINE = st.binary(min_size=1, max_size=60).filter(lambda b: b"\r" not in b and b"\n" not in b)
-
-
-@settings(max_examples=200, deadline=None)
-@given(lines=st.lists(_LINE, min_size=1, max_size=8), body=st.binary(max_size=300), crlf=st.booleans(),
-       p=st.floats(0, 1))
-def test_markup_never_changes_the_body(lines, body, crlf, p):
-    nl = b"\r\n" if crlf else b"\n"
-    raw = nl.join(lines) + nl + nl + body
-    v = Verdict(p, 0.6, 0.3)
-    out = mark_up(raw, v)
-    assert out.endswith(b"X-Chainrule-Spam-Verdict: " + v.label.encode() + nl + nl + body)
-    kept = [line for line in lines if not line.lower().startswith((b"x-spam-", b"x-chainrule-spam"))]
-    assert out.startswith(nl.join(kept[:1]))  # the message's own first header line still leads
-
-
-def test_markup_replaces_forged_headers_and_keeps_line_endings():
-    raw = (b"Subject: hi\r\nX-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=99\r\n\tfolded=1\r\n"
-           b"To: a@b\r\n\r\nbody\r\n\r\nmore\r\n")
-    out = mark_up(raw, Verdict(0.01, 0.6, 0.3))
-    head, body = out.split(b"\r\n\r\n", 1)
-    assert body == b"body\r\n\r\nmore\r\n"
-    assert b"X-Spam-Flag" not in head and b"folded=1" not in head
-    assert head.startswith(b"Subject: hi\r\nTo: a@b\r\n")
-    assert b"X-Spam-Status: No, score=" in head and b"X-Chainrule-Spam-Verdict: ham" in head
-    assert b"\n" not in head.replace(b"\r\n", b"")  # every added line ends with CRLF, like the message
-    headers_only = mark_up(b"Subject: x", Verdict(0.99, 0.6, 0.3))
-    assert headers_only.startswith(b"Subject: x\nX-Spam-Flag: YES\n") and b"\n\n" not in headers_only
 
 
 # --- a model and daemons --------------------------------------------------------------------------

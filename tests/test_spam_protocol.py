@@ -1,0 +1,186 @@
+"""The spamc/spamd protocol without a daemon: the score mapping, the markup, reading requests.
+
+The daemon and Debian's real spamc meet in tests/test_spam_daemon.py; here the protocol's pieces
+are checked on their own, where every odd input can be tried in microseconds.
+"""
+
+import asyncio
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chainrule.apps.spam.protocol import (
+    EX_PROTOCOL,
+    THRESHOLD,
+    ProtocolError,
+    Verdict,
+    answer,
+    format_score,
+    mark_up,
+    read_request,
+    spamd_score,
+)
+
+
+def test_score_is_monotone_and_crosses_the_threshold_exactly_at_the_spam_cutoff():
+    spam_cut, ham_cut = 0.7, 0.2
+    p = np.concatenate([np.linspace(0, 1, 2001), [spam_cut, np.nextafter(spam_cut, 0), ham_cut,
+                                                  np.nextafter(ham_cut, 0), 1e-30, 1 - 1e-17]])
+    p.sort()
+    scores = [spamd_score(q, spam_cut, ham_cut) for q in p]
+    assert all(a <= b for a, b in zip(scores, scores[1:], strict=False))
+    for q, s in zip(p, scores, strict=True):
+        assert (s >= THRESHOLD) == (q >= spam_cut)
+        if ham_cut <= q < spam_cut:
+            assert 2.5 <= s < THRESHOLD  # unsure keeps a band of its own
+        if q < ham_cut:
+            assert s <= 2.5  # (equal only where p rounds to the log-odds of the cut-off)
+    v = Verdict(np.nextafter(spam_cut, 0), spam_cut, ham_cut)
+    assert v.label == "unsure" and format_score(v.score, v.label) == "4.9"  # never rounded up to 5.0
+    assert format_score(spamd_score(spam_cut, spam_cut, ham_cut), "spam") == "5.0"
+    v = Verdict(np.nextafter(ham_cut, 0), spam_cut, ham_cut)
+    assert v.label == "ham" and format_score(v.score, v.label) == "2.4"  # never rounded up to unsure's 2.5
+
+
+def test_cutoffs_at_zero_and_one_still_give_consistent_scores():
+    for spam_cut, ham_cut in ((1.0, 0.0), (0.5, 0.5), (1e-20, 0.0), (1.0, 1.0)):
+        for q in (0.0, 1e-20, 0.3, 0.5, 1 - 1e-12, 1.0):
+            v = Verdict(q, spam_cut, ham_cut)
+            assert (v.score >= THRESHOLD) == v.is_spam
+            assert (float(format_score(v.score, v.label)) >= THRESHOLD) == v.is_spam
+            assert (float(format_score(v.score, v.label)) >= 2.5) == (v.label != "ham")
+
+
+_LINE = st.binary(min_size=1, max_size=60).filter(lambda b: b"\r" not in b and b"\n" not in b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(_LINE, min_size=1, max_size=8), body=st.binary(max_size=300), crlf=st.booleans(),
+       p=st.floats(0, 1))
+def test_markup_never_changes_the_body(lines, body, crlf, p):
+    nl = b"\r\n" if crlf else b"\n"
+    raw = nl.join(lines) + nl + nl + body
+    v = Verdict(p, 0.6, 0.3)
+    out = mark_up(raw, v)
+    assert out.endswith(b"X-Chainrule-Spam-Verdict: " + v.label.encode() + nl + nl + body)
+    kept = [line for line in lines if not line.lower().startswith((b"x-spam-", b"x-chainrule-spam"))]
+    assert out.startswith(nl.join(kept[:1]))  # the message's own first header line still leads
+
+
+def test_markup_replaces_forged_headers_and_keeps_line_endings():
+    raw = (b"Subject: hi\r\nX-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=99\r\n\tfolded=1\r\n"
+           b"To: a@b\r\n\r\nbody\r\n\r\nmore\r\n")
+    out = mark_up(raw, Verdict(0.01, 0.6, 0.3))
+    head, body = out.split(b"\r\n\r\n", 1)
+    assert body == b"body\r\n\r\nmore\r\n"
+    assert b"X-Spam-Flag" not in head and b"folded=1" not in head
+    assert head.startswith(b"Subject: hi\r\nTo: a@b\r\n")
+    assert b"X-Spam-Status: No, score=" in head and b"X-Chainrule-Spam-Verdict: ham" in head
+    assert b"\n" not in head.replace(b"\r\n", b"")  # every added line ends with CRLF, like the message
+    headers_only = mark_up(b"Subject: x", Verdict(0.99, 0.6, 0.3))
+    assert headers_only.startswith(b"Subject: x\nX-Spam-Flag: YES\n") and b"\n\n" not in headers_only
+
+
+
+
+# --- reading a request ----------------------------------------------------------------------------
+
+def _read(data: bytes, limit: int = 1000):
+    """read_request over `data` as a client sends it, then half-closes."""
+    async def go():
+        reader = asyncio.StreamReader()  # (the server's readers have this default 64 KiB line limit)
+        reader.feed_data(data)
+        reader.feed_eof()
+        return await read_request(reader, limit)
+    return asyncio.run(go())
+
+
+def _request(command: str, body: bytes, *headers: str, length: bool = True) -> bytes:
+    lines = [f"{command} SPAMC/1.5", *headers] + ([f"Content-length: {len(body)}"] if length else [])
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+MESSAGE = b"Subject: hello\r\nFrom: a@example.org\r\n\r\nSee you at noon.\r\n"
+
+
+def test_a_request_is_read_whole():
+    req = _read(_request("CHECK", MESSAGE, "User: alice"))
+    assert (req.command, req.version, req.user, req.body, req.size, req.too_big) == \
+        ("CHECK", 1.5, "alice", MESSAGE, len(MESSAGE), False)
+    tell = _read(_request("TELL", MESSAGE, "Message-class: spam", "Set: local"))
+    assert (tell.message_class, tell.set_local, tell.remove_local) == ("spam", True, False)
+    assert _read(b"PING SPAMC/1.5\r\n\r\n").command == "PING"
+    assert _read(b"PING SPAMC/1.2\r\n").command == "PING"  # (before 1.5, PING had no header block)
+
+
+def test_a_compressed_request_is_inflated_and_a_large_one_cut_at_the_limit():
+    packed = zlib.compress(MESSAGE)
+    req = _read(_request("CHECK", packed, "Compress: zlib"))
+    assert req.body == MESSAGE and req.size == len(MESSAGE)
+    big = MESSAGE + b"x" * 5000
+    for request in (_request("CHECK", big), _request("CHECK", zlib.compress(big), "Compress: zlib"),
+                    _request("CHECK", big, length=False)):
+        req = _read(request, limit=1000)
+        assert req.too_big and req.size == len(big) and req.body == big[:1000]
+    kept = _read(_request("PROCESS", big), limit=1000)  # PROCESS hands a too-big message back whole
+    assert kept.too_big and kept.spool.read() == big
+    kept.spool.close()
+
+
+@pytest.mark.parametrize(("data", "said"), [
+    (b"", "closed before headers"),
+    (b"CHECK SPAMC/1.5", "request line not terminated"),
+    (b"HELLO SPAMC/1.5\r\n\r\n", "unknown request line"),
+    (b"CHECK SPAMC/1.1\r\n\r\n", "1.2 or later"),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 12x\r\n\r\n", "non-numeric"),
+    (b"CHECK SPAMC/1.5\r\nUser: a\x01b\r\n\r\n", "control chars"),
+    (b"CHECK SPAMC/1.5\r\nno colon\r\n\r\n", "'Name: value'"),
+    (b"CHECK SPAMC/1.5\r\nContent-length: 99\r\n\r\nshort", "Expected 99 bytes, got 5"),
+    (b"CHECK SPAMC/1.5\r\nCompress: zlib\r\nContent-length: 4\r\n\r\nnope", "zlib"),
+    (b"CHECK SPAMC/1.5\r\nCompress: gzip\r\n\r\n", "not supported"),
+    (b"TELL SPAMC/1.5\r\nSet: local\r\nContent-length: 1\r\n\r\nx", "needs Message-class"),
+    (b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nRemove: local\r\nContent-length: 1\r\n\r\nx",
+     "Unable to set local and remove local"),
+    (b"CHECK SPAMC/1.5\r\n" + b"X: y\r\n" * 300 + b"\r\n", "too many headers"),
+    (b"CHECK SPAMC/1.5\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "header line too long"),
+])
+def test_malformed_requests_are_protocol_errors_that_say_why(data, said):
+    with pytest.raises(ProtocolError) as caught:
+        _read(data)
+    assert said in caught.value.text
+    assert caught.value.status_line().startswith(b"SPAMD/1.0 ") and caught.value.status_line().endswith(b"\r\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([_request("CHECK", MESSAGE, "User: bob"), _request("PROCESS", zlib.compress(MESSAGE),
+                                                                           "Compress: zlib"),
+                        _request("TELL", MESSAGE, "Message-class: ham", "Set: local"), b"PING SPAMC/1.5\r\n\r\n"]),
+       st.data())
+def test_any_damage_to_a_request_is_read_or_refused_never_an_internal_error(request, data):
+    cut = data.draw(st.integers(0, len(request)))
+    flips = data.draw(st.lists(st.tuples(st.integers(0, len(request) - 1), st.integers(0, 255)), max_size=3))
+    damaged = bytearray(request[:cut] + data.draw(st.binary(max_size=40)) + request[cut:])
+    for where, byte in flips:
+        damaged[where % len(damaged)] = byte
+    try:
+        req = _read(bytes(damaged), limit=30)
+    except ProtocolError as exc:
+        assert exc.code == EX_PROTOCOL or exc.text.startswith("Service Unavailable")
+    else:
+        assert req.size <= len(damaged) or req.compress  # (a compressed body may inflate)
+        if req.spool is not None:
+            req.spool.close()
+
+
+def test_a_check_is_answered_as_spamc_parses_it():
+    v = Verdict(0.999, 0.9, 0.2)
+    req = _read(_request("CHECK", MESSAGE))
+    assert answer(req, v) == f"SPAMD/1.1 0 EX_OK\r\nSpam: True ; {format_score(v.score, 'spam')} / 5.0\r\n\r\n".encode()
+    headers = answer(_read(_request("HEADERS", MESSAGE)), Verdict(0.01, 0.9, 0.2))
+    status, rest = headers.split(b"\r\n\r\n", 1)
+    assert status.startswith(b"SPAMD/1.1 0 EX_OK\r\nContent-length: ") and b"Spam: False ; " in status
+    assert rest.startswith(b"Subject: hello\r\n") and rest.endswith(b"X-Chainrule-Spam-Verdict: ham\r\n\r\n")
+    assert int(status.split(b"Content-length: ")[1].split(b"\r\n")[0]) == len(rest)  # HEADERS: no body
