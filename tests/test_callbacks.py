@@ -359,3 +359,26 @@ def test_a_history_iterates_over_its_epochs_and_refuses_a_key_no_epoch_has():
 def test_early_stopping_patience_is_a_whole_number_of_epochs(patience):
     with pytest.raises(ValueError, match="patience must be an integer >= 0"):  # (2.7 was cut to 2)
         cr.EarlyStopping(patience=patience)
+
+
+
+@pytest.mark.parametrize(("monitor", "validated"), [("val_los", True), ("val_acc", True), ("accuracy ", False),
+                                                     ("val_accuracy", False)])
+def test_early_stopping_on_a_key_no_epoch_reports_is_refused_before_training(monitor, validated):
+    model, x, y, val = _overfitting_setup()
+    before = model.flat_params.copy()
+    said = "needs validation" if monitor.startswith("val_") and not validated else re.escape(repr(monitor))
+    with pytest.raises(ValueError, match=said):
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=0.1), epochs=3, batch_size=8,
+               validation_data=val if validated else None, early_stopping=cr.EarlyStopping(monitor=monitor),
+               verbose=False)
+    assert np.array_equal(model.flat_params, before)  # not one step taken
+
+
+def test_early_stopping_may_watch_any_key_an_epoch_reports():
+    for monitor in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        model, x, y, val = _overfitting_setup()
+        history = cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=0.1), epochs=2,
+                         batch_size=8, validation_data=val, early_stopping=cr.EarlyStopping(monitor=monitor),
+                         verbose=False)
+        assert monitor in history.epochs[-1]

@@ -291,6 +291,12 @@ def fit(
         x_val = y_val = None
     if early_stopping is not None and early_stopping.monitor.startswith("val_") and x_val is None:
         raise ValueError("fit: early stopping on a validation metric needs validation_split or validation_data")
+    if early_stopping is not None:  # (a misspelt key would otherwise stop the run after its first epoch)
+        val = [] if x_val is None else ["val_loss"] + ["val_accuracy"] * _are_labels(y_val, model, loss)
+        keys = ["epoch", "loss", *["accuracy"] * labels, *val, "lr", "seconds", "samples_per_s"]
+        if early_stopping.monitor not in keys:
+            raise ValueError(f"fit: EarlyStopping monitors {early_stopping.monitor!r}, which no epoch will "
+                             f"report; they report {', '.join(keys)}")
 
     n = x.shape[0]
     if n < world.size:
