@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -184,7 +185,19 @@ def test_openapi_schema_documents_every_route(client):
     components = schema["components"]["schemas"]
     for name in ("ImagePrediction", "SpamVerdict", "ModelsResponse", "ErrorResponse", "Pixels"):
         assert name in components
-    assert client.get("/docs").status_code == 200
+
+
+def test_the_api_docs_pages_need_nothing_from_outside(client):
+    """/docs (Swagger UI) and /redoc load their scripts and styles from this server: a machine
+    without internet gets working pages, not a blank one waiting for a CDN."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200 and "openapi.json" in html.text
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text) + \
+            re.findall(r"""(?:url|URL): *['"]([^"']+)['"]""", html.text)
+        assert assets and not [a for a in assets if re.match(r"(?:https?:)?//", a)], assets
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
 
 
 # -- POST /api/digits/predict -------------------------------------------------------------------------

@@ -237,3 +237,28 @@ def test_keyboard_and_phone_width(page, tmp_path):
     # the answer is beside the pad, in view while drawing
     pad, label = page.locator("#pad").bounding_box(), page.locator("#label").bounding_box()
     assert label["x"] >= pad["x"] + pad["width"] and label["y"] < pad["y"] + pad["height"]
+
+
+def test_the_api_docs_render_without_internet(browser, server, tmp_path):
+    """/docs shows every route in Swagger UI with every request to another host refused, as on a
+    machine without internet."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    outside, errors = [], []
+
+    def this_server_only(route):
+        if route.request.url.startswith(server + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", this_server_only)
+    pg = context.new_page()
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(server + "/docs")
+    pg.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    shown = pg.locator(".opblock-summary-path").all_inner_texts()
+    pg.screenshot(path=str(tmp_path / "docs.png"))
+    context.close()
+    assert {"/api/digits/predict", "/api/spam/classify", "/api/models"} <= {s.strip() for s in shown}, shown
+    assert outside == [] and errors == []

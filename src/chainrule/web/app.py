@@ -36,6 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -160,7 +161,7 @@ def create_app(
     if spam is not None and not isinstance(spam, SpamService):
         spam = SpamService.load(spam)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI whose /docs page serves Swagger UI's files itself: no CDN needed
         title="chainrule",
         version=chainrule.__version__,
         description="Draw a digit, classify a picture, check a message, watch the network think. Models trained by "
