@@ -118,3 +118,14 @@ def test_bad_max_shift_is_refused_with_the_value(bad):
 def test_a_batch_that_is_not_28x28_images_is_refused():
     with pytest.raises(ValueError, match="28x28"):
         random_flip_shift(np.zeros((2, 100), np.float32), np.random.default_rng(0))
+
+
+def test_shards_of_a_global_batch_get_the_moves_the_whole_batch_gets():
+    """Data-parallel training: each process augments its rows of a global batch with the moves
+    drawn for the whole batch (its generator advancing alike in every process)."""
+    x = _images(20)
+    augment = clothing_augmenter(flip=True, max_shift=2)
+    whole = augment(x, np.random.default_rng(4))
+    shards = [augment(x[a:b], np.random.default_rng(4), batch_rows=(a, 20)) for a, b in ((0, 7), (7, 14), (14, 20))]
+    np.testing.assert_array_equal(np.concatenate(shards), whole)
+    assert not np.array_equal(whole, augment(x, np.random.default_rng(5)))

@@ -248,6 +248,19 @@ def test_digits_train_on_two_processes_matches_one(mpirun, uninterrupted, tmp_pa
     assert json.loads((out / "model.json").read_text())["metadata"]["processes"] == 2
 
 
+def test_fashion_train_on_two_processes_matches_one(mpirun, fashion_dir, tmp_path):
+    """The Fashion-MNIST presets augment by mirroring and shifting: each rank must draw the moves
+    of the whole global batch, as one process does, and use its own rows."""
+    run_args = ("images", "train", "--data", "fashion", "--model", "mlp", "--train-size", "1200", "--batch-size",
+                "64", "--seed", "5", "--quiet", "--epochs", "2")
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = run([*CLI, *run_args, "--out", one])
+    assert proc.returncode == 0, proc.stderr
+    proc = run([*mpirun, "-np", 2, *CLI, *run_args, "--out", two])
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(one, two)
+
+
 def _rank_pid(rank: int, out: Path) -> int:
     """The process id of the given rank of the job writing to `out` (from /proc)."""
     for entry in Path("/proc").iterdir():

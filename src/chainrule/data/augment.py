@@ -142,13 +142,30 @@ def random_flip_shift(x: np.ndarray, rng: np.random.Generator, flip: bool = True
     Returns:
         A new array with the shape and dtype of `x`.
     """
-    n = x.shape[0]
-    if x.size != n * size * size:
-        raise ValueError(f"random_flip_shift: expected a batch of {size}x{size} images, got shape {x.shape}")
+    return apply_flip_shift(x, draw_flip_shift(rng, x.shape[0], flip, max_shift, size), size)
+
+
+def draw_flip_shift(rng: np.random.Generator, n: int, flip: bool = True, max_shift: int = 2,
+                    size: int = 28) -> np.ndarray:
+    """The random moves of n images, one row each: (mirrored 0 or 1, row shift, column shift).
+
+    Drawn apart from applying them, like `draw_affine`, so that data-parallel training can draw
+    the moves of a whole global batch and apply only its shard's rows.
+    """
     m = _whole_shift("random_flip_shift", max_shift, size)
     mirrored = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
     shift = rng.integers(-m, m + 1, size=(n, 2))  # (rows, columns)
+    return np.column_stack([mirrored, shift])
 
+
+def apply_flip_shift(x: np.ndarray, moves: np.ndarray, size: int = 28) -> np.ndarray:
+    """Each image of the batch `x` mirrored and shifted by its row of `moves` (from
+    `draw_flip_shift`); a new array with the shape and dtype of `x`."""
+    n = x.shape[0]
+    if x.size != n * size * size:
+        raise ValueError(f"random_flip_shift: expected a batch of {size}x{size} images, got shape {x.shape}")
+    mirrored, shift = moves[:, 0].astype(bool), moves[:, 1:]
+    m = int(np.abs(shift).max(initial=0))
     # Read every output pixel from a copy with an m-pixel border of zeros, where image[r, c] sits
     # at padded[r + m, c + m]: source indices then stay inside the padded copy for any shift.
     padded = np.zeros((n, size + 2 * m, size + 2 * m), x.dtype)
@@ -163,10 +180,16 @@ def random_flip_shift(x: np.ndarray, rng: np.random.Generator, flip: bool = True
 
 def clothing_augmenter(flip: bool = True, max_shift: int = 2):
     """`random_flip_shift` with fixed settings, as the `augment=` callable `(x_batch, rng) -> x_batch`
-    of `chainrule.fit`. For upright photos of objects that look the same mirrored, as in Fashion-MNIST."""
+    of `chainrule.fit`. For upright photos of objects that look the same mirrored, as in Fashion-MNIST.
+
+    In data-parallel training `fit` passes `batch_rows=(first, total)`, as for `digit_augmenter`:
+    the moves of all `total` images are drawn and the batch's own used.
+    """
     _whole_shift("clothing_augmenter", max_shift, 28)  # a bad setting fails here, not at the first batch
 
-    def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return random_flip_shift(x, rng, flip, max_shift)
+    def augment(x: np.ndarray, rng: np.random.Generator, batch_rows: tuple[int, int] | None = None) -> np.ndarray:
+        first, total = batch_rows or (0, x.shape[0])
+        moves = draw_flip_shift(rng, total, flip, max_shift)
+        return apply_flip_shift(x, moves[first : first + x.shape[0]])
 
     return augment
