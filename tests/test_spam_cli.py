@@ -247,7 +247,8 @@ def test_training_options_that_cannot_work_are_refused_in_one_line(data_root, tm
     lines = (data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines()
     (tmp_path / "sms.txt").write_bytes(b"\n".join(lines[:120]) + b"\n")  # 19 spam among them
     sms = ["--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m")]
-    for args, said in ((["--folds", "50"], "--folds 50 needs at least 50 spam and 50 ham messages, found 19 spam"),
+    for args, said in ((["--folds", "50"], "50 folds need at least 50 spam and 50 ham messages, found 19 spam"),
+                       (["--folds", "0", "--validation", "0.02"], "holds out 0 spam and 2 ham of the 19 spam"),
                        (["--idf", "--min-df", "1000"], "--min-df 1000 leaves no hash bucket"),
                        (["--char-ngrams", "2"], "expected 0 (off) or an integer >= 3, got '2'")):
         with pytest.raises(SystemExit) if args[0] == "--char-ngrams" else contextlib.nullcontext():

@@ -1,10 +1,15 @@
 """Training a spam filter (chainrule.apps.spam.training): the committee is the same whether its
 members train here or in worker processes; one network on a held-out split."""
 
-import numpy as np
+import re
 
-from chainrule.apps.spam import calibrate, stratified_split, train_filter
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from chainrule.apps.spam import calibrate, check_labels, stratified_split, train_filter
 from chainrule.data.text import HashingConfig
+from chainrule.errors import DataError
 
 
 def test_committee_members_train_the_same_in_worker_processes(synthetic_spam_rows):
@@ -52,3 +57,19 @@ def test_without_balance_every_message_weighs_the_same_and_even_odds_are_spam(sy
     assert (plain.bundle.spam_cutoff, plain.bundle.ham_cutoff) == (0.5, 0.5)
     assert (balanced.bundle.spam_cutoff, balanced.bundle.ham_cutoff) == calibrate(y, balanced.val_probabilities, 0.0)
     assert not np.allclose(plain.bundle.model.flat_params, balanced.bundle.model.flat_params)
+
+
+@pytest.mark.parametrize(("spam", "ham", "folds", "validation", "said"), [
+    (0, 50, 0, 0.2, "needs both spam and ham; found 0 spam, 50 ham"),
+    (3, 100, 0, 0.1, "holds out 0 spam and 10 ham"),  # (3 x 0.1 rounds to no spam: no cut-off to place)
+    (3, 100, 0, 0.9, "holds out 3 spam and 90 ham"),  # (no spam left to train on)
+    (3, 100, 5, 0.2, "5 folds need at least 5 spam and 5 ham messages, found 3 spam, 100 ham"),
+])
+def test_labels_a_filter_cannot_be_trained_or_calibrated_on_are_refused_first(spam, ham, folds, validation, said):
+    y = np.array([1] * spam + [0] * ham)
+    with pytest.raises(DataError, match=re.escape(said)):
+        check_labels(y, folds, validation)
+    with pytest.raises(DataError, match=re.escape(said)):
+        train_filter(sp.csr_matrix((len(y), 16), dtype=np.float32), y, HashingConfig(n_features=16), folds=folds,
+                     validation=validation)
+    check_labels(np.array([1] * 20 + [0] * 100), folds, 0.2)  # (enough of both: nothing to say)

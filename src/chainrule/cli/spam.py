@@ -24,6 +24,7 @@ from chainrule.apps.spam import (
     MAIL_MIN_DF,
     annotate,
     binary_report,
+    check_labels,
     collect,
     explain_row,
     featurize,
@@ -139,11 +140,7 @@ def _cmd_train(args) -> int:
     t0 = time.perf_counter()
     items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes,
                           on_problem=_report_problem if world.rank == 0 else None)
-    if len(np.unique(y)) < 2:
-        raise UserError(f"training needs both spam and ham; found {int(y.sum())} spam, {int((y == 0).sum())} ham")
-    if args.folds > min(int(y.sum()), int((y == 0).sum())):
-        raise UserError(f"--folds {args.folds} needs at least {args.folds} spam and {args.folds} ham messages, found "
-                        f"{int(y.sum())} spam, {int((y == 0).sum())} ham: use fewer folds, or --folds 0")
+    check_labels(y, args.folds, args.validation)  # (before the corpus is hashed)
     config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams,
                            split_norm=bool(args.corpus),  # (mail has headers to keep apart; SMS has none)
                            idf=use_idf, min_df=min_df)

@@ -54,12 +54,19 @@ from chainrule.apps.spam.model import (
     save_model,
     verdict,
 )
-from chainrule.apps.spam.training import TrainResult, kfold_assignments, stratified_split, train_filter
+from chainrule.apps.spam.training import (
+    TrainResult,
+    check_labels,
+    kfold_assignments,
+    stratified_split,
+    train_filter,
+)
 
 __all__ = [
     "LESSONS_KEPT", "MAIL_MIN_DF", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "Learned", "Lessons", "SpamModel",
     "TrainResult",
-    "annotate", "binary_report", "build_network", "calibrate", "classify_message", "collect", "explain_row",
+    "annotate", "binary_report", "build_network", "calibrate", "check_labels", "classify_message", "collect",
+    "explain_row",
     "featurize", "kfold_assignments", "learn", "load_idf", "load_lessons", "load_replay", "load_spam_model",
     "looks_like_email", "merge_committee", "open_for_learning", "row_digests", "save_model", "stratified_split",
     "train_filter", "training_features", "unlearn", "verdict",

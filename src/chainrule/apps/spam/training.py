@@ -21,6 +21,7 @@ from chainrule.apps.spam.model import (
 )
 from chainrule.data.text import HashingConfig
 from chainrule.distributed import World
+from chainrule.errors import DataError
 from chainrule.functional import sigmoid
 from chainrule.parallel import fork_map
 
@@ -35,6 +36,28 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
         second.append(idx[:k])
         first.append(idx[k:])
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
+def check_labels(y: np.ndarray, folds: int = 0, validation: float = 0.2) -> None:
+    """Refuse labels (1 spam, 0 ham) that `train_filter` cannot train and calibrate a filter on,
+    before any work: both classes; for a committee of `folds`, one of each per fold; for one
+    network, a `validation` share that holds out both (the cut-offs are placed on it) and leaves
+    some of each to train on. Raises DataError saying what was found."""
+    y = np.asarray(y)
+    n_spam, n_ham = int(np.sum(y == 1)), int(np.sum(y == 0))
+    found = f"found {n_spam} spam, {n_ham} ham"
+    if not n_spam or not n_ham:
+        raise DataError(f"training needs both spam and ham; {found}")
+    if folds >= 2:
+        if folds > min(n_spam, n_ham):
+            raise DataError(f"{folds} folds need at least {folds} spam and {folds} ham messages, {found}: use fewer "
+                            "folds, or one network")
+        return
+    held_spam, held_ham = (int(round(n * validation)) for n in (n_spam, n_ham))  # (as `stratified_split` deals)
+    if not 0 < held_spam < n_spam or not 0 < held_ham < n_ham:
+        raise DataError(f"a validation share of {validation:g} holds out {held_spam} spam and {held_ham} ham of the "
+                        f"{n_spam} spam and {n_ham} ham found; the cut-offs need both held out, and training some of "
+                        "each: choose another share, or a committee (folds)")
 
 
 def kfold_assignments(y: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -155,14 +178,11 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
     """
     world = world or World()
     y = np.asarray(y, np.int64)
-    if len(np.unique(y)) < 2:
-        raise ValueError(f"training needs both spam and ham, got {int(y.sum())} spam and {int((1 - y).sum())} ham")
+    check_labels(y, folds, validation)
     hidden = tuple(hidden)
     n_features = config.n_features
     args = (n_features, hidden, dropout, epochs, batch_size, lr, weight_decay, patience, balance)
     if folds >= 2:
-        if min(int(y.sum()), int((1 - y).sum())) < folds:
-            raise ValueError(f"{folds} folds need at least {folds} spam and {folds} ham")
         fold = kfold_assignments(y, folds, seed)
         jobs = [(np.flatnonzero(fold != i), np.flatnonzero(fold == i), seed + i) for i in range(folds)]
         trained = _train_members(x, y, jobs, args, processes or world.cores(), verbose and world.rank == 0, world)
