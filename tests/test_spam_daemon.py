@@ -5,6 +5,7 @@ thing, `chainrule spam daemon MODEL ...` in its own process. Answers are compare
 with the same model loaded here (`SpamFilter`), so a verdict that reaches spamc wrong shows.
 """
 
+import contextlib
 import fcntl
 import json
 import os
@@ -614,6 +615,17 @@ def test_allowed_ips_must_name_some_addresses(model_dir, value, said, capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.endswith(f"--allowed-ips/-A: expected IP addresses or networks such as "
                                             f"192.168.0.0/16, {said}\n")
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--spam-cutoff", "2"], "--spam-cutoff: expected a probability from 0 to 1, got '2'"),
+    (["--ham-cutoff", "0.99999"], "the ham cut-off (1, asked for) is above the spam cut-off"),
+])
+def test_cut_offs_that_cannot_work_are_the_option_s_fault(model_dir, args, said, capsys):
+    with pytest.raises(SystemExit) if args[0] == "--spam-cutoff" else contextlib.nullcontext():
+        assert main(["spam", "daemon", str(model_dir), "--listen", "127.0.0.1:0", *args]) == 2
+    err = capsys.readouterr().err
+    assert said in err and str(model_dir) not in err
 
 
 def test_a_bad_model_is_a_one_line_error(tmp_path):

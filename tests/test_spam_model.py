@@ -111,7 +111,8 @@ def test_a_saved_filter_loads_back_the_same(synthetic_spam_rows, tmp_path):
     ({"spam_format": "1"}, "spam_format '1' is not one"),
     ({"inputs": "mail"}, "inputs must be a list of mail and/or sms"),
     ({"inputs": ["mail", "fax"]}, "inputs must be a list"),
-    ({"cutoffs": {"spam": 0.2, "ham": 0.8}}, r"m: cut-offs must satisfy 0 <= ham \(0.8\) <= spam \(0.2\)"),
+    ({"cutoffs": {"spam": 0.2, "ham": 0.8}}, r"m: its ham cut-off \(0.8\) is above its spam cut-off \(0.2\)"),
+    ({"cutoffs": {"spam": 1.5, "ham": 0.8}}, r"m: its spam cut-off 1.5 is not a probability"),
 ])
 def test_damaged_spam_metadata_is_refused_naming_the_model(synthetic_spam_rows, tmp_path, change, match):
     x, y = synthetic_spam_rows
@@ -122,6 +123,22 @@ def test_damaged_spam_metadata_is_refused_naming_the_model(synthetic_spam_rows, 
     (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
     with pytest.raises(cr.ModelFileError, match=match):
         load_spam_model(tmp_path / "m")
+
+
+def test_cut_offs_asked_for_that_cannot_work_blame_the_request_not_the_model(synthetic_spam_rows, tmp_path):
+    x, y = synthetic_spam_rows
+    result = train_filter(x, y, HashingConfig(n_features=64), hidden=(4,), epochs=1, batch_size=16, seed=0)
+    save_model(result.bundle, tmp_path / "m", replay=result.replay)
+    spam = result.bundle.spam_cutoff
+    for asked, said in (({"spam_cutoff": 2.0}, "the spam cut-off asked for must be a probability from 0 to 1, got 2.0"),
+                        ({"ham_cutoff": -0.1}, "the ham cut-off asked for must be a probability"),
+                        ({"ham_cutoff": 1.0}, f"the ham cut-off (1, asked for) is above the spam cut-off ({spam:.4g}, "
+                                              "the model's)"),
+                        ({"spam_cutoff": 0.2, "ham_cutoff": 0.3}, "(0.3, asked for) is above the spam cut-off (0.2, "
+                                                                  "asked for)")):
+        with pytest.raises(cr.UserError) as caught:
+            load_spam_model(tmp_path / "m", **asked)
+        assert not isinstance(caught.value, cr.ModelFileError) and said in str(caught.value)
 
 
 def test_idf_weights_of_0_load_only_for_a_model_with_min_df(tmp_path):

@@ -700,9 +700,7 @@ def _add_daemon_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=2,
                    help="threads for REPORTs and for messages over 64 KB (smaller ones are classified on the "
                         "event loop; default 2)")
-    p.add_argument("--spam-cutoff", type=float, help="P(spam) at or above which a message is spam "
-                   "(default: the model's)")
-    p.add_argument("--ham-cutoff", type=float, help="P(spam) below which a message is ham (default: the model's)")
+    _cutoff_args(p)
 
 
 def _daemon_options(args: argparse.Namespace) -> DaemonOptions:

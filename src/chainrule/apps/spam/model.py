@@ -206,8 +206,7 @@ def load_spam_model(directory, spam_cutoff: float | None = None, ham_cutoff: flo
         _check_training(metadata)
     except ValueError as exc:
         raise cr.ModelFileError(f"{directory}: invalid spam metadata ({exc})") from exc
-    if not (0.0 <= ham_c <= spam_c <= 1.0):
-        raise cr.ModelFileError(f"{directory}: cut-offs must satisfy 0 <= ham ({ham_c}) <= spam ({spam_c}) <= 1")
+    _check_cutoffs(directory, spam_c, ham_c, spam_cutoff, ham_cutoff)
     first = model.layers[0]
     if not isinstance(first, cr.Linear) or first.in_features != config.n_features or model.output_shape != (1,):
         raise cr.ModelFileError(f"{directory}: expected a network from {config.n_features} hash buckets to one "
@@ -227,6 +226,22 @@ def _cutoffs(cut, spam_cutoff: float | None, ham_cutoff: float | None) -> tuple[
     spam_c = float(cut["spam"] if spam_cutoff is None else spam_cutoff)
     ham_c = float(cut["ham"] if ham_cutoff is None else ham_cutoff)
     return spam_c, ham_c
+
+
+def _check_cutoffs(directory, spam_c: float, ham_c: float, spam_asked, ham_asked) -> None:
+    """0 <= ham <= spam <= 1, or an error that blames what is wrong: a cut-off asked for (an
+    override, `*_asked`), or the model file."""
+    for name, value, asked in (("spam", spam_c, spam_asked), ("ham", ham_c, ham_asked)):
+        if not 0.0 <= value <= 1.0:
+            if asked is not None:
+                raise cr.UserError(f"the {name} cut-off asked for must be a probability from 0 to 1, got {asked!r}")
+            raise cr.ModelFileError(f"{directory}: its {name} cut-off {value} is not a probability from 0 to 1")
+    if ham_c > spam_c:
+        if spam_asked is None and ham_asked is None:
+            raise cr.ModelFileError(f"{directory}: its ham cut-off ({ham_c}) is above its spam cut-off ({spam_c})")
+        whose = {True: "asked for", False: "the model's"}
+        raise cr.UserError(f"the ham cut-off ({ham_c:.4g}, {whose[ham_asked is not None]}) is above the spam "
+                           f"cut-off ({spam_c:.4g}, {whose[spam_asked is not None]}): a message cannot be both")
 
 
 def _check_training(metadata: dict) -> None:
