@@ -163,6 +163,14 @@ def test_backward_without_input_gradient_gives_the_same_parameter_gradients(firs
     np.testing.assert_array_equal(grads[0], grads[1])
     np.testing.assert_array_equal(grads[0], grads[2])
     assert dx.shape == x.shape
+    # and called on its own after a training pass, the layer that skipped dL/dx returns it again
+    _, grad = cr.CrossEntropy()(model.forward(x, training=True), y)
+    model.backward(grad, input_grad=False)
+    k = next(i for i, layer in enumerate(model.layers) if layer.params)
+    below = model.layer_outputs(x)[k - 1] if k else x
+    lowest = model.layers[k]
+    out = lowest.forward(below, training=True)
+    assert lowest.backward(np.ones_like(out)).shape == below.shape
 
 
 def test_predict_and_predict_proba():

@@ -27,8 +27,9 @@ class Layer:
     """Base class. A layer without parameters only needs `forward` and `backward`."""
 
     # Whether `backward` must return dLoss/dInput. `Sequential.backward(grad, input_grad=False)`
-    # turns it off for the layer that reads the data, since nothing needs the data's gradient; a
-    # layer for which dL/dx is costly (`Linear`: a matrix product) then skips it and returns None.
+    # turns it off, for that pass, in the lowest layer it runs (the first with parameters: nothing
+    # needs the data's gradient); a layer for which dL/dx is costly (`Linear`: a matrix product)
+    # then skips it and returns None.
     needs_input_grad = True
 
     def __init__(self):

@@ -238,12 +238,15 @@ class Sequential:
         stop = 0
         if not input_grad:
             stop = next((i for i, layer in enumerate(self.layers) if layer.params), 0)
-        for i in range(len(self.layers) - 1, stop - 1, -1):
-            layer = self.layers[i]
-            layer.needs_input_grad = input_grad or i > stop
-            grad = layer.backward(grad)
-            if after_layer is not None:
-                after_layer(i)
+        lowest = self.layers[stop]
+        lowest.needs_input_grad = input_grad
+        try:
+            for i in range(len(self.layers) - 1, stop - 1, -1):
+                grad = self.layers[i].backward(grad)
+                if after_layer is not None:
+                    after_layer(i)
+        finally:
+            lowest.needs_input_grad = True  # (for this pass only: called on its own, a layer returns dL/dx)
         return grad if input_grad else None
 
     __call__ = forward

@@ -271,7 +271,6 @@ def _move_logits(model: cr.Sequential, x: sp.csr_matrix, target: np.ndarray, ste
             z[i] = out[0, 0]
             grad = np.ones_like(out)
             for layer in reversed(above):  # backward down to the first layer's output
-                layer.needs_input_grad = True
                 grad = layer.backward(grad)
             deltas[i] = grad[0]
             grads[i] = np.concatenate([p.grad.ravel() for p in params]) if params else ()
