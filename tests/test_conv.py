@@ -364,7 +364,7 @@ def test_batch_norm_rejects_wrong_shapes():
         cr.BatchNorm(4).forward(np.zeros((2, 3)), training=True)
     with pytest.raises(ValueError, match=r"\(N, C\) or \(N, C, H, W\)"):
         cr.BatchNorm(4).forward(np.zeros((2, 4, 5)))
-    with pytest.raises(ValueError, match="momentum must be in"):
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\], got 1.5"):
         cr.BatchNorm(4, momentum=1.5)
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         cr.BatchNorm(4, eps=float("inf"))

@@ -226,8 +226,13 @@ def test_linear_accepts_sparse_input():
 @pytest.mark.parametrize("make,match", [
     (lambda: cr.Linear(0, 3), "in_features must be a positive integer, got 0"),
     (lambda: cr.Linear(2, 3, init="xavier"), "init must be"),
-    (lambda: cr.Dropout(1.0), "p must be in"),
+    (lambda: cr.Dropout(1.0), r"Dropout: p must be a number in \[0, 1\), got 1.0"),
+    (lambda: cr.Dropout(None), r"Dropout: p must be a number in \[0, 1\), got None"),
+    (lambda: cr.Dropout(float("nan")), "got nan"),
     (lambda: cr.LeakyReLU(-0.1), "negative_slope"),
+    (lambda: cr.LeakyReLU("a"), "LeakyReLU: negative_slope must be a number in .*, got 'a'"),
+    (lambda: cr.BatchNorm(4, momentum="0.1"), "BatchNorm: momentum must be a number in .*, got '0.1'"),
+    (lambda: cr.BatchNorm(4, eps=0), "BatchNorm: eps must be a finite number > 0, got 0"),
 ])
 def test_bad_layer_arguments_quote_the_value(make, match):
     with pytest.raises(ValueError, match=match):

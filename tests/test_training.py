@@ -127,9 +127,11 @@ def test_fit_rejects_nan_inputs_and_bad_arguments():
         ((x, y), {"epochs": 2.5}, "epochs must be a positive integer, got 2.5"),
         ((x, y), {"batch_size": True}, "batch_size must be a positive integer, got True"),
         ((x, y), {"validation_split": float("nan")}, "validation_split must be a fraction between 0 and 1"),
-        ((x, y), {"validation_data": (x,)}, r"validation_data must be a pair \(x_val, y_val\)"),
+        ((x, y), {"validation_data": (x,)}, r"validation_data must be a pair \(x_val, y_val\), got a tuple of 1"),
+        ((x, y), {"validation_data": x}, r"must be a pair \(x_val, y_val\), got an array of shape \(200, 10\)"),
         ((x, y), {"validation_data": (x, np.where(y == 1, 9, y))}, r"validation_data: labels must be in \[0, 3\)"),
         ((x, y), {"validation_data": (x, y.astype(float))}, "CrossEntropy's targets are integer class labels"),
+        ((x, y > 0), {}, "CrossEntropy's targets are integer class labels, got bool values"),  # (not in batch 1)
     ]:
         with pytest.raises(ValueError, match=message):
             cr.fit(model, *args, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False, **kwargs)
@@ -139,6 +141,14 @@ def test_fit_rejects_nan_inputs_and_bad_arguments():
     with pytest.raises(ValueError, match=r"BinaryCrossEntropy's targets are from 0 to 1 \(the probability of "
                                          r"class 1\), got 0..2"):
         cr.fit(one, x, (y > 0) * 2, cr.BinaryCrossEntropy(), cr.SGD(one.parameters()), verbose=False)
+
+
+def test_evaluate_refuses_a_batch_size_that_is_not_a_positive_integer():
+    x, y = blobs()
+    model = small_mlp()
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"evaluate: batch_size must be a positive integer, got {bad!r}"):
+            cr.evaluate(model, x, y, cr.CrossEntropy(), batch_size=bad)
 
 
 def test_fit_seeds_the_dropout_of_a_model_that_has_no_seed_of_its_own(tmp_path):

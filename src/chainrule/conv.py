@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from chainrule.layers import Layer, _by_outer_axis, _positive_int
+from chainrule.layers import Layer, _by_outer_axis, _number, _positive_int
 from chainrule.parallel import _blas_controller, in_parts
 from chainrule.parameter import Parameter
 
@@ -601,11 +601,8 @@ class BatchNorm(Layer):
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
         self.num_features = _positive_int("BatchNorm", "num_features", num_features)
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}")
-        if not 0 < eps < math.inf:
-            raise ValueError(f"BatchNorm: eps must be a finite number > 0, got {eps!r}")
-        self.momentum, self.eps = float(momentum), float(eps)
+        self.momentum = _number("BatchNorm", "momentum", momentum, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+        self.eps = _number("BatchNorm", "eps", eps, lambda v: 0 < v < math.inf, "a finite number > 0")
         self.weight = Parameter(np.ones(self.num_features, np.float32))  # γ
         self.bias = Parameter(np.zeros(self.num_features, np.float32))  # β
         self.params.update(weight=self.weight, bias=self.bias)

@@ -83,6 +83,13 @@ def _positive_int(layer: str, name: str, value) -> int:
     return int(value)
 
 
+def _number(layer: str, name: str, value, ok, expected: str) -> float:
+    """`value` as a float, if it is a real number for which `ok(value)` holds (NaN never does)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not ok(value):
+        raise ValueError(f"{layer}: {name} must be {expected}, got {value!r}")
+    return float(value)
+
+
 class Linear(Layer):
     """Fully connected layer: every input feature feeds every output neuron.
 
@@ -262,9 +269,8 @@ class LeakyReLU(ReLU):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        if not 0 <= negative_slope < 1:
-            raise ValueError(f"LeakyReLU: negative_slope must be in [0, 1), got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = _number("LeakyReLU", "negative_slope", negative_slope, lambda v: 0 <= v < 1,
+                                      "a number in [0, 1)")
 
     def forward(self, x, training=False):
         self.output = np.where(x > 0, x, x * np.asarray(self.negative_slope, x.dtype))
@@ -334,9 +340,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = _number("Dropout", "p", p, lambda v: 0 <= v < 1, "a number in [0, 1)")
         self.rng = np.random.default_rng()
         self.batch_rows: tuple[int, int] | None = None
         self._mask = None

@@ -362,16 +362,16 @@ class Sequential:
     @classmethod
     def from_config(cls, config: dict, initialize: bool = True, seed: int | None = None) -> Sequential:
         """The network `config()` describes; `initialize` and `seed` as in the constructor."""
+        missing = [key for key in ("layers", "input_shape") if key not in config]
+        if missing:
+            raise ModelFileError(f"invalid architecture: no {' or '.join(map(repr, missing))}")
+        if config.get("dtype", "float32") not in DTYPES:
+            raise ModelFileError(f"invalid architecture: dtype must be float32 or float64, got {config['dtype']!r}")
         try:
             built = []
-            for spec in config["layers"]:
-                kind = spec["type"]
-                if kind not in LAYER_TYPES:
-                    raise ModelFileError(f"unknown layer type {kind!r}")
-                args = spec.get("args", {})
-                if not isinstance(args, dict):
-                    raise ModelFileError(f"layer {kind} has args {args!r}, expected an object")
-                built.append(LAYER_TYPES[kind](**args))
+            for i, spec in enumerate(config["layers"]):
+                layer_type, args = _layer_spec(i, spec)
+                built.append(layer_type(**args))
             dtype = DTYPES[config.get("dtype", "float32")]
             return cls(built, input_shape=tuple(config["input_shape"]), seed=seed, dtype=dtype,
                        initialize=initialize)
@@ -593,6 +593,19 @@ def _read_description(path: Path) -> dict:
     return doc
 
 
+def _layer_spec(i: int, spec) -> tuple[type, dict]:
+    """The class and arguments of layer `i` as a model description gives it, checked."""
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if not isinstance(kind, str):
+        raise ModelFileError(f"invalid architecture: layer {i} is not an object with a 'type'")
+    if kind not in LAYER_TYPES:
+        raise ModelFileError(f"unknown layer type {kind!r}")
+    args = spec.get("args", {})
+    if not isinstance(args, dict):
+        raise ModelFileError(f"layer {kind} has args {args!r}, expected an object")
+    return LAYER_TYPES[kind], args
+
+
 def _expected_arrays(doc: dict) -> tuple[int, dict[str, tuple[int, ...]]]:
     """(number of parameters, {buffer name: shape}) that the layers described in `doc` hold, from
     their arguments alone (`Layer.array_shapes`): nothing is allocated."""
@@ -601,18 +614,11 @@ def _expected_arrays(doc: dict) -> tuple[int, dict[str, tuple[int, ...]]]:
         raise ModelFileError(f"invalid architecture: 'layers' must be a non-empty list, got {type(layers).__name__}")
     n_params, buffers = 0, {}
     for i, spec in enumerate(layers):
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        if not isinstance(kind, str):
-            raise ModelFileError(f"invalid architecture: layer {i} is not an object with a 'type'")
-        if kind not in LAYER_TYPES:
-            raise ModelFileError(f"unknown layer type {kind!r}")
-        args = spec.get("args", {})
-        if not isinstance(args, dict):
-            raise ModelFileError(f"layer {kind} has args {args!r}, expected an object")
+        layer_type, args = _layer_spec(i, spec)
         try:
-            params, bufs = LAYER_TYPES[kind].array_shapes(**args)
+            params, bufs = layer_type.array_shapes(**args)
         except (TypeError, ValueError) as exc:
-            raise ModelFileError(f"invalid architecture: layer {i} ({kind}): {exc}") from exc
+            raise ModelFileError(f"invalid architecture: layer {i} ({layer_type.__name__}): {exc}") from exc
         n_params += sum(math.prod(shape) for shape in params.values())
         buffers.update({f"layer{i}.{name}": shape for name, shape in bufs.items()})
     return n_params, buffers

@@ -43,6 +43,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     added up: every process gets the figures of the whole set.
     """
     world = world or World()
+    batch_size = _positive_int("evaluate", "batch_size", batch_size)
     x, y = _checked_data("evaluate", x, y)
     _check_targets("evaluate", y, model, loss)
     n = x.shape[0]
@@ -87,7 +88,7 @@ def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
     in the loss (with several processes, one process's error would leave the others waiting for
     it for ever): CrossEntropy's labels in range, BinaryCrossEntropy's targets from 0 to 1."""
     classes = model.output_shape[-1]
-    if isinstance(loss, CrossEntropy) and not _is_labels(y):
+    if isinstance(loss, CrossEntropy) and not np.issubdtype(y.dtype, np.integer):  # (as the loss has them)
         raise ValueError(f"{where}: CrossEntropy's targets are integer class labels, got {y.dtype} values")
     if isinstance(loss, CrossEntropy) and (y.min() < 0 or y.max() >= classes):
         raise ValueError(f"{where}: labels must be in [0, {classes}) for the network's {classes} outputs, "
@@ -95,6 +96,15 @@ def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
     if isinstance(loss, BinaryCrossEntropy) and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"{where}: BinaryCrossEntropy's targets are from 0 to 1 (the probability of class 1), "
                          f"got {y.min()}..{y.max()}")
+
+
+def _described(value) -> str:
+    """What `value` is, in a few words, for an error message ("a tuple of 1", "an array of shape (5, 3)")."""
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
+    return f"a {type(value).__name__}"
 
 
 def _is_labels(y) -> bool:
@@ -261,7 +271,7 @@ def fit(
     if validation_split and not (isinstance(validation_split, (int, float, np.floating)) and 0 < validation_split < 1):
         raise ValueError(f"fit: validation_split must be a fraction between 0 and 1, got {validation_split!r}")
     if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
-        raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+        raise ValueError(f"fit: validation_data must be a pair (x_val, y_val), got {_described(validation_data)}")
     if batch_size < world.size:
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
     if not isinstance(getattr(optimizer, "params", None), np.ndarray) or not same_buffer(optimizer.params,
