@@ -96,6 +96,21 @@ def test_optimizer_state_round_trip_continues_identically(name):
     np.testing.assert_array_equal(a.flat_params, c.flat_params)
 
 
+def test_a_state_that_does_not_fit_is_refused_before_anything_changes():
+    model, _ = _pair()
+    adam = cr.Adam(model.parameters(), lr=0.01)
+    sgd_state = cr.SGD(model.parameters(), lr=0.1, momentum=0.9).state()
+    good = adam.state()
+    for state, said in ((sgd_state, "Adam: a saved state holds lr, m, steps, v, got lr, steps, velocity"),
+                        ({**good, "m": good["m"][:5]}, r"the saved m has shape \(5,\), expected"),
+                        ({**good, "lr": np.array(-1.0)}, "needs steps >= 0 and lr > 0"),
+                        ({**good, "steps": np.array(2.5)}, "needs steps >= 0 and lr > 0")):
+        adam.m[...] = 7.0
+        with pytest.raises(ValueError, match=said):
+            adam.load_state(state)
+        assert adam.steps == 0 and adam.lr == 0.01 and np.all(adam.m == 7.0)
+
+
 @pytest.mark.parametrize("dtype, small", [(np.float32, 1e-4), (np.float64, 1e-9)])
 def test_adam_with_betas_of_0_keeps_the_latest_gradient_as_torch_does(dtype, small):
     # β2 = 0: v is the last g² (v + (1 - β2)(g² - v) rounded a small g² after a large one to 0)

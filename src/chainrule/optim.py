@@ -50,11 +50,22 @@ class Optimizer:
                 **{name: getattr(self, name).copy() for name in self.moments}}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        self.steps = int(state["steps"])
-        self.lr = float(state["lr"])
-        for name, value in state.items():
-            if name not in ("steps", "lr"):
-                getattr(self, name)[...] = value
+        """Continue from a `state()`: all of it checked (ValueError) before any of it is used."""
+        name = type(self).__name__
+        expected = {"steps", "lr", *self.moments}
+        if set(state) != expected:  # (say, a checkpoint of another optimizer)
+            raise ValueError(f"{name}: a saved state holds {', '.join(sorted(expected))}, "
+                             f"got {', '.join(sorted(state))}")
+        for moment in self.moments:
+            if np.shape(state[moment]) != getattr(self, moment).shape:
+                raise ValueError(f"{name}: the saved {moment} has shape {np.shape(state[moment])}, expected "
+                                 f"{getattr(self, moment).shape}")
+        steps, lr = np.asarray(state["steps"]), np.asarray(state["lr"])
+        if steps.shape or steps.dtype.kind not in "iu" or steps < 0 or lr.shape or not 0 < lr < math.inf:
+            raise ValueError(f"{name}: a saved state needs steps >= 0 and lr > 0, got {steps!r} and {lr!r}")
+        self.steps, self.lr = int(steps), float(lr)
+        for moment in self.moments:
+            getattr(self, moment)[...] = state[moment]
 
 
 class SGD(Optimizer):
