@@ -6,6 +6,7 @@ import os
 import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,20 @@ def test_new_files_honour_the_umask(tmp_path, umask, mask, expected):
     umask(mask)
     atomic_write_bytes(tmp_path / "model.json", b"{}")
     assert stat.S_IMODE((tmp_path / "model.json").stat().st_mode) == expected
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the umask from Linux's /proc")
+def test_the_umask_is_read_without_being_changed(tmp_path, umask, monkeypatch):
+    """Setting the umask to read it, even for an instant, is process-wide: a file another thread
+    (the web app's, the daemon's) created in that instant would get the wrong permissions."""
+    umask(0o027)
+
+    def changed(_):
+        raise AssertionError("the umask was changed to read it")
+
+    monkeypatch.setattr(os, "umask", changed)
+    atomic_write_bytes(tmp_path / "model.json", b"{}")
+    assert stat.S_IMODE((tmp_path / "model.json").stat().st_mode) == 0o640
 
 
 def test_replacing_a_file_keeps_its_permissions(tmp_path, umask):
