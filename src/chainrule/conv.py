@@ -5,10 +5,11 @@ Images are batches in NCHW order: (batch, channels, height, width), as in PyTorc
 A convolution slides small filters over the image and takes a dot product at every position.
 Written as loops that is six nested loops; written as linear algebra it is *one* matrix product.
 "im2col" copies every receptive field (the C·kh·kw input values a filter sees at one output
-position) into a column of a matrix X_col, of shape (C·kh·kw, N·Ho·Wo). The filters, each
-flattened to a row, form W_mat of shape (O, C·kh·kw). Then
+position) into a column of a matrix X_col, of shape (C·kh·kw, Ho·Wo·N) (positions first, the
+image last: see `_im2col`). The filters, each flattened to a row, form W_mat of shape (O, C·kh·kw).
+Then
 
-    Y_mat = W_mat · X_col + b        (O, N·Ho·Wo): every filter at every position of every image
+    Y_mat = W_mat · X_col + b        (O, Ho·Wo·N): every filter at every position of every image
 
 and the backward pass is the matrix calculus of that product, exactly as for `Linear`:
 

@@ -1,8 +1,8 @@
 """Files chainrule writes and reads back: atomic writes, and `.npz` files read headers first.
 
 Writes go to a temporary file in the same directory, then a rename: a rename within one directory
-is atomic on POSIX and Windows, so a reader (or a crash) sees either the old file or the complete
-new one, never half of it.
+is atomic on POSIX, so a reader (or a crash) sees either the old file or the complete new one,
+never half of it.
 
 Reads of `.npz` files (weights, idf weights, checkpoints) start from what each array's `.npy`
 header claims, its shape and dtype (`npz_headers`), so that a loader can hold those claims against

@@ -1,7 +1,9 @@
 """Losses: one number that says how wrong the network's output is, and its gradient.
 
 Calling a loss, ``loss(output, target)``, returns ``(value, grad)`` where ``grad`` is
-dLoss/dOutput — the starting point of the backward pass. All losses average over the batch.
+dLoss/dOutput — the starting point of the backward pass. Every loss is a mean, so that its size
+does not grow with the batch: over the examples (CrossEntropy; with class weights, weighted by them)
+or over every element of the output (MeanSquaredError, BinaryCrossEntropy).
 """
 
 from __future__ import annotations

@@ -201,7 +201,8 @@ class Sequential:
         return x
 
     def forward(self, x, training: bool = False):
-        """Run every layer in order. `training=True` enables dropout and caches for backward."""
+        """Run every layer in order; each keeps what its backward needs. `training=True` turns on
+        dropout and batch statistics (batch norm)."""
         x = self._input(x)
         for layer in self.layers:
             x = layer.forward(x, training)

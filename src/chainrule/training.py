@@ -240,7 +240,8 @@ def fit(
         checkpoint: a `.npz` path written atomically after every epoch with everything needed to
             continue: weights, optimizer moments, random-generator states, history.
         resume: continue from `checkpoint` if it exists; the result is then identical to an
-            uninterrupted run with the same seed.
+            uninterrupted run with the same seed, bit for bit under the same machine load (BLAS may
+            round differently on one thread than on two: see `BlasThreads`).
         world: the processes that train together (`chainrule.distributed.world()` under mpirun);
             None: this process alone.
 
