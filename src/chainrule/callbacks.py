@@ -132,7 +132,8 @@ class GradientFlow(Callback):
 
     Norms are sampled on every (batches // `SAMPLES_PER_EPOCH`)-th batch, 20 to 39 of an epoch of
     20 batches or more (copying the weights before a step costs memory traffic, and a sample is
-    plenty for an average); dead units are counted over every batch. `fit` always runs one, so `History.gradient_report()` has something to report.
+    plenty for an average); dead units are counted over every batch. `fit` always runs one, so
+    `History.gradient_report()` has something to report.
     In data-parallel training (`world` of several processes) the gradients are already the
     global batch's, and a unit is dead only if it was for the examples of every process.
     """
