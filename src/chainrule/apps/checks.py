@@ -10,7 +10,6 @@ from chainrule.apps.images import OLD_TASKS, TASK, check_image_model, model_inpu
 from chainrule.apps.spam import featurize, load_spam_model
 from chainrule.data import idx
 from chainrule.data.corpora import read_messages
-from chainrule.data.idx import load_image_set
 from chainrule.data.locate import candidate_dirs
 from chainrule.errors import DataError
 from chainrule.gradcheck import STEPS, TOLERANCE, demo_networks, gradcheck
@@ -23,7 +22,7 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
     task = metadata.get("task")
     if task == TASK or task in OLD_TASKS:  # the test set of the image set it was trained on, or --data's
         trained_on = metadata.get("dataset", "mnist")
-        test = load_image_set(data_dir, "test", default=trained_on)
+        test = idx.load_image_set(data_dir, "test", default=trained_on)
         where = f"{idx.title(test.name)} test images" + ("" if test.name == trained_on else
                                                          f" (it was trained on {idx.title(trained_on)})")
         return model_inputs(test.images[:n], metadata), where

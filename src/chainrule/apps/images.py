@@ -1,8 +1,10 @@
 """Image classification on 28x28 image sets: MNIST's digits, Fashion-MNIST's clothes, any IDX folder.
 
 A library: `chainrule images|digits train|evaluate|predict|show` (in `chainrule.cli.images`) parse
-the command line and print what these functions return. They use only the public API
-(`Sequential`, layers, losses, optimizers, `fit`), the data loaders and the plots.
+the command line and print what these functions return. They build and train networks with the
+public API (`Sequential`, layers, losses, optimizers, `fit`), and lean on the library's support
+modules for the rest: the data loaders, `metrics`, `plots`, `files` (atomic writes, the run
+folder's lock) and `distributed` (mpirun).
 
 Each data set has its own presets (`PRESETS`), and a folder that is not a known set gets MNIST's.
 A preset is everything needed to reproduce a training run: the architecture, the optimizer, the
@@ -346,16 +348,16 @@ def confident_mistakes(report: dict, labels: np.ndarray, n: int = 25) -> np.ndar
 
 def save_mistakes_grid(report: dict, images: np.ndarray, labels: np.ndarray, path, n: int = 25) -> int:
     """The most confidently wrong test images as a PNG grid; returns how many are shown."""
-    idx = confident_mistakes(report, labels, n)
+    worst = confident_mistakes(report, labels, n)
     proba, pred, classes = report["_proba"], report["_pred"], report["classes"]
     # "7 -> 2" fits on one line under a tile; "T-shirt/top -> Shirt" needs two
     arrow = " -> " if max(len(c) for c in classes) <= 3 else "\n-> "
     titles = [f"test #{i}\n{classes[labels[i]]}{arrow}{classes[pred[i]]} ({100 * proba[i, pred[i]]:.0f}%)"
-              for i in idx]
-    plots.image_grid(images[idx] if len(idx) else np.zeros((0, 28, 28)), path, titles=titles,
-                     cols=min(max(len(idx), 1), 5),
-                     title=f"{len(idx)} most confidently wrong test images (true -> predicted)")
-    return len(idx)
+              for i in worst]
+    plots.image_grid(images[worst] if len(worst) else np.zeros((0, 28, 28)), path, titles=titles,
+                     cols=min(max(len(worst), 1), 5),
+                     title=f"{len(worst)} most confidently wrong test images (true -> predicted)")
+    return len(worst)
 
 
 # -- training -----------------------------------------------------------------------------------

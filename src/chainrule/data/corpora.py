@@ -1,7 +1,7 @@
 """Mail and SMS corpora: RFC 822 messages from files, directories, mbox files, Maildirs, tar
 archives and standard input, and `label<TAB>text` SMS collections, with their labels.
 
-Two promises shape this module:
+Three promises shape this module:
 
 * **A message never stops a run.** Each message read is a `RawMessage`; a file that cannot be read
   becomes a `RawMessage` with `error` set (a one-line reason), for the caller to report and go on.

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from chainrule.data.locate import cache_dir, candidate_dirs
 from chainrule.errors import DataError
@@ -364,8 +365,6 @@ def download(name: str = "mnist", directory=None, progress: bool = True) -> Path
     are hashed; only when that SHA-256 is the expected one is it renamed into place, so an
     interrupted or tampered download never leaves a file that looks complete.
     """
-    from tqdm.auto import tqdm
-
     known = KNOWN_SETS[name]
     directory = Path(directory) if directory is not None else cache_dir(known.folder)
     directory.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,8 @@ The modules, in the order data flows through them:
     explain      the tokens behind a verdict; classify_message for other programs
     corpus       labelled messages from mail corpora and SMS files
     annotate     X-Chainrule-Spam headers stamped into a message
+    protocol     spamc/spamd requests and answers: the mail flow's protocol
+    daemon       the server that speaks it (`chainrule spam daemon`)
 
 For other programs (the web app): `load_spam_model(dir)` and `classify_message(bundle, raw_bytes)`.
 The `chainrule spam` commands are `chainrule.cli.spam`.

@@ -419,13 +419,12 @@ class DaemonServer:
                 req = await asyncio.wait_for(read_request(reader, self.options.max_size), self.options.read_timeout)
             except asyncio.TimeoutError:
                 log.warning("%s: request not received within %.0f s (--read-timeout)", who, self.options.read_timeout)
-                writer.write(ProtocolError(EX_TIMEOUT, "Timeout: (reading the request took too long)").status_line())
-                await writer.drain()
-                return
+                await self._send(writer, ProtocolError(EX_TIMEOUT, "Timeout: (reading the request took too long)")
+                                 .status_line())
+                return False  # (a client this slow is not waited for again: its connection closes)
             except ProtocolError as exc:
                 log.warning("%s: bad request: %s", who, exc.text)
-                writer.write(exc.status_line())
-                await writer.drain()
+                await self._send(writer, exc.status_line())
                 return True
             try:
                 await self._serve(req, writer, who, started)
