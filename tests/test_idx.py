@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from chainrule.data import idx
-from chainrule.data.idx import KNOWN_SETS, dataset_name, load_image_set
-from chainrule.data.mnist import DataError, load_mnist, read_idx
+from chainrule.data.idx import KNOWN_SETS, dataset_name, load_image_set, read_idx
+from chainrule.data.mnist import load_mnist
+from chainrule.errors import DataError
 
 DATA = os.environ.get("CHAINRULE_DATA")
 pytestmark = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")

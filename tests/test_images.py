@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chainrule.data.images import ImageError, load_digit_image, preprocess_image
+from chainrule.data.images import ImageError, preprocess_image
 
 DATA = os.environ.get("CHAINRULE_DATA")
 needs_data = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")
@@ -181,7 +181,7 @@ def test_sixteen_bit_grey_and_jpeg(tmp_path):
     check_mnist_like(x16)
     jpeg = tmp_path / "bar.jpg"
     Image.fromarray((255 - (a > 0) * 255).astype(np.uint8)).save(jpeg, quality=90)
-    xj = load_digit_image(jpeg)
+    xj = preprocess_image(jpeg)
     check_mnist_like(xj)
     assert np.abs(xj - x16).mean() < 0.05
 
@@ -226,7 +226,7 @@ def test_bad_images_get_one_line_errors(tmp_path, content, expected, monkeypatch
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResourceWarning)
         with pytest.raises(ImageError) as exc_info:
-            load_digit_image(path)
+            preprocess_image(path)
         gc.collect()
     assert not unclosed, unclosed[0].exc_value
     msg = str(exc_info.value)
@@ -238,9 +238,9 @@ def test_bad_images_get_one_line_errors(tmp_path, content, expected, monkeypatch
 
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(ImageError, match="no such file"):
-        load_digit_image(tmp_path / "nope.png")
+        preprocess_image(tmp_path / "nope.png")
     with pytest.raises(ImageError, match="is a directory"):
-        load_digit_image(tmp_path)
+        preprocess_image(tmp_path)
 
 
 @needs_data
@@ -250,11 +250,11 @@ def test_a_pipe_named_as_a_file_is_read_as_the_file_is(digits, tmp_path):
     os.mkfifo(tmp_path / "pipe")
     writer = threading.Thread(target=lambda: (tmp_path / "pipe").write_bytes((tmp_path / "digit.png").read_bytes()))
     writer.start()
-    from_pipe = load_digit_image(tmp_path / "pipe")
+    from_pipe = preprocess_image(tmp_path / "pipe")
     writer.join()
-    np.testing.assert_array_equal(from_pipe, load_digit_image(tmp_path / "digit.png"))
+    np.testing.assert_array_equal(from_pipe, preprocess_image(tmp_path / "digit.png"))
     with pytest.raises(ImageError, match="/dev/null: empty file"):
-        load_digit_image("/dev/null")
+        preprocess_image("/dev/null")
 
 
 def _in_mode(grey: Image.Image, mode: str) -> Image.Image:

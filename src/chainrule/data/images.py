@@ -336,8 +336,3 @@ def preprocess_image(source, picture: str = "digit") -> np.ndarray:
         return to_mnist(_ink(grey)) if picture == "digit" else fit_object(_object_levels(grey))
     except ImageError as exc:
         raise ImageError(f"{name}: {exc}" if name != "image" else str(exc)) from None
-
-
-def load_digit_image(path) -> np.ndarray:
-    """Read an image file and preprocess it like MNIST; see `preprocess_image`."""
-    return preprocess_image(Path(path))

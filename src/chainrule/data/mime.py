@@ -4,18 +4,14 @@
 `ParsedMessage` (with `problem` set when it had to fall back to treating the bytes as plain text),
 so one odd message never stops a run.
 
-Parsing uses Python's `email` package. The default (fast) path parses with the `compat32` policy
-and decodes RFC 2047 headers, charsets and transfer encodings itself: `policy.default`'s header
-objects made parsing 10x slower (5.0 against 0.5 ms per SpamAssassin message), and classification
-speed matters (a filter sits in the mail path). The one place where `policy.default` read headers
-better, raw 8-bit header bytes, the fast path handles itself, and better (`_decode_header_block`).
-On the fast path the feed parser sees only the header block, and a well-formed block not even that
-(`_simple_header_block` makes the same `Message` with one regex); a single-part body is decoded
-straight from its bytes, and only multipart messages get the full MIME parse.
-`parse_message(raw, strict=True)` parses with `policy.default` first and falls back to `compat32`
-if that raises or reports defects. The two differ in header formatting on ~8% of SpamAssassin
-messages (`policy.default` unfolds lines and drops address comments such as "(Robert Harley)"),
-so a model should be used with the parsing it was trained with: the default.
+Parsing uses Python's `email` package with its `compat32` policy, and decodes RFC 2047 headers,
+charsets and transfer encodings itself: `policy.default`'s header objects made parsing 10x slower
+(5.0 against 0.5 ms per SpamAssassin message), and classification speed matters (a filter sits in
+the mail path). The one place where `policy.default` read headers better, raw 8-bit header bytes,
+this module handles itself, and better (`_decode_header_block`). The feed parser sees only the
+header block, and a well-formed block not even that (`_simple_header_block` makes the same
+`Message` with one regex); a single-part body is decoded straight from its bytes, and only
+multipart messages get the full MIME parse.
 """
 
 from __future__ import annotations
@@ -375,17 +371,14 @@ def _decode_header_block(head: bytes) -> str:
     return "".join(lines)
 
 
-def _parse_with(raw: bytes, policy) -> ParsedMessage:
-    if policy is email.policy.compat32:
-        # Fast path: parse the header block only; for a single-part message (most mail) the
-        # remaining bytes are the body and `get_payload(decode=True)` decodes them the same way
-        # a full parse would. Only a message with parts (multipart/*, or message/rfc822: a
-        # forwarded message whose own headers and body are inside) pays for the full MIME parse.
-        msg = top = _compat32_headers(raw)
-        if msg.get_content_maintype() in ("multipart", "message"):
-            msg = email.message_from_bytes(raw, policy=policy)  # (its headers are top's, but 8-bit ones undecoded)
-    else:
-        msg = top = email.message_from_bytes(raw, policy=policy)
+def _parse(raw: bytes) -> ParsedMessage:
+    # Fast path: parse the header block only; for a single-part message (most mail) the
+    # remaining bytes are the body and `get_payload(decode=True)` decodes them the same way
+    # a full parse would. Only a message with parts (multipart/*, or message/rfc822: a
+    # forwarded message whose own headers and body are inside) pays for the full MIME parse.
+    msg = top = _compat32_headers(raw)
+    if msg.get_content_maintype() in ("multipart", "message"):
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)  # (headers: top's, 8-bit ones undecoded)
     out = ParsedMessage()
     _fill_headers(top, out)
     _walk(msg, out)
@@ -397,27 +390,16 @@ def _plain_fallback(raw: bytes, reason: str) -> ParsedMessage:
     return ParsedMessage(text=text, urls=find_urls(text), problem=reason)
 
 
-def parse_message(raw: bytes, strict: bool = False) -> ParsedMessage:
-    """Parse raw RFC 822 bytes; never raises.
-
-    Args:
-        strict: parse with `email.policy.default` first (slower, stricter header parsing) and fall
-            back to `compat32` when it raises or reports defects; by default use `compat32` only.
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse raw RFC 822 bytes (with the email package's lenient `compat32` policy); never raises.
 
     A message the email package cannot make sense of at all is read as plain text, with
     `problem` saying why.
     """
     if not raw.strip():
         return ParsedMessage(problem="empty message")
-    if strict:
-        try:
-            out = _parse_with(raw, email.policy.default)
-            if not out.defects:
-                return out
-        except Exception:  # noqa: BLE001 (any failure here means: try the lenient policy)
-            pass
     try:
-        return _parse_with(raw, email.policy.compat32)
+        return _parse(raw)
     except RecursionError:
         return _plain_fallback(raw, "MIME nesting too deep")
     except Exception as exc:  # noqa: BLE001 (the promise is: never crash on a message)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from chainrule.data.idx import FILES, IMAGE_SIZE, load_image_set, read_idx
+from chainrule.data.idx import FILES, load_image_set
 from chainrule.errors import DataError
 
-__all__ = ["FILES", "IMAGE_SIZE", "NUM_CLASSES", "DataError", "load_mnist", "read_idx"]
+__all__ = ["NUM_CLASSES", "load_mnist"]
 
 NUM_CLASSES = 10
 
