@@ -28,6 +28,7 @@ from chainrule.apps.spam import (
     collect,
     explain_row,
     featurize,
+    item_tokens,
     learn,
     load_spam_model,
     open_for_learning,
@@ -60,8 +61,7 @@ from chainrule.data.corpora import (
     read_as_is,
     read_messages,
 )
-from chainrule.data.mime import parse_message
-from chainrule.data.text import HashingConfig, message_tokens, sms_tokens
+from chainrule.data.text import HashingConfig
 from chainrule.errors import TrainingDiverged, UserError
 from chainrule.files import atomic_write_bytes
 from chainrule.network import saved_metadata
@@ -461,13 +461,13 @@ def _explained_tokens(args, config: HashingConfig, on_problem):
     (or of standard input) a text message, tokenised as training saw each kind."""
     if args.sms:
         for source, text in _sms_lines(args.paths, args.max_bytes, on_problem):
-            yield source, sms_tokens(text, config)
+            yield source, item_tokens("sms", text, config)[0]
         return
     for msg in read_messages(args.paths, max_bytes=args.max_bytes):
         if msg.error:
             on_problem(msg.source, msg.error)
         else:
-            yield msg.source, message_tokens(parse_message(msg.data), config)
+            yield msg.source, item_tokens("mail", msg.data, config)[0]
 
 
 def _cmd_explain(args) -> int:

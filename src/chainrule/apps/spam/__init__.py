@@ -38,7 +38,7 @@ from chainrule.apps.spam.annotate import annotate
 from chainrule.apps.spam.calibration import binary_report, calibrate
 from chainrule.apps.spam.corpus import collect
 from chainrule.apps.spam.explain import classify_message, explain_row, looks_like_email
-from chainrule.apps.spam.features import MAIL_MIN_DF, featurize, training_features
+from chainrule.apps.spam.features import MAIL_MIN_DF, featurize, item_tokens, training_features
 from chainrule.apps.spam.learning import Learned, learn, open_for_learning, row_digests, unlearn
 from chainrule.apps.spam.model import (
     LESSONS_KEPT,
@@ -68,8 +68,8 @@ __all__ = [
     "LESSONS_KEPT", "MAIL_MIN_DF", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "Learned", "Lessons", "SpamModel",
     "TrainResult",
     "annotate", "binary_report", "build_network", "calibrate", "check_labels", "classify_message", "collect",
-    "explain_row",
-    "featurize", "kfold_assignments", "learn", "load_idf", "load_lessons", "load_replay", "load_spam_model",
+    "explain_row", "featurize", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons", "load_replay",
+    "load_spam_model",
     "looks_like_email", "merge_committee", "open_for_learning", "row_digests", "save_model", "stratified_split",
     "train_filter", "training_features", "unlearn", "verdict",
 ]

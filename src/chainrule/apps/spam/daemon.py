@@ -55,7 +55,7 @@ except ImportError:  # (not on Windows)
 
 from chainrule import __version__
 from chainrule.apps.spam.explain import explain_row
-from chainrule.apps.spam.features import featurize
+from chainrule.apps.spam.features import featurize, item_tokens
 from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, UNLEARNED, learn, open_for_learning, unlearn
 from chainrule.apps.spam.model import load_spam_model
 from chainrule.apps.spam.protocol import (
@@ -76,8 +76,6 @@ from chainrule.apps.spam.protocol import (
     read_request,
 )
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
-from chainrule.data.mime import parse_message
-from chainrule.data.text import message_tokens
 from chainrule.errors import UserError, one_line
 
 log = logging.getLogger("chainrule.spamd")
@@ -131,9 +129,9 @@ class SpamFilter:
         if not explain:
             p, problems = b.score([("mail", raw)], processes=1)
             return Verdict(float(p[0]), b.spam_cutoff, b.ham_cutoff, problem=problems[0])
-        parsed = parse_message(raw)
-        p, to_spam, to_ham = explain_row(b, message_tokens(parsed, b.config), top=10)
-        return Verdict(p, b.spam_cutoff, b.ham_cutoff, tuple(to_spam), tuple(to_ham), parsed.problem)
+        tokens, problem = item_tokens("mail", raw, b.config)
+        p, to_spam, to_ham = explain_row(b, tokens, top=10)
+        return Verdict(p, b.spam_cutoff, b.ham_cutoff, tuple(to_spam), tuple(to_ham), problem)
 
     def learn(self, examples: Sequence[tuple[bytes, bool]]) -> tuple[SpamFilter, list[bool]]:
         """`chainrule spam learn` on these (message, is spam) pairs; see `_relearn`."""

@@ -9,10 +9,9 @@ import re
 import numpy as np
 import scipy.sparse as sp
 
+from chainrule.apps.spam.features import item_tokens
 from chainrule.apps.spam.model import SpamModel, verdict
 from chainrule.data.corpora import MAX_BYTES
-from chainrule.data.mime import parse_message
-from chainrule.data.text import message_tokens, sms_tokens
 from chainrule.functional import sigmoid
 
 
@@ -74,11 +73,9 @@ def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
     Returns {"label": "spam"|"ham"|"unsure", "probability": P(spam), "top_tokens":
     [{"token", "weight"}...] (the strongest in either direction), "problem": str|None}.
     """
-    if looks_like_email(raw):
-        parsed = parse_message(raw[:MAX_BYTES])
-        tokens, problem = message_tokens(parsed, bundle.config), parsed.problem
-    else:
-        tokens, problem = sms_tokens(raw[:MAX_BYTES].decode("utf-8", "replace"), bundle.config), None
+    raw = raw[:MAX_BYTES]
+    item = ("mail", raw) if looks_like_email(raw) else ("sms", raw.decode("utf-8", "replace"))
+    tokens, problem = item_tokens(*item, bundle.config)
     p, to_spam, to_ham = explain_row(bundle, tokens, top)
     strongest = sorted(to_spam + to_ham, key=lambda t: -abs(t[1]))[:top]
     return {"label": verdict(p, bundle.spam_cutoff, bundle.ham_cutoff), "probability": p,
