@@ -12,10 +12,13 @@ ANNOTATION_HEADERS = ("x-chainrule-spam", "x-chainrule-spam-probability", "x-cha
 def annotate(raw: bytes, is_spam: bool, probability: float, verdict: str | None = None) -> bytes:
     """`raw` with X-Chainrule-Spam headers (in place of any it had) at the end of its header
     block; the body (every byte after the blank line) is left exactly as it was."""
+    return replace_header_fields(raw, ANNOTATION_HEADERS, annotation_lines(is_spam, probability, verdict))
+
+
+def annotation_lines(is_spam: bool, probability: float, verdict: str | None = None) -> list[str]:
+    """The X-Chainrule-Spam header lines of a verdict (the three-way `verdict`, where there is one)."""
     lines = [f"X-Chainrule-Spam: {'yes' if is_spam else 'no'}", f"X-Chainrule-Spam-Probability: {probability:.6f}"]
-    if verdict is not None:
-        lines.append(f"X-Chainrule-Spam-Verdict: {verdict}")
-    return replace_header_fields(raw, ANNOTATION_HEADERS, lines)
+    return lines + ([f"X-Chainrule-Spam-Verdict: {verdict}"] if verdict is not None else [])
 
 
 def replace_header_fields(raw: bytes, names, lines: list[str]) -> bytes:

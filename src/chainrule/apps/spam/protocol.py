@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from chainrule import __version__
-from chainrule.apps.spam.annotate import ANNOTATION_HEADERS, header_end, replace_header_fields
+from chainrule.apps.spam.annotate import ANNOTATION_HEADERS, annotation_lines, header_end, replace_header_fields
 from chainrule.apps.spam.model import verdict
 from chainrule.data.corpora import MAX_BYTES
 
@@ -140,11 +140,8 @@ def markup_lines(v: Verdict) -> list[str]:
         lines.append("X-Spam-Level: " + "*" * min(stars, 50))
     lines += [f"X-Spam-Status: {'Yes' if v.is_spam else 'No'}, score={score} required={THRESHOLD:.1f} "
               f"tests={v.symbol}",
-              f"X-Spam-Checker-Version: chainrule {__version__}",
-              f"X-Chainrule-Spam: {'yes' if v.is_spam else 'no'}",
-              f"X-Chainrule-Spam-Probability: {v.probability:.6f}",
-              f"X-Chainrule-Spam-Verdict: {v.label}"]
-    return lines
+              f"X-Spam-Checker-Version: chainrule {__version__}"]
+    return lines + annotation_lines(v.is_spam, v.probability, v.label)
 
 
 def mark_up(raw: bytes, v: Verdict) -> bytes:
