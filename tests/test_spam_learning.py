@@ -341,3 +341,25 @@ def test_since_last_keeps_the_folders_marked_last_and_the_model_stays_loadable(m
     learn(bundle, x, np.array([1]), seed=0, since_last={f"/mail/user{i}/.Junk": 10**18 + i for i in range(1200)})
     marks = load_spam_model(model).metadata["since_last"]
     assert len(marks) == 1000 and "/mail/user1199/.Junk" in marks and "/mail/user199/.Junk" not in marks
+
+
+def test_an_sms_filter_learns_text_messages_with_sms(data_root, tmp_path, capsys):
+    """`spam learn --sms`: each line of the files a text message, as `classify --sms` reads them."""
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.txt").write_text("\n".join(lines[:1000]) + "\n", encoding="utf-8")
+    assert main(["spam", "train", "--sms", str(tmp_path / "train.txt"), "--out", str(tmp_path / "m"),
+                 "--folds", "0", "--epochs", "8"]) == 0
+    bundle = load_spam_model(tmp_path / "m")
+    hams = [text for label, _, text in (line.partition("\t") for line in lines[1000:1400]) if label == "ham"]
+    p = bundle.probabilities(featurize([("sms", t) for t in hams], bundle.config, processes=1, idf=bundle.idf)[0])
+    worst = hams[int(np.argmax(p))]  # the ham this filter finds most like spam
+    (tmp_path / "correct.txt").write_text(worst + "\n", encoding="utf-8")
+    capsys.readouterr()
+    out = _learn(capsys, tmp_path / "m", "--ham", "--sms", tmp_path / "correct.txt")
+    assert out[0].startswith(f"{tmp_path / 'correct.txt'}:1\tlearned as ham\tP(spam) {p.max():.4f} -> ")
+    after = float(out[0].rsplit("-> ", 1)[1])
+    assert after < p.max()
+    again = _learn(capsys, tmp_path / "m", "--ham", "--sms", tmp_path / "correct.txt")
+    assert "already learned as ham" in again[0] or "learned again as ham" in again[0]
+    assert main(["spam", "learn", str(tmp_path / "m"), "--ham", "--sms", "--from", str(tmp_path)]) == 2
+    assert "--from reads a mail folder" in capsys.readouterr().err

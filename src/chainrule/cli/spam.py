@@ -382,9 +382,11 @@ def _cmd_learn(args) -> int:
         raise UserError("--since-last works with --spam or --ham, not --unlearn")
     if not args.paths and not args.source:
         raise UserError("nothing to learn from: give messages or --from FOLDER")
+    if args.sms and args.source:
+        raise UserError("--from reads a mail folder; with --sms, name the files of text messages")
     label = SPAM if args.spam else HAM
     with open_for_learning(args.model) as bundle:  # the model's lock is held until it is saved
-        _warn_if_untrained_on(bundle, "mail")
+        _warn_if_untrained_on(bundle, "sms" if args.sms else "mail")
         paths, marks = list(args.paths), {}
         for folder in args.source or []:
             if not args.since_last:
@@ -403,8 +405,13 @@ def _cmd_learn(args) -> int:
         if not paths:  # (--since-last, and nothing new anywhere)
             return 0
         problems = _InputProblems([*args.paths, *(args.source or [])], hold=True)
-        items, sources, y = collect(paths, None, labelled=False, max_bytes=args.max_bytes, label=label,
-                                    on_problem=problems)
+        if args.sms:  # (each line of the files a text message, as classify --sms reads them)
+            lines = list(_sms_lines(paths, args.max_bytes, problems))
+            sources, items = [source for source, _ in lines], [("sms", text) for _, text in lines]
+            y = np.full(len(items), label)
+        else:
+            items, sources, y = collect(paths, None, labelled=False, max_bytes=args.max_bytes, label=label,
+                                        on_problem=problems)
         if not items:  # (an empty message is a problem: nothing is learned from it)
             _nothing_read(problems.held, "unlearn" if args.unlearn else "learn from")
         problems.report_held()
@@ -616,6 +623,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--since-last", action="store_true",
                    help="with --from: only the messages put in the folder since the previous --since-last "
                    "run on this model (the first run takes them all); for a cron job")
+    p.add_argument("--sms", action="store_true", help="the files (or stdin) hold text messages, one per line")
     p.add_argument("--epochs", type=positive_int, default=4)
     p.add_argument("--seed", type=nonnegative_int)
     add_max_bytes(p)
