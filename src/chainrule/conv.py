@@ -635,20 +635,16 @@ class BatchNorm(Layer):
         self.buffers["running_mean"][...] = 0.0
         self.buffers["running_var"][...] = 1.0
 
-    def _shape(self, x) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(axes to reduce over, shape that broadcasts a per-feature vector against x)."""
-        if x.ndim == 2:
-            axes, bshape = (0,), (1, -1)
-        elif x.ndim == 4:
-            axes, bshape = (0, 2, 3), (1, -1, 1, 1)
-        else:
+    def _shape(self, x) -> tuple[int, ...]:
+        """The shape that broadcasts a per-feature vector against the batch x: (1, C) or (1, C, 1, 1)."""
+        if x.ndim not in (2, 4):
             raise ValueError(f"BatchNorm: expected a batch of shape (N, C) or (N, C, H, W), got {x.shape}")
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm: expected {self.num_features} features, got shape {x.shape}")
-        return axes, bshape
+        return (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
 
     def forward(self, x, training=False):
-        axes, bshape = self._shape(x)
+        bshape = self._shape(x)
         if training:
             # Every pass works a range of features at a time, on every core (see `_by_feature`).
             # m values per feature in the batch; μ_B = Σx / m, then σ²_B = Σ(x - μ_B)² / m (two
@@ -659,29 +655,18 @@ class BatchNorm(Layer):
                 raise ValueError(f"BatchNorm: training needs more than one value per feature, got a batch of shape "
                                  f"{x.shape}")
             mean = (sums[:-1] / m).reshape(bshape)
-            xhat = np.empty_like(x)  # centred, then scaled in place below
-            _by_feature(lambda f: np.subtract(x[:, f], mean[:, f], out=xhat[:, f]), x)
-            # equivalent to Σ(x - μ_B)² per feature
-            var = self._global_sum(_per_feature_dot(xhat, xhat)) / m
+            xhat = _centred(x, mean)  # x - μ_B, then scaled in place below
+            var = self._global_sum(_per_feature_dot(xhat, xhat)) / m  # Σ(x - μ_B)² / m per feature
             inv_std = 1.0 / np.sqrt(var + self.eps)
             mom = self.momentum
             running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
             running_mean *= 1 - mom
             running_mean += mom * mean.ravel()
             running_var *= 1 - mom
-            running_var += mom * var * (m / max(m - 1, 1))
+            running_var += mom * var * (m / (m - 1))  # (the unbiased variance, as PyTorch keeps)
             self._xhat, self._x, self._inv_std, self._training, self._m = xhat, None, inv_std, True, m
-            # x̂ = (x - μ_B)·σ⁻¹ in place, then y = γ·x̂ + β, written into one new array
-            scale, gamma, beta = (a.reshape(bshape) for a in (inv_std, self.weight.data, self.bias.data))
-            y = np.empty_like(x)
-
-            def normalise(f):
-                xhat[:, f] *= scale[:, f]
-                np.multiply(xhat[:, f], gamma[:, f], out=y[:, f])
-                y[:, f] += beta[:, f]
-
-            _by_feature(normalise, x)
-            return y
+            # x̂ = (x - μ_B)·σ⁻¹, then y = γ·x̂ + β
+            return _normalise(xhat, *(a.reshape(bshape) for a in (inv_std, self.weight.data, self.bias.data)))
         # evaluation: a fixed affine map per feature, folded into one scale and one shift
         inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
         scale = self.weight.data * inv_std
@@ -691,7 +676,7 @@ class BatchNorm(Layer):
         return (x * scale.reshape(bshape) + shift.reshape(bshape)).astype(x.dtype, copy=False)
 
     def backward(self, grad_out):
-        axes, bshape = self._shape(grad_out)
+        bshape = self._shape(grad_out)
         xhat = self._xhat
         if xhat is None:
             xhat = (self._x - self.buffers["running_mean"].reshape(bshape)) * self._inv_std.reshape(bshape)
@@ -704,20 +689,10 @@ class BatchNorm(Layer):
             return grad_out * scale
         # dL/dx = γσ⁻¹ · (g - mean(g) - x̂ · mean(g·x̂)); the two means are dβ/m and dγ/m, over
         # the global batch (the gradients themselves stay this shard's: `fit` sums them).
-        # Equivalent to scale * (grad_out - mean_g - xhat * mean_gx), in one new array.
         sums = self._global_sum(np.concatenate([self.bias.grad, self.weight.grad]))
         mean_g = (sums[: self.num_features] / self._m).reshape(bshape)
         mean_gx = (sums[self.num_features :] / self._m).reshape(bshape)
-        grad_in = np.empty_like(xhat, grad_out.dtype)
-
-        def input_grad(f):
-            np.multiply(xhat[:, f], mean_gx[:, f], out=grad_in[:, f])
-            np.subtract(grad_out[:, f], grad_in[:, f], out=grad_in[:, f])
-            grad_in[:, f] -= mean_g[:, f]
-            grad_in[:, f] *= scale[:, f]
-
-        _by_feature(input_grad, grad_out)
-        return grad_in
+        return _batch_norm_input_grad(grad_out, xhat, mean_g, mean_gx, scale)
 
     def config(self):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
@@ -727,6 +702,42 @@ def _by_feature(fn: Callable[[slice], object], x: np.ndarray) -> None:
     """fn(f) for slices f of the feature axis 1 of x that together cover it, a slice per core, all
     at once (see `in_parts`): each feature's values are independent of the others'."""
     in_parts(lambda _, lo, hi: fn(slice(lo, hi)), x.shape[1], x.size)
+
+
+def _centred(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """x - mean, a feature range per core; equivalent to x - mean."""
+    out = np.empty_like(x)
+    _by_feature(lambda f: np.subtract(x[:, f], mean[:, f], out=out[:, f]), x)
+    return out
+
+
+def _normalise(xhat: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """γ·x̂ + β, scaling the centred `xhat` by `inv_std` in place first (it becomes x̂), a feature
+    range per core; equivalent to `xhat *= inv_std; return gamma * xhat + beta`."""
+    y = np.empty_like(xhat)
+
+    def part(f):
+        xhat[:, f] *= inv_std[:, f]
+        np.multiply(xhat[:, f], gamma[:, f], out=y[:, f])
+        y[:, f] += beta[:, f]
+
+    _by_feature(part, xhat)
+    return y
+
+
+def _batch_norm_input_grad(g, xhat, mean_g, mean_gx, scale) -> np.ndarray:
+    """Batch norm's dL/dx in one new array, a feature range per core; equivalent to
+    scale * (g - mean_g - xhat * mean_gx)."""
+    out = np.empty_like(xhat, g.dtype)
+
+    def part(f):
+        np.multiply(xhat[:, f], mean_gx[:, f], out=out[:, f])
+        np.subtract(g[:, f], out[:, f], out=out[:, f])
+        out[:, f] -= mean_g[:, f]
+        out[:, f] *= scale[:, f]
+
+    _by_feature(part, g)
+    return out
 
 
 def _per_feature_sum(a: np.ndarray) -> np.ndarray:

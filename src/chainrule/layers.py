@@ -206,7 +206,21 @@ def _zero_row(length: int, dtype: np.dtype) -> np.ndarray:
     return zeros
 
 
-def _relu(x: np.ndarray, out: np.ndarray) -> None:
+def _relu(x: np.ndarray) -> np.ndarray:
+    """max(x, 0), in x's memory order, on every core; equivalent to np.maximum(x, 0)."""
+    out = np.empty_like(x)
+    _by_outer_axis(_max0_into, x, out)
+    return out
+
+
+def _relu_grad(y: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """g where y > 0, else 0, on every core; equivalent to g * (y > 0)."""
+    out = np.empty_like(y, g.dtype)
+    _by_outer_axis(lambda y, g, into: np.multiply(g, y > 0, out=into), y, g, out)
+    return out
+
+
+def _max0_into(x: np.ndarray, out: np.ndarray) -> None:
     """out ← max(x, 0); equivalent to np.maximum(x, 0, out=out), 2-3x faster (NumPy 2.4).
 
     NumPy's loop for two contiguous arrays is vectorised and its scalar-broadcast loop is not, so
@@ -252,15 +266,11 @@ class ReLU(_Activation):
     """
 
     def forward(self, x, training=False):
-        self.output = np.empty_like(x)  # max(0, x), in x's memory order
-        _by_outer_axis(_relu, x, self.output)
+        self.output = _relu(x)  # y = max(0, x)
         return self.output
 
     def backward(self, grad_out):
-        # dy/dx = 1 where y > 0, else 0
-        grad_in = np.empty_like(self.output, grad_out.dtype)
-        _by_outer_axis(lambda y, g, into: np.multiply(g, y > 0, out=into), self.output, grad_out, grad_in)
-        return grad_in
+        return _relu_grad(self.output, grad_out)  # dL/dx = dL/dy · (y > 0): dy/dx is 1 where y > 0, else 0
 
 
 class LeakyReLU(ReLU):
