@@ -30,8 +30,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from tqdm._monitor import TMonitor
-
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -274,14 +272,15 @@ def _stop_spinning() -> bool:
     (what it calls before a fork), which stops them in ~16 µs; its next product starts them again in
     ~20 µs. Stopping them while another thread is inside a BLAS call hangs that call, so this
     happens only while the main thread is the only thread besides the helpers and tqdm's monitor
-    (which a progress bar, such as a download's, leaves running; it only redraws bars). Elsewhere
+    (which a progress bar, such as a download's, leaves running; it only redraws bars; known by its
+    class's module, tqdm's, since the class itself is private). Elsewhere
     (another BLAS than OpenBLAS), the helpers just run.
     """
     if _stop_blas_threads is None:
         return True
     main = threading.main_thread()
     if threading.current_thread() is not main or any(
-            t is not main and not t.name.startswith(_HELPER) and not isinstance(t, TMonitor)
+            t is not main and not t.name.startswith(_HELPER) and not type(t).__module__.startswith("tqdm")
             for t in threading.enumerate()):
         return False
     _stop_blas_threads()
