@@ -98,6 +98,33 @@ def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
                          f"got {y.min()}..{y.max()}")
 
 
+def _check_monitor(monitor: str, measured: list[str], validated: list[str]) -> None:
+    """Refuse an EarlyStopping `monitor` that no epoch will report (the keys of the training set's
+    figures, `measured`, and the validation set's, `validated`) before the first step: a misspelt
+    key would otherwise stop the run at the end of its first epoch."""
+    if monitor.startswith("val_") and not validated:
+        raise ValueError("fit: early stopping on a validation metric needs validation_split or validation_data")
+    keys = ["epoch", *measured, *validated, "lr", "seconds", "samples_per_s"]
+    if monitor not in keys:
+        raise ValueError(f"fit: EarlyStopping monitors {monitor!r}, which no epoch will report; they report "
+                         f"{', '.join(keys)}")
+
+
+def _batch_edges(n: int, batch_size: int, processes: int) -> list[int]:
+    """Where each batch of n examples starts, and the last one ends. A remainder smaller than
+    batch_size is a last, smaller batch, except that one too small to be a batch joins the batch
+    before it: a single example (batch norm cannot normalise a batch of one), or fewer than the
+    processes sharing it (each needs a row). So 1 and 2 processes take the same steps; more may
+    merge more. (n >= processes.)"""
+    full, rest = divmod(n, batch_size)
+    edges = [b * batch_size for b in range(full + 1)]
+    if rest and full and rest < max(processes, 2):
+        edges[-1] = n
+    elif rest:
+        edges.append(n)
+    return edges
+
+
 def _described(value) -> str:
     """What `value` is, in a few words, for an error message ("a tuple of 1", "an array of shape (5, 3)")."""
     if isinstance(value, (tuple, list)):
@@ -300,28 +327,14 @@ def fit(
         _check_targets("fit: validation_data", y_val, model, loss)
     else:
         x_val = y_val = None
-    if early_stopping is not None and early_stopping.monitor.startswith("val_") and x_val is None:
-        raise ValueError("fit: early stopping on a validation metric needs validation_split or validation_data")
-    if early_stopping is not None:  # (a misspelt key would otherwise stop the run after its first epoch)
-        val = [] if x_val is None else ["val_loss"] + ["val_accuracy"] * _are_labels(y_val, model, loss)
-        keys = ["epoch", "loss", *["accuracy"] * labels, *val, "lr", "seconds", "samples_per_s"]
-        if early_stopping.monitor not in keys:
-            raise ValueError(f"fit: EarlyStopping monitors {early_stopping.monitor!r}, which no epoch will "
-                             f"report; they report {', '.join(keys)}")
+    if early_stopping is not None:
+        val_keys = [] if x_val is None else ["val_loss"] + ["val_accuracy"] * _are_labels(y_val, model, loss)
+        _check_monitor(early_stopping.monitor, ["loss", *["accuracy"] * labels], val_keys)
 
     n = x.shape[0]
     if n < world.size:
         raise ValueError(f"fit: {n} training examples for {world.size} processes: each needs one")
-    # Where each batch starts (and the last ends): a remainder smaller than batch_size is a last,
-    # smaller batch, except that one too small to be a batch joins the batch before it: a single
-    # example (batch norm cannot normalise a batch of one), or fewer than the processes sharing
-    # it (each needs a row). So 1 and 2 processes take the same steps; more may merge more.
-    full, rest = divmod(n, batch_size)
-    edges = [b * batch_size for b in range(full + 1)]
-    if rest and full and rest < max(world.size, 2):
-        edges[-1] = n
-    elif rest:  # (with no full batch, rest = n >= world.size: checked above)
-        edges.append(n)
+    edges = _batch_edges(n, batch_size, world.size)
     batches = len(edges) - 1
     history = History()
     start_epoch = 0
