@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from chainrule.apps.spam import calibrate, check_labels, stratified_split, train_filter
+from chainrule import plots
+from chainrule.apps.spam import calibrate, check_labels, load_spam_model, stratified_split, train_filter, write_run
+from chainrule.apps.spam.training import RUN_FILES
 from chainrule.data.text import HashingConfig
 from chainrule.errors import DataError
 
@@ -73,3 +75,24 @@ def test_labels_a_filter_cannot_be_trained_or_calibrated_on_are_refused_first(sp
         train_filter(sp.csr_matrix((len(y), 16), dtype=np.float32), y, HashingConfig(n_features=16), folds=folds,
                      validation=validation)
     check_labels(np.array([1] * 20 + [0] * 100), folds, 0.2)  # (enough of both: nothing to say)
+
+
+def test_a_run_is_written_whole_or_not_at_all(synthetic_spam_rows, tmp_path, monkeypatch):
+    x, y = synthetic_spam_rows
+    config = HashingConfig(n_features=64)
+    first = train_filter(x, y, config, hidden=(4,), epochs=2, batch_size=16, seed=0)
+    write_run(first, tmp_path / "m", seconds=1.0)
+    assert all((tmp_path / "m" / name).is_file() for name in RUN_FILES)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()}
+    second = train_filter(x, y, config, hidden=(4,), epochs=2, batch_size=16, seed=1)
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt  # (Ctrl-C while the last figure is drawn)
+
+    monkeypatch.setattr(plots, "pr_roc_curves", broken)
+    with pytest.raises(KeyboardInterrupt):
+        write_run(second, tmp_path / "m", seconds=1.0)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()}
+    assert after == before  # the earlier filter, with its own numbers and figures
+    assert not [p for p in (tmp_path / "m").iterdir() if p.is_dir()]  # (nor a staging folder)
+    assert load_spam_model(tmp_path / "m").spam_cutoff == first.bundle.spam_cutoff

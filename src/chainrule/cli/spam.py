@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from chainrule import distributed, plots
+from chainrule import distributed
 from chainrule.apps.spam import (
     MAIL_MIN_DF,
     annotate,
     binary_report,
     check_labels,
+    check_out,
     collect,
     explain_row,
     featurize,
@@ -32,11 +33,11 @@ from chainrule.apps.spam import (
     learn,
     load_spam_model,
     open_for_learning,
-    save_model,
     train_filter,
     training_features,
     unlearn,
     verdict,
+    write_run,
 )
 from chainrule.apps.spam.daemon import DEFAULT_PORT, DaemonOptions, run_daemon
 from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED, row_digests
@@ -63,8 +64,6 @@ from chainrule.data.corpora import (
 )
 from chainrule.data.text import HashingConfig
 from chainrule.errors import TrainingDiverged, UserError
-from chainrule.files import atomic_write_bytes
-from chainrule.network import saved_metadata
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
 ERROR_EXIT = 3
@@ -124,17 +123,8 @@ def _cmd_train(args) -> int:
     if min_df and not use_idf:
         raise UserError("--min-df needs idf weights (--idf): rare buckets are left out through them")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():  # found now, not after minutes of training
-        raise UserError(f"--out {out}: exists and is not a directory")
-    replaced = saved_metadata(out)
-    task, learned = replaced.get("task"), replaced.get("learned")
-    if isinstance(task, str) and task != "spam":
-        raise UserError(f"--out {out} holds another application's model (task {task!r}); training would replace "
-                        "it: choose another --out")
-    if (out / "run.json").is_file() or (out / "checkpoint.npz").is_file():  # (`images train` writes them first)
-        raise UserError(f"--out {out} holds an image training run (run.json, checkpoint.npz); training would "
-                        "spoil it: choose another --out")
-    if world.rank == 0 and isinstance(learned, int) and learned > 0:
+    learned = check_out(out)  # (found now, not after minutes of training)
+    if world.rank == 0 and learned:
         print(f"chainrule: warning: --out {out} holds a spam filter that has learned {learned} corrections; the "
               "new one starts without them (teach them again with `spam learn`)", file=sys.stderr)
     t0 = time.perf_counter()
@@ -173,15 +163,8 @@ def _cmd_train(args) -> int:
                   f"(val_loss {min(h['val_loss']):.4f})")
     seconds = time.perf_counter() - t0
     bundle = result.bundle
-    bundle.metadata["training"]["seconds"] = round(seconds, 2)
-    save_model(bundle, out, replay=result.replay)
+    write_run(result, out, seconds)
     v = result.validation
-    atomic_write_bytes(out / "metrics.json", json.dumps({"validation": v, "cutoffs": bundle.metadata["cutoffs"],
-                                                         "training": bundle.metadata["training"]}, indent=2).encode())
-    atomic_write_bytes(out / "history.json", json.dumps(result.history.to_dict()).encode())
-    plots.learning_curves(result.history, out / "learning_curves.png", title="Spam filter: learning curves")
-    plots.pr_roc_curves(result.val_labels, result.val_probabilities, out / "pr_roc.png",
-                        cutoff=bundle.spam_cutoff, title="Spam filter on the validation split")
     print(f"validation: accuracy {100 * v['accuracy']:.2f}%  spam caught {_percent(v['spam_caught'])}  "
           f"blocked ham {_percent(v['blocked_ham'])}  MCC {v['mcc']:.4f}  ROC AUC {_number(v['roc_auc'])}")
     print(f"cut-offs: spam >= {bundle.spam_cutoff:.4f}, ham < {bundle.ham_cutoff:.4f}; "

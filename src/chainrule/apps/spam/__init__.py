@@ -59,17 +59,18 @@ from chainrule.apps.spam.model import (
 from chainrule.apps.spam.training import (
     TrainResult,
     check_labels,
+    check_out,
     kfold_assignments,
     stratified_split,
     train_filter,
+    write_run,
 )
 
 __all__ = [
     "LESSONS_KEPT", "MAIL_MIN_DF", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "Learned", "Lessons", "SpamModel",
     "TrainResult",
-    "annotate", "binary_report", "build_network", "calibrate", "check_labels", "classify_message", "collect",
-    "explain_row", "featurize", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons", "load_replay",
-    "load_spam_model",
-    "looks_like_email", "merge_committee", "open_for_learning", "row_digests", "save_model", "stratified_split",
-    "train_filter", "training_features", "unlearn", "verdict",
+    "annotate", "binary_report", "build_network", "calibrate", "check_labels", "check_out", "classify_message",
+    "collect", "explain_row", "featurize", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons",
+    "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "open_for_learning", "row_digests",
+    "save_model", "stratified_split", "train_filter", "training_features", "unlearn", "verdict", "write_run",
 ]

@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 import chainrule as cr
+from chainrule import plots
 from chainrule.apps.spam.calibration import binary_report, calibrate
 from chainrule.apps.spam.model import (
     REPLAY_SIZE,
@@ -18,11 +21,14 @@ from chainrule.apps.spam.model import (
     SpamModel,
     build_network,
     merge_committee,
+    save_model,
 )
 from chainrule.data.text import HashingConfig
 from chainrule.distributed import World
-from chainrule.errors import DataError
+from chainrule.errors import DataError, UserError
+from chainrule.files import atomic_write_bytes, written_together
 from chainrule.functional import sigmoid
+from chainrule.network import saved_metadata
 from chainrule.parallel import fork_map
 
 
@@ -231,3 +237,45 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.permutation(len(tr_all))[:REPLAY_SIZE])
     return TrainResult(bundle, history, report, y_va, p_va, (x[tr_all[keep]], y_tr[keep]), histories)
+
+
+# What `spam train` writes beside its filter: its training's numbers and figures.
+RUN_FILES = ("metrics.json", "history.json", "learning_curves.png", "pr_roc.png")
+
+
+def check_out(out: Path) -> int:
+    """Refuse a folder a new filter must not be written into, before any training: a file,
+    another application's model, or an image training run (whose run.json and checkpoint `images
+    train` writes first). Returns how many corrections the filter already there has learned,
+    which the new one will not have (0 if none)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    replaced = saved_metadata(out)
+    task, learned = replaced.get("task"), replaced.get("learned")
+    if isinstance(task, str) and task != TASK:
+        raise UserError(f"--out {out} holds another application's model (task {task!r}); training would replace "
+                        "it: choose another --out")
+    if (out / "run.json").is_file() or (out / "checkpoint.npz").is_file():
+        raise UserError(f"--out {out} holds an image training run (run.json, checkpoint.npz); training would "
+                        "spoil it: choose another --out")
+    return learned if isinstance(learned, int) and learned > 0 else 0
+
+
+def write_run(result: TrainResult, out: Path, seconds: float) -> None:
+    """Save a trained filter into `out` with its training's numbers and figures (`RUN_FILES`):
+    metrics.json (validation figures, cut-offs, training settings), history.json, the learning
+    curves and the precision-recall and ROC curves on the validation messages. The figures are
+    drawn first, beside the folder, and renamed into it right after the filter is saved, so an
+    interrupted run leaves the earlier filter with its own."""
+    bundle = result.bundle
+    bundle.metadata["training"]["seconds"] = round(seconds, 2)
+    metrics = {"validation": result.validation, "cutoffs": bundle.metadata["cutoffs"],
+               "training": bundle.metadata["training"]}
+    with written_together(out, RUN_FILES) as new:
+        atomic_write_bytes(new / "metrics.json", json.dumps(metrics, indent=2).encode())
+        atomic_write_bytes(new / "history.json", json.dumps(result.history.to_dict()).encode())
+        plots.learning_curves(result.history, new / "learning_curves.png", title="Spam filter: learning curves")
+        plots.pr_roc_curves(result.val_labels, result.val_probabilities, new / "pr_roc.png",
+                            cutoff=bundle.spam_cutoff, title="Spam filter on the validation split")
+        save_model(bundle, out, replay=result.replay)
