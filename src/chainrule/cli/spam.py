@@ -33,6 +33,7 @@ from chainrule.apps.spam import (
     learn,
     load_spam_model,
     open_for_learning,
+    repeated_messages,
     train_filter,
     training_features,
     unlearn,
@@ -40,7 +41,7 @@ from chainrule.apps.spam import (
     write_run,
 )
 from chainrule.apps.spam.daemon import DEFAULT_PORT, DaemonOptions, run_daemon
-from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED, row_digests
+from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED
 from chainrule.cli.options import (
     add_max_bytes,
     char_ngrams,
@@ -322,13 +323,10 @@ def _cmd_classify(args) -> int:
 
 
 def _warn_about_repeats(x, y: np.ndarray) -> None:
-    """Say so when messages repeat (the same features: `row_digests`), above all under both labels:
-    copies in both the training and the validation messages flatter the validation scores, and a
-    message labelled both ways teaches nothing but confusion."""
-    _, group = np.unique(row_digests(x), axis=0, return_inverse=True)  # the same features, the same group
-    groups = int(group.max()) + 1
-    repeats = len(y) - groups
-    both = len(np.unique(np.column_stack([group.ravel(), y]), axis=0)) - groups  # groups with two labels
+    """Say so when messages repeat, above all under both labels: copies in both the training and
+    the validation messages flatter the validation scores, and a message labelled both ways
+    teaches nothing but confusion."""
+    repeats, both = repeated_messages(x, y)
     if both:
         print(f"chainrule: warning: {both} distinct messages appear under both labels (spam and ham)",
               file=sys.stderr)

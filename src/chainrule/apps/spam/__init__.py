@@ -61,6 +61,7 @@ from chainrule.apps.spam.training import (
     check_labels,
     check_out,
     kfold_assignments,
+    repeated_messages,
     stratified_split,
     train_filter,
     write_run,
@@ -71,6 +72,7 @@ __all__ = [
     "TrainResult",
     "annotate", "binary_report", "build_network", "calibrate", "check_labels", "check_out", "classify_message",
     "collect", "explain_row", "featurize", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons",
-    "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "open_for_learning", "row_digests",
-    "save_model", "stratified_split", "train_filter", "training_features", "unlearn", "verdict", "write_run",
+    "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "open_for_learning",
+    "repeated_messages", "row_digests", "save_model", "stratified_split", "train_filter", "training_features",
+    "unlearn", "verdict", "write_run",
 ]

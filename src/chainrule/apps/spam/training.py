@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import chainrule as cr
 from chainrule import plots
 from chainrule.apps.spam.calibration import binary_report, calibrate
+from chainrule.apps.spam.learning import row_digests
 from chainrule.apps.spam.model import (
     REPLAY_SIZE,
     SPAM_FORMAT,
@@ -64,6 +65,15 @@ def check_labels(y: np.ndarray, folds: int = 0, validation: float = 0.2) -> None
         raise DataError(f"a validation share of {validation:g} holds out {held_spam} spam and {held_ham} ham of the "
                         f"{n_spam} spam and {n_ham} ham found; the cut-offs need both held out, and training some of "
                         "each: choose another share, or a committee (folds)")
+
+
+def repeated_messages(x: sp.csr_matrix, y: np.ndarray) -> tuple[int, int]:
+    """(how many messages repeat an earlier one, how many distinct messages appear under both
+    labels), a message being its hashed features (`row_digests`)."""
+    _, group = np.unique(row_digests(x), axis=0, return_inverse=True)  # the same features, the same group
+    groups = int(group.max()) + 1 if len(y) else 0
+    both = len(np.unique(np.column_stack([group.ravel(), y]), axis=0)) - groups  # groups with two labels
+    return len(y) - groups, both
 
 
 def kfold_assignments(y: np.ndarray, k: int, seed: int) -> np.ndarray:
