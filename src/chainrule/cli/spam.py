@@ -32,6 +32,7 @@ from chainrule.apps.spam import (
     item_tokens,
     learn,
     load_spam_model,
+    new_since_last,
     open_for_learning,
     repeated_messages,
     train_filter,
@@ -59,7 +60,6 @@ from chainrule.data.corpora import (
     SPAM,
     RawMessage,
     capped_lines,
-    changed_files,
     read_as_is,
     read_messages,
 )
@@ -351,11 +351,6 @@ def _nothing_read(problems: list[tuple[str, str]], what: str):
 
 
 # File systems stamp change times from a coarse clock, a few milliseconds behind the time of day:
-# `--since-last` takes messages from a second before the previous run began; those it learned
-# then are recognised by their digests and not learned twice.
-SINCE_LAST_OVERLAP_NS = 1_000_000_000
-
-
 def _cmd_learn(args) -> int:
     if args.since_last and not args.source:
         raise UserError("--since-last needs --from FOLDER: the folder whose new messages to learn")
@@ -373,13 +368,11 @@ def _cmd_learn(args) -> int:
             if not args.since_last:
                 paths.append(folder)
                 continue
-            key = str(Path(folder).resolve())
-            now = time.time_ns()
             try:
-                new = changed_files(folder, bundle.metadata.get("since_last", {}).get(key, 0))
+                new, key, mark = new_since_last(bundle, folder)
             except OSError as exc:
                 raise UserError(f"--from {folder}: {exc.strerror or exc}") from None
-            marks[key] = now - SINCE_LAST_OVERLAP_NS
+            marks[key] = mark
             if not new:
                 print(f"{folder}: nothing new since the previous run")
             paths += new

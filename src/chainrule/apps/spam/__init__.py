@@ -39,7 +39,7 @@ from chainrule.apps.spam.calibration import binary_report, calibrate
 from chainrule.apps.spam.corpus import collect
 from chainrule.apps.spam.explain import classify_message, explain_row, looks_like_email
 from chainrule.apps.spam.features import MAIL_MIN_DF, featurize, item_tokens, training_features
-from chainrule.apps.spam.learning import Learned, learn, open_for_learning, row_digests, unlearn
+from chainrule.apps.spam.learning import Learned, learn, new_since_last, open_for_learning, row_digests, unlearn
 from chainrule.apps.spam.model import (
     LESSONS_KEPT,
     REPLAY_SIZE,
@@ -72,7 +72,7 @@ __all__ = [
     "TrainResult",
     "annotate", "binary_report", "build_network", "calibrate", "check_labels", "check_out", "classify_message",
     "collect", "explain_row", "featurize", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons",
-    "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "open_for_learning",
+    "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "new_since_last", "open_for_learning",
     "repeated_messages", "row_digests", "save_model", "stratified_split", "train_filter", "training_features",
     "unlearn", "verdict", "write_run",
 ]

@@ -33,9 +33,11 @@ hand, the daemon's TELL) each learn on top of the other's result and no update i
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -54,7 +56,7 @@ from chainrule.apps.spam.model import (
     load_spam_model,
     save_model,
 )
-from chainrule.data.corpora import SPAM
+from chainrule.data.corpora import SPAM, changed_files
 from chainrule.files import locked_directory
 from chainrule.network import model_directory, saved_task
 
@@ -89,6 +91,22 @@ def open_for_learning(directory, spam_cutoff: float | None = None,
         raise cr.ModelFileError(f"{directory}: not a spam model (task {task!r})")
     with locked_directory(directory):
         yield load_spam_model(directory, spam_cutoff, ham_cutoff)
+
+
+# A folder's new messages are those changed since a second before the previous run began: those
+# that run learned then are recognised by their digests and not learned twice.
+SINCE_LAST_OVERLAP_NS = 1_000_000_000
+
+
+def new_since_last(bundle: SpamModel, folder) -> tuple[list, str, int]:
+    """(the files put into `folder` since the previous run that learned from it, the folder's key,
+    its new mark): every file the first time. Passing {key: mark} as `learn(since_last=...)` saves
+    the mark with the lessons, so that the next run starts from this one. OSError if the folder
+    cannot be read."""
+    key = str(Path(folder).resolve())
+    now = time.time_ns()
+    new = changed_files(folder, bundle.metadata.get("since_last", {}).get(key, 0))
+    return new, key, now - SINCE_LAST_OVERLAP_NS
 
 
 def row_digests(x: sp.csr_matrix) -> np.ndarray:
