@@ -6,7 +6,7 @@ differences; `sigmoid`, `softmax` and `log_softmax` are the overflow-safe functi
 """
 
 from chainrule.callbacks import Callback, EarlyStopping, GradientFlow, ProgressLogger
-from chainrule.conv import AvgPool2D, BatchNorm, Conv2D, MaxPool2D
+from chainrule.conv import AvgPool2D, Conv2D, MaxPool2D
 from chainrule.errors import DataError, ModelFileError, TrainingDiverged, UserError
 from chainrule.functional import log_softmax, sigmoid, softmax
 from chainrule.gradcheck import gradcheck
@@ -24,6 +24,7 @@ from chainrule.layers import (
 )
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError
 from chainrule.network import Sequential, load_model, model_files
+from chainrule.norm import BatchNorm
 from chainrule.optim import SGD, Adam, AdamW, Optimizer, cosine, step_decay
 from chainrule.parameter import Parameter
 from chainrule.training import evaluate, fit

@@ -25,6 +25,7 @@ from chainrule import conv as C
 from chainrule import layers as L
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
 from chainrule.network import Sequential
+from chainrule.norm import BatchNorm
 
 # float64 central differences agree with a correct backward pass to ~1e-8; 1e-6 leaves headroom.
 TOLERANCE = 1e-6
@@ -216,9 +217,9 @@ def demo_networks(seed: int = 0) -> list[tuple[str, Sequential, np.ndarray, np.n
     # No bias right before a BatchNorm: in training mode the batch mean cancels it, so its gradient
     # is exactly 0 and a relative error of 0 against rounding noise is meaningless (and it is wasted).
     conv_net = Sequential(
-        [C.Conv2D(2, 3, 3, padding=1, bias=False), C.BatchNorm(3), L.ReLU(), C.MaxPool2D(2),
+        [C.Conv2D(2, 3, 3, padding=1, bias=False), BatchNorm(3), L.ReLU(), C.MaxPool2D(2),
          C.Conv2D(3, 4, (2, 3), stride=(1, 2)), L.Tanh(), C.AvgPool2D(2, stride=1), L.Flatten(),
-         L.Linear(16, 5, bias=False), C.BatchNorm(5), L.Tanh(), L.Linear(5, 3)],
+         L.Linear(16, 5, bias=False), BatchNorm(5), L.Tanh(), L.Linear(5, 3)],
         input_shape=(2, 8, 14), seed=seed,
     )
     nets.append(("convolution, pooling, batch norm, CrossEntropy", conv_net, rng.normal(size=(4, 2, 8, 14)),

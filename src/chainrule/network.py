@@ -30,6 +30,7 @@ from chainrule.files import (
     write_npz_named_by_content,
 )
 from chainrule.functional import sigmoid, softmax
+from chainrule.norm import BatchNorm
 from chainrule.parameter import Parameter, bind, pack
 
 # 2: model.json names the array files, `<name>-<digest>.npz`. 1: the arrays were in model.npz (and a
@@ -40,7 +41,7 @@ FORMAT_VERSION = 2
 LAYER_TYPES: dict[str, type[L.Layer]] = {
     cls.__name__: cls
     for cls in (L.Linear, L.ReLU, L.LeakyReLU, L.Sigmoid, L.Tanh, L.Softmax, L.Dropout, L.Flatten,
-                C.Conv2D, C.MaxPool2D, C.AvgPool2D, C.BatchNorm)
+                C.Conv2D, C.MaxPool2D, C.AvgPool2D, BatchNorm)
 }
 
 DTYPES = {"float32": np.float32, "float64": np.float64}

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.callbacks import EarlyStopping, GradientFlow, ProgressLogger
-from chainrule.conv import BatchNorm
 from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
@@ -32,6 +31,7 @@ from chainrule.history import History
 from chainrule.layers import Dropout, Sigmoid, _positive_int
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy
 from chainrule.network import Sequential, sliceable
+from chainrule.norm import BatchNorm
 from chainrule.parallel import BlasThreads
 from chainrule.parameter import same_buffer
 
