@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chainrule.apps.images import PRESETS, train
+from chainrule.apps.image_presets import PRESETS
+from chainrule.apps.images import train
 from chainrule.data.idx import KNOWN_SETS
 from chainrule.files import atomic_write_bytes
 

@@ -55,6 +55,7 @@ import numpy as np
 
 import chainrule as cr
 from chainrule import distributed
+from chainrule.apps import image_presets
 from chainrule.apps import images as image_app
 from chainrule.data.mnist import load_mnist
 from chainrule.distributed import MPIWorld
@@ -81,8 +82,8 @@ def _mnist(n: int, preset: str):
     images, labels = load_mnist("train")
     reps = math.ceil(n / len(images))
     images, labels = np.concatenate([images] * reps)[:n], np.concatenate([labels] * reps)[:n]
-    meta = {"preprocessing": image_app.preprocessing_metadata(image_app.PRESETS["mnist"][preset])}
-    return image_app.model_inputs(images, meta), labels.astype(np.int64)
+    meta = {"preprocessing": image_presets.preprocessing_metadata(image_presets.PRESETS["mnist"][preset])}
+    return image_presets.model_inputs(images, meta), labels.astype(np.int64)
 
 
 def worker_chainrule(preset: str, steps: int, warmup: int) -> dict:
@@ -92,8 +93,8 @@ def worker_chainrule(preset: str, steps: int, warmup: int) -> dict:
     if world.size > 1:
         world = TimedWorld(world.comm, world.MPI)
     x, y = _mnist((warmup + steps) * GLOBAL_BATCH, preset)
-    model = image_app.build_model(image_app.PRESETS["mnist"][preset], 10, seed=0)
-    p = image_app.PRESETS["mnist"][preset]
+    model = image_presets.build_model(image_presets.PRESETS["mnist"][preset], 10, seed=0)
+    p = image_presets.PRESETS["mnist"][preset]
     timer = StepTimer(warmup, world)
     cr.fit(model, x, y, p.loss(), p.optimizer(model.parameters(), p.lr), epochs=1, batch_size=GLOBAL_BATCH,
            verbose=False, seed=0, world=world, callbacks=[timer])
@@ -218,9 +219,9 @@ def _stamp(ready: dict, layer: int) -> None:
 def worker_profile(preset: str, repeats: int) -> dict:
     """One process: forward, backward (bucket-ready times) and step at each per-rank batch size."""
 
-    p = image_app.PRESETS["mnist"][preset]
+    p = image_presets.PRESETS["mnist"][preset]
     x, y = _mnist(max(PROFILE_BATCHES), preset)
-    model = image_app.build_model(image_app.PRESETS["mnist"][preset], 10, seed=0)
+    model = image_presets.build_model(image_presets.PRESETS["mnist"][preset], 10, seed=0)
     optimizer, loss = p.optimizer(model.parameters(), p.lr), p.loss()
     buckets = distributed.GradientBuckets(model, distributed.World())
     order = sorted(buckets.starts, reverse=True)  # the order backward completes them in
@@ -384,11 +385,11 @@ def levers(profile: dict, p: int = 32, gbit: float = 25) -> dict:
 
 def lr_scaling(epochs: int, warmup_epochs: int) -> list[dict]:
 
-    p = image_app.PRESETS["mnist"]["mlp"]
-    meta = {"preprocessing": image_app.preprocessing_metadata(p)}
+    p = image_presets.PRESETS["mnist"]["mlp"]
+    meta = {"preprocessing": image_presets.preprocessing_metadata(p)}
     images, labels = load_mnist("train")
     test_images, test_labels = load_mnist("test")
-    x, y = image_app.model_inputs(images, meta), labels.astype(np.int64)
+    x, y = image_presets.model_inputs(images, meta), labels.astype(np.int64)
     rows = []
     for batch, scaled in ((128, True), (1024, True), (4096, True), (4096, False)):
         peak = p.lr * batch / GLOBAL_BATCH if scaled else p.lr
@@ -397,12 +398,12 @@ def lr_scaling(epochs: int, warmup_epochs: int) -> list[dict]:
         def schedule(e, peak=peak, decay=decay):  # Goyal et al.: linear warm-up from the base rate
             return p.lr + (peak - p.lr) * e / warmup_epochs if e < warmup_epochs else decay(e - warmup_epochs)
 
-        model = image_app.build_model(image_app.PRESETS["mnist"]["mlp"], 10, seed=0)
+        model = image_presets.build_model(image_presets.PRESETS["mnist"]["mlp"], 10, seed=0)
         t0 = time.perf_counter()
         history = cr.fit(model, x, y, p.loss(), p.optimizer(model.parameters(), p.lr), epochs=epochs,
                          batch_size=batch, validation_split=image_app.VALIDATION_IMAGES / len(y), lr_schedule=schedule,
                          augment=p.augment, verbose=False, seed=0)
-        test = float((model.predict(image_app.model_inputs(test_images, meta)) == test_labels).mean())
+        test = float((model.predict(image_presets.model_inputs(test_images, meta)) == test_labels).mean())
         rows.append({"batch": batch, "peak_lr": peak, "scaled": scaled, "epochs": epochs,
                      "warmup_epochs": warmup_epochs if scaled else 0, "steps": epochs * math.ceil(55000 / batch),
                      "val_accuracy": history["val_accuracy"][-1], "test_accuracy": test,

@@ -178,7 +178,7 @@ def _lenet5_pytorch(seed):
 
 def _cnn_chainrule(seed):
     import chainrule as cr
-    from chainrule.apps.images import PRESETS
+    from chainrule.apps.image_presets import PRESETS
 
     return cr.Sequential(PRESETS["mnist"]["cnn"].build(10), input_shape=(1, 28, 28), seed=seed)
 

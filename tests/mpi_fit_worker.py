@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 
 import chainrule as cr
-from chainrule.apps import images as image_app
+from chainrule.apps import image_presets
 from chainrule.data.mnist import load_mnist
 from chainrule.distributed import world
 
@@ -27,10 +27,10 @@ from chainrule.distributed import world
 def main(preset_name: str, train_images: int, batch_size: int, optimizer_name: str, out: str) -> None:
     w = world()
     images, labels = load_mnist("train")
-    preset = image_app.PRESETS["mnist"][preset_name]
-    metadata = {"preprocessing": image_app.preprocessing_metadata(preset)}
-    x, y = image_app.model_inputs(images[:train_images], metadata), labels[:train_images].astype(np.int64)
-    model = image_app.build_model(image_app.PRESETS["mnist"][preset_name], 10, seed=0)
+    preset = image_presets.PRESETS["mnist"][preset_name]
+    metadata = {"preprocessing": image_presets.preprocessing_metadata(preset)}
+    x, y = image_presets.model_inputs(images[:train_images], metadata), labels[:train_images].astype(np.int64)
+    model = image_presets.build_model(image_presets.PRESETS["mnist"][preset_name], 10, seed=0)
     if optimizer_name.startswith("sgd"):
         optimizer = cr.SGD(model.parameters(), lr=0.05, momentum=0.9)
     else:

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from chainrule import load_model, model_files
-from chainrule.apps import images
+from chainrule.apps import image_presets, images
 from chainrule.cli import main
 from chainrule.errors import UserError
 from chainrule.files import locked_directory
@@ -103,7 +103,7 @@ def test_train_writes_model_metrics_history_and_figures(trained):
 def test_saved_model_gives_identical_predictions(trained, mnist_test, capsys):
     out, model, metrics = trained
     loaded, metadata = load_model(out)
-    x = images.model_inputs(mnist_test[0], metadata)
+    x = image_presets.model_inputs(mnist_test[0], metadata)
     np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
     report = images.evaluate_images(loaded, metadata, *mnist_test)
     assert report["accuracy"] == metrics["test"]["accuracy"]
@@ -119,12 +119,12 @@ def test_saved_model_gives_identical_predictions(trained, mnist_test, capsys):
 
 def test_model_inputs_layouts():
     batch = np.full((3, 28, 28), 255, np.uint8)
-    flat = images.model_inputs(batch, {"preprocessing": {"layout": "flat", "scale": 255.0}})
+    flat = image_presets.model_inputs(batch, {"preprocessing": {"layout": "flat", "scale": 255.0}})
     assert flat.shape == (3, 784) and flat.dtype == np.float32 and flat.max() == 1.0
-    img = images.model_inputs(batch[0].astype(np.float32) / 255, {"preprocessing": {"layout": "image"}})
+    img = image_presets.model_inputs(batch[0].astype(np.float32) / 255, {"preprocessing": {"layout": "image"}})
     assert img.shape == (1, 1, 28, 28)
     with pytest.raises(ValueError, match="28x28"):
-        images.model_inputs(np.zeros((2, 20, 20)), {})
+        image_presets.model_inputs(np.zeros((2, 20, 20)), {})
 
 
 def test_a_model_saved_by_chainrule_0_1_still_loads_and_gives_the_same_answers(trained, mnist_test, tmp_path,
@@ -183,7 +183,7 @@ def test_predict_on_redrawn_test_digits_keeps_the_accuracy(trained, mnist_test, 
         assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
         assert r["digit"] == int(np.argmax(r["probabilities"]))
     png_accuracy = np.mean([r["digit"] == y for r, y in zip(results, labels, strict=True)])
-    raw_accuracy = np.mean(model.predict(images.model_inputs(digit_images, {"preprocessing": {}})) == labels)
+    raw_accuracy = np.mean(model.predict(image_presets.model_inputs(digit_images, {"preprocessing": {}})) == labels)
     assert png_accuracy >= raw_accuracy - 0.04, (png_accuracy, raw_accuracy)
 
 

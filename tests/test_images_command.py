@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chainrule.apps import images
+from chainrule.apps import image_presets, images
 from chainrule.cli import main
 from chainrule.data.idx import load_image_set
 from chainrule.errors import UserError
@@ -186,9 +186,9 @@ def test_digits_is_images_with_mnist_as_the_data_set(tmp_path, fashion_dir, caps
     assert resolve({}, None)["out"] == "runs/digits-mlp" and resolve({}, None)["data"] == "mnist"
     assert resolve({"data": "fashion", "model": "cnn"}, None, default_data=None)["out"] == "runs/fashion-cnn"
     assert resolve({"data": fashion_dir}, None, default_data=None)["out"] == "runs/fashion-mlp"  # recognised
-    assert resolve({"data": "fashion"}, None)["epochs"] == images.PRESETS["fashion"]["mlp"].epochs
-    assert list(images.PRESETS["mnist"]) == ["mlp", "small", "lenet5", "cnn"]
-    assert list(images.PRESETS["fashion"]) == ["mlp", "cnn"]
+    assert resolve({"data": "fashion"}, None)["epochs"] == image_presets.PRESETS["fashion"]["mlp"].epochs
+    assert list(image_presets.PRESETS["mnist"]) == ["mlp", "small", "lenet5", "cnn"]
+    assert list(image_presets.PRESETS["fashion"]) == ["mlp", "cnn"]
     for args, expected in (
         (["images", "train"], "no data set given: --data mnist or --data fashion or --data DIR"),
         (["images", "train", "--data", "fashion", "--model", "lenet5"],
@@ -230,14 +230,14 @@ def test_clothes_are_mirrored_and_shifted_never_rotated(fashion_dir):
 
     variants = {(m, dy, dx): shifted(np.fliplr(item) if m else item, dy, dx)
                 for m in (0, 1) for dy in range(-2, 3) for dx in range(-2, 3)}
-    for name, preset in images.PRESETS["fashion"].items():
+    for name, preset in image_presets.PRESETS["fashion"].items():
         seen = set()
         for out in preset.augment(batch, rng).reshape(-1, 28, 28):
             match = [k for k, v in variants.items() if np.array_equal(out, v)]
             assert match, f"{name}: an augmented image is not a shift of the item or of its mirror"
             seen.update(k[0] for k in match)
         assert seen == {0, 1}, name
-    for preset in images.PRESETS["mnist"].values():
+    for preset in image_presets.PRESETS["mnist"].values():
         if preset.augment is not None:
             out = preset.augment(batch, rng).reshape(-1, 28, 28)
             assert not any(np.abs(o - np.fliplr(item)).mean() < np.abs(o - item).mean() for o in out)
@@ -287,14 +287,14 @@ def test_bad_training_options_are_refused_before_anything_is_written(fashion_dir
 def test_a_sigmoid_networks_class_scores_are_shown_as_one_distribution():
     """The `small` preset ends in a Sigmoid per class (trained on MSE): its scores need not sum to 1,
     and what predict, evaluate and the web page show as probabilities must."""
-    model = images.build_model(images.PRESETS["mnist"]["small"], 10, seed=0)
+    model = image_presets.build_model(image_presets.PRESETS["mnist"]["small"], 10, seed=0)
     x = np.random.default_rng(0).random((50, 784), np.float32)
     scores = model.predict_proba(x)
     assert not np.allclose(scores.sum(axis=1), 1)
     p = images.class_distribution(model, scores)
     np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-6)
     assert np.array_equal(p.argmax(axis=1), scores.argmax(axis=1))
-    softmax = images.build_model(images.PRESETS["mnist"]["mlp"], 10, seed=0)
+    softmax = image_presets.build_model(image_presets.PRESETS["mnist"]["mlp"], 10, seed=0)
     q = softmax.predict_proba(x)
     np.testing.assert_array_equal(images.class_distribution(softmax, q), q)  # softmax's: as they are
 

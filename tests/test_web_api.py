@@ -25,6 +25,7 @@ from PIL import Image
 
 import chainrule
 import chainrule.apps.spam.explain as explain
+from chainrule.apps import image_presets
 from chainrule.apps import images as images_app
 from chainrule.apps import spam as spam_app
 from chainrule.cli import main
@@ -234,7 +235,7 @@ def test_predict_json_array(client, digit_model, samples):
     images, _ = samples
     for digit in images[:3]:
         pixels = (digit / 255.0).round(4)
-        proba = model.predict_proba(images_app.model_inputs(pixels.astype(np.float32), metadata))[0]
+        proba = model.predict_proba(image_presets.model_inputs(pixels.astype(np.float32), metadata))[0]
         for body in (pixels.tolist(), {"pixels": pixels.tolist()}):
             r = client.post("/api/digits/predict", json=body)
             assert r.status_code == 200, r.text

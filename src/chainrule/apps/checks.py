@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chainrule.apps.images import OLD_TASKS, TASK, check_image_model, model_inputs, presets_for
+from chainrule.apps.image_presets import model_inputs, presets_for
+from chainrule.apps.images import OLD_TASKS, TASK, check_image_model
 from chainrule.apps.spam import featurize, load_spam_model
 from chainrule.data import idx
 from chainrule.data.corpora import read_messages

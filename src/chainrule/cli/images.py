@@ -13,6 +13,7 @@ from pathlib import Path
 
 from chainrule import distributed
 from chainrule.apps import images
+from chainrule.apps.image_presets import PRESETS
 from chainrule.cli.options import MAX_MISTAKES_SHOWN, diverged, mistakes_shown, positive_int
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
@@ -165,11 +166,11 @@ def _add_group(subparsers, group: str) -> None:
     parser = subparsers.add_parser(group, help=spec["help"], description=spec["description"])
     sub = parser.add_subparsers(dest=f"{group}_command", required=True, metavar="ACTION")
     defaults = {"group": group, "default_data": spec["default_data"]}
-    sets = [spec["default_data"]] if spec["default_data"] else list(images.PRESETS)
+    sets = [spec["default_data"]] if spec["default_data"] else list(PRESETS)
     presets = "; ".join(
-        f"{KNOWN_SETS[s].title}: " + ", ".join(f"{name} ({p.description})" for name, p in images.PRESETS[s].items())
+        f"{KNOWN_SETS[s].title}: " + ", ".join(f"{name} ({p.description})" for name, p in PRESETS[s].items())
         for s in sets)
-    every_preset = list(dict.fromkeys(name for s in images.PRESETS.values() for name in s))
+    every_preset = list(dict.fromkeys(name for s in PRESETS.values() for name in s))
     default_out = ("runs/digits-<model>" if group == "digits"
                    else "runs/<data set>-<model>, runs/digits-<model> for MNIST")
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 import chainrule
-from chainrule.apps.images import DIGITS, OLD_TASKS, class_distribution, load_image_model, model_inputs
+from chainrule.apps.image_presets import model_inputs
+from chainrule.apps.images import DIGITS, OLD_TASKS, class_distribution, load_image_model
 from chainrule.apps.images import TASK as IMAGES_TASK
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data import idx
