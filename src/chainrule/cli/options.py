@@ -139,3 +139,11 @@ def add_max_bytes(parser: argparse.ArgumentParser) -> None:
     """`--max-bytes N`: the cap on the bytes read per message (`chainrule.data.corpora`)."""
     parser.add_argument("--max-bytes", type=max_bytes, default=MAX_BYTES,
                         help=f"bytes read per message at most (default {MAX_BYTES}, at most 1 GiB)")
+
+
+def add_cutoffs(parser: argparse.ArgumentParser) -> None:
+    """`--spam-cutoff P` and `--ham-cutoff P`: a spam filter's cut-offs for this run (default: the model's)."""
+    parser.add_argument("--spam-cutoff", type=probability,
+                        help="P(spam) at or above which a message is spam (default: the model's)")
+    parser.add_argument("--ham-cutoff", type=probability,
+                        help="P(spam) below which a message is ham (default: the model's)")

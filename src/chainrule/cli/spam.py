@@ -1,4 +1,4 @@
-"""`chainrule spam train|evaluate|classify|learn|explain`: the spam filter on the command line.
+"""`chainrule spam train|evaluate|classify|learn|explain|daemon`: the spam filter on the command line.
 
 The filter itself is the library `chainrule.apps.spam`; this module reads the options, prints
 the results and sets the exit codes. `spam classify` sets the exit code like bogofilter: with one
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -41,9 +39,10 @@ from chainrule.apps.spam import (
     verdict,
     write_run,
 )
-from chainrule.apps.spam.daemon import DEFAULT_PORT, DaemonOptions, run_daemon
 from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED
+from chainrule.cli import spamd
 from chainrule.cli.options import (
+    add_cutoffs,
     add_max_bytes,
     char_ngrams,
     diverged,
@@ -56,7 +55,6 @@ from chainrule.cli.options import (
 )
 from chainrule.data.corpora import (
     HAM,
-    MAX_BYTES,
     SPAM,
     RawMessage,
     capped_lines,
@@ -484,12 +482,6 @@ def _cmd_explain(args) -> int:
     return args.error_exit if problems.failed else 0  # (the others were explained)
 
 
-def _cutoff_args(p) -> None:
-    p.add_argument("--spam-cutoff", type=probability,
-                   help="P(spam) at or above which a message is spam (default: the model's)")
-    p.add_argument("--ham-cutoff", type=probability, help="P(spam) below which a message is ham (default: the model's)")
-
-
 LEARN_DESCRIPTION = """\
 Teach the filter that these messages are spam (--spam) or ham (--ham): a few steps of training on
 them, mixed with a sample of what it learned before, so that it keeps what it knew. Every message
@@ -558,14 +550,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("--sms", action="append", help="an SMS collection (label<TAB>text lines)")
     p.add_argument("--json", action="store_true")
     add_max_bytes(p)
-    _cutoff_args(p)
+    add_cutoffs(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("daemon", help="serve the filter over spamd's protocol, for spamc, procmail, Postfix, "
-                       "Exim and Dovecot", description="A long-running filter server that speaks SpamAssassin's "
-                       "spamc/spamd protocol 1.5: Debian's spamc is its client. See deploy/README-spamd.md.")
-    _add_daemon_arguments(p)
-    p.set_defaults(func=_cmd_daemon)
+    spamd.add_command(sub)
 
     p = sub.add_parser("classify", error_exit=ERROR_EXIT,
                        help="spam/ham/unsure for each message; one stdin message sets the exit code (0 spam, "
@@ -579,7 +567,7 @@ def add_commands(subparsers) -> None:
                    help="write the message back with X-Chainrule-Spam headers added (body untouched)")
     p.add_argument("--sms", action="store_true", help="inputs are SMS texts, one per line")
     add_max_bytes(p)
-    _cutoff_args(p)
+    add_cutoffs(p)
     p.set_defaults(func=_cmd_classify, mpi=True)
 
     p = sub.add_parser("learn", help="teach the filter messages it got wrong, or undo such a lesson",
@@ -612,91 +600,3 @@ def add_commands(subparsers) -> None:
     p.add_argument("--json", action="store_true")
     add_max_bytes(p)
     p.set_defaults(func=_cmd_explain)
-
-
-# -- `chainrule spam daemon` ---------------------------------------------------------------------
-
-
-def listen_address(text: str) -> tuple[str, int]:
-    """HOST:PORT, [IPv6]:PORT, or :PORT / PORT (on 127.0.0.1), as spamd's --listen takes them."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port from 0 to 65535, got {text!r}")
-    return host, int(port)
-
-
-def ip_networks(text: str) -> list[str]:
-    """A comma-separated list of addresses or networks (127.0.0.1, 192.168.0.0/16, ::1)."""
-    out = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected IP addresses or networks such as 192.168.0.0/16, "
-                                             f"got {item!r}") from None
-        out.append(item)
-    if not out:  # (an empty list would refuse every TCP client, and spamc would then pass all mail)
-        raise argparse.ArgumentTypeError("expected IP addresses or networks such as 192.168.0.0/16, got none")
-    return out
-
-
-def octal_mode(text: str) -> int:
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        mode = -1
-    if not 0 <= mode <= 0o777:
-        raise argparse.ArgumentTypeError(f"expected an octal file mode such as 0660, got {text!r}")
-    return mode
-
-
-def _add_daemon_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model directory written by `chainrule spam train`")
-    p.add_argument("--listen", action="append", type=listen_address, metavar="HOST:PORT",
-                   help=f"address to listen on, repeatable (default 127.0.0.1:{DEFAULT_PORT}, unless --socket "
-                   "is given alone); port 0 picks a free one")
-    p.add_argument("--socket", type=Path, metavar="PATH", help="also (or only) listen on this Unix socket")
-    p.add_argument("--socket-mode", type=octal_mode, default=0o666, metavar="MODE",
-                   help="file mode of the Unix socket (default 0666: every local user, like a TCP port on "
-                   "127.0.0.1)")
-    p.add_argument("--allowed-ips", "-A", action="append", type=ip_networks, metavar="LIST",
-                   help="comma-separated addresses or networks that may connect over TCP, repeatable "
-                   "(default 127.0.0.1,::1)")
-    p.add_argument("--allow-tell", action="store_true",
-                   help="accept TELL (spamc -L spam|ham|forget): learning from what users report")
-    p.add_argument("--user-models", type=Path, metavar="DIR",
-                   help="per-user models: DIR/USER/ is used for spamc's User (-u), when it exists")
-    p.add_argument("--max-size", type=positive_int, default=MAX_BYTES, metavar="BYTES",
-                   help=f"larger messages are passed back unchecked (default {MAX_BYTES})")
-    p.add_argument("--max-connections", type=positive_int, default=64, metavar="N",
-                   help="connections served at once; more wait for a free place (default 64)")
-    p.add_argument("--read-timeout", type=positive_float, default=30.0, metavar="SECONDS",
-                   help="time a client has to send its whole request (default 30)")
-    p.add_argument("--timeout", type=positive_float, default=300.0, metavar="SECONDS",
-                   help="time a connection may take in all (default 300)")
-    p.add_argument("--reload-interval", type=float, default=5.0, metavar="SECONDS",
-                   help="look for a changed model file this often and reload it (default 5; 0: only on SIGHUP)")
-    p.add_argument("--threads", type=positive_int, default=2,
-                   help="threads for REPORTs and for messages over 64 KB (smaller ones are classified on the "
-                        "event loop; default 2)")
-    _cutoff_args(p)
-
-
-def _daemon_options(args: argparse.Namespace) -> DaemonOptions:
-    allowed = [net for group in args.allowed_ips for net in group] if args.allowed_ips else ["127.0.0.1", "::1"]
-    return DaemonOptions(
-        model=Path(args.model), listen=args.listen or [], socket=args.socket, socket_mode=args.socket_mode,
-        allowed_ips=allowed, allow_tell=args.allow_tell, user_models=args.user_models, max_size=args.max_size,
-        max_connections=args.max_connections, read_timeout=args.read_timeout, timeout=args.timeout,
-        reload_interval=args.reload_interval, threads=args.threads, spam_cutoff=args.spam_cutoff,
-        ham_cutoff=args.ham_cutoff)
-
-
-def _cmd_daemon(args) -> int:
-    # a daemon's log lines carry the time and its process id, as spamd's do
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
-                        format="%(asctime)s chainrule-spamd[%(process)d]: %(message)s")
-    return run_daemon(_daemon_options(args))
