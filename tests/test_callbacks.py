@@ -382,3 +382,17 @@ def test_early_stopping_may_watch_any_key_an_epoch_reports():
                          batch_size=8, validation_data=val, early_stopping=cr.EarlyStopping(monitor=monitor),
                          verbose=False)
         assert monitor in history.epochs[-1]
+
+
+def test_early_stopping_may_watch_a_key_a_callback_adds():
+    """A callback of the caller's runs before early stopping and may add to the epoch's logs."""
+
+    class HalfLoss(cr.Callback):
+        def on_epoch_end(self, epoch, logs, model):
+            logs["val_half_loss"] = logs["val_loss"] / 2
+
+    model, x, y, val = _overfitting_setup()
+    history = cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=0.1), epochs=3, batch_size=8,
+                     validation_data=val, callbacks=[HalfLoss()],
+                     early_stopping=cr.EarlyStopping(monitor="val_half_loss"), verbose=False)
+    assert "val_half_loss" in history.epochs[-1]

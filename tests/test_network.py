@@ -375,6 +375,7 @@ def _write_npz(d, **arrays):
     (lambda d: _edit_json(d, _first_layer("args", {"in_features": 12, "out_features": 0})), "invalid architecture"),
     (lambda d: _edit_json(d, _first_layer("args", {"bogus": 1})), "invalid architecture"),
     (lambda d: _edit_json(d, _set("dtype", "float16")), "dtype must be float32 or float64, got 'float16'"),
+    (lambda d: _edit_json(d, _set("dtype", ["float32"])), r"dtype must be float32 or float64, got \['float32'\]"),
     (lambda d: _edit_json(d, lambda doc: doc.pop("input_shape")), "invalid architecture: no 'input_shape'"),
     (lambda d: _edit_json(d, lambda doc: doc["layers"].__setitem__(1, "Linear")),
      "layer 1 is not an object with a 'type'"),

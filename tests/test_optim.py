@@ -103,12 +103,15 @@ def test_a_state_that_does_not_fit_is_refused_before_anything_changes():
     good = adam.state()
     for state, said in ((sgd_state, "Adam: a saved state holds lr, m, steps, v, got lr, steps, velocity"),
                         ({**good, "m": good["m"][:5]}, r"the saved m has shape \(5,\), expected"),
-                        ({**good, "lr": np.array(-1.0)}, "needs steps >= 0 and lr > 0"),
-                        ({**good, "steps": np.array(2.5)}, "needs steps >= 0 and lr > 0")):
+                        ({**good, "lr": np.array(-1.0)}, "a finite lr >= 0, got steps 0 and lr -1.0"),
+                        ({**good, "steps": np.array(2.5)}, "needs whole steps >= 0")):
         adam.m[...] = 7.0
         with pytest.raises(ValueError, match=said):
             adam.load_state(state)
         assert adam.steps == 0 and adam.lr == 0.01 and np.all(adam.m == 7.0)
+    adam.lr = 0.0  # (a schedule may reach 0: a warm-up's first epoch, say) and a checkpoint then
+    adam.load_state(adam.state())
+    assert adam.lr == 0.0
 
 
 @pytest.mark.parametrize("dtype, small", [(np.float32, 1e-4), (np.float64, 1e-9)])

@@ -619,7 +619,7 @@ def test_allowed_ips_must_name_some_addresses(model_dir, value, said, capsys):
 
 @pytest.mark.parametrize(("args", "said"), [
     (["--spam-cutoff", "2"], "--spam-cutoff: expected a probability from 0 to 1, got '2'"),
-    (["--ham-cutoff", "0.99999"], "the ham cut-off (1, asked for) is above the spam cut-off"),
+    (["--ham-cutoff", "0.99999"], "the ham cut-off (0.99999, asked for) is above the spam cut-off"),
 ])
 def test_cut_offs_that_cannot_work_are_the_option_s_fault(model_dir, args, said, capsys):
     with pytest.raises(SystemExit) if args[0] == "--spam-cutoff" else contextlib.nullcontext():

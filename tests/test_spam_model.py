@@ -132,7 +132,7 @@ def test_cut_offs_asked_for_that_cannot_work_blame_the_request_not_the_model(syn
     spam = result.bundle.spam_cutoff
     for asked, said in (({"spam_cutoff": 2.0}, "the spam cut-off asked for must be a probability from 0 to 1, got 2.0"),
                         ({"ham_cutoff": -0.1}, "the ham cut-off asked for must be a probability"),
-                        ({"ham_cutoff": 1.0}, f"the ham cut-off (1, asked for) is above the spam cut-off ({spam:.4g}, "
+                        ({"ham_cutoff": 1.0}, f"the ham cut-off (1.0, asked for) is above the spam cut-off ({spam!r}, "
                                               "the model's)"),
                         ({"spam_cutoff": 0.2, "ham_cutoff": 0.3}, "(0.3, asked for) is above the spam cut-off (0.2, "
                                                                   "asked for)")):

@@ -136,6 +136,7 @@ def test_a_compressed_request_is_inflated_and_a_large_one_cut_at_the_limit():
     (b"HELLO SPAMC/1.5\r\n\r\n", "unknown request line"),
     (b"CHECK SPAMC/1.1\r\n\r\n", "1.2 or later"),
     (b"CHECK SPAMC/1.5\r\nContent-length: 12x\r\n\r\n", "non-numeric"),
+    (b"CHECK SPAMC/1.5\r\nContent-length: \xb2\r\n\r\n", "non-numeric"),  # ("²" in latin-1: a digit to isdigit)
     (b"CHECK SPAMC/1.5\r\nUser: a\x01b\r\n\r\n", "control chars"),
     (b"CHECK SPAMC/1.5\r\nno colon\r\n\r\n", "'Name: value'"),
     (b"CHECK SPAMC/1.5\r\nContent-length: 99\r\n\r\nshort", "Expected 99 bytes, got 5"),

@@ -16,7 +16,7 @@ def sigmoid(x):
     With e = e^(-|x|), which never overflows: σ(x) = 1 / (1 + e) for x ≥ 0, and σ(x) = e / (1 + e)
     for x < 0 (the same fraction multiplied through by e^x). Each side keeps full relative
     precision, down to the smallest positive float: σ(-30) = 9.4e-14, which 1 - σ(30) or
-    (1 + tanh(x/2)) / 2 round to 0 in float32 (and get a few tenths of a percent wrong in float64).
+    (1 + tanh(x/2)) / 2 round to 0 in float32 (and get about a tenth of a percent wrong, or less, in float64).
     """
     x = np.asarray(x)
     e = np.exp(-np.abs(x))

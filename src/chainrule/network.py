@@ -364,11 +364,14 @@ class Sequential:
     @classmethod
     def from_config(cls, config: dict, initialize: bool = True, seed: int | None = None) -> Sequential:
         """The network `config()` describes; `initialize` and `seed` as in the constructor."""
+        if not isinstance(config, dict):
+            raise ModelFileError(f"invalid architecture: expected an object, got {type(config).__name__}")
         missing = [key for key in ("layers", "input_shape") if key not in config]
         if missing:
             raise ModelFileError(f"invalid architecture: no {' or '.join(map(repr, missing))}")
-        if config.get("dtype", "float32") not in DTYPES:
-            raise ModelFileError(f"invalid architecture: dtype must be float32 or float64, got {config['dtype']!r}")
+        dtype_name = config.get("dtype", "float32")
+        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+            raise ModelFileError(f"invalid architecture: dtype must be float32 or float64, got {dtype_name!r}")
         try:
             built = []
             for i, spec in enumerate(config["layers"]):

@@ -61,8 +61,10 @@ class Optimizer:
                 raise ValueError(f"{name}: the saved {moment} has shape {np.shape(state[moment])}, expected "
                                  f"{getattr(self, moment).shape}")
         steps, lr = np.asarray(state["steps"]), np.asarray(state["lr"])
-        if steps.shape or steps.dtype.kind not in "iu" or steps < 0 or lr.shape or not 0 < lr < math.inf:
-            raise ValueError(f"{name}: a saved state needs steps >= 0 and lr > 0, got {steps!r} and {lr!r}")
+        # (lr 0 is possible: a schedule may reach it, as a warm-up's first epoch does)
+        if steps.shape or steps.dtype.kind not in "iu" or steps < 0 or lr.shape or not 0 <= lr < math.inf:
+            raise ValueError(f"{name}: a saved state needs whole steps >= 0 and a finite lr >= 0, got steps "
+                             f"{steps.tolist()!r} and lr {lr.tolist()!r}")
         self.steps, self.lr = int(steps), float(lr)
         for moment in self.moments:
             getattr(self, moment)[...] = state[moment]

@@ -98,14 +98,16 @@ def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
                          f"got {y.min()}..{y.max()}")
 
 
-def _check_monitor(monitor: str, measured: list[str], validated: list[str]) -> None:
+def _check_monitor(monitor: str, measured: list[str], validated: list[str], callbacks: bool) -> None:
     """Refuse an EarlyStopping `monitor` that no epoch will report (the keys of the training set's
     figures, `measured`, and the validation set's, `validated`) before the first step: a misspelt
-    key would otherwise stop the run at the end of its first epoch."""
+    key would otherwise stop the run at the end of its first epoch. With `callbacks` of the
+    caller's, which may add keys of their own (a val_f1, say), only a validation metric without
+    validation data is refused."""
     if monitor.startswith("val_") and not validated:
         raise ValueError("fit: early stopping on a validation metric needs validation_split or validation_data")
     keys = ["epoch", *measured, *validated, "lr", "seconds", "samples_per_s"]
-    if monitor not in keys:
+    if monitor not in keys and not callbacks:
         raise ValueError(f"fit: EarlyStopping monitors {monitor!r}, which no epoch will report; they report "
                          f"{', '.join(keys)}")
 
@@ -329,7 +331,7 @@ def fit(
         x_val = y_val = None
     if early_stopping is not None:
         val_keys = [] if x_val is None else ["val_loss"] + ["val_accuracy"] * _are_labels(y_val, model, loss)
-        _check_monitor(early_stopping.monitor, ["loss", *["accuracy"] * labels], val_keys)
+        _check_monitor(early_stopping.monitor, ["loss", *["accuracy"] * labels], val_keys, bool(callbacks))
 
     n = x.shape[0]
     if n < world.size:

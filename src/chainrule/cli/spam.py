@@ -348,7 +348,6 @@ def _nothing_read(problems: list[tuple[str, str]], what: str):
     raise UserError(f"no message to {what}" + (f": all {len(problems)} inputs skipped" if problems else ""))
 
 
-# File systems stamp change times from a coarse clock, a few milliseconds behind the time of day:
 def _cmd_learn(args) -> int:
     if args.since_last and not args.source:
         raise UserError("--since-last needs --from FOLDER: the folder whose new messages to learn")

@@ -428,8 +428,7 @@ class DaemonServer:
                 await self._serve(req, writer, who, started)
             except ProtocolError as exc:
                 log.warning("%s: %s: %s", who, req.command, exc.text)
-                writer.write(exc.status_line())
-                await writer.drain()
+                await self._send(writer, exc.status_line())
             finally:
                 if req.spool is not None:
                     req.spool.close()

@@ -93,7 +93,8 @@ def open_for_learning(directory, spam_cutoff: float | None = None,
         yield load_spam_model(directory, spam_cutoff, ham_cutoff)
 
 
-# A folder's new messages are those changed since a second before the previous run began: those
+# File systems stamp change times from a coarse clock, a few milliseconds behind the time of day:
+# a folder's new messages are those changed since a second before the previous run began; those
 # that run learned then are recognised by their digests and not learned twice.
 SINCE_LAST_OVERLAP_NS = 1_000_000_000
 

@@ -240,8 +240,8 @@ def _check_cutoffs(directory, spam_c: float, ham_c: float, spam_asked, ham_asked
         if spam_asked is None and ham_asked is None:
             raise cr.ModelFileError(f"{directory}: its ham cut-off ({ham_c}) is above its spam cut-off ({spam_c})")
         whose = {True: "asked for", False: "the model's"}
-        raise cr.UserError(f"the ham cut-off ({ham_c:.4g}, {whose[ham_asked is not None]}) is above the spam "
-                           f"cut-off ({spam_c:.4g}, {whose[spam_asked is not None]}): a message cannot be both")
+        raise cr.UserError(f"the ham cut-off ({ham_c!r}, {whose[ham_asked is not None]}) is above the spam "
+                           f"cut-off ({spam_c!r}, {whose[spam_asked is not None]}): a message cannot be both")
 
 
 def _check_training(metadata: dict) -> None:

@@ -266,7 +266,7 @@ async def _read_headers(reader: asyncio.StreamReader, req: Request) -> None:
             raise _bad("header not in 'Name: value' format")
         name, value = name.strip().lower(), value.strip()
         if name == "content-length":
-            if not value.isdigit() or len(value) > 12:
+            if not (value.isascii() and value.isdigit()) or len(value) > 12:  # (not "²": int() refuses it)
                 raise _bad("Content-Length contains non-numeric bytes")
             req.content_length = int(value)
         elif name == "user":
