@@ -33,7 +33,7 @@ from chainrule.data.images import preprocess_image
 from chainrule.errors import ModelFileError
 from chainrule.files import npz_headers
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
-from chainrule.network import model_files
+from chainrule.network import model_files, saved_metadata
 from chainrule.web.schemas import (
     ImagePrediction,
     LayerActivation,
@@ -271,12 +271,8 @@ def _saved_models(runs):
     if not root.is_dir():
         return
     for meta in root.rglob("model.json"):
-        try:
-            doc = json.loads(meta.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        metadata = doc.get("metadata") if isinstance(doc, dict) else None
-        if isinstance(metadata, dict) and _readable_weights(meta.parent):
+        metadata = saved_metadata(meta.parent)  # ({} for a file that is not a readable model description)
+        if metadata and _readable_weights(meta.parent):
             yield meta.parent, metadata, meta.stat().st_mtime
 
 
