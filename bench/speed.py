@@ -1045,7 +1045,8 @@ def run_isa(isa: Isa, names: list[str], args, common: list[str], report: dict, s
             gemm.append(spawn(["--gemm", name] + common, env))
         entry["workloads"][name] = w_entry = {}
         for scenario in args.scenarios:
-            w_entry[scenario] = summary = {**stamp, "repeats": args.repeats, **summarise(runs[scenario], gemm)}
+            w_entry[scenario] = summary = {**stamp, "kernels": kernels, "warnings": warnings, "repeats": args.repeats,
+                                           **summarise(runs[scenario], gemm)}
             summary["goals"] = goals(name, scenario, summary)
             title = f"workload {name}, ISA {isa.name}, " + (
                 "idle machine" if scenario == "idle" else "busy machine (one competing CPU-bound process)")
@@ -1166,7 +1167,8 @@ def main(argv=None) -> int:
 def merged(report: dict, out: Path) -> dict:
     """`report` on top of the results already in `out`: `--isa avx2 --workloads mlp --scenarios
     busy` refreshes that one table and keeps every other ISA's, workload's and scenario's last
-    results (each carries its own date and machine), so one can be re-measured alone."""
+    results, so one can be re-measured alone. Each table carries its own date, machine, versions
+    and the kernels the libraries ran with; an ISA's own keys of those names are its latest run's."""
     try:
         earlier = json.loads(out.read_text()).get("isa", {})
     except (OSError, ValueError, AttributeError):
