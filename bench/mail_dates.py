@@ -15,7 +15,7 @@ two refusals make it robust on real mail:
 A message without a usable date stays where the order of its files puts it: it takes the date of
 the message before it in its tarball (or directory), or of the one after it if it comes first, and
 the sort is stable, so it lands right after its predecessor. (In the SpamAssassin 20030228
-tarballs 5 of 3,250 messages have no usable date; `date_order` reports how many.)
+tarballs 6 of 3,250 messages have no usable date; `date_order` reports how many.)
 
 Dates are the sender's claim, not the arrival: 44 messages of `easy_ham` are dated February 2002
 but arrived in September 2002 (an archive fed to the collector), and two spams are dated a year
