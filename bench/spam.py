@@ -84,11 +84,11 @@ TEST_FILES = {"spamassassin": "spamassassin_test_files.txt", "spamassassin-dated
 # is half of it (a rate estimated on ~1,400-2,200 training ham is uncertain to about that much);
 # otherwise it is the filter's default, 0.5%. Mail's header and body tokens are normalised apart
 # (`split_norm`): by nested cross-validation of the SpamAssassin training part it raised the ROC AUC
-# from 0.998 to 0.9994 (bench/README.md). SMS has no headers. Mail's buckets are weighted by their
+# from 0.998 to 0.9994. SMS has no headers. Mail's buckets are weighted by their
 # idf in the training part (`idf`): nested errors 224 -> 198 on SpamAssassin; on SMS it did not help.
 # For mail, buckets in fewer than 3 training messages weigh 0 (`min_df`) and every message weighs the
 # same in the loss, the spam cut-off capped at 0.5 (`balance=False`): both chosen on older-versus-newer
-# splits of the training tarballs by date (bench/README.md, spam_online.py); SMS stays balanced.
+# splits of the training tarballs by date (spam_online.py runs one); SMS stays balanced.
 _WORDS = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0)
 _MAIL = HashingConfig(n_features=1 << 16, bigrams=False, char_ngrams=0, split_norm=True, idf=True,
                        min_df=MAIL_MIN_DF)

@@ -142,7 +142,7 @@ class BlasThreads:
     rather than sleeping: on an idle machine that is what makes a training step's small matrix
     products fast. When another process wants a core too, a thread spins on while the thread it
     waits for is not running, and steps stall: on 2 cores with one competing process, a 6 ms MLP
-    step often took 70-130 ms (`bench/README.md`, busy machine), and the epoch ran at half the
+    step often took 70-130 ms, and the epoch ran at half the
     speed it reaches with one BLAS thread. So: all of BLAS's threads while the rest of the machine
     leaves the cores free, fewer while it keeps them busy.
 

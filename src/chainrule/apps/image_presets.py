@@ -159,7 +159,7 @@ PRESETS: dict[str, dict[str, Preset]] = {
             description="conv 32-64-128 with batch norm, dropout, augmentation, cosine-decayed Adam",
         ),
     },
-    # Fashion-MNIST: chosen on the 5,000 validation images (bench/README.md, "Fashion-MNIST recipes").
+    # Fashion-MNIST: chosen on the 5,000 validation images, never the test set.
     # Clothes are augmented as clothes: mirrored left-right (a shoe pointing left is still a shoe)
     # and, for the cnn, shifted by a pixel; never rotated or scaled (the products were photographed
     # upright and trimmed to the frame), which is what MNIST's augmentation does.

@@ -58,13 +58,13 @@ class HashingConfig:
             (`spam train` sets it when it is given mail): a mailing list's footer and the words
             of every message count for less, and by nested cross-validation of the SpamAssassin
             training part the errors fell from 224 to 198 of 20,800. Off for SMS, where it did
-            not help (bench/README.md).
+            not help.
         min_df: with `idf`, a bucket found in fewer than this many training messages weighs 0
             (`inverse_document_frequency`), like a vocabulary's minimum document frequency. A word
             in only one or two training messages lets the network learn those messages by heart
             rather than what makes them spam, and it rarely recurs in next season's mail. Trained
             on the older part of the SpamAssassin tarballs by date and tested on the newer, 3 cut
-            the errors by about 28% (bench/README.md); leaving rare buckets out of the norm alone
+            the errors by about 28%; leaving rare buckets out of the norm alone
             did not help. 0: every bucket counts (models saved without the field).
     """
 

@@ -21,8 +21,7 @@ from chainrule.parallel import fork_map
 
 # `HashingConfig.min_df` for mail: buckets found in fewer training messages weigh nothing. Chosen on
 # the SpamAssassin training tarballs split by date (train on the oldest 30-70%, test on the rest):
-# errors at the calibrated cut-off 127 -> 91 with 3 (mean of 4 seeds; 5 gave 94, 2 gave 108 on one seed;
-# bench/README.md).
+# errors at the calibrated cut-off 127 -> 91 with 3 (mean of 4 seeds; 5 gave 94, 2 gave 108 on one seed).
 MAIL_MIN_DF = 3
 
 

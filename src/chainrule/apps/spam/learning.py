@@ -129,7 +129,7 @@ def row_digests(x: sp.csr_matrix) -> np.ndarray:
 # of each batch learned): 1e-3 against 5e-4 raised the accuracy on the 20% and 30% splits from 98.84%
 # to 99.07% and from 98.65% to 98.83% (means of 3 seeds) and lowered the ham blocked there, from
 # 0.12% to 0.06% and from 0.62% to 0.43% (a second run with other learning seeds: 0.15%, 0.40%),
-# and was as good on the 40-60% splits (bench/README.md). 2e-3 blocked more ham again, and so did
+# and was as good on the 40-60% splits. 2e-3 blocked more ham again, and so did
 # 1e-3 where the filter had learned from only 325 messages (the oldest 10%: 0.98% against 0.71%).
 LEARN_LR = 1e-3
 

@@ -189,7 +189,7 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
     default; SMS). Without it the loss weighs every message the same, P(spam) estimates the odds
     at the training mix, and the spam cut-off is at most 0.5: a message the filter finds more
     likely spam than ham is called spam even where the out-of-fold scores would set the cut-off
-    higher. Trained on older mail and tested on newer, that made fewer errors (bench/README.md):
+    higher. Trained on older mail and tested on newer, that made fewer errors:
     the out-of-fold scores of last season's spam sit higher than next season's will.
     """
     world = world or World()
