@@ -533,12 +533,16 @@ def predict_images(model: Sequential, metadata: dict, sources) -> list[dict]:
             results.append({"source": name, "error": str(exc)})
             continue
         p = class_distribution(model, model.predict_proba(model_inputs(img, metadata)))[0]
-        k = int(p.argmax())
-        result = {"source": name, "label": classes[k], "index": k}
-        if classes == DIGITS:
-            result["digit"] = k
-        results.append({**result, "probabilities": [float(v) for v in p]})
+        results.append({"source": name, **best_class(p, classes), "probabilities": [float(v) for v in p]})
     return results
+
+
+def best_class(proba: np.ndarray, classes: list[str]) -> dict:
+    """{"label": the most probable class's name, "index": its number}, plus "digit" (= index) for
+    a model whose classes are the digits 0-9: what a prediction answers, on the command line and
+    on the web alike."""
+    k = int(np.argmax(proba))
+    return {"label": classes[k], "index": k, **({"digit": k} if classes == DIGITS else {})}
 
 
 def draw_first_layer(model: Sequential, path, units: int = 100) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 
 import chainrule
 from chainrule.apps.image_presets import model_inputs
-from chainrule.apps.images import DIGITS, OLD_TASKS, class_distribution, load_image_model
+from chainrule.apps.images import OLD_TASKS, best_class, class_distribution, load_image_model
 from chainrule.apps.images import TASK as IMAGES_TASK
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data import idx
@@ -168,9 +168,8 @@ class ImageService:
             outputs = self.model.layer_outputs(x) if explain else [self.model.forward(x)]
             proba = class_distribution(self.model, self.model.probabilities(outputs[-1]))[0]
             outputs = [out[0].copy() for out in outputs] if explain else None
-        k = int(np.argmax(proba))
-        result = ImagePrediction(label=self.classes[k], index=k, digit=k if self.classes == DIGITS else None,
-                                 probabilities=_round(proba, 6), input=_round(image, 3))
+        result = ImagePrediction(**best_class(proba, self.classes), probabilities=_round(proba, 6),
+                                 input=_round(image, 3))
         if outputs is not None:
             result.layers = self._layer_activations(outputs)
             result.top_units = self._top_units(outputs)
