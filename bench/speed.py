@@ -1056,7 +1056,8 @@ def run_isa(isa: Isa, names: list[str], args, common: list[str], report: dict, s
         if args.with_profile and "chainrule" in frameworks:
             mine = spawn(["--profile-child", name] + common, env)
             theirs = spawn(["--profile-torch", name] + common, env)
-            w_entry["profile"] = {**stamp, "chainrule_ms": dict(mine), "pytorch_ms": dict(theirs)}
+            w_entry["profile"] = {**stamp, "kernels": kernels, "warnings": warnings, "chainrule_ms": dict(mine),
+                                  "pytorch_ms": dict(theirs)}
             print(format_profile(f"chainrule {name} ({isa.name}), where a training step of {BATCH} examples goes",
                                  mine), flush=True)
             print(format_profile(f"PyTorch {name} ({isa.name}), the largest operators of a training step", theirs,

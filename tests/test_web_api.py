@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -644,7 +645,7 @@ def test_a_model_with_damaged_metadata_is_refused_at_load(tmp_path, models, task
         create_app(**({"images": [bad]} if task == "fashion" else {task: bad}))
 
 
-def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models):
+def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models, caplog):
     runs = tmp_path / "runs"
     for name, src, when in (("old-digits", "digits", 1_000_000), ("new-digits", "digits", 2_000_000),
                             ("nested/spam-a", "spam", 1_500_000)):
@@ -658,6 +659,13 @@ def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models):
     weights = model_files(runs / "newest-digits")["model"]
     weights.write_bytes(weights.read_bytes()[:1000])
     assert find_latest_model("images", runs) == runs / "new-digits"
+    # and so is one a newer chainrule wrote, saying why
+    shutil.copytree(models["digits"], runs / "future-digits")
+    doc = json.loads((runs / "future-digits" / "model.json").read_text())
+    (runs / "future-digits" / "model.json").write_text(json.dumps({**doc, "format_version": 99}))
+    with caplog.at_level(logging.WARNING):
+        assert find_latest_model("images", runs) == runs / "new-digits"
+    assert "future-digits" in caplog.text and "format version 99" in caplog.text
     assert find_latest_model("spam", runs) == runs / "nested" / "spam-a"
     assert find_latest_model("images", tmp_path / "nowhere") is None
     assert find_latest_model("other", runs) is None

@@ -270,9 +270,10 @@ def _saved_models(runs):
     if not root.is_dir():
         return
     for meta in root.rglob("model.json"):
-        metadata = saved_metadata(meta.parent)  # ({} for a file that is not a readable model description)
-        if metadata and _readable_weights(meta.parent):
-            yield meta.parent, metadata, meta.stat().st_mtime
+        if _readable_weights(meta.parent):  # (one that is not, a newer chainrule's say, is passed over aloud)
+            metadata = saved_metadata(meta.parent)
+            if metadata:
+                yield meta.parent, metadata, meta.stat().st_mtime
 
 
 def find_latest_model(task: str, runs="runs") -> Path | None:
