@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS, dataset_name, load_image_set, read_idx
@@ -201,6 +203,33 @@ def test_corrupt_files_are_refused_naming_the_file(good_set, which, transform, e
         load_image_set(good_set, "test")
     msg = one_line_error(exc_info, path)
     assert expected in msg
+
+
+@settings(max_examples=150, deadline=None)
+@given(which=st.sampled_from([0, 1]), gz=st.booleans(), data=st.data())
+def test_any_damage_to_a_file_is_a_data_error_or_a_consistent_set(test_split, tmp_path_factory, which, gz, data):
+    """Whatever is done to the bytes of a set's images or labels (cut short, bytes changed, bytes
+    inserted; plain or gzipped), loading it gives images and labels that agree, or a DataError:
+    never another exception."""
+    folder = write_set(tmp_path_factory.mktemp("set"), test_split[0][:20], test_split[1][:20], gz=False)
+    path = folder / idx.FILES["test"][which]
+    raw = bytearray(path.read_bytes())
+    cut = data.draw(st.integers(0, len(raw)))
+    raw[cut:cut] = data.draw(st.binary(max_size=8))
+    for where, byte in data.draw(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), max_size=4)):
+        if where < len(raw):  # (the headers and the first bytes of data: where damage is interesting)
+            raw[where] = byte
+    raw = raw[:data.draw(st.integers(0, len(raw)))]
+    if gz:
+        path.unlink()
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(bytes(raw))
+    path.write_bytes(bytes(raw))
+    try:
+        images, labels, classes, _ = load_image_set(folder, "test")
+    except DataError:
+        return
+    assert images.shape[1:] == (28, 28) and len(images) == len(labels) and len(classes) > int(labels.max())
 
 
 def test_truncated_gzip_stream(good_set):
