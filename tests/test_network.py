@@ -361,6 +361,16 @@ def _write_npz(d, **arrays):
     np.savez(_weights(d), **arrays)
 
 
+def _zip_flag(d, bit: int):
+    """Set a flag bit of the weights' zip directory entries (0: encrypted; 6: strong encryption)."""
+    raw = bytearray(_weights(d).read_bytes())
+    at = raw.find(b"PK\x01\x02")
+    while at >= 0:
+        raw[at + 8] |= 1 << bit
+        at = raw.find(b"PK\x01\x02", at + 4)
+    _weights(d).write_bytes(bytes(raw))
+
+
 @pytest.mark.parametrize("corrupt,match", [
     (lambda d: _weights(d).write_bytes(b"not a zip file"), "not a readable .npz"),
     (lambda d: _weights(d).write_bytes(_weights(d).read_bytes()[:100]), "not a readable .npz"),
@@ -386,12 +396,36 @@ def _write_npz(d, **arrays):
     (lambda d: _write_npz(d, params=np.full(131, np.nan, np.float32)), "NaN or infinity"),
     (lambda d: _write_npz(d, params=np.zeros(131, np.int32)), "expected floats"),
     (lambda d: _write_npz(d, other=np.zeros(131, np.float32)), "expected 131 parameters"),
+    (lambda d: _zip_flag(d, 0), "encrypted"),  # (zipfile's RuntimeError)
+    (lambda d: _zip_flag(d, 6), "strong encryption"),  # (its NotImplementedError)
 ])
 def test_load_rejects_broken_model_files(tmp_path, corrupt, match):
     d = _saved(tmp_path)
     corrupt(d)
     with pytest.raises(cr.ModelFileError, match=match):
         cr.load_model(d)
+
+
+@settings(max_examples=200, deadline=None)
+@given(target=st.sampled_from(["model.json", "weights"]), data=st.data())
+def test_any_damage_to_a_model_file_is_a_model_file_error_or_the_same_model(tmp_path_factory, target, data):
+    """Whatever is done to the bytes of model.json or of the weights it names (cut short, bytes
+    changed, bytes inserted), loading gives a ModelFileError or a model of the same shapes: never
+    another exception."""
+    d = tmp_path_factory.mktemp("m")
+    _model().save(d)
+    path = d / "model.json" if target == "model.json" else model_files(d)["model"]
+    raw = bytearray(path.read_bytes())
+    cut = data.draw(st.integers(0, len(raw)))
+    raw[cut:cut] = data.draw(st.binary(max_size=8))
+    for where, byte in data.draw(st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)), max_size=4)):
+        raw[where] = byte
+    path.write_bytes(bytes(raw[:data.draw(st.integers(0, len(raw)))]))
+    try:
+        model, _ = cr.load_model(d)
+    except cr.ModelFileError:
+        return
+    assert [p.shape for p in model.parameters()] == [p.shape for p in _model().parameters()]
 
 
 def _peak_bytes(fn) -> int:

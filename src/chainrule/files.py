@@ -195,6 +195,11 @@ def locked_directory(directory, wait: bool = True) -> Iterator[None]:
         os.close(fd)  # (closing releases the lock)
 
 
+# What reading a damaged .npz raises: zipfile's errors, and for flags a damaged zip header may set
+# (encryption, a newer zip version, patched data) its RuntimeError and NotImplementedError.
+_DAMAGED_ZIP = (OSError, EOFError, ValueError, RuntimeError, zipfile.BadZipFile)
+
+
 def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{name: (shape, dtype)} of every array in the `.npz` file at `path`, from the headers alone.
 
@@ -230,7 +235,7 @@ def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     raise ValueError(f"array {name!r} is not the size its header says, {shape} {dtype}")
                 headers[name] = (shape, dtype)
         return headers
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+    except _DAMAGED_ZIP as exc:
         raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
@@ -243,5 +248,5 @@ def read_npz(path, names) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in names}
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    except (*_DAMAGED_ZIP, KeyError) as exc:
         raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc
