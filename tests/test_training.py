@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import chainrule as cr
 from chainrule.data.mnist import load_mnist
@@ -320,6 +322,33 @@ def test_resuming_from_a_damaged_checkpoint_is_a_model_file_error(tmp_path, dama
     with pytest.raises(cr.ModelFileError, match="checkpoint.npz: not a .*delete it to start afresh"):
         _fit_with_checkpoint(checkpoint, epochs=3, resume=True)
     assert checkpoint.read_bytes() == before  # refused, not overwritten
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_any_damage_to_a_checkpoints_bytes_is_refused_or_resumed(tmp_path_factory, data):
+    """Bytes of a checkpoint cut, changed or inserted at random: resuming raises ModelFileError
+    (leaving the file as it was) or trains on; never another exception."""
+    checkpoint = tmp_path_factory.mktemp("ck") / "checkpoint.npz"
+    _fit_with_checkpoint(checkpoint)
+    raw = bytearray(checkpoint.read_bytes())  # (its length varies a little: it records the epochs' times)
+    at = st.integers(0, 1 << 20)  # positions drawn in a fixed range, taken modulo the file's length
+    cut = data.draw(at) % (len(raw) + 1)
+    raw[cut:cut] = data.draw(st.binary(max_size=8))
+    for where, byte in data.draw(st.lists(st.tuples(at, st.integers(0, 255)), max_size=4)):
+        raw[where % len(raw)] = byte
+    if data.draw(st.booleans()):  # cut short too
+        raw = raw[: data.draw(at) % (len(raw) + 1)]
+    checkpoint.write_bytes(bytes(raw))
+    before = checkpoint.read_bytes()
+    try:
+        history = _fit_with_checkpoint(checkpoint, epochs=3, resume=True)
+    except cr.ModelFileError:
+        assert checkpoint.read_bytes() == before
+        return
+    except cr.TrainingDiverged:  # (changed weights may be huge: the maths blew up, as it may)
+        return
+    assert len(history.epochs) == 3
 
 
 def test_history_records_metrics_and_gradient_flow():
