@@ -2,12 +2,15 @@
 against finite differences and PyTorch, the merged committee, a save/load round trip."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import chainrule as cr
 import chainrule.network
@@ -139,6 +142,46 @@ def test_cut_offs_asked_for_that_cannot_work_blame_the_request_not_the_model(syn
         with pytest.raises(cr.UserError) as caught:
             load_spam_model(tmp_path / "m", **asked)
         assert not isinstance(caught.value, cr.ModelFileError) and said in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def saved_filter(tmp_path_factory):
+    """A small filter with idf weights and a replay sample, saved once; each example copies it."""
+    rng = np.random.default_rng(0)
+    x = sp.random(60, 64, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    y = (rng.random(60) < 0.4).astype(np.int64)
+    config = HashingConfig(n_features=64, idf=True, min_df=1)
+    result = train_filter(x, y, config, hidden=(4,), epochs=1, batch_size=16, seed=0, idf=np.ones(64, np.float32))
+    d = tmp_path_factory.mktemp("filter") / "m"
+    save_model(result.bundle, d, replay=result.replay)
+    return d
+
+
+@settings(max_examples=150, deadline=None)
+@given(target=st.sampled_from(["model.json", "model", "idf", "replay"]), data=st.data())
+def test_any_damage_to_a_filter_s_files_is_a_model_file_error(saved_filter, tmp_path_factory, target, data):
+    """Bytes of a spam filter's model.json or of one of its arrays cut, changed or inserted: loading
+    it raises ModelFileError or gives a filter that scores; never another exception."""
+    d = tmp_path_factory.mktemp("damaged") / "m"
+    shutil.copytree(saved_filter, d)
+    path = d / "model.json" if target == "model.json" else cr.model_files(d)[target]
+    raw = bytearray(path.read_bytes())
+    at = st.integers(0, 1 << 20)
+    cut = data.draw(at) % (len(raw) + 1)
+    raw[cut:cut] = data.draw(st.binary(max_size=8))
+    for where, byte in data.draw(st.lists(st.tuples(at, st.integers(0, 255)), max_size=4)):
+        raw[where % len(raw)] = byte
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(at) % (len(raw) + 1)]
+    path.write_bytes(bytes(raw))
+    try:
+        bundle = load_spam_model(d)
+        x_replay, y_replay = load_replay(bundle.files.get("replay"), bundle.config.n_features)  # (read when it learns)
+    except cr.ModelFileError:
+        return
+    assert x_replay.shape[0] == len(y_replay)
+    p, _ = bundle.score([("sms", "win a free prize now")], processes=1)
+    assert p.shape == (1,) and 0 <= p[0] <= 1
 
 
 def test_idf_weights_of_0_load_only_for_a_model_with_min_df(tmp_path):
