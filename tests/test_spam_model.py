@@ -24,6 +24,7 @@ from chainrule.apps.spam import (
     row_digests,
     save_model,
     train_filter,
+    training_features,
     verdict,
 )
 from chainrule.apps.spam.features import featurize_chunk
@@ -145,13 +146,13 @@ def test_cut_offs_asked_for_that_cannot_work_blame_the_request_not_the_model(syn
 
 
 @pytest.fixture(scope="module")
-def saved_filter(tmp_path_factory):
-    """A small filter with idf weights and a replay sample, saved once; each example copies it."""
-    rng = np.random.default_rng(0)
-    x = sp.random(60, 64, density=0.2, format="csr", random_state=0, dtype=np.float32)
-    y = (rng.random(60) < 0.4).astype(np.int64)
-    config = HashingConfig(n_features=64, idf=True, min_df=1)
-    result = train_filter(x, y, config, hidden=(4,), epochs=1, batch_size=16, seed=0, idf=np.ones(64, np.float32))
+def saved_filter(data_root, tmp_path_factory):
+    """A small filter with idf weights and a replay sample, trained on 300 real SMS and saved once;
+    each example copies it."""
+    texts, labels = read_sms(data_root / "sms-spam" / "SMSSpamCollection")
+    config = HashingConfig(n_features=256, idf=True, min_df=1)
+    x, _, idf = training_features([("sms", t) for t in texts[:300]], config, processes=1)
+    result = train_filter(x, np.asarray(labels[:300]), config, hidden=(4,), epochs=1, batch_size=32, seed=0, idf=idf)
     d = tmp_path_factory.mktemp("filter") / "m"
     save_model(result.bundle, d, replay=result.replay)
     return d
