@@ -240,3 +240,56 @@ def test_a_compressed_mbox_or_message_is_read_through_its_decompressor(compress,
     assert one.data == real[0].split(b"\n", 1)[1]
     (tmp_path / "cut.gz").write_bytes(compress(mbox)[: len(compress(mbox)) // 2])
     assert [m.error for m in read_messages([tmp_path / "cut.gz"])][-1]  # reported, not raised
+
+
+@pytest.fixture(scope="module")
+def small_archives(spamassassin_messages) -> dict[str, bytes]:
+    """Eight real SpamAssassin messages in a tar archive under spam/, plain and compressed three
+    ways, and as an mbox (plain and gzipped)."""
+    messages = spamassassin_messages[:8]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for i, m in enumerate(messages):
+            info = tarfile.TarInfo(f"spam/{i:05d}")
+            info.size = len(m.data)
+            tar.addfile(info, io.BytesIO(m.data))
+    mbox = b"".join(b"From someone@example.com Thu Jan  1 00:00:00 2002\n" + m.data.replace(b"\nFrom ", b"\n>From ")
+                    + b"\n" for m in messages)
+    tar_bytes = buffer.getvalue()
+    return {"spam.tar": tar_bytes, "spam.tar.gz": gzip.compress(tar_bytes), "spam.tar.bz2": bz2.compress(tar_bytes),
+            "spam.tar.xz": lzma.compress(tar_bytes), "spam.mbox": mbox, "spam.mbox.gz": gzip.compress(mbox)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.sampled_from(["spam.tar", "spam.tar.gz", "spam.tar.bz2", "spam.tar.xz", "spam.mbox", "spam.mbox.gz"]),
+       data=st.data())
+def test_any_damage_to_an_archive_or_mbox_is_reported_per_message_never_raised(small_archives, tmp_path_factory,
+                                                                               name, data):
+    """Bytes of an archive or mbox cut, changed or inserted: reading it yields messages and
+    problems (each a one-line reason), never an exception, and never more than was there."""
+    raw = bytearray(small_archives[name])
+    at = st.integers(0, 1 << 22)
+    cut = data.draw(at) % (len(raw) + 1)
+    raw[cut:cut] = data.draw(st.binary(max_size=8))
+    for where, byte in data.draw(st.lists(st.tuples(at, st.integers(0, 255)), max_size=4)):
+        raw[where % len(raw)] = byte
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(at) % (len(raw) + 1)]
+    path = tmp_path_factory.mktemp("damaged") / name
+    path.write_bytes(bytes(raw))
+    out = list(read_messages([path]))
+    for m in out:
+        assert m.error is None or ("\n" not in m.error and m.error.strip())  # (a reason, on one line)
+    assert sum(m.error is None for m in out) <= 8 + len(raw) // 50  # (an mbox may split at a damaged line)
+
+
+@pytest.mark.parametrize("name", ["spam.mbox.gz", "spam.tar.xz", "spam.tar.gz", "spam.tar.bz2"])
+def test_damaged_compressed_data_is_a_reported_problem(small_archives, tmp_path, name):
+    """A byte changed inside the compressed data: gzip's deflate (zlib.error) and xz (LZMAError)
+    raised their own errors out of the reader."""
+    raw = bytearray(small_archives[name])
+    for where in range(len(raw) // 3, len(raw) // 3 + 40):
+        raw[where] ^= 0x5A
+    (tmp_path / name).write_bytes(bytes(raw))
+    out = list(read_messages([tmp_path / name]))
+    assert any(m.error for m in out)

@@ -38,6 +38,7 @@ import re
 import stat
 import sys
 import tarfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,9 @@ def _read_capped(f, max_bytes: int) -> tuple[bytes, bool]:
 _COMPRESSED = ((re.compile(rb"\x1f\x8b"), gzip.open), (re.compile(rb"BZh[1-9]1AY&SY"), bz2.open),
                (re.compile(rb"\xfd7zXZ\x00"), lzma.open))
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
-_READ_ERRORS = (OSError, EOFError, lzma.LZMAError)  # (a truncated gzip or bzip2 stream: EOFError)
+# What reading a damaged file raises: a truncated gzip or bzip2 stream EOFError, gzip's damaged
+# deflate data zlib.error, xz's LZMAError, bzip2's OSError.
+_READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 
 
 def _open(path: Path):
@@ -392,7 +395,7 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
     the archive's own name: `20030228_spam.tar.bz2`)."""
     try:
         tar = tarfile.open(path, "r:*")
-    except (OSError, tarfile.TarError, EOFError) as exc:
+    except (*_READ_ERRORS, tarfile.TarError) as exc:
         yield RawMessage(str(path), b"", label, error=f"not a readable tar archive ({one_line(exc)})")
         return
     with tar:
@@ -408,11 +411,11 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
                 try:
                     f = tar.extractfile(member)
                     data, truncated = _read_capped(f, max_bytes)
-                except (OSError, tarfile.TarError, EOFError) as exc:
+                except (*_READ_ERRORS, tarfile.TarError) as exc:
                     yield RawMessage(source, b"", lab, error=f"unreadable archive member ({one_line(exc)})")
                     continue
                 yield RawMessage(source, data, lab, truncated)
-        except (OSError, tarfile.TarError, EOFError) as exc:
+        except (*_READ_ERRORS, tarfile.TarError) as exc:
             yield RawMessage(str(path), b"", label, error=f"archive is damaged ({one_line(exc)})")
 
 
