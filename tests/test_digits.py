@@ -27,7 +27,7 @@ from PIL import Image
 from chainrule import load_model, model_files
 from chainrule.apps import image_presets, images
 from chainrule.cli import main
-from chainrule.errors import UserError
+from chainrule.errors import ModelFileError, UserError
 from chainrule.files import locked_directory
 
 DATA = os.environ.get("CHAINRULE_DATA")
@@ -365,6 +365,31 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint_and_model(trained
     assert {name: (run / name).read_bytes() for name in kept} == kept
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     assert load_model(run)[0].num_parameters() == trained[1].num_parameters()
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    ({"preprocessing": "flat"}, "preprocessing must be an object, got str"),
+    ({"preprocessing.std": 1e-300}, "preprocessing.std must be a number in [1e-6, 1e6], got 1e-300"),
+    ({"preprocessing.mean": 1e300}, "preprocessing.mean must be a number in [-1e6, 1e6], got 1e+300"),
+    ({"preprocessing.scale": 0}, "preprocessing.scale must be a number in (0, 1e6], got 0"),
+    ({"preprocessing.scale": "255"}, "preprocessing.scale must be a number in (0, 1e6], got '255'"),
+    ({"preprocessing.layout": "image"}, "the network cannot read a image 28x28 image"),
+    ({"preprocessing.picture": "face"}, "preprocessing.picture must be one of"),
+    ({"classes": ["0", "1"]}, "classes must be a list of 10 distinct names"),
+    ({"classes": ["a"] * 10}, "classes must be a list of 10 distinct names"),
+    ({"dataset": ""}, "dataset must be a data set's name or folder"),
+])
+def test_damaged_image_model_metadata_is_refused_naming_the_problem(trained, tmp_path, change, said):
+    out = tmp_path / "m"
+    shutil.copytree(trained[0], out)
+    doc = json.loads((out / "model.json").read_text())
+    for key, value in change.items():
+        where, _, leaf = key.rpartition(".")
+        (doc["metadata"][where] if where else doc["metadata"])[leaf] = value
+    (out / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelFileError) as caught:
+        images.load_image_model(out)
+    assert "invalid image model metadata" in str(caught.value) and said in str(caught.value)
 
 
 # -- bad input: one line on stderr, non-zero exit, no traceback ---------------------------------------
