@@ -115,6 +115,7 @@ def test_a_saved_filter_loads_back_the_same(synthetic_spam_rows, tmp_path):
     ({"spam_format": "1"}, "spam_format '1' is not one"),
     ({"inputs": "mail"}, "inputs must be a list of mail and/or sms"),
     ({"inputs": ["mail", "fax"]}, "inputs must be a list"),
+    ({"inputs": [["mail"]]}, "inputs must be a list"),  # (was a TypeError: a list is unhashable)
     ({"cutoffs": {"spam": 0.2, "ham": 0.8}}, r"m: its ham cut-off \(0.8\) is above its spam cut-off \(0.2\)"),
     ({"cutoffs": {"spam": 1.5, "ham": 0.8}}, r"m: its spam cut-off 1.5 is not a probability"),
 ])

@@ -253,7 +253,8 @@ def _check_training(metadata: dict) -> None:
         raise ValueError(f"spam_format {version!r} is not one this chainrule reads (1..{SPAM_FORMAT}): "
                          "a newer chainrule wrote it")
     inputs = metadata.get("inputs", list(INPUTS))
-    if not (isinstance(inputs, list) and inputs and set(inputs) <= set(INPUTS) and len(set(inputs)) == len(inputs)):
+    if not (isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs)
+            and set(inputs) <= set(INPUTS) and len(set(inputs)) == len(inputs)):
         raise ValueError(f"inputs must be a list of {' and/or '.join(INPUTS)}, got {str(inputs)[:80]}")
     training = metadata.get("training", {})
     if not isinstance(training, dict):
