@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import strategies as st
 
 import chainrule as cr
 from chainrule import parallel
@@ -164,3 +165,20 @@ def blas_threads_now() -> int:
     """NumPy's BLAS thread count at this moment, as threadpoolctl reads it from the library."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     return min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+
+
+def damaged(raw: bytes, data) -> bytes:
+    """`raw` with a few bytes inserted, a few changed and perhaps the end cut off, as hypothesis's
+    `data` draws them: what a bad disk, a cut download or a careless edit does to a file. Positions
+    are drawn in a fixed range and taken modulo the length, so that a file whose length varies a
+    little from run to run (one that records times) draws alike."""
+    raw = bytearray(raw)
+    at = st.integers(0, 1 << 22)
+    cut = data.draw(at) % (len(raw) + 1)
+    raw[cut:cut] = data.draw(st.binary(max_size=8))
+    for where, byte in data.draw(st.lists(st.tuples(at, st.integers(0, 255)), max_size=4)):
+        if raw:
+            raw[where % len(raw)] = byte
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(at) % (len(raw) + 1)]
+    return bytes(raw)

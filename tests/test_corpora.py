@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from chainrule.data import corpora
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, label_from_names, read_messages, read_sms
 from chainrule.data.mime import parse_message
+from conftest import damaged
 
 
 def test_tarball_layout_labels(spamassassin_messages):
@@ -267,16 +268,9 @@ def test_any_damage_to_an_archive_or_mbox_is_reported_per_message_never_raised(s
                                                                                name, data):
     """Bytes of an archive or mbox cut, changed or inserted: reading it yields messages and
     problems (each a one-line reason), never an exception, and never more than was there."""
-    raw = bytearray(small_archives[name])
-    at = st.integers(0, 1 << 22)
-    cut = data.draw(at) % (len(raw) + 1)
-    raw[cut:cut] = data.draw(st.binary(max_size=8))
-    for where, byte in data.draw(st.lists(st.tuples(at, st.integers(0, 255)), max_size=4)):
-        raw[where % len(raw)] = byte
-    if data.draw(st.booleans()):
-        raw = raw[: data.draw(at) % (len(raw) + 1)]
+    raw = damaged(small_archives[name], data)
     path = tmp_path_factory.mktemp("damaged") / name
-    path.write_bytes(bytes(raw))
+    path.write_bytes(raw)
     out = list(read_messages([path]))
     for m in out:
         assert m.error is None or ("\n" not in m.error and m.error.strip())  # (a reason, on one line)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import chainrule as cr
 from chainrule import network
 from chainrule.network import FORMAT_VERSION, LAYER_TYPES, model_files
+from conftest import damaged
 
 
 def _model(dtype=np.float32):
@@ -415,12 +416,7 @@ def test_any_damage_to_a_model_file_is_a_model_file_error_or_the_same_model(tmp_
     d = tmp_path_factory.mktemp("m")
     _model().save(d)
     path = d / "model.json" if target == "model.json" else model_files(d)["model"]
-    raw = bytearray(path.read_bytes())
-    cut = data.draw(st.integers(0, len(raw)))
-    raw[cut:cut] = data.draw(st.binary(max_size=8))
-    for where, byte in data.draw(st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)), max_size=4)):
-        raw[where] = byte
-    path.write_bytes(bytes(raw[:data.draw(st.integers(0, len(raw)))]))
+    path.write_bytes(damaged(path.read_bytes(), data))
     try:
         model, _ = cr.load_model(d)
     except cr.ModelFileError:

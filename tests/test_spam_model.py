@@ -30,6 +30,7 @@ from chainrule.apps.spam import (
 from chainrule.apps.spam.features import featurize_chunk
 from chainrule.data.corpora import read_sms
 from chainrule.data.text import HashingConfig
+from conftest import damaged
 
 
 def _sparse_batch(rng, n=6, d=40, density=0.15):
@@ -167,15 +168,7 @@ def test_any_damage_to_a_filter_s_files_is_a_model_file_error(saved_filter, tmp_
     d = tmp_path_factory.mktemp("damaged") / "m"
     shutil.copytree(saved_filter, d)
     path = d / "model.json" if target == "model.json" else cr.model_files(d)[target]
-    raw = bytearray(path.read_bytes())
-    at = st.integers(0, 1 << 20)
-    cut = data.draw(at) % (len(raw) + 1)
-    raw[cut:cut] = data.draw(st.binary(max_size=8))
-    for where, byte in data.draw(st.lists(st.tuples(at, st.integers(0, 255)), max_size=4)):
-        raw[where % len(raw)] = byte
-    if data.draw(st.booleans()):
-        raw = raw[: data.draw(at) % (len(raw) + 1)]
-    path.write_bytes(bytes(raw))
+    path.write_bytes(damaged(path.read_bytes(), data))
     try:
         bundle = load_spam_model(d)
         x_replay, y_replay = load_replay(bundle.files.get("replay"), bundle.config.n_features)  # (read when it learns)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import chainrule as cr
 from chainrule.data.mnist import load_mnist
-from conftest import blas_threads_now, blobs, small_mlp
+from conftest import blas_threads_now, blobs, damaged, small_mlp
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
 XOR_Y = np.array([0, 1, 1, 0])
@@ -331,15 +331,7 @@ def test_any_damage_to_a_checkpoints_bytes_is_refused_or_resumed(tmp_path_factor
     (leaving the file as it was) or trains on; never another exception."""
     checkpoint = tmp_path_factory.mktemp("ck") / "checkpoint.npz"
     _fit_with_checkpoint(checkpoint)
-    raw = bytearray(checkpoint.read_bytes())  # (its length varies a little: it records the epochs' times)
-    at = st.integers(0, 1 << 20)  # positions drawn in a fixed range, taken modulo the file's length
-    cut = data.draw(at) % (len(raw) + 1)
-    raw[cut:cut] = data.draw(st.binary(max_size=8))
-    for where, byte in data.draw(st.lists(st.tuples(at, st.integers(0, 255)), max_size=4)):
-        raw[where % len(raw)] = byte
-    if data.draw(st.booleans()):  # cut short too
-        raw = raw[: data.draw(at) % (len(raw) + 1)]
-    checkpoint.write_bytes(bytes(raw))
+    checkpoint.write_bytes(damaged(checkpoint.read_bytes(), data))  # (its length varies: it records times)
     before = checkpoint.read_bytes()
     try:
         history = _fit_with_checkpoint(checkpoint, epochs=3, resume=True)
