@@ -24,6 +24,7 @@ from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS, dataset_name, load_image_set, read_idx
 from chainrule.data.mnist import load_mnist
 from chainrule.errors import DataError
+from conftest import damaged
 
 DATA = os.environ.get("CHAINRULE_DATA")
 pytestmark = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")
@@ -206,25 +207,29 @@ def test_corrupt_files_are_refused_naming_the_file(good_set, which, transform, e
 
 
 @settings(max_examples=150, deadline=None)
-@given(which=st.sampled_from([0, 1]), gz=st.booleans(), data=st.data())
-def test_any_damage_to_a_file_is_a_data_error_or_a_consistent_set(test_split, tmp_path_factory, which, gz, data):
+@given(which=st.sampled_from([0, 1]), form=st.sampled_from(["plain", "gzipped", "gzip damaged"]), data=st.data())
+def test_any_damage_to_a_file_is_a_data_error_or_a_consistent_set(test_split, tmp_path_factory, which, form, data):
     """Whatever is done to the bytes of a set's images or labels (cut short, bytes changed, bytes
-    inserted; plain or gzipped), loading it gives images and labels that agree, or a DataError:
-    never another exception."""
+    inserted; in a plain file, inside a gzip file, or to the gzip file's own bytes), loading it
+    gives images and labels that agree, or a DataError: never another exception."""
     folder = write_set(tmp_path_factory.mktemp("set"), test_split[0][:20], test_split[1][:20], gz=False)
     path = folder / idx.FILES["test"][which]
-    raw = bytearray(path.read_bytes())
-    cut = data.draw(st.integers(0, len(raw)))
-    raw[cut:cut] = data.draw(st.binary(max_size=8))
-    for where, byte in data.draw(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), max_size=4)):
-        if where < len(raw):  # (the headers and the first bytes of data: where damage is interesting)
-            raw[where] = byte
-    raw = raw[:data.draw(st.integers(0, len(raw)))]
-    if gz:
+    raw = path.read_bytes()
+    if form != "gzip damaged":
+        raw = bytearray(raw)
+        cut = data.draw(st.integers(0, len(raw)))
+        raw[cut:cut] = data.draw(st.binary(max_size=8))
+        for where, byte in data.draw(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), max_size=4)):
+            if where < len(raw):  # (the headers and the first bytes of data: where damage is interesting)
+                raw[where] = byte
+        raw = bytes(raw[:data.draw(st.integers(0, len(raw)))])
+    if form != "plain":
         path.unlink()
         path = path.with_name(path.name + ".gz")
-        raw = gzip.compress(bytes(raw))
-    path.write_bytes(bytes(raw))
+        raw = gzip.compress(raw, mtime=0)
+        if form == "gzip damaged":
+            raw = damaged(raw, data)
+    path.write_bytes(raw)
     try:
         images, labels, classes, _ = load_image_set(folder, "test")
     except DataError:

@@ -42,6 +42,7 @@ from chainrule.web.services import (
     SpamService,
     find_latest_image_models,
     find_latest_model,
+    saved_models,
 )
 from web_models import as_upload, fashion_test, mnist_test, sms_messages, trained_models
 
@@ -666,6 +667,12 @@ def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models, caplo
     with caplog.at_level(logging.WARNING):
         assert find_latest_model("images", runs) == runs / "new-digits"
     assert "future-digits" in caplog.text and "format version 99" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # one scan serves both lookups: said once
+        saved = saved_models(runs)
+        assert find_latest_model("images", saved) == runs / "new-digits"
+        assert find_latest_image_models(saved)["mnist"] == runs / "new-digits"
+    assert sum("future-digits" in r.getMessage() for r in caplog.records) == 1
     assert find_latest_model("spam", runs) == runs / "nested" / "spam-a"
     assert find_latest_model("images", tmp_path / "nowhere") is None
     assert find_latest_model("other", runs) is None

@@ -235,6 +235,8 @@ def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     raise ValueError(f"array {name!r} is not the size its header says, {shape} {dtype}")
                 headers[name] = (shape, dtype)
         return headers
+    except RecursionError:  # (a RuntimeError, but a bug's, not the file's)
+        raise
     except _DAMAGED_ZIP as exc:
         raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc
 
@@ -248,5 +250,7 @@ def read_npz(path, names) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in names}
+    except RecursionError:
+        raise
     except (*_DAMAGED_ZIP, KeyError) as exc:
         raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc

@@ -453,7 +453,7 @@ def _metadata_problem(model: Sequential, metadata: dict) -> tuple[str | None, di
     if not isinstance(prep, dict):
         return f"preprocessing must be an object, got {type(prep).__name__}", metadata
     # (ranges, not only signs: a std of 1e-300 or a mean of 1e300 turned every image into inf)
-    for key, default, ok, expected in (("scale", 255.0, lambda v: 0 < v <= 1e6, "a number in (0, 1e6]"),
+    for key, default, ok, expected in (("scale", 255.0, lambda v: 1e-6 <= v <= 1e6, "a number in [1e-6, 1e6]"),
                                        ("std", 1.0, lambda v: 1e-6 <= v <= 1e6, "a number in [1e-6, 1e6]"),
                                        ("mean", 0.0, lambda v: abs(v) <= 1e6, "a number in [-1e6, 1e6]")):
         v = prep.get(key, default)

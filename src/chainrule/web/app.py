@@ -52,6 +52,7 @@ from chainrule.web.services import (
     SpamService,
     find_latest_image_models,
     find_latest_model,
+    saved_models,
 )
 
 log = logging.getLogger(__name__)
@@ -252,11 +253,12 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
         raise UserError(f"--timeout must be a positive number of seconds, got {read_timeout}")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
+    saved = saved_models(runs)  # (one scan: a model passed over is said once)
     if spam is None:
-        spam = find_latest_model("spam", runs)
+        spam = find_latest_model("spam", saved)
     chosen_images = [_named(entry) for entry in images]
     if not chosen_images:
-        latest = find_latest_image_models(runs)
+        latest = find_latest_image_models(saved)
         if digits is not None:  # it takes the place of the newest MNIST model
             latest.pop("mnist", None)
         chosen_images = [(None, path) for path in latest.values()]

@@ -264,22 +264,31 @@ def default_name(metadata: dict) -> str:
     return name or "images"
 
 
-def _saved_models(runs):
-    """(model directory, its metadata, when it was written) for every saved model under `runs`."""
+def saved_models(runs="runs") -> list[tuple[Path, dict, float]]:
+    """(model directory, its metadata, when it was written) for every saved model under `runs`; one
+    that cannot be read (a newer chainrule's, say) is passed over with a warning. `find_latest_model`
+    and `find_latest_image_models` take this list in place of `runs`, so one scan serves both."""
     root = Path(runs)
     if not root.is_dir():
-        return
+        return []
+    found = []
     for meta in root.rglob("model.json"):
-        if _readable_weights(meta.parent):  # (one that is not, a newer chainrule's say, is passed over aloud)
+        if _readable_weights(meta.parent):
             metadata = saved_metadata(meta.parent)
             if metadata:
-                yield meta.parent, metadata, meta.stat().st_mtime
+                found.append((meta.parent, metadata, meta.stat().st_mtime))
+    return found
+
+
+def _scanned(runs) -> list[tuple[Path, dict, float]]:
+    return runs if isinstance(runs, list) else saved_models(runs)
 
 
 def find_latest_model(task: str, runs="runs") -> Path | None:
-    """The most recently written model directory under `runs` whose metadata says `task`."""
+    """The most recently written model directory under `runs` (or in a `saved_models` list) whose
+    metadata says `task`."""
     best, best_time = None, -math.inf
-    for directory, metadata, mtime in _saved_models(runs):
+    for directory, metadata, mtime in _scanned(runs):
         if metadata.get("task") == task and mtime > best_time:
             best, best_time = directory, mtime
     return best
@@ -289,7 +298,7 @@ def find_latest_image_models(runs="runs") -> dict[str, Path]:
     """The most recently written image model of each data set under `runs`: {data set: directory}.
     Models from chainrule 0.1's `digits train` count as MNIST's."""
     latest: dict[str, tuple[float, Path]] = {}
-    for directory, metadata, mtime in _saved_models(runs):
+    for directory, metadata, mtime in _scanned(runs):
         task = metadata.get("task")
         if task != IMAGES_TASK and task not in OLD_TASKS:
             continue
