@@ -377,8 +377,7 @@ class Sequential:
             for i, spec in enumerate(config["layers"]):
                 layer_type, args = _layer_spec(i, spec)
                 built.append(layer_type(**args))
-            dtype = DTYPES[config.get("dtype", "float32")]
-            return cls(built, input_shape=tuple(config["input_shape"]), seed=seed, dtype=dtype,
+            return cls(built, input_shape=tuple(config["input_shape"]), seed=seed, dtype=DTYPES[dtype_name],
                        initialize=initialize)
         except ModelFileError:
             raise

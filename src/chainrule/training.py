@@ -27,7 +27,7 @@ from chainrule.callbacks import EarlyStopping, GradientFlow, ProgressLogger
 from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
-from chainrule.history import History
+from chainrule.history import EPOCH_KEYS, History
 from chainrule.layers import Dropout, Sigmoid, _positive_int
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy
 from chainrule.network import Sequential, sliceable
@@ -98,15 +98,13 @@ def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
                          f"got {y.min()}..{y.max()}")
 
 
-def _check_monitor(monitor: str, measured: list[str], validated: list[str], callbacks: bool) -> None:
-    """Refuse an EarlyStopping `monitor` that no epoch will report (the keys of the training set's
-    figures, `measured`, and the validation set's, `validated`) before the first step: a misspelt
-    key would otherwise stop the run at the end of its first epoch. With `callbacks` of the
-    caller's, which may add keys of their own (a val_f1, say), only a validation metric without
-    validation data is refused."""
-    if monitor.startswith("val_") and not validated:
+def _check_monitor(monitor: str, keys: list[str], callbacks: bool) -> None:
+    """Refuse an EarlyStopping `monitor` that none of the `keys` every epoch will report is,
+    before the first step: a misspelt key would otherwise stop the run at the end of its first
+    epoch. With `callbacks` of the caller's, which may add keys of their own (a val_f1, say), only
+    a validation metric without validation data is refused."""
+    if monitor.startswith("val_") and "val_loss" not in keys:
         raise ValueError("fit: early stopping on a validation metric needs validation_split or validation_data")
-    keys = ["epoch", *measured, *validated, "lr", "seconds", "samples_per_s"]
     if monitor not in keys and not callbacks:
         raise ValueError(f"fit: EarlyStopping monitors {monitor!r}, which no epoch will report; they report "
                          f"{', '.join(keys)}")
@@ -329,9 +327,10 @@ def fit(
         _check_targets("fit: validation_data", y_val, model, loss)
     else:
         x_val = y_val = None
-    if early_stopping is not None:
-        val_keys = [] if x_val is None else ["val_loss"] + ["val_accuracy"] * _are_labels(y_val, model, loss)
-        _check_monitor(early_stopping.monitor, ["loss", *["accuracy"] * labels], val_keys, bool(callbacks))
+    if early_stopping is not None:  # (the keys of EPOCH_KEYS that these data give)
+        reported = {"accuracy": labels, "val_loss": x_val is not None,
+                    "val_accuracy": x_val is not None and _are_labels(y_val, model, loss)}
+        _check_monitor(early_stopping.monitor, [k for k in EPOCH_KEYS if reported.get(k, True)], bool(callbacks))
 
     n = x.shape[0]
     if n < world.size:
