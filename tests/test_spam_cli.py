@@ -4,6 +4,8 @@ codes and stderr matter (mail recipes act on them)."""
 
 import ast
 import contextlib
+import email
+import email.policy
 import json
 import os
 import re
@@ -56,6 +58,34 @@ def test_a_missing_or_bad_idf_file_is_a_one_line_error(spam_model, spam_corpus, 
         assert main(["spam", "classify", str(m), msg]) == 3  # every error of classify is 3
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and idf.name in err and "Traceback" not in err, err
+
+
+def _delivered_as(raw: bytes, other: bytes) -> bytes:
+    """`raw` with the Received lines and To header of `other`, the rest as it was."""
+    msg, donor = (email.message_from_bytes(m, policy=email.policy.compat32) for m in (raw, other))
+    for name in ("Received", "To"):
+        del msg[name]
+        for value in donor.get_all(name, []):
+            msg[name] = value
+    return msg.as_bytes()
+
+
+def test_without_delivery_headers_the_route_of_a_message_does_not_move_its_score(spam_corpus, spam_model,
+                                                                                  tmp_path):
+    """`spam train --no-delivery-headers`: a held-out spam handed a ham's Received lines and To
+    header (and a ham a spam's) keeps its score exactly; the default filter's scores move."""
+    out = tmp_path / "m"
+    assert main(["spam", "train", str(spam_corpus[0]), "--out", str(out), "--hash-bits", "14", "--hidden", "8",
+                 "--epochs", "12", "--batch-size", "64", "--quiet", "--no-delivery-headers"]) == 0
+    assert json.loads((out / "model.json").read_text())["metadata"]["hashing"]["delivery"] is False
+    spams = [p.read_bytes() for p in sorted((spam_corpus[1] / "spam").iterdir())[:10]]
+    hams = [p.read_bytes() for p in sorted((spam_corpus[1] / "easy_ham").iterdir())[:10]]
+    items = [("mail", m) for m in spams + hams]
+    moved = [("mail", _delivered_as(m, o)) for m, o in zip(spams + hams, hams + spams, strict=True)]
+    assert [a != b for (_, a), (_, b) in zip(items, moved, strict=True)] == [True] * 20
+    without, default = load_spam_model(out), load_spam_model(spam_model)
+    np.testing.assert_array_equal(without.score(items)[0], without.score(moved)[0])
+    assert np.abs(default.score(items)[0] - default.score(moved)[0]).max() > 0.01
 
 
 def test_min_df_needs_idf(tmp_path, capsys):

@@ -169,6 +169,28 @@ def test_min_df_in_a_saved_config_is_checked():
         HashingConfig.from_dict({"n_features": 16, "min_df": 3})
 
 
+def test_delivery_in_a_saved_config_is_checked():
+    assert HashingConfig.from_dict({"n_features": 16}).delivery is True  # models saved before it
+    assert HashingConfig.from_dict({"n_features": 16, "delivery": False}).delivery is False
+    for bad in (0, "no", None):
+        with pytest.raises(ValueError, match="delivery must be true or false"):
+            HashingConfig.from_dict({"n_features": 16, "delivery": bad})
+
+
+def test_without_delivery_the_received_hosts_and_to_header_are_left_out(spamassassin_messages):
+    """`delivery=False` drops exactly the tokens of the Received lines and the To header, in every
+    real message, and keeps the rest in their order."""
+    off = HashingConfig(delivery=False)
+    dropped = ("received:", "received0:", "received1:", "received2:", "to:")  # (not the body word "received")
+    seen = set()
+    for m in spamassassin_messages[::10]:
+        parsed = parse_message(m.data)
+        full, without = message_tokens(parsed), message_tokens(parsed, off)
+        assert without == [t for t in full if not t.startswith(dropped)]
+        seen.update(t.split(":", 1)[0] for t in full if t.startswith(dropped))
+    assert seen == {"received", "received0", "received1", "received2", "to"}  # (the corpus has them: the test can fail)
+
+
 def test_idf_weights_each_bucket_before_the_norm():
     """With idf, each bucket's tf·sign sum is multiplied by its weight, then (per split_norm block)
     the row is normalised: the formula of the split_norm test, weighted."""

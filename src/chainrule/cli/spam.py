@@ -132,7 +132,7 @@ def _cmd_train(args) -> int:
     check_labels(y, args.folds, args.validation)  # (before the corpus is hashed)
     config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams,
                            split_norm=bool(args.corpus),  # (mail has headers to keep apart; SMS has none)
-                           idf=use_idf, min_df=min_df)
+                           idf=use_idf, min_df=min_df, delivery=args.delivery_headers)
     x, problems, idf = training_features(items, config, world=world)
     if idf is not None and not idf.any():
         raise UserError(f"--min-df {min_df} leaves no hash bucket: none is in {min_df} of the {len(y)} "
@@ -534,6 +534,11 @@ def add_commands(subparsers) -> None:
                    help="with idf, leave out the hash buckets found in fewer than N training messages "
                    f"(default {MAIL_MIN_DF} with idf, where it made the filter hold up better on newer mail; "
                    "0 keeps every bucket)")
+    p.add_argument("--delivery-headers", action=argparse.BooleanOptionalAction, default=True,
+                   help="read the hosts of the Received lines and the To header (default on; turn it off "
+                   "where the training spam and ham came in by different routes, e.g. spam from a trap "
+                   "address or a public corpus: those headers would tell the routes apart, not spam "
+                   "from ham)")
     p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
                    help="weigh spam by #ham/#spam in the loss and calibrate the spam cut-off freely "
                    "(default: on for SMS only; with mail, off: every message weighs the same and the "
