@@ -43,7 +43,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 import chainrule
 from chainrule.apps.images import DIGITS
 from chainrule.errors import UserError
-from chainrule.web.http import ApiError, BodyLimitMiddleware, BodyTimeout, BodyTooLarge
+from chainrule.web.http import ApiError, BodyLimitMiddleware
 from chainrule.web.routes import STATIC_DIR, router
 from chainrule.web.schemas import PIXELS_SCHEMA
 from chainrule.web.services import (
@@ -180,15 +180,6 @@ def create_app(
     @app.exception_handler(UserError)  # bad input a service refused: an unreadable image, say
     async def _user_error(request: Request, exc: UserError):
         return JSONResponse({"error": str(exc)}, status_code=422)
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge):
-        return JSONResponse({"error": f"request body is larger than the limit of {max_body_bytes:,} bytes"},
-                            status_code=413)
-
-    @app.exception_handler(BodyTimeout)
-    async def _timeout(request: Request, exc: BodyTimeout):
-        return JSONResponse({"error": f"no part of the body arrived for {read_timeout:g} s"}, status_code=408)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

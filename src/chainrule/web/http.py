@@ -24,12 +24,6 @@ class ApiError(Exception):
         self.message = message
 
 
-class BodyTooLarge(Exception):
-    """Raised inside the app when a streamed body passes the limit (answered with 413)."""
-
-
-class BodyTimeout(Exception):
-    """Raised inside the app when a client sends no part of its body for `read_timeout` seconds."""
 
 
 class BodyLimitMiddleware:
@@ -69,14 +63,15 @@ class BodyLimitMiddleware:
             nonlocal received, body_complete
             if body_complete:  # (the app now only listens for a disconnect: no deadline for that)
                 return await receive()
+            # (raised inside the app, where its ApiError handler answers them)
             try:
                 message = await asyncio.wait_for(receive(), self.read_timeout)
             except asyncio.TimeoutError:
-                raise BodyTimeout from None
+                raise ApiError(408, f"no part of the body arrived for {self.read_timeout:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge
+                    raise ApiError(413, self._message())
                 body_complete = not message.get("more_body", False)
             return message
 
@@ -88,12 +83,9 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
+        except ApiError as exc:  # one the app did not answer (raised outside its routes)
             if not started:
-                await send_json(send, 413, {"error": self._message()})
-        except BodyTimeout:
-            if not started:
-                await send_json(send, 408, {"error": f"no part of the body arrived for {self.read_timeout:g} s"})
+                await send_json(send, exc.status, {"error": exc.message})
 
     def _message(self) -> str:
         return f"request body is larger than the limit of {self.max_bytes:,} bytes"
@@ -122,7 +114,7 @@ async def upload_or_body(request: Request) -> bytes:
                 if upload is None or isinstance(upload, str):
                     raise ApiError(422, "the multipart form needs a file field named 'file'")
                 return await upload.read()
-        except (BodyTooLarge, BodyTimeout, ApiError):
+        except ApiError:  # (the body over the limit or stalled, too)
             raise
         except Exception as exc:  # python-multipart's parse errors have no common base class
             raise ApiError(422, f"cannot parse the multipart form: {exc}") from exc
