@@ -88,6 +88,12 @@ def test_without_delivery_headers_the_route_of_a_message_does_not_move_its_score
     assert np.abs(default.score(items)[0] - default.score(moved)[0]).max() > 0.01
 
 
+def test_no_delivery_headers_needs_mail(data_root, tmp_path, capsys):
+    sms = str(data_root / "sms-spam" / "SMSSpamCollection")
+    assert main(["spam", "train", "--sms", sms, "--out", str(tmp_path / "m"), "--no-delivery-headers"]) == 2
+    assert "--no-delivery-headers is for mail" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
 def test_min_df_needs_idf(tmp_path, capsys):
     args = ["spam", "train", str(tmp_path), "--out", str(tmp_path / "m"), "--no-idf", "--min-df", "2"]
     assert main(args) == 2

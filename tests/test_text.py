@@ -170,11 +170,22 @@ def test_min_df_in_a_saved_config_is_checked():
 
 
 def test_delivery_in_a_saved_config_is_checked():
-    assert HashingConfig.from_dict({"n_features": 16}).delivery is True  # models saved before it
-    assert HashingConfig.from_dict({"n_features": 16, "delivery": False}).delivery is False
+    assert HashingConfig.from_dict({"n_features": 16, "version": 1}).delivery is True  # models saved before it
+    off = HashingConfig(n_features=16, delivery=False)
+    # version 2: a chainrule from before `delivery` (which accepts version 1 only) refuses the model
+    # rather than reading the headers the model was trained without
+    assert off.to_dict()["version"] == 2 and HashingConfig().to_dict()["version"] == 1
+    assert HashingConfig.from_dict(off.to_dict()) == off
     for bad in (0, "no", None):
         with pytest.raises(ValueError, match="delivery must be true or false"):
-            HashingConfig.from_dict({"n_features": 16, "delivery": bad})
+            HashingConfig.from_dict({"n_features": 16, "delivery": bad, "version": 2})
+    for d in ({"n_features": 16, "delivery": False}, {"n_features": 16, "delivery": False, "version": 1},
+              {"n_features": 16, "version": 2}):
+        with pytest.raises(ValueError, match="does not go with delivery"):
+            HashingConfig.from_dict(d)
+    for version in (3, "1", 1.0, True):
+        with pytest.raises(ValueError, match="is not understood"):
+            HashingConfig.from_dict({"n_features": 16, "version": version})
 
 
 def test_without_delivery_the_received_hosts_and_to_header_are_left_out(spamassassin_messages):

@@ -121,6 +121,9 @@ def _cmd_train(args) -> int:
     min_df = (MAIL_MIN_DF if use_idf else 0) if args.min_df is None else args.min_df
     if min_df and not use_idf:
         raise UserError("--min-df needs idf weights (--idf): rare buckets are left out through them")
+    if not args.delivery_headers and not args.corpus:
+        raise UserError("--no-delivery-headers is for mail (a text message has no Received or To header): give "
+                        "mail to train on, or leave it out")
     out = Path(args.out)
     learned = check_out(out)  # (found now, not after minutes of training)
     if world.rank == 0 and learned:
@@ -535,7 +538,7 @@ def add_commands(subparsers) -> None:
                    f"(default {MAIL_MIN_DF} with idf, where it made the filter hold up better on newer mail; "
                    "0 keeps every bucket)")
     p.add_argument("--delivery-headers", action=argparse.BooleanOptionalAction, default=True,
-                   help="read the hosts of the Received lines and the To header (default on; turn it off "
+                   help="with mail, read the hosts of the Received lines and the To header (default on; turn it off "
                    "where the training spam and ham came in by different routes, e.g. spam from a trap "
                    "address or a public corpus: those headers would tell the routes apart, not spam "
                    "from ham)")

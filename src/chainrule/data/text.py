@@ -86,10 +86,16 @@ class HashingConfig:
     idf: bool = False
     min_df: int = 0
     delivery: bool = True
-    version: int = 1
+
+    @property
+    def version(self) -> int:
+        """The token format a saved config asks for: 1, which every chainrule reads, or 2 with
+        `delivery` off, so that a chainrule from before `delivery` (which would read the headers
+        anyway) refuses the model instead of misreading every message."""
+        return 1 if self.delivery else 2
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "version": self.version}
 
     @classmethod
     def from_dict(cls, d: dict) -> HashingConfig:
@@ -98,7 +104,7 @@ class HashingConfig:
         if not isinstance(d, dict):
             raise ValueError(f"hashing: expected an object, got {type(d).__name__}")
         cfg = cls(**{k: d[k] for k in ("n_features", "bigrams", "char_ngrams", "split_norm", "idf", "min_df",
-                                        "delivery", "version")
+                                        "delivery")
                      if k in d})
         n = cfg.n_features
         if type(n) is not int or n < 2 or n & (n - 1):
@@ -112,8 +118,12 @@ class HashingConfig:
             raise ValueError(f"hashing: min_df must be an integer >= 0, got {cfg.min_df!r}")
         if cfg.min_df and not cfg.idf:
             raise ValueError("hashing: min_df needs idf (the weights that leave rare buckets out)")
-        if type(cfg.version) is not int or cfg.version != 1:
-            raise ValueError(f"hashing: version {cfg.version!r} is not understood (expected 1)")
+        version = d.get("version", 1)
+        if type(version) is not int or version not in (1, 2):
+            raise ValueError(f"hashing: version {version!r} is not understood (expected 1 or 2)")
+        if version != cfg.version:
+            raise ValueError(f"hashing: version {version} does not go with delivery {str(cfg.delivery).lower()} "
+                             f"(version {cfg.version} does)")
         return cfg
 
 
