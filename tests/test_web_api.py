@@ -8,6 +8,7 @@ must be the real forward pass, and the spam verdict the one `classify_message` g
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -438,6 +439,40 @@ def test_bodies_over_the_limit_get_413(client, models, samples):
         assert_error(c.post("/api/digits/predict", content=png, headers={"Content-Type": "image/png"}), 413, "1,000")
         assert_error(c.post("/api/spam/classify", content=b"a" * 1001), 413)
         assert c.post("/api/spam/classify", content=b"Are we still on for lunch?").status_code == 200
+
+
+def test_a_body_over_the_limit_sent_with_a_page_request_does_not_break_its_answer(models):
+    """A static file is streamed while its response listens for a disconnect (ASGI spec 2.3, as
+    uvicorn runs it), reading the request body as it goes. A chunked body over the limit arriving
+    then is past refusing: the page is sent whole, with no error (it was a half-sent answer and a
+    RuntimeError: "response already started")."""
+    app = create_app(models["digits"], models["spam"], max_body_bytes=1000)
+
+    async def request(path: str) -> list[dict]:
+        sent, chunks = [], iter([b"x" * 600] * 5)
+
+        async def receive():
+            chunk = next(chunks, None)
+            if chunk is None:
+                await asyncio.sleep(3600)  # the client sends no more (a disconnect never comes)
+            return {"type": "http.request", "body": chunk, "more_body": True}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+                 "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "scheme": "http", "server": ("test", 80), "client": ("test", 1),
+                 "headers": [(b"host", b"test"), (b"transfer-encoding", b"chunked")]}
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        return sent
+
+    for path in ("/", "/static/app.js"):
+        sent = asyncio.run(request(path))
+        start, *body = sent
+        assert start["type"] == "http.response.start" and start["status"] == 200, path
+        length = int(dict(start["headers"])[b"content-length"])
+        assert sum(len(m.get("body", b"")) for m in body) == length and not body[-1].get("more_body"), path
 
 
 # -- POST /api/spam/classify --------------------------------------------------------------------------

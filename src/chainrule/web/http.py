@@ -24,11 +24,10 @@ class ApiError(Exception):
         self.message = message
 
 
-
-
 class BodyLimitMiddleware:
     """Refuse request bodies over `max_bytes` with 413, before the app buffers them, and bodies
-    that stall for `read_timeout` seconds with 408.
+    that stall for `read_timeout` seconds with 408 (ApiErrors raised where the app reads the body,
+    which its ApiError handler answers).
 
     A declared Content-Length is checked up front; a chunked body is counted as it arrives and cut
     off at the limit, so neither way can a client make the server hold more than `max_bytes`. A
@@ -61,9 +60,12 @@ class BodyLimitMiddleware:
 
         async def limited_receive():
             nonlocal received, body_complete
-            if body_complete:  # (the app now only listens for a disconnect: no deadline for that)
+            # Once the body is complete, or the response has begun, the app reads only to hear of a
+            # disconnect (a file response listens while it streams) and holds nothing it reads: no
+            # deadline or limit applies, and a refusal could not be sent any more.
+            if body_complete or started:
                 return await receive()
-            # (raised inside the app, where its ApiError handler answers them)
+            # (raised inside the app, whose ApiError handler answers them)
             try:
                 message = await asyncio.wait_for(receive(), self.read_timeout)
             except asyncio.TimeoutError:
@@ -81,11 +83,7 @@ class BodyLimitMiddleware:
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except ApiError as exc:  # one the app did not answer (raised outside its routes)
-            if not started:
-                await send_json(send, exc.status, {"error": exc.message})
+        await self.app(scope, limited_receive, tracking_send)
 
     def _message(self) -> str:
         return f"request body is larger than the limit of {self.max_bytes:,} bytes"
