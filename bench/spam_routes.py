@@ -75,7 +75,7 @@ def measure(x_tr, y_tr, tests: dict[str, list[bytes]], y_te) -> dict:
     rows = {}
     for name, config in FILTERS.items():
         x, _, idf = training_features([("mail", m) for m in x_tr], config)
-        bundle = train_filter(x, y_tr, config, seed=0, idf=idf, **filter_options(SETTING)).bundle
+        bundle = train_filter(x, y_tr, config, seed=0, inputs=("mail",), idf=idf, **filter_options(SETTING)).bundle
         rows[name] = {"spam_cutoff": bundle.spam_cutoff}
         for test, messages in tests.items():
             p, _ = bundle.score([("mail", m) for m in messages])
