@@ -250,6 +250,26 @@ def test_since_last_learns_only_what_is_new_in_a_maildir(model, spam_corpus, tmp
     assert load_spam_model(model).metadata["learned"] == 5
 
 
+def test_since_last_reports_an_unreadable_new_file_and_moves_on(model, spam_corpus, tmp_path, capsys):
+    """A file found in the folder, not named by the user, is only reported (as when other new
+    messages come with it): the run succeeds and marks the folder, so the next run does not fail
+    on the same file again."""
+    junk = tmp_path / "Junk"
+    for sub in ("cur", "new", "tmp"):
+        (junk / sub).mkdir(parents=True)
+    (junk / "new" / "1.empty").write_bytes(b"")
+    time.sleep(1.1)  # (past the second of overlap `--since-last` allows for coarse file-system clocks)
+    saved = load_spam_model(model).metadata.get("learned", 0)
+    assert main(["spam", "learn", str(model), "--spam", "--from", str(junk), "--since-last"]) == 0
+    out, err = capsys.readouterr()
+    assert err == f"chainrule: skipped {junk / 'new' / '1.empty'}: empty message\n"
+    assert out == f"nothing learned; the model has learned {saved} messages\n"
+    meta = load_spam_model(model).metadata
+    assert meta.get("learned", 0) == saved and list(meta["since_last"]) == [str(junk.resolve())]
+    assert _learn(capsys, model, "--spam", "--from", junk, "--since-last") == [
+        f"{junk}: nothing new since the previous run"]
+
+
 def test_since_last_needs_a_folder(model, run_chainrule):
     r = run_chainrule(["spam", "learn", str(model), "--spam", "--since-last", "x.eml"])
     assert r.returncode == 2 and b"--since-last needs --from FOLDER" in r.stderr

@@ -386,9 +386,9 @@ def _cmd_learn(args) -> int:
         else:
             items, sources, y = collect(paths, None, labelled=False, max_bytes=args.max_bytes, label=label,
                                         on_problem=problems)
-        if not items:  # (an empty message is a problem: nothing is learned from it)
+        if not items and (problems.failed or not marks):  # (an empty message is a problem: nothing is learned)
             _nothing_read(problems.held, "unlearn" if args.unlearn else "learn from")
-        problems.report_held()
+        problems.report_held()  # (a file found by --since-last is only reported: the folders are marked)
         x, _ = featurize(items, bundle.config, idf=bundle.idf)
         if args.unlearn:
             result = unlearn(bundle, x)
@@ -398,7 +398,8 @@ def _cmd_learn(args) -> int:
     for src, status, was, b, a in zip(sources, result.status, result.was, result.before, result.after, strict=True):
         print(f"{_tsv_field(src)}\t{_learn_outcome(status, label, was)}\tP(spam) {b:.4f} -> {a:.4f}")
     counts = {s: result.status.count(s) for s in dict.fromkeys(result.status)}
-    print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; the model has learned {total} messages")
+    print((", ".join(f"{n} {s}" for s, n in counts.items()) or "nothing learned")
+          + f"; the model has learned {total} messages")
     return args.error_exit if problems.failed else 0  # (the others were learned)
 
 
