@@ -484,6 +484,33 @@ def test_a_tell_and_a_spam_learn_at_once_lose_nothing(learner, held, tmp_path):
     assert abs(_wait_for(learner, ham, end.check(ham).probability) - end.check(ham).probability) < 1e-6
 
 
+def test_a_user_model_loads_while_a_lesson_waits_for_the_shared_model(model_dir, held, tmp_path):
+    """A TELL waits for the shared model's lock (a `spam learn` from cron holds it); a CHECK for a
+    user whose own model is not yet in memory must not wait behind that TELL: loading it is not
+    learning. (It did: alice's check waited as long as the lock was held.)"""
+    _need("spamc")
+    copy, users = tmp_path / "model", tmp_path / "users"
+    shutil.copytree(model_dir, copy)
+    shutil.copytree(model_dir, users / "alice")
+    d = Daemon(copy, "--listen", "127.0.0.1:0", "--allow-tell", "--user-models", str(users), "--reload-interval", "0")
+    raw = held[0][0]
+    try:
+        with open(copy / "model.lock", "a") as lock, ThreadPoolExecutor(2) as pool:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            tell = pool.submit(d.spamc, "-L", "spam", data=raw)
+            time.sleep(2.0)
+            assert not tell.done()  # the lesson waits for the lock
+            # alice's check is answered while the lock is held (spamc gives up after 20 s)
+            rc, out = d.spamc("-c", "-u", "alice", data=raw)
+            assert re.fullmatch(rb"-?[0-9.]+/5\.0\n", out), (rc, out)
+            assert not tell.done()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            assert tell.result(timeout=60) == (0, b"Message successfully un/learned\n")
+        assert "loaded alice's model" in d.log_text()
+    finally:
+        assert d.stop() == 0
+
+
 def test_tell_is_refused_without_allow_tell(daemon, held, model_dir):
     before = (model_dir / "model.json").stat().st_mtime_ns
     rc, _ = daemon.spamc("-L", "spam", data=held[0][0])

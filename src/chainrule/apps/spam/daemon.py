@@ -19,12 +19,13 @@ connections. A message of up to `INLINE_BYTES` is classified on the loop itself:
 tenths of a millisecond, less than handing it to a thread and back, and the threads could not run
 Python side by side anyway. Larger messages and REPORT's explanations run on a small thread pool
 against the loaded filter (its network's passes take turns on the model's lock: the layers keep
-what a backward pass would need, and REPORT's explanation runs one). Learning (TELL), loading and
-reloading run one at a time on a thread of their own: a TELL is applied with the same learner as
+what a backward pass would need, and REPORT's explanation runs one). Learning (TELL) and reloading
+run one at a time on a thread of their own, and loading a user's model not yet in memory on another
+(a check for them must not wait behind a lesson): a TELL is applied with the same learner as
 `chainrule spam learn`, under the same lock of the model directory, to the model as it is on disk
 then (a `spam learn` from cron may have saved since this one was loaded), saved in one commit, and
-the new filter replaces the old one only when it is complete, so classification never waits for
-it. TELLs that arrive while one is being learned are learned together, in one step and one save.
+the new filter replaces the old one only when it is complete, so classification never waits for it.
+TELLs that arrive while one is being learned are learned together, in one step and one save.
 """
 
 from __future__ import annotations
@@ -238,7 +239,11 @@ class DaemonServer:
         self._user_filters: OrderedDict[str, Filter] = OrderedDict()
         self._allowed = tuple(ipaddress.ip_network(a, strict=False) for a in options.allowed_ips)
         self._check_pool = ThreadPoolExecutor(options.threads, thread_name_prefix="spamd-check")
-        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="spamd-model")  # loads and learning, in turn
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="spamd-model")  # learning and reloads, in turn
+        # a user's model that is not in memory is loaded on a thread of its own, so that a check for
+        # it never waits behind a lesson (which may wait for the model directory's lock: a cron job)
+        self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="spamd-load")
+        self._loading: dict[str, asyncio.Future] = {}  # user -> their model's load in progress
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task] = set()
         self._lessons: asyncio.Queue[_Lesson] | None = None
@@ -272,17 +277,31 @@ class DaemonServer:
             return None, self.filter
         f = self._user_filters.get(user)
         if f is None:
+            # one load per user at a time, shared by every request that needs it (two loads could
+            # finish out of order and put the older model in service after a lesson's newer one)
+            loading = self._loading.get(user)
+            if loading is None:
+                loading = self._loading[user] = asyncio.ensure_future(self._load_user(user, d))
+                loading.add_done_callback(lambda _: self._loading.pop(user, None))
             try:
-                f = await self._in_model_thread(self._load, d, self.options.spam_cutoff, self.options.ham_cutoff)
-            except UserError as exc:  # (ModelFileError): the user's mail is still filtered, by the default
-                log.error("%s's model cannot be loaded, using the default model: %s", user, exc)
+                f = await asyncio.shield(loading)  # (a request that times out leaves the load to the others)
+            except UserError:  # (ModelFileError, reported once by _load_user): the default filters their mail
                 return None, self.filter
-            log.info("loaded %s's model %s", user, f)
-            self._user_filters[user] = f
-            while len(self._user_filters) > self.options.max_user_models:
-                self._user_filters.popitem(last=False)
         self._user_filters.move_to_end(user)
         return user, f
+
+    async def _load_user(self, user: str, d: Path) -> Filter:
+        try:
+            f = await asyncio.get_running_loop().run_in_executor(
+                self._load_pool, self._load, d, self.options.spam_cutoff, self.options.ham_cutoff)
+        except UserError as exc:
+            log.error("%s's model cannot be loaded, using the default model: %s", user, exc)
+            raise
+        log.info("loaded %s's model %s", user, f)
+        self._user_filters[user] = f
+        while len(self._user_filters) > self.options.max_user_models:
+            self._user_filters.popitem(last=False)
+        return f
 
     def _install(self, key: str | None, f: Filter) -> None:
         if key is None:
@@ -580,6 +599,7 @@ class DaemonServer:
                 pass
         self._check_pool.shutdown(wait=True)
         self._model_pool.shutdown(wait=True)
+        self._load_pool.shutdown(wait=True)
 
 
 def _accepted_user(user: str | None) -> bool:
