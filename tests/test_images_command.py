@@ -272,6 +272,23 @@ def test_labels_with_gaps_are_refused_before_anything_is_written(fashion_dir, tm
     assert code == 2 and "t10k-images" in stderr and not (tmp_path / "run").exists()
 
 
+def test_a_folder_of_one_sets_training_files_and_anothers_test_files_is_refused(fashion_dir, mnist_dir, tmp_path,
+                                                                                  capsys):
+    """Fashion-MNIST's training files beside MNIST's test files: the model would be scored on digits
+    it never learned (it was: "test accuracy 9.91%", exit 0, while `evaluate` refused the same
+    test files). Refused before anything is written, as `evaluate` refuses it."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (mixed / name).symlink_to(fashion_dir / name)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (mixed / name).symlink_to(mnist_dir / name)
+    code, _, stderr = cli(capsys, "images", "train", "--data", mixed, *TINY, "--out", tmp_path / "run")
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert "training images are Fashion-MNIST (T-shirt/top, " in stderr and "test images are MNIST (0, 1," in stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(("option", "said"), [(("--lr", "0"), "--lr must be a finite number > 0, got 0.0"),
                                               (("--lr", "inf"), "--lr must be a finite number > 0, got inf"),
                                               (("--seed", "-1"), "--seed must be an integer >= 0, got -1")])

@@ -307,7 +307,12 @@ def train(
                "batch_size": batch_size, "lr": lr, "seed": seed, "train_size": train_size}
     if train_size is not None:
         images, labels = images[:train_size], labels[:train_size]
-    test_images, test_labels, _, _ = idx.load_image_set(data, "test", default=default_data)
+    test = idx.load_image_set(data, "test", default=default_data)
+    if _other_classes(dataset, classes, test):
+        raise DataError(f"{data}: its training images are {idx.title(dataset)} ({', '.join(classes)}), its test "
+                        f"images are {idx.title(test.name)} ({', '.join(test.classes)}): a model is tested on the set "
+                        "it learns")
+    test_images, test_labels = test.images, test.labels
     _check_labels(test_labels, classes, f"{idx.title(dataset)} test set")
     with contextlib.ExitStack() as lock:  # rank 0 holds the run folder's writer lock to the end
         if writer:  # (once the data is known to be readable: a failed start leaves no folder behind)
@@ -482,13 +487,19 @@ def _metadata_problem(model: Sequential, metadata: dict) -> tuple[str | None, di
     return None, {**metadata, "dataset": dataset, "classes": classes, "preprocessing": {**prep, "picture": picture}}
 
 
+def _other_classes(trained_on: str, classes: list[str], data: idx.ImageSet) -> bool:
+    """Whether `data` is a set with other classes than a model of `classes` trained on the set
+    `trained_on` knows: another known set, or classes named otherwise (numbered ones may be any)."""
+    known = idx.KNOWN_SETS
+    numbered = data.classes == [str(k) for k in range(len(data.classes))]
+    return (trained_on in known and data.name in known and trained_on != data.name) or \
+        (not numbered and data.classes != classes)
+
+
 def _check_same_classes(path, metadata: dict, data: idx.ImageSet) -> None:
     """Refuse to score a model on a set with other classes (a clothes model on digits, say)."""
     trained_on = metadata["dataset"]
-    known = idx.KNOWN_SETS
-    numbered = data.classes == [str(k) for k in range(len(data.classes))]
-    if (trained_on in known and data.name in known and trained_on != data.name) or \
-            (not numbered and data.classes != metadata["classes"]):
+    if _other_classes(trained_on, metadata["classes"], data):
         raise UserError(f"{path} was trained on {idx.title(trained_on)} ({', '.join(metadata['classes'])}), "
                         f"not on {idx.title(data.name)} ({', '.join(data.classes)})")
     _check_labels(data.labels, metadata["classes"], f"{idx.title(data.name)} test set")
