@@ -81,6 +81,29 @@ def test_light_falling_across_a_photographed_page_is_not_ink(digits):
         assert np.corrcoef(x.ravel(), preprocess_image(even).ravel())[0, 1] > 0.95
 
 
+def _taken_in(photo: np.ndarray, light: float) -> np.ndarray:
+    """`photo` (a page at level 230) as taken in `light` instead, prepared."""
+    return preprocess_image(Image.fromarray(np.clip(photo * light / 230, 0, 255).astype(np.uint8)))
+
+
+@needs_data
+def test_a_page_photographed_in_dim_light_is_still_dark_ink_on_paper(digits):
+    """White paper in dim light is a grey page, darker than mid-grey, with black ink on it: the same
+    photo taken in a half or less of the light (every level, its sensor noise included, scaled down
+    from a page at 230 to one at 100-140) comes out as it does in bright light. (Below mid-grey the
+    page was taken for the ink: a solid block with the digit cut out of it.)"""
+    rng = np.random.default_rng(0)
+    for digit in digits[0][:10]:
+        ink = 1 - np.asarray(on_paper(digit, scale=4, offset=(40, 20), canvas=(200, 160)), np.float64) / 255
+        photo = 230 * (1 - 0.9 * ink) + rng.normal(0, 3, ink.shape)  # in bright light
+
+        bright = _taken_in(photo, 230)
+        for light in (100, 120, 140):
+            x = _taken_in(photo, light)
+            check_mnist_like(x)
+            assert np.corrcoef(x.ravel(), bright.ravel())[0, 1] > 0.95, light
+
+
 @needs_data
 def test_an_evenly_lit_image_and_its_negative_and_a_tight_crop_agree(digits):
     """On evenly lit paper the paper is the border's one level exactly, so an image and its
@@ -151,6 +174,11 @@ def test_object_on_a_grey_background_and_a_blank_photo():
     assert 12 <= cols.max() - cols.min() + 1 <= 16  # 30 x 60 keeps its aspect ratio: 14 x 28
     with pytest.raises(ImageError, match="nothing found"):
         preprocess_image(png(Image.new("L", (50, 50), 200)), "object")
+    # on a table darker than mid-grey (a dim photo) a darker thing is still measured down from it
+    dim = Image.new("L", (120, 90), 115)
+    dim.paste(Image.new("L", (30, 60), 40), (50, 10))
+    x = preprocess_image(png(dim), "object")
+    assert x[0, 0] == 0 and x[14, 14] == pytest.approx((115 - 40) / 115, abs=0.01)
     with pytest.raises(ValueError, match="picture must be one of"):
         preprocess_image(png(page), "photo")
 

@@ -224,17 +224,37 @@ def _paper(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
     return median + coef[0] + coef[1] * x[None, :] + coef[2] * y[:, None]
 
 
+def _border(grey: np.ndarray) -> np.ndarray:
+    return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+
+
+def _darker_than_its_border(grey: np.ndarray) -> bool:
+    """Whether the picture is darker than its background (what fills the border), not lighter.
+
+    Told by which way the pixels stray from the border's median level by more than
+    `PAPER_TOLERANCE`: the amounts by which they lie below it, summed, against those above it; only
+    where these are equal (a blank page), by that level itself. Not by the border's level alone: a
+    white page photographed in dim light is a grey page (level 120, say) with black ink on it, which
+    a cut at mid-grey takes for light ink on a dark ground. An image and its negative get opposite
+    answers.
+    """
+    level = float(np.median(_border(grey)))
+    below = float(np.maximum(level - grey - PAPER_TOLERANCE, 0.0).sum())
+    above = float(np.maximum(grey - level - PAPER_TOLERANCE, 0.0).sum())
+    return below > above if below != above else level > 127.5
+
+
 def _ink(grey: np.ndarray) -> np.ndarray:
     """Ink strength in [0, 1] with the paper at 0, for dark-on-light and light-on-dark alike.
 
-    The paper's level at each pixel is `_paper`'s; if the border is lighter than mid-grey the ink
-    is dark, so the image is inverted. Dark ink on unevenly lit paper is measured relative to the
-    paper around it, 1 - grey/paper: a page seen in light is light × reflectance, so the same ink
-    is as strong on the dimmer side of the page as on the brighter one (on evenly lit paper that
-    is the same as grey levels below the paper's, once scaled by the strongest ink).
+    The paper's level at each pixel is `_paper`'s; where the picture is darker than its border
+    (`_darker_than_its_border`), the ink is dark and the image is inverted. Dark ink on unevenly
+    lit paper is measured relative to the paper around it, 1 - grey/paper: a page seen in light is
+    light × reflectance, so the same ink is as strong on the dimmer side of the page as on the
+    brighter one (on evenly lit paper that is the same as grey levels below the paper's, once
+    scaled by the strongest ink).
     """
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    dark_ink = float(np.median(border)) > 127.5
+    dark_ink = _darker_than_its_border(grey)
     paper = _paper(grey, dark_ink)
     ink = (paper - grey) if dark_ink else (grey - paper)
     if float(ink.max()) <= 12:  # under 5% contrast: a blank page
@@ -292,11 +312,11 @@ def _object_levels(grey: np.ndarray) -> np.ndarray:
 
     The background is whatever fills the image's border. Fashion-MNIST negates grey levels of
     photos on pure white, `1 - grey/255`; measuring from the border's own level instead makes a
-    grey table top count as that white.
+    grey table top count as that white, and a thing darker than its background
+    (`_darker_than_its_border`) is measured down from it, a lighter one up.
     """
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    paper = float(np.median(border))
-    levels = (paper - grey) / paper if paper > 127.5 else (grey - paper) / (255 - paper)
+    paper = float(np.median(_border(grey)))
+    levels = (paper - grey) / paper if _darker_than_its_border(grey) else (grey - paper) / (255 - paper)
     return np.clip(levels, 0.0, 1.0)
 
 
