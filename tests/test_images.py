@@ -214,6 +214,30 @@ def test_sixteen_bit_grey_and_jpeg(tmp_path):
     assert np.abs(xj - x16).mean() < 0.05
 
 
+@needs_data
+def test_sixteen_bit_and_float_levels_are_read_on_their_formats_scale(digits):
+    """A 16-bit scan's levels are out of 65535 and a float image's out of 1, as an 8-bit image's are
+    out of 255: not stretched between the image's own darkest and lightest pixels, which made a
+    blank page's sensor noise a digit and let one saturated pixel decide the contrast."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 2, (200, 200))
+    with pytest.raises(ImageError, match="no ink found"):
+        preprocess_image(Image.fromarray(np.clip(200 + noise, 0, 255).astype(np.uint8)))
+    with pytest.raises(ImageError, match="no ink found"):
+        preprocess_image(Image.fromarray(np.clip(257 * (200 + noise), 0, 65535).astype(np.uint16)))
+    with pytest.raises(ImageError, match="no ink found"):
+        preprocess_image(Image.fromarray(np.clip((200 + noise) / 255, 0, 1).astype(np.float32)))
+    for digit in digits[0][:5]:  # grey ink on grey paper, one saturated pixel in a corner
+        page = 78 + 78 * np.asarray(on_paper(digit, scale=3, canvas=(120, 100)), np.float64) / 255
+        page[2, 2] = 255
+        eight = preprocess_image(Image.fromarray(page.astype(np.uint8)))
+        check_mnist_like(eight)
+        sixteen = preprocess_image(Image.fromarray(page.astype(np.uint8).astype(np.uint16) * 257))
+        floats = preprocess_image(Image.fromarray((page.astype(np.uint8) / 255).astype(np.float32)))
+        np.testing.assert_allclose(sixteen, eight, atol=1e-5)
+        np.testing.assert_allclose(floats, eight, atol=1e-5)
+
+
 def test_large_photo_is_reduced_not_refused(tmp_path):
     big = Image.new("L", (4000, 3000), 230)
     big.paste(Image.new("L", (200, 1500), 20), (1900, 700))

@@ -175,12 +175,12 @@ def _grey(img: Image.Image) -> np.ndarray:
     8-bit levels stay whole numbers, so the ink computed from an image and from its negative is
     exactly the same (the arithmetic in `_ink` is then exact).
     """
-    if img.mode in ("I", "F"):  # 16-bit or float grey: scale by the range
+    if img.mode in ("I", "F"):  # 16-bit or float grey: scaled from its format's full range
         a = np.asarray(img, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())  # (NaN if any pixel is, ±inf if any is)
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ImageError("a float image with NaN or infinite pixels")
-        return 255 * (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        return _full_range(a, lo, hi, img.mode)
     if img.mode in ("RGBA", "LA"):
         rgba = img.convert("RGBA")
         # A drawing exported from a canvas is often ink on a transparent background: composite it
@@ -192,6 +192,20 @@ def _grey(img: Image.Image) -> np.ndarray:
                 return a
         return a
     return np.asarray(img.convert("L"), dtype=np.float64)
+
+
+def _full_range(a: np.ndarray, lo: float, hi: float, mode: str) -> np.ndarray:
+    """Integer (I) or float (F) grey levels as 0..255, scaled from the range their format has: for
+    integers 0..255 (8-bit levels kept in a wider type) or else 0..65535 (a 16-bit scan), for floats
+    0..1 or else 0..255. Not from the image's own darkest and lightest pixels: stretched so, a blank
+    page's sensor noise, or one saturated pixel, would set the contrast (the noise read as ink, a
+    light grey as black). Levels outside every such range are stretched, as nothing else can be
+    done with them."""
+    if lo >= 0:
+        for top in ((255.0, 65535.0) if mode == "I" else (1.0, 255.0)):
+            if hi <= top:
+                return a * (255.0 / top)
+    return 255 * (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
 def _paper(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
