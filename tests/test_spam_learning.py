@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import chainrule as cr
 from chainrule import model_files
 from chainrule.apps.spam import (
+    annotate,
     build_network,
     featurize,
     load_lessons,
@@ -268,6 +269,41 @@ def test_since_last_reports_an_unreadable_new_file_and_moves_on(model, spam_corp
     assert meta.get("learned", 0) == saved and list(meta["since_last"]) == [str(junk.resolve())]
     assert _learn(capsys, model, "--spam", "--from", junk, "--since-last") == [
         f"{junk}: nothing new since the previous run"]
+
+
+def test_a_folder_is_learned_from_for_its_users_corrections_not_the_filters_own_filing(model, spam_corpus, tmp_path,
+                                                                                       capsys):
+    """procmail files what the filter calls spam into Junk, and the user moves missed spam there
+    too: learning the folder as spam skips what the filter itself filed there (its verdict stamp
+    says spam), so a ham it wrongly blocked is not taught as spam before the user sees it. Moved
+    out into NotJunk, that ham is learned as ham. Unsure and unstamped mail is learned."""
+    junk, not_junk = tmp_path / "Maildir" / ".Junk", tmp_path / "Maildir" / ".NotJunk"
+    for folder in (junk, not_junk):
+        for sub in ("cur", "new", "tmp"):
+            (folder / sub).mkdir(parents=True)
+    spam, ham = _held(spam_corpus, "spam", 3), _held(spam_corpus, "easy_ham", 1)
+    filed = {"filed-spam": annotate(spam[0].read_bytes(), True, 0.97, "spam"),  # the filter's own filing
+             "blocked-ham": annotate(ham[0].read_bytes(), True, 0.81, "spam"),  # its false positive
+             "moved-unsure": annotate(spam[1].read_bytes(), False, 0.42, "unsure"),  # moved by the user
+             "moved-unstamped": spam[2].read_bytes()}  # (delivered while the daemon was down)
+    for name, raw in filed.items():
+        (junk / "new" / name).write_bytes(raw)
+    time.sleep(1.1)  # (past the second of overlap `--since-last` allows for coarse file-system clocks)
+    lines = _learn(capsys, model, "--spam", "--from", junk, "--since-last", "--seed", "0")
+    said = {Path(line.split("\t")[0]).name: line.split("\t")[1] for line in lines[:-1]}
+    assert said == {"filed-spam": "filed as spam on delivery; not learned",
+                    "blocked-ham": "filed as spam on delivery; not learned",
+                    "moved-unsure": "learned as spam", "moved-unstamped": "learned as spam"}
+    assert lines[-1].startswith("2 learned, 2 filed as spam on delivery;")
+    assert load_spam_model(model).metadata["learned"] == 2
+    # the user rescues the blocked ham: it is a correction, learned as ham
+    (junk / "new" / "blocked-ham").rename(not_junk / "cur" / "blocked-ham:2,S")
+    lines = _learn(capsys, model, "--ham", "--from", not_junk, "--seed", "0")
+    assert lines[0].split("\t")[1] == "learned as ham"
+    # a message named on the command line is learned as it is told, whatever its stamp
+    (tmp_path / "named.eml").write_bytes(filed["filed-spam"])
+    assert _learn(capsys, model, "--spam", tmp_path / "named.eml", "--seed", "0")[0].split("\t")[1] == \
+        "learned as spam"
 
 
 def test_since_last_needs_a_folder(model, run_chainrule):

@@ -39,6 +39,7 @@ from chainrule.apps.spam import (
     verdict,
     write_run,
 )
+from chainrule.apps.spam.annotate import stamped_verdict
 from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED
 from chainrule.cli import spamd
 from chainrule.cli.options import (
@@ -66,6 +67,7 @@ from chainrule.errors import TrainingDiverged, UserError
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
 ERROR_EXIT = 3
+LABEL_NAMES = {SPAM: "spam", HAM: "ham"}
 
 
 # A name in a tab-separated line: a tab, line break or backslash in it is written as \t, \n, \r or
@@ -386,7 +388,10 @@ def _cmd_learn(args) -> int:
         else:
             items, sources, y = collect(paths, None, labelled=False, max_bytes=args.max_bytes, label=label,
                                         on_problem=problems)
-        if not items and (problems.failed or not marks):  # (an empty message is a problem: nothing is learned)
+        filed = []  # of the messages found in --from folders, those the filter itself filed there
+        if args.source and not args.unlearn:
+            items, sources, y, filed = _without_filed(items, sources, y, args.source, label)
+        if not items and not filed and (problems.failed or not marks):  # (an empty message is a problem)
             _nothing_read(problems.held, "unlearn" if args.unlearn else "learn from")
         problems.report_held()  # (a file found by --since-last is only reported: the folders are marked)
         x, _ = featurize(items, bundle.config, idf=bundle.idf)
@@ -395,17 +400,38 @@ def _cmd_learn(args) -> int:
         else:
             result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed, since_last=marks)
         total = bundle.metadata.get("learned", 0)
+    name = LABEL_NAMES[label]
+    for src in filed:
+        print(f"{_tsv_field(src)}\tfiled as {name} on delivery; not learned")
     for src, status, was, b, a in zip(sources, result.status, result.was, result.before, result.after, strict=True):
         print(f"{_tsv_field(src)}\t{_learn_outcome(status, label, was)}\tP(spam) {b:.4f} -> {a:.4f}")
     counts = {s: result.status.count(s) for s in dict.fromkeys(result.status)}
+    if filed:
+        counts[f"filed as {name} on delivery"] = len(filed)
     print((", ".join(f"{n} {s}" for s, n in counts.items()) or "nothing learned")
           + f"; the model has learned {total} messages")
     return args.error_exit if problems.failed else 0  # (the others were learned)
 
 
+def _without_filed(items: list, sources: list[str], y: np.ndarray, folders: list[str], label: int):
+    """(items, sources, labels, the sources left out): the messages found in `folders` that the
+    filter itself filed there, its verdict stamped in them (`stamped_verdict`) being the `label`
+    taught, are left out. A folder the filter files its spam into (Junk) also receives the user's
+    corrections (missed spam moved there); only those are lessons: teaching the filter's own
+    verdicts would teach its false positives before the user has seen them."""
+    name = LABEL_NAMES[label]
+    inside = tuple(str(Path(folder)).rstrip("/") + "/" for folder in folders)
+    filed = [i for i, (source, (_, raw)) in enumerate(zip(sources, items, strict=True))
+             if source.startswith(inside) and stamped_verdict(raw) == name]
+    if not filed:
+        return items, sources, y, []
+    keep = np.setdiff1d(np.arange(len(items)), filed)
+    return [items[i] for i in keep], [sources[i] for i in keep], y[keep], [sources[i] for i in filed]
+
+
 def _learn_outcome(status: str, label: int, was: int | None) -> str:
     """What `spam learn` did with a message, in words."""
-    name = {SPAM: "spam", HAM: "ham"}
+    name = LABEL_NAMES
     if status == LEARNED:
         return f"learned as {name[label]}"
     if status == RELEARNED:

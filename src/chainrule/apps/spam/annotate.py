@@ -35,6 +35,22 @@ def replace_header_fields(raw: bytes, names, lines: list[str]) -> bytes:
     return head + b"".join(line.encode("ascii") + nl for line in lines) + raw[end:]
 
 
+def stamped_verdict(raw: bytes) -> str | None:
+    """The verdict `annotate` stamped into `raw` on its way to the mailbox ("spam", "ham" or
+    "unsure"; "spam" for a bare `X-Chainrule-Spam: yes`), or None where it carries none."""
+    end, _ = header_end(raw)
+    fields = dict.fromkeys(ANNOTATION_HEADERS)
+    for field in re.split(rb"(?m)^(?=[^ \t\r\n])", raw[:end]):
+        name, _, value = field.partition(b":")
+        name = name.strip().lower().decode("latin-1")
+        if name in fields:
+            fields[name] = value.strip().lower().decode("latin-1")
+    verdict = fields["x-chainrule-spam-verdict"]
+    if verdict in ("spam", "ham", "unsure"):
+        return verdict
+    return "spam" if fields["x-chainrule-spam"] == "yes" else None
+
+
 def header_end(raw: bytes) -> tuple[int, bytes]:
     """(offset where the blank line that ends the header block starts, that line's bytes), or
     (len(raw), b"") for a message without a body. The first empty line ends the headers, whether
