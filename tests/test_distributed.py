@@ -15,6 +15,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -71,8 +72,11 @@ def run(command: list, **kwargs) -> subprocess.CompletedProcess:
 def our_lines(stderr: str) -> list[str]:
     """The lines chainrule wrote to stderr under mpirun. prterun ends its MPI_ABORT notice with a
     stray NUL byte (fixed upstream in openpmix/prrte#1905), which can land at the start of the
-    next forwarded line: it is prterun's, not ours, so it is dropped first."""
-    return [line for line in stderr.replace("\0", "").splitlines() if line.startswith("chainrule")]
+    next forwarded line: it is prterun's, not ours, so it is dropped first. And the notice, framed
+    by lines of dashes, can start before the line ending of the rank's last forwarded line reaches
+    prterun's output ("...spam classify)-----"): its dashes end a line too."""
+    lines = re.sub(r"-{20,}", "\n", stderr.replace("\0", "")).splitlines()
+    return [line for line in lines if line.startswith("chainrule")]
 
 
 def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
