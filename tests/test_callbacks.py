@@ -110,6 +110,23 @@ def test_early_stopping_stops_and_restores_the_best_weights():
     assert not np.array_equal(model.flat_params, rec.states[-1])
 
 
+def test_a_callback_sees_the_restored_best_weights_when_training_ends():
+    """A callback that saves the model at the end of training saves the best epoch's weights, as
+    fit returns them (it saw the last epoch's: EarlyStopping restored them after it)."""
+    class SaveAtEnd(cr.Callback):
+        def on_train_end(self, model, history):
+            self.best_epoch, self.weights = history.best_epoch, model.flat_params.copy()
+
+    model, x, y, val = _overfitting_setup()
+    saved = SaveAtEnd()
+    history = cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=200,
+                     batch_size=8, validation_data=val, callbacks=[saved], verbose=False,
+                     early_stopping=cr.EarlyStopping(patience=3))
+    assert history.best_epoch is not None and history.best_epoch < len(history) - 1
+    assert saved.best_epoch == history.best_epoch
+    np.testing.assert_array_equal(saved.weights, model.flat_params)
+
+
 def test_an_early_stopping_used_again_starts_afresh():
     """Its best epoch and weights belong to the training that found them: a second `fit` with the
     same object must not stop on, or restore, the first model's."""

@@ -117,8 +117,9 @@ def test_cross_entropy_rejects_bad_labels():
         cr.CrossEntropy()(np.zeros((2, 3)), np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="2 examples but target has 3"):
         cr.CrossEntropy()(np.zeros((2, 3)), np.array([0, 1, 2]))
-    with pytest.raises(ValueError, match="pos_weight must be positive"):
-        cr.BinaryCrossEntropy(pos_weight=0)
+    for bad in (0, np.inf, "2", np.array([1.0, 2.0])):  # (inf: a NaN loss; the others: TypeErrors from inside)
+        with pytest.raises(ValueError, match="pos_weight must be positive, got"):
+            cr.BinaryCrossEntropy(pos_weight=bad)
 
 
 @pytest.mark.parametrize("loss,output,target,match", [

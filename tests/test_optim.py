@@ -190,6 +190,8 @@ def test_optimizer_updates_every_layer_through_the_flat_buffer():
     (lambda ps: cr.SGD(ps, weight_decay=float("nan")), "weight_decay must be >= 0"),
     (lambda ps: cr.Adam(ps, lr=float("inf")), "lr must be positive, got inf"),
     (lambda ps: cr.Adam(ps, eps=-1), "eps must be a finite number >= 0"),
+    (lambda ps: cr.SGD(ps, lr="0.1"), "lr must be positive, got '0.1'"),  # (were TypeErrors from inside)
+    (lambda ps: cr.SGD(ps, lr=0.1, weight_decay=float("inf")), "weight_decay must be >= 0, got inf"),
 ])
 def test_bad_optimizer_arguments(make, match):
     with pytest.raises(ValueError, match=match):

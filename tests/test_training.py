@@ -145,6 +145,39 @@ def test_fit_rejects_nan_inputs_and_bad_arguments():
         cr.fit(one, x, (y > 0) * 2, cr.BinaryCrossEntropy(), cr.SGD(one.parameters()), verbose=False)
 
 
+def test_inputs_the_models_dtype_cannot_hold_and_targets_the_loss_cannot_score_are_refused_before_training():
+    """Refused in a line before the first step, where they were blamed on the learning rate (a
+    float64 value beyond float32's range, a None among the inputs), or found mid-epoch after
+    weights had changed (an MSE label past the outputs), or crashed in the accuracy count (0/1
+    integer targets of several outputs are not class labels)."""
+    x, y = blobs()
+    model = small_mlp()
+    before = model.flat_params.copy()
+    big = x.astype(np.float64)
+    big[5, 1] = 1e39  # (finite in float64, inf in the model's float32)
+    with pytest.raises(ValueError, match="fit: the inputs hold values beyond the model's float32"):
+        cr.fit(model, big, y, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False)
+    with pytest.raises(ValueError, match="evaluate: the inputs hold values beyond the model's float32"):
+        cr.evaluate(model, big, y, cr.CrossEntropy())
+    listed = x.tolist()
+    listed[0][0] = None  # (a missing value: NaN)
+    with pytest.raises(ValueError, match="fit: the inputs contain NaN"):
+        cr.fit(model, listed, y, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False)
+    listed[0][0] = "a"
+    with pytest.raises(ValueError, match="fit: the inputs must be numbers"):
+        cr.fit(model, listed, y, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False)
+    with pytest.raises(ValueError, match=r"fit: labels must be in \[0, 3\) for the network's 3 outputs, got 0..7"):
+        cr.fit(model, x, np.where(y == 1, 7, y), cr.MeanSquaredError(), cr.SGD(model.parameters()), verbose=False)
+    np.testing.assert_array_equal(model.flat_params, before)
+    # several 0/1 targets per example (multi-label, BCE on each output) train, with no accuracy
+    multi = cr.Sequential([cr.Linear(10, 3)], seed=0)
+    targets = (x[:, :3] > 0).astype(np.int64)
+    history = cr.fit(multi, x, targets, cr.BinaryCrossEntropy(), cr.Adam(multi.parameters()), epochs=2,
+                     verbose=False)
+    assert "accuracy" not in history.epochs[-1] and "accuracy" not in cr.evaluate(multi, x, targets,
+                                                                                  cr.BinaryCrossEntropy())
+
+
 def test_evaluate_refuses_a_batch_size_that_is_not_a_positive_integer():
     x, y = blobs()
     model = small_mlp()
@@ -312,6 +345,29 @@ DAMAGED_CHECKPOINTS = {
     "integer weights": lambda c: _rewrite(c, **{"model.params": np.load(c)["model.params"].astype(np.int32)}),
 }
 
+
+
+def test_a_resumed_unseeded_run_holds_out_the_same_validation_examples(tmp_path):
+    """Without a seed (a loaded model has none), a resumed run split the data afresh: it trained on
+    15 of the 20 examples the first run had held out for validation."""
+    rng = np.random.default_rng(0)
+    x = np.column_stack([np.arange(100), rng.normal(size=100)]).astype(np.float32)  # column 0: each example's id
+    y = (x[:, 1] > 0).astype(np.int64)
+    seen: list[set] = []
+
+    def record(xb, rng):  # augment sees every training batch
+        seen[-1].update(xb[:, 0].astype(int).tolist())
+        return xb
+
+    def run(epochs: int) -> None:
+        seen.append(set())
+        model = cr.Sequential([cr.Linear(2, 4), cr.ReLU(), cr.Linear(4, 2)])  # no seed, and none given to fit
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=0.01), epochs=epochs, batch_size=10,
+               validation_split=0.2, augment=record, verbose=False, checkpoint=tmp_path / "run.npz", resume=True)
+
+    run(2)
+    run(4)  # epochs 3 and 4, from the checkpoint
+    assert len(seen[0]) == 80 and seen[1] == seen[0]
 
 @pytest.mark.parametrize("damage", DAMAGED_CHECKPOINTS)
 def test_resuming_from_a_damaged_checkpoint_is_a_model_file_error(tmp_path, damage):

@@ -8,9 +8,12 @@ or over every element of the output (MeanSquaredError, BinaryCrossEntropy).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from chainrule.functional import log_softmax, sigmoid, softmax
+from chainrule.layers import _number
 
 
 class Loss:
@@ -167,9 +170,8 @@ class BinaryCrossEntropy(Loss):
     """
 
     def __init__(self, pos_weight: float = 1.0):
-        if not pos_weight > 0:
-            raise ValueError(f"BinaryCrossEntropy: pos_weight must be positive, got {pos_weight!r}")
-        self.pos_weight = float(pos_weight)
+        self.pos_weight = _number("BinaryCrossEntropy", "pos_weight", pos_weight, lambda v: 0 < v < math.inf,
+                                  "positive")
 
     def __call__(self, output, target):
         _check_batch("BinaryCrossEntropy", output, target)

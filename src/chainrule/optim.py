@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from chainrule.layers import _number
 from chainrule.parallel import in_parts
 from chainrule.parameter import flat_buffers
 
@@ -29,13 +30,12 @@ class Optimizer:
     moments: tuple[str, ...] = ()
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0):
-        if not 0 < lr < math.inf:
-            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr!r}")
-        if not weight_decay >= 0:  # (NaN fails this test too)
-            raise ValueError(f"{type(self).__name__}: weight_decay must be >= 0, got {weight_decay!r}")
+        name = type(self).__name__
+        lr = _number(name, "lr", lr, lambda v: 0 < v < math.inf, "positive")
+        weight_decay = _number(name, "weight_decay", weight_decay, lambda v: 0 <= v < math.inf, ">= 0")
         self.params, self.grads = flat_buffers(params)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
+        self.lr = lr
+        self.weight_decay = weight_decay
         self.steps = 0
 
     def step(self) -> None:

@@ -29,7 +29,7 @@ from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
 from chainrule.history import EPOCH_KEYS, History
 from chainrule.layers import Dropout, Sigmoid, _positive_int
-from chainrule.losses import BinaryCrossEntropy, CrossEntropy
+from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
 from chainrule.network import Sequential, sliceable
 from chainrule.norm import BatchNorm
 from chainrule.parallel import BlasThreads
@@ -44,7 +44,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     """
     world = world or World()
     batch_size = _positive_int("evaluate", "batch_size", batch_size)
-    x, y = _checked_data("evaluate", x, y)
+    x, y = _checked_data("evaluate", x, y, model.dtype)
     _check_targets("evaluate", y, model, loss)
     n = x.shape[0]
     lo, hi = world.shard(n)
@@ -65,10 +65,16 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     return logs
 
 
-def _checked_data(where: str, x, y):
-    """(x, y) once checked: as many examples as labels, at least one, every value finite. x comes
-    back as an array, or as a CSR/CSC matrix for SciPy sparse input (others cannot be sliced by row)."""
+def _checked_data(where: str, x, y, dtype: np.dtype):
+    """(x, y) once checked: as many examples as labels, at least one, every value a finite number
+    that the model's `dtype` holds. x comes back as an array, or as a CSR/CSC matrix for SciPy
+    sparse input (others cannot be sliced by row)."""
     x, y = sliceable(x), np.asarray(y)
+    if x.dtype.kind in "OUSV":  # (from a list holding something else than numbers; None becomes NaN)
+        try:
+            x = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: the inputs must be numbers ({str(exc)[:80]})") from None
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != len(y):
         raise ValueError(f"{where}: x has {x.shape[0] if x.ndim else 0} examples but y has {len(y) if y.ndim else 0}")
     if not len(y):
@@ -76,21 +82,30 @@ def _checked_data(where: str, x, y):
     # min and max propagate NaN and are ±inf if any value is, so checking those two numbers is
     # exact, and unlike np.isfinite(x) it builds no temporary as large as the data set.
     for name, values in (("inputs", x.data if hasattr(x, "tocsr") else x), ("targets", y)):
-        if np.issubdtype(values.dtype, np.floating) and values.size and not (
-            np.isfinite(values.min()) and np.isfinite(values.max())
-        ):
+        if not (np.issubdtype(values.dtype, np.floating) and values.size):
+            continue
+        low, high = values.min(), values.max()
+        if not (np.isfinite(low) and np.isfinite(high)):
             raise ValueError(f"{where}: the {name} contain NaN or infinity")
+        if name == "inputs" and max(-low, high) > np.finfo(dtype).max:  # (inf once cast to the model's type)
+            raise ValueError(f"{where}: the inputs hold values beyond the model's {dtype} range "
+                             f"({low:g}..{high:g})")
     return x, y
 
 
 def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
     """Targets the loss can score, checked for the whole set before training, not batch by batch
     in the loss (with several processes, one process's error would leave the others waiting for
-    it for ever): CrossEntropy's labels in range, BinaryCrossEntropy's targets from 0 to 1."""
+    it for ever): CrossEntropy's labels in range, and MeanSquaredError's where it one-hot encodes
+    them, BinaryCrossEntropy's targets from 0 to 1."""
     classes = model.output_shape[-1]
     if isinstance(loss, CrossEntropy) and not np.issubdtype(y.dtype, np.integer):  # (as the loss has them)
         raise ValueError(f"{where}: CrossEntropy's targets are integer class labels, got {y.dtype} values")
     if isinstance(loss, CrossEntropy) and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"{where}: labels must be in [0, {classes}) for the network's {classes} outputs, "
+                         f"got {y.min()}..{y.max()}")
+    if isinstance(loss, MeanSquaredError) and _is_labels(y) and y.ndim == 1 and classes > 1 and (
+            y.min() < 0 or y.max() >= classes):  # (labels it one-hot encodes)
         raise ValueError(f"{where}: labels must be in [0, {classes}) for the network's {classes} outputs, "
                          f"got {y.min()}..{y.max()}")
     if isinstance(loss, BinaryCrossEntropy) and (y.min() < 0 or y.max() > 1):
@@ -144,7 +159,7 @@ def _are_labels(y: np.ndarray, model: Sequential, loss) -> bool:
     a `BinaryCrossEntropy` loss, or a last `Sigmoid`; for a regression onto 0 and 1, MSE on a
     linear output, the class cut-off would be meaningless)."""
     if _is_labels(y):
-        return True
+        return y.size == len(y)  # (one per example: several 0/1 targets each are a multi-label target)
     probability = isinstance(loss, BinaryCrossEntropy) or isinstance(model.layers[-1], Sigmoid)
     return probability and model.output_shape == (1,) and y.size == len(y) and bool(np.isin(y, (0.0, 1.0)).all())
 
@@ -306,24 +321,28 @@ def fit(
                                                                                          model.flat_params):
         raise ValueError("fit: the optimizer was not built on this model's parameters (build it with "
                          "model.parameters(), after any model.to(dtype))")
-    x, y = _checked_data("fit", x, y)
+    x, y = _checked_data("fit", x, y, model.dtype)
     labels = _are_labels(y, model, loss)  # (then accuracy is reported)
     _check_targets("fit", y, model, loss)
     if parallel and augment is not None and "batch_rows" not in inspect.signature(augment).parameters:
         raise ValueError("fit: with several processes, augment must take batch_rows=(first, total) "
                          "(see digit_augmenter)")
     seed = model.seed if seed is None else seed
-    if model.seed is None and seed is not None:  # (a loaded model's generator is unseeded: its dropout masks too)
-        model.rng.bit_generator.state = np.random.default_rng([seed, 3]).bit_generator.state
+    if seed is None and checkpoint is not None and resume:  # the seed an unseeded run drew, if one left it
+        seed = _checkpoint_seed(checkpoint, world)
+    if seed is None:  # drawn, so that a checkpoint can keep it: a resumed run holds out what the first did
+        seed = np.random.SeedSequence().entropy
     if parallel:
         # one seed and one set of initial weights for all: rank 0's
-        seed = world.bcast(np.random.SeedSequence().entropy if seed is None else seed)
+        seed = world.bcast(seed)
         world.broadcast_model(model)
-    rng = np.random.default_rng(None if seed is None else [seed, 1])
+    if model.seed is None:  # (a loaded model's generator is unseeded: its dropout masks too)
+        model.rng.bit_generator.state = np.random.default_rng([seed, 3]).bit_generator.state
+    rng = np.random.default_rng([seed, 1])
     if validation_data is None and validation_split:
-        x, y, x_val, y_val = _split(x, y, validation_split, np.random.default_rng(None if seed is None else [seed, 2]))
+        x, y, x_val, y_val = _split(x, y, validation_split, np.random.default_rng([seed, 2]))
     elif validation_data is not None:
-        x_val, y_val = _checked_data("fit: validation_data", *validation_data)
+        x_val, y_val = _checked_data("fit: validation_data", *validation_data, model.dtype)
         _check_targets("fit: validation_data", y_val, model, loss)
     else:
         x_val = y_val = None
@@ -430,7 +449,7 @@ def fit(
             elif epoch == epochs - 1:
                 history.stop_reason = f"reached the epoch limit ({epochs})"
             if checkpoint is not None and world.rank == 0:
-                _save_checkpoint(checkpoint, epoch + 1, model, optimizer, early_stopping, rng, history)
+                _save_checkpoint(checkpoint, epoch + 1, model, optimizer, early_stopping, rng, history, seed)
             if stop:
                 break
     except KeyboardInterrupt:
@@ -443,7 +462,9 @@ def fit(
                 layer.world = None
             if isinstance(layer, Dropout):
                 layer.batch_rows = None
-    for cb in callbacks:
+    # EarlyStopping first: it restores the best weights and names the best epoch, which the
+    # caller's callbacks (one that saves the model, say) must see
+    for cb in sorted(callbacks, key=lambda cb: cb is not early_stopping):
         cb.on_train_end(model, history)
     return history
 
@@ -478,7 +499,24 @@ def _keep_freed_memory() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
 
 
-def _save_checkpoint(path, epochs_done, model, optimizer, early_stopping, rng, history):
+def _checkpoint_seed(path, world: World) -> int | None:
+    """The seed saved in the checkpoint at `path` (rank 0 reads it), or None: no checkpoint, one
+    saved without a seed, or one that cannot be read (`_load_checkpoint` then says why)."""
+    seed = None
+    if world.rank == 0 and Path(path).exists():
+        try:
+            headers = npz_headers(path)
+            ok = headers.get("json", ((), None))[1] == np.uint8 and headers["json"][0][0] <= MAX_CHECKPOINT_JSON
+            doc = json.loads(read_npz(path, ["json"])["json"].tobytes()) if ok else {}
+            seed = doc.get("seed") if isinstance(doc, dict) else None
+        except (ModelFileError, ValueError, IndexError):
+            seed = None
+        if type(seed) is not int or seed < 0:
+            seed = None
+    return world.bcast(seed)
+
+
+def _save_checkpoint(path, epochs_done, model, optimizer, early_stopping, rng, history, seed):
     arrays = {f"model.{k}": v for k, v in model.state().items()}
     arrays.update({f"optim.{k}": v for k, v in optimizer.state().items()})
     if early_stopping is not None and early_stopping.best_state is not None:
@@ -489,6 +527,7 @@ def _save_checkpoint(path, epochs_done, model, optimizer, early_stopping, rng, h
         "early_stopping": early_stopping.state() if early_stopping is not None else None,
         "shuffle_rng": rng.bit_generator.state,
         "model_rng": model.rng.bit_generator.state,
+        "seed": int(seed),  # (the validation split's: drawn afresh, a resumed run would hold out other data)
     }
     arrays["json"] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
     atomic_write_npz(path, arrays)
