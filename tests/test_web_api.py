@@ -151,6 +151,8 @@ def test_models_describes_what_is_loaded(client, models, digit_model):
     assert s["path"] == str(models["spam"]) and s["task"] == "spam"
     assert s["format_version"] == FORMAT_VERSION
     assert s["metrics"], "the spam model's metrics should be listed"
+    bundle = spam_app.load_spam_model(models["spam"])  # (the page colours its meter by them)
+    assert s["cutoffs"] == {"spam": bundle.spam_cutoff, "ham": bundle.ham_cutoff} and f["cutoffs"] is None
 
 
 def test_without_models_routes_say_how_to_train(models):

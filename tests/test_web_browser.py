@@ -209,6 +209,10 @@ def test_messages_get_verdicts(page, tmp_path):
         assert (prob > 0.5) == (expected == "spam")
         marks = page.locator(f"#highlighted mark.{expected}").count()
         assert marks > 0, f"no token of the {expected} message is highlighted"
+    # the meter's colours follow the model's own cut-offs (it had mid-grey 0.5 for both)
+    cutoffs = page.evaluate("fetch('/api/models').then((r) => r.json()).then((m) => m.spam.cutoffs)")
+    meter = page.evaluate("(({low, high}) => ({low, high}))(document.getElementById('spam-meter'))")
+    assert meter == {"low": pytest.approx(cutoffs["ham"]), "high": pytest.approx(cutoffs["spam"])}
     # Ctrl+Enter submits from the text box too
     page.fill("#message", SPAM_SMS)
     page.press("#message", "Control+Enter")

@@ -70,6 +70,9 @@ class ModelInfo(BaseModel):
     layers: list[str] = Field(description="layer types, input side first")
     metrics: dict[str, Any] = Field(description="metrics recorded when the model was trained")
     metadata: dict[str, Any] = Field(description="other scalar facts saved with the model (preset, data, ...)")
+    cutoffs: dict[str, float] | None = Field(
+        None, description="a spam model's cut-offs: 'spam' (P(spam) at or above it is spam) and 'ham' (below "
+        "it is ham; between the two, unsure)")
 
 
 class ModelsResponse(BaseModel):

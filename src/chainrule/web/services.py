@@ -78,7 +78,8 @@ TRAIN_HINTS = {
 METRIC_WORDS = ("accuracy", "precision", "recall", "f1", "auc", "mcc", "loss", "error", "caught", "blocked")
 
 
-def model_info(path: Path, model, metadata: dict, name: str | None = None) -> ModelInfo:
+def model_info(path: Path, model, metadata: dict, name: str | None = None,
+               cutoffs: dict[str, float] | None = None) -> ModelInfo:
     try:
         version = json.loads((path / "model.json").read_text()).get("format_version")
     except (OSError, ValueError):
@@ -107,6 +108,7 @@ def model_info(path: Path, model, metadata: dict, name: str | None = None) -> Mo
         layers=[type(layer).__name__ for layer in model.layers],
         metrics=metrics,
         metadata=scalars,
+        cutoffs=cutoffs,
     )
 
 
@@ -248,7 +250,8 @@ class SpamService:
     def load(cls, path) -> SpamService:
         path = Path(path)
         bundle = load_spam_model(path)
-        return cls(path, bundle, model_info(path, bundle.model, bundle.metadata))
+        cutoffs = {"spam": bundle.spam_cutoff, "ham": bundle.ham_cutoff}  # (what its verdicts use)
+        return cls(path, bundle, model_info(path, bundle.model, bundle.metadata, cutoffs=cutoffs))
 
     def classify(self, raw: bytes) -> SpamVerdict:
         result = classify_message(self.bundle, raw, top=TOP_TOKENS)

@@ -103,7 +103,7 @@ async function loadModels() {
     if (models.spam) {
       lines.push(describeModel("spam", models.spam));
       // The meter's colours follow the model's own cut-offs: green below ham, amber unsure, red spam.
-      const cut = models.spam.metadata.cutoffs || {};
+      const cut = models.spam.cutoffs || {};
       if (typeof cut.ham === "number" && typeof cut.spam === "number") {
         $("spam-meter").low = cut.ham;
         $("spam-meter").high = cut.spam;
