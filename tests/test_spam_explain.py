@@ -40,6 +40,9 @@ def test_classify_message_tokenises_an_sms_as_training_saw_it():
     SMS lines the model was trained on, not the features of a header-less email."""
     sms = "URGENT: You have won a £900 prize! Call 09061701461 or visit www.win.example now"
     assert not looks_like_email(sms.encode())
+    for text in ("From now on you are a WINNER! Claim your FREE 1000 cash prize, call 09061701461 now",
+                 "From tomorrow onwards eve 6 to 3 work.", "from www.Applausestore.com MonthlySubscription"):
+        assert not looks_like_email(text.encode()), text  # (they were read as mbox "From " lines)
     assert sms_tokens(sms, _TINY.config) != message_tokens(parse_message(sms.encode()), _TINY.config)
     assert classify_message(_TINY, sms.encode())["probability"] == pytest.approx(
         explain_row(_TINY, sms_tokens(sms, _TINY.config))[0], abs=1e-7)

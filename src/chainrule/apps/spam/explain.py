@@ -51,16 +51,19 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[fl
     return p, towards_spam, towards_ham
 
 
-# The first line of an email: a header that mail software writes (or an mbox "From " line). A bare
-# "Name: text" is not enough — an SMS such as "URGENT: call now" has that shape too.
+# The first line of an email: a header that mail software writes, or an mbox "From " line (the
+# sender, then the date as asctime writes it). A bare "Name: text" is not enough — an SMS such as
+# "URGENT: call now" has that shape too — and neither is a first word "From" ("From now on you...").
 _EMAIL_START = re.compile(
-    rb"(?i)\A\s*(?:from \S|(?:from|to|cc|subject|date|received|return-path|delivered-to|message-id|"
-    rb"mime-version|content-type|reply-to|sender|envelope-to|x-[\w-]+)[ \t]*:)")
+    rb"(?i)\A\s*(?:from|to|cc|subject|date|received|return-path|delivered-to|message-id|"
+    rb"mime-version|content-type|reply-to|sender|envelope-to|x-[\w-]+)[ \t]*:")
+_MBOX_FROM = re.compile(rb"\A\s*From \S+ +(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +"
+                        rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ")
 
 
 def looks_like_email(raw: bytes) -> bool:
     """Whether pasted text is an email with headers (else it is treated as an SMS or a bare note)."""
-    return bool(_EMAIL_START.match(raw[:1024]))
+    return bool(_EMAIL_START.match(raw[:1024]) or _MBOX_FROM.match(raw[:1024]))
 
 
 def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
