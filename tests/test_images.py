@@ -255,6 +255,28 @@ def fake_png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 28 28
+newpath 4 4 moveto 24 24 lineto stroke
+showpage
+"""
+
+
+def test_a_postscript_file_is_refused_without_running_ghostscript(tmp_path, monkeypatch):
+    """Pillow reads EPS by running Ghostscript on the file: an interpreter, run on what a web visitor
+    uploads (and its failure was an internal error: HTTP 500). A `gs` on the PATH that records
+    being called is never called."""
+    called = tmp_path / "called"
+    gs = tmp_path / "bin" / "gs"
+    gs.parent.mkdir()
+    gs.write_text(f"#!/bin/sh\necho \"$@\" >> {called}\nexit 1\n")
+    gs.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{gs.parent}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(ImageError, match="not an image in a format read here"):
+        preprocess_image(EPS)
+    assert not called.exists()
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

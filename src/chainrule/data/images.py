@@ -49,6 +49,11 @@ MAX_PIXELS = 50_000_000
 # beyond this size before it is decoded (the decoder's pixel limit then guards what a small file
 # can claim); a file's size is known before it is opened.
 MAX_STREAM_BYTES = 64 << 20
+# The picture formats read (Pillow's names): photographs, scans, drawings and icons, decoded in this
+# process. Not EPS, which Pillow hands to Ghostscript, an interpreter of the uploaded program (a web
+# server must not run one on what a visitor sends), nor scientific and game formats.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "AVIF", "ICO", "CUR", "PPM", "PCX", "TGA",
+           "JPEG2000", "SGI", "PSD", "QOI", "XBM", "XPM")
 # Work at no more than this many pixels on the longer side: far more detail than a 20x20 box needs,
 # and it bounds the memory and time of everything that follows.
 WORKING_SIZE = 1024
@@ -127,7 +132,7 @@ def _open(source) -> tuple[Image.Image, str]:
         # left to Pillow, one refused for its size, or a frame of an animation, stays open.
         with open(fp, "rb") if isinstance(fp, Path) else contextlib.nullcontext(fp) as f:
             with _pillow_warnings():  # (the header: what a decompression bomb warning comes from)
-                img = Image.open(f)
+                img = Image.open(f, formats=FORMATS)
                 w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ImageError(f"{prefix}{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
@@ -139,7 +144,7 @@ def _open(source) -> tuple[Image.Image, str]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{prefix}image too large (decompression bomb guard: {exc})") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{prefix}not an image (or not a format Pillow can read)") from exc
+        raise ImageError(f"{prefix}not an image in a format read here ({', '.join(FORMATS)})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{prefix}corrupt or truncated image ({exc})") from exc
     return img, name
