@@ -3,10 +3,13 @@ them: in this process through `main`, and as a real command in a fresh interpret
 codes and stderr matter (mail recipes act on them)."""
 
 import ast
+import bz2
 import contextlib
 import email
 import email.policy
+import gzip
 import json
+import lzma
 import os
 import re
 import shutil
@@ -187,6 +190,29 @@ def test_annotate_writes_a_named_file_back_as_it_does_standard_input(spam_model,
     named = run_chainrule(["spam", "classify", str(spam_model), "--annotate", str(tmp_path / "msg")])
     assert named.returncode == piped.returncode and named.stdout == piped.stdout
     assert named.stdout.startswith(raw.split(b"\n", 1)[0]) and named.stdout.endswith(raw.split(b"\n\n", 1)[1])
+
+
+def test_compressed_input_and_several_messages_for_annotate(spam_model, spam_corpus, run_chainrule, tmp_path):
+    """A compressed message on standard input is read through its decompressor, as a compressed
+    file is (its compressed bytes were scored). --annotate, which writes the message back as it
+    came, refuses a compressed file and an mbox of several messages in a line: it spliced headers
+    into gzip data, and scored a whole mbox as one message, exit 0."""
+    msgs = sorted((spam_corpus[1] / "spam").iterdir())[:2]
+    raw = msgs[0].read_bytes()
+    plain = run_chainrule(["spam", "classify", str(spam_model)], raw)
+    for compress in (gzip.compress, bz2.compress, lzma.compress):
+        piped = run_chainrule(["spam", "classify", str(spam_model)], compress(raw))
+        assert piped.returncode == plain.returncode and piped.stdout == plain.stdout, piped.stderr
+    (tmp_path / "msg.gz").write_bytes(gzip.compress(raw))
+    mbox = b"".join(b"From sender@example.com Thu Aug 22 13:17:22 2002\n" + m.read_bytes().split(b"\n", 1)[1] + b"\n"
+                    for m in msgs)
+    (tmp_path / "two.mbox").write_bytes(mbox)
+    for name, said in (("msg.gz", "compressed (gzip, bzip2 or xz)"), ("two.mbox", "an mbox of several messages")):
+        r = run_chainrule(["spam", "classify", str(spam_model), "--annotate", str(tmp_path / name)])
+        assert r.returncode == 3 and not r.stdout, (r.returncode, r.stdout[:200])
+        assert r.stderr.decode().count("\n") == 1 and said in r.stderr.decode(), r.stderr
+    r = run_chainrule(["spam", "classify", str(spam_model), "--annotate"], gzip.compress(raw))
+    assert r.returncode == 3 and b"compressed" in r.stderr
 
 
 def test_bad_messages_are_reported_and_the_run_goes_on(spam_model, tmp_path, capsys):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import bz2
 import errno
 import gzip
+import io
 import lzma
 import os
 import re
@@ -106,17 +107,21 @@ _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 _READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 
 
+def _compressed_by(head: bytes):
+    """The opener of the compression whose magic number `head` starts with, or None."""
+    return next((opener for pattern, opener in _COMPRESSED if pattern.match(head[:10])), None)
+
+
 def _open(path: Path):
     """`path` opened for reading bytes, through its decompressor if it is gzip, bzip2 or xz."""
     f = open(path, "rb")  # noqa: SIM115 (returned open)
     if not f.seekable():  # a pipe (`<(zcat mail.gz)`) can be read only once: taken as it comes
         return f
-    magic = f.read(10)
+    opener = _compressed_by(f.read(10))
     f.seek(0)
-    for pattern, opener in _COMPRESSED:
-        if pattern.match(magic):
-            f.close()
-            return opener(path, "rb")
+    if opener is not None:
+        f.close()
+        return opener(path, "rb")
     return f
 
 
@@ -158,20 +163,28 @@ def read_messages(sources: Iterable[str | os.PathLike], max_bytes: int = MAX_BYT
 
 
 def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage:
-    """The bytes of one file (or "-", standard input) as one message, just as they are: not split
-    as an mbox nor decompressed, so that whoever writes the message back out changes nothing of it
-    (`spam classify --annotate`). Problems come back as for `read_messages`."""
+    """The bytes of one file (or "-", standard input) as one message, just as they are, so that
+    whoever writes the message back out changes nothing of it (`spam classify --annotate`).
+    Problems come back as for `read_messages`; so does a compressed file or an mbox of several
+    messages, which cannot be one message written back as it came."""
     src = str(src)
-    if src == "-":
-        return next(read_messages(["-"], max_bytes))
     try:
-        with open(src, "rb") as f:
-            data, truncated = _read_capped(f, max_bytes)
+        if src == "-":
+            if sys.stdin is None:
+                return RawMessage("-", b"", None, error="standard input is closed")
+            data, truncated = _read_capped(sys.stdin.buffer, max_bytes)
+        else:
+            with open(src, "rb") as f:
+                data, truncated = _read_capped(f, max_bytes)
     except OSError as exc:
         return RawMessage(src, b"", None, error=_reason(exc) if os.path.exists(src) else "no such file or directory")
     msg = RawMessage(src, data, None, truncated)
     if not data or data.isspace():
         msg.error = "empty message"
+    elif _compressed_by(data) is not None:
+        msg.error = "compressed (gzip, bzip2 or xz): decompress it first, to have the message written back"
+    elif _looks_like_mbox(data) and re.search(rb"\n\r?\nFrom ", data):
+        msg.error = "an mbox of several messages: give one message, to have it written back"
     return msg
 
 
@@ -181,6 +194,14 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
             yield RawMessage("-", b"", label, error="standard input is closed")
             return
         data, truncated = _read_capped(sys.stdin.buffer, max_bytes)
+        opener = _compressed_by(data)
+        if opener is not None:  # (compressed: read through its decompressor, as a file is)
+            try:
+                with opener(io.BytesIO(data), "rb") as f:
+                    data, truncated = _read_capped(f, max_bytes)
+            except _READ_ERRORS as exc:
+                yield RawMessage("-", b"", label, error=_reason(exc))
+                return
         yield RawMessage("-", data, label, truncated)
         return
     path = Path(src)
