@@ -296,6 +296,22 @@ def test_gradcheck_command_on_a_spam_model(spam_model, data_root, capsys):
     assert "PASS" in capsys.readouterr().out
 
 
+def test_gradcheck_checks_an_sms_filter_on_text_messages(data_root, tmp_path, capsys):
+    """An SMS filter is checked on texts from the SMS collection; it was checked on SpamAssassin mail,
+    and failed where only the SMS collection was at hand."""
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines()
+    (tmp_path / "sms.txt").write_bytes(b"\n".join(lines[:400]) + b"\n")
+    assert main(["spam", "train", "--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m"), "--hash-bits",
+                 "12", "--hidden", "4", "--epochs", "3", "--quiet"]) == 0
+    only_sms = tmp_path / "data"
+    (only_sms / "sms-spam").mkdir(parents=True)
+    (only_sms / "sms-spam" / "SMSSpamCollection").symlink_to(data_root / "sms-spam" / "SMSSpamCollection")
+    capsys.readouterr()
+    assert main(["gradcheck", str(tmp_path / "m"), "--data", str(only_sms), "--samples", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "SMS Spam Collection texts" in out and "PASS" in out and "SpamAssassin" not in out
+
+
 def test_bad_model_and_bad_sms_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "sms.txt").write_text("ham\tok\nwhat is this\n")
     assert main(["spam", "train", "--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m")]) == 2

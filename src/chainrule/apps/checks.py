@@ -10,7 +10,7 @@ from chainrule.apps.image_presets import model_inputs, presets_for
 from chainrule.apps.images import OLD_TASKS, TASK, check_image_model
 from chainrule.apps.spam import featurize, load_spam_model
 from chainrule.data import idx
-from chainrule.data.corpora import read_messages
+from chainrule.data.corpora import read_messages, read_sms
 from chainrule.data.locate import candidate_dirs
 from chainrule.errors import DataError
 from chainrule.gradcheck import STEPS, TOLERANCE, demo_networks, gradcheck
@@ -29,6 +29,8 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
         return model_inputs(test.images[:n], metadata), where
     if task == "spam":
         bundle = load_spam_model(model_dir)  # (its hashing config and idf weights, checked)
+        if "mail" not in metadata.get("inputs", ["mail"]):  # an SMS filter: the first n/2 spam and ham texts
+            return _sample_sms(bundle, data_dir, n), "SMS Spam Collection texts"
         # the first n messages of each SpamAssassin tarball (spam and ham), hashed as the model hashes
         tarballs = next((sorted(d.glob("*.tar*")) for d in candidate_dirs("spamassassin", data_dir)
                          if d.is_dir() and any(d.glob("*.tar*"))), None)
@@ -43,6 +45,18 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
         x, _ = featurize(items, bundle.config, processes=1, idf=bundle.idf)
         return x, "SpamAssassin messages"
     raise ValueError(f"model task {task!r} has no sample inputs for gradcheck")
+
+
+def _sample_sms(bundle, data_dir, n: int):
+    path = next((d / "SMSSpamCollection" for d in candidate_dirs("sms-spam", data_dir)
+                 if (d / "SMSSpamCollection").is_file()), None)
+    if path is None:
+        raise DataError("no SMS Spam Collection found (sms-spam/SMSSpamCollection; give --data DIR or set "
+                        "CHAINRULE_DATA)")
+    texts, labels = read_sms(path)
+    chosen = [t for label in (1, 0) for t in [t for t, y in zip(texts, labels, strict=True) if y == label][:n // 2]]
+    x, _ = featurize([("sms", t) for t in chosen], bundle.config, processes=1, idf=bundle.idf)
+    return x
 
 
 def _least_likely(model, x) -> np.ndarray:
