@@ -48,6 +48,22 @@ def test_train_writes_model_metrics_and_figures(spam_model):
     assert training["validation"] == "out-of-fold" and training["validation_examples"] == training["examples"]
 
 
+def test_the_precision_recall_figure_says_which_scores_it_plots(spam_corpus, tmp_path, monkeypatch):
+    """A committee's figure plots the out-of-fold scores of every training message (it was titled
+    "on the validation split"); one network's plots its held-out split."""
+    titles = []
+
+    def figure(y, scores, path, cutoff, title):
+        titles.append(title)
+        Path(path).write_bytes(b"")
+
+    monkeypatch.setattr(spam_library.training.plots, "pr_roc_curves", figure)
+    common = ["spam", "train", str(spam_corpus[0]), "--hash-bits", "12", "--hidden", "4", "--epochs", "2", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "committee")]) == 0
+    assert main([*common, "--out", str(tmp_path / "one"), "--folds", "0"]) == 0
+    assert titles == ["Spam filter, out of fold on all 400 training messages", "Spam filter on the validation split"]
+
+
 def test_a_missing_or_bad_idf_file_is_a_one_line_error(spam_model, spam_corpus, tmp_path, capsys):
     msg = str(spam_corpus[1] / "spam" / "0161")
     for name, damage in (("missing", None), ("short", np.ones(8, np.float32)), ("nan", np.full(1 << 14, np.nan)),

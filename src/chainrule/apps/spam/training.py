@@ -272,6 +272,13 @@ def check_out(out: Path) -> int:
     return learned if isinstance(learned, int) and learned > 0 else 0
 
 
+def _scores_title(training: dict) -> str:
+    """What the validation figures score: a committee's out-of-fold scores, or a held-out split."""
+    if training.get("validation") == "out-of-fold":
+        return f"Spam filter, out of fold on all {training['examples']:,} training messages"
+    return "Spam filter on the validation split"
+
+
 def write_run(result: TrainResult, out: Path, seconds: float) -> None:
     """Save a trained filter into `out` with its training's numbers and figures (`RUN_FILES`):
     metrics.json (validation figures, cut-offs, training settings), history.json, the learning
@@ -287,5 +294,5 @@ def write_run(result: TrainResult, out: Path, seconds: float) -> None:
         atomic_write_bytes(new / "history.json", json.dumps(result.history.to_dict()).encode())
         plots.learning_curves(result.history, new / "learning_curves.png", title="Spam filter: learning curves")
         plots.pr_roc_curves(result.val_labels, result.val_probabilities, new / "pr_roc.png",
-                            cutoff=bundle.spam_cutoff, title="Spam filter on the validation split")
+                            cutoff=bundle.spam_cutoff, title=_scores_title(bundle.metadata["training"]))
         save_model(bundle, out, replay=result.replay)
