@@ -412,6 +412,9 @@ def test_predict_rejects_bad_json(client, body, words):
 
 def test_predict_rejects_bad_forms_and_parameters(client, samples):
     assert_error(client.post("/api/digits/predict", files={"other": ("x.png", b"abc", "image/png")}), 422, "file")
+    # a text field named file (curl -F 'file=<x'), not an upload: said so, not that the field is missing
+    assert_error(client.post("/api/spam/classify", data={"file": "Subject: hi\n\nhello"},
+                             files={"other": ("x", b"", "text/plain")}), 422, "'file' is text, not an uploaded file")
     assert_error(client.post("/api/digits/predict", files={"other": ("x.png", b"abc", "image/png")},
                              data={"file": "not a file"}), 422, "file")
     assert_error(client.post("/api/digits/predict", content=b"--x\r\nbroken",

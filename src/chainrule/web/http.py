@@ -109,7 +109,10 @@ async def upload_or_body(request: Request) -> bytes:
         try:
             async with request.form() as form:  # closing the form deletes its spooled files
                 upload = form.get("file")
-                if upload is None or isinstance(upload, str):
+                if isinstance(upload, str):
+                    raise ApiError(422, "the multipart form's field 'file' is text, not an uploaded file (curl: "
+                                   "-F file=@PATH, not file=<PATH)")
+                if upload is None:
                     raise ApiError(422, "the multipart form needs a file field named 'file'")
                 return await upload.read()
         except ApiError:  # (the body over the limit or stalled, too)
