@@ -469,8 +469,9 @@ def test_explain_and_evaluate_exit_2_when_a_named_input_could_not_be_read(spam_m
     m, good = str(spam_model), str(spam_corpus[1] / "spam" / "0160")
     r = run_chainrule(["spam", "explain", m, good, "/nonexistent.eml"])
     assert r.returncode == 2 and good in r.stdout.decode() and b"skipped /nonexistent.eml" in r.stderr
-    r = run_chainrule(["spam", "evaluate", m, str(spam_corpus[1]), "/nonexistent", "--json"])
-    assert r.returncode == 2 and json.loads(r.stdout)["messages"] > 0 and b"skipped /nonexistent" in r.stderr
+    missing = tmp_path / "no such folder"  # (not /nonexistent: the home of `nobody`, which a program may create)
+    r = run_chainrule(["spam", "evaluate", m, str(spam_corpus[1]), str(missing), "--json"])
+    assert r.returncode == 2 and json.loads(r.stdout)["messages"] > 0 and f"skipped {missing}".encode() in r.stderr
     (tmp_path / "inbox").mkdir()  # a bad file found inside a folder is only reported
     (tmp_path / "inbox" / "good").write_bytes(Path(good).read_bytes())
     (tmp_path / "inbox" / "empty").write_bytes(b"")
