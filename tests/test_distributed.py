@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -376,6 +377,22 @@ def test_spam_train_on_two_processes_writes_the_filter_of_one(mpirun, data_root,
     for name in one_files:  # the weights, idf weights and replay sample
         assert one_files[name].read_bytes() == two_files[name].read_bytes(), name
     assert two.stdout.count("validation:") == 1
+
+
+def test_spam_train_refuses_ranks_that_read_different_messages(mpirun, data_root, tmp_path):
+    """Each rank reads the corpus itself: one that read another (a message delivered into the
+    Maildir while the ranks started, say) had its rows glued to rank 0's labels, a ham trained as
+    spam and exit 0. Refused, in one line, before training."""
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_text().splitlines(True)[:400]
+    for rank, kept in ((0, lines), (1, lines[:-1])):  # rank 1's copy lacks the last text
+        (tmp_path / f"sms{rank}.txt").write_text("".join(kept))
+    script = (f"exec {shlex.join(map(str, CLI))} spam train --sms {tmp_path}/sms$OMPI_COMM_WORLD_RANK.txt "
+              f"--hash-bits 12 --hidden 4 --epochs 2 --quiet --out {tmp_path / 'm'}")
+    proc = run([*mpirun, "-np", 2, "sh", "-c", script])
+    assert proc.returncode == 2, proc.stderr
+    ours = our_lines(proc.stderr)
+    assert len(ours) == 1 and "the processes read different messages" in ours[0], proc.stderr
+    assert not (tmp_path / "m").exists()
 
 
 @needs_data

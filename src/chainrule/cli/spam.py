@@ -24,6 +24,7 @@ from chainrule.apps.spam import (
     binary_report,
     check_labels,
     check_out,
+    check_same_on_every_rank,
     collect,
     explain_row,
     featurize,
@@ -135,6 +136,7 @@ def _cmd_train(args) -> int:
     items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes,
                           on_problem=_report_problem if world.rank == 0 else None)
     check_labels(y, args.folds, args.validation)  # (before the corpus is hashed)
+    check_same_on_every_rank(items, y, world)
     config = HashingConfig(n_features=1 << args.hash_bits, bigrams=args.bigrams, char_ngrams=args.char_ngrams,
                            split_norm=bool(args.corpus),  # (mail has headers to keep apart; SMS has none)
                            idf=use_idf, min_df=min_df, delivery=args.delivery_headers)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import numpy as np
 
 from chainrule.data.corpora import MAX_BYTES, read_messages, read_sms
-from chainrule.errors import UserError
+from chainrule.distributed import World
+from chainrule.errors import DataError, UserError
 
 
 def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = True,
@@ -41,3 +43,21 @@ def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = T
         sources += [f"{path}:{i + 1}" for i in range(len(texts))]
         labels += labs
     return items, sources, np.asarray(labels, np.int64)
+
+
+def check_same_on_every_rank(items: list, labels: np.ndarray, world: World) -> None:
+    """Under mpirun every rank reads the corpus itself, and the ranks hash their shares of it and
+    put the rows together in rank 0's order, beside rank 0's labels: raise DataError if they did not
+    all read the same messages with the same labels (a Maildir that changed while they started)."""
+    if world.size == 1:
+        return
+    digest = hashlib.sha256()
+    for (kind, data), label in zip(items, labels, strict=True):
+        data = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+        digest.update(f"{kind} {len(data)} {int(label)}\n".encode())
+        digest.update(data)
+    read = world.allgather((len(items), digest.hexdigest()))
+    if any(r != read[0] for r in read):
+        counts = ", ".join(f"rank {rank}: {n}" for rank, (n, _) in enumerate(read))
+        raise DataError(f"the processes read different messages ({counts}; the same number may differ in what "
+                        "they hold): was the corpus changing while they started? Train again")
