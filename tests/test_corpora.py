@@ -216,10 +216,19 @@ def test_an_mbox_read_in_pieces_is_the_mbox_read_by_lines(tmp_path_factory, line
     finally:
         corpora.LINE_PIECE = piece
     assert [s for s, _, _ in pieces] == [s for s, _, _ in whole]
-    for (_, data, truncated), (_, whole_data, whole_truncated) in zip(pieces, whole, strict=True):
-        assert len(data) <= max_bytes
-        if not whole_truncated:  # (a line that does not fit is dropped whole, or from the piece that does not)
-            assert (data, truncated) == (whole_data, False)
+    assert pieces == whole
+    assert all(len(data) <= max_bytes for _, data, _ in whole)
+
+
+def test_a_long_message_of_an_mbox_keeps_its_first_bytes_as_a_file_does(tmp_path):
+    """At most max_bytes of a message are read: its first ones, in an mbox as in a file (an mbox's
+    reader dropped a line that did not fit and went on with the lines after it)."""
+    message = b"From: x@y\nSubject: hi\n\n" + b"a" * 200 + b"\nlast line\n"
+    (tmp_path / "mbox").write_bytes(b"From x@y Mon Jan  1 00:00:00 2024\n" + message)
+    (tmp_path / "file").write_bytes(message)
+    for path in ("mbox", "file"):
+        (m,) = read_messages([tmp_path / path], max_bytes=100)
+        assert (m.data, m.truncated) == (message[:100], True), path
 
 
 @pytest.mark.parametrize(("compress", "suffix"),

@@ -363,11 +363,10 @@ def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[Ra
                         line_start = True
                     continue
                 prev_blank = starts_line and piece in (b"\n", b"\r\n")
-                if size + len(piece) <= max_bytes:
-                    buf.append(piece)
-                    size += len(piece)
-                else:
-                    truncated = True
+                if not truncated:  # the message's first max_bytes, as for a file
+                    buf.append(piece[:max_bytes - size])
+                    size += len(buf[-1])
+                    truncated = len(piece) > len(buf[-1])
             if started:
                 yield flush()
     except _READ_ERRORS as exc:
