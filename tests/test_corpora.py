@@ -3,6 +3,7 @@ reader (directories, mbox, Maildir, tar, stdin, SMS files), labels from paths, c
 unreadable input."""
 
 import bz2
+import codecs
 import gzip
 import io
 import lzma
@@ -296,3 +297,13 @@ def test_damaged_compressed_data_is_a_reported_problem(small_archives, tmp_path,
     (tmp_path / name).write_bytes(bytes(raw))
     out = list(read_messages([tmp_path / name]))
     assert any(m.error for m in out)
+
+
+def test_a_byte_order_mark_before_an_mbox_or_a_message_is_not_part_of_it(tmp_path):
+    """Windows programs save text with a UTF-8 byte order mark: an mbox so saved was one message,
+    and a message so saved had its headers read as body text."""
+    message = b"From: x@y\nSubject: hello 7\n\nbody\n"
+    mbox = codecs.BOM_UTF8 + b"".join(b"From x@y Mon Jan  1 00:00:00 2024\n" + message + b"\n" for _ in range(2))
+    (tmp_path / "box.mbox").write_bytes(mbox)
+    assert [m.data for m in read_messages([tmp_path / "box.mbox"])] == [message + b"\n", message + b"\n"]
+    assert parse_message(codecs.BOM_UTF8 + message).subject == "hello 7"

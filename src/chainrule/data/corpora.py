@@ -30,6 +30,7 @@ is `chainrule.data.mime`'s business: this module only reads the bytes.
 from __future__ import annotations
 
 import bz2
+import codecs
 import errno
 import gzip
 import io
@@ -131,7 +132,8 @@ def _reason(exc: BaseException) -> str:
 
 def _looks_like_mbox(head: bytes) -> bool:
     # An mbox starts with a "From " separator line; a single message starts with a header line.
-    return head.startswith(b"From ") and b"\n" in head
+    # (after the UTF-8 byte order mark that Windows programs put before the text they save)
+    return head.removeprefix(codecs.BOM_UTF8).startswith(b"From ") and b"\n" in head
 
 
 def _is_archive(path: Path) -> bool:
@@ -350,6 +352,8 @@ def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[Ra
         with _open(path) as f:
             # `for line in f` would hold a whole line, however long; pieces of one keep their order,
             # and only a piece that starts a line can be a "From " separator or a blank line
+            if f.peek(3)[:3] == codecs.BOM_UTF8:  # (not a part of the first message)
+                f.read(3)
             while piece := f.readline(LINE_PIECE):
                 starts_line, line_start = line_start, piece.endswith(b"\n")
                 if starts_line and prev_blank and piece.startswith(b"From "):

@@ -396,6 +396,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     A message the email package cannot make sense of at all is read as plain text, with
     `problem` saying why.
     """
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # (Windows programs save a message with it: not a header)
     if not raw.strip():
         return ParsedMessage(problem="empty message")
     try:
