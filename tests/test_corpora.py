@@ -102,6 +102,19 @@ def test_tar_reader(tmp_path, mode, suffix):
     assert got == {"s": SPAM, "h": HAM}
 
 
+def test_a_hard_link_in_an_archive_is_read_as_the_file_it_links(tmp_path):
+    """`tar cf` of a folder stores a second name of a file as a hard link: it was dropped, unreported,
+    where the folder itself gives both files."""
+    (tmp_path / "box" / "spam").mkdir(parents=True)
+    (tmp_path / "box" / "spam" / "1").write_bytes(_msg("s"))
+    os.link(tmp_path / "box" / "spam" / "1", tmp_path / "box" / "spam" / "2")
+    with tarfile.open(tmp_path / "box.tar", "w") as tar:
+        tar.add(tmp_path / "box", arcname="box")
+    assert tarfile.open(tmp_path / "box.tar").getmember("box/spam/2").islnk()
+    got = [(m.source.rsplit("/", 1)[-1], m.data, m.label) for m in read_messages([tmp_path / "box.tar"])]
+    assert sorted(got) == [("1", _msg("s"), SPAM), ("2", _msg("s"), SPAM)]
+
+
 def test_stdin_reader(monkeypatch):
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(_msg("piped"))))
     (m,) = list(read_messages(["-"]))

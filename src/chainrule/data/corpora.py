@@ -425,7 +425,7 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
     with tar:
         try:
             for member in tar:
-                if not member.isfile():
+                if not (member.isfile() or member.islnk()):  # (a hard link is a file: the same bytes again)
                     continue
                 name = member.name.rsplit("/", 1)[-1]
                 if name.startswith(".") or name in _SKIP_NAMES:
