@@ -320,3 +320,18 @@ def test_a_byte_order_mark_before_an_mbox_or_a_message_is_not_part_of_it(tmp_pat
     (tmp_path / "box.mbox").write_bytes(mbox)
     assert [m.data for m in read_messages([tmp_path / "box.mbox"])] == [message + b"\n", message + b"\n"]
     assert parse_message(codecs.BOM_UTF8 + message).subject == "hello 7"
+
+
+def test_a_from_line_is_a_separator_only_where_headers_follow_it(tmp_path):
+    """A message file in the SpamAssassin corpus's layout (an envelope "From " line, then the
+    message) whose body has a paragraph starting "From the desk of..." was split there: one
+    message became two, the second a headerless fragment. A real mbox still splits."""
+    message = (b"Return-Path: <x@y>\nFrom: x@y\nSubject: offer\n\nDear friend,\n\n"
+               b"From the desk of Dr. Smith, a great offer.\n\nThanks\n")
+    (tmp_path / "spam").mkdir()
+    (tmp_path / "spam" / "0001.abc").write_bytes(b"From x@y  Thu Aug 22 13:17:22 2002\n" + message)
+    (m,) = read_messages([tmp_path])
+    assert m.data == message and m.label == SPAM
+    two = b"".join(b"From x@y  Thu Aug 22 13:17:22 2002\n" + message + b"\n" for _ in range(2))
+    (tmp_path / "two.mbox").write_bytes(two)
+    assert [m.data for m in read_messages([tmp_path / "two.mbox"])] == [message + b"\n"] * 2

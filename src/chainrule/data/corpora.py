@@ -338,9 +338,14 @@ def _read_mbox(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMes
 LINE_PIECE = 1 << 16  # an mbox is read in lines of at most this many bytes; a longer one in pieces
 
 
+# A header field's first line: a name of printable ASCII but ":", then ":" (RFC 5322).
+_HEADER_LINE = re.compile(rb"[!-9;-~]+:")
+
+
 def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
     buf: list[bytes] = []
     size, started, truncated, prev_blank, line_start = 0, False, False, True, True
+    pending: list[bytes] = []  # pieces read ahead, to be taken again in order
 
     def flush():
         data = b"".join(buf)
@@ -350,27 +355,41 @@ def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[Ra
 
     try:
         with _open(path) as f:
+            def next_piece() -> bytes:
+                return pending.pop(0) if pending else f.readline(LINE_PIECE)
+
             # `for line in f` would hold a whole line, however long; pieces of one keep their order,
             # and only a piece that starts a line can be a "From " separator or a blank line
             if f.peek(3)[:3] == codecs.BOM_UTF8:  # (not a part of the first message)
                 f.read(3)
-            while piece := f.readline(LINE_PIECE):
+            while piece := next_piece():
                 starts_line, line_start = line_start, piece.endswith(b"\n")
+                pieces = [piece]
                 if starts_line and prev_blank and piece.startswith(b"From "):
-                    if started:
-                        yield flush()
-                    started = True
-                    buf, size, truncated, prev_blank = [], 0, False, False
-                    if not line_start:  # the rest of a long separator line
-                        while (piece := f.readline(LINE_PIECE)) and not piece.endswith(b"\n"):
-                            pass
-                        line_start = True
-                    continue
+                    while not line_start and (more := next_piece()):  # the rest of the line, up to max_bytes
+                        line_start = more.endswith(b"\n")
+                        if sum(map(len, pieces)) < max_bytes:
+                            pieces.append(more)
+                    line_start = True
+                    # A separator, if a header follows it: a message's body that a program wrote
+                    # into a file of its own unquoted ("From the desk of..."), is no separator.
+                    ahead = []
+                    while (not ahead or not ahead[-1].endswith(b"\n")) and sum(map(len, ahead)) < 1000 and (
+                            more := next_piece()):
+                        ahead.append(more)
+                    pending[:0] = ahead
+                    if not started or _HEADER_LINE.match(b"".join(ahead)):
+                        if started:
+                            yield flush()
+                        started = True
+                        buf, size, truncated, prev_blank = [], 0, False, False
+                        continue
                 prev_blank = starts_line and piece in (b"\n", b"\r\n")
-                if not truncated:  # the message's first max_bytes, as for a file
-                    buf.append(piece[:max_bytes - size])
-                    size += len(buf[-1])
-                    truncated = len(piece) > len(buf[-1])
+                for part in pieces:
+                    if not truncated:  # the message's first max_bytes, as for a file
+                        buf.append(part[:max_bytes - size])
+                        size += len(buf[-1])
+                        truncated = len(part) > len(buf[-1])
             if started:
                 yield flush()
     except _READ_ERRORS as exc:
