@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.apps.spam import binary_report, train_filter, training_features
+from chainrule.files import atomic_write_bytes
 from spam import BINARIES, PEERS, SETTINGS, filter_options, load_split
 from spam_online import load_in_date_order
 from speed import machine
@@ -151,7 +152,7 @@ def main() -> int:
         print(table(split, rows, n_spam, len(y_te) - n_spam), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_bytes(out, (json.dumps(results, indent=2) + "\n").encode())  # (never half a file)
     print(f"wrote {out}")
     return 0
 
