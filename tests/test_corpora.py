@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainrule.data import corpora
-from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, label_from_names, read_messages, read_sms
+from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, label_from_names, read_as_is, read_messages, read_sms
 from chainrule.data.mime import parse_message
 from conftest import damaged
 
@@ -335,3 +335,9 @@ def test_a_from_line_is_a_separator_only_where_headers_follow_it(tmp_path):
     two = b"".join(b"From x@y  Thu Aug 22 13:17:22 2002\n" + message + b"\n" for _ in range(2))
     (tmp_path / "two.mbox").write_bytes(two)
     assert [m.data for m in read_messages([tmp_path / "two.mbox"])] == [message + b"\n"] * 2
+    # read as it is (spam classify --annotate), the single message is one message, the mbox two
+    assert read_as_is(tmp_path / "spam" / "0001.abc").error is None
+    assert "several messages" in read_as_is(tmp_path / "two.mbox").error
+    # a "From " line with nothing after it ends the mbox's last message, as it did
+    (tmp_path / "end.mbox").write_bytes(two + b"From x@y  Thu Aug 22 13:17:22 2002\n")
+    assert [m.error for m in read_messages([tmp_path / "end.mbox"])] == [None, None, "empty message"]

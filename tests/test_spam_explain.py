@@ -48,7 +48,8 @@ def test_classify_message_tokenises_an_sms_as_training_saw_it():
         explain_row(_TINY, sms_tokens(sms, _TINY.config))[0], abs=1e-7)
 
     email = b"Received: from mx.example\nFrom: a@example.com\nSubject: URGENT: call now\n\nhello"
-    for raw in (email, b"From a@example.com Mon Jan  1 00:00:00 2024\n" + email, b"X-Spam: no\n\nhi"):
+    for raw in (email, b"From a@example.com Mon Jan  1 00:00:00 2024\n" + email, b"X-Spam: no\n\nhi",
+                b"\xef\xbb\xbf" + email):  # (the last saved by a Windows program, with a byte order mark)
         assert looks_like_email(raw), raw
         assert classify_message(_TINY, raw)["probability"] == pytest.approx(
             explain_row(_TINY, message_tokens(parse_message(raw), _TINY.config))[0], abs=1e-7)

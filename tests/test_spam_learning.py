@@ -272,7 +272,7 @@ def test_since_last_reports_an_unreadable_new_file_and_moves_on(model, spam_corp
 
 
 def test_a_folder_is_learned_from_for_its_users_corrections_not_the_filters_own_filing(model, spam_corpus, tmp_path,
-                                                                                       capsys):
+                                                                                       capsys, monkeypatch):
     """procmail files what the filter calls spam into Junk, and the user moves missed spam there
     too: learning the folder as spam skips what the filter itself filed there (its verdict stamp
     says spam), so a ham it wrongly blocked is not taught as spam before the user sees it. Moved
@@ -300,6 +300,17 @@ def test_a_folder_is_learned_from_for_its_users_corrections_not_the_filters_own_
     (junk / "new" / "blocked-ham").rename(not_junk / "cur" / "blocked-ham:2,S")
     lines = _learn(capsys, model, "--ham", "--from", not_junk, "--seed", "0")
     assert lines[0].split("\t")[1] == "learned as ham"
+    # the folder named as "." from inside it, and an mbox given as the folder, are folders too
+    (tmp_path / "Maildir" / ".Junk2" / "new").mkdir(parents=True)
+    (tmp_path / "Maildir" / ".Junk2" / "new" / "filed-again").write_bytes(annotate(spam[2].read_bytes(), True, 0.97,
+                                                                                   "spam"))
+    monkeypatch.chdir(tmp_path / "Maildir" / ".Junk2")
+    assert _learn(capsys, model, "--spam", "--from", ".", "--seed", "0")[0].split("\t")[1] == \
+        "filed as spam on delivery; not learned"
+    (tmp_path / "junk.mbox").write_bytes(b"From x@y Mon Jan  1 00:00:00 2024\n" + filed["filed-spam"])
+    monkeypatch.chdir(tmp_path)
+    assert _learn(capsys, model, "--spam", "--from", "junk.mbox", "--seed", "0")[0].split("\t")[1] == \
+        "filed as spam on delivery; not learned"
     # a message named on the command line is learned as it is told, whatever its stamp
     (tmp_path / "named.eml").write_bytes(filed["filed-spam"])
     assert _learn(capsys, model, "--spam", tmp_path / "named.eml", "--seed", "0")[0].split("\t")[1] == \

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -422,9 +423,11 @@ def _without_filed(items: list, sources: list[str], y: np.ndarray, folders: list
     corrections (missed spam moved there); only those are lessons: teaching the filter's own
     verdicts would teach its false positives before the user has seen them."""
     name = LABEL_NAMES[label]
-    inside = tuple(str(Path(folder)).rstrip("/") + "/" for folder in folders)
+    roots = {os.path.abspath(folder) for folder in folders}  # (sources: files in them; an mbox, or "mbox:N")
+    inside = tuple(root + end for root in roots for end in (os.sep, ":"))
     filed = [i for i, (source, (_, raw)) in enumerate(zip(sources, items, strict=True))
-             if source.startswith(inside) and stamped_verdict(raw) == name]
+             if (os.path.abspath(source) in roots or os.path.abspath(source).startswith(inside))
+             and stamped_verdict(raw) == name]
     if not filed:
         return items, sources, y, []
     keep = np.setdiff1d(np.arange(len(items)), filed)

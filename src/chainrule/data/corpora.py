@@ -185,7 +185,7 @@ def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage
         msg.error = "empty message"
     elif _compressed_by(data) is not None:
         msg.error = "compressed (gzip, bzip2 or xz): decompress it first, to have the message written back"
-    elif _looks_like_mbox(data) and re.search(rb"\n\r?\nFrom ", data):
+    elif _looks_like_mbox(data) and _SECOND_MESSAGE.search(data):
         msg.error = "an mbox of several messages: give one message, to have it written back"
     return msg
 
@@ -340,6 +340,9 @@ LINE_PIECE = 1 << 16  # an mbox is read in lines of at most this many bytes; a l
 
 # A header field's first line: a name of printable ASCII but ":", then ":" (RFC 5322).
 _HEADER_LINE = re.compile(rb"[!-9;-~]+:")
+# Where an mbox's next message starts, as `_mbox_messages` tells it: a "From " line after a blank
+# line, a header line after it.
+_SECOND_MESSAGE = re.compile(rb"\n\r?\nFrom [^\n]*\n[!-9;-~]+:")
 
 
 def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
@@ -378,7 +381,7 @@ def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[Ra
                             more := next_piece()):
                         ahead.append(more)
                     pending[:0] = ahead
-                    if not started or _HEADER_LINE.match(b"".join(ahead)):
+                    if not started or not ahead or _HEADER_LINE.match(b"".join(ahead)):
                         if started:
                             yield flush()
                         started = True

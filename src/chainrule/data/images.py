@@ -151,8 +151,8 @@ def _open(source) -> tuple[Image.Image, str]:
 
 
 def _plain_mode(img: Image.Image) -> Image.Image:
-    """`img` in one of the modes every step here handles: L, LA, RGB, RGBA, I (integer grey, e.g.
-    a 16-bit scan) or F (float grey).
+    """`img` in one of the modes every step here handles: L, LA, RGB, RGBA, I (integer grey) or F
+    (float grey; a 16-bit scan becomes one, its levels out of 65535).
 
     Pillow opens many more (CMYK, LAB, YCbCr, 16-bit "I;16", palettes, 1-bit), and some of its
     operations refuse some of them: shrinking a large 16-bit scan fails with "image has wrong
@@ -162,8 +162,8 @@ def _plain_mode(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode in ("L", "LA", "RGB", "RGBA", "I", "F"):
         return img
-    if mode.startswith("I;16"):
-        return img.convert("I")
+    if mode.startswith("I;16"):  # (as floats out of 65535: "I" would lose the depth its levels are out of)
+        return Image.fromarray(np.asarray(img, np.float32) / np.float32(65535))
     lightness = {"LAB": "L", "YCbCr": "Y", "HSV": "V"}.get(mode)
     if lightness is not None:
         return img.getchannel(lightness)
@@ -250,17 +250,16 @@ def _border(grey: np.ndarray) -> np.ndarray:
 def _darker_than_its_border(grey: np.ndarray) -> bool:
     """Whether the picture is darker than its background (what fills the border), not lighter.
 
-    Told by which way the pixels stray from the border's median level by more than
-    `PAPER_TOLERANCE`: the amounts by which they lie below it, summed, against those above it; only
-    where these are equal (a blank page), by that level itself. Not by the border's level alone: a
-    white page photographed in dim light is a grey page (level 120, say) with black ink on it, which
-    a cut at mid-grey takes for light ink on a dark ground. An image and its negative get opposite
-    answers.
+    A border lighter than mid-grey is paper with dark ink on it, whatever else the photo holds (a
+    page brighter in its middle than at its edges, say). A darker border is either a dark ground
+    with light ink, or white paper photographed in dim light (level 120, say) with black ink: the
+    strongest strays from the border's median level tell, the 99.5th percentile of those below it
+    against that of those above it (the ink's pixels, not the area of a lighter patch).
     """
     level = float(np.median(_border(grey)))
-    below = float(np.maximum(level - grey - PAPER_TOLERANCE, 0.0).sum())
-    above = float(np.maximum(grey - level - PAPER_TOLERANCE, 0.0).sum())
-    return below > above if below != above else level > 127.5
+    if level > 127.5:
+        return True
+    return float(np.percentile(level - grey, 99.5)) > float(np.percentile(grey - level, 99.5))
 
 
 def _ink(grey: np.ndarray) -> np.ndarray:

@@ -287,7 +287,8 @@ class DaemonServer:
                 f = await asyncio.shield(loading)  # (a request that times out leaves the load to the others)
             except UserError:  # (ModelFileError, reported once by _load_user): the default filters their mail
                 return None, self.filter
-        self._user_filters.move_to_end(user)
+        if user in self._user_filters:  # (another user's load may have evicted it since)
+            self._user_filters.move_to_end(user)
         return user, f
 
     async def _load_user(self, user: str, d: Path) -> Filter:
@@ -298,6 +299,8 @@ class DaemonServer:
             log.error("%s's model cannot be loaded, using the default model: %s", user, exc)
             raise
         log.info("loaded %s's model %s", user, f)
+        if user in self._user_filters:  # a lesson installed a newer one while this was loading
+            return self._user_filters[user]
         self._user_filters[user] = f
         while len(self._user_filters) > self.options.max_user_models:
             self._user_filters.popitem(last=False)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 
 import numpy as np
@@ -63,7 +64,8 @@ _MBOX_FROM = re.compile(rb"\A\s*From \S+ +(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +"
 
 def looks_like_email(raw: bytes) -> bool:
     """Whether pasted text is an email with headers (else it is treated as an SMS or a bare note)."""
-    return bool(_EMAIL_START.match(raw[:1024]) or _MBOX_FROM.match(raw[:1024]))
+    head = raw[:1024].removeprefix(codecs.BOM_UTF8)  # (an .eml saved by a Windows program)
+    return bool(_EMAIL_START.match(head) or _MBOX_FROM.match(head))
 
 
 def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
