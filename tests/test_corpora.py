@@ -212,8 +212,10 @@ def test_a_300_mb_mbox_line_costs_no_more_than_the_cap(tmp_path):
     assert peak < 4 << 20
 
 
-MBOX_LINES = st.lists(st.sampled_from([b"\n", b"\r\n", b"From x@y Mon Jan 1\n", b">From quoted\n", b"From",
-                                       b"Subject: s\n", b"body text\n", b"y" * 40 + b"\n", b"z" * 25]), max_size=40)
+MBOX_LINES = st.lists(st.sampled_from([b"\n", b"\r\n", b"From x@y Mon Jan 1\n", b"From x@y Mon Jan 1\r\n",
+                                       b">From quoted\n", b"From", b"Subject: s\n", b"Subject: s\r\n",
+                                       b"body text\n", b"y" * 40 + b"\n", b"z" * 25, b"w" * 1100 + b"\n"]),
+                      max_size=40)
 
 
 @settings(max_examples=150, deadline=None)
