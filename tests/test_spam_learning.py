@@ -311,10 +311,16 @@ def test_a_folder_is_learned_from_for_its_users_corrections_not_the_filters_own_
     monkeypatch.chdir(tmp_path)
     assert _learn(capsys, model, "--spam", "--from", "junk.mbox", "--seed", "0")[0].split("\t")[1] == \
         "filed as spam on delivery; not learned"
-    # a message named on the command line is learned as it is told, whatever its stamp
+    # a message named on the command line is learned as it is told, whatever its stamp, even one that
+    # lies in a --from folder too
     (tmp_path / "named.eml").write_bytes(filed["filed-spam"])
     assert _learn(capsys, model, "--spam", tmp_path / "named.eml", "--seed", "0")[0].split("\t")[1] == \
         "learned as spam"
+    inside = tmp_path / "Maildir" / ".Junk2" / "new" / "named-inside"
+    inside.write_bytes(annotate(_held(spam_corpus, "spam", 4)[3].read_bytes(), True, 0.97, "spam"))
+    lines = _learn(capsys, model, "--spam", inside, "--from", inside.parent.parent, "--seed", "0")
+    said = [line.split("\t")[:2] for line in lines[:-1] if "named-inside" in line]
+    assert said[0] == [str(inside), "learned as spam"]
 
 
 def test_since_last_needs_a_folder(model, run_chainrule):

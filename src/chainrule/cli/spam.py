@@ -393,7 +393,7 @@ def _cmd_learn(args) -> int:
                                         on_problem=problems)
         filed = []  # of the messages found in --from folders, those the filter itself filed there
         if args.source and not args.unlearn:
-            items, sources, y, filed = _without_filed(items, sources, y, args.source, label)
+            items, sources, y, filed = _without_filed(items, sources, y, args.source, label, args.paths)
         if not items and not filed and (problems.failed or not marks):  # (an empty message is a problem)
             _nothing_read(problems.held, "unlearn" if args.unlearn else "learn from")
         problems.report_held()  # (a file found by --since-last is only reported: the folders are marked)
@@ -416,18 +416,20 @@ def _cmd_learn(args) -> int:
     return args.error_exit if problems.failed else 0  # (the others were learned)
 
 
-def _without_filed(items: list, sources: list[str], y: np.ndarray, folders: list[str], label: int):
+def _without_filed(items: list, sources: list[str], y: np.ndarray, folders: list[str], label: int, named: list[str]):
     """(items, sources, labels, the sources left out): the messages found in `folders` that the
     filter itself filed there, its verdict stamped in them (`stamped_verdict`) being the `label`
     taught, are left out. A folder the filter files its spam into (Junk) also receives the user's
     corrections (missed spam moved there); only those are lessons: teaching the filter's own
-    verdicts would teach its false positives before the user has seen them."""
+    verdicts would teach its false positives before the user has seen them. A message `named` on
+    the command line is learned as told, wherever it lies."""
     name = LABEL_NAMES[label]
     roots = {os.path.abspath(folder) for folder in folders}  # (sources: files in them; an mbox, or "mbox:N")
     inside = tuple(root + end for root in roots for end in (os.sep, ":"))
+    told = {os.path.abspath(path) for path in named}
     filed = [i for i, (source, (_, raw)) in enumerate(zip(sources, items, strict=True))
              if (os.path.abspath(source) in roots or os.path.abspath(source).startswith(inside))
-             and stamped_verdict(raw) == name]
+             and os.path.abspath(source) not in told and stamped_verdict(raw) == name]
     if not filed:
         return items, sources, y, []
     keep = np.setdiff1d(np.arange(len(items)), filed)
