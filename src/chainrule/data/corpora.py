@@ -172,15 +172,16 @@ def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage
     src = str(src)
     try:
         if src == "-":
-            if sys.stdin is None:
-                return RawMessage("-", b"", None, error="standard input is closed")
-            data, truncated = _read_capped(sys.stdin.buffer, max_bytes)
+            msg = _stdin(max_bytes, None)
+            if msg.error:
+                return msg
+            data = msg.data
         else:
             with open(src, "rb") as f:
                 data, truncated = _read_capped(f, max_bytes)
+            msg = RawMessage(src, data, None, truncated)
     except OSError as exc:
         return RawMessage(src, b"", None, error=_reason(exc) if os.path.exists(src) else "no such file or directory")
-    msg = RawMessage(src, data, None, truncated)
     if not data or data.isspace():
         msg.error = "empty message"
     elif _compressed_by(data) is not None:
@@ -190,21 +191,26 @@ def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage
     return msg
 
 
+def _stdin(max_bytes: int, label: int | None) -> RawMessage:
+    """Standard input's bytes, as they are, as one message."""
+    if sys.stdin is None:  # started with standard input closed (`<&-`)
+        return RawMessage("-", b"", label, error="standard input is closed")
+    data, truncated = _read_capped(sys.stdin.buffer, max_bytes)
+    return RawMessage("-", data, label, truncated)
+
+
 def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
     if src == "-":
-        if sys.stdin is None:  # started with standard input closed (`<&-`)
-            yield RawMessage("-", b"", label, error="standard input is closed")
-            return
-        data, truncated = _read_capped(sys.stdin.buffer, max_bytes)
-        opener = _compressed_by(data)
+        msg = _stdin(max_bytes, label)
+        opener = _compressed_by(msg.data)
         if opener is not None:  # (compressed: read through its decompressor, as a file is)
             try:
-                with opener(io.BytesIO(data), "rb") as f:
+                with opener(io.BytesIO(msg.data), "rb") as f:
                     data, truncated = _read_capped(f, max_bytes)
+                msg = RawMessage("-", data, label, truncated)
             except _READ_ERRORS as exc:
-                yield RawMessage("-", b"", label, error=_reason(exc))
-                return
-        yield RawMessage("-", data, label, truncated)
+                msg = RawMessage("-", b"", label, error=_reason(exc))
+        yield msg
         return
     path = Path(src)
     if not path.exists():
@@ -342,7 +348,7 @@ LINE_PIECE = 1 << 16  # an mbox is read in lines of at most this many bytes; a l
 _HEADER_LINE = re.compile(rb"[!-9;-~]+:")
 # Where an mbox's next message starts, as `_mbox_messages` tells it: a "From " line after a blank
 # line, a header line after it.
-_SECOND_MESSAGE = re.compile(rb"\n\r?\nFrom [^\n]*\n[!-9;-~]+:")
+_SECOND_MESSAGE = re.compile(rb"\n\r?\nFrom [^\n]*\n" + _HEADER_LINE.pattern)
 
 
 def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
