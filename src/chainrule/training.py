@@ -101,11 +101,8 @@ def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
     classes = model.output_shape[-1]
     if isinstance(loss, CrossEntropy) and not np.issubdtype(y.dtype, np.integer):  # (as the loss has them)
         raise ValueError(f"{where}: CrossEntropy's targets are integer class labels, got {y.dtype} values")
-    if isinstance(loss, CrossEntropy) and (y.min() < 0 or y.max() >= classes):
-        raise ValueError(f"{where}: labels must be in [0, {classes}) for the network's {classes} outputs, "
-                         f"got {y.min()}..{y.max()}")
-    if isinstance(loss, MeanSquaredError) and _is_labels(y) and y.ndim == 1 and classes > 1 and (
-            y.min() < 0 or y.max() >= classes):  # (labels it one-hot encodes)
+    one_hot = isinstance(loss, MeanSquaredError) and _is_labels(y) and y.ndim == 1 and classes > 1  # (MSE's labels)
+    if (isinstance(loss, CrossEntropy) or one_hot) and (y.min() < 0 or y.max() >= classes):
         raise ValueError(f"{where}: labels must be in [0, {classes}) for the network's {classes} outputs, "
                          f"got {y.min()}..{y.max()}")
     if isinstance(loss, BinaryCrossEntropy) and (y.min() < 0 or y.max() > 1):
@@ -506,10 +503,10 @@ def _checkpoint_seed(path, world: World) -> int | None:
     if world.rank == 0 and Path(path).exists():
         try:
             headers = npz_headers(path)
-            ok = headers.get("json", ((), None))[1] == np.uint8 and headers["json"][0][0] <= MAX_CHECKPOINT_JSON
+            ok = "json" in headers and _json_array(*headers["json"])
             doc = json.loads(read_npz(path, ["json"])["json"].tobytes()) if ok else {}
             seed = doc.get("seed") if isinstance(doc, dict) else None
-        except (ModelFileError, ValueError, IndexError):
+        except (ModelFileError, ValueError):
             seed = None
         if type(seed) is not int or seed < 0:
             seed = None
@@ -535,6 +532,11 @@ def _save_checkpoint(path, epochs_done, model, optimizer, early_stopping, rng, h
 
 # The JSON part of a checkpoint (history, early-stopping and random states): kilobytes per epoch.
 MAX_CHECKPOINT_JSON = 64 << 20
+
+
+def _json_array(shape, dtype) -> bool:
+    """Whether a checkpoint's array of these (header) shape and dtype can hold its JSON part."""
+    return dtype == np.uint8 and len(shape) == 1 and shape[0] <= MAX_CHECKPOINT_JSON
 
 
 def _load_checkpoint(path, model, optimizer, early_stopping, rng, history, world: World) -> int | None:
@@ -566,7 +568,7 @@ def _read_checkpoint(path, model, optimizer) -> dict[str, np.ndarray]:
     headers = npz_headers(path)
     for name, (shape, dtype) in headers.items():
         if name == "json":
-            ok = dtype == np.uint8 and len(shape) == 1 and shape[0] <= MAX_CHECKPOINT_JSON
+            ok = _json_array(shape, dtype)
         else:  # weights and moments are floats; only the optimizer's step count may be an integer
             ok = shapes.get(name) == shape and dtype.kind in ("fiu" if name == "optim.steps" else "f")
         if not ok:
