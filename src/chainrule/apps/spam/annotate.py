@@ -28,8 +28,7 @@ def replace_header_fields(raw: bytes, names, lines: list[str]) -> bytes:
     end, _ = header_end(raw)
     head = raw[:end]
     nl = b"\r\n" if b"\r\n" in head[:4096] else b"\n"
-    fields = re.split(rb"(?m)^(?=[^ \t\r\n])", head)  # a field: its line and its continuation lines
-    head = b"".join(f for f in fields if f.split(b":", 1)[0].strip().lower().decode("latin-1") not in names)
+    head = b"".join(f for f in _fields(head) if _name(f) not in names)
     if head and not head.endswith(b"\n"):
         head += nl  # headers only, no final newline
     return head + b"".join(line.encode("ascii") + nl for line in lines) + raw[end:]
@@ -40,15 +39,23 @@ def stamped_verdict(raw: bytes) -> str | None:
     "unsure"; "spam" for a bare `X-Chainrule-Spam: yes`), or None where it carries none."""
     end, _ = header_end(raw)
     fields = dict.fromkeys(ANNOTATION_HEADERS)
-    for field in re.split(rb"(?m)^(?=[^ \t\r\n])", raw[:end]):
-        name, _, value = field.partition(b":")
-        name = name.strip().lower().decode("latin-1")
-        if name in fields:
-            fields[name] = value.strip().lower().decode("latin-1")
+    for field in _fields(raw[:end]):
+        if (name := _name(field)) in fields:
+            fields[name] = field.partition(b":")[2].strip().lower().decode("latin-1")
     verdict = fields["x-chainrule-spam-verdict"]
     if verdict in ("spam", "ham", "unsure"):
         return verdict
     return "spam" if fields["x-chainrule-spam"] == "yes" else None
+
+
+def _fields(head: bytes) -> list[bytes]:
+    """A header block's fields, each its line and its continuation lines, as written."""
+    return re.split(rb"(?m)^(?=[^ \t\r\n])", head)
+
+
+def _name(field: bytes) -> str:
+    """A header field's name, lower case."""
+    return field.split(b":", 1)[0].strip().lower().decode("latin-1")
 
 
 def header_end(raw: bytes) -> tuple[int, bytes]:
