@@ -423,13 +423,16 @@ def _without_filed(items: list, sources: list[str], y: np.ndarray, folders: list
     corrections (missed spam moved there); only those are lessons: teaching the filter's own
     verdicts would teach its false positives before the user has seen them. A message `named` on
     the command line is learned as told, wherever it lies."""
-    name = LABEL_NAMES[label]
     roots = {os.path.abspath(folder) for folder in folders}  # (sources: files in them; an mbox, or "mbox:N")
     inside = tuple(root + end for root in roots for end in (os.sep, ":"))
     told = {os.path.abspath(path) for path in named}
-    filed = [i for i, (source, (_, raw)) in enumerate(zip(sources, items, strict=True))
-             if (os.path.abspath(source) in roots or os.path.abspath(source).startswith(inside))
-             and os.path.abspath(source) not in told and stamped_verdict(raw) == name]
+
+    def filed_there(source: str, raw: bytes) -> bool:
+        where = os.path.abspath(source)
+        found = where in roots or where.startswith(inside)
+        return found and where not in told and stamped_verdict(raw) == LABEL_NAMES[label]
+
+    filed = [i for i, (source, (_, raw)) in enumerate(zip(sources, items, strict=True)) if filed_there(source, raw)]
     if not filed:
         return items, sources, y, []
     keep = np.setdiff1d(np.arange(len(items)), filed)

@@ -247,16 +247,16 @@ def _border(grey: np.ndarray) -> np.ndarray:
     return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
 
 
-def _darker_than_its_border(grey: np.ndarray) -> bool:
+def _darker_than_its_border(grey: np.ndarray, level: float) -> bool:
     """Whether the picture is darker than its background (what fills the border), not lighter.
 
     A border lighter than mid-grey is paper with dark ink on it, whatever else the photo holds (a
     page brighter in its middle than at its edges, say). A darker border is either a dark ground
     with light ink, or white paper photographed in dim light (level 120, say) with black ink: the
     strongest strays from the border's median level tell, the 99.5th percentile of those below it
-    against that of those above it (the ink's pixels, not the area of a lighter patch).
+    against that of those above it (the ink's pixels, not the area of a lighter patch). `level`:
+    the border's median level.
     """
-    level = float(np.median(_border(grey)))
     if level > 127.5:
         return True
     return float(np.percentile(level - grey, 99.5)) > float(np.percentile(grey - level, 99.5))
@@ -272,7 +272,7 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     brighter one (on evenly lit paper that is the same as grey levels below the paper's, once
     scaled by the strongest ink).
     """
-    dark_ink = _darker_than_its_border(grey)
+    dark_ink = _darker_than_its_border(grey, float(np.median(_border(grey))))
     paper = _paper(grey, dark_ink)
     ink = (paper - grey) if dark_ink else (grey - paper)
     if float(ink.max()) <= 12:  # under 5% contrast: a blank page
@@ -334,7 +334,7 @@ def _object_levels(grey: np.ndarray) -> np.ndarray:
     (`_darker_than_its_border`) is measured down from it, a lighter one up.
     """
     paper = float(np.median(_border(grey)))
-    levels = (paper - grey) / paper if _darker_than_its_border(grey) else (grey - paper) / (255 - paper)
+    levels = (paper - grey) / paper if _darker_than_its_border(grey, paper) else (grey - paper) / (255 - paper)
     return np.clip(levels, 0.0, 1.0)
 
 
