@@ -196,6 +196,23 @@ def test_predict_and_predict_proba():
     assert model.predict(np.zeros((0, 3, 4), np.float32)).shape == (0,)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e39])
+@pytest.mark.parametrize("method", ["predict", "predict_proba"])
+def test_predict_refuses_inputs_it_cannot_score(bad, method):
+    """A NaN would go through every layer and come out as a confident class 0."""
+    model = _model()
+    x = np.zeros((4, 3, 4))
+    x[2, 1, 1] = bad
+    with pytest.raises(ValueError, match="Sequential: the inputs (contain NaN or infinity|hold values beyond)"):
+        getattr(model, method)(x)
+    sparse = pytest.importorskip("scipy.sparse")
+    flat = cr.Sequential([cr.Linear(12, 2)], seed=0)
+    with pytest.raises(ValueError, match="Sequential: the inputs"):
+        getattr(flat, method)(sparse.csr_matrix(x.reshape(4, 12)))
+    with pytest.raises(ValueError, match="Sequential: the inputs must be numbers"):
+        getattr(flat, method)([["a"] * 12])
+
+
 def test_predict_and_evaluate_run_large_convolutions_in_smaller_passes(monkeypatch):
     """Where `batch_size` examples would make an X_col over PASS_BYTES, predict and evaluate run
     fewer at a time, with the same results as one pass."""

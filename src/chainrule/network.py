@@ -67,6 +67,28 @@ def sliceable(x):
     return np.asarray(x)
 
 
+def checked_inputs(where: str, x, dtype: np.dtype):
+    """`x` as `sliceable` gives it, once checked: numbers, each finite and within the range of the
+    model's `dtype` (a NaN would go through every layer and come out as a confident class 0)."""
+    x = sliceable(x)
+    if x.dtype.kind in "OUSV":  # (from a list holding something else than numbers; None becomes NaN)
+        try:
+            x = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: the inputs must be numbers ({str(exc)[:80]})") from None
+    values = x.data if hasattr(x, "tocsr") else x
+    if np.issubdtype(values.dtype, np.floating) and values.size:
+        # min and max propagate NaN and are ±inf if any value is, so checking those two numbers is
+        # exact, and unlike np.isfinite(x) it builds no temporary as large as the data set.
+        low, high = values.min(), values.max()
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError(f"{where}: the inputs contain NaN or infinity")
+        if max(-low, high) > np.finfo(dtype).max:  # (inf once cast to the model's type)
+            raise ValueError(f"{where}: the inputs hold values beyond the model's {np.dtype(dtype)} range "
+                             f"({low:g}..{high:g})")
+    return x
+
+
 def _float_dtype(dtype) -> np.dtype:
     if np.dtype(dtype).name not in DTYPES:
         raise ValueError(f"Sequential: dtype must be float32 or float64, got {np.dtype(dtype).name}")
@@ -260,6 +282,7 @@ class Sequential:
         if x.ndim == 0:
             raise ValueError(f"Sequential: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {type(x.item()).__name__ if x.dtype == object else 'a single number'}")
+        x = checked_inputs("Sequential", x, self.dtype)
         step = self.examples_per_pass(L._positive_int("Sequential", "batch_size", batch_size))
         with self.lock:  # (the layers keep what a backward pass would need: one pass at a time)
             outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]

@@ -30,7 +30,7 @@ from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, r
 from chainrule.history import EPOCH_KEYS, History
 from chainrule.layers import Dropout, Sigmoid, _positive_int
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
-from chainrule.network import Sequential, sliceable
+from chainrule.network import Sequential, checked_inputs, sliceable
 from chainrule.norm import BatchNorm
 from chainrule.parallel import BlasThreads
 from chainrule.parameter import same_buffer
@@ -70,26 +70,13 @@ def _checked_data(where: str, x, y, dtype: np.dtype):
     that the model's `dtype` holds. x comes back as an array, or as a CSR/CSC matrix for SciPy
     sparse input (others cannot be sliced by row)."""
     x, y = sliceable(x), np.asarray(y)
-    if x.dtype.kind in "OUSV":  # (from a list holding something else than numbers; None becomes NaN)
-        try:
-            x = np.asarray(x, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: the inputs must be numbers ({str(exc)[:80]})") from None
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != len(y):
         raise ValueError(f"{where}: x has {x.shape[0] if x.ndim else 0} examples but y has {len(y) if y.ndim else 0}")
     if not len(y):
         raise ValueError(f"{where}: no examples")
-    # min and max propagate NaN and are ±inf if any value is, so checking those two numbers is
-    # exact, and unlike np.isfinite(x) it builds no temporary as large as the data set.
-    for name, values in (("inputs", x.data if hasattr(x, "tocsr") else x), ("targets", y)):
-        if not (np.issubdtype(values.dtype, np.floating) and values.size):
-            continue
-        low, high = values.min(), values.max()
-        if not (np.isfinite(low) and np.isfinite(high)):
-            raise ValueError(f"{where}: the {name} contain NaN or infinity")
-        if name == "inputs" and max(-low, high) > np.finfo(dtype).max:  # (inf once cast to the model's type)
-            raise ValueError(f"{where}: the inputs hold values beyond the model's {dtype} range "
-                             f"({low:g}..{high:g})")
+    x = checked_inputs(where, x, dtype)
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
+        raise ValueError(f"{where}: the targets contain NaN or infinity")
     return x, y
 
 
