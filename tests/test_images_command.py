@@ -291,14 +291,16 @@ def test_a_folder_of_one_sets_training_files_and_anothers_test_files_is_refused(
 
 @pytest.mark.parametrize(("option", "said"), [(("--lr", "0"), "--lr must be a finite number > 0, got 0.0"),
                                               (("--lr", "inf"), "--lr must be a finite number > 0, got inf"),
-                                              (("--seed", "-1"), "--seed must be an integer >= 0, got -1")])
+                                              (("--seed", "-1"), "--seed must be an integer >= 0, got -1"),
+                                              (("--train-size", "60001"), "--train-size 60,001 is more than the "
+                                                                          "60,000 training images of Fashion-MNIST")])
 def test_bad_training_options_are_refused_before_anything_is_written(fashion_dir, tmp_path, capsys, option, said):
     """--lr 0 was taken as 'not given' (the preset's rate trained), --lr inf and --seed -1 failed
-    later as internal errors, each leaving a run.json behind."""
-    code, _, stderr = cli(capsys, "images", "train", "--data", "fashion", *option, *TINY, "--out", tmp_path / "run")
+    later as internal errors, each leaving a run.json behind; a --train-size above the set's size
+    trained on the whole set without a word."""
+    code, _, stderr = cli(capsys, "images", "train", "--data", "fashion", *TINY, *option, "--out", tmp_path / "run")
     assert (code, stderr) == (2, f"chainrule: error: {said}\n")
     assert not (tmp_path / "run").exists()
-
 
 
 def test_a_sigmoid_networks_class_scores_are_shown_as_one_distribution():

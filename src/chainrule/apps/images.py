@@ -306,6 +306,9 @@ def train(
     options = {"data": _data_key(data) or default_data, "model": model_name, "epochs": epochs,
                "batch_size": batch_size, "lr": lr, "seed": seed, "train_size": train_size}
     if train_size is not None:
+        if train_size > len(labels):
+            raise UserError(f"--train-size {train_size:,} is more than the {len(labels):,} training images of "
+                            f"{idx.title(dataset)}")
         images, labels = images[:train_size], labels[:train_size]
     test = idx.load_image_set(data, "test", default=default_data)
     if _other_classes(dataset, classes, test):
