@@ -20,10 +20,11 @@ An empty message, or standard input when it is closed, is a problem too, not a m
 Labels come from names, as the SpamAssassin corpus lays them out (`label_from_names`): of the
 folders from the path named on the command line down, of an archive, and of an mbox named on the
 command line (or called *.mbox); never from a message file's own name (a Maildir file is named
-after its host: 1.graham-laptop) nor from the folders above the path named (/home/graham/mail is
-not ham; "ham" counts only as a word: graham, shampoo). A message file named on the command line
-takes its folder's name; an mbox inside a folder labels its messages by its own name only if it
-is called *.mbox (a file that merely starts with a "From " line is a message). What a message says
+after its host: 1.graham-laptop) nor from the folders above a folder named ("ham" counts only as a
+word: graham, shampoo). A file named on the command line (a message, an mbox, an archive) takes
+its folder's name too, where its own says nothing (spam/2002.mbox); an mbox inside a folder labels
+its messages by its own name only if it is called *.mbox (a file that merely starts with a "From "
+line is a message). What a message says
 is `chainrule.data.mime`'s business: this module only reads the bytes.
 """
 
