@@ -76,15 +76,16 @@ def checked_inputs(where: str, x, dtype: np.dtype):
             x = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: the inputs must be numbers ({str(exc)[:80]})") from None
-    values = x.data if hasattr(x, "tocsr") else x
-    if np.issubdtype(values.dtype, np.floating) and values.size:
+    values = x if isinstance(x, np.ndarray) else x.data  # (a sparse matrix's stored values)
+    if values.dtype.kind == "f" and values.size:
         # min and max propagate NaN and are ±inf if any value is, so checking those two numbers is
         # exact, and unlike np.isfinite(x) it builds no temporary as large as the data set.
-        low, high = values.min(), values.max()
-        if not (np.isfinite(low) and np.isfinite(high)):
+        low, high = float(values.min()), float(values.max())
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{where}: the inputs contain NaN or infinity")
-        if max(-low, high) > np.finfo(dtype).max:  # (inf once cast to the model's type)
-            raise ValueError(f"{where}: the inputs hold values beyond the model's {np.dtype(dtype)} range "
+        dtype = np.dtype(dtype)  # (only a wider float can hold what is inf once cast to the model's)
+        if values.dtype.itemsize > dtype.itemsize and max(-low, high) > np.finfo(dtype).max:
+            raise ValueError(f"{where}: the inputs hold values beyond the model's {dtype} range "
                              f"({low:g}..{high:g})")
     return x
 
