@@ -372,6 +372,14 @@ def test_a_history_iterates_over_its_epochs_and_refuses_a_key_no_epoch_has():
         history[2]
 
 
+@pytest.mark.parametrize("min_delta", [float("nan"), -1.0, float("inf"), "0.1", None])
+def test_early_stopping_min_delta_is_a_number_from_zero(min_delta):
+    """NaN counted no epoch as an improvement (the run stopped with no best weights), -1 every one
+    (the last epoch's weights were kept as the best)."""
+    with pytest.raises(ValueError, match="EarlyStopping: min_delta must be a number >= 0"):
+        cr.EarlyStopping(min_delta=min_delta)
+
+
 @pytest.mark.parametrize("patience", [-1, 2.7, True, "3"])
 def test_early_stopping_patience_is_a_whole_number_of_epochs(patience):
     with pytest.raises(ValueError, match="patience must be an integer >= 0"):  # (2.7 was cut to 2)

@@ -411,7 +411,9 @@ def _zip_flag(d, bit: int):
      "bias must be True or False"),
     (lambda d: _edit_json(d, _set("input_shape", [12.5])), "input_shape must be a tuple of positive integers"),
     (lambda d: _write_npz(d, params=np.zeros(5, np.float32)), "expected 131 parameters"),
-    (lambda d: _write_npz(d, params=np.full(131, np.nan, np.float32)), "NaN or infinity"),
+    (lambda d: _write_npz(d, params=np.full(131, np.nan, np.float32)), "NaN, infinity or values beyond float32"),
+    # (finite as float64, infinite once cast into the float32 network: it loaded and predicted NaN)
+    (lambda d: _write_npz(d, params=np.full(131, 1e300)), "params contains NaN, infinity or values beyond float32"),
     (lambda d: _write_npz(d, params=np.zeros(131, np.int32)), "expected floats"),
     (lambda d: _write_npz(d, other=np.zeros(131, np.float32)), "expected 131 parameters"),
     (lambda d: _zip_flag(d, 0), "encrypted"),  # (zipfile's RuntimeError)

@@ -343,6 +343,8 @@ DAMAGED_CHECKPOINTS = {
     "50 MB of parameters": lambda c: _rewrite(c, **{"model.params": np.zeros(12_500_000, np.float32)}),
     "NaN weights": lambda c: _rewrite(c, **{"model.params": np.load(c)["model.params"] * np.nan}),
     "integer weights": lambda c: _rewrite(c, **{"model.params": np.load(c)["model.params"].astype(np.int32)}),
+    # (finite as float64, infinite once cast into the float32 network: it loaded, and training diverged)
+    "weights beyond float32": lambda c: _rewrite(c, **{"model.params": 1e300 * np.load(c)["model.params"].astype(float)}),
 }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from chainrule.history import History
-from chainrule.layers import ReLU
+from chainrule.layers import ReLU, _number
 from chainrule.network import Sequential
 
 
@@ -71,7 +71,9 @@ class EarlyStopping(Callback):
                  restore_best_weights: bool = True):
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be an integer >= 0, got {patience!r}")
-        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
+        # (a NaN would count no epoch as better, a negative one every epoch: the last would be "best")
+        min_delta = _number("EarlyStopping", "min_delta", min_delta, lambda v: 0 <= v < math.inf, "a number >= 0")
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), min_delta
         self.restore_best_weights = restore_best_weights
         self.sign = -1.0 if "accuracy" in monitor else 1.0  # minimise sign·value
         self.reset()

@@ -236,9 +236,10 @@ class Sequential:
         """Every layer's output from one forward pass (evaluation mode), input side first.
 
         `outputs[i]` is what layer i hands on to layer i + 1, and `outputs[-1]` is the network's
-        output, equal to `forward(x)`: `probabilities(outputs[-1])` equals `predict_proba(x)`, so
-        a caller can show what every layer did and what the network concluded without a second
-        pass. The arrays are the layers' own results (not copies), batch axis first.
+        output, equal to `forward(x)`: `probabilities(outputs[-1])` equals `predict_proba(x)` (to
+        rounding, where that runs a large batch in several passes: `examples_per_pass`), so a caller
+        can show what every layer did and what the network concluded without a second pass. The
+        arrays are the layers' own results (not copies), batch axis first.
         """
         outputs = []
         x = self._input(x)
@@ -505,8 +506,10 @@ def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
         raise ModelFileError(f"{meta_path}: {exc}") from None
     state = read_npz(weights_path, expected)
     for key, arr in state.items():
+        with np.errstate(over="ignore"):  # (a float64 beyond float32's range is inf once cast: refused)
+            arr = state[key] = arr.astype(model.dtype, copy=False)
         if not np.all(np.isfinite(arr)):
-            raise ModelFileError(f"{weights_path}: array {key} contains NaN or infinity")
+            raise ModelFileError(f"{weights_path}: array {key} contains NaN, infinity or values beyond {model.dtype}")
         if key.endswith(".running_var") and np.any(arr < 0):  # a batch norm's variances
             raise ModelFileError(f"{weights_path}: array {key} holds negative variances")
     model.load_state(state)

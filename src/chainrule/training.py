@@ -549,25 +549,30 @@ def _load_checkpoint(path, model, optimizer, early_stopping, rng, history, world
 
 def _read_checkpoint(path, model, optimizer) -> dict[str, np.ndarray]:
     """The arrays of the checkpoint at `path`, once their headers show they are this network's."""
-    shapes = {f"model.{k}": np.shape(v) for k, v in model.state().items()}
-    shapes.update({f"best.{k}": np.shape(v) for k, v in model.state().items()})
-    shapes.update({f"optim.{k}": np.shape(v) for k, v in optimizer.state().items()})
+    ours = {f"{group}.{k}": v for group in ("model", "best") for k, v in model.state().items()}
+    ours.update({f"optim.{k}": v for k, v in optimizer.state().items()})
     headers = npz_headers(path)
     for name, (shape, dtype) in headers.items():
         if name == "json":
             ok = _json_array(shape, dtype)
         else:  # weights and moments are floats; only the optimizer's step count may be an integer
-            ok = shapes.get(name) == shape and dtype.kind in ("fiu" if name == "optim.steps" else "f")
+            ok = name in ours and ours[name].shape == shape and dtype.kind in ("fiu" if name == "optim.steps" else "f")
         if not ok:
             raise ModelFileError(f"{path}: not a checkpoint of this network (array {name}: {shape} {dtype})")
-    missing = sorted(k for k in shapes if not k.startswith("best.") and k not in headers) + \
+    missing = sorted(k for k in ours if not k.startswith("best.") and k not in headers) + \
         ([] if "json" in headers else ["json"])
     if missing:
         raise ModelFileError(f"{path}: not a checkpoint of this network ({', '.join(missing)} missing)")
     arrays = read_npz(path, headers)
     for name, values in arrays.items():
-        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-            raise ModelFileError(f"{path}: not a usable checkpoint (array {name} contains NaN or infinity)")
+        if values.dtype.kind != "f":
+            continue
+        if ours[name].dtype.kind == "f":  # (what lies beyond the network's float type is inf once cast to it)
+            with np.errstate(over="ignore"):
+                values = arrays[name] = values.astype(ours[name].dtype, copy=False)
+        if not np.all(np.isfinite(values)):
+            raise ModelFileError(f"{path}: not a usable checkpoint (array {name} contains NaN, infinity or values "
+                                 f"beyond {values.dtype})")
     return arrays
 
 
