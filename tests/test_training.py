@@ -344,7 +344,7 @@ DAMAGED_CHECKPOINTS = {
     "NaN weights": lambda c: _rewrite(c, **{"model.params": np.load(c)["model.params"] * np.nan}),
     "integer weights": lambda c: _rewrite(c, **{"model.params": np.load(c)["model.params"].astype(np.int32)}),
     # (finite as float64, infinite once cast into the float32 network: it loaded, and training diverged)
-    "weights beyond float32": lambda c: _rewrite(c, **{"model.params": 1e300 * np.load(c)["model.params"].astype(float)}),
+    "weights beyond float32": lambda c: _rewrite(c, **{"model.params": np.load(c)["model.params"] * np.float64(1e300)}),
 }
 
 
