@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -288,6 +289,22 @@ def test_unix_socket_answers_like_tcp(daemon, held):
     assert "unix socket" in daemon.log_text()
 
 
+def test_clients_that_go_at_once_are_one_log_line_each(daemon):
+    """A client that connects and closes (a health check, a second daemon's probe of the socket)
+    was an "internal error" with two tracebacks on the Unix socket (uvloop refuses a write to a
+    closed transport); one that resets at once over TCP was logged as refused by --allowed-ips."""
+    before = len(daemon.log_text().splitlines())
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(daemon.socket))
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", daemon.port)) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+    assert daemon.spamc("-K") == (0, b"SPAMD/1.5 0\n")  # (and the log has caught up)
+    new = daemon.log_text().splitlines()[before:]
+    assert any("unix socket: bad request: Bad header line: (closed before headers)" in line for line in new), new
+    assert not [line for line in new if "Traceback" in line or "internal error" in line or "--allowed-ips" in line]
+
+
 def test_compressed_request(daemon, held):
     # (Debian's spamc is built without zlib, so `-z` is sent by hand, as spamc would send it)
     raw, _, v = held[1]
@@ -319,6 +336,10 @@ def test_too_large_message_is_passed_back_unchecked(daemon, held):
     assert daemon.spamc(*size, "-y", data=big)[1].strip() == b"CHAINRULE_SKIPPED_TOO_BIG"
     assert f"it has {len(big)} bytes, more than the daemon's limit".encode() in daemon.spamc(*size, "-R", data=big)[1]
     assert re.search(rf"PROCESS skipped for \S+: {len(big)} bytes over --max-size {MAX_SIZE}", daemon.log_text())
+    # compressed, its size is the message's, not what had been inflated when the limit was passed
+    packed = zlib.compress(big, 0)  # (stored: it spans several of the daemon's reads)
+    out = daemon.raw(b"REPORT SPAMC/1.5\r\nCompress: zlib\r\nContent-length: %d\r\n\r\n" % len(packed) + packed)
+    assert f"it has {len(big)} bytes, more than the daemon's limit".encode() in out
 
 
 def test_malformed_requests_get_protocol_errors(daemon, held):
@@ -507,6 +528,58 @@ def test_a_user_model_loads_while_a_lesson_waits_for_the_shared_model(model_dir,
             fcntl.flock(lock, fcntl.LOCK_UN)
             assert tell.result(timeout=60) == (0, b"Message successfully un/learned\n")
         assert "loaded alice's model" in d.log_text()
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_lesson_its_client_gave_up_on_is_still_logged(model_dir, held, tmp_path):
+    """A TELL that outlasts --timeout (the model's lock held by a cron `spam learn`) is answered
+    EX_TIMEOUT, and learned once the lock is free: that must be in the log (it was not), and a TELL
+    sent again is recognised."""
+    _need("spamc")
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    d = Daemon(copy, "--listen", "127.0.0.1:0", "--allow-tell", "--timeout", "1", "--reload-interval", "0")
+    raw = next(h for h in held if h[2].label == "spam")[0]  # (called spam: learned once, it is not learned again)
+    try:
+        with open(copy / "model.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            assert d.spamc("-L", "spam", data=raw)[0] != 0  # no answer within 1 s
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        deadline = time.monotonic() + 30
+        while "after its client had given up" not in d.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "TELL learned as spam for the default model, after its client had given up waiting (--timeout)" \
+            in d.log_text()
+        assert d.spamc("-L", "spam", data=raw) == (0, b"Message was already un/learned\n")
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_broken_user_model_is_reported_once_until_its_files_change(model_dir, held, tmp_path):
+    """It was loaded again, and reported, at every message for that user."""
+    _need("spamc")
+    copy, users = tmp_path / "model", tmp_path / "users"
+    shutil.copytree(model_dir, copy)
+    shutil.copytree(model_dir, users / "erin")
+    (users / "erin" / "model.json").write_text('{"format": broken')
+    _set_cutoffs(copy, spam=1.0, ham=0.0)  # the default model calls nothing spam
+    raw = next(h for h in held if h[2].label == "spam")[0]
+    d = Daemon(copy, "--listen", "127.0.0.1:0", "--user-models", str(users), "--reload-interval", "0")
+    try:
+        for _ in range(3):
+            assert d.spamc("-c", "-u", "erin", data=raw)[0] == 0  # the default model's verdict
+        assert d.log_text().count("erin's model cannot be loaded") == 1
+        d.proc.send_signal(signal.SIGHUP)  # tried again at erin's next message
+        deadline = time.monotonic() + 10
+        while "reloaded" not in d.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.spamc("-c", "-u", "erin", data=raw)[0] == 0
+        assert d.log_text().count("erin's model cannot be loaded") == 2
+        shutil.copytree(model_dir, users / "erin", dirs_exist_ok=True)  # repaired: its files changed
+        _set_cutoffs(users / "erin", spam=0.0, ham=0.0)  # erin's model calls everything spam
+        assert d.spamc("-c", "-u", "erin", data=raw)[0] == 1
+        assert "loaded erin's model" in d.log_text()
     finally:
         assert d.stop() == 0
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from chainrule.apps.spam.daemon import DEFAULT_PORT, DaemonOptions, run_daemon
-from chainrule.cli.options import add_cutoffs, positive_float, positive_int
+from chainrule.cli.options import add_cutoffs, nonnegative_float, positive_float, positive_int
 from chainrule.data.corpora import MAX_BYTES
 
 
@@ -82,7 +82,7 @@ def add_command(sub) -> None:
                    help="time a client has to send its whole request (default 30)")
     p.add_argument("--timeout", type=positive_float, default=300.0, metavar="SECONDS",
                    help="time a connection may take in all (default 300)")
-    p.add_argument("--reload-interval", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--reload-interval", type=nonnegative_float, default=5.0, metavar="SECONDS",
                    help="look for a changed model file this often and reload it (default 5; 0: only on SIGHUP)")
     p.add_argument("--threads", type=positive_int, default=2,
                    help="threads for REPORTs and for messages over 64 KB (smaller ones are classified on the "

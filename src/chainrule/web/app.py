@@ -163,6 +163,7 @@ def create_app(
         spam = SpamService.load(spam)
 
     app = FastAPIOffline(  # FastAPI whose /docs page serves Swagger UI's files itself: no CDN needed
+        redoc_url=None,  # (ReDoc's script fetches its logo from cdn.redoc.ly: one docs page, /docs, is enough)
         title="chainrule",
         version=chainrule.__version__,
         description="Draw a digit, classify a picture, check a message, watch the network think. Models trained by "

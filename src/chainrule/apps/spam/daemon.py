@@ -244,6 +244,7 @@ class DaemonServer:
         # it never waits behind a lesson (which may wait for the model directory's lock: a cron job)
         self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="spamd-load")
         self._loading: dict[str, asyncio.Future] = {}  # user -> their model's load in progress
+        self._broken: dict[str, tuple] = {}  # user -> the `_stamp` of their model's files that failed to load
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task] = set()
         self._lessons: asyncio.Queue[_Lesson] | None = None
@@ -273,8 +274,8 @@ class DaemonServer:
         """(key, filter) for a request's User: the user's own model if `user_models` has one,
         else the default."""
         d = self._user_dir(user)
-        if d is None:
-            return None, self.filter
+        if d is None or (user in self._broken and self._broken[user] == _stamp(d, SpamFilter.FILES)):
+            return None, self.filter  # (a model that failed to load is tried again once its files change)
         f = self._user_filters.get(user)
         if f is None:
             # one load per user at a time, shared by every request that needs it (two loads could
@@ -292,12 +293,15 @@ class DaemonServer:
         return user, f
 
     async def _load_user(self, user: str, d: Path) -> Filter:
+        stamp = _stamp(d, SpamFilter.FILES)
         try:
             f = await asyncio.get_running_loop().run_in_executor(
                 self._load_pool, self._load, d, self.options.spam_cutoff, self.options.ham_cutoff)
         except UserError as exc:
-            log.error("%s's model cannot be loaded, using the default model: %s", user, exc)
+            log.error("%s's model cannot be loaded, using the default model until its files change: %s", user, exc)
+            self._broken[user] = stamp
             raise
+        self._broken.pop(user, None)
         log.info("loaded %s's model %s", user, f)
         if user in self._user_filters:  # a lesson installed a newer one while this was loading
             return self._user_filters[user]
@@ -318,6 +322,8 @@ class DaemonServer:
     async def reload(self, only_changed: bool = False) -> None:
         """Load the default model and the per-user ones in memory again (with `only_changed`, those
         whose files changed). A model that fails to load is reported and the old one stays in service."""
+        if not only_changed:  # (SIGHUP: a user's model that failed to load is tried again at their next request)
+            self._broken.clear()
         filters = [(None, self.filter)] + list(self._user_filters.items())
         for key, f in filters:
             if key is not None and self._user_dir(key) is None:  # removed: the default serves the user
@@ -387,7 +393,10 @@ class DaemonServer:
                     x.done.set_exception(exc)
             return
         for x, c in zip(group, changed, strict=True):
-            if not x.done.done():
+            if x.done.cancelled():  # (the lesson stands: a TELL sent again is recognised, not counted twice)
+                log.info("TELL %s for %s, after its client had given up waiting (--timeout)", _told(x.is_spam, c),
+                         key or "the default model")
+            elif not x.done.done():
                 x.done.set_result(c)
 
     # -- connections ----------------------------------------------------------------------------
@@ -399,12 +408,15 @@ class DaemonServer:
         unix = writer.get_extra_info("socket").family == socket.AF_UNIX
         who = "unix socket" if unix else f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "TCP client"
         try:
+            if not unix and not isinstance(peer, tuple):
+                log.warning("%s: connection lost before it could be served", who)
+                return
             # A Unix socket's file mode decides who may connect to it; a TCP client, --allowed-ips
-            if not unix and not (isinstance(peer, tuple) and _allowed_address(peer[0], self._allowed)):
+            if not unix and not _allowed_address(peer[0], self._allowed):
                 log.warning("refused connection from %s: not in --allowed-ips", who)
                 return
             refused = await asyncio.wait_for(self._converse(reader, writer, who), self.options.timeout)
-            if refused:  # (outside the connection slot: a client still sending must not hold one)
+            if refused and not writer.is_closing():  # (outside the connection slot: a client still sending must not hold one)
                 if writer.can_write_eof():
                     writer.write_eof()  # the answer is complete: a client reading to the end sees it
                 await _drop_the_rest(reader)
@@ -425,11 +437,13 @@ class DaemonServer:
             self._connections.discard(task)
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        if writer.is_closing():  # (uvloop raises RuntimeError on a write to a closed transport)
+            return  # the client is gone; nothing more to tell it
         try:
             writer.write(data)
             await asyncio.wait_for(writer.drain(), 5.0)
         except (ConnectionError, OSError, asyncio.TimeoutError):
-            pass  # the client is gone; nothing more to tell it
+            pass
 
     async def _converse(self, reader, writer, who: str) -> bool:
         """Read one request and answer it; True if it was refused before it was read to the end."""
@@ -524,11 +538,7 @@ class DaemonServer:
                 raise ProtocolError(EX_IOERR, f"EX_IOERR not learned: {one_line(exc)}") from None
             if changed:
                 headers = b"DidSet: local\r\n" if req.set_local else b"DidRemove: local\r\n"
-            if req.set_local:
-                what = f"learned as {req.message_class}" if changed else \
-                    f"already learned as {req.message_class}; not learned again"
-            else:
-                what = "unlearned" if changed else "never learned; nothing to unlearn"
+            what = _told(kind, changed)
         else:
             what = "nothing to do (no Set: local or Remove: local)"
         writer.write(b"SPAMD/1.1 0 EX_OK\r\n" + headers + b"\r\n")
@@ -613,6 +623,14 @@ def _accepted_user(user: str | None) -> bool:
 def _file_id(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_dev, st.st_ino
+
+
+def _told(is_spam: bool | None, changed: bool) -> str:
+    """What a TELL did, for the log: learn (`is_spam`) or forget (None) a message."""
+    if is_spam is None:
+        return "unlearned" if changed else "never learned; nothing to unlearn"
+    label = "spam" if is_spam else "ham"
+    return f"learned as {label}" if changed else f"already learned as {label}; not learned again"
 
 
 async def _drop_the_rest(reader: asyncio.StreamReader, seconds: float = 2.0) -> None:

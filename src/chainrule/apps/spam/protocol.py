@@ -316,8 +316,8 @@ async def _read_body(reader: asyncio.StreamReader, req: Request, limit: int) -> 
             received += len(chunk)
             if received > HARD_LIMIT:
                 raise _bad(f"message over {HARD_LIMIT} bytes")
-            if size > limit and not keep_all:
-                continue  # only the count matters now (of a compressed body, what was inflated so far)
+            if size > limit and not keep_all and not inflate:
+                continue  # only the count matters now (a compressed body's is its inflated size)
             for piece in _inflated(inflate, chunk) if inflate else (chunk,):
                 if keep_all or size <= limit:
                     spool.write(piece if keep_all else piece[:limit + 1 - size])
