@@ -416,7 +416,8 @@ class DaemonServer:
                 log.warning("refused connection from %s: not in --allowed-ips", who)
                 return
             refused = await asyncio.wait_for(self._converse(reader, writer, who), self.options.timeout)
-            if refused and not writer.is_closing():  # (outside the connection slot: a client still sending must not hold one)
+            # (outside the connection slot: a client still sending must not hold one)
+            if refused and not writer.is_closing():
                 if writer.can_write_eof():
                     writer.write_eof()  # the answer is complete: a client reading to the end sees it
                 await _drop_the_rest(reader)
