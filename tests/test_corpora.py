@@ -268,6 +268,32 @@ def test_a_compressed_mbox_or_message_is_read_through_its_decompressor(compress,
     assert [m.error for m in read_messages([tmp_path / "cut.gz"])][-1]  # reported, not raised
 
 
+@pytest.mark.parametrize("compress", [None, gzip.compress, bz2.compress])
+def test_a_pipe_named_on_the_command_line_is_read_as_the_file_would_be(compress, tmp_path, spamassassin_messages):
+    """`spam classify MODEL <(cat spam.mbox)`: an mbox's first 4,096 bytes were lost (the pipe was
+    opened again to read it as an mbox), so was a single message in the corpus's layout (it starts
+    with a "From " line), and a compressed one was read as its compressed bytes."""
+    real = [m.data for m in spamassassin_messages[:3]]  # each starts with its own "From " line
+    mbox = b"".join(data if data.endswith(b"\n") else data + b"\n" for data in real)
+    for name, data in (("spam.mbox", mbox), ("one", real[0])):
+        (tmp_path / name).write_bytes(data)
+        expected = [m.data for m in read_messages([tmp_path / name])]
+        read_end, write_end = os.pipe()  # named as bash names `<(...)`: /dev/fd/N
+
+        def write(data=compress(data) if compress else data, write_end=write_end):
+            with open(write_end, "wb") as f:
+                f.write(data)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            got = [m.data for m in read_messages([f"/dev/fd/{read_end}"])]
+        finally:
+            writer.join()
+            os.close(read_end)
+        assert len(expected) == (3 if name == "spam.mbox" else 1) and got == expected
+
+
 @pytest.fixture(scope="module")
 def small_archives(spamassassin_messages) -> dict[str, bytes]:
     """Eight real SpamAssassin messages in a tar archive under spam/, plain and compressed three

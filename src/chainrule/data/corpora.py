@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import contextlib
 import errno
 import gzip
 import io
@@ -114,17 +115,17 @@ def _compressed_by(head: bytes):
     return next((opener for pattern, opener in _COMPRESSED if pattern.match(head[:10])), None)
 
 
+@contextlib.contextmanager
 def _open(path: Path):
-    """`path` opened for reading bytes, through its decompressor if it is gzip, bzip2 or xz."""
-    f = open(path, "rb")  # noqa: SIM115 (returned open)
-    if not f.seekable():  # a pipe (`<(zcat mail.gz)`) can be read only once: taken as it comes
-        return f
-    opener = _compressed_by(f.read(10))
-    f.seek(0)
-    if opener is not None:
-        f.close()
-        return opener(path, "rb")
-    return f
+    """`path` opened for reading bytes, through its decompressor if it is gzip, bzip2 or xz. Its
+    first bytes are peeked at, not read: a pipe (`<(cat mail.gz)`) can be read only once."""
+    with open(path, "rb") as f:
+        opener = _compressed_by(f.peek(10))
+        if opener is None:
+            yield f
+        else:
+            with opener(f, "rb") as inflated:
+                yield inflated
 
 
 def _reason(exc: BaseException) -> str:
@@ -308,11 +309,10 @@ def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, 
     try:
         with _open(path) as f:
             head = f.read(4096)
-            if _looks_like_mbox(head):
-                f.close()
+            if _looks_like_mbox(head):  # (read on from here: a pipe cannot be opened again at its start)
                 plain = path.with_suffix("") if path.suffix.lower() in _COMPRESSED_SUFFIXES else path
                 own = (path.name,) if named or plain.suffix.lower() in (".mbox", ".mbx") else ()
-                yield from _read_mbox(path, max_bytes, _label(label, names + own))
+                yield from _read_mbox(path, f, head, max_bytes, _label(label, names + own))
                 return
             rest, truncated = _read_capped(f, max(max_bytes - len(head), 0))
             data = (head + rest)[:max_bytes]
@@ -323,15 +323,16 @@ def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, 
     yield RawMessage(str(path), data, lab, truncated)
 
 
-def _read_mbox(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
-    """Messages of an mbox file, split at "From " lines that follow a blank line (or start the file).
+def _read_mbox(path: Path, f, head: bytes, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+    """Messages of the mbox file `path`, open as `f`, whose first bytes `head` have been read from
+    it, split at "From " lines that follow a blank line (or start the file).
 
     Read as a stream, so a huge mbox is never held in memory; each message is capped separately.
     Sources are "path:N" (from 1); a file holding a single message (such as each file of the
     SpamAssassin corpus, which starts with a "From " line) is just "path".
     """
     pending = None
-    for index, item in enumerate(_mbox_messages(path, max_bytes, label), 1):
+    for index, item in enumerate(_mbox_messages(path, f, head, max_bytes, label), 1):
         if pending is not None:
             yield pending
         item.source = f"{path}:{index}"
@@ -352,10 +353,14 @@ _HEADER_LINE = re.compile(rb"[!-9;-~]+:")
 _SECOND_MESSAGE = re.compile(rb"\n\r?\nFrom [^\n]*\n" + _HEADER_LINE.pattern)
 
 
-def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+def _mbox_messages(path: Path, f, head: bytes, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
     buf: list[bytes] = []
     size, started, truncated, prev_blank, line_start = 0, False, False, True, True
-    pending: list[bytes] = []  # pieces read ahead, to be taken again in order
+    # pieces read ahead, to be taken again in order: first the lines of `head`, its last one read to
+    # its end (the BOM before the text that Windows programs save is not a part of the first message)
+    if head and not head.endswith(b"\n"):
+        head += f.readline(LINE_PIECE)
+    pending: list[bytes] = re.findall(rb"[^\n]*\n|[^\n]+", head.removeprefix(codecs.BOM_UTF8))
 
     def flush():
         data = b"".join(buf)
@@ -364,44 +369,41 @@ def _mbox_messages(path: Path, max_bytes: int, label: int | None) -> Iterator[Ra
         return RawMessage(str(path), data, label, truncated)
 
     try:
-        with _open(path) as f:
-            def next_piece() -> bytes:
-                return pending.pop(0) if pending else f.readline(LINE_PIECE)
+        def next_piece() -> bytes:
+            return pending.pop(0) if pending else f.readline(LINE_PIECE)
 
-            # `for line in f` would hold a whole line, however long; pieces of one keep their order,
-            # and only a piece that starts a line can be a "From " separator or a blank line
-            if f.peek(3)[:3] == codecs.BOM_UTF8:  # (not a part of the first message)
-                f.read(3)
-            while piece := next_piece():
-                starts_line, line_start = line_start, piece.endswith(b"\n")
-                pieces = [piece]
-                if starts_line and prev_blank and piece.startswith(b"From "):
-                    while not line_start and (more := next_piece()):  # the rest of the line, up to max_bytes
-                        line_start = more.endswith(b"\n")
-                        if sum(map(len, pieces)) < max_bytes:
-                            pieces.append(more)
-                    line_start = True
-                    # A separator, if a header follows it: a message's body that a program wrote
-                    # into a file of its own unquoted ("From the desk of..."), is no separator.
-                    ahead = []
-                    while (not ahead or not ahead[-1].endswith(b"\n")) and sum(map(len, ahead)) < 1000 and (
-                            more := next_piece()):
-                        ahead.append(more)
-                    pending[:0] = ahead
-                    if not started or not ahead or _HEADER_LINE.match(b"".join(ahead)):
-                        if started:
-                            yield flush()
-                        started = True
-                        buf, size, truncated, prev_blank = [], 0, False, False
-                        continue
-                prev_blank = starts_line and piece in (b"\n", b"\r\n")
-                for part in pieces:
-                    if not truncated:  # the message's first max_bytes, as for a file
-                        buf.append(part[:max_bytes - size])
-                        size += len(buf[-1])
-                        truncated = len(part) > len(buf[-1])
-            if started:
-                yield flush()
+        # `for line in f` would hold a whole line, however long; pieces of one keep their order,
+        # and only a piece that starts a line can be a "From " separator or a blank line
+        while piece := next_piece():
+            starts_line, line_start = line_start, piece.endswith(b"\n")
+            pieces = [piece]
+            if starts_line and prev_blank and piece.startswith(b"From "):
+                while not line_start and (more := next_piece()):  # the rest of the line, up to max_bytes
+                    line_start = more.endswith(b"\n")
+                    if sum(map(len, pieces)) < max_bytes:
+                        pieces.append(more)
+                line_start = True
+                # A separator, if a header follows it: a message's body that a program wrote
+                # into a file of its own unquoted ("From the desk of..."), is no separator.
+                ahead = []
+                while (not ahead or not ahead[-1].endswith(b"\n")) and sum(map(len, ahead)) < 1000 and (
+                        more := next_piece()):
+                    ahead.append(more)
+                pending[:0] = ahead
+                if not started or not ahead or _HEADER_LINE.match(b"".join(ahead)):
+                    if started:
+                        yield flush()
+                    started = True
+                    buf, size, truncated, prev_blank = [], 0, False, False
+                    continue
+            prev_blank = starts_line and piece in (b"\n", b"\r\n")
+            for part in pieces:
+                if not truncated:  # the message's first max_bytes, as for a file
+                    buf.append(part[:max_bytes - size])
+                    size += len(buf[-1])
+                    truncated = len(part) > len(buf[-1])
+        if started:
+            yield flush()
     except _READ_ERRORS as exc:
         yield RawMessage(str(path), b"", label, error=_reason(exc))
 
