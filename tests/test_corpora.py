@@ -280,11 +280,11 @@ def test_a_pipe_named_on_the_command_line_is_read_as_the_file_would_be(compress,
         expected = [m.data for m in read_messages([tmp_path / name])]
         read_end, write_end = os.pipe()  # named as bash names `<(...)`: /dev/fd/N
 
-        def write(data=compress(data) if compress else data, write_end=write_end):
-            with open(write_end, "wb") as f:
-                f.write(data)
+        def write(sent: bytes, fd: int) -> None:
+            with open(fd, "wb") as f:
+                f.write(sent)
 
-        writer = threading.Thread(target=write)
+        writer = threading.Thread(target=write, args=(compress(data) if compress else data, write_end))
         writer.start()
         try:
             got = [m.data for m in read_messages([f"/dev/fd/{read_end}"])]

@@ -293,6 +293,23 @@ def test_explain_reads_text_messages_with_sms_as_classify_does(spam_model, data_
     assert twice.returncode == 0 and len(twice.stdout.splitlines()) == 5, twice.stderr
 
 
+def test_text_messages_in_windows_1252_read_as_training_reads_them(spam_model, data_root, tmp_path, capsys):
+    """`train --sms` and `evaluate --sms` decode a line that is not UTF-8 as Windows-1252 ("£" is
+    byte 0xA3); classify, learn and explain put U+FFFD there, so the spam's "£150" was lost."""
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_text(encoding="utf-8").splitlines()
+    texts = [line.split("\t", 1)[1] for line in lines if "£" in line][:20]
+    (tmp_path / "utf8.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    (tmp_path / "cp1252.txt").write_bytes(("\n".join(texts) + "\n").encode("cp1252", "replace"))
+    kept = [t for t in texts if t.encode("cp1252", "replace").decode("cp1252") == t]  # (what cp1252 holds)
+    assert len(kept) >= 10
+    out = {}
+    for name in ("utf8", "cp1252"):
+        assert main(["spam", "classify", str(spam_model), "--sms", str(tmp_path / f"{name}.txt"), "--json"]) == 0
+        out[name] = [json.loads(line)["probability"] for line in capsys.readouterr().out.splitlines()]
+    same = [texts.index(t) for t in kept]
+    assert [out["cp1252"][i] for i in same] == pytest.approx([out["utf8"][i] for i in same], abs=1e-6)
+
+
 def test_explain_explains_every_message_of_a_folder_under_its_own_name(spam_model, spam_corpus, tmp_path, capsys):
     folder = tmp_path / "mail"
     folder.mkdir()

@@ -46,6 +46,9 @@ def test_classify_message_tokenises_an_sms_as_training_saw_it():
     assert sms_tokens(sms, _TINY.config) != message_tokens(parse_message(sms.encode()), _TINY.config)
     assert classify_message(_TINY, sms.encode())["probability"] == pytest.approx(
         explain_row(_TINY, sms_tokens(sms, _TINY.config))[0], abs=1e-7)
+    # saved as Windows-1252 ("£" is byte 0xA3): read as `train --sms` reads such a line, not as U+FFFD
+    assert classify_message(_TINY, sms.encode("cp1252"))["probability"] == pytest.approx(
+        explain_row(_TINY, sms_tokens(sms, _TINY.config))[0], abs=1e-7)
 
     email = b"Received: from mx.example\nFrom: a@example.com\nSubject: URGENT: call now\n\nhello"
     for raw in (email, b"From a@example.com Mon Jan  1 00:00:00 2024\n" + email, b"X-Spam: no\n\nhi",

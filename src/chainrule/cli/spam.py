@@ -64,6 +64,7 @@ from chainrule.data.corpora import (
     read_as_is,
     read_messages,
 )
+from chainrule.data.mime import decode_text
 from chainrule.data.text import HashingConfig
 from chainrule.errors import TrainingDiverged, UserError
 
@@ -471,7 +472,7 @@ def _sms_lines(paths: list[str], max_bytes: int, on_problem):
         with stream as f:
             for i, line in enumerate(capped_lines(f, max_bytes)):
                 if line.strip():
-                    yield f"{path}:{i + 1}", line.decode("utf-8", "replace").rstrip("\r\n")
+                    yield f"{path}:{i + 1}", decode_text(line.rstrip(b"\r\n"), "utf-8")  # (as `read_sms` does)
 
 
 def _explained_tokens(args, config: HashingConfig, on_problem):

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from chainrule.apps.spam.features import item_tokens
 from chainrule.apps.spam.model import SpamModel, verdict
 from chainrule.data.corpora import MAX_BYTES
+from chainrule.data.mime import decode_text
 from chainrule.functional import sigmoid
 
 
@@ -79,7 +80,7 @@ def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
     [{"token", "weight"}...] (the strongest in either direction), "problem": str|None}.
     """
     raw = raw[:MAX_BYTES]
-    item = ("mail", raw) if looks_like_email(raw) else ("sms", raw.decode("utf-8", "replace"))
+    item = ("mail", raw) if looks_like_email(raw) else ("sms", decode_text(raw, "utf-8"))  # (as `read_sms` does)
     tokens, problem = item_tokens(*item, bundle.config)
     p, to_spam, to_ham = explain_row(bundle, tokens, top)
     strongest = sorted(to_spam + to_ham, key=lambda t: -abs(t[1]))[:top]
