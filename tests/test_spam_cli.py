@@ -427,7 +427,8 @@ VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}
 def test_classify_usage_errors_exit_3_not_unsure(spam_model, run_chainrule):
     # a procmail recipe reads exit 2 as "unsure": argparse's usage-error code must not reach it
     m = str(spam_model)
-    for args in ([m, "--bogus"], [], [m, "--spam-cutoff", "2"]):
+    # (--annotate wrote the message back and ignored --json without a word)
+    for args in ([m, "--bogus"], [], [m, "--spam-cutoff", "2"], [m, "--annotate", "--json"]):
         r = run_chainrule(["spam", "classify", *args], b"Subject: hi\n\nhello\n")
         err = r.stderr.decode()
         assert r.returncode == 3 and err.splitlines()[-1].startswith("chainrule spam classify: error: "), (args, err)

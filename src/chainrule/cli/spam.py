@@ -559,7 +559,8 @@ def add_commands(subparsers) -> None:
                    "validated on its own fold, cut-offs from the out-of-fold scores (default 5; 0: one "
                    "network and a --validation split)")
     p.add_argument("--target-blocked-ham", type=probability, default=0.005,
-                   help="largest share of validation ham the spam cut-off may block (default 0.005)")
+                   help="largest share of validation ham the spam cut-off may block (default 0.005; with "
+                   "mail and --no-balance the cut-off is also at most P(spam) 0.5, which may block more)")
     p.add_argument("--hash-bits", type=int, choices=range(1, 25), default=16, metavar="BITS",
                    help="2^BITS hash buckets, 1 to 24 (default 16: as accurate as 18 on SpamAssassin and SMS "
                    "out of fold, 4x smaller)")
@@ -605,11 +606,12 @@ def add_commands(subparsers) -> None:
                        "1 ham, 2 unsure); errors exit 3")
     p.add_argument("model")
     p.add_argument("paths", nargs="*", help="messages, folders, mbox, Maildir, archives; '-' or nothing: stdin")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object per line (default: SOURCE<TAB>VERDICT<TAB>P(spam); a tab, line "
-                   "break or backslash in SOURCE written as \\t, \\n, \\r, \\\\)")
-    p.add_argument("--annotate", action="store_true",
-                   help="write the message back with X-Chainrule-Spam headers added (body untouched)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true",
+                        help="one JSON object per line (default: SOURCE<TAB>VERDICT<TAB>P(spam); a tab, line "
+                        "break or backslash in SOURCE written as \\t, \\n, \\r, \\\\)")
+    output.add_argument("--annotate", action="store_true",
+                        help="write the message back with X-Chainrule-Spam headers added (body untouched)")
     p.add_argument("--sms", action="store_true", help="inputs are SMS texts, one per line")
     add_max_bytes(p)
     add_cutoffs(p)
