@@ -375,6 +375,48 @@ def test_damaged_exif_data_is_read_past_without_warnings(digits):
     assert np.abs(out - preprocess_image(on_paper(digits[0][0], scale=3))).mean() < 0.05
 
 
+def _renumbered_exif_tag(photo: Image.Image, fmt: str) -> bytes:
+    """`photo` saved as `fmt` with EXIF orientation 6 and a Make tag (ASCII) renumbered 0x0106, a
+    SHORT tag, as a broken camera or editor might write it."""
+    exif = Image.Exif()
+    exif[274], exif[0x010F] = 6, "Cam"
+    buf = io.BytesIO()
+    photo.save(buf, fmt, exif=exif)
+    data = buf.getvalue()
+    start = data.find(b"Exif\x00\x00") + 6 if fmt == "JPEG" else data.find(b"EXIF") + 8
+    old, new = (b"\x0f\x01", b"\x06\x01") if data[start:start + 2] == b"II" else (b"\x01\x0f", b"\x01\x06")
+    at = data.find(old, start)
+    return data[:at] + new + data[at + 2:]
+
+
+def _strip_offsets_as_text(photo: Image.Image) -> bytes:
+    """`photo` as a TIFF whose StripOffsets tag (273) says its type is ASCII, not LONG."""
+    buf = io.BytesIO()
+    photo.save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    order = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    for k in range(struct.unpack(order + "H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack(order + "H", data[entry:entry + 2])[0] == 273:
+            data[entry + 2:entry + 4] = struct.pack(order + "H", 2)
+    return bytes(data)
+
+
+@needs_data
+def test_damaged_image_metadata_is_a_one_line_problem_or_read_past(digits):
+    """EXIF tags of the wrong type (JPEG, WebP) and a TIFF whose strip offsets are text raised
+    TypeError and struct.error out of Pillow: `predict` stopped at an "internal error" and gave no
+    result for the other images. A photo whose EXIF cannot be read is taken as stored, as image
+    viewers show it; a TIFF whose pixels cannot be found is a corrupt image."""
+    photo = on_paper(digits[0][0], scale=3).convert("RGB")
+    for fmt in ("JPEG", "WEBP"):
+        out = preprocess_image(_renumbered_exif_tag(photo, fmt))
+        assert np.abs(out - preprocess_image(photo)).mean() < 0.05, fmt
+    with pytest.raises(ImageError, match=r"^corrupt or truncated image \("):
+        preprocess_image(_strip_offsets_as_text(photo))
+
+
 @needs_data
 @pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "I", "I;16", "F"])
 @pytest.mark.parametrize("long_side", [90, 5000])

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
 import threading
 import warnings
 from pathlib import Path
@@ -145,9 +146,24 @@ def _open(source) -> tuple[Image.Image, str]:
         raise ImageError(f"{prefix}image too large (decompression bomb guard: {exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{prefix}not an image in a format read here ({', '.join(FORMATS)})") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{prefix}corrupt or truncated image ({exc})") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"{prefix}corrupt or truncated image ({exc or type(exc).__name__})") from exc
     return img, name
+
+
+# What Pillow's decoders and its EXIF reader raise for a damaged file, a TIFF whose tags have the
+# wrong types, say (TypeError), or an EXIF block whose header or entries are cut (struct.error).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """`img` turned as its EXIF orientation says (phone photos are often stored sideways); as
+    stored where that data cannot be read, as image viewers show such a photo."""
+    with _pillow_warnings():  # (EXIF data Pillow can read in part: it warns and reads what it can)
+        try:
+            return ImageOps.exif_transpose(img)
+        except _DECODE_ERRORS:
+            return img
 
 
 def _plain_mode(img: Image.Image) -> Image.Image:
@@ -363,9 +379,7 @@ def preprocess_image(source, picture: str = "digit") -> np.ndarray:
     if picture not in PICTURES:
         raise ValueError(f"preprocess_image: picture must be one of {PICTURES}, got {picture!r}")
     img, name = _open(source)
-    with _pillow_warnings():  # (damaged EXIF data: Pillow warns and reads what it can)
-        img = ImageOps.exif_transpose(img)  # (phone photos are often stored sideways)
-    img = _plain_mode(img)
+    img = _plain_mode(_upright(img))
     if max(img.size) > WORKING_SIZE:
         img = img.copy()
         img.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
