@@ -208,6 +208,14 @@ def test_digits_commands_refuse_a_model_that_does_not_read_digits(fashion_run, p
                                      "use `chainrule images` for it\n")
 
 
+def test_digits_train_refuses_a_data_set_that_is_not_digits(fashion_dir, tmp_path, capsys):
+    """It trained a Fashion-MNIST model that every other `digits` command then refused."""
+    code, _, stderr = cli(capsys, "digits", "train", "--data", "fashion", *TINY, "--out", tmp_path / "run")
+    assert (code, stderr) == (2, "chainrule: error: Fashion-MNIST: its classes are T-shirt/top, Trouser, Pullover, "
+                                 "Dress, ..., Ankle boot, not 0, 1, 2, 3, ..., 9\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_continues_on_the_data_set_the_run_started_with(fashion_run):
     opts = images.resolve_run_options({}, fashion_run, resume=True)  # `chainrule digits train --resume`
     assert opts["data"] == "fashion" and opts["train_size"] == 1200

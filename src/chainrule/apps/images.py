@@ -207,6 +207,10 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
     return opts
 
 
+def _named(classes: list[str]) -> str:
+    return ", ".join(classes[:4]) + (f", ..., {classes[-1]}" if len(classes) > 4 else "")
+
+
 def unfinished_run(checkpoint: Path) -> bool:
     """Whether `checkpoint` is that of a run that was stopped before its end (its history has no
     stop reason yet). A finished run keeps its last checkpoint too; that one, like one that
@@ -260,6 +264,7 @@ def train(
     figures: bool = True,
     default_data: str | None = "mnist",
     world: World | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[Sequential, dict]:
     """Train a preset on an image set, evaluate it on the test set and write everything to `out`.
 
@@ -280,11 +285,16 @@ def train(
         world: the processes that train together (`chainrule.distributed.world()` under
             mpirun): data-parallel `fit` with `batch_size` the global batch, the test set shared
             out among them; rank 0 alone writes files and logs. None: this process alone.
+        classes: the classes the data set must have, where the caller reads the model as such
+            (`chainrule digits`: `DIGITS`); None: any.
     Returns:
         (model, metrics) — the metrics dict that is also written to `metrics.json` (the same on
         every rank).
     """
+    required = classes
     images, labels, classes, dataset = idx.load_image_set(data, "train", default=default_data)
+    if required is not None and classes != required:
+        raise UserError(f"{idx.title(dataset)}: its classes are {_named(classes)}, not {_named(required)}")
     presets = presets_for(dataset)
     if model_name not in presets:
         raise UserError(f"{idx.title(dataset)} has no preset {model_name!r}; choose from {', '.join(presets)}")

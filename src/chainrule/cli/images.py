@@ -36,7 +36,8 @@ def _cmd_train(args) -> int:
     try:
         _, metrics = images.train(opts["model"], out, opts["epochs"], opts["batch_size"], opts["lr"], opts["seed"],
                                   data=opts["data"], train_size=opts["train_size"], resume=args.resume,
-                                  verbose=not args.quiet, default_data=args.default_data, world=world)
+                                  verbose=not args.quiet, default_data=args.default_data, world=world,
+                                  classes=images.DIGITS if args.group == "digits" else None)
     except TrainingDiverged as exc:
         raise UserError(diverged(exc)) from None
     except KeyboardInterrupt:
