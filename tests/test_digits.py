@@ -115,6 +115,11 @@ def test_saved_model_gives_identical_predictions(trained, mnist_test, capsys):
     assert "precision" in stdout and "confusion matrix" in stdout
     for name in ("mistakes.png", "eval_confusion_matrix.png", "eval_metrics.json"):
         assert (out / "eval" / name).is_file()
+    # on the test images of the digits 0 and 1 alone, the others have no recall (None, not 0)
+    few = np.isin(mnist_test[1], [0, 1])
+    per_class = images.evaluate_images(loaded, metadata, mnist_test[0][few], mnist_test[1][few])["per_class"]
+    assert per_class["1"]["recall"] > 0.9 and per_class["7"]["recall"] is None and per_class["7"]["f1"] is None
+    assert per_class["7"]["support"] == 0
 
 
 def test_model_inputs_layouts():

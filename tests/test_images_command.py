@@ -336,3 +336,7 @@ def test_the_per_class_table_keeps_its_columns_at_100_percent():
     header, *rows = report_text(report).split("\n\n")[1].splitlines()
     assert rows == ["    0     90.54%  100.00%   95.04%       10", "    1    100.00%   80.00%   88.89%       10"]
     assert all(len(row) == len(header) for row in rows)
+    # a class not in the test set has no recall, one never predicted no precision: n/a, not 0.00%
+    report["per_class"]["1"] = {"precision": None, "recall": None, "f1": None, "support": 0}
+    header, *rows = report_text(report).split("\n\n")[1].splitlines()
+    assert rows[1] == "    1        n/a      n/a      n/a        0" and len(rows[1]) == len(header)

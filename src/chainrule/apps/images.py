@@ -105,14 +105,19 @@ def evaluate_images(model: Sequential, metadata: dict, images: np.ndarray, label
     pred = proba.argmax(axis=1)
     cm = M.confusion_matrix(labels, pred, len(classes))
     precision, recall, f1 = M.precision_recall_f1(cm)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+
+    def defined(value, *counts):  # (None, not 0, for a class never predicted or not in the set)
+        return float(value) if all(counts) else None
+
     return {
         "accuracy": M.accuracy(labels, pred),
         "n": int(len(labels)),
         "errors": int((pred != labels).sum()),
         "classes": classes,
         "per_class": {
-            name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
-                   "support": int(cm[k].sum())}
+            name: {"precision": defined(precision[k], predicted[k]), "recall": defined(recall[k], support[k]),
+                   "f1": defined(f1[k], predicted[k], support[k]), "support": int(support[k])}
             for k, name in enumerate(classes)
         },
         "confusion_matrix": cm.tolist(),

@@ -58,6 +58,10 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"  # (None: a class never predicted or not in the set)
+
+
 def report_text(report: dict) -> str:
     """Accuracy, a per-class table and the confusion matrix as plain text."""
     classes = report.get("classes") or [str(k) for k in range(len(report["confusion_matrix"]))]
@@ -67,8 +71,8 @@ def report_text(report: dict) -> str:
     lines = [f"test accuracy: {100 * report['accuracy']:.2f}% ({report['n'] - report['errors']}/{report['n']})",
              "", f"{word:<{width}}  precision   recall       f1  support"]
     for name, s in report["per_class"].items():  # (each column as wide as "100.00%" or its header)
-        lines.append(f"{name:>{width}}  {100 * s['precision']:8.2f}%  {100 * s['recall']:6.2f}%  "
-                     f"{100 * s['f1']:6.2f}%  {s['support']:7d}")
+        lines.append(f"{name:>{width}}  {_percent(s['precision']):>9}  {_percent(s['recall']):>7}  "
+                     f"{_percent(s['f1']):>7}  {s['support']:7d}")
     # rows are labelled with the class (and its number, when it has a name); columns with the number
     rows = classes if digits else [f"{k} {name}" for k, name in enumerate(classes)]
     label = max(6, *(len(r) + 1 for r in rows))
