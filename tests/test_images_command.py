@@ -276,7 +276,8 @@ def test_labels_with_gaps_are_refused_before_anything_is_written(fashion_dir, tm
     (folder / "t10k-images-idx3-ubyte").unlink()  # a set without its test images: refused, nothing left
     s = load_image_set("fashion", "train")
     _write_idx(folder, "train", s.images[:600], s.labels[:600])
-    code, _, stderr = cli(capsys, "images", "train", "--data", folder, *TINY, "--out", tmp_path / "run")
+    code, _, stderr = cli(capsys, "images", "train", "--data", folder, *TINY, "--train-size", "600",
+                          "--out", tmp_path / "run")
     assert code == 2 and "t10k-images" in stderr and not (tmp_path / "run").exists()
 
 
