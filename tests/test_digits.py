@@ -118,8 +118,17 @@ def test_saved_model_gives_identical_predictions(trained, mnist_test, capsys):
     # on the test images of the digits 0 and 1 alone, the others have no recall (None, not 0)
     few = np.isin(mnist_test[1], [0, 1])
     per_class = images.evaluate_images(loaded, metadata, mnist_test[0][few], mnist_test[1][few])["per_class"]
-    assert per_class["1"]["recall"] > 0.9 and per_class["7"]["recall"] is None and per_class["7"]["f1"] is None
-    assert per_class["7"]["support"] == 0
+    assert per_class["1"]["recall"] > 0.9 and per_class["7"]["recall"] is None and per_class["7"]["support"] == 0
+    never = [s for s in per_class.values() if s["support"] == 0 and s["precision"] is None]  # nor predicted
+    assert never and all(s["f1"] is None for s in never)
+    # F1 = 2TP / (2TP + FP + FN) is 0, not undefined, for a class there but never predicted: ones
+    # labelled as a digit the model never calls them
+    ones = mnist_test[0][mnist_test[1] == 1]
+    called = set(loaded.predict(image_presets.model_inputs(ones, metadata)).tolist())
+    k = next(str(d) for d in range(10) if d not in called)
+    per_class = images.evaluate_images(loaded, metadata, ones, np.full(len(ones), int(k)))["per_class"]
+    assert (per_class[k]["precision"], per_class[k]["f1"]) == (None, 0.0) and per_class[k]["support"] == len(ones)
+    assert (per_class["1"]["recall"], per_class["1"]["precision"], per_class["1"]["f1"]) == (None, 0.0, 0.0)
 
 
 def test_model_inputs_layouts():

@@ -375,6 +375,22 @@ def test_damaged_exif_data_is_read_past_without_warnings(digits):
     assert np.abs(out - preprocess_image(on_paper(digits[0][0], scale=3))).mean() < 0.05
 
 
+@needs_data
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_photo_stored_turned_reads_upright_by_its_exif_orientation(digits, orientation):
+    """Phones store a photo as the sensor saw it and say in EXIF how to turn it upright."""
+    photo = on_paper(digits[0][0], scale=3, offset=(8, 10)).convert("RGB")
+    # stored = the upright photo turned the other way (orientations 5 and 7 are their own inverse)
+    undo = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_90",
+            7: "TRANSVERSE", 8: "ROTATE_270"}.get(orientation)
+    stored = photo.transpose(getattr(Image.Transpose, undo)) if undo else photo
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", exif=exif, quality=95)
+    assert np.abs(preprocess_image(buf.getvalue()) - preprocess_image(photo)).mean() < 0.03
+
+
 def _renumbered_exif_tag(photo: Image.Image, fmt: str) -> bytes:
     """`photo` saved as `fmt` with EXIF orientation 6 and a Make tag (ASCII) renumbered 0x0106, a
     SHORT tag, as a broken camera or editor might write it."""
@@ -407,12 +423,13 @@ def _strip_offsets_as_text(photo: Image.Image) -> bytes:
 def test_damaged_image_metadata_is_a_one_line_problem_or_read_past(digits):
     """EXIF tags of the wrong type (JPEG, WebP) and a TIFF whose strip offsets are text raised
     TypeError and struct.error out of Pillow: `predict` stopped at an "internal error" and gave no
-    result for the other images. A photo whose EXIF cannot be read is taken as stored, as image
-    viewers show it; a TIFF whose pixels cannot be found is a corrupt image."""
+    result for the other images. The orientation, readable beside the damaged tag, still turns the
+    photo upright; a TIFF whose pixels cannot be found is a corrupt image."""
     photo = on_paper(digits[0][0], scale=3).convert("RGB")
+    upright = preprocess_image(photo.transpose(Image.Transpose.ROTATE_270))  # (what orientation 6 asks for)
     for fmt in ("JPEG", "WEBP"):
         out = preprocess_image(_renumbered_exif_tag(photo, fmt))
-        assert np.abs(out - preprocess_image(photo)).mean() < 0.05, fmt
+        assert np.abs(out - upright).mean() < 0.05, fmt
     with pytest.raises(ImageError, match=r"^corrupt or truncated image \("):
         preprocess_image(_strip_offsets_as_text(photo))
 

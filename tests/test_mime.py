@@ -19,6 +19,7 @@ from chainrule.data.mime import (
     decode_text,
     html_to_text,
     parse_message,
+    without_cut_character,
 )
 from chainrule.data.text import Hasher, HashingConfig, message_tokens
 from chainrule.data.urls import url_domain
@@ -168,6 +169,15 @@ def test_charset_fallbacks():
     assert decode_text("naïve".encode("cp1252"), "utf-8") == "naïve"
     assert decode_text(b"\x81\x8d\x8f", "no-such") == "\x81\x8d\x8f"  # latin-1 takes anything
     assert decode_text("日本".encode(), "bogus") == "日本"
+
+
+def test_a_text_cut_inside_a_character_loses_that_character_not_its_encoding():
+    """A UTF-8 line cut at --max-bytes inside its last character was read whole as Windows-1252."""
+    text = "вы выиграли приз"
+    for cut in range(1, len(text.encode())):
+        kept = without_cut_character(text.encode()[:cut])
+        assert text.startswith(decode_text(kept, "utf-8")) and len(kept) >= cut - 1, cut
+    assert without_cut_character(b"caf\xe9 au lait") == b"caf\xe9 au lait"  # not UTF-8: as it is
 
 
 def test_html_to_text_and_domains():

@@ -308,6 +308,13 @@ def test_text_messages_in_windows_1252_read_as_training_reads_them(spam_model, d
         out[name] = [json.loads(line)["probability"] for line in capsys.readouterr().out.splitlines()]
     same = [texts.index(t) for t in kept]
     assert [out["cp1252"][i] for i in same] == pytest.approx([out["utf8"][i] for i in same], abs=1e-6)
+    # a UTF-8 line cut at --max-bytes inside a character: the characters before the cut, as UTF-8
+    (tmp_path / "cut.txt").write_text("вы выиграли приз позвоните сейчас\n", encoding="utf-8")  # 2 bytes a letter
+    (tmp_path / "kept.txt").write_text("вы выиграли приз п\n", encoding="utf-8")  # its first 18 letters: 33 bytes
+    for name, args in (("cut", ["--max-bytes", "34"]), ("kept", [])):
+        assert main(["spam", "classify", str(spam_model), "--sms", str(tmp_path / f"{name}.txt"), "--json", *args]) == 0
+        out[name] = json.loads(capsys.readouterr().out)["probability"]
+    assert out["cut"] == pytest.approx(out["kept"], abs=1e-6)
 
 
 def test_explain_explains_every_message_of_a_folder_under_its_own_name(spam_model, spam_corpus, tmp_path, capsys):

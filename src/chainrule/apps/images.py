@@ -107,8 +107,8 @@ def evaluate_images(model: Sequential, metadata: dict, images: np.ndarray, label
     precision, recall, f1 = M.precision_recall_f1(cm)
     predicted, support = cm.sum(axis=0), cm.sum(axis=1)
 
-    def defined(value, *counts):  # (None, not 0, for a class never predicted or not in the set)
-        return float(value) if all(counts) else None
+    def defined(value, count):  # (None, not 0: precision of a class never predicted, recall of one not in the set)
+        return float(value) if count else None
 
     return {
         "accuracy": M.accuracy(labels, pred),
@@ -117,7 +117,7 @@ def evaluate_images(model: Sequential, metadata: dict, images: np.ndarray, label
         "classes": classes,
         "per_class": {
             name: {"precision": defined(precision[k], predicted[k]), "recall": defined(recall[k], support[k]),
-                   "f1": defined(f1[k], predicted[k], support[k]), "support": int(support[k])}
+                   "f1": defined(f1[k], predicted[k] + support[k]), "support": int(support[k])}
             for k, name in enumerate(classes)
         },
         "confusion_matrix": cm.tolist(),

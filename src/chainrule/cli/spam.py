@@ -64,7 +64,7 @@ from chainrule.data.corpora import (
     read_as_is,
     read_messages,
 )
-from chainrule.data.mime import decode_text
+from chainrule.data.mime import decode_text, without_cut_character
 from chainrule.data.text import HashingConfig
 from chainrule.errors import TrainingDiverged, UserError
 
@@ -471,6 +471,8 @@ def _sms_lines(paths: list[str], max_bytes: int, on_problem):
             continue
         with stream as f:
             for i, line in enumerate(capped_lines(f, max_bytes)):
+                if len(line) == max_bytes and not line.endswith(b"\n"):  # cut at max_bytes
+                    line = without_cut_character(line)
                 if line.strip():
                     yield f"{path}:{i + 1}", decode_text(line.rstrip(b"\r\n"), "utf-8")  # (as `read_sms` does)
 

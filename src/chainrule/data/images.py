@@ -38,7 +38,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from chainrule.errors import DataError
 
@@ -153,17 +153,26 @@ def _open(source) -> tuple[Image.Image, str]:
 
 # What Pillow's decoders and its EXIF reader raise for a damaged file, a TIFF whose tags have the
 # wrong types, say (TypeError), or an EXIF block whose header or entries are cut (struct.error).
+# (The code they guard only calls Pillow: none of them can come from a bug of ours.)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error)
+
+# EXIF orientation -> the turn that shows the picture upright (the table of Pillow's exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 def _upright(img: Image.Image) -> Image.Image:
-    """`img` turned as its EXIF orientation says (phone photos are often stored sideways); as
-    stored where that data cannot be read, as image viewers show such a photo."""
+    """`img` turned as its EXIF orientation says (phone photos are often stored sideways), as
+    stored where there is none or it cannot be read. The orientation tag alone is read, not the
+    whole EXIF block that `ImageOps.exif_transpose` also rewrites for the turned copy: a damaged
+    tag elsewhere in it made that fail, and the photo was read sideways."""
     with _pillow_warnings():  # (EXIF data Pillow can read in part: it warns and reads what it can)
         try:
-            return ImageOps.exif_transpose(img)
+            turn = _UPRIGHT.get(img.getexif().get(0x0112))
         except _DECODE_ERRORS:
             return img
+    return img if turn is None else img.transpose(turn)
 
 
 def _plain_mode(img: Image.Image) -> Image.Image:

@@ -81,6 +81,19 @@ def decode_text(data: bytes, charset: str | None) -> str:
         return data.decode("latin-1")
 
 
+def without_cut_character(data: bytes) -> bytes:
+    """`data`, cut at a byte limit, without the start of a UTF-8 character the cut left at its end:
+    `decode_text` would read the whole text as Windows-1252 for it. Text that is not UTF-8 comes
+    back as it is."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        decoder.decode(data, final=False)  # (keeps an incomplete last character back, unread)
+    except UnicodeDecodeError:
+        return data
+    pending, _ = decoder.getstate()
+    return data[:len(data) - len(pending)]
+
+
 def decode_header(value) -> str:
     """An RFC 2047 header (`=?utf-8?b?...?=`) as text, tolerating bad encodings and charsets."""
     if value is None:

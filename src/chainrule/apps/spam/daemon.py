@@ -427,8 +427,11 @@ class DaemonServer:
         except (ConnectionError, OSError) as exc:
             log.warning("%s: connection lost (%s)", who, exc.strerror or type(exc).__name__)
         except Exception:  # noqa: BLE001 (one bad connection must never stop the daemon)
-            log.exception("%s: internal error", who)
-            await self._send(writer, ProtocolError(EX_SOFTWARE, "EX_SOFTWARE internal error").status_line())
+            if writer.is_closing():  # (uvloop raises RuntimeError on a write to a connection the client closed)
+                log.warning("%s: connection lost", who)
+            else:
+                log.exception("%s: internal error", who)
+                await self._send(writer, ProtocolError(EX_SOFTWARE, "EX_SOFTWARE internal error").status_line())
         finally:
             writer.close()
             try:  # (until the answer has left: a stopping daemon must not cut it off)
@@ -498,8 +501,8 @@ class DaemonServer:
             else:
                 writer.write(answer(req, None))
                 await writer.drain()
-            log.info("%s skipped for %s: %d bytes over --max-size %d, %.1f ms, %s", req.command, user,
-                     req.size, self.options.max_size, ms(), who)
+            log.info("%s skipped for %s: %s bytes over --max-size %d, %.1f ms, %s", req.command, user,
+                     req.size_text, self.options.max_size, ms(), who)
             return
         _, f = await self._filter_for(req.user)
         explain = req.command in ("REPORT", "REPORT_IFSPAM")
@@ -517,7 +520,7 @@ class DaemonServer:
             raise ProtocolError(EX_UNAVAILABLE, "Service Unavailable: TELL commands are not enabled, "
                                 "start the daemon with --allow-tell.")
         if req.too_big:
-            raise ProtocolError(EX_DATAERR, f"EX_DATAERR message of {req.size} bytes is over --max-size "
+            raise ProtocolError(EX_DATAERR, f"EX_DATAERR message of {req.size_text} bytes is over --max-size "
                                 f"{self.options.max_size}; not learned")
         headers = b""
         if req.set_local or req.remove_local:

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from chainrule.apps.spam.features import item_tokens
 from chainrule.apps.spam.model import SpamModel, verdict
 from chainrule.data.corpora import MAX_BYTES
-from chainrule.data.mime import decode_text
+from chainrule.data.mime import decode_text, without_cut_character
 from chainrule.functional import sigmoid
 
 
@@ -79,7 +79,7 @@ def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
     Returns {"label": "spam"|"ham"|"unsure", "probability": P(spam), "top_tokens":
     [{"token", "weight"}...] (the strongest in either direction), "problem": str|None}.
     """
-    raw = raw[:MAX_BYTES]
+    raw = raw if len(raw) <= MAX_BYTES else without_cut_character(raw[:MAX_BYTES])
     item = ("mail", raw) if looks_like_email(raw) else ("sms", decode_text(raw, "utf-8"))  # (as `read_sms` does)
     tokens, problem = item_tokens(*item, bundle.config)
     p, to_spam, to_ham = explain_row(bundle, tokens, top)

@@ -172,9 +172,9 @@ def report_text(v: Verdict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def skipped_report(size: int, limit: int) -> str:
-    return (f"The chainrule spam filter did not check this message: it has {size} bytes, more than the "
-            f"daemon's limit of {limit} (--max-size).\n")
+def skipped_report(req: Request) -> str:
+    return (f"The chainrule spam filter did not check this message: it has {req.size_text} bytes, more than "
+            f"the daemon's limit of {req.limit} (--max-size).\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +212,14 @@ class Request:
     limit: int = MAX_BYTES  # the size limit it was read with
     too_big: bool = False  # over the limit: passed back unchecked
     spool: BinaryIO | None = None  # a too-big message that PROCESS must hand back unchanged
+    # A compressed message over the limit is inflated no further than its reading had got to (all
+    # of it would be up to 256 MB of work on the event loop): its `size` is then a lower bound.
+    size_at_least: bool = False
+
+    @property
+    def size_text(self) -> str:
+        """The message's size as a log line or an answer says it: "70000", "at least 70000"."""
+        return f"at least {self.size}" if self.size_at_least else str(self.size)
 
 
 _REQUEST_LINE = re.compile(rb"([A-Z_]+) SPAMC/(\d{1,3}(?:\.\d{1,3})?)\r?\n")
@@ -316,8 +324,8 @@ async def _read_body(reader: asyncio.StreamReader, req: Request, limit: int) -> 
             received += len(chunk)
             if received > HARD_LIMIT:
                 raise _bad(f"message over {HARD_LIMIT} bytes")
-            if size > limit and not keep_all and not inflate:
-                continue  # only the count matters now (a compressed body's is its inflated size)
+            if size > limit and not keep_all:
+                continue  # only the count matters now (of a compressed body, what was inflated so far)
             for piece in _inflated(inflate, chunk) if inflate else (chunk,):
                 if keep_all or size <= limit:
                     spool.write(piece if keep_all else piece[:limit + 1 - size])
@@ -327,6 +335,7 @@ async def _read_body(reader: asyncio.StreamReader, req: Request, limit: int) -> 
         if inflate is not None and not inflate.eof and (keep_all or size <= limit):
             raise _bad("zlib: the compressed message is incomplete")
         req.size, req.too_big = (size if inflate else received), size > limit
+        req.size_at_least = inflate is not None and not inflate.eof
         spool.seek(0)
         if keep_all and req.too_big:
             req.spool = spool
@@ -387,7 +396,7 @@ def answer(req: Request, v: Verdict | None) -> bytes:
         text = v.symbol if v is not None else "CHAINRULE_SKIPPED_TOO_BIG"
         body = (text + ("\r\n" if req.version < 1.3 else "")).encode()
     elif req.command == "REPORT" or (req.command == "REPORT_IFSPAM" and v is not None and v.is_spam):
-        body = (report_text(v) if v is not None else skipped_report(req.size, req.limit)).encode()
+        body = (report_text(v) if v is not None else skipped_report(req)).encode()
     else:  # REPORT_IFSPAM of a message that is not spam: nothing
         body = b""
     return status + length_and_spam(req, len(body), v) + body
