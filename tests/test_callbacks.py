@@ -376,7 +376,7 @@ def test_a_history_iterates_over_its_epochs_and_refuses_a_key_no_epoch_has():
 def test_early_stopping_min_delta_is_a_number_from_zero(min_delta):
     """NaN counted no epoch as an improvement (the run stopped with no best weights), -1 every one
     (the last epoch's weights were kept as the best)."""
-    with pytest.raises(ValueError, match="EarlyStopping: min_delta must be a number >= 0"):
+    with pytest.raises(ValueError, match="EarlyStopping: min_delta must be a finite number >= 0"):
         cr.EarlyStopping(min_delta=min_delta)
 
 

@@ -72,7 +72,8 @@ class EarlyStopping(Callback):
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be an integer >= 0, got {patience!r}")
         # (a NaN would count no epoch as better, a negative one every epoch: the last would be "best")
-        min_delta = _number("EarlyStopping", "min_delta", min_delta, lambda v: 0 <= v < math.inf, "a number >= 0")
+        min_delta = _number("EarlyStopping", "min_delta", min_delta, lambda v: 0 <= v < math.inf,
+                            "a finite number >= 0")
         self.monitor, self.patience, self.min_delta = monitor, int(patience), min_delta
         self.restore_best_weights = restore_best_weights
         self.sign = -1.0 if "accuracy" in monitor else 1.0  # minimise sign·value
