@@ -121,6 +121,20 @@ def test_stdin_reader(monkeypatch):
     assert m.source == "-" and parse_message(m.data).subject == "piped"
 
 
+def test_an_mbox_of_several_messages_on_standard_input_is_refused(monkeypatch, spamassassin_messages):
+    """Standard input is one message (a mail filter's); an mbox piped to `spam learn -` was learned
+    as one blend of its messages, and counted once. One message in the corpus's layout (a "From "
+    line first) is still one message."""
+    real = [m.data for m in spamassassin_messages[:3]]
+    mbox = b"".join(data if data.endswith(b"\n") else data + b"\n" for data in real)
+    for data, error in ((mbox, "an mbox of several messages"), (gzip.compress(mbox), "an mbox of several messages"),
+                        (real[0], None)):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+        (m,) = list(read_messages(["-"]))
+        assert (m.error or "").startswith(error or "") and bool(m.error) == bool(error), m.error
+        assert m.data == (b"" if error else real[0])
+
+
 def test_sms_reader(tmp_path):
     f = tmp_path / "sms.txt"
     f.write_bytes(b"ham\tOk lar...\nspam\tFree entry \xa3100\n\n")

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from chainrule.files import LOCK_FILE, atomic_open, atomic_write_bytes, locked_directory, written_together
+from chainrule.files import (
+    LOCK_FILE,
+    STAGING_PREFIX,
+    STALE_STAGING_S,
+    atomic_open,
+    atomic_write_bytes,
+    locked_directory,
+    written_together,
+)
 
 
 @pytest.fixture
@@ -77,6 +88,43 @@ def test_the_directory_lock_is_reentrant_in_a_thread_and_makes_others_wait(tmp_p
         order.append("outer done")
     t.join(5)
     assert order == ["inner", "outer done", "other"] and (tmp_path / LOCK_FILE).is_file()
+
+
+def test_staging_folders_killed_writers_left_are_removed_once_stale(tmp_path):
+    """`spam train` killed while it wrote its figures left a .writing-* folder for ever (image runs
+    cleared theirs at their next start; now every writer's next write does)."""
+    old, young = tmp_path / f"{STAGING_PREFIX}killed", tmp_path / f"{STAGING_PREFIX}writing-now"
+    for folder in (old, young):
+        folder.mkdir()
+        (folder / "metrics.json").write_bytes(b"{}")
+    an_hour_ago = time.time() - STALE_STAGING_S - 60
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    with written_together(tmp_path, ("metrics.json",)) as new:
+        atomic_write_bytes(new / "metrics.json", b"{}")
+    assert not old.exists() and young.is_dir()  # (a writer still at work has a young one)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="acting as a writer without the right to write another user's files needs root and setpriv")
+def test_a_lock_file_another_user_made_still_locks(tmp_path):
+    """The first writer's umask leaves model.lock 0644: a second user allowed to write the model's
+    folder could not open it for writing, and so could not learn at all ("Permission denied")."""
+    lock = tmp_path / LOCK_FILE
+    lock.write_bytes(b"")
+    os.chown(lock, 1234, 1234)
+    lock.chmod(0o644)
+    code = "import sys\nfrom chainrule.files import locked_directory\n" \
+           "with locked_directory(sys.argv[1], wait=False):\n    print('held')"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    # root without the capabilities that let it write any file: as another user as far as files go
+    args = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", sys.executable, "-c", code,
+            str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": src}
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "held\n"), r.stderr
+    with locked_directory(tmp_path):  # and it is the same lock: held here, it is refused there
+        r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode != 0 and "BlockingIOError" in r.stderr
 
 
 @pytest.mark.parametrize("below", ["x.png", "a/b/x.png"])

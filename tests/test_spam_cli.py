@@ -194,6 +194,31 @@ def test_annotate_leaves_the_body_byte_identical(spam_model, spam_corpus, run_ch
     assert b"\nX-Chainrule-Spam: " in head and b"\nX-Chainrule-Spam-Probability: " in head
 
 
+def test_annotate_works_as_a_procmail_filter_whatever_the_verdict(spam_model, spam_corpus, tmp_path):
+    """procmail's `:0fw` keeps a filter's output only when it exits 0; --annotate exited 1 for ham
+    and 2 for unsure, so only spam was ever delivered with the X-Chainrule-Spam headers."""
+    if shutil.which("procmail") is None:  # (CI installs it: there, its absence fails the test)
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("procmail is not installed (apt-get install procmail)")
+    maildir = tmp_path / "Mail"
+    maildir.mkdir()
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    (tmp_path / "procmailrc").write_text(f"""MAILDIR={maildir}
+PYTHONPATH={src}
+:0fw
+| {sys.executable} -m chainrule.cli spam classify {spam_model} --annotate
+:0
+inbox/
+""")
+    sent = [(spam_corpus[1] / folder / name).read_bytes() for folder, name in (("easy_ham", "0200"), ("spam", "0160"))]
+    for raw in sent:
+        r = subprocess.run(["procmail", "-m", str(tmp_path / "procmailrc")], input=raw, capture_output=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+    delivered = [p.read_bytes() for p in (maildir / "inbox" / "new").iterdir()]
+    verdicts = sorted(re.search(rb"\nX-Chainrule-Spam-Verdict: (\w+)", d).group(1) for d in delivered)
+    assert len(delivered) == 2 and b"spam" in verdicts and (b"ham" in verdicts or b"unsure" in verdicts), verdicts
+
+
 def test_annotate_writes_a_named_file_back_as_it_does_standard_input(spam_model, spam_corpus, run_chainrule,
                                                                      tmp_path):
     """A corpus file starts with a "From " line: read as an mbox, it lost that line and had its
@@ -532,6 +557,10 @@ def test_train_refuses_an_out_that_is_a_file_before_reading_anything(tmp_path, c
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"chainrule: error: --out {tmp_path / 'out'}: exists and is not a directory\n"
+    # a file further up: refused now too, not after the training (it was, by the save)
+    out = tmp_path / "out" / "filter"
+    assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"chainrule: error: --out {out}: {tmp_path / 'out'} is a file, not a folder\n"
 
 
 def test_train_never_replaces_another_apps_model_and_says_when_corrections_go(data_root, tmp_path, capsys):

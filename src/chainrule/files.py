@@ -11,14 +11,17 @@ what it expects and refuse a file asking for gigabytes before reading or allocat
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import io
 import math
 import os
+import shutil
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,6 +76,8 @@ def _make_folder(directory: Path) -> None:
 
 # `written_together`'s staging folders begin so (one a killed process left is a run folder's leftover).
 STAGING_PREFIX = ".writing-"
+# Drawing the files of a run takes seconds: a staging folder older than this was left by a killed writer.
+STALE_STAGING_S = 3600
 
 
 @contextmanager
@@ -80,12 +85,17 @@ def written_together(directory, names: tuple[str, ...]) -> Iterator[Path]:
     """A folder in which to write the files `names` (each atomically, as usual), which then appear
     in `directory` together when the `with` block completes: a run that fails or is interrupted
     part-way leaves `directory` as it was, never a mix of new and old files. (Each is renamed into
-    place in turn; what could stop a rename, a folder by that name, is refused before the block.)"""
+    place in turn; what could stop a rename, a folder by that name, is refused before the block.)
+    Staging folders that killed writers left are removed once stale (`STALE_STAGING_S`)."""
     directory = Path(directory)
     for name in names:
         if (directory / name).is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(directory / name))
     _make_folder(directory)
+    for left in directory.glob(f"{STAGING_PREFIX}*"):  # (one of a writer still at work is younger)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - left.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(left, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=STAGING_PREFIX) as staging:
         staging = Path(staging)
         try:
@@ -175,7 +185,8 @@ def locked_directory(directory, wait: bool = True) -> Iterator[None]:
     False, a lock another writer holds raises `BlockingIOError` at once.
 
     The lock is a POSIX `flock` on the file `model.lock` in the directory (created if missing; a
-    lock file rather than the directory itself, since flock on NFS needs a file open for writing).
+    lock file rather than the directory itself, since flock on NFS needs a file open for writing;
+    one that another user created, and this one may only read, is opened to read: enough locally).
     It is re-entrant within a thread, so that `Sequential.save` inside a held load-change-save block
     does not wait for itself; another thread or process waits.
     """
@@ -185,7 +196,10 @@ def locked_directory(directory, wait: bool = True) -> Iterator[None]:
     if key in held:
         yield
         return
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lock file (0644 by their umask): read-only, flock still works
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.add(key)

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -48,7 +47,6 @@ from chainrule.distributed import World
 from chainrule.errors import DataError, ModelFileError, UserError
 from chainrule.files import (
     LOCK_FILE,
-    STAGING_PREFIX,
     atomic_write_bytes,
     locked_directory,
     npz_headers,
@@ -402,22 +400,15 @@ EVALUATE_FILES = ("eval_metrics.json", "eval_confusion_matrix.png", "mistakes.pn
 DERIVED_FILES = (*EVALUATE_FILES, "first_layer.png")
 
 
-# An evaluate's files take seconds to draw: a staging folder older than this was left by a killed one.
-STALE_STAGING_S = 3600
-
-
 def _clear_leftovers(out: Path, fresh: bool) -> None:
-    """Delete the partial checkpoint and staged files a killed run left (`atomic_open`'s temporary
-    file, `written_together`'s folder), and when a run starts afresh over an earlier one, that
-    run's checkpoint (a finished run's: `resolve_run_options` refuses to start over an unfinished
-    one) and what was derived from its model (its evaluation and figures would sit beside the new
-    model). Called with the folder's writer lock held, so nothing of a run still writing there is
-    touched."""
+    """Delete the partial checkpoint a killed run left (`atomic_open`'s temporary file), and when
+    a run starts afresh over an earlier one, that run's checkpoint (a finished run's:
+    `resolve_run_options` refuses to start over an unfinished one) and what was derived from its
+    model (its evaluation and figures would sit beside the new model). Called with the folder's
+    writer lock held, so nothing of a run still writing there is touched. (Staging folders a killed
+    run left, `written_together` removes.)"""
     for tmp in out.glob(".checkpoint.npz.*.tmp"):
         tmp.unlink(missing_ok=True)
-    for staging in out.glob(f"{STAGING_PREFIX}*"):  # (`written_together`'s, of a killed run or evaluate:
-        if time.time() - staging.stat().st_mtime > STALE_STAGING_S:  # one of a running evaluate is younger)
-            shutil.rmtree(staging, ignore_errors=True)
     if not fresh:
         return
     if (out / "checkpoint.npz").exists():

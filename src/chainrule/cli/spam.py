@@ -324,8 +324,8 @@ def _cmd_classify(args) -> int:
         raise UserError("--annotate needs exactly one email message (a file or standard input)")
     if problems.failed:
         return ERROR_EXIT  # the others were classified, but a cron job must see that one was not
-    if seen == 1 and (single_stdin or args.annotate):
-        return VERDICT_EXIT[last]
+    if seen == 1 and single_stdin and not args.annotate:  # (annotated, the verdict is in the headers: a
+        return VERDICT_EXIT[last]  # mail filter such as procmail's `:0fw` keeps only a filter's 0-exit output)
     return 0
 
 
@@ -605,7 +605,7 @@ def add_commands(subparsers) -> None:
 
     p = sub.add_parser("classify", error_exit=ERROR_EXIT,
                        help="spam/ham/unsure for each message; one stdin message sets the exit code (0 spam, "
-                       "1 ham, 2 unsure); errors exit 3")
+                       "1 ham, 2 unsure; with --annotate 0); errors exit 3")
     p.add_argument("model")
     p.add_argument("paths", nargs="*", help="messages, folders, mbox, Maildir, archives; '-' or nothing: stdin")
     output = p.add_mutually_exclusive_group()
@@ -613,7 +613,8 @@ def add_commands(subparsers) -> None:
                         help="one JSON object per line (default: SOURCE<TAB>VERDICT<TAB>P(spam); a tab, line "
                         "break or backslash in SOURCE written as \\t, \\n, \\r, \\\\)")
     output.add_argument("--annotate", action="store_true",
-                        help="write the message back with X-Chainrule-Spam headers added (body untouched)")
+                        help="write the message back with X-Chainrule-Spam headers added (body untouched); "
+                        "exit 0 whatever the verdict, as a mail filter needs")
     p.add_argument("--sms", action="store_true", help="inputs are SMS texts, one per line")
     add_max_bytes(p)
     add_cutoffs(p)

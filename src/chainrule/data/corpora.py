@@ -138,6 +138,11 @@ def _looks_like_mbox(head: bytes) -> bool:
     return head.removeprefix(codecs.BOM_UTF8).startswith(b"From ") and b"\n" in head
 
 
+def _several_messages(data: bytes) -> bool:
+    """Whether `data` is an mbox of more than one message."""
+    return _looks_like_mbox(data) and _SECOND_MESSAGE.search(data) is not None
+
+
 def _is_archive(path: Path) -> bool:
     name = path.name.lower()
     return name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz"))
@@ -188,7 +193,7 @@ def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage
         msg.error = "empty message"
     elif _compressed_by(data) is not None:
         msg.error = "compressed (gzip, bzip2 or xz): decompress it first, to have the message written back"
-    elif _looks_like_mbox(data) and _SECOND_MESSAGE.search(data):
+    elif _several_messages(data):
         msg.error = "an mbox of several messages: give one message, to have it written back"
     return msg
 
@@ -212,6 +217,9 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
                 msg = RawMessage("-", data, label, truncated)
             except _READ_ERRORS as exc:
                 msg = RawMessage("-", b"", label, error=_reason(exc))
+        if _several_messages(msg.data):  # (one verdict, or one lesson, for a blend of them all)
+            msg = RawMessage("-", b"", label, error="an mbox of several messages: standard input is one message; "
+                             "name the mbox file to read its messages one by one")
         yield msg
         return
     path = Path(src)

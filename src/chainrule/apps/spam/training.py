@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,6 +262,11 @@ def check_out(out: Path) -> int:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
+    there = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())  # (where it will be made)
+    if not there.is_dir():
+        raise UserError(f"--out {out}: {there} is a file, not a folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {there} cannot be written to")
     replaced = saved_metadata(out)
     task, learned = replaced.get("task"), replaced.get("learned")
     if isinstance(task, str) and task != TASK:
