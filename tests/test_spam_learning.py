@@ -232,6 +232,8 @@ def test_since_last_learns_only_what_is_new_in_a_maildir(model, spam_corpus, tmp
     junk = tmp_path / "Maildir" / ".Junk"
     for sub in ("cur", "new", "tmp"):
         (junk / sub).mkdir(parents=True)
+    # (empty, the first time: there was no previous run to have nothing new since)
+    assert _learn(capsys, model, "--spam", "--from", junk, "--since-last") == [f"{junk}: no messages yet"]
     spam = _held(spam_corpus, "spam", 5)
     for i, msg in enumerate(spam[:3]):
         _deliver(junk, msg, f"100{i}.M1P1.host")

@@ -378,9 +378,10 @@ def _cmd_learn(args) -> int:
                 new, key, mark = new_since_last(bundle, folder)
             except OSError as exc:
                 raise UserError(f"--from {folder}: {exc.strerror or exc}") from None
-            marks[key] = mark
             if not new:
-                print(f"{folder}: nothing new since the previous run")
+                before = key in bundle.metadata.get("since_last", {})
+                print(f"{folder}: nothing new since the previous run" if before else f"{folder}: no messages yet")
+            marks[key] = mark
             paths += new
         if not paths:  # (--since-last, and nothing new anywhere)
             return 0
