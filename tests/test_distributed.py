@@ -326,6 +326,23 @@ def test_a_failing_rank_stops_the_job_with_its_one_line_error(mpirun, data_root,
 
 
 @needs_data
+def test_ranks_that_read_different_data_sets_stop_with_one_line(mpirun, fashion_dir, tmp_path):
+    """Rank 1's CHAINRULE_DATA holds Fashion-MNIST's files under MNIST's names: the job trained a
+    model on a mix of both (46% on the digits); with different sizes its ranks waited for ever."""
+    other = tmp_path / "other" / "mnist"
+    other.mkdir(parents=True)
+    for f in fashion_dir.glob("*-ubyte.gz"):
+        (other / f.name).symlink_to(f)
+    common = [*CLI, *RUN, "--epochs", "1", "--out", tmp_path / "out"]
+    proc = run([*mpirun, "-np", 1, *common, ":", "-np", 1, "-x", f"CHAINRULE_DATA={other.parent}", *common])
+    assert proc.returncode == 2, proc.stderr
+    ours = our_lines(proc.stderr)
+    assert len(ours) == 1 and ours[0].startswith("chainrule: error: rank 0 of 2: the processes read different data "
+                                                 "sets (rank 0: 1,200, rank 1: 1,200 training images;"), proc.stderr
+    assert not (tmp_path / "out" / "model.json").exists()
+
+
+@needs_data
 def test_a_damaged_checkpoint_stops_every_rank_with_one_line(mpirun, uninterrupted, tmp_path):
     # Rank 0 alone reads the checkpoint (the others wait for its arrays): its error must end them.
     out = tmp_path / "damaged"

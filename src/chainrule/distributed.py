@@ -102,6 +102,16 @@ class World:
     def abort(self, code: int) -> None:
         """Stop every rank of the job at once with exit status `code` (alone: nothing to stop)."""
 
+    def differences(self, count: int, digest: str) -> str | None:
+        """None where every rank holds the same data (`count` items whose content hashes to
+        `digest`), else the ranks' counts for an error ("rank 0: 12,000, rank 1: 6,000"). Every
+        rank reads a data set itself; ranks that read different ones wait for each other for ever
+        (their batch counts differ) or, with as many items, train a mix."""
+        read = self.allgather((count, digest))
+        if all(r == read[0] for r in read):
+            return None
+        return ", ".join(f"rank {rank}: {n:,}" for rank, (n, _) in enumerate(read))
+
     def shard(self, n: int, rank: int | None = None) -> tuple[int, int]:
         """(start, stop) of this rank's (or `rank`'s) share of n items: contiguous, in rank order,
         sizes that differ by at most one. Shard r is [⌊n·r/N⌋, ⌊n·(r+1)/N⌋)."""

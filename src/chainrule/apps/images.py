@@ -15,6 +15,7 @@ Fashion-MNIST was; see `chainrule.data.images`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -329,6 +330,15 @@ def train(
                         f"images are {idx.title(test.name)} ({', '.join(test.classes)}): a model is tested on the set "
                         "it learns")
     test_images, test_labels = test.images, test.labels
+    if world.size > 1:  # every rank read the data set itself: the same one?
+        digest = hashlib.sha256()
+        for array in (images, labels, test_images, test_labels):
+            digest.update(f"{array.shape} {array.dtype}\n".encode())
+            digest.update(np.ascontiguousarray(array).data)
+        counts = world.differences(len(labels), digest.hexdigest())
+        if counts:
+            raise DataError(f"the processes read different data sets ({counts} training images; the same number "
+                            "may differ in what they hold): does every machine see the same --data?")
     _check_labels(test_labels, classes, f"{idx.title(dataset)} test set")
     with contextlib.ExitStack() as lock:  # rank 0 holds the run folder's writer lock to the end
         if writer:  # (once the data is known to be readable: a failed start leaves no folder behind)

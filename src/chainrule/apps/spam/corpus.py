@@ -56,8 +56,7 @@ def check_same_on_every_rank(items: list, labels: np.ndarray, world: World) -> N
         data = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
         digest.update(f"{kind} {len(data)} {int(label)}\n".encode())
         digest.update(data)
-    read = world.allgather((len(items), digest.hexdigest()))
-    if any(r != read[0] for r in read):
-        counts = ", ".join(f"rank {rank}: {n}" for rank, (n, _) in enumerate(read))
+    counts = world.differences(len(items), digest.hexdigest())
+    if counts:
         raise DataError(f"the processes read different messages ({counts}; the same number may differ in what "
                         "they hold): was the corpus changing while they started? Train again")
