@@ -466,6 +466,9 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
     images = read_idx(images_path, 3, check=as_its_header_said)
     if known is None:
         known = _recognise(labels, split)
+    elif (other := _recognise(labels, split)) not in (None, known):  # (a slice of the set is taken as it)
+        raise DataError(f"{labels_path}: these are {other.title}'s {split} labels, in {known.title}'s place: "
+                        f"put {known.title}'s files there")
     name = known.name if known is not None else str(images_path.parent.resolve())
     classes = _class_names(images_path.parent, labels, known, labels_path)
     return ImageSet(images, labels, classes, name)
