@@ -27,9 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import chainrule as cr
 from chainrule import distributed
+from chainrule.apps.spam import train_filter
+from chainrule.data.text import HashingConfig
 from chainrule.errors import UserError
 from conftest import blobs
 
@@ -161,6 +164,9 @@ def test_fit_refuses_a_batch_smaller_than_the_processes_and_augment_without_batc
                world=Two())
     with pytest.raises(ValueError, match="1 training examples for 2 processes"):  # (not 0 steps, then 0/0)
         cr.fit(model, x[:1], y[:1], cr.CrossEntropy(), cr.SGD(model.parameters()), batch_size=4, world=Two())
+    # the spam filter's training says it as the option's error (it was an internal error, "a bug")
+    with pytest.raises(UserError, match="--batch-size 1 is smaller than the 2 processes that share each batch"):
+        train_filter(sp.csr_matrix(x), (y > 0).astype(int), HashingConfig(n_features=10), batch_size=1, world=Two())
 
 
 # -- the same answer at any N ----------------------------------------------------------------------
@@ -362,6 +368,12 @@ def test_under_mpirun_usage_errors_are_said_once_and_standard_input_is_refused(m
     forwarding of standard input hangs (even for cat), so classify refuses '-' at once."""
     proc = run([*mpirun, "-np", 2, *CLI, "digits", "train", "--epochs", "0", "--out", tmp_path / "x"])
     assert proc.returncode == 2 and proc.stderr.count("error: argument --epochs") == 1, proc.stderr
+    # a batch that cannot be shared out: the option's error, not an internal one, and no run folder
+    proc = run([*mpirun, "-np", 2, *CLI, "digits", "train", "--batch-size", "1", "--out", tmp_path / "x"])
+    assert proc.returncode == 2 and our_lines(proc.stderr) == [
+        "chainrule: error: rank 0 of 2: --batch-size 1 is smaller than the 2 processes that share each batch"], \
+        proc.stderr
+    assert not (tmp_path / "x").exists()
     message = tmp_path / "m.eml"
     message.write_bytes(b"From: a@b.c\nSubject: hi\n\nhello\n")
     with open(message, "rb") as stdin:

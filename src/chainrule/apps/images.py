@@ -317,6 +317,8 @@ def train(
     out = Path(out or f"runs/{name}-{model_name}")
     world = world or World()
     writer = world.rank == 0  # the one process that writes files and logs
+    if batch_size < world.size:  # (`fit` would refuse it too, once the run folder is made)
+        raise UserError(f"--batch-size {batch_size} is smaller than the {world.size} processes that share each batch")
     options = {"data": _data_key(data) or default_data, "model": model_name, "epochs": epochs,
                "batch_size": batch_size, "lr": lr, "seed": seed, "train_size": train_size}
     if train_size is not None:
