@@ -243,6 +243,36 @@ def test_keyboard_and_phone_width(page, tmp_path):
     assert label["x"] >= pad["x"] + pad["width"] and label["y"] < pad["y"] + pad["height"]
 
 
+def test_a_second_finger_on_the_pad_is_not_part_of_the_stroke(browser, server, tmp_path):
+    """On a phone, one finger draws a 1 while another rests on the pad's corner: every pointer's
+    moves went into one stroke, drawn from one finger to the other, and the 1 read as a 7."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    try:
+        page.goto(server + "/")
+        page.wait_for_function("document.getElementById('image-model').options.length > 0")
+        page.locator("#pad").scroll_into_view_if_needed()
+        box = page.locator("#pad").bounding_box()
+        cdp = context.new_cdp_session(page)
+
+        def finger(n, x, y):  # (x, y) in the pad's own 280x280 pixels
+            return {"x": box["x"] + x * box["width"] / 280, "y": box["y"] + y * box["height"] / 280, "id": n}
+
+        (x0, y0), (x1, y1) = ONE[0]
+        resting = finger(1, 28, 28)
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [finger(0, x0, y0)]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [finger(0, x0, y0), resting]})
+        for k in range(1, 21):
+            point = finger(0, x0 + (x1 - x0) * k / 20, y0 + (y1 - y0) * k / 20)
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point, resting]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        page.wait_for_selector("#answer[aria-busy='false']")
+        page.screenshot(path=tmp_path / "two-fingers.png", full_page=True)
+        assert page.inner_text("#label") == "1"
+    finally:
+        context.close()
+
+
 def test_the_api_docs_render_without_internet(browser, server, tmp_path):
     """/docs shows every route in Swagger UI with every request to another host refused, as on a
     machine without internet."""

@@ -54,8 +54,17 @@ function el(tag, attrs = {}, text = null) {
   return node;
 }
 
+const ANSWER_TIMEOUT_MS = 30000; // a server that hangs must not leave the page waiting for ever
+
 async function postJSON(url, body, contentType) {
-  const response = await fetch(url, { method: "POST", headers: { "Content-Type": contentType }, body });
+  let response;
+  try {
+    response = await fetch(url, { method: "POST", headers: { "Content-Type": contentType }, body,
+                                  signal: AbortSignal.timeout(ANSWER_TIMEOUT_MS) });
+  } catch (err) {
+    if (err.name === "TimeoutError") throw new Error(`no answer from the server within ${ANSWER_TIMEOUT_MS / 1000} s`);
+    throw err;
+  }
   let data = null;
   try {
     data = await response.json();
@@ -158,7 +167,7 @@ $("image-model").addEventListener("change", () => chooseModel($("image-model").v
 
 const pad = $("pad");
 const padCtx = pad.getContext("2d");
-let drawing = false;
+let stroke = null; // the pointer drawing the stroke: a second finger on the pad is not part of it
 let last = null;
 let hasInk = false;
 let picture = 0; // counts pictures: Clear, an upload or another model starts a new one
@@ -195,10 +204,10 @@ function strokeTo(point) {
 }
 
 pad.addEventListener("pointerdown", (event) => {
-  if (!drawable() || (event.pointerType === "mouse" && event.button !== 0)) return;
+  if (!drawable() || stroke !== null || (event.pointerType === "mouse" && event.button !== 0)) return;
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
-  drawing = true;
+  stroke = event.pointerId;
   last = padPoint(event);
   // A tap leaves a dot (a line of length 0 draws nothing in some browsers).
   padCtx.fillStyle = "#000";
@@ -209,15 +218,15 @@ pad.addEventListener("pointerdown", (event) => {
 });
 
 pad.addEventListener("pointermove", (event) => {
-  if (!drawing) return;
+  if (event.pointerId !== stroke) return;
   const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
   for (const e of events.length ? events : [event]) strokeTo(padPoint(e));
   predict();
 });
 
-function endStroke() {
-  if (!drawing) return;
-  drawing = false;
+function endStroke(event) {
+  if (event.pointerId !== stroke) return;
+  stroke = null;
   predict();
 }
 pad.addEventListener("pointerup", endStroke);
