@@ -114,7 +114,13 @@ def test_explain_says_when_xor_is_not_solved(capsys):
     out = capsys.readouterr().out
     assert "2/4 correct.\n  Not solved: " in out
     assert main(["explain", "--epochs", "1"]) == 0
-    assert "SGD lr 0.5, 1 epoch.\n" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SGD lr 0.5, 1 epoch.\n" in out
+    # too few epochs is not a start that got stuck (it said so)
+    assert "  Not solved yet: the loss was still falling after 1 epoch; try more --epochs.\n" in out
+    assert main(["explain", "--epochs", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "  Not solved yet: the loss was still falling after 30 epochs; try more --epochs.\n" in out
 
 
 def test_output_an_ascii_terminal_cannot_show_is_escaped_and_a_closed_pipe_is_sigpipes_status():

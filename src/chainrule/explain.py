@@ -182,6 +182,11 @@ def explain_lines(seed: int = 1, epochs: int = 2000) -> Iterator[str]:
     correct = int(((probs > 0.5) == XOR_Y.astype(bool)).sum())
     lines.append(f"  {correct}/4 correct.")
     if correct < 4:
-        lines.append("  Not solved: from this seed's starting weights gradient descent is stuck where the loss is "
-                     "flat (a 2-3-1 network has such places); try another --seed, or more --epochs.")
+        halfway = losses[(len(losses) - 1) // 2]  # (did the second half of the epochs lower the loss by 1%?)
+        if len(losses) < 2 or halfway - losses[-1] > 0.01 * halfway:
+            lines.append(f"  Not solved yet: the loss was still falling after {epochs} epoch{'s' * (epochs != 1)}; "
+                         "try more --epochs.")
+        else:
+            lines.append("  Not solved: from this seed's starting weights gradient descent is stuck where the loss "
+                         "is flat (a 2-3-1 network has such places); try another --seed, or more --epochs.")
     yield from lines
