@@ -312,6 +312,16 @@ def test_bad_training_options_are_refused_before_anything_is_written(fashion_dir
     assert not (tmp_path / "run").exists()
 
 
+def test_an_out_that_cannot_be_a_folder_is_refused_before_training(fashion_dir, tmp_path, capsys):
+    """`--out afile` said "afile: File exists", after the data was read."""
+    (tmp_path / "afile").write_text("notes")
+    for out, said in ((tmp_path / "afile", "exists and is not a folder"),
+                      (tmp_path / "afile" / "run", f"{tmp_path / 'afile'} is a file, not a folder")):
+        code, _, stderr = cli(capsys, "images", "train", "--data", "fashion", *TINY, "--out", out)
+        assert (code, stderr) == (2, f"chainrule: error: --out {out}: {said}\n")
+    assert (tmp_path / "afile").read_text() == "notes"
+
+
 def test_a_sigmoid_networks_class_scores_are_shown_as_one_distribution():
     """The `small` preset ends in a Sigmoid per class (trained on MSE): its scores need not sum to 1,
     and what predict, evaluate and the web page show as probabilities must."""

@@ -556,7 +556,7 @@ def test_train_refuses_an_out_that_is_a_file_before_reading_anything(tmp_path, c
     assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(tmp_path / "out")]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == f"chainrule: error: --out {tmp_path / 'out'}: exists and is not a directory\n"
+    assert captured.err == f"chainrule: error: --out {tmp_path / 'out'}: exists and is not a folder\n"
     # a file further up: refused now too, not after the training (it was, by the save)
     out = tmp_path / "out" / "filter"
     assert main(["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(out)]) == 2

@@ -74,6 +74,19 @@ def _make_folder(directory: Path) -> None:
         raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder, is in the way", str(blocking)) from None
 
 
+def folder_problem(directory) -> str | None:
+    """Why `directory` cannot be made, or written into, where it is (a file in its place or above
+    it, a folder this process may not write), or None: what a command checks before it works for
+    minutes towards writing there."""
+    directory = Path(directory).absolute()
+    there = next(p for p in (directory, *directory.parents) if p.exists())  # (where it is, or will be made)
+    if not there.is_dir():
+        return "exists and is not a folder" if there == directory else f"{there} is a file, not a folder"
+    if not os.access(there, os.W_OK | os.X_OK):
+        return f"{there} cannot be written to"
+    return None
+
+
 # `written_together`'s staging folders begin so (one a killed process left is a run folder's leftover).
 STAGING_PREFIX = ".writing-"
 # Drawing the files of a run takes seconds: a staging folder older than this was left by a killed writer.

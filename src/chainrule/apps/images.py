@@ -49,6 +49,7 @@ from chainrule.errors import DataError, ModelFileError, UserError
 from chainrule.files import (
     LOCK_FILE,
     atomic_write_bytes,
+    folder_problem,
     locked_directory,
     npz_headers,
     read_npz,
@@ -174,6 +175,8 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
         dataset = idx.dataset_name(given["data"], default_data)
         out = f"runs/{run_name(dataset)}-{given['model'] or 'mlp'}"
     out = Path(out)
+    if (problem := folder_problem(out)) is not None:
+        raise UserError(f"--out {out}: {problem}")
     _check_not_another_models(out)
     if not resume and unfinished_run(out / "checkpoint.npz"):
         raise UserError(f"{out} holds the checkpoint of an unfinished run: continue it with --resume, or "

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from chainrule.apps.spam.model import (
 from chainrule.data.text import HashingConfig
 from chainrule.distributed import World
 from chainrule.errors import DataError, UserError
-from chainrule.files import atomic_write_bytes, written_together
+from chainrule.files import atomic_write_bytes, folder_problem, written_together
 from chainrule.functional import sigmoid
 from chainrule.network import saved_metadata
 from chainrule.parallel import fork_map
@@ -262,13 +261,8 @@ def check_out(out: Path) -> int:
     train` writes first). Returns how many corrections the filter already there has learned,
     which the new one will not have (0 if none)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
-    there = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())  # (where it will be made)
-    if not there.is_dir():
-        raise UserError(f"--out {out}: {there} is a file, not a folder")
-    if not os.access(there, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: {there} cannot be written to")
+    if (problem := folder_problem(out)) is not None:
+        raise UserError(f"--out {out}: {problem}")
     replaced = saved_metadata(out)
     task, learned = replaced.get("task"), replaced.get("learned")
     if isinstance(task, str) and task != TASK:
