@@ -7,14 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn import metrics as sk
 
 from chainrule import metrics as m
-
-try:
-    from sklearn import metrics as sk
-except ImportError:  # the oracle is optional (the `bench` extra); the cases by hand run anyway
-    sk = None
-needs_sklearn = pytest.mark.skipif(sk is None, reason="scikit-learn is not installed")
 
 SETTINGS = settings(max_examples=60, deadline=None)
 # scikit-learn's own warning on one-class cases, which the generated inputs include on purpose
@@ -84,7 +79,6 @@ def test_a_column_of_labels_is_read_as_labels_and_one_class_has_no_auc():
 # -- against scikit-learn ----------------------------------------------------------------------------
 
 
-@needs_sklearn
 @SETTINGS
 @given(predictions())
 def test_accuracy_and_confusion_matrix_match_sklearn(case):
@@ -97,7 +91,6 @@ def test_accuracy_and_confusion_matrix_match_sklearn(case):
     np.testing.assert_array_equal(m.confusion_matrix(y_true, y_pred), want[:seen, :seen])
 
 
-@needs_sklearn
 @SETTINGS
 @given(predictions())
 def test_precision_recall_f1_match_sklearn(case):
@@ -109,7 +102,6 @@ def test_precision_recall_f1_match_sklearn(case):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-@needs_sklearn
 @SETTINGS
 @given(predictions(max_classes=2))
 def test_matthews_corrcoef_matches_sklearn(case):
@@ -117,7 +109,6 @@ def test_matthews_corrcoef_matches_sklearn(case):
     assert m.matthews_corrcoef(y_true, y_pred) == pytest.approx(sk.matthews_corrcoef(y_true, y_pred), abs=1e-12)
 
 
-@needs_sklearn
 @SETTINGS
 @given(binary_scores())
 def test_roc_curve_and_auc_match_sklearn(case):
@@ -129,7 +120,6 @@ def test_roc_curve_and_auc_match_sklearn(case):
     assert m.roc_auc(y, scores) == pytest.approx(sk.roc_auc_score(y, scores), abs=1e-12)
 
 
-@needs_sklearn
 @SETTINGS
 @given(binary_scores())
 def test_precision_recall_curve_matches_sklearn(case):
