@@ -12,7 +12,7 @@ The script uses only `chainrule.cli.main` and the corpus reader, so the same com
 older chainrule too: `PYTHONPATH=/path/to/other/src python bench/spam_learn.py --model M --no-json`.
 
 Run:  flock /tmp/chainrule-cpu.lock python bench/spam_learn.py --model runs/spam [--messages 10]
-Writes bench/results/spam_learn.json (unless --no-json).
+Writes bench/results/spam_learn.json (or --out FILE; nothing with --no-json).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def main_() -> int:
     ap.add_argument("--model", default="runs/spam", help="a model written by `chainrule spam train`")
     ap.add_argument("--data", default=os.environ.get("CHAINRULE_DATA", ""), help="default $CHAINRULE_DATA")
     ap.add_argument("--messages", type=int, default=10, help="messages per tarball (default 10)")
-    ap.add_argument("--no-json", action="store_true", help="print only; do not write results/spam_learn.json")
+    ap.add_argument("--out", default=str(HERE / "results" / "spam_learn.json"), help="JSON results file")
+    ap.add_argument("--no-json", action="store_true", help="print only; do not write the JSON results file")
     args = ap.parse_args()
     msgs = corrections(Path(args.data), args.messages)
     if not msgs:
@@ -86,7 +87,7 @@ def main_() -> int:
           f"(min {min(calls):.3f}, max {max(calls):.3f}); loading the model alone: median "
           f"{result['load_seconds']['median']:.3f} s")
     if not args.no_json:
-        out = HERE / "results" / "spam_learn.json"
+        out = Path(args.out)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
     return 0
