@@ -127,12 +127,20 @@ def test_an_mbox_of_several_messages_on_standard_input_is_refused(monkeypatch, s
     line first) is still one message."""
     real = [m.data for m in spamassassin_messages[:3]]
     mbox = b"".join(data if data.endswith(b"\n") else data + b"\n" for data in real)
+    # a `git format-patch` attachment starts with a "From " line and headers: inside the first
+    # message's multipart body, that is no second message (a developer's mail was refused)
+    patch_mail = (b"From alice@example.org Mon Dec  7 04:00:00 2026\nFrom: Alice <alice@example.org>\n"
+                  b"Subject: [PATCH] fix the frobnicator\nMIME-Version: 1.0\n"
+                  b'Content-Type: multipart/mixed; boundary="XX"\n\n--XX\nContent-Type: text/plain\n\n'
+                  b"Hi Bob, the patch is attached.\n\n--XX\nContent-Type: text/x-patch\n\n"
+                  b"From 3f2a1b9c0d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a Mon Sep 17 00:00:00 2001\n"
+                  b"From: Alice <alice@example.org>\nSubject: [PATCH] fix the frobnicator\n\n---\n--XX--\n")
     for data, error in ((mbox, "an mbox of several messages"), (gzip.compress(mbox), "an mbox of several messages"),
-                        (real[0], None)):
+                        (real[0], None), (patch_mail, None), (patch_mail + b"\n" + real[0], "an mbox of several")):
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
         (m,) = list(read_messages(["-"]))
         assert (m.error or "").startswith(error or "") and bool(m.error) == bool(error), m.error
-        assert m.data == (b"" if error else real[0])
+        assert m.data == (b"" if error else data)
 
 
 def test_sms_reader(tmp_path):
@@ -143,6 +151,12 @@ def test_sms_reader(tmp_path):
     f.write_bytes(b"ham\tfine\nnot a label line\n")
     with pytest.raises(ValueError, match=":2:"):
         read_sms(f)
+    # saved by Notepad, with a byte order mark: it was "line 1: expected 'spam<TAB>text'"
+    f.write_bytes(codecs.BOM_UTF8 + b"ham\tfine\nspam\tWIN now\n")
+    assert read_sms(f) == (["fine", "WIN now"], [HAM, SPAM])
+    # --max-bytes cuts each line (it was ignored), between characters, not inside one
+    f.write_text("spam\tвы выиграли приз\n", encoding="utf-8")
+    assert read_sms(f, max_bytes=13) == (["вы в"], [SPAM])  # (13 bytes end inside the second "ы")
 
 
 def test_huge_message_is_capped(tmp_path):

@@ -27,13 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 import chainrule as cr
 from chainrule import distributed
-from chainrule.apps.spam import train_filter
 from chainrule.data import idx
-from chainrule.data.text import HashingConfig
 from chainrule.errors import UserError
 from conftest import blobs
 
@@ -165,9 +162,6 @@ def test_fit_refuses_a_batch_smaller_than_the_processes_and_augment_without_batc
                world=Two())
     with pytest.raises(ValueError, match="1 training examples for 2 processes"):  # (not 0 steps, then 0/0)
         cr.fit(model, x[:1], y[:1], cr.CrossEntropy(), cr.SGD(model.parameters()), batch_size=4, world=Two())
-    # the spam filter's training says it as the option's error (it was an internal error, "a bug")
-    with pytest.raises(UserError, match="--batch-size 1 is smaller than the 2 processes that share each batch"):
-        train_filter(sp.csr_matrix(x), (y > 0).astype(int), HashingConfig(n_features=10), batch_size=1, world=Two())
 
 
 # -- the same answer at any N ----------------------------------------------------------------------
@@ -378,6 +372,17 @@ def test_under_mpirun_usage_errors_are_said_once_and_standard_input_is_refused(m
         "chainrule: error: rank 0 of 2: --batch-size 1 is smaller than the 2 processes that share each batch"], \
         proc.stderr
     assert not (tmp_path / "x").exists()
+    sms = tmp_path / "sms.txt"
+    sms.write_text("ham\tsee you at eight\nspam\tWIN a FREE prize now\n" * 20)
+    spam_train = [*CLI, "spam", "train", "--sms", sms, "--batch-size", "1", "--epochs", "1", "--hash-bits", "10",
+                  "--quiet", "--seed", "0"]
+    proc = run([*mpirun, "-np", 2, *spam_train, "--folds", "0", "--out", tmp_path / "one"])
+    assert proc.returncode == 2 and our_lines(proc.stderr) == [
+        "chainrule: error: rank 0 of 2: --batch-size 1 is smaller than the 2 processes that share each batch with "
+        "--folds 0"], proc.stderr
+    # a committee's members train one to a process: any batch size will do
+    proc = run([*mpirun, "-np", 2, *spam_train, "--folds", "2", "--out", tmp_path / "committee"])
+    assert proc.returncode == 0 and (tmp_path / "committee" / "model.json").is_file(), proc.stderr
     message = tmp_path / "m.eml"
     message.write_bytes(b"From: a@b.c\nSubject: hi\n\nhello\n")
     with open(message, "rb") as stdin:

@@ -125,6 +125,12 @@ def test_a_lock_file_another_user_made_still_locks(tmp_path):
     with locked_directory(tmp_path):  # and it is the same lock: held here, it is refused there
         r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "BlockingIOError" in r.stderr
+    # no lock file, and a folder this user may not write: "Permission denied", not "No such file"
+    lock.unlink()
+    os.chown(tmp_path, 1234, 1234)
+    tmp_path.chmod(0o755)
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode != 0 and "PermissionError" in r.stderr and "FileNotFoundError" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("below", ["x.png", "a/b/x.png"])

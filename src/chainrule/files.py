@@ -211,8 +211,11 @@ def locked_directory(directory, wait: bool = True) -> Iterator[None]:
         return
     try:
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:  # another user's lock file (0644 by their umask): read-only, flock still works
-        fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+    except PermissionError as denied:  # another user's lock file (0644 by their umask): read-only, flock still works
+        try:
+            fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+        except FileNotFoundError:  # (none there, and this user may not make one: the folder is not theirs)
+            raise denied from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.add(key)

@@ -9,6 +9,7 @@ message from standard input, 0 spam, 1 ham, 2 unsure; any error, usage errors in
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import json
 import os
@@ -122,6 +123,9 @@ def _cmd_train(args) -> int:
         raise UserError(f"--folds must be 0 (one network) or at least 2, got {args.folds}")
     if args.folds == 0 and args.validation == 0:
         raise UserError("--validation must be above 0 with --folds 0: the held-out messages calibrate the cut-offs")
+    if args.folds == 0 and args.batch_size < world.size:  # (a committee's members train one to a process)
+        raise UserError(f"--batch-size {args.batch_size} is smaller than the {world.size} processes that share each "
+                        "batch with --folds 0")
     use_idf = bool(args.corpus) if args.idf is None else args.idf  # (mail: see --idf)
     min_df = (MAIL_MIN_DF if use_idf else 0) if args.min_df is None else args.min_df
     if min_df and not use_idf:
@@ -130,7 +134,9 @@ def _cmd_train(args) -> int:
         raise UserError("--no-delivery-headers is for mail (a text message has no Received or To header): give "
                         "mail to train on, or leave it out")
     out = Path(args.out)
-    learned = check_out(out)  # (found now, not after minutes of training)
+    # (found now, not after minutes of training; by rank 0 alone, which writes it: another machine
+    # may not see the folder, or may see it read-only)
+    learned = world.bcast(check_out(out) if world.rank == 0 else None)
     if world.rank == 0 and learned:
         print(f"chainrule: warning: --out {out} holds a spam filter that has learned {learned} corrections; the "
               "new one starts without them (teach them again with `spam learn`)", file=sys.stderr)
@@ -474,6 +480,8 @@ def _sms_lines(paths: list[str], max_bytes: int, on_problem):
             for i, line in enumerate(capped_lines(f, max_bytes)):
                 if len(line) == max_bytes and not line.endswith(b"\n"):  # cut at max_bytes
                     line = without_cut_character(line)
+                if i == 0:  # (a byte order mark, as `read_sms` reads the collections trained on)
+                    line = line.removeprefix(codecs.BOM_UTF8)
                 if line.strip():
                     yield f"{path}:{i + 1}", decode_text(line.rstrip(b"\r\n"), "utf-8")  # (as `read_sms` does)
 

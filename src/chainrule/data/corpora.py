@@ -33,6 +33,8 @@ from __future__ import annotations
 import bz2
 import codecs
 import contextlib
+import email.parser
+import email.policy
 import errno
 import gzip
 import io
@@ -47,7 +49,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from chainrule.data.mime import decode_text
+from chainrule.data.mime import decode_text, without_cut_character
 from chainrule.errors import one_line
 
 MAX_BYTES = 1 << 20
@@ -139,8 +141,20 @@ def _looks_like_mbox(head: bytes) -> bool:
 
 
 def _several_messages(data: bytes) -> bool:
-    """Whether `data` is an mbox of more than one message."""
-    return _looks_like_mbox(data) and _SECOND_MESSAGE.search(data) is not None
+    """Whether `data` is an mbox of more than one message. A "From " line with headers after it
+    inside the first message's multipart body (a `git format-patch` attachment starts so) is not
+    another message: only one after that body's closing boundary counts."""
+    if not _looks_like_mbox(data):
+        return False
+    start = 0
+    head = re.split(rb"\r?\n\r?\n", data.split(b"\n", 1)[-1], maxsplit=1)[0]  # (below the "From " line)
+    first = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    boundary = first.get_param("boundary") if first.get_content_maintype() == "multipart" else None
+    if isinstance(boundary, str):
+        start = data.find(b"\n--" + boundary.encode("utf-8", "surrogateescape") + b"--")
+        if start < 0:  # (the first message's body does not end before the data does)
+            return False
+    return _SECOND_MESSAGE.search(data, start) is not None
 
 
 def _is_archive(path: Path) -> bool:
@@ -482,15 +496,20 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
             yield RawMessage(str(path), b"", label, error=f"archive is damaged ({one_line(exc)})")
 
 
-def read_sms(path: str | os.PathLike) -> tuple[list[str], list[int]]:
-    """A UCI SMS Spam Collection file: `ham<TAB>text` or `spam<TAB>text` per line.
+def read_sms(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> tuple[list[str], list[int]]:
+    """A UCI SMS Spam Collection file: `ham<TAB>text` or `spam<TAB>text` per line, each line cut
+    to `max_bytes` (between characters, not inside one).
 
     Returns (texts, labels). Raises ValueError naming the first bad line, since a collection with
     an unlabelled line is a broken training file, not one odd message.
     """
     texts, labels = [], []
     with open(path, "rb") as f:
-        for lineno, line in enumerate(capped_lines(f), 1):
+        for lineno, line in enumerate(capped_lines(f, max_bytes), 1):
+            if len(line) == max_bytes and not line.endswith(b"\n"):  # cut at max_bytes
+                line = without_cut_character(line)
+            if lineno == 1:  # (the byte order mark Windows programs put before the text they save)
+                line = line.removeprefix(codecs.BOM_UTF8)
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue

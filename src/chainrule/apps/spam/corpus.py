@@ -36,7 +36,7 @@ def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = T
         labels.append(-1 if msg.label is None else msg.label)
     for path in sms or []:
         try:
-            texts, labs = read_sms(path)
+            texts, labs = read_sms(path, max_bytes)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
         items += [("sms", t) for t in texts]

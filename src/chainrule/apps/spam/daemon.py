@@ -426,8 +426,8 @@ class DaemonServer:
             await self._send(writer, ProtocolError(EX_TIMEOUT, "Timeout: (connection took too long)").status_line())
         except (ConnectionError, OSError) as exc:
             log.warning("%s: connection lost (%s)", who, exc.strerror or type(exc).__name__)
-        except Exception:  # noqa: BLE001 (one bad connection must never stop the daemon)
-            if writer.is_closing():  # (uvloop raises RuntimeError on a write to a connection the client closed)
+        except Exception as exc:  # noqa: BLE001 (one bad connection must never stop the daemon)
+            if isinstance(exc, RuntimeError) and writer.is_closing():  # (uvloop's, on a write to a closed connection)
                 log.warning("%s: connection lost", who)
             else:
                 log.exception("%s: internal error", who)

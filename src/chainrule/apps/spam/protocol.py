@@ -332,6 +332,8 @@ async def _read_body(reader: asyncio.StreamReader, req: Request, limit: int) -> 
                 size += len(piece)
                 if size > HARD_LIMIT:
                     raise _bad(f"message over {HARD_LIMIT} bytes")
+                if size > limit and not keep_all:
+                    break  # (inflating the rest of the chunk would be work on the event loop for nothing)
         if inflate is not None and not inflate.eof and (keep_all or size <= limit):
             raise _bad("zlib: the compressed message is incomplete")
         req.size, req.too_big = (size if inflate else received), size > limit

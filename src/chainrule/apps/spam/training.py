@@ -193,8 +193,6 @@ def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden:
     the out-of-fold scores of last season's spam sit higher than next season's will.
     """
     world = world or World()
-    if batch_size < world.size:  # (`fit` would refuse it too, as an error in the program)
-        raise UserError(f"--batch-size {batch_size} is smaller than the {world.size} processes that share each batch")
     y = np.asarray(y, np.int64)
     check_labels(y, folds, validation)
     hidden = tuple(hidden)

@@ -54,16 +54,25 @@ function el(tag, attrs = {}, text = null) {
   return node;
 }
 
-const ANSWER_TIMEOUT_MS = 30000; // a server that hangs must not leave the page waiting for ever
+// A server that hangs must not leave the page waiting for ever: 30 s for the answer, and time to
+// send the body besides (a 5 MB photo over a slow phone link takes a minute and more).
+const ANSWER_TIMEOUT_MS = 30000;
+const SLOWEST_UPLOAD_BYTES_PER_MS = 25; // 25 kB/s
 
 async function postJSON(url, body, contentType) {
+  const size = body.size ?? body.length ?? 0;
+  const limit = ANSWER_TIMEOUT_MS + size / SLOWEST_UPLOAD_BYTES_PER_MS;
+  const abort = new AbortController(); // (not AbortSignal.timeout: Safari before 16 has none)
+  const timer = setTimeout(() => abort.abort(), limit);
   let response;
   try {
     response = await fetch(url, { method: "POST", headers: { "Content-Type": contentType }, body,
-                                  signal: AbortSignal.timeout(ANSWER_TIMEOUT_MS) });
+                                  signal: abort.signal });
   } catch (err) {
-    if (err.name === "TimeoutError") throw new Error(`no answer from the server within ${ANSWER_TIMEOUT_MS / 1000} s`);
+    if (abort.signal.aborted) throw new Error(`no answer from the server within ${Math.round(limit / 1000)} s`);
     throw err;
+  } finally {
+    clearTimeout(timer);
   }
   let data = null;
   try {
@@ -180,6 +189,7 @@ function clearPad() {
   padCtx.fillRect(0, 0, pad.width, pad.height);
   hasInk = false;
   again = false;
+  stroke = null;
   picture++;
 }
 
@@ -231,6 +241,7 @@ function endStroke(event) {
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
+pad.addEventListener("lostpointercapture", endStroke); // (a stroke whose end never came must not lock the pad)
 
 // Live updates without flooding the server: one request at a time; strokes drawn while it runs
 // are sent as one more request when it returns.
