@@ -139,6 +139,8 @@ def test_model_inputs_layouts():
     assert img.shape == (1, 1, 28, 28)
     with pytest.raises(ValueError, match="28x28"):
         image_presets.model_inputs(np.zeros((2, 20, 20)), {})
+    # an empty batch (a process's share of too few images) is an empty batch, not an IndexError
+    assert image_presets.model_inputs(batch[:0], {"preprocessing": {"layout": "image"}}).shape == (0, 1, 28, 28)
 
 
 def test_a_model_saved_by_chainrule_0_1_still_loads_and_gives_the_same_answers(trained, mnist_test, tmp_path,

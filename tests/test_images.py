@@ -391,6 +391,25 @@ def test_a_photo_stored_turned_reads_upright_by_its_exif_orientation(digits, ori
     assert np.abs(preprocess_image(buf.getvalue()) - preprocess_image(photo)).mean() < 0.03
 
 
+def test_odd_sources_are_one_line_image_errors(tmp_path):
+    """A file name too long for the file system stopped `predict` for every image (OSError); an
+    empty PIL image raised IndexError from deep inside; one opened lazily on a file since closed
+    raised ValueError; and a PIL image skipped the size limit a file has."""
+    with pytest.raises(ImageError, match=r"/a{300}\.png: File name too long$"):
+        preprocess_image(tmp_path / ("a" * 300 + ".png"))
+    for size in ((0, 0), (0, 10)):
+        with pytest.raises(ImageError, match=rf"^an empty image \({size[0]}x{size[1]} pixels\)$"):
+            preprocess_image(Image.new("L", size))
+    Image.new("L", (40, 40), 255).save(tmp_path / "blank.png")
+    with open(tmp_path / "blank.png", "rb") as f:
+        lazy = Image.open(f)
+    with pytest.raises(ImageError, match="^corrupt or truncated image"):
+        preprocess_image(lazy)
+    huge = Image.new("1", (8000, 8000))  # (1-bit: 8 MB) over MAX_PIXELS, as a file of it is
+    with pytest.raises(ImageError, match="^8000x8000 pixels is too large"):
+        preprocess_image(huge)
+
+
 def _renumbered_exif_tag(photo: Image.Image, fmt: str) -> bytes:
     """`photo` saved as `fmt` with EXIF orientation 6 and a Make tag (ASCII) renumbered 0x0106, a
     SHORT tag, as a broken camera or editor might write it."""

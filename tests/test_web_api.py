@@ -296,6 +296,11 @@ def test_image_models_are_named_by_their_data_set(tmp_path, models, samples):
                      "no digits model")
     with pytest.raises(UserError, match="two image models are named 'x'"):
         create_app(images=[("x", models["fashion"]), ("x", models["digits"])])
+    # a model named by its model.json is that model: served once, its format version read
+    app = create_app(digits=models["digits"], spam=models["spam"] / "model.json",
+                     images=[models["digits"] / "model.json"])
+    assert list(app.state.images) == ["mnist"] and app.state.images["mnist"].path == models["digits"]
+    assert app.state.spam.path == models["spam"] and app.state.spam.info.format_version is not None
 
 
 def test_predict_explain_is_the_real_forward_pass(client, digit_model, samples):

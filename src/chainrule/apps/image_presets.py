@@ -9,6 +9,7 @@ given (`model_inputs`), whether from an IDX file or a photo (`chainrule.data.ima
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,7 +224,7 @@ def model_inputs(images, metadata: dict) -> np.ndarray:
     x = np.asarray(images)
     if x.ndim == 2 and x.shape == (28, 28):
         x = x[None]
-    if x.ndim < 2 or x[0].size != PIXELS:
+    if x.ndim < 2 or math.prod(x.shape[1:]) != PIXELS:  # (an empty batch too: a rank's share may be)
         raise ValueError(f"model_inputs: expected 28x28 images, got an array of shape {x.shape}")
     x = x.astype(np.float32) / np.float32(prep.get("scale", 255.0)) if x.dtype == np.uint8 else x.astype(np.float32)
     mean, std = float(prep.get("mean", 0.0)), float(prep.get("std", 1.0))

@@ -103,7 +103,16 @@ def _read_stream(f, name: str) -> bytes:
 def _open(source) -> tuple[Image.Image, str]:
     """Open `source` (path, bytes, a binary stream such as standard input's, named "-", or a PIL
     image) as a decoded PIL image; returns (image, name for errors)."""
-    if isinstance(source, Image.Image):
+    if isinstance(source, Image.Image):  # (decoded here if it was opened lazily, with its size checked first)
+        w, h = source.size
+        if w * h > MAX_PIXELS:
+            raise ImageError(f"{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
+        if w * h == 0:
+            raise ImageError(f"an empty image ({w}x{h} pixels)")
+        try:
+            source.load()
+        except _DECODE_ERRORS as exc:
+            raise ImageError(f"corrupt or truncated image ({exc or type(exc).__name__})") from exc
         return source, "image"
     if isinstance(source, (bytes, bytearray, memoryview)):
         name, data = "image", bytes(source)
@@ -116,17 +125,20 @@ def _open(source) -> tuple[Image.Image, str]:
     else:
         path = Path(source)
         name = str(path)
-        if path.is_dir():
-            raise ImageError(f"{name}: is a directory, not an image")
-        if not path.exists():
-            raise ImageError(f"{name}: no such file")
-        if path.is_file():
-            if path.stat().st_size == 0:
-                raise ImageError(f"{name}: empty file")
-            fp = path
-        else:  # a pipe or a device: read once, as a stream
-            with open(path, "rb") as f:
-                fp = io.BytesIO(_read_stream(f, name))
+        try:
+            if path.is_dir():
+                raise ImageError(f"{name}: is a directory, not an image")
+            if not path.exists():
+                raise ImageError(f"{name}: no such file")
+            if path.is_file():
+                if path.stat().st_size == 0:
+                    raise ImageError(f"{name}: empty file")
+                fp = path
+            else:  # a pipe or a device: read once, as a stream
+                with open(path, "rb") as f:
+                    fp = io.BytesIO(_read_stream(f, name))
+        except OSError as exc:  # (a name too long for the file system, a folder that may not be read)
+            raise ImageError(f"{name}: {exc.strerror or exc}") from exc
     prefix = "" if name == "image" else f"{name}: "
     try:
         # A file is open only while the image is decoded (the decoded first frame is all we use):

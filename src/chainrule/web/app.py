@@ -43,6 +43,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 import chainrule
 from chainrule.apps.images import DIGITS
 from chainrule.errors import UserError
+from chainrule.network import model_directory
 from chainrule.web.http import ApiError, BodyLimitMiddleware
 from chainrule.web.routes import STATIC_DIR, router
 from chainrule.web.schemas import PIXELS_SCHEMA
@@ -118,8 +119,8 @@ def _image_services(digits, images) -> tuple[dict[str, ImageService], ImageServi
             service = entry
         else:
             name, path = entry if isinstance(entry, tuple) else (None, entry)
-            if Path(path).resolve() in by_path and name is None:
-                return by_path[Path(path).resolve()]  # the same model twice (--digits and the newest)
+            if model_directory(path).resolve() in by_path and name is None:
+                return by_path[model_directory(path).resolve()]  # the same model twice (--digits and the newest)
             service = ImageService.load(path, name)
             if name is not None and name in services:
                 raise UserError(f"two image models are named {name!r}")

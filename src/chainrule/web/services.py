@@ -33,7 +33,7 @@ from chainrule.data.images import preprocess_image
 from chainrule.errors import ModelFileError
 from chainrule.files import npz_headers
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
-from chainrule.network import model_files, saved_metadata
+from chainrule.network import model_directory, model_files, saved_metadata
 from chainrule.web.schemas import (
     ImagePrediction,
     LayerActivation,
@@ -143,8 +143,9 @@ class ImageService:
 
     @classmethod
     def load(cls, path, name: str | None = None) -> ImageService:
-        """Load the image model in `path`, served as `name` (default: `default_name`)."""
-        path = Path(path)
+        """Load the image model in `path` (its folder, or its model.json), served as `name`
+        (default: `default_name`)."""
+        path = model_directory(path)
         model, metadata = load_image_model(path)
         name = name or default_name(metadata)
         return cls(name, path, model, metadata, model_info(path, model, metadata, name))
@@ -248,7 +249,7 @@ class SpamService:
 
     @classmethod
     def load(cls, path) -> SpamService:
-        path = Path(path)
+        path = model_directory(path)  # (its folder, or its model.json)
         bundle = load_spam_model(path)
         cutoffs = {"spam": bundle.spam_cutoff, "ham": bundle.ham_cutoff}  # (what its verdicts use)
         return cls(path, bundle, model_info(path, bundle.model, bundle.metadata, cutoffs=cutoffs))
