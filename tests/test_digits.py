@@ -135,6 +135,8 @@ def test_model_inputs_layouts():
     batch = np.full((3, 28, 28), 255, np.uint8)
     flat = image_presets.model_inputs(batch, {"preprocessing": {"layout": "flat", "scale": 255.0}})
     assert flat.shape == (3, 784) and flat.dtype == np.float32 and flat.max() == 1.0
+    for wider in (np.int64, np.uint16):  # (the same levels in a wider integer type: scaled too, not taken as 255.0)
+        assert image_presets.model_inputs(batch.astype(wider), {"preprocessing": {"scale": 255.0}}).max() == 1.0
     img = image_presets.model_inputs(batch[0].astype(np.float32) / 255, {"preprocessing": {"layout": "image"}})
     assert img.shape == (1, 1, 28, 28)
     with pytest.raises(ValueError, match="28x28"):

@@ -175,6 +175,17 @@ def test_unlearning_a_message_keeps_the_lesson_of_its_look_alike(model, spam_cor
     assert abs(after[1] - taught[1]) < 0.25 * (taught[1] - start[1])
 
 
+def test_learn_refuses_labels_that_are_not_one_spam_or_ham_per_message(model):
+    """As a library: a label of 0.7 was learned as ham, too few labels failed inside zip()."""
+    bundle = load_spam_model(model)
+    x = sp.csr_matrix(np.ones((2, bundle.config.n_features), np.float32))
+    before = (model / "model.json").read_bytes()
+    for y in ([0.7, 1], [1], [1, 2]):
+        with pytest.raises(ValueError, match="learn: y_new must be one label, 1 \\(spam\\) or 0 \\(ham\\), per row"):
+            learn(bundle, x, np.array(y))
+    assert (model / "model.json").read_bytes() == before
+
+
 def test_a_missing_file_among_several_is_an_error_after_the_others_are_learned(model, spam_corpus, capsys):
     spam = _held(spam_corpus, "spam", 1)[0]
     assert main(["spam", "learn", str(model), "--spam", str(spam), "/nonexistent.eml", "--seed", "0"]) == 2

@@ -215,8 +215,9 @@ def model_inputs(images, metadata: dict) -> np.ndarray:
     """Images -> the array the model expects, using the preprocessing saved in `metadata`.
 
     Args:
-        images: uint8 (n, 28, 28) as stored in the IDX files (0..255), or floats already in [0, 1]
-            (from `chainrule.data.images.preprocess_image`); a single (28, 28) image is fine too.
+        images: integers (n, 28, 28) from 0 to 255, as the IDX files store them (uint8), or floats
+            already in [0, 1] (from `chainrule.data.images.preprocess_image`); a single (28, 28)
+            image is fine too.
     Returns:
         float32 (n, 784) for a "flat" model or (n, 1, 28, 28) for an "image" model.
     """
@@ -226,7 +227,8 @@ def model_inputs(images, metadata: dict) -> np.ndarray:
         x = x[None]
     if x.ndim < 2 or math.prod(x.shape[1:]) != PIXELS:  # (an empty batch too: a rank's share may be)
         raise ValueError(f"model_inputs: expected 28x28 images, got an array of shape {x.shape}")
-    x = x.astype(np.float32) / np.float32(prep.get("scale", 255.0)) if x.dtype == np.uint8 else x.astype(np.float32)
+    # (any integer type: int64 pixels from 0 to 255 are a picture's levels as much as uint8 ones)
+    x = x.astype(np.float32) / np.float32(prep.get("scale", 255.0)) if x.dtype.kind in "ui" else x.astype(np.float32)
     mean, std = float(prep.get("mean", 0.0)), float(prep.get("std", 1.0))
     if mean != 0.0 or std != 1.0:
         x = (x - np.float32(mean)) / np.float32(std)

@@ -56,7 +56,7 @@ from chainrule.apps.spam.model import (
     load_spam_model,
     save_model,
 )
-from chainrule.data.corpora import SPAM, changed_files
+from chainrule.data.corpora import HAM, SPAM, changed_files
 from chainrule.files import locked_directory
 from chainrule.network import model_directory, saved_task
 
@@ -154,7 +154,12 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     is merged into the metadata's "since_last" in the same commit. Returns what became of each
     message (`Learned`).
     """
-    y_new = np.asarray(y_new, np.int64)
+    labels = np.asarray(y_new)
+    if labels.shape != (x_new.shape[0],) or not np.isin(labels, (SPAM, HAM)).all():  # (0.7 would be taken as ham)
+        raise ValueError(f"learn: y_new must be one label, {SPAM} (spam) or {HAM} (ham), per row of x_new "
+                         f"({x_new.shape[0]} rows), got {labels.shape[0] if labels.ndim else 'no'} labels "
+                         f"({np.unique(labels)[:5].tolist()})")
+    y_new = labels.astype(np.int64)
     rng = np.random.default_rng(seed)
     lessons = load_lessons(bundle.files.get("lessons"))
     digests = row_digests(x_new)
