@@ -199,6 +199,8 @@ class _Activation(Layer):
         self.output = None
 
 
+_FEW = 4096  # values in an element-wise pass below which it is done by one NumPy call, as it is
+
 @functools.lru_cache(maxsize=32)
 def _zero_row(length: int, dtype: np.dtype) -> np.ndarray:
     zeros = np.zeros(length, dtype)
@@ -208,6 +210,8 @@ def _zero_row(length: int, dtype: np.dtype) -> np.ndarray:
 
 def _relu(x: np.ndarray) -> np.ndarray:
     """max(x, 0), in x's memory order, on every core; equivalent to np.maximum(x, 0)."""
+    if x.size <= _FEW:  # (one example's, say: the calls that cut a pass up cost more than they save)
+        return np.maximum(x, 0)
     out = np.empty_like(x)
     _by_outer_axis(_max0_into, x, out)
     return out
