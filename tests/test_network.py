@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pickle
 import signal
 import subprocess
 import sys
 import threading
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
+from chainrule import files as files_module
 from chainrule import network
 from chainrule.network import FORMAT_VERSION, LAYER_TYPES, model_files
 from conftest import damaged
@@ -611,6 +614,26 @@ def test_a_save_killed_before_its_commit_leaves_the_old_model(tmp_path):
     np.testing.assert_array_equal(cr.load_model(d)[0].flat_params, new.flat_params)
     assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", "model.lock", model_files(d)["model"].name,
                                                          old_name])
+
+
+def test_a_save_interrupted_just_after_its_commit_keeps_the_new_model_whole(tmp_path, monkeypatch):
+    """Ctrl-C landing right after model.json was renamed into place: the save, taking it for a
+    failed write, deleted the weights the new model.json names (train, spam learn: "not found")."""
+    d = tmp_path / "m"
+    cr.Sequential([cr.Linear(4, 3)], seed=0).save(d)
+    replace = os.replace
+
+    def interrupted_after(src, dst):
+        replace(src, dst)
+        if Path(dst).name == "model.json":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(files_module.os, "replace", interrupted_after)
+    new = cr.Sequential([cr.Linear(4, 3)], seed=2)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(d)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(cr.load_model(d)[0].flat_params, new.flat_params)
 
 
 def test_load_never_unpickles(tmp_path):

@@ -440,8 +440,11 @@ class Sequential:
                        "files": files, "metadata": metadata}
                 atomic_write_bytes(directory / "model.json", json.dumps(doc, indent=2).encode())
             except BaseException:  # a full disk, Ctrl-C: the old model stays, and so does only it
-                for f in set(files.values()) - replaced:
-                    (directory / f).unlink(missing_ok=True)
+                # (unless model.json was renamed into place before the interruption came: then it is
+                # the new model, and its files are no leftovers)
+                if _names_in_use(directory) != set(files.values()):
+                    for f in set(files.values()) - replaced:
+                        (directory / f).unlink(missing_ok=True)
                 raise
             _remove_stale(directory, groups, keep=replaced | set(files.values()), orphans=bool(replaced))
         return {name: directory / f for name, f in files.items()}
