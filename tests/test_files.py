@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -88,6 +89,24 @@ def test_the_directory_lock_is_reentrant_in_a_thread_and_makes_others_wait(tmp_p
         order.append("outer done")
     t.join(5)
     assert order == ["inner", "outer done", "other"] and (tmp_path / LOCK_FILE).is_file()
+
+
+def test_ctrl_c_during_the_commit_takes_effect_once_model_and_files_are_all_in_place(tmp_path):
+    """The model was saved, then the files renamed one by one: Ctrl-C in between left a new model
+    with the old run's history, or a new evaluation beside an old mistakes.png."""
+    names = ("metrics.json", "history.csv", "mistakes.png")
+    for name in (*names, "model.json"):
+        (tmp_path / name).write_bytes(b"old")
+
+    def save_model():
+        atomic_write_bytes(tmp_path / "model.json", b"new")
+        signal.raise_signal(signal.SIGINT)  # (Ctrl-C, between the model's save and the renames)
+
+    with pytest.raises(KeyboardInterrupt), written_together(tmp_path, names, commit=save_model) as new:
+        for name in names:
+            atomic_write_bytes(new / name, b"new")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith(".")} == \
+        dict.fromkeys((*names, "model.json"), b"new")
 
 
 def test_staging_folders_killed_writers_left_are_removed_once_stale(tmp_path):

@@ -19,11 +19,12 @@ import io
 import math
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -94,11 +95,13 @@ STALE_STAGING_S = 3600
 
 
 @contextmanager
-def written_together(directory, names: tuple[str, ...]) -> Iterator[Path]:
+def written_together(directory, names: tuple[str, ...], commit: Callable[[], object] | None = None) -> Iterator[Path]:
     """A folder in which to write the files `names` (each atomically, as usual), which then appear
     in `directory` together when the `with` block completes: a run that fails or is interrupted
     part-way leaves `directory` as it was, never a mix of new and old files. (Each is renamed into
-    place in turn; what could stop a rename, a folder by that name, is refused before the block.)
+    place in turn, with Ctrl-C and SIGTERM held until the last is; what could stop a rename, a
+    folder by that name, is refused before the block.) `commit`, the save of the model the files
+    describe, runs just before the renames, held likewise: the model and its files, or neither.
     Staging folders that killed writers left are removed once stale (`STALE_STAGING_S`)."""
     directory = Path(directory)
     for name in names:
@@ -122,8 +125,26 @@ def written_together(directory, names: tuple[str, ...]) -> Iterator[Path]:
             raise FileNotFoundError(errno.ENOENT, "was not written", str(directory / missing[0]))
         for name in names:  # each keeps the permissions of the file it replaces, as atomic_open's do
             os.chmod(staging / name, _mode_for(directory / name))
-        for name in names:
-            os.replace(staging / name, directory / name)
+        with signals_held():
+            if commit is not None:
+                commit()
+            for name in names:
+                os.replace(staging / name, directory / name)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back until the block has run (in the main thread, where Python
+    takes them): for steps that must not stop half-way, such as renaming a set of files into place.
+    A signal sent meanwhile takes effect as the block ends."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _mode_for(path: Path) -> int:

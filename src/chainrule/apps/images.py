@@ -392,7 +392,8 @@ def train(
             return model, metrics
         # The metrics and figures are drawn first, beside the folder, and renamed into it right
         # after the model is saved: Ctrl-C while they are drawn leaves the earlier model with its own.
-        with written_together(out, RUN_FILES if figures else RUN_FILES[:2]) as new:
+        with written_together(out, RUN_FILES if figures else RUN_FILES[:2],
+                              commit=lambda: model.save(out, metadata)) as new:
             atomic_write_bytes(new / "metrics.json", json.dumps(metrics, indent=2).encode())
             save_history_csv(history, new / "history.csv")
             if figures:
@@ -401,7 +402,6 @@ def train(
                 plots.confusion_matrix(np.array(report["confusion_matrix"]), new / "confusion_matrix.png",
                                        labels=classes, title=f"{name} {model_name}, {idx.title(dataset)} test set")
                 plots.gradient_flow(history, new / "gradient_flow.png", title=f"{name} {model_name}: gradient flow")
-            model.save(out, metadata)
         return model, metrics
 
 

@@ -289,10 +289,9 @@ def write_run(result: TrainResult, out: Path, seconds: float) -> None:
     bundle.metadata["training"]["seconds"] = round(seconds, 2)
     metrics = {"validation": result.validation, "cutoffs": bundle.metadata["cutoffs"],
                "training": bundle.metadata["training"]}
-    with written_together(out, RUN_FILES) as new:
+    with written_together(out, RUN_FILES, commit=lambda: save_model(bundle, out, replay=result.replay)) as new:
         atomic_write_bytes(new / "metrics.json", json.dumps(metrics, indent=2).encode())
         atomic_write_bytes(new / "history.json", json.dumps(result.history.to_dict()).encode())
         plots.learning_curves(result.history, new / "learning_curves.png", title="Spam filter: learning curves")
         plots.pr_roc_curves(result.val_labels, result.val_probabilities, new / "pr_roc.png",
                             cutoff=bundle.spam_cutoff, title=_scores_title(bundle.metadata["training"]))
-        save_model(bundle, out, replay=result.replay)
