@@ -527,7 +527,9 @@ def test_a_run_stopped_while_it_draws_its_figures_leaves_the_earlier_model_with_
     model beside the earlier run's metrics.json, history.csv and figures."""
     out = tmp_path / "run"
     assert cli(capsys, "digits", "train", *TINY[:4], "--epochs", "1", "--quiet", "--out", out)[0] == 0
+    assert cli(capsys, "digits", "evaluate", out)[0] == 0  # (its evaluation stays with it too: it was deleted)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name not in ("checkpoint.npz", "run.json")}
+    assert "eval_metrics.json" in before
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -537,6 +539,12 @@ def test_a_run_stopped_while_it_draws_its_figures_leaves_the_earlier_model_with_
     assert code != 0 and "interrupted" in err
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.name not in ("checkpoint.npz", "run.json")}
     assert after == before  # (no staging folder left either)
+    # stopped before its first epoch, over that finished run: nothing of it to continue (the advice
+    # was to --resume, which finished the earlier run once more)
+    monkeypatch.setattr(images.idx, "load_image_set", interrupted)
+    code, _, err = cli(capsys, "digits", "train", *TINY[:4], "--epochs", "2", "--quiet", "--out", out)
+    assert (code, err) == (130, "chainrule: interrupted before the run's first epoch was saved; nothing to "
+                                "continue: start it again\n")
 
 
 def test_a_new_run_over_an_old_one_leaves_nothing_of_the_old_models_evaluation(tmp_path):

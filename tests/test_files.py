@@ -20,6 +20,7 @@ from chainrule.files import (
     STALE_STAGING_S,
     atomic_open,
     atomic_write_bytes,
+    folder_problem,
     locked_directory,
     written_together,
 )
@@ -150,6 +151,24 @@ def test_a_lock_file_another_user_made_still_locks(tmp_path):
     tmp_path.chmod(0o755)
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "PermissionError" in r.stderr and "FileNotFoundError" not in r.stderr, r.stderr
+
+
+def test_symbolic_links_at_an_output_path(tmp_path):
+    """A file that is a link is written through, as `open(path, "w")` would (the link was replaced
+    by a file, its target left stale); a broken link where a folder should be is named as one (it
+    was "a file, not a folder," about the folder above it, or "File exists")."""
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "weights.png").write_bytes(b"old")
+    (tmp_path / "current.png").symlink_to(tmp_path / "www" / "weights.png")
+    atomic_write_bytes(tmp_path / "current.png", b"new")
+    assert (tmp_path / "current.png").is_symlink() and (tmp_path / "www" / "weights.png").read_bytes() == b"new"
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert folder_problem(tmp_path / "dangling") == f"{tmp_path / 'dangling'} is a broken symbolic link"
+    assert folder_problem(tmp_path / "dangling" / "run") == f"{tmp_path / 'dangling'} is a broken symbolic link"
+    with pytest.raises(NotADirectoryError, match="a broken symbolic link is in the way") as exc:
+        atomic_write_bytes(tmp_path / "dangling" / "metrics.json", b"{}")
+    assert exc.value.filename == str(tmp_path / "dangling")
+    assert folder_problem(tmp_path / "www" / "new") is None
 
 
 @pytest.mark.parametrize("below", ["x.png", "a/b/x.png"])

@@ -43,6 +43,8 @@ def atomic_open(path) -> Iterator[BinaryIO]:
     is untouched.
     """
     path = Path(path)
+    if path.is_symlink():  # (its target is what the link's owner wants written, as a plain open() would)
+        path = Path(os.path.realpath(path))
     _make_folder(path.parent)
     mode = _mode_for(path)
     try:
@@ -71,8 +73,9 @@ def _make_folder(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # (mkdir's words for a file where a folder should be)
-        blocking = next(p for p in (directory, *directory.parents) if p.exists())
-        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder, is in the way", str(blocking)) from None
+        blocking = next(p for p in (directory, *directory.parents) if os.path.lexists(p))
+        what = "a broken symbolic link" if blocking.is_symlink() and not blocking.exists() else "a file, not a folder,"
+        raise NotADirectoryError(errno.ENOTDIR, f"{what} is in the way", str(blocking)) from None
 
 
 def folder_problem(directory) -> str | None:
@@ -80,7 +83,9 @@ def folder_problem(directory) -> str | None:
     it, a folder this process may not write), or None: what a command checks before it works for
     minutes towards writing there."""
     directory = Path(directory).absolute()
-    there = next(p for p in (directory, *directory.parents) if p.exists())  # (where it is, or will be made)
+    there = next(p for p in (directory, *directory.parents) if os.path.lexists(p))  # (where it is, or will be made)
+    if there.is_symlink() and not there.exists():
+        return f"{there} is a broken symbolic link"
     if not there.is_dir():
         return "exists and is not a folder" if there == directory else f"{there} is a file, not a folder"
     if not os.access(there, os.W_OK | os.X_OK):
@@ -112,7 +117,11 @@ def written_together(directory, names: tuple[str, ...], commit: Callable[[], obj
         with contextlib.suppress(FileNotFoundError):
             if time.time() - left.stat().st_mtime > STALE_STAGING_S:
                 shutil.rmtree(left, ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=STAGING_PREFIX) as staging:
+    try:
+        stage = tempfile.TemporaryDirectory(dir=directory, prefix=STAGING_PREFIX)
+    except OSError as exc:  # (a read-only folder: name it, not the staging folder it could not make)
+        raise OSError(exc.errno, exc.strerror, str(directory)) from exc
+    with stage as staging:
         staging = Path(staging)
         try:
             yield staging

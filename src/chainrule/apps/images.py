@@ -392,8 +392,12 @@ def train(
             return model, metrics
         # The metrics and figures are drawn first, beside the folder, and renamed into it right
         # after the model is saved: Ctrl-C while they are drawn leaves the earlier model with its own.
-        with written_together(out, RUN_FILES if figures else RUN_FILES[:2],
-                              commit=lambda: model.save(out, metadata)) as new:
+        def commit():  # the new model, without what was derived from the earlier one (its evaluation, figures)
+            model.save(out, metadata)
+            for name in DERIVED_FILES:
+                (out / name).unlink(missing_ok=True)
+
+        with written_together(out, RUN_FILES if figures else RUN_FILES[:2], commit=commit) as new:
             atomic_write_bytes(new / "metrics.json", json.dumps(metrics, indent=2).encode())
             save_history_csv(history, new / "history.csv")
             if figures:
@@ -418,10 +422,9 @@ DERIVED_FILES = (*EVALUATE_FILES, "first_layer.png")
 def _clear_leftovers(out: Path, fresh: bool) -> None:
     """Delete the partial checkpoint a killed run left (`atomic_open`'s temporary file), and when
     a run starts afresh over an earlier one, that run's checkpoint (a finished run's:
-    `resolve_run_options` refuses to start over an unfinished one) and what was derived from its
-    model (its evaluation and figures would sit beside the new model). Called with the folder's
+    `resolve_run_options` refuses to start over an unfinished one). Called with the folder's
     writer lock held, so nothing of a run still writing there is touched. (Staging folders a killed
-    run left, `written_together` removes.)"""
+    run left, `written_together` removes; what was derived from the earlier model, the new one's save.)"""
     for tmp in out.glob(".checkpoint.npz.*.tmp"):
         tmp.unlink(missing_ok=True)
     if not fresh:
@@ -429,8 +432,6 @@ def _clear_leftovers(out: Path, fresh: bool) -> None:
     if (out / "checkpoint.npz").exists():
         log.warning("replacing the earlier run in %s", out)
         (out / "checkpoint.npz").unlink()
-    for name in DERIVED_FILES:
-        (out / name).unlink(missing_ok=True)
 
 
 def _hold_writer_lock(stack: contextlib.ExitStack, out: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from chainrule import distributed
@@ -33,6 +34,7 @@ def _cmd_train(args) -> int:
     if world.rank == 0:
         if args.resume and not checkpoint.exists():
             print(f"{args.group}: no checkpoint in {out}; starting a new run", file=sys.stderr)
+    started = time.time()
     try:
         _, metrics = images.train(opts["model"], out, opts["epochs"], opts["batch_size"], opts["lr"], opts["seed"],
                                   data=opts["data"], train_size=opts["train_size"], resume=args.resume,
@@ -41,11 +43,15 @@ def _cmd_train(args) -> int:
     except TrainingDiverged as exc:
         raise UserError(diverged(exc)) from None
     except KeyboardInterrupt:
-        where = (f"the last completed epoch is saved in {checkpoint}" if checkpoint.exists()
-                 else "no epoch had completed")
-        if world.rank == 0:
-            print(f"chainrule: interrupted; {where}; continue with: chainrule {args.group} train --out {out} "
-                  "--resume", file=sys.stderr)
+        # (a checkpoint older than this run, not resumed, is an earlier run's, finished: --resume would
+        # continue that one, not this)
+        ours = checkpoint.exists() and (args.resume or checkpoint.stat().st_mtime >= started)
+        if world.rank == 0 and ours:
+            print(f"chainrule: interrupted; the last completed epoch is saved in {checkpoint}; continue with: "
+                  f"chainrule {args.group} train --out {out} --resume", file=sys.stderr)
+        elif world.rank == 0:
+            print("chainrule: interrupted before the run's first epoch was saved; nothing to continue: start it "
+                  "again", file=sys.stderr)
         return 130
     if world.rank != 0:
         return 0
