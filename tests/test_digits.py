@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import chainrule as cr
 from chainrule import load_model, model_files
 from chainrule.apps import image_presets, images
 from chainrule.cli import main
@@ -137,6 +138,8 @@ def test_model_inputs_layouts():
     assert flat.shape == (3, 784) and flat.dtype == np.float32 and flat.max() == 1.0
     for wider in (np.int64, np.uint16):  # (the same levels in a wider integer type: scaled too, not taken as 255.0)
         assert image_presets.model_inputs(batch.astype(wider), {"preprocessing": {"scale": 255.0}}).max() == 1.0
+    with pytest.raises(ValueError, match="integer pixels must be from 0 to 255, got 0..65535"):  # (a 16-bit scan)
+        image_presets.model_inputs(np.full((28, 28), 65535, np.uint16) * (np.arange(28) > 0), {})
     img = image_presets.model_inputs(batch[0].astype(np.float32) / 255, {"preprocessing": {"layout": "image"}})
     assert img.shape == (1, 1, 28, 28)
     with pytest.raises(ValueError, match="28x28"):
@@ -545,6 +548,28 @@ def test_a_run_stopped_while_it_draws_its_figures_leaves_the_earlier_model_with_
     code, _, err = cli(capsys, "digits", "train", *TINY[:4], "--epochs", "2", "--quiet", "--out", out)
     assert (code, err) == (130, "chainrule: interrupted before the run's first epoch was saved; nothing to "
                                 "continue: start it again\n")
+
+
+def test_ctrl_c_as_a_run_saves_its_model_waits_for_its_files_and_says_the_run_ended(tmp_path, capsys,
+                                                                                     monkeypatch):
+    """Ctrl-C between the model's save and its files' renames left a new model beside the earlier
+    run's history (a signal mask held nothing once BLAS's threads ran)."""
+    out = tmp_path / "run"
+    save = cr.Sequential.save
+
+    def save_then_ctrl_c(model, *args, **kwargs):
+        files = save(model, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # (to the process: the kernel may hand it to a BLAS thread)
+        time.sleep(0.1)
+        return files
+
+    monkeypatch.setattr(cr.Sequential, "save", save_then_ctrl_c)
+    code, _, err = cli(capsys, "digits", "train", *TINY[:4], "--epochs", "2", "--quiet", "--out", out)
+    assert (code, err) == (130, f"chainrule: interrupted as the run ended; its model and files are saved in {out}\n")
+    monkeypatch.undo()
+    metrics, history = json.loads((out / "metrics.json").read_text()), (out / "history.csv").read_text()
+    assert metrics["epochs_run"] == 2 and len(history.strip().splitlines()) == 3  # (a header, two epochs)
+    assert load_model(out)[0] is not None
 
 
 def test_a_new_run_over_an_old_one_leaves_nothing_of_the_old_models_evaluation(tmp_path):

@@ -43,8 +43,6 @@ def atomic_open(path) -> Iterator[BinaryIO]:
     is untouched.
     """
     path = Path(path)
-    if path.is_symlink():  # (its target is what the link's owner wants written, as a plain open() would)
-        path = Path(os.path.realpath(path))
     _make_folder(path.parent)
     mode = _mode_for(path)
     try:
@@ -143,17 +141,22 @@ def written_together(directory, names: tuple[str, ...], commit: Callable[[], obj
 
 @contextmanager
 def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back until the block has run (in the main thread, where Python
-    takes them): for steps that must not stop half-way, such as renaming a set of files into place.
-    A signal sent meanwhile takes effect as the block ends."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Ctrl-C and SIGTERM held back until the block has run: for steps that must not stop half-way,
+    such as renaming a set of files into place. A signal sent meanwhile takes effect as the block
+    ends. (Python-level handlers, not a signal mask: the kernel hands a signal to any thread that
+    does not block it, BLAS's for one, while Python runs every handler in the main thread.)"""
+    if threading.current_thread() is not threading.main_thread():  # (handlers can be set there only)
         yield
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught: list[int] = []
+    before = {sig: signal.signal(sig, lambda sig, frame: caught.append(sig)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 def _mode_for(path: Path) -> int:

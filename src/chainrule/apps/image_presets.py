@@ -227,7 +227,8 @@ def model_inputs(images, metadata: dict) -> np.ndarray:
         x = x[None]
     if x.ndim < 2 or math.prod(x.shape[1:]) != PIXELS:  # (an empty batch too: a rank's share may be)
         raise ValueError(f"model_inputs: expected 28x28 images, got an array of shape {x.shape}")
-    # (any integer type: int64 pixels from 0 to 255 are a picture's levels as much as uint8 ones)
+    if x.dtype.kind in "ui" and x.size and (x.min() < 0 or x.max() > 255):  # (any integer type: 0..255 levels)
+        raise ValueError(f"model_inputs: integer pixels must be from 0 to 255, got {x.min()}..{x.max()}")
     x = x.astype(np.float32) / np.float32(prep.get("scale", 255.0)) if x.dtype.kind in "ui" else x.astype(np.float32)
     mean, std = float(prep.get("mean", 0.0)), float(prep.get("std", 1.0))
     if mean != 0.0 or std != 1.0:

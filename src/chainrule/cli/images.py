@@ -46,7 +46,10 @@ def _cmd_train(args) -> int:
         # (a checkpoint older than this run, not resumed, is an earlier run's, finished: --resume would
         # continue that one, not this)
         ours = checkpoint.exists() and (args.resume or checkpoint.stat().st_mtime >= started)
-        if world.rank == 0 and ours:
+        saved = (out / "metrics.json").exists() and (out / "metrics.json").stat().st_mtime >= started
+        if world.rank == 0 and saved:  # (Ctrl-C while its files were put in place: held until they were)
+            print(f"chainrule: interrupted as the run ended; its model and files are saved in {out}", file=sys.stderr)
+        elif world.rank == 0 and ours:
             print(f"chainrule: interrupted; the last completed epoch is saved in {checkpoint}; continue with: "
                   f"chainrule {args.group} train --out {out} --resume", file=sys.stderr)
         elif world.rank == 0:

@@ -150,10 +150,8 @@ def _several_messages(data: bytes) -> bool:
     head = re.split(rb"\r?\n\r?\n", data.split(b"\n", 1)[-1], maxsplit=1)[0]  # (below the "From " line)
     first = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
     boundary = first.get_param("boundary") if first.get_content_maintype() == "multipart" else None
-    if isinstance(boundary, str):
-        start = data.find(b"\n--" + boundary.encode("utf-8", "surrogateescape") + b"--")
-        if start < 0:  # (the first message's body does not end before the data does)
-            return False
+    if isinstance(boundary, str):  # (a body whose closing boundary is missing, common in spam: searched whole)
+        start = max(data.find(b"\n--" + boundary.encode("utf-8", "surrogateescape") + b"--"), 0)
     return _SECOND_MESSAGE.search(data, start) is not None
 
 

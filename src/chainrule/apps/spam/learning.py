@@ -157,8 +157,7 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     labels = np.asarray(y_new)
     if labels.shape != (x_new.shape[0],) or not np.isin(labels, (SPAM, HAM)).all():  # (0.7 would be taken as ham)
         raise ValueError(f"learn: y_new must be one label, {SPAM} (spam) or {HAM} (ham), per row of x_new "
-                         f"({x_new.shape[0]} rows), got {labels.shape[0] if labels.ndim else 'no'} labels "
-                         f"({np.unique(labels)[:5].tolist()})")
+                         f"({x_new.shape[0]} rows), got shape {labels.shape}: {labels.ravel()[:5].tolist()}")
     y_new = labels.astype(np.int64)
     rng = np.random.default_rng(seed)
     lessons = load_lessons(bundle.files.get("lessons"))
