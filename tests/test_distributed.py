@@ -543,6 +543,9 @@ def test_the_mpijob_manifest_runs_a_chainrule_command_on_all_its_workers():
     launcher = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
     command = launcher["command"] + launcher["args"]
     assert command[0] == "mpirun"
+    # the workers come from the operator's hostfile, named to mpirun: Open MPI 5 ignores the
+    # OMPI_MCA_orte_default_hostfile the operator sets (every rank ran in the launcher pod)
+    assert command[command.index("--hostfile") + 1] == "/etc/mpi/hostfile"
     ranks = int(command[command.index("-np") + 1])
     assert ranks == spec["mpiReplicaSpecs"]["Worker"]["replicas"] * spec["slotsPerWorker"]
     args = build_parser().parse_args(command[command.index("chainrule") + 1:])
