@@ -296,6 +296,11 @@ def test_image_models_are_named_by_their_data_set(tmp_path, models, samples):
                      "no digits model")
     with pytest.raises(UserError, match="two image models are named 'x'"):
         create_app(images=[("x", models["fashion"]), ("x", models["digits"])])
+    # a name given wins over one a model takes by default, whatever the order (it was "two image
+    # models are named 'mnist'" when the unnamed one came first)
+    shutil.copytree(models["digits"], tmp_path / "newer")
+    app = create_app(digits=models["digits"], images=[("mnist", tmp_path / "newer")])
+    assert app.state.images["mnist"].path == tmp_path / "newer" and app.state.digits.name == "mnist-mlp"
     # a model named by its model.json is that model: served once, its format version read
     app = create_app(digits=models["digits"], spam=models["spam"] / "model.json",
                      images=[models["digits"] / "model.json"])
@@ -705,6 +710,12 @@ def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models, caplo
     shutil.copytree(models["digits"], runs / "newest-digits")
     weights = model_files(runs / "newest-digits")["model"]
     weights.write_bytes(weights.read_bytes()[:1000])
+    assert find_latest_model("images", runs) == runs / "new-digits"
+    # or whose weights are not those its model.json describes (it stopped `serve` with an error)
+    shutil.copytree(models["digits"], runs / "other-shape")
+    doc = json.loads((runs / "other-shape" / "model.json").read_text())
+    doc["layers"][0]["args"]["out_features"] += 1
+    (runs / "other-shape" / "model.json").write_text(json.dumps(doc))
     assert find_latest_model("images", runs) == runs / "new-digits"
     # and so is one a newer chainrule wrote, saying why
     shutil.copytree(models["digits"], runs / "future-digits")

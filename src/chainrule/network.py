@@ -481,6 +481,34 @@ def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
     """`load_model`, and {name: path} of the array files saved with the model (`model_files`),
     read from the same model.json, so that they belong to the model loaded even if another is
     being saved meanwhile."""
+    meta_path, doc, files, weights_path, expected = _described(directory)
+    try:
+        model = Sequential.from_config(doc, initialize=False)  # every weight comes from the file
+    except ModelFileError as exc:
+        raise ModelFileError(f"{meta_path}: {exc}") from None
+    state = read_npz(weights_path, expected)
+    for key, arr in state.items():
+        with np.errstate(over="ignore"):  # (a float64 beyond float32's range is inf once cast: refused)
+            arr = state[key] = arr.astype(model.dtype, copy=False)
+        if not np.all(np.isfinite(arr)):
+            raise ModelFileError(f"{weights_path}: array {key} contains NaN, infinity or values beyond {model.dtype}")
+        if key.endswith(".running_var") and np.any(arr < 0):  # a batch norm's variances
+            raise ModelFileError(f"{weights_path}: array {key} holds negative variances")
+    model.load_state(state)
+    metadata = doc.get("metadata", {})
+    return model, metadata if isinstance(metadata, dict) else {}, files
+
+
+def check_model_files(directory) -> None:
+    """Raise ModelFileError where the model saved in `directory` cannot be loaded, as far as its
+    model.json and its weights' headers tell (the arrays are not read): how a program choosing
+    among saved models passes over a damaged one at the cost of a few hundred bytes read."""
+    _described(directory)
+
+
+def _described(directory) -> tuple[Path, dict, dict[str, Path], Path, dict[str, tuple[int, ...]]]:
+    """(model.json's path, its document, the files it names, the weights' path, {array: shape})
+    of the model in `directory`, once model.json and the weights' headers agree."""
     directory = model_directory(directory)
     meta_path = directory / "model.json"
     if not meta_path.is_file():
@@ -503,21 +531,7 @@ def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
             raise ModelFileError(f"{weights_path}: expected {what} (as model.json says), got shape {got}")
         if dtype.kind != "f":
             raise ModelFileError(f"{weights_path}: array {name} has dtype {dtype}, expected floats")
-    try:
-        model = Sequential.from_config(doc, initialize=False)  # every weight comes from the file
-    except ModelFileError as exc:
-        raise ModelFileError(f"{meta_path}: {exc}") from None
-    state = read_npz(weights_path, expected)
-    for key, arr in state.items():
-        with np.errstate(over="ignore"):  # (a float64 beyond float32's range is inf once cast: refused)
-            arr = state[key] = arr.astype(model.dtype, copy=False)
-        if not np.all(np.isfinite(arr)):
-            raise ModelFileError(f"{weights_path}: array {key} contains NaN, infinity or values beyond {model.dtype}")
-        if key.endswith(".running_var") and np.any(arr < 0):  # a batch norm's variances
-            raise ModelFileError(f"{weights_path}: array {key} holds negative variances")
-    model.load_state(state)
-    metadata = doc.get("metadata", {})
-    return model, metadata if isinstance(metadata, dict) else {}, files
+    return meta_path, doc, files, weights_path, expected
 
 
 def saved_metadata(directory) -> dict:

@@ -110,9 +110,11 @@ class _HeaderDeadline(H11Protocol):
 def _image_services(digits, images) -> tuple[dict[str, ImageService], ImageService | None]:
     """The image models by name, and the one `/api/digits/predict` uses: `digits`, else the first
     MNIST model. Each entry is a loaded `ImageService`, a model directory, or (name, directory).
-    A name already taken by another model gets the model's preset appended, then a number."""
+    A data set's name already taken by another model, or given to one (`--images NAME=DIR`, which
+    wins whatever the order), gets the model's preset appended, then a number."""
     services: dict[str, ImageService] = {}
     by_path: dict[Path, ImageService] = {}
+    given = {entry[0] for entry in images if isinstance(entry, tuple)}
 
     def add(entry) -> ImageService:
         if isinstance(entry, ImageService):
@@ -126,7 +128,8 @@ def _image_services(digits, images) -> tuple[dict[str, ImageService], ImageServi
                 raise UserError(f"two image models are named {name!r}")
             preset = str(service.metadata.get("preset", "model"))
             candidates = [service.name, f"{service.name}-{preset}"] + [f"{service.name}-{k}" for k in range(2, 100)]
-            service.name = service.info.name = next(n for n in candidates if n not in services)
+            taken = set(services) | (given if name is None else set())
+            service.name = service.info.name = next(n for n in candidates if n not in taken)
         services[service.name] = by_path[service.path.resolve()] = service
         return service
 

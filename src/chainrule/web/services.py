@@ -31,9 +31,8 @@ from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data import idx
 from chainrule.data.images import preprocess_image
 from chainrule.errors import ModelFileError
-from chainrule.files import npz_headers
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
-from chainrule.network import model_directory, model_files, saved_metadata
+from chainrule.network import check_model_files, model_directory, saved_metadata
 from chainrule.web.schemas import (
     ImagePrediction,
     LayerActivation,
@@ -313,11 +312,11 @@ def find_latest_image_models(runs="runs") -> dict[str, Path]:
 
 
 def _readable_weights(directory: Path) -> bool:
-    """Whether the weights file the model names is there and a readable .npz (its table of arrays,
+    """Whether the model's weights are there and what its model.json says they are (their headers,
     not the arrays): a damaged newest model is passed over, with a warning, for an older one."""
     try:
-        npz_headers(model_files(directory)["model"])
+        check_model_files(directory)
         return True
-    except (ModelFileError, KeyError, OSError) as exc:
+    except (ModelFileError, OSError) as exc:
         log.warning("chainrule serve: passed over %s: %s", directory, exc)
         return False
