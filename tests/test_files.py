@@ -6,14 +6,17 @@ import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from chainrule.errors import ModelFileError
 from chainrule.files import (
     LOCK_FILE,
     STAGING_PREFIX,
@@ -22,6 +25,8 @@ from chainrule.files import (
     atomic_write_bytes,
     folder_problem,
     locked_directory,
+    npz_headers,
+    signals_held,
     written_together,
 )
 
@@ -118,6 +123,38 @@ def test_ctrl_c_during_the_commit_takes_effect_once_model_and_files_are_all_in_p
         other.join()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith(".")} == \
         dict.fromkeys((*names, "model.json"), b"new")
+
+
+def test_every_signal_held_is_sent_again_and_every_handler_put_back():
+    """A Ctrl-C replayed first stopped the loop before SIGTERM was (it was lost); a handler that
+    could not be put back stayed the hold's own, swallowing every later SIGTERM."""
+    terms = []
+    term_handler = signal.signal(signal.SIGTERM, lambda sig, frame: terms.append(sig))
+    try:
+        with pytest.raises(KeyboardInterrupt), signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+            assert terms == []  # (held)
+        assert terms == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert terms == [signal.SIGTERM] * 2  # (the test's handler is back)
+    finally:
+        signal.signal(signal.SIGTERM, term_handler)
+
+
+def test_an_npy_header_that_does_not_parse_is_a_damaged_file(tmp_path):
+    """An unclosed bracket in a member's header made NumPy raise tokenize's TokenError: an internal
+    error for `evaluate`, and a `serve` that stopped instead of passing the model over."""
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (3,\n"
+    header += b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
+    member = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + bytes(12)
+    with zipfile.ZipFile(tmp_path / "model.npz", "w") as z:
+        z.writestr("params.npy", member)
+    with pytest.raises(ModelFileError, match="not a readable .npz file"):
+        npz_headers(tmp_path / "model.npz")
 
 
 def test_staging_folders_killed_writers_left_are_removed_once_stale(tmp_path):

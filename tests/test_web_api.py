@@ -711,12 +711,15 @@ def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models, caplo
     weights = model_files(runs / "newest-digits")["model"]
     weights.write_bytes(weights.read_bytes()[:1000])
     assert find_latest_model("images", runs) == runs / "new-digits"
-    # or whose weights are not those its model.json describes (it stopped `serve` with an error)
-    shutil.copytree(models["digits"], runs / "other-shape")
-    doc = json.loads((runs / "other-shape" / "model.json").read_text())
-    doc["layers"][0]["args"]["out_features"] += 1
-    (runs / "other-shape" / "model.json").write_text(json.dumps(doc))
-    assert find_latest_model("images", runs) == runs / "new-digits"
+    # or whose weights are not those its model.json describes, or whose architecture cannot be
+    # built (each stopped `serve` with an error)
+    for name, change in (("other-shape", lambda layers: layers[0]["args"].__setitem__("out_features", 513)),
+                         ("bad-dropout", lambda layers: layers[2]["args"].__setitem__("p", 5))):
+        shutil.copytree(models["digits"], runs / name)
+        doc = json.loads((runs / name / "model.json").read_text())
+        change(doc["layers"])
+        (runs / name / "model.json").write_text(json.dumps(doc))
+        assert find_latest_model("images", runs) == runs / "new-digits", name
     # and so is one a newer chainrule wrote, saying why
     shutil.copytree(models["digits"], runs / "future-digits")
     doc = json.loads((runs / "future-digits" / "model.json").read_text())

@@ -23,6 +23,7 @@ import signal
 import tempfile
 import threading
 import time
+import tokenize
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -149,14 +150,20 @@ def signals_held() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    before = {sig: signal.signal(sig, lambda sig, frame: caught.append(sig)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {}
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not None:  # (a handler set in C could not be put back: left alone)
+                before[sig] = signal.signal(sig, lambda sig, frame: caught.append(sig))
         yield
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        for sig in dict.fromkeys(caught):
-            signal.raise_signal(sig)
+        # the handlers put back, then each signal caught sent again, every step even where one
+        # before it raises (a replayed Ctrl-C, or a real one arriving meanwhile)
+        with contextlib.ExitStack() as steps:
+            for sig in reversed(list(dict.fromkeys(caught))):
+                steps.callback(signal.raise_signal, sig)
+            for sig, handler in before.items():
+                steps.callback(signal.signal, sig, handler)
 
 
 def _mode_for(path: Path) -> int:
@@ -260,7 +267,8 @@ def locked_directory(directory, wait: bool = True) -> Iterator[None]:
 
 # What reading a damaged .npz raises: zipfile's errors, and for flags a damaged zip header may set
 # (encryption, a newer zip version, patched data) its RuntimeError and NotImplementedError.
-_DAMAGED_ZIP = (OSError, EOFError, ValueError, RuntimeError, zipfile.BadZipFile)
+# (A damaged .npy header can make NumPy's reader of its dict raise tokenize's TokenError or a SyntaxError.)
+_DAMAGED_ZIP = (OSError, EOFError, ValueError, RuntimeError, zipfile.BadZipFile, tokenize.TokenError, SyntaxError)
 
 
 def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

@@ -482,10 +482,7 @@ def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
     read from the same model.json, so that they belong to the model loaded even if another is
     being saved meanwhile."""
     meta_path, doc, files, weights_path, expected = _described(directory)
-    try:
-        model = Sequential.from_config(doc, initialize=False)  # every weight comes from the file
-    except ModelFileError as exc:
-        raise ModelFileError(f"{meta_path}: {exc}") from None
+    model = _architecture(meta_path, doc)
     state = read_npz(weights_path, expected)
     for key, arr in state.items():
         with np.errstate(over="ignore"):  # (a float64 beyond float32's range is inf once cast: refused)
@@ -503,7 +500,16 @@ def check_model_files(directory) -> None:
     """Raise ModelFileError where the model saved in `directory` cannot be loaded, as far as its
     model.json and its weights' headers tell (the arrays are not read): how a program choosing
     among saved models passes over a damaged one at the cost of a few hundred bytes read."""
-    _described(directory)
+    meta_path, doc, *_ = _described(directory)
+    _architecture(meta_path, doc)
+
+
+def _architecture(meta_path: Path, doc: dict) -> Sequential:
+    """The network model.json describes, its weights not yet read (they all come from the file)."""
+    try:
+        return Sequential.from_config(doc, initialize=False)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{meta_path}: {exc}") from None
 
 
 def _described(directory) -> tuple[Path, dict, dict[str, Path], Path, dict[str, tuple[int, ...]]]:

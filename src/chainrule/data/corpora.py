@@ -142,17 +142,24 @@ def _looks_like_mbox(head: bytes) -> bool:
 
 def _several_messages(data: bytes) -> bool:
     """Whether `data` is an mbox of more than one message. A "From " line with headers after it
-    inside the first message's multipart body (a `git format-patch` attachment starts so) is not
-    another message: only one after that body's closing boundary counts."""
+    inside the first message's multipart body is not another message: one after that body's
+    closing boundary is, and where that boundary is missing (cut off, or never written, as in
+    much spam), one that does not start a part (a `git format-patch` attachment starts so)."""
     if not _looks_like_mbox(data):
         return False
-    start = 0
     head = re.split(rb"\r?\n\r?\n", data.split(b"\n", 1)[-1], maxsplit=1)[0]  # (below the "From " line)
     first = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
     boundary = first.get_param("boundary") if first.get_content_maintype() == "multipart" else None
-    if isinstance(boundary, str):  # (a body whose closing boundary is missing, common in spam: searched whole)
-        start = max(data.find(b"\n--" + boundary.encode("utf-8", "surrogateescape") + b"--"), 0)
-    return _SECOND_MESSAGE.search(data, start) is not None
+    if not isinstance(boundary, str):
+        return _SECOND_MESSAGE.search(data) is not None
+    mark = boundary.encode("utf-8", "surrogateescape")
+    closing = data.find(b"\n--" + mark + b"--")
+    if closing >= 0:
+        return _SECOND_MESSAGE.search(data, closing) is not None
+    # a part starts with its boundary line and its own header lines, then the blank line before it
+    part_start = re.compile(rb"\n--" + re.escape(mark) + rb"[ \t]*\r?\n(?:[^\r\n]+\r?\n)*\Z")
+    return any(part_start.search(data, max(m.start() - 65536, 0), m.start() + 1) is None
+               for m in _SECOND_MESSAGE.finditer(data))
 
 
 def _is_archive(path: Path) -> bool:
