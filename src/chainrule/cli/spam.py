@@ -9,7 +9,6 @@ message from standard input, 0 spam, 1 ham, 2 unsure; any error, usage errors in
 from __future__ import annotations
 
 import argparse
-import codecs
 import contextlib
 import json
 import os
@@ -61,11 +60,11 @@ from chainrule.data.corpora import (
     HAM,
     SPAM,
     RawMessage,
-    capped_lines,
     read_as_is,
     read_messages,
+    text_lines,
 )
-from chainrule.data.mime import decode_text, without_cut_character
+from chainrule.data.mime import decode_text
 from chainrule.data.text import HashingConfig
 from chainrule.errors import TrainingDiverged, UserError
 
@@ -476,14 +475,9 @@ def _sms_lines(paths: list[str], max_bytes: int, on_problem):
         except OSError as exc:
             on_problem(path, exc.strerror or str(exc))
             continue
-        with stream as f:
-            for i, line in enumerate(capped_lines(f, max_bytes)):
-                if len(line) == max_bytes and not line.endswith(b"\n"):  # cut at max_bytes
-                    line = without_cut_character(line)
-                if i == 0:  # (a byte order mark, as `read_sms` reads the collections trained on)
-                    line = line.removeprefix(codecs.BOM_UTF8)
-                if line.strip():
-                    yield f"{path}:{i + 1}", decode_text(line.rstrip(b"\r\n"), "utf-8")  # (as `read_sms` does)
+        with stream as f:  # (read and decoded as `read_sms` reads the collections trained on)
+            for lineno, line in text_lines(f, max_bytes):
+                yield f"{path}:{lineno}", decode_text(line, "utf-8")
 
 
 def _explained_tokens(args, config: HashingConfig, on_problem):

@@ -501,6 +501,21 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
             yield RawMessage(str(path), b"", label, error=f"archive is damaged ({one_line(exc)})")
 
 
+def text_lines(f, max_bytes: int = MAX_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, the line without its line break) for each line of a binary stream of
+    one text per line that is not blank: each cut to `max_bytes` (`capped_lines`) between
+    characters, not inside one, the first without the byte order mark Windows programs put before
+    the text they save. What SMS collections and texts to classify are read with, alike."""
+    for lineno, line in enumerate(capped_lines(f, max_bytes), 1):
+        if len(line) == max_bytes and not line.endswith(b"\n"):  # cut at max_bytes
+            line = without_cut_character(line)
+        if lineno == 1:
+            line = line.removeprefix(codecs.BOM_UTF8)
+        line = line.rstrip(b"\r\n")
+        if line.strip():
+            yield lineno, line
+
+
 def read_sms(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> tuple[list[str], list[int]]:
     """A UCI SMS Spam Collection file: `ham<TAB>text` or `spam<TAB>text` per line, each line cut
     to `max_bytes` (between characters, not inside one).
@@ -510,14 +525,7 @@ def read_sms(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> tuple[list[
     """
     texts, labels = [], []
     with open(path, "rb") as f:
-        for lineno, line in enumerate(capped_lines(f, max_bytes), 1):
-            if len(line) == max_bytes and not line.endswith(b"\n"):  # cut at max_bytes
-                line = without_cut_character(line)
-            if lineno == 1:  # (the byte order mark Windows programs put before the text they save)
-                line = line.removeprefix(codecs.BOM_UTF8)
-            line = line.rstrip(b"\r\n")
-            if not line.strip():
-                continue
+        for lineno, line in text_lines(f, max_bytes):
             tag, sep, text = line.partition(b"\t")
             tag = tag.strip().lower()
             if not sep or tag not in (b"spam", b"ham"):
