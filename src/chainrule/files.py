@@ -72,9 +72,18 @@ def _make_folder(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # (mkdir's words for a file where a folder should be)
-        blocking = next(p for p in (directory, *directory.parents) if os.path.lexists(p))
-        what = "a broken symbolic link" if blocking.is_symlink() and not blocking.exists() else "a file, not a folder,"
+        blocking = _nearest(directory)
+        what = "a broken symbolic link" if _broken_link(blocking) else "a file, not a folder,"
         raise NotADirectoryError(errno.ENOTDIR, f"{what} is in the way", str(blocking)) from None
+
+
+def _nearest(path: Path) -> Path:
+    """`path`, or the nearest folder above it, that is there (a broken link counts: it is there)."""
+    return next(p for p in (path, *path.parents) if os.path.lexists(p))
+
+
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def folder_problem(directory) -> str | None:
@@ -82,8 +91,8 @@ def folder_problem(directory) -> str | None:
     it, a folder this process may not write), or None: what a command checks before it works for
     minutes towards writing there."""
     directory = Path(directory).absolute()
-    there = next(p for p in (directory, *directory.parents) if os.path.lexists(p))  # (where it is, or will be made)
-    if there.is_symlink() and not there.exists():
+    there = _nearest(directory)  # (where it is, or will be made)
+    if _broken_link(there):
         return f"{there} is a broken symbolic link"
     if not there.is_dir():
         return "exists and is not a folder" if there == directory else f"{there} is a file, not a folder"

@@ -201,6 +201,7 @@ class _Activation(Layer):
 
 _FEW = 4096  # values in an element-wise pass below which it is done by one NumPy call, as it is
 
+
 @functools.lru_cache(maxsize=32)
 def _zero_row(length: int, dtype: np.dtype) -> np.ndarray:
     zeros = np.zeros(length, dtype)

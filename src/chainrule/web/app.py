@@ -121,8 +121,9 @@ def _image_services(digits, images) -> tuple[dict[str, ImageService], ImageServi
             service = entry
         else:
             name, path = entry if isinstance(entry, tuple) else (None, entry)
-            if model_directory(path).resolve() in by_path and name is None:
-                return by_path[model_directory(path).resolve()]  # the same model twice (--digits and the newest)
+            known = by_path.get(model_directory(path).resolve())
+            if known is not None and name is None:
+                return known  # the same model twice (--digits and the newest)
             service = ImageService.load(path, name)
             if name is not None and name in services:
                 raise UserError(f"two image models are named {name!r}")
