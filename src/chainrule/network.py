@@ -485,15 +485,22 @@ def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
     model = _architecture(meta_path, doc)
     state = read_npz(weights_path, expected)
     for key, arr in state.items():
-        with np.errstate(over="ignore"):  # (a float64 beyond float32's range is inf once cast: refused)
-            arr = state[key] = arr.astype(model.dtype, copy=False)
-        if not np.all(np.isfinite(arr)):
+        arr = state[key] = cast_finite(arr, model.dtype)
+        if arr is None:
             raise ModelFileError(f"{weights_path}: array {key} contains NaN, infinity or values beyond {model.dtype}")
         if key.endswith(".running_var") and np.any(arr < 0):  # a batch norm's variances
             raise ModelFileError(f"{weights_path}: array {key} holds negative variances")
     model.load_state(state)
     metadata = doc.get("metadata", {})
     return model, metadata if isinstance(metadata, dict) else {}, files
+
+
+def cast_finite(values: np.ndarray, dtype) -> np.ndarray | None:
+    """Saved `values` cast to the network's float `dtype`, or None where any is NaN or infinite
+    once cast (a float64 beyond float32's range is infinite then, and would load as such)."""
+    with np.errstate(over="ignore"):
+        values = values.astype(dtype, copy=False)
+    return values if np.all(np.isfinite(values)) else None
 
 
 def check_model_files(directory) -> None:

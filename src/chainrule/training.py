@@ -30,7 +30,7 @@ from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, r
 from chainrule.history import EPOCH_KEYS, History
 from chainrule.layers import Dropout, Sigmoid, _positive_int
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
-from chainrule.network import Sequential, checked_inputs, sliceable
+from chainrule.network import Sequential, cast_finite, checked_inputs, sliceable
 from chainrule.norm import BatchNorm
 from chainrule.parallel import BlasThreads
 from chainrule.parameter import same_buffer
@@ -567,12 +567,11 @@ def _read_checkpoint(path, model, optimizer) -> dict[str, np.ndarray]:
     for name, values in arrays.items():
         if values.dtype.kind != "f":
             continue
-        if ours[name].dtype.kind == "f":  # (what lies beyond the network's float type is inf once cast to it)
-            with np.errstate(over="ignore"):
-                values = arrays[name] = values.astype(ours[name].dtype, copy=False)
-        if not np.all(np.isfinite(values)):
+        wanted = ours[name].dtype if ours[name].dtype.kind == "f" else values.dtype  # (an integer step count: as saved)
+        arrays[name] = cast_finite(values, wanted)
+        if arrays[name] is None:
             raise ModelFileError(f"{path}: not a usable checkpoint (array {name} contains NaN, infinity or values "
-                                 f"beyond {values.dtype})")
+                                 f"beyond {wanted})")
     return arrays
 
 
