@@ -281,17 +281,23 @@ def test_pool_output_shapes_and_errors():
         cr.AvgPool2D(2, stride=0)
 
 
+@pytest.mark.parametrize("order", ["CHWN", "HWCN", "WNCH"])
 @pytest.mark.parametrize("kernel,ties", [(2, False), (2, True), (3, True)])
-def test_max_pool_of_batch_last_channels_in_parts_matches_torch(kernel, ties, parts):
-    """As MaxPool2D sees a Conv2D's output: memory ordered (C, H, W, N), several channels (cut into
-    ranges, one per core, in `fit`), rows and columns left over with the 3×3 windows."""
+def test_max_pool_of_any_memory_order_in_parts_matches_torch(order, kernel, ties, parts):
+    """A batch whose memory is ordered other than (N, C, H, W): a Conv2D's output is (C, H, W, N),
+    and a data set stored image-last, such as SVHN's (H, W, C, N), keeps its order in the slices
+    fit validates on. Cut into ranges, one per core, in `fit`, only along images or channels (the
+    pooled arrays are shorter along rows and columns); rows and columns left over with the 3×3
+    windows."""
     rng = np.random.default_rng(kernel)
-    shape = (7, 13, 13, 6)  # (C, H, W, N) in memory
-    x = rng.integers(0, 3, shape).astype(np.float64) if ties else rng.normal(size=shape)
-    x = x.transpose(3, 0, 1, 2)  # the (N, C, H, W) view
+    sizes = dict(N=6, C=7, H=13, W=12)
+    memory = tuple(sizes[a] for a in order)
+    x = rng.integers(0, 3, memory).astype(np.float64) if ties else rng.normal(size=memory)
+    x = x.transpose([order.index(a) for a in "NCHW"])  # the (N, C, H, W) view
     pool = cr.MaxPool2D(kernel)
     y = pool.forward(x, training=True)
-    g = rng.normal(size=y.shape[1:] + y.shape[:1]).transpose(3, 0, 1, 2)  # the next layer's order
+    g = np.empty_like(y)  # the next layer's gradient, in the output's memory order
+    g[...] = rng.normal(size=y.shape)
     xt = tensor(x, True)
     yt = F.max_pool2d(xt, kernel)
     yt.backward(tensor(g))

@@ -76,6 +76,25 @@ def test_odd_metadata_is_saved_as_it_reads_back_or_refused_before_anything_is_wr
         model.predict(np.zeros((2, 3)), batch_size=0)
 
 
+def test_a_model_with_nan_or_infinite_arrays_is_refused_before_anything_is_written(tmp_path):
+    """A load refuses such arrays, so a save that wrote them would leave a model that no longer
+    loads, over the one that did."""
+    model = cr.Sequential([cr.Linear(3, 4), cr.BatchNorm(4), cr.Linear(4, 2)], seed=0)
+    model.save(tmp_path / "m")
+    before = sorted(p.name for p in (tmp_path / "m").iterdir())
+    for array, value, key in ((model.flat_params, np.nan, "params"),
+                              (model.layers[1].buffers["running_var"], np.inf, "layer1.running_var")):
+        kept = array[0]
+        array[0] = value
+        with pytest.raises(ValueError, match=f"{key} holds NaN or infinite values"):
+            model.save(tmp_path / "m")
+        with pytest.raises(ValueError, match=key):
+            model.save(tmp_path / "n")
+        array[0] = kept
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before and not (tmp_path / "n").exists()
+    cr.load_model(tmp_path / "m")
+
+
 @pytest.mark.parametrize("protocol", [4, 5])
 def test_a_pickled_model_is_whole_again_when_unpickled_with_its_optimizer(protocol):
     # (what multiprocessing does with a model): its layers were cut loose from its flat_params

@@ -107,6 +107,28 @@ def test_nan_guard_restores_the_weights_of_the_last_finite_loss_exactly():
     np.testing.assert_array_equal(model.flat_params, seen[-2])
 
 
+def test_nan_guard_restores_batch_norm_running_statistics_with_the_weights():
+    """The forward pass whose loss is NaN has folded NaN into BatchNorm's running statistics
+    already: the guard puts back those of the last batch with a finite loss (as they stood when the
+    NaN batch began), so the model predicts, saves and loads again."""
+    x, y = blobs()
+    model = cr.Sequential([cr.Linear(10, 8), cr.BatchNorm(8), cr.ReLU(), cr.Linear(8, 3)], seed=0)
+    seen = []
+
+    class Before(cr.Callback):
+        def on_batch_begin(self, batch):
+            seen.append(model.state())
+
+    with np.errstate(all="ignore"), pytest.raises(cr.TrainingDiverged):
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=1e30), epochs=5, batch_size=16,
+               verbose=False, callbacks=[Before()])
+    assert len(seen) >= 2
+    np.testing.assert_array_equal(model.flat_params, seen[-2]["params"])
+    for key in ("layer1.running_mean", "layer1.running_var"):
+        np.testing.assert_array_equal(model.layers[1].buffers[key.split(".")[1]], seen[-1][key])
+    assert np.isfinite(model.predict_proba(x[:3])).all()
+
+
 def test_fit_rejects_nan_inputs_and_bad_arguments():
     x, y = blobs()
     model = small_mlp()

@@ -479,7 +479,7 @@ class MaxPool2D(_Pool2D):
             _running_max(x, kw, 3, rows, col)
             _running_max(rows, kh, 2, out, row)
 
-        _by_outer_axis(pool, x, rows, self._col, out, self._row)
+        _by_outer_axis(pool, x, rows, self._col, out, self._row, shared=2)  # images and channels
         return out
 
     def _backward_non_overlapping(self, grad_out):
@@ -517,7 +517,7 @@ class MaxPool2D(_Pool2D):
             np.multiply(winner, g[:, :, :, None, :, None], out=windows)
 
         _by_outer_axis(spread, self._row, col, winner, grad_out, g,
-                       _split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw))
+                       _split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw), shared=2)
         return dx
 
 

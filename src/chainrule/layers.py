@@ -241,16 +241,19 @@ def _max0_into(x: np.ndarray, out: np.ndarray) -> None:
     np.maximum(rows, _zero_row(rows.shape[1], x.dtype), out=out.reshape(rows.shape))
 
 
-def _by_outer_axis(fn: Callable[..., object], *arrays: np.ndarray) -> None:
-    """fn(*parts), with `parts` the arrays cut along the first one's outermost axis in memory (the
-    batch axis of a C-ordered batch, the channel axis of a Conv2D's batch-last output; the arrays
-    share their axes up to that one) into ranges, one per core, all at once (see `in_parts`): each
-    range is one stretch of memory. A pass that stays whole gets the arrays themselves."""
+def _by_outer_axis(fn: Callable[..., object], *arrays: np.ndarray, shared: int | None = None) -> None:
+    """fn(*parts), with `parts` the arrays cut into ranges, one per core, all at once (see
+    `in_parts`), along the one of their first `shared` axes (all of them by default: arrays of one
+    shape) that is outermost in the first array's memory: the batch axis of a C-ordered batch, the
+    channel axis of a Conv2D's batch-last output, each range one stretch of memory. Only the axes
+    the arrays share may be cut: a pooled array is shorter along the rows and columns of the input
+    it came from. A pass that stays whole gets the arrays themselves."""
     like = arrays[0]
     if like.ndim == 0 or not splits(like.size):  # one whole pass (a single example's, say)
         fn(*arrays)
         return
-    axis = 0 if like.flags.c_contiguous else max(range(like.ndim), key=like.strides.__getitem__)
+    axis = 0 if like.flags.c_contiguous else max(range(like.ndim if shared is None else shared),
+                                                 key=like.strides.__getitem__)
     n = like.shape[axis]
 
     def part(_, lo, hi):

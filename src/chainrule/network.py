@@ -427,9 +427,13 @@ class Sequential:
             if name == "model" or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ValueError(f"Sequential.save: arrays need names of lower-case letters, digits and _, "
                                  f"other than 'model' (the network's own), got {name!r}")
+        groups = {"model": self.state(), **(arrays or {})}
+        for key, values in groups["model"].items():  # (a load refuses them: see cast_finite)
+            if not np.all(np.isfinite(values)):
+                raise ValueError(f"Sequential.save: {key} holds NaN or infinite values, which a model file may "
+                                 "not (training that diverged leaves them)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        groups = {"model": self.state(), **(arrays or {})}
         with locked_directory(directory):  # one writer at a time: a save deletes what is not its own
             replaced = _names_in_use(directory)
             files: dict[str, str] = {}

@@ -176,21 +176,28 @@ class _RunningMetrics:
 
 
 class _DivergenceGuard:
-    """The NaN guard: keeps the weights from before the latest step, so that when the loss turns
-    NaN or infinite the model goes back to the last weights whose loss was finite."""
+    """The NaN guard: keeps the weights from before the latest step, and the layers' buffers
+    (BatchNorm's running statistics) from its forward pass, so that when the loss turns NaN or
+    infinite the model goes back to the last ones whose loss was finite. (The forward pass that
+    gave the NaN has already folded it into the running statistics.)"""
 
     def __init__(self, model: Sequential):
         self.model = model
-        self.last_good = np.empty_like(model.flat_params)
+        self.last_good = [np.empty_like(a) for a in self._arrays()]
         self.saved = False
+
+    def _arrays(self) -> list[np.ndarray]:
+        return [self.model.flat_params, *(buf for layer in self.model.layers for buf in layer.buffers.values())]
 
     def check(self, loss: float, epoch: int, batch: int, lr: float) -> None:
         if math.isfinite(loss):
-            np.copyto(self.last_good, self.model.flat_params)  # these weights gave a finite loss
+            for kept, now in zip(self.last_good, self._arrays()):
+                np.copyto(kept, now)  # these weights gave a finite loss
             self.saved = True
             return
         if self.saved:
-            self.model.flat_params[...] = self.last_good
+            for kept, now in zip(self.last_good, self._arrays()):
+                now[...] = kept
         raise TrainingDiverged(loss, epoch + 1, batch + 1, lr)
 
 
