@@ -59,6 +59,13 @@ def test_gradcheck_leaves_the_model_untouched():
     np.testing.assert_array_equal(model.flat_params, before)
 
 
+@pytest.mark.parametrize("count", [0, -1, 2.5])
+def test_gradcheck_refuses_a_sample_count_that_is_not_a_positive_integer(count):
+    model = cr.Sequential([cr.Linear(3, 4), cr.Tanh(), cr.Linear(4, 2)], seed=0)
+    with pytest.raises(ValueError, match="gradcheck: samples_per_param must be a positive integer"):  # (0: all NaN)
+        cr.gradcheck(model, np.ones((2, 3)), np.array([0, 1]), samples_per_param=count)
+
+
 class BrokenTanh(cr.Tanh):
     """tanh with a wrong derivative (1 - y instead of 1 - y²)."""
 

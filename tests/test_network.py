@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,22 @@ def test_predict_refuses_inputs_it_cannot_score(bad, method):
         getattr(flat, method)(sparse.csr_matrix(x.reshape(4, 12)))
     with pytest.raises(ValueError, match="Sequential: the inputs must be numbers"):
         getattr(flat, method)([["a"] * 12])
+    with pytest.raises(ValueError, match="the inputs must be real numbers, got complex128"):  # (was cast, with a warning)
+        getattr(model, method)(x + 1j)
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba"])
+def test_predict_refuses_scores_that_overflow_in_one_line(method):
+    """Finite inputs can overflow inside the network (3e38 is a float32, 3·3e38 is not); the NaN
+    scores came out as class 0, after NumPy's warnings."""
+    model = cr.Sequential([cr.Linear(3, 4), cr.ReLU(), cr.Linear(4, 2)], seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="outputs overflowed to NaN or infinity: inputs or weights too large "
+                                             "for its float32"):
+            getattr(model, method)(np.full((2, 3), 3e38, np.float32))
+        with pytest.raises(ValueError, match="beyond the model's float32 range"):  # (not an overflow warning first)
+            getattr(model, method)(np.array([[1e300, 1.0, 1.0]]))
 
 
 def test_predict_and_evaluate_run_large_convolutions_in_smaller_passes(monkeypatch):
@@ -333,6 +350,8 @@ def test_a_batch_of_another_shape_is_refused_not_reshaped():
     for x in (np.zeros((2, 4, 16)), np.zeros(64), np.zeros((2, 64))):
         with pytest.raises(ValueError, match=r"expected a batch of shape \(N, 8, 8\), got shape"):
             model.predict(x)
+    with pytest.raises(ValueError, match=r"expected a batch of shape \(N, 8, 8\), got shape \(0, 7\)"):
+        model.predict(np.zeros((0, 7)))  # (an empty batch was scored as [], whatever its shape)
     assert model.predict(np.zeros((2, 8, 8)).tolist()).shape == (2,)
 
 
@@ -346,6 +365,12 @@ def test_sparse_input_of_any_format_and_dtype():
         assert proba.dtype == np.float32
         np.testing.assert_allclose(proba, expected, rtol=1e-6)
         np.testing.assert_allclose(model.layer_outputs(matrix)[-1], model.forward(x), rtol=1e-5, atol=1e-6)
+    for first in (cr.Dropout(0.2), cr.ReLU()):  # (failed inside NumPy and SciPy)
+        net = cr.Sequential([first, cr.Linear(6, 2)], input_shape=(6,), seed=0)
+        with pytest.raises(ValueError, match=f"a sparse matrix can be the input of a first Linear layer only, "
+                                             f"not of {type(first).__name__}"):
+            cr.fit(net, sp.csr_matrix(x), np.arange(5) % 2, cr.CrossEntropy(), cr.SGD(net.parameters(), lr=0.1),
+                   epochs=1, batch_size=5, verbose=False)
 
 
 def test_same_seed_same_initial_weights():

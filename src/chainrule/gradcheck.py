@@ -94,6 +94,8 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
     steps_tried = (float(eps),) if np.ndim(eps) == 0 else tuple(eps)
     if not steps_tried or not all(0 < e < 1 for e in steps_tried):
         raise ValueError(f"gradcheck: eps must be steps between 0 and 1, got {eps!r}")
+    if samples_per_param is not None:
+        samples_per_param = L._positive_int("gradcheck", "samples_per_param", samples_per_param)
     net = copy.deepcopy(model).to(np.float64)
     sparse = hasattr(x, "tocsr")
     x = x.astype(np.float64) if sparse else np.array(x, dtype=np.float64)

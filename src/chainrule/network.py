@@ -71,6 +71,8 @@ def checked_inputs(where: str, x, dtype: np.dtype):
     """`x` as `sliceable` gives it, once checked: numbers, each finite and within the range of the
     model's `dtype` (a NaN would go through every layer and come out as a confident class 0)."""
     x = sliceable(x)
+    if x.dtype.kind == "c":  # (NumPy would drop the imaginary parts with no more than a warning)
+        raise ValueError(f"{where}: the inputs must be real numbers, got {x.dtype}")
     if x.dtype.kind in "OUSV":  # (from a list holding something else than numbers; None becomes NaN)
         try:
             x = np.asarray(x, dtype=np.float64)
@@ -84,7 +86,7 @@ def checked_inputs(where: str, x, dtype: np.dtype):
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{where}: the inputs contain NaN or infinity")
         dtype = np.dtype(dtype)  # (only a wider float can hold what is inf once cast to the model's)
-        if values.dtype.itemsize > dtype.itemsize and max(-low, high) > np.finfo(dtype).max:
+        if values.dtype.itemsize > dtype.itemsize and max(-low, high) > float(np.finfo(dtype).max):
             raise ValueError(f"{where}: the inputs hold values beyond the model's {dtype} range "
                              f"({low:g}..{high:g})")
     return x
@@ -219,9 +221,15 @@ class Sequential:
         else:
             x = sliceable(x)
             x = x if x.dtype == self.dtype else x.astype(self.dtype)
+        return self._checked_shape(x)
+
+    def _checked_shape(self, x):
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"Sequential: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got shape {x.shape}")
+        if not isinstance(x, np.ndarray) and not isinstance(self.layers[0], L.Linear):
+            raise ValueError(f"Sequential: a sparse matrix can be the input of a first Linear layer only, "
+                             f"not of {type(self.layers[0]).__name__}")
         return x
 
     def forward(self, x, training: bool = False):
@@ -284,11 +292,19 @@ class Sequential:
         if x.ndim == 0:
             raise ValueError(f"Sequential: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {type(x.item()).__name__ if x.dtype == object else 'a single number'}")
-        x = checked_inputs("Sequential", x, self.dtype)
+        x = self._checked_shape(checked_inputs("Sequential", x, self.dtype))  # (an empty batch too)
         step = self.examples_per_pass(L._positive_int("Sequential", "batch_size", batch_size))
-        with self.lock:  # (the layers keep what a backward pass would need: one pass at a time)
+        # (the layers keep what a backward pass would need: one pass at a time; an overflow is
+        # reported below, in a line of its own rather than NumPy's warnings)
+        with self.lock, np.errstate(over="ignore", invalid="ignore"):
             outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]
-            return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
+        scores = np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
+        # Finite inputs can still overflow inside the network (3e38 is a float32, 2·3e38 is not),
+        # and a NaN score would come out as a confident class 0. min and max tell, as in checked_inputs.
+        if scores.size and not (math.isfinite(scores.min()) and math.isfinite(scores.max())):
+            raise ValueError(f"Sequential: the network's outputs overflowed to NaN or infinity: inputs or "
+                             f"weights too large for its {self.dtype}")
+        return scores
 
     def examples_per_pass(self, batch_size: int) -> int:
         """`batch_size`, or fewer where that many examples would make an array larger than
