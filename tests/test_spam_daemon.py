@@ -401,6 +401,15 @@ def test_a_live_socket_is_never_taken_over_and_a_stale_one_is(daemon, model_dir,
     assert not stale.exists()
 
 
+def test_an_address_that_is_not_this_machines_is_refused_without_the_root_hint(model_dir, capsys):
+    """The hint about ports below 1024 is for a bind refused permission; it was given for any error
+    on such a port, port 0 included (which asks for any free port)."""
+    assert main(["spam", "daemon", str(model_dir), "--listen", "192.0.2.1:0"]) == 2  # (TEST-NET-1: nobody's)
+    err = capsys.readouterr().err
+    assert err.startswith("chainrule: error: cannot listen on 192.0.2.1:0: ") and err.count("\n") == 1, err
+    assert "root" not in err
+
+
 def test_silent_and_vanishing_clients_never_hang_the_daemon(daemon, held):
     raw = held[0][0]
     t0 = time.monotonic()

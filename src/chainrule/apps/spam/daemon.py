@@ -31,6 +31,7 @@ TELLs that arrive while one is being learned are learned together, in one step a
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import logging
@@ -561,7 +562,8 @@ class DaemonServer:
             try:
                 server = await asyncio.start_server(self._connection, host, port, reuse_address=True)
             except OSError as exc:
-                hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if port < 1024 else ""
+                denied = exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024
+                hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if denied else ""
                 raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from exc
             self._servers.append(server)
             for sock in server.sockets:
