@@ -55,10 +55,14 @@ def test_cutoffs_at_zero_and_one_still_give_consistent_scores():
 
 
 _LINE = st.binary(min_size=1, max_size=60).filter(lambda b: b"\r" not in b and b"\n" not in b)
+# a header field's line: a name (printable, no colon), a colon, any value
+_FIELD = st.builds(lambda name, value: name.encode() + b":" + value,
+                   st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"), min_size=1,
+                           max_size=20), _LINE)
 
 
 @settings(max_examples=200, deadline=None)
-@given(lines=st.lists(_LINE, min_size=1, max_size=8), body=st.binary(max_size=300), crlf=st.booleans(),
+@given(lines=st.lists(_FIELD, min_size=1, max_size=8), body=st.binary(max_size=300), crlf=st.booleans(),
        p=st.floats(0, 1))
 def test_markup_never_changes_the_body(lines, body, crlf, p):
     nl = b"\r\n" if crlf else b"\n"
@@ -82,6 +86,20 @@ def test_markup_replaces_forged_headers_and_keeps_line_endings():
     assert b"\n" not in head.replace(b"\r\n", b"")  # every added line ends with CRLF, like the message
     headers_only = mark_up(b"Subject: x", Verdict(0.99, 0.6, 0.3))
     assert headers_only.startswith(b"Subject: x\nX-Spam-Flag: YES\n") and b"\n\n" not in headers_only
+
+
+@pytest.mark.parametrize("head,body", [
+    (b"Subject: lunch\nFrom: bob@example.com\n", b"Hi Alice, lunch at noon?\nX-Spam-Flag: YES is what mine adds\nBob\n"),
+    (b"", b"hello world, buy now\nX-Spam-Status: a line of the body\n"),  # no headers at all
+    (b"From bob@example.com Mon Jan  1 10:00:00 2002\nSubject : x\n", b"the body, with no blank line above\n"),  # as procmail hands it on
+])
+def test_a_body_with_no_blank_line_before_it_keeps_every_byte_and_the_markup_goes_above_it(head, body):
+    """The first line that is neither a header field nor a continuation starts the body, as SpamAssassin
+    and the email package read it. The whole message was taken for headers: a body line that looked
+    like a markup field was deleted, and the markup came after the body."""
+    out = mark_up(head + body, Verdict(0.99, 0.6, 0.3))
+    marked_head, rest = out.split(b"\n\n", 1)
+    assert rest == body and marked_head.startswith(head) and b"X-Spam-Flag: YES" in marked_head
 
 
 

@@ -24,14 +24,16 @@ def annotation_lines(is_spam: bool, probability: float, verdict: str | None = No
 def replace_header_fields(raw: bytes, names, lines: list[str]) -> bytes:
     """`raw` without its header fields called `names` (lower case), with `lines` added at the end of
     its header block. Every other header line and every byte of the body stay exactly as they were;
-    the new lines end as the message's header lines do (CRLF or LF)."""
-    end, _ = header_end(raw)
+    the new lines end as the message's header lines do (CRLF or LF), and a body that followed the
+    headers with no blank line gets one before it."""
+    end, blank = header_end(raw)
     head = raw[:end]
-    nl = b"\r\n" if b"\r\n" in head[:4096] else b"\n"
+    nl = b"\r\n" if b"\r\n" in (head or raw)[:4096] else b"\n"  # (a message of body alone: the body's)
     head = b"".join(f for f in _fields(head) if _name(f) not in names)
     if head and not head.endswith(b"\n"):
         head += nl  # headers only, no final newline
-    return head + b"".join(line.encode("ascii") + nl for line in lines) + raw[end:]
+    separator = nl if end < len(raw) and not blank else b""
+    return head + b"".join(line.encode("ascii") + nl for line in lines) + separator + raw[end:]
 
 
 def stamped_verdict(raw: bytes) -> str | None:
@@ -48,6 +50,11 @@ def stamped_verdict(raw: bytes) -> str | None:
     return "spam" if fields["x-chainrule-spam"] == "yes" else None
 
 
+# A header field's first line: a name of printable characters other than the colon, then the colon
+# (RFC 5322; whitespace before the colon is its obsolete syntax, still met in old mail).
+_FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
+
+
 def _fields(head: bytes) -> list[bytes]:
     """A header block's fields, each its line and its continuation lines, as written."""
     return re.split(rb"(?m)^(?=[^ \t\r\n])", head)
@@ -59,13 +66,22 @@ def _name(field: bytes) -> str:
 
 
 def header_end(raw: bytes) -> tuple[int, bytes]:
-    """(offset where the blank line that ends the header block starts, that line's bytes), or
-    (len(raw), b"") for a message without a body. The first empty line ends the headers, whether
-    it ends in LF or CRLF and whatever the lines before it end in (mail that crossed systems mixes them)."""
+    """(offset where the header block ends, the blank line that ends it there), or (that offset,
+    b"") for a message with no blank line after its headers. The first empty line ends the headers,
+    whether it ends in LF or CRLF and whatever the lines before it end in (mail that crossed systems
+    mixes them). Where a line that is neither a field nor a field's continuation comes first, the
+    body starts there, as SpamAssassin and the email package read such a message: markup goes
+    before it, and a body line that looks like a markup field stays."""
     start = 0
-    while (newline := raw.find(b"\n", start)) >= 0:
-        line = raw[start:newline + 1]
+    while start < len(raw):
+        newline = raw.find(b"\n", start)
+        end = len(raw) if newline < 0 else newline + 1
+        line = raw[start:end]
         if line in (b"\n", b"\r\n"):
             return start, line
-        start = newline + 1
+        continued = start > 0 and line[:1] in (b" ", b"\t")
+        envelope = start == 0 and line.startswith(b"From ")  # an mbox "From " line, as procmail hands mail on
+        if not (continued or envelope or _FIELD_START.match(line)):
+            return start, b""
+        start = end
     return len(raw), b""
