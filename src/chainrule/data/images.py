@@ -383,7 +383,8 @@ def fit_object(levels: np.ndarray) -> np.ndarray:
     """
     small = _crop_and_fit(np.where(levels > OBJECT_TRIM, levels, 0.0), SIZE, "nothing found (a blank image)")
     nh, nw = small.shape
-    top, left = (SIZE - nh) // 2, (SIZE - nw) // 2
+    # centred, an odd pixel left over going above and to the left, as in Fashion-MNIST's own images
+    top, left = (SIZE - nh + 1) // 2, (SIZE - nw + 1) // 2
     out = np.zeros((SIZE, SIZE), np.float32)
     out[top : top + nh, left : left + nw] = np.clip(small, 0.0, 1.0)
     return out
