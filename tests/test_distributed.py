@@ -366,6 +366,8 @@ def test_under_mpirun_usage_errors_are_said_once_and_standard_input_is_refused(m
     forwarding of standard input hangs (even for cat), so classify refuses '-' at once."""
     proc = run([*mpirun, "-np", 2, *CLI, "digits", "train", "--epochs", "0", "--out", tmp_path / "x"])
     assert proc.returncode == 2 and proc.stderr.count("error: argument --epochs") == 1, proc.stderr
+    proc = run([*mpirun, "-np", 2, *CLI, "digits", "train", "--help"])  # (each rank printed it)
+    assert proc.returncode == 0 and proc.stdout.count("usage: ") == 1, proc.stdout
     # a batch that cannot be shared out: the option's error, not an internal one, and no run folder
     proc = run([*mpirun, "-np", 2, *CLI, "digits", "train", "--batch-size", "1", "--out", tmp_path / "x"])
     assert proc.returncode == 2 and our_lines(proc.stderr) == [

@@ -322,6 +322,19 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_training(fashion_dir, 
     assert (tmp_path / "afile").read_text() == "notes"
 
 
+@pytest.mark.parametrize("args", [("images", "train", "--out", ""), ("images", "train", "--data", ""),
+                                  ("images", "evaluate", "runs/x", "--data", ""), ("digits", "predict", "runs/x", "")])
+def test_an_empty_argument_is_a_usage_error_not_the_current_folder(args, tmp_path, capsys, monkeypatch):
+    """`--out "$DIR"` with DIR unset wrote a whole run into the current folder; `--data ""` looked
+    for data sets there."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        cli(capsys, *args)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.endswith(": an empty value (an unset shell variable?)\n")
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_sigmoid_networks_class_scores_are_shown_as_one_distribution():
     """The `small` preset ends in a Sigmoid per class (trained on MSE): its scores need not sum to 1,
     and what predict, evaluate and the web page show as probabilities must."""

@@ -47,6 +47,10 @@ class Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(self.error_exit, f"{self.prog}: error: {message}\n")
 
+    def print_help(self, file=None):
+        if launcher_rank() == 0:  # (under mpirun every process reads the same `--help`)
+            super().print_help(file)
+
     def parse_args(self, args=None, namespace=None):
         """Parse the command line as users type it: `spam classify MODEL --json msg.eml` and
         `spam train spam/ --sms FILE ham/` as well as options first.
@@ -65,8 +69,19 @@ class Parser(argparse.ArgumentParser):
             setattr(namespace, parser.commands.dest, args[0])
             parser, args = parser.commands.choices[args[0]], args[1:]
         if isinstance(parser, Parser) and parser.commands is None:
-            return parser.parse_intermixed_args(args, namespace)
+            return parser._without_empty_values(parser.parse_intermixed_args(args, namespace))
         return argparse.ArgumentParser.parse_args(parser, args, namespace)
+
+    def _without_empty_values(self, namespace: argparse.Namespace) -> argparse.Namespace:
+        """`namespace`, once no argument in it is an empty string: no option takes one, and as a
+        path it would mean the current folder (`--out "$DIR"` with DIR unset wrote a whole run
+        there)."""
+        for action in self._actions:
+            value = getattr(namespace, action.dest, None)
+            if value == "" or (isinstance(value, list) and "" in value):
+                name = "/".join(action.option_strings) or action.metavar or action.dest
+                self.error(f"argument {name}: an empty value (an unset shell variable?)")
+        return namespace
 
 
 def diverged(exc) -> str:
