@@ -11,6 +11,7 @@ import gzip
 import http.server
 import os
 import shutil
+import socket
 import threading
 import urllib.error
 from pathlib import Path
@@ -495,6 +496,34 @@ def test_a_gzip_file_of_several_members_is_read_whole(tmp_path, monkeypatch, iso
     with serving(served) as url:
         monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
         assert len(load_mnist("test")[1]) == 10000
+
+
+def test_a_server_that_does_not_speak_http_is_a_one_line_error(isolated, monkeypatch):
+    """A proxy address where another server answers (an SSH server, say): urllib passes on the HTTP
+    layer's BadStatusLine, which was an internal error."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def answer():
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/"
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        with pytest.raises(DataError, match=r"MNIST not found and the download failed \(BadStatusLine: SSH-2\.0"):
+            load_mnist("test")
+
+
+def test_a_file_or_folder_in_the_way_of_the_download_is_named_before_it(isolated, monkeypatch):
+    monkeypatch.setattr(idx.urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
+    isolated.mkdir(parents=True)
+    (isolated / "mnist").write_text("")  # a file where the cache folder goes ("File exists" before)
+    with pytest.raises(DataError, match="mnist: exists and is not a folder"):
+        load_mnist("test")
+    (isolated / "mnist").unlink()
+    (isolated / "mnist" / "train-images-idx3-ubyte.gz").mkdir(parents=True)  # (found after downloading it)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is a folder, not the data file"):
+        load_mnist("test")
 
 
 def test_unreachable_source_is_a_one_line_error(isolated, monkeypatch):

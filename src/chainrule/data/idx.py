@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import urllib.error
 import urllib.request
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from chainrule.data.locate import cache_dir, candidate_dirs
 from chainrule.errors import DataError
-from chainrule.files import atomic_open
+from chainrule.files import atomic_open, folder_problem
 
 log = logging.getLogger(__name__)
 
@@ -367,11 +368,15 @@ def download(name: str = "mnist", directory=None, progress: bool = True) -> Path
     """
     known = KNOWN_SETS[name]
     directory = Path(directory) if directory is not None else cache_dir(known.folder)
+    if (problem := folder_problem(directory)) is not None:
+        raise DataError(f"{directory}: {problem}")
     directory.mkdir(parents=True, exist_ok=True)
     for file, expected in known.sha256.items():
         target = directory / f"{file}.gz"
         if target.is_file():
             continue
+        if target.is_dir():  # (found before the download, not after it)
+            raise DataError(f"{target} is a folder, not the data file")
         url = known.url + target.name
         digest = hashlib.sha256()
         # written beside the target and renamed into place only if the checksum matches
@@ -439,8 +444,11 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
             raise DataError(f"{what} {split} files not found: {where_to_put(source, default)}")
         try:
             download(known.name)
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        # (urllib passes on what the HTTP layer raises on a reply that is not HTTP, such as a
+        # proxy address where another server answers, and on a body cut short)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, http.client.HTTPException) else \
+                getattr(exc, "reason", exc)
             raise DataError(f"{what} not found and the download failed ({reason}): "
                             f"{where_to_put(source, default)}") from exc
         found = find_files(split, source, default)
