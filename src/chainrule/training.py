@@ -191,12 +191,12 @@ class _DivergenceGuard:
 
     def check(self, loss: float, epoch: int, batch: int, lr: float) -> None:
         if math.isfinite(loss):
-            for kept, now in zip(self.last_good, self._arrays()):
+            for kept, now in zip(self.last_good, self._arrays(), strict=True):
                 np.copyto(kept, now)  # these weights gave a finite loss
             self.saved = True
             return
         if self.saved:
-            for kept, now in zip(self.last_good, self._arrays()):
+            for kept, now in zip(self.last_good, self._arrays(), strict=True):
                 now[...] = kept
         raise TrainingDiverged(loss, epoch + 1, batch + 1, lr)
 
