@@ -234,7 +234,8 @@ def test_predict_refuses_inputs_it_cannot_score(bad, method):
         getattr(flat, method)(sparse.csr_matrix(x.reshape(4, 12)))
     with pytest.raises(ValueError, match="Sequential: the inputs must be numbers"):
         getattr(flat, method)([["a"] * 12])
-    with pytest.raises(ValueError, match="the inputs must be real numbers, got complex128"):  # (was cast, with a warning)
+    # (the imaginary parts were dropped, with a warning)
+    with pytest.raises(ValueError, match="the inputs must be real numbers, got complex128"):
         getattr(model, method)(x + 1j)
 
 

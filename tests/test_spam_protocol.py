@@ -89,9 +89,10 @@ def test_markup_replaces_forged_headers_and_keeps_line_endings():
 
 
 @pytest.mark.parametrize("head,body", [
-    (b"Subject: lunch\nFrom: bob@example.com\n", b"Hi Alice, lunch at noon?\nX-Spam-Flag: YES is what mine adds\nBob\n"),
+    (b"Subject: lunch\nFrom: bob@example.com\n", b"Hi Alice, noon?\nX-Spam-Flag: YES is what mine adds\nBob\n"),
     (b"", b"hello world, buy now\nX-Spam-Status: a line of the body\n"),  # no headers at all
-    (b"From bob@example.com Mon Jan  1 10:00:00 2002\nSubject : x\n", b"the body, with no blank line above\n"),  # as procmail hands it on
+    # as procmail hands mail on: an mbox "From " line first
+    (b"From bob@example.com Mon Jan  1 10:00:00 2002\nSubject : x\n", b"the body, with no blank line above\n"),
 ])
 def test_a_body_with_no_blank_line_before_it_keeps_every_byte_and_the_markup_goes_above_it(head, body):
     """The first line that is neither a header field nor a continuation starts the body, as SpamAssassin
