@@ -480,6 +480,12 @@ def test_classify_reads_a_dash_as_standard_input_wherever_options_are(spam_model
     both = run_chainrule(["spam", "classify", m, other, "--json", "-"], raw)
     docs = [json.loads(line) for line in both.stdout.splitlines()]
     assert both.returncode == 0 and [d["source"] for d in docs] == [other, "-"] and docs[1] == doc
+    # named twice, standard input would be read once: the second read found it empty (exit 3 after a
+    # verdict) for mail, and nothing for text messages
+    for command in (["classify", m], ["classify", m, "--sms"], ["explain", m], ["learn", m, "--spam"]):
+        twice = run_chainrule(["spam", *command, "-", other, "-"], raw)
+        assert _one_line_error(twice, 3 if command[0] == "classify" else 2) == \
+            "chainrule: error: '-' (standard input) can be given only once\n" and not twice.stdout
 
 
 def _one_line_error(result, code: int) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from chainrule import distributed
 from chainrule.apps import images
 from chainrule.apps.image_presets import PRESETS
-from chainrule.cli.options import MAX_MISTAKES_SHOWN, diverged, mistakes_shown, positive_int
+from chainrule.cli.options import MAX_MISTAKES_SHOWN, diverged, mistakes_shown, positive_int, stdin_once
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
 from chainrule.errors import TrainingDiverged, UserError
@@ -121,8 +121,7 @@ def _stdin():
 
 def _cmd_predict(args) -> int:
     model, metadata = _image_model(args)
-    if args.images.count("-") > 1:
-        raise UserError("'-' (standard input) can be given only once")
+    stdin_once(args.images)
     sources = [_stdin() if src == "-" else src for src in args.images]  # (read when its turn comes)
     results = images.predict_images(model, metadata, sources)
     failed = 0

@@ -14,6 +14,7 @@ import time
 
 from chainrule.data.corpora import MAX_BYTES
 from chainrule.distributed import launcher_rank
+from chainrule.errors import UserError
 
 # How long a rank other than 0 waits before it reports its error and stops the job: an error that
 # every rank meets at once (a missing file, a usage error) is then reported once, by rank 0, whose
@@ -82,6 +83,13 @@ class Parser(argparse.ArgumentParser):
                 name = "/".join(action.option_strings) or action.metavar or action.dest
                 self.error(f"argument {name}: an empty value (an unset shell variable?)")
         return namespace
+
+
+def stdin_once(paths: list[str]) -> None:
+    """Refuse '-' (standard input) named more than once: it can be read once, and a second read
+    would find it empty."""
+    if paths.count("-") > 1:
+        raise UserError("'-' (standard input) can be given only once")
 
 
 def diverged(exc) -> str:

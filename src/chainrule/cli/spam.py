@@ -55,6 +55,7 @@ from chainrule.cli.options import (
     positive_float,
     positive_int,
     probability,
+    stdin_once,
 )
 from chainrule.data.corpora import (
     HAM,
@@ -284,6 +285,7 @@ def _cmd_classify(args) -> int:
     # Under mpirun rank 0 reads the messages and deals every batch out to all the ranks, which
     # score their parts; rank 0 prints the verdicts in input order.
     world = distributed.world()
+    stdin_once(args.paths)
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     single_stdin = (args.paths or ["-"]) == ["-"]
     if distributed.launched_by_mpi() and "-" in (args.paths or ["-"]):
@@ -369,6 +371,7 @@ def _cmd_learn(args) -> int:
         raise UserError("--since-last works with --spam or --ham, not --unlearn")
     if not args.paths and not args.source:
         raise UserError("nothing to learn from: give messages or --from FOLDER")
+    stdin_once(args.paths)
     if args.sms and args.source:
         raise UserError("--from reads a mail folder; with --sms, name the files of text messages")
     label = SPAM if args.spam else HAM
@@ -463,9 +466,8 @@ def _learn_outcome(status: str, label: int, was: int | None) -> str:
 
 
 def _sms_lines(paths: list[str], max_bytes: int, on_problem):
-    """(source "path:line", text) of every non-blank line of the SMS files ('-': standard input,
-    read once however often it is named), a text message each; a file that cannot be opened goes
-    to `on_problem(source, reason)`."""
+    """(source "path:line", text) of every non-blank line of the SMS files ('-': standard input),
+    a text message each; a file that cannot be opened goes to `on_problem(source, reason)`."""
     for path in paths:
         if path == "-" and sys.stdin is None:
             on_problem("-", "standard input is closed")
@@ -495,6 +497,7 @@ def _explained_tokens(args, config: HashingConfig, on_problem):
 
 
 def _cmd_explain(args) -> int:
+    stdin_once(args.paths)
     bundle = load_spam_model(args.model)
     problems = _InputProblems(args.paths, hold=True)  # (as in classify: a lone failed input is the error)
     seen = 0
