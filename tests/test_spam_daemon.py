@@ -516,6 +516,40 @@ def test_a_tell_and_a_spam_learn_at_once_lose_nothing(learner, held, tmp_path):
     assert abs(_wait_for(learner, ham, end.check(ham).probability) - end.check(ham).probability) < 1e-6
 
 
+@pytest.mark.parametrize("locked_after_stop", [0.5, 4.0])
+def test_lessons_waiting_for_the_models_lock_are_learned_or_counted_before_the_daemon_stops(
+        model_dir, held, tmp_path, locked_after_stop):
+    """TELLs wait for the model's lock (a cron `spam learn` holds it) until their clients give up
+    (--timeout 2), then the daemon is stopped (systemctl stop): every lesson it received is learned
+    once the lock is free, each with its log line; where the lock stays taken longer than --timeout,
+    the lesson being learned is finished and the others are counted in a warning. Those queued
+    behind the first were dropped, none was logged."""
+    _need("spamc")
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    learned = SpamFilter.load(copy).bundle.metadata.get("learned", 0)
+    d = Daemon(copy, "--listen", "127.0.0.1:0", "--allow-tell", "--timeout", "2", "--reload-interval", "0")
+    try:
+        with open(copy / "model.lock", "a") as lock, ThreadPoolExecutor(3) as pool:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            tells = [pool.submit(d.spamc, "-L", "spam" if label else "ham", data=raw) for raw, label, _ in held[:3]]
+            assert all(t.result(timeout=60)[0] != 0 for t in tells)  # each client was told it timed out
+            d.proc.send_signal(signal.SIGTERM)
+            time.sleep(locked_after_stop)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            assert d.proc.wait(timeout=60) == 0
+    finally:
+        d.stop()
+    log = d.log_text()
+    logged = log.count("after its client had given up waiting (--timeout)")
+    dropped = re.search(r"stopping: (\d+) TELL\(s\) received were not learned", log)
+    assert SpamFilter.load(copy).bundle.metadata["learned"] == learned + logged
+    if locked_after_stop < 2:
+        assert logged == 3 and not dropped, log
+    else:
+        assert logged >= 1 and dropped and logged + int(dropped.group(1)) == 3, log
+
+
 def test_a_user_model_loads_while_a_lesson_waits_for_the_shared_model(model_dir, held, tmp_path):
     """A TELL waits for the shared model's lock (a `spam learn` from cron holds it); a CHECK for a
     user whose own model is not yet in memory must not wait behind that TELL: loading it is not

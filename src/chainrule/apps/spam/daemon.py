@@ -248,9 +248,10 @@ class DaemonServer:
         self._broken: dict[str, tuple] = {}  # user -> the `_stamp` of their model's files that failed to load
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task] = set()
-        self._lessons: asyncio.Queue[_Lesson] | None = None
+        self._lessons: asyncio.Queue[_Lesson | None] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._stopping: asyncio.Event | None = None
+        self._give_up: asyncio.Event | None = None  # set when the daemon stops waiting for lessons to be learned
         self._reloads: set[asyncio.Task] = set()
         self.addresses: list[str] = []  # where it listens, once started
         self._socket_id: tuple[int, int] | None = None  # (device, inode) of the Unix socket it made and removes
@@ -357,14 +358,20 @@ class DaemonServer:
 
     # -- learning -------------------------------------------------------------------------------
 
-    async def _learner(self) -> None:
+    async def _learner(self) -> int:
         """Apply lessons in order; consecutive ones of one kind (learn, forget) for the same filter
-        together, in one step and one save."""
+        together, in one step and one save. Ends at a None, which the daemon stopping queues after
+        the lessons it received: those are all applied first, unless it gives up waiting for them
+        (`_give_up`). Then the group being applied is finished and the rest are left: returns how
+        many of those were taken off the queue."""
         while True:
             batch = [await self._lessons.get()]
             while not self._lessons.empty():
                 batch.append(self._lessons.get_nowait())
-            while batch:
+            stopping = None in batch
+            if stopping:
+                batch = batch[: batch.index(None)]
+            while batch and not self._give_up.is_set():
                 first = batch[0]
                 n = 1
                 while (n < len(batch) and batch[n].key == first.key
@@ -372,6 +379,8 @@ class DaemonServer:
                     n += 1
                 group, batch = batch[:n], batch[n:]
                 await self._apply(group)
+            if stopping or self._give_up.is_set():
+                return len(batch)
 
     async def _apply(self, group: list[_Lesson]) -> None:
         key = group[0].key
@@ -557,6 +566,7 @@ class DaemonServer:
         self._lessons = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.options.max_connections)
         self._stopping = asyncio.Event()
+        self._give_up = asyncio.Event()
         listen = self.options.listen or ([] if self.options.socket else [("127.0.0.1", DEFAULT_PORT)])
         for host, port in listen:
             try:
@@ -607,9 +617,21 @@ class DaemonServer:
             server.close()
         if self._connections:
             await asyncio.wait(set(self._connections), timeout=self.options.timeout)
-        for task in self._background:
+        # The lessons received are learned, those whose clients gave up waiting included (each is
+        # logged as it is), unless the model's lock stays taken that long.
+        learner, *others = self._background
+        self._lessons.put_nowait(None)
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        if not (await asyncio.wait({learner}, timeout=self.options.timeout))[0]:
+            self._give_up.set()  # (the group being learned is finished: its thread would run on anyway)
+        left = await learner
+        while not self._lessons.empty():
+            left += self._lessons.get_nowait() is not None
+        if left:
+            log.warning("stopping: %d TELL(s) received were not learned: a model stayed locked longer than "
+                        "--timeout (%g s)", left, self.options.timeout)
+        await asyncio.gather(*others, return_exceptions=True)
         if self.options.socket is not None:
             try:  # ours only: a daemon started on the same path since may be listening there now
                 if _file_id(self.options.socket) == self._socket_id:
