@@ -41,6 +41,9 @@ def save_figure(fig, path, dpi: int = 110) -> None:
     atomically to `path`; an unknown suffix is a ValueError naming the formats."""
     kind = Path(path).suffix.lower().lstrip(".")
     formats = set(fig.canvas.get_supported_filetypes()) - {"pgf"}  # (PGF needs a LaTeX installation)
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder: name a figure file, ending in .png, .svg, .pdf or another "
+                         f"format matplotlib writes")
     if kind not in formats:
         raise ValueError(f"{path}: a figure file ends in one of .{', .'.join(sorted(formats))}")
     buf = io.BytesIO()
