@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 import pytest
+import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -754,6 +755,56 @@ def test_find_latest_image_models_picks_the_newest_of_each_data_set(tmp_path, mo
         os.utime(runs / name / "model.json", (when, when))
     assert find_latest_image_models(runs) == {"mnist": runs / "old-digits", "fashion": runs / "fashion-a"}
     assert find_latest_image_models(tmp_path / "nowhere") == {}
+
+
+@pytest.fixture
+def served_app(monkeypatch) -> list:
+    """The apps `chainrule serve` hands uvicorn, caught there: serve returns at once, serving nothing."""
+    apps = []
+
+    def run(server, sockets=None):
+        apps.append(server.config.app)
+        for sock in sockets or ():
+            sock.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    return apps
+
+
+def test_serve_passes_over_a_newest_model_whose_weights_are_damaged(tmp_path, models, served_app, capsys):
+    """The scan reads model.json and the weights' headers, not the arrays: a newest model with a bad
+    CRC in its weights, or NaN weights, stopped `serve` with an error, a good older one beside it.
+    A model named on the command line is still refused."""
+    runs = tmp_path / "runs"
+    for task in ("digits", "fashion", "spam"):
+        shutil.copytree(models[task], runs / task / "older")
+        os.utime(runs / task / "older" / "model.json", (1_000_000, 1_000_000))
+        shutil.copytree(models[task], runs / task / "newer")
+        weights = model_files(runs / task / "newer")["model"]
+        if task == "fashion":
+            with np.load(weights) as npz:
+                arrays = dict(npz)
+            arrays["params"][0] = np.nan
+            np.savez(weights, **arrays)
+        else:  # as a bad disk leaves it: the middle 50 bytes of the arrays changed
+            raw = bytearray(weights.read_bytes())
+            middle = len(raw) // 2
+            raw[middle:middle + 50] = bytes(255 - b for b in raw[middle:middle + 50])
+            weights.write_bytes(bytes(raw))
+    assert main(["serve", "--runs", str(runs), "--port", "0"]) == 0
+    err = capsys.readouterr().err
+    state = served_app[0].state
+    assert state.images["mnist"].path == runs / "digits" / "older" and state.digits is state.images["mnist"]
+    assert state.images["fashion"].path == runs / "fashion" / "older"
+    assert state.spam.path == runs / "spam" / "older"
+    for task in ("digits", "fashion", "spam"):
+        assert f"passed over {runs / task / 'newer'}:" in err, task
+    assert "Bad CRC-32" in err and "NaN" in err
+    for option, task in (("--digits", "digits"), ("--images", "fashion"), ("--spam", "spam")):
+        assert main(["serve", "--runs", str(tmp_path / "no-runs"), option, str(runs / task / "newer"),
+                     "--port", "0"]) == 2, option
+        assert "chainrule: error:" in capsys.readouterr().err
+    assert len(served_app) == 1
 
 
 def test_serve_without_models_says_how_to_train(tmp_path, capsys):

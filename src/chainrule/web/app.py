@@ -109,28 +109,27 @@ class _HeaderDeadline(H11Protocol):
 
 def _image_services(digits, images) -> tuple[dict[str, ImageService], ImageService | None]:
     """The image models by name, and the one `/api/digits/predict` uses: `digits`, else the first
-    MNIST model. Each entry is a loaded `ImageService`, a model directory, or (name, directory).
-    A data set's name already taken by another model, or given to one (`--images NAME=DIR`, which
-    wins whatever the order), gets the model's preset appended, then a number."""
+    MNIST model. Each entry is a model directory, (name, directory), or a loaded `ImageService`
+    (named as its directory would be). A data set's name already taken by another model, or given
+    to one (`--images NAME=DIR`, which wins whatever the order), gets the model's preset appended,
+    then a number."""
     services: dict[str, ImageService] = {}
     by_path: dict[Path, ImageService] = {}
     given = {entry[0] for entry in images if isinstance(entry, tuple)}
 
     def add(entry) -> ImageService:
-        if isinstance(entry, ImageService):
-            service = entry
-        else:
-            name, path = entry if isinstance(entry, tuple) else (None, entry)
-            known = by_path.get(model_directory(path).resolve())
-            if known is not None and name is None:
-                return known  # the same model twice (--digits and the newest)
-            service = ImageService.load(path, name)
-            if name is not None and name in services:
-                raise UserError(f"two image models are named {name!r}")
-            preset = str(service.metadata.get("preset", "model"))
-            candidates = [service.name, f"{service.name}-{preset}"] + [f"{service.name}-{k}" for k in range(2, 100)]
-            taken = set(services) | (given if name is None else set())
-            service.name = service.info.name = next(n for n in candidates if n not in taken)
+        name, model = entry if isinstance(entry, tuple) else (None, entry)
+        loaded = isinstance(model, ImageService)  # (as the newest of its data set under --runs is)
+        known = by_path.get((model.path if loaded else model_directory(model)).resolve())
+        if known is not None and name is None:
+            return known  # the same model twice (--digits and the newest)
+        service = model if loaded else ImageService.load(model, name)
+        if name is not None and name in services:
+            raise UserError(f"two image models are named {name!r}")
+        preset = str(service.metadata.get("preset", "model"))
+        candidates = [service.name, f"{service.name}-{preset}"] + [f"{service.name}-{k}" for k in range(2, 100)]
+        taken = set(services) | (given if name is None else set())
+        service.name = service.info.name = next(n for n in candidates if n not in taken)
         services[service.name] = by_path[service.path.resolve()] = service
         return service
 
@@ -250,15 +249,15 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
         raise UserError(f"--timeout must be a positive number of seconds, got {read_timeout}")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
+    # The models found are loaded as they are found, so that one whose arrays are damaged is passed
+    # over for an older one; a model named on the command line is loaded by create_app, and must load.
     saved = saved_models(runs)  # (one scan: a model passed over is said once)
     if spam is None:
-        spam = find_latest_model("spam", saved)
+        spam = find_latest_model("spam", saved, SpamService.load)
     chosen_images = [_named(entry) for entry in images]
-    if not chosen_images:
-        latest = find_latest_image_models(saved)
-        if digits is not None:  # it takes the place of the newest MNIST model
-            latest.pop("mnist", None)
-        chosen_images = [(None, path) for path in latest.values()]
+    if not chosen_images:  # (--digits takes the place of the newest MNIST model)
+        chosen_images = list(find_latest_image_models(saved, ImageService.load,
+                                                      leave_out=("mnist",) if digits is not None else ()).values())
     if digits is None and not chosen_images and spam is None:
         raise UserError(
             f"no models to serve: none under {runs}/ and no --digits/--images/--spam given. Train them first: "
@@ -276,8 +275,8 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
         if not service:
             log.info("chainrule serve: no %s model under %s/ (that part of the page is off); %s",
                      kind, runs, TRAIN_HINTS[kind])
-    if spam is not None:
-        log.info("chainrule serve: spam model %s", spam)
+    if state.spam is not None:
+        log.info("chainrule serve: spam model %s", state.spam.path)
     sock = _listening_socket(host, port)
     bound = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host

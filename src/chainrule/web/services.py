@@ -30,7 +30,7 @@ from chainrule.apps.images import TASK as IMAGES_TASK
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data import idx
 from chainrule.data.images import preprocess_image
-from chainrule.errors import ModelFileError
+from chainrule.errors import ModelFileError, UserError
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 from chainrule.network import check_model_files, model_directory, saved_metadata
 from chainrule.web.schemas import (
@@ -287,33 +287,49 @@ def _scanned(runs) -> list[tuple[Path, dict, float]]:
     return runs if isinstance(runs, list) else saved_models(runs)
 
 
-def find_latest_model(task: str, runs="runs") -> Path | None:
-    """The most recently written model directory under `runs` (or in a `saved_models` list) whose
-    metadata says `task`."""
-    best, best_time = None, -math.inf
-    for directory, metadata, mtime in _scanned(runs):
-        if metadata.get("task") == task and mtime > best_time:
-            best, best_time = directory, mtime
-    return best
+def find_latest_model(task: str, runs="runs", load=model_directory):
+    """The most recently written model under `runs` (or in a `saved_models` list) whose metadata
+    says `task`, as `load` gives it (by default its directory), or None.
+
+    The scan reads only model.json and the weights' headers; `load` may read the whole model (a
+    service's `load`), and a model it refuses (damaged arrays: a bad CRC, NaN weights) is passed
+    over, with a warning, for the next newest: each candidate is loaded once, the one served.
+    """
+    return _first_loaded([directory for directory, _ in _newest_first(runs, (task,))], load)
 
 
-def find_latest_image_models(runs="runs") -> dict[str, Path]:
-    """The most recently written image model of each data set under `runs`: {data set: directory}.
-    Models from chainrule 0.1's `digits train` count as MNIST's."""
-    latest: dict[str, tuple[float, Path]] = {}
-    for directory, metadata, mtime in _scanned(runs):
-        task = metadata.get("task")
-        if task != IMAGES_TASK and task not in OLD_TASKS:
-            continue
-        dataset = str(metadata.get("dataset", "mnist"))
-        if dataset not in latest or mtime > latest[dataset][0]:
-            latest[dataset] = (mtime, directory)
-    return {dataset: directory for dataset, (_, directory) in latest.items()}
+def find_latest_image_models(runs="runs", load=model_directory, leave_out=()) -> dict:
+    """The most recently written image model of each data set under `runs` but those in
+    `leave_out`, as `load` gives it (as `find_latest_model`): {data set: model}. Models from
+    chainrule 0.1's `digits train` count as MNIST's."""
+    by_dataset: dict[str, list[Path]] = {}
+    for directory, metadata in _newest_first(runs, (IMAGES_TASK, *OLD_TASKS)):
+        by_dataset.setdefault(str(metadata.get("dataset", "mnist")), []).append(directory)
+    latest = {dataset: _first_loaded(directories, load) for dataset, directories in by_dataset.items()
+              if dataset not in leave_out}
+    return {dataset: model for dataset, model in latest.items() if model is not None}
+
+
+def _newest_first(runs, tasks) -> list[tuple[Path, dict]]:
+    """(directory, metadata) of the saved models whose metadata says one of `tasks`, the most
+    recently written first (of two written at once, the first found)."""
+    scanned = sorted(_scanned(runs), key=lambda found: found[2], reverse=True)
+    return [(directory, metadata) for directory, metadata, _ in scanned if metadata.get("task") in tasks]
+
+
+def _first_loaded(directories, load):
+    """What `load` gives for the first of `directories` it loads; None where it loads none."""
+    for directory in directories:
+        try:
+            return load(directory)
+        except (UserError, OSError) as exc:
+            log.warning("chainrule serve: passed over %s: %s", directory, exc)
+    return None
 
 
 def _readable_weights(directory: Path) -> bool:
     """Whether the model's weights are there and what its model.json says they are (their headers,
-    not the arrays): a damaged newest model is passed over, with a warning, for an older one."""
+    not the arrays): a model that is not is passed over, with a warning, as the scan finds it."""
     try:
         check_model_files(directory)
         return True
