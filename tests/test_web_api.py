@@ -814,7 +814,7 @@ def test_serve_without_models_says_how_to_train(tmp_path, capsys):
     assert "chainrule digits train" in err and "chainrule images train" in err and "chainrule spam train" in err
 
 
-def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys):
+def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys, served_app):
     cases = [
         ["--digits", str(tmp_path / "missing")],
         ["--digits", str(models["spam"])],
@@ -823,6 +823,9 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys):
         ["--images", str(tmp_path / "missing")],
         ["--images", f"x={models['fashion']}", "--images", f"x={models['digits']}"],
         ["--digits", str(models["digits"]), "--max-body-mb", "0"],
+        ["--digits", str(models["digits"]), "--max-body-mb", "1e308"],  # (an internal error: no int is that many bytes)
+        ["--digits", str(models["digits"]), "--max-body-mb", "1025"],
+        ["--digits", str(models["digits"]), "--max-body-mb", "0.0000001"],  # (0 bytes: every request got 413)
         ["--digits", str(models["digits"]), "--port", "70000"],
         ["--digits", str(models["fashion"])],  # the digits route answers with a digit
     ]
@@ -830,6 +833,11 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys):
         assert main(["serve", "--runs", str(tmp_path / "no-runs"), *args]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("chainrule: error:") and err.count("\n") == 1, err
+        assert "internal error" not in err, err
+    assert not served_app
+    for mb, limit in (("1024", 1 << 30), ("0.000001", 1)):  # the largest limit, and one byte
+        assert main(["serve", "--digits", str(models["digits"]), "--max-body-mb", mb, "--port", "0"]) == 0
+        assert [m.kwargs["max_bytes"] for m in served_app.pop().user_middleware] == [limit]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

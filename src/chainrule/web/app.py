@@ -59,6 +59,7 @@ from chainrule.web.services import (
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+MAX_BODY_MB = 1024  # the largest --max-body-mb: a body is held in memory whole, so a gigabyte at most
 # How long a client may take over a request's headers, and over each part of its body. Without a
 # limit a client that trickles bytes (a "slowloris") holds a connection for ever; nginx allows 60 s.
 DEFAULT_READ_TIMEOUT = 30.0
@@ -243,8 +244,10 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
     them, the newest image model of each data set under `runs` is served (`digits` in place of
     MNIST's).
     """
-    if not (math.isfinite(max_body_mb) and max_body_mb > 0):
-        raise UserError(f"--max-body-mb must be a positive number of megabytes, got {max_body_mb}")
+    # (a limit under one byte refused every request; 1e308 MB is no number of bytes at all)
+    if not (math.isfinite(max_body_mb) and max_body_mb * 1024 * 1024 >= 1 and max_body_mb <= MAX_BODY_MB):
+        raise UserError(f"--max-body-mb must be a number of megabytes from {1 / 1024**2:.2g} (one byte) to "
+                        f"{MAX_BODY_MB}, got {max_body_mb:g}")
     if not (math.isfinite(read_timeout) and read_timeout > 0):
         raise UserError(f"--timeout must be a positive number of seconds, got {read_timeout}")
     if not 0 <= port <= 65535:
