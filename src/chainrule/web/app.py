@@ -232,6 +232,9 @@ def _named(entry: str) -> tuple[str | None, str]:
     """`--images NAME=DIR` -> (NAME, DIR); a plain DIR (even one with "=" in it) -> (None, DIR)."""
     name, sep, path = entry.partition("=")
     if sep and re.fullmatch(r"[A-Za-z0-9._-]+", name) and not Path(entry).exists():
+        if name in (".", ".."):  # (in a URL's path these are steps, not names)
+            raise UserError(f"--images {entry}: a model cannot be named {name!r} (browsers read "
+                            f"/api/images/{name}/predict as another address)")
         return name, path
     return None, entry
 
