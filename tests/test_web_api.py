@@ -566,6 +566,31 @@ def test_classify_raw_email_json_and_multipart(client, spam_bundle):
         spam_app.classify_message(spam_bundle, text.encode())["probability"], abs=1e-6)
 
 
+def test_classify_reads_the_charset_the_body_declares(client, spam_bundle):
+    """text/plain; charset=utf-16 was refused as "contains NUL bytes", and an SMS in KOI8-R was read
+    as Windows-1252. An email keeps its bytes (its own headers say their charsets), and so does a
+    body that its charset does not read; an unknown charset is a 422."""
+    spam = next(text for label, text in sms_messages() if label == "spam" and "\u00a3" in text)  # (a pound sign)
+    russian = "Поздравляем! Вы выиграли приз 1000 рублей, позвоните сейчас"  # (the collection is English)
+    post = lambda data, charset: client.post(  # noqa: E731
+        "/api/spam/classify", content=data, headers={"Content-Type": f"text/plain; charset={charset}"})
+    for text, charsets in ((spam, ("utf-16", "UTF-16LE", "utf-32", "utf-8", "iso-8859-1")),
+                           (russian, ("koi8-r", "windows-1251", '"utf-16"'))):
+        expected = spam_app.classify_message(spam_bundle, text.encode(), top=TOP_TOKENS)
+        for charset in charsets:
+            r = post(text.encode(charset.strip('"')), charset)
+            assert r.status_code == 200, (charset, r.text)
+            assert r.json()["probability"] == pytest.approx(expected["probability"], abs=1e-6), charset
+            assert [t["token"] for t in r.json()["top_tokens"]] == [t["token"] for t in expected["top_tokens"]], charset
+    email = (b"From: Prize Centre <win@prizes.example>\r\nSubject: You have WON\r\n"
+             b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nYou have won a \xa3500 prize. Call 09061701461.\r\n")
+    latin = spam.encode("latin-1")
+    for data, charset in ((email, "iso-8859-1"), (email, "utf-16"), (latin, "utf-8")):
+        undeclared = client.post("/api/spam/classify", content=data, headers={"Content-Type": "text/plain"})
+        assert post(data, charset).json() == undeclared.json(), charset
+    assert_error(post(spam.encode(), "klingon"), 422, "unknown charset", "klingon")
+
+
 def test_classify_reads_a_lone_surrogate_as_a_replacement_character(client):
     """JSON may carry "\\ud800", which no UTF-8 text can: it is read as "?", not a 500."""
     body = b'{"message": "Subject: win \\ud800 now\\n\\nclaim your prize \\udfff today"}'
@@ -592,7 +617,8 @@ def test_classify_rejects_what_is_not_text(client, samples):
 # -- never a 500 --------------------------------------------------------------------------------------
 
 MEDIA = st.sampled_from([None, "image/png", "image/jpeg", "application/json", "text/plain", "message/rfc822",
-                         "multipart/form-data", "multipart/form-data; boundary=xyz", "application/octet-stream"])
+                         "multipart/form-data", "multipart/form-data; boundary=xyz", "application/octet-stream",
+                         "text/plain; charset=utf-16", "text/plain; charset=utf-7", "text/plain; charset=klingon"])
 
 
 JSON_VALUES = st.recursive(

@@ -8,11 +8,14 @@ a client sent (raw bytes, a multipart form, JSON) into what a service takes, or 
 from __future__ import annotations
 
 import asyncio
+import email.message
 import json
 from typing import Any
 
 import numpy as np
 from fastapi import Request
+
+from chainrule.apps.spam import looks_like_email
 
 
 class ApiError(Exception):
@@ -155,6 +158,25 @@ def pixels_from_json(doc: Any) -> np.ndarray:
     if not arr.any():
         raise ApiError(422, "no ink found (a blank image)")  # as for an uploaded picture
     return arr
+
+
+def declared_text(request: Request, data: bytes) -> bytes:
+    """A text body in UTF-8 where its Content-Type declares another charset: UTF-16 has a NUL byte in
+    every ASCII character, and an SMS in KOI8-R would be read as Windows-1252. An email keeps its
+    bytes (its own headers say the charset of each part), and so does a body its charset does not
+    read: as with no charset declared, the spam filter's own fallbacks read it."""
+    header = email.message.Message()
+    header["Content-Type"] = request.headers.get("content-type", "")
+    charset = header.get_content_charset()
+    if not charset or looks_like_email(data):
+        return data
+    try:
+        text = data.decode(charset)
+    except UnicodeError:
+        return data
+    except (LookupError, ValueError):  # (ValueError: a name with a NUL in it)
+        raise ApiError(422, f"unknown charset in the Content-Type: {charset[:60]!r}") from None
+    return text.encode("utf-8", errors="replace")  # (UTF-7 decodes to lone surrogates, which UTF-8 cannot hold)
 
 
 def check_text(data: bytes) -> bytes:

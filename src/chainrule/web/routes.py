@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from chainrule.web.http import (
     ApiError,
     check_text,
+    declared_text,
     json_body,
     media_type,
     pixels_from_json,
@@ -135,4 +136,6 @@ async def spam_classify(request: Request) -> SpamVerdict:
             raise ApiError(422, 'JSON body must be {"message": "<the raw message>"}')
         # a lone surrogate ("\ud800") is valid JSON but not encodable text: it becomes "?"
         data = doc["message"].encode("utf-8", errors="replace")
+    else:
+        data = declared_text(request, data)
     return await run_in_threadpool(service.classify, check_text(data))

@@ -119,7 +119,8 @@ PIXELS_SCHEMA = {
 }
 SPAM_BODY = {
     "description": "The raw message: an email with its headers (RFC 822, any charset) or an SMS, as the body "
-    "(text/plain, message/rfc822), as multipart field `file`, or as JSON {\"message\": \"...\"}.",
+    "(text/plain, message/rfc822; a text in the charset the Content-Type declares, such as utf-16), as "
+    "multipart field `file`, or as JSON {\"message\": \"...\"}.",
     "required": True,
     "content": {
         "text/plain": {"schema": {"type": "string"}},
