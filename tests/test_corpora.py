@@ -46,6 +46,14 @@ def test_directory_recursive_and_labels(tmp_path):
     assert label_from_names(["20030228_easy_ham.tar.bz2"]) == HAM and label_from_names(["Hard_Ham"]) == HAM
     for not_ham in ("graham", "birmingham", "shampoo", "graham-laptop"):  # "ham" only as a word
         assert label_from_names([not_ham]) is None
+    # negated spam is ham, and SpamAssassin's name says nothing (its lists' folders hold ham); both
+    # were spam, ham folders included
+    for ham in ("nonspam", "not-spam", "NotSpam", "nospam", "no_spam", "non-spam-2002"):
+        assert label_from_names(["spam", ham]) == HAM, ham
+    assert label_from_names(["ham", "lists", "spamassassin-talk"]) == HAM
+    assert label_from_names(["spamassassin-talk"]) is None
+    for spam in ("spam_2", "20050311_spam_2.tar.bz2", "SpamArchive", "myspam", "ham-spamtrap"):
+        assert label_from_names(["ham", spam]) == SPAM, spam
 
 
 def test_labels_come_from_folders_from_the_given_path_down_never_from_file_names(tmp_path):

@@ -551,7 +551,7 @@ def add_commands(subparsers) -> None:
 
     p = sub.add_parser("train", help="train a filter on labelled mail and/or SMS")
     p.add_argument("corpus", nargs="*", help="files, directories, mbox, Maildir or .tar[.gz|.bz2]; labels from "
-                   "folder names containing 'spam' or 'ham'")
+                   "folder names: 'spam' (not 'nonspam' or the like) or the word 'ham'")
     p.add_argument("--sms", action="append", help="an SMS collection (label<TAB>text lines); repeatable")
     p.add_argument("--out", default="runs/spam", help="model directory to write (default runs/spam)")
     p.add_argument("--hidden", type=positive_int, nargs="+", default=[32], help="hidden layer widths (default 32)")

@@ -76,16 +76,24 @@ class RawMessage:
 _SKIP_NAMES = {"cmds"}  # the SpamAssassin tarballs' list of shell commands, not a message
 
 
-def label_from_names(names: Iterable[str]) -> int | None:
-    """1 if one of `names` (folders, outermost first) contains "spam", 0 if it has the word "ham",
-    else None.
+# In one name: "spam" anywhere is spam, except negated (nonspam, not-spam, no_spam, NotSpam: ham)
+# and in the SpamAssassin project's own name (its mailing lists' folders hold ham); "ham" only as
+# a word between non-letters (graham, Birmingham and shampoo are not ham).
+_NOT_SPAM = re.compile(r"(?<![a-z])(?:non|not|no)[^a-z]?spam")
+_SPAM = re.compile(r"spam(?!assassin)")
 
-    The SpamAssassin corpus layout: `spam/`, `easy_ham/`, `hard_ham/`. "ham" counts only as a word
-    between non-letters (graham, Birmingham and shampoo are not ham). The innermost name that says
-    either wins, so `spam-archive/ham` is ham.
+
+def label_from_names(names: Iterable[str]) -> int | None:
+    """1 if one of `names` (folders, outermost first) says spam, 0 if it says ham, else None.
+
+    The SpamAssassin corpus layout: `spam/`, `easy_ham/`, `hard_ham/`, and what people call their
+    folders (`nonspam`, `spam-archive`). The innermost name that says either wins, so
+    `spam-archive/ham` is ham.
     """
     for name in reversed([n.lower() for n in names]):
-        if "spam" in name:
+        if _NOT_SPAM.search(name):
+            return HAM
+        if _SPAM.search(name):
             return SPAM
         if "ham" in re.split(r"[^a-z]+", name):
             return HAM
