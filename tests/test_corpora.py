@@ -123,6 +123,56 @@ def test_a_hard_link_in_an_archive_is_read_as_the_file_it_links(tmp_path):
     assert sorted(got) == [("1", _msg("s"), SPAM), ("2", _msg("s"), SPAM)]
 
 
+def test_links_in_a_folder_and_in_its_archive_read_the_same_messages(tmp_path):
+    """A linked folder was skipped without a word (os.walk does not follow links), and a symbolic
+    link in an archive too, so a folder and its archive gave different counts. A folder linked
+    twice is read twice, as `find -L` lists it, but a link back up is not followed (a loop); a dot
+    folder is left out of an archive, as it is on disk; a link out of an archive is a problem of
+    its own."""
+    box = tmp_path / "box"
+    for folder, subject in (("spam", "s"), ("easy_ham", "h"), (".git", "hidden")):
+        (tmp_path / "real" / folder).mkdir(parents=True)
+        (tmp_path / "real" / folder / "1").write_bytes(_msg(subject))
+    box.mkdir()
+    (box / "spam").symlink_to(tmp_path / "real" / "spam")
+    (box / "ham").symlink_to(tmp_path / "real" / "easy_ham")
+    (box / "ham" / "up").symlink_to(box)  # a loop
+    (box / "spam-copy").symlink_to(tmp_path / "real" / "spam")  # the spam folder a second time
+    (tmp_path / "real" / "spam" / "2").symlink_to("1")
+    folder = sorted((m.source.removeprefix(str(box)), parse_message(m.data).subject, m.label)
+                    for m in read_messages([box]))
+    assert folder == [("/ham/1", "h", HAM), ("/spam-copy/1", "s", SPAM), ("/spam-copy/2", "s", SPAM),
+                      ("/spam/1", "s", SPAM), ("/spam/2", "s", SPAM)]
+    with tarfile.open(tmp_path / "box.tar", "w") as tar:
+        tar.add(tmp_path / "real", arcname="box")
+        outside = tarfile.TarInfo("box/spam/3")
+        outside.type, outside.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+        tar.addfile(outside)
+    archive = sorted((m.source.rsplit(":", 1)[1], m.data and parse_message(m.data).subject, m.label, m.error)
+                     for m in read_messages([tmp_path / "box.tar"]))
+    assert archive == [("box/easy_ham/1", "h", HAM, None),
+                       ("box/easy_ham/up", b"", HAM, f"a link to {box}, which the archive does not hold"),
+                       ("box/spam/1", "s", SPAM, None),
+                       ("box/spam/2", "s", SPAM, None),
+                       ("box/spam/3", b"", SPAM, "a link to ../../../etc/passwd, which the archive does not hold")]
+
+
+def test_a_folder_that_cannot_be_listed_is_a_problem_not_left_out(tmp_path):
+    """os.walk passed over a folder it could not list (here its path is longer than the system
+    allows), and its messages were dropped without a word."""
+    (tmp_path / "mail" / "spam").mkdir(parents=True)
+    (tmp_path / "mail" / "spam" / "1").write_bytes(_msg("s"))
+    fd = os.open(tmp_path / "mail", os.O_RDONLY)
+    for _ in range(20):  # 20 folders of 250 characters, one in the other: past PATH_MAX (4096)
+        os.mkdir("d" * 250, dir_fd=fd)
+        fd, parent = os.open("d" * 250, os.O_RDONLY, dir_fd=fd), fd
+        os.close(parent)
+    os.close(fd)
+    got = list(read_messages([tmp_path / "mail"]))
+    assert [m.label for m in got if m.error is None] == [SPAM]
+    assert [m.error for m in got if m.error is not None] == ["a folder that cannot be read (File name too long)"]
+
+
 def test_stdin_reader(monkeypatch):
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(_msg("piped"))))
     (m,) = list(read_messages(["-"]))

@@ -278,15 +278,15 @@ def _not_regular(path: Path) -> str:
 def _read_directory(root: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
     """The messages under `root`; `names`: the folder names above what `root` holds that may label
     them (its own, as given)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
+    unlisted: list[OSError] = []
+    for here, dirnames, filenames in _folders(root, unlisted):
+        yield from _unlisted(unlisted, _label(label, names))
         folders = names + here.relative_to(root).parts
         if _is_maildir(here) and here != root:
             dirnames[:] = []
             yield from _read_maildir(here, max_bytes, label, folders)
             continue
-        for name in sorted(filenames):
+        for name in filenames:
             if name.startswith(".") or name in _SKIP_NAMES:
                 continue
             p = here / name
@@ -296,6 +296,37 @@ def _read_directory(root: Path, max_bytes: int, label: int | None, names: tuple[
                 yield from _read_tar(p, max_bytes, label, folders + (name,))
             else:
                 yield from _read_file(p, max_bytes, label, folders, named=False)
+    yield from _unlisted(unlisted, _label(label, names))
+
+
+def _folders(root: Path, unlisted: list[OSError]) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """(folder, its sub-folders, its files) of `root` and every folder under it, top down, in
+    sorted order, dot folders left out: `os.walk` with links to folders followed, as `find -L`
+    follows them (a folder linked from two places is read under both names), except a link back
+    to a folder above it, which would loop. The sub-folders list may be emptied to go no deeper.
+    Folders that cannot be listed go to `unlisted`."""
+    first_seen: dict[tuple[int, int], Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append, followlinks=True):
+        here = Path(dirpath)
+        try:
+            st = os.stat(here)
+        except OSError as exc:
+            unlisted.append(exc)
+            dirnames[:] = []
+            continue
+        earlier = first_seen.setdefault((st.st_dev, st.st_ino), here)
+        if earlier != here and here.is_relative_to(earlier):  # a loop
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield here, dirnames, sorted(filenames)
+
+
+def _unlisted(unlisted: list[OSError], label: int | None) -> Iterator[RawMessage]:
+    """A problem for each folder `_folders` could not list (which it then empties)."""
+    for exc in unlisted:
+        yield RawMessage(str(exc.filename), b"", label, error=f"a folder that cannot be read ({_reason(exc)})")
+    unlisted.clear()
 
 
 def changed_files(root, since_ns: int = 0) -> list[Path]:
@@ -316,14 +347,12 @@ def changed_files(root, since_ns: int = 0) -> list[Path]:
                  if not n.startswith(".")]
     else:
         paths = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            here = Path(dirpath)
+        for here, dirnames, filenames in _folders(root, []):  # (a folder that cannot be listed has nothing new)
             if _is_maildir(here):
                 dirnames[:] = []
                 paths += changed_files(here, since_ns)
                 continue
-            paths += [here / n for n in sorted(filenames) if not n.startswith(".") and n not in _SKIP_NAMES]
+            paths += [here / n for n in filenames if not n.startswith(".") and n not in _SKIP_NAMES]
     out = []
     for p in paths:
         try:
@@ -491,16 +520,25 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
     with tar:
         try:
             for member in tar:
-                if not (member.isfile() or member.islnk()):  # (a hard link is a file: the same bytes again)
+                # (a hard link is a file: the same bytes again; a symbolic link is read as the
+                # member it names, as the same files are read on disk)
+                if not (member.isfile() or member.islnk() or member.issym()):
                     continue
-                name = member.name.rsplit("/", 1)[-1]
-                if name.startswith(".") or name in _SKIP_NAMES:
+                *folders, name = member.name.split("/")
+                # dot files and dot folders are left out, as on disk ("./spam/1" is not in one)
+                if any(part.startswith(".") and part != "." for part in (*folders, name)) or name in _SKIP_NAMES:
                     continue
-                lab = _label(label, names + tuple(member.name.split("/")[:-1]))
+                lab = _label(label, names + tuple(folders))
                 source = f"{path}:{member.name}"
                 try:
                     f = tar.extractfile(member)
+                    if f is None:  # a link to a folder, whose own members are read anyway
+                        continue
                     data, truncated = _read_capped(f, max_bytes)
+                except KeyError:
+                    yield RawMessage(source, b"", lab, error=f"a link to {member.linkname}, which the archive "
+                                                             f"does not hold")
+                    continue
                 except (*_READ_ERRORS, tarfile.TarError) as exc:
                     yield RawMessage(source, b"", lab, error=f"unreadable archive member ({one_line(exc)})")
                     continue
