@@ -444,11 +444,13 @@ def test_sms_training_round_trip(data_root, tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["messages"] == 200 and r["accuracy"] > max(r["spam"], r["ham"]) / 200
     # mail given to a filter that has only seen SMS: classified, with a warning saying so
-    mail = tmp_path / "mail.eml"
+    mail = tmp_path / "ham" / "mail.eml"
+    mail.parent.mkdir()
     mail.write_bytes(b"From: a@b.c\nSubject: lunch\n\nSee you at noon.\n")
-    main(["spam", "classify", str(m), str(mail)])
-    assert capsys.readouterr().err == f"chainrule: warning: {m} was trained on sms only; its verdicts on mail " \
-        "messages are a guess from the other kind's words\n"
+    for command in ("classify", "evaluate"):  # (evaluate gave its figures without a word)
+        main(["spam", command, str(m), str(mail)])
+        assert capsys.readouterr().err == f"chainrule: warning: {m} was trained on sms only; its verdicts on " \
+            "mail messages are a guess from the other kind's words\n"
 
 
 # --- exit codes, standard input and option order (issue 16) --------------------------------------

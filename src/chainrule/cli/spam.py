@@ -218,6 +218,8 @@ def _cmd_evaluate(args) -> int:
     items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes, on_problem=problems)
     if len(y) == 0:
         raise UserError("no messages to evaluate")
+    for kind in sorted({kind for kind, _ in items}):  # (figures on a kind it never saw mean little)
+        _warn_if_untrained_on(bundle, kind)
     t0 = time.perf_counter()
     p, _ = bundle.score(items)
     seconds = time.perf_counter() - t0

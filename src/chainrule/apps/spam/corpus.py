@@ -30,7 +30,7 @@ def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = T
             continue
         if labelled and msg.label is None:
             raise UserError(f"{msg.source}: cannot tell whether it is spam or ham "
-                            "(put messages under folders whose names contain 'spam' or 'ham')")
+                            "(put messages under folders named for what they are, such as spam/ and ham/)")
         items.append(("mail", msg.data))
         sources.append(msg.source)
         labels.append(-1 if msg.label is None else msg.label)
