@@ -213,6 +213,9 @@ def test_sms_reader(tmp_path):
     f.write_bytes(b"ham\tfine\nnot a label line\n")
     with pytest.raises(ValueError, match=":2:"):
         read_sms(f)
+    f.write_bytes(b"ham\tfine\nspam\t \r\n")  # (was scored and counted: an empty mail is a problem)
+    with pytest.raises(ValueError, match=":2: a label with no text after it"):
+        read_sms(f)
     # saved by Notepad, with a byte order mark: it was "line 1: expected 'spam<TAB>text'"
     f.write_bytes(codecs.BOM_UTF8 + b"ham\tfine\nspam\tWIN now\n")
     assert read_sms(f) == (["fine", "WIN now"], [HAM, SPAM])

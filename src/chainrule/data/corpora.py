@@ -576,6 +576,8 @@ def read_sms(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> tuple[list[
             tag = tag.strip().lower()
             if not sep or tag not in (b"spam", b"ham"):
                 raise ValueError(f"{path}:{lineno}: expected 'spam<TAB>text' or 'ham<TAB>text'")
+            if not text.strip():  # (an empty message is a problem everywhere else, not a message)
+                raise ValueError(f"{path}:{lineno}: a label with no text after it")
             texts.append(decode_text(text, "utf-8"))
             labels.append(SPAM if tag == b"spam" else HAM)
     return texts, labels
