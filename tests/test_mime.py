@@ -54,6 +54,17 @@ def test_a_forwarded_message_is_read_inside_as_in_a_multipart_one(spamassassin_m
     assert forwarded.urls == in_parts.urls
 
 
+def test_a_multipart_body_not_split_into_parts_is_read_as_text(spamassassin_messages):
+    """A multipart message whose boundary matches no line (spam 00467 declares "=Multipart Boundary
+    0925021429", its lines read "--= Multipart Boundary 0925021429") or that names no boundary at
+    all was counted as one attachment, its whole body lost; mail clients show that body as text."""
+    m = next(m for m in spamassassin_messages if "spam/00467." in m.source)
+    p = parse_message(m.data)
+    assert "opted-in to receive special offers" in p.text and not p.attachments
+    p = parse_message(b"Subject: x\nContent-Type: multipart/mixed\n\ncheap meds, no boundary\n")
+    assert "cheap meds" in p.text and not p.attachments
+
+
 def test_real_html_only_message(spamassassin_messages):
     m, msg = _first(spamassassin_messages, lambda msg, raw: msg.get_content_type() == "text/html")
     p = parse_message(m.data)

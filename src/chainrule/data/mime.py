@@ -231,6 +231,10 @@ def _walk(msg, out: ParsedMessage) -> None:
         if part.is_multipart():
             continue
         ctype = (part.get_content_type() or "text/plain").lower()
+        if ctype.startswith("multipart/"):
+            # a multipart body the email package could not split (no boundary, or one that no
+            # line matches) is one string: mail clients show it as text, and so it is read here
+            ctype = "text/plain"
         disposition = str(part.get("Content-Disposition", "")).lower()
         maintype = ctype.split("/", 1)[0]
         if maintype != "text" or "attachment" in disposition:
