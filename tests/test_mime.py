@@ -191,6 +191,20 @@ def test_a_text_cut_inside_a_character_loses_that_character_not_its_encoding():
     assert without_cut_character(b"caf\xe9 au lait") == b"caf\xe9 au lait"  # not UTF-8: as it is
 
 
+def test_a_utf8_part_cut_at_a_limit_loses_the_cut_character_not_its_encoding():
+    """A UTF-8 part past the text limit (800,000 bytes read), or a message cut by --max-bytes,
+    8-bit or base64, was read whole as Windows-1252 when the cut fell inside a character."""
+    head = b"Subject: ru\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: %s\n\n"
+    words = "привет " * 70_000  # 13 bytes a word: the limit cuts the last one read inside its "и"
+    p = parse_message(head % b"8bit" + b"X" + words.encode())
+    assert p.text.startswith("Xпривет привет") and "Ð" not in p.text
+    for cte, body in ((b"8bit", words[:400].encode()), (b"base64", base64.encodebytes(words[:400].encode()))):
+        raw = head % cte + body
+        for cut in range(len(raw) - 80, len(raw)):
+            p = parse_message(raw[:cut])
+            assert p.text.startswith("привет привет") and "Ð" not in p.text, (cte, cut)
+
+
 def test_html_to_text_and_domains():
     text, links = html_to_text("<html><style>p{}</style><script>var x</script><p>Buy <b>now</b>"
                                "<a href='http://Shop.Example.COM:80/x?y'>here</a></p></html>")

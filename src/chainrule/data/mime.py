@@ -65,7 +65,11 @@ _CHARSET_ALIASES = {"unknown-8bit": "latin-1", "x-unknown": "latin-1", "default"
 
 def decode_text(data: bytes, charset: str | None) -> str:
     """Bytes -> str with the declared charset, falling back to UTF-8, then Windows-1252, then
-    Latin-1 (which maps every byte, so this never fails). Spam often declares a wrong charset."""
+    Latin-1 (which maps every byte, so this never fails). Spam often declares a wrong charset.
+
+    UTF-8 cut at a byte limit (a part past the text limit, a message past --max-bytes: 8-bit,
+    or base64 cut anywhere) loses the character the cut split, not its encoding.
+    """
     for cs in (charset, "utf-8"):
         if not cs:
             continue
@@ -76,6 +80,10 @@ def decode_text(data: bytes, charset: str | None) -> str:
         except (LookupError, UnicodeDecodeError, ValueError, TypeError):
             continue
     try:
+        return without_cut_character(data).decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
         return data.decode("cp1252")
     except UnicodeDecodeError:
         return data.decode("latin-1")
@@ -83,8 +91,8 @@ def decode_text(data: bytes, charset: str | None) -> str:
 
 def without_cut_character(data: bytes) -> bytes:
     """`data`, cut at a byte limit, without the start of a UTF-8 character the cut left at its end:
-    `decode_text` would read the whole text as Windows-1252 for it. Text that is not UTF-8 comes
-    back as it is."""
+    read with it, the whole text is not UTF-8 (`decode_text` drops it too). Text that is not
+    UTF-8 comes back as it is."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
         decoder.decode(data, final=False)  # (keeps an incomplete last character back, unread)
@@ -204,7 +212,8 @@ def base64_then_text(body: bytes) -> bytes:
         decoded = binascii.a2b_base64(encoded)
     except binascii.Error:  # (padding in the middle of the run)
         return body
-    return decoded + b"\n" + b"".join(lines[end:])
+    # (a run cut short, by --max-bytes or the short group dropped, may end inside a character)
+    return without_cut_character(decoded) + b"\n" + b"".join(lines[end:])
 
 
 def _content_charset(part) -> str | None:
