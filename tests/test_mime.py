@@ -16,6 +16,7 @@ from chainrule.data.mime import (
     _compat32_headers,
     _content_charset,
     base64_then_text,
+    decode_header,
     decode_text,
     html_to_text,
     parse_message,
@@ -332,3 +333,13 @@ def test_eight_bit_headers_are_decoded_not_replaced():
                  "hi\n--b--\n").encode()
     p = parse_message(multipart)
     assert p.subject == "Grüße" and "hi" in p.text and p.parts == 2
+
+
+def test_raw_eight_bit_text_beside_an_encoded_word_stays_text():
+    """email.header.decode_header hands back the text outside encoded words raw-unicode-escaped: a
+    raw UTF-8 "Скидки" beside "=?utf-8?q?...?=" read '\\u0421\\u043a\\u0438...'."""
+    raw = ("Subject: Скидки 50% =?utf-8?q?=D0=B2=D1=81=D0=B5=D0=BC?=\n"
+           "From: Jörg =?iso-8859-1?q?K=F6ln?= <j@example.de>\n\nbody\n").encode()
+    p = parse_message(raw)
+    assert p.subject == "Скидки 50% всем" and p.from_ == "Jörg Köln <j@example.de>"
+    assert decode_header("C:\\u00e9 \\unicode € =?utf-8?q?x?=") == "C:\\u00e9 \\unicode € x"  # backslashes as they are

@@ -102,6 +102,11 @@ def without_cut_character(data: bytes) -> bytes:
     return data[:len(data) - len(pending)]
 
 
+# Raw 8-bit text in a header (RFC 6532 UTF-8, or spam's raw Latin-1) with the blanks around it:
+# never part of an encoded word, which is ASCII.
+_RAW_TEXT = re.compile(r"(\s*[^\x00-\x7f]+\s*)")
+
+
 def decode_header(value) -> str:
     """An RFC 2047 header (`=?utf-8?b?...?=`) as text, tolerating bad encodings and charsets."""
     if value is None:
@@ -111,6 +116,11 @@ def decode_header(value) -> str:
     value = str(value)
     if "=?" not in value:
         return value
+    if not value.isascii():
+        # `email.header.decode_header` hands raw text beside an encoded word back
+        # raw-unicode-escaped ("С" as "\u0421"): it stays as it is, the ASCII around it is decoded
+        pieces = _RAW_TEXT.split(value)  # (the raw runs are the odd pieces)
+        return "".join(piece if i % 2 else decode_header(piece) for i, piece in enumerate(pieces))
     try:
         parts = email.header.decode_header(value)
     except (ValueError, LookupError, AssertionError, IndexError):
