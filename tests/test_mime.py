@@ -11,7 +11,9 @@ from email.message import EmailMessage
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from selectolax.lexbor import SelectolaxError
 
+from chainrule.data import mime
 from chainrule.data.mime import (
     _compat32_headers,
     _content_charset,
@@ -212,6 +214,24 @@ def test_html_to_text_and_domains():
     assert "Buy" in text and "now" in text and "var x" not in text and "p{}" not in text
     assert url_domain(links[0]) == "shop.example.com"
     assert html_to_text("")[0].strip() == ""
+
+
+def test_html_text_joins_words_split_by_inline_tags_and_comments(spamassassin_messages, monkeypatch):
+    """Text was cut at every tag and comment: 'V<b>ia</b>gra' and 'Opr<!--D-->ah' (spam 00173's
+    trick) read 'V ia gra', 'Opr ah'. As in a browser, only block elements and <br> part words."""
+    html = ("<html><body><p>As seen on Opr<!--D-->ah: cheap V<b>ia</b>gra"
+            "<p>next</p>line<br>break<div>block</div>end<table><tr><td>cell</td><td>cell</td></tr></table></body>")
+    words = ["As", "seen", "on", "Oprah:", "cheap", "Viagra", "next", "line", "break", "block", "end",
+             "cell", "cell"]
+    assert html_to_text(html)[0].split() == words
+    m = next(m for m in spamassassin_messages if "spam/00173." in m.source)
+    assert {"NBC,", "CNN,", "Oprah!"} <= set(parse_message(m.data).html_text.split())
+
+    def refused(html):
+        raise SelectolaxError("refused")
+
+    monkeypatch.setattr(mime, "LexborHTMLParser", refused)  # the standard library's parser, as the fallback
+    assert html_to_text(html)[0].split() == words
 
 
 # --- property tests -----------------------------------------------------------------------------
