@@ -125,6 +125,17 @@ def test_base64_then_text():
     assert base64_then_text(b"not base64 at all!\n") == b"\nnot base64 at all!\n"
 
 
+def test_a_transfer_encoding_with_blanks_after_it_is_decoded():
+    """'Content-Transfer-Encoding: base64 ' (a trailing blank) left the body undecoded: the email
+    package compares the header's value as it is, blanks and all."""
+    body = base64.encodebytes(b"Cheap meds online, click now")
+    p = parse_message(b"Subject: x\nContent-Type: text/plain\nContent-Transfer-Encoding: base64 \n\n" + body)
+    assert p.text.strip() == "Cheap meds online, click now"
+    p = parse_message(b'Subject: x\nContent-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: text/html\n'
+                      b"Content-Transfer-Encoding: quoted-printable\t\n\n<p>caf=C3=A9 =3D bar</p>\n--b--\n")
+    assert p.html_text.strip() == "café = bar"
+
+
 def test_real_non_utf8_message(spamassassin_messages):
     m, msg = _first(spamassassin_messages, lambda msg, raw: not msg.is_multipart()
                     and (msg.get_content_charset() or "") in ("iso-8859-1", "windows-1252", "gb2312", "big5",

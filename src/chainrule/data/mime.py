@@ -276,6 +276,10 @@ def _walk(msg, out: ParsedMessage) -> None:
             # counted by type, never decoded: an attachment's bytes say nothing a filter can use cheaply
             out.attachments[ctype] += 1
             continue
+        cte = part.get("Content-Transfer-Encoding")
+        if isinstance(cte, str) and cte != cte.strip():
+            # "base64 " is base64 to mail clients; the email package compares the value as it is
+            part.replace_header("Content-Transfer-Encoding", cte.strip())
         n_defects = len(part.defects)
         try:
             payload = part.get_payload(decode=True)
