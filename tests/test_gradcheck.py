@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import chainrule as cr
 from chainrule.gradcheck import _default_loss, demo_networks, relative_error
@@ -79,6 +80,50 @@ def test_gradcheck_catches_a_wrong_backward_pass():
     errors = cr.gradcheck(model, x, np.array([0, 1, 1, 0, 1]))
     assert errors["0:Linear"] > 1e-3  # the layer below the broken one gets wrong gradients
     assert errors["2:Linear"] < 1e-6  # the layer above is unaffected
+
+
+class NaNScale(cr.Layer):
+    """y = 2x, whose backward pass gives NaN for the inputs at 0 (0/0): a learner's slip."""
+
+    def forward(self, x, training=False):
+        self.x = x
+        return 2 * x
+
+    def backward(self, grad_out):
+        with np.errstate(invalid="ignore"):
+            return grad_out * 2 * self.x / self.x
+
+
+def test_a_nan_gradient_fails_the_check_not_read_as_a_kink():
+    """A NaN gradient made the relative error NaN, which read as "every entry crossed a kink"
+    (not judged), and the check as a whole passed on the other layers."""
+    model = cr.Sequential([cr.Linear(3, 4), cr.ReLU(), NaNScale(), cr.Linear(4, 2)], seed=0)
+    kinks = {}
+    errors = cr.gradcheck(model, np.random.default_rng(0).normal(size=(5, 3)), np.array([0, 1, 1, 0, 1]), kinks=kinks)
+    assert errors["0:Linear"] == errors["input"] == np.inf  # (below the NaN, the gradients are NaN too)
+    assert errors["3:Linear"] < 1e-6 and kinks["0:Linear"] == 0
+    assert relative_error(np.array([1.0, np.nan]), np.array([1.0, 0.0])) == np.inf
+
+
+class TripledLinear(cr.Linear):
+    """A Linear whose weight gradient is 3 times too large."""
+
+    def backward(self, grad_out):
+        grad = super().backward(grad_out)
+        self.weight.grad *= 3
+        return grad
+
+
+def test_a_sample_of_a_layer_most_of_whose_gradient_is_zero_still_judges_the_gradient():
+    """Hashed words reach a few of a spam filter's first-layer weights: 30 entries drawn from all of
+    them were all 0 on both sides, and a gradient 3 times too large passed."""
+    rng = np.random.default_rng(0)
+    x = sp.random(4, 4096, density=0.002, format="csr", random_state=0, data_rvs=lambda n: rng.random(n) + 0.5)
+    model = cr.Sequential([TripledLinear(4096, 8), cr.ReLU(), cr.Linear(8, 2)], seed=0)
+    errors = cr.gradcheck(model, x, np.array([0, 1, 1, 0]), samples_per_param=30)
+    assert errors["0:TripledLinear"] > 0.1
+    model = cr.Sequential([cr.Linear(4096, 8), cr.ReLU(), cr.Linear(8, 2)], seed=0)
+    assert max(cr.gradcheck(model, x, np.array([0, 1, 1, 0]), samples_per_param=30).values()) < 1e-6
 
 
 def test_sampling_checks_a_subset_and_relative_error_definition():

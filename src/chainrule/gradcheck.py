@@ -18,6 +18,8 @@ its finite difference cannot judge the backward pass (CS231n's "kinks in the obj
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 
 import numpy as np
 
@@ -55,6 +57,8 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray, scale: float = 0.0
     `scale` is the largest gradient of the whole array when only some of its entries are checked,
     so that a sample of small entries is judged against the same yardstick as a full check.
     """
+    if not (np.all(np.isfinite(analytic)) and np.all(np.isfinite(numeric))):
+        return math.inf  # (a NaN or infinite gradient is wrong, whatever the other entries say)
     scale = max(np.abs(analytic).max(initial=0.0), np.abs(numeric).max(initial=0.0), scale, 1e-12)
     return float(np.abs(analytic - numeric).max(initial=0.0) / scale)
 
@@ -89,7 +93,8 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
 
     Returns:
         {"<index>:<Layer>": max relative error over its parameters, ..., "input": ...}; NaN where
-        every checked entry crossed a kink (nothing could be judged).
+        every checked entry crossed a kink (nothing could be judged), infinity where a gradient
+        is NaN or infinite.
     """
     steps_tried = (float(eps),) if np.ndim(eps) == 0 else tuple(eps)
     if not steps_tried or not all(0 < e < 1 for e in steps_tried):
@@ -125,10 +130,22 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
         """The relative error of `analytic` (every entry, or `samples_per_param` of them) against
         central differences in `flat`, over the entries no kink spoils (NaN if none), relative to
         `scale` or the largest gradient here, whichever is larger; and the step that gave it."""
+        if not np.all(np.isfinite(analytic)):  # wrong wherever it is, sampled or not
+            crossed.setdefault(name, 0)
+            return math.inf, steps_tried[0]
         wanted, candidates = flat.size, np.arange(flat.size)
         if samples_per_param is not None and flat.size > samples_per_param:
             wanted = samples_per_param
-            candidates = pick.choice(flat.size, min(flat.size, SAMPLES_DRAWN * samples_per_param), replace=False)
+            drawn = min(flat.size, SAMPLES_DRAWN * samples_per_param)
+            # Every other entry drawn is one whose gradient is not 0: where the inputs reach a few of
+            # a layer's weights (a spam filter's hashed words reach ~0.1% of its first layer's), a
+            # draw from all of them would judge only entries that both sides give as 0. The rest
+            # are drawn from all, where a gradient missing from the backward pass shows.
+            moving = np.flatnonzero(analytic)
+            moving = pick.choice(moving, min(moving.size, drawn), replace=False)
+            anywhere = pick.choice(flat.size, drawn, replace=False)
+            alternate = [j for pair in itertools.zip_longest(moving, anywhere) for j in pair if j is not None]
+            candidates = list(dict.fromkeys(alternate))[:drawn]
         scale = max(scale, np.abs(analytic).max(initial=0.0))
         judged, numeric = [], []
         for j in candidates:  # at the first step: the entries to judge, drawing past those at a kink

@@ -26,6 +26,8 @@ def gradcheck_table(result: GradcheckResult) -> str:
     for name, err in result.errors.items():
         if math.isnan(err):
             lines.append(f"  {name:<{width}}  {'-':>18}  not judged (every entry tried crossed a kink)")
+        elif math.isinf(err):
+            lines.append(f"  {name:<{width}}  {'-':>18}  FAIL (a gradient is NaN or infinite)")
         else:
             lines.append(f"  {name:<{width}}  {err:18.2e}  {'pass' if err < TOLERANCE else 'FAIL'}")
     lines += [f"  ({note})" for note in result.notes]
