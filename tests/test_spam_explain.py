@@ -58,6 +58,29 @@ def test_classify_message_tokenises_an_sms_as_training_saw_it():
             explain_row(_TINY, message_tokens(parse_message(raw), _TINY.config))[0], abs=1e-7)
 
 
+def test_two_words_in_one_bucket_with_opposite_signs_push_opposite_ways():
+    """A hash collision: the bucket's share was split evenly, so a word that pushes towards ham on
+    its own was listed towards spam beside its partner, with the same share. Each word's share is
+    its own signed term's, and the shares still add up to the bucket's."""
+    hasher = _TINY.hasher
+    # words of several lengths: CRC-32 is linear, and words of one length and shape that share a
+    # bucket share their sign too
+    words = ["x" * (i % 7) + str(i * i) for i in range(400)]
+    by_bucket = {}
+    for word in words:
+        bucket, sign = hasher.token_features([word])[word]
+        by_bucket.setdefault(bucket, {})[sign] = word
+    plus, minus = next((pair[1], pair[-1]) for pair in by_bucket.values() if len(pair) == 2)
+    for message in ([plus, plus, minus], [plus, minus, minus, minus]):
+        _, spam, ham = explain_row(_TINY, message, top=5)
+        shares = dict(spam + ham)
+        alone = {word: explain_row(_TINY, [word], top=5) for word in (plus, minus)}
+        sides = {word: "spam" if alone[word][1] else "ham" for word in (plus, minus)}
+        assert sides[plus] != sides[minus]  # (opposite signs in one bucket: opposite directions alone)
+        for word in (plus, minus):
+            assert (shares[word] > 0) == (sides[word] == "spam"), (message, shares, sides)
+
+
 def test_explanations_stay_right_while_other_threads_score_on_the_same_network():
     """The daemon checks messages on several threads while REPORT explains one on another: the
     explanation's backward pass read the layers' caches that a check in between had replaced

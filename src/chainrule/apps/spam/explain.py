@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import codecs
+import math
 import re
+from collections import Counter
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,8 +24,11 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[fl
 
     The logit's gradient with respect to every input bucket is backpropagated through the layers
     above the first `Linear`: dlogit/dx_j = Σ_k W1[j, k] · dlogit/dh_k, where h = x·W1 + b1.
-    A token's share is sign(token) · x_j · dlogit/dx_j, split evenly among the tokens that
-    share its bucket and sign (they are indistinguishable to the network).
+    Bucket j holds x_j = c · Σ sign(t) · (1 + log count(t)) over its tokens t, c the factors they
+    share (the bucket's idf, the message's norm), so token t's share of x_j · dlogit/dx_j is its
+    own term's share of that sum: tokens of opposite sign in one bucket (a hash collision) push
+    opposite ways, and the shares add up to the bucket's. (With `split_norm`, a header token and
+    a body token in one bucket are normed apart, and their shares are split as if they were not.)
 
     Layers cache their inputs in the forward pass for the backward one, so a network shared by
     threads must run one pass at a time: the model's `lock` is held around the two passes, and only
@@ -42,10 +47,13 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[fl
         dlogit_dx = first.weight.data[idx] @ grad[0]  # (nnz,)
     contribution = dict(zip(idx.tolist(), (val * dlogit_dx).tolist(), strict=True))
     feats = hasher.token_features(tokens)
-    sharing: dict[int, int] = {}
-    for b, _ in feats.values():
-        sharing[b] = sharing.get(b, 0) + 1
-    scored = [(tok, contribution.get(b, 0.0) / sharing[b]) for tok, (b, _) in feats.items()]
+    counts = Counter(tokens)
+    term = {tok: sign * (1 + math.log(counts[tok])) for tok, (_, sign) in feats.items()}
+    bucket_sum: dict[int, float] = {}
+    for tok, (b, _) in feats.items():
+        bucket_sum[b] = bucket_sum.get(b, 0.0) + term[tok]
+    scored = [(tok, contribution.get(b, 0.0) * term[tok] / bucket_sum[b] if bucket_sum[b] else 0.0)
+              for tok, (b, _) in feats.items()]
     scored.sort(key=lambda t: t[1])
     p = float(sigmoid(float(out[0, 0])))
     towards_spam = [(t, s) for t, s in reversed(scored[-top:]) if s > 0]
