@@ -310,12 +310,12 @@ def test_explain_reads_text_messages_with_sms_as_classify_does(spam_model, data_
     classified = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert main(["spam", "explain", str(spam_model), "--sms", str(texts), "--json"]) == 0
     explained = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    sources = [f"{texts}:{i}" for i in range(1, 6)]  # (and '-' twice reads standard input once)
+    sources = [f"{texts}:{i}" for i in range(1, 6)]
     assert [e["source"] for e in explained] == [c["source"] for c in classified] == sources
     for e, c in zip(explained, classified, strict=True):
         assert e["verdict"] == c["verdict"] and e["probability"] == pytest.approx(c["probability"], abs=1e-6)
-    twice = run_chainrule(["spam", "explain", str(spam_model), "--sms", "--json", "-", "-"], texts.read_bytes())
-    assert twice.returncode == 0 and len(twice.stdout.splitlines()) == 5, twice.stderr
+    stdin = run_chainrule(["spam", "explain", str(spam_model), "--sms", "--json", "-"], texts.read_bytes())
+    assert stdin.returncode == 0 and len(stdin.stdout.splitlines()) == 5, stdin.stderr
 
 
 def test_text_messages_in_windows_1252_read_as_training_reads_them(spam_model, data_root, tmp_path, capsys):
@@ -484,7 +484,8 @@ def test_classify_reads_a_dash_as_standard_input_wherever_options_are(spam_model
     assert both.returncode == 0 and [d["source"] for d in docs] == [other, "-"] and docs[1] == doc
     # named twice, standard input would be read once: the second read found it empty (exit 3 after a
     # verdict) for mail, and nothing for text messages
-    for command in (["classify", m], ["classify", m, "--sms"], ["explain", m], ["learn", m, "--spam"]):
+    for command in (["classify", m], ["classify", m, "--sms"], ["explain", m], ["explain", m, "--sms"],
+                    ["learn", m, "--spam"]):
         twice = run_chainrule(["spam", *command, "-", other, "-"], raw)
         assert _one_line_error(twice, 3 if command[0] == "classify" else 2) == \
             "chainrule: error: '-' (standard input) can be given only once\n" and not twice.stdout
