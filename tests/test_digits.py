@@ -7,6 +7,7 @@ checked by bench/digits_accuracy.py on the full data.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -360,6 +361,38 @@ def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 12
     assert not images.unfinished_run(out / "checkpoint.npz")  # a finished run's: a new run may replace it
+
+
+def test_a_run_stopped_after_its_last_epoch_before_its_model_is_saved_is_unfinished(trained, tmp_path):
+    """Ctrl-C as the figures are drawn: the last checkpoint (written after the last epoch) says the
+    run ended, no model was saved, and a plain rerun threw the whole run away and started over,
+    though the message had said --resume."""
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    assert not images.unfinished_run(run / "checkpoint.npz")  # its model was saved after its last checkpoint
+    os.utime(run / "checkpoint.npz", ns=(time.time_ns(), (run / "model.json").stat().st_mtime_ns + 1))
+    assert images.unfinished_run(run / "checkpoint.npz")  # a model of an earlier run is there, not this one's
+    (run / "model.json").unlink()
+    assert images.unfinished_run(run / "checkpoint.npz")
+    with pytest.raises(UserError, match="holds the checkpoint of an unfinished run: continue it with --resume"):
+        images.resolve_run_options({}, run)
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["show"]])
+def test_evaluate_and_show_refuse_a_folder_that_a_run_is_writing(trained, tmp_path, capsys, command):
+    """They wrote beside the model unlocked: a train that saved a new model meanwhile was left with
+    the evaluation, or the first-layer picture, of the model it replaced."""
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    before = sorted(p.name for p in run.iterdir())
+    with open(run / "model.lock", "a") as lock:  # (another process's hold: this one's lock is re-entrant)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert main(["digits", *command, str(run)]) == 2
+        err = capsys.readouterr().err
+    assert f"{run}: another run is writing to this folder" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert main(["digits", *command, str(run), "--out", str(tmp_path / ("x" if command == ["evaluate"] else "x.png"))]) \
+        == 0  # (written elsewhere: no lock needed)
 
 
 def _limit_file_size(limit: int):

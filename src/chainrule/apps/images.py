@@ -219,15 +219,20 @@ def _named(classes: list[str]) -> str:
 
 
 def unfinished_run(checkpoint: Path) -> bool:
-    """Whether `checkpoint` is that of a run that was stopped before its end (its history has no
-    stop reason yet). A finished run keeps its last checkpoint too; that one, like one that
-    cannot be read, holds nothing a new run would lose."""
+    """Whether `checkpoint` is that of a run that was stopped before its end: before its last
+    epoch (its history has no stop reason yet), or after it, before its model was saved (as its
+    test set was scored or its figures drawn: the last checkpoint is written first, and no
+    model.json newer than it is beside it). A finished run keeps its last checkpoint too; that
+    one, like one that cannot be read, holds nothing a new run would lose."""
     try:
         if "json" not in npz_headers(checkpoint):
             return False
         doc = json.loads(read_npz(checkpoint, ["json"])["json"].tobytes())
-        return not doc["history"]["stop_reason"]
-    except (ModelFileError, ValueError, KeyError, TypeError):  # (no such file: ModelFileError too)
+        if not doc["history"]["stop_reason"]:
+            return True
+        saved = checkpoint.parent / "model.json"
+        return not saved.exists() or saved.stat().st_mtime_ns < checkpoint.stat().st_mtime_ns
+    except (OSError, ModelFileError, ValueError, KeyError, TypeError):  # (no such file: ModelFileError too)
         return False
 
 
@@ -432,6 +437,17 @@ def _clear_leftovers(out: Path, fresh: bool) -> None:
     if (out / "checkpoint.npz").exists():
         log.warning("replacing the earlier run in %s", out)
         (out / "checkpoint.npz").unlink()
+
+
+def writer_lock(out: Path) -> contextlib.ExitStack:
+    """`out`'s writer lock, held while the returned stack is (`with writer_lock(out): ...`), or a
+    UserError if another run holds it: what a command writing files about the model in `out`
+    beside it (`evaluate`, `show`) holds from reading the model to renaming its files into place,
+    so that a run saving a new model there meanwhile is refused, and the files never describe a
+    model that is no longer there."""
+    stack = contextlib.ExitStack()
+    _hold_writer_lock(stack, out)
+    return stack
 
 
 def _hold_writer_lock(stack: contextlib.ExitStack, out: Path) -> None:

@@ -7,6 +7,7 @@ says otherwise, as it has always been.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -103,9 +104,19 @@ def _image_model(args):
     return model, metadata
 
 
+def _beside_the_model(args) -> contextlib.AbstractContextManager:
+    """The model folder's writer lock (`images.writer_lock`) where a command writes its files there
+    (no --out), from reading the model on: a train ending meanwhile would leave the evaluation or
+    picture of the model it replaced beside its own. (A folder that is not there has no model to
+    read, which the load says.)"""
+    folder = model_directory(args.model)
+    return images.writer_lock(folder) if not args.out and folder.is_dir() else contextlib.nullcontext()
+
+
 def _cmd_evaluate(args) -> int:
-    model, metadata = _image_model(args)
-    report, shown = images.evaluate_saved(args.model, model, metadata, args.data, args.out, args.top)
+    with _beside_the_model(args):
+        model, metadata = _image_model(args)
+        report, shown = images.evaluate_saved(args.model, model, metadata, args.data, args.out, args.top)
     print(report_text(report))
     where = Path(args.out) if args.out else model_directory(args.model)
     print(f"\nwrote {where}/eval_metrics.json, eval_confusion_matrix.png and mistakes.png "
@@ -138,14 +149,15 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    model, _ = _image_model(args)
     out = Path(args.out) if args.out else model_directory(args.model) / "first_layer.png"
-    try:
-        what = images.draw_first_layer(model, out, args.units)
-    except UserError as exc:
-        raise UserError(f"{args.model}: {exc}") from None
-    except ValueError as exc:  # (--out with a suffix no figure format has)
-        raise UserError(str(exc)) from None
+    with _beside_the_model(args):
+        model, _ = _image_model(args)
+        try:
+            what = images.draw_first_layer(model, out, args.units)
+        except UserError as exc:
+            raise UserError(f"{args.model}: {exc}") from None
+        except ValueError as exc:  # (--out with a suffix no figure format has)
+            raise UserError(str(exc)) from None
     print(f"wrote {out} ({what})")
     return 0
 
