@@ -391,8 +391,8 @@ def test_evaluate_and_show_refuse_a_folder_that_a_run_is_writing(trained, tmp_pa
         err = capsys.readouterr().err
     assert f"{run}: another run is writing to this folder" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in run.iterdir()) == before
-    assert main(["digits", *command, str(run), "--out", str(tmp_path / ("x" if command == ["evaluate"] else "x.png"))]) \
-        == 0  # (written elsewhere: no lock needed)
+    elsewhere = tmp_path / ("x" if command == ["evaluate"] else "x.png")
+    assert main(["digits", *command, str(run), "--out", str(elsewhere)]) == 0  # (written elsewhere: no lock needed)
 
 
 def _limit_file_size(limit: int):

@@ -372,6 +372,24 @@ def test_two_learners_at_once_lose_no_lesson(model, spam_corpus):
     assert np.all(end[:3] > start[:3]) and np.all(end[3:] < start[3:])  # each moved as it was taught
 
 
+def test_a_lesson_given_while_a_new_filter_trains_into_the_folder_is_not_lost(model, spam_corpus):
+    """`spam train --out` over a filter in use, and a correction meanwhile (cron, the daemon): train
+    held the folder's lock only to save, so the correction went into the old filter, which the new
+    one then replaced, and the warning did not count it. Train holds the lock from the corpus read
+    to the save; the correction waits, and goes into the new filter."""
+    command = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())"]
+    corpus = [str(spam_corpus[0] / "spam"), str(spam_corpus[0] / "easy_ham")]
+    train = subprocess.Popen([*command, "spam", "train", *corpus, "--out", str(model), "--hash-bits", "12", "--hidden",
+                              "4", "--epochs", "60", "--folds", "0", "--quiet"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert " messages (" in train.stdout.readline()  # the corpus is read: training starts
+    learner = _learner(model, "--ham", *_held(spam_corpus, "easy_ham", 1), "--seed", "1")
+    outs = [p.communicate(timeout=300) for p in (train, learner)]
+    assert [train.returncode, learner.returncode] == [0, 0], outs
+    bundle = load_spam_model(model)
+    assert bundle.config.n_features == 1 << 12 and bundle.metadata.get("learned") == 1  # the new filter, taught
+
+
 def test_a_save_keeps_the_replay_sample_and_lessons_it_is_not_given(model, spam_corpus, capsys):
     _learn(capsys, model, "--spam", _held(spam_corpus, "easy_ham", 1)[0])
     bundle = load_spam_model(model)
