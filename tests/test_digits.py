@@ -376,6 +376,23 @@ def test_a_run_stopped_after_its_last_epoch_before_its_model_is_saved_is_unfinis
     assert images.unfinished_run(run / "checkpoint.npz")
     with pytest.raises(UserError, match="holds the checkpoint of an unfinished run: continue it with --resume"):
         images.resolve_run_options({}, run)
+    with open(run / "model.lock", "a") as lock:  # a run writing there now: not to be resumed, nor its checkpoint deleted
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="another run is writing to this folder"):
+            images.resolve_run_options({}, run)
+
+
+def test_partial_files_that_killed_writers_left_are_removed_by_the_next_run(tmp_path, capsys):
+    """A `kill -9` as show drew first_layer.png, or as train wrote run.json, left their temporary
+    files for good: nothing removed them."""
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / ".first_layer.png.k2x8.tmp", out / ".run.json.b_33.tmp", out / ".metrics.json.q1.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    (out / "notes.tmp").write_text("mine")
+    assert main(["digits", "train", *TINY[:4], "--epochs", "1", *TINY[6:], "--out", str(out)]) == 0
+    assert not any(path.exists() for path in stale) and (out / "notes.tmp").read_text() == "mine"
 
 
 @pytest.mark.parametrize("command", [["evaluate"], ["show"]])

@@ -178,6 +178,9 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
     if (problem := folder_problem(out)) is not None:
         raise UserError(f"--out {out}: {problem}")
     _check_not_another_models(out)
+    if out.is_dir():  # (a run writing there now: its checkpoint is no unfinished run to --resume)
+        with writer_lock(out):
+            pass
     if not resume and unfinished_run(out / "checkpoint.npz"):
         raise UserError(f"{out} holds the checkpoint of an unfinished run: continue it with --resume, or "
                         f"delete {out / 'checkpoint.npz'} to start afresh")
@@ -425,13 +428,15 @@ DERIVED_FILES = (*EVALUATE_FILES, "first_layer.png")
 
 
 def _clear_leftovers(out: Path, fresh: bool) -> None:
-    """Delete the partial checkpoint a killed run left (`atomic_open`'s temporary file), and when
-    a run starts afresh over an earlier one, that run's checkpoint (a finished run's:
-    `resolve_run_options` refuses to start over an unfinished one). Called with the folder's
-    writer lock held, so nothing of a run still writing there is touched. (Staging folders a killed
-    run left, `written_together` removes; what was derived from the earlier model, the new one's save.)"""
-    for tmp in out.glob(".checkpoint.npz.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    """Delete the partial files a killed run, evaluation or drawing left (`atomic_open`'s temporary
+    files: a checkpoint, a run.json, a figure), and when a run starts afresh over an earlier one,
+    that run's checkpoint (a finished run's: `resolve_run_options` refuses to start over an
+    unfinished one). Called with the folder's writer lock held, so nothing of a run still writing
+    there is touched. (Staging folders a killed run left, `written_together` removes; what was
+    derived from the earlier model, and the model's own partial files, the new one's save.)"""
+    for name in ("checkpoint.npz", "run.json", *RUN_FILES, *DERIVED_FILES):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     if not fresh:
         return
     if (out / "checkpoint.npz").exists():
