@@ -376,7 +376,8 @@ def test_a_run_stopped_after_its_last_epoch_before_its_model_is_saved_is_unfinis
     assert images.unfinished_run(run / "checkpoint.npz")
     with pytest.raises(UserError, match="holds the checkpoint of an unfinished run: continue it with --resume"):
         images.resolve_run_options({}, run)
-    with open(run / "model.lock", "a") as lock:  # a run writing there now: not to be resumed, nor its checkpoint deleted
+    # a run writing there now: its checkpoint is not to be resumed, nor deleted
+    with open(run / "model.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with pytest.raises(UserError, match="another run is writing to this folder"):
             images.resolve_run_options({}, run)
