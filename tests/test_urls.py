@@ -14,6 +14,9 @@ def test_find_urls_and_their_domains():
     assert urls == ["http://Shop.Example.COM:80/x?y,", "WWW.example.org/a", "ftp://user@files.example.net./pub."]
     assert [url_domain(u) for u in urls] == ["shop.example.com", "www.example.org", "files.example.net"]
     assert url_domain("https://a.example.com\\evil") == "a.example.com" and find_urls("no links here") == []
+    # the sentence's punctuation is not the host's (a comma gave a token of its own: url:www.x.com,)
+    for written in ("www.x.com,", "www.x.com;", "http://www.x.com!", "www.x.com?", "www.x.com.,"):
+        assert url_domain(written) == "www.x.com", written
 
 
 @settings(max_examples=300, deadline=None)

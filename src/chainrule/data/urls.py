@@ -18,10 +18,11 @@ def find_urls(text: str) -> list[str]:
 
 
 def url_domain(url: str) -> str:
-    """The host of a URL, lower-cased, without user, port or a trailing dot: "www.ex.com"."""
+    """The host of a URL, lower-cased, without user, port or the punctuation of the sentence it
+    ends ("see www.ex.com, or..."): "www.ex.com"."""
     u = url.strip().lower()
     if "://" in u:
         u = u.split("://", 1)[1]
     host = re.split(r"[/?#\\]", u, maxsplit=1)[0]
     host = host.rsplit("@", 1)[-1].split(":", 1)[0]
-    return host.strip(".")
+    return host.strip(".").rstrip(",;!?").rstrip(".")
