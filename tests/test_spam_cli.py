@@ -128,6 +128,9 @@ def test_one_network_needs_a_held_out_share(tmp_path, capsys):
     args = ["spam", "train", "--sms", str(tmp_path / "none.txt"), "--out", str(tmp_path / "m"), "--folds", "0"]
     assert main([*args, "--validation", "0"]) == 2
     assert "--validation must be above 0" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    # a committee validates each member on its own fold: --validation was ignored without a word
+    assert main([*args[:-2], "--validation", "0.3"]) == 2
+    assert "--validation is for --folds 0" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_evaluate_beats_the_majority_class_on_held_out_mail(spam_model, spam_corpus, capsys):

@@ -71,6 +71,7 @@ from chainrule.errors import TrainingDiverged, UserError
 from chainrule.files import locked_directory
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
+VALIDATION = 0.2  # `spam train --folds 0`'s held-out share, by default
 ERROR_EXIT = 3
 LABEL_NAMES = {SPAM: "spam", HAM: "ham"}
 
@@ -122,6 +123,10 @@ def _cmd_train(args) -> int:
         raise UserError("nothing to train on: give mail corpora and/or --sms FILE")
     if args.folds == 1 or args.folds < 0:
         raise UserError(f"--folds must be 0 (one network) or at least 2, got {args.folds}")
+    if args.validation is not None and args.folds != 0:  # (it was ignored without a word)
+        raise UserError("--validation is for --folds 0 (one network): a committee validates each member on its "
+                        "own fold")
+    args.validation = VALIDATION if args.validation is None else args.validation
     if args.folds == 0 and args.validation == 0:
         raise UserError("--validation must be above 0 with --folds 0: the held-out messages calibrate the cut-offs")
     if args.folds == 0 and args.batch_size < world.size:  # (a committee's members train one to a process)
@@ -586,8 +591,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--lr", type=positive_float, default=3e-3)
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.0,
                    help="AdamW decoupled weight decay (default 0)")
-    p.add_argument("--validation", type=fraction, default=0.2, help="held-out fraction for early stopping and "
-                   "the cut-offs, without --folds (default 0.2)")
+    p.add_argument("--validation", type=fraction, help="held-out fraction for early stopping and the cut-offs, "
+                   f"with --folds 0 (default {VALIDATION})")
     p.add_argument("--folds", type=int, default=5, help="train a committee of this many networks, each "
                    "validated on its own fold, cut-offs from the out-of-fold scores (default 5; 0: one "
                    "network and a --validation split)")
