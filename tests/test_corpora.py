@@ -145,16 +145,28 @@ def test_links_in_a_folder_and_in_its_archive_read_the_same_messages(tmp_path):
                       ("/spam/1", "s", SPAM), ("/spam/2", "s", SPAM)]
     with tarfile.open(tmp_path / "box.tar", "w") as tar:
         tar.add(tmp_path / "real", arcname="box")
-        outside = tarfile.TarInfo("box/spam/3")
-        outside.type, outside.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
-        tar.addfile(outside)
+        for name, target in (("3", "../../../etc/passwd"), ("4", "5"), ("5", "4")):  # out, and a loop (RecursionError)
+            link = tarfile.TarInfo(f"box/spam/{name}")
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
     archive = sorted((m.source.rsplit(":", 1)[1], m.data and parse_message(m.data).subject, m.label, m.error)
                      for m in read_messages([tmp_path / "box.tar"]))
+    # two folders that link each other: each read under both names, and no further (it went round
+    # until the kernel's limit of 40 links, and three such folders for ever)
+    for name in ("a", "b", "c"):
+        (tmp_path / "mutual" / f"spam_{name}").mkdir(parents=True)
+        (tmp_path / "mutual" / f"spam_{name}" / "1").write_bytes(_msg(name))
+    for name, other in (("a", "b"), ("b", "c"), ("c", "a"), ("a", "c"), ("b", "a"), ("c", "b")):
+        (tmp_path / "mutual" / f"spam_{name}" / f"to_{other}").symlink_to(f"../spam_{other}")
+    paths = sorted(m.source.removeprefix(str(tmp_path / "mutual")) for m in read_messages([tmp_path / "mutual"]))
+    assert len(paths) == 15 and "/spam_a/to_b/to_c/1" in paths and "/spam_a/to_b/to_a/1" not in paths
     assert archive == [("box/easy_ham/1", "h", HAM, None),
                        ("box/easy_ham/up", b"", HAM, f"a link to {box}, which the archive does not hold"),
                        ("box/spam/1", "s", SPAM, None),
                        ("box/spam/2", "s", SPAM, None),
-                       ("box/spam/3", b"", SPAM, "a link to ../../../etc/passwd, which the archive does not hold")]
+                       ("box/spam/3", b"", SPAM, "a link to ../../../etc/passwd, which the archive does not hold"),
+                       ("box/spam/4", b"", SPAM, "a loop of symbolic links"),
+                       ("box/spam/5", b"", SPAM, "a loop of symbolic links")]
 
 
 def test_a_folder_that_cannot_be_listed_is_a_problem_not_left_out(tmp_path):

@@ -305,7 +305,7 @@ def _folders(root: Path, unlisted: list[OSError]) -> Iterator[tuple[Path, list[s
     follows them (a folder linked from two places is read under both names), except a link back
     to a folder above it, which would loop. The sub-folders list may be emptied to go no deeper.
     Folders that cannot be listed go to `unlisted`."""
-    first_seen: dict[tuple[int, int], Path] = {}
+    identity: dict[Path, tuple[int, int]] = {}  # of each folder walked (its parents come first)
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append, followlinks=True):
         here = Path(dirpath)
         try:
@@ -314,8 +314,8 @@ def _folders(root: Path, unlisted: list[OSError]) -> Iterator[tuple[Path, list[s
             unlisted.append(exc)
             dirnames[:] = []
             continue
-        earlier = first_seen.setdefault((st.st_dev, st.st_ino), here)
-        if earlier != here and here.is_relative_to(earlier):  # a loop
+        identity[here] = (st.st_dev, st.st_ino)
+        if any(identity.get(parent) == identity[here] for parent in here.parents):  # a loop: here again
             dirnames[:] = []
             continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -538,6 +538,9 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
                 except KeyError:
                     yield RawMessage(source, b"", lab, error=f"a link to {member.linkname}, which the archive "
                                                              f"does not hold")
+                    continue
+                except RecursionError:  # (tarfile follows a link to a link by recursing, without end)
+                    yield RawMessage(source, b"", lab, error="a loop of symbolic links")
                     continue
                 except (*_READ_ERRORS, tarfile.TarError) as exc:
                     yield RawMessage(source, b"", lab, error=f"unreadable archive member ({one_line(exc)})")
