@@ -31,6 +31,7 @@ TELLs that arrive while one is being learned are learned together, in one step a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import ipaddress
@@ -40,9 +41,10 @@ import re
 import signal
 import socket
 import stat
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +81,7 @@ from chainrule.apps.spam.protocol import (
 )
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.errors import UserError, one_line
+from chainrule.files import locked_directory
 
 log = logging.getLogger("chainrule.spamd")
 
@@ -95,9 +98,9 @@ class Filter(Protocol):
 
     def check(self, raw: bytes, explain: bool = False) -> Verdict: ...
 
-    def learn(self, examples: Sequence[tuple[bytes, bool]]) -> tuple[Filter, list[bool]]: ...
+    def learn(self, examples: Sequence[tuple[bytes, bool]], stop: threading.Event) -> tuple[Filter, list[bool]]: ...
 
-    def forget(self, raws: Sequence[bytes]) -> tuple[Filter, list[bool]]: ...
+    def forget(self, raws: Sequence[bytes], stop: threading.Event) -> tuple[Filter, list[bool]]: ...
 
     def changed_on_disk(self) -> bool: ...  # (True once per change)
 
@@ -135,22 +138,25 @@ class SpamFilter:
         p, to_spam, to_ham = explain_row(b, tokens, top=10)
         return Verdict(p, b.spam_cutoff, b.ham_cutoff, tuple(to_spam), tuple(to_ham), problem)
 
-    def learn(self, examples: Sequence[tuple[bytes, bool]]) -> tuple[SpamFilter, list[bool]]:
+    def learn(self, examples: Sequence[tuple[bytes, bool]], stop: threading.Event) -> tuple[SpamFilter, list[bool]]:
         """`chainrule spam learn` on these (message, is spam) pairs; see `_relearn`."""
         labels = np.array([SPAM if is_spam else HAM for _, is_spam in examples])
         return self._relearn([raw for raw, _ in examples],
-                             lambda b, x: learn(b, x, labels).status, (LEARNED, RELEARNED, AGAIN))
+                             lambda b, x: learn(b, x, labels).status, (LEARNED, RELEARNED, AGAIN), stop)
 
-    def forget(self, raws: Sequence[bytes]) -> tuple[SpamFilter, list[bool]]:
+    def forget(self, raws: Sequence[bytes], stop: threading.Event) -> tuple[SpamFilter, list[bool]]:
         """`chainrule spam learn --unlearn` on these messages; see `_relearn`."""
-        return self._relearn(raws, lambda b, x: unlearn(b, x).status, (UNLEARNED,))
+        return self._relearn(raws, lambda b, x: unlearn(b, x).status, (UNLEARNED,), stop)
 
-    def _relearn(self, raws: Sequence[bytes], teach, changes: tuple[str, ...]) -> tuple[SpamFilter, list[bool]]:
+    def _relearn(self, raws: Sequence[bytes], teach, changes: tuple[str, ...],
+                 stop: threading.Event) -> tuple[SpamFilter, list[bool]]:
         """Apply `teach(bundle, x)` to the model on disk (not to the one serving: another learner
         may have saved since it was loaded), under the lock of its directory, which `teach` saves
         into. Returns the filter that holds the result, and for each message whether its status
-        is among `changes`."""
-        with open_for_learning(self.directory, *self._cutoffs) as b:
+        is among `changes`. The lock is waited for until `stop` is set (`LearningStopped`): another
+        writer (`spam train` into the folder) may hold it for minutes, and a daemon asked to stop
+        must not wait for it."""
+        with _locked_unless(self.directory, stop), open_for_learning(self.directory, *self._cutoffs) as b:
             x, _ = featurize([("mail", raw) for raw in raws], b.config, processes=1, idf=b.idf)
             status = teach(b, x)
             stamp = _stamp(self.directory, self.FILES)  # (under the lock) our own save is not a change to reload
@@ -165,6 +171,26 @@ class SpamFilter:
             return False
         self._stamp = stamp
         return True
+
+
+class LearningStopped(UserError):
+    """The daemon stopped while a lesson waited for its model's lock: it was not learned."""
+
+
+@contextlib.contextmanager
+def _locked_unless(directory: Path, stop: threading.Event) -> Iterator[None]:
+    """`directory`'s writer lock (`locked_directory`), waited for a tenth of a second at a time
+    until it is free, or `stop` is set: then LearningStopped."""
+    while True:
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(locked_directory(directory, wait=False))
+            except BlockingIOError:
+                if stop.wait(0.1):
+                    raise LearningStopped("the daemon stopped while the model was locked by another writer") from None
+                continue
+            yield
+            return
 
 
 def _stamp(directory: Path, names: Sequence[str]) -> tuple:
@@ -251,8 +277,11 @@ class DaemonServer:
         self._lessons: asyncio.Queue[_Lesson | None] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._stopping: asyncio.Event | None = None
-        self._give_up: asyncio.Event | None = None  # set when the daemon stops waiting for lessons to be learned
+        self._give_up: threading.Event | None = None  # set when the daemon stops waiting for lessons to be learned
+        self._not_learned = 0  # lessons given up then
         self._reloads: set[asyncio.Task] = set()
+        self._learning: asyncio.Task | None = None  # `_learner`, once started
+        self._background: list[asyncio.Task] = []  # it and the model watcher
         self.addresses: list[str] = []  # where it listens, once started
         self._socket_id: tuple[int, int] | None = None  # (device, inode) of the Unix socket it made and removes
 
@@ -358,19 +387,18 @@ class DaemonServer:
 
     # -- learning -------------------------------------------------------------------------------
 
-    async def _learner(self) -> int:
+    async def _learner(self) -> None:
         """Apply lessons in order; consecutive ones of one kind (learn, forget) for the same filter
         together, in one step and one save. Ends at a None, which the daemon stopping queues after
         the lessons it received: those are all applied first, unless it gives up waiting for them
-        (`_give_up`). Then the group being applied is finished and the rest are left: returns how
-        many of those were taken off the queue."""
+        (`_give_up`): then the group being applied is finished (or dropped, if it still waits for
+        its model's lock) and the rest are dropped."""
         while True:
             batch = [await self._lessons.get()]
             while not self._lessons.empty():
                 batch.append(self._lessons.get_nowait())
             stopping = None in batch
-            if stopping:
-                batch = batch[: batch.index(None)]
+            batch = [x for x in batch if x is not None]  # (one after the None: a connection that was late)
             while batch and not self._give_up.is_set():
                 first = batch[0]
                 n = 1
@@ -379,8 +407,17 @@ class DaemonServer:
                     n += 1
                 group, batch = batch[:n], batch[n:]
                 await self._apply(group)
+            self._drop(batch)
             if stopping or self._give_up.is_set():
-                return len(batch)
+                return
+
+    def _drop(self, lessons: list[_Lesson]) -> None:
+        """Lessons the stopping daemon gave up on (`_give_up`): counted for its last word, and their
+        clients, if still there, told."""
+        for x in lessons:
+            self._not_learned += 1
+            if not x.done.done():
+                x.done.set_exception(LearningStopped("the daemon stopped before the lesson was learned"))
 
     async def _apply(self, group: list[_Lesson]) -> None:
         key = group[0].key
@@ -389,10 +426,14 @@ class DaemonServer:
             if f is None:  # a user's filter dropped from memory since: load it again
                 key, f = await self._filter_for(key)
             if group[0].is_spam is None:
-                new, changed = await self._in_model_thread(f.forget, [x.raw for x in group])
+                new, changed = await self._in_model_thread(f.forget, [x.raw for x in group], self._give_up)
             else:
-                new, changed = await self._in_model_thread(f.learn, [(x.raw, x.is_spam) for x in group])
+                new, changed = await self._in_model_thread(f.learn, [(x.raw, x.is_spam) for x in group],
+                                                           self._give_up)
             self._install(key, new)
+        except LearningStopped:
+            self._drop(group)
+            return
         except Exception as exc:  # noqa: BLE001 (reported to the clients that asked)
             if isinstance(exc, (UserError, OSError)):  # the model on disk cannot be read or written
                 log.error("learning failed: %s", one_line(exc))
@@ -566,7 +607,8 @@ class DaemonServer:
         self._lessons = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.options.max_connections)
         self._stopping = asyncio.Event()
-        self._give_up = asyncio.Event()
+        self._give_up = threading.Event()  # (read by the learning threads too)
+        self._not_learned = 0
         listen = self.options.listen or ([] if self.options.socket else [("127.0.0.1", DEFAULT_PORT)])
         for host, port in listen:
             try:
@@ -582,7 +624,8 @@ class DaemonServer:
         if self.options.socket is not None:
             self._servers.append(await self._start_unix(self.options.socket))
             self.addresses.append(str(self.options.socket))
-        self._background = [asyncio.create_task(self._learner())]
+        self._learning = asyncio.create_task(self._learner())
+        self._background = [self._learning]
         if self.options.reload_interval > 0:
             self._background.append(asyncio.create_task(self._watch_models()))
 
@@ -619,18 +662,18 @@ class DaemonServer:
             await asyncio.wait(set(self._connections), timeout=self.options.timeout)
         # The lessons received are learned, those whose clients gave up waiting included (each is
         # logged as it is), unless the model's lock stays taken that long.
-        learner, *others = self._background
         self._lessons.put_nowait(None)
+        others = [task for task in self._background if task is not self._learning]
         for task in others:
             task.cancel()
-        if not (await asyncio.wait({learner}, timeout=self.options.timeout))[0]:
-            self._give_up.set()  # (the group being learned is finished: its thread would run on anyway)
-        left = await learner
+        if not (await asyncio.wait({self._learning}, timeout=self.options.timeout))[0]:
+            self._give_up.set()  # (a group being learned is finished; one waiting for the lock is not)
+        await self._learning
         while not self._lessons.empty():
-            left += self._lessons.get_nowait() is not None
-        if left:
+            self._drop([x for x in [self._lessons.get_nowait()] if x is not None])
+        if self._not_learned:
             log.warning("stopping: %d TELL(s) received were not learned: a model stayed locked longer than "
-                        "--timeout (%g s)", left, self.options.timeout)
+                        "--timeout (%g s)", self._not_learned, self.options.timeout)
         await asyncio.gather(*others, return_exceptions=True)
         if self.options.socket is not None:
             try:  # ours only: a daemon started on the same path since may be listening there now
