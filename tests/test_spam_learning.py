@@ -382,7 +382,7 @@ def test_a_lesson_given_while_a_new_filter_trains_into_the_folder_is_not_lost(mo
     train = subprocess.Popen([*command, "spam", "train", *corpus, "--out", str(model), "--hash-bits", "12", "--hidden",
                               "4", "--epochs", "60", "--folds", "0", "--quiet"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert " messages (" in train.stdout.readline()  # the corpus is read: training starts
+    assert " messages (" in train.stdout.readline()  # the corpus is read, the lock taken: training starts
     learner = _learner(model, "--ham", *_held(spam_corpus, "easy_ham", 1), "--seed", "1")
     outs = [p.communicate(timeout=300) for p in (train, learner)]
     assert [train.returncode, learner.returncode] == [0, 0], outs

@@ -86,6 +86,16 @@ def _broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
 
 
+def file_id(path) -> tuple[int, int] | None:
+    """(device, inode) of what is at `path`, or None where nothing is: a file renamed into place
+    there has another, whatever its time stamps say."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def folder_problem(directory) -> str | None:
     """Why `directory` cannot be made, or written into, where it is (a file in its place or above
     it, a folder this process may not write), or None: what a command checks before it works for

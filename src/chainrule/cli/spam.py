@@ -68,7 +68,7 @@ from chainrule.data.corpora import (
 from chainrule.data.mime import decode_text
 from chainrule.data.text import HashingConfig
 from chainrule.errors import TrainingDiverged, UserError
-from chainrule.files import locked_directory
+from chainrule.files import file_id, locked_directory
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
 VALIDATION = 0.2  # `spam train --folds 0`'s held-out share, by default
@@ -144,74 +144,72 @@ def _cmd_train(args) -> int:
                            idf=use_idf, min_df=min_df, delivery=args.delivery_headers)
     out = Path(args.out)
     # (found now, not after minutes of training; by rank 0 alone, which writes it: another machine
-    # may not see the folder, or may see it read-only)
+    # may not see the folder, or may see it read-only; the others wait for it, and stop with it)
     world.bcast(check_out(out) if world.rank == 0 else None)
+    return _train_into(args, config, out, world)
+
+
+def _train_into(args, config: HashingConfig, out: Path, world) -> int:
+    """`spam train`, once its options are checked. Rank 0 holds `out`'s writer lock from the
+    corpus read to the save: other writers of the folder (`spam learn`, the daemon's TELL, another
+    train) wait, and a correction goes into the new filter; it went into the old one, which the
+    new one then replaced, uncounted."""
     with contextlib.ExitStack() as held:
-        return _train_into(args, config, out, world, held)
-
-
-def _train_into(args, config: HashingConfig, out: Path, world, held: contextlib.ExitStack) -> int:
-    """`spam train`, once its options are checked: rank 0 takes `out`'s writer lock into `held`
-    once the corpus is read, and keeps it until the new filter is saved."""
-    t0 = time.perf_counter()
-    items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes,
-                          on_problem=_report_problem if world.rank == 0 else None)
-    check_labels(y, args.folds, args.validation)  # (before the corpus is hashed)
-    check_same_on_every_rank(items, y, world)
-    x, problems, idf = training_features(items, config, world=world)
-    if idf is not None and not idf.any():
-        raise UserError(f"--min-df {config.min_df} leaves no hash bucket: none is in {config.min_df} of the "
-                        f"{len(y)} training messages")
-    t_feat = time.perf_counter() - t0
-    if world.rank == 0:
-        _warn_about_repeats(x, y)
-        print(f"{len(y)} messages ({int(y.sum())} spam, {int((y == 0).sum())} ham), "
-              f"{sum(p is not None for p in problems)} read as plain text; features in {t_feat:.1f}s"
-              + (f" on {world.size} processes" if world.size > 1 else ""))
-    inputs = tuple(sorted({k for k, _ in items}))
-    if world.rank == 0:
-        # Other writers of the folder (`spam learn`, the daemon's TELL, another train) wait until the
-        # new filter is saved: a correction learned meanwhile was lost with the filter it went into,
-        # uncounted; one that waits goes into the new filter.
-        out.mkdir(parents=True, exist_ok=True)
-        held.enter_context(locked_directory(out))
-        if learned := check_out(out):
-            print(f"chainrule: warning: --out {out} holds a spam filter that has learned {learned} corrections; the "
-                  "new one starts without them (teach them again with `spam learn`)", file=sys.stderr)
-    try:
-        result = train_filter(x, y, config, hidden=tuple(args.hidden), dropout=args.dropout, epochs=args.epochs,
-                              batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                              validation=args.validation, target_blocked_ham=args.target_blocked_ham,
-                              seed=args.seed, verbose=not args.quiet, inputs=inputs, folds=args.folds, idf=idf,
-                              world=world,
-                              balance=not args.corpus if args.balance is None else args.balance)  # (see --balance)
-    except TrainingDiverged as exc:
-        raise UserError(diverged(exc)) from None
-    if result is None:  # a rank other than 0: its part is done
+        t0 = time.perf_counter()
+        items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes,
+                              on_problem=_report_problem if world.rank == 0 else None)
+        check_labels(y, args.folds, args.validation)  # (before the corpus is hashed)
+        check_same_on_every_rank(items, y, world)
+        x, problems, idf = training_features(items, config, world=world)
+        if idf is not None and not idf.any():
+            raise UserError(f"--min-df {config.min_df} leaves no hash bucket: none is in {config.min_df} of the "
+                            f"{len(y)} training messages")
+        t_feat = time.perf_counter() - t0
+        if world.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(locked_directory(out))
+            if learned := check_out(out):  # (counted under the lock: no correction comes after it)
+                print(f"chainrule: warning: --out {out} holds a spam filter that has learned {learned} "
+                      "corrections; the new one starts without them (teach them again with `spam learn`)",
+                      file=sys.stderr)
+            _warn_about_repeats(x, y)
+            print(f"{len(y)} messages ({int(y.sum())} spam, {int((y == 0).sum())} ham), "
+                  f"{sum(p is not None for p in problems)} read as plain text; features in {t_feat:.1f}s"
+                  + (f" on {world.size} processes" if world.size > 1 else ""), flush=True)
+        inputs = tuple(sorted({k for k, _ in items}))
+        try:
+            result = train_filter(x, y, config, hidden=tuple(args.hidden), dropout=args.dropout, epochs=args.epochs,
+                                  batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                                  validation=args.validation, target_blocked_ham=args.target_blocked_ham,
+                                  seed=args.seed, verbose=not args.quiet, inputs=inputs, folds=args.folds, idf=idf,
+                                  world=world,
+                                  balance=not args.corpus if args.balance is None else args.balance)  # (see --balance)
+        except TrainingDiverged as exc:
+            raise UserError(diverged(exc)) from None
+        if result is None:  # a rank other than 0: its part is done
+            return 0
+        if args.folds >= 2 and not args.quiet:
+            for i, h in enumerate(result.histories):
+                best = None if h.best_epoch is None else h.best_epoch + 1
+                print(f"committee member {i + 1}/{len(result.histories)}: {len(h)} epochs, best {best} "
+                      f"(val_loss {min(h['val_loss']):.4f})")
+        seconds = time.perf_counter() - t0
+        bundle = result.bundle
+        before = file_id(out / "metrics.json")
+        try:
+            write_run(result, out, seconds)
+        except KeyboardInterrupt:  # (Ctrl-C while the files were put in place is held until they are)
+            if file_id(out / "metrics.json") not in (before, None):  # (renamed into place: another inode)
+                print(f"chainrule: interrupted as the run ended; the new filter and its files are saved in {out}",
+                      file=sys.stderr)
+                return 130
+            raise
+        v = result.validation
+        print(f"validation: accuracy {100 * v['accuracy']:.2f}%  spam caught {_percent(v['spam_caught'])}  "
+              f"blocked ham {_percent(v['blocked_ham'])}  MCC {v['mcc']:.4f}  ROC AUC {_number(v['roc_auc'])}")
+        print(f"cut-offs: spam >= {bundle.spam_cutoff:.4f}, ham < {bundle.ham_cutoff:.4f}; "
+              f"trained in {seconds:.1f}s; model written to {out}")
         return 0
-    if args.folds >= 2 and not args.quiet:
-        for i, h in enumerate(result.histories):
-            best = None if h.best_epoch is None else h.best_epoch + 1
-            print(f"committee member {i + 1}/{len(result.histories)}: {len(h)} epochs, best {best} "
-                  f"(val_loss {min(h['val_loss']):.4f})")
-    seconds = time.perf_counter() - t0
-    bundle = result.bundle
-    begun = time.time()
-    try:
-        write_run(result, out, seconds)
-    except KeyboardInterrupt:  # (Ctrl-C while the files were put in place is held until they are)
-        metrics = out / "metrics.json"
-        if metrics.exists() and metrics.stat().st_mtime >= begun:
-            print(f"chainrule: interrupted as the run ended; the new filter and its files are saved in {out}",
-                  file=sys.stderr)
-            return 130
-        raise
-    v = result.validation
-    print(f"validation: accuracy {100 * v['accuracy']:.2f}%  spam caught {_percent(v['spam_caught'])}  "
-          f"blocked ham {_percent(v['blocked_ham'])}  MCC {v['mcc']:.4f}  ROC AUC {_number(v['roc_auc'])}")
-    print(f"cut-offs: spam >= {bundle.spam_cutoff:.4f}, ham < {bundle.ham_cutoff:.4f}; "
-          f"trained in {seconds:.1f}s; model written to {out}")
-    return 0
 
 
 def _percent(v: float | None) -> str:

@@ -81,7 +81,7 @@ from chainrule.apps.spam.protocol import (
 )
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.errors import UserError, one_line
-from chainrule.files import locked_directory
+from chainrule.files import file_id, locked_directory
 
 log = logging.getLogger("chainrule.spamd")
 
@@ -643,7 +643,7 @@ class DaemonServer:
         try:
             server = await asyncio.start_unix_server(self._connection, path)
             os.chmod(path, self.options.socket_mode)
-            self._socket_id = _file_id(path)
+            self._socket_id = file_id(path)
         except OSError as exc:
             raise UserError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
         return server
@@ -677,7 +677,7 @@ class DaemonServer:
         await asyncio.gather(*others, return_exceptions=True)
         if self.options.socket is not None:
             try:  # ours only: a daemon started on the same path since may be listening there now
-                if _file_id(self.options.socket) == self._socket_id:
+                if file_id(self.options.socket) == self._socket_id:
                     self.options.socket.unlink()
             except OSError:
                 pass
@@ -689,11 +689,6 @@ class DaemonServer:
 def _accepted_user(user: str | None) -> bool:
     """Whether `user` may name a folder of --user-models (nothing that leads out of it)."""
     return bool(user) and _USER_DIR.fullmatch(user) is not None and ".." not in user
-
-
-def _file_id(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_dev, st.st_ino
 
 
 def _told(is_spam: bool | None, changed: bool) -> str:
