@@ -322,16 +322,21 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_training(fashion_dir, 
     assert (tmp_path / "afile").read_text() == "notes"
 
 
-@pytest.mark.parametrize("args", [("images", "train", "--out", ""), ("images", "train", "--data", ""),
-                                  ("images", "evaluate", "runs/x", "--data", ""), ("digits", "predict", "runs/x", "")])
+@pytest.mark.parametrize("args", [("images", "train", "--out", ""), ("images", "train", "--out="),
+                                  ("images", "train", "--data", ""), ("images", "evaluate", "runs/x", "--data", ""),
+                                  ("digits", "predict", "runs/x", ""),
+                                  ("spam", "daemon", "runs/x", "--user-models", ""), ("serve", "--images", "name=")])
 def test_an_empty_argument_is_a_usage_error_not_the_current_folder(args, tmp_path, capsys, monkeypatch):
     """`--out "$DIR"` with DIR unset wrote a whole run into the current folder; `--data ""` looked
-    for data sets there."""
+    for data sets there, and `spam daemon --user-models ""` for users' models."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stopped:
         cli(capsys, *args)
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.endswith(": an empty value (an unset shell variable?)\n")
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said.endswith("an empty value (an unset shell variable?)") or \
+        said.endswith("an empty value after name= (an unset shell variable?)") or \
+        said.endswith(": an empty argument (an unset shell variable?)"), said
     assert not list(tmp_path.iterdir())
 
 

@@ -70,19 +70,24 @@ class Parser(argparse.ArgumentParser):
             setattr(namespace, parser.commands.dest, args[0])
             parser, args = parser.commands.choices[args[0]], args[1:]
         if isinstance(parser, Parser) and parser.commands is None:
-            return parser._without_empty_values(parser.parse_intermixed_args(args, namespace))
+            parser._refuse_empty(args)
+            return parser.parse_intermixed_args(args, namespace)
         return argparse.ArgumentParser.parse_args(parser, args, namespace)
 
-    def _without_empty_values(self, namespace: argparse.Namespace) -> argparse.Namespace:
-        """`namespace`, once no argument in it is an empty string: no option takes one, and as a
-        path it would mean the current folder (`--out "$DIR"` with DIR unset wrote a whole run
-        there)."""
-        for action in self._actions:
-            value = getattr(namespace, action.dest, None)
-            if value == "" or (isinstance(value, list) and "" in value):
-                name = "/".join(action.option_strings) or action.metavar or action.dest
-                self.error(f"argument {name}: an empty value (an unset shell variable?)")
-        return namespace
+    def _refuse_empty(self, args: list[str]) -> None:
+        """A usage error for an empty argument (`--out ""`, `--out=`, `--images NAME=`): no option
+        takes one, and as a path it would mean the current folder (`--out "$DIR"` with DIR unset
+        wrote a whole run there)."""
+        for i, arg in enumerate(args):
+            if arg != "" and not arg.endswith("="):
+                continue
+            option = args[i - 1] if i and args[i - 1].startswith("-") else None
+            if arg.startswith("-"):  # --out=
+                self.error(f"argument {arg[:-1]}: an empty value (an unset shell variable?)")
+            if option:  # --out "", --images NAME=
+                self.error(f"argument {option}: an empty value{f' after {arg}' if arg else ''} (an unset shell "
+                           "variable?)")
+            self.error("an empty argument (an unset shell variable?)")
 
 
 def stdin_once(paths: list[str]) -> None:
