@@ -207,7 +207,11 @@ def test_a_text_cut_inside_a_character_loses_that_character_not_its_encoding():
 
 def test_a_utf8_part_cut_at_a_limit_loses_the_cut_character_not_its_encoding():
     """A UTF-8 part past the text limit (800,000 bytes read), or a message cut by --max-bytes,
-    8-bit or base64, was read whole as Windows-1252 when the cut fell inside a character."""
+    8-bit or base64, was read whole as Windows-1252 when the cut fell inside a character; so was
+    one in another multi-byte charset it declares."""
+    for charset, text in (("gb2312", "免费发票代开"), ("utf-16", "привет мир"), ("shift_jis", "無料で今すぐ")):
+        data = text.encode(charset)
+        assert decode_text(data[:-1], charset) == text[:-1], charset
     head = b"Subject: ru\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: %s\n\n"
     words = "привет " * 70_000  # 13 bytes a word: the limit cuts the last one read inside its "и"
     p = parse_message(head % b"8bit" + b"X" + words.encode())

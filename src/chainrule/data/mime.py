@@ -67,22 +67,22 @@ def decode_text(data: bytes, charset: str | None) -> str:
     """Bytes -> str with the declared charset, falling back to UTF-8, then Windows-1252, then
     Latin-1 (which maps every byte, so this never fails). Spam often declares a wrong charset.
 
-    UTF-8 cut at a byte limit (a part past the text limit, a message past --max-bytes: 8-bit,
-    or base64 cut anywhere) loses the character the cut split, not its encoding.
+    Text cut at a byte limit (a part past the text limit, a message past --max-bytes: 8-bit, or
+    base64 cut anywhere) loses the character the cut split, in UTF-8 or a declared multi-byte
+    charset (GB2312, UTF-16), not its encoding.
     """
     for cs in (charset, "utf-8"):
         if not cs:
             continue
         cs = _CHARSET_ALIASES.get(cs.strip().strip('"').lower(), cs.strip().strip('"'))
         try:
-            codecs.lookup(cs)
             return data.decode(cs)
-        except (LookupError, UnicodeDecodeError, ValueError, TypeError):
+        except (LookupError, ValueError, TypeError):  # (UnicodeDecodeError is a ValueError)
+            pass
+        try:  # the text but an incomplete last character, which an incremental decoder keeps back
+            return codecs.getincrementaldecoder(cs)().decode(data, final=False)
+        except (LookupError, ValueError, TypeError):
             continue
-    try:
-        return without_cut_character(data).decode("utf-8")
-    except UnicodeDecodeError:
-        pass
     try:
         return data.decode("cp1252")
     except UnicodeDecodeError:
@@ -91,8 +91,7 @@ def decode_text(data: bytes, charset: str | None) -> str:
 
 def without_cut_character(data: bytes) -> bytes:
     """`data`, cut at a byte limit, without the start of a UTF-8 character the cut left at its end:
-    read with it, the whole text is not UTF-8 (`decode_text` drops it too). Text that is not
-    UTF-8 comes back as it is."""
+    read with it, the whole text is not UTF-8. Text that is not UTF-8 comes back as it is."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
         decoder.decode(data, final=False)  # (keeps an incomplete last character back, unread)
