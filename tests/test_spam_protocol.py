@@ -204,3 +204,10 @@ def test_a_check_is_answered_as_spamc_parses_it():
     assert status.startswith(b"SPAMD/1.1 0 EX_OK\r\nContent-length: ") and b"Spam: False ; " in status
     assert rest.startswith(b"Subject: hello\r\n") and rest.endswith(b"X-Chainrule-Spam-Verdict: ham\r\n\r\n")
     assert int(status.split(b"Content-length: ")[1].split(b"\r\n")[0]) == len(rest)  # HEADERS: no body
+    # a message over the limit: its own header block, unchanged, also where the body follows it
+    # with no blank line (it was refused as a header block too big to read)
+    for message, head in ((MESSAGE, b"Subject: hello\r\nFrom: a@example.org\r\n\r\n"),
+                          (b"Subject: hello\r\nHi Alice, see you at noon.\r\n" + b"x" * 2000, b"Subject: hello\r\n")):
+        assert answer(_read(_request("HEADERS", message + b"." * 2000)), None).endswith(b"\r\n\r\n" + head)
+    with pytest.raises(ProtocolError, match="message too big and its header block too"):
+        answer(_read(_request("HEADERS", b"Subject: " + b"x" * 3000)), None)

@@ -52,8 +52,10 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[fl
     bucket_sum: dict[int, float] = {}
     for tok, (b, _) in feats.items():
         bucket_sum[b] = bucket_sum.get(b, 0.0) + term[tok]
-    scored = [(tok, contribution.get(b, 0.0) * term[tok] / bucket_sum[b] if bucket_sum[b] else 0.0)
-              for tok, (b, _) in feats.items()]
+    sharing = Counter(b for b, _ in feats.values())
+    # (terms that cancel, where the bucket's value is not 0: header and body normed apart)
+    scored = [(tok, contribution.get(b, 0.0) * term[tok] / bucket_sum[b] if bucket_sum[b]
+               else contribution.get(b, 0.0) / sharing[b]) for tok, (b, _) in feats.items()]
     scored.sort(key=lambda t: t[1])
     p = float(sigmoid(float(out[0, 0])))
     towards_spam = [(t, s) for t, s in reversed(scored[-top:]) if s > 0]

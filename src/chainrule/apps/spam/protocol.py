@@ -385,7 +385,7 @@ def answer(req: Request, v: Verdict | None) -> bytes:
     if req.command in ("PROCESS", "HEADERS"):
         if v is None:  # HEADERS of a too-big message: its own header block, unchanged
             end, blank = header_end(req.body)
-            if not blank:
+            if end == len(req.body):  # (what was read of it ends inside its headers)
                 raise ProtocolError(EX_DATAERR, "EX_DATAERR message too big and its header block too")
             out = req.body[:end + len(blank)]
         else:
