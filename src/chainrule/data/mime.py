@@ -135,15 +135,15 @@ def decode_header(value) -> str:
 # "Opr<!--D-->ah", a spam trick, read "Viagra" and "Oprah", as on screen.
 _BLOCK_TAGS = ("address", "article", "aside", "blockquote", "br", "caption", "center", "dd", "div", "dl", "dt",
                "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
-               "hr", "li", "main", "nav", "ol", "option", "p", "pre", "section", "table", "tbody", "td", "tfoot",
-               "th", "thead", "title", "tr", "ul")
+               "hr", "li", "main", "nav", "ol", "option", "p", "pre", "section", "select", "table", "tbody", "td",
+               "tfoot", "th", "thead", "title", "tr", "ul")
 
 
 class _HTMLText(HTMLParser):
     """Visible text and link targets of an HTML part, via the standard library's HTML parser
     (which recovers from broken markup rather than raising)."""
 
-    _HIDDEN = {"script", "style", "head", "title"}
+    _HIDDEN = {"script", "style"}  # (as lexbor's text, which has the title's)
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
