@@ -224,6 +224,8 @@ class Sequential:
         return self._checked_shape(x)
 
     def _checked_shape(self, x):
+        """`x`, once it is a batch of `input_shape` examples, and sparse only before a first
+        `Linear` (the one layer that multiplies a sparse matrix); a ValueError otherwise."""
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"Sequential: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got shape {x.shape}")

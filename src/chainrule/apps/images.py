@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -178,9 +179,7 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
     if (problem := folder_problem(out)) is not None:
         raise UserError(f"--out {out}: {problem}")
     _check_not_another_models(out)
-    if out.is_dir():  # (a run writing there now: its checkpoint is no unfinished run to --resume)
-        with writer_lock(out):
-            pass
+    _check_not_being_written(out)
     if not resume and unfinished_run(out / "checkpoint.npz"):
         raise UserError(f"{out} holds the checkpoint of an unfinished run: continue it with --resume, or "
                         f"delete {out / 'checkpoint.npz'} to start afresh")
@@ -444,15 +443,23 @@ def _clear_leftovers(out: Path, fresh: bool) -> None:
         (out / "checkpoint.npz").unlink()
 
 
-def writer_lock(out: Path) -> contextlib.ExitStack:
-    """`out`'s writer lock, held while the returned stack is (`with writer_lock(out): ...`), or a
-    UserError if another run holds it: what a command writing files about the model in `out`
-    beside it (`evaluate`, `show`) holds from reading the model to renaming its files into place,
-    so that a run saving a new model there meanwhile is refused, and the files never describe a
-    model that is no longer there."""
-    stack = contextlib.ExitStack()
-    _hold_writer_lock(stack, out)
-    return stack
+@contextlib.contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """`out`'s writer lock, held for the `with` block, or a UserError if another run holds it:
+    what a command writing files about the model in `out` beside it (`evaluate`, `show`) holds
+    from reading the model to renaming its files into place, so that a run saving a new model
+    there meanwhile is refused, and the files never describe a model that is no longer there."""
+    with contextlib.ExitStack() as stack:
+        _hold_writer_lock(stack, out)
+        yield
+
+
+def _check_not_being_written(out: Path) -> None:
+    """Refuse a folder that another run is writing now: its checkpoint is no unfinished run to
+    --resume, nor one to delete."""
+    if out.is_dir():
+        with writer_lock(out):
+            pass
 
 
 def _hold_writer_lock(stack: contextlib.ExitStack, out: Path) -> None:

@@ -43,6 +43,7 @@ from chainrule.apps.spam import (
 )
 from chainrule.apps.spam.annotate import stamped_verdict
 from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED
+from chainrule.apps.spam.training import VALIDATION
 from chainrule.cli import spamd
 from chainrule.cli.options import (
     add_cutoffs,
@@ -71,7 +72,6 @@ from chainrule.errors import TrainingDiverged, UserError
 from chainrule.files import file_id, locked_directory
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
-VALIDATION = 0.2  # `spam train --folds 0`'s held-out share, by default
 ERROR_EXIT = 3
 LABEL_NAMES = {SPAM: "spam", HAM: "ham"}
 
@@ -126,8 +126,8 @@ def _cmd_train(args) -> int:
     if args.validation is not None and args.folds != 0:  # (it was ignored without a word)
         raise UserError("--validation is for --folds 0 (one network): a committee validates each member on its "
                         "own fold")
-    args.validation = VALIDATION if args.validation is None else args.validation
-    if args.folds == 0 and args.validation == 0:
+    validation = VALIDATION if args.validation is None else args.validation
+    if args.folds == 0 and validation == 0:
         raise UserError("--validation must be above 0 with --folds 0: the held-out messages calibrate the cut-offs")
     if args.folds == 0 and args.batch_size < world.size:  # (a committee's members train one to a process)
         raise UserError(f"--batch-size {args.batch_size} is smaller than the {world.size} processes that share each "
@@ -146,10 +146,10 @@ def _cmd_train(args) -> int:
     # (found now, not after minutes of training; by rank 0 alone, which writes it: another machine
     # may not see the folder, or may see it read-only; the others wait for it, and stop with it)
     world.bcast(check_out(out) if world.rank == 0 else None)
-    return _train_into(args, config, out, world)
+    return _train_into(args, config, validation, out, world)
 
 
-def _train_into(args, config: HashingConfig, out: Path, world) -> int:
+def _train_into(args, config: HashingConfig, validation: float, out: Path, world) -> int:
     """`spam train`, once its options are checked. Rank 0 holds `out`'s writer lock from the
     corpus read to the save: other writers of the folder (`spam learn`, the daemon's TELL, another
     train) wait, and a correction goes into the new filter; it went into the old one, which the
@@ -158,7 +158,7 @@ def _train_into(args, config: HashingConfig, out: Path, world) -> int:
         t0 = time.perf_counter()
         items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes,
                               on_problem=_report_problem if world.rank == 0 else None)
-        check_labels(y, args.folds, args.validation)  # (before the corpus is hashed)
+        check_labels(y, args.folds, validation)  # (before the corpus is hashed)
         check_same_on_every_rank(items, y, world)
         x, problems, idf = training_features(items, config, world=world)
         if idf is not None and not idf.any():
@@ -180,7 +180,7 @@ def _train_into(args, config: HashingConfig, out: Path, world) -> int:
         try:
             result = train_filter(x, y, config, hidden=tuple(args.hidden), dropout=args.dropout, epochs=args.epochs,
                                   batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                                  validation=args.validation, target_blocked_ham=args.target_blocked_ham,
+                                  validation=validation, target_blocked_ham=args.target_blocked_ham,
                                   seed=args.seed, verbose=not args.quiet, inputs=inputs, folds=args.folds, idf=idf,
                                   world=world,
                                   balance=not args.corpus if args.balance is None else args.balance)  # (see --balance)

@@ -447,8 +447,8 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
         # (urllib passes on what the HTTP layer raises on a reply that is not HTTP, such as a
         # proxy address where another server answers, and on a body cut short)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, http.client.HTTPException) else \
-                getattr(exc, "reason", exc)
+            http_layer = isinstance(exc, http.client.HTTPException)  # (its words alone say little: "SSH-2.0")
+            reason = f"{type(exc).__name__}: {exc}" if http_layer else getattr(exc, "reason", exc)
             raise DataError(f"{what} not found and the download failed ({reason}): "
                             f"{where_to_put(source, default)}") from exc
         found = find_files(split, source, default)

@@ -45,7 +45,10 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 
-def check_labels(y: np.ndarray, folds: int = 0, validation: float = 0.2) -> None:
+VALIDATION = 0.2  # the held-out share of one network's training messages (`folds=0`), by default
+
+
+def check_labels(y: np.ndarray, folds: int = 0, validation: float = VALIDATION) -> None:
     """Refuse labels (1 spam, 0 ham) that `train_filter` cannot train and calibrate a filter on,
     before any work: both classes; for a committee of `folds`, one of each per fold; for one
     network, a `validation` share that holds out both (the cut-offs are placed on it) and leaves
@@ -158,7 +161,7 @@ def _train_members(x, y, jobs: list, args: tuple, processes: int, verbose: bool,
 
 def train_filter(x: sp.csr_matrix, y: np.ndarray, config: HashingConfig, hidden: tuple[int, ...] = (32,),
                  dropout: float = 0.2, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
-                 weight_decay: float = 0.0, validation: float = 0.2, patience: int = 3,
+                 weight_decay: float = 0.0, validation: float = VALIDATION, patience: int = 3,
                  target_blocked_ham: float = 0.005, seed: int = 0, verbose: bool = False,
                  inputs: tuple[str, ...] = ("mail",), folds: int = 0,
                  processes: int | None = None, idf: np.ndarray | None = None,
