@@ -386,6 +386,7 @@ def test_a_lesson_given_while_a_new_filter_trains_into_the_folder_is_not_lost(mo
     learner = _learner(model, "--ham", *_held(spam_corpus, "easy_ham", 1), "--seed", "1")
     outs = [p.communicate(timeout=300) for p in (train, learner)]
     assert [train.returncode, learner.returncode] == [0, 0], outs
+    assert f"{model}: waiting for another writer" in outs[1][1].decode()  # (it says why it waits)
     bundle = load_spam_model(model)
     assert bundle.config.n_features == 1 << 12 and bundle.metadata.get("learned") == 1  # the new filter, taught
 

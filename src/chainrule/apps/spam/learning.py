@@ -33,9 +33,10 @@ hand, the daemon's TELL) each learn on top of the other's result and no update i
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,8 @@ from chainrule.apps.spam.model import (
 from chainrule.data.corpora import HAM, SPAM, changed_files
 from chainrule.files import locked_directory
 from chainrule.network import model_directory, saved_task
+
+log = logging.getLogger(__name__)
 
 # What became of a message given to `learn` or `unlearn`.
 LEARNED, RELEARNED, AGAIN, REPEATED = "learned", "relearned", "learned again", "already learned"
@@ -89,7 +92,12 @@ def open_for_learning(directory, spam_cutoff: float | None = None,
     task = saved_task(directory)  # another application's model is refused before its directory gets our
     if task is not None and task != TASK:  # lock file (an unreadable one: load_spam_model below says why)
         raise cr.ModelFileError(f"{directory}: not a spam model (task {task!r})")
-    with locked_directory(directory):
+    with ExitStack() as held:
+        try:
+            held.enter_context(locked_directory(directory, wait=False))
+        except BlockingIOError:  # (a `spam train` into the folder holds it to its end: say why nothing happens)
+            log.warning("%s: waiting for another writer (a training run, another learn) to finish", directory)
+            held.enter_context(locked_directory(directory))
         yield load_spam_model(directory, spam_cutoff, ham_cutoff)
 
 
