@@ -589,6 +589,11 @@ def test_classify_reads_the_charset_the_body_declares(client, spam_bundle):
         undeclared = client.post("/api/spam/classify", content=data, headers={"Content-Type": "text/plain"})
         assert post(data, charset).json() == undeclared.json(), charset
     assert_error(post(spam.encode(), "klingon"), 422, "unknown charset", "klingon")
+    # uploaded as a form's file, in the charset its part declares (the request's own type has none)
+    expected = spam_app.classify_message(spam_bundle, spam.encode(), top=TOP_TOKENS)
+    upload = ("sms.txt", spam.encode("utf-16"), "text/plain; charset=utf-16")
+    r = client.post("/api/spam/classify", files={"file": upload})
+    assert r.status_code == 200 and r.json()["probability"] == pytest.approx(expected["probability"], abs=1e-6), r.text
 
 
 def test_classify_reads_a_lone_surrogate_as_a_replacement_character(client):

@@ -246,13 +246,15 @@ def _content_charset(part) -> str | None:
     since the email package parses the header's parameters anew on every call."""
     value = part.get("content-type")
     try:
-        return _charset_of(value) if isinstance(value, str) else part.get_content_charset()
+        return charset_of(value) if isinstance(value, str) else part.get_content_charset()
     except Exception:  # (a malformed RFC 2231 parameter, say)
         return None
 
 
 @functools.lru_cache(maxsize=4096)
-def _charset_of(content_type: str) -> str | None:
+def charset_of(content_type: str) -> str | None:
+    """The charset parameter of a Content-Type value, as the email package reads it, or None.
+    (It may raise on a malformed RFC 2231 parameter.)"""
     part = email.message.Message()
     part.set_raw("Content-Type", content_type)
     return part.get_content_charset()

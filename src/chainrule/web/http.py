@@ -8,7 +8,6 @@ a client sent (raw bytes, a multipart form, JSON) into what a service takes, or 
 from __future__ import annotations
 
 import asyncio
-import email.message
 import json
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 from fastapi import Request
 
 from chainrule.apps.spam import looks_like_email
+from chainrule.data.mime import charset_of
 
 
 class ApiError(Exception):
@@ -106,8 +106,9 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def upload_or_body(request: Request) -> bytes:
-    """The request's payload: the multipart field `file` if the body is a form, else the body."""
+async def upload_or_body(request: Request) -> tuple[bytes, str]:
+    """The request's payload and its Content-Type: the multipart field `file` and the type its
+    part declares if the body is a form, else the body and the request's."""
     if media_type(request) == "multipart/form-data":
         try:
             async with request.form() as form:  # closing the form deletes its spooled files
@@ -117,12 +118,12 @@ async def upload_or_body(request: Request) -> bytes:
                                    "-F file=@PATH, not file=<PATH)")
                 if upload is None:
                     raise ApiError(422, "the multipart form needs a file field named 'file'")
-                return await upload.read()
+                return await upload.read(), upload.content_type or ""
         except ApiError:  # (the body over the limit or stalled, too)
             raise
         except Exception as exc:  # python-multipart's parse errors have no common base class
             raise ApiError(422, f"cannot parse the multipart form: {exc}") from exc
-    return await request.body()
+    return await request.body(), request.headers.get("content-type", "")
 
 
 def json_body(data: bytes) -> Any:
@@ -160,14 +161,15 @@ def pixels_from_json(doc: Any) -> np.ndarray:
     return arr
 
 
-def declared_text(request: Request, data: bytes) -> bytes:
-    """A text body in UTF-8 where its Content-Type declares another charset: UTF-16 has a NUL byte in
+def declared_text(content_type: str, data: bytes) -> bytes:
+    """A text in UTF-8 where its `content_type` declares another charset: UTF-16 has a NUL byte in
     every ASCII character, and an SMS in KOI8-R would be read as Windows-1252. An email keeps its
-    bytes (its own headers say the charset of each part), and so does a body its charset does not
+    bytes (its own headers say the charset of each part), and so does a text its charset does not
     read: as with no charset declared, the spam filter's own fallbacks read it."""
-    header = email.message.Message()
-    header["Content-Type"] = request.headers.get("content-type", "")
-    charset = header.get_content_charset()
+    try:
+        charset = charset_of(content_type)
+    except Exception:  # noqa: BLE001 (a malformed parameter: as if none were declared)
+        charset = None
     if not charset or looks_like_email(data):
         return data
     try:

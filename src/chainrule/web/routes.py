@@ -107,7 +107,7 @@ async def digits_predict(request: Request, explain: bool = EXPLAIN) -> ImagePred
 
 
 async def _predict(request: Request, service: ImageService, explain: bool) -> ImagePrediction:
-    data = await upload_or_body(request)
+    data, _ = await upload_or_body(request)
     if not data:
         raise ApiError(422, "empty body: send a PNG/JPEG image or a JSON 28x28 array")
     if media_type(request) == "application/json":
@@ -129,7 +129,7 @@ async def spam_classify(request: Request) -> SpamVerdict:
     media = media_type(request)
     if media.startswith(("image/", "audio/", "video/")):
         raise ApiError(422, f"not text: the body is {media}")
-    data = await upload_or_body(request)
+    data, content_type = await upload_or_body(request)
     if media == "application/json":
         doc = json_body(data)
         if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
@@ -137,5 +137,5 @@ async def spam_classify(request: Request) -> SpamVerdict:
         # a lone surrogate ("\ud800") is valid JSON but not encodable text: it becomes "?"
         data = doc["message"].encode("utf-8", errors="replace")
     else:
-        data = declared_text(request, data)
+        data = declared_text(content_type, data)
     return await run_in_threadpool(service.classify, check_text(data))
