@@ -494,6 +494,21 @@ def test_classify_reads_a_dash_as_standard_input_wherever_options_are(spam_model
             "chainrule: error: '-' (standard input) can be given only once\n" and not twice.stdout
 
 
+def test_classify_into_a_reader_that_goes_away_exits_as_sigpipe_stops_a_program(spam_model, spam_corpus):
+    """`classify ... | head -1` over a batch whose lines fill more than a pipe (64 KB), with Python's
+    output unbuffered (PYTHONUNBUFFERED=1, as containers and services often set it): the batch went
+    out in one write, which the kernel cut short as the reader left, and CPython took it as written:
+    the command exited 0, its verdicts lost without a word. 141, as SIGPIPE's status."""
+    command = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())"]
+    folders = [str(spam_corpus[0])] * 3  # (1,200 lines of JSON, ~130 KB)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen([*command, "spam", "classify", str(spam_model), "--json", *folders],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+        assert json.loads(proc.stdout.readline())["verdict"] in ("spam", "ham", "unsure")
+        proc.stdout.close()
+        assert proc.wait(timeout=120) == 141, proc.stderr.read()
+
+
 def _one_line_error(result, code: int) -> str:
     err = result.stderr.decode()
     assert result.returncode == code and len(err.splitlines()) == 1 and err.startswith("chainrule: error: "), err

@@ -16,7 +16,14 @@ from pathlib import Path
 from chainrule import distributed
 from chainrule.apps import images
 from chainrule.apps.image_presets import PRESETS
-from chainrule.cli.options import MAX_MISTAKES_SHOWN, diverged, mistakes_shown, positive_int, stdin_once
+from chainrule.cli.options import (
+    MAX_MISTAKES_SHOWN,
+    diverged,
+    mistakes_shown,
+    positive_int,
+    print_lines,
+    stdin_once,
+)
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
 from chainrule.errors import TrainingDiverged, UserError
@@ -144,7 +151,7 @@ def _cmd_predict(args) -> int:
             probs = " ".join(f"{name}:{p:.3f}" for name, p in zip(metadata["classes"], r["probabilities"], strict=True))
             print(f"{r['source']}: {r['label']} ({100 * r['probabilities'][r['index']]:.1f}%)  [{probs}]")
     if args.json:  # one entry per image given, in order: {"source", "error"} for one that could not be read
-        print(json.dumps(results, indent=2))
+        print_lines(json.dumps(results, indent=2))
     return 1 if failed else 0
 
 

@@ -90,6 +90,15 @@ class Parser(argparse.ArgumentParser):
             self.error("an empty argument (an unset shell variable?)")
 
 
+def print_lines(lines) -> None:
+    """Print `lines` (an iterable of lines, or a text of several), a line at a time. One write of
+    more than a pipe holds (64 KB) is cut short when its reader goes away (`| head`), and CPython's
+    unbuffered output (PYTHONUNBUFFERED=1, which containers and services often set) takes the short
+    write as done: the command exited 0 with its output lost, not 141 as SIGPIPE's status says."""
+    for line in lines.splitlines() if isinstance(lines, str) else lines:
+        print(line)
+
+
 def stdin_once(paths: list[str]) -> None:
     """Refuse '-' (standard input) named more than once: it can be read once, and a second read
     would find it empty."""

@@ -55,6 +55,7 @@ from chainrule.cli.options import (
     nonnegative_int,
     positive_float,
     positive_int,
+    print_lines,
     probability,
     stdin_once,
 )
@@ -349,7 +350,7 @@ def _cmd_classify(args) -> int:
                      for src, v, q in zip(sources, verdicts, p, strict=True)]
         else:
             lines = [f"{_tsv_field(src)}\t{v}\t{q:.6f}" for src, v, q in zip(sources, verdicts, p, strict=True)]
-        sys.stdout.write("\n".join(lines) + "\n")
+        print_lines(lines)
     if world.rank != 0:
         return 0
     if seen == 0:
