@@ -588,17 +588,21 @@ def test_a_run_stopped_while_it_draws_its_figures_leaves_the_earlier_model_with_
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(images.plots, "gradient_flow", interrupted)  # the last figure drawn
-    code, _, err = cli(capsys, "digits", "train", *TINY[:4], "--epochs", "2", "--quiet", "--out", out)
-    assert code != 0 and "interrupted" in err
-    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name not in ("checkpoint.npz", "run.json")}
-    assert after == before  # (no staging folder left either)
     # stopped before its first epoch, over that finished run: nothing of it to continue (the advice
     # was to --resume, which finished the earlier run once more)
-    monkeypatch.setattr(images.idx, "load_image_set", interrupted)
-    code, _, err = cli(capsys, "digits", "train", *TINY[:4], "--epochs", "2", "--quiet", "--out", out)
+    with monkeypatch.context() as patched:
+        patched.setattr(images.idx, "load_image_set", interrupted)
+        code, _, err = cli(capsys, "digits", "train", *TINY[:4], "--epochs", "2", "--quiet", "--out", out)
     assert (code, err) == (130, "chainrule: interrupted before the run's first epoch was saved; nothing to "
                                 "continue: start it again\n")
+    monkeypatch.setattr(images.plots, "gradient_flow", interrupted)  # the last figure drawn
+    code, _, err = cli(capsys, "digits", "train", *TINY[:4], "--epochs", "2", "--quiet", "--out", out)
+    assert code != 0 and "interrupted" in err and "--resume" in err
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name not in ("checkpoint.npz", "run.json")}
+    assert after == before  # (no staging folder left either)
+    # its epochs are done, its model is not saved: a plain run does not throw them away
+    code, _, err = cli(capsys, "digits", "train", *TINY[:4], "--epochs", "2", "--quiet", "--out", out)
+    assert code == 2 and "holds the checkpoint of an unfinished run: continue it with --resume" in err
 
 
 def test_ctrl_c_as_a_run_saves_its_model_waits_for_its_files_and_says_the_run_ended(tmp_path, capsys,

@@ -287,7 +287,7 @@ def test_learn_moves_the_message_and_saves(spam_model, spam_corpus, tmp_path, ca
     classified = json.loads(capsys.readouterr().out)["probability"]
     assert main(["spam", "learn", str(m), "--spam", str(msg), "--seed", "0"]) == 0
     line, summary = capsys.readouterr().out.splitlines()
-    assert summary == "1 learned; the model has learned 1 messages"
+    assert summary == "1 learned; the model has learned 1 message"
     before, after = (float(v) for v in line.rsplit("P(spam) ", 1)[1].split(" -> "))
     assert abs(before - classified) < 1e-4  # learn reads the message as classify does (idf included)
     assert after > before

@@ -87,7 +87,7 @@ def test_learn_moves_the_message_and_a_repeat_is_recognised(model, spam_corpus, 
     msg = _held(spam_corpus, "easy_ham", 1)[0]
     replay = _replay_size(model)
     (line, summary) = _learn(capsys, model, "--ham", msg, "--seed", "0")
-    assert line.startswith(f"{msg}\tlearned as ham\tP(spam) ") and summary.endswith("the model has learned 1 messages")
+    assert line.startswith(f"{msg}\tlearned as ham\tP(spam) ") and summary.endswith("the model has learned 1 message")
     p0, p1 = (float(v) for v in line.rsplit("P(spam) ", 1)[1].split(" -> "))
     assert p1 < p0 and abs(_p(model, [msg])[0] - p1) < 1e-4  # saved (printed to 4 decimals)
     saved = (model / "model.json").read_bytes()
@@ -111,7 +111,7 @@ def test_a_lesson_that_did_not_change_the_verdict_can_be_given_again(model, spam
     assert load_spam_model(model).verdicts(np.array([p1])) != ["spam"]
     (line, summary) = _learn(capsys, model, "--spam", msg, "--seed", "1")
     assert "\tlearned again as spam (not yet given that verdict after its earlier lesson)\t" in line
-    assert float(line.rsplit(" -> ", 1)[1]) > p1 and summary == "1 learned again; the model has learned 1 messages"
+    assert float(line.rsplit(" -> ", 1)[1]) > p1 and summary == "1 learned again; the model has learned 1 message"
     assert len(load_lessons(load_spam_model(model).files["lessons"])) == 1
     other = _held(spam_corpus, "spam", 1)[0]
     lines = _learn(capsys, model, "--ham", other, other, "--seed", "0")

@@ -369,9 +369,9 @@ def train(
         early = EarlyStopping(monitor=preset.monitor, patience=preset.patience, restore_best_weights=True)
         checkpoint = out / "checkpoint.npz"
         if writer:
-            log.info("%s: training %s (%s) on %d %s images, validating on %d; up to %d epochs, batch %d, "
+            log.info("%s: training %s (%s) on %d %s images, validating on %d; up to %d epoch%s, batch %d, "
                      "lr %g%s; output in %s", name, model_name, preset.description, len(y) - n_val,
-                     idx.title(dataset), n_val, epochs, batch_size, lr,
+                     idx.title(dataset), n_val, epochs, "s" * (epochs != 1), batch_size, lr,
                      f", {world.size} processes" if world.size > 1 else "", out)
         t0 = time.perf_counter()
         history = fit(model, x, y, preset.loss(), optimizer, epochs=epochs, batch_size=batch_size,

@@ -67,7 +67,8 @@ def _cmd_train(args) -> int:
     if world.rank != 0:
         return 0
     test = metrics["test"]
-    print(f"{opts['model']}: {metrics['epochs_run']} epochs (best {metrics['best_epoch']}), "
+    epochs = metrics["epochs_run"]
+    print(f"{opts['model']}: {epochs} epoch{'s' * (epochs != 1)} (best {metrics['best_epoch']}), "
           f"{metrics['train_seconds_total']:.1f} s training; "
           f"test accuracy {100 * test['accuracy']:.2f}% ({test['n'] - test['errors']}/{test['n']})")
     print(f"wrote {out}/: model.json (and the weights it names) metrics.json history.csv learning_curves.png "

@@ -451,7 +451,7 @@ def _cmd_learn(args) -> int:
     if filed:
         counts[f"filed as {name} on delivery"] = len(filed)
     print((", ".join(f"{n} {s}" for s, n in counts.items()) or "nothing learned")
-          + f"; the model has learned {total} messages")
+          + f"; the model has learned {total} message{'s' * (total != 1)}")
     return args.error_exit if problems.failed else 0  # (the others were learned)
 
 
