@@ -429,8 +429,10 @@ def test_metrics_of_a_set_of_one_class_are_null_in_json(spam_model, spam_corpus,
     assert main(["spam", "evaluate", str(spam_model), str(only_spam), "--json"]) == 0
     report = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert report["blocked_ham"] is None and report["roc_auc"] is None and report["spam_caught"] > 0
+    assert report["mcc"] is None  # (was 0.0: no correlation can be measured with one class)
     assert main(["spam", "evaluate", str(spam_model), str(only_spam)]) == 0
-    assert "blocked ham   n/a" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "blocked ham   n/a" in out and "MCC           n/a" in out
 
 
 def test_sms_training_round_trip(data_root, tmp_path, capsys):

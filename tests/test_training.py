@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -73,6 +74,19 @@ def test_nan_guard_stops_on_an_absurd_learning_rate_and_keeps_finite_weights():
     assert np.all(np.isfinite(model.flat_params))
     value, _ = cr.MeanSquaredError()(model.forward(x[:16]), y[:16])
     assert np.isfinite(value)
+
+
+def test_a_diverging_fit_says_so_in_its_exception_alone():
+    """Gradients past float32's range: the gradient statistics (GradientFlow's norms) printed
+    NumPy's overflow warning before TrainingDiverged said what happened."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 4)).astype(np.float32) * 1e30, rng.integers(0, 2, 64)
+    model = cr.Sequential([cr.Linear(4, 8), cr.ReLU(), cr.Linear(8, 2)], seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(cr.TrainingDiverged):
+            cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=1e10), epochs=2, batch_size=16,
+                   verbose=False)
 
 
 def test_gradients_that_overflow_inside_adam_are_a_divergence_though_the_loss_stays_finite():

@@ -167,10 +167,13 @@ class GradientFlow(Callback):
         if self.before is not None:
             for name, layer in self.weighted.items():
                 w, before = layer.params["weight"], self.before[name]
-                w_norm = float(np.linalg.norm(before))
-                s = self.sums[name]
-                s[0] += float(np.linalg.norm(w.grad))
-                s[1] += float(np.linalg.norm(w.data - before)) / w_norm if w_norm > 0 else 0.0
+                # (a float32 norm past ~1.8e19 is infinite, as it should read, without NumPy's warning:
+                # training that far gone is reported by fit's divergence check)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    w_norm = float(np.linalg.norm(before))
+                    s = self.sums[name]
+                    s[0] += float(np.linalg.norm(w.grad))
+                    s[1] += float(np.linalg.norm(w.data - before)) / w_norm if 0 < w_norm < math.inf else 0.0
                 s[2] += 1
         for name, layer in self.relus.items():
             out = layer.output  # ≥ 0 from a ReLU; a LeakyReLU's negative side is left out below

@@ -219,7 +219,7 @@ def _add_group(subparsers, group: str) -> None:
     p.add_argument("--seed", type=int,
                    help="seed for initial weights, validation split, shuffling (default 0)")
     p.add_argument("--train-size", type=positive_int, metavar="N",
-                   help="train on only the first N training images (quick experiments)")
+                   help="train on only the first N training images, more than 500 (quick experiments)")
     p.add_argument("--out", metavar="DIR", help=f"output folder (default {default_out})")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -231,7 +231,8 @@ def _add_group(subparsers, group: str) -> None:
                    help="the test set's data set or folder (default: the one the model was trained on)")
     p.add_argument("--top", type=mistakes_shown, default=25, metavar="N",
                    help=f"how many confidently wrong images to draw (default 25, at most {MAX_MISTAKES_SHOWN})")
-    p.add_argument("--out", metavar="DIR", help="where to write figures (default: the model directory)")
+    p.add_argument("--out", metavar="DIR", help="where to write eval_metrics.json and the figures (default: the "
+                   "model directory)")
     p.set_defaults(func=_cmd_evaluate, **defaults)
 
     p = sub.add_parser("predict", help=spec["predict_help"])
@@ -245,7 +246,8 @@ def _add_group(subparsers, group: str) -> None:
     p = sub.add_parser("show", help="draw the first-layer weights: what each hidden unit looks for")
     p.add_argument("model", metavar="MODEL", help=f"model directory (from {group} train)")
     p.add_argument("--units", type=positive_int, default=100, help="how many units to draw (default 100)")
-    p.add_argument("--out", metavar="FILE", help="PNG file (default MODEL/first_layer.png)")
+    p.add_argument("--out", metavar="FILE", help="figure file, in the format its suffix names: .png, .svg, .pdf, "
+                   "... (default MODEL/first_layer.png)")
     p.set_defaults(func=_cmd_show, **defaults)
 
 

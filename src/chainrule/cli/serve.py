@@ -35,7 +35,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--runs", default="runs", metavar="DIR",
                    help="where to look for the most recent models (default runs)")
     p.add_argument("--max-body-mb", type=float, default=5.0, metavar="MB",
-                   help="largest request body accepted, in MB (default 5, at most 1024); larger ones get 413")
+                   help="largest request body accepted, in MB of 2^20 bytes (default 5, at most 1024); larger "
+                   "ones get 413")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="longest wait for a request's headers, and for each part of its body (default 30)")
     p.set_defaults(func=_cmd_serve)

@@ -230,7 +230,7 @@ def _format_metrics(r: dict) -> str:
         f"blocked ham   {_percent(r['blocked_ham'])}",
         f"precision     {_number(r['precision'])}",
         f"F1            {_number(r['f1'])}",
-        f"MCC           {r['mcc']:.4f}",
+        f"MCC           {_number(r['mcc'])}",
         f"ROC AUC       {_number(r['roc_auc'])}",
         "confusion matrix (rows: true, columns: predicted)",
         "               ham    spam",

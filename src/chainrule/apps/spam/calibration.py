@@ -84,7 +84,7 @@ def binary_report(y: np.ndarray, p: np.ndarray, spam_cutoff: float) -> dict:
         "blocked_ham": float(fp / (tn + fp)) if tn + fp else None,
         "precision": float(precision[1]) if tp + fp else None,  # (None: no message called spam)
         "f1": float(f1[1]) if 2 * tp + fp + fn else None,
-        "mcc": metrics.matthews_corrcoef(y, pred),
+        "mcc": metrics.matthews_corrcoef(y, pred) if 0 < y.sum() < len(y) else None,  # (one class: none to tell)
         "roc_auc": metrics.roc_auc(y, p) if 0 < y.sum() < len(y) else None,
         "confusion_matrix": cm.tolist(),
     }
