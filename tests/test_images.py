@@ -124,6 +124,37 @@ def test_a_page_brighter_in_its_middle_than_at_its_edges_is_still_dark_ink_on_pa
 
 
 @needs_data
+def test_a_speck_or_a_dot_apart_from_the_digit_is_not_part_of_it(digits):
+    """One dark pixel anywhere on the page set the crop (the digit shrank to a corner of the box),
+    and a black pen dot beside a pencil digit set the ink's scale (the digit fell under the noise
+    floor, and the dot alone was read)."""
+    for digit in digits[0][:10]:
+        page = np.asarray(on_paper(digit, scale=8, offset=(60, 60), canvas=(400, 400)), np.float64)
+        clean = preprocess_image(Image.fromarray(page.astype(np.uint8)))
+        specked = page.copy()
+        specked[10, 10] = 60
+        np.testing.assert_allclose(preprocess_image(Image.fromarray(specked.astype(np.uint8))), clean, atol=1e-6)
+        pencil = 240 - 40 * (1 - page / 255)  # grey 200 on paper 240
+        dotted = pencil.copy()
+        dotted[370:376, 370:376] = 20
+        x, reference = (preprocess_image(Image.fromarray(np.round(a).astype(np.uint8))) for a in (dotted, pencil))
+        np.testing.assert_allclose(x, reference, atol=1e-6)
+
+
+@needs_data
+def test_light_ink_on_light_grey_or_coloured_card_is_read(digits):
+    """A border lighter than mid-grey was taken for paper under dark ink, whatever the picture
+    held: a white digit on grey 140 card was "no ink found"."""
+    for digit in digits[0][:5]:
+        ink = np.asarray(on_paper(digit, scale=8, offset=(60, 60), canvas=(400, 400), invert=False), np.float64) / 255
+        reference = preprocess_image(on_paper(digit, scale=8, offset=(60, 60), canvas=(400, 400)))
+        for card in ((140, 140, 140), (165, 165, 165), (240, 150, 40), (120, 200, 120)):
+            photo = np.array(card, np.float64) * (1 - ink[..., None]) + 250 * ink[..., None]
+            x = preprocess_image(Image.fromarray(np.round(photo).astype(np.uint8)))
+            assert np.corrcoef(x.ravel(), reference.ravel())[0, 1] > 0.95, card
+
+
+@needs_data
 def test_an_evenly_lit_image_and_its_negative_and_a_tight_crop_agree(digits):
     """On evenly lit paper the paper is the border's one level exactly, so an image and its
     negative give the same ink to the last bit; a digit cropped so tightly that it touches the

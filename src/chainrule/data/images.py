@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 
 from chainrule.errors import DataError
 
@@ -60,6 +61,11 @@ FORMATS = ("PNG", "JPEG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "AVIF", "ICO", "C
 WORKING_SIZE = 1024
 # Ink fainter than this fraction of the strongest ink is paper texture, shadow or JPEG noise.
 NOISE_FLOOR = 0.2
+# Grey levels of contrast a picture's strongest ink must exceed (5%): less is a blank page's noise.
+BLANK_CONTRAST = 12
+# The parts of a picture (the digit's strokes, a speck, a dot) are told apart down to this fraction
+# of its strongest ink (`_strokes`).
+PART_LEVEL = 0.05
 # Grey levels by which a border pixel may be darker than the fitted paper (for dark ink; lighter,
 # for light ink) and still count as paper; and the most fits `_paper` makes before it settles.
 PAPER_TOLERANCE = 24.0
@@ -287,16 +293,17 @@ def _border(grey: np.ndarray) -> np.ndarray:
 def _darker_than_its_border(grey: np.ndarray, level: float) -> bool:
     """Whether the picture is darker than its background (what fills the border), not lighter.
 
-    A border lighter than mid-grey is paper with dark ink on it, whatever else the photo holds (a
-    page brighter in its middle than at its edges, say). A darker border is either a dark ground
-    with light ink, or white paper photographed in dim light (level 120, say) with black ink: the
-    strongest strays from the border's median level tell, the 99.5th percentile of those below it
-    against that of those above it (the ink's pixels, not the area of a lighter patch). `level`:
-    the border's median level.
+    The strongest strays from the border's median level `level` tell: the 99.5th percentile of
+    those below it against that of those above it (the ink's pixels, not the area of a lighter
+    patch). A dark border is a dark ground with light ink, or white paper photographed in dim light
+    (level 120, say) with black ink. A border lighter than mid-grey is paper with dark ink on it,
+    unless what is lighter than it is twice as strong, and more than a blank page's noise: a page
+    brighter in its middle than at its edges is not light ink, a white digit on grey or coloured
+    card is (and a digit too small to reach the percentile is dark ink, as it most often is).
     """
-    if level > 127.5:
-        return True
-    return float(np.percentile(level - grey, 99.5)) > float(np.percentile(grey - level, 99.5))
+    below = float(np.percentile(level - grey, 99.5))
+    above = float(np.percentile(grey - level, 99.5))
+    return below > above if level <= 127.5 else not (above > 2 * below and above > BLANK_CONTRAST)
 
 
 def _ink(grey: np.ndarray) -> np.ndarray:
@@ -312,13 +319,40 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     dark_ink = _darker_than_its_border(grey, float(np.median(_border(grey))))
     paper = _paper(grey, dark_ink)
     ink = (paper - grey) if dark_ink else (grey - paper)
-    if float(ink.max()) <= 12:  # under 5% contrast: a blank page
+    if float(ink.max()) <= BLANK_CONTRAST:  # a blank page
         return np.zeros_like(grey)
     if dark_ink and np.ptp(paper) > 0:
         ink /= np.maximum(paper, 1.0)
+    ink = _strokes(np.clip(ink, 0.0, None))
     ink = np.clip(ink / float(ink.max()), 0.0, 1.0)
     ink[ink < NOISE_FLOOR] = 0.0
     return ink
+
+
+def _strokes(ink: np.ndarray) -> np.ndarray:
+    """`ink` without the marks that lie apart from the digit: a speck of dust, a pen dot, paper
+    texture. Each set the crop (the digit shrank to a corner of the box), and one darker than a
+    pencil digit the ink's scale (the digit fell under `NOISE_FLOOR`).
+
+    The parts of the ink, connected 8-ways, are found down to `PART_LEVEL` of the strongest (below
+    the floor: a pencil digit beside a black dot is found too) and weighed by their ink; the
+    heaviest is the digit's, and a part counts with it only within a fifth of the digit's size of
+    it (the bar of a 5 drawn in a second stroke does; a dot beside the digit or in a corner of the
+    page does not).
+    """
+    found = ink >= PART_LEVEL * float(ink.max())
+    parts, n = ndimage.label(found, structure=np.ones((3, 3)))
+    if n <= 1:
+        return ink
+    main = int(np.argmax(ndimage.sum_labels(ink, parts, index=np.arange(1, n + 1))))
+    boxes = ndimage.find_objects(parts)
+    rows, cols = boxes[main]
+    reach = 0.2 * max(rows.stop - rows.start, cols.stop - cols.start)
+    apart = [k + 1 for k, (r, c) in enumerate(boxes)
+             if not (r.start < rows.stop + reach and r.stop > rows.start - reach
+                     and c.start < cols.stop + reach and c.stop > cols.start - reach)]
+    # (with the faint rim around each such mark; the digit's own faint pixels stay as they were)
+    return np.where(ndimage.binary_dilation(np.isin(parts, apart), iterations=2), 0.0, ink)
 
 
 def _crop_and_fit(values: np.ndarray, box: int, blank: str) -> np.ndarray:
