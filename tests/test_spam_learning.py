@@ -313,6 +313,18 @@ def test_a_folder_is_learned_from_for_its_users_corrections_not_the_filters_own_
     (junk / "new" / "blocked-ham").rename(not_junk / "cur" / "blocked-ham:2,S")
     lines = _learn(capsys, model, "--ham", "--from", not_junk, "--seed", "0")
     assert lines[0].split("\t")[1] == "learned as ham"
+    # a ham the filter filed as ham, moved to Junk by mistake and back: the move back is a correction
+    # of the lesson the first move gave (it was "filed as ham on delivery; not learned", and the
+    # wrong lesson stayed)
+    mistaken = junk / "cur" / "mistaken:2,S"
+    mistaken.write_bytes(annotate(_held(spam_corpus, "easy_ham", 2)[1].read_bytes(), False, 0.05, "ham"))
+    for folder, taught, outcome in ((junk, "--spam", "learned as spam"),
+                                    (not_junk, "--ham", "relearned as ham (was learned as spam)")):
+        if folder == not_junk:
+            mistaken = mistaken.rename(not_junk / "cur" / mistaken.name)
+        lines = _learn(capsys, model, taught, "--from", folder, "--seed", "0")
+        said = {Path(line.split("\t")[0]).name: line.split("\t")[1] for line in lines[:-1]}
+        assert said[mistaken.name] == outcome, said
     # the folder named as "." from inside it, and an mbox given as the folder, are folders too
     (tmp_path / "Maildir" / ".Junk2" / "new").mkdir(parents=True)
     (tmp_path / "Maildir" / ".Junk2" / "new" / "filed-again").write_bytes(annotate(spam[2].read_bytes(), True, 0.97,

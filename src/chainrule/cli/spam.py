@@ -35,6 +35,7 @@ from chainrule.apps.spam import (
     new_since_last,
     open_for_learning,
     repeated_messages,
+    taught_otherwise,
     train_filter,
     training_features,
     unlearn,
@@ -432,7 +433,7 @@ def _cmd_learn(args) -> int:
                                         on_problem=problems)
         filed = []  # of the messages found in --from folders, those the filter itself filed there
         if args.source and not args.unlearn:
-            items, sources, y, filed = _without_filed(items, sources, y, args.source, label, args.paths)
+            items, sources, y, filed = _without_filed(bundle, items, sources, y, args.source, label, args.paths)
         if not items and not filed and (problems.failed or not marks):  # (an empty message is a problem)
             _nothing_read(problems.held, "unlearn" if args.unlearn else "learn from")
         problems.report_held()  # (a file found by --since-last is only reported: the folders are marked)
@@ -455,13 +456,15 @@ def _cmd_learn(args) -> int:
     return args.error_exit if problems.failed else 0  # (the others were learned)
 
 
-def _without_filed(items: list, sources: list[str], y: np.ndarray, folders: list[str], label: int, named: list[str]):
+def _without_filed(bundle, items: list, sources: list[str], y: np.ndarray, folders: list[str], label: int,
+                   named: list[str]):
     """(items, sources, labels, the sources left out): the messages found in `folders` that the
     filter itself filed there, its verdict stamped in them (`stamped_verdict`) being the `label`
     taught, are left out. A folder the filter files its spam into (Junk) also receives the user's
     corrections (missed spam moved there); only those are lessons: teaching the filter's own
     verdicts would teach its false positives before the user has seen them. A message `named` on
-    the command line is learned as told, wherever it lies."""
+    the command line is learned as told, wherever it lies, and so is one the filter was taught
+    otherwise since it filed it (moved to Junk by mistake, then back: `taught_otherwise`)."""
     roots = {os.path.abspath(folder) for folder in folders}  # (sources: files in them; an mbox, or "mbox:N")
     inside = tuple(root + end for root in roots for end in (os.sep, ":"))
     told = {os.path.abspath(path) for path in named}
@@ -472,6 +475,9 @@ def _without_filed(items: list, sources: list[str], y: np.ndarray, folders: list
         return found and where not in told and stamped_verdict(raw) == LABEL_NAMES[label]
 
     filed = [i for i, (source, (_, raw)) in enumerate(zip(sources, items, strict=True)) if filed_there(source, raw)]
+    if filed:
+        x, _ = featurize([items[i] for i in filed], bundle.config, idf=bundle.idf)
+        filed = [i for i, corrected in zip(filed, taught_otherwise(bundle, x, label), strict=True) if not corrected]
     if not filed:
         return items, sources, y, []
     keep = np.setdiff1d(np.arange(len(items)), filed)

@@ -39,7 +39,15 @@ from chainrule.apps.spam.calibration import binary_report, calibrate
 from chainrule.apps.spam.corpus import check_same_on_every_rank, collect
 from chainrule.apps.spam.explain import classify_message, explain_row, looks_like_email
 from chainrule.apps.spam.features import MAIL_MIN_DF, featurize, item_tokens, training_features
-from chainrule.apps.spam.learning import Learned, learn, new_since_last, open_for_learning, row_digests, unlearn
+from chainrule.apps.spam.learning import (
+    Learned,
+    learn,
+    new_since_last,
+    open_for_learning,
+    row_digests,
+    taught_otherwise,
+    unlearn,
+)
 from chainrule.apps.spam.model import (
     LESSONS_KEPT,
     REPLAY_SIZE,
@@ -74,6 +82,6 @@ __all__ = [
     "classify_message",
     "collect", "explain_row", "featurize", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons",
     "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "new_since_last", "open_for_learning",
-    "repeated_messages", "row_digests", "save_model", "stratified_split", "train_filter", "training_features",
-    "unlearn", "verdict", "write_run",
+    "repeated_messages", "row_digests", "save_model", "stratified_split", "taught_otherwise", "train_filter",
+    "training_features", "unlearn", "verdict", "write_run",
 ]

@@ -149,6 +149,15 @@ HELD_LESSONS = 32
 GRAM_RCOND = 1e-5
 
 
+def taught_otherwise(bundle: SpamModel, x: sp.csr_matrix, label: int) -> np.ndarray:
+    """For each row of `x`, whether the filter was taught it with another label than `label`: a
+    message the filter filed as `label` whose lesson since says otherwise (the user moved it, then
+    moved it back) is a correction, whatever its stamp says."""
+    lessons = load_lessons(bundle.files.get("lessons"))
+    label_of = {d.tobytes(): int(taught) for d, taught in zip(lessons.digests, lessons.labels, strict=True)}
+    return np.array([label_of.get(d.tobytes(), label) != label for d in row_digests(x)], bool)
+
+
 def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: int = 4, lr: float = LEARN_LR,
           replay_per_new: int = 8, seed: int | None = None, since_last: dict[str, int] | None = None) -> Learned:
     """Teach the filter the messages `x_new` (hashed rows) as `y_new` (SPAM 1 or HAM 0 each), like
