@@ -259,6 +259,25 @@ def test_compressed_input_and_several_messages_for_annotate(spam_model, spam_cor
     assert r.returncode == 3 and b"compressed" in r.stderr
 
 
+def test_annotate_passes_on_every_message_a_mail_program_hands_it(spam_model, spam_corpus, run_chainrule, tmp_path):
+    """As procmail's filter (`:0fw | chainrule spam classify MODEL --annotate`) a message must come
+    back out, annotated or as it came, exit 0: one whose body has a paragraph "From our records:"
+    then a line "Name: Bob" was refused as an mbox of several messages (exit 3: procmail delivered
+    it unfiltered, a way past the filter for any spam), and one over --max-bytes as too large."""
+    raw = sorted((spam_corpus[1] / "spam").iterdir())[0].read_bytes()
+    envelope = b"From sender@example.com Thu Aug 22 13:17:22 2002\n"  # (procmail hands it on with its envelope)
+    tricky = envelope + raw.rstrip(b"\n") + b"\n\nFrom our records:\nName: Bob\n"
+    r = run_chainrule(["spam", "classify", str(spam_model), "--annotate"], tricky)
+    assert r.returncode == 0 and b"X-Chainrule-Spam-Verdict: " in r.stdout and r.stdout.endswith(b"Name: Bob\n"), \
+        r.stderr
+    big = raw + b"x" * 5000 + b"\n"
+    (tmp_path / "big.eml").write_bytes(big)
+    for args, given in ((["--max-bytes", "1000"], big), (["--max-bytes", "1000", str(tmp_path / "big.eml")], b"")):
+        r = run_chainrule(["spam", "classify", str(spam_model), "--annotate", *args], given)
+        assert (r.returncode, r.stdout) == (0, big), r.stderr
+        assert r.stderr.decode().endswith("larger than --max-bytes; passed on without annotation\n")
+
+
 def test_bad_messages_are_reported_and_the_run_goes_on(spam_model, tmp_path, capsys):
     d = tmp_path / "inbox"
     d.mkdir()

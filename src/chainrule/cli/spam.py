@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -298,6 +299,18 @@ def _classify_batches(args, on_problem):
         yield [m.source for m in batch], [("mail", m.data) for m in batch], batch
 
 
+def _pass_on(msg: RawMessage) -> None:
+    """Write a message that `read_as_is` read in part (`truncated`) to standard output whole: the
+    part it read, then the rest of its source."""
+    sys.stdout.buffer.write(msg.data)
+    with contextlib.ExitStack() as held:
+        rest = sys.stdin.buffer if msg.source == "-" else held.enter_context(open(msg.source, "rb"))
+        if msg.source != "-":
+            rest.seek(len(msg.data))
+        shutil.copyfileobj(rest, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
 def _on_every_rank(batches, world):
     """Rank 0's batches, announced to every rank (the others get (None, None, None) for each), so
     that all of them call `score` together for each batch; rank 0 alone reads the input."""
@@ -341,8 +354,11 @@ def _cmd_classify(args) -> int:
         verdicts = bundle.verdicts(p)
         last = verdicts[-1]
         if args.annotate:
-            if raws[0].truncated:
-                raise UserError(f"{sources[0]}: larger than --max-bytes; not annotated (the body must stay whole)")
+            if raws[0].truncated:  # passed on as it came, as the daemon passes on what is over --max-size
+                print(f"chainrule: warning: {sources[0]}: larger than --max-bytes; passed on without annotation",
+                      file=sys.stderr)
+                _pass_on(raws[0])
+                return 0
             sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
             sys.stdout.buffer.flush()
             continue

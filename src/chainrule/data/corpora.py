@@ -201,26 +201,29 @@ def read_messages(sources: Iterable[str | os.PathLike], max_bytes: int = MAX_BYT
 def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage:
     """The bytes of one file (or "-", standard input) as one message, just as they are, so that
     whoever writes the message back out changes nothing of it (`spam classify --annotate`).
-    Problems come back as for `read_messages`; so does a compressed file or an mbox of several
-    messages, which cannot be one message written back as it came."""
+    Problems come back as for `read_messages`; so does a compressed file or a file that is an mbox
+    of several messages, which cannot be one message written back as it came. Standard input is one
+    message, as a mail program hands a filter one: a paragraph of its body that looks like the
+    start of another ("From our records:" and a line "Name: ...") must not get it refused, which
+    would pass it on unfiltered. A message over `max_bytes` keeps its first `max_bytes` + 1 bytes,
+    `truncated`, for a writer to pass it on whole with the rest of its source."""
     src = str(src)
     try:
         if src == "-":
-            msg = _stdin(max_bytes, None)
-            if msg.error:
-                return msg
-            data = msg.data
+            if sys.stdin is None:
+                return RawMessage("-", b"", None, error="standard input is closed")
+            data = sys.stdin.buffer.read(max_bytes + 1)
         else:
             with open(src, "rb") as f:
-                data, truncated = _read_capped(f, max_bytes)
-            msg = RawMessage(src, data, None, truncated)
+                data = f.read(max_bytes + 1)
+        msg = RawMessage(src, data, None, len(data) > max_bytes)
     except OSError as exc:
         return RawMessage(src, b"", None, error=_reason(exc) if os.path.exists(src) else "no such file or directory")
     if not data or data.isspace():
         msg.error = "empty message"
     elif _compressed_by(data) is not None:
         msg.error = "compressed (gzip, bzip2 or xz): decompress it first, to have the message written back"
-    elif _several_messages(data):
+    elif src != "-" and _several_messages(data):
         msg.error = "an mbox of several messages: give one message, to have it written back"
     return msg
 
