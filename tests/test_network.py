@@ -128,6 +128,41 @@ def test_a_layer_belongs_to_one_model_once():
         copy.copy(first)
     fresh = pickle.loads(pickle.dumps(cr.Linear(3, 2), protocol=5))  # a layer of no model, unpickled: free
     assert cr.Sequential([fresh], seed=0).num_parameters() == 8
+    # a layer without weights in two models: a Dropout drew the first model's masks from the
+    # second's generator (the same seed no longer gave the same run); a copy of it is free
+    dropout = cr.Dropout(0.5)
+    cr.Sequential([cr.Linear(3, 3), dropout], seed=0)
+    with pytest.raises(ValueError, match="layer 1 \\(Dropout\\) already belongs to another model"):
+        cr.Sequential([cr.Linear(3, 3), dropout], seed=1)
+    assert cr.Sequential([cr.Linear(3, 3), copy.deepcopy(dropout)], seed=1).layers[1].rng is not None
+    # one Parameter in two layers (tied weights): counted twice, and its gradient was one layer's
+    tied = cr.Linear(3, 3)
+    other = cr.Linear(3, 3)
+    other.params["weight"] = other.weight = tied.weight
+    with pytest.raises(ValueError, match="layer 1 \\(Linear\\) has a Parameter of an earlier layer"):
+        cr.Sequential([tied, other], seed=0)
+
+
+def test_a_layers_buffer_stays_the_array_it_holds():
+    """A layer of one's own that keeps a buffer as an attribute too, and updates it in place, was cut
+    off from what the model saves: the model put a copy in its `buffers`, even of the same type."""
+    class Running(cr.Layer):
+        def __init__(self):
+            super().__init__()
+            self.mean = self.buffers["mean"] = np.zeros(3, np.float32)
+
+        def forward(self, x, training=False):
+            if training:
+                self.mean += x.mean(axis=0)
+            return x
+
+        def backward(self, grad_out):
+            return grad_out
+
+    layer = Running()
+    model = cr.Sequential([cr.Linear(3, 3), layer], seed=0)
+    model.forward(np.ones((2, 3), np.float32), training=True)
+    np.testing.assert_array_equal(model.state()["layer1.mean"], layer.mean)
 
 
 def test_threads_may_share_a_model_for_predictions():

@@ -36,6 +36,11 @@ class Layer:
         self.params: dict[str, Parameter] = {}
         # Non-trainable state saved with the model (e.g. batch-norm running statistics).
         self.buffers: dict[str, np.ndarray] = {}
+        self.in_a_model = False  # set by the `Sequential` it belongs to (a layer belongs to one)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.in_a_model = False  # (a copy is no model's; a model copied with it claims it again)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         raise NotImplementedError

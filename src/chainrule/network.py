@@ -144,6 +144,8 @@ class Sequential:
         self.dtype = _float_dtype(dtype)
         self._pack()
         self.lock = threading.RLock()
+        for layer in self.layers:  # (see _check_layers_are_its_own)
+            layer.in_a_model = True
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -151,7 +153,7 @@ class Sequential:
         self.flat_params, self.flat_grads = pack(self.parameters(), dtype=self.dtype)
         for layer in self.layers:
             for name, buf in layer.buffers.items():
-                layer.buffers[name] = buf.astype(self.dtype)
+                layer.buffers[name] = buf.astype(self.dtype, copy=False)  # (a layer may hold its own too)
 
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
@@ -160,14 +162,20 @@ class Sequential:
         """A layer belongs to one model, once: packed into another model's flat buffer (or an
         optimizer's), or twice into this one, its weights would change under the other's feet."""
         seen: set[int] = set()
+        params: set[int] = set()
         for i, layer in enumerate(self.layers):
             if id(layer) in seen:  # (a ReLU or a pooling layer too: each keeps its forward pass for backward)
                 raise ValueError(f"Sequential: layer {i} ({type(layer).__name__}) appears twice; a layer is used "
                                  "once (build another of the same kind)")
             seen.add(id(layer))
-            if any(p.packed for p in layer.parameters()):
+            # (a layer without parameters too: a Dropout draws its masks from its model's generator)
+            if getattr(layer, "in_a_model", False) or any(p.packed for p in layer.parameters()):
                 raise ValueError(f"Sequential: layer {i} ({type(layer).__name__}) already belongs to another model "
                                  "(or an optimizer): build it anew, or copy.deepcopy the model")
+            if any(id(p) in params for p in layer.parameters()):  # (its gradient would be one layer's)
+                raise ValueError(f"Sequential: layer {i} ({type(layer).__name__}) has a Parameter of an earlier "
+                                 "layer; a parameter belongs to one layer (weights cannot be tied)")
+            params.update(id(p) for p in layer.parameters())
 
     # A model pickled (or deep-copied, which goes the same way) is unpickled array by array, which
     # would cut its parameters loose from its flat buffers: they are packed again, and the lock,
@@ -180,6 +188,8 @@ class Sequential:
         self.__dict__.update(state)
         bind(self.parameters(), self.flat_params, self.flat_grads)
         self.lock = threading.RLock()
+        for layer in self.layers:
+            layer.in_a_model = True
 
     def __copy__(self):
         raise TypeError("Sequential: a shallow copy would share the layers, which belong to one model: use "
