@@ -89,6 +89,24 @@ def test_a_diverging_fit_says_so_in_its_exception_alone():
                    verbose=False)
 
 
+def test_a_seed_is_an_integer_and_a_gradient_flow_of_ones_own_is_the_only_one():
+    """A seed of several numbers (NumPy takes them) was accepted, and the run failed at its first
+    checkpoint, which keeps an integer; a GradientFlow passed in `callbacks` ran beside fit's own,
+    and each epoch's statistics came twice (the CSV's rows shifted)."""
+    x, y = blobs()
+    for seed in ([1, 2], -1, 2.0, True):
+        with pytest.raises(ValueError, match="seed must be an integer >= 0 or None"):
+            cr.Sequential([cr.Linear(10, 3)], seed=seed)
+        model = small_mlp()
+        with pytest.raises(ValueError, match="fit: seed must be an integer >= 0 or None"):
+            cr.fit(model, x, y, cr.MeanSquaredError(), cr.SGD(model.parameters(), lr=0.1), epochs=1, seed=seed,
+                   verbose=False)
+    model = small_mlp()
+    history = cr.fit(model, x, y, cr.MeanSquaredError(), cr.SGD(model.parameters(), lr=0.1), epochs=3, batch_size=16,
+                     verbose=False, callbacks=[cr.GradientFlow()])
+    assert len(history.gradient_flow) == 3
+
+
 def test_gradients_that_overflow_inside_adam_are_a_divergence_though_the_loss_stays_finite():
     """With Adam, a gradient whose square overflows float32 makes v infinite for good: the step of
     those weights is m / inf = 0, they stop moving, and the loss (CrossEntropy's log-softmax stays

@@ -92,6 +92,16 @@ def checked_inputs(where: str, x, dtype: np.dtype):
     return x
 
 
+def checked_seed(where: str, seed) -> int | None:
+    """`seed` as an int, where it is an integer >= 0 (or None): what a checkpoint can keep, and a
+    resumed run draw from again (NumPy takes sequences too, which a checkpoint then could not)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{where}: seed must be an integer >= 0 or None, got {seed!r}")
+    return int(seed)
+
+
 def _float_dtype(dtype) -> np.dtype:
     if np.dtype(dtype).name not in DTYPES:
         raise ValueError(f"Sequential: dtype must be float32 or float64, got {np.dtype(dtype).name}")
@@ -135,7 +145,7 @@ class Sequential:
             raise ValueError(f"Sequential: input_shape must be a tuple of positive integers, one example's shape "
                              f"such as (784,) or (1, 28, 28), got {input_shape!r}")
         self.input_shape = tuple(int(d) for d in input_shape)
-        self.seed = seed
+        self.seed = checked_seed("Sequential", seed)
         self.rng = np.random.default_rng(seed)
         for layer in self.layers:
             if initialize or not layer.params:  # Dropout takes the network's generator either way

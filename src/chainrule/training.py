@@ -30,7 +30,7 @@ from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, r
 from chainrule.history import EPOCH_KEYS, History
 from chainrule.layers import Dropout, Sigmoid, _positive_int
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
-from chainrule.network import Sequential, cast_finite, checked_inputs, sliceable
+from chainrule.network import Sequential, cast_finite, checked_inputs, checked_seed, sliceable
 from chainrule.norm import BatchNorm
 from chainrule.parallel import BlasThreads
 from chainrule.parameter import same_buffer
@@ -318,7 +318,7 @@ def fit(
     if parallel and augment is not None and "batch_rows" not in inspect.signature(augment).parameters:
         raise ValueError("fit: with several processes, augment must take batch_rows=(first, total) "
                          "(see digit_augmenter)")
-    seed = model.seed if seed is None else seed
+    seed = model.seed if seed is None else checked_seed("fit", seed)
     if seed is None and checkpoint is not None and resume:  # the seed an unseeded run drew, if one left it
         seed = _checkpoint_seed(checkpoint, world)
     if seed is None:  # drawn, so that a checkpoint can keep it: a resumed run holds out what the first did
@@ -359,7 +359,8 @@ def fit(
             start_epoch = epochs  # that run had already finished
     # Gradient statistics first, so they are in `history` before the caller's callbacks see the
     # epoch; the progress report last, so that it can print what the others decided.
-    callbacks = [GradientFlow(world), *callbacks, *([early_stopping] if early_stopping is not None else []),
+    gradient_flow = [] if any(isinstance(cb, GradientFlow) for cb in callbacks) else [GradientFlow(world)]  # (one)
+    callbacks = [*gradient_flow, *callbacks, *([early_stopping] if early_stopping is not None else []),
                  *([ProgressLogger()] if verbose and world.rank == 0 else [])]
     for cb in callbacks:
         cb.on_train_begin(model, history, epochs, batches)
