@@ -55,6 +55,19 @@ def test_extremes_are_exact_and_finite(dtype):
     assert sigmoid(np.float32(3.0)).dtype == np.float32
 
 
+def test_integers_are_numbers_and_complex_ones_are_refused():
+    """Unsigned integers wrapped around in -|x| and x - max (sigmoid(255) came out 0.27), and a
+    complex input lost its imaginary part without a word."""
+    x = np.array([255, 0], np.uint8)
+    np.testing.assert_allclose(sigmoid(x), [1.0, 0.5])
+    np.testing.assert_allclose(softmax(x), [1.0, 0.0], atol=1e-100)
+    np.testing.assert_allclose(log_softmax(x), [0.0, -255.0])
+    np.testing.assert_allclose(sigmoid([2, -2]), sigmoid(np.array([2.0, -2.0])))
+    for f in (sigmoid, softmax, log_softmax):
+        with pytest.raises(TypeError, match="expected real numbers, got complex128"):
+            f(np.array([1j]))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sigmoid_keeps_its_relative_precision_far_into_the_tail(dtype):
     """σ(x) ≈ e^x for very negative x, down to the smallest floats: (1 + tanh(x/2)) / 2 or

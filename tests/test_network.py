@@ -432,6 +432,8 @@ def test_save_load_round_trip(tmp_path, dtype):
     again, _ = cr.load_model(tmp_path / "m" / "model.json")
     np.testing.assert_array_equal(again.flat_params, model.flat_params)
     np.load(model_files(tmp_path / "m")["model"], allow_pickle=False)  # plain arrays, no pickles
+    with pytest.raises(cr.ModelFileError, match="model.json: not found"):  # (was a raw FileNotFoundError)
+        model_files(tmp_path / "no-such-model")
 
 
 def _saved(tmp_path):

@@ -10,6 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def _real(x) -> np.ndarray:
+    """`x` as an array of floats: integers become float64 (unsigned ones would wrap around in
+    -|x| and x - max), and complex numbers are refused rather than cut to their real parts."""
+    x = np.asarray(x)
+    if x.dtype.kind == "c":
+        raise TypeError(f"expected real numbers, got {x.dtype}")
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
+
+
 def sigmoid(x):
     """The logistic function σ(x) = 1 / (1 + e^(-x)), element-wise; values in [0, 1].
 
@@ -18,7 +27,7 @@ def sigmoid(x):
     precision, down to the smallest positive float: σ(-30) = 9.4e-14, which 1 - σ(30) or
     (1 + tanh(x/2)) / 2 round to 0 in float32 (and get about a tenth of a percent wrong, or less, in float64).
     """
-    x = np.asarray(x)
+    x = _real(x)
     e = np.exp(-np.abs(x))
     positive = 1.0 / (1.0 + e)  # σ(|x|)
     return np.where(x >= 0, positive, e * positive)[()]  # [()]: a scalar for a scalar, as NumPy's ufuncs
@@ -31,7 +40,7 @@ def softmax(x, axis: int = -1):
     the factor e^(-m) cancels) but keeps every exponent ≤ 0, so nothing overflows and the largest
     term is exactly 1, so the sum is never 0.
     """
-    x = np.asarray(x)
+    x = _real(x)
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
@@ -44,6 +53,6 @@ def log_softmax(x, axis: int = -1):
     log(softmax(x)) would give -inf once a probability underflows to 0 (x_i - m below about -745
     in float64); this form stays finite, since the sum is at least 1.
     """
-    x = np.asarray(x)
+    x = _real(x)
     z = x - x.max(axis=axis, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))

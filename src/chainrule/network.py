@@ -567,7 +567,7 @@ def _described(directory) -> tuple[Path, dict, dict[str, Path], Path, dict[str, 
     directory = model_directory(directory)
     meta_path = directory / "model.json"
     if not meta_path.is_file():
-        raise ModelFileError(f"{meta_path}: not found (a model directory holds model.json and the weights it names)")
+        raise ModelFileError(f"{meta_path}: {_NO_DESCRIPTION}")
     doc = _read_description(meta_path)
     files = _files(doc, directory)
     weights_path = files.get("model", directory / "model.npz")
@@ -677,9 +677,16 @@ def _as_json(metadata: dict) -> dict:
         raise ValueError(f"Sequential.save: metadata: {exc}") from None
 
 
+_NO_DESCRIPTION = "not found (a model directory holds model.json and the weights it names)"
+
+
 def _read_description(path: Path) -> dict:
     """The parsed model.json at `path`, checked to be a chainrule model description this version reads."""
-    if path.stat().st_size > MAX_DESCRIPTION_BYTES:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: {_NO_DESCRIPTION}") from None
+    if size > MAX_DESCRIPTION_BYTES:
         raise ModelFileError(f"{path}: larger than {MAX_DESCRIPTION_BYTES >> 20} MB, not a model description")
     text = path.read_bytes()
     try:
