@@ -143,6 +143,22 @@ def test_a_layer_belongs_to_one_model_once():
         cr.Sequential([tied, other], seed=0)
 
 
+def test_a_model_with_a_layer_a_model_file_cannot_name_is_refused_before_saving(tmp_path):
+    """A layer type of one's own, not registered: the model was saved, and then did not load
+    ("unknown layer type")."""
+    class Scale(cr.Layer):
+        def forward(self, x, training=False):
+            return 2 * x
+
+        def backward(self, grad_out):
+            return 2 * grad_out
+
+    model = cr.Sequential([cr.Linear(3, 3), Scale()], seed=0)
+    with pytest.raises(ValueError, match="layer 1 \\(Scale\\) is not a type a model file may name"):
+        model.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_layers_buffer_stays_the_array_it_holds():
     """A layer of one's own that keeps a buffer as an attribute too, and updates it in place, was cut
     off from what the model saves: the model put a copy in its `buffers`, even of the same type."""

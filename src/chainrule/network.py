@@ -465,6 +465,10 @@ class Sequential:
             if name == "model" or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ValueError(f"Sequential.save: arrays need names of lower-case letters, digits and _, "
                                  f"other than 'model' (the network's own), got {name!r}")
+        for i, layer in enumerate(self.layers):  # (a model file names its layers' types: a load builds them)
+            if LAYER_TYPES.get(type(layer).__name__) is not type(layer):
+                raise ValueError(f"Sequential.save: layer {i} ({type(layer).__name__}) is not a type a model file "
+                                 "may name: put it in chainrule.network.LAYER_TYPES, with its array_shapes, to save it")
         groups = {"model": self.state(), **(arrays or {})}
         for key, values in groups["model"].items():  # (a load refuses them: see cast_finite)
             if not np.all(np.isfinite(values)):
