@@ -60,6 +60,16 @@ def test_gradcheck_leaves_the_model_untouched():
     np.testing.assert_array_equal(model.flat_params, before)
 
 
+def test_gradcheck_refuses_inputs_it_cannot_judge_on():
+    """An empty batch came out infinite for every layer, and NaN inputs too: "your backward pass
+    is wrong", of inputs; a single number failed inside NumPy."""
+    model = cr.Sequential([cr.Linear(3, 4), cr.Tanh(), cr.Linear(4, 2)], seed=0)
+    for x, said in ((np.ones((0, 3)), "at least one example"), (np.full((2, 3), np.nan), "NaN or infinity"),
+                    (np.float64(1.0), "at least one example")):
+        with pytest.raises(ValueError, match=said):
+            cr.gradcheck(model, x, np.array([0, 1]))
+
+
 @pytest.mark.parametrize("count", [0, -1, 2.5])
 def test_gradcheck_refuses_a_sample_count_that_is_not_a_positive_integer(count):
     model = cr.Sequential([cr.Linear(3, 4), cr.Tanh(), cr.Linear(4, 2)], seed=0)

@@ -26,7 +26,7 @@ import numpy as np
 from chainrule import conv as C
 from chainrule import layers as L
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
-from chainrule.network import Sequential
+from chainrule.network import Sequential, checked_inputs
 from chainrule.norm import BatchNorm
 
 # float64 central differences agree with a correct backward pass to ~1e-8; 1e-6 leaves headroom.
@@ -102,6 +102,9 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
     if samples_per_param is not None:
         samples_per_param = L._positive_int("gradcheck", "samples_per_param", samples_per_param)
     net = copy.deepcopy(model).to(np.float64)
+    x = checked_inputs("gradcheck", x, np.float64)  # (NaN inputs made every layer read as wrong)
+    if np.ndim(x) < 2 or x.shape[0] == 0:
+        raise ValueError(f"gradcheck: x must be a batch of at least one example, got shape {np.shape(x)}")
     sparse = hasattr(x, "tocsr")
     x = x.astype(np.float64) if sparse else np.array(x, dtype=np.float64)
     probe = net.forward(x[:1])
