@@ -432,7 +432,7 @@ def _cmd_learn(args) -> int:
                 new, key, mark = new_since_last(bundle, folder)
             except OSError as exc:
                 raise UserError(f"--from {folder}: {exc.strerror or exc}") from None
-            if not new:
+            if not new and not args.quiet:
                 before = key in bundle.metadata.get("since_last", {})
                 print(f"{folder}: nothing new since the previous run" if before else f"{folder}: no messages yet")
             marks[key] = mark
@@ -457,8 +457,11 @@ def _cmd_learn(args) -> int:
         if args.unlearn:
             result = unlearn(bundle, x)
         else:
-            result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed, since_last=marks)
+            result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed, since_last=marks,
+                           again=not args.since_last)
         total = bundle.metadata.get("learned", 0)
+    if args.quiet:  # (a cron job mails what a command prints)
+        return args.error_exit if problems.failed else 0
     name = LABEL_NAMES[label]
     for src in filed:
         print(f"{_tsv_field(src)}\tfiled as {name} on delivery; not learned")
@@ -693,6 +696,8 @@ def add_commands(subparsers) -> None:
                    help="with --from: only the messages put in the folder since the previous --since-last "
                    "run on this model (the first run takes them all); for a cron job")
     p.add_argument("--sms", action="store_true", help="the files (or stdin) hold text messages, one per line")
+    p.add_argument("--quiet", action="store_true", help="print only errors and warnings (for a cron job, which "
+                   "mails what a command prints)")
     p.add_argument("--epochs", type=positive_int, default=4)
     p.add_argument("--seed", type=nonnegative_int)
     add_max_bytes(p)

@@ -159,12 +159,14 @@ def taught_otherwise(bundle: SpamModel, x: sp.csr_matrix, label: int) -> np.ndar
 
 
 def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: int = 4, lr: float = LEARN_LR,
-          replay_per_new: int = 8, seed: int | None = None, since_last: dict[str, int] | None = None) -> Learned:
+          replay_per_new: int = 8, seed: int | None = None, since_last: dict[str, int] | None = None,
+          again: bool = True) -> Learned:
     """Teach the filter the messages `x_new` (hashed rows) as `y_new` (SPAM 1 or HAM 0 each), like
     `bogofilter -s/-n` or `sa-learn --spam/--ham`, and save it (in `bundle.directory`).
 
     Messages taught before with the same label are left out (REPEATED), unless the filter still
-    does not give them that verdict (AGAIN: learned, not counted); the others are learned by
+    does not give them that verdict and `again` (AGAIN: learned, not counted; a `--since-last` run
+    says not, since it may read a message of the run before it again); the others are learned by
     `epochs` epochs of Adam on them and up to `replay_per_new` replay examples per message, and
     the model, its replay sample and its lessons are saved in one commit (`save_model`). The
     metadata's "learned" counts the messages learned, each once. `since_last` ({folder: time})
@@ -190,7 +192,7 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
         key = d.tobytes()
         old = label_of.get(key)
         was.append(old)
-        if old == label and (agrees[i] or key in teach):
+        if old == label and (agrees[i] or key in teach or not again):
             status.append(REPEATED)
             continue
         if old == label:  # taught before, and still not given its verdict: once more, not counted again
