@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +277,14 @@ def test_annotate_passes_on_every_message_a_mail_program_hands_it(spam_model, sp
         r = run_chainrule(["spam", "classify", str(spam_model), "--annotate", *args], given)
         assert (r.returncode, r.stdout) == (0, big), r.stderr
         assert r.stderr.decode().endswith("larger than --max-bytes; passed on without annotation\n")
+    # a pipe named as a file is read once: refused before anything is written (it wrote the part read)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(big,))
+    writer.start()
+    r = run_chainrule(["spam", "classify", str(spam_model), "--annotate", "--max-bytes", "1000", str(fifo)])
+    writer.join(timeout=30)
+    assert r.returncode == 3 and not r.stdout and b"not a file to read again" in r.stderr, r.stderr
 
 
 def test_bad_messages_are_reported_and_the_run_goes_on(spam_model, tmp_path, capsys):

@@ -764,7 +764,7 @@ def test_allowed_ips_must_name_some_addresses(model_dir, value, said, capsys):
                                             f"192.168.0.0/16, {said}\n")
     with pytest.raises(SystemExit):
         main(["spam", "daemon", str(model_dir), "--allowed-ips", ""])
-    assert capsys.readouterr().err.endswith("argument --allowed-ips: an empty value (an unset shell variable?)\n")
+    assert capsys.readouterr().err.endswith("an empty argument after --allowed-ips (an unset shell variable?)\n")
 
 
 @pytest.mark.parametrize(("args", "said"), [

@@ -855,6 +855,7 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys, serve
         ["--images", f"x={models['fashion']}", "--images", f"x={models['digits']}"],
         ["--images", f"..={models['fashion']}"],  # (browsers read /api/images/../predict as /api/predict)
         ["--images", f".={models['fashion']}"],
+        ["--images", "name="],  # (the current folder: "name=$DIR" with DIR unset)
         ["--digits", str(models["digits"]), "--max-body-mb", "0"],
         ["--digits", str(models["digits"]), "--max-body-mb", "1e308"],  # (an internal error: no int is that many bytes)
         ["--digits", str(models["digits"]), "--max-body-mb", "1025"],

@@ -75,19 +75,15 @@ class Parser(argparse.ArgumentParser):
         return argparse.ArgumentParser.parse_args(parser, args, namespace)
 
     def _refuse_empty(self, args: list[str]) -> None:
-        """A usage error for an empty argument (`--out ""`, `--out=`, `--images NAME=`): no option
-        takes one, and as a path it would mean the current folder (`--out "$DIR"` with DIR unset
-        wrote a whole run there)."""
+        """A usage error for an empty argument (`--out ""`, `--out=`): no option takes one, and as
+        a path it would mean the current folder (`--out "$DIR"` with DIR unset wrote a whole run
+        there)."""
         for i, arg in enumerate(args):
-            if arg != "" and not arg.endswith("="):
-                continue
-            option = args[i - 1] if i and args[i - 1].startswith("-") else None
-            if arg.startswith("-"):  # --out=
+            if arg.startswith("--") and arg.endswith("="):  # --out=
                 self.error(f"argument {arg[:-1]}: an empty value (an unset shell variable?)")
-            if option:  # --out "", --images NAME=
-                self.error(f"argument {option}: an empty value{f' after {arg}' if arg else ''} (an unset shell "
-                           "variable?)")
-            self.error("an empty argument (an unset shell variable?)")
+            if arg == "":  # --out "", or a file named by an unset variable
+                after = f" after {args[i - 1]}" if i and args[i - 1].startswith("-") else ""
+                self.error(f"an empty argument{after} (an unset shell variable?)")
 
 
 def print_lines(lines) -> None:
@@ -95,7 +91,7 @@ def print_lines(lines) -> None:
     more than a pipe holds (64 KB) is cut short when its reader goes away (`| head`), and CPython's
     unbuffered output (PYTHONUNBUFFERED=1, which containers and services often set) takes the short
     write as done: the command exited 0 with its output lost, not 141 as SIGPIPE's status says."""
-    for line in lines.splitlines() if isinstance(lines, str) else lines:
+    for line in lines.split("\n") if isinstance(lines, str) else lines:  # (only line breaks part them)
         print(line)
 
 

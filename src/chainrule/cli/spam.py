@@ -301,12 +301,18 @@ def _classify_batches(args, on_problem):
 
 def _pass_on(msg: RawMessage) -> None:
     """Write a message that `read_as_is` read in part (`truncated`) to standard output whole: the
-    part it read, then the rest of its source."""
-    sys.stdout.buffer.write(msg.data)
+    part it read, then the rest of its source (standard input, or a file read again from there; a
+    pipe named as a file, read once, is refused before anything is written)."""
     with contextlib.ExitStack() as held:
-        rest = sys.stdin.buffer if msg.source == "-" else held.enter_context(open(msg.source, "rb"))
-        if msg.source != "-":
+        if msg.source == "-":
+            rest = sys.stdin.buffer
+        elif os.path.isfile(msg.source):
+            rest = held.enter_context(open(msg.source, "rb"))
             rest.seek(len(msg.data))
+        else:
+            raise UserError(f"{msg.source}: larger than --max-bytes, and not a file to read again: give it on "
+                            "standard input to have it passed on whole")
+        sys.stdout.buffer.write(msg.data)
         shutil.copyfileobj(rest, sys.stdout.buffer)
     sys.stdout.buffer.flush()
 
@@ -355,9 +361,9 @@ def _cmd_classify(args) -> int:
         last = verdicts[-1]
         if args.annotate:
             if raws[0].truncated:  # passed on as it came, as the daemon passes on what is over --max-size
+                _pass_on(raws[0])
                 print(f"chainrule: warning: {sources[0]}: larger than --max-bytes; passed on without annotation",
                       file=sys.stderr)
-                _pass_on(raws[0])
                 return 0
             sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
             sys.stdout.buffer.flush()
@@ -495,7 +501,7 @@ def _without_filed(bundle, items: list, sources: list[str], y: np.ndarray, folde
 
     filed = [i for i, (source, (_, raw)) in enumerate(zip(sources, items, strict=True)) if filed_there(source, raw)]
     if filed:
-        x, _ = featurize([items[i] for i in filed], bundle.config, idf=bundle.idf)
+        x, _ = featurize([items[i] for i in filed], bundle.config, processes=1, idf=bundle.idf)
         filed = [i for i, corrected in zip(filed, taught_otherwise(bundle, x, label), strict=True) if not corrected]
     if not filed:
         return items, sources, y, []

@@ -232,6 +232,8 @@ def _named(entry: str) -> tuple[str | None, str]:
     """`--images NAME=DIR` -> (NAME, DIR); a plain DIR (even one with "=" in it) -> (None, DIR)."""
     name, sep, path = entry.partition("=")
     if sep and re.fullmatch(r"[A-Za-z0-9._-]+", name) and not Path(entry).exists():
+        if not path:  # (as a path, the current folder)
+            raise UserError(f"--images {entry}: no model folder after '=' (an unset shell variable?)")
         if name in (".", ".."):  # (in a URL's path these are steps, not names)
             raise UserError(f"--images {entry}: a model cannot be named {name!r} (browsers read "
                             f"/api/images/{name}/predict as another address)")

@@ -31,7 +31,6 @@ TELLs that arrive while one is being learned are learned together, in one step a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import functools
 import ipaddress
@@ -44,7 +43,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +59,16 @@ except ImportError:  # (not on Windows)
 from chainrule import __version__
 from chainrule.apps.spam.explain import explain_row
 from chainrule.apps.spam.features import featurize, item_tokens
-from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, UNLEARNED, learn, open_for_learning, unlearn
+from chainrule.apps.spam.learning import (
+    AGAIN,
+    LEARNED,
+    RELEARNED,
+    UNLEARNED,
+    LearningStopped,
+    learn,
+    open_for_learning,
+    unlearn,
+)
 from chainrule.apps.spam.model import load_spam_model
 from chainrule.apps.spam.protocol import (
     CHUNK,
@@ -81,7 +89,7 @@ from chainrule.apps.spam.protocol import (
 )
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.errors import UserError, one_line
-from chainrule.files import file_id, locked_directory
+from chainrule.files import file_id
 
 log = logging.getLogger("chainrule.spamd")
 
@@ -156,7 +164,7 @@ class SpamFilter:
         is among `changes`. The lock is waited for until `stop` is set (`LearningStopped`): another
         writer (`spam train` into the folder) may hold it for minutes, and a daemon asked to stop
         must not wait for it."""
-        with _locked_unless(self.directory, stop), open_for_learning(self.directory, *self._cutoffs) as b:
+        with open_for_learning(self.directory, *self._cutoffs, stop=stop) as b:
             x, _ = featurize([("mail", raw) for raw in raws], b.config, processes=1, idf=b.idf)
             status = teach(b, x)
             stamp = _stamp(self.directory, self.FILES)  # (under the lock) our own save is not a change to reload
@@ -171,26 +179,6 @@ class SpamFilter:
             return False
         self._stamp = stamp
         return True
-
-
-class LearningStopped(UserError):
-    """The daemon stopped while a lesson waited for its model's lock: it was not learned."""
-
-
-@contextlib.contextmanager
-def _locked_unless(directory: Path, stop: threading.Event) -> Iterator[None]:
-    """`directory`'s writer lock (`locked_directory`), waited for a tenth of a second at a time
-    until it is free, or `stop` is set: then LearningStopped."""
-    while True:
-        with contextlib.ExitStack() as held:
-            try:
-                held.enter_context(locked_directory(directory, wait=False))
-            except BlockingIOError:
-                if stop.wait(0.1):
-                    raise LearningStopped("the daemon stopped while the model was locked by another writer") from None
-                continue
-            yield
-            return
 
 
 def _stamp(directory: Path, names: Sequence[str]) -> tuple:
@@ -670,10 +658,12 @@ class DaemonServer:
             self._give_up.set()  # (a group being learned is finished; one waiting for the lock is not)
         await self._learning
         while not self._lessons.empty():
-            self._drop([x for x in [self._lessons.get_nowait()] if x is not None])
+            lesson = self._lessons.get_nowait()
+            if lesson is not None:
+                self._drop([lesson])
         if self._not_learned:
-            log.warning("stopping: %d TELL(s) received were not learned: a model stayed locked longer than "
-                        "--timeout (%g s)", self._not_learned, self.options.timeout)
+            log.warning("stopping: %d TELL(s) received were not learned within --timeout (%g s)", self._not_learned,
+                        self.options.timeout)
         await asyncio.gather(*others, return_exceptions=True)
         if self.options.socket is not None:
             try:  # ours only: a daemon started on the same path since may be listening there now

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -80,11 +81,13 @@ class Learned:
 
 
 @contextmanager
-def open_for_learning(directory, spam_cutoff: float | None = None,
-                      ham_cutoff: float | None = None) -> Iterator[SpamModel]:
+def open_for_learning(directory, spam_cutoff: float | None = None, ham_cutoff: float | None = None,
+                      stop: threading.Event | None = None) -> Iterator[SpamModel]:
     """The filter saved in `directory` (`load_spam_model`), loaded under the lock of its writers
     (`locked_directory`), which is held until the `with` block ends: call `learn` or `unlearn`
-    (which save) inside it."""
+    (which save) inside it. Another writer may hold the lock for minutes (a `spam train` into the
+    folder holds it to its end): that is said, once, and waited for; with `stop`, a tenth of a
+    second at a time until `stop` is set (`LearningStopped`: a daemon asked to stop)."""
     directory = model_directory(directory)
     if not (directory / "model.json").is_file():
         raise cr.ModelFileError(f"{directory / 'model.json'}: not found (a model directory holds model.json "
@@ -95,10 +98,28 @@ def open_for_learning(directory, spam_cutoff: float | None = None,
     with ExitStack() as held:
         try:
             held.enter_context(locked_directory(directory, wait=False))
-        except BlockingIOError:  # (a `spam train` into the folder holds it to its end: say why nothing happens)
-            log.warning("%s: waiting for another writer (a training run, another learn) to finish", directory)
-            held.enter_context(locked_directory(directory))
+        except BlockingIOError:
+            if stop is None:
+                log.warning("%s: waiting for another writer (a training run, another learn) to finish", directory)
+                held.enter_context(locked_directory(directory))
+            else:
+                _wait_unless(directory, stop, held)
         yield load_spam_model(directory, spam_cutoff, ham_cutoff)
+
+
+class LearningStopped(cr.UserError):
+    """The daemon stopped while a lesson waited for its model's lock: it was not learned."""
+
+
+def _wait_unless(directory: Path, stop: threading.Event, held: ExitStack) -> None:
+    """Take `directory`'s writer lock into `held`, tried every tenth of a second until `stop` is set."""
+    while not stop.wait(0.1):
+        try:
+            held.enter_context(locked_directory(directory, wait=False))
+            return
+        except BlockingIOError:
+            continue
+    raise LearningStopped("the daemon stopped while the model was locked by another writer")
 
 
 # File systems stamp change times from a coarse clock, a few milliseconds behind the time of day:
