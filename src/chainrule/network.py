@@ -316,9 +316,7 @@ class Sequential:
                              f"got {type(x.item()).__name__ if x.dtype == object else 'a single number'}")
         x = self._checked_shape(checked_inputs("Sequential", x, self.dtype))  # (an empty batch too)
         step = self.examples_per_pass(L._positive_int("Sequential", "batch_size", batch_size))
-        # (the layers keep what a backward pass would need: one pass at a time; an overflow is
-        # reported below, in a line of its own rather than NumPy's warnings)
-        with self.lock, np.errstate(over="ignore", invalid="ignore"):
+        with self.lock:  # (the layers keep what a backward pass would need: one pass at a time)
             outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]
         scores = np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
         # Finite inputs can still overflow inside the network (3e38 is a float32, 2·3e38 is not),
