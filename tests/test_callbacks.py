@@ -386,6 +386,14 @@ def test_early_stopping_patience_is_a_whole_number_of_epochs(patience):
         cr.EarlyStopping(patience=patience)
 
 
+@pytest.mark.parametrize(("kwargs", "said"), [({"monitor": None}, "monitor must be the name of an epoch log"),
+                                              ({"monitor": ["val_loss"]}, "monitor must be the name of an epoch log"),
+                                              ({"restore_best_weights": "no"}, "restore_best_weights must be True")])
+def test_early_stopping_refuses_a_monitor_that_is_no_name_and_a_flag_that_is_no_flag(kwargs, said):
+    """A list monitor got as far as fit and failed inside it; the string "no" restored the best weights."""
+    with pytest.raises(ValueError, match=said):
+        cr.EarlyStopping(**kwargs)
+
 
 @pytest.mark.parametrize(("monitor", "validated"), [("val_los", True), ("val_acc", True), ("accuracy ", False),
                                                      ("val_accuracy", False)])

@@ -188,6 +188,10 @@ def test_fit_rejects_nan_inputs_and_bad_arguments():
         ((x, y), {"validation_data": (x, np.where(y == 1, 9, y))}, r"validation_data: labels must be in \[0, 3\)"),
         ((x, y), {"validation_data": (x, y.astype(float))}, "CrossEntropy's targets are integer class labels"),
         ((x, y > 0), {}, "CrossEntropy's targets are integer class labels, got bool values"),  # (not in batch 1)
+        # (were AttributeErrors from inside fit)
+        ((x, y), {"early_stopping": "val_loss"}, "early_stopping must be an EarlyStopping, got a str"),
+        ((x, y), {"callbacks": [3]}, "callbacks must be a list of Callback objects, got a list of 1"),
+        ((x, y), {"callbacks": cr.GradientFlow()}, "callbacks must be a list of Callback objects, got a GradientFlow"),
     ]:
         with pytest.raises(ValueError, match=message):
             cr.fit(model, *args, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False, **kwargs)

@@ -69,13 +69,18 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
                  restore_best_weights: bool = True):
+        if not isinstance(monitor, str) or not monitor:  # (a list got as far as fit, and failed there)
+            raise ValueError(f"EarlyStopping: monitor must be the name of an epoch log, e.g. 'val_loss', got "
+                             f"{monitor!r}")
+        if not isinstance(restore_best_weights, (bool, np.bool_)):  # (the string "no" counted as true)
+            raise ValueError(f"EarlyStopping: restore_best_weights must be True or False, got {restore_best_weights!r}")
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be an integer >= 0, got {patience!r}")
         # (a NaN would count no epoch as better, a negative one every epoch: the last would be "best")
         min_delta = _number("EarlyStopping", "min_delta", min_delta, lambda v: 0 <= v < math.inf,
                             "a finite number >= 0")
         self.monitor, self.patience, self.min_delta = monitor, int(patience), min_delta
-        self.restore_best_weights = restore_best_weights
+        self.restore_best_weights = bool(restore_best_weights)
         self.sign = -1.0 if "accuracy" in monitor else 1.0  # minimise sign·value
         self.reset()
 

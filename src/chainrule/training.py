@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chainrule.callbacks import EarlyStopping, GradientFlow, ProgressLogger
+from chainrule.callbacks import Callback, EarlyStopping, GradientFlow, ProgressLogger
 from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
@@ -308,6 +308,11 @@ def fit(
         raise ValueError(f"fit: validation_data must be a pair (x_val, y_val), got {_described(validation_data)}")
     if batch_size < world.size:
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise ValueError(f"fit: early_stopping must be an EarlyStopping, got {_described(early_stopping)}")
+    if isinstance(callbacks, Callback) or not all(isinstance(cb, Callback) for cb in callbacks or ()):
+        raise ValueError(f"fit: callbacks must be a list of Callback objects, got {_described(callbacks)}")
+    callbacks = list(callbacks or ())
     if not isinstance(getattr(optimizer, "params", None), np.ndarray) or not same_buffer(optimizer.params,
                                                                                          model.flat_params):
         raise ValueError("fit: the optimizer was not built on this model's parameters (build it with "
