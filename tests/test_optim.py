@@ -150,6 +150,21 @@ def test_step_decay_and_cosine_match_torch_schedulers():
     assert cr.cosine(1.0, 4)(2) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
 
 
+@pytest.mark.parametrize(("make", "said"), [
+    (lambda: cr.step_decay(-0.1, 3), "step_decay: lr must be positive"),
+    (lambda: cr.step_decay(0.1, 2.5), "step_decay: step_size must be a positive integer"),
+    (lambda: cr.step_decay(0.1, 3, float("nan")), "step_decay: gamma must be positive"),
+    (lambda: cr.cosine(0.1, float("nan")), "cosine: epochs must be a positive integer"),
+    (lambda: cr.cosine(0.1, 5, min_lr=0.5), r"cosine: min_lr must be from 0 to lr \(0.1\)"),
+    (lambda: cr.SGD([cr.Parameter(np.zeros(2))], momentum=0.9, nesterov="no"), "SGD: nesterov must be True or False"),
+])
+def test_schedules_and_options_that_make_no_sense_are_refused(make, said):
+    """A negative or NaN rate, a fractional step, a floor above the rate were taken (fit caught some
+    at epoch 1); the string "no" turned Nesterov on."""
+    with pytest.raises(ValueError, match=said):
+        make()
+
+
 def test_an_optimizer_of_some_layers_updates_them_in_the_models_own_buffer(tmp_path):
     # fine-tuning the last layer: the step must reach the weights the model saves, not a copy
     rng = np.random.default_rng(0)

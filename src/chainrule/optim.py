@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from chainrule.layers import _number
+from chainrule.layers import _number, _positive_int
 from chainrule.parallel import in_parts
 from chainrule.parameter import flat_buffers
 
@@ -86,6 +86,8 @@ class SGD(Optimizer):
         super().__init__(params, lr, weight_decay)
         if not 0 <= momentum < 1:
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
+        if not isinstance(nesterov, (bool, np.bool_)):  # (the string "no" counted as true)
+            raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov=True needs a momentum > 0")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
@@ -209,8 +211,9 @@ def step_decay(lr: float, step_size: int, gamma: float = 0.1):
     Returns a callable `epoch -> lr` (epochs count from 0), which `fit(lr_schedule=...)` calls
     at the start of every epoch.
     """
-    if step_size <= 0:
-        raise ValueError(f"step_decay: step_size must be positive, got {step_size!r}")
+    lr = _number("step_decay", "lr", lr, lambda v: 0 < v < math.inf, "positive")
+    gamma = _number("step_decay", "gamma", gamma, lambda v: 0 < v < math.inf, "positive")
+    step_size = _positive_int("step_decay", "step_size", step_size)  # (2.5 or NaN was taken)
     return lambda epoch: lr * gamma ** (epoch // step_size)
 
 
@@ -219,6 +222,7 @@ def cosine(lr: float, epochs: int, min_lr: float = 0.0):
 
     lr(e) = min_lr + (lr - min_lr) · (1 + cos(π e / epochs)) / 2
     """
-    if epochs <= 0:
-        raise ValueError(f"cosine: epochs must be positive, got {epochs!r}")
+    lr = _number("cosine", "lr", lr, lambda v: 0 < v < math.inf, "positive")
+    min_lr = _number("cosine", "min_lr", min_lr, lambda v: 0 <= v <= lr, f"from 0 to lr ({lr:g})")
+    epochs = _positive_int("cosine", "epochs", epochs)
     return lambda epoch: min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
