@@ -395,6 +395,9 @@ def test_shape_mismatch_fails_at_construction():
         cr.Sequential([cr.Linear(2, 3), cr.BatchNorm(4)])
     with pytest.raises(ValueError, match="dtype must be float32 or float64, got int32"):
         cr.Sequential([cr.Linear(2, 2)], dtype=np.int32)
+    for dtype in (None, "3", -1):  # (None built a float64 model; the others failed inside NumPy)
+        with pytest.raises(ValueError, match=f"Sequential: dtype must be float32 or float64, got {dtype!r}"):
+            cr.Sequential([cr.Linear(2, 2)], dtype=dtype)
     with pytest.raises(ValueError, match="input_shape must be a tuple of positive integers"):
         cr.Sequential([cr.Flatten(), cr.Linear(16, 2)], input_shape=(2, 8.5))
 

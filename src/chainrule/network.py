@@ -103,8 +103,12 @@ def checked_seed(where: str, seed) -> int | None:
 
 
 def _float_dtype(dtype) -> np.dtype:
-    if np.dtype(dtype).name not in DTYPES:
-        raise ValueError(f"Sequential: dtype must be float32 or float64, got {np.dtype(dtype).name}")
+    try:  # (None is float64 to NumPy: a model asked for with none would have been one)
+        name = np.dtype(dtype).name if dtype is not None else None
+    except (TypeError, ValueError):
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"Sequential: dtype must be float32 or float64, got {name or repr(dtype)}")
     return np.dtype(dtype)
 
 
