@@ -288,6 +288,10 @@ def test_predict_refuses_inputs_it_cannot_score(bad, method):
     # (the imaginary parts were dropped, with a warning)
     with pytest.raises(ValueError, match="the inputs must be real numbers, got complex128"):
         getattr(model, method)(x + 1j)
+    with pytest.raises(ValueError, match=r"the inputs must be real numbers, got datetime64\[D\]"):  # (day counts)
+        getattr(flat, method)(np.zeros((1, 12), "datetime64[D]"))
+    with pytest.raises(ValueError, match="the inputs are a masked array"):  # (the mask was dropped)
+        getattr(model, method)(np.ma.masked_array(np.zeros((4, 3, 4)), mask=np.zeros((4, 3, 4), bool)))
 
 
 @pytest.mark.parametrize("method", ["predict", "predict_proba"])

@@ -70,8 +70,10 @@ def sliceable(x):
 def checked_inputs(where: str, x, dtype: np.dtype):
     """`x` as `sliceable` gives it, once checked: numbers, each finite and within the range of the
     model's `dtype` (a NaN would go through every layer and come out as a confident class 0)."""
+    if isinstance(x, np.ma.MaskedArray):  # (its mask would be dropped: the hidden values read as data)
+        raise ValueError(f"{where}: the inputs are a masked array: fill or drop the masked values first")
     x = sliceable(x)
-    if x.dtype.kind == "c":  # (NumPy would drop the imaginary parts with no more than a warning)
+    if x.dtype.kind in "cmM":  # (NumPy would drop imaginary parts with a warning, and read dates as day counts)
         raise ValueError(f"{where}: the inputs must be real numbers, got {x.dtype}")
     if x.dtype.kind in "OUSV":  # (from a list holding something else than numbers; None becomes NaN)
         try:
