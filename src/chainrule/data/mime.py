@@ -242,22 +242,27 @@ def base64_then_text(body: bytes) -> bytes:
 
 
 def _content_charset(part) -> str | None:
-    """`part.get_content_charset()`, or None where it raises; remembered per Content-Type value,
-    since the email package parses the header's parameters anew on every call."""
+    """`part.get_content_charset()`, or None where it raises; remembered per Content-Type value
+    (`charset_of`), since the email package parses the header's parameters anew on every call."""
     value = part.get("content-type")
+    if isinstance(value, str):
+        return charset_of(value)
     try:
-        return charset_of(value) if isinstance(value, str) else part.get_content_charset()
+        return part.get_content_charset()
     except Exception:  # (a malformed RFC 2231 parameter, say)
         return None
 
 
 @functools.lru_cache(maxsize=4096)
 def charset_of(content_type: str) -> str | None:
-    """The charset parameter of a Content-Type value, as the email package reads it, or None.
-    (It may raise on a malformed RFC 2231 parameter.)"""
+    """The charset parameter of a Content-Type value, as the email package reads it, or None
+    where it has none or a malformed one (an RFC 2231 parameter that does not parse, say)."""
     part = email.message.Message()
     part.set_raw("Content-Type", content_type)
-    return part.get_content_charset()
+    try:
+        return part.get_content_charset()
+    except Exception:  # noqa: BLE001 (the email package's errors here have no common base)
+        return None
 
 
 def _walk(msg, out: ParsedMessage) -> None:

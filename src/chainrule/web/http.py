@@ -166,10 +166,7 @@ def declared_text(content_type: str, data: bytes) -> bytes:
     every ASCII character, and an SMS in KOI8-R would be read as Windows-1252. An email keeps its
     bytes (its own headers say the charset of each part), and so does a text its charset does not
     read: as with no charset declared, the spam filter's own fallbacks read it."""
-    try:
-        charset = charset_of(content_type)
-    except Exception:  # noqa: BLE001 (a malformed parameter: as if none were declared)
-        charset = None
+    charset = charset_of(content_type)  # (None for a malformed one too: as if none were declared)
     if not charset or looks_like_email(data):
         return data
     try:

@@ -170,12 +170,16 @@ HELD_LESSONS = 32
 GRAM_RCOND = 1e-5
 
 
+def _taught_labels(lessons: Lessons) -> dict[bytes, int]:
+    """{message digest: the label it was taught} of a filter's `lessons`."""
+    return {d.tobytes(): int(label) for d, label in zip(lessons.digests, lessons.labels, strict=True)}
+
+
 def taught_otherwise(bundle: SpamModel, x: sp.csr_matrix, label: int) -> np.ndarray:
     """For each row of `x`, whether the filter was taught it with another label than `label`: a
     message the filter filed as `label` whose lesson since says otherwise (the user moved it, then
     moved it back) is a correction, whatever its stamp says."""
-    lessons = load_lessons(bundle.files.get("lessons"))
-    label_of = {d.tobytes(): int(taught) for d, taught in zip(lessons.digests, lessons.labels, strict=True)}
+    label_of = _taught_labels(load_lessons(bundle.files.get("lessons")))
     return np.array([label_of.get(d.tobytes(), label) != label for d in row_digests(x)], bool)
 
 
@@ -205,7 +209,7 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     before = bundle.probabilities(x_new)
     agrees = [verdict == ("spam" if label == SPAM else "ham")  # does the filter already say what it is taught?
               for verdict, label in zip(bundle.verdicts(before), y_new, strict=True)]
-    label_of = {d.tobytes(): int(label) for d, label in zip(lessons.digests, lessons.labels, strict=True)}
+    label_of = _taught_labels(lessons)
     first_before: dict[bytes, float] = {}  # of the messages new to the filter
     teach: dict[bytes, int] = {}  # message -> its (last) row in x_new, of those to learn
     status, was = [], []
