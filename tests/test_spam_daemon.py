@@ -244,10 +244,35 @@ def test_process_adds_headers_and_leaves_the_body_byte_for_byte(daemon, held):
 
 def test_forged_markup_is_replaced(daemon, held):
     raw, _, v = next(h for h in held if h[2].label == "ham")
-    forged = b"X-Spam-Flag: YES\nX-Chainrule-Spam-Verdict: spam\n" + raw
+    forged = b"X-Spam-Flag: YES\nX-Chainrule-Spam-Verdict: spam\nX-Spam-Score: 99\nX-Spam-Report: spam!\n" + raw
     _, out = daemon.spamc(data=forged)
     head = out[:len(out) - len(_body(out))]
     assert b"X-Spam-Flag" not in head and head.count(b"X-Chainrule-Spam-Verdict: ham") == 1
+    assert b"X-Spam-Score" not in head and b"X-Spam-Report" not in head  # (spamd removes every X-Spam-* too)
+
+
+@pytest.mark.parametrize("raw", [
+    # a Subject wrapped onto an unindented line, as broken spam software writes it
+    b"Received: from mx.example.org\nSubject: Cheap meds, best prices on all\nthe pills you need\n"
+    b"From: seller@example.com\nTo: you@example.net\nMessage-ID: <1@example.com>\n\nBuy now.\n",
+    b"Subject: a\r\n>From x\r\nTo: b@example.net\r\n\r\nbody\r\n",  # a quoted envelope line among the fields
+    b"Subj ect: a\nFrom: b@example.com\n\nbody\n",  # a first line that is no field
+    b"body only, no headers\n\nsecond paragraph\n",
+    b"Subject: lunch\nHi Alice, noon?\nBob\n",  # no blank line at all
+])
+def test_a_malformed_header_block_keeps_every_line_in_process_and_headers_mode(daemon, raw):
+    """A line that is neither a field nor a continuation above the blank line ended the headers: the
+    markup went there with a blank line of its own, so the fields below it became body text, and
+    `spamc --headers`, which appends what follows the message's first blank line, lost them."""
+    rc, out = daemon.spamc(data=raw)
+    assert rc == 0 and b"X-Chainrule-Spam-Verdict: " in out
+    lines = [line for line in out.splitlines() if not line.startswith((b"X-Spam-", b"X-Chainrule-Spam"))]
+    blank = b"\n\n" in raw.replace(b"\r", b"")
+    if not blank:  # a body with no blank line above it gets one
+        lines.remove(b"")
+    assert lines == raw.splitlines()
+    # (spamc --headers passes a message with no blank line on unchanged, whatever the answer: spamd's too)
+    assert daemon.spamc("--headers", data=raw) == (0, out if blank else raw)
 
 
 def test_symbols_and_reports(daemon, held):
@@ -366,9 +391,12 @@ def test_malformed_requests_get_protocol_errors(daemon, held):
         out = daemon.raw(request)
         assert re.fullmatch(rb"SPAMD/1\.0 (76|69|65) [^\r\n]+\r\n", out), (request[:40], out)
     assert daemon.raw(b"").startswith(b"SPAMD/1.0 76")
-    for empty in (b"", b"\r\n \r\n"):  # refused, as by `spam classify`: nothing to judge
-        assert daemon.raw(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(empty) + empty) == \
-            b"SPAMD/1.0 65 EX_DATAERR empty message; not checked\r\n"
+    for empty in (b"", b"\r\n \r\n"):  # judged, as spamd judges it: refused, it failed `spamc -x` (exit 74),
+        # and a mail system that defers a message on that retried it for days
+        assert re.fullmatch(rb"SPAMD/1\.1 0 EX_OK\r\nSpam: (True|False) ; -?\d+\.\d / 5\.0\r\n\r\n",
+                            daemon.raw(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(empty) + empty))
+    rc, out = daemon.spamc("-x", data=b"\r\n \r\n")  # (spamc refuses a message of no bytes itself)
+    assert rc == 0 and b"X-Spam-Status: " in out and out.endswith(b"\r\n\r\n \r\n")
     assert daemon.spamc("-K") == (0, b"SPAMD/1.5 0\n")  # still serving
 
 

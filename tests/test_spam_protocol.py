@@ -135,6 +135,16 @@ def test_a_request_is_read_whole():
     assert _read(b"PING SPAMC/1.2\r\n").command == "PING"  # (before 1.5, PING had no header block)
 
 
+@pytest.mark.parametrize("databases,local", [("local", True), ("local, remote", True), ("remote,local", True),
+                                             ("remote", False), ("nonlocal", False), ("localhost", False)])
+def test_set_and_remove_name_a_list_of_databases(databases, local):
+    """"local" was looked for anywhere in the value, so "Set: nonlocal" taught the model; spamd reads
+    a comma-separated list of database names."""
+    tell = _read(_request("TELL", MESSAGE, "Message-class: ham", f"Set: {databases}"))
+    forget = _read(_request("TELL", MESSAGE, f"Remove: {databases}"))
+    assert (tell.set_local, forget.remove_local) == (local, local)
+
+
 def test_a_compressed_request_is_inflated_and_a_large_one_cut_at_the_limit():
     packed = zlib.compress(MESSAGE)
     req = _read(_request("CHECK", packed, "Compress: zlib"))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 
-# The fields `annotate` adds (lower case); a message's own fields of these names are removed first,
+# The fields `annotate` adds (lower case); a message's own X-Chainrule-Spam* fields are removed first,
 # so that a forged "X-Chainrule-Spam: no" cannot ride above ours, and annotating twice adds none twice.
 ANNOTATION_HEADERS = ("x-chainrule-spam", "x-chainrule-spam-probability", "x-chainrule-spam-verdict")
 
 
 def annotate(raw: bytes, is_spam: bool, probability: float, verdict: str | None = None) -> bytes:
-    """`raw` with X-Chainrule-Spam headers (in place of any it had) at the end of its header
-    block; the body (every byte after the blank line) is left exactly as it was."""
+    """`raw` with X-Chainrule-Spam headers (in place of any it had) after its header fields; the
+    body (every byte after the blank line) is left exactly as it was."""
     return replace_header_fields(raw, ANNOTATION_HEADERS, annotation_lines(is_spam, probability, verdict))
 
 
@@ -21,19 +21,21 @@ def annotation_lines(is_spam: bool, probability: float, verdict: str | None = No
     return lines + ([f"X-Chainrule-Spam-Verdict: {verdict}"] if verdict is not None else [])
 
 
-def replace_header_fields(raw: bytes, names, lines: list[str]) -> bytes:
-    """`raw` without its header fields called `names` (lower case), with `lines` added at the end of
-    its header block. Every other header line and every byte of the body stay exactly as they were;
-    the new lines end as the message's header lines do (CRLF or LF), and a body that followed the
-    headers with no blank line gets one before it."""
+def replace_header_fields(raw: bytes, prefixes: tuple[str, ...], lines: list[str]) -> bytes:
+    """`raw` without its header fields whose names start with one of `prefixes` (lower case), with
+    `lines` added after its
+    last well-formed field. Every other header line and every byte of the body stay exactly as they
+    were; the new lines end as the message's header lines do (CRLF or LF), and a body that followed
+    the headers with no blank line gets one before it."""
     end, blank = header_end(raw)
-    head = raw[:end]
-    nl = b"\r\n" if b"\r\n" in (head or raw)[:4096] else b"\n"  # (a message of body alone: the body's)
-    head = b"".join(f for f in _fields(head) if _name(f) not in names)
+    fields = _fields_end(raw, end)  # (before a malformed line: a reader that stops there sees them)
+    nl = b"\r\n" if b"\r\n" in (raw[:end] or raw)[:4096] else b"\n"  # (a message of body alone: the body's)
+    head = _without(raw[:fields], prefixes)
     if head and not head.endswith(b"\n"):
         head += nl  # headers only, no final newline
     separator = nl if end < len(raw) and not blank else b""
-    return head + b"".join(line.encode("ascii") + nl for line in lines) + separator + raw[end:]
+    return (head + b"".join(line.encode("ascii") + nl for line in lines) + _without(raw[fields:end], prefixes)
+            + separator + raw[end:])
 
 
 def stamped_verdict(raw: bytes) -> str | None:
@@ -65,23 +67,43 @@ def _name(field: bytes) -> str:
     return field.split(b":", 1)[0].strip().lower().decode("latin-1")
 
 
+def _without(head: bytes, prefixes: tuple[str, ...]) -> bytes:
+    """Header lines `head` without the fields whose names start with one of `prefixes`."""
+    return b"".join(f for f in _fields(head) if not _name(f).startswith(prefixes))
+
+
+# The first empty line, whether it ends in LF or CRLF and whatever the lines before it end in (mail
+# that crossed systems mixes them)
+_EMPTY_LINE = re.compile(rb"(?:\A|\n)(\r?\n)")
+
+
 def header_end(raw: bytes) -> tuple[int, bytes]:
     """(offset where the header block ends, the blank line that ends it there), or (that offset,
-    b"") for a message with no blank line after its headers. The first empty line ends the headers,
-    whether it ends in LF or CRLF and whatever the lines before it end in (mail that crossed systems
-    mixes them). Where a line that is neither a field nor a field's continuation comes first, the
-    body starts there, as SpamAssassin and the email package read such a message: markup goes
-    before it, and a body line that looks like a markup field stays."""
+    b"") for a message with no blank line after its headers.
+
+    The first empty line ends the headers, and every line before it belongs to them, malformed or
+    not (an unindented continuation, a ">From " line): spamc, given a HEADERS answer, appends the
+    body it kept from after that line, and SpamAssassin reads the fields below such a line as
+    fields too. In a message with no empty line, the first line that is neither a field nor a
+    field's continuation starts the body, as SpamAssassin and the email package read it: markup
+    goes before it, and a body line that looks like a markup field stays."""
+    empty = _EMPTY_LINE.search(raw)
+    if empty is not None:
+        return empty.start(1), empty[1]
+    return _fields_end(raw, len(raw)), b""
+
+
+def _fields_end(raw: bytes, end: int) -> int:
+    """Where the header fields of `raw[:end]` end: at the first line that is neither a field nor a
+    field's continuation, or at `end`."""
     start = 0
-    while start < len(raw):
-        newline = raw.find(b"\n", start)
-        end = len(raw) if newline < 0 else newline + 1
-        line = raw[start:end]
-        if line in (b"\n", b"\r\n"):
-            return start, line
+    while start < end:
+        newline = raw.find(b"\n", start, end)
+        stop = end if newline < 0 else newline + 1
+        line = raw[start:stop]
         continued = start > 0 and line[:1] in (b" ", b"\t")
         envelope = start == 0 and line.startswith(b"From ")  # an mbox "From " line, as procmail hands mail on
         if not (continued or envelope or _FIELD_START.match(line)):
-            return start, b""
-        start = end
-    return len(raw), b""
+            return start
+        start = stop
+    return end

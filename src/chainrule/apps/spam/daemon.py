@@ -525,9 +525,6 @@ class DaemonServer:
         if req.command == "SKIP":
             log.info("SKIP from %s", who)
             return
-        if not req.too_big and not req.body.strip():  # as the command line: nothing to judge or learn
-            raise ProtocolError(EX_DATAERR, "EX_DATAERR empty message; not " +
-                                ("learned" if req.command == "TELL" else "checked"))
         if req.command == "TELL":
             await self._tell(req, writer, who, user, ms)
             return
@@ -561,6 +558,8 @@ class DaemonServer:
         if req.too_big:
             raise ProtocolError(EX_DATAERR, f"EX_DATAERR message of {req.size_text} bytes is over --max-size "
                                 f"{self.options.max_size}; not learned")
+        if not req.body.strip():  # (an empty message is judged, as spamd judges it: a mail system asked)
+            raise ProtocolError(EX_DATAERR, "EX_DATAERR empty message; not learned")
         headers = b""
         if req.set_local or req.remove_local:
             if self.options.user_models is not None and req.user and not _accepted_user(req.user):

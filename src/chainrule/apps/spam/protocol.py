@@ -58,9 +58,11 @@ COMMANDS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS",
 MAX_HEADERS = 256  # spamd reads at most this many request header lines
 HARD_LIMIT = 256 << 20  # spamc never sends more than 256 MB (SPAMC_MAX_MESSAGE_LEN); nor do we accept more
 CHUNK = 1 << 16
-# Headers that mark a message up; old ones are removed before the new ones go in, so a message
-# scanned twice, or one that arrives with forged markup, carries exactly one verdict.
-MARKUP_HEADERS = ("x-spam-flag", "x-spam-level", "x-spam-status", "x-spam-checker-version", *ANNOTATION_HEADERS)
+# Headers that mark a message up, by the start of their names: old ones are removed before the new
+# ones go in, so a message scanned twice, or one that arrives with forged markup, carries exactly one
+# verdict. Every X-Spam-* field goes, as spamd removes them: a forged X-Spam-Score or X-Spam-Report
+# (which other filters write) cannot ride along with ours either.
+MARKUP_HEADERS = ("x-spam-", *ANNOTATION_HEADERS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,10 +291,12 @@ async def _read_headers(reader: asyncio.StreamReader, req: Request) -> None:
             if value.lower() not in ("spam", "ham"):
                 raise _bad("Message-class header contains invalid class")
             req.message_class = value.lower()
-        elif name == "set":
-            req.set_local = "local" in value.lower()
-        elif name == "remove":
-            req.remove_local = "local" in value.lower()
+        elif name in ("set", "remove"):  # a list of databases, as spamd reads it: "local", "remote" or both
+            local = "local" in (part.strip().lower() for part in value.split(","))
+            if name == "set":
+                req.set_local = local
+            else:
+                req.remove_local = local
         # other headers are ignored, as the protocol asks
     raise _bad("too many headers")
 
@@ -383,16 +387,16 @@ def answer(req: Request, v: Verdict | None) -> bytes:
     if req.command == "CHECK":
         return status + spam_line(v) + b"\r\n"
     if req.command in ("PROCESS", "HEADERS"):
+        body = spamc_body_start(req.body) if req.command == "HEADERS" else None  # (spamc appends the rest)
         if v is None:  # HEADERS of a too-big message: its own header block, unchanged
-            end, blank = header_end(req.body)
-            if end == len(req.body):  # (what was read of it ends inside its headers)
-                raise ProtocolError(EX_DATAERR, "EX_DATAERR message too big and its header block too")
-            out = req.body[:end + len(blank)]
+            if body is None:  # no blank line in what was read of it: its fields, where they end in it
+                body, _ = header_end(req.body)
+                if body == len(req.body):
+                    raise ProtocolError(EX_DATAERR, "EX_DATAERR message too big and its header block too")
+            out = req.body[:body]
         else:
-            out = mark_up(req.body, v)
-            if req.command == "HEADERS":  # spamc appends the body it kept
-                end, blank = header_end(out)
-                out = out[:end + len(blank)]
+            out = mark_up(req.body, v)  # (which changes nothing after the header block)
+            out = out[:len(out) - len(req.body) + body] if body is not None else out
         return status + length_and_spam(req, len(out), v) + out
     if req.command == "SYMBOLS":
         text = v.symbol if v is not None else "CHAINRULE_SKIPPED_TOO_BIG"
@@ -402,6 +406,17 @@ def answer(req: Request, v: Verdict | None) -> bytes:
     else:  # REPORT_IFSPAM of a message that is not spam: nothing
         body = b""
     return status + length_and_spam(req, len(body), v) + body
+
+
+def spamc_body_start(raw: bytes) -> int | None:
+    """Where the body that spamc appends to a HEADERS answer starts in `raw`: after its first
+    "\\r\\n\\r\\n" or "\\n\\n", whichever comes first (libspamc's `_append_original_body`), or None
+    where it has neither, and spamc appends nothing: the answer must then hold the whole message."""
+    cuts = [(at, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (at := raw.find(sep)) >= 0]
+    if not cuts:
+        return None
+    at, length = min(cuts)
+    return at + length
 
 
 def length_and_spam(req: Request, length: int, v: Verdict | None) -> bytes:
