@@ -142,6 +142,20 @@ def test_output_an_ascii_terminal_cannot_show_is_escaped_and_a_closed_pipe_is_si
         assert proc.wait() == 141 and proc.stderr.read() == b""
 
 
+def test_a_full_disk_under_standard_output_is_named_as_such():
+    """`> /dev/full` said "chainrule: error: [Errno 28] No space left on device": not which file.
+    (Output that fills the buffer midway fails inside a print, where the error cannot tell.)"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "gradcheck"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.returncode == 2 and proc.stderr == "chainrule: error: standard output: No space left on device\n"
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "gradcheck"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 2 and proc.stderr == "chainrule: error: No space left on device\n"
+
+
 def test_readme_python_example_runs(capsys):
     """The README's build-fit-evaluate example, run exactly as written."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -79,6 +79,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
+@pytest.mark.parametrize("name", ["y" * 251 + ".png", "é" * 125 + "a.png"])  # 255 bytes: the longest a name may be
+def test_a_file_of_the_longest_name_is_written(tmp_path, name):
+    """The temporary file's name is 14 bytes longer than the file's: a figure asked for under a
+    name of 242-255 bytes (`show --out`) was refused as too long."""
+    with atomic_open(tmp_path / name) as f:
+        f.write(b"figure")
+    assert [p.name for p in tmp_path.iterdir()] == [name] and (tmp_path / name).read_bytes() == b"figure"
+
+
 def test_the_directory_lock_is_reentrant_in_a_thread_and_makes_others_wait(tmp_path):
     order = []
 

@@ -292,6 +292,41 @@ def test_since_last_reports_an_unreadable_new_file_and_moves_on(model, spam_corp
         f"{junk}: nothing new since the previous run"]
 
 
+def test_since_last_keeps_the_mark_of_a_folder_holding_one_it_cannot_list(model, spam_corpus, tmp_path, capsys):
+    """A folder inside that could not be listed was passed over without a word, and the run marked
+    the whole folder as read: once that folder could be listed, its messages were older than the
+    mark and were never learned."""
+    junk = tmp_path / "Junk"
+    junk.mkdir()
+    first, second = _held(spam_corpus, "spam", 2)
+    shutil.copy(first, junk / "1")
+    fd, parent = os.open(junk, os.O_RDONLY), None
+    for _ in range(20):  # 20 folders of 250 characters, one in the other: past PATH_MAX, unlistable even by root
+        os.mkdir("d" * 250, dir_fd=fd)
+        if parent is not None:
+            os.close(parent)
+        fd, parent = os.open("d" * 250, os.O_RDONLY, dir_fd=fd), fd
+    with open(os.open("2", os.O_WRONLY | os.O_CREAT, dir_fd=fd), "wb") as f:
+        f.write(second.read_bytes())
+    os.close(fd)
+    time.sleep(1.1)  # (past the second of overlap `--since-last` allows for coarse file-system clocks)
+    assert main(["spam", "learn", str(model), "--spam", "--from", str(junk), "--since-last", "--seed", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split("\t")[:2] == [str(junk / "1"), "learned as spam"]
+    assert err.endswith(": a folder that cannot be read (File name too long)\n") and err.count("\n") == 1
+    assert str(junk.resolve()) not in load_spam_model(model).metadata.get("since_last", {})
+    top = os.open(junk, os.O_RDONLY)
+    os.rename("d" * 250, "readable", src_dir_fd=parent, dst_dir_fd=top)  # moved up, where it can be listed
+    os.close(parent)
+    os.close(top)
+    (junk / ("d" * 250)).rename(tmp_path / "elsewhere")  # (and the rest of the deep folders out)
+    lines = _learn(capsys, model, "--spam", "--from", junk, "--since-last", "--seed", "0")
+    assert [line.split("\t")[:2] for line in lines[:-1]] == [
+        [str(junk / "1"), "already learned as spam; not learned again"],
+        [str(junk / "readable" / "2"), "learned as spam"]]
+    assert str(junk.resolve()) in load_spam_model(model).metadata["since_last"]
+
+
 def test_a_folder_is_learned_from_for_its_users_corrections_not_the_filters_own_filing(model, spam_corpus, tmp_path,
                                                                                        capsys, monkeypatch):
     """procmail files what the filter calls spam into Junk, and the user moves missed spam there

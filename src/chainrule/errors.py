@@ -46,5 +46,7 @@ def one_line(exc: BaseException) -> str:
     the file it names, else the first line of the message (or the exception's type)."""
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, OSError) and exc.strerror:  # (str() would start with "[Errno 28]")
+        return exc.strerror
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -47,7 +47,7 @@ def atomic_open(path) -> Iterator[BinaryIO]:
     _make_folder(path.parent)
     mode = _mode_for(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path.name), suffix=".tmp")
     except OSError as exc:  # (a read-only or special folder: name the file asked for)
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
@@ -65,6 +65,19 @@ def atomic_open(path) -> Iterator[BinaryIO]:
         if isinstance(exc, OSError) and exc.errno:  # a full disk, a folder in the way: name the file
             raise OSError(exc.errno, exc.strerror, str(path)) from exc  # asked for, not the temporary one
         raise
+
+
+# The longest file name most file systems take, in bytes (NAME_MAX)
+NAME_MAX = 255
+
+
+def _temporary_prefix(name: str) -> str:
+    """".NAME.", the start of the name of NAME's temporary file, with NAME cut short where it would
+    make that name longer than `NAME_MAX` bytes (mkstemp adds 8 characters and ".tmp"): a name of
+    the longest length a file may have was refused as too long."""
+    room = NAME_MAX - len("..") - 8 - len(".tmp")
+    raw = os.fsencode(name)
+    return f".{os.fsdecode(raw[:room]) if len(raw) > room else name}."
 
 
 def _make_folder(directory: Path) -> None:

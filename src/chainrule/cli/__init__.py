@@ -70,15 +70,34 @@ def main(argv: list[str] | None = None) -> int:
         # the reader went away (`| head`): send what is still buffered nowhere, and stop quietly,
         # with the status of a program that SIGPIPE stopped (128 + 13), as `cat` or `grep` do: the
         # command did not finish (a verdict or exit code it would have given is lost)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return 141
     except (UserError, OSError) as exc:
+        if isinstance(exc, OSError) and not exc.filename and _stdout_fails():  # (a full disk under `> FILE`)
+            exc = OSError(exc.errno, exc.strerror, "standard output")
         return _fail(world, one_line(exc), args.error_exit)
     except Exception as exc:
         if os.environ.get("CHAINRULE_DEBUG"):
             raise
         return _fail(world, f"internal error ({type(exc).__name__}: {one_line(exc)}); "
                      "this is a bug, CHAINRULE_DEBUG=1 shows the traceback", args.error_exit)
+
+
+def _stdout_fails() -> bool:
+    """Whether what waits in standard output's buffer cannot be written; it is dropped then (else
+    Python's exit would fail on it again, with a traceback)."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return False
+    except OSError:
+        _drop_stdout()
+        return True
+
+
+def _drop_stdout() -> None:
+    """Send what standard output still holds nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _fail(world: distributed.World, message: str, code: int) -> int:

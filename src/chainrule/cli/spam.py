@@ -68,6 +68,7 @@ from chainrule.data.corpora import (
     read_as_is,
     read_messages,
     text_lines,
+    unreadable_folder,
 )
 from chainrule.data.mime import decode_text
 from chainrule.data.text import HashingConfig
@@ -430,22 +431,27 @@ def _cmd_learn(args) -> int:
     with open_for_learning(args.model) as bundle:  # the model's lock is held until it is saved
         _warn_if_untrained_on(bundle, "sms" if args.sms else "mail")
         paths, marks = list(args.paths), {}
+        problems = _InputProblems([*args.paths, *(args.source or [])], hold=True)
         for folder in args.source or []:
             if not args.since_last:
                 paths.append(folder)
                 continue
+            unlisted = []
             try:
-                new, key, mark = new_since_last(bundle, folder)
+                new, key, mark = new_since_last(bundle, folder, unlisted)
             except OSError as exc:
                 raise UserError(f"--from {folder}: {exc.strerror or exc}") from None
+            for exc in unlisted:  # (the folder keeps its mark: they are looked at again next time)
+                problems(str(exc.filename), unreadable_folder(exc))
             if not new and not args.quiet:
                 before = key in bundle.metadata.get("since_last", {})
                 print(f"{folder}: nothing new since the previous run" if before else f"{folder}: no messages yet")
-            marks[key] = mark
+            if not unlisted:
+                marks[key] = mark
             paths += new
         if not paths:  # (--since-last, and nothing new anywhere)
+            problems.report_held()
             return 0
-        problems = _InputProblems([*args.paths, *(args.source or [])], hold=True)
         if args.sms:  # (each line of the files a text message, as classify --sms reads them)
             lines = list(_sms_lines(paths, args.max_bytes, problems))
             sources, items = [source for source, _ in lines], [("sms", text) for _, text in lines]

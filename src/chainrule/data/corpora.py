@@ -328,11 +328,16 @@ def _folders(root: Path, unlisted: list[OSError]) -> Iterator[tuple[Path, list[s
 def _unlisted(unlisted: list[OSError], label: int | None) -> Iterator[RawMessage]:
     """A problem for each folder `_folders` could not list (which it then empties)."""
     for exc in unlisted:
-        yield RawMessage(str(exc.filename), b"", label, error=f"a folder that cannot be read ({_reason(exc)})")
+        yield RawMessage(str(exc.filename), b"", label, error=unreadable_folder(exc))
     unlisted.clear()
 
 
-def changed_files(root, since_ns: int = 0) -> list[Path]:
+def unreadable_folder(exc: OSError) -> str:
+    """What is wrong with a folder that could not be listed, as a problem says it."""
+    return f"a folder that cannot be read ({_reason(exc)})"
+
+
+def changed_files(root, since_ns: int = 0, unlisted: list[OSError] | None = None) -> list[Path]:
     """The regular files in the mail folder `root` whose inode changed at or after `since_ns`
     (nanoseconds since the epoch), in the order `read_messages` reads the folder: a Maildir's new/
     and cur/, or a directory's files, recursively; dot files skipped. For reading only what is new
@@ -341,7 +346,10 @@ def changed_files(root, since_ns: int = 0) -> list[Path]:
     The inode's change time (st_ctime) rather than the modification time, because moving a message
     into a folder (a rename, as IMAP servers do for a Maildir) keeps its modification time but sets
     its change time. So does changing its flags, which renames it too: such a message comes back.
+    Folders below `root` that cannot be listed go to `unlisted`: what is new in them is not known
+    yet (a run that passes over them must not count them as read).
     """
+    unlisted = [] if unlisted is None else unlisted
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a folder or Maildir", str(root))
@@ -350,10 +358,13 @@ def changed_files(root, since_ns: int = 0) -> list[Path]:
                  if not n.startswith(".")]
     else:
         paths = []
-        for here, dirnames, filenames in _folders(root, []):  # (a folder that cannot be listed has nothing new)
+        for here, dirnames, filenames in _folders(root, unlisted):
             if _is_maildir(here):
                 dirnames[:] = []
-                paths += changed_files(here, since_ns)
+                try:
+                    paths += changed_files(here, since_ns, unlisted)
+                except OSError as exc:  # (its new/ or cur/)
+                    unlisted.append(exc)
                 continue
             paths += [here / n for n in filenames if not n.startswith(".") and n not in _SKIP_NAMES]
     out = []

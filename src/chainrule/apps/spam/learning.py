@@ -128,14 +128,15 @@ def _wait_unless(directory: Path, stop: threading.Event, held: ExitStack) -> Non
 SINCE_LAST_OVERLAP_NS = 1_000_000_000
 
 
-def new_since_last(bundle: SpamModel, folder) -> tuple[list, str, int]:
+def new_since_last(bundle: SpamModel, folder, unlisted: list[OSError]) -> tuple[list, str, int]:
     """(the files put into `folder` since the previous run that learned from it, the folder's key,
     its new mark): every file the first time. Passing {key: mark} as `learn(since_last=...)` saves
-    the mark with the lessons, so that the next run starts from this one. OSError if the folder
-    cannot be read."""
+    the mark with the lessons, so that the next run starts from this one; not where a folder inside
+    it could not be listed (it goes to `unlisted`): its messages would never be looked at again.
+    OSError if `folder` itself cannot be read."""
     key = str(Path(folder).resolve())
     now = time.time_ns()
-    new = changed_files(folder, bundle.metadata.get("since_last", {}).get(key, 0))
+    new = changed_files(folder, bundle.metadata.get("since_last", {}).get(key, 0), unlisted)
     return new, key, now - SINCE_LAST_OVERLAP_NS
 
 
