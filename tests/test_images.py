@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from chainrule.data.images import ImageError, preprocess_image
 
@@ -500,6 +500,26 @@ def test_damaged_image_metadata_is_a_one_line_problem_or_read_past(digits):
         assert np.abs(out - upright).mean() < 0.05, fmt
     with pytest.raises(ImageError, match=r"^corrupt or truncated image \("):
         preprocess_image(_strip_offsets_as_text(photo))
+
+
+@needs_data
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow reads no AVIF")
+def test_a_damaged_avif_is_a_corrupt_image(digits):
+    """Pillow's AVIF decoder says a file is damaged with RuntimeError, at open (an image item that
+    is empty) or as it decodes the pixels: `predict` stopped at an "internal error" with no result
+    for the other images, and the web answered 500."""
+    buf = io.BytesIO()
+    on_paper(digits[0][0], scale=3).convert("RGB").save(buf, "AVIF")
+    good = buf.getvalue()
+    check_mnist_like(preprocess_image(good))
+    # the item location box: version and flags, sizes, item count, item id, data reference,
+    # extent count, extent offset, then the extent's length: 0 bytes
+    length = good.find(b"iloc") + 4 + 4 + 2 + 2 + 2 + 2 + 2 + 4
+    empty_item = good[:length] + bytes(4) + good[length + 4:]
+    with pytest.raises(ImageError, match=r"^corrupt or truncated image \(.*empty image item"):
+        preprocess_image(empty_item)
+    with pytest.raises(ImageError, match=r"^corrupt or truncated image \(.*color planes"):
+        preprocess_image(good[:-64] + bytes(64))  # the coded pixels' end zeroed
 
 
 @needs_data

@@ -115,10 +115,8 @@ def _open(source) -> tuple[Image.Image, str]:
             raise ImageError(f"{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
         if w * h == 0:
             raise ImageError(f"an empty image ({w}x{h} pixels)")
-        try:
+        with _decoding(""):
             source.load()
-        except _DECODE_ERRORS as exc:
-            raise ImageError(f"corrupt or truncated image ({exc or type(exc).__name__})") from exc
         return source, "image"
     if isinstance(source, (bytes, bytearray, memoryview)):
         name, data = "image", bytes(source)
@@ -146,26 +144,17 @@ def _open(source) -> tuple[Image.Image, str]:
         except OSError as exc:  # (a name too long for the file system, a folder that may not be read)
             raise ImageError(f"{name}: {exc.strerror or exc}") from exc
     prefix = "" if name == "image" else f"{name}: "
-    try:
-        # A file is open only while the image is decoded (the decoded first frame is all we use):
-        # left to Pillow, one refused for its size, or a frame of an animation, stays open.
-        with open(fp, "rb") if isinstance(fp, Path) else contextlib.nullcontext(fp) as f:
-            with _pillow_warnings():  # (the header: what a decompression bomb warning comes from)
-                img = Image.open(f, formats=FORMATS)
-                w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ImageError(f"{prefix}{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
-            # JPEG can decode straight to a reduced size, cheaper than decoding then shrinking.
-            img.draft("L", (WORKING_SIZE, WORKING_SIZE))
-            img.load()
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{prefix}image too large (decompression bomb guard: {exc})") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"{prefix}not an image in a format read here ({', '.join(FORMATS)})") from exc
-    except _DECODE_ERRORS as exc:
-        raise ImageError(f"{prefix}corrupt or truncated image ({exc or type(exc).__name__})") from exc
+    # A file is open only while the image is decoded (the decoded first frame is all we use):
+    # left to Pillow, one refused for its size, or a frame of an animation, stays open.
+    with open(fp, "rb") if isinstance(fp, Path) else contextlib.nullcontext(fp) as f, _decoding(prefix):
+        with _pillow_warnings():  # (the header: what a decompression bomb warning comes from)
+            img = Image.open(f, formats=FORMATS)
+            w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise ImageError(f"{prefix}{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
+        # JPEG can decode straight to a reduced size, cheaper than decoding then shrinking.
+        img.draft("L", (WORKING_SIZE, WORKING_SIZE))
+        img.load()
     return img, name
 
 
@@ -173,6 +162,27 @@ def _open(source) -> tuple[Image.Image, str]:
 # wrong types, say (TypeError), or an EXIF block whose header or entries are cut (struct.error).
 # (The code they guard only calls Pillow: none of them can come from a bug of ours.)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error)
+
+
+@contextlib.contextmanager
+def _decoding(prefix: str):
+    """Pillow opening and decoding an image: what it raises for a file it cannot read becomes an
+    ImageError, its reason after `prefix` (the file's name)."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{prefix}image too large (decompression bomb guard: {exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{prefix}not an image in a format read here ({', '.join(FORMATS)})") from exc
+    except RecursionError:  # (a RuntimeError, but a bug's, not the file's)
+        raise
+    # (RuntimeError: how the AVIF decoder says a file is damaged, "Missing or empty image item",
+    # "Decoding of color planes failed"; only here, where Pillow opens and decodes)
+    except (*_DECODE_ERRORS, RuntimeError) as exc:
+        raise ImageError(f"{prefix}corrupt or truncated image ({exc or type(exc).__name__})") from exc
+
 
 # EXIF orientation -> the turn that shows the picture upright (the table of Pillow's exif_transpose)
 _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
