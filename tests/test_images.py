@@ -425,6 +425,27 @@ def test_damaged_exif_data_is_read_past_without_warnings(digits):
 
 
 @needs_data
+def test_a_tiff_tag_past_the_end_of_the_file_is_read_past_without_warnings(digits):
+    """A TIFF whose description says it runs on past the end of the file: Pillow warns "Tag data
+    larger than file" as it opens the file, silenced, and again as it decodes the pixels (where it
+    reads the tags once more), which reached stderr."""
+    photo = on_paper(digits[0][0], scale=3)
+    buf = io.BytesIO()
+    photo.save(buf, "TIFF", tiffinfo={270: "a digit, drawn for a test"})
+    data = bytearray(buf.getvalue())
+    order = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    for k in range(struct.unpack(order + "H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack(order + "H", data[entry:entry + 2])[0] == 270:  # (ImageDescription: its length)
+            data[entry + 4:entry + 8] = struct.pack(order + "I", 1_000_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = preprocess_image(bytes(data))
+    np.testing.assert_array_equal(out, preprocess_image(photo))
+
+
+@needs_data
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_a_photo_stored_turned_reads_upright_by_its_exif_orientation(digits, orientation):
     """Phones store a photo as the sensor saw it and say in EXIF how to turn it upright."""

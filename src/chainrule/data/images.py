@@ -147,9 +147,8 @@ def _open(source) -> tuple[Image.Image, str]:
     # A file is open only while the image is decoded (the decoded first frame is all we use):
     # left to Pillow, one refused for its size, or a frame of an animation, stays open.
     with open(fp, "rb") if isinstance(fp, Path) else contextlib.nullcontext(fp) as f, _decoding(prefix):
-        with _pillow_warnings():  # (the header: what a decompression bomb warning comes from)
-            img = Image.open(f, formats=FORMATS)
-            w, h = img.size
+        img = Image.open(f, formats=FORMATS)
+        w, h = img.size
         if w * h > MAX_PIXELS:
             raise ImageError(f"{prefix}{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
         # JPEG can decode straight to a reduced size, cheaper than decoding then shrinking.
@@ -167,9 +166,12 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexEr
 @contextlib.contextmanager
 def _decoding(prefix: str):
     """Pillow opening and decoding an image: what it raises for a file it cannot read becomes an
-    ImageError, its reason after `prefix` (the file's name)."""
+    ImageError, its reason after `prefix` (the file's name), and its warnings are `_pillow_warnings`'.
+    The decoding too, not the header alone: a TIFF's tags are read again as its pixels are (damaged,
+    they warned on stderr), and a decompression bomb warning may come from either."""
     try:
-        yield
+        with _pillow_warnings():
+            yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
