@@ -270,6 +270,21 @@ def test_transparent_canvas_drawing_and_coloured_ink():
     np.testing.assert_allclose(preprocess_image(paper), x, atol=1e-6)
 
 
+@needs_data
+@pytest.mark.parametrize("strongest", [16, 24])
+def test_a_faint_drawing_in_the_alpha_channel_reads_as_it_shows_on_white(digits, strongest):
+    """Black ink drawn with a brush of 10% opacity or less (alpha up to 24 of 255): flattened onto
+    white it is a digit 24 grey levels deep, more than a blank page's noise; the transparent file
+    itself was "no ink found", read on black (where black ink shows nothing) for want of 25
+    levels of contrast on white."""
+    alpha = np.round(np.asarray(on_paper(digits[0][0], scale=3, invert=False, canvas=(100, 100))) / 255 * strongest)
+    drawing = Image.fromarray(np.dstack([np.zeros((100, 100))] * 3 + [alpha]).astype(np.uint8), "RGBA")
+    on_white = Image.alpha_composite(Image.new("RGBA", drawing.size, "white"), drawing).convert("L")
+    x = preprocess_image(png(drawing))
+    check_mnist_like(x)
+    np.testing.assert_array_equal(x, preprocess_image(png(on_white)))
+
+
 def test_sixteen_bit_grey_and_jpeg(tmp_path):
     a = np.zeros((60, 60), np.uint16)
     a[10:50, 25:35] = 60000

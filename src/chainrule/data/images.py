@@ -244,13 +244,17 @@ def _grey(img: Image.Image) -> np.ndarray:
     if img.mode in ("RGBA", "LA"):
         rgba = img.convert("RGBA")
         # A drawing exported from a canvas is often ink on a transparent background: composite it
-        # onto white, and if that leaves nothing to see (white ink), onto black instead.
+        # onto white, and if that leaves nothing to see (white ink), onto black instead; where
+        # neither shows much, the one that shows more (a faint brush's black ink is faint on white,
+        # and nothing at all on black).
+        flats = []
         for background in ((255, 255, 255, 255), (0, 0, 0, 255)):
             flat = Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba).convert("L")
             a = np.asarray(flat, dtype=np.float64)
-            if a.max() - a.min() > 25:
+            if np.ptp(a) > 25:
                 return a
-        return a
+            flats.append(a)
+        return max(flats, key=np.ptp)  # (white where the two show as much)
     return np.asarray(img.convert("L"), dtype=np.float64)
 
 
