@@ -254,6 +254,21 @@ def test_unreadable_sources_are_reported_not_raised(tmp_path):
     assert len(msgs) == 2 and all(m.error and "\n" not in m.error for m in msgs)
 
 
+def test_a_symbolic_link_loop_is_named_as_one(tmp_path):
+    """A link that leads round to itself was "no such file or directory" given by name, and "a
+    broken symbolic link" in a folder; a link to nothing is a broken one."""
+    (tmp_path / "mail").mkdir()
+    (tmp_path / "mail" / "loop").symlink_to(tmp_path / "mail" / "loop")
+    (tmp_path / "mail" / "dangling").symlink_to(tmp_path / "nowhere")
+    loop, dangling = tmp_path / "mail" / "loop", tmp_path / "mail" / "dangling"
+    for read in (read_messages, lambda sources: [read_as_is(s) for s in sources]):
+        assert [m.error for m in read([loop, loop / "1.eml", dangling, tmp_path / "missing"])] == [
+            "a loop of symbolic links", "a loop of symbolic links", "a broken symbolic link",
+            "no such file or directory"]
+    assert sorted((os.path.basename(m.source), m.error) for m in read_messages([tmp_path / "mail"])) == [
+        ("dangling", "a broken symbolic link"), ("loop", "a loop of symbolic links")]
+
+
 def test_empty_and_closed_standard_input_are_problems_not_messages(monkeypatch, tmp_path):
     for data in (b"", b"  \n\r\n"):
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))

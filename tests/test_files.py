@@ -219,6 +219,10 @@ def test_a_broken_symbolic_link_where_a_folder_should_be_is_named_as_one(tmp_pat
         atomic_write_bytes(tmp_path / "dangling" / "metrics.json", b"{}")
     assert exc.value.filename == str(tmp_path / "dangling")
     assert folder_problem(tmp_path / "www" / "new") is None
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # (was "a broken symbolic link")
+    assert folder_problem(tmp_path / "loop" / "run") == f"{tmp_path / 'loop'} is a loop of symbolic links"
+    with pytest.raises(NotADirectoryError, match="a loop of symbolic links is in the way"):
+        atomic_write_bytes(tmp_path / "loop" / "metrics.json", b"{}")
 
 
 @pytest.mark.parametrize("below", ["x.png", "a/b/x.png"])

@@ -300,6 +300,9 @@ def test_what_is_neither_a_name_nor_a_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataError, match="not a folder"):
         load_image_set(tmp_path / "file", "test")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # (was "no such folder")
+    with pytest.raises(DataError, match="loop: a loop of symbolic links, and not a known data set"):
+        load_image_set(tmp_path / "loop", "test")
     with pytest.raises(DataError, match="no data set given: --data mnist or --data fashion or --data DIR"):
         load_image_set(None, "test")
 

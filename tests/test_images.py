@@ -400,6 +400,14 @@ def test_missing_file_and_directory(tmp_path):
         preprocess_image(tmp_path / "nope.png")
     with pytest.raises(ImageError, match="is a directory"):
         preprocess_image(tmp_path)
+    # a link to nothing, and links that lead round to themselves (which were "no such file")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nope.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(ImageError, match="dangling.png: a broken symbolic link$"):
+        preprocess_image(tmp_path / "dangling.png")
+    for looped in (tmp_path / "loop.png", tmp_path / "loop.png" / "x.png"):
+        with pytest.raises(ImageError, match="loop.png(/x.png)?: a loop of symbolic links$"):
+            preprocess_image(looped)
 
 
 @needs_data

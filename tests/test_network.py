@@ -459,6 +459,9 @@ def test_save_load_round_trip(tmp_path, dtype):
     np.load(model_files(tmp_path / "m")["model"], allow_pickle=False)  # plain arrays, no pickles
     with pytest.raises(cr.ModelFileError, match="model.json: not found"):  # (was a raw FileNotFoundError)
         model_files(tmp_path / "no-such-model")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # (was "not found")
+    with pytest.raises(cr.ModelFileError, match="loop/model.json: a loop of symbolic links$"):
+        cr.load_model(tmp_path / "loop")
 
 
 def _saved(tmp_path):

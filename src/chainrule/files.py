@@ -86,7 +86,7 @@ def _make_folder(directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # (mkdir's words for a file where a folder should be)
         blocking = _nearest(directory)
-        what = "a broken symbolic link" if _broken_link(blocking) else "a file, not a folder,"
+        what = link_problem(blocking) or "a file, not a folder,"
         raise NotADirectoryError(errno.ENOTDIR, f"{what} is in the way", str(blocking)) from None
 
 
@@ -95,8 +95,19 @@ def _nearest(path: Path) -> Path:
     return next(p for p in (path, *path.parents) if os.path.lexists(p))
 
 
-def _broken_link(path: Path) -> bool:
-    return path.is_symlink() and not path.exists()
+def link_problem(path) -> str | None:
+    """Why `path` leads nowhere though a symbolic link is there: "a broken symbolic link" (a link
+    to nothing) or "a loop of symbolic links" (links that lead round, at `path` or in a folder on
+    the way to it); None where neither is so. (`Path.exists` says False to both alike, as to a
+    name that is nowhere: a loop was reported as "no such file".)"""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and os.path.islink(path):
+            return "a broken symbolic link"
+    return None
 
 
 def file_id(path) -> tuple[int, int] | None:
@@ -115,8 +126,9 @@ def folder_problem(directory) -> str | None:
     minutes towards writing there."""
     directory = Path(directory).absolute()
     there = _nearest(directory)  # (where it is, or will be made)
-    if _broken_link(there):
-        return f"{there} is a broken symbolic link"
+    link = link_problem(there)
+    if link:
+        return f"{there} is {link}"
     if not there.is_dir():
         return "exists and is not a folder" if there == directory else f"{there} is a file, not a folder"
     if not os.access(there, os.W_OK | os.X_OK):

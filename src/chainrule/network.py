@@ -24,6 +24,7 @@ from chainrule import layers as L
 from chainrule.errors import ModelFileError
 from chainrule.files import (
     atomic_write_bytes,
+    link_problem,
     locked_directory,
     npz_headers,
     read_npz,
@@ -575,7 +576,7 @@ def _described(directory) -> tuple[Path, dict, dict[str, Path], Path, dict[str, 
     directory = model_directory(directory)
     meta_path = directory / "model.json"
     if not meta_path.is_file():
-        raise ModelFileError(f"{meta_path}: {_NO_DESCRIPTION}")
+        raise ModelFileError(f"{meta_path}: {link_problem(meta_path) or _NO_DESCRIPTION}")
     doc = _read_description(meta_path)
     files = _files(doc, directory)
     weights_path = files.get("model", directory / "model.npz")

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from chainrule.data.mime import decode_text, without_cut_character
 from chainrule.errors import one_line
+from chainrule.files import link_problem
 
 MAX_BYTES = 1 << 20
 """Default cap on the bytes read per message: enough for any text, not for a 25 MB attachment."""
@@ -218,7 +219,8 @@ def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage
                 data = f.read(max_bytes + 1)
         msg = RawMessage(src, data, None, len(data) > max_bytes)
     except OSError as exc:
-        return RawMessage(src, b"", None, error=_reason(exc) if os.path.exists(src) else "no such file or directory")
+        reason = _reason(exc) if os.path.exists(src) else link_problem(src) or "no such file or directory"
+        return RawMessage(src, b"", None, error=reason)
     if not data or data.isspace():
         msg.error = "empty message"
     elif _compressed_by(data) is not None:
@@ -254,7 +256,7 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
         return
     path = Path(src)
     if not path.exists():
-        yield RawMessage(src, b"", label, error="no such file or directory")
+        yield RawMessage(src, b"", label, error=link_problem(path) or "no such file or directory")
         return
     named = Path(os.path.abspath(path))  # (`.` and `..` named, symbolic links not followed)
     if _is_maildir(path):
@@ -269,8 +271,9 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
 
 def _not_regular(path: Path) -> str:
     """Why a directory entry that is not a regular file is not read."""
-    if path.is_symlink() and not path.exists():
-        return "a broken symbolic link"
+    link = link_problem(path)
+    if link:
+        return link
     if not os.path.lexists(path):
         return "gone before it could be read (moved or deleted meanwhile)"
     if path.is_dir():

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from chainrule.data.locate import cache_dir, candidate_dirs
 from chainrule.errors import DataError
-from chainrule.files import atomic_open, folder_problem
+from chainrule.files import atomic_open, folder_problem, link_problem
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def _search_dirs(source, default: str | None) -> tuple[list[Path], KnownSet | No
         return system + candidate_dirs(known.folder), known
     folder = Path(source).expanduser()
     if not folder.is_dir():
-        what = "no such folder" if not folder.exists() else "not a folder"
+        what = "not a folder" if folder.exists() else link_problem(folder) or "no such folder"
         raise DataError(f"{source}: {what}, and not a known data set ({', '.join(KNOWN_SETS)})")
     if default in KNOWN_SETS:
         return candidate_dirs(KNOWN_SETS[default].folder, folder), None

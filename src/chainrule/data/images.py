@@ -42,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from chainrule.errors import DataError
+from chainrule.files import link_problem
 
 # Refuse images larger than this many pixels before decoding them: a small compressed file can
 # claim an enormous canvas (a "decompression bomb") and exhaust memory when decoded. 50 megapixels
@@ -133,7 +134,7 @@ def _open(source) -> tuple[Image.Image, str]:
             if path.is_dir():
                 raise ImageError(f"{name}: is a directory, not an image")
             if not path.exists():
-                raise ImageError(f"{name}: no such file")
+                raise ImageError(f"{name}: {link_problem(path) or 'no such file'}")
             if path.is_file():
                 if path.stat().st_size == 0:
                     raise ImageError(f"{name}: empty file")
