@@ -219,6 +219,27 @@ def test_messages_get_verdicts(page, tmp_path):
     page.wait_for_function("document.getElementById('verdict').textContent === 'spam'", timeout=5000)
 
 
+def test_a_server_that_cannot_be_reached_is_said_so(browser, server, tmp_path):
+    """With `chainrule serve` stopped (here: its connections refused), a drawing and a message got
+    only the browser's own words, "Failed to fetch" (Chromium's; Firefox and Safari have theirs)."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(server + "/")
+        page.wait_for_function("document.getElementById('image-model').options.length > 0")
+        context.route("**/api/**", lambda route: route.abort("connectionrefused"))
+        draw(page, SEVEN)
+        page.screenshot(path=tmp_path / "no-server.png", full_page=True)
+        said = "cannot reach the server (is chainrule serve still running?)"
+        assert page.inner_text("#images-error") == said and page.inner_text("#label") == "–"
+        page.fill("#message", HAM_SMS)
+        page.click("#check")
+        page.wait_for_selector("#spam[aria-busy='false']")
+        assert page.inner_text("#spam-error") == said and page.locator("#spam-result").is_hidden()
+    finally:
+        context.close()
+
+
 def test_keyboard_and_phone_width(page, tmp_path):
     page.set_viewport_size({"width": 375, "height": 740})
     page.wait_for_timeout(100)

@@ -70,6 +70,10 @@ async function postJSON(url, body, contentType) {
                                   signal: abort.signal });
   } catch (err) {
     if (abort.signal.aborted) throw new Error(`no answer from the server within ${Math.round(limit / 1000)} s`);
+    // fetch fails with a TypeError when no answer can come at all (the server stopped, the network
+    // down), in each browser's own words: "Failed to fetch", "NetworkError when attempting to
+    // fetch resource.", "Load failed"
+    if (err instanceof TypeError) throw new Error("cannot reach the server (is chainrule serve still running?)");
     throw err;
   } finally {
     clearTimeout(timer);
