@@ -232,6 +232,27 @@ def test_predict_reports_bad_files_and_still_does_the_rest(trained, mnist_test, 
     assert "empty file" in doc[0]["error"] and "error" not in doc[1] and len(doc[1]["probabilities"]) == 10
 
 
+def test_names_with_line_breaks_or_control_characters_are_printed_escaped(trained, mnist_test, tmp_path, capsys):
+    """A file named with a line break or a terminal's escape sequence was printed as it is: its
+    result took two lines, and ESC [ 2 J reached the terminal (it clears the screen); an error
+    about one was cut at the line break. They are shown as Python writes them in a string
+    (\\n, \\x1b); spaces, accents and other scripts as they are. --json was right already."""
+    out = trained[0]
+    odd = tmp_path / "new\nline \x1b[2J été.png"
+    Image.fromarray(255 - mnist_test[0][0]).save(odd)  # test image 0 is a 7
+    missing = tmp_path / "no\nsuch\r.png"
+    code, stdout, stderr = cli(capsys, "digits", "predict", out, odd, missing)
+    assert code == 1
+    assert stdout.startswith(f"{tmp_path}/new\\nline \\x1b[2J été.png: 7 (") and stdout.count("\n") == 1
+    assert stderr == f"chainrule: error: {tmp_path}/no\\nsuch\\r.png: no such file\n"
+    code, stdout, _ = cli(capsys, "digits", "predict", out, odd, missing, "--json")
+    assert [r["source"] for r in json.loads(stdout)] == [str(odd), str(missing)]
+    # an error the command line reports (one_line), about a model folder named so
+    code, _, stderr = cli(capsys, "digits", "evaluate", tmp_path / "no\nmodel\x1b]0;title\x07")
+    assert code == 2 and stderr == (f"chainrule: error: {tmp_path}/no\\nmodel\\x1b]0;title\\x07/model.json: "
+                                    "not found (a model directory holds model.json and the weights it names)\n")
+
+
 def test_predict_reads_an_image_from_standard_input_and_options_anywhere(trained, mnist_test, tmp_path):
     """`-` reads the image from stdin, as everywhere else images or messages are read; `--json`
     may come after the positionals, as people type it."""

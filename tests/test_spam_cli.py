@@ -170,6 +170,20 @@ def test_classify_lines_keep_their_columns_whatever_the_file_names(spam_model, s
     assert read == {str(tmp_path / name) for name in names}
 
 
+def test_control_characters_in_file_names_are_printed_escaped(spam_model, spam_corpus, tmp_path, capsys):
+    """An escape sequence in a file's name reached the terminal (ESC [ 2 J clears it) from
+    classify's lines, whose escapes were a tab's, a line break's and a backslash's alone, and
+    from explain's; a line break split a "skipped" line in two."""
+    shutil.copyfile(spam_corpus[1] / "spam" / "0160", tmp_path / "esc\x1b[2J.eml")
+    (tmp_path / "empty\n\x1b[31m.eml").write_bytes(b"")
+    assert main(["spam", "classify", str(spam_model), str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{tmp_path}/esc\\x1b[2J.eml\t") and out.count("\n") == 1
+    assert err == f"chainrule: skipped {tmp_path}/empty\\n\\x1b[31m.eml: empty message\n"
+    assert main(["spam", "explain", str(spam_model), str(tmp_path / "esc\x1b[2J.eml")]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path}/esc\\x1b[2J.eml: ")
+
+
 def test_stdin_exit_codes_like_bogofilter(spam_model, spam_corpus, run_chainrule):
     raw = (spam_corpus[1] / "spam" / "0160").read_bytes()
     m = str(spam_model)

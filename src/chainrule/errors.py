@@ -8,6 +8,8 @@ non-zero exit code; the web app answers it with a 4xx. Anything else that escape
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class UserError(Exception):
     """A problem with what the user asked for or gave us: reported in one line, no traceback."""
@@ -43,10 +45,25 @@ class TrainingDiverged(ArithmeticError):
 
 def one_line(exc: BaseException) -> str:
     """An error in one line, as the command line and the daemon's log report it: an OS error with
-    the file it names, else the first line of the message (or the exception's type)."""
+    the file it names, else the message (or the exception's type), `printable`. Of another
+    library's error, the first line of its message; ours are written as one line, so that a line
+    break in one is in a name or a value it quotes, and cut there the message lost the rest."""
     if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.filename}: {exc.strerror or exc}"
+        return printable(f"{exc.filename}: {exc.strerror or exc}")
     if isinstance(exc, OSError) and exc.strerror:  # (str() would start with "[Errno 28]")
-        return exc.strerror
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        return printable(exc.strerror)
+    text = str(exc).strip()
+    if text and not isinstance(exc, UserError):
+        text = text.splitlines()[0]
+    return printable(text) if text else type(exc).__name__
+
+
+def printable(text: str) -> str:
+    """`text` with what a terminal acts on or does not show written as Python writes it in a string
+    (a line break as \\n, ESC as \\x1b, a right-to-left mark as \\u200f): a file name printed on a
+    line keeps to it, and cannot clear the screen or colour what follows. Spaces, accents and
+    other scripts stay as they are, and so does a backslash, so that a message printed within
+    another is not escaped twice."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or unicodedata.category(c) == "Zs" else repr(c)[1:-1] for c in text)

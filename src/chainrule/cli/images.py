@@ -26,7 +26,7 @@ from chainrule.cli.options import (
 )
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
-from chainrule.errors import TrainingDiverged, UserError
+from chainrule.errors import TrainingDiverged, UserError, printable
 from chainrule.network import model_directory
 
 
@@ -147,10 +147,10 @@ def _cmd_predict(args) -> int:
     for r in results:
         if "error" in r:
             failed += 1
-            print(f"chainrule: error: {r['error']}", file=sys.stderr)
+            print(f"chainrule: error: {printable(r['error'])}", file=sys.stderr)
         elif not args.json:
             probs = " ".join(f"{name}:{p:.3f}" for name, p in zip(metadata["classes"], r["probabilities"], strict=True))
-            print(f"{r['source']}: {r['label']} ({100 * r['probabilities'][r['index']]:.1f}%)  [{probs}]")
+            print(f"{printable(r['source'])}: {r['label']} ({100 * r['probabilities'][r['index']]:.1f}%)  [{probs}]")
     if args.json:  # one entry per image given, in order: {"source", "error"} for one that could not be read
         print_lines(json.dumps(results, indent=2))
     return 1 if failed else 0

@@ -72,7 +72,7 @@ from chainrule.data.corpora import (
 )
 from chainrule.data.mime import decode_text
 from chainrule.data.text import HashingConfig
-from chainrule.errors import TrainingDiverged, UserError
+from chainrule.errors import TrainingDiverged, UserError, printable
 from chainrule.files import file_id, locked_directory
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
@@ -80,17 +80,15 @@ ERROR_EXIT = 3
 LABEL_NAMES = {SPAM: "spam", HAM: "ham"}
 
 
-# A name in a tab-separated line: a tab, line break or backslash in it is written as \t, \n, \r or
-# \\ (PostgreSQL's text format), so that every output line splits into the same columns.
-_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
 def _tsv_field(text: str) -> str:
-    return text.translate(_TSV_ESCAPES)
+    """A name in a tab-separated line: a tab, line break or backslash in it is written as \\t, \\n,
+    \\r or \\\\ (PostgreSQL's text format), so that every output line splits into the same columns
+    and reads back as the name it was; what else a terminal acts on, as `printable` writes it."""
+    return printable(text.replace("\\", "\\\\"))
 
 
 def _report_problem(source: str, reason: str) -> None:
-    print(f"chainrule: skipped {source}: {reason}", file=sys.stderr)
+    print(printable(f"chainrule: skipped {source}: {reason}"), file=sys.stderr)
 
 
 class _InputProblems:
@@ -363,8 +361,8 @@ def _cmd_classify(args) -> int:
         if args.annotate:
             if raws[0].truncated:  # passed on as it came, as the daemon passes on what is over --max-size
                 _pass_on(raws[0])
-                print(f"chainrule: warning: {sources[0]}: larger than --max-bytes; passed on without annotation",
-                      file=sys.stderr)
+                print(f"chainrule: warning: {printable(sources[0])}: larger than --max-bytes; passed on without "
+                      "annotation", file=sys.stderr)
                 return 0
             sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
             sys.stdout.buffer.flush()
@@ -445,7 +443,8 @@ def _cmd_learn(args) -> int:
                 problems(str(exc.filename), unreadable_folder(exc))
             if not new and not args.quiet:
                 before = key in bundle.metadata.get("since_last", {})
-                print(f"{folder}: nothing new since the previous run" if before else f"{folder}: no messages yet")
+                said = "nothing new since the previous run" if before else "no messages yet"
+                print(f"{printable(folder)}: {said}")
             if not unlisted:
                 marks[key] = mark
             paths += new
@@ -581,7 +580,7 @@ def _cmd_explain(args) -> int:
             continue
         if seen > 1:
             print()
-        print(f"{source}: {v} (P(spam) {p:.4f}; cut-offs: spam >= {bundle.spam_cutoff:.4f}, "
+        print(f"{printable(source)}: {v} (P(spam) {p:.4f}; cut-offs: spam >= {bundle.spam_cutoff:.4f}, "
               f"ham < {bundle.ham_cutoff:.4f})")
         print("gradient x input on the hashed features, per token (positive: towards spam)")
         print("towards spam:")
