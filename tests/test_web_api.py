@@ -17,7 +17,9 @@ import re
 import shutil
 import socket
 import threading
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -301,12 +303,14 @@ def test_image_models_are_named_by_their_data_set(tmp_path, models, samples):
     # models are named 'mnist'" when the unnamed one came first)
     shutil.copytree(models["digits"], tmp_path / "newer")
     app = create_app(digits=models["digits"], images=[("mnist", tmp_path / "newer")])
-    assert app.state.images["mnist"].path == tmp_path / "newer" and app.state.digits.name == "mnist-mlp"
+    assert app.state.images["mnist"].service.path == tmp_path / "newer"
+    assert app.state.digits.service.name == "mnist-mlp"
     # a model named by its model.json is that model: served once, its format version read
     app = create_app(digits=models["digits"], spam=models["spam"] / "model.json",
                      images=[models["digits"] / "model.json"])
-    assert list(app.state.images) == ["mnist"] and app.state.images["mnist"].path == models["digits"]
-    assert app.state.spam.path == models["spam"] and app.state.spam.info.format_version is not None
+    assert list(app.state.images) == ["mnist"] and app.state.images["mnist"].service.path == models["digits"]
+    spam = app.state.spam.service
+    assert spam.path == models["spam"] and spam.info.format_version is not None
 
 
 def test_predict_explain_is_the_real_forward_pass(client, digit_model, samples):
@@ -829,9 +833,10 @@ def test_serve_passes_over_a_newest_model_whose_weights_are_damaged(tmp_path, mo
     assert main(["serve", "--runs", str(runs), "--port", "0"]) == 0
     err = capsys.readouterr().err
     state = served_app[0].state
-    assert state.images["mnist"].path == runs / "digits" / "older" and state.digits is state.images["mnist"]
-    assert state.images["fashion"].path == runs / "fashion" / "older"
-    assert state.spam.path == runs / "spam" / "older"
+    assert state.images["mnist"].service.path == runs / "digits" / "older"
+    assert state.digits is state.images["mnist"]
+    assert state.images["fashion"].service.path == runs / "fashion" / "older"
+    assert state.spam.service.path == runs / "spam" / "older"
     for task in ("digits", "fashion", "spam"):
         assert f"passed over {runs / task / 'newer'}:" in err, task
     assert "Bad CRC-32" in err and "NaN" in err
@@ -865,6 +870,8 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys, serve
         ["--digits", str(models["digits"]), "--max-body-mb", "1025"],
         ["--digits", str(models["digits"]), "--max-body-mb", "0.0000001"],  # (0 bytes: every request got 413)
         ["--digits", str(models["digits"]), "--port", "70000"],
+        ["--digits", str(models["digits"]), "--reload-interval", "-1"],
+        ["--digits", str(models["digits"]), "--reload-interval", "nan"],
         ["--digits", str(models["fashion"])],  # the digits route answers with a digit
     ]
     for args in cases:
@@ -876,6 +883,8 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys, serve
     for mb, limit in (("1024", 1 << 30), ("0.000001", 1)):  # the largest limit, and one byte
         assert main(["serve", "--digits", str(models["digits"]), "--max-body-mb", mb, "--port", "0"]) == 0
         assert [m.kwargs["max_bytes"] for m in served_app.pop().user_middleware] == [limit]
+    assert main(["serve", "--digits", str(models["digits"]), "--reload-interval", "0.5", "--port", "0"]) == 0
+    assert served_app.pop().state.digits.interval == 0.5
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -883,6 +892,149 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys, serve
         assert main(["serve", "--digits", str(models["digits"]), "--spam", str(models["spam"]),
                      "--port", str(port)]) == 2
         assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+
+
+# -- models changed on disk ---------------------------------------------------------------------------
+
+
+def test_a_model_changed_on_disk_is_served_at_the_next_request(tmp_path, models, samples, capsys):
+    """`serve` answered with the models it loaded at start whatever became of their folders: after
+    `spam learn` and a new model saved over the digits one it gave the old answers, and /api/models
+    the old metrics and paths, with no word in the log. A model's files are looked at (at most
+    every `reload_interval` seconds) at a request that uses it, and a changed model is loaded again."""
+    digits, spam = tmp_path / "digits", tmp_path / "spam"
+    shutil.copytree(models["digits"], digits)
+    shutil.copytree(models["spam"], spam)
+    sms = tmp_path / "sms.txt"
+    sms.write_text(next(text for label, text in sms_messages() if label == "spam") + "\n", encoding="utf-8")
+    png = as_upload(samples[0][0])
+    with TestClient(create_app(digits, spam, reload_interval=0.01)) as c:
+        def answers() -> tuple[dict, dict, dict]:
+            time.sleep(0.02)  # (past the interval: the next request looks)
+            verdict = c.post("/api/spam/classify", content=sms.read_bytes(), headers={"Content-Type": "text/plain"})
+            digit = c.post("/api/digits/predict", content=png, headers={"Content-Type": "image/png"})
+            assert verdict.status_code == digit.status_code == 200, (verdict.text, digit.text)
+            return verdict.json(), digit.json(), c.get("/api/models").json()
+
+        verdict, digit, listed = answers()
+        # the user teaches the filter that this SMS is ham, with the real command (which also sends
+        # the log's lines, the server's among them, to standard error)
+        assert main(["spam", "learn", str(spam), "--ham", "--sms", str(sms)]) == 0
+        # and a retrained digits model is saved into the same folder (its last layer's weights
+        # scaled, so that its probabilities differ), with metrics of its own
+        model, metadata = chainrule.load_model(digits)
+        last = [layer for layer in model.layers if "weight" in layer.params][-1]
+        last.params["weight"].data *= 3
+        model.save(digits, {**metadata, "test_accuracy": 0.5})
+        new_verdict, new_digit, new_listed = answers()
+        learned = spam_app.classify_message(spam_app.load_spam_model(spam), sms.read_bytes(), top=TOP_TOKENS)
+        assert new_verdict["probability"] == pytest.approx(learned["probability"], abs=1e-6)
+        assert abs(new_verdict["probability"] - verdict["probability"]) > 1e-3
+        image = preprocess_image(png, "digit")
+        expected = model.predict_proba(image_presets.model_inputs(image[None], metadata))[0]
+        assert new_digit["probabilities"] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert new_digit["probabilities"] != pytest.approx(digit["probabilities"], abs=1e-3)
+        assert listed["digits"]["metrics"]["test_accuracy"] != 0.5
+        assert new_listed["digits"]["metrics"]["test_accuracy"] == 0.5
+        assert new_listed["images"][0]["metrics"]["test_accuracy"] == 0.5
+        assert new_listed["spam"]["metadata"] != listed["spam"]["metadata"]
+        reloads = [line for line in capsys.readouterr().err.splitlines() if "reloaded" in line]
+        assert sorted(reloads) == [f"chainrule serve: image model mnist {digits} changed on disk: reloaded",
+                                   f"chainrule serve: spam model {spam} changed on disk: reloaded"], reloads
+
+
+def test_requests_during_reloads_each_get_one_model_whole(tmp_path, models, samples):
+    """Requests answered while the model is saved over again and again, and reloaded as often, each
+    get the answer of one model, whole (the one before or the one after), never a mix or an error."""
+    digits = tmp_path / "digits"
+    shutil.copytree(models["digits"], digits)
+    png = as_upload(samples[0][0])
+    x = image_presets.model_inputs(preprocess_image(png, "digit")[None], chainrule.load_model(digits)[1])
+    (a, metadata), (b, _) = chainrule.load_model(digits), chainrule.load_model(digits)
+    [layer for layer in b.layers if "weight" in layer.params][-1].params["weight"].data *= 3
+    expected = [m.predict_proba(x)[0] for m in (a, b)]
+    stop = threading.Event()
+
+    def save_again_and_again():
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            (a, b)[i % 2].save(digits, metadata)
+
+    with TestClient(create_app(digits, reload_interval=0.001)) as c:
+        saver = threading.Thread(target=save_again_and_again)
+        saver.start()
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda _: c.post("/api/digits/predict", content=png,
+                                                         headers={"Content-Type": "image/png"}), range(80)))
+        finally:
+            stop.set()
+            saver.join()
+    assert [r.status_code for r in answers] == [200] * len(answers)
+    seen = set()
+    for r in answers:
+        got = r.json()["probabilities"]
+        which = [i for i, e in enumerate(expected) if got == pytest.approx(e.tolist(), abs=1e-5)]
+        assert len(which) == 1, got
+        seen.add(which[0])
+    assert seen == {0, 1}  # (both models answered: the reloads happened)
+
+
+def test_a_model_whose_folder_is_gone_is_still_served_with_one_warning(tmp_path, models, samples, caplog):
+    """As the spam daemon does: a model that cannot be loaded again (its folder deleted, copied in
+    without its weights yet, another kind of model saved there) is reported once, and the one loaded
+    before goes on answering; once its folder holds a model again, that one is served. (The folder
+    deleted, the server answered with the old model without a word.)"""
+    digits = tmp_path / "digits"
+    shutil.copytree(models["digits"], digits)
+    png = as_upload(samples[0][0])
+
+    def warnings() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if r.name == "chainrule.web.services"]
+        caplog.clear()
+        return found
+
+    caplog.set_level(logging.WARNING, logger="chainrule.web.services")
+    with TestClient(create_app(digits, reload_interval=0.01)) as c:
+        def predict() -> dict:
+            time.sleep(0.02)  # (past the interval: the next request looks)
+            r = c.post("/api/digits/predict", content=png, headers={"Content-Type": "image/png"})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        first = predict()
+        shutil.rmtree(digits)
+        assert [predict(), predict(), predict()] == [first] * 3
+        said = warnings()
+        assert len(said) == 1 and f"image model mnist {digits} changed on disk and cannot be loaded" in said[0] \
+            and "still serving the model loaded before" in said[0], said
+        # a new model copied in file by file, model.json first: served once its weights are there too
+        new = tmp_path / "new"
+        model, metadata = chainrule.load_model(models["digits"])
+        model.save(new, {**metadata, "test_accuracy": 0.25})
+        digits.mkdir()
+        shutil.copy(new / "model.json", digits)
+        assert [predict(), predict()] == [first] * 2
+        said = warnings()
+        assert len(said) == 1 and "not found" in said[0], said
+        for f in new.glob("*.npz"):
+            shutil.copy(f, digits)
+        predict()
+        assert c.get("/api/models").json()["digits"]["metrics"]["test_accuracy"] == 0.25
+        assert not warnings()
+        # the digits route answers with a digit: a model of clothes saved there is not put in its place
+        shutil.rmtree(digits)
+        shutil.copytree(models["fashion"], digits)
+        assert predict()["probabilities"] == pytest.approx(first["probabilities"], abs=1e-5)
+        said = warnings()
+        assert len(said) == 1 and "now a model of Fashion-MNIST, not of digits" in said[0], said
+    # with reload_interval 0 (`serve --reload-interval 0`) the model loaded at start stays
+    with TestClient(create_app(images=[digits], reload_interval=0)) as c:
+        shutil.rmtree(digits)
+        model.save(digits, {**metadata, "test_accuracy": 0.125})
+        time.sleep(0.02)
+        assert c.get("/api/models").json()["images"][0]["dataset"] == "fashion"
 
 
 def test_every_image_model_served_decodes_on_the_same_few_threads(models):

@@ -516,6 +516,27 @@ def model_directory(path) -> Path:
     return path
 
 
+# What tells that a saved model changed: every save renames a new model.json into place (a version 1
+# model directory, written by an older chainrule, also replaced its model.npz and a spam filter's idf.npz).
+_STAMPED = ("model.json", "model.npz", "idf.npz")
+
+
+def model_stamp(path) -> tuple:
+    """(name, inode, modification time, size) of each of the files of the model saved in `path` (its
+    folder, or its model.json) that exists: what a server compares with the stamp taken when it
+    loaded the model, to reload it once it changed (a file renamed into place has a new inode, even
+    within one tick of the clock). () where there is none: the folder is gone."""
+    directory = model_directory(path)
+    out = []
+    for name in _STAMPED:
+        try:
+            st = (directory / name).stat()
+        except OSError:
+            continue
+        out.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
 def load_model(directory) -> tuple[Sequential, dict]:
     """Load a model saved by `Sequential.save`; returns (model, metadata). Never unpickles.
 

@@ -10,7 +10,8 @@ def _cmd_serve(args) -> int:
     from chainrule.web.app import serve
 
     return serve(digits=args.digits, spam=args.spam, host=args.host, port=args.port, runs=args.runs,
-                 max_body_mb=args.max_body_mb, read_timeout=args.timeout, images=args.images)
+                 max_body_mb=args.max_body_mb, read_timeout=args.timeout, images=args.images,
+                 reload_interval=args.reload_interval)
 
 
 def add_commands(subparsers) -> None:
@@ -39,4 +40,7 @@ def add_commands(subparsers) -> None:
                    "ones get 413")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="longest wait for a request's headers, and for each part of its body (default 30)")
+    p.add_argument("--reload-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="look for a changed model file at most this often, at a request that uses the model, and "
+                   "reload it (default 5; 0: never)")
     p.set_defaults(func=_cmd_serve)

@@ -14,6 +14,9 @@ Routes (`routes.py`; the OpenAPI schema at /openapi.json, browsable at /docs, do
   metrics and file format version;
 * ``GET /healthz``.
 
+A model whose files change on disk (`spam learn`, a retrain into the same folder) is loaded again at
+the first request after `reload_interval` seconds that uses it (`services.Served`).
+
 Bad input never becomes a 500: a body over the size limit gets 413, something that is not an image
 (or not text) gets 422, and every error is JSON ``{"error": "one line"}``. Pictures go through
 `chainrule.data.images.preprocess_image`, the very function `chainrule images predict` uses, so the
@@ -50,6 +53,7 @@ from chainrule.web.schemas import PIXELS_SCHEMA
 from chainrule.web.services import (
     TRAIN_HINTS,
     ImageService,
+    Served,
     SpamService,
     find_latest_image_models,
     find_latest_model,
@@ -65,6 +69,8 @@ MAX_BODY_MB = 1024  # the largest --max-body-mb: a body is held in memory whole,
 DEFAULT_READ_TIMEOUT = 30.0
 # Open connections at most; uvicorn answers requests beyond that with 503 at once.
 MAX_CONNECTIONS = 128
+# How often a served model's files are looked at for a change (as `spam daemon --reload-interval`)
+DEFAULT_RELOAD_INTERVAL = 5.0
 
 
 class _HeaderDeadline(H11Protocol):
@@ -145,12 +151,22 @@ def _image_services(digits, images) -> tuple[dict[str, ImageService], ImageServi
     return services, chosen
 
 
+def _digits_again(service: ImageService) -> ImageService:
+    """The digits route's model reloaded, if its folder still holds a model of digits."""
+    new = service.reload()
+    if new.metadata["classes"] != DIGITS:
+        raise UserError(f"now a model of {new.info.dataset_title}, not of digits (the digits route answers with a "
+                        "digit)")
+    return new
+
+
 def create_app(
     digits: ImageService | str | Path | None = None,
     spam: SpamService | str | Path | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     images=(),
+    reload_interval: float = DEFAULT_RELOAD_INTERVAL,
 ) -> FastAPI:
     """Build the app around already chosen models (any may be missing: its routes then answer 503).
 
@@ -162,10 +178,17 @@ def create_app(
         read_timeout: a body of which no part arrives for this many seconds is refused with 408.
         images: more image models, each a directory, a (name, directory) pair or an `ImageService`,
             served at `/api/images/{name}/predict` (the name defaults to the model's data set's).
+        reload_interval: a model's files are looked at, at the first request that uses it once this
+            many seconds have passed since the last look, and it is reloaded if they changed (0: never).
+
+    The models are on `app.state`: `images` ({name: `Served`}), `digits` (the `Served` of those
+    that the digits route uses) and `spam` (a `Served`), each None or empty where there is none.
     """
     services, digits = _image_services(digits, images)
     if spam is not None and not isinstance(spam, SpamService):
         spam = SpamService.load(spam)
+    served = {name: Served(service, reload_interval, _digits_again if service is digits else None)
+              for name, service in services.items()}
 
     app = FastAPIOffline(  # FastAPI whose /docs page serves Swagger UI's files itself: no CDN needed
         redoc_url=None,  # (ReDoc's script fetches its logo from cdn.redoc.ly: one docs page, /docs, is enough)
@@ -174,7 +197,9 @@ def create_app(
         description="Draw a digit, classify a picture, check a message, watch the network think. Models trained by "
         "backpropagation in NumPy. Errors are JSON `{\"error\": \"...\"}`.",
     )
-    app.state.digits, app.state.images, app.state.spam = digits, services, spam
+    app.state.images = served
+    app.state.digits = served[digits.name] if digits is not None else None
+    app.state.spam = Served(spam, reload_interval) if spam is not None else None
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(max_body_bytes), read_timeout=read_timeout)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)
@@ -242,12 +267,14 @@ def _named(entry: str) -> tuple[str | None, str]:
 
 
 def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, runs="runs",
-          max_body_mb: float = 5.0, read_timeout: float = DEFAULT_READ_TIMEOUT, images=()) -> int:
+          max_body_mb: float = 5.0, read_timeout: float = DEFAULT_READ_TIMEOUT, images=(),
+          reload_interval: float = DEFAULT_RELOAD_INTERVAL) -> int:
     """Load the models (given, or the newest of each kind under `runs`), then serve until interrupted.
 
     `images` are image model directories, or `NAME=DIR` to choose the name in the routes; without
     them, the newest image model of each data set under `runs` is served (`digits` in place of
-    MNIST's).
+    MNIST's). A model's folder is watched (`reload_interval`), not `runs`: a newer model saved
+    elsewhere is served after a restart.
     """
     # (a limit under one byte refused every request; 1e308 MB is no number of bytes at all)
     if not (math.isfinite(max_body_mb) and max_body_mb * 1024 * 1024 >= 1 and max_body_mb <= MAX_BODY_MB):
@@ -255,6 +282,8 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
                         f"{MAX_BODY_MB}, got {max_body_mb:g}")
     if not (math.isfinite(read_timeout) and read_timeout > 0):
         raise UserError(f"--timeout must be a positive number of seconds, got {read_timeout}")
+    if not (math.isfinite(reload_interval) and reload_interval >= 0):
+        raise UserError(f"--reload-interval must be a number of seconds >= 0, got {reload_interval}")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
     # The models found are loaded as they are found, so that one whose arrays are damaged is passed
@@ -273,18 +302,19 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
             "`chainrule spam train CORPUS... --sms FILE --out runs/spam`"
         )
     app = create_app(digits, spam, max_body_bytes=int(max_body_mb * 1024 * 1024), read_timeout=read_timeout,
-                     images=chosen_images)
+                     images=chosen_images, reload_interval=reload_interval)
     state = app.state
-    for name, service in state.images.items():
-        log.info("chainrule serve: image model %s (%s): %s", name, service.info.dataset_title, service.path)
+    for name, served in state.images.items():
+        log.info("chainrule serve: image model %s (%s): %s", name, served.service.info.dataset_title,
+                 served.service.path)
     if state.digits is not None:
-        log.info("chainrule serve: /api/digits/predict uses %s", state.digits.path)
-    for kind, service in (("images", state.images), ("spam", state.spam)):
-        if not service:
+        log.info("chainrule serve: /api/digits/predict uses %s", state.digits.service.path)
+    for kind, served in (("images", state.images), ("spam", state.spam)):
+        if not served:
             log.info("chainrule serve: no %s model under %s/ (that part of the page is off); %s",
                      kind, runs, TRAIN_HINTS[kind])
     if state.spam is not None:
-        log.info("chainrule serve: spam model %s", state.spam.path)
+        log.info("chainrule serve: spam model %s", state.spam.service.path)
     sock = _listening_socket(host, port)
     bound = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host

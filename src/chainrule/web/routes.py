@@ -1,7 +1,8 @@
 """The API's routes: each reads the request, hands the work to a service, and answers.
 
-The services live on the app: `request.app.state.images` (the image models by name),
-`.digits` (the image model `/api/digits/predict` uses) and `.spam`; a route whose model is not
+The models live on the app: `request.app.state.images` (the image models by name),
+`.digits` (the image model `/api/digits/predict` uses) and `.spam`, each a `Served` whose
+`current()` is the service to use (reloaded first if its files changed); a route whose model is not
 loaded answers 503 (404 for an image model name that is not served). Model work runs in the
 thread pool, so one slow request never stalls the event loop.
 """
@@ -41,11 +42,11 @@ EXPLAIN = Query(False, description="also return every layer's activations and to
 router = APIRouter()
 
 
-def _service(request: Request, kind: str) -> ImageService | SpamService:
-    service = getattr(request.app.state, kind)
-    if service is None:
+async def _service(request: Request, kind: str) -> ImageService | SpamService:
+    served = getattr(request.app.state, kind)
+    if served is None:
         raise ApiError(503, f"no {kind} model is loaded; {TRAIN_HINTS[kind]}")
-    return service
+    return await served.current()
 
 
 @router.get("/", include_in_schema=False)
@@ -68,7 +69,9 @@ router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=Fa
 @router.get("/api/models", response_model=ModelsResponse, summary="The loaded models")
 async def models(request: Request) -> ModelsResponse:
     state = request.app.state
-    digits, images, spam = state.digits, list(state.images.values()), state.spam
+    images = [await served.current() for served in state.images.values()]
+    digits = await state.digits.current() if state.digits else None
+    spam = await state.spam.current() if state.spam else None
     hints = {kind: TRAIN_HINTS[kind] for kind, s in (("digits", digits), ("images", images), ("spam", spam)) if not s}
     return ModelsResponse(digits=digits.info if digits else None, images=[s.info for s in images],
                           spam=spam.info if spam else None, hints=hints)
@@ -87,11 +90,11 @@ async def images_predict(
     name: str = Path(description="the model's name, as /api/models lists it (e.g. mnist, fashion)"),
     explain: bool = EXPLAIN,
 ) -> ImagePrediction:
-    service = request.app.state.images.get(name)
-    if service is None:
+    served = request.app.state.images.get(name)
+    if served is None:
         loaded = ", ".join(request.app.state.images) or f"none; {TRAIN_HINTS['images']}"
         raise ApiError(404, f"no image model named {name!r}; loaded: {loaded}")
-    return await _predict(request, service, explain)
+    return await _predict(request, await served.current(), explain)
 
 
 @router.post(
@@ -103,7 +106,7 @@ async def images_predict(
     responses=ERROR_RESPONSES,
 )
 async def digits_predict(request: Request, explain: bool = EXPLAIN) -> ImagePrediction:
-    return await _predict(request, _service(request, "digits"), explain)
+    return await _predict(request, await _service(request, "digits"), explain)
 
 
 async def _predict(request: Request, service: ImageService, explain: bool) -> ImagePrediction:
@@ -125,7 +128,7 @@ async def _predict(request: Request, service: ImageService, explain: bool) -> Im
     responses=ERROR_RESPONSES,
 )
 async def spam_classify(request: Request) -> SpamVerdict:
-    service = _service(request, "spam")
+    service = await _service(request, "spam")
     media = media_type(request)
     if media.startswith(("image/", "audio/", "video/")):
         raise ApiError(422, f"not text: the body is {media}")

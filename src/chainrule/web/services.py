@@ -1,9 +1,12 @@
-"""The models behind the web app: loaded once, shared by every request.
+"""The models behind the web app: loaded at start, shared by every request, reloaded when their
+folders change.
 
 A service wraps one loaded model with what serving it needs (the model's own lock keeps two
 requests from running one network at once), the description `/api/models` shows, and the work of a
 request (decode an image and predict; classify a message). Services know nothing of HTTP: bad
-input raises `ImageError` or another `UserError`, which the app answers with 422.
+input raises `ImageError` or another `UserError`, which the app answers with 422. A `Served`
+holds the service now in use for one model, and puts a new one in its place when the model's files
+change on disk (`spam learn`, a retrain into the same folder).
 
 Any number of image models may be served (MNIST's digits, Fashion-MNIST's clothes, ...), each
 under a name (`ImageService.name`, in the route `/api/images/{name}/predict`).
@@ -17,11 +20,14 @@ import logging
 import math
 import os
 import re
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 import chainrule
 from chainrule.apps.image_presets import model_inputs
@@ -30,9 +36,9 @@ from chainrule.apps.images import TASK as IMAGES_TASK
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.data import idx
 from chainrule.data.images import preprocess_image
-from chainrule.errors import ModelFileError, UserError
+from chainrule.errors import ModelFileError, UserError, one_line
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
-from chainrule.network import check_model_files, model_directory, saved_metadata
+from chainrule.network import check_model_files, model_directory, model_stamp, saved_metadata
 from chainrule.web.schemas import (
     ImagePrediction,
     LayerActivation,
@@ -139,15 +145,21 @@ class ImageService:
     metadata: dict
     info: ModelInfo
     decoder: ThreadPoolExecutor = field(default_factory=_shared_decoder)
+    stamp: tuple = ()  # `model_stamp` of its files, taken before they were read
 
     @classmethod
     def load(cls, path, name: str | None = None) -> ImageService:
         """Load the image model in `path` (its folder, or its model.json), served as `name`
         (default: `default_name`)."""
         path = model_directory(path)
+        stamp = model_stamp(path)  # (before loading: a change during the load shows at the next look)
         model, metadata = load_image_model(path)
         name = name or default_name(metadata)
-        return cls(name, path, model, metadata, model_info(path, model, metadata, name))
+        return cls(name, path, model, metadata, model_info(path, model, metadata, name), stamp=stamp)
+
+    def reload(self) -> ImageService:
+        """The model now in this one's folder, served under this one's name."""
+        return ImageService.load(self.path, self.name)
 
     @property
     def classes(self) -> list[str]:
@@ -245,19 +257,78 @@ class SpamService:
     path: Path
     bundle: SpamModel
     info: ModelInfo
+    stamp: tuple = ()  # `model_stamp` of its files, taken before they were read
 
     @classmethod
     def load(cls, path) -> SpamService:
         path = model_directory(path)  # (its folder, or its model.json)
+        stamp = model_stamp(path)
         bundle = load_spam_model(path)
         cutoffs = {"spam": bundle.spam_cutoff, "ham": bundle.ham_cutoff}  # (what its verdicts use)
-        return cls(path, bundle, model_info(path, bundle.model, bundle.metadata, cutoffs=cutoffs))
+        return cls(path, bundle, model_info(path, bundle.model, bundle.metadata, cutoffs=cutoffs), stamp)
+
+    def reload(self) -> SpamService:
+        """The model now in this one's folder."""
+        return SpamService.load(self.path)
 
     def classify(self, raw: bytes) -> SpamVerdict:
         result = classify_message(self.bundle, raw, top=TOP_TOKENS)
         tokens = [TokenWeight(token=str(t["token"]), weight=float(t["weight"])) for t in result["top_tokens"]]
         return SpamVerdict(label=result["label"], probability=float(result["probability"]), top_tokens=tokens,
                            problem=result.get("problem"))
+
+
+class Served:
+    """One model the app serves, kept as its folder has it, as the spam daemon keeps its model.
+
+    `service` is the loaded model (an `ImageService` or a `SpamService`). `current()` gives the one
+    to answer a request with, having first looked at the model's files (`model_stamp`: a few `stat`
+    calls) if `interval` seconds have passed since the last look, and loaded it again with
+    `reload(service)` if they changed: after `spam learn`, or a retrain into the same folder. A
+    request keeps the service it was given: a reload builds a new one and puts it in place with one
+    assignment, never changing the old one, so a request in progress ends with the model it began
+    with. One reload runs at a time; requests meanwhile get the service loaded before.
+
+    A model that fails to load (its folder deleted or unreadable, a model of another kind saved
+    there) is reported once in the log, and the one loaded before stays in service. It is tried
+    again at each look, not only once its stamped files change again: a model copied in file by
+    file may have its model.json before the weights it names. `interval` 0 never looks.
+    """
+
+    def __init__(self, service: ImageService | SpamService, interval: float,
+                 reload: Callable[[ImageService | SpamService], ImageService | SpamService] | None = None):
+        self.service = service
+        self.interval = interval
+        self._reload = reload or type(service).reload
+        self._stamp = service.stamp
+        self._failed = False  # (whether the files as `_stamp` has them failed to load)
+        self._next_look = time.monotonic() + interval
+        self._reloading = False
+
+    async def current(self) -> ImageService | SpamService:
+        now = time.monotonic()
+        if self.interval <= 0 or self._reloading or now < self._next_look:
+            return self.service
+        self._next_look = now + self.interval
+        old = self.service
+        stamp = model_stamp(old.path)
+        if stamp == self._stamp and not self._failed:
+            return old
+        what = f"image model {old.name}" if isinstance(old, ImageService) else "spam model"
+        self._reloading = True
+        try:
+            new = await run_in_threadpool(self._reload, old)
+        except (UserError, OSError) as exc:
+            if stamp != self._stamp or not self._failed:  # (once for each change)
+                log.warning("chainrule serve: warning: %s %s changed on disk and cannot be loaded (%s); still "
+                            "serving the model loaded before", what, old.path, one_line(exc))
+            self._stamp, self._failed = stamp, True
+            return old
+        finally:
+            self._reloading = False
+        self.service, self._stamp, self._failed = new, new.stamp, False
+        log.info("chainrule serve: %s %s changed on disk: reloaded", what, new.path)
+        return new
 
 
 def default_name(metadata: dict) -> str:

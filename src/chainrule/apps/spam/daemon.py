@@ -90,6 +90,7 @@ from chainrule.apps.spam.protocol import (
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.errors import UserError, one_line
 from chainrule.files import file_id
+from chainrule.network import model_stamp
 
 log = logging.getLogger("chainrule.spamd")
 
@@ -116,10 +117,6 @@ class Filter(Protocol):
 class SpamFilter:
     """A `Filter` backed by a model directory written by `chainrule spam train`."""
 
-    # What a reload watches: every save of a model renames a new model.json into place (a version 1
-    # model directory, written by an older chainrule, also replaced its model.npz and idf.npz).
-    FILES = ("model.json", "model.npz", "idf.npz")
-
     def __init__(self, bundle, spam_cutoff: float | None = None, ham_cutoff: float | None = None,
                  stamp: tuple = ()):
         self.bundle = bundle
@@ -130,7 +127,7 @@ class SpamFilter:
     @classmethod
     def load(cls, directory, spam_cutoff: float | None = None, ham_cutoff: float | None = None) -> SpamFilter:
         """Load a model directory; raises ModelFileError (a UserError) with a one-line reason."""
-        stamp = _stamp(Path(directory), cls.FILES)  # before loading: a change during the load shows next time
+        stamp = model_stamp(directory)  # before loading: a change during the load shows next time
         return cls(load_spam_model(directory, spam_cutoff, ham_cutoff), spam_cutoff, ham_cutoff, stamp)
 
     def __repr__(self) -> str:
@@ -167,31 +164,18 @@ class SpamFilter:
         with open_for_learning(self.directory, *self._cutoffs, stop=stop) as b:
             x, _ = featurize([("mail", raw) for raw in raws], b.config, processes=1, idf=b.idf)
             status = teach(b, x)
-            stamp = _stamp(self.directory, self.FILES)  # (under the lock) our own save is not a change to reload
+            stamp = model_stamp(self.directory)  # (under the lock) our own save is not a change to reload
         return SpamFilter(b, *self._cutoffs, stamp), [s in changes for s in status]
 
     def changed_on_disk(self) -> bool:
         """Whether the model's files changed since it was loaded or since this last said so: a
         change that fails to load is tried again when the files change again (or on SIGHUP), not
         at every look."""
-        stamp = _stamp(self.directory, self.FILES)
+        stamp = model_stamp(self.directory)
         if stamp == self._stamp:
             return False
         self._stamp = stamp
         return True
-
-
-def _stamp(directory: Path, names: Sequence[str]) -> tuple:
-    """(name, inode, modification time, size) of each file that exists: what tells that a model
-    changed (a file renamed into place has a new inode, even within one tick of the clock)."""
-    out = []
-    for name in names:
-        try:
-            st = (directory / name).stat()
-        except OSError:
-            continue
-        out.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +243,7 @@ class DaemonServer:
         # it never waits behind a lesson (which may wait for the model directory's lock: a cron job)
         self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="spamd-load")
         self._loading: dict[str, asyncio.Future] = {}  # user -> their model's load in progress
-        self._broken: dict[str, tuple] = {}  # user -> the `_stamp` of their model's files that failed to load
+        self._broken: dict[str, tuple] = {}  # user -> the `model_stamp` of their model's files that failed to load
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task] = set()
         self._lessons: asyncio.Queue[_Lesson | None] | None = None
@@ -293,7 +277,7 @@ class DaemonServer:
         """(key, filter) for a request's User: the user's own model if `user_models` has one,
         else the default."""
         d = self._user_dir(user)
-        if d is None or (user in self._broken and self._broken[user] == _stamp(d, SpamFilter.FILES)):
+        if d is None or (user in self._broken and self._broken[user] == model_stamp(d)):
             return None, self.filter  # (a model that failed to load is tried again once its files change)
         f = self._user_filters.get(user)
         if f is None:
@@ -312,7 +296,7 @@ class DaemonServer:
         return user, f
 
     async def _load_user(self, user: str, d: Path) -> Filter:
-        stamp = _stamp(d, SpamFilter.FILES)
+        stamp = model_stamp(d)
         try:
             f = await asyncio.get_running_loop().run_in_executor(
                 self._load_pool, self._load, d, self.options.spam_cutoff, self.options.ham_cutoff)
