@@ -18,6 +18,7 @@ import shutil
 import socket
 import threading
 import time
+import urllib.parse
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -572,6 +573,41 @@ def test_classify_raw_email_json_and_multipart(client, spam_bundle):
     assert r.status_code == 200
     assert r.json()["probability"] == pytest.approx(
         spam_app.classify_message(spam_bundle, text.encode())["probability"], abs=1e-6)
+
+
+def test_classify_reads_a_form_and_json_sent_without_their_types(client, spam_bundle):
+    """curl -d and --data-urlencode (and HTML forms) send application/x-www-form-urlencoded: its
+    `message` field was classified still encoded ("message=You%27ve+won+tkts..." as the text: spam
+    became unsure), and JSON that curl -d sends with that type, or sent with none, was read as text
+    too. A body of that type that is no form is the raw message, as curl --data-binary sends it."""
+    text = next(t for label, t in sms_messages() if label == "spam" and "\u00a3" in t and "'" in t)
+    expected = spam_app.classify_message(spam_bundle, text.encode(), top=TOP_TOKENS)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    def assert_read(r):
+        assert r.status_code == 200, r.text
+        assert r.json()["probability"] == pytest.approx(expected["probability"], abs=1e-6)
+        assert [t["token"] for t in r.json()["top_tokens"]] == [t["token"] for t in expected["top_tokens"]]
+
+    encoded = urllib.parse.urlencode({"message": text}).encode()
+    assert not set("&+%") & set(text)  # (so that it reads the same unencoded)
+    for body, headers in ((encoded, form),  # curl --data-urlencode message=...
+                          (b"message=" + text.encode(), form),  # curl -d "message=...", the £ as UTF-8
+                          (b"lang=en&" + encoded + b"&send=Check", form),  # an HTML form's fields
+                          (json.dumps({"message": text}).encode(), form),  # curl -d '{"message": ...}'
+                          (json.dumps({"message": text}).encode(), {}),
+                          (text.encode(), form)):  # curl --data-binary @sms.txt, no -H
+        assert_read(client.post("/api/spam/classify", content=body, headers=headers))
+    assert_read(client.post("/api/spam/classify", data={"message": text}))  # (httpx's own form)
+    assert_error(client.post("/api/spam/classify", content=b"text=hello", headers=form), 422,
+                 "field named 'message'", "text/plain")
+    assert_error(client.post("/api/spam/classify", content=b"message=a&message=b", headers=form), 422,
+                 "one field named 'message'")
+    assert_error(client.post("/api/spam/classify", content=b"message=", headers=form), 422, "empty")
+    assert_error(client.post("/api/spam/classify", content=b'{"text": "hi"}'), 422, '{"message"')
+    # said to be text, a body is the text, whatever it looks like
+    r = client.post("/api/spam/classify", content=encoded, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 200 and r.json()["probability"] != pytest.approx(expected["probability"], abs=1e-6)
 
 
 def test_classify_reads_the_charset_the_body_declares(client, spam_bundle):

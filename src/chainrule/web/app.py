@@ -8,8 +8,9 @@ Routes (`routes.py`; the OpenAPI schema at /openapi.json, browsable at /docs, do
   image model of that name; ``?explain=true`` adds every layer's activations and the first-layer
   weights of the most active hidden units ("inside the network");
 * ``POST /api/digits/predict`` — the same, from the MNIST model (kept from the first version);
-* ``POST /api/spam/classify`` — a raw message (email with headers, or an SMS) as the body, or JSON
-  ``{"message": ...}`` -> label, probability of spam, the tokens that pushed the decision;
+* ``POST /api/spam/classify`` — a raw message (email with headers, or an SMS) as the body, JSON
+  ``{"message": ...}`` or a urlencoded form's field ``message`` -> label, probability of spam, the
+  tokens that pushed the decision;
 * ``GET /api/models`` — which models are loaded (image models with their class names), their
   metrics and file format version;
 * ``GET /healthz``.

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 from fastapi import Request
@@ -135,6 +137,52 @@ def json_body(data: bytes) -> Any:
         raise ApiError(422, f"the body holds a number too long to read: {str(exc)[:80]}") from exc
     except RecursionError as exc:  # [[[[...]]]] nested deeper than the parser's recursion allows
         raise ApiError(422, "the body is JSON nested too deeply") from exc
+
+
+FORM = "application/x-www-form-urlencoded"
+# What curl -d and --data-binary say of any body they are not told the type of (-H), and no type at
+# all: a type that says nothing of the body, whose own shape tells a form or JSON from a raw message.
+UNTYPED = (FORM, "")
+# How a urlencoded form begins: a field's name, then "=". A raw message does not: a header's name is
+# followed by a colon, and a text's first word by a space.
+_FORM_START = re.compile(rb"[\w.~%+-]+=")
+
+
+def message_from_json(doc: Any) -> bytes:
+    """The `message` of a JSON body {"message": "..."}, as UTF-8."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
+        raise ApiError(422, 'JSON body must be {"message": "<the raw message>"}')
+    # a lone surrogate ("\ud800") is valid JSON but not encodable text: it becomes "?"
+    return doc["message"].encode("utf-8", errors="replace")
+
+
+def json_object(data: bytes) -> dict | None:
+    """`data` read as a JSON object, or None where it is none: how a body of an `UNTYPED` type sent
+    as JSON (curl -d '{"message": ...}') is told from a raw message."""
+    if not data.lstrip().startswith(b"{"):
+        return None
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):  # (not JSON: a text that begins with a brace)
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def message_from_form(data: bytes) -> bytes | None:
+    """The field `message` of a urlencoded form (what curl -d and --data-urlencode, and an HTML
+    form, send), decoded to its bytes; None where `data` does not begin as a form does: a raw
+    message sent with the form's type, as curl --data-binary sends any body it is not told the
+    type of."""
+    if not _FORM_START.match(data):
+        return None
+    # read as Latin-1, each byte one character, both ways: a field's bytes come back as they were
+    # sent, in whatever charset (parse_qsl reads bytes as ASCII, and curl -d sends raw UTF-8 as it is)
+    fields = parse_qsl(data.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    messages = [value.encode("latin-1") for name, value in fields if name == "message"]
+    if len(messages) != 1:
+        raise ApiError(422, f"the form needs one field named 'message', got {len(messages)} (curl --data-urlencode "
+                       "message@FILE; or send the raw message with -H 'Content-Type: text/plain')")
+    return messages[0]
 
 
 def pixels_from_json(doc: Any) -> np.ndarray:

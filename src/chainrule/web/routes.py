@@ -16,11 +16,16 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from chainrule.web.http import (
+    FORM,
+    UNTYPED,
     ApiError,
     check_text,
     declared_text,
     json_body,
+    json_object,
     media_type,
+    message_from_form,
+    message_from_json,
     pixels_from_json,
     upload_or_body,
 )
@@ -134,11 +139,11 @@ async def spam_classify(request: Request) -> SpamVerdict:
         raise ApiError(422, f"not text: the body is {media}")
     data, content_type = await upload_or_body(request)
     if media == "application/json":
-        doc = json_body(data)
-        if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
-            raise ApiError(422, 'JSON body must be {"message": "<the raw message>"}')
-        # a lone surrogate ("\ud800") is valid JSON but not encodable text: it becomes "?"
-        data = doc["message"].encode("utf-8", errors="replace")
-    else:
+        data = message_from_json(json_body(data))
+    elif media in UNTYPED and (doc := json_object(data)) is not None:
+        data = message_from_json(doc)
+    elif media == FORM and (message := message_from_form(data)) is not None:
+        data = declared_text(content_type, message)
+    else:  # (the body itself, or a form's uploaded file)
         data = declared_text(content_type, data)
     return await run_in_threadpool(service.classify, check_text(data))

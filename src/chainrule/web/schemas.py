@@ -120,7 +120,9 @@ PIXELS_SCHEMA = {
 SPAM_BODY = {
     "description": "The raw message: an email with its headers (RFC 822, any charset) or an SMS, as the body "
     "(text/plain, message/rfc822; a text in the charset the Content-Type declares, such as utf-16), as "
-    "multipart field `file`, or as JSON {\"message\": \"...\"}.",
+    "multipart field `file`, as JSON {\"message\": \"...\"}, or as the field `message` of a urlencoded form "
+    "(curl --data-urlencode message@FILE, an HTML form). A body sent with no Content-Type, or with the form's "
+    "(what curl sends unless told otherwise), that is no form or JSON object is the raw message.",
     "required": True,
     "content": {
         "text/plain": {"schema": {"type": "string"}},
@@ -130,6 +132,9 @@ SPAM_BODY = {
                        "required": ["file"]}
         },
         "application/json": {
+            "schema": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}
+        },
+        "application/x-www-form-urlencoded": {
             "schema": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}
         },
     },
