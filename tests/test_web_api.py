@@ -446,6 +446,39 @@ def test_predict_rejects_bad_forms_and_parameters(client, samples):
     assert_error(client.get("/api/nothing"), 404)
 
 
+def test_a_form_with_two_files_is_refused(client, samples):
+    """Of two parts named 'file' the last was used and the first dropped without a word (curl -F
+    file=@a.png -F file=@b.png answered for b.png alone)."""
+    pngs = [as_upload(samples[0][i]) for i in (0, 1)]
+    for route in ("/api/digits/predict", "/api/spam/classify"):
+        r = client.post(route, files=[("file", ("a.png", pngs[0], "image/png")),
+                                      ("file", ("b.png", pngs[1], "image/png"))])
+        assert_error(r, 422, "one file per request", "2")
+
+
+def test_a_multipart_form_cut_off_says_so(client):
+    """A form cut off before its closing boundary got "the multipart form needs a file field named
+    'file'" (its one part was dropped unfinished, without a word)."""
+    form = {"Content-Type": "multipart/form-data; boundary=XX"}
+    part = b'--XX\r\nContent-Disposition: form-data; name="file"; filename="m.txt"\r\n\r\nwin cash now'
+    for body in (part, part + b"\r\n--XX", part + b"\r\n--XX\r\n"):
+        assert_error(client.post("/api/spam/classify", content=body, headers=form), 422, "cut off",
+                     "closing boundary")
+    whole = client.post("/api/spam/classify", content=part + b"\r\n--XX--\r\n", headers=form)
+    assert whole.status_code == 200, whole.text
+
+
+def test_a_malformed_multipart_form_writes_nothing_into_the_log(client, caplog):
+    """python-multipart logged a line of its own for a malformed body ("Expected boundary character
+    45, got 97 at index 2"), unprefixed, on the server's standard error: any client could write
+    lines into its log. The client is told (422); the log is not."""
+    form = {"Content-Type": "multipart/form-data; boundary=XX"}
+    with caplog.at_level(logging.DEBUG):
+        for body in (b"abc", b"--XX\r\nbroken", b"--XXabc"):
+            assert_error(client.post("/api/spam/classify", content=body, headers=form), 422, "multipart")
+    assert not [r for r in caplog.records if r.name.startswith("python_multipart")], caplog.text
+
+
 def test_bodies_over_the_limit_get_413(client, models, samples):
     big = b"\x89PNG" + b"0" * (DEFAULT_MAX_BODY_BYTES + 1)
     for route in ("/api/digits/predict", "/api/spam/classify"):

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
 from fastapi import Request
+from starlette.formparsers import MultiPartParser
 
 from chainrule.apps.spam import looks_like_email
 from chainrule.data.mime import charset_of
+from chainrule.errors import one_line
 
 
 class ApiError(Exception):
@@ -108,24 +111,49 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+# python-multipart logs each malformed form it meets as a warning of its own, a line that any client
+# could write into the server's log; the client is told in the answer (422) instead.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
+
+
+class _MultipartForm(MultiPartParser):
+    """Starlette's parser of a multipart form (what `request.form()` uses), which also tells whether
+    the form ended: a body cut off part-way through a part loses that part without an error."""
+
+    ended = False
+
+    def on_end(self) -> None:  # (python-multipart calls it at the closing boundary)
+        self.ended = True
+
+
 async def upload_or_body(request: Request) -> tuple[bytes, str]:
     """The request's payload and its Content-Type: the multipart field `file` and the type its
     part declares if the body is a form, else the body and the request's."""
-    if media_type(request) == "multipart/form-data":
-        try:
-            async with request.form() as form:  # closing the form deletes its spooled files
-                upload = form.get("file")
-                if isinstance(upload, str):
-                    raise ApiError(422, "the multipart form's field 'file' is text, not an uploaded file (curl: "
-                                   "-F file=@PATH, not file=<PATH)")
-                if upload is None:
-                    raise ApiError(422, "the multipart form needs a file field named 'file'")
-                return await upload.read(), upload.content_type or ""
-        except ApiError:  # (the body over the limit or stalled, too)
-            raise
-        except Exception as exc:  # python-multipart's parse errors have no common base class
-            raise ApiError(422, f"cannot parse the multipart form: {exc}") from exc
-    return await request.body(), request.headers.get("content-type", "")
+    if media_type(request) != "multipart/form-data":
+        return await request.body(), request.headers.get("content-type", "")
+    parser = _MultipartForm(request.headers, request.stream())
+    try:
+        form = await parser.parse()
+    except ApiError:  # (the body over the limit or stalled)
+        raise
+    except Exception as exc:  # python-multipart's parse errors have no common base class
+        # (Starlette's error says "Invalid multipart data."; python-multipart's, which it raises from, says where)
+        raise ApiError(422, f"cannot parse the multipart form: {one_line(exc.__cause__ or exc)}") from exc
+    try:
+        if not parser.ended:
+            raise ApiError(422, "the multipart form is cut off: its closing boundary never came (a body sent in "
+                           "part, or malformed)")
+        uploads = form.getlist("file")
+        if len(uploads) > 1:  # (one answer for each would need another API; one for the last misleads)
+            raise ApiError(422, f"one file per request: the form has {len(uploads)} fields named 'file'")
+        if uploads and isinstance(uploads[0], str):
+            raise ApiError(422, "the multipart form's field 'file' is text, not an uploaded file (curl: "
+                           "-F file=@PATH, not file=<PATH)")
+        if not uploads:
+            raise ApiError(422, "the multipart form needs a file field named 'file'")
+        return await uploads[0].read(), uploads[0].content_type or ""
+    finally:
+        await form.close()  # (deletes its spooled files)
 
 
 def json_body(data: bytes) -> Any:
