@@ -236,6 +236,30 @@ def test_sms_reader(tmp_path):
     assert read_sms(f, max_bytes=13) == (["вы в"], [SPAM])  # (13 bytes end inside the second "ы")
 
 
+def test_sms_files_in_utf16_are_read_as_such(tmp_path):
+    """A file saved as UTF-16 with its byte order mark (Windows' "Unicode") was read byte by byte:
+    every other byte a NUL, the line breaks' NULs starting the next lines, so that a collection
+    failed at line 2 and a text to classify became single letters and an empty "message". Read as
+    UTF-16 (or UTF-32), by its mark; a file with NUL bytes and no mark is refused in one line."""
+    f = tmp_path / "sms.txt"
+    text = "ham\tOk lar... Joking wif u oni\r\nspam\tFree entry £100, вы выиграли приз\r\n\r\nham\tfine\n"
+    expected = (["Ok lar... Joking wif u oni", "Free entry £100, вы выиграли приз", "fine"], [HAM, SPAM, HAM])
+    # (the utf-16 and utf-32 codecs write the mark themselves, in this machine's byte order)
+    for encoding, mark in (("utf-16", b""), ("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE),
+                           ("utf-32", b""), ("utf-32-be", codecs.BOM_UTF32_BE)):
+        f.write_bytes(mark + text.encode(encoding))
+        assert read_sms(f) == expected, encoding
+        # each line cut to max_bytes of UTF-8, between characters, as any other file's (17 bytes end
+        # inside the "£")
+        assert read_sms(f, max_bytes=17)[0][1] == "Free entry ", encoding
+    with open(f, "rb") as stream:
+        assert [n for n, _ in corpora.text_lines(stream)] == [1, 2, 4]
+    for raw in ("ham\tfine\n".encode("utf-16-le"), b"ham\tfi\x00ne\n"):
+        f.write_bytes(raw)
+        with pytest.raises(ValueError, match=r"sms.txt: line 1 holds NUL bytes: .*byte order mark"):
+            read_sms(f)
+
+
 def test_huge_message_is_capped(tmp_path):
     big = tmp_path / "big.eml"
     with open(big, "wb") as f:

@@ -387,6 +387,33 @@ def test_text_messages_in_windows_1252_read_as_training_reads_them(spam_model, d
     assert out["cut"] == pytest.approx(out["kept"], abs=1e-6)
 
 
+def test_text_messages_in_utf16_are_read_as_such(spam_model, data_root, tmp_path, capsys, run_chainrule):
+    """classify --sms on a file saved as UTF-16 (with its byte order mark, as Windows' Notepad saves
+    "Unicode") read its bytes as UTF-8: single letters as tokens, an extra empty "message", exit 0
+    and no word. It is read as UTF-16; a file with NUL bytes and no mark is a one-line error."""
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_text(encoding="utf-8").splitlines()
+    texts = [line.split("\t", 1)[1] for line in lines if "£" in line][:5]
+    (tmp_path / "utf8.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    (tmp_path / "utf16.txt").write_text("\r\n".join(texts) + "\r\n", encoding="utf-16")
+    out = {}
+    for name in ("utf8", "utf16"):
+        for command in ("classify", "explain"):
+            assert main(["spam", command, str(spam_model), "--sms", str(tmp_path / f"{name}.txt"), "--json"]) == 0
+            out[name, command] = [{k: v for k, v in json.loads(line).items() if k != "source"}
+                                  for line in capsys.readouterr().out.splitlines()]
+    for command in ("classify", "explain"):
+        assert len(out["utf16", command]) == len(texts)
+        assert out["utf16", command] == out["utf8", command]
+    # from standard input too
+    r = run_chainrule(["spam", "classify", str(spam_model), "--sms", "--json", "-"],
+                      (tmp_path / "utf16.txt").read_bytes())
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == len(texts), r.stderr
+    (tmp_path / "nobom.txt").write_bytes("\n".join(texts).encode("utf-16-le"))
+    assert main(["spam", "classify", str(spam_model), "--sms", str(tmp_path / "nobom.txt")]) != 0
+    out, err = capsys.readouterr()
+    assert not out and err.count("\n") == 1 and "NUL bytes" in err and "nobom.txt" in err, err
+
+
 def test_explain_explains_every_message_of_a_folder_under_its_own_name(spam_model, spam_corpus, tmp_path, capsys):
     folder = tmp_path / "mail"
     folder.mkdir()

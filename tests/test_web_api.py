@@ -9,6 +9,7 @@ must be the real forward pass, and the spam verdict the one `classify_message` g
 from __future__ import annotations
 
 import asyncio
+import codecs
 import io
 import json
 import logging
@@ -671,6 +672,23 @@ def test_classify_reads_the_charset_the_body_declares(client, spam_bundle):
     upload = ("sms.txt", spam.encode("utf-16"), "text/plain; charset=utf-16")
     r = client.post("/api/spam/classify", files={"file": upload})
     assert r.status_code == 200 and r.json()["probability"] == pytest.approx(expected["probability"], abs=1e-6), r.text
+
+
+def test_classify_reads_utf16_by_its_byte_order_mark(client, spam_bundle):
+    """A file saved as UTF-16 with its byte order mark (Notepad's "Unicode") was refused as "NUL
+    bytes" unless the request declared charset=utf-16; `spam classify --sms` reads it by its mark,
+    and so does the web."""
+    spam = next(text for label, text in sms_messages() if label == "spam" and "\u00a3" in text)
+    expected = spam_app.classify_message(spam_bundle, spam.encode(), top=TOP_TOKENS)
+    for data in (spam.encode("utf-16"), codecs.BOM_UTF16_BE + spam.encode("utf-16-be"), spam.encode("utf-32")):
+        for kwargs in ({"content": data, "headers": {"Content-Type": "text/plain"}}, {"content": data},
+                       {"files": {"file": ("sms.txt", data, "text/plain")}}):
+            r = client.post("/api/spam/classify", **kwargs)
+            assert r.status_code == 200, r.text
+            assert r.json()["probability"] == pytest.approx(expected["probability"], abs=1e-6)
+    # without the mark, NUL bytes are still no text
+    assert_error(client.post("/api/spam/classify", content=spam.encode("utf-16-le"),
+                             headers={"Content-Type": "text/plain"}), 422, "NUL")
 
 
 def test_classify_reads_a_lone_surrogate_as_a_replacement_character(client):

@@ -72,7 +72,7 @@ from chainrule.data.corpora import (
 )
 from chainrule.data.mime import decode_text
 from chainrule.data.text import HashingConfig
-from chainrule.errors import TrainingDiverged, UserError, printable
+from chainrule.errors import DataError, TrainingDiverged, UserError, printable
 from chainrule.files import file_id, locked_directory
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
@@ -543,8 +543,11 @@ def _sms_lines(paths: list[str], max_bytes: int, on_problem):
             on_problem(path, exc.strerror or str(exc))
             continue
         with stream as f:  # (read and decoded as `read_sms` reads the collections trained on)
-            for lineno, line in text_lines(f, max_bytes):
-                yield f"{path}:{lineno}", decode_text(line, "utf-8")
+            try:
+                for lineno, line in text_lines(f, max_bytes):
+                    yield f"{path}:{lineno}", decode_text(line, "utf-8")
+            except DataError as exc:  # (not text)
+                on_problem(path, str(exc))
 
 
 def _explained_tokens(args, config: HashingConfig, on_problem):

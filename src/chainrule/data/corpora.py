@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chainrule.data.mime import decode_text, without_cut_character
-from chainrule.errors import one_line
+from chainrule.errors import DataError, one_line
 from chainrule.files import link_problem
 
 MAX_BYTES = 1 << 20
@@ -567,19 +567,70 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
             yield RawMessage(str(path), b"", label, error=f"archive is damaged ({one_line(exc)})")
 
 
+# Byte order marks of the Unicode encodings whose text is full of NUL bytes (UTF-32's first: its
+# little-endian mark begins with UTF-16's). Each codec named reads the mark itself.
+_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def marked_encoding(head: bytes) -> str | None:
+    """"utf-16" or "utf-32" where `head` begins with that encoding's byte order mark (Windows'
+    Notepad saves "Unicode" as UTF-16 with its mark), else None."""
+    return next((encoding for mark, encoding in _MARKS if head.startswith(mark)), None)
+
+
+class _AsUtf8(io.RawIOBase):
+    """A binary stream of text in `encoding`, read as UTF-8: decoded a piece at a time, so that
+    `capped_lines` reads it as it reads any file, in the same memory."""
+
+    def __init__(self, f, encoding: str):
+        self._f = f
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            piece = self._f.read1(LINE_PIECE)  # (what has come: a pipe is read as it is written)
+            self._pending = self._decoder.decode(piece, final=not piece).encode("utf-8")
+            if not piece:
+                break
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
 def text_lines(f, max_bytes: int = MAX_BYTES) -> Iterator[tuple[int, bytes]]:
-    """(line number from 1, the line without its line break) for each line of a binary stream of
-    one text per line that is not blank: each cut to `max_bytes` (`capped_lines`) between
+    """(line number from 1, the line without its line break) for each line of a buffered binary
+    stream of one text per line that is not blank: each cut to `max_bytes` (`capped_lines`) between
     characters, not inside one, the first without the byte order mark Windows programs put before
-    the text they save. What SMS collections and texts to classify are read with, alike."""
+    the text they save. What SMS collections and texts to classify are read with, alike.
+
+    A text in UTF-16 or UTF-32 with its byte order mark is read as such, and its lines given in
+    UTF-8, as UTF-8 text's are. Any other text whose first line holds a NUL byte raises DataError:
+    8-bit text has none, and UTF-16 without its mark one in every ASCII character, so that read byte
+    by byte it became single letters.
+    """
+    encoding = marked_encoding(f.peek(4)[:4])
+    if encoding is not None:
+        f = io.BufferedReader(_AsUtf8(f, encoding))
+    first = True
     for lineno, line in enumerate(capped_lines(f, max_bytes), 1):
         if len(line) == max_bytes and not line.endswith(b"\n"):  # cut at max_bytes
             line = without_cut_character(line)
         if lineno == 1:
             line = line.removeprefix(codecs.BOM_UTF8)
         line = line.rstrip(b"\r\n")
-        if line.strip():
-            yield lineno, line
+        if not line.strip():
+            continue
+        if first and b"\x00" in line:
+            raise DataError(f"line {lineno} holds NUL bytes: not text in UTF-8 or another 8-bit charset (UTF-16 "
+                            "without its byte order mark? save it as UTF-8)")
+        first = False
+        yield lineno, line
 
 
 def read_sms(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> tuple[list[str], list[int]]:
@@ -591,14 +642,17 @@ def read_sms(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> tuple[list[
     """
     texts, labels = [], []
     with open(path, "rb") as f:
-        for lineno, line in text_lines(f, max_bytes):
-            tag, sep, text = line.partition(b"\t")
-            tag = tag.strip().lower()
-            if not sep or tag not in (b"spam", b"ham"):
-                raise ValueError(f"{path}:{lineno}: expected 'spam<TAB>text' or 'ham<TAB>text'")
-            if not text.strip():  # (an empty message is a problem everywhere else, not a message)
-                raise ValueError(f"{path}:{lineno}: a label with no text after it")
-            texts.append(decode_text(text, "utf-8"))
-            labels.append(SPAM if tag == b"spam" else HAM)
+        try:
+            for lineno, line in text_lines(f, max_bytes):
+                tag, sep, text = line.partition(b"\t")
+                tag = tag.strip().lower()
+                if not sep or tag not in (b"spam", b"ham"):
+                    raise ValueError(f"{path}:{lineno}: expected 'spam<TAB>text' or 'ham<TAB>text'")
+                if not text.strip():  # (an empty message is a problem everywhere else, not a message)
+                    raise ValueError(f"{path}:{lineno}: a label with no text after it")
+                texts.append(decode_text(text, "utf-8"))
+                labels.append(SPAM if tag == b"spam" else HAM)
+        except DataError as exc:  # (text_lines': not text)
+            raise DataError(f"{path}: {exc}") from None
     return texts, labels
 

@@ -19,6 +19,7 @@ from fastapi import Request
 from starlette.formparsers import MultiPartParser
 
 from chainrule.apps.spam import looks_like_email
+from chainrule.data.corpora import marked_encoding
 from chainrule.data.mime import charset_of
 from chainrule.errors import one_line
 
@@ -238,11 +239,13 @@ def pixels_from_json(doc: Any) -> np.ndarray:
 
 
 def declared_text(content_type: str, data: bytes) -> bytes:
-    """A text in UTF-8 where its `content_type` declares another charset: UTF-16 has a NUL byte in
-    every ASCII character, and an SMS in KOI8-R would be read as Windows-1252. An email keeps its
-    bytes (its own headers say the charset of each part), and so does a text its charset does not
-    read: as with no charset declared, the spam filter's own fallbacks read it."""
-    charset = charset_of(content_type)  # (None for a malformed one too: as if none were declared)
+    """A text in UTF-8 where its `content_type` declares another charset, or where none is declared
+    its byte order mark says UTF-16 or UTF-32 (as `spam classify --sms` reads a file): UTF-16 has a
+    NUL byte in every ASCII character, and an SMS in KOI8-R would be read as Windows-1252. An email
+    keeps its bytes (its own headers say the charset of each part), and so does a text its charset
+    does not read: as with no charset declared, the spam filter's own fallbacks read it."""
+    # (None for a malformed one too: as if none were declared)
+    charset = charset_of(content_type) or marked_encoding(data)
     if not charset or looks_like_email(data):
         return data
     try:
