@@ -40,6 +40,7 @@ from chainrule.data.images import preprocess_image
 from chainrule.errors import UserError
 from chainrule.network import FORMAT_VERSION, model_files
 from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, create_app
+from chainrule.web.http import BodyLimitMiddleware
 from chainrule.web.services import (
     MAX_PARALLEL_DECODES,
     TOP_TOKENS,
@@ -934,6 +935,19 @@ def test_serve_passes_over_a_newest_model_whose_weights_are_damaged(tmp_path, mo
     assert len(served_app) == 1
 
 
+def test_serve_checks_the_host_only_where_it_listens_on_this_machine_alone(models, served_app):
+    """Bound to a loopback address, a request must name this machine (a DNS-rebinding page names its
+    own site); listening on the network, the names it is reached by are not known, and any goes."""
+    for host, allowed in (("127.0.0.1", False), ("localhost", False), ("::1", False), ("127.0.0.2", False),
+                          ("0.0.0.0", True)):
+        assert main(["serve", "--digits", str(models["digits"]), "--host", host, "--port", "0"]) == 0, host
+        shown = f"[{host}]" if ":" in host else host
+        with TestClient(served_app.pop(), base_url=f"http://{shown}:8000") as c:
+            assert c.get("/healthz").status_code == 200, host
+            r = c.get("/api/models", headers={"Host": "attacker.example"})
+            assert r.status_code == (200 if allowed else 400), (host, r.text)
+
+
 def test_serve_without_models_says_how_to_train(tmp_path, capsys):
     assert main(["serve", "--runs", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
@@ -969,7 +983,8 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys, serve
     assert not served_app
     for mb, limit in (("1024", 1 << 30), ("0.000001", 1)):  # the largest limit, and one byte
         assert main(["serve", "--digits", str(models["digits"]), "--max-body-mb", mb, "--port", "0"]) == 0
-        assert [m.kwargs["max_bytes"] for m in served_app.pop().user_middleware] == [limit]
+        middleware = served_app.pop().user_middleware
+        assert [m.kwargs["max_bytes"] for m in middleware if m.cls is BodyLimitMiddleware] == [limit]
     assert main(["serve", "--digits", str(models["digits"]), "--reload-interval", "0.5", "--port", "0"]) == 0
     assert served_app.pop().state.digits.interval == 0.5
     with socket.socket() as taken:

@@ -70,7 +70,7 @@ def test_clients_that_trickle_their_headers_are_cut_off(server):
 
 def test_a_body_that_stalls_gets_408(server):
     sock = _connect(server)
-    sock.sendall(b"POST /api/spam/classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+    sock.sendall(b"POST /api/spam/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
                  b"Content-Length: 1000\r\n\r\nSubject: hello\r\n")
     closed, received = _closed_within(sock, 10)
     sock.close()
@@ -100,3 +100,19 @@ def test_many_large_images_at_once_are_decoded_a_few_at_a_time(served, tmp_path)
     growth = _peak_rss_mb(pid) - before
     print(f"peak RSS {before:.0f} MB after one decode, +{growth:.0f} MB for eight at once")
     assert growth < 150 * services.MAX_PARALLEL_DECODES, growth
+
+
+def test_bound_to_this_machine_it_answers_only_to_its_names(server):
+    """A page on another site that points its own name at 127.0.0.1 (DNS rebinding) could read the
+    API, /api/models with its local paths among it, from the browser of anyone running the server:
+    bound to a loopback address, the server answers requests for other names with 400. And no
+    browser guesses a type other than the one an answer declares."""
+    port = urlparse(server).port
+    for host in ("127.0.0.1", "localhost", "[::1]"):
+        r = httpx.get(f"{server}/api/models", headers={"Host": f"{host}:{port}"}, timeout=10)
+        assert r.status_code == 200, (host, r.text)
+        assert r.headers["x-content-type-options"] == "nosniff"
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example"):
+        r = httpx.get(f"{server}/api/models", headers={"Host": host}, timeout=10)
+        assert r.status_code == 400 and "/" not in r.text, (host, r.text)
+    assert httpx.get(f"{server}/static/app.js", timeout=10).headers["x-content-type-options"] == "nosniff"

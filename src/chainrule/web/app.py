@@ -23,11 +23,16 @@ Bad input never becomes a 500: a body over the size limit gets 413, something th
 `chainrule.data.images.preprocess_image`, the very function `chainrule images predict` uses, so the
 page shows exactly the 28x28 image the network sees.
 
-The server binds to 127.0.0.1 unless told otherwise: a model server has no authentication.
+The server binds to 127.0.0.1 unless told otherwise: a model server has no authentication. Bound
+to a loopback address, it answers only requests for this machine's names (`Host`; others get 400,
+in Starlette's plain text), so that a web page elsewhere that points its own name at 127.0.0.1 (DNS
+rebinding) cannot read the API from the browser of the person running it; listening on the network,
+it answers any.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -42,6 +47,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import chainrule
@@ -72,6 +78,8 @@ DEFAULT_READ_TIMEOUT = 30.0
 MAX_CONNECTIONS = 128
 # How often a served model's files are looked at for a change (as `spam daemon --reload-interval`)
 DEFAULT_RELOAD_INTERVAL = 5.0
+# The names of this machine that a request to a server bound to a loopback address may give (`Host`)
+LOCAL_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 class _HeaderDeadline(H11Protocol):
@@ -168,6 +176,7 @@ def create_app(
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     images=(),
     reload_interval: float = DEFAULT_RELOAD_INTERVAL,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """Build the app around already chosen models (any may be missing: its routes then answer 503).
 
@@ -181,6 +190,7 @@ def create_app(
             served at `/api/images/{name}/predict` (the name defaults to the model's data set's).
         reload_interval: a model's files are looked at, at the first request that uses it once this
             many seconds have passed since the last look, and it is reloaded if they changed (0: never).
+        allowed_hosts: the names a request's Host header may give (others get 400); None: any.
 
     The models are on `app.state`: `images` ({name: `Served`}), `digits` (the `Served` of those
     that the digits route uses) and `spam` (a `Served`), each None or empty where there is none.
@@ -202,6 +212,8 @@ def create_app(
     app.state.digits = served[digits.name] if digits is not None else None
     app.state.spam = Served(spam, reload_interval) if spam is not None else None
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(max_body_bytes), read_timeout=read_timeout)
+    if allowed_hosts is not None:  # (added last, so checked first: before a body is read)
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts, www_redirect=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)
 
@@ -254,6 +266,18 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _allowed_hosts(host: str) -> list[str] | None:
+    """The Host headers a server bound to `host` answers: where that is a loopback address, only
+    this machine's names (`LOCAL_NAMES`, and `host` as a URL gives it); else any (None)."""
+    try:  # (the address `_listening_socket` binds)
+        address = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError:
+        return None  # (the bind fails, and says why)
+    if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
+        return None
+    return [*LOCAL_NAMES, f"[{host}]" if ":" in host else host]
+
+
 def _named(entry: str) -> tuple[str | None, str]:
     """`--images NAME=DIR` -> (NAME, DIR); a plain DIR (even one with "=" in it) -> (None, DIR)."""
     name, sep, path = entry.partition("=")
@@ -303,7 +327,7 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
             "`chainrule spam train CORPUS... --sms FILE --out runs/spam`"
         )
     app = create_app(digits, spam, max_body_bytes=int(max_body_mb * 1024 * 1024), read_timeout=read_timeout,
-                     images=chosen_images, reload_interval=reload_interval)
+                     images=chosen_images, reload_interval=reload_interval, allowed_hosts=_allowed_hosts(host))
     state = app.state
     for name, served in state.images.items():
         log.info("chainrule serve: image model %s (%s): %s", name, served.service.info.dataset_title,
@@ -324,6 +348,7 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
         log.warning("chainrule serve: warning: reachable from other machines, and there is no authentication")
     protocol = type("HeaderDeadline", (_HeaderDeadline,), {"timeout_read": read_timeout})
     config = uvicorn.Config(app, log_level=os.environ.get("CHAINRULE_LOG_LEVEL", "warning"), http=protocol,
-                            access_log=False, timeout_graceful_shutdown=2, limit_concurrency=MAX_CONNECTIONS)
+                            access_log=False, timeout_graceful_shutdown=2, limit_concurrency=MAX_CONNECTIONS,
+                            headers=[("X-Content-Type-Options", "nosniff")])  # (on every answer: never sniffed)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
