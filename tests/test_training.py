@@ -161,6 +161,43 @@ def test_nan_guard_restores_batch_norm_running_statistics_with_the_weights():
     assert np.isfinite(model.predict_proba(x[:3])).all()
 
 
+class AbsurdLastStep(cr.Callback):
+    """Takes the run's very last step at learning rate `lr`, keeping the weights it started from."""
+
+    def __init__(self, optimizer, lr: float):
+        self.optimizer, self.lr, self.before = optimizer, lr, None
+
+    def on_train_begin(self, model, history, epochs, batches):
+        self.model, self.last = model, (epochs - 1, batches - 1)
+
+    def on_epoch_begin(self, epoch):
+        self.epoch = epoch
+
+    def on_batch_begin(self, batch):
+        if (self.epoch, batch) == self.last:
+            self.optimizer.lr = self.lr
+            self.before = self.model.flat_params.copy()
+
+
+@pytest.mark.parametrize("lr,validation,said", [
+    (1e30, True, "the validation loss became (nan|inf) at epoch 2"),  # finite but huge weights
+    (1e39, False, "the weights became (nan|-?inf) at epoch 2"),  # lr·g overflows float32: no loss saw them
+])
+def test_a_last_step_that_makes_the_loss_infinite_is_a_divergence_too(lr, validation, said):
+    """The guard checks each batch's loss before its step, so the step of the run's last batch went
+    unchecked: fit returned a model whose loss was infinite (or whose weights were NaN), and one
+    epoch more raised TrainingDiverged. The epoch's end checks the weights and the validation loss."""
+    x, y = blobs()
+    model = small_mlp()
+    optimizer = cr.SGD(model.parameters(), lr=0.1)
+    last = AbsurdLastStep(optimizer, lr)
+    with np.errstate(all="ignore"), pytest.raises(cr.TrainingDiverged, match=said):
+        cr.fit(model, x, y, cr.CrossEntropy(), optimizer, epochs=2, batch_size=64, verbose=False,
+               validation_data=(x[:50], y[:50]) if validation else None, callbacks=[last])
+    np.testing.assert_array_equal(model.flat_params, last.before)  # the weights before that step
+    assert np.isfinite(cr.evaluate(model, x, y, cr.CrossEntropy())["loss"])
+
+
 def test_fit_rejects_nan_inputs_and_bad_arguments():
     x, y = blobs()
     model = small_mlp()

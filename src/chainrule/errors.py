@@ -24,9 +24,9 @@ class ModelFileError(UserError, ValueError):
 
 
 class TrainingDiverged(ArithmeticError):
-    """The loss (`what`) became NaN or infinite, or the gradients did (found in the optimizer's
-    moments at the end of an epoch, `batch` None); the model holds the last weights that gave a
-    finite loss.
+    """The loss (`what`) became NaN or infinite, or, found at the end of an epoch (`batch` None),
+    the gradients did (in the optimizer's moments), the weights, or the validation loss; the model
+    holds the last weights that gave a finite loss.
     `loss` (the value), `epoch` and `batch` (counted from 1) and `lr` say where."""
 
     def __init__(self, loss: float, epoch: int, batch: int | None, lr: float, what: str = "the loss"):

@@ -190,15 +190,34 @@ class _DivergenceGuard:
         return [self.model.flat_params, *(buf for layer in self.model.layers for buf in layer.buffers.values())]
 
     def check(self, loss: float, epoch: int, batch: int, lr: float) -> None:
+        """Before a batch's step: keep the weights if their `loss` is finite, else restore and raise."""
         if math.isfinite(loss):
             for kept, now in zip(self.last_good, self._arrays(), strict=True):
                 np.copyto(kept, now)  # these weights gave a finite loss
             self.saved = True
             return
+        self._restore()
+        raise TrainingDiverged(loss, epoch + 1, batch + 1, lr)
+
+    def check_epoch(self, val_loss: float | None, epoch: int, lr: float) -> None:
+        """At the end of an epoch, the weights its last step left, which no batch's loss has judged
+        (the next epoch's first batch would; after the run's last step nothing would): they must be
+        finite, and so must their validation loss where there is one (weights that are finite but
+        huge overflow the outputs). Else back to the weights before that step, as `check` does.
+        Once an epoch: min and max are NaN or ±inf if any weight is, two reductions and no
+        temporary array. (With several processes, the weights and the validation loss are the
+        same on all of them, and so is the decision.)"""
+        params = self.model.flat_params
+        for what, value in (("the weights", params.min()), ("the weights", params.max()),
+                            ("the validation loss", 0.0 if val_loss is None else val_loss)):
+            if not math.isfinite(value):
+                self._restore()
+                raise TrainingDiverged(float(value), epoch + 1, None, lr, what=what)
+
+    def _restore(self) -> None:
         if self.saved:
             for kept, now in zip(self.last_good, self._arrays(), strict=True):
                 now[...] = kept
-        raise TrainingDiverged(loss, epoch + 1, batch + 1, lr)
 
 
 def _weight(loss, target) -> float:
@@ -296,7 +315,8 @@ def fit(
     `class_weight` the sum of their class weights.)
 
     Raises:
-        TrainingDiverged: the loss turned NaN/inf; the model keeps the last good weights.
+        TrainingDiverged: the loss turned NaN/inf (or, at an epoch's end, the weights or the
+            validation loss did); the model keeps the last good weights.
     """
     world = world or World()
     parallel = world.size > 1
@@ -433,8 +453,10 @@ def fit(
 
             logs = {"epoch": epoch + 1, **running.logs()}
             if x_val is not None:
-                val = evaluate(model, x_val, y_val, loss, world=world)
+                with np.errstate(over="ignore", invalid="ignore"):  # (the guard reports where it led)
+                    val = evaluate(model, x_val, y_val, loss, world=world)
                 logs.update({f"val_{k}": v for k, v in val.items()})
+            guard.check_epoch(logs.get("val_loss"), epoch, optimizer.lr)  # raises TrainingDiverged
             logs.update({"lr": optimizer.lr, "seconds": round(seconds, 3), "samples_per_s": round(n / seconds, 1)})
             history.epochs.append(logs)
             stop = False
