@@ -135,8 +135,9 @@ def test_losses_name_a_shape_mismatch(loss, output, target, match):
 
 
 def test_class_weights_are_checked_and_a_batch_of_weight_0_learns_nothing():
-    for weights in ([1, -1], [0, 0], [1, np.nan], [[1, 2]]):
-        with pytest.raises(ValueError, match="class_weight must be one finite weight >= 0 per class"):
+    # (strings and None: NumPy's "could not convert string to float", a TypeError, or '1' taken as 1)
+    for weights in ([1, -1], [0, 0], [1, np.nan], [[1, 2]], ["a", "b"], ["1", "2"], [1, None], 2.0):
+        with pytest.raises(ValueError, match="CrossEntropy: class_weight must be one finite weight >= 0 per class"):
             cr.CrossEntropy(class_weight=weights)
     value, grad = cr.CrossEntropy(class_weight=[0, 0, 1])(np.ones((2, 3)), np.array([0, 1]))
     assert value == 0.0 and not grad.any()

@@ -211,3 +211,19 @@ def test_optimizer_updates_every_layer_through_the_flat_buffer():
 def test_bad_optimizer_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make(_pair()[0].parameters())
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda ps: cr.SGD(ps, momentum=None), r"SGD: momentum must be in \[0, 1\), got None"),
+    (lambda ps: cr.SGD(ps, momentum="0.9"), r"SGD: momentum must be in \[0, 1\), got '0.9'"),
+    (lambda ps: cr.Adam(ps, betas=(0.9,)), r"Adam: betas must be a pair \(beta1, beta2\), got \(0.9,\)"),
+    (lambda ps: cr.Adam(ps, betas=0.9), r"Adam: betas must be a pair \(beta1, beta2\), got 0.9"),
+    (lambda ps: cr.Adam(ps, betas=(0.9, 0.99, 0.999)), r"Adam: betas must be a pair \(beta1, beta2\)"),
+    (lambda ps: cr.AdamW(ps, betas=("0.9", 0.999)), r"AdamW: betas must be in \[0, 1\), got \('0.9', 0.999\)"),
+    (lambda ps: cr.Adam(ps, eps=None), "Adam: eps must be a finite number >= 0, got None"),
+])
+def test_optimizer_arguments_of_the_wrong_type_are_named(make, match):
+    """None, a string or a wrong number of betas failed inside: a TypeError from a comparison, or
+    Python's "not enough values to unpack", which names neither the optimizer nor the argument."""
+    with pytest.raises(ValueError, match=match):
+        make(_pair()[0].parameters())

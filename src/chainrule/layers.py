@@ -88,9 +88,14 @@ def _positive_int(layer: str, name: str, value) -> int:
     return int(value)
 
 
+def _is_real(value) -> bool:
+    """Whether `value` is a real number: an int or a float, NumPy's too; not a bool, nor a string."""
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
 def _number(layer: str, name: str, value, ok, expected: str) -> float:
     """`value` as a float, if it is a real number for which `ok(value)` holds (NaN never does)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not ok(value):
+    if not _is_real(value) or not ok(value):
         raise ValueError(f"{layer}: {name} must be {expected}, got {value!r}")
     return float(value)
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from chainrule.functional import log_softmax, sigmoid, softmax
-from chainrule.layers import _number
+from chainrule.layers import _is_real, _number
 
 
 class Loss:
@@ -100,11 +100,12 @@ class CrossEntropy(Loss):
 
     def __init__(self, class_weight=None):
         if class_weight is not None:
-            class_weight = np.asarray(class_weight, np.float64)
-            if class_weight.ndim != 1 or not np.all(np.isfinite(class_weight)) or np.any(class_weight < 0) \
-                    or not class_weight.any():
+            weights = np.asarray(class_weight, dtype=object)  # (as given: strings are not read as numbers)
+            if weights.ndim != 1 or not all(_is_real(w) for w in weights) or \
+                    not all(0 <= w < math.inf for w in weights) or not any(weights):
                 raise ValueError("CrossEntropy: class_weight must be one finite weight >= 0 per class, "
-                                 f"not all 0, got {class_weight.tolist()}")
+                                 f"not all 0, got {class_weight!r}")
+            class_weight = weights.astype(np.float64)
         self.class_weight = class_weight
 
     def __call__(self, output, target):

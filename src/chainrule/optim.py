@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from chainrule.layers import _number, _positive_int
+from chainrule.layers import _is_real, _number, _positive_int
 from chainrule.parallel import in_parts
 from chainrule.parameter import flat_buffers
 
@@ -84,13 +84,12 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(params, lr, weight_decay)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
+        momentum = _number("SGD", "momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)")
         if not isinstance(nesterov, (bool, np.bool_)):  # (the string "no" counted as true)
             raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov=True needs a momentum > 0")
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.momentum, self.nesterov = momentum, bool(nesterov)
         self.velocity = np.zeros_like(self.params)
 
     def step(self):
@@ -123,12 +122,13 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(params, lr, weight_decay)
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas!r}")
-        if not 0 <= eps < math.inf:
-            raise ValueError(f"{type(self).__name__}: eps must be a finite number >= 0, got {eps!r}")
-        self.beta1, self.beta2, self.eps = float(b1), float(b2), float(eps)
+        name = type(self).__name__
+        if not isinstance(betas, (tuple, list, np.ndarray)) or len(betas) != 2:
+            raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+        if not all(_is_real(b) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"{name}: betas must be in [0, 1), got {betas!r}")
+        eps = _number(name, "eps", eps, lambda v: 0 <= v < math.inf, "a finite number >= 0")
+        self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), eps
         self.m = np.zeros_like(self.params)
         self.v = np.zeros_like(self.params)
         # scratch, reused: a block for each part of the update that may run at once (see _update)
