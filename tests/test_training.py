@@ -198,6 +198,21 @@ def test_a_last_step_that_makes_the_loss_infinite_is_a_divergence_too(lr, valida
     assert np.isfinite(cr.evaluate(model, x, y, cr.CrossEntropy())["loss"])
 
 
+def test_fit_refuses_options_it_would_ignore():
+    """resume=True without a checkpoint started afresh, and validation_split beside validation_data
+    was dropped (the model trained on every example), both without a word."""
+    x, y = blobs()
+    model = small_mlp()
+    for kwargs, message in [
+        ({"resume": True}, r"fit: resume=True needs the checkpoint to resume from \(checkpoint=path.npz\)"),
+        ({"validation_split": 0.5, "validation_data": (x[:5], y[:5])},
+         "fit: validation_split and validation_data both given: hold out a fraction of the training data with "
+         "validation_split, or pass validation_data, not both"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), epochs=1, verbose=False, **kwargs)
+
+
 def test_fit_rejects_nan_inputs_and_bad_arguments():
     x, y = blobs()
     model = small_mlp()

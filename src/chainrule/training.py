@@ -280,7 +280,7 @@ def fit(
         batch_size: examples per step; one example left over (or fewer than the processes of
             `world`) joins the last batch.
         validation_split: fraction of `(x, y)` held out (at random, by `seed`) for validation.
-        validation_data: an explicit `(x_val, y_val)` instead.
+        validation_data: an explicit `(x_val, y_val)` instead (not with `validation_split`).
         early_stopping: an `EarlyStopping`; by default it watches "val_loss".
         lr_schedule: callable `epoch -> lr`, applied at the start of every epoch.
         callbacks: `Callback` objects (`chainrule.callbacks` lists the hooks and their order).
@@ -326,6 +326,11 @@ def fit(
         raise ValueError(f"fit: validation_split must be a fraction between 0 and 1, got {validation_split!r}")
     if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
         raise ValueError(f"fit: validation_data must be a pair (x_val, y_val), got {_described(validation_data)}")
+    if validation_split and validation_data is not None:  # (the split was dropped without a word)
+        raise ValueError("fit: validation_split and validation_data both given: hold out a fraction of the training "
+                         "data with validation_split, or pass validation_data, not both")
+    if resume and checkpoint is None:  # (it started afresh without a word)
+        raise ValueError("fit: resume=True needs the checkpoint to resume from (checkpoint=path.npz)")
     if batch_size < world.size:
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
@@ -344,7 +349,7 @@ def fit(
         raise ValueError("fit: with several processes, augment must take batch_rows=(first, total) "
                          "(see digit_augmenter)")
     seed = model.seed if seed is None else checked_seed("fit", seed)
-    if seed is None and checkpoint is not None and resume:  # the seed an unseeded run drew, if one left it
+    if seed is None and resume:  # the seed an unseeded run drew, if one left it
         seed = _checkpoint_seed(checkpoint, world)
     if seed is None:  # drawn, so that a checkpoint can keep it: a resumed run holds out what the first did
         seed = np.random.SeedSequence().entropy
@@ -355,7 +360,7 @@ def fit(
     if model.seed is None:  # (a loaded model's generator is unseeded: its dropout masks too)
         model.rng.bit_generator.state = np.random.default_rng([seed, 3]).bit_generator.state
     rng = np.random.default_rng([seed, 1])
-    if validation_data is None and validation_split:
+    if validation_split:
         x, y, x_val, y_val = _split(x, y, validation_split, np.random.default_rng([seed, 2]))
     elif validation_data is not None:
         x_val, y_val = _checked_data("fit: validation_data", *validation_data, model.dtype)
@@ -376,8 +381,7 @@ def fit(
     start_epoch = 0
     if early_stopping is not None:
         early_stopping.reset()  # an EarlyStopping used before starts afresh (or from the checkpoint)
-    done = (_load_checkpoint(checkpoint, model, optimizer, early_stopping, rng, history, world)
-            if checkpoint is not None and resume else None)
+    done = _load_checkpoint(checkpoint, model, optimizer, early_stopping, rng, history, world) if resume else None
     if done is not None:
         start_epoch = done
         if history.stop_reason.startswith("early stopping"):
