@@ -68,6 +68,18 @@ def test_integers_are_numbers_and_complex_ones_are_refused():
             f(np.array([1j]))
 
 
+@pytest.mark.parametrize("shape,axis", [((3, 0), -1), ((0,), 0), ((2, 0, 4), 1), ((0, 3), 0)])
+def test_softmax_of_an_empty_axis_is_empty_as_torchs(shape, axis):
+    """A zero-length axis has no max to subtract: NumPy's "zero-size array to reduction operation
+    maximum which has no identity", where torch gives an empty result (and sigmoid did)."""
+    x = np.zeros(shape, np.float32)
+    t = torch.from_numpy(x)
+    with np.errstate(all="raise"):
+        for ours, theirs in ((softmax(x, axis), torch.softmax(t, dim=axis)),
+                             (log_softmax(x, axis), torch.log_softmax(t, dim=axis)), (sigmoid(x), torch.sigmoid(t))):
+            assert ours.shape == tuple(theirs.shape) == shape and ours.dtype == np.float32
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sigmoid_keeps_its_relative_precision_far_into_the_tail(dtype):
     """σ(x) ≈ e^x for very negative x, down to the smallest floats: (1 + tanh(x/2)) / 2 or

@@ -41,6 +41,8 @@ def softmax(x, axis: int = -1):
     term is exactly 1, so the sum is never 0.
     """
     x = _real(x)
+    if not x.size:  # (nothing to normalise; on an empty axis, max would have no value to start from)
+        return x.copy()
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
@@ -54,5 +56,7 @@ def log_softmax(x, axis: int = -1):
     in float64); this form stays finite, since the sum is at least 1.
     """
     x = _real(x)
+    if not x.size:  # (as in `softmax`)
+        return x.copy()
     z = x - x.max(axis=axis, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
