@@ -245,3 +245,40 @@ def test_a_bias_whose_true_gradient_is_0_is_judged_against_its_layers_gradients(
         errors = cr.gradcheck(model, x, rng.integers(0, 2, 5))
         assert max(errors.values()) < 1e-6, errors
 
+
+
+def test_gradients_negligible_beside_the_rest_of_the_check_are_not_read_as_wrong():
+    """A batch of 2 through BatchNorm comes out as ±1 whatever went in: the gradients of what comes
+    before it, the input's included, are ~1e-9 on both sides, and their finite differences agree
+    to ~1e-13, rounding noise that against their own size read as a failure (1e-5). Against the
+    largest gradient of the check they are what they are: negligible."""
+    rng = np.random.default_rng(0)
+    for layers, x, y in (
+        # the bug report's network and data
+        ([cr.MaxPool2D(1, stride=1), cr.Flatten(), cr.Linear(3, 1, bias=False), cr.BatchNorm(1), cr.Sigmoid(),
+          cr.Linear(1, 1)], np.random.default_rng(293).normal(size=(2, 1, 1, 3)), np.array([0, 1])),
+        ([cr.Linear(2, 1, bias=False), cr.BatchNorm(1), cr.ReLU(), cr.Linear(1, 1, bias=False), cr.BatchNorm(1),
+          cr.ReLU(), cr.Linear(1, 1)], rng.normal(size=(2, 2)), np.array([0, 1])),
+        ([cr.Linear(3, 4), cr.BatchNorm(4), cr.BatchNorm(4), cr.Tanh(), cr.Linear(4, 3)], rng.normal(size=(2, 3)),
+         np.array([0, 2])),  # two batch norms in a row
+    ):
+        model = cr.Sequential(layers, input_shape=x.shape[1:], seed=0)
+        errors = cr.gradcheck(model, x, y)
+        assert max(errors.values()) < 1e-6, errors
+
+
+class OnePercentLinear(cr.Linear):
+    """A Linear whose weight gradient is 1% too large."""
+
+    def backward(self, grad_out):
+        grad = super().backward(grad_out)
+        self.weight.grad *= 1.01
+        return grad
+
+
+def test_a_one_percent_error_in_a_gradient_of_ordinary_size_still_fails():
+    """What a negligible gradient is allowed, a gradient of ordinary size is not."""
+    model = cr.Sequential([cr.Linear(4, 3), cr.Tanh(), OnePercentLinear(3, 3), cr.Tanh(), cr.Linear(3, 2)], seed=0)
+    errors = cr.gradcheck(model, np.random.default_rng(0).normal(size=(5, 4)), np.array([0, 1, 1, 0, 1]))
+    assert 5e-3 < errors["2:OnePercentLinear"] < 1e-2  # (1% of its weights' largest, against the layer's)
+    assert max(error for name, error in errors.items() if name != "2:OnePercentLinear") < 1e-6

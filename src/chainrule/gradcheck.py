@@ -6,7 +6,8 @@ nudge one weight up and down and watch the loss:
     dL/dw ≈ (L(w + ε) - L(w - ε)) / 2ε          (central difference, error O(ε²))
 
 Done in float64 with ε = 1e-6, agreement to ~1e-8 means the backward pass is right. (Where the
-loss's rounding noise, ~1e-16·|L|/ε, is not small beside the gradients, a larger ε is tried too.)
+loss's rounding noise, ~1e-16·|L|/ε, is not small beside the gradients, a larger ε is tried too;
+and gradients negligible beside the largest in the check are judged against that: `NEGLIGIBLE`.)
 
 Except at a kink. ReLU bends at 0 and max pooling switches winners where two inputs tie; a nudge
 that carries a unit across such a point measures the average of two slopes, which is neither
@@ -31,6 +32,18 @@ from chainrule.norm import BatchNorm
 
 # float64 central differences agree with a correct backward pass to ~1e-8; 1e-6 leaves headroom.
 TOLERANCE = 1e-6
+
+# An array whose gradients are all below this fraction of the largest gradient G in the check (every
+# parameter's and the input's) is judged against NEGLIGIBLE·G rather than its own largest entry.
+# Where a true gradient is ~0 (whatever feeds a batch norm over a batch of 2, whose outputs are ±1
+# whatever comes in), backprop's and the finite differences' values are ~1e-9 and agree to ~1e-13:
+# the rounding noise of a central difference, ~u·|L|/ε (u = 2.2e-16; 2e-10·|L| at ε = 1e-6), which
+# against their own size reads as a relative error of 1e-5 or more. Against NEGLIGIBLE·G, a
+# disagreement fails from TOLERANCE·NEGLIGIBLE·G = 1e-9·G: a few times that noise, G being of the
+# loss's order (the last layer's gradients are), while a 1% error still fails in any gradient above
+# 1e-7·G. A network whose gradients are all small (saturated units) keeps its full relative check:
+# its G is small too.
+NEGLIGIBLE = 1e-3
 
 # The finite-difference steps tried, in order (see `gradcheck`'s `eps`).
 STEPS = (1e-6, 1e-5, 1e-4)
@@ -92,7 +105,8 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
             layers that passed.
 
     Returns:
-        {"<index>:<Layer>": max relative error over its parameters, ..., "input": ...}; NaN where
+        {"<index>:<Layer>": max relative error over its parameters (relative to the layer's
+        largest gradient, or `NEGLIGIBLE` of the check's), ..., "input": ...}; NaN where
         every checked entry crossed a kink (nothing could be judged), infinity where a gradient
         is NaN or infinite.
     """
@@ -125,6 +139,9 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
     sides = _kink_sides(net)
     net.flat_grads[...] = 0
     grad_input = net.backward(grad)
+    everything = np.concatenate([net.flat_grads, [] if sparse else grad_input.reshape(-1)])
+    # (finite ones: a NaN gradient fails its own layer, not every layer's yardstick)
+    negligible = NEGLIGIBLE * np.abs(everything[np.isfinite(everything)]).max(initial=0.0)
     crossed: dict[str, int] = {}
     needed: dict[str, float] = {}
     pick = np.random.default_rng(seed)
@@ -132,7 +149,8 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
     def check(name: str, flat: np.ndarray, analytic: np.ndarray, scale: float) -> tuple[float, float]:
         """The relative error of `analytic` (every entry, or `samples_per_param` of them) against
         central differences in `flat`, over the entries no kink spoils (NaN if none), relative to
-        `scale` or the largest gradient here, whichever is larger; and the step that gave it."""
+        `scale` (at least `negligible`) or the largest gradient here, whichever is larger; and the
+        step that gave it."""
         if not np.all(np.isfinite(analytic)):  # wrong wherever it is, sampled or not
             crossed.setdefault(name, 0)
             return math.inf, steps_tried[0]
@@ -182,14 +200,15 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
         name = f"{i}:{type(layer).__name__}"
         # Each array is judged against the largest gradient of its layer: a bias feeding batch
         # norm has a true gradient of exactly 0, and against its own largest entry the rounding
-        # noise of its finite differences would read as a 100% error.
-        scale = max((np.abs(p.grad).max(initial=0.0) for p in layer.parameters()), default=0.0)
+        # noise of its finite differences would read as a 100% error. (And a layer's against
+        # `negligible`, where all of its gradients are: see NEGLIGIBLE.)
+        scale = max([negligible, *(np.abs(p.grad).max(initial=0.0) for p in layer.parameters())])
         checked = [check(name, p.data.reshape(-1), p.grad.reshape(-1).copy(), scale) for p in layer.parameters()]
         judged = [(error, step) for error, step in checked if not np.isnan(error)]
         if checked:
             errors[name], needed[name] = max(judged, default=(float("nan"), steps_tried[0]))
     if not sparse:
-        errors["input"], needed["input"] = check("input", x.reshape(-1), grad_input.reshape(-1), 0.0)
+        errors["input"], needed["input"] = check("input", x.reshape(-1), grad_input.reshape(-1), negligible)
     if kinks is not None:
         kinks.update(crossed)
     if steps is not None:  # (a larger step that did not bring the error under the tolerance says nothing)
