@@ -404,3 +404,19 @@ def test_raw_eight_bit_text_beside_an_encoded_word_stays_text():
     p = parse_message(raw)
     assert p.subject == "Скидки 50% всем" and p.from_ == "Jörg Köln <j@example.de>"
     assert decode_header("C:\\u00e9 \\unicode € =?utf-8?q?x?=") == "C:\\u00e9 \\unicode € x"  # backslashes as they are
+
+
+def test_raw_eight_bit_text_is_split_off_without_rescanning_the_blanks_before_it():
+    """decode_header's pattern for raw 8-bit text and the blanks around it, tried at each blank of a
+    run, scanned the run to its end: an encoded word, 64 KB of blanks, then "a é" held the filter for
+    21 s. A match now starts where its blanks start (tried inside them it fails), with the pieces of
+    before."""
+    value = "=?utf-8?q?x?=" + " " * 50 + "é"
+    assert mime._RAW_TEXT.match(value, 20) is None and mime._RAW_TEXT.search(value).start() == 13
+    assert decode_header("=?utf-8?q?x?= " + " " * 2000 + "a é") == "x " + " " * 2000 + "a é"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=" \t\n\xa0\u2003aé=?", max_size=40))
+def test_property_raw_eight_bit_text_splits_as_it_did(value):
+    assert mime._RAW_TEXT.split(value) == re.split(r"(\s*[^\x00-\x7f]+\s*)", value)
