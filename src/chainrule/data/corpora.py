@@ -34,7 +34,6 @@ import bz2
 import codecs
 import contextlib
 import email.parser
-import email.policy
 import errno
 import gzip
 import io
@@ -49,7 +48,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from chainrule.data.mime import decode_text, without_cut_character
+from chainrule.data.mime import COMPAT32, decode_text, without_cut_character
 from chainrule.errors import DataError, one_line
 from chainrule.files import link_problem
 
@@ -157,7 +156,7 @@ def _several_messages(data: bytes) -> bool:
     if not _looks_like_mbox(data):
         return False
     head = re.split(rb"\r?\n\r?\n", data.split(b"\n", 1)[-1], maxsplit=1)[0]  # (below the "From " line)
-    first = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    first = email.parser.BytesHeaderParser(policy=COMPAT32).parsebytes(head)
     boundary = first.get_param("boundary") if first.get_content_maintype() == "multipart" else None
     if not isinstance(boundary, str):
         return _SECOND_MESSAGE.search(data) is not None

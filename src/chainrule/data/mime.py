@@ -4,8 +4,9 @@
 `ParsedMessage` (with `problem` set when it had to fall back to treating the bytes as plain text),
 so one odd message never stops a run.
 
-Parsing uses Python's `email` package with its `compat32` policy, and decodes RFC 2047 headers,
-charsets and transfer encodings itself: `policy.default`'s header objects made parsing 10x slower
+Parsing uses Python's `email` package with its `compat32` policy (`COMPAT32`: a Content-Type's
+parameters past its 63rd ";" left out), and decodes RFC 2047 headers, charsets and transfer
+encodings itself: `policy.default`'s header objects made parsing 10x slower
 (5.0 against 0.5 ms per SpamAssassin message), and classification speed matters (a filter sits in
 the mail path). The one place where `policy.default` read headers better, raw 8-bit header bytes,
 this module handles itself, and better (`_decode_header_block`). The feed parser sees only the
@@ -108,8 +109,16 @@ def without_cut_character(data: bytes) -> bytes:
 _RAW_TEXT = re.compile(r"((?:(?<!\s)\s+)?[^\x00-\x7f]+\s*)")
 
 
+# The email package's decoder of encoded words takes time growing with the square of a header's
+# length (a Subject of 1 MiB: "=?a?q?" over and over, 4.1 s; many encoded words, 2.1 s): a header is
+# decoded in its first 8 KB only, the rest left out. The SpamAssassin corpus's longest header (a To)
+# has 1,779 characters, and the tokens read 1,000 characters of an address or a Received line.
+_MAX_ENCODED_HEADER = 8192
+
+
 def decode_header(value) -> str:
-    """An RFC 2047 header (`=?utf-8?b?...?=`) as text, tolerating bad encodings and charsets."""
+    """An RFC 2047 header (`=?utf-8?b?...?=`) as text, tolerating bad encodings and charsets; one
+    over `_MAX_ENCODED_HEADER` characters is cut there first."""
     if value is None:
         return ""
     if isinstance(value, email.header.Header):
@@ -117,6 +126,7 @@ def decode_header(value) -> str:
     value = str(value)
     if "=?" not in value:
         return value
+    value = value[:_MAX_ENCODED_HEADER]
     if not value.isascii():
         # `email.header.decode_header` hands raw text beside an encoded word back
         # raw-unicode-escaped ("С" as "\u0421"): it stays as it is, the ASCII around it is decoded
@@ -241,6 +251,33 @@ def html_to_text(html: str) -> tuple[str, list[str]]:
 # Parsing.
 
 _TEXT_LIMIT = 200_000  # characters of text kept per part: enough to classify, bounded cost
+# The email package's parameter parser (behind `get_param`, `get_boundary`, `get_content_charset`)
+# takes time growing with a value's ";"s times its length: a Content-Type of a quote, then 128 KB of
+# ";", held the filter for 8.9 s; 1 MiB of "a=b;" 7.2 s. Its parameters past this many ";" are left
+# out: a real one has a handful (a long file name's RFC 2231 pieces: a dozen or two).
+_MAX_SEMICOLONS = 63
+
+
+def _kept(name: str, value: str) -> str:
+    """A header's value as `COMPAT32` keeps it: a Content-Type's cut at its 64th ";" (the first
+    `_MAX_SEMICOLONS` kept), any other's whole."""
+    if value.count(";") > _MAX_SEMICOLONS and name.lower() == "content-type":
+        return ";".join(value.split(";", _MAX_SEMICOLONS + 1)[:-1])
+    return value
+
+
+class _Compat32(email.policy.Compat32):
+    """The email package's compat32 policy, but a Content-Type keeps its first parameters only
+    (`_kept`): the policy's `header_source_parse` makes every header the feed parser reads."""
+
+    def header_source_parse(self, sourcelines):
+        name, value = super().header_source_parse(sourcelines)
+        return name, _kept(name, value)
+
+
+COMPAT32 = _Compat32()
+
+
 _BASE64_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
 _BASE64_DEFECTS = (email.errors.InvalidBase64CharactersDefect, email.errors.InvalidBase64LengthDefect,
                    email.errors.InvalidBase64PaddingDefect)
@@ -289,7 +326,7 @@ def charset_of(content_type: str) -> str | None:
     """The charset parameter of a Content-Type value, as the email package reads it, or None
     where it has none or a malformed one (an RFC 2231 parameter that does not parse, say)."""
     part = email.message.Message()
-    part.set_raw("Content-Type", content_type)
+    part.set_raw("Content-Type", _kept("Content-Type", content_type))
     try:
         return part.get_content_charset()
     except Exception:  # noqa: BLE001 (the email package's errors here have no common base)
@@ -373,14 +410,14 @@ def _fill_headers(msg, out: ParsedMessage) -> None:
             out.headers[name] = decode_header(header(name))
 
 
-_HEADERS_ONLY = email.parser.BytesParser(policy=email.policy.compat32)
+_HEADERS_ONLY = email.parser.BytesParser(policy=COMPAT32)
 # The first blank line: a line ending ("\n", or the "\n" of "\r\n") followed by an empty line.
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 
 
 def _compat32_headers(raw: bytes):
     """A compat32 `Message` whose headers are parsed and whose payload is the rest of `raw`, as
-    `BytesParser(policy=compat32).parsebytes(raw, headersonly=True)` would make it, faster.
+    `BytesParser(policy=COMPAT32).parsebytes(raw, headersonly=True)` would make it, faster.
 
     The feed parser splits everything it is given into lines, one `readline` at a time; here it
     sees at most the header block, and a well-formed block (`_simple_header_block`) not even that.
@@ -419,13 +456,14 @@ def _simple_header_block(text: str):
     field nor a continuation, a continuation first, a misplaced "From " line. Those cases (which
     add defects or end the headers early) are left to the feed parser itself.
 
-    A field's value is what `Compat32.header_source_parse` makes of its lines: the first line
+    A field's value is what `COMPAT32.header_source_parse` makes of its lines: the first line
     after the colon with leading blanks removed, then the continuation lines as they are, with
-    the final line ending removed. One regex pass replaces ~3 µs of feed-parser work per line.
+    the final line ending removed (and a Content-Type's parameters past its 63rd ";", `_kept`).
+    One regex pass replaces ~3 µs of feed-parser work per line.
     """
     if "\r" in text and text.count("\r") != text.count("\r\n"):
         return None
-    msg = email.message.Message(policy=email.policy.compat32)
+    msg = email.message.Message(policy=COMPAT32)
     pos = 0
     if text.startswith("From "):  # the mbox envelope line, as the feed parser keeps it
         pos = text.index("\n") + 1
@@ -436,12 +474,14 @@ def _simple_header_block(text: str):
     # colon each) add up
     if sum(map(len, chain.from_iterable(fields))) + len(fields) != end - pos:
         return None
+    cut = text.count(";") > _MAX_SEMICOLONS  # (else no value is cut: `_kept` skipped, 5 µs a block)
     for name, first, rest in fields:
-        msg.set_raw(name, (first.lstrip(" \t") + rest).rstrip("\r\n"))  # (a parser's own API)
+        value = (first.lstrip(" \t") + rest).rstrip("\r\n")
+        msg.set_raw(name, _kept(name, value) if cut else value)  # (a parser's own API)
     return msg
 
 
-_HEADERS_ONLY_TEXT = email.parser.Parser(policy=email.policy.compat32)
+_HEADERS_ONLY_TEXT = email.parser.Parser(policy=COMPAT32)
 _CHARSET_PARAM = re.compile(rb"""charset\s*=\s*["']?([\w.:-]+)""", re.IGNORECASE)
 
 
@@ -491,7 +531,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     if msg.get_content_maintype() in ("multipart", "message"):
         if _boundary_matches(raw) > _MAX_BOUNDARY_MATCHES:
             return _plain_fallback(raw, "MIME nesting too deep for its length")
-        msg = email.message_from_bytes(raw, policy=email.policy.compat32)  # (headers: top's, 8-bit ones undecoded)
+        msg = email.message_from_bytes(raw, policy=COMPAT32)  # (headers: top's, 8-bit ones undecoded)
     out = ParsedMessage()
     _fill_headers(top, out)
     _walk(msg, out)
