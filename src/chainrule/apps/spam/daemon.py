@@ -15,9 +15,11 @@ learning and reloading.
 model is loaded, scored, explained and taught.
 
 **Concurrency.** One asyncio event loop (uvloop's, where it is installed) accepts and reads
-connections. A message of up to `INLINE_BYTES` is classified on the loop itself: that takes a few
-tenths of a millisecond, less than handing it to a thread and back, and the threads could not run
-Python side by side anyway. Larger messages and REPORT's explanations run on a small thread pool
+connections. A message of up to `INLINE_BYTES` and `INLINE_PARTS` is classified on the loop itself:
+that takes a few tenths of a millisecond, less than handing it to a thread and back, and the threads
+could not run Python side by side anyway. Larger messages, messages of many MIME parts (the email
+package's work grows with their parts times their lines: up to half a second for 64 KB, which on the
+loop would hold up every other client) and REPORT's explanations run on a small thread pool
 against the loaded filter (its network's passes take turns on the model's lock: the layers keep
 what a backward pass would need, and REPORT's explanation runs one). Learning (TELL) and reloading
 run one at a time on a thread of their own, and loading a user's model not yet in memory on another
@@ -96,6 +98,12 @@ log = logging.getLogger("chainrule.spamd")
 
 DEFAULT_PORT = 783  # spamd's port
 INLINE_BYTES = 64 << 10  # messages up to this size are classified on the event loop, larger ones on a thread
+INLINE_PARTS = 16  # and up to this many lines that may open a MIME part ("\n--"), more on a thread
+
+
+def checked_inline(message: bytes) -> bool:
+    """Whether a check of `message` is quick enough for the event loop (see Concurrency above)."""
+    return len(message) <= INLINE_BYTES and message.count(b"\n--") <= INLINE_PARTS
 
 
 
@@ -526,7 +534,7 @@ class DaemonServer:
             return
         _, f = await self._filter_for(req.user)
         explain = req.command in ("REPORT", "REPORT_IFSPAM")
-        if explain or len(req.body) > INLINE_BYTES:
+        if explain or not checked_inline(req.body):
             v = await asyncio.get_running_loop().run_in_executor(self._check_pool, f.check, req.body, explain)
         else:
             v = f.check(req.body)
