@@ -472,6 +472,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint_and_model(trained
     ({"classes": ["0", "1"]}, "classes must be a list of 10 distinct names"),
     ({"classes": ["a"] * 10}, "classes must be a list of 10 distinct names"),
     ({"dataset": ""}, "dataset must be a data set's name or folder"),
+    ({"recognised_as": "kmnist"}, "recognised_as must be one of mnist, fashion, got 'kmnist'"),
 ])
 def test_damaged_image_model_metadata_is_refused_naming_the_problem(trained, tmp_path, change, said):
     out = tmp_path / "m"

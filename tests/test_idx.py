@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainrule.data import idx
-from chainrule.data.idx import KNOWN_SETS, dataset_name, load_image_set, read_idx
+from chainrule.data.idx import KNOWN_SETS, identify, load_image_set, read_idx
 from chainrule.data.mnist import load_mnist
 from chainrule.errors import DataError
 from conftest import damaged
@@ -82,8 +82,8 @@ def test_real_files_have_the_documented_shapes(test_split):
 
 
 def test_fashion_by_name_with_its_class_names(fashion_dir):
-    images, labels, classes, name = load_image_set("fashion", "test")
-    assert name == "fashion" and classes == FASHION and idx.title(name) == "Fashion-MNIST"
+    images, labels, classes, name, known = load_image_set("fashion", "test")
+    assert name == known == "fashion" and classes == FASHION and idx.title(name) == "Fashion-MNIST"
     assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
     assert list(labels[:5]) == [9, 2, 1, 1, 6]  # ankle boot, pullover, trouser, trouser, shirt
     assert images[:, 0, 0].mean() < 2  # the product on black, like MNIST's ink
@@ -104,9 +104,39 @@ def test_a_folder_holding_a_known_set_is_recognised_by_its_labels(fashion_dir, t
     for folder in (fashion_dir, copy):
         s = load_image_set(folder, "test")
         assert s.name == "fashion" and s.classes == FASHION
-        assert dataset_name(folder) == "fashion"
+        assert identify(folder) == ("fashion", "fashion")
     assert load_image_set(DATA, "test", default="mnist").name == "mnist"
-    assert dataset_name(DATA, default="mnist") == "mnist"
+    assert identify(DATA, default="mnist") == ("mnist", "mnist")
+
+
+def test_a_folder_of_a_known_sets_files_with_test_files_or_names_of_its_own_is_that_folder(fashion_dir, tmp_path):
+    """Fashion-MNIST's training files beside test files of the folder's own, or its four files with
+    a classes.txt naming the classes otherwise, were named "fashion": what loads the set again
+    (`name`) then loaded the published test set and its names, not the folder's. Such a folder is
+    itself, holding Fashion-MNIST's images (`known`, whose presets suit them); the set as published
+    is still "fashion", with a classes.txt that names its classes as it does too."""
+    own = tmp_path / "own test"
+    own.mkdir()
+    for f in fashion_dir.glob("train-*"):
+        (own / f.name).symlink_to(f)
+    published = load_image_set("fashion", "test")
+    for name, array in zip(idx.FILES["test"], (published.images[:300], published.labels[:300]), strict=True):
+        (own / name).write_bytes(idx_bytes(array))
+    train, test = load_image_set(own, "train"), load_image_set(own, "test")
+    assert (train.name, train.known, train.classes) == (str(own.resolve()), "fashion", FASHION)
+    assert (test.name, test.known, len(test.labels)) == (str(own.resolve()), None, 300)
+    assert identify(own) == (str(own.resolve()), "fashion")
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for f in fashion_dir.iterdir():
+        (renamed / f.name).symlink_to(f)
+    french = ["T-shirt", "Pantalon", "Pull", "Robe", "Manteau", "Sandale", "Chemise", "Basket", "Sac", "Bottine"]
+    (renamed / "classes.txt").write_text("\n".join(french) + "\n")
+    s = load_image_set(renamed, "test")
+    assert (s.name, s.known, s.classes) == (str(renamed.resolve()), "fashion", french)
+    assert identify(renamed) == (str(renamed.resolve()), "fashion")
+    (renamed / "classes.txt").write_text("\n".join(FASHION) + "\n")  # its own names: the set as published
+    assert load_image_set(renamed, "test").name == "fashion" and identify(renamed) == ("fashion", "fashion")
 
 
 def test_data_dir_may_be_the_folder_or_its_parent(test_split):
@@ -134,7 +164,7 @@ def test_class_names_of_a_folder_come_from_classes_txt_else_from_the_labels(tmp_
     s = load_image_set(folder, "test")
     assert s.classes == ["0", "1", "2", "3", "4"]  # no names known: the label numbers
     assert s.name == str(folder.resolve()) and idx.title(s.name) == "five"
-    assert dataset_name(folder) == str(folder.resolve())
+    assert identify(folder) == (str(folder.resolve()), None)
     (folder / "classes.txt").write_text("zero\nun\n zwei \ndrie\nquattro\ncinq\n\n\n", encoding="utf-8")
     s = load_image_set(folder, "train")
     assert s.classes == ["zero", "un", "zwei", "drie", "quattro", "cinq"]  # more names than labels is fine
@@ -232,7 +262,7 @@ def test_any_damage_to_a_file_is_a_data_error_or_a_consistent_set(test_split, tm
             raw = damaged(raw, data)
     path.write_bytes(raw)
     try:
-        images, labels, classes, _ = load_image_set(folder, "test")
+        images, labels, classes, _, _ = load_image_set(folder, "test")
     except DataError:
         return
     assert images.shape[1:] == (28, 28) and len(images) == len(labels) and len(classes) > int(labels.max())

@@ -67,8 +67,8 @@ def fashion_test(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `n` Fashion-MNIST test images (uint8, the garment high on 0) and labels."""
     from chainrule.data.idx import load_image_set
 
-    images, labels, _, _ = load_image_set("fashion", "test")
-    return images[:n], labels[:n]
+    s = load_image_set("fashion", "test")
+    return s.images[:n], s.labels[:n]
 
 
 def as_upload(digit: np.ndarray, fmt: str = "PNG", size: int = 112) -> bytes:

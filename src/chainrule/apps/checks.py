@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from chainrule.apps.image_presets import model_inputs, presets_for
-from chainrule.apps.images import OLD_TASKS, TASK, check_image_model
+from chainrule.apps.images import OLD_TASKS, TASK, check_image_model, known_set
 from chainrule.apps.spam import featurize, load_spam_model
 from chainrule.data import idx
 from chainrule.data.corpora import read_messages, read_sms
@@ -118,7 +118,7 @@ def gradcheck_models(model_dir=None, data=None, samples: int = 30) -> list[Gradc
         return [_checked(f"{model_dir} on {len(y)} random inputs ({what})", model, x, y, samples=samples)]
     x, where = sample_inputs(model_dir, metadata, data)
     y = _least_likely(model, x)
-    preset = presets_for(metadata.get("dataset", "mnist")).get(metadata.get("preset")) if task != "spam" else None
+    preset = presets_for(known_set(metadata)).get(metadata.get("preset")) if task != "spam" else None
     loss = preset.loss() if preset is not None else None  # (the loss it was trained with: MSE for `small`)
     title = f"{model_dir} on {len(y)} {where}, scored against the least likely answers"
     if loss is not None:

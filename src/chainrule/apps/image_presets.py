@@ -184,9 +184,9 @@ PRESETS: dict[str, dict[str, Preset]] = {
 PICTURE = {"mnist": "digit", "fashion": "object"}
 
 
-def presets_for(dataset: str) -> dict[str, Preset]:
-    """The presets for `dataset` (a known set's name, or a folder, which gets MNIST's)."""
-    return PRESETS.get(dataset, PRESETS["mnist"])
+def presets_for(known: str | None) -> dict[str, Preset]:
+    """The presets for images of the known set `known` (None, or a folder: MNIST's)."""
+    return PRESETS.get(known, PRESETS["mnist"])
 
 
 def run_name(dataset: str) -> str:

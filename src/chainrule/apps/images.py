@@ -173,7 +173,7 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
     given = {k: given.get(k) for k in RUN_OPTIONS}
     given["data"] = _data_key(given["data"])
     if out is None:
-        dataset = idx.dataset_name(given["data"], default_data)
+        dataset = idx.identify(given["data"], default_data)[0]
         out = f"runs/{run_name(dataset)}-{given['model'] or 'mlp'}"
     out = Path(out)
     if (problem := folder_problem(out)) is not None:
@@ -195,11 +195,12 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
                                 "leave the option out or start a new run with another --out")
     opts = {k: given[k] if given[k] is not None else stored.get(k) for k in RUN_OPTIONS}
     opts["data"] = opts["data"] or default_data
-    dataset = idx.dataset_name(opts["data"], default_data)
-    presets = presets_for(dataset)
+    dataset, known = idx.identify(opts["data"], default_data)
+    presets = presets_for(known)
     opts["model"] = opts["model"] or "mlp"
     if opts["model"] not in presets:
-        raise UserError(f"{idx.title(dataset)} has no preset {opts['model']!r}; choose from {', '.join(presets)}")
+        raise UserError(f"{idx.title(known or dataset)} has no preset {opts['model']!r}; "
+                        f"choose from {', '.join(presets)}")
     preset = presets[opts["model"]]
     for k, default in (("epochs", preset.epochs), ("batch_size", preset.batch_size), ("lr", preset.lr), ("seed", 0)):
         opts[k] = default if opts[k] is None else opts[k]
@@ -214,6 +215,22 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
         raise UserError(f"--train-size must be above {VALIDATION_IMAGES // 10}, got {opts['train_size']}")
     opts["out"] = str(out)
     return opts
+
+
+def _recognised_as(dataset: str, known: str | None) -> dict:
+    """What a model records of the known set its images are, beside its data set: nothing where
+    that names it (`dataset` is the known set, or a folder of other images), else
+    {"recognised_as": the set}: a folder holding that set's images with test files or class names
+    of its own, whose presets and preparation of photos it was trained with."""
+    return {"recognised_as": known} if known is not None and known != dataset else {}
+
+
+def known_set(metadata: dict) -> str | None:
+    """The known set (`idx.KNOWN_SETS`) whose images a model of `metadata` (as `check_image_model`
+    gives it) was trained on, and whose presets: its data set, or the set its folder's images were
+    recognised as; None for a folder of other images."""
+    name = metadata.get("recognised_as", metadata["dataset"])
+    return name if name in idx.KNOWN_SETS else None
 
 
 def _named(classes: list[str]) -> str:
@@ -306,12 +323,13 @@ def train(
         every rank).
     """
     required = classes
-    images, labels, classes, dataset = idx.load_image_set(data, "train", default=default_data)
+    images, labels, classes, dataset, known = idx.load_image_set(data, "train", default=default_data)
     if required is not None and classes != required:
         raise UserError(f"{idx.title(dataset)}: its classes are {_named(classes)}, not {_named(required)}")
-    presets = presets_for(dataset)
+    presets = presets_for(known)
     if model_name not in presets:
-        raise UserError(f"{idx.title(dataset)} has no preset {model_name!r}; choose from {', '.join(presets)}")
+        raise UserError(f"{idx.title(known or dataset)} has no preset {model_name!r}; "
+                        f"choose from {', '.join(presets)}")
     if len(classes) < 2:
         raise DataError(f"{idx.title(dataset)}: every training label is {classes[0]}; a classifier needs two classes")
     missing = np.flatnonzero(np.bincount(labels, minlength=len(classes)) == 0)
@@ -337,10 +355,10 @@ def train(
                             f"{idx.title(dataset)}")
         images, labels = images[:train_size], labels[:train_size]
     test = idx.load_image_set(data, "test", default=default_data)
-    if _other_classes(dataset, classes, test):
-        raise DataError(f"{data}: its training images are {idx.title(dataset)} ({', '.join(classes)}), its test "
-                        f"images are {idx.title(test.name)} ({', '.join(test.classes)}): a model is tested on the set "
-                        "it learns")
+    if _other_classes(known, classes, test):
+        raise DataError(f"{data}: its training images are {idx.title(known or dataset)} ({', '.join(classes)}), its "
+                        f"test images are {idx.title(test.known or test.name)} ({', '.join(test.classes)}): a model is "
+                        "tested on the set it learns")
     test_images, test_labels = test.images, test.labels
     if world.size > 1:  # every rank read the data set itself: the same one?
         digest = hashlib.sha256()
@@ -358,8 +376,8 @@ def train(
             _hold_writer_lock(lock, out)
             _clear_leftovers(out, fresh=not resume)
             atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
-        metadata = {"task": TASK, "preset": model_name, "dataset": dataset, "classes": classes,
-                    "preprocessing": preprocessing_metadata(preset, PICTURE.get(dataset, "digit"))}
+        metadata = {"task": TASK, "preset": model_name, "dataset": dataset, **_recognised_as(dataset, known),
+                    "classes": classes, "preprocessing": preprocessing_metadata(preset, PICTURE.get(known, "digit"))}
         x, y = model_inputs(images, metadata), labels.astype(np.int64)
         n_val = min(VALIDATION_IMAGES, len(y) // 12)
 
@@ -387,7 +405,7 @@ def train(
             metadata["processes"] = world.size
         best = history.best_epoch
         metrics = {
-            "task": TASK, "model": model_name, "dataset": dataset, "options": options,
+            "task": TASK, "model": model_name, "dataset": dataset, **_recognised_as(dataset, known), "options": options,
             "train_images": len(y) - n_val, "validation_images": n_val,
             "epochs_run": len(history), "best_epoch": None if best is None else best + 1,
             "stop_reason": history.stop_reason, "wall_seconds_this_session": round(wall, 2),
@@ -526,6 +544,9 @@ def _metadata_problem(model: Sequential, metadata: dict) -> tuple[str | None, di
     dataset = metadata.get("dataset", "mnist")
     if not (isinstance(dataset, str) and dataset):
         return f"dataset must be a data set's name or folder, got {str(dataset)[:80]}", metadata
+    recognised_as = metadata.get("recognised_as", "mnist")
+    if not (isinstance(recognised_as, str) and recognised_as in idx.KNOWN_SETS):
+        return f"recognised_as must be one of {', '.join(idx.KNOWN_SETS)}, got {str(recognised_as)[:80]!r}", metadata
     try:  # the network on one blank image, prepared as every image will be: one score per class
         out = model.forward(model_inputs(np.zeros((1, 28, 28), np.uint8), metadata))
     except ValueError as exc:
@@ -540,19 +561,18 @@ def _metadata_problem(model: Sequential, metadata: dict) -> tuple[str | None, di
     return None, {**metadata, "dataset": dataset, "classes": classes, "preprocessing": {**prep, "picture": picture}}
 
 
-def _other_classes(trained_on: str, classes: list[str], data: idx.ImageSet) -> bool:
-    """Whether `data` is a set with other classes than a model of `classes` trained on the set
-    `trained_on` knows: another known set, or classes named otherwise (numbered ones may be any)."""
-    known = idx.KNOWN_SETS
+def _other_classes(known: str | None, classes: list[str], data: idx.ImageSet) -> bool:
+    """Whether `data` is a set with other classes than a model of `classes` trained on images of
+    the known set `known` (or of none) knows: another known set's images, or classes named otherwise
+    (numbered ones may be any)."""
     numbered = data.classes == [str(k) for k in range(len(data.classes))]
-    return (trained_on in known and data.name in known and trained_on != data.name) or \
-        (not numbered and data.classes != classes)
+    return (None not in (known, data.known) and known != data.known) or (not numbered and data.classes != classes)
 
 
 def _check_same_classes(path, metadata: dict, data: idx.ImageSet) -> None:
     """Refuse to score a model on a set with other classes (a clothes model on digits, say)."""
     trained_on = metadata["dataset"]
-    if _other_classes(trained_on, metadata["classes"], data):
+    if _other_classes(known_set(metadata), metadata["classes"], data):
         raise UserError(f"{path} was trained on {idx.title(trained_on)} ({', '.join(metadata['classes'])}), "
                         f"not on {idx.title(data.name)} ({', '.join(data.classes)})")
     _check_labels(data.labels, metadata["classes"], f"{idx.title(data.name)} test set")

@@ -24,7 +24,9 @@ A data set is given by name or as a folder:
 
 Class names come from a `classes.txt` beside the files (one name per line), else from the known
 set (a folder holding MNIST or Fashion-MNIST is recognised by its label file), else they are the
-label numbers "0", "1", ... up to the largest label.
+label numbers "0", "1", ... up to the largest label. A folder is named as that known set only where
+it holds the set as published: test files of its own, or a classes.txt naming the classes otherwise,
+make it a set of its own, whose images are the known set's.
 """
 
 from __future__ import annotations
@@ -125,13 +127,17 @@ class ImageSet(NamedTuple):
         images: uint8 (n, 28, 28), ink (or object) high on a 0 background.
         labels: uint8 (n,), each below `len(classes)`.
         classes: the class names, in label order.
-        name: what loads this set again: a known set's name, or the folder's absolute path.
+        name: what loads this set again: a known set's name (given by name, or a folder holding
+            that set as published), or the folder's absolute path.
+        known: the known set these images are (`name`'s, or the one a folder's labels are),
+            whose presets suit them; None for other images.
     """
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
     name: str
+    known: str | None
 
 
 def title(name: str) -> str:
@@ -473,13 +479,14 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
     labels = read_idx(labels_path, 1, check=as_many_as_images)
     images = read_idx(images_path, 3, check=as_its_header_said)
     if known is None:
-        known = _recognise(labels, split)
+        name, known = _identify(labels_path, labels, split)
     elif (other := _recognise(labels, split)) not in (None, known):  # (a slice of the set is taken as it)
         raise DataError(f"{labels_path}: these are {other.title}'s {split} labels, in {known.title}'s place: "
                         f"put {known.title}'s files there")
-    name = known.name if known is not None else str(images_path.parent.resolve())
+    else:
+        name = known.name
     classes = _class_names(images_path.parent, labels, known, labels_path)
-    return ImageSet(images, labels, classes, name)
+    return ImageSet(images, labels, classes, name, known.name if known is not None else None)
 
 
 def _recognise(labels: np.ndarray, split: str) -> KnownSet | None:
@@ -489,15 +496,42 @@ def _recognise(labels: np.ndarray, split: str) -> KnownSet | None:
     return next((k for k in KNOWN_SETS.values() if k.sha256[FILES[split][1]] == digest), None)
 
 
-def dataset_name(source=None, default: str | None = None) -> str:
-    """The name `load_image_set(source, default=default)` gives the set (a known set's name, or the
-    folder's absolute path), reading no more than a label file."""
+def _identify(labels_path: Path, labels: np.ndarray, split: str) -> tuple[str, KnownSet | None]:
+    """(`ImageSet.name`, the known set its images are) of the set in the folder of `labels_path`,
+    whose `split` labels are `labels`: a known set's name where the folder holds that set as
+    published, else the folder's absolute path."""
+    folder = labels_path.parent
+    known = _recognise(labels, split)
+    if known is None or not _as_published(folder, known, split):
+        return str(folder.resolve()), known
+    return known.name, known
+
+
+def _as_published(folder: Path, known: KnownSet, split: str) -> bool:
+    """Whether `folder`, whose `split` labels are `known`'s, holds that set as published: its other
+    split's labels (where it has them) are `known`'s too, and a classes.txt names the classes as
+    `known` does. Otherwise its test set, or its class names, are its own, and only loading the
+    folder again gives them."""
+    other = "test" if split == "train" else "train"
+    other_labels = _find(folder, FILES[other][1])
+    listed = folder / CLASSES_FILE
+    try:
+        if listed.is_file() and read_classes(listed) != list(known.classes):
+            return False
+        return other_labels is None or _recognise(read_idx(other_labels, 1), other) is known
+    except DataError:  # (a damaged file is not that set's; loading it says what is wrong)
+        return False
+
+
+def identify(source=None, default: str | None = None) -> tuple[str, str | None]:
+    """The `ImageSet.name` and `ImageSet.known` that `load_image_set(source, default=default)` gives
+    the set, reading no more than its label files and classes.txt."""
     known = _search_dirs(source, default)[1]
     if known is not None:
-        return known.name
+        return known.name, known.name
     for split in FILES:
         found = find_files(split, source, default)
         if found is not None:
-            known = _recognise(read_idx(found[1], 1), split)
-            return known.name if known is not None else str(found[0].parent.resolve())
+            name, known = _identify(found[1], read_idx(found[1], 1), split)
+            return name, known.name if known is not None else None
     raise DataError(f"{source}: no IDX image set there: {where_to_put(source, default)}")

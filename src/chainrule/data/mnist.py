@@ -32,7 +32,7 @@ def load_mnist(split: str = "train", data_dir=None, download_missing: bool = Tru
     """
     if split not in FILES:
         raise ValueError(f"load_mnist: split must be 'train' or 'test', got {split!r}")
-    images, labels, _, _ = load_image_set(data_dir, split, default="mnist", download_missing=download_missing)
+    images, labels = load_image_set(data_dir, split, default="mnist", download_missing=download_missing)[:2]
     if labels.max() >= NUM_CLASSES:
         bad = int(np.argmax(labels >= NUM_CLASSES))
         raise DataError(f"MNIST {split} labels: label {labels[bad]} at index {bad} is not a digit 0-9")
