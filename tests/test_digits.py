@@ -566,6 +566,18 @@ def test_bad_inputs_exit_nonzero_with_one_line(case, bad_inputs):
     assert not (bad_inputs["root"] / "r1" / "model.json").exists()
 
 
+@pytest.mark.parametrize("group", ["digits", "images"])
+def test_batch_size_1_with_batch_norm_is_refused_before_the_run_folder_is_made(tmp_path, capsys, group):
+    """The cnn preset's batch norm cannot train on a batch of one example (its variance is 0): that
+    was an internal error ("BatchNorm: training needs more than one value per feature") after the
+    run folder was made, leaving only run.json and model.lock in it."""
+    code, _, err = cli(capsys, group, "train", "--data", "mnist", "--model", "cnn", "--batch-size", "1",
+                       "--train-size", "600", "--epochs", "1", "--quiet", "--out", tmp_path / "run")
+    assert (code, err) == (2, "chainrule: error: --batch-size must be at least 2 for the cnn preset: batch "
+                              "normalisation needs two examples per batch\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_diverging_run_is_one_line_that_says_nothing_was_saved(tmp_path):
     """NumPy's overflow warnings came first (from the threads that run parts of Adam's update, which
     did not share the command's error state), then a line saying the last good weights were kept,

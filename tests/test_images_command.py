@@ -324,6 +324,20 @@ def test_labels_with_gaps_are_refused_before_anything_is_written(fashion_dir, tm
     assert code == 2 and "t10k-images" in stderr and not (tmp_path / "run").exists()
 
 
+def test_batch_norm_trains_on_batches_of_two_when_one_example_is_left_over(tmp_path, capsys):
+    """The cnn preset with --batch-size 2 on 23 training images (25, 2 held out): the example
+    left over at each epoch's end joins the batch before it, as batch norm needs two."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for split, n in (("train", 25), ("test", 40)):
+        s = load_image_set("mnist", split)
+        _write_idx(folder, split, s.images[:n], s.labels[:n])
+    code, stdout, stderr = cli(capsys, "images", "train", "--data", folder, "--model", "cnn", "--batch-size", "2",
+                               "--epochs", "1", "--quiet", "--out", tmp_path / "run")
+    assert code == 0, stderr
+    assert "/40)" in stdout and json.loads((tmp_path / "run" / "metrics.json").read_text())["train_images"] == 23
+
+
 def test_a_folder_of_one_sets_training_files_and_anothers_test_files_is_refused(fashion_dir, mnist_dir, tmp_path,
                                                                                   capsys):
     """Fashion-MNIST's training files beside MNIST's test files: the model would be scored on digits

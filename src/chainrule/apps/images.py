@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from chainrule import (
+    BatchNorm,
     EarlyStopping,
     Sequential,
     Sigmoid,
@@ -347,6 +348,12 @@ def train(
     writer = world.rank == 0  # the one process that writes files and logs
     if batch_size < world.size:  # (`fit` would refuse it too, once the run folder is made)
         raise UserError(f"--batch-size {batch_size} is smaller than the {world.size} processes that share each batch")
+    model = build_model(preset, len(classes), seed)
+    if batch_size < 2 and any(isinstance(layer, BatchNorm) for layer in model.layers):
+        # (a batch's variance of one example is 0; `fit` merges one left over at an epoch's end
+        # into the batch before it, so any larger batch size trains)
+        raise UserError(f"--batch-size must be at least 2 for the {model_name} preset: batch normalisation needs "
+                        "two examples per batch")
     options = {"data": _data_key(data) or default_data, "model": model_name, "epochs": epochs,
                "batch_size": batch_size, "lr": lr, "seed": seed, "train_size": train_size}
     if train_size is not None:
@@ -381,7 +388,6 @@ def train(
         x, y = model_inputs(images, metadata), labels.astype(np.int64)
         n_val = min(VALIDATION_IMAGES, len(y) // 12)
 
-        model = build_model(preset, len(classes), seed)
         optimizer = preset.optimizer(model.parameters(), lr)
         schedule = preset.lr_schedule(lr, epochs) if preset.lr_schedule is not None else None
         early = EarlyStopping(monitor=preset.monitor, patience=preset.patience, restore_best_weights=True)
