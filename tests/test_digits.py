@@ -471,6 +471,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint_and_model(trained
     ({"preprocessing.picture": "face"}, "preprocessing.picture must be one of"),
     ({"classes": ["0", "1"]}, "classes must be a list of 10 distinct names"),
     ({"classes": ["a"] * 10}, "classes must be a list of 10 distinct names"),
+    ({"classes": ["0\n1 (99.9%)", *"123456789"]}, r"class 0 ('0\n1 (99.9%)') holds a control character"),
     ({"dataset": ""}, "dataset must be a data set's name or folder"),
     ({"recognised_as": "kmnist"}, "recognised_as must be one of mnist, fashion, got 'kmnist'"),
 ])

@@ -169,9 +169,10 @@ def test_class_names_of_a_folder_come_from_classes_txt_else_from_the_labels(tmp_
     s = load_image_set(folder, "train")
     assert s.classes == ["zero", "un", "zwei", "drie", "quattro", "cinq"]  # more names than labels is fine
     np.testing.assert_array_equal(s.labels, five)
-    # lines end at \n, \r\n or \r, not inside a name at a form feed or U+2028 (str.splitlines' other breaks)
-    (folder / "classes.txt").write_text("zero\r\nun\x0cone\nzwei\u2028two\rdrie\nquattro\n", encoding="utf-8")
-    assert load_image_set(folder, "test").classes == ["zero", "un\x0cone", "zwei\u2028two", "drie", "quattro"]
+    # lines end at \n, \r\n or \r, not inside a name at U+2028 or U+2029 (str.splitlines' other breaks; a
+    # form feed among them is a control character, refused below)
+    (folder / "classes.txt").write_text("zero\r\nun\u2029one\nzwei\u2028two\rdrie\nquattro\n", encoding="utf-8")
+    assert load_image_set(folder, "test").classes == ["zero", "un\u2029one", "zwei\u2028two", "drie", "quattro"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -182,7 +183,12 @@ def test_class_names_of_a_folder_come_from_classes_txt_else_from_the_labels(tmp_
     (b"\xff\xfecat\n", "not UTF-8"),
     ("\n".join(str(k) for k in range(300)).encode(), "at most 256"),
     (b"cat\ndog\n", "label 7 at index 0 has no class"),
-], ids=["blank line", "repeated", "one name", "empty", "not utf-8", "300 names", "too few for the labels"])
+    # (printed as they are, a terminal acted on them: a colour, a column, a forged line)
+    (b"cat\x1b[31mRED\ndog\n", r"line 1: the class name 'cat\x1b[31mRED' holds a control character"),
+    (b"cat\ndog\tpuppy\n", r"line 2: the class name 'dog\tpuppy' holds a control character"),
+    (b"cat\ndog\x0cpuppy\n", r"line 2: the class name 'dog\x0cpuppy' holds a control character"),
+], ids=["blank line", "repeated", "one name", "empty", "not utf-8", "300 names", "too few for the labels", "escape",
+        "tab", "form feed"])
 def test_bad_classes_txt_is_refused_naming_the_file(tmp_path, test_split, text, expected):
     folder = write_set(tmp_path / "set", test_split[0][:20], test_split[1][:20])  # labels 7 2 1 0 4 ...
     (folder / "classes.txt").write_bytes(text)

@@ -224,6 +224,38 @@ def test_a_folder_of_a_known_sets_files_with_test_files_or_names_of_its_own_is_e
     assert "/10000)" in stdout and "\nPantalon  " in stdout and "9 Bottine" in stdout
 
 
+def test_class_names_are_printed_escaped_and_figures_of_any_script_draw_without_warnings(tmp_path, capsys):
+    """A classes.txt with an ESC sequence or a TAB trained a model whose names predict and evaluate
+    printed as they are (a coloured terminal, a forged line), and matplotlib warned on stderr of
+    every glyph its font lacks (ESC, TAB, each character of a CJK name, a multi-line warning each).
+    Control characters are refused where names come in, what else a terminal acts on is printed
+    escaped, and the figures say nothing of glyphs they cannot draw."""
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for split, n in (("train", 2000), ("test", 300)):
+        s = load_image_set("mnist", split)
+        first = s.labels[:n] < 3
+        _write_idx(folder, split, s.images[:n][first], s.labels[:n][first])
+    (folder / "classes.txt").write_text("zero\x1b[31mRED\none\ttab\ntwo\n")
+    code, _, stderr = cli(capsys, "images", "train", "--data", folder, "--epochs", "1", "--quiet", "--out",
+                          tmp_path / "run")
+    assert (code, stderr) == (2, f"chainrule: error: {folder / 'classes.txt'}: line 1: the class name "
+                                 "'zero\\x1b[31mRED' holds a control character\n")
+    assert not (tmp_path / "run").exists()
+    (folder / "classes.txt").write_text("\u96f6\n\u4e00\n\u4e8c\u2028forged (99.9%)\n")  # zero, one, two
+    proc = run_cli("images", "train", "--data", folder, "--epochs", "1", "--quiet", "--out", tmp_path / "run")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    proc = run_cli("images", "evaluate", tmp_path / "run")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert "\u2028" not in proc.stdout
+    assert "\n0 \u96f6" in proc.stdout and "2 \u4e8c\\u2028forged (99.9%)" in proc.stdout
+    page = tmp_path / "two.png"
+    Image.fromarray(255 - load_image_set(folder, "test").images[0]).save(page)
+    code, stdout, _ = cli(capsys, "images", "predict", tmp_path / "run", page)
+    assert code == 0 and stdout.count("\n") == 1 and "\u2028" not in stdout
+    assert " \u4e8c\\u2028forged (99.9%):" in stdout
+
+
 def test_digits_is_images_with_mnist_as_the_data_set(tmp_path, fashion_dir, capsys):
     resolve = images.resolve_run_options
     assert resolve({}, None)["out"] == "runs/digits-mlp" and resolve({}, None)["data"] == "mnist"

@@ -8,7 +8,14 @@ non-zero exit code; the web app answers it with a 4xx. Anything else that escape
 
 from __future__ import annotations
 
+import threading
 import unicodedata
+
+# `warnings.catch_warnings` swaps the process's warning filters and puts them back: two threads
+# doing so at once (the web app decodes images on several) could leave one's filters in place.
+# Ours take turns on this lock (Pillow's warnings as an image is decoded, matplotlib's as a figure
+# is drawn).
+WARNING_FILTERS = threading.Lock()
 
 
 class UserError(Exception):

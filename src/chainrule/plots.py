@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from chainrule import metrics
+from chainrule.errors import WARNING_FILTERS
 from chainrule.files import atomic_write_bytes
 
 
@@ -47,7 +49,11 @@ def save_figure(fig, path, dpi: int = 110) -> None:
     if kind not in formats:
         raise ValueError(f"{path}: a figure file ends in one of .{', .'.join(sorted(formats))}")
     buf = io.BytesIO()
-    fig.savefig(buf, format=kind, dpi=dpi, bbox_inches="tight")
+    # A character the font lacks (a class name in Chinese, with no CJK font installed) is drawn as
+    # an empty box, and matplotlib warns on stderr of each one, in several lines: cosmetic, so quiet.
+    with WARNING_FILTERS, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from font", UserWarning)
+        fig.savefig(buf, format=kind, dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
 
 

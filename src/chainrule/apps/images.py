@@ -564,6 +564,8 @@ def _metadata_problem(model: Sequential, metadata: dict) -> tuple[str | None, di
     if not (isinstance(classes, list) and len(classes) == outputs and all(isinstance(c, str) and c for c in classes)
             and len(set(classes)) == len(classes)):
         return f"classes must be a list of {outputs} distinct names, one per output, got {str(classes)[:80]}", metadata
+    if (k := next((k for k, name in enumerate(classes) if idx.control_character(name)), None)) is not None:
+        return f"class {k} ({classes[k][:80]!r}) holds a control character", metadata
     return None, {**metadata, "dataset": dataset, "classes": classes, "preprocessing": {**prep, "picture": picture}}
 
 

@@ -84,11 +84,13 @@ def report_text(report: dict) -> str:
     """Accuracy, a per-class table and the confusion matrix as plain text."""
     classes = report.get("classes") or [str(k) for k in range(len(report["confusion_matrix"]))]
     digits = classes == images.DIGITS
+    classes = [printable(name) for name in classes]  # (as the lines they are printed on)
     word = "digit" if digits else "class"
     width = max(5, *(len(c) for c in classes))
     lines = [f"test accuracy: {100 * report['accuracy']:.2f}% ({report['n'] - report['errors']}/{report['n']})",
              "", f"{word:<{width}}  precision   recall       f1  support"]
-    for name, s in report["per_class"].items():  # (each column as wide as "100.00%" or its header)
+    # (each column as wide as "100.00%" or its header)
+    for name, s in zip(classes, report["per_class"].values(), strict=True):
         lines.append(f"{name:>{width}}  {_percent(s['precision']):>9}  {_percent(s['recall']):>7}  "
                      f"{_percent(s['f1']):>7}  {s['support']:7d}")
     # rows are labelled with the class (and its number, when it has a name); columns with the number
@@ -149,8 +151,10 @@ def _cmd_predict(args) -> int:
             failed += 1
             print(f"chainrule: error: {printable(r['error'])}", file=sys.stderr)
         elif not args.json:
-            probs = " ".join(f"{name}:{p:.3f}" for name, p in zip(metadata["classes"], r["probabilities"], strict=True))
-            print(f"{printable(r['source'])}: {r['label']} ({100 * r['probabilities'][r['index']]:.1f}%)  [{probs}]")
+            probs = " ".join(f"{printable(name)}:{p:.3f}"
+                             for name, p in zip(metadata["classes"], r["probabilities"], strict=True))
+            print(f"{printable(r['source'])}: {printable(r['label'])} ({100 * r['probabilities'][r['index']]:.1f}%)  "
+                  f"[{probs}]")
     if args.json:  # one entry per image given, in order: {"source", "error"} for one that could not be read
         print_lines(json.dumps(results, indent=2))
     return 1 if failed else 0

@@ -35,6 +35,7 @@ import gzip
 import hashlib
 import http.client
 import logging
+import unicodedata
 import urllib.error
 import urllib.request
 import zlib
@@ -245,7 +246,8 @@ def _idx_sha256(array: np.ndarray) -> str:
 
 def read_classes(path) -> list[str]:
     """The class names in a `classes.txt`: one per line, in label order (blank lines at the end
-    are ignored, spaces around a name are not part of it)."""
+    are ignored, spaces around a name are not part of it). A name may not hold a control character
+    (`control_character`)."""
     path = Path(path)
     try:
         text = path.read_bytes()[: 1 << 20].decode("utf-8-sig")
@@ -265,8 +267,17 @@ def read_classes(path) -> list[str]:
     for i, name in enumerate(names):
         if name in seen:
             raise DataError(f"{path}: line {i + 1} repeats the class name {name!r}")
+        if control_character(name):
+            raise DataError(f"{path}: line {i + 1}: the class name {name!r} holds a control character")
         seen.add(name)
     return names
+
+
+def control_character(name: str) -> bool:
+    """Whether `name` holds a control character (an ESC, a TAB, a line break...): a class name is
+    printed on a line of its own among others, and shown in figures, where a terminal would act on
+    one and a font has no glyph for it."""
+    return any(unicodedata.category(c) == "Cc" for c in name)
 
 
 # -- finding the files ----------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
-import threading
 import warnings
 from pathlib import Path
 
@@ -41,7 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from chainrule.errors import DataError
+from chainrule.errors import WARNING_FILTERS, DataError
 from chainrule.files import link_problem
 
 # Refuse images larger than this many pixels before decoding them: a small compressed file can
@@ -82,16 +81,11 @@ class ImageError(DataError):
     """The input is not a usable image (empty, unreadable, too large, blank)."""
 
 
-# `warnings.catch_warnings` swaps the process's warning filters and puts them back: two threads
-# doing so at once (the web app decodes images on several) could leave one's filters in place.
-_WARNING_FILTERS = threading.Lock()
-
-
 @contextlib.contextmanager
 def _pillow_warnings():
     """Pillow's notes on damaged metadata (EXIF: "Corrupt EXIF data", "tag 274 had too many
     entries") silenced, and its decompression bomb warning raised as an error; threads take turns."""
-    with _WARNING_FILTERS, warnings.catch_warnings():
+    with WARNING_FILTERS, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         yield
