@@ -370,6 +370,30 @@ def test_batch_norm_trains_on_batches_of_two_when_one_example_is_left_over(tmp_p
     assert "/40)" in stdout and json.loads((tmp_path / "run" / "metrics.json").read_text())["train_images"] == 23
 
 
+def test_a_set_too_small_to_hold_out_validation_images_is_refused_in_one_line(tmp_path, capsys):
+    """11 training images: the twelfth of them held out to choose the epoch was none, and `fit`'s
+    own complaint came out as an internal error ("early stopping on a validation metric needs
+    validation_split or validation_data"). 12 train on 11 and choose the epoch on one."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for split, n in (("train", 11), ("test", 50)):
+        s = load_image_set("mnist", split)
+        chosen = np.nonzero(s.labels < 2)[0][:n]
+        _write_idx(folder, split, s.images[chosen], s.labels[chosen])
+    code, _, stderr = cli(capsys, "images", "train", "--data", folder, "--epochs", "1", "--quiet",
+                          "--out", tmp_path / "run")
+    assert (code, stderr) == (2, "chainrule: error: tiny: 11 training images; a model needs at least 12, a twelfth "
+                                 "of them held out to choose the epoch\n")
+    assert not (tmp_path / "run").exists()
+    s = load_image_set("mnist", "train")
+    chosen = np.nonzero(s.labels < 2)[0][:12]
+    _write_idx(folder, "train", s.images[chosen], s.labels[chosen])
+    code, _, stderr = cli(capsys, "images", "train", "--data", folder, "--epochs", "1", "--quiet",
+                          "--out", tmp_path / "run")
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["validation_images"] == 1
+
+
 def test_a_folder_of_one_sets_training_files_and_anothers_test_files_is_refused(fashion_dir, mnist_dir, tmp_path,
                                                                                   capsys):
     """Fashion-MNIST's training files beside MNIST's test files: the model would be scored on digits

@@ -66,9 +66,11 @@ TASK = "images"
 # Models saved by chainrule 0.1's `chainrule digits train` say "digits": MNIST models.
 OLD_TASKS = ("digits",)
 DIGITS = [str(k) for k in range(10)]
-# Held out from the training images to choose the epoch (early stopping); the official test images
-# are only ever used for the final figure.
+# Held out from the training images to choose the epoch (early stopping): a twelfth of them, at
+# most 5,000 (MNIST's 60,000 give 5,000); the official test images are only ever used for the final
+# figure.
 VALIDATION_IMAGES = 5000
+VALIDATION_SHARE = 12
 
 
 def class_names(metadata: dict, model: Sequential | None = None) -> list[str]:
@@ -361,6 +363,10 @@ def train(
             raise UserError(f"--train-size {train_size:,} is more than the {len(labels):,} training images of "
                             f"{idx.title(dataset)}")
         images, labels = images[:train_size], labels[:train_size]
+    n_val = min(VALIDATION_IMAGES, len(labels) // VALIDATION_SHARE)
+    if n_val == 0:
+        raise DataError(f"{idx.title(dataset)}: {len(labels)} training images; a model needs at least "
+                        f"{VALIDATION_SHARE}, a twelfth of them held out to choose the epoch")
     test = idx.load_image_set(data, "test", default=default_data)
     if _other_classes(known, classes, test):
         raise DataError(f"{data}: its training images are {idx.title(known or dataset)} ({', '.join(classes)}), its "
@@ -386,7 +392,6 @@ def train(
         metadata = {"task": TASK, "preset": model_name, "dataset": dataset, **_recognised_as(dataset, known),
                     "classes": classes, "preprocessing": preprocessing_metadata(preset, PICTURE.get(known, "digit"))}
         x, y = model_inputs(images, metadata), labels.astype(np.int64)
-        n_val = min(VALIDATION_IMAGES, len(y) // 12)
 
         optimizer = preset.optimizer(model.parameters(), lr)
         schedule = preset.lr_schedule(lr, epochs) if preset.lr_schedule is not None else None
