@@ -589,6 +589,33 @@ def test_a_diverging_run_is_one_line_that_says_nothing_was_saved(tmp_path):
     assert not (tmp_path / "run" / "model.json").exists()
 
 
+def test_a_run_that_diverges_over_an_earlier_one_leaves_that_runs_files_as_they_were(tmp_path, capsys,
+                                                                                    monkeypatch):
+    """A new run into the folder of a finished one deleted that run's checkpoint and wrote its own
+    run.json, then diverged: the folder held the earlier model beside the options of a run that
+    saved nothing, and --resume refused the earlier run's ("used batch_size=128, not 64") or started
+    the diverging run again. Diverging at its first epoch or later, it leaves the folder as it was."""
+    out = tmp_path / "run"
+    assert cli(capsys, "digits", "train", *TINY[:4], "--epochs", "1", "--batch-size", "64", "--quiet",
+               "--out", out)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run_cli("digits", "train", *TINY[:4], "--epochs", "1", "--lr", "1e308", "--quiet", "--out", out)
+    assert r.returncode == 2 and "training diverged" in r.stderr, r.stderr
+    assert r.stderr.endswith(f"no model was saved, the earlier run in {out} is as it was — try a smaller --lr\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    class DivergesInItsSecondEpoch(cr.Callback):  # (after its first epoch's checkpoint was written)
+        def on_epoch_end(self, epoch, logs, model):
+            if epoch == 1:
+                raise cr.TrainingDiverged(float("nan"), 2, 3, 1e-3)
+
+    real_fit = images.fit
+    monkeypatch.setattr(images, "fit", lambda *a, **kw: real_fit(*a, callbacks=[DivergesInItsSecondEpoch()], **kw))
+    code, _, err = cli(capsys, "digits", "train", *TINY[:4], "--epochs", "3", "--quiet", "--out", out)
+    assert code == 2 and "training diverged: the loss became nan at epoch 2, batch 3" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_a_second_run_into_a_folder_another_run_is_writing_is_refused(tmp_path):
     """Two trainings into one --out both reported success and left one's run.json beside the
     other's model and checkpoint. A run holds the folder's writer lock (held here by this test)."""

@@ -47,7 +47,7 @@ from chainrule.apps.image_presets import (
 from chainrule.data import idx
 from chainrule.data.images import PICTURES, ImageError, preprocess_image
 from chainrule.distributed import World
-from chainrule.errors import DataError, ModelFileError, UserError
+from chainrule.errors import DataError, ModelFileError, TrainingDiverged, UserError
 from chainrule.files import (
     LOCK_FILE,
     atomic_write_bytes,
@@ -387,7 +387,9 @@ def train(
         if writer:  # (once the data is known to be readable: a failed start leaves no folder behind)
             out.mkdir(parents=True, exist_ok=True)
             _hold_writer_lock(lock, out)
-            _clear_leftovers(out, fresh=not resume)
+            _clear_leftovers(out)
+            if not resume:
+                lock.enter_context(_replacing_earlier_run(out))
             atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
         metadata = {"task": TASK, "preset": model_name, "dataset": dataset, **_recognised_as(dataset, known),
                     "classes": classes, "preprocessing": preprocessing_metadata(preset, PICTURE.get(known, "digit"))}
@@ -455,21 +457,44 @@ EVALUATE_FILES = ("eval_metrics.json", "eval_confusion_matrix.png", "mistakes.pn
 DERIVED_FILES = (*EVALUATE_FILES, "first_layer.png")
 
 
-def _clear_leftovers(out: Path, fresh: bool) -> None:
+def _clear_leftovers(out: Path) -> None:
     """Delete the partial files a killed run, evaluation or drawing left (`atomic_open`'s temporary
-    files: a checkpoint, a run.json, a figure), and when a run starts afresh over an earlier one,
-    that run's checkpoint (a finished run's: `resolve_run_options` refuses to start over an
-    unfinished one). Called with the folder's writer lock held, so nothing of a run still writing
-    there is touched. (Staging folders a killed run left, `written_together` removes; what was
-    derived from the earlier model, and the model's own partial files, the new one's save.)"""
+    files: a checkpoint, a run.json, a figure; an earlier run's checkpoint set aside,
+    `_replacing_earlier_run`). Called with the folder's writer lock held, so nothing of a run still
+    writing there is touched. (Staging folders a killed run left, `written_together` removes; what
+    was derived from the earlier model, and the model's own partial files, the new one's save.)"""
     for name in ("checkpoint.npz", "run.json", *RUN_FILES, *DERIVED_FILES):
         for tmp in out.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
-    if not fresh:
-        return
-    if (out / "checkpoint.npz").exists():
+
+
+@contextlib.contextmanager
+def _replacing_earlier_run(out: Path) -> Iterator[None]:
+    """The `with` block of a new run in `out` over what an earlier run left there (a finished run:
+    `resolve_run_options` refuses to start over an unfinished one). That run's checkpoint is set
+    aside, and put back with its run.json if the new run diverges: it saved no model, so the model,
+    metrics and figures there are still the earlier run's, and the folder describes that run again
+    (--resume would otherwise start the run that diverged once more). Otherwise the checkpoint set
+    aside is deleted; a run killed meanwhile leaves it as a partial file (`_clear_leftovers`)."""
+    run_file, checkpoint, aside = out / "run.json", out / "checkpoint.npz", out / ".checkpoint.npz.earlier.tmp"
+    earlier = run_file.read_bytes() if run_file.is_file() else None
+    if checkpoint.exists():
         log.warning("replacing the earlier run in %s", out)
-        (out / "checkpoint.npz").unlink()
+        checkpoint.replace(aside)
+    try:
+        yield
+    except TrainingDiverged:
+        if aside.exists():
+            aside.replace(checkpoint)  # (over the new run's, if it wrote one)
+        else:
+            checkpoint.unlink(missing_ok=True)
+        if earlier is None:
+            run_file.unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(run_file, earlier)
+        raise
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

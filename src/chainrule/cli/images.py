@@ -48,8 +48,9 @@ def _cmd_train(args) -> int:
                                   data=opts["data"], train_size=opts["train_size"], resume=args.resume,
                                   verbose=not args.quiet, default_data=args.default_data, world=world,
                                   classes=images.DIGITS if args.group == "digits" else None)
-    except TrainingDiverged as exc:
-        raise UserError(diverged(exc)) from None
+    except TrainingDiverged as exc:  # (a new run over an earlier one leaves that one as it was)
+        earlier = out if not args.resume and (out / "model.json").exists() else None
+        raise UserError(diverged(exc, earlier)) from None
     except KeyboardInterrupt:
         # (a checkpoint older than this run, not resumed, is an earlier run's, finished: --resume would
         # continue that one, not this)

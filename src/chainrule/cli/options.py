@@ -102,10 +102,11 @@ def stdin_once(paths: list[str]) -> None:
         raise UserError("'-' (standard input) can be given only once")
 
 
-def diverged(exc) -> str:
-    """The one-line error of a `train` command whose loss blew up (`TrainingDiverged`): where, and
-    that the run saved no model."""
-    return f"training diverged: {exc.where()} (lr {exc.lr:g}); no model was saved — try a smaller --lr"
+def diverged(exc, earlier=None) -> str:
+    """The one-line error of a `train` command whose loss blew up (`TrainingDiverged`): where, that
+    the run saved no model, and that the `earlier` run in its folder (if one) is still there."""
+    kept = f", the earlier run in {earlier} is as it was" if earlier is not None else ""
+    return f"training diverged: {exc.where()} (lr {exc.lr:g}); no model was saved{kept} — try a smaller --lr"
 
 
 def _number(text: str, kind: type, ok, expected: str):
