@@ -384,6 +384,20 @@ def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(tmp_path):
     assert not images.unfinished_run(out / "checkpoint.npz")  # a finished run's: a new run may replace it
 
 
+def test_resume_of_a_finished_run_says_so_and_leaves_its_folder_alone(trained, tmp_path, capsys):
+    """--resume on a run that had ended trained nothing and wrote everything again, deleting what
+    evaluate and show had written beside its model. As `make` with nothing to do: a line saying so,
+    exit 0 (a job that always passes --resume, rerun, succeeds)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    assert cli(capsys, "digits", "evaluate", run)[0] == 0 and cli(capsys, "digits", "show", run)[0] == 0
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
+    assert {"eval_metrics.json", "mistakes.png", "first_layer.png"} <= set(before)
+    assert cli(capsys, "digits", "train", "--out", run, "--resume", "--quiet") == \
+        (0, "", f"digits: the run in {run} is finished: nothing to resume\n")
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()} == before
+
+
 def test_a_run_stopped_after_its_last_epoch_before_its_model_is_saved_is_unfinished(trained, tmp_path):
     """Ctrl-C as the figures are drawn: the last checkpoint (written after the last epoch) says the
     run ended, no model was saved, and a plain rerun threw the whole run away and started over,
@@ -443,12 +457,14 @@ def _limit_file_size(limit: int):
 @pytest.mark.parametrize(("epochs", "failed_write"), [(3, r"checkpoint\.npz"), (2, r"model-[0-9a-f]{16}\.npz")])
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint_and_model(trained, tmp_path, epochs, failed_write):
     # the finished 2-epoch run resumed on a disk with room for 1 MB per file: for a third epoch, whose
-    # checkpoint (~10 MB) cannot be written; or as it was, when the model's weights (2.7 MB) cannot be
+    # checkpoint (~10 MB) cannot be written; or, stopped after its last epoch before its model was
+    # saved (the checkpoint newer than model.json), as it saves the model's weights (2.7 MB)
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
     doc = json.loads((run / "run.json").read_text())
     doc["options"]["epochs"] = epochs
     (run / "run.json").write_text(json.dumps(doc))
+    os.utime(run / "checkpoint.npz", ns=(time.time_ns(), (run / "model.json").stat().st_mtime_ns + 1))
     kept = {p.name: p.read_bytes() for p in (run / "checkpoint.npz", run / "model.json", model_files(run)["model"])}
     env = {**os.environ, "CHAINRULE_DATA": DATA}
     proc = subprocess.run([*CLI, "digits", "train", "--out", str(run), "--resume", "--quiet"], capture_output=True,

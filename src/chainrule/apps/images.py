@@ -258,6 +258,20 @@ def unfinished_run(checkpoint: Path) -> bool:
         return False
 
 
+def finished_run(out: Path, epochs: int) -> bool:
+    """Whether the run in `out` has ended, leaving nothing to resume: its checkpoint is that of a
+    run that stopped early or ran all its `epochs`, and its model was saved after it (not
+    `unfinished_run`)."""
+    checkpoint = out / "checkpoint.npz"
+    try:
+        if "json" not in npz_headers(checkpoint) or unfinished_run(checkpoint):
+            return False
+        doc = json.loads(read_npz(checkpoint, ["json"])["json"].tobytes())
+        return doc["history"]["stop_reason"].startswith("early stopping") or doc["epochs_done"] >= epochs
+    except (OSError, ModelFileError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # (no checkpoint, or one that resuming reports as unreadable)
+
+
 def _check_not_another_models(out: Path) -> None:
     """Refuse an --out that holds another application's model (a spam filter, say): training would
     replace it. An image model there is an earlier run, which a new run replaces as it always has."""

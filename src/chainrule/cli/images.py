@@ -39,6 +39,12 @@ def _cmd_train(args) -> int:
     opts = world.bcast(opts)
     out = Path(opts["out"])
     checkpoint = out / "checkpoint.npz"
+    # Nothing to resume is no error, as `make` with nothing to do: a job that always passes
+    # --resume (deploy/), run again once its run has ended, succeeds and leaves the folder alone.
+    if world.bcast(args.resume and images.finished_run(out, opts["epochs"]) if world.rank == 0 else None):
+        if world.rank == 0:
+            print(f"{args.group}: the run in {printable(str(out))} is finished: nothing to resume", file=sys.stderr)
+        return 0
     if world.rank == 0:
         if args.resume and not checkpoint.exists():
             print(f"{args.group}: no checkpoint in {out}; starting a new run", file=sys.stderr)
