@@ -424,6 +424,17 @@ def test_explicit_folder_without_files_is_an_error_not_a_download(tmp_path, monk
         load_image_set(tmp_path, "test")
 
 
+def test_a_folder_without_the_test_files_asks_for_those_alone(tmp_path):
+    """Scoring a model needs the two test files; the message asked for the training files too."""
+    with pytest.raises(DataError) as exc_info:
+        load_image_set(tmp_path, "test")
+    assert one_line_error(exc_info, tmp_path).endswith(
+        "test files not found: put t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in " + str(tmp_path))
+    with pytest.raises(DataError, match="put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                                        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in "):
+        load_image_set(tmp_path, "train")  # (a run trains on the one and is scored on the other)
+
+
 def test_incomplete_folder_is_skipped(tmp_path, monkeypatch, isolated, test_split):
     env = tmp_path / "env"
     write_set(env / "mnist", test_split[0][:30], test_split[1][:30])

@@ -482,3 +482,19 @@ def test_the_per_class_table_keeps_its_columns_at_100_percent():
     report["per_class"]["1"] = {"precision": None, "recall": None, "f1": None, "support": 0}
     header, *rows = report_text(report).split("\n\n")[1].splitlines()
     assert rows[1] == "    1        n/a      n/a      n/a        0" and len(rows[1]) == len(header)
+
+
+def test_numbered_classes_label_the_confusion_matrix_rows_once():
+    """Classes numbered 0-2 (a folder without classes.txt) labelled its rows "0 0", "1 1", "2 2":
+    the number and a name that is the number again."""
+    from chainrule.cli.images import report_text
+
+    per_class = {str(k): {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 5} for k in range(3)}
+    report = {"accuracy": 1.0, "n": 15, "errors": 0, "classes": ["0", "1", "2"], "per_class": per_class,
+              "confusion_matrix": [[5, 0, 0], [0, 5, 0], [0, 0, 5]]}
+    matrix = report_text(report).split("\n\n")[2].splitlines()
+    assert matrix == ["confusion matrix (rows: true class, columns: predicted)",
+                      "           0     1     2",
+                      "     0     5     0     0",
+                      "     1     0     5     0",
+                      "     2     0     0     5"]

@@ -493,7 +493,7 @@ def _replacing_earlier_run(out: Path) -> Iterator[None]:
     run_file, checkpoint, aside = out / "run.json", out / "checkpoint.npz", out / ".checkpoint.npz.earlier.tmp"
     earlier = run_file.read_bytes() if run_file.is_file() else None
     if checkpoint.exists():
-        log.warning("replacing the earlier run in %s", out)
+        log.warning("chainrule: warning: replacing the earlier run in %s", out)
         checkpoint.replace(aside)
     try:
         yield

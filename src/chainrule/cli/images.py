@@ -91,6 +91,7 @@ def report_text(report: dict) -> str:
     """Accuracy, a per-class table and the confusion matrix as plain text."""
     classes = report.get("classes") or [str(k) for k in range(len(report["confusion_matrix"]))]
     digits = classes == images.DIGITS
+    numbered = classes == [str(k) for k in range(len(classes))]  # (the digits, or a folder's label numbers)
     classes = [printable(name) for name in classes]  # (as the lines they are printed on)
     word = "digit" if digits else "class"
     width = max(5, *(len(c) for c in classes))
@@ -101,12 +102,12 @@ def report_text(report: dict) -> str:
         lines.append(f"{name:>{width}}  {_percent(s['precision']):>9}  {_percent(s['recall']):>7}  "
                      f"{_percent(s['f1']):>7}  {s['support']:7d}")
     # rows are labelled with the class (and its number, when it has a name); columns with the number
-    rows = classes if digits else [f"{k} {name}" for k, name in enumerate(classes)]
+    rows = classes if numbered else [f"{k} {name}" for k, name in enumerate(classes)]
     label = max(6, *(len(r) + 1 for r in rows))
-    note = "" if digits else ", numbered as the rows"
+    note = "" if numbered else ", numbered as the rows"
     lines += ["", f"confusion matrix (rows: true {word}, columns: predicted{note})",
               " " * label + "".join(f"{j:>6}" for j in range(len(classes)))]
-    align = ">" if digits else "<"
+    align = ">" if numbered else "<"
     for row, counts in zip(rows, report["confusion_matrix"], strict=True):
         lines.append(f"{row:{align}{label}}" + "".join(f"{v:>6}" for v in counts))
     return "\n".join(lines)

@@ -342,10 +342,11 @@ def find_files(split: str, source=None, default: str | None = "mnist") -> tuple[
     return _find(here, FILES[split][0]), _find(here, FILES[split][1])
 
 
-def where_to_put(source=None, default: str | None = "mnist") -> str:
-    """What to do when a set is found nowhere, as the end of a one-line message."""
+def where_to_put(source=None, default: str | None = "mnist", split: str = "train") -> str:
+    """What to do when a set is found nowhere, as the end of a one-line message: where to put its
+    four files, or for the "test" split its two test files (all that scoring a model needs)."""
     dirs, known = _search_dirs(source, default)
-    names = ", ".join(f"{n}.gz" for n in FILES["train"] + FILES["test"])
+    names = ", ".join(f"{n}.gz" for n in (FILES["test"] if split == "test" else FILES["train"] + FILES["test"]))
     places = " or ".join(str(d) for d in dirs)
     hint = f"put {names} in {places}"
     if known is not None and known.package:
@@ -458,7 +459,7 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
     if found is None:
         what = known.title if known is not None else str(source)
         if known is None or not download_missing:
-            raise DataError(f"{what} {split} files not found: {where_to_put(source, default)}")
+            raise DataError(f"{what} {split} files not found: {where_to_put(source, default, split)}")
         try:
             download(known.name)
         # (urllib passes on what the HTTP layer raises on a reply that is not HTTP, such as a
@@ -467,7 +468,7 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
             http_layer = isinstance(exc, http.client.HTTPException)  # (its words alone say little: "SSH-2.0")
             reason = f"{type(exc).__name__}: {exc}" if http_layer else getattr(exc, "reason", exc)
             raise DataError(f"{what} not found and the download failed ({reason}): "
-                            f"{where_to_put(source, default)}") from exc
+                            f"{where_to_put(source, default, split)}") from exc
         found = find_files(split, source, default)
         if found is None:  # $CHAINRULE_DATA holds an incomplete set that shadows the cache
             cache = cache_dir(known.folder)
