@@ -303,6 +303,40 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_on_another_n(mpirun, uni
     assert_same_run(uninterrupted, out)
 
 
+@needs_data
+@pytest.mark.parametrize("interrupted", [[1], [0, 1]], ids=["one rank", "every rank"])
+def test_ctrl_c_ends_the_job_with_one_line(mpirun, tmp_path, interrupted):
+    """SIGINT to one rank, or to every rank at once (`scancel --signal=INT`, srun passing on a
+    Ctrl-C): the interrupted rank returned 130 and waited in MPI_Finalize, the others for it in a
+    collective operation, all spinning, for ever. It says so and ends the job; rank 0 says how to
+    continue. (With every rank interrupted, rank 0 may be held in a collective operation until the
+    other rank's end of the job stops it: then the other rank's line is the one.)"""
+    out = tmp_path / "out"
+    job = subprocess.Popen([str(c) for c in [*mpirun, "-np", 2, *CLI, *RUN, "--epochs", "6", "--out", out]],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "checkpoint.npz").exists():
+            assert job.poll() is None, job.communicate()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        for pid in [_rank_pid(rank, out) for rank in interrupted]:
+            os.kill(pid, signal.SIGINT)
+        _, stderr = job.communicate(timeout=60)  # the job must end, not hang
+    finally:
+        job.kill()  # (a job that hung: not left spinning after the test)
+        job.wait()
+    assert job.returncode == 130, stderr
+    ours = our_lines(stderr)
+    hint = (f"chainrule: rank 0 of 2: interrupted; the last completed epoch is saved in {out / 'checkpoint.npz'}; "
+            f"continue with: chainrule digits train --out {out} --resume")
+    if interrupted == [1]:
+        assert ours == ["chainrule: rank 1 of 2: interrupted"], stderr
+    else:
+        assert ours in ([hint], ["chainrule: rank 1 of 2: interrupted"]), stderr
+    assert "Traceback" not in stderr and not (out / "model.json").exists()
+
+
 # -- failures: one line, no hang -------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -63,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         if sys.stdout is not None:  # (here, not at exit: a reader gone by now is a BrokenPipeError below)
             sys.stdout.flush()
         return code
-    except KeyboardInterrupt:
-        print("chainrule: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # (a command that has more to say, such as how to continue, raises it with that message)
+        return _stop(world, str(exc) or "interrupted", 130)
     except BrokenPipeError:
         # the reader went away (`| head`): send what is still buffered nowhere, and stop quietly,
         # with the status of a program that SIGPIPE stopped (128 + 13), as `cat` or `grep` do: the
@@ -101,14 +102,20 @@ def _drop_stdout() -> None:
 
 
 def _fail(world: distributed.World, message: str, code: int) -> int:
-    """Report an error in one line and return `code`. In a job of several processes, first say
-    which rank failed, then stop them all: the others may be waiting for this one inside a
-    collective operation and would wait for ever."""
+    """Report an error in one line and return `code` (`_stop`)."""
+    return _stop(world, message, code, "error: ")
+
+
+def _stop(world: distributed.World, message: str, code: int, kind: str = "") -> int:
+    """Say why the command stops (an error, Ctrl-C) in one line and return `code`. In a job of
+    several processes, first say which rank stops, then stop them all: the others may be waiting
+    for this one inside a collective operation and would wait for ever."""
     if world.size == 1:
-        print(f"chainrule: error: {message}", file=sys.stderr)
+        print(f"chainrule: {kind}{message}", file=sys.stderr)
         return code
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (the job is ending: another Ctrl-C would only break that off)
     if world.rank > 0:
         time.sleep(ABORT_GRACE_SECONDS)
-    print(f"chainrule: error: rank {world.rank} of {world.size}: {message}", file=sys.stderr, flush=True)
+    print(f"chainrule: {kind}rank {world.rank} of {world.size}: {message}", file=sys.stderr, flush=True)
     world.abort(code)
     return code

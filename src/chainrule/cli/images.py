@@ -58,19 +58,20 @@ def _cmd_train(args) -> int:
         earlier = out if not args.resume and (out / "model.json").exists() else None
         raise UserError(diverged(exc, earlier)) from None
     except KeyboardInterrupt:
+        if world.rank != 0:  # (rank 0 writes the checkpoint: it alone can say what is saved)
+            raise
         # (a checkpoint older than this run, not resumed, is an earlier run's, finished: --resume would
         # continue that one, not this)
         ours = checkpoint.exists() and (args.resume or checkpoint.stat().st_mtime >= started)
         saved = (out / "metrics.json").exists() and (out / "metrics.json").stat().st_mtime >= started
-        if world.rank == 0 and saved:  # (Ctrl-C while its files were put in place: held until they were)
-            print(f"chainrule: interrupted as the run ended; its model and files are saved in {out}", file=sys.stderr)
-        elif world.rank == 0 and ours:
-            print(f"chainrule: interrupted; the last completed epoch is saved in {checkpoint}; continue with: "
-                  f"chainrule {args.group} train --out {out} --resume", file=sys.stderr)
-        elif world.rank == 0:
-            print("chainrule: interrupted before the run's first epoch was saved; nothing to continue: start it "
-                  "again", file=sys.stderr)
-        return 130
+        if saved:  # (Ctrl-C while its files were put in place: held until they were)
+            said = f"interrupted as the run ended; its model and files are saved in {out}"
+        elif ours:
+            said = (f"interrupted; the last completed epoch is saved in {checkpoint}; continue with: "
+                    f"chainrule {args.group} train --out {out} --resume")
+        else:
+            said = "interrupted before the run's first epoch was saved; nothing to continue: start it again"
+        raise KeyboardInterrupt(said) from None  # (`main` says it, and under mpirun ends the job)
     if world.rank != 0:
         return 0
     test = metrics["test"]

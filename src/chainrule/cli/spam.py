@@ -202,9 +202,8 @@ def _train_into(args, config: HashingConfig, validation: float, out: Path, world
             write_run(result, out, seconds)
         except KeyboardInterrupt:  # (Ctrl-C while the files were put in place is held until they are)
             if file_id(out / "metrics.json") not in (before, None):  # (renamed into place: another inode)
-                print(f"chainrule: interrupted as the run ended; the new filter and its files are saved in {out}",
-                      file=sys.stderr)
-                return 130
+                raise KeyboardInterrupt(f"interrupted as the run ended; the new filter and its files are saved in "
+                                        f"{out}") from None
             raise
         v = result.validation
         print(f"validation: accuracy {100 * v['accuracy']:.2f}%  spam caught {_percent(v['spam_caught'])}  "
