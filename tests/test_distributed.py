@@ -67,8 +67,8 @@ def mpirun() -> list[str]:
     return command
 
 
-def run(command: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
+def run(command: list, timeout: float = TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def our_lines(stderr: str) -> list[str]:
@@ -484,6 +484,22 @@ def test_spam_classify_on_n_processes_prints_in_input_order(mpirun, spam_model, 
     assert len(ones) == 280 and [d["source"] for d in manys] == [d["source"] for d in ones]
     for a, b in zip(ones, manys, strict=True):
         assert abs(a.pop("probability") - b.pop("probability")) < 2e-6 and a == b, (a, b)
+
+
+@needs_data
+def test_spam_classify_annotate_passes_on_a_message_over_max_bytes_on_every_rank(mpirun, spam_model, spam_corpus):
+    """--annotate of a message over --max-bytes: rank 0 passed it on and returned, while the other
+    rank waited for the next batch, for ever. Now the job ends as one process does: the message
+    whole, a warning, exit 0."""
+    message = next(p for p in sorted((spam_corpus[1] / "spam").iterdir())
+                   if p.stat().st_size > 4000 and p.read_bytes().isascii())
+    args = ["spam", "classify", spam_model, "--annotate", "--max-bytes", 1000, message]
+    one = run([*CLI, *args])
+    two = run([*mpirun, "-np", 2, *CLI, *args], timeout=120)  # (seconds when it works)
+    assert one.returncode == two.returncode == 0, one.stderr + two.stderr
+    assert two.stdout == one.stdout == message.read_text()
+    assert our_lines(two.stderr) == [f"chainrule: warning: {message}: larger than --max-bytes; passed on without "
+                                     "annotation"], two.stderr
 
 
 # -- deploy/slurm-train.sh on a one-node Slurm -----------------------------------------------------

@@ -317,7 +317,9 @@ def _pass_on(msg: RawMessage) -> None:
 
 def _on_every_rank(batches, world):
     """Rank 0's batches, announced to every rank (the others get (None, None, None) for each), so
-    that all of them call `score` together for each batch; rank 0 alone reads the input."""
+    that all of them call `score` together for each batch; rank 0 alone reads the input. Every rank
+    must run the loop over them to its end: the others wait to hear of rank 0's next batch, for
+    ever if it left the loop (an error is raised instead: it ends the job)."""
     if world.size == 1:
         yield from batches
         return
@@ -362,7 +364,7 @@ def _cmd_classify(args) -> int:
                 _pass_on(raws[0])
                 print(f"chainrule: warning: {printable(sources[0])}: larger than --max-bytes; passed on without "
                       "annotation", file=sys.stderr)
-                return 0
+                continue  # (not `return`: under mpirun the other ranks wait to hear that no batch is left)
             sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
             sys.stdout.buffer.flush()
             continue
