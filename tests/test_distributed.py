@@ -502,6 +502,29 @@ def test_spam_classify_annotate_passes_on_a_message_over_max_bytes_on_every_rank
                                      "annotation"], two.stderr
 
 
+@needs_data
+def test_spam_classify_refuses_ranks_that_loaded_different_filters(mpirun, spam_model, spam_corpus, tmp_path):
+    """Every rank loads the filter itself: one that loaded another (another machine's copy of the
+    folder, or one that `spam learn` or the daemon's TELL saved between the ranks' loads) scored
+    its share of the messages with it, judged by rank 0's cut-offs, exit 0. Copies of one filter
+    are the same filter; a copy that has learned a lesson is refused, in one line."""
+    for rank in (0, 1):
+        shutil.copytree(spam_model, tmp_path / str(rank) / "spam")
+    script = (f"cd {tmp_path}/$OMPI_COMM_WORLD_RANK && exec {shlex.join(map(str, CLI))} spam classify spam "
+              f"{spam_corpus[1] / 'spam'}")
+    proc = run([*mpirun, "-np", 2, "sh", "-c", script])
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 40, proc.stderr
+    lesson = sorted((spam_corpus[1] / "easy_ham").iterdir())[0]
+    taught = run([*CLI, "spam", "learn", tmp_path / "1" / "spam", "--spam", lesson, "--seed", 0, "--quiet"])
+    assert taught.returncode == 0, taught.stderr
+    proc = run([*mpirun, "-np", 2, "sh", "-c", script])
+    assert proc.returncode == 3, proc.stderr
+    ours = our_lines(proc.stderr)
+    assert len(ours) == 1 and ours[0].startswith("chainrule: error: rank 0 of 2: the processes loaded different "
+                                                 "spam filters from spam (rank 1: not rank 0's): "), proc.stderr
+    assert proc.stdout == ""
+
+
 # -- deploy/slurm-train.sh on a one-node Slurm -----------------------------------------------------
 
 SLURM_CONF = """\

@@ -26,6 +26,7 @@ from chainrule.apps.spam import (
     binary_report,
     check_labels,
     check_out,
+    check_same_filter,
     check_same_on_every_rank,
     collect,
     explain_row,
@@ -340,6 +341,7 @@ def _cmd_classify(args) -> int:
     if distributed.launched_by_mpi() and "-" in (args.paths or ["-"]):
         raise UserError("standard input is not read under mpirun (Open MPI's forwarding of it hangs): give files, "
                         "folders, an mbox or a Maildir")
+    check_same_filter(bundle, world)
     # What could not be read is reported as it comes, except while nothing has been classified: if
     # nothing ever is (a missing file, empty or closed standard input), that is the error, exit 3,
     # never a verdict a mail recipe would act on.

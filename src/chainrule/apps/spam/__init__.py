@@ -56,6 +56,7 @@ from chainrule.apps.spam.model import (
     Lessons,
     SpamModel,
     build_network,
+    check_same_filter,
     load_idf,
     load_lessons,
     load_replay,
@@ -78,7 +79,8 @@ from chainrule.apps.spam.training import (
 __all__ = [
     "LESSONS_KEPT", "MAIL_MIN_DF", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "Learned", "Lessons", "SpamModel",
     "TrainResult",
-    "annotate", "binary_report", "build_network", "calibrate", "check_labels", "check_out", "check_same_on_every_rank",
+    "annotate", "binary_report", "build_network", "calibrate", "check_labels", "check_out", "check_same_filter",
+    "check_same_on_every_rank",
     "classify_message",
     "collect", "explain_row", "featurize", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons",
     "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "new_since_last", "open_for_learning",

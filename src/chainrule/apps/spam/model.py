@@ -17,6 +17,8 @@ replay sample or lessons of another, and are read back validated, sizes first, n
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ import chainrule as cr
 from chainrule.apps.spam.features import featurize_chunk, item_tokens, map_chunks
 from chainrule.data.text import Hasher, HashingConfig
 from chainrule.distributed import World
+from chainrule.errors import UserError
 from chainrule.files import npz_headers, read_npz
 from chainrule.functional import sigmoid
 from chainrule.network import load_model_and_files, model_directory
@@ -126,6 +129,30 @@ class SpamModel:
 
     def verdicts(self, p: np.ndarray) -> list[str]:
         return [verdict(float(q), self.spam_cutoff, self.ham_cutoff) for q in p]
+
+    def digest(self) -> str:
+        """SHA-256 of what `score` reads: the network (its layers and arrays), the hashing and its
+        idf weights. Copies of one filter have the same digest; a filter saved anew, another."""
+        digest = hashlib.sha256(json.dumps([self.model.config(), self.config.to_dict()]).encode())
+        for array in [*self.model.state().values(), *([] if self.idf is None else [self.idf])]:
+            digest.update(np.ascontiguousarray(array).data)
+        return digest.hexdigest()
+
+
+def check_same_filter(bundle: SpamModel, world: World) -> None:
+    """Under mpirun every rank loads the filter itself and `score`s its share of the messages with
+    it, and rank 0's cut-offs judge them all: raise UserError if the ranks did not all load the same
+    filter (another machine's copy of the folder, or one that `spam learn` or the daemon's TELL
+    saved between their loads)."""
+    if world.size == 1:
+        return
+    digests = world.allgather(bundle.digest())
+    others = [str(rank) for rank, d in enumerate(digests) if d != digests[0]]
+    if others:
+        raise UserError(f"the processes loaded different spam filters from {bundle.directory} (rank"
+                        f"{'s' * (len(others) > 1)} {', '.join(others)}: not rank 0's): was it saved anew while they "
+                        "started (spam learn, the daemon's TELL), or does another machine hold another copy? Classify "
+                        "again")
 
 
 def verdict(p: float, spam_cutoff: float, ham_cutoff: float) -> str:
