@@ -3,9 +3,10 @@ here, against the same work in one process.
 
 What is checked: N processes give the weights of one up to floating-point summation order (the
 tolerance below, measured), and the same accuracy; every rank ends with exactly the same weights;
-a checkpoint written by N processes resumes on another N after a rank is killed; a failing rank
-stops the job with its one-line error instead of a hang; `spam classify` prints in input order;
-and one process without mpirun never imports mpi4py. Skipped only where mpi4py or mpirun is not
+a checkpoint written by N processes resumes on another N after a rank is killed; a failing or
+interrupted rank stops the job with its one-line error instead of a hang; `spam classify` prints in
+input order, and refuses ranks that loaded different filters; and one process, without mpirun or
+under `mpirun -np 1`, never imports mpi4py. Skipped only where mpi4py or mpirun is not
 installed, and never in CI (CI set), where that fails instead.
 """
 
@@ -124,6 +125,19 @@ def test_a_launcher_without_mpi4py_is_a_clear_error(monkeypatch):
         assert distributed.world().size == 1
     finally:
         distributed.world.cache_clear()
+
+
+def test_one_process_under_mpirun_never_imports_mpi4py(mpirun):
+    """`mpirun -np 1` starts one process: nothing to share, so MPI is never set up (mpi4py was
+    imported, and MPI initialised, for a world of one)."""
+    code = ("import sys\n"
+            "from chainrule.cli import main\n"
+            "code = main(['explain', '--epochs', '10'])\n"
+            "print('mpi4py imported:', 'mpi4py' in sys.modules)\n"
+            "sys.exit(code)\n")
+    proc = run([*mpirun, "-np", 1, sys.executable, "-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "mpi4py imported: False"
 
 
 def test_gradient_buckets_cover_the_flat_buffer_once_in_whole_layers():

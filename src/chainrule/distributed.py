@@ -17,9 +17,9 @@ gradients, a suffix of the buffer, are final while the first layers are still be
 allreduce of each bucket as soon as its lowest layer's backward has run; `fit` waits for them
 only before the optimizer step.
 
-mpi4py is imported only in a process that an MPI launcher started (mpirun, srun, a Kubernetes
-MPIJob): importing it initialises MPI. Anywhere else `world()` is `World()`, one process alone,
-whose collective operations do nothing, and mpi4py is never imported.
+mpi4py is imported only in a process that an MPI launcher started among others (mpirun, srun, a
+Kubernetes MPIJob): importing it initialises MPI. Anywhere else, `mpirun -np 1` included, `world()`
+is `World()`, one process alone, whose collective operations do nothing, and mpi4py is never imported.
 """
 
 from __future__ import annotations
@@ -180,22 +180,20 @@ class MPIWorld(World):
 @functools.cache
 def world() -> World:
     """The processes of this job: `MPIWorld(COMM_WORLD)` when an MPI launcher started this
-    process, else `World()`. The same object on every call (MPI is initialised once per process).
+    process among others, else `World()` (`mpirun -np 1` too: one process, nothing to share). The
+    same object on every call (MPI is initialised once per process).
 
     Raises:
         UserError: a launcher started several processes but mpi4py is not installed (each would
             otherwise run the whole job on its own and overwrite the others' files).
     """
-    if not launched_by_mpi():
+    if not launched_by_mpi() or (os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("PMI_SIZE")) == "1":
         return World()
     try:
         # Imported here, not at the top: importing mpi4py initialises MPI, which only a process
         # that a launcher started may do; everywhere else chainrule never imports it.
         from mpi4py import MPI
     except ImportError:
-        size = os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("PMI_SIZE")
-        if size == "1":
-            return World()
         raise UserError("started by an MPI launcher, but mpi4py is not installed: "
                         "pip install 'chainrule[mpi]'") from None
     return MPIWorld(MPI.COMM_WORLD, MPI)
