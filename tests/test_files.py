@@ -9,6 +9,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -80,11 +81,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["y" * 251 + ".png", "é" * 125 + "a.png"])  # 255 bytes: the longest a name may be
-def test_a_file_of_the_longest_name_is_written(tmp_path, name):
+def test_a_file_of_the_longest_name_is_written(tmp_path, name, monkeypatch):
     """The temporary file's name is 14 bytes longer than the file's: a figure asked for under a
     name of 242-255 bytes (`show --out`) was refused as too long."""
+    seen = []
+    mkstemp = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: seen.append(kw["prefix"]) or mkstemp(**kw))
     with atomic_open(tmp_path / name) as f:
         f.write(b"figure")
+    assert seen[0].isprintable()  # (cut between characters: "é" is 2 bytes, and was cut in two)
     assert [p.name for p in tmp_path.iterdir()] == [name] and (tmp_path / name).read_bytes() == b"figure"
 
 

@@ -77,7 +77,14 @@ def _temporary_prefix(name: str) -> str:
     the longest length a file may have was refused as too long."""
     room = NAME_MAX - len("..") - 8 - len(".tmp")
     raw = os.fsencode(name)
-    return f".{os.fsdecode(raw[:room]) if len(raw) > room else name}."
+    if len(raw) > room:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:  # (bytes in no charset: cut where they are cut)
+            name = os.fsdecode(raw[:room])
+        else:  # (a UTF-8 name is cut between characters: "ignore" drops a character cut in two)
+            name = raw[:room].decode("utf-8", "ignore")
+    return f".{name}."
 
 
 def _make_folder(directory: Path) -> None:

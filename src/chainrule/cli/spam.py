@@ -82,9 +82,9 @@ LABEL_NAMES = {SPAM: "spam", HAM: "ham"}
 
 
 def _tsv_field(text: str) -> str:
-    """A name in a tab-separated line: a tab, line break or backslash in it is written as \\t, \\n,
-    \\r or \\\\ (PostgreSQL's text format), so that every output line splits into the same columns
-    and reads back as the name it was; what else a terminal acts on, as `printable` writes it."""
+    """A name in a tab-separated line: a backslash in it doubled, and a tab, line break or whatever
+    else a terminal acts on written as Python writes it in a string (`printable`: \\t, \\n, \\x1b),
+    so that every output line splits into the same columns."""
     return printable(text.replace("\\", "\\\\"))
 
 

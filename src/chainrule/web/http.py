@@ -199,19 +199,18 @@ def json_object(data: bytes) -> dict | None:
 
 def message_from_form(data: bytes) -> bytes | None:
     """The field `message` of a urlencoded form (what curl -d and --data-urlencode, and an HTML
-    form, send), decoded to its bytes; None where `data` does not begin as a form does: a raw
+    form, send), decoded to its bytes; None where `data` is no form with such a field: a raw
     message sent with the form's type, as curl --data-binary sends any body it is not told the
-    type of."""
+    type of ("2+2=4? Claim your prize" begins as a form does, and is a text)."""
     if not _FORM_START.match(data):
         return None
     # read as Latin-1, each byte one character, both ways: a field's bytes come back as they were
     # sent, in whatever charset (parse_qsl reads bytes as ASCII, and curl -d sends raw UTF-8 as it is)
     fields = parse_qsl(data.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
     messages = [value.encode("latin-1") for name, value in fields if name == "message"]
-    if len(messages) != 1:
-        raise ApiError(422, f"the form needs one field named 'message', got {len(messages)} (curl --data-urlencode "
-                       "message@FILE; or send the raw message with -H 'Content-Type: text/plain')")
-    return messages[0]
+    if len(messages) > 1:
+        raise ApiError(422, f"the form has {len(messages)} fields named 'message': send one message at a time")
+    return messages[0] if messages else None
 
 
 def pixels_from_json(doc: Any) -> np.ndarray:

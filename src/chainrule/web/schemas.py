@@ -122,7 +122,7 @@ SPAM_BODY = {
     "(text/plain, message/rfc822; a text in the charset the Content-Type declares, such as utf-16), as "
     "multipart field `file`, as JSON {\"message\": \"...\"}, or as the field `message` of a urlencoded form "
     "(curl --data-urlencode message@FILE, an HTML form). A body sent with no Content-Type, or with the form's "
-    "(what curl sends unless told otherwise), that is no form or JSON object is the raw message.",
+    "(what curl sends unless told otherwise), that is no JSON object or form with a field message is the raw message.",
     "required": True,
     "content": {
         "text/plain": {"schema": {"type": "string"}},

@@ -23,10 +23,10 @@ def annotation_lines(is_spam: bool, probability: float, verdict: str | None = No
 
 def replace_header_fields(raw: bytes, prefixes: tuple[str, ...], lines: list[str]) -> bytes:
     """`raw` without its header fields whose names start with one of `prefixes` (lower case), with
-    `lines` added after its
-    last well-formed field. Every other header line and every byte of the body stay exactly as they
-    were; the new lines end as the message's header lines do (CRLF or LF), and a body that followed
-    the headers with no blank line gets one before it."""
+    `lines` added after its last well-formed field. Every other header line and every byte of the
+    body stay exactly as they were; the new lines end as the message's header lines do (CRLF or
+    LF), and a body that followed the headers with no blank line (or a message of body alone) gets
+    one before it."""
     end, blank = header_end(raw)
     fields = _fields_end(raw, end)  # (before a malformed line: a reader that stops there sees them)
     nl = b"\r\n" if b"\r\n" in (raw[:end] or raw)[:4096] else b"\n"  # (a message of body alone: the body's)
@@ -85,12 +85,15 @@ def header_end(raw: bytes) -> tuple[int, bytes]:
     not (an unindented continuation, a ">From " line): spamc, given a HEADERS answer, appends the
     body it kept from after that line, and SpamAssassin reads the fields below such a line as
     fields too. In a message with no empty line, the first line that is neither a field nor a
-    field's continuation starts the body, as SpamAssassin and the email package read it: markup
-    goes before it, and a body line that looks like a markup field stays."""
+    field's continuation starts the body, as SpamAssassin and the email package read it, and so
+    does a first line that is no field: markup goes before it, and a body line that looks like a
+    markup field stays."""
     empty = _EMPTY_LINE.search(raw)
-    if empty is not None:
-        return empty.start(1), empty[1]
-    return _fields_end(raw, len(raw)), b""
+    end = len(raw) if empty is None else empty.start(1)
+    fields = _fields_end(raw, end)
+    if empty is None or (fields == 0 and end > 0):  # (no field at all above it: a message of body alone)
+        return fields, b""
+    return end, empty[1]
 
 
 def _fields_end(raw: bytes, end: int) -> int:

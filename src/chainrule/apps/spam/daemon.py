@@ -90,6 +90,7 @@ from chainrule.apps.spam.protocol import (
     read_request,
 )
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
+from chainrule.data.mime import boundary_matches
 from chainrule.errors import UserError, one_line
 from chainrule.files import file_id
 from chainrule.network import model_stamp
@@ -98,12 +99,14 @@ log = logging.getLogger("chainrule.spamd")
 
 DEFAULT_PORT = 783  # spamd's port
 INLINE_BYTES = 64 << 10  # messages up to this size are classified on the event loop, larger ones on a thread
-INLINE_PARTS = 16  # and up to this many lines that may open a MIME part ("\n--"), more on a thread
+INLINE_PARTS = 16  # and up to this many lines that may open a MIME part ("--" first), more on a thread
+INLINE_MATCHES = 1 << 16  # and up to this many line-against-boundary matches (`boundary_matches`)
 
 
 def checked_inline(message: bytes) -> bool:
     """Whether a check of `message` is quick enough for the event loop (see Concurrency above)."""
-    return len(message) <= INLINE_BYTES and message.count(b"\n--") <= INLINE_PARTS
+    parts = message.count(b"\n--") + message.count(b"\r--")  # (a lone "\r" ends a line too)
+    return len(message) <= INLINE_BYTES and parts <= INLINE_PARTS and boundary_matches(message) <= INLINE_MATCHES
 
 
 

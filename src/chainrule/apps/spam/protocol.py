@@ -147,8 +147,8 @@ def markup_lines(v: Verdict) -> list[str]:
 
 
 def mark_up(raw: bytes, v: Verdict) -> bytes:
-    """`raw` with earlier markup headers removed and ours added at the end of the header block.
-    Every other header line and every byte of the body stay exactly as they were."""
+    """`raw` with earlier markup headers removed and ours added after its last well-formed field
+    (`replace_header_fields`). Every other header line and every byte of the body stay as they were."""
     return replace_header_fields(raw, MARKUP_HEADERS, markup_lines(v))
 
 
