@@ -125,7 +125,8 @@ def test_page_and_static_files(client):
 def test_healthz(client):
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "digits": True, "spam": True}
+    assert r.json() == {"status": "ok", "digits": True, "spam": True, "images": ["mnist", "fashion"]}  # (it named
+    # the digits model alone, not the image models served beside it)
     for path in ("/healthz", "/"):  # what uptime checkers send
         r = client.head(path)
         assert r.status_code == 200 and r.content == b""
@@ -163,7 +164,7 @@ def test_models_describes_what_is_loaded(client, models, digit_model):
 
 def test_without_models_routes_say_how_to_train(models):
     with TestClient(create_app()) as c:
-        assert c.get("/healthz").json() == {"status": "ok", "digits": False, "spam": False}
+        assert c.get("/healthz").json() == {"status": "ok", "digits": False, "spam": False, "images": []}
         body = c.get("/api/models").json()
         assert body["digits"] is None and body["spam"] is None and body["images"] == []
         assert "chainrule digits train" in body["hints"]["digits"]

@@ -62,7 +62,7 @@ async def index():
 @router.get("/healthz", response_model=Health, summary="Liveness check")
 async def healthz(request: Request) -> Health:
     state = request.app.state
-    return Health(status="ok", digits=state.digits is not None, spam=state.spam is not None)
+    return Health(status="ok", digits=state.digits is not None, spam=state.spam is not None, images=list(state.images))
 
 
 # HEAD as well as GET for the page and the liveness check: what uptime checkers send (the answer

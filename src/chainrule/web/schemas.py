@@ -86,6 +86,7 @@ class Health(BaseModel):
     status: str
     digits: bool
     spam: bool
+    images: list[str]  # the names of the image models served (`/api/images/{name}/predict`)
 
 
 # -- request bodies, as OpenAPI describes them ----------------------------------------------------
