@@ -32,10 +32,17 @@ def _subplots(*args, **kwargs):
     return fig, fig.subplots(*args, **kwargs)
 
 
-def _integer_ticks(axis) -> None:
+def _epoch_ticks(ax, epochs) -> None:
+    """Whole epochs only on `ax`'s x axis. A single epoch gets the one tick at it: matplotlib
+    widens a one-point range to a few hundredths either side, where `MaxNLocator(integer=True)`
+    finds no integer and ticks fractions (0.945 ... 1.05) instead."""
     from matplotlib.ticker import MaxNLocator  # (see `_subplots`)
 
-    axis.set_major_locator(MaxNLocator(integer=True))
+    if len(epochs) == 1:
+        ax.set_xticks(list(epochs))
+        ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def save_figure(fig, path, dpi: int = 110) -> None:
@@ -74,7 +81,7 @@ def learning_curves(history, path, title: str = "Learning curves") -> None:
         if best is not None:
             ax.axvline(best + 1, color="grey", ls=":", lw=1, label=f"best epoch ({best + 1})")
         ax.set_xlabel("epoch")
-        _integer_ticks(ax.xaxis)
+        _epoch_ticks(ax, epochs)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -150,7 +157,7 @@ def gradient_flow(history, path, title: str = "Gradient flow") -> None:
         if key == "update_ratio":
             ax.axhspan(1e-4, 1e-2, color="green", alpha=0.08, label="healthy range")
         ax.set_xlabel("epoch")
-        _integer_ticks(ax.xaxis)
+        _epoch_ticks(ax, epochs)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -1,0 +1,52 @@
+"""Figures: what a reader sees on them, checked on the matplotlib Figure before it is written
+(`save_figure` is caught, so the axes' ticks and the texts' drawn boxes can be read back)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chainrule import plots
+from chainrule.history import History
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plots functions drew, in order, instead of writing them."""
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    return figures
+
+
+def one_epoch_history() -> History:
+    h = History()
+    h.epochs = [{"epoch": 1, "loss": 0.5, "accuracy": 0.8}]
+    h.best_epoch = 0
+    h.gradient_flow = [{"0:Linear": {"grad_norm": 0.1, "update_ratio": 1e-3}, "1:ReLU": {"dead_fraction": 0.1}}]
+    return h
+
+
+@pytest.mark.parametrize("draw", [plots.learning_curves, plots.gradient_flow])
+def test_a_one_epoch_run_has_the_one_tick_1_on_its_epoch_axis(draw, drawn, tmp_path):
+    # MaxNLocator(integer=True) found no integers in the span matplotlib gives one point
+    # (0.945 to 1.05) and ticked fractions, with none at 1
+    draw(one_epoch_history(), tmp_path / "fig.png")
+    fig = drawn[0]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        if ax.get_xlabel() == "epoch":
+            assert list(ax.get_xticks()) == [1]
+            assert [t.get_text() for t in ax.get_xticklabels()] == ["1"]
+
+
+@pytest.mark.parametrize("draw", [plots.learning_curves, plots.gradient_flow])
+def test_a_longer_run_ticks_whole_epochs_only(draw, drawn, tmp_path):
+    h = one_epoch_history()
+    h.epochs = [{"epoch": e, "loss": 1 / e, "accuracy": 0.5} for e in range(1, 4)]
+    h.gradient_flow = h.gradient_flow * 3
+    draw(h, tmp_path / "fig.png")
+    fig = drawn[0]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert shown and all(t == int(t) for t in shown) and {1, 3} <= set(shown)
