@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from chainrule import plots
 from chainrule.history import History
@@ -50,3 +52,22 @@ def test_a_longer_run_ticks_whole_epochs_only(draw, drawn, tmp_path):
         lo, hi = ax.get_xlim()
         shown = [t for t in ax.get_xticks() if lo <= t <= hi]
         assert shown and all(t == int(t) for t in shown) and {1, 3} <= set(shown)
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_an_image_grids_title_clears_its_first_rows_captions(rows, drawn, tmp_path):
+    # Fashion-MNIST's three-line captions ("test #17\nT-shirt/top\n-> Shirt (99%)") under a title
+    # kept 0.4 in while the top margin was a share of the figure's height: with one row the
+    # title was drawn over the captions
+    n = 5 * rows
+    titles = [f"test #{i}\nT-shirt/top\n-> Shirt (99%)" for i in range(n)]
+    plots.image_grid(np.zeros((n, 28, 28)), tmp_path / "grid.png", titles=titles, cols=5,
+                     title=f"{n} most confidently wrong test images (true -> predicted)")
+    fig = drawn[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    (title,) = [t.get_window_extent(renderer) for t in fig.texts]  # (the suptitle)
+    for ax in fig.axes[:5]:
+        caption = ax.title.get_window_extent(renderer)
+        assert not title.overlaps(caption), (title, caption)
+        assert title.y0 >= caption.y1
