@@ -8,7 +8,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from chainrule import plots
-from chainrule.history import History
+from chainrule.history import EXPLODING_RATIO, VANISHING_RATIO, History
 
 
 @pytest.fixture
@@ -71,3 +71,18 @@ def test_an_image_grids_title_clears_its_first_rows_captions(rows, drawn, tmp_pa
         caption = ax.title.get_window_extent(renderer)
         assert not title.overlaps(caption), (title, caption)
         assert title.y0 >= caption.y1
+
+
+def test_gradient_flows_update_ratio_panel_says_what_the_gradient_report_flags(drawn, tmp_path):
+    # The panel shaded 1e-4 to 1e-2 as a "healthy range" while gradient_report flags a layer only
+    # above 1e-1 or below 1e-6: a layer at 0.016 was drawn as unhealthy and never flagged
+    h = one_epoch_history()
+    h.gradient_flow = [{"0:Linear": {"grad_norm": 0.1, "update_ratio": 0.016}}]
+    assert "<-" not in h.gradient_report()  # (not flagged)
+    plots.gradient_flow(h, tmp_path / "flow.png")
+    (ax,) = [ax for ax in drawn[0].axes if ax.get_ylabel() == "update / weight"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert not any("healthy" in label for label in labels)
+    lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines() if line.get_label() != "0:Linear"}
+    assert lines == {"EXPLODING above": EXPLODING_RATIO, "VANISHING below": VANISHING_RATIO}
+    assert (EXPLODING_RATIO, VANISHING_RATIO) == (1e-1, 1e-6)  # (the report's thresholds, kept)

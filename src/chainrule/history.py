@@ -14,6 +14,11 @@ import operator
 # What `fit` puts in every epoch's dict (the val_ ones with validation data, accuracy for labels).
 EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s")
 
+# Update/weight ratios beyond which `History.gradient_report` flags a layer (see there); the
+# gradient-flow figure draws them, so the figure and the report say the same thing.
+EXPLODING_RATIO = 1e-1
+VANISHING_RATIO = 1e-6
+
 
 class History:
     """Everything `fit` measured, one entry per epoch.
@@ -102,9 +107,9 @@ class History:
                 parts.append(f"grad norm {s['grad_norm']:.3g}")
                 parts.append(f"update/weight {s['update_ratio']:.2g}")
                 ratio, norm = s["update_ratio"], s["grad_norm"]
-                if not (math.isfinite(norm) and math.isfinite(ratio)) or ratio > 1e-1:
+                if not (math.isfinite(norm) and math.isfinite(ratio)) or ratio > EXPLODING_RATIO:
                     flags.append("EXPLODING")
-                elif ratio < 1e-6 or (biggest > 0 and norm < 1e-3 * biggest):
+                elif ratio < VANISHING_RATIO or (biggest > 0 and norm < 1e-3 * biggest):
                     flags.append("VANISHING")
             if "dead_fraction" in s:
                 parts.append(f"dead units {100 * s['dead_fraction']:.1f}%")

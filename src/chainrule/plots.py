@@ -17,6 +17,7 @@ import numpy as np
 from chainrule import metrics
 from chainrule.errors import WARNING_FILTERS
 from chainrule.files import atomic_write_bytes
+from chainrule.history import EXPLODING_RATIO, VANISHING_RATIO
 
 
 def _subplots(*args, **kwargs):
@@ -135,9 +136,12 @@ def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion 
 def gradient_flow(history, path, title: str = "Gradient flow") -> None:
     """Per-layer gradient norm and update/weight ratio per epoch, from `History.gradient_flow`.
 
-    A healthy network keeps every layer's update/weight ratio near 1e-3 (the shaded band, 1e-4 to
-    1e-2); a layer far below has stopped learning, far above is stepping wildly. Dead ReLU
-    fractions get a third panel when the network has ReLUs.
+    A layer's update/weight ratio is typically near 1e-3 (the shaded band, 1e-4 to 1e-2, a rule of
+    thumb, not a verdict); the dashed lines are where `History.gradient_report` flags a layer,
+    EXPLODING above 1e-1 and VANISHING below 1e-6, so a point between the band and a line is
+    unusual but not flagged. The report's thresholds stay wide on purpose: a large learning rate
+    early on, or a nearly converged layer, leaves the band without anything being wrong. Dead
+    ReLU fractions get a third panel when the network has ReLUs.
     """
     flow = history.gradient_flow
     epochs = np.arange(1, len(flow) + 1)
@@ -155,7 +159,9 @@ def gradient_flow(history, path, title: str = "Gradient flow") -> None:
         if key != "dead_fraction":
             ax.set_yscale("log")
         if key == "update_ratio":
-            ax.axhspan(1e-4, 1e-2, color="green", alpha=0.08, label="healthy range")
+            ax.axhspan(1e-4, 1e-2, color="green", alpha=0.08, label="typical (~1e-3)")
+            ax.axhline(EXPLODING_RATIO, color="C3", ls="--", lw=1, label="EXPLODING above")
+            ax.axhline(VANISHING_RATIO, color="C7", ls="--", lw=1, label="VANISHING below")
         ax.set_xlabel("epoch")
         _epoch_ticks(ax, epochs)
         ax.set_ylabel(label)
