@@ -49,6 +49,17 @@ def test_train_writes_model_metrics_and_figures(spam_model):
     assert training["validation"] == "out-of-fold" and training["validation_examples"] == training["examples"]
 
 
+def test_history_json_names_the_best_epoch_as_its_epochs_and_metrics_json_do(spam_model):
+    """history.json wrote History's 0-based index (1) beside epochs numbered from 1, where
+    metrics.json said 2 for the same run."""
+    history = json.loads((spam_model / "history.json").read_text())
+    best = history["best_epoch"]
+    assert best == json.loads((spam_model / "metrics.json").read_text())["training"]["best_epoch"][0]
+    assert best in [e["epoch"] for e in history["epochs"]]
+    val_losses = {e["epoch"]: e["val_loss"] for e in history["epochs"]}
+    assert val_losses[best] == min(val_losses.values())
+
+
 def test_the_precision_recall_figure_says_which_scores_it_plots(spam_corpus, tmp_path, monkeypatch):
     """A committee's figure plots the out-of-fold scores of every training message (it was titled
     "on the validation split"); one network's plots its held-out split."""

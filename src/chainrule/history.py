@@ -26,6 +26,8 @@ class History:
     `epochs[i]` is a dict with `loss`, `accuracy`, `val_loss`, `val_accuracy` (when there is
     validation data), `lr`, `seconds` and `samples_per_s`. `gradient_flow[i]` maps each layer with
     weights (and each ReLU-family layer) to its gradient-flow statistics for that epoch.
+    `best_epoch` is an index into `epochs` (0-based, as checkpoints store it); files and lines
+    meant for people name it as the epoch's own number, `best_epoch + 1`.
     """
 
     def __init__(self):

@@ -294,7 +294,11 @@ def write_run(result: TrainResult, out: Path, seconds: float) -> None:
                "training": bundle.metadata["training"]}
     with written_together(out, RUN_FILES, commit=lambda: save_model(bundle, out, replay=result.replay)) as new:
         atomic_write_bytes(new / "metrics.json", json.dumps(metrics, indent=2).encode())
-        atomic_write_bytes(new / "history.json", json.dumps(result.history.to_dict()).encode())
+        # The file a user reads numbers the best epoch as its epochs and metrics.json do, from 1;
+        # History keeps an index into its epochs (0-based), as checkpoints store it.
+        history = result.history.to_dict()
+        history["best_epoch"] = None if history["best_epoch"] is None else history["best_epoch"] + 1
+        atomic_write_bytes(new / "history.json", json.dumps(history).encode())
         plots.learning_curves(result.history, new / "learning_curves.png", title="Spam filter: learning curves")
         plots.pr_roc_curves(result.val_labels, result.val_probabilities, new / "pr_roc.png",
                             cutoff=bundle.spam_cutoff, title=_scores_title(bundle.metadata["training"]))
