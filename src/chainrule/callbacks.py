@@ -129,14 +129,17 @@ class GradientFlow(Callback):
     For each layer with a weight (Linear, Conv2D, BatchNorm's γ), averaged over the epoch:
 
         grad_norm     ‖dL/dW‖
-        update_ratio  ‖ΔW‖ / ‖W‖, how much one optimizer step changes the weights (~1e-3 is healthy)
+        update_ratio  ‖ΔW‖ / ‖W‖, how much one optimizer step changes the weights (~1e-3 is typical)
 
     For each ReLU-family layer, `dead_fraction`: the fraction of its units whose output was ≤ 0
     for every training example of the epoch (read from the layer's `output` after each batch).
-    Such a unit passes no gradient back and has stopped learning. A unit is alive if the sum of its
-    positive outputs over the epoch is above 0: for a batch, a matrix-vector product with a vector
-    of ones, which BLAS runs in whichever memory order the output has (a per-unit maximum over
-    the batch axis, the obvious way, took ~10x longer: for LeNet-5, 0.7 ms of every 10 ms step).
+    Behind a ReLU such a unit passes no gradient back and has stopped learning; behind a LeakyReLU
+    it still passes the small negative-side slope's share (`negative_slope` times the gradient),
+    so there "dead" means stuck on the shallow side, learning slowly, not stopped. A unit is alive
+    if the sum of its positive outputs over the epoch is above 0: for a batch, a matrix-vector
+    product with a vector of ones, which BLAS runs in whichever memory order the output has (a
+    per-unit maximum over the batch axis, the obvious way, took ~10x longer: for LeNet-5, 0.7 ms
+    of every 10 ms step).
 
     Norms are sampled on every (batches // `SAMPLES_PER_EPOCH`)-th batch, 20 to 39 of an epoch of
     20 batches or more (copying the weights before a step costs memory traffic, and a sample is
