@@ -521,6 +521,14 @@ def model_directory(path) -> Path:
 _STAMPED = ("model.json", "model.npz", "idf.npz")
 
 
+def description_path(directory: Path) -> Path:
+    """The model.json of the model directory `directory`; `ModelFileError` where there is none."""
+    path = directory / "model.json"
+    if not path.is_file():
+        raise ModelFileError(f"{path}: {link_problem(path) or _NO_DESCRIPTION}")
+    return path
+
+
 def model_stamp(path) -> tuple:
     """(name, inode, modification time, size) of each of the files of the model saved in `path` (its
     folder, or its model.json) that exists: what a server compares with the stamp taken when it
@@ -595,9 +603,7 @@ def _described(directory) -> tuple[Path, dict, dict[str, Path], Path, dict[str, 
     """(model.json's path, its document, the files it names, the weights' path, {array: shape})
     of the model in `directory`, once model.json and the weights' headers agree."""
     directory = model_directory(directory)
-    meta_path = directory / "model.json"
-    if not meta_path.is_file():
-        raise ModelFileError(f"{meta_path}: {link_problem(meta_path) or _NO_DESCRIPTION}")
+    meta_path = description_path(directory)
     doc = _read_description(meta_path)
     files = _files(doc, directory)
     weights_path = files.get("model", directory / "model.npz")

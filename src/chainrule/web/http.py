@@ -172,8 +172,8 @@ FORM = "application/x-www-form-urlencoded"
 # What curl -d and --data-binary say of any body they are not told the type of (-H), and no type at
 # all: a type that says nothing of the body, whose own shape tells a form or JSON from a raw message.
 UNTYPED = (FORM, "")
-# How a urlencoded form begins: a field's name, then "=". A raw message does not: a header's name is
-# followed by a colon, and a text's first word by a space.
+# How a urlencoded form begins: a field's name, then "=" (a header's name is followed by a colon; a
+# text may begin so too, and is a form only where it has a field `message`: `message_from_form`).
 _FORM_START = re.compile(rb"[\w.~%+-]+=")
 
 

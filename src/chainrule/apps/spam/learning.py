@@ -60,7 +60,7 @@ from chainrule.apps.spam.model import (
 )
 from chainrule.data.corpora import HAM, SPAM, changed_files
 from chainrule.files import locked_directory
-from chainrule.network import model_directory, saved_task
+from chainrule.network import description_path, model_directory, saved_task
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,7 @@ def open_for_learning(directory, spam_cutoff: float | None = None, ham_cutoff: f
     folder holds it to its end): that is said, once, and waited for; with `stop`, a tenth of a
     second at a time until `stop` is set (`LearningStopped`: a daemon asked to stop)."""
     directory = model_directory(directory)
-    if not (directory / "model.json").is_file():
-        raise cr.ModelFileError(f"{directory / 'model.json'}: not found (a model directory holds model.json "
-                                "and the weights it names)")
+    description_path(directory)  # (a folder with no model in it is refused before it gets our lock file)
     task = saved_task(directory)  # another application's model is refused before its directory gets our
     if task is not None and task != TASK:  # lock file (an unreadable one: load_spam_model below says why)
         raise cr.ModelFileError(f"{directory}: not a spam model (task {task!r})")
