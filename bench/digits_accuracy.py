@@ -31,6 +31,7 @@ from chainrule.apps.image_presets import PRESETS
 from chainrule.apps.images import train
 from chainrule.data.idx import KNOWN_SETS
 from chainrule.files import atomic_write_bytes
+from speed import git_commit
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "digits_accuracy.json"
@@ -85,6 +86,7 @@ def run(dataset: str, name: str, seed: int, train_size: int | None, verbose: boo
         "wall_seconds": round(wall, 1),
         "train_seconds": metrics["train_seconds_total"],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
                    f"NumPy {np.__version__}",
     }

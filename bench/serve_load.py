@@ -25,7 +25,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from chainrule.data.locate import candidate_dirs
 from chainrule.data.mnist import load_mnist
 from chainrule.files import atomic_write_bytes
 from chainrule.web.services import find_latest_image_models, find_latest_model
+from speed import machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "serve_load.json"
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
         "benchmark": "serve_load",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python bench/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": machine(),
         "models": {"digits": digits and str(digits), "spam": spam and str(spam)},
         "results": results,
     }

@@ -999,18 +999,22 @@ def describe_machine(m: dict) -> str:
             f"{m['cores']} cores, {m['system']}, Python {m['python']}")
 
 
+def git_commit() -> str | None:
+    """The commit measured, "-dirty" with uncommitted changes (None outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def versions() -> dict:
     import sklearn
     import torch
 
     import chainrule
 
-    try:  # the commit measured, "-dirty" with uncommitted changes
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"chainrule": chainrule.__version__, "commit": commit, "numpy": np.__version__,
+    return {"chainrule": chainrule.__version__, "commit": git_commit(), "numpy": np.__version__,
             "torch": torch.__version__, "scikit-learn": sklearn.__version__}
 
 
