@@ -395,6 +395,12 @@ def test_early_stopping_refuses_a_monitor_that_is_no_name_and_a_flag_that_is_no_
         cr.EarlyStopping(**kwargs)
 
 
+def test_early_stopping_shows_its_settings():
+    """It showed as <chainrule.callbacks.EarlyStopping object at 0x...>."""
+    assert repr(cr.EarlyStopping(monitor="val_accuracy", patience=3)) == \
+        "EarlyStopping(monitor='val_accuracy', patience=3, min_delta=0.0, restore_best_weights=True)"
+
+
 @pytest.mark.parametrize(("monitor", "validated"), [("val_los", True), ("val_acc", True), ("accuracy ", False),
                                                      ("val_accuracy", False)])
 def test_early_stopping_on_a_key_no_epoch_reports_is_refused_before_training(monitor, validated):

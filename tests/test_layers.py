@@ -242,3 +242,18 @@ def test_bad_layer_arguments_quote_the_value(make, match):
 def test_linear_rejects_wrong_feature_count():
     with pytest.raises(ValueError, match="expected inputs with 3 features"):
         cr.Linear(3, 2).forward(np.zeros((2, 4)))
+
+
+def test_backward_before_forward_names_the_layer():
+    """It failed deep inside NumPy ("'NoneType' object has no attribute 'T'"), and Dropout handed
+    the gradient back as if nothing had been dropped."""
+    rows, images = np.ones((5, 3), np.float32), np.ones((5, 1, 4, 4), np.float32)
+    for layer, grad in ((cr.Linear(4, 3), rows), (cr.ReLU(), rows), (cr.LeakyReLU(), rows), (cr.Sigmoid(), rows),
+                        (cr.Tanh(), rows), (cr.Softmax(), rows), (cr.Dropout(0.5), rows), (cr.Flatten(), rows),
+                        (cr.BatchNorm(3), rows), (cr.Conv2D(1, 1, 1), images), (cr.MaxPool2D(2), images),
+                        (cr.MaxPool2D(2, stride=1), images), (cr.AvgPool2D(2), images)):
+        with pytest.raises(RuntimeError, match=f"^{type(layer).__name__}: backward called before forward$"):
+            layer.backward(grad)
+    dropout = cr.Dropout(0.5)  # (after a forward in evaluation mode, nothing was dropped: the gradient passes)
+    dropout.forward(rows)
+    np.testing.assert_array_equal(dropout.backward(rows), rows)

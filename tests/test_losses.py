@@ -149,3 +149,10 @@ def test_losses_keep_float32():
         assert grad.dtype == np.float32
     _, grad = cr.BinaryCrossEntropy()(np.zeros((3, 1), np.float32), np.array([0, 1, 1]))
     assert grad.dtype == np.float32
+
+
+def test_a_loss_shows_its_settings():
+    """CrossEntropy(class_weight=[1, 5, 1]) showed as CrossEntropy(), a weighted BCE as an unweighted one."""
+    assert repr(cr.CrossEntropy(class_weight=[1, 5, 1])) == "CrossEntropy(class_weight=[1.0, 5.0, 1.0])"
+    assert repr(cr.BinaryCrossEntropy(pos_weight=4.0)) == "BinaryCrossEntropy(pos_weight=4.0)"
+    assert repr(cr.CrossEntropy()) == "CrossEntropy()" and repr(cr.MeanSquaredError()) == "MeanSquaredError()"

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -63,7 +64,10 @@ def test_odd_metadata_is_saved_as_it_reads_back_or_refused_before_anything_is_wr
     model = cr.Sequential([cr.Linear(3, 2)], seed=0)
     model.save(tmp_path / "m", {"accuracy": np.float32(0.5), "counts": np.arange(3), "best": np.int64(4)})
     assert cr.load_model(tmp_path / "m")[1] == {"accuracy": 0.5, "counts": [0, 1, 2], "best": 4}
-    for bad, words in (({"loss": float("nan")}, "NaN or infinity"), ({"when": object()}, "holds a object")):
+    # (a key 1 was written as "1" and read back so; in a nested dict too)
+    for bad, words in (({"loss": float("nan")}, "NaN or infinity"), ({"when": object()}, "holds a object"),
+                       ({1: "a"}, "metadata keys must be strings, got 1"),
+                       ({"runs": [{"best": {2.5: 1}}]}, "metadata keys must be strings, got 2.5")):
         with pytest.raises((ValueError, TypeError), match=words):
             model.save(tmp_path / "n", bad)
         assert not (tmp_path / "n").exists()  # (a NaN was written as NaN, which JSON readers refuse)
@@ -215,6 +219,25 @@ def test_backward_fills_every_gradient_and_returns_the_input_gradient():
     assert model.backward(grad, input_grad=False) is None
 
 
+def test_backward_needs_a_forward_and_a_gradient_of_its_output_shape():
+    """Before any forward, or with a gradient of another batch or width, it failed deep inside
+    NumPy ("'NoneType' object has no attribute 'T'", "matmul: ... mismatch in its core dimension 0")."""
+    model = cr.Sequential([cr.Linear(4, 8), cr.ReLU(), cr.Linear(8, 3)], seed=0)
+    with pytest.raises(RuntimeError, match="^Linear: backward called before forward$"):
+        model.backward(np.ones((5, 3), np.float32))
+    model.forward(np.ones((5, 4), np.float32), training=True)
+    with pytest.raises(ValueError, match=re.escape("Linear: the gradient has shape (2, 3), the last forward's "
+                                                   "output had (5, 3)")):
+        model.backward(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=re.escape("Sequential: the gradient has shape (5, 4), the network's "
+                                                   "output has (N, 3)")):
+        model.backward(np.ones((5, 4), np.float32))
+    assert model.backward(np.ones((5, 3), np.float32)).shape == (5, 4)
+    conv = cr.Sequential([cr.Conv2D(1, 2, 3), cr.Flatten(), cr.ReLU()], input_shape=(1, 4, 4), seed=0)
+    with pytest.raises(RuntimeError, match="^ReLU: backward called before forward$"):
+        conv.backward(np.ones((5, 8), np.float32))
+
+
 @pytest.mark.parametrize("first", ["dense", "conv"])
 def test_backward_without_input_gradient_gives_the_same_parameter_gradients(first):
     """Training skips dL/dx below the first layer with parameters; the weights' gradients must not change,
@@ -285,6 +308,8 @@ def test_predict_refuses_inputs_it_cannot_score(bad, method):
         getattr(flat, method)(sparse.csr_matrix(x.reshape(4, 12)))
     with pytest.raises(ValueError, match="Sequential: the inputs must be numbers"):
         getattr(flat, method)([["a"] * 12])
+    with pytest.raises(ValueError, match="Sequential: the inputs must be numbers, got None"):  # (was "NaN")
+        getattr(flat, method)(np.array([[None] + [0.0] * 11], dtype=object))
     # (the imaginary parts were dropped, with a warning)
     with pytest.raises(ValueError, match="the inputs must be real numbers, got complex128"):
         getattr(model, method)(x + 1j)

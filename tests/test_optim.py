@@ -196,6 +196,16 @@ def test_optimizer_updates_every_layer_through_the_flat_buffer():
         assert np.shares_memory(p.data, model.flat_params)
 
 
+def test_an_optimizer_shows_its_settings():
+    """It showed as <chainrule.optim.Adam object at 0x...>."""
+    model = cr.Sequential([cr.Linear(2, 3)], seed=0)
+    assert repr(cr.SGD(model.parameters(), lr=0.1, momentum=0.9)) == \
+        "SGD(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0)"
+    assert repr(cr.Adam(model.parameters(), lr=0.01)) == \
+        "Adam(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0)"
+    assert repr(cr.AdamW(model.parameters())) == "AdamW(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01)"
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda ps: cr.SGD(ps, lr=0), "lr must be positive, got 0"),
     (lambda ps: cr.SGD(ps, lr=0.1, momentum=1.0), "momentum must be in"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -46,6 +47,26 @@ def test_float_0_1_labels_of_one_output_count_as_labels():
     assert "accuracy" not in regression  # soft targets are not labels
     # nor are 0/1 targets of a regression (MSE on a linear output: no cut-off to read classes by)
     assert "accuracy" not in cr.evaluate(model, XOR_X, XOR_Y.astype(np.float32), cr.MeanSquaredError())
+
+
+def test_integer_targets_of_a_regression_get_no_accuracy():
+    """Counts 0..9 regressed with MSE on one linear output were read as classes by the cut-off
+    z > 0: a perfect model scored an accuracy of 0.2. One output is a class only where it is a
+    probability, whatever the targets' dtype."""
+    y = np.arange(10).repeat(10)
+    x = y[:, None].astype(np.float32)
+    model = cr.Sequential([cr.Linear(1, 1)], seed=0)
+    model.layers[0].weight.data[...], model.layers[0].bias.data[...] = 1.0, 0.0  # a perfect regressor
+    assert cr.evaluate(model, x, y, cr.MeanSquaredError()) == {"loss": 0.0}
+    history = cr.fit(model, x, y, cr.MeanSquaredError(), cr.SGD(model.parameters(), lr=1e-4), epochs=1,
+                     verbose=False)
+    assert "accuracy" not in history.epochs[-1]
+    assert "accuracy" not in cr.evaluate(model, x, y % 2, cr.MeanSquaredError())  # (0/1 integers too)
+    # integer labels are classes for several outputs (MSE one-hot encodes them) and for a probability
+    assert "accuracy" in cr.evaluate(cr.Sequential([cr.Linear(1, 3)], seed=0), x, y % 3, cr.MeanSquaredError())
+    sigmoid = cr.Sequential([cr.Linear(1, 1), cr.Sigmoid()], seed=0)
+    assert "accuracy" in cr.evaluate(sigmoid, x, y % 2, cr.MeanSquaredError())
+    assert "accuracy" in cr.evaluate(model, x, y % 2, cr.BinaryCrossEntropy())
 
 
 def test_small_mlp_fits_a_real_mnist_slice(mnist_dir):
@@ -270,8 +291,8 @@ def test_inputs_the_models_dtype_cannot_hold_and_targets_the_loss_cannot_score_a
     with pytest.raises(ValueError, match="evaluate: the inputs hold values beyond the model's float32"):
         cr.evaluate(model, big, y, cr.CrossEntropy())
     listed = x.tolist()
-    listed[0][0] = None  # (a missing value: NaN)
-    with pytest.raises(ValueError, match="fit: the inputs contain NaN"):
+    listed[0][0] = None  # (a missing value)
+    with pytest.raises(ValueError, match="fit: the inputs must be numbers, got None"):
         cr.fit(model, listed, y, cr.CrossEntropy(), cr.SGD(model.parameters()), verbose=False)
     listed[0][0] = "a"
     with pytest.raises(ValueError, match="fit: the inputs must be numbers"):
@@ -294,6 +315,39 @@ def test_evaluate_refuses_a_batch_size_that_is_not_a_positive_integer():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match=f"evaluate: batch_size must be a positive integer, got {bad!r}"):
             cr.evaluate(model, x, y, cr.CrossEntropy(), batch_size=bad)
+
+
+@pytest.mark.parametrize("option", ["shuffle", "resume", "verbose"])
+def test_fit_refuses_a_flag_that_is_no_flag(option, tmp_path):
+    """shuffle="no" shuffled, and resume="no" resumed: any value Python counts as true was True."""
+    x, y = blobs()
+    model = small_mlp()
+    options = {"verbose": False, "checkpoint": tmp_path / "run.npz", option: "no"}
+    with pytest.raises(ValueError, match=f"fit: {option} must be True or False, got 'no'"):
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), **options)
+
+
+def test_fit_and_evaluate_name_a_loss_an_optimizer_or_a_schedule_of_the_wrong_kind():
+    """A loss class, None or a loss's name failed inside the loop ("'NoneType' object is not
+    callable", "takes from 1 to 2 positional arguments"); the class Adam was said not to be built on
+    the model's parameters; lr_schedule=0.1 failed at the first epoch ("'float' object is not callable")."""
+    x, y = blobs()
+    model = small_mlp()
+    for loss, shown in ((cr.CrossEntropy, "<class 'chainrule.losses.CrossEntropy'>"), (None, "None"),
+                        ("cross_entropy", "'cross_entropy'")):
+        said = f"loss must be a loss object, e.g. CrossEntropy(), or a function (output, target) -> (value, grad), " \
+               f"got {shown}"
+        with pytest.raises(ValueError, match=f"fit: {re.escape(said)}"):
+            cr.fit(model, x, y, loss, cr.SGD(model.parameters()), verbose=False)
+        with pytest.raises(ValueError, match=f"evaluate: {re.escape(said)}"):
+            cr.evaluate(model, x, y, loss)
+    with pytest.raises(ValueError, match=re.escape("fit: optimizer must be an optimizer built on the model's "
+                                                   "parameters, e.g. Adam(model.parameters()), got "
+                                                   "<class 'chainrule.optim.Adam'>")):
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam, verbose=False)
+    with pytest.raises(ValueError, match=re.escape("fit: lr_schedule must be a function epoch -> lr, e.g. "
+                                                   "step_decay(0.1, 10), got 0.1")):
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), lr_schedule=0.1, verbose=False)
 
 
 def test_fit_seeds_the_dropout_of_a_model_that_has_no_seed_of_its_own(tmp_path):

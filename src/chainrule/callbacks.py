@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from chainrule.history import History
-from chainrule.layers import ReLU, _number
+from chainrule.layers import ReLU, _flag, _number
 from chainrule.network import Sequential
 
 
@@ -72,17 +72,20 @@ class EarlyStopping(Callback):
         if not isinstance(monitor, str) or not monitor:  # (a list got as far as fit, and failed there)
             raise ValueError(f"EarlyStopping: monitor must be the name of an epoch log, e.g. 'val_loss', got "
                              f"{monitor!r}")
-        if not isinstance(restore_best_weights, (bool, np.bool_)):  # (the string "no" counted as true)
-            raise ValueError(f"EarlyStopping: restore_best_weights must be True or False, got {restore_best_weights!r}")
+        restore_best_weights = _flag("EarlyStopping", "restore_best_weights", restore_best_weights)
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be an integer >= 0, got {patience!r}")
         # (a NaN would count no epoch as better, a negative one every epoch: the last would be "best")
         min_delta = _number("EarlyStopping", "min_delta", min_delta, lambda v: 0 <= v < math.inf,
                             "a finite number >= 0")
         self.monitor, self.patience, self.min_delta = monitor, int(patience), min_delta
-        self.restore_best_weights = bool(restore_best_weights)
+        self.restore_best_weights = restore_best_weights
         self.sign = -1.0 if "accuracy" in monitor else 1.0  # minimise sign·value
         self.reset()
+
+    def __repr__(self) -> str:
+        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, min_delta={self.min_delta}, "
+                f"restore_best_weights={self.restore_best_weights})")
 
     def reset(self) -> None:
         """Forget the best epoch so far: `fit` calls this first, so one EarlyStopping can serve

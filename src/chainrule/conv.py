@@ -28,7 +28,7 @@ import functools
 
 import numpy as np
 
-from chainrule.layers import Layer, _by_outer_axis, _positive_int
+from chainrule.layers import Layer, _by_outer_axis, _flag, _positive_int
 from chainrule.parallel import _blas_controller, in_parts
 from chainrule.parameter import Parameter
 
@@ -99,8 +99,7 @@ class Conv2D(Layer):
         self.padding = _pair("Conv2D", "padding", padding, minimum=0)
         if init not in ("he", "glorot"):
             raise ValueError(f"Conv2D: init must be 'he' or 'glorot', got {init!r}")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise ValueError(f"Conv2D: bias must be True or False, got {bias!r}")
+        bias = _flag("Conv2D", "bias", bias)
         self.init = init
         kh, kw = self.kernel_size
         self.weight = Parameter(np.zeros((self.out_channels, self.in_channels, kh, kw), np.float32))
@@ -147,7 +146,7 @@ class Conv2D(Layer):
         return y.reshape(self.out_channels, ho, wo, n).transpose(3, 0, 1, 2)
 
     def backward(self, grad_out):
-        n, c, h, w = self._x_shape
+        n, c, h, w = self._cached(self._x_shape)
         kh, kw = self.kernel_size
         _, o, ho, wo = grad_out.shape
         # dY_mat (O, Ho·Wo·N); a free view when grad_out has this layer's own memory order
@@ -386,7 +385,7 @@ class _Pool2D(Layer):
         super().__init__()
         self.kernel_size = _pair(self.name, "kernel_size", kernel_size)
         self.stride = self.kernel_size if stride is None else _pair(self.name, "stride", stride)
-        self._x_shape = None
+        self._x = self._x_shape = None  # (the last input, MaxPool2D's, or its shape, AvgPool2D's)
 
     def _sizes(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -443,6 +442,7 @@ class MaxPool2D(_Pool2D):
         return out
 
     def backward(self, grad_out):
+        self._cached(self._x)
         if self.stride == self.kernel_size:
             return self._backward_non_overlapping(grad_out)  # equivalent to the loop below, faster
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -559,7 +559,7 @@ class AvgPool2D(_Pool2D):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         _, _, ho, wo = grad_out.shape
         share = grad_out * np.asarray(1.0 / (kh * kw), grad_out.dtype)
-        dx = np.zeros(self._x_shape, grad_out.dtype)
+        dx = np.zeros(self._cached(self._x_shape), grad_out.dtype)
         for k in range(kh * kw):
             _window(dx, k // kw, k % kw, ho, wo, sh, sw)[...] += share
         return dx

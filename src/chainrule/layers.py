@@ -43,10 +43,19 @@ class Layer:
         self.in_a_model = False  # (a copy is no model's; a model copied with it claims it again)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """The layer's output for the batch `x`; keeps what `backward` will need."""
         raise NotImplementedError
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """dLoss/dInput from `grad_out` = dLoss/dOutput of the last forward; fills the parameters' `grad`."""
         raise NotImplementedError
+
+    def _cached(self, value):
+        """`value`, what forward kept for backward: None there means no forward has run yet (a
+        backward then failed deep inside NumPy, "'NoneType' object has no attribute 'T'")."""
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}: backward called before forward")
+        return value
 
     def initialize(self, rng: np.random.Generator) -> None:
         """(Re)draw initial parameter values and set the layer's random generator."""
@@ -88,6 +97,13 @@ def _positive_int(layer: str, name: str, value) -> int:
     return int(value)
 
 
+def _flag(where: str, name: str, value) -> bool:
+    """`value` as a bool, if it is True or False (NumPy's too): the string "no" counts as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _is_real(value) -> bool:
     """Whether `value` is a real number: an int or a float, NumPy's too; not a bool, nor a string."""
     return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
@@ -124,8 +140,7 @@ class Linear(Layer):
         self.out_features = _positive_int("Linear", "out_features", out_features)
         if init not in ("he", "glorot"):
             raise ValueError(f"Linear: init must be 'he' or 'glorot', got {init!r}")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise ValueError(f"Linear: bias must be True or False, got {bias!r}")
+        bias = _flag("Linear", "bias", bias)
         self.init = init
         self.weight = Parameter(np.zeros((self.in_features, self.out_features), np.float32))
         self.params["weight"] = self.weight
@@ -172,7 +187,10 @@ class Linear(Layer):
         #   dL/dW = xᵀ · g      (each weight's gradient: its input times its neuron's error)
         #   dL/db = Σ_batch g
         #   dL/dx = g · Wᵀ      (the error handed down to the layer below)
-        x = self._x
+        x = self._cached(self._x)
+        if grad_out.shape != (x.shape[0], self.out_features):
+            raise ValueError(f"Linear: the gradient has shape {grad_out.shape}, the last forward's output had "
+                             f"{(x.shape[0], self.out_features)}")
         if hasattr(x, "tocsr"):  # SciPy sparse input: first layer, no dL/dx needed
             self.weight.grad[...] = (x.T @ grad_out).astype(self.weight.grad.dtype, copy=False)
             grad_in = None
@@ -288,7 +306,8 @@ class ReLU(_Activation):
         return self.output
 
     def backward(self, grad_out):
-        return _relu_grad(self.output, grad_out)  # dL/dx = dL/dy · (y > 0): dy/dx is 1 where y > 0, else 0
+        # dL/dx = dL/dy · (y > 0): dy/dx is 1 where y > 0, else 0
+        return _relu_grad(self._cached(self.output), grad_out)
 
 
 class LeakyReLU(ReLU):
@@ -306,7 +325,7 @@ class LeakyReLU(ReLU):
 
     def backward(self, grad_out):
         # the output has the sign of the input, so the cached output tells which slope applies
-        slope = np.where(self.output > 0, 1, self.negative_slope).astype(grad_out.dtype)
+        slope = np.where(self._cached(self.output) > 0, 1, self.negative_slope).astype(grad_out.dtype)
         return grad_out * slope
 
     def config(self):
@@ -321,7 +340,7 @@ class Sigmoid(_Activation):
         return self.output
 
     def backward(self, grad_out):
-        y = self.output
+        y = self._cached(self.output)
         return grad_out * y * (1 - y)
 
 
@@ -333,7 +352,7 @@ class Tanh(_Activation):
         return self.output
 
     def backward(self, grad_out):
-        return grad_out * (1 - self.output**2)
+        return grad_out * (1 - self._cached(self.output) ** 2)
 
 
 class Softmax(_Activation):
@@ -349,7 +368,7 @@ class Softmax(_Activation):
 
     def backward(self, grad_out):
         # Jacobian dy_i/dx_j = y_i (δ_ij - y_j), so dL/dx = y ⊙ (g - Σ_j g_j y_j)
-        y = self.output
+        y = self._cached(self.output)
         return y * (grad_out - (grad_out * y).sum(axis=-1, keepdims=True))
 
 
@@ -378,7 +397,7 @@ class Dropout(Layer):
 
     def forward(self, x, training=False):
         if not training or self.p == 0:
-            self._mask = None
+            self._mask = 1.0  # (nothing dropped: the gradient passes unchanged)
             return x
         keep = 1.0 - self.p
         # Keep a value when a uniform 32-bit random integer falls below keep·2³², i.e. with
@@ -394,7 +413,7 @@ class Dropout(Layer):
         return x * self._mask
 
     def backward(self, grad_out):
-        return grad_out if self._mask is None else grad_out * self._mask
+        return grad_out * self._cached(self._mask)
 
     def config(self):
         return {"p": self.p}
@@ -404,12 +423,14 @@ class Flatten(Layer):
     """Reshape (batch, d1, d2, ...) to (batch, d1·d2·...), e.g. between convolutional and dense
     layers. Backward reshapes the gradient back."""
 
+    _x = None  # (the last input: backward hands the gradient back in its shape and memory order)
+
     def forward(self, x, training=False):
         self._x = x
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (not -1: a batch may be empty)
 
     def backward(self, grad_out):
-        grad = grad_out.reshape(self._x.shape)
+        grad = grad_out.reshape(self._cached(self._x).shape)
         if self._x.flags.c_contiguous:
             return grad
         # Handed back in the memory order the input had (batch-last after a Conv2D), one copy: the

@@ -28,10 +28,12 @@ class Loss:
         return float(len(target))
 
     def config(self) -> dict:
+        """The loss's settings, as its constructor takes them."""
         return {}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
 
 
 def _check_batch(name: str, output: np.ndarray, target: np.ndarray) -> None:

@@ -76,7 +76,9 @@ def checked_inputs(where: str, x, dtype: np.dtype):
     x = sliceable(x)
     if x.dtype.kind in "cmM":  # (NumPy would drop imaginary parts with a warning, and read dates as day counts)
         raise ValueError(f"{where}: the inputs must be real numbers, got {x.dtype}")
-    if x.dtype.kind in "OUSV":  # (from a list holding something else than numbers; None becomes NaN)
+    if x.dtype.kind in "OUSV":  # (from a list holding something else than numbers)
+        if x.dtype.kind == "O" and any(value is None for value in x.flat):  # (which NumPy would make NaN)
+            raise ValueError(f"{where}: the inputs must be numbers, got None (a missing value: fill or drop it first)")
         try:
             x = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as exc:
@@ -298,6 +300,9 @@ class Sequential:
         are final: data-parallel training starts summing them over the processes then, while the
         layers below are still at work (`distributed.GradientBuckets`).
         """
+        if np.shape(grad)[1:] != self.output_shape:  # (layers may be run forward one by one: no batch size here)
+            raise ValueError(f"Sequential: the gradient has shape {np.shape(grad)}, the network's output has "
+                             f"(N, {', '.join(map(str, self.output_shape))})")
         stop = 0
         if not input_grad:
             stop = next((i for i, layer in enumerate(self.layers) if layer.params), 0)
@@ -694,9 +699,9 @@ def _remove_stale(directory: Path, groups, keep: set[str], orphans: bool) -> Non
 
 
 def _as_json(metadata: dict) -> dict:
-    """`metadata` as model.json will give it back: NumPy numbers and arrays become Python's, keys
-    strings. NaN and infinity are refused: JSON has no such numbers (Python writes them anyway, and
-    other readers refuse the file)."""
+    """`metadata` as model.json will give it back: NumPy numbers and arrays become Python's. NaN
+    and infinity are refused: JSON has no such numbers (Python writes them anyway, and other
+    readers refuse the file); so are keys that are not strings (JSON's keys are: 1 read back as "1")."""
 
     def plain(value):
         if isinstance(value, np.generic):
@@ -705,12 +710,24 @@ def _as_json(metadata: dict) -> dict:
             return value.tolist()
         raise TypeError(f"Sequential.save: metadata holds a {type(value).__name__}, which JSON has no form for")
 
+    def check_keys(value):  # (once json.dumps has taken it: no cycle)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"Sequential.save: metadata keys must be strings, got {key!r}")
+                check_keys(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                check_keys(item)
+
     try:
-        return json.loads(json.dumps(metadata, allow_nan=False, default=plain))
+        text = json.dumps(metadata, allow_nan=False, default=plain)
     except ValueError as exc:
         if str(exc).startswith("Out of range float"):
             raise ValueError("Sequential.save: metadata holds NaN or infinity, which JSON has no number for") from None
         raise ValueError(f"Sequential.save: metadata: {exc}") from None
+    check_keys(metadata)
+    return json.loads(text)
 
 
 _NO_DESCRIPTION = "not found (a model directory holds model.json and the weights it names)"

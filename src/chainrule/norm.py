@@ -123,6 +123,7 @@ class BatchNorm(Layer):
         return (x * scale.reshape(bshape) + shift.reshape(bshape)).astype(x.dtype, copy=False)
 
     def backward(self, grad_out):
+        self._cached(self._inv_std)
         bshape = self._shape(grad_out)
         xhat = self._xhat
         if xhat is None:

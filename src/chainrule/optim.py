@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from chainrule.layers import _is_real, _number, _positive_int
+from chainrule.layers import _flag, _is_real, _number, _positive_int
 from chainrule.parallel import in_parts
 from chainrule.parameter import flat_buffers
 
@@ -39,10 +39,20 @@ class Optimizer:
         self.steps = 0
 
     def step(self) -> None:
+        """Update every parameter in place from its gradient in `grads`."""
         raise NotImplementedError
 
     def zero_grad(self) -> None:
+        """Set every parameter's gradient to 0."""
         self.grads[...] = 0
+
+    def config(self) -> dict:
+        """The optimizer's settings, as its constructor takes them (`lr` as a schedule has set it)."""
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays to checkpoint so training can resume exactly where it stopped."""
@@ -85,12 +95,14 @@ class SGD(Optimizer):
                  weight_decay: float = 0.0):
         super().__init__(params, lr, weight_decay)
         momentum = _number("SGD", "momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)")
-        if not isinstance(nesterov, (bool, np.bool_)):  # (the string "no" counted as true)
-            raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+        nesterov = _flag("SGD", "nesterov", nesterov)
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov=True needs a momentum > 0")
-        self.momentum, self.nesterov = momentum, bool(nesterov)
+        self.momentum, self.nesterov = momentum, nesterov
         self.velocity = np.zeros_like(self.params)
+
+    def config(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
     def step(self):
         g = self.grads
@@ -135,6 +147,9 @@ class Adam(Optimizer):
         blocks = -(-self.params.size // _BLOCK)
         self._tmp = np.empty((max(1, min(os.cpu_count() or 1, blocks)), min(self.params.size, _BLOCK)),
                              self.params.dtype)
+
+    def config(self):
+        return {"lr": self.lr, "betas": (self.beta1, self.beta2), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def step(self):
         # With g the gradient and t the number of steps taken, this one included:

@@ -28,7 +28,7 @@ from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
 from chainrule.history import EPOCH_KEYS, History
-from chainrule.layers import Dropout, Sigmoid, _positive_int
+from chainrule.layers import Dropout, Sigmoid, _flag, _positive_int
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
 from chainrule.network import Sequential, cast_finite, checked_inputs, checked_seed, sliceable
 from chainrule.norm import BatchNorm
@@ -44,6 +44,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     """
     world = world or World()
     batch_size = _positive_int("evaluate", "batch_size", batch_size)
+    _check_loss("evaluate", loss)
     x, y = _checked_data("evaluate", x, y, model.dtype)
     _check_targets("evaluate", y, model, loss)
     n = x.shape[0]
@@ -78,6 +79,14 @@ def _checked_data(where: str, x, y, dtype: np.dtype):
     if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
         raise ValueError(f"{where}: the targets contain NaN or infinity")
     return x, y
+
+
+def _check_loss(where: str, loss) -> None:
+    """A loss object, or a function of one's own: a loss class, None or a loss's name failed
+    inside the loop, "'NoneType' object is not callable"."""
+    if isinstance(loss, type) or not callable(loss):
+        raise ValueError(f"{where}: loss must be a loss object, e.g. CrossEntropy(), or a function "
+                         f"(output, target) -> (value, grad), got {loss!r}")
 
 
 def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
@@ -138,14 +147,18 @@ def _is_labels(y) -> bool:
 
 
 def _are_labels(y: np.ndarray, model: Sequential, loss) -> bool:
-    """Whether `y` holds class labels, so that accuracy means something: integers or booleans, or
-    floats that are all 0 or 1 for one output read as a probability (PyTorch's convention for BCE:
-    a `BinaryCrossEntropy` loss, or a last `Sigmoid`; for a regression onto 0 and 1, MSE on a
-    linear output, the class cut-off would be meaningless)."""
-    if _is_labels(y):
-        return y.size == len(y)  # (one per example: several 0/1 targets each are a multi-label target)
+    """Whether `y` holds class labels, so that accuracy means something. One target per example
+    (several 0/1 targets each are a multi-label target), and: for several outputs, integers or
+    booleans (CrossEntropy's labels, or MSE's, which it one-hot encodes); for one output, 0s and 1s
+    of any dtype where the output is read as a probability (PyTorch's convention for BCE: a
+    `BinaryCrossEntropy` loss, or a last `Sigmoid`). MSE on one linear output is a regression, onto
+    counts or onto 0 and 1 alike: the class cut-off would be meaningless there."""
+    if y.size != len(y):
+        return False
+    if model.output_shape != (1,):
+        return _is_labels(y)
     probability = isinstance(loss, BinaryCrossEntropy) or isinstance(model.layers[-1], Sigmoid)
-    return probability and model.output_shape == (1,) and y.size == len(y) and bool(np.isin(y, (0.0, 1.0)).all())
+    return probability and bool(np.isin(y, (0, 1)).all())
 
 
 def _correct(out: np.ndarray, y, model: Sequential) -> int:
@@ -329,6 +342,8 @@ def fit(
     if validation_split and validation_data is not None:  # (the split was dropped without a word)
         raise ValueError("fit: validation_split and validation_data both given: hold out a fraction of the training "
                          "data with validation_split, or pass validation_data, not both")
+    shuffle, resume, verbose = (_flag("fit", name, value) for name, value in
+                                (("shuffle", shuffle), ("resume", resume), ("verbose", verbose)))
     if resume and checkpoint is None:  # (it started afresh without a word)
         raise ValueError("fit: resume=True needs the checkpoint to resume from (checkpoint=path.npz)")
     if batch_size < world.size:
@@ -338,6 +353,13 @@ def fit(
     if isinstance(callbacks, Callback) or not all(isinstance(cb, Callback) for cb in callbacks or ()):
         raise ValueError(f"fit: callbacks must be a list of Callback objects, got {_described(callbacks)}")
     callbacks = list(callbacks or ())
+    _check_loss("fit", loss)
+    if isinstance(optimizer, type) or not callable(getattr(optimizer, "step", None)):  # (the class Adam, say)
+        raise ValueError(f"fit: optimizer must be an optimizer built on the model's parameters, e.g. "
+                         f"Adam(model.parameters()), got {optimizer!r}")
+    if lr_schedule is not None and not callable(lr_schedule):
+        raise ValueError(f"fit: lr_schedule must be a function epoch -> lr, e.g. step_decay(0.1, 10), got "
+                         f"{lr_schedule!r}")
     if not isinstance(getattr(optimizer, "params", None), np.ndarray) or not same_buffer(optimizer.params,
                                                                                          model.flat_params):
         raise ValueError("fit: the optimizer was not built on this model's parameters (build it with "
