@@ -5,6 +5,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from chainrule.apps.spam import annotate
+from chainrule.apps.spam.annotate import header_end, stamped_verdict
 
 
 @pytest.mark.parametrize("nl", [b"\n", b"\r\n"])
@@ -26,6 +27,22 @@ def test_annotate_replaces_the_headers_a_message_came_with():
     assert once == (b"Subject: hi\nFrom: a@b.c\nX-Chainrule-Spam: yes\nX-Chainrule-Spam-Probability: 0.900000\n"
                     b"X-Chainrule-Spam-Verdict: spam\n\nbody\n")
     assert annotate(once, True, 0.9, "spam") == once
+
+
+@pytest.mark.parametrize("nl", [b"\n", b"\r\n"])
+def test_a_byte_order_mark_stays_in_front_and_the_headers_stay_headers(nl):
+    """A message saved by a Windows program starts with a UTF-8 byte order mark: its first line was
+    no field, so the message was taken for body alone and its From, To and Subject went below our
+    fields and a blank line, as body text."""
+    raw = nl.join([b"From: alice@example.org", b"X-Chainrule-Spam: no", b"Subject: lunch", b"", b"Noon?", b""])
+    bom = b"\xef\xbb\xbf"
+    out = annotate(bom + raw, True, 0.9, "spam")
+    assert out == bom + annotate(raw, True, 0.9, "spam")  # (and the forged field is gone in both)
+    assert header_end(bom + raw) == (len(bom) + raw.index(nl + nl) + len(nl), nl)
+    assert stamped_verdict(out) == "spam" and stamped_verdict(bom + raw) is None
+    forged_first = bom + b"X-Chainrule-Spam-Verdict: spam" + nl + raw
+    assert stamped_verdict(forged_first) == "spam"
+    assert annotate(forged_first, False, 0.1, "ham") == bom + annotate(raw, False, 0.1, "ham")
 
 
 _LINES = st.lists(st.sampled_from([b"Subject: x", b"X-A: b", b"\tfolded", b"", b"body \xff", b"From me", b"\r"]),

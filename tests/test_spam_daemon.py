@@ -261,6 +261,10 @@ def test_forged_markup_is_replaced(daemon, held):
     (b"Subj ect: a\nFrom: b@example.com\n\nbody\n", True),
     (b"body only, no headers\nX-Spam-Status: a line of it\n\nsecond paragraph\n", True),
     (b"Subject: lunch\nHi Alice, noon?\nBob\n", True),  # no blank line at all
+    # a UTF-8 byte order mark in front, as Windows programs save a message: it stays there, and the
+    # fields after it stay fields
+    (b"\xef\xbb\xbfFrom: alice@example.org\nTo: bob@example.org\nSubject: lunch\n\nNoon?\n", False),
+    (b"\xef\xbb\xbfFrom: alice@example.org\r\nSubject: lunch\r\n\r\nNoon?\r\n", False),
 ])
 def test_a_malformed_header_block_keeps_every_line_in_process_and_headers_mode(daemon, raw, blank_added):
     """A line that is neither a field nor a continuation above the blank line ended the headers: the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 
 # The fields `annotate` adds (lower case); a message's own X-Chainrule-Spam* fields are removed first,
@@ -26,22 +27,24 @@ def replace_header_fields(raw: bytes, prefixes: tuple[str, ...], lines: list[str
     `lines` added after its last well-formed field. Every other header line and every byte of the
     body stay exactly as they were; the new lines end as the message's header lines do (CRLF or
     LF), and a body that followed the headers with no blank line (or a message of body alone) gets
-    one before it."""
-    end, blank = header_end(raw)
+    one before it. A byte order mark stays in front, where the message had it (`_without_mark`)."""
+    mark, raw = _without_mark(raw)
+    end, blank = _header_end(raw)
     fields = _fields_end(raw, end)  # (before a malformed line: a reader that stops there sees them)
     nl = b"\r\n" if b"\r\n" in (raw[:end] or raw)[:4096] else b"\n"  # (a message of body alone: the body's)
     head = _without(raw[:fields], prefixes)
     if head and not head.endswith(b"\n"):
         head += nl  # headers only, no final newline
     separator = nl if end < len(raw) and not blank else b""
-    return (head + b"".join(line.encode("ascii") + nl for line in lines) + _without(raw[fields:end], prefixes)
-            + separator + raw[end:])
+    return (mark + head + b"".join(line.encode("ascii") + nl for line in lines)
+            + _without(raw[fields:end], prefixes) + separator + raw[end:])
 
 
 def stamped_verdict(raw: bytes) -> str | None:
     """The verdict `annotate` stamped into `raw` on its way to the mailbox ("spam", "ham" or
     "unsure"; "spam" for a bare `X-Chainrule-Spam: yes`), or None where it carries none."""
-    end, _ = header_end(raw)
+    _, raw = _without_mark(raw)
+    end, _ = _header_end(raw)
     fields = dict.fromkeys(ANNOTATION_HEADERS)
     for field in _fields(raw[:end]):
         if (name := _name(field)) in fields:
@@ -87,7 +90,22 @@ def header_end(raw: bytes) -> tuple[int, bytes]:
     fields too. In a message with no empty line, the first line that is neither a field nor a
     field's continuation starts the body, as SpamAssassin and the email package read it, and so
     does a first line that is no field: markup goes before it, and a body line that looks like a
-    markup field stays."""
+    markup field stays. A byte order mark in front is no part of the first field (`_without_mark`)."""
+    mark, raw = _without_mark(raw)
+    end, blank = _header_end(raw)
+    return len(mark) + end, blank
+
+
+def _without_mark(raw: bytes) -> tuple[bytes, bytes]:
+    """(the UTF-8 byte order mark `raw` starts with, or b"", the message after it). Windows programs
+    save a message with one (`mime.parse_message` reads it without): it is no part of the first header
+    field, and a message passed on keeps it in front, every byte of it as it came."""
+    message = raw.removeprefix(codecs.BOM_UTF8)
+    return raw[:len(raw) - len(message)], message
+
+
+def _header_end(raw: bytes) -> tuple[int, bytes]:
+    """`header_end` of a message with no byte order mark in front."""
     empty = _EMPTY_LINE.search(raw)
     end = len(raw) if empty is None else empty.start(1)
     fields = _fields_end(raw, end)
