@@ -59,6 +59,32 @@ def test_directory_recursive_and_labels(tmp_path):
         assert label_from_names(["ham", spam]) == SPAM, spam
 
 
+def test_mail_clients_index_files_are_not_read_as_messages(tmp_path):
+    """Thunderbird keeps a Mork index beside each mbox (Junk.msf), Apple Mail a binary
+    table_of_contents and an Info.plist inside each X.mbox folder, Windows a Thumbs.db and a
+    desktop.ini: each was read as one more message of the folder (a verdict for it, a training
+    example of its label)."""
+    spam = tmp_path / "spam"
+    (spam / "Junk.mbox").mkdir(parents=True)
+    for path in (spam / "Junk", spam / "Junk.mbox" / "mbox"):
+        box = mailbox.mbox(path)
+        box.add(_msg(f"in {path.name}"))
+        box.close()
+    index_files = {"Junk.msf": b'// <!-- <mdb:mork:z v="1.4"/> -->\n< <(a=c)> // (f=iso-8859-1)\n  (B8=Junk)>\n',
+                   "Junk.mbox/table_of_contents": b"bplist00\xd1\x01\x02Stoc\xa6\x03\x07\n\r\x10\x13",
+                   "Junk.mbox/Info.plist": b'<?xml version="1.0" encoding="UTF-8"?>\n<plist version="1.0">\n'
+                                           b"<dict><key>LocalizedName</key><string>Junk</string></dict>\n</plist>\n",
+                   "Thumbs.db": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "desktop.ini": b"[.ShellClassInfo]\r\n"}
+    for name, data in index_files.items():
+        (spam / name).write_bytes(data)
+    with tarfile.open(tmp_path / "spam.tar", "w") as tar:
+        tar.add(spam, arcname="spam")
+    for source in (spam, tmp_path / "spam.tar"):
+        got = [(parse_message(m.data).subject, m.label, m.error) for m in read_messages([source])]
+        assert got == [("in Junk", SPAM, None), ("in mbox", SPAM, None)], source
+    assert sorted(p.name for p in corpora.changed_files(spam)) == ["Junk", "mbox"]  # (what spam learn reads)
+
+
 def test_labels_come_from_folders_from_the_given_path_down_never_from_file_names(tmp_path):
     """A Maildir file is named after its host (1.graham-laptop), and a user's home may be
     /home/graham: neither is a label. A message file named on the command line takes its folder's."""

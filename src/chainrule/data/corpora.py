@@ -74,7 +74,17 @@ class RawMessage:
     error: str | None = None
 
 
-_SKIP_NAMES = {"cmds"}  # the SpamAssassin tarballs' list of shell commands, not a message
+# Files that lie among messages and are none: the SpamAssassin tarballs' list of shell commands, and
+# mail clients' indexes and settings (Thunderbird's Mork index beside each mbox, Junk.msf; Apple
+# Mail's binary table_of_contents and Info.plist inside each Junk.mbox folder; Windows Explorer's
+# Thumbs.db and desktop.ini). Dot files (.DS_Store, .mh_sequences, .uidvalidity) are left out too.
+_SKIP_NAMES = {"cmds", "table_of_contents", "Info.plist", "Thumbs.db", "desktop.ini"}
+_SKIP_SUFFIXES = (".msf",)
+
+
+def _not_mail(name: str) -> bool:
+    """Whether the file `name` in a mail folder is left out, unread: a dot file, or one above."""
+    return name.startswith(".") or name in _SKIP_NAMES or name.lower().endswith(_SKIP_SUFFIXES)
 
 
 # In one name: "spam" anywhere is spam, except negated (nonspam, not-spam, no_spam, NotSpam: ham)
@@ -308,7 +318,7 @@ def _read_directory(root: Path, max_bytes: int, label: int | None, names: tuple[
             yield from _read_maildir(here, max_bytes, label, folders)
             continue
         for name in filenames:
-            if name.startswith(".") or name in _SKIP_NAMES:
+            if _not_mail(name):
                 continue
             p = here / name
             if not p.is_file():
@@ -384,7 +394,7 @@ def changed_files(root, since_ns: int = 0, unlisted: list[OSError] | None = None
                 except OSError as exc:  # (its new/ or cur/)
                     unlisted.append(exc)
                 continue
-            paths += [here / n for n in filenames if not n.startswith(".") and n not in _SKIP_NAMES]
+            paths += [here / n for n in filenames if not _not_mail(n)]
     out = []
     for p in paths:
         try:
@@ -560,7 +570,7 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
                     continue
                 *folders, name = member.name.split("/")
                 # dot files and dot folders are left out, as on disk ("./spam/1" is not in one)
-                if any(part.startswith(".") and part != "." for part in (*folders, name)) or name in _SKIP_NAMES:
+                if any(part.startswith(".") and part != "." for part in folders) or _not_mail(name):
                     continue
                 lab = _label(label, names + tuple(folders))
                 source = f"{path}:{member.name}"
