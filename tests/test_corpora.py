@@ -601,3 +601,22 @@ def test_a_from_line_is_a_separator_only_where_headers_follow_it(tmp_path):
     # a "From " line with nothing after it ends the mbox's last message, as it did
     (tmp_path / "end.mbox").write_bytes(two + b"From x@y  Thu Aug 22 13:17:22 2002\n")
     assert [m.error for m in read_messages([tmp_path / "end.mbox"])] == [None, None, "empty message"]
+
+
+@pytest.mark.parametrize("kind,box", [("MMDF", mailbox.MMDF), ("Babyl", mailbox.Babyl)])
+def test_an_mmdf_or_babyl_mailbox_is_a_problem_not_one_blended_message(tmp_path, monkeypatch, kind, box):
+    """Both formats were read as one message, every message of the box in it: classify gave the
+    blend one verdict, evaluate counted it as one message and train learnt it as one."""
+    path = tmp_path / "spam" / f"box.{kind.lower()}"
+    path.parent.mkdir()
+    mbox = box(path)
+    for i in range(3):
+        mbox.add(_msg(f"m{i}"))
+    mbox.close()
+    for source in (path, path.parent):
+        (m,) = read_messages([source])
+        assert (m.source, m.data, m.label) == (str(path), b"", SPAM) and f"{kind} mailbox" in m.error
+    assert f"{kind} mailbox" in read_as_is(path).error  # (--annotate)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(path.read_bytes())))
+    (m,) = read_messages(["-"])
+    assert f"{kind} mailbox" in m.error

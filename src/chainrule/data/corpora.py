@@ -159,6 +159,19 @@ def _looks_like_mbox(head: bytes) -> bool:
     return head.removeprefix(codecs.BOM_UTF8).startswith(b"From ") and b"\n" in head
 
 
+# The first bytes of the mailbox formats that are not read, each of which the mbox reader would take for
+# one message, a blend of all of them: MMDF's (a line of four ^A before each message) and Babyl's
+# (Emacs Rmail's). Few programs still write either; Python's `mailbox` module converts them to mbox.
+_OTHER_MAILBOXES = (((b"\x01\x01\x01\x01\n", b"\x01\x01\x01\x01\r\n"), "an MMDF mailbox"),
+                    ((b"BABYL OPTIONS:",), "a Babyl mailbox (Emacs Rmail's)"))
+
+
+def _other_mailbox(head: bytes) -> str | None:
+    """Why a file that starts with `head` is not read, where it is an MMDF or a Babyl mailbox."""
+    kind = next((kind for marks, kind in _OTHER_MAILBOXES if head.startswith(marks)), None)
+    return None if kind is None else f"{kind}, a format not read: convert it to mbox or Maildir"
+
+
 def _several_messages(data: bytes) -> bool:
     """Whether `data` is an mbox of more than one message. A "From " line with headers after it
     inside the first message's multipart body is not another message: one after that body's
@@ -252,6 +265,8 @@ def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage
         msg.error = "compressed (gzip, bzip2 or xz): decompress it first, to have the message written back"
     elif src != "-" and _several_messages(data):
         msg.error = "an mbox of several messages: give one message, to have it written back"
+    elif (other := _other_mailbox(data)) is not None:
+        msg.error = other
     return msg
 
 
@@ -277,6 +292,8 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
         if _several_messages(msg.data):  # (one verdict, or one lesson, for a blend of them all)
             msg = RawMessage("-", b"", label, error="an mbox of several messages: standard input is one message; "
                              "name the mbox file to read its messages one by one")
+        elif (other := _other_mailbox(msg.data)) is not None:
+            msg = RawMessage("-", b"", label, error=other)
         yield msg
         return
     path = Path(src)
@@ -415,6 +432,9 @@ def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, 
     try:
         with _open(path) as f:
             head = f.read(4096)
+            if (other := _other_mailbox(head)) is not None:
+                yield RawMessage(str(path), b"", lab, error=other)
+                return
             if _looks_like_mbox(head):  # (read on from here: a pipe cannot be opened again at its start)
                 plain = path.with_suffix("") if path.suffix.lower() in _COMPRESSED_SUFFIXES else path
                 own = (path.name,) if named or plain.suffix.lower() in (".mbox", ".mbx") else ()
