@@ -564,6 +564,10 @@ def parse_message(raw: bytes) -> ParsedMessage:
     `problem` saying why.
     """
     raw = raw.removeprefix(codecs.BOM_UTF8)  # (Windows programs save a message with it: not a header)
+    # Classic Mac OS ended lines with a bare CR: the email package splits header lines there, but a
+    # body's quoted-printable soft breaks ("=\r") stayed in it (an HTML part lost its text and links)
+    if b"\n" not in raw:
+        raw = raw.replace(b"\r", b"\n")
     if not raw.strip():
         return ParsedMessage(problem="empty message")
     try:
