@@ -596,6 +596,85 @@ def test_lessons_waiting_for_the_models_lock_are_learned_or_counted_before_the_d
         assert logged == 0 and dropped and dropped.group(1) == "3", log
 
 
+def test_a_stop_waits_one_timeout_in_all_and_a_second_signal_stops_at_once(model_dir, held, tmp_path):
+    """A TELL waits for the model's lock (a `spam train` into the folder holds it) when the daemon
+    is told to stop: the connections and the learner share one --timeout from the signal. They
+    each had one, one after the other: 2 x 300 s, past systemd's TimeoutStopSec=330, whose SIGKILL
+    lost the warning. A second SIGINT (Ctrl-C again) stops at once, saying what it abandons, with
+    128 + the signal's number; it did nothing."""
+    _need("spamc")
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    before = (copy / "model.json").read_bytes()
+    raw = held[0][0]
+    for timeout, second in ((3, False), (20, True)):
+        d = Daemon(copy, "--listen", "127.0.0.1:0", "--allow-tell", "--timeout", str(timeout),
+                   "--reload-interval", "0")
+        try:
+            with open(copy / "model.lock", "a") as lock, ThreadPoolExecutor(1) as pool:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                tell = pool.submit(d.spamc, "-L", "spam", data=raw)
+                time.sleep(0.5)
+                started = time.monotonic()
+                d.proc.send_signal(signal.SIGINT if second else signal.SIGTERM)
+                if second:
+                    time.sleep(0.5)
+                    d.proc.send_signal(signal.SIGINT)
+                rc = d.proc.wait(timeout=2 * timeout + 10)
+                took = time.monotonic() - started
+                assert tell.result(timeout=30)[0] != 0  # not learned, and spamc was not told it was
+        finally:
+            d.stop()
+        log = d.log_text()
+        assert "stopping: 1 TELL(s) received were not learned" in log, log
+        if second:
+            assert (rc, "stopping at once" in log) == (128 + signal.SIGINT, True), (rc, log)
+            assert took < 3, (took, log)
+        else:
+            assert rc == 0 and timeout <= took < timeout + 1.5, (took, log)
+        assert (copy / "model.json").read_bytes() == before
+
+
+def test_a_sighup_while_the_daemon_starts_is_a_reload_once_it_serves(model_dir, held, tmp_path):
+    """`systemctl reload` (SIGHUP) while the model loads: the daemon died of it (SIGHUP's default),
+    and systemd's Restart=on-failure counts that death as clean, so mail went unfiltered. Now it is
+    remembered and done once the daemon serves: the model replaced after the load read it (a long
+    load: here the daemon is held after it) is the one served."""
+    _need("spamc")
+    copy, gate = tmp_path / "model", tmp_path / "gate"
+    shutil.copytree(model_dir, copy)
+    raw = next(h for h in held if h[2].label == "ham")[0]
+    # the real daemon, held after its load until `gate` exists
+    code = ("import sys, time; from pathlib import Path; from chainrule.apps.spam import daemon; "
+            "from chainrule.cli import main\n"
+            "load = daemon.DaemonServer.load\n"
+            "def held_load(self):\n"
+            "    load(self); print('loaded', file=sys.stderr, flush=True)\n"
+            f"    while not Path({str(gate)!r}).exists(): time.sleep(0.01)\n"
+            "daemon.DaemonServer.load = held_load\n"
+            "sys.exit(main())")
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", code, "spam", "daemon", str(copy), "--listen", "127.0.0.1:0",
+                             "--reload-interval", "0"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr.readline().strip() == "loaded"
+        proc.send_signal(signal.SIGHUP)
+        _set_cutoffs(copy, spam=0.0, ham=0.0)  # the model replaced: everything is spam
+        gate.touch()
+        log = []
+        for line in proc.stderr:
+            log.append(line)
+            if "reloaded" in line:
+                break
+        assert "reloaded" in log[-1], "".join(log)
+        port = int(re.search(r"ready: listening on 127\.0\.0\.1:(\d+)", "".join(log)).group(1))
+        res = subprocess.run(["spamc", "-p", str(port), "-c"], input=raw, capture_output=True, timeout=60)
+        assert res.returncode == 1, "".join(log)  # the replaced model serves
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
 def test_a_user_model_loads_while_a_lesson_waits_for_the_shared_model(model_dir, held, tmp_path):
     """A TELL waits for the shared model's lock (a `spam learn` from cron holds it); a CHECK for a
     user whose own model is not yet in memory must not wait behind that TELL: loading it is not

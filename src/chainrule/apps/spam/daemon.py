@@ -260,7 +260,10 @@ class DaemonServer:
         self._lessons: asyncio.Queue[_Lesson | None] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._stopping: asyncio.Event | None = None
-        self._give_up: threading.Event | None = None  # set when the daemon stops waiting for lessons to be learned
+        # set when the stopping daemon stops waiting: --timeout after the stop signal, or a second one
+        self._hurry: asyncio.Event | None = None
+        self._give_up: threading.Event | None = None  # (the same, for the learning threads)
+        self._stopped_by: int | None = None  # the second signal, which stops the daemon at once
         self._not_learned = 0  # lessons given up then
         self._reloads: set[asyncio.Task] = set()
         self._learning: asyncio.Task | None = None  # `_learner`, once started
@@ -589,7 +592,8 @@ class DaemonServer:
         self._lessons = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.options.max_connections)
         self._stopping = asyncio.Event()
-        self._give_up = threading.Event()  # (read by the learning threads too)
+        self._hurry = asyncio.Event()
+        self._give_up = threading.Event()
         self._not_learned = 0
         listen = self.options.listen or ([] if self.options.socket else [("127.0.0.1", DEFAULT_PORT)])
         for host, port in listen:
@@ -630,34 +634,61 @@ class DaemonServer:
             raise UserError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
         return server
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """SIGTERM or SIGINT: stop (`serve_until_stopped`). A second one while stopping (Ctrl-C
+        again) stops at once, as a daemon that is told twice should: the connections in progress
+        are closed and the lessons not yet learned are dropped, counted in the log."""
+        if not self._stopping.is_set():
+            self._stopping.set()
+        elif self._stopped_by is None:
+            self._stopped_by = signum
+            log.warning("second %s: stopping at once; %d connection(s) in progress are closed, TELLs not yet "
+                        "learned are dropped", signal.Signals(signum).name, len(self._connections))
+            self._stop_waiting()
 
-    async def serve_until_stopped(self) -> None:
+    def _stop_waiting(self) -> None:
+        self._hurry.set()
+        self._give_up.set()  # (a group being learned is finished and saved; one waiting for the lock is not)
+
+    async def _until_hurried(self, tasks) -> None:
+        """Wait for `tasks` to end, or until the stopping daemon stops waiting (`_hurry`)."""
+        ended, hurry = asyncio.ensure_future(asyncio.wait(tasks)), asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait({ended, hurry}, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()  # (the tasks themselves go on)
+        hurry.cancel()
+
+    async def serve_until_stopped(self) -> int:
         """Serve until `stop()` (SIGTERM): then stop accepting, let the connections in progress and
-        the lessons already received finish, and close."""
+        the lessons already received finish, and close. Returns the exit code: 0, or 128 + the
+        number of a second signal that stopped it at once.
+
+        All of it within one --timeout of the signal (systemd's TimeoutStopSec allows a little
+        more), after which the connections still open are closed and the lessons still waiting for
+        the model's lock are dropped (another writer may hold it for minutes): the log says how
+        many, which a SIGKILL from systemd would not let it say."""
         await self._stopping.wait()
+        deadline = asyncio.get_running_loop().call_later(self.options.timeout, self._stop_waiting)
         log.info("stopping: finishing %d connection(s) in progress", len(self._connections))
         for server in self._servers:
             server.close()
         if self._connections:
-            await asyncio.wait(set(self._connections), timeout=self.options.timeout)
+            await self._until_hurried(set(self._connections))
         # The lessons received are learned, those whose clients gave up waiting included (each is
-        # logged as it is), unless the model's lock stays taken that long.
+        # logged as it is), unless the model's lock stays taken past the deadline.
         self._lessons.put_nowait(None)
         others = [task for task in self._background if task is not self._learning]
         for task in others:
             task.cancel()
-        if not (await asyncio.wait({self._learning}, timeout=self.options.timeout))[0]:
-            self._give_up.set()  # (a group being learned is finished; one waiting for the lock is not)
+        await self._until_hurried({self._learning})
         await self._learning
+        deadline.cancel()
         while not self._lessons.empty():
             lesson = self._lessons.get_nowait()
             if lesson is not None:
                 self._drop([lesson])
         if self._not_learned:
-            log.warning("stopping: %d TELL(s) received were not learned within --timeout (%g s)", self._not_learned,
-                        self.options.timeout)
+            why = "stopped at once" if self._stopped_by else f"within --timeout ({self.options.timeout:g} s)"
+            log.warning("stopping: %d TELL(s) received were not learned %s", self._not_learned, why)
         await asyncio.gather(*others, return_exceptions=True)
         if self.options.socket is not None:
             try:  # ours only: a daemon started on the same path since may be listening there now
@@ -668,6 +699,7 @@ class DaemonServer:
         self._check_pool.shutdown(wait=True)
         self._model_pool.shutdown(wait=True)
         self._load_pool.shutdown(wait=True)
+        return 0 if self._stopped_by is None else 128 + self._stopped_by
 
 
 def _accepted_user(user: str | None) -> bool:
@@ -713,22 +745,34 @@ def _answers(path: Path) -> bool:
 
 def run_daemon(options: DaemonOptions) -> int:
     """Load the model, listen, and serve until SIGTERM or SIGINT; SIGHUP reloads the model(s).
-    Returns the exit code (0). A model that cannot be loaded or an address that cannot be bound
-    raises UserError before anything is served."""
+    Returns the exit code (`DaemonServer.serve_until_stopped`). A model that cannot be loaded or an
+    address that cannot be bound raises UserError before anything is served."""
     server = DaemonServer(options)
-    server.load()
-    return (asyncio.run if uvloop is None else uvloop.run)(_main(server))
+    # A SIGHUP (systemctl reload) may come while the model loads, before the event loop's handlers
+    # are in place: by default it would end the daemon, which systemd counts as a clean exit and
+    # does not restart. It is remembered and done once the daemon serves, for the model may have
+    # been replaced after the load read it.
+    hup = threading.Event()
+    before = signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    try:
+        server.load()
+        return (asyncio.run if uvloop is None else uvloop.run)(_main(server, hup))
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
-async def _main(server: DaemonServer) -> int:
+async def _main(server: DaemonServer, hup: threading.Event) -> int:
     loop = asyncio.get_running_loop()
     await server.start()
-    loop.add_signal_handler(signal.SIGTERM, server.stop)
-    loop.add_signal_handler(signal.SIGINT, server.stop)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.stop, signum)
     loop.add_signal_handler(signal.SIGHUP, server.reload_soon)
     log.info("chainrule spamd %s ready: listening on %s; model %s; max size %d bytes; TELL %s",
              __version__, ", ".join(server.addresses), server.filter, server.options.max_size,
              "allowed" if server.options.allow_tell else "off")
-    await server.serve_until_stopped()
+    if hup.is_set():
+        log.info("SIGHUP received while starting: reloading")
+        server.reload_soon()
+    code = await server.serve_until_stopped()
     log.info("stopped")
-    return 0
+    return code
