@@ -482,6 +482,26 @@ def test_per_user_models(daemon, held):
     assert daemon.spamc("-c", "-u", "../alice", data=raw)[0] == 1  # not a path
 
 
+def test_a_user_name_is_logged_as_spamc_sent_it_and_a_long_one_shortened(daemon, held):
+    """spamc sends -u's bytes as given, UTF-8 on any modern system: they were logged as Latin-1
+    ("jÃ¶rg"), a name with a UTF-8 byte of 0x80-0x9f ("Michał") was refused as holding control
+    characters (and spamc passed the mail unchecked), and a 5,000-character name was logged whole.
+    None of them names a --user-models folder: the default model checks their mail."""
+    raw, _, v = next(h for h in held if h[2].label == "spam" and h[2].probability < 0.999)
+    for name in ("jörg", "Michał"):
+        assert daemon.spamc("-c", "-u", name, data=raw)[0] == 1
+        assert f"for {name} in " in daemon.log_text()
+    # bytes that are not UTF-8 (a Latin-1 system's spamc) are read as Latin-1, as before
+    out = daemon.raw(b"CHECK SPAMC/1.5\r\nUser: j\xf6rg\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+    assert out.startswith(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; ") and "for jörg in " in daemon.log_text()
+    assert daemon.raw(b"PING SPAMC/1.5\r\nUser: a\xc2\x85b\r\n\r\n").startswith(b"SPAMD/1.0 76 ")  # (U+0085: NEL)
+    long_name = "x" * 5000
+    out = daemon.raw(b"CHECK SPAMC/1.5\r\nUser: %s\r\nContent-length: %d\r\n\r\n" % (long_name.encode(), len(raw))
+                     + raw)
+    assert out.startswith(b"SPAMD/1.1 0 EX_OK\r\n")
+    line = next(x for x in daemon.log_text().splitlines() if "x" * 64 in x)
+    assert len(line) < 400 and "5000 characters" in line, line
+
 # --- learning, reloading, stopping -----------------------------------------------------------------
 
 def _probability(d: "Daemon", raw: bytes) -> float:

@@ -515,7 +515,7 @@ class DaemonServer:
         def ms():
             return 1000 * (time.perf_counter() - started)
 
-        user = req.user or "(unknown)"
+        user = _logged_user(req.user)
         if req.command == "PING":
             writer.write(b"SPAMD/1.5 0 PONG\r\n")
             await writer.drain()
@@ -705,6 +705,13 @@ class DaemonServer:
 def _accepted_user(user: str | None) -> bool:
     """Whether `user` may name a folder of --user-models (nothing that leads out of it)."""
     return bool(user) and _USER_DIR.fullmatch(user) is not None and ".." not in user
+
+
+def _logged_user(user: str | None) -> str:
+    """A request's User as the log shows it: at most 64 characters (a client may send thousands)."""
+    if not user:
+        return "(unknown)"
+    return user if len(user) <= 64 else f"{user[:64]}... ({len(user)} characters)"
 
 
 def _told(is_spam: bool | None, changed: bool) -> str:

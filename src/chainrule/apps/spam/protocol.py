@@ -225,7 +225,7 @@ class Request:
 
 
 _REQUEST_LINE = re.compile(rb"([A-Z_]+) SPAMC/(\d{1,3}(?:\.\d{1,3})?)\r?\n")
-_USERNAME = re.compile(r"[\x20-\x7e\xa0-\xff]*")  # spamd's rule: no control characters
+_USERNAME = re.compile(r"[^\x00-\x1f\x7f-\x9f]*")  # spamd's rule: no control characters (C0, DEL, C1)
 
 
 async def read_request(reader: asyncio.StreamReader, limit: int) -> Request:
@@ -260,6 +260,16 @@ async def read_request(reader: asyncio.StreamReader, limit: int) -> Request:
     return req
 
 
+def _utf8_where_valid(text: str) -> str:
+    """A header value read as Latin-1, read again as UTF-8 where its bytes are that: spamc sends
+    `-u`'s bytes as given, UTF-8 on any modern system ("jörg", not "jÃ¶rg"); other bytes (a
+    Latin-1 system's) stay as they were read, one character a byte."""
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return text
+
+
 async def _read_headers(reader: asyncio.StreamReader, req: Request) -> None:
     for _ in range(MAX_HEADERS):
         try:
@@ -280,6 +290,7 @@ async def _read_headers(reader: asyncio.StreamReader, req: Request) -> None:
                 raise _bad("Content-Length contains non-numeric bytes")
             req.content_length = int(value)
         elif name == "user":
+            value = _utf8_where_valid(value)
             if not _USERNAME.fullmatch(value):
                 raise _bad("User header contains control chars")
             req.user = value
