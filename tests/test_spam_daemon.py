@@ -695,6 +695,27 @@ def test_a_sighup_while_the_daemon_starts_is_a_reload_once_it_serves(model_dir, 
         assert proc.wait(timeout=30) == 0
 
 
+def test_systemd_is_told_when_the_daemon_serves_and_when_it_stops(model_dir, tmp_path, monkeypatch):
+    """Under a Type=notify unit (deploy/chainrule-spamd.service) systemd learns from READY=1 that the
+    daemon serves, and holds a `systemctl reload` asked for before then: as Type=simple, the
+    SIGHUP could reach the interpreter before chainrule's handler was in place, and end it."""
+    _need("spamc")
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(address)
+        systemd.settimeout(60)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        d = Daemon(model_dir, "--listen", "127.0.0.1:0", "--reload-interval", "0")
+        try:
+            assert systemd.recv(4096) == b"READY=1"
+            assert d.spamc("-K")[0] == 0  # (it serves when it says so)
+            d.proc.send_signal(signal.SIGTERM)
+            assert systemd.recv(4096) == b"STOPPING=1"
+            assert d.proc.wait(timeout=30) == 0
+        finally:
+            d.stop()
+
+
 def test_a_user_model_loads_while_a_lesson_waits_for_the_shared_model(model_dir, held, tmp_path):
     """A TELL waits for the shared model's lock (a `spam learn` from cron holds it); a CHECK for a
     user whose own model is not yet in memory must not wait behind that TELL: loading it is not

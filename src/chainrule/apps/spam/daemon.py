@@ -667,6 +667,7 @@ class DaemonServer:
         the model's lock are dropped (another writer may hold it for minutes): the log says how
         many, which a SIGKILL from systemd would not let it say."""
         await self._stopping.wait()
+        tell_systemd("STOPPING=1")
         deadline = asyncio.get_running_loop().call_later(self.options.timeout, self._stop_waiting)
         log.info("stopping: finishing %d connection(s) in progress", len(self._connections))
         for server in self._servers:
@@ -750,6 +751,25 @@ def _answers(path: Path) -> bool:
     return True
 
 
+def tell_systemd(state: str) -> None:
+    """Tell systemd what the daemon is doing, under a Type=notify unit (sd_notify(3): a datagram to
+    $NOTIFY_SOCKET; nothing without one): "READY=1" once it serves, so that `systemctl start`
+    returns then and a `systemctl reload` asked for meanwhile waits for it (as Type=simple, its
+    SIGHUP could come before any handler was in place, while Python started, and end the daemon);
+    "STOPPING=1" when it stops."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):  # (an abstract socket, as systemd names one)
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        log.warning("could not tell systemd %s through NOTIFY_SOCKET %s: %s", state, address,
+                    exc.strerror or exc)
+
+
 def run_daemon(options: DaemonOptions) -> int:
     """Load the model, listen, and serve until SIGTERM or SIGINT; SIGHUP reloads the model(s).
     Returns the exit code (`DaemonServer.serve_until_stopped`). A model that cannot be loaded or an
@@ -777,6 +797,7 @@ async def _main(server: DaemonServer, hup: threading.Event) -> int:
     log.info("chainrule spamd %s ready: listening on %s; model %s; max size %d bytes; TELL %s",
              __version__, ", ".join(server.addresses), server.filter, server.options.max_size,
              "allowed" if server.options.allow_tell else "off")
+    tell_systemd("READY=1")
     if hup.is_set():
         log.info("SIGHUP received while starting: reloading")
         server.reload_soon()
