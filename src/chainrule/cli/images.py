@@ -20,6 +20,7 @@ from chainrule.cli.options import (
     MAX_MISTAKES_SHOWN,
     diverged,
     mistakes_shown,
+    percent,
     positive_int,
     print_lines,
     stdin_once,
@@ -84,10 +85,6 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"  # (None: a class never predicted or not in the set)
-
-
 def report_text(report: dict) -> str:
     """Accuracy, a per-class table and the confusion matrix as plain text."""
     classes = report.get("classes") or [str(k) for k in range(len(report["confusion_matrix"]))]
@@ -100,8 +97,8 @@ def report_text(report: dict) -> str:
              "", f"{word:<{width}}  precision   recall       f1  support"]
     # (each column as wide as "100.00%" or its header)
     for name, s in zip(classes, report["per_class"].values(), strict=True):
-        lines.append(f"{name:>{width}}  {_percent(s['precision']):>9}  {_percent(s['recall']):>7}  "
-                     f"{_percent(s['f1']):>7}  {s['support']:7d}")
+        lines.append(f"{name:>{width}}  {percent(s['precision']):>9}  {percent(s['recall']):>7}  "
+                     f"{percent(s['f1']):>7}  {s['support']:7d}")
     # rows are labelled with the class (and its number, when it has a name); columns with the number
     rows = classes if numbered else [f"{k} {name}" for k, name in enumerate(classes)]
     label = max(6, *(len(r) + 1 for r in rows))

@@ -1,4 +1,4 @@
-"""What the `chainrule` command groups share: the parser class and the types of their options.
+"""What the `chainrule` command groups share: the parser class, the types of their options and how they print results.
 
 The types turn a bad number into a one-line usage error that quotes it ("argument --epochs:
 expected a positive integer, got '0'") before any work starts, rather than a traceback minutes
@@ -107,6 +107,17 @@ def diverged(exc, earlier=None) -> str:
     the run saved no model, and that the `earlier` run in its folder (if one) is still there."""
     kept = f", the earlier run in {earlier} is as it was" if earlier is not None else ""
     return f"training diverged: {exc.where()} (lr {exc.lr:g}); no model was saved{kept} — try a smaller --lr"
+
+
+def percent(value: float | None) -> str:
+    """A rate as a percentage to two places, or "n/a" where it is None: a rate over no examples
+    (a class never predicted or not in the set, no message of that class)."""
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def decimal(value: float | None) -> str:
+    """A score (precision, F1, MCC, ROC AUC) to four places, or "n/a" where it is None."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _number(text: str, kind: type, ok, expected: str):

@@ -52,10 +52,12 @@ from chainrule.cli.options import (
     add_cutoffs,
     add_max_bytes,
     char_ngrams,
+    decimal,
     diverged,
     fraction,
     nonnegative_float,
     nonnegative_int,
+    percent,
     positive_float,
     positive_int,
     print_lines,
@@ -207,19 +209,11 @@ def _train_into(args, config: HashingConfig, validation: float, out: Path, world
                                         f"{out}") from None
             raise
         v = result.validation
-        print(f"validation: accuracy {100 * v['accuracy']:.2f}%  spam caught {_percent(v['spam_caught'])}  "
-              f"blocked ham {_percent(v['blocked_ham'])}  MCC {v['mcc']:.4f}  ROC AUC {_number(v['roc_auc'])}")
+        print(f"validation: accuracy {100 * v['accuracy']:.2f}%  spam caught {percent(v['spam_caught'])}  "
+              f"blocked ham {percent(v['blocked_ham'])}  MCC {v['mcc']:.4f}  ROC AUC {decimal(v['roc_auc'])}")
         print(f"cut-offs: spam >= {bundle.spam_cutoff:.4f}, ham < {bundle.ham_cutoff:.4f}; "
               f"trained in {seconds:.1f}s; model written to {out}")
         return 0
-
-
-def _percent(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f}%"  # (None: no message of that class)
-
-
-def _number(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _format_metrics(r: dict) -> str:
@@ -227,12 +221,12 @@ def _format_metrics(r: dict) -> str:
     return "\n".join([
         f"messages      {r['messages']} ({r['spam']} spam, {r['ham']} ham)",
         f"accuracy      {100 * r['accuracy']:.2f}%",
-        f"spam caught   {_percent(r['spam_caught'])}",
-        f"blocked ham   {_percent(r['blocked_ham'])}",
-        f"precision     {_number(r['precision'])}",
-        f"F1            {_number(r['f1'])}",
-        f"MCC           {_number(r['mcc'])}",
-        f"ROC AUC       {_number(r['roc_auc'])}",
+        f"spam caught   {percent(r['spam_caught'])}",
+        f"blocked ham   {percent(r['blocked_ham'])}",
+        f"precision     {decimal(r['precision'])}",
+        f"F1            {decimal(r['f1'])}",
+        f"MCC           {decimal(r['mcc'])}",
+        f"ROC AUC       {decimal(r['roc_auc'])}",
         "confusion matrix (rows: true, columns: predicted)",
         "               ham    spam",
         f"  ham    {tn:>8} {fp:>7}",
