@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import chainrule as cr
-from chainrule.apps.checks import GradcheckResult
+from chainrule.apps.gradcheck import GradcheckResult
 from chainrule.cli import main
 from chainrule.cli.engine import gradcheck_table
 

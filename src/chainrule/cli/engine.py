@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from chainrule.apps.checks import GradcheckResult, gradcheck_models
+from chainrule.apps.gradcheck import GradcheckResult, gradcheck_models
 from chainrule.cli.options import MAX_EXPLAIN_EPOCHS, explain_epochs, nonnegative_int, positive_int
 from chainrule.errors import UserError
 from chainrule.explain import explain_lines
