@@ -38,6 +38,7 @@ from chainrule import metrics as M
 from chainrule.apps.image_presets import (
     PICTURE,
     PIXELS,
+    Preset,
     build_model,
     model_inputs,
     preprocessing_metadata,
@@ -199,14 +200,10 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
     opts = {k: given[k] if given[k] is not None else stored.get(k) for k in RUN_OPTIONS}
     opts["data"] = opts["data"] or default_data
     dataset, known = idx.identify(opts["data"], default_data)
-    presets = presets_for(known)
     opts["model"] = opts["model"] or "mlp"
-    if opts["model"] not in presets:
-        raise UserError(f"{idx.title(known or dataset)} has no preset {opts['model']!r}; "
-                        f"choose from {', '.join(presets)}")
-    preset = presets[opts["model"]]
-    for k, default in (("epochs", preset.epochs), ("batch_size", preset.batch_size), ("lr", preset.lr), ("seed", 0)):
-        opts[k] = default if opts[k] is None else opts[k]
+    preset = _preset(opts["model"], dataset, known)
+    opts["epochs"], opts["batch_size"], opts["lr"] = _settings(preset, opts["epochs"], opts["batch_size"], opts["lr"])
+    opts["seed"] = 0 if opts["seed"] is None else opts["seed"]
     for k in ("epochs", "batch_size"):
         if opts[k] < 1:
             raise UserError(f"--{k.replace('_', '-')} must be a positive integer, got {opts[k]}")
@@ -218,6 +215,22 @@ def resolve_run_options(given: dict, out=None, resume: bool = False, default_dat
         raise UserError(f"--train-size must be above {VALIDATION_IMAGES // 10}, got {opts['train_size']}")
     opts["out"] = str(out)
     return opts
+
+
+def _preset(model_name: str, dataset: str, known: str | None) -> Preset:
+    """The preset `model_name` of the data set's presets (`presets_for`); a UserError that names
+    them if it has none of that name."""
+    presets = presets_for(known)
+    if model_name not in presets:
+        raise UserError(f"{idx.title(known or dataset)} has no preset {model_name!r}; "
+                        f"choose from {', '.join(presets)}")
+    return presets[model_name]
+
+
+def _settings(preset: Preset, epochs: int | None, batch_size: int | None, lr: float | None) -> tuple[int, int, float]:
+    """`epochs`, `batch_size` and `lr` as given, the preset's where one is None (not given)."""
+    return (preset.epochs if epochs is None else epochs, preset.batch_size if batch_size is None else batch_size,
+            preset.lr if lr is None else lr)
 
 
 def _recognised_as(dataset: str, known: str | None) -> dict:
@@ -343,10 +356,7 @@ def train(
     images, labels, classes, dataset, known = idx.load_image_set(data, "train", default=default_data)
     if required is not None and classes != required:
         raise UserError(f"{idx.title(dataset)}: its classes are {_named(classes)}, not {_named(required)}")
-    presets = presets_for(known)
-    if model_name not in presets:
-        raise UserError(f"{idx.title(known or dataset)} has no preset {model_name!r}; "
-                        f"choose from {', '.join(presets)}")
+    preset = _preset(model_name, dataset, known)
     if len(classes) < 2:
         raise DataError(f"{idx.title(dataset)}: every training label is {classes[0]}; a classifier needs two classes")
     missing = np.flatnonzero(np.bincount(labels, minlength=len(classes)) == 0)
@@ -354,10 +364,7 @@ def train(
         named = ", ".join(classes[k] for k in missing[:5]) + (f" and {missing.size - 5} more" * (missing.size > 5))
         raise DataError(f"{idx.title(dataset)}: no training image of class {named} (of {len(classes)}); "
                         "labels must number the classes 0, 1, ... without gaps")
-    preset = presets[model_name]
-    epochs = preset.epochs if epochs is None else epochs
-    batch_size = preset.batch_size if batch_size is None else batch_size
-    lr = preset.lr if lr is None else lr
+    epochs, batch_size, lr = _settings(preset, epochs, batch_size, lr)
     name = run_name(dataset)
     out = Path(out or f"runs/{name}-{model_name}")
     world = world or World()
