@@ -22,6 +22,7 @@ from chainrule.apps.spam import (
     annotate,
     build_network,
     featurize,
+    gather_lessons,
     load_lessons,
     load_replay,
     load_spam_model,
@@ -30,6 +31,7 @@ from chainrule.apps.spam import (
 )
 from chainrule.apps.spam.learning import _fit_touched, _move_logits, learn
 from chainrule.cli import main
+from chainrule.data.corpora import SPAM
 from chainrule.files import LOCK_FILE
 
 
@@ -389,6 +391,24 @@ def test_a_folder_is_learned_from_for_its_users_corrections_not_the_filters_own_
     lines = _learn(capsys, model, "--spam", inside, "--from", inside.parent.parent, "--seed", "0")
     said = [line.split("\t")[:2] for line in lines[:-1] if "named-inside" in line]
     assert said[0] == [str(inside), "learned as spam"]
+
+
+def test_gather_lessons_returns_what_spam_learn_reports(model, spam_corpus, tmp_path, capsys):
+    """The library behind `spam learn` gathers a folder's lessons, less what the filter filed there
+    itself, and the --since-last folders with nothing new, for the caller to report: it prints nothing."""
+    junk, empty = tmp_path / "Junk", tmp_path / "Empty"
+    junk.mkdir(), empty.mkdir()
+    spam = _held(spam_corpus, "spam", 2)
+    (junk / "filed").write_bytes(annotate(spam[0].read_bytes(), True, 0.97, "spam"))
+    shutil.copy(spam[1], junk / "moved")
+    problems, bundle = [], load_spam_model(model)
+    found = gather_lessons(bundle, [], [str(junk)], SPAM, lambda *problem: problems.append(problem))
+    assert [Path(s).name for s in found.sources] == ["moved"] and found.labels.tolist() == [SPAM]
+    assert [Path(s).name for s in found.filed] == ["filed"] and found.read and not problems
+    found = gather_lessons(bundle, [], [str(empty)], SPAM, lambda *problem: problems.append(problem), since_last=True)
+    assert found.nothing_new == [(str(empty), False)] and not found.read and not found.items
+    assert list(found.marks) == [str(empty.resolve())] and not problems
+    assert capsys.readouterr().out == ""
 
 
 def test_since_last_needs_a_folder(model, run_chainrule):

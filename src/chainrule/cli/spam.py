@@ -31,20 +31,19 @@ from chainrule.apps.spam import (
     collect,
     explain_row,
     featurize,
+    gather_lessons,
     item_tokens,
     learn,
     load_spam_model,
-    new_since_last,
     open_for_learning,
     repeated_messages,
-    taught_otherwise,
+    sms_lines,
     train_filter,
     training_features,
     unlearn,
     verdict,
     write_run,
 )
-from chainrule.apps.spam.annotate import stamped_verdict
 from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED
 from chainrule.apps.spam.training import VALIDATION
 from chainrule.cli import spamd
@@ -70,12 +69,9 @@ from chainrule.data.corpora import (
     RawMessage,
     read_as_is,
     read_messages,
-    text_lines,
-    unreadable_folder,
 )
-from chainrule.data.mime import decode_text
 from chainrule.data.text import HashingConfig
-from chainrule.errors import DataError, TrainingDiverged, UserError, printable
+from chainrule.errors import TrainingDiverged, UserError, printable
 from chainrule.files import file_id, locked_directory
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
@@ -267,7 +263,7 @@ def _classify_batches(args, on_problem):
     paths = args.paths or ["-"]
     if args.sms:
         chunk = []
-        for source, text in _sms_lines(paths, args.max_bytes, on_problem):
+        for source, text in sms_lines(paths, args.max_bytes, on_problem):
             chunk.append((source, text))
             if len(chunk) == CLASSIFY_BATCH:
                 yield [s for s, _ in chunk], [("sms", t) for _, t in chunk], None
@@ -425,90 +421,40 @@ def _cmd_learn(args) -> int:
     label = SPAM if args.spam else HAM
     with open_for_learning(args.model) as bundle:  # the model's lock is held until it is saved
         _warn_if_untrained_on(bundle, "sms" if args.sms else "mail")
-        paths, marks = list(args.paths), {}
         problems = _InputProblems([*args.paths, *(args.source or [])], hold=True)
-        for folder in args.source or []:
-            if not args.since_last:
-                paths.append(folder)
-                continue
-            unlisted = []
-            try:
-                new, key, mark = new_since_last(bundle, folder, unlisted)
-            except OSError as exc:
-                raise UserError(f"--from {folder}: {exc.strerror or exc}") from None
-            for exc in unlisted:  # (the folder keeps its mark: they are looked at again next time)
-                problems(str(exc.filename), unreadable_folder(exc))
-            if not new and not args.quiet:
-                before = key in bundle.metadata.get("since_last", {})
+        found = gather_lessons(bundle, args.paths, args.source or [], label, problems, sms=args.sms,
+                               since_last=args.since_last, unlearning=args.unlearn, max_bytes=args.max_bytes)
+        if not args.quiet:
+            for folder, before in found.nothing_new:
                 said = "nothing new since the previous run" if before else "no messages yet"
                 print(f"{printable(folder)}: {said}")
-            if not unlisted:
-                marks[key] = mark
-            paths += new
-        if not paths:  # (--since-last, and nothing new anywhere)
+        if not found.read:  # (--since-last, and nothing new anywhere)
             problems.report_held()
             return 0
-        if args.sms:  # (each line of the files a text message, as classify --sms reads them)
-            lines = list(_sms_lines(paths, args.max_bytes, problems))
-            sources, items = [source for source, _ in lines], [("sms", text) for _, text in lines]
-            y = np.full(len(items), label)
-        else:
-            items, sources, y = collect(paths, None, labelled=False, max_bytes=args.max_bytes, label=label,
-                                        on_problem=problems)
-        filed = []  # of the messages found in --from folders, those the filter itself filed there
-        if args.source and not args.unlearn:
-            items, sources, y, filed = _without_filed(bundle, items, sources, y, args.source, label, args.paths)
-        if not items and not filed and (problems.failed or not marks):  # (an empty message is a problem)
-            _nothing_read(problems.held, "unlearn" if args.unlearn else "learn from")
+        if not found.items and not found.filed and (problems.failed or not found.marks):
+            _nothing_read(problems.held, "unlearn" if args.unlearn else "learn from")  # (an empty message: a problem)
         problems.report_held()  # (a file found by --since-last is only reported: the folders are marked)
-        x, _ = featurize(items, bundle.config, idf=bundle.idf)
+        x, _ = featurize(found.items, bundle.config, idf=bundle.idf)
         if args.unlearn:
             result = unlearn(bundle, x)
         else:
-            result = learn(bundle, x, y, epochs=args.epochs, seed=args.seed, since_last=marks,
+            result = learn(bundle, x, found.labels, epochs=args.epochs, seed=args.seed, since_last=found.marks,
                            again=not args.since_last)
         total = bundle.metadata.get("learned", 0)
     if args.quiet:  # (a cron job mails what a command prints)
         return args.error_exit if problems.failed else 0
     name = LABEL_NAMES[label]
-    for src in filed:
+    for src in found.filed:
         print(f"{_tsv_field(src)}\tfiled as {name} on delivery; not learned")
-    for src, status, was, b, a in zip(sources, result.status, result.was, result.before, result.after, strict=True):
+    for src, status, was, b, a in zip(found.sources, result.status, result.was, result.before, result.after,
+                                      strict=True):
         print(f"{_tsv_field(src)}\t{_learn_outcome(status, label, was)}\tP(spam) {b:.4f} -> {a:.4f}")
     counts = {s: result.status.count(s) for s in dict.fromkeys(result.status)}
-    if filed:
-        counts[f"filed as {name} on delivery"] = len(filed)
+    if found.filed:
+        counts[f"filed as {name} on delivery"] = len(found.filed)
     print((", ".join(f"{n} {s}" for s, n in counts.items()) or "nothing learned")
           + f"; the model has learned {total} message{'s' * (total != 1)}")
     return args.error_exit if problems.failed else 0  # (the others were learned)
-
-
-def _without_filed(bundle, items: list, sources: list[str], y: np.ndarray, folders: list[str], label: int,
-                   named: list[str]):
-    """(items, sources, labels, the sources left out): the messages found in `folders` that the
-    filter itself filed there, its verdict stamped in them (`stamped_verdict`) being the `label`
-    taught, are left out. A folder the filter files its spam into (Junk) also receives the user's
-    corrections (missed spam moved there); only those are lessons: teaching the filter's own
-    verdicts would teach its false positives before the user has seen them. A message `named` on
-    the command line is learned as told, wherever it lies, and so is one the filter was taught
-    otherwise since it filed it (moved to Junk by mistake, then back: `taught_otherwise`)."""
-    roots = {os.path.abspath(folder) for folder in folders}  # (sources: files in them; an mbox, or "mbox:N")
-    inside = tuple(root + end for root in roots for end in (os.sep, ":"))
-    told = {os.path.abspath(path) for path in named}
-
-    def filed_there(source: str, raw: bytes) -> bool:
-        where = os.path.abspath(source)
-        found = where in roots or where.startswith(inside)
-        return found and where not in told and stamped_verdict(raw) == LABEL_NAMES[label]
-
-    filed = [i for i, (source, (_, raw)) in enumerate(zip(sources, items, strict=True)) if filed_there(source, raw)]
-    if filed:
-        x, _ = featurize([items[i] for i in filed], bundle.config, processes=1, idf=bundle.idf)
-        filed = [i for i, corrected in zip(filed, taught_otherwise(bundle, x, label), strict=True) if not corrected]
-    if not filed:
-        return items, sources, y, []
-    keep = np.setdiff1d(np.arange(len(items)), filed)
-    return [items[i] for i in keep], [sources[i] for i in keep], y[keep], [sources[i] for i in filed]
 
 
 def _learn_outcome(status: str, label: int, was: int | None) -> str:
@@ -527,31 +473,11 @@ def _learn_outcome(status: str, label: int, was: int | None) -> str:
     return "never learned; nothing to unlearn"
 
 
-def _sms_lines(paths: list[str], max_bytes: int, on_problem):
-    """(source "path:line", text) of every non-blank line of the SMS files ('-': standard input),
-    a text message each; a file that cannot be opened goes to `on_problem(source, reason)`."""
-    for path in paths:
-        if path == "-" and sys.stdin is None:
-            on_problem("-", "standard input is closed")
-            continue
-        try:
-            stream = contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb")  # noqa: SIM115
-        except OSError as exc:
-            on_problem(path, exc.strerror or str(exc))
-            continue
-        with stream as f:  # (read and decoded as `read_sms` reads the collections trained on)
-            try:
-                for lineno, line in text_lines(f, max_bytes):
-                    yield f"{path}:{lineno}", decode_text(line, "utf-8")
-            except DataError as exc:  # (not text)
-                on_problem(path, str(exc))
-
-
 def _explained_tokens(args, config: HashingConfig, on_problem):
     """(source, tokens) of each message to explain: emails, or with --sms each line of the files
     (or of standard input) a text message, tokenised as training saw each kind."""
     if args.sms:
-        for source, text in _sms_lines(args.paths, args.max_bytes, on_problem):
+        for source, text in sms_lines(args.paths, args.max_bytes, on_problem):
             yield source, item_tokens("sms", text, config)[0]
         return
     for msg in read_messages(args.paths, max_bytes=args.max_bytes):

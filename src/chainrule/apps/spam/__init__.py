@@ -36,11 +36,13 @@ The `chainrule spam` commands are `chainrule.cli.spam`.
 
 from chainrule.apps.spam.annotate import annotate
 from chainrule.apps.spam.calibration import binary_report, calibrate
-from chainrule.apps.spam.corpus import check_same_on_every_rank, collect
+from chainrule.apps.spam.corpus import check_same_on_every_rank, collect, sms_lines
 from chainrule.apps.spam.explain import classify_message, explain_row, looks_like_email
 from chainrule.apps.spam.features import MAIL_MIN_DF, featurize, item_tokens, training_features
 from chainrule.apps.spam.learning import (
+    Gathered,
     Learned,
+    gather_lessons,
     learn,
     new_since_last,
     open_for_learning,
@@ -77,13 +79,11 @@ from chainrule.apps.spam.training import (
 )
 
 __all__ = [
-    "LESSONS_KEPT", "MAIL_MIN_DF", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "Learned", "Lessons", "SpamModel",
-    "TrainResult",
-    "annotate", "binary_report", "build_network", "calibrate", "check_labels", "check_out", "check_same_filter",
-    "check_same_on_every_rank",
-    "classify_message",
-    "collect", "explain_row", "featurize", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons",
+    "LESSONS_KEPT", "MAIL_MIN_DF", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "Gathered", "Learned", "Lessons",
+    "SpamModel", "TrainResult", "annotate", "binary_report", "build_network", "calibrate", "check_labels",
+    "check_out", "check_same_filter", "check_same_on_every_rank", "classify_message", "collect", "explain_row",
+    "featurize", "gather_lessons", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons",
     "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "new_since_last", "open_for_learning",
-    "repeated_messages", "row_digests", "save_model", "stratified_split", "taught_otherwise", "train_filter",
-    "training_features", "unlearn", "verdict", "write_run",
+    "repeated_messages", "row_digests", "save_model", "sms_lines", "stratified_split", "taught_otherwise",
+    "train_filter", "training_features", "unlearn", "verdict", "write_run",
 ]

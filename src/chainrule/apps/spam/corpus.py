@@ -1,13 +1,17 @@
-"""Labelled messages for training and evaluation, read from mail corpora and SMS files (`collect`)."""
+"""Labelled messages for training and evaluation, read from mail corpora and SMS files (`collect`),
+and the text messages of SMS files or standard input, a line each (`sms_lines`)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from chainrule.data.corpora import MAX_BYTES, read_messages, read_sms
+from chainrule.data.corpora import MAX_BYTES, read_messages, read_sms, text_lines
+from chainrule.data.mime import decode_text
 from chainrule.distributed import World
 from chainrule.errors import DataError, UserError
 
@@ -43,6 +47,26 @@ def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = T
         sources += [f"{path}:{i + 1}" for i in range(len(texts))]
         labels += labs
     return items, sources, np.asarray(labels, np.int64)
+
+
+def sms_lines(paths: list[str], max_bytes: int, on_problem: Callable[[str, str], None]) -> Iterator[tuple[str, str]]:
+    """(source "path:line", text) of every non-blank line of the SMS files ('-': standard input),
+    a text message each; a file that cannot be opened goes to `on_problem(source, reason)`."""
+    for path in paths:
+        if path == "-" and sys.stdin is None:
+            on_problem("-", "standard input is closed")
+            continue
+        try:
+            stream = contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb")  # noqa: SIM115
+        except OSError as exc:
+            on_problem(path, exc.strerror or str(exc))
+            continue
+        with stream as f:  # (read and decoded as `read_sms` reads the collections trained on)
+            try:
+                for lineno, line in text_lines(f, max_bytes):
+                    yield f"{path}:{lineno}", decode_text(line, "utf-8")
+            except DataError as exc:  # (not text)
+                on_problem(path, str(exc))
 
 
 def check_same_on_every_rank(items: list, labels: np.ndarray, world: World) -> None:

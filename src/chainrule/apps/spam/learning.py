@@ -34,17 +34,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
 import chainrule as cr
+from chainrule.apps.spam.annotate import stamped_verdict
+from chainrule.apps.spam.corpus import collect, sms_lines
+from chainrule.apps.spam.features import featurize
 from chainrule.apps.spam.model import (
     DIGEST_BYTES,
     LESSONS_KEPT,
@@ -58,7 +63,7 @@ from chainrule.apps.spam.model import (
     load_spam_model,
     save_model,
 )
-from chainrule.data.corpora import HAM, SPAM, changed_files
+from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, changed_files, unreadable_folder
 from chainrule.files import locked_directory
 from chainrule.network import description_path, model_directory, saved_task
 
@@ -136,6 +141,89 @@ def new_since_last(bundle: SpamModel, folder, unlisted: list[OSError]) -> tuple[
     now = time.time_ns()
     new = changed_files(folder, bundle.metadata.get("since_last", {}).get(key, 0), unlisted)
     return new, key, now - SINCE_LAST_OVERLAP_NS
+
+
+class Gathered(NamedTuple):
+    """The messages a run of `spam learn` teaches (`gather_lessons`), and what it met on the way."""
+
+    items: list  # (kind, message) each, as `featurize` reads them
+    sources: list[str]  # where each came from
+    labels: np.ndarray  # the label each is taught
+    filed: list[str]  # the messages in the folders that the filter itself filed there: not lessons
+    marks: dict[str, int]  # {folder key: its new mark} of the --since-last folders, for `learn(since_last=...)`
+    nothing_new: list[tuple[str, bool]]  # (folder, whether an earlier run marked it) of those with nothing new
+    read: bool  # whether there was anything to read (not where --since-last found nothing new anywhere)
+
+
+def gather_lessons(bundle: SpamModel, paths: list[str], folders: list[str], label: int,
+                   on_problem: Callable[[str, str], None], sms: bool = False, since_last: bool = False,
+                   unlearning: bool = False, max_bytes: int = MAX_BYTES) -> Gathered:
+    """The messages to teach `bundle` as `label` (SPAM or HAM), or to unlearn: those of `paths`
+    (messages, folders, mbox, Maildir; '-': standard input; with `sms`, files of text messages, a
+    line each) and of `folders` (`spam learn --from`), of which with `since_last` only the files
+    put there since the previous such run (`new_since_last`). A message that cannot be read, and a
+    folder inside one of `folders` that cannot be listed, goes to `on_problem(source, reason)`.
+    Unless `unlearning`, the messages of `folders` that the filter filed there itself are left out
+    (`_without_filed`). A UserError where one of `folders` cannot be read."""
+    named, paths, marks, nothing_new = paths, list(paths), {}, []
+    for folder in folders:
+        if not since_last:
+            paths.append(folder)
+            continue
+        unlisted = []
+        try:
+            new, key, mark = new_since_last(bundle, folder, unlisted)
+        except OSError as exc:
+            raise cr.UserError(f"--from {folder}: {exc.strerror or exc}") from None
+        for exc in unlisted:  # (the folder keeps its mark: they are looked at again next time)
+            on_problem(str(exc.filename), unreadable_folder(exc))
+        if not new:
+            nothing_new.append((folder, key in bundle.metadata.get("since_last", {})))
+        if not unlisted:
+            marks[key] = mark
+        paths += new
+    if not paths:
+        return Gathered([], [], np.empty(0, np.int64), [], marks, nothing_new, read=False)
+    if sms:  # (each line of the files a text message, as classify --sms reads them)
+        lines = list(sms_lines(paths, max_bytes, on_problem))
+        sources, items = [source for source, _ in lines], [("sms", text) for _, text in lines]
+        y = np.full(len(items), label)
+    else:
+        items, sources, y = collect(paths, None, labelled=False, max_bytes=max_bytes, label=label,
+                                    on_problem=on_problem)
+    filed = []
+    if folders and not unlearning:
+        items, sources, y, filed = _without_filed(bundle, items, sources, y, folders, label, named)
+    return Gathered(items, sources, y, filed, marks, nothing_new, read=True)
+
+
+def _without_filed(bundle: SpamModel, items: list, sources: list[str], y: np.ndarray, folders: list[str],
+                   label: int, named: list[str]):
+    """(items, sources, labels, the sources left out): the messages found in `folders` that the
+    filter itself filed there, its verdict stamped in them (`stamped_verdict`) being the `label`
+    taught, are left out. A folder the filter files its spam into (Junk) also receives the user's
+    corrections (missed spam moved there); only those are lessons: teaching the filter's own
+    verdicts would teach its false positives before the user has seen them. A message `named` on
+    the command line is learned as told, wherever it lies, and so is one the filter was taught
+    otherwise since it filed it (moved to Junk by mistake, then back: `taught_otherwise`)."""
+    roots = {os.path.abspath(folder) for folder in folders}  # (sources: files in them; an mbox, or "mbox:N")
+    inside = tuple(root + end for root in roots for end in (os.sep, ":"))
+    told = {os.path.abspath(path) for path in named}
+    name = "spam" if label == SPAM else "ham"
+
+    def filed_there(source: str, raw: bytes) -> bool:
+        where = os.path.abspath(source)
+        found = where in roots or where.startswith(inside)
+        return found and where not in told and stamped_verdict(raw) == name
+
+    filed = [i for i, (source, (_, raw)) in enumerate(zip(sources, items, strict=True)) if filed_there(source, raw)]
+    if filed:
+        x, _ = featurize([items[i] for i in filed], bundle.config, processes=1, idf=bundle.idf)
+        filed = [i for i, corrected in zip(filed, taught_otherwise(bundle, x, label), strict=True) if not corrected]
+    if not filed:
+        return items, sources, y, []
+    keep = np.setdiff1d(np.arange(len(items)), filed)
+    return [items[i] for i in keep], [sources[i] for i in keep], y[keep], [sources[i] for i in filed]
 
 
 def row_digests(x: sp.csr_matrix) -> np.ndarray:
