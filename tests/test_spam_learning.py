@@ -418,6 +418,18 @@ def test_since_last_needs_a_folder(model, run_chainrule):
     assert r.returncode == 2 and b"not a folder or Maildir" in r.stderr and b"Traceback" not in r.stderr
 
 
+def test_learn_with_no_message_named_says_that_dash_reads_standard_input(tmp_path, capsys):
+    """`spam learn MODEL --spam` reads no standard input, unlike `spam classify` (a cron job whose
+    glob matched nothing must not wait on it): its error and --help say that '-' reads it (the
+    error asked only for messages, and --sms's help said "the files (or stdin)")."""
+    assert main(["spam", "learn", str(tmp_path / "m"), "--spam"]) == 2
+    assert "give messages ('-' reads standard input) or --from FOLDER" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["spam", "learn", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "(or stdin)" not in usage and usage.count("'-' reads standard input") == 2
+
+
 def _learner(model: Path, *args) -> subprocess.Popen:
     """`chainrule spam learn MODEL ARGS` started in a process of its own."""
     command = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())"]

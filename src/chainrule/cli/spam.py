@@ -414,7 +414,7 @@ def _cmd_learn(args) -> int:
     if args.since_last and args.unlearn:
         raise UserError("--since-last works with --spam or --ham, not --unlearn")
     if not args.paths and not args.source:
-        raise UserError("nothing to learn from: give messages or --from FOLDER")
+        raise UserError("nothing to learn from: give messages ('-' reads standard input) or --from FOLDER")
     stdin_once(args.paths)
     if args.sms and args.source:
         raise UserError("--from reads a mail folder; with --sms, name the files of text messages")
@@ -626,13 +626,15 @@ def add_commands(subparsers) -> None:
     which.add_argument("--unlearn", action="store_true",
                        help="undo the lessons of these messages: each is forgotten and the network edited, "
                        "as little as it takes, to give it the P(spam) it had before it was taught")
-    p.add_argument("paths", nargs="*", help="messages, folders, mbox, Maildir ('-' for stdin)")
+    p.add_argument("paths", nargs="*", help="messages, folders, mbox, Maildir; '-' reads standard input (with none "
+                   "named it is not read: a cron job whose list is empty must not wait on it)")
     p.add_argument("--from", dest="source", action="append", metavar="FOLDER",
                    help="a folder or Maildir to learn from, such as a Junk folder (repeatable)")
     p.add_argument("--since-last", action="store_true",
                    help="with --from: only the messages put in the folder since the previous --since-last "
                    "run on this model (the first run takes them all); for a cron job")
-    p.add_argument("--sms", action="store_true", help="the files (or stdin) hold text messages, one per line")
+    p.add_argument("--sms", action="store_true",
+                   help="the files hold text messages, one per line ('-' reads standard input)")
     p.add_argument("--quiet", action="store_true", help="print only errors and warnings (for a cron job, which "
                    "mails what a command prints)")
     p.add_argument("--epochs", type=positive_int, default=4)
@@ -644,7 +646,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("model")
     p.add_argument("paths", nargs="+", metavar="MESSAGE",
                    help="messages, folders, mbox, Maildir, archives (each message explained); '-' for stdin")
-    p.add_argument("--sms", action="store_true", help="the files (or stdin) hold text messages, one per line")
+    p.add_argument("--sms", action="store_true",
+                   help="the files hold text messages, one per line ('-' reads standard input)")
     p.add_argument("--top", type=positive_int, default=10)
     p.add_argument("--json", action="store_true")
     add_max_bytes(p)
