@@ -549,8 +549,8 @@ BAD_INPUTS = {
     "missing model": (["digits", "evaluate", "{root}/no-such-model"], 2, "not found"),
     "corrupt weights": (["digits", "evaluate", "{broken_model}"], 2, "not a readable .npz"),
     "spam model": (["digits", "evaluate", "{other_task}"], 2, "not an image model"),
-    "no data": (["digits", "evaluate", "{out}", "--data", "{empty_dir}"], 2,
-                "put t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in"),  # (the test files alone)
+    "no data": (["digits", "evaluate", "{out}", "--data", "{empty_dir}"], 2,  # (the test files alone)
+                "put t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz] (gzipped or not) in"),
     "corrupt data": (["digits", "evaluate", "{out}", "--data", "{corrupt}"], 2, "corrupt gzip"),
     "train on corrupt data": (["digits", "train", "--data", "{corrupt}", "--out", "{root}/r1", "--quiet"], 2,
                               "corrupt gzip"),

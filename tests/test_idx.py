@@ -10,6 +10,7 @@ import functools
 import gzip
 import http.server
 import os
+import re
 import shutil
 import socket
 import threading
@@ -403,7 +404,7 @@ def test_offline_with_nothing_found_says_where_to_put_the_files(isolated):
     msg = str(exc_info.value)
     assert "\n" not in msg and "Fashion-MNIST not found and the download failed" in msg
     assert "apt-get install dataset-fashion-mnist" in msg
-    assert str(isolated / "fashion-mnist") in msg and "train-images-idx3-ubyte.gz" in msg
+    assert str(isolated / "fashion-mnist") in msg and "train-images-idx3-ubyte[.gz]" in msg
     assert not (isolated / "fashion-mnist").exists() or not any((isolated / "fashion-mnist").iterdir())
     with pytest.raises(DataError, match="MNIST not found and the download failed"):
         load_mnist("train")
@@ -429,10 +430,28 @@ def test_a_folder_without_the_test_files_asks_for_those_alone(tmp_path):
     with pytest.raises(DataError) as exc_info:
         load_image_set(tmp_path, "test")
     assert one_line_error(exc_info, tmp_path).endswith(
-        "test files not found: put t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in " + str(tmp_path))
-    with pytest.raises(DataError, match="put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-                                        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in "):
+        "test files not found: put t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz] (gzipped or not) in "
+        + str(tmp_path))
+    with pytest.raises(DataError, match=re.escape("put train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+                                                  "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz] "
+                                                  "(gzipped or not) in ")):
         load_image_set(tmp_path, "train")  # (a run trains on the one and is scored on the other)
+
+
+def test_the_files_asked_for_may_be_gzipped_or_not(tmp_path, test_split):
+    """A folder of uncompressed IDX files is read as well as one of .gz files, but the message for a
+    folder without the test files asked for the .gz names alone."""
+    write_set(tmp_path / "set", test_split[0][:12], test_split[1][:12], gz=False)
+    for name in idx.FILES["test"]:
+        (tmp_path / "set" / name).rename(tmp_path / name)
+    with pytest.raises(DataError) as exc_info:
+        load_image_set(tmp_path / "set", "test")
+    assert one_line_error(exc_info, tmp_path).endswith(
+        "test files not found: put t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz] (gzipped or not) in "
+        + str(tmp_path / "set"))
+    for name in idx.FILES["test"]:  # (put there as they are)
+        (tmp_path / name).rename(tmp_path / "set" / name)
+    assert len(load_image_set(tmp_path / "set", "test").labels) == 12
 
 
 def test_incomplete_folder_is_skipped(tmp_path, monkeypatch, isolated, test_split):

@@ -346,9 +346,9 @@ def where_to_put(source=None, default: str | None = "mnist", split: str = "train
     """What to do when a set is found nowhere, as the end of a one-line message: where to put its
     four files, or for the "test" split its two test files (all that scoring a model needs)."""
     dirs, known = _search_dirs(source, default)
-    names = ", ".join(f"{n}.gz" for n in (FILES["test"] if split == "test" else FILES["train"] + FILES["test"]))
+    names = ", ".join(f"{n}[.gz]" for n in (FILES["test"] if split == "test" else FILES["train"] + FILES["test"]))
     places = " or ".join(str(d) for d in dirs)
-    hint = f"put {names} in {places}"
+    hint = f"put {names} (gzipped or not) in {places}"  # (as `_find` takes them)
     if known is not None and known.package:
         hint = f"install it (apt-get install {known.package}) or {hint}"
     if known is not None and source is not None and Path(str(source)).is_dir():  # a folder of that name here
