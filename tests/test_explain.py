@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 
 import chainrule as cr
 from chainrule import explain as E
@@ -68,3 +69,11 @@ def test_printed_text_shows_those_numbers_and_xor_gets_solved():
 def test_explain_uses_the_seed():
     assert E.explain(seed=1, epochs=5) != E.explain(seed=2, epochs=5)
     assert E.explain(seed=3, epochs=5) == E.explain(seed=3, epochs=5)
+
+
+@pytest.mark.parametrize("epochs", [0, 2.5, "3", True])
+def test_explain_lines_refuses_epochs_that_are_no_positive_integer_when_called(epochs):
+    """explain_lines is a generator: its own `epochs < 1` ran only at the first next(), let 2.5 train
+    for 3 epochs, and raised a TypeError on "3"; now the call itself refuses them, in one line."""
+    with pytest.raises(ValueError, match=r"explain: epochs must be a positive integer, got "):
+        E.explain_lines(seed=1, epochs=epochs)

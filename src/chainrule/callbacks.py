@@ -25,8 +25,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from chainrule.checks import flag, number
 from chainrule.history import History
-from chainrule.layers import ReLU, _flag, _number
+from chainrule.layers import ReLU
 from chainrule.network import Sequential
 
 
@@ -72,11 +73,11 @@ class EarlyStopping(Callback):
         if not isinstance(monitor, str) or not monitor:  # (a list got as far as fit, and failed there)
             raise ValueError(f"EarlyStopping: monitor must be the name of an epoch log, e.g. 'val_loss', got "
                              f"{monitor!r}")
-        restore_best_weights = _flag("EarlyStopping", "restore_best_weights", restore_best_weights)
+        restore_best_weights = flag("EarlyStopping", "restore_best_weights", restore_best_weights)
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be an integer >= 0, got {patience!r}")
         # (a NaN would count no epoch as better, a negative one every epoch: the last would be "best")
-        min_delta = _number("EarlyStopping", "min_delta", min_delta, lambda v: 0 <= v < math.inf,
+        min_delta = number("EarlyStopping", "min_delta", min_delta, lambda v: 0 <= v < math.inf,
                             "a finite number >= 0")
         self.monitor, self.patience, self.min_delta = monitor, int(patience), min_delta
         self.restore_best_weights = restore_best_weights

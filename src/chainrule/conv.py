@@ -28,7 +28,8 @@ import functools
 
 import numpy as np
 
-from chainrule.layers import Layer, _by_outer_axis, _flag, _positive_int
+from chainrule.checks import flag, positive_int
+from chainrule.layers import Layer, _by_outer_axis
 from chainrule.parallel import _blas_controller, in_parts
 from chainrule.parameter import Parameter
 
@@ -92,14 +93,14 @@ class Conv2D(Layer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, init: str = "he"):
         super().__init__()
-        self.in_channels = _positive_int("Conv2D", "in_channels", in_channels)
-        self.out_channels = _positive_int("Conv2D", "out_channels", out_channels)
+        self.in_channels = positive_int("Conv2D", "in_channels", in_channels)
+        self.out_channels = positive_int("Conv2D", "out_channels", out_channels)
         self.kernel_size = _pair("Conv2D", "kernel_size", kernel_size)
         self.stride = _pair("Conv2D", "stride", stride)
         self.padding = _pair("Conv2D", "padding", padding, minimum=0)
         if init not in ("he", "glorot"):
             raise ValueError(f"Conv2D: init must be 'he' or 'glorot', got {init!r}")
-        bias = _flag("Conv2D", "bias", bias)
+        bias = flag("Conv2D", "bias", bias)
         self.init = init
         kh, kw = self.kernel_size
         self.weight = Parameter(np.zeros((self.out_channels, self.in_channels, kh, kw), np.float32))
@@ -114,8 +115,8 @@ class Conv2D(Layer):
 
     @classmethod
     def array_shapes(cls, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, init="he"):
-        c_in = _positive_int("Conv2D", "in_channels", in_channels)
-        c_out = _positive_int("Conv2D", "out_channels", out_channels)
+        c_in = positive_int("Conv2D", "in_channels", in_channels)
+        c_out = positive_int("Conv2D", "out_channels", out_channels)
         kh, kw = _pair("Conv2D", "kernel_size", kernel_size)
         weight = (c_out, c_in, kh, kw)
         return ({"weight": weight, "bias": (c_out,)} if bias else {"weight": weight}), {}

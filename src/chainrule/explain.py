@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from chainrule.checks import positive_int
 from chainrule.functional import sigmoid
 from chainrule.layers import Linear, Tanh
 from chainrule.losses import BinaryCrossEntropy
@@ -89,9 +90,12 @@ def explain(seed: int = 1, epochs: int = 2000) -> str:
 
 def explain_lines(seed: int = 1, epochs: int = 2000) -> Iterator[str]:
     """The walk-through's lines as they are ready: the six steps come before the training, so a
-    reader sees them at once however many epochs follow."""
-    if epochs < 1:
-        raise ValueError(f"explain: epochs must be a positive integer, got {epochs!r}")
+    reader sees them at once however many epochs follow. `epochs` is checked here, as it is
+    called: a generator's own checks would wait for its first line to be asked for."""
+    return _lines(seed, positive_int("explain", "epochs", epochs))
+
+
+def _lines(seed: int, epochs: int) -> Iterator[str]:
     model = build_network(seed)
     optimizer = SGD(model.parameters(), lr=LR)
     x, y = XOR_X[EXAMPLE : EXAMPLE + 1], XOR_Y[EXAMPLE : EXAMPLE + 1]

@@ -26,6 +26,7 @@ import numpy as np
 
 from chainrule import conv as C
 from chainrule import layers as L
+from chainrule.checks import positive_int
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
 from chainrule.network import Sequential, checked_inputs
 from chainrule.norm import BatchNorm
@@ -114,7 +115,7 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
     if not steps_tried or not all(0 < e < 1 for e in steps_tried):
         raise ValueError(f"gradcheck: eps must be steps between 0 and 1, got {eps!r}")
     if samples_per_param is not None:
-        samples_per_param = L._positive_int("gradcheck", "samples_per_param", samples_per_param)
+        samples_per_param = positive_int("gradcheck", "samples_per_param", samples_per_param)
     net = copy.deepcopy(model).to(np.float64)
     x = checked_inputs("gradcheck", x, np.float64)  # (NaN inputs made every layer read as wrong)
     if np.ndim(x) < 2 or x.shape[0] == 0:

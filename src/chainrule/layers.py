@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from chainrule.checks import flag, number, positive_int
 from chainrule.functional import sigmoid, softmax
 from chainrule.parallel import in_parts, splits
 from chainrule.parameter import Parameter
@@ -91,31 +92,6 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
-def _positive_int(layer: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _flag(where: str, name: str, value) -> bool:
-    """`value` as a bool, if it is True or False (NumPy's too): the string "no" counts as true."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{where}: {name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def _is_real(value) -> bool:
-    """Whether `value` is a real number: an int or a float, NumPy's too; not a bool, nor a string."""
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-
-
-def _number(layer: str, name: str, value, ok, expected: str) -> float:
-    """`value` as a float, if it is a real number for which `ok(value)` holds (NaN never does)."""
-    if not _is_real(value) or not ok(value):
-        raise ValueError(f"{layer}: {name} must be {expected}, got {value!r}")
-    return float(value)
-
-
 class Linear(Layer):
     """Fully connected layer: every input feature feeds every output neuron.
 
@@ -136,11 +112,11 @@ class Linear(Layer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he"):
         super().__init__()
-        self.in_features = _positive_int("Linear", "in_features", in_features)
-        self.out_features = _positive_int("Linear", "out_features", out_features)
+        self.in_features = positive_int("Linear", "in_features", in_features)
+        self.out_features = positive_int("Linear", "out_features", out_features)
         if init not in ("he", "glorot"):
             raise ValueError(f"Linear: init must be 'he' or 'glorot', got {init!r}")
-        bias = _flag("Linear", "bias", bias)
+        bias = flag("Linear", "bias", bias)
         self.init = init
         self.weight = Parameter(np.zeros((self.in_features, self.out_features), np.float32))
         self.params["weight"] = self.weight
@@ -157,8 +133,8 @@ class Linear(Layer):
 
     @classmethod
     def array_shapes(cls, in_features, out_features, bias=True, init="he"):
-        n_in = _positive_int("Linear", "in_features", in_features)
-        n_out = _positive_int("Linear", "out_features", out_features)
+        n_in = positive_int("Linear", "in_features", in_features)
+        n_out = positive_int("Linear", "out_features", out_features)
         return ({"weight": (n_in, n_out), "bias": (n_out,)} if bias else {"weight": (n_in, n_out)}), {}
 
     def _std(self) -> float:
@@ -316,7 +292,7 @@ class LeakyReLU(ReLU):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        self.negative_slope = _number("LeakyReLU", "negative_slope", negative_slope, lambda v: 0 <= v < 1,
+        self.negative_slope = number("LeakyReLU", "negative_slope", negative_slope, lambda v: 0 <= v < 1,
                                       "a number in [0, 1)")
 
     def forward(self, x, training=False):
@@ -387,7 +363,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        self.p = _number("Dropout", "p", p, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        self.p = number("Dropout", "p", p, lambda v: 0 <= v < 1, "a number in [0, 1)")
         self.rng = np.random.default_rng()
         self.batch_rows: tuple[int, int] | None = None
         self._mask = None

@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
+from chainrule.checks import is_real, number
 from chainrule.functional import log_softmax, sigmoid, softmax
-from chainrule.layers import _is_real, _number
 
 
 class Loss:
@@ -103,7 +103,7 @@ class CrossEntropy(Loss):
     def __init__(self, class_weight=None):
         if class_weight is not None:
             weights = np.asarray(class_weight, dtype=object)  # (as given: strings are not read as numbers)
-            if weights.ndim != 1 or not all(_is_real(w) for w in weights) or \
+            if weights.ndim != 1 or not all(is_real(w) for w in weights) or \
                     not all(0 <= w < math.inf for w in weights) or not any(weights):
                 raise ValueError("CrossEntropy: class_weight must be one finite weight >= 0 per class, "
                                  f"not all 0, got {class_weight!r}")
@@ -173,7 +173,7 @@ class BinaryCrossEntropy(Loss):
     """
 
     def __init__(self, pos_weight: float = 1.0):
-        self.pos_weight = _number("BinaryCrossEntropy", "pos_weight", pos_weight, lambda v: 0 < v < math.inf,
+        self.pos_weight = number("BinaryCrossEntropy", "pos_weight", pos_weight, lambda v: 0 < v < math.inf,
                                   "positive")
 
     def __call__(self, output, target):

@@ -21,6 +21,7 @@ import numpy as np
 
 from chainrule import conv as C
 from chainrule import layers as L
+from chainrule.checks import positive_int
 from chainrule.errors import ModelFileError
 from chainrule.files import (
     atomic_write_bytes,
@@ -327,7 +328,7 @@ class Sequential:
             raise ValueError(f"Sequential: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {type(x.item()).__name__ if x.dtype == object else 'a single number'}")
         x = self._checked_shape(checked_inputs("Sequential", x, self.dtype))  # (an empty batch too)
-        step = self.examples_per_pass(L._positive_int("Sequential", "batch_size", batch_size))
+        step = self.examples_per_pass(positive_int("Sequential", "batch_size", batch_size))
         with self.lock:  # (the layers keep what a backward pass would need: one pass at a time)
             outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]
         scores = np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)

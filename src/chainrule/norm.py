@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from chainrule.layers import Layer, _number, _positive_int
+from chainrule.checks import number, positive_int
+from chainrule.layers import Layer
 from chainrule.parallel import in_parts
 from chainrule.parameter import Parameter
 
@@ -48,9 +49,9 @@ class BatchNorm(Layer):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
-        self.num_features = _positive_int("BatchNorm", "num_features", num_features)
-        self.momentum = _number("BatchNorm", "momentum", momentum, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-        self.eps = _number("BatchNorm", "eps", eps, lambda v: 0 < v < math.inf, "a finite number > 0")
+        self.num_features = positive_int("BatchNorm", "num_features", num_features)
+        self.momentum = number("BatchNorm", "momentum", momentum, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+        self.eps = number("BatchNorm", "eps", eps, lambda v: 0 < v < math.inf, "a finite number > 0")
         self.weight = Parameter(np.ones(self.num_features, np.float32))  # γ
         self.bias = Parameter(np.zeros(self.num_features, np.float32))  # β
         self.params.update(weight=self.weight, bias=self.bias)
@@ -66,7 +67,7 @@ class BatchNorm(Layer):
 
     @classmethod
     def array_shapes(cls, num_features, momentum=0.1, eps=1e-5):
-        c = _positive_int("BatchNorm", "num_features", num_features)
+        c = positive_int("BatchNorm", "num_features", num_features)
         return {"weight": (c,), "bias": (c,)}, {"running_mean": (c,), "running_var": (c,)}
 
     def output_shape(self, input_shape):

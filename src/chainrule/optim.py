@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from chainrule.layers import _flag, _is_real, _number, _positive_int
+from chainrule.checks import flag, is_real, number, positive_int
 from chainrule.parallel import in_parts
 from chainrule.parameter import flat_buffers
 
@@ -31,8 +31,8 @@ class Optimizer:
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0):
         name = type(self).__name__
-        lr = _number(name, "lr", lr, lambda v: 0 < v < math.inf, "positive")
-        weight_decay = _number(name, "weight_decay", weight_decay, lambda v: 0 <= v < math.inf, ">= 0")
+        lr = number(name, "lr", lr, lambda v: 0 < v < math.inf, "positive")
+        weight_decay = number(name, "weight_decay", weight_decay, lambda v: 0 <= v < math.inf, ">= 0")
         self.params, self.grads = flat_buffers(params)
         self.lr = lr
         self.weight_decay = weight_decay
@@ -94,8 +94,8 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(params, lr, weight_decay)
-        momentum = _number("SGD", "momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)")
-        nesterov = _flag("SGD", "nesterov", nesterov)
+        momentum = number("SGD", "momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)")
+        nesterov = flag("SGD", "nesterov", nesterov)
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov=True needs a momentum > 0")
         self.momentum, self.nesterov = momentum, nesterov
@@ -137,9 +137,9 @@ class Adam(Optimizer):
         name = type(self).__name__
         if not isinstance(betas, (tuple, list, np.ndarray)) or len(betas) != 2:
             raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
-        if not all(_is_real(b) and 0 <= b < 1 for b in betas):
+        if not all(is_real(b) and 0 <= b < 1 for b in betas):
             raise ValueError(f"{name}: betas must be in [0, 1), got {betas!r}")
-        eps = _number(name, "eps", eps, lambda v: 0 <= v < math.inf, "a finite number >= 0")
+        eps = number(name, "eps", eps, lambda v: 0 <= v < math.inf, "a finite number >= 0")
         self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), eps
         self.m = np.zeros_like(self.params)
         self.v = np.zeros_like(self.params)
@@ -226,9 +226,9 @@ def step_decay(lr: float, step_size: int, gamma: float = 0.1):
     Returns a callable `epoch -> lr` (epochs count from 0), which `fit(lr_schedule=...)` calls
     at the start of every epoch.
     """
-    lr = _number("step_decay", "lr", lr, lambda v: 0 < v < math.inf, "positive")
-    gamma = _number("step_decay", "gamma", gamma, lambda v: 0 < v < math.inf, "positive")
-    step_size = _positive_int("step_decay", "step_size", step_size)  # (2.5 or NaN was taken)
+    lr = number("step_decay", "lr", lr, lambda v: 0 < v < math.inf, "positive")
+    gamma = number("step_decay", "gamma", gamma, lambda v: 0 < v < math.inf, "positive")
+    step_size = positive_int("step_decay", "step_size", step_size)  # (2.5 or NaN was taken)
     return lambda epoch: lr * gamma ** (epoch // step_size)
 
 
@@ -237,7 +237,7 @@ def cosine(lr: float, epochs: int, min_lr: float = 0.0):
 
     lr(e) = min_lr + (lr - min_lr) · (1 + cos(π e / epochs)) / 2
     """
-    lr = _number("cosine", "lr", lr, lambda v: 0 < v < math.inf, "positive")
-    min_lr = _number("cosine", "min_lr", min_lr, lambda v: 0 <= v <= lr, f"from 0 to lr ({lr:g})")
-    epochs = _positive_int("cosine", "epochs", epochs)
+    lr = number("cosine", "lr", lr, lambda v: 0 < v < math.inf, "positive")
+    min_lr = number("cosine", "min_lr", min_lr, lambda v: 0 <= v <= lr, f"from 0 to lr ({lr:g})")
+    epochs = positive_int("cosine", "epochs", epochs)
     return lambda epoch: min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))

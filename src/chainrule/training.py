@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.callbacks import Callback, EarlyStopping, GradientFlow, ProgressLogger
+from chainrule.checks import flag as _flag
+from chainrule.checks import positive_int as _positive_int
 from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
 from chainrule.history import EPOCH_KEYS, History
-from chainrule.layers import Dropout, Sigmoid, _flag, _positive_int
+from chainrule.layers import Dropout, Sigmoid
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
 from chainrule.network import Sequential, cast_finite, checked_inputs, checked_seed, sliceable
 from chainrule.norm import BatchNorm

@@ -34,6 +34,7 @@ from chainrule.apps.image_presets import model_inputs
 from chainrule.apps.images import OLD_TASKS, best_class, class_distribution, load_image_model
 from chainrule.apps.images import TASK as IMAGES_TASK
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
+from chainrule.checks import is_real
 from chainrule.data import idx
 from chainrule.data.images import preprocess_image
 from chainrule.errors import ModelFileError, UserError, one_line
@@ -92,12 +93,12 @@ def model_info(path: Path, model, metadata: dict, name: str | None = None,
     scalars = {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool)) and k != "task"}
     # Apps record their headline figures as top-level numbers (digits: "test_accuracy") or in an
     # object named for the data they were measured on (spam: "validation"); all are listed.
-    metrics = {k: v for k, v in scalars.items() if _is_number(v) and any(w in k for w in METRIC_WORDS)}
+    metrics = {k: v for k, v in scalars.items() if is_real(v) and any(w in k for w in METRIC_WORDS)}
     for group in ("metrics", "test", "validation"):
         if isinstance(metadata.get(group), dict):
             prefix = "" if group == "metrics" else f"{group}_"
             metrics.update({prefix + k: v for k, v in metadata[group].items()
-                            if _is_number(v) and (group == "metrics" or any(w in k for w in METRIC_WORDS))})
+                            if is_real(v) and (group == "metrics" or any(w in k for w in METRIC_WORDS))})
     image = metadata.get("task") == IMAGES_TASK or metadata.get("task") in OLD_TASKS
     dataset = metadata.get("dataset") if image else None
     return ModelInfo(
@@ -115,10 +116,6 @@ def model_info(path: Path, model, metadata: dict, name: str | None = None,
         metadata=scalars,
         cutoffs=cutoffs,
     )
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _round(a: np.ndarray, digits: int = 4) -> list:

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 import chainrule as cr
 from chainrule.apps.spam.features import featurize_chunk, item_tokens, map_chunks
+from chainrule.checks import is_real
 from chainrule.data.text import Hasher, HashingConfig
 from chainrule.distributed import World
 from chainrule.errors import UserError
@@ -242,13 +243,13 @@ def load_spam_model(directory, spam_cutoff: float | None = None, ham_cutoff: flo
     return SpamModel(model, metadata, config, spam_c, ham_c, directory, idf, files)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _is_finite_number(v) -> bool:
+    return is_real(v) and math.isfinite(v)
 
 
 def _cutoffs(cut, spam_cutoff: float | None, ham_cutoff: float | None) -> tuple[float, float]:
     """(spam, ham) cut-offs: the overrides given, else the model's, checked."""
-    if not isinstance(cut, dict) or not _is_number(cut.get("spam")) or not _is_number(cut.get("ham")):
+    if not isinstance(cut, dict) or not _is_finite_number(cut.get("spam")) or not _is_finite_number(cut.get("ham")):
         raise ValueError(f"cutoffs must be an object with numbers 'spam' and 'ham', got {str(cut)[:80]}")
     spam_c = float(cut["spam"] if spam_cutoff is None else spam_cutoff)
     ham_c = float(cut["ham"] if ham_cutoff is None else ham_cutoff)
@@ -286,7 +287,7 @@ def _check_training(metadata: dict) -> None:
     training = metadata.get("training", {})
     if not isinstance(training, dict):
         raise ValueError(f"training must be an object, got {type(training).__name__}")
-    if "pos_weight" in training and not (_is_number(training["pos_weight"]) and training["pos_weight"] > 0):
+    if "pos_weight" in training and not (_is_finite_number(training["pos_weight"]) and training["pos_weight"] > 0):
         raise ValueError(f"training.pos_weight must be a positive number, got {training['pos_weight']!r}")
     learned = metadata.get("learned", 0)
     if type(learned) is not int or learned < 0:
