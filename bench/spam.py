@@ -66,7 +66,7 @@ from chainrule.apps.spam import (
 from chainrule.data.corpora import read_messages, read_sms
 from chainrule.data.locate import candidate_dirs
 from chainrule.data.text import HashingConfig
-from chainrule.network import model_files
+from chainrule.model_file import model_files
 from mail_dates import chronological_split, date_order
 
 HERE = Path(__file__).resolve().parent

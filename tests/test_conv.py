@@ -16,7 +16,7 @@ import chainrule as cr
 from chainrule import conv as conv_module
 from chainrule.conv import _times, _times_transposed
 from chainrule.data.mnist import load_mnist
-from chainrule.network import LAYER_TYPES
+from chainrule.model_file import LAYER_TYPES
 
 FEW = settings(max_examples=25, deadline=None)
 GRADCHECK_TOL = 1e-6  # float64 central differences agree with a correct backward pass to ~1e-8

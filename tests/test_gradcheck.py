@@ -20,7 +20,7 @@ def test_demo_networks_of_every_layer_type_pass(index):
 
 
 def test_every_layer_type_and_every_loss_is_covered_by_the_demo_networks():
-    from chainrule.network import LAYER_TYPES
+    from chainrule.model_file import LAYER_TYPES
 
     used = {type(layer).__name__ for _, model, _, _ in demo_networks() for layer in model.layers}
     assert used >= set(LAYER_TYPES)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import chainrule as cr
 from chainrule import files as files_module
 from chainrule import network
-from chainrule.network import FORMAT_VERSION, LAYER_TYPES, model_files
+from chainrule.model_file import FORMAT_VERSION, LAYER_TYPES, model_files
 from conftest import damaged
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
-import chainrule.network
+import chainrule.model_file
 from chainrule.apps.spam import (
     build_network,
     learn,
@@ -232,14 +232,14 @@ def test_a_crash_before_the_commit_leaves_the_old_filter_with_its_replay(synthet
     old = load_spam_model(m)
     p_old, (_, y_old) = old.probabilities(x), load_replay(old.files["replay"], 64)
     files_before = sorted(p.name for p in m.iterdir())
-    real_write = chainrule.network.atomic_write_bytes
+    real_write = chainrule.model_file.atomic_write_bytes
 
     def write(path, data):
         if Path(path).name == "model.json":
             raise OSError(28, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(chainrule.network, "atomic_write_bytes", write)
+    monkeypatch.setattr(chainrule.model_file, "atomic_write_bytes", write)
     with pytest.raises(OSError, match="No space left"):
         learn(load_spam_model(m), x[:5], y[:5], seed=0)
     assert sorted(p.name for p in m.iterdir()) == files_before  # the new files are gone again

@@ -38,7 +38,7 @@ from chainrule.apps import spam as spam_app
 from chainrule.cli import main
 from chainrule.data.images import preprocess_image
 from chainrule.errors import UserError
-from chainrule.network import FORMAT_VERSION, model_files
+from chainrule.model_file import FORMAT_VERSION, model_files
 from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, create_app
 from chainrule.web.http import BodyLimitMiddleware
 from chainrule.web.services import (

@@ -23,7 +23,8 @@ from chainrule.layers import (
     Tanh,
 )
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError
-from chainrule.network import Sequential, load_model, model_files
+from chainrule.model_file import model_files
+from chainrule.network import Sequential, load_model
 from chainrule.norm import BatchNorm
 from chainrule.optim import SGD, Adam, AdamW, Optimizer, cosine, step_decay
 from chainrule.parameter import Parameter

@@ -32,7 +32,8 @@ from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, r
 from chainrule.history import EPOCH_KEYS, History
 from chainrule.layers import Dropout, Sigmoid
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
-from chainrule.network import Sequential, cast_finite, checked_inputs, checked_seed, sliceable
+from chainrule.model_file import cast_finite
+from chainrule.network import Sequential, checked_inputs, checked_seed, sliceable
 from chainrule.norm import BatchNorm
 from chainrule.parallel import BlasThreads
 from chainrule.parameter import same_buffer

@@ -58,7 +58,7 @@ from chainrule.files import (
     read_npz,
     written_together,
 )
-from chainrule.network import model_directory, saved_task
+from chainrule.model_file import model_directory, saved_task
 from chainrule.training import save_history_csv
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from chainrule.cli.options import (
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
 from chainrule.errors import TrainingDiverged, UserError, printable
-from chainrule.network import model_directory
+from chainrule.model_file import model_directory
 
 
 def _cmd_train(args) -> int:

@@ -53,7 +53,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 import chainrule
 from chainrule.apps.images import DIGITS
 from chainrule.errors import UserError
-from chainrule.network import model_directory
+from chainrule.model_file import model_directory
 from chainrule.web.http import ApiError, BodyLimitMiddleware
 from chainrule.web.routes import STATIC_DIR, router
 from chainrule.web.schemas import PIXELS_SCHEMA

@@ -39,7 +39,8 @@ from chainrule.data import idx
 from chainrule.data.images import preprocess_image
 from chainrule.errors import ModelFileError, UserError, one_line
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
-from chainrule.network import check_model_files, model_directory, model_stamp, saved_metadata
+from chainrule.model_file import model_directory, model_stamp, saved_metadata
+from chainrule.network import check_model_files
 from chainrule.web.schemas import (
     ImagePrediction,
     LayerActivation,

@@ -93,7 +93,7 @@ from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import boundary_matches
 from chainrule.errors import UserError, one_line
 from chainrule.files import file_id
-from chainrule.network import model_stamp
+from chainrule.model_file import model_stamp
 
 log = logging.getLogger("chainrule.spamd")
 

@@ -65,7 +65,7 @@ from chainrule.apps.spam.model import (
 )
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, changed_files, unreadable_folder
 from chainrule.files import locked_directory
-from chainrule.network import description_path, model_directory, saved_task
+from chainrule.model_file import description_path, model_directory, saved_task
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ from chainrule.distributed import World
 from chainrule.errors import UserError
 from chainrule.files import npz_headers, read_npz
 from chainrule.functional import sigmoid
-from chainrule.network import load_model_and_files, model_directory
+from chainrule.model_file import model_directory
+from chainrule.network import load_model_and_files
 
 TASK = "spam"
 SPAM_FORMAT = 1

@@ -29,7 +29,7 @@ from chainrule.distributed import World
 from chainrule.errors import DataError, UserError
 from chainrule.files import atomic_write_bytes, folder_problem, written_together
 from chainrule.functional import sigmoid
-from chainrule.network import saved_metadata
+from chainrule.model_file import saved_metadata
 from chainrule.parallel import fork_map
 
 
