@@ -691,7 +691,7 @@ def test_a_model_saved_into_a_folder_that_held_no_model_deletes_none_of_its_file
         np.savez(d / name, w=np.ones(3))
     cr.Sequential([cr.Linear(4, 3)], seed=0).save(d)
     assert all((d / name).is_file() for name in theirs)
-    assert cr.Sequential.load(d).layers[0].weight.shape == (4, 3)
+    assert cr.load_model(d)[0].layers[0].weight.shape == (4, 3)
 
 
 def test_files_named_in_model_json_stay_inside_its_directory(tmp_path):

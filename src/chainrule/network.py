@@ -450,12 +450,6 @@ class Sequential:
         """
         return save_model(self, directory, metadata, arrays)
 
-    @classmethod
-    def load(cls, directory) -> Sequential:
-        """Load a model saved by `save`; raises `ModelFileError` with a one-line reason."""
-        model, _ = load_model(directory)
-        return model
-
 
 def load_model(directory) -> tuple[Sequential, dict]:
     """Load a model saved by `Sequential.save`; returns (model, metadata). Never unpickles.
