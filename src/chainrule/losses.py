@@ -14,6 +14,7 @@ import numpy as np
 
 from chainrule.checks import is_real, number
 from chainrule.functional import log_softmax, sigmoid, softmax
+from chainrule.metrics import has_label_dtype
 
 
 class Loss:
@@ -59,8 +60,7 @@ class MeanSquaredError(Loss):
     def __call__(self, output, target):
         _check_batch("MeanSquaredError", output, target)
         target = np.asarray(target)
-        labels = np.issubdtype(target.dtype, np.integer) or target.dtype == bool
-        if labels and target.ndim == 1 and output.ndim == 2 and output.shape[1] > 1:
+        if has_label_dtype(target) and target.ndim == 1 and output.ndim == 2 and output.shape[1] > 1:
             target = _one_hot(target, output.shape[1], output.dtype)
         if target.size != output.size:
             raise ValueError(f"MeanSquaredError: target of shape {target.shape} does not match the output's "

@@ -25,9 +25,16 @@ def _paired(name: str, y_true, y_pred, what: str = "y_pred") -> tuple[np.ndarray
     return y_true, y_pred
 
 
+def has_label_dtype(values) -> bool:
+    """Whether `values` are class labels by their dtype: integers or booleans. The losses and `fit`
+    read floats as targets to regress onto, whole or not (the metrics take whole floats too)."""
+    dtype = np.asarray(values).dtype
+    return np.issubdtype(dtype, np.integer) or dtype == np.bool_
+
+
 def _class_labels(name: str, labels: np.ndarray, classes: int | None = None) -> np.ndarray:
     """`labels` as int64 class numbers, checked: whole numbers >= 0 (and < `classes`)."""
-    whole = labels.dtype == bool or np.issubdtype(labels.dtype, np.integer) or (
+    whole = has_label_dtype(labels) or (
         np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)))
     if not whole:
         raise ValueError(f"{name}: class labels must be whole numbers, got {labels.dtype} values such as "

@@ -32,6 +32,7 @@ from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, r
 from chainrule.history import EPOCH_KEYS, History
 from chainrule.layers import Dropout, Sigmoid
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
+from chainrule.metrics import has_label_dtype
 from chainrule.model_file import cast_finite
 from chainrule.network import Sequential, checked_inputs, checked_seed, sliceable
 from chainrule.norm import BatchNorm
@@ -40,7 +41,7 @@ from chainrule.parameter import same_buffer
 
 
 def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World | None = None) -> dict:
-    """Loss (and accuracy, for class labels: `_are_labels`) of `model` on `(x, y)`, in evaluation mode.
+    """Loss (and accuracy, for class labels: `_reports_accuracy`) of `model` on `(x, y)`, in evaluation mode.
 
     With a `world` of several processes, each evaluates its shard of `(x, y)` and the sums are
     added up: every process gets the figures of the whole set.
@@ -52,7 +53,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     _check_targets("evaluate", y, model, loss)
     n = x.shape[0]
     lo, hi = world.shard(n)
-    labels = _are_labels(y, model, loss)
+    labels = _reports_accuracy(y, model, loss)
     totals = np.zeros(3)  # Σ loss·weight, Σ weight (`Loss.weight`: the examples, unless classes weigh), correct
     step = model.examples_per_pass(batch_size)
     for i in range(lo, hi, step):
@@ -100,7 +101,8 @@ def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
     classes = model.output_shape[-1]
     if isinstance(loss, CrossEntropy) and not np.issubdtype(y.dtype, np.integer):  # (as the loss has them)
         raise ValueError(f"{where}: CrossEntropy's targets are integer class labels, got {y.dtype} values")
-    one_hot = isinstance(loss, MeanSquaredError) and _is_labels(y) and y.ndim == 1 and classes > 1  # (MSE's labels)
+    one_hot = (isinstance(loss, MeanSquaredError) and has_label_dtype(y) and y.ndim == 1  # (MSE's labels)
+               and classes > 1)
     if (isinstance(loss, CrossEntropy) or one_hot) and (y.min() < 0 or y.max() >= classes):
         raise ValueError(f"{where}: labels must be in [0, {classes}) for the network's {classes} outputs, "
                          f"got {y.min()}..{y.max()}")
@@ -145,11 +147,7 @@ def _described(value) -> str:
     return f"a {type(value).__name__}"
 
 
-def _is_labels(y) -> bool:
-    return np.issubdtype(np.asarray(y).dtype, np.integer) or np.asarray(y).dtype == bool
-
-
-def _are_labels(y: np.ndarray, model: Sequential, loss) -> bool:
+def _reports_accuracy(y: np.ndarray, model: Sequential, loss) -> bool:
     """Whether `y` holds class labels, so that accuracy means something. One target per example
     (several 0/1 targets each are a multi-label target), and: for several outputs, integers or
     booleans (CrossEntropy's labels, or MSE's, which it one-hot encodes); for one output, 0s and 1s
@@ -159,7 +157,7 @@ def _are_labels(y: np.ndarray, model: Sequential, loss) -> bool:
     if y.size != len(y):
         return False
     if model.output_shape != (1,):
-        return _is_labels(y)
+        return has_label_dtype(y)
     probability = isinstance(loss, BinaryCrossEntropy) or isinstance(model.layers[-1], Sigmoid)
     return probability and bool(np.isin(y, (0, 1)).all())
 
@@ -368,7 +366,7 @@ def fit(
         raise ValueError("fit: the optimizer was not built on this model's parameters (build it with "
                          "model.parameters(), after any model.to(dtype))")
     x, y = _checked_data("fit", x, y, model.dtype)
-    labels = _are_labels(y, model, loss)  # (then accuracy is reported)
+    labels = _reports_accuracy(y, model, loss)  # (then accuracy is reported)
     _check_targets("fit", y, model, loss)
     if parallel and augment is not None and "batch_rows" not in inspect.signature(augment).parameters:
         raise ValueError("fit: with several processes, augment must take batch_rows=(first, total) "
@@ -394,7 +392,7 @@ def fit(
         x_val = y_val = None
     if early_stopping is not None:  # (the keys of EPOCH_KEYS that these data give)
         reported = {"accuracy": labels, "val_loss": x_val is not None,
-                    "val_accuracy": x_val is not None and _are_labels(y_val, model, loss)}
+                    "val_accuracy": x_val is not None and _reports_accuracy(y_val, model, loss)}
         _check_monitor(early_stopping.monitor, [k for k in EPOCH_KEYS if reported.get(k, True)], bool(callbacks))
 
     n = x.shape[0]
