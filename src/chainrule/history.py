@@ -11,6 +11,8 @@ import io
 import math
 import operator
 
+from chainrule.files import atomic_write_bytes
+
 # What `fit` puts in every epoch's dict (the val_ ones with validation data, accuracy for labels).
 EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s")
 
@@ -89,6 +91,10 @@ class History:
             w.writerow([e.get(k, "") for k in metric_cols]
                        + [flow.get(layer, {}).get(k, "") for layer, k in flow_cols])
         return out.getvalue()
+
+    def save_csv(self, path) -> None:
+        """Write `to_csv()` to `path` atomically: a reader never sees half a file."""
+        atomic_write_bytes(path, self.to_csv().encode())
 
     def gradient_report(self) -> str:
         """Summary of gradient flow over training, with vanishing/exploding gradients flagged.

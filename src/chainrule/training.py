@@ -28,7 +28,7 @@ from chainrule.checks import flag as _flag
 from chainrule.checks import positive_int as _positive_int
 from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import ModelFileError, TrainingDiverged
-from chainrule.files import atomic_write_bytes, atomic_write_npz, npz_headers, read_npz
+from chainrule.files import atomic_write_npz, npz_headers, read_npz
 from chainrule.history import EPOCH_KEYS, History
 from chainrule.layers import Dropout, Sigmoid
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
@@ -545,21 +545,29 @@ def _keep_freed_memory() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
 
 
+def checkpoint_summary(path) -> dict | None:
+    """What the checkpoint at `path` says of its run, without restoring it: {"epochs_done": int,
+    "stop_reason": str ("" while the run goes on), "seed": the run's seed, or None if it kept
+    none}; None where there is no checkpoint, or one whose JSON part resuming would refuse (too
+    large, unreadable, not a run's). Its arrays are not read, nor checked against a network."""
+    try:
+        headers = npz_headers(path)
+        if "json" not in headers or not _json_array(*headers["json"]):
+            return None
+        doc = json.loads(read_npz(path, ["json"])["json"].tobytes())
+        epochs_done, history = _run_so_far(doc)
+    except (ModelFileError, KeyError, TypeError, ValueError):  # (no such file: ModelFileError too)
+        return None
+    seed = doc.get("seed")
+    return {"epochs_done": epochs_done, "stop_reason": history.stop_reason,
+            "seed": seed if type(seed) is int and seed >= 0 else None}
+
+
 def _checkpoint_seed(path, world: World) -> int | None:
     """The seed saved in the checkpoint at `path` (rank 0 reads it), or None: no checkpoint, one
     saved without a seed, or one that cannot be read (`_load_checkpoint` then says why)."""
-    seed = None
-    if world.rank == 0 and Path(path).exists():
-        try:
-            headers = npz_headers(path)
-            ok = "json" in headers and _json_array(*headers["json"])
-            doc = json.loads(read_npz(path, ["json"])["json"].tobytes()) if ok else {}
-            seed = doc.get("seed") if isinstance(doc, dict) else None
-        except (ModelFileError, ValueError):
-            seed = None
-        if type(seed) is not int or seed < 0:
-            seed = None
-    return world.bcast(seed)
+    summary = checkpoint_summary(path) if world.rank == 0 else None
+    return world.bcast(summary["seed"] if summary else None)
 
 
 def _save_checkpoint(path, epochs_done, model, optimizer, early_stopping, rng, history, seed):
@@ -637,16 +645,23 @@ def _read_checkpoint(path, model, optimizer) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _run_so_far(doc) -> tuple[int, History]:
+    """The epochs done and the history in a checkpoint's JSON `doc`; raises KeyError, TypeError or
+    ValueError where they are not those of a run."""
+    epochs_done = doc["epochs_done"]
+    if type(epochs_done) is not int or epochs_done < 0:
+        raise ValueError(f"epochs_done is {epochs_done!r}")
+    history = History.from_dict(doc["history"])
+    if len(history.epochs) != epochs_done:  # (one line per epoch done: the report reads them)
+        raise ValueError(f"epochs_done is {epochs_done} but the history holds {len(history.epochs)} epochs")
+    return epochs_done, history
+
+
 def _restore(path, arrays, model, optimizer, early_stopping, rng, history) -> int:
     arrays = dict(arrays)
     try:
         doc = json.loads(arrays.pop("json").tobytes())
-        epochs_done = doc["epochs_done"]
-        if type(epochs_done) is not int or epochs_done < 0:
-            raise ValueError(f"epochs_done is {epochs_done!r}")
-        restored = History.from_dict(doc["history"])
-        if len(restored.epochs) != epochs_done:  # (one line per epoch done: the report reads them)
-            raise ValueError(f"epochs_done is {epochs_done} but the history holds {len(restored.epochs)} epochs")
+        epochs_done, restored = _run_so_far(doc)
 
         def group(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -661,7 +676,3 @@ def _restore(path, arrays, model, optimizer, early_stopping, rng, history) -> in
         raise ModelFileError(f"{path}: not a usable checkpoint ({str(exc)[:200]})") from None
     history.__dict__.update(restored.__dict__)
     return epochs_done
-
-
-def save_history_csv(history: History, path) -> None:
-    atomic_write_bytes(path, history.to_csv().encode())

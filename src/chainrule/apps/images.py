@@ -54,12 +54,10 @@ from chainrule.files import (
     atomic_write_bytes,
     folder_problem,
     locked_directory,
-    npz_headers,
-    read_npz,
     written_together,
 )
 from chainrule.model_file import model_directory, saved_task
-from chainrule.training import save_history_csv
+from chainrule.training import checkpoint_summary
 
 log = logging.getLogger(__name__)
 
@@ -259,30 +257,31 @@ def unfinished_run(checkpoint: Path) -> bool:
     test set was scored or its figures drawn: the last checkpoint is written first, and no
     model.json newer than it is beside it). A finished run keeps its last checkpoint too; that
     one, like one that cannot be read, holds nothing a new run would lose."""
+    return _unfinished(checkpoint, checkpoint_summary(checkpoint))
+
+
+def _unfinished(checkpoint: Path, summary: dict | None) -> bool:
+    """`unfinished_run`, given the checkpoint's `checkpoint_summary`."""
+    if summary is None:
+        return False
+    if not summary["stop_reason"]:
+        return True
+    saved = checkpoint.parent / "model.json"
     try:
-        if "json" not in npz_headers(checkpoint):
-            return False
-        doc = json.loads(read_npz(checkpoint, ["json"])["json"].tobytes())
-        if not doc["history"]["stop_reason"]:
-            return True
-        saved = checkpoint.parent / "model.json"
         return not saved.exists() or saved.stat().st_mtime_ns < checkpoint.stat().st_mtime_ns
-    except (OSError, ModelFileError, ValueError, KeyError, TypeError):  # (no such file: ModelFileError too)
+    except OSError:  # (gone since it was read)
         return False
 
 
 def finished_run(out: Path, epochs: int) -> bool:
     """Whether the run in `out` has ended, leaving nothing to resume: its checkpoint is that of a
     run that stopped early or ran all its `epochs`, and its model was saved after it (not
-    `unfinished_run`)."""
+    `unfinished_run`). No checkpoint, or one that resuming reports as unreadable, has not."""
     checkpoint = out / "checkpoint.npz"
-    try:
-        if "json" not in npz_headers(checkpoint) or unfinished_run(checkpoint):
-            return False
-        doc = json.loads(read_npz(checkpoint, ["json"])["json"].tobytes())
-        return doc["history"]["stop_reason"].startswith("early stopping") or doc["epochs_done"] >= epochs
-    except (OSError, ModelFileError, ValueError, KeyError, TypeError, AttributeError):
-        return False  # (no checkpoint, or one that resuming reports as unreadable)
+    summary = checkpoint_summary(checkpoint)
+    if summary is None or _unfinished(checkpoint, summary):
+        return False
+    return summary["stop_reason"].startswith("early stopping") or summary["epochs_done"] >= epochs
 
 
 def _check_not_another_models(out: Path) -> None:
@@ -458,7 +457,7 @@ def train(
 
         with written_together(out, RUN_FILES if figures else RUN_FILES[:2], commit=commit) as new:
             atomic_write_bytes(new / "metrics.json", json.dumps(metrics, indent=2).encode())
-            save_history_csv(history, new / "history.csv")
+            history.save_csv(new / "history.csv")
             if figures:
                 plots.learning_curves(history, new / "learning_curves.png",
                                       title=f"{name} {model_name}: learning curves")
