@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,91 @@ def _check_optimizer_state(optimizer, epoch: int) -> None:
                                        what=f"the gradients (the optimizer's {name})")
 
 
+def _check_arguments(model: Sequential, loss, optimizer, early_stopping, lr_schedule, callbacks, augment,
+                     world: World) -> None:
+    """Refuse what `fit` is given in place of a loss, an optimizer, a schedule, callbacks or an
+    augmenter before anything runs: each would otherwise fail deep inside the loop, or not at all."""
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise ValueError(f"fit: early_stopping must be an EarlyStopping, got {_described(early_stopping)}")
+    if isinstance(callbacks, Callback) or not all(isinstance(cb, Callback) for cb in callbacks or ()):
+        raise ValueError(f"fit: callbacks must be a list of Callback objects, got {_described(callbacks)}")
+    _check_loss("fit", loss)
+    if isinstance(optimizer, type) or not callable(getattr(optimizer, "step", None)):  # (the class Adam, say)
+        raise ValueError(f"fit: optimizer must be an optimizer built on the model's parameters, e.g. "
+                         f"Adam(model.parameters()), got {optimizer!r}")
+    if lr_schedule is not None and not callable(lr_schedule):
+        raise ValueError(f"fit: lr_schedule must be a function epoch -> lr, e.g. step_decay(0.1, 10), got "
+                         f"{lr_schedule!r}")
+    if not isinstance(getattr(optimizer, "params", None), np.ndarray) or not same_buffer(optimizer.params,
+                                                                                         model.flat_params):
+        raise ValueError("fit: the optimizer was not built on this model's parameters (build it with "
+                         "model.parameters(), after any model.to(dtype))")
+    if world.size > 1 and augment is not None and "batch_rows" not in inspect.signature(augment).parameters:
+        raise ValueError("fit: with several processes, augment must take batch_rows=(first, total) "
+                         "(see digit_augmenter)")
+
+
+@dataclass
+class _Data:
+    """`fit`'s data once checked: the training and validation sets, whether accuracy is reported
+    (`_reports_accuracy`), the keys of `EPOCH_KEYS` every epoch will report, the run's seed (kept in
+    the checkpoint) and the generator drawn from it for shuffling and augmentation."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    labels: bool
+    keys: list[str]
+    seed: int
+    rng: np.random.Generator
+
+
+def _prepared_data(model: Sequential, x, y, loss, validation_split, validation_data, seed, resume_from,
+                   world: World) -> _Data:
+    """Check `fit`'s data and seed, and make from them the validation set and the generators.
+
+    The seed is the caller's, else the model's, else the one that the run being resumed (from the
+    checkpoint `resume_from`, or None) drew and kept, else drawn now: a resumed run must hold out
+    the data the first one did. With several processes, rank 0's seed and initial weights become
+    everyone's.
+    """
+    if validation_split and not (isinstance(validation_split, (int, float, np.floating)) and 0 < validation_split < 1):
+        raise ValueError(f"fit: validation_split must be a fraction between 0 and 1, got {validation_split!r}")
+    if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+        raise ValueError(f"fit: validation_data must be a pair (x_val, y_val), got {_described(validation_data)}")
+    if validation_split and validation_data is not None:  # (the split was dropped without a word)
+        raise ValueError("fit: validation_split and validation_data both given: hold out a fraction of the training "
+                         "data with validation_split, or pass validation_data, not both")
+    x, y = _checked_data("fit", x, y, model.dtype)
+    labels = _reports_accuracy(y, model, loss)
+    _check_targets("fit", y, model, loss)
+    seed = model.seed if seed is None else checked_seed("fit", seed)
+    if seed is None and resume_from is not None:  # the seed an unseeded run drew, if one left it
+        seed = _checkpoint_seed(resume_from, world)
+    if seed is None:  # drawn, so that a checkpoint can keep it: a resumed run holds out what the first did
+        seed = np.random.SeedSequence().entropy
+    if world.size > 1:
+        # one seed and one set of initial weights for all: rank 0's
+        seed = world.bcast(seed)
+        world.broadcast_model(model)
+    if model.seed is None:  # (a loaded model's generator is unseeded: its dropout masks too)
+        model.rng.bit_generator.state = np.random.default_rng([seed, 3]).bit_generator.state
+    rng = np.random.default_rng([seed, 1])
+    if validation_split:
+        x, y, x_val, y_val = _split(x, y, validation_split, np.random.default_rng([seed, 2]))
+    elif validation_data is not None:
+        x_val, y_val = _checked_data("fit: validation_data", *validation_data, model.dtype)
+        _check_targets("fit: validation_data", y_val, model, loss)
+    else:
+        x_val = y_val = None
+    reported = {"accuracy": labels, "val_loss": x_val is not None,
+                "val_accuracy": x_val is not None and _reports_accuracy(y_val, model, loss)}
+    if x.shape[0] < world.size:
+        raise ValueError(f"fit: {x.shape[0]} training examples for {world.size} processes: each needs one")
+    return _Data(x, y, x_val, y_val, labels, [k for k in EPOCH_KEYS if reported.get(k, True)], seed, rng)
+
+
 def _split(x, y, validation_split, rng):
     n = x.shape[0]
     n_val = int(round(n * validation_split))
@@ -263,6 +349,14 @@ def _split(x, y, validation_split, rng):
     order = rng.permutation(n)
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
     return x[train], y[train], x[val], y[val]
+
+
+def _scheduled_lr(lr_schedule, epoch: int, world: World) -> float:
+    """The learning rate `lr_schedule` gives `epoch` (rank 0's, for all), checked."""
+    lr = world.bcast(float(lr_schedule(epoch)))
+    if not 0 <= lr < math.inf:
+        raise ValueError(f"fit: lr_schedule gave lr={lr} for epoch {epoch + 1}, expected a finite lr >= 0")
+    return lr
 
 
 def fit(
@@ -333,82 +427,31 @@ def fit(
             validation loss did); the model keeps the last good weights.
     """
     world = world or World()
-    parallel = world.size > 1
     _keep_freed_memory()
     epochs, batch_size = _positive_int("fit", "epochs", epochs), _positive_int("fit", "batch_size", batch_size)
-    if validation_split and not (isinstance(validation_split, (int, float, np.floating)) and 0 < validation_split < 1):
-        raise ValueError(f"fit: validation_split must be a fraction between 0 and 1, got {validation_split!r}")
-    if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
-        raise ValueError(f"fit: validation_data must be a pair (x_val, y_val), got {_described(validation_data)}")
-    if validation_split and validation_data is not None:  # (the split was dropped without a word)
-        raise ValueError("fit: validation_split and validation_data both given: hold out a fraction of the training "
-                         "data with validation_split, or pass validation_data, not both")
     shuffle, resume, verbose = (_flag("fit", name, value) for name, value in
                                 (("shuffle", shuffle), ("resume", resume), ("verbose", verbose)))
     if resume and checkpoint is None:  # (it started afresh without a word)
         raise ValueError("fit: resume=True needs the checkpoint to resume from (checkpoint=path.npz)")
     if batch_size < world.size:
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
-    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
-        raise ValueError(f"fit: early_stopping must be an EarlyStopping, got {_described(early_stopping)}")
-    if isinstance(callbacks, Callback) or not all(isinstance(cb, Callback) for cb in callbacks or ()):
-        raise ValueError(f"fit: callbacks must be a list of Callback objects, got {_described(callbacks)}")
+    _check_arguments(model, loss, optimizer, early_stopping, lr_schedule, callbacks, augment, world)
     callbacks = list(callbacks or ())
-    _check_loss("fit", loss)
-    if isinstance(optimizer, type) or not callable(getattr(optimizer, "step", None)):  # (the class Adam, say)
-        raise ValueError(f"fit: optimizer must be an optimizer built on the model's parameters, e.g. "
-                         f"Adam(model.parameters()), got {optimizer!r}")
-    if lr_schedule is not None and not callable(lr_schedule):
-        raise ValueError(f"fit: lr_schedule must be a function epoch -> lr, e.g. step_decay(0.1, 10), got "
-                         f"{lr_schedule!r}")
-    if not isinstance(getattr(optimizer, "params", None), np.ndarray) or not same_buffer(optimizer.params,
-                                                                                         model.flat_params):
-        raise ValueError("fit: the optimizer was not built on this model's parameters (build it with "
-                         "model.parameters(), after any model.to(dtype))")
-    x, y = _checked_data("fit", x, y, model.dtype)
-    labels = _reports_accuracy(y, model, loss)  # (then accuracy is reported)
-    _check_targets("fit", y, model, loss)
-    if parallel and augment is not None and "batch_rows" not in inspect.signature(augment).parameters:
-        raise ValueError("fit: with several processes, augment must take batch_rows=(first, total) "
-                         "(see digit_augmenter)")
-    seed = model.seed if seed is None else checked_seed("fit", seed)
-    if seed is None and resume:  # the seed an unseeded run drew, if one left it
-        seed = _checkpoint_seed(checkpoint, world)
-    if seed is None:  # drawn, so that a checkpoint can keep it: a resumed run holds out what the first did
-        seed = np.random.SeedSequence().entropy
-    if parallel:
-        # one seed and one set of initial weights for all: rank 0's
-        seed = world.bcast(seed)
-        world.broadcast_model(model)
-    if model.seed is None:  # (a loaded model's generator is unseeded: its dropout masks too)
-        model.rng.bit_generator.state = np.random.default_rng([seed, 3]).bit_generator.state
-    rng = np.random.default_rng([seed, 1])
-    if validation_split:
-        x, y, x_val, y_val = _split(x, y, validation_split, np.random.default_rng([seed, 2]))
-    elif validation_data is not None:
-        x_val, y_val = _checked_data("fit: validation_data", *validation_data, model.dtype)
-        _check_targets("fit: validation_data", y_val, model, loss)
-    else:
-        x_val = y_val = None
-    if early_stopping is not None:  # (the keys of EPOCH_KEYS that these data give)
-        reported = {"accuracy": labels, "val_loss": x_val is not None,
-                    "val_accuracy": x_val is not None and _reports_accuracy(y_val, model, loss)}
-        _check_monitor(early_stopping.monitor, [k for k in EPOCH_KEYS if reported.get(k, True)], bool(callbacks))
-
-    n = x.shape[0]
-    if n < world.size:
-        raise ValueError(f"fit: {n} training examples for {world.size} processes: each needs one")
+    data = _prepared_data(model, x, y, loss, validation_split, validation_data, seed,
+                          checkpoint if resume else None, world)
+    if early_stopping is not None:
+        _check_monitor(early_stopping.monitor, data.keys, bool(callbacks))
+    n = data.x.shape[0]
     edges = _batch_edges(n, batch_size, world.size)
     batches = len(edges) - 1
+
     history = History()
-    start_epoch = 0
     if early_stopping is not None:
         early_stopping.reset()  # an EarlyStopping used before starts afresh (or from the checkpoint)
-    done = _load_checkpoint(checkpoint, model, optimizer, early_stopping, rng, history, world) if resume else None
-    if done is not None:
-        start_epoch = done
-        if history.stop_reason.startswith("early stopping"):
-            start_epoch = epochs  # that run had already finished
+    done = _load_checkpoint(checkpoint, model, optimizer, early_stopping, data.rng, history, world) if resume else None
+    start_epoch = done or 0
+    if history.stop_reason.startswith("early stopping"):
+        start_epoch = epochs  # that run had already finished
     # Gradient statistics first, so they are in `history` before the caller's callbacks see the
     # epoch; the progress report last, so that it can print what the others decided.
     gradient_flow = [] if any(isinstance(cb, GradientFlow) for cb in callbacks) else [GradientFlow(world)]  # (one)
@@ -416,13 +459,7 @@ def fit(
                  *([ProgressLogger()] if verbose and world.rank == 0 else [])]
     for cb in callbacks:
         cb.on_train_begin(model, history, epochs, batches)
-    guard = _DivergenceGuard(model)
-    dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
-    if parallel:
-        buckets = GradientBuckets(model, world)
-        for layer in model.layers:
-            if isinstance(layer, BatchNorm):
-                layer.world = world
+    run = _Run(model, loss, optimizer, world, data, augment, history, callbacks, early_stopping, checkpoint, epochs)
 
     # BLAS threads follow the cores the rest of the machine leaves free (see BlasThreads: on 2 cores
     # with one competing process, an mlp step takes 7 ms with one thread and 17 ms with two)
@@ -430,89 +467,149 @@ def fit(
     try:
         for epoch in range(start_epoch, epochs):
             if lr_schedule is not None:
-                lr = world.bcast(float(lr_schedule(epoch)))
-                if not 0 <= lr < math.inf:
-                    raise ValueError(f"fit: lr_schedule gave lr={lr} for epoch {epoch + 1}, expected a finite lr >= 0")
-                optimizer.lr = lr
-            order = rng.permutation(n) if shuffle else np.arange(n)
+                optimizer.lr = _scheduled_lr(lr_schedule, epoch, world)
+            order = data.rng.permutation(n) if shuffle else np.arange(n)
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
-            running = _RunningMetrics(labels=labels)
-            t0 = time.perf_counter()
+            running = _RunningMetrics(labels=data.labels)
+            started = time.perf_counter()
             for b in range(batches):
                 blas.adapt()
                 for cb in callbacks:
                     cb.on_batch_begin(b)
                 idx = order[edges[b] : edges[b + 1]]
-                first, last = world.shard(len(idx))  # this process's rows of the batch (alone: all)
-                xb, yb = x[idx[first:last]], y[idx[first:last]]
-                if parallel:
-                    for layer in dropouts:
-                        layer.batch_rows = (first, len(idx))
-                if augment is not None:
-                    xb = augment(xb, rng, batch_rows=(first, len(idx))) if parallel else augment(xb, rng)
+                xb, yb = run.shard(idx)
                 # The lock keeps a prediction of another thread from replacing what backward reads
                 # between the two passes, or what GradientFlow reads after them.
                 with model.lock:
-                    with np.errstate(over="ignore", invalid="ignore"):  # (the guard reports where it led)
-                        out = model.forward(xb, training=True)
-                        value, grad = loss(out, yb)  # grad = dL/d(out)
-                        correct = _correct(out, yb, model) if labels else 0
-                        weight = _weight(loss, yb)
-                        stats = np.array([value * weight if weight else 0.0, weight, len(yb), correct])
-                        if parallel:  # the shard's share of the global batch's mean (every process has all of y)
-                            whole = _weight(loss, y[idx])
-                            grad = grad * (weight / whole if whole else 0.0)
-                            summing = world.iallreduce(stats)
-                            model.backward(grad, input_grad=False, after_layer=buckets.layer_done)
-                            buckets.wait()  # every process now holds Σ over the processes of their gradients
-                            world.wait([summing])
-                        else:
-                            model.backward(grad, input_grad=False)  # fills every parameter's .grad
-                        # raises TrainingDiverged on NaN or inf (everywhere at once: the loss is the sum's)
-                        guard.check(stats[0] / stats[1] if stats[1] else 0.0, epoch, b, optimizer.lr)
-                        optimizer.step()
-                    running.add(*stats)
+                    running.add(*run.step(xb, yb, idx, epoch, b))
                     for cb in callbacks:
                         cb.on_batch_end(b, {**running.logs(), "examples": running.examples})
-            _check_optimizer_state(optimizer, epoch)
-            seconds = time.perf_counter() - t0
-
-            logs = {"epoch": epoch + 1, **running.logs()}
-            if x_val is not None:
-                with np.errstate(over="ignore", invalid="ignore"):  # (the guard reports where it led)
-                    val = evaluate(model, x_val, y_val, loss, world=world)
-                logs.update({f"val_{k}": v for k, v in val.items()})
-            guard.check_epoch(logs.get("val_loss"), epoch, optimizer.lr)  # raises TrainingDiverged
-            logs.update({"lr": optimizer.lr, "seconds": round(seconds, 3), "samples_per_s": round(n / seconds, 1)})
-            history.epochs.append(logs)
-            stop = False
-            for cb in callbacks:
-                stop = bool(cb.on_epoch_end(epoch, logs, model)) or stop
-            stop = world.bcast(stop)
-            if stop:
-                history.stop_reason = f"early stopping after epoch {epoch + 1}"
-            elif epoch == epochs - 1:
-                history.stop_reason = f"reached the epoch limit ({epochs})"
-            if checkpoint is not None and world.rank == 0:
-                _save_checkpoint(checkpoint, epoch + 1, model, optimizer, early_stopping, rng, history, seed)
-            if stop:
+            if run.end_epoch(epoch, running, started):
                 break
     except KeyboardInterrupt:
         history.stop_reason = "interrupted"
         raise
     finally:
         blas.restore()
-        for layer in model.layers:  # the model is this process's own again
-            if isinstance(layer, BatchNorm):
-                layer.world = None
-            if isinstance(layer, Dropout):
-                layer.batch_rows = None
+        run.release()
     # EarlyStopping first: it restores the best weights and names the best epoch, which the
     # caller's callbacks (one that saves the model, say) must see
     for cb in sorted(callbacks, key=lambda cb: cb is not early_stopping):
         cb.on_train_end(model, history)
     return history
+
+
+@dataclass
+class _Run:
+    """What one `fit`'s steps and epochs share once its arguments are checked, so that `fit` reads
+    as the loop: `shard` and `step` for each mini-batch, `end_epoch` after each epoch. It holds the
+    NaN guard and, with several processes, the gradient buckets; `release` gives the model back."""
+
+    model: Sequential
+    loss: object
+    optimizer: object
+    world: World
+    data: _Data
+    augment: object
+    history: History
+    callbacks: list[Callback]
+    early_stopping: EarlyStopping | None
+    checkpoint: object
+    epochs: int
+
+    def __post_init__(self):
+        self.parallel = self.world.size > 1
+        self.guard = _DivergenceGuard(self.model)
+        self.dropouts = [layer for layer in self.model.layers if isinstance(layer, Dropout)]
+        if self.parallel:
+            self.buckets = GradientBuckets(self.model, self.world)
+            for layer in self.model.layers:
+                if isinstance(layer, BatchNorm):
+                    layer.world = self.world
+
+    def shard(self, idx: np.ndarray) -> tuple:
+        """(x, y) of this process's rows of the batch of examples `idx` (alone: all of them),
+        augmented; with several processes, the dropout layers learn which rows these are."""
+        first, last = self.world.shard(len(idx))
+        xb, yb = self.data.x[idx[first:last]], self.data.y[idx[first:last]]
+        if self.parallel:
+            for layer in self.dropouts:
+                layer.batch_rows = (first, len(idx))
+        if self.augment is not None:
+            rng = self.data.rng
+            xb = self.augment(xb, rng, batch_rows=(first, len(idx))) if self.parallel else self.augment(xb, rng)
+        return xb, yb
+
+    def step(self, xb, yb, idx: np.ndarray, epoch: int, batch: int) -> np.ndarray:
+        """One step of gradient descent on the shard (xb, yb) of the batch `idx`: forward, loss,
+        backward, update. Returns the batch's [loss·weight, weight, examples, correct] for
+        `_RunningMetrics`, summed over the processes. Raises TrainingDiverged (the weights from
+        before it back in place) where the loss turned NaN or infinite."""
+        with np.errstate(over="ignore", invalid="ignore"):  # (the guard reports where it led)
+            out = self.model.forward(xb, training=True)
+            value, grad = self.loss(out, yb)  # grad = dL/d(out)
+            correct = _correct(out, yb, self.model) if self.data.labels else 0
+            weight = _weight(self.loss, yb)
+            stats = np.array([value * weight if weight else 0.0, weight, len(yb), correct])
+            if self.parallel:
+                self._backward_summed(grad, weight, idx, stats)
+            else:
+                self.model.backward(grad, input_grad=False)  # fills every parameter's .grad
+            # raises TrainingDiverged on NaN or inf (everywhere at once: the loss is the sum's)
+            self.guard.check(stats[0] / stats[1] if stats[1] else 0.0, epoch, batch, self.optimizer.lr)
+            self.optimizer.step()
+        return stats
+
+    def _backward_summed(self, grad: np.ndarray, weight: float, idx: np.ndarray, stats: np.ndarray) -> None:
+        """Backward on this process's shard, its gradients and `stats` summed over the processes in
+        place. Equivalent to backward on the shard's share of the batch's mean loss, then an
+        allreduce of every gradient and of `stats`; but each bucket's sum starts as soon as backward
+        has filled it, and runs while backward goes on through the layers below."""
+        whole = _weight(self.loss, self.data.y[idx])  # (every process has all of y)
+        grad = grad * (weight / whole if whole else 0.0)  # the shard's share of the global batch's mean
+        summing = self.world.iallreduce(stats)
+        self.model.backward(grad, input_grad=False, after_layer=self.buckets.layer_done)
+        self.buckets.wait()  # every process now holds Σ over the processes of their gradients
+        self.world.wait([summing])
+
+    def end_epoch(self, epoch: int, running: _RunningMetrics, started: float) -> bool:
+        """After the epoch's last step, which began at `started` (perf_counter): the checks no
+        batch's loss made (the optimizer's moments, the last step's weights, the validation loss),
+        the epoch's logs in the history, the callbacks, the stop reason and the checkpoint. Returns
+        whether the run stops here (early stopping); raises TrainingDiverged."""
+        model, optimizer, world = self.model, self.optimizer, self.world
+        _check_optimizer_state(optimizer, epoch)
+        seconds = time.perf_counter() - started
+        logs = {"epoch": epoch + 1, **running.logs()}
+        if self.data.x_val is not None:
+            with np.errstate(over="ignore", invalid="ignore"):  # (the guard reports where it led)
+                val = evaluate(model, self.data.x_val, self.data.y_val, self.loss, world=world)
+            logs.update({f"val_{k}": v for k, v in val.items()})
+        self.guard.check_epoch(logs.get("val_loss"), epoch, optimizer.lr)  # raises TrainingDiverged
+        n = self.data.x.shape[0]
+        logs.update({"lr": optimizer.lr, "seconds": round(seconds, 3), "samples_per_s": round(n / seconds, 1)})
+        self.history.epochs.append(logs)
+        stop = False
+        for cb in self.callbacks:
+            stop = bool(cb.on_epoch_end(epoch, logs, model)) or stop
+        stop = world.bcast(stop)
+        if stop:
+            self.history.stop_reason = f"early stopping after epoch {epoch + 1}"
+        elif epoch == self.epochs - 1:
+            self.history.stop_reason = f"reached the epoch limit ({self.epochs})"
+        if self.checkpoint is not None and world.rank == 0:
+            _save_checkpoint(self.checkpoint, epoch + 1, model, optimizer, self.early_stopping, self.data.rng,
+                             self.history, self.data.seed)
+        return stop
+
+    def release(self) -> None:
+        """The model is this process's own again: no world for batch norm, no shard rows for dropout."""
+        for layer in self.model.layers:
+            if isinstance(layer, BatchNorm):
+                layer.world = None
+            if isinstance(layer, Dropout):
+                layer.batch_rows = None
 
 
 # glibc's mallopt parameters (malloc.h), and the largest values its own adjustment reaches on 64-bit
