@@ -100,8 +100,8 @@ class History:
         """Summary of gradient flow over training, with vanishing/exploding gradients flagged.
 
         Rules of thumb (Karpathy, "A Recipe for Training Neural Networks"): each step should
-        change a layer's weights by roughly 1e-3 of their size. Far below 1e-6 the layer has
-        stopped learning (vanishing); above 1e-1 steps are wild (exploding). A layer whose gradient
+        change a layer's weights by roughly 1e-3 of their size. Below 1e-6 the layer has stopped
+        learning (vanishing); above 1e-1 steps are wild (exploding). A layer whose gradient
         is 1000× smaller than the network's largest also counts as vanishing.
         """
         if not self.gradient_flow:

@@ -162,7 +162,8 @@ class BinaryCrossEntropy(Loss):
     L = mean_n [ pos_weight · y · softplus(-z) + (1 - y) · softplus(z) ]   (softplus(t) = log(1 + e^t))
 
     Written with softplus rather than log σ(z) because σ(z) rounds to exactly 0 or 1 for large |z|
-    and its log is then infinite; softplus(t) = max(t, 0) + log1p(e^(-|t|)) never overflows.
+    and its log is then infinite; softplus(t) = max(t, 0) + log1p(e^(-|t|)) never overflows
+    (the code calls `np.logaddexp(0, t)`, which computes it that way).
     With pos_weight = 1 the gradient is simply (σ(z) - y) / N.
 
     Args:
