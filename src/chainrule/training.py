@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.callbacks import Callback, EarlyStopping, GradientFlow, ProgressLogger
-from chainrule.checks import flag as _flag
-from chainrule.checks import positive_int as _positive_int
+from chainrule.checks import flag, positive_int
 from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import ModelFileError, TrainingDiverged
 from chainrule.files import atomic_write_npz, npz_headers, read_npz
@@ -48,7 +47,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     added up: every process gets the figures of the whole set.
     """
     world = world or World()
-    batch_size = _positive_int("evaluate", "batch_size", batch_size)
+    batch_size = positive_int("evaluate", "batch_size", batch_size)
     _check_loss("evaluate", loss)
     x, y = _checked_data("evaluate", x, y, model.dtype)
     _check_targets("evaluate", y, model, loss)
@@ -428,8 +427,8 @@ def fit(
     """
     world = world or World()
     _keep_freed_memory()
-    epochs, batch_size = _positive_int("fit", "epochs", epochs), _positive_int("fit", "batch_size", batch_size)
-    shuffle, resume, verbose = (_flag("fit", name, value) for name, value in
+    epochs, batch_size = positive_int("fit", "epochs", epochs), positive_int("fit", "batch_size", batch_size)
+    shuffle, resume, verbose = (flag("fit", name, value) for name, value in
                                 (("shuffle", shuffle), ("resume", resume), ("verbose", verbose)))
     if resume and checkpoint is None:  # (it started afresh without a word)
         raise ValueError("fit: resume=True needs the checkpoint to resume from (checkpoint=path.npz)")
