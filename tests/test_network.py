@@ -564,6 +564,28 @@ def test_load_rejects_broken_model_files(tmp_path, corrupt, match):
         cr.load_model(d)
 
 
+@pytest.mark.parametrize("change,match", [
+    (_first_layer("type", "Evil"), "layer 1: unknown layer type 'Evil'"),
+    (_first_layer("args", {"in_features": 12, "out_features": -5}), "out_features must be a positive integer, got -5"),
+    (_first_layer("args", {"in_features": 12, "out_features": "8"}), "out_features must be a positive integer"),
+    (lambda doc: doc["layers"][2].__setitem__("args", {"foo": 1}),
+     r"layer 2 \(ReLU\): got an unexpected keyword argument 'foo'"),
+    (_set("layers", []), "'layers' must be a non-empty list"),
+    (lambda doc: doc.pop("layers"), "'layers' must be a non-empty list"),
+    (_set("layers", {}), "'layers' must be a non-empty list"),
+    (lambda doc: doc["layers"].__setitem__(1, "Linear"), "layer 1 is not an object with a 'type'"),
+])
+def test_every_problem_with_the_layers_names_model_json(tmp_path, change, match):
+    """The layers' shapes were checked before the step that names the file: "unknown layer type
+    'Evil'" said nothing of where, and an unknown argument named the internal `_Activation`."""
+    d = _saved(tmp_path)
+    _edit_json(d, change)
+    with pytest.raises(cr.ModelFileError) as info:
+        cr.load_model(d)
+    assert str(info.value).startswith(f"{d / 'model.json'}: invalid architecture: ")
+    assert re.search(match, str(info.value)) and "_Activation" not in str(info.value)
+
+
 @settings(max_examples=200, deadline=None)
 @given(target=st.sampled_from(["model.json", "weights"]), data=st.data())
 def test_any_damage_to_a_model_file_is_a_model_file_error_or_the_same_model(tmp_path_factory, target, data):
@@ -692,6 +714,31 @@ def test_a_model_saved_into_a_folder_that_held_no_model_deletes_none_of_its_file
     cr.Sequential([cr.Linear(4, 3)], seed=0).save(d)
     assert all((d / name).is_file() for name in theirs)
     assert cr.load_model(d)[0].layers[0].weight.shape == (4, 3)
+
+
+@pytest.mark.parametrize("replace,said", [
+    (lambda w: w.symlink_to(w.parent / "gone.npz"), "a broken symbolic link"),
+    (lambda w: w.symlink_to(w), "a loop of symbolic links"),
+    (lambda w: os.mkfifo(w), "not a regular file"),
+    (lambda w: w.symlink_to("/dev/zero"), "not a regular file"),
+    (lambda w: w.mkdir(), "a folder, not a file"),
+])
+def test_weights_that_are_no_regular_file_are_named_for_what_they_are(tmp_path, replace, said):
+    """A link loop, a FIFO, a folder... where the weights should be were all "not found"."""
+    d = _saved(tmp_path)
+    weights = _weights(d)
+    weights.unlink()
+    replace(weights)
+    with pytest.raises(cr.ModelFileError, match=f"^{re.escape(str(weights))}: {said} "
+                                                r"\(model.json names it as the model's weights\)$"):
+        cr.load_model(d)
+
+
+def test_a_model_argument_that_is_a_file_is_named_as_a_file_not_a_folder(tmp_path):
+    """It said "picture.png/model.json: not found"."""
+    (tmp_path / "picture.png").write_bytes(b"\x89PNG")
+    with pytest.raises(cr.ModelFileError, match=r"picture.png: a file, not a model folder"):
+        cr.load_model(tmp_path / "picture.png")
 
 
 def test_files_named_in_model_json_stay_inside_its_directory(tmp_path):

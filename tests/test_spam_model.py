@@ -2,6 +2,8 @@
 against finite differences and PyTorch, the merged committee, a save/load round trip."""
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -177,6 +179,26 @@ def test_any_damage_to_a_filter_s_files_is_a_model_file_error(saved_filter, tmp_
     assert x_replay.shape[0] == len(y_replay)
     p, _ = bundle.score([("sms", "win a free prize now")], processes=1)
     assert p.shape == (1,) and 0 <= p[0] <= 1
+
+
+@pytest.mark.parametrize("role", ["idf", "replay"])
+@pytest.mark.parametrize("replace,said", [
+    (lambda p: p.symlink_to(p), "a loop of symbolic links"),
+    (lambda p: os.mkfifo(p), "not a regular file"),
+    (lambda p: p.symlink_to("/dev/zero"), "not a regular file"),
+    (lambda p: p.mkdir(), "a folder, not a file"),
+])
+def test_a_filter_s_arrays_that_are_no_regular_file_are_named_for_what_they_are(saved_filter, tmp_path, role,
+                                                                                 replace, said):
+    """They were all "not found (model.json names it as ...)"."""
+    d = tmp_path / "m"
+    shutil.copytree(saved_filter, d)
+    path = cr.model_files(d)[role]
+    path.unlink()
+    replace(path)
+    with pytest.raises(cr.ModelFileError, match=f"^{re.escape(str(path))}: {said} \\(model.json names it"):
+        bundle = load_spam_model(d)
+        load_replay(bundle.files["replay"], bundle.config.n_features)
 
 
 def test_idf_weights_of_0_load_only_for_a_model_with_min_df(tmp_path):

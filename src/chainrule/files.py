@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -115,6 +116,24 @@ def link_problem(path) -> str | None:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR) and os.path.islink(path):
             return "a broken symbolic link"
     return None
+
+
+def file_problem(path) -> str | None:
+    """Why `path` is not a regular file to read: "not found", a link that leads nowhere
+    (`link_problem`), "a folder, not a file" or "not a regular file" (a FIFO, which would block a
+    reader, a device such as /dev/zero, which never ends); None where it is one."""
+    link = link_problem(path)
+    if link:
+        return link
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def file_id(path) -> tuple[int, int] | None:

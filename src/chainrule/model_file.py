@@ -14,6 +14,7 @@ the network imports this module, not the other way round.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -27,7 +28,7 @@ from chainrule import layers as L
 from chainrule.errors import ModelFileError
 from chainrule.files import (
     atomic_write_bytes,
-    link_problem,
+    file_problem,
     locked_directory,
     npz_headers,
     read_npz,
@@ -178,9 +179,13 @@ _STAMPED = ("model.json", "model.npz", "idf.npz")
 
 def description_path(directory: Path) -> Path:
     """The model.json of the model directory `directory`; `ModelFileError` where there is none."""
+    if directory.is_file():  # (a picture given where the model should be: "picture.png/model.json" was not found)
+        raise ModelFileError(f"{directory}: a file, not a model folder (a model directory holds model.json "
+                             "and the weights it names)")
     path = directory / "model.json"
-    if not path.is_file():
-        raise ModelFileError(f"{path}: {link_problem(path) or _NO_DESCRIPTION}")
+    problem = file_problem(path)
+    if problem:
+        raise ModelFileError(f"{path}: {_NO_DESCRIPTION if problem == 'not found' else problem}")
     return path
 
 
@@ -220,10 +225,11 @@ def checked_description(directory) -> ModelDescription:
     meta_path = description_path(directory)
     doc = _read_description(meta_path)
     files = _files(doc, directory)
-    weights_path = files.get("model", directory / "model.npz")
-    if not weights_path.is_file():
-        raise ModelFileError(f"{weights_path}: not found (model.json names it as the model's weights)")
-    n_params, buffers = _expected_arrays(doc)
+    weights_path = named_file(files.get("model", directory / "model.npz"), "weights")
+    try:
+        n_params, buffers = _expected_arrays(doc)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{meta_path}: {exc}") from None
     expected = {"params": (n_params,), **buffers}
     headers = npz_headers(weights_path)
     for name, shape in expected.items():
@@ -286,6 +292,16 @@ def model_files(directory) -> dict[str, Path]:
     return _files(_read_description(directory / "model.json"), directory)
 
 
+def named_file(path: Path, role: str) -> Path:
+    """`path`, an array file model.json names as the model's `role` ("weights", "idf weights"...);
+    `ModelFileError` where it is no regular file (`file_problem`: gone, a link that leads nowhere,
+    a folder, a FIFO, a device)."""
+    problem = file_problem(path)
+    if problem:
+        raise ModelFileError(f"{path}: {problem} (model.json names it as the model's {role})")
+    return path
+
+
 # A file a model.json may name: a plain name in the model's directory, never a path out of it.
 _FILE_NAME = re.compile(r"[\w-]+\.npz")
 
@@ -328,15 +344,20 @@ def _read_description(path: Path) -> dict:
 
 
 def layer_spec(i: int, spec) -> tuple[type, dict]:
-    """The class and arguments of layer `i` as a model description gives it, checked."""
+    """The class and arguments of layer `i` as a model description gives it, checked to be a type
+    `LAYER_TYPES` names and arguments its constructor takes (their values are the layer's to check)."""
     kind = spec.get("type") if isinstance(spec, dict) else None
     if not isinstance(kind, str):
         raise ModelFileError(f"invalid architecture: layer {i} is not an object with a 'type'")
     if kind not in LAYER_TYPES:
-        raise ModelFileError(f"unknown layer type {kind!r}")
+        raise ModelFileError(f"invalid architecture: layer {i}: unknown layer type {kind!r}")
     args = spec.get("args", {})
     if not isinstance(args, dict):
-        raise ModelFileError(f"layer {kind} has args {args!r}, expected an object")
+        raise ModelFileError(f"invalid architecture: layer {i} ({kind}) has args {args!r}, expected an object")
+    try:  # (a constructor's own TypeError names the class that defines it: "_Activation.__init__() got ...")
+        inspect.signature(LAYER_TYPES[kind]).bind(**args)
+    except TypeError as exc:
+        raise ModelFileError(f"invalid architecture: layer {i} ({kind}): {exc}") from None
     return LAYER_TYPES[kind], args
 
 

@@ -34,7 +34,7 @@ from chainrule.distributed import World
 from chainrule.errors import UserError
 from chainrule.files import npz_headers, read_npz
 from chainrule.functional import sigmoid
-from chainrule.model_file import model_directory
+from chainrule.model_file import model_directory, named_file
 from chainrule.network import load_model_and_files
 
 TASK = "spam"
@@ -306,8 +306,9 @@ def load_idf(path, config: HashingConfig) -> np.ndarray | None:
     if not config.idf:
         return None
     n_features = config.n_features
-    if path is None or not Path(path).is_file():
-        raise cr.ModelFileError(f"{path or 'idf.npz'}: not found (the model's hashing weights buckets by idf)")
+    if path is None:
+        raise cr.ModelFileError("idf.npz: not found (the model's hashing weights buckets by idf)")
+    named_file(Path(path), "idf weights")
     shape, dtype = npz_headers(path).get("idf", (None, None))
     if shape != (n_features,) or dtype.kind != "f":
         raise cr.ModelFileError(f"{path}: expected {n_features} idf weights, got shape {shape}, dtype {dtype}")
@@ -361,7 +362,7 @@ def load_replay(path, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
     empty sample, so that learning never saves the model without it."""
     if path is None:
         return sp.csr_matrix((0, n_features), dtype=np.float32), np.zeros(0, np.int64)
-    _must_exist(path, "replay sample")
+    named_file(Path(path), "replay sample")
     names = ("data", "indices", "indptr", "shape", "labels")
     headers = npz_headers(path)
     shapes = {name: headers[name][0] if name in headers else None for name in names}
@@ -418,7 +419,7 @@ def load_lessons(path) -> Lessons:
     an error, as in `load_replay`."""
     if path is None:
         return Lessons.empty()
-    _must_exist(path, "lessons")
+    named_file(Path(path), "lessons")
     headers = npz_headers(path)
     shapes = {name: headers[name] if name in headers else (None, None) for name in ("digests", "labels", "before")}
     (d_shape, d_type), (l_shape, l_type), (b_shape, b_type) = shapes.values()
@@ -431,8 +432,3 @@ def load_lessons(path) -> Lessons:
     if not (np.all(np.isin(lessons.labels, (0, 1))) and np.all((lessons.before >= 0) & (lessons.before <= 1))):
         raise cr.ModelFileError(f"{path}: lessons need labels 0 or 1 and probabilities from 0 to 1")
     return lessons
-
-
-def _must_exist(path, what: str) -> None:
-    if not Path(path).is_file():
-        raise cr.ModelFileError(f"{path}: not found (model.json names it as the model's {what})")
