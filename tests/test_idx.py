@@ -438,6 +438,14 @@ def test_a_folder_without_the_test_files_asks_for_those_alone(tmp_path):
         load_image_set(tmp_path, "train")  # (a run trains on the one and is scored on the other)
 
 
+def test_a_folder_given_as_the_default_is_named_when_its_files_are_gone(tmp_path):
+    """A model trained on a folder names it as its default set; once its test files had gone,
+    evaluating the model said "None test files not found"."""
+    with pytest.raises(DataError) as exc_info:
+        load_image_set(None, "test", default=str(tmp_path))
+    assert str(exc_info.value).startswith(f"{tmp_path} test files not found: put t10k-images")
+
+
 def test_the_files_asked_for_may_be_gzipped_or_not(tmp_path, test_split):
     """A folder of uncompressed IDX files is read as well as one of .gz files, but the message for a
     folder without the test files asked for the .gz names alone."""

@@ -457,7 +457,7 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
     known = _search_dirs(source, default)[1]
     found = find_files(split, source, default)
     if found is None:
-        what = known.title if known is not None else str(source)
+        what = known.title if known is not None else str(source if source is not None else default)  # (a folder)
         if known is None or not download_missing:
             raise DataError(f"{what} {split} files not found: {where_to_put(source, default, split)}")
         try:
