@@ -85,6 +85,19 @@ def test_fitting_only_the_touched_rows_is_fit_on_the_whole_network(spam_model, s
     assert not moved[untouched].any() and moved.sum() > 1000  # (of the 2,000-odd buckets these messages have)
 
 
+def test_learning_that_diverges_is_one_line_and_leaves_the_model(model, spam_corpus, capsys):
+    """A pos_weight of 1e300 blows the loss up: `spam learn` said "internal error (TrainingDiverged:
+    ...); this is a bug"."""
+    doc = json.loads((model / "model.json").read_text())
+    doc["metadata"]["training"]["pos_weight"] = 1e300
+    (model / "model.json").write_text(json.dumps(doc))
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    assert main(["spam", "learn", str(model), "--spam", str(_held(spam_corpus, "easy_ham", 1)[0]), "--seed", "0"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "learning diverged: " in err and "bug" not in err
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+
+
 def test_learn_moves_the_message_and_a_repeat_is_recognised(model, spam_corpus, capsys):
     msg = _held(spam_corpus, "easy_ham", 1)[0]
     replay = _replay_size(model)

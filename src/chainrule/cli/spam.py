@@ -438,8 +438,11 @@ def _cmd_learn(args) -> int:
         if args.unlearn:
             result = unlearn(bundle, x)
         else:
-            result = learn(bundle, x, found.labels, epochs=args.epochs, seed=args.seed, since_last=found.marks,
-                           again=not args.since_last)
+            try:
+                result = learn(bundle, x, found.labels, epochs=args.epochs, seed=args.seed, since_last=found.marks,
+                               again=not args.since_last)
+            except TrainingDiverged as exc:  # (a sound filter does not: its metadata or replay sample is damaged)
+                raise UserError(f"learning diverged: {exc.where()}; {bundle.directory} is as it was") from None
         total = bundle.metadata.get("learned", 0)
     if args.quiet:  # (a cron job mails what a command prints)
         return args.error_exit if problems.failed else 0

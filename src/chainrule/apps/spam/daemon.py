@@ -91,7 +91,7 @@ from chainrule.apps.spam.protocol import (
 )
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import boundary_matches
-from chainrule.errors import UserError, one_line
+from chainrule.errors import TrainingDiverged, UserError, one_line
 from chainrule.files import file_id
 from chainrule.model_file import model_stamp
 
@@ -421,8 +421,8 @@ class DaemonServer:
             self._drop(group)
             return
         except Exception as exc:  # noqa: BLE001 (reported to the clients that asked)
-            if isinstance(exc, (UserError, OSError)):  # the model on disk cannot be read or written
-                log.error("learning failed: %s", one_line(exc))
+            if isinstance(exc, (UserError, OSError, TrainingDiverged)):  # the model on disk cannot be read,
+                log.error("learning failed: %s", one_line(exc))  # written or learned into
             else:
                 log.exception("learning failed")
             for x in group:
@@ -576,6 +576,8 @@ class DaemonServer:
                 raise ProtocolError(EX_CONFIG, f"EX_CONFIG not learned: {exc}") from None
             except OSError as exc:  # (a full disk, a model made read-only)
                 raise ProtocolError(EX_IOERR, f"EX_IOERR not learned: {one_line(exc)}") from None
+            except TrainingDiverged as exc:  # (logged by `_apply`; the model is as it was)
+                raise ProtocolError(EX_SOFTWARE, f"EX_SOFTWARE not learned: learning diverged: {exc.where()}") from None
             if changed:
                 headers = b"DidSet: local\r\n" if req.set_local else b"DidRemove: local\r\n"
             what = _told(kind, changed)
