@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import chainrule as cr
 from chainrule.data.mnist import load_mnist
+from chainrule.training import checkpoint_summary
 from conftest import blas_threads_now, blobs, damaged, small_mlp
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
@@ -544,6 +545,33 @@ def test_resuming_from_a_damaged_checkpoint_is_a_model_file_error(tmp_path, dama
     with pytest.raises(cr.ModelFileError, match="checkpoint.npz: not a .*delete it to start afresh"):
         _fit_with_checkpoint(checkpoint, epochs=3, resume=True)
     assert checkpoint.read_bytes() == before  # refused, not overwritten
+
+
+@pytest.mark.parametrize("damage", DAMAGED_CHECKPOINTS)
+def test_a_damaged_checkpoints_summary_is_none_or_what_resuming_reads(tmp_path, damage):
+    """`checkpoint_summary` (how `images train` tells a finished run from an unfinished one, and where
+    an unseeded run's seed comes from) reads no more than resuming does: JSON nested too deep for the
+    parser raised RecursionError through it, an internal error of `images train --out`."""
+    checkpoint = tmp_path / "checkpoint.npz"
+    _fit_with_checkpoint(checkpoint)
+    DAMAGED_CHECKPOINTS[damage](checkpoint)
+    summary = checkpoint_summary(checkpoint)
+    assert summary is None or set(summary) == {"epochs_done", "stop_reason", "seed"}
+
+
+def test_callbacks_given_as_a_generator_are_called():
+    """A generator of callbacks was used up by the check that they are callbacks, and none was called."""
+    ends = []
+
+    class Count(cr.Callback):
+        def on_epoch_end(self, epoch, logs, model):
+            ends.append(epoch)
+
+    x, y = blobs()
+    model = cr.Sequential([cr.Linear(10, 8), cr.ReLU(), cr.Linear(8, 3)], seed=0)
+    cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=0.01), epochs=2, verbose=False,
+           callbacks=(cb for cb in [Count()]))
+    assert ends == [0, 1]
 
 
 @settings(max_examples=100, deadline=None)

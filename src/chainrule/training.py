@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def _batch_edges(n: int, batch_size: int, processes: int) -> list[int]:
     return edges
 
 
-def _described(value) -> str:
+def _kind_of(value) -> str:
     """What `value` is, in a few words, for an error message ("a tuple of 1", "an array of shape (5, 3)")."""
     if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of {len(value)}"
@@ -255,14 +256,21 @@ def _check_optimizer_state(optimizer, epoch: int) -> None:
                                        what=f"the gradients (the optimizer's {name})")
 
 
-def _check_arguments(model: Sequential, loss, optimizer, early_stopping, lr_schedule, callbacks, augment,
-                     world: World) -> None:
-    """Refuse what `fit` is given in place of a loss, an optimizer, a schedule, callbacks or an
-    augmenter before anything runs: each would otherwise fail deep inside the loop, or not at all."""
+def _callback_list(callbacks) -> list[Callback]:
+    """`fit`'s callbacks as a list (a generator of them is read once), checked."""
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable | None):
+        raise ValueError(f"fit: callbacks must be a list of Callback objects, got {_kind_of(callbacks)}")
+    callbacks = list(callbacks or ())
+    if not all(isinstance(cb, Callback) for cb in callbacks):
+        raise ValueError(f"fit: callbacks must be a list of Callback objects, got {_kind_of(callbacks)}")
+    return callbacks
+
+
+def _check_arguments(model: Sequential, loss, optimizer, early_stopping, lr_schedule, augment, world: World) -> None:
+    """Refuse what `fit` is given in place of a loss, an optimizer, a schedule or an augmenter
+    before anything runs: each would otherwise fail deep inside the loop, or not at all."""
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
-        raise ValueError(f"fit: early_stopping must be an EarlyStopping, got {_described(early_stopping)}")
-    if isinstance(callbacks, Callback) or not all(isinstance(cb, Callback) for cb in callbacks or ()):
-        raise ValueError(f"fit: callbacks must be a list of Callback objects, got {_described(callbacks)}")
+        raise ValueError(f"fit: early_stopping must be an EarlyStopping, got {_kind_of(early_stopping)}")
     _check_loss("fit", loss)
     if isinstance(optimizer, type) or not callable(getattr(optimizer, "step", None)):  # (the class Adam, say)
         raise ValueError(f"fit: optimizer must be an optimizer built on the model's parameters, e.g. "
@@ -289,8 +297,8 @@ class _Data:
     y: np.ndarray
     x_val: np.ndarray | None
     y_val: np.ndarray | None
-    labels: bool
-    keys: list[str]
+    reports_accuracy: bool
+    epoch_keys: list[str]
     seed: int
     rng: np.random.Generator
 
@@ -307,7 +315,7 @@ def _prepared_data(model: Sequential, x, y, loss, validation_split, validation_d
     if validation_split and not (isinstance(validation_split, (int, float, np.floating)) and 0 < validation_split < 1):
         raise ValueError(f"fit: validation_split must be a fraction between 0 and 1, got {validation_split!r}")
     if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
-        raise ValueError(f"fit: validation_data must be a pair (x_val, y_val), got {_described(validation_data)}")
+        raise ValueError(f"fit: validation_data must be a pair (x_val, y_val), got {_kind_of(validation_data)}")
     if validation_split and validation_data is not None:  # (the split was dropped without a word)
         raise ValueError("fit: validation_split and validation_data both given: hold out a fraction of the training "
                          "data with validation_split, or pass validation_data, not both")
@@ -356,6 +364,118 @@ def _scheduled_lr(lr_schedule, epoch: int, world: World) -> float:
     if not 0 <= lr < math.inf:
         raise ValueError(f"fit: lr_schedule gave lr={lr} for epoch {epoch + 1}, expected a finite lr >= 0")
     return lr
+
+
+@dataclass
+class _Run:
+    """What one `fit`'s steps and epochs share once its arguments are checked, so that `fit` reads
+    as the loop: `shard` and `step` for each mini-batch, `end_epoch` after each epoch. It holds the
+    NaN guard and, with several processes, the gradient buckets; `release` gives the model back."""
+
+    model: Sequential
+    loss: object
+    optimizer: object
+    world: World
+    data: _Data
+    augment: object
+    history: History
+    callbacks: list[Callback]
+    early_stopping: EarlyStopping | None
+    checkpoint: object
+    epochs: int
+
+    def __post_init__(self):
+        self.parallel = self.world.size > 1
+        self.guard = _DivergenceGuard(self.model)
+        self.dropouts = [layer for layer in self.model.layers if isinstance(layer, Dropout)]
+        if self.parallel:
+            self.buckets = GradientBuckets(self.model, self.world)
+            for layer in self.model.layers:
+                if isinstance(layer, BatchNorm):
+                    layer.world = self.world
+
+    def shard(self, idx: np.ndarray) -> tuple:
+        """(x, y) of this process's rows of the batch of examples `idx` (alone: all of them),
+        augmented; with several processes, the dropout layers learn which rows these are."""
+        first, last = self.world.shard(len(idx))
+        xb, yb = self.data.x[idx[first:last]], self.data.y[idx[first:last]]
+        if self.parallel:
+            for layer in self.dropouts:
+                layer.batch_rows = (first, len(idx))
+        if self.augment is not None:
+            rng = self.data.rng
+            xb = self.augment(xb, rng, batch_rows=(first, len(idx))) if self.parallel else self.augment(xb, rng)
+        return xb, yb
+
+    def step(self, xb, yb, idx: np.ndarray, epoch: int, batch: int) -> np.ndarray:
+        """One step of gradient descent on the shard (xb, yb) of the batch `idx`: forward, loss,
+        backward, update. Returns the batch's [loss·weight, weight, examples, correct] for
+        `_RunningMetrics`, summed over the processes. Raises TrainingDiverged (the weights from
+        before it back in place) where the loss turned NaN or infinite."""
+        with np.errstate(over="ignore", invalid="ignore"):  # (the guard reports where it led)
+            out = self.model.forward(xb, training=True)
+            value, grad = self.loss(out, yb)  # grad = dL/d(out)
+            correct = _correct(out, yb, self.model) if self.data.reports_accuracy else 0
+            weight = _weight(self.loss, yb)
+            stats = np.array([value * weight if weight else 0.0, weight, len(yb), correct])
+            if self.parallel:
+                self._backward_summed(grad, weight, idx, stats)
+            else:
+                self.model.backward(grad, input_grad=False)  # fills every parameter's .grad
+            # raises TrainingDiverged on NaN or inf (everywhere at once: the loss is the sum's)
+            self.guard.check(stats[0] / stats[1] if stats[1] else 0.0, epoch, batch, self.optimizer.lr)
+            self.optimizer.step()
+        return stats
+
+    def _backward_summed(self, grad: np.ndarray, weight: float, idx: np.ndarray, stats: np.ndarray) -> None:
+        """Backward on this process's shard, its gradients and `stats` summed over the processes in
+        place. Equivalent to backward on the shard's share of the batch's mean loss, then an
+        allreduce of every gradient and of `stats`; but each bucket's sum starts as soon as backward
+        has filled it, and runs while backward goes on through the layers below."""
+        whole = _weight(self.loss, self.data.y[idx])  # (every process has all of y)
+        grad = grad * (weight / whole if whole else 0.0)  # the shard's share of the global batch's mean
+        summing = self.world.iallreduce(stats)
+        self.model.backward(grad, input_grad=False, after_layer=self.buckets.layer_done)
+        self.buckets.wait()  # every process now holds Σ over the processes of their gradients
+        self.world.wait([summing])
+
+    def end_epoch(self, epoch: int, running: _RunningMetrics, started: float) -> bool:
+        """After the epoch's last step, which began at `started` (perf_counter): the checks no
+        batch's loss made (the optimizer's moments, the last step's weights, the validation loss),
+        the epoch's logs in the history, the callbacks, the stop reason and the checkpoint. Returns
+        whether the run stops here (early stopping); raises TrainingDiverged."""
+        model, optimizer, world = self.model, self.optimizer, self.world
+        _check_optimizer_state(optimizer, epoch)
+        seconds = time.perf_counter() - started
+        logs = {"epoch": epoch + 1, **running.logs()}
+        if self.data.x_val is not None:
+            with np.errstate(over="ignore", invalid="ignore"):  # (the guard reports where it led)
+                val = evaluate(model, self.data.x_val, self.data.y_val, self.loss, world=world)
+            logs.update({f"val_{k}": v for k, v in val.items()})
+        self.guard.check_epoch(logs.get("val_loss"), epoch, optimizer.lr)  # raises TrainingDiverged
+        n = self.data.x.shape[0]
+        logs.update({"lr": optimizer.lr, "seconds": round(seconds, 3), "samples_per_s": round(n / seconds, 1)})
+        self.history.epochs.append(logs)
+        stop = False
+        for cb in self.callbacks:
+            stop = bool(cb.on_epoch_end(epoch, logs, model)) or stop
+        stop = world.bcast(stop)
+        if stop:
+            self.history.stop_reason = f"early stopping after epoch {epoch + 1}"
+        elif epoch == self.epochs - 1:
+            self.history.stop_reason = f"reached the epoch limit ({self.epochs})"
+        if self.checkpoint is not None and world.rank == 0:
+            _save_checkpoint(self.checkpoint, epoch + 1, model, optimizer, self.early_stopping, self.data.rng,
+                             self.history, self.data.seed)
+        return stop
+
+    def release(self) -> None:
+        """The model is this process's own again: no world for batch norm, no shard rows for dropout."""
+        for layer in self.model.layers:
+            if isinstance(layer, BatchNorm):
+                layer.world = None
+            if isinstance(layer, Dropout):
+                layer.batch_rows = None
 
 
 def fit(
@@ -434,12 +554,12 @@ def fit(
         raise ValueError("fit: resume=True needs the checkpoint to resume from (checkpoint=path.npz)")
     if batch_size < world.size:
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
-    _check_arguments(model, loss, optimizer, early_stopping, lr_schedule, callbacks, augment, world)
-    callbacks = list(callbacks or ())
+    callbacks = _callback_list(callbacks)
+    _check_arguments(model, loss, optimizer, early_stopping, lr_schedule, augment, world)
     data = _prepared_data(model, x, y, loss, validation_split, validation_data, seed,
                           checkpoint if resume else None, world)
     if early_stopping is not None:
-        _check_monitor(early_stopping.monitor, data.keys, bool(callbacks))
+        _check_monitor(early_stopping.monitor, data.epoch_keys, bool(callbacks))
     n = data.x.shape[0]
     edges = _batch_edges(n, batch_size, world.size)
     batches = len(edges) - 1
@@ -458,7 +578,8 @@ def fit(
                  *([ProgressLogger()] if verbose and world.rank == 0 else [])]
     for cb in callbacks:
         cb.on_train_begin(model, history, epochs, batches)
-    run = _Run(model, loss, optimizer, world, data, augment, history, callbacks, early_stopping, checkpoint, epochs)
+    run = _Run(model=model, loss=loss, optimizer=optimizer, world=world, data=data, augment=augment, history=history,
+               callbacks=callbacks, early_stopping=early_stopping, checkpoint=checkpoint, epochs=epochs)
 
     # BLAS threads follow the cores the rest of the machine leaves free (see BlasThreads: on 2 cores
     # with one competing process, an mlp step takes 7 ms with one thread and 17 ms with two)
@@ -470,7 +591,7 @@ def fit(
             order = data.rng.permutation(n) if shuffle else np.arange(n)
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
-            running = _RunningMetrics(labels=data.labels)
+            running = _RunningMetrics(labels=data.reports_accuracy)
             started = time.perf_counter()
             for b in range(batches):
                 blas.adapt()
@@ -497,118 +618,6 @@ def fit(
     for cb in sorted(callbacks, key=lambda cb: cb is not early_stopping):
         cb.on_train_end(model, history)
     return history
-
-
-@dataclass
-class _Run:
-    """What one `fit`'s steps and epochs share once its arguments are checked, so that `fit` reads
-    as the loop: `shard` and `step` for each mini-batch, `end_epoch` after each epoch. It holds the
-    NaN guard and, with several processes, the gradient buckets; `release` gives the model back."""
-
-    model: Sequential
-    loss: object
-    optimizer: object
-    world: World
-    data: _Data
-    augment: object
-    history: History
-    callbacks: list[Callback]
-    early_stopping: EarlyStopping | None
-    checkpoint: object
-    epochs: int
-
-    def __post_init__(self):
-        self.parallel = self.world.size > 1
-        self.guard = _DivergenceGuard(self.model)
-        self.dropouts = [layer for layer in self.model.layers if isinstance(layer, Dropout)]
-        if self.parallel:
-            self.buckets = GradientBuckets(self.model, self.world)
-            for layer in self.model.layers:
-                if isinstance(layer, BatchNorm):
-                    layer.world = self.world
-
-    def shard(self, idx: np.ndarray) -> tuple:
-        """(x, y) of this process's rows of the batch of examples `idx` (alone: all of them),
-        augmented; with several processes, the dropout layers learn which rows these are."""
-        first, last = self.world.shard(len(idx))
-        xb, yb = self.data.x[idx[first:last]], self.data.y[idx[first:last]]
-        if self.parallel:
-            for layer in self.dropouts:
-                layer.batch_rows = (first, len(idx))
-        if self.augment is not None:
-            rng = self.data.rng
-            xb = self.augment(xb, rng, batch_rows=(first, len(idx))) if self.parallel else self.augment(xb, rng)
-        return xb, yb
-
-    def step(self, xb, yb, idx: np.ndarray, epoch: int, batch: int) -> np.ndarray:
-        """One step of gradient descent on the shard (xb, yb) of the batch `idx`: forward, loss,
-        backward, update. Returns the batch's [loss·weight, weight, examples, correct] for
-        `_RunningMetrics`, summed over the processes. Raises TrainingDiverged (the weights from
-        before it back in place) where the loss turned NaN or infinite."""
-        with np.errstate(over="ignore", invalid="ignore"):  # (the guard reports where it led)
-            out = self.model.forward(xb, training=True)
-            value, grad = self.loss(out, yb)  # grad = dL/d(out)
-            correct = _correct(out, yb, self.model) if self.data.labels else 0
-            weight = _weight(self.loss, yb)
-            stats = np.array([value * weight if weight else 0.0, weight, len(yb), correct])
-            if self.parallel:
-                self._backward_summed(grad, weight, idx, stats)
-            else:
-                self.model.backward(grad, input_grad=False)  # fills every parameter's .grad
-            # raises TrainingDiverged on NaN or inf (everywhere at once: the loss is the sum's)
-            self.guard.check(stats[0] / stats[1] if stats[1] else 0.0, epoch, batch, self.optimizer.lr)
-            self.optimizer.step()
-        return stats
-
-    def _backward_summed(self, grad: np.ndarray, weight: float, idx: np.ndarray, stats: np.ndarray) -> None:
-        """Backward on this process's shard, its gradients and `stats` summed over the processes in
-        place. Equivalent to backward on the shard's share of the batch's mean loss, then an
-        allreduce of every gradient and of `stats`; but each bucket's sum starts as soon as backward
-        has filled it, and runs while backward goes on through the layers below."""
-        whole = _weight(self.loss, self.data.y[idx])  # (every process has all of y)
-        grad = grad * (weight / whole if whole else 0.0)  # the shard's share of the global batch's mean
-        summing = self.world.iallreduce(stats)
-        self.model.backward(grad, input_grad=False, after_layer=self.buckets.layer_done)
-        self.buckets.wait()  # every process now holds Σ over the processes of their gradients
-        self.world.wait([summing])
-
-    def end_epoch(self, epoch: int, running: _RunningMetrics, started: float) -> bool:
-        """After the epoch's last step, which began at `started` (perf_counter): the checks no
-        batch's loss made (the optimizer's moments, the last step's weights, the validation loss),
-        the epoch's logs in the history, the callbacks, the stop reason and the checkpoint. Returns
-        whether the run stops here (early stopping); raises TrainingDiverged."""
-        model, optimizer, world = self.model, self.optimizer, self.world
-        _check_optimizer_state(optimizer, epoch)
-        seconds = time.perf_counter() - started
-        logs = {"epoch": epoch + 1, **running.logs()}
-        if self.data.x_val is not None:
-            with np.errstate(over="ignore", invalid="ignore"):  # (the guard reports where it led)
-                val = evaluate(model, self.data.x_val, self.data.y_val, self.loss, world=world)
-            logs.update({f"val_{k}": v for k, v in val.items()})
-        self.guard.check_epoch(logs.get("val_loss"), epoch, optimizer.lr)  # raises TrainingDiverged
-        n = self.data.x.shape[0]
-        logs.update({"lr": optimizer.lr, "seconds": round(seconds, 3), "samples_per_s": round(n / seconds, 1)})
-        self.history.epochs.append(logs)
-        stop = False
-        for cb in self.callbacks:
-            stop = bool(cb.on_epoch_end(epoch, logs, model)) or stop
-        stop = world.bcast(stop)
-        if stop:
-            self.history.stop_reason = f"early stopping after epoch {epoch + 1}"
-        elif epoch == self.epochs - 1:
-            self.history.stop_reason = f"reached the epoch limit ({self.epochs})"
-        if self.checkpoint is not None and world.rank == 0:
-            _save_checkpoint(self.checkpoint, epoch + 1, model, optimizer, self.early_stopping, self.data.rng,
-                             self.history, self.data.seed)
-        return stop
-
-    def release(self) -> None:
-        """The model is this process's own again: no world for batch norm, no shard rows for dropout."""
-        for layer in self.model.layers:
-            if isinstance(layer, BatchNorm):
-                layer.world = None
-            if isinstance(layer, Dropout):
-                layer.batch_rows = None
 
 
 # glibc's mallopt parameters (malloc.h), and the largest values its own adjustment reaches on 64-bit
@@ -652,7 +661,7 @@ def checkpoint_summary(path) -> dict | None:
             return None
         doc = json.loads(read_npz(path, ["json"])["json"].tobytes())
         epochs_done, history = _run_so_far(doc)
-    except (ModelFileError, KeyError, TypeError, ValueError):  # (no such file: ModelFileError too)
+    except (ModelFileError, KeyError, TypeError, ValueError, RecursionError):  # (no such file: ModelFileError too)
         return None
     seed = doc.get("seed")
     return {"epochs_done": epochs_done, "stop_reason": history.stop_reason,
