@@ -464,7 +464,7 @@ def load_model(directory) -> tuple[Sequential, dict]:
 
 
 def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
-    """`load_model`, and {name: path} of the array files saved with the model (`model_files`),
+    """`load_model`, and {name: path} of the array files saved with the model (`model_file.model_files`),
     read from the same model.json, so that they belong to the model loaded even if another is
     being saved meanwhile."""
     described = checked_description(directory)

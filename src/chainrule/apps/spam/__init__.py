@@ -44,10 +44,8 @@ from chainrule.apps.spam.learning import (
     Learned,
     gather_lessons,
     learn,
-    new_since_last,
     open_for_learning,
     row_digests,
-    taught_otherwise,
     unlearn,
 )
 from chainrule.apps.spam.model import (
@@ -83,7 +81,7 @@ __all__ = [
     "SpamModel", "TrainResult", "annotate", "binary_report", "build_network", "calibrate", "check_labels",
     "check_out", "check_same_filter", "check_same_on_every_rank", "classify_message", "collect", "explain_row",
     "featurize", "gather_lessons", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons",
-    "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "new_since_last", "open_for_learning",
-    "repeated_messages", "row_digests", "save_model", "sms_lines", "stratified_split", "taught_otherwise",
+    "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "open_for_learning",
+    "repeated_messages", "row_digests", "save_model", "sms_lines", "stratified_split",
     "train_filter", "training_features", "unlearn", "verdict", "write_run",
 ]

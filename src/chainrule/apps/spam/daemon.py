@@ -759,17 +759,15 @@ def tell_systemd(state: str) -> None:
     returns then and a `systemctl reload` asked for meanwhile waits for it (as Type=simple, its
     SIGHUP could come before any handler was in place, while Python started, and end the daemon);
     "STOPPING=1" when it stops."""
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address:
+    named = os.environ.get("NOTIFY_SOCKET", "")
+    if not named:
         return
-    if address.startswith("@"):  # (an abstract socket, as systemd names one)
-        address = "\0" + address[1:]
+    address = "\0" + named[1:] if named.startswith("@") else named  # ("@": an abstract socket)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto(state.encode(), address)
     except OSError as exc:
-        log.warning("could not tell systemd %s through NOTIFY_SOCKET %s: %s", state, address,
-                    exc.strerror or exc)
+        log.warning("could not tell systemd %s through NOTIFY_SOCKET %s: %s", state, named, exc.strerror or exc)
 
 
 def run_daemon(options: DaemonOptions) -> int:
