@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import chainrule as cr
 from chainrule import files as files_module
-from chainrule import network
+from chainrule import model_file, network
 from chainrule.model_file import FORMAT_VERSION, LAYER_TYPES, model_files
 from conftest import damaged
 
@@ -687,6 +687,65 @@ def test_each_save_keeps_the_model_it_replaced_and_deletes_older_ones(tmp_path):
         names.append(model_files(d)["model"].name)
     assert len(set(names)) == 3 and all(n.startswith("model-") for n in names)
     assert sorted(p.name for p in d.iterdir()) == sorted(["model.json", "model.lock", names[1], names[2]])
+
+
+def _two_saves_at_the_first_header_read(monkeypatch, d):
+    """Makes a load see what a reader descheduled between model.json and its weights sees while two
+    saves complete: the first weights header it reads, two other models are saved over `d` (the
+    second deletes the weights the reader's model.json names). Returns the paths first read."""
+    real, read = model_file.npz_headers, []
+
+    def two_saves_meanwhile(path):
+        if not read:
+            read.append(path)
+            for seed in (7, 8):
+                cr.Sequential([cr.Linear(4, 3)], seed=seed).save(d)
+        return real(path)
+
+    monkeypatch.setattr(model_file, "npz_headers", two_saves_meanwhile)
+    return read
+
+
+def test_a_model_loaded_while_two_saves_complete_is_the_newer_one_whole(tmp_path, monkeypatch):
+    """The weights model.json named were gone by the time the reader opened them: load_model said
+    "model-....npz: not a readable .npz file (No such file or directory)" of a model that was there
+    all along (spam classify exited 3, the daemon kept its old model). It reads model.json again."""
+    d = tmp_path / "m"
+    cr.Sequential([cr.Linear(4, 3)], seed=0).save(d)
+    read = _two_saves_at_the_first_header_read(monkeypatch, d)
+    loaded, _ = cr.load_model(d)
+    assert not read[0].exists()  # the reader's first model.json named weights that were deleted
+    np.testing.assert_array_equal(loaded.flat_params, cr.Sequential([cr.Linear(4, 3)], seed=8).flat_params)
+
+
+def test_weights_missing_from_a_model_no_save_replaced_are_not_found_at_once(tmp_path, monkeypatch):
+    """Reading again is for a model.json that changed: one that names a missing file is the error."""
+    d = _saved(tmp_path)
+    weights = _weights(d)
+    weights.unlink()
+    reads = []
+    monkeypatch.setattr(model_file, "_read_description",
+                        lambda path, real=model_file._read_description: reads.append(path) or real(path))
+    with pytest.raises(cr.ModelFileError, match=f"^{re.escape(str(weights))}: not found"):
+        cr.load_model(d)
+    assert len(reads) == 1
+
+
+def test_a_model_replaced_at_every_read_is_an_error_after_a_few(tmp_path, monkeypatch):
+    """Saves that keep replacing the model faster than it can be read: the reader gives up."""
+    d = tmp_path / "m"
+    cr.Sequential([cr.Linear(4, 3)], seed=0).save(d)
+    real, seeds = model_file.npz_headers, iter(range(1, 1000))
+
+    def two_saves_meanwhile(path):
+        for _ in range(2):
+            cr.Sequential([cr.Linear(4, 3)], seed=next(seeds)).save(d)
+        return real(path)
+
+    monkeypatch.setattr(model_file, "npz_headers", two_saves_meanwhile)
+    with pytest.raises(cr.ModelFileError, match="not a readable .npz file"):
+        cr.load_model(d)
+    assert next(seeds) == 2 * model_file.READ_ATTEMPTS + 1
 
 
 def test_a_model_saved_over_one_with_more_files_leaves_no_orphans(tmp_path):

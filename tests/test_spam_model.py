@@ -181,6 +181,33 @@ def test_any_damage_to_a_filter_s_files_is_a_model_file_error(saved_filter, tmp_
     assert p.shape == (1,) and 0 <= p[0] <= 1
 
 
+def test_a_filter_loaded_while_two_learns_save_is_the_newer_one_whole(saved_filter, data_root, tmp_path,
+                                                                      monkeypatch):
+    """A reader descheduled between model.json and the weights it names while two `learn`s saved
+    (each deletes the files of the model before the one it replaces): spam classify exited 3,
+    "model-....npz: not a readable .npz file (No such file or directory)", and the daemon kept its
+    old model. It reads the new model.json again and loads that model, whole."""
+    d = tmp_path / "m"
+    shutil.copytree(saved_filter, d)
+    writer = load_spam_model(d)
+    texts, _ = read_sms(data_root / "sms-spam" / "SMSSpamCollection")
+    x, _ = featurize_chunk(writer.hasher, [("sms", t) for t in texts[300:302]])
+    real, read = chainrule.model_file.npz_headers, []
+
+    def two_learns_meanwhile(path):
+        if not read:
+            read.append(path)
+            for row in (0, 1):
+                learn(writer, x[row:row + 1], np.array([1]), seed=0)
+        return real(path)
+
+    monkeypatch.setattr(chainrule.model_file, "npz_headers", two_learns_meanwhile)
+    bundle = load_spam_model(d)
+    assert not read[0].exists()  # what its first model.json named was deleted
+    assert bundle.metadata["learned"] == 2 and bundle.files == cr.model_files(d)
+    np.testing.assert_array_equal(bundle.probabilities(x), writer.probabilities(x))
+
+
 @pytest.mark.parametrize("role", ["idf", "replay"])
 @pytest.mark.parametrize("replace,said", [
     (lambda p: p.symlink_to(p), "a loop of symbolic links"),

@@ -5,7 +5,8 @@ files) and the `.npz` files it names (arrays only, loaded with ``allow_pickle=Fa
 a model file can never run code). A save writes the arrays to new files named by their content and
 renames model.json into place last, so a reader, or a crash, sees the old model or the new one,
 never a mix. A load holds every claim of model.json against what the layers it names would need
-and against the `.npz` headers before it reads or allocates anything.
+and against the `.npz` headers before it reads or allocates anything, and reads a model.json that
+saves replaced meanwhile again (`read_whole`).
 
 `Sequential.save` writes one (`save_model`); `load_model` (in `chainrule.network`, which builds the
 network) reads one with `checked_description` and `read_weights`. Nothing here knows `Sequential`:
@@ -18,8 +19,9 @@ import inspect
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -49,6 +51,8 @@ LAYER_TYPES: dict[str, type[L.Layer]] = {
 
 # A model.json holds an architecture and metadata: a few kilobytes. Anything near this is not one.
 MAX_DESCRIPTION_BYTES = 16 << 20
+
+T = TypeVar("T")
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -203,6 +207,30 @@ def model_stamp(path) -> tuple:
             continue
         out.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+# How many times a reader reads a model that saves replace while it reads it (`read_whole`).
+READ_ATTEMPTS = 3
+
+
+def read_whole(directory, read: Callable[[Path], T]) -> T:
+    """`read(directory)`, a reading of the model saved in `directory`: its model.json, then the
+    array files it names, done again where a save replaced the model meanwhile.
+
+    A save keeps the files of the model it replaces, for a reader that has just read its
+    model.json, but deletes older ones: a reader held up between model.json and the arrays while
+    two saves complete finds them gone. model.json, which each save renames into place, has
+    changed then (`model_stamp`), and names the files of a model that is there: reading again
+    gives it, whole. A `ModelFileError` of a model.json that has not changed is the reader's
+    answer (a file it names that is missing is not found); so is the last of `READ_ATTEMPTS`."""
+    for _ in range(READ_ATTEMPTS - 1):
+        stamp = model_stamp(directory)
+        try:
+            return read(directory)
+        except ModelFileError:
+            if model_stamp(directory) == stamp:
+                raise
+    return read(directory)
 
 
 class ModelDescription(NamedTuple):

@@ -24,6 +24,7 @@ from chainrule.model_file import (
     checked_description,
     layer_spec,
     read_weights,
+    read_whole,
     save_model,
 )
 from chainrule.parameter import Parameter, bind, pack
@@ -466,7 +467,12 @@ def load_model(directory) -> tuple[Sequential, dict]:
 def load_model_and_files(directory) -> tuple[Sequential, dict, dict[str, Path]]:
     """`load_model`, and {name: path} of the array files saved with the model (`model_file.model_files`),
     read from the same model.json, so that they belong to the model loaded even if another is
-    being saved meanwhile."""
+    being saved meanwhile (and read again if saves deleted them meanwhile: `read_whole`)."""
+    return read_whole(directory, _load)
+
+
+def _load(directory) -> tuple[Sequential, dict, dict[str, Path]]:
+    """`load_model_and_files`, reading model.json once."""
     described = checked_description(directory)
     model = _architecture(described)
     model.load_state(read_weights(described, model.dtype))
@@ -478,7 +484,7 @@ def check_model_files(directory) -> None:
     """Raise ModelFileError where the model saved in `directory` cannot be loaded, as far as its
     model.json and its weights' headers tell (the arrays are not read): how a program choosing
     among saved models passes over a damaged one at the cost of a few hundred bytes read."""
-    _architecture(checked_description(directory))
+    read_whole(directory, lambda d: _architecture(checked_description(d)))
 
 
 def _architecture(described: ModelDescription) -> Sequential:

@@ -34,7 +34,7 @@ from chainrule.distributed import World
 from chainrule.errors import UserError
 from chainrule.files import npz_headers, read_npz
 from chainrule.functional import sigmoid
-from chainrule.model_file import model_directory, named_file
+from chainrule.model_file import model_directory, named_file, read_whole
 from chainrule.network import load_model_and_files
 
 TASK = "spam"
@@ -223,9 +223,15 @@ def load_spam_model(directory, spam_cutoff: float | None = None, ham_cutoff: flo
     """Load a model saved by `spam train`; raises ModelFileError if it is not a spam model.
 
     The metadata is checked for every type the filter will rely on, so that a damaged model.json
-    is refused here, in one line, rather than by every message a server then classifies.
+    is refused here, in one line, rather than by every message a server then classifies. The idf
+    weights come from the model.json the network came from (read again if saves replaced the model
+    meanwhile: `read_whole`).
     """
-    directory = model_directory(directory)
+    return read_whole(model_directory(directory), lambda d: _load(d, spam_cutoff, ham_cutoff))
+
+
+def _load(directory: Path, spam_cutoff: float | None, ham_cutoff: float | None) -> SpamModel:
+    """`load_spam_model`, reading model.json once (or again, for the network alone)."""
     model, metadata, files = load_model_and_files(directory)
     if metadata.get("task") != TASK:
         raise cr.ModelFileError(f"{directory}: not a spam model (task {metadata.get('task')!r})")
