@@ -448,6 +448,47 @@ def test_evaluate_and_show_refuse_a_folder_that_a_run_is_writing(trained, tmp_pa
     assert main(["digits", *command, str(run), "--out", str(elsewhere)]) == 0  # (written elsewhere: no lock needed)
 
 
+# `digits evaluate MODEL` (argv[1]) that pauses once it has read the model, until the file argv[2]
+# appears (having made argv[2].reading): an evaluation still running when others start.
+PAUSED_EVALUATE = """
+import sys, time
+from pathlib import Path
+from chainrule.apps import images
+from chainrule.cli import main
+evaluate_saved, go = images.evaluate_saved, Path(sys.argv[2])
+def paused(*args, **kwargs):
+    Path(f"{go}.reading").touch()
+    while not go.exists():
+        time.sleep(0.05)
+    return evaluate_saved(*args, **kwargs)
+images.evaluate_saved = paused
+sys.exit(main(["digits", "evaluate", sys.argv[1]]))
+"""
+
+
+def test_evaluate_and_show_run_while_another_evaluate_runs(trained, tmp_path):
+    """A second evaluate, or a show, started while one ran failed: "another run is writing to this
+    folder (it holds model.lock)", though none was. They only read the model (a run saving one
+    there still refuses them: above), so they share the lock."""
+    run, go = tmp_path / "run", tmp_path / "go"
+    shutil.copytree(trained[0], run)
+    env = {**os.environ, "CHAINRULE_DATA": DATA}
+    first = subprocess.Popen([sys.executable, "-c", PAUSED_EVALUATE, str(run), str(go)], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while not Path(f"{go}.reading").exists():
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.05)
+        second, show = run_cli("digits", "evaluate", run), run_cli("digits", "show", run)
+        assert (second.returncode, show.returncode) == (0, 0), second.stderr + show.stderr
+        assert run_cli("digits", "train", *TINY, "--out", run).returncode == 2  # (a run may not replace it meanwhile)
+    finally:
+        go.touch()
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0 and out.startswith("test accuracy"), err
+    assert (run / "first_layer.png").is_file() and (run / "eval_metrics.json").is_file()
+
+
 def _limit_file_size(limit: int):
     """For a child process: files may not grow beyond `limit` bytes, as on a nearly full disk
     (Python ignores SIGXFSZ, so a write past it fails with EFBIG, 'File too large')."""

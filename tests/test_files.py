@@ -111,6 +111,28 @@ def test_the_directory_lock_is_reentrant_in_a_thread_and_makes_others_wait(tmp_p
     assert order == ["inner", "outer done", "other"] and (tmp_path / LOCK_FILE).is_file()
 
 
+def test_the_directory_lock_held_shared_admits_others_so_and_no_writer(tmp_path):
+    """What `images evaluate` and `show` hold while they read a model: each other's hold let
+    neither run ("another run is writing to this folder")."""
+
+    def try_lock(shared: bool) -> str:
+        code = ("import sys\nfrom chainrule.files import locked_directory\n"
+                "with locked_directory(sys.argv[1], wait=False, shared=sys.argv[2] == 'shared'):\n    print('held')")
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path), "shared" if shared else "writer"],
+                           capture_output=True, text=True, timeout=60)
+        return r.stdout.strip() or r.stderr.strip().splitlines()[-1].split(":")[0]
+
+    with locked_directory(tmp_path, shared=True):
+        assert (try_lock(shared=True), try_lock(shared=False)) == ("held", "BlockingIOError")
+        with locked_directory(tmp_path, shared=True):  # (re-entrant, as a writer's)
+            pass
+        with pytest.raises(RuntimeError, match="held shared by this thread"), locked_directory(tmp_path):
+            pass  # (a save inside a shared hold would save with readers at work)
+    with locked_directory(tmp_path):
+        assert try_lock(shared=True) == "BlockingIOError"
+    assert try_lock(shared=False) == "held"
+
+
 def test_ctrl_c_during_the_commit_takes_effect_once_model_and_files_are_all_in_place(tmp_path):
     """The model was saved, then the files renamed one by one: Ctrl-C in between left a new model
     with the old run's history, or a new evaluation beside an old mistakes.png."""

@@ -301,22 +301,27 @@ _held = threading.local()  # the directories whose lock this thread holds, by re
 
 
 @contextmanager
-def locked_directory(directory, wait: bool = True) -> Iterator[None]:
+def locked_directory(directory, wait: bool = True, shared: bool = False) -> Iterator[None]:
     """Hold the writers' lock of `directory` for the `with` block: writers that take it run one at
     a time, so that one that loads a model, changes it and saves it (`spam learn`, the daemon's
     TELL) never overwrites what another saved meanwhile. Readers need not take it. With `wait`
-    False, a lock another writer holds raises `BlockingIOError` at once.
+    False, a lock another writer holds raises `BlockingIOError` at once. `shared`, it is held
+    with others that take it so, while no writer does: what a reader that writes files about the
+    model beside it (`images evaluate`, `show`) holds, so that the model stays while it reads.
 
     The lock is a POSIX `flock` on the file `model.lock` in the directory (created if missing; a
     lock file rather than the directory itself, since flock on NFS needs a file open for writing;
     one that another user created, and this one may only read, is opened to read: enough locally).
     It is re-entrant within a thread, so that `Sequential.save` inside a held load-change-save block
-    does not wait for itself; another thread or process waits.
+    does not wait for itself; another thread or process waits. (A shared hold is not made the
+    writer's so: a save inside one is a bug, refused.)
     """
     directory = Path(directory)
     key = os.path.realpath(directory)
-    held = _held.__dict__.setdefault("paths", set())
+    held = _held.__dict__.setdefault("paths", {})  # {path: held shared}
     if key in held:
+        if held[key] and not shared:
+            raise RuntimeError(f"{directory}: its lock is held shared by this thread; a writer's is asked for")
         yield
         return
     try:
@@ -327,11 +332,12 @@ def locked_directory(directory, wait: bool = True) -> Iterator[None]:
         except FileNotFoundError:  # (none there, and this user may not make one: the folder is not theirs)
             raise denied from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.add(key)
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
+        held[key] = shared
         yield
     finally:
-        held.discard(key)
+        held.pop(key, None)
         os.close(fd)  # (closing releases the lock)
 
 

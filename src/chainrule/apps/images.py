@@ -518,13 +518,14 @@ def _replacing_earlier_run(out: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def writer_lock(out: Path) -> Iterator[None]:
-    """`out`'s writer lock, held for the `with` block, or a UserError if another run holds it:
-    what a command writing files about the model in `out` beside it (`evaluate`, `show`) holds
-    from reading the model to renaming its files into place, so that a run saving a new model
-    there meanwhile is refused, and the files never describe a model that is no longer there."""
+def writer_lock(out: Path, shared: bool = False) -> Iterator[None]:
+    """`out`'s writer lock, held for the `with` block, or a UserError if another run holds it.
+    `shared`, what a command writing files about the model in `out` beside it (`evaluate`, `show`)
+    holds from reading the model to renaming its files into place: a run saving a new model there
+    meanwhile is refused, so the files never describe a model that is no longer there, but other
+    such commands are not (they only read the model; each file they write is renamed into place)."""
     with contextlib.ExitStack() as stack:
-        _hold_writer_lock(stack, out)
+        _hold_writer_lock(stack, out, shared)
         yield
 
 
@@ -536,12 +537,12 @@ def _check_not_being_written(out: Path) -> None:
             pass
 
 
-def _hold_writer_lock(stack: contextlib.ExitStack, out: Path) -> None:
-    """Take `out`'s writer lock (`locked_directory`, as `Sequential.save` takes it) into `stack`, or
-    refuse: two runs writing one folder leave one's run.json beside the other's model and
-    checkpoint, and both said they succeeded."""
+def _hold_writer_lock(stack: contextlib.ExitStack, out: Path, shared: bool = False) -> None:
+    """Take `out`'s writer lock (`locked_directory`, as `Sequential.save` takes it; or `shared`)
+    into `stack`, or refuse: two runs writing one folder leave one's run.json beside the other's
+    model and checkpoint, and both said they succeeded."""
     try:
-        stack.enter_context(locked_directory(out, wait=False))
+        stack.enter_context(locked_directory(out, wait=False, shared=shared))
     except BlockingIOError:
         raise UserError(f"{out}: another run is writing to this folder (it holds {out / LOCK_FILE}); "
                         "wait for it to end or choose another --out") from None

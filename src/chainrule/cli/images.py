@@ -121,12 +121,12 @@ def _image_model(args):
 
 
 def _beside_the_model(args) -> contextlib.AbstractContextManager:
-    """The model folder's writer lock (`images.writer_lock`) where a command writes its files there
-    (no --out), from reading the model on: a train ending meanwhile would leave the evaluation or
-    picture of the model it replaced beside its own. (A folder that is not there has no model to
-    read, which the load says.)"""
+    """The model folder's writer lock (`images.writer_lock`), shared, where a command writes its
+    files there (no --out), from reading the model on: a train ending meanwhile would leave the
+    evaluation or picture of the model it replaced beside its own. (A folder that is not there has
+    no model to read, which the load says.)"""
     folder = model_directory(args.model)
-    return images.writer_lock(folder) if not args.out and folder.is_dir() else contextlib.nullcontext()
+    return images.writer_lock(folder, shared=True) if not args.out and folder.is_dir() else contextlib.nullcontext()
 
 
 def _cmd_evaluate(args) -> int:
