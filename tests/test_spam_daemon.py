@@ -795,6 +795,35 @@ def test_a_broken_user_model_is_reported_once_until_its_files_change(model_dir, 
         assert d.stop() == 0
 
 
+def test_a_tell_whose_learning_diverges_is_one_log_line_and_leaves_the_model(model_dir, held, tmp_path):
+    """A pos_weight of 1e300 in model.json blows the loss up: the daemon logged two tracebacks per
+    TELL and answered "internal error". It logs one line per TELL and answers EX_SOFTWARE "not
+    learned: learning diverged"; the model's files are as they were."""
+    _need("spamc")
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    doc = json.loads((model / "model.json").read_text())
+    doc["metadata"]["training"]["pos_weight"] = 1e300
+    (model / "model.json").write_text(json.dumps(doc))
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    ham = next(raw for raw, label, v in held if label == 0 and not v.is_spam)  # (taught as spam: it must move)
+    d = Daemon(model, "--listen", "127.0.0.1:0", "--allow-tell")
+    try:
+        rc, out = d.spamc("-L", "spam", data=ham)
+        assert (rc, out) == (os.EX_IOERR, b""), (rc, out)  # (spamc's word for a TELL not learned)
+        told = d.raw(b"TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nContent-length: %d\r\n\r\n"
+                     % len(ham) + ham)
+        assert re.fullmatch(rb"SPAMD/1\.0 70 EX_SOFTWARE not learned: learning diverged: the loss became nan "
+                            rb"at epoch 1, batch 1\r\n", told), told
+        assert re.fullmatch(rb"[0-9.]+/5\.0\n", d.spamc("-c", data=ham)[1])  # (it still serves)
+    finally:
+        assert d.stop() == 0
+    log = d.log_text()
+    assert log.count("learning failed: the loss became nan") == 2 and "Traceback" not in log, log
+    assert "TELL: EX_SOFTWARE not learned: learning diverged: the loss became nan" in log, log
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+
+
 def test_tell_is_refused_without_allow_tell(daemon, held, model_dir):
     before = (model_dir / "model.json").stat().st_mtime_ns
     rc, _ = daemon.spamc("-L", "spam", data=held[0][0])
