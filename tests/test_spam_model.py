@@ -321,6 +321,27 @@ def test_a_version_1_filter_directory_loads_and_learns(synthetic_spam_rows, tmp_
     np.testing.assert_array_equal(learned.idf, new.idf)
 
 
+def test_a_replay_sample_of_rows_longer_than_hashing_makes_is_refused(saved_filter, tmp_path):
+    """Hashed rows are unit length (√2 at most with split_norm: `Hasher.matrix`); a sample of values
+    near float32's largest (3e38) was read, and learning said "learning diverged" of a model whose
+    replay file is what is damaged. A row at √2, as float32 rounds it, is one hashing makes."""
+    x, y = load_replay(cr.model_files(saved_filter)["replay"], 256)
+    path = tmp_path / "replay.npz"
+
+    def saved(data):
+        np.savez(path, data=data.astype(np.float32), indices=x.indices, indptr=x.indptr,
+                 shape=np.array(x.shape), labels=y)
+        return path
+
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    norms = np.sqrt(np.bincount(rows, weights=x.data.astype(np.float64) ** 2))
+    at_most = x.data * np.float32(np.sqrt(2.0)) / norms[rows].astype(np.float32)  # every row √2 long
+    assert load_replay(saved(at_most), 256)[0].shape == x.shape
+    for data in (x.data * 2, np.full_like(x.data, 3e38)):
+        with pytest.raises(cr.ModelFileError, match=f"^{re.escape(str(path))}: .*longer than"):
+            load_replay(saved(data), 256)
+
+
 @pytest.mark.parametrize(("arrays", "match"), [
     ({"data": np.zeros(10**6, np.float32), "indices": np.zeros(10**6, np.int32), "indptr": np.zeros(2, np.int64),
       "shape": np.array([1, 64]), "labels": np.zeros(1, np.int64)}, "not a replay sample"),

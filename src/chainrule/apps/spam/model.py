@@ -359,6 +359,9 @@ def save_model(bundle: SpamModel, directory, replay: tuple[sp.csr_matrix, np.nda
 # The largest replay sample read back: `learn` keeps REPLAY_SIZE rows; this leaves room for files
 # written with a larger REPLAY_SIZE, and refuses a header that claims millions of rows.
 MAX_REPLAY_ROWS = 100_000
+# A hashed row is unit length, √2 at most with split_norm (`Hasher.matrix`), each value rounded to
+# float32 (by half its eps at most).
+MAX_ROW_NORM = math.sqrt(2.0) * (1 + np.finfo(np.float32).eps)
 
 
 def load_replay(path, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -390,6 +393,12 @@ def load_replay(path, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
         raise cr.ModelFileError(f"{path}: not a valid replay sample ({exc})") from exc
     if shape != (rows, n_features) or not set(np.unique(y)) <= {0, 1} or not np.all(np.isfinite(x.data)):
         raise cr.ModelFileError(f"{path}: replay sample does not match the model")
+    x64 = x.astype(np.float64)  # (3e38 squared is no float32)
+    norms = np.sqrt(np.asarray(x64.multiply(x64).sum(axis=1)).ravel())
+    if np.any(norms > MAX_ROW_NORM):
+        i = int(np.argmax(norms))
+        raise cr.ModelFileError(f"{path}: replay row {i} is {norms[i]:.4g} long, longer than hashing makes one "
+                                "(unit length, √2 at most)")
     return x.astype(np.float32), y
 
 
