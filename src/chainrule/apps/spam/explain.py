@@ -73,10 +73,24 @@ _MBOX_FROM = re.compile(rb"\A\s*From \S+ +(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +"
                         rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ")
 
 
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")  # a header field's name and colon
+
+
 def looks_like_email(raw: bytes) -> bool:
-    """Whether pasted text is an email with headers (else it is treated as an SMS or a bare note)."""
-    head = raw[:1024].removeprefix(codecs.BOM_UTF8)  # (an .eml saved by a Windows program)
-    return bool(_EMAIL_START.match(head) or _MBOX_FROM.match(head))
+    """Whether pasted text is an email with headers (else it is treated as an SMS or a bare note).
+
+    It starts with an mbox "From " line, or with a common header field followed (past that field's
+    folded lines) by a blank line or another field: an SMS may start like one field ("To: all -
+    free prize ...", "From: mum") and nothing follows it as a header block."""
+    head = raw[:8192].removeprefix(codecs.BOM_UTF8)  # (an .eml saved by a Windows program)
+    if _MBOX_FROM.match(head):
+        return True
+    if not _EMAIL_START.match(head):
+        return False
+    after = [line for line in head.lstrip().splitlines()[1:] if not line.startswith((b" ", b"\t"))]
+    if not after:  # the first field is all there is, or all of the head
+        return len(raw) > len(head)
+    return not after[0].strip() or _FIELD.match(after[0]) is not None
 
 
 def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
