@@ -971,6 +971,20 @@ def test_cut_offs_that_cannot_work_are_the_option_s_fault(model_dir, args, said,
     assert said in err and str(model_dir) not in err
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (["--socket-mode", "0600"], "--socket-mode is the mode of the Unix socket: give its --socket PATH"),
+    (["--socket", "{tmp}/s.sock", "--allowed-ips", "10.9.9.9"], "--allowed-ips limits TCP clients"),
+    (["--user-models", "{model}/model.json"], "model.json: a file, not a folder of users' models"),
+])
+def test_options_that_would_do_nothing_are_refused(model_dir, tmp_path, args, said, capsys):
+    """Each started the daemon without a word: a socket mode with no socket, an address limit with no
+    TCP port to limit (a user believed the socket restricted), a file for the users' models folder."""
+    args = [a.format(tmp=tmp_path, model=model_dir) for a in args]
+    assert main(["spam", "daemon", str(model_dir), *args]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "s.sock").exists()
+
+
 def test_a_bad_model_is_a_one_line_error(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run([sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(tmp_path),

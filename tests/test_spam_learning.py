@@ -157,7 +157,7 @@ def test_unlearn_undoes_a_wrong_lesson(model, spam_corpus, capsys):
     _learn(capsys, model, "--spam", *ham, "--seed", "0")  # a wrong correction
     taught = _p(model, ham)
     assert np.all(taught > start)
-    lines = _learn(capsys, model, "--unlearn", *ham, "--seed", "0")
+    lines = _learn(capsys, model, "--unlearn", *ham)
     assert all("\tunlearned (was learned as spam)\t" in line for line in lines[:2])
     assert lines[2] == "2 unlearned; the model has learned 0 messages"
     undone = _p(model, ham)
@@ -167,6 +167,15 @@ def test_unlearn_undoes_a_wrong_lesson(model, spam_corpus, capsys):
     saved = (model / "model.json").read_bytes()
     (line, _, _) = _learn(capsys, model, "--unlearn", ham[0], ham[0])
     assert "\tnever learned; nothing to unlearn\t" in line
+    assert (model / "model.json").read_bytes() == saved
+
+
+@pytest.mark.parametrize("option", [["--epochs", "50"], ["--seed", "9"], ["--since-last", "--from", "."]])
+def test_unlearn_refuses_the_options_of_learning(model, spam_corpus, option, capsys):
+    """Unlearning trains nothing: --epochs and --seed changed nothing, without a word."""
+    saved = (model / "model.json").read_bytes()
+    assert main(["spam", "learn", str(model), "--unlearn", *map(str, _held(spam_corpus, "easy_ham", 1)), *option]) == 2
+    assert f"{option[0]}: with --spam or --ham, not --unlearn" in capsys.readouterr().err
     assert (model / "model.json").read_bytes() == saved
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from chainrule import distributed
 from chainrule.apps.spam import (
+    LEARN_EPOCHS,
     MAIL_MIN_DF,
     annotate,
     binary_report,
@@ -411,8 +412,10 @@ def _nothing_read(problems: list[tuple[str, str]], what: str):
 def _cmd_learn(args) -> int:
     if args.since_last and not args.source:
         raise UserError("--since-last needs --from FOLDER: the folder whose new messages to learn")
-    if args.since_last and args.unlearn:
-        raise UserError("--since-last works with --spam or --ham, not --unlearn")
+    if args.unlearn and (args.since_last or args.epochs is not None or args.seed is not None):
+        given = [name for name, value in (("--since-last", args.since_last), ("--epochs", args.epochs),
+                                          ("--seed", args.seed)) if value not in (None, False)]
+        raise UserError(f"{', '.join(given)}: with --spam or --ham, not --unlearn (unlearning trains nothing)")
     if not args.paths and not args.source:
         raise UserError("nothing to learn from: give messages ('-' reads standard input) or --from FOLDER")
     stdin_once(args.paths)
@@ -439,7 +442,8 @@ def _cmd_learn(args) -> int:
             result = unlearn(bundle, x)
         else:
             try:
-                result = learn(bundle, x, found.labels, epochs=args.epochs, seed=args.seed, since_last=found.marks,
+                result = learn(bundle, x, found.labels, epochs=args.epochs or LEARN_EPOCHS, seed=args.seed,
+                               since_last=found.marks,
                                again=not args.since_last)
             except TrainingDiverged as exc:  # (a sound filter does not: its metadata or replay sample is damaged)
                 raise UserError(f"learning diverged: {exc.where()}; {bundle.directory} is as it was") from None
@@ -640,8 +644,10 @@ def add_commands(subparsers) -> None:
                    help="the files hold text messages, one per line ('-' reads standard input)")
     p.add_argument("--quiet", action="store_true", help="print only errors and warnings (for a cron job, which "
                    "mails what a command prints)")
-    p.add_argument("--epochs", type=positive_int, default=4)
-    p.add_argument("--seed", type=nonnegative_int)
+    p.add_argument("--epochs", type=positive_int,
+                   help=f"passes over the lessons and their replay examples (default {LEARN_EPOCHS})")
+    p.add_argument("--seed", type=nonnegative_int,
+                   help="fixes the replay examples drawn and their order (default: drawn afresh each run)")
     add_max_bytes(p)
     p.set_defaults(func=_cmd_learn)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from chainrule.apps.spam.daemon import DEFAULT_PORT, DaemonOptions, run_daemon
 from chainrule.cli.options import add_cutoffs, nonnegative_float, positive_float, positive_int
 from chainrule.data.corpora import MAX_BYTES
+from chainrule.errors import UserError, printable
 
 
 def listen_address(text: str) -> tuple[str, int]:
@@ -64,7 +65,7 @@ def add_command(sub) -> None:
                    help=f"address to listen on, repeatable (default 127.0.0.1:{DEFAULT_PORT}, unless --socket "
                    "is given alone); port 0 picks a free one")
     p.add_argument("--socket", type=Path, metavar="PATH", help="also (or only) listen on this Unix socket")
-    p.add_argument("--socket-mode", type=octal_mode, default=0o666, metavar="MODE",
+    p.add_argument("--socket-mode", type=octal_mode, metavar="MODE",
                    help="file mode of the Unix socket (default 0666: every local user, like a TCP port on "
                    "127.0.0.1)")
     p.add_argument("--allowed-ips", "-A", action="append", type=ip_networks, metavar="LIST",
@@ -91,9 +92,20 @@ def add_command(sub) -> None:
 
 
 def _daemon_options(args: argparse.Namespace) -> DaemonOptions:
+    """The daemon's options, refusing those that would have no effect (a limit silently dropped is
+    one a user believes in)."""
+    if args.socket_mode is not None and args.socket is None:
+        raise UserError("--socket-mode is the mode of the Unix socket: give its --socket PATH")
+    if args.allowed_ips and args.socket is not None and not args.listen:
+        raise UserError("--allowed-ips limits TCP clients, and with --socket alone the daemon listens on no TCP "
+                        "port: add --listen HOST:PORT, or leave --allowed-ips out (the socket's mode limits "
+                        "local users)")
+    if args.user_models is not None and args.user_models.exists() and not args.user_models.is_dir():
+        raise UserError(f"--user-models {printable(str(args.user_models))}: a file, not a folder of users' models")
     allowed = [net for group in args.allowed_ips for net in group] if args.allowed_ips else ["127.0.0.1", "::1"]
     return DaemonOptions(
-        model=Path(args.model), listen=args.listen or [], socket=args.socket, socket_mode=args.socket_mode,
+        model=Path(args.model), listen=args.listen or [], socket=args.socket,
+        socket_mode=0o666 if args.socket_mode is None else args.socket_mode,
         allowed_ips=allowed, allow_tell=args.allow_tell, user_models=args.user_models, max_size=args.max_size,
         max_connections=args.max_connections, read_timeout=args.read_timeout, timeout=args.timeout,
         reload_interval=args.reload_interval, threads=args.threads, spam_cutoff=args.spam_cutoff,

@@ -40,6 +40,7 @@ from chainrule.apps.spam.corpus import check_same_on_every_rank, collect, sms_li
 from chainrule.apps.spam.explain import classify_message, explain_row, looks_like_email
 from chainrule.apps.spam.features import MAIL_MIN_DF, featurize, item_tokens, training_features
 from chainrule.apps.spam.learning import (
+    LEARN_EPOCHS,
     Gathered,
     Learned,
     gather_lessons,
@@ -77,8 +78,8 @@ from chainrule.apps.spam.training import (
 )
 
 __all__ = [
-    "LESSONS_KEPT", "MAIL_MIN_DF", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "Gathered", "Learned", "Lessons",
-    "SpamModel", "TrainResult", "annotate", "binary_report", "build_network", "calibrate", "check_labels",
+    "LEARN_EPOCHS", "LESSONS_KEPT", "MAIL_MIN_DF", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "Gathered", "Learned",
+    "Lessons", "SpamModel", "TrainResult", "annotate", "binary_report", "build_network", "calibrate", "check_labels",
     "check_out", "check_same_filter", "check_same_on_every_rank", "classify_message", "collect", "explain_row",
     "featurize", "gather_lessons", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons",
     "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "open_for_learning",

@@ -248,6 +248,7 @@ def row_digests(x: sp.csr_matrix) -> np.ndarray:
 # and was as good on the 40-60% splits. 2e-3 blocked more ham again, and so did
 # 1e-3 where the filter had learned from only 325 messages (the oldest 10%: 0.98% against 0.71%).
 LEARN_LR = 1e-3
+LEARN_EPOCHS = 4  # passes over a run's lessons (each with its replay examples)
 
 # Lessons `unlearn` holds in place while it moves a message back: the look-alikes it would move most.
 HELD_LESSONS = 32
@@ -270,7 +271,7 @@ def taught_otherwise(bundle: SpamModel, x: sp.csr_matrix, label: int) -> np.ndar
     return np.array([label_of.get(d.tobytes(), label) != label for d in row_digests(x)], bool)
 
 
-def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: int = 4, lr: float = LEARN_LR,
+def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: int = LEARN_EPOCHS, lr: float = LEARN_LR,
           replay_per_new: int = 8, seed: int | None = None, since_last: dict[str, int] | None = None,
           again: bool = True) -> Learned:
     """Teach the filter the messages `x_new` (hashed rows) as `y_new` (SPAM 1 or HAM 0 each), like
