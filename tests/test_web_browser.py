@@ -219,6 +219,32 @@ def test_messages_get_verdicts(page, tmp_path):
     page.wait_for_function("document.getElementById('verdict').textContent === 'spam'", timeout=5000)
 
 
+def test_a_long_message_gets_its_verdict(page, tmp_path):
+    """A message of 400 kB got "Maximum call stack size exceeded" in place of its verdict: every one of
+    its ~80,000 highlighted words went to replaceChildren as an argument. The verdict and the tokens
+    are shown, and the message whole, highlighted as far as the page says."""
+    text = "Subject: offer\n\n" + "free money click here now " * 16000
+    page.fill("#message", text)
+    page.click("#check")
+    page.wait_for_selector("#spam[aria-busy='false']")
+    page.screenshot(path=tmp_path / "long-message.png", full_page=True)
+    assert page.locator("#spam-error").is_hidden(), page.inner_text("#spam-error")
+    assert page.evaluate("document.getElementById('verdict').textContent") == "spam"
+    assert page.locator("#tokens-spam li").count() > 0
+    shown = page.evaluate("document.getElementById('highlighted').textContent")
+    assert shown == text
+    assert "highlighted in the first 100,000 characters only" in page.inner_text("#highlighted-note")
+    last_mark = page.evaluate("""() => { const pre = document.getElementById('highlighted');
+        const marks = pre.querySelectorAll('mark'); const range = document.createRange();
+        range.setStart(pre, 0); range.setEndBefore(marks[marks.length - 1]); return range.toString().length; }""")
+    assert 99_000 < last_mark < 100_000  # (where the last highlighted token begins)
+    # a short message is highlighted whole, with no such note
+    page.fill("#message", SPAM_SMS)
+    page.click("#check")
+    page.wait_for_selector("#spam[aria-busy='false']")
+    assert page.locator("#highlighted-note").is_hidden()
+
+
 def test_a_server_that_cannot_be_reached_is_said_so(browser, server, tmp_path):
     """With `chainrule serve` stopped (here: its connections refused), a drawing and a message got
     only the browser's own words, "Failed to fetch" (Chromium's; Firefox and Safari have theirs)."""

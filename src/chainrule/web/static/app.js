@@ -438,6 +438,10 @@ function surface(token) {
 
 const escapeRegExp = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
+// How much of a message is highlighted: a pasted mailbox of megabytes would be tens of thousands of
+// <mark>s, slow to lay out and no help to read. The rest is shown as it is, and the page says so.
+const HIGHLIGHT_CHARS = 100000;
+
 // Wrap each occurrence of a top token in <mark>, built as DOM nodes (never as HTML text).
 function highlight(text, tokens) {
   const weights = new Map();
@@ -447,6 +451,8 @@ function highlight(text, tokens) {
     if (!weights.has(key) || Math.abs(t.weight) > Math.abs(weights.get(key))) weights.set(key, t.weight);
   }
   const target = $("highlighted");
+  const note = $("highlighted-note");
+  note.hidden = true;
   if (!weights.size) {
     target.replaceChildren(document.createTextNode(text));
     return;
@@ -460,18 +466,26 @@ function highlight(text, tokens) {
       return pattern;
     });
   const re = new RegExp(alternatives.join("|"), "giu");
-  const nodes = [];
+  // Appended one by one: replaceChildren(...nodes) passes each node as an argument, and a long
+  // message has more of them than the browser's stack holds ("Maximum call stack size exceeded").
+  const nodes = document.createDocumentFragment();
   let at = 0;
   for (const m of text.matchAll(re)) {
-    if (m.index > at) nodes.push(document.createTextNode(text.slice(at, m.index)));
+    if (m.index >= HIGHLIGHT_CHARS) {
+      note.hidden = false;
+      note.textContent = `Tokens are highlighted in the first ${HIGHLIGHT_CHARS.toLocaleString("en")} characters `
+        + "only; the rest of the message is shown as it is.";
+      break;
+    }
+    if (m.index > at) nodes.append(document.createTextNode(text.slice(at, m.index)));
     const key = m[0].toLowerCase().replace(/\s+/g, " ");
     const w = weights.get(key) ?? weights.get(m[0].toLowerCase()) ?? 0;
     const mark = el("mark", { class: w > 0 ? "spam" : "ham", title: `${w > 0 ? "+" : ""}${w.toFixed(3)} towards ${w > 0 ? "spam" : "ham"}` }, m[0]);
-    nodes.push(mark);
+    nodes.append(mark);
     at = m.index + m[0].length;
   }
-  nodes.push(document.createTextNode(text.slice(at)));
-  target.replaceChildren(...nodes);
+  nodes.append(document.createTextNode(text.slice(at)));
+  target.replaceChildren(nodes);
 }
 
 function chip(t) {
