@@ -1050,6 +1050,41 @@ def test_a_model_changed_on_disk_is_served_at_the_next_request(tmp_path, models,
                                    f"chainrule serve: spam model {spam} changed on disk: reloaded"], reloads
 
 
+def test_each_answer_names_the_model_loading_that_gave_it(tmp_path, models, samples):
+    """A page that read /api/models before a model was reloaded labelled the new model's answers with
+    the old one's class names (a digits model copied over the clothes one: "1" shown, and the top bar
+    "Trouser"), for an answer said only its label and probabilities. Each answer carries the
+    `model_version` that /api/models gives the model that answered; a reload changes both."""
+    clothes, spam = tmp_path / "clothes", tmp_path / "spam"
+    shutil.copytree(models["fashion"], clothes)
+    shutil.copytree(models["spam"], spam)
+    png = as_upload(samples[0][0])
+    sms = sms_messages()[0][1].encode()
+    with TestClient(create_app(images=[clothes], spam=spam, reload_interval=0.01)) as c:
+        def versions() -> tuple[str, str, dict]:
+            time.sleep(0.02)  # (past the interval: the next request looks)
+            image = c.post("/api/images/fashion/predict", content=png, headers={"Content-Type": "image/png"})
+            verdict = c.post("/api/spam/classify", content=sms, headers={"Content-Type": "text/plain"})
+            assert image.status_code == verdict.status_code == 200, (image.text, verdict.text)
+            return image.json()["model_version"], verdict.json()["model_version"], c.get("/api/models").json()
+
+        image, verdict, listed = versions()
+        assert image == listed["images"][0]["model_version"] and verdict == listed["spam"]["model_version"]
+        assert versions() == (image, verdict, listed)  # (the same files, the same version)
+        for f in clothes.iterdir():  # the digits model copied over the clothes one, as `cp` does
+            f.unlink()
+        for f in sorted(models["digits"].iterdir(), key=lambda f: f.name == "model.json"):
+            shutil.copy(f, clothes)
+        bundle = spam_app.load_spam_model(spam)  # and the filter's cut-offs changed
+        bundle.metadata["cutoffs"] = {"spam": 0.9, "ham": 0.2}
+        spam_app.save_model(bundle, spam)
+        new_image, new_verdict, new_listed = versions()
+        assert new_image == new_listed["images"][0]["model_version"] != image
+        assert new_listed["images"][0]["classes"] == [str(k) for k in range(10)]
+        assert new_verdict == new_listed["spam"]["model_version"] != verdict
+        assert new_listed["spam"]["cutoffs"] == {"spam": 0.9, "ham": 0.2}
+
+
 def test_requests_during_reloads_each_get_one_model_whole(tmp_path, models, samples):
     """Requests answered while the model is saved over again and again, and reloaded as often, each
     get the answer of one model, whole (the one before or the one after), never a mix or an error."""

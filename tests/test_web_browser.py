@@ -14,12 +14,14 @@ both) a missing browser is a failure.
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 
-from chainrule.apps import images
-from web_models import as_upload, fashion_test, running_server, trained_models
+from chainrule.apps import images, spam
+from web_models import as_upload, fashion_test, mnist_test, running_server, trained_models
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -196,6 +198,64 @@ def test_picking_a_model_shows_its_class_names(page, models, tmp_path):
     assert page.inner_text("#label") == "–" and page.inner_text("#images-title") == "Draw a digit"
     draw(page, SEVEN)
     assert page.inner_text("#label") == "7"
+
+
+def test_answers_of_a_model_reloaded_since_the_page_opened_carry_its_classes(browser, models, tmp_path):
+    """The page read /api/models once: after `serve --reload-interval` loaded a digits model copied over
+    the clothes one, an upload read as a "1" was shown with the clothes' bars (the top one "Trouser"),
+    and the picker and the header kept the old model; new cut-offs of the spam filter left the meter's
+    colours as they were. An answer names the model that gave it, and the page, seeing one it has not
+    described, asks for the models again and shows the answer with the new one's classes."""
+    served = {name: tmp_path / name for name in ("digits", "fashion", "spam")}
+    for name, folder in served.items():
+        shutil.copytree(models[name], folder)
+    errors = []
+    with running_server(served, "--reload-interval", "0.1") as (url, _):
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        try:
+            page.goto(url + "/")
+            page.wait_for_function("document.getElementById('image-model').options.length > 0")
+            page.select_option("#image-model", "fashion")
+            photo = tmp_path / "item.png"
+            photo.write_bytes(as_upload(fashion_test(1)[0][0]))
+            page.set_input_files("#upload", str(photo))
+            page.wait_for_function("document.getElementById('label').textContent !== '–'")
+            assert page.inner_text("#label") in FASHION
+            # a digits model copied over the clothes one (model.json last, as a careful copy does),
+            # and the spam filter saved with other cut-offs
+            for f in served["fashion"].iterdir():
+                f.unlink()
+            for f in sorted(models["digits"].iterdir(), key=lambda f: f.name == "model.json"):
+                shutil.copy(f, served["fashion"])
+            bundle = spam.load_spam_model(served["spam"])
+            bundle.metadata["cutoffs"] = {"spam": 0.9, "ham": 0.2}
+            spam.save_model(bundle, served["spam"])
+            time.sleep(0.2)  # (past the interval: the next request looks)
+            digit = tmp_path / "digit.png"
+            digit.write_bytes(as_upload(mnist_test(3)[0][2]))  # (MNIST's third test image: a 1)
+            page.set_input_files("#upload", str(digit))
+            page.wait_for_function("document.getElementById('label').textContent !== '–'")
+            page.wait_for_selector("#answer[aria-busy='false']")
+            page.screenshot(path=tmp_path / "reloaded.png", full_page=True)
+            model, metadata = images.load_image_model(served["fashion"])
+            expected = images.predict_images(model, metadata, [digit])[0]["label"]
+            assert page.inner_text("#label") == expected
+            assert page.eval_on_selector_all("#probs .label", "ls => ls.map(l => l.textContent)") == \
+                [str(k) for k in range(10)]
+            assert page.locator("#probs li.top .label").inner_text() == expected
+            assert page.eval_on_selector("#image-model", "s => s.selectedOptions[0].textContent").startswith("MNIST")
+            assert page.inner_text("#images-title") == "Draw a digit"
+            page.fill("#message", SPAM_SMS)
+            page.click("#check")
+            page.wait_for_selector("#spam[aria-busy='false'] #spam-result:not([hidden])")
+            meter = page.evaluate("(({low, high}) => ({low, high}))(document.getElementById('spam-meter'))")
+            assert meter == {"low": pytest.approx(0.2), "high": pytest.approx(0.9)}
+        finally:
+            context.close()
+    assert errors == [], f"the page logged errors: {errors}"
 
 
 def test_messages_get_verdicts(page, tmp_path):

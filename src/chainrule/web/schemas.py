@@ -41,6 +41,9 @@ class ImagePrediction(BaseModel):
     top_units: list[UnitWeights] | None = Field(
         None, description="with ?explain=true: first-layer weights of the most active hidden units"
     )
+    model_version: str = Field(
+        description="which loading of the model answered: the `model_version` of /api/models' description of it "
+        "then; a page that shows another has a description (classes, cut-offs) of a model since reloaded")
 
 
 class TokenWeight(BaseModel):
@@ -53,6 +56,9 @@ class SpamVerdict(BaseModel):
     probability: float = Field(description="probability that the message is spam")
     top_tokens: list[TokenWeight] = Field(description="the tokens that pushed the decision most, either way")
     problem: str | None = Field(None, description="how the message was read when it was not a well-formed email")
+    model_version: str = Field(
+        description="which loading of the model answered: the `model_version` of /api/models' description of it "
+        "then; a page that shows another has a description (classes, cut-offs) of a model since reloaded")
 
 
 class ModelInfo(BaseModel):
@@ -66,6 +72,9 @@ class ModelInfo(BaseModel):
         None, description="how an image model prepares a picture: 'digit' (as MNIST; drawings suit it) or "
         "'object' (as Fashion-MNIST; photos of one object on a plain background)")
     format_version: int | None = Field(description="version of the saved model's file format")
+    model_version: str = Field(
+        description="names the model files as they were loaded (a hash of their names, sizes and times): it "
+        "changes when a model changed on disk is loaded again, and each answer of the model carries it")
     num_parameters: int
     layers: list[str] = Field(description="layer types, input side first")
     metrics: dict[str, Any] = Field(description="metrics recorded when the model was trained")

@@ -15,6 +15,7 @@ under a name (`ImageService.name`, in the route `/api/images/{name}/predict`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -85,7 +86,13 @@ TRAIN_HINTS = {
 METRIC_WORDS = ("accuracy", "precision", "recall", "f1", "auc", "mcc", "loss", "error", "caught", "blocked")
 
 
-def model_info(path: Path, model, metadata: dict, name: str | None = None,
+def model_version(stamp: tuple) -> str:
+    """A short name for the model files a `model_stamp` describes: the same files, the same name;
+    the files of a model saved or copied over them, another."""
+    return hashlib.sha256(repr(stamp).encode()).hexdigest()[:12]
+
+
+def model_info(path: Path, model, metadata: dict, stamp: tuple, name: str | None = None,
                cutoffs: dict[str, float] | None = None) -> ModelInfo:
     try:
         version = json.loads((path / "model.json").read_text()).get("format_version")
@@ -111,6 +118,7 @@ def model_info(path: Path, model, metadata: dict, name: str | None = None,
         classes=metadata.get("classes") if image else None,
         picture=metadata.get("preprocessing", {}).get("picture") if image else None,
         format_version=version if isinstance(version, int) else None,
+        model_version=model_version(stamp),
         num_parameters=model.num_parameters(),
         layers=[type(layer).__name__ for layer in model.layers],
         metrics=metrics,
@@ -153,7 +161,7 @@ class ImageService:
         stamp = model_stamp(path)  # (before loading: a change during the load shows at the next look)
         model, metadata = load_image_model(path)
         name = name or default_name(metadata)
-        return cls(name, path, model, metadata, model_info(path, model, metadata, name), stamp=stamp)
+        return cls(name, path, model, metadata, model_info(path, model, metadata, stamp, name), stamp=stamp)
 
     def reload(self) -> ImageService:
         """The model now in this one's folder, served under this one's name."""
@@ -181,7 +189,7 @@ class ImageService:
             proba = class_distribution(self.model, self.model.probabilities(outputs[-1]))[0]
             outputs = [out[0].copy() for out in outputs] if explain else None
         result = ImagePrediction(**best_class(proba, self.classes), probabilities=_round(proba, 6),
-                                 input=_round(image, 3))
+                                 input=_round(image, 3), model_version=self.info.model_version)
         if outputs is not None:
             result.layers = self._layer_activations(outputs)
             result.top_units = self._top_units(outputs)
@@ -263,7 +271,7 @@ class SpamService:
         stamp = model_stamp(path)
         bundle = load_spam_model(path)
         cutoffs = {"spam": bundle.spam_cutoff, "ham": bundle.ham_cutoff}  # (what its verdicts use)
-        return cls(path, bundle, model_info(path, bundle.model, bundle.metadata, cutoffs=cutoffs), stamp)
+        return cls(path, bundle, model_info(path, bundle.model, bundle.metadata, stamp, cutoffs=cutoffs), stamp)
 
     def reload(self) -> SpamService:
         """The model now in this one's folder."""
@@ -273,7 +281,7 @@ class SpamService:
         result = classify_message(self.bundle, raw, top=TOP_TOKENS)
         tokens = [TokenWeight(token=str(t["token"]), weight=float(t["weight"])) for t in result["top_tokens"]]
         return SpamVerdict(label=result["label"], probability=float(result["probability"]), top_tokens=tokens,
-                           problem=result.get("problem"))
+                           problem=result.get("problem"), model_version=self.info.model_version)
 
 
 class Served:

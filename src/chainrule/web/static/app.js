@@ -91,7 +91,8 @@ async function postJSON(url, body, contentType) {
 // -- models ------------------------------------------------------------------------------------
 
 let imageModels = []; // every image model, as /api/models describes it (name, classes, picture, ...)
-let current = null; // the one the picker chose
+let spamModel = null; // the spam model, as /api/models describes it (its cut-offs colour the meter)
+let current = null; // the image model the picker chose
 
 function describeModel(label, info) {
   const parts = [];
@@ -116,24 +117,35 @@ function pickerText(info) {
   return `${info.dataset_title}${preset}${typeof accuracy === "number" ? ` (${percent(accuracy)})` : ""}`;
 }
 
+// Ask the server which models it serves and show them: the header's line, the picker, the meter's
+// cut-offs. Asked again when an answer comes from a model reloaded since (its model_version differs).
+async function fetchModels() {
+  const response = await fetch("/api/models");
+  if (!response.ok) throw new Error(`the server answered ${response.status}`);
+  const models = await response.json();
+  imageModels = models.images;
+  spamModel = models.spam;
+  const lines = imageModels.map((info) => describeModel(info.name, info));
+  if (spamModel) {
+    lines.push(describeModel("spam", spamModel));
+    // The meter's colours follow the model's own cut-offs: green below ham, amber unsure, red spam.
+    const cut = spamModel.cutoffs || {};
+    if (typeof cut.ham === "number" && typeof cut.spam === "number") {
+      $("spam-meter").low = cut.ham;
+      $("spam-meter").high = cut.spam;
+    }
+  }
+  $("models").textContent = lines.length ? lines.join(" · ") : "No models loaded.";
+  const chosen = $("image-model").value;
+  $("image-model").replaceChildren(...imageModels.map((info) => el("option", { value: info.name }, pickerText(info))));
+  if (chosen) $("image-model").value = chosen;
+  return models;
+}
+
 async function loadModels() {
   try {
-    const response = await fetch("/api/models");
-    const models = await response.json();
-    imageModels = models.images;
-    const lines = imageModels.map((info) => describeModel(info.name, info));
-    if (models.spam) {
-      lines.push(describeModel("spam", models.spam));
-      // The meter's colours follow the model's own cut-offs: green below ham, amber unsure, red spam.
-      const cut = models.spam.cutoffs || {};
-      if (typeof cut.ham === "number" && typeof cut.spam === "number") {
-        $("spam-meter").low = cut.ham;
-        $("spam-meter").high = cut.spam;
-      }
-    } else showMissing("spam", models.hints.spam);
-    $("models").textContent = lines.length ? lines.join(" · ") : "No models loaded.";
-    const picker = $("image-model");
-    picker.replaceChildren(...imageModels.map((info) => el("option", { value: info.name }, pickerText(info))));
+    const models = await fetchModels();
+    if (!models.spam) showMissing("spam", models.hints.spam);
     if (imageModels.length) {
       $("picker").hidden = false;
       chooseModel(imageModels[0].name);
@@ -148,6 +160,16 @@ async function loadModels() {
   }
 }
 
+// An answer from a model reloaded since the page last asked (a retrain, a model copied over it) is
+// shown with that model's description: its classes, its cut-offs. `described()` gives the page's
+// description of the model the answer came from, once the models are asked for again if need be.
+async function describedAs(result, described) {
+  if (described()?.model_version !== result.model_version) await fetchModels();
+  if (described()?.model_version !== result.model_version) {
+    throw new Error("the model was reloaded on the server as it answered; try again");
+  }
+}
+
 const isDigits = (classes) => classes.length === 10 && classes.every((c, k) => c === String(k));
 const drawable = () => current !== null && current.picture !== "object";
 
@@ -156,6 +178,13 @@ const drawable = () => current !== null && current.picture !== "object";
 function chooseModel(name) {
   current = imageModels.find((info) => info.name === name);
   $("image-model").value = name;
+  showModel();
+  clearPad();
+  resetPrediction();
+}
+
+// Label the section for the current model (the picture on the pad stays).
+function showModel() {
   const title = current.dataset_title;
   const digits = isDigits(current.classes);
   if (drawable()) $("images-title").textContent = digits ? "Draw a digit" : `Draw or upload a picture: ${title}`;
@@ -170,8 +199,6 @@ function chooseModel(name) {
     : "Upload a photo of one item on a plain background";
   $("seen-caption").textContent = `What the network sees: 28×28, ${drawable() ? "centred" : "fitted"} like ${title}`;
   buildBars(current.classes);
-  clearPad();
-  resetPrediction();
 }
 
 $("image-model").addEventListener("change", () => chooseModel($("image-model").value));
@@ -271,6 +298,13 @@ async function sendImage(blob, type, asked = picture, model = current.name, coun
   try {
     const result = await postJSON(url, blob, type);
     if (asked !== picture) return; // cleared, replaced or another model since it was sent
+    await describedAs(result, () => imageModels.find((info) => info.name === model));
+    if (asked !== picture) return;
+    if (current.model_version !== result.model_version) {
+      current = imageModels.find((info) => info.name === model);
+      showModel();
+      resetPrediction();
+    }
     $("images-error").hidden = true;
     showPrediction(result);
   } catch (err) {
@@ -513,6 +547,7 @@ async function checkMessage(event) {
   $("spam").setAttribute("aria-busy", "true");
   try {
     const result = await postJSON("/api/spam/classify", text, "text/plain; charset=utf-8");
+    await describedAs(result, () => spamModel);
     error.hidden = true;
     $("spam-result").hidden = false;
     const verdict = $("verdict");
