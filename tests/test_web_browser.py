@@ -279,6 +279,24 @@ def test_messages_get_verdicts(page, tmp_path):
     page.wait_for_function("document.getElementById('verdict').textContent === 'spam'", timeout=5000)
 
 
+def test_a_header_token_is_highlighted_in_its_header_only(page):
+    """A token read from a header (subject:get, to:list) was highlighted wherever its word stood, the
+    body included, with the header token's weight; has:html marked the word "html". Each token is
+    marked where it was read: a header's in that header's lines, a body word in the body."""
+    verdict = {"label": "spam", "probability": 0.99, "problem": None, "top_tokens": [
+        {"token": "subject:get", "weight": 2.0}, {"token": "to:list", "weight": -1.5},
+        {"token": "subject:upper:cash", "weight": 1.0}, {"token": "has:html", "weight": 0.5},
+        {"token": "cash", "weight": 0.75}]}
+    model_version = page.evaluate("fetch('/api/models').then((r) => r.json()).then((m) => m.spam.model_version)")
+    page.route("**/api/spam/classify", lambda route: route.fulfill(json={**verdict, "model_version": model_version}))
+    page.fill("#message", "To: list@example.com\nSubject: get CASH\n  get it\n\nget the list of html cash\n")
+    page.click("#check")
+    page.wait_for_selector("#spam[aria-busy='false'] #spam-result:not([hidden])")
+    marks = page.eval_on_selector_all("#highlighted mark", "ms => ms.map((m) => [m.textContent, m.title])")
+    assert marks == [["list", "-1.500 towards ham"], ["get", "+2.000 towards spam"], ["CASH", "+1.000 towards spam"],
+                     ["get", "+2.000 towards spam"], ["cash", "+0.750 towards spam"]]
+
+
 def test_a_long_message_gets_its_verdict(page, tmp_path):
     """A message of 400 kB got "Maximum call stack size exceeded" in place of its verdict: every one of
     its ~80,000 highlighted words went to replaceChildren as an argument. The verdict and the tokens

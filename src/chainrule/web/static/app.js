@@ -464,34 +464,52 @@ $("upload").addEventListener("change", () => {
 
 // -- check a message ---------------------------------------------------------------------------
 
-// The classifier's tokens may carry a header tag ("subject:free"); the text shows only the word.
-function surface(token) {
-  const m = /^[a-z-]{2,20}:(.+)$/i.exec(token);
-  return m ? m[1] : token;
+// The classifier's tokens may carry a tag: the header they were read from ("subject:free",
+// "return-path:ro"), or what the word is in the text ("upper:free", in capitals). A header's token is
+// highlighted in that header's lines only: the same word in the body is another token, with a weight of
+// its own; a body's token in the body only. Tags of things the text does not spell out (has:html, num:d11, attach:pdf) are left to the chips.
+const TEXT_TAGS = new Set(["upper", "punct", "url"]);
+
+// Where a token is highlighted: { header: name or null for anywhere, word }, or null for nowhere.
+function placeOf(token, headers) {
+  const m = /^([a-z0-9-]{1,40}):(.+)$/i.exec(token);
+  if (!m) return { header: null, word: token };
+  const tag = m[1].toLowerCase();
+  if (TEXT_TAGS.has(tag)) return { header: null, word: m[2] };
+  if (!headers.has(tag)) return null;
+  const inner = /^([a-z]+):(.+)$/i.exec(m[2]); // (a subject's own capitals: "subject:upper:free")
+  return { header: tag, word: inner && TEXT_TAGS.has(inner[1].toLowerCase()) ? inner[2] : m[2] };
+}
+
+// The header lines of an email, by header name: [start, end) of each, folded lines included, up to
+// the blank line that ends them. None where the text does not begin with a header (an SMS).
+function headerLines(text) {
+  const headers = new Map();
+  let at = 0, name = null;
+  if (/^From \S/.test(text)) at = text.indexOf("\n") + 1; // (an mbox file's "From " line)
+  for (;;) {
+    const end = text.indexOf("\n", at) < 0 ? text.length : text.indexOf("\n", at);
+    const line = text.slice(at, end);
+    const header = /^([!-9;-~]+)[ \t]*:/.exec(line);
+    if (header) {
+      name = header[1].toLowerCase();
+      if (!headers.has(name)) headers.set(name, []);
+      headers.get(name).push([at, end]);
+    } else if (name !== null && /^[ \t]+\S/.test(line)) {
+      const ranges = headers.get(name);
+      ranges[ranges.length - 1][1] = end;
+    } else break; // (the blank line before the body, or no header at all)
+    if (end === text.length) break;
+    at = end + 1;
+  }
+  return headers;
 }
 
 const escapeRegExp = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
-// How much of a message is highlighted: a pasted mailbox of megabytes would be tens of thousands of
-// <mark>s, slow to lay out and no help to read. The rest is shown as it is, and the page says so.
-const HIGHLIGHT_CHARS = 100000;
-
-// Wrap each occurrence of a top token in <mark>, built as DOM nodes (never as HTML text).
-function highlight(text, tokens) {
-  const weights = new Map();
-  for (const t of tokens) {
-    const key = surface(t.token).toLowerCase();
-    if (key.trim().length < 2) continue;
-    if (!weights.has(key) || Math.abs(t.weight) > Math.abs(weights.get(key))) weights.set(key, t.weight);
-  }
-  const target = $("highlighted");
-  const note = $("highlighted-note");
-  note.hidden = true;
-  if (!weights.size) {
-    target.replaceChildren(document.createTextNode(text));
-    return;
-  }
-  const alternatives = [...weights.keys()]
+// A pattern matching any of `words` (lower case) where it stands as a word of its own.
+function wordsPattern(words) {
+  const alternatives = [...words]
     .sort((a, b) => b.length - a.length)
     .map((k) => {
       let pattern = escapeRegExp(k).replace(/\s+/g, "\\s+");
@@ -499,24 +517,55 @@ function highlight(text, tokens) {
       if (/[\p{L}\p{N}_]$/u.test(k)) pattern = `${pattern}(?![\\p{L}\\p{N}_])`;
       return pattern;
     });
-  const re = new RegExp(alternatives.join("|"), "giu");
+  return new RegExp(alternatives.join("|"), "giu");
+}
+
+// How much of a message is highlighted: a pasted mailbox of megabytes would be tens of thousands of
+// <mark>s, slow to lay out and no help to read. The rest is shown as it is, and the page says so.
+const HIGHLIGHT_CHARS = 100000;
+
+// Wrap each occurrence of a top token in <mark>, built as DOM nodes (never as HTML text).
+function highlight(text, tokens) {
+  const headers = headerLines(text);
+  const places = new Map(); // header name ("" for anywhere) -> Map(word -> weight)
+  for (const t of tokens) {
+    const place = placeOf(t.token, headers);
+    if (place === null || place.word.trim().length < 2) continue;
+    const where = place.header ?? "";
+    if (!places.has(where)) places.set(where, new Map());
+    const weights = places.get(where);
+    const key = place.word.toLowerCase();
+    if (!weights.has(key) || Math.abs(t.weight) > Math.abs(weights.get(key))) weights.set(key, t.weight);
+  }
+  // Every match in the part of the text it belongs to: [start, end, weight], in order, none overlapping.
+  const found = [];
+  for (const [where, weights] of places) {
+    const re = wordsPattern(weights.keys());
+    const body = Math.max(0, ...[...headers.values()].flat().map(([, end]) => end + 1)); // (after the headers)
+    const ranges = where === "" ? [[body, Math.min(text.length, HIGHLIGHT_CHARS)]] : headers.get(where);
+    for (const [start, end] of ranges) {
+      for (const m of text.slice(start, end).matchAll(re)) {
+        const key = m[0].toLowerCase().replace(/\s+/g, " ");
+        found.push([start + m.index, start + m.index + m[0].length, weights.get(key) ?? 0]);
+      }
+    }
+  }
+  found.sort((a, b) => a[0] - b[0] || b[1] - a[1]);
+  const target = $("highlighted");
+  const note = $("highlighted-note");
+  note.hidden = text.length <= HIGHLIGHT_CHARS || found.length === 0;
+  note.textContent = `Tokens are highlighted in the first ${HIGHLIGHT_CHARS.toLocaleString("en")} characters `
+    + "only; the rest of the message is shown as it is.";
   // Appended one by one: replaceChildren(...nodes) passes each node as an argument, and a long
   // message has more of them than the browser's stack holds ("Maximum call stack size exceeded").
   const nodes = document.createDocumentFragment();
   let at = 0;
-  for (const m of text.matchAll(re)) {
-    if (m.index >= HIGHLIGHT_CHARS) {
-      note.hidden = false;
-      note.textContent = `Tokens are highlighted in the first ${HIGHLIGHT_CHARS.toLocaleString("en")} characters `
-        + "only; the rest of the message is shown as it is.";
-      break;
-    }
-    if (m.index > at) nodes.append(document.createTextNode(text.slice(at, m.index)));
-    const key = m[0].toLowerCase().replace(/\s+/g, " ");
-    const w = weights.get(key) ?? weights.get(m[0].toLowerCase()) ?? 0;
-    const mark = el("mark", { class: w > 0 ? "spam" : "ham", title: `${w > 0 ? "+" : ""}${w.toFixed(3)} towards ${w > 0 ? "spam" : "ham"}` }, m[0]);
-    nodes.append(mark);
-    at = m.index + m[0].length;
+  for (const [start, end, w] of found) {
+    if (start < at) continue;
+    if (start > at) nodes.append(document.createTextNode(text.slice(at, start)));
+    nodes.append(el("mark", { class: w > 0 ? "spam" : "ham", title: `${w > 0 ? "+" : ""}${w.toFixed(3)} towards ${w > 0 ? "spam" : "ham"}` },
+      text.slice(start, end)));
+    at = end;
   }
   nodes.append(document.createTextNode(text.slice(at)));
   target.replaceChildren(nodes);
