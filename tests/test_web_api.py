@@ -960,6 +960,17 @@ def test_serve_without_models_says_how_to_train(tmp_path, capsys):
     assert "chainrule digits train" in err and "chainrule images train" in err and "chainrule spam train" in err
 
 
+def test_serve_refuses_a_log_level_it_does_not_know(models, capsys, served_app, monkeypatch):
+    """CHAINRULE_LOG_LEVEL=verbose gave "internal error (KeyError: 'verbose')", after the page's address."""
+    monkeypatch.setenv("CHAINRULE_LOG_LEVEL", "verbose")
+    assert main(["serve", "--digits", str(models["digits"]), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("chainrule: error: CHAINRULE_LOG_LEVEL='verbose': expected one of critical, error, warning, "
+                   "info, debug, trace\n") and not served_app
+    monkeypatch.setenv("CHAINRULE_LOG_LEVEL", "INFO")
+    assert main(["serve", "--digits", str(models["digits"]), "--port", "0"]) == 0
+
+
 def test_serve_refuses_bad_arguments_in_one_line(tmp_path, models, capsys, served_app):
     cases = [
         ["--digits", str(tmp_path / "missing")],

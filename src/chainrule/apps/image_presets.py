@@ -148,7 +148,8 @@ PRESETS: dict[str, dict[str, Preset]] = {
             # random shifts, rotations and scalings: the paper's own "distortions" (its best LeNet-5 figure)
             augment=digit_augmenter(),
             monitor="val_accuracy", patience=20,
-            description="LeNet-5: conv 6@5x5 - pool - conv 16@5x5 - pool - 120 - 84 - 10, augmented, Adam",
+            description="LeNet-5: conv 6@5x5 - pool - conv 16@5x5 - pool - 120 - 84 - 10, augmented, cosine-decayed "
+                        "Adam",
         ),
         "cnn": Preset(
             build=_cnn_layers, loss=CrossEntropy, optimizer=_adam, lr=2e-3,

@@ -311,6 +311,9 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
         raise UserError(f"--reload-interval must be a number of seconds >= 0, got {reload_interval}")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
+    log_level = os.environ.get("CHAINRULE_LOG_LEVEL", "warning")
+    if log_level.lower() not in uvicorn.config.LOG_LEVELS:
+        raise UserError(f"CHAINRULE_LOG_LEVEL={log_level!r}: expected one of {', '.join(uvicorn.config.LOG_LEVELS)}")
     # The models found are loaded as they are found, so that one whose arrays are damaged is passed
     # over for an older one; a model named on the command line is loaded by create_app, and must load.
     saved = saved_models(runs)  # (one scan: a model passed over is said once)
@@ -347,7 +350,7 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("chainrule serve: warning: reachable from other machines, and there is no authentication")
     protocol = type("HeaderDeadline", (_HeaderDeadline,), {"timeout_read": read_timeout})
-    config = uvicorn.Config(app, log_level=os.environ.get("CHAINRULE_LOG_LEVEL", "warning"), http=protocol,
+    config = uvicorn.Config(app, log_level=log_level.lower(), http=protocol,
                             access_log=False, timeout_graceful_shutdown=2, limit_concurrency=MAX_CONNECTIONS,
                             headers=[("X-Content-Type-Options", "nosniff")])  # (on every answer: never sniffed)
     uvicorn.Server(config).run(sockets=[sock])
