@@ -85,13 +85,24 @@ def model_dir(mail, tmp_path_factory):
     return out
 
 
-class Daemon:
-    """`chainrule spam daemon MODEL ARGS`, started and read until it says it is ready."""
+def _as_a_user() -> list[str]:
+    """The start of a command line that runs it, where the tests run as root, without the capabilities
+    that let root read, enter and write what file modes forbid and bind ports below 1024: what a
+    daemon run by a user meets (root's chmod cannot refuse root). Nothing for another user."""
+    if os.geteuid() != 0:
+        return []
+    return [_need("setpriv"), "--bounding-set=-dac_override,-dac_read_search,-net_bind_service", "--inh-caps=-all"]
 
-    def __init__(self, model: Path, *args: str):
+
+class Daemon:
+    """`chainrule spam daemon MODEL ARGS`, started and read until it says it is ready; `as_a_user`
+    (`_as_a_user`) where it must meet file modes as a user does."""
+
+    def __init__(self, model: Path, *args: str, as_a_user: bool = False):
         env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model), *args],
-                                     stderr=subprocess.PIPE, text=True, env=env)
+        prefix = _as_a_user() if as_a_user else []
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model),
+                                      *args], stderr=subprocess.PIPE, text=True, env=env)
         self.log: list[str] = []
         self.port = None
         for line in self.proc.stderr:
@@ -439,7 +450,41 @@ def test_an_address_that_is_not_this_machines_is_refused_without_the_root_hint(m
     assert main(["spam", "daemon", str(model_dir), "--listen", "192.0.2.1:0"]) == 2  # (TEST-NET-1: nobody's)
     err = capsys.readouterr().err
     assert err.startswith("chainrule: error: cannot listen on 192.0.2.1:0: ") and err.count("\n") == 1, err
-    assert "root" not in err
+    assert "root" not in err and "error while attempting to bind" not in err  # (asyncio's words, said once more)
+
+
+def _daemon_run(model: Path, *args: str) -> subprocess.CompletedProcess:
+    """`chainrule spam daemon MODEL ARGS` as a user (`_as_a_user`), expected to fail before it serves."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([*_as_a_user(), sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model), *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_low_port_refused_is_explained_once(model_dir):
+    """The error said it twice: "cannot listen on 127.0.0.1:783: error while attempting to bind on
+    address ('127.0.0.1', 783): permission denied (ports below 1024 need ...)": asyncio's strerror
+    is its whole message."""
+    first_free = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if first_free <= 783:
+        pytest.skip(f"any user may bind port 783 here (net.ipv4.ip_unprivileged_port_start = {first_free})")
+    res = _daemon_run(model_dir, "--listen", "127.0.0.1:783")
+    assert (res.returncode, res.stderr) == (2, "chainrule: error: cannot listen on 127.0.0.1:783: Permission denied "
+                                            "(ports below 1024 need root or CAP_NET_BIND_SERVICE)\n"), res.stderr
+
+
+def test_a_socket_this_user_may_not_use_is_not_called_a_running_daemon(model_dir, tmp_path):
+    """A stale socket of another user (nothing listens; connecting to it is refused permission) was
+    reported as "a running daemon is listening there". It is left in place (a daemon of its owner
+    may be listening: this user cannot tell), and the error says what stops this one."""
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(stale))
+    stale.chmod(0)  # (connecting needs write permission: as another user's socket of mode 0755)
+    res = _daemon_run(model_dir, "--socket", str(stale))
+    assert (res.returncode, res.stderr) == (2, f"chainrule: error: cannot listen on {stale}: a socket this user may "
+                                            "not use is there (Permission denied): remove it, or run the daemon "
+                                            "as its owner\n"), res.stderr
+    assert stale.is_socket()
 
 
 def test_silent_and_vanishing_clients_never_hang_the_daemon(daemon, held):
@@ -795,6 +840,47 @@ def test_a_broken_user_model_is_reported_once_until_its_files_change(model_dir, 
         assert d.stop() == 0
 
 
+def test_a_user_model_the_daemon_may_not_read_is_reported_once_and_the_default_checks_their_mail(
+        model_dir, held, tmp_path):
+    """A user's model folder the daemon may not enter, or a model.json it may not read, raised
+    PermissionError into the connection, which was closed: spamc printed 0/0 and passed the mail
+    unchecked, and the log said "unix socket: connection lost (Permission denied)", naming neither
+    user nor file. It is a model that cannot be loaded, as a broken one: reported once, naming the
+    user and the file, and their mail checked by the default model; a chmod that lets the daemon
+    read it is seen at their next message."""
+    _need("spamc")
+    copy, users = tmp_path / "model", tmp_path / "users"
+    shutil.copytree(model_dir, copy)
+    _set_cutoffs(copy, spam=1.0, ham=0.0)  # the default model calls nothing spam
+    for user in ("alice", "bob"):
+        shutil.copytree(model_dir, users / user)
+        _set_cutoffs(users / user, spam=0.0, ham=0.0)  # theirs call everything spam
+    (users / "alice").chmod(0)  # (another user's folder of mode 0700)
+    (users / "bob" / "model.json").chmod(0)
+    raw = next(h for h in held if h[2].label == "spam")[0]
+    d = Daemon(copy, "--listen", "127.0.0.1:0", "--user-models", str(users), "--reload-interval", "0",
+               as_a_user=True)
+    try:
+        default = d.spamc("-c", data=raw)
+        assert default[0] == 0 and default[1] != b"0/0\n"
+        for _ in range(2):
+            for user in ("alice", "bob"):
+                assert d.spamc("-c", "-u", user, data=raw) == default
+        log = d.log_text()
+        for user in ("alice", "bob"):
+            assert log.count(f"{user}'s model cannot be loaded, using the default model until its files change: "
+                             f"{users / user / 'model.json'}: Permission denied\n") == 1, log
+        assert "connection lost" not in log and "Traceback" not in log, log
+        (users / "alice").chmod(0o755)
+        (users / "bob" / "model.json").chmod(0o644)
+        for user in ("alice", "bob"):
+            assert d.spamc("-c", "-u", user, data=raw)[0] == 1
+            assert f"loaded {user}'s model" in d.log_text()
+    finally:
+        (users / "alice").chmod(0o755)  # (for pytest to remove)
+        assert d.stop() == 0
+
+
 def test_a_tell_whose_learning_diverges_is_one_log_line_and_leaves_the_model(model_dir, held, tmp_path):
     """A pos_weight of 1e300 in model.json blows the loss up: the daemon logged two tracebacks per
     TELL and answered "internal error". It logs one line per TELL and answers EX_SOFTWARE "not
@@ -870,6 +956,22 @@ def test_a_lesson_goes_to_its_own_model_or_nowhere(model_dir, held, tmp_path):
         assert "carol's model cannot be loaded" in log and "Traceback" not in log
     finally:
         assert d.stop() == 0
+
+
+def test_allow_tell_on_a_model_folder_this_user_cannot_write_warns_at_start(model_dir, tmp_path):
+    """The daemon started, "TELL allowed", and every TELL then failed ("learning failed: ...npz:
+    Permission denied"), which nobody sees until mail is taught. It says so as it starts."""
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    model.chmod(0o555)
+    try:
+        d = Daemon(model, "--listen", "127.0.0.1:0", "--allow-tell", "--reload-interval", "0", as_a_user=True)
+        assert d.stop() == 0
+    finally:
+        model.chmod(0o755)
+    warnings = [line for line in d.log_text().splitlines(keepends=True) if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        f"warning: --allow-tell: TELLs will fail: this user may not write to the model's folder {model}\n"), d.log
 
 
 def test_a_changed_model_file_is_reloaded(learner, held):

@@ -93,7 +93,7 @@ from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import boundary_matches
 from chainrule.errors import TrainingDiverged, UserError, one_line
 from chainrule.files import file_id
-from chainrule.model_file import model_stamp
+from chainrule.model_file import model_directory, model_stamp
 
 log = logging.getLogger("chainrule.spamd")
 
@@ -279,19 +279,26 @@ class DaemonServer:
         bundle = getattr(self.filter, "bundle", None)
         if bundle is not None and (warning := bundle.untrained_on("mail")):  # (spamc sends mail)
             log.warning("warning: %s", warning)
+        folder = model_directory(self.options.model)
+        if self.options.allow_tell and not os.access(folder, os.W_OK | os.X_OK):  # (else found at the first TELL)
+            log.warning("warning: --allow-tell: TELLs will fail: this user may not write to the model's folder %s",
+                        folder)
 
     def _user_dir(self, user: str | None) -> Path | None:
         root = self.options.user_models
         if root is None or not _accepted_user(user):
             return None
         d = root / user
-        return d if (d / "model.json").is_file() else None
+        try:
+            return d if (d / "model.json").is_file() else None
+        except PermissionError:  # a folder the daemon may not enter: a model it cannot load (`_load_user`)
+            return d
 
     async def _filter_for(self, user: str | None) -> tuple[str | None, Filter]:
         """(key, filter) for a request's User: the user's own model if `user_models` has one,
         else the default."""
         d = self._user_dir(user)
-        if d is None or (user in self._broken and self._broken[user] == model_stamp(d)):
+        if d is None or (user in self._broken and self._broken[user] == _user_stamp(d)):
             return None, self.filter  # (a model that failed to load is tried again once its files change)
         f = self._user_filters.get(user)
         if f is None:
@@ -303,19 +310,20 @@ class DaemonServer:
                 loading.add_done_callback(lambda _: self._loading.pop(user, None))
             try:
                 f = await asyncio.shield(loading)  # (a request that times out leaves the load to the others)
-            except UserError:  # (ModelFileError, reported once by _load_user): the default filters their mail
+            except (UserError, OSError):  # (reported once by _load_user): the default filters their mail
                 return None, self.filter
         if user in self._user_filters:  # (another user's load may have evicted it since)
             self._user_filters.move_to_end(user)
         return user, f
 
     async def _load_user(self, user: str, d: Path) -> Filter:
-        stamp = model_stamp(d)
+        stamp = _user_stamp(d)
         try:
             f = await asyncio.get_running_loop().run_in_executor(
                 self._load_pool, self._load, d, self.options.spam_cutoff, self.options.ham_cutoff)
-        except UserError as exc:
-            log.error("%s's model cannot be loaded, using the default model until its files change: %s", user, exc)
+        except (UserError, OSError) as exc:  # (OSError: a model.json the daemon may not read)
+            log.error("%s's model cannot be loaded, using the default model until its files change: %s", user,
+                      one_line(exc))
             self._broken[user] = stamp
             raise
         self._broken.pop(user, None)
@@ -604,7 +612,10 @@ class DaemonServer:
             except OSError as exc:
                 denied = exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024
                 hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if denied else ""
-                raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from exc
+                # (asyncio's strerror is a whole message, "error while attempting to bind on address
+                # ('127.0.0.1', 783): permission denied"; a getaddrinfo error's code is no errno)
+                reason = os.strerror(exc.errno) if exc.errno in errno.errorcode else exc.strerror or exc
+                raise UserError(f"cannot listen on {host}:{port}: {reason}{hint}") from exc
             self._servers.append(server)
             for sock in server.sockets:
                 addr = sock.getsockname()
@@ -625,7 +636,12 @@ class DaemonServer:
         if mode is not None and not stat.S_ISSOCK(mode):
             raise UserError(f"cannot listen on {path}: a file that is not a socket is there")
         if mode is not None:
-            if _answers(path):
+            try:
+                live = _answers(path)
+            except PermissionError as exc:  # (whether its owner's daemon listens there, this user cannot tell)
+                raise UserError(f"cannot listen on {path}: a socket this user may not use is there ({exc.strerror}): "
+                                "remove it, or run the daemon as its owner") from exc
+            if live:
                 raise UserError(f"cannot listen on {path}: a running daemon is listening there")
             path.unlink()  # left behind by a daemon that did not exit cleanly
         try:
@@ -705,6 +721,19 @@ class DaemonServer:
         return 0 if self._stopped_by is None else 128 + self._stopped_by
 
 
+def _user_stamp(d: Path) -> tuple:
+    """`model_stamp` of a user's model folder `d`, with the change times of the folder and of its
+    model.json: a chmod or chown that lets the daemon read a model it could not changes those
+    only, and the model is tried again then."""
+    def changed(path: Path) -> int | None:
+        try:
+            return path.stat().st_ctime_ns
+        except OSError:
+            return None
+
+    return model_stamp(d), changed(d), changed(d / "model.json")
+
+
 def _accepted_user(user: str | None) -> bool:
     """Whether `user` may name a folder of --user-models (nothing that leads out of it)."""
     return bool(user) and _USER_DIR.fullmatch(user) is not None and ".." not in user
@@ -741,13 +770,16 @@ async def _drop_the_rest(reader: asyncio.StreamReader, seconds: float = 2.0) -> 
 
 def _answers(path: Path) -> bool:
     """Whether a process may be listening on the Unix socket at `path`: only a refused connection
-    shows it stale (a live daemon with a full backlog answers EAGAIN, and counts as live)."""
+    shows it stale (a live daemon with a full backlog answers EAGAIN, and counts as live). Raises
+    PermissionError for a socket this user may not connect to (another user's), live or not."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
             probe.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError):
             return False
+        except PermissionError:
+            raise
         except OSError:
             return True
     return True
