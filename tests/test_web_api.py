@@ -611,6 +611,25 @@ def test_classify_raw_email_json_and_multipart(client, spam_bundle):
         spam_app.classify_message(spam_bundle, text.encode())["probability"], abs=1e-6)
 
 
+def test_classify_says_how_it_read_the_text(client):
+    """The page guessed where an email's headers end: an SMS beginning "URGENT:" (or a one-line "Subject:
+    free money") was taken for a header and its words left unmarked, and a continuation line of blanks
+    ended the headers where the server's parser read on. The answer says how the text was read and how
+    many of its lines (the blank one after them included) are the header block."""
+    for text, read_as, header_lines in (
+            ("URGENT: you have won a prize, call 09061701461 now", "sms", 0),
+            ("To: all - free prize\ncall now", "sms", 0),
+            ("Subject: free money prize", "sms", 0),
+            ("From: a@example.com\nSubject: hi\n\nsee you at 6", "mail", 3),
+            ("Subject: prix \u20ac\r\n \t\r\nX-Note: y\r\n\r\nbody\r\n", "mail", 4),
+            ("Subject: hi\nTo: b\nno blank line before the body", "mail", 2),
+            ("From a@example.com Mon Jan  1 00:00:00 2024\nSubject: x\n\nbody", "mail", 3)):
+        r = client.post("/api/spam/classify", content=text.encode(),
+                        headers={"Content-Type": "text/plain; charset=utf-8"})
+        assert r.status_code == 200, r.text
+        assert (r.json()["read_as"], r.json()["header_lines"]) == (read_as, header_lines), text
+
+
 def test_classify_reads_a_form_and_json_sent_without_their_types(client, spam_bundle):
     """curl -d and --data-urlencode (and HTML forms) send application/x-www-form-urlencoded: its
     `message` field was classified still encoded ("message=You%27ve+won+tkts..." as the text: spam

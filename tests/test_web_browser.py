@@ -283,8 +283,8 @@ def test_a_header_token_is_highlighted_in_its_header_only(page):
     """A token read from a header (subject:get, to:list) was highlighted wherever its word stood, the
     body included, with the header token's weight; has:html marked the word "html". Each token is
     marked where it was read: a header's in that header's lines, a body word in the body."""
-    verdict = {"label": "spam", "probability": 0.99, "problem": None, "top_tokens": [
-        {"token": "subject:get", "weight": 2.0}, {"token": "to:list", "weight": -1.5},
+    verdict = {"label": "spam", "probability": 0.99, "problem": None, "read_as": "mail", "header_lines": 4,
+               "top_tokens": [{"token": "subject:get", "weight": 2.0}, {"token": "to:list", "weight": -1.5},
         {"token": "subject:upper:cash", "weight": 1.0}, {"token": "has:html", "weight": 0.5},
         {"token": "cash", "weight": 0.75}]}
     model_version = page.evaluate("fetch('/api/models').then((r) => r.json()).then((m) => m.spam.model_version)")
@@ -295,6 +295,52 @@ def test_a_header_token_is_highlighted_in_its_header_only(page):
     marks = page.eval_on_selector_all("#highlighted mark", "ms => ms.map((m) => [m.textContent, m.title])")
     assert marks == [["list", "-1.500 towards ham"], ["get", "+2.000 towards spam"], ["CASH", "+1.000 towards spam"],
                      ["get", "+2.000 towards spam"], ["cash", "+0.750 towards spam"]]
+
+
+def test_the_header_block_is_where_the_server_read_it(page):
+    """The page guessed where an email's headers end: an SMS whose first line starts like "URGENT:" was
+    taken for a header and left unmarked, and a folded line of blanks ended the headers where the server
+    read on; a token with two spaces ("content-type:text/html  x") was marked "0.000 towards ham". The
+    page marks tokens in the header block the answer's header_lines gives, with their own weights."""
+    check = lambda text: (page.fill("#message", text), page.click("#check"),  # noqa: E731
+                          page.wait_for_selector("#spam[aria-busy='false'] #spam-result:not([hidden])"))
+    check("URGENT: you have won a FREE cash prize! Call 09061743386 now to claim, txt STOP to opt out")
+    assert page.locator("#highlighted mark").count() > 0, "the SMS's words are not highlighted"
+    verdict = {"label": "spam", "probability": 0.99, "problem": None, "read_as": "mail", "header_lines": 5,
+               "top_tokens": [{"token": "content-type:text/html  x", "weight": 1.5},
+                              {"token": "subject:free", "weight": 2.0}]}
+    model_version = page.evaluate("fetch('/api/models').then((r) => r.json()).then((m) => m.spam.model_version)")
+    page.route("**/api/spam/classify", lambda route: route.fulfill(json={**verdict, "model_version": model_version}))
+    check("Content-Type: text/html  x\nSubject: hi\n \t\n free\n\nfree body")
+    marks = page.eval_on_selector_all("#highlighted mark", "ms => ms.map((m) => [m.textContent, m.title])")
+    assert marks == [["text/html  x", "+1.500 towards spam"], ["free", "+2.000 towards spam"]]
+
+
+def test_a_word_across_the_highlighting_cut_is_not_marked(page):
+    """A word running on past the 100,000th character was marked as a shorter token ("freedom" as
+    "free"), and with no token before the cut the note saying the rest is not highlighted was hidden.
+    The note shows whenever the message is longer, and screen readers hear it with the message."""
+    verdict = {"label": "spam", "probability": 0.99, "problem": None, "read_as": "sms", "header_lines": 0,
+               "top_tokens": [{"token": "free", "weight": 1.0}]}
+    model_version = page.evaluate("fetch('/api/models').then((r) => r.json()).then((m) => m.spam.model_version)")
+    page.route("**/api/spam/classify", lambda route: route.fulfill(json={**verdict, "model_version": model_version}))
+    page.evaluate("t => { document.getElementById('message').value = t; }", "z" * 99995 + " freedom free")
+    page.click("#check")
+    page.wait_for_selector("#spam[aria-busy='false'] #spam-result:not([hidden])")
+    assert page.locator("#highlighted mark").count() == 0
+    assert page.locator("#highlighted-note").is_visible()
+    assert page.get_attribute("#highlighted", "aria-describedby") == "highlighted-note"
+
+
+def test_a_message_of_many_header_lines_gets_its_verdict(page):
+    """130,000 "name: value" lines said "Maximum call stack size exceeded": every header line went to
+    Math.max as an argument."""
+    text = "Subject: offer\n" + "".join(f"x-line-{k}: free money\n" for k in range(130_000)) + "\nclick here"
+    page.evaluate("t => { document.getElementById('message').value = t; }", text)
+    page.click("#check")
+    page.wait_for_selector("#spam[aria-busy='false']", timeout=60_000)
+    assert page.locator("#spam-error").is_hidden(), page.inner_text("#spam-error")
+    assert page.locator("#spam-result").is_visible()
 
 
 def test_a_long_message_gets_its_verdict(page, tmp_path):

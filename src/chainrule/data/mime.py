@@ -536,6 +536,24 @@ def boundary_matches(raw: bytes) -> int:
     return lines * raw.lower().count(b"multipart/")
 
 
+# The header block as the feed parser reads it: lines that are a field (`email.feedparser.headerRE`:
+# any name of printable ASCII but ":", empty too), a continuation (a space or a tab first: a line of
+# blanks goes on with the field above), or an mbox "From " line, each ended by "\r\n", "\r" or "\n"
+# as the parser splits lines; then the blank line that ends the block, if that is what ends it.
+_HEADER_BLOCK = re.compile(rb"(?:(?:From |[\041-\071\073-\176]*:|[\t ])[^\r\n]*(?:\r\n|\r|\n|\Z))*(?:\r\n|\r|\n)?")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def header_block_lines(raw: bytes) -> int:
+    """How many lines of `raw`, from its first, `parse_message` reads as its header block (the blank
+    line after it included): where the body starts, for a page that shows the message."""
+    block = _HEADER_BLOCK.match(_as_read(raw))[0]
+    lines = len(_LINE_END.findall(block))
+    if block and not block.endswith((b"\n", b"\r")):  # (a last line with no line end)
+        lines += 1
+    return lines
+
+
 def _parse(raw: bytes) -> ParsedMessage:
     # Fast path: parse the header block only; for a single-part message (most mail) the
     # remaining bytes are the body and `get_payload(decode=True)` decodes them the same way
@@ -557,17 +575,23 @@ def _plain_fallback(raw: bytes, reason: str) -> ParsedMessage:
     return ParsedMessage(text=text, urls=find_urls(text), problem=reason)
 
 
+def _as_read(raw: bytes) -> bytes:
+    """`raw` as `parse_message` reads it."""
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # (Windows programs save a message with it: not a header)
+    # Classic Mac OS ended lines with a bare CR: the email package splits header lines there, but a
+    # body's quoted-printable soft breaks ("=\r") stayed in it (an HTML part lost its text and links)
+    if b"\n" not in raw:
+        raw = raw.replace(b"\r", b"\n")
+    return raw
+
+
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse raw RFC 822 bytes (with the email package's lenient `compat32` policy); never raises.
 
     A message the email package cannot make sense of at all is read as plain text, with
     `problem` saying why.
     """
-    raw = raw.removeprefix(codecs.BOM_UTF8)  # (Windows programs save a message with it: not a header)
-    # Classic Mac OS ended lines with a bare CR: the email package splits header lines there, but a
-    # body's quoted-printable soft breaks ("=\r") stayed in it (an HTML part lost its text and links)
-    if b"\n" not in raw:
-        raw = raw.replace(b"\r", b"\n")
+    raw = _as_read(raw)
     if not raw.strip():
         return ParsedMessage(problem="empty message")
     try:

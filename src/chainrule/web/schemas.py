@@ -7,7 +7,7 @@ as OpenAPI fragments that the routes attach to their operations.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -56,6 +56,14 @@ class SpamVerdict(BaseModel):
     probability: float = Field(description="probability that the message is spam")
     top_tokens: list[TokenWeight] = Field(description="the tokens that pushed the decision most, either way")
     problem: str | None = Field(None, description="how the message was read when it was not a well-formed email")
+    read_as: Literal["mail", "sms"] = Field(
+        description="how the text was read: 'mail' (an email: a header block, then a body) or 'sms' (a text "
+        "message or a note, all of it text: one that starts like 'URGENT: ...' too)")
+    header_lines: int = Field(
+        description="for mail, how many lines of the text, from its first, were read as its header block, the "
+        "blank line that ends it included (lines end at \\r\\n, \\r or \\n): the body starts on the next; a "
+        "header's tokens (subject:free) were read from its lines there, the others from the rest. 0 for an SMS, "
+        "and for a mail read as plain text (`problem`)")
     model_version: str = Field(
         description="which loading of the model answered: the `model_version` of /api/models' description of it "
         "then; a page that shows another has a description (classes, cut-offs) of a model since reloaded")

@@ -281,7 +281,8 @@ class SpamService:
         result = classify_message(self.bundle, raw, top=TOP_TOKENS)
         tokens = [TokenWeight(token=str(t["token"]), weight=float(t["weight"])) for t in result["top_tokens"]]
         return SpamVerdict(label=result["label"], probability=float(result["probability"]), top_tokens=tokens,
-                           problem=result.get("problem"), model_version=self.info.model_version)
+                           problem=result["problem"], read_as=result["read_as"],
+                           header_lines=result["header_lines"], model_version=self.info.model_version)
 
 
 class Served:

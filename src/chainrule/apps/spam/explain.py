@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from chainrule.apps.spam.features import item_tokens
 from chainrule.apps.spam.model import SpamModel, verdict
 from chainrule.data.corpora import MAX_BYTES
-from chainrule.data.mime import decode_text, without_cut_character
+from chainrule.data.mime import decode_text, header_block_lines, without_cut_character
 from chainrule.functional import sigmoid
 
 
@@ -101,13 +101,17 @@ def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
     lock; the model's is held only around the network's passes (`explain_row`).
 
     Returns {"label": "spam"|"ham"|"unsure", "probability": P(spam), "top_tokens":
-    [{"token", "weight"}...] (the strongest in either direction), "problem": str|None}.
+    [{"token", "weight"}...] (the strongest in either direction), "problem": str|None, "read_as":
+    "mail"|"sms", "header_lines": the lines of the mail's header block (`header_block_lines`; 0 for
+    an SMS, or a mail read as plain text)}: a page showing the message marks a header's tokens in
+    its header's lines, and a body's below them, where the server read each.
     """
     raw = raw if len(raw) <= MAX_BYTES else without_cut_character(raw[:MAX_BYTES])
     item = ("mail", raw) if looks_like_email(raw) else ("sms", decode_text(raw, "utf-8"))  # (as `read_sms` does)
     tokens, problem = item_tokens(*item, bundle.config)
+    parsed = item[0] == "mail" and problem is None  # (else all of it was read as text)
     p, to_spam, to_ham = explain_row(bundle, tokens, top)
     strongest = sorted(to_spam + to_ham, key=lambda t: -abs(t[1]))[:top]
     return {"label": verdict(p, bundle.spam_cutoff, bundle.ham_cutoff), "probability": p,
             "top_tokens": [{"token": t, "weight": round(w, 6)} for t, w in strongest],
-            "problem": problem}
+            "problem": problem, "read_as": item[0], "header_lines": header_block_lines(raw) if parsed else 0}

@@ -84,7 +84,11 @@ async function postJSON(url, body, contentType) {
   } catch (err) {
     throw new Error(`the server answered ${response.status} without JSON`);
   }
-  if (!response.ok) throw new Error(data && data.error ? data.error : `the server answered ${response.status}`);
+  if (!response.ok) {
+    const error = new Error(data && data.error ? data.error : `the server answered ${response.status}`);
+    error.status = response.status; // (a 404 from an image model: the server no longer serves it)
+    throw error;
+  }
   return data;
 }
 
@@ -136,10 +140,38 @@ async function fetchModels() {
     }
   }
   $("models").textContent = lines.length ? lines.join(" · ") : "No models loaded.";
-  const chosen = $("image-model").value;
   $("image-model").replaceChildren(...imageModels.map((info) => el("option", { value: info.name }, pickerText(info))));
-  if (chosen) $("image-model").value = chosen;
+  if (current !== null) showServed(current, models.hints.images);
   return models;
+}
+
+// After the models were asked for again: the section shows the model the picker chose as the server
+// now describes it (reloaded: its classes, its title), or, if it is no longer served, another one.
+function showServed(chosen, hint) {
+  const now = imageModels.find((info) => info.name === chosen.name);
+  if (now === undefined && imageModels.length) {
+    chooseModel(imageModels[0].name);
+    $("images-error").hidden = false;
+    $("images-error").textContent = `The server no longer serves the image model "${chosen.name}"; `
+      + `this is "${imageModels[0].name}".`;
+  } else if (now === undefined) {
+    current = null;
+    noImageModel(hint);
+  } else {
+    current = now;
+    $("image-model").value = now.name;
+    if (now.model_version !== chosen.model_version) {
+      showModel();
+      resetPrediction(); // (the answer shown came from the model as it was)
+    }
+  }
+}
+
+function noImageModel(hint) {
+  $("picker").hidden = true;
+  showMissing("images", hint);
+  $("clear").disabled = true;
+  $("upload").disabled = true;
 }
 
 async function loadModels() {
@@ -150,9 +182,7 @@ async function loadModels() {
       $("picker").hidden = false;
       chooseModel(imageModels[0].name);
     } else {
-      showMissing("images", models.hints.images);
-      $("clear").disabled = true;
-      $("upload").disabled = true;
+      noImageModel(models.hints.images);
     }
     if (!models.spam) $("check").disabled = true;
   } catch (err) {
@@ -299,15 +329,13 @@ async function sendImage(blob, type, asked = picture, model = current.name, coun
     const result = await postJSON(url, blob, type);
     if (asked !== picture) return; // cleared, replaced or another model since it was sent
     await describedAs(result, () => imageModels.find((info) => info.name === model));
-    if (asked !== picture) return;
-    if (current.model_version !== result.model_version) {
-      current = imageModels.find((info) => info.name === model);
-      showModel();
-      resetPrediction();
-    }
+    if (asked !== picture) return; // (the models asked for again: this one no longer served)
     $("images-error").hidden = true;
     showPrediction(result);
   } catch (err) {
+    // No such model: it was served when the page asked, and is no longer (its folder removed, serve
+    // started again without it). The models are asked for again, and the picker shows those served.
+    if (err.status === 404) await fetchModels().catch(() => {});
     if (asked !== picture) return;
     resetPrediction(); // the last answer was for another picture
     $("images-error").hidden = false;
@@ -481,28 +509,34 @@ function placeOf(token, headers) {
   return { header: tag, word: inner && TEXT_TAGS.has(inner[1].toLowerCase()) ? inner[2] : m[2] };
 }
 
-// The header lines of an email, by header name: [start, end) of each, folded lines included, up to
-// the blank line that ends them. None where the text does not begin with a header (an SMS).
-function headerLines(text) {
+// Where the server read an email's header fields: { headers: header name -> [start, end) of each of
+// its fields, folded lines included; body: where the body starts }. `count` is the answer's
+// header_lines, how many lines of the text (0 for an SMS) it read as the header block, the blank
+// line after it included: the page does not guess where that ends ("URGENT: call now" is an SMS).
+// Lines end at "\r\n", "\r" or "\n", as the server splits them.
+function headerBlock(text, count) {
   const headers = new Map();
+  const lineEnd = /\r\n|\r|\n/g;
   let at = 0, name = null;
-  if (/^From \S/.test(text)) at = text.indexOf("\n") + 1; // (an mbox file's "From " line)
-  for (;;) {
-    const end = text.indexOf("\n", at) < 0 ? text.length : text.indexOf("\n", at);
+  for (let k = 0; k < count && at < text.length; k++) {
+    lineEnd.lastIndex = at;
+    const found = lineEnd.exec(text);
+    const end = found ? found.index : text.length;
     const line = text.slice(at, end);
-    const header = /^([!-9;-~]+)[ \t]*:/.exec(line);
-    if (header) {
-      name = header[1].toLowerCase();
+    const field = /^([!-9;-~]+):/.exec(line);
+    if (field) {
+      name = field[1].toLowerCase();
       if (!headers.has(name)) headers.set(name, []);
       headers.get(name).push([at, end]);
-    } else if (name !== null && /^[ \t]+\S/.test(line)) {
-      const ranges = headers.get(name);
-      ranges[ranges.length - 1][1] = end;
-    } else break; // (the blank line before the body, or no header at all)
-    if (end === text.length) break;
-    at = end + 1;
+    } else if (name !== null && /^[ \t]/.test(line)) { // (a folded line, blank ones too)
+      const fields = headers.get(name);
+      fields[fields.length - 1][1] = end;
+    } else {
+      name = null; // (an mbox "From " line, or the blank line)
+    }
+    at = found ? found.index + found[0].length : text.length;
   }
-  return headers;
+  return { headers, body: at };
 }
 
 const escapeRegExp = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
@@ -512,7 +546,7 @@ function wordsPattern(words) {
   const alternatives = [...words]
     .sort((a, b) => b.length - a.length)
     .map((k) => {
-      let pattern = escapeRegExp(k).replace(/\s+/g, "\\s+");
+      let pattern = escapeRegExp(k).replace(/ /g, "\\s+");
       if (/^[\p{L}\p{N}_]/u.test(k)) pattern = `(?<![\\p{L}\\p{N}_])${pattern}`;
       if (/[\p{L}\p{N}_]$/u.test(k)) pattern = `${pattern}(?![\\p{L}\\p{N}_])`;
       return pattern;
@@ -524,9 +558,23 @@ function wordsPattern(words) {
 // <mark>s, slow to lay out and no help to read. The rest is shown as it is, and the page says so.
 const HIGHLIGHT_CHARS = 100000;
 
+// Where the first `count` characters of `text` end, as a string index: JavaScript counts UTF-16
+// code units, two for a character beyond U+FFFF (an emoji).
+function charactersEnd(text, count) {
+  let at = 0;
+  for (let k = 0; k < count && at < text.length; k++) at += text.codePointAt(at) > 0xffff ? 2 : 1;
+  return at;
+}
+
+// A token's word as the weights are looked up: lower case, each run of blanks one space (the text
+// may have two spaces or a tab where the token has one).
+const wordKey = (word) => word.toLowerCase().replace(/\s+/g, " ");
+
 // Wrap each occurrence of a top token in <mark>, built as DOM nodes (never as HTML text).
-function highlight(text, tokens) {
-  const headers = headerLines(text);
+// `headerLines`: the answer's count of the lines it read as an email's header block.
+function highlight(text, tokens, headerLines) {
+  const { headers, body } = headerBlock(text, headerLines);
+  const cut = charactersEnd(text, HIGHLIGHT_CHARS);
   const places = new Map(); // header name ("" for anywhere) -> Map(word -> weight)
   for (const t of tokens) {
     const place = placeOf(t.token, headers);
@@ -534,26 +582,32 @@ function highlight(text, tokens) {
     const where = place.header ?? "";
     if (!places.has(where)) places.set(where, new Map());
     const weights = places.get(where);
-    const key = place.word.toLowerCase();
+    const key = wordKey(place.word);
     if (!weights.has(key) || Math.abs(t.weight) > Math.abs(weights.get(key))) weights.set(key, t.weight);
   }
   // Every match in the part of the text it belongs to: [start, end, weight], in order, none overlapping.
   const found = [];
   for (const [where, weights] of places) {
     const re = wordsPattern(weights.keys());
-    const body = Math.max(0, ...[...headers.values()].flat().map(([, end]) => end + 1)); // (after the headers)
-    const ranges = where === "" ? [[body, Math.min(text.length, HIGHLIGHT_CHARS)]] : headers.get(where);
+    const ranges = where === "" ? [[body, cut]] : headers.get(where);
     for (const [start, end] of ranges) {
-      for (const m of text.slice(start, end).matchAll(re)) {
-        const key = m[0].toLowerCase().replace(/\s+/g, " ");
-        found.push([start + m.index, start + m.index + m[0].length, weights.get(key) ?? 0]);
+      if (start >= cut) break;
+      // Matched in the range with a character on either side (two code units: an emoji's two), so
+      // that a word running on past the range's end ("freedom" at the cut) is not taken for "free".
+      const stop = Math.min(end, cut);
+      const from = Math.max(0, start - 2);
+      const part = text.slice(from, stop + 2);
+      re.lastIndex = start - from;
+      for (let m = re.exec(part); m !== null && from + m.index + m[0].length <= stop; m = re.exec(part)) {
+        const weight = weights.get(wordKey(m[0])); // (none where case folding changed its length: "İ")
+        if (weight !== undefined) found.push([from + m.index, from + m.index + m[0].length, weight]);
       }
     }
   }
   found.sort((a, b) => a[0] - b[0] || b[1] - a[1]);
   const target = $("highlighted");
   const note = $("highlighted-note");
-  note.hidden = text.length <= HIGHLIGHT_CHARS || found.length === 0;
+  note.hidden = cut === text.length;
   note.textContent = `Tokens are highlighted in the first ${HIGHLIGHT_CHARS.toLocaleString("en")} characters `
     + "only; the rest of the message is shown as it is.";
   // Appended one by one: replaceChildren(...nodes) passes each node as an argument, and a long
@@ -608,7 +662,7 @@ async function checkMessage(event) {
     const hammy = result.top_tokens.filter((t) => t.weight < 0).sort((a, b) => a.weight - b.weight);
     $("tokens-spam").replaceChildren(...spammy.map(chip));
     $("tokens-ham").replaceChildren(...hammy.map(chip));
-    highlight(text, result.top_tokens);
+    highlight(text, result.top_tokens, result.header_lines);
   } catch (err) {
     $("spam-result").hidden = true;
     error.hidden = false;
