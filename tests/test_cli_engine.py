@@ -142,6 +142,17 @@ def test_output_an_ascii_terminal_cannot_show_is_escaped_and_a_closed_pipe_is_si
         assert proc.wait() == 141 and proc.stderr.read() == b""
 
 
+def test_output_a_c_locale_cannot_show_is_escaped():
+    """In the C locale with Python's UTF-8 mode off, standard output is ASCII with
+    surrogateescape, not "strict", and was left so: the first "·", "ü" of a class name or token
+    stopped the command part-way with "internal error (UnicodeEncodeError ...)"."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONIOENCODING", "PYTHONUTF8")}
+    env.update(PYTHONUTF8="0", LANG="C", LC_ALL="C")
+    proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "explain", "--epochs", "10"], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 0 and "z1 = x \\xb7 W1 + b1" in proc.stdout, proc.stderr
+
+
 def test_a_full_disk_under_standard_output_is_named_as_such():
     """`> /dev/full` said "chainrule: error: [Errno 28] No space left on device": not which file.
     (Output that fills the buffer midway fails inside a print, where the error cannot tell.)"""

@@ -42,9 +42,11 @@ MPI_COMMANDS = "digits train, images train, spam train, spam classify"
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code. The one place where errors become messages."""
-    # A terminal that cannot show "·" gets \xb7, not a crash (C locales' surrogateescape, which
-    # gives file names back as their bytes, is left as it is)
-    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+    # A terminal that cannot show "·" or a class named "fünf" gets \xb7 and f\xfcnf, not a crash
+    # part-way through the output; that includes the C locale's ASCII with surrogateescape, which
+    # fails on them too (a file name's undecodable bytes are no loss: `printable` writes them as
+    # \udcc3 before they get here). Standard error escapes so already.
+    if getattr(sys.stdout, "errors", None) in ("strict", "surrogateescape") and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
