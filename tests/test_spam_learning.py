@@ -316,6 +316,31 @@ def test_since_last_reports_an_unreadable_new_file_and_moves_on(model, spam_corp
         f"{junk}: nothing new since the previous run"]
 
 
+def test_since_last_on_a_maildir_whose_cur_cannot_be_listed_learns_new_and_names_cur(
+        model, spam_corpus, tmp_path, capsys, monkeypatch):
+    """--from a Maildir whose cur/ could not be read said "--from Junk: Permission denied", naming the
+    folder that could be read, and learned nothing; the same Maildir one level down was reported as
+    "skipped Junk/cur: a folder that cannot be read". (Root reads any folder: os.listdir refuses
+    cur/ here as it refuses another user.)"""
+    junk = tmp_path / "Junk"
+    for sub in ("new", "cur", "tmp"):
+        (junk / sub).mkdir(parents=True)
+    shutil.copy(_held(spam_corpus, "spam", 1)[0], junk / "new" / "1001.x:2,")
+    listdir = os.listdir
+
+    def refusing_cur(path="."):
+        if Path(path) == junk / "cur":
+            raise PermissionError(13, "Permission denied", path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refusing_cur)
+    assert main(["spam", "learn", str(model), "--spam", "--from", str(junk), "--since-last", "--seed", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split("\t")[:2] == [str(junk / "new" / "1001.x:2,"), "learned as spam"]
+    assert err == f"chainrule: skipped {junk / 'cur'}: a folder that cannot be read (Permission denied)\n"
+    assert str(junk.resolve()) not in load_spam_model(model).metadata.get("since_last", {})  # cur/ is read next time
+
+
 def test_since_last_keeps_the_mark_of_a_folder_holding_one_it_cannot_list(model, spam_corpus, tmp_path, capsys):
     """A folder inside that could not be listed was passed over without a word, and the run marked
     the whole folder as read: once that folder could be listed, its messages were older than the

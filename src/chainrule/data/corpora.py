@@ -391,25 +391,28 @@ def changed_files(root, since_ns: int = 0, unlisted: list[OSError] | None = None
     The inode's change time (st_ctime) rather than the modification time, because moving a message
     into a folder (a rename, as IMAP servers do for a Maildir) keeps its modification time but sets
     its change time. So does changing its flags, which renames it too: such a message comes back.
-    Folders below `root` that cannot be listed go to `unlisted`: what is new in them is not known
-    yet (a run that passes over them must not count them as read).
+    Folders that cannot be listed (`root` itself, a Maildir's cur/) go to `unlisted`: what is new in
+    them is not known yet (a run that passes over them must not count them as read).
+    NotADirectoryError where `root` is not a folder.
     """
     unlisted = [] if unlisted is None else unlisted
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a folder or Maildir", str(root))
+    paths = []
     if _is_maildir(root):
-        paths = [root / sub / n for sub in ("new", "cur") for n in sorted(os.listdir(root / sub))
-                 if not n.startswith(".")]
+        for sub in ("new", "cur"):
+            try:
+                names = sorted(os.listdir(root / sub))
+            except OSError as exc:  # (the other one's messages are still new)
+                unlisted.append(exc)
+                continue
+            paths += [root / sub / n for n in names if not n.startswith(".")]
     else:
-        paths = []
         for here, dirnames, filenames in _folders(root, unlisted):
             if _is_maildir(here):
                 dirnames[:] = []
-                try:
-                    paths += changed_files(here, since_ns, unlisted)
-                except OSError as exc:  # (its new/ or cur/)
-                    unlisted.append(exc)
+                paths += changed_files(here, since_ns, unlisted)
                 continue
             paths += [here / n for n in filenames if not _not_mail(n)]
     out = []

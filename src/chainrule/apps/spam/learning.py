@@ -136,7 +136,7 @@ def new_since_last(bundle: SpamModel, folder, unlisted: list[OSError]) -> tuple[
     its new mark): every file the first time. Passing {key: mark} as `learn(since_last=...)` saves
     the mark with the lessons, so that the next run starts from this one; not where a folder inside
     it could not be listed (it goes to `unlisted`): its messages would never be looked at again.
-    OSError if `folder` itself cannot be read."""
+    NotADirectoryError where `folder` is not a folder."""
     key = str(Path(folder).resolve())
     now = time.time_ns()
     new = changed_files(folder, bundle.metadata.get("since_last", {}).get(key, 0), unlisted)
@@ -164,7 +164,7 @@ def gather_lessons(bundle: SpamModel, paths: list[str], folders: list[str], labe
     put there since the previous such run (`new_since_last`). A message that cannot be read, and a
     folder inside one of `folders` that cannot be listed, goes to `on_problem(source, reason)`.
     Unless `unlearning`, the messages of `folders` that the filter filed there itself are left out
-    (`_without_filed`). A UserError where one of `folders` cannot be read."""
+    (`_without_filed`). A UserError where one of `folders` is not a folder."""
     named, paths, marks, nothing_new = paths, list(paths), {}, []
     for folder in folders:
         if not since_last:
