@@ -80,6 +80,20 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
+def test_a_write_into_a_folder_it_may_not_write_names_the_folder(tmp_path, monkeypatch):
+    """`spam learn` on a model folder this user may not write said "models/spam/model-6340...npz:
+    Permission denied": a file of a new name each run, that did not exist, and not that the folder
+    could not be written. (Root writes any folder: mkstemp refuses here as it refuses another user.)"""
+    def refused(**kwargs):
+        raise PermissionError(13, "Permission denied", os.path.join(kwargs["dir"], kwargs["prefix"] + "x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(OSError) as exc_info, atomic_open(tmp_path / "model-0123456789abcdef.npz"):
+        pass
+    assert exc_info.value.filename == str(tmp_path)
+    assert exc_info.value.strerror == "cannot be written to (Permission denied)"
+
+
 @pytest.mark.parametrize("name", ["y" * 251 + ".png", "é" * 125 + "a.png"])  # 255 bytes: the longest a name may be
 def test_a_file_of_the_longest_name_is_written(tmp_path, name, monkeypatch):
     """The temporary file's name is 14 bytes longer than the file's: a figure asked for under a

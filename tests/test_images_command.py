@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,22 @@ def test_an_evaluate_that_stops_part_way_leaves_the_earlier_files_whole(fashion_
     code, _, err = cli(capsys, "images", "evaluate", fashion_run, "--out", tmp_path / "half")
     assert code == 2 and err == f"chainrule: error: {tmp_path / 'half' / 'mistakes.png'}: a folder is in the way\n"
     assert [p.name for p in (tmp_path / "half").iterdir()] == ["mistakes.png"]
+
+
+def test_evaluate_of_a_model_folder_it_may_not_write_says_to_give_out(fashion_run, tmp_path, capsys, monkeypatch):
+    """A read-only model folder: evaluate said "models/img: Permission denied", after the evaluation,
+    and not that it writes its report beside the model. (Root writes any folder: os.access says no
+    here as it says to another user.)"""
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != fashion_run.absolute() and
+                        access(path, mode, **kw))
+    code, _, err = cli(capsys, "images", "evaluate", fashion_run)
+    assert code == 2 and err == (f"chainrule: error: {fashion_run.absolute()} cannot be written to (evaluate writes "
+                                 "its report beside the model: give --out DIR)\n")
+    code, _, err = cli(capsys, "images", "evaluate", fashion_run, "--out", fashion_run)
+    assert code == 2
+    assert err == f"chainrule: error: --out {fashion_run}: {fashion_run.absolute()} cannot be written to\n"
+    assert cli(capsys, "images", "evaluate", fashion_run, "--out", tmp_path / "ev")[0] == 0
 
 
 def test_evaluate_and_predict_name_the_classes(fashion_run, photos, tmp_path, capsys):

@@ -49,8 +49,8 @@ def atomic_open(path) -> Iterator[BinaryIO]:
     mode = _mode_for(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path.name), suffix=".tmp")
-    except OSError as exc:  # (a read-only or special folder: name the file asked for)
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    except OSError as exc:  # (a read-only folder: name it, not a temporary file or one not written yet)
+        raise OSError(exc.errno, f"cannot be written to ({exc.strerror})", str(path.parent)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -644,11 +644,14 @@ def evaluate_saved(model_dir, model: Sequential, metadata: dict, data=None, out=
     `eval_confusion_matrix.png` and `mistakes.png` (the `top` most confidently wrong images) to
     `out` (default: the model directory).
     Returns (report, how many mistakes are drawn); the report names the data set (`dataset`)."""
+    given, out = out, Path(out) if out else model_directory(model_dir)  # (model_dir may name its model.json)
+    if (problem := folder_problem(out)) is not None:  # (said before the evaluation, not after)
+        raise UserError(f"--out {given}: {problem}" if given else
+                        f"{problem} (evaluate writes its report beside the model: give --out DIR)")
     test = idx.load_image_set(data, "test", default=metadata["dataset"])
     _check_same_classes(model_dir, metadata, test)
     report = evaluate_images(model, metadata, test.images, test.labels)
     report = {"dataset": test.name, **report}
-    out = Path(out) if out else model_directory(model_dir)  # (model_dir may name its model.json)
     with written_together(out, EVALUATE_FILES) as new:  # (an interrupted evaluate leaves the earlier set)
         plots.confusion_matrix(np.array(report["confusion_matrix"]), new / "eval_confusion_matrix.png",
                                labels=report["classes"],
