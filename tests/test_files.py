@@ -27,6 +27,7 @@ from chainrule.files import (
     folder_problem,
     locked_directory,
     npz_headers,
+    read_npz,
     signals_held,
     written_together,
 )
@@ -205,6 +206,17 @@ def test_an_npy_header_that_does_not_parse_is_a_damaged_file(tmp_path):
         z.writestr("params.npy", member)
     with pytest.raises(ModelFileError, match="not a readable .npz file"):
         npz_headers(tmp_path / "model.npz")
+
+
+def test_an_npz_file_that_cannot_be_opened_says_why_not_that_it_is_damaged(tmp_path):
+    """A weights file this user may not read was "model-0c5a.npz: not a readable .npz file ([Errno
+    13] Permission denied: 'model-0c5a.npz')": the path twice, and as if the file were damaged.
+    (Root reads any file: a folder in its place fails to open likewise, with the file's name.)"""
+    (tmp_path / "model.npz").mkdir()
+    for read in (npz_headers, lambda path: read_npz(path, ["params"])):
+        with pytest.raises(ModelFileError) as exc_info:
+            read(tmp_path / "model.npz")
+        assert str(exc_info.value) == f"{tmp_path / 'model.npz'}: Is a directory"
 
 
 def test_staging_folders_killed_writers_left_are_removed_once_stale(tmp_path):

@@ -385,7 +385,7 @@ def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     except RecursionError:  # (a RuntimeError, but a bug's, not the file's)
         raise
     except _DAMAGED_ZIP as exc:
-        raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc
+        raise _npz_error(path, exc) from exc
 
 
 def read_npz(path, names) -> dict[str, np.ndarray]:
@@ -400,4 +400,12 @@ def read_npz(path, names) -> dict[str, np.ndarray]:
     except RecursionError:
         raise
     except (*_DAMAGED_ZIP, KeyError) as exc:
-        raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc
+        raise _npz_error(path, exc) from exc
+
+
+def _npz_error(path, exc: Exception) -> ModelFileError:
+    """Why the `.npz` file at `path` could not be read: the system's reason where it could not be
+    opened (no permission to read it), which names the file; else a damaged archive's."""
+    if isinstance(exc, OSError) and exc.filename:
+        return ModelFileError(f"{path}: {exc.strerror or exc}")
+    return ModelFileError(f"{path}: not a readable .npz file ({exc})")
