@@ -153,6 +153,18 @@ def test_output_a_c_locale_cannot_show_is_escaped():
     assert proc.returncode == 0 and "z1 = x \\xb7 W1 + b1" in proc.stdout, proc.stderr
 
 
+def test_other_libraries_info_lines_stay_out_of_the_output(mnist_dir, tmp_path):
+    """The command line showed every library's INFO log lines with its own: matplotlib, building its
+    font cache (a first run, or one whose home folder cannot be written), printed "generated new
+    fontManager" between a training run's lines. Their warnings still show; chainrule's lines too."""
+    env = {**os.environ, "CHAINRULE_DATA": str(mnist_dir.parent), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "digits", "train", "--model", "small", "--epochs",
+                           "1", "--train-size", "600", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "fontManager" not in proc.stderr and "epoch 1/1" in proc.stderr, proc.stderr
+
+
 def test_a_full_disk_under_standard_output_is_named_as_such():
     """`> /dev/full` said "chainrule: error: [Errno 28] No space left on device": not which file.
     (Output that fills the buffer midway fails inside a print, where the error cannot tell.)"""

@@ -57,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"this command runs in one process; start it without mpirun "
                             f"(these run on several: {MPI_COMMANDS})")
         # The library reports progress through `logging`; on the command line those are plain
-        # lines, from rank 0 alone when mpirun started several processes.
+        # lines, from rank 0 alone when mpirun started several processes. Other libraries' say
+        # only their warnings (matplotlib's INFO "generated new fontManager" came between ours).
         quiet = getattr(args, "quiet", False) or world.rank != 0
-        logging.basicConfig(format="%(message)s", level=logging.WARNING if quiet else logging.INFO,
-                            stream=sys.stderr, force=True)
+        logging.basicConfig(format="%(message)s", level=logging.WARNING, stream=sys.stderr, force=True)
+        logging.getLogger("chainrule").setLevel(logging.WARNING if quiet else logging.INFO)
         with np.errstate(over="ignore"):
             code = int(args.func(args) or 0)
         if sys.stdout is not None:  # (here, not at exit: a reader gone by now is a BrokenPipeError below)
