@@ -13,6 +13,7 @@ both) a missing browser is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -106,6 +107,68 @@ def draw(page, strokes) -> None:
     page.wait_for_selector("#answer[aria-busy='false']")
 
 
+def upload(page, picture: Path) -> None:
+    """Upload a picture, as a user picks a file, and wait for its answer."""
+    page.set_input_files("#upload", str(picture))
+    page.wait_for_function("document.getElementById('label').textContent !== '–'")
+    page.wait_for_selector("#answer[aria-busy='false']")
+
+
+def check_message(page, text: str) -> None:
+    """Paste a message, press Check, and wait for the verdict."""
+    page.fill("#message", text)
+    page.click("#check")
+    page.wait_for_selector("#spam[aria-busy='false'] #spam-result:not([hidden])")
+
+
+def clothes_photo(tmp_path) -> Path:
+    """A photo of Fashion-MNIST's first test item, as a file to upload."""
+    photo = tmp_path / "item.png"
+    photo.write_bytes(as_upload(fashion_test(1)[0][0]))
+    return photo
+
+
+@contextlib.contextmanager
+def page_at(browser, url: str, allowed=()):
+    """The page of the server at `url`, in a browser context of its own; it must log no error but
+    those with one of the `allowed` texts in them."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    try:
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('image-model').options.length > 0")
+        yield page
+    finally:
+        context.close()
+    errors = [e for e in errors if not any(text in e for text in allowed)]
+    assert errors == [], f"the page logged errors: {errors}"
+
+
+def served_copies(models, tmp_path) -> dict[str, Path]:
+    """Copies of the models for a server whose model files the test changes."""
+    served = {name: tmp_path / name for name in ("digits", "fashion", "spam")}
+    for name, folder in served.items():
+        shutil.copytree(models[name], folder)
+    return served
+
+
+def copy_over(model: Path, folder: Path) -> None:
+    """Copy a model over the one in `folder`, model.json last, as a careful copy does."""
+    for f in folder.iterdir():
+        f.unlink()
+    for f in sorted(model.iterdir(), key=lambda f: f.name == "model.json"):
+        shutil.copy(f, folder)
+
+
+def saved_again(model: Path) -> None:
+    """Touch a model's model.json as saving it again would: a new model_version, the same model."""
+    stat = (model / "model.json").stat()
+    os.utime(model / "model.json", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
 def test_drawn_digits_are_recognised(page, tmp_path):
     for name, strokes in (("1", ONE), ("7", SEVEN)):
         page.click("#clear")
@@ -185,9 +248,7 @@ def test_picking_a_model_shows_its_class_names(page, models, tmp_path):
     assert page.inner_text("#label") == "–", "the clothes model's pad should take uploads, not strokes"
     photo = tmp_path / "item.png"
     photo.write_bytes(as_upload(fashion_test(1)[0][0]))
-    page.set_input_files("#upload", str(photo))
-    page.wait_for_function("document.getElementById('label').textContent !== '–'")
-    page.wait_for_selector("#answer[aria-busy='false']")
+    upload(page, photo)
     page.screenshot(path=tmp_path / "fashion.png", full_page=True)
     model, metadata = images.load_image_model(models["fashion"])
     expected = images.predict_images(model, metadata, [photo])[0]["label"]
@@ -206,56 +267,85 @@ def test_answers_of_a_model_reloaded_since_the_page_opened_carry_its_classes(bro
     and the picker and the header kept the old model; new cut-offs of the spam filter left the meter's
     colours as they were. An answer names the model that gave it, and the page, seeing one it has not
     described, asks for the models again and shows the answer with the new one's classes."""
-    served = {name: tmp_path / name for name in ("digits", "fashion", "spam")}
-    for name, folder in served.items():
-        shutil.copytree(models[name], folder)
-    errors = []
-    with running_server(served, "--reload-interval", "0.1") as (url, _):
-        context = browser.new_context(viewport={"width": 1200, "height": 900})
-        page = context.new_page()
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        try:
-            page.goto(url + "/")
-            page.wait_for_function("document.getElementById('image-model').options.length > 0")
+    served = served_copies(models, tmp_path)
+    with running_server(served, "--reload-interval", "0.1") as (url, _), page_at(browser, url) as page:
+        page.select_option("#image-model", "fashion")
+        upload(page, clothes_photo(tmp_path))
+        assert page.inner_text("#label") in FASHION
+        copy_over(models["digits"], served["fashion"])
+        # and the spam filter saved with other cut-offs
+        bundle = spam.load_spam_model(served["spam"])
+        bundle.metadata["cutoffs"] = {"spam": 0.9, "ham": 0.2}
+        spam.save_model(bundle, served["spam"])
+        time.sleep(0.2)  # (past the interval: the next request looks)
+        digit = tmp_path / "digit.png"
+        digit.write_bytes(as_upload(mnist_test(3)[0][2]))  # (MNIST's third test image: a 1)
+        upload(page, digit)
+        page.screenshot(path=tmp_path / "reloaded.png", full_page=True)
+        model, metadata = images.load_image_model(served["fashion"])
+        expected = images.predict_images(model, metadata, [digit])[0]["label"]
+        assert page.inner_text("#label") == expected
+        assert page.eval_on_selector_all("#probs .label", "ls => ls.map(l => l.textContent)") == \
+            [str(k) for k in range(10)]
+        assert page.locator("#probs li.top .label").inner_text() == expected
+        assert page.eval_on_selector("#image-model", "s => s.selectedOptions[0].textContent").startswith("MNIST")
+        assert page.inner_text("#images-title") == "Draw a digit"
+        page.fill("#message", SPAM_SMS)
+        page.click("#check")
+        page.wait_for_selector("#spam[aria-busy='false'] #spam-result:not([hidden])")
+        meter = page.evaluate("(({low, high}) => ({low, high}))(document.getElementById('spam-meter'))")
+        assert meter == {"low": pytest.approx(0.2), "high": pytest.approx(0.9)}
+
+
+def test_models_asked_for_again_show_the_picked_one_as_now_served(browser, models, tmp_path):
+    """A spam answer from a spam model saved again makes the page ask for the models again: with a
+    digits model copied over the clothes one meanwhile, the picker said MNIST, but the image section
+    kept the clothes' classes and title and took uploads only, until an image's answer came. It shows
+    the picked model as the server now serves it: the digits' bars, the pad to draw on."""
+    served = served_copies(models, tmp_path)
+    with running_server(served, "--reload-interval", "0.1") as (url, _), page_at(browser, url) as page:
+        page.select_option("#image-model", "fashion")
+        upload(page, clothes_photo(tmp_path))
+        copy_over(models["digits"], served["fashion"])
+        saved_again(served["spam"])
+        time.sleep(0.2)  # (past the interval: the next request looks)
+        check_message(page, HAM_SMS)
+        assert page.eval_on_selector("#image-model", "s => s.selectedOptions[0].textContent").startswith("MNIST")
+        assert page.eval_on_selector_all("#probs .label", "ls => ls.map(l => l.textContent)") == \
+            [str(k) for k in range(10)]
+        assert page.inner_text("#images-title") == "Draw a digit"
+        assert page.inner_text("#label") == "–", "the answer shown came from the clothes model"
+        page.click("#clear")  # (the photo stays on the pad)
+        draw(page, SEVEN)
+        assert page.inner_text("#label") == "7"
+
+
+@pytest.mark.parametrize("learnt_by", ["upload", "spam check"])
+def test_a_model_no_longer_served_gives_way_to_one_that_is(browser, models, tmp_path, learnt_by):
+    """`chainrule serve` started again (on the same port) without the clothes model the page had
+    picked: an upload got 404 ("no image model named fashion") again and again, the page never
+    asking which models are served; asked by a spam answer, the picker showed nothing picked and
+    the section the clothes model. The page switches to a model served, and says so."""
+    served = served_copies(models, tmp_path)
+    with contextlib.ExitStack() as open_page:
+        with running_server(served) as (url, _):
+            page = open_page.enter_context(page_at(browser, url, allowed=("404 (Not Found)",)))
             page.select_option("#image-model", "fashion")
-            photo = tmp_path / "item.png"
-            photo.write_bytes(as_upload(fashion_test(1)[0][0]))
-            page.set_input_files("#upload", str(photo))
-            page.wait_for_function("document.getElementById('label').textContent !== '–'")
-            assert page.inner_text("#label") in FASHION
-            # a digits model copied over the clothes one (model.json last, as a careful copy does),
-            # and the spam filter saved with other cut-offs
-            for f in served["fashion"].iterdir():
-                f.unlink()
-            for f in sorted(models["digits"].iterdir(), key=lambda f: f.name == "model.json"):
-                shutil.copy(f, served["fashion"])
-            bundle = spam.load_spam_model(served["spam"])
-            bundle.metadata["cutoffs"] = {"spam": 0.9, "ham": 0.2}
-            spam.save_model(bundle, served["spam"])
-            time.sleep(0.2)  # (past the interval: the next request looks)
-            digit = tmp_path / "digit.png"
-            digit.write_bytes(as_upload(mnist_test(3)[0][2]))  # (MNIST's third test image: a 1)
-            page.set_input_files("#upload", str(digit))
-            page.wait_for_function("document.getElementById('label').textContent !== '–'")
-            page.wait_for_selector("#answer[aria-busy='false']")
-            page.screenshot(path=tmp_path / "reloaded.png", full_page=True)
-            model, metadata = images.load_image_model(served["fashion"])
-            expected = images.predict_images(model, metadata, [digit])[0]["label"]
-            assert page.inner_text("#label") == expected
-            assert page.eval_on_selector_all("#probs .label", "ls => ls.map(l => l.textContent)") == \
-                [str(k) for k in range(10)]
-            assert page.locator("#probs li.top .label").inner_text() == expected
-            assert page.eval_on_selector("#image-model", "s => s.selectedOptions[0].textContent").startswith("MNIST")
+            upload(page, clothes_photo(tmp_path))
+        port = url.rsplit(":", 1)[1]
+        saved_again(served["spam"])  # (a new model_version: the spam answer says the page's is old)
+        with running_server({"digits": served["digits"], "spam": served["spam"]}, "--port", port):
+            if learnt_by == "upload":
+                page.set_input_files("#upload", str(clothes_photo(tmp_path)))
+            else:
+                check_message(page, HAM_SMS)
+            page.wait_for_function("document.getElementById('image-model').value === 'mnist'")
+            assert page.inner_text("#images-error") == \
+                'The server no longer serves the image model "fashion"; this is "mnist".'
+            assert page.eval_on_selector_all("#image-model option", "os => os.map(o => o.value)") == ["mnist"]
             assert page.inner_text("#images-title") == "Draw a digit"
-            page.fill("#message", SPAM_SMS)
-            page.click("#check")
-            page.wait_for_selector("#spam[aria-busy='false'] #spam-result:not([hidden])")
-            meter = page.evaluate("(({low, high}) => ({low, high}))(document.getElementById('spam-meter'))")
-            assert meter == {"low": pytest.approx(0.2), "high": pytest.approx(0.9)}
-        finally:
-            context.close()
-    assert errors == [], f"the page logged errors: {errors}"
+            draw(page, SEVEN)
+            assert page.inner_text("#label") == "7" and page.locator("#images-error").is_hidden()
 
 
 def test_messages_get_verdicts(page, tmp_path):

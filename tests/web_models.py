@@ -92,11 +92,12 @@ def sms_messages() -> list[tuple[str, str]]:
 
 @contextlib.contextmanager
 def running_server(models: dict[str, Path], *args: str):
-    """The real `chainrule serve` (uvicorn in its own process) on a free port of 127.0.0.1, with
-    every model (`--digits`, `--images` for the clothes, `--spam`); yields (its base URL, its
-    process id)."""
-    cmd = [sys.executable, "-m", "chainrule.cli", "serve", "--digits", str(models["digits"]),
-           "--images", str(models["fashion"]), "--spam", str(models["spam"]), "--port", "0", *args]
+    """The real `chainrule serve` (uvicorn in its own process) on a free port of 127.0.0.1 (`args` may
+    name another), with the models given (`--digits`, `--images` for the clothes, `--spam`); yields
+    (its base URL, its process id)."""
+    options = {"digits": "--digits", "fashion": "--images", "spam": "--spam"}
+    given = [arg for name, option in options.items() if name in models for arg in (option, str(models[name]))]
+    cmd = [sys.executable, "-m", "chainrule.cli", "serve", *given, "--port", "0", *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     lines = []
     url = None
