@@ -7,6 +7,7 @@ Helpers used by several test modules are plain functions here, imported as `from
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,15 @@ def damaged(raw: bytes, data) -> bytes:
     if data.draw(st.booleans()):
         raw = raw[: data.draw(at) % (len(raw) + 1)]
     return bytes(raw)
+
+
+def as_a_user() -> list[str]:
+    """The start of a command line that runs it, where the tests run as root, without the capabilities
+    that let root read, enter and write what file modes forbid and bind ports below 1024: what a
+    server run by a user meets (root's chmod cannot refuse root). Nothing for another user."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("setpriv is not installed (apt-get install util-linux)")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-net_bind_service", "--inh-caps=-all"]

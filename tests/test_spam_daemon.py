@@ -32,6 +32,7 @@ from chainrule.apps.spam.protocol import THRESHOLD, Verdict, format_score
 from chainrule.cli import main
 from chainrule.data.corpora import read_messages
 from chainrule.data.text import HashingConfig
+from conftest import as_a_user as _as_a_user
 
 DATA = os.environ.get("CHAINRULE_DATA")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -83,15 +84,6 @@ def model_dir(mail, tmp_path_factory):
     out = tmp_path_factory.mktemp("spamd-model") / "model"
     save_model(result.bundle, out, replay=result.replay)
     return out
-
-
-def _as_a_user() -> list[str]:
-    """The start of a command line that runs it, where the tests run as root, without the capabilities
-    that let root read, enter and write what file modes forbid and bind ports below 1024: what a
-    daemon run by a user meets (root's chmod cannot refuse root). Nothing for another user."""
-    if os.geteuid() != 0:
-        return []
-    return [_need("setpriv"), "--bounding-set=-dac_override,-dac_read_search,-net_bind_service", "--inh-caps=-all"]
 
 
 class Daemon:

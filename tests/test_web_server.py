@@ -3,7 +3,10 @@ once do not multiply the memory. Runs `chainrule serve` (uvicorn) in its own pro
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
@@ -14,13 +17,19 @@ import pytest
 from PIL import Image
 
 from chainrule.web import services
+from conftest import as_a_user
 from web_models import running_server, trained_models
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def models(tmp_path_factory):
+    return trained_models(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def served(models):
     """(base URL, process id) of `chainrule serve --timeout 1`."""
-    with running_server(trained_models(tmp_path_factory), "--timeout", "1") as url_pid:
+    with running_server(models, "--timeout", "1") as url_pid:
         yield url_pid
 
 
@@ -116,3 +125,37 @@ def test_bound_to_this_machine_it_answers_only_to_its_names(server):
         r = httpx.get(f"{server}/api/models", headers={"Host": host}, timeout=10)
         assert r.status_code == 400 and "/" not in r.text, (host, r.text)
     assert httpx.get(f"{server}/static/app.js", timeout=10).headers["x-content-type-options"] == "nosniff"
+
+
+def _serve_as_a_user(*args: str) -> subprocess.CompletedProcess:
+    """`chainrule serve ARGS` as a user (`as_a_user`), expected to fail before it serves."""
+    return subprocess.run([*as_a_user(), sys.executable, "-m", "chainrule.cli", "serve", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_serve_names_the_run_folders_it_cannot_read(models, tmp_path):
+    """A run folder `serve` may not read was passed over without a word (so: "no models to serve:
+    none under runs/"), and a model.json it may not read was "[Errno 13] Permission denied:
+    'runs/digits-small/model.json'"."""
+    runs = tmp_path / "runs"
+    shutil.copytree(models["digits"], runs / "locked")
+    shutil.copytree(models["digits"], runs / "digits-small")
+    (runs / "locked").chmod(0)
+    (runs / "digits-small" / "model.json").chmod(0)
+    try:
+        done = _serve_as_a_user("--runs", str(runs), "--port", "0")
+    finally:
+        (runs / "locked").chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    assert f"passed over {runs / 'locked'}: a folder that cannot be read (Permission denied)" in done.stderr
+    assert f"passed over {runs / 'digits-small'}: {runs / 'digits-small' / 'model.json'}: Permission denied" \
+        in done.stderr
+    assert "Errno" not in done.stderr
+
+
+def test_serve_on_a_port_below_1024_says_what_it_needs(models):
+    """`serve --port 80` as a user said only "Permission denied", as `spam daemon` no longer does."""
+    done = _serve_as_a_user("--spam", str(models["spam"]), "--port", "80")
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(
+        "cannot listen on 127.0.0.1:80: Permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)")

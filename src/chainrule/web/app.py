@@ -32,6 +32,7 @@ it answers any.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import math
@@ -261,7 +262,9 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         if sock is not None:
             sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        denied = exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024  # (as `spam daemon` says it)
+        hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if denied else ""
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from exc
     sock.set_inheritable(True)
     return sock
 

@@ -38,7 +38,7 @@ from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.checks import is_real
 from chainrule.data import idx
 from chainrule.data.images import preprocess_image
-from chainrule.errors import ModelFileError, UserError, one_line
+from chainrule.errors import ModelFileError, UserError, one_line, printable
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 from chainrule.model_file import model_directory, model_stamp, saved_metadata
 from chainrule.network import check_model_files
@@ -347,18 +347,27 @@ def default_name(metadata: dict) -> str:
 
 def saved_models(runs="runs") -> list[tuple[Path, dict, float]]:
     """(model directory, its metadata, when it was written) for every saved model under `runs`; one
-    that cannot be read (a newer chainrule's, say) is passed over with a warning. `find_latest_model`
-    and `find_latest_image_models` take this list in place of `runs`, so one scan serves both."""
+    that cannot be read (a newer chainrule's, say), or a folder that cannot be, is passed over with a
+    warning. `find_latest_model` and `find_latest_image_models` take this list in place of `runs`, so
+    one scan serves both."""
     root = Path(runs)
     if not root.is_dir():
         return []
     found = []
-    for meta in root.rglob("model.json"):
-        if _readable_weights(meta.parent):
+    # (os.walk, not Path.rglob: rglob passes over a folder it cannot read without a word, and
+    # `serve` said "no models to serve: none under runs/" of a folder of models it may not read)
+    for folder, _, files in os.walk(root, onerror=_unreadable_folder):
+        meta = Path(folder) / "model.json"
+        if "model.json" in files and _readable_weights(meta.parent):
             metadata = saved_metadata(meta.parent)
             if metadata:
                 found.append((meta.parent, metadata, meta.stat().st_mtime))
     return found
+
+
+def _unreadable_folder(exc: OSError) -> None:
+    log.warning("chainrule serve: passed over %s: a folder that cannot be read (%s)",
+                printable(str(exc.filename)), exc.strerror or exc)
 
 
 def _scanned(runs) -> list[tuple[Path, dict, float]]:
@@ -401,7 +410,7 @@ def _first_loaded(directories, load):
         try:
             return load(directory)
         except (UserError, OSError) as exc:
-            log.warning("chainrule serve: passed over %s: %s", directory, exc)
+            log.warning("chainrule serve: passed over %s: %s", directory, one_line(exc))
     return None
 
 
@@ -412,5 +421,5 @@ def _readable_weights(directory: Path) -> bool:
         check_model_files(directory)
         return True
     except (ModelFileError, OSError) as exc:
-        log.warning("chainrule serve: passed over %s: %s", directory, exc)
+        log.warning("chainrule serve: passed over %s: %s", directory, one_line(exc))
         return False
