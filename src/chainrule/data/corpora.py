@@ -399,20 +399,14 @@ def changed_files(root, since_ns: int = 0, unlisted: list[OSError] | None = None
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a folder or Maildir", str(root))
-    paths = []
     if _is_maildir(root):
-        for sub in ("new", "cur"):
-            try:
-                names = sorted(os.listdir(root / sub))
-            except OSError as exc:  # (the other one's messages are still new)
-                unlisted.append(exc)
-                continue
-            paths += [root / sub / n for n in names if not n.startswith(".")]
+        paths = _maildir_files(root, unlisted)
     else:
+        paths = []
         for here, dirnames, filenames in _folders(root, unlisted):
             if _is_maildir(here):
                 dirnames[:] = []
-                paths += changed_files(here, since_ns, unlisted)
+                paths += _maildir_files(here, unlisted)
                 continue
             paths += [here / n for n in filenames if not _not_mail(n)]
     out = []
@@ -424,6 +418,20 @@ def changed_files(root, since_ns: int = 0, unlisted: list[OSError] | None = None
         if stat.S_ISREG(st.st_mode) and st.st_ctime_ns >= since_ns:
             out.append(p)
     return out
+
+
+def _maildir_files(maildir: Path, unlisted: list[OSError]) -> list[Path]:
+    """The files in the Maildir's new/ and cur/, dot files skipped; one of the two that cannot be
+    listed goes to `unlisted` (the other one's messages are still new)."""
+    paths = []
+    for sub in ("new", "cur"):
+        try:
+            names = sorted(os.listdir(maildir / sub))
+        except OSError as exc:
+            unlisted.append(exc)
+            continue
+        paths += [maildir / sub / n for n in names if not n.startswith(".")]
+    return paths
 
 
 def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...],
