@@ -57,7 +57,7 @@ def stamped_verdict(raw: bytes) -> str | None:
 
 # A header field's first line: a name of printable characters other than the colon, then the colon
 # (RFC 5322; whitespace before the colon is its obsolete syntax, still met in old mail).
-_FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
+FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
 def _fields(head: bytes) -> list[bytes]:
@@ -124,7 +124,7 @@ def _fields_end(raw: bytes, end: int) -> int:
         line = raw[start:stop]
         continued = start > 0 and line[:1] in (b" ", b"\t")
         envelope = start == 0 and line.startswith(b"From ")  # an mbox "From " line, as procmail hands mail on
-        if not (continued or envelope or _FIELD_START.match(line)):
+        if not (continued or envelope or FIELD_START.match(line)):
             return start
         start = stop
     return end

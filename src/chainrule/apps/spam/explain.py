@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import scipy.sparse as sp
 
+from chainrule.apps.spam.annotate import FIELD_START
 from chainrule.apps.spam.features import item_tokens
 from chainrule.apps.spam.model import SpamModel, verdict
 from chainrule.data.corpora import MAX_BYTES
@@ -73,9 +74,6 @@ _MBOX_FROM = re.compile(rb"\A\s*From \S+ +(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +"
                         rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ")
 
 
-_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")  # a header field's name and colon
-
-
 def looks_like_email(raw: bytes) -> bool:
     """Whether pasted text is an email with headers (else it is treated as an SMS or a bare note).
 
@@ -90,7 +88,7 @@ def looks_like_email(raw: bytes) -> bool:
     after = [line for line in head.lstrip().splitlines()[1:] if not line.startswith((b" ", b"\t"))]
     if not after:  # the first field is all there is, or all of the head
         return len(raw) > len(head)
-    return not after[0].strip() or _FIELD.match(after[0]) is not None
+    return not after[0].strip() or FIELD_START.match(after[0]) is not None
 
 
 def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
