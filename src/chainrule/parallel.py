@@ -153,8 +153,9 @@ class BlasThreads:
     parts. `restore()`, or leaving the `with` block, puts BLAS's count back and the passes whole
     again. Where there is no /proc/stat, nothing changes.
 
-    The price: OpenBLAS rounds some products differently on one thread than on two, so the same
-    seed gives the same weights bit for bit only under the same load (README, "Digits").
+    The price: OpenBLAS rounds some products differently on one thread than on two, and the step
+    at which the count changes depends on timing, so under load the same seed gives the same
+    weights bit for bit only with BLAS held to one thread (OPENBLAS_NUM_THREADS=1; README, "Digits").
     """
 
     def __init__(self, every: float = 0.5):

@@ -519,8 +519,9 @@ def fit(
         checkpoint: a `.npz` path written atomically after every epoch with everything needed to
             continue: weights, optimizer moments, random-generator states, history.
         resume: continue from `checkpoint` if it exists; the result is then identical to an
-            uninterrupted run with the same seed, bit for bit under the same machine load (BLAS may
-            round differently on one thread than on two: see `BlasThreads`).
+            uninterrupted run with the same seed, bit for bit where no other process kept a core busy,
+            or with BLAS held to one thread (`OPENBLAS_NUM_THREADS=1`): under load BLAS runs on fewer
+            threads from a moment that varies, and rounds differently on one (see `BlasThreads`).
         world: the processes that train together (`chainrule.distributed.world()` under mpirun);
             None: this process alone.
 

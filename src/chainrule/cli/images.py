@@ -227,7 +227,8 @@ def _add_group(subparsers, group: str) -> None:
                    help="examples per gradient step (under mpirun: in all, shared out among the processes)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int,
-                   help="seed for initial weights, validation split, shuffling (default 0)")
+                   help="seed for initial weights, validation split, shuffling, dropout and augmentation "
+                   "(default 0; bit-identical reruns on a busy machine also need OPENBLAS_NUM_THREADS=1)")
     p.add_argument("--train-size", type=positive_int, metavar="N",
                    help="use only the first N training images, more than 500, a twelfth of them (5,000 at "
                    "most) held out to choose the epoch (quick experiments)")

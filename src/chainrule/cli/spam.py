@@ -591,7 +591,8 @@ def add_commands(subparsers) -> None:
                    help="weigh spam by #ham/#spam in the loss and calibrate the spam cut-off freely "
                    "(default: on for SMS only; with mail, off: every message weighs the same and the "
                    "spam cut-off is at most P(spam) 0.5, which held up better on newer mail)")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed for the folds (or validation split), initial weights, shuffling and dropout (default 0)")
     add_max_bytes(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train, mpi=True)
