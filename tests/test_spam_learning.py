@@ -23,6 +23,7 @@ from chainrule.apps.spam import (
     build_network,
     featurize,
     gather_lessons,
+    learning,
     load_lessons,
     load_replay,
     load_spam_model,
@@ -168,6 +169,22 @@ def test_unlearn_undoes_a_wrong_lesson(model, spam_corpus, capsys):
     (line, _, _) = _learn(capsys, model, "--unlearn", ham[0], ham[0])
     assert "\tnever learned; nothing to unlearn\t" in line
     assert (model / "model.json").read_bytes() == saved
+
+
+def test_unlearning_a_message_whose_lesson_is_not_on_record_does_not_say_it_was_never_learned(
+        model, spam_corpus, capsys, monkeypatch):
+    """A filter keeps the records of its newest lessons only (LESSONS_KEPT), and chainrule 0.1.0
+    kept none: `--unlearn` of a message taught before its record was kept said "never learned"."""
+    monkeypatch.setattr(learning, "LESSONS_KEPT", 1)
+    ham = _held(spam_corpus, "easy_ham", 2)
+    _learn(capsys, model, "--spam", ham[0], "--seed", "0")
+    _learn(capsys, model, "--spam", ham[1], "--seed", "0")  # ham[0]'s record is dropped
+    (line, summary) = _learn(capsys, model, "--unlearn", ham[0])
+    assert "	not on record: never learned, or learned before the lessons on record; nothing to unlearn	" in line
+    assert summary == "1 not on record; the model has learned 2 messages"
+    _learn(capsys, model, "--unlearn", ham[1])  # every lesson on record undone, one not:
+    (line, _) = _learn(capsys, model, "--unlearn", ham[1])
+    assert "	not on record: " in line
 
 
 @pytest.mark.parametrize("option", [["--epochs", "50"], ["--seed", "9"], ["--since-last", "--from", "."]])

@@ -45,7 +45,7 @@ from chainrule.apps.spam import (
     verdict,
     write_run,
 )
-from chainrule.apps.spam.learning import AGAIN, LEARNED, RELEARNED, REPEATED, UNLEARNED
+from chainrule.apps.spam.learning import AGAIN, LEARNED, NOT_ON_RECORD, RELEARNED, REPEATED, UNLEARNED
 from chainrule.apps.spam.training import VALIDATION
 from chainrule.cli import spamd
 from chainrule.cli.options import (
@@ -477,6 +477,8 @@ def _learn_outcome(status: str, label: int, was: int | None) -> str:
         return f"already learned as {name[label]}; not learned again"
     if status == UNLEARNED:
         return f"unlearned (was learned as {name[was]})"
+    if status == NOT_ON_RECORD:
+        return "not on record: never learned, or learned before the lessons on record; nothing to unlearn"
     return "never learned; nothing to unlearn"
 
 

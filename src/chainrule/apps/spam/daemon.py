@@ -749,7 +749,7 @@ def _logged_user(user: str | None) -> str:
 def _told(is_spam: bool | None, changed: bool) -> str:
     """What a TELL did, for the log: learn (`is_spam`) or forget (None) a message."""
     if is_spam is None:
-        return "unlearned" if changed else "never learned; nothing to unlearn"
+        return "unlearned" if changed else "no lesson on record; nothing to unlearn"
     label = "spam" if is_spam else "ham"
     return f"learned as {label}" if changed else f"already learned as {label}; not learned again"
 

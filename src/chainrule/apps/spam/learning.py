@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 
 # What became of a message given to `learn` or `unlearn`.
 LEARNED, RELEARNED, AGAIN, REPEATED = "learned", "relearned", "learned again", "already learned"
-UNLEARNED, NOT_LEARNED = "unlearned", "never learned"
+UNLEARNED, NOT_LEARNED, NOT_ON_RECORD = "unlearned", "never learned", "not on record"
 
 
 @dataclass
@@ -352,10 +352,13 @@ def unlearn(bundle: SpamModel, x: sp.csr_matrix) -> Learned:
 
     Each message taught before (UNLEARNED) loses its lesson and its row of the replay sample, and
     the network is edited, as little as it takes, to give it the P(spam) it had before its first
-    lesson (`_move_logits`); the metadata's "learned" goes down by one. A message never taught is
-    left as it is (NOT_LEARNED). Returns what became of each message (`Learned`).
+    lesson (`_move_logits`); the metadata's "learned" goes down by one. A message with no lesson
+    on record is left as it is: NOT_LEARNED, or NOT_ON_RECORD where the filter has learned more
+    messages than it holds records of (it keeps the newest LESSONS_KEPT; chainrule 0.1.0 kept none),
+    so the message may be one of those. Returns what became of each message (`Learned`).
     """
     lessons = load_lessons(bundle.files.get("lessons"))
+    unknown = NOT_ON_RECORD if int(bundle.metadata.get("learned", 0)) > len(lessons) else NOT_LEARNED
     index = {d.tobytes(): j for j, d in enumerate(lessons.digests)}
     before = bundle.probabilities(x)
     undo: dict[bytes, int] = {}  # message -> its row in x, of those to unlearn
@@ -363,7 +366,7 @@ def unlearn(bundle: SpamModel, x: sp.csr_matrix) -> Learned:
     for i, d in enumerate(row_digests(x)):
         j = index.get(d.tobytes())
         if j is None or d.tobytes() in undo:  # (a message given twice is unlearned once)
-            status.append(NOT_LEARNED)
+            status.append(unknown)
             was.append(None)
             continue
         status.append(UNLEARNED)
