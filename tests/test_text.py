@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import unicodedata
 
 import numpy as np
 import pytest
@@ -44,6 +45,67 @@ def test_header_prefixes_urls_and_attachments():
 def test_sms_tokens_and_char_ngrams():
     toks = sms_tokens("Txt WIN to 80086 now", HashingConfig(char_ngrams=4))
     assert "txt" in toks and "num:d5" in toks and "c:<tx" in toks and "c:<txt" in toks
+
+
+def test_words_keep_their_combining_marks():
+    """Scripts that write vowels, tones and points as combining marks were cut at every mark
+    (Python's `re` counts no mark as part of a word): Hindi 'नमस्ते' read 'नमस', 'त'."""
+    assert word_tokens("नमस्ते! मुफ्त ऑफर") == ["नमस्ते", "मुफ्त", "ऑफर", "punct:!"]  # Devanagari
+    assert word_tokens("สวัสดีครับ สมัครฟรี") == ["สวัสดีครับ", "สมัครฟรี"]  # Thai (no spaces inside a clause)
+    for text in ("مَجَّانًا", "הַרְשָׁמָה", "Tiếng"):  # Arabic with its vowel marks, pointed Hebrew, Vietnamese in NFD
+        word = unicodedata.normalize("NFD", text)
+        assert word_tokens(word) == [unicodedata.normalize("NFC", word).lower()]
+    # Vietnamese in windows-1258 decodes to letters followed by their tone marks: the same words as in UTF-8
+    raw = (b"From: a@example.vn\nSubject: hi\nContent-Type: text/plain; charset=windows-1258\n\n"
+           b"Khuy\xea\xecn ma\xdei Ti\xea\xecng Vi\xea\xf2t\n")
+    assert word_tokens(parse_message(raw).text) == ["khuyến", "mãi", "tiếng", "việt"]
+
+
+def test_nfc_and_nfd_spellings_give_the_same_tokens():
+    """Text in NFD (a letter, then its accent: as macOS names files and some mailers send) gave
+    other tokens than the same text composed: 'résumé' read 're', 'sume'."""
+    text = "Café RÉSUMÉ résumé Tiếng Việt İSTANBUL"
+    nfc, nfd = unicodedata.normalize("NFC", text), unicodedata.normalize("NFD", text)
+    assert word_tokens(nfd) == word_tokens(nfc)
+    assert word_tokens(nfd)[:6] == ["café", "résumé", "résumé", "tiếng", "việt", "istanbul"]
+
+
+_INTL = st.text(alphabet=st.sampled_from(list("aZ09 .-'éÉe\u0301\u0300İI\u0307ßẞΣσςНн한\u1100\u1161"
+                                              "नस\u094d\u0947ส\u0e31\u0e35公司の\u30fcキ\uff21\uff11\u200b\u00ad$!💰")),
+                max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_INTL)
+def test_any_text_gives_the_tokens_of_its_nfc_and_nfd_forms(text):
+    assert word_tokens(unicodedata.normalize("NFD", text)) == word_tokens(unicodedata.normalize("NFC", text))
+
+
+def test_obfuscated_letters_and_digits_read_as_plain_ones():
+    """Full-width letters and digits (`ＦＲＥＥ`, `＄１００`), and a zero-width character or soft hyphen
+    inside a word (`V\\u200biagra`), hid a word from the filter: they gave other tokens than the
+    letters they show, or cut the word in two."""
+    assert word_tokens("ＦＲＥＥ ＶＩＡＧＲＡ") == word_tokens("FREE VIAGRA")
+    assert word_tokens("＄１００ １２３") == ["money:$ddd", "num:ddd"]
+    assert word_tokens("V\u200biagra C\u00adialis Vi\u2060agra Ci\ufeffalis V\u200ci\u200dagra") == [
+        "viagra", "cialis", "viagra", "cialis", "viagra"]
+
+
+def test_digits_of_every_script_have_the_same_shapes():
+    """Arabic-Indic or Devanagari digits kept their digits in a short number ('num:٥٠٠') but gave
+    'num:d5' in a long one: only ASCII digits became 'd'."""
+    assert word_tokens("٥٠٠ ٥٠٠٠٠ १२३ ￡٥٠٠") == ["num:ddd", "num:d5", "num:ddd", "money:£ddd"]
+
+
+def test_capitals_and_case_of_other_alphabets():
+    """Words in capitals counted only in ASCII (`[A-Z]`), and lower case was not a caseless form:
+    'STRASSE' and 'straße' were two words, 'İSTANBUL' read 'i', 'stanbul' (Unicode lower-cases İ as
+    i and a combining dot)."""
+    assert word_tokens("БЕСПЛАТНО СЕЙЧАС ΔΩΡΕΑΝ") == [
+        "бесплатно", "сейчас", "δωρεαν", "upper:бесплатно", "upper:сейчас", "upper:δωρεαν", "caps:0"]
+    assert word_tokens("STRASSE Straße") == ["strasse", "strasse", "upper:strasse", "caps:0"]
+    assert word_tokens("İSTANBUL İNDİRİM") == word_tokens("ISTANBUL INDIRIM")
+    assert word_tokens("İstanbul'da indirim") == ["istanbul'da", "indirim"]
 
 
 def test_hash_rows_are_signed_normalised_and_mappable():
@@ -254,7 +316,7 @@ def test_sms_tokens_put_url_domains_first(data_root):
         assert is_header == sorted(is_header, reverse=True), text
 
 
-_TEXTS = st.text(alphabet=st.sampled_from(list("aZQx09_$£€!? .,:/-'’&\néÉ٣BÄ")), max_size=60)
+_TEXTS = st.text(alphabet=st.sampled_from(list("aZQx09_$£€!? .,:/-'’&\néÉ٣BÄДдΣß\u0301公の")), max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
@@ -271,6 +333,10 @@ def test_fast_patterns_match_the_plain_ones(text):
     assert [m for m in marks if m[0] in "!?"] == re.findall(r"[!?]+", text)
     if text.isascii():
         assert t._WORD_ASCII_RE.findall(text.lower()) == t._WORD_RE.findall(text.lower())
+    marks = t._MARKS_UNICODE_RE.findall(text)  # (the same with the capitals of every alphabet)
+    assert [m for m in marks if m[0] in "$£€" or m[0].isdecimal()] == re.findall(r"[$£€]?\d[\d.,:/-]*", text)
+    assert [m for m in marks if m[0].isupper()] == re.findall(rf"\b[A-Z{re.escape(t._CAPITALS)}]{{3,}}\b", text)
+    assert [m for m in marks if m[0] in "!?"] == re.findall(r"[!?]+", text)
 
 
 def test_matrix_hashes_tokens_with_lone_surrogates_like_signed_index():

@@ -22,6 +22,7 @@ bucket and sign, which is how `spam explain` turns weights on buckets back into 
 from __future__ import annotations
 
 import re
+import unicodedata
 import zlib
 from bisect import bisect_left
 from collections import Counter
@@ -30,6 +31,7 @@ from functools import lru_cache
 from itertools import chain
 
 import numpy as np
+import regex
 import scipy.sparse as sp
 
 from chainrule.data.mime import ParsedMessage
@@ -127,23 +129,37 @@ class HashingConfig:
         return cfg
 
 
-# Words start with a letter and may hold digits, apostrophes, hyphens ("don't", "e-mail", "mp3").
-_WORD_RE = re.compile(r"[^\W\d_][\w'’&-]*")
+# Words start with a letter and may hold digits, apostrophes, hyphens ("don't", "e-mail", "mp3"), and
+# the combining marks that many scripts write vowels, tones and points with (Hindi, Thai, Arabic,
+# Hebrew, Vietnamese in windows-1258): `regex`'s \w holds them, `re`'s does not ('नमस्ते' read 'नमस', 'त').
+_WORD_RE = regex.compile(r"\p{L}[\w'’&-]*")
 # The same for ASCII text (most mail), where \w and \d are ASCII classes: a class made only of ASCII
 # characters is a bitmap test for `re`, twice as fast as Unicode categories.
 _WORD_ASCII_RE = re.compile(r"[a-z][a-z0-9_'&-]*")  # (applied to lower-cased text)
+# Capital letters outside ASCII (Cyrillic, Greek, accented Latin, ...), as a class `re` can test
+# quickly (`regex`'s \p{Lu} made the scan below twice as slow). Those of the Basic Multilingual
+# Plane (5 ms at import): beyond it lie the mathematical letters, which NFKC folds to ASCII, and a
+# few alphabets little used in mail (Deseret, Osage, Adlam).
+_CAPITALS = "".join(c for c in map(chr, range(0x80, 0x10000)) if c.isupper())
 # Numbers with an optional currency sign, whole words of 3+ capitals, and runs of ! and ?, in one
 # scan: the three kinds share no character, so one scan finds exactly what three would, and a
 # match's first character says its kind. The pattern starts with a single character class because
 # only then does `re` skip quickly to a possible first character; the lookarounds pick the branch
 # and keep each kind's matches exactly those of `[$£€]?\d[\d.,:/-]*`, `\b[A-Z]{3,}\b` and `[!?]+`
-# (3x faster than those three plain scans).
-_MARKS_RE = re.compile(r"[$£€\dA-Z!?](?:(?<=[$£€])(?=\d)[\d.,:/-]*|(?<=\d)[\d.,:/-]*"
-                       r"|(?<=[A-Z])(?<!\w[A-Z])[A-Z]{2,}(?!\w)|(?<=[!?])[!?]*)")
+# (3x faster than those three plain scans). `_MARKS_UNICODE_RE`: the same with every capital.
+_MARKS = (r"[$£€\dA-Z!?](?:(?<=[$£€])(?=\d)[\d.,:/-]*|(?<=\d)[\d.,:/-]*"
+          r"|(?<=[A-Z])(?<!\w[A-Z])[A-Z]{2,}(?!\w)|(?<=[!?])[!?]*)")
+_MARKS_RE = re.compile(_MARKS)
+_MARKS_UNICODE_RE = re.compile(_MARKS.replace("A-Z", "A-Z" + re.escape(_CAPITALS)))
+# Characters that show nothing (zero-width space, joiners, word joiner, BOM, soft hyphen), which a
+# spammer puts inside a word ("V\u200biagra") to hide it: taken out. And ™ and ℠, which NFKC would
+# spell as letters run into the word they mark ("Dell™": 'delltm').
+_UNSEEN_RE = re.compile("[\u200b-\u200d\u2060\ufeff\u00ad\u2120\u2122]")
 _EMAIL_RE = re.compile(r"[\w.+-]+@([\w-]+\.[\w.-]+)")
 _HOST_RE = re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}\b")
 _IP_RE = re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
 _DIGITS = str.maketrans("0123456789", "dddddddddd")
+_DIGIT_RE = re.compile(r"\d")  # the digits of every script (Arabic-Indic ٥, Devanagari ५, ...)
 _MAX_CHARS = 30_000  # per text; a long message says all it will say in its first pages
 # Per address header (From, To, Reply-To) and per Received line: RFC 5322's limit for a line (998
 # characters). Their patterns take time growing with the square of a run of characters that never
@@ -155,31 +171,57 @@ _MAX_HEADER_CHARS = 1_000
 
 def _shape(token: str) -> str:
     """Digits -> 'd', and a plain run of more than 4 digits -> 'd' + its length: '£1,500' -> '£d,ddd',
-    '07781482378' -> 'd11' (the length of a phone number is a feature; its digits are not)."""
+    '07781482378' -> 'd11' (the length of a phone number is a feature; its digits are not). The
+    digits of any script: '٥٠٠' -> 'ddd', as '500'."""
     if len(token) > 4 and token.isdigit():
         return f"d{len(token)}"
-    return token.translate(_DIGITS)
+    return token.translate(_DIGITS) if token.isascii() else _DIGIT_RE.sub("d", token)
+
+
+def _normal_form(text: str) -> str:
+    """`text` as a reader sees it, so that what looks the same gives the same tokens.
+
+    NFKC: a letter written with its accent apart (NFD: 'e' + U+0301) is the accented letter, and
+    the look-alikes spam writes to pass a filter are the plain letters and digits they show: full
+    width ('ＦＲＥＥ', '＄１００'), ligatures, mathematical letters ('𝐅𝐑𝐄𝐄'), circled ones. Characters
+    that show nothing go (`_UNSEEN_RE`). The capital İ (Turkish) becomes I, since Unicode lower-cases
+    it as i and a combining dot: 'İSTANBUL' would not read 'istanbul'.
+    """
+    if _UNSEEN_RE.search(text):
+        text = _UNSEEN_RE.sub("", text)
+    # (no-break spaces first: they are most mail's only characters that NFKC changes, and a text
+    # that it leaves as it is costs it a quick check instead of a pass that rebuilds the string)
+    return unicodedata.normalize("NFKC", text.replace("\u00a0", " ")).replace("İ", "I")
 
 
 def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams: int = 0) -> list[str]:
     """Tokens of free text: lower-cased words, number and money shapes, words in capitals, !/? runs.
 
-    With a `prefix` ("subject:") every token is prefixed, so the same word in a subject and in a
-    body are different features. Written as a few whole-string regex passes rather than a loop
-    over words, since this runs for every message the filter sees.
+    Text beyond ASCII is read in its normal form (`_normal_form`: what looks the same gives the same
+    tokens) and case-folded. With a `prefix` ("subject:") every token is prefixed, so the same word
+    in a subject and in a body are different features. Written as a few whole-string regex passes
+    rather than a loop over words, since this runs for every message the filter sees.
     """
     text = text[:_MAX_CHARS]
-    ascii_only = text.isascii()  # (O(1): CPython records it in the string)
-    words = (_WORD_ASCII_RE if ascii_only else _WORD_RE).findall(text.lower())
+    if not text.isascii():  # (O(1): CPython records it in the string)
+        text = _normal_form(text)
+    if text.isascii():  # (most mail; full-width letters too, once folded)
+        fold = str.lower
+        words = _WORD_ASCII_RE.findall(text.lower())
+        marks = _MARKS_RE.findall(text)
+    else:
+        fold = str.casefold  # the caseless form: 'STRASSE' and 'straße' alike, 'ΣΑΣ' and 'σας'
+        words = _WORD_RE.findall(text.casefold())
+        marks = _MARKS_UNICODE_RE.findall(text)
     if len(text) > 30 and words and max(map(len, words)) > 30:
         words = [w if len(w) <= 30 else f"long:{len(w) // 10}" for w in words]
     numbers, caps, punct = [], [], []
-    for m in _MARKS_RE.findall(text):
+    for m in marks:
         c = m[0]
         if c == "!" or c == "?":
             punct.append(f"punct:{m[:3]}")
-        elif "A" <= c <= "Z":
-            caps.append(f"upper:{m.lower()}")
+        elif c.isupper():
+            caps.append(f"upper:{fold(m)}")
         else:  # (a shape drops the trailing punctuation the pattern picks up at a sentence's end)
             n = m.rstrip(".,:/-")
             numbers.append(f"money:{_shape(n)}" if c in "$£€" else f"num:{_shape(n)}")
