@@ -108,6 +108,30 @@ def test_capitals_and_case_of_other_alphabets():
     assert word_tokens("İstanbul'da indirim") == ["istanbul'da", "indirim"]
 
 
+def test_chinese_and_japanese_runs_become_character_bigrams():
+    """Han, Hiragana and Katakana are written without spaces: a clause was one token (and a run
+    over 30 characters `long:N`), so such mail was read by its headers alone. Each run gives its
+    overlapping pairs of characters, a lone character itself, as Lucene's CJK analyser does."""
+    assert word_tokens("我们公司提供发票服务，欢迎。") == ["我们", "们公", "公司", "司提", "提供", "供发", "发票",
+                                                    "票服", "服务", "欢迎"]
+    long_run = "恭喜您获得本公司年终大抽奖一等奖奖金五十万元请立即联系我们的客服人员领取奖品"
+    toks = word_tokens(long_run)
+    assert len(toks) == len(long_run) - 1 and not any(t.startswith("long:") for t in toks)
+    assert word_tokens("キャンペーンのお知らせ 無料") == ["キャ", "ャン", "ンペ", "ペー", "ーン", "ンの", "のお",
+                                                  "お知", "知ら", "らせ", "無料"]
+    assert word_tokens("500元优惠券 点击领取http x") == ["元优", "优惠", "惠券", "点击", "击领", "领取", "http", "x",
+                                                 "num:ddd"]
+    assert word_tokens("特 价") == ["特", "价"]
+    assert word_tokens("무료 가입 이벤트") == ["무료", "가입", "이벤트"]  # Korean: words between spaces, as before
+
+
+def test_sms_url_right_after_chinese_text_is_a_url():
+    """`sms_tokens` looked for a link after a word boundary, and there is none between 取 and h."""
+    toks = sms_tokens("【京东】恭喜您获得500元优惠券，点击领取http://jd-x.cn/a 回T退订")
+    assert toks[:2] == ["url:jd-x.cn", "url:.cn"]
+    assert not any(t.startswith("url:") for t in sms_tokens("Awww.. so sweet"))  # (a word's "www.": no link)
+
+
 def test_hash_rows_are_signed_normalised_and_mappable():
     h = Hasher(HashingConfig(n_features=1 << 10))
     tokens = ["spam", "spam", "ham", "eggs", "spam eggs"]
@@ -337,6 +361,8 @@ def test_fast_patterns_match_the_plain_ones(text):
     assert [m for m in marks if m[0] in "$£€" or m[0].isdecimal()] == re.findall(r"[$£€]?\d[\d.,:/-]*", text)
     assert [m for m in marks if m[0].isupper()] == re.findall(rf"\b[A-Z{re.escape(t._CAPITALS)}]{{3,}}\b", text)
     assert [m for m in marks if m[0] in "!?"] == re.findall(r"[!?]+", text)
+    if not t._CJK_RE.search(text):  # (the pattern that parts Chinese from other words finds the same words)
+        assert t._CJK_WORD_RE.findall(text.casefold()) == t._WORD_RE.findall(text.casefold())
 
 
 def test_matrix_hashes_tokens_with_lone_surrogates_like_signed_index():

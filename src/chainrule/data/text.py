@@ -136,6 +136,15 @@ _WORD_RE = regex.compile(r"\p{L}[\w'’&-]*")
 # The same for ASCII text (most mail), where \w and \d are ASCII classes: a class made only of ASCII
 # characters is a bitmap test for `re`, twice as fast as Unicode categories.
 _WORD_ASCII_RE = re.compile(r"[a-z][a-z0-9_'&-]*")  # (applied to lower-cased text)
+# Han, Hiragana and Katakana (Chinese and Japanese) are written without spaces between words: a run of
+# them is a word of its own, cut into pairs of characters (`_cjk_bigrams`), and Latin letters or digits
+# next to it are words apart ("点击领取http"). Korean is written with spaces, Thai needs a dictionary
+# to cut: both stay words as they are written. `_CJK` by blocks: kana and ideographs (々〆〇, ー and the
+# extensions included), not the kana punctuation ・ and ゠.
+_CJK = ("\u3005-\u3007\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
+        "\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff")
+_CJK_RE = re.compile(f"[{_CJK}]")
+_CJK_WORD_RE = regex.compile(r"(?V1)[CJK]+|[\p{L}--[CJK]][[\w'’&-]--[CJK]]*".replace("CJK", _CJK))  # (2x slower)
 # Capital letters outside ASCII (Cyrillic, Greek, accented Latin, ...), as a class `re` can test
 # quickly (`regex`'s \p{Lu} made the scan below twice as slow). Those of the Basic Multilingual
 # Plane (5 ms at import): beyond it lie the mathematical letters, which NFKC folds to ASCII, and a
@@ -194,13 +203,28 @@ def _normal_form(text: str) -> str:
     return unicodedata.normalize("NFKC", text.replace("\u00a0", " ")).replace("İ", "I")
 
 
+def _cjk_bigrams(words: list[str]) -> list[str]:
+    """Each run of Han, Hiragana or Katakana in `words` as its overlapping pairs of characters (a
+    lone character as itself): '发票代开' -> '发票', '票代', '代开'. Without a dictionary, which
+    pairs make words is unknown; the pairs that do recur and carry the meaning, as in Lucene's
+    CJK analyser and Xapian's."""
+    out = []
+    for w in words:
+        if len(w) > 1 and _CJK_RE.match(w):
+            out.extend([w[i:i + 2] for i in range(len(w) - 1)])
+        else:
+            out.append(w)
+    return out
+
+
 def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams: int = 0) -> list[str]:
     """Tokens of free text: lower-cased words, number and money shapes, words in capitals, !/? runs.
 
     Text beyond ASCII is read in its normal form (`_normal_form`: what looks the same gives the same
-    tokens) and case-folded. With a `prefix` ("subject:") every token is prefixed, so the same word
-    in a subject and in a body are different features. Written as a few whole-string regex passes
-    rather than a loop over words, since this runs for every message the filter sees.
+    tokens) and case-folded, and Chinese and Japanese as pairs of characters (`_cjk_bigrams`). With a
+    `prefix` ("subject:") every token is prefixed, so the same word in a subject and in a body are
+    different features. Written as a few whole-string regex passes rather than a loop over words,
+    since this runs for every message the filter sees.
     """
     text = text[:_MAX_CHARS]
     if not text.isascii():  # (O(1): CPython records it in the string)
@@ -211,7 +235,11 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
         marks = _MARKS_RE.findall(text)
     else:
         fold = str.casefold  # the caseless form: 'STRASSE' and 'straße' alike, 'ΣΑΣ' and 'σας'
-        words = _WORD_RE.findall(text.casefold())
+        folded = text.casefold()
+        if _CJK_RE.search(folded):
+            words = _cjk_bigrams(_CJK_WORD_RE.findall(folded))
+        else:
+            words = _WORD_RE.findall(folded)
         marks = _MARKS_UNICODE_RE.findall(text)
     if len(text) > 30 and words and max(map(len, words)) > 30:
         words = [w if len(w) <= 30 else f"long:{len(w) // 10}" for w in words]
@@ -363,11 +391,16 @@ def message_tokens(msg: ParsedMessage, config: HashingConfig = HashingConfig()) 
     return toks
 
 
+# A link in an SMS: not right after an ASCII letter or digit (a word's "www.", as in "Awww.."). Not `\b`,
+# which wants no letter of any script there: Chinese puts no space before a link ("点击领取http://...").
+_SMS_URL_RE = re.compile(r"(?i)(?<![a-z0-9])(?:https?://|www\.)\S+")
+
+
 def sms_tokens(text: str, config: HashingConfig = HashingConfig()) -> list[str]:
     """Tokens of one SMS: the domains of any URLs (first, as in `message_tokens`), then its words,
     shapes and capitals."""
     toks = []
-    for url in re.findall(r"(?i)\b(?:https?://|www\.)\S+", text)[:20]:
+    for url in _SMS_URL_RE.findall(text)[:20]:
         toks += _domain_tokens("url:", url_domain(url))
     toks += word_tokens(text, bigrams=config.bigrams, char_ngrams=config.char_ngrams)
     toks.append(f"length:{min(len(text) // 20, 10)}")
