@@ -132,6 +132,11 @@ def test_sms_url_right_after_chinese_text_is_a_url():
     assert not any(t.startswith("url:") for t in sms_tokens("Awww.. so sweet"))  # (a word's "www.": no link)
 
 
+def test_emoji_are_tokens():
+    """Emoji carried no token at all, though spam uses them heavily ('💰💰💰 FREE')."""
+    assert word_tokens("💰💰💰 FREE ❤\ufe0f ©") == ["free", "upper:free", "caps:0", "💰", "💰", "💰", "❤"]
+
+
 def test_hash_rows_are_signed_normalised_and_mappable():
     h = Hasher(HashingConfig(n_features=1 << 10))
     tokens = ["spam", "spam", "ham", "eggs", "spam eggs"]

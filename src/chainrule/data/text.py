@@ -160,6 +160,10 @@ _MARKS = (r"[$£€\dA-Z!?](?:(?<=[$£€])(?=\d)[\d.,:/-]*|(?<=\d)[\d.,:/-]*"
           r"|(?<=[A-Z])(?<!\w[A-Z])[A-Z]{2,}(?!\w)|(?<=[!?])[!?]*)")
 _MARKS_RE = re.compile(_MARKS)
 _MARKS_UNICODE_RE = re.compile(_MARKS.replace("A-Z", "A-Z" + re.escape(_CAPITALS)))
+# Emoji, each a token: spam is fond of them (💰🔥). A pictograph shown as an emoji, by default or by
+# the emoji variation selector after it (❤️); not ©, ® or ★ as text has long had them. (Written to
+# start with one class: an alternation of the two was 4x slower.)
+_EMOJI_RE = regex.compile(r"\p{Extended_Pictographic}(?:(?<=\p{Emoji_Presentation})|(?=\ufe0f))")
 # Characters that show nothing (zero-width space, joiners, word joiner, BOM, soft hyphen), which a
 # spammer puts inside a word ("V\u200biagra") to hide it: taken out. And ™ and ℠, which NFKC would
 # spell as letters run into the word they mark ("Dell™": 'delltm').
@@ -218,7 +222,8 @@ def _cjk_bigrams(words: list[str]) -> list[str]:
 
 
 def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams: int = 0) -> list[str]:
-    """Tokens of free text: lower-cased words, number and money shapes, words in capitals, !/? runs.
+    """Tokens of free text: lower-cased words, number and money shapes, words in capitals, !/? runs,
+    emoji.
 
     Text beyond ASCII is read in its normal form (`_normal_form`: what looks the same gives the same
     tokens) and case-folded, and Chinese and Japanese as pairs of characters (`_cjk_bigrams`). With a
@@ -232,7 +237,7 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
     if text.isascii():  # (most mail; full-width letters too, once folded)
         fold = str.lower
         words = _WORD_ASCII_RE.findall(text.lower())
-        marks = _MARKS_RE.findall(text)
+        marks, emoji = _MARKS_RE.findall(text), []
     else:
         fold = str.casefold  # the caseless form: 'STRASSE' and 'straße' alike, 'ΣΑΣ' and 'σας'
         folded = text.casefold()
@@ -240,7 +245,7 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
             words = _cjk_bigrams(_CJK_WORD_RE.findall(folded))
         else:
             words = _WORD_RE.findall(folded)
-        marks = _MARKS_UNICODE_RE.findall(text)
+        marks, emoji = _MARKS_UNICODE_RE.findall(text), _EMOJI_RE.findall(text)
     if len(text) > 30 and words and max(map(len, words)) > 30:
         words = [w if len(w) <= 30 else f"long:{len(w) // 10}" for w in words]
     numbers, caps, punct = [], [], []
@@ -258,6 +263,7 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
         out += caps
         out.append(f"caps:{min(len(caps), 20) // 4}")  # how much of the text shouts, coarsely
     out += punct
+    out += emoji
     if bigrams and len(words) > 1:
         out.extend([f"{a} {b}" for a, b in zip(words, words[1:], strict=False)])
     if char_ngrams:
