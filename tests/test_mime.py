@@ -249,6 +249,69 @@ def test_charset_fallbacks():
     assert decode_text("日本".encode(), "bogus") == "日本"
 
 
+def test_a_charset_is_read_as_the_superset_mailers_write_under_its_label():
+    """Mailers label GBK text gb2312, CP949 euc-kr, CP932 shift_jis, CP950 big5, Windows-1252
+    iso-8859-1, and write labels Python does not know (windows-874, iso-8859-8-i): one character
+    outside the label's own table (镕, 們, 똠, ①, €, ’) turned the whole part into Windows-1252 or
+    Latin-1 mojibake ('ÖìéF»ù×ÜÀí'), and an unknown label did the same."""
+    for label, text, codec in (("gb2312", "朱镕基总理说：我們的发票服务最优惠", "gbk"),
+                               ("euc-kr", "똠방각하 무료 가입 이벤트", "cp949"),
+                               ("ks_c_5601-1987", "똠방각하 무료 가입 이벤트", "cp949"),
+                               ("shift_jis", "①今すぐ登録 無料キャンペーン", "cp932"),
+                               ("x-sjis", "①今すぐ登録 無料キャンペーン", "cp932"),
+                               ("big5", "恒生銀行免費開戶，立即申請 €", "cp950"),
+                               ("iso-8859-1", "We don’t charge €500", "cp1252"),
+                               ("iso-8859-8-i", "הרשמה חינם רק היום", "iso-8859-8"),
+                               ("windows-874", "สวัสดีครับ", "cp874"),
+                               ("x-mac-cyrillic", "Бесплатная регистрация", "mac-cyrillic")):
+        assert decode_text(text.encode(codec), label) == text, label
+    raw = b"Subject: test\nContent-Type: text/plain; charset=gb2312\nContent-Transfer-Encoding: 8bit\n\n"
+    assert parse_message(raw + "我們的发票".encode("gbk")).text == "我們的发票\n"
+    # UTF-8 under such a label, cut short at a byte limit too, is UTF-8 (GB18030 reads it as garbage)
+    for label, text in (("gb2312", "免费发票代开"), ("koi8-r", "привет мир"), ("iso-8859-1", "Größe")):
+        assert decode_text(text.encode(), label) == text and decode_text(text.encode()[:-1], label) == text[:-1]
+    assert decode_text(b"Ville Skytt\xe4", "iso-8859-1") == "Ville Skyttä"  # (no UTF-8 cut short)
+
+
+def test_a_few_bytes_outside_the_declared_charset_are_replaced_not_the_whole_text_reread():
+    """One byte that fit neither the declared charset nor UTF-8 (an NEC symbol, ①, in ISO-2022-JP as
+    Outlook writes it; a stray byte in UTF-8) turned the whole part into Windows-1252 mojibake; only
+    that character is lost now. Text mostly outside its label is still read as Windows-1252."""
+    nec = b"\x1b$B-!:#$9$0EPO?\x1b(B \x1b$BL5NA%-%c%s%Z!<%s\x1b(B"  # ① (NEC row 13), then JIS X 0208
+    assert decode_text(nec, "iso-2022-jp") == "\ufffd今すぐ登録 無料キャンペーン"
+    stray = "Здравствуйте! Бесплатная регистрация ".encode() + b"\xff" + "сегодня".encode()
+    assert decode_text(stray, "utf-8") == "Здравствуйте! Бесплатная регистрация \ufffdсегодня"
+    cut = "Бесплатная регистрация".encode()
+    assert decode_text(b"\xff" + cut[:-1], "utf-8") == "\ufffdБесплатная регистраци"  # (and cut short)
+    assert decode_text("naïve café".encode("cp1252"), "utf-8") == "naïve café"  # a wrong label
+    assert decode_text("café crème".encode("cp1252"), "gb2312") == "café crème"
+    assert decode_text("\x1b(I12\x1b(B".encode("ascii"), "iso-2022-jp") == "ｱｲ"  # (half-width katakana)
+
+
+def test_a_python_codec_that_is_not_a_text_encoding_is_an_unknown_charset():
+    """A charset named after a Python codec that turns bytes into bytes (zlib, bz2, quopri, base64)
+    in a Content-Type or an encoded word made the message "unparseable MIME (TypeError)", its
+    headers never read, or raised OSError; it is an unknown charset now."""
+    for charset in ("zlib", "zip", "bz2", "quopri", "base64", "hex", "uu", "rot13", "undefined", "idna"):
+        raw = (f"Subject: =?{charset}?q?Your_account?= now\nContent-Type: text/plain; charset={charset}\n\n"
+               "Please verify your account\n").encode()
+        p = parse_message(raw)
+        assert p.problem is None and p.subject == "Your account now", charset
+        assert p.text.strip() == "Please verify your account", charset
+        assert decode_text("Grüße".encode(), charset) == "Grüße", charset
+
+
+def test_text_under_an_unknown_or_western_label_is_read_as_utf8_where_it_is():
+    """charset=x-unknown (unknown-8bit, default, x-user-defined) was read as Latin-1, which never
+    fails, so the UTF-8 fallback was never reached: 'GrÃ¶Ã\\x9fe'. Nor was it for iso-8859-1,
+    under which mailers send UTF-8 (a message of the SpamAssassin corpus: 'Â£31.95'); Latin-1
+    text is almost never valid UTF-8."""
+    for label in ("x-unknown", "unknown-8bit", "default", "x-user-defined", "iso-8859-1", "windows-1252",
+                  "us-ascii"):
+        assert decode_text("Größe café naïve £31".encode(), label) == "Größe café naïve £31", label
+        assert decode_text("Größe café naïve £31 ’".encode("cp1252"), label) == "Größe café naïve £31 ’", label
+
+
 def test_a_text_cut_inside_a_character_loses_that_character_not_its_encoding():
     """A UTF-8 line cut at --max-bytes inside its last character was read whole as Windows-1252."""
     text = "вы выиграли приз"

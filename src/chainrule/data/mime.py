@@ -60,34 +60,112 @@ class ParsedMessage:
 # ---------------------------------------------------------------------------------------------
 # Decoding.
 
-_CHARSET_ALIASES = {"unknown-8bit": "latin-1", "x-unknown": "latin-1", "default": "latin-1",
-                    "ks_c_5601-1987": "cp949", "x-user-defined": "latin-1"}
+# Labels mailers write that Python's codecs do not know (most from the WHATWG Encoding Standard's
+# table, which browsers and mail programs read labels by), by the codec that reads them. A label
+# left out, or one for no text (x-unknown, unknown-8bit, default), is an unknown charset.
+_LABELS = {label: codec for codec, labels in {
+    "cp932": "windows-31j cswindows31j x-sjis",
+    "gb18030": "csgb2312 gb_2312 gb_2312-80 x-gbk",
+    "cp950": "cn-big5 x-x-big5",
+    "cp949": "cseuckr csksc56011987 iso-ir-149 ks_c_5601-1989 ksc_5601 windows-949",
+    "euc_jp": "cseucpkdfmtjapanese x-euc-jp",
+    "iso8859_6": "csiso88596e csiso88596i iso-8859-6-e iso-8859-6-i",
+    "iso8859_8": "csiso88598e csiso88598i iso-8859-8-e iso-8859-8-i logical visual",
+    "cp874": "dos-874 windows-874",
+    "mac_cyrillic": "x-mac-cyrillic x-mac-ukrainian",
+    "mac_roman": "csmacintosh mac x-mac-roman",
+    "koi8_r": "koi koi8",
+    "koi8_u": "koi8-ru",
+    "iso8859_7": "sun_eu_greek",
+    "iso8859_15": "csisolatin9",
+    "utf-8": "unicode-1-1-utf-8",
+    "utf-7": "unicode-1-1-utf-7",
+}.items() for label in labels.split()}
+_LABELS.update({f"x-cp125{n}": f"cp125{n}" for n in range(9)})
+_LABELS.update({f"iso8859{n}": f"iso8859_{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15)})
+# What mailers write under a label (by the name Python's codec for it has): the Windows code page
+# that extends the standard the label names. GBK text goes out as gb2312, Outlook's CP949 as
+# euc-kr, CP932 as shift_jis (its NEC and IBM symbols, "①", included), CP950 as big5 ("€"),
+# Windows-1252 as iso-8859-1 ("’", "€"), as the WHATWG standard reads those labels too.
+_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "euc_kr": "cp949", "shift_jis": "cp932", "big5": "cp950",
+              "iso8859-1": "cp1252", "iso8859-9": "cp1254", "tis-620": "cp874", "iso8859-11": "cp874",
+              "iso2022_jp": "iso2022_jp_ext"}  # (the last: half-width katakana, as Windows writes them)
+
+
+@functools.lru_cache(maxsize=1024)
+def _codec(charset: str) -> str | None:
+    """The Python codec that reads text labelled `charset` as mail programs read it (`_LABELS`,
+    `_SUPERSETS`), or None for an unknown charset. Python codecs that are no text encoding (zlib,
+    base64, rot13) are unknown too: their decoders make bytes of bytes, or raise OSError."""
+    label = charset.strip().strip('"').lower()
+    try:
+        info = codecs.lookup(_LABELS.get(label, label))
+    except (LookupError, ValueError):  # (ValueError: a NUL in the name)
+        return None
+    if not info._is_text_encoding:  # (what `bytes.decode` checks, and refuses them by)
+        return None
+    return _SUPERSETS.get(info.name, info.name)
 
 
 def decode_text(data: bytes, charset: str | None) -> str:
-    """Bytes -> str with the declared charset, falling back to UTF-8, then Windows-1252, then
-    Latin-1 (which maps every byte, so this never fails). Spam often declares a wrong charset.
+    """Bytes -> str in the declared charset (as `_codec` reads its label) or UTF-8, falling back
+    to Windows-1252, then Latin-1 (which maps every byte, so this never fails). Spam often
+    declares a wrong charset.
+
+    8-bit text that is valid UTF-8 (but for a cut last character) is read as UTF-8 whatever its
+    label says: mailers send UTF-8 under a Latin-1 or a GB2312 label, text in another charset is
+    almost never valid UTF-8, and GB18030 reads most UTF-8 without an error, as garbage. (7-bit
+    text, such as ISO-2022-JP's, is ASCII and so valid UTF-8: it is left to its charset.) A few
+    bytes that fit neither (an NEC symbol in ISO-2022-JP, a stray byte) are replaced, U+FFFD, where
+    the rest fits the declared charset (`_mostly_read`): read as Windows-1252, the whole text
+    would be lost.
 
     Text cut at a byte limit (a part past the text limit, a message past --max-bytes: 8-bit, or
     base64 cut anywhere) loses the character the cut split, in UTF-8 or a declared multi-byte
     charset (GB2312, UTF-16), not its encoding.
     """
-    for cs in (charset, "utf-8"):
-        if not cs:
-            continue
-        cs = _CHARSET_ALIASES.get(cs.strip().strip('"').lower(), cs.strip().strip('"'))
-        try:
-            return data.decode(cs)
-        except (LookupError, ValueError, TypeError):  # (UnicodeDecodeError is a ValueError)
+    declared = _codec(charset) if charset else None
+    eight_bit = not data.isascii()
+    if eight_bit and declared and not declared.startswith("utf-"):  # (UTF-16's text is no 8-bit text)
+        try:  # (a UTF-8 text cut short too, but not Latin-1's "Skytt\xe4": ASCII and a cut character)
+            text = codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+        except UnicodeDecodeError:
             pass
-        try:  # the text but an incomplete last character, which an incremental decoder keeps back
-            return codecs.getincrementaldecoder(cs)().decode(data, final=False)
-        except (LookupError, ValueError, TypeError):
-            continue
+        else:
+            if not text.isascii():
+                return text
+    # the declared charset, then UTF-8 (for text with no label, or cut short under another; not for
+    # ASCII under a label: a 7-bit charset that fails on it, ISO-2022-JP, reads it better with U+FFFD)
+    for codec in dict.fromkeys((declared, "utf-8" if eight_bit or not declared else None)):
+        if codec:
+            try:
+                return data.decode(codec)
+            except ValueError:  # (UnicodeDecodeError is a ValueError)
+                pass
+            try:  # the text but an incomplete last character, which an incremental decoder keeps back
+                return codecs.getincrementaldecoder(codec)().decode(data, final=False)
+            except ValueError:
+                pass
+    if declared:
+        try:
+            text = codecs.getincrementaldecoder(declared)("replace").decode(data, final=False)
+        except ValueError:  # (a codec with no "replace", as idna)
+            pass
+        else:
+            if _mostly_read(text):
+                return text
     try:
         return data.decode("cp1252")
     except UnicodeDecodeError:
         return data.decode("latin-1")
+
+
+def _mostly_read(text: str) -> bool:
+    """Whether the characters that a decoding with errors="replace" replaced are at most a quarter of
+    `text`'s non-ASCII ones: a few stray bytes, not text in another charset than the declared one
+    (Windows-1252 text labelled UTF-8 has every accent replaced)."""
+    replaced = text.count("\ufffd")
+    return 4 * replaced <= len(text) - len(text.encode("ascii", "ignore"))
 
 
 def without_cut_character(data: bytes) -> bytes:
