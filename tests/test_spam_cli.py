@@ -195,6 +195,21 @@ def test_control_characters_in_file_names_are_printed_escaped(spam_model, spam_c
     assert capsys.readouterr().out.startswith(f"{tmp_path}/esc\\x1b[2J.eml: ")
 
 
+def test_explain_prints_a_message_s_tokens_escaped(spam_model, tmp_path, capsys):
+    """explain printed its tokens as they are: an attachment's Content-Type or an encoded-word Subject
+    carried an escape sequence (ESC c resets the terminal) from the message to the terminal."""
+    (tmp_path / "m.eml").write_bytes(b"From: a@example.org\nSubject: =?utf-8?q?invoice=1Bc=1B[2J?=\n"
+                                     b"Content-Type: multipart/mixed; boundary=B\n\n--B\n\nsee attached\n--B\n"
+                                     b"Content-Type: application/x-\x1b[31mred\x1b[0m\x1bc; name=a.pdf\n\nxx\n--B--\n")
+    assert main(["spam", "explain", str(spam_model), str(tmp_path / "m.eml"), "--top", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "attach:application/x-\\x1b[31mred\\x1b[0m\\x1bc" in out and "\x1b" not in out
+    assert main(["spam", "explain", str(spam_model), str(tmp_path / "m.eml"), "--top", "100", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # (JSON escapes it: the token as it is in the message)
+    tokens = [t["token"] for t in doc["towards_spam"] + doc["towards_ham"]]
+    assert "attach:application/x-\x1b[31mred\x1b[0m\x1bc" in tokens
+
+
 def test_stdin_exit_codes_like_bogofilter(spam_model, spam_corpus, run_chainrule):
     raw = (spam_corpus[1] / "spam" / "0160").read_bytes()
     m = str(spam_model)

@@ -518,12 +518,13 @@ def _cmd_explain(args) -> int:
         print(f"{printable(source)}: {v} (P(spam) {p:.4f}; cut-offs: spam >= {bundle.spam_cutoff:.4f}, "
               f"ham < {bundle.ham_cutoff:.4f})")
         print("gradient x input on the hashed features, per token (positive: towards spam)")
+        # (a token is the message's text: an attachment's type or an encoded word may hold ESC c)
         print("towards spam:")
         for t, w in to_spam:
-            print(f"  {w:+.4f}  {t}")
+            print(f"  {w:+.4f}  {printable(t)}")
         print("towards ham:")
         for t, w in to_ham:
-            print(f"  {w:+.4f}  {t}")
+            print(f"  {w:+.4f}  {printable(t)}")
     if seen == 0:
         _nothing_read(problems.held, "explain")
     problems.report_held()
