@@ -555,6 +555,19 @@ def test_eight_bit_headers_are_decoded_not_replaced():
     assert p.subject == "Grüße" and "hi" in p.text and p.parts == 2
 
 
+def test_a_raw_subject_of_a_multipart_message_is_read_in_its_parts_charset():
+    """A raw 8-bit Subject in GBK was read right in a single-part message (its Content-Type says
+    charset=gbk) and as Windows-1252 mojibake in a multipart one, whose header block names no
+    charset: the first charset the message names is taken, that of its first part."""
+    subject = "发票代开 优惠".encode("gbk")
+    part = b"Content-Type: text/plain; charset=gbk\nContent-Transfer-Encoding: 8bit\n\n" + "您好".encode("gbk")
+    single = parse_message(b"Subject: " + subject + b"\n" + part + b"\n")
+    multi = parse_message(b"Subject: " + subject + b"\nMIME-Version: 1.0\n"
+                          b"Content-Type: multipart/alternative; boundary=B\n\n--B\n" + part + b"\n--B--\n")
+    assert single.subject == multi.subject == "发票代开 优惠"
+    assert single.text.strip() == multi.text.strip() == "您好"
+
+
 def test_raw_eight_bit_text_beside_an_encoded_word_stays_text():
     """email.header.decode_header hands back the text outside encoded words raw-unicode-escaped: a
     raw UTF-8 "Скидки" beside "=?utf-8?q?...?=" read '\\u0421\\u043a\\u0438...'."""

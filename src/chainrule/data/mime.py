@@ -522,7 +522,7 @@ def _compat32_headers(raw: bytes):
     if m is None:
         return _HEADERS_ONLY.parsebytes(raw, headersonly=True)
     head = raw[:m.end()]
-    text = head.decode("ascii") if head.isascii() else _decode_header_block(head)
+    text = head.decode("ascii") if head.isascii() else _decode_header_block(head, raw)
     msg = _simple_header_block(text)
     if msg is None:
         msg = _HEADERS_ONLY_TEXT.parsestr(text, headersonly=True)
@@ -575,14 +575,21 @@ def _simple_header_block(text: str):
 
 _HEADERS_ONLY_TEXT = email.parser.Parser(policy=COMPAT32)
 _CHARSET_PARAM = re.compile(rb"""charset\s*=\s*["']?([\w.:-]+)""", re.IGNORECASE)
+# A part's Content-Type field that names a charset, its continuation lines included
+_PART_CHARSET = re.compile(rb"""^content-type:(?:[^\n]|\n[ \t])*?charset\s*=\s*["']?([\w.:-]+)""",
+                           re.IGNORECASE | re.MULTILINE)
 
 
-def _decode_header_block(head: bytes) -> str:
-    """A header block with raw 8-bit bytes (RFC 6532 UTF-8 headers, or spam's raw Latin-1/GB2312
-    subjects) as text, line by line: UTF-8 if the line is valid UTF-8, else the message's declared
-    charset, else Windows-1252/Latin-1 (`decode_text`). compat32 alone would turn those bytes into
-    U+FFFD, and `policy.default` decodes them as UTF-8 only, so "£80m" in Latin-1 loses its £ either
-    way; here it stays a money token.
+def _decode_header_block(head: bytes, raw: bytes) -> str:
+    """A header block `head` with raw 8-bit bytes (RFC 6532 UTF-8 headers, or spam's raw
+    Latin-1/GB2312 subjects) as text, line by line: UTF-8 if the line is valid UTF-8, else the
+    message's declared charset, else Windows-1252/Latin-1 (`decode_text`). compat32 alone would
+    turn those bytes into U+FFFD, and `policy.default` decodes them as UTF-8 only, so "£80m" in
+    Latin-1 loses its £ either way; here it stays a money token.
+
+    The declared charset is the header block's, or where it names none (a multipart message's
+    Content-Type has none) the first that a part's Content-Type in the message `raw` names: the
+    one a single-part message would have in its header block.
     """
     m = _CHARSET_PARAM.search(head)
     declared = m.group(1).decode("ascii") if m else None
@@ -594,6 +601,9 @@ def _decode_header_block(head: bytes) -> str:
         try:
             lines[i] = line.decode("utf-8")
         except UnicodeDecodeError:
+            if declared is None:  # (looked for once, and only here: most 8-bit headers are UTF-8)
+                m = _PART_CHARSET.search(raw, len(head))
+                declared = m.group(1).decode("ascii") if m else ""  # ("": none, not looked for again)
             lines[i] = decode_text(line, declared)
     return "".join(lines)
 
