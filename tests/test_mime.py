@@ -366,6 +366,22 @@ def test_html_text_joins_words_split_by_inline_tags_and_comments(spamassassin_me
     assert html_to_text(html)[0].split() == words
 
 
+def test_an_html_part_without_a_charset_is_read_in_the_one_its_meta_declares():
+    """An HTML part whose Content-Type names no charset was read as UTF-8 or Windows-1252 even when a
+    <meta> near its start declares one, as browsers and mail programs read it."""
+    head = b"Subject: hi\nContent-Type: text/html%s\nContent-Transfer-Encoding: 8bit\n\n"
+    body = "<p>您好，发票代开，优惠多多</p></body></html>\n".encode("gbk")
+    for meta in (b'<meta http-equiv="Content-Type" content="text/html; charset=gb2312">',
+                 b"<META CHARSET='GB2312'>", b"<meta charset=gbk/>"):
+        p = parse_message(head % b"" + b"<html><head>" + meta + b"</head><body>" + body)
+        assert p.html_text.strip() == "您好，发票代开，优惠多多", meta
+    meta = b'<html><head><meta charset="gb2312"></head><body>'
+    assert "您好" not in parse_message(head % b"" + b"<p>" + b"x" * 1024 + meta + body).html_text  # (past 1024 bytes)
+    assert parse_message(head % b"; charset=utf-8" + meta + "<p>Grüße".encode()).html_text.strip() == "Grüße"
+    # a meta that names UTF-16 is read as UTF-8, as browsers read it (the meta itself is in ASCII)
+    assert parse_message(head % b"" + b'<meta charset="utf-16"><p>' + "Grüße".encode()).html_text.strip() == "Grüße"
+
+
 def test_html_nested_deeper_than_a_browser_goes_is_read_without_a_tree(monkeypatch):
     """lexbor's time grows with the square of the nesting, which unclosed tags make as deep as a
     message likes: 100,000 <span>s and 20,000 <li>s (720 KB) held the filter for 16.6 s. Such a part

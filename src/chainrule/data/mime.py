@@ -421,6 +421,22 @@ def charset_of(content_type: str) -> str | None:
         return None
 
 
+# A <meta charset="..."> or <meta http-equiv="Content-Type" content="text/html; charset=...">
+_META_CHARSET = re.compile(rb"""<meta\s[^>]*?charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
+
+
+def _meta_charset(html: bytes) -> str | None:
+    """The charset an HTML document's <meta> declares in its first 1024 bytes, where browsers'
+    prescan looks (WHATWG), or None. UTF-16 or UTF-32, which the ASCII that says so cannot be
+    in, is read as UTF-8, as browsers read it: a spam's bytes read as UTF-16 would hide its text."""
+    m = _META_CHARSET.search(html, 0, 1024)
+    if m is None:
+        return None
+    label = m.group(1).decode("ascii")
+    codec = _codec(label)
+    return "utf-8" if codec and codec.startswith(("utf-16", "utf-32")) else label
+
+
 def _walk(msg, out: ParsedMessage) -> None:
     # (the parts' texts are joined once, at the end: `+=` on an attribute copies the text so far at
     # each part, and 65,536 parts of a line or two took 2.2 s)
@@ -458,6 +474,8 @@ def _walk(msg, out: ParsedMessage) -> None:
             raw = part.get_payload()
             payload = raw.encode("latin-1", "replace") if isinstance(raw, str) else b""
         charset = _content_charset(part)
+        if charset is None and ctype == "text/html":
+            charset = _meta_charset(payload)
         text = decode_text(payload[: _TEXT_LIMIT * 4], charset)[:_TEXT_LIMIT]
         if ctype == "text/html":
             visible, links = html_to_text(text)
