@@ -392,6 +392,28 @@ def test_another_known_set_in_a_sets_place_is_refused(isolated, fashion_dir):
         load_mnist("test")
 
 
+def test_a_sets_other_split_in_a_splits_place_is_refused(isolated, tmp_path):
+    """MNIST's training files copied in its test files' place were taken as its test set: `digits
+    train` said "test accuracy 15.50% (9297/60000)", scored on the images it had learned; the splits
+    swapped, it trained on the 10,000 test images without a word. So in a folder given."""
+    mnist = Path(DATA) / "mnist"
+    for folder, holds in ((isolated / "mnist", {"train": "train", "test": "train"}),
+                          (tmp_path / "swapped", {"train": "test", "test": "train"})):
+        folder.mkdir(parents=True)
+        for split, source in holds.items():
+            for name, its in zip(idx.FILES[split], idx.FILES[source], strict=True):
+                (folder / f"{name}.gz").symlink_to(mnist / f"{its}.gz")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: these are MNIST's train labels, in the test "
+                                        r"labels' place: put MNIST's test files there$"):
+        load_mnist("test")
+    assert len(load_mnist("train")[0]) == 60000  # (in their own place)
+    with pytest.raises(DataError, match=r"swapped/train-labels-idx1-ubyte.gz: these are MNIST's test labels, in the "
+                                        r"train labels' place: put MNIST's train files there$"):
+        load_image_set(tmp_path / "swapped", "train")
+    with pytest.raises(DataError, match=r"swapped/t10k-labels-idx1-ubyte.gz: these are MNIST's train labels"):
+        load_image_set(tmp_path / "swapped", "test")
+
+
 def test_debian_folder_is_where_fashion_is_found_first(fashion_dir):
     if fashion_dir != Path(KNOWN_SETS["fashion"].system_dir):
         pytest.skip("Fashion-MNIST comes from $CHAINRULE_DATA here, not from Debian's dataset-fashion-mnist")

@@ -449,8 +449,9 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
         download_missing: download a named set that is found nowhere (never a folder).
 
     Raises:
-        DataError: a file is corrupt, the images are not 28x28, a label has no class name, or the
-            data cannot be found or downloaded.
+        DataError: a file is corrupt, the images are not 28x28, a label has no class name, the
+            labels are a known set's other split (or, for a named set, another set's), or the data
+            cannot be found or downloaded.
     """
     if split not in FILES:
         raise ValueError(f"load_image_set: split must be 'train' or 'test', got {split!r}")
@@ -489,23 +490,30 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
             raise DataError(f"{images_path}: changed while it was being read")
 
     labels = read_idx(labels_path, 1, check=as_many_as_images)
-    images = read_idx(images_path, 3, check=as_its_header_said)
+    recognised = _recognise(labels)  # (a slice of a set is not: tests, and quick runs, take one)
+    if recognised is not None and recognised[1] != split:  # (a model would be scored on what it learned)
+        other, its_split = recognised
+        raise DataError(f"{labels_path}: these are {other.title}'s {its_split} labels, in the {split} labels' "
+                        f"place: put {(known or other).title}'s {split} files there")
     if known is None:
         name, known = _identify(labels_path, labels, split)
-    elif (other := _recognise(labels, split)) not in (None, known):  # (a slice of the set is taken as it)
-        raise DataError(f"{labels_path}: these are {other.title}'s {split} labels, in {known.title}'s place: "
-                        f"put {known.title}'s files there")
+    elif recognised is not None and recognised[0] is not known:
+        raise DataError(f"{labels_path}: these are {recognised[0].title}'s {split} labels, in {known.title}'s "
+                        f"place: put {known.title}'s files there")
     else:
         name = known.name
+    images = read_idx(images_path, 3, check=as_its_header_said)
     classes = _class_names(images_path.parent, labels, known, labels_path)
     return ImageSet(images, labels, classes, name, known.name if known is not None else None)
 
 
-def _recognise(labels: np.ndarray, split: str) -> KnownSet | None:
-    """The known set whose `split` labels are exactly `labels`: a folder holding MNIST or
-    Fashion-MNIST is that set, whatever the folder is called."""
+def _recognise(labels: np.ndarray) -> tuple[KnownSet, str] | None:
+    """The known set, and its split ("train" or "test"), whose labels are exactly `labels`: a folder
+    holding MNIST or Fashion-MNIST is that set, whatever the folder is called, and a split copied in
+    the other's place is seen."""
     digest = _idx_sha256(labels)
-    return next((k for k in KNOWN_SETS.values() if k.sha256[FILES[split][1]] == digest), None)
+    return next(((known, split) for known in KNOWN_SETS.values() for split in FILES
+                 if known.sha256[FILES[split][1]] == digest), None)
 
 
 def _identify(labels_path: Path, labels: np.ndarray, split: str) -> tuple[str, KnownSet | None]:
@@ -513,8 +521,9 @@ def _identify(labels_path: Path, labels: np.ndarray, split: str) -> tuple[str, K
     whose `split` labels are `labels`: a known set's name where the folder holds that set as
     published, else the folder's absolute path."""
     folder = labels_path.parent
-    known = _recognise(labels, split)
-    if known is None or not _as_published(folder, known, split):
+    recognised = _recognise(labels)
+    known = recognised[0] if recognised is not None else None
+    if known is None or recognised[1] != split or not _as_published(folder, known, split):
         return str(folder.resolve()), known
     return known.name, known
 
@@ -530,7 +539,7 @@ def _as_published(folder: Path, known: KnownSet, split: str) -> bool:
     try:
         if listed.is_file() and read_classes(listed) != list(known.classes):
             return False
-        return other_labels is None or _recognise(read_idx(other_labels, 1), other) is known
+        return other_labels is None or _recognise(read_idx(other_labels, 1)) == (known, other)
     except DataError:  # (a damaged file is not that set's; loading it says what is wrong)
         return False
 
