@@ -484,18 +484,59 @@ def test_the_files_asked_for_may_be_gzipped_or_not(tmp_path, test_split):
     assert len(load_image_set(tmp_path / "set", "test").labels) == 12
 
 
-def test_incomplete_folder_is_skipped(tmp_path, monkeypatch, isolated, test_split):
-    env = tmp_path / "env"
-    write_set(env / "mnist", test_split[0][:30], test_split[1][:30])
-    (env / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
-    write_set(isolated / "mnist", test_split[0][:20], test_split[1][:20])
-    monkeypatch.setenv("CHAINRULE_DATA", str(env))
-    assert len(load_mnist("test")[0]) == 20  # both splits from the one complete set, the cache's
-    assert len(load_mnist("train")[0]) == 20
-    shutil.rmtree(isolated / "mnist")
-    assert len(load_mnist("train")[0]) == 30
-    with pytest.raises(DataError, match="download failed"):
-        load_mnist("test")
+def test_the_first_folder_holding_any_of_a_sets_files_is_read_whatever_the_cache_holds(
+        tmp_path, monkeypatch, isolated, test_split):
+    """$CHAINRULE_DATA/mnist holding part of MNIST was read or passed over by what the cache held: its
+    test files alone were evaluated on with an empty cache, the cache's with a full one; its training
+    files alone were trained on and the model tested on a test set downloaded beside them (from the
+    next run on, the cache, complete by then, was read in their place). The first folder holding any
+    of a set's files is read, whatever later ones hold, and where it lacks some it is refused, naming
+    them, and nothing is downloaded."""
+    monkeypatch.setattr(idx.urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
+    images, labels = test_split
+    test_only, train_only = tmp_path / "test only", tmp_path / "train only"
+    write_set(test_only / "mnist", images[:30], labels[:30])
+    write_set(train_only / "mnist", images[:40], labels[:40])
+    for name in idx.FILES["train"]:
+        (test_only / "mnist" / f"{name}.gz").unlink()
+    for name in idx.FILES["test"]:
+        (train_only / "mnist" / f"{name}.gz").unlink()
+    for cache_holds in (0, 20):
+        if cache_holds:
+            write_set(isolated / "mnist", images[:cache_holds], labels[:cache_holds])
+        monkeypatch.setenv("CHAINRULE_DATA", str(test_only))
+        assert len(load_mnist("test")[0]) == 30  # (a folder of test files is evaluated on)
+        with pytest.raises(DataError) as exc_info:
+            load_mnist("train")
+        assert one_line_error(exc_info, test_only / "mnist") == (
+            f"the test files are in {test_only / 'mnist'} but the train files in {isolated / 'mnist'}: put the four "
+            "files of one set in one folder" if cache_holds else
+            "MNIST train files not found: put train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz] (gzipped or "
+            f"not) in {test_only / 'mnist'}, beside its other files (a set is read whole from the first folder that "
+            "holds any of its files)")
+        monkeypatch.setenv("CHAINRULE_DATA", str(train_only))
+        for split in ("train", "test"):  # (a run trains, then is tested: both need the test files)
+            with pytest.raises(DataError) as exc_info:
+                load_mnist(split)
+            assert one_line_error(exc_info, train_only / "mnist") == (
+                f"the train files are in {train_only / 'mnist'} but the test files in {isolated / 'mnist'}: put the "
+                "four files of one set in one folder" if cache_holds else
+                "MNIST test files not found: put t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz] (gzipped "
+                f"or not) in {train_only / 'mnist'}, beside its other files (a set is read whole from the first "
+                "folder that holds any of its files)")
+    assert len(load_mnist("test", isolated)[0]) == 20  # (the cache, given as the folder)
+
+
+def test_an_interrupted_download_is_completed(tmp_path, monkeypatch, isolated):
+    """The cache holding some of a set's files, those of a download that broke off, is completed by
+    the next download, not refused as a folder that lacks some."""
+    source = Path(DATA) / "mnist"
+    (isolated / "mnist").mkdir(parents=True)
+    shutil.copy(source / "train-images-idx3-ubyte.gz", isolated / "mnist")
+    with serving(source) as url:
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        assert len(load_mnist("test")[0]) == 10000
+    assert sorted(p.name for p in (isolated / "mnist").iterdir()) == sorted(f"{n}.gz" for n in NAMES)
 
 
 def test_the_splits_of_a_set_never_come_from_two_folders(tmp_path, test_split):

@@ -22,6 +22,10 @@ A data set is given by name or as a folder:
   the .gz files, so a hash of the compressed file would reject a correct copy;
 * a folder is any folder holding the four files (gzipped or not).
 
+A set is read whole from the first of its folders that holds any of its files (`find_files`): one
+that lacks some is refused, naming them, never completed from a later folder, so that what an
+earlier run left in the cache changes nothing.
+
 Class names come from a `classes.txt` beside the files (one name per line), else from the known
 set (a folder holding MNIST or Fashion-MNIST is recognised by its label file), else they are the
 label numbers "0", "1", ... up to the largest label. A folder is named as that known set only where
@@ -318,28 +322,60 @@ def _holds(directory: Path, names) -> bool:
     return all(_find(directory, name) is not None for name in names)
 
 
-def find_files(split: str, source=None, default: str | None = "mnist") -> tuple[Path, Path] | None:
-    """The (images, labels) paths for `split`: from the first folder that holds all four files of a
-    set, else from the first that holds the split's two (a folder of test files only can be
-    evaluated on), or None.
+def _set_folder(dirs: list[Path]) -> Path | None:
+    """The first of `dirs` that holds any of a set's four files: the one folder its files are read from."""
+    return next((d for d in dirs if any(_find(d, name) is not None for name in FILES["train"] + FILES["test"])), None)
 
-    A set's training and test files always come from one folder: where one folder holds a set's
-    training files and another its test files (a Fashion-MNIST training set beside MNIST's test
-    files, say), that is an error, not a model tested on another set.
+
+def find_files(split: str, source=None, default: str | None = "mnist") -> tuple[Path, Path] | None:
+    """The (images, labels) paths for `split`, read from the first folder, in the order searched,
+    that holds any of the set's files; None where none does (or only the user cache does, part of
+    a known set: a download that broke off, which `download` completes).
+
+    A set's files always come from that one folder, whatever later folders hold (the cache above
+    all, which holds whatever earlier runs downloaded): where it lacks some, that is an error naming
+    them, not a model trained on one folder's files and tested on another's (a Fashion-MNIST
+    training set beside MNIST's test files, say), nor a later folder read in its place. It must
+    hold the test files, which evaluating needs alone (a folder of test files can be evaluated on)
+    and a training run is tested on, and for "train" the training files too.
     """
-    dirs = _search_dirs(source, default)[0]
-    for directory in dirs:
-        if _holds(directory, FILES["train"] + FILES["test"]):
-            return _find(directory, FILES[split][0]), _find(directory, FILES[split][1])
-    here = next((d for d in dirs if _holds(d, FILES[split])), None)
-    if here is None:
+    dirs, known = _search_dirs(source, default)
+    folder = _set_folder(dirs)
+    if folder is None:
         return None
-    other = "test" if split == "train" else "train"
-    there = next((d for d in dirs if _holds(d, FILES[other])), None)
+    needed = (FILES["train"] if split == "train" else ()) + FILES["test"]
+    missing = [name for name in needed if _find(folder, name) is None]
+    if not missing:
+        return _find(folder, FILES[split][0]), _find(folder, FILES[split][1])
+    if known is not None and folder == cache_dir(known.folder):
+        return None
+    there = next((d for d in dirs if d != folder and _holds(d, missing)), None)
     if there is not None:
-        raise DataError(f"the {split} files are in {here} but the {other} files in {there}: put the four files "
+        present = [name for name in FILES["train"] + FILES["test"] if _find(folder, name) is not None]
+        raise DataError(f"{_named(present)} are in {folder} but {_named(missing)} in {there}: put the four files "
                         "of one set in one folder")
-    return _find(here, FILES[split][0]), _find(here, FILES[split][1])
+    files = f"{_split_of(missing)} files" if _split_of(missing) else "files"
+    beside = "" if folder == dirs[-1] else (", beside its other files (a set is read whole from the first folder "
+                                            "that holds any of its files)")
+    raise DataError(f"{_what(source, default)} {files} not found: put {', '.join(f'{n}[.gz]' for n in missing)} "
+                    f"(gzipped or not) in {folder}{beside}")
+
+
+def _split_of(names) -> str | None:
+    """The split ("train" or "test") whose two files `names` are, or None."""
+    return next((split for split, files in FILES.items() if tuple(names) == files), None)
+
+
+def _named(names) -> str:
+    """`names` in a sentence: "the test files" for a split's two, else the names as `_find` takes them."""
+    split = _split_of(names)
+    return f"the {split} files" if split else ", ".join(f"{name}[.gz]" for name in names)
+
+
+def _what(source, default: str | None) -> str:
+    """What a message calls the set `source` (or `default`) names: a known set's title, or the folder."""
+    source = source if source is not None else default
+    return KNOWN_SETS[str(source)].title if str(source) in KNOWN_SETS else str(source)
 
 
 def where_to_put(source=None, default: str | None = "mnist", split: str = "train") -> str:
@@ -458,11 +494,11 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
     known = _search_dirs(source, default)[1]
     found = find_files(split, source, default)
     if found is None:
-        what = known.title if known is not None else str(source if source is not None else default)  # (a folder)
+        what = _what(source, default)
         if known is None or not download_missing:
             raise DataError(f"{what} {split} files not found: {where_to_put(source, default, split)}")
         try:
-            download(known.name)
+            directory = download(known.name)
         # (urllib passes on what the HTTP layer raises on a reply that is not HTTP, such as a
         # proxy address where another server answers, and on a body cut short)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
@@ -470,10 +506,7 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
             reason = f"{type(exc).__name__}: {exc}" if http_layer else getattr(exc, "reason", exc)
             raise DataError(f"{what} not found and the download failed ({reason}): "
                             f"{where_to_put(source, default, split)}") from exc
-        found = find_files(split, source, default)
-        if found is None:  # $CHAINRULE_DATA holds an incomplete set that shadows the cache
-            cache = cache_dir(known.folder)
-            found = (cache / f"{FILES[split][0]}.gz", cache / f"{FILES[split][1]}.gz")
+        found = (directory / f"{FILES[split][0]}.gz", directory / f"{FILES[split][1]}.gz")
     images_path, labels_path = found
     # Both headers are checked against each other before either file's data is read: a small
     # gzip file can declare, and inflate to, gigabytes.
@@ -547,12 +580,13 @@ def _as_published(folder: Path, known: KnownSet, split: str) -> bool:
 def identify(source=None, default: str | None = None) -> tuple[str, str | None]:
     """The `ImageSet.name` and `ImageSet.known` that `load_image_set(source, default=default)` gives
     the set, reading no more than its label files and classes.txt."""
-    known = _search_dirs(source, default)[1]
+    dirs, known = _search_dirs(source, default)
     if known is not None:
         return known.name, known.name
+    folder = _set_folder(dirs)
     for split in FILES:
-        found = find_files(split, source, default)
-        if found is not None:
-            name, known = _identify(found[1], read_idx(found[1], 1), split)
+        labels = _find(folder, FILES[split][1]) if folder is not None else None
+        if labels is not None:
+            name, known = _identify(labels, read_idx(labels, 1), split)
             return name, known.name if known is not None else None
     raise DataError(f"{source}: no IDX image set there: {where_to_put(source, default)}")
