@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import threading
 import urllib.error
 from pathlib import Path
@@ -650,8 +651,57 @@ def test_a_server_that_does_not_speak_http_is_a_one_line_error(isolated, monkeyp
         threading.Thread(target=answer, daemon=True).start()
         url = f"http://127.0.0.1:{server.getsockname()[1]}/"
         monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
-        with pytest.raises(DataError, match=r"MNIST not found and the download failed \(BadStatusLine: SSH-2\.0"):
+        with pytest.raises(DataError, match=rf"MNIST not found and the download failed \({url}train-images-idx3-ubyte"
+                                            r"\.gz: BadStatusLine: SSH-2\.0"):
             load_mnist("test")
+
+
+def test_a_connection_reset_is_the_downloads_error_not_the_cache_files(isolated, monkeypatch):
+    """A connection reset, before the reply or part-way through the file, was reported as an error of
+    the file in the cache: "[Errno 104] Connection reset by peer: '.../chainrule/mnist/train-images-
+    idx3-ubyte.gz'". It names the address, and leaves no temporary file."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def reset(replies: list[bytes]):
+            for reply in replies:
+                connection, _ = server.accept()
+                connection.recv(4096)
+                connection.sendall(reply)
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # (close: RST)
+                connection.close()
+
+        part = b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n" + gzip.compress(bytes(100000))[:50]
+        threading.Thread(target=reset, args=([b"", part],), daemon=True).start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/"
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        for _ in range(2):
+            with pytest.raises(DataError) as exc_info:
+                load_mnist("train")
+            assert one_line_error(exc_info, isolated / "mnist").startswith(
+                f"MNIST not found and the download failed ({url}train-images-idx3-ubyte.gz: Connection reset by "
+                "peer): put train-images-idx3-ubyte[.gz]")
+    assert not (isolated / "mnist").exists() or not any((isolated / "mnist").iterdir())
+
+
+def test_what_a_failed_download_says_names_what_was_looked_for_and_the_address(isolated, monkeypatch, tmp_path):
+    """The download's own errors went past the sentence saying that the set was not found and a
+    download was tried ("/.../afile/chainrule/mnist: /.../afile is a file, not a folder"), and an
+    HTTP error did not name the address ("...the download failed (Not Found)"); a failed download
+    left the cache folders it had made, empty."""
+    (tmp_path / "empty").mkdir()
+    with serving(tmp_path / "empty") as url:
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        with pytest.raises(DataError) as exc_info:
+            load_mnist("test")
+    assert one_line_error(exc_info, isolated / "mnist").startswith(
+        f"MNIST not found and the download failed ({url}train-images-idx3-ubyte.gz: HTTP Error 404: File not found): "
+        "put t10k-images-idx3-ubyte[.gz]")
+    assert not (tmp_path / "cache").exists()
+    (tmp_path / "cache").write_text("")
+    with pytest.raises(DataError) as exc_info:
+        load_mnist("test")
+    assert one_line_error(exc_info, isolated / "mnist").startswith(
+        f"MNIST not found and the download failed ({isolated / 'mnist'}: {tmp_path / 'cache'} is a file, not a "
+        "folder): put ")
 
 
 def test_a_file_or_folder_in_the_way_of_the_download_is_named_before_it(isolated, monkeypatch):

@@ -35,6 +35,7 @@ make it a set of its own, whose images are the known set's.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -51,7 +52,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from chainrule.data.locate import cache_dir, candidate_dirs
-from chainrule.errors import DataError
+from chainrule.errors import DataError, one_line
 from chainrule.files import atomic_open, folder_problem, link_problem
 
 log = logging.getLogger(__name__)
@@ -418,41 +419,88 @@ def download(name: str = "mnist", directory=None, progress: bool = True) -> Path
 
     Each file is streamed to a temporary file beside its destination while its decompressed bytes
     are hashed; only when that SHA-256 is the expected one is it renamed into place, so an
-    interrupted or tampered download never leaves a file that looks complete.
+    interrupted or tampered download never leaves a file that looks complete. A download that fails
+    removes the folders it made, where it left them empty.
+
+    Raises:
+        DataError: a file could not be downloaded (naming its address and why) or is not the one
+            expected, or `directory` cannot be made or written to.
+        OSError: a file could not be written (a full disk), naming it.
     """
     known = KNOWN_SETS[name]
     directory = Path(directory) if directory is not None else cache_dir(known.folder)
     if (problem := folder_problem(directory)) is not None:
         raise DataError(f"{directory}: {problem}")
+    made = [folder for folder in (directory, *directory.parents) if not folder.exists()]  # (the deepest first)
     directory.mkdir(parents=True, exist_ok=True)
-    for file, expected in known.sha256.items():
-        target = directory / f"{file}.gz"
-        if target.is_file():
-            continue
-        if target.is_dir():  # (found before the download, not after it)
-            raise DataError(f"{target} is a folder, not the data file")
-        url = known.url + target.name
-        digest = hashlib.sha256()
-        # written beside the target and renamed into place only if the checksum matches
-        with atomic_open(target) as out, urllib.request.urlopen(url, timeout=30) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            log.info("downloading %s", url)
-            # (disable=None: no bar where stderr is not a terminal, a log file or a pipe)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"{known.title} {target.name}",
-                      disable=None if progress else True, leave=False) as bar:
-
-                def received():
-                    while chunk := resp.read(1 << 16):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-                        yield chunk
-
-                for data in _gunzip(received(), url):
-                    digest.update(data)
-            if digest.hexdigest() != expected:
-                raise DataError(f"{url}: SHA-256 of the decompressed file is {digest.hexdigest()}, "
-                                f"not the expected {expected}")
+    try:
+        for file, expected in known.sha256.items():
+            target = directory / f"{file}.gz"
+            if target.is_file():
+                continue
+            if target.is_dir():  # (found before the download, not after it)
+                raise DataError(f"{target} is a folder, not the data file")
+            _download_file(known.url + target.name, target, expected, f"{known.title} {target.name}", progress)
+    except BaseException:
+        for folder in made:
+            with contextlib.suppress(OSError):  # (not empty: files another download put there, say)
+                folder.rmdir()
+        raise
     return directory
+
+
+def _download_file(url: str, target: Path, expected: str, desc: str, progress: bool) -> None:
+    """Download `url` to `target` (see `download`), its decompressed bytes' SHA-256 `expected`,
+    with a progress bar described as `desc` where `progress` and stderr is a terminal."""
+    try:
+        response = urllib.request.urlopen(url, timeout=30)
+    except _NETWORK_ERRORS as exc:
+        raise DataError(f"{url}: {_failure(exc)}") from exc
+    digest = hashlib.sha256()
+    # written beside the target and renamed into place only if the checksum matches
+    with response, atomic_open(target) as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        log.info("downloading %s", url)
+        # (disable=None: no bar where stderr is not a terminal, a log file or a pipe)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None if progress else True,
+                  leave=False) as bar:
+
+            def received():
+                while True:
+                    try:  # (a network error is the address's, not the file's that `atomic_open` names)
+                        chunk = response.read(1 << 16)
+                    except _NETWORK_ERRORS as exc:
+                        raise DataError(f"{url}: {_failure(exc)}") from exc
+                    if not chunk:
+                        return
+                    out.write(chunk)
+                    bar.update(len(chunk))
+                    yield chunk
+
+            for data in _gunzip(received(), url):
+                digest.update(data)
+        if digest.hexdigest() != expected:
+            raise DataError(f"{url}: SHA-256 of the decompressed file is {digest.hexdigest()}, "
+                            f"not the expected {expected}")
+
+
+# What a download that fails on the way raises: urllib's URLError (its HTTPError for a reply such as
+# 404) and the socket's errors (a connection reset), which are OSErrors, and the HTTP layer's own,
+# which urllib passes on, for a reply that is not HTTP (a proxy address where another server
+# answers, an SSH server say) or a body cut short.
+_NETWORK_ERRORS = (OSError, http.client.HTTPException)
+
+
+def _failure(exc: Exception) -> str:
+    """Why a download failed, in words: an HTTP error's status ("HTTP Error 404: Not Found"), an
+    HTTP layer's error with its name (its words alone say little: "SSH-2.0-OpenSSH_9.2"), else the
+    system's reason ("Connection refused", which urllib wraps)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return str(exc)
+    if isinstance(exc, http.client.HTTPException):
+        return f"{type(exc).__name__}: {str(exc).strip()}"
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return one_line(reason) if isinstance(reason, BaseException) else str(reason)
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -499,12 +547,8 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
             raise DataError(f"{what} {split} files not found: {where_to_put(source, default, split)}")
         try:
             directory = download(known.name)
-        # (urllib passes on what the HTTP layer raises on a reply that is not HTTP, such as a
-        # proxy address where another server answers, and on a body cut short)
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            http_layer = isinstance(exc, http.client.HTTPException)  # (its words alone say little: "SSH-2.0")
-            reason = f"{type(exc).__name__}: {exc}" if http_layer else getattr(exc, "reason", exc)
-            raise DataError(f"{what} not found and the download failed ({reason}): "
+        except (DataError, OSError) as exc:  # (an OSError names a file it could not write: a full disk)
+            raise DataError(f"{what} not found and the download failed ({one_line(exc)}): "
                             f"{where_to_put(source, default, split)}") from exc
         found = (directory / f"{FILES[split][0]}.gz", directory / f"{FILES[split][1]}.gz")
     images_path, labels_path = found
