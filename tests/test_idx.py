@@ -9,11 +9,13 @@ import dataclasses
 import functools
 import gzip
 import http.server
+import io
 import os
 import re
 import shutil
 import socket
 import struct
+import sys
 import threading
 import urllib.error
 from pathlib import Path
@@ -23,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chainrule.cli import main
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS, identify, load_image_set, read_idx
 from chainrule.data.mnist import load_mnist
@@ -614,6 +617,22 @@ def test_a_download_draws_no_progress_bar_where_stderr_is_not_a_terminal(monkeyp
         monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
         assert len(load_mnist("test")[1]) == 10000
     assert "\r" not in capfd.readouterr().err
+
+
+def test_quiet_training_draws_no_download_bar_on_a_terminal(monkeypatch, isolated, tmp_path, capsys):
+    """`digits train --quiet` ("no progress bar") drew the download's bar on a terminal."""
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with serving(Path(DATA) / "mnist") as url:
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        # (stopped once the training set is read: its size is refused)
+        assert main(["digits", "train", "--quiet", "--train-size", "99999", "--out", str(tmp_path / "run")]) == 2
+    drawn = sys.stderr.getvalue()
+    assert "--train-size 99,999 is more than the 60,000 training images" in drawn and "\r" not in drawn
+    assert sorted(p.name for p in (isolated / "mnist").iterdir()) == sorted(f"{n}.gz" for n in NAMES)
 
 
 def test_a_download_cut_short_or_not_gzip_is_refused(tmp_path, monkeypatch, isolated):

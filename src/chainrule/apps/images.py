@@ -340,8 +340,8 @@ def train(
             None for `default_data`.
         train_size: use only the first this many training images (quick experiments, tests);
             a twelfth of them (at most 5,000) is held out for validation.
-        verbose: progress of every epoch (`fit`'s progress bar or lines) and a log line saying
-            what is being trained.
+        verbose: progress of every epoch (`fit`'s progress bar or lines) and of a download of
+            the data set (its bar), and a log line saying what is being trained.
         world: the processes that train together (`chainrule.distributed.world()` under
             mpirun): data-parallel `fit` with `batch_size` the global batch, the test set shared
             out among them; rank 0 alone writes files and logs. None: this process alone.
@@ -352,7 +352,8 @@ def train(
         every rank).
     """
     required = classes
-    images, labels, classes, dataset, known = idx.load_image_set(data, "train", default=default_data)
+    images, labels, classes, dataset, known = idx.load_image_set(data, "train", default=default_data,
+                                                                 progress=verbose)
     if required is not None and classes != required:
         raise UserError(f"{idx.title(dataset)}: its classes are {_named(classes)}, not {_named(required)}")
     preset = _preset(model_name, dataset, known)

@@ -522,7 +522,7 @@ def _class_names(directory: Path, labels: np.ndarray, known: KnownSet | None, la
 
 
 def load_image_set(source=None, split: str = "train", default: str | None = None,
-                   download_missing: bool = True) -> ImageSet:
+                   download_missing: bool = True, progress: bool = True) -> ImageSet:
     """Load one split of an image set as `(images, labels, classes, name)`.
 
     Args:
@@ -531,6 +531,7 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
         split: "train" or "test".
         default: the set `source` None stands for, and whose sub-folder a given folder may hold.
         download_missing: download a named set that is found nowhere (never a folder).
+        progress: draw the download's progress bar (where stderr is a terminal).
 
     Raises:
         DataError: a file is corrupt, the images are not 28x28, a label has no class name, the
@@ -546,7 +547,7 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
         if known is None or not download_missing:
             raise DataError(f"{what} {split} files not found: {where_to_put(source, default, split)}")
         try:
-            directory = download(known.name)
+            directory = download(known.name, progress=progress)
         except (DataError, OSError) as exc:  # (an OSError names a file it could not write: a full disk)
             raise DataError(f"{what} not found and the download failed ({one_line(exc)}): "
                             f"{where_to_put(source, default, split)}") from exc
