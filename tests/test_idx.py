@@ -13,10 +13,13 @@ import io
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
+import time
 import urllib.error
 from pathlib import Path
 
@@ -721,6 +724,50 @@ def test_what_a_failed_download_says_names_what_was_looked_for_and_the_address(i
     assert one_line_error(exc_info, isolated / "mnist").startswith(
         f"MNIST not found and the download failed ({isolated / 'mnist'}: {tmp_path / 'cache'} is a file, not a "
         "folder): put ")
+
+
+def test_a_download_stopped_by_sigterm_leaves_no_partial_file(tmp_path):
+    """SIGTERM (kill, systemd, timeout) during a download left its partial file (up to 10 MB, hidden:
+    ".train-images-idx3-ubyte.gz.XXXXXXXX.tmp") in the cache for good. The download deletes it, and
+    the process still ends by SIGTERM."""
+    start = (Path(DATA) / "mnist" / "train-images-idx3-ubyte.gz").read_bytes()[:100_000]
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def answer_slowly():  # (the start of the file, then nothing until the client is gone)
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 9719438\r\n\r\n" + start)
+                connection.recv(1)
+
+        threading.Thread(target=answer_slowly, daemon=True).start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/"
+        folder = tmp_path / "cache" / "mnist"
+        code = ("import dataclasses, sys; from chainrule.data import idx; idx.KNOWN_SETS['mnist'] = "
+                "dataclasses.replace(idx.KNOWN_SETS['mnist'], url=sys.argv[1]); idx.download('mnist', sys.argv[2])")
+        with subprocess.Popen([sys.executable, "-c", code, url, str(folder)], stderr=subprocess.PIPE) as proc:
+            deadline = time.monotonic() + 60
+            while not any(p.stat().st_size for p in folder.glob(".*.tmp")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.terminate()
+            assert proc.wait(timeout=60) == -signal.SIGTERM, proc.stderr.read()
+    assert not folder.exists()  # (no partial file, and the folders it made are removed)
+
+
+def test_partial_files_of_killed_downloads_are_removed_by_a_later_one(tmp_path, monkeypatch):
+    """SIGKILL (or a power cut) cannot be caught: what such a download leaves, a later download
+    removes once no one has written to it for an hour, the partial file of one under way never."""
+    folder = tmp_path / "cache" / "mnist"
+    folder.mkdir(parents=True)
+    killed = [folder / f".{name}.gz.k1ll3d0{i}.tmp" for i, name in enumerate(NAMES)]
+    under_way = folder / f".{NAMES[2]}.gz.w0rk1ng0.tmp"
+    for path in (*killed, under_way):
+        path.write_bytes(b"partial")
+    for path in killed:
+        os.utime(path, (time.time() - 3700, time.time() - 3700))
+    with serving(Path(DATA) / "mnist") as url:
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        idx.download("mnist", folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([under_way.name, *(f"{n}.gz" for n in NAMES)])
 
 
 def test_a_file_or_folder_in_the_way_of_the_download_is_named_before_it(isolated, monkeypatch):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import io
 import math
@@ -66,6 +67,17 @@ def atomic_open(path) -> Iterator[BinaryIO]:
         if isinstance(exc, OSError) and exc.errno:  # a full disk, a folder in the way: name the file
             raise OSError(exc.errno, exc.strerror, str(path)) from exc  # asked for, not the temporary one
         raise
+
+
+def remove_stale_temporary_files(path) -> None:
+    """Delete what `atomic_open(path)` calls left beside `path` in processes killed before they could
+    clean up (SIGKILL, a power cut): temporary files not written to for `STALE_STAGING_S`. (One still
+    being written is younger: a download, say, writes every few seconds, or gives up.)"""
+    path = Path(path)
+    for left in path.parent.glob(glob.escape(_temporary_prefix(path.name)) + "*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - left.stat().st_mtime > STALE_STAGING_S:
+                left.unlink()
 
 
 # The longest file name most file systems take, in bytes (NAME_MAX)
@@ -234,6 +246,36 @@ def signals_held() -> Iterator[None]:
                 steps.callback(signal.raise_signal, sig)
             for sig, handler in before.items():
                 steps.callback(signal.signal, sig, handler)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised by `sigterm_cleans_up` (not an Exception: no `except Exception` swallows it)."""
+
+
+@contextmanager
+def sigterm_cleans_up() -> Iterator[None]:
+    """SIGTERM in the block stops it as Ctrl-C does, running the cleanups on the way out (`atomic_open`
+    deletes its temporary file), and then ends the process as SIGTERM would have, on the spot: a
+    download killed so left its partial file behind for good. Only where SIGTERM would end the
+    process (no handler of the program's own, which is left alone) and in the main thread (where
+    Python runs handlers)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+        raise  # (only where SIGTERM is blocked, which the handler could not have run under)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _mode_for(path: Path) -> int:

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from chainrule.data.locate import cache_dir, candidate_dirs
 from chainrule.errors import DataError, one_line
-from chainrule.files import atomic_open, folder_problem, link_problem
+from chainrule.files import atomic_open, folder_problem, link_problem, remove_stale_temporary_files, sigterm_cleans_up
 
 log = logging.getLogger(__name__)
 
@@ -419,8 +419,9 @@ def download(name: str = "mnist", directory=None, progress: bool = True) -> Path
 
     Each file is streamed to a temporary file beside its destination while its decompressed bytes
     are hashed; only when that SHA-256 is the expected one is it renamed into place, so an
-    interrupted or tampered download never leaves a file that looks complete. A download that fails
-    removes the folders it made, where it left them empty.
+    interrupted or tampered download never leaves a file that looks complete; one stopped by SIGTERM
+    deletes it too, and one killed (SIGKILL) leaves it for a later download to remove. A download
+    that fails removes the folders it made, where it left them empty.
 
     Raises:
         DataError: a file could not be downloaded (naming its address and why) or is not the one
@@ -433,19 +434,21 @@ def download(name: str = "mnist", directory=None, progress: bool = True) -> Path
         raise DataError(f"{directory}: {problem}")
     made = [folder for folder in (directory, *directory.parents) if not folder.exists()]  # (the deepest first)
     directory.mkdir(parents=True, exist_ok=True)
-    try:
-        for file, expected in known.sha256.items():
-            target = directory / f"{file}.gz"
-            if target.is_file():
-                continue
-            if target.is_dir():  # (found before the download, not after it)
-                raise DataError(f"{target} is a folder, not the data file")
-            _download_file(known.url + target.name, target, expected, f"{known.title} {target.name}", progress)
-    except BaseException:
-        for folder in made:
-            with contextlib.suppress(OSError):  # (not empty: files another download put there, say)
-                folder.rmdir()
-        raise
+    with sigterm_cleans_up():
+        try:
+            for file, expected in known.sha256.items():
+                target = directory / f"{file}.gz"
+                if target.is_file():
+                    continue
+                if target.is_dir():  # (found before the download, not after it)
+                    raise DataError(f"{target} is a folder, not the data file")
+                remove_stale_temporary_files(target)  # (what a download killed by SIGKILL left)
+                _download_file(known.url + target.name, target, expected, f"{known.title} {target.name}", progress)
+        except BaseException:
+            for folder in made:
+                with contextlib.suppress(OSError):  # (not empty: files another download put there, say)
+                    folder.rmdir()
+            raise
     return directory
 
 
