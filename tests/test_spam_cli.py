@@ -475,6 +475,31 @@ def test_gradcheck_checks_an_sms_filter_on_text_messages(data_root, tmp_path, ca
     assert "SMS Spam Collection texts" in out and "PASS" in out and "SpamAssassin" not in out
 
 
+def test_gradcheck_of_a_spam_model_names_the_folders_it_looked_in(spam_model, data_root, tmp_path, capsys):
+    """`gradcheck SMS_MODEL --data /no/such/dir` said "no SMS Spam Collection found (...; give --data DIR
+    or set CHAINRULE_DATA)", asking for the --data it had been given and naming no folder (an image
+    model's says "/no/such/dir: no such folder"), and --data naming the collection's file itself was
+    not taken; so for a mail filter's SpamAssassin tarballs."""
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines()
+    (tmp_path / "sms.txt").write_bytes(b"\n".join(lines[:400]) + b"\n")
+    assert main(["spam", "train", "--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m"), "--hash-bits",
+                 "12", "--hidden", "4", "--epochs", "3", "--quiet"]) == 0
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    for model, data, said in (
+            (tmp_path / "m", tmp_path / "nowhere", f"{tmp_path / 'nowhere'}: no such file or folder"),
+            (tmp_path / "m", tmp_path / "empty", "no SMS Spam Collection found: put SMSSpamCollection in "
+                                                f"{tmp_path / 'empty' / 'sms-spam'} or {tmp_path / 'empty'}"),
+            (spam_model, tmp_path / "nowhere", f"{tmp_path / 'nowhere'}: no such folder"),
+            (spam_model, tmp_path / "empty", "no SpamAssassin tarballs (*.tar*) found in "
+                                             f"{tmp_path / 'empty' / 'spamassassin'} or {tmp_path / 'empty'}")):
+        assert main(["gradcheck", str(model), "--data", str(data), "--samples", "8"]) == 2
+        assert capsys.readouterr().err == f"chainrule: error: {said}\n"
+    assert main(["gradcheck", str(tmp_path / "m"), "--data", str(tmp_path / "sms.txt"), "--samples", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "SMS Spam Collection texts" in out and "PASS" in out
+
+
 def test_bad_model_and_bad_sms_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "sms.txt").write_text("ham\tok\nwhat is this\n")
     assert main(["spam", "train", "--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m")]) == 2

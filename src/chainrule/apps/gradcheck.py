@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from chainrule.data import idx
 from chainrule.data.corpora import read_messages, read_sms
 from chainrule.data.locate import candidate_dirs
 from chainrule.errors import DataError
+from chainrule.files import link_problem
 from chainrule.gradcheck import STEPS, TOLERANCE, demo_networks, gradcheck
 from chainrule.network import load_model
 
@@ -32,10 +34,12 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
         if "mail" not in metadata.get("inputs", ["mail"]):  # an SMS filter: the first n/2 spam and ham texts
             return _sample_sms(bundle, data_dir, n), "SMS Spam Collection texts"
         # the first n messages of each SpamAssassin tarball (spam and ham), hashed as the model hashes
-        tarballs = next((sorted(d.glob("*.tar*")) for d in candidate_dirs("spamassassin", data_dir)
-                         if d.is_dir() and any(d.glob("*.tar*"))), None)
+        if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+            raise DataError(f"{data_dir}: {_not_there(data_dir, 'folder')}")
+        dirs = candidate_dirs("spamassassin", data_dir)
+        tarballs = next((sorted(d.glob("*.tar*")) for d in dirs if d.is_dir() and any(d.glob("*.tar*"))), None)
         if not tarballs:
-            raise DataError("no SpamAssassin tarballs found (give --data DIR or set CHAINRULE_DATA)")
+            raise DataError(f"no SpamAssassin tarballs (*.tar*) found in {_places(dirs, data_dir)}")
         items = []
         for tarball in tarballs:
             for i, msg in enumerate(read_messages([tarball])):
@@ -48,15 +52,32 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
 
 
 def _sample_sms(bundle, data_dir, n: int):
-    path = next((d / "SMSSpamCollection" for d in candidate_dirs("sms-spam", data_dir)
-                 if (d / "SMSSpamCollection").is_file()), None)
-    if path is None:
-        raise DataError("no SMS Spam Collection found (sms-spam/SMSSpamCollection; give --data DIR or set "
-                        "CHAINRULE_DATA)")
+    """The first n/2 spam and ham texts of the SMS Spam Collection: `data_dir` itself where it is a
+    file, else the first SMSSpamCollection in the folders `candidate_dirs` gives."""
+    if data_dir is not None and Path(data_dir).expanduser().is_file():
+        path = Path(data_dir).expanduser()
+    elif data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise DataError(f"{data_dir}: {_not_there(data_dir, 'file or folder')}")
+    else:
+        dirs = candidate_dirs("sms-spam", data_dir)
+        path = next((d / "SMSSpamCollection" for d in dirs if (d / "SMSSpamCollection").is_file()), None)
+        if path is None:
+            raise DataError(f"no SMS Spam Collection found: put SMSSpamCollection in {_places(dirs, data_dir)}")
     texts, labels = read_sms(path)
     chosen = [t for label in (1, 0) for t in [t for t, y in zip(texts, labels, strict=True) if y == label][:n // 2]]
     x, _ = featurize([("sms", t) for t in chosen], bundle.config, processes=1, idf=bundle.idf)
     return x
+
+
+def _not_there(path, what: str) -> str:
+    """Why `--data path` leads to no `what` ("folder", "file or folder"): "not a ..." (a file where a
+    folder was asked for), a link that leads nowhere, or "no such ..."."""
+    return f"not a {what}" if Path(path).expanduser().exists() else link_problem(path) or f"no such {what}"
+
+
+def _places(dirs: list[Path], data_dir) -> str:
+    """The folders `dirs` that were looked in, and with no --data given, how to give one."""
+    return " or ".join(map(str, dirs)) + ("" if data_dir is not None else " (or give --data DIR)")
 
 
 def _least_likely(model, x) -> np.ndarray:
