@@ -568,9 +568,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serving(folder: Path):
+def serving(folder: Path, handler_class=_QuietHandler):
     """An HTTP server on 127.0.0.1 handing out the files of `folder`; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
+    handler = functools.partial(handler_class, directory=str(folder))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -636,6 +636,21 @@ def test_quiet_training_draws_no_download_bar_on_a_terminal(monkeypatch, isolate
     drawn = sys.stderr.getvalue()
     assert "--train-size 99,999 is more than the 60,000 training images" in drawn and "\r" not in drawn
     assert sorted(p.name for p in (isolated / "mnist").iterdir()) == sorted(f"{n}.gz" for n in NAMES)
+
+
+class _UnsizedHandler(_QuietHandler):
+    """Says its files' length in words, as a broken proxy might."""
+
+    def send_header(self, keyword, value):
+        super().send_header(keyword, "unknown" if keyword == "Content-Length" else value)
+
+
+def test_a_download_with_a_length_that_is_no_number_is_read(monkeypatch, isolated):
+    """The length only sizes the progress bar: a Content-Length that is no number was an internal
+    error (ValueError from int())."""
+    with serving(Path(DATA) / "mnist", _UnsizedHandler) as url:
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        assert len(load_mnist("test")[1]) == 10000
 
 
 def test_a_download_cut_short_or_not_gzip_is_refused(tmp_path, monkeypatch, isolated):

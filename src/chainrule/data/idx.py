@@ -462,7 +462,8 @@ def _download_file(url: str, target: Path, expected: str, desc: str, progress: b
     digest = hashlib.sha256()
     # written beside the target and renamed into place only if the checksum matches
     with response, atomic_open(target) as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
+        length = response.headers.get("Content-Length", "")  # (for the bar alone: a broken one is none)
+        total = int(length) if length.isdecimal() and int(length) > 0 else None
         log.info("downloading %s", url)
         # (disable=None: no bar where stderr is not a terminal, a log file or a pipe)
         with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None if progress else True,
