@@ -19,6 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from chainrule.apps import images, spam
@@ -114,6 +115,12 @@ def upload(page, picture: Path) -> None:
     page.wait_for_selector("#answer[aria-busy='false']")
 
 
+def seen(page) -> np.ndarray:
+    """The 28x28 picture the network saw, as the page shows it: grey levels 0-255, ink high."""
+    return np.array(page.evaluate("""() => Array.from(document.getElementById('seen').getContext('2d')
+        .getImageData(0, 0, 28, 28).data.filter((_, k) => k % 4 === 0))""")).reshape(28, 28)
+
+
 def check_message(page, text: str) -> None:
     """Paste a message, press Check, and wait for the verdict."""
     page.fill("#message", text)
@@ -193,6 +200,30 @@ def test_drawn_digits_are_recognised(page, tmp_path):
     page.click("#clear")
     assert page.inner_text("#label") == "–"
     assert page.locator("#layers figure").count() == 0
+
+
+def test_the_pad_has_a_pixel_per_screen_pixel(browser, server, tmp_path):
+    """The pad's 280x280 pixels were stretched to 560 or 840 screen pixels on phones and high-density
+    screens, and strokes looked blurred. Its backing store follows devicePixelRatio, and the network
+    sees the same digit at every density."""
+    inputs = {}
+    for scale in (1, 2, 3):
+        context = browser.new_context(viewport={"width": 1200, "height": 900}, device_scale_factor=scale)
+        page = context.new_page()
+        try:
+            page.goto(server + "/")
+            page.wait_for_function("document.getElementById('image-model').options.length > 0")
+            assert page.eval_on_selector("#pad", "c => [c.width, c.height]") == [280 * scale, 280 * scale]
+            draw(page, SEVEN)
+            page.locator("#pad").screenshot(path=tmp_path / f"pad-x{scale}.png")
+            assert page.inner_text("#label") == "7"
+            inputs[scale] = seen(page)
+        finally:
+            context.close()
+    for scale in (2, 3):
+        # (grey levels 0-255: the same strokes, antialiased over more pixels, differ at their edges)
+        differ = np.abs(inputs[1] - inputs[scale]).mean()
+        assert differ < 3, f"at devicePixelRatio {scale} the network saw another picture ({differ:.1f} per pixel)"
 
 
 SLOW_FETCH = """

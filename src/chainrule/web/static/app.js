@@ -237,6 +237,7 @@ $("image-model").addEventListener("change", () => chooseModel($("image-model").v
 
 const pad = $("pad");
 const padCtx = pad.getContext("2d");
+const PAD = 280; // the pad's side in the units strokes are drawn in (CSS pixels on a desktop)
 let stroke = null; // the pointer drawing the stroke: a second finger on the pad is not part of it
 let last = null;
 let hasInk = false;
@@ -245,9 +246,16 @@ let pending = 0; // requests on their way
 let again = false; // strokes drawn while a request was on its way: send the pad once more
 
 // A new, empty picture: answers still on their way are about the old one and will be dropped.
+// The canvas is sized anew, a pixel for each of the screen's (devicePixelRatio: 2 or 3 on phones),
+// so that strokes are sharp, not 280 pixels stretched; what is drawn stays in PAD units. (Past 3 the
+// eye sees no difference, and the PNG sent for each stroke grows.)
 function clearPad() {
+  const scale = Math.min(3, Math.max(1, window.devicePixelRatio || 1));
+  pad.width = Math.round(PAD * scale); // (setting the size also empties the canvas)
+  pad.height = pad.width;
+  padCtx.setTransform(pad.width / PAD, 0, 0, pad.height / PAD, 0, 0);
   padCtx.fillStyle = "#fff";
-  padCtx.fillRect(0, 0, pad.width, pad.height);
+  padCtx.fillRect(0, 0, PAD, PAD);
   hasInk = false;
   again = false;
   stroke = null;
@@ -255,14 +263,14 @@ function clearPad() {
 }
 
 function padPoint(event) {
-  // The canvas is 280x280 pixels but may be shown smaller (phones): map CSS pixels to canvas ones.
+  // The pad is PAD units a side but may be shown smaller (phones): map CSS pixels to those units.
   const rect = pad.getBoundingClientRect();
-  return [(event.clientX - rect.left) * (pad.width / rect.width), (event.clientY - rect.top) * (pad.height / rect.height)];
+  return [(event.clientX - rect.left) * (PAD / rect.width), (event.clientY - rect.top) * (PAD / rect.height)];
 }
 
 function strokeTo(point) {
   // About a tenth of the pad: the thickness of an MNIST pen stroke once the digit is scaled to 20 px.
-  padCtx.lineWidth = pad.width * 0.075;
+  padCtx.lineWidth = PAD * 0.075;
   padCtx.lineCap = "round";
   padCtx.lineJoin = "round";
   padCtx.strokeStyle = "#000";
@@ -283,7 +291,7 @@ pad.addEventListener("pointerdown", (event) => {
   // A tap leaves a dot (a line of length 0 draws nothing in some browsers).
   padCtx.fillStyle = "#000";
   padCtx.beginPath();
-  padCtx.arc(last[0], last[1], pad.width * 0.0375, 0, 2 * Math.PI);
+  padCtx.arc(last[0], last[1], PAD * 0.0375, 0, 2 * Math.PI);
   padCtx.fill();
   hasInk = true;
 });
@@ -478,9 +486,9 @@ $("upload").addEventListener("change", () => {
   const img = new Image();
   img.onload = () => {
     if (shown === picture) {
-      const s = Math.min(pad.width / img.width, pad.height / img.height);
+      const s = Math.min(PAD / img.width, PAD / img.height);
       const w = img.width * s, h = img.height * s;
-      padCtx.drawImage(img, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+      padCtx.drawImage(img, (PAD - w) / 2, (PAD - h) / 2, w, h);
     }
     URL.revokeObjectURL(url);
   };
