@@ -3,9 +3,9 @@
 The server is the real command (`python -m chainrule.cli serve --port 0`) in its own process, with
 models trained on real data (web_models.py). The test draws digits with mouse strokes on the
 canvas, as a user would, and checks the prediction the page shows; picks the clothes model and
-uploads a photo; pastes messages and checks the verdicts; and checks the page works from the
-keyboard and at phone width. Screenshots are saved
-in the test's temporary directory.
+uploads a photo, sends a phone's photo over the size limit; pastes messages and
+checks the verdicts; and checks the page works from the keyboard and at phone width. Screenshots are
+saved in the test's temporary directory.
 
 Skipped only when chromium or Playwright is missing and $CI is not set; in CI (`.ci/run` installs
 both) a missing browser is a failure.
@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from chainrule.apps import images, spam
+from chainrule.data.images import preprocess_image
 from web_models import as_upload, fashion_test, mnist_test, running_server, trained_models
 
 CHROMIUM = "/usr/bin/chromium"
@@ -266,6 +268,38 @@ def test_an_answer_about_a_picture_no_longer_on_the_pad_is_dropped(page, tmp_pat
     assert page.locator("#spam-result").is_hidden() and page.inner_text("#spam-error") == "Paste a message first."
 
 
+def test_a_picture_the_browser_will_not_read_back_does_not_stop_the_pad(browser, server, tmp_path):
+    """An SVG holding a <foreignObject> (draw.io exports do) drawn on the pad left it unreadable to
+    the page ("Tainted canvases may not be exported"): from then on, Clear or not, a drawing never got
+    an answer, the answer stayed aria-busy and no error was shown, until the page was reloaded. The
+    pad shows only what the browser decodes as a picture (the server, too, reads no SVG), and a pad
+    the page cannot read says so and is ready for the next stroke."""
+    diagram = tmp_path / "diagram.svg"
+    diagram.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="280" height="280"><foreignObject width="280" '
+                       'height="280"><div xmlns="http://www.w3.org/1999/xhtml" style="font-size:200px">7</div>'
+                       "</foreignObject></svg>")
+    with page_at(browser, server, allowed=("422 (Unprocessable Entity)",)) as page:  # (the server reads no SVG)
+        page.set_input_files("#upload", str(diagram))
+        page.wait_for_selector("#images-error:not([hidden])")
+        assert page.inner_text("#images-error").startswith("not an image in a format read here")
+        draw(page, SEVEN)
+        assert page.inner_text("#label") == "7" and page.locator("#images-error").is_hidden()
+        page.click("#clear")
+        draw(page, ONE)
+        assert page.inner_text("#label") == "1"
+        # a pad the browser refuses to read, whatever the reason: the error is shown, nothing waits for ever
+        page.evaluate("""() => { document.getElementById('pad').toBlob = () => {
+            throw new DOMException('Tainted canvases may not be exported.', 'SecurityError'); }; }""")
+        page.click("#clear")
+        draw(page, SEVEN)
+        assert page.inner_text("#images-error") == "Tainted canvases may not be exported."
+        assert page.inner_text("#label") == "–"
+        page.evaluate("() => { delete document.getElementById('pad').toBlob; }")
+        page.click("#clear")
+        draw(page, SEVEN)
+        assert page.inner_text("#label") == "7" and page.locator("#images-error").is_hidden()
+
+
 def test_picking_a_model_shows_its_class_names(page, models, tmp_path):
     """The picker switches the section to the clothes model: its ten class names label the bars,
     the pad takes an upload instead of strokes, and a photo gets the answer the model gives for
@@ -290,6 +324,57 @@ def test_picking_a_model_shows_its_class_names(page, models, tmp_path):
     assert page.inner_text("#label") == "–" and page.inner_text("#images-title") == "Draw a digit"
     draw(page, SEVEN)
     assert page.inner_text("#label") == "7"
+
+
+def phone_photo(digit: np.ndarray, path: Path, fmt: str, sideways: bool = False) -> Path:
+    """A phone's photo of an MNIST digit on paper: 2,400 pixels a side, with the sensor's noise; a PNG
+    of 11 MB or a JPEG of 2 MB. `sideways`: stored a quarter turn round, with the EXIF orientation (6,
+    "turn clockwise") that shows it upright, as phones store photos taken holding them upright."""
+    paper = np.asarray(Image.fromarray(255 - digit).resize((2400, 2400), Image.Resampling.BILINEAR), dtype=np.int16)
+    noise = np.random.default_rng(0).integers(-12, 13, (2400, 2400, 3))
+    photo = Image.fromarray(np.clip(paper[..., None] + noise, 0, 255).astype(np.uint8))
+    if sideways:
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        photo.rotate(90, expand=True).save(path, fmt, quality=95, exif=exif)
+    else:
+        photo.save(path, fmt, compress_level=1)
+    return path
+
+
+def test_a_photo_over_the_upload_limit_is_made_smaller_before_it_is_sent(page, models, tmp_path):
+    """An 11 MB phone photo was refused, "request body is larger than the limit of 5,242,880 bytes"
+    (serve's default limit), though the network reads 28x28 pixels of it. The page sends a photo of
+    more than a megabyte re-encoded from the picture it shows, at most 2,000 pixels a side, upright as
+    the photo's EXIF orientation says; the server reads in it the picture it reads in the photo."""
+    model, metadata = images.load_image_model(models["digits"])
+    page.evaluate("""() => { const fetchNow = window.fetch;
+        window.fetch = (url, init) => { window.sent = init.body; return fetchNow(url, init); }; }""")
+    for name, fmt, sideways in (("photo.png", "PNG", False), ("sideways.jpg", "JPEG", True)):
+        photo = phone_photo(mnist_test(1)[0][0], tmp_path / name, fmt, sideways)  # (a 7)
+        upload(page, photo)
+        page.screenshot(path=tmp_path / f"{name}.png")
+        assert page.locator("#images-error").is_hidden(), page.inner_text("#images-error")
+        assert page.inner_text("#label") == images.predict_images(model, metadata, [photo])[0]["label"]
+        differ = np.abs(seen(page) - 255 * preprocess_image(photo, "digit")).mean()
+        assert differ < 4, f"the network saw another picture than in the photo ({differ:.1f} per pixel)"
+        size, width, height = page.evaluate("createImageBitmap(sent).then((b) => [sent.size, b.width, b.height])")
+        assert size < photo.stat().st_size and max(width, height) <= 2000
+
+
+def test_a_picture_over_the_servers_limit_says_how_to_raise_it(browser, models, tmp_path):
+    """A picture the page sends as it is (a small file, or one the browser cannot show) over the limit
+    of `serve --max-body-mb` got only "request body is larger than the limit of 1,048 bytes": not how
+    large the picture was, nor what sets the limit."""
+    photo = tmp_path / "digit.png"
+    photo.write_bytes(as_upload(mnist_test(1)[0][0]))
+    with running_server(models, "--max-body-mb", "0.001") as (url, _), page_at(browser, url, allowed=("413",)) as page:
+        page.set_input_files("#upload", str(photo))
+        page.wait_for_selector("#images-error:not([hidden])")
+        assert page.inner_text("#images-error") == (
+            f"request body is larger than the limit of 1,048 bytes; this picture is {photo.stat().st_size:,} bytes "
+            "(chainrule serve --max-body-mb sets the limit)")
+        assert page.get_attribute("#answer", "aria-busy") == "false"
 
 
 def test_answers_of_a_model_reloaded_since_the_page_opened_carry_its_classes(browser, models, tmp_path):

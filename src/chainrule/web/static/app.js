@@ -321,20 +321,29 @@ function predict() {
     return;
   }
   again = false;
-  pending++; // (counted now: toBlob answers later)
-  $("answer").setAttribute("aria-busy", "true");
-  const asked = picture, model = current.name; // (the pad as it is now, whatever happens before toBlob answers)
-  pad.toBlob((blob) => sendImage(blob, "image/png", asked, model, true), "image/png");
+  sendImage(padPicture());
 }
 
-// Ask for the prediction of one picture; only the answer about the picture on the pad now is shown.
-async function sendImage(blob, type, asked = picture, model = current.name, counted = false) {
-  if (!counted) pending++;
+// The pad as a PNG file. toBlob throws where the canvas is not the page's to read (a picture from
+// elsewhere drawn on it) and gives null where the browser cannot encode it: either way the promise
+// fails with the reason, which the page shows, and the wait for an answer ends.
+function padPicture() {
+  return new Promise((done, fail) => pad.toBlob(
+    (blob) => (blob ? done(blob) : fail(new Error("the browser could not encode the drawing"))), "image/png"));
+}
+
+// Ask for the prediction of one picture, `file`: a Blob, or the promise of one (the pad encoded, a
+// photo made smaller). Only the answer about the picture on the pad now is shown.
+async function sendImage(file, asked = picture, model = current.name) {
+  pending++;
   // aria-busy tells assistive technology (and the browser test) that an answer is on its way.
   $("answer").setAttribute("aria-busy", "true");
   const url = `/api/images/${encodeURIComponent(model)}/predict?explain=true`;
+  let body = null;
   try {
-    const result = await postJSON(url, blob, type);
+    body = await file;
+    if (asked !== picture) return; // cleared, replaced or another model meanwhile: nothing to ask
+    const result = await postJSON(url, body, body.type || "application/octet-stream");
     if (asked !== picture) return; // cleared, replaced or another model since it was sent
     await describedAs(result, () => imageModels.find((info) => info.name === model));
     if (asked !== picture) return; // (the models asked for again: this one no longer served)
@@ -347,7 +356,10 @@ async function sendImage(blob, type, asked = picture, model = current.name, coun
     if (asked !== picture) return;
     resetPrediction(); // the last answer was for another picture
     $("images-error").hidden = false;
-    $("images-error").textContent = err.message;
+    $("images-error").textContent = err.status === 413
+      ? `${err.message}; this picture is ${body.size.toLocaleString("en")} bytes `
+        + "(chainrule serve --max-body-mb sets the limit)"
+      : err.message;
   } finally {
     pending--;
     if (pending === 0 && again && hasInk) predict();
@@ -473,28 +485,69 @@ $("clear").addEventListener("click", () => {
   resetPrediction();
 });
 
-$("upload").addEventListener("change", () => {
-  const file = $("upload").files[0];
-  if (!file) return;
-  // A new picture: the pad is cleared now (an answer about the old one is dropped, and a file the
-  // browser cannot show leaves it empty), then shows the file, fitted, on white; the file itself
-  // is sent, unchanged.
+// Photos of more than a megabyte are sent re-encoded, at most 2,000 pixels on their longer side: the
+// network reads 28x28 pixels, and a phone's photo of 5 MB and more is over serve's limit (5 MB
+// unless --max-body-mb says otherwise) and slow to send over a phone's link.
+const SHRINK_ABOVE_BYTES = 1024 * 1024;
+const SHRUNK_SIDE = 2000;
+
+// A new picture from a file, uploaded: the pad is cleared now (an answer about
+// the old one is dropped), then shows the file, fitted, on white, and the file is sent, unchanged
+// unless large (above).
+function takePicture(file) {
   clearPad();
   resetPrediction();
-  const shown = picture;
-  const url = URL.createObjectURL(file);
-  const img = new Image();
-  img.onload = () => {
-    if (shown === picture) {
-      const s = Math.min(PAD / img.width, PAD / img.height);
-      const w = img.width * s, h = img.height * s;
-      padCtx.drawImage(img, (PAD - w) / 2, (PAD - h) / 2, w, h);
-    }
-    URL.revokeObjectURL(url);
-  };
-  img.onerror = () => URL.revokeObjectURL(url);
-  img.src = url;
-  if (current !== null) sendImage(file, file.type || "application/octet-stream");
+  const sent = shownAndShrunk(file, picture);
+  if (current !== null) sendImage(sent);
+}
+
+// Show `file` on the pad, unless another picture has replaced it since (`shown`: its number), and
+// give what to send. The pad shows what the browser decodes as a bitmap, upright as a photo's EXIF
+// orientation says (createImageBitmap's default; the server turns it so too). Other files leave the
+// pad empty and are sent as they are, for the server to read (a TIFF) or refuse: an SVG among them,
+// which drawn on the pad would leave it unreadable to the page ("Tainted canvases may not be
+// exported") if it holds a <foreignObject>, as draw.io's do.
+async function shownAndShrunk(file, shown) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch {
+    return file;
+  }
+  try {
+    if (shown !== picture) return file; // (another picture since: this one will not be sent)
+    const s = Math.min(PAD / bitmap.width, PAD / bitmap.height);
+    const w = bitmap.width * s, h = bitmap.height * s;
+    padCtx.drawImage(bitmap, (PAD - w) / 2, (PAD - h) / 2, w, h);
+    return file.size > SHRINK_ABOVE_BYTES ? await shrunk(bitmap, file) : file;
+  } catch {
+    return file; // (no memory for a canvas that large, say: the server answers as it can)
+  } finally {
+    bitmap.close();
+  }
+}
+
+// `bitmap`, the picture of `file`, re-encoded at most SHRUNK_SIDE pixels a side: as JPEG, or as PNG
+// where it has transparent pixels (the server puts a drawing on a transparent background onto white or
+// black, whichever shows its ink). The file itself where that is no smaller.
+async function shrunk(bitmap, file) {
+  const s = Math.min(1, SHRUNK_SIDE / Math.max(bitmap.width, bitmap.height));
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, Math.round(bitmap.width * s));
+  canvas.height = Math.max(1, Math.round(bitmap.height * s));
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  let opaque = true;
+  for (let k = 3; k < pixels.length && opaque; k += 4) opaque = pixels[k] === 255;
+  const blob = await new Promise((done) => canvas.toBlob(done, opaque ? "image/jpeg" : "image/png", 0.9));
+  return blob !== null && blob.size < file.size ? blob : file;
+}
+
+$("upload").addEventListener("change", () => {
+  const file = $("upload").files[0];
+  if (file) takePicture(file);
   $("upload").value = "";
 });
 
