@@ -3,7 +3,7 @@
 The server is the real command (`python -m chainrule.cli serve --port 0`) in its own process, with
 models trained on real data (web_models.py). The test draws digits with mouse strokes on the
 canvas, as a user would, and checks the prediction the page shows; picks the clothes model and
-uploads a photo, sends a phone's photo over the size limit; pastes messages and
+uploads a photo, drops one on the pad, sends a phone's photo over the size limit; pastes messages and
 checks the verdicts; and checks the page works from the keyboard and at phone width. Screenshots are
 saved in the test's temporary directory.
 
@@ -375,6 +375,33 @@ def test_a_picture_over_the_servers_limit_says_how_to_raise_it(browser, models, 
             f"request body is larger than the limit of 1,048 bytes; this picture is {photo.stat().st_size:,} bytes "
             "(chainrule serve --max-body-mb sets the limit)")
         assert page.get_attribute("#answer", "aria-busy") == "false"
+
+
+DROP = """([selector, type, data]) => !document.querySelector(selector).dispatchEvent(
+    new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }))"""
+
+
+def test_a_picture_dropped_on_the_pad_is_taken_as_an_upload(page, models, tmp_path):
+    """A picture dragged from the desktop onto the pad was not taken (the page had no drop target),
+    and dropped anywhere on the page Chromium opened it in the tab in place of the page, a message
+    typed in lost. The pad takes it as the upload button does; elsewhere the page keeps the browser
+    from opening it."""
+    photo = tmp_path / "digit.png"
+    photo.write_bytes(as_upload(mnist_test(1)[0][0]))
+    data = page.evaluate_handle("""(bytes) => { const data = new DataTransfer();
+        data.items.add(new File([new Uint8Array(bytes)], "digit.png", { type: "image/png" })); return data; }""",
+        list(photo.read_bytes()))
+    page.fill("#message", HAM_SMS)
+    for kind in ("dragenter", "dragover", "drop"):
+        assert page.evaluate(DROP, ["#message", kind, data]), f"{kind} on the message box: the browser opens the file"
+    assert page.inner_text("#label") == "–"
+    for kind in ("dragenter", "dragover", "drop"):
+        assert page.evaluate(DROP, ["#pad", kind, data]), f"{kind} on the pad: not taken"
+    page.wait_for_function("document.getElementById('label').textContent !== '–'")
+    page.wait_for_selector("#answer[aria-busy='false']")
+    model, metadata = images.load_image_model(models["digits"])
+    assert page.inner_text("#label") == images.predict_images(model, metadata, [photo])[0]["label"]
+    assert page.input_value("#message") == HAM_SMS
 
 
 def test_answers_of_a_model_reloaded_since_the_page_opened_carry_its_classes(browser, models, tmp_path):

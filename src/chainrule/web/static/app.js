@@ -491,7 +491,7 @@ $("clear").addEventListener("click", () => {
 const SHRINK_ABOVE_BYTES = 1024 * 1024;
 const SHRUNK_SIDE = 2000;
 
-// A new picture from a file, uploaded: the pad is cleared now (an answer about
+// A new picture from a file, uploaded or dropped on the pad: the pad is cleared now (an answer about
 // the old one is dropped), then shows the file, fitted, on white, and the file is sent, unchanged
 // unless large (above).
 function takePicture(file) {
@@ -549,6 +549,26 @@ $("upload").addEventListener("change", () => {
   const file = $("upload").files[0];
   if (file) takePicture(file);
   $("upload").value = "";
+});
+
+// A file dropped on the pad is taken as the upload button takes one. Dropped anywhere else, the
+// browser would open it in the tab in place of the page (a message typed in lost): refused there.
+// Drags of text (into the message box) are left to the browser.
+const acceptsDrop = (event) => event.target === pad && !$("upload").disabled;
+for (const type of ["dragenter", "dragover"]) {
+  document.addEventListener(type, (event) => {
+    if (!event.dataTransfer?.types.includes("Files")) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = acceptsDrop(event) ? "copy" : "none";
+    pad.classList.toggle("dropping", acceptsDrop(event));
+  });
+}
+pad.addEventListener("dragleave", () => pad.classList.remove("dropping"));
+document.addEventListener("drop", (event) => {
+  if (!event.dataTransfer?.types.includes("Files")) return;
+  event.preventDefault();
+  pad.classList.remove("dropping");
+  if (acceptsDrop(event) && event.dataTransfer.files.length) takePicture(event.dataTransfer.files[0]);
 });
 
 // -- check a message ---------------------------------------------------------------------------
