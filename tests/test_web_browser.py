@@ -4,8 +4,8 @@ The server is the real command (`python -m chainrule.cli serve --port 0`) in its
 models trained on real data (web_models.py). The test draws digits with mouse strokes on the
 canvas, as a user would, and checks the prediction the page shows; picks the clothes model and
 uploads a photo, drops one on the pad, sends a phone's photo over the size limit; pastes messages and
-checks the verdicts; and checks the page works from the keyboard and at phone width. Screenshots are
-saved in the test's temporary directory.
+checks the verdicts; and checks the page works from the keyboard, at phone width and in forced
+colours. Screenshots are saved in the test's temporary directory.
 
 Skipped only when chromium or Playwright is missing and $CI is not set; in CI (`.ci/run` installs
 both) a missing browser is a failure.
@@ -645,6 +645,48 @@ def test_keyboard_and_phone_width(page, tmp_path):
     # the answer is beside the pad, in view while drawing
     pad, label = page.locator("#pad").bounding_box(), page.locator("#label").bounding_box()
     assert label["x"] >= pad["x"] + pad["width"] and label["y"] < pad["y"] + pad["height"]
+
+
+def test_long_names_fit_a_phone(page, tmp_path):
+    """A model saved under a long path of underscores, of a data set in a folder with a long name
+    (its title in the picker and under the 28x28 image), made the page scroll sideways at 320 px."""
+    def long_names(route):
+        described = route.fetch().json()
+        for info in described["images"]:
+            info["path"] = "/home/me/experiments/my_digit_experiments/mnist_mlp_2epochs_8000images_seed0_lr0.01"
+            info["dataset_title"] = "handwritten_digits_from_my_classroom_survey_2026"
+        route.fulfill(json=described)
+
+    page.route("**/api/models", long_names)
+    for width in (320, 390):
+        page.set_viewport_size({"width": width, "height": 800})
+        page.reload()
+        page.wait_for_function("document.getElementById('image-model').options.length > 0")
+        draw(page, SEVEN)
+        page.screenshot(path=tmp_path / f"long-names-{width}.png", full_page=True)
+        assert "handwritten_digits_from_my_classroom" in page.inner_text("#seen-caption")
+        wide = page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= width, f"the page is {wide} px wide at {width} px: it scrolls sideways"
+
+
+def test_bars_and_highlights_show_in_forced_colours(page, tmp_path):
+    """In forced colours (Windows' high contrast themes) the probability bars vanished (their fill and
+    track one colour), the top class lost its accent, and the words pushing towards spam and towards
+    ham were marked alike. Each keeps a look of its own, not told by colour alone."""
+    page.emulate_media(forced_colors="active")
+    draw(page, SEVEN)
+    look = """(selector) => { const s = getComputedStyle(document.querySelector(selector));
+        return [s.backgroundColor, s.color, s.borderTopStyle, s.textDecorationLine, s.fontWeight]; }"""
+    fill, track = page.evaluate(look, "#probs li.top .fill"), page.evaluate(look, "#probs li.top .track")
+    assert fill[0] != track[0], "the winner's bar is the colour of its track"
+    assert page.evaluate(look, "#probs li.top .label")[2:] != page.evaluate(look, "#probs li:not(.top) .label")[2:]
+    verdict = {"label": "spam", "probability": 0.9, "problem": None, "read_as": "sms", "header_lines": 0,
+               "top_tokens": [{"token": "prize", "weight": 2.0}, {"token": "mum", "weight": -1.5}]}
+    model_version = page.evaluate("fetch('/api/models').then((r) => r.json()).then((m) => m.spam.model_version)")
+    page.route("**/api/spam/classify", lambda route: route.fulfill(json={**verdict, "model_version": model_version}))
+    check_message(page, "a prize for mum")
+    page.locator("#spam").screenshot(path=tmp_path / "forced-colours.png")
+    assert page.evaluate(look, "mark.spam")[2:4] != page.evaluate(look, "mark.ham")[2:4]
 
 
 def test_a_second_finger_on_the_pad_is_not_part_of_the_stroke(browser, server, tmp_path):
