@@ -689,6 +689,23 @@ def test_bars_and_highlights_show_in_forced_colours(page, tmp_path):
     assert page.evaluate(look, "mark.spam")[2:4] != page.evaluate(look, "mark.ham")[2:4]
 
 
+def test_the_first_verdict_is_announced(page):
+    """The verdict's live region sat in the result box, hidden until the first verdict: screen readers
+    track only live regions already in the accessibility tree, so the first verdict could go unsaid.
+    The region is in the tree from the start, empty, the verdict written into it and emptied by an error."""
+    cdp = page.context.new_cdp_session(page)
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    region = cdp.send("DOM.querySelector", {"nodeId": root, "selector": "[aria-live]:has(#verdict)"})["nodeId"]
+    assert region, "no live region holds the verdict"
+    node = cdp.send("Accessibility.getPartialAXTree", {"nodeId": region, "fetchRelatives": False})["nodes"][0]
+    assert not node.get("ignored"), f"not in the accessibility tree: {node.get('ignoredReasons')}"
+    check_message(page, SPAM_SMS)
+    assert page.text_content("#verdict") == "spam"
+    page.fill("#message", " ")
+    page.click("#check")
+    assert page.text_content("[aria-live]:has(#verdict)").strip() == "", "an error leaves the last verdict"
+
+
 def test_a_second_finger_on_the_pad_is_not_part_of_the_stroke(browser, server, tmp_path):
     """On a phone, one finger draws a 1 while another rests on the pad's corner: every pointer's
     moves went into one stroke, drawn from one finger to the other, and the 1 read as a 7."""

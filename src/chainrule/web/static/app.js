@@ -715,13 +715,23 @@ function chip(t) {
   return item;
 }
 
+// The verdict line is a live region on the page from the start, empty until a verdict: screen readers
+// announce changes to the live regions they already know, and may say nothing of one that appears
+// with its first verdict. The rest of the result is shown with the verdict.
+function hideVerdict() {
+  $("spam-result").hidden = true;
+  $("verdict").textContent = "";
+  $("verdict").className = "verdict";
+  $("spam-probability").textContent = "";
+}
+
 async function checkMessage(event) {
   event.preventDefault();
   if ($("check").disabled) return; // one message at a time (Ctrl+Enter, too); or no spam model
   const text = $("message").value;
   const error = $("spam-error");
   if (!text.trim()) {
-    $("spam-result").hidden = true; // the last verdict was about another message
+    hideVerdict(); // the last verdict was about another message
     error.hidden = false;
     error.textContent = "Paste a message first.";
     $("message").focus();
@@ -745,7 +755,7 @@ async function checkMessage(event) {
     $("tokens-ham").replaceChildren(...hammy.map(chip));
     highlight(text, result.top_tokens, result.header_lines);
   } catch (err) {
-    $("spam-result").hidden = true;
+    hideVerdict();
     error.hidden = false;
     error.textContent = err.message;
   } finally {
