@@ -25,6 +25,7 @@ from PIL import Image
 
 from chainrule.apps import images, spam
 from chainrule.data.images import preprocess_image
+from chainrule.data.text import HashingConfig, word_tokens
 from web_models import as_upload, fashion_test, mnist_test, running_server, trained_models
 
 CHROMIUM = "/usr/bin/chromium"
@@ -563,6 +564,49 @@ def test_a_word_across_the_highlighting_cut_is_not_marked(page):
     assert page.locator("#highlighted mark").count() == 0
     assert page.locator("#highlighted-note").is_visible()
     assert page.get_attribute("#highlighted", "aria-describedby") == "highlighted-note"
+
+
+def test_a_word_written_otherwise_than_its_token_is_highlighted(page):
+    """The server reads text in NFKC, without zero-width characters, case-folded: "ＦＲＥＥ" gives the
+    token "free", "C\u200ball" "call". The page looked for the token as written and marked neither: every
+    word among the real filter's top tokens is now marked where the text shows it."""
+    text = ("ＦＲＥＥ entry to win a £1000 cash ＰＲＩＺＥ! C\u200ball 09061743386 now to c\u00adlaim your reward, "
+            "txt STOP")
+    check_message(page, text)
+    tokens = page.evaluate("""() => [...document.querySelectorAll('#tokens-spam bdi, #tokens-ham bdi')]
+        .map((b) => b.textContent)""")
+    words = {t for t in tokens if ":" not in t and len(t) > 1}
+    assert {"free", "call"} <= words, tokens  # (what the filter trained on SMS weighs most here)
+    marks = page.eval_on_selector_all("#highlighted mark", "ms => ms.map((m) => m.textContent)")
+    assert {"ＦＲＥＥ", "C\u200ball"} <= set(marks)
+    assert {t for m in marks for t in word_tokens(m)} >= words
+
+
+def test_chinese_pairs_and_emoji_are_highlighted_where_they_stand(page):
+    """The server reads Chinese and Japanese as overlapping pairs of characters ("发票代开": "发票", "票代",
+    "代开"), which the page looked for as words of their own and never marked inside a run; nor "vip" right
+    after one, nor "Straße" ("strasse"), NFD "résumé", "İSTANBUL" or a one-character emoji (⚡); "👍" was
+    marked without its skin tone. The pairs of a run that push the same way are one mark naming each, a
+    character shared with a stronger pair pushing the other way goes to it, and a mark holds whole graphemes."""
+    text = ("Subject: 发票代开\n\n发票代开，限时优惠 ＦＲＥＥ Straße Re\u0301sume\u0301 İSTANBUL V\u200biagra 领取vip "
+            "👍🏽 ⚡\n")
+    weights = {"subject:发票": 2.0, "发票": 1.0, "票代": 0.5, "代开": 0.8, "限时": -0.3, "时优": 0.6, "upper:free": 0.7,
+               "strasse": 0.4, "résumé": -0.9, "istanbul": 0.3, "viagra": 1.5, "vip": 0.2, "👍": -0.25, "⚡": 0.35}
+    read, _ = spam.item_tokens("mail", text.encode(), HashingConfig())
+    assert set(weights) <= set(read)  # (the tokens the server reads in this message)
+    verdict = {"label": "spam", "probability": 0.99, "problem": None, "read_as": "mail", "header_lines": 2,
+               "top_tokens": [{"token": t, "weight": w} for t, w in weights.items()]}
+    model_version = page.evaluate("fetch('/api/models').then((r) => r.json()).then((m) => m.spam.model_version)")
+    page.route("**/api/spam/classify", lambda route: route.fulfill(json={**verdict, "model_version": model_version}))
+    check_message(page, text)
+    marks = page.eval_on_selector_all("#highlighted mark", "ms => ms.map((m) => [m.textContent, m.title])")
+    assert marks == [["发票", "+2.000 towards spam"],
+                     ["发票代开", "发票 +1.000, 票代 +0.500, 代开 +0.800 towards spam"],
+                     ["限", "限时 -0.300 towards ham"], ["时优", "+0.600 towards spam"],
+                     ["ＦＲＥＥ", "+0.700 towards spam"], ["Straße", "+0.400 towards spam"],
+                     ["Re\u0301sume\u0301", "-0.900 towards ham"], ["İSTANBUL", "+0.300 towards spam"],
+                     ["V\u200biagra", "+1.500 towards spam"], ["vip", "+0.200 towards spam"],
+                     ["👍🏽", "-0.250 towards ham"], ["⚡", "+0.350 towards spam"]]
 
 
 def test_a_message_of_many_header_lines_gets_its_verdict(page):

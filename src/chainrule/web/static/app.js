@@ -622,17 +622,113 @@ function headerBlock(text, count) {
 
 const escapeRegExp = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
-// A pattern matching any of `words` (lower case) where it stands as a word of its own.
+// The server reads text beyond ASCII as a reader sees it (text.py's word_tokens): in NFKC, without the
+// characters that show nothing, case-folded, and Chinese and Japanese as overlapping pairs of characters.
+// So a token is often not the text as written: "ＦＲＥＥ" gives "free", "Straße" "strasse", "V\u200biagra"
+// (a zero-width space inside) "viagra", "发票代开" "发票", "票代" and "代开". The page reads the text the same way
+// (`readingOf`) and finds the tokens there, keeping where each character read was written.
+
+// What text.py's _UNSEEN_RE takes out (zero-width characters, soft hyphen, ™ and ℠), and its _CJK: Han,
+// Hiragana and Katakana, whose runs it reads as pairs of characters.
+const UNSEEN = /[\u200b-\u200d\u2060\ufeff\u00ad\u2120\u2122]/g;
+const CJK = "\u3005-\u3007\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
+  + "\u4e00-\u9fff\uf900-\ufaff\u{20000}-\u{3ffff}";
+const CJK_RUN = new RegExp(`[${CJK}]+`, "gu");
+const ALL_CJK = new RegExp(`^[${CJK}]+$`, "u");
+const LONE_WORD = new RegExp(`^(?:[${CJK}]|\\p{Extended_Pictographic}\ufe0f?)$`, "u");
+
+// Text as the server reads it. JavaScript has no case folding; its lower case differs from it in "ß" (folded
+// "ss") and the final sigma "ς" ("σ"), and would read "İ" as "i" and a combining dot, where the server reads "I".
+// Applied to the server's tokens too, NFKC puts back together what case folding takes apart ("ǰ").
+const fold = (s) => s.replace(UNSEEN, "").normalize("NFKC").replace(/İ/g, "I").toLowerCase()
+  .replace(/ß/g, "ss").replace(/ς/g, "σ");
+
+// `text` as the server reads it, a grapheme (a letter and its accents, an emoji and its skin tone) at a time:
+// NFKC reads a grapheme as a whole, and a mark should not cut one. { read, from, to }: the code unit read[i]
+// was read from text[from[i]:to[i]]; from[read.length] is text.length. (An ASCII character is its lower case,
+// without fold's five passes: most mail is ASCII.)
+const graphemes = new Intl.Segmenter("en", { granularity: "grapheme" });
+
+function readingOf(text) {
+  const pieces = [], from = [], to = [];
+  for (const { segment, index } of graphemes.segment(text)) {
+    const piece = segment.length === 1 && segment < "\x80" ? segment.toLowerCase() : fold(segment);
+    pieces.push(piece);
+    for (let k = 0; k < piece.length; k++) {
+      from.push(index);
+      to.push(index + segment.length);
+    }
+  }
+  from.push(text.length);
+  return { read: pieces.join(""), from, to };
+}
+
+// The index in `reading.read` of the first character read from text[offset:].
+function readIndex(reading, offset) {
+  let lo = 0, hi = reading.from.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (reading.from[mid] < offset) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// A character that continues a word: text.py's \w, less Chinese and Japanese, which the server reads as
+// words apart ("点击领取http" gives "http"). (Written without the `v` flag's class subtraction, which older
+// browsers lack.)
+const WORD_CHAR = `(?:(?![${CJK}])[\\p{L}\\p{M}\\p{N}_])`;
+
+// A pattern matching any of `words` (as `fold` reads them) where it stands as a word of its own.
 function wordsPattern(words) {
   const alternatives = [...words]
     .sort((a, b) => b.length - a.length)
     .map((k) => {
       let pattern = escapeRegExp(k).replace(/ /g, "\\s+");
-      if (/^[\p{L}\p{N}_]/u.test(k)) pattern = `(?<![\\p{L}\\p{N}_])${pattern}`;
-      if (/[\p{L}\p{N}_]$/u.test(k)) pattern = `${pattern}(?![\\p{L}\\p{N}_])`;
+      if (/^[\p{L}\p{N}_]/u.test(k)) pattern = `(?<!${WORD_CHAR})${pattern}`;
+      if (/[\p{L}\p{M}\p{N}_]$/u.test(k)) pattern = `${pattern}(?!${WORD_CHAR})`;
       return pattern;
     });
   return new RegExp(alternatives.join("|"), "giu");
+}
+
+// The marks of the tokens among `weights` (the server's tokens of Chinese or Japanese) in the runs of
+// `part`: [start, end, weight, pairs] in `part`'s code units, `pairs` naming the tokens a mark stands for
+// ([token, weight]...) where it is not exactly one of them. The pairs of a run overlap ("发票代开": "发票",
+// "票代", "代开"): those that share a character and push the same way make one mark, as the words of a
+// phrase would, its title naming each; where two pushing opposite ways share one, the stronger has it. A run
+// of one character is a token of its own.
+function pairMarks(part, weights) {
+  const marks = [];
+  const stronger = (a, b) => (b === undefined || (a !== undefined && Math.abs(a) >= Math.abs(b)) ? a : b);
+  for (const run of part.matchAll(CJK_RUN)) {
+    const chars = [...run[0]];
+    const at = [run.index]; // where each character starts in `part`, then where the run ends
+    for (const c of chars) at.push(at[at.length - 1] + c.length);
+    if (chars.length === 1) {
+      if (weights.has(chars[0])) marks.push([at[0], at[1], weights.get(chars[0]), null]);
+      continue;
+    }
+    // pair[k]: the weight of the token chars[k] + chars[k + 1], if it is one; best[k]: the strongest
+    // covering chars[k]. A mark is a stretch of characters whose pairs join them, pushing one way.
+    const pair = chars.slice(1).map((c, k) => weights.get(chars[k] + c));
+    const best = chars.map((_, k) => stronger(pair[k - 1], pair[k]));
+    for (let first = 0; first < chars.length; first++) {
+      if (best[first] === undefined) continue;
+      const sign = Math.sign(best[first]);
+      let last = first;
+      while (last + 1 < chars.length && Math.sign(best[last + 1]) === sign && Math.sign(pair[last]) === sign) last++;
+      const pairs = [];
+      for (let k = Math.max(0, first - 1); k <= Math.min(last, chars.length - 2); k++) {
+        if (Math.sign(pair[k]) === sign) pairs.push([chars[k] + chars[k + 1], pair[k]]);
+      }
+      const weight = pairs.reduce((w, p) => stronger(w, p[1]), undefined);
+      const whole = pairs.length === 1 && last === first + 1;
+      marks.push([at[first], at[last + 1], weight, whole ? null : pairs]);
+      first = last;
+    }
+  }
+  return marks;
 }
 
 // How much of a message is highlighted: a pasted mailbox of megabytes would be tens of thousands of
@@ -647,42 +743,55 @@ function charactersEnd(text, count) {
   return at;
 }
 
-// A token's word as the weights are looked up: lower case, each run of blanks one space (the text
-// may have two spaces or a tab where the token has one).
-const wordKey = (word) => word.toLowerCase().replace(/\s+/g, " ");
+// A token's word as the weights are looked up: as the server reads text (`fold`), each run of blanks one
+// space (the text may have two spaces or a tab where the token has one).
+const wordKey = (word) => fold(word).replace(/\s+/g, " ");
 
 // Wrap each occurrence of a top token in <mark>, built as DOM nodes (never as HTML text).
 // `headerLines`: the answer's count of the lines it read as an email's header block.
 function highlight(text, tokens, headerLines) {
   const { headers, body } = headerBlock(text, headerLines);
   const cut = charactersEnd(text, HIGHLIGHT_CHARS);
-  const places = new Map(); // header name ("" for anywhere) -> Map(word -> weight)
+  // header name ("" for anywhere) -> { words: Map(word -> weight), pairs: the same for Chinese and Japanese }
+  const places = new Map();
   for (const t of tokens) {
     const place = placeOf(t.token, headers);
-    if (place === null || place.word.trim().length < 2) continue;
+    // (a word of one letter or a lone "!" is left to the chips; a Chinese character or an emoji is a word)
+    if (place === null || (place.word.trim().length < 2 && !LONE_WORD.test(place.word))) continue;
     const where = place.header ?? "";
-    if (!places.has(where)) places.set(where, new Map());
-    const weights = places.get(where);
+    if (!places.has(where)) places.set(where, { words: new Map(), pairs: new Map() });
     const key = wordKey(place.word);
+    const weights = places.get(where)[ALL_CJK.test(key) ? "pairs" : "words"];
     if (!weights.has(key) || Math.abs(t.weight) > Math.abs(weights.get(key))) weights.set(key, t.weight);
   }
-  // Every match in the part of the text it belongs to: [start, end, weight], in order, none overlapping.
+  // The text as the server reads it, to a character past the cut (see below).
+  const reading = readingOf(text.slice(0, cut + 2));
+  // Every match in the part of the text it belongs to: [start, end, weight, pairs] (`pairMarks`).
   const found = [];
-  for (const [where, weights] of places) {
-    const re = wordsPattern(weights.keys());
+  for (const [where, { words, pairs }] of places) {
+    const re = words.size ? wordsPattern(words.keys()) : null;
     const ranges = where === "" ? [[body, cut]] : headers.get(where);
     for (const [start, end] of ranges) {
       if (start >= cut) break;
-      // Matched in the range with a character on either side (two code units: an emoji's two), so
+      // Matched in the range read with a character on either side (two code units: an emoji's two), so
       // that a word running on past the range's end ("freedom" at the cut) is not taken for "free".
-      const stop = Math.min(end, cut);
-      const from = Math.max(0, start - 2);
-      const part = text.slice(from, stop + 2);
-      re.lastIndex = start - from;
-      for (let m = re.exec(part); m !== null && from + m.index + m[0].length <= stop; m = re.exec(part)) {
-        const weight = weights.get(wordKey(m[0])); // (none where case folding changed its length: "İ")
-        if (weight !== undefined) found.push([from + m.index, from + m.index + m[0].length, weight]);
+      const first = readIndex(reading, start);
+      const last = readIndex(reading, Math.min(end, cut));
+      const from = Math.max(0, first - 2);
+      const part = reading.read.slice(from, last + 2);
+      const keep = (i, j, weight, named) => { // part[i:j] as the text written there
+        if (from + i >= first && from + j <= last) {
+          found.push([reading.from[from + i], reading.to[from + j - 1], weight, named]);
+        }
+      };
+      if (re !== null) {
+        re.lastIndex = first - from;
+        for (let m = re.exec(part); m !== null && from + m.index + m[0].length <= last; m = re.exec(part)) {
+          const weight = words.get(wordKey(m[0]));
+          if (weight !== undefined) keep(m.index, m.index + m[0].length, weight, null);
+        }
       }
+      for (const [i, j, weight, named] of pairs.size ? pairMarks(part, pairs) : []) keep(i, j, weight, named);
     }
   }
   found.sort((a, b) => a[0] - b[0] || b[1] - a[1]);
@@ -694,11 +803,13 @@ function highlight(text, tokens, headerLines) {
   // Appended one by one: replaceChildren(...nodes) passes each node as an argument, and a long
   // message has more of them than the browser's stack holds ("Maximum call stack size exceeded").
   const nodes = document.createDocumentFragment();
+  const signed = (w) => `${w > 0 ? "+" : ""}${w.toFixed(3)}`;
   let at = 0;
-  for (const [start, end, w] of found) {
+  for (const [start, end, w, named] of found) {
     if (start < at) continue;
     if (start > at) nodes.append(document.createTextNode(text.slice(at, start)));
-    nodes.append(el("mark", { class: w > 0 ? "spam" : "ham", title: `${w > 0 ? "+" : ""}${w.toFixed(3)} towards ${w > 0 ? "spam" : "ham"}` },
+    const weights = named ? named.map(([token, weight]) => `${token} ${signed(weight)}`).join(", ") : signed(w);
+    nodes.append(el("mark", { class: w > 0 ? "spam" : "ham", title: `${weights} towards ${w > 0 ? "spam" : "ham"}` },
       text.slice(start, end)));
     at = end;
   }
