@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from PIL import Image
 
 from chainrule.apps import images, spam
+from chainrule.data import text as text_module
 from chainrule.data.images import preprocess_image
 from chainrule.data.text import HashingConfig, word_tokens
 from web_models import as_upload, fashion_test, mnist_test, running_server, trained_models
@@ -564,6 +566,21 @@ def test_a_word_across_the_highlighting_cut_is_not_marked(page):
     assert page.locator("#highlighted mark").count() == 0
     assert page.locator("#highlighted-note").is_visible()
     assert page.get_attribute("#highlighted", "aria-describedby") == "highlighted-note"
+
+
+def _js_escapes(written: str) -> str:
+    """A JavaScript string's or class's text with its \\uXXXX and \\u{X...} escapes read."""
+    return re.sub(r"\\u\{([0-9a-f]+)\}|\\u([0-9a-f]{4})", lambda m: chr(int(m[1] or m[2], 16)), written)
+
+
+def test_the_page_reads_text_with_the_servers_characters():
+    """app.js copies text.py's characters that show nothing (_UNSEEN_RE) and its Chinese and Japanese
+    blocks (_CJK): the two must change together, or the page marks tokens the server does not read."""
+    page = (Path(text_module.__file__).parents[1] / "web" / "static" / "app.js").read_text(encoding="utf-8")
+    unseen = re.search(r"const UNSEEN = /\[(.*?)\]/g;", page)[1]
+    cjk = "".join(re.findall(r'"([^"]*)"', re.search(r"const CJK = (.*?);", page, re.DOTALL)[1]))
+    assert "[" + _js_escapes(unseen) + "]" == text_module._UNSEEN_RE.pattern
+    assert _js_escapes(cjk) == text_module._CJK
 
 
 def test_a_word_written_otherwise_than_its_token_is_highlighted(page):
