@@ -349,6 +349,18 @@ def test_progress_on_a_terminal_draws_a_bar_and_keeps_the_epoch_lines():
     assert "gradient flow (last epoch):" in text
 
 
+
+def test_progress_with_no_standard_error_shows_nothing_and_the_training_goes_on(monkeypatch):
+    """Started with standard error closed (`2>&-`), Python has sys.stderr None: the epoch line went
+    to standard output (tqdm.write's default for None), then flush() on None stopped the training."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", None)
+    x, y = blobs()
+    model = small_mlp()
+    history = cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), epochs=2, verbose=True)
+    assert len(history) == 2 and out.getvalue() == ""
+
 def test_verbose_false_prints_nothing(capsys):
     x, y = blobs()
     model = small_mlp()

@@ -285,5 +285,7 @@ class ProgressLogger(Callback):
         return f"epoch {self.epoch + 1}/{self.epochs}"
 
     def _write(self, text: str) -> None:
+        if self.out is None:  # no standard error (started with it closed, `2>&-`): nowhere to show it,
+            return  # and tqdm.write would take None for standard output
         tqdm.write(text, file=self.out)  # above a live bar, if there is one
         self.out.flush()
