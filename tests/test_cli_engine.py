@@ -179,6 +179,41 @@ def test_a_full_disk_under_standard_output_is_named_as_such():
     assert proc.returncode == 2 and proc.stderr == "chainrule: error: No space left on device\n"
 
 
+
+def test_a_standard_error_that_cannot_be_written_changes_no_result_and_no_exit_code(mnist_dir, tmp_path):
+    """`2>/dev/full` (a log on a full disk): the first progress line's failed write stopped the
+    training with exit 1 and no model, since the error's own line failed too; a usage error left
+    its line in the buffer for Python's exit to fail on, exit 120. Lines that cannot be written
+    are dropped now: the results and the exit codes are those of a working standard error."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["CHAINRULE_DATA"] = str(mnist_dir.parent)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "digits", "train", "--model", "small",
+                               "--epochs", "1", "--train-size", "600", "--out", str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, stderr=full, text=True, env=env)
+    assert proc.returncode == 0 and f"wrote {tmp_path / 'run'}/" in proc.stdout
+    assert (tmp_path / "run" / "model.json").is_file()
+    for buffering in (env, {**env, "PYTHONUNBUFFERED": "1"}):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "gradcheck", "--samples", "0"],
+                                  stderr=full, env=buffering)
+        assert proc.returncode == 2
+
+
+def test_a_closed_standard_error_sends_nothing_into_standard_output(mnist_dir, tmp_path):
+    """`2>&-`: Python has no sys.stderr then, and print(..., file=None) writes to standard output:
+    the lines meant for standard error went in among the results, and a training died after its
+    first epoch with "internal error (AttributeError: 'NoneType' object has no attribute 'flush')".
+    They go nowhere now."""
+    env = {**os.environ, "CHAINRULE_DATA": str(mnist_dir.parent)}
+    proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "digits", "train", "--model", "small", "--epochs",
+                           "1", "--train-size", "600", "--out", str(tmp_path / "run")],
+                          stdout=subprocess.PIPE, text=True, env=env, preexec_fn=lambda: os.close(2))
+    assert proc.returncode == 0 and (tmp_path / "run" / "model.json").is_file()
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("small: 1 epoch (best 1)") and lines[1].startswith("wrote ")
+
+
 def test_readme_python_example_runs(capsys):
     """The README's build-fit-evaluate example, run exactly as written."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

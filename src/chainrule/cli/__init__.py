@@ -9,6 +9,8 @@ user got wrong. `main` turns any error into one line on stderr and the command's
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -49,59 +51,98 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(sys.stdout, "errors", None) in ("strict", "surrogateescape") and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = argparse.Namespace()  # (parsed into below: an error while parsing still finds its error_exit)
     world = distributed.World()  # this process alone, until the launcher's world is known
-    try:
-        world = distributed.world()
-        if world.size > 1 and not getattr(args, "mpi", False):
-            raise UserError(f"this command runs in one process; start it without mpirun "
-                            f"(these run on several: {MPI_COMMANDS})")
-        # The library reports progress through `logging`; on the command line those are plain
-        # lines, from rank 0 alone when mpirun started several processes. Other libraries' say
-        # only their warnings (matplotlib's INFO "generated new fontManager" came between ours).
-        quiet = getattr(args, "quiet", False) or world.rank != 0
-        logging.basicConfig(format="%(message)s", level=logging.WARNING, stream=sys.stderr, force=True)
-        logging.getLogger("chainrule").setLevel(logging.WARNING if quiet else logging.INFO)
-        with np.errstate(over="ignore"):
-            code = int(args.func(args) or 0)
-        if sys.stdout is not None:  # (here, not at exit: a reader gone by now is a BrokenPipeError below)
-            sys.stdout.flush()
-        return code
-    except KeyboardInterrupt as exc:
-        # (a command that has more to say, such as how to continue, raises it with that message)
-        return _stop(world, str(exc) or "interrupted", 130)
-    except BrokenPipeError:
-        # the reader went away (`| head`): send what is still buffered nowhere, and stop quietly,
-        # with the status of a program that SIGPIPE stopped (128 + 13), as `cat` or `grep` do: the
-        # command did not finish (a verdict or exit code it would have given is lost)
-        _drop_stdout()
-        return 141
-    except (UserError, OSError) as exc:
-        if isinstance(exc, OSError) and not exc.filename and _stdout_fails():  # (a full disk under `> FILE`)
-            exc = OSError(exc.errno, exc.strerror, "standard output")
-        return _fail(world, one_line(exc), args.error_exit)
-    except Exception as exc:
-        if os.environ.get("CHAINRULE_DEBUG"):
-            raise
-        return _fail(world, f"internal error ({type(exc).__name__}: {one_line(exc)}); "
-                     "this is a bug, CHAINRULE_DEBUG=1 shows the traceback", args.error_exit)
+    with _diagnostics():
+        try:
+            parser.parse_args(argv, args)
+            world = distributed.world()
+            if world.size > 1 and not getattr(args, "mpi", False):
+                raise UserError(f"this command runs in one process; start it without mpirun "
+                                f"(these run on several: {MPI_COMMANDS})")
+            # The library reports progress through `logging`; on the command line those are plain
+            # lines, from rank 0 alone when mpirun started several processes. Other libraries' say
+            # only their warnings (matplotlib's INFO "generated new fontManager" came between ours).
+            quiet = getattr(args, "quiet", False) or world.rank != 0
+            logging.basicConfig(format="%(message)s", level=logging.WARNING, stream=sys.stderr, force=True)
+            logging.getLogger("chainrule").setLevel(logging.WARNING if quiet else logging.INFO)
+            with np.errstate(over="ignore"):
+                code = int(args.func(args) or 0)
+            if sys.stdout is not None:  # (here, not at exit: a reader gone by now is a BrokenPipeError below)
+                sys.stdout.flush()
+            return code
+        except KeyboardInterrupt as exc:
+            # (a command that has more to say, such as how to continue, raises it with that message)
+            return _stop(world, str(exc) or "interrupted", 130)
+        except BrokenPipeError:
+            # the reader went away (`| head`): send what is still buffered nowhere, and stop quietly,
+            # with the status of a program that SIGPIPE stopped (128 + 13), as `cat` or `grep` do: the
+            # command did not finish (a verdict or exit code it would have given is lost)
+            _drop(sys.stdout)
+            return 141
+        except (UserError, OSError) as exc:
+            if isinstance(exc, OSError) and not exc.filename and _fails(sys.stdout):  # (a full disk under `> FILE`)
+                exc = OSError(exc.errno, exc.strerror, "standard output")
+            return _fail(world, one_line(exc), args.error_exit)
+        except Exception as exc:
+            if os.environ.get("CHAINRULE_DEBUG"):
+                raise
+            return _fail(world, f"internal error ({type(exc).__name__}: {one_line(exc)}); "
+                         "this is a bug, CHAINRULE_DEBUG=1 shows the traceback", args.error_exit)
 
 
-def _stdout_fails() -> bool:
-    """Whether what waits in standard output's buffer cannot be written; it is dropped then (else
-    Python's exit would fail on it again, with a traceback)."""
+@contextlib.contextmanager
+def _diagnostics():
+    """Standard error made fit for what a command says on the side (warnings, progress, its error's
+    line), which must change neither its results nor its exit code. Closed (`2>&-`: Python has None
+    there, and print(..., file=None) writes to standard output, in among the results) it is
+    /dev/null. A write that fails (a full disk, `2>/dev/full`) is let go (`_LetGo`), and what is
+    still unwritten at the end is dropped, as a reader gone drops standard output's."""
+    with (open(os.devnull, "w") if sys.stderr is None else contextlib.nullcontext(sys.stderr)) as stream, \
+            contextlib.redirect_stderr(_LetGo(stream)):
+        try:
+            yield
+        finally:
+            _fails(stream)  # (left there, Python's exit would fail on it: status 120)
+
+
+class _LetGo:
+    """`stream`, except that a write or flush that fails is let go. What a buffered stream failed to
+    write stays in its buffer and goes with a later write that succeeds: a disk that is full no
+    more gets a daemon's log again."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError):
+            self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.flush()
+
+    def __getattr__(self, name: str):  # (isatty, fileno, encoding, ...: the stream's own)
+        return getattr(self.stream, name)
+
+
+def _fails(stream) -> bool:
+    """Whether what waits in `stream`'s buffer cannot be written; it is dropped then (else
+    Python's exit would fail on it again: with a traceback for standard output, and status 120)."""
     try:
-        if sys.stdout is not None:
-            sys.stdout.flush()
+        if stream is not None:
+            stream.flush()
         return False
     except OSError:
-        _drop_stdout()
+        _drop(stream)
         return True
 
 
-def _drop_stdout() -> None:
-    """Send what standard output still holds nowhere."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+def _drop(stream) -> None:
+    """Send what `stream` still holds, and whatever it is given from now on, nowhere."""
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), stream.fileno())
 
 
 def _fail(world: distributed.World, message: str, code: int) -> int:
