@@ -214,6 +214,37 @@ def test_a_closed_standard_error_sends_nothing_into_standard_output(mnist_dir, t
     assert len(lines) == 2 and lines[0].startswith("small: 1 epoch (best 1)") and lines[1].startswith("wrote ")
 
 
+def test_a_closed_standard_output_is_an_error_before_the_work(mnist_dir, tmp_path):
+    """`>&-`: Python has no sys.stdout then, and print() to None writes nothing: a command's results
+    were lost with exit 0. It is refused, as `ls` refuses it, and before the work: no training. So
+    is it by the daemon, whose listening socket took descriptor 1: uvloop aborted as it closed it."""
+    env = {**os.environ, "CHAINRULE_DATA": str(mnist_dir.parent)}
+    for command in (["explain"], ["digits", "train", "--epochs", "1", "--out", str(tmp_path / "run")], ["--help"],
+                    ["spam", "daemon", str(tmp_path / "model")]):
+        proc = subprocess.run([sys.executable, "-m", "chainrule.cli", *command], stderr=subprocess.PIPE, text=True,
+                              env=env, preexec_fn=lambda: os.close(1))
+        assert proc.returncode == 2 and proc.stderr == "chainrule: error: standard output: Bad file descriptor\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_into_a_reader_gone_or_a_full_disk_is_reported_as_other_output_is():
+    """argparse lets a failed write of the help pass: with the help still in the buffer, Python's
+    exit failed on it ("Exception ignored in: <_io.TextIOWrapper name='<stdout>' ...>" and a
+    BrokenPipeError, exit 120), and a help longer than the buffer (spam train's) was lost with exit
+    0. A reader gone is SIGPIPE's quiet 141 now, and a full disk a one-line error, as for any output."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with subprocess.Popen([sys.executable, "-m", "chainrule.cli", "--help"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as proc:
+        proc.stdout.close()
+        assert proc.wait() == 141 and proc.stderr.read() == b""
+    for command in (["--help"], ["digits", "train", "--help"], ["spam", "train", "--help"]):
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run([sys.executable, "-m", "chainrule.cli", *command], stdout=full,
+                                  stderr=subprocess.PIPE, text=True, env=env)
+        assert proc.returncode == 2 and proc.stderr.startswith("chainrule: error: ") and \
+            proc.stderr.endswith("No space left on device\n") and proc.stderr.count("\n") == 1, (command, proc.stderr)
+
+
 def test_readme_python_example_runs(capsys):
     """The README's build-fit-evaluate example, run exactly as written."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -695,6 +695,19 @@ def test_classify_whose_standard_error_fails_or_is_closed_gives_its_verdict_alon
     assert r.returncode == 0 and (tmp_path / "m" / "model.json").is_file()
 
 
+def test_classify_into_a_closed_standard_output_is_an_error_exit_3_before_any_verdict(spam_model, spam_corpus):
+    """`>&-`: Python has no sys.stdout, and print() to None writes nothing: classify and evaluate
+    exited 0 with their results lost, and --annotate said "internal error (AttributeError: 'NoneType'
+    object has no attribute 'buffer'); this is a bug"."""
+    command = [sys.executable, "-c", "import sys; from chainrule.cli import main; sys.exit(main())"]
+    raw = next(iter(sorted((spam_corpus[1] / "spam").iterdir()))).read_bytes()
+    for args, code in ((["classify", str(spam_model)], 3), (["classify", str(spam_model), "--annotate"], 3),
+                       (["evaluate", str(spam_model), str(spam_corpus[1])], 2)):
+        r = subprocess.run([*command, "spam", *args], input=raw, stderr=subprocess.PIPE,
+                           preexec_fn=lambda: os.close(1), timeout=120, check=False)
+        assert _one_line_error(r, code) == "chainrule: error: standard output: Bad file descriptor\n", args
+
+
 def test_explain_and_evaluate_exit_2_when_a_named_input_could_not_be_read(spam_model, spam_corpus, run_chainrule,
                                                                           tmp_path):
     """As classify and learn do: the others are still done, but a cron job sees that one was not

@@ -21,7 +21,7 @@ import numpy as np
 
 from chainrule import distributed
 from chainrule.cli import engine, images, serve, spam
-from chainrule.cli.options import ABORT_GRACE_SECONDS, Parser
+from chainrule.cli.options import ABORT_GRACE_SECONDS, Parser, stdout
 from chainrule.errors import UserError, one_line
 
 
@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     with _diagnostics():
         try:
             parser.parse_args(argv, args)
+            # standard output closed (`>&-`) is refused before the work, not found closed at its end;
+            # by servers too, which print nothing there: a socket of theirs took its descriptor, and
+            # closing that socket made uvloop abort the process
+            stdout()
             world = distributed.world()
             if world.size > 1 and not getattr(args, "mpi", False):
                 raise UserError(f"this command runs in one process; start it without mpirun "
@@ -68,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("chainrule").setLevel(logging.WARNING if quiet else logging.INFO)
             with np.errstate(over="ignore"):
                 code = int(args.func(args) or 0)
-            if sys.stdout is not None:  # (here, not at exit: a reader gone by now is a BrokenPipeError below)
-                sys.stdout.flush()
+            sys.stdout.flush()  # (here, not at exit: a reader gone by now is a BrokenPipeError below)
             return code
         except KeyboardInterrupt as exc:
             # (a command that has more to say, such as how to continue, raises it with that message)

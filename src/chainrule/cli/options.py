@@ -8,7 +8,9 @@ into a run or a model file that can never be loaded.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
+import os
 import sys
 import time
 
@@ -49,8 +51,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(self.error_exit, f"{self.prog}: error: {message}\n")
 
     def print_help(self, file=None):
+        """Write the help, and flush it, where `main` reports a reader gone or a full disk as it does
+        for any output: argparse lets the error pass, and the help was lost with exit 0, or Python's
+        exit failed on it ("Exception ignored in: <_io.TextIOWrapper name='<stdout>' ...>", 120)."""
         if launcher_rank() == 0:  # (under mpirun every process reads the same `--help`)
-            super().print_help(file)
+            file = file or stdout()
+            file.write(self.format_help())
+            file.flush()
 
     def parse_args(self, args=None, namespace=None):
         """Parse the command line as users type it: `spam classify MODEL --json msg.eml` and
@@ -84,6 +91,15 @@ class Parser(argparse.ArgumentParser):
             if arg == "":  # --out "", or a file named by an unset variable
                 after = f" after {args[i - 1]}" if i and args[i - 1].startswith("-") else ""
                 self.error(f"an empty argument{after} (an unset shell variable?)")
+
+
+def stdout():
+    """Standard output. Where the command was started with it closed (`>&-`), raises the OSError
+    that writing to it would: Python has None there, and print() to None writes nothing, so a
+    command's results were lost with exit 0."""
+    if sys.stdout is None:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF), "standard output")
+    return sys.stdout
 
 
 def print_lines(lines) -> None:
