@@ -524,6 +524,19 @@ def test_training_options_that_cannot_work_are_refused_in_one_line(data_root, tm
 
 
 
+def test_a_network_too_large_for_memory_is_said_in_one_line_not_as_a_bug(data_root, tmp_path, capsys):
+    """A MemoryError was "internal error (MemoryError: ...); this is a bug, CHAINRULE_DEBUG=1 shows
+    the traceback": it is what a too-wide --hidden or too little memory gives, no bug of ours."""
+    lines = (data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines()
+    (tmp_path / "sms.txt").write_bytes(b"\n".join(lines[:50]) + b"\n")
+    assert main(["spam", "train", "--sms", str(tmp_path / "sms.txt"), "--out", str(tmp_path / "m"), "--folds", "0",
+                 "--epochs", "1", "--hidden", "100000000000", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chainrule: error: out of memory: Unable to allocate ") and err.count("\n") == 1, err
+    assert "(65536, 100000000000)" in err and "bug" not in err
+    assert not (tmp_path / "m" / "model.json").exists()
+
+
 def test_training_says_when_messages_repeat_or_carry_both_labels(spam_corpus, tmp_path, capsys):
     corpus = tmp_path / "corpus"
     for folder in ("spam", "ham"):

@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(exc, OSError) and not exc.filename and _fails(sys.stdout):  # (a full disk under `> FILE`)
                 exc = OSError(exc.errno, exc.strerror, "standard output")
             return _fail(world, one_line(exc), args.error_exit)
+        except MemoryError as exc:  # (no bug: a network too wide, a machine too small; NumPy's message says the size)
+            return _fail(world, f"out of memory: {one_line(exc)}" if str(exc) else "out of memory", args.error_exit)
         except Exception as exc:
             if os.environ.get("CHAINRULE_DEBUG"):
                 raise
