@@ -216,8 +216,8 @@ def test_a_closed_standard_error_sends_nothing_into_standard_output(mnist_dir, t
 
 def test_a_closed_standard_output_is_an_error_before_the_work(mnist_dir, tmp_path):
     """`>&-`: Python has no sys.stdout then, and print() to None writes nothing: a command's results
-    were lost with exit 0. It is refused, as `ls` refuses it, and before the work: no training. So
-    is it by the daemon, whose listening socket took descriptor 1: uvloop aborted as it closed it."""
+    were lost with exit 0. It is refused, as `ls` refuses it, and before the work: no training; by the
+    daemon too (its listening socket took descriptor 1, and uvloop aborted as it closed it)."""
     env = {**os.environ, "CHAINRULE_DATA": str(mnist_dir.parent)}
     for command in (["explain"], ["digits", "train", "--epochs", "1", "--out", str(tmp_path / "run")], ["--help"],
                     ["spam", "daemon", str(tmp_path / "model")]):

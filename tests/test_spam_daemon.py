@@ -90,11 +90,11 @@ class Daemon:
     """`chainrule spam daemon MODEL ARGS`, started and read until it says it is ready; `as_a_user`
     (`_as_a_user`) where it must meet file modes as a user does."""
 
-    def __init__(self, model: Path, *args: str, as_a_user: bool = False):
+    def __init__(self, model: Path, *args: str, as_a_user: bool = False, preexec_fn=None):
         env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
         prefix = _as_a_user() if as_a_user else []
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model),
-                                      *args], stderr=subprocess.PIPE, text=True, env=env)
+                                      *args], stderr=subprocess.PIPE, text=True, env=env, preexec_fn=preexec_fn)
         self.log: list[str] = []
         self.port = None
         for line in self.proc.stderr:
@@ -450,6 +450,16 @@ def _daemon_run(model: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([*_as_a_user(), sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model), *args],
                           capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_daemon_started_with_standard_input_closed_serves_and_stops_cleanly(model_dir, held):
+    """Started with `<&-`, the daemon's listening socket took descriptor 0, and uvloop aborted the
+    process as it closed it at the stop (exit 134, "uv__close: Assertion `fd > STDERR_FILENO'")."""
+    d = Daemon(model_dir, "--listen", "127.0.0.1:0", preexec_fn=lambda: os.close(0))
+    try:
+        assert d.spamc("-c", data=held[0][0])[0] in (0, 1)
+    finally:
+        assert d.stop() == 0, d.log_text()
 
 
 def test_a_low_port_refused_is_explained_once(model_dir):

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     # \udcc3 before they get here). Standard error escapes so already.
     if getattr(sys.stdout, "errors", None) in ("strict", "surrogateescape") and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
+    _hold_standard_descriptors()
     parser = build_parser()
     args = argparse.Namespace()  # (parsed into below: an error while parsing still finds its error_exit)
     world = distributed.World()  # this process alone, until the launcher's world is known
@@ -57,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             parser.parse_args(argv, args)
             # standard output closed (`>&-`) is refused before the work, not found closed at its end;
-            # by servers too, which print nothing there: a socket of theirs took its descriptor, and
-            # closing that socket made uvloop abort the process
+            # by every command alike, the servers too, which print nothing there (`>/dev/null` serves)
             stdout()
             world = distributed.world()
             if world.size > 1 and not getattr(args, "mpi", False):
@@ -94,6 +94,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             return _fail(world, f"internal error ({type(exc).__name__}: {one_line(exc)}); "
                          "this is a bug, CHAINRULE_DEBUG=1 shows the traceback", args.error_exit)
+
+
+def _hold_standard_descriptors() -> None:
+    """/dev/null on descriptors 0, 1 and 2 where the command was started with them closed (`<&-`):
+    the next file or socket opened would take the number, and the daemon's listening socket as
+    descriptor 0 made uvloop abort the process as it closed it (exit 134). Python's sys.stdin,
+    stdout and stderr stay None, so a closed stream is still found closed (`options.stdout`)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # (the lowest free number: this one, those below held already)
 
 
 @contextlib.contextmanager
