@@ -153,6 +153,9 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
+_MBOX_HEAD = 4096  # a file is an mbox only if its first line, "From ...", ends within this many bytes
+
+
 def _looks_like_mbox(head: bytes) -> bool:
     # An mbox starts with a "From " separator line; a single message starts with a header line.
     # (after the UTF-8 byte order mark that Windows programs put before the text they save)
@@ -442,22 +445,23 @@ def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, 
     lab = _label(label, names)
     try:
         with _open(path) as f:
-            head = f.read(4096)
+            # One read, as much as a message may keep (and at least the bytes that tell an mbox):
+            # a message read in two parts and joined left the freed second part as a hole in the
+            # heap, which the next message's larger read could not use, so the messages kept cost
+            # twice their size.
+            head = f.read(max(max_bytes, _MBOX_HEAD) + 1)
             if (other := _other_mailbox(head)) is not None:
                 yield RawMessage(str(path), b"", lab, error=other)
                 return
-            if _looks_like_mbox(head):  # (read on from here: a pipe cannot be opened again at its start)
+            if _looks_like_mbox(head[:_MBOX_HEAD]):  # (read on from here: a pipe cannot be opened again at its start)
                 plain = path.with_suffix("") if path.suffix.lower() in _COMPRESSED_SUFFIXES else path
                 own = (path.name,) if named or plain.suffix.lower() in (".mbox", ".mbx") else ()
                 yield from _read_mbox(path, f, head, max_bytes, _label(label, names + own))
                 return
-            rest, truncated = _read_capped(f, max(max_bytes - len(head), 0))
-            data = (head + rest)[:max_bytes]
-            truncated = truncated or len(head) + len(rest) > max_bytes
     except _READ_ERRORS as exc:
         yield RawMessage(str(path), b"", lab, error=_reason(exc))
         return
-    yield RawMessage(str(path), data, lab, truncated)
+    yield RawMessage(str(path), head[:max_bytes], lab, len(head) > max_bytes)
 
 
 def _read_mbox(path: Path, f, head: bytes, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
@@ -495,11 +499,11 @@ _SECOND_MESSAGE = re.compile(rb"\n\r?\nFrom [^\n]*\n" + _HEADER_LINE.pattern)
 def _mbox_messages(path: Path, f, head: bytes, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
     buf: list[bytes] = []
     size, started, truncated, prev_blank, line_start = 0, False, False, True, True
-    # pieces read ahead, to be taken again in order: first the lines of `head`, its last one read to
-    # its end (the BOM before the text that Windows programs save is not a part of the first message)
-    if head and not head.endswith(b"\n"):
-        head += f.readline(LINE_PIECE)
-    pending: list[bytes] = re.findall(rb"[^\n]*\n|[^\n]+", head.removeprefix(codecs.BOM_UTF8))
+    # `head` is read as the rest of the file is, in lines of at most LINE_PIECE bytes, as if it had
+    # not been read yet (the BOM before the text that Windows programs save is not a part of the
+    # first message); pieces read ahead wait in `pending`, to be taken again in order
+    replayed = io.BytesIO(head.removeprefix(codecs.BOM_UTF8))
+    pending: list[bytes] = []
 
     def flush():
         data = b"".join(buf)
@@ -509,7 +513,12 @@ def _mbox_messages(path: Path, f, head: bytes, max_bytes: int, label: int | None
 
     try:
         def next_piece() -> bytes:
-            return pending.pop(0) if pending else f.readline(LINE_PIECE)
+            if pending:
+                return pending.pop(0)
+            piece = replayed.readline(LINE_PIECE)
+            if len(piece) < LINE_PIECE and not piece.endswith(b"\n"):  # (`head` ends inside this line, or has ended)
+                piece += f.readline(LINE_PIECE - len(piece))
+            return piece
 
         # `for line in f` would hold a whole line, however long; pieces of one keep their order,
         # and only a piece that starts a line can be a "From " separator or a blank line
