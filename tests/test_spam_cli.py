@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import chainrule.apps.spam as spam_library
 from chainrule import model_files
 from chainrule.apps.spam import MAIL_MIN_DF, load_spam_model
 from chainrule.cli import main
+from chainrule.data.corpora import read_messages
 
 
 def test_train_writes_model_metrics_and_figures(spam_model):
@@ -150,6 +152,72 @@ def test_evaluate_beats_the_majority_class_on_held_out_mail(spam_model, spam_cor
     r = json.loads(capsys.readouterr().out)
     majority = max(r["spam"], r["ham"]) / r["messages"]
     assert r["messages"] == 120 and r["accuracy"] > majority and r["roc_auc"] > 0.5
+
+
+@pytest.mark.parametrize(("most_messages", "most_bytes"), [(7, 256 << 20), (4096, 40_000)])
+def test_evaluate_and_classify_hold_a_batch_at_a_time_and_print_the_same(spam_model, spam_corpus, monkeypatch, capsys,
+                                                                         most_messages, most_bytes):
+    """evaluate read the whole corpus before it scored a message of it, and classify's batches were
+    closed by their count alone, 4,096 messages of up to --max-bytes (1 MiB) each: both held their
+    messages' bytes without bound (2 GB for 4,000 mails of 257 KB). A batch is closed now by the
+    message that takes it to BATCH_BYTES too, and the verdicts and figures are those of one batch."""
+
+    def run(command: str) -> str:
+        assert main(["spam", command, str(spam_model), str(spam_corpus[1]), "--json"]) == 0
+        out = capsys.readouterr().out
+        return re.sub(r', "messages_per_s": [^,}]+', "", out)  # (the one figure that is not the model's)
+
+    whole = {command: run(command) for command in ("evaluate", "classify")}
+    score, scored = spam_library.SpamModel.score, []  # (the sizes of the messages of each batch scored)
+
+    def counted(self, items, **kwargs):
+        scored.append([len(data) for _, data in items])
+        return score(self, items, **kwargs)
+
+    monkeypatch.setattr(spam_library.SpamModel, "score", counted)
+    monkeypatch.setattr(spam_library.corpus, "BATCH_MESSAGES", most_messages)
+    monkeypatch.setattr(spam_library.corpus, "BATCH_BYTES", most_bytes)
+    for command in ("evaluate", "classify"):
+        scored.clear()
+        assert run(command) == whole[command], command
+        assert sum(map(len, scored)) == 120 and len(scored) > 3, command
+        assert all(len(sizes) <= most_messages and sum(sizes[:-1]) < most_bytes for sizes in scored), command
+        assert all(len(sizes) == most_messages or sum(sizes) >= most_bytes for sizes in scored[:-1]), command
+
+
+def test_evaluate_and_classify_hold_one_batch_of_messages_at_a_time(spam_model, tmp_path, monkeypatch, capsys):
+    """The memory taken while each message is read, above that at the first: at most a batch's
+    bytes (and what scoring it left behind), where evaluate held the whole corpus, and a batch was
+    still held by the loop over them while the next one was read."""
+    mail = email.message.EmailMessage()
+    mail["Subject"] = "the report"
+    mail.set_content("Please find the report attached.\n")
+    mail.add_attachment(os.urandom(190_000), maintype="application", subtype="pdf", filename="report.pdf")
+    (tmp_path / "ham").mkdir()
+    for i in range(40):
+        (tmp_path / "ham" / f"{i}.eml").write_bytes(mail.as_bytes())
+    most = 10 * len(mail.as_bytes())
+    monkeypatch.setattr(spam_library.corpus, "BATCH_BYTES", most)
+    held = []  # tracemalloc's count of the memory taken, as each message is read
+
+    def counted(read):
+        def reading(*args, **kwargs):
+            for message in read(*args, **kwargs):
+                held.append(tracemalloc.get_traced_memory()[0])
+                yield message
+        return reading
+
+    monkeypatch.setattr(spam_library.corpus, "read_messages", counted(spam_library.corpus.read_messages))
+    monkeypatch.setattr("chainrule.cli.spam.read_messages", counted(read_messages))
+    for command in ("evaluate", "classify"):
+        held.clear()
+        tracemalloc.start()
+        try:
+            assert main(["spam", command, str(spam_model), str(tmp_path)]) == 0
+        finally:
+            tracemalloc.stop()
+        capsys.readouterr()
+        assert len(held) == 40 and max(held) - held[0] < 1.5 * most, (command, max(held) - held[0], most)
 
 
 def test_classify_lines_and_json(spam_model, spam_corpus, capsys):

@@ -4,7 +4,8 @@ caller's callback, never to the terminal; unlabelled mail and broken SMS files a
 import numpy as np
 import pytest
 
-from chainrule.apps.spam import collect
+from chainrule.apps.spam import batches, collect
+from chainrule.apps.spam import corpus as spam_corpus
 from chainrule.errors import UserError
 
 
@@ -43,3 +44,11 @@ def test_collect_refuses_unlabelled_mail_and_broken_sms_files(tmp_path):
     (tmp_path / "sms.txt").write_bytes(b"ham\tfine\nno label here\n")
     with pytest.raises(UserError, match=":2:"):
         collect([], [tmp_path / "sms.txt"])
+
+
+def test_batches_close_at_their_count_or_once_they_hold_their_bytes(monkeypatch):
+    monkeypatch.setattr(spam_corpus, "BATCH_MESSAGES", 3)
+    monkeypatch.setattr(spam_corpus, "BATCH_BYTES", 10)
+    sizes = [1, 1, 1, 5, 5, 20, 4, 4]  # (each message's bytes)
+    assert list(batches(sizes, lambda n: n)) == [[1, 1, 1], [5, 5], [20], [4, 4]]
+    assert list(batches([], len)) == []

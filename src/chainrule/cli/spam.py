@@ -24,6 +24,7 @@ from chainrule.apps.spam import (
     LEARN_EPOCHS,
     MAIL_MIN_DF,
     annotate,
+    batches,
     binary_report,
     check_labels,
     check_out,
@@ -34,6 +35,7 @@ from chainrule.apps.spam import (
     featurize,
     gather_lessons,
     item_tokens,
+    labelled_messages,
     learn,
     load_spam_model,
     open_for_learning,
@@ -234,14 +236,23 @@ def _format_metrics(r: dict) -> str:
 def _cmd_evaluate(args) -> int:
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     problems = _InputProblems(args.corpus, hold=False)  # (figures without a named corpus: the exit code says so)
-    items, _, y = collect(args.corpus, args.sms, max_bytes=args.max_bytes, on_problem=problems)
-    if len(y) == 0:
+    # Scored a batch at a time, as classify scores them: the figures need only each message's
+    # P(spam) and label, so the messages of a corpus of any size are never all held at once.
+    messages = labelled_messages(args.corpus, args.sms, max_bytes=args.max_bytes, on_problem=problems)
+    scores, labels, kinds, seconds = [], [], set(), 0.0
+    for batch in batches(messages, lambda message: len(message[0][1])):
+        items = [item for item, _, _ in batch]
+        t0 = time.perf_counter()
+        scores.append(bundle.score(items)[0])
+        seconds += time.perf_counter() - t0
+        labels += [label for _, _, label in batch]
+        kinds.update(kind for kind, _ in items)
+        del batch, items  # (let go before the next batch is read, or two would be held at once)
+    if not labels:
         raise UserError("no messages to evaluate")
-    for kind in sorted({kind for kind, _ in items}):  # (figures on a kind it never saw mean little)
+    for kind in sorted(kinds):  # (figures on a kind it never saw mean little)
         _warn_if_untrained_on(bundle, kind)
-    t0 = time.perf_counter()
-    p, _ = bundle.score(items)
-    seconds = time.perf_counter() - t0
+    y, p = np.asarray(labels, np.int64), np.concatenate(scores)
     report = binary_report(y, p, bundle.spam_cutoff)
     verdicts = bundle.verdicts(p)
     report["unsure"] = int(sum(v == "unsure" for v in verdicts))
@@ -255,38 +266,31 @@ def _cmd_evaluate(args) -> int:
     return args.error_exit if problems.failed else 0
 
 
-CLASSIFY_BATCH = 4096  # messages held in memory at once by `spam classify` (each at most --max-bytes)
-
-
 def _classify_batches(args, on_problem):
-    """Batches of (sources, items, raw messages or None) to classify, read lazily; what cannot be
-    read goes to `on_problem(source, reason)`."""
+    """Batches of (sources, items, raw messages or None) to classify, read lazily (`batches`); what
+    cannot be read goes to `on_problem(source, reason)`."""
     paths = args.paths or ["-"]
     if args.sms:
-        chunk = []
-        for source, text in sms_lines(paths, args.max_bytes, on_problem):
-            chunk.append((source, text))
-            if len(chunk) == CLASSIFY_BATCH:
-                yield [s for s, _ in chunk], [("sms", t) for _, t in chunk], None
-                chunk = []
-        if chunk:
-            yield [s for s, _ in chunk], [("sms", t) for _, t in chunk], None
+        for batch in batches(sms_lines(paths, args.max_bytes, on_problem), lambda line: len(line[1])):
+            yield [source for source, _ in batch], [("sms", text) for _, text in batch], None
+            del batch  # (let go before the next batch is read, or two would be held at once)
         return
-    batch: list[RawMessage] = []
     # --annotate writes the message back out: a file is read as standard input is, every byte kept
     # (an mbox's reader would drop a "From " line and unquote ">From " lines)
     messages = ((read_as_is(p, args.max_bytes) for p in paths) if args.annotate
                 else read_messages(paths, max_bytes=args.max_bytes))
+    for batch in batches(_readable(messages, on_problem), lambda m: len(m.data)):
+        yield [m.source for m in batch], [("mail", m.data) for m in batch], batch
+        del batch  # (as above)
+
+
+def _readable(messages, on_problem):
+    """The `messages` that could be read; the others go to `on_problem(source, reason)`."""
     for m in messages:
         if m.error:
             on_problem(m.source, m.error)
-            continue
-        batch.append(m)
-        if len(batch) == CLASSIFY_BATCH:
-            yield [m.source for m in batch], [("mail", m.data) for m in batch], batch
-            batch = []
-    if batch:
-        yield [m.source for m in batch], [("mail", m.data) for m in batch], batch
+        else:
+            yield m
 
 
 def _pass_on(msg: RawMessage) -> None:
@@ -320,6 +324,7 @@ def _on_every_rank(batches, world):
         if not world.bcast(batch is not None):
             return
         yield batch if world.rank == 0 else (None, None, None)
+        del batch  # (let go before the next batch is read, or two would be held at once)
 
 
 def _cmd_classify(args) -> int:
@@ -361,6 +366,7 @@ def _cmd_classify(args) -> int:
             sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
             sys.stdout.buffer.flush()
             continue
+        del items, raws  # (let go before the next batch is read, or two would be held at once)
         if args.json:
             lines = [json.dumps({"source": src, "verdict": v, "probability": round(float(q), 6)})
                      for src, v, q in zip(sources, verdicts, p, strict=True)]

@@ -25,7 +25,7 @@ The modules, in the order data flows through them:
     training     train_filter: one network or a cross-validation committee, calibrated
     learning     learn, unlearn: the user's corrections, each recorded as a lesson
     explain      the tokens behind a verdict; classify_message for other programs
-    corpus       labelled messages from mail corpora and SMS files
+    corpus       labelled messages from mail corpora and SMS files; batches that fit in memory
     annotate     X-Chainrule-Spam headers stamped into a message
     protocol     spamc/spamd requests and answers: the mail flow's protocol
     daemon       the server that speaks it (`chainrule spam daemon`)
@@ -36,7 +36,7 @@ The `chainrule spam` commands are `chainrule.cli.spam`.
 
 from chainrule.apps.spam.annotate import annotate
 from chainrule.apps.spam.calibration import binary_report, calibrate
-from chainrule.apps.spam.corpus import check_same_on_every_rank, collect, sms_lines
+from chainrule.apps.spam.corpus import batches, check_same_on_every_rank, collect, labelled_messages, sms_lines
 from chainrule.apps.spam.explain import classify_message, explain_row, looks_like_email
 from chainrule.apps.spam.features import MAIL_MIN_DF, featurize, item_tokens, training_features
 from chainrule.apps.spam.learning import (
@@ -79,10 +79,10 @@ from chainrule.apps.spam.training import (
 
 __all__ = [
     "LEARN_EPOCHS", "LESSONS_KEPT", "MAIL_MIN_DF", "REPLAY_SIZE", "SPAM_FORMAT", "TASK", "Gathered", "Learned",
-    "Lessons", "SpamModel", "TrainResult", "annotate", "binary_report", "build_network", "calibrate", "check_labels",
-    "check_out", "check_same_filter", "check_same_on_every_rank", "classify_message", "collect", "explain_row",
-    "featurize", "gather_lessons", "item_tokens", "kfold_assignments", "learn", "load_idf", "load_lessons",
-    "load_replay", "load_spam_model", "looks_like_email", "merge_committee", "open_for_learning",
-    "repeated_messages", "row_digests", "save_model", "sms_lines", "stratified_split",
+    "Lessons", "SpamModel", "TrainResult", "annotate", "batches", "binary_report", "build_network", "calibrate",
+    "check_labels", "check_out", "check_same_filter", "check_same_on_every_rank", "classify_message", "collect",
+    "explain_row", "featurize", "gather_lessons", "item_tokens", "kfold_assignments", "labelled_messages", "learn",
+    "load_idf", "load_lessons", "load_replay", "load_spam_model", "looks_like_email", "merge_committee",
+    "open_for_learning", "repeated_messages", "row_digests", "save_model", "sms_lines", "stratified_split",
     "train_filter", "training_features", "unlearn", "verdict", "write_run",
 ]

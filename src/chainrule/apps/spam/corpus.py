@@ -1,12 +1,14 @@
-"""Labelled messages for training and evaluation, read from mail corpora and SMS files (`collect`),
-and the text messages of SMS files or standard input, a line each (`sms_lines`)."""
+"""Labelled messages for training and evaluation, read from mail corpora and SMS files
+(`labelled_messages`, `collect`), the text messages of SMS files or standard input, a line each
+(`sms_lines`), and messages in batches that fit in memory (`batches`)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 
@@ -15,18 +17,28 @@ from chainrule.data.mime import decode_text
 from chainrule.distributed import World
 from chainrule.errors import DataError, UserError
 
+T = TypeVar("T")
 
-def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = True,
-            max_bytes: int = MAX_BYTES, label: int | None = None,
-            on_problem: Callable[[str, str], None] | None = None) -> tuple[list, list[str], np.ndarray]:
-    """(items for `featurize`, sources, labels) from mail corpora and SMS files.
+# `spam classify` and `spam evaluate` score messages in batches of at most BATCH_MESSAGES, closed as
+# well once they hold BATCH_BYTES: room for 256 messages of the default --max-bytes (1 MiB), as many
+# as `map_chunks` spreads over the cores.
+BATCH_MESSAGES = 4096
+BATCH_BYTES = 256 << 20
+
+Item = tuple[str, bytes | str]  # ("mail", raw bytes) or ("sms", text), as `featurize` reads them
+
+
+def labelled_messages(corpora: list[str], sms: list[str] | None = None, labelled: bool = True,
+                      max_bytes: int = MAX_BYTES, label: int | None = None,
+                      on_problem: Callable[[str, str], None] | None = None) -> Iterator[tuple[Item, str, int]]:
+    """(item for `featurize`, source, label) of each message of mail corpora and SMS files, one at
+    a time, as they are read.
 
     A message that cannot be read (a missing file, a damaged archive) is skipped, and
     `on_problem(source, reason)` is called with it if given, so that a run over a large corpus
     goes on and the caller decides how to report it. With `labelled`, a message whose label
-    cannot be told from its path is a user error.
+    cannot be told from its path is a user error; without, its label is -1.
     """
-    items, sources, labels = [], [], []
     for msg in read_messages(corpora, max_bytes=max_bytes, label=label):
         if msg.error:
             if on_problem is not None:
@@ -35,18 +47,39 @@ def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = T
         if labelled and msg.label is None:
             raise UserError(f"{msg.source}: cannot tell whether it is spam or ham "
                             "(put messages under folders named for what they are, such as spam/ and ham/)")
-        items.append(("mail", msg.data))
-        sources.append(msg.source)
-        labels.append(-1 if msg.label is None else msg.label)
+        yield ("mail", msg.data), msg.source, -1 if msg.label is None else msg.label
     for path in sms or []:
         try:
-            texts, labs = read_sms(path, max_bytes)
+            texts, labels = read_sms(path, max_bytes)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-        items += [("sms", t) for t in texts]
-        sources += [f"{path}:{i + 1}" for i in range(len(texts))]
-        labels += labs
-    return items, sources, np.asarray(labels, np.int64)
+        for i, (text, y) in enumerate(zip(texts, labels, strict=True)):
+            yield ("sms", text), f"{path}:{i + 1}", y
+
+
+def collect(corpora: list[str], sms: list[str] | None = None, labelled: bool = True,
+            max_bytes: int = MAX_BYTES, label: int | None = None,
+            on_problem: Callable[[str, str], None] | None = None) -> tuple[list, list[str], np.ndarray]:
+    """(items for `featurize`, sources, labels) of all the messages `labelled_messages` reads."""
+    found = list(labelled_messages(corpora, sms, labelled, max_bytes, label, on_problem))
+    return ([item for item, _, _ in found], [source for _, source, _ in found],
+            np.asarray([y for _, _, y in found], np.int64))
+
+
+def batches(messages: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
+    """`messages` in lists of at most BATCH_MESSAGES, each closed as well by the message that takes
+    the bytes it holds (`size` of each) to BATCH_BYTES: scored a batch at a time, a corpus of any
+    size is held in memory one batch at a time, whatever the size of its messages."""
+    batch: list[T] = []
+    held = 0
+    for message in messages:
+        batch.append(message)
+        held += size(message)
+        if len(batch) == BATCH_MESSAGES or held >= BATCH_BYTES:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
 
 
 def sms_lines(paths: list[str], max_bytes: int, on_problem: Callable[[str, str], None]) -> Iterator[tuple[str, str]]:
