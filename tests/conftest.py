@@ -6,6 +6,7 @@ Helpers used by several test modules are plain functions here, imported as `from
 
 from __future__ import annotations
 
+import email.message
 import os
 import shutil
 import subprocess
@@ -183,6 +184,16 @@ def damaged(raw: bytes, data) -> bytes:
     if data.draw(st.booleans()):
         raw = raw[: data.draw(at) % (len(raw) + 1)]
     return bytes(raw)
+
+
+def mail_with_an_attachment() -> bytes:
+    """An ordinary mail of 257 KB, a line of text and a PDF of 190 KB (random bytes): a message
+    large enough that how many of them are held in memory at once shows."""
+    mail = email.message.EmailMessage()
+    mail["Subject"] = "the report"
+    mail.set_content("Please find the report attached.\n")
+    mail.add_attachment(os.urandom(190_000), maintype="application", subtype="pdf", filename="report.pdf")
+    return mail.as_bytes()
 
 
 def as_a_user() -> list[str]:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from chainrule.data import corpora
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, label_from_names, read_as_is, read_messages, read_sms
 from chainrule.data.mime import parse_message
-from conftest import damaged
+from conftest import damaged, mail_with_an_attachment
 
 
 def test_tarball_layout_labels(spamassassin_messages):
@@ -385,17 +385,14 @@ def test_messages_kept_cost_their_own_size_in_memory_not_twice_it(tmp_path):
     freed rest left a hole its size in the heap that the next message's read could not use (its
     buffer 4 KB larger), so the messages kept took twice their bytes (2,088 MB held by `spam
     classify` for 4,000 mails of 257 KB)."""
-    mail = email.message.EmailMessage()
-    mail["Subject"] = "the report"
-    mail.set_content("Please find the report attached.\n")
-    mail.add_attachment(os.urandom(190_000), maintype="application", subtype="pdf", filename="report.pdf")
+    mail = mail_with_an_attachment()
     (tmp_path / "ham").mkdir()
     for i in range(200):
-        (tmp_path / "ham" / f"{i}.eml").write_bytes(mail.as_bytes())
+        (tmp_path / "ham" / f"{i}.eml").write_bytes(mail)
     proc = subprocess.run([sys.executable, "-c", _KEPT_SCRIPT, str(tmp_path)], capture_output=True, text=True,
                           check=True)
     grew, kept = map(int, proc.stdout.split())
-    assert kept == 200 * len(mail.as_bytes())
+    assert kept == 200 * len(mail)
     assert grew < 1.3 * kept, (grew, kept)
 
 

@@ -165,6 +165,8 @@ def _train_into(args, config: HashingConfig, validation: float, out: Path, world
         check_labels(y, args.folds, validation)  # (before the corpus is hashed)
         check_same_on_every_rank(items, y, world)
         x, problems, idf = training_features(items, config, world=world)
+        inputs = tuple(sorted({kind for kind, _ in items}))
+        del items  # (the messages, up to --max-bytes each, are let go: training needs only their rows)
         if idf is not None and not idf.any():
             raise UserError(f"--min-df {config.min_df} leaves no hash bucket: none is in {config.min_df} of the "
                             f"{len(y)} training messages")
@@ -180,7 +182,6 @@ def _train_into(args, config: HashingConfig, validation: float, out: Path, world
             print(f"{len(y)} messages ({int(y.sum())} spam, {int((y == 0).sum())} ham), "
                   f"{sum(p is not None for p in problems)} read as plain text; features in {t_feat:.1f}s"
                   + (f" on {world.size} processes" if world.size > 1 else ""), flush=True)
-        inputs = tuple(sorted({k for k, _ in items}))
         try:
             result = train_filter(x, y, config, hidden=tuple(args.hidden), dropout=args.dropout, epochs=args.epochs,
                                   batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
