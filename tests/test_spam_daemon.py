@@ -452,10 +452,13 @@ def _daemon_run(model: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=60)
 
 
-def test_a_daemon_started_with_standard_input_closed_serves_and_stops_cleanly(model_dir, held):
+@pytest.mark.parametrize("closed", [0, 1])
+def test_a_daemon_started_with_standard_input_or_output_closed_serves_and_stops_cleanly(model_dir, held, closed):
     """Started with `<&-`, the daemon's listening socket took descriptor 0, and uvloop aborted the
-    process as it closed it at the stop (exit 134, "uv__close: Assertion `fd > STDERR_FILENO'")."""
-    d = Daemon(model_dir, "--listen", "127.0.0.1:0", preexec_fn=lambda: os.close(0))
+    process as it closed it at the stop (exit 134, "uv__close: Assertion `fd > STDERR_FILENO'");
+    with `>&-` descriptor 1 the same. A closed standard output is no reason to refuse a server,
+    which prints nothing there (init scripts close it)."""
+    d = Daemon(model_dir, "--listen", "127.0.0.1:0", preexec_fn=lambda: os.close(closed))
     try:
         assert d.spamc("-c", data=held[0][0])[0] in (0, 1)
     finally:

@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             parser.parse_args(argv, args)
             # standard output closed (`>&-`) is refused before the work, not found closed at its end;
-            # by every command alike, the servers too, which print nothing there (`>/dev/null` serves)
-            stdout()
+            # the servers, which print nothing there (`set_defaults(prints=False)`), run without it
+            if getattr(args, "prints", True):
+                stdout()
             world = distributed.world()
             if world.size > 1 and not getattr(args, "mpi", False):
                 raise UserError(f"this command runs in one process; start it without mpirun "
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("chainrule").setLevel(logging.WARNING if quiet else logging.INFO)
             with np.errstate(over="ignore"):
                 code = int(args.func(args) or 0)
-            sys.stdout.flush()  # (here, not at exit: a reader gone by now is a BrokenPipeError below)
+            if sys.stdout is not None:  # (None for a server started without it)
+                sys.stdout.flush()  # (here, not at exit: a reader gone by now is a BrokenPipeError below)
             return code
         except KeyboardInterrupt as exc:
             # (a command that has more to say, such as how to continue, raises it with that message)
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             _drop(sys.stdout)
             return 141
         except (UserError, OSError) as exc:
-            if isinstance(exc, OSError) and not exc.filename and _fails(sys.stdout):  # (a full disk under `> FILE`)
+            # (a full disk under `> FILE`; what is left in the buffer is dropped, or Python's exit fails on it)
+            if isinstance(exc, OSError) and exc.filename in (None, "standard output") and _fails(sys.stdout):
                 exc = OSError(exc.errno, exc.strerror, "standard output")
             return _fail(world, one_line(exc), args.error_exit)
         except MemoryError as exc:  # (no bug: a network too wide, a machine too small; NumPy's message says the size)
