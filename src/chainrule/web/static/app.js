@@ -639,6 +639,8 @@ const LONE_WORD = new RegExp(`^(?:[${CJK}]|\\p{Extended_Pictographic}\ufe0f?)$`,
 
 // Text as the server reads it. JavaScript has no case folding; its lower case differs from it in "ß" (folded
 // "ss") and the final sigma "ς" ("σ"), and would read "İ" as "i" and a combining dot, where the server reads "I".
+// Left different, and so unmarked: Greek with a written-under iota ("ᾳ", folded "αι"), Cherokee (folded to
+// capitals) and a few old Cyrillic letter forms.
 // Applied to the server's tokens too, NFKC puts back together what case folding takes apart ("ǰ").
 const fold = (s) => s.replace(UNSEEN, "").normalize("NFKC").replace(/İ/g, "I").toLowerCase()
   .replace(/ß/g, "ss").replace(/ς/g, "σ");
