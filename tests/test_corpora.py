@@ -608,6 +608,28 @@ def test_damaged_compressed_data_is_a_reported_problem(small_archives, tmp_path,
     assert any(m.error for m in out)
 
 
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress])
+def test_a_compressed_mbox_cut_short_yields_its_messages_up_to_the_cut_then_one_problem(compress, tmp_path,
+                                                                                         spamassassin_messages):
+    """A .mbox.gz (or .xz) cut short within its first MiB was one problem and none of its messages:
+    the file's first read, as much as a message may keep, raised and took with it what it had
+    read. A single message cut short is still one problem."""
+    real = [m.data for m in spamassassin_messages[:20]]  # each starts with its own "From " line
+    mbox = b"".join(data if data.endswith(b"\n") else data + b"\n" for data in real)
+    (tmp_path / "spam.mbox").write_bytes(mbox)
+    whole = [m.data for m in read_messages([tmp_path / "spam.mbox"])]
+    packed = compress(mbox)
+    (tmp_path / "cut.mbox.gz").write_bytes(packed[: len(packed) * 3 // 4])
+    *read, problem = read_messages([tmp_path / "cut.mbox.gz"])
+    assert len(read) >= 10 and [m.data for m in read] == whole[: len(read)]
+    assert all(m.error is None for m in read) and problem.error
+    assert problem.source == f"{tmp_path / 'cut.mbox.gz'}:{len(read) + 1}"
+    one = compress(real[0].split(b"\n", 1)[1])  # a message, without From_
+    (tmp_path / "one.eml.gz").write_bytes(one[: len(one) * 3 // 4])
+    (cut,) = read_messages([tmp_path / "one.eml.gz"])
+    assert cut.data == b"" and cut.error
+
+
 def test_a_byte_order_mark_before_an_mbox_or_a_message_is_not_part_of_it(tmp_path):
     """Windows programs save text with a UTF-8 byte order mark: an mbox so saved was one message,
     and a message so saved had its headers read as body text."""

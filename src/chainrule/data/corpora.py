@@ -445,35 +445,53 @@ def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, 
     lab = _label(label, names)
     try:
         with _open(path) as f:
-            # One read, as much as a message may keep (and at least the bytes that tell an mbox):
-            # a message read in two parts and joined left the freed second part as a hole in the
-            # heap, which the next message's larger read could not use, so the messages kept cost
-            # twice their size.
-            head = f.read(max(max_bytes, _MBOX_HEAD) + 1)
+            # As much as a message may keep (and at least the bytes that tell an mbox), into one
+            # buffer: a message read in two parts and joined left the freed second part as a hole
+            # in the heap, which the next message's larger read could not use, so the messages
+            # kept cost twice their size.
+            head, failed = _read_kept(f, max(max_bytes, _MBOX_HEAD) + 1)
             if (other := _other_mailbox(head)) is not None:
                 yield RawMessage(str(path), b"", lab, error=other)
                 return
             if _looks_like_mbox(head[:_MBOX_HEAD]):  # (read on from here: a pipe cannot be opened again at its start)
                 plain = path.with_suffix("") if path.suffix.lower() in _COMPRESSED_SUFFIXES else path
                 own = (path.name,) if named or plain.suffix.lower() in (".mbox", ".mbx") else ()
-                yield from _read_mbox(path, f, head, max_bytes, _label(label, names + own))
+                yield from _read_mbox(path, f, head, max_bytes, _label(label, names + own), failed)
                 return
     except _READ_ERRORS as exc:
-        yield RawMessage(str(path), b"", lab, error=_reason(exc))
+        failed = exc
+    if failed is not None:  # (a single message cut short is not kept in part)
+        yield RawMessage(str(path), b"", lab, error=_reason(failed))
         return
     yield RawMessage(str(path), head[:max_bytes], lab, len(head) > max_bytes)
 
 
-def _read_mbox(path: Path, f, head: bytes, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+def _read_kept(f, size: int) -> tuple[bytes, BaseException | None]:
+    """Up to `size` bytes of `f`, and what stopped the reading before its end, if anything did: the
+    bytes read up to a cut or damage are kept (a cut .mbox.gz's first messages are readable), which
+    one `f.read(size)` loses with its exception. Read as the decompressor gives them out (`read1`),
+    into one buffer."""
+    data = bytearray()
+    try:
+        while len(data) < size and (piece := f.read1(size - len(data))):
+            data += piece
+    except _READ_ERRORS as exc:
+        return bytes(data), exc
+    return bytes(data), None
+
+
+def _read_mbox(path: Path, f, head: bytes, max_bytes: int, label: int | None,
+               failed: BaseException | None) -> Iterator[RawMessage]:
     """Messages of the mbox file `path`, open as `f`, whose first bytes `head` have been read from
-    it, split at "From " lines that follow a blank line (or start the file).
+    it, split at "From " lines that follow a blank line (or start the file). Where reading `head`
+    `failed` (the file is cut or damaged within it), the messages it holds, then that problem.
 
     Read as a stream, so a huge mbox is never held in memory; each message is capped separately.
     Sources are "path:N" (from 1); a file holding a single message (such as each file of the
     SpamAssassin corpus, which starts with a "From " line) is just "path".
     """
     pending = None
-    for index, item in enumerate(_mbox_messages(path, f, head, max_bytes, label), 1):
+    for index, item in enumerate(_mbox_messages(path, f, head, max_bytes, label, failed), 1):
         if pending is not None:
             yield pending
         item.source = f"{path}:{index}"
@@ -496,12 +514,14 @@ _HEADER_LINES = re.compile(rb"(?:[^\r\n]+\r?\n)*")
 _SECOND_MESSAGE = re.compile(rb"\n\r?\nFrom [^\n]*\n" + _HEADER_LINE.pattern)
 
 
-def _mbox_messages(path: Path, f, head: bytes, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+def _mbox_messages(path: Path, f, head: bytes, max_bytes: int, label: int | None,
+                   failed: BaseException | None) -> Iterator[RawMessage]:
     buf: list[bytes] = []
     size, started, truncated, prev_blank, line_start = 0, False, False, True, True
     # `head` is read as the rest of the file is, in lines of at most LINE_PIECE bytes, as if it had
     # not been read yet (the BOM before the text that Windows programs save is not a part of the
-    # first message); pieces read ahead wait in `pending`, to be taken again in order
+    # first message), and where reading it `failed`, the file ends there with that problem; pieces
+    # read ahead wait in `pending`, to be taken again in order
     replayed = io.BytesIO(head.removeprefix(codecs.BOM_UTF8))
     pending: list[bytes] = []
 
@@ -517,6 +537,8 @@ def _mbox_messages(path: Path, f, head: bytes, max_bytes: int, label: int | None
                 return pending.pop(0)
             piece = replayed.readline(LINE_PIECE)
             if len(piece) < LINE_PIECE and not piece.endswith(b"\n"):  # (`head` ends inside this line, or has ended)
+                if failed is not None:
+                    raise failed
                 piece += f.readline(LINE_PIECE - len(piece))
             return piece
 
