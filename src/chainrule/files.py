@@ -76,7 +76,7 @@ def remove_stale_temporary_files(path) -> None:
     path = Path(path)
     for left in path.parent.glob(glob.escape(_temporary_prefix(path.name)) + "*.tmp"):
         with contextlib.suppress(FileNotFoundError):
-            if time.time() - left.stat().st_mtime > STALE_STAGING_S:
+            if _stale(left):
                 left.unlink()
 
 
@@ -180,6 +180,12 @@ STAGING_PREFIX = ".writing-"
 STALE_STAGING_S = 3600
 
 
+def _stale(left: Path) -> bool:
+    """Whether `left`, a temporary file or staging folder, was last written to `STALE_STAGING_S` ago:
+    a killed writer's leftover (a living writer's is younger)."""
+    return time.time() - left.stat().st_mtime > STALE_STAGING_S
+
+
 @contextmanager
 def written_together(directory, names: tuple[str, ...], commit: Callable[[], object] | None = None) -> Iterator[Path]:
     """A folder in which to write the files `names` (each atomically, as usual), which then appear
@@ -196,7 +202,7 @@ def written_together(directory, names: tuple[str, ...], commit: Callable[[], obj
     _make_folder(directory)
     for left in directory.glob(f"{STAGING_PREFIX}*"):  # (one of a writer still at work is younger)
         with contextlib.suppress(FileNotFoundError):
-            if time.time() - left.stat().st_mtime > STALE_STAGING_S:
+            if _stale(left):
                 shutil.rmtree(left, ignore_errors=True)
     try:
         stage = tempfile.TemporaryDirectory(dir=directory, prefix=STAGING_PREFIX)
