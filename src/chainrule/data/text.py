@@ -174,6 +174,10 @@ _IP_RE = re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
 _DIGITS = str.maketrans("0123456789", "dddddddddd")
 _DIGIT_RE = re.compile(r"\d")  # the digits of every script (Arabic-Indic ٥, Devanagari ५, ...)
 _MAX_CHARS = 30_000  # per text; a long message says all it will say in its first pages
+# A text beyond ASCII is cut at `_MAX_CHARS` once it is read (`_normal_form`), so that its NFC and NFD
+# forms give the same tokens: NFD writes a letter in up to 3 characters (Vietnamese ệ, a Korean syllable
+# in its jamo). Before it is read, it is cut at this many, which bounds the time reading takes.
+_MAX_UNREAD_CHARS = 4 * _MAX_CHARS
 # Per address header (From, To, Reply-To) and per Received line: RFC 5322's limit for a line (998
 # characters). Their patterns take time growing with the square of a run of characters that never
 # completes a match (60,000 letters in a From header took 10 s), so a sender must not choose the length.
@@ -250,9 +254,10 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
     different features. Written as a few whole-string regex passes rather than a loop over words,
     since this runs for every message the filter sees.
     """
-    text = text[:_MAX_CHARS]
-    if not text.isascii():  # (O(1): CPython records it in the string)
-        text = _normal_form(text)
+    if text.isascii():  # (O(1): CPython records it in the string)
+        text = text[:_MAX_CHARS]
+    else:  # (cut once read: `_MAX_UNREAD_CHARS`)
+        text = _normal_form(text[:_MAX_UNREAD_CHARS])[:_MAX_CHARS]
     if text.isascii():  # (most mail; full-width letters too, once folded)
         fold = str.lower
         words = _WORD_ASCII_RE.findall(text.lower())
