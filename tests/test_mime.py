@@ -301,6 +301,24 @@ def test_a_python_codec_that_is_not_a_text_encoding_is_an_unknown_charset():
         assert decode_text("Grüße".encode(), charset) == "Grüße", charset
 
 
+def test_a_python_codec_that_no_mail_program_knows_is_an_unknown_charset():
+    """Python's codecs for its own purposes (punycode, idna, unicode_escape, raw_unicode_escape,
+    charmap) read text labelled with their names: under charset=punycode a spam's body read '瘕', its
+    words hidden from the filter while mail programs show them (and in time growing with the square
+    of its length: 400 KB, 11 s), as did an HTML part's <meta charset> and a raw Subject in the charset
+    of a multipart message's first part. They are unknown charsets now."""
+    words = "Buy cheap viagra now, click here to claim your cash"
+    for charset in ("punycode", "idna", "unicode_escape", "unicode-escape", "raw_unicode_escape", "charmap"):
+        p = parse_message(f"Subject: offer\nContent-Type: text/plain; charset={charset}\n\n{words}\n".encode())
+        assert p.text.strip() == words, charset
+        p = parse_message(f"Subject: offer\nContent-Type: text/html\n\n<meta charset={charset}><p>{words}\n".encode())
+        assert p.html_text.strip() == words, charset
+        p = parse_message(b"Subject: Re: r\xe9union \xa3100 prize\nContent-Type: multipart/mixed; boundary=B\n\n"
+                          b"--B\nContent-Type: text/plain; charset=" + charset.encode() + b"\n\nhi\n--B--\n")
+        assert p.subject == "Re: réunion £100 prize", charset
+        assert decode_text(b"caf\\xe9 \\u00e9 xn--caf-dma", charset) == "caf\\xe9 \\u00e9 xn--caf-dma", charset
+
+
 def test_text_under_an_unknown_or_western_label_is_read_as_utf8_where_it_is():
     """charset=x-unknown (unknown-8bit, default, x-user-defined) was read as Latin-1, which never
     fails, so the UTF-8 fallback was never reached: 'GrÃ¶Ã\\x9fe'. Nor was it for iso-8859-1,

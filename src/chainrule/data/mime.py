@@ -91,18 +91,24 @@ _SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "euc_kr": "cp949", "shift_j
               "iso8859-1": "cp1252", "iso8859-9": "cp1254", "tis-620": "cp874", "iso8859-11": "cp874",
               "iso2022_jp": "iso2022_jp_ext"}  # (the last: half-width katakana, as Windows writes them)
 
+# Python's codecs for its own purposes, which no mail program reads text by: under their names a
+# plain body read as other text (punycode read "Buy cheap viagra ... cash" as '瘕', hiding the words
+# that mail programs show), in time growing with the square of its length (punycode, 400 KB: 11 s).
+_PYTHON_ONLY = {"punycode", "idna", "unicode-escape", "raw-unicode-escape", "charmap", "undefined"}
+
 
 @functools.lru_cache(maxsize=1024)
 def _codec(charset: str) -> str | None:
     """The Python codec that reads text labelled `charset` as mail programs read it (`_LABELS`,
     `_SUPERSETS`), or None for an unknown charset. Python codecs that are no text encoding (zlib,
-    base64, rot13) are unknown too: their decoders make bytes of bytes, or raise OSError."""
+    base64, rot13) are unknown too: their decoders make bytes of bytes, or raise OSError; and so
+    are those of `_PYTHON_ONLY`."""
     label = charset.strip().strip('"').lower()
     try:
         info = codecs.lookup(_LABELS.get(label, label))
     except (LookupError, ValueError):  # (ValueError: a NUL in the name)
         return None
-    if not info._is_text_encoding:  # (what `bytes.decode` checks, and refuses them by)
+    if not info._is_text_encoding or info.name in _PYTHON_ONLY:  # (`bytes.decode` refuses the former)
         return None
     return _SUPERSETS.get(info.name, info.name)
 
