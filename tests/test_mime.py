@@ -602,6 +602,27 @@ def test_a_raw_subject_of_a_multipart_message_is_read_in_its_parts_charset():
     assert single.text.strip() == multi.text.strip() == "您好"
 
 
+def test_a_raw_subject_is_not_read_in_a_charset_that_reads_ascii_as_other_characters():
+    """A multipart message whose first part is in UTF-16 (or UTF-32, or EBCDIC such as cp500) had its
+    raw Latin-1 Subject read in that charset: 'Re: r\ufffdunion \ufffd100 prize', the money token lost.
+    A charset whose ASCII is no ASCII cannot be the header block's: such a header is read as one with
+    no charset, 'Re: réunion £100 prize', and so is a single-part message's."""
+    part = base64.b64encode("Hello, the report is attached.".encode("utf-16"))
+    for charset in (b"utf-16", b"utf-16-le", b"utf-32", b"cp500", b"cp037"):
+        multi = parse_message(b"From: Jos\xe9 <jose@example.com>\nSubject: Re: r\xe9union \xa3100 prize\n"
+                              b"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=XX\n\n--XX\n"
+                              b"Content-Type: text/plain; charset=" + charset + b"\n"
+                              b"Content-Transfer-Encoding: base64\n\n" + part + b"\n--XX--\n")
+        single = parse_message(b"From: Jos\xe9 <jose@example.com>\nSubject: Re: r\xe9union \xa3100 prize\n"
+                               b"Content-Type: text/plain; charset=" + charset + b"\n"
+                               b"Content-Transfer-Encoding: base64\n\n" + part + b"\n")
+        for p in (multi, single):
+            assert p.subject == "Re: réunion £100 prize" and p.from_ == "José <jose@example.com>", charset
+            assert "subject:money:£ddd" in message_tokens(p), charset
+        if charset == b"utf-16":  # (the part itself still in its charset)
+            assert multi.text.strip() == single.text.strip() == "Hello, the report is attached."
+
+
 def test_raw_eight_bit_text_beside_an_encoded_word_stays_text():
     """email.header.decode_header hands back the text outside encoded words raw-unicode-escaped: a
     raw UTF-8 "Скидки" beside "=?utf-8?q?...?=" read '\\u0421\\u043a\\u0438...'."""

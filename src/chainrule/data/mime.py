@@ -604,6 +604,18 @@ _PART_CHARSET = re.compile(rb"""^content-type:(?:[^\n]|\n[ \t])*?charset\s*=\s*[
                            re.IGNORECASE | re.MULTILINE)
 
 
+def _header_charset(label: bytes) -> str:
+    """A charset parameter's `label` as the charset to read raw header lines in, or "" (none) for
+    one that does not read ASCII as ASCII (UTF-16, UTF-32, EBCDIC such as cp500): a line's ASCII,
+    its name included, would read as other characters, and its raw text with them (a Latin-1
+    Subject under a UTF-16 part read 'Re: r\ufffdunion \ufffd100 prize')."""
+    codec = _codec(label.decode("ascii"))
+    try:
+        return label.decode("ascii") if codec and b"Subject:".decode(codec) == "Subject:" else ""
+    except UnicodeDecodeError:  # (UTF-32: 8 bytes are no 2 characters of it)
+        return ""
+
+
 def _decode_header_block(head: bytes, raw: bytes) -> str:
     """A header block `head` with raw 8-bit bytes (RFC 6532 UTF-8 headers, or spam's raw
     Latin-1/GB2312 subjects) as text, line by line: UTF-8 if the line is valid UTF-8, else the
@@ -613,10 +625,11 @@ def _decode_header_block(head: bytes, raw: bytes) -> str:
 
     The declared charset is the header block's, or where it names none (a multipart message's
     Content-Type has none) the first that a part's Content-Type in the message `raw` names: the
-    one a single-part message would have in its header block.
+    one a single-part message would have in its header block; either only if it reads ASCII as
+    ASCII (`_header_charset`).
     """
     m = _CHARSET_PARAM.search(head)
-    declared = m.group(1).decode("ascii") if m else None
+    declared = _header_charset(m.group(1)) if m else None
     lines = head.splitlines(keepends=True)
     for i, line in enumerate(lines):
         if line.isascii():
@@ -627,7 +640,7 @@ def _decode_header_block(head: bytes, raw: bytes) -> str:
         except UnicodeDecodeError:
             if declared is None:  # (looked for once, and only here: most 8-bit headers are UTF-8)
                 m = _PART_CHARSET.search(raw, len(head))
-                declared = m.group(1).decode("ascii") if m else ""  # ("": none, not looked for again)
+                declared = _header_charset(m.group(1)) if m else ""  # ("": none, not looked for again)
             lines[i] = decode_text(line, declared)
     return "".join(lines)
 
