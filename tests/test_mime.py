@@ -602,6 +602,18 @@ def test_a_raw_subject_of_a_multipart_message_is_read_in_its_parts_charset():
     assert single.text.strip() == multi.text.strip() == "您好"
 
 
+def test_a_content_type_line_in_a_body_is_no_charset_for_the_headers():
+    """The parts' charset for raw header lines was looked for anywhere below the header block: a
+    single-part message that quotes a header in its body ("Content-Type: ...; charset=koi8-r"), or a
+    multipart one in its preamble, had its Latin-1 Subject read in KOI8-R ('CafИ crХme ё80m')."""
+    quoted = b"Forwarded headers below:\nContent-Type: text/plain; charset=koi8-r\n\nhello\n"
+    single = parse_message(b"From: a@b.example\nSubject: Caf\xe9 cr\xe8me \xa380m\nMIME-Version: 1.0\n\n" + quoted)
+    multi = parse_message(b"Subject: Caf\xe9 cr\xe8me \xa380m\nMIME-Version: 1.0\n"
+                          b"Content-Type: multipart/mixed; boundary=XX\n\n" + quoted +
+                          b"--XX\nContent-Type: text/plain\n\nhi\n--XX--\n")
+    assert single.subject == multi.subject == "Café crème £80m"
+
+
 def test_a_raw_subject_is_not_read_in_a_charset_that_reads_ascii_as_other_characters():
     """A multipart message whose first part is in UTF-16 (or UTF-32, or EBCDIC such as cp500) had its
     raw Latin-1 Subject read in that charset: 'Re: r\ufffdunion \ufffd100 prize', the money token lost.

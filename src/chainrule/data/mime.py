@@ -602,6 +602,18 @@ _CHARSET_PARAM = re.compile(rb"""charset\s*=\s*["']?([\w.:-]+)""", re.IGNORECASE
 # A part's Content-Type field that names a charset, its continuation lines included
 _PART_CHARSET = re.compile(rb"""^content-type:(?:[^\n]|\n[ \t])*?charset\s*=\s*["']?([\w.:-]+)""",
                            re.IGNORECASE | re.MULTILINE)
+_BOUNDARY_PARAM = re.compile(rb"""boundary\s*=\s*(?:"([^"\r\n]+)"|([^\s;]+))""", re.IGNORECASE)
+
+
+def _parts_charset(head: bytes, raw: bytes) -> str:
+    """The charset that the first part of the multipart message `raw` (header block `head`) names
+    for raw header lines (`_header_charset`), or "": looked for from the first boundary line on,
+    not in a preamble or the body of a single-part message, where a quoted "Content-Type: ...;
+    charset=koi8-r" is no part's."""
+    boundary = _BOUNDARY_PARAM.search(head)
+    first = raw.find(b"--" + (boundary[1] or boundary[2]), len(head)) if boundary else -1
+    m = _PART_CHARSET.search(raw, first) if first >= 0 else None
+    return _header_charset(m.group(1)) if m else ""
 
 
 def _header_charset(label: bytes) -> str:
@@ -624,9 +636,9 @@ def _decode_header_block(head: bytes, raw: bytes) -> str:
     Latin-1 loses its £ either way; here it stays a money token.
 
     The declared charset is the header block's, or where it names none (a multipart message's
-    Content-Type has none) the first that a part's Content-Type in the message `raw` names: the
-    one a single-part message would have in its header block; either only if it reads ASCII as
-    ASCII (`_header_charset`).
+    Content-Type has none) the one its first part names (`_parts_charset`): the one a single-part
+    message would have in its header block; either only if it reads ASCII as ASCII
+    (`_header_charset`).
     """
     m = _CHARSET_PARAM.search(head)
     declared = _header_charset(m.group(1)) if m else None
@@ -639,8 +651,7 @@ def _decode_header_block(head: bytes, raw: bytes) -> str:
             lines[i] = line.decode("utf-8")
         except UnicodeDecodeError:
             if declared is None:  # (looked for once, and only here: most 8-bit headers are UTF-8)
-                m = _PART_CHARSET.search(raw, len(head))
-                declared = _header_charset(m.group(1)) if m else ""  # ("": none, not looked for again)
+                declared = _parts_charset(head, raw)  # ("": none, not looked for again)
             lines[i] = decode_text(line, declared)
     return "".join(lines)
 
