@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.message
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -194,6 +195,11 @@ def mail_with_an_attachment() -> bytes:
     mail.set_content("Please find the report attached.\n")
     mail.add_attachment(os.urandom(190_000), maintype="application", subtype="pdf", filename="report.pdf")
     return mail.as_bytes()
+
+
+def open_files(soft: int, hard: int):
+    """A `preexec_fn` that starts a process under these limits on open files (`ulimit -Sn SOFT -Hn HARD`)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def as_a_user() -> list[str]:

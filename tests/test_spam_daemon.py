@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -33,10 +34,15 @@ from chainrule.cli import main
 from chainrule.data.corpora import read_messages
 from chainrule.data.text import HashingConfig
 from conftest import as_a_user as _as_a_user
+from conftest import open_files
 
 DATA = os.environ.get("CHAINRULE_DATA")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MAX_SIZE = 60_000  # the main daemon's --max-size
+# the daemon's command line after the interpreter: `chainrule`, or the same on asyncio's own event loop
+# (as where uvloop is not installed)
+CHAINRULE = ["-m", "chainrule.cli"]
+WITHOUT_UVLOOP = ["-c", "import sys; sys.modules['uvloop'] = None; from chainrule.cli import main; sys.exit(main())"]
 
 
 def _need(binary: str) -> str:
@@ -88,13 +94,14 @@ def model_dir(mail, tmp_path_factory):
 
 class Daemon:
     """`chainrule spam daemon MODEL ARGS`, started and read until it says it is ready; `as_a_user`
-    (`_as_a_user`) where it must meet file modes as a user does."""
+    (`_as_a_user`) where it must meet file modes as a user does; `program` (`CHAINRULE`,
+    `WITHOUT_UVLOOP`) and `preexec_fn` as the test needs them."""
 
-    def __init__(self, model: Path, *args: str, as_a_user: bool = False, preexec_fn=None):
+    def __init__(self, model: Path, *args: str, as_a_user: bool = False, program=CHAINRULE, preexec_fn=None):
         env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
         prefix = _as_a_user() if as_a_user else []
-        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "chainrule.cli", "spam", "daemon", str(model),
-                                      *args], stderr=subprocess.PIPE, text=True, env=env, preexec_fn=preexec_fn)
+        self.proc = subprocess.Popen([*prefix, sys.executable, *program, "spam", "daemon", str(model), *args],
+                                     stderr=subprocess.PIPE, text=True, env=env, preexec_fn=preexec_fn)
         self.log: list[str] = []
         self.port = None
         for line in self.proc.stderr:
@@ -510,6 +517,83 @@ def test_concurrent_clients(daemon, held):
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda h: daemon.spamc("-c", data=h[0]), jobs))
     assert results == [(1 if v.is_spam else 0, _score_line(v)) for _, _, v in jobs]
+
+
+def _waiting_clients(port: int, n: int) -> list[socket.socket]:
+    """`n` clients that have sent a request line and wait (until the test closes them)."""
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(n)]
+    for c in clients:
+        c.sendall(b"CHECK SPAMC/1.5\r\n")
+    return clients
+
+
+def _checked(rc: int, out: bytes) -> bool:
+    """Whether `spamc -c` printed a verdict (not 0/0, what it prints for a daemon it cannot reach)."""
+    return rc in (0, 1) and re.fullmatch(rb"-?[0-9.]+/5\.0\n", out) is not None
+
+
+def test_a_low_soft_open_file_limit_is_raised_so_that_waiting_clients_lock_nobody_out(model_dir, held):
+    """Under `ulimit -n 40` (the soft limit; systemd's default is 1,024) 30 clients that had sent a
+    request line and waited, well under --max-connections 64, took every file descriptor: meanwhile
+    spamc -x got its connection reset (exit 74), plain spamc passed the mail unchecked (0/0), and the
+    log said nothing. The daemon raises its soft limit to the hard one as it starts."""
+    _need("spamc")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    d = Daemon(model_dir, "--listen", "127.0.0.1:0", "--reload-interval", "0",
+               preexec_fn=open_files(40, min(hard, 4096)))
+    waiting = _waiting_clients(d.port, 30)
+    try:
+        for raw, _, _ in held[:3]:
+            rc, out = d.spamc("-x", "-c", data=raw)
+            assert _checked(rc, out), (rc, out, d.log_text())
+    finally:
+        for c in waiting:
+            c.close()
+        assert d.stop() == 0
+    assert "cannot accept" not in d.log_text()
+
+
+def test_max_connections_the_open_file_limit_cannot_hold_are_refused_in_one_line(model_dir):
+    """Under a hard limit of 40 open files, --max-connections 64 (the default) cannot be held; the
+    daemon started, and dropped clients once the descriptors ran out."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, *CHAINRULE, "spam", "daemon", str(model_dir), "--listen", "127.0.0.1:0"],
+                         capture_output=True, text=True, env=env, timeout=20, preexec_fn=open_files(40, 40))
+    assert (res.returncode, res.stderr) == (2, "chainrule: error: --max-connections 64 needs up to 160 open files, "
+                                            "and this process may open 40 (`ulimit -Hn`; systemd's LimitNOFILE=): "
+                                            "lower --max-connections or raise the limit\n"), res.stderr
+
+
+@pytest.mark.parametrize("program", [CHAINRULE, WITHOUT_UVLOOP], ids=["uvloop", "asyncio"])
+def test_clients_beyond_the_open_file_limit_wait_to_be_accepted_and_the_log_says_so_once(model_dir, held, program):
+    """Out of file descriptors (40, soft and hard, with 30 clients waiting after a request line),
+    uvloop's server accepted and closed every new client without a word (spamc -x: exit 74; plain
+    spamc passed the mail unchecked), and asyncio's logged a traceback for every try, thousands in
+    a few seconds. New clients now wait to be accepted, as those over --max-connections wait for a
+    place, and are served once the waiting ones leave; the log says so in one line."""
+    _need("spamc")
+    d = Daemon(model_dir, "--listen", "127.0.0.1:0", "--max-connections", "4", "--reload-interval", "0",
+               program=program, preexec_fn=open_files(40, 40))
+    waiting = _waiting_clients(d.port, 30)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            checks = [pool.submit(d.spamc, "-x", "-c", data=raw) for raw, _, _ in held[:3]]
+            time.sleep(2)
+            for c in waiting:
+                c.close()
+            for check in checks:
+                rc, out = check.result()
+                assert _checked(rc, out), (rc, out, d.log_text())
+    finally:
+        for c in waiting:
+            c.close()
+        assert d.stop() == 0
+    log = d.log_text()
+    said = [line for line in log.splitlines() if "cannot accept" in line]
+    assert len(said) == 1 and said[0].endswith(
+        "cannot accept connections: Too many open files (this process may open 40: `ulimit -n`, systemd's "
+        "LimitNOFILE=); clients wait until connections end"), log[-3000:]
+    assert "Traceback" not in log
 
 
 def test_a_small_message_of_many_parts_is_checked_on_a_thread_not_on_the_event_loop(held):

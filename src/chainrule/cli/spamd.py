@@ -78,7 +78,8 @@ def add_command(sub) -> None:
     p.add_argument("--max-size", type=positive_int, default=MAX_BYTES, metavar="BYTES",
                    help=f"larger messages are passed back unchecked (default {MAX_BYTES})")
     p.add_argument("--max-connections", type=positive_int, default=64, metavar="N",
-                   help="connections served at once; more wait for a free place (default 64)")
+                   help="connections served at once; more wait for a free place (default 64; each needs up to "
+                   "2 open files, and the soft limit on them is raised to the hard one)")
     p.add_argument("--read-timeout", type=positive_float, default=30.0, metavar="SECONDS",
                    help="time a client has to send its whole request (default 30)")
     p.add_argument("--timeout", type=positive_float, default=300.0, metavar="SECONDS",

@@ -15,9 +15,13 @@ learning and reloading.
 model is loaded, scored, explained and taught.
 
 **Concurrency.** One asyncio event loop (uvloop's, where it is installed) accepts and reads
-connections. A message of up to `INLINE_BYTES` and `INLINE_PARTS` is classified on the loop itself:
-that takes a few tenths of a millisecond, less than handing it to a thread and back, and the threads
-could not run Python side by side anyway. Larger messages, messages of many MIME parts (the email
+connections. It accepts them itself (`_accept`), not through asyncio's servers: out of file
+descriptors, libuv's server drops the clients waiting to be accepted without a word, and asyncio's
+logs a traceback for every try; here they wait in the kernel's listen queue, tried again every
+`ACCEPT_RETRY` seconds and said in the log once a minute (`chainrule.open_files`). A message of up
+to `INLINE_BYTES` and `INLINE_PARTS` is classified on the loop itself: that takes a few tenths of a
+millisecond, less than handing it to a thread and back, and the threads could not run Python side
+by side anyway. Larger messages, messages of many MIME parts (the email
 package's work grows with their parts times their lines: up to half a second for 64 KB, which on the
 loop would hold up every other client) and REPORT's explanations run on a small thread pool
 against the loaded filter (its network's passes take turns on the model's lock: the layers keep
@@ -94,6 +98,7 @@ from chainrule.data.mime import boundary_matches
 from chainrule.errors import TrainingDiverged, UserError, one_line
 from chainrule.files import file_id
 from chainrule.model_file import model_directory, model_stamp
+from chainrule.open_files import OUT_OF_DESCRIPTORS, AcceptFailures, descriptors_for, raise_open_file_limit
 
 log = logging.getLogger("chainrule.spamd")
 
@@ -101,6 +106,8 @@ DEFAULT_PORT = 783  # spamd's port
 INLINE_BYTES = 64 << 10  # messages up to this size are classified on the event loop, larger ones on a thread
 INLINE_PARTS = 16  # and up to this many lines that may open a MIME part ("--" first), more on a thread
 INLINE_MATCHES = 1 << 16  # and up to this many line-against-boundary matches (`boundary_matches`)
+BACKLOG = 100  # connections the kernel holds for the daemon to accept (asyncio's default)
+ACCEPT_RETRY = 0.1  # seconds before another accept after one failed for want of a descriptor
 
 
 def checked_inline(message: bytes) -> bool:
@@ -255,7 +262,9 @@ class DaemonServer:
         self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="spamd-load")
         self._loading: dict[str, asyncio.Future] = {}  # user -> their model's load in progress
         self._broken: dict[str, tuple] = {}  # user -> the `model_stamp` of their model's files that failed to load
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[socket.socket] = []
+        self._accepting: list[asyncio.Task] = []  # `_accept` on each listener
+        self._accept_failures = AcceptFailures(log)
         self._connections: set[asyncio.Task] = set()
         self._lessons: asyncio.Queue[_Lesson | None] | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -607,28 +616,20 @@ class DaemonServer:
         self._not_learned = 0
         listen = self.options.listen or ([] if self.options.socket else [("127.0.0.1", DEFAULT_PORT)])
         for host, port in listen:
-            try:
-                server = await asyncio.start_server(self._connection, host, port, reuse_address=True)
-            except OSError as exc:
-                denied = exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024
-                hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if denied else ""
-                # (asyncio's strerror is a whole message, "error while attempting to bind on address
-                # ('127.0.0.1', 783): permission denied"; a getaddrinfo error's code is no errno)
-                reason = os.strerror(exc.errno) if exc.errno in errno.errorcode else exc.strerror or exc
-                raise UserError(f"cannot listen on {host}:{port}: {reason}{hint}") from exc
-            self._servers.append(server)
-            for sock in server.sockets:
+            for sock in _listen_tcp(host, port):
+                self._listeners.append(sock)
                 addr = sock.getsockname()
                 self.addresses.append(f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}")
         if self.options.socket is not None:
-            self._servers.append(await self._start_unix(self.options.socket))
+            self._listeners.append(self._listen_unix(self.options.socket))
             self.addresses.append(str(self.options.socket))
+        self._accepting = [asyncio.create_task(self._accept(sock)) for sock in self._listeners]
         self._learning = asyncio.create_task(self._learner())
         self._background = [self._learning]
         if self.options.reload_interval > 0:
             self._background.append(asyncio.create_task(self._watch_models()))
 
-    async def _start_unix(self, path: Path):
+    def _listen_unix(self, path: Path) -> socket.socket:
         try:
             mode = path.lstat().st_mode
         except FileNotFoundError:
@@ -644,13 +645,45 @@ class DaemonServer:
             if live:
                 raise UserError(f"cannot listen on {path}: a running daemon is listening there")
             path.unlink()  # left behind by a daemon that did not exit cleanly
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            server = await asyncio.start_unix_server(self._connection, path)
+            sock.bind(str(path))
+            sock.listen(BACKLOG)
             os.chmod(path, self.options.socket_mode)
             self._socket_id = file_id(path)
         except OSError as exc:
+            sock.close()
             raise UserError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
-        return server
+        sock.setblocking(False)
+        return sock
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """Accept connections on `listener` until the daemon stops, each served by `_connection` on
+        a task of its own (what asyncio's servers do). A connection that cannot be accepted for want
+        of a file descriptor waits in the kernel's listen queue and is tried again, as one over
+        --max-connections waits for a place; the log says so once a minute (`AcceptFailures`)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except ConnectionAbortedError:  # (a client that reset while it waited)
+                continue
+            except OSError as exc:
+                if exc.errno in OUT_OF_DESCRIPTORS:
+                    self._accept_failures.failed(exc)
+                else:  # (a network error of the client's, which Linux's accept(2) reports and says to retry on)
+                    log.warning("a connection could not be accepted: %s", exc.strerror or exc)
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
+            try:
+                await loop.connect_accepted_socket(self._streams, sock)
+            except OSError as exc:
+                sock.close()
+                log.warning("a connection could not be opened: %s", exc.strerror or exc)
+
+    def _streams(self) -> asyncio.StreamReaderProtocol:
+        """A connection's protocol, as asyncio.start_server makes it: a reader and writer for `_connection`."""
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._connection)
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         """SIGTERM or SIGINT: stop (`serve_until_stopped`). A second one while stopping (Ctrl-C
@@ -688,8 +721,11 @@ class DaemonServer:
         tell_systemd("STOPPING=1")
         deadline = asyncio.get_running_loop().call_later(self.options.timeout, self._stop_waiting)
         log.info("stopping: finishing %d connection(s) in progress", len(self._connections))
-        for server in self._servers:
-            server.close()
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        for sock in self._listeners:
+            sock.close()
         if self._connections:
             await self._until_hurried(set(self._connections))
         # The lessons received are learned, those whose clients gave up waiting included (each is
@@ -719,6 +755,27 @@ class DaemonServer:
         self._model_pool.shutdown(wait=True)
         self._load_pool.shutdown(wait=True)
         return 0 if self._stopped_by is None else 128 + self._stopped_by
+
+
+def _listen_tcp(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on `host`'s addresses (both of "localhost"'s, as asyncio.start_server binds)."""
+    listeners = []
+    try:
+        for family, _, _, _, address in dict.fromkeys(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                         flags=socket.AI_PASSIVE)):
+            listeners.append(socket.create_server(address, family=family, backlog=BACKLOG))
+    except OSError as exc:
+        for sock in listeners:
+            sock.close()
+        denied = exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024
+        hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if denied else ""
+        # (create_server's strerror is a whole message, "Permission denied (while attempting to bind
+        # on address ('127.0.0.1', 783))"; a getaddrinfo error's code is no errno)
+        reason = os.strerror(exc.errno) if exc.errno in errno.errorcode else exc.strerror or exc
+        raise UserError(f"cannot listen on {host}:{port}: {reason}{hint}") from exc
+    for sock in listeners:
+        sock.setblocking(False)
+    return listeners
 
 
 def _user_stamp(d: Path) -> tuple:
@@ -804,8 +861,16 @@ def tell_systemd(state: str) -> None:
 
 def run_daemon(options: DaemonOptions) -> int:
     """Load the model, listen, and serve until SIGTERM or SIGINT; SIGHUP reloads the model(s).
-    Returns the exit code (`DaemonServer.serve_until_stopped`). A model that cannot be loaded or an
-    address that cannot be bound raises UserError before anything is served."""
+    Returns the exit code (`DaemonServer.serve_until_stopped`). A model that cannot be loaded, an
+    address that cannot be bound, or an open-file limit that cannot hold --max-connections (the soft
+    limit is first raised to the hard one: `chainrule.open_files`) raises UserError before anything
+    is served."""
+    limit = raise_open_file_limit()
+    needed = descriptors_for(options.max_connections)
+    if limit is not None and limit < needed:
+        raise UserError(f"--max-connections {options.max_connections} needs up to {needed} open files, and this "
+                        f"process may open {limit} (`ulimit -Hn`; systemd's LimitNOFILE=): lower --max-connections "
+                        "or raise the limit")
     server = DaemonServer(options)
     # A SIGHUP (systemctl reload) may come while the model loads, before the event loop's handlers
     # are in place: by default it would end the daemon, which systemd counts as a clean exit and
