@@ -3,6 +3,7 @@ once do not multiply the memory. Runs `chainrule serve` (uvicorn) in its own pro
 
 from __future__ import annotations
 
+import resource
 import shutil
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from chainrule.web import services
-from conftest import as_a_user
+from conftest import as_a_user, open_files
 from web_models import running_server, trained_models
 
 
@@ -75,6 +76,54 @@ def test_clients_that_trickle_their_headers_are_cut_off(server):
     assert time.monotonic() - start < 8
     for s in socks:
         s.close()
+
+
+def _waiting_clients(url: str, n: int) -> list[socket.socket]:
+    """`n` clients that have sent a request line and wait (until the test or the server closes them)."""
+    clients = [_connect(url) for _ in range(n)]
+    for c in clients:
+        c.sendall(b"GET /healthz HTTP/1.1\r\n")
+    return clients
+
+
+def test_a_low_soft_open_file_limit_is_raised_so_that_waiting_clients_lock_nobody_out(models):
+    """Under `ulimit -n 40` (the soft limit; systemd's default is 1,024) 60 clients that had sent a
+    request line took every file descriptor (under the 128 connections it serves): meanwhile every
+    other client's connection was reset, and the log said nothing. `serve` raises its soft limit to
+    the hard one as it starts."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    log = []
+    with running_server(models, preexec_fn=open_files(40, min(hard, 4096)), log=log) as (url, _):
+        waiting = _waiting_clients(url, 60)
+        try:
+            for _ in range(3):
+                assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        finally:
+            for c in waiting:
+                c.close()
+    assert not [line for line in log if "warning" in line or "cannot accept" in line], log
+
+
+def test_clients_beyond_the_open_file_limit_wait_to_be_accepted_and_the_log_says_so_once(models):
+    """Out of file descriptors (40, soft and hard, with 60 clients waiting after a request line),
+    uvloop's server accepted and closed every new client without a word: a reset. Now a new client
+    waits to be accepted until connections end (here the waiting ones, cut off after --timeout 2)
+    and is answered; the log says so in one line, and warned at the start."""
+    log = []
+    with running_server(models, "--timeout", "2", preexec_fn=open_files(40, 40), log=log) as (url, _):
+        waiting = _waiting_clients(url, 60)
+        try:
+            assert httpx.get(f"{url}/healthz", timeout=20).status_code == 200
+        finally:
+            for c in waiting:
+                c.close()
+    assert [line for line in log if "warning" in line] == [
+        "chainrule serve: warning: this process may open 40 files (`ulimit -Hn`; systemd's LimitNOFILE=), fewer "
+        "than 128 connections at once may need (288): clients beyond what it can hold wait to be accepted\n"], log
+    said = [line for line in log if "cannot accept" in line]
+    assert said == ["chainrule serve: cannot accept connections: Too many open files (this process may open 40: "
+                    "`ulimit -n`, systemd's LimitNOFILE=); clients wait until connections end\n"], log
+    assert not [line for line in log if "Traceback" in line], log
 
 
 def test_a_body_that_stalls_gets_408(server):

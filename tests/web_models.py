@@ -91,15 +91,15 @@ def sms_messages() -> list[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def running_server(models: dict[str, Path], *args: str):
+def running_server(models: dict[str, Path], *args: str, preexec_fn=None, log: list[str] | None = None):
     """The real `chainrule serve` (uvicorn in its own process) on a free port of 127.0.0.1 (`args` may
     name another), with the models given (`--digits`, `--images` for the clothes, `--spam`); yields
-    (its base URL, its process id)."""
+    (its base URL, its process id). Its log lines (standard error) go into `log`, where one is given."""
     options = {"digits": "--digits", "fashion": "--images", "spam": "--spam"}
     given = [arg for name, option in options.items() if name in models for arg in (option, str(models[name]))]
     cmd = [sys.executable, "-m", "chainrule.cli", "serve", *given, "--port", "0", *args]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    lines = []
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+    lines = [] if log is None else log
     url = None
     for line in proc.stderr:
         lines.append(line)
@@ -110,7 +110,7 @@ def running_server(models: dict[str, Path], *args: str):
     if url is None:
         proc.wait(timeout=10)
         pytest.fail("chainrule serve did not start:\n" + "".join(lines))
-    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # keep the pipe drained
     try:
         for _ in range(200):
             try:

@@ -32,6 +32,7 @@ it answers any.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
@@ -55,6 +56,7 @@ import chainrule
 from chainrule.apps.images import DIGITS
 from chainrule.errors import UserError
 from chainrule.model_file import model_directory
+from chainrule.open_files import AcceptFailures, descriptors_for, raise_open_file_limit
 from chainrule.web.http import ApiError, BodyLimitMiddleware
 from chainrule.web.routes import STATIC_DIR, router
 from chainrule.web.schemas import PIXELS_SCHEMA
@@ -75,7 +77,8 @@ MAX_BODY_MB = 1024  # the largest --max-body-mb: a body is held in memory whole,
 # How long a client may take over a request's headers, and over each part of its body. Without a
 # limit a client that trickles bytes (a "slowloris") holds a connection for ever; nginx allows 60 s.
 DEFAULT_READ_TIMEOUT = 30.0
-# Open connections at most; uvicorn answers requests beyond that with 503 at once.
+# Open connections at most; uvicorn answers requests beyond that with 503 at once. (Each holds a
+# file descriptor as long as it is open, answered or not: `serve` checks the open-file limit for them.)
 MAX_CONNECTIONS = 128
 # How often a served model's files are looked at for a change (as `spam daemon --reload-interval`)
 DEFAULT_RELOAD_INTERVAL = 5.0
@@ -122,6 +125,21 @@ class _HeaderDeadline(H11Protocol):
         self._deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, on asyncio's own event loop (`loop="asyncio"`, where uvicorn would take
+    uvloop's), saying in one line a minute that it cannot accept for want of file descriptors.
+
+    Out of descriptors, libuv's server accepts and closes the waiting clients without a word (a
+    browser sees a reset); asyncio's leaves them waiting in the kernel's listen queue and tries again
+    a second later, and says so through the loop's exception handler: `AcceptFailures` in place of a
+    traceback for every try.
+    """
+
+    async def serve(self, sockets=None):
+        asyncio.get_running_loop().set_exception_handler(AcceptFailures(log, "chainrule serve: "))
+        await super().serve(sockets=sockets)
 
 
 def _image_services(digits, images) -> tuple[dict[str, ImageService], ImageService | None]:
@@ -314,6 +332,11 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
         raise UserError(f"--reload-interval must be a number of seconds >= 0, got {reload_interval}")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
+    limit = raise_open_file_limit()
+    if limit is not None and limit < descriptors_for(MAX_CONNECTIONS):
+        log.warning("chainrule serve: warning: this process may open %d files (`ulimit -Hn`; systemd's LimitNOFILE=), "
+                    "fewer than %d connections at once may need (%d): clients beyond what it can hold wait to be "
+                    "accepted", limit, MAX_CONNECTIONS, descriptors_for(MAX_CONNECTIONS))
     log_level = os.environ.get("CHAINRULE_LOG_LEVEL", "warning")
     if log_level.lower() not in uvicorn.config.LOG_LEVELS:
         raise UserError(f"CHAINRULE_LOG_LEVEL={log_level!r}: expected one of {', '.join(uvicorn.config.LOG_LEVELS)}")
@@ -354,7 +377,8 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
         log.warning("chainrule serve: warning: reachable from other machines, and there is no authentication")
     protocol = type("HeaderDeadline", (_HeaderDeadline,), {"timeout_read": read_timeout})
     config = uvicorn.Config(app, log_level=log_level.lower(), http=protocol,
-                            access_log=False, timeout_graceful_shutdown=2, limit_concurrency=MAX_CONNECTIONS,
+                            loop="asyncio", access_log=False, timeout_graceful_shutdown=2,
+                            limit_concurrency=MAX_CONNECTIONS,
                             headers=[("X-Content-Type-Options", "nosniff")])  # (on every answer: never sniffed)
-    uvicorn.Server(config).run(sockets=[sock])
+    _Server(config).run(sockets=[sock])
     return 0
