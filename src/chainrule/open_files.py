@@ -61,6 +61,13 @@ def raise_open_file_limit() -> int | None:
     return open_file_limit()
 
 
+def shortfall(connections: int) -> tuple[int, int] | None:
+    """Raise the soft limit as far as it goes (`raise_open_file_limit`); then (the limit, the
+    descriptors needed) where it still cannot hold `connections` connections at once, else None."""
+    limit, needed = raise_open_file_limit(), descriptors_for(connections)
+    return (limit, needed) if limit is not None and limit < needed else None
+
+
 def open_file_limit() -> int | None:
     """This process's soft limit on open files; None where there is none (Windows)."""
     if resource is None:

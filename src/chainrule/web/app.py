@@ -56,7 +56,7 @@ import chainrule
 from chainrule.apps.images import DIGITS
 from chainrule.errors import UserError
 from chainrule.model_file import model_directory
-from chainrule.open_files import AcceptFailures, descriptors_for, raise_open_file_limit
+from chainrule.open_files import AcceptFailures, shortfall
 from chainrule.web.http import ApiError, BodyLimitMiddleware
 from chainrule.web.routes import STATIC_DIR, router
 from chainrule.web.schemas import PIXELS_SCHEMA
@@ -332,11 +332,10 @@ def serve(digits=None, spam=None, host: str = "127.0.0.1", port: int = 8000, run
         raise UserError(f"--reload-interval must be a number of seconds >= 0, got {reload_interval}")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
-    limit = raise_open_file_limit()
-    if limit is not None and limit < descriptors_for(MAX_CONNECTIONS):
+    if (short := shortfall(MAX_CONNECTIONS)) is not None:
         log.warning("chainrule serve: warning: this process may open %d files (`ulimit -Hn`; systemd's LimitNOFILE=), "
                     "fewer than %d connections at once may need (%d): clients beyond what it can hold wait to be "
-                    "accepted", limit, MAX_CONNECTIONS, descriptors_for(MAX_CONNECTIONS))
+                    "accepted", short[0], MAX_CONNECTIONS, short[1])
     log_level = os.environ.get("CHAINRULE_LOG_LEVEL", "warning")
     if log_level.lower() not in uvicorn.config.LOG_LEVELS:
         raise UserError(f"CHAINRULE_LOG_LEVEL={log_level!r}: expected one of {', '.join(uvicorn.config.LOG_LEVELS)}")

@@ -98,7 +98,7 @@ from chainrule.data.mime import boundary_matches
 from chainrule.errors import TrainingDiverged, UserError, one_line
 from chainrule.files import file_id
 from chainrule.model_file import model_directory, model_stamp
-from chainrule.open_files import OUT_OF_DESCRIPTORS, AcceptFailures, descriptors_for, raise_open_file_limit
+from chainrule.open_files import OUT_OF_DESCRIPTORS, AcceptFailures, shortfall
 
 log = logging.getLogger("chainrule.spamd")
 
@@ -865,9 +865,8 @@ def run_daemon(options: DaemonOptions) -> int:
     address that cannot be bound, or an open-file limit that cannot hold --max-connections (the soft
     limit is first raised to the hard one: `chainrule.open_files`) raises UserError before anything
     is served."""
-    limit = raise_open_file_limit()
-    needed = descriptors_for(options.max_connections)
-    if limit is not None and limit < needed:
+    if (short := shortfall(options.max_connections)) is not None:
+        limit, needed = short
         raise UserError(f"--max-connections {options.max_connections} needs up to {needed} open files, and this "
                         f"process may open {limit} (`ulimit -Hn`; systemd's LimitNOFILE=): lower --max-connections "
                         "or raise the limit")
