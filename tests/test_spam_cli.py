@@ -330,6 +330,18 @@ inbox/
     assert len(delivered) == 2 and b"spam" in verdicts and (b"ham" in verdicts or b"unsure" in verdicts), verdicts
 
 
+def test_the_spam_commands_load_no_image_web_or_plotting_library():
+    """procmail starts `spam classify` once per delivered message, so what the command line imports
+    is paid per message: scipy.ndimage (the photo preparation's, ~0.15 s) was loaded by every command."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    heavy = ["scipy.ndimage", "matplotlib", "fastapi", "uvicorn"]
+    loaded = f"import sys, chainrule.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    r = subprocess.run([sys.executable, "-c", loaded], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": src})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
 def test_annotate_writes_a_named_file_back_as_it_does_standard_input(spam_model, spam_corpus, run_chainrule,
                                                                      tmp_path):
     """A corpus file starts with a "From " line: read as an mbox, it lost that line and had its

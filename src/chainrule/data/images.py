@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 
 from chainrule.errors import WARNING_FILTERS, DataError
 from chainrule.files import link_problem
@@ -359,6 +358,10 @@ def _strokes(ink: np.ndarray) -> np.ndarray:
     more within a fifth of the size of all it has gathered (the segments of a meter's 8, the dashes
     of a broken pencil line; a speck of paper texture does not chain so).
     """
+    # scipy.ndimage is imported here, on first use, rather than with this module: it costs ~0.15 s,
+    # which commands that read no photo (`spam classify`, run once per delivered message) must not pay.
+    from scipy import ndimage
+
     top = float(ink.max())
     found = ink >= PART_LEVEL * top
     parts, n = ndimage.label(found, structure=np.ones((3, 3)))
