@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -12,8 +13,24 @@ import pytest
 
 import chainrule as cr
 from chainrule.apps.gradcheck import GradcheckResult
-from chainrule.cli import main
+from chainrule.cli import build_parser, main
 from chainrule.cli.engine import gradcheck_table
+
+
+def test_every_option_of_every_command_says_in_its_help_what_it_does():
+    """`spam train --help` listed --dropout, --batch-size and --lr with neither a word nor their defaults."""
+    undocumented = []
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command, sub in action.choices.items():
+                    walk(sub, f"{name} {command}")
+            elif action.option_strings and not action.help:
+                undocumented.append(f"{name} {action.option_strings[0]}")
+
+    walk(build_parser(), "chainrule")
+    assert undocumented == []
 
 
 def test_gradcheck_command_passes_on_every_layer_type():

@@ -563,10 +563,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("--sms", action="append", help="an SMS collection (label<TAB>text lines); repeatable")
     p.add_argument("--out", default="runs/spam", help="model directory to write (default runs/spam)")
     p.add_argument("--hidden", type=positive_int, nargs="+", default=[32], help="hidden layer widths (default 32)")
-    p.add_argument("--dropout", type=fraction, default=0.2)
-    p.add_argument("--epochs", type=positive_int, default=30, help="at most this many epochs (early stopping)")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--dropout", type=fraction, default=0.2,
+                   help="share of hidden units dropped at each training step (default 0.2)")
+    p.add_argument("--epochs", type=positive_int, default=30,
+                   help="at most this many epochs (default 30; early stopping ends sooner)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="messages per training step (default 256)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam's learning rate (default 0.003)")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.0,
                    help="AdamW decoupled weight decay (default 0)")
     p.add_argument("--validation", type=fraction, help="held-out fraction for early stopping and the cut-offs, "
@@ -604,14 +606,15 @@ def add_commands(subparsers) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed for the folds (or validation split), initial weights, shuffling and dropout (default 0)")
     add_max_bytes(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress and no line per committee member; the totals are still printed")
     p.set_defaults(func=_cmd_train, mpi=True)
 
     p = sub.add_parser("evaluate", help="accuracy, spam caught, blocked ham, MCC, ROC AUC on labelled messages")
     p.add_argument("model")
     p.add_argument("corpus", nargs="*")
     p.add_argument("--sms", action="append", help="an SMS collection (label<TAB>text lines)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the figures as one JSON object")
     add_max_bytes(p)
     add_cutoffs(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -668,7 +671,8 @@ def add_commands(subparsers) -> None:
                    help="messages, folders, mbox, Maildir, archives (each message explained); '-' for stdin")
     p.add_argument("--sms", action="store_true",
                    help="the files hold text messages, one per line ('-' reads standard input)")
-    p.add_argument("--top", type=positive_int, default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--top", type=positive_int, default=10,
+                   help="tokens shown each way, towards spam and towards ham (default 10)")
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
     add_max_bytes(p)
     p.set_defaults(func=_cmd_explain)
