@@ -33,6 +33,18 @@ def test_every_option_of_every_command_says_in_its_help_what_it_does():
     assert undocumented == []
 
 
+@pytest.mark.parametrize("args", [["digits", "train", "--epochs", "1" + "0" * 400],
+                                  ["spam", "train", "--seed", str(2**63)],
+                                  ["spam", "train", "--hidden", str(2**63 - 1)]])
+def test_an_integer_too_large_for_any_use_is_a_usage_error(args, capsys):
+    """A 400-digit --epochs was "internal error (OverflowError ...); this is a bug", and a --hidden
+    of 2^63 - 1 "internal error (ValueError: array is too big ...)" after the corpus was read."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "below 2^" in err and "internal error" not in err
+
+
 def test_gradcheck_command_passes_on_every_layer_type():
     proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "gradcheck"], capture_output=True, text=True,
                           timeout=300)

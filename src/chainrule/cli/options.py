@@ -146,13 +146,20 @@ def _number(text: str, kind: type, ok, expected: str):
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not (ok(value) and math.isfinite(value)):
+    if kind is int and abs(value) >= 2**63:  # (no count, size or seed is that large; NumPy takes none)
+        raise argparse.ArgumentTypeError(f"expected {expected} below 2^63, got {text!r}")
+    if not (ok(value) and (kind is int or math.isfinite(value))):
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
 
 
 def positive_int(text: str) -> int:
     return _number(text, int, lambda v: v > 0, "a positive integer")
+
+
+def layer_width(text: str) -> int:
+    # (wider, a layer's weights are past the size NumPy can even ask for: ValueError, not MemoryError)
+    return _number(text, int, lambda v: 0 < v < 2**31, "a positive integer below 2^31")
 
 
 def nonnegative_int(text: str) -> int:

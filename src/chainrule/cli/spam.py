@@ -57,6 +57,7 @@ from chainrule.cli.options import (
     decimal,
     diverged,
     fraction,
+    layer_width,
     nonnegative_float,
     nonnegative_int,
     percent,
@@ -379,8 +380,6 @@ def _cmd_classify(args) -> int:
     if seen == 0:
         _nothing_read(problems.held, "classify")
     problems.report_held()
-    if args.annotate and seen != 1:
-        raise UserError("--annotate needs exactly one email message (a file or standard input)")
     if problems.failed:
         return ERROR_EXIT  # the others were classified, but a cron job must see that one was not
     if seen == 1 and single_stdin and not args.annotate:  # (annotated, the verdict is in the headers: a
@@ -562,7 +561,7 @@ def add_commands(subparsers) -> None:
                    "folder names: 'spam' (not 'nonspam' or the like) or the word 'ham'")
     p.add_argument("--sms", action="append", help="an SMS collection (label<TAB>text lines); repeatable")
     p.add_argument("--out", default="runs/spam", help="model directory to write (default runs/spam)")
-    p.add_argument("--hidden", type=positive_int, nargs="+", default=[32], help="hidden layer widths (default 32)")
+    p.add_argument("--hidden", type=layer_width, nargs="+", default=[32], help="hidden layer widths (default 32)")
     p.add_argument("--dropout", type=fraction, default=0.2,
                    help="share of hidden units dropped at each training step (default 0.2)")
     p.add_argument("--epochs", type=positive_int, default=30,
