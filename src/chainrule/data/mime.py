@@ -206,9 +206,7 @@ def decode_header(value) -> str:
     stays as it is written)."""
     if value is None:
         return ""
-    if isinstance(value, email.header.Header):
-        value = str(value)
-    value = str(value)
+    value = str(value)  # (or an `email.header.Header`: compat32 makes one of raw 8-bit header bytes)
     if "=?" not in value:
         return value
     value = value[:_MAX_ENCODED_HEADER]
@@ -234,13 +232,16 @@ _BLOCK_TAGS = ("address", "article", "aside", "blockquote", "br", "caption", "ce
                "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
                "hr", "li", "main", "nav", "ol", "option", "p", "pre", "section", "select", "table", "tbody", "td",
                "tfoot", "th", "thead", "title", "tr", "ul")
+# Elements whose text is not shown: dropped (a title's text stays, as in lexbor's text). A list, which
+# lexbor's `strip_tags` takes.
+_HIDDEN_TAGS = ["script", "style"]
+# The attributes that hold a link target: <a href>, <img src> and other embedded resources, <form action>
+_LINK_ATTRIBUTES = ("href", "src", "action")
 
 
 class _HTMLText(HTMLParser):
     """Visible text and link targets of an HTML part, via the standard library's HTML parser
     (which recovers from broken markup rather than raising)."""
-
-    _HIDDEN = {"script", "style"}  # (as lexbor's text, which has the title's)
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -249,16 +250,16 @@ class _HTMLText(HTMLParser):
         self._hidden = 0
 
     def handle_starttag(self, tag, attrs):
-        if tag in self._HIDDEN:
+        if tag in _HIDDEN_TAGS:
             self._hidden += 1
         for name, value in attrs:
-            if value and name in ("href", "src", "action"):
+            if value and name in _LINK_ATTRIBUTES:
                 self.links.append(value)
         if tag in _BLOCK_TAGS:
             self.chunks.append("\n")
 
     def handle_endtag(self, tag):
-        if tag in self._HIDDEN and self._hidden:
+        if tag in _HIDDEN_TAGS and self._hidden:
             self._hidden -= 1
         if tag in _BLOCK_TAGS:
             self.chunks.append("\n")
@@ -295,8 +296,7 @@ def _nested_deeper_than(html: str, limit: int) -> bool:
     return False
 
 
-_HIDDEN_TAGS = ["script", "style"]
-_LINK_NODES = "[href],[src],[action]"
+_LINK_NODES = ",".join(f"[{name}]" for name in _LINK_ATTRIBUTES)
 _BLOCK_NODES = ",".join(_BLOCK_TAGS)
 
 
@@ -315,7 +315,7 @@ def html_to_text(html: str) -> tuple[str, list[str]]:
             doc = LexborHTMLParser(html)
             doc.strip_tags(_HIDDEN_TAGS)
             links = [v for node in doc.css(_LINK_NODES) for k, v in node.attributes.items()
-                     if v and k in ("href", "src", "action")]
+                     if v and k in _LINK_ATTRIBUTES]
             for node in doc.css(_BLOCK_NODES):
                 node.insert_before("\n")
                 node.insert_after("\n")
@@ -336,6 +336,14 @@ def html_to_text(html: str) -> tuple[str, list[str]]:
 # Parsing.
 
 _TEXT_LIMIT = 200_000  # characters of text kept per part: enough to classify, bounded cost
+
+
+def _part_text(payload: bytes, charset: str | None) -> str:
+    """A part's bytes as text, its first `_TEXT_LIMIT` characters; only the bytes that can hold them
+    are decoded (4 per character: the most UTF-8 takes, and UTF-16 and GB18030 too)."""
+    return decode_text(payload[: _TEXT_LIMIT * 4], charset)[:_TEXT_LIMIT]
+
+
 # The email package's parameter parser (behind `get_param`, `get_boundary`, `get_content_charset`)
 # takes time growing with a value's ";"s times its length: a Content-Type of a quote, then 128 KB of
 # ";", held the filter for 8.9 s; 1 MiB of "a=b;" 7.2 s. Its parameters past this many ";" are left
@@ -482,7 +490,7 @@ def _walk(msg, out: ParsedMessage) -> None:
         charset = _content_charset(part)
         if charset is None and ctype == "text/html":
             charset = _meta_charset(payload)
-        text = decode_text(payload[: _TEXT_LIMIT * 4], charset)[:_TEXT_LIMIT]
+        text = _part_text(payload, charset)
         if ctype == "text/html":
             visible, links = html_to_text(text)
             html_texts.append(visible + "\n")
@@ -707,7 +715,7 @@ def _parse(raw: bytes) -> ParsedMessage:
 
 
 def _plain_fallback(raw: bytes, reason: str) -> ParsedMessage:
-    text = decode_text(raw[: _TEXT_LIMIT * 4], None)[:_TEXT_LIMIT]
+    text = _part_text(raw, None)
     return ParsedMessage(text=text, urls=find_urls(text), problem=reason)
 
 
