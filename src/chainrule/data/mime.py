@@ -567,11 +567,13 @@ def _compat32_headers(raw: bytes):
     return msg
 
 
-# One header field: a name of printable ASCII but ":" (the feed parser's `headerRE`), its first
-# line, and its continuation lines (starting with a space or a tab). It is looked for at the start of
-# a line only: looked for anywhere, a line that is no field was scanned to its end from each of its
-# characters in turn (a Subject, then 64 KB of "a": 17 s).
-_HEADER_FIELD = re.compile(r"^([\041-\071\073-\176]+):([^\n]*\n)((?:[ \t][^\n]*\n)*)", re.MULTILINE)
+# A header field's name: printable ASCII but ":" (RFC 5322, and the feed parser's `headerRE`). A str
+# pattern; `HEADER_NAME.encode()` for bytes.
+HEADER_NAME = "[!-9;-~]+"
+# One header field: its name, its first line, and its continuation lines (starting with a space or a
+# tab). It is looked for at the start of a line only: looked for anywhere, a line that is no field was
+# scanned to its end from each of its characters in turn (a Subject, then 64 KB of "a": 17 s).
+_HEADER_FIELD = re.compile(rf"^({HEADER_NAME}):([^\n]*\n)((?:[ \t][^\n]*\n)*)", re.MULTILINE)
 
 
 def _simple_header_block(text: str):
@@ -684,7 +686,8 @@ def boundary_matches(raw: bytes) -> int:
 # any name of printable ASCII but ":", empty too), a continuation (a space or a tab first: a line of
 # blanks goes on with the field above), or an mbox "From " line, each ended by "\r\n", "\r" or "\n"
 # as the parser splits lines; then the blank line that ends the block, if that is what ends it.
-_HEADER_BLOCK = re.compile(rb"(?:(?:From |[\041-\071\073-\176]*:|[\t ])[^\r\n]*(?:\r\n|\r|\n|\Z))*(?:\r\n|\r|\n)?")
+_HEADER_BLOCK = re.compile(
+    rf"(?:(?:From |(?:{HEADER_NAME})?:|[\t ])[^\r\n]*(?:\r\n|\r|\n|\Z))*(?:\r\n|\r|\n)?".encode())
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 

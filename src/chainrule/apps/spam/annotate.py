@@ -5,6 +5,8 @@ from __future__ import annotations
 import codecs
 import re
 
+from chainrule.data.mime import HEADER_NAME
+
 # The fields `annotate` adds (lower case); a message's own X-Chainrule-Spam* fields are removed first,
 # so that a forged "X-Chainrule-Spam: no" cannot ride above ours, and annotating twice adds none twice.
 ANNOTATION_HEADERS = ("x-chainrule-spam", "x-chainrule-spam-probability", "x-chainrule-spam-verdict")
@@ -57,7 +59,7 @@ def stamped_verdict(raw: bytes) -> str | None:
 
 # A header field's first line: a name of printable characters other than the colon, then the colon
 # (RFC 5322; whitespace before the colon is its obsolete syntax, still met in old mail).
-FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")
+FIELD_START = re.compile(HEADER_NAME.encode() + rb"[ \t]*:")
 
 
 def _fields(head: bytes) -> list[bytes]:
