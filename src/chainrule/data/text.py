@@ -26,7 +26,8 @@ import unicodedata
 import zlib
 from bisect import bisect_left
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from itertools import chain
 
@@ -105,13 +106,11 @@ class HashingConfig:
         model file may hold anything); raises ValueError naming the first bad one."""
         if not isinstance(d, dict):
             raise ValueError(f"hashing: expected an object, got {type(d).__name__}")
-        cfg = cls(**{k: d[k] for k in ("n_features", "bigrams", "char_ngrams", "split_norm", "idf", "min_df",
-                                        "delivery")
-                     if k in d})
+        cfg = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
         n = cfg.n_features
         if type(n) is not int or n < 2 or n & (n - 1):
             raise ValueError(f"hashing: n_features must be a power of two, got {n!r}")
-        for name in ("bigrams", "split_norm", "idf", "delivery"):
+        for name in (f.name for f in fields(cls) if isinstance(f.default, bool)):
             if not isinstance(getattr(cfg, name), bool):
                 raise ValueError(f"hashing: {name} must be true or false, got {getattr(cfg, name)!r}")
         if type(cfg.char_ngrams) is not int or cfg.char_ngrams < 0:
@@ -448,6 +447,20 @@ def inverse_document_frequency(x: sp.csr_matrix, min_df: int = 0) -> np.ndarray:
     return np.where(df >= min_df, idf, 0.0).astype(np.float32)
 
 
+def _crc32(token: str) -> int:
+    """The CRC-32 of a token's UTF-8; a lone surrogate (text decoded with surrogateescape), which
+    strict UTF-8 refuses, written as "surrogatepass" writes it."""
+    return zlib.crc32(token.encode("utf-8", "surrogatepass"))
+
+
+def _crc32s(tokens: Collection[str]) -> np.ndarray:
+    """The CRC-32 of every token (`_crc32`), int64."""
+    try:  # map() over C functions: no bytecode per token, faster than a dict cache of hashes
+        return np.fromiter(map(zlib.crc32, map(str.encode, tokens)), np.int64, len(tokens))
+    except UnicodeEncodeError:  # a lone surrogate
+        return np.fromiter(map(_crc32, tokens), np.int64, len(tokens))
+
+
 class Hasher:
     """Tokens -> signed hashed feature rows: CRC-32 of the token's UTF-8, low bits for the bucket,
     the top bit for the sign (independent bits of one hash). `idf`: one weight per bucket, given
@@ -465,7 +478,7 @@ class Hasher:
 
     def signed_index(self, token: str) -> int:
         """bucket + 1, negated when the token's sign is -1 (so 0 never occurs)."""
-        h = zlib.crc32(token.encode("utf-8", "surrogatepass"))
+        h = _crc32(token)
         v = (h & self._mask) + 1
         return -v if h >> 31 else v
 
@@ -488,11 +501,7 @@ class Hasher:
         tokens = list(chain.from_iterable(counts))
         if not tokens:
             return sp.csr_matrix((n, self.config.n_features), dtype=np.float32)
-        try:  # map() over C functions: no bytecode per token, faster than a dict cache of hashes
-            crc = np.fromiter(map(zlib.crc32, map(str.encode, tokens)), np.int64, len(tokens))
-        except UnicodeEncodeError:  # a lone surrogate, which strict UTF-8 refuses
-            crc = np.fromiter((zlib.crc32(t.encode("utf-8", "surrogatepass")) for t in tokens), np.int64,
-                              len(tokens))
+        crc = _crc32s(tokens)
         weight = 1.0 + np.log(np.fromiter(chain.from_iterable(c.values() for c in counts), np.float64,
                                           len(tokens)))
         weight[crc >> 31 == 1] *= -1
@@ -521,22 +530,18 @@ class Hasher:
         return x.astype(np.float32)
 
     def row(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(bucket indices, values) of one message's feature row: the one row of `matrix([tokens])`,
-        int32 indices in ascending order and float32 values."""
-        return self._one_row(tokens)
+        """(bucket indices, values) of one message's feature row: int32 indices in ascending order
+        and float32 values.
 
-    # Equivalent to `matrix([tokens])` for one message, bit for bit (the same operations in the same
-    # order), at less than half its cost: no CSR matrix, no row bookkeeping, and a table for
-    # 1 + log(count). A mail server's filter hashes one message at a time.
-    def _one_row(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        Equivalent to the one row of `matrix([tokens])`, bit for bit (the same operations in the
+        same order), at less than half its cost: no CSR matrix, no row bookkeeping, and a table for
+        1 + log(count). A mail server's filter hashes one message at a time.
+        """
         counts = Counter(tokens)
         n = len(counts)
         if not n:
             return np.zeros(0, np.int32), np.zeros(0, np.float32)
-        try:
-            crc = np.fromiter(map(zlib.crc32, map(str.encode, counts)), np.int64, n)
-        except UnicodeEncodeError:  # a lone surrogate, which strict UTF-8 refuses
-            crc = np.fromiter((zlib.crc32(t.encode("utf-8", "surrogatepass")) for t in counts), np.int64, n)
+        crc = _crc32s(counts)
         weight = _one_plus_log(np.fromiter(counts.values(), np.int64, n))
         weight[crc >> 31 == 1] *= -1
         bits = self.config.n_features.bit_length() - 1
