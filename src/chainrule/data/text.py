@@ -172,6 +172,18 @@ _HOST_RE = re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}\b")
 _IP_RE = re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
 _DIGITS = str.maketrans("0123456789", "dddddddddd")
 _DIGIT_RE = re.compile(r"\d")  # the digits of every script (Arabic-Indic ٥, Devanagari ५, ...)
+# How much of each source a message's tokens take. These caps are part of the token format (a model
+# is trained on the tokens they allow), and each keeps one long header, list or text from outweighing
+# the rest of the message.
+_MAX_WORD = 30  # a longer "word" (base64, a hash, words run together) is `long:N`, N its length in tens
+_MAX_ADDRESS_WORDS = 20  # words of an address header (From, To, Reply-To) beside its addresses
+_MAX_TO_TOKENS = 20  # of the To header: mail to a long list of recipients adds no more
+_MAX_HEADER_WORDS = 8  # words of another header (X-Mailer, Organization, List-Id, ...)
+_RECEIVED_LINES = 3  # the newest (the recipient's relays wrote them; a sender can forge older ones)
+_HOSTS_PER_RECEIVED = 6  # host names per Received line
+_MAX_URLS = 100  # links per message
+_MAX_SAME_ATTACHMENTS = 3  # `attach:` tokens per type: one, two, three or more attachments of it
+_MAX_PARTS = 10  # `parts:N` counts MIME parts up to 10 (ten or more)
 _MAX_CHARS = 30_000  # per text; a long message says all it will say in its first pages
 # A text beyond ASCII is cut at `_MAX_CHARS` once it is read (`_normal_form`), so that its NFC and NFD
 # forms give the same tokens: NFD writes a letter in up to 3 characters (Vietnamese ệ, a Korean syllable
@@ -181,7 +193,7 @@ _MAX_UNREAD_CHARS = 4 * _MAX_CHARS
 # characters). Their patterns take time growing with the square of a run of characters that never
 # completes a match (60,000 letters in a From header took 10 s), so a sender must not choose the length.
 # Cut there, no SpamAssassin corpus message gives other tokens (its longest To header, 1,779 characters,
-# yields more than the 20 tokens `message_tokens` keeps of it before the cut).
+# yields more than the `_MAX_TO_TOKENS` that `message_tokens` keeps of it before the cut).
 _MAX_HEADER_CHARS = 1_000
 # Unicode's Stream-Safe Text Format (UAX #15, section 13): a run of characters that NFKC writes with a
 # combining mark first (the marks themselves, Tibetan ཱི and half-width katakana ﾞ too) is cut to its
@@ -269,8 +281,8 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
         else:
             words = _WORD_RE.findall(folded)
         marks, emoji = _MARKS_UNICODE_RE.findall(text), _EMOJI_RE.findall(text)
-    if len(text) > 30 and words and max(map(len, words)) > 30:
-        words = [w if len(w) <= 30 else f"long:{len(w) // 10}" for w in words]
+    if len(text) > _MAX_WORD and words and max(map(len, words)) > _MAX_WORD:
+        words = [w if len(w) <= _MAX_WORD else f"long:{len(w) // 10}" for w in words]
     numbers, caps, punct = [], [], []
     for m in marks:
         c = m[0]
@@ -311,7 +323,7 @@ def _address_tokens(name: str, value: str) -> tuple[str, ...]:
     for m in _EMAIL_RE.finditer(value.lower()):
         out.append(f"{name}:@{m.group(1)}")
         out.append(f"{name}:{m.group()}")
-    out.extend(f"{name}:{w}" for w in word_tokens(re.sub(r"<[^>]*>|\S+@\S+", " ", value))[:20])
+    out.extend(f"{name}:{w}" for w in word_tokens(re.sub(r"<[^>]*>|\S+@\S+", " ", value))[:_MAX_ADDRESS_WORDS])
     return tuple(out)
 
 
@@ -322,7 +334,7 @@ def _header_tokens(name: str, value: str) -> tuple[str, ...]:
     if name == "content-type":
         return (f"content-type:{value.split(';', 1)[0].strip().lower()}",
                 *(f"charset:{c.lower()}" for c in re.findall(r'charset="?([\w-]+)', value, re.I)[:1]))
-    return tuple(f"{name}:{w}" for w in word_tokens(value)[:8])
+    return tuple(f"{name}:{w}" for w in word_tokens(value)[:_MAX_HEADER_WORDS])
 
 
 @lru_cache(maxsize=_CACHE)
@@ -392,12 +404,12 @@ def message_tokens(msg: ParsedMessage, config: HashingConfig = HashingConfig()) 
     toks = word_tokens(msg.subject, "subject:", bigrams=config.bigrams)
     toks += _address_tokens("from", msg.from_)
     if config.delivery:
-        toks += _address_tokens("to", msg.to)[:20]
+        toks += _address_tokens("to", msg.to)[:_MAX_TO_TOKENS]
     if msg.reply_to:
         toks += _address_tokens("reply-to", msg.reply_to)
-    for i, line in enumerate(msg.received[:3] if config.delivery else ()):
+    for i, line in enumerate(msg.received[:_RECEIVED_LINES] if config.delivery else ()):
         low = line[:_MAX_HEADER_CHARS].lower()
-        toks += [f"received:{h}" for h in _HOST_RE.findall(low)[:6]]
+        toks += [f"received:{h}" for h in _HOST_RE.findall(low)[:_HOSTS_PER_RECEIVED]]
         if _IP_RE.search(low):
             toks.append(f"received{i}:ip")
     for name, value in msg.headers.items():
@@ -406,10 +418,10 @@ def message_tokens(msg: ParsedMessage, config: HashingConfig = HashingConfig()) 
         toks.append("has:html")
         if not msg.text.strip():
             toks.append("has:html-only")
-    for url in msg.urls[:100]:
+    for url in msg.urls[:_MAX_URLS]:
         toks += _url_tokens(url)
-    toks += [f"attach:{t}" for t, n in msg.attachments.items() for _ in range(min(n, 3))]
-    toks.append(f"parts:{min(msg.parts, 10)}")
+    toks += [f"attach:{t}" for t, n in msg.attachments.items() for _ in range(min(n, _MAX_SAME_ATTACHMENTS))]
+    toks.append(f"parts:{min(msg.parts, _MAX_PARTS)}")
     if msg.problem:
         toks.append("problem:unparsed")
     if msg.defects:
