@@ -92,8 +92,8 @@ _SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "euc_kr": "cp949", "shift_j
               "iso2022_jp": "iso2022_jp_ext"}  # (the last: half-width katakana, as Windows writes them)
 
 # Python's codecs for its own purposes, which no mail program reads text by: under their names a
-# plain body read as other text (punycode read "Buy cheap viagra ... cash" as '瘕', hiding the words
-# that mail programs show), in time growing with the square of its length (punycode, 400 KB: 11 s).
+# plain body reads as other text, hiding the words that mail programs show, and punycode reads it in
+# time growing with the square of its length.
 _PYTHON_ONLY = {"punycode", "idna", "unicode-escape", "raw-unicode-escape", "charmap", "undefined"}
 
 
@@ -189,14 +189,14 @@ def without_cut_character(data: bytes) -> bytes:
 # Raw 8-bit text in a header (RFC 6532 UTF-8, or spam's raw Latin-1) with the blanks around it:
 # never part of an encoded word, which is ASCII. Equivalent to `(\s*[^\x00-\x7f]+\s*)`, but a match
 # starts only where its blanks start: that pattern, tried at each blank of a run, scanned the run to
-# its end (an encoded word, 64 KB of blanks, then "a é": 21 s).
+# its end, in time growing with the square of the run's length.
 _RAW_TEXT = re.compile(r"((?:(?<!\s)\s+)?[^\x00-\x7f]+\s*)")
 
 
 # The email package's decoder of encoded words takes time growing with the square of a header's
-# length (a Subject of 1 MiB: "=?a?q?" over and over, 4.1 s; many encoded words, 2.1 s): a header is
-# decoded in its first 8 KB only, the rest left out. The SpamAssassin corpus's longest header (a To)
-# has 1,779 characters, and the tokens read 1,000 characters of an address or a Received line.
+# length: a header is decoded in its first 8 KB only, the rest left out. The SpamAssassin corpus's
+# longest header (a To) has 1,779 characters, and the tokens read 1,000 characters of an address or
+# a Received line.
 _MAX_ENCODED_HEADER = 8192
 
 
@@ -271,9 +271,8 @@ class _HTMLText(HTMLParser):
 
 # lexbor builds the document's tree as a browser does, and walks the stack of open elements at many
 # a start tag: its time grows with the square of the nesting, which a message can make as deep as it
-# likes with unclosed tags (100,000 <span>s and 20,000 <li>s, 720 KB, took 16.6 s: a denial of
-# service for a mail filter). Browsers cap the depth (Chromium's tree at 512 levels); a part nested
-# deeper than this is read by `_HTMLText`, which keeps no tree (0.4 s for those 720 KB).
+# likes with unclosed tags: a denial of service for a mail filter. Browsers cap the depth (Chromium's
+# tree at 512 levels); a part nested deeper than this is read by `_HTMLText`, which keeps no tree.
 _MAX_DEPTH = 1000
 _TAG = re.compile(r"<(/?)([A-Za-z][^\s/>]*)")
 # Elements that never hold others open: void ones, and those the next of their kind closes
@@ -345,8 +344,7 @@ def _part_text(payload: bytes, charset: str | None) -> str:
 
 
 # The email package's parameter parser (behind `get_param`, `get_boundary`, `get_content_charset`)
-# takes time growing with a value's ";"s times its length: a Content-Type of a quote, then 128 KB of
-# ";", held the filter for 8.9 s; 1 MiB of "a=b;" 7.2 s. Its parameters past this many ";" are left
+# takes time growing with a value's ";"s times its length. Its parameters past this many ";" are left
 # out: a real one has a handful (a long file name's RFC 2231 pieces: a dozen or two).
 _MAX_SEMICOLONS = 63
 
@@ -453,7 +451,7 @@ def _meta_charset(html: bytes) -> str | None:
 
 def _walk(msg, out: ParsedMessage) -> None:
     # (the parts' texts are joined once, at the end: `+=` on an attribute copies the text so far at
-    # each part, and 65,536 parts of a line or two took 2.2 s)
+    # each part, time growing with the square of the parts)
     texts, html_texts = [], []
     for part in msg.walk():
         out.parts += 1
@@ -572,7 +570,7 @@ def _compat32_headers(raw: bytes):
 HEADER_NAME = "[!-9;-~]+"
 # One header field: its name, its first line, and its continuation lines (starting with a space or a
 # tab). It is looked for at the start of a line only: looked for anywhere, a line that is no field was
-# scanned to its end from each of its characters in turn (a Subject, then 64 KB of "a": 17 s).
+# scanned to its end from each of its characters in turn.
 _HEADER_FIELD = re.compile(rf"^({HEADER_NAME}):([^\n]*\n)((?:[ \t][^\n]*\n)*)", re.MULTILINE)
 
 
@@ -668,10 +666,10 @@ def _decode_header_block(head: bytes, raw: bytes) -> str:
 
 # The feed parser matches each line of a multipart message against the boundary of every multipart
 # part open around it, so its time grows with the lines times the nesting, both of which a message
-# chooses (multiparts nested 850 deep, then 500 KB of short lines: 30 s). Where a message's lines
-# times its multipart parts allow more matches than this (a few tenths of a second of them), it is
-# read as plain text. Mail comes nowhere near: 7,350 at most in the SpamAssassin corpus (3 parts, 2,450 lines); a
-# message of 1 MiB in 20,000 lines would need 100 multipart parts.
+# chooses. Where a message's lines times its multipart parts allow more matches than this (a few
+# tenths of a second of them), it is read as plain text. Mail comes nowhere near: 7,350 at most in
+# the SpamAssassin corpus (3 parts, 2,450 lines); a message of 1 MiB in 20,000 lines would need 100
+# multipart parts.
 _MAX_BOUNDARY_MATCHES = 1 << 21
 
 

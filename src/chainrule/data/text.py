@@ -191,15 +191,15 @@ _MAX_CHARS = 30_000  # per text; a long message says all it will say in its firs
 _MAX_UNREAD_CHARS = 4 * _MAX_CHARS
 # Per address header (From, To, Reply-To) and per Received line: RFC 5322's limit for a line (998
 # characters). Their patterns take time growing with the square of a run of characters that never
-# completes a match (60,000 letters in a From header took 10 s), so a sender must not choose the length.
+# completes a match, so a sender must not choose the length.
 # Cut there, no SpamAssassin corpus message gives other tokens (its longest To header, 1,779 characters,
 # yields more than the `_MAX_TO_TOKENS` that `message_tokens` keeps of it before the cut).
 _MAX_HEADER_CHARS = 1_000
 # Unicode's Stream-Safe Text Format (UAX #15, section 13): a run of characters that NFKC writes with a
 # combining mark first (the marks themselves, Tibetan ཱི and half-width katakana ﾞ too) is cut to its
-# first 30. NFKC sorts a run's marks by their classes in time growing with the square of its length
-# (marks of classes 220 and 230 in turn: 30,000 took 0.6 s), and no reader needs more than 30. Those
-# of the Basic and Supplementary Multilingual Planes (10 ms at import): the planes beyond hold none.
+# first 30. NFKC sorts a run's marks by their classes in time growing with the square of its length,
+# and no reader needs more than 30. Those of the Basic and Supplementary Multilingual Planes (10 ms at
+# import): the planes beyond hold none.
 _NON_STARTERS = "".join(
     c for c in map(chr, range(0x300, 0x20000))
     if unicodedata.combining(c) or (unicodedata.decomposition(c)
