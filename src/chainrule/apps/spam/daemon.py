@@ -10,9 +10,10 @@ The protocol itself (requests, answers, the probability -> score mapping) is
 `chainrule.apps.spam.protocol`; this module is the server: filters, listeners, connections,
 learning and reloading.
 
-**The filter.** The server needs only a `Filter` (`check`, `learn`, `forget`, `changed_on_disk`);
-`SpamFilter` implements it on top of `chainrule.apps.spam` and is the one place that knows how a
-model is loaded, scored, explained and taught.
+**The filter.** `SpamFilter` (`check`, `learn`, `forget`, `changed_on_disk`) wraps a model of
+`chainrule.apps.spam` and is the one place that knows how a model is loaded, scored, explained and
+taught; `learn` and `forget` return a new filter and leave the old one untouched, so that it goes on
+classifying until the new one replaces it.
 
 **Concurrency.** One asyncio event loop (uvloop's, where it is installed) accepts and reads
 connections. It accepts them itself (`_accept`), not through asyncio's servers: out of file
@@ -53,7 +54,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -117,23 +117,8 @@ def checked_inline(message: bytes) -> bool:
 
 
 
-class Filter(Protocol):
-    """What the daemon needs from a spam filter. `learn` and `forget` return a new filter (saved to
-    disk), and for each message whether it changed anything (False: already learned so, or never
-    learned), and leave this one untouched, so that it can go on classifying until the new one
-    replaces it."""
-
-    def check(self, raw: bytes, explain: bool = False) -> Verdict: ...
-
-    def learn(self, examples: Sequence[tuple[bytes, bool]], stop: threading.Event) -> tuple[Filter, list[bool]]: ...
-
-    def forget(self, raws: Sequence[bytes], stop: threading.Event) -> tuple[Filter, list[bool]]: ...
-
-    def changed_on_disk(self) -> bool: ...  # (True once per change)
-
-
 class SpamFilter:
-    """A `Filter` backed by a model directory written by `chainrule spam train`."""
+    """The daemon's spam filter: a model directory written by `chainrule spam train`, loaded."""
 
     def __init__(self, bundle, spam_cutoff: float | None = None, ham_cutoff: float | None = None,
                  stamp: tuple = ()):
@@ -249,11 +234,10 @@ class _Lesson:
 class DaemonServer:
     """The spamd-protocol server: filters, listeners, connections, learning and reloading."""
 
-    def __init__(self, options: DaemonOptions, load_filter=SpamFilter.load):
+    def __init__(self, options: DaemonOptions):
         self.options = options
-        self._load = load_filter
-        self.filter: Filter | None = None
-        self._user_filters: OrderedDict[str, Filter] = OrderedDict()
+        self.filter: SpamFilter | None = None
+        self._user_filters: OrderedDict[str, SpamFilter] = OrderedDict()
         self._allowed = tuple(ipaddress.ip_network(a, strict=False) for a in options.allowed_ips)
         self._check_pool = ThreadPoolExecutor(options.threads, thread_name_prefix="spamd-check")
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="spamd-model")  # learning and reloads, in turn
@@ -284,9 +268,8 @@ class DaemonServer:
 
     def load(self) -> None:
         """Load the default filter (before the loop starts, so that a bad model fails at once)."""
-        self.filter = self._load(self.options.model, self.options.spam_cutoff, self.options.ham_cutoff)
-        bundle = getattr(self.filter, "bundle", None)
-        if bundle is not None and (warning := bundle.untrained_on("mail")):  # (spamc sends mail)
+        self.filter = SpamFilter.load(self.options.model, self.options.spam_cutoff, self.options.ham_cutoff)
+        if warning := self.filter.bundle.untrained_on("mail"):  # (spamc sends mail)
             log.warning("warning: %s", warning)
         folder = model_directory(self.options.model)
         if self.options.allow_tell and not os.access(folder, os.W_OK | os.X_OK):  # (else found at the first TELL)
@@ -303,7 +286,7 @@ class DaemonServer:
         except PermissionError:  # a folder the daemon may not enter: a model it cannot load (`_load_user`)
             return d
 
-    async def _filter_for(self, user: str | None) -> tuple[str | None, Filter]:
+    async def _filter_for(self, user: str | None) -> tuple[str | None, SpamFilter]:
         """(key, filter) for a request's User: the user's own model if `user_models` has one,
         else the default."""
         d = self._user_dir(user)
@@ -325,11 +308,11 @@ class DaemonServer:
             self._user_filters.move_to_end(user)
         return user, f
 
-    async def _load_user(self, user: str, d: Path) -> Filter:
+    async def _load_user(self, user: str, d: Path) -> SpamFilter:
         stamp = _user_stamp(d)
         try:
             f = await asyncio.get_running_loop().run_in_executor(
-                self._load_pool, self._load, d, self.options.spam_cutoff, self.options.ham_cutoff)
+                self._load_pool, SpamFilter.load, d, self.options.spam_cutoff, self.options.ham_cutoff)
         except (UserError, OSError) as exc:  # (OSError: a model.json the daemon may not read)
             log.error("%s's model cannot be loaded, using the default model until its files change: %s", user,
                       one_line(exc))
@@ -344,7 +327,7 @@ class DaemonServer:
             self._user_filters.popitem(last=False)
         return f
 
-    def _install(self, key: str | None, f: Filter) -> None:
+    def _install(self, key: str | None, f: SpamFilter) -> None:
         if key is None:
             self.filter = f
         else:
@@ -368,7 +351,7 @@ class DaemonServer:
                 continue
             path = self.options.model if key is None else self.options.user_models / key
             try:
-                new = await self._in_model_thread(self._load, path, self.options.spam_cutoff,
+                new = await self._in_model_thread(SpamFilter.load, path, self.options.spam_cutoff,
                                                   self.options.ham_cutoff)
             except Exception as exc:  # noqa: BLE001 (a broken model file must not stop the daemon)
                 log.error("reload of %s failed, still serving the model loaded before: %s", path, exc)
