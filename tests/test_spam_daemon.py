@@ -683,6 +683,33 @@ def test_tell_learns_once_and_forget_undoes_it(learner, held):
     assert learner.spamc("-L", "forget", data=raw) == (0, b"Message was already un/learned\n")
 
 
+def test_a_tell_is_logged_in_the_words_spam_learn_prints(model_dir, held, tmp_path, capsys):
+    """A message taught as spam, then as ham, then unlearned: `spam learn` says "relearned as ham
+    (was learned as spam)" and "unlearned (was learned as ham)"; the daemon logged the same TELLs as
+    "learned as ham" and "unlearned", its words rebuilt from whether the lesson changed anything."""
+    _need("spamc")
+    raw = held[0][0]
+    message = tmp_path / "message.eml"
+    message.write_bytes(raw)
+    for copy in ("cli", "daemon"):
+        shutil.copytree(model_dir, tmp_path / copy)
+    said = []
+    for option in (["--spam", "--seed", "0"], ["--ham", "--seed", "0"], ["--unlearn"]):
+        capsys.readouterr()
+        assert main(["spam", "learn", str(tmp_path / "cli"), str(message), *option]) == 0
+        said.append(capsys.readouterr().out.splitlines()[0].split("\t")[1])  # (file, what it did, P(spam))
+    assert said[1:] == ["relearned as ham (was learned as spam)", "unlearned (was learned as ham)"]
+    d = Daemon(tmp_path / "daemon", "--listen", "127.0.0.1:0", "--allow-tell", "--reload-interval", "0")
+    try:
+        for lesson in ("spam", "ham", "forget"):
+            assert d.spamc("-L", lesson, data=raw) == (0, b"Message successfully un/learned\n")
+        log = d.log_text()
+    finally:
+        assert d.stop() == 0
+    for words in said:
+        assert f"TELL {words} for " in log, log
+
+
 def test_a_tell_and_a_spam_learn_at_once_lose_nothing(learner, held, tmp_path):
     # `spamc -L spam` to the daemon and `chainrule spam learn --ham` from a cron job, at the same
     # time: both wait for the model's lock (held here until both have started), then take turns,

@@ -47,7 +47,7 @@ from chainrule.apps.spam import (
     verdict,
     write_run,
 )
-from chainrule.apps.spam.learning import AGAIN, LEARNED, NOT_ON_RECORD, RELEARNED, REPEATED, UNLEARNED
+from chainrule.apps.spam.learning import LABEL_NAMES, describe
 from chainrule.apps.spam.training import VALIDATION
 from chainrule.cli import spamd
 from chainrule.cli.options import (
@@ -80,7 +80,6 @@ from chainrule.files import file_id, locked_directory
 
 VERDICT_EXIT = {"spam": 0, "ham": 1, "unsure": 2}  # bogofilter's exit codes; 3 is an error
 ERROR_EXIT = 3
-LABEL_NAMES = {SPAM: "spam", HAM: "ham"}
 
 
 def _tsv_field(text: str) -> str:
@@ -461,31 +460,13 @@ def _cmd_learn(args) -> int:
         print(f"{_tsv_field(src)}\tfiled as {name} on delivery; not learned")
     for src, status, was, b, a in zip(found.sources, result.status, result.was, result.before, result.after,
                                       strict=True):
-        print(f"{_tsv_field(src)}\t{_learn_outcome(status, label, was)}\tP(spam) {b:.4f} -> {a:.4f}")
+        print(f"{_tsv_field(src)}\t{describe(status, label, was)}\tP(spam) {b:.4f} -> {a:.4f}")
     counts = {s: result.status.count(s) for s in dict.fromkeys(result.status)}
     if found.filed:
         counts[f"filed as {name} on delivery"] = len(found.filed)
     print((", ".join(f"{n} {s}" for s, n in counts.items()) or "nothing learned")
           + f"; the model has learned {total} message{'s' * (total != 1)}")
     return args.error_exit if problems.failed else 0  # (the others were learned)
-
-
-def _learn_outcome(status: str, label: int, was: int | None) -> str:
-    """What `spam learn` did with a message, in words."""
-    name = LABEL_NAMES
-    if status == LEARNED:
-        return f"learned as {name[label]}"
-    if status == RELEARNED:
-        return f"relearned as {name[label]} (was learned as {name[was]})"
-    if status == AGAIN:
-        return f"learned again as {name[label]} (not yet given that verdict after its earlier lesson)"
-    if status == REPEATED:
-        return f"already learned as {name[label]}; not learned again"
-    if status == UNLEARNED:
-        return f"unlearned (was learned as {name[was]})"
-    if status == NOT_ON_RECORD:
-        return "not on record: never learned, or learned before the lessons on record; nothing to unlearn"
-    return "never learned; nothing to unlearn"
 
 
 def _explained_tokens(args, config: HashingConfig, on_problem):

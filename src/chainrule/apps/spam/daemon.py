@@ -70,7 +70,9 @@ from chainrule.apps.spam.learning import (
     LEARNED,
     RELEARNED,
     UNLEARNED,
+    Learned,
     LearningStopped,
+    describe,
     learn,
     open_for_learning,
     unlearn,
@@ -146,29 +148,26 @@ class SpamFilter:
         p, to_spam, to_ham = explain_row(b, tokens, top=10)
         return Verdict(p, b.spam_cutoff, b.ham_cutoff, tuple(to_spam), tuple(to_ham), problem)
 
-    def learn(self, examples: Sequence[tuple[bytes, bool]], stop: threading.Event) -> tuple[SpamFilter, list[bool]]:
-        """`chainrule spam learn` on these (message, is spam) pairs; see `_relearn`."""
-        labels = np.array([SPAM if is_spam else HAM for _, is_spam in examples])
-        return self._relearn([raw for raw, _ in examples],
-                             lambda b, x: learn(b, x, labels).status, (LEARNED, RELEARNED, AGAIN), stop)
+    def learn(self, examples: Sequence[tuple[bytes, int]], stop: threading.Event) -> tuple[SpamFilter, Learned]:
+        """`chainrule spam learn` on these (message, SPAM or HAM) pairs; see `_relearn`."""
+        labels = np.array([label for _, label in examples])
+        return self._relearn([raw for raw, _ in examples], lambda b, x: learn(b, x, labels), stop)
 
-    def forget(self, raws: Sequence[bytes], stop: threading.Event) -> tuple[SpamFilter, list[bool]]:
+    def forget(self, raws: Sequence[bytes], stop: threading.Event) -> tuple[SpamFilter, Learned]:
         """`chainrule spam learn --unlearn` on these messages; see `_relearn`."""
-        return self._relearn(raws, lambda b, x: unlearn(b, x).status, (UNLEARNED,), stop)
+        return self._relearn(raws, unlearn, stop)
 
-    def _relearn(self, raws: Sequence[bytes], teach, changes: tuple[str, ...],
-                 stop: threading.Event) -> tuple[SpamFilter, list[bool]]:
+    def _relearn(self, raws: Sequence[bytes], teach, stop: threading.Event) -> tuple[SpamFilter, Learned]:
         """Apply `teach(bundle, x)` to the model on disk (not to the one serving: another learner
         may have saved since it was loaded), under the lock of its directory, which `teach` saves
-        into. Returns the filter that holds the result, and for each message whether its status
-        is among `changes`. The lock is waited for until `stop` is set (`LearningStopped`): another
-        writer (`spam train` into the folder) may hold it for minutes, and a daemon asked to stop
-        must not wait for it."""
+        into. Returns the filter that holds the result, and what became of each message. The lock
+        is waited for until `stop` is set (`LearningStopped`): another writer (`spam train` into
+        the folder) may hold it for minutes, and a daemon asked to stop must not wait for it."""
         with open_for_learning(self.directory, *self._cutoffs, stop=stop) as b:
             x, _ = featurize([("mail", raw) for raw in raws], b.config, processes=1, idf=b.idf)
-            status = teach(b, x)
+            learned = teach(b, x)
             stamp = model_stamp(self.directory)  # (under the lock) our own save is not a change to reload
-        return SpamFilter(b, *self._cutoffs, stamp), [s in changes for s in status]
+        return SpamFilter(b, *self._cutoffs, stamp), learned
 
     def changed_on_disk(self) -> bool:
         """Whether the model's files changed since it was loaded or since this last said so: a
@@ -227,7 +226,7 @@ _USER_DIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
 class _Lesson:
     key: str | None  # whose filter: None for the default one
     raw: bytes
-    is_spam: bool | None  # None: forget
+    label: int | None  # SPAM or HAM; None: forget
     done: asyncio.Future
 
 
@@ -389,7 +388,7 @@ class DaemonServer:
                 first = batch[0]
                 n = 1
                 while (n < len(batch) and batch[n].key == first.key
-                       and (batch[n].is_spam is None) == (first.is_spam is None)):
+                       and (batch[n].label is None) == (first.label is None)):
                     n += 1
                 group, batch = batch[:n], batch[n:]
                 await self._apply(group)
@@ -411,10 +410,10 @@ class DaemonServer:
         try:
             if f is None:  # a user's filter dropped from memory since: load it again
                 key, f = await self._filter_for(key)
-            if group[0].is_spam is None:
-                new, changed = await self._in_model_thread(f.forget, [x.raw for x in group], self._give_up)
+            if group[0].label is None:
+                new, learned = await self._in_model_thread(f.forget, [x.raw for x in group], self._give_up)
             else:
-                new, changed = await self._in_model_thread(f.learn, [(x.raw, x.is_spam) for x in group],
+                new, learned = await self._in_model_thread(f.learn, [(x.raw, x.label) for x in group],
                                                            self._give_up)
             self._install(key, new)
         except LearningStopped:
@@ -429,12 +428,12 @@ class DaemonServer:
                 if not x.done.done():
                     x.done.set_exception(exc)
             return
-        for x, c in zip(group, changed, strict=True):
+        for x, status, was in zip(group, learned.status, learned.was, strict=True):
             if x.done.cancelled():  # (the lesson stands: a TELL sent again is recognised, not counted twice)
-                log.info("TELL %s for %s, after its client had given up waiting (--timeout)", _told(x.is_spam, c),
-                         key or "the default model")
+                log.info("TELL %s for %s, after its client had given up waiting (--timeout)",
+                         describe(status, x.label, was), key or "the default model")
             elif not x.done.done():
-                x.done.set_result(c)
+                x.done.set_result((status, was))
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -567,20 +566,20 @@ class DaemonServer:
             key, _ = await self._filter_for(req.user)
             if key is None and self._user_dir(req.user) is not None:  # never into the shared model instead
                 raise ProtocolError(EX_CONFIG, f"EX_CONFIG not learned: {req.user}'s model cannot be loaded")
-            kind = None if req.remove_local else req.message_class == "spam"
+            label = None if req.remove_local else SPAM if req.message_class == "spam" else HAM
             done = asyncio.get_running_loop().create_future()
-            self._lessons.put_nowait(_Lesson(key, req.body, kind, done))
+            self._lessons.put_nowait(_Lesson(key, req.body, label, done))
             try:
-                changed = await done  # spamc prints "already un/learned" when neither header comes back
+                status, was = await done
             except UserError as exc:
                 raise ProtocolError(EX_CONFIG, f"EX_CONFIG not learned: {exc}") from None
             except OSError as exc:  # (a full disk, a model made read-only)
                 raise ProtocolError(EX_IOERR, f"EX_IOERR not learned: {one_line(exc)}") from None
             except TrainingDiverged as exc:  # (logged by `_apply`; the model is as it was)
                 raise ProtocolError(EX_SOFTWARE, f"EX_SOFTWARE not learned: learning diverged: {exc.where()}") from None
-            if changed:
+            if status in (LEARNED, RELEARNED, AGAIN, UNLEARNED):  # (else spamc prints "already un/learned")
                 headers = b"DidSet: local\r\n" if req.set_local else b"DidRemove: local\r\n"
-            what = _told(kind, changed)
+            what = describe(status, label, was)
         else:
             what = "nothing to do (no Set: local or Remove: local)"
         writer.write(b"SPAMD/1.1 0 EX_OK\r\n" + headers + b"\r\n")
@@ -784,14 +783,6 @@ def _logged_user(user: str | None) -> str:
     if not user:
         return "(unknown)"
     return user if len(user) <= 64 else f"{user[:64]}... ({len(user)} characters)"
-
-
-def _told(is_spam: bool | None, changed: bool) -> str:
-    """What a TELL did, for the log: learn (`is_spam`) or forget (None) a message."""
-    if is_spam is None:
-        return "unlearned" if changed else "no lesson on record; nothing to unlearn"
-    label = "spam" if is_spam else "ham"
-    return f"learned as {label}" if changed else f"already learned as {label}; not learned again"
 
 
 async def _drop_the_rest(reader: asyncio.StreamReader, seconds: float = 2.0) -> None:

@@ -72,6 +72,26 @@ log = logging.getLogger(__name__)
 # What became of a message given to `learn` or `unlearn`.
 LEARNED, RELEARNED, AGAIN, REPEATED = "learned", "relearned", "learned again", "already learned"
 UNLEARNED, NOT_LEARNED, NOT_ON_RECORD = "unlearned", "never learned", "not on record"
+LABEL_NAMES = {SPAM: "spam", HAM: "ham"}
+
+
+def describe(status: str, label: int | None, was: int | None) -> str:
+    """What became of a message, in words, as `spam learn` prints it and the daemon logs a TELL:
+    its `status` (LEARNED, ...) from `learn`, which taught it as `label`, or from `unlearn` (no
+    label), and the label it had been taught before (`was`, None if none)."""
+    if status == LEARNED:
+        return f"learned as {LABEL_NAMES[label]}"
+    if status == RELEARNED:
+        return f"relearned as {LABEL_NAMES[label]} (was learned as {LABEL_NAMES[was]})"
+    if status == AGAIN:
+        return f"learned again as {LABEL_NAMES[label]} (not yet given that verdict after its earlier lesson)"
+    if status == REPEATED:
+        return f"already learned as {LABEL_NAMES[label]}; not learned again"
+    if status == UNLEARNED:
+        return f"unlearned (was learned as {LABEL_NAMES[was]})"
+    if status == NOT_ON_RECORD:
+        return "not on record: never learned, or learned before the lessons on record; nothing to unlearn"
+    return "never learned; nothing to unlearn"
 
 
 @dataclass
@@ -209,7 +229,7 @@ def _without_filed(bundle: SpamModel, items: list, sources: list[str], y: np.nda
     roots = {os.path.abspath(folder) for folder in folders}  # (sources: files in them; an mbox, or "mbox:N")
     inside = tuple(root + end for root in roots for end in (os.sep, ":"))
     told = {os.path.abspath(path) for path in named}
-    name = "spam" if label == SPAM else "ham"
+    name = LABEL_NAMES[label]
 
     def filed_there(source: str, raw: bytes) -> bool:
         where = os.path.abspath(source)
@@ -300,7 +320,7 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     lessons = load_lessons(bundle.files.get("lessons"))
     digests = row_digests(x_new)
     before = bundle.probabilities(x_new)
-    agrees = [verdict == ("spam" if label == SPAM else "ham")  # does the filter already say what it is taught?
+    agrees = [verdict == LABEL_NAMES[label]  # does the filter already say what it is taught?
               for verdict, label in zip(bundle.verdicts(before), y_new, strict=True)]
     label_of = _taught_labels(lessons)
     first_before: dict[bytes, float] = {}  # of the messages new to the filter
