@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from chainrule.apps.spam.protocol import (
     EX_PROTOCOL,
+    PONG,
     THRESHOLD,
     ProtocolError,
     Verdict,
@@ -22,6 +23,8 @@ from chainrule.apps.spam.protocol import (
     mark_up,
     read_request,
     spamd_score,
+    spooled_answer_head,
+    tell_answer,
 )
 
 
@@ -204,6 +207,21 @@ def test_any_damage_to_a_request_is_read_or_refused_never_an_internal_error(requ
         if req.spool is not None:
             req.spool.close()
 
+
+def test_ping_tell_and_an_unchecked_process_are_answered_as_spamd_answers_them():
+    """The answers the daemon wrote out itself before they were the protocol's: spamc reads
+    DidSet/DidRemove as "successfully un/learned", and an answer with neither as "already"."""
+    assert PONG == b"SPAMD/1.5 0 PONG\r\n"
+    learn = _read(_request("TELL", MESSAGE, "Message-class: spam", "Set: local"))
+    forget = _read(_request("TELL", MESSAGE, "Remove: local"))
+    assert tell_answer(learn, True) == b"SPAMD/1.1 0 EX_OK\r\nDidSet: local\r\n\r\n"
+    assert tell_answer(forget, True) == b"SPAMD/1.1 0 EX_OK\r\nDidRemove: local\r\n\r\n"
+    assert tell_answer(learn, False) == tell_answer(forget, False) == b"SPAMD/1.1 0 EX_OK\r\n\r\n"
+    big = _read(_request("PROCESS", MESSAGE * 100))
+    assert big.too_big and big.spool is not None
+    big.spool.close()
+    assert spooled_answer_head(big) == b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\nSpam: False ; 0.0 / 5.0\r\n\r\n" \
+        % len(MESSAGE * 100)
 
 def test_a_check_is_answered_as_spamc_parses_it():
     v = Verdict(0.999, 0.9, 0.2)

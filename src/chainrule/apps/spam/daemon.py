@@ -86,14 +86,16 @@ from chainrule.apps.spam.protocol import (
     EX_SOFTWARE,
     EX_TIMEOUT,
     EX_UNAVAILABLE,
+    PONG,
     THRESHOLD,
     ProtocolError,
     Request,
     Verdict,
     answer,
     format_score,
-    length_and_spam,
     read_request,
+    spooled_answer_head,
+    tell_answer,
 )
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import boundary_matches
@@ -516,7 +518,7 @@ class DaemonServer:
 
         user = _logged_user(req.user)
         if req.command == "PING":
-            writer.write(b"SPAMD/1.5 0 PONG\r\n")
+            writer.write(PONG)
             await writer.drain()
             return
         if req.command == "SKIP":
@@ -527,7 +529,7 @@ class DaemonServer:
             return
         if req.too_big:
             if req.command == "PROCESS":  # the message back, unchanged, from the spool
-                writer.write(b"SPAMD/1.1 0 EX_OK\r\n" + length_and_spam(req, req.size, None))
+                writer.write(spooled_answer_head(req))
                 while data := req.spool.read(CHUNK):
                     writer.write(data)
                     await writer.drain()
@@ -557,7 +559,7 @@ class DaemonServer:
                                 f"{self.options.max_size}; not learned")
         if not req.body.strip():  # (an empty message is judged, as spamd judges it: a mail system asked)
             raise ProtocolError(EX_DATAERR, "EX_DATAERR empty message; not learned")
-        headers = b""
+        changed = False
         if req.set_local or req.remove_local:
             if self.options.user_models is not None and req.user and not _accepted_user(req.user):
                 # (its mail is checked by the shared model; its lessons must not go into that one)
@@ -577,12 +579,11 @@ class DaemonServer:
                 raise ProtocolError(EX_IOERR, f"EX_IOERR not learned: {one_line(exc)}") from None
             except TrainingDiverged as exc:  # (logged by `_apply`; the model is as it was)
                 raise ProtocolError(EX_SOFTWARE, f"EX_SOFTWARE not learned: learning diverged: {exc.where()}") from None
-            if status in (LEARNED, RELEARNED, AGAIN, UNLEARNED):  # (else spamc prints "already un/learned")
-                headers = b"DidSet: local\r\n" if req.set_local else b"DidRemove: local\r\n"
+            changed = status in (LEARNED, RELEARNED, AGAIN, UNLEARNED)
             what = describe(status, label, was)
         else:
             what = "nothing to do (no Set: local or Remove: local)"
-        writer.write(b"SPAMD/1.1 0 EX_OK\r\n" + headers + b"\r\n")
+        writer.write(tell_answer(req, changed))
         await writer.drain()
         log.info("TELL %s for %s in %.1f ms, %d bytes, %s", what, user, ms(), req.size, who)
 

@@ -3,7 +3,8 @@
 The wire format of "SPAMC/SPAMD Protocol As Implemented by SpamAssassin" (spamc and spamd 4.0),
 apart from any server: `read_request` turns a client's bytes into a `Request` (or a
 `ProtocolError` carrying the status spamd would answer), `answer` turns a `Verdict` into the bytes
-spamc parses. The server around it is `chainrule.apps.spam.daemon`.
+spamc parses, and `PONG`, `tell_answer` and `spooled_answer_head` are the other answers' bytes.
+The server around it is `chainrule.apps.spam.daemon`.
 
 A conversation, one per connection (the client half-closes after sending):
 
@@ -383,6 +384,9 @@ def _incomplete(got: int, expected: int) -> ProtocolError:
 # ---------------------------------------------------------------------------------------------
 # Answers.
 
+OK = b"SPAMD/1.1 0 EX_OK\r\n"  # the status line of every answer but PING's and a refusal's
+PONG = b"SPAMD/1.5 0 PONG\r\n"  # PING's whole answer
+
 
 def spam_line(v: Verdict | None) -> bytes:
     """`Spam: True ; 9.4 / 5.0`: what spamc parses for -c, -E, -R and -r (a skipped message: not spam)."""
@@ -393,10 +397,9 @@ def spam_line(v: Verdict | None) -> bytes:
 
 def answer(req: Request, v: Verdict | None) -> bytes:
     """The response to a check (v is None: the message was over the size limit and not checked);
-    PROCESS of a too-big message is answered by `DaemonServer` from the spool instead."""
-    status = b"SPAMD/1.1 0 EX_OK\r\n"
+    PROCESS of a too-big message is `spooled_answer_head`, then the message from its spool."""
     if req.command == "CHECK":
-        return status + spam_line(v) + b"\r\n"
+        return OK + spam_line(v) + b"\r\n"
     if req.command in ("PROCESS", "HEADERS"):
         body = spamc_body_start(req.body) if req.command == "HEADERS" else None  # (spamc appends the rest)
         if v is None:  # HEADERS of a too-big message: its own header block, unchanged
@@ -408,7 +411,7 @@ def answer(req: Request, v: Verdict | None) -> bytes:
         else:
             out = mark_up(req.body, v)  # (which changes nothing after the header block)
             out = out[:len(out) - len(req.body) + body] if body is not None else out
-        return status + length_and_spam(req, len(out), v) + out
+        return OK + length_and_spam(req, len(out), v) + out
     if req.command == "SYMBOLS":
         text = v.symbol if v is not None else "CHAINRULE_SKIPPED_TOO_BIG"
         body = (text + ("\r\n" if req.version < 1.3 else "")).encode()
@@ -416,7 +419,21 @@ def answer(req: Request, v: Verdict | None) -> bytes:
         body = (report_text(v) if v is not None else skipped_report(req)).encode()
     else:  # REPORT_IFSPAM of a message that is not spam: nothing
         body = b""
-    return status + length_and_spam(req, len(body), v) + body
+    return OK + length_and_spam(req, len(body), v) + body
+
+
+def spooled_answer_head(req: Request) -> bytes:
+    """The answer to PROCESS of a message over the size limit, up to its body: the message itself,
+    `req.size` bytes, which the server copies from `req.spool` unchanged (spamc passes it on unchecked)."""
+    return OK + length_and_spam(req, req.size, None)
+
+
+def tell_answer(req: Request, changed: bool) -> bytes:
+    """The answer to TELL: DidSet (to Set: local) or DidRemove (to Remove: local) where the lesson
+    `changed` the filter; without either, spamc says the message was "already un/learned"."""
+    if not changed:
+        return OK + b"\r\n"
+    return OK + (b"DidSet: local\r\n" if req.set_local else b"DidRemove: local\r\n") + b"\r\n"
 
 
 def spamc_body_start(raw: bytes) -> int | None:
