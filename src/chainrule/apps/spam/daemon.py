@@ -41,6 +41,7 @@ import asyncio
 import errno
 import functools
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -386,15 +387,11 @@ class DaemonServer:
                 batch.append(self._lessons.get_nowait())
             stopping = None in batch
             batch = [x for x in batch if x is not None]  # (one after the None: a connection that was late)
-            while batch and not self._give_up.is_set():
-                first = batch[0]
-                n = 1
-                while (n < len(batch) and batch[n].key == first.key
-                       and (batch[n].label is None) == (first.label is None)):
-                    n += 1
-                group, batch = batch[:n], batch[n:]
-                await self._apply(group)
-            self._drop(batch)
+            for _, group in itertools.groupby(batch, key=lambda x: (x.key, x.label is None)):
+                if self._give_up.is_set():
+                    self._drop(list(group))
+                else:
+                    await self._apply(list(group))
             if stopping or self._give_up.is_set():
                 return
 
