@@ -33,7 +33,6 @@ it answers any.
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import logging
 import math
@@ -55,6 +54,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 import chainrule
 from chainrule.apps.images import DIGITS
 from chainrule.errors import UserError
+from chainrule.listeners import tcp_listeners
 from chainrule.model_file import model_directory
 from chainrule.open_files import AcceptFailures, shortfall
 from chainrule.web.http import ApiError, BodyLimitMiddleware
@@ -270,19 +270,10 @@ def create_app(
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
-    """Bind before starting uvicorn, so a taken port or bad address is a one-line user error."""
-    sock = None
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        if sock is not None:
-            sock.close()
-        denied = exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024  # (as `spam daemon` says it)
-        hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if denied else ""
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from exc
+    """Bound before uvicorn starts, so a taken port or bad address is a one-line user error: on
+    `host`'s first address, as uvicorn binds its --host."""
+    # (uvicorn listens on it again, with its own backlog)
+    sock = tcp_listeners(host, port, socket.SOMAXCONN, every_address=False)[0]
     sock.set_inheritable(True)
     return sock
 

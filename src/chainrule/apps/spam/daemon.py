@@ -38,7 +38,6 @@ TELLs that arrive while one is being learned are learned together, in one step a
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import ipaddress
 import itertools
@@ -102,6 +101,7 @@ from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
 from chainrule.data.mime import boundary_matches
 from chainrule.errors import TrainingDiverged, UserError, one_line
 from chainrule.files import file_id
+from chainrule.listeners import tcp_listeners
 from chainrule.model_file import model_directory, model_stamp
 from chainrule.open_files import OUT_OF_DESCRIPTORS, AcceptFailures, shortfall
 
@@ -596,7 +596,7 @@ class DaemonServer:
         self._not_learned = 0
         listen = self.options.listen or ([] if self.options.socket else [("127.0.0.1", DEFAULT_PORT)])
         for host, port in listen:
-            for sock in _listen_tcp(host, port):
+            for sock in tcp_listeners(host, port, BACKLOG):
                 self._listeners.append(sock)
                 addr = sock.getsockname()
                 self.addresses.append(f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}")
@@ -735,27 +735,6 @@ class DaemonServer:
         self._model_pool.shutdown(wait=True)
         self._load_pool.shutdown(wait=True)
         return 0 if self._stopped_by is None else 128 + self._stopped_by
-
-
-def _listen_tcp(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets on `host`'s addresses (both of "localhost"'s, as asyncio.start_server binds)."""
-    listeners = []
-    try:
-        for family, _, _, _, address in dict.fromkeys(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                                         flags=socket.AI_PASSIVE)):
-            listeners.append(socket.create_server(address, family=family, backlog=BACKLOG))
-    except OSError as exc:
-        for sock in listeners:
-            sock.close()
-        denied = exc.errno in (errno.EACCES, errno.EPERM) and 0 < port < 1024
-        hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if denied else ""
-        # (create_server's strerror is a whole message, "Permission denied (while attempting to bind
-        # on address ('127.0.0.1', 783))"; a getaddrinfo error's code is no errno)
-        reason = os.strerror(exc.errno) if exc.errno in errno.errorcode else exc.strerror or exc
-        raise UserError(f"cannot listen on {host}:{port}: {reason}{hint}") from exc
-    for sock in listeners:
-        sock.setblocking(False)
-    return listeners
 
 
 def _user_stamp(d: Path) -> tuple:
