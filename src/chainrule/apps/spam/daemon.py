@@ -52,7 +52,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,7 @@ from chainrule.apps.spam.protocol import (
     spooled_answer_head,
     tell_answer,
 )
-from chainrule.data.corpora import HAM, MAX_BYTES, SPAM
+from chainrule.data.corpora import HAM, SPAM
 from chainrule.data.mime import boundary_matches
 from chainrule.errors import TrainingDiverged, UserError, one_line
 from chainrule.files import file_id
@@ -189,24 +189,25 @@ class SpamFilter:
 
 @dataclass
 class DaemonOptions:
-    """Everything `run_daemon` needs; the command line (`chainrule spam daemon`) fills it in."""
+    """Everything `run_daemon` needs. The command line (`chainrule spam daemon`) fills it in, and
+    its options' defaults are the daemon's."""
 
     model: Path
-    listen: list[tuple[str, int]] = field(default_factory=list)  # empty and no socket: 127.0.0.1:783
-    socket: Path | None = None
-    socket_mode: int = 0o666
-    allowed_ips: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
-    allow_tell: bool = False
-    user_models: Path | None = None  # a directory of per-user model directories, named by user
-    max_user_models: int = 8  # per-user filters held in memory at once (least recently used go)
-    max_size: int = MAX_BYTES  # bytes; a larger message is passed back unchecked
-    max_connections: int = 64  # served at once; more wait for a free place
-    read_timeout: float = 30.0  # seconds for a client to send its whole request
-    timeout: float = 300.0  # seconds for a whole connection: waiting, reading, checking, answering
-    reload_interval: float = 5.0  # seconds between looks at the model files (0: only on SIGHUP)
-    threads: int = 2  # threads for REPORTs and messages over INLINE_BYTES
-    spam_cutoff: float | None = None
-    ham_cutoff: float | None = None
+    listen: list[tuple[str, int]]  # empty and no socket: 127.0.0.1:783
+    socket: Path | None
+    socket_mode: int
+    allowed_ips: list[str]
+    allow_tell: bool
+    user_models: Path | None  # a directory of per-user model directories, named by user
+    max_size: int  # bytes; a larger message is passed back unchecked
+    max_connections: int  # served at once; more wait for a free place
+    read_timeout: float  # seconds for a client to send its whole request
+    timeout: float  # seconds for a whole connection: waiting, reading, checking, answering
+    reload_interval: float  # seconds between looks at the model files (0: only on SIGHUP)
+    threads: int  # threads for REPORTs and messages over INLINE_BYTES
+    spam_cutoff: float | None  # None: the model's own
+    ham_cutoff: float | None
+    max_user_models: int = 8  # per-user filters held in memory at once (least recently used go); no option
 
 
 @functools.lru_cache(maxsize=1024)
