@@ -17,9 +17,11 @@ from chainrule.apps.spam.protocol import (
     PONG,
     THRESHOLD,
     ProtocolError,
+    Request,
     Verdict,
     answer,
     format_score,
+    length_and_spam,
     mark_up,
     read_request,
     spamd_score,
@@ -222,6 +224,16 @@ def test_ping_tell_and_an_unchecked_process_are_answered_as_spamd_answers_them()
     big.spool.close()
     assert spooled_answer_head(big) == b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\nSpam: False ; 0.0 / 5.0\r\n\r\n" \
         % len(MESSAGE * 100)
+
+def test_an_answer_s_header_block_is_the_one_its_protocol_version_reads():
+    """Protocol 1.2 has one header: Content-length for PROCESS and HEADERS, the Spam line for the
+    rest (Exim's REPORT); 1.3 and later both."""
+    spam = f"Spam: True ; {format_score(Verdict(0.999, 0.9, 0.2).score, 'spam')} / 5.0\r\n".encode()
+    assert length_and_spam(Request("PROCESS", 1.2), 42, Verdict(0.999, 0.9, 0.2)) == b"Content-length: 42\r\n\r\n"
+    assert length_and_spam(Request("REPORT", 1.2), 42, Verdict(0.999, 0.9, 0.2)) == spam + b"\r\n"
+    for command in ("PROCESS", "REPORT"):
+        assert length_and_spam(Request(command, 1.5), 42, Verdict(0.999, 0.9, 0.2)) == \
+            b"Content-length: 42\r\n" + spam + b"\r\n"
 
 def test_a_check_is_answered_as_spamc_parses_it():
     v = Verdict(0.999, 0.9, 0.2)

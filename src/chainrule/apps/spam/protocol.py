@@ -257,7 +257,7 @@ async def read_request(reader: asyncio.StreamReader, limit: int) -> Request:
             raise _bad("Set: local needs Message-class: spam or ham")
     if req.compress and req.content_length is None:
         raise ProtocolError(EX_UNAVAILABLE, "Service Unavailable: Compress requires Content-length header")
-    await _read_body(reader, req, limit)
+    await _read_body(reader, req)
     return req
 
 
@@ -313,8 +313,8 @@ async def _read_headers(reader: asyncio.StreamReader, req: Request) -> None:
     raise _bad("too many headers")
 
 
-async def _read_body(reader: asyncio.StreamReader, req: Request, limit: int) -> None:
-    length = req.content_length
+async def _read_body(reader: asyncio.StreamReader, req: Request) -> None:
+    length, limit = req.content_length, req.limit
     if length is not None and length > HARD_LIMIT:
         raise _bad(f"Content-length {length} is over the {HARD_LIMIT} bytes spamc can send")
     if not req.compress and length is not None and length <= limit:  # the usual case
@@ -448,8 +448,11 @@ def spamc_body_start(raw: bytes) -> int | None:
 
 
 def length_and_spam(req: Request, length: int, v: Verdict | None) -> bytes:
-    """The answer's header block for a body of `length` bytes: Content-length and the Spam line
-    (protocol 1.2 answered PROCESS and HEADERS with Content-length alone)."""
-    if req.version < 1.3 and req.command in ("PROCESS", "HEADERS"):  # 1.2: one header only
-        return f"Content-length: {length}\r\n\r\n".encode()
-    return f"Content-length: {length}\r\n".encode() * (req.version >= 1.3) + spam_line(v) + b"\r\n"
+    """The answer's header block for a body of `length` bytes: Content-length and the Spam line;
+    to protocol 1.2, one of them: Content-length for PROCESS and HEADERS, else the Spam line."""
+    content_length = f"Content-length: {length}\r\n".encode()
+    if req.version >= 1.3:
+        return content_length + spam_line(v) + b"\r\n"
+    if req.command in ("PROCESS", "HEADERS"):
+        return content_length + b"\r\n"
+    return spam_line(v) + b"\r\n"
