@@ -113,6 +113,10 @@ INLINE_PARTS = 16  # and up to this many lines that may open a MIME part ("--" f
 INLINE_MATCHES = 1 << 16  # and up to this many line-against-boundary matches (`boundary_matches`)
 BACKLOG = 100  # connections the kernel holds for the daemon to accept (asyncio's default)
 ACCEPT_RETRY = 0.1  # seconds before another accept after one failed for want of a descriptor
+# Seconds a client has to take the rest of an answer already written (an error's status line, the
+# end of an answer as its connection closes): one that stopped reading would hold its connection,
+# and a place among --max-connections, for ever.
+FLUSH_TIMEOUT = 5.0
 
 
 def checked_inline(message: bytes) -> bool:
@@ -253,12 +257,13 @@ class DaemonServer:
         self._accepting: list[asyncio.Task] = []  # `_accept` on each listener
         self._accept_failures = AcceptFailures(log)
         self._connections: set[asyncio.Task] = set()
-        self._lessons: asyncio.Queue[_Lesson | None] | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._stopping: asyncio.Event | None = None
+        # (asyncio's queues, semaphores and events take the event loop that first waits on them)
+        self._lessons: asyncio.Queue[_Lesson | None] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(options.max_connections)
+        self._stopping = asyncio.Event()
         # set when the stopping daemon stops waiting: --timeout after the stop signal, or a second one
-        self._hurry: asyncio.Event | None = None
-        self._give_up: threading.Event | None = None  # (the same, for the learning threads)
+        self._hurry = asyncio.Event()
+        self._give_up = threading.Event()  # (the same, for the learning threads)
         self._stopped_by: int | None = None  # the second signal, which stops the daemon at once
         self._not_learned = 0  # lessons given up then
         self._reloads: set[asyncio.Task] = set()
@@ -471,7 +476,7 @@ class DaemonServer:
         finally:
             writer.close()
             try:  # (until the answer has left: a stopping daemon must not cut it off)
-                await asyncio.wait_for(writer.wait_closed(), 5.0)
+                await asyncio.wait_for(writer.wait_closed(), FLUSH_TIMEOUT)
             except (ConnectionError, OSError, asyncio.TimeoutError):
                 writer.transport.abort()
             self._connections.discard(task)
@@ -481,7 +486,7 @@ class DaemonServer:
             return  # the client is gone; nothing more to tell it
         try:
             writer.write(data)
-            await asyncio.wait_for(writer.drain(), 5.0)
+            await asyncio.wait_for(writer.drain(), FLUSH_TIMEOUT)
         except (ConnectionError, OSError, asyncio.TimeoutError):
             pass
 
@@ -589,12 +594,6 @@ class DaemonServer:
 
     async def start(self) -> None:
         """Bind the listeners and start the learner and the model watcher."""
-        self._lessons = asyncio.Queue()
-        self._slots = asyncio.Semaphore(self.options.max_connections)
-        self._stopping = asyncio.Event()
-        self._hurry = asyncio.Event()
-        self._give_up = threading.Event()
-        self._not_learned = 0
         listen = self.options.listen or ([] if self.options.socket else [("127.0.0.1", DEFAULT_PORT)])
         for host, port in listen:
             for sock in tcp_listeners(host, port, BACKLOG):
