@@ -15,7 +15,7 @@ import sys
 import time
 
 from chainrule.data.corpora import MAX_BYTES
-from chainrule.distributed import launcher_rank
+from chainrule.distributed import launched_by_mpi, launcher_rank
 from chainrule.errors import UserError
 
 # How long a rank other than 0 waits before it reports its error and stops the job: an error that
@@ -116,11 +116,19 @@ def print_lines(lines) -> None:
         print(line)
 
 
+# Names of standard input other than '-' (`spam classify MODEL /dev/stdin`).
+_STDIN_NAMES = ("/dev/stdin", "/dev/fd/0", "/proc/self/fd/0")
+
+
 def stdin_once(paths: list[str]) -> None:
     """Refuse '-' (standard input) named more than once: it can be read once, and a second read
-    would find it empty."""
+    would find it empty; and refuse it under mpirun, even with -np 1: Open MPI's forwarding of it
+    never ends, so a read waits for ever (a `spam learn` holding its model's lock)."""
     if paths.count("-") > 1:
         raise UserError("'-' (standard input) can be given only once")
+    if launched_by_mpi() and any(p == "-" or os.path.normpath(p) in _STDIN_NAMES for p in paths):
+        raise UserError("standard input is not read under mpirun (Open MPI's forwarding of it hangs): give files, "
+                        "folders, an mbox or a Maildir")
 
 
 def diverged(exc, earlier=None) -> str:

@@ -125,6 +125,7 @@ def _cmd_train(args) -> int:
     world = distributed.world()
     if not args.corpus and not args.sms:
         raise UserError("nothing to train on: give mail corpora and/or --sms FILE")
+    stdin_once(args.corpus)
     if args.folds == 1 or args.folds < 0:
         raise UserError(f"--folds must be 0 (one network) or at least 2, got {args.folds}")
     if args.validation is not None and args.folds != 0:  # (it was ignored without a word)
@@ -235,6 +236,7 @@ def _format_metrics(r: dict) -> str:
 
 
 def _cmd_evaluate(args) -> int:
+    stdin_once(args.corpus)
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     problems = _InputProblems(args.corpus, hold=False)  # (figures without a named corpus: the exit code says so)
     # Scored a batch at a time, as classify scores them: the figures need only each message's
@@ -332,12 +334,9 @@ def _cmd_classify(args) -> int:
     # Under mpirun rank 0 reads the messages and deals every batch out to all the ranks, which
     # score their parts; rank 0 prints the verdicts in input order.
     world = distributed.world()
-    stdin_once(args.paths)
+    stdin_once(args.paths or ["-"])
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     single_stdin = (args.paths or ["-"]) == ["-"]
-    if distributed.launched_by_mpi() and "-" in (args.paths or ["-"]):
-        raise UserError("standard input is not read under mpirun (Open MPI's forwarding of it hangs): give files, "
-                        "folders, an mbox or a Maildir")
     check_same_filter(bundle, world)
     # What could not be read is reported as it comes, except while nothing has been classified: if
     # nothing ever is (a missing file, empty or closed standard input), that is the error, exit 3,
