@@ -16,6 +16,7 @@ import sys
 import tarfile
 import threading
 import tracemalloc
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -213,6 +214,48 @@ def test_a_folder_that_cannot_be_listed_is_a_problem_not_left_out(tmp_path):
     got = list(read_messages([tmp_path / "mail"]))
     assert [m.label for m in got if m.error is None] == [SPAM]
     assert [m.error for m in got if m.error is not None] == ["a folder that cannot be read (File name too long)"]
+
+
+def test_a_maildir_cur_that_cannot_be_listed_is_worded_as_any_folder_that_cannot_be_read(tmp_path, monkeypatch):
+    """Reading a Maildir whose cur/ could not be listed said only "Permission denied" of it, where
+    `spam learn --since-last` (`changed_files`) and every other folder said "a folder that cannot be
+    read (Permission denied)". (Root reads any folder: os.listdir refuses cur/ here as it refuses
+    another user.)"""
+    junk = tmp_path / "spam" / "Junk"
+    junk.parent.mkdir()
+    mailbox.Maildir(junk, create=True).add(_msg("new one"))
+    (new,) = (junk / "new").iterdir()
+    listdir = os.listdir
+
+    def refusing_cur(path="."):
+        if str(path) == str(junk / "cur"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(corpora.os, "listdir", refusing_cur)
+    for source in (junk, tmp_path / "spam"):  # (the Maildir named, and inside a folder named)
+        assert [(m.source, m.error) for m in read_messages([source])] == [
+            (str(new), None), (str(junk / "cur"), "a folder that cannot be read (Permission denied)")], source
+        unlisted = []
+        assert corpora.changed_files(source, 0, unlisted) == [new]
+        assert [(e.filename, corpora.unreadable_folder(e)) for e in unlisted] == [
+            (str(junk / "cur"), "a folder that cannot be read (Permission denied)")]
+
+
+def test_changed_files_lists_what_read_messages_reads_in_its_order(tmp_path):
+    """`spam learn --since-last` reads the files `changed_files` lists, in its order, as a run
+    without it reads the folder: the same files, dot files and mail clients' index files left out, a
+    Maildir's new/ and cur/ but not its tmp/."""
+    root = tmp_path / "mail"
+    for name in ("spam/2", "spam/1", "spam/.DS_Store", "spam/cmds", "spam/Junk.msf", "ham/sub/3", "ham/4",
+                 ".hidden/5", "spam/box/new/6", "spam/box/cur/7:2,S", "spam/box/cur/.8", "spam/box/tmp/9"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(_msg(name))
+    expected = [root / name for name in ("ham/4", "ham/sub/3", "spam/1", "spam/2", "spam/box/new/6",
+                                         "spam/box/cur/7:2,S")]
+    for source in (root, root / "spam" / "box"):
+        read = [Path(m.source) for m in read_messages([source])]
+        assert read == corpora.changed_files(source) == [p for p in expected if source in p.parents]
 
 
 def test_stdin_reader(monkeypatch):

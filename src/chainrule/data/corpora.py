@@ -304,10 +304,8 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
         yield RawMessage(src, b"", label, error=link_problem(path) or "no such file or directory")
         return
     named = Path(os.path.abspath(path))  # (`.` and `..` named, symbolic links not followed)
-    if _is_maildir(path):
-        yield from _read_maildir(path, max_bytes, label, (named.name,))
-    elif path.is_dir():
-        yield from _read_directory(path, max_bytes, label, (named.name,))
+    if path.is_dir():  # (a Maildir too)
+        yield from _read_folder(path, max_bytes, label, (named.name,))
     elif _is_archive(path):
         yield from _read_tar(path, max_bytes, label, (named.parent.name, named.name))
     else:  # a message (its folder's name) or an mbox (and its own)
@@ -326,28 +324,77 @@ def _not_regular(path: Path) -> str:
     return "not a regular file (a FIFO, socket or device)"
 
 
-def _read_directory(root: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
-    """The messages under `root`; `names`: the folder names above what `root` holds that may label
-    them (its own, as given)."""
+def _read_folder(root: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
+    """The messages in the mail folder `root` (`_mail_files`); `names`: the folder names above what
+    `root` holds that may label them (its own, as given)."""
     unlisted: list[OSError] = []
-    for here, dirnames, filenames in _folders(root, unlisted):
+    for path, folders, in_maildir in _mail_files(root, names, unlisted):
         yield from _unlisted(unlisted, _label(label, names))
-        folders = names + here.relative_to(root).parts
-        if _is_maildir(here) and here != root:
-            dirnames[:] = []
-            yield from _read_maildir(here, max_bytes, label, folders)
-            continue
-        for name in filenames:
-            if _not_mail(name):
-                continue
-            p = here / name
-            if not p.is_file():
-                yield RawMessage(str(p), b"", _label(label, folders), error=_not_regular(p))
-            elif _is_archive(p):
-                yield from _read_tar(p, max_bytes, label, folders + (name,))
-            else:
-                yield from _read_file(p, max_bytes, label, folders, named=False)
+        if in_maildir:
+            yield from _read_maildir_message(path, max_bytes, _label(label, folders))
+        elif not path.is_file():
+            yield RawMessage(str(path), b"", _label(label, folders), error=_not_regular(path))
+        elif _is_archive(path):
+            yield from _read_tar(path, max_bytes, label, folders + (path.name,))
+        else:
+            yield from _read_file(path, max_bytes, label, folders, named=False)
     yield from _unlisted(unlisted, _label(label, names))
+
+
+def _read_maildir_message(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
+    """A file of a Maildir's new/ or cur/, one message as it is. A mail client moves a message from
+    new/ to cur/ (and renames it in cur/ as its flags change) while this runs: one that is gone
+    meanwhile is skipped without a word."""
+    if not path.is_file():
+        if os.path.lexists(path):
+            yield RawMessage(str(path), b"", label, error=_not_regular(path))
+        return
+    try:
+        with open(path, "rb") as f:
+            data, truncated = _read_capped(f, max_bytes)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        yield RawMessage(str(path), b"", label, error=exc.strerror or str(exc))
+        return
+    yield RawMessage(str(path), data, label, truncated)
+
+
+def _mail_files(root: Path, names: tuple[str, ...],
+                unlisted: list[OSError]) -> Iterator[tuple[Path, tuple[str, ...], bool]]:
+    """(path, the folder names that may label it, whether it lies in a Maildir) of each file of the
+    mail folder `root` that may hold mail, in the order read: a Maildir's new/, then its cur/; a
+    directory's files, then each folder's under it (`_folders`), of which a Maildir gives its new/
+    and cur/ and nothing else. Sorted, with dot files and the files `_not_mail` names left out (of
+    a Maildir's, which its delivery agent names, only dot files). `names`: the folder names above
+    what `root` holds (its own, as given). Folders that cannot be listed (`root`, a folder under it,
+    a Maildir's new/ or cur/) go to `unlisted`.
+
+    What `read_messages` reads of a folder and `changed_files` lists, alike.
+    """
+    if _is_maildir(root):
+        yield from _maildir_files(root, names, unlisted)
+        return
+    for here, dirnames, filenames in _folders(root, unlisted):
+        folders = names + here.relative_to(root).parts
+        if _is_maildir(here):
+            dirnames[:] = []
+            yield from _maildir_files(here, folders, unlisted)
+        else:
+            yield from ((here / name, folders, False) for name in filenames if not _not_mail(name))
+
+
+def _maildir_files(maildir: Path, folders: tuple[str, ...],
+                   unlisted: list[OSError]) -> Iterator[tuple[Path, tuple[str, ...], bool]]:
+    """`_mail_files` of a Maildir: its new/, then its cur/; one of the two that cannot be listed goes
+    to `unlisted` (the other one's messages are still read)."""
+    for sub in ("new", "cur"):
+        try:
+            names = sorted(os.listdir(maildir / sub))
+        except OSError as exc:
+            unlisted.append(exc)
+            continue
+        yield from ((maildir / sub / name, folders, True) for name in names if not name.startswith("."))
 
 
 def _folders(root: Path, unlisted: list[OSError]) -> Iterator[tuple[Path, list[str], list[str]]]:
@@ -374,7 +421,7 @@ def _folders(root: Path, unlisted: list[OSError]) -> Iterator[tuple[Path, list[s
 
 
 def _unlisted(unlisted: list[OSError], label: int | None) -> Iterator[RawMessage]:
-    """A problem for each folder `_folders` could not list (which it then empties)."""
+    """A problem for each folder `_mail_files` could not list (which it then empties)."""
     for exc in unlisted:
         yield RawMessage(str(exc.filename), b"", label, error=unreadable_folder(exc))
     unlisted.clear()
@@ -387,9 +434,8 @@ def unreadable_folder(exc: OSError) -> str:
 
 def changed_files(root, since_ns: int = 0, unlisted: list[OSError] | None = None) -> list[Path]:
     """The regular files in the mail folder `root` whose inode changed at or after `since_ns`
-    (nanoseconds since the epoch), in the order `read_messages` reads the folder: a Maildir's new/
-    and cur/, or a directory's files, recursively; dot files skipped. For reading only what is new
-    in a folder since an earlier run.
+    (nanoseconds since the epoch): of the files `read_messages` reads of the folder (`_mail_files`),
+    in its order. For reading only what is new in a folder since an earlier run.
 
     The inode's change time (st_ctime) rather than the modification time, because moving a message
     into a folder (a rename, as IMAP servers do for a Maildir) keeps its modification time but sets
@@ -402,39 +448,15 @@ def changed_files(root, since_ns: int = 0, unlisted: list[OSError] | None = None
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a folder or Maildir", str(root))
-    if _is_maildir(root):
-        paths = _maildir_files(root, unlisted)
-    else:
-        paths = []
-        for here, dirnames, filenames in _folders(root, unlisted):
-            if _is_maildir(here):
-                dirnames[:] = []
-                paths += _maildir_files(here, unlisted)
-                continue
-            paths += [here / n for n in filenames if not _not_mail(n)]
-    out = []
-    for p in paths:
+    changed = []
+    for path, _, _ in _mail_files(root, (), unlisted):
         try:
-            st = p.stat()
+            st = path.stat()
         except OSError:  # gone since it was listed (moved on by a mail client)
             continue
         if stat.S_ISREG(st.st_mode) and st.st_ctime_ns >= since_ns:
-            out.append(p)
-    return out
-
-
-def _maildir_files(maildir: Path, unlisted: list[OSError]) -> list[Path]:
-    """The files in the Maildir's new/ and cur/, dot files skipped; one of the two that cannot be
-    listed goes to `unlisted` (the other one's messages are still new)."""
-    paths = []
-    for sub in ("new", "cur"):
-        try:
-            names = sorted(os.listdir(maildir / sub))
-        except OSError as exc:
-            unlisted.append(exc)
-            continue
-        paths += [maildir / sub / n for n in names if not n.startswith(".")]
-    return paths
+            changed.append(path)
+    return changed
 
 
 def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...],
@@ -586,33 +608,6 @@ def capped_lines(f, max_bytes: int = MAX_BYTES) -> Iterator[bytes]:
             while (rest := f.readline(LINE_PIECE)) and not rest.endswith(b"\n"):
                 pass
         yield line
-
-
-def _read_maildir(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
-    lab = _label(label, names)
-    for sub in ("new", "cur"):
-        try:
-            names = sorted(n for n in os.listdir(path / sub) if not n.startswith("."))
-        except OSError as exc:
-            yield RawMessage(str(path / sub), b"", lab, error=exc.strerror or str(exc))
-            continue
-        for name in names:
-            # A mail client moves a message from new/ to cur/ (and renames it in cur/ as its flags
-            # change) while this runs: one that is gone meanwhile is skipped without a word.
-            p = path / sub / name
-            if not p.is_file():
-                if os.path.lexists(p):
-                    yield RawMessage(str(p), b"", lab, error=_not_regular(p))
-                continue
-            try:
-                with open(p, "rb") as f:
-                    data, truncated = _read_capped(f, max_bytes)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                yield RawMessage(str(p), b"", lab, error=exc.strerror or str(exc))
-                continue
-            yield RawMessage(str(p), data, lab, truncated)
 
 
 def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
