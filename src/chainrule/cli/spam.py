@@ -73,6 +73,7 @@ from chainrule.data.corpora import (
     RawMessage,
     read_as_is,
     read_messages,
+    readable,
 )
 from chainrule.data.text import HashingConfig
 from chainrule.errors import TrainingDiverged, UserError, printable
@@ -282,18 +283,9 @@ def _classify_batches(args, on_problem):
     # (an mbox's reader would drop a "From " line and unquote ">From " lines)
     messages = ((read_as_is(p, args.max_bytes) for p in paths) if args.annotate
                 else read_messages(paths, max_bytes=args.max_bytes))
-    for batch in batches(_readable(messages, on_problem), lambda m: len(m.data)):
+    for batch in batches(readable(messages, on_problem), lambda m: len(m.data)):
         yield [m.source for m in batch], [("mail", m.data) for m in batch], batch
         del batch  # (as above)
-
-
-def _readable(messages, on_problem):
-    """The `messages` that could be read; the others go to `on_problem(source, reason)`."""
-    for m in messages:
-        if m.error:
-            on_problem(m.source, m.error)
-        else:
-            yield m
 
 
 def _pass_on(msg: RawMessage) -> None:
@@ -475,11 +467,8 @@ def _explained_tokens(args, config: HashingConfig, on_problem):
         for source, text in sms_lines(args.paths, args.max_bytes, on_problem):
             yield source, item_tokens("sms", text, config)[0]
         return
-    for msg in read_messages(args.paths, max_bytes=args.max_bytes):
-        if msg.error:
-            on_problem(msg.source, msg.error)
-        else:
-            yield msg.source, item_tokens("mail", msg.data, config)[0]
+    for msg in readable(read_messages(args.paths, max_bytes=args.max_bytes), on_problem):
+        yield msg.source, item_tokens("mail", msg.data, config)[0]
 
 
 def _cmd_explain(args) -> int:

@@ -45,7 +45,7 @@ import stat
 import sys
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +240,23 @@ def read_messages(sources: Iterable[str | os.PathLike], max_bytes: int = MAX_BYT
             yield msg
 
 
+def readable(messages: Iterable[RawMessage],
+             on_problem: Callable[[str, str], None] | None = None) -> Iterator[RawMessage]:
+    """The `messages` that could be read; each of the others goes to `on_problem(source, reason)`,
+    if given, for the caller to report it and go on."""
+    for msg in messages:
+        if not msg.error:
+            yield msg
+        elif on_problem is not None:
+            on_problem(msg.source, msg.error)
+
+
+def stdin_problem() -> str | None:
+    """Why standard input cannot be read, or None: it is closed where the program was started with
+    it closed (`<&-`), which Python tells by setting `sys.stdin` to None."""
+    return "standard input is closed" if sys.stdin is None else None
+
+
 def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage:
     """The bytes of one file (or "-", standard input) as one message, just as they are, so that
     whoever writes the message back out changes nothing of it (`spam classify --annotate`).
@@ -252,8 +269,8 @@ def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage
     src = str(src)
     try:
         if src == "-":
-            if sys.stdin is None:
-                return RawMessage("-", b"", None, error="standard input is closed")
+            if problem := stdin_problem():
+                return RawMessage("-", b"", None, error=problem)
             data = sys.stdin.buffer.read(max_bytes + 1)
         else:
             with open(src, "rb") as f:
@@ -275,8 +292,8 @@ def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage
 
 def _stdin(max_bytes: int, label: int | None) -> RawMessage:
     """Standard input's bytes, as they are, as one message."""
-    if sys.stdin is None:  # started with standard input closed (`<&-`)
-        return RawMessage("-", b"", label, error="standard input is closed")
+    if problem := stdin_problem():
+        return RawMessage("-", b"", label, error=problem)
     data, truncated = _read_capped(sys.stdin.buffer, max_bytes)
     return RawMessage("-", data, label, truncated)
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from chainrule.data.corpora import MAX_BYTES, read_messages, read_sms, text_lines
+from chainrule.data.corpora import MAX_BYTES, read_messages, read_sms, readable, stdin_problem, text_lines
 from chainrule.data.mime import decode_text
 from chainrule.distributed import World
 from chainrule.errors import DataError, UserError
@@ -39,11 +39,7 @@ def labelled_messages(corpora: list[str], sms: list[str] | None = None, labelled
     goes on and the caller decides how to report it. With `labelled`, a message whose label
     cannot be told from its path is a user error; without, its label is -1.
     """
-    for msg in read_messages(corpora, max_bytes=max_bytes, label=label):
-        if msg.error:
-            if on_problem is not None:
-                on_problem(msg.source, msg.error)
-            continue
+    for msg in readable(read_messages(corpora, max_bytes=max_bytes, label=label), on_problem):
         if labelled and msg.label is None:
             raise UserError(f"{msg.source}: cannot tell whether it is spam or ham "
                             "(put messages under folders named for what they are, such as spam/ and ham/)")
@@ -86,8 +82,8 @@ def sms_lines(paths: list[str], max_bytes: int, on_problem: Callable[[str, str],
     """(source "path:line", text) of every non-blank line of the SMS files ('-': standard input),
     a text message each; a file that cannot be opened goes to `on_problem(source, reason)`."""
     for path in paths:
-        if path == "-" and sys.stdin is None:
-            on_problem("-", "standard input is closed")
+        if path == "-" and (problem := stdin_problem()):
+            on_problem("-", problem)
             continue
         try:
             stream = contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb")  # noqa: SIM115
