@@ -670,14 +670,14 @@ def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, .
 
 # Byte order marks of the Unicode encodings whose text is full of NUL bytes (UTF-32's first: its
 # little-endian mark begins with UTF-16's). Each codec named reads the mark itself.
-_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                     (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 def marked_encoding(head: bytes) -> str | None:
     """"utf-16" or "utf-32" where `head` begins with that encoding's byte order mark (Windows'
     Notepad saves "Unicode" as UTF-16 with its mark), else None."""
-    return next((encoding for mark, encoding in _MARKS if head.startswith(mark)), None)
+    return next((encoding for mark, encoding in _BYTE_ORDER_MARKS if head.startswith(mark)), None)
 
 
 class _AsUtf8(io.RawIOBase):
