@@ -555,66 +555,95 @@ _SECOND_MESSAGE = re.compile(rb"\n\r?\nFrom [^\n]*\n" + _HEADER_LINE.pattern)
 
 def _mbox_messages(path: Path, f, head: bytes, max_bytes: int, label: int | None,
                    failed: BaseException | None) -> Iterator[RawMessage]:
-    buf: list[bytes] = []
-    size, started, truncated, prev_blank, line_start = 0, False, False, True, True
-    # `head` is read as the rest of the file is, in lines of at most LINE_PIECE bytes, as if it had
-    # not been read yet (the BOM before the text that Windows programs save is not a part of the
-    # first message), and where reading it `failed`, the file ends there with that problem; pieces
-    # read ahead wait in `pending`, to be taken again in order
-    replayed = io.BytesIO(head.removeprefix(codecs.BOM_UTF8))
-    pending: list[bytes] = []
-
-    def flush():
-        data = b"".join(buf)
-        # mboxrd/mboxo quoting: ">From " at a line start was "From " in the message
-        data = re.sub(rb"(?m)^>(>*From )", rb"\1", data)
-        return RawMessage(str(path), data, label, truncated)
-
+    """`_read_mbox`'s messages, each with the file's name as its source: split at "From " lines that
+    follow a blank line and have a header line after them, unquoted, each cut to `max_bytes`."""
+    pieces = _MboxPieces(f, head, failed)
     try:
-        def next_piece() -> bytes:
-            if pending:
-                return pending.pop(0)
-            piece = replayed.readline(LINE_PIECE)
-            if len(piece) < LINE_PIECE and not piece.endswith(b"\n"):  # (`head` ends inside this line, or has ended)
-                if failed is not None:
-                    raise failed
-                piece += f.readline(LINE_PIECE - len(piece))
-            return piece
-
-        # `for line in f` would hold a whole line, however long; pieces of one keep their order,
-        # and only a piece that starts a line can be a "From " separator or a blank line
-        while piece := next_piece():
-            starts_line, line_start = line_start, piece.endswith(b"\n")
-            pieces = [piece]
-            if starts_line and prev_blank and piece.startswith(b"From "):
-                while not line_start and (more := next_piece()):  # the rest of the line, up to max_bytes
-                    line_start = more.endswith(b"\n")
-                    if sum(map(len, pieces)) < max_bytes:
-                        pieces.append(more)
-                line_start = True
-                # A separator, if a header follows it: a message's body that a program wrote
-                # into a file of its own unquoted ("From the desk of..."), is no separator.
-                ahead = []
-                while (not ahead or not ahead[-1].endswith(b"\n")) and sum(map(len, ahead)) < 1000 and (
-                        more := next_piece()):
-                    ahead.append(more)
-                pending[:0] = ahead
-                if not started or not ahead or _HEADER_LINE.match(b"".join(ahead)):
-                    if started:
-                        yield flush()
-                    started = True
-                    buf, size, truncated, prev_blank = [], 0, False, False
+        pieces.skip_line()  # (the first message's "From " line: `_read_mbox` reads a file that starts with one)
+        message, truncated, after_blank = bytearray(), False, False
+        for piece, starts_line in pieces:
+            line = [piece]
+            # Only a piece that starts a line can be a "From " separator or a blank line. A "From "
+            # line is a separator if a header follows it: a message's body that a program wrote into
+            # a file of its own unquoted ("From the desk of..."), is no separator.
+            if starts_line and after_blank and piece.startswith(b"From "):
+                line += pieces.rest_of_line(max_bytes - len(piece))
+                ahead = pieces.peek_line(1000)
+                if not ahead or _HEADER_LINE.match(ahead):
+                    yield _mbox_message(path, message, label, truncated)
+                    message, truncated, after_blank = bytearray(), False, False
                     continue
-            prev_blank = starts_line and piece in (b"\n", b"\r\n")
-            for part in pieces:
-                if not truncated:  # the message's first max_bytes, as for a file
-                    buf.append(part[:max_bytes - size])
-                    size += len(buf[-1])
-                    truncated = len(part) > len(buf[-1])
-        if started:
-            yield flush()
+            after_blank = starts_line and piece in (b"\n", b"\r\n")
+            for part in line:  # (the message's first max_bytes, as for a file)
+                kept = part[:max_bytes - len(message)]
+                message += kept
+                truncated = truncated or len(kept) < len(part)
+        yield _mbox_message(path, message, label, truncated)
     except _READ_ERRORS as exc:
         yield RawMessage(str(path), b"", label, error=_reason(exc))
+
+
+def _mbox_message(path: Path, data: bytearray, label: int | None, truncated: bool) -> RawMessage:
+    # mboxrd/mboxo quoting: ">From " at a line start was "From " in the message
+    return RawMessage(str(path), re.sub(rb"(?m)^>(>*From )", rb"\1", bytes(data)), label, truncated)
+
+
+class _MboxPieces:
+    """An mbox file's bytes in pieces of at most LINE_PIECE bytes, each a line or a part of one
+    (`for line in f` would hold a whole line, however long), with whether each starts a line.
+
+    `head`, the first bytes of the file `f`, already read from it, is read again as if it had not
+    been (without the byte order mark that Windows programs put before the text they save: it is
+    no part of the first message), then the rest of `f`; where reading `head` `failed`, the file
+    ends there, with that problem raised.
+    """
+
+    def __init__(self, f, head: bytes, failed: BaseException | None):
+        self._f = f
+        self._head = io.BytesIO(head.removeprefix(codecs.BOM_UTF8))
+        self._failed = failed
+        self._ahead: list[bytes] = []  # pieces peeked at, to be read again in order
+        self._line_ended = True  # whether the last piece read ended its line
+
+    def __iter__(self) -> Iterator[tuple[bytes, bool]]:
+        """(piece, whether it starts a line) of each piece left."""
+        while piece := self._next():
+            starts_line, self._line_ended = self._line_ended, piece.endswith(b"\n")
+            yield piece, starts_line
+
+    def skip_line(self) -> None:
+        """Read past the line that the next piece starts."""
+        while (piece := self._next()) and not piece.endswith(b"\n"):
+            pass
+
+    def rest_of_line(self, keep: int) -> list[bytes]:
+        """The pieces left of the line being read while they hold fewer than `keep` bytes; those
+        after them are read past, never held."""
+        rest: list[bytes] = []
+        while not self._line_ended and (piece := self._next()):
+            self._line_ended = piece.endswith(b"\n")
+            if sum(map(len, rest)) < keep:
+                rest.append(piece)
+        return rest
+
+    def peek_line(self, size: int) -> bytes:
+        """The next line, or its first pieces once they hold `size` bytes, left to be read."""
+        ahead: list[bytes] = []
+        while (not ahead or not ahead[-1].endswith(b"\n")) and sum(map(len, ahead)) < size and (
+                piece := self._next()):
+            ahead.append(piece)
+        self._ahead[:0] = ahead
+        return b"".join(ahead)
+
+    def _next(self) -> bytes:
+        if self._ahead:
+            return self._ahead.pop(0)
+        piece = self._head.readline(LINE_PIECE)
+        if len(piece) < LINE_PIECE and not piece.endswith(b"\n"):  # (`head` ends inside this line, or has ended)
+            if self._failed is not None:
+                raise self._failed
+            piece += self._f.readline(LINE_PIECE - len(piece))
+        return piece
 
 
 def capped_lines(f, max_bytes: int = MAX_BYTES) -> Iterator[bytes]:
