@@ -24,8 +24,14 @@ after its host: 1.graham-laptop) nor from the folders above a folder named ("ham
 word: graham, shampoo). A file named on the command line (a message, an mbox, an archive) takes
 its folder's name too, where its own says nothing (spam/2002.mbox); an mbox inside a folder labels
 its messages by its own name only if it is called *.mbox (a file that merely starts with a "From "
-line is a message). What a message says
-is `chainrule.data.mime`'s business: this module only reads the bytes.
+line is a message).
+
+What a mail message says is `chainrule.data.mime`'s business: this module reads its bytes, and looks
+into them only to tell where one message ends and the next begins. An mbox's "From " line after a
+blank line starts a message only where a header line follows it; and whether the bytes of standard
+input (or of a file to be written back) are an mbox of several messages takes the first message's
+headers, parsed, for its MIME boundary: a "From " line inside its multipart body is no other
+message (`_several_messages`).
 """
 
 from __future__ import annotations
