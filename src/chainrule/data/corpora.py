@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from chainrule.data.mime import COMPAT32, decode_text, without_cut_character
+from chainrule.data.mime import COMPAT32, HEADER_NAME, decode_text, without_cut_character
 from chainrule.errors import DataError, one_line
 from chainrule.files import link_problem
 
@@ -551,7 +551,7 @@ LINE_PIECE = 1 << 16  # an mbox is read in lines of at most this many bytes; a l
 
 
 # A header field's first line: a name of printable ASCII but ":", then ":" (RFC 5322).
-_HEADER_LINE = re.compile(rb"[!-9;-~]+:")
+_HEADER_LINE = re.compile(HEADER_NAME.encode() + rb":")
 # A run of lines that are not empty, as a part's header lines are.
 _HEADER_LINES = re.compile(rb"(?:[^\r\n]+\r?\n)*")
 # Where an mbox's next message starts, as `_mbox_messages` tells it: a "From " line after a blank
