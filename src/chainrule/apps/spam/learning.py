@@ -323,26 +323,7 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     agrees = [verdict == LABEL_NAMES[label]  # does the filter already say what it is taught?
               for verdict, label in zip(bundle.verdicts(before), y_new, strict=True)]
     label_of = _taught_labels(lessons)
-    first_before: dict[bytes, float] = {}  # of the messages new to the filter
-    teach: dict[bytes, int] = {}  # message -> its (last) row in x_new, of those to learn
-    status, was = [], []
-    for i, (d, label) in enumerate(zip(digests, y_new, strict=True)):
-        key = d.tobytes()
-        old = label_of.get(key)
-        was.append(old)
-        if old == label and (agrees[i] or key in teach or not again):
-            status.append(REPEATED)
-            continue
-        if old == label:  # taught before, and still not given its verdict: once more, not counted again
-            status.append(AGAIN)
-            teach[key] = i
-            continue
-        new = old is None and key not in first_before  # (not even earlier in this call)
-        status.append(LEARNED if new else RELEARNED)
-        if new:
-            first_before[key] = float(before[i])
-        label_of[key] = int(label)
-        teach[key] = i
+    status, was, teach, first_before = _sort_lessons(digests, y_new, agrees, label_of, before, again)
     meta = bundle.metadata
     if since_last:
         # merged, and only the MAX_FOLDERS marked last kept (what a model file may hold): a folder
@@ -362,14 +343,40 @@ def learn(bundle: SpamModel, x_new: sp.csr_matrix, y_new: np.ndarray, epochs: in
     x_old, y_old = x_old[keep], y_old[keep]
     _rehearse(bundle, x_teach, y_teach.astype(np.float32), x_old, y_old, epochs, lr, replay_per_new, rng)
 
-    added = list(first_before)  # the messages new to the filter, as lessons at the end
-    lessons = Lessons(
-        np.concatenate([lessons.digests, np.frombuffer(b"".join(added), np.uint8).reshape(-1, DIGEST_BYTES)]),
-        np.array([label_of[d.tobytes()] for d in lessons.digests] + [label_of[k] for k in added], np.int8),
-        np.concatenate([lessons.before, np.array([first_before[k] for k in added], np.float32)]))
-    meta["learned"] = int(meta.get("learned", 0)) + len(added)
-    _save(bundle, sp.vstack([x_old, x_teach]).tocsr(), np.concatenate([y_old, y_teach]), lessons)
+    meta["learned"] = int(meta.get("learned", 0)) + len(first_before)
+    _save(bundle, sp.vstack([x_old, x_teach]).tocsr(), np.concatenate([y_old, y_teach]),
+          lessons.updated(label_of, first_before))
     return Learned(status, was, before, bundle.probabilities(x_new))
+
+
+def _sort_lessons(digests: np.ndarray, labels: np.ndarray, agrees: list[bool], label_of: dict[bytes, int],
+                  before: np.ndarray, again: bool):
+    """(status, was, teach, first_before) of `learn`'s messages (their `digests`, the `labels` they
+    are taught, whether the filter `agrees` already, their P(spam) `before`): the status of each
+    and the label it was taught before (None: never); {digest: its last row} of those to teach;
+    {digest: P(spam) before} of those new to the filter. `label_of` ({digest: label} of the
+    filter's lessons) is updated with the labels taught."""
+    first_before: dict[bytes, float] = {}
+    teach: dict[bytes, int] = {}
+    status, was = [], []
+    for i, (d, label) in enumerate(zip(digests, labels, strict=True)):
+        key = d.tobytes()
+        old = label_of.get(key)
+        was.append(old)
+        if old == label and (agrees[i] or key in teach or not again):
+            status.append(REPEATED)
+            continue
+        if old == label:  # taught before, and still not given its verdict: once more, not counted again
+            status.append(AGAIN)
+            teach[key] = i
+            continue
+        new = old is None and key not in first_before  # (not even earlier in this call)
+        status.append(LEARNED if new else RELEARNED)
+        if new:
+            first_before[key] = float(before[i])
+        label_of[key] = int(label)
+        teach[key] = i
+    return status, was, teach, first_before
 
 
 def unlearn(bundle: SpamModel, x: sp.csr_matrix) -> Learned:

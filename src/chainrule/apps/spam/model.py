@@ -423,6 +423,15 @@ class Lessons:
         """The lessons at the indices or where the mask `keep` says."""
         return Lessons(self.digests[keep], self.labels[keep], self.before[keep])
 
+    def updated(self, label_of: dict[bytes, int], new: dict[bytes, float]) -> Lessons:
+        """These lessons, each with the label `label_of` gives its digest now, then the messages of
+        `new` ({digest: P(spam) before its first lesson}) at the end, labelled by `label_of` too."""
+        added = list(new)
+        return Lessons(
+            np.concatenate([self.digests, np.frombuffer(b"".join(added), np.uint8).reshape(-1, DIGEST_BYTES)]),
+            np.array([label_of[d.tobytes()] for d in self.digests] + [label_of[k] for k in added], np.int8),
+            np.concatenate([self.before, np.array([new[k] for k in added], np.float32)]))
+
 
 DIGEST_BYTES = 16  # of a message's SHA-256: 128 bits, so two messages share one only by design
 MAX_LESSONS = 1_000_000  # the most lessons read back (LESSONS_KEPT, with room for a larger setting)
