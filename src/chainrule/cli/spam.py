@@ -288,6 +288,19 @@ def _classify_batches(args, on_problem):
         del batch  # (as above)
 
 
+def _write_annotated(msg: RawMessage, verdict: str, p: float) -> None:
+    """`msg` to standard output with the X-Chainrule-Spam headers of its `verdict` and P(spam)
+    `p`; one read in part (over --max-bytes) is passed on whole without them, as the daemon passes
+    on what is over --max-size."""
+    if msg.truncated:
+        _pass_on(msg)
+        print(f"chainrule: warning: {printable(msg.source)}: larger than --max-bytes; passed on without annotation",
+              file=sys.stderr)
+        return
+    sys.stdout.buffer.write(annotate(msg.data, verdict == "spam", p, verdict))
+    sys.stdout.buffer.flush()
+
+
 def _pass_on(msg: RawMessage) -> None:
     """Write a message that `read_as_is` read in part (`truncated`) to standard output whole: the
     part it read, then the rest of its source (standard input, or a file read again from there; a
@@ -349,22 +362,15 @@ def _cmd_classify(args) -> int:
         p, _ = scored
         verdicts = bundle.verdicts(p)
         last = verdicts[-1]
-        if args.annotate:
-            if raws[0].truncated:  # passed on as it came, as the daemon passes on what is over --max-size
-                _pass_on(raws[0])
-                print(f"chainrule: warning: {printable(sources[0])}: larger than --max-bytes; passed on without "
-                      "annotation", file=sys.stderr)
-                continue  # (not `return`: under mpirun the other ranks wait to hear that no batch is left)
-            sys.stdout.buffer.write(annotate(raws[0].data, verdicts[0] == "spam", float(p[0]), verdicts[0]))
-            sys.stdout.buffer.flush()
+        if args.annotate:  # (no `return` after it: under mpirun the other ranks wait to hear that no batch is left)
+            _write_annotated(raws[0], verdicts[0], float(p[0]))
             continue
         del items, raws  # (let go before the next batch is read, or two would be held at once)
         if args.json:
-            lines = [json.dumps({"source": src, "verdict": v, "probability": round(float(q), 6)})
-                     for src, v, q in zip(sources, verdicts, p, strict=True)]
+            print_lines(json.dumps({"source": src, "verdict": v, "probability": round(float(q), 6)})
+                        for src, v, q in zip(sources, verdicts, p, strict=True))
         else:
-            lines = [f"{_tsv_field(src)}\t{v}\t{q:.6f}" for src, v, q in zip(sources, verdicts, p, strict=True)]
-        print_lines(lines)
+            print_lines(f"{_tsv_field(src)}\t{v}\t{q:.6f}" for src, v, q in zip(sources, verdicts, p, strict=True))
     if world.rank != 0:
         return 0
     if seen == 0:
