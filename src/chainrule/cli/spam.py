@@ -201,21 +201,26 @@ def _train_into(args, config: HashingConfig, validation: float, out: Path, world
                 print(f"committee member {i + 1}/{len(result.histories)}: {len(h)} epochs, best {best} "
                       f"(val_loss {min(h['val_loss']):.4f})")
         seconds = time.perf_counter() - t0
-        bundle = result.bundle
-        before = file_id(out / "metrics.json")
-        try:
-            write_run(result, out, seconds)
-        except KeyboardInterrupt:  # (Ctrl-C while the files were put in place is held until they are)
-            if file_id(out / "metrics.json") not in (before, None):  # (renamed into place: another inode)
-                raise KeyboardInterrupt(f"interrupted as the run ended; the new filter and its files are saved in "
-                                        f"{out}") from None
-            raise
-        v = result.validation
+        _write_filter(result, out, seconds)
+        v, bundle = result.validation, result.bundle
         print(f"validation: accuracy {100 * v['accuracy']:.2f}%  spam caught {percent(v['spam_caught'])}  "
               f"blocked ham {percent(v['blocked_ham'])}  MCC {v['mcc']:.4f}  ROC AUC {decimal(v['roc_auc'])}")
         print(f"cut-offs: spam >= {bundle.spam_cutoff:.4f}, ham < {bundle.ham_cutoff:.4f}; "
               f"trained in {seconds:.1f}s; model written to {out}")
         return 0
+
+
+def _write_filter(result, out: Path, seconds: float) -> None:
+    """`write_run`; a Ctrl-C held while the files were put in place says, once they are, that the
+    new filter is saved."""
+    before = file_id(out / "metrics.json")
+    try:
+        write_run(result, out, seconds)
+    except KeyboardInterrupt:
+        if file_id(out / "metrics.json") not in (before, None):  # (renamed into place: another inode)
+            raise KeyboardInterrupt(f"interrupted as the run ended; the new filter and its files are saved in "
+                                    f"{out}") from None
+        raise
 
 
 def _format_metrics(r: dict) -> str:
