@@ -407,10 +407,27 @@ def test_early_stopping_refuses_a_monitor_that_is_no_name_and_a_flag_that_is_no_
         cr.EarlyStopping(**kwargs)
 
 
+@pytest.mark.parametrize(("monitor", "mode", "better"), [("val_f1", "auto", 0.7), ("val_roc_auc", "auto", 0.7),
+                                                        ("val_mae", "auto", 0.3), ("val_f1", "min", 0.3),
+                                                        ("val_score", "max", 0.7)])
+def test_early_stopping_keeps_the_better_epoch_of_any_metric(monitor, mode, better):
+    """Only a name holding "accuracy" was maximised: a caller's val_f1 rising each epoch stopped the
+    run after its first, and restore_best_weights put back the weights with the worst F1."""
+    es = cr.EarlyStopping(monitor=monitor, patience=0, mode=mode)
+    model = small_mlp()
+    assert not es.on_epoch_end(0, {monitor: 0.5}, model)
+    assert not es.on_epoch_end(1, {monitor: better}, model) and es.best_epoch == 1
+
+
+def test_early_stopping_refuses_an_unknown_mode():
+    with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max', got 'maximise'"):
+        cr.EarlyStopping(mode="maximise")
+
+
 def test_early_stopping_shows_its_settings():
     """It showed as <chainrule.callbacks.EarlyStopping object at 0x...>."""
     assert repr(cr.EarlyStopping(monitor="val_accuracy", patience=3)) == \
-        "EarlyStopping(monitor='val_accuracy', patience=3, min_delta=0.0, restore_best_weights=True)"
+        "EarlyStopping(monitor='val_accuracy', patience=3, min_delta=0.0, restore_best_weights=True, mode='max')"
 
 
 @pytest.mark.parametrize(("monitor", "validated"), [("val_los", True), ("val_acc", True), ("accuracy ", False),

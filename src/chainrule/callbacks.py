@@ -59,17 +59,21 @@ class EarlyStopping(Callback):
 
     Args:
         monitor: a key of the epoch logs, e.g. "val_loss" (lower is better) or "val_accuracy"
-            (higher is better; any key containing "accuracy" is maximised).
+            (higher is better), or one a callback of the caller's adds ("val_f1").
         patience: epochs in a row without improvement that are tolerated; the next one without
             improvement stops the run (patience 0 stops at the first). Keras and Lightning stop one
             epoch sooner, at the `patience`-th.
         min_delta: an improvement smaller than this does not count.
         restore_best_weights: at the end of training — whether it stopped early or ran out of
             epochs — put back the weights of the best epoch.
+        mode: "min" (lower is better), "max", or "auto": "max" for a monitor whose name holds
+            one of `HIGHER_IS_BETTER` (accuracy, F1, ROC AUC, ...), else "min" (a loss, an error).
     """
 
+    HIGHER_IS_BETTER = ("accuracy", "acc", "auc", "f1", "precision", "recall", "mcc")
+
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
-                 restore_best_weights: bool = True):
+                 restore_best_weights: bool = True, mode: str = "auto"):
         if not isinstance(monitor, str) or not monitor:  # (a list got as far as fit, and failed there)
             raise ValueError(f"EarlyStopping: monitor must be the name of an epoch log, e.g. 'val_loss', got "
                              f"{monitor!r}")
@@ -81,12 +85,18 @@ class EarlyStopping(Callback):
                             "a finite number >= 0")
         self.monitor, self.patience, self.min_delta = monitor, int(patience), min_delta
         self.restore_best_weights = restore_best_weights
-        self.sign = -1.0 if "accuracy" in monitor else 1.0  # minimise sign·value
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        if mode == "auto":  # (a word of the name: "val_f1", "val_roc_auc"; not the "acc" of "val_acceptance")
+            words = monitor.lower().replace("-", "_").split("_")
+            mode = "max" if "accuracy" in monitor or any(w in self.HIGHER_IS_BETTER for w in words) else "min"
+        self.mode = mode
+        self.sign = -1.0 if mode == "max" else 1.0  # minimise sign·value
         self.reset()
 
     def __repr__(self) -> str:
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, min_delta={self.min_delta}, "
-                f"restore_best_weights={self.restore_best_weights})")
+                f"restore_best_weights={self.restore_best_weights}, mode={self.mode!r})")
 
     def reset(self) -> None:
         """Forget the best epoch so far: `fit` calls this first, so one EarlyStopping can serve
