@@ -816,6 +816,56 @@ def test_a_stop_waits_one_timeout_in_all_and_a_second_signal_stops_at_once(model
         assert (copy / "model.json").read_bytes() == before
 
 
+@pytest.mark.parametrize("program", [CHAINRULE, WITHOUT_UVLOOP], ids=["uvloop", "asyncio"])
+def test_a_second_signal_closes_the_open_connections_without_a_traceback(model_dir, program):
+    """A client has sent half a request when the daemon is told to stop, then told again: the
+    connection is closed and the daemon exits with 128 + the signal's number, its log ending with
+    "stopped". The connection's task was left to the event loop's shutdown, which cancelled it, and
+    Python 3.11's StreamReaderProtocol, asking the cancelled task for its exception, wrote a
+    traceback into the log (the journal) after "stopped"."""
+    d = Daemon(model_dir, "--listen", "127.0.0.1:0", "--reload-interval", "0", program=program)
+    try:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=20) as client:
+            client.sendall(b"CHECK SPAMC/1.5\r\n")  # (and no more: the daemon waits for the rest)
+            time.sleep(0.5)
+            d.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while "stopping: finishing 1 connection(s)" not in d.log_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            d.proc.send_signal(signal.SIGTERM)
+            assert d.proc.wait(timeout=20) == 128 + signal.SIGTERM
+            assert client.recv(4096) == b""  # closed
+    finally:
+        d.stop()
+    d._reader.join(timeout=10)
+    log = d.log_text()
+    assert "second SIGTERM: stopping at once; 1 connection(s) in progress are closed" in log, log
+    assert "Traceback" not in log and "Exception in callback" not in log, log
+    assert log.rstrip().endswith(": stopped"), log
+
+
+def test_a_connection_still_open_a_timeout_after_the_stop_signal_is_closed_and_said_so(model_dir):
+    """A client that does not read the message PROCESS hands back holds its connection past its own
+    --timeout (the daemon waits a few seconds more for it to take the answer): one --timeout after
+    SIGTERM, the daemon closes it, says so, and exits 0. It left it to the event loop's shutdown,
+    which wrote a traceback into the log."""
+    d = Daemon(model_dir, "--listen", "127.0.0.1:0", "--reload-interval", "0", "--timeout", "2",
+               "--max-size", "1000")
+    big = b"Subject: a large message\r\n\r\n" + b"x" * (32 << 20)  # (more than the socket buffers hold)
+    try:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=20) as client:
+            client.sendall(b"PROCESS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(big) + big)  # and reads nothing
+            d.proc.send_signal(signal.SIGTERM)
+            assert d.proc.wait(timeout=20) == 0
+    finally:
+        d.stop()
+    d._reader.join(timeout=10)
+    log = d.log_text()
+    assert "stopping: 1 connection(s) still open after --timeout (2 s) are closed" in log, log
+    assert "Traceback" not in log and "Exception in callback" not in log, log
+    assert log.rstrip().endswith(": stopped"), log
+
+
 def test_a_sighup_while_the_daemon_starts_is_a_reload_once_it_serves(model_dir, held, tmp_path):
     """`systemctl reload` (SIGHUP) while the model loads: the daemon died of it (SIGHUP's default),
     and systemd's Restart=on-failure counts that death as clean, so mail went unfiltered. Now it is

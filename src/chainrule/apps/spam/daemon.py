@@ -443,8 +443,25 @@ class DaemonServer:
     # -- connections ----------------------------------------------------------------------------
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection, on a task of its own (`_streams`), and close it. The stopping
+        daemon cancels the tasks of the connections it stops waiting for (`_close_connections`):
+        such a connection is cut off, and its task ends as if it had ended by itself, for Python
+        3.11's StreamReaderProtocol asks a cancelled one for its exception, which raises into the log."""
         task = asyncio.current_task()
         self._connections.add(task)
+        try:
+            await self._serve_connection(reader, writer)
+            writer.close()
+            try:  # (until the answer has left: a stopping daemon must not cut it off)
+                await asyncio.wait_for(writer.wait_closed(), FLUSH_TIMEOUT)
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                writer.transport.abort()
+        except asyncio.CancelledError:
+            writer.transport.abort()
+        finally:
+            self._connections.discard(task)
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")  # (None for a TCP client that reset at once)
         unix = writer.get_extra_info("socket").family == socket.AF_UNIX
         who = "unix socket" if unix else f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "TCP client"
@@ -473,13 +490,6 @@ class DaemonServer:
             else:
                 log.exception("%s: internal error", who)
                 await self._send(writer, ProtocolError(EX_SOFTWARE, "EX_SOFTWARE internal error").status_line())
-        finally:
-            writer.close()
-            try:  # (until the answer has left: a stopping daemon must not cut it off)
-                await asyncio.wait_for(writer.wait_closed(), FLUSH_TIMEOUT)
-            except (ConnectionError, OSError, asyncio.TimeoutError):
-                writer.transport.abort()
-            self._connections.discard(task)
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         if writer.is_closing():  # (uvloop raises RuntimeError on a write to a closed transport)
@@ -688,6 +698,19 @@ class DaemonServer:
         ended.cancel()  # (the tasks themselves go on)
         hurry.cancel()
 
+    async def _close_connections(self) -> None:
+        """Cut off the connections still open once the stopping daemon has stopped waiting for them
+        (after the learner, whose last lessons' clients may still be told), and wait for their tasks
+        to end (`_connection`): left to the event loop's shutdown, they would be cancelled there."""
+        if not self._connections:
+            return
+        if self._stopped_by is None:  # (a second signal has said so itself)
+            log.warning("stopping: %d connection(s) still open after --timeout (%g s) are closed",
+                        len(self._connections), self.options.timeout)
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
     async def serve_until_stopped(self) -> int:
         """Serve until `stop()` (SIGTERM): then stop accepting, let the connections in progress and
         the lessons already received finish, and close. Returns the exit code: 0, or 128 + the
@@ -724,6 +747,7 @@ class DaemonServer:
         if self._not_learned:
             why = "stopped at once" if self._stopped_by else f"within --timeout ({self.options.timeout:g} s)"
             log.warning("stopping: %d TELL(s) received were not learned %s", self._not_learned, why)
+        await self._close_connections()
         await asyncio.gather(*others, return_exceptions=True)
         if self.options.socket is not None:
             try:  # ours only: a daemon started on the same path since may be listening there now
