@@ -383,6 +383,29 @@ def test_too_large_message_is_passed_back_unchecked(daemon, held):
     assert m and MAX_SIZE < int(m.group(1)) < len(big), out
 
 
+def test_a_too_large_message_whose_header_block_is_too_large_is_passed_back_unchecked_by_headers_too(
+        daemon, held):
+    """`spamc --headers` writes the daemon's header block, then the message from its first blank
+    line on. Of a message over --max-size, the daemon read its first --max-size bytes only: one
+    whose blank line came later was refused (`spamc --headers -x`, which an MTA that should retry
+    later runs: exit 74 every time, until the message bounced), and one whose body followed its
+    fields with no blank line, and had a blank line later, lost everything in between."""
+    raw = held[0][0]
+    head, body = raw.split(b"\n\n", 1)  # (SpamAssassin's messages end their lines with "\n")
+    fields = b"".join(b"Received: from relay%d.example.net by mx.example.org; %s\n" % (i, b"x" * 40)
+                      for i in range(MAX_SIZE // 80))
+    size = ["-s", str(4 * MAX_SIZE)]
+    for big in (head + b"\n" + fields + b"\n" + body,  # a header block over --max-size
+                # a body line right after the fields, and a blank line only beyond --max-size
+                head + b"\nHi Alice,\n" + fields + b"\n" + body,
+                head + b"\n" + fields):  # no blank line at all
+        assert len(big) > MAX_SIZE
+        for x in ([], ["-x"]):
+            assert daemon.spamc(*size, "--headers", *x, data=big) == (0, big)
+            assert daemon.spamc(*size, "-c", *x, data=big) == (0, b"0.0/5.0\n")
+    assert re.search(rf"HEADERS skipped for \S+: {len(big)} bytes over --max-size {MAX_SIZE}", daemon.log_text())
+
+
 def test_malformed_requests_get_protocol_errors(daemon, held):
     raw = held[0][0]
     cases = [

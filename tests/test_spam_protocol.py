@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainrule.apps.spam.protocol import (
+    CHUNK,
     EX_PROTOCOL,
     PONG,
     THRESHOLD,
@@ -244,10 +245,33 @@ def test_a_check_is_answered_as_spamc_parses_it():
     assert status.startswith(b"SPAMD/1.1 0 EX_OK\r\nContent-length: ") and b"Spam: False ; " in status
     assert rest.startswith(b"Subject: hello\r\n") and rest.endswith(b"X-Chainrule-Spam-Verdict: ham\r\n\r\n")
     assert int(status.split(b"Content-length: ")[1].split(b"\r\n")[0]) == len(rest)  # HEADERS: no body
-    # a message over the limit: its own header block, unchanged, also where the body follows it
-    # with no blank line (it was refused as a header block too big to read)
-    for message, head in ((MESSAGE, b"Subject: hello\r\nFrom: a@example.org\r\n\r\n"),
-                          (b"Subject: hello\r\nHi Alice, see you at noon.\r\n" + b"x" * 2000, b"Subject: hello\r\n")):
-        assert answer(_read(_request("HEADERS", message + b"." * 2000)), None).endswith(b"\r\n\r\n" + head)
-    with pytest.raises(ProtocolError, match="message too big and its header block too"):
-        answer(_read(_request("HEADERS", b"Subject: " + b"x" * 3000)), None)
+
+
+_FIELDS = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 60) for i in range(40))  # 2,960 bytes
+
+
+@pytest.mark.parametrize(("message", "head"), [
+    (MESSAGE + b"." * 2000, b"Subject: hello\r\nFrom: a@example.org\r\n\r\n"),
+    # a header block over the limit (1000 bytes): it was refused, and `spamc --headers -x` failed
+    (_FIELDS + b"\r\nbody\r\n", _FIELDS + b"\r\n"),
+    (b"Subject: " + b"x" * 3000, b"Subject: " + b"x" * 3000),  # no blank line: spamc appends nothing
+    # a body line right after the fields, a blank line beyond the limit: spamc appends what follows
+    # it, and everything before it was lost (the fields up to the body line were handed back)
+    (b"Subject: hello\r\nHi Alice, see you at noon.\r\n" + _FIELDS + b"\r\nlater\r\n",
+     b"Subject: hello\r\nHi Alice, see you at noon.\r\n" + _FIELDS + b"\r\n"),
+    # the blank line across two of the daemon's reads (CHUNK bytes each)
+    (b"X: " + b"a" * (CHUNK - 5) + b"\r\n\r\nbody", b"X: " + b"a" * (CHUNK - 5) + b"\r\n\r\n"),
+    (b"X: " + b"a" * (CHUNK - 4) + b"\n\nbody", b"X: " + b"a" * (CHUNK - 4) + b"\n\n"),
+], ids=["short header block", "header block over the limit", "no blank line", "a body line first",
+        "CRLF CRLF across reads", "LF LF across reads"])
+def test_headers_of_a_message_over_the_limit_hands_back_its_header_block_however_long(message, head):
+    """spamc --headers writes the answer, then the message from its first blank line on
+    (`spamc_body_start`): of a message over the limit, the answer is the message's own header block,
+    unchanged, up to there, however far beyond the limit that is, and no more is kept."""
+    for request in (_request("HEADERS", message), _request("HEADERS", message, length=False),
+                    _request("HEADERS", zlib.compress(message), "Compress: zlib")):
+        req = _read(request, limit=1000)
+        assert req.too_big and req.spool.read() == head and req.spooled == len(head)
+        req.spool.close()
+        assert spooled_answer_head(req) == \
+            b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\nSpam: False ; 0.0 / 5.0\r\n\r\n" % len(head)

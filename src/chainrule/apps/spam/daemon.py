@@ -541,7 +541,7 @@ class DaemonServer:
             await self._tell(req, writer, who, user, ms)
             return
         if req.too_big:
-            if req.command == "PROCESS":  # the message back, unchanged, from the spool
+            if req.spool is not None:  # (PROCESS, HEADERS) the message or its header block back, unchanged
                 writer.write(spooled_answer_head(req))
                 while data := req.spool.read(CHUNK):
                     writer.write(data)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from chainrule import __version__
-from chainrule.apps.spam.annotate import ANNOTATION_HEADERS, annotation_lines, header_end, replace_header_fields
+from chainrule.apps.spam.annotate import ANNOTATION_HEADERS, annotation_lines, replace_header_fields
 from chainrule.apps.spam.model import verdict
 from chainrule.data.corpora import MAX_BYTES
 
@@ -210,11 +210,14 @@ class Request:
     message_class: str | None = None  # "spam" | "ham"
     set_local: bool = False
     remove_local: bool = False
-    body: bytes = b""  # the message; of a too-big one, its first `limit` bytes (not for PROCESS)
+    body: bytes = b""  # the message; of a too-big one, its first `limit` bytes (not for PROCESS or HEADERS)
     size: int = 0  # the message's size (decompressed)
     limit: int = MAX_BYTES  # the size limit it was read with
     too_big: bool = False  # over the limit: passed back unchecked
-    spool: BinaryIO | None = None  # a too-big message that PROCESS must hand back unchanged
+    # What PROCESS or HEADERS of a too-big message hands back unchanged: the message, or its header
+    # block up to where spamc appends the rest (`spamc_body_start`); `spooled` bytes.
+    spool: BinaryIO | None = None
+    spooled: int = 0
     # A compressed message over the limit is inflated no further than its reading had got to (all
     # of it would be up to 256 MB of work on the event loop): its `size` is then a lower bound.
     size_at_least: bool = False
@@ -231,8 +234,9 @@ _USERNAME = re.compile(r"[^\x00-\x1f\x7f-\x9f]*")  # spamd's rule: no control ch
 
 async def read_request(reader: asyncio.StreamReader, limit: int) -> Request:
     """Read a whole request: its command line, its headers and its message (`limit` bytes at most
-    are kept; beyond that the message is only counted, or spooled to disk for PROCESS, which must
-    hand it back unchanged). Raises ProtocolError for anything malformed."""
+    are kept; beyond that the message is only counted, or spooled to disk for PROCESS and HEADERS,
+    which must hand it, or its header block, back unchanged). Raises ProtocolError for anything
+    malformed."""
     try:
         line = await reader.readuntil(b"\n")
     except asyncio.IncompleteReadError as exc:
@@ -324,10 +328,16 @@ async def _read_body(reader: asyncio.StreamReader, req: Request) -> None:
             raise _incomplete(len(exc.partial), length) from None
         req.size = length
         return
-    # A compressed message, one without a length, or one over the limit: read in chunks, keep at
-    # most limit + 1 bytes in memory (the rest goes to a temporary file for PROCESS, else nowhere).
+    # A compressed message, one without a length, or one over the limit: read in chunks into a spool
+    # (limit + 1 bytes in memory, the rest in a temporary file) that keeps its first `keep` bytes:
+    # limit + 1, enough to tell a message over the limit, which is not checked; for PROCESS, which
+    # hands such a message back unchanged, all of it; for HEADERS, which hands back its header block
+    # (spamc appends the rest, from its first blank line: `spamc_body_start`), all of it until that
+    # blank line is seen, however far beyond the limit. At most HARD_LIMIT bytes, as on the wire.
     spool = tempfile.SpooledTemporaryFile(max_size=limit + 1)
-    keep_all = req.command == "PROCESS"
+    keep = HARD_LIMIT if req.command in ("PROCESS", "HEADERS") else limit + 1
+    head = None  # HEADERS: where spamc's body start is, once seen
+    seen = b""  # (the last 3 bytes before the piece it is looked for in: its separator may span them)
     inflate = zlib.decompressobj() if req.compress else None
     received = size = 0
     try:
@@ -340,24 +350,30 @@ async def _read_body(reader: asyncio.StreamReader, req: Request) -> None:
             received += len(chunk)
             if received > HARD_LIMIT:
                 raise _bad(f"message over {HARD_LIMIT} bytes")
-            if size > limit and not keep_all:
+            if size >= keep:
                 continue  # only the count matters now (of a compressed body, what was inflated so far)
             for piece in _inflated(inflate, chunk) if inflate else (chunk,):
-                if keep_all or size <= limit:
-                    spool.write(piece if keep_all else piece[:limit + 1 - size])
+                if req.command == "HEADERS" and head is None:
+                    if (start := spamc_body_start(seen + piece)) is not None:
+                        head = size - len(seen) + start
+                        keep = max(head, limit + 1)
+                    seen = (seen + piece)[-3:]
+                spool.write(piece[:keep - size])
                 size += len(piece)
                 if size > HARD_LIMIT:
                     raise _bad(f"message over {HARD_LIMIT} bytes")
-                if size > limit and not keep_all:
+                if size >= keep:
                     break  # (inflating the rest of the chunk would be work on the event loop for nothing)
-        if inflate is not None and not inflate.eof and (keep_all or size <= limit):
+        if inflate is not None and not inflate.eof and size < keep:
             raise _bad("zlib: the compressed message is incomplete")
         req.size, req.too_big = (size if inflate else received), size > limit
         req.size_at_least = inflate is not None and not inflate.eof
-        spool.seek(0)
-        if keep_all and req.too_big:
-            req.spool = spool
+        if req.too_big and req.command in ("PROCESS", "HEADERS"):
+            req.spool, req.spooled = spool, size if head is None else head
+            spool.truncate(req.spooled)
+            spool.seek(0)
         else:
+            spool.seek(0)
             req.body = spool.read(limit)
             spool.close()
     except BaseException:
@@ -397,20 +413,13 @@ def spam_line(v: Verdict | None) -> bytes:
 
 def answer(req: Request, v: Verdict | None) -> bytes:
     """The response to a check (v is None: the message was over the size limit and not checked);
-    PROCESS of a too-big message is `spooled_answer_head`, then the message from its spool."""
+    PROCESS and HEADERS of a too-big message are `spooled_answer_head`, then its spool."""
     if req.command == "CHECK":
         return OK + spam_line(v) + b"\r\n"
     if req.command in ("PROCESS", "HEADERS"):
+        out = mark_up(req.body, v)  # (which changes nothing after the header block)
         body = spamc_body_start(req.body) if req.command == "HEADERS" else None  # (spamc appends the rest)
-        if v is None:  # HEADERS of a too-big message: its own header block, unchanged
-            if body is None:  # no blank line in what was read of it: its fields, where they end in it
-                body, _ = header_end(req.body)
-                if body == len(req.body):
-                    raise ProtocolError(EX_DATAERR, "EX_DATAERR message too big and its header block too")
-            out = req.body[:body]
-        else:
-            out = mark_up(req.body, v)  # (which changes nothing after the header block)
-            out = out[:len(out) - len(req.body) + body] if body is not None else out
+        out = out[:len(out) - len(req.body) + body] if body is not None else out
         return OK + length_and_spam(req, len(out), v) + out
     if req.command == "SYMBOLS":
         text = v.symbol if v is not None else "CHAINRULE_SKIPPED_TOO_BIG"
@@ -423,9 +432,10 @@ def answer(req: Request, v: Verdict | None) -> bytes:
 
 
 def spooled_answer_head(req: Request) -> bytes:
-    """The answer to PROCESS of a message over the size limit, up to its body: the message itself,
-    `req.size` bytes, which the server copies from `req.spool` unchanged (spamc passes it on unchecked)."""
-    return OK + length_and_spam(req, req.size, None)
+    """The answer to PROCESS or HEADERS of a message over the size limit, up to its body: the
+    message itself or its header block, `req.spooled` bytes, which the server copies from
+    `req.spool` unchanged (spamc passes the message on unchecked)."""
+    return OK + length_and_spam(req, req.spooled, None)
 
 
 def tell_answer(req: Request, changed: bool) -> bytes:
