@@ -1001,6 +1001,36 @@ def test_a_lesson_its_client_gave_up_on_is_still_logged(model_dir, held, tmp_pat
         assert d.stop() == 0
 
 
+@pytest.mark.parametrize("program", [CHAINRULE, WITHOUT_UVLOOP], ids=["uvloop", "asyncio"])
+def test_a_lesson_whose_client_closed_the_unix_socket_is_logged_as_learned_after_it_gave_up(
+        model_dir, held, tmp_path, program):
+    """spamc gives up on a TELL before --timeout (`spamc -t 2`; the model's lock is held by a cron
+    `spam learn`) and closes its connection; the lesson is learned once the lock is free. On the
+    Unix socket the answer then cannot be written, and the log said only "connection lost": nothing
+    of the lesson that changed the model. (Over TCP the answer goes out, and the client's reset
+    comes back after it: the daemon cannot tell that its client has gone.)"""
+    _need("spamc")
+    copy, sock = tmp_path / "model", tmp_path / "spamd.sock"
+    shutil.copytree(model_dir, copy)
+    d = Daemon(copy, "--socket", str(sock), "--allow-tell", "--reload-interval", "0", program=program)
+    raw = next(h for h in held if h[2].label == "spam")[0]
+    try:
+        with open(copy / "model.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            assert d.spamc("-t", "2", "-L", "spam", data=raw, socket_path=sock)[0] != 0  # gave up after 2 s
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        deadline = time.monotonic() + 30
+        while "TELL learned" not in d.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = d.log_text()
+        assert re.search(r"TELL learned as spam for \S+, after its client had given up waiting \(connection "
+                         r"closed\), in \d+\.\d ms, \d+ bytes, unix socket", log), log
+        assert "connection lost" not in log, log
+        assert d.spamc("-L", "spam", data=raw, socket_path=sock) == (0, b"Message was already un/learned\n")
+    finally:
+        assert d.stop() == 0
+
+
 def test_a_broken_user_model_is_reported_once_until_its_files_change(model_dir, held, tmp_path):
     """It was loaded again, and reported, at every message for that user."""
     _need("spamc")
