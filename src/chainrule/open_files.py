@@ -30,7 +30,7 @@ except ImportError:  # (Windows: no such limit)
 # the kernel memory for one, as asyncio lists them
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # A connection holds its socket, and may hold a temporary file besides: the spam daemon's spool of a
-# PROCESS over --max-size, an upload to `serve` of over a megabyte (Starlette spools it to disk).
+# PROCESS or HEADERS over --max-size, an upload to `serve` of over a megabyte (Starlette spools it to disk).
 PER_CONNECTION = 2
 # The rest of the process: the interpreter's standard streams, the event loop's, the listeners' (15
 # for the spam daemon at rest under uvloop, 9 under asyncio; 9 for `serve`), and what a model's
