@@ -465,6 +465,37 @@ def test_checkpoint_and_resume_match_an_uninterrupted_run(tmp_path):
     assert resumed_history.best_epoch == straight_history.best_epoch
 
 
+class _StopAfterOne(cr.Callback):
+    def on_epoch_end(self, epoch, logs, model):
+        return True
+
+
+def _stopped_early_run(checkpoint, resume=False):
+    x, y = blobs()
+    model = small_mlp(seed=0)
+    history = cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), epochs=5, batch_size=16,
+                     callbacks=[_StopAfterOne()], checkpoint=checkpoint, resume=resume, verbose=False)
+    return model, history
+
+
+def test_a_run_that_stopped_early_resumes_as_finished_whatever_its_stop_reason_says(tmp_path):
+    """Resuming told a run that had stopped early by the words of its stop reason ("early stopping
+    after epoch 1"): reworded, the run would have trained on. `History.stopped_early` says it, saved
+    in the checkpoint; a checkpoint written before the field is read from its stop reason."""
+    checkpoint = tmp_path / "run.npz"
+    model, history = _stopped_early_run(checkpoint)
+    assert history.stopped_early and history.to_dict()["stopped_early"] is True
+    assert checkpoint_summary(checkpoint)["stopped_early"] is True
+    for change in (lambda d: d["history"].__setitem__("stop_reason", "stopped by a callback"),  # reworded
+                   lambda d: d["history"].pop("stopped_early")):  # a checkpoint from before the field
+        _stopped_early_run(checkpoint)  # (afresh)
+        _edit_doc(checkpoint, change)
+        resumed, history = _stopped_early_run(checkpoint, resume=True)
+        assert len(history) == 1 and history.stopped_early  # no epoch more
+        np.testing.assert_array_equal(resumed.flat_params, model.flat_params)
+    assert not _fit_with_checkpoint(tmp_path / "other.npz").stopped_early  # (the epoch limit)
+
+
 def _fit_with_checkpoint(checkpoint, epochs=2, resume=False, width=16):
     x, y = blobs()
     model = cr.Sequential([cr.Linear(10, width), cr.ReLU(), cr.Linear(width, 3)], seed=0)
@@ -499,6 +530,7 @@ DAMAGED_CHECKPOINTS = {
     "history not an object": lambda c: _edit_doc(c, lambda d: d.__setitem__("history", [1, 2])),
     "epochs not dicts": lambda c: _edit_doc(c, lambda d: d["history"].__setitem__("epochs", [1, 2])),
     "stop reason a number": lambda c: _edit_doc(c, lambda d: d["history"].__setitem__("stop_reason", 3)),
+    "stopped early a string": lambda c: _edit_doc(c, lambda d: d["history"].__setitem__("stopped_early", "yes")),
     "epochs_done beyond its history": lambda c: _edit_doc(c, lambda d: d.__setitem__("epochs_done", 3)),
     "random state garbage": lambda c: _edit_doc(c, lambda d: d.__setitem__("shuffle_rng", {"state": 1})),
     "early stopping garbage": lambda c: _edit_doc(c, lambda d: d.__setitem__("early_stopping", {"best": "x"})),
@@ -556,7 +588,7 @@ def test_a_damaged_checkpoints_summary_is_none_or_what_resuming_reads(tmp_path, 
     _fit_with_checkpoint(checkpoint)
     DAMAGED_CHECKPOINTS[damage](checkpoint)
     summary = checkpoint_summary(checkpoint)
-    assert summary is None or set(summary) == {"epochs_done", "stop_reason", "seed"}
+    assert summary is None or set(summary) == {"epochs_done", "stop_reason", "stopped_early", "seed"}
 
 
 def test_callbacks_given_as_a_generator_are_called():

@@ -29,7 +29,10 @@ class History:
     validation data), `lr`, `seconds` and `samples_per_s`. `gradient_flow[i]` maps each layer with
     weights (and each ReLU-family layer) to its gradient-flow statistics for that epoch.
     `best_epoch` is an index into `epochs` (0-based, as checkpoints store it); files and lines
-    meant for people name it as the epoch's own number, `best_epoch + 1`.
+    meant for people name it as the epoch's own number, `best_epoch + 1`. `stop_reason` says in
+    words why the run ended ("" while it goes on); `stopped_early` whether a callback
+    (`EarlyStopping`, or one's own) ended it before its epoch limit: resuming it has nothing left
+    to train.
     """
 
     def __init__(self):
@@ -37,6 +40,7 @@ class History:
         self.gradient_flow: list[dict[str, dict]] = []
         self.best_epoch: int | None = None
         self.stop_reason = ""
+        self.stopped_early = False
 
     def __getitem__(self, key: str | int) -> list | dict:
         """`history["loss"]`: that value of every epoch (None where an epoch has none, e.g.
@@ -59,7 +63,7 @@ class History:
         return len(self.epochs)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("epochs", "gradient_flow", "best_epoch", "stop_reason")}
+        return {k: getattr(self, k) for k in ("epochs", "gradient_flow", "best_epoch", "stop_reason", "stopped_early")}
 
     @classmethod
     def from_dict(cls, d: dict) -> History:
@@ -69,11 +73,13 @@ class History:
             raise ValueError(f"history: expected an object, got {type(d).__name__}")
         epochs, flow = d.get("epochs", []), d.get("gradient_flow", [])
         best, reason = d.get("best_epoch"), d.get("stop_reason", "")
+        # (a history saved before there was `stopped_early` says it in its stop reason's words alone)
+        early = d.get("stopped_early", isinstance(reason, str) and reason.startswith("early stopping"))
         if not (isinstance(epochs, list) and all(isinstance(e, dict) for e in epochs)
                 and isinstance(flow, list) and all(isinstance(f, dict) for f in flow)
-                and (best is None or type(best) is int) and isinstance(reason, str)):
+                and (best is None or type(best) is int) and isinstance(reason, str) and type(early) is bool):
             raise ValueError("history: not the epochs, gradient flow, best epoch and stop reason of a run")
-        h.epochs, h.gradient_flow, h.best_epoch, h.stop_reason = epochs, flow, best, reason
+        h.epochs, h.gradient_flow, h.best_epoch, h.stop_reason, h.stopped_early = epochs, flow, best, reason, early
         return h
 
     def to_csv(self) -> str:

@@ -461,6 +461,7 @@ class _Run:
             stop = bool(cb.on_epoch_end(epoch, logs, model)) or stop
         stop = world.bcast(stop)
         if stop:
+            self.history.stopped_early = True
             self.history.stop_reason = f"early stopping after epoch {epoch + 1}"
         elif epoch == self.epochs - 1:
             self.history.stop_reason = f"reached the epoch limit ({self.epochs})"
@@ -570,7 +571,7 @@ def fit(
         early_stopping.reset()  # an EarlyStopping used before starts afresh (or from the checkpoint)
     done = _load_checkpoint(checkpoint, model, optimizer, early_stopping, data.rng, history, world) if resume else None
     start_epoch = done or 0
-    if history.stop_reason.startswith("early stopping"):
+    if history.stopped_early:
         start_epoch = epochs  # that run had already finished
     # Gradient statistics first, so they are in `history` before the caller's callbacks see the
     # epoch; the progress report last, so that it can print what the others decided.
@@ -653,9 +654,10 @@ def _keep_freed_memory() -> None:
 
 def checkpoint_summary(path) -> dict | None:
     """What the checkpoint at `path` says of its run, without restoring it: {"epochs_done": int,
-    "stop_reason": str ("" while the run goes on), "seed": the run's seed, or None if it kept
-    none}; None where there is no checkpoint, or one whose JSON part resuming would refuse (too
-    large, unreadable, not a run's). Its arrays are not read, nor checked against a network."""
+    "stop_reason": str ("" while the run goes on), "stopped_early": bool (`History.stopped_early`),
+    "seed": the run's seed, or None if it kept none}; None where there is no checkpoint, or one
+    whose JSON part resuming would refuse (too large, unreadable, not a run's). Its arrays are not
+    read, nor checked against a network."""
     try:
         headers = npz_headers(path)
         if "json" not in headers or not _json_array(*headers["json"]):
@@ -665,7 +667,7 @@ def checkpoint_summary(path) -> dict | None:
     except (ModelFileError, KeyError, TypeError, ValueError, RecursionError):  # (no such file: ModelFileError too)
         return None
     seed = doc.get("seed")
-    return {"epochs_done": epochs_done, "stop_reason": history.stop_reason,
+    return {"epochs_done": epochs_done, "stop_reason": history.stop_reason, "stopped_early": history.stopped_early,
             "seed": seed if type(seed) is int and seed >= 0 else None}
 
 
