@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chainrule as cr
+from chainrule.checkpoint import checkpoint_summary
 from chainrule.data.mnist import load_mnist
-from chainrule.training import checkpoint_summary
 from conftest import blas_threads_now, blobs, damaged, small_mlp
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)

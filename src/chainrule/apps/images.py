@@ -45,6 +45,7 @@ from chainrule.apps.image_presets import (
     presets_for,
     run_name,
 )
+from chainrule.checkpoint import checkpoint_summary
 from chainrule.data import idx
 from chainrule.data.images import PICTURES, ImageError, preprocess_image
 from chainrule.distributed import World
@@ -57,7 +58,6 @@ from chainrule.files import (
     written_together,
 )
 from chainrule.model_file import model_directory, saved_task
-from chainrule.training import checkpoint_summary
 
 log = logging.getLogger(__name__)
 
