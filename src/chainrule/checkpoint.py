@@ -74,9 +74,10 @@ def _json_array(shape, dtype) -> bool:
     return dtype == np.uint8 and len(shape) == 1 and shape[0] <= MAX_CHECKPOINT_JSON
 
 
-def load_checkpoint(path, model, optimizer, early_stopping, rng, history, world: World) -> int | None:
-    """Restore what `save_checkpoint` saved; returns the number of epochs done, or None if there
-    is no checkpoint at `path`.
+def load_checkpoint(path, model, optimizer, early_stopping, rng, world: World) -> History | None:
+    """Restore what `save_checkpoint` saved into the model, the optimizer, `early_stopping` and
+    `rng`; returns the run's History so far (an entry per epoch done), or None if there is no
+    checkpoint at `path`.
 
     Rank 0 reads the file and sends its arrays to the others, so only rank 0 needs to see it (it
     wrote it). A damaged checkpoint, or one of another network, raises ModelFileError naming it:
@@ -90,7 +91,7 @@ def load_checkpoint(path, model, optimizer, early_stopping, rng, history, world:
         arrays = world.bcast(arrays)
         if arrays is None:
             return None
-        return _restore(path, arrays, model, optimizer, early_stopping, rng, history)
+        return _restore(path, arrays, model, optimizer, early_stopping, rng)
     except ModelFileError as exc:
         raise ModelFileError(f"{exc}; delete it to start afresh") from None
 
@@ -135,11 +136,11 @@ def _run_so_far(doc) -> tuple[int, History]:
     return epochs_done, history
 
 
-def _restore(path, arrays, model, optimizer, early_stopping, rng, history) -> int:
+def _restore(path, arrays, model, optimizer, early_stopping, rng) -> History:
     arrays = dict(arrays)
     try:
         doc = json.loads(arrays.pop("json").tobytes())
-        epochs_done, restored = _run_so_far(doc)
+        _, history = _run_so_far(doc)
 
         def group(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -152,5 +153,4 @@ def _restore(path, arrays, model, optimizer, early_stopping, rng, history) -> in
         optimizer.load_state(group("optim."))
     except (KeyError, TypeError, ValueError, RecursionError) as exc:  # (json's errors are ValueErrors)
         raise ModelFileError(f"{path}: not a usable checkpoint ({str(exc)[:200]})") from None
-    history.__dict__.update(restored.__dict__)
-    return epochs_done
+    return history

@@ -564,13 +564,11 @@ def fit(
     edges = _batch_edges(n, batch_size, world.size)
     batches = len(edges) - 1
 
-    history = History()
     if early_stopping is not None:
         early_stopping.reset()  # an EarlyStopping used before starts afresh (or from the checkpoint)
-    done = load_checkpoint(checkpoint, model, optimizer, early_stopping, data.rng, history, world) if resume else None
-    start_epoch = done or 0
-    if history.stopped_early:
-        start_epoch = epochs  # that run had already finished
+    restored = load_checkpoint(checkpoint, model, optimizer, early_stopping, data.rng, world) if resume else None
+    history = History() if restored is None else restored
+    start_epoch = epochs if history.stopped_early else len(history)  # (a run that stopped early had finished)
     # Gradient statistics first, so they are in `history` before the caller's callbacks see the
     # epoch; the progress report last, so that it can print what the others decided.
     gradient_flow = [] if any(isinstance(cb, GradientFlow) for cb in callbacks) else [GradientFlow(world)]  # (one)
