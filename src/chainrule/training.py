@@ -356,6 +356,17 @@ def _split(x, y, validation_split, rng):
     return x[train], y[train], x[val], y[val]
 
 
+def _observers(callbacks: list[Callback], early_stopping: EarlyStopping | None, verbose: bool,
+               world: World) -> list[Callback]:
+    """All that observes `fit`, in the order each hook calls them: the gradient statistics first
+    (`fit`'s GradientFlow, unless the caller gave one: one only), so they are in the history
+    before the caller's `callbacks` see the epoch; then those, the early stopping, and the
+    progress report last, so that it can print what the others decided."""
+    gradient_flow = [] if any(isinstance(cb, GradientFlow) for cb in callbacks) else [GradientFlow(world)]
+    return [*gradient_flow, *callbacks, *([early_stopping] if early_stopping is not None else []),
+            *([ProgressLogger()] if verbose and world.rank == 0 else [])]
+
+
 def _scheduled_lr(lr_schedule, epoch: int, world: World) -> float:
     """The learning rate `lr_schedule` gives `epoch` (rank 0's, for all), checked."""
     lr = world.bcast(float(lr_schedule(epoch)))
@@ -367,8 +378,9 @@ def _scheduled_lr(lr_schedule, epoch: int, world: World) -> float:
 @dataclass
 class _Run:
     """What one `fit`'s steps and epochs share once its arguments are checked, so that `fit` reads
-    as the loop: `shard` and `step` for each mini-batch, `end_epoch` after each epoch. It holds the
-    NaN guard and, with several processes, the gradient buckets; `release` gives the model back."""
+    as the loop: `epoch_steps` (`shard` and `step` for each mini-batch), `end_epoch` after each
+    epoch. It holds the NaN guard and, with several processes, the gradient buckets; `release`
+    gives the model back."""
 
     model: Sequential
     loss: object
@@ -391,6 +403,24 @@ class _Run:
             for layer in self.model.layers:
                 if isinstance(layer, BatchNorm):
                     layer.world = self.world
+
+    def epoch_steps(self, epoch: int, order: np.ndarray, edges: list[int], blas: BlasThreads) -> _RunningMetrics:
+        """Every step of `epoch`, batch b being the examples `order[edges[b] : edges[b + 1]]`, with
+        the callbacks' batch hooks and BLAS's threads adapted before each; returns the epoch's sums."""
+        running = _RunningMetrics(labels=self.data.reports_accuracy)
+        for b in range(len(edges) - 1):
+            blas.adapt()
+            for cb in self.callbacks:
+                cb.on_batch_begin(b)
+            idx = order[edges[b] : edges[b + 1]]
+            xb, yb = self.shard(idx)
+            # The lock keeps a prediction of another thread from replacing what backward reads
+            # between the two passes, or what GradientFlow reads after them.
+            with self.model.lock:
+                running.add(*self.step(xb, yb, idx, epoch, b))
+                for cb in self.callbacks:
+                    cb.on_batch_end(b, {**running.logs(), "examples": running.examples})
+        return running
 
     def shard(self, idx: np.ndarray) -> tuple:
         """(x, y) of this process's rows of the batch of examples `idx` (alone: all of them),
@@ -569,11 +599,7 @@ def fit(
     restored = load_checkpoint(checkpoint, model, optimizer, early_stopping, data.rng, world) if resume else None
     history = History() if restored is None else restored
     start_epoch = epochs if history.stopped_early else len(history)  # (a run that stopped early had finished)
-    # Gradient statistics first, so they are in `history` before the caller's callbacks see the
-    # epoch; the progress report last, so that it can print what the others decided.
-    gradient_flow = [] if any(isinstance(cb, GradientFlow) for cb in callbacks) else [GradientFlow(world)]  # (one)
-    callbacks = [*gradient_flow, *callbacks, *([early_stopping] if early_stopping is not None else []),
-                 *([ProgressLogger()] if verbose and world.rank == 0 else [])]
+    callbacks = _observers(callbacks, early_stopping, verbose, world)
     for cb in callbacks:
         cb.on_train_begin(model, history, epochs, batches)
     run = _Run(model=model, loss=loss, optimizer=optimizer, world=world, data=data, augment=augment, history=history,
@@ -589,20 +615,8 @@ def fit(
             order = data.rng.permutation(n) if shuffle else np.arange(n)
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
-            running = _RunningMetrics(labels=data.reports_accuracy)
             started = time.perf_counter()
-            for b in range(batches):
-                blas.adapt()
-                for cb in callbacks:
-                    cb.on_batch_begin(b)
-                idx = order[edges[b] : edges[b + 1]]
-                xb, yb = run.shard(idx)
-                # The lock keeps a prediction of another thread from replacing what backward reads
-                # between the two passes, or what GradientFlow reads after them.
-                with model.lock:
-                    running.add(*run.step(xb, yb, idx, epoch, b))
-                    for cb in callbacks:
-                        cb.on_batch_end(b, {**running.logs(), "examples": running.examples})
+            running = run.epoch_steps(epoch, order, edges, blas)
             if run.end_epoch(epoch, running, started):
                 break
     except KeyboardInterrupt:
