@@ -19,6 +19,7 @@ its finite difference cannot judge the backward pass (CS231n's "kinks in the obj
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 
@@ -143,60 +144,12 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
     everything = np.concatenate([net.flat_grads, [] if sparse else grad_input.reshape(-1)])
     # (finite ones: a NaN gradient fails its own layer, not every layer's yardstick)
     negligible = NEGLIGIBLE * np.abs(everything[np.isfinite(everything)]).max(initial=0.0)
-    crossed: dict[str, int] = {}
-    needed: dict[str, float] = {}
-    pick = np.random.default_rng(seed)
-
-    def check(name: str, flat: np.ndarray, analytic: np.ndarray, scale: float) -> tuple[float, float]:
-        """The relative error of `analytic` (every entry, or `samples_per_param` of them) against
-        central differences in `flat`, over the entries no kink spoils (NaN if none), relative to
-        `scale` (at least `negligible`) or the largest gradient here, whichever is larger; and the
-        step that gave it."""
-        if not np.all(np.isfinite(analytic)):  # wrong wherever it is, sampled or not
-            crossed.setdefault(name, 0)
-            return math.inf, steps_tried[0]
-        wanted, candidates = flat.size, np.arange(flat.size)
-        if samples_per_param is not None and flat.size > samples_per_param:
-            wanted = samples_per_param
-            drawn = min(flat.size, SAMPLES_DRAWN * samples_per_param)
-            # Every other entry drawn is one whose gradient is not 0: where the inputs reach a few of
-            # a layer's weights (a spam filter's hashed words reach ~0.1% of its first layer's), a
-            # draw from all of them would judge only entries that both sides give as 0. The rest
-            # are drawn from all, where a gradient missing from the backward pass shows.
-            moving = np.flatnonzero(analytic)
-            moving = pick.choice(moving, min(moving.size, drawn), replace=False)
-            anywhere = pick.choice(flat.size, drawn, replace=False)
-            alternate = [j for pair in itertools.zip_longest(moving, anywhere) for j in pair if j is not None]
-            candidates = list(dict.fromkeys(alternate))[:drawn]
-        scale = max(scale, np.abs(analytic).max(initial=0.0))
-        judged, numeric = [], []
-        for j in candidates:  # at the first step: the entries to judge, drawing past those at a kink
-            value, smooth = _central_difference(flat, j, steps_tried[0], loss_at)
-            if smooth:
-                judged.append(j)
-                numeric.append(value)
-                if len(judged) == wanted:
-                    break
-            else:
-                crossed[name] = crossed.get(name, 0) + 1
-        crossed.setdefault(name, 0)
-        if not judged:
-            return float("nan"), steps_tried[0]
-        best = relative_error(analytic[judged], np.array(numeric), scale=scale), steps_tried[0]
-        for step in steps_tried[1:]:
-            if best[0] < TOLERANCE:
-                break
-            # the same entries at a larger step, every one of them: an entry that crosses a kink
-            # at this step (a wrong one among them would go unjudged) ends the search
-            again = [_central_difference(flat, j, step, loss_at) for j in judged]
-            if not all(smooth for _, smooth in again):
-                break
-            error = relative_error(analytic[judged], np.array([value for value, _ in again]), scale=scale)
-            if error < best[0]:
-                best = error, step
-        return best
-
+    # every array at the same steps, its samples drawn from one generator of the seed's
+    check = functools.partial(_check_array, loss_at=loss_at, steps=steps_tried, samples=samples_per_param,
+                              rng=np.random.default_rng(seed))
     errors: dict[str, float] = {}
+    needed: dict[str, float] = {}
+    crossed: dict[str, int] = {}
     for i, layer in enumerate(net.layers):
         name = f"{i}:{type(layer).__name__}"
         # Each array is judged against the largest gradient of its layer: a bias feeding batch
@@ -204,17 +157,75 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
         # noise of its finite differences would read as a 100% error. (And a layer's against
         # `negligible`, where all of its gradients are: see NEGLIGIBLE.)
         scale = max([negligible, *(np.abs(p.grad).max(initial=0.0) for p in layer.parameters())])
-        checked = [check(name, p.data.reshape(-1), p.grad.reshape(-1).copy(), scale) for p in layer.parameters()]
-        judged = [(error, step) for error, step in checked if not np.isnan(error)]
+        checked = [check(p.data.reshape(-1), p.grad.reshape(-1).copy(), scale) for p in layer.parameters()]
         if checked:
+            judged = [(error, step) for error, step, _ in checked if not np.isnan(error)]
             errors[name], needed[name] = max(judged, default=(float("nan"), steps_tried[0]))
+            crossed[name] = sum(kinks for _, _, kinks in checked)
     if not sparse:
-        errors["input"], needed["input"] = check("input", x.reshape(-1), grad_input.reshape(-1), negligible)
+        errors["input"], needed["input"], crossed["input"] = check(x.reshape(-1), grad_input.reshape(-1), negligible)
     if kinks is not None:
         kinks.update(crossed)
     if steps is not None:  # (a larger step that did not bring the error under the tolerance says nothing)
         steps.update({name: step for name, step in needed.items() if errors[name] < TOLERANCE})
     return errors
+
+
+def _check_array(flat: np.ndarray, analytic: np.ndarray, scale: float, loss_at, steps: tuple[float, ...],
+                 samples: int | None, rng: np.random.Generator) -> tuple[float, float, int]:
+    """One array's check: the relative error of its gradient `analytic` (every entry, or `samples`
+    of them, see `_sampled_entries`) against central differences in `flat`, the array itself, over
+    the entries no kink spoils (NaN if none), relative to `scale` or the largest gradient here,
+    whichever is larger; the step that gave it (see `gradcheck`'s `eps`); and how many entries were
+    left out because their nudge crossed a kink."""
+    if not np.all(np.isfinite(analytic)):  # wrong wherever it is, sampled or not
+        return math.inf, steps[0], 0
+    wanted, candidates = flat.size, np.arange(flat.size)
+    if samples is not None and flat.size > samples:
+        wanted, candidates = samples, _sampled_entries(analytic, samples, rng)
+    scale = max(scale, np.abs(analytic).max(initial=0.0))
+    judged, numeric, crossed = [], [], 0
+    for j in candidates:  # at the first step: the entries to judge, drawing past those at a kink
+        value, smooth = _central_difference(flat, j, steps[0], loss_at)
+        if smooth:
+            judged.append(j)
+            numeric.append(value)
+            if len(judged) == wanted:
+                break
+        else:
+            crossed += 1
+    if not judged:
+        return float("nan"), steps[0], crossed
+    error, best_step = relative_error(analytic[judged], np.array(numeric), scale=scale), steps[0]
+    for step in steps[1:]:
+        if error < TOLERANCE:
+            break
+        # the same entries at a larger step, every one of them: an entry that crosses a kink
+        # at this step (a wrong one among them would go unjudged) ends the search
+        again = [_central_difference(flat, j, step, loss_at) for j in judged]
+        if not all(smooth for _, smooth in again):
+            break
+        larger = relative_error(analytic[judged], np.array([value for value, _ in again]), scale=scale)
+        if larger < error:
+            error, best_step = larger, step
+    return error, best_step, crossed
+
+
+def _sampled_entries(analytic: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
+    """The entries of a gradient to check `n` of, in the order to try them: up to `SAMPLES_DRAWN`
+    times n, so that others stand in for those whose nudge crosses a kink.
+
+    Every other entry drawn is one whose gradient is not 0: where the inputs reach a few of a
+    layer's weights (a spam filter's hashed words reach ~0.1% of its first layer's), a draw from
+    all of them would judge only entries that both sides give as 0. The rest are drawn from all,
+    where a gradient missing from the backward pass shows.
+    """
+    drawn = min(analytic.size, SAMPLES_DRAWN * n)
+    moving = np.flatnonzero(analytic)
+    moving = rng.choice(moving, min(moving.size, drawn), replace=False)
+    anywhere = rng.choice(analytic.size, drawn, replace=False)
+    alternate = [j for pair in itertools.zip_longest(moving, anywhere) for j in pair if j is not None]
+    return list(dict.fromkeys(alternate))[:drawn]
 
 
 def _central_difference(flat: np.ndarray, j: int, eps: float, loss_at) -> tuple[float, bool]:
