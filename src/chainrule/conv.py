@@ -29,7 +29,7 @@ import functools
 import numpy as np
 
 from chainrule.checks import flag, positive_int
-from chainrule.layers import Layer, _by_outer_axis
+from chainrule.layers import Layer, _by_outer_axis, checked_init, init_std
 from chainrule.parallel import _blas_controller, in_parts
 from chainrule.parameter import Parameter
 
@@ -98,10 +98,8 @@ class Conv2D(Layer):
         self.kernel_size = _pair("Conv2D", "kernel_size", kernel_size)
         self.stride = _pair("Conv2D", "stride", stride)
         self.padding = _pair("Conv2D", "padding", padding, minimum=0)
-        if init not in ("he", "glorot"):
-            raise ValueError(f"Conv2D: init must be 'he' or 'glorot', got {init!r}")
+        self.init = checked_init("Conv2D", init)
         bias = flag("Conv2D", "bias", bias)
-        self.init = init
         kh, kw = self.kernel_size
         self.weight = Parameter(np.zeros((self.out_channels, self.in_channels, kh, kw), np.float32))
         self.params["weight"] = self.weight
@@ -123,9 +121,8 @@ class Conv2D(Layer):
 
     def initialize(self, rng):
         kh, kw = self.kernel_size
-        fan_in, fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
-        var = 2.0 / fan_in if self.init == "he" else 2.0 / (fan_in + fan_out)
-        self.weight.data[...] = rng.normal(0.0, np.sqrt(var), self.weight.shape)
+        std = init_std(self.init, self.in_channels * kh * kw, self.out_channels * kh * kw)
+        self.weight.data[...] = rng.normal(0.0, std, self.weight.shape)
         if self.bias is not None:
             self.bias.data[...] = 0.0
 

@@ -92,6 +92,22 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
+def checked_init(where: str, init) -> str:
+    """`init`, if it names a weight initialisation that `init_std` knows: "he" or "glorot"."""
+    if init not in ("he", "glorot"):
+        raise ValueError(f"{where}: init must be 'he' or 'glorot', got {init!r}")
+    return init
+
+
+def init_std(init: str, fan_in: int, fan_out: int) -> float:
+    """The standard deviation of a layer's initial weights, for `fan_in` inputs to each unit and
+    `fan_out` outputs from each input: He's, Var(W) = 2 / fan_in, for ReLU-family activations, or
+    Glorot's, Var(W) = 2 / (fan_in + fan_out), for sigmoid and tanh. Both keep the signal's
+    variance roughly constant from layer to layer, so deep stacks neither blow up nor fade out."""
+    var = 2.0 / fan_in if init == "he" else 2.0 / (fan_in + fan_out)
+    return float(np.sqrt(var))
+
+
 class Linear(Layer):
     """Fully connected layer: every input feature feeds every output neuron.
 
@@ -114,10 +130,8 @@ class Linear(Layer):
         super().__init__()
         self.in_features = positive_int("Linear", "in_features", in_features)
         self.out_features = positive_int("Linear", "out_features", out_features)
-        if init not in ("he", "glorot"):
-            raise ValueError(f"Linear: init must be 'he' or 'glorot', got {init!r}")
+        self.init = checked_init("Linear", init)
         bias = flag("Linear", "bias", bias)
-        self.init = init
         self.weight = Parameter(np.zeros((self.in_features, self.out_features), np.float32))
         self.params["weight"] = self.weight
         self.bias = None
@@ -128,7 +142,7 @@ class Linear(Layer):
         # in place): a Sequential re-draws every layer from its seeded generator, and `load_model`
         # overwrites the weights, where drawing 8 million float64 normals would double a load's time.
         np.random.default_rng().standard_normal(dtype=np.float32, out=self.weight.data)
-        self.weight.data *= self._std()
+        self.weight.data *= init_std(self.init, self.in_features, self.out_features)
         self._x = None
 
     @classmethod
@@ -137,13 +151,9 @@ class Linear(Layer):
         n_out = positive_int("Linear", "out_features", out_features)
         return ({"weight": (n_in, n_out), "bias": (n_out,)} if bias else {"weight": (n_in, n_out)}), {}
 
-    def _std(self) -> float:
-        fan_in, fan_out = self.in_features, self.out_features
-        var = 2.0 / fan_in if self.init == "he" else 2.0 / (fan_in + fan_out)
-        return float(np.sqrt(var))
-
     def initialize(self, rng):
-        self.weight.data[...] = rng.normal(0.0, self._std(), self.weight.shape)
+        self.weight.data[...] = rng.normal(0.0, init_std(self.init, self.in_features, self.out_features),
+                                           self.weight.shape)
         if self.bias is not None:
             self.bias.data[...] = 0.0
 
