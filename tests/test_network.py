@@ -414,8 +414,15 @@ def test_float64_mode_and_conversion():
 
 
 def test_shape_mismatch_fails_at_construction():
-    with pytest.raises(ValueError, match="layer 2 Linear expects 5 input features"):
+    with pytest.raises(ValueError, match=r"Sequential: layer 2 Linear: expects 5 input features, but receives "
+                                         r"shape \(6,\)"):
         cr.Sequential([cr.Linear(4, 6), cr.ReLU(), cr.Linear(5, 2)])
+    # Linear checks its input shape itself, as every layer does (Sequential special-cased it), and
+    # Sequential names the layer whatever its kind
+    with pytest.raises(ValueError, match=r"^Linear: expects 4 input features, but receives shape \(1, 2, 2\)$"):
+        cr.Linear(4, 2).output_shape((1, 2, 2))
+    with pytest.raises(ValueError, match=r"Sequential: layer 2 Conv2D: expects examples of shape \(3, H, W\)"):
+        cr.Sequential([cr.Conv2D(1, 2, 3), cr.ReLU(), cr.Conv2D(3, 4, 3)], input_shape=(1, 8, 8))
     with pytest.raises(ValueError, match="input_shape is required"):
         cr.Sequential([cr.ReLU()])
     with pytest.raises(TypeError, match="expected Layer instances"):

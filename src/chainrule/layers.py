@@ -189,6 +189,9 @@ class Linear(Layer):
         return grad_in
 
     def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(f"Linear: expects {self.in_features} input features, but receives shape "
+                             f"{tuple(input_shape)}")
         return (self.out_features,)
 
     def config(self):

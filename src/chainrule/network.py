@@ -211,13 +211,11 @@ class Sequential:
         (what `examples_per_pass` divides by)."""
         shape, largest = self.input_shape, 1
         for i, layer in enumerate(self.layers):
-            if isinstance(layer, L.Linear) and shape != (layer.in_features,):
-                raise ValueError(
-                    f"Sequential: layer {i} Linear expects {layer.in_features} input features, "
-                    f"but receives shape {shape}"
-                )
-            largest = max(largest, layer.scratch_size(shape))
-            shape = layer.output_shape(shape)
+            try:
+                largest = max(largest, layer.scratch_size(shape))
+                shape = layer.output_shape(shape)  # (each layer refuses a shape it cannot take)
+            except ValueError as exc:
+                raise ValueError(f"Sequential: layer {i} {exc}") from None
             largest = max(largest, math.prod(shape))
         self.output_shape = shape
         self._largest_example = largest
