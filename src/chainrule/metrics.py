@@ -108,7 +108,7 @@ def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     order = np.argsort(-scores, kind="mergesort")
     s, y = scores[order], y_true[order]
     # one point per distinct threshold: the last index of each run of equal scores
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1] if len(s) else np.array([], int)
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
     tps, fps = np.cumsum(y)[last], np.cumsum(~y)[last]
     pos, neg = max(y.sum(), 1), max((~y).sum(), 1)
     tpr = np.r_[0.0, tps / pos]

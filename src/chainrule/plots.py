@@ -46,7 +46,7 @@ def _epoch_ticks(ax, epochs) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def save_figure(fig, path, dpi: int = 110) -> None:
+def save_figure(fig, path) -> None:
     """Render `fig` in the format its suffix names (PNG, SVG, PDF, JPEG, ...) and write it
     atomically to `path`; an unknown suffix is a ValueError naming the formats."""
     kind = Path(path).suffix.lower().lstrip(".")
@@ -61,7 +61,7 @@ def save_figure(fig, path, dpi: int = 110) -> None:
     # an empty box, and matplotlib warns on stderr of each one, in several lines: cosmetic, so quiet.
     with WARNING_FILTERS, warnings.catch_warnings():
         warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from font", UserWarning)
-        fig.savefig(buf, format=kind, dpi=dpi, bbox_inches="tight")
+        fig.savefig(buf, format=kind, dpi=110, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -117,7 +117,7 @@ def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion 
     fig, ax = _subplots(figsize=(1.0 + 0.55 * side, 0.8 + 0.5 * side))
     shown = np.log1p(cm.astype(float))
     ax.imshow(shown, cmap="Blues")
-    threshold = shown.max() / 2 if shown.size else 0
+    threshold = shown.max() / 2
     for i in range(k if k <= MATRIX_CELLS_WRITTEN else 0):
         for j in range(k):
             ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
@@ -172,15 +172,13 @@ def gradient_flow(history, path, title: str = "Gradient flow") -> None:
 
 
 def image_grid(images, path, titles=None, cols: int | None = None, title: str | None = None,
-               cmap: str = "gray_r", symmetric: bool = False, title_colors=None) -> None:
+               symmetric: bool = False) -> None:
     """Small images in a grid, each with an optional caption.
 
     Args:
-        images: array (n, h, w).
+        images: array (n, h, w), drawn with ink (high values) dark on white, like a digit on paper.
         titles: one caption per image, or None.
-        cmap: "gray_r" draws ink (high values) dark on white, like a digit on paper.
         symmetric: colour scale centred on zero with a diverging map, for weights (red +, blue -).
-        title_colors: one colour per caption (e.g. red for a wrong prediction), or None.
     """
     images = np.asarray(images)
     n = len(images)
@@ -201,10 +199,9 @@ def image_grid(images, path, titles=None, cols: int | None = None, title: str | 
             m = float(np.abs(img).max()) or 1.0
             ax.imshow(img, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
         else:
-            ax.imshow(img, cmap=cmap, interpolation="nearest")
+            ax.imshow(img, cmap="gray_r", interpolation="nearest")
         if titles is not None:
-            color = title_colors[i] if title_colors is not None else "black"
-            ax.set_title(str(titles[i]), fontsize=7, color=color)
+            ax.set_title(str(titles[i]), fontsize=7)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
