@@ -98,8 +98,9 @@ MATRIX_CELLS_WRITTEN = 40
 
 
 def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion matrix") -> None:
-    """A confusion matrix of counts (`metrics.confusion_matrix`) as a heat map with the count in
-    every cell (rows: true, columns: predicted), and one label per class.
+    """A confusion matrix of counts (`metrics.confusion_matrix`) as a heat map (rows: true, columns:
+    predicted), with one label per class and, up to `MATRIX_CELLS_WRITTEN` classes, the count in
+    every cell (more make cells too small to write in: the colours alone show them).
 
     The colour scale is logarithmic so the few mistakes stay visible next to the large diagonal.
     """
