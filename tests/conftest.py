@@ -58,7 +58,7 @@ def parts(request, monkeypatch):
     machine with cores to spare; see `chainrule.parallel.in_parts`) whatever their size, with
     OpenBLAS's threads stopped first where NumPy's BLAS is OpenBLAS."""
     monkeypatch.setattr(parallel, "_MIN_SIZE", 0)
-    parallel._use_cores(request.param, parallel._blas_controller())
+    parallel._use_cores(request.param, parallel.blas_controller())
     # passes are cut only while no other thread runs (see parallel._stop_spinning)
     assert request.param == 1 or parallel._stop_spinning(), "a thread left running by an earlier test"
     yield request.param

@@ -122,7 +122,7 @@ def _ranges_and_threads(n, size):
 
 def test_in_parts_covers_the_range_once_on_every_core(monkeypatch):
     monkeypatch.setattr(parallel, "_MIN_SIZE", 100)
-    parallel._use_cores(2, parallel._blas_controller())
+    parallel._use_cores(2, parallel.blas_controller())
     try:
         if parallel._parts < 2:
             pytest.skip("needs 2 cores")

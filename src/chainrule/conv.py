@@ -29,8 +29,8 @@ import functools
 import numpy as np
 
 from chainrule.checks import flag, positive_int
-from chainrule.layers import Layer, _by_outer_axis, checked_init, init_std
-from chainrule.parallel import _blas_controller, in_parts
+from chainrule.layers import Layer, checked_init, init_std
+from chainrule.parallel import blas_controller, by_outer_axis, in_parts
 from chainrule.parameter import Parameter
 
 
@@ -272,7 +272,7 @@ _DIRECT_KERNEL_MACS = 1 << 20
 @functools.cache
 def _direct_kernel() -> bool:
     """Whether NumPy's BLAS is OpenBLAS running SkylakeX-family kernels (asked once, of threadpoolctl)."""
-    blas = _blas_controller()
+    blas = blas_controller()
     return blas is not None and any(
         lib.internal_api == "openblas" and str(getattr(lib, "architecture", "")).lower() in _DIRECT_KERNEL_CORES
         for lib in blas.lib_controllers)
@@ -477,7 +477,7 @@ class MaxPool2D(_Pool2D):
             _running_max(x, kw, 3, rows, col)
             _running_max(rows, kh, 2, out, row)
 
-        _by_outer_axis(pool, x, rows, self._col, out, self._row, shared=2)  # images and channels
+        by_outer_axis(pool, x, rows, self._col, out, self._row, shared=2)  # images and channels
         return out
 
     def _backward_non_overlapping(self, grad_out):
@@ -514,8 +514,8 @@ class MaxPool2D(_Pool2D):
             # each window's gradient, broadcast over its kh rows and kw columns, where it won
             np.multiply(winner, g[:, :, :, None, :, None], out=windows)
 
-        _by_outer_axis(spread, self._row, col, winner, grad_out, g,
-                       _split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw), shared=2)
+        by_outer_axis(spread, self._row, col, winner, grad_out, g,
+                      _split_windows(dx[:, :, : ho * kh, : wo * kw], kh, kw), shared=2)
         return dx
 
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 
 import numpy as np
 
 from chainrule.checks import flag, number, positive_int
 from chainrule.functional import sigmoid, softmax
-from chainrule.parallel import in_parts, splits
+from chainrule.parallel import by_outer_axis
 from chainrule.parameter import Parameter
 
 
@@ -216,14 +215,23 @@ class _Activation(Layer):
         self.output = None
 
 
+class ReLU(_Activation):
+    """Rectified linear unit: y = max(0, x). Its derivative is 1 where the output is positive, else 0.
+
+    A unit whose output is 0 for every example passes no gradient back and stops learning
+    ("dead"); `fit` reports the fraction of such units per epoch (see `GradientFlow`).
+    """
+
+    def forward(self, x, training=False):
+        self.output = _relu(x)  # y = max(0, x)
+        return self.output
+
+    def backward(self, grad_out):
+        # dL/dx = dL/dy · (y > 0): dy/dx is 1 where y > 0, else 0
+        return _relu_grad(self._cached(self.output), grad_out)
+
+
 _FEW = 4096  # values in an element-wise pass below which it is done by one NumPy call, as it is
-
-
-@functools.lru_cache(maxsize=32)
-def _zero_row(length: int, dtype: np.dtype) -> np.ndarray:
-    zeros = np.zeros(length, dtype)
-    zeros.flags.writeable = False  # shared by every ReLU that sees rows of this length
-    return zeros
 
 
 def _relu(x: np.ndarray) -> np.ndarray:
@@ -231,14 +239,14 @@ def _relu(x: np.ndarray) -> np.ndarray:
     if x.size <= _FEW:  # (one example's, say: the calls that cut a pass up cost more than they save)
         return np.maximum(x, 0)
     out = np.empty_like(x)
-    _by_outer_axis(_max0_into, x, out)
+    by_outer_axis(_max0_into, x, out)
     return out
 
 
 def _relu_grad(y: np.ndarray, g: np.ndarray) -> np.ndarray:
     """g where y > 0, else 0, on every core; equivalent to g * (y > 0)."""
     out = np.empty_like(y, g.dtype)
-    _by_outer_axis(lambda y, g, into: np.multiply(g, y > 0, out=into), y, g, out)
+    by_outer_axis(lambda y, g, into: np.multiply(g, y > 0, out=into), y, g, out)
     return out
 
 
@@ -258,45 +266,11 @@ def _max0_into(x: np.ndarray, out: np.ndarray) -> None:
     np.maximum(rows, _zero_row(rows.shape[1], x.dtype), out=out.reshape(rows.shape))
 
 
-def _by_outer_axis(fn: Callable[..., object], *arrays: np.ndarray, shared: int | None = None) -> None:
-    """fn(*parts), with `parts` the arrays cut into ranges, one per core, all at once (see
-    `in_parts`), along the one of their first `shared` axes (all of them by default: arrays of one
-    shape) that is outermost in the first array's memory: the batch axis of a C-ordered batch, the
-    channel axis of a Conv2D's batch-last output, each range one stretch of memory. Only the axes
-    the arrays share may be cut: a pooled array is shorter along the rows and columns of the input
-    it came from. A pass that stays whole gets the arrays themselves."""
-    like = arrays[0]
-    if like.ndim == 0 or not splits(like.size):  # one whole pass (a single example's, say)
-        fn(*arrays)
-        return
-    axis = 0 if like.flags.c_contiguous else max(range(like.ndim if shared is None else shared),
-                                                 key=like.strides.__getitem__)
-    n = like.shape[axis]
-
-    def part(_, lo, hi):
-        if hi - lo == n:
-            fn(*arrays)
-        else:
-            index = (slice(None),) * axis + (slice(lo, hi),)
-            fn(*(a[index] for a in arrays))
-
-    in_parts(part, n, like.size)
-
-
-class ReLU(_Activation):
-    """Rectified linear unit: y = max(0, x). Its derivative is 1 where the output is positive, else 0.
-
-    A unit whose output is 0 for every example passes no gradient back and stops learning
-    ("dead"); `fit` reports the fraction of such units per epoch (see `GradientFlow`).
-    """
-
-    def forward(self, x, training=False):
-        self.output = _relu(x)  # y = max(0, x)
-        return self.output
-
-    def backward(self, grad_out):
-        # dL/dx = dL/dy · (y > 0): dy/dx is 1 where y > 0, else 0
-        return _relu_grad(self._cached(self.output), grad_out)
+@functools.lru_cache(maxsize=32)
+def _zero_row(length: int, dtype: np.dtype) -> np.ndarray:
+    zeros = np.zeros(length, dtype)
+    zeros.flags.writeable = False  # shared by every ReLU that sees rows of this length
+    return zeros
 
 
 class LeakyReLU(ReLU):

@@ -14,7 +14,8 @@ this process runs the tasks it did not send back; a task that raises raises here
 
 `BlasThreads` is the other half of using the cores well: how many threads NumPy's BLAS may use
 while another process wants a core too (see its docstring). While it runs (inside `fit`),
-`in_parts(fn, n, size)` runs large element-wise passes on that many cores too, one thread each.
+`in_parts(fn, n, size)` runs large element-wise passes on that many cores too, one thread each
+(`by_outer_axis` cuts arrays into such parts).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -178,7 +181,7 @@ class BlasThreads:
             return self.threads
         self._next = now + self.every
         if self._blas is None:
-            self._blas = _blas_controller()
+            self._blas = blas_controller()
             self.start = self.threads = min((lib.num_threads for lib in self._blas.lib_controllers),
                                             default=1) if self._blas else 1
             self._off = self._blas is None or self.start < 2
@@ -256,6 +259,31 @@ def splits(size: int) -> bool:
     return _parts > 1 and size >= _MIN_SIZE
 
 
+def by_outer_axis(fn: Callable[..., object], *arrays: np.ndarray, shared: int | None = None) -> None:
+    """fn(*parts), with `parts` the arrays cut into ranges, one per core, all at once (see
+    `in_parts`), along the one of their first `shared` axes (all of them by default: arrays of one
+    shape) that is outermost in the first array's memory: the batch axis of a C-ordered batch, the
+    channel axis of a Conv2D's batch-last output, each range one stretch of memory. Only the axes
+    the arrays share may be cut: a pooled array is shorter along the rows and columns of the input
+    it came from. A pass that stays whole gets the arrays themselves."""
+    like = arrays[0]
+    if like.ndim == 0 or not splits(like.size):  # one whole pass (a single example's, say)
+        fn(*arrays)
+        return
+    axis = 0 if like.flags.c_contiguous else max(range(like.ndim if shared is None else shared),
+                                                 key=like.strides.__getitem__)
+    n = like.shape[axis]
+
+    def part(_, lo, hi):
+        if hi - lo == n:
+            fn(*arrays)
+        else:
+            index = (slice(None),) * axis + (slice(lo, hi),)
+            fn(*(a[index] for a in arrays))
+
+    in_parts(part, n, like.size)
+
+
 def _leave_signals_to_the_main_thread() -> None:
     """Block Ctrl-C and the other signals that stop a process in a helper thread, so the kernel hands
     them to a thread that is not one of ours: Python raises KeyboardInterrupt in the main thread
@@ -309,7 +337,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_helpers)
 
 
-def _blas_controller():
+def blas_controller():
     """threadpoolctl's handle on the BLAS libraries loaded in this process (NumPy's, SciPy's), or
     None if none is loaded."""
     # imported here, not at the top: it takes ~17 ms, which `spam classify` would pay at every start
