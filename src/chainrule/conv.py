@@ -357,12 +357,19 @@ def _running_max(x: np.ndarray, k: int, axis: int, best: np.ndarray, won: np.nda
     np.greater(nth(1), nth(0), out=won.view(bool) if won.itemsize == 1 else won)  # strict: an earlier one keeps a tie
     np.maximum(nth(0), nth(1), out=best)
     for j in range(2, k):
-        view = nth(j)
-        better = np.greater(view, best)
-        np.maximum(best, view, out=best)
-        # won ← j where better: as j exceeds every earlier index, that is max(won, j·better),
-        # and arithmetic on the mask runs many times faster than a masked assignment
-        np.maximum(won, better * won.dtype.type(j), out=won)
+        _take_greater(best, won, nth(j), j)
+
+
+def _take_greater(best: np.ndarray, won: np.ndarray, view: np.ndarray, index: int,
+                  better: np.ndarray | None = None) -> None:
+    """A step of an arg-max over candidates taken in turn: where `view` is greater than `best`
+    (strictly: an earlier candidate keeps a tie), best ← view and won ← `index`; `better`, if
+    given, is scratch space, a bool array of best's shape. Equivalent to won[view > best] = index,
+    then best ← max(best, view): as `index` exceeds every earlier one, won ← max(won, index·better),
+    and arithmetic on the mask runs many times faster than a masked assignment."""
+    better = np.greater(view, best, out=better)
+    np.maximum(best, view, out=best)
+    np.maximum(won, better * won.dtype.type(index), out=won)
 
 
 def _index_dtype(k: int) -> type:
@@ -430,12 +437,7 @@ class MaxPool2D(_Pool2D):
         arg = np.zeros_like(out, _index_dtype(kh * kw))
         better = np.empty_like(out, bool)
         for k in range(1, kh * kw):
-            view = _window(x, k // kw, k % kw, ho, wo, sh, sw)
-            np.greater(view, out, out=better)  # strict: an earlier offset keeps a tie
-            np.maximum(out, view, out=out)
-            # equivalent to arg[better] = k (k exceeds every earlier index), and arithmetic on the
-            # mask runs many times faster than a masked assignment
-            np.maximum(arg, better * arg.dtype.type(k), out=arg)
+            _take_greater(out, arg, _window(x, k // kw, k % kw, ho, wo, sh, sw), k, better)
         self._arg = arg
         return out
 
