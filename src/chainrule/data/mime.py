@@ -98,7 +98,7 @@ _PYTHON_ONLY = {"punycode", "idna", "unicode-escape", "raw-unicode-escape", "cha
 
 
 @functools.lru_cache(maxsize=1024)
-def _codec(charset: str) -> str | None:
+def text_codec(charset: str) -> str | None:
     """The Python codec that reads text labelled `charset` as mail programs read it (`_LABELS`,
     `_SUPERSETS`), or None for an unknown charset. Python codecs that are no text encoding (zlib,
     base64, rot13) are unknown too: their decoders make bytes of bytes, or raise OSError; and so
@@ -114,7 +114,7 @@ def _codec(charset: str) -> str | None:
 
 
 def decode_text(data: bytes, charset: str | None) -> str:
-    """Bytes -> str in the declared charset (as `_codec` reads its label) or UTF-8, falling back
+    """Bytes -> str in the declared charset (as `text_codec` reads its label) or UTF-8, falling back
     to Windows-1252, then Latin-1 (which maps every byte, so this never fails). Spam often
     declares a wrong charset.
 
@@ -130,7 +130,7 @@ def decode_text(data: bytes, charset: str | None) -> str:
     base64 cut anywhere) loses the character the cut split, in UTF-8 or a declared multi-byte
     charset (GB2312, UTF-16), not its encoding.
     """
-    declared = _codec(charset) if charset else None
+    declared = text_codec(charset) if charset else None
     eight_bit = not data.isascii()
     if eight_bit and declared and not declared.startswith("utf-"):  # (UTF-16's text is no 8-bit text)
         try:  # (a UTF-8 text cut short too, but not Latin-1's "Skytt\xe4": ASCII and a cut character)
@@ -445,7 +445,7 @@ def _meta_charset(html: bytes) -> str | None:
     if m is None:
         return None
     label = m.group(1).decode("ascii")
-    codec = _codec(label)
+    codec = text_codec(label)
     return "utf-8" if codec and codec.startswith(("utf-16", "utf-32")) else label
 
 
@@ -629,7 +629,7 @@ def _header_charset(label: bytes) -> str:
     one that does not read ASCII as ASCII (UTF-16, UTF-32, EBCDIC such as cp500): a line's ASCII,
     its name included, would read as other characters, and its raw text with them (a Latin-1
     Subject under a UTF-16 part read 'Re: r\ufffdunion \ufffd100 prize')."""
-    codec = _codec(label.decode("ascii"))
+    codec = text_codec(label.decode("ascii"))
     try:
         return label.decode("ascii") if codec and b"Subject:".decode(codec) == "Subject:" else ""
     except UnicodeDecodeError:  # (UTF-32: 8 bytes are no 2 characters of it)
