@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 TASK = "images"
 # Models saved by chainrule 0.1's `chainrule digits train` say "digits": MNIST models.
 OLD_TASKS = ("digits",)
+# What the metadata of an image model, new or 0.1's, says its task is.
+IMAGE_TASKS = (TASK, *OLD_TASKS)
 DIGITS = [str(k) for k in range(10)]
 # Held out from the training images to choose the epoch (early stopping): a twelfth of them, at
 # most 5,000 (MNIST's 60,000 give 5,000); the official test images are only ever used for the final
@@ -288,7 +290,7 @@ def _check_not_another_models(out: Path) -> None:
     """Refuse an --out that holds another application's model (a spam filter, say): training would
     replace it. An image model there is an earlier run, which a new run replaces as it always has."""
     task = saved_task(out)
-    if isinstance(task, str) and task not in (TASK, *OLD_TASKS):
+    if isinstance(task, str) and task not in IMAGE_TASKS:
         raise UserError(f"--out {out} holds a {task} model; training would replace it: choose another --out")
 
 
@@ -572,7 +574,7 @@ def check_image_model(model: Sequential, metadata: dict, path) -> dict:
     """Raise ModelFileError unless the model loaded from `path` is a usable image model; return its
     metadata with the defaults of a 0.1 digits model filled in."""
     task = metadata.get("task")
-    if task != TASK and task not in OLD_TASKS:
+    if task not in IMAGE_TASKS:
         raise ModelFileError(f"{path}: not an image model (its task is {task!r})")
     problem, metadata = _metadata_problem(model, metadata)
     if problem:

@@ -32,8 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 import chainrule
 from chainrule.apps.image_presets import model_inputs
-from chainrule.apps.images import OLD_TASKS, best_class, class_distribution, load_image_model
-from chainrule.apps.images import TASK as IMAGES_TASK
+from chainrule.apps.images import IMAGE_TASKS, best_class, class_distribution, load_image_model
 from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.checks import is_real
 from chainrule.data import idx
@@ -107,7 +106,7 @@ def model_info(path: Path, model, metadata: dict, stamp: tuple, name: str | None
             prefix = "" if group == "metrics" else f"{group}_"
             metrics.update({prefix + k: v for k, v in metadata[group].items()
                             if is_real(v) and (group == "metrics" or any(w in k for w in METRIC_WORDS))})
-    image = metadata.get("task") == IMAGES_TASK or metadata.get("task") in OLD_TASKS
+    image = metadata.get("task") in IMAGE_TASKS
     dataset = metadata.get("dataset") if image else None
     return ModelInfo(
         path=str(path),
@@ -390,7 +389,7 @@ def find_latest_image_models(runs="runs", load=model_directory, leave_out=()) ->
     `leave_out`, as `load` gives it (as `find_latest_model`): {data set: model}. Models from
     chainrule 0.1's `digits train` count as MNIST's."""
     by_dataset: dict[str, list[Path]] = {}
-    for directory, metadata in _newest_first(runs, (IMAGES_TASK, *OLD_TASKS)):
+    for directory, metadata in _newest_first(runs, IMAGE_TASKS):
         by_dataset.setdefault(str(metadata.get("dataset", "mnist")), []).append(directory)
     latest = {dataset: _first_loaded(directories, load) for dataset, directories in by_dataset.items()
               if dataset not in leave_out}
