@@ -214,6 +214,16 @@ def test_load_mnist_refuses_labels_that_are_not_digits(tmp_path, test_split):
     assert load_image_set(folder, "test").classes == [str(k) for k in range(13)]  # as a general set: 13 classes
 
 
+def test_check_labels_names_the_first_label_beyond_the_classes():
+    """One check for every reader of labels (a set's classes.txt, load_mnist, a model's outputs),
+    which each wrote it out."""
+    labels = np.array([0, 3, 1, 5, 4], np.uint8)
+    idx.check_labels(labels, 6, "set", " has no class")
+    idx.check_labels(labels[:0], 1, "set", " has no class")  # (an empty share of a set: nothing to refuse)
+    with pytest.raises(DataError, match=r"^set: label 5 at index 3 has no class$"):
+        idx.check_labels(labels, 5, "set", " has no class")
+
+
 # -- corrupt files ------------------------------------------------------------------------------------
 
 

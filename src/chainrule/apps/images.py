@@ -552,9 +552,8 @@ def _hold_writer_lock(stack: contextlib.ExitStack, out: Path, shared: bool = Fal
 
 
 def _check_labels(labels: np.ndarray, classes: list[str], what: str) -> None:
-    if len(labels) and labels.max() >= len(classes):
-        bad = int(np.argmax(labels >= len(classes)))
-        raise DataError(f"{what}: label {labels[bad]} at index {bad}, but the model knows {len(classes)} classes")
+    """Refuse labels the model has no output for."""
+    idx.check_labels(labels, len(classes), what, f", but the model knows {len(classes)} classes")
 
 
 # -- evaluate / predict / show --------------------------------------------------------------------

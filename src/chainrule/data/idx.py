@@ -518,11 +518,17 @@ def _class_names(directory: Path, labels: np.ndarray, known: KnownSet | None, la
         names, source = list(known.classes), f"{known.title} has"
     else:
         return [str(k) for k in range(int(labels.max()) + 1)]
-    if labels.max() >= len(names):
-        bad = int(np.argmax(labels >= len(names)))
-        raise DataError(f"{labels_path}: label {labels[bad]} at index {bad} has no class: "
-                        f"{source} {len(names)} classes")
+    check_labels(labels, len(names), str(labels_path), f" has no class: {source} {len(names)} classes")
     return names
+
+
+def check_labels(labels: np.ndarray, classes: int, where: str, why: str) -> None:
+    """Refuse labels beyond the `classes` there are: a DataError "`where`: label L at index I`why`"
+    naming the first label that is not below `classes` (a label file of another set, class names
+    too few for it, a model with fewer outputs)."""
+    if len(labels) and labels.max() >= classes:
+        bad = int(np.argmax(labels >= classes))
+        raise DataError(f"{where}: label {labels[bad]} at index {bad}{why}")
 
 
 def load_image_set(source=None, split: str = "train", default: str | None = None,

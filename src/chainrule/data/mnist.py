@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from chainrule.data.idx import FILES, load_image_set
-from chainrule.errors import DataError
+from chainrule.data.idx import FILES, check_labels, load_image_set
 
 __all__ = ["NUM_CLASSES", "load_mnist"]
 
@@ -33,7 +32,5 @@ def load_mnist(split: str = "train", data_dir=None, download_missing: bool = Tru
     if split not in FILES:
         raise ValueError(f"load_mnist: split must be 'train' or 'test', got {split!r}")
     images, labels = load_image_set(data_dir, split, default="mnist", download_missing=download_missing)[:2]
-    if labels.max() >= NUM_CLASSES:
-        bad = int(np.argmax(labels >= NUM_CLASSES))
-        raise DataError(f"MNIST {split} labels: label {labels[bad]} at index {bad} is not a digit 0-9")
+    check_labels(labels, NUM_CLASSES, f"MNIST {split} labels", " is not a digit 0-9")
     return images, labels
