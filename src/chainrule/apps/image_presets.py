@@ -33,8 +33,9 @@ from chainrule import (
     cosine,
 )
 from chainrule.data.augment import clothing_augmenter, digit_augmenter
+from chainrule.data.idx import IMAGE_SIZE
 
-PIXELS = 28 * 28
+PIXELS = IMAGE_SIZE * IMAGE_SIZE  # a "flat" model's inputs: one per pixel
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def model_inputs(images, metadata: dict) -> np.ndarray:
     """
     prep = metadata.get("preprocessing", metadata)
     x = np.asarray(images)
-    if x.ndim == 2 and x.shape == (28, 28):
+    if x.ndim == 2 and x.shape == (IMAGE_SIZE, IMAGE_SIZE):
         x = x[None]
     if x.ndim < 2 or math.prod(x.shape[1:]) != PIXELS:  # (an empty batch too: a rank's share may be)
         raise ValueError(f"model_inputs: expected 28x28 images, got an array of shape {x.shape}")
@@ -235,11 +236,11 @@ def model_inputs(images, metadata: dict) -> np.ndarray:
     if mean != 0.0 or std != 1.0:
         x = (x - np.float32(mean)) / np.float32(std)
     if prep.get("layout", "flat") == "image":
-        return x.reshape(len(x), 1, 28, 28)
+        return x.reshape(len(x), 1, IMAGE_SIZE, IMAGE_SIZE)
     return x.reshape(len(x), PIXELS)
 
 
 def build_model(preset: Preset, classes: int, seed: int | None = 0) -> Sequential:
     """A fresh, initialised model of `preset` with `classes` outputs."""
-    shape = (PIXELS,) if preset.input_layout == "flat" else (1, 28, 28)
+    shape = (PIXELS,) if preset.input_layout == "flat" else (1, IMAGE_SIZE, IMAGE_SIZE)
     return Sequential(preset.build(classes), input_shape=shape, seed=seed)

@@ -151,8 +151,8 @@ def save_mistakes_grid(report: dict, images: np.ndarray, labels: np.ndarray, pat
     arrow = " -> " if max(len(c) for c in classes) <= 3 else "\n-> "
     titles = [f"test #{i}\n{classes[labels[i]]}{arrow}{classes[pred[i]]} ({100 * proba[i, pred[i]]:.0f}%)"
               for i in worst]
-    plots.image_grid(images[worst] if len(worst) else np.zeros((0, 28, 28)), path, titles=titles,
-                     cols=min(max(len(worst), 1), 5),
+    tiles = images[worst] if len(worst) else np.zeros((0, idx.IMAGE_SIZE, idx.IMAGE_SIZE))
+    plots.image_grid(tiles, path, titles=titles, cols=min(max(len(worst), 1), 5),
                      title=f"{len(worst)} most confidently wrong test images (true -> predicted)")
     return len(worst)
 
@@ -607,7 +607,7 @@ def _metadata_problem(model: Sequential, metadata: dict) -> tuple[str | None, di
     if not (isinstance(recognised_as, str) and recognised_as in idx.KNOWN_SETS):
         return f"recognised_as must be one of {', '.join(idx.KNOWN_SETS)}, got {str(recognised_as)[:80]!r}", metadata
     try:  # the network on one blank image, prepared as every image will be: one score per class
-        out = model.forward(model_inputs(np.zeros((1, 28, 28), np.uint8), metadata))
+        out = model.forward(model_inputs(np.zeros((1, idx.IMAGE_SIZE, idx.IMAGE_SIZE), np.uint8), metadata))
     except ValueError as exc:
         return f"the network cannot read a {layout} 28x28 image: {exc}", metadata
     if out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2:

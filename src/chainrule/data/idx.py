@@ -62,6 +62,8 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 CLASSES_FILE = "classes.txt"
+# The side of every image, in pixels: the sets read here are 28x28, as MNIST's, and so is every
+# picture prepared for a model of them (`chainrule.data.images`).
 IMAGE_SIZE = 28
 _UBYTE = 0x08
 # No IDX file of this kind comes near this; a header claiming more is corrupt, and refusing it

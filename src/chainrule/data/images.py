@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from chainrule.data.idx import IMAGE_SIZE
 from chainrule.errors import WARNING_FILTERS, DataError
 from chainrule.files import link_problem
 
@@ -70,7 +71,8 @@ PART_LEVEL = 0.05
 PAPER_TOLERANCE = 24.0
 PAPER_FITS = 6
 
-BOX, SIZE = 20, 28
+# MNIST's digits were fitted to a box of this side, then centred in the 28x28 image (`to_mnist`).
+DIGIT_BOX = 20
 # An object's pixels closer than this to the background's level are background (Fashion-MNIST's trim).
 OBJECT_TRIM = 0.05
 PICTURES = ("digit", "object")
@@ -412,7 +414,7 @@ def to_mnist(ink: np.ndarray) -> np.ndarray:
     Args:
         ink: (h, w) array in [0, 1], ink high. Returns float32 (28, 28) in [0, 1].
     """
-    small = np.clip(_crop_and_fit(ink, BOX, "no ink found (a blank image)"), 0.0, None)
+    small = np.clip(_crop_and_fit(ink, DIGIT_BOX, "no ink found (a blank image)"), 0.0, None)
     nh, nw = small.shape
     peak = float(small.max())
     if peak <= 0:
@@ -424,9 +426,9 @@ def to_mnist(ink: np.ndarray) -> np.ndarray:
     cx = float((small.sum(axis=0) * np.arange(nw)).sum() / mass)
     # put that point at pixel (14, 14) of the 28x28 field, where MNIST's digits have theirs (their
     # mean centre of mass is 14.0 in both axes), keeping the whole digit inside the field
-    top = min(max(round(SIZE / 2 - cy), 0), SIZE - nh)
-    left = min(max(round(SIZE / 2 - cx), 0), SIZE - nw)
-    out = np.zeros((SIZE, SIZE), np.float32)
+    top = min(max(round(IMAGE_SIZE / 2 - cy), 0), IMAGE_SIZE - nh)
+    left = min(max(round(IMAGE_SIZE / 2 - cx), 0), IMAGE_SIZE - nw)
+    out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
     out[top : top + nh, left : left + nw] = small
     return out
 
@@ -451,11 +453,11 @@ def fit_object(levels: np.ndarray) -> np.ndarray:
     Args:
         levels: (h, w) array in [0, 1], object high, background 0. Returns float32 (28, 28) in [0, 1].
     """
-    small = _crop_and_fit(np.where(levels > OBJECT_TRIM, levels, 0.0), SIZE, "nothing found (a blank image)")
+    small = _crop_and_fit(np.where(levels > OBJECT_TRIM, levels, 0.0), IMAGE_SIZE, "nothing found (a blank image)")
     nh, nw = small.shape
     # centred, an odd pixel left over going above and to the left, as in Fashion-MNIST's own images
-    top, left = (SIZE - nh + 1) // 2, (SIZE - nw + 1) // 2
-    out = np.zeros((SIZE, SIZE), np.float32)
+    top, left = (IMAGE_SIZE - nh + 1) // 2, (IMAGE_SIZE - nw + 1) // 2
+    out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
     out[top : top + nh, left : left + nw] = np.clip(small, 0.0, 1.0)
     return out
 

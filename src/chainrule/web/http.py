@@ -20,6 +20,7 @@ from starlette.formparsers import MultiPartParser
 
 from chainrule.apps.spam import looks_like_email
 from chainrule.data.corpora import marked_encoding
+from chainrule.data.idx import IMAGE_SIZE
 from chainrule.data.mime import charset_of, text_codec
 from chainrule.errors import one_line
 
@@ -227,7 +228,7 @@ def pixels_from_json(doc: Any) -> np.ndarray:
         arr = np.asarray(doc, dtype=np.float64)
     except (TypeError, ValueError, OverflowError) as exc:  # (OverflowError: an integer like 10**400; ragged rows)
         raise ApiError(422, "pixels must be a 28x28 array of numbers") from exc
-    if arr.shape != (28, 28):
+    if arr.shape != (IMAGE_SIZE, IMAGE_SIZE):
         raise ApiError(422, f"pixels must be a 28x28 array of numbers, got shape {list(arr.shape)}")
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
         raise ApiError(422, "pixels must be numbers in [0, 1] (0 = background, 1 = ink)")
