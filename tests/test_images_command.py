@@ -431,6 +431,7 @@ def test_a_folder_of_one_sets_training_files_and_anothers_test_files_is_refused(
 @pytest.mark.parametrize(("option", "said"), [(("--lr", "0"), "--lr must be a finite number > 0, got 0.0"),
                                               (("--lr", "inf"), "--lr must be a finite number > 0, got inf"),
                                               (("--seed", "-1"), "--seed must be an integer >= 0, got -1"),
+                                              (("--train-size", "500"), "--train-size must be above 500, got 500"),
                                               (("--train-size", "60001"), "--train-size 60,001 is more than the "
                                                                           "60,000 training images of Fashion-MNIST")])
 def test_bad_training_options_are_refused_before_anything_is_written(fashion_dir, tmp_path, capsys, option, said):

@@ -230,8 +230,8 @@ def _add_group(subparsers, group: str) -> None:
                    help="seed for initial weights, validation split, shuffling, dropout and augmentation "
                    "(default 0; bit-identical reruns on a busy machine also need OPENBLAS_NUM_THREADS=1)")
     p.add_argument("--train-size", type=positive_int, metavar="N",
-                   help="use only the first N training images, more than 500, a twelfth of them (5,000 at "
-                   "most) held out to choose the epoch (quick experiments)")
+                   help=f"use only the first N training images, more than {images.MIN_TRAIN_SIZE}, a twelfth of "
+                   f"them ({images.VALIDATION_IMAGES:,} at most) held out to choose the epoch (quick experiments)")
     p.add_argument("--out", metavar="DIR", help=f"output folder (default {default_out})")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
