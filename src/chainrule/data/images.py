@@ -63,6 +63,10 @@ WORKING_SIZE = 1024
 NOISE_FLOOR = 0.2
 # Grey levels of contrast a picture's strongest ink must exceed (5%): less is a blank page's noise.
 BLANK_CONTRAST = 12
+# Grey levels (10%) a transparent drawing must span, flattened onto white (then black), to be read
+# on that background: less shows little of it there (white ink on white; on black, a faint brush's
+# black ink), so the other is tried too (`_grey`).
+FLAT_CONTRAST = 25
 # The parts of a picture (the digit's strokes, a speck, a dot) are told apart down to this fraction
 # of its strongest ink (`_strokes`).
 PART_LEVEL = 0.05
@@ -247,7 +251,7 @@ def _grey(img: Image.Image) -> np.ndarray:
         for background in ((255, 255, 255, 255), (0, 0, 0, 255)):
             flat = Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba).convert("L")
             a = np.asarray(flat, dtype=np.float64)
-            if np.ptp(a) > 25:
+            if np.ptp(a) > FLAT_CONTRAST:
                 return a
             flats.append(a)
         return max(flats, key=np.ptp)  # (white where the two show as much)
@@ -268,10 +272,20 @@ def _full_range(a: np.ndarray, lo: float, hi: float, mode: str) -> np.ndarray:
     return 255 * (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
-def _paper(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
-    """The paper's grey level at every pixel: the border's median level plus a plane b + c·x + d·y
-    fitted to the border (a digit rarely touches all four edges), so that light falling across a
-    photographed page, brighter on one side, is not read as ink on the darker side.
+def _border(grey: np.ndarray) -> np.ndarray:
+    """The picture's outermost pixels: its top and bottom rows, then its left and right columns."""
+    return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+
+
+def _border_level(grey: np.ndarray) -> float:
+    """The background's grey level: the median of the border's (what fills it is background)."""
+    return float(np.median(_border(grey)))
+
+
+def _paper(grey: np.ndarray, level: float, dark_ink: bool) -> np.ndarray:
+    """The paper's grey level at every pixel: the border's median level `level` plus a plane
+    b + c·x + d·y fitted to the border (a digit rarely touches all four edges), so that light
+    falling across a photographed page, brighter on one side, is not read as ink on the darker side.
 
     Least squares, repeated until it settles, each time on the border pixels that are not ink by
     its last fit: ink lies on one side of the paper (darker than it by more than
@@ -280,26 +294,20 @@ def _paper(grey: np.ndarray, dark_ink: bool) -> np.ndarray:
     lit image and its negative give exactly the same ink.
     """
     h, w = grey.shape
-    ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(h), np.arange(h)])
-    xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h), np.full(h, w - 1)])
-    levels = grey[ys.astype(np.intp), xs.astype(np.intp)]
-    median = float(np.median(levels))
+    rows, cols = np.indices(grey.shape)
+    ys, xs, levels = _border(rows), _border(cols), _border(grey)  # each border pixel's place and level
     sign = 1.0 if dark_ink else -1.0  # dark ink lies below the paper, light ink above it
     design = np.column_stack([np.ones_like(xs), xs / max(w - 1, 1) - 0.5, ys / max(h - 1, 1) - 0.5])
     keep = np.ones(len(levels), bool)
     for _ in range(PAPER_FITS):
-        coef = np.linalg.lstsq(design[keep], levels[keep] - median, rcond=None)[0]
-        paper_here = sign * (levels - median - design @ coef) >= -PAPER_TOLERANCE
+        coef = np.linalg.lstsq(design[keep], levels[keep] - level, rcond=None)[0]
+        paper_here = sign * (levels - level - design @ coef) >= -PAPER_TOLERANCE
         if (paper_here == keep).all():
             break
         keep = paper_here
     x = np.arange(w) / max(w - 1, 1) - 0.5
     y = np.arange(h) / max(h - 1, 1) - 0.5
-    return median + coef[0] + coef[1] * x[None, :] + coef[2] * y[:, None]
-
-
-def _border(grey: np.ndarray) -> np.ndarray:
-    return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    return level + coef[0] + coef[1] * x[None, :] + coef[2] * y[:, None]
 
 
 def _darker_than_its_border(grey: np.ndarray, level: float) -> bool:
@@ -333,8 +341,9 @@ def _ink(grey: np.ndarray) -> np.ndarray:
     brighter one (on evenly lit paper that is the same as grey levels below the paper's, once
     scaled by the strongest ink).
     """
-    dark_ink = _darker_than_its_border(grey, float(np.median(_border(grey))))
-    paper = _paper(grey, dark_ink)
+    level = _border_level(grey)
+    dark_ink = _darker_than_its_border(grey, level)
+    paper = _paper(grey, level, dark_ink)
     ink = (paper - grey) if dark_ink else (grey - paper)
     if float(ink.max()) <= BLANK_CONTRAST:  # a blank page
         return np.zeros_like(grey)
@@ -442,7 +451,7 @@ def _object_levels(grey: np.ndarray) -> np.ndarray:
     grey table top count as that white, and a thing darker than its background
     (`_darker_than_its_border`) is measured down from it, a lighter one up.
     """
-    paper = float(np.median(_border(grey)))
+    paper = _border_level(grey)
     levels = (paper - grey) / paper if _darker_than_its_border(grey, paper) else (grey - paper) / (255 - paper)
     return np.clip(levels, 0.0, 1.0)
 
