@@ -162,6 +162,26 @@ def test_uncompressed_and_other_datasets_in_the_same_layout_load_the_same_way(tm
     np.testing.assert_array_equal(load_mnist("train", tmp_path / "zipped")[0], images)
 
 
+def test_loading_a_folder_searches_once_and_hashes_its_labels_once(tmp_path, test_split, monkeypatch):
+    """load_image_set looked for the folders to search twice (itself, then find_files), and hashed
+    the labels twice (to tell a known set's other split, then to name the set)."""
+    folder = write_set(tmp_path / "set", test_split[0][:300], test_split[1][:300])
+    calls = {"_search_dirs": 0, "_idx_sha256": 0}
+
+    def counting(name):
+        original = getattr(idx, name)
+
+        def counted(*args):
+            calls[name] += 1
+            return original(*args)
+        return counted
+
+    for name in calls:
+        monkeypatch.setattr(idx, name, counting(name))
+    assert load_image_set(folder, "test").name == str(folder.resolve())
+    assert calls == {"_search_dirs": 1, "_idx_sha256": 1}
+
+
 # -- class names --------------------------------------------------------------------------------------
 
 

@@ -342,7 +342,12 @@ def find_files(split: str, source=None, default: str | None = "mnist") -> tuple[
     hold the test files, which evaluating needs alone (a folder of test files can be evaluated on)
     and a training run is tested on, and for "train" the training files too.
     """
-    dirs, known = _search_dirs(source, default)
+    return _split_files(split, *_search_dirs(source, default), _what(source, default))
+
+
+def _split_files(split: str, dirs: list[Path], known: KnownSet | None, what: str) -> tuple[Path, Path] | None:
+    """`find_files` in the folders `dirs` searched for the known set `known` (None: a folder), which
+    a message calls `what`."""
     folder = _set_folder(dirs)
     if folder is None:
         return None
@@ -360,7 +365,7 @@ def find_files(split: str, source=None, default: str | None = "mnist") -> tuple[
     files = f"{_split_of(missing)} files" if _split_of(missing) else "files"
     beside = "" if folder == dirs[-1] else (", beside its other files (a set is read whole from the first folder "
                                             "that holds any of its files)")
-    raise DataError(f"{_what(source, default)} {files} not found: put {', '.join(f'{n}[.gz]' for n in missing)} "
+    raise DataError(f"{what} {files} not found: put {', '.join(f'{n}[.gz]' for n in missing)} "
                     f"(gzipped or not) in {folder}{beside}")
 
 
@@ -552,10 +557,10 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
     """
     if split not in FILES:
         raise ValueError(f"load_image_set: split must be 'train' or 'test', got {split!r}")
-    known = _search_dirs(source, default)[1]
-    found = find_files(split, source, default)
+    dirs, known = _search_dirs(source, default)
+    what = _what(source, default)
+    found = _split_files(split, dirs, known, what)
     if found is None:
-        what = _what(source, default)
         if known is None or not download_missing:
             raise DataError(f"{what} {split} files not found: {where_to_put(source, default, split)}")
         try:
@@ -586,7 +591,7 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
         raise DataError(f"{labels_path}: these are {other.title}'s {its_split} labels, in the {split} labels' "
                         f"place: put {(known or other).title}'s {split} files there")
     if known is None:
-        name, known = _identify(labels_path, labels, split)
+        name, known = _identify(labels_path, recognised, split)
     elif recognised is not None and recognised[0] is not known:
         raise DataError(f"{labels_path}: these are {recognised[0].title}'s {split} labels, in {known.title}'s "
                         f"place: put {known.title}'s files there")
@@ -606,12 +611,11 @@ def _recognise(labels: np.ndarray) -> tuple[KnownSet, str] | None:
                  if known.sha256[FILES[split][1]] == digest), None)
 
 
-def _identify(labels_path: Path, labels: np.ndarray, split: str) -> tuple[str, KnownSet | None]:
+def _identify(labels_path: Path, recognised: tuple[KnownSet, str] | None, split: str) -> tuple[str, KnownSet | None]:
     """(`ImageSet.name`, the known set its images are) of the set in the folder of `labels_path`,
-    whose `split` labels are `labels`: a known set's name where the folder holds that set as
-    published, else the folder's absolute path."""
+    whose `split` labels are those `recognised` (`_recognise`): a known set's name where the folder
+    holds that set as published, else the folder's absolute path."""
     folder = labels_path.parent
-    recognised = _recognise(labels)
     known = recognised[0] if recognised is not None else None
     if known is None or recognised[1] != split or not _as_published(folder, known, split):
         return str(folder.resolve()), known
@@ -644,6 +648,6 @@ def identify(source=None, default: str | None = None) -> tuple[str, str | None]:
     for split in FILES:
         labels = _find(folder, FILES[split][1]) if folder is not None else None
         if labels is not None:
-            name, known = _identify(labels, read_idx(labels, 1), split)
+            name, known = _identify(labels, _recognise(read_idx(labels, 1)), split)
             return name, known.name if known is not None else None
     raise DataError(f"{source}: no IDX image set there: {where_to_put(source, default)}")
