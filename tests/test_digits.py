@@ -107,7 +107,9 @@ def test_saved_model_gives_identical_predictions(trained, mnist_test, capsys):
     loaded, metadata = load_model(out)
     x = image_presets.model_inputs(mnist_test[0], metadata)
     np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
-    report = images.evaluate_images(loaded, metadata, *mnist_test)
+    report, proba = images.evaluate_images(loaded, metadata, *mnist_test)
+    np.testing.assert_array_equal(proba, loaded.predict_proba(x))  # (softmax: already one distribution per row)
+    assert set(report) == set(metrics["test"])  # the report alone, as metrics.json holds it
     assert report["accuracy"] == metrics["test"]["accuracy"]
     assert report["confusion_matrix"] == metrics["test"]["confusion_matrix"]
     # and the command line reports the same figure
@@ -119,7 +121,7 @@ def test_saved_model_gives_identical_predictions(trained, mnist_test, capsys):
         assert (out / "eval" / name).is_file()
     # on the test images of the digits 0 and 1 alone, the others have no recall (None, not 0)
     few = np.isin(mnist_test[1], [0, 1])
-    per_class = images.evaluate_images(loaded, metadata, mnist_test[0][few], mnist_test[1][few])["per_class"]
+    per_class = images.evaluate_images(loaded, metadata, mnist_test[0][few], mnist_test[1][few])[0]["per_class"]
     assert per_class["1"]["recall"] > 0.9 and per_class["7"]["recall"] is None and per_class["7"]["support"] == 0
     never = [s for s in per_class.values() if s["support"] == 0 and s["precision"] is None]  # nor predicted
     assert never and all(s["f1"] is None for s in never)
@@ -128,7 +130,7 @@ def test_saved_model_gives_identical_predictions(trained, mnist_test, capsys):
     ones = mnist_test[0][mnist_test[1] == 1]
     called = set(loaded.predict(image_presets.model_inputs(ones, metadata)).tolist())
     k = next(str(d) for d in range(10) if d not in called)
-    per_class = images.evaluate_images(loaded, metadata, ones, np.full(len(ones), int(k)))["per_class"]
+    per_class = images.evaluate_images(loaded, metadata, ones, np.full(len(ones), int(k)))[0]["per_class"]
     assert (per_class[k]["precision"], per_class[k]["f1"]) == (None, 0.0) and per_class[k]["support"] == len(ones)
     assert (per_class["1"]["recall"], per_class["1"]["precision"], per_class["1"]["f1"]) == (None, 0.0, 0.0)
 

@@ -100,11 +100,13 @@ def class_distribution(model: Sequential, p: np.ndarray) -> np.ndarray:
 
 
 def evaluate_images(model: Sequential, metadata: dict, images: np.ndarray, labels: np.ndarray,
-                    world: World | None = None) -> dict:
+                    world: World | None = None) -> tuple[dict, np.ndarray]:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on `(images, labels)`.
 
-    With a `world` of several processes each computes the probabilities of its share of the
-    images, and every process gets the report of them all."""
+    Returns (report, probabilities): the report as metrics.json and eval_metrics.json hold it, and
+    each image's distribution over the classes (`class_distribution`), from which
+    `save_mistakes_grid` draws the most confident mistakes. With a `world` of several processes
+    each computes the probabilities of its share of the images, and every process gets them all."""
     classes = class_names(metadata, model)
     world = world or World()
     first, last = world.shard(len(images))
@@ -118,7 +120,7 @@ def evaluate_images(model: Sequential, metadata: dict, images: np.ndarray, label
     def defined(value, count):  # (None, not 0: precision of a class never predicted, recall of one not in the set)
         return float(value) if count else None
 
-    return {
+    report = {
         "accuracy": M.accuracy(labels, pred),
         "n": int(len(labels)),
         "errors": int((pred != labels).sum()),
@@ -129,27 +131,25 @@ def evaluate_images(model: Sequential, metadata: dict, images: np.ndarray, label
             for k, name in enumerate(classes)
         },
         "confusion_matrix": cm.tolist(),
-        "_proba": proba,
-        "_pred": pred,
     }
+    return report, proba
 
 
-def _public(report: dict) -> dict:
-    return {k: v for k, v in report.items() if not k.startswith("_")}
-
-
-def confident_mistakes(report: dict, labels: np.ndarray, n: int = 25) -> np.ndarray:
-    """Indices of the `n` wrong predictions made with the highest probability, most confident first."""
-    proba, pred = report["_proba"], report["_pred"]
+def confident_mistakes(proba: np.ndarray, labels: np.ndarray, n: int = 25) -> np.ndarray:
+    """Indices of the `n` wrong predictions made with the highest probability `proba` (as
+    `evaluate_images` gives them), most confident first."""
+    pred = proba.argmax(axis=1)
     wrong = np.nonzero(pred != labels)[0]
     confidence = proba[wrong, pred[wrong]]
     return wrong[np.argsort(-confidence, kind="stable")[:n]]
 
 
-def save_mistakes_grid(report: dict, images: np.ndarray, labels: np.ndarray, path, n: int = 25) -> int:
-    """The most confidently wrong test images as a PNG grid; returns how many are shown."""
-    worst = confident_mistakes(report, labels, n)
-    proba, pred, classes = report["_proba"], report["_pred"], report["classes"]
+def save_mistakes_grid(proba: np.ndarray, classes: list[str], images: np.ndarray, labels: np.ndarray, path,
+                       n: int = 25) -> int:
+    """The most confidently wrong of the test images `images` (their probabilities `proba`, as
+    `evaluate_images` gives them) as a PNG grid; returns how many are shown."""
+    worst = confident_mistakes(proba, labels, n)
+    pred = proba.argmax(axis=1)
     # "7 -> 2" fits on one line under a tile; "T-shirt/top -> Shirt" needs two
     arrow = " -> " if max(len(c) for c in classes) <= 3 else "\n-> "
     titles = [f"test #{i}\n{classes[labels[i]]}{arrow}{classes[pred[i]]} ({100 * proba[i, pred[i]]:.0f}%)"
@@ -437,7 +437,7 @@ def train(
                       world=world)
         wall = time.perf_counter() - t0
 
-        report = evaluate_images(model, metadata, test_images, test_labels, world)
+        report = evaluate_images(model, metadata, test_images, test_labels, world)[0]
         metadata.update({"trained_epochs": len(history), "best_epoch": None if history.best_epoch is None
                          else history.best_epoch + 1, "test_accuracy": report["accuracy"], "seed": seed})
         if world.size > 1:
@@ -450,7 +450,7 @@ def train(
             "stop_reason": history.stop_reason, "wall_seconds_this_session": round(wall, 2),
             "train_seconds_total": round(sum(e["seconds"] for e in history.epochs), 2),
             "val_accuracy": None if best is None else history.epochs[best].get("val_accuracy"),
-            "test": _public(report),
+            "test": report,
         }
         if not writer:
             return model, metrics
@@ -655,15 +655,15 @@ def evaluate_saved(model_dir, model: Sequential, metadata: dict, data=None, out=
                         f"{problem} (evaluate writes its report beside the model: give --out DIR)")
     test = idx.load_image_set(data, "test", default=metadata["dataset"])
     _check_same_classes(model_dir, metadata, test)
-    report = evaluate_images(model, metadata, test.images, test.labels)
+    report, proba = evaluate_images(model, metadata, test.images, test.labels)
     report = {"dataset": test.name, **report}
     with written_together(out, EVALUATE_FILES) as new:  # (an interrupted evaluate leaves the earlier set)
         plots.confusion_matrix(np.array(report["confusion_matrix"]), new / "eval_confusion_matrix.png",
                                labels=report["classes"],
                                title=f"{run_name(metadata['dataset'])} {metadata.get('preset', 'model')}, "
                                      f"{idx.title(test.name)} test set")
-        shown = save_mistakes_grid(report, test.images, test.labels, new / "mistakes.png", top)
-        atomic_write_bytes(new / "eval_metrics.json", json.dumps(_public(report), indent=2).encode())
+        shown = save_mistakes_grid(proba, report["classes"], test.images, test.labels, new / "mistakes.png", top)
+        atomic_write_bytes(new / "eval_metrics.json", json.dumps(report, indent=2).encode())
     return report, shown
 
 
