@@ -28,6 +28,7 @@ import numpy as np
 from chainrule import (
     BatchNorm,
     EarlyStopping,
+    History,
     Sequential,
     Sigmoid,
     fit,
@@ -356,75 +357,33 @@ def train(
         (model, metrics) — the metrics dict that is also written to `metrics.json` (the same on
         every rank).
     """
-    required = classes
-    images, labels, classes, dataset, known = idx.load_image_set(data, "train", default=default_data,
-                                                                 progress=verbose)
-    if required is not None and classes != required:
-        raise UserError(f"{idx.title(dataset)}: its classes are {_named(classes)}, not {_named(required)}")
-    preset = _preset(model_name, dataset, known)
-    if len(classes) < 2:
-        raise DataError(f"{idx.title(dataset)}: every training label is {classes[0]}; a classifier needs two classes")
-    missing = np.flatnonzero(np.bincount(labels, minlength=len(classes)) == 0)
-    if missing.size:
-        named = ", ".join(classes[k] for k in missing[:5]) + (f" and {missing.size - 5} more" * (missing.size > 5))
-        raise DataError(f"{idx.title(dataset)}: no training image of class {named} (of {len(classes)}); "
-                        "labels must number the classes 0, 1, ... without gaps")
-    epochs, batch_size, lr = _settings(preset, epochs, batch_size, lr)
-    name = run_name(dataset)
-    out = Path(out or f"runs/{name}-{model_name}")
     world = world or World()
     writer = world.rank == 0  # the one process that writes files and logs
-    if batch_size < world.size:  # (`fit` would refuse it too, once the run folder is made)
-        raise UserError(f"--batch-size {batch_size} is smaller than the {world.size} processes that share each batch")
-    model = build_model(preset, len(classes), seed)
-    if batch_size < 2 and any(isinstance(layer, BatchNorm) for layer in model.layers):
-        # (a batch's variance of one example is 0; `fit` merges one left over at an epoch's end
-        # into the batch before it, so any larger batch size trains)
-        raise UserError(f"--batch-size must be at least 2 for the {model_name} preset: batch normalisation needs "
-                        "two examples per batch")
+    train_set = _training_set(data, default_data, classes, verbose)
+    dataset, known, classes = train_set.name, train_set.known, train_set.classes
+    preset = _preset(model_name, dataset, known)
+    epochs, batch_size, lr = _settings(preset, epochs, batch_size, lr)
+    model = _new_model(preset, model_name, len(classes), seed, batch_size, world)
+    images, labels, n_val = _training_share(train_set, train_size)
+    test = _test_set(data, default_data, train_set)
+    if world.size > 1:  # every rank read the data set itself: the same one?
+        _check_same_data_on_every_rank(world, (images, labels, test.images, test.labels))
+    _check_labels(test.labels, classes, f"{idx.title(dataset)} test set")
+
+    name = run_name(dataset)
+    out = Path(out or f"runs/{name}-{model_name}")
     options = {"data": _data_key(data) or default_data, "model": model_name, "epochs": epochs,
                "batch_size": batch_size, "lr": lr, "seed": seed, "train_size": train_size}
-    if train_size is not None:
-        if train_size > len(labels):
-            raise UserError(f"--train-size {train_size:,} is more than the {len(labels):,} training images of "
-                            f"{idx.title(dataset)}")
-        images, labels = images[:train_size], labels[:train_size]
-    n_val = min(VALIDATION_IMAGES, len(labels) // VALIDATION_SHARE)
-    if n_val == 0:
-        raise DataError(f"{idx.title(dataset)}: {len(labels)} training images; a model needs at least "
-                        f"{VALIDATION_SHARE}, a twelfth of them held out to choose the epoch")
-    test = idx.load_image_set(data, "test", default=default_data)
-    if _other_classes(known, classes, test):
-        raise DataError(f"{data}: its training images are {idx.title(known or dataset)} ({', '.join(classes)}), its "
-                        f"test images are {idx.title(test.known or test.name)} ({', '.join(test.classes)}): a model is "
-                        "tested on the set it learns")
-    test_images, test_labels = test.images, test.labels
-    if world.size > 1:  # every rank read the data set itself: the same one?
-        digest = hashlib.sha256()
-        for array in (images, labels, test_images, test_labels):
-            digest.update(f"{array.shape} {array.dtype}\n".encode())
-            digest.update(np.ascontiguousarray(array).data)
-        counts = world.differences(len(labels), digest.hexdigest())
-        if counts:
-            raise DataError(f"the processes read different data sets ({counts} training images; the same number "
-                            "may differ in what they hold): does every machine see the same --data?")
-    _check_labels(test_labels, classes, f"{idx.title(dataset)} test set")
+    metadata = {"task": TASK, "preset": model_name, "dataset": dataset, **_recognised_as(dataset, known),
+                "classes": classes, "preprocessing": preprocessing_metadata(preset, PICTURE.get(known, "digit"))}
     with contextlib.ExitStack() as lock:  # rank 0 holds the run folder's writer lock to the end
         if writer:  # (once the data is known to be readable: a failed start leaves no folder behind)
-            out.mkdir(parents=True, exist_ok=True)
-            _hold_writer_lock(lock, out)
-            _clear_leftovers(out)
-            if not resume:
-                lock.enter_context(_replacing_earlier_run(out))
-            atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
-        metadata = {"task": TASK, "preset": model_name, "dataset": dataset, **_recognised_as(dataset, known),
-                    "classes": classes, "preprocessing": preprocessing_metadata(preset, PICTURE.get(known, "digit"))}
+            _start_run(lock, out, options, resume)
         x, y = model_inputs(images, metadata), labels.astype(np.int64)
 
         optimizer = preset.optimizer(model.parameters(), lr)
         schedule = preset.lr_schedule(lr, epochs) if preset.lr_schedule is not None else None
         early = EarlyStopping(monitor=preset.monitor, patience=preset.patience, restore_best_weights=True)
-        checkpoint = out / "checkpoint.npz"
         if writer:
             log.info("%s: training %s (%s) on %d %s images, validating on %d; up to %d epoch%s, batch %d, "
                      "lr %g%s; output in %s", name, model_name, preset.description, len(y) - n_val,
@@ -433,44 +392,138 @@ def train(
         t0 = time.perf_counter()
         history = fit(model, x, y, preset.loss(), optimizer, epochs=epochs, batch_size=batch_size,
                       validation_split=n_val / len(y), early_stopping=early, lr_schedule=schedule,
-                      augment=preset.augment, verbose=verbose, seed=seed, checkpoint=checkpoint, resume=resume,
-                      world=world)
-        wall = time.perf_counter() - t0
+                      augment=preset.augment, verbose=verbose, seed=seed, checkpoint=out / "checkpoint.npz",
+                      resume=resume, world=world)
+        fitted = _fit_metrics(history, time.perf_counter() - t0)
 
-        report = evaluate_images(model, metadata, test_images, test_labels, world)[0]
-        metadata.update({"trained_epochs": len(history), "best_epoch": None if history.best_epoch is None
-                         else history.best_epoch + 1, "test_accuracy": report["accuracy"], "seed": seed})
+        report = evaluate_images(model, metadata, test.images, test.labels, world)[0]
+        metadata.update({"trained_epochs": len(history), "best_epoch": fitted["best_epoch"],
+                         "test_accuracy": report["accuracy"], "seed": seed})
         if world.size > 1:
             metadata["processes"] = world.size
-        best = history.best_epoch
-        metrics = {
-            "task": TASK, "model": model_name, "dataset": dataset, **_recognised_as(dataset, known), "options": options,
-            "train_images": len(y) - n_val, "validation_images": n_val,
-            "epochs_run": len(history), "best_epoch": None if best is None else best + 1,
+        metrics = {"task": TASK, "model": model_name, "dataset": dataset, **_recognised_as(dataset, known),
+                   "options": options, "train_images": len(y) - n_val, "validation_images": n_val, **fitted,
+                   "test": report}
+        if writer:
+            _write_run(out, model, metadata, metrics, history, figures)
+        return model, metrics
+
+
+def _training_set(data, default_data: str | None, required: list[str] | None, verbose: bool) -> idx.ImageSet:
+    """The training split of the image set `data` (None: `default_data`), refused unless its
+    classes are those `required` (None: any) and each has a training image."""
+    train_set = idx.load_image_set(data, "train", default=default_data, progress=verbose)
+    dataset, classes = idx.title(train_set.name), train_set.classes
+    if required is not None and classes != required:
+        raise UserError(f"{dataset}: its classes are {_named(classes)}, not {_named(required)}")
+    if len(classes) < 2:
+        raise DataError(f"{dataset}: every training label is {classes[0]}; a classifier needs two classes")
+    missing = np.flatnonzero(np.bincount(train_set.labels, minlength=len(classes)) == 0)
+    if missing.size:
+        named = ", ".join(classes[k] for k in missing[:5]) + (f" and {missing.size - 5} more" * (missing.size > 5))
+        raise DataError(f"{dataset}: no training image of class {named} (of {len(classes)}); "
+                        "labels must number the classes 0, 1, ... without gaps")
+    return train_set
+
+
+def _new_model(preset: Preset, model_name: str, classes: int, seed: int, batch_size: int, world: World) -> Sequential:
+    """A fresh model of `preset` with `classes` outputs, refused where batches of `batch_size`
+    cannot train it: fewer examples than the processes that share each batch (`fit` would refuse
+    them too, once the run folder is made), or one example where it has batch normalisation."""
+    if batch_size < world.size:
+        raise UserError(f"--batch-size {batch_size} is smaller than the {world.size} processes that share each batch")
+    model = build_model(preset, classes, seed)
+    if batch_size < 2 and any(isinstance(layer, BatchNorm) for layer in model.layers):
+        # (a batch's variance of one example is 0; `fit` merges one left over at an epoch's end
+        # into the batch before it, so any larger batch size trains)
+        raise UserError(f"--batch-size must be at least 2 for the {model_name} preset: batch normalisation needs "
+                        "two examples per batch")
+    return model
+
+
+def _training_share(train_set: idx.ImageSet, train_size: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(images, labels, how many of them are held out to choose the epoch) a run trains on: the
+    first `train_size` of the training set (None: all of it)."""
+    images, labels = train_set.images, train_set.labels
+    if train_size is not None:
+        if train_size > len(labels):
+            raise UserError(f"--train-size {train_size:,} is more than the {len(labels):,} training images of "
+                            f"{idx.title(train_set.name)}")
+        images, labels = images[:train_size], labels[:train_size]
+    n_val = min(VALIDATION_IMAGES, len(labels) // VALIDATION_SHARE)
+    if n_val == 0:
+        raise DataError(f"{idx.title(train_set.name)}: {len(labels)} training images; a model needs at least "
+                        f"{VALIDATION_SHARE}, a twelfth of them held out to choose the epoch")
+    return images, labels, n_val
+
+
+def _test_set(data, default_data: str | None, train_set: idx.ImageSet) -> idx.ImageSet:
+    """The test split of the image set `data`, refused where its classes are not the training set's."""
+    test = idx.load_image_set(data, "test", default=default_data)
+    if _other_classes(train_set.known, train_set.classes, test):
+        raise DataError(f"{data}: its training images are {idx.title(train_set.known or train_set.name)} "
+                        f"({', '.join(train_set.classes)}), its test images are {idx.title(test.known or test.name)} "
+                        f"({', '.join(test.classes)}): a model is tested on the set it learns")
+    return test
+
+
+def _check_same_data_on_every_rank(world: World, arrays: tuple[np.ndarray, ...]) -> None:
+    """Refuse to train where the processes of `world` read different data: `arrays` (training
+    images first) hashed on every rank, shapes and types included, and compared."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.shape} {array.dtype}\n".encode())
+        digest.update(np.ascontiguousarray(array).data)
+    counts = world.differences(len(arrays[0]), digest.hexdigest())
+    if counts:
+        raise DataError(f"the processes read different data sets ({counts} training images; the same number "
+                        "may differ in what they hold): does every machine see the same --data?")
+
+
+def _start_run(stack: contextlib.ExitStack, out: Path, options: dict, resume: bool) -> None:
+    """Make `out` the folder of a run of `options`: its writer lock held in `stack`, what killed
+    runs left there cleared, an earlier run set aside (unless resuming: `_replacing_earlier_run`),
+    and run.json written."""
+    out.mkdir(parents=True, exist_ok=True)
+    _hold_writer_lock(stack, out)
+    _clear_leftovers(out)
+    if not resume:
+        stack.enter_context(_replacing_earlier_run(out))
+    atomic_write_bytes(out / "run.json", json.dumps({"options": options}, indent=2).encode())
+
+
+def _fit_metrics(history: History, wall: float) -> dict:
+    """What metrics.json says of the training itself: epochs run, the best (numbered from 1), why
+    it stopped, its time (`wall` seconds in this session) and its best validation accuracy."""
+    best = history.best_epoch
+    return {"epochs_run": len(history), "best_epoch": None if best is None else best + 1,
             "stop_reason": history.stop_reason, "wall_seconds_this_session": round(wall, 2),
             "train_seconds_total": round(sum(e["seconds"] for e in history.epochs), 2),
-            "val_accuracy": None if best is None else history.epochs[best].get("val_accuracy"),
-            "test": report,
-        }
-        if not writer:
-            return model, metrics
-        # The metrics and figures are drawn first, beside the folder, and renamed into it right
-        # after the model is saved: Ctrl-C while they are drawn leaves the earlier model with its own.
-        def commit():  # the new model, without what was derived from the earlier one (its evaluation, figures)
-            model.save(out, metadata)
-            for name in DERIVED_FILES:
-                (out / name).unlink(missing_ok=True)
+            "val_accuracy": None if best is None else history.epochs[best].get("val_accuracy")}
 
-        with written_together(out, RUN_FILES if figures else RUN_FILES[:2], commit=commit) as new:
-            atomic_write_bytes(new / "metrics.json", json.dumps(metrics, indent=2).encode())
-            history.save_csv(new / "history.csv")
-            if figures:
-                plots.learning_curves(history, new / "learning_curves.png",
-                                      title=f"{name} {model_name}: learning curves")
-                plots.confusion_matrix(np.array(report["confusion_matrix"]), new / "confusion_matrix.png",
-                                       labels=classes, title=f"{name} {model_name}, {idx.title(dataset)} test set")
-                plots.gradient_flow(history, new / "gradient_flow.png", title=f"{name} {model_name}: gradient flow")
-        return model, metrics
+
+def _write_run(out: Path, model: Sequential, metadata: dict, metrics: dict, history: History, figures: bool) -> None:
+    """Save the trained model in `out`, and beside it metrics.json, history.csv and (with `figures`)
+    the learning curves, the test set's confusion matrix and the gradient flow.
+
+    The metrics and figures are drawn first, beside the folder, and renamed into it right after the
+    model is saved: Ctrl-C while they are drawn leaves the earlier model with its own."""
+    dataset = metadata["dataset"]
+    run = f"{run_name(dataset)} {metadata['preset']}"
+
+    def commit():  # the new model, without what was derived from the earlier one (its evaluation, figures)
+        model.save(out, metadata)
+        for derived in DERIVED_FILES:
+            (out / derived).unlink(missing_ok=True)
+
+    with written_together(out, RUN_FILES if figures else RUN_FILES[:2], commit=commit) as new:
+        atomic_write_bytes(new / "metrics.json", json.dumps(metrics, indent=2).encode())
+        history.save_csv(new / "history.csv")
+        if figures:
+            plots.learning_curves(history, new / "learning_curves.png", title=f"{run}: learning curves")
+            plots.confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), new / "confusion_matrix.png",
+                                   labels=metadata["classes"], title=f"{run}, {idx.title(dataset)} test set")
+            plots.gradient_flow(history, new / "gradient_flow.png", title=f"{run}: gradient flow")
 
 
 # What a run writes beside its model: the metrics and history, then its figures.
