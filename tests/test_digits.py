@@ -88,8 +88,9 @@ def test_train_writes_model_metrics_history_and_figures(trained):
     meta = doc["metadata"]
     assert meta["task"] == "images" and meta["preset"] == "mlp" and meta["dataset"] == "mnist"
     assert meta["classes"] == [str(k) for k in range(10)]
-    assert meta["preprocessing"]["layout"] == "flat" and meta["preprocessing"]["scale"] == 255.0
-    assert meta["preprocessing"]["picture"] == "digit" and meta["preprocessing"]["digit_box"] == 20
+    # only what model_inputs and preprocess_image read (image_size, ink and digit_box, which nothing
+    # read, said what could not be changed)
+    assert meta["preprocessing"] == {"scale": 255.0, "mean": 0.0, "std": 1.0, "layout": "flat", "picture": "digit"}
     written = json.loads((out / "metrics.json").read_text())
     assert written["test"]["n"] == 10000 and written["epochs_run"] == 2 and written["dataset"] == "mnist"
     assert written["test"]["classes"] == meta["classes"] and list(written["test"]["per_class"]) == meta["classes"]
@@ -164,6 +165,7 @@ def test_a_model_saved_by_chainrule_0_1_still_loads_and_gives_the_same_answers(t
     meta = doc["metadata"]
     meta["task"] = "digits"
     del meta["dataset"], meta["preprocessing"]["picture"]
+    meta["preprocessing"].update({"image_size": [28, 28], "ink": "high", "digit_box": 20})  # (as 0.1 wrote them)
     (old / "model.json").write_text(json.dumps(doc))
     model, metadata = images.load_image_model(old)
     assert metadata["dataset"] == "mnist" and metadata["preprocessing"]["picture"] == "digit"

@@ -198,19 +198,16 @@ def run_name(dataset: str) -> str:
 
 
 def preprocessing_metadata(preset: Preset, picture: str = "digit") -> dict:
-    """How raw 28x28 images become model inputs; saved with the model and applied by `model_inputs`."""
-    prep = {
-        "image_size": [28, 28],
-        "ink": "high",  # MNIST and Fashion-MNIST store ink (or the object) as 255 on a 0 background
+    """How raw 28x28 images become model inputs; saved with the model and applied by `model_inputs`
+    (and `picture` by `chainrule.data.images.preprocess_image`), no more: models saved by earlier
+    versions also hold "image_size", "ink" and "digit_box", which the data sets fix and nothing read."""
+    return {
         "scale": 255.0,  # uint8 pixels are divided by this
         "mean": 0.0,
         "std": 1.0,
         "layout": preset.input_layout,
-        "picture": picture,  # how a photo is prepared: chainrule.data.images.preprocess_image
+        "picture": picture,  # how a photo is prepared: "digit" as MNIST's, "object" as Fashion-MNIST's
     }
-    if picture == "digit":
-        prep["digit_box"] = 20  # for photos: fit to 20x20, centre of mass at the centre of 28x28
-    return prep
 
 
 def model_inputs(images, metadata: dict) -> np.ndarray:
