@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.apps.image_presets import model_inputs, presets_for
-from chainrule.apps.images import OLD_TASKS, TASK, check_image_model, known_set
+from chainrule.apps.images import IMAGE_TASKS, check_image_model, known_set
 from chainrule.apps.spam import featurize, load_spam_model
 from chainrule.data import idx
 from chainrule.data.corpora import read_messages, read_sms
@@ -23,7 +23,7 @@ def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
     """A few real inputs for a saved model, from the data set its task names (the labels come from
     `_least_likely`), and where they come from, in words."""
     task = metadata.get("task")
-    if task == TASK or task in OLD_TASKS:  # the test set of the image set it was trained on, or --data's
+    if task in IMAGE_TASKS:  # the test set of the image set it was trained on, or --data's
         trained_on = metadata.get("dataset", "mnist")
         test = idx.load_image_set(data_dir, "test", default=trained_on)
         where = f"{idx.title(test.name)} test images" + ("" if test.name == trained_on else
@@ -131,9 +131,9 @@ def gradcheck_models(model_dir=None, data=None, samples: int = 30) -> list[Gradc
         return [_checked(title, model, x, y) for title, model, x, y in demo_networks()]
     model, metadata = load_model(model_dir)
     task = metadata.get("task")
-    if task == TASK or task in OLD_TASKS:
+    if task in IMAGE_TASKS:
         metadata = check_image_model(model, metadata, model_dir)
-    if task not in (TASK, *OLD_TASKS, "spam"):  # saved from Python without one of our tasks: random inputs
+    if task not in (*IMAGE_TASKS, "spam"):  # saved from Python without one of our tasks: random inputs
         x, y = _random_inputs(model)
         what = "no task in its metadata" if task is None else f"task {task!r} has no data set"
         return [_checked(f"{model_dir} on {len(y)} random inputs ({what})", model, x, y, samples=samples)]

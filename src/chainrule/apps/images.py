@@ -287,7 +287,7 @@ def finished_run(out: Path, epochs: int) -> bool:
     summary = checkpoint_summary(checkpoint)
     if summary is None or _unfinished(checkpoint, summary):
         return False
-    return summary["stop_reason"].startswith("early stopping") or summary["epochs_done"] >= epochs
+    return summary["stopped_early"] or summary["epochs_done"] >= epochs
 
 
 def _check_not_another_models(out: Path) -> None:
