@@ -395,6 +395,69 @@ def test_bad_images_get_one_line_errors(tmp_path, content, expected, monkeypatch
             preprocess_image(content)
 
 
+def _progressive_jpeg(img: Image.Image, extra_scans: int = 0) -> bytes:
+    """`img` as a progressive JPEG, its last scan (an AC refinement of a few dozen bytes) repeated
+    `extra_scans` more times: still a valid file, each copy one more pass over every pixel."""
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    last = data[data.rindex(b"\xff\xda") : -2]  # (the last scan runs up to the end-of-image marker)
+    return data[:-2] + last * extra_scans + data[-2:]
+
+
+def test_a_jpeg_of_a_thousand_scans_is_refused_before_it_is_decoded():
+    """A progressive JPEG is decoded scan by scan, each a pass over the whole image: a white
+    7000x7000 one with its last 75-byte scan repeated 1,000 times (363 KB) took 30 s to decode, and
+    the 5 MB a web upload may be holds 65,000. The scans are counted first; the usual 6 (grey), 10
+    (colour) or 18 (CMYK) are read."""
+    bar = Image.new("L", (64, 64), 255)
+    bar.paste(0, (28, 10, 36, 54))
+    for mode in ("L", "RGB", "CMYK"):
+        check_mnist_like(preprocess_image(_progressive_jpeg(bar.convert(mode))))
+    check_mnist_like(preprocess_image(_progressive_jpeg(bar, extra_scans=80)))
+    with pytest.raises(ImageError, match=r"^1,006 scans is too many for a JPEG \(limit 100"):
+        preprocess_image(_progressive_jpeg(bar, extra_scans=1000))
+
+
+def _tiled_tiff(size: int, tile: int, pixels: bytes) -> bytes:
+    """A grey TIFF of `size`x`size` pixels in one deflated tile of `tile`x`tile` (`pixels`, row by
+    row, as much of the tile as is given)."""
+    data = zlib.compress(pixels)
+    tags = [(256, 4, size), (257, 4, size), (258, 3, 8), (259, 3, 8), (262, 3, 1), (277, 3, 1),
+            (322, 4, tile), (323, 4, tile), (324, 4, 8 + 2 + 12 * 10 + 4), (325, 4, len(data))]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3 else struct.pack("<HHII", tag, kind, 1, value)
+        for tag, kind, value in tags)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + data
+
+
+def test_a_tiff_tile_beyond_the_pixel_limit_is_refused_before_it_is_decoded():
+    """Pillow's TIFF decoder makes room for a whole tile at once: a 2 MB TIFF of 100x100 pixels in
+    one tile of 46336x46336 took 2.1 GB. Tiles of more pixels than an image may have are refused;
+    a tile larger than a small image, as TIFF writers make them (256x256), is read."""
+    page = np.full((256, 256), 255, np.uint8)
+    page[10:90, 40:50] = 0
+    check_mnist_like(preprocess_image(_tiled_tiff(100, 256, page.tobytes())))
+    bomb = _tiled_tiff(100, 7072, bytes(7072))  # (7072² = 50,013,184 pixels; one row of them given)
+    with pytest.raises(ImageError, match=r"^TIFF tiles of 7072x7072 pixels are too large \(limit 50,000,000"):
+        preprocess_image(bomb)
+
+
+def test_an_icon_holding_a_picture_beyond_the_pixel_limit_is_refused_before_it_is_decoded():
+    """Pillow decodes an ICO's largest picture as it opens the file, before its size can be
+    looked at (its directory says 256 of any larger): an icon holding a 9000x9000 PNG took 410 MB
+    to be refused. The picture's own header is read first; an ordinary icon is read."""
+    bar = Image.new("L", (64, 64), 255)
+    bar.paste(0, (28, 10, 36, 54))
+    buf = io.BytesIO()
+    bar.save(buf, "ICO", sizes=[(64, 64), (32, 32)])
+    check_mnist_like(preprocess_image(buf.getvalue()))
+    inside = fake_png_header(9000, 9000)
+    icon = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(inside), 22) + inside
+    with pytest.raises(ImageError, match=r"^9000x9000 pixels is too large"):
+        preprocess_image(icon)
+
+
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(ImageError, match="no such file"):
         preprocess_image(tmp_path / "nope.png")

@@ -37,7 +37,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import BmpImagePlugin, IcoImagePlugin, Image, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from chainrule.data.idx import IMAGE_SIZE
 from chainrule.errors import WARNING_FILTERS, DataError
@@ -47,6 +47,11 @@ from chainrule.files import link_problem
 # claim an enormous canvas (a "decompression bomb") and exhaust memory when decoded. 50 megapixels
 # is above any phone camera in common use.
 MAX_PIXELS = 50_000_000
+# A progressive JPEG is decoded scan by scan, each a pass over the whole image (~30 ms at 7000x7000),
+# and a scan of a few dozen bytes may be repeated: 1,000 of them took 30 s. Encoders write 6 (grey),
+# 10 (colour) or 18 (CMYK) with libjpeg's script, Photoshop 3 to 5; at this limit the largest image
+# decodes in ~3 s, where a 7000x7000 PNG takes 1 s.
+MAX_JPEG_SCANS = 100
 # An image read from a stream (standard input, a pipe named as a file: `<(curl ...)`) is refused
 # beyond this size before it is decoded (the decoder's pixel limit then guards what a small file
 # can claim); a file's size is known before it is opened.
@@ -111,8 +116,7 @@ def _open(source) -> tuple[Image.Image, str]:
     image) as a decoded PIL image; returns (image, name for errors)."""
     if isinstance(source, Image.Image):  # (decoded here if it was opened lazily, with its size checked first)
         w, h = source.size
-        if w * h > MAX_PIXELS:
-            raise ImageError(f"{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
+        _check_pixels(w, h, "")
         if w * h == 0:
             raise ImageError(f"an empty image ({w}x{h} pixels)")
         with _decoding(""):
@@ -147,14 +151,68 @@ def _open(source) -> tuple[Image.Image, str]:
     # A file is open only while the image is decoded (the decoded first frame is all we use):
     # left to Pillow, one refused for its size, or a frame of an animation, stays open.
     with open(fp, "rb") if isinstance(fp, Path) else contextlib.nullcontext(fp) as f, _decoding(prefix):
+        if (icon := _icon_size(f)) is not None:  # (Pillow decodes an icon's picture as it opens it)
+            _check_pixels(*icon, prefix)
         img = Image.open(f, formats=FORMATS)
-        w, h = img.size
-        if w * h > MAX_PIXELS:
-            raise ImageError(f"{prefix}{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
+        _check_pixels(*img.size, prefix)
+        _check_decoding_cost(img, f, prefix)
         # JPEG can decode straight to a reduced size, cheaper than decoding then shrinking.
         img.draft("L", (WORKING_SIZE, WORKING_SIZE))
         img.load()
     return img, name
+
+
+def _check_pixels(w: int, h: int, prefix: str) -> None:
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"{prefix}{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # (how a PNG begins, in an icon as anywhere)
+
+
+def _icon_size(f) -> tuple[int, int] | None:
+    """The size of the picture Pillow decodes from an ICO file `f` as it opens it (the largest),
+    read from that picture's own header, a PNG's or a bitmap's (the icon's directory says 256 of
+    any larger); None where `f` is no icon Pillow reads as one. Nothing is decoded."""
+    f.seek(0)
+    try:
+        largest = IcoImagePlugin.IcoFile(f).entry[0]
+        f.seek(largest.offset)
+        if f.read(8) == PNG_SIGNATURE:
+            f.seek(largest.offset)
+            return PngImagePlugin.PngImageFile(f).size
+        f.seek(largest.offset)
+        w, h = BmpImagePlugin.DibImageFile(f).size
+        return w, h // 2  # (as Pillow reads it: a bitmap's height counts its transparency mask too)
+    except _DECODE_ERRORS:  # (no icon, a damaged one: Image.open says what it is)
+        return None
+
+
+def _check_decoding_cost(img: Image.Image, f, prefix: str) -> None:
+    """Refuse an image whose decoding would cost far more than its pixels do: a JPEG of more than
+    `MAX_JPEG_SCANS` scans, a TIFF whose tiles are larger than `MAX_PIXELS` (Pillow's decoder makes
+    room for a whole tile: a 100x100 TIFF in one 46336x46336 tile took 2.1 GB)."""
+    if img.format in ("JPEG", "MPO") and (scans := _scans(f)) > MAX_JPEG_SCANS:
+        raise ImageError(f"{prefix}{scans:,} scans is too many for a JPEG (limit {MAX_JPEG_SCANS}; each is a "
+                         "pass over the whole image)")
+    if img.format == "TIFF":
+        tile = img.tag_v2.get(TiffImagePlugin.TILEWIDTH), img.tag_v2.get(TiffImagePlugin.TILELENGTH)
+        if all(isinstance(side, int) for side in tile) and tile[0] * tile[1] > MAX_PIXELS:
+            raise ImageError(f"{prefix}TIFF tiles of {tile[0]}x{tile[1]} pixels are too large "
+                             f"(limit {MAX_PIXELS:,} pixels)")
+
+
+def _scans(f) -> int:
+    """How many scans the JPEG file `f` holds: its start-of-scan markers, 0xFFDA. A scan's data
+    holds none (a 0xFF byte in it is written 0xFF00); metadata may, and counts (a thumbnail's few)."""
+    start = f.tell()
+    f.seek(0)
+    scans, last = 0, b""
+    while chunk := f.read(1 << 20):
+        scans += (last + chunk).count(b"\xff\xda")  # (one cut in two by the chunks is counted too)
+        last = chunk[-1:]
+    f.seek(start)
+    return scans
 
 
 # What Pillow's decoders and its EXIF reader raise for a damaged file, a TIFF whose tags have the
