@@ -634,6 +634,28 @@ def test_a_description_asking_for_huge_layers_is_refused_before_allocating(tmp_p
     assert _peak_bytes(lambda: cr.load_model(d)) < 4 << 20
 
 
+def test_an_architecture_whose_passes_need_huge_arrays_is_refused_before_allocating(tmp_path):
+    """A model file is untrusted: 22 parameters, a Conv2D padded by 80,000 zeros on every side,
+    make one 28x28 image's output 160028x160028 values, and the check `serve` makes of an image
+    model (a pass on a blank image) asked for 95 GiB. The layers' shapes tell before any pass; a
+    model whose arrays stay within the limit loads."""
+    def hostile(padding: int) -> cr.Sequential:
+        side = 28 + 2 * padding
+        return cr.Sequential([cr.Conv2D(1, 1, 1, padding=padding), cr.MaxPool2D(side), cr.Flatten(), cr.Linear(1, 10)],
+                             input_shape=(1, 28, 28))
+
+    d = tmp_path / "hostile"
+    hostile(80_000).save(d)
+    with pytest.raises(cr.ModelFileError, match=r"model\.json: invalid architecture: one example's pass needs an "
+                       r"array of 204,871,686,272 bytes \(a model file may ask for 268,435,456 at most\)"):
+        cr.load_model(d)
+    with pytest.raises(cr.ModelFileError, match="invalid architecture"):  # (as `serve` scans its runs)
+        network.check_model_files(d)
+    assert _peak_bytes(lambda: cr.load_model(d)) < 4 << 20
+    hostile(100).save(d)
+    assert cr.load_model(d)[0].num_parameters() == 22
+
+
 def test_a_big_array_in_the_npz_is_not_read_before_it_is_refused(tmp_path):
     # 50 MB of parameters where 131 are expected, and a 50 MB array no model has: neither is read
     d = _saved(tmp_path)

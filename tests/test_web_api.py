@@ -39,6 +39,7 @@ from chainrule.cli import main
 from chainrule.data.images import preprocess_image
 from chainrule.errors import UserError
 from chainrule.model_file import FORMAT_VERSION, model_files
+from chainrule.web import services
 from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, create_app
 from chainrule.web.http import BodyLimitMiddleware
 from chainrule.web.services import (
@@ -1217,6 +1218,47 @@ def test_a_model_whose_folder_is_gone_is_still_served_with_one_warning(tmp_path,
         model.save(digits, {**metadata, "test_accuracy": 0.125})
         time.sleep(0.02)
         assert c.get("/api/models").json()["images"][0]["dataset"] == "fashion"
+
+
+def test_a_model_that_runs_out_of_memory_as_it_loads_is_one_that_cannot_be_loaded(
+        tmp_path, models, samples, served_app, capsys, monkeypatch):
+    """An image model is checked as it loads by a pass on a blank image, which may need more memory
+    than the machine has (a model file asking 95 GiB of it, say). The MemoryError was caught by
+    neither `serve --runs`, which stopped ("out of memory") where it passes over any other model
+    that cannot be loaded, nor a reload: once such a model was saved over a served one, every
+    prediction and /api/models was a plain-text 500."""
+    hungry = set()  # (the folders whose models run out of memory as they load)
+    load = services.load_image_model
+
+    def load_image_model(path):
+        if path in hungry:
+            raise MemoryError("Unable to allocate 95.4 GiB for an array with shape (1, 160028, 160028, 1) and "
+                              "data type float32")
+        return load(path)
+
+    monkeypatch.setattr(services, "load_image_model", load_image_model)
+    runs = tmp_path / "runs"
+    shutil.copytree(models["digits"], runs / "older")
+    os.utime(runs / "older" / "model.json", (1_000_000, 1_000_000))
+    shutil.copytree(models["digits"], runs / "newer")
+    hungry.add(runs / "newer")
+    assert main(["serve", "--runs", str(runs), "--port", "0"]) == 0
+    assert served_app[0].state.images["mnist"].service.path == runs / "older"
+    assert f"passed over {runs / 'newer'}: Unable to allocate 95.4 GiB" in capsys.readouterr().err
+
+    digits = runs / "older"
+    png = as_upload(samples[0][0])
+    with TestClient(create_app(digits, reload_interval=0.01)) as c:
+        first = c.post("/api/digits/predict", content=png, headers={"Content-Type": "image/png"}).json()
+        hungry.add(digits)
+        os.utime(digits / "model.json")  # (saved again)
+        time.sleep(0.02)  # (past the interval: the next request looks)
+        r = c.post("/api/digits/predict", content=png, headers={"Content-Type": "image/png"})
+        assert r.status_code == 200 and r.json() == first, r.text
+        assert c.get("/api/models").json()["digits"]["path"] == str(digits)
+    said = [line for line in capsys.readouterr().err.splitlines() if "cannot be loaded" in line]
+    assert len(said) == 1 and "cannot be loaded (Unable to allocate 95.4 GiB" in said[0] \
+        and "still serving the model loaded before" in said[0], said
 
 
 def test_every_image_model_served_decodes_on_the_same_few_threads(models):

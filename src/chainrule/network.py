@@ -38,6 +38,12 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 # (2.37 -> 1.70 s; LeNet-5 0.52 -> 0.31 s in passes of 102): small arrays stay in the caches and
 # are reused, where large ones are faulted in afresh every pass. (8 MB was the fastest of 4-64 MB.)
 PASS_BYTES = 8 << 20
+# A model file is untrusted input, and a few bytes of its architecture can ask for arrays no network
+# needs: 22 parameters, a Conv2D padded by 80,000 zeros, made one image's pass 95 GiB. A file whose
+# layers need an array larger than this for one example (an output, or a convolution's X_col) is
+# refused before it is built: twice VGG-16's largest on a 224x224 photo (115 MB), a thousand times
+# the `cnn` preset's (226 KB).
+MAX_EXAMPLE_BYTES = 256 << 20
 
 
 def sliceable(x):
@@ -486,8 +492,14 @@ def check_model_files(directory) -> None:
 
 
 def _architecture(described: ModelDescription) -> Sequential:
-    """The network model.json describes, its weights not yet read (they all come from the file)."""
+    """The network model.json describes, its weights not yet read (they all come from the file),
+    its passes' arrays checked, from its layers' shapes, to be within `MAX_EXAMPLE_BYTES`."""
     try:
-        return Sequential.from_config(described.doc, initialize=False)
+        model = Sequential.from_config(described.doc, initialize=False)
     except ModelFileError as exc:
         raise ModelFileError(f"{described.path}: {exc}") from None
+    needs = model._largest_example * model.dtype.itemsize
+    if needs > MAX_EXAMPLE_BYTES:
+        raise ModelFileError(f"{described.path}: invalid architecture: one example's pass needs an array of "
+                             f"{needs:,} bytes (a model file may ask for {MAX_EXAMPLE_BYTES:,} at most)")
+    return model

@@ -82,6 +82,10 @@ TRAIN_HINTS = {
     "or pass --images MODEL_DIR",
     "spam": "train one with `chainrule spam train CORPUS... --sms FILE --out runs/spam`, or pass --spam MODEL_DIR",
 }
+# What loading a model raises where it cannot be served: a damaged or unreadable model, or one too
+# large for this machine (an image model's check runs its network on a blank image, and a model
+# file may ask for more memory than is here).
+CANNOT_LOAD = (UserError, OSError, MemoryError)
 METRIC_WORDS = ("accuracy", "precision", "recall", "f1", "auc", "mcc", "loss", "error", "caught", "blocked")
 
 
@@ -296,9 +300,10 @@ class Served:
     with. One reload runs at a time; requests meanwhile get the service loaded before.
 
     A model that fails to load (its folder deleted or unreadable, a model of another kind saved
-    there) is reported once in the log, and the one loaded before stays in service. It is tried
-    again at each look, not only once its stamped files change again: a model copied in file by
-    file may have its model.json before the weights it names. `interval` 0 never looks.
+    there, one too large for this machine) is reported once in the log, and the one loaded before
+    stays in service. It is tried again at each look, not only once its stamped files change again:
+    a model copied in file by file may have its model.json before the weights it names. `interval`
+    0 never looks.
     """
 
     def __init__(self, service: ImageService | SpamService, interval: float,
@@ -324,7 +329,7 @@ class Served:
         self._reloading = True
         try:
             new = await run_in_threadpool(self._reload, old)
-        except (UserError, OSError) as exc:
+        except CANNOT_LOAD as exc:
             if stamp != self._stamp or not self._failed:  # (once for each change)
                 log.warning("chainrule serve: warning: %s %s changed on disk and cannot be loaded (%s); still "
                             "serving the model loaded before", what, old.path, one_line(exc))
@@ -408,7 +413,7 @@ def _first_loaded(directories, load):
     for directory in directories:
         try:
             return load(directory)
-        except (UserError, OSError) as exc:
+        except CANNOT_LOAD as exc:
             log.warning("chainrule serve: passed over %s: %s", directory, one_line(exc))
     return None
 
