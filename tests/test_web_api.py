@@ -39,7 +39,7 @@ from chainrule.cli import main
 from chainrule.data.images import preprocess_image
 from chainrule.errors import UserError
 from chainrule.model_file import FORMAT_VERSION, model_files
-from chainrule.web import services
+from chainrule.web import routes, services
 from chainrule.web.app import DEFAULT_MAX_BODY_BYTES, create_app
 from chainrule.web.http import BodyLimitMiddleware
 from chainrule.web.services import (
@@ -590,6 +590,35 @@ def test_a_message_is_parsed_outside_the_model_lock(models, monkeypatch):
     service.classify(b"From: a@example.com\r\nSubject: hi\r\nContent-Type: text/html\r\n\r\n" + html)
     service.classify(b"Free entry: text WIN to 80082")
     assert calls == [("mail", False), ("sms", False)]
+
+
+def test_bodies_are_read_outside_the_event_loop(client, monkeypatch):
+    """A 5 MB urlencoded form took 0.9 s to parse, and 5 MB of JSON 0.1 to 0.2 s, in the event
+    loop, which answered no other request meanwhile: they are read in the thread pool, where the
+    model's work is done."""
+    readers = ("json_body", "json_object", "message_from_json", "message_from_form", "declared_text", "check_text",
+               "pixels_from_json")
+    in_loop = []
+
+    def watched(name, read):
+        def reader(*args):
+            try:
+                asyncio.get_running_loop()
+                in_loop.append(name)
+            except RuntimeError:  # (no event loop runs in this thread)
+                pass
+            return read(*args)
+        return reader
+
+    for name in readers:
+        monkeypatch.setattr(routes, name, watched(name, getattr(routes, name)))
+    for body, media in ((b'{"message": "win a prize"}', "application/json"), (b'{"message": "win a prize"}', ""),
+                        (b"message=win+a+prize", "application/x-www-form-urlencoded"), (b"win a prize", "text/plain")):
+        assert client.post("/api/spam/classify", content=body, headers={"Content-Type": media}).status_code == 200
+    pixels = json.dumps(np.eye(28).tolist())
+    r = client.post("/api/digits/predict", content=pixels, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert not in_loop, in_loop
 
 
 def test_classify_raw_email_json_and_multipart(client, spam_bundle):
