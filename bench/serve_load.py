@@ -40,7 +40,7 @@ from PIL import Image
 from chainrule.data.locate import candidate_dirs
 from chainrule.data.mnist import load_mnist
 from chainrule.files import atomic_write_bytes
-from chainrule.web.services import find_latest_image_models, find_latest_model
+from chainrule.web.services import find_latest_image_models, find_latest_model, saved_models
 from speed import machine
 
 HERE = Path(__file__).resolve().parent
@@ -148,8 +148,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="data directory (default $CHAINRULE_DATA, then the user cache)")
     ap.add_argument("--out", default=str(RESULTS), help=f"JSON results (default {RESULTS.relative_to(HERE.parent)})")
     args = ap.parse_args(argv)
-    digits = Path(args.digits) if args.digits else find_latest_image_models().get("mnist")
-    spam = Path(args.spam) if args.spam else find_latest_model("spam")
+    saved = saved_models()  # (runs/, scanned once for both)
+    digits = Path(args.digits) if args.digits else find_latest_image_models(saved).get("mnist")
+    spam = Path(args.spam) if args.spam else find_latest_model("spam", saved)
     if digits is None and spam is None:
         raise SystemExit("serve_load: no models: train them with `chainrule digits train` and "
                          "`chainrule spam train`, or pass --digits/--spam")

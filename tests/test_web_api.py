@@ -897,12 +897,12 @@ def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models, caplo
         os.utime(runs / name / "model.json", (when, when))
     (runs / "broken").mkdir()
     (runs / "broken" / "model.json").write_text("{not json")
-    assert find_latest_model("images", runs) == runs / "new-digits"
+    assert find_latest_model("images", saved_models(runs)) == runs / "new-digits"
     # a newer model whose weights are cut short is passed over, not served (nor a reason to serve nothing)
     shutil.copytree(models["digits"], runs / "newest-digits")
     weights = model_files(runs / "newest-digits")["model"]
     weights.write_bytes(weights.read_bytes()[:1000])
-    assert find_latest_model("images", runs) == runs / "new-digits"
+    assert find_latest_model("images", saved_models(runs)) == runs / "new-digits"
     # or whose weights are not those its model.json describes, or whose architecture cannot be
     # built (each stopped `serve` with an error)
     for name, change in (("other-shape", lambda layers: layers[0]["args"].__setitem__("out_features", 513)),
@@ -911,13 +911,13 @@ def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models, caplo
         doc = json.loads((runs / name / "model.json").read_text())
         change(doc["layers"])
         (runs / name / "model.json").write_text(json.dumps(doc))
-        assert find_latest_model("images", runs) == runs / "new-digits", name
+        assert find_latest_model("images", saved_models(runs)) == runs / "new-digits", name
     # and so is one a newer chainrule wrote, saying why
     shutil.copytree(models["digits"], runs / "future-digits")
     doc = json.loads((runs / "future-digits" / "model.json").read_text())
     (runs / "future-digits" / "model.json").write_text(json.dumps({**doc, "format_version": 99}))
     with caplog.at_level(logging.WARNING):
-        assert find_latest_model("images", runs) == runs / "new-digits"
+        assert find_latest_model("images", saved_models(runs)) == runs / "new-digits"
     assert "future-digits" in caplog.text and "format version 99" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):  # one scan serves both lookups: said once
@@ -925,9 +925,9 @@ def test_find_latest_model_picks_the_newest_of_each_task(tmp_path, models, caplo
         assert find_latest_model("images", saved) == runs / "new-digits"
         assert find_latest_image_models(saved)["mnist"] == runs / "new-digits"
     assert sum("future-digits" in r.getMessage() for r in caplog.records) == 1
-    assert find_latest_model("spam", runs) == runs / "nested" / "spam-a"
-    assert find_latest_model("images", tmp_path / "nowhere") is None
-    assert find_latest_model("other", runs) is None
+    assert find_latest_model("spam", saved_models(runs)) == runs / "nested" / "spam-a"
+    assert find_latest_model("images", saved_models(tmp_path / "nowhere")) is None
+    assert find_latest_model("other", saved_models(runs)) is None
 
 
 def test_find_latest_image_models_picks_the_newest_of_each_data_set(tmp_path, models):
@@ -944,8 +944,8 @@ def test_find_latest_image_models_picks_the_newest_of_each_data_set(tmp_path, mo
             del doc["metadata"]["dataset"]
             (runs / name / "model.json").write_text(json.dumps(doc))
         os.utime(runs / name / "model.json", (when, when))
-    assert find_latest_image_models(runs) == {"mnist": runs / "old-digits", "fashion": runs / "fashion-a"}
-    assert find_latest_image_models(tmp_path / "nowhere") == {}
+    assert find_latest_image_models(saved_models(runs)) == {"mnist": runs / "old-digits", "fashion": runs / "fashion-a"}
+    assert find_latest_image_models(saved_models(tmp_path / "nowhere")) == {}
 
 
 @pytest.fixture

@@ -352,8 +352,8 @@ def default_name(metadata: dict) -> str:
 def saved_models(runs="runs") -> list[tuple[Path, dict, float]]:
     """(model directory, its metadata, when it was written) for every saved model under `runs`; one
     that cannot be read (a newer chainrule's, say), or a folder that cannot be, is passed over with a
-    warning. `find_latest_model` and `find_latest_image_models` take this list in place of `runs`, so
-    one scan serves both."""
+    warning. `find_latest_model` and `find_latest_image_models` choose from this list, so one scan
+    serves both."""
     root = Path(runs)
     if not root.is_dir():
         return []
@@ -374,38 +374,34 @@ def _unreadable_folder(exc: OSError) -> None:
                 printable(str(exc.filename)), exc.strerror or exc)
 
 
-def _scanned(runs) -> list[tuple[Path, dict, float]]:
-    return runs if isinstance(runs, list) else saved_models(runs)
-
-
-def find_latest_model(task: str, runs="runs", load=model_directory):
-    """The most recently written model under `runs` (or in a `saved_models` list) whose metadata
-    says `task`, as `load` gives it (by default its directory), or None.
+def find_latest_model(task: str, saved: list[tuple[Path, dict, float]], load=model_directory):
+    """The most recently written model of the `saved_models` whose metadata says `task`, as `load`
+    gives it (by default its directory), or None.
 
     The scan reads only model.json and the weights' headers; `load` may read the whole model (a
     service's `load`), and a model it refuses (damaged arrays: a bad CRC, NaN weights) is passed
     over, with a warning, for the next newest: each candidate is loaded once, the one served.
     """
-    return _first_loaded([directory for directory, _ in _newest_first(runs, (task,))], load)
+    return _first_loaded([directory for directory, _ in _newest_first(saved, (task,))], load)
 
 
-def find_latest_image_models(runs="runs", load=model_directory, leave_out=()) -> dict:
-    """The most recently written image model of each data set under `runs` but those in
-    `leave_out`, as `load` gives it (as `find_latest_model`): {data set: model}. Models from
+def find_latest_image_models(saved: list[tuple[Path, dict, float]], load=model_directory, leave_out=()) -> dict:
+    """The most recently written image model of each data set among the `saved_models` but those
+    in `leave_out`, as `load` gives it (as `find_latest_model`): {data set: model}. Models from
     chainrule 0.1's `digits train` count as MNIST's."""
     by_dataset: dict[str, list[Path]] = {}
-    for directory, metadata in _newest_first(runs, IMAGE_TASKS):
+    for directory, metadata in _newest_first(saved, IMAGE_TASKS):
         by_dataset.setdefault(str(metadata.get("dataset", "mnist")), []).append(directory)
     latest = {dataset: _first_loaded(directories, load) for dataset, directories in by_dataset.items()
               if dataset not in leave_out}
     return {dataset: model for dataset, model in latest.items() if model is not None}
 
 
-def _newest_first(runs, tasks) -> list[tuple[Path, dict]]:
-    """(directory, metadata) of the saved models whose metadata says one of `tasks`, the most
+def _newest_first(saved, tasks) -> list[tuple[Path, dict]]:
+    """(directory, metadata) of the `saved_models` whose metadata says one of `tasks`, the most
     recently written first (of two written at once, the first found)."""
-    scanned = sorted(_scanned(runs), key=lambda found: found[2], reverse=True)
-    return [(directory, metadata) for directory, metadata, _ in scanned if metadata.get("task") in tasks]
+    newest_first = sorted(saved, key=lambda found: found[2], reverse=True)
+    return [(directory, metadata) for directory, metadata, _ in newest_first if metadata.get("task") in tasks]
 
 
 def _first_loaded(directories, load):
