@@ -45,6 +45,12 @@ def test_an_integer_too_large_for_any_use_is_a_usage_error(args, capsys):
     assert exit_.value.code == 2 and "below 2^" in err and "internal error" not in err
 
 
+def test_a_huge_negative_integer_is_refused_as_below_the_option_s_range(capsys):
+    with pytest.raises(SystemExit):
+        main(["spam", "train", "--seed", "-" + "9" * 30])
+    assert "expected an integer >= 0, got '-999" in capsys.readouterr().err
+
+
 def test_gradcheck_command_passes_on_every_layer_type():
     proc = subprocess.run([sys.executable, "-m", "chainrule.cli", "gradcheck"], capture_output=True, text=True,
                           timeout=300)

@@ -441,15 +441,18 @@ def test_under_mpirun_usage_errors_are_said_once_and_standard_input_is_refused(m
 
 
 @pytest.mark.parametrize("args", [["spam", "explain", "{model}", "-"], ["spam", "learn", "{copy}", "--spam", "-"],
-                                  ["spam", "classify", "{model}", "/dev/stdin"]])
+                                  ["spam", "classify", "{model}", "/dev/stdin"],
+                                  ["spam", "explain", "{model}", "//dev/stdin"],
+                                  ["spam", "explain", "{model}", "{up}dev/stdin"]])
 def test_standard_input_is_refused_under_mpirun_by_every_command_that_reads_it(mpirun, spam_model, tmp_path, args):
     """Only `spam classify -` refused it: under `mpirun -np 1` explain, learn (holding the model's
     lock) and images/digits predict waited for ever on Open MPI's forwarding, and classify naming
-    /dev/stdin on two processes too."""
+    /dev/stdin on two processes too; then //dev/stdin and a relative path to it still did."""
     shutil.copytree(spam_model, tmp_path / "copy")
     message = tmp_path / "m.eml"
     message.write_bytes(b"From: a@b.c\nSubject: hi\n\nhello\n")
-    args = [a.format(model=spam_model, copy=tmp_path / "copy") for a in args]
+    up = "../" * (len(Path.cwd().parts) - 1)  # (a relative path to /dev/stdin)
+    args = [a.format(model=spam_model, copy=tmp_path / "copy", up=up) for a in args]
     with open(message, "rb") as stdin:
         proc = run([*mpirun, "-np", 2 if args[1] == "classify" else 1, *CLI, *args], stdin=stdin, timeout=60)
     assert proc.returncode != 0 and "standard input is not read under mpirun" in proc.stderr, proc.stderr

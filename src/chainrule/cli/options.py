@@ -11,6 +11,7 @@ import argparse
 import errno
 import math
 import os
+import stat
 import sys
 import time
 
@@ -120,13 +121,25 @@ def print_lines(lines) -> None:
 _STDIN_NAMES = ("/dev/stdin", "/dev/fd/0", "/proc/self/fd/0")
 
 
+def _is_stdin(path: str) -> bool:
+    """Whether `path` names standard input: '-', one of its names, or (`//dev/stdin`, a relative
+    path or a link to it) the pipe that is this process's standard input."""
+    if path == "-" or os.path.normpath(path) in _STDIN_NAMES:
+        return True
+    try:
+        named, stdin = os.stat(path), os.fstat(0)
+    except OSError:
+        return False
+    return os.path.samestat(named, stdin) and (stat.S_ISFIFO(stdin.st_mode) or stat.S_ISSOCK(stdin.st_mode))
+
+
 def stdin_once(paths: list[str]) -> None:
     """Refuse '-' (standard input) named more than once: it can be read once, and a second read
     would find it empty; and refuse it under mpirun, even with -np 1: Open MPI's forwarding of it
     never ends, so a read waits for ever (a `spam learn` holding its model's lock)."""
     if paths.count("-") > 1:
         raise UserError("'-' (standard input) can be given only once")
-    if launched_by_mpi() and any(p == "-" or os.path.normpath(p) in _STDIN_NAMES for p in paths):
+    if launched_by_mpi() and any(map(_is_stdin, paths)):
         raise UserError("standard input is not read under mpirun (Open MPI's forwarding of it hangs): give files, "
                         "folders, an mbox or a Maildir")
 
@@ -154,10 +167,10 @@ def _number(text: str, kind: type, ok, expected: str):
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if kind is int and abs(value) >= 2**63:  # (no count, size or seed is that large; NumPy takes none)
-        raise argparse.ArgumentTypeError(f"expected {expected} below 2^63, got {text!r}")
     if not (ok(value) and (kind is int or math.isfinite(value))):
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    if kind is int and value >= 2**63:  # (no count, size or seed is that large; NumPy takes none)
+        raise argparse.ArgumentTypeError(f"expected {expected} below 2^63, got {text!r}")
     return value
 
 
