@@ -419,6 +419,18 @@ def test_a_jpeg_of_a_thousand_scans_is_refused_before_it_is_decoded():
         preprocess_image(_progressive_jpeg(bar, extra_scans=1000))
 
 
+def test_a_jpeg_with_data_after_its_end_is_read_whatever_that_data_holds():
+    """A phone's motion photo appends its video after the JPEG's end-of-image marker: counting every
+    0xFFDA pair in the file (8 MB of video held 120) refused it as "120 scans". Only the scans the
+    decoder meets count, and bytes inside metadata do not."""
+    bar = Image.new("L", (64, 64), 255)
+    bar.paste(0, (28, 10, 36, 54))
+    buf = io.BytesIO()
+    bar.save(buf, "JPEG", progressive=True, quality=90, comment=b"\xff\xda" * 200)  # (a comment holds the pair)
+    video = b"\x00\x00\x00\x18ftypmp42" + b"\xff\xda\x00\x0c" * 500
+    check_mnist_like(preprocess_image(buf.getvalue() + video))
+
+
 def _tiled_tiff(size: int, tile: int, pixels: bytes) -> bytes:
     """A grey TIFF of `size`x`size` pixels in one deflated tile of `tile`x`tile` (`pixels`, row by
     row, as much of the tile as is given)."""

@@ -203,16 +203,39 @@ def _check_decoding_cost(img: Image.Image, f, prefix: str) -> None:
 
 
 def _scans(f) -> int:
-    """How many scans the JPEG file `f` holds: its start-of-scan markers, 0xFFDA. A scan's data
-    holds none (a 0xFF byte in it is written 0xFF00); metadata may, and counts (a thumbnail's few)."""
+    """How many scans the decoder meets in the JPEG file `f`: its segments walked from the start
+    to the end-of-image marker, each start-of-scan (0xFFDA) counted. What follows that marker is
+    not the image's (a phone's motion photo appends its video there: 8 MB of it held 120 0xFFDA
+    pairs), nor is a pair inside metadata or a scan's own data."""
     start = f.tell()
     f.seek(0)
-    scans, last = 0, b""
-    while chunk := f.read(1 << 20):
-        scans += (last + chunk).count(b"\xff\xda")  # (one cut in two by the chunks is counted too)
-        last = chunk[-1:]
+    data = f.read()
     f.seek(start)
+    scans, i = 0, 2  # (after the start-of-image marker)
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            i += 1
+        elif marker == 0xD9:  # end of image
+            break
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers with no length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+            if marker == 0xDA:
+                scans += 1
+                i = _scan_end(data, i)
     return scans
+
+
+def _scan_end(data: bytes, i: int) -> int:
+    """Where the entropy-coded data of a scan that starts at `i` ends: at the first marker that is
+    neither a 0xFF byte of the data (written 0xFF00) nor a restart marker (0xFFD0-0xFFD7)."""
+    while (i := data.find(b"\xff", i)) != -1 and i + 1 < len(data):
+        if data[i + 1] != 0x00 and not 0xD0 <= data[i + 1] <= 0xD7:
+            return i
+        i += 2
+    return len(data)
 
 
 # What Pillow's decoders and its EXIF reader raise for a damaged file, a TIFF whose tags have the
