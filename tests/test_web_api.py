@@ -729,6 +729,16 @@ def test_classify_reads_the_charset_the_body_declares(client, spam_bundle):
     assert r.status_code == 200 and r.json()["probability"] == pytest.approx(expected["probability"], abs=1e-6), r.text
 
 
+def test_classify_reads_utf8_under_another_label_as_the_mail_reader_does(client):
+    """Since the label goes through the mail reader's codecs, gb2312 reads as GB18030, which turns
+    UTF-8 into garbage without an error: a UTF-8 text under it is read as UTF-8, as mail is."""
+    text = "Grüße aus München: WIN a FREE prize, call now".encode()  # (GB18030 reads it 'Gr眉脽e')
+    undeclared = client.post("/api/spam/classify", content=text, headers={"Content-Type": "text/plain"})
+    for charset in ("gb2312", "iso-8859-1", "shift_jis"):
+        r = client.post("/api/spam/classify", content=text, headers={"Content-Type": f"text/plain; charset={charset}"})
+        assert r.status_code == 200 and r.json() == undeclared.json(), charset
+
+
 @pytest.mark.parametrize("charset", ["punycode", "unicode-escape", "zlib", "rot13", "idna"])
 def test_classify_refuses_a_charset_no_mail_program_reads(client, charset):
     """The body was decoded in any codec Python knows: a 2 MB body labelled punycode (decoded in time

@@ -254,6 +254,13 @@ def declared_text(content_type: str, data: bytes) -> bytes:
     codec = text_codec(charset)
     if codec is None:
         raise ApiError(422, f"unknown charset in the Content-Type: {charset[:60]!r}")
+    if not codec.startswith("utf-") and not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:  # 8-bit text that is valid UTF-8 is UTF-8 whatever its label, as `mime.decode_text` reads
+            return data  # it: GB18030 (read for a gb2312 label) turns UTF-8 into garbage without an error
     try:
         text = data.decode(codec)
     except UnicodeError:
