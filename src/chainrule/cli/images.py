@@ -18,12 +18,12 @@ from chainrule.apps import images
 from chainrule.apps.image_presets import PRESETS
 from chainrule.cli.options import (
     MAX_MISTAKES_SHOWN,
+    check_standard_input,
     diverged,
     mistakes_shown,
     percent,
     positive_int,
     print_lines,
-    stdin_once,
 )
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
@@ -148,7 +148,7 @@ def _stdin():
 
 def _cmd_predict(args) -> int:
     model, metadata = _image_model(args)
-    stdin_once(args.images)
+    check_standard_input(args.images)
     sources = [_stdin() if src == "-" else src for src in args.images]  # (read when its turn comes)
     results = images.predict_images(model, metadata, sources)
     failed = 0

@@ -133,10 +133,11 @@ def _is_stdin(path: str) -> bool:
     return os.path.samestat(named, stdin) and (stat.S_ISFIFO(stdin.st_mode) or stat.S_ISSOCK(stdin.st_mode))
 
 
-def stdin_once(paths: list[str]) -> None:
-    """Refuse '-' (standard input) named more than once: it can be read once, and a second read
-    would find it empty; and refuse it under mpirun, even with -np 1: Open MPI's forwarding of it
-    never ends, so a read waits for ever (a `spam learn` holding its model's lock)."""
+def check_standard_input(paths: list[str]) -> None:
+    """Refuse standard input among a command's inputs `paths` where it cannot be read: '-' named
+    more than once (it can be read once, and a second read would find it empty), or any name of it
+    under mpirun, even with -np 1 (Open MPI's forwarding of it never ends, so a read waits for
+    ever: a `spam learn` holding its model's lock)."""
     if paths.count("-") > 1:
         raise UserError("'-' (standard input) can be given only once")
     if launched_by_mpi() and any(map(_is_stdin, paths)):

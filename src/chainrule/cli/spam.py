@@ -54,6 +54,7 @@ from chainrule.cli.options import (
     add_cutoffs,
     add_max_bytes,
     char_ngrams,
+    check_standard_input,
     decimal,
     diverged,
     fraction,
@@ -65,7 +66,6 @@ from chainrule.cli.options import (
     positive_int,
     print_lines,
     probability,
-    stdin_once,
 )
 from chainrule.data.corpora import (
     HAM,
@@ -126,7 +126,7 @@ def _cmd_train(args) -> int:
     world = distributed.world()
     if not args.corpus and not args.sms:
         raise UserError("nothing to train on: give mail corpora and/or --sms FILE")
-    stdin_once(args.corpus)
+    check_standard_input(args.corpus)
     if args.folds == 1 or args.folds < 0:
         raise UserError(f"--folds must be 0 (one network) or at least 2, got {args.folds}")
     if args.validation is not None and args.folds != 0:  # (it was ignored without a word)
@@ -242,7 +242,7 @@ def _format_metrics(r: dict) -> str:
 
 
 def _cmd_evaluate(args) -> int:
-    stdin_once(args.corpus)
+    check_standard_input(args.corpus)
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     problems = _InputProblems(args.corpus, hold=False)  # (figures without a named corpus: the exit code says so)
     # Scored a batch at a time, as classify scores them: the figures need only each message's
@@ -344,7 +344,7 @@ def _cmd_classify(args) -> int:
     # Under mpirun rank 0 reads the messages and deals every batch out to all the ranks, which
     # score their parts; rank 0 prints the verdicts in input order.
     world = distributed.world()
-    stdin_once(args.paths or ["-"])
+    check_standard_input(args.paths or ["-"])
     bundle = load_spam_model(args.model, args.spam_cutoff, args.ham_cutoff)
     single_stdin = (args.paths or ["-"]) == ["-"]
     check_same_filter(bundle, world)
@@ -425,7 +425,7 @@ def _cmd_learn(args) -> int:
         raise UserError(f"{', '.join(given)}: with --spam or --ham, not --unlearn (unlearning trains nothing)")
     if not args.paths and not args.source:
         raise UserError("nothing to learn from: give messages ('-' reads standard input) or --from FOLDER")
-    stdin_once(args.paths)
+    check_standard_input(args.paths)
     if args.sms and args.source:
         raise UserError("--from reads a mail folder; with --sms, name the files of text messages")
     label = SPAM if args.spam else HAM
@@ -483,7 +483,7 @@ def _explained_tokens(args, config: HashingConfig, on_problem):
 
 
 def _cmd_explain(args) -> int:
-    stdin_once(args.paths)
+    check_standard_input(args.paths)
     bundle = load_spam_model(args.model)
     problems = _InputProblems(args.paths, hold=True)  # (as in classify: a lone failed input is the error)
     seen = 0
