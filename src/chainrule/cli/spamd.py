@@ -16,6 +16,7 @@ from chainrule.apps.spam.daemon import DEFAULT_PORT, DaemonOptions, run_daemon
 from chainrule.cli.options import add_cutoffs, nonnegative_float, positive_float, positive_int
 from chainrule.data.corpora import MAX_BYTES
 from chainrule.errors import UserError, printable
+from chainrule.open_files import PER_CONNECTION
 
 
 def listen_address(text: str) -> tuple[str, int]:
@@ -79,7 +80,7 @@ def add_command(sub) -> None:
                    help=f"larger messages are passed back unchecked (default {MAX_BYTES})")
     p.add_argument("--max-connections", type=positive_int, default=64, metavar="N",
                    help="connections served at once; more wait for a free place (default 64; each needs up to "
-                   "2 open files, and the soft limit on them is raised to the hard one)")
+                   f"{PER_CONNECTION} open files, and the soft limit on them is raised to the hard one)")
     p.add_argument("--read-timeout", type=positive_float, default=30.0, metavar="SECONDS",
                    help="time a client has to send its whole request (default 30)")
     p.add_argument("--timeout", type=positive_float, default=300.0, metavar="SECONDS",
