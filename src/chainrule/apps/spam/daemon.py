@@ -597,16 +597,15 @@ class DaemonServer:
         else:
             what = "nothing to do (no Set: local or Remove: local)"
         writer.write(tell_answer(req, changed))
+        gone = ""
         try:
             await writer.drain()
         except ConnectionError:
             # A client that gave up waiting (spamc -t) closed its connection. It had closed its
             # sending half after the request, so only this answer shows it: on a Unix socket at
             # once; over TCP the answer goes out, and the client's reset comes back after it.
-            log.info("TELL %s for %s, after its client had given up waiting (connection closed), in %.1f ms, "
-                     "%d bytes, %s", what, user, ms(), req.size, who)
-            return
-        log.info("TELL %s for %s in %.1f ms, %d bytes, %s", what, user, ms(), req.size, who)
+            gone = ", after its client had given up waiting (connection closed),"
+        log.info("TELL %s for %s%s in %.1f ms, %d bytes, %s", what, user, gone, ms(), req.size, who)
 
     # -- life cycle -----------------------------------------------------------------------------
 
