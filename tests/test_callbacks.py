@@ -142,6 +142,59 @@ def test_an_early_stopping_used_again_starts_afresh():
     np.testing.assert_array_equal(second.flat_params, rec.states[history.best_epoch])
 
 
+def test_an_early_stopping_among_the_callbacks_is_fits_early_stopping():
+    """Passed the Keras way, in `callbacks`, it was a plain observer that `fit` never reset: a
+    second `fit` with the same list stopped at once and put the first model's weights into the
+    second. It is now `early_stopping=`'s: reset, restoring and checked before training."""
+    callbacks = [cr.EarlyStopping(patience=3)]
+    first, x, y, val = _overfitting_setup()
+    cr.fit(first, x, y, cr.CrossEntropy(), cr.Adam(first.parameters(), lr=0.01), epochs=200, batch_size=8,
+           validation_data=val, verbose=False, callbacks=callbacks)
+    second, *_ = _overfitting_setup(1)
+    rec = WeightRecorder()
+    history = cr.fit(second, x, y, cr.CrossEntropy(), cr.Adam(second.parameters(), lr=0.01), epochs=200,
+                     batch_size=8, validation_data=val, callbacks=[*callbacks, rec], verbose=False)
+    assert history.best_epoch == int(np.argmin(history["val_loss"]))
+    assert len(history) == history.best_epoch + 1 + 3 + 1
+    np.testing.assert_array_equal(second.flat_params, rec.states[history.best_epoch])
+    with pytest.raises(ValueError, match="EarlyStopping monitors 'val_los'"):  # (checked, as early_stopping= is)
+        cr.fit(second, x, y, cr.CrossEntropy(), cr.SGD(second.parameters()), validation_data=val,
+               callbacks=[cr.EarlyStopping(monitor="val_los")], verbose=False)
+
+
+def test_an_early_stopping_among_the_callbacks_resumes_where_it_was(tmp_path):
+    """Its best epoch, weights and patience are in the checkpoint: resumed, the run stops where
+    one never interrupted stops, with its best weights (it started again from nothing)."""
+    def run(epochs, checkpoint=None, resume=False):
+        model, x, y, val = _overfitting_setup()
+        history = cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=epochs,
+                         batch_size=8, validation_data=val, callbacks=[cr.EarlyStopping(patience=3)],
+                         checkpoint=checkpoint, resume=resume, verbose=False)
+        return model, history
+
+    straight, straight_history = run(200)
+    checkpoint = tmp_path / "run.npz"
+    run(straight_history.best_epoch + 2, checkpoint)  # (interrupted 1 epoch past the best)
+    resumed, resumed_history = run(200, checkpoint, resume=True)
+    assert resumed_history["val_loss"] == straight_history["val_loss"]
+    assert resumed_history.best_epoch == straight_history.best_epoch
+    np.testing.assert_array_equal(resumed.flat_params, straight.flat_params)
+
+
+@pytest.mark.parametrize("how", ["both ways", "two in callbacks"])
+def test_fit_takes_one_early_stopping(how):
+    """Two would each stop the run, restore weights and claim the checkpoint's one place."""
+    model, x, y, val = _overfitting_setup()
+    es = cr.EarlyStopping()
+    kwargs = ({"early_stopping": es, "callbacks": [es]} if how == "both ways" else
+              {"callbacks": [es, cr.EarlyStopping(monitor="val_accuracy")]})
+    said = ("fit: an EarlyStopping in callbacks and another as early_stopping: give one" if how == "both ways" else
+            "fit: callbacks hold 2 EarlyStopping: give one")
+    with pytest.raises(ValueError, match=said):
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), validation_data=val, verbose=False,
+               **kwargs)
+
+
 def test_early_stopping_restores_the_best_weights_at_the_epoch_limit_too():
     model, x, y, val = _overfitting_setup(1)
     rec = WeightRecorder()

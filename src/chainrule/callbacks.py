@@ -57,6 +57,8 @@ class Callback:
 class EarlyStopping(Callback):
     """Stop when the monitored metric has gone more than `patience` epochs without improving.
 
+    `fit` takes one, as `early_stopping=` or among its `callbacks` (alike: see `fit`).
+
     Args:
         monitor: a key of the epoch logs, e.g. "val_loss" (lower is better) or "val_accuracy"
             (higher is better), or one a callback of the caller's adds ("val_f1").

@@ -264,6 +264,23 @@ def _callback_list(callbacks) -> list[Callback]:
     return callbacks
 
 
+def _the_early_stopping(early_stopping: EarlyStopping | None,
+                        callbacks: list[Callback]) -> tuple[EarlyStopping | None, list[Callback]]:
+    """`fit`'s early stopping and its other callbacks: an EarlyStopping in `callbacks` (Keras passes
+    it there) is taken out and becomes `early_stopping`. Left among the observers, it was never
+    reset (a second `fit` with the same list stopped at once and restored the first model's
+    weights into the second), nor kept in the checkpoint. One only: two would each stop the run,
+    restore weights and claim the checkpoint's one place for them."""
+    found = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
+    if found and early_stopping is not None:
+        raise ValueError("fit: an EarlyStopping in callbacks and another as early_stopping: give one")
+    if len(found) > 1:
+        raise ValueError(f"fit: callbacks hold {len(found)} EarlyStopping: give one")
+    if not found:
+        return early_stopping, callbacks
+    return found[0], [cb for cb in callbacks if cb is not found[0]]
+
+
 def _check_arguments(model: Sequential, loss, optimizer, early_stopping, lr_schedule, augment, world: World) -> None:
     """Refuse what `fit` is given in place of a loss, an optimizer, a schedule or an augmenter
     before anything runs: each would otherwise fail deep inside the loop, or not at all."""
@@ -537,9 +554,13 @@ def fit(
             `world`) joins the last batch.
         validation_split: fraction of `(x, y)` held out (at random, by `seed`) for validation.
         validation_data: an explicit `(x_val, y_val)` instead (not with `validation_split`).
-        early_stopping: an `EarlyStopping`; by default it watches "val_loss".
+        early_stopping: an `EarlyStopping`; by default it watches "val_loss". It starts afresh
+            in every `fit` (or where the checkpoint resumed from left it), is saved in the
+            checkpoint, and restores its best weights before the other callbacks' on_train_end.
         lr_schedule: callable `epoch -> lr`, applied at the start of every epoch.
         callbacks: `Callback` objects (`chainrule.callbacks` lists the hooks and their order).
+            An `EarlyStopping` among them is taken as `early_stopping` (and called after the
+            others); one at most, and not with `early_stopping` too.
         augment: callable `(x_batch, rng) -> x_batch` applied to each training batch.
         verbose: report progress on standard error (see `ProgressLogger`): a bar and a line per
             epoch on a terminal, just the lines in a file or log, then the gradient-flow report.
@@ -586,6 +607,7 @@ def fit(
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
     callbacks = _callback_list(callbacks)
     _check_arguments(model, loss, optimizer, early_stopping, lr_schedule, augment, world)
+    early_stopping, callbacks = _the_early_stopping(early_stopping, callbacks)
     data = _prepared_data(model, x, y, loss, validation_split, validation_data, seed,
                           checkpoint if resume else None, world)
     if early_stopping is not None:
