@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,6 +309,65 @@ def test_inputs_the_models_dtype_cannot_hold_and_targets_the_loss_cannot_score_a
                      verbose=False)
     assert "accuracy" not in history.epochs[-1] and "accuracy" not in cr.evaluate(multi, x, targets,
                                                                                   cr.BinaryCrossEntropy())
+
+
+class _CountBatches(cr.Callback):
+    def __init__(self):
+        self.batches = 0
+
+    def on_batch_end(self, batch, logs):
+        self.batches += 1
+
+
+_X, _Y = blobs()
+WRONG_BEFORE_THE_FIRST_STEP = {
+    # (the training x was named by its first batch's shape, (16, 9); validation data and a folder
+    # were found after the first epoch, its training lost)
+    "training x": ((_X[:, :9], _Y), {}, r"fit: x: expected a batch of shape \(N, 10\), got shape \(200, 9\)$"),
+    "validation x": ((_X, _Y), {"validation_data": (_X[:20, :9], _Y[:20])},
+                     r"fit: validation_data: x: expected a batch of shape \(N, 10\), got shape \(20, 9\)$"),
+    "validation labels": ((_X, _Y), {"validation_data": (_X[:20], np.stack([_Y[:20]] * 2, 1))},
+                          r"fit: validation_data: CrossEntropy's targets are one class label per example, "
+                          r"shape \(N,\), got shape \(20, 2\)$"),
+    "validation targets": ((_X, np.eye(3)[_Y]), {"validation_data": (_X[:20], np.ones((20, 2))),
+                                                 "loss": cr.MeanSquaredError()},
+                           r"fit: validation_data: MeanSquaredError's targets must have the network's output "
+                           r"shape \(N, 3\) \(or be integer class labels, shape \(N,\)\), got shape \(20, 2\)$"),
+    "training targets": ((_X, np.ones((200, 2))), {"loss": cr.MeanSquaredError()},
+                         r"fit: MeanSquaredError's targets must have the network's output shape \(N, 3\) "
+                         r"\(or be integer class labels, shape \(N,\)\), got shape \(200, 2\)$"),
+    "a folder": ((_X, _Y), {"checkpoint": "."}, r"fit: checkpoint must be the path of a file \(run.npz, say\), "
+                                                r"got the folder '.'$"),
+    "a named folder": ((_X, _Y), {"checkpoint": Path("runs")}, r"fit: checkpoint must be the path of a file "
+                                                               r"\(run.npz, say\), got the folder 'runs'$"),
+    "no path": ((_X, _Y), {"checkpoint": 3}, r"fit: checkpoint must be the path of a file \(run.npz, say\), "
+                                             r"got 3$"),
+}
+
+
+@pytest.mark.parametrize("wrong", WRONG_BEFORE_THE_FIRST_STEP)
+def test_what_can_be_checked_before_the_first_step_is(wrong, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (x, y), kwargs, said = WRONG_BEFORE_THE_FIRST_STEP[wrong]
+    model, counted = small_mlp(), _CountBatches()
+    before = model.flat_params.copy()
+    loss = kwargs.pop("loss", cr.CrossEntropy())
+    with pytest.raises(ValueError, match=said):
+        cr.fit(model, x, y, loss, cr.SGD(model.parameters()), batch_size=16, callbacks=[counted], verbose=False,
+               **kwargs)
+    assert counted.batches == 0
+    np.testing.assert_array_equal(model.flat_params, before)
+    assert [p.name for p in tmp_path.rglob("*")] == ["runs"]  # (nothing written)
+
+
+def test_evaluate_names_data_of_the_wrong_shape_by_its_shape():
+    x, y = blobs()
+    model = small_mlp()
+    with pytest.raises(ValueError, match=r"evaluate: x: expected a batch of shape \(N, 10\), got shape \(200, 9\)"):
+        cr.evaluate(model, x[:, :9], y, cr.CrossEntropy())
+    with pytest.raises(ValueError, match=r"evaluate: CrossEntropy's targets are one class label per example"):
+        cr.evaluate(model, x, y[:, None], cr.CrossEntropy())
 
 
 def test_evaluate_refuses_a_batch_size_that_is_not_a_positive_integer():

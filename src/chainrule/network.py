@@ -236,16 +236,18 @@ class Sequential:
         else:
             x = sliceable(x)
             x = x if x.dtype == self.dtype else x.astype(self.dtype)
-        return self._checked_shape(x)
+        return self.checked_shape(x)
 
-    def _checked_shape(self, x):
+    def checked_shape(self, x, where: str = "Sequential"):
         """`x`, once it is a batch of `input_shape` examples, and sparse only before a first
-        `Linear` (the one layer that multiplies a sparse matrix); a ValueError otherwise."""
+        `Linear` (the one layer that multiplies a sparse matrix); a ValueError otherwise, that
+        begins with `where` (`fit` checks the whole data set so, naming it by its own shape
+        before the first step, not by its first batch's)."""
         if x.shape[1:] != self.input_shape:
-            raise ValueError(f"Sequential: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
+            raise ValueError(f"{where}: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got shape {x.shape}")
         if not isinstance(x, np.ndarray) and not isinstance(self.layers[0], L.Linear):
-            raise ValueError(f"Sequential: a sparse matrix can be the input of a first Linear layer only, "
+            raise ValueError(f"{where}: a sparse matrix can be the input of a first Linear layer only, "
                              f"not of {type(self.layers[0]).__name__}")
         return x
 
@@ -312,7 +314,7 @@ class Sequential:
         if x.ndim == 0:
             raise ValueError(f"Sequential: expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {type(x.item()).__name__ if x.dtype == object else 'a single number'}")
-        x = self._checked_shape(checked_inputs("Sequential", x, self.dtype))  # (an empty batch too)
+        x = self.checked_shape(checked_inputs("Sequential", x, self.dtype))  # (an empty batch too)
         step = self.examples_per_pass(positive_int("Sequential", "batch_size", batch_size))
         with self.lock:  # (the layers keep what a backward pass would need: one pass at a time)
             outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]

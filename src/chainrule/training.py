@@ -48,7 +48,7 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     world = world or World()
     batch_size = positive_int("evaluate", "batch_size", batch_size)
     _check_loss("evaluate", loss)
-    x, y = _checked_data("evaluate", x, y, model.dtype)
+    x, y = _checked_data("evaluate", x, y, model)
     _check_targets("evaluate", y, model, loss)
     n = x.shape[0]
     lo, hi = world.shard(n)
@@ -69,16 +69,17 @@ def evaluate(model: Sequential, x, y, loss, batch_size: int = 1000, world: World
     return logs
 
 
-def _checked_data(where: str, x, y, dtype: np.dtype):
+def _checked_data(where: str, x, y, model: Sequential):
     """(x, y) once checked: as many examples as labels, at least one, every value a finite number
-    that the model's `dtype` holds. x comes back as an array, or as a CSR/CSC matrix for SciPy
-    sparse input (others cannot be sliced by row)."""
+    that the model's dtype holds, x a batch of the model's input shape (named by its own shape,
+    not its first batch's). x comes back as an array, or as a CSR/CSC matrix for SciPy sparse
+    input (others cannot be sliced by row)."""
     x, y = sliceable(x), np.asarray(y)
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != len(y):
         raise ValueError(f"{where}: x has {x.shape[0] if x.ndim else 0} examples but y has {len(y) if y.ndim else 0}")
     if not len(y):
         raise ValueError(f"{where}: no examples")
-    x = checked_inputs(where, x, dtype)
+    x = model.checked_shape(checked_inputs(where, x, model.dtype), f"{where}: x")
     if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
         raise ValueError(f"{where}: the targets contain NaN or infinity")
     return x, y
@@ -96,18 +97,41 @@ def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
     """Targets the loss can score, checked for the whole set before training, not batch by batch
     in the loss (with several processes, one process's error would leave the others waiting for
     it for ever): CrossEntropy's labels in range, and MeanSquaredError's where it one-hot encodes
-    them, BinaryCrossEntropy's targets from 0 to 1."""
+    them, BinaryCrossEntropy's targets from 0 to 1, and the shape each loss takes (a validation
+    set's was found after the first epoch's training)."""
     classes = model.output_shape[-1]
     if isinstance(loss, CrossEntropy) and not np.issubdtype(y.dtype, np.integer):  # (as the loss has them)
         raise ValueError(f"{where}: CrossEntropy's targets are integer class labels, got {y.dtype} values")
+    if isinstance(loss, CrossEntropy) and y.ndim != 1:
+        raise ValueError(f"{where}: CrossEntropy's targets are one class label per example, shape (N,), "
+                         f"got shape {y.shape}")
     one_hot = (isinstance(loss, MeanSquaredError) and has_label_dtype(y) and y.ndim == 1  # (MSE's labels)
                and classes > 1)
+    if isinstance(loss, MeanSquaredError | BinaryCrossEntropy) and not one_hot and \
+            y.size != len(y) * math.prod(model.output_shape):  # (element for element, as the losses compare them)
+        labels = " (or be integer class labels, shape (N,))" if isinstance(loss, MeanSquaredError) else ""
+        raise ValueError(f"{where}: {type(loss).__name__}'s targets must have the network's output shape "
+                         f"(N, {', '.join(map(str, model.output_shape))}){labels}, got shape {y.shape}")
     if (isinstance(loss, CrossEntropy) or one_hot) and (y.min() < 0 or y.max() >= classes):
         raise ValueError(f"{where}: labels must be in [0, {classes}) for the network's {classes} outputs, "
                          f"got {y.min()}..{y.max()}")
     if isinstance(loss, BinaryCrossEntropy) and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"{where}: BinaryCrossEntropy's targets are from 0 to 1 (the probability of class 1), "
                          f"got {y.min()}..{y.max()}")
+
+
+def _check_checkpoint(checkpoint, world: World) -> None:
+    """Refuse, before the first step, a `checkpoint` that could never be written: a folder (".",
+    say) raised IsADirectoryError, or "Device or resource busy", only when the first epoch's
+    checkpoint was put in its place, that epoch's training lost. (Rank 0 writes it: it looks, and
+    tells the others.)"""
+    if checkpoint is None:
+        return
+    if not isinstance(checkpoint, str | os.PathLike):
+        raise ValueError(f"fit: checkpoint must be the path of a file (run.npz, say), got {checkpoint!r}")
+    if world.bcast(os.path.isdir(checkpoint) if world.rank == 0 else None):
+        raise ValueError(f"fit: checkpoint must be the path of a file (run.npz, say), got the folder "
+                         f"{os.fspath(checkpoint)!r}")
 
 
 def _check_monitor(monitor: str, keys: list[str], callbacks: bool) -> None:
@@ -334,7 +358,7 @@ def _prepared_data(model: Sequential, x, y, loss, validation_split, validation_d
     if validation_split and validation_data is not None:  # (the split was dropped without a word)
         raise ValueError("fit: validation_split and validation_data both given: hold out a fraction of the training "
                          "data with validation_split, or pass validation_data, not both")
-    x, y = _checked_data("fit", x, y, model.dtype)
+    x, y = _checked_data("fit", x, y, model)
     labels = _reports_accuracy(y, model, loss)
     _check_targets("fit", y, model, loss)
     seed = model.seed if seed is None else checked_seed("fit", seed)
@@ -352,7 +376,7 @@ def _prepared_data(model: Sequential, x, y, loss, validation_split, validation_d
     if validation_split:
         x, y, x_val, y_val = _split(x, y, validation_split, np.random.default_rng([seed, 2]))
     elif validation_data is not None:
-        x_val, y_val = _checked_data("fit: validation_data", *validation_data, model.dtype)
+        x_val, y_val = _checked_data("fit: validation_data", *validation_data, model)
         _check_targets("fit: validation_data", y_val, model, loss)
     else:
         x_val = y_val = None
@@ -603,6 +627,7 @@ def fit(
                                 (("shuffle", shuffle), ("resume", resume), ("verbose", verbose)))
     if resume and checkpoint is None:  # (it started afresh without a word)
         raise ValueError("fit: resume=True needs the checkpoint to resume from (checkpoint=path.npz)")
+    _check_checkpoint(checkpoint, world)
     if batch_size < world.size:
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
     callbacks = _callback_list(callbacks)
