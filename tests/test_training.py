@@ -370,6 +370,38 @@ def test_evaluate_names_data_of_the_wrong_shape_by_its_shape():
         cr.evaluate(model, x, y[:, None], cr.CrossEntropy())
 
 
+NOT_NUMBERS = {  # (NumPy's errors from inside, "ufunc 'minimum' did not contain a loop ...", "'<=' not
+    # supported between instances of 'NoneType' and 'int'", or complex targets' imaginary parts dropped)
+    "text": (np.array(["0", "1"] * 100), r"the targets must be numbers, got text \(<U1\): class labels are "
+                                         r"numbers 0, 1, \.\.\.$"),
+    "None": ([None, 1] * 100, r"the targets must be numbers, got None \(a missing value: fill or drop it first\)$"),
+    "objects": (np.array(["a", 1] * 100, dtype=object), r"the targets must be numbers \(could not convert string"),
+    "complex": (np.ones(200, complex), "the targets must be real numbers, got complex128$"),
+    "masked": (np.ma.masked_equal(np.tile([0.0, 1.0], 100), 0),
+               "the targets are a masked array: fill or drop the masked values first$"),
+    # (blamed on the learning rate: the loss became inf in the model's float32)
+    "too large": (np.tile([0.0, 1e39], 100),
+                  r"the targets hold values beyond the model's float32 range \(0\.\.1e\+39\)$"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_NUMBERS)
+def test_targets_that_are_not_numbers_the_model_holds_are_refused_in_a_line(kind):
+    x, _ = blobs()
+    targets, said = NOT_NUMBERS[kind]
+    loss = cr.MeanSquaredError() if kind == "too large" else cr.BinaryCrossEntropy()
+    model = cr.Sequential([cr.Linear(10, 1)], seed=0)
+    before = model.flat_params.copy()
+    with pytest.raises(ValueError, match=f"^fit: {said}"):
+        cr.fit(model, x, targets, loss, cr.SGD(model.parameters()), verbose=False)
+    with pytest.raises(ValueError, match=f"^fit: validation_data: {said}"):
+        cr.fit(model, x, np.tile([0, 1], 100), loss, cr.SGD(model.parameters()), verbose=False,
+               validation_data=(x, targets))
+    with pytest.raises(ValueError, match=f"^evaluate: {said}"):
+        cr.evaluate(model, x, targets, loss)
+    np.testing.assert_array_equal(model.flat_params, before)
+
+
 def test_evaluate_refuses_a_batch_size_that_is_not_a_positive_integer():
     x, y = blobs()
     model = small_mlp()

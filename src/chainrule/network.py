@@ -59,28 +59,34 @@ def sliceable(x):
 def checked_inputs(where: str, x, dtype: np.dtype):
     """`x` as `sliceable` gives it, once checked: numbers, each finite and within the range of the
     model's `dtype` (a NaN would go through every layer and come out as a confident class 0)."""
+    return checked_numbers(where, "inputs", x, dtype)
+
+
+def checked_numbers(where: str, what: str, x, dtype: np.dtype):
+    """`x` as `sliceable` gives it, once checked as `checked_inputs` checks the inputs, and
+    `fit` the targets (`what`, in the messages)."""
     if isinstance(x, np.ma.MaskedArray):  # (its mask would be dropped: the hidden values read as data)
-        raise ValueError(f"{where}: the inputs are a masked array: fill or drop the masked values first")
+        raise ValueError(f"{where}: the {what} are a masked array: fill or drop the masked values first")
     x = sliceable(x)
     if x.dtype.kind in "cmM":  # (NumPy would drop imaginary parts with a warning, and read dates as day counts)
-        raise ValueError(f"{where}: the inputs must be real numbers, got {x.dtype}")
+        raise ValueError(f"{where}: the {what} must be real numbers, got {x.dtype}")
     if x.dtype.kind in "OUSV":  # (from a list holding something else than numbers)
         if x.dtype.kind == "O" and any(value is None for value in x.flat):  # (which NumPy would make NaN)
-            raise ValueError(f"{where}: the inputs must be numbers, got None (a missing value: fill or drop it first)")
+            raise ValueError(f"{where}: the {what} must be numbers, got None (a missing value: fill or drop it first)")
         try:
             x = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: the inputs must be numbers ({str(exc)[:80]})") from None
+            raise ValueError(f"{where}: the {what} must be numbers ({str(exc)[:80]})") from None
     values = x if isinstance(x, np.ndarray) else x.data  # (a sparse matrix's stored values)
     if values.dtype.kind == "f" and values.size:
         # min and max propagate NaN and are ±inf if any value is, so checking those two numbers is
         # exact, and unlike np.isfinite(x) it builds no temporary as large as the data set.
         low, high = float(values.min()), float(values.max())
         if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError(f"{where}: the inputs contain NaN or infinity")
+            raise ValueError(f"{where}: the {what} contain NaN or infinity")
         dtype = np.dtype(dtype)  # (only a wider float can hold what is inf once cast to the model's)
         if values.dtype.itemsize > dtype.itemsize and max(-low, high) > float(np.finfo(dtype).max):
-            raise ValueError(f"{where}: the inputs hold values beyond the model's {dtype} range "
+            raise ValueError(f"{where}: the {what} hold values beyond the model's {dtype} range "
                              f"({low:g}..{high:g})")
     return x
 

@@ -33,7 +33,7 @@ from chainrule.history import EPOCH_KEYS, History
 from chainrule.layers import Dropout, Sigmoid
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
 from chainrule.metrics import has_label_dtype
-from chainrule.network import Sequential, checked_inputs, checked_seed, sliceable
+from chainrule.network import Sequential, checked_inputs, checked_numbers, checked_seed, sliceable
 from chainrule.norm import BatchNorm
 from chainrule.parallel import BlasThreads
 from chainrule.parameter import same_buffer
@@ -74,15 +74,25 @@ def _checked_data(where: str, x, y, model: Sequential):
     that the model's dtype holds, x a batch of the model's input shape (named by its own shape,
     not its first batch's). x comes back as an array, or as a CSR/CSC matrix for SciPy sparse
     input (others cannot be sliced by row)."""
-    x, y = sliceable(x), np.asarray(y)
+    x, y = sliceable(x), np.asanyarray(y)  # (a masked y stays one, for `_checked_targets` to refuse)
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != len(y):
         raise ValueError(f"{where}: x has {x.shape[0] if x.ndim else 0} examples but y has {len(y) if y.ndim else 0}")
     if not len(y):
         raise ValueError(f"{where}: no examples")
     x = model.checked_shape(checked_inputs(where, x, model.dtype), f"{where}: x")
-    if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
-        raise ValueError(f"{where}: the targets contain NaN or infinity")
-    return x, y
+    return x, _checked_targets(where, y, model.dtype)
+
+
+def _checked_targets(where: str, y: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`y` as a plain array, once checked as the inputs are (`checked_numbers`: real numbers, finite,
+    that the model's `dtype` holds, no None), and not text: label names are not numbers, and digits
+    read as numbers would be floats, not the integers CrossEntropy takes. (NumPy's errors came out
+    of the label checks, "ufunc 'minimum' did not contain a loop", complex targets lost their
+    imaginary parts, and targets beyond the dtype made the loss infinite, blamed on the learning rate.)"""
+    if y.dtype.kind in "US":
+        raise ValueError(f"{where}: the targets must be numbers, got text ({y.dtype}): class labels are numbers "
+                         f"0, 1, ...")
+    return np.asarray(checked_numbers(where, "targets", y, dtype))
 
 
 def _check_loss(where: str, loss) -> None:
