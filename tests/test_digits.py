@@ -535,6 +535,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint_and_model(trained
     ({"classes": ["0\n1 (99.9%)", *"123456789"]}, r"class 0 ('0\n1 (99.9%)') holds a control character"),
     ({"dataset": ""}, "dataset must be a data set's name or folder"),
     ({"recognised_as": "kmnist"}, "recognised_as must be one of mnist, fashion, got 'kmnist'"),
+    ({"data_folder": 5}, "data_folder must be a folder's absolute path, got '5'"),
+    ({"data_folder": "data/mnist"}, "data_folder must be a folder's absolute path, got 'data/mnist'"),
 ])
 def test_damaged_image_model_metadata_is_refused_naming_the_problem(trained, tmp_path, change, said):
     out = tmp_path / "m"

@@ -90,7 +90,7 @@ def test_real_files_have_the_documented_shapes(test_split):
 
 
 def test_fashion_by_name_with_its_class_names(fashion_dir):
-    images, labels, classes, name, known = load_image_set("fashion", "test")
+    images, labels, classes, name, known, _ = load_image_set("fashion", "test")
     assert name == known == "fashion" and classes == FASHION and idx.title(name) == "Fashion-MNIST"
     assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
     assert list(labels[:5]) == [9, 2, 1, 1, 6]  # ankle boot, pullover, trouser, trouser, shirt
@@ -306,7 +306,7 @@ def test_any_damage_to_a_file_is_a_data_error_or_a_consistent_set(test_split, tm
             raw = damaged(raw, data)
     path.write_bytes(raw)
     try:
-        images, labels, classes, _, _ = load_image_set(folder, "test")
+        images, labels, classes, _, _, _ = load_image_set(folder, "test")
     except DataError:
         return
     assert images.shape[1:] == (28, 28) and len(images) == len(labels) and len(classes) > int(labels.max())
@@ -572,7 +572,18 @@ def test_an_interrupted_download_is_completed(tmp_path, monkeypatch, isolated):
     shutil.copy(source / "train-images-idx3-ubyte.gz", isolated / "mnist")
     with serving(source) as url:
         monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        assert len(load_mnist("train")[0]) == 60000
+    assert sorted(p.name for p in (isolated / "mnist").iterdir()) == sorted(f"{n}.gz" for n in NAMES)
+
+
+def test_the_test_split_alone_downloads_the_test_files_alone(monkeypatch, isolated):
+    """Scoring a model (`evaluate`, `gradcheck`) needs the two test files, 1.6 MB; found nowhere,
+    the whole set was downloaded, 11 MB, its training files too. A training run completes the set."""
+    with serving(Path(DATA) / "mnist") as url:
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
         assert len(load_mnist("test")[0]) == 10000
+        assert sorted(p.name for p in (isolated / "mnist").iterdir()) == sorted(f"{n}.gz" for n in idx.FILES["test"])
+        assert len(load_mnist("train")[0]) == 60000
     assert sorted(p.name for p in (isolated / "mnist").iterdir()) == sorted(f"{n}.gz" for n in NAMES)
 
 
@@ -641,7 +652,7 @@ def test_download_is_verified_on_the_decompressed_bytes(name, tmp_path, monkeypa
         monkeypatch.setitem(KNOWN_SETS, name, dataclasses.replace(KNOWN_SETS[name], url=url))
         s = load_image_set(name, "test")
     assert s.images.shape == (10000, 28, 28) and s.name == name
-    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in NAMES)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{n}.gz" for n in idx.FILES["test"])
 
 
 def test_a_download_draws_no_progress_bar_where_stderr_is_not_a_terminal(monkeypatch, isolated, capfd):
@@ -718,7 +729,7 @@ def test_a_server_that_does_not_speak_http_is_a_one_line_error(isolated, monkeyp
         threading.Thread(target=answer, daemon=True).start()
         url = f"http://127.0.0.1:{server.getsockname()[1]}/"
         monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
-        with pytest.raises(DataError, match=rf"MNIST not found and the download failed \({url}train-images-idx3-ubyte"
+        with pytest.raises(DataError, match=rf"MNIST not found and the download failed \({url}t10k-images-idx3-ubyte"
                                             r"\.gz: BadStatusLine: SSH-2\.0"):
             load_mnist("test")
 
@@ -760,7 +771,7 @@ def test_what_a_failed_download_says_names_what_was_looked_for_and_the_address(i
         with pytest.raises(DataError) as exc_info:
             load_mnist("test")
     assert one_line_error(exc_info, isolated / "mnist").startswith(
-        f"MNIST not found and the download failed ({url}train-images-idx3-ubyte.gz: HTTP Error 404: File not found): "
+        f"MNIST not found and the download failed ({url}t10k-images-idx3-ubyte.gz: HTTP Error 404: File not found): "
         "put t10k-images-idx3-ubyte[.gz]")
     assert not (tmp_path / "cache").exists()
     (tmp_path / "cache").write_text("")
@@ -822,8 +833,8 @@ def test_a_file_or_folder_in_the_way_of_the_download_is_named_before_it(isolated
     with pytest.raises(DataError, match="mnist: exists and is not a folder"):
         load_mnist("test")
     (isolated / "mnist").unlink()
-    (isolated / "mnist" / "train-images-idx3-ubyte.gz").mkdir(parents=True)  # (found after downloading it)
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is a folder, not the data file"):
+    (isolated / "mnist" / "t10k-images-idx3-ubyte.gz").mkdir(parents=True)  # (found after downloading it)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz is a folder, not the data file"):
         load_mnist("test")
 
 

@@ -6,8 +6,10 @@ Training is tiny (1,200 images, one epoch); accuracy is bench/digits_accuracy.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from PIL import Image
 
 from chainrule.apps import image_presets, images
 from chainrule.cli import main
-from chainrule.data.idx import load_image_set
+from chainrule.data.idx import KNOWN_SETS, load_image_set
 from chainrule.errors import UserError
 
 DATA = os.environ.get("CHAINRULE_DATA")
@@ -239,6 +241,66 @@ def test_a_folder_of_a_known_sets_files_with_test_files_or_names_of_its_own_is_e
     code, stdout, stderr = cli(capsys, "images", "evaluate", run)
     assert code == 0, stderr
     assert "/10000)" in stdout and "\nPantalon  " in stdout and "9 Bottine" in stdout
+
+
+@pytest.fixture()
+def nowhere_else(tmp_path, monkeypatch) -> Path:
+    """No $CHAINRULE_DATA, an empty home and user cache, and MNIST downloaded from an address that
+    refuses: MNIST looked for by name is found nowhere. Returns the user cache's folder."""
+    monkeypatch.delenv("CHAINRULE_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url="http://127.0.0.1:9/"))
+    return tmp_path / "cache" / "chainrule"
+
+
+def test_a_model_trained_from_a_folder_holding_mnist_is_evaluated_and_gradchecked_on_that_folder(
+        nowhere_else, tmp_path, capsys, monkeypatch):
+    """`digits train --data DIR`, DIR holding MNIST as published, recorded the set's name alone
+    ("dataset": "mnist"), so `evaluate` and `gradcheck` of the model looked for MNIST by name in
+    the standard places and, found nowhere, downloaded it (here: "MNIST not found and the download
+    failed"). The model records the folder; it is looked in first while it holds the set's test
+    files, and the set is looked for by name otherwise, as a model without the record is."""
+    folder = tmp_path / "my mnist"
+    folder.mkdir()
+    for name in ("train-images", "train-labels", "t10k-images", "t10k-labels"):
+        shutil.copy(next((Path(DATA) / "mnist").glob(f"{name}-*")), folder)
+    run = tmp_path / "run"
+    code, _, stderr = cli(capsys, "digits", "train", "--data", folder, "--model", "small", "--epochs", "1",
+                          "--train-size", "600", "--out", run, "--quiet")
+    assert code == 0, stderr
+    code, stdout, stderr = cli(capsys, "digits", "evaluate", run)
+    assert code == 0, stderr
+    assert "/10000)" in stdout
+    assert json.loads((run / "eval_metrics.json").read_text())["dataset"] == "mnist"
+    code, stdout, stderr = cli(capsys, "gradcheck", run, "--samples", "2")
+    assert code == 0, stderr
+    assert "on 4 MNIST test images, scored" in stdout
+    meta = json.loads((run / "model.json").read_text())["metadata"]
+    assert (meta["dataset"], meta["data_folder"]) == ("mnist", str(folder.resolve()))
+
+    # the folder no longer holds the test files: MNIST by name, --data first
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for test_file in folder.glob("t10k-*"):
+        test_file.rename(kept / test_file.name)
+    code, _, stderr = cli(capsys, "digits", "evaluate", run)
+    assert code == 2 and "MNIST not found and the download failed" in stderr
+    assert cli(capsys, "digits", "evaluate", run, "--data", kept)[0] == 0
+    monkeypatch.setenv("CHAINRULE_DATA", DATA)
+    assert cli(capsys, "digits", "evaluate", run)[0] == 0
+    assert cli(capsys, "gradcheck", run, "--samples", "2")[0] == 0
+
+    # a model file without the record (an older one) looks for MNIST by name, as before
+    monkeypatch.delenv("CHAINRULE_DATA")
+    for test_file in kept.iterdir():
+        test_file.rename(folder / test_file.name)
+    assert cli(capsys, "digits", "evaluate", run)[0] == 0
+    doc = json.loads((run / "model.json").read_text())
+    del doc["metadata"]["data_folder"]
+    (run / "model.json").write_text(json.dumps(doc))
+    code, _, stderr = cli(capsys, "digits", "evaluate", run)
+    assert code == 2 and "MNIST not found and the download failed" in stderr
 
 
 def test_class_names_are_printed_escaped_and_figures_of_any_script_draw_without_warnings(tmp_path, capsys):

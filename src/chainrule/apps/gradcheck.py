@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from chainrule.apps.image_presets import model_inputs, presets_for
-from chainrule.apps.images import IMAGE_TASKS, check_image_model, known_set
+from chainrule.apps.images import IMAGE_TASKS, check_image_model, known_set, trained_test_set
 from chainrule.apps.spam import featurize, load_spam_model
 from chainrule.data import idx
 from chainrule.data.corpora import read_messages, read_sms
@@ -20,12 +20,13 @@ from chainrule.network import load_model
 
 
 def sample_inputs(model_dir, metadata: dict, data_dir, n: int = 4):
-    """A few real inputs for a saved model, from the data set its task names (the labels come from
-    `_least_likely`), and where they come from, in words."""
+    """A few real inputs for a saved model (an image model's `metadata` as `check_image_model` gives
+    it), from the data set its task names (the labels come from `_least_likely`), and where they
+    come from, in words."""
     task = metadata.get("task")
-    if task in IMAGE_TASKS:  # the test set of the image set it was trained on, or --data's
-        trained_on = metadata.get("dataset", "mnist")
-        test = idx.load_image_set(data_dir, "test", default=trained_on)
+    if task in IMAGE_TASKS:  # the test set of the image set it was trained on (`trained_test_set`), or --data's
+        trained_on = metadata["dataset"]
+        test = trained_test_set(metadata, data_dir)
         where = f"{idx.title(test.name)} test images" + ("" if test.name == trained_on else
                                                          f" (it was trained on {idx.title(trained_on)})")
         return model_inputs(test.images[:n], metadata), where

@@ -245,6 +245,28 @@ def _recognised_as(dataset: str, known: str | None) -> dict:
     return {"recognised_as": known} if known is not None and known != dataset else {}
 
 
+def _data_folder(data, train_set: idx.ImageSet) -> dict:
+    """What a model records of the folder it was trained from, beside its data set:
+    {"data_folder": the folder} where `data` named a folder holding a known set as published, whose
+    name alone the model's `dataset` says (and would look for elsewhere); nothing where `data` named
+    the set (looked for by name again) or its data set is a folder (`dataset` names it).
+    `trained_test_set` looks there first."""
+    from_folder = data is not None and str(data) not in idx.KNOWN_SETS
+    return {"data_folder": str(train_set.folder)} if from_folder and train_set.name in idx.KNOWN_SETS else {}
+
+
+def trained_test_set(metadata: dict, data=None) -> idx.ImageSet:
+    """The test split of `data` (`--data`), or where None, of the set a model of `metadata` (as
+    `check_image_model` gives it) was trained on: from the folder it was trained from
+    (`data_folder`) while that still holds the set (`idx.holds_set`), else looked for by its name
+    (a model copied to another machine finds the set where that one keeps it). Only the test files
+    are downloaded where they are found nowhere."""
+    dataset, folder = metadata["dataset"], metadata.get("data_folder")
+    if data is None and folder is not None and idx.holds_set(folder, dataset, "test"):
+        return idx.load_image_set(folder, "test")
+    return idx.load_image_set(data, "test", default=dataset)
+
+
 def known_set(metadata: dict) -> str | None:
     """The known set (`idx.KNOWN_SETS`) whose images a model of `metadata` (as `check_image_model`
     gives it) was trained on, and whose presets: its data set, or the set its folder's images were
@@ -375,7 +397,8 @@ def train(
     options = {"data": _data_key(data) or default_data, "model": model_name, "epochs": epochs,
                "batch_size": batch_size, "lr": lr, "seed": seed, "train_size": train_size}
     metadata = {"task": TASK, "preset": model_name, "dataset": dataset, **_recognised_as(dataset, known),
-                "classes": classes, "preprocessing": preprocessing_metadata(preset, PICTURE.get(known, "digit"))}
+                **_data_folder(data, train_set), "classes": classes,
+                "preprocessing": preprocessing_metadata(preset, PICTURE.get(known, "digit"))}
     with contextlib.ExitStack() as lock:  # rank 0 holds the run folder's writer lock to the end
         if writer:  # (once the data is known to be readable: a failed start leaves no folder behind)
             _start_run(lock, out, options, resume)
@@ -662,6 +685,9 @@ def _metadata_problem(model: Sequential, metadata: dict) -> tuple[str | None, di
     recognised_as = metadata.get("recognised_as", "mnist")
     if not (isinstance(recognised_as, str) and recognised_as in idx.KNOWN_SETS):
         return f"recognised_as must be one of {', '.join(idx.KNOWN_SETS)}, got {str(recognised_as)[:80]!r}", metadata
+    data_folder = metadata.get("data_folder", "/")
+    if not (isinstance(data_folder, str) and Path(data_folder).is_absolute()):
+        return f"data_folder must be a folder's absolute path, got {str(data_folder)[:80]!r}", metadata
     try:  # the network on one blank image, prepared as every image will be: one score per class
         out = model.forward(model_inputs(np.zeros((1, idx.IMAGE_SIZE, idx.IMAGE_SIZE), np.uint8), metadata))
     except ValueError as exc:
@@ -706,7 +732,7 @@ def evaluate_saved(model_dir, model: Sequential, metadata: dict, data=None, out=
     if (problem := folder_problem(out)) is not None:  # (said before the evaluation, not after)
         raise UserError(f"--out {given}: {problem}" if given else
                         f"{problem} (evaluate writes its report beside the model: give --out DIR)")
-    test = idx.load_image_set(data, "test", default=metadata["dataset"])
+    test = trained_test_set(metadata, data)
     _check_same_classes(model_dir, metadata, test)
     report, proba = evaluate_images(model, metadata, test.images, test.labels)
     report = {"dataset": test.name, **report}

@@ -59,7 +59,8 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("gradcheck", help="check backprop gradients against finite differences")
     p.add_argument("model", nargs="?", help="a saved model directory (default: small networks of every layer type)")
     p.add_argument("--data", help="data directory for the model's real inputs (for an SMS filter, the "
-                   "SMSSpamCollection file will do)")
+                   "SMSSpamCollection file will do; default for an image model: the folder it was trained from "
+                   "while that holds the set's test files, else the set by name, as `images evaluate` finds it)")
     p.add_argument("--samples", type=positive_int,
                    help=f"entries checked per parameter array of a saved model (default {SAMPLES})")
     p.set_defaults(func=_cmd_gradcheck)

@@ -240,7 +240,9 @@ def _add_group(subparsers, group: str) -> None:
     p = sub.add_parser("evaluate", help="test-set accuracy, per-class precision/recall, confusion matrix")
     p.add_argument("model", metavar="MODEL", help=f"model directory (from {group} train)")
     p.add_argument("--data", metavar="NAME|DIR",
-                   help="the test set's data set or folder (default: the one the model was trained on)")
+                   help="the test set's data set or folder (default: the one the model was trained on: the folder "
+                   "it was trained from while that holds the set's test files, else the set by name, in "
+                   "$CHAINRULE_DATA, the user cache, or downloaded, the test files alone)")
     p.add_argument("--top", type=mistakes_shown, default=25, metavar="N",
                    help=f"how many confidently wrong images to draw (default 25, at most {MAX_MISTAKES_SHOWN})")
     p.add_argument("--out", metavar="DIR", help="where to write eval_metrics.json and the figures (default: the "

@@ -17,9 +17,10 @@ A data set is given by name or as a folder:
 
 * a name (`mnist`, `fashion`) is looked for, in order, where a distribution package installs it
   (Debian's `dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist), in `$CHAINRULE_DATA/<folder>`,
-  in the user cache, and is otherwise downloaded into the cache from its canonical source. Each
-  download is checked against the SHA-256 of the file's *decompressed* bytes: Debian recompresses
-  the .gz files, so a hash of the compressed file would reject a correct copy;
+  in the user cache, and is otherwise downloaded into the cache from its canonical source (the
+  files the split asked for needs, `needed_files`: the four for training, the two test files alone
+  for testing). Each download is checked against the SHA-256 of the file's *decompressed* bytes:
+  Debian recompresses the .gz files, so a hash of the compressed file would reject a correct copy;
 * a folder is any folder holding the four files (gzipped or not).
 
 A set is read whole from the first of its folders that holds any of its files (`find_files`): one
@@ -139,6 +140,8 @@ class ImageSet(NamedTuple):
             that set as published), or the folder's absolute path.
         known: the known set these images are (`name`'s, or the one a folder's labels are),
             whose presets suit them; None for other images.
+        folder: the folder its files were read from, absolute (where a model of a known set
+            trained from a folder given records it: `holds_set`).
     """
 
     images: np.ndarray
@@ -146,6 +149,7 @@ class ImageSet(NamedTuple):
     classes: list[str]
     name: str
     known: str | None
+    folder: Path
 
 
 def title(name: str) -> str:
@@ -330,10 +334,16 @@ def _set_folder(dirs: list[Path]) -> Path | None:
     return next((d for d in dirs if any(_find(d, name) is not None for name in FILES["train"] + FILES["test"])), None)
 
 
+def needed_files(split: str) -> tuple[str, ...]:
+    """The files (named as in `FILES`) a set's folder must hold for `split`: for "test" its two test
+    files, which evaluating a model needs alone; for "train" all four, a training run being tested."""
+    return (FILES["train"] if split == "train" else ()) + FILES["test"]
+
+
 def find_files(split: str, source=None, default: str | None = "mnist") -> tuple[Path, Path] | None:
     """The (images, labels) paths for `split`, read from the first folder, in the order searched,
     that holds any of the set's files; None where none does (or only the user cache does, part of
-    a known set: a download that broke off, which `download` completes).
+    a known set: a download that broke off, or one of the test files alone, which `download` completes).
 
     A set's files always come from that one folder, whatever later folders hold (the cache above
     all, which holds whatever earlier runs downloaded): where it lacks some, that is an error naming
@@ -351,8 +361,7 @@ def _split_files(split: str, dirs: list[Path], known: KnownSet | None, what: str
     folder = _set_folder(dirs)
     if folder is None:
         return None
-    needed = (FILES["train"] if split == "train" else ()) + FILES["test"]
-    missing = [name for name in needed if _find(folder, name) is None]
+    missing = [name for name in needed_files(split) if _find(folder, name) is None]
     if not missing:
         return _find(folder, FILES[split][0]), _find(folder, FILES[split][1])
     if known is not None and folder == cache_dir(known.folder):
@@ -390,7 +399,7 @@ def where_to_put(source=None, default: str | None = "mnist", split: str = "train
     """What to do when a set is found nowhere, as the end of a one-line message: where to put its
     four files, or for the "test" split its two test files (all that scoring a model needs)."""
     dirs, known = _search_dirs(source, default)
-    names = ", ".join(f"{n}[.gz]" for n in (FILES["test"] if split == "test" else FILES["train"] + FILES["test"]))
+    names = ", ".join(f"{n}[.gz]" for n in needed_files(split))
     places = " or ".join(str(d) for d in dirs)
     hint = f"put {names} (gzipped or not) in {places}"  # (as `_find` takes them)
     if known is not None and known.package:
@@ -421,8 +430,10 @@ def _gunzip(chunks, url: str):
         raise DataError(f"{url}: the gzip stream ends early (an interrupted download?)")
 
 
-def download(name: str = "mnist", directory=None, progress: bool = True) -> Path:
-    """Download the four files of the known set `name` into `directory` (default: the user cache).
+def download(name: str = "mnist", directory=None, progress: bool = True, split: str = "train") -> Path:
+    """Download the files of the known set `name` that `split` needs (`needed_files`: all four for
+    "train", the two test files for "test") into `directory` (default: the user cache), those it
+    does not hold yet.
 
     Each file is streamed to a temporary file beside its destination while its decompressed bytes
     are hashed; only when that SHA-256 is the expected one is it renamed into place, so an
@@ -443,14 +454,15 @@ def download(name: str = "mnist", directory=None, progress: bool = True) -> Path
     directory.mkdir(parents=True, exist_ok=True)
     with sigterm_cleans_up():
         try:
-            for file, expected in known.sha256.items():
+            for file in needed_files(split):
                 target = directory / f"{file}.gz"
                 if target.is_file():
                     continue
                 if target.is_dir():  # (found before the download, not after it)
                     raise DataError(f"{target} is a folder, not the data file")
                 remove_stale_temporary_files(target)  # (what a download killed by SIGKILL left)
-                _download_file(known.url + target.name, target, expected, f"{known.title} {target.name}", progress)
+                _download_file(known.url + target.name, target, known.sha256[file], f"{known.title} {target.name}",
+                               progress)
         except BaseException:
             for folder in made:
                 with contextlib.suppress(OSError):  # (not empty: files another download put there, say)
@@ -540,14 +552,15 @@ def check_labels(labels: np.ndarray, classes: int, where: str, why: str) -> None
 
 def load_image_set(source=None, split: str = "train", default: str | None = None,
                    download_missing: bool = True, progress: bool = True) -> ImageSet:
-    """Load one split of an image set as `(images, labels, classes, name)`.
+    """Load one split of an image set (`ImageSet`).
 
     Args:
         source: a known set's name (`mnist`, `fashion`; see `KNOWN_SETS`) or a folder holding the
             four IDX files; None for the `default` set.
         split: "train" or "test".
         default: the set `source` None stands for, and whose sub-folder a given folder may hold.
-        download_missing: download a named set that is found nowhere (never a folder).
+        download_missing: download a named set that is found nowhere (never a folder): the files
+            `split` needs (`needed_files`).
         progress: draw the download's progress bar (where stderr is a terminal).
 
     Raises:
@@ -564,7 +577,7 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
         if known is None or not download_missing:
             raise DataError(f"{what} {split} files not found: {where_to_put(source, default, split)}")
         try:
-            directory = download(known.name, progress=progress)
+            directory = download(known.name, progress=progress, split=split)
         except (DataError, OSError) as exc:  # (an OSError names a file it could not write: a full disk)
             raise DataError(f"{what} not found and the download failed ({one_line(exc)}): "
                             f"{where_to_put(source, default, split)}") from exc
@@ -599,7 +612,8 @@ def load_image_set(source=None, split: str = "train", default: str | None = None
         name = known.name
     images = read_idx(images_path, 3, check=as_its_header_said)
     classes = _class_names(images_path.parent, labels, known, labels_path)
-    return ImageSet(images, labels, classes, name, known.name if known is not None else None)
+    return ImageSet(images, labels, classes, name, known.name if known is not None else None,
+                    images_path.parent.resolve())
 
 
 def _recognise(labels: np.ndarray) -> tuple[KnownSet, str] | None:
@@ -635,6 +649,21 @@ def _as_published(folder: Path, known: KnownSet, split: str) -> bool:
             return False
         return other_labels is None or _recognise(read_idx(other_labels, 1)) == (known, other)
     except DataError:  # (a damaged file is not that set's; loading it says what is wrong)
+        return False
+
+
+def holds_set(folder, name: str, split: str) -> bool:
+    """Whether `folder` holds the `split` files of the known set `name` as published, so that
+    `load_image_set(folder, split)` loads them as `name` (reading its label files alone): a model
+    of `name` trained from `folder` may be tested there while it does, and looks for `name` by
+    name once it does not (moved, emptied, or holding other files now)."""
+    folder = Path(folder)
+    labels = _find(folder, FILES[split][1])
+    if labels is None or _find(folder, FILES[split][0]) is None:
+        return False
+    try:
+        return _identify(labels, _recognise(read_idx(labels, 1)), split)[0] == name
+    except DataError:  # (damaged: not that set as published)
         return False
 
 
