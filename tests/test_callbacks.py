@@ -127,38 +127,36 @@ def test_a_callback_sees_the_restored_best_weights_when_training_ends():
     np.testing.assert_array_equal(saved.weights, model.flat_params)
 
 
-def test_an_early_stopping_used_again_starts_afresh():
+@pytest.mark.parametrize("given_as", ["early_stopping", "callbacks"])
+def test_an_early_stopping_used_again_starts_afresh(given_as):
     """Its best epoch and weights belong to the training that found them: a second `fit` with the
-    same object must not stop on, or restore, the first model's."""
+    same object must not stop on, or restore, the first model's. Passed the Keras way, in
+    `callbacks`, it was a plain observer that `fit` never reset (a second `fit` with the same list
+    stopped at once and put the first model's weights into the second): it is `early_stopping=`'s."""
     es = cr.EarlyStopping(patience=3)
+
+    def train(model, x, y, val, *observers):
+        if given_as == "callbacks":
+            return cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=200,
+                          batch_size=8, validation_data=val, verbose=False, callbacks=[es, *observers])
+        return cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=200,
+                      batch_size=8, validation_data=val, verbose=False, callbacks=list(observers), early_stopping=es)
+
     first, x, y, val = _overfitting_setup()
-    cr.fit(first, x, y, cr.CrossEntropy(), cr.Adam(first.parameters(), lr=0.01), epochs=200, batch_size=8,
-           validation_data=val, verbose=False, early_stopping=es)
+    train(first, x, y, val)
     second, *_ = _overfitting_setup(1)
     rec = WeightRecorder()
-    history = cr.fit(second, x, y, cr.CrossEntropy(), cr.Adam(second.parameters(), lr=0.01), epochs=200,
-                     batch_size=8, validation_data=val, callbacks=[rec], verbose=False, early_stopping=es)
-    assert history.best_epoch == int(np.argmin(history["val_loss"]))
-    np.testing.assert_array_equal(second.flat_params, rec.states[history.best_epoch])
-
-
-def test_an_early_stopping_among_the_callbacks_is_fits_early_stopping():
-    """Passed the Keras way, in `callbacks`, it was a plain observer that `fit` never reset: a
-    second `fit` with the same list stopped at once and put the first model's weights into the
-    second. It is now `early_stopping=`'s: reset, restoring and checked before training."""
-    callbacks = [cr.EarlyStopping(patience=3)]
-    first, x, y, val = _overfitting_setup()
-    cr.fit(first, x, y, cr.CrossEntropy(), cr.Adam(first.parameters(), lr=0.01), epochs=200, batch_size=8,
-           validation_data=val, verbose=False, callbacks=callbacks)
-    second, *_ = _overfitting_setup(1)
-    rec = WeightRecorder()
-    history = cr.fit(second, x, y, cr.CrossEntropy(), cr.Adam(second.parameters(), lr=0.01), epochs=200,
-                     batch_size=8, validation_data=val, callbacks=[*callbacks, rec], verbose=False)
+    history = train(second, x, y, val, rec)
     assert history.best_epoch == int(np.argmin(history["val_loss"]))
     assert len(history) == history.best_epoch + 1 + 3 + 1
     np.testing.assert_array_equal(second.flat_params, rec.states[history.best_epoch])
-    with pytest.raises(ValueError, match="EarlyStopping monitors 'val_los'"):  # (checked, as early_stopping= is)
-        cr.fit(second, x, y, cr.CrossEntropy(), cr.SGD(second.parameters()), validation_data=val,
+
+
+def test_an_early_stopping_among_the_callbacks_is_checked_before_training():
+    """Its monitor is checked before the first step, as `early_stopping=`'s is."""
+    model, x, y, val = _overfitting_setup()
+    with pytest.raises(ValueError, match="EarlyStopping monitors 'val_los'"):
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters()), validation_data=val,
                callbacks=[cr.EarlyStopping(monitor="val_los")], verbose=False)
 
 
