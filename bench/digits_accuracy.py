@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     args = p.parse_args(argv)
     out = Path(args.out)
-    if args.train_size is not None and out == RESULTS:
+    if args.train_size is not None and out.resolve() == RESULTS:  # (bench/results/... from the checkout too)
         p.error("--train-size is for checking the script: give --out FILE too, so the published results stay")
 
     report = load_report(out)

@@ -71,6 +71,8 @@ from mail_dates import chronological_split, date_order
 
 HERE = Path(__file__).resolve().parent
 SPLITS = ("sms-paper", "sms-8020", "spamassassin", "spamassassin-dated")
+RESULTS = HERE / "results" / "spam.json"
+# The test messages of the SpamAssassin splits, by name (in bench/), written by a run that writes RESULTS.
 TEST_FILES = {"spamassassin": "spamassassin_test_files.txt", "spamassassin-dated": "spamassassin_dated_test_files.txt"}
 
 # chainrule's settings per split, chosen by 5-fold cross-validation inside the training part only
@@ -334,13 +336,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", help="data directory (default: $CHAINRULE_DATA, then the user cache)")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
-    parser.add_argument("--out", default=str(HERE / "results" / "spam.json"))
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     results = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                            "platform": platform.platform()}, "splits": {}}
     for split in args.splits:
         kind, x_tr, y_tr, x_te, y_te, names = load_split(split, args.data)
-        if split in TEST_FILES:
+        if split in TEST_FILES and Path(args.out).resolve() == RESULTS:  # (a trial run elsewhere leaves them be)
             (HERE / TEST_FILES[split]).write_text("\n".join(names) + "\n")
         rows, trained = {}, {}
         with tempfile.TemporaryDirectory() as tmp:

@@ -330,7 +330,7 @@ def load_run(daemon: ChainruleDaemon, messages: list[bytes], expected: list[bool
                 if not ok or is_spam != expected[i]:
                     errors.append((i, rc, out[:80].decode(errors="replace")))
                 done[0] += 1
-                if done[0] == clients * per_client // 2:
+                if done[0] == max(1, clients * per_client // 2):  # (one request in all: half way is the first)
                     rss["half_way"] = _rss_mb(pid)
 
     t0 = time.perf_counter()

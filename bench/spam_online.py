@@ -69,6 +69,7 @@ from chainrule.apps.spam import (
     training_features,
 )
 from chainrule.data.corpora import read_messages
+from chainrule.data.locate import candidate_dirs
 from mail_dates import date_order
 from spam import SETTINGS, filter_options
 
@@ -83,8 +84,7 @@ CHAINRULE = filter_options(SETTINGS["spamassassin"])
 
 def load_in_date_order(data_dir) -> tuple[list[bytes], np.ndarray, list[str], np.ndarray, int]:
     """(raw messages, labels, names, sort dates, undated count), oldest first."""
-    roots = [Path(data_dir) / "spamassassin", Path(data_dir)] if data_dir else \
-        [Path(os.environ.get("CHAINRULE_DATA", "")) / "spamassassin"]
+    roots = candidate_dirs("spamassassin", data_dir)  # (--data, $CHAINRULE_DATA, the user cache, as spam.py)
     tarballs = next((sorted(r.glob("*.tar*")) for r in roots if r.is_dir() and list(r.glob("*.tar*"))), None)
     if not tarballs:
         sys.exit("bench/spam_online.py: no spamassassin tarballs found (give --data DIR or set CHAINRULE_DATA)")
