@@ -172,6 +172,20 @@ def test_unlearn_undoes_a_wrong_lesson(model, spam_corpus, capsys):
     assert (model / "model.json").read_bytes() == saved
 
 
+def test_a_message_and_its_copy_unlearned_together_are_both_unlearned_and_counted_once(model, spam_corpus,
+                                                                                     tmp_path, capsys):
+    """The same message named twice in one `--unlearn` (a file and its copy): the copy was said to be
+    "never learned; nothing to unlearn", and the summary "1 unlearned, 1 never learned"."""
+    msg = _held(spam_corpus, "easy_ham", 1)[0]
+    copy_of_msg = tmp_path / "copy.eml"
+    copy_of_msg.write_bytes(msg.read_bytes())
+    _learn(capsys, model, "--spam", msg, "--seed", "0")
+    lines = _learn(capsys, model, "--unlearn", msg, copy_of_msg)
+    assert [line.split("\t")[1] for line in lines[:2]] == ["unlearned (was learned as spam)"] * 2
+    assert lines[2] == "2 unlearned; the model has learned 0 messages"
+    assert len(load_lessons(load_spam_model(model).files["lessons"])) == 0
+
+
 def test_unlearning_a_message_whose_lesson_is_not_on_record_does_not_say_it_was_never_learned(
         model, spam_corpus, capsys, monkeypatch):
     """A filter keeps the records of its newest lessons only (LESSONS_KEPT), and chainrule 0.1.0

@@ -384,10 +384,11 @@ def unlearn(bundle: SpamModel, x: sp.csr_matrix) -> Learned:
 
     Each message taught before (UNLEARNED) loses its lesson and its row of the replay sample, and
     the network is edited, as little as it takes, to give it the P(spam) it had before its first
-    lesson (`_move_logits`); the metadata's "learned" goes down by one. A message with no lesson
-    on record is left as it is: NOT_LEARNED, or NOT_ON_RECORD where the filter has learned more
-    messages than it holds records of (it keeps the newest LESSONS_KEPT; chainrule 0.1.0 kept none),
-    so the message may be one of those. Returns what became of each message (`Learned`).
+    lesson (`_move_logits`); the metadata's "learned" goes down by one (a message given twice, a
+    file and its copy: UNLEARNED both times, counted once). A message with no lesson on record is
+    left as it is: NOT_LEARNED, or NOT_ON_RECORD where the filter has learned more messages than it
+    holds records of (it keeps the newest LESSONS_KEPT; chainrule 0.1.0 kept none), so the message
+    may be one of those. Returns what became of each message (`Learned`).
     """
     lessons = load_lessons(bundle.files.get("lessons"))
     unknown = NOT_ON_RECORD if int(bundle.metadata.get("learned", 0)) > len(lessons) else NOT_LEARNED
@@ -397,13 +398,13 @@ def unlearn(bundle: SpamModel, x: sp.csr_matrix) -> Learned:
     status, was = [], []
     for i, d in enumerate(row_digests(x)):
         j = index.get(d.tobytes())
-        if j is None or d.tobytes() in undo:  # (a message given twice is unlearned once)
+        if j is None:
             status.append(unknown)
             was.append(None)
             continue
-        status.append(UNLEARNED)
+        status.append(UNLEARNED)  # (a message given twice, a file and its copy: unlearned, and counted, once)
         was.append(int(lessons.labels[j]))
-        undo[d.tobytes()] = i
+        undo.setdefault(d.tobytes(), i)
     if not undo:
         return Learned(status, was, before, before.copy())
 
