@@ -172,6 +172,31 @@ def test_unlearn_undoes_a_wrong_lesson(model, spam_corpus, capsys):
     assert (model / "model.json").read_bytes() == saved
 
 
+def test_unlearning_a_wrong_lesson_puts_the_other_messages_back_too(model, spam_corpus, tmp_path, capsys):
+    """A lesson moves the other messages too (through the words, biases and upper layers they share
+    with its message); unlearning it must take that back, not move them again. The plain smallest
+    change of the weights that put the message back did not: here, the first 6 held-out spam taught
+    as ham and 6 ham as spam, each unlearned, left the other 108 messages 59% to 96% (76% on
+    average) of the lesson's own move from where they had been; taken back as Adam gave it, 13% to
+    57% (23%). Of the 4 below: 70%, now 18%."""
+    held = {folder: sorted((spam_corpus[1] / folder).iterdir()) for folder in ("spam", "easy_ham", "hard_ham")}
+    others = held["spam"][6:] + held["easy_ham"][6:] + held["hard_ham"]
+    bundle = load_spam_model(model)
+    x, _ = featurize([("mail", p.read_bytes()) for p in others], bundle.config, processes=1, idf=bundle.idf)
+    shares = []
+    for msg, option in [(held["spam"][0], "--ham"), (held["spam"][1], "--ham"),
+                        (held["easy_ham"][0], "--spam"), (held["easy_ham"][1], "--spam")]:
+        copy_of_model = tmp_path / msg.parent.name / msg.name
+        shutil.copytree(model, copy_of_model)
+        start = load_spam_model(copy_of_model).probabilities(x)
+        _learn(capsys, copy_of_model, option, msg, "--seed", "0")
+        taught = load_spam_model(copy_of_model).probabilities(x)
+        _learn(capsys, copy_of_model, "--unlearn", msg)
+        undone = load_spam_model(copy_of_model).probabilities(x)
+        shares.append(np.abs(undone - start).mean() / np.abs(taught - start).mean())
+    assert np.mean(shares) < 0.4, shares
+
+
 def test_a_message_and_its_copy_unlearned_together_are_both_unlearned_and_counted_once(model, spam_corpus,
                                                                                      tmp_path, capsys):
     """The same message named twice in one `--unlearn` (a file and its copy): the copy was said to be
