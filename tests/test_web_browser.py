@@ -552,6 +552,23 @@ def test_the_header_block_is_where_the_server_read_it(page):
     assert marks == [["text/html  x", "+1.500 towards spam"], ["free", "+2.000 towards spam"]]
 
 
+def test_a_mail_pasted_below_blank_lines_is_marked_where_the_server_read_it(page):
+    """A mail pasted with blank lines above it was parsed from the first of them (every header read
+    as body text); the server now parses it from its first field and counts the blank lines in
+    header_lines, from the top of the text, as the page counts: a header's token is marked in that
+    header's line, a body word below it. (The server's own answer, with a header token put first.)"""
+    def answer(route):
+        real = route.fetch().json()
+        assert (real["read_as"], real["header_lines"]) == ("mail", 5)  # (2 blank lines, 2 fields, the blank one)
+        tokens = [{"token": "subject:cash", "weight": 2.0}, {"token": "prize", "weight": 1.0}]
+        route.fulfill(json={**real, "top_tokens": tokens})
+
+    page.route("**/api/spam/classify", answer)
+    check_message(page, "\n\nFrom: a@example.com\nSubject: CASH prize\n\nclaim your cash prize\n")
+    marks = page.eval_on_selector_all("#highlighted mark", "ms => ms.map((m) => [m.textContent, m.title])")
+    assert marks == [["CASH", "+2.000 towards spam"], ["prize", "+1.000 towards spam"]]
+
+
 def test_a_word_across_the_highlighting_cut_is_not_marked(page):
     """A word running on past the 100,000th character was marked as a shorter token ("freedom" as
     "free"), and with no token before the cut the note saying the rest is not highlighted was hidden.

@@ -109,8 +109,13 @@ async def send_json(send, status: int, content: dict) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def media_of(content_type: str) -> str:
+    """The media type a Content-Type names, lower case, without its parameters."""
+    return content_type.split(";")[0].strip().lower()
+
+
 def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media_of(request.headers.get("content-type", ""))
 
 
 # python-multipart logs each malformed form it meets as a warning of its own, a line that any client
@@ -176,6 +181,7 @@ UNTYPED = (FORM, "")
 # How a urlencoded form begins: a field's name, then "=" (a header's name is followed by a colon; a
 # text may begin so too, and is a form only where it has a field `message`: `message_from_form`).
 _FORM_START = re.compile(rb"[\w.~%+-]+=")
+MAIL = "message/rfc822"  # an email, headers and all, whatever its first lines look like
 
 
 def message_from_json(doc: Any) -> bytes:
@@ -186,16 +192,17 @@ def message_from_json(doc: Any) -> bytes:
     return doc["message"].encode("utf-8", errors="replace")
 
 
-def json_object(data: bytes) -> dict | None:
-    """`data` read as a JSON object, or None where it is none: how a body of an `UNTYPED` type sent
-    as JSON (curl -d '{"message": ...}') is told from a raw message."""
-    if not data.lstrip().startswith(b"{"):
+def untyped_json(media: str, data: bytes) -> Any:
+    """`data` read as JSON where its type `media` says nothing of it (`UNTYPED`: curl -d
+    '{"message": ...}' or -d '[[0, 0.5, ...]]') and it is a JSON object or array; else None: how
+    such a body sent as JSON is told from a raw message or an image (a text may begin with a brace
+    or a bracket, and is then not JSON; an image never does)."""
+    if media not in UNTYPED or not data.lstrip().startswith((b"{", b"[")):
         return None
     try:
-        doc = json.loads(data)
+        return json.loads(data)
     except (ValueError, RecursionError):  # (not JSON: a text that begins with a brace)
         return None
-    return doc if isinstance(doc, dict) else None
 
 
 def message_from_form(data: bytes) -> bytes | None:
@@ -243,9 +250,12 @@ def declared_text(content_type: str, data: bytes) -> bytes:
     its byte order mark says UTF-16 or UTF-32 (as `spam classify --sms` reads a file): UTF-16 has a
     NUL byte in every ASCII character, and an SMS in KOI8-R would be read as Windows-1252. An email
     keeps its bytes (its own headers say the charset of each part), and so does a text its charset
-    does not read: as with no charset declared, the spam filter's own fallbacks read it."""
+    does not read: as with no charset declared, the spam filter's own fallbacks read it. A body
+    declared message/rfc822 is an email: a charset in its Content-Type is none of its own (RFC
+    2046 gives the type no charset), and only a byte order mark says that it is stored in another."""
+    mail = media_of(content_type) == MAIL
     # (None for a malformed one too: as if none were declared)
-    charset = charset_of(content_type) or marked_encoding(data)
+    charset = (None if mail else charset_of(content_type)) or marked_encoding(data)
     if not charset or looks_like_email(data):
         return data
     # (read as mail programs read the label; a Python codec that is no text encoding, or one no mail

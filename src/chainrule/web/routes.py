@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from chainrule.web.http import (
     FORM,
-    UNTYPED,
+    MAIL,
     ApiError,
     check_text,
     declared_text,
     json_body,
-    json_object,
+    media_of,
     media_type,
     message_from_form,
     message_from_json,
     pixels_from_json,
+    untyped_json,
     upload_or_body,
 )
 from chainrule.web.schemas import (
@@ -118,11 +120,19 @@ async def _predict(request: Request, service: ImageService, explain: bool) -> Im
     data, _ = await upload_or_body(request)
     if not data:
         raise ApiError(422, "empty body: send a PNG/JPEG image or a JSON 28x28 array")
-    if media_type(request) == "application/json":  # (5 MB of JSON take 0.1 s to read: not in the event loop)
-        image = await run_in_threadpool(lambda: pixels_from_json(json_body(data)))
-    else:
-        image = await service.decode(data)
+    # (5 MB of JSON take 0.1 s to read: not in the event loop)
+    pixels = await run_in_threadpool(_pixels, media_type(request), data)
+    image = await service.decode(data) if pixels is None else pixels
     return await run_in_threadpool(service.predict, image, explain)
+
+
+def _pixels(media: str, data: bytes) -> np.ndarray | None:
+    """The pixels of a body sent as JSON, by its type or, sent with one that says nothing of it, by
+    its shape (as the spam route tells JSON from a message); None for any other body: an image."""
+    if media == "application/json":
+        return pixels_from_json(json_body(data))
+    doc = untyped_json(media, data)
+    return None if doc is None else pixels_from_json(doc)
 
 
 @router.post(
@@ -138,16 +148,17 @@ async def spam_classify(request: Request) -> SpamVerdict:
     if media.startswith(("image/", "audio/", "video/")):
         raise ApiError(422, f"not text: the body is {media}")
     data, content_type = await upload_or_body(request)
+    mail = media_of(content_type) == MAIL  # (the body's type, or its part's: an email whatever it starts with)
     # (the message read out of its body in the thread that classifies it: a 5 MB form took 0.9 s,
     # in which the event loop answered nothing else)
-    return await run_in_threadpool(lambda: service.classify(check_text(_message(media, content_type, data))))
+    return await run_in_threadpool(lambda: service.classify(check_text(_message(media, content_type, data)), mail))
 
 
 def _message(media: str, content_type: str, data: bytes) -> bytes:
     """The message a body of type `media` holds: a JSON object's field, a form's, or the body itself."""
     if media == "application/json":
         return message_from_json(json_body(data))
-    if media in UNTYPED and (doc := json_object(data)) is not None:
+    if isinstance(doc := untyped_json(media, data), dict):  # (an array sent so is a message: "[URGENT] ...")
         return message_from_json(doc)
     if media == FORM and (message := message_from_form(data)) is not None:
         return declared_text(content_type, message)

@@ -57,13 +57,13 @@ class SpamVerdict(BaseModel):
     top_tokens: list[TokenWeight] = Field(description="the tokens that pushed the decision most, either way")
     problem: str | None = Field(None, description="how the message was read when it was not a well-formed email")
     read_as: Literal["mail", "sms"] = Field(
-        description="how the text was read: 'mail' (an email: a header block, then a body) or 'sms' (a text "
-        "message or a note, all of it text: one that starts like 'URGENT: ...' too)")
+        description="how the text was read: 'mail' (an email: a header block, then a body; any body sent as "
+        "message/rfc822) or 'sms' (a text message or a note, all of it text: one that starts like 'URGENT: ...' too)")
     header_lines: int = Field(
         description="for mail, how many lines of the text, from its first, were read as its header block, the "
-        "blank line that ends it included (lines end at \\r\\n, \\r or \\n): the body starts on the next; a "
-        "header's tokens (subject:free) were read from its lines there, the others from the rest. 0 for an SMS, "
-        "and for a mail read as plain text (`problem`)")
+        "blank line that ends it and any blank lines above it included (lines end at \\r\\n, \\r or \\n): the "
+        "body starts on the next; a header's tokens (subject:free) were read from its lines there, the others "
+        "from the rest. 0 for an SMS, and for a mail read as plain text (`problem`)")
     model_version: str = Field(
         description="which loading of the model answered: the `model_version` of /api/models' description of it "
         "then; a page that shows another has a description (classes, cut-offs) of a model since reloaded")
@@ -111,7 +111,8 @@ class Health(BaseModel):
 IMAGE_BODY = {
     "description": "A PNG or JPEG image (raw body, or multipart field `file`), preprocessed as "
     "`chainrule images predict` does for the model; or a 28x28 array of numbers in [0, 1] "
-    "(0 = background, 1 = ink), used as is.",
+    "(0 = background, 1 = ink), used as is: as JSON, or as a body sent with no Content-Type or with the form's "
+    "(what curl -d sends unless told otherwise) that is a JSON array or object.",
     "required": True,
     "content": {
         "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -137,7 +138,8 @@ PIXELS_SCHEMA = {
 }
 SPAM_BODY = {
     "description": "The raw message: an email with its headers (RFC 822, any charset) or an SMS, as the body "
-    "(text/plain, message/rfc822; a text in the charset the Content-Type declares, such as utf-16), as "
+    "(text/plain, message/rfc822: an email whatever its first lines are; a text in the charset the Content-Type "
+    "declares, such as utf-16), as "
     "multipart field `file`, as JSON {\"message\": \"...\"}, or as the field `message` of a urlencoded form "
     "(curl --data-urlencode message@FILE, an HTML form). A body sent with no Content-Type, or with the form's "
     "(what curl sends unless told otherwise), that is no JSON object or form with a field message is the raw message.",
@@ -158,6 +160,10 @@ SPAM_BODY = {
     },
 }
 ERROR_RESPONSES = {
+    400: {"model": ErrorResponse, "content": {"text/plain": {"schema": {"type": "string"}}},
+          "description": "a Content-Length that is not a number; served on a loopback address, a Host header "
+          "naming another machine (in plain text)"},
+    408: {"model": ErrorResponse, "description": "no part of the body arrived for the server's --timeout seconds"},
     413: {"model": ErrorResponse, "description": "request body over the size limit"},
     422: {"model": ErrorResponse, "description": "not an image / not text / malformed"},
     503: {"model": ErrorResponse, "description": "no model of this kind is loaded"},

@@ -280,8 +280,10 @@ class SpamService:
         """The model now in this one's folder."""
         return SpamService.load(self.path)
 
-    def classify(self, raw: bytes) -> SpamVerdict:
-        result = classify_message(self.bundle, raw, top=TOP_TOKENS)
+    def classify(self, raw: bytes, mail: bool = False) -> SpamVerdict:
+        """The verdict on `raw`: an email where `mail` says so (sent as message/rfc822), else an
+        email or an SMS by its shape (`classify_message`)."""
+        result = classify_message(self.bundle, raw, top=TOP_TOKENS, mail=mail)
         tokens = [TokenWeight(token=str(t["token"]), weight=float(t["weight"])) for t in result["top_tokens"]]
         return SpamVerdict(label=result["label"], probability=float(result["probability"]), top_tokens=tokens,
                            problem=result["problem"], read_as=result["read_as"],

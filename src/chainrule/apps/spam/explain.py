@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import codecs
 import math
 import re
 from collections import Counter
@@ -64,52 +63,85 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[fl
     return p, towards_spam, towards_ham
 
 
-# The first line of an email: a header that mail software writes, or an mbox "From " line (the
-# sender, then the date as asctime writes it). A bare "Name: text" is not enough — an SMS such as
-# "URGENT: call now" has that shape too — and neither is a first word "From" ("From now on you...").
-_EMAIL_START = re.compile(
-    rb"(?i)\A\s*(?:from|to|cc|subject|date|received|return-path|delivered-to|message-id|"
+# A field that mail software writes at the top of a message. Any field name counts where the lines
+# after it go on as a header block (another field, or the first field's folded lines); one field
+# followed by a blank line is an email only with one of these names: an SMS such as "URGENT: call
+# now" has the shape of one field, and so may "Note: ..." with a blank line and more text after it.
+_COMMON_FIELD = re.compile(
+    rb"(?i)(?:from|to|cc|subject|date|received|return-path|delivered-to|message-id|"
     rb"mime-version|content-type|reply-to|sender|envelope-to|x-[\w-]+)[ \t]*:")
-_MBOX_FROM = re.compile(rb"\A\s*From \S+ +(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +"
+# An mbox "From " line: the sender, then the date as asctime writes it (not a first word "From":
+# "From now on you...").
+_MBOX_FROM = re.compile(rb"From \S+ +(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +"
                         rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ")
+# What a pasted message may begin with before its first line of text: a byte order mark (an .eml
+# saved by a Windows program), blank lines, spaces.
+_LEADING_SPACE = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*")
+_LINE_END = re.compile(rb"\r\n|\r|\n")  # (as the page splits lines, and `header_block_lines` counts them)
+_HEAD_BYTES = 8192  # how much of a message `looks_like_email` reads
 
 
 def looks_like_email(raw: bytes) -> bool:
     """Whether pasted text is an email with headers (else it is treated as an SMS or a bare note).
 
-    It starts with an mbox "From " line, or with a common header field followed (past that field's
-    folded lines) by a blank line or another field: an SMS may start like one field ("To: all -
-    free prize ...", "From: mum") and nothing follows it as a header block."""
-    head = raw[:8192].removeprefix(codecs.BOM_UTF8)  # (an .eml saved by a Windows program)
+    From its first line of text (`_LEADING_SPACE` skipped), it starts with an mbox "From " line, or
+    with a header field that the lines after it continue as a header block: another field after it
+    (past its folded lines), or folded lines and then a blank line. A field of the names mail
+    software writes first (`_COMMON_FIELD`) and a blank line after it will do as well; an SMS may
+    start like one field ("To: all - free prize ...", "From: mum") and nothing follow it as a
+    header block."""
+    start = _LEADING_SPACE.match(raw).end()
+    head = raw[start:start + _HEAD_BYTES]
     if _MBOX_FROM.match(head):
         return True
-    if not _EMAIL_START.match(head):
+    if not FIELD_START.match(head):
         return False
-    after = [line for line in head.lstrip().splitlines()[1:] if not line.startswith((b" ", b"\t"))]
+    lines = head.splitlines()[1:]
+    folded = bool(lines) and lines[0].startswith((b" ", b"\t"))
+    common = _COMMON_FIELD.match(head) is not None
+    after = [line for line in lines if not line.startswith((b" ", b"\t"))]
     if not after:  # the first field is all there is, or all of the head
-        return len(raw) > len(head)
-    return not after[0].strip() or FIELD_START.match(after[0]) is not None
+        return len(raw) > start + len(head) and (folded or common)
+    if FIELD_START.match(after[0]):
+        return True
+    return not after[0].strip() and (folded or common)
 
 
-def classify_message(bundle: SpamModel, raw: bytes, top: int = 5) -> dict:
+def _mail_start(raw: bytes) -> tuple[int, int]:
+    """(where the text of a pasted email starts, how many lines end before it): a message pasted
+    with blank lines above its headers is parsed from its first field, where a blank line would end
+    an empty header block and leave every header to be read as body text. The lines skipped are
+    counted in the answer's `header_lines`, which a page counts from the top of the text it sent."""
+    start = _LEADING_SPACE.match(raw).end()
+    return start, len(_LINE_END.findall(raw, 0, start))
+
+
+def classify_message(bundle: SpamModel, raw: bytes, top: int = 5, mail: bool = False) -> dict:
     """Classify one message for programs such as the web app: an email with its headers, or the
     text of an SMS (anything that does not start like an email), tokenised as training saw each.
+    With `mail` (a body declared message/rfc822), it is an email whatever its first lines look like.
 
     Parsing and tokenising, the slow part (a deep 1 MB HTML mail takes a second or two), need no
     lock; the model's is held only around the network's passes (`explain_row`).
 
     Returns {"label": "spam"|"ham"|"unsure", "probability": P(spam), "top_tokens":
     [{"token", "weight"}...] (the strongest in either direction), "problem": str|None, "read_as":
-    "mail"|"sms", "header_lines": the lines of the mail's header block (`header_block_lines`; 0 for
-    an SMS, or a mail read as plain text)}: a page showing the message marks a header's tokens in
-    its header's lines, and a body's below them, where the server read each.
+    "mail"|"sms", "header_lines": the lines of the mail's header block (`header_block_lines`), the
+    blank lines above it included (0 for an SMS, or a mail read as plain text)}: a page showing the
+    message marks a header's tokens in its header's lines, and a body's below them, where the
+    server read each.
     """
     raw = raw if len(raw) <= MAX_BYTES else without_cut_character(raw[:MAX_BYTES])
-    item = ("mail", raw) if looks_like_email(raw) else ("sms", decode_text(raw, "utf-8"))  # (as `read_sms` does)
+    if mail or looks_like_email(raw):
+        start, skipped = _mail_start(raw)
+        item = ("mail", raw[start:])
+    else:
+        skipped, item = 0, ("sms", decode_text(raw, "utf-8"))  # (as `read_sms` does)
     tokens, problem = item_tokens(*item, bundle.config)
     parsed = item[0] == "mail" and problem is None  # (else all of it was read as text)
     p, to_spam, to_ham = explain_row(bundle, tokens, top)
     strongest = sorted(to_spam + to_ham, key=lambda t: -abs(t[1]))[:top]
     return {"label": verdict(p, bundle.spam_cutoff, bundle.ham_cutoff), "probability": p,
             "top_tokens": [{"token": t, "weight": round(w, 6)} for t, w in strongest],
-            "problem": problem, "read_as": item[0], "header_lines": header_block_lines(raw) if parsed else 0}
+            "problem": problem, "read_as": item[0],
+            "header_lines": skipped + header_block_lines(item[1]) if parsed else 0}
