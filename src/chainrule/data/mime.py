@@ -686,14 +686,14 @@ def boundary_matches(raw: bytes) -> int:
 # as the parser splits lines; then the blank line that ends the block, if that is what ends it.
 _HEADER_BLOCK = re.compile(
     rf"(?:(?:From |(?:{HEADER_NAME})?:|[\t ])[^\r\n]*(?:\r\n|\r|\n|\Z))*(?:\r\n|\r|\n)?".encode())
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+LINE_END = re.compile(rb"\r\n|\r|\n")  # where a line ends, as `header_block_lines` counts lines
 
 
 def header_block_lines(raw: bytes) -> int:
     """How many lines of `raw`, from its first, `parse_message` reads as its header block (the blank
     line after it included): where the body starts, for a page that shows the message."""
     block = _HEADER_BLOCK.match(_as_read(raw))[0]
-    lines = len(_LINE_END.findall(block))
+    lines = len(LINE_END.findall(block))
     if block and not block.endswith((b"\n", b"\r")):  # (a last line with no line end)
         lines += 1
     return lines

@@ -15,7 +15,7 @@ from chainrule.apps.spam.annotate import FIELD_START
 from chainrule.apps.spam.features import item_tokens
 from chainrule.apps.spam.model import SpamModel, verdict
 from chainrule.data.corpora import MAX_BYTES
-from chainrule.data.mime import decode_text, header_block_lines, without_cut_character
+from chainrule.data.mime import LINE_END, decode_text, header_block_lines, without_cut_character
 from chainrule.functional import sigmoid
 
 
@@ -77,7 +77,6 @@ _MBOX_FROM = re.compile(rb"From \S+ +(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +"
 # What a pasted message may begin with before its first line of text: a byte order mark (an .eml
 # saved by a Windows program), blank lines, spaces.
 _LEADING_SPACE = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*")
-_LINE_END = re.compile(rb"\r\n|\r|\n")  # (as the page splits lines, and `header_block_lines` counts them)
 _HEAD_BYTES = 8192  # how much of a message `looks_like_email` reads
 
 
@@ -113,7 +112,7 @@ def _mail_start(raw: bytes) -> tuple[int, int]:
     an empty header block and leave every header to be read as body text. The lines skipped are
     counted in the answer's `header_lines`, which a page counts from the top of the text it sent."""
     start = _LEADING_SPACE.match(raw).end()
-    return start, len(_LINE_END.findall(raw, 0, start))
+    return start, len(LINE_END.findall(raw, 0, start))  # (counted as `header_block_lines` counts)
 
 
 def classify_message(bundle: SpamModel, raw: bytes, top: int = 5, mail: bool = False) -> dict:
