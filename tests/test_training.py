@@ -361,6 +361,22 @@ def test_what_can_be_checked_before_the_first_step_is(wrong, tmp_path, monkeypat
     assert [p.name for p in tmp_path.rglob("*")] == ["runs"]  # (nothing written)
 
 
+def test_a_checkpoint_that_could_never_be_written_is_refused_before_the_first_step(tmp_path):
+    # (a file where its folder should be was found when the first epoch's checkpoint was written:
+    # NotADirectoryError, that epoch's training lost)
+    (tmp_path / "notes.txt").write_text("mine")
+    model, counted = small_mlp(), _CountBatches()
+    for checkpoint, problem in ((tmp_path / "notes.txt" / "run.npz", "exists and is not a folder"),
+                                (tmp_path / "notes.txt" / "runs" / "run.npz", f"{tmp_path / 'notes.txt'} is a file, "
+                                                                              "not a folder")):
+        with pytest.raises(ValueError, match=f"^fit: checkpoint {re.escape(str(checkpoint))}: its folder "
+                                             f"{re.escape(problem)}$"):
+            cr.fit(model, _X, _Y, cr.CrossEntropy(), cr.SGD(model.parameters()), batch_size=16,
+                   callbacks=[counted], verbose=False, checkpoint=checkpoint)
+    assert counted.batches == 0
+    assert (tmp_path / "notes.txt").read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_evaluate_names_data_of_the_wrong_shape_by_its_shape():
     x, y = blobs()
     model = small_mlp()

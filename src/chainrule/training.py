@@ -29,6 +29,7 @@ from chainrule.checkpoint import checkpoint_seed, load_checkpoint, save_checkpoi
 from chainrule.checks import flag, positive_int
 from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import TrainingDiverged
+from chainrule.files import folder_problem
 from chainrule.history import EPOCH_KEYS, History
 from chainrule.layers import Dropout, Sigmoid
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
@@ -132,16 +133,24 @@ def _check_targets(where: str, y: np.ndarray, model: Sequential, loss) -> None:
 
 def _check_checkpoint(checkpoint, world: World) -> None:
     """Refuse, before the first step, a `checkpoint` that could never be written: a folder (".",
-    say) raised IsADirectoryError, or "Device or resource busy", only when the first epoch's
-    checkpoint was put in its place, that epoch's training lost. (Rank 0 writes it: it looks, and
-    tells the others.)"""
+    say) raised IsADirectoryError, or "Device or resource busy", and a file where its folder
+    should be NotADirectoryError, only when the first epoch's checkpoint was put in its place,
+    that epoch's training lost. (Rank 0 writes it: it looks, and tells the others.)"""
     if checkpoint is None:
         return
     if not isinstance(checkpoint, str | os.PathLike):
         raise ValueError(f"fit: checkpoint must be the path of a file (run.npz, say), got {checkpoint!r}")
-    if world.bcast(os.path.isdir(checkpoint) if world.rank == 0 else None):
-        raise ValueError(f"fit: checkpoint must be the path of a file (run.npz, say), got the folder "
-                         f"{os.fspath(checkpoint)!r}")
+    problem = world.bcast(_checkpoint_problem(os.fspath(checkpoint)) if world.rank == 0 else None)
+    if problem is not None:
+        raise ValueError(f"fit: checkpoint {problem}")
+
+
+def _checkpoint_problem(path: str) -> str | None:
+    """Why a checkpoint could never be written at `path`, or None."""
+    if os.path.isdir(path):
+        return f"must be the path of a file (run.npz, say), got the folder {path!r}"
+    folder = folder_problem(os.path.dirname(os.path.abspath(path)))
+    return None if folder is None else f"{path}: its folder {folder}"
 
 
 def _check_monitor(monitor: str, keys: list[str], callbacks: bool) -> None:
