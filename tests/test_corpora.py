@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -256,6 +257,24 @@ def test_changed_files_lists_what_read_messages_reads_in_its_order(tmp_path):
     for source in (root, root / "spam" / "box"):
         read = [Path(m.source) for m in read_messages([source])]
         assert read == corpora.changed_files(source) == [p for p in expected if source in p.parents]
+
+
+def test_changed_files_lists_a_link_put_in_the_folder_after_its_target_was_written(tmp_path):
+    """A message added to a folder as a symbolic link (mail indexers' "links" folders) is new to
+    `spam learn --since-last` when the link is, however old the file it leads to: the target's change
+    time alone left it out of every run."""
+    stored = tmp_path / "archive" / "1"
+    stored.parent.mkdir()
+    stored.write_bytes(_msg("kept for years"))
+    time.sleep(0.05)
+    since = time.time_ns()
+    time.sleep(0.05)
+    links = tmp_path / "found"
+    for sub in ("cur", "new", "tmp"):
+        (links / sub).mkdir(parents=True)
+    (links / "cur" / "1.host:2,S").symlink_to(stored)
+    assert corpora.changed_files(links, since) == [links / "cur" / "1.host:2,S"]
+    assert corpora.changed_files(tmp_path / "archive", since) == []
 
 
 def test_stdin_reader(monkeypatch):

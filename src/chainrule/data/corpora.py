@@ -463,6 +463,8 @@ def changed_files(root, since_ns: int = 0, unlisted: list[OSError] | None = None
     The inode's change time (st_ctime) rather than the modification time, because moving a message
     into a folder (a rename, as IMAP servers do for a Maildir) keeps its modification time but sets
     its change time. So does changing its flags, which renames it too: such a message comes back.
+    A symbolic link counts from the later of its own change time and its target's: a link put in the
+    folder today to a message kept for years is new.
     Folders that cannot be listed (`root` itself, a Maildir's cur/) go to `unlisted`: what is new in
     them is not known yet (a run that passes over them must not count them as read).
     NotADirectoryError where `root` is not a folder.
@@ -474,10 +476,10 @@ def changed_files(root, since_ns: int = 0, unlisted: list[OSError] | None = None
     changed = []
     for path, _, _ in _mail_files(root, (), unlisted):
         try:
-            st = path.stat()
+            st, own = path.stat(), path.lstat()  # (the file, and the link to it where `path` is one)
         except OSError:  # gone since it was listed (moved on by a mail client)
             continue
-        if stat.S_ISREG(st.st_mode) and st.st_ctime_ns >= since_ns:
+        if stat.S_ISREG(st.st_mode) and max(st.st_ctime_ns, own.st_ctime_ns) >= since_ns:
             changed.append(path)
     return changed
 
