@@ -548,7 +548,8 @@ class AvgPool2D(_Pool2D):
         _check_images(self.name, x)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         ho, wo = self._sizes(x.shape[2], x.shape[3])
-        out = _window(x, 0, 0, ho, wo, sh, sw).copy(order="K")
+        # (an integer input's sums in floats: they would wrap round, and 1/(kh·kw) as an integer is 0)
+        out = _window(x, 0, 0, ho, wo, sh, sw).astype(np.result_type(x.dtype, np.float32), order="K")
         for k in range(1, kh * kw):
             out += _window(x, k // kw, k % kw, ho, wo, sh, sw)
         out *= np.asarray(1.0 / (kh * kw), out.dtype)

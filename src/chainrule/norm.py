@@ -93,6 +93,7 @@ class BatchNorm(Layer):
 
     def forward(self, x, training=False):
         bshape = self._shape(x)
+        x = x.astype(np.result_type(x.dtype, self.weight.data.dtype), copy=False)  # (integers: their values)
         if training:
             # Every pass works a range of features at a time, on every core (see `_by_feature`).
             # m values per feature in the batch; μ_B = Σx / m, then σ²_B = Σ(x - μ_B)² / m (two
@@ -192,15 +193,28 @@ def _batch_norm_input_grad(g, xhat, mean_g, mean_gx, scale) -> np.ndarray:
 def _per_feature_sum(a: np.ndarray) -> np.ndarray:
     """Σ a over every axis but the feature axis 1, for (N, C) or (N, C, H, W) arrays."""
     out = np.empty(a.shape[1], a.dtype)
-    _by_feature(lambda f: a[:, f].sum(axis=(0,) if a.ndim == 2 else (0, 2, 3), out=out[f]), a)
+    _by_feature(lambda f: _sum_but_features(a[:, f], out[f]), a)
     return out
 
 
 def _per_feature_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Σ a·b over every axis but the feature axis 1, for (N, C) or (N, C, H, W) arrays. Through
-    NumPy's sum, whose pairwise summation keeps float32 sums of ~10^5 terms accurate to ~1e-7
-    (einsum, which needs no temporary, adds them one after another and drifts to ~1e-4, enough for
-    1, 2 or 4 processes to train visibly different weights)."""
+    NumPy's sum (einsum, which needs no temporary, adds the terms one after another and drifts to
+    ~1e-4 over ~10^5 float32 terms, enough for 1, 2 or 4 processes to train visibly different
+    weights)."""
     out = np.empty(a.shape[1], np.result_type(a, b))
-    _by_feature(lambda f: np.multiply(a[:, f], b[:, f]).sum(axis=(0,) if a.ndim == 2 else (0, 2, 3), out=out[f]), a)
+    _by_feature(lambda f: _sum_but_features(np.multiply(a[:, f], b[:, f]), out[f]), a)
     return out
+
+
+def _sum_but_features(a: np.ndarray, out: np.ndarray) -> None:
+    """out ← Σ a over every axis but axis 1, to ~1e-7 of the sum in float32 over ~10^5 terms.
+
+    NumPy sums pairwise, which keeps that accuracy, only along the axis contiguous in memory: an
+    image's H·W values. Down the batch axis of (N, C) rows it adds one row after another, whose
+    error grows with N (raw features near 10⁴ in a batch of 65,536: means off by ~1), so rows are
+    summed in float64 (equivalent to `a.sum(axis=0, out=out)`)."""
+    if a.ndim == 2:
+        out[...] = a.sum(axis=0, dtype=np.float64)
+    else:
+        a.sum(axis=(0, 2, 3), out=out)
