@@ -358,12 +358,13 @@ def test_a_first_message_s_unclosed_parts_are_told_from_more_messages_in_one_pas
         return count[0]
 
     head = b'From a@b Mon Jan  1 00:00:00 2024\nContent-Type: multipart/mixed; boundary="b"\n\n'
-    parts = b"--b\nContent-Type: text/plain\n\nFrom x\nA: 1\n"
+    from_line = b"From x@y Mon Jan  1 00:00:00 2024\nA: 1\n"  # (and a header line after it)
+    parts = b"--b\nContent-Type: text/plain\n\n" + from_line
     assert scanned(head + parts * 2000, False) < 2.5 * scanned(head + parts * 1000, False)
     # a "From " line that starts no part, or whose part's boundary is over 64 KB above, starts a message
-    assert scanned(head + parts * 1000 + b"\nFrom x\nA: 1\n", True)
+    assert scanned(head + parts * 1000 + b"\n" + from_line, True)
     def part(header_lines: int) -> bytes:  # (80 bytes a line)
-        return b"--b\n" + (b"X-Filler: " + b"x" * 69 + b"\n") * header_lines + b"\nFrom x\nA: 1\n"
+        return b"--b\n" + (b"X-Filler: " + b"x" * 69 + b"\n") * header_lines + b"\n" + from_line
 
     assert corpora._several_messages(head + part(820)) and not corpora._several_messages(head + part(810))
 
@@ -542,7 +543,8 @@ def test_a_300_mb_mbox_line_costs_no_more_than_the_cap(tmp_path):
     assert peak < 4 << 20
 
 
-MBOX_LINES = st.lists(st.sampled_from([b"\n", b"\r\n", b"From x@y Mon Jan 1\n", b"From x@y Mon Jan 1\r\n",
+MBOX_LINES = st.lists(st.sampled_from([b"\n", b"\r\n", b"From x@y Mon Jan  1 00:00:00 2024\n",
+                                       b"From x@y Mon Jan  1 00:00:00 2024\r\n", b"From our records:\n",
                                        b">From quoted\n", b"From", b"Subject: s\n", b"Subject: s\r\n",
                                        b"body text\n", b"y" * 40 + b"\n", b"z" * 25, b"w" * 1100 + b"\n"]),
                       max_size=40)
@@ -721,6 +723,41 @@ def test_a_from_line_is_a_separator_only_where_headers_follow_it(tmp_path):
     # a "From " line with nothing after it ends the mbox's last message, as it did
     (tmp_path / "end.mbox").write_bytes(two + b"From x@y  Thu Aug 22 13:17:22 2002\n")
     assert [m.error for m in read_messages([tmp_path / "end.mbox"])] == [None, None, "empty message"]
+
+
+# "From " lines as mail programs write them above each message of an mbox
+MBOX_FROM_LINES = (b"From MAILER-DAEMON Fri Jul  8 12:08:34 2011",  # Python's mailbox module
+                   b"From user@example.com  Sat Jan  3 01:05:34 1996",  # procmail (the SpamAssassin corpus)
+                   b"From - Fri Jul 08 12:08:34 2011",  # Thunderbird
+                   b"From 1738452946312093018@xxx Fri Jul 29 09:44:16 +0000 2022",  # Gmail's export
+                   b"From me at example.org  Mon Jan  1 00:00:00 2024",  # a mailing list's archive (pipermail)
+                   b"From xxxx@yyyyyyy.fr Wed Aug  2 00:39:12 MET DST 1995",  # two time zone names
+                   b"From user Sat Jan  3 01:05:34 1996 remote from uunet",  # UUCP
+                   b'From "john smith"@example.com Mon Jan  1 00:00 2024')  # a quoted sender, no seconds
+
+
+def test_a_from_line_separates_messages_only_with_a_sender_and_a_date(tmp_path, monkeypatch, spamassassin_messages):
+    """A mail in the corpus's layout (an envelope "From " line first, as procmail delivers it) whose
+    body has a paragraph "From our records:" then a line "Name: John Smith", the shape of a header
+    line, was read as an mbox of two messages: refused on standard input, two messages named as a
+    file, refused to be written back (--annotate). A "From " line separates messages only where it
+    has a sender and a date, as every mail program writes one; an mbox of such mails still splits."""
+    ham = next(m.data for m in spamassassin_messages if m.label == HAM and m.data.startswith(b"From "))
+    envelope, message = ham.split(b"\n", 1)
+    body = message.rstrip(b"\n") + b"\n\nFrom our records:\nName: John Smith\nAccount: 1234\n\nRegards\n"
+    mail = envelope + b"\n" + body
+    (tmp_path / "fromline.eml").write_bytes(mail)
+    (m,) = read_messages([tmp_path / "fromline.eml"])
+    assert (m.source, m.data, m.error) == (str(tmp_path / "fromline.eml"), body, None)
+    assert read_as_is(tmp_path / "fromline.eml").error is None
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(mail)))
+    (m,) = read_messages(["-"])
+    assert (m.data, m.error) == (mail, None)
+    for from_line in MBOX_FROM_LINES:
+        mbox = b"".join(from_line + b"\n" + body + b"\n" for _ in range(3))
+        (tmp_path / "box.mbox").write_bytes(mbox)
+        assert [m.data for m in read_messages([tmp_path / "box.mbox"])] == [body + b"\n"] * 3, from_line
+        assert corpora._several_messages(mbox), from_line
 
 
 @pytest.mark.parametrize("kind,box", [("MMDF", mailbox.MMDF), ("Babyl", mailbox.Babyl)])

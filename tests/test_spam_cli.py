@@ -406,6 +406,31 @@ def test_annotate_passes_on_every_message_a_mail_program_hands_it(spam_model, sp
     assert r.returncode == 3 and not r.stdout and b"not a file to read again" in r.stderr, r.stderr
 
 
+def test_a_mail_whose_body_has_a_from_line_is_one_message_to_every_command(spam_model, spam_corpus, run_chainrule,
+                                                                          tmp_path, capsys):
+    """A mail as procmail hands it on (an envelope "From " line first) whose body has a paragraph
+    "From our records:" then a line "Name: John Smith" was read as an mbox of two messages: on
+    standard input an error, exit 3 (a procmail recipe's error for an ordinary ham), named as a file
+    two verdicts (file:1, file:2), learned as 2 messages, refused by --annotate as several."""
+    raw = (spam_corpus[1] / "easy_ham" / "0200").read_bytes()
+    assert raw.startswith(b"From ")
+    mail = raw.rstrip(b"\n") + b"\n\nFrom our records:\nName: John Smith\nAccount: 1234\n\nRegards\n"
+    path = tmp_path / "fromline.eml"
+    path.write_bytes(mail)
+    piped = run_chainrule(["spam", "classify", str(spam_model)], mail)
+    assert piped.returncode in (0, 1, 2) and piped.stdout.decode().startswith("-\t"), piped.stderr
+    assert main(["spam", "classify", str(spam_model), str(path)]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.split("\t")[0] == str(path)
+    for given, args in ((mail, []), (b"", [str(path)])):
+        r = run_chainrule(["spam", "classify", str(spam_model), "--annotate", *args], given)
+        assert r.returncode in (0, 1, 2) and r.stdout.endswith(b"Regards\n"), r.stderr
+    m = tmp_path / "m"
+    shutil.copytree(spam_model, m)
+    assert main(["spam", "learn", str(m), "--ham", str(path), "--seed", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 learned; the model has learned 1 message"
+
+
 def test_bad_messages_are_reported_and_the_run_goes_on(spam_model, tmp_path, capsys):
     d = tmp_path / "inbox"
     d.mkdir()

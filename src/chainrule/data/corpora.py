@@ -28,7 +28,8 @@ line is a message).
 
 What a mail message says is `chainrule.data.mime`'s business: this module reads its bytes, and looks
 into them only to tell where one message ends and the next begins. An mbox's "From " line after a
-blank line starts a message only where a header line follows it; and whether the bytes of standard
+blank line starts a message only where it is one (a sender and a date, as mail programs write it:
+`MBOX_FROM_LINE`) and a header line follows it; and whether the bytes of standard
 input (or of a file to be written back) are an mbox of several messages takes the first message's
 headers, parsed, for its MIME boundary: a "From " line inside its multipart body is no other
 message (`_several_messages`).
@@ -530,8 +531,9 @@ def _read_kept(f, size: int) -> tuple[bytes, BaseException | None]:
 def _read_mbox(path: Path, f, head: bytes, max_bytes: int, label: int | None,
                failed: BaseException | None) -> Iterator[RawMessage]:
     """Messages of the mbox file `path`, open as `f`, whose first bytes `head` have been read from
-    it, split at "From " lines that follow a blank line (or start the file). Where reading `head`
-    `failed` (the file is cut or damaged within it), the messages it holds, then that problem.
+    it, split at "From " lines (`MBOX_FROM_LINE`) that follow a blank line (or start the file).
+    Where reading `head` `failed` (the file is cut or damaged within it), the messages it holds,
+    then that problem.
 
     Read as a stream, so a huge mbox is never held in memory; each message is capped separately.
     Sources are "path:N" (from 1); a file holding a single message (such as each file of the
@@ -556,15 +558,32 @@ LINE_PIECE = 1 << 16  # an mbox is read in lines of at most this many bytes; a l
 _HEADER_LINE = re.compile(HEADER_NAME.encode() + rb":")
 # A run of lines that are not empty, as a part's header lines are.
 _HEADER_LINES = re.compile(rb"(?:[^\r\n]+\r?\n)*")
-# Where an mbox's next message starts, as `_mbox_messages` tells it: a "From " line after a blank
-# line, a header line after it.
-_SECOND_MESSAGE = re.compile(rb"\n\r?\nFrom [^\n]*\n" + _HEADER_LINE.pattern)
+# The "From " line that mail programs write above each message of an mbox: "From ", the sender,
+# then when the message came, as C's asctime writes a date. Its variants, as mutt's reader takes them:
+#   From MAILER-DAEMON Fri Jul  8 12:08:34 2011                (Python's mailbox module)
+#   From user@example.com  Sat Jan  3 01:05:34 1996            (procmail; the SpamAssassin corpus)
+#   From - Fri Jul 08 12:08:34 2011                            (Thunderbird)
+#   From 1738452946312093018@xxx Fri Jul 29 09:44:16 +0000 2022  (Gmail's export)
+#   From me at example.org  Mon Jan  1 00:00:00 2024           (a mailing list's archive)
+#   From xxxx@yyyyyyy.fr Wed Aug  2 00:39:12 MET DST 1995      (two time zone names)
+#   From user Sat Jan  3 01:05 1996 remote from uunet          (no seconds; anything after the year)
+# and a quoted sender with spaces in it, or none at all. A line of a message's text that starts with
+# the word "From" ("From our records:") is none.
+MBOX_FROM_LINE = re.compile(
+    rb'From (?:(?:"[^"\r\n]*"|[^\s"])+(?: at \S+)? +)?(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +'
+    rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +\d\d? +\d\d?:\d\d(?::\d\d)?"
+    rb"(?: +[A-Za-z+-]\S*){0,2} +\d\d(?:\d\d)?(?=\s|\Z)")
+_MBOX_FROM_LINE_MAX = 1000  # a "From " line longer than this is none (a sender's address is at most 254)
+# Where an mbox's next message starts, as `_mbox_messages` tells it: a "From " line (`MBOX_FROM_LINE`)
+# after a blank line, a header line after it.
+_SECOND_MESSAGE = re.compile(rb"\n\r?\n" + MBOX_FROM_LINE.pattern + rb"[^\n]*\n" + _HEADER_LINE.pattern)
 
 
 def _mbox_messages(path: Path, f, head: bytes, max_bytes: int, label: int | None,
                    failed: BaseException | None) -> Iterator[RawMessage]:
-    """`_read_mbox`'s messages, each with the file's name as its source: split at "From " lines that
-    follow a blank line and have a header line after them, unquoted, each cut to `max_bytes`."""
+    """`_read_mbox`'s messages, each with the file's name as its source: split at "From " lines
+    (`MBOX_FROM_LINE`) that follow a blank line and have a header line after them, unquoted, each
+    cut to `max_bytes`."""
     pieces = _MboxPieces(f, head, failed)
     try:
         pieces.skip_line()  # (the first message's "From " line: `_read_mbox` reads a file that starts with one)
@@ -572,9 +591,11 @@ def _mbox_messages(path: Path, f, head: bytes, max_bytes: int, label: int | None
         for piece, starts_line in pieces:
             line = [piece]
             # Only a piece that starts a line can be a "From " separator or a blank line. A "From "
-            # line is a separator if a header follows it: a message's body that a program wrote into
-            # a file of its own unquoted ("From the desk of..."), is no separator.
-            if starts_line and after_blank and piece.startswith(b"From "):
+            # line is a separator if it has a sender and a date and a header follows it: a line of a
+            # message's body that a program wrote into a file of its own unquoted ("From our
+            # records:", "From the desk of..."), is no separator.
+            if (starts_line and after_blank and piece.startswith(b"From ")
+                    and MBOX_FROM_LINE.match(pieces.line_from(piece, _MBOX_FROM_LINE_MAX))):
                 line += pieces.rest_of_line(max_bytes - len(piece))
                 ahead = pieces.peek_line(1000)
                 if not ahead or _HEADER_LINE.match(ahead):
@@ -633,6 +654,11 @@ class _MboxPieces:
             if sum(map(len, rest)) < keep:
                 rest.append(piece)
         return rest
+
+    def line_from(self, piece: bytes, size: int) -> bytes:
+        """The line that `piece`, the piece just read, starts: `piece` and the pieces after it that
+        it takes to reach its end or `size` bytes, left to be read."""
+        return piece if self._line_ended else piece + self.peek_line(size - len(piece))
 
     def peek_line(self, size: int) -> bytes:
         """The next line, or its first pieces once they hold `size` bytes, left to be read."""

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from chainrule.apps.spam.annotate import FIELD_START
 from chainrule.apps.spam.features import item_tokens
 from chainrule.apps.spam.model import SpamModel, verdict
-from chainrule.data.corpora import MAX_BYTES
+from chainrule.data.corpora import MAX_BYTES, MBOX_FROM_LINE
 from chainrule.data.mime import LINE_END, decode_text, header_block_lines, without_cut_character
 from chainrule.functional import sigmoid
 
@@ -70,10 +70,6 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[fl
 _COMMON_FIELD = re.compile(
     rb"(?i)(?:from|to|cc|subject|date|received|return-path|delivered-to|message-id|"
     rb"mime-version|content-type|reply-to|sender|envelope-to|x-[\w-]+)[ \t]*:")
-# An mbox "From " line: the sender, then the date as asctime writes it (not a first word "From":
-# "From now on you...").
-_MBOX_FROM = re.compile(rb"From \S+ +(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +"
-                        rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ")
 # What a pasted message may begin with before its first line of text: a byte order mark (an .eml
 # saved by a Windows program), blank lines, spaces.
 _LEADING_SPACE = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*")
@@ -91,7 +87,7 @@ def looks_like_email(raw: bytes) -> bool:
     header block."""
     start = _LEADING_SPACE.match(raw).end()
     head = raw[start:start + _HEAD_BYTES]
-    if _MBOX_FROM.match(head):
+    if MBOX_FROM_LINE.match(head):  # (not a first word "From": "From now on you...")
         return True
     if not FIELD_START.match(head):
         return False
