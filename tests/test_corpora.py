@@ -760,6 +760,16 @@ def test_a_from_line_separates_messages_only_with_a_sender_and_a_date(tmp_path, 
         assert corpora._several_messages(mbox), from_line
 
 
+def test_a_text_whose_first_word_is_from_keeps_its_first_line(tmp_path):
+    """A note or an SMS saved as a file whose text begins "From now on..." was taken for an mbox, and
+    its first line dropped as the envelope line: only a real "From " line (a sender and a date) makes
+    a file an mbox."""
+    note = b"From now on the meetings are on Mondays.\nBring the figures.\n"
+    (tmp_path / "note.txt").write_bytes(note)
+    (m,) = read_messages([tmp_path / "note.txt"])
+    assert (m.data, m.error) == (note, None)
+
+
 @pytest.mark.parametrize("kind,box", [("MMDF", mailbox.MMDF), ("Babyl", mailbox.Babyl)])
 def test_an_mmdf_or_babyl_mailbox_is_a_problem_not_one_blended_message(tmp_path, monkeypatch, kind, box):
     """Both formats were read as one message, every message of the box in it: classify gave the

@@ -163,10 +163,29 @@ def _reason(exc: BaseException) -> str:
 _MBOX_HEAD = 4096  # a file is an mbox only if its first line, "From ...", ends within this many bytes
 
 
+# The "From " line that mail programs write above each message of an mbox: "From ", the sender,
+# then when the message came, as C's asctime writes a date. Its variants, as mutt's reader takes them:
+#   From MAILER-DAEMON Fri Jul  8 12:08:34 2011                (Python's mailbox module)
+#   From user@example.com  Sat Jan  3 01:05:34 1996            (procmail; the SpamAssassin corpus)
+#   From - Fri Jul 08 12:08:34 2011                            (Thunderbird)
+#   From 1738452946312093018@xxx Fri Jul 29 09:44:16 +0000 2022  (Gmail's export)
+#   From me at example.org  Mon Jan  1 00:00:00 2024           (a mailing list's archive)
+#   From xxxx@yyyyyyy.fr Wed Aug  2 00:39:12 MET DST 1995      (two time zone names)
+#   From user Sat Jan  3 01:05 1996 remote from uunet          (no seconds; anything after the year)
+# and a quoted sender with spaces in it, or none at all. A line of a message's text that starts with
+# the word "From" ("From our records:") is none.
+MBOX_FROM_LINE = re.compile(
+    rb'From (?:(?:"[^"\r\n]*"|[^\s"])+(?: at \S+)? +)?(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +'
+    rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +\d\d? +\d\d?:\d\d(?::\d\d)?"
+    rb"(?: +[A-Za-z+-]\S*){0,2} +\d\d(?:\d\d)?(?=\s|\Z)")
+_MBOX_FROM_LINE_MAX = 1000  # a "From " line longer than this is none (a sender's address is at most 254)
+
+
 def _looks_like_mbox(head: bytes) -> bool:
-    # An mbox starts with a "From " separator line; a single message starts with a header line.
-    # (after the UTF-8 byte order mark that Windows programs put before the text they save)
-    return head.removeprefix(codecs.BOM_UTF8).startswith(b"From ") and b"\n" in head
+    # An mbox starts with a "From " separator line; a single message starts with a header line, and
+    # a note may start with the word ("From now on..."). (After the UTF-8 byte order mark that Windows
+    # programs put before the text they save.)
+    return MBOX_FROM_LINE.match(head.removeprefix(codecs.BOM_UTF8)) is not None and b"\n" in head
 
 
 # The first bytes of the mailbox formats that are not read, each of which the mbox reader would take for
@@ -558,22 +577,6 @@ LINE_PIECE = 1 << 16  # an mbox is read in lines of at most this many bytes; a l
 _HEADER_LINE = re.compile(HEADER_NAME.encode() + rb":")
 # A run of lines that are not empty, as a part's header lines are.
 _HEADER_LINES = re.compile(rb"(?:[^\r\n]+\r?\n)*")
-# The "From " line that mail programs write above each message of an mbox: "From ", the sender,
-# then when the message came, as C's asctime writes a date. Its variants, as mutt's reader takes them:
-#   From MAILER-DAEMON Fri Jul  8 12:08:34 2011                (Python's mailbox module)
-#   From user@example.com  Sat Jan  3 01:05:34 1996            (procmail; the SpamAssassin corpus)
-#   From - Fri Jul 08 12:08:34 2011                            (Thunderbird)
-#   From 1738452946312093018@xxx Fri Jul 29 09:44:16 +0000 2022  (Gmail's export)
-#   From me at example.org  Mon Jan  1 00:00:00 2024           (a mailing list's archive)
-#   From xxxx@yyyyyyy.fr Wed Aug  2 00:39:12 MET DST 1995      (two time zone names)
-#   From user Sat Jan  3 01:05 1996 remote from uunet          (no seconds; anything after the year)
-# and a quoted sender with spaces in it, or none at all. A line of a message's text that starts with
-# the word "From" ("From our records:") is none.
-MBOX_FROM_LINE = re.compile(
-    rb'From (?:(?:"[^"\r\n]*"|[^\s"])+(?: at \S+)? +)?(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +'
-    rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +\d\d? +\d\d?:\d\d(?::\d\d)?"
-    rb"(?: +[A-Za-z+-]\S*){0,2} +\d\d(?:\d\d)?(?=\s|\Z)")
-_MBOX_FROM_LINE_MAX = 1000  # a "From " line longer than this is none (a sender's address is at most 254)
 # Where an mbox's next message starts, as `_mbox_messages` tells it: a "From " line (`MBOX_FROM_LINE`)
 # after a blank line, a header line after it.
 _SECOND_MESSAGE = re.compile(rb"\n\r?\n" + MBOX_FROM_LINE.pattern + rb"[^\n]*\n" + _HEADER_LINE.pattern)
