@@ -265,6 +265,10 @@ def word_tokens(text: str, prefix: str = "", bigrams: bool = False, char_ngrams:
     different features. Written as a few whole-string regex passes rather than a loop over words,
     since this runs for every message the filter sees.
     """
+    if len(text) > _MAX_CHARS and "\r" in text:
+        # CRLF line ends as LF: counted as two characters each, they moved the cut, and the same mail
+        # sent by spamc (CRLF) lost words at the end of its text that its copy in a Maildir (LF) kept
+        text = text.replace("\r\n", "\n")
     if text.isascii():  # (O(1): CPython records it in the string)
         text = text[:_MAX_CHARS]
     else:  # (cut once read: `_MAX_UNREAD_CHARS`)
