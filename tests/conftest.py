@@ -12,6 +12,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -85,21 +86,25 @@ def spamassassin_messages(data_root: Path) -> list:
 def spam_corpus(data_root: Path, tmp_path_factory) -> tuple[Path, Path]:
     """(training folder, held-out folder): a small labelled corpus from the real SpamAssassin
     tarballs, each with spam/, easy_ham/ and hard_ham/ folders (160/200/40 messages to train on,
-    the next 40 of each held out)."""
+    the next 40 of each held out), each file as the tarball holds it (most start with an mbox
+    "From " line)."""
     root = tmp_path_factory.mktemp("corpus")
     held = tmp_path_factory.mktemp("held")
     counts: dict[str, int] = {}
     for tarball in sorted((data_root / "spamassassin").glob("*.tar*")):
-        for m in read_messages([tarball]):
-            folder = m.source.split(":", 1)[1].split("/")[0]
-            k = counts.get(folder, 0)
-            counts[folder] = k + 1
-            limit = {"spam": 160, "easy_ham": 200, "hard_ham": 40}[folder]
-            if k >= limit + 40:
-                break
-            dest = (root if k < limit else held) / folder
-            dest.mkdir(exist_ok=True)
-            (dest / f"{k:04d}").write_bytes(m.data)
+        with tarfile.open(tarball) as tar:
+            for member in tar:
+                folder, _, name = member.name.partition("/")
+                if not member.isfile() or name == "cmds":  # (the corpus's list of shell commands)
+                    continue
+                k = counts.get(folder, 0)
+                counts[folder] = k + 1
+                limit = {"spam": 160, "easy_ham": 200, "hard_ham": 40}[folder]
+                if k >= limit + 40:
+                    break
+                dest = (root if k < limit else held) / folder
+                dest.mkdir(exist_ok=True)
+                (dest / f"{k:04d}").write_bytes(tar.extractfile(member).read())
     return root, held
 
 

@@ -537,8 +537,8 @@ def add_commands(subparsers) -> None:
     sub = spam.add_subparsers(dest="spam_command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a filter on labelled mail and/or SMS")
-    p.add_argument("corpus", nargs="*", help="files, directories, mbox, Maildir or .tar[.gz|.bz2]; labels from "
-                   "folder names: 'spam' (not 'nonspam' or the like) or the word 'ham'")
+    p.add_argument("corpus", nargs="*", help="files, directories, mbox, Maildir, .tar[.gz|.bz2|.xz] or .zip; labels "
+                   "from folder names: 'spam' (not 'nonspam' or the like) or the word 'ham'")
     p.add_argument("--sms", action="append", help="an SMS collection (label<TAB>text lines); repeatable")
     p.add_argument("--out", default="runs/spam", help="model directory to write (default runs/spam)")
     p.add_argument("--hidden", type=layer_width, nargs="+", default=[32], help="hidden layer widths (default 32)")
@@ -604,7 +604,8 @@ def add_commands(subparsers) -> None:
                        help="spam/ham/unsure for each message; one stdin message sets the exit code (0 spam, "
                        "1 ham, 2 unsure; with --annotate 0); errors exit 3")
     p.add_argument("model")
-    p.add_argument("paths", nargs="*", help="messages, folders, mbox, Maildir, archives; '-' or nothing: stdin")
+    p.add_argument("paths", nargs="*", help="messages, folders, mbox, Maildir, archives (.tar, .zip); '-' or nothing: "
+                   "stdin")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
                         help="one JSON object per line (default: SOURCE<TAB>VERDICT<TAB>P(spam); a tab, line "
@@ -647,7 +648,8 @@ def add_commands(subparsers) -> None:
     p = sub.add_parser("explain", help="the tokens that pushed each message towards spam and towards ham")
     p.add_argument("model")
     p.add_argument("paths", nargs="+", metavar="MESSAGE",
-                   help="messages, folders, mbox, Maildir, archives (each message explained); '-' for stdin")
+                   help="messages, folders, mbox, Maildir, archives (.tar, .zip; each message explained); "
+                   "'-' for stdin")
     p.add_argument("--sms", action="store_true",
                    help="the files hold text messages, one per line ('-' reads standard input)")
     p.add_argument("--top", type=positive_int, default=10,

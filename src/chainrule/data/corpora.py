@@ -1,5 +1,5 @@
-"""Mail and SMS corpora: RFC 822 messages from files, directories, mbox files, Maildirs, tar
-archives and standard input, and `label<TAB>text` SMS collections, with their labels.
+"""Mail and SMS corpora: RFC 822 messages from files, directories, mbox files, Maildirs, tar and
+zip archives and standard input, and `label<TAB>text` SMS collections, with their labels.
 
 Three promises shape this module:
 
@@ -13,7 +13,10 @@ Three promises shape this module:
   command line is read whatever it is, so that `<(zcat mail.gz)` works.
 
 A file compressed with gzip, bzip2 or xz (an archived `spam.mbox.gz`, say; recognised by its first
-bytes) is read through its decompressor, as a stream.
+bytes) is read through its decompressor, as a stream; one saved in UTF-16 or UTF-32 with its byte
+order mark (Windows' "Unicode") is read in UTF-8, as the web API reads it (`_decoded`). An archive's
+member is read as the file it would be unpacked: an mbox is split, a compressed one decompressed, and
+of a Maildir only new/ and cur/ are read (`_archive_mail`).
 
 An empty message, or standard input when it is closed, is a problem too, not a message.
 
@@ -43,14 +46,17 @@ import codecs
 import contextlib
 import email.parser
 import errno
+import functools
 import gzip
 import io
 import lzma
 import os
+import posixpath
 import re
 import stat
 import sys
 import tarfile
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -134,8 +140,9 @@ _COMPRESSED = ((re.compile(rb"\x1f\x8b"), gzip.open), (re.compile(rb"BZh[1-9]1AY
                (re.compile(rb"\xfd7zXZ\x00"), lzma.open))
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 # What reading a damaged file raises: a truncated gzip or bzip2 stream EOFError, gzip's damaged
-# deflate data zlib.error, xz's LZMAError, bzip2's OSError.
-_READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
+# deflate data zlib.error, xz's LZMAError, bzip2's OSError; an archive's member cut short tarfile's
+# ReadError, one whose bytes do not match their checksum zipfile's BadZipFile.
+_READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error, tarfile.TarError, zipfile.BadZipFile)
 
 
 def _compressed_by(head: bytes):
@@ -144,16 +151,22 @@ def _compressed_by(head: bytes):
 
 
 @contextlib.contextmanager
+def _decoded(f):
+    """The buffered binary stream `f` (a file, an archive's member, standard input) as its mail is
+    read: through its decompressor if it is gzip, bzip2 or xz, and in UTF-8 if it is UTF-16 or
+    UTF-32 with its byte order mark, as the web API reads such a mail, which raw had a NUL in every
+    other byte (`_in_utf8`). Its first bytes are peeked at, not read: a pipe (`<(cat mail.gz)`) can
+    be read only once."""
+    opener = _compressed_by(f.peek(10))
+    with contextlib.nullcontext(f) if opener is None else opener(f, "rb") as inflated:
+        yield _in_utf8(inflated)
+
+
+@contextlib.contextmanager
 def _open(path: Path):
-    """`path` opened for reading bytes, through its decompressor if it is gzip, bzip2 or xz. Its
-    first bytes are peeked at, not read: a pipe (`<(cat mail.gz)`) can be read only once."""
-    with open(path, "rb") as f:
-        opener = _compressed_by(f.peek(10))
-        if opener is None:
-            yield f
-        else:
-            with opener(f, "rb") as inflated:
-                yield inflated
+    """The file `path` opened for reading its mail (`_decoded`)."""
+    with open(path, "rb") as f, _decoded(f) as mail:
+        yield mail
 
 
 def _reason(exc: BaseException) -> str:
@@ -240,17 +253,23 @@ def _several_messages(data: bytes) -> bool:
 
 def _is_archive(path: Path) -> bool:
     name = path.name.lower()
-    return name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz"))
+    return name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".zip"))
+
+
+# A Maildir's sub-folders that hold its messages, in the order read: not tmp/, which holds those being
+# delivered, half written.
+_MAILDIR_MESSAGES = ("new", "cur")
 
 
 def _is_maildir(path: Path) -> bool:
-    return path.is_dir() and (path / "cur").is_dir() and (path / "new").is_dir()
+    return path.is_dir() and all((path / sub).is_dir() for sub in _MAILDIR_MESSAGES)
 
 
 def read_messages(sources: Iterable[str | os.PathLike], max_bytes: int = MAX_BYTES,
                   label: int | None = None) -> Iterator[RawMessage]:
     """Every message in `sources`, in order: files, directories (recursively, sorted), mbox files,
-    Maildirs, tar archives (any compression tarfile knows), and "-" for standard input.
+    Maildirs, tar archives (any compression tarfile knows) and zip archives, each read as the folder
+    it unpacks to, and "-" for standard input.
 
     Args:
         label: force this label on every message; by default it comes from the names of the
@@ -317,24 +336,20 @@ def read_as_is(src: str | os.PathLike, max_bytes: int = MAX_BYTES) -> RawMessage
 
 
 def _stdin(max_bytes: int, label: int | None) -> RawMessage:
-    """Standard input's bytes, as they are, as one message."""
+    """Standard input as one message, read as a file is (`_decoded`: decompressed, in UTF-8)."""
     if problem := stdin_problem():
         return RawMessage("-", b"", label, error=problem)
-    data, truncated = _read_capped(sys.stdin.buffer, max_bytes)
+    try:
+        with _decoded(sys.stdin.buffer) as f:
+            data, truncated = _read_capped(f, max_bytes)
+    except _READ_ERRORS as exc:
+        return RawMessage("-", b"", label, error=_reason(exc))
     return RawMessage("-", data, label, truncated)
 
 
 def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
     if src == "-":
         msg = _stdin(max_bytes, label)
-        opener = _compressed_by(msg.data)
-        if opener is not None:  # (compressed: read through its decompressor, as a file is)
-            try:
-                with opener(io.BytesIO(msg.data), "rb") as f:
-                    data, truncated = _read_capped(f, max_bytes)
-                msg = RawMessage("-", data, label, truncated)
-            except _READ_ERRORS as exc:
-                msg = RawMessage("-", b"", label, error=_reason(exc))
         if _several_messages(msg.data):  # (one verdict, or one lesson, for a blend of them all)
             msg = RawMessage("-", b"", label, error="an mbox of several messages: standard input is one message; "
                              "name the mbox file to read its messages one by one")
@@ -350,7 +365,7 @@ def _read_source(src: str, max_bytes: int, label: int | None) -> Iterator[RawMes
     if path.is_dir():  # (a Maildir too)
         yield from _read_folder(path, max_bytes, label, (named.name,))
     elif _is_archive(path):
-        yield from _read_tar(path, max_bytes, label, (named.parent.name, named.name))
+        yield from _read_archive(path, max_bytes, label, (named.parent.name, named.name))
     else:  # a message (its folder's name) or an mbox (and its own)
         yield from _read_file(path, max_bytes, label, (named.parent.name,), named=True)
 
@@ -378,27 +393,27 @@ def _read_folder(root: Path, max_bytes: int, label: int | None, names: tuple[str
         elif not path.is_file():
             yield RawMessage(str(path), b"", _label(label, folders), error=_not_regular(path))
         elif _is_archive(path):
-            yield from _read_tar(path, max_bytes, label, folders + (path.name,))
+            yield from _read_archive(path, max_bytes, label, folders + (path.name,))
         else:
             yield from _read_file(path, max_bytes, label, folders, named=False)
     yield from _unlisted(unlisted, _label(label, names))
 
 
 def _read_maildir_message(path: Path, max_bytes: int, label: int | None) -> Iterator[RawMessage]:
-    """A file of a Maildir's new/ or cur/, one message as it is. A mail client moves a message from
-    new/ to cur/ (and renames it in cur/ as its flags change) while this runs: one that is gone
-    meanwhile is skipped without a word."""
+    """A file of a Maildir's new/ or cur/, one message as it is (`_decoded`). A mail client moves a
+    message from new/ to cur/ (and renames it in cur/ as its flags change) while this runs: one that
+    is gone meanwhile is skipped without a word."""
     if not path.is_file():
         if os.path.lexists(path):
             yield RawMessage(str(path), b"", label, error=_not_regular(path))
         return
     try:
-        with open(path, "rb") as f:
+        with _open(path) as f:
             data, truncated = _read_capped(f, max_bytes)
     except FileNotFoundError:
         return
-    except OSError as exc:
-        yield RawMessage(str(path), b"", label, error=exc.strerror or str(exc))
+    except _READ_ERRORS as exc:
+        yield RawMessage(str(path), b"", label, error=_reason(exc))
         return
     yield RawMessage(str(path), data, label, truncated)
 
@@ -431,7 +446,7 @@ def _maildir_files(maildir: Path, folders: tuple[str, ...],
                    unlisted: list[OSError]) -> Iterator[tuple[Path, tuple[str, ...], bool]]:
     """`_mail_files` of a Maildir: its new/, then its cur/; one of the two that cannot be listed goes
     to `unlisted` (the other one's messages are still read)."""
-    for sub in ("new", "cur"):
+    for sub in _MAILDIR_MESSAGES:
         try:
             names = sorted(os.listdir(maildir / sub))
         except OSError as exc:
@@ -509,28 +524,31 @@ def _read_file(path: Path, max_bytes: int, label: int | None, names: tuple[str, 
     """A message, or the messages of an mbox. An mbox's own name labels its messages too
     (`spam.mbox`) where it was `named` on the command line or is called *.mbox; a file in a folder
     that merely starts with a "From " line (each of the SpamAssassin corpus's) is a message."""
-    lab = _label(label, names)
     try:
         with _open(path) as f:
-            # As much as a message may keep (and at least the bytes that tell an mbox), into one
-            # buffer: a message read in two parts and joined left the freed second part as a hole
-            # in the heap, which the next message's larger read could not use, so the messages
-            # kept cost twice their size.
-            head, failed = _read_kept(f, max(max_bytes, _MBOX_HEAD) + 1)
-            if (other := _other_mailbox(head)) is not None:
-                yield RawMessage(str(path), b"", lab, error=other)
-                return
-            if _looks_like_mbox(head[:_MBOX_HEAD]):  # (read on from here: a pipe cannot be opened again at its start)
-                plain = path.with_suffix("") if path.suffix.lower() in _COMPRESSED_SUFFIXES else path
-                own = (path.name,) if named or plain.suffix.lower() in (".mbox", ".mbx") else ()
-                yield from _read_mbox(path, f, head, max_bytes, _label(label, names + own), failed)
-                return
-    except _READ_ERRORS as exc:
-        failed = exc
-    if failed is not None:  # (a single message cut short is not kept in part)
+            yield from _read_opened(path, f, max_bytes, label, names, named)
+    except _READ_ERRORS as exc:  # (it could not be opened, or its first bytes not peeked at)
+        yield RawMessage(str(path), b"", _label(label, names), error=_reason(exc))
+
+
+def _read_opened(path: Path, f, max_bytes: int, label: int | None, names: tuple[str, ...],
+                 named: bool) -> Iterator[RawMessage]:
+    """`_read_file` of the file `path` (or archive member), open as `f` (`_decoded`)."""
+    lab = _label(label, names)
+    # As much as a message may keep (and at least the bytes that tell an mbox), into one buffer: a
+    # message read in two parts and joined left the freed second part as a hole in the heap, which
+    # the next message's larger read could not use, so the messages kept cost twice their size.
+    head, failed = _read_kept(f, max(max_bytes, _MBOX_HEAD) + 1)
+    if (other := _other_mailbox(head)) is not None:
+        yield RawMessage(str(path), b"", lab, error=other)
+    elif _looks_like_mbox(head[:_MBOX_HEAD]):  # (read on from here: a pipe cannot be opened again at its start)
+        plain = path.with_suffix("") if path.suffix.lower() in _COMPRESSED_SUFFIXES else path
+        own = (path.name,) if named or plain.suffix.lower() in (".mbox", ".mbx") else ()
+        yield from _read_mbox(path, f, head, max_bytes, _label(label, names + own), failed)
+    elif failed is not None:  # (a single message cut short is not kept in part)
         yield RawMessage(str(path), b"", lab, error=_reason(failed))
-        return
-    yield RawMessage(str(path), head[:max_bytes], lab, len(head) > max_bytes)
+    else:
+        yield RawMessage(str(path), head[:max_bytes], lab, len(head) > max_bytes)
 
 
 def _read_kept(f, size: int) -> tuple[bytes, BaseException | None]:
@@ -693,45 +711,140 @@ def capped_lines(f, max_bytes: int = MAX_BYTES) -> Iterator[bytes]:
         yield line
 
 
-def _read_tar(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
-    """The messages in an archive, labelled by its member folders, else by `names` (which end with
-    the archive's own name: `20030228_spam.tar.bz2`)."""
-    try:
-        tar = tarfile.open(path, "r:*")
-    except (*_READ_ERRORS, tarfile.TarError) as exc:
-        yield RawMessage(str(path), b"", label, error=f"not a readable tar archive ({one_line(exc)})")
-        return
-    with tar:
+@dataclass
+class _Member:
+    """A file or folder of an archive: its name there, and how to open its bytes (`open`: a stream, or
+    None where it is a link to a folder, whose own members are read anyway)."""
+
+    name: str
+    folder: bool
+    open: Callable[[], io.BufferedIOBase | None]
+
+
+# What opening an archive or its member raises besides, where either is damaged or not read: zipfile's
+# NotImplementedError (a zip version or compression method it lacks), RuntimeError (an encrypted
+# member) and UnicodeDecodeError (a name not in the UTF-8 its flag says).
+_ARCHIVE_ERRORS = (*_READ_ERRORS, RuntimeError, ValueError)
+
+
+class _UnreadableMember(Exception):
+    """Why an archive's member cannot be read, as a problem says it: a link to what it does not hold."""
+
+
+def _read_archive(path: Path, max_bytes: int, label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
+    """The messages in a tar or zip archive: of each member that would be read of it unpacked
+    (`_archive_mail`), those that file would give (`_read_member`), labelled by its folders in the
+    archive, else by `names` (which end with the archive's own name: `20030228_spam.tar.bz2`)."""
+    kind, listing = ("zip", _zip_members) if path.name.lower().endswith(".zip") else ("tar", _tar_members)
+    with contextlib.ExitStack() as stack:
         try:
-            for member in tar:
-                # (a hard link is a file: the same bytes again; a symbolic link is read as the
-                # member it names, as the same files are read on disk)
-                if not (member.isfile() or member.islnk() or member.issym()):
-                    continue
-                *folders, name = member.name.split("/")
-                # dot files and dot folders are left out, as on disk ("./spam/1" is not in one)
-                if any(part.startswith(".") and part != "." for part in folders) or _not_mail(name):
-                    continue
-                lab = _label(label, names + tuple(folders))
-                source = f"{path}:{member.name}"
-                try:
-                    f = tar.extractfile(member)
-                    if f is None:  # a link to a folder, whose own members are read anyway
-                        continue
-                    data, truncated = _read_capped(f, max_bytes)
-                except KeyError:
-                    yield RawMessage(source, b"", lab, error=f"a link to {member.linkname}, which the archive "
-                                                             f"does not hold")
-                    continue
-                except RecursionError:  # (tarfile follows a link to a link by recursing, without end)
-                    yield RawMessage(source, b"", lab, error="a loop of symbolic links")
-                    continue
-                except (*_READ_ERRORS, tarfile.TarError) as exc:
-                    yield RawMessage(source, b"", lab, error=f"unreadable archive member ({one_line(exc)})")
-                    continue
-                yield RawMessage(source, data, lab, truncated)
-        except (*_READ_ERRORS, tarfile.TarError) as exc:
-            yield RawMessage(str(path), b"", label, error=f"archive is damaged ({one_line(exc)})")
+            members, damage = stack.enter_context(listing(path))
+        except _ARCHIVE_ERRORS as exc:
+            yield RawMessage(str(path), b"", label, error=f"not a readable {kind} archive ({one_line(exc)})")
+            return
+        for member, folders, in_maildir in _archive_mail(members):
+            yield from _read_member(path, member, folders, in_maildir, max_bytes, label, names)
+        if damage is not None:
+            yield RawMessage(str(path), b"", label, error=f"archive is damaged ({one_line(damage)})")
+
+
+@contextlib.contextmanager
+def _tar_members(path: Path) -> Iterator[tuple[list[_Member], BaseException | None]]:
+    """(the files, links and folders of the tar archive `path`, what cut their list short or None).
+    All are listed before any is read, to tell its Maildirs by their new/ and cur/, which may come
+    after their tmp/; the members listed before damage are read all the same."""
+    with tarfile.open(path, "r:*") as tar:
+        listed, damage = [], None
+        try:
+            listed.extend(tar)
+        except _READ_ERRORS as exc:
+            damage = exc
+        yield [_Member(m.name, m.isdir(), functools.partial(_open_tar_member, tar, m)) for m in listed
+               if m.isdir() or m.isfile() or m.islnk() or m.issym()], damage
+
+
+def _open_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> io.BufferedIOBase | None:
+    """The bytes of `member`: a hard link's are the same bytes again, and a symbolic link's those of
+    the member it names, as the same files are read on disk."""
+    try:
+        return tar.extractfile(member)
+    except KeyError:
+        raise _UnreadableMember(f"a link to {member.linkname}, which the archive does not hold") from None
+    except RecursionError:  # (tarfile follows a link to a link by recursing, without end)
+        raise _UnreadableMember("a loop of symbolic links") from None
+
+
+@contextlib.contextmanager
+def _zip_members(path: Path) -> Iterator[tuple[list[_Member], None]]:
+    """`_tar_members` of a zip archive, whose list (at its end) is read whole, or not at all."""
+    with zipfile.ZipFile(path) as archive:
+        yield [_Member(info.filename, info.is_dir(), functools.partial(_open_zip_member, archive, info))
+               for info in archive.infolist()], None
+
+
+def _open_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> io.BufferedIOBase | None:
+    """The bytes of the zip member `info`; of a symbolic link (`zip -y`: its bytes name its target),
+    those of the member it names, as tar reads one."""
+    seen = set()
+    while stat.S_ISLNK(info.external_attr >> 16):
+        if info.filename in seen:
+            raise _UnreadableMember("a loop of symbolic links")
+        seen.add(info.filename)
+        with archive.open(info) as link:
+            target = link.read(4096).decode("utf-8", "surrogateescape")
+        name = posixpath.normpath(posixpath.join(posixpath.dirname(info.filename), target))
+        info = archive.NameToInfo.get(name) or archive.NameToInfo.get(name + "/")
+        if info is None:
+            raise _UnreadableMember(f"a link to {target}, which the archive does not hold")
+    return None if info.is_dir() else archive.open(info)
+
+
+def _archive_mail(members: list[_Member]) -> Iterator[tuple[_Member, tuple[str, ...], bool]]:
+    """(member, the folders that may label it, whether it lies in a Maildir) of each file of an
+    archive that `_mail_files` would read of it unpacked, in the archive's order: in a Maildir (a
+    folder that holds a new/ and a cur/), a file of its new/ or cur/ and nothing else (not its tmp/,
+    messages half delivered, nor its server's index files); elsewhere, a file that `_not_mail` does
+    not name; never one in a dot folder ("./spam/1" is in none)."""
+    named = [(m, tuple(part for part in m.name.split("/") if part not in ("", "."))) for m in members]
+    # every folder that holds a member (the archive's own, (), among them), and every folder member
+    folders = {parts[:i] for m, parts in named for i in range(len(parts) + m.folder)}
+    maildirs = {f for f in folders if all(f + (sub,) in folders for sub in _MAILDIR_MESSAGES)}
+    for member, parts in named:
+        if member.folder or not parts or any(part.startswith(".") for part in parts[:-1]):
+            continue
+        above, name = parts[:-1], parts[-1]
+        maildir = next((i for i in range(len(above) + 1) if above[:i] in maildirs), None)
+        if maildir is None:
+            if not _not_mail(name):
+                yield member, above, False
+        elif len(above) == maildir + 1 and above[maildir] in _MAILDIR_MESSAGES and not name.startswith("."):
+            yield member, above[:maildir], True
+
+
+def _read_member(archive: Path, member: _Member, folders: tuple[str, ...], in_maildir: bool, max_bytes: int,
+                 label: int | None, names: tuple[str, ...]) -> Iterator[RawMessage]:
+    """The messages of an archive's member, read as the file would be unpacked: a Maildir's as its
+    message (`_read_maildir_message`), any other as `_read_file` reads a file in a folder (an mbox
+    split, one in `folders` or called *.mbox labelled by its name). An archive in it is a problem."""
+    path = Path(f"{archive}:{member.name}")
+    lab = _label(label, names + folders)
+    if _is_archive(path):
+        yield RawMessage(str(path), b"", lab, error="an archive in an archive, not read: unpack it first")
+        return
+    try:
+        stream = member.open()
+        if stream is None:
+            return
+        with stream, _decoded(stream) as f:
+            if in_maildir:
+                data, truncated = _read_capped(f, max_bytes)
+                yield RawMessage(str(path), data, lab, truncated)
+            else:
+                yield from _read_opened(path, f, max_bytes, label, names + folders, named=False)
+    except _UnreadableMember as exc:
+        yield RawMessage(str(path), b"", lab, error=str(exc))
+    except _ARCHIVE_ERRORS as exc:
+        yield RawMessage(str(path), b"", lab, error=f"unreadable archive member ({one_line(exc)})")
 
 
 # Byte order marks of the Unicode encodings whose text is full of NUL bytes (UTF-32's first: its
@@ -770,6 +883,13 @@ class _AsUtf8(io.RawIOBase):
         return n
 
 
+def _in_utf8(f):
+    """The buffered binary stream `f`, read in UTF-8 where it starts with the byte order mark of
+    UTF-16 or UTF-32 (`marked_encoding`), else as it is."""
+    encoding = marked_encoding(f.peek(4)[:4])
+    return f if encoding is None else io.BufferedReader(_AsUtf8(f, encoding))
+
+
 def text_lines(f, max_bytes: int = MAX_BYTES) -> Iterator[tuple[int, bytes]]:
     """(line number from 1, the line without its line break) for each line of a buffered binary
     stream of one text per line that is not blank: each cut to `max_bytes` (`capped_lines`) between
@@ -781,9 +901,7 @@ def text_lines(f, max_bytes: int = MAX_BYTES) -> Iterator[tuple[int, bytes]]:
     8-bit text has none, and UTF-16 without its mark one in every ASCII character, so that read byte
     by byte it became single letters.
     """
-    encoding = marked_encoding(f.peek(4)[:4])
-    if encoding is not None:
-        f = io.BufferedReader(_AsUtf8(f, encoding))
+    f = _in_utf8(f)
     first = True
     for lineno, line in enumerate(capped_lines(f, max_bytes), 1):
         if len(line) == max_bytes and not line.endswith(b"\n"):  # cut at max_bytes
