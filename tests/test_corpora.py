@@ -883,7 +883,7 @@ def test_a_from_line_separates_messages_only_with_a_sender_and_a_date(tmp_path, 
     line, was read as an mbox of two messages: refused on standard input, two messages named as a
     file, refused to be written back (--annotate). A "From " line separates messages only where it
     has a sender and a date, as every mail program writes one; an mbox of such mails still splits."""
-    ham = next(m.data for m in spamassassin_messages if m.label == HAM and m.data.startswith(b"From "))
+    (ham,) = _in_corpus_layout([next(m for m in spamassassin_messages if m.label == HAM)])
     envelope, message = ham.split(b"\n", 1)
     body = message.rstrip(b"\n") + b"\n\nFrom our records:\nName: John Smith\nAccount: 1234\n\nRegards\n"
     mail = envelope + b"\n" + body
@@ -891,7 +891,7 @@ def test_a_from_line_separates_messages_only_with_a_sender_and_a_date(tmp_path, 
     (m,) = read_messages([tmp_path / "fromline.eml"])
     assert (m.source, m.data, m.error) == (str(tmp_path / "fromline.eml"), body, None)
     assert read_as_is(tmp_path / "fromline.eml").error is None
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(mail)))
+    monkeypatch.setattr("sys.stdin", _piped(mail))
     (m,) = read_messages(["-"])
     assert (m.data, m.error) == (mail, None)
     for from_line in MBOX_FROM_LINES:
