@@ -305,6 +305,21 @@ def test_annotate_leaves_the_body_byte_identical(spam_model, spam_corpus, run_ch
     assert b"\nX-Chainrule-Spam: " in head and b"\nX-Chainrule-Spam-Probability: " in head
 
 
+def test_annotate_keeps_every_byte_of_a_message_with_classic_mac_line_ends(spam_model, spam_corpus, run_chainrule):
+    """A message whose lines end in a bare CR came back as our fields alone where its first line was
+    a forged X-Chainrule-Spam field, and with our fields after its body, in LF lines, where it was not."""
+    raw = (spam_corpus[1] / "easy_ham" / "0200").read_bytes().replace(b"\n", b"\r")
+    envelope, _, message = raw.partition(b"\r")  # (its mbox "From " line left out: a field leads)
+    head, _, body = message.partition(b"\r\r")
+    assert envelope.startswith(b"From ")
+    forged = b"X-Chainrule-Spam: no\r" + head + b"\r\r" + body
+    out = run_chainrule(["spam", "classify", str(spam_model), "--annotate"], forged).stdout
+    marked, blank, rest = out.partition(b"\r\r")
+    assert rest == body and b"\n" not in out
+    ours = [line for line in marked.split(b"\r") if line.startswith(b"X-Chainrule-Spam")]
+    assert marked.split(b"\r") == head.split(b"\r") + ours and len(ours) == 3
+
+
 def test_annotate_works_as_a_procmail_filter_whatever_the_verdict(spam_model, spam_corpus, tmp_path):
     """procmail's `:0fw` keeps a filter's output only when it exits 0; --annotate exited 1 for ham
     and 2 for unsure, so only spam was ever delivered with the X-Chainrule-Spam headers."""

@@ -29,7 +29,7 @@ import pytest
 
 from chainrule.apps.spam import save_model, train_filter, training_features
 from chainrule.apps.spam.daemon import INLINE_BYTES, SpamFilter, checked_inline
-from chainrule.apps.spam.protocol import THRESHOLD, Verdict, format_score
+from chainrule.apps.spam.protocol import THRESHOLD, Verdict, format_score, markup_lines
 from chainrule.cli import main
 from chainrule.data.corpora import read_messages
 from chainrule.data.text import HashingConfig
@@ -259,6 +259,35 @@ def test_forged_markup_is_replaced(daemon, held):
     head = out[:len(out) - len(_body(out))]
     assert b"X-Spam-Flag" not in head and head.count(b"X-Chainrule-Spam-Verdict: ham") == 1
     assert b"X-Spam-Score" not in head and b"X-Spam-Report" not in head  # (spamd removes every X-Spam-* too)
+
+
+@pytest.mark.parametrize("nl", [b"\n", b"\r\n", b"\r"], ids=["LF", "CRLF", "CR"])
+def test_process_keeps_every_byte_of_a_message_whatever_its_line_ends(daemon, reference, held, nl):
+    """A message with classic Mac OS line ends (a bare CR, no LF) came back from spamc as the markup
+    alone where its first line was an X-Spam field (the whole message was taken for that one field,
+    and removed with it), and with the markup after its body, in LF lines, where it was not. Every
+    byte of a message but its forged X-Spam fields comes back, the markup lines ending as its own do."""
+    for raw, _, _ in held[::7]:
+        head, blank, body = raw.partition(b"\n\n")
+        lines = head.split(b"\n")
+        second = next(i for i, line in enumerate(lines) if i and not line.startswith((b" ", b"\t")))  # (a field's)
+        forged = b"\n".join([*lines[:second], b"X-Spam-Flag: NO", *lines[second:], b"X-Spam-Status: No, score=-9.0",
+                             b"\tfolded"]) + blank + body
+        message, forged = raw.replace(b"\n", nl), forged.replace(b"\n", nl)
+        markup = b"".join(line.encode() + nl for line in markup_lines(reference.check(message)))
+        for sent in (message, forged):
+            rc, out = daemon.spamc(data=sent)
+            assert rc == 0 and out.count(markup) == 1
+            at = out.index(markup)
+            assert out[:at] + out[at + len(markup):] == message and at == message.index(nl + nl) + len(nl)
+            # (spamc --headers appends what follows "\n\n" or "\r\n\r\n", and passes a message with neither as it is)
+            assert daemon.spamc("--headers", data=sent) == (0, out if nl != b"\r" else sent)
+
+
+def test_a_classic_mac_message_whose_first_line_is_a_forged_field_keeps_its_subject_and_body(daemon):
+    rc, out = daemon.spamc(data=b"X-Spam-Flag: NO\rSubject: meeting\r\rhello friend, see you\r")
+    assert rc == 0 and b"\n" not in out and b"X-Spam-Flag: NO" not in out
+    assert out.startswith(b"Subject: meeting\rX-Spam-") and out.endswith(b"\r\rhello friend, see you\r")
 
 
 @pytest.mark.parametrize("raw,blank_added", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import re
 
-from chainrule.data.mime import HEADER_NAME
+from chainrule.data.mime import HEADER_NAME, LINE_END
 
 # The fields `annotate` adds (lower case); a message's own X-Chainrule-Spam* fields are removed first,
 # so that a forged "X-Chainrule-Spam: no" cannot ride above ours, and annotating twice adds none twice.
@@ -27,15 +27,15 @@ def annotation_lines(is_spam: bool, probability: float, verdict: str | None = No
 def replace_header_fields(raw: bytes, prefixes: tuple[str, ...], lines: list[str]) -> bytes:
     """`raw` without its header fields whose names start with one of `prefixes` (lower case), with
     `lines` added after its last well-formed field. Every other header line and every byte of the
-    body stay exactly as they were; the new lines end as the message's header lines do (CRLF or
-    LF), and a body that followed the headers with no blank line (or a message of body alone) gets
-    one before it. A byte order mark stays in front, where the message had it (`_without_mark`)."""
+    body stay exactly as they were; the new lines end as the message's lines do (`_line_end`), and
+    a body that followed the headers with no blank line (or a message of body alone) gets one
+    before it. A byte order mark stays in front, where the message had it (`_without_mark`)."""
     mark, raw = _without_mark(raw)
     end, blank = _header_end(raw)
     fields = _fields_end(raw, end)  # (before a malformed line: a reader that stops there sees them)
-    nl = b"\r\n" if b"\r\n" in (raw[:end] or raw)[:4096] else b"\n"  # (a message of body alone: the body's)
+    nl = _line_end(raw, fields)
     head = _without(raw[:fields], prefixes)
-    if head and not head.endswith(b"\n"):
+    if head and not head.endswith((b"\n", b"\r")):
         head += nl  # headers only, no final newline
     separator = nl if end < len(raw) and not blank else b""
     return (mark + head + b"".join(line.encode("ascii") + nl for line in lines)
@@ -62,9 +62,15 @@ def stamped_verdict(raw: bytes) -> str | None:
 FIELD_START = re.compile(HEADER_NAME.encode() + rb"[ \t]*:")
 
 
+# Lines end at CRLF, LF or a bare CR (`LINE_END`), as the email package splits them: classic Mac OS
+# ended every line of a message with a bare CR, and such a message read at LF alone was one long
+# line. A field starts a line that starts with neither a blank (a continuation) nor a line end.
+_FIELD_BOUNDARY = re.compile(rb"(?<=[\r\n])(?=[^ \t\r\n])")  # (never inside a CRLF: a LF follows its CR)
+
+
 def _fields(head: bytes) -> list[bytes]:
     """A header block's fields, each its line and its continuation lines, as written."""
-    return re.split(rb"(?m)^(?=[^ \t\r\n])", head)
+    return _FIELD_BOUNDARY.split(head)
 
 
 def _name(field: bytes) -> str:
@@ -77,9 +83,10 @@ def _without(head: bytes, prefixes: tuple[str, ...]) -> bytes:
     return b"".join(f for f in _fields(head) if not _name(f).startswith(prefixes))
 
 
-# The first empty line, whether it ends in LF or CRLF and whatever the lines before it end in (mail
-# that crossed systems mixes them)
-_EMPTY_LINE = re.compile(rb"(?:\A|\n)(\r?\n)")
+# The first empty line (group 1), whatever it and the lines before it end in (mail that crossed
+# systems mixes them): at the top, or after a line end (a CR only where no LF follows it, which
+# would make it a CRLF's)
+_EMPTY_LINE = re.compile(rb"(?:\A|\n|\r(?!\n))(" + LINE_END.pattern + rb")")
 
 
 def header_end(raw: bytes) -> tuple[int, bytes]:
@@ -121,8 +128,8 @@ def _fields_end(raw: bytes, end: int) -> int:
     field's continuation, or at `end`."""
     start = 0
     while start < end:
-        newline = raw.find(b"\n", start, end)
-        stop = end if newline < 0 else newline + 1
+        line_end = LINE_END.search(raw, start, end)
+        stop = end if line_end is None else line_end.end()
         line = raw[start:stop]
         continued = start > 0 and line[:1] in (b" ", b"\t")
         envelope = start == 0 and line.startswith(b"From ")  # an mbox "From " line, as procmail hands mail on
@@ -130,3 +137,14 @@ def _fields_end(raw: bytes, end: int) -> int:
             return start
         start = stop
     return end
+
+
+def _line_end(raw: bytes, fields: int) -> bytes:
+    """The line end of the lines added after the header fields `raw[:fields]`: that of the last
+    field line above them, so that they end as the lines around them do (CRLF, LF, or a bare CR);
+    in a message with no line end there, its first line's (a message of body alone: the body's)."""
+    above = LINE_END.findall(raw, 0, fields)
+    if above:
+        return above[-1]
+    first = LINE_END.search(raw)
+    return b"\n" if first is None else first[0]
