@@ -9,6 +9,7 @@ import os
 import struct
 import sys
 import threading
+import tracemalloc
 import warnings
 import zlib
 
@@ -657,3 +658,66 @@ def test_every_image_mode_at_every_size_reads_as_the_same_digit(digits, mode, lo
     reference = preprocess_image(page)
     assert out.shape == (28, 28) and out.dtype == np.float32
     assert np.abs(out - reference).mean() < 0.08, (mode, np.abs(out - reference).mean())
+
+
+def _jpeg(img: Image.Image, **options) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **options)
+    return buf.getvalue()
+
+
+def test_a_jpeg_with_a_gigabyte_after_its_end_is_read_in_the_memory_its_image_needs(tmp_path):
+    """A phone's motion photo appends its video after the JPEG's end-of-image marker: the whole file
+    was read to count the scans, a 4 KB image with 1 GB after it took 2.2 GB. (The file here is
+    sparse: its gigabyte of zeros takes no room on the disk.)"""
+    bar = Image.new("L", (64, 64), 255)
+    bar.paste(0, (28, 10, 36, 54))
+    path = tmp_path / "motion.jpg"
+    with open(path, "wb") as f:
+        f.write(_jpeg(bar, progressive=True, quality=90))
+        f.truncate(1 << 30)
+    tracemalloc.start()
+    try:
+        check_mnist_like(preprocess_image(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def _filled(jpeg: bytes, before: bytes, fill: int) -> bytes:
+    """`jpeg` with `fill` 0xFF fill bytes before its first `before` marker: still a valid file."""
+    at = jpeg.index(before)
+    return jpeg[:at] + b"\xff" * fill + jpeg[at:]
+
+
+def test_a_jpeg_of_megabytes_of_fill_bytes_is_refused_before_it_is_opened(tmp_path):
+    """0xFF fill bytes may come before any marker: Pillow reads those in the header one at a time
+    (0.36 s a MB), the decoder those between scans ever slower (10.8 s for 40 MB). A JPEG of more
+    coded bytes and fill than its pixels could need is refused; a few fill bytes, and photo-like
+    noise at quality 100 (the most coded data a picture needs), are read."""
+    bar = Image.new("L", (64, 64), 255)
+    bar.paste(0, (28, 10, 36, 54))
+    plain = _jpeg(bar, quality=90)
+    check_mnist_like(preprocess_image(_filled(plain, b"\xff\xda", 100)))
+    check_mnist_like(preprocess_image(_filled(plain, b"\xff\xd9", 100)))
+    limit = r"bytes of coded data and fill is too much for a JPEG of 64x64 pixels \(limit 98,304 bytes\)$"
+    for marker in (b"\xff\xc4", b"\xff\xda", b"\xff\xd9"):  # (in the header, before the scan, after it)
+        with pytest.raises(ImageError, match=r"^[\d,]+ " + limit):
+            preprocess_image(_filled(plain, marker, 2 << 20))
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8))
+    # (Pillow cannot write a progressive colour one without chroma subsampling, nor a CMYK one to memory)
+    for mode, progressive, subsampling in [("L", False, 0), ("L", True, 0), ("RGB", False, 0), ("RGB", True, 2),
+                                           ("CMYK", False, 0), ("CMYK", True, 0)]:
+        photo = tmp_path / "noise.jpg"
+        noise.convert(mode).save(photo, quality=100, subsampling=subsampling, progressive=progressive)
+        assert preprocess_image(photo, picture="object").shape == (28, 28)
+
+
+@pytest.mark.parametrize("side", [9000, 10_000, 100_000])
+def test_an_image_over_the_pixel_limit_is_refused_in_the_same_words_whatever_its_size(side):
+    """Pillow's own guard (89,478,485 pixels) fired inside Image.open, before the size was looked at:
+    a 10000x10000 PNG was "image too large (decompression bomb guard: Image size (100000000
+    pixels) exceeds limit of 89478485 pixels, ...)", a 9000x9000 one named chainrule's limit."""
+    with pytest.raises(ImageError, match=rf"^{side}x{side} pixels is too large \(limit 50,000,000 pixels\)$"):
+        preprocess_image(fake_png_header(side, side))

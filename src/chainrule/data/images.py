@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -52,6 +53,17 @@ MAX_PIXELS = 50_000_000
 # 10 (colour) or 18 (CMYK) with libjpeg's script, Photoshop 3 to 5; at this limit the largest image
 # decodes in ~3 s, where a 7000x7000 PNG takes 1 s.
 MAX_JPEG_SCANS = 100
+# A JPEG's coded bytes (its scans' entropy-coded data, and the 0xFF fill bytes an encoder may put
+# before a marker) are refused beyond this many per pixel, plus `JPEG_CODED_ALLOWANCE` (a small
+# image's headers of scans and blocks padded to whole MCUs): fill bytes cost far more than their
+# size, read one at a time (Pillow's header parser, 0.36 s a MB) or re-read as the decoder waits for
+# more data (10.8 s for 40 MB), and a 64x64 image needs no megabytes of either. Photo-like noise
+# saved by Pillow at quality 100 without chroma subsampling, more than a real photo needs, takes 4.1
+# bytes a pixel (CMYK 4.75, grey 1.4; progressive less), MNIST's digits at quality 100 1.05.
+JPEG_CODED_BYTES_PER_PIXEL = 8
+JPEG_CODED_ALLOWANCE = 64 << 10
+# JPEG files are walked (`_jpeg_parts`) this many bytes at a time, whatever their size.
+JPEG_READ_CHUNK = 1 << 20
 # An image read from a stream (standard input, a pipe named as a file: `<(curl ...)`) is refused
 # beyond this size before it is decoded (the decoder's pixel limit then guards what a small file
 # can claim); a file's size is known before it is opened.
@@ -153,9 +165,10 @@ def _open(source) -> tuple[Image.Image, str]:
     with open(fp, "rb") if isinstance(fp, Path) else contextlib.nullcontext(fp) as f, _decoding(prefix):
         if (icon := _icon_size(f)) is not None:  # (Pillow decodes an icon's picture as it opens it)
             _check_pixels(*icon, prefix)
-        img = Image.open(f, formats=FORMATS)
-        _check_pixels(*img.size, prefix)
-        _check_decoding_cost(img, f, prefix)
+        if _is_jpeg(f):  # (Pillow reads a JPEG's header, fill bytes and all, as it opens it)
+            _check_jpeg(f, prefix)
+        img = _open_sized(f, prefix)
+        _check_decoding_cost(img, prefix)
         # JPEG can decode straight to a reduced size, cheaper than decoding then shrinking.
         img.draft("L", (WORKING_SIZE, WORKING_SIZE))
         img.load()
@@ -165,6 +178,46 @@ def _open(source) -> tuple[Image.Image, str]:
 def _check_pixels(w: int, h: int, prefix: str) -> None:
     if w * h > MAX_PIXELS:
         raise ImageError(f"{prefix}{w}x{h} pixels is too large (limit {MAX_PIXELS:,} pixels)")
+
+
+def _open_sized(f, prefix: str) -> Image.Image:
+    """`f` opened by Pillow (not yet decoded), refused if it has more than `MAX_PIXELS` pixels.
+    Pillow's own guard, at 89,478,485 pixels, fires inside Image.open, before the size can be
+    looked at: the size its header claims is then read without it, so that every image over the
+    limit is refused in the same words."""
+    try:
+        img = Image.open(f, formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        if (claimed := _claimed_size(f)) is not None:
+            _check_pixels(*claimed, prefix)
+        raise
+    _check_pixels(*img.size, prefix)
+    return img
+
+
+def _claimed_size(f) -> tuple[int, int] | None:
+    """The size the header of `f` claims, read by the first of `FORMATS` whose reader accepts it,
+    as Image.open reads it but without Pillow's pixel limit; None where that reader checks it
+    itself. Nothing is decoded."""
+    f.seek(0)
+    head = f.read(16)
+    for fmt in FORMATS:
+        if fmt not in Image.OPEN:
+            continue
+        factory, accept = Image.OPEN[fmt]
+        accepted = accept is None or accept(head)
+        if not accepted or isinstance(accepted, str):
+            continue
+        f.seek(0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                return factory(f, "").size
+        except Image.DecompressionBombError:
+            return None
+        except _DECODE_ERRORS:  # (as Image.open, the next format is tried)
+            continue
+    return None
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # (how a PNG begins, in an icon as anywhere)
@@ -188,13 +241,10 @@ def _icon_size(f) -> tuple[int, int] | None:
         return None
 
 
-def _check_decoding_cost(img: Image.Image, f, prefix: str) -> None:
-    """Refuse an image whose decoding would cost far more than its pixels do: a JPEG of more than
-    `MAX_JPEG_SCANS` scans, a TIFF whose tiles are larger than `MAX_PIXELS` (Pillow's decoder makes
-    room for a whole tile: a 100x100 TIFF in one 46336x46336 tile took 2.1 GB)."""
-    if img.format in ("JPEG", "MPO") and (scans := _scans(f)) > MAX_JPEG_SCANS:
-        raise ImageError(f"{prefix}{scans:,} scans is too many for a JPEG (limit {MAX_JPEG_SCANS}; each is a "
-                         "pass over the whole image)")
+def _check_decoding_cost(img: Image.Image, prefix: str) -> None:
+    """Refuse a TIFF whose tiles are larger than `MAX_PIXELS`: its decoding would cost far more
+    than its pixels do (Pillow's decoder makes room for a whole tile: a 100x100 TIFF in one
+    46336x46336 tile took 2.1 GB). (A JPEG's cost is checked before it is opened, `_check_jpeg`.)"""
     if img.format == "TIFF":
         tile = img.tag_v2.get(TiffImagePlugin.TILEWIDTH), img.tag_v2.get(TiffImagePlugin.TILELENGTH)
         if all(isinstance(side, int) for side in tile) and tile[0] * tile[1] > MAX_PIXELS:
@@ -202,40 +252,87 @@ def _check_decoding_cost(img: Image.Image, f, prefix: str) -> None:
                              f"(limit {MAX_PIXELS:,} pixels)")
 
 
-def _scans(f) -> int:
-    """How many scans the decoder meets in the JPEG file `f`: its segments walked from the start
-    to the end-of-image marker, each start-of-scan (0xFFDA) counted. What follows that marker is
-    not the image's (a phone's motion photo appends its video there: 8 MB of it held 120 0xFFDA
-    pairs), nor is a pair inside metadata or a scan's own data."""
-    start = f.tell()
+JPEG_SIGNATURE = b"\xff\xd8\xff"  # (how Pillow tells a JPEG, or an MPO, its multi-picture kind)
+
+
+def _is_jpeg(f) -> bool:
     f.seek(0)
-    data = f.read()
-    f.seek(start)
-    scans, i = 0, 2  # (after the start-of-image marker)
-    while i + 4 <= len(data) and data[i] == 0xFF:
-        marker = data[i + 1]
-        if marker == 0xFF:  # a fill byte before a marker
-            i += 1
+    return f.read(len(JPEG_SIGNATURE)) == JPEG_SIGNATURE
+
+
+def _check_jpeg(f, prefix: str) -> None:
+    """Refuse a JPEG whose decoding would cost far more than its pixels do: one of more than
+    `MAX_JPEG_SCANS` scans, or of more coded bytes (entropy-coded data and fill bytes) than
+    `JPEG_CODED_BYTES_PER_PIXEL` for each of its pixels could need."""
+    scans, coded, size = 0, 0, None
+    for part, value in _jpeg_parts(f):
+        if part == "frame":
+            size = size or value
+        else:
+            scans += part == "scan"
+            coded += value
+    if scans > MAX_JPEG_SCANS:
+        raise ImageError(f"{prefix}{scans:,} scans is too many for a JPEG (limit {MAX_JPEG_SCANS}; each is a "
+                         "pass over the whole image)")
+    if size is not None and coded > (limit := JPEG_CODED_BYTES_PER_PIXEL * size[0] * size[1] + JPEG_CODED_ALLOWANCE):
+        raise ImageError(f"{prefix}{coded:,} bytes of coded data and fill is too much for a JPEG of "
+                         f"{size[0]}x{size[1]} pixels (limit {limit:,} bytes)")
+
+
+# JPEG markers of a frame header (start of frame: baseline, progressive, lossless, arithmetic-coded),
+# which gives the image's size; not 0xC4, 0xC8, 0xCC (Huffman tables, reserved, arithmetic conditioning).
+_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_parts(f):
+    """What the decoder meets in the JPEG file `f`, walked from the start to the end-of-image marker:
+    ("fill", how many 0xFF fill bytes before a marker), ("frame", (width, height)) and ("scan",
+    how many bytes of entropy-coded data follow its header). What follows that marker is not the
+    image's and is not read (a phone's motion photo appends its video there: 8 MB of it held 120
+    0xFFDA pairs), nor is a pair inside metadata or a scan's own data. The file is read a segment
+    or a chunk at a time, and runs of fill bytes and a scan's data are skipped by searching."""
+    i = 2  # (after the start-of-image marker)
+    while True:
+        f.seek(i)
+        head = f.read(9)
+        if len(head) < 4 or head[0] != 0xFF:
+            return
+        marker = head[1]
+        if marker == 0xFF:  # fill bytes before a marker
+            marker_at = _find(f, i + 1, _NOT_FILL) - 1  # (the last 0xFF of the run begins the marker)
+            yield "fill", marker_at - i
+            i = marker_at
         elif marker == 0xD9:  # end of image
-            break
+            return
         elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers with no length
             i += 2
         else:
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-            if marker == 0xDA:
-                scans += 1
-                i = _scan_end(data, i)
-    return scans
+            i += 2 + int.from_bytes(head[2:4], "big")
+            if marker in _FRAME_MARKERS and len(head) == 9:
+                yield "frame", (int.from_bytes(head[7:9], "big"), int.from_bytes(head[5:7], "big"))
+            elif marker == 0xDA:
+                scan_end = _find(f, i, _SCAN_END)
+                yield "scan", scan_end - i
+                i = scan_end
 
 
-def _scan_end(data: bytes, i: int) -> int:
-    """Where the entropy-coded data of a scan that starts at `i` ends: at the first marker that is
-    neither a 0xFF byte of the data (written 0xFF00) nor a restart marker (0xFFD0-0xFFD7)."""
-    while (i := data.find(b"\xff", i)) != -1 and i + 1 < len(data):
-        if data[i + 1] != 0x00 and not 0xD0 <= data[i + 1] <= 0xD7:
-            return i
-        i += 2
-    return len(data)
+# Where a scan's entropy-coded data ends: at the first marker that is neither a 0xFF byte of the data
+# (written 0xFF00) nor a restart marker (0xFFD0-0xFFD7); and where a run of fill bytes ends.
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_NOT_FILL = re.compile(rb"[^\xff]")
+
+
+def _find(f, i: int, pattern: re.Pattern) -> int:
+    """Where `pattern` (of one or two bytes) first matches in the file `f` at `i` or after; the
+    file's end where it does not. Read `JPEG_READ_CHUNK` bytes at a time."""
+    while True:
+        f.seek(i)
+        chunk = f.read(JPEG_READ_CHUNK)
+        if (found := pattern.search(chunk)) is not None:
+            return i + found.start()
+        if len(chunk) < JPEG_READ_CHUNK:
+            return i + len(chunk)
+        i += len(chunk) - 1  # (a pair may straddle two chunks)
 
 
 # What Pillow's decoders and its EXIF reader raise for a damaged file, a TIFF whose tags have the
@@ -256,7 +353,8 @@ def _decoding(prefix: str):
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{prefix}image too large (decompression bomb guard: {exc})") from exc
+        # (Pillow's guard, at 89,478,485 pixels, on a part of the image: a frame of an animation)
+        raise ImageError(f"{prefix}image too large (limit {MAX_PIXELS:,} pixels)") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{prefix}not an image in a format read here ({', '.join(FORMATS)})") from exc
     except RecursionError:  # (a RuntimeError, but a bug's, not the file's)
