@@ -542,6 +542,11 @@ def _zip_flag(d, bit: int):
     (lambda d: (d / "model.json").write_bytes(b"\xff\xfe\x00"), "not valid JSON"),
     (lambda d: (d / "model.json").write_text('{"format": ' + "9" * 5000 + "}"), "not valid JSON"),  # (int limit)
     (lambda d: (d / "model.json").write_text("[1, 2]"), "not a chainrule model"),
+    # (Python's json reads NaN and Infinity, which `save` never writes: a model loaded with them in its
+    # metadata could not be saved again, and `spam learn` failed as an internal error)
+    (lambda d: _edit_json(d, _set("metadata", {"validation": {"accuracy": float("nan")}})),
+     "not valid JSON .*NaN"),
+    (lambda d: _edit_json(d, _set("metadata", {"lr": float("inf")})), "not valid JSON .*Infinity"),
     (lambda d: _edit_json(d, _set("format_version", FORMAT_VERSION + 1)), "format version"),
     (lambda d: _edit_json(d, _first_layer("type", "Pickle")), "unknown layer type 'Pickle'"),
     (lambda d: _edit_json(d, _first_layer("args", [1, 2])), "expected an object"),

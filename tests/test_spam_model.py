@@ -243,6 +243,19 @@ def test_idf_weights_of_0_load_only_for_a_model_with_min_df(tmp_path):
         load_idf(path, HashingConfig(n_features=64, idf=True, min_df=3))
 
 
+def test_idf_weights_beyond_float32_are_refused_at_load(tmp_path):
+    """Weights saved in float64 were checked finite before the cast to the filter's float32, where
+    1e300 is infinite: verdicts came out NaN, and `spam learn` saved a model then refused."""
+    path = tmp_path / "idf.npz"
+    idf = np.linspace(1, 3, 64)
+    np.savez(path, idf=idf)
+    np.testing.assert_allclose(load_idf(path, HashingConfig(n_features=64, idf=True)), idf, rtol=1e-7)
+    idf[5] = 1e300
+    np.savez(path, idf=idf)
+    with pytest.raises(cr.ModelFileError, match="finite idf weights >= 1"):
+        load_idf(path, HashingConfig(n_features=64, idf=True))
+
+
 def test_one_message_scores_as_in_a_batch(spam_model, spamassassin_messages, data_root):
     """`score` of one message (SpamModel._score_one: no CSR matrix, the first layer reading only
     the row's rows of W1) gives the probability and problem of the batch path (`featurize_chunk`,
@@ -350,6 +363,9 @@ def test_a_replay_sample_of_rows_longer_than_hashing_makes_is_refused(saved_filt
     ({"data": np.zeros(1, np.float32), "indices": np.array([99], np.int32), "indptr": np.array([0, 1]),
       "shape": np.array([1, 64]), "labels": np.zeros(1, np.int64)}, "not a valid replay sample"),
     ({"labels": np.zeros(1, np.int64)}, "not a replay sample"),
+    # (an OverflowError from inside SciPy: `spam learn` and TELL failed as internal errors)
+    ({"data": np.zeros(1, np.float32), "indices": np.zeros(1, np.int32), "indptr": np.array([0, 1]),
+      "shape": np.array([2**63, 64], np.uint64), "labels": np.zeros(1, np.int64)}, "replay sample"),
 ])
 def test_a_replay_sample_is_checked_from_its_headers(tmp_path, arrays, match):
     np.savez(tmp_path / "replay.npz", **arrays)

@@ -348,6 +348,12 @@ def _files(doc: dict, directory: Path) -> dict[str, Path]:
 _NO_DESCRIPTION = "not found (a model directory holds model.json and the weights it names)"
 
 
+def _no_constant(name: str):
+    """Refuse NaN, Infinity and -Infinity, which Python's json reads but JSON has not (and `save`
+    never writes: a model loaded with one in its metadata could not be saved again)."""
+    raise ValueError(f"{name} is no JSON number")
+
+
 def _read_description(path: Path) -> dict:
     """The parsed model.json at `path`, checked to be a chainrule model description this version reads."""
     try:
@@ -358,7 +364,7 @@ def _read_description(path: Path) -> dict:
         raise ModelFileError(f"{path}: larger than {MAX_DESCRIPTION_BYTES >> 20} MB, not a model description")
     text = path.read_bytes()
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:  # (ValueError: JSONDecodeError, or an integer of 4,301 digits)
         raise ModelFileError(f"{path}: not valid JSON ({exc})") from exc
     except RecursionError:  # json recurses once per level of nesting

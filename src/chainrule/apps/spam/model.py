@@ -34,7 +34,7 @@ from chainrule.distributed import World
 from chainrule.errors import UserError
 from chainrule.files import npz_headers, read_npz
 from chainrule.functional import sigmoid
-from chainrule.model_file import model_directory, named_file, read_whole
+from chainrule.model_file import cast_finite, model_directory, named_file, read_whole
 from chainrule.network import load_model_and_files
 
 TASK = "spam"
@@ -318,14 +318,13 @@ def load_idf(path, config: HashingConfig) -> np.ndarray | None:
     shape, dtype = npz_headers(path).get("idf", (None, None))
     if shape != (n_features,) or dtype.kind != "f":
         raise cr.ModelFileError(f"{path}: expected {n_features} idf weights, got shape {shape}, dtype {dtype}")
-    idf = read_npz(path, ["idf"])["idf"]
-    below_one = idf < 1
-    if config.min_df:  # weights of 0 are the buckets `min_df` left out (and only with it)
-        below_one &= idf != 0
-    if not np.all(np.isfinite(idf)) or below_one.any():
+    # None where NaN or infinite once in the filter's float32 (1e300 is a finite float64)
+    idf = cast_finite(read_npz(path, ["idf"])["idf"], np.float32)
+    lowest = 0 if config.min_df else 1  # 0 weighs the buckets `min_df` left out (and only with it)
+    if idf is None or np.any((idf < 1) & (idf != lowest)):
         allowed = "0 or >= 1" if config.min_df else ">= 1"
         raise cr.ModelFileError(f"{path}: expected {n_features} finite idf weights {allowed}")
-    return idf.astype(np.float32)
+    return idf
 
 
 def save_model(bundle: SpamModel, directory, replay: tuple[sp.csr_matrix, np.ndarray] | None = None,
@@ -389,7 +388,7 @@ def load_replay(path, n_features: int) -> tuple[sp.csr_matrix, np.ndarray]:
         x = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
         x.check_format(full_check=True)
         y = z["labels"].astype(np.int64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # (OverflowError: a shape beyond a C long)
         raise cr.ModelFileError(f"{path}: not a valid replay sample ({exc})") from exc
     if shape != (rows, n_features) or not set(np.unique(y)) <= {0, 1} or not np.all(np.isfinite(x.data)):
         raise cr.ModelFileError(f"{path}: replay sample does not match the model")
