@@ -166,6 +166,24 @@ def test_models_describes_what_is_loaded(client, models, digit_model):
     assert s["cutoffs"] == {"spam": bundle.spam_cutoff, "ham": bundle.ham_cutoff} and f["cutoffs"] is None
 
 
+def test_models_lists_a_model_whose_folder_or_metadata_is_not_utf8(tmp_path, models):
+    """A model kept in a folder whose name is not UTF-8, or trained from one (`--data` records it as
+    `data_folder`), made /api/models answer 500 (a UnicodeEncodeError in its JSON) for every model:
+    the page could list none. Such names are shown with U+FFFD where their bytes were."""
+    folder = tmp_path / os.fsdecode(b"digits-\xff")
+    shutil.copytree(models["digits"], folder)
+    doc = json.loads((folder / "model.json").read_text())
+    doc["metadata"]["data_folder"] = os.fsdecode(b"/data/mnist-\xfe")
+    (folder / "model.json").write_text(json.dumps(doc))
+    with TestClient(create_app(digits=folder, spam=models["spam"])) as c:
+        r = c.get("/api/models")
+        assert r.status_code == 200
+        digits = r.json()["digits"]
+        assert digits["path"] == str(tmp_path / "digits-\ufffd")
+        assert digits["metadata"]["data_folder"] == "/data/mnist-\ufffd"
+        assert r.json()["spam"]["path"] == str(models["spam"])
+
+
 def test_without_models_routes_say_how_to_train(models):
     with TestClient(create_app()) as c:
         assert c.get("/healthz").json() == {"status": "ok", "digits": False, "spam": False, "images": []}

@@ -101,7 +101,8 @@ def model_info(path: Path, model, metadata: dict, stamp: tuple, name: str | None
         version = json.loads((path / "model.json").read_text()).get("format_version")
     except (OSError, ValueError):
         version = None
-    scalars = {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool)) and k != "task"}
+    scalars = {k: _shown(v) if isinstance(v, str) else v for k, v in metadata.items()
+               if isinstance(v, (str, int, float, bool)) and k != "task"}
     # Apps record their headline figures as top-level numbers (digits: "test_accuracy") or in an
     # object named for the data they were measured on (spam: "validation"); all are listed.
     metrics = {k: v for k, v in scalars.items() if is_real(v) and any(w in k for w in METRIC_WORDS)}
@@ -113,12 +114,12 @@ def model_info(path: Path, model, metadata: dict, stamp: tuple, name: str | None
     image = metadata.get("task") in IMAGE_TASKS
     dataset = metadata.get("dataset") if image else None
     return ModelInfo(
-        path=str(path),
-        name=name,
+        path=_shown(str(path)),
+        name=name if name is None else _shown(name),
         task=str(metadata.get("task", "")),
         dataset=dataset,
         dataset_title=idx.title(dataset) if dataset else None,
-        classes=metadata.get("classes") if image else None,
+        classes=[_shown(c) for c in metadata["classes"]] if image and metadata.get("classes") is not None else None,
         picture=metadata.get("preprocessing", {}).get("picture") if image else None,
         format_version=version if isinstance(version, int) else None,
         model_version=model_version(stamp),
@@ -128,6 +129,16 @@ def model_info(path: Path, model, metadata: dict, stamp: tuple, name: str | None
         metadata=scalars,
         cutoffs=cutoffs,
     )
+
+
+def _shown(text: str) -> str:
+    """`text` as JSON can carry it: a name Python read from bytes that are not UTF-8 (a folder's)
+    holds lone surrogates, which no UTF-8 has; they are shown as U+FFFD where those bytes were."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # (a lone surrogate that no byte made: JSON's "\ud800", say)
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
 
 
 def _round(a: np.ndarray, digits: int = 4) -> list:
