@@ -661,6 +661,26 @@ def test_an_architecture_whose_passes_need_huge_arrays_is_refused_before_allocat
     assert cr.load_model(d)[0].num_parameters() == 22
 
 
+def test_an_architecture_whose_arrays_together_are_huge_is_refused(tmp_path):
+    """Each array within the limit, a model file could still ask for any amount in all: a Conv2D
+    padded by 2,700 zeros, then 1x1 convolutions, each holding its 236 MB X_col and a 118 MB output
+    (16 KB files; 10 of them made `digits predict` take 4.1 GB). What one example's pass holds in
+    all layers is bounded too, well above VGG-16's 422 MB on a 224x224 photo."""
+    def deep(convs: int) -> cr.Sequential:
+        side = 28 + 2 * 2700
+        return cr.Sequential([cr.Conv2D(1, 1, 1, padding=2700)] + [cr.Conv2D(1, 1, 1) for _ in range(convs)]
+                             + [cr.MaxPool2D(side), cr.Flatten(), cr.Linear(1, 10)], input_shape=(1, 28, 28))
+
+    d = tmp_path / "deep"
+    deep(4).save(d)
+    with pytest.raises(cr.ModelFileError, match=r"model\.json: invalid architecture: one example's pass holds "
+                       r"[\d,]+ bytes in all its layers \(a model file may ask for 1,073,741,824 at most\)"):
+        cr.load_model(d)
+    assert _peak_bytes(lambda: cr.load_model(d)) < 4 << 20
+    deep(1).save(d)
+    assert len(cr.load_model(d)[0].layers) == 5
+
+
 def test_a_big_array_in_the_npz_is_not_read_before_it_is_refused(tmp_path):
     # 50 MB of parameters where 131 are expected, and a 50 MB array no model has: neither is read
     d = _saved(tmp_path)

@@ -44,6 +44,11 @@ PASS_BYTES = 8 << 20
 # refused before it is built: twice VGG-16's largest on a 224x224 photo (115 MB), a thousand times
 # the `cnn` preset's (226 KB).
 MAX_EXAMPLE_BYTES = 256 << 20
+# ...and what one example's pass holds in all its layers at once (outputs, and each convolution's
+# X_col, which it keeps for the next batch) is refused beyond this: each array within the limit
+# above, 1x1 convolutions after one padded by 2,700 zeros held 354 MB more each (10 of them, 4.1
+# GB). VGG-16's convolutions hold 422 MB for a 224x224 photo.
+MAX_EXAMPLE_TOTAL_BYTES = 1 << 30
 
 
 def sliceable(x):
@@ -220,17 +225,18 @@ class Sequential:
     def _check_shapes(self):
         """Walk an example's shape through the layers so a mismatch fails now, not mid-training,
         noting on the way the most values one example has in any layer's output or scratch
-        (what `examples_per_pass` divides by)."""
-        shape, largest = self.input_shape, 1
+        (what `examples_per_pass` divides by), and in all of them together."""
+        shape, largest, total = self.input_shape, 1, 0
         for i, layer in enumerate(self.layers):
             try:
-                largest = max(largest, layer.scratch_size(shape))
+                scratch = layer.scratch_size(shape)
                 shape = layer.output_shape(shape)  # (each layer refuses a shape it cannot take)
             except ValueError as exc:
                 raise ValueError(f"Sequential: layer {i} {exc}") from None
-            largest = max(largest, math.prod(shape))
+            largest = max(largest, scratch, math.prod(shape))
+            total += scratch + math.prod(shape)
         self.output_shape = shape
-        self._largest_example = largest
+        self._largest_example, self._example_total = largest, total
 
     # -- passes -------------------------------------------------------------------------------
 
@@ -501,7 +507,8 @@ def check_model_files(directory) -> None:
 
 def _architecture(described: ModelDescription) -> Sequential:
     """The network model.json describes, its weights not yet read (they all come from the file),
-    its passes' arrays checked, from its layers' shapes, to be within `MAX_EXAMPLE_BYTES`."""
+    its passes' arrays checked, from its layers' shapes, to be within `MAX_EXAMPLE_BYTES` each and
+    `MAX_EXAMPLE_TOTAL_BYTES` together."""
     try:
         model = Sequential.from_config(described.doc, initialize=False)
     except ModelFileError as exc:
@@ -510,4 +517,8 @@ def _architecture(described: ModelDescription) -> Sequential:
     if needs > MAX_EXAMPLE_BYTES:
         raise ModelFileError(f"{described.path}: invalid architecture: one example's pass needs an array of "
                              f"{needs:,} bytes (a model file may ask for {MAX_EXAMPLE_BYTES:,} at most)")
+    holds = model._example_total * model.dtype.itemsize
+    if holds > MAX_EXAMPLE_TOTAL_BYTES:
+        raise ModelFileError(f"{described.path}: invalid architecture: one example's pass holds {holds:,} bytes in "
+                             f"all its layers (a model file may ask for {MAX_EXAMPLE_TOTAL_BYTES:,} at most)")
     return model
