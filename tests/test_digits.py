@@ -533,6 +533,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint_and_model(trained
     ({"classes": ["0", "1"]}, "classes must be a list of 10 distinct names"),
     ({"classes": ["a"] * 10}, "classes must be a list of 10 distinct names"),
     ({"classes": ["0\n1 (99.9%)", *"123456789"]}, r"class 0 ('0\n1 (99.9%)') holds a control character"),
+    # (a lone surrogate, no character at all: `images evaluate` failed inside matplotlib, serve's JSON)
+    ({"classes": ["\udcff", *"123456789"]}, r"class 0 ('\udcff') holds a control character"),
     ({"dataset": ""}, "dataset must be a data set's name or folder"),
     ({"recognised_as": "kmnist"}, "recognised_as must be one of mnist, fashion, got 'kmnist'"),
     ({"data_folder": 5}, "data_folder must be a folder's absolute path, got '5'"),

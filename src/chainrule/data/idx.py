@@ -287,8 +287,9 @@ def read_classes(path) -> list[str]:
 def control_character(name: str) -> bool:
     """Whether `name` holds a control character (an ESC, a TAB, a line break...): a class name is
     printed on a line of its own among others, and shown in figures, where a terminal would act on
-    one and a font has no glyph for it."""
-    return any(unicodedata.category(c) == "Cc" for c in name)
+    one and a font has no glyph for it. A lone surrogate counts too: it is no character at all (a
+    model.json may write one, "\\udcff"), and no UTF-8 can carry it to a terminal, a figure or JSON."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in name)
 
 
 # -- finding the files ----------------------------------------------------------------------------

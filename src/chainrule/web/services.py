@@ -119,7 +119,7 @@ def model_info(path: Path, model, metadata: dict, stamp: tuple, name: str | None
         task=str(metadata.get("task", "")),
         dataset=dataset,
         dataset_title=idx.title(dataset) if dataset else None,
-        classes=[_shown(c) for c in metadata["classes"]] if image and metadata.get("classes") is not None else None,
+        classes=metadata.get("classes") if image else None,  # (names checked at load: `idx.control_character`)
         picture=metadata.get("preprocessing", {}).get("picture") if image else None,
         format_version=version if isinstance(version, int) else None,
         model_version=model_version(stamp),
