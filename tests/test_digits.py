@@ -452,6 +452,24 @@ def test_evaluate_and_show_refuse_a_folder_that_a_run_is_writing(trained, tmp_pa
     assert main(["digits", *command, str(run), "--out", str(elsewhere)]) == 0  # (written elsewhere: no lock needed)
 
 
+@pytest.mark.parametrize("command", [[group, action] for group in ("digits", "images")
+                                     for action in ("evaluate", "show", "predict")] + [["gradcheck"]])
+def test_commands_reading_a_model_leave_a_folder_that_holds_none_as_it_was(tmp_path, capsys, command):
+    """evaluate and show, pointed at an empty folder (a wrong path), said there was no model in it,
+    and left their lock file, model.lock, there: a command that only reads a model wrote into a
+    folder that is none. So did they in one holding another program's model.json."""
+    empty, missing, foreign = tmp_path / "empty", tmp_path / "missing", tmp_path / "foreign"
+    empty.mkdir()
+    foreign.mkdir()
+    (foreign / "model.json").write_text('{"name": "a model of another program"}')
+    picture = tmp_path / "seven.png"
+    Image.new("L", (28, 28)).save(picture)
+    for folder in (empty, missing, foreign):
+        before = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+        assert cli(capsys, *command, folder, *([picture] if command[-1] == "predict" else []))[0] == 2
+        assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == before, folder
+
+
 # `digits evaluate MODEL` (argv[1]) that pauses once it has read the model, until the file argv[2]
 # appears (having made argv[2].reading): an evaluation still running when others start.
 PAUSED_EVALUATE = """

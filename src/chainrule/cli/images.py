@@ -28,7 +28,7 @@ from chainrule.cli.options import (
 from chainrule.data import idx
 from chainrule.data.idx import KNOWN_SETS
 from chainrule.errors import TrainingDiverged, UserError, printable
-from chainrule.model_file import model_directory
+from chainrule.model_file import model_directory, saved_task
 
 
 def _cmd_train(args) -> int:
@@ -123,10 +123,13 @@ def _image_model(args):
 def _beside_the_model(args) -> contextlib.AbstractContextManager:
     """The model folder's writer lock (`images.writer_lock`), shared, where a command writes its
     files there (no --out), from reading the model on: a train ending meanwhile would leave the
-    evaluation or picture of the model it replaced beside its own. (A folder that is not there has
-    no model to read, which the load says.)"""
+    evaluation or picture of the model it replaced beside its own. Only a folder whose model.json
+    says it holds an image model is locked: the lock creates its file, model.lock, and a wrong path
+    (an empty folder, another program's files) is left as it was, for the load to refuse."""
     folder = model_directory(args.model)
-    return images.writer_lock(folder, shared=True) if not args.out and folder.is_dir() else contextlib.nullcontext()
+    if args.out or saved_task(folder) not in images.IMAGE_TASKS:
+        return contextlib.nullcontext()
+    return images.writer_lock(folder, shared=True)
 
 
 def _cmd_evaluate(args) -> int:
