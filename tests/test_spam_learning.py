@@ -623,6 +623,9 @@ def test_a_save_keeps_the_replay_sample_and_lessons_it_is_not_given(model, spam_
      "not a list of at most"),
     ({"digests": np.zeros((1, 16), np.uint8), "labels": np.zeros(1, np.int8), "before": np.array([np.nan], np.float32)},
      "probabilities from 0 to 1"),
+    # (one past 1, as stored: cast to float32 it is 1.0)
+    ({"digests": np.zeros((1, 16), np.uint8), "labels": np.zeros(1, np.int8), "before": np.array([1 + 1e-9])},
+     "probabilities from 0 to 1"),
 ])
 def test_damaged_lessons_are_refused(model, spam_corpus, capsys, arrays, match):
     _learn(capsys, model, "--spam", _held(spam_corpus, "spam", 1)[0])
@@ -631,6 +634,26 @@ def test_damaged_lessons_are_refused(model, spam_corpus, capsys, arrays, match):
         load_lessons(model_files(model)["lessons"])
     assert main(["spam", "learn", str(model), "--spam", str(_held(spam_corpus, "spam", 2)[1])]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_lesson_labels_that_are_0_or_1_only_once_cast_are_refused(model, spam_corpus, capsys):
+    """A lessons file whose labels were stored as int64 256 and 257 loaded as ham and spam (cast to
+    int8 before they were checked), and `spam learn` went on with them, as though taught so."""
+    _learn(capsys, model, "--spam", _held(spam_corpus, "spam", 1)[0], "--seed", "0")
+    _learn(capsys, model, "--ham", _held(spam_corpus, "easy_ham", 1)[0], "--seed", "0")
+    path = model_files(model)["lessons"]
+    with np.load(path) as z:
+        arrays = dict(z)
+    assert arrays["labels"].tolist() == [1, 0]
+    arrays["labels"] = arrays["labels"].astype(np.int64) + 256
+    np.savez(path, **arrays)
+    with pytest.raises(cr.ModelFileError, match="lessons need labels 0 or 1"):
+        load_lessons(path)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    assert main(["spam", "learn", str(model), "--unlearn", str(_held(spam_corpus, "spam", 1)[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"chainrule: error: {path}: lessons need labels 0 or 1") and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
 
 
 def test_a_damaged_since_last_record_is_refused(model):

@@ -451,7 +451,8 @@ def load_lessons(path) -> Lessons:
             and l_type.kind in "iu" and b_type.kind == "f"):
         raise cr.ModelFileError(f"{path}: not a list of at most {MAX_LESSONS} lessons ({shapes})")
     z = read_npz(path, ("digests", "labels", "before"))
-    lessons = Lessons(z["digests"], z["labels"].astype(np.int8), z["before"].astype(np.float32))
-    if not (np.all(np.isin(lessons.labels, (0, 1))) and np.all((lessons.before >= 0) & (lessons.before <= 1))):
+    # checked as stored, before the casts: cast to int8, labels 256 and 257 would read as 0 and 1,
+    # and cast to float32, a P(spam) a hair over 1 as 1
+    if not (np.all(np.isin(z["labels"], (0, 1))) and np.all((z["before"] >= 0) & (z["before"] <= 1))):
         raise cr.ModelFileError(f"{path}: lessons need labels 0 or 1 and probabilities from 0 to 1")
-    return lessons
+    return Lessons(z["digests"], z["labels"].astype(np.int8), z["before"].astype(np.float32))
