@@ -169,6 +169,19 @@ class WeightRecorder(cr.Callback):
         self.states.append(model.flat_params.copy())
 
 
+def with_huge_weights(model: Path, copy: Path) -> Path:
+    """A copy at `copy` of the model directory `model`, its network's weights multiplied by 1e30:
+    each one finite, so that the model loads, but what the layers make of them overflows float32
+    to infinity and NaN (inf - inf) on the way to the outputs."""
+    shutil.copytree(model, copy)
+    path = cr.model_files(copy)["model"]
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    arrays["params"] = arrays["params"] * np.float32(1e30)
+    np.savez(path, **arrays)
+    return copy
+
+
 def blas_threads_now() -> int:
     """NumPy's BLAS thread count at this moment, as threadpoolctl reads it from the library."""
     threadpoolctl = pytest.importorskip("threadpoolctl")

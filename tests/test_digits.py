@@ -31,6 +31,7 @@ from chainrule.apps import image_presets, images
 from chainrule.cli import main
 from chainrule.errors import ModelFileError, UserError
 from chainrule.files import locked_directory
+from conftest import with_huge_weights
 
 DATA = os.environ.get("CHAINRULE_DATA")
 pytestmark = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")
@@ -286,6 +287,20 @@ def test_an_image_on_standard_input_too_large_to_read_is_one_image_that_failed(t
         proc = run_cli("digits", "predict", trained[0], "-", seven, stdin=stdin)
     assert proc.returncode == 1 and proc.stderr == "chainrule: error: -: larger than 64 MB\n"
     assert proc.stdout.startswith(f"{seven}: 7 ")  # the other images are read all the same
+
+
+def test_a_model_whose_weights_overflow_its_outputs_is_a_one_line_model_error(trained, mnist_test, tmp_path):
+    """Weights that are finite but huge (x1e30 in the .npz) load, and overflow the network's
+    outputs to NaN: predict and evaluate ended in "internal error (ValueError: ...); this is a
+    bug", after NumPy's warnings. It is the model's fault, said in one line."""
+    model = with_huge_weights(trained[0], tmp_path / "huge")
+    seven = tmp_path / "seven.png"
+    Image.fromarray(255 - mnist_test[0][0]).save(seven)
+    for args in (["digits", "predict", model, seven], ["images", "predict", "--json", model, seven],
+                 ["digits", "evaluate", model, "--out", tmp_path / "eval"]):
+        line = assert_one_line_error(run_cli(*args))
+        assert line == ("chainrule: error: the model's outputs overflowed to NaN or infinity: its weights, or its "
+                        "inputs, are too large for float32"), (args, line)
 
 
 def test_show_draws_first_layer_weights(trained, tmp_path, capsys):

@@ -326,13 +326,27 @@ def test_predict_refuses_scores_that_overflow_in_one_line(method):
     setting one around the pass cost a single image's prediction ~9 µs of ~100.)"""
     model = cr.Sequential([cr.Linear(3, 4), cr.ReLU(), cr.Linear(4, 2)], seed=0)
     with np.errstate(over="ignore", invalid="ignore"):  # (as the command line runs: NumPy's warnings are its own)
-        with pytest.raises(ValueError, match="outputs overflowed to NaN or infinity: inputs or weights too large "
-                                             "for its float32"):
+        with pytest.raises(cr.ModelFileError, match=re.escape(OVERFLOWED)):
             getattr(model, method)(np.full((2, 3), 3e38, np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="beyond the model's float32 range"):  # (not an overflow warning first)
             getattr(model, method)(np.array([[1e300, 1.0, 1.0]]))
+
+
+OVERFLOWED = "the model's outputs overflowed to NaN or infinity: its weights, or its inputs, are too large for float32"
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "layer_outputs"])
+def test_weights_finite_but_huge_make_every_pass_a_model_file_error(method):
+    """Weights that are finite pass a model file's checks, and ×1e30 they overflow the outputs:
+    the ValueError was an internal error to the command line, and `layer_outputs` (the web app's
+    explained prediction) gave its NaN to the page as a 200. It is a ModelFileError, the user's."""
+    model = cr.Sequential([cr.Linear(3, 4), cr.ReLU(), cr.Linear(4, 2)], seed=0)
+    model.flat_params[:] *= np.float32(1e30)
+    with np.errstate(over="ignore", invalid="ignore"):
+        with pytest.raises(cr.ModelFileError, match=re.escape(OVERFLOWED)):
+            getattr(model, method)(np.ones((2, 3), np.float32))
 
 
 def test_predict_and_evaluate_run_large_convolutions_in_smaller_passes(monkeypatch):

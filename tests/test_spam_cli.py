@@ -29,7 +29,7 @@ from chainrule.apps.spam import MAIL_MIN_DF, load_spam_model
 from chainrule.cli import main
 from chainrule.cli import spam as spam_cli
 from chainrule.data.corpora import read_messages
-from conftest import mail_with_an_attachment
+from conftest import mail_with_an_attachment, with_huge_weights
 
 
 def test_train_writes_model_metrics_and_figures(spam_model):
@@ -291,6 +291,25 @@ def test_stdin_exit_codes_like_bogofilter(spam_model, spam_corpus, run_chainrule
     assert run_chainrule(["spam", "classify", m, "--spam-cutoff", "1", "--ham-cutoff", "0"], raw).returncode == 2
     bad = run_chainrule(["spam", "classify", str(spam_model.parent / "nope")], raw)
     assert bad.returncode == 3 and bad.stderr.count(b"\n") == 1 and b"Traceback" not in bad.stderr
+
+
+def test_a_filter_whose_weights_overflow_its_logit_is_a_one_line_model_error(spam_model, spam_corpus, run_chainrule,
+                                                                             tmp_path):
+    """Weights that are finite but huge (x1e30) load, and overflow the network's logit to NaN:
+    classify said "unsure" with a probability of NaN (which --json wrote as NaN, not JSON) and
+    exit 2, explain a P(spam) of nan and no tokens, evaluate figures of NaN. Each command says
+    it is the model's fault, in one line, with its error exit code."""
+    model = str(with_huge_weights(spam_model, tmp_path / "huge"))
+    raw = (spam_corpus[1] / "spam" / "0160").read_bytes()
+    two = [str(spam_corpus[1] / "spam" / name) for name in ("0160", "0161")]
+    for args, stdin, code in ((["classify", model, "--json"], raw, 3),  # one message (`SpamModel._score_one`)
+                              (["classify", model, *two], b"", 3),  # a batch (`SpamModel.logits`)
+                              (["explain", model, "-"], raw, 2),
+                              (["evaluate", model, str(spam_corpus[1])], b"", 2)):
+        r = run_chainrule(["spam", *args], stdin)
+        assert (r.returncode, r.stdout) == (code, b""), (args, r)
+        assert r.stderr == (b"chainrule: error: the model's outputs overflowed to NaN or infinity: its weights, or "
+                            b"its inputs, are too large for float32\n"), (args, r.stderr)
 
 
 def test_annotate_leaves_the_body_byte_identical(spam_model, spam_corpus, run_chainrule):

@@ -34,7 +34,7 @@ from chainrule.cli import main
 from chainrule.data.corpora import read_messages
 from chainrule.data.text import HashingConfig
 from conftest import as_a_user as _as_a_user
-from conftest import open_files
+from conftest import open_files, with_huge_weights
 
 DATA = os.environ.get("CHAINRULE_DATA")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -1159,6 +1159,32 @@ def test_a_tell_whose_learning_diverges_is_one_log_line_and_leaves_the_model(mod
     assert log.count("learning failed: the loss became nan") == 2 and "Traceback" not in log, log
     assert "TELL: EX_SOFTWARE not learned: learning diverged: the loss became nan" in log, log
     assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+
+
+def test_a_model_whose_weights_overflow_its_logit_answers_a_protocol_error_not_nan(model_dir, held, tmp_path):
+    """Weights that are finite but huge (x1e30) load, and overflow the network's logit to NaN: the
+    daemon answered CHECK "Spam: False ; nan / 5.0", REPORT "nan points", and spamc printed
+    0.0/5.0 as for a message it had judged. It answers EX_CONFIG with the reason, as it answers a
+    lesson for a model it cannot use, and logs it in one line: spamc falls back as for any error
+    of the daemon's (0/0, and EX_IOERR with -x), and PROCESS passes the message on unchanged."""
+    _need("spamc")
+    model = with_huge_weights(model_dir, tmp_path / "model")
+    raw = next(raw for raw, _, _ in held if checked_inline(raw))  # (checked on the event loop; REPORT on a thread)
+    said = (f"EX_CONFIG not checked: {model}: the model's outputs overflowed to NaN or infinity: its weights, or "
+            "its inputs, are too large for float32")
+    d = Daemon(model, "--listen", "127.0.0.1:0")
+    try:
+        for command in (b"CHECK", b"REPORT"):
+            answer = d.raw(b"%s SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % (command, len(raw)) + raw)
+            assert answer == f"SPAMD/1.0 78 {said}\r\n".encode(), answer
+        assert d.spamc("-c", data=raw) == (0, b"0/0\n")
+        assert d.spamc("-c", "-x", data=raw) == (os.EX_IOERR, b"0/0\n")
+        assert d.spamc(data=raw) == (0, raw)
+    finally:
+        assert d.stop() == 0
+    log = d.log_text()
+    assert log.count(f": CHECK: {said}\n") == 3 and log.count(f": REPORT: {said}\n") == 1, log
+    assert log.count(f": PROCESS: {said}\n") == 1 and "Traceback" not in log, log
 
 
 def test_tell_is_refused_without_allow_tell(daemon, held, model_dir):

@@ -55,6 +55,7 @@ from chainrule.web.services import (
     find_latest_model,
     saved_models,
 )
+from conftest import with_huge_weights
 from web_models import as_upload, fashion_test, mnist_test, sms_messages, trained_models
 
 
@@ -94,6 +95,10 @@ def digit_model(models):
 @pytest.fixture(scope="session")
 def samples(data_root):  # (data_root: skip, like every real-data test, when $CHAINRULE_DATA is unset)
     return mnist_test(12)
+
+
+# what a model whose weights are finite but huge answers (`Sequential.checked_outputs`)
+OVERFLOWED = "the model's outputs overflowed to NaN or infinity: its weights, or its inputs, are too large for float32"
 
 
 def assert_error(response, status: int, *words: str) -> str:
@@ -182,6 +187,22 @@ def test_models_lists_a_model_whose_folder_or_metadata_is_not_utf8(tmp_path, mod
         assert digits["path"] == str(tmp_path / "digits-\ufffd")
         assert digits["metadata"]["data_folder"] == "/data/mnist-\ufffd"
         assert r.json()["spam"]["path"] == str(models["spam"])
+
+
+def test_a_model_whose_weights_overflow_its_outputs_is_a_500_naming_it_not_a_200_of_nulls(models, tmp_path):
+    """Weights that are finite but huge (x1e30) load, and overflow the network's outputs to NaN:
+    /api/digits/predict answered 200 with the label "0" and every probability null, explained or
+    not, and /api/spam/classify 200 with a null probability. The served model is at fault, not
+    the request: 500, with the one-line reason."""
+    digits = with_huge_weights(models["digits"], tmp_path / "digits")
+    spam = with_huge_weights(models["spam"], tmp_path / "spam")
+    png = as_upload(mnist_test(1)[0][0])
+    with TestClient(create_app(digits, spam)) as c:
+        for explain in ("false", "true"):
+            assert_error(c.post(f"/api/digits/predict?explain={explain}", content=png,
+                                headers={"Content-Type": "image/png"}), 500, OVERFLOWED)
+        assert_error(c.post("/api/spam/classify", content=b"WINNER! Claim your free prize now",
+                            headers={"Content-Type": "text/plain"}), 500, OVERFLOWED)
 
 
 def test_without_models_routes_say_how_to_train(models):

@@ -27,7 +27,8 @@ class DataError(UserError, ValueError):
 
 
 class ModelFileError(UserError, ValueError):
-    """A model file is missing, corrupt, or not a chainrule model of the expected kind."""
+    """A model file is missing, corrupt, or not a chainrule model of the expected kind; or its
+    weights, finite, are so large that the network's outputs overflow (`Sequential.checked_outputs`)."""
 
 
 class TrainingDiverged(ArithmeticError):

@@ -278,7 +278,8 @@ class Sequential:
         output, equal to `forward(x)`: `probabilities(outputs[-1])` equals `predict_proba(x)` (to
         rounding, where that runs a large batch in several passes: `examples_per_pass`), so a caller
         can show what every layer did and what the network concluded without a second pass. The
-        arrays are the layers' own results (not copies), batch axis first.
+        arrays are the layers' own results (not copies), batch axis first. Outputs that overflowed
+        are a ModelFileError, as in `predict` (`checked_outputs`).
         """
         outputs = []
         x = self._input(x)
@@ -286,6 +287,7 @@ class Sequential:
             for layer in self.layers:
                 x = layer.forward(x)
                 outputs.append(x)
+            self.checked_outputs(x)
         return outputs
 
     def backward(self, grad, input_grad: bool = True, after_layer=None):
@@ -330,13 +332,25 @@ class Sequential:
         step = self.examples_per_pass(positive_int("Sequential", "batch_size", batch_size))
         with self.lock:  # (the layers keep what a backward pass would need: one pass at a time)
             outputs = [self.forward(x[i : i + step]) for i in range(0, x.shape[0], step)]
-        scores = np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape, self.dtype)
-        # Finite inputs can still overflow inside the network (3e38 is a float32, 2·3e38 is not),
-        # and a NaN score would come out as a confident class 0. min and max tell, as in checked_inputs.
-        if scores.size and not (math.isfinite(scores.min()) and math.isfinite(scores.max())):
-            raise ValueError(f"Sequential: the network's outputs overflowed to NaN or infinity: inputs or "
-                             f"weights too large for its {self.dtype}")
-        return scores
+        return self.checked_outputs(np.concatenate(outputs) if outputs else
+                                    np.zeros((0,) + self.output_shape, self.dtype))
+
+    def checked_outputs(self, outputs: np.ndarray) -> np.ndarray:
+        """`outputs` (the network's, from an evaluation-mode pass), once found finite; else a
+        ModelFileError. Every prediction goes through here: `predict`, `predict_proba`,
+        `layer_outputs`, and the passes applications run themselves (the spam filter's, the web
+        app's).
+
+        Finite inputs and finite weights can still overflow inside the network (3e38 is a float32,
+        2·3e38 is not): a model file whose weights are finite but huge passes every check of
+        `load_model`, and its NaN scores came out as a confident class 0, or as a probability of
+        NaN. min and max propagate NaN and are ±inf if any value is, as in `checked_inputs`: two
+        reductions over the outputs, no temporary array.
+        """
+        if outputs.size and not (math.isfinite(outputs.min()) and math.isfinite(outputs.max())):
+            raise ModelFileError(f"the model's outputs overflowed to NaN or infinity: its weights, or its inputs, "
+                                 f"are too large for {self.dtype}")
+        return outputs
 
     def examples_per_pass(self, batch_size: int) -> int:
         """`batch_size`, or fewer where that many examples would make an array larger than

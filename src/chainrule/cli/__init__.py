@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             quiet = getattr(args, "quiet", False) or world.rank != 0
             logging.basicConfig(format="%(message)s", level=logging.WARNING, stream=sys.stderr, force=True)
             logging.getLogger("chainrule").setLevel(logging.WARNING if quiet else logging.INFO)
-            with np.errstate(over="ignore"):
+            # (NumPy's warnings of an overflow, or of the NaN it leads to, would come before the one
+            # line: a network's outputs that overflowed are that line, `Sequential.checked_outputs`)
+            with np.errstate(over="ignore", invalid="ignore"):
                 code = int(args.func(args) or 0)
             if sys.stdout is not None:  # (None for a server started without it)
                 sys.stdout.flush()  # (here, not at exit: a reader gone by now is a BrokenPipeError below)

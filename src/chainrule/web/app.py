@@ -19,7 +19,8 @@ A model whose files change on disk (`spam learn`, a retrain into the same folder
 the first request after `reload_interval` seconds that uses it (`services.Served`).
 
 Bad input never becomes a 500: a body over the size limit gets 413, something that is not an image
-(or not text) gets 422, and every error is JSON ``{"error": "one line"}``. Pictures go through
+(or not text) gets 422, and every error is JSON ``{"error": "one line"}``. A 500 is the model's
+fault (weights so large that its outputs overflow), logged as well. Pictures go through
 `chainrule.data.images.preprocess_image`, the very function `chainrule images predict` uses, so the
 page shows exactly the 28x28 image the network sees.
 
@@ -53,7 +54,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import chainrule
 from chainrule.apps.images import DIGITS
-from chainrule.errors import UserError
+from chainrule.errors import ModelFileError, UserError, one_line
 from chainrule.listeners import tcp_listeners
 from chainrule.model_file import model_directory
 from chainrule.open_files import AcceptFailures, shortfall
@@ -243,6 +244,11 @@ def create_app(
     @app.exception_handler(UserError)  # bad input a service refused: an unreadable image, say
     async def _user_error(request: Request, exc: UserError):
         return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.exception_handler(ModelFileError)  # the served model cannot answer (its outputs overflowed): not the request
+    async def _model_error(request: Request, exc: ModelFileError):
+        log.error("chainrule serve: %s: %s", request.url.path, one_line(exc))
+        return JSONResponse({"error": str(exc)}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

@@ -166,6 +166,8 @@ ERROR_RESPONSES = {
     408: {"model": ErrorResponse, "description": "no part of the body arrived for the server's --timeout seconds"},
     413: {"model": ErrorResponse, "description": "request body over the size limit"},
     422: {"model": ErrorResponse, "description": "not an image / not text / malformed"},
+    500: {"model": ErrorResponse, "description": "the loaded model cannot answer: its outputs overflowed (weights "
+          "too large)"},
     503: {"model": ErrorResponse, "description": "no model of this kind is loaded"},
 }
 IMAGE_ERROR_RESPONSES = {404: {"model": ErrorResponse, "description": "no image model of that name"},

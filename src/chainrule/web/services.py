@@ -199,7 +199,8 @@ class ImageService:
         """Classify one preprocessed 28x28 image; with `explain`, also return what every layer did."""
         x = model_inputs(image[None], self.metadata)
         with self.model.lock:  # one forward pass gives the answer and, with `explain`, every layer's output
-            outputs = self.model.layer_outputs(x) if explain else [self.model.forward(x)]
+            # (outputs that overflowed are a ModelFileError: `Sequential.checked_outputs`)
+            outputs = self.model.layer_outputs(x) if explain else [self.model.checked_outputs(self.model.forward(x))]
             proba = class_distribution(self.model, self.model.probabilities(outputs[-1]))[0]
             outputs = [out[0].copy() for out in outputs] if explain else None
         result = ImagePrediction(**best_class(proba, self.classes), probabilities=_round(proba, 6),

@@ -99,7 +99,7 @@ from chainrule.apps.spam.protocol import (
 )
 from chainrule.data.corpora import HAM, SPAM
 from chainrule.data.mime import boundary_matches
-from chainrule.errors import TrainingDiverged, UserError, one_line
+from chainrule.errors import ModelFileError, TrainingDiverged, UserError, one_line
 from chainrule.files import file_id
 from chainrule.listeners import tcp_listeners
 from chainrule.model_file import model_directory, model_stamp
@@ -554,10 +554,13 @@ class DaemonServer:
             return
         _, f = await self._filter_for(req.user)
         explain = req.command in ("REPORT", "REPORT_IFSPAM")
-        if explain or not checked_inline(req.body):
-            v = await asyncio.get_running_loop().run_in_executor(self._check_pool, f.check, req.body, explain)
-        else:
-            v = f.check(req.body)
+        try:
+            if explain or not checked_inline(req.body):
+                v = await asyncio.get_running_loop().run_in_executor(self._check_pool, f.check, req.body, explain)
+            else:
+                v = f.check(req.body)
+        except ModelFileError as exc:  # (weights so large that the logit overflows: no verdict, not a NaN one)
+            raise ProtocolError(EX_CONFIG, f"EX_CONFIG not checked: {f.directory}: {one_line(exc)}") from None
         writer.write(answer(req, v))
         await writer.drain()
         log.info("%s %s (%s/%.1f, P(spam) %.4f) for %s in %.1f ms, %d bytes, %s", req.command, v.label,

@@ -40,7 +40,7 @@ def explain_row(bundle: SpamModel, tokens: list[str], top: int = 10) -> tuple[fl
     net = bundle.model
     first = net.layers[0]
     with net.lock:
-        out = net.forward(x)
+        out = net.checked_outputs(net.forward(x))  # (a ModelFileError where the logit overflowed)
         grad = np.ones_like(out)
         for layer in reversed(net.layers[1:]):
             grad = layer.backward(grad)

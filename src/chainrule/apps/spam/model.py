@@ -72,12 +72,14 @@ class SpamModel:
                 f"{kind} messages are a guess from the other kind's words")
 
     def logits(self, x: sp.csr_matrix, batch_size: int = 2048) -> np.ndarray:
-        """The network's logit, log(P(spam) / P(ham)), for every row of `x`."""
+        """The network's logit, log(P(spam) / P(ham)), for every row of `x`; a ModelFileError
+        where it overflowed (`Sequential.checked_outputs`)."""
         if x.shape[0] == 0:
             return np.zeros(0)
         with self.model.lock:  # (the layers keep what a backward pass would need: one pass at a time)
-            return np.concatenate([self.model.forward(x[i:i + batch_size]).reshape(-1)
-                                   for i in range(0, x.shape[0], batch_size)]).astype(np.float64)
+            z = np.concatenate([self.model.forward(x[i:i + batch_size]).reshape(-1)
+                                for i in range(0, x.shape[0], batch_size)])
+        return self.model.checked_outputs(z).astype(np.float64)
 
     def probabilities(self, x: sp.csr_matrix, batch_size: int = 2048) -> np.ndarray:
         """P(spam) for every row of `x`."""
@@ -127,6 +129,7 @@ class SpamModel:
                 h += first.bias.data
             for layer in rest:
                 h = layer.forward(h)
+            h = self.model.checked_outputs(h)
             return float(sigmoid(h.reshape(-1).astype(np.float64))[0]), problem
 
     def verdicts(self, p: np.ndarray) -> list[str]:
