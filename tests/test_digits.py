@@ -799,3 +799,16 @@ def test_a_new_run_over_an_old_one_leaves_nothing_of_the_old_models_evaluation(t
     r = run_cli("digits", "train", *TINY[:4], "--epochs", "1", "--quiet", "--out", out)
     assert (r.returncode, r.stderr) == (0, f"chainrule: warning: replacing the earlier run in {out}\n")
     assert not any(path.exists() for path in stale) and (out / "model.json").is_file()
+
+
+def test_a_run_without_figures_over_an_old_one_leaves_none_of_the_old_runs_figures(tmp_path):
+    """figures=False (the benchmarks, the web tests) over a run that drew them kept its learning
+    curves, confusion matrix and gradient flow, titled with the earlier preset, beside the new model."""
+    out = tmp_path / "run"
+    images.train("small", out, epochs=1, data=DATA, train_size=600, verbose=False)
+    figures = ("learning_curves.png", "confusion_matrix.png", "gradient_flow.png")
+    assert all((out / name).is_file() for name in figures)
+    images.train("mlp", out, epochs=1, data=DATA, train_size=600, verbose=False, figures=False)
+    assert json.loads((out / "model.json").read_text())["metadata"]["preset"] == "mlp"
+    assert json.loads((out / "metrics.json").read_text())["model"] == "mlp"
+    assert [name for name in figures if (out / name).exists()] == []

@@ -534,12 +534,14 @@ def _write_run(out: Path, model: Sequential, metadata: dict, metrics: dict, hist
     dataset = metadata["dataset"]
     run = f"{run_name(dataset)} {metadata['preset']}"
 
+    undrawn = () if figures else RUN_FIGURES  # (the earlier run's, if it drew them, describe the earlier model)
+
     def commit():  # the new model, without what was derived from the earlier one (its evaluation, figures)
         model.save(out, metadata)
-        for derived in DERIVED_FILES:
+        for derived in (*DERIVED_FILES, *undrawn):
             (out / derived).unlink(missing_ok=True)
 
-    with written_together(out, RUN_FILES if figures else RUN_FILES[:2], commit=commit) as new:
+    with written_together(out, tuple(name for name in RUN_FILES if name not in undrawn), commit=commit) as new:
         atomic_write_bytes(new / "metrics.json", json.dumps(metrics, indent=2).encode())
         history.save_csv(new / "history.csv")
         if figures:
@@ -549,8 +551,9 @@ def _write_run(out: Path, model: Sequential, metadata: dict, metrics: dict, hist
             plots.gradient_flow(history, new / "gradient_flow.png", title=f"{run}: gradient flow")
 
 
-# What a run writes beside its model: the metrics and history, then its figures.
-RUN_FILES = ("metrics.json", "history.csv", "learning_curves.png", "confusion_matrix.png", "gradient_flow.png")
+# What a run writes beside its model: the metrics and history, then (unless told not to) its figures.
+RUN_FIGURES = ("learning_curves.png", "confusion_matrix.png", "gradient_flow.png")
+RUN_FILES = ("metrics.json", "history.csv", *RUN_FIGURES)
 
 
 # What `evaluate_saved` writes (together), and with what the `show` command writes, beside a model:
