@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
 
 from chainrule import plots
 from chainrule.history import EXPLODING_RATIO, VANISHING_RATIO, History
@@ -52,6 +53,53 @@ def test_a_longer_run_ticks_whole_epochs_only(draw, drawn, tmp_path):
         lo, hi = ax.get_xlim()
         shown = [t for t in ax.get_xticks() if lo <= t <= hi]
         assert shown and all(t == int(t) for t in shown) and {1, 3} <= set(shown)
+
+
+def test_a_metric_with_one_finite_value_still_ticks_whole_epochs(drawn, tmp_path):
+    # the loss panel drew one point (epoch 1's loss NaN) in matplotlib's span of a few hundredths
+    # around it, ticked 1.900 1.925 ... 2.100, printed over one another
+    h = History()
+    h.epochs = [{"epoch": 1, "loss": float("nan"), "accuracy": 0.5}, {"epoch": 2, "loss": 0.3, "accuracy": 0.9}]
+    plots.learning_curves(h, tmp_path / "fig.png")
+    fig = drawn[0]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert shown == [1, 2], (ax.get_ylabel(), shown)
+
+
+def contrast(a, b) -> float:
+    """WCAG's contrast ratio of two colours, 1 (none) to 21 (black on white)."""
+    def luminance(colour):
+        c = np.array(to_rgb(colour))
+        return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) @ [0.2126, 0.7152, 0.0722]
+
+    light, dark = sorted((luminance(a), luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+@pytest.mark.parametrize("cm", [
+    [[910, 142], [262, 686]],  # a binary classifier: no cell 0, the scale started at the 142 mistakes
+    [[5, 0, 1], [0, 40, 3], [2, 9, 300]],
+    [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]],
+    [[5]],  # (one class: the scale from 5 to 5 drew it white, the text above half of 5 white too)
+])
+def test_every_count_of_a_confusion_matrix_is_legible_on_its_cell(cm, drawn, tmp_path):
+    # the text turned white above half the largest count while the colours started at the
+    # smallest: with no empty cell, the fewest mistakes were drawn white on white
+    plots.confusion_matrix(np.array(cm), tmp_path / "cm.png")
+    (ax,) = drawn[0].axes
+    (image,) = ax.get_images()
+    cells = image.cmap(image.norm(image.get_array()))
+    counts = ax.texts
+    assert len(counts) == np.size(cm)
+    for text in counts:
+        j, i = (round(v) for v in text.get_position())
+        assert text.get_text() == str(cm[i][j])
+        assert contrast(text.get_color(), cells[i, j]) >= 4.5, (cm[i][j], text.get_color(), cells[i, j])
+        if cm[i][j]:  # (and no count looks like none, which is white)
+            assert not np.allclose(cells[i, j], image.cmap(0.0)), cm[i][j]
 
 
 @pytest.mark.parametrize("rows", [1, 5])

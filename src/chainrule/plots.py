@@ -34,14 +34,21 @@ def _subplots(*args, **kwargs):
 
 
 def _epoch_ticks(ax, epochs) -> None:
-    """Whole epochs only on `ax`'s x axis. A single epoch gets the one tick at it: matplotlib
-    widens a one-point range to a few hundredths either side, where `MaxNLocator(integer=True)`
-    finds no integer and ticks fractions (0.945 ... 1.05) instead."""
+    """Whole epochs only on `ax`'s x axis, which spans every epoch of `epochs`, drawn or not.
+
+    The span is set from the epochs, not left to what was drawn: matplotlib widens a one-point
+    range (a one-epoch run, or a metric finite in one epoch alone, NaN in the others) to a few
+    hundredths either side, where `MaxNLocator(integer=True)` finds no integer and ticks fractions
+    (1.900 1.925 ... 2.100) instead. A single epoch gets the one tick at it."""
     from matplotlib.ticker import MaxNLocator  # (see `_subplots`)
 
-    if len(epochs) == 1:
-        ax.set_xticks(list(epochs))
-        ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+    if len(epochs) == 0:
+        return
+    first, last = min(epochs), max(epochs)
+    margin = max(0.5, 0.05 * (last - first))  # (matplotlib's own 5% margin, half an epoch at least)
+    ax.set_xlim(first - margin, last + margin)
+    if first == last:
+        ax.set_xticks([first])
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
@@ -92,6 +99,16 @@ def learning_curves(history, path, title: str = "Learning curves") -> None:
     save_figure(fig, path)
 
 
+def _ink_on(rgba: np.ndarray) -> np.ndarray:
+    """"black" or "white" for text on each colour of `rgba` (..., 4), whichever contrasts more.
+
+    WCAG's contrast ratio (L1 + 0.05) / (L2 + 0.05), with L the relative luminance of linear sRGB,
+    is the same for both inks where L = 0.179: black above it, white below, at least 4.58:1."""
+    rgb = rgba[..., :3]
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return np.where(linear @ [0.2126, 0.7152, 0.0722] > 0.179, "black", "white")
+
+
 # Classes up to which a confusion matrix writes the count in every cell and grows with the classes;
 # a larger one keeps this size (a 200-class matrix with every count written took 45 s and 4 GB).
 MATRIX_CELLS_WRITTEN = 40
@@ -102,7 +119,9 @@ def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion 
     predicted), with one label per class and, up to `MATRIX_CELLS_WRITTEN` classes, the count in
     every cell (more make cells too small to write in: the colours alone show them).
 
-    The colour scale is logarithmic so the few mistakes stay visible next to the large diagonal.
+    The colour scale is logarithmic so the few mistakes stay visible next to the large diagonal,
+    and starts at 0 so that white means no example, even where no cell is empty. Each count is
+    written in black or white, whichever stands out more from the colour drawn under it.
     """
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or not cm.size:
@@ -117,12 +136,11 @@ def confusion_matrix(cm: np.ndarray, path, labels=None, title: str = "Confusion 
     side = min(k, MATRIX_CELLS_WRITTEN)  # beyond that, cells too small to write in: the colours alone
     fig, ax = _subplots(figsize=(1.0 + 0.55 * side, 0.8 + 0.5 * side))
     shown = np.log1p(cm.astype(float))
-    ax.imshow(shown, cmap="Blues")
-    threshold = shown.max() / 2
+    image = ax.imshow(shown, cmap="Blues", vmin=0)
+    ink = _ink_on(image.cmap(image.norm(shown)))
     for i in range(k if k <= MATRIX_CELLS_WRITTEN else 0):
         for j in range(k):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                    color="white" if shown[i, j] > threshold else "black")
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8, color=ink[i, j])
     long = max((len(x) for x in labels), default=0) > 2  # class names, not digits: tilt them to fit
     ax.set_xticks(range(k), labels, rotation=45 if long else 0, ha="right" if long else "center")
     ax.set_yticks(range(k), labels)
