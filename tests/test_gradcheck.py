@@ -115,6 +115,76 @@ def test_a_nan_gradient_fails_the_check_not_read_as_a_kink():
     assert relative_error(np.array([1.0, np.nan]), np.array([1.0, 0.0])) == np.inf
 
 
+class Scale(cr.Layer):
+    """y = x · s, one scale per feature, whose backward stores ds in one of three ways: into the
+    parameter's gradient (`write`), as a new array (`rebind`), or added to what is there (`add`)."""
+
+    def __init__(self, n, store):
+        super().__init__()
+        self.s = self.params["s"] = cr.Parameter(np.ones(n))
+        self.store = store
+
+    def initialize(self, rng):
+        self.s.data[...] = rng.normal(1, 0.3, self.s.shape)
+
+    def forward(self, x, training=False):
+        self.x = x
+        return x * self.s.data
+
+    def backward(self, grad_out):
+        ds = (grad_out * self.x).sum(axis=0)
+        if self.store == "rebind":
+            self.s.grad = ds  # (the model's flat buffer, which the optimizer reads, never sees it)
+        elif self.store == "add":
+            self.s.grad += ds  # (as in PyTorch; nothing zeroes the gradients between `fit`'s steps)
+        else:
+            self.s.grad[...] = ds
+        return grad_out * self.s.data
+
+
+@pytest.mark.parametrize("store", ["write", "rebind", "add"])
+def test_gradcheck_judges_the_gradients_the_optimizer_reads(store):
+    """A backward pass that rebinds `.grad` (training then never moves s) or adds to it (training
+    runs away with s) passed: the check read `.grad` after zeroing the buffer, not what `fit`'s
+    optimizer reads, the parameter's stretch of the model's flat gradient buffer over the last step's."""
+    x = np.random.default_rng(0).normal(size=(4, 6))
+    model = cr.Sequential([cr.Linear(6, 5), cr.Tanh(), Scale(5, store), cr.Linear(5, 3)], seed=0)
+    errors = cr.gradcheck(model, x, np.array([0, 1, 2, 1]))
+    assert errors["0:Linear"] < 1e-6 and errors["3:Linear"] < 1e-6  # (the layers that write theirs)
+    assert (errors["2:Scale"] < 1e-6) == (store == "write")
+    # what `fit` makes of it: a rebound gradient never moves s, an added one (the sum of every step's
+    # so far) runs away with it
+    moved = _fitted(model)
+    right = _fitted(cr.Sequential([cr.Linear(6, 5), cr.Tanh(), Scale(5, "write"), cr.Linear(5, 3)], seed=0))
+    assert right > 0.1 and (moved == 0) == (store == "rebind") and (moved > 5 * right) == (store == "add")
+
+
+def _fitted(model: cr.Sequential) -> float:
+    """How far 20 epochs of SGD move the scale of `model`'s layer 2."""
+    x = np.random.default_rng(1).normal(size=(64, 6))
+    y = (x[:, :3].sum(axis=1) > 0).astype(int) + (x[:, 3] > 1)  # (classes 0, 1, 2)
+    before = model.layers[2].s.data.copy()
+    cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=0.1), epochs=20, batch_size=8, verbose=False,
+           seed=0)
+    return float(np.abs(model.layers[2].s.data - before).max())
+
+
+def test_gradcheck_says_how_a_backward_pass_misses_the_optimizer():
+    x, y = np.random.default_rng(0).normal(size=(4, 6)), np.array([0, 1, 2, 1])
+    for store, problem in (
+            ("rebind", "gradient not written into the parameter's buffer (.grad rebound to a new array?)"),
+            ("add", "backward adds to the gradient instead of writing it (or leaves some of it unwritten)"),
+            ("write", None)):
+        problems = {}
+        model = cr.Sequential([cr.Linear(6, 5), cr.Tanh(), Scale(5, store), cr.Linear(5, 3)], seed=0)
+        cr.gradcheck(model, x, y, problems=problems)
+        assert problems == ({} if problem is None else {"2:Scale": problem}), store
+    problems = {}  # (a NaN gradient is wrong, but the layer writes it where it belongs)
+    model = cr.Sequential([cr.Linear(3, 4), cr.ReLU(), NaNScale(), cr.Linear(4, 2)], seed=0)
+    errors = cr.gradcheck(model, x[:, :3], y % 2, problems=problems)
+    assert errors["0:Linear"] == np.inf and problems == {}
+
+
 class TripledLinear(cr.Linear):
     """A Linear whose weight gradient is 3 times too large."""
 

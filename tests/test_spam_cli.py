@@ -611,6 +611,9 @@ def test_gradcheck_checks_an_sms_filter_on_text_messages(data_root, tmp_path, ca
     assert main(["gradcheck", str(tmp_path / "m"), "--data", str(only_sms), "--samples", "8"]) == 0
     out = capsys.readouterr().out
     assert "SMS Spam Collection texts" in out and "PASS" in out and "SpamAssassin" not in out
+    # with the loss it was trained with: spam weighted by #ham/#spam (--balance, the default for SMS)
+    pos_weight = json.loads((tmp_path / "m" / "model.json").read_text())["metadata"]["training"]["pos_weight"]
+    assert pos_weight > 2 and f"with its BinaryCrossEntropy(pos_weight={pos_weight!r})" in out.splitlines()[0]
 
 
 def test_gradcheck_of_a_spam_model_names_the_folders_it_looked_in(spam_model, data_root, tmp_path, capsys):

@@ -14,6 +14,12 @@ that carries a unit across such a point measures the average of two slopes, whic
 side's derivative. So every nudged forward pass also records which side of its kink each ReLU unit
 and each max-pool window sits on, and an entry whose nudge changes that is left out (and counted):
 its finite difference cannot judge the backward pass (CS231n's "kinks in the objective").
+
+And what is judged is what the optimizer reads: each parameter's stretch of the model's flat
+gradient buffer (`parameter.pack`), after a backward pass over whatever the last one left there
+(`fit` never zeroes it: a layer writes its gradients, it does not add to them). So the buffer is
+filled with NaN first: a backward pass that adds to the gradient, or rebinds `.grad` to a new
+array the optimizer never sees, leaves NaN there and fails.
 """
 
 from __future__ import annotations
@@ -80,7 +86,8 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray, scale: float = 0.0
 
 def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...] = STEPS,
               samples_per_param: int | None = None, training: bool = True, seed: int = 0,
-              kinks: dict[str, int] | None = None, steps: dict[str, float] | None = None) -> dict[str, float]:
+              kinks: dict[str, int] | None = None, steps: dict[str, float] | None = None,
+              problems: dict[str, str] | None = None) -> dict[str, float]:
     """Check every parameter's gradient (and the input's) against central finite differences.
 
     Works on a float64 copy of `model`; the model itself is untouched. Dropout masks are held
@@ -105,6 +112,9 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
             because their nudge crossed a kink} (at the first step).
         steps: if given, filled with {name: the step that gave its reported error}, for the
             layers that passed.
+        problems: if given, filled with {name: what is wrong}, for the layers whose backward pass
+            does not write its gradients where the optimizer reads them (it rebinds `.grad`, or
+            adds to it); their error is infinite.
 
     Returns:
         {"<index>:<Layer>": max relative error over its parameters (relative to the layer's
@@ -136,12 +146,20 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
         same = all(np.array_equal(a, b) for a, b in zip(_kink_sides(net), sides, strict=True))
         return value, same
 
-    net.rng.bit_generator.state = rng_state
-    _, grad = loss(net.forward(x, training), y)
+    def backward_over(fill: float) -> np.ndarray:
+        """dL/dx from a forward and backward pass with the gradient buffer holding `fill` before."""
+        net.rng.bit_generator.state = rng_state
+        _, grad = loss(net.forward(x, training), y)
+        net.flat_grads[...] = fill
+        return net.backward(grad)
+
+    grad_input = backward_over(np.nan)  # (see the module's docstring)
     sides = _kink_sides(net)
-    net.flat_grads[...] = 0
-    grad_input = net.backward(grad)
-    everything = np.concatenate([net.flat_grads, [] if sparse else grad_input.reshape(-1)])
+    flat_grads = net.flat_grads.copy()
+    grads = _gradient_stretches(net, flat_grads)  # (a list per layer)
+    if problems is not None:
+        problems.update(_misplaced_gradients(net, grads, backward_over))
+    everything = np.concatenate([flat_grads, [] if sparse else grad_input.reshape(-1)])
     # (finite ones: a NaN gradient fails its own layer, not every layer's yardstick)
     negligible = NEGLIGIBLE * np.abs(everything[np.isfinite(everything)]).max(initial=0.0)
     # every array at the same steps, its samples drawn from one generator of the seed's
@@ -156,8 +174,8 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
         # norm has a true gradient of exactly 0, and against its own largest entry the rounding
         # noise of its finite differences would read as a 100% error. (And a layer's against
         # `negligible`, where all of its gradients are: see NEGLIGIBLE.)
-        scale = max([negligible, *(np.abs(p.grad).max(initial=0.0) for p in layer.parameters())])
-        checked = [check(p.data.reshape(-1), p.grad.reshape(-1).copy(), scale) for p in layer.parameters()]
+        scale = max([negligible, *(np.abs(g).max(initial=0.0) for g in grads[i])])
+        checked = [check(p.data.reshape(-1), g, scale) for p, g in zip(layer.parameters(), grads[i], strict=True)]
         if checked:
             judged = [(error, step) for error, step, _ in checked if not np.isnan(error)]
             errors[name], needed[name] = max(judged, default=(float("nan"), steps_tried[0]))
@@ -169,6 +187,38 @@ def gradcheck(model: Sequential, x, y, loss=None, eps: float | tuple[float, ...]
     if steps is not None:  # (a larger step that did not bring the error under the tolerance says nothing)
         steps.update({name: step for name, step in needed.items() if errors[name] < TOLERANCE})
     return errors
+
+
+def _gradient_stretches(net: Sequential, flat_grads: np.ndarray) -> list[list[np.ndarray]]:
+    """Every layer's parameters' gradients as the optimizer reads them: their stretches of
+    `flat_grads` (the model's gradient buffer, or a copy), which `Sequential` packs in order."""
+    stretches, start = [], 0
+    for layer in net.layers:
+        mine = []
+        for p in layer.parameters():
+            mine.append(flat_grads[start : start + p.size])
+            start += p.size
+        stretches.append(mine)
+    return stretches
+
+
+def _misplaced_gradients(net: Sequential, grads: list[list[np.ndarray]], backward_over) -> dict[str, str]:
+    """{"<index>:<Layer>": what is wrong} for the layers whose gradients `grads` (after a backward
+    pass over NaN) hold NaN that a backward pass over zeros does not: their backward pass rebinds
+    `.grad` (the buffer keeps what was there), adds to it (NaN + g is NaN) or writes only some of it."""
+    if all(np.all(np.isfinite(g)) for mine in grads for g in mine):
+        return {}
+    backward_over(0.0)
+    over_zeros = _gradient_stretches(net, net.flat_grads)
+    found = {}
+    for i, layer in enumerate(net.layers):
+        if any(not np.all(np.isfinite(g)) and np.all(np.isfinite(z))
+               for g, z in zip(grads[i], over_zeros[i], strict=True)):
+            rebound = any(not np.shares_memory(p.grad, net.flat_grads) for p in layer.parameters())
+            found[f"{i}:{type(layer).__name__}"] = (
+                "gradient not written into the parameter's buffer (.grad rebound to a new array?)" if rebound
+                else "backward adds to the gradient instead of writing it (or leaves some of it unwritten)")
+    return found
 
 
 def _check_array(flat: np.ndarray, analytic: np.ndarray, scale: float, loss_at, steps: tuple[float, ...],
