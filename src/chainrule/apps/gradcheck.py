@@ -9,7 +9,7 @@ import numpy as np
 
 from chainrule.apps.image_presets import model_inputs, presets_for
 from chainrule.apps.images import IMAGE_TASKS, check_image_model, known_set, trained_test_set
-from chainrule.apps.spam import featurize, load_spam_model
+from chainrule.apps.spam import featurize, load_spam_model, training_loss
 from chainrule.data import idx
 from chainrule.data.corpora import read_messages, read_sms
 from chainrule.data.locate import candidate_dirs
@@ -140,12 +140,20 @@ def gradcheck_models(model_dir=None, data=None, samples: int = 30) -> list[Gradc
         return [_checked(f"{model_dir} on {len(y)} random inputs ({what})", model, x, y, samples=samples)]
     x, where = sample_inputs(model_dir, metadata, data)
     y = _least_likely(model, x)
-    preset = presets_for(known_set(metadata)).get(metadata.get("preset")) if task != "spam" else None
-    loss = preset.loss() if preset is not None else None  # (the loss it was trained with: MSE for `small`)
+    loss = _trained_with(metadata)
     title = f"{model_dir} on {len(y)} {where}, scored against the least likely answers"
     if loss is not None:
-        title += f" with its {type(loss).__name__}"
+        title += f" with its {loss!r}"
     return [_checked(title, model, x, y, samples=samples, loss=loss)]
+
+
+def _trained_with(metadata: dict):
+    """The loss a saved model (of an image task, or a spam filter) was trained with, or None where
+    its preset is not one of ours (the check's default loss then: `gradcheck`'s `loss`)."""
+    if metadata.get("task") == "spam":  # (with its pos_weight: an SMS filter weighs spam #ham/#spam)
+        return training_loss(metadata)
+    preset = presets_for(known_set(metadata)).get(metadata.get("preset"))
+    return preset.loss() if preset is not None else None  # (MSE for `small`)
 
 
 def _checked(title: str, model, x, y, samples: int | None = None, loss=None) -> GradcheckResult:

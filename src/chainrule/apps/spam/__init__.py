@@ -64,6 +64,7 @@ from chainrule.apps.spam.model import (
     load_spam_model,
     merge_committee,
     save_model,
+    training_loss,
     verdict,
 )
 from chainrule.apps.spam.training import (
@@ -84,5 +85,5 @@ __all__ = [
     "explain_row", "featurize", "gather_lessons", "item_tokens", "kfold_assignments", "labelled_messages", "learn",
     "load_idf", "load_lessons", "load_replay", "load_spam_model", "looks_like_email", "merge_committee",
     "open_for_learning", "repeated_messages", "row_digests", "save_model", "sms_lines", "stratified_split",
-    "train_filter", "training_features", "unlearn", "verdict", "write_run",
+    "train_filter", "training_features", "training_loss", "unlearn", "verdict", "write_run",
 ]

@@ -64,6 +64,7 @@ from chainrule.apps.spam.model import (
     load_replay,
     load_spam_model,
     save_model,
+    training_loss,
 )
 from chainrule.data.corpora import HAM, MAX_BYTES, SPAM, changed_files, unreadable_folder
 from chainrule.files import locked_directory
@@ -577,9 +578,7 @@ def _rehearse(bundle: SpamModel, x_new, y_new: np.ndarray, x_old, y_old: np.ndar
     take = rng.permutation(x_old.shape[0])[: replay_per_new * x_new.shape[0]]
     x = sp.vstack([x_new, x_old[take]]).tocsr().astype(np.float32)
     y = np.concatenate([y_new, y_old[take]]).astype(np.float32)
-    pos_weight = float(bundle.metadata.get("training", {}).get("pos_weight", 1.0))
-    _fit_touched(bundle.model, x, y, cr.BinaryCrossEntropy(pos_weight=pos_weight), epochs, lr,
-                 seed=int(rng.integers(1 << 31)))
+    _fit_touched(bundle.model, x, y, training_loss(bundle.metadata), epochs, lr, seed=int(rng.integers(1 << 31)))
 
 
 def _fit_touched(model: cr.Sequential, x: sp.csr_matrix, y: np.ndarray, loss, epochs: int, lr: float,

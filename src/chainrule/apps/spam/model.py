@@ -182,6 +182,13 @@ def build_network(n_features: int, hidden: tuple[int, ...] = (32,), dropout: flo
     return cr.Sequential(layers, input_shape=(n_features,), seed=seed)
 
 
+def training_loss(metadata: dict) -> cr.BinaryCrossEntropy:
+    """The loss a filter with this metadata was trained with, which `learn` goes on with and
+    `chainrule gradcheck` checks: spam weighted by the pos_weight its training recorded (#ham/#spam
+    where it was balanced), 1 where it recorded none."""
+    return cr.BinaryCrossEntropy(pos_weight=float(metadata.get("training", {}).get("pos_weight", 1.0)))
+
+
 def merge_committee(nets: list[cr.Sequential], n_features: int, hidden: tuple[int, ...],
                     dropout: float) -> cr.Sequential:
     """One network whose logit is the mean of the logits of `nets` (all built by `build_network`
