@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import urllib.error
 from pathlib import Path
 
@@ -147,6 +148,16 @@ def test_a_folder_of_a_known_sets_files_with_test_files_or_names_of_its_own_is_t
     assert load_image_set(renamed, "test").name == "fashion" and identify(renamed) == ("fashion", "fashion")
 
 
+def test_a_folder_whose_name_is_not_utf8_is_titled_with_the_replacement_character(tmp_path, test_split):
+    """A folder named in Latin-1 ("donn\\xe9es") holds a byte no UTF-8 has, which Python keeps as a
+    lone surrogate: its title went into the figures as that, and matplotlib refused it (TypeError,
+    after a whole training run). Its title shows U+FFFD there, as serve shows such a path."""
+    folder = write_set(tmp_path / os.fsdecode(b"donn\xe9es"), test_split[0][:20], test_split[1][:20])
+    s = load_image_set(folder, "test")
+    assert s.name == str(folder.resolve())  # (what loads it again: its bytes, kept)
+    assert idx.title(s.name) == "donn\ufffdes"
+
+
 def test_data_dir_may_be_the_folder_or_its_parent(test_split):
     images, _ = load_mnist("test", Path(DATA) / "mnist")
     np.testing.assert_array_equal(images, test_split[0])
@@ -223,6 +234,23 @@ def test_bad_classes_txt_is_refused_naming_the_file(tmp_path, test_split, text, 
     with pytest.raises(DataError) as exc_info:
         load_image_set(folder, "test")
     assert expected in one_line_error(exc_info, folder)
+
+
+def test_a_huge_classes_txt_is_read_no_further_than_its_first_megabyte(tmp_path, test_split):
+    """read_classes read the whole file, then cut it to the megabyte it looks at: a 3 GB classes.txt
+    took 15 s and 3.2 GB of memory before it was refused."""
+    folder = write_set(tmp_path / "set", test_split[0][:20], test_split[1][:20])
+    with open(folder / "classes.txt", "wb") as f:
+        f.write(b"cat\ndog\n")
+        f.truncate(64 << 20)  # (sparse: zeros on no disk)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="line 3: the class name .* holds a control character"):
+            idx.read_classes(folder / "classes.txt")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak:,} bytes at the peak"
 
 
 def test_load_mnist_refuses_labels_that_are_not_digits(tmp_path, test_split):
@@ -366,6 +394,11 @@ def test_read_idx_reports_what_it_found(tmp_path):
     np.testing.assert_array_equal(read_idx(path, 1), np.arange(7))
     with pytest.raises(DataError, match="1 dimensions, expected 3"):
         read_idx(path, 3)
+    # 2^32-1 x 2^32-1 x 1 bytes: a product that wrapped round in 64 bits passed as plausible, and NumPy
+    # refused the array ("array is too big", a ValueError, not the DataError documented)
+    path.write_bytes(bytes([0, 0, 8, 3]) + np.array([2**32 - 1, 2**32 - 1, 1], dtype=">u4").tobytes())
+    with pytest.raises(DataError, match=r"implausible dimensions \(4294967295, 4294967295, 1\)"):
+        read_idx(path, 3)
 
 
 def test_what_is_neither_a_name_nor_a_folder(tmp_path):
@@ -495,6 +528,36 @@ def test_a_folder_without_the_test_files_asks_for_those_alone(tmp_path):
                                                   "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz] "
                                                   "(gzipped or not) in ")):
         load_image_set(tmp_path, "train")  # (a run trains on the one and is scored on the other)
+
+
+def test_what_stands_in_a_data_files_place_is_named(tmp_path, test_split):
+    """Kaggle's MNIST unpacks each file into a folder of its name (train-images-idx3-ubyte/train-
+    images-idx3-ubyte); a broken link or a FIFO may stand in a file's place too. Each was "not
+    found", the message asking for a file of the very name taken."""
+    kaggle = tmp_path / "kaggle"
+    for name in NAMES:
+        (kaggle / name).mkdir(parents=True)
+        (kaggle / name / name).write_bytes(b"")
+    in_the_way = f"({kaggle / 'train-images-idx3-ubyte'}: a folder, not a file)"
+    with pytest.raises(DataError) as exc_info:
+        identify(kaggle)
+    assert in_the_way in one_line_error(exc_info, kaggle)
+    with pytest.raises(DataError) as exc_info:
+        load_image_set(kaggle, "train", default="mnist")
+    assert in_the_way in one_line_error(exc_info, kaggle)
+    folder = write_set(tmp_path / "set", test_split[0][:20], test_split[1][:20])
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    labels.unlink()
+    labels.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DataError) as exc_info:
+        load_image_set(folder, "test")
+    assert one_line_error(exc_info, folder).endswith(
+        f"{folder} files not found ({labels}: a broken symbolic link): put t10k-labels-idx1-ubyte[.gz] (gzipped or "
+        f"not) in {folder}")
+    labels.unlink()
+    os.mkfifo(folder / "t10k-labels-idx1-ubyte")  # (never opened: a reader would wait for a writer)
+    with pytest.raises(DataError, match=re.escape(f"({folder / 't10k-labels-idx1-ubyte'}: not a regular file)")):
+        load_image_set(folder, "test")
 
 
 def test_a_folder_given_as_the_default_is_named_when_its_files_are_gone(tmp_path):
@@ -704,6 +767,38 @@ def test_a_download_cut_short_or_not_gzip_is_refused(tmp_path, monkeypatch, isol
             with pytest.raises(DataError, match=expected):
                 load_mnist("test")
         assert not (isolated / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
+
+
+class _EndlessHandler(_QuietHandler):
+    """Streams gzip members of `content`, with no Content-Length, as a proxy, a captive portal or a
+    broken mirror might without end: here `members` of them, so that a client that reads them all
+    fails on their SHA-256 in the end rather than never."""
+
+    content, members = b"", 0
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        member = gzip.compress(self.content)
+        with contextlib.suppress(OSError):  # (the client gave up)
+            for _ in range(self.members // 100):
+                self.wfile.write(member * 100)
+
+
+@pytest.mark.parametrize(("content", "members", "said"), [
+    (bytes(1 << 20), 1000, "decompresses to more than the file's 7,840,016 bytes"),
+    (b"", 1_000_000, "more than 7,848,856 bytes came, more than a gzip of the file's 7,840,016 bytes can be"),
+], ids=["inflating", "empty members"])
+def test_a_download_that_never_ends_is_given_up_past_the_files_size(isolated, monkeypatch, content, members, said):
+    """A server streaming without end was written to the cache's temporary file for as long as it
+    went on: the files' sizes are known, and the download stops past what the file can be."""
+    handler = type("Endless", (_EndlessHandler,), {"content": content, "members": members})
+    with serving(isolated, handler) as url:
+        monkeypatch.setitem(KNOWN_SETS, "mnist", dataclasses.replace(KNOWN_SETS["mnist"], url=url))
+        with pytest.raises(DataError) as exc_info:
+            load_mnist("test")
+    assert f"download failed ({url}t10k-images-idx3-ubyte.gz: {said}): put " in one_line_error(exc_info, isolated)
+    assert not (isolated / "mnist").exists()  # (no temporary file, and the folders made removed)
 
 
 def test_a_gzip_file_of_several_members_is_read_whole(tmp_path, monkeypatch, isolated):

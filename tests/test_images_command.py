@@ -578,3 +578,22 @@ def test_numbered_classes_label_the_confusion_matrix_rows_once():
                       "     0     5     0     0",
                       "     1     0     5     0",
                       "     2     0     0     5"]
+
+
+def test_a_data_folder_whose_name_is_not_utf8_trains_and_evaluates_with_its_figures(tmp_path, capsys):
+    """A folder named in Latin-1 ("donn\\xe9es": a byte no UTF-8 has, a lone surrogate to Python) went
+    into the figures' titles as it was: matplotlib refused it once the model was trained ("internal
+    error (TypeError: set_text() ...)"), which left no model, nor could --resume or evaluate get past it."""
+    folder = tmp_path / os.fsdecode(b"donn\xe9es")
+    folder.mkdir()
+    for split, n in (("train", 300), ("test", 60)):
+        s = load_image_set("mnist", split)
+        _write_idx(folder, split, s.images[:n], s.labels[:n])
+    code, _, stderr = cli(capsys, "images", "train", "--data", folder, "--epochs", "1", "--quiet", "--out",
+                          tmp_path / "run")
+    assert code == 0, stderr
+    assert (tmp_path / "run" / "model.json").is_file() and (tmp_path / "run" / "learning_curves.png").is_file()
+    code, _, stderr = cli(capsys, "images", "evaluate", tmp_path / "run")
+    assert code == 0, stderr
+    assert (tmp_path / "run" / "eval_confusion_matrix.png").is_file()
+    assert image_presets.run_name(str(folder)) == "donn\ufffdes"

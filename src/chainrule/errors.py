@@ -75,3 +75,14 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() or unicodedata.category(c) == "Zs" else repr(c)[1:-1] for c in text)
+
+
+def without_surrogates(text: str) -> str:
+    """`text` as UTF-8 can carry it (JSON, a figure's title): a name Python read from bytes that are
+    not UTF-8 (a folder's, in Latin-1: "donn\\xe9es") holds lone surrogates, which no UTF-8 has and
+    matplotlib refuses; they are shown as U+FFFD where those bytes were."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # (a lone surrogate that no byte made: JSON's "\ud800", say)
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")

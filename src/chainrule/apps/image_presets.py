@@ -34,6 +34,7 @@ from chainrule import (
 )
 from chainrule.data.augment import clothing_augmenter, digit_augmenter
 from chainrule.data.idx import IMAGE_SIZE
+from chainrule.errors import without_surrogates
 
 PIXELS = IMAGE_SIZE * IMAGE_SIZE  # a "flat" model's inputs: one per pixel
 
@@ -192,9 +193,9 @@ def presets_for(known: str | None) -> dict[str, Preset]:
 
 
 def run_name(dataset: str) -> str:
-    """The short name of a data set in run folders and messages: "digits" for MNIST (as ever),
-    "fashion", or a folder's own name."""
-    return "digits" if dataset == "mnist" else Path(dataset).name
+    """The short name of a data set in run folders, messages and figures: "digits" for MNIST (as
+    ever), "fashion", or a folder's own name, `without_surrogates` (as `idx.title`)."""
+    return "digits" if dataset == "mnist" else without_surrogates(Path(dataset).name)
 
 
 def preprocessing_metadata(preset: Preset, picture: str = "digit") -> dict:

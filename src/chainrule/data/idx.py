@@ -41,6 +41,8 @@ import gzip
 import hashlib
 import http.client
 import logging
+import math
+import os
 import unicodedata
 import urllib.error
 import urllib.request
@@ -53,14 +55,28 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from chainrule.data.locate import cache_dir, candidate_dirs
-from chainrule.errors import DataError, one_line
-from chainrule.files import atomic_open, folder_problem, link_problem, remove_stale_temporary_files, sigterm_cleans_up
+from chainrule.errors import DataError, one_line, without_surrogates
+from chainrule.files import (
+    atomic_open,
+    file_problem,
+    folder_problem,
+    link_problem,
+    remove_stale_temporary_files,
+    sigterm_cleans_up,
+)
 
 log = logging.getLogger(__name__)
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Each file's size decompressed, the same in every known set (MNIST's layout: 60,000 training and 10,000
+# test images of 28x28 and their labels, after the header): a download that inflates to more, or is
+# more than a gzip of that can be, is not the file, and is given up (a server may stream without end).
+_SIZES = {
+    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28, "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28, "t10k-labels-idx1-ubyte": 8 + 10_000,
 }
 CLASSES_FILE = "classes.txt"
 # The side of every image, in pixels: the sets read here are 28x28, as MNIST's, and so is every
@@ -153,8 +169,9 @@ class ImageSet(NamedTuple):
 
 
 def title(name: str) -> str:
-    """How to call the set `name` (from `ImageSet.name`) in a sentence or a figure."""
-    return KNOWN_SETS[name].title if name in KNOWN_SETS else Path(name).name
+    """How to call the set `name` (from `ImageSet.name`) in a sentence or a figure: a known set's
+    title, else its folder's name, `without_surrogates` (one not in UTF-8 is no text to draw)."""
+    return KNOWN_SETS[name].title if name in KNOWN_SETS else without_surrogates(Path(name).name)
 
 
 # -- reading IDX files ----------------------------------------------------------------------------
@@ -210,7 +227,7 @@ def _header(f, path: Path, ndim: int) -> tuple[int, ...]:
     if header[3] != ndim:
         raise DataError(f"{path}: {header[3]} dimensions, expected {ndim}")
     shape = tuple(int(d) for d in np.frombuffer(_read_exact(f, 4 * ndim, path, "header"), dtype=">u4"))
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)  # (exact: three 32-bit dimensions overflow 64 bits, and NumPy's product wraps)
     if size == 0 or size > _MAX_BYTES:
         raise DataError(f"{path}: implausible dimensions {shape}")
     return shape
@@ -235,7 +252,7 @@ def read_idx(path, ndim: int, check=None) -> np.ndarray:
     path = Path(path)
     with _open(path) as f:
         shape = _header(f, path, ndim)
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
         if check is not None:
             check(shape)
         data = np.empty(shape, np.uint8)
@@ -260,8 +277,10 @@ def read_classes(path) -> list[str]:
     are ignored, spaces around a name are not part of it). A name may not hold a control character
     (`control_character`)."""
     path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)  # (no more: a list of at most 256 names is far shorter)
     try:
-        text = path.read_bytes()[: 1 << 20].decode("utf-8-sig")
+        text = head.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     # lines end in \n, \r\n or \r only (str.splitlines also splits at \f, \x1c-\x1e, \x85, U+2028, ...)
@@ -325,6 +344,17 @@ def _find(directory: Path, name: str) -> Path | None:
     return None
 
 
+def _in_the_way(dirs: list[Path], names) -> str | None:
+    """What stands, in one of `dirs`, where one of the files `names` (gzipped or not) should be but
+    is no file to read, as "PATH: a folder, not a file" (`file_problem`), or None: Kaggle's MNIST
+    unpacks each file into a folder of its name, and a broken link or a FIFO may stand there too.
+    A message that said only "not found" asked for a file of the very name taken."""
+    taken = (path for directory in dirs for name in names if _find(directory, name) is None
+             for path in (directory / name, directory / f"{name}.gz") if os.path.lexists(path))
+    path = next(taken, None)
+    return None if path is None else f"{path}: {file_problem(path)}"
+
+
 def _holds(directory: Path, names) -> bool:
     """Whether `directory` holds a file of each of `names` (gzipped or not)."""
     return all(_find(directory, name) is not None for name in names)
@@ -375,8 +405,9 @@ def _split_files(split: str, dirs: list[Path], known: KnownSet | None, what: str
     files = f"{_split_of(missing)} files" if _split_of(missing) else "files"
     beside = "" if folder == dirs[-1] else (", beside its other files (a set is read whole from the first folder "
                                             "that holds any of its files)")
-    raise DataError(f"{what} {files} not found: put {', '.join(f'{n}[.gz]' for n in missing)} "
-                    f"(gzipped or not) in {folder}{beside}")
+    taken = _in_the_way([folder], missing)
+    raise DataError(f"{what} {files} not found{f' ({taken})' if taken else ''}: put "
+                    f"{', '.join(f'{n}[.gz]' for n in missing)} (gzipped or not) in {folder}{beside}")
 
 
 def _split_of(names) -> str | None:
@@ -400,9 +431,12 @@ def where_to_put(source=None, default: str | None = "mnist", split: str = "train
     """What to do when a set is found nowhere, as the end of a one-line message: where to put its
     four files, or for the "test" split its two test files (all that scoring a model needs)."""
     dirs, known = _search_dirs(source, default)
-    names = ", ".join(f"{n}[.gz]" for n in needed_files(split))
+    needed = needed_files(split)
+    names = ", ".join(f"{n}[.gz]" for n in needed)
     places = " or ".join(str(d) for d in dirs)
     hint = f"put {names} (gzipped or not) in {places}"  # (as `_find` takes them)
+    if (taken := _in_the_way(dirs, needed)) is not None:
+        hint += f" ({taken})"
     if known is not None and known.package:
         hint = f"install it (apt-get install {known.package}) or {hint}"
     if known is not None and source is not None and Path(str(source)).is_dir():  # a folder of that name here
@@ -462,8 +496,8 @@ def download(name: str = "mnist", directory=None, progress: bool = True, split: 
                 if target.is_dir():  # (found before the download, not after it)
                     raise DataError(f"{target} is a folder, not the data file")
                 remove_stale_temporary_files(target)  # (what a download killed by SIGKILL left)
-                _download_file(known.url + target.name, target, known.sha256[file], f"{known.title} {target.name}",
-                               progress)
+                _download_file(known.url + target.name, target, known.sha256[file], _SIZES[file],
+                               f"{known.title} {target.name}", progress)
         except BaseException:
             for folder in made:
                 with contextlib.suppress(OSError):  # (not empty: files another download put there, say)
@@ -472,14 +506,19 @@ def download(name: str = "mnist", directory=None, progress: bool = True, split: 
     return directory
 
 
-def _download_file(url: str, target: Path, expected: str, desc: str, progress: bool) -> None:
+def _download_file(url: str, target: Path, expected: str, size: int, desc: str, progress: bool) -> None:
     """Download `url` to `target` (see `download`), its decompressed bytes' SHA-256 `expected`,
-    with a progress bar described as `desc` where `progress` and stderr is a terminal."""
+    with a progress bar described as `desc` where `progress` and stderr is a terminal. It is
+    given up as soon as more comes than a gzip of `size` bytes can be, or than `size` bytes
+    inflated: a server that streams without end would fill the disk."""
+    # deflate stores what it cannot compress, 5 bytes added to each block of up to 64 KiB, and a gzip
+    # member adds 18 of its own: a thousandth more, and a kilobyte, leaves room for both
+    limit = size + size // 1000 + 1000
     try:
         response = urllib.request.urlopen(url, timeout=30)
     except _NETWORK_ERRORS as exc:
         raise DataError(f"{url}: {_failure(exc)}") from exc
-    digest = hashlib.sha256()
+    digest, inflated = hashlib.sha256(), 0
     # written beside the target and renamed into place only if the checksum matches
     with response, atomic_open(target) as out:
         length = response.headers.get("Content-Length", "")  # (for the bar alone: a broken one is none)
@@ -490,6 +529,7 @@ def _download_file(url: str, target: Path, expected: str, desc: str, progress: b
                   leave=False) as bar:
 
             def received():
+                got = 0
                 while True:
                     try:  # (a network error is the address's, not the file's that `atomic_open` names)
                         chunk = response.read(1 << 16)
@@ -497,11 +537,18 @@ def _download_file(url: str, target: Path, expected: str, desc: str, progress: b
                         raise DataError(f"{url}: {_failure(exc)}") from exc
                     if not chunk:
                         return
+                    got += len(chunk)
+                    if got > limit:
+                        raise DataError(f"{url}: more than {limit:,} bytes came, more than a gzip of the file's "
+                                        f"{size:,} bytes can be")
                     out.write(chunk)
                     bar.update(len(chunk))
                     yield chunk
 
             for data in _gunzip(received(), url):
+                inflated += len(data)
+                if inflated > size:
+                    raise DataError(f"{url}: decompresses to more than the file's {size:,} bytes")
                 digest.update(data)
         if digest.hexdigest() != expected:
             raise DataError(f"{url}: SHA-256 of the decompressed file is {digest.hexdigest()}, "

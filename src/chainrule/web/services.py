@@ -37,7 +37,7 @@ from chainrule.apps.spam import SpamModel, classify_message, load_spam_model
 from chainrule.checks import is_real
 from chainrule.data import idx
 from chainrule.data.images import preprocess_image
-from chainrule.errors import ModelFileError, UserError, one_line, printable
+from chainrule.errors import ModelFileError, UserError, one_line, printable, without_surrogates
 from chainrule.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 from chainrule.model_file import model_directory, model_stamp, saved_metadata
 from chainrule.network import check_model_files
@@ -101,7 +101,7 @@ def model_info(path: Path, model, metadata: dict, stamp: tuple, name: str | None
         version = json.loads((path / "model.json").read_text()).get("format_version")
     except (OSError, ValueError):
         version = None
-    scalars = {k: _shown(v) if isinstance(v, str) else v for k, v in metadata.items()
+    scalars = {k: without_surrogates(v) if isinstance(v, str) else v for k, v in metadata.items()
                if isinstance(v, (str, int, float, bool)) and k != "task"}
     # Apps record their headline figures as top-level numbers (digits: "test_accuracy") or in an
     # object named for the data they were measured on (spam: "validation"); all are listed.
@@ -114,8 +114,8 @@ def model_info(path: Path, model, metadata: dict, stamp: tuple, name: str | None
     image = metadata.get("task") in IMAGE_TASKS
     dataset = metadata.get("dataset") if image else None
     return ModelInfo(
-        path=_shown(str(path)),
-        name=name if name is None else _shown(name),
+        path=without_surrogates(str(path)),
+        name=name if name is None else without_surrogates(name),
         task=str(metadata.get("task", "")),
         dataset=dataset,
         dataset_title=idx.title(dataset) if dataset else None,
@@ -129,16 +129,6 @@ def model_info(path: Path, model, metadata: dict, stamp: tuple, name: str | None
         metadata=scalars,
         cutoffs=cutoffs,
     )
-
-
-def _shown(text: str) -> str:
-    """`text` as JSON can carry it: a name Python read from bytes that are not UTF-8 (a folder's)
-    holds lone surrogates, which no UTF-8 has; they are shown as U+FFFD where those bytes were."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # (a lone surrogate that no byte made: JSON's "\ud800", say)
-        raw = text.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "replace")
 
 
 def _round(a: np.ndarray, digits: int = 4) -> list:
