@@ -161,8 +161,8 @@ SPAM_BODY = {
 }
 ERROR_RESPONSES = {
     400: {"model": ErrorResponse, "content": {"text/plain": {"schema": {"type": "string"}}},
-          "description": "a Content-Length that is not a number; served on a loopback address, a Host header "
-          "naming another machine (in plain text)"},
+          "description": "in plain text: a Content-Length that is not a number (uvicorn's own answer); served on a "
+          "loopback address, a Host header naming another machine"},
     408: {"model": ErrorResponse, "description": "no part of the body arrived for the server's --timeout seconds"},
     413: {"model": ErrorResponse, "description": "request body over the size limit"},
     422: {"model": ErrorResponse, "description": "not an image / not text / malformed"},
