@@ -230,3 +230,27 @@ def as_a_user() -> list[str]:
     if setpriv is None:
         (pytest.fail if os.environ.get("CI") else pytest.skip)("setpriv is not installed (apt-get install util-linux)")
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-net_bind_service", "--inh-caps=-all"]
+
+
+@pytest.fixture
+def read_only_copy(tmp_path):
+    """read_only_copy(folder, leave_out=()) -> a copy of `folder` (less the files named in
+    `leave_out`) on a file system mounted read-only: a tmpfs, unmounted after the test. Root only
+    (mount); skipped where this machine lets no tmpfs be mounted."""
+    mounted = []
+
+    def copy(folder: Path, leave_out=()) -> Path:
+        where = tmp_path / f"ro{len(mounted)}"
+        where.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", str(where)], capture_output=True,
+                           text=True) if os.geteuid() == 0 and shutil.which("mount") else None
+        if r is None or r.returncode != 0:
+            pytest.skip("mounting a read-only file system needs root and mount" + (f": {r.stderr}" if r else ""))
+        mounted.append(where)
+        shutil.copytree(folder, where / folder.name, ignore=lambda _, names: [n for n in names if n in leave_out])
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        return where / folder.name
+
+    yield copy
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)

@@ -467,6 +467,27 @@ def test_evaluate_and_show_refuse_a_folder_that_a_run_is_writing(trained, tmp_pa
     assert main(["digits", *command, str(run), "--out", str(elsewhere)]) == 0  # (written elsewhere: no lock needed)
 
 
+def test_evaluate_and_show_into_the_models_folder_by_out_refuse_a_run_writing_it(trained, tmp_path, capsys):
+    """`--out` naming the model's own folder (as it is, or through a link) skipped its lock: a
+    train over the model, ending meanwhile, was left with the evaluation, or the first-layer
+    picture, of the model it replaced (eval_metrics.json at 36% beside its metrics.json's 92%)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    (run / "checkpoint.npz").unlink()  # (the new run's first one then says that it is under way)
+    (tmp_path / "link").symlink_to(run)
+    train = _start_and_wait_for_checkpoint(run, (*TINY[:4], "--epochs", "100", *TINY[6:]))
+    try:
+        for command in (["evaluate", "--out", run], ["evaluate", "--out", tmp_path / "link"],
+                        ["show", "--out", run / "first_layer.png"], ["show", "--out", tmp_path / "link" / "w.png"]):
+            code, _, err = cli(capsys, "digits", command[0], run, *command[1:])
+            assert code == 2 and f"{run}: another run is writing to this folder" in err, (command, err)
+        assert train.poll() is None  # (the run held the lock throughout)
+    finally:
+        train.kill()
+        train.communicate()
+    assert not {"eval_metrics.json", "first_layer.png", "w.png"} & {p.name for p in run.iterdir()}
+
+
 @pytest.mark.parametrize("command", [[group, action] for group in ("digits", "images")
                                      for action in ("evaluate", "show", "predict")] + [["gradcheck"]])
 def test_commands_reading_a_model_leave_a_folder_that_holds_none_as_it_was(tmp_path, capsys, command):
@@ -506,7 +527,8 @@ sys.exit(main(["digits", "evaluate", sys.argv[1]]))
 def test_evaluate_and_show_run_while_another_evaluate_runs(trained, tmp_path):
     """A second evaluate, or a show, started while one ran failed: "another run is writing to this
     folder (it holds model.lock)", though none was. They only read the model (a run saving one
-    there still refuses them: above), so they share the lock."""
+    there still refuses them: above), so they share the lock. A run refused meanwhile is told that
+    they read the model: it was told too that another run was writing."""
     run, go = tmp_path / "run", tmp_path / "go"
     shutil.copytree(trained[0], run)
     env = {**os.environ, "CHAINRULE_DATA": DATA}
@@ -518,12 +540,29 @@ def test_evaluate_and_show_run_while_another_evaluate_runs(trained, tmp_path):
             time.sleep(0.05)
         second, show = run_cli("digits", "evaluate", run), run_cli("digits", "show", run)
         assert (second.returncode, show.returncode) == (0, 0), second.stderr + show.stderr
-        assert run_cli("digits", "train", *TINY, "--out", run).returncode == 2  # (a run may not replace it meanwhile)
+        refused = run_cli("digits", "train", *TINY, "--out", run)  # (a run may not replace it meanwhile)
+        assert refused.returncode == 2 and f"{run}: a command is reading the model in this folder (evaluate or " \
+            f"show: it holds {run / 'model.lock'} shared); try again when it ends" in refused.stderr, refused.stderr
     finally:
         go.touch()
         out, err = first.communicate(timeout=120)
     assert first.returncode == 0 and out.startswith("test accuracy"), err
     assert (run / "first_layer.png").is_file() and (run / "eval_metrics.json").is_file()
+
+
+def test_evaluate_and_show_of_a_model_on_a_read_only_file_system_say_so(trained, read_only_copy, capsys):
+    """They said "m/model.lock: Read-only file system" (opening their lock's file to write failed
+    first), not that evaluate writes its report beside the model and may be given --out, as they
+    said of a folder they may not write. Without a lock file there, the folder is named."""
+    run = read_only_copy(trained[0])
+    code, _, err = cli(capsys, "digits", "evaluate", run)
+    assert (code, err) == (2, f"chainrule: error: {run} cannot be written to (evaluate writes its report beside "
+                              "the model: give --out DIR)\n")
+    assert cli(capsys, "digits", "show", run)[::2] == (2, f"chainrule: error: {run}: cannot be written to "
+                                                       "(Read-only file system)\n")
+    bare = read_only_copy(trained[0], leave_out=("model.lock",))
+    assert cli(capsys, "digits", "evaluate", bare)[::2] == (2, f"chainrule: error: {bare}: cannot be written to "
+                                                           "(Read-only file system)\n")
 
 
 def _limit_file_size(limit: int):

@@ -128,7 +128,8 @@ def test_the_directory_lock_is_reentrant_in_a_thread_and_makes_others_wait(tmp_p
 
 def test_the_directory_lock_held_shared_admits_others_so_and_no_writer(tmp_path):
     """What `images evaluate` and `show` hold while they read a model: each other's hold let
-    neither run ("another run is writing to this folder")."""
+    neither run ("another run is writing to this folder"). A writer refused by their holds is told
+    so (`HeldByReaders`): it was told that another run was writing."""
 
     def try_lock(shared: bool) -> str:
         code = ("import sys\nfrom chainrule.files import locked_directory\n"
@@ -138,13 +139,13 @@ def test_the_directory_lock_held_shared_admits_others_so_and_no_writer(tmp_path)
         return r.stdout.strip() or r.stderr.strip().splitlines()[-1].split(":")[0]
 
     with locked_directory(tmp_path, shared=True):
-        assert (try_lock(shared=True), try_lock(shared=False)) == ("held", "BlockingIOError")
+        assert (try_lock(shared=True), try_lock(shared=False)) == ("held", "chainrule.files.HeldByReaders")
         with locked_directory(tmp_path, shared=True):  # (re-entrant, as a writer's)
             pass
         with pytest.raises(RuntimeError, match="held shared by this thread"), locked_directory(tmp_path):
             pass  # (a save inside a shared hold would save with readers at work)
     with locked_directory(tmp_path):
-        assert try_lock(shared=True) == "BlockingIOError"
+        assert (try_lock(shared=True), try_lock(shared=False)) == ("BlockingIOError", "BlockingIOError")
     assert try_lock(shared=False) == "held"
 
 
@@ -260,6 +261,21 @@ def test_a_lock_file_another_user_made_still_locks(tmp_path):
     tmp_path.chmod(0o755)
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "PermissionError" in r.stderr and "FileNotFoundError" not in r.stderr, r.stderr
+
+
+def test_the_lock_of_a_folder_on_a_read_only_file_system(read_only_copy, tmp_path):
+    """Opening model.lock to write failed there ("m/model.lock: Read-only file system"), before
+    any command could say that the folder cannot be written to, or that evaluate could be given
+    --out. Its lock file is opened to read, as another user's is; with none, the folder is named."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / LOCK_FILE).write_bytes(b"")
+    with locked_directory(read_only_copy(folder), shared=True), locked_directory(read_only_copy(folder)):
+        pass
+    with pytest.raises(OSError) as exc_info, locked_directory(read_only_copy(folder, leave_out=(LOCK_FILE,))):
+        pass
+    assert exc_info.value.filename == str(tmp_path / "ro2" / "m")
+    assert exc_info.value.strerror == "cannot be written to (Read-only file system)"
 
 
 def test_a_broken_symbolic_link_where_a_folder_should_be_is_named_as_one(tmp_path):

@@ -502,6 +502,17 @@ def test_learn_moves_the_message_and_saves(spam_model, spam_corpus, tmp_path, ca
     assert np.load(model_files(m)["replay"])["labels"].size == replay_before + 1
 
 
+def test_learn_into_a_model_on_a_read_only_file_system_names_the_folder(spam_model, spam_corpus, read_only_copy,
+                                                                        capsys):
+    """It said "m/model.lock: Read-only file system": of its lock's file, not that the folder
+    cannot be written to."""
+    msg = spam_corpus[1] / "easy_ham" / "0201"
+    for m in (read_only_copy(spam_model), read_only_copy(spam_model, leave_out=("model.lock",))):
+        assert main(["spam", "learn", str(m), "--spam", str(msg)]) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"chainrule: error: {m}: cannot be written to (Read-only file system)\n"), err
+
+
 def test_explain_lists_tokens(spam_model, spam_corpus, capsys):
     assert main(["spam", "explain", str(spam_model), str(spam_corpus[1] / "spam" / "0161"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -348,18 +348,31 @@ LOCK_FILE = "model.lock"  # in a model directory: the lock its writers take (`lo
 _held = threading.local()  # the directories whose lock this thread holds, by real path
 
 
+# What opening a file to write says where this process may not write: a mode or an attribute
+# (chattr +i) that forbids it, or a file system mounted read-only.
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class HeldByReaders(BlockingIOError):
+    """A writer's hold of `locked_directory`, not waited for, refused because only readers hold the
+    lock (shared), not another writer: what a command says of the refusal differs."""
+
+
 @contextmanager
 def locked_directory(directory, wait: bool = True, shared: bool = False) -> Iterator[None]:
     """Hold the writers' lock of `directory` for the `with` block: writers that take it run one at
     a time, so that one that loads a model, changes it and saves it (`spam learn`, the daemon's
     TELL) never overwrites what another saved meanwhile. Readers need not take it. With `wait`
-    False, a lock another writer holds raises `BlockingIOError` at once. `shared`, it is held
-    with others that take it so, while no writer does: what a reader that writes files about the
-    model beside it (`images evaluate`, `show`) holds, so that the model stays while it reads.
+    False, a lock another writer holds raises `BlockingIOError` at once (`HeldByReaders`, to a
+    writer, where only readers hold it). `shared`, it is held with others that take it so, while no
+    writer does: what a reader that writes files about the model beside it (`images evaluate`,
+    `show`) holds, so that the model stays while it reads.
 
     The lock is a POSIX `flock` on the file `model.lock` in the directory (created if missing; a
     lock file rather than the directory itself, since flock on NFS needs a file open for writing;
-    one that another user created, and this one may only read, is opened to read: enough locally).
+    one that another user created, and this one may only read, or one on a read-only file system,
+    is opened to read: enough locally; where there is none and none can be made, an OSError names
+    the directory as one that cannot be written to).
     It is re-entrant within a thread, so that `Sequential.save` inside a held load-change-save block
     does not wait for itself; another thread or process waits. (A shared hold is not made the
     writer's so: a save inside one is a bug, refused.)
@@ -374,19 +387,37 @@ def locked_directory(directory, wait: bool = True, shared: bool = False) -> Iter
         return
     try:
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError as denied:  # another user's lock file (0644 by their umask): read-only, flock still works
+    except OSError as denied:  # another user's lock file (0644 by their umask), a read-only file system
+        if denied.errno not in _NOT_WRITABLE:
+            raise
         try:
             fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
-        except FileNotFoundError:  # (none there, and this user may not make one: the folder is not theirs)
-            raise denied from None
+        except FileNotFoundError:  # (none there, and none can be made: the folder, not the file, is the matter)
+            raise OSError(denied.errno, f"cannot be written to ({denied.strerror})", str(directory)) from None
     try:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
+        except BlockingIOError as busy:
+            if shared or not _only_readers(fd):
+                raise
+            raise HeldByReaders(busy.errno, "commands reading the model hold it", str(directory / LOCK_FILE)) from None
         held[key] = shared
         yield
     finally:
         held.pop(key, None)
         os.close(fd)  # (closing releases the lock)
+
+
+def _only_readers(fd: int) -> bool:
+    """Whether the lock of `fd`'s file, refused to a writer, is held shared alone (by readers): flock
+    does not say who holds a lock, but grants a shared hold only while no writer has it. (One granted
+    here goes with `fd`'s close; a writer that let go in between is taken for readers.)"""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 # What reading a damaged .npz raises: zipfile's errors, and for flags a damaged zip header may set

@@ -53,6 +53,7 @@ from chainrule.distributed import World
 from chainrule.errors import DataError, ModelFileError, TrainingDiverged, UserError
 from chainrule.files import (
     LOCK_FILE,
+    HeldByReaders,
     atomic_write_bytes,
     folder_problem,
     locked_directory,
@@ -628,6 +629,9 @@ def _hold_writer_lock(stack: contextlib.ExitStack, out: Path, shared: bool = Fal
     model and checkpoint, and both said they succeeded."""
     try:
         stack.enter_context(locked_directory(out, wait=False, shared=shared))
+    except HeldByReaders:  # (a run that saved a model now would leave their files about the old one)
+        raise UserError(f"{out}: a command is reading the model in this folder (evaluate or show: it holds "
+                        f"{out / LOCK_FILE} shared); try again when it ends or choose another --out") from None
     except BlockingIOError:
         raise UserError(f"{out}: another run is writing to this folder (it holds {out / LOCK_FILE}); "
                         "wait for it to end or choose another --out") from None

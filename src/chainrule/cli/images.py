@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -120,24 +121,26 @@ def _image_model(args):
     return model, metadata
 
 
-def _beside_the_model(args) -> contextlib.AbstractContextManager:
+def _beside_the_model(args, written: Path) -> contextlib.AbstractContextManager:
     """The model folder's writer lock (`images.writer_lock`), shared, where a command writes its
-    files there (no --out), from reading the model on: a train ending meanwhile would leave the
-    evaluation or picture of the model it replaced beside its own. Only a folder whose model.json
-    says it holds an image model is locked: the lock creates its file, model.lock, and a wrong path
-    (an empty folder, another program's files) is left as it was, for the load to refuse."""
+    files there (`written`, the folder it writes into: without --out, or one that names the model's
+    folder), from reading the model on: a train ending meanwhile would leave the evaluation or
+    picture of the model it replaced beside its own. Only a folder whose model.json says it holds
+    an image model is locked: the lock creates its file, model.lock, and a wrong path (an empty
+    folder, another program's files) is left as it was, for the load to refuse."""
     folder = model_directory(args.model)
-    if args.out or saved_task(folder) not in images.IMAGE_TASKS:
+    # (realpath, as the lock's own key: a loop of symbolic links in --out is for the write to name)
+    if os.path.realpath(written) != os.path.realpath(folder) or saved_task(folder) not in images.IMAGE_TASKS:
         return contextlib.nullcontext()
     return images.writer_lock(folder, shared=True)
 
 
 def _cmd_evaluate(args) -> int:
-    with _beside_the_model(args):
+    where = Path(args.out) if args.out else model_directory(args.model)
+    with _beside_the_model(args, where):
         model, metadata = _image_model(args)
         report, shown = images.evaluate_saved(args.model, model, metadata, args.data, args.out, args.top)
     print(report_text(report))
-    where = Path(args.out) if args.out else model_directory(args.model)
     print(f"\nwrote {where}/eval_metrics.json, eval_confusion_matrix.png and mistakes.png "
           f"({shown} most confidently wrong)")
     return 0
@@ -171,7 +174,7 @@ def _cmd_predict(args) -> int:
 
 def _cmd_show(args) -> int:
     out = Path(args.out) if args.out else model_directory(args.model) / "first_layer.png"
-    with _beside_the_model(args):
+    with _beside_the_model(args, out.parent):
         model, _ = _image_model(args)
         try:
             what = images.draw_first_layer(model, out, args.units)
