@@ -3,6 +3,7 @@ checkpoint/resume, and the record in History (early stopping and gradient flow: 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -140,8 +141,18 @@ def test_gradients_that_overflow_inside_adam_are_a_divergence_though_the_loss_st
     with np.errstate(all="ignore"), pytest.raises(cr.TrainingDiverged, match=r"the gradients \(the optimizer's v\) "
                                                                             r"became inf at epoch 1 \(lr=1e\+08\)"):
         cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=1e8), epochs=3, batch_size=16,
-               verbose=False)
+               verbose=False, callbacks=[before := _WeightsBeforeEachStep(model)])
     assert np.all(np.isfinite(model.flat_params))
+    # as the message says, the weights whose loss was last seen finite: those before the last step
+    np.testing.assert_array_equal(model.flat_params, before.seen[-1])
+
+
+class _WeightsBeforeEachStep(cr.Callback):
+    def __init__(self, model):
+        self.model, self.seen = model, []
+
+    def on_batch_begin(self, batch):
+        self.seen.append(self.model.flat_params.copy())
 
 
 def test_nan_guard_restores_the_weights_of_the_last_finite_loss_exactly():
@@ -676,6 +687,24 @@ def test_a_resumed_unseeded_run_holds_out_the_same_validation_examples(tmp_path)
     run(4)  # epochs 3 and 4, from the checkpoint
     assert len(seen[0]) == 80 and seen[1] == seen[0]
 
+def test_resuming_with_fewer_epochs_than_the_checkpoint_holds_is_refused_before_anything_runs(tmp_path):
+    """Resumed with epochs=2 from a checkpoint of 3 epochs, fit trained nothing and returned the 3
+    epochs, the stop reason of a run still going on (""), the checkpoint left unfinished."""
+    checkpoint = tmp_path / "run.npz"
+    _fit_with_checkpoint(checkpoint, epochs=3)
+    before = checkpoint.read_bytes()
+    x, y = blobs()
+    model = cr.Sequential([cr.Linear(10, 16), cr.ReLU(), cr.Linear(16, 3)], seed=0)
+    initial = model.flat_params.copy()
+    with pytest.raises(ValueError, match=r"^fit: the checkpoint .*run\.npz holds 3 epochs, more than epochs=2: "
+                                         r"resume it with epochs >= 3, or delete it to start afresh$"):
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=2, batch_size=16,
+               validation_split=0.2, checkpoint=checkpoint, resume=True, verbose=False)
+    np.testing.assert_array_equal(model.flat_params, initial)  # nothing restored
+    assert checkpoint.read_bytes() == before
+    assert len(_fit_with_checkpoint(checkpoint, epochs=3, resume=True)) == 3  # (as many: the run, finished)
+
+
 @pytest.mark.parametrize("damage", DAMAGED_CHECKPOINTS)
 def test_resuming_from_a_damaged_checkpoint_is_a_model_file_error(tmp_path, damage):
     checkpoint = tmp_path / "checkpoint.npz"
@@ -753,6 +782,63 @@ def test_history_records_metrics_and_gradient_flow():
     assert len(csv) == 5 and "grad_norm" in csv[0]
     report = history.gradient_report()
     assert "0:Linear" in report and "EXPLODING" not in report
+
+
+class _MetricsOfOnesOwn(cr.Callback):
+    """Adds metrics as NumPy computes them, as EarlyStopping's docstring invites (a "val_f1")."""
+
+    def __init__(self, **values):
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs, model):
+        logs.update(self.values)
+        logs["val_f1"] = np.mean(np.array([0.5, 0.25 * epoch], np.float32))  # a NumPy float32
+        logs["val_errors"] = np.sum(np.arange(3) > epoch)  # a NumPy int64
+        logs["improved"] = np.bool_(epoch > 0)
+
+
+def test_metrics_a_callback_adds_as_numpy_scalars_are_kept_as_python_numbers(tmp_path):
+    """A callback's metric computed with NumPy (a float32 F1, an int64 count of errors) failed the
+    epoch's checkpoint: "TypeError: Object of type float32 is not JSON serializable", the epoch's
+    training lost. An epoch's logs hold Python numbers, whatever a callback put there."""
+    x, y = blobs()
+    checkpoint = tmp_path / "run.npz"
+
+    def run(epochs, resume=False):
+        model = small_mlp()
+        return cr.fit(model, x, y, cr.CrossEntropy(), cr.Adam(model.parameters(), lr=0.01), epochs=epochs,
+                      batch_size=32, validation_split=0.2, callbacks=[_MetricsOfOnesOwn(val_auc=np.array(0.75))],
+                      early_stopping=cr.EarlyStopping(monitor="val_f1", patience=5), checkpoint=checkpoint,
+                      resume=resume, verbose=False)
+
+    history = run(2)
+    assert history["val_f1"] == [0.25, 0.375] and history["val_errors"] == [2, 1]
+    assert history["improved"] == [False, True] and history["val_auc"] == [0.75, 0.75]
+    assert {type(v) for e in history for k, v in e.items() if k != "improved"} <= {int, float}
+    assert {type(v) for v in history["improved"]} == {bool} and history.best_epoch == 1
+    assert checkpoint_summary(checkpoint)["epochs_done"] == 2
+    json.dumps(history.to_dict(), allow_nan=False)
+    history.save_csv(tmp_path / "history.csv")
+    with open(tmp_path / "history.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    assert [first[k] for k in ("val_auc", "val_f1", "val_errors", "improved")] == ["0.75", "0.25", "2", "False"]
+    assert run(3, resume=True)["val_f1"] == [0.25, 0.375, 0.5]
+
+
+@pytest.mark.parametrize("value,kind", [("0.9", "a str"), (None, "a NoneType"), (np.array([0.5, 0.6]),
+                                        r"an array of shape \(2,\)"), (1j, "a complex"), ([0.5], "a list of 1")])
+def test_an_epoch_log_that_is_no_number_is_refused_in_a_line_that_names_it(tmp_path, value, kind):
+    """What is no number would fail the checkpoint (or later, the progress line or a reader of the
+    history): refused at the end of the epoch, naming the key and the callback that put it there."""
+    x, y = blobs()
+    model = small_mlp()
+    checkpoint = tmp_path / "run.npz"
+    with pytest.raises(ValueError, match=rf"^fit: _MetricsOfOnesOwn put 'val_note' in the epoch logs as {kind}; "
+                                         r"epoch logs are numbers \(int, float or bool\), kept in the History "
+                                         r"and its checkpoints$"):
+        cr.fit(model, x, y, cr.CrossEntropy(), cr.SGD(model.parameters(), lr=0.01), epochs=2, verbose=False,
+               callbacks=[_MetricsOfOnesOwn(val_note=value)], checkpoint=checkpoint)
+    assert not checkpoint.exists()
 
 
 def test_float64_training_keeps_float64():

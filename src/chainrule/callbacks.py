@@ -13,7 +13,8 @@ calls them:
 
 `epoch` and `batch` count from 0. A batch's `logs` hold the epoch's running `loss`, `accuracy`
 (for class labels) and `examples` (seen so far this epoch); an epoch's logs are the entry
-`History.epochs` gets.
+`History.epochs` gets. A callback may add metrics of its own to them, numbers (a NumPy scalar is
+kept as the Python number it holds): anything else stops `fit` with a ValueError.
 """
 
 from __future__ import annotations

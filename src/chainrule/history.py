@@ -9,7 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+import numbers
 import operator
+
+import numpy as np
 
 from chainrule.files import atomic_write_bytes
 
@@ -22,12 +25,30 @@ EXPLODING_RATIO = 1e-1
 VANISHING_RATIO = 1e-6
 
 
+def log_number(value) -> bool | int | float | None:
+    """`value` as an epoch's logs keep it: a Python bool, int or float, which the checkpoint's JSON,
+    the CSV and the progress line all write; None where it is no real number. A callback's metric
+    computed with NumPy is a NumPy scalar (the mean of float32 values is a float32, a count an
+    int64), which JSON cannot write: it comes back as the Python number it holds."""
+    if isinstance(value, np.ndarray | np.generic) and value.ndim == 0:
+        value = value.item()  # (np.bool_ is no `numbers.Integral`: as a Python bool it is)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None
+
+
 class History:
     """Everything `fit` measured, one entry per epoch.
 
     `epochs[i]` is a dict with `loss`, `accuracy`, `val_loss`, `val_accuracy` (when there is
-    validation data), `lr`, `seconds` and `samples_per_s`. `gradient_flow[i]` maps each layer with
-    weights (and each ReLU-family layer) to its gradient-flow statistics for that epoch.
+    validation data), `lr`, `seconds` and `samples_per_s`, and whatever a callback adds (a
+    "val_f1"), every value a Python number (`log_number`: `fit` refuses what is none).
+    `gradient_flow[i]` maps each layer with weights (and each ReLU-family layer) to its
+    gradient-flow statistics for that epoch.
     `best_epoch` is an index into `epochs` (0-based, as checkpoints store it); files and lines
     meant for people name it as the epoch's own number, `best_epoch + 1`. `stop_reason` says in
     words why the run ended ("" while it goes on); `stopped_early` whether a callback

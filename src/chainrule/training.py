@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from chainrule.callbacks import Callback, EarlyStopping, GradientFlow, ProgressLogger
-from chainrule.checkpoint import checkpoint_seed, load_checkpoint, save_checkpoint
+from chainrule.checkpoint import checkpoint_seed, checkpoint_summary, load_checkpoint, save_checkpoint
 from chainrule.checks import flag, positive_int
 from chainrule.distributed import GradientBuckets, World
 from chainrule.errors import TrainingDiverged
 from chainrule.files import folder_problem
-from chainrule.history import EPOCH_KEYS, History
+from chainrule.history import EPOCH_KEYS, History, log_number
 from chainrule.layers import Dropout, Sigmoid
 from chainrule.losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
 from chainrule.metrics import has_label_dtype
@@ -153,6 +153,18 @@ def _checkpoint_problem(path: str) -> str | None:
     return None if folder is None else f"{path}: its folder {folder}"
 
 
+def _check_epochs_left(checkpoint, epochs: int, world: World) -> None:
+    """Refuse to resume a checkpoint of more epochs than `epochs`, before anything is restored: fit
+    trained nothing and returned them all, more than asked, with the stop reason of a run that goes
+    on (""). As many is a finished run; fewer, one to go on with. (Rank 0 reads it, and tells the
+    others; a checkpoint it cannot read is `load_checkpoint`'s to refuse.)"""
+    summary = checkpoint_summary(checkpoint) if world.rank == 0 else None
+    done = world.bcast(summary["epochs_done"] if summary is not None else None)
+    if done is not None and done > epochs:
+        raise ValueError(f"fit: the checkpoint {os.fspath(checkpoint)} holds {done} epochs, more than epochs={epochs}: "
+                         f"resume it with epochs >= {done}, or delete it to start afresh")
+
+
 def _check_monitor(monitor: str, keys: list[str], callbacks: bool) -> None:
     """Refuse an EarlyStopping `monitor` that none of the `keys` every epoch will report is,
     before the first step: a misspelt key would otherwise stop the run at the end of its first
@@ -270,31 +282,46 @@ class _DivergenceGuard:
                 self._restore()
                 raise TrainingDiverged(float(value), epoch + 1, None, lr, what=what)
 
+    def check_moments(self, optimizer, epoch: int) -> None:
+        """At the end of an epoch, the optimizer's moments must be finite: a gradient whose square
+        overflowed makes Adam's v infinite for good, and the weights it divides stop moving, while
+        the loss stays finite (`check` never sees it). Where they are not, back to the weights
+        before the epoch's last step, as `check_epoch` does: those the last finite loss judged.
+        Once an epoch; min and max propagate NaN and are ±inf if any value is, so two reductions
+        tell, with no temporary array."""
+        moments = getattr(optimizer, "moments", ())
+        arrays = ({name: getattr(optimizer, name) for name in moments} if moments else  # (else an optimizer of
+                  {name: a for name, a in optimizer.state().items() if np.ndim(a)})   # one's own, by its state)
+        for name, values in arrays.items():
+            for bad in (values.min(), values.max()):
+                if not np.isfinite(bad):
+                    self._restore()
+                    raise TrainingDiverged(float(bad), epoch + 1, None, optimizer.lr,
+                                           what=f"the gradients (the optimizer's {name})")
+
     def _restore(self) -> None:
         if self.saved:
             for kept, now in zip(self.last_good, self._arrays(), strict=True):
                 now[...] = kept
 
 
+def _numbers_only(logs: dict, callback: Callback) -> None:
+    """The epoch's `logs` (`History.epochs`' entry) once `callback` has seen them, each value the
+    Python number `history.log_number` makes of it, as the next callbacks, the checkpoint's JSON and
+    the CSV take them; anything else is refused in a line that names it and the callback, before
+    the checkpoint (a NumPy float32 there raised "Object of type float32 is not JSON serializable")."""
+    for key, value in logs.items():
+        number = log_number(value)
+        if number is None:
+            raise ValueError(f"fit: {type(callback).__name__} put {key!r} in the epoch logs as {_kind_of(value)}; "
+                             "epoch logs are numbers (int, float or bool), kept in the History and its checkpoints")
+        logs[key] = number
+
+
 def _weight(loss, target) -> float:
     """How much a batch counts in a mean over batches (`Loss.weight`); a loss that is a plain
     function, `loss(output, target) -> (value, grad)`, averages over its examples."""
     return loss.weight(target) if hasattr(loss, "weight") else float(len(target))
-
-
-def _check_optimizer_state(optimizer, epoch: int) -> None:
-    """Raise TrainingDiverged if the optimizer's moments hold an infinity or NaN: a gradient whose
-    square overflowed makes Adam's v infinite for good, and the weights it divides stop moving,
-    while the loss stays finite (the guard never sees it). Once an epoch; min and max propagate NaN
-    and are ±inf if any value is, so two reductions tell, with no temporary array."""
-    moments = getattr(optimizer, "moments", ())
-    arrays = ({name: getattr(optimizer, name) for name in moments} if moments else  # (else an optimizer of
-              {name: a for name, a in optimizer.state().items() if np.ndim(a)})   # one's own, by its state)
-    for name, values in arrays.items():
-        for bad in (values.min(), values.max()):
-            if not np.isfinite(bad):
-                raise TrainingDiverged(float(bad), epoch + 1, None, optimizer.lr,
-                                       what=f"the gradients (the optimizer's {name})")
 
 
 def _callback_list(callbacks) -> list[Callback]:
@@ -533,7 +560,7 @@ class _Run:
         the epoch's logs in the history, the callbacks, the stop reason and the checkpoint. Returns
         whether the run stops here (early stopping); raises TrainingDiverged."""
         model, optimizer, world = self.model, self.optimizer, self.world
-        _check_optimizer_state(optimizer, epoch)
+        self.guard.check_moments(optimizer, epoch)  # raises TrainingDiverged
         seconds = time.perf_counter() - started
         logs = {"epoch": epoch + 1, **running.logs()}
         if self.data.x_val is not None:
@@ -547,6 +574,7 @@ class _Run:
         stop = False
         for cb in self.callbacks:
             stop = bool(cb.on_epoch_end(epoch, logs, model)) or stop
+            _numbers_only(logs, cb)
         stop = world.bcast(stop)
         if stop:
             self.history.stopped_early = True
@@ -615,6 +643,7 @@ def fit(
             uninterrupted run with the same seed, bit for bit where no other process kept a core busy,
             or with BLAS held to one thread (`OPENBLAS_NUM_THREADS=1`): under load BLAS runs on fewer
             threads from a moment that varies, and rounds differently on one (see `BlasThreads`).
+            A checkpoint of more epochs than `epochs` is refused (ValueError), before anything runs.
         world: the processes that train together (`chainrule.distributed.world()` under mpirun);
             None: this process alone.
 
@@ -647,6 +676,8 @@ def fit(
     if resume and checkpoint is None:  # (it started afresh without a word)
         raise ValueError("fit: resume=True needs the checkpoint to resume from (checkpoint=path.npz)")
     _check_checkpoint(checkpoint, world)
+    if resume:
+        _check_epochs_left(checkpoint, epochs, world)
     if batch_size < world.size:
         raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} processes sharing it")
     callbacks = _callback_list(callbacks)
