@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -134,3 +136,22 @@ def test_gradient_flows_update_ratio_panel_says_what_the_gradient_report_flags(d
     lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines() if line.get_label() != "0:Linear"}
     assert lines == {"EXPLODING above": EXPLODING_RATIO, "VANISHING below": VANISHING_RATIO}
     assert (EXPLODING_RATIO, VANISHING_RATIO) == (1e-1, 1e-6)  # (the report's thresholds, kept)
+
+
+def test_gradient_flow_of_gradients_all_zero_draws_them_without_matplotlibs_warning(drawn, tmp_path):
+    """Saturated sigmoids (`digits train --model small --lr 1e30`) pass no gradient back: on a log
+    scale, matplotlib warned "Data has no positive values, and therefore cannot be log-scaled", with
+    its source line, on standard error. Such a panel is linear, and says that all was 0."""
+    h = one_epoch_history()
+    h.gradient_flow = [{"0:Linear": {"grad_norm": 0.0, "update_ratio": 0.0}, "1:ReLU": {"dead_fraction": 1.0},
+                        "2:Linear": {"grad_norm": 0.0, "update_ratio": 0.0}}] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.gradient_flow(h, tmp_path / "flow.png")
+        drawn[0].canvas.draw()
+    for ax in drawn[0].axes[:2]:
+        assert ax.get_yscale() == "linear" and [t.get_text() for t in ax.texts] == ["all 0"], ax.get_ylabel()
+    h.gradient_flow = [{"0:Linear": {"grad_norm": 0.0, "update_ratio": 0.0}},
+                       {"0:Linear": {"grad_norm": 0.5, "update_ratio": 1e-3}}]  # (0 in one epoch only: a log scale)
+    plots.gradient_flow(h, tmp_path / "flow.png")
+    assert [ax.get_yscale() for ax in drawn[1].axes] == ["log", "log"] and not drawn[1].axes[0].texts

@@ -149,6 +149,21 @@ def test_one_network_needs_a_held_out_share(tmp_path, capsys):
     assert "--validation is for --folds 0" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
+def test_a_run_that_diverges_with_a_weight_decay_names_it_in_its_advice(data_root, tmp_path, capsys):
+    """With --weight-decay 1e30 (AdamW shrinks the weights by lr·weight decay a step) the run diverged,
+    and the one advice was "try a smaller --lr", of a run at the default learning rate."""
+    sms = tmp_path / "sms.txt"
+    sms.write_bytes(b"".join((data_root / "sms-spam" / "SMSSpamCollection").read_bytes().splitlines(True)[:400]))
+    args = ["spam", "train", "--sms", str(sms), "--out", str(tmp_path / "m"), "--quiet", "--folds", "0",
+            "--epochs", "1"]
+    assert main([*args, "--weight-decay", "1e30"]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged" in err and err.endswith("no model was saved — try a smaller --lr or --weight-decay\n")
+    assert main([*args, "--lr", "1e30"]) == 2  # (no weight decay: the learning rate alone)
+    assert capsys.readouterr().err.endswith("no model was saved — try a smaller --lr\n")
+    assert not (tmp_path / "m" / "model.json").exists()
+
+
 def test_evaluate_beats_the_majority_class_on_held_out_mail(spam_model, spam_corpus, capsys):
     assert main(["spam", "evaluate", str(spam_model), str(spam_corpus[1]), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

@@ -172,11 +172,13 @@ def gradient_flow(history, path, title: str = "Gradient flow") -> None:
         panels.append(("dead_fraction", "dead ReLU units (fraction)", relus))
     fig, axes = _subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False, layout="constrained")
     for ax, (key, label, names) in zip(axes[0], panels, strict=True):
+        drawn = []
         for name in names:
             values = [s.get(name, {}).get(key, np.nan) for s in flow]
             ax.plot(epochs, values, "-o", ms=3, label=name)
+            drawn += values
         if key != "dead_fraction":
-            ax.set_yscale("log")
+            _log_scale(ax, drawn)
         if key == "update_ratio":
             ax.axhspan(1e-4, 1e-2, color="green", alpha=0.08, label="typical (~1e-3)")
             ax.axhline(EXPLODING_RATIO, color="C3", ls="--", lw=1, label="EXPLODING above")
@@ -188,6 +190,18 @@ def gradient_flow(history, path, title: str = "Gradient flow") -> None:
         ax.legend(fontsize=7)
     fig.suptitle(title)
     save_figure(fig, path)
+
+
+def _log_scale(ax, values) -> None:
+    """A log scale on `ax`'s y axis, which draws `values`, where one is a finite number above 0.
+    Where every one is 0 (saturated sigmoids pass no gradient back), matplotlib cannot log-scale
+    them and warned so on standard error, its source line with it: the axis stays linear, and the
+    panel says that all was 0."""
+    values = np.asarray(values, dtype=float)
+    if np.any(np.isfinite(values) & (values > 0)):
+        ax.set_yscale("log")
+    elif values.size and np.all(values == 0):
+        ax.text(0.5, 0.5, "all 0", transform=ax.transAxes, ha="center", va="center", color="grey")
 
 
 def image_grid(images, path, titles=None, cols: int | None = None, title: str | None = None,

@@ -145,11 +145,14 @@ def check_standard_input(paths: list[str]) -> None:
                         "folders, an mbox or a Maildir")
 
 
-def diverged(exc, earlier=None) -> str:
+def diverged(exc, earlier=None, weight_decay: float = 0.0) -> str:
     """The one-line error of a `train` command whose loss blew up (`TrainingDiverged`): where, that
-    the run saved no model, and that the `earlier` run in its folder (if one) is still there."""
+    the run saved no model, that the `earlier` run in its folder (if one) is still there, and what to
+    lower: the learning rate, and the `weight_decay` where one was given (AdamW scales the weights by
+    1 - lr·weight decay a step: past lr·weight decay = 2 they flip sign and grow, the lr fine alone)."""
     kept = f", the earlier run in {earlier} is as it was" if earlier is not None else ""
-    return f"training diverged: {exc.where()} (lr {exc.lr:g}); no model was saved{kept} — try a smaller --lr"
+    lower = "--lr or --weight-decay" if weight_decay else "--lr"
+    return f"training diverged: {exc.where()} (lr {exc.lr:g}); no model was saved{kept} — try a smaller {lower}"
 
 
 def percent(value: float | None) -> str:

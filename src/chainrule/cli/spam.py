@@ -192,7 +192,7 @@ def _train_into(args, config: HashingConfig, validation: float, out: Path, world
                                   world=world,
                                   balance=not args.corpus if args.balance is None else args.balance)  # (see --balance)
         except TrainingDiverged as exc:
-            raise UserError(diverged(exc)) from None
+            raise UserError(diverged(exc, weight_decay=args.weight_decay)) from None
         if result is None:  # a rank other than 0: its part is done
             return 0
         if args.folds >= 2 and not args.quiet:
