@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from chainrule.apps import images, spam
 from chainrule.data import text as text_module
@@ -239,8 +239,9 @@ window.fetch = (...args) => new Promise((done) => setTimeout(done, 600)).then(()
 
 def test_an_answer_about_a_picture_no_longer_on_the_pad_is_dropped(page, tmp_path):
     """With slow answers: Clear while a drawing's answer is on its way, or an upload, or a message
-    sent twice with Ctrl+Enter: only what the page shows now gets an answer, and the page says
-    when nothing is on its way any more."""
+    edited and sent again with Ctrl+Enter: only what the page shows now gets an answer, and the page
+    says when nothing is on its way any more. (The edited message was dropped without a word, and the
+    first one's verdict shown under it.)"""
     page.add_init_script(SLOW_FETCH)
     page.reload()
     page.wait_for_function("document.getElementById('image-model').options.length > 0")
@@ -257,14 +258,15 @@ def test_an_answer_about_a_picture_no_longer_on_the_pad_is_dropped(page, tmp_pat
     page.mouse.click(box["x"] + 140, box["y"] + 140)
     page.wait_for_selector("#answer[aria-busy='false']")
     assert page.locator("#images-error").is_hidden() and page.inner_text("#label") != "–"
-    # a message checked, then another submitted while the first is on its way: the second is ignored
+    # a message checked, then edited and submitted while its answer is on its way: the edited one is
+    # checked when that answer comes, and only its verdict is shown
     page.fill("#message", SPAM_SMS)
     page.click("#check")
     page.fill("#message", HAM_SMS)
     page.press("#message", "Control+Enter")
     page.wait_for_selector("#spam[aria-busy='false'] #spam-result:not([hidden])")
-    page.wait_for_timeout(800)
-    assert page.evaluate("document.getElementById('verdict').textContent") == "spam"
+    assert page.evaluate("document.getElementById('verdict').textContent") == "ham"
+    assert page.evaluate("document.getElementById('highlighted').textContent") == HAM_SMS
     # an error hides the verdict of the message before
     page.fill("#message", "   ")
     page.click("#check")
@@ -378,6 +380,36 @@ def test_a_picture_over_the_servers_limit_says_how_to_raise_it(browser, models, 
             f"request body is larger than the limit of 1,048 bytes; this picture is {photo.stat().st_size:,} bytes "
             "(chainrule serve --max-body-mb sets the limit)")
         assert page.get_attribute("#answer", "aria-busy") == "false"
+        # a message over the limit says so too (it got the server's words alone)
+        message = " ".join([SPAM_SMS] * 8)
+        page.fill("#message", message)
+        page.click("#check")
+        page.wait_for_selector("#spam[aria-busy='false'] #spam-error:not([hidden])")
+        assert page.inner_text("#spam-error") == (
+            f"request body is larger than the limit of 1,048 bytes; this message is {len(message.encode()):,} bytes "
+            "(chainrule serve --max-body-mb sets the limit)")
+
+
+def test_a_picture_of_more_pixels_than_the_server_reads_is_made_smaller(page, models, tmp_path):
+    """A 1200-dpi scan of 8000x8000 pixels in a PNG of 40 kB was shown on the pad, sent as it was (only
+    files over a megabyte were made smaller) and refused: "8000x8000 pixels is too large (limit
+    50,000,000 pixels)". A picture over 2,000 pixels a side is sent re-encoded at most that, whatever
+    its file's size."""
+    scan = tmp_path / "scan.png"
+    drawing = Image.new("1", (8000, 8000), 1)
+    ImageDraw.Draw(drawing).line([(2000, 1800), (6000, 1800), (3500, 6500)], fill=0, width=500)  # (a 7)
+    drawing.save(scan, optimize=True)
+    assert scan.stat().st_size < 100_000
+    page.evaluate("""() => { const fetchNow = window.fetch;
+        window.fetch = (url, init) => { window.sent = init.body; return fetchNow(url, init); }; }""")
+    page.set_input_files("#upload", str(scan))
+    page.wait_for_function("""document.getElementById('label').textContent !== '–'
+        || !document.getElementById('images-error').hidden""", timeout=60_000)
+    page.wait_for_selector("#answer[aria-busy='false']")
+    assert page.locator("#images-error").is_hidden(), page.inner_text("#images-error")
+    assert page.inner_text("#label") == "7"
+    width, height = page.evaluate("createImageBitmap(sent).then((b) => [b.width, b.height])")
+    assert max(width, height) <= 2000
 
 
 DROP = """([selector, type, data]) => !document.querySelector(selector).dispatchEvent(
@@ -405,6 +437,26 @@ def test_a_picture_dropped_on_the_pad_is_taken_as_an_upload(page, models, tmp_pa
     model, metadata = images.load_image_model(models["digits"])
     assert page.inner_text("#label") == images.predict_images(model, metadata, [photo])[0]["label"]
     assert page.input_value("#message") == HAM_SMS
+
+
+def test_a_folder_dropped_on_the_pad_is_said_to_be_no_picture(page, tmp_path):
+    """A folder dragged from the desktop onto the pad (like a file the browser cannot read: one moved
+    or removed since it was picked) was sent on as it was, fetch failed, and the page said "cannot reach
+    the server (is chainrule serve still running?)" with the server running. It says what was dropped
+    cannot be read, and asks the server nothing. (The drag is the browser's own, of a real folder.)"""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    asked = []
+    page.on("request", lambda request: asked.append(request.url) if "/predict" in request.url else None)
+    cdp = page.context.new_cdp_session(page)
+    box = page.locator("#pad").bounding_box()
+    data = {"items": [], "files": [str(folder)], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": box["x"] + 100, "y": box["y"] + 100, "data": data})
+    page.wait_for_selector("#images-error:not([hidden])")
+    assert page.inner_text("#images-error") == \
+        '"photos" cannot be read as a picture (a folder, or a file moved or removed since)'
+    assert page.get_attribute("#answer", "aria-busy") == "false" and asked == []
 
 
 def test_answers_of_a_model_reloaded_since_the_page_opened_carry_its_classes(browser, models, tmp_path):
@@ -492,6 +544,50 @@ def test_a_model_no_longer_served_gives_way_to_one_that_is(browser, models, tmp_
             assert page.inner_text("#images-title") == "Draw a digit"
             draw(page, SEVEN)
             assert page.inner_text("#label") == "7" and page.locator("#images-error").is_hidden()
+
+
+def test_a_server_started_again_without_image_models_leaves_nothing_waiting(browser, models, tmp_path):
+    """`chainrule serve` started again with the spam model only, while a stroke was being drawn: the
+    answer kept aria-busy="true" for ever (the strokes drawn meanwhile had no model to go to, and
+    nothing said the wait was over); the emptied model picker still showed (style.css's display won
+    over [hidden]), and the disabled upload still looked like a live button."""
+    with contextlib.ExitStack() as open_page:
+        with running_server({"digits": models["digits"], "spam": models["spam"]}) as (url, _):
+            page = open_page.enter_context(page_at(browser, url, allowed=("404 (Not Found)",)))
+        port = url.rsplit(":", 1)[1]
+        with running_server({"spam": models["spam"]}, "--port", port, "--runs", str(tmp_path / "none")):
+            page.evaluate(f"() => {{ {SLOW_FETCH} }}")  # (strokes are drawn while the first answer is out)
+            box = page.locator("#pad").bounding_box()
+            page.mouse.move(box["x"] + 140, box["y"] + 40)
+            page.mouse.down()
+            page.mouse.move(box["x"] + 140, box["y"] + 240, steps=10)
+            page.mouse.up()
+            page.wait_for_selector("#images-missing:not([hidden])")
+            page.wait_for_selector("#answer[aria-busy='false']", timeout=5000)
+            page.screenshot(path=tmp_path / "no-image-model.png", full_page=True)
+            assert page.locator("#picker").is_hidden()
+            assert page.is_disabled("#upload")
+            label = page.evaluate("""(() => { const s = getComputedStyle(document.getElementById('upload-label'));
+                return [s.cursor, Number(s.opacity)]; })()""")
+            assert label[0] == "not-allowed" and label[1] < 1, f"the disabled upload looks live: {label}"
+
+
+def test_a_server_started_again_without_a_spam_model_is_shown_so(browser, models, tmp_path):
+    """`chainrule serve` started again without the spam model: a check got "no spam model is loaded"
+    (503), while the header still listed the spam model. The page asks for the models again, as a 404
+    of an image model makes it do."""
+    with contextlib.ExitStack() as open_page:
+        with running_server({"digits": models["digits"], "spam": models["spam"]}) as (url, _):
+            page = open_page.enter_context(page_at(browser, url, allowed=("503 (Service Unavailable)",)))
+            assert "spam:" in page.inner_text("#models")
+        port = url.rsplit(":", 1)[1]
+        with running_server({"digits": models["digits"]}, "--port", port, "--runs", str(tmp_path / "none")):
+            page.fill("#message", HAM_SMS)
+            page.click("#check")
+            page.wait_for_selector("#spam[aria-busy='false'] #spam-error:not([hidden])")
+            assert page.inner_text("#spam-error").startswith("no spam model is loaded")
+            page.wait_for_function("!document.getElementById('models').textContent.includes('spam:')", timeout=5000)
+            assert page.inner_text("#models").startswith("mnist:")
 
 
 def test_messages_get_verdicts(page, tmp_path):

@@ -92,6 +92,13 @@ async function postJSON(url, body, contentType) {
   return data;
 }
 
+// What the page says of a failed request: a body over serve's limit (413) is said with its size and
+// what sets the limit, the server's answer saying only the limit.
+function failure(err, what, bytes) {
+  if (err.status !== 413) return err.message;
+  return `${err.message}; this ${what} is ${bytes.toLocaleString("en")} bytes (chainrule serve --max-body-mb sets the limit)`;
+}
+
 // -- models ------------------------------------------------------------------------------------
 
 let imageModels = []; // every image model, as /api/models describes it (name, classes, picture, ...)
@@ -356,14 +363,11 @@ async function sendImage(file, asked = picture, model = current.name) {
     if (asked !== picture) return;
     resetPrediction(); // the last answer was for another picture
     $("images-error").hidden = false;
-    $("images-error").textContent = err.status === 413
-      ? `${err.message}; this picture is ${body.size.toLocaleString("en")} bytes `
-        + "(chainrule serve --max-body-mb sets the limit)"
-      : err.message;
+    $("images-error").textContent = failure(err, "picture", body?.size);
   } finally {
     pending--;
-    if (pending === 0 && again && hasInk) predict();
-    else if (pending === 0) $("answer").setAttribute("aria-busy", "false");
+    if (pending === 0 && again) predict(); // (it sends only with ink on the pad and a model to ask)
+    if (pending === 0) $("answer").setAttribute("aria-busy", "false");
   }
 }
 
@@ -485,15 +489,17 @@ $("clear").addEventListener("click", () => {
   resetPrediction();
 });
 
-// Photos of more than a megabyte are sent re-encoded, at most 2,000 pixels on their longer side: the
-// network reads 28x28 pixels, and a phone's photo of 5 MB and more is over serve's limit (5 MB
-// unless --max-body-mb says otherwise) and slow to send over a phone's link.
+// Photos of more than a megabyte, and pictures of more than 2,000 pixels a side, are sent re-encoded, at
+// most 2,000 pixels on their longer side: the network reads 28x28 pixels, a phone's photo of 5 MB and
+// more is over serve's limit (5 MB unless --max-body-mb says otherwise) and slow to send over a phone's
+// link, and a scan of 8000x8000 pixels in a small file is over the server's limit on pixels
+// (data/images.py MAX_PIXELS).
 const SHRINK_ABOVE_BYTES = 1024 * 1024;
 const SHRUNK_SIDE = 2000;
 
 // A new picture from a file, uploaded or dropped on the pad: the pad is cleared now (an answer about
 // the old one is dropped), then shows the file, fitted, on white, and the file is sent, unchanged
-// unless large (above).
+// unless large (above). A file the browser cannot read is not sent: the page says so.
 function takePicture(file) {
   clearPad();
   resetPrediction();
@@ -512,6 +518,7 @@ async function shownAndShrunk(file, shown) {
   try {
     bitmap = await createImageBitmap(file);
   } catch {
+    await readable(file);
     return file;
   }
   try {
@@ -519,7 +526,8 @@ async function shownAndShrunk(file, shown) {
     const s = Math.min(PAD / bitmap.width, PAD / bitmap.height);
     const w = bitmap.width * s, h = bitmap.height * s;
     padCtx.drawImage(bitmap, (PAD - w) / 2, (PAD - h) / 2, w, h);
-    return file.size > SHRINK_ABOVE_BYTES ? await shrunk(bitmap, file) : file;
+    const large = file.size > SHRINK_ABOVE_BYTES || Math.max(bitmap.width, bitmap.height) > SHRUNK_SIDE;
+    return large ? await shrunk(bitmap, file) : file;
   } catch {
     return file; // (no memory for a canvas that large, say: the server answers as it can)
   } finally {
@@ -529,7 +537,7 @@ async function shownAndShrunk(file, shown) {
 
 // `bitmap`, the picture of `file`, re-encoded at most SHRUNK_SIDE pixels a side: as JPEG, or as PNG
 // where it has transparent pixels (the server puts a drawing on a transparent background onto white or
-// black, whichever shows its ink). The file itself where that is no smaller.
+// black, whichever shows its ink). The file itself where that is no smaller, in pixels or in bytes.
 async function shrunk(bitmap, file) {
   const s = Math.min(1, SHRUNK_SIDE / Math.max(bitmap.width, bitmap.height));
   const canvas = document.createElement("canvas");
@@ -542,7 +550,18 @@ async function shrunk(bitmap, file) {
   let opaque = true;
   for (let k = 3; k < pixels.length && opaque; k += 4) opaque = pixels[k] === 255;
   const blob = await new Promise((done) => canvas.toBlob(done, opaque ? "image/jpeg" : "image/png", 0.9));
-  return blob !== null && blob.size < file.size ? blob : file;
+  return blob !== null && (s < 1 || blob.size < file.size) ? blob : file;
+}
+
+// A file the browser cannot read (a folder dropped, a file moved or removed since it was picked) makes
+// fetch fail as no server answering does: it is said to be no picture, and not sent. (Its first byte is
+// read: a folder or a file gone fails there.)
+async function readable(file) {
+  try {
+    await file.slice(0, 1).arrayBuffer();
+  } catch {
+    throw new Error(`"${file.name}" cannot be read as a picture (a folder, or a file moved or removed since)`);
+  }
 }
 
 $("upload").addEventListener("change", () => {
@@ -838,10 +857,32 @@ function hideVerdict() {
   $("spam-probability").textContent = "";
 }
 
+let checking = false; // a message's answer is on its way
+let queued = null; // the text submitted last while it was: checked when that answer comes
+
+// One message at a time: a text submitted while an answer is on its way (edited, then Ctrl+Enter) is
+// checked when that answer comes, and only the verdict of the text submitted last is shown.
 async function checkMessage(event) {
   event.preventDefault();
-  if ($("check").disabled) return; // one message at a time (Ctrl+Enter, too); or no spam model
-  const text = $("message").value;
+  if ($("check").disabled) return; // no spam model (Ctrl+Enter submits even so)
+  queued = $("message").value;
+  if (checking) return;
+  checking = true;
+  $("spam").setAttribute("aria-busy", "true");
+  try {
+    while (queued !== null) {
+      const text = queued;
+      queued = null;
+      await check(text);
+    }
+  } finally {
+    checking = false;
+    $("spam").setAttribute("aria-busy", "false");
+  }
+}
+
+// Check `text` and show its verdict, unless another text was submitted meanwhile.
+async function check(text) {
   const error = $("spam-error");
   if (!text.trim()) {
     hideVerdict(); // the last verdict was about another message
@@ -850,11 +891,10 @@ async function checkMessage(event) {
     $("message").focus();
     return;
   }
-  $("check").disabled = true;
-  $("spam").setAttribute("aria-busy", "true");
   try {
     const result = await postJSON("/api/spam/classify", text, "text/plain; charset=utf-8");
     await describedAs(result, () => spamModel);
+    if (queued !== null) return; // (another text submitted since: its verdict is the one to show)
     error.hidden = true;
     $("spam-result").hidden = false;
     const verdict = $("verdict");
@@ -868,12 +908,13 @@ async function checkMessage(event) {
     $("tokens-ham").replaceChildren(...hammy.map(chip));
     highlight(text, result.top_tokens, result.header_lines);
   } catch (err) {
+    // No spam model: serve was started again without one. The models are asked for again, and the
+    // header no longer lists the one it had.
+    if (err.status === 503) await fetchModels().catch(() => {});
+    if (queued !== null) return;
     hideVerdict();
     error.hidden = false;
-    error.textContent = err.message;
-  } finally {
-    $("check").disabled = false;
-    $("spam").setAttribute("aria-busy", "false");
+    error.textContent = failure(err, "message", new Blob([text]).size);
   }
 }
 
