@@ -98,7 +98,15 @@ def page(browser, server):
 
 
 def draw(page, strokes) -> None:
-    """Draw with the mouse: press, move in small steps along each stroke, release."""
+    """Draw with the mouse (`stroke`), then wait for the answer to the last request."""
+    stroke(page, strokes)
+    # the last request was sent at mouse-up; wait for its answer
+    page.wait_for_selector("#answer[aria-busy='false']")
+
+
+def stroke(page, strokes) -> None:
+    """Draw with the mouse: press, move in small steps along each stroke (points on the 280x280
+    pad), release; with no wait for the answers."""
     page.locator("#pad").scroll_into_view_if_needed()
     box = page.locator("#pad").bounding_box()  # in viewport coordinates, as the mouse moves
     sx, sy = box["width"] / 280, box["height"] / 280
@@ -109,8 +117,6 @@ def draw(page, strokes) -> None:
         for x, y in stroke[1:]:
             page.mouse.move(box["x"] + x * sx, box["y"] + y * sy, steps=15)
         page.mouse.up()
-    # the last request was sent at mouse-up; wait for its answer
-    page.wait_for_selector("#answer[aria-busy='false']")
 
 
 def upload(page, picture: Path) -> None:
@@ -245,16 +251,13 @@ def test_an_answer_about_a_picture_no_longer_on_the_pad_is_dropped(page, tmp_pat
     page.add_init_script(SLOW_FETCH)
     page.reload()
     page.wait_for_function("document.getElementById('image-model').options.length > 0")
-    box = page.locator("#pad").bounding_box()
-    page.mouse.move(box["x"] + 140, box["y"] + 40)
-    page.mouse.down()
-    page.mouse.move(box["x"] + 140, box["y"] + 240, steps=10)
-    page.mouse.up()
+    stroke(page, [[(140, 40), (140, 240)]])
     page.click("#clear")
     page.wait_for_selector("#answer[aria-busy='false']")
     page.wait_for_timeout(700)
     assert page.inner_text("#label") == "–"
     # a single tap leaves a dot, which is something to classify (not "no ink")
+    box = page.locator("#pad").bounding_box()
     page.mouse.click(box["x"] + 140, box["y"] + 140)
     page.wait_for_selector("#answer[aria-busy='false']")
     assert page.locator("#images-error").is_hidden() and page.inner_text("#label") != "–"
@@ -557,11 +560,7 @@ def test_a_server_started_again_without_image_models_leaves_nothing_waiting(brow
         port = url.rsplit(":", 1)[1]
         with running_server({"spam": models["spam"]}, "--port", port, "--runs", str(tmp_path / "none")):
             page.evaluate(f"() => {{ {SLOW_FETCH} }}")  # (strokes are drawn while the first answer is out)
-            box = page.locator("#pad").bounding_box()
-            page.mouse.move(box["x"] + 140, box["y"] + 40)
-            page.mouse.down()
-            page.mouse.move(box["x"] + 140, box["y"] + 240, steps=10)
-            page.mouse.up()
+            stroke(page, [[(140, 40), (140, 240)]])
             page.wait_for_selector("#images-missing:not([hidden])")
             page.wait_for_selector("#answer[aria-busy='false']", timeout=5000)
             page.screenshot(path=tmp_path / "no-image-model.png", full_page=True)
