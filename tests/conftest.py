@@ -7,6 +7,7 @@ Helpers used by several test modules are plain functions here, imported as `from
 from __future__ import annotations
 
 import email.message
+import errno
 import os
 import resource
 import shutil
@@ -218,6 +219,34 @@ def mail_with_an_attachment() -> bytes:
 def open_files(soft: int, hard: int):
     """A `preexec_fn` that starts a process under these limits on open files (`ulimit -Sn SOFT -Hn HARD`)."""
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A 4 MB tmpfs, a real file system that fills up (`fill_disk`), unmounted after the test.
+    Mounting needs root: skipped without it, and failed in CI."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(disk)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("a small tmpfs to fill needs root (mount -t tmpfs)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill_disk(disk: Path) -> Path:
+    """Fill the file system of `disk` to the last byte with one file, returned (delete it to free the room)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
 
 
 def as_a_user() -> list[str]:

@@ -8,6 +8,7 @@ checked by bench/digits_accuracy.py on the full data.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from chainrule.apps import image_presets, images
 from chainrule.cli import main
 from chainrule.errors import ModelFileError, UserError
 from chainrule.files import locked_directory
-from conftest import with_huge_weights
+from conftest import fill_disk, with_huge_weights
 
 DATA = os.environ.get("CHAINRULE_DATA")
 pytestmark = pytest.mark.skipif(not DATA, reason="CHAINRULE_DATA is not set")
@@ -331,22 +332,32 @@ def _epochs_done(checkpoint: Path) -> int:
 ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1"}
 
 
-def _start_and_wait_for_checkpoint(out: Path, options=TINY, extra_env: dict | None = None) -> subprocess.Popen:
+def _start(*args, extra_env: dict | None = None) -> subprocess.Popen:
+    """`chainrule ARGS` started, as a terminal's Ctrl-C and a `kill` would find it."""
     env = {**os.environ, "CHAINRULE_DATA": DATA, **(extra_env or {})}
     # A shell starts a background job with Ctrl-C (SIGINT) ignored, and a child inherits that (Python
     # then keeps ignoring it): the run gets the disposition a terminal's Ctrl-C would find, whatever
     # this process was started with (a handler set here is reset to the default in the child).
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen([*CLI, "digits", "train", *options, "--out", str(out)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen([*CLI, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
     finally:
         signal.signal(signal.SIGINT, inherited)
+
+
+def _wait_for(proc: subprocess.Popen, appeared, what: str) -> None:
+    """Wait until `appeared()`, while `proc` runs."""
     deadline = time.monotonic() + 120
-    while not (out / "checkpoint.npz").exists():
+    while not appeared():
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
+        assert time.monotonic() < deadline, f"no {what} appeared"
+        time.sleep(0.005)
+
+
+def _start_and_wait_for_checkpoint(out: Path, options=TINY, extra_env: dict | None = None) -> subprocess.Popen:
+    proc = _start("digits", "train", *options, "--out", out, extra_env=extra_env)
+    _wait_for(proc, (out / "checkpoint.npz").exists, "checkpoint")
     return proc
 
 
@@ -401,6 +412,81 @@ def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 12
     assert not images.unfinished_run(out / "checkpoint.npz")  # a finished run's: a new run may replace it
+
+
+def _contents(folder: Path) -> dict[str, str]:
+    """What `folder` holds: {name: its bytes' SHA-256, or "a folder"}."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "a folder" for p in folder.iterdir()}
+
+
+def _finished_run(out: Path) -> dict[str, str]:
+    """A finished one-epoch run trained into `out`; returns what its folder holds (`_contents`)."""
+    assert run_cli("digits", "train", *TINY[:4], "--epochs", "1", "--quiet", "--out", out).returncode == 0
+    return _contents(out)
+
+
+def _nothing_to_resume(out: Path) -> None:
+    """`--resume` (what deploy/slurm-train.sh passes) finds the run in `out` finished."""
+    r = run_cli("digits", "train", "--out", out, "--resume", "--quiet")
+    assert (r.returncode, r.stderr) == (0, f"digits: the run in {out} is finished: nothing to resume\n")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda sig: sig.name)
+def test_a_new_run_stopped_in_its_first_epoch_leaves_the_finished_run_it_was_replacing(tmp_path, sig):
+    """A new run into the folder of a finished one sets that run's checkpoint aside; stopped before
+    its first checkpoint, it deleted it, and left the finished model beside its own run.json: --resume
+    (deploy/slurm-train.sh's) said "no checkpoint; starting a new run" and replaced the finished
+    model, where it had said the run was finished. Ctrl-C and SIGTERM put the earlier run back as
+    the run stops (SIGTERM ended the process at once, without a word, leaving what it had set
+    aside); after SIGKILL, the next command to look at the folder does."""
+    out = tmp_path / "run"
+    before = _finished_run(out)
+    # (30,000 images: a first epoch of several seconds, for the signal to come in)
+    proc = _start("digits", "train", "--model", "mlp", "--train-size", "30000", "--epochs", "1", "--quiet",
+                  "--out", out)
+    _wait_for(proc, (out / ".checkpoint.npz.earlier.tmp").exists, "checkpoint set aside")
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -sig
+    else:
+        assert (proc.returncode, stderr.splitlines()[-1]) == (128 + sig, "chainrule: interrupted before the run's "
+                                                              "first epoch was saved; nothing to continue: start "
+                                                              "it again"), stderr
+        assert _contents(out) == before
+    _nothing_to_resume(out)
+    assert _contents(out) == before
+
+
+def test_a_new_run_that_finds_the_disk_full_leaves_the_finished_run_it_was_replacing(small_disk):
+    """As it failed to write its run.json ("No space left on device"), a new run into the folder of a
+    finished one deleted that run's checkpoint: --resume then trained the finished run again."""
+    out = small_disk / "run"
+    small = ("--model", "small", "--train-size", "600", "--quiet", "--out", out)
+    assert run_cli("digits", "train", *small, "--epochs", "1").returncode == 0
+    before = _contents(out)
+    filler = fill_disk(small_disk)
+    r = run_cli("digits", "train", *small, "--epochs", "2")
+    assert r.returncode == 2 and r.stderr.endswith(f"error: {out / 'run.json'}: No space left on device\n"), r.stderr
+    assert _contents(out) == before
+    filler.unlink()
+    _nothing_to_resume(out)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda sig: sig.name)
+def test_sigterm_stops_an_evaluation_as_ctrl_c_does(trained, tmp_path, sig):
+    """SIGTERM (kill, systemd's stop, a batch system's time limit) ended the process at once, without
+    a word: the folder its figures were drawn in stayed hidden in the model's (`.writing-*`, removed by
+    a later command only once an hour old). It stops as Ctrl-C does: what it was writing removed,
+    one line, exit 128 + the signal's number."""
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    proc = _start("digits", "evaluate", run)
+    _wait_for(proc, lambda: any(run.glob(".writing-*")), "staging folder")
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (128 + sig, "chainrule: interrupted\n")
+    assert not [name for name in _contents(run) if name.startswith(".")]
 
 
 def test_resume_of_a_finished_run_says_so_and_leaves_its_folder_alone(trained, tmp_path, capsys):

@@ -339,6 +339,22 @@ def test_annotate_leaves_the_body_byte_identical(spam_model, spam_corpus, run_ch
     assert b"\nX-Chainrule-Spam: " in head and b"\nX-Chainrule-Spam-Probability: " in head
 
 
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED=1"])
+def test_verdicts_and_annotated_mail_on_a_full_disk_name_standard_output(spam_model, spam_corpus, unbuffered):
+    """`> /dev/full` said "chainrule: error: No space left on device", not which file, where the
+    failed write left nothing in the buffer: verdicts longer than it (8 KB), a message annotated
+    (written to the binary stream beneath it), or any output under PYTHONUNBUFFERED=1."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update({"PYTHONUNBUFFERED": "1"} if unbuffered else {})
+    raw = (spam_corpus[1] / "easy_ham" / "0200").read_bytes()
+    verdicts = ["spam", "classify", spam_model, *sorted((spam_corpus[0] / "easy_ham").iterdir())]
+    for command, stdin in ((verdicts, None), (["spam", "classify", spam_model, "--annotate"], raw)):
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run([sys.executable, "-m", "chainrule.cli", *map(str, command)], input=stdin,
+                                  stdout=full, stderr=subprocess.PIPE, timeout=120, env=env)
+        assert (proc.returncode, proc.stderr) == (3, b"chainrule: error: standard output: No space left on device\n")
+
+
 def test_annotate_keeps_every_byte_of_a_message_with_classic_mac_line_ends(spam_model, spam_corpus, run_chainrule):
     """A message whose lines end in a bare CR came back as our fields alone where its first line was
     a forged X-Chainrule-Spam field, and with our fields after its body, in LF lines, where it was not."""

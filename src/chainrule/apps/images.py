@@ -564,43 +564,71 @@ DERIVED_FILES = (*EVALUATE_FILES, "first_layer.png")
 
 
 def _clear_leftovers(out: Path) -> None:
-    """Delete the partial files a killed run, evaluation or drawing left (`atomic_open`'s temporary
-    files: a checkpoint, a run.json, a figure; an earlier run's checkpoint set aside,
-    `_replacing_earlier_run`). Called with the folder's writer lock held, so nothing of a run still
-    writing there is touched. (Staging folders a killed run left, `written_together` removes; what
-    was derived from the earlier model, and the model's own partial files, the new one's save.)"""
+    """Put back the earlier run that a run killed before its first checkpoint had set aside
+    (`_put_back_earlier_run`), and delete the partial files killed runs, evaluations or drawings
+    left (`atomic_open`'s temporary files: a checkpoint, a run.json, a figure; an earlier run's
+    checkpoint and run.json set aside by a run that got past its first checkpoint). Called with
+    the folder's writer lock held, so nothing of a run still writing there is touched. (Staging
+    folders a killed run left, `written_together` removes; what was derived from the earlier
+    model, and the model's own partial files, the new one's save.)"""
+    _put_back_earlier_run(out)
     for name in ("checkpoint.npz", "run.json", *RUN_FILES, *DERIVED_FILES):
         for tmp in out.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
 
+# Where a new run keeps the earlier run's checkpoint and run.json until it has a checkpoint of its
+# own (`_replacing_earlier_run`); names of partial files, which `_clear_leftovers` deletes after.
+EARLIER_CHECKPOINT, EARLIER_RUN_FILE = ".checkpoint.npz.earlier.tmp", ".run.json.earlier.tmp"
+
+
 @contextlib.contextmanager
 def _replacing_earlier_run(out: Path) -> Iterator[None]:
     """The `with` block of a new run in `out` over what an earlier run left there (a finished run:
-    `resolve_run_options` refuses to start over an unfinished one). That run's checkpoint is set
-    aside, and put back with its run.json if the new run diverges: it saved no model, so the model,
-    metrics and figures there are still the earlier run's, and the folder describes that run again
-    (--resume would otherwise start the run that diverged once more). Otherwise the checkpoint set
-    aside is deleted; a run killed meanwhile leaves it as a partial file (`_clear_leftovers`)."""
-    run_file, checkpoint, aside = out / "run.json", out / "checkpoint.npz", out / ".checkpoint.npz.earlier.tmp"
-    earlier = run_file.read_bytes() if run_file.is_file() else None
+    `resolve_run_options` refuses to start over an unfinished one). That run's checkpoint and
+    run.json are set aside (renamed, which needs no room on a full disk), and put back if the new
+    run fails or is stopped before it has a checkpoint of its own (a full disk, Ctrl-C, SIGTERM),
+    or diverges, at any epoch (it saved no model): the model, metrics and figures there are still
+    the earlier run's, and the folder describes that run again (--resume, which
+    deploy/slurm-train.sh passes, finds it finished, where it started the failed run, or the
+    diverging one, again). A run killed then (SIGKILL) leaves them aside, for the next command to
+    look at the folder to put back (`_clear_leftovers`). Otherwise they are deleted at the end."""
+    run_file, checkpoint = out / "run.json", out / "checkpoint.npz"
+    aside, earlier_run = out / EARLIER_CHECKPOINT, out / EARLIER_RUN_FILE
+    had_run_file = run_file.is_file()
     if checkpoint.exists():
         log.warning("chainrule: warning: replacing the earlier run in %s", out)
-        checkpoint.replace(aside)
+        # the checkpoint first: while it is aside, its run.json is too or is still in place
+        if had_run_file:
+            checkpoint.replace(aside)
+        else:  # (without its run.json, --resume refuses it: no run to put back)
+            checkpoint.unlink()
+    if had_run_file:
+        run_file.replace(earlier_run)
     try:
         yield
-    except TrainingDiverged:
-        if aside.exists():
-            aside.replace(checkpoint)  # (over the new run's, if it wrote one)
-        else:
+    except BaseException as exc:
+        if isinstance(exc, TrainingDiverged):  # (its own checkpoint goes, and a run.json of none earlier)
             checkpoint.unlink(missing_ok=True)
-        if earlier is None:
-            run_file.unlink(missing_ok=True)
-        else:
-            atomic_write_bytes(run_file, earlier)
+            if not had_run_file:
+                run_file.unlink(missing_ok=True)
+        _put_back_earlier_run(out)
         raise
     finally:
         aside.unlink(missing_ok=True)
+        earlier_run.unlink(missing_ok=True)
+
+
+def _put_back_earlier_run(out: Path) -> None:
+    """Where `out` holds no checkpoint, put back the run.json and checkpoint of an earlier run that a
+    new run set aside (`_replacing_earlier_run`). The checkpoint last: until it is back, this can
+    be done again (after a kill part-way, say) and ends the same."""
+    if (out / "checkpoint.npz").exists():  # (the new run's: what is aside is obsolete)
+        return
+    if (out / EARLIER_RUN_FILE).exists():
+        (out / EARLIER_RUN_FILE).replace(out / "run.json")
+    if (out / EARLIER_CHECKPOINT).exists():
+        (out / EARLIER_CHECKPOINT).replace(out / "checkpoint.npz")
 
 
 @contextlib.contextmanager
@@ -617,10 +645,12 @@ def writer_lock(out: Path, shared: bool = False) -> Iterator[None]:
 
 def _check_not_being_written(out: Path) -> None:
     """Refuse a folder that another run is writing now: its checkpoint is no unfinished run to
-    --resume, nor one to delete."""
+    --resume, nor one to delete. In one that none is, what killed runs left is cleared first
+    (`_clear_leftovers`: an earlier run set aside is put back), so that its run.json and
+    checkpoint are read as what they are."""
     if out.is_dir():
         with writer_lock(out):
-            pass
+            _clear_leftovers(out)
 
 
 def _hold_writer_lock(stack: contextlib.ExitStack, out: Path, shared: bool = False) -> None:

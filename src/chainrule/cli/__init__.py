@@ -15,7 +15,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = argparse.Namespace()  # (parsed into below: an error while parsing still finds its error_exit)
     world = distributed.World()  # this process alone, until the launcher's world is known
-    with _diagnostics():
+    with _diagnostics(), _named_standard_output(), contextlib.ExitStack() as stack:
+        terminated: list[int] = []
         try:
             parser.parse_args(argv, args)
             # standard output closed (`>&-`) is refused before the work, not found closed at its end;
@@ -65,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             if world.size > 1 and not getattr(args, "mpi", False):
                 raise UserError(f"this command runs in one process; start it without mpirun "
                                 f"(these run on several: {MPI_COMMANDS})")
+            # SIGTERM stops a command as Ctrl-C does; not a server, which stops on it its own way
+            # (`set_defaults(server=True)`), nor the processes of an MPI job: mpirun ends them all
+            # with it when one fails or is interrupted, and the line said is that one's (README)
+            if world.size == 1 and not getattr(args, "server", False):
+                terminated = stack.enter_context(_sigterm_as_ctrl_c())
             # The library reports progress through `logging`; on the command line those are plain
             # lines, from rank 0 alone when mpirun started several processes. Other libraries' say
             # only their warnings (matplotlib's INFO "generated new fontManager" came between ours).
@@ -79,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.flush()  # (here, not at exit: a reader gone by now is a BrokenPipeError below)
             return code
         except KeyboardInterrupt as exc:
-            # (a command that has more to say, such as how to continue, raises it with that message)
-            return _stop(world, str(exc) or "interrupted", 130)
+            # (a command that has more to say, such as how to continue, raises it with that message;
+            # the status is the shell's for a process the signal ended: 128 + its number)
+            return _stop(world, str(exc) or "interrupted", 128 + (signal.SIGTERM if terminated else signal.SIGINT))
         except BrokenPipeError:
             # the reader went away (`| head`): send what is still buffered nowhere, and stop quietly,
             # with the status of a program that SIGPIPE stopped (128 + 13), as `cat` or `grep` do: the
@@ -88,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             _drop(sys.stdout)
             return 141
         except (UserError, OSError) as exc:
-            # (a full disk under `> FILE`; what is left in the buffer is dropped, or Python's exit fails on it)
-            if isinstance(exc, OSError) and exc.filename in (None, "standard output") and _fails(sys.stdout):
-                exc = OSError(exc.errno, exc.strerror, "standard output")
+            _flush_or_drop(sys.stdout)  # (standard output on a full disk: what is left in its buffer is dropped)
             return _fail(world, one_line(exc), args.error_exit)
         except MemoryError as exc:  # (no bug: a network too wide, a machine too small; NumPy's message says the size)
             return _fail(world, f"out of memory: {one_line(exc)}" if str(exc) else "out of memory", args.error_exit)
@@ -99,6 +106,75 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             return _fail(world, f"internal error ({type(exc).__name__}: {one_line(exc)}); "
                          "this is a bug, CHAINRULE_DEBUG=1 shows the traceback", args.error_exit)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[list[int]]:
+    """SIGTERM (kill, systemd's stop, a batch system's time limit) raises KeyboardInterrupt, as
+    Ctrl-C does, for the block: everything a command cleans up on Ctrl-C is cleaned up on its way
+    out (the folder its figures are drawn in, an earlier run it set aside) and `main` says in one
+    line why it stopped. By default it ended the process on the spot, without a word, leaving them.
+    The list yielded gets the signal's number when one came (for the exit code). Left alone where
+    SIGTERM already has a handler, or is ignored, and off the main thread (where Python runs them)."""
+    caught: list[int] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
+        yield caught
+        return
+
+    def interrupt(signum, frame):
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _named_standard_output():
+    """Standard output, for the `with` block, as `_StandardOutput` that names itself in its write
+    errors; closed (None), it stays so (`options.stdout` says so)."""
+    return contextlib.nullcontext() if sys.stdout is None else contextlib.redirect_stdout(_StandardOutput(sys.stdout))
+
+
+class _StandardOutput:
+    """`stream` (standard output, or through `buffer` the binary stream beneath it), except that an
+    error in writing it names it: "standard output: No space left on device" under `> FILE` on a
+    full disk. The OSError a write raises names no file, and once it has, nothing else can tell
+    whose it was: a second flush fails only where the failed write left its bytes in the buffer,
+    not under PYTHONUNBUFFERED=1 nor where the output was longer than the buffer."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, data):
+        with _named():
+            return self.stream.write(data)
+
+    def flush(self) -> None:
+        with _named():
+            self.stream.flush()
+
+    @property
+    def buffer(self):
+        return _StandardOutput(self.stream.buffer)
+
+    def __getattr__(self, name: str):  # (fileno, isatty, encoding, ...: the stream's own)
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _named() -> Iterator[None]:
+    """An OSError of the block, with an errno, raised again naming standard output as its file
+    (of the same class: a reader gone is still a BrokenPipeError)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno:
+            raise OSError(exc.errno, exc.strerror, "standard output") from exc
+        raise
 
 
 def _hold_standard_descriptors() -> None:
@@ -125,7 +201,7 @@ def _diagnostics():
         try:
             yield
         finally:
-            _fails(stream)  # (left there, Python's exit would fail on it: status 120)
+            _flush_or_drop(stream)  # (left there, Python's exit would fail on it: status 120)
 
 
 class _LetGo:
@@ -149,16 +225,14 @@ class _LetGo:
         return getattr(self.stream, name)
 
 
-def _fails(stream) -> bool:
-    """Whether what waits in `stream`'s buffer cannot be written; it is dropped then (else
-    Python's exit would fail on it again: with a traceback for standard output, and status 120)."""
+def _flush_or_drop(stream) -> None:
+    """Write what waits in `stream`'s buffer, or where it cannot be written, drop it (else Python's
+    exit would fail on it again: with a traceback for standard output, and status 120)."""
     try:
         if stream is not None:
             stream.flush()
-        return False
     except OSError:
         _drop(stream)
-        return True
 
 
 def _drop(stream) -> None:

@@ -57,13 +57,8 @@ class Parser(argparse.ArgumentParser):
         exit failed on it ("Exception ignored in: <_io.TextIOWrapper name='<stdout>' ...>", 120)."""
         if launcher_rank() == 0:  # (under mpirun every process reads the same `--help`)
             file = file or stdout()
-            try:
-                file.write(self.format_help())
-                file.flush()
-            except BrokenPipeError:
-                raise
-            except OSError as exc:  # (a help longer than the buffer fails in the write: name what failed)
-                raise OSError(exc.errno, exc.strerror, "standard output") from None
+            file.write(self.format_help())
+            file.flush()
 
     def parse_args(self, args=None, namespace=None):
         """Parse the command line as users type it: `spam classify MODEL --json msg.eml` and

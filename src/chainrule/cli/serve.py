@@ -43,4 +43,4 @@ def add_commands(subparsers) -> None:
     p.add_argument("--reload-interval", type=float, default=5.0, metavar="SECONDS",
                    help="look for a changed model file at most this often, at a request that uses the model, and "
                    "reload it (default 5; 0: never)")
-    p.set_defaults(func=_cmd_serve, prints=False)
+    p.set_defaults(func=_cmd_serve, prints=False, server=True)

@@ -60,7 +60,7 @@ def add_command(sub) -> None:
     p = sub.add_parser("daemon", help="serve the filter over spamd's protocol, for spamc, procmail, Postfix, "
                        "Exim and Dovecot", description="A long-running filter server that speaks SpamAssassin's "
                        "spamc/spamd protocol 1.5: Debian's spamc is its client. See deploy/README-spamd.md.")
-    p.set_defaults(func=_cmd_daemon, prints=False)
+    p.set_defaults(func=_cmd_daemon, prints=False, server=True)
     p.add_argument("model", help="model directory written by `chainrule spam train`")
     p.add_argument("--listen", action="append", type=listen_address, metavar="HOST:PORT",
                    help=f"address to listen on, repeatable (default 127.0.0.1:{DEFAULT_PORT}, unless --socket "
